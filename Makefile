@@ -1,0 +1,228 @@
+# fedge — the one build entry.
+#
+#   make                        build everything this machine can build
+#   make test                   dependencies, build, unit + integration + ASan/UBSan tests
+#   make demo                   dependencies, build, a real federated run (see README.md)
+#   make asan                   ASan + UBSan build of the unit tests, and run them
+#   make CROSS=aarch64-linux-gnu edge   cross-build the edge client (static)
+#   make CUDA=1                 require the GPU backend (default: built when nvcc is found)
+#   make bench                  build and run the benchmark programs (tools/bench/)
+#
+# Sources are found by convention, so adding a file needs no Makefile edit:
+#   shared/*.c      -> libfedge.a          (core library)
+#   policy/*.c      -> libfedge_policy.a   (governance engine, audit chain)
+#   aggregator/*.c  -> fedge-aggregator    (main.c) + libfedge_agg.a (the rest)
+#   edge/*.c        -> fedge-edge          (main.c) + libfedge_edge.a
+#   cluster/*.c     -> fedge-cluster       (main.c, built with mpicc) + libfedge_cluster.a
+#   cluster/gpu/*.cu   GPU backend, when CUDA is on
+#   tools/<name>/*.c -> fedge-<name>
+#   tools/bench/*.c -> bench-<name>        (bench/mpi_*.c with mpicc)
+#   tests/unit/test_*.c -> one cmocka binary each
+
+CROSS ?=
+SAN ?= 0
+V ?= 0
+
+ifneq ($(CROSS),)
+  CC := $(CROSS)-gcc
+  AR := $(CROSS)-ar
+  TRIPLET := $(CROSS)
+  BUILD ?= build/$(CROSS)
+  CROSS_LDFLAGS := -static
+else
+  TRIPLET := $(shell gcc -dumpmachine)
+  ifeq ($(SAN),1)
+    BUILD ?= build/asan
+  else
+    BUILD ?= build/native
+  endif
+endif
+
+DEPS_DIR := build/deps/$(TRIPLET)
+DEPS_STAMP := $(DEPS_DIR)/.libcoap-4.3.1-mbedtls
+MPICC ?= mpicc
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_HOME ?= /usr/local/cuda
+ifeq ($(CUDA),)
+  CUDA := $(if $(NVCC),1,0)
+endif
+ifneq ($(CROSS),)
+  CUDA := 0
+endif
+
+OPT ?= -O2
+WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+CFLAGS_BASE := -std=c11 $(OPT) -g $(WARN) -D_GNU_SOURCE -fno-strict-aliasing \
+               -Ishared -Ipolicy -Iaggregator -Iedge -Icluster -I$(DEPS_DIR)/include
+ifeq ($(SAN),1)
+  SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+endif
+CFLAGS += $(CFLAGS_BASE) $(SANFLAGS)
+LDFLAGS += $(SANFLAGS) $(CROSS_LDFLAGS)
+
+COAP_LIBS := -L$(DEPS_DIR)/lib -lcoap-3-mbedtls
+TLS_LIBS := -lmbedtls -lmbedx509 -lmbedcrypto
+SYS_LIBS := -lz -lm -lpthread
+SERVER_LIBS := $(COAP_LIBS) $(TLS_LIBS) -lsqlite3 -lyaml $(SYS_LIBS)
+
+ifeq ($(V),1)
+  Q :=
+else
+  Q := @
+endif
+
+SHARED_SRC := $(wildcard shared/*.c)
+POLICY_SRC := $(wildcard policy/*.c)
+AGG_SRC := $(filter-out aggregator/main.c,$(wildcard aggregator/*.c))
+EDGE_SRC := $(filter-out edge/main.c,$(wildcard edge/*.c))
+CLUSTER_SRC := $(filter-out cluster/main.c,$(wildcard cluster/*.c))
+CLUSTER_CU := $(wildcard cluster/gpu/*.cu)
+TOOL_DIRS := $(filter-out tools/bench,$(patsubst %/,%,$(dir $(wildcard tools/*/*.c))))
+TOOL_NAMES := $(sort $(notdir $(TOOL_DIRS)))
+BENCH_SRC := $(filter-out tools/bench/mpi_%,$(wildcard tools/bench/*.c))
+BENCH_MPI_SRC := $(wildcard tools/bench/mpi_*.c)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+LIBFEDGE := $(BUILD)/lib/libfedge.a
+LIBPOLICY := $(BUILD)/lib/libfedge_policy.a
+LIBAGG := $(BUILD)/lib/libfedge_agg.a
+LIBEDGE := $(BUILD)/lib/libfedge_edge.a
+LIBCLUSTER := $(BUILD)/lib/libfedge_cluster.a
+BIN := $(BUILD)/bin
+
+AGG_BIN := $(if $(wildcard aggregator/main.c),$(BIN)/fedge-aggregator)
+EDGE_BIN := $(if $(wildcard edge/main.c),$(BIN)/fedge-edge)
+CLUSTER_BIN := $(if $(wildcard cluster/main.c),$(BIN)/fedge-cluster)
+TOOL_BINS := $(addprefix $(BIN)/fedge-,$(TOOL_NAMES))
+BENCH_BINS := $(patsubst tools/bench/%.c,$(BIN)/bench-%,$(BENCH_SRC) $(BENCH_MPI_SRC))
+UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+
+ifeq ($(CUDA),1)
+  CU_OBJ := $(patsubst %.cu,$(BUILD)/obj/%.o,$(CLUSTER_CU))
+  CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lnccl -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
+  CUDA_CFLAGS := -DFEDGE_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+  NVCCFLAGS ?= -O3 -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Werror -Ishared -Icluster
+endif
+
+
+.SECONDEXPANSION:
+
+.PHONY: all deps test unit integration asan demo bench edge clean distclean libs
+.DEFAULT_GOAL := all
+
+all: deps
+	$(Q)$(MAKE) --no-print-directory build-all
+
+deps: $(DEPS_STAMP)
+$(DEPS_STAMP):
+	tools/deps.sh build $(CROSS)
+
+build-all: $(LIBFEDGE) $(LIBPOLICY) $(AGG_BIN) $(EDGE_BIN) $(CLUSTER_BIN) $(TOOL_BINS) \
+           $(BENCH_BINS) $(UNIT_BINS)
+
+# ---- objects ---------------------------------------------------------------
+$(BUILD)/obj/cluster/%.o: cluster/%.c
+	@mkdir -p $(dir $@)
+	@echo "  MPICC $<"
+	$(Q)OMPI_CC=$(CC) $(MPICC) $(CFLAGS) $(CUDA_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/tools/bench/mpi_%.o: tools/bench/mpi_%.c
+	@mkdir -p $(dir $@)
+	@echo "  MPICC $<"
+	$(Q)OMPI_CC=$(CC) $(MPICC) $(CFLAGS) $(CUDA_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(dir $@)
+	@echo "  NVCC  $<"
+	$(Q)$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+# ---- libraries -------------------------------------------------------------
+define static_lib
+$(1): $(2)
+	@mkdir -p $$(dir $$@)
+	@echo "  AR    $$@"
+	$(Q)rm -f $$@ && $(AR) rcs $$@ $$^
+endef
+$(eval $(call static_lib,$(LIBFEDGE),$(call obj,$(SHARED_SRC))))
+$(eval $(call static_lib,$(LIBPOLICY),$(call obj,$(POLICY_SRC))))
+$(eval $(call static_lib,$(LIBAGG),$(call obj,$(AGG_SRC))))
+$(eval $(call static_lib,$(LIBEDGE),$(call obj,$(EDGE_SRC))))
+$(eval $(call static_lib,$(LIBCLUSTER),$(call obj,$(CLUSTER_SRC)) $(CU_OBJ)))
+
+# ---- programs --------------------------------------------------------------
+ALL_LIBS := $(LIBAGG) $(LIBEDGE) $(LIBPOLICY) $(LIBFEDGE)
+
+$(BIN)/fedge-aggregator: $(call obj,aggregator/main.c) $(LIBAGG) $(LIBPOLICY) $(LIBFEDGE)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS)
+
+$(BIN)/fedge-edge: $(call obj,edge/main.c) $(LIBEDGE) $(LIBFEDGE)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(COAP_LIBS) $(TLS_LIBS) $(SYS_LIBS)
+
+$(BIN)/fedge-cluster: $(call obj,cluster/main.c) $(LIBCLUSTER) $(LIBFEDGE)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)OMPI_CC=$(CC) $(MPICC) $(LDFLAGS) -o $@ $^ $(TLS_LIBS) $(SYS_LIBS) $(CUDA_LIBS)
+
+$(BIN)/fedge-%: $$(call obj,$$(wildcard tools/$$*/*.c)) $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS)
+
+$(BIN)/bench-mpi_%: $(BUILD)/obj/tools/bench/mpi_%.o $(LIBCLUSTER) $(LIBFEDGE)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)OMPI_CC=$(CC) $(MPICC) $(LDFLAGS) -o $@ $^ $(TLS_LIBS) $(SYS_LIBS) $(CUDA_LIBS)
+
+$(BIN)/bench-%: $(BUILD)/obj/tools/bench/%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lcmocka $(SERVER_LIBS)
+
+
+# ---- running ---------------------------------------------------------------
+unit: all
+	$(Q)tests/run.sh unit $(BUILD)
+
+integration: all
+	$(Q)tests/run.sh integration $(BUILD)
+
+asan: deps
+	$(Q)$(MAKE) --no-print-directory SAN=1 build-all
+	$(Q)FEDGE_TEST_QUICK=1 tests/run.sh unit build/asan
+
+test: all
+	$(Q)$(MAKE) --no-print-directory SAN=1 build-all
+	$(Q)tests/run.sh all $(BUILD) build/asan
+
+demo: all
+	$(Q)tools/demo.sh $(BUILD)
+
+bench: all
+	$(Q)tools/bench/run.sh $(BUILD)
+
+edge: deps
+	$(Q)$(MAKE) --no-print-directory $(LIBFEDGE) $(EDGE_BIN)
+
+clean:
+	rm -rf build/native build/asan build/aarch64-linux-gnu
+
+distclean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

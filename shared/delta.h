@@ -1,0 +1,76 @@
+/* delta.h — the wire format of a weight delta (w_local - w_global).
+ *
+ * Header, 64 bytes little-endian:
+ *   0  magic "FDLT"      4  u16 format version (1)   6  u8 encoding  7 u8 flags
+ *   8  u32 model id      12 u32 round                 16 u32 n_samples
+ *   20 u32 n_elems       24 u32 block size (int8; 0 otherwise)
+ *   28 u32 reserved (0)  32 base-version hash [32]
+ * Payload: fp32 (4 B/elem), fp16 / bf16 (2 B/elem), or int8: for each block of
+ * `block size` elements an f32 scale followed by the int8 values
+ * (value = q * scale, scale = max|x| / 127).
+ *
+ * Error bound per element: fp16 relative 2^-11 (normal range), bf16 relative
+ * 2^-8, int8 absolute scale/2 with round-to-nearest and < scale with
+ * stochastic rounding (unbiased).
+ *
+ * Decoding checks magic, version, encoding, block size, the element count
+ * and model id against what the caller expects, the exact payload length and
+ * every decoded value for NaN/Inf, before writing to the caller's buffer. */
+#ifndef FEDGE_DELTA_H
+#define FEDGE_DELTA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hash.h"
+#include "rng.h"
+
+#define FEDGE_DELTA_HEADER_LEN 64
+#define FEDGE_DELTA_VERSION 1
+#define FEDGE_DELTA_DEFAULT_BLOCK 256
+#define FEDGE_DELTA_MAX_ELEMS (64u * 1024u * 1024u)
+
+typedef enum {
+    FEDGE_ENC_FP32 = 0,
+    FEDGE_ENC_FP16 = 1,
+    FEDGE_ENC_BF16 = 2,
+    FEDGE_ENC_INT8 = 3,
+} fedge_encoding;
+
+typedef struct {
+    uint8_t encoding;           /* fedge_encoding */
+    uint8_t flags;              /* bit 0: int8 used stochastic rounding (informational) */
+    uint32_t model_id;
+    uint32_t round;
+    uint32_t n_samples;
+    uint32_t n_elems;
+    uint32_t block_size;        /* int8 only: 1..65536; set 0 for others */
+    uint8_t base_version[FEDGE_HASH_LEN];
+} fedge_delta_header;
+
+int fedge_encoding_parse(const char *text, fedge_encoding *out); /* fp32|fp16|bf16|int8 */
+const char *fedge_encoding_name(fedge_encoding e);
+
+/* Total bytes (header + payload); 0 for an invalid combination. */
+size_t fedge_delta_encoded_size(const fedge_delta_header *h);
+/* Encode h + delta[0..h->n_elems) into out. rng != NULL selects stochastic
+ * rounding for int8 (and sets flags bit 0); NULL is round-to-nearest. */
+int fedge_delta_encode(const fedge_delta_header *h, const float *delta, fedge_rng *rng,
+                       uint8_t *out, size_t cap, size_t *out_len);
+/* Parse and validate the header only (magic, version, encoding, block size,
+ * n_elems <= FEDGE_DELTA_MAX_ELEMS, and len == encoded size). */
+int fedge_delta_decode_header(const uint8_t *buf, size_t len, fedge_delta_header *h);
+/* Full decode: header checks, then n_elems == expected_elems and
+ * model_id == expected_model_id (FEDGE_ERR_DELTA_SHAPE), then values into
+ * out[0..expected_elems) (FEDGE_ERR_DELTA_NONFINITE on NaN/Inf; out may be
+ * partly written on that error). */
+int fedge_delta_decode(const uint8_t *buf, size_t len, uint32_t expected_model_id,
+                       uint32_t expected_elems, fedge_delta_header *h, float *out);
+
+/* Half-precision conversions (round to nearest even), used by the GPU path too. */
+uint16_t fedge_f32_to_f16(float f);
+float fedge_f16_to_f32(uint16_t h);
+uint16_t fedge_f32_to_bf16(float f);
+float fedge_bf16_to_f32(uint16_t h);
+
+#endif

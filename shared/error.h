@@ -1,0 +1,92 @@
+/* error.h — fedge status codes.
+ *
+ * Every library function returns int: 0 (FEDGE_OK) on success, a negative
+ * FEDGE_ERR_<MODULE>_<REASON> code otherwise. Codes are distinct across the
+ * whole library so a log line or a test can name the exact reason.
+ * fedge_strerror() never returns NULL. */
+#ifndef FEDGE_ERROR_H
+#define FEDGE_ERROR_H
+
+enum {
+    FEDGE_OK = 0,
+
+    /* generic -1 .. -19 */
+    FEDGE_ERR_INVALID_ARG = -1,
+    FEDGE_ERR_NOMEM = -2,
+    FEDGE_ERR_IO = -3,
+    FEDGE_ERR_RANGE = -4,      /* a value outside its documented bounds */
+    FEDGE_ERR_NOT_FOUND = -5,
+    FEDGE_ERR_INTERNAL = -6,
+    FEDGE_ERR_BUFFER_TOO_SMALL = -7,
+    FEDGE_ERR_CRYPTO = -8,     /* an mbedTLS call failed */
+    FEDGE_ERR_SQL = -9,
+    FEDGE_ERR_UNSUPPORTED = -10,
+
+    /* model spec and model files -20 .. -39 */
+    FEDGE_ERR_MODEL_SPEC = -20,
+    FEDGE_ERR_MODEL_SHAPE = -21,
+    FEDGE_ERR_MODEL_FILE_MAGIC = -22,
+    FEDGE_ERR_MODEL_FILE_VERSION = -23,
+    FEDGE_ERR_MODEL_FILE_TRUNCATED = -24,
+    FEDGE_ERR_MODEL_FILE_CHECKSUM = -25,
+    FEDGE_ERR_MODEL_NONFINITE = -26,
+
+    /* datasets, shards -40 .. -59 */
+    FEDGE_ERR_DATA_FORMAT = -40,
+    FEDGE_ERR_DATA_TRUNCATED = -41,
+    FEDGE_ERR_DATA_LABEL = -42,
+    FEDGE_ERR_SHARD_MAGIC = -43,
+    FEDGE_ERR_SHARD_VERSION = -44,
+
+    /* delta wire format -60 .. -79 */
+    FEDGE_ERR_DELTA_TRUNCATED = -60,
+    FEDGE_ERR_DELTA_OVERSIZED = -61,
+    FEDGE_ERR_DELTA_MAGIC = -62,
+    FEDGE_ERR_DELTA_VERSION = -63,
+    FEDGE_ERR_DELTA_ENCODING = -64,
+    FEDGE_ERR_DELTA_SHAPE = -65,      /* element count or model id differ from the model */
+    FEDGE_ERR_DELTA_NONFINITE = -66,
+    FEDGE_ERR_DELTA_ROUND = -67,      /* update is for another round */
+    FEDGE_ERR_DELTA_BASE = -68,       /* base version is not the current model */
+    FEDGE_ERR_DELTA_BLOCK = -69,      /* bad int8 block size */
+
+    /* crypto envelope -80 .. -99 */
+    FEDGE_ERR_ENV_TRUNCATED = -80,
+    FEDGE_ERR_ENV_OVERSIZED = -81,
+    FEDGE_ERR_ENV_MAGIC = -82,
+    FEDGE_ERR_ENV_VERSION = -83,
+    FEDGE_ERR_ENV_KEY_MISMATCH = -84, /* sealed under another device's key */
+    FEDGE_ERR_ENV_AUTH = -85,         /* GCM tag did not verify: tampered bytes */
+    FEDGE_ERR_ENV_REPLAY = -86,       /* counter not above the last one accepted */
+
+    /* config -100 .. -109 */
+    FEDGE_ERR_CONFIG_SYNTAX = -100,
+    FEDGE_ERR_CONFIG_UNKNOWN_KEY = -101,
+    FEDGE_ERR_CONFIG_VALUE = -102,
+    FEDGE_ERR_CONFIG_PERMS = -103,    /* a secrets file readable by group/other */
+
+    /* aggregator, edge, protocol -110 .. -139 */
+    FEDGE_ERR_PROTO = -110,
+    FEDGE_ERR_TIMEOUT = -111,
+    FEDGE_ERR_REJECTED = -112,
+    FEDGE_ERR_DUPLICATE = -113,
+    FEDGE_ERR_STATE = -114,
+
+    /* cluster -140 .. -159 */
+    FEDGE_ERR_CLUSTER_COMM = -140,
+    FEDGE_ERR_CLUSTER_CHECKPOINT = -141,
+    FEDGE_ERR_CLUSTER_GPU = -142,
+
+    /* policy and audit -160 .. -189 */
+    FEDGE_ERR_POLICY_SYNTAX = -160,
+    FEDGE_ERR_POLICY_VALUE = -161,
+    FEDGE_ERR_POLICY_BUDGET = -162,
+    FEDGE_ERR_AUDIT_CHAIN = -163,
+    FEDGE_ERR_AUDIT_SIGNATURE = -164,
+    FEDGE_ERR_AUDIT_FILE = -165,
+    FEDGE_ERR_AUDIT_NOT_FEDGE_DB = -166,
+};
+
+const char *fedge_strerror(int code);
+
+#endif

@@ -1,0 +1,19 @@
+/* hash.h — SHA-256 content hashes (mbedTLS) and their hex form. */
+#ifndef FEDGE_HASH_H
+#define FEDGE_HASH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FEDGE_HASH_LEN 32
+#define FEDGE_HASH_HEX_LEN 65 /* 64 hex digits + NUL */
+
+int fedge_sha256(const void *data, size_t len, uint8_t out[FEDGE_HASH_LEN]);
+int fedge_sha256_file(const char *path, uint8_t out[FEDGE_HASH_LEN]);
+void fedge_hash_to_hex(const uint8_t h[FEDGE_HASH_LEN], char out[FEDGE_HASH_HEX_LEN]);
+/* Exactly 64 hex digits, else FEDGE_ERR_INVALID_ARG. */
+int fedge_hash_from_hex(const char *hex, uint8_t out[FEDGE_HASH_LEN]);
+/* Constant-time comparison; 0 when equal. */
+int fedge_memcmp_ct(const void *a, const void *b, size_t len);
+
+#endif

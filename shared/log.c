@@ -1,0 +1,55 @@
+#include "log.h"
+
+#include <stdarg.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "error.h"
+
+static fedge_log_level g_level = FEDGE_LOG_INFO;
+static FILE *g_stream;
+static char g_tag[32] = "fedge";
+
+void fedge_log_set_level(fedge_log_level level) { g_level = level; }
+fedge_log_level fedge_log_get_level(void) { return g_level; }
+void fedge_log_set_stream(FILE *f) { g_stream = f; }
+
+void fedge_log_set_tag(const char *tag)
+{
+    snprintf(g_tag, sizeof g_tag, "%s", tag ? tag : "fedge");
+}
+
+int fedge_log_parse_level(const char *text, fedge_log_level *out)
+{
+    static const char *names[] = {"debug", "info", "warn", "error", "off"};
+    for (int i = 0; i < 5; i++) {
+        if (text && strcasecmp(text, names[i]) == 0) {
+            *out = (fedge_log_level)i;
+            return FEDGE_OK;
+        }
+    }
+    return FEDGE_ERR_INVALID_ARG;
+}
+
+void fedge_log(fedge_log_level level, const char *fmt, ...)
+{
+    static const char *names[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
+    if (level < g_level || level >= FEDGE_LOG_OFF)
+        return;
+    FILE *out = g_stream ? g_stream : stderr;
+    struct timespec ts;
+    struct tm tm;
+    char when[32];
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(out, "%s.%03ldZ %s %s: %s\n", when, ts.tv_nsec / 1000000L, names[level], g_tag, line);
+    fflush(out);
+}

@@ -1,0 +1,32 @@
+/* log.h — leveled logging to stderr (or a file), one line per event:
+ *   2026-11-25T19:40:01.123Z INFO  aggregator: round 3 closed (8 accepted)
+ * The level is process-wide; set once at start-up. */
+#ifndef FEDGE_LOG_H
+#define FEDGE_LOG_H
+
+#include <stdio.h>
+
+typedef enum {
+    FEDGE_LOG_DEBUG = 0,
+    FEDGE_LOG_INFO = 1,
+    FEDGE_LOG_WARN = 2,
+    FEDGE_LOG_ERROR = 3,
+    FEDGE_LOG_OFF = 4,
+} fedge_log_level;
+
+void fedge_log_set_level(fedge_log_level level);
+fedge_log_level fedge_log_get_level(void);
+int fedge_log_parse_level(const char *text, fedge_log_level *out); /* debug|info|warn|error|off */
+/* NULL restores stderr. The stream is not closed by the logger. */
+void fedge_log_set_stream(FILE *f);
+void fedge_log_set_tag(const char *tag); /* e.g. "edge dev-3"; copied, truncated to 31 chars */
+
+void fedge_log(fedge_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#define FEDGE_DEBUG(...) fedge_log(FEDGE_LOG_DEBUG, __VA_ARGS__)
+#define FEDGE_INFO(...) fedge_log(FEDGE_LOG_INFO, __VA_ARGS__)
+#define FEDGE_WARN(...) fedge_log(FEDGE_LOG_WARN, __VA_ARGS__)
+#define FEDGE_ERROR(...) fedge_log(FEDGE_LOG_ERROR, __VA_ARGS__)
+
+#endif

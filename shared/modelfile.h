@@ -1,0 +1,32 @@
+/* modelfile.h — model files on disk.
+ *
+ * Layout (little-endian): magic "FMDL" | u32 version (1) | u32 spec_len |
+ * spec text (canonical, spec_len bytes, no NUL) | u64 n_params |
+ * n_params f32 | 32-byte SHA-256 of everything before it.
+ *
+ * A model's version is the SHA-256 of its parameter bytes together with the
+ * spec (fedge_model_version), which equals the file's trailing checksum, so
+ * `sha256sum` of the body identifies it. Writes are atomic (temp file, fsync,
+ * rename). */
+#ifndef FEDGE_MODELFILE_H
+#define FEDGE_MODELFILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hash.h"
+#include "model.h"
+
+int fedge_model_version(const fedge_model *m, uint8_t version[FEDGE_HASH_LEN]);
+/* version_out may be NULL. */
+int fedge_model_save(const fedge_model *m, const char *path, uint8_t version_out[FEDGE_HASH_LEN]);
+/* Initialises *m (caller frees with fedge_model_free). Checks magic, version,
+ * lengths against the file size, checksum and finite values. */
+int fedge_model_load(const char *path, fedge_model *m, uint8_t version_out[FEDGE_HASH_LEN]);
+/* Serialise into memory (for GET /model); *out malloc'd, caller frees. */
+int fedge_model_serialize(const fedge_model *m, uint8_t **out, size_t *out_len,
+                          uint8_t version_out[FEDGE_HASH_LEN]);
+int fedge_model_deserialize(const uint8_t *buf, size_t len, fedge_model *m,
+                            uint8_t version_out[FEDGE_HASH_LEN]);
+
+#endif

@@ -1,0 +1,46 @@
+/* partition.h — split a dataset into N client shards.
+ *
+ *   IID:       a seeded shuffle dealt round-robin (sizes differ by <= 1).
+ *   DIRICHLET: per class, proportions ~ Dir(beta) over clients (label skew;
+ *              small beta = strong skew), every client gets >= min_size rows.
+ *   QUANTITY:  client sizes ~ Dir(beta) over clients, labels IID within.
+ *
+ * The result is, for each client, a list of row indices into the dataset.
+ * Same seed, same dataset, same parameters => same shards. */
+#ifndef FEDGE_PARTITION_H
+#define FEDGE_PARTITION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dataset.h"
+
+typedef enum {
+    FEDGE_PARTITION_IID = 0,
+    FEDGE_PARTITION_DIRICHLET = 1,
+    FEDGE_PARTITION_QUANTITY = 2,
+} fedge_partition_kind;
+
+typedef struct {
+    fedge_partition_kind kind;
+    int n_clients;
+    double beta;        /* Dirichlet concentration, > 0 (unused for IID) */
+    size_t min_size;    /* each client at least this many rows (default 10) */
+    uint64_t seed;
+} fedge_partition_config;
+
+typedef struct {
+    int n_clients;
+    size_t *sizes;      /* owned, n_clients */
+    size_t **indices;   /* owned, n_clients arrays of sizes[i] row indices */
+} fedge_partition;
+
+int fedge_partition_parse_kind(const char *text, fedge_partition_kind *out); /* iid|dirichlet|quantity */
+int fedge_partition_make(const fedge_dataset *ds, const fedge_partition_config *cfg,
+                         fedge_partition *out);
+/* hist is n_clients x ds->n_classes, caller-allocated. */
+void fedge_partition_label_histogram(const fedge_partition *p, const fedge_dataset *ds,
+                                     size_t *hist);
+void fedge_partition_free(fedge_partition *p);
+
+#endif

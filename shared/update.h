@@ -1,0 +1,38 @@
+/* update.h — a client update on the wire: an encoded delta sealed in an
+ * envelope. The delta header is the envelope's (authenticated, clear) aad;
+ * the payload is encrypted. This is what POST /update carries.
+ *
+ * Receiver order of checks (each a distinct code, nothing written before all
+ * pass): frame structure -> key id -> replay counter -> delta header (round,
+ * model id, element count, sizes) -> GCM tag -> payload values. */
+#ifndef FEDGE_UPDATE_H
+#define FEDGE_UPDATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "delta.h"
+#include "envelope.h"
+
+/* Seals h + delta; *out is malloc'd, caller frees. rng: stochastic int8
+ * rounding and the nonce prefix (NULL: round-to-nearest, prefix from counter). */
+int fedge_update_seal(const fedge_device_key *k, uint64_t counter,
+                      const fedge_delta_header *h, const float *delta, fedge_rng *rng,
+                      uint8_t **out, size_t *out_len);
+
+typedef struct {
+    uint32_t model_id;
+    uint32_t n_elems;
+    uint32_t round;
+    uint64_t last_counter;  /* last counter accepted from this device */
+    size_t max_len;         /* refuse larger frames (FEDGE_ERR_ENV_OVERSIZED) */
+} fedge_update_expect;
+
+/* Opens and validates; on success writes the header, counter and
+ * delta[0..n_elems). On failure delta's content is unspecified and the
+ * caller must not use it. scratch: at least len bytes (the plaintext). */
+int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
+                      const fedge_update_expect *exp, uint8_t *scratch,
+                      fedge_delta_header *h, uint64_t *counter, float *delta);
+
+#endif

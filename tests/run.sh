@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# tests/run.sh MODE BUILD [ASAN_BUILD]
+#   MODE unit:        every cmocka binary in BUILD/tests
+#   MODE integration: every tests/integration/*.sh with BUILD's programs
+#   MODE all:         unit + integration on BUILD, then unit on ASAN_BUILD with
+#                     FEDGE_TEST_QUICK=1 (shortened training schedules)
+# Prints one line per test and closes with "N passed, N failed".
+set -u
+MODE=${1:-all}
+BUILD=${2:-build/native}
+ASAN_BUILD=${3:-}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+LOGDIR="$BUILD/test-logs"
+mkdir -p "$LOGDIR"
+passed=0
+failed=0
+failures=()
+
+run_one() { # name, log, command...
+    local name=$1 log=$2
+    shift 2
+    local t0=$SECONDS
+    if "$@" >"$log" 2>&1; then
+        passed=$((passed + 1))
+        printf '  PASS  %-44s %4ds\n' "$name" $((SECONDS - t0))
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        printf '  FAIL  %-44s %4ds  (log: %s)\n' "$name" $((SECONDS - t0)) "$log"
+        tail -n 30 "$log" | sed 's/^/        | /'
+    fi
+}
+
+run_unit() { # build dir, label
+    local b=$1 label=$2
+    for t in "$b"/tests/test_*; do
+        [ -x "$t" ] || continue
+        local n
+        n=$(basename "$t")
+        run_one "$label/$n" "$b/test-logs/$n.log" "$t"
+    done
+}
+
+run_integration() {
+    for s in tests/integration/*.sh; do
+        [ -f "$s" ] || continue
+        local n
+        n=$(basename "$s" .sh)
+        run_one "integration/$n" "$LOGDIR/integration-$n.log" \
+            env FEDGE_BUILD="$BUILD" bash "$s"
+    done
+}
+
+case "$MODE" in
+unit) run_unit "$BUILD" unit ;;
+integration) run_integration ;;
+all)
+    run_unit "$BUILD" unit
+    run_integration
+    if [ -n "$ASAN_BUILD" ]; then
+        mkdir -p "$ASAN_BUILD/test-logs"
+        export FEDGE_TEST_QUICK=1
+        export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+        export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+        run_unit "$ASAN_BUILD" asan
+    fi
+    ;;
+*) echo "usage: $0 unit|integration|all BUILD [ASAN_BUILD]" >&2; exit 2 ;;
+esac
+
+[ ${#failures[@]} -eq 0 ] || printf 'failed: %s\n' "${failures[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
