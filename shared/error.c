@@ -26,6 +26,10 @@ const char *fedge_strerror(int code)
     case FEDGE_ERR_DATA_LABEL: return "label out of range";
     case FEDGE_ERR_SHARD_MAGIC: return "not a fedge shard file";
     case FEDGE_ERR_SHARD_VERSION: return "unsupported shard file version";
+    case FEDGE_ERR_SHARD_TRUNCATED: return "shard file shorter than its header declares";
+    case FEDGE_ERR_SHARD_OVERSIZED: return "shard file longer than its header declares";
+    case FEDGE_ERR_SHARD_HEADER: return "shard header field out of range";
+    case FEDGE_ERR_SHARD_CHECKSUM: return "shard file checksum mismatch";
     case FEDGE_ERR_DELTA_TRUNCATED: return "delta truncated";
     case FEDGE_ERR_DELTA_OVERSIZED: return "delta longer than its header declares";
     case FEDGE_ERR_DELTA_MAGIC: return "not a fedge delta";

@@ -37,6 +37,10 @@ enum {
     FEDGE_ERR_DATA_LABEL = -42,
     FEDGE_ERR_SHARD_MAGIC = -43,
     FEDGE_ERR_SHARD_VERSION = -44,
+    FEDGE_ERR_SHARD_TRUNCATED = -45,  /* file shorter than its header declares */
+    FEDGE_ERR_SHARD_OVERSIZED = -46,  /* file longer than its header declares */
+    FEDGE_ERR_SHARD_HEADER = -47,     /* a header field out of range */
+    FEDGE_ERR_SHARD_CHECKSUM = -48,   /* trailing SHA-256 does not match */
 
     /* delta wire format -60 .. -79 */
     FEDGE_ERR_DELTA_TRUNCATED = -60,

@@ -1,0 +1,136 @@
+#include "store.h"
+
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "log.h"
+
+static const char *SCHEMA_SQL =
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, region TEXT NOT NULL DEFAULT '',"
+    " status TEXT NOT NULL DEFAULT 'allowed' CHECK(status IN ('allowed','suspended','revoked')),"
+    " last_counter INTEGER NOT NULL DEFAULT 0, epsilon_spent REAL NOT NULL DEFAULT 0,"
+    " first_seen REAL, last_seen REAL);"
+    "CREATE TABLE IF NOT EXISTS models(version TEXT PRIMARY KEY, parent TEXT,"
+    " kind TEXT NOT NULL CHECK(kind IN ('init','aggregate','refine')),"
+    " round INTEGER NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL, accuracy REAL,"
+    " created_at REAL NOT NULL, info TEXT);"
+    "CREATE TABLE IF NOT EXISTS rounds(id INTEGER PRIMARY KEY, opened_at REAL NOT NULL,"
+    " deadline REAL NOT NULL, closed_at REAL,"
+    " status TEXT NOT NULL CHECK(status IN ('open','closed','failed','refused')),"
+    " base_version TEXT NOT NULL, new_version TEXT, strategy TEXT NOT NULL,"
+    " n_selected INTEGER NOT NULL, n_accepted INTEGER, n_rejected INTEGER,"
+    " bytes_received INTEGER, accuracy REAL, epsilon REAL, reason TEXT);"
+    "CREATE TABLE IF NOT EXISTS round_participants(round INTEGER NOT NULL, device TEXT NOT NULL,"
+    " PRIMARY KEY(round, device));"
+    "CREATE TABLE IF NOT EXISTS updates(id INTEGER PRIMARY KEY, round INTEGER NOT NULL,"
+    " device TEXT NOT NULL, received_at REAL NOT NULL, n_samples INTEGER NOT NULL,"
+    " encoding TEXT NOT NULL, bytes INTEGER NOT NULL, counter INTEGER NOT NULL, norm REAL,"
+    " decision TEXT NOT NULL CHECK(decision IN ('accepted','clipped','rejected')),"
+    " rule TEXT NOT NULL, reason TEXT NOT NULL, delta BLOB);"
+    "CREATE UNIQUE INDEX IF NOT EXISTS updates_one_per_round ON updates(round, device)"
+    " WHERE decision <> 'rejected';"
+    "CREATE INDEX IF NOT EXISTS updates_device ON updates(device);"
+    "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, at REAL NOT NULL, round INTEGER,"
+    " device TEXT, kind TEXT NOT NULL, rule TEXT, detail TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS audit(seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL,"
+    " row_key TEXT NOT NULL, canon BLOB NOT NULL, prev_hash BLOB NOT NULL,"
+    " row_hash BLOB NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS audit_row ON audit(tbl, row_key);"
+    "CREATE TABLE IF NOT EXISTS audit_heads(seq INTEGER PRIMARY KEY, round INTEGER,"
+    " head_hash BLOB NOT NULL, signature BLOB NOT NULL, signed_at REAL NOT NULL);";
+
+static int exec_sql(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        FEDGE_ERROR("sqlite: %s", msg ? msg : sqlite3_errmsg(db));
+        sqlite3_free(msg);
+        return FEDGE_ERR_SQL;
+    }
+    return FEDGE_OK;
+}
+
+int fedge_store_begin(sqlite3 *db) { return exec_sql(db, "BEGIN IMMEDIATE"); }
+int fedge_store_commit(sqlite3 *db) { return exec_sql(db, "COMMIT"); }
+
+void fedge_store_rollback(sqlite3 *db)
+{
+    if (!sqlite3_get_autocommit(db))
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* 1 when the database has our meta marker, 0 when it is empty, <0 otherwise. */
+static int check_fedge_db(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    int ret, n_tables = 0;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master", -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_AUDIT_NOT_FEDGE_DB; /* not a database at all */
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n_tables = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (n_tables == 0)
+        return 0;
+    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='fedge_schema'", -1, &st,
+                           NULL) != SQLITE_OK)
+        return FEDGE_ERR_AUDIT_NOT_FEDGE_DB;
+    ret = FEDGE_ERR_AUDIT_NOT_FEDGE_DB;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        const char *v = (const char *)sqlite3_column_text(st, 0);
+        if (v && strcmp(v, FEDGE_SCHEMA_VERSION) == 0)
+            ret = 1;
+        else
+            FEDGE_ERROR("database schema version %s, this build reads %s", v ? v : "?",
+                        FEDGE_SCHEMA_VERSION);
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int fedge_store_open_db(const char *path, int read_only, sqlite3 **out)
+{
+    sqlite3 *db = NULL;
+    int ret = FEDGE_OK;
+    *out = NULL;
+    if (!path)
+        return FEDGE_ERR_INVALID_ARG;
+    if (read_only && access(path, R_OK) != 0) {
+        FEDGE_ERROR("cannot read database %s", path);
+        return FEDGE_ERR_NOT_FOUND;
+    }
+    int flags = read_only ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
+        FEDGE_ERROR("cannot open database %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
+        FAIL(FEDGE_ERR_SQL);
+    }
+    sqlite3_busy_timeout(db, 5000);
+    int state = check_fedge_db(db);
+    if (state < 0)
+        FAIL(state);
+    if (read_only) {
+        if (state == 0)
+            FAIL(FEDGE_ERR_AUDIT_NOT_FEDGE_DB);
+        goto cleanup;
+    }
+    CHK(exec_sql(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
+    if (state == 0) {
+        CHK(fedge_store_begin(db));
+        CHK(exec_sql(db, SCHEMA_SQL));
+        CHK(exec_sql(db, "INSERT INTO meta(key, value) VALUES('fedge_schema', '" FEDGE_SCHEMA_VERSION
+                         "'), ('created_at', strftime('%Y-%m-%dT%H:%M:%fZ','now'))"));
+        CHK(fedge_store_commit(db));
+    }
+cleanup:
+    if (ret != FEDGE_OK) {
+        if (db)
+            fedge_store_rollback(db);
+        sqlite3_close_v2(db);
+        db = NULL;
+    }
+    *out = db;
+    return ret;
+}

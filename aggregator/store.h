@@ -1,0 +1,62 @@
+/* store.h — the aggregator's SQLite round log (WAL, prepared statements only).
+ *
+ * One transaction per state change; an accepted update is committed before
+ * the client hears "accepted". Audited tables (devices' status changes are
+ * logged as events, not audited rows) are append-mostly: `models`, `updates`,
+ * `rounds` (a row inserted at open, closed once), `events`. Each audited write
+ * also appends to the hash chain in `audit` (policy/audit.h) inside the same
+ * transaction.
+ *
+ * Schema (schema_version 1):
+ *   meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)
+ *       keys: fedge_schema ('1'), model_spec, created_at
+ *   devices(id TEXT PRIMARY KEY, region TEXT NOT NULL DEFAULT '',
+ *       status TEXT NOT NULL DEFAULT 'allowed'  -- allowed|suspended|revoked
+ *       last_counter INTEGER NOT NULL DEFAULT 0, epsilon_spent REAL NOT NULL DEFAULT 0,
+ *       first_seen REAL, last_seen REAL)
+ *   models(version TEXT PRIMARY KEY,              -- hex content hash
+ *       parent TEXT, kind TEXT NOT NULL,          -- init|aggregate|refine
+ *       round INTEGER NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL,  -- of the file
+ *       accuracy REAL, created_at REAL NOT NULL, info TEXT)  -- info: refine JSON etc.
+ *   rounds(id INTEGER PRIMARY KEY, opened_at REAL NOT NULL, deadline REAL NOT NULL,
+ *       closed_at REAL, status TEXT NOT NULL,     -- open|closed|failed|refused
+ *       base_version TEXT NOT NULL, new_version TEXT, strategy TEXT NOT NULL,
+ *       n_selected INTEGER NOT NULL, n_accepted INTEGER, n_rejected INTEGER,
+ *       bytes_received INTEGER, accuracy REAL, epsilon REAL, reason TEXT)
+ *   round_participants(round INTEGER, device TEXT, PRIMARY KEY(round, device))
+ *   updates(id INTEGER PRIMARY KEY, round INTEGER NOT NULL, device TEXT NOT NULL,
+ *       received_at REAL NOT NULL, n_samples INTEGER NOT NULL, encoding TEXT NOT NULL,
+ *       bytes INTEGER NOT NULL, counter INTEGER NOT NULL, norm REAL,
+ *       decision TEXT NOT NULL,                   -- accepted|clipped|rejected
+ *       rule TEXT NOT NULL, reason TEXT NOT NULL,
+ *       delta BLOB)                               -- encoded delta of an accepted update
+ *       UNIQUE(round, device) for accepted/clipped rows (partial index)
+ *   events(id INTEGER PRIMARY KEY, at REAL NOT NULL, round INTEGER, device TEXT,
+ *       kind TEXT NOT NULL, rule TEXT, detail TEXT NOT NULL)
+ *       -- round-level decisions (k-anonymity, budget refusal, anomaly),
+ *       -- device status changes, refinement results, policy reloads
+ *   audit(seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL, row_key TEXT NOT NULL,
+ *       canon BLOB NOT NULL, prev_hash BLOB NOT NULL, row_hash BLOB NOT NULL)
+ *   audit_heads(seq INTEGER PRIMARY KEY, round INTEGER, head_hash BLOB NOT NULL,
+ *       signature BLOB NOT NULL, signed_at REAL NOT NULL)
+ */
+#ifndef FEDGE_STORE_H
+#define FEDGE_STORE_H
+
+#include <sqlite3.h>
+
+#define FEDGE_SCHEMA_VERSION "1"
+
+/* Opens (creating if absent) the database at path, sets WAL, foreign keys,
+ * busy timeout, and creates the schema. A file that exists but is not a
+ * fedge database gives FEDGE_ERR_AUDIT_NOT_FEDGE_DB and is left unchanged.
+ * *db is owned by the caller: sqlite3_close_v2 it. read_only opens
+ * without creating or altering anything. */
+int fedge_store_open_db(const char *path, int read_only, sqlite3 **db);
+
+/* Runs BEGIN IMMEDIATE / COMMIT / ROLLBACK. */
+int fedge_store_begin(sqlite3 *db);
+int fedge_store_commit(sqlite3 *db);
+void fedge_store_rollback(sqlite3 *db);
+
+#endif

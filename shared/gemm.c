@@ -1,0 +1,158 @@
+/* gemm.c — single-precision GEMM for the CPU paths (see fedge_sgemm in model.h).
+ *
+ * Goto/BLIS structure in portable C: C is computed in KC-deep slices; for each
+ * slice a block of op(B) (KC x NC) is packed into NR-wide column panels and a
+ * block of op(A) (MC x KC) into MR-tall row panels, both zero-padded, so the
+ * micro-kernel always runs a full MR x NR tile with unit-stride loads. The
+ * micro-kernel is plain loops over fixed-size arrays; GCC -O2 keeps the
+ * accumulator tile in vector registers (SSE on x86-64, NEON on aarch64).
+ * Transposes are absorbed by the packing, so all four cases share one kernel.
+ *
+ * Packing buffers are thread-local statics: the call allocates nothing and is
+ * safe to use from several threads at once. */
+#include <stddef.h>
+#include <string.h>
+
+#include "model.h"
+
+#define GEMM_MR 4
+#define GEMM_NR 8
+#define GEMM_KC 256
+#define GEMM_MC 64
+#define GEMM_NC 512
+
+static _Thread_local float pack_a[GEMM_MC * GEMM_KC] __attribute__((aligned(64)));
+static _Thread_local float pack_b[GEMM_KC * GEMM_NC] __attribute__((aligned(64)));
+
+/* op(A)[i][k] for a row-major A. */
+static inline float elem_a(int trans, const float *A, int lda, int i, int k)
+{
+    return trans ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+}
+
+/* Packs rows [i0, i0+mc) x cols [k0, k0+kc) of alpha*op(A) into MR-row panels:
+ * panel p holds, for each k, MR consecutive values. */
+static void pack_a_block(int trans, const float *A, int lda, int i0, int mc, int k0, int kc,
+                         float alpha, float *dst)
+{
+    for (int ip = 0; ip < mc; ip += GEMM_MR) {
+        int rows = mc - ip < GEMM_MR ? mc - ip : GEMM_MR;
+        float *panel = dst + (size_t)ip * kc;
+        if (!trans) {
+            for (int r = 0; r < rows; r++) {
+                const float *src = A + (size_t)(i0 + ip + r) * lda + k0;
+                for (int k = 0; k < kc; k++)
+                    panel[k * GEMM_MR + r] = alpha * src[k];
+            }
+        } else {
+            for (int k = 0; k < kc; k++) {
+                const float *src = A + (size_t)(k0 + k) * lda + i0 + ip;
+                for (int r = 0; r < rows; r++)
+                    panel[k * GEMM_MR + r] = alpha * src[r];
+            }
+        }
+        for (int r = rows; r < GEMM_MR; r++)
+            for (int k = 0; k < kc; k++)
+                panel[k * GEMM_MR + r] = 0.0f;
+    }
+}
+
+/* Packs rows [k0, k0+kc) x cols [j0, j0+nc) of op(B) into NR-column panels:
+ * panel p holds, for each k, NR consecutive values. */
+static void pack_b_block(int trans, const float *B, int ldb, int k0, int kc, int j0, int nc,
+                         float *dst)
+{
+    for (int jp = 0; jp < nc; jp += GEMM_NR) {
+        int cols = nc - jp < GEMM_NR ? nc - jp : GEMM_NR;
+        float *panel = dst + (size_t)jp * kc;
+        if (!trans) {
+            for (int k = 0; k < kc; k++) {
+                const float *src = B + (size_t)(k0 + k) * ldb + j0 + jp;
+                float *out = panel + k * GEMM_NR;
+                int c = 0;
+                for (; c < cols; c++)
+                    out[c] = src[c];
+                for (; c < GEMM_NR; c++)
+                    out[c] = 0.0f;
+            }
+        } else {
+            for (int c = 0; c < cols; c++) {
+                const float *src = B + (size_t)(j0 + jp + c) * ldb + k0;
+                for (int k = 0; k < kc; k++)
+                    panel[k * GEMM_NR + c] = src[k];
+            }
+            for (int c = cols; c < GEMM_NR; c++)
+                for (int k = 0; k < kc; k++)
+                    panel[k * GEMM_NR + c] = 0.0f;
+        }
+    }
+}
+
+/* acc = sum_k a[k][0..MR) (outer) b[k][0..NR). */
+static void micro_kernel(int kc, const float *restrict a, const float *restrict b,
+                         float acc[GEMM_MR][GEMM_NR])
+{
+    float t[GEMM_MR][GEMM_NR];
+    for (int i = 0; i < GEMM_MR; i++)
+        for (int j = 0; j < GEMM_NR; j++)
+            t[i][j] = 0.0f;
+    for (int k = 0; k < kc; k++) {
+        for (int i = 0; i < GEMM_MR; i++)
+            for (int j = 0; j < GEMM_NR; j++)
+                t[i][j] += a[i] * b[j];
+        a += GEMM_MR;
+        b += GEMM_NR;
+    }
+    for (int i = 0; i < GEMM_MR; i++)
+        for (int j = 0; j < GEMM_NR; j++)
+            acc[i][j] = t[i][j];
+}
+
+static void scale_c(int M, int N, float beta, float *C, int ldc)
+{
+    for (int i = 0; i < M; i++) {
+        float *row = C + (size_t)i * ldc;
+        if (beta == 0.0f)
+            memset(row, 0, (size_t)N * sizeof(float)); /* never reads C: NaN there is dropped */
+        else
+            for (int j = 0; j < N; j++)
+                row[j] *= beta;
+    }
+}
+
+void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta,
+                 float *C, int ldc)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (beta != 1.0f)
+        scale_c(M, N, beta, C, ldc);
+    if (K <= 0 || alpha == 0.0f)
+        return;
+
+    for (int j0 = 0; j0 < N; j0 += GEMM_NC) {
+        int nc = N - j0 < GEMM_NC ? N - j0 : GEMM_NC;
+        for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
+            int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
+            pack_b_block(trans_b, B, ldb, k0, kc, j0, nc, pack_b);
+            for (int i0 = 0; i0 < M; i0 += GEMM_MC) {
+                int mc = M - i0 < GEMM_MC ? M - i0 : GEMM_MC;
+                pack_a_block(trans_a, A, lda, i0, mc, k0, kc, alpha, pack_a);
+                for (int jp = 0; jp < nc; jp += GEMM_NR) {
+                    int cols = nc - jp < GEMM_NR ? nc - jp : GEMM_NR;
+                    const float *bp = pack_b + (size_t)jp * kc;
+                    for (int ip = 0; ip < mc; ip += GEMM_MR) {
+                        int rows = mc - ip < GEMM_MR ? mc - ip : GEMM_MR;
+                        float acc[GEMM_MR][GEMM_NR];
+                        micro_kernel(kc, pack_a + (size_t)ip * kc, bp, acc);
+                        float *c = C + (size_t)(i0 + ip) * ldc + j0 + jp;
+                        for (int i = 0; i < rows; i++)
+                            for (int j = 0; j < cols; j++)
+                                c[(size_t)i * ldc + j] += acc[i][j];
+                    }
+                }
+            }
+        }
+    }
+}

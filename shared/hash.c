@@ -1,0 +1,105 @@
+/* hash.c — SHA-256 content hashes over mbedTLS. */
+#include "hash.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <mbedtls/platform_util.h>
+#include <mbedtls/sha256.h>
+
+#include "common.h"
+
+int fedge_sha256(const void *data, size_t len, uint8_t out[FEDGE_HASH_LEN])
+{
+    if ((data == NULL && len > 0) || out == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    if (mbedtls_sha256_ret(data, len, out, 0) != 0)
+        return FEDGE_ERR_CRYPTO;
+    return FEDGE_OK;
+}
+
+int fedge_sha256_file(const char *path, uint8_t out[FEDGE_HASH_LEN])
+{
+    if (path == NULL || out == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    int ret = FEDGE_OK;
+    uint8_t buf[64 * 1024];
+    mbedtls_sha256_context ctx;
+    mbedtls_sha256_init(&ctx);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        FAIL(errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO);
+    if (mbedtls_sha256_starts_ret(&ctx, 0) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            FAIL(FEDGE_ERR_IO);
+        if (n == 0)
+            break;
+        if (mbedtls_sha256_update_ret(&ctx, buf, (size_t)n) != 0)
+            FAIL(FEDGE_ERR_CRYPTO);
+    }
+    if (mbedtls_sha256_finish_ret(&ctx, out) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+cleanup:
+    if (fd >= 0)
+        close(fd);
+    mbedtls_sha256_free(&ctx);
+    return ret;
+}
+
+void fedge_hash_to_hex(const uint8_t h[FEDGE_HASH_LEN], char out[FEDGE_HASH_HEX_LEN])
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < FEDGE_HASH_LEN; i++) {
+        out[2 * i] = digits[h[i] >> 4];
+        out[2 * i + 1] = digits[h[i] & 0x0f];
+    }
+    out[2 * FEDGE_HASH_LEN] = '\0';
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int fedge_hash_from_hex(const char *hex, uint8_t out[FEDGE_HASH_LEN])
+{
+    if (hex == NULL || out == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    uint8_t tmp[FEDGE_HASH_LEN];
+    for (size_t i = 0; i < FEDGE_HASH_LEN; i++) {
+        int hi = hex_value(hex[2 * i]);
+        if (hi < 0)
+            return FEDGE_ERR_INVALID_ARG; /* also stops at an early NUL */
+        int lo = hex_value(hex[2 * i + 1]);
+        if (lo < 0)
+            return FEDGE_ERR_INVALID_ARG;
+        tmp[i] = (uint8_t)(hi << 4 | lo);
+    }
+    if (hex[2 * FEDGE_HASH_LEN] != '\0')
+        return FEDGE_ERR_INVALID_ARG;
+    memcpy(out, tmp, sizeof tmp);
+    return FEDGE_OK;
+}
+
+int fedge_memcmp_ct(const void *a, const void *b, size_t len)
+{
+    const volatile uint8_t *x = a;
+    const volatile uint8_t *y = b;
+    uint8_t diff = 0;
+    for (size_t i = 0; i < len; i++)
+        diff |= (uint8_t)(x[i] ^ y[i]);
+    return diff != 0;
+}
