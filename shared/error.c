@@ -30,6 +30,7 @@ const char *fedge_strerror(int code)
     case FEDGE_ERR_SHARD_OVERSIZED: return "shard file longer than its header declares";
     case FEDGE_ERR_SHARD_HEADER: return "shard header field out of range";
     case FEDGE_ERR_SHARD_CHECKSUM: return "shard file checksum mismatch";
+    case FEDGE_ERR_DATA_MISMATCH: return "image and label counts differ";
     case FEDGE_ERR_DELTA_TRUNCATED: return "delta truncated";
     case FEDGE_ERR_DELTA_OVERSIZED: return "delta longer than its header declares";
     case FEDGE_ERR_DELTA_MAGIC: return "not a fedge delta";
@@ -56,6 +57,13 @@ const char *fedge_strerror(int code)
     case FEDGE_ERR_REJECTED: return "rejected";
     case FEDGE_ERR_DUPLICATE: return "duplicate";
     case FEDGE_ERR_STATE: return "wrong state";
+    case FEDGE_ERR_EDGE_ROUND_SYNTAX: return "/round reply: line is not key=value";
+    case FEDGE_ERR_EDGE_ROUND_MISSING: return "/round reply: required key missing";
+    case FEDGE_ERR_EDGE_ROUND_VALUE: return "/round reply: value out of range";
+    case FEDGE_ERR_EDGE_ROUND_DUPLICATE: return "/round reply: key given twice";
+    case FEDGE_ERR_EDGE_STOPPED: return "stopped by signal";
+    case FEDGE_ERR_EDGE_COUNTER: return "update counter file corrupt";
+    case FEDGE_ERR_EDGE_USAGE: return "bad command-line usage";
     case FEDGE_ERR_CLUSTER_COMM: return "collective communication failed";
     case FEDGE_ERR_CLUSTER_CHECKPOINT: return "bad or missing checkpoint";
     case FEDGE_ERR_CLUSTER_GPU: return "GPU error";
@@ -66,6 +74,7 @@ const char *fedge_strerror(int code)
     case FEDGE_ERR_AUDIT_SIGNATURE: return "audit signature invalid";
     case FEDGE_ERR_AUDIT_FILE: return "model file does not match the audit log";
     case FEDGE_ERR_AUDIT_NOT_FEDGE_DB: return "not a fedge database";
+    case FEDGE_ERR_POLICY_UNKNOWN_KEY: return "unknown policy key";
     default: return "unknown error";
     }
 }

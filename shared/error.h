@@ -41,6 +41,7 @@ enum {
     FEDGE_ERR_SHARD_OVERSIZED = -46,  /* file longer than its header declares */
     FEDGE_ERR_SHARD_HEADER = -47,     /* a header field out of range */
     FEDGE_ERR_SHARD_CHECKSUM = -48,   /* trailing SHA-256 does not match */
+    FEDGE_ERR_DATA_MISMATCH = -49,    /* image and label files disagree on the row count */
 
     /* delta wire format -60 .. -79 */
     FEDGE_ERR_DELTA_TRUNCATED = -60,
@@ -75,6 +76,14 @@ enum {
     FEDGE_ERR_REJECTED = -112,
     FEDGE_ERR_DUPLICATE = -113,
     FEDGE_ERR_STATE = -114,
+    /* edge client -130 .. -139 */
+    FEDGE_ERR_EDGE_ROUND_SYNTAX = -130,    /* /round body: a line that is not key=value */
+    FEDGE_ERR_EDGE_ROUND_MISSING = -131,   /* /round body: a required key is absent */
+    FEDGE_ERR_EDGE_ROUND_VALUE = -132,     /* /round body: a value out of range */
+    FEDGE_ERR_EDGE_ROUND_DUPLICATE = -133, /* /round body: a key given twice */
+    FEDGE_ERR_EDGE_STOPPED = -134,         /* interrupted by SIGINT/SIGTERM */
+    FEDGE_ERR_EDGE_COUNTER = -135,         /* update counter file corrupt */
+    FEDGE_ERR_EDGE_USAGE = -136,           /* bad command-line flag */
 
     /* cluster -140 .. -159 */
     FEDGE_ERR_CLUSTER_COMM = -140,
@@ -89,6 +98,7 @@ enum {
     FEDGE_ERR_AUDIT_SIGNATURE = -164,
     FEDGE_ERR_AUDIT_FILE = -165,
     FEDGE_ERR_AUDIT_NOT_FEDGE_DB = -166,
+    FEDGE_ERR_POLICY_UNKNOWN_KEY = -167, /* a policy file key fedge does not know */
 };
 
 const char *fedge_strerror(int code);

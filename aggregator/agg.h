@@ -1,0 +1,92 @@
+/* agg.h — the aggregator's state machine, independent of the transport.
+ *
+ * The CoAP server (server.c) maps requests onto these calls; tests drive
+ * them directly. All durable state lives in the SQLite log (store.h) and the
+ * model store; the in-memory state can always be rebuilt from them
+ * (fedge_agg_init resumes an open round after a crash).
+ *
+ * Round life: WAITING -> OPEN (participants chosen, rounds row inserted) ->
+ * closed at quorum or deadline (aggregate, evaluate, new model, audit head
+ * signed) -> OPEN next ... -> FINISHED after `rounds` rounds or when the
+ * privacy budget refuses the next round. */
+#ifndef FEDGE_AGG_H
+#define FEDGE_AGG_H
+
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "dataset.h"
+#include "envelope.h"
+#include "hash.h"
+#include "keys.h"
+#include "model.h"
+#include "rng.h"
+
+struct fedge_policy;
+struct fedge_signer;
+
+typedef enum { FEDGE_AGG_WAITING = 0, FEDGE_AGG_OPEN = 1, FEDGE_AGG_FINISHED = 2 } fedge_agg_state;
+
+typedef struct {
+    fedge_agg_config cfg;
+    sqlite3 *db;
+    fedge_keys keys;
+    fedge_device_key *dev_keys;   /* parallel to keys.devices */
+    uint8_t *selected;            /* parallel to keys.devices: in the open round */
+    uint8_t *submitted;           /* parallel: accepted update in the open round */
+    struct fedge_policy *policy;
+    struct fedge_signer *signer;  /* NULL: audit heads not signed */
+
+    fedge_model model;
+    uint32_t model_id;
+    uint8_t version[FEDGE_HASH_LEN];
+    char version_hex[FEDGE_HASH_HEX_LEN];
+    uint32_t model_round;         /* round that produced the current model */
+    uint8_t *model_blob;          /* serialized current model, for GET /model */
+    size_t model_blob_len;
+    size_t max_update_bytes;
+
+    fedge_dataset test;
+    float *eval_scratch;
+
+    fedge_agg_state state;
+    uint32_t round;               /* open round id, or last round when not open */
+    double opened_at, deadline, finished_at, start_at;
+    size_t n_selected, n_accepted, n_rejected;
+    uint64_t bytes_received;
+    long rounds_done;
+    double last_accuracy;
+    fedge_rng rng;
+} fedge_aggregator;
+
+/* Everything needed before serving: keys, database (resuming an open round),
+ * current model, test set, policy. cfg is copied. On failure err names why. */
+int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, size_t errlen);
+void fedge_agg_free(fedge_aggregator *a);
+
+/* Advance by the clock: open the first round, close at the deadline. */
+int fedge_agg_tick(fedge_aggregator *a, double now);
+/* Close the open round now if its quorum is reached (called after accepts). */
+int fedge_agg_maybe_close(fedge_aggregator *a, double now);
+
+/* GET /round body for `device` (NULL or unknown: selected=0). */
+int fedge_agg_round_info(const fedge_aggregator *a, const char *device, double now, char *buf,
+                         size_t cap);
+/* GET /status body (JSON). */
+int fedge_agg_status_json(const fedge_aggregator *a, char *buf, size_t cap);
+
+/* POST /update. *coap_code gets the CoAP response class*100+detail (204,
+ * 400, 401, 403, 409, 413, 503) and msg a one-line reason. Returns FEDGE_OK
+ * when a reply was produced (accepted or not); an error only when the
+ * aggregator itself failed (database error), which the server reports as 5.00. */
+int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *body, size_t len,
+                     double now, int *coap_code, char *msg, size_t msglen);
+
+/* Reload the policy file (SIGHUP). Keeps the old policy when the new fails. */
+int fedge_agg_reload_policy(fedge_aggregator *a);
+
+double fedge_now(void); /* CLOCK_REALTIME seconds */
+
+#endif

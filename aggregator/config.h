@@ -1,0 +1,60 @@
+/* config.h — the aggregator's configuration: defaults, a `key = value`
+ * config file, then command-line overrides (same keys as --key value).
+ *
+ * Every key is documented in one table (config.c), printed by
+ * `fedge-aggregator --help-config` and in docs/AGGREGATOR.md. Unknown keys,
+ * unparsable or out-of-range values are errors that name the file and line. */
+#ifndef FEDGE_AGG_CONFIG_H
+#define FEDGE_AGG_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define FEDGE_PATH_MAX 1024
+
+typedef struct {
+    char listen[128];           /* host:port */
+    int insecure;               /* plain CoAP (no DTLS) */
+    char keys_file[FEDGE_PATH_MAX];
+    char db[FEDGE_PATH_MAX];
+    char model_dir[FEDGE_PATH_MAX];
+    char model_spec[128];
+    char init_model[FEDGE_PATH_MAX]; /* optional starting model file */
+    char test_data[FEDGE_PATH_MAX];  /* shard file, or "fashion-mnist" */
+    char policy_file[FEDGE_PATH_MAX];
+    char signing_key[FEDGE_PATH_MAX];
+    char log_level[16];
+    char log_file[FEDGE_PATH_MAX];
+    long seed;
+    long rounds;                /* 0: run forever */
+    long clients_per_round;     /* 0: use client_fraction */
+    double client_fraction;
+    double quorum;              /* fraction of selected whose updates close a round early */
+    long min_updates;           /* accepted updates needed to aggregate at the deadline */
+    double round_timeout_s;
+    double start_delay_s;       /* wait before opening the first round */
+    long local_epochs;
+    double lr;
+    double momentum;
+    long batch;
+    double server_lr;
+    long max_update_bytes;      /* 0: derived from the model size */
+    double linger_s;            /* keep answering after the last round */
+    long refine_every;          /* 0: never */
+    char refine_command[FEDGE_PATH_MAX];
+    double refine_timeout_s;
+} fedge_agg_config;
+
+void fedge_agg_config_defaults(fedge_agg_config *c);
+/* Applies `key = value` lines from path; err gets "path:line: reason". */
+int fedge_agg_config_load_file(fedge_agg_config *c, const char *path, char *err, size_t errlen);
+/* Sets one key from text (command line). */
+int fedge_agg_config_set(fedge_agg_config *c, const char *key, const char *value, char *err,
+                         size_t errlen);
+/* Cross-field checks after everything is applied. */
+int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errlen);
+void fedge_agg_config_print_help(FILE *out);
+int fedge_agg_config_is_key(const char *key);
+
+#endif

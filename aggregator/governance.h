@@ -1,0 +1,65 @@
+/* governance.h — where the aggregator meets the policy engine and the audit
+ * chain (policy/). The policy decides; these functions make the aggregator
+ * obey and log: every decision becomes a row with its rule and reason, in the
+ * same transaction as the state it changes, followed by an audit entry. */
+#ifndef FEDGE_GOVERNANCE_H
+#define FEDGE_GOVERNANCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agg.h"
+#include "delta.h"
+
+typedef struct {
+    int device_index;
+    const char *device;
+    const char *status;              /* devices.status */
+    const fedge_delta_header *header;
+    float *delta;                    /* decoded; scaled in place when clipped */
+    size_t n_params;
+    uint64_t counter;
+    size_t bytes;                    /* sealed size on the wire */
+    const uint8_t *encoded;          /* decrypted encoded delta (header + payload) */
+    size_t encoded_len;
+    double now;
+} fedge_gov_update_in;
+
+typedef struct {
+    int ok;                          /* 0: round failed (reason says why) */
+    size_t n_used;                   /* updates that entered the aggregate */
+    size_t n_excluded;               /* accepted, then excluded by round checks */
+    double epsilon;                  /* cumulative epsilon after this round; -1 without DP */
+    char reason[256];
+} fedge_gov_round_result;
+
+/* Loads the policy (cfg.policy_file or the default), the signing key, and
+ * records the policy in the database. */
+int fedge_gov_init(fedge_aggregator *a, char *err, size_t errlen);
+void fedge_gov_free(fedge_aggregator *a);
+int fedge_gov_reload(fedge_aggregator *a);
+const char *fedge_gov_strategy(const fedge_aggregator *a);
+
+/* Append the current row of tbl/key to the audit chain (caller's transaction). */
+int fedge_gov_audit(fedge_aggregator *a, const char *tbl, const char *key);
+/* Insert an events row (round may be 0, device NULL) and audit it (caller's transaction). */
+int fedge_gov_event(fedge_aggregator *a, uint32_t round, const char *device, const char *kind,
+                    const char *rule, const char *detail);
+/* Sign the chain head, when a signing key is configured (caller's transaction). */
+int fedge_gov_sign_head(fedge_aggregator *a, uint32_t round);
+
+/* Before opening `round` with k of n_allowed devices: would it exceed the
+ * privacy budget? */
+int fedge_gov_round_admission(fedge_aggregator *a, uint32_t round, size_t k, size_t n_allowed,
+                              int *refused, char *reason, size_t reason_len);
+/* Per-update policy; writes the updates row (accepted, clipped or rejected),
+ * the device's counter and the audit entry in one committed transaction.
+ * *accepted and reason tell the client what happened. */
+int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, int *accepted,
+                           char *reason, size_t reason_len);
+/* Round close, inside the caller's transaction: loads the accepted deltas,
+ * applies the round rules, DP noise, and the weighted mean to a->model. */
+int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res);
+void fedge_gov_round_result_free(fedge_gov_round_result *res);
+
+#endif

@@ -1,0 +1,22 @@
+/* refine.h — running the cluster refinement command.
+ *
+ * The configured command is a template: {in} (input model file), {out}
+ * (output model file), {round} are substituted, each shell-quoted, and the
+ * result runs under /bin/sh -c in its own process group. A command still
+ * running after the timeout gets SIGTERM, then SIGKILL two seconds later.
+ * The last non-empty line of its standard output (the JSON summary
+ * fedge-cluster prints) is returned. */
+#ifndef FEDGE_REFINE_H
+#define FEDGE_REFINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* *exit_status: the command's exit code, or -1 (timed out / killed by a signal). */
+int fedge_refine_command_run(const char *tmpl, const char *in, const char *out, uint32_t round,
+                             double timeout_s, int *exit_status, char *summary, size_t cap);
+/* Expands the template into buf (exposed for tests). */
+int fedge_refine_expand(const char *tmpl, const char *in, const char *out, uint32_t round, char *buf,
+                        size_t cap);
+
+#endif
