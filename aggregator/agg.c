@@ -662,7 +662,6 @@ cleanup:
         if (load_current_model(a, err, sizeof err) != FEDGE_OK)
             FEDGE_ERROR("cannot reload the current model: %s", err);
     }
-    fedge_gov_round_result_free(&res);
     return ret;
 }
 

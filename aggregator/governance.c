@@ -56,10 +56,11 @@ static int signer_load(const char *path, struct fedge_signer **out, char *err, s
     if (mbedtls_ctr_drbg_seed(&s->drbg, mbedtls_entropy_func, &s->entropy, (const unsigned char *)pers,
                               sizeof pers - 1) != 0)
         FAIL(FEDGE_ERR_CRYPTO);
-    if (mbedtls_pk_parse_keyfile(&s->key, path, NULL) != 0 ||
-        !mbedtls_pk_can_do(&s->key, MBEDTLS_PK_ECDSA)) {
-        snprintf(err, errlen, "signing_key %s: not a readable ECDSA private key (PEM)", path);
-        FAIL(FEDGE_ERR_CRYPTO);
+    ret = fedge_audit_load_private_key(path, &s->key);
+    if (ret != FEDGE_OK) {
+        snprintf(err, errlen, "signing_key %s: %s (an EC P-256 private key PEM, mode 0600)", path,
+                 fedge_strerror(ret));
+        goto cleanup;
     }
 cleanup:
     if (ret != FEDGE_OK)
@@ -574,9 +575,4 @@ cleanup:
     free(per);
     free(mean);
     return ret;
-}
-
-void fedge_gov_round_result_free(fedge_gov_round_result *res)
-{
-    (void)res;
 }

@@ -30,7 +30,7 @@ typedef struct {
     size_t n_used;                   /* updates that entered the aggregate */
     size_t n_excluded;               /* accepted, then excluded by round checks */
     double epsilon;                  /* cumulative epsilon after this round; -1 without DP */
-    char reason[256];
+    char reason[320];                /* rule + ": " + the policy's reason */
 } fedge_gov_round_result;
 
 /* Loads the policy (cfg.policy_file or the default), the signing key, and
@@ -60,6 +60,5 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
 /* Round close, inside the caller's transaction: loads the accepted deltas,
  * applies the round rules, DP noise, and the weighted mean to a->model. */
 int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res);
-void fedge_gov_round_result_free(fedge_gov_round_result *res);
 
 #endif

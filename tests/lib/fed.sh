@@ -1,0 +1,86 @@
+# tests/lib/fed.sh — helpers for scripts that run a real federation on
+# loopback: provisioning, starting and stopping the aggregator and edges.
+# Source it; set FEDGE_BUILD (default build/native). Every process started
+# here is recorded and killed by fed_cleanup (installed as an EXIT trap).
+
+FEDGE_BUILD=${FEDGE_BUILD:-build/native}
+BIN="$FEDGE_BUILD/bin"
+FED_PIDS=()
+FED_DIR=""
+
+fed_cleanup() {
+    local pid
+    for pid in "${FED_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null
+    done
+    for pid in "${FED_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null
+    done
+    FED_PIDS=()
+    if [ -n "$FED_DIR" ] && [ -z "${FEDGE_KEEP:-}" ]; then
+        rm -rf "$FED_DIR"
+    fi
+}
+
+fed_fail() {
+    echo "FAIL: $*" >&2
+    if [ -n "$FED_DIR" ] && [ -f "$FED_DIR/agg.log" ]; then
+        echo "--- aggregator log (tail) ---" >&2
+        tail -n 40 "$FED_DIR/agg.log" >&2
+    fi
+    exit 1
+}
+
+# fed_setup N_DEVICES: temp dir, keys, signing key
+fed_setup() {
+    FED_DIR=$(mktemp -d /tmp/fedge-test.XXXXXX)
+    trap fed_cleanup EXIT
+    "$BIN/fedge-keygen" devices --count "$1" --prefix dev- --regions eu --out "$FED_DIR/keys" >/dev/null ||
+        fed_fail "keygen devices"
+    "$BIN/fedge-keygen" aggregator --out "$FED_DIR" >/dev/null || fed_fail "keygen aggregator"
+}
+
+# fed_free_port: a UDP port nobody listens on
+fed_free_port() {
+    python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# fed_start_aggregator ARGS...: starts it with the test dir's keys, db and models
+fed_start_aggregator() {
+    "$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" --db "$FED_DIR/fedge.db" \
+        --model-dir "$FED_DIR/models" --signing-key "$FED_DIR/aggregator.key" \
+        --listen "127.0.0.1:$FED_PORT" "$@" >>"$FED_DIR/agg.log" 2>&1 &
+    FED_AGG_PID=$!
+    FED_PIDS+=("$FED_AGG_PID")
+}
+
+# fed_start_edge ID SHARD ARGS...
+fed_start_edge() {
+    local id=$1 shard=$2
+    shift 2
+    "$BIN/fedge-edge" --server "127.0.0.1:$FED_PORT" --id "$id" --keys "$FED_DIR/keys" \
+        --shard "$shard" "$@" >>"$FED_DIR/edge-$id.log" 2>&1 &
+    FED_PIDS+=("$!")
+}
+
+# fed_wait_pid PID SECONDS: wait for a process to exit; fails on timeout
+fed_wait_pid() {
+    local pid=$1 t=$2 i
+    for ((i = 0; i < t * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid"; return $?; }
+        sleep 0.1
+    done
+    fed_fail "process $pid still running after ${t}s"
+}
+
+# fed_wait_for COND_CMD SECONDS
+fed_wait_for() {
+    local cmd=$1 t=$2 i
+    for ((i = 0; i < t * 10; i++)); do
+        eval "$cmd" && return 0
+        sleep 0.1
+    done
+    fed_fail "timed out after ${t}s waiting for: $cmd"
+}
+
+fed_sql() { sqlite3 -batch -noheader "$FED_DIR/fedge.db" "$@"; }

@@ -1,0 +1,461 @@
+/* The aggregator's state machine driven directly (no network): accepted
+ * updates, every kind of bad input (each with its reply code and no stored
+ * state changed), round close, and resuming an open round after a "crash". */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agg.h"
+#include "common.h"
+#include "config.h"
+#include "hash.h"
+#include "log.h"
+#include "modelfile.h"
+#include "shard.h"
+#include "store.h"
+#include "update.h"
+
+#define N_DEV 3
+static const char *DEVICES[N_DEV] = {"dev-a", "dev-b", "dev-c"};
+
+typedef struct {
+    char dir[64];
+    fedge_agg_config cfg;
+    fedge_aggregator agg;
+    fedge_device_key keys[N_DEV];
+} fixture;
+
+static void secret_of(int i, uint8_t s[FEDGE_SECRET_LEN])
+{
+    for (int j = 0; j < FEDGE_SECRET_LEN; j++)
+        s[j] = (uint8_t)(17 * i + j + 1);
+}
+
+static void write_keys(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < N_DEV; i++) {
+        uint8_t s[FEDGE_SECRET_LEN];
+        secret_of(i, s);
+        fprintf(f, "%s eu ", DEVICES[i]);
+        for (int j = 0; j < FEDGE_SECRET_LEN; j++)
+            fprintf(f, "%02x", s[j]);
+        fprintf(f, "\n");
+    }
+    fclose(f);
+    assert_int_equal(chmod(path, 0600), 0);
+}
+
+static void write_test_shard(const char *path)
+{
+    fedge_dataset ds = {.n = 120, .dim = 16, .n_classes = 3};
+    size_t *idx = malloc(ds.n * sizeof *idx);
+    ds.x = malloc(ds.n * 16 * sizeof(float));
+    ds.y = malloc(ds.n);
+    assert_non_null(idx);
+    assert_non_null(ds.x);
+    assert_non_null(ds.y);
+    for (size_t i = 0; i < ds.n; i++) {
+        idx[i] = i;
+        ds.y[i] = (uint8_t)(i % 3);
+        for (int j = 0; j < 16; j++) /* class c lights features 5c..5c+4 */
+            ds.x[i * 16 + j] = (j / 5 == ds.y[i]) ? 0.9f : 0.1f * (float)((i + j) % 3) / 3.0f;
+    }
+    assert_int_equal(fedge_shard_write(path, &ds, idx, ds.n, FEDGE_SHARD_U8), FEDGE_OK);
+    free(idx);
+    free(ds.x);
+    free(ds.y);
+}
+
+static int setup(void **state)
+{
+    fixture *fx = calloc(1, sizeof *fx);
+    char path[128], err[256] = "";
+    snprintf(fx->dir, sizeof fx->dir, "/tmp/fedge-agg-XXXXXX");
+    assert_non_null(mkdtemp(fx->dir));
+    fedge_log_set_level(FEDGE_LOG_WARN);
+    fedge_agg_config_defaults(&fx->cfg);
+    snprintf(path, sizeof path, "%s/keys", fx->dir);
+    write_keys(path);
+    snprintf(fx->cfg.keys_file, sizeof fx->cfg.keys_file, "%s", path);
+    snprintf(path, sizeof path, "%s/test.bin", fx->dir);
+    write_test_shard(path);
+    snprintf(fx->cfg.test_data, sizeof fx->cfg.test_data, "%s", path);
+    snprintf(fx->cfg.db, sizeof fx->cfg.db, "%s/fedge.db", fx->dir);
+    snprintf(fx->cfg.model_dir, sizeof fx->cfg.model_dir, "%s/models", fx->dir);
+    snprintf(fx->cfg.model_spec, sizeof fx->cfg.model_spec, "mlp:16-8-3");
+    fx->cfg.rounds = 3;
+    fx->cfg.round_timeout_s = 600;
+    assert_int_equal(fedge_agg_config_validate(&fx->cfg, err, sizeof err), FEDGE_OK);
+    for (int i = 0; i < N_DEV; i++) {
+        uint8_t s[FEDGE_SECRET_LEN];
+        secret_of(i, s);
+        assert_int_equal(fedge_envelope_derive_key(s, sizeof s, DEVICES[i], &fx->keys[i]), FEDGE_OK);
+    }
+    int ret = fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err);
+    if (ret != FEDGE_OK)
+        fail_msg("fedge_agg_init: %s", err);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    assert_int_equal(fx->agg.round, 1);
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *fx = *state;
+    char cmd[160];
+    fedge_agg_free(&fx->agg);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
+    assert_int_equal(system(cmd), 0);
+    free(fx);
+    return 0;
+}
+
+/* A sealed update from device i; tweak lets a test break one thing. */
+typedef struct {
+    uint32_t round;
+    uint64_t counter;
+    int key_of;          /* seal with this device's key */
+    const char *spec;    /* NULL: the aggregator's model */
+    float fill;          /* delta value */
+    int nan_at;          /* >= 0: put a NaN there */
+    fedge_encoding enc;
+} update_spec;
+
+static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
+{
+    fedge_model_spec spec = fx->agg.model.spec;
+    if (u.spec)
+        assert_int_equal(fedge_model_spec_parse(u.spec, &spec), FEDGE_OK);
+    size_t n = fedge_model_spec_param_count(&spec);
+    float *delta = malloc(n * sizeof *delta);
+    assert_non_null(delta);
+    for (size_t i = 0; i < n; i++)
+        delta[i] = u.fill * (float)((int)(i % 7) - 3) / 3.0f;
+    if (u.nan_at >= 0)
+        delta[u.nan_at] = NAN;
+    fedge_delta_header h = {
+        .encoding = (uint8_t)u.enc,
+        .model_id = fedge_model_spec_id(&spec),
+        .round = u.round,
+        .n_samples = 10 + (uint32_t)dev,
+        .n_elems = (uint32_t)n,
+        .block_size = u.enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0,
+    };
+    memcpy(h.base_version, fx->agg.version, FEDGE_HASH_LEN);
+    uint8_t *out = NULL;
+    int key = u.key_of >= 0 ? u.key_of : dev;
+    assert_int_equal(fedge_update_seal(&fx->keys[key], u.counter, &h, delta, NULL, &out, len), FEDGE_OK);
+    free(delta);
+    return out;
+}
+
+static update_spec good(fixture *fx, uint64_t counter)
+{
+    update_spec u = {.round = fx->agg.round, .counter = counter, .key_of = -1, .fill = 0.01f,
+                     .nan_at = -1, .enc = FEDGE_ENC_FP32};
+    return u;
+}
+
+static long long q1(fixture *fx, const char *sql)
+{
+    sqlite3_stmt *st;
+    long long v = -1;
+    assert_int_equal(sqlite3_prepare_v2(fx->agg.db, sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* Everything a bad update must leave alone. */
+typedef struct {
+    long long updates, audit, counters, models, events;
+    size_t accepted;
+} snapshot;
+
+static snapshot snap(fixture *fx)
+{
+    snapshot s = {
+        .updates = q1(fx, "SELECT count(*) FROM updates"),
+        .audit = q1(fx, "SELECT count(*) FROM audit"),
+        .counters = q1(fx, "SELECT sum(last_counter) FROM devices"),
+        .models = q1(fx, "SELECT count(*) FROM models"),
+        .events = q1(fx, "SELECT count(*) FROM events"),
+        .accepted = fx->agg.n_accepted,
+    };
+    return s;
+}
+
+static void assert_unchanged(fixture *fx, snapshot before)
+{
+    snapshot now = snap(fx);
+    assert_int_equal(now.updates, before.updates);
+    assert_int_equal(now.audit, before.audit);
+    assert_int_equal(now.counters, before.counters);
+    assert_int_equal(now.models, before.models);
+    assert_int_equal(now.events, before.events);
+    assert_int_equal(now.accepted, before.accepted);
+}
+
+static int submit(fixture *fx, const char *dev, const uint8_t *b, size_t len, char *msg)
+{
+    int code = 0;
+    assert_int_equal(fedge_agg_submit(&fx->agg, dev, b, len, fedge_now(), &code, msg, 320), FEDGE_OK);
+    return code;
+}
+
+static void test_accept_and_duplicate(void **state)
+{
+    fixture *fx = *state;
+    char msg[320];
+    size_t len;
+    uint8_t *b = make_update(fx, 0, good(fx, 100), &len);
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 204);
+    assert_string_equal(msg, "accepted");
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-a' AND decision='accepted'"), 1);
+    assert_int_equal(q1(fx, "SELECT last_counter FROM devices WHERE id='dev-a'"), 100);
+
+    snapshot before = snap(fx);
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 204); /* lost ACK, same bytes again */
+    assert_string_equal(msg, "accepted (duplicate)");
+    assert_unchanged(fx, before);
+
+    uint8_t *b2 = make_update(fx, 0, good(fx, 101), &len); /* a second, different update */
+    assert_int_equal(submit(fx, "dev-a", b2, len, msg), 409);
+    assert_unchanged(fx, before);
+    free(b);
+    free(b2);
+}
+
+static void expect_refused(fixture *fx, const char *dev, const uint8_t *b, size_t len, int code,
+                           const char *needle)
+{
+    char msg[320];
+    snapshot before = snap(fx);
+    int got = submit(fx, dev, b, len, msg);
+    if (got != code || !strstr(msg, needle))
+        fail_msg("expected %d '%s', got %d '%s'", code, needle, got, msg);
+    assert_unchanged(fx, before);
+}
+
+static void test_bad_inputs(void **state)
+{
+    fixture *fx = *state;
+    size_t len;
+    update_spec u;
+
+    uint8_t *b = make_update(fx, 1, good(fx, 500), &len);
+    expect_refused(fx, "dev-b", b, len - 1, 400, "truncated");
+    expect_refused(fx, "dev-b", b, 10, 400, "truncated");
+    uint8_t *big = calloc(1, fx->agg.max_update_bytes + 1);
+    memcpy(big, b, len);
+    expect_refused(fx, "dev-b", big, fx->agg.max_update_bytes + 1, 413, "exceeds the limit");
+    free(big);
+    u = good(fx, 500);
+    u.enc = FEDGE_ENC_INT8;
+    size_t len8;
+    uint8_t *b8 = make_update(fx, 1, u, &len8);
+    uint8_t *longer = calloc(1, len8 + 1);
+    memcpy(longer, b8, len8);
+    expect_refused(fx, "dev-b", longer, len8 + 1, 413, "oversized");
+    free(longer);
+    free(b8);
+    b[len - 20] ^= 0x01; /* ciphertext */
+    expect_refused(fx, "dev-b", b, len, 401, "authentication failed");
+    b[len - 20] ^= 0x01;
+    b[0] ^= 0xff;
+    expect_refused(fx, "dev-b", b, len, 400, "not a fedge envelope");
+    b[0] ^= 0xff;
+    expect_refused(fx, "dev-zzz", b, len, 403, "unknown device");
+    expect_refused(fx, "dev-c", b, len, 401, "another key"); /* dev-b's update as dev-c */
+    free(b);
+
+    u = good(fx, 501);
+    u.key_of = 2; /* sealed with dev-c's key, sent by dev-b */
+    b = make_update(fx, 1, u, &len);
+    expect_refused(fx, "dev-b", b, len, 401, "another key");
+    free(b);
+
+    u = good(fx, 502);
+    u.round = fx->agg.round + 5;
+    b = make_update(fx, 1, u, &len);
+    expect_refused(fx, "dev-b", b, len, 409, "another round");
+    free(b);
+
+    u = good(fx, 503);
+    u.spec = "mlp:16-9-3";
+    b = make_update(fx, 1, u, &len);
+    expect_refused(fx, "dev-b", b, len, 400, "shape");
+    free(b);
+
+    u = good(fx, 504);
+    u.nan_at = 17;
+    b = make_update(fx, 1, u, &len);
+    expect_refused(fx, "dev-b", b, len, 400, "NaN");
+    free(b);
+
+    /* The valid one still goes through after all that. */
+    b = make_update(fx, 1, good(fx, 505), &len);
+    char msg[320];
+    assert_int_equal(submit(fx, "dev-b", b, len, msg), 204);
+    free(b);
+
+    /* An older counter from the same device is a replay. */
+    u = good(fx, 400);
+    b = make_update(fx, 1, u, &len);
+    expect_refused(fx, "dev-b", b, len, 409, "already accepted");
+    free(b);
+}
+
+static void close_round_with_all(fixture *fx, uint64_t counter, fedge_encoding enc)
+{
+    char msg[320];
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        update_spec u = good(fx, counter + (uint64_t)i);
+        u.enc = enc;
+        uint8_t *b = make_update(fx, i, u, &len);
+        int code = submit(fx, DEVICES[i], b, len, msg);
+        if (code != 204)
+            fail_msg("%s: %d %s", DEVICES[i], code, msg);
+        free(b);
+    }
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+}
+
+static void test_round_close_and_replay(void **state)
+{
+    fixture *fx = *state;
+    char before[FEDGE_HASH_HEX_LEN], msg[320];
+    memcpy(before, fx->agg.version_hex, sizeof before);
+    size_t len;
+    uint8_t *old = make_update(fx, 0, good(fx, 1000), &len);
+
+    close_round_with_all(fx, 1000, FEDGE_ENC_INT8);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_WAITING);
+    assert_string_not_equal(before, fx->agg.version_hex);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='closed' AND n_accepted=3"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM models WHERE kind='aggregate' AND round=1"), 1);
+
+    /* The models row's sha256 is the file's. */
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(fx->agg.db, "SELECT path, sha256, version FROM models", -1, &st, NULL),
+                     SQLITE_OK);
+    int rows = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        uint8_t h[FEDGE_HASH_LEN], v[FEDGE_HASH_LEN];
+        char hex[FEDGE_HASH_HEX_LEN];
+        fedge_model m;
+        assert_int_equal(fedge_sha256_file((const char *)sqlite3_column_text(st, 0), h), FEDGE_OK);
+        fedge_hash_to_hex(h, hex);
+        assert_string_equal(hex, (const char *)sqlite3_column_text(st, 1));
+        assert_int_equal(fedge_model_load((const char *)sqlite3_column_text(st, 0), &m, v), FEDGE_OK);
+        fedge_hash_to_hex(v, hex);
+        assert_string_equal(hex, (const char *)sqlite3_column_text(st, 2));
+        fedge_model_free(&m);
+        rows++;
+    }
+    sqlite3_finalize(st);
+    assert_int_equal(rows, 2);
+
+    /* Round 2: the round-1 bytes again are a replay (and for another round). */
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 2);
+    expect_refused(fx, "dev-a", old, len, 409, "replayed");
+    free(old);
+    /* A stale base model is refused by the staleness rule and logged. */
+    (void)msg;
+}
+
+static void test_resume_after_crash(void **state)
+{
+    fixture *fx = *state;
+    char msg[320], err[256] = "";
+    size_t len;
+    uint8_t *b = make_update(fx, 0, good(fx, 2000), &len);
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 204);
+    char version[FEDGE_HASH_HEX_LEN];
+    memcpy(version, fx->agg.version_hex, sizeof version);
+
+    /* "crash": drop the in-memory state without closing anything */
+    fedge_agg_free(&fx->agg);
+    assert_int_equal(fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    assert_int_equal(fx->agg.round, 1);
+    assert_int_equal(fx->agg.n_accepted, 1);
+    assert_string_equal(fx->agg.version_hex, version);
+    /* the accepted update is remembered: resending it is a duplicate */
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 204);
+    assert_string_equal(msg, "accepted (duplicate)");
+    free(b);
+    for (int i = 1; i < N_DEV; i++) {
+        b = make_update(fx, i, good(fx, 2000 + (uint64_t)i), &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=1"), 3);
+}
+
+static void test_finish_and_no_round(void **state)
+{
+    fixture *fx = *state;
+    char msg[320];
+    for (int r = 0; r < 3; r++) {
+        if (fx->agg.state == FEDGE_AGG_WAITING)
+            assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+        close_round_with_all(fx, 3000 + 10 * (uint64_t)r, r == 1 ? FEDGE_ENC_FP16 : FEDGE_ENC_BF16);
+    }
+    assert_int_equal(fx->agg.state, FEDGE_AGG_FINISHED);
+    size_t len;
+    uint8_t *b = make_update(fx, 0, good(fx, 5000), &len);
+    snapshot before = snap(fx);
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 503);
+    assert_unchanged(fx, before);
+    free(b);
+    char info[1024];
+    assert_int_equal(fedge_agg_round_info(&fx->agg, "dev-a", fedge_now(), info, sizeof info), FEDGE_OK);
+    assert_non_null(strstr(info, "state=finished\n"));
+    assert_int_equal(fedge_agg_status_json(&fx->agg, info, sizeof info), FEDGE_OK);
+    assert_non_null(strstr(info, "\"rounds_done\":3"));
+}
+
+static void test_round_info(void **state)
+{
+    fixture *fx = *state;
+    char info[1024];
+    assert_int_equal(fedge_agg_round_info(&fx->agg, "dev-b", fedge_now(), info, sizeof info), FEDGE_OK);
+    assert_non_null(strstr(info, "state=open\nround=1\nselected=1\n"));
+    assert_non_null(strstr(info, "spec=mlp:16-8-3\n"));
+    char model_line[80];
+    snprintf(model_line, sizeof model_line, "model=%s\n", fx->agg.version_hex);
+    assert_non_null(strstr(info, model_line));
+    assert_int_equal(fedge_agg_round_info(&fx->agg, "nobody", fedge_now(), info, sizeof info), FEDGE_OK);
+    assert_non_null(strstr(info, "selected=0\n"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_round_info, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_accept_and_duplicate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_inputs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_round_close_and_replay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_after_crash, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_finish_and_no_round, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
