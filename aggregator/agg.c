@@ -135,6 +135,11 @@ static int evaluate(fedge_aggregator *a, double *accuracy)
 {
     size_t correct = 0;
     double loss = 0;
+    if (!a->eval_scratch) { /* the spec is fixed for the daemon's life */
+        a->eval_scratch = malloc(fedge_model_scratch_floats(&a->model.spec, EVAL_BATCH) * sizeof(float));
+        if (!a->eval_scratch)
+            return FEDGE_ERR_NOMEM;
+    }
     int ret = fedge_model_evaluate(&a->model, a->test.x, a->test.y, a->test.n, EVAL_BATCH,
                                    a->eval_scratch, &correct, &loss);
     if (ret == FEDGE_OK)
@@ -354,9 +359,6 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
                  a->model.spec.dims[0]);
         FAIL(FEDGE_ERR_MODEL_SHAPE);
     }
-    a->eval_scratch = malloc(fedge_model_scratch_floats(&a->model.spec, EVAL_BATCH) * sizeof(float));
-    if (!a->eval_scratch)
-        FAIL(FEDGE_ERR_NOMEM);
     a->max_update_bytes = cfg->max_update_bytes > 0
                               ? (size_t)cfg->max_update_bytes
                               : fedge_envelope_sealed_size(FEDGE_DELTA_HEADER_LEN,

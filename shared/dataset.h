@@ -1,7 +1,12 @@
 /* dataset.h — in-memory labelled datasets and their loaders.
  *
  * Features are float32 (n x dim, row-major), labels uint8 (< n_classes).
- * Loaders validate every length read from a file before allocating. */
+ * Loaders validate every length read from a file before allocating, and write
+ * *ds only on success (a failed load leaves it as it was). Loader errors:
+ * FEDGE_ERR_NOT_FOUND (no such file), _DATA_FORMAT (bad IDX magic, bytes after
+ * the payload, a malformed CSV field or row width), _DATA_TRUNCATED (file ends
+ * early), _RANGE (zero or oversized count/dims), _DATA_MISMATCH (image and
+ * label counts differ), _DATA_LABEL (CSV label not an integer in 0..255). */
 #ifndef FEDGE_DATASET_H
 #define FEDGE_DATASET_H
 
@@ -31,7 +36,8 @@ int fedge_dataset_load_fashion_mnist(fedge_dataset *ds, const char *dir, int tra
  * header line (non-numeric first field) is skipped. */
 int fedge_dataset_load_csv(fedge_dataset *ds, const char *path);
 /* Standardise features in place: x = (x - mean) / std with per-dataset
- * scalars; pass computed values from the training set to the test set. */
+ * scalars; pass computed values from the training set to the test set.
+ * stats gives std = 1 for constant features. */
 void fedge_dataset_stats(const fedge_dataset *ds, float *mean, float *std);
 void fedge_dataset_normalize(fedge_dataset *ds, float mean, float std);
 /* First `n` rows as a view sharing memory (no ownership; do not free). */

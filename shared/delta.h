@@ -15,7 +15,11 @@
  *
  * Decoding checks magic, version, encoding, block size, the element count
  * and model id against what the caller expects, the exact payload length and
- * every decoded value for NaN/Inf, before writing to the caller's buffer. */
+ * every decoded value for NaN/Inf, before writing to the caller's buffer.
+ * Unknown flag bits or a non-zero reserved word are FEDGE_ERR_DELTA_VERSION
+ * (a later format); the stochastic flag on a non-int8 encoding is
+ * FEDGE_ERR_DELTA_ENCODING; an int8 block whose scale is NaN/Inf or whose
+ * q * scale overflows is FEDGE_ERR_DELTA_NONFINITE. */
 #ifndef FEDGE_DELTA_H
 #define FEDGE_DELTA_H
 
@@ -54,7 +58,9 @@ const char *fedge_encoding_name(fedge_encoding e);
 /* Total bytes (header + payload); 0 for an invalid combination. */
 size_t fedge_delta_encoded_size(const fedge_delta_header *h);
 /* Encode h + delta[0..h->n_elems) into out. rng != NULL selects stochastic
- * rounding for int8 (and sets flags bit 0); NULL is round-to-nearest. */
+ * rounding for int8 (and sets flags bit 0); NULL is round-to-nearest.
+ * FEDGE_ERR_DELTA_NONFINITE for NaN/Inf input, FEDGE_ERR_RANGE for a finite
+ * value the encoding cannot hold (|x| >= 65520 in fp16). */
 int fedge_delta_encode(const fedge_delta_header *h, const float *delta, fedge_rng *rng,
                        uint8_t *out, size_t cap, size_t *out_len);
 /* Parse and validate the header only (magic, version, encoding, block size,
@@ -62,10 +68,22 @@ int fedge_delta_encode(const fedge_delta_header *h, const float *delta, fedge_rn
 int fedge_delta_decode_header(const uint8_t *buf, size_t len, fedge_delta_header *h);
 /* Full decode: header checks, then n_elems == expected_elems and
  * model_id == expected_model_id (FEDGE_ERR_DELTA_SHAPE), then values into
- * out[0..expected_elems) (FEDGE_ERR_DELTA_NONFINITE on NaN/Inf; out may be
- * partly written on that error). */
+ * out[0..expected_elems) (FEDGE_ERR_DELTA_NONFINITE on NaN/Inf). h and out
+ * are written only on success. */
 int fedge_delta_decode(const uint8_t *buf, size_t len, uint32_t expected_model_id,
                        uint32_t expected_elems, fedge_delta_header *h, float *out);
+
+/* The pieces of fedge_delta_decode, for a payload that does not follow its
+ * header in memory (an update keeps the header in the envelope's aad):
+ * parse_header checks the 64 header bytes alone (magic, version, flags,
+ * encoding, block size, n_elems <= FEDGE_DELTA_MAX_ELEMS); check_length
+ * compares a total length (header + payload) with h (TRUNCATED / OVERSIZED);
+ * decode_payload checks the length and every value, then writes
+ * out[0..h->n_elems) — nothing is written when it fails. */
+int fedge_delta_parse_header(const uint8_t hdr[FEDGE_DELTA_HEADER_LEN], fedge_delta_header *h);
+int fedge_delta_check_length(const fedge_delta_header *h, size_t len);
+int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *payload,
+                               size_t payload_len, float *out);
 
 /* Half-precision conversions (round to nearest even), used by the GPU path too. */
 uint16_t fedge_f32_to_f16(float f);

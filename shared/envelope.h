@@ -29,19 +29,28 @@
 #define FEDGE_ENV_TAG_LEN 16
 #define FEDGE_ENV_OVERHEAD (FEDGE_ENV_HEADER_LEN + FEDGE_ENV_TAG_LEN)
 #define FEDGE_ENV_MAX_LEN (512u * 1024u * 1024u)
+#define FEDGE_SECRET_MIN_LEN 16  /* device secrets shorter than this are refused */
+#define FEDGE_ENV_ID_MAX 255     /* longest device id derive_key takes (keys.h is stricter) */
 
 typedef struct {
     uint8_t key[FEDGE_KEY_LEN];
     uint8_t key_id[FEDGE_KEY_ID_LEN];
 } fedge_device_key;
 
+/* FEDGE_ERR_INVALID_ARG for a secret shorter than FEDGE_SECRET_MIN_LEN or an
+ * empty / over-long device id. */
 int fedge_envelope_derive_key(const uint8_t *secret, size_t secret_len,
                               const char *device_id, fedge_device_key *out);
+/* The key id of a raw key (what derive_key puts in out->key_id). */
+int fedge_envelope_key_id(const uint8_t key[FEDGE_KEY_LEN], uint8_t key_id[FEDGE_KEY_ID_LEN]);
 /* Wipes the key. */
 void fedge_device_key_wipe(fedge_device_key *k);
 
+/* 0 when the frame would exceed FEDGE_ENV_MAX_LEN. */
 size_t fedge_envelope_sealed_size(size_t aad_len, size_t plain_len);
-/* random_prefix: 4 bytes for the nonce (from the caller's DRBG). */
+/* random_prefix: 4 bytes for the nonce (from the caller's DRBG). aad and
+ * plain may already lie at their places in out (out + 44 and out + 44 +
+ * aad_len: sealing in place); any other overlap is FEDGE_ERR_INVALID_ARG. */
 int fedge_envelope_seal(const fedge_device_key *k, uint64_t counter,
                         const uint8_t random_prefix[4], const uint8_t *aad,
                         size_t aad_len, const uint8_t *plain, size_t plain_len,
@@ -56,10 +65,22 @@ typedef struct {
     size_t ct_len;
 } fedge_envelope_view;
 
-/* Structure only: magic, version, lengths (FEDGE_ERR_ENV_TRUNCATED /
- * _OVERSIZED when the frame length disagrees with the declared lengths). */
+/* Structure only: magic (checked once 4 bytes are there), version and a zero
+ * reserved field (FEDGE_ERR_ENV_VERSION), lengths (FEDGE_ERR_ENV_TRUNCATED /
+ * _OVERSIZED when the frame length disagrees with the declared lengths).
+ * *v is written only on success. */
 int fedge_envelope_parse(const uint8_t *in, size_t len, fedge_envelope_view *v);
-/* parse + key id + replay + GCM decrypt into plain (cap >= ct_len). */
+/* Key id (FEDGE_ERR_ENV_KEY_MISMATCH) then counter > last_counter
+ * (FEDGE_ERR_ENV_REPLAY), on a parsed view. */
+int fedge_envelope_check(const fedge_device_key *k, uint64_t last_counter,
+                         const fedge_envelope_view *v);
+/* GCM decrypt of a parsed frame into plain (cap >= ct_len, no overlap with
+ * in); FEDGE_ERR_ENV_AUTH when the tag does not verify, and then plain's
+ * first ct_len bytes are zeroed. */
+int fedge_envelope_decrypt(const fedge_device_key *k, const uint8_t *in,
+                           const fedge_envelope_view *v, uint8_t *plain, size_t cap);
+/* parse + key id + replay + GCM decrypt into plain (cap >= ct_len).
+ * *plain_len and *v are written only on success. */
 int fedge_envelope_open(const fedge_device_key *k, uint64_t last_counter,
                         const uint8_t *in, size_t len, uint8_t *plain, size_t cap,
                         size_t *plain_len, fedge_envelope_view *v);

@@ -25,7 +25,7 @@ int fedge_sha256_file(const char *path, uint8_t out[FEDGE_HASH_LEN])
     if (path == NULL || out == NULL)
         return FEDGE_ERR_INVALID_ARG;
     int ret = FEDGE_OK;
-    uint8_t buf[64 * 1024];
+    uint8_t buf[16 * 1024];
     mbedtls_sha256_context ctx;
     mbedtls_sha256_init(&ctx);
     int fd = open(path, O_RDONLY | O_CLOEXEC);

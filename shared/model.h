@@ -19,6 +19,8 @@
 #define FEDGE_MODEL_MAX_LAYERS 8
 #define FEDGE_MODEL_MAX_DIM 65536
 #define FEDGE_MODEL_SPEC_MAX 128 /* longest canonical spec string, with NUL */
+#define FEDGE_MODEL_MAX_CLASSES 256      /* labels are uint8 */
+#define FEDGE_MODEL_MAX_PARAMS (1u << 28) /* 1 GiB of float32; larger specs are refused */
 
 typedef enum { FEDGE_MODEL_SOFTMAX = 1, FEDGE_MODEL_MLP = 2 } fedge_model_kind;
 
@@ -28,6 +30,11 @@ typedef struct {
     int dims[FEDGE_MODEL_MAX_LAYERS + 1];  /* dims[0] input, dims[n_layers] classes */
 } fedge_model_spec;
 
+/* FEDGE_ERR_MODEL_SPEC for anything else than the forms above: dims in plain
+ * decimal (no sign, no leading zero) in 1..FEDGE_MODEL_MAX_DIM, 2..MAX_CLASSES
+ * classes, softmax with exactly two dims, mlp with at least one hidden layer,
+ * at most MAX_LAYERS dense layers and MAX_PARAMS parameters, nothing trailing.
+ * An accepted text is its own canonical form. *out is untouched on error. */
 int fedge_model_spec_parse(const char *text, fedge_model_spec *out);
 /* Canonical text, e.g. "mlp:784-200-10"; FEDGE_ERR_BUFFER_TOO_SMALL if it does not fit. */
 int fedge_model_spec_format(const fedge_model_spec *spec, char *buf, size_t cap);

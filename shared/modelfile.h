@@ -18,12 +18,19 @@
 #include "model.h"
 
 int fedge_model_version(const fedge_model *m, uint8_t version[FEDGE_HASH_LEN]);
-/* version_out may be NULL. */
+/* version_out may be NULL. The file gets mode 0644; a model with NaN/Inf
+ * parameters is refused (FEDGE_ERR_MODEL_NONFINITE) and, like any failure,
+ * leaves an existing file at path as it was and no temp file behind. */
 int fedge_model_save(const fedge_model *m, const char *path, uint8_t version_out[FEDGE_HASH_LEN]);
-/* Initialises *m (caller frees with fedge_model_free). Checks magic, version,
- * lengths against the file size, checksum and finite values. */
+/* Initialises *m (caller frees with fedge_model_free); on failure *m and
+ * version_out are untouched. Checks, in order: magic (FILE_MAGIC), version
+ * (FILE_VERSION), spec text (MODEL_SPEC), n_params against the spec
+ * (MODEL_SHAPE), total length against the file size (FILE_TRUNCATED),
+ * checksum (FILE_CHECKSUM), finite values (MODEL_NONFINITE). A missing file
+ * is FEDGE_ERR_NOT_FOUND, other read errors FEDGE_ERR_IO. */
 int fedge_model_load(const char *path, fedge_model *m, uint8_t version_out[FEDGE_HASH_LEN]);
-/* Serialise into memory (for GET /model); *out malloc'd, caller frees. */
+/* Serialise into memory (for GET /model); *out malloc'd, caller frees.
+ * deserialize checks exactly what load does. */
 int fedge_model_serialize(const fedge_model *m, uint8_t **out, size_t *out_len,
                           uint8_t version_out[FEDGE_HASH_LEN]);
 int fedge_model_deserialize(const uint8_t *buf, size_t len, fedge_model *m,

@@ -19,6 +19,8 @@ typedef struct {
     float *velocity; /* owned, n floats, zeroed at init */
 } fedge_sgd;
 
+/* FEDGE_ERR_INVALID_ARG for n == 0, lr < 0, momentum outside [0, 1),
+ * weight_decay < 0 or a non-finite value. */
 int fedge_sgd_init(fedge_sgd *opt, size_t n, const fedge_sgd_config *cfg);
 void fedge_sgd_free(fedge_sgd *opt);
 /* Update params[0..n) in place from grad[0..n). */

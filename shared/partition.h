@@ -25,7 +25,7 @@ typedef struct {
     fedge_partition_kind kind;
     int n_clients;
     double beta;        /* Dirichlet concentration, > 0 (unused for IID) */
-    size_t min_size;    /* each client at least this many rows (default 10) */
+    size_t min_size;    /* each client at least this many rows (default 10; 0 acts as 1) */
     uint64_t seed;
 } fedge_partition_config;
 
@@ -41,6 +41,10 @@ int fedge_partition_make(const fedge_dataset *ds, const fedge_partition_config *
 /* hist is n_clients x ds->n_classes, caller-allocated. */
 void fedge_partition_label_histogram(const fedge_partition *p, const fedge_dataset *ds,
                                      size_t *hist);
+/* Label skew: the mean over clients of the total-variation distance between
+ * a client's label distribution and the whole partition's (0 = identical,
+ * 1 = disjoint). */
+int fedge_partition_label_tv(const fedge_partition *p, const fedge_dataset *ds, double *tv);
 void fedge_partition_free(fedge_partition *p);
 
 #endif

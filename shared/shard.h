@@ -19,8 +19,14 @@
 #include "dataset.h"
 
 enum { FEDGE_SHARD_U8 = 0, FEDGE_SHARD_F32 = 1 };
+/* A u8 feature b reads as b * FEDGE_SHARD_U8_SCALE, the same float the IDX
+ * loader gives a pixel, so Fashion-MNIST round-trips bit for bit. */
+#define FEDGE_SHARD_U8_SCALE (1.0f / 255.0f)
 
-/* Write rows idx[0..count) of ds. u8 features require x in [0, 1]. */
+/* Write rows idx[0..count) of ds (count >= 1). u8 features require x in
+ * [0, 1]. Every row is checked first (FEDGE_ERR_RANGE: an index or value
+ * out of range; FEDGE_ERR_DATA_LABEL), then the file is written atomically:
+ * a temp file in the same directory, fsync, rename. */
 int fedge_shard_write(const char *path, const fedge_dataset *ds, const size_t *idx,
                       size_t count, int feature_type);
 
@@ -38,16 +44,23 @@ typedef struct {
 } fedge_shard_reader;
 
 /* Opens and validates the header and length (not the trailing hash; use
- * fedge_shard_verify for that). */
+ * fedge_shard_verify for that): FEDGE_ERR_SHARD_MAGIC, _VERSION, _HEADER
+ * (a field out of range), _TRUNCATED or _OVERSIZED (length != header +
+ * n * record + 32). On failure *r is left closed. */
 int fedge_shard_open(fedge_shard_reader *r, const char *path);
 void fedge_shard_close(fedge_shard_reader *r);
+/* The open checks, then the SHA-256 (FEDGE_ERR_SHARD_CHECKSUM); reads in
+ * fixed-size chunks. */
 int fedge_shard_verify(const char *path);
 /* Start an epoch: shuffle != 0 gives a permutation derived from seed. */
 void fedge_shard_rewind(fedge_shard_reader *r, int shuffle, uint64_t seed);
-/* Up to `batch` rows into x (batch x dim) and y; *got = 0 at epoch end. */
+/* Up to `batch` rows into x (batch x dim) and y; *got = 0 at epoch end.
+ * A record with a label >= n_classes (FEDGE_ERR_DATA_LABEL) or a non-finite
+ * f32 (FEDGE_ERR_DATA_FORMAT) stops the batch; *got counts the rows before it. */
 int fedge_shard_next_batch(fedge_shard_reader *r, int batch, float *x, uint8_t *y,
                            int *got);
-/* Load the whole shard into memory (server-side evaluation, tests). */
+/* Load the whole shard into memory (server-side evaluation, tests); checks
+ * the SHA-256 too. The caller frees ds with fedge_dataset_free. */
 int fedge_shard_load(const char *path, fedge_dataset *ds);
 
 #endif

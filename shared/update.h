@@ -25,12 +25,17 @@ typedef struct {
     uint32_t n_elems;
     uint32_t round;
     uint64_t last_counter;  /* last counter accepted from this device */
-    size_t max_len;         /* refuse larger frames (FEDGE_ERR_ENV_OVERSIZED) */
+    size_t max_len;         /* refuse larger frames (FEDGE_ERR_ENV_OVERSIZED);
+                               0: FEDGE_ENV_MAX_LEN */
 } fedge_update_expect;
 
 /* Opens and validates; on success writes the header, counter and
- * delta[0..n_elems). On failure delta's content is unspecified and the
- * caller must not use it. scratch: at least len bytes (the plaintext). */
+ * delta[0..n_elems), and scratch[0 .. len - FEDGE_ENV_OVERHEAD) holds the
+ * decrypted encoded delta (header + payload, for storing; the caller wipes
+ * it when it must). On failure h, counter and delta are left untouched and
+ * no plaintext is left in scratch. scratch: at least len bytes, not
+ * overlapping in. The caller checks h->base_version (FEDGE_ERR_DELTA_BASE)
+ * and persists *counter as the device's new last counter once it accepts. */
 int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
                       const fedge_update_expect *exp, uint8_t *scratch,
                       fedge_delta_header *h, uint64_t *counter, float *delta);

@@ -296,7 +296,7 @@ static void test_bad_inputs(void **state)
     free(b);
 
     u = good(fx, 503);
-    u.spec = "mlp:16-9-3";
+    u.spec = "mlp:16-7-3"; /* fewer params: under the size limit */
     b = make_update(fx, 1, u, &len);
     expect_refused(fx, "dev-b", b, len, 400, "shape");
     free(b);

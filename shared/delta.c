@@ -1,0 +1,583 @@
+/* delta.c — encode and decode weight deltas (see delta.h for the layout).
+ *
+ * Decoding is two passes: a scan of the wire bytes that rejects NaN/Inf
+ * (and int8 blocks whose products would overflow), then the conversion, so
+ * the caller's buffer is written only once the whole payload is known good. */
+#include "delta.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+
+static const uint8_t delta_magic[4] = {'F', 'D', 'L', 'T'};
+
+#define FLAG_STOCHASTIC 0x01u
+
+/* ---- little-endian packing ------------------------------------------------ */
+
+static inline void put_u16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static inline uint16_t get_u16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static inline uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ---- half precision (round to nearest even) ------------------------------ */
+
+/* The conversions compute every case and select, without branches, so the
+ * chunked loops below vectorise. */
+static inline uint16_t f32_to_f16(float f)
+{
+    uint32_t w = f32_bits(f);
+    uint32_t sign = (w >> 16) & 0x8000u;
+    uint32_t x = w & 0x7fffffffu;
+    /* normal: rebias the exponent (-112 << 23) and round to nearest even on
+     * bit 13; a carry into exponent 31 gives Inf */
+    uint32_t normal = (x + 0xc8000fffu + ((x >> 13) & 1u)) >> 13;
+    /* below 2^-14 (f16 subnormal or zero): adding 0.5 aligns the kept bits at
+     * the bottom of the mantissa and the FPU rounds to nearest even */
+    uint32_t subnormal = f32_bits(bits_f32(x) + 0.5f) - 0x3f000000u;
+    uint32_t special = x > 0x7f800000u ? 0x7e00u : 0x7c00u; /* NaN, Inf, |f| >= 65536 */
+    uint32_t o = x >= 0x47800000u ? special : x < 0x38800000u ? subnormal : normal;
+    return (uint16_t)(o | sign);
+}
+
+static inline float f16_to_f32(uint16_t h)
+{
+    uint32_t o = (uint32_t)(h & 0x7fffu) << 13;
+    uint32_t exp = o & 0x0f800000u;
+    uint32_t normal = o + 0x38000000u;    /* rebias exponent (+112 << 23) */
+    uint32_t special = o + 0x70000000u;   /* Inf / NaN: exponent 255 */
+    uint32_t subnormal = f32_bits(bits_f32(o + 0x38800000u) - bits_f32(0x38800000u));
+    uint32_t r = exp == 0x0f800000u ? special : exp == 0 ? subnormal : normal;
+    return bits_f32(r | (uint32_t)(h & 0x8000u) << 16);
+}
+
+static inline uint16_t f32_to_bf16(float f)
+{
+    uint32_t x = f32_bits(f);
+    uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16; /* past FLT_MAX: Inf */
+    uint32_t quiet_nan = (x >> 16) | 0x0040u;                  /* sign kept */
+    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
+
+static inline float bf16_to_f32(uint16_t h)
+{
+    return bits_f32((uint32_t)h << 16);
+}
+
+uint16_t fedge_f32_to_f16(float f) { return f32_to_f16(f); }
+float fedge_f16_to_f32(uint16_t h) { return f16_to_f32(h); }
+uint16_t fedge_f32_to_bf16(float f) { return f32_to_bf16(f); }
+float fedge_bf16_to_f32(uint16_t h) { return bf16_to_f32(h); }
+
+/* ---- names and sizes ------------------------------------------------------ */
+
+static const char *const encoding_names[] = {"fp32", "fp16", "bf16", "int8"};
+
+int fedge_encoding_parse(const char *text, fedge_encoding *out)
+{
+    if (text == NULL || out == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(encoding_names); i++) {
+        if (strcmp(text, encoding_names[i]) == 0) {
+            *out = (fedge_encoding)i;
+            return FEDGE_OK;
+        }
+    }
+    return FEDGE_ERR_DELTA_ENCODING;
+}
+
+const char *fedge_encoding_name(fedge_encoding e)
+{
+    if ((unsigned)e < FEDGE_ARRAY_LEN(encoding_names))
+        return encoding_names[e];
+    return "unknown";
+}
+
+static uint64_t payload_size(uint8_t encoding, uint32_t n, uint32_t block)
+{
+    switch (encoding) {
+    case FEDGE_ENC_FP32: return (uint64_t)n * 4;
+    case FEDGE_ENC_FP16:
+    case FEDGE_ENC_BF16: return (uint64_t)n * 2;
+    case FEDGE_ENC_INT8: return (uint64_t)n + 4 * (((uint64_t)n + block - 1) / block);
+    default: return 0;
+    }
+}
+
+/* Field checks shared by the encoder and the decoder. */
+static int check_fields(uint8_t encoding, uint32_t n_elems, uint32_t block)
+{
+    if (encoding > FEDGE_ENC_INT8)
+        return FEDGE_ERR_DELTA_ENCODING;
+    if (encoding == FEDGE_ENC_INT8 ? (block < 1 || block > 65536) : block != 0)
+        return FEDGE_ERR_DELTA_BLOCK;
+    if (n_elems > FEDGE_DELTA_MAX_ELEMS)
+        return FEDGE_ERR_DELTA_SHAPE;
+    return FEDGE_OK;
+}
+
+size_t fedge_delta_encoded_size(const fedge_delta_header *h)
+{
+    if (h == NULL || check_fields(h->encoding, h->n_elems, h->block_size) != FEDGE_OK)
+        return 0;
+    return FEDGE_DELTA_HEADER_LEN + (size_t)payload_size(h->encoding, h->n_elems, h->block_size);
+}
+
+/* ---- encoding ------------------------------------------------------------- */
+
+static void write_header(const fedge_delta_header *h, uint8_t flags, uint8_t *p)
+{
+    memcpy(p, delta_magic, 4);
+    put_u16(p + 4, FEDGE_DELTA_VERSION);
+    p[6] = h->encoding;
+    p[7] = flags;
+    put_u32(p + 8, h->model_id);
+    put_u32(p + 12, h->round);
+    put_u32(p + 16, h->n_samples);
+    put_u32(p + 20, h->n_elems);
+    put_u32(p + 24, h->block_size);
+    put_u32(p + 28, 0);
+    memcpy(p + 32, h->base_version, FEDGE_HASH_LEN);
+}
+
+/* ---- bulk loops ------------------------------------------------------------
+ * Element loops run over chunks of CHUNK elements: with a constant trip
+ * count the compiler vectorises them even at -O2, and the last, shorter
+ * chunk takes the same code with a variable count. On little-endian hosts
+ * wire order is memory order, so packing is a plain load or store. */
+
+#define CHUNK 32
+
+#define CHUNK_LOOP(k, body)                          \
+    do {                                             \
+        if ((k) == CHUNK) {                          \
+            for (size_t j = 0; j < CHUNK; j++) {     \
+                body;                                \
+            }                                        \
+        } else {                                     \
+            for (size_t j = 0; j < (k); j++) {       \
+                body;                                \
+            }                                        \
+        }                                            \
+    } while (0)
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HOST_LE 1
+#else
+#define HOST_LE 0
+#endif
+
+static inline uint16_t ld16(const uint8_t *p)
+{
+    uint16_t v;
+    if (HOST_LE)
+        memcpy(&v, p, sizeof v);
+    else
+        v = get_u16(p);
+    return v;
+}
+
+static inline uint32_t ld32(const uint8_t *p)
+{
+    uint32_t v;
+    if (HOST_LE)
+        memcpy(&v, p, sizeof v);
+    else
+        v = get_u32(p);
+    return v;
+}
+
+static inline void st16(uint8_t *p, uint16_t v)
+{
+    if (HOST_LE)
+        memcpy(p, &v, sizeof v);
+    else
+        put_u16(p, v);
+}
+
+static inline void st32(uint8_t *p, uint32_t v)
+{
+    if (HOST_LE)
+        memcpy(p, &v, sizeof v);
+    else
+        put_u32(p, v);
+}
+
+/* Bit 31 of (bits & exponent mask) + lowest exponent bit is set exactly when
+ * the exponent is all ones (NaN or Inf): an OR-reduction, no branches. */
+#define F32_SPECIAL(u) (((u) & 0x7f800000u) + 0x00800000u)
+#define F16_SPECIAL(h) (((uint32_t)(h) & 0x7c00u) + 0x0400u)   /* bit 15 */
+#define BF16_SPECIAL(h) (((uint32_t)(h) & 0x7f80u) + 0x0080u)  /* bit 15 */
+
+static int any_nonfinite(const float *x, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t k = n - i < CHUNK ? n - i : CHUNK;
+        CHUNK_LOOP(k, bad |= F32_SPECIAL(f32_bits(x[i + j])));
+    }
+    return (bad & 0x80000000u) != 0;
+}
+
+static int encode_fp32(const float *x, size_t n, uint8_t *p)
+{
+    if (any_nonfinite(x, n))
+        return FEDGE_ERR_DELTA_NONFINITE;
+    if (HOST_LE) {
+        memcpy(p, x, 4 * n);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            put_u32(p + 4 * i, f32_bits(x[i]));
+    }
+    return FEDGE_OK;
+}
+
+/* A finite input that rounds to Inf is out of the encoding's range. */
+static int encode_half(const float *x, size_t n, uint8_t *p, int bf16)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t k = n - i < CHUNK ? n - i : CHUNK;
+        const float *xc = x + i;
+        uint8_t *pc = p + 2 * i;
+        if (bf16) {
+            CHUNK_LOOP(k, {
+                uint16_t v = f32_to_bf16(xc[j]);
+                bad |= BF16_SPECIAL(v);
+                st16(pc + 2 * j, v);
+            });
+        } else {
+            CHUNK_LOOP(k, {
+                uint16_t v = f32_to_f16(xc[j]);
+                bad |= F16_SPECIAL(v);
+                st16(pc + 2 * j, v);
+            });
+        }
+    }
+    if (bad & 0x8000u)
+        return any_nonfinite(x, n) ? FEDGE_ERR_DELTA_NONFINITE : FEDGE_ERR_RANGE;
+    return FEDGE_OK;
+}
+
+/* Round to nearest even for |v| < 2^22 without libm (vectorisable). */
+static inline float round_even(float v)
+{
+    const float magic = 12582912.0f; /* 1.5 * 2^23; needs IEEE arithmetic, no fast-math */
+    return (v + magic) - magic;
+}
+
+/* q = floor(v) + (u < frac(v)), u uniform in [0, 1): E[q] = v. */
+static inline int8_t stochastic_round(float v, uint32_t u24)
+{
+    float r = round_even(v);
+    float fl = r > v ? r - 1.0f : r;
+    float u = (float)(int32_t)u24 * 0x1p-24f;
+    float q = fl + (u < v - fl ? 1.0f : 0.0f);
+    q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+    return (int8_t)(int)q;
+}
+
+static int encode_int8(const float *x, size_t n, uint32_t block, fedge_rng *rng, uint8_t *p)
+{
+    uint32_t rnd[CHUNK];
+    for (size_t start = 0; start < n; start += block) {
+        size_t len = n - start < block ? n - start : block;
+        const float *xb = x + start;
+        uint32_t amax = 0;
+        for (size_t i = 0; i < len; i += CHUNK) {
+            size_t k = len - i < CHUNK ? len - i : CHUNK;
+            CHUNK_LOOP(k, {
+                uint32_t a = f32_bits(xb[i + j]) & 0x7fffffffu;
+                amax = a > amax ? a : amax;
+            });
+        }
+        if (amax >= 0x7f800000u)
+            return FEDGE_ERR_DELTA_NONFINITE;
+        float max = bits_f32(amax);
+        float scale = max / 127.0f;
+        /* Round the scale up when needed so |x / scale| <= 127 always holds
+         * (matters only for tiny, subnormal maxima). */
+        if ((double)scale * 127.0 < (double)max)
+            scale = nextafterf(scale, INFINITY);
+        if (!isfinite(scale * 127.0f))
+            return FEDGE_ERR_RANGE;
+        st32(p, f32_bits(scale));
+        int8_t *q = (int8_t *)(p + 4);
+        /* x * (1 / scale) is within 2^-22 relative of x / scale, which only
+         * moves |v| <= 127 by far less than a rounding step; the reciprocal
+         * of a subnormal scale overflows, so those use the division. */
+        float inv = 1.0f / scale;
+        if (scale == 0.0f) {
+            memset(q, 0, len);
+        } else if (rng == NULL && scale >= 0x1p-126f) {
+            for (size_t i = 0; i < len; i += CHUNK) {
+                size_t k = len - i < CHUNK ? len - i : CHUNK;
+                CHUNK_LOOP(k, q[i + j] = (int8_t)(int)round_even(xb[i + j] * inv));
+            }
+        } else if (rng == NULL) {
+            for (size_t i = 0; i < len; i++)
+                q[i] = (int8_t)(int)round_even(xb[i] / scale);
+        } else {
+            for (size_t i = 0; i < len; i += CHUNK) {
+                size_t k = len - i < CHUNK ? len - i : CHUNK;
+                for (size_t j = 0; j < k; j += 2) { /* 24 uniform bits per element */
+                    uint64_t r = fedge_rng_u64(rng);
+                    rnd[j] = (uint32_t)r & 0xffffffu;
+                    rnd[j + 1] = (uint32_t)(r >> 32) & 0xffffffu;
+                }
+                if (scale >= 0x1p-126f)
+                    CHUNK_LOOP(k, q[i + j] = stochastic_round(xb[i + j] * inv, rnd[j]));
+                else
+                    CHUNK_LOOP(k, q[i + j] = stochastic_round(xb[i + j] / scale, rnd[j]));
+            }
+        }
+        p += 4 + len;
+    }
+    return FEDGE_OK;
+}
+
+int fedge_delta_encode(const fedge_delta_header *h, const float *delta, fedge_rng *rng,
+                       uint8_t *out, size_t cap, size_t *out_len)
+{
+    if (h == NULL || out == NULL || out_len == NULL || (delta == NULL && h->n_elems > 0))
+        return FEDGE_ERR_INVALID_ARG;
+    *out_len = 0;
+    if ((h->flags & ~FLAG_STOCHASTIC) != 0)
+        return FEDGE_ERR_INVALID_ARG;
+    int ret = check_fields(h->encoding, h->n_elems, h->block_size);
+    if (ret != FEDGE_OK)
+        return ret;
+    size_t size = fedge_delta_encoded_size(h);
+    if (cap < size)
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
+
+    int stochastic = h->encoding == FEDGE_ENC_INT8 && rng != NULL;
+    uint8_t *payload = out + FEDGE_DELTA_HEADER_LEN;
+    write_header(h, stochastic ? FLAG_STOCHASTIC : 0, out);
+    switch (h->encoding) {
+    case FEDGE_ENC_FP32: ret = encode_fp32(delta, h->n_elems, payload); break;
+    case FEDGE_ENC_FP16: ret = encode_half(delta, h->n_elems, payload, 0); break;
+    case FEDGE_ENC_BF16: ret = encode_half(delta, h->n_elems, payload, 1); break;
+    default: ret = encode_int8(delta, h->n_elems, h->block_size, stochastic ? rng : NULL, payload); break;
+    }
+    if (ret == FEDGE_OK)
+        *out_len = size;
+    return ret;
+}
+
+/* ---- decoding ------------------------------------------------------------- */
+
+int fedge_delta_parse_header(const uint8_t hdr[FEDGE_DELTA_HEADER_LEN], fedge_delta_header *h)
+{
+    if (hdr == NULL || h == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    if (memcmp(hdr, delta_magic, 4) != 0)
+        return FEDGE_ERR_DELTA_MAGIC;
+    if (get_u16(hdr + 4) != FEDGE_DELTA_VERSION)
+        return FEDGE_ERR_DELTA_VERSION;
+    /* Unknown flag bits and a non-zero reserved word belong to a later version. */
+    if ((hdr[7] & ~FLAG_STOCHASTIC) != 0 || get_u32(hdr + 28) != 0)
+        return FEDGE_ERR_DELTA_VERSION;
+    fedge_delta_header t;
+    t.encoding = hdr[6];
+    t.flags = hdr[7];
+    t.model_id = get_u32(hdr + 8);
+    t.round = get_u32(hdr + 12);
+    t.n_samples = get_u32(hdr + 16);
+    t.n_elems = get_u32(hdr + 20);
+    t.block_size = get_u32(hdr + 24);
+    memcpy(t.base_version, hdr + 32, FEDGE_HASH_LEN);
+    int ret = check_fields(t.encoding, t.n_elems, t.block_size);
+    if (ret != FEDGE_OK)
+        return ret;
+    if ((t.flags & FLAG_STOCHASTIC) && t.encoding != FEDGE_ENC_INT8)
+        return FEDGE_ERR_DELTA_ENCODING;
+    *h = t;
+    return FEDGE_OK;
+}
+
+int fedge_delta_check_length(const fedge_delta_header *h, size_t len)
+{
+    size_t want = fedge_delta_encoded_size(h);
+    if (want == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    if (len < want)
+        return FEDGE_ERR_DELTA_TRUNCATED;
+    if (len > want)
+        return FEDGE_ERR_DELTA_OVERSIZED;
+    return FEDGE_OK;
+}
+
+int fedge_delta_decode_header(const uint8_t *buf, size_t len, fedge_delta_header *h)
+{
+    if (buf == NULL || h == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    if (len >= 4 && memcmp(buf, delta_magic, 4) != 0)
+        return FEDGE_ERR_DELTA_MAGIC;
+    if (len < FEDGE_DELTA_HEADER_LEN)
+        return FEDGE_ERR_DELTA_TRUNCATED;
+    fedge_delta_header t;
+    int ret = fedge_delta_parse_header(buf, &t);
+    if (ret == FEDGE_OK)
+        ret = fedge_delta_check_length(&t, len);
+    if (ret == FEDGE_OK)
+        *h = t;
+    return ret;
+}
+
+static int scan_fp32(const uint8_t *p, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t k = n - i < CHUNK ? n - i : CHUNK;
+        const uint8_t *pc = p + 4 * i;
+        CHUNK_LOOP(k, bad |= F32_SPECIAL(ld32(pc + 4 * j)));
+    }
+    return (bad & 0x80000000u) != 0;
+}
+
+static int scan_half(const uint8_t *p, size_t n, int bf16)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t k = n - i < CHUNK ? n - i : CHUNK;
+        const uint8_t *pc = p + 2 * i;
+        if (bf16)
+            CHUNK_LOOP(k, bad |= BF16_SPECIAL(ld16(pc + 2 * j)));
+        else
+            CHUNK_LOOP(k, bad |= F16_SPECIAL(ld16(pc + 2 * j)));
+    }
+    return (bad & 0x8000u) != 0;
+}
+
+/* Only the scales can be non-finite, and q * scale can overflow only when
+ * |scale| > FLT_MAX / 128, so elements are looked at in such blocks alone. */
+static int scan_int8(const uint8_t *p, size_t n, uint32_t block)
+{
+    for (size_t start = 0; start < n; start += block) {
+        size_t len = n - start < block ? n - start : block;
+        float scale = bits_f32(ld32(p));
+        if (!isfinite(scale))
+            return 1;
+        if (fabsf(scale) > 0x1p120f) {
+            for (size_t i = 0; i < len; i++)
+                if (!isfinite((float)(int8_t)p[4 + i] * scale))
+                    return 1;
+        }
+        p += 4 + len;
+    }
+    return 0;
+}
+
+int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *payload,
+                               size_t payload_len, float *out)
+{
+    if (h == NULL || (payload == NULL && payload_len > 0) || (out == NULL && h->n_elems > 0))
+        return FEDGE_ERR_INVALID_ARG;
+    int ret = check_fields(h->encoding, h->n_elems, h->block_size);
+    if (ret != FEDGE_OK)
+        return ret;
+    ret = fedge_delta_check_length(h, FEDGE_DELTA_HEADER_LEN + payload_len);
+    if (ret != FEDGE_OK)
+        return ret;
+
+    size_t n = h->n_elems;
+    const uint8_t *p = payload;
+    switch (h->encoding) {
+    case FEDGE_ENC_FP32:
+        if (scan_fp32(p, n))
+            return FEDGE_ERR_DELTA_NONFINITE;
+        if (HOST_LE) {
+            memcpy(out, p, 4 * n);
+        } else {
+            for (size_t i = 0; i < n; i++)
+                out[i] = bits_f32(get_u32(p + 4 * i));
+        }
+        break;
+    case FEDGE_ENC_FP16:
+    case FEDGE_ENC_BF16: {
+        int bf16 = h->encoding == FEDGE_ENC_BF16;
+        if (scan_half(p, n, bf16))
+            return FEDGE_ERR_DELTA_NONFINITE;
+        for (size_t i = 0; i < n; i += CHUNK) {
+            size_t k = n - i < CHUNK ? n - i : CHUNK;
+            const uint8_t *pc = p + 2 * i;
+            if (bf16)
+                CHUNK_LOOP(k, out[i + j] = bf16_to_f32(ld16(pc + 2 * j)));
+            else
+                CHUNK_LOOP(k, out[i + j] = f16_to_f32(ld16(pc + 2 * j)));
+        }
+        break;
+    }
+    default: {
+        uint32_t block = h->block_size;
+        if (scan_int8(p, n, block))
+            return FEDGE_ERR_DELTA_NONFINITE;
+        for (size_t start = 0; start < n; start += block) {
+            size_t len = n - start < block ? n - start : block;
+            float scale = bits_f32(ld32(p));
+            const int8_t *q = (const int8_t *)(p + 4);
+            float *ob = out + start;
+            for (size_t i = 0; i < len; i += CHUNK) {
+                size_t k = len - i < CHUNK ? len - i : CHUNK;
+                CHUNK_LOOP(k, ob[i + j] = (float)q[i + j] * scale);
+            }
+            p += 4 + len;
+        }
+        break;
+    }
+    }
+    return FEDGE_OK;
+}
+
+int fedge_delta_decode(const uint8_t *buf, size_t len, uint32_t expected_model_id,
+                       uint32_t expected_elems, fedge_delta_header *h, float *out)
+{
+    if (buf == NULL || h == NULL || (out == NULL && expected_elems > 0))
+        return FEDGE_ERR_INVALID_ARG;
+    fedge_delta_header t;
+    int ret = fedge_delta_decode_header(buf, len, &t);
+    if (ret != FEDGE_OK)
+        return ret;
+    if (t.n_elems != expected_elems || t.model_id != expected_model_id)
+        return FEDGE_ERR_DELTA_SHAPE;
+    ret = fedge_delta_decode_payload(&t, buf + FEDGE_DELTA_HEADER_LEN,
+                                     len - FEDGE_DELTA_HEADER_LEN, out);
+    if (ret == FEDGE_OK)
+        *h = t;
+    return ret;
+}

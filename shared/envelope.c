@@ -1,0 +1,248 @@
+/* envelope.c — AES-256-GCM frames keyed per device (see envelope.h). */
+#include "envelope.h"
+
+#include <string.h>
+
+#include <mbedtls/gcm.h>
+#include <mbedtls/hkdf.h>
+#include <mbedtls/md.h>
+#include <mbedtls/platform_util.h>
+
+#include "common.h"
+#include "hash.h"
+
+static const uint8_t env_magic[4] = {'F', 'E', 'N', 'V'};
+static const char kdf_salt[] = "fedge-v1";
+static const char kdf_info[] = "fedge update key";
+static const char key_id_label[] = "fedge key id";
+
+#define ENV_VERSION 1
+#define NONCE_LEN 12
+
+static inline void put_u16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline uint16_t get_u16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static inline uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+int fedge_envelope_derive_key(const uint8_t *secret, size_t secret_len,
+                              const char *device_id, fedge_device_key *out)
+{
+    if (secret == NULL || device_id == NULL || out == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    size_t id_len = strlen(device_id);
+    if (secret_len < FEDGE_SECRET_MIN_LEN || id_len == 0 || id_len > FEDGE_ENV_ID_MAX)
+        return FEDGE_ERR_INVALID_ARG;
+
+    int ret = FEDGE_OK;
+    uint8_t info[sizeof kdf_info - 1 + FEDGE_ENV_ID_MAX];
+    fedge_device_key k;
+    const mbedtls_md_info_t *md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
+    if (md == NULL)
+        return FEDGE_ERR_CRYPTO;
+    memcpy(info, kdf_info, sizeof kdf_info - 1);
+    memcpy(info + sizeof kdf_info - 1, device_id, id_len);
+    if (mbedtls_hkdf(md, (const uint8_t *)kdf_salt, sizeof kdf_salt - 1, secret, secret_len,
+                     info, sizeof kdf_info - 1 + id_len, k.key, sizeof k.key) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    CHK(fedge_envelope_key_id(k.key, k.key_id));
+    *out = k;
+cleanup:
+    mbedtls_platform_zeroize(&k, sizeof k);
+    return ret;
+}
+
+int fedge_envelope_key_id(const uint8_t key[FEDGE_KEY_LEN], uint8_t key_id[FEDGE_KEY_ID_LEN])
+{
+    if (key == NULL || key_id == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    uint8_t mac[32];
+    const mbedtls_md_info_t *md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
+    if (md == NULL || mbedtls_md_hmac(md, key, FEDGE_KEY_LEN, (const uint8_t *)key_id_label,
+                                      sizeof key_id_label - 1, mac) != 0)
+        return FEDGE_ERR_CRYPTO;
+    memcpy(key_id, mac, FEDGE_KEY_ID_LEN);
+    return FEDGE_OK;
+}
+
+void fedge_device_key_wipe(fedge_device_key *k)
+{
+    if (k != NULL)
+        mbedtls_platform_zeroize(k, sizeof *k);
+}
+
+size_t fedge_envelope_sealed_size(size_t aad_len, size_t plain_len)
+{
+    if (aad_len > FEDGE_ENV_MAX_LEN || plain_len > FEDGE_ENV_MAX_LEN ||
+        FEDGE_ENV_OVERHEAD + aad_len + plain_len > FEDGE_ENV_MAX_LEN)
+        return 0;
+    return FEDGE_ENV_OVERHEAD + aad_len + plain_len;
+}
+
+int fedge_envelope_seal(const fedge_device_key *k, uint64_t counter,
+                        const uint8_t random_prefix[4], const uint8_t *aad,
+                        size_t aad_len, const uint8_t *plain, size_t plain_len,
+                        uint8_t *out, size_t cap, size_t *out_len)
+{
+    if (k == NULL || random_prefix == NULL || out == NULL || out_len == NULL ||
+        (aad == NULL && aad_len > 0) || (plain == NULL && plain_len > 0))
+        return FEDGE_ERR_INVALID_ARG;
+    *out_len = 0;
+    size_t total = fedge_envelope_sealed_size(aad_len, plain_len);
+    if (total == 0)
+        return FEDGE_ERR_RANGE;
+    if (cap < total)
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
+    uint8_t *out_aad = out + FEDGE_ENV_HEADER_LEN;
+    uint8_t *out_ct = out_aad + aad_len;
+    /* In-place sealing: aad and plain may already sit where they belong in out,
+     * any other overlap is refused. */
+    if (plain_len > 0 && plain != out_ct && plain < out + total && out < plain + plain_len)
+        return FEDGE_ERR_INVALID_ARG;
+    if (aad_len > 0 && aad != out_aad && aad < out + total && out < aad + aad_len)
+        return FEDGE_ERR_INVALID_ARG;
+
+    int ret = FEDGE_OK;
+    mbedtls_gcm_context gcm;
+    mbedtls_gcm_init(&gcm);
+    memcpy(out, env_magic, 4);
+    put_u16(out + 4, ENV_VERSION);
+    put_u16(out + 6, 0);
+    memcpy(out + 8, k->key_id, FEDGE_KEY_ID_LEN);
+    put_u64(out + 16, counter);
+    memcpy(out + 24, random_prefix, 4);
+    put_u64(out + 28, counter);
+    put_u32(out + 36, (uint32_t)aad_len);
+    put_u32(out + 40, (uint32_t)plain_len);
+    if (aad_len > 0 && aad != out_aad)
+        memcpy(out_aad, aad, aad_len);
+    if (mbedtls_gcm_setkey(&gcm, MBEDTLS_CIPHER_ID_AES, k->key, 8 * FEDGE_KEY_LEN) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    if (mbedtls_gcm_crypt_and_tag(&gcm, MBEDTLS_GCM_ENCRYPT, plain_len, out + 24, NONCE_LEN,
+                                  out, FEDGE_ENV_HEADER_LEN + aad_len, plain, out_ct,
+                                  FEDGE_ENV_TAG_LEN, out_ct + plain_len) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    *out_len = total;
+cleanup:
+    mbedtls_gcm_free(&gcm); /* wipes the expanded key */
+    if (ret != FEDGE_OK)
+        mbedtls_platform_zeroize(out, total);
+    return ret;
+}
+
+int fedge_envelope_parse(const uint8_t *in, size_t len, fedge_envelope_view *v)
+{
+    if (in == NULL || v == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    if (len >= 4 && memcmp(in, env_magic, 4) != 0)
+        return FEDGE_ERR_ENV_MAGIC;
+    if (len >= 6 && get_u16(in + 4) != ENV_VERSION)
+        return FEDGE_ERR_ENV_VERSION;
+    if (len < FEDGE_ENV_HEADER_LEN)
+        return FEDGE_ERR_ENV_TRUNCATED;
+    if (get_u16(in + 6) != 0)
+        return FEDGE_ERR_ENV_VERSION;
+    uint64_t aad_len = get_u32(in + 36);
+    uint64_t ct_len = get_u32(in + 40);
+    uint64_t total = FEDGE_ENV_OVERHEAD + aad_len + ct_len;
+    if (len < total)
+        return FEDGE_ERR_ENV_TRUNCATED;
+    if (len > total || total > FEDGE_ENV_MAX_LEN)
+        return FEDGE_ERR_ENV_OVERSIZED;
+    memcpy(v->key_id, in + 8, FEDGE_KEY_ID_LEN);
+    v->counter = get_u64(in + 16);
+    v->aad = in + FEDGE_ENV_HEADER_LEN;
+    v->aad_len = (size_t)aad_len;
+    v->ct_len = (size_t)ct_len;
+    return FEDGE_OK;
+}
+
+int fedge_envelope_check(const fedge_device_key *k, uint64_t last_counter,
+                         const fedge_envelope_view *v)
+{
+    if (k == NULL || v == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    if (fedge_memcmp_ct(k->key_id, v->key_id, FEDGE_KEY_ID_LEN) != 0)
+        return FEDGE_ERR_ENV_KEY_MISMATCH;
+    if (v->counter <= last_counter)
+        return FEDGE_ERR_ENV_REPLAY;
+    return FEDGE_OK;
+}
+
+int fedge_envelope_decrypt(const fedge_device_key *k, const uint8_t *in,
+                           const fedge_envelope_view *v, uint8_t *plain, size_t cap)
+{
+    if (k == NULL || in == NULL || v == NULL || (plain == NULL && v->ct_len > 0))
+        return FEDGE_ERR_INVALID_ARG;
+    if (cap < v->ct_len)
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
+    size_t hdr_len = FEDGE_ENV_HEADER_LEN + v->aad_len;
+    const uint8_t *ct = in + hdr_len;
+    if (v->ct_len > 0 && plain < ct + v->ct_len + FEDGE_ENV_TAG_LEN && ct < plain + v->ct_len)
+        return FEDGE_ERR_INVALID_ARG; /* GCM cannot decrypt in place */
+    int ret = FEDGE_OK;
+    mbedtls_gcm_context gcm;
+    mbedtls_gcm_init(&gcm);
+    if (mbedtls_gcm_setkey(&gcm, MBEDTLS_CIPHER_ID_AES, k->key, 8 * FEDGE_KEY_LEN) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    int rc = mbedtls_gcm_auth_decrypt(&gcm, v->ct_len, in + 24, NONCE_LEN, in, hdr_len,
+                                      ct + v->ct_len, FEDGE_ENV_TAG_LEN, ct, plain);
+    if (rc == MBEDTLS_ERR_GCM_AUTH_FAILED)
+        FAIL(FEDGE_ERR_ENV_AUTH);
+    if (rc != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+cleanup:
+    mbedtls_gcm_free(&gcm);
+    if (ret != FEDGE_OK && v->ct_len > 0 && cap >= v->ct_len)
+        mbedtls_platform_zeroize(plain, v->ct_len);
+    return ret;
+}
+
+int fedge_envelope_open(const fedge_device_key *k, uint64_t last_counter,
+                        const uint8_t *in, size_t len, uint8_t *plain, size_t cap,
+                        size_t *plain_len, fedge_envelope_view *v)
+{
+    if (k == NULL || in == NULL || plain_len == NULL || v == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    fedge_envelope_view t;
+    int ret = fedge_envelope_parse(in, len, &t);
+    if (ret == FEDGE_OK)
+        ret = fedge_envelope_check(k, last_counter, &t);
+    if (ret == FEDGE_OK)
+        ret = fedge_envelope_decrypt(k, in, &t, plain, cap);
+    if (ret != FEDGE_OK)
+        return ret;
+    *plain_len = t.ct_len;
+    *v = t;
+    return FEDGE_OK;
+}

@@ -1,0 +1,687 @@
+/* test_audit.c — the audit chain on a real database (fedge_store_open_db),
+ * real model files, a generated ECDSA key: an untouched log verifies, and
+ * each tamper (a changed row, a deleted row, a swapped model file, a deleted
+ * audit entry, a truncated tail, a rewritten chain, a forged signature, ...)
+ * fails and is named. Every case builds its own fresh database.
+ *
+ * `test_audit --make-fixture DIR` writes the same database, key pair and
+ * model files into DIR and exits (tests/integration/audit_cli.sh uses it). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/pk.h>
+
+#include "audit.h"
+#include "common.h"
+#include "delta.h"
+#include "model.h"
+#include "modelfile.h"
+#include "policy.h"
+#include "rng.h"
+#include "store.h"
+
+#define T0 1764000000.0 /* fixed clock for the fixture's rows */
+
+typedef struct {
+    char dir[64];
+    char db_path[128], priv[128], pub[128], models[128];
+    char v[4][FEDGE_HASH_HEX_LEN]; /* init, round 1, round 2, refine */
+    sqlite3 *db;
+    mbedtls_pk_context key;
+    mbedtls_entropy_context entropy;
+    mbedtls_ctr_drbg_context drbg;
+    fedge_policy *policy;
+    fedge_model_spec spec;
+} fixture;
+
+/* ---- building the fixture --------------------------------------------------- */
+
+#define OK(expr)                                                                  \
+    do {                                                                          \
+        int rc_ = (expr);                                                         \
+        if (rc_ != FEDGE_OK) {                                                    \
+            fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #expr,       \
+                    fedge_strerror(rc_));                                         \
+            return rc_;                                                           \
+        }                                                                         \
+    } while (0)
+
+/* sqlite3_mprintf formats (%Q, %q), so no printf format checking. */
+static int sql(sqlite3 *db, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *q = sqlite3_vmprintf(fmt, ap);
+    va_end(ap);
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, q, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        fprintf(stderr, "sql: %s: %s\n", q, msg ? msg : "?");
+    sqlite3_free(msg);
+    sqlite3_free(q);
+    return rc == SQLITE_OK ? FEDGE_OK : FEDGE_ERR_SQL;
+}
+
+static int add_model(fixture *fx, int idx, uint64_t seed, const char *parent, const char *kind,
+                     int round, const char *info)
+{
+    fedge_model m;
+    fedge_rng rng;
+    uint8_t version[FEDGE_HASH_LEN], sha[FEDGE_HASH_LEN];
+    char file[160], sha_hex[FEDGE_HASH_HEX_LEN];
+    OK(fedge_model_init(&m, &fx->spec));
+    fedge_rng_seed(&rng, seed);
+    int rc = fedge_model_randomize(&m, &rng);
+    if (rc == FEDGE_OK) {
+        OK(fedge_model_version(&m, version));
+        fedge_hash_to_hex(version, fx->v[idx]);
+        snprintf(file, sizeof file, "%s/%s.fmdl", fx->models, fx->v[idx]);
+        rc = fedge_model_save(&m, file, NULL);
+    }
+    fedge_model_free(&m);
+    OK(rc);
+    OK(fedge_sha256_file(file, sha));
+    fedge_hash_to_hex(sha, sha_hex);
+    /* Relative path: resolved against --models / model_root. */
+    OK(sql(fx->db,
+           "INSERT INTO models(version, parent, kind, round, path, sha256, accuracy, created_at, "
+           "info) VALUES(%Q, %Q, %Q, %d, '%q.fmdl', %Q, %.3f, %.1f, %Q)",
+           fx->v[idx], parent, kind, round, fx->v[idx], sha_hex, 0.5 + 0.1 * idx, T0 + 100 * idx,
+           info));
+    return fedge_audit_append(fx->db, "models", fx->v[idx]);
+}
+
+static int add_update(fixture *fx, int round, const char *device, int n_samples, double norm,
+                      const char *decision, const char *rule, const char *reason, uint64_t seed)
+{
+    sqlite3_stmt *st = NULL;
+    uint8_t blob[FEDGE_DELTA_HEADER_LEN + 4 * 64];
+    size_t blob_len = 0;
+    size_t n = fedge_model_spec_param_count(&fx->spec);
+    float delta[64];
+    fedge_rng rng;
+    fedge_rng_seed(&rng, seed);
+    for (size_t i = 0; i < n; i++)
+        delta[i] = (float)(0.01 * fedge_rng_normal(&rng));
+    fedge_delta_header h = {.encoding = FEDGE_ENC_FP32,
+                            .model_id = fedge_model_spec_id(&fx->spec),
+                            .round = (uint32_t)round,
+                            .n_samples = (uint32_t)n_samples,
+                            .n_elems = (uint32_t)n};
+    OK(fedge_delta_encode(&h, delta, NULL, blob, sizeof blob, &blob_len));
+    if (sqlite3_prepare_v2(fx->db,
+                           "INSERT INTO updates(round, device, received_at, n_samples, encoding, "
+                           "bytes, counter, norm, decision, rule, reason, delta) "
+                           "VALUES(?1, ?2, ?3, ?4, 'fp32', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    sqlite3_bind_int(st, 1, round);
+    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 3, T0 + 100 * round + seed);
+    sqlite3_bind_int(st, 4, n_samples);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)blob_len + 60);
+    sqlite3_bind_int64(st, 6, round);
+    sqlite3_bind_double(st, 7, norm);
+    sqlite3_bind_text(st, 8, decision, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 9, rule, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 10, reason, -1, SQLITE_STATIC);
+    if (strcmp(decision, "rejected") != 0)
+        sqlite3_bind_blob(st, 11, blob, (int)blob_len, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return FEDGE_ERR_SQL;
+    return fedge_audit_append_id(fx->db, "updates", sqlite3_last_insert_rowid(fx->db));
+}
+
+static int add_event(fixture *fx, int round, const char *device, const char *kind,
+                     const char *rule, const char *detail)
+{
+    OK(sql(fx->db,
+           "INSERT INTO events(at, round, device, kind, rule, detail) "
+           "VALUES(%.1f, %d, %Q, %Q, %Q, %Q)",
+           T0 + 100 * round + 50, round, device, kind, rule, detail));
+    return fedge_audit_append_id(fx->db, "events", sqlite3_last_insert_rowid(fx->db));
+}
+
+static int open_round(fixture *fx, int round, const char *base, int n_selected)
+{
+    OK(sql(fx->db,
+           "INSERT INTO rounds(id, opened_at, deadline, status, base_version, strategy, "
+           "n_selected) VALUES(%d, %.1f, %.1f, 'open', %Q, 'dp-fedavg', %d)",
+           round, T0 + 100 * round, T0 + 100 * round + 60, base, n_selected));
+    return fedge_audit_append_id(fx->db, "rounds", round);
+}
+
+static int close_round(fixture *fx, int round, const char *new_version, int n_acc, int n_rej,
+                       double eps)
+{
+    OK(sql(fx->db,
+           "UPDATE rounds SET closed_at = %.1f, status = 'closed', new_version = %Q, "
+           "n_accepted = %d, n_rejected = %d, bytes_received = %d, accuracy = 0.6, "
+           "epsilon = %.17g WHERE id = %d",
+           T0 + 100 * round + 70, new_version, n_acc, n_rej, 1000 * (n_acc + n_rej), eps, round));
+    return fedge_audit_append_id(fx->db, "rounds", round);
+}
+
+static int device_eps(fixture *fx, const char *device, long k)
+{
+    double eps;
+    fedge_policy_decision d;
+    OK(fedge_policy_device_budget_check(fx->policy, device, k, &eps, &d));
+    return sql(fx->db, "UPDATE devices SET epsilon_spent = %.17g WHERE id = %Q", eps, device);
+}
+
+static void fixture_free(fixture *fx)
+{
+    if (fx->db)
+        sqlite3_close_v2(fx->db);
+    fx->db = NULL;
+    fedge_policy_free(fx->policy);
+    fx->policy = NULL;
+    mbedtls_pk_free(&fx->key);
+    mbedtls_ctr_drbg_free(&fx->drbg);
+    mbedtls_entropy_free(&fx->entropy);
+}
+
+static const char FIXTURE_POLICY[] =
+    "name: fixture\n"
+    "update:\n  max_norm: 5\n  allowed_regions: [eu]\n"
+    "privacy:\n  enabled: true\n  clip_norm: 5\n  noise_multiplier: 1.1\n"
+    "  epsilon_budget: 4\n  delta: 1e-5\n  device_epsilon_budget: 30\n";
+
+/* Three rounds: 1 and 2 closed (2 with a refinement), 3 refused by the
+ * privacy budget; dev-3 contributes in round 1, is revoked, and is refused
+ * in round 2; dev-2's round-2 update is excluded as anomalous at close. */
+static int build_fixture(fixture *fx, const char *dir)
+{
+    static const char pers[] = "fedge test_audit";
+    memset(fx, 0, sizeof *fx);
+    mbedtls_pk_init(&fx->key);
+    mbedtls_entropy_init(&fx->entropy);
+    mbedtls_ctr_drbg_init(&fx->drbg);
+    snprintf(fx->dir, sizeof fx->dir, "%s", dir);
+    snprintf(fx->db_path, sizeof fx->db_path, "%s/fedge.db", dir);
+    snprintf(fx->priv, sizeof fx->priv, "%s/keys/aggregator.key", dir);
+    snprintf(fx->pub, sizeof fx->pub, "%s/keys/aggregator.pub", dir);
+    snprintf(fx->models, sizeof fx->models, "%s/models", dir);
+    char keys_dir[128];
+    snprintf(keys_dir, sizeof keys_dir, "%s/keys", dir);
+    if (mkdir(keys_dir, 0700) != 0 || mkdir(fx->models, 0755) != 0)
+        return FEDGE_ERR_IO;
+    if (mbedtls_ctr_drbg_seed(&fx->drbg, mbedtls_entropy_func, &fx->entropy,
+                              (const unsigned char *)pers, sizeof pers - 1) != 0)
+        return FEDGE_ERR_CRYPTO;
+    OK(fedge_audit_generate_keypair(fx->priv, fx->pub, &fx->drbg));
+    OK(fedge_audit_load_private_key(fx->priv, &fx->key));
+    OK(fedge_model_spec_parse("softmax:4-3", &fx->spec));
+    char err[256];
+    OK(fedge_policy_load_buffer(FIXTURE_POLICY, sizeof FIXTURE_POLICY - 1, "fixture.yaml",
+                                &fx->policy, err, sizeof err));
+    OK(fedge_store_open_db(fx->db_path, 0, &fx->db));
+
+    OK(fedge_store_begin(fx->db));
+    OK(sql(fx->db, "INSERT INTO meta(key, value) VALUES('model_spec', 'softmax:4-3')"));
+    OK(sql(fx->db, "INSERT INTO devices(id, region, first_seen) VALUES ('dev-1', 'eu', %.1f),"
+                   " ('dev-2', 'eu', %.1f), ('dev-3', 'eu', %.1f), ('dev-4', 'us', %.1f),"
+                   " ('dev-5', 'eu', %.1f)", T0, T0, T0, T0, T0));
+    OK(fedge_policy_record(fx->db, fx->policy));
+    OK(add_model(fx, 0, 1, NULL, "init", 0, NULL));
+    OK(fedge_store_commit(fx->db));
+
+    /* Round 1. */
+    double eps1, eps2, eps3;
+    fedge_policy_decision d;
+    OK(fedge_policy_budget_check(fx->policy, 3.0 / 5.0, 1, &eps1, &d));
+    OK(fedge_store_begin(fx->db));
+    OK(open_round(fx, 1, fx->v[0], 4));
+    OK(add_update(fx, 1, "dev-1", 600, 1.25, "accepted", "all", "passed: L2 norm 1.25 <= 5", 11));
+    OK(add_update(fx, 1, "dev-2", 450, 7.5, "clipped", "max_norm",
+                  "L2 norm 7.5 exceeds max 5; clipped to 5", 12));
+    OK(add_update(fx, 1, "dev-3", 300, 2.0, "accepted", "all", "passed: L2 norm 2 <= 5", 13));
+    OK(add_update(fx, 1, "dev-4", 500, 1.0, "rejected", "region",
+                  "device dev-4 region 'us' is not in the allowed regions [eu]", 14));
+    OK(add_model(fx, 1, 2, fx->v[0], "aggregate", 1, NULL));
+    OK(close_round(fx, 1, fx->v[1], 3, 1, eps1));
+    OK(device_eps(fx, "dev-1", 1));
+    OK(device_eps(fx, "dev-2", 1));
+    OK(device_eps(fx, "dev-3", 1));
+    OK(fedge_audit_sign_head(fx->db, 1, &fx->key, &fx->drbg));
+    OK(fedge_store_commit(fx->db));
+
+    /* dev-3 is revoked ("forget this device"). */
+    OK(fedge_store_begin(fx->db));
+    OK(sql(fx->db, "UPDATE devices SET status = 'revoked' WHERE id = 'dev-3'"));
+    OK(add_event(fx, 1, "dev-3", "device_status", NULL, "dev-3: allowed -> revoked (operator)"));
+    OK(fedge_store_commit(fx->db));
+
+    /* Round 2, then a refinement. */
+    OK(fedge_policy_budget_check(fx->policy, 3.0 / 5.0, 2, &eps2, &d));
+    OK(fedge_store_begin(fx->db));
+    OK(open_round(fx, 2, fx->v[1], 4));
+    OK(add_update(fx, 2, "dev-1", 610, 1.5, "accepted", "all", "passed: L2 norm 1.5 <= 5", 21));
+    OK(add_update(fx, 2, "dev-2", 440, 4.9, "accepted", "all", "passed: L2 norm 4.9 <= 5", 22));
+    OK(add_update(fx, 2, "dev-3", 310, 1.1, "rejected", "device_status",
+                  "device dev-3 was revoked; its updates are refused", 23));
+    OK(add_update(fx, 2, "dev-5", 520, 1.4, "accepted", "all", "passed: L2 norm 1.4 <= 5", 24));
+    /* At close dev-2's update is excluded (a second, permitted entry). */
+    OK(sql(fx->db, "UPDATE updates SET decision = 'rejected', rule = 'anomaly', reason = "
+                   "'cosine -0.62 to the mean of the other 2 updates is below 0' "
+                   "WHERE round = 2 AND device = 'dev-2'"));
+    OK(fedge_audit_append_id(fx->db, "updates", 6));
+    OK(add_model(fx, 2, 3, fx->v[1], "aggregate", 2, NULL));
+    OK(close_round(fx, 2, fx->v[2], 2, 2, eps2));
+    OK(device_eps(fx, "dev-1", 2));
+    OK(device_eps(fx, "dev-5", 1));
+    OK(add_model(fx, 3, 4, fx->v[2], "refine", 2,
+                 "{\"command\": \"fedge-cluster refine\", \"epochs\": 1}"));
+    OK(add_event(fx, 2, NULL, "refine", "refine_every", "refined round 2 model on 2 ranks"));
+    OK(fedge_audit_sign_head(fx->db, 2, &fx->key, &fx->drbg));
+    OK(fedge_store_commit(fx->db));
+
+    /* Round 3 would exceed the budget: refused, logged, signed. */
+    OK(fedge_policy_budget_check(fx->policy, 1.0, 3, &eps3, &d));
+    if (d.decision != FEDGE_DECISION_REJECT)
+        return FEDGE_ERR_INTERNAL;
+    OK(fedge_store_begin(fx->db));
+    OK(sql(fx->db,
+           "INSERT INTO rounds(id, opened_at, deadline, closed_at, status, base_version, "
+           "strategy, n_selected, reason) VALUES(3, %.1f, %.1f, %.1f, 'refused', %Q, "
+           "'dp-fedavg', 0, %Q)",
+           T0 + 300, T0 + 300, T0 + 300, fx->v[3], d.reason));
+    OK(fedge_audit_append_id(fx->db, "rounds", 3));
+    OK(add_event(fx, 3, NULL, "round_refused", "privacy_budget", d.reason));
+    OK(fedge_audit_sign_head(fx->db, 3, &fx->key, &fx->drbg));
+    OK(fedge_store_commit(fx->db));
+    return FEDGE_OK;
+}
+
+/* ---- cmocka plumbing ---------------------------------------------------------- */
+
+static int setup(void **state)
+{
+    fixture *fx = calloc(1, sizeof *fx);
+    char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/fedge-test-audit-XXXXXX");
+    if (!fx || !mkdtemp(dir)) {
+        free(fx);
+        return -1;
+    }
+    if (build_fixture(fx, dir) != FEDGE_OK) {
+        fixture_free(fx);
+        free(fx);
+        return -1;
+    }
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *fx = *state;
+    char cmd[128];
+    fixture_free(fx);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
+    int rc = system(cmd);
+    free(fx);
+    return rc == 0 ? 0 : -1;
+}
+
+static int verify(fixture *fx, fedge_audit_report *rep)
+{
+    return fedge_audit_verify(fx->db, fx->pub, fx->models, rep);
+}
+
+static void assert_contains(const char *haystack, const char *needle)
+{
+    if (!strstr(haystack, needle)) {
+        print_error("'%s' does not contain '%s'\n", haystack, needle);
+        fail();
+    }
+}
+
+/* The first failure is of `kind` on tbl/key and its message says `text`. */
+static void expect_first(const fedge_audit_report *rep, fedge_audit_fail_kind kind,
+                         const char *tbl, const char *key, const char *text)
+{
+    assert_false(rep->ok);
+    assert_true(rep->n_failures >= 1);
+    const fedge_audit_failure *f = &rep->failures[0];
+    if (f->kind != kind) {
+        print_error("first failure is %s (%s), want %s\n", fedge_audit_fail_name(f->kind),
+                    f->message, fedge_audit_fail_name(kind));
+        fail();
+    }
+    if (tbl)
+        assert_string_equal(f->table, tbl);
+    if (key)
+        assert_string_equal(f->row_key, key);
+    assert_contains(f->message, text);
+}
+
+static int64_t scalar(sqlite3 *db, const char *q)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t v = -1;
+    if (sqlite3_prepare_v2(db, q, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* ---- tests ------------------------------------------------------------------------ */
+
+static void test_untouched_database_verifies(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    assert_int_equal(verify(fx, &rep), FEDGE_OK);
+    assert_true(rep.ok);
+    assert_int_equal(rep.n_failures, 0);
+    /* 2 policy/revoke events + 2 more events, 9 update entries (8 + 1 exclusion),
+     * 4 models, 5 round entries. */
+    assert_int_equal(rep.n_entries, scalar(fx->db, "SELECT count(*) FROM audit"));
+    assert_int_equal(rep.n_entries, 4 + 9 + 4 + 5);
+    assert_int_equal(rep.n_heads, 3);
+    assert_int_equal(rep.n_files, 4);
+    assert_int_equal(rep.last_head_round, 3);
+    assert_int_equal(rep.last_head_seq, rep.last_seq);
+    assert_int_equal(rep.unsigned_tail, 0);
+    /* Reopening read-only, as fedge-audit does, gives the same answer. */
+    sqlite3 *ro = NULL;
+    assert_int_equal(fedge_store_open_db(fx->db_path, 1, &ro), FEDGE_OK);
+    assert_int_equal(fedge_audit_verify(ro, fx->pub, fx->models, &rep), FEDGE_OK);
+    sqlite3_close_v2(ro);
+}
+
+static void test_canonical_bytes_layout(void **state)
+{
+    fixture *fx = *state;
+    uint8_t *canon = NULL;
+    size_t len = 0;
+    assert_int_equal(sql(fx->db, "INSERT INTO events(id, at, round, device, kind, rule, detail) "
+                                 "VALUES(77, 1.5, NULL, 'd', 'k', NULL, 'hi')"),
+                     FEDGE_OK);
+    assert_int_equal(fedge_audit_canon(fx->db, "events", "77", &canon, &len), FEDGE_OK);
+    static const uint8_t want[] = {
+        'F', 'C', 'N', '1', 6, 'e', 'v', 'e', 'n', 't', 's', 2, 0, '7', '7', 7, 0,
+        2, 'i', 'd', 1, 77, 0, 0, 0, 0, 0, 0, 0,
+        2, 'a', 't', 2, 0, 0, 0, 0, 0, 0, 0xf8, 0x3f, /* 1.5 */
+        5, 'r', 'o', 'u', 'n', 'd', 0,
+        6, 'd', 'e', 'v', 'i', 'c', 'e', 3, 1, 0, 0, 0, 'd',
+        4, 'k', 'i', 'n', 'd', 3, 1, 0, 0, 0, 'k',
+        4, 'r', 'u', 'l', 'e', 0,
+        6, 'd', 'e', 't', 'a', 'i', 'l', 3, 2, 0, 0, 0, 'h', 'i'};
+    assert_int_equal(len, sizeof want);
+    assert_memory_equal(canon, want, sizeof want);
+    free(canon);
+
+    /* The delta BLOB enters as its SHA-256 (tag 5). */
+    assert_int_equal(fedge_audit_canon(fx->db, "updates", "1", &canon, &len), FEDGE_OK);
+    assert_int_equal(canon[len - 32 - 1], 5);
+    assert_memory_equal(canon + len - 32 - 1 - 5 - 1, "\5delta", 6);
+    free(canon);
+
+    assert_int_equal(fedge_audit_canon(fx->db, "events", "999", &canon, &len),
+                     FEDGE_ERR_NOT_FOUND);
+    assert_int_equal(fedge_audit_canon(fx->db, "devices", "dev-1", &canon, &len),
+                     FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_audit_canon(fx->db, "events", "07", &canon, &len),
+                     FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_audit_canon(fx->db, "events", "7x", &canon, &len),
+                     FEDGE_ERR_INVALID_ARG);
+}
+
+static void test_bad_appends_change_nothing(void **state)
+{
+    fixture *fx = *state;
+    int64_t before = scalar(fx->db, "SELECT count(*) FROM audit");
+    assert_int_equal(fedge_audit_append(fx->db, "devices", "dev-1"), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_audit_append(fx->db, "updates", "abc"), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_audit_append(fx->db, "updates", "4242"), FEDGE_ERR_NOT_FOUND);
+    assert_int_equal(fedge_audit_append(fx->db, "models", ""), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(scalar(fx->db, "SELECT count(*) FROM audit"), before);
+    /* The head is already signed: signing again without a new entry is refused. */
+    assert_int_equal(fedge_audit_sign_head(fx->db, 3, &fx->key, &fx->drbg), FEDGE_ERR_DUPLICATE);
+    assert_int_equal(scalar(fx->db, "SELECT count(*) FROM audit_heads"), 3);
+    fedge_audit_report rep;
+    assert_int_equal(verify(fx, &rep), FEDGE_OK);
+}
+
+static void test_tamper_update_row(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    assert_int_equal(sql(fx->db, "UPDATE updates SET n_samples = 9999 WHERE id = 2"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, "updates", "2",
+                 "column n_samples is 9999 in the table but 450 in the audit log");
+    assert_int_equal(rep.n_failures, 1);
+}
+
+static void test_tamper_update_delta_blob(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    assert_int_equal(sql(fx->db, "UPDATE updates SET delta = zeroblob(124) WHERE id = 1"),
+                     FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, "updates", "1", "column delta");
+}
+
+static void test_tamper_delete_row(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    assert_int_equal(sql(fx->db, "DELETE FROM updates WHERE id = 4"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_ROW_DELETED, "updates", "4", "updates row 4 was deleted");
+    assert_int_equal(rep.n_failures, 1);
+}
+
+static void test_tamper_swap_model_file(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    char a[256], b[256], cmd[600];
+    snprintf(a, sizeof a, "%s/%s.fmdl", fx->models, fx->v[1]);
+    snprintf(b, sizeof b, "%s/%s.fmdl", fx->models, fx->v[2]);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", a, b);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_FILE);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_FILE_MISMATCH, "models", fx->v[2], "the log says");
+    assert_string_equal(rep.failures[0].path, b);
+    assert_int_equal(rep.n_failures, 1);
+
+    assert_int_equal(unlink(a), 0);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_FILE);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_FILE_MISSING, "models", fx->v[1], "cannot be read");
+    assert_int_equal(rep.n_failures, 2);
+}
+
+static void test_tamper_delete_audit_entry(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    assert_int_equal(sql(fx->db, "DELETE FROM audit WHERE seq = 5"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_CHAIN_LINK, NULL, NULL,
+                 "audit entry 6 follows entry 4: entries between them were deleted");
+    assert_int_equal(rep.failures[0].seq, 6);
+}
+
+static void test_tamper_truncate_tail(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    assert_int_equal(sql(fx->db, "DELETE FROM audit WHERE seq > (SELECT max(seq) - 2 FROM audit)"),
+                     FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_SIGNATURE);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_HEAD, "audit_heads", "3",
+                 "which is missing (the chain ends at 20): the chain was truncated");
+    /* The rows whose entries went with the tail are named too. */
+    int saw_unaudited = 0;
+    for (size_t i = 1; i < rep.n_failures && i < FEDGE_AUDIT_MAX_FAILURES; i++)
+        saw_unaudited |= rep.failures[i].kind == FEDGE_AUDIT_FAIL_ROW_UNAUDITED &&
+                         strcmp(rep.failures[i].table, "rounds") == 0 &&
+                         strcmp(rep.failures[i].row_key, "3") == 0;
+    assert_true(saw_unaudited);
+}
+
+static void test_tamper_rewrite_and_reaudit(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    /* Change a row, then append a fresh entry for it as if the aggregator had. */
+    assert_int_equal(sql(fx->db, "UPDATE updates SET norm = 0.1 WHERE id = 2"), FEDGE_OK);
+    assert_int_equal(fedge_audit_append(fx->db, "updates", "2"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_REWRITE, "updates", "2",
+                 "column norm changed from 7.5 to 0.10000000000000001");
+    assert_int_equal(rep.unsigned_tail, 1);
+}
+
+static void test_tamper_rebuilt_chain(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    /* Rebuild the whole chain around a changed row: every hash is right, the
+     * signed heads are not. */
+    assert_int_equal(sql(fx->db, "UPDATE updates SET device = 'dev-9' WHERE id = 3"), FEDGE_OK);
+    assert_int_equal(sql(fx->db, "CREATE TEMP TABLE old AS SELECT seq, tbl, row_key FROM audit"),
+                     FEDGE_OK);
+    assert_int_equal(sql(fx->db, "DELETE FROM audit"), FEDGE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(fx->db, "SELECT tbl, row_key FROM old ORDER BY seq", -1,
+                                        &st, NULL),
+                     SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        char tbl[16], key[80];
+        snprintf(tbl, sizeof tbl, "%s", (const char *)sqlite3_column_text(st, 0));
+        snprintf(key, sizeof key, "%s", (const char *)sqlite3_column_text(st, 1));
+        assert_int_equal(fedge_audit_append(fx->db, tbl, key), FEDGE_OK);
+    }
+    sqlite3_finalize(st);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_SIGNATURE);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_HEAD, "audit_heads", "1", "the chain was rewritten");
+}
+
+static void test_tamper_signatures(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    /* A flipped signature byte. */
+    assert_int_equal(sql(fx->db, "UPDATE audit_heads SET signature = "
+                                 "substr(signature, 1, 20) || X'00' || substr(signature, 22) "
+                                 "WHERE round = 2"),
+                     FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_SIGNATURE);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_SIGNATURE, "audit_heads", "2",
+                 "does not verify with the public key");
+
+    /* Another key's public half rejects every head. */
+    char other_priv[160], other_pub[160];
+    snprintf(other_priv, sizeof other_priv, "%s/keys/other.key", fx->dir);
+    snprintf(other_pub, sizeof other_pub, "%s/keys/other.pub", fx->dir);
+    assert_int_equal(fedge_audit_generate_keypair(other_priv, other_pub, &fx->drbg), FEDGE_OK);
+    assert_int_equal(fedge_audit_verify(fx->db, other_pub, fx->models, &rep),
+                     FEDGE_ERR_AUDIT_SIGNATURE);
+    assert_int_equal(rep.n_failures, 3);
+
+    /* A deleted head leaves its round unsigned. */
+    assert_int_equal(sql(fx->db, "DELETE FROM audit_heads WHERE round = 2"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_UNSIGNED_ROUND, "rounds", "2",
+                 "round 2 is closed but no signed head covers it");
+}
+
+static void test_tamper_insert_behind_back(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    assert_int_equal(sql(fx->db, "INSERT INTO events(at, kind, detail) VALUES(1, 'x', 'forged')"),
+                     FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_ROW_UNAUDITED, "events", "5",
+                 "events row 5 has no audit entry");
+    /* An entry rewritten in place breaks its own hash. */
+    assert_int_equal(sql(fx->db, "DELETE FROM events WHERE id = 5"), FEDGE_OK);
+    assert_int_equal(sql(fx->db, "UPDATE audit SET canon = canon || X'00' WHERE seq = 3"),
+                     FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_ROW_HASH, NULL, NULL,
+                 "audit entry 3 (rounds 1): row_hash is not SHA-256(prev_hash || canon)");
+}
+
+static void test_key_files(void **state)
+{
+    fixture *fx = *state;
+    mbedtls_pk_context pk;
+    /* Overwriting is refused; a readable private key is refused. */
+    assert_int_equal(fedge_audit_generate_keypair(fx->priv, fx->pub, &fx->drbg),
+                     FEDGE_ERR_DUPLICATE);
+    struct stat st;
+    assert_int_equal(stat(fx->priv, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(chmod(fx->priv, 0644), 0);
+    mbedtls_pk_init(&pk);
+    assert_int_equal(fedge_audit_load_private_key(fx->priv, &pk), FEDGE_ERR_CONFIG_PERMS);
+    mbedtls_pk_free(&pk);
+    mbedtls_pk_init(&pk);
+    assert_int_equal(fedge_audit_load_public_key(fx->db_path, &pk), FEDGE_ERR_CRYPTO);
+    mbedtls_pk_free(&pk);
+    mbedtls_pk_init(&pk);
+    assert_int_equal(fedge_audit_load_public_key(fx->pub, &pk), FEDGE_OK);
+    mbedtls_pk_free(&pk);
+    char missing[160];
+    snprintf(missing, sizeof missing, "%s/nope.pub", fx->dir);
+    fedge_audit_report rep;
+    assert_int_equal(fedge_audit_verify(fx->db, missing, fx->models, &rep), FEDGE_ERR_NOT_FOUND);
+    assert_int_equal(fedge_audit_verify(fx->db, fx->db_path, fx->models, &rep), FEDGE_ERR_CRYPTO);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--make-fixture") == 0) {
+        fixture fx;
+        int rc = build_fixture(&fx, argv[2]);
+        fixture_free(&fx);
+        if (rc != FEDGE_OK) {
+            fprintf(stderr, "fixture: %s\n", fedge_strerror(rc));
+            return 1;
+        }
+        printf("db %s\npubkey %s\nmodels %s\nmodel_init %s\nmodel_round1 %s\n"
+               "model_round2 %s\nmodel_refine %s\n",
+               fx.db_path, fx.pub, fx.models, fx.v[0], fx.v[1], fx.v[2], fx.v[3]);
+        return 0;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_untouched_database_verifies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_canonical_bytes_layout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_appends_change_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_update_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_update_delta_blob, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_delete_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_swap_model_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_delete_audit_entry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_truncate_tail, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_rewrite_and_reaudit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_rebuilt_chain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_signatures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_insert_behind_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_files, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

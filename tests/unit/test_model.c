@@ -1,0 +1,622 @@
+/* test_model.c — model specs, forward/backward against finite differences,
+ * the GEMM against a naive triple loop, SGD against hand-computed steps, and
+ * the random number generator. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "model.h"
+#include "optim.h"
+#include "rng.h"
+
+/* ---- spec --------------------------------------------------------------- */
+
+static void test_spec_parse_good(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        fedge_model_kind kind;
+        int n_layers;
+        size_t params;
+    } cases[] = {
+        {"softmax:784-10", FEDGE_MODEL_SOFTMAX, 1, 784 * 10 + 10},
+        {"softmax:1-2", FEDGE_MODEL_SOFTMAX, 1, 4},
+        {"mlp:784-200-10", FEDGE_MODEL_MLP, 2, 200 * 785 + 10 * 201},
+        {"mlp:784-256-128-10", FEDGE_MODEL_MLP, 3, 256 * 785 + 128 * 257 + 10 * 129},
+        {"mlp:7-5-4-3", FEDGE_MODEL_MLP, 3, 5 * 8 + 4 * 6 + 3 * 5},
+        {"mlp:2-3-3-3-3-3-3-3-256", FEDGE_MODEL_MLP, 8, 3 * 3 + 6 * 3 * 4 + 256 * 4},
+        {"softmax:65536-2", FEDGE_MODEL_SOFTMAX, 1, 2 * 65537},
+    };
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(cases); i++) {
+        fedge_model_spec s;
+        assert_int_equal(fedge_model_spec_parse(cases[i].text, &s), FEDGE_OK);
+        assert_int_equal(s.kind, cases[i].kind);
+        assert_int_equal(s.n_layers, cases[i].n_layers);
+        assert_int_equal(fedge_model_spec_param_count(&s), cases[i].params);
+        char buf[FEDGE_MODEL_SPEC_MAX];
+        assert_int_equal(fedge_model_spec_format(&s, buf, sizeof buf), FEDGE_OK);
+        assert_string_equal(buf, cases[i].text);
+    }
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse("mlp:784-256-128-10", &s), FEDGE_OK);
+    assert_int_equal(s.dims[0], 784);
+    assert_int_equal(s.dims[1], 256);
+    assert_int_equal(s.dims[2], 128);
+    assert_int_equal(s.dims[3], 10);
+}
+
+static void test_spec_parse_bad(void **state)
+{
+    (void)state;
+    static const char *bad[] = {
+        "",
+        "softmax",
+        "softmax:",
+        "softmax:784",
+        "softmax:784-",
+        "softmax:784-200-10",   /* softmax with a hidden layer */
+        "mlp:784-10",           /* mlp without one */
+        "mlp:784-0-10",         /* zero dim */
+        "mlp:0-200-10",
+        "mlp:-784-200-10",      /* negative */
+        "mlp:784--200-10",
+        "mlp:+784-200-10",
+        "mlp:0784-200-10",      /* leading zero: not canonical */
+        "mlp:784-65537-10",     /* oversized dim */
+        "mlp:99999999999999999999999-10",
+        "mlp:784-200-1",        /* one class */
+        "mlp:784-200-257",      /* more classes than a uint8 label holds */
+        "mlp:65536-65536-10",   /* too many parameters */
+        "mlp:2-3-3-3-3-3-3-3-3-2", /* nine dense layers */
+        "mlp:784-200-10-",      /* trailing junk */
+        "mlp:784-200-10x",
+        "mlp:784-200-10 ",
+        " mlp:784-200-10",
+        "mlp: 784-200-10",
+        "mlp:784,200,10",
+        "MLP:784-200-10",
+        "cnn:784-10",
+        "mlp:784-200-10\n",
+        "softmax:784-10.5",
+    };
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(bad); i++) {
+        fedge_model_spec s;
+        memset(&s, 0x5a, sizeof s);
+        fedge_model_spec before = s;
+        int ret = fedge_model_spec_parse(bad[i], &s);
+        if (ret != FEDGE_ERR_MODEL_SPEC)
+            fail_msg("spec \"%s\" gave %d, want FEDGE_ERR_MODEL_SPEC", bad[i], ret);
+        assert_memory_equal(&s, &before, sizeof s);
+    }
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse(NULL, &s), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_model_spec_parse("softmax:784-10", NULL), FEDGE_ERR_INVALID_ARG);
+
+    /* a hand-built spec that breaks the rules is refused everywhere */
+    memset(&s, 0, sizeof s);
+    s.kind = FEDGE_MODEL_SOFTMAX;
+    s.n_layers = 2;
+    s.dims[0] = 4;
+    s.dims[1] = 3;
+    s.dims[2] = 2;
+    char buf[FEDGE_MODEL_SPEC_MAX];
+    assert_int_equal(fedge_model_spec_format(&s, buf, sizeof buf), FEDGE_ERR_MODEL_SPEC);
+    assert_int_equal(fedge_model_spec_param_count(&s), 0);
+    assert_int_equal(fedge_model_spec_id(&s), 0);
+    fedge_model m;
+    assert_int_equal(fedge_model_init(&m, &s), FEDGE_ERR_MODEL_SPEC);
+    assert_null(m.params);
+    fedge_model_free(&m);
+}
+
+static void test_spec_format_and_id(void **state)
+{
+    (void)state;
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse("mlp:784-200-10", &s), FEDGE_OK);
+    char small[14];
+    assert_int_equal(fedge_model_spec_format(&s, small, sizeof small), FEDGE_ERR_BUFFER_TOO_SMALL);
+    char exact[15];
+    assert_int_equal(fedge_model_spec_format(&s, exact, sizeof exact), FEDGE_OK);
+    assert_string_equal(exact, "mlp:784-200-10");
+
+    /* reference values: first 4 bytes, little-endian, of sha256(text) */
+    assert_int_equal(fedge_model_spec_id(&s), 0xb1e875e8u);
+    fedge_model_spec t;
+    assert_int_equal(fedge_model_spec_parse("softmax:784-10", &t), FEDGE_OK);
+    assert_int_equal(fedge_model_spec_id(&t), 0x55a5c4e9u);
+    fedge_model_spec u;
+    assert_int_equal(fedge_model_spec_parse("mlp:784-201-10", &u), FEDGE_OK);
+    assert_int_not_equal(fedge_model_spec_id(&u), fedge_model_spec_id(&s));
+}
+
+/* ---- model -------------------------------------------------------------- */
+
+static void make_model(const char *text, uint64_t seed, fedge_model *m)
+{
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse(text, &s), FEDGE_OK);
+    assert_int_equal(fedge_model_init(m, &s), FEDGE_OK);
+    fedge_rng rng;
+    fedge_rng_seed(&rng, seed);
+    assert_int_equal(fedge_model_randomize(m, &rng), FEDGE_OK);
+    /* non-zero biases, so their gradients are exercised away from zero */
+    for (int l = 0; l < s.n_layers; l++)
+        for (int j = 0; j < s.dims[l + 1]; j++)
+            m->b[l][j] = 0.2f * (float)fedge_rng_normal(&rng);
+}
+
+static void test_init_views_free(void **state)
+{
+    (void)state;
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse("mlp:7-5-4-3", &s), FEDGE_OK);
+    fedge_model m;
+    assert_int_equal(fedge_model_init(&m, &s), FEDGE_OK);
+    assert_int_equal(m.n_params, 79);
+    for (size_t i = 0; i < m.n_params; i++)
+        assert_true(m.params[i] == 0.0f);
+    assert_ptr_equal(m.W[0], m.params);
+    assert_ptr_equal(m.b[0], m.params + 35);
+    assert_ptr_equal(m.W[1], m.params + 40);
+    assert_ptr_equal(m.b[1], m.params + 60);
+    assert_ptr_equal(m.W[2], m.params + 64);
+    assert_ptr_equal(m.b[2], m.params + 76);
+    assert_null(m.W[3]);
+
+    fedge_rng rng;
+    fedge_rng_seed(&rng, 1);
+    assert_int_equal(fedge_model_randomize(&m, &rng), FEDGE_OK);
+    /* He-uniform: |w| <= sqrt(6 / fan_in), biases zero */
+    for (int l = 0; l < 3; l++) {
+        float limit = sqrtf(6.0f / (float)s.dims[l]);
+        for (int i = 0; i < s.dims[l] * s.dims[l + 1]; i++)
+            assert_true(fabsf(m.W[l][i]) <= limit);
+        for (int j = 0; j < s.dims[l + 1]; j++)
+            assert_true(m.b[l][j] == 0.0f);
+    }
+    assert_int_equal(fedge_model_scratch_floats(&s, 10), 10 * (5 + 4 + 3 + 5));
+    fedge_model_free(&m);
+    assert_null(m.params);
+    fedge_model_free(&m); /* double free is safe */
+    fedge_model_free(NULL);
+}
+
+/* Relative check of every analytic gradient entry against central differences. */
+static void check_gradients(const char *text, int batch, uint64_t seed)
+{
+    fedge_model m;
+    make_model(text, seed, &m);
+    int din = m.spec.dims[0], classes = m.spec.dims[m.spec.n_layers];
+    fedge_rng rng;
+    fedge_rng_seed(&rng, seed + 100);
+    float *x = malloc(sizeof(float) * (size_t)batch * din);
+    uint8_t *y = malloc((size_t)batch);
+    float *scratch = malloc(sizeof(float) * fedge_model_scratch_floats(&m.spec, batch));
+    float *grad = malloc(sizeof(float) * m.n_params);
+    assert_non_null(x);
+    assert_non_null(y);
+    assert_non_null(scratch);
+    assert_non_null(grad);
+    for (int i = 0; i < batch * din; i++)
+        x[i] = (float)fedge_rng_normal(&rng);
+    for (int i = 0; i < batch; i++)
+        y[i] = (uint8_t)fedge_rng_below(&rng, (uint32_t)classes);
+    for (size_t i = 0; i < m.n_params; i++)
+        grad[i] = 1e30f; /* must be overwritten */
+
+    float loss;
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, scratch, grad, &loss), FEDGE_OK);
+    assert_true(isfinite(loss) && loss > 0.0f);
+
+    const float eps = 1e-3f;
+    double worst = 0.0;
+    for (size_t i = 0; i < m.n_params; i++) {
+        float saved = m.params[i];
+        float lp, lm;
+        float *g2 = malloc(sizeof(float) * m.n_params);
+        assert_non_null(g2);
+        m.params[i] = saved + eps;
+        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, scratch, g2, &lp), FEDGE_OK);
+        m.params[i] = saved - eps;
+        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, scratch, g2, &lm), FEDGE_OK);
+        m.params[i] = saved;
+        free(g2);
+        double fd = ((double)lp - (double)lm) / (2.0 * eps);
+        double g = grad[i];
+        double scale = fabs(g) > fabs(fd) ? fabs(g) : fabs(fd);
+        /* relative error; below |g| = 0.03 the float32 rounding of the loss
+         * (~1e-4 after dividing by 2 eps) dominates, so the floor makes it an
+         * absolute 3e-4 there */
+        double err = fabs(g - fd) / (scale > 0.03 ? scale : 0.03);
+        if (err > worst)
+            worst = err;
+        if (err >= 1e-2)
+            fail_msg("%s param %zu: analytic %.6g, numeric %.6g", text, i, g, fd);
+    }
+    print_message("    %s: worst relative gradient error %.2e over %zu params\n", text, worst,
+                  m.n_params);
+    free(x);
+    free(y);
+    free(scratch);
+    free(grad);
+    fedge_model_free(&m);
+}
+
+static void test_gradients_mlp(void **state)
+{
+    (void)state;
+    check_gradients("mlp:7-5-4-3", 6, 11);
+    check_gradients("mlp:9-8-4", 1, 12);
+}
+
+static void test_gradients_softmax(void **state)
+{
+    (void)state;
+    check_gradients("softmax:6-4", 5, 21);
+    check_gradients("softmax:3-2", 1, 22);
+}
+
+static void test_forward_probabilities(void **state)
+{
+    (void)state;
+    fedge_model m;
+    make_model("mlp:12-16-5", 3, &m);
+    enum { B = 9 };
+    float x[B * 12], probs[B * 5];
+    float *scratch = malloc(sizeof(float) * fedge_model_scratch_floats(&m.spec, B));
+    assert_non_null(scratch);
+    fedge_rng rng;
+    fedge_rng_seed(&rng, 4);
+    for (int i = 0; i < B * 12; i++)
+        x[i] = 3.0f * (float)fedge_rng_normal(&rng);
+    assert_int_equal(fedge_model_forward(&m, x, B, scratch, probs), FEDGE_OK);
+    for (int i = 0; i < B; i++) {
+        double sum = 0.0;
+        for (int c = 0; c < 5; c++) {
+            assert_true(probs[i * 5 + c] >= 0.0f && probs[i * 5 + c] <= 1.0f);
+            sum += probs[i * 5 + c];
+        }
+        assert_true(fabs(sum - 1.0) < 1e-5);
+    }
+
+    /* huge logits: a naive exp() would overflow to inf/inf = NaN */
+    for (size_t i = 0; i < m.n_params; i++)
+        m.params[i] *= 1e4f;
+    assert_int_equal(fedge_model_forward(&m, x, B, scratch, probs), FEDGE_OK);
+    uint8_t y[B] = {0, 1, 2, 3, 4, 0, 1, 2, 3};
+    float *grad = malloc(sizeof(float) * m.n_params);
+    assert_non_null(grad);
+    float loss;
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, B, scratch, grad, &loss), FEDGE_OK);
+    assert_true(isfinite(loss));
+    for (int i = 0; i < B; i++) {
+        double sum = 0.0;
+        for (int c = 0; c < 5; c++) {
+            assert_true(isfinite(probs[i * 5 + c]));
+            sum += probs[i * 5 + c];
+        }
+        assert_true(fabs(sum - 1.0) < 1e-5);
+    }
+    for (size_t i = 0; i < m.n_params; i++)
+        assert_true(isfinite(grad[i]));
+
+    /* a label outside the classes is refused */
+    y[2] = 5;
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, B, scratch, grad, &loss),
+                     FEDGE_ERR_DATA_LABEL);
+    assert_int_equal(fedge_model_forward(&m, x, 0, scratch, probs), FEDGE_ERR_INVALID_ARG);
+    free(grad);
+    free(scratch);
+    fedge_model_free(&m);
+}
+
+static void test_loss_and_evaluate_exact(void **state)
+{
+    (void)state;
+    /* An all-zero model gives uniform probabilities: loss = ln(classes),
+     * argmax = class 0 (first of the ties). */
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse("softmax:3-4", &s), FEDGE_OK);
+    fedge_model m;
+    assert_int_equal(fedge_model_init(&m, &s), FEDGE_OK);
+    float x[7 * 3];
+    for (int i = 0; i < 21; i++)
+        x[i] = (float)(i % 5) - 2.0f;
+    uint8_t y[7] = {0, 1, 2, 3, 0, 0, 2};
+    float scratch[7 * 4], grad[16], loss;
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, 7, scratch, grad, &loss), FEDGE_OK);
+    assert_float_equal(loss, logf(4.0f), 1e-6);
+    /* bias gradient of the mean loss: (1/4 - share of each class) */
+    assert_float_equal(grad[12 + 0], 0.25f - 3.0f / 7.0f, 1e-6);
+    assert_float_equal(grad[12 + 1], 0.25f - 1.0f / 7.0f, 1e-6);
+    assert_float_equal(grad[12 + 2], 0.25f - 2.0f / 7.0f, 1e-6);
+    assert_float_equal(grad[12 + 3], 0.25f - 1.0f / 7.0f, 1e-6);
+
+    size_t correct = 99;
+    double loss_sum = -1.0;
+    float small_scratch[3 * 4];
+    assert_int_equal(fedge_model_evaluate(&m, x, y, 7, 3, small_scratch, &correct, &loss_sum),
+                     FEDGE_OK);
+    assert_int_equal(correct, 3);
+    assert_true(fabs(loss_sum - 7.0 * log(4.0)) < 1e-4);
+
+    /* make class 2 win for every row: all rows with label 2 are right */
+    m.b[0][2] = 1.0f;
+    assert_int_equal(fedge_model_evaluate(&m, x, y, 7, 2, small_scratch, &correct, &loss_sum),
+                     FEDGE_OK);
+    assert_int_equal(correct, 2);
+    fedge_model_free(&m);
+}
+
+/* ---- gemm --------------------------------------------------------------- */
+
+static void naive_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                       const float *B, int ldb, float beta, double *C, int ldc)
+{
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double acc = 0.0;
+            for (int k = 0; k < K; k++) {
+                double a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                double b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                acc += a * b;
+            }
+            double c0 = beta == 0.0f ? 0.0 : beta * C[(size_t)i * ldc + j];
+            C[(size_t)i * ldc + j] = alpha * acc + c0;
+        }
+}
+
+static void check_gemm(int ta, int tb, int M, int N, int K, float alpha, float beta, int pad,
+                       fedge_rng *rng)
+{
+    int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb,
+           nc = (size_t)M * ldc;
+    float *A = malloc(sizeof(float) * (na ? na : 1));
+    float *B = malloc(sizeof(float) * (nb ? nb : 1));
+    float *C = malloc(sizeof(float) * nc);
+    double *R = malloc(sizeof(double) * nc);
+    assert_true(A && B && C && R);
+    for (size_t i = 0; i < na; i++)
+        A[i] = (float)fedge_rng_normal(rng);
+    for (size_t i = 0; i < nb; i++)
+        B[i] = (float)fedge_rng_normal(rng);
+    for (size_t i = 0; i < nc; i++) {
+        C[i] = beta == 0.0f ? NAN : (float)fedge_rng_normal(rng); /* beta 0 must not read C */
+        R[i] = C[i];
+    }
+    fedge_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    naive_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, R, ldc);
+    double tol = 1e-5 * (K + 4);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < ldc; j++) {
+            size_t at = (size_t)i * ldc + j;
+            if (j >= N) { /* padding columns untouched */
+                if (!(isnan(C[at]) && isnan(R[at])) && C[at] != (float)R[at])
+                    fail_msg("gemm wrote padding at %d,%d", i, j);
+                continue;
+            }
+            if (!(fabs(C[at] - R[at]) <= tol))
+                fail_msg("gemm %d%d %dx%dx%d a=%g b=%g: C[%d][%d] = %.7g, want %.7g", ta, tb, M,
+                         N, K, alpha, beta, i, j, C[at], R[at]);
+        }
+    free(A);
+    free(B);
+    free(C);
+    free(R);
+}
+
+static void test_sgemm_vs_naive(void **state)
+{
+    (void)state;
+    static const int shapes[][3] = {
+        {1, 1, 1},     {1, 7, 1},    {3, 5, 7},    {4, 8, 16},    {5, 9, 17},
+        {17, 13, 29},  {64, 64, 64}, {33, 200, 784}, {129, 67, 300}, {5, 600, 3},
+        {130, 9, 257}, {200, 31, 2}, {2, 1030, 11}, {131, 517, 513},
+    };
+    fedge_rng rng;
+    fedge_rng_seed(&rng, 77);
+    for (size_t s = 0; s < FEDGE_ARRAY_LEN(shapes); s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                check_gemm(ta, tb, M, N, K, 1.0f, 0.0f, 0, &rng);
+                check_gemm(ta, tb, M, N, K, 0.7f, 0.3f, 3, &rng);
+            }
+    /* alpha 0 and K 0 just scale C */
+    check_gemm(0, 0, 6, 5, 4, 0.0f, 0.5f, 1, &rng);
+    check_gemm(1, 1, 6, 5, 0, 1.0f, 2.0f, 0, &rng);
+}
+
+/* ---- optim -------------------------------------------------------------- */
+
+static void test_sgd_hand_computed(void **state)
+{
+    (void)state;
+    fedge_sgd_config cfg = {.lr = 0.1f, .momentum = 0.9f, .weight_decay = 0.01f};
+    fedge_sgd opt;
+    assert_int_equal(fedge_sgd_init(&opt, 2, &cfg), FEDGE_OK);
+    float w[2] = {1.0f, -2.0f};
+    float g1[2] = {0.5f, 0.25f};
+    assert_int_equal(fedge_sgd_step(&opt, w, g1), FEDGE_OK);
+    /* v = g + wd w = (0.51, 0.23); w -= 0.1 v */
+    assert_float_equal(opt.velocity[0], 0.51f, 1e-6);
+    assert_float_equal(opt.velocity[1], 0.23f, 1e-6);
+    assert_float_equal(w[0], 0.949f, 1e-6);
+    assert_float_equal(w[1], -2.023f, 1e-6);
+    float g2[2] = {-1.0f, 0.0f};
+    assert_int_equal(fedge_sgd_step(&opt, w, g2), FEDGE_OK);
+    /* v = 0.9 (0.51, 0.23) + (-1 + 0.00949, 0 - 0.02023) = (-0.53151, 0.18677) */
+    assert_float_equal(opt.velocity[0], -0.53151f, 1e-6);
+    assert_float_equal(opt.velocity[1], 0.18677f, 1e-6);
+    assert_float_equal(w[0], 1.002151f, 1e-6);
+    assert_float_equal(w[1], -2.041677f, 1e-6);
+
+    /* the slice form gives the same numbers on caller-owned state */
+    float w2[2] = {1.0f, -2.0f}, v2[2] = {0.0f, 0.0f};
+    fedge_sgd_update(&cfg, w2, v2, g1, 2);
+    fedge_sgd_update(&cfg, w2, v2, g2, 2);
+    assert_memory_equal(w2, w, sizeof w);
+    assert_memory_equal(v2, opt.velocity, sizeof v2);
+    fedge_sgd_free(&opt);
+    assert_null(opt.velocity);
+    fedge_sgd_free(&opt);
+
+    /* plain SGD: momentum 0, no decay */
+    fedge_sgd_config plain = {.lr = 0.5f, .momentum = 0.0f, .weight_decay = 0.0f};
+    float w3[1] = {3.0f}, v3[1] = {0.0f}, g3[1] = {2.0f};
+    fedge_sgd_update(&plain, w3, v3, g3, 1);
+    fedge_sgd_update(&plain, w3, v3, g3, 1);
+    assert_float_equal(w3[0], 1.0f, 0.0);
+
+    static const fedge_sgd_config bad[] = {
+        {.lr = -0.1f, .momentum = 0.9f, .weight_decay = 0.0f},
+        {.lr = 0.1f, .momentum = 1.0f, .weight_decay = 0.0f},
+        {.lr = 0.1f, .momentum = -0.5f, .weight_decay = 0.0f},
+        {.lr = 0.1f, .momentum = 0.9f, .weight_decay = -1e-4f},
+        {.lr = NAN, .momentum = 0.9f, .weight_decay = 0.0f},
+        {.lr = 0.1f, .momentum = NAN, .weight_decay = 0.0f},
+        {.lr = INFINITY, .momentum = 0.0f, .weight_decay = 0.0f},
+    };
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(bad); i++) {
+        assert_int_equal(fedge_sgd_init(&opt, 2, &bad[i]), FEDGE_ERR_INVALID_ARG);
+        assert_null(opt.velocity);
+    }
+    assert_int_equal(fedge_sgd_init(&opt, 0, &cfg), FEDGE_ERR_INVALID_ARG);
+}
+
+/* ---- rng ---------------------------------------------------------------- */
+
+static void test_rng_reference_and_reproducible(void **state)
+{
+    (void)state;
+    /* xoshiro256** seeded by splitmix64(12345), from an independent Python
+     * implementation of the reference algorithms */
+    static const uint64_t want[5] = {0xbe6a36374160d49bull, 0x214aaa0637a688c6ull,
+                                     0xf69d16de9954d388ull, 0x0c60048c4e96e033ull,
+                                     0x8e2076aeed51c648ull};
+    fedge_rng r, r2, r3;
+    fedge_rng_seed(&r, 12345);
+    for (int i = 0; i < 5; i++)
+        assert_true(fedge_rng_u64(&r) == want[i]);
+
+    fedge_rng_seed(&r, 7);
+    fedge_rng_seed(&r2, 7);
+    fedge_rng_seed(&r3, 8);
+    int differs = 0;
+    for (int i = 0; i < 1000; i++) {
+        uint64_t a = fedge_rng_u64(&r), b = fedge_rng_u64(&r2), c = fedge_rng_u64(&r3);
+        assert_true(a == b);
+        differs += a != c;
+    }
+    assert_true(differs > 990);
+
+    /* split: reproducible, distinct per stream, distinct from the parent */
+    fedge_rng parent, c1, c1b, c2;
+    fedge_rng_seed(&parent, 99);
+    fedge_rng_split(&parent, 1, &c1);
+    fedge_rng_split(&parent, 1, &c1b);
+    fedge_rng_split(&parent, 2, &c2);
+    fedge_rng p2 = parent;
+    int same12 = 0, same_parent = 0;
+    for (int i = 0; i < 100; i++) {
+        uint64_t a = fedge_rng_u64(&c1), b = fedge_rng_u64(&c1b), c = fedge_rng_u64(&c2),
+                 p = fedge_rng_u64(&p2);
+        assert_true(a == b);
+        same12 += a == c;
+        same_parent += a == p;
+    }
+    assert_int_equal(same12, 0);
+    assert_int_equal(same_parent, 0);
+}
+
+static void test_rng_distributions(void **state)
+{
+    (void)state;
+    fedge_rng r;
+    fedge_rng_seed(&r, 2024);
+    enum { N = 200000 };
+
+    /* below(n): in range, and a chi-square over 10 bins well under the
+     * 99.9% point of chi2(9), 27.9 */
+    size_t bins[10] = {0};
+    for (int i = 0; i < N; i++) {
+        uint32_t v = fedge_rng_below(&r, 10);
+        assert_true(v < 10);
+        bins[v]++;
+    }
+    double chi = 0.0;
+    for (int b = 0; b < 10; b++)
+        chi += (bins[b] - N / 10.0) * (bins[b] - N / 10.0) / (N / 10.0);
+    assert_true(chi < 27.9);
+    assert_int_equal(fedge_rng_below(&r, 1), 0);
+    for (int i = 0; i < 1000; i++)
+        assert_true(fedge_rng_below(&r, 0xffffffffu) < 0xffffffffu);
+
+    double su = 0.0;
+    for (int i = 0; i < N; i++) {
+        float u = fedge_rng_uniform(&r);
+        double d = fedge_rng_uniform_d(&r);
+        assert_true(u >= 0.0f && u < 1.0f);
+        assert_true(d >= 0.0 && d < 1.0);
+        su += d;
+    }
+    assert_true(fabs(su / N - 0.5) < 0.005);
+
+    /* N(0,1): standard error of the mean is 0.0022, of the variance 0.003 */
+    double s1 = 0.0, s2 = 0.0, s4 = 0.0;
+    for (int i = 0; i < N; i++) {
+        double z = fedge_rng_normal(&r);
+        s1 += z;
+        s2 += z * z;
+        s4 += z * z * z * z;
+    }
+    assert_true(fabs(s1 / N) < 0.012);
+    assert_true(fabs(s2 / N - 1.0) < 0.02);
+    assert_true(fabs(s4 / N - 3.0) < 0.1); /* kurtosis of a normal */
+
+    /* Gamma(k, 1) has mean k and variance k, on both sides of the shape-1 boost */
+    static const double shapes[] = {0.3, 1.0, 2.5, 9.0};
+    for (size_t k = 0; k < FEDGE_ARRAY_LEN(shapes); k++) {
+        double a = shapes[k], m1 = 0.0, m2 = 0.0;
+        for (int i = 0; i < N; i++) {
+            double g = fedge_rng_gamma(&r, a);
+            assert_true(g >= 0.0 && isfinite(g));
+            m1 += g;
+            m2 += g * g;
+        }
+        double mean = m1 / N, var = m2 / N - mean * mean;
+        if (fabs(mean - a) > 0.02 * a + 0.005 || fabs(var - a) > 0.06 * a)
+            fail_msg("gamma(%g): mean %g var %g", a, mean, var);
+    }
+    assert_true(isnan(fedge_rng_gamma(&r, 0.0)));
+    assert_true(isnan(fedge_rng_gamma(&r, -1.0)));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_spec_parse_good),
+        cmocka_unit_test(test_spec_parse_bad),
+        cmocka_unit_test(test_spec_format_and_id),
+        cmocka_unit_test(test_init_views_free),
+        cmocka_unit_test(test_gradients_mlp),
+        cmocka_unit_test(test_gradients_softmax),
+        cmocka_unit_test(test_forward_probabilities),
+        cmocka_unit_test(test_loss_and_evaluate_exact),
+        cmocka_unit_test(test_sgemm_vs_naive),
+        cmocka_unit_test(test_sgd_hand_computed),
+        cmocka_unit_test(test_rng_reference_and_reproducible),
+        cmocka_unit_test(test_rng_distributions),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

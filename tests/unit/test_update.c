@@ -1,0 +1,485 @@
+/* test_update.c — a delta sealed in an envelope: round trips for every
+ * encoding, each rejection with its own code in the documented order, and
+ * outputs left untouched on failure. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "update.h"
+
+#define MODEL_ID 0x5eed0001u
+#define ROUND 3
+#define SENTINEL 0xa5
+
+static const uint8_t secret[32] = "0123456789abcdef0123456789abcdef";
+
+static fedge_device_key device_key(const char *id)
+{
+    fedge_device_key k;
+    assert_int_equal(fedge_envelope_derive_key(secret, sizeof secret, id, &k), FEDGE_OK);
+    return k;
+}
+
+static fedge_delta_header header(fedge_encoding enc, uint32_t n)
+{
+    fedge_delta_header h;
+    memset(&h, 0, sizeof h);
+    h.encoding = (uint8_t)enc;
+    h.model_id = MODEL_ID;
+    h.round = ROUND;
+    h.n_samples = 1000;
+    h.n_elems = n;
+    h.block_size = enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0;
+    memset(h.base_version, 0xb5, FEDGE_HASH_LEN);
+    return h;
+}
+
+static float *random_delta(uint32_t n, uint64_t seed)
+{
+    float *x = malloc(sizeof(float) * n);
+    fedge_rng r;
+    fedge_rng_seed(&r, seed);
+    for (uint32_t i = 0; i < n; i++)
+        x[i] = (float)(fedge_rng_normal(&r) * 0.01);
+    return x;
+}
+
+static fedge_update_expect expect_for(uint32_t n, uint64_t last)
+{
+    fedge_update_expect e = {.model_id = MODEL_ID, .n_elems = n, .round = ROUND,
+                             .last_counter = last, .max_len = 0};
+    return e;
+}
+
+static void test_round_trip_each_encoding(void **state)
+{
+    (void)state;
+    const uint32_t sizes[] = {1, 257, 159010};
+    fedge_device_key k = device_key("edge-7");
+    for (int enc = 0; enc < 5; enc++) { /* 4 = int8 with stochastic rounding */
+        fedge_encoding e = enc == 4 ? FEDGE_ENC_INT8 : (fedge_encoding)enc;
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+            uint32_t n = sizes[s];
+            float *x = random_delta(n, 10 * enc + s);
+            fedge_delta_header h = header(e, n);
+            fedge_rng r, r_copy;
+            fedge_rng_seed(&r, 1234);
+            r_copy = r;
+            uint8_t *frame = NULL;
+            size_t len = 0;
+            assert_int_equal(fedge_update_seal(&k, 100 + s, &h, x, enc == 4 ? &r : NULL, &frame,
+                                               &len), FEDGE_OK);
+            size_t enc_size = fedge_delta_encoded_size(&h);
+            assert_int_equal(len, FEDGE_ENV_OVERHEAD + enc_size);
+
+            /* reference: the plain codec with the same rounding stream */
+            uint8_t *plain = malloc(enc_size);
+            float *want = malloc(sizeof(float) * n);
+            size_t plain_len;
+            fedge_delta_header ref_h;
+            assert_int_equal(fedge_delta_encode(&h, x, enc == 4 ? &r_copy : NULL, plain, enc_size,
+                                                &plain_len), FEDGE_OK);
+            assert_int_equal(fedge_delta_decode(plain, plain_len, MODEL_ID, n, &ref_h, want), FEDGE_OK);
+            /* the delta header is the clear aad, the payload is not in the clear */
+            assert_memory_equal(frame + FEDGE_ENV_HEADER_LEN, plain, FEDGE_DELTA_HEADER_LEN);
+            if (n >= 16)
+                assert_memory_not_equal(frame + FEDGE_ENV_HEADER_LEN + 64, plain + 64, 16);
+
+            uint8_t *scratch = malloc(len);
+            float *got = malloc(sizeof(float) * n);
+            fedge_update_expect ex = expect_for(n, 99 + s);
+            ex.max_len = len;
+            fedge_delta_header oh;
+            uint64_t counter = 0;
+            assert_int_equal(fedge_update_open(&k, frame, len, &ex, scratch, &oh, &counter, got),
+                             FEDGE_OK);
+            assert_memory_equal(got, want, sizeof(float) * n);
+            assert_int_equal(counter, 100 + s);
+            assert_int_equal(oh.round, ROUND);
+            assert_int_equal(oh.model_id, MODEL_ID);
+            assert_int_equal(oh.n_samples, 1000);
+            assert_int_equal(oh.encoding, e);
+            assert_int_equal(oh.flags, enc == 4 ? 1 : 0);
+            assert_memory_equal(oh.base_version, h.base_version, FEDGE_HASH_LEN);
+            /* scratch holds the encoded delta, as the sender encoded it */
+            assert_int_equal(len - FEDGE_ENV_OVERHEAD, plain_len);
+            assert_memory_equal(scratch, plain, plain_len);
+            /* error bound of the encoding holds end to end */
+            double amax = 0;
+            for (uint32_t i = 0; i < n; i++)
+                amax = fmax(amax, fabs((double)x[i]));
+            for (uint32_t i = 0; i < n; i++) {
+                double err = fabs((double)got[i] - x[i]);
+                if (e == FEDGE_ENC_FP32)
+                    assert_true(err == 0);
+                else if (e == FEDGE_ENC_BF16)
+                    assert_true(err <= fabs((double)x[i]) * 0x1p-8);
+                else if (e == FEDGE_ENC_FP16)
+                    assert_true(err <= fmax(fabs((double)x[i]) * 0x1p-11, 0x1p-25));
+                else
+                    assert_true(err <= amax / 127 * 1.001); /* >= any block's scale */
+            }
+            free(frame);
+            free(plain);
+            free(want);
+            free(scratch);
+            free(got);
+            free(x);
+        }
+    }
+    fedge_device_key_wipe(&k);
+}
+
+static void test_deterministic_without_rng(void **state)
+{
+    (void)state;
+    fedge_device_key k = device_key("edge-7");
+    float x[8] = {1, -1, 0.5f, 0.25f, 0, 3, 2, 1};
+    fedge_delta_header h = header(FEDGE_ENC_FP16, 8);
+    uint8_t *a, *b, *c;
+    size_t la, lb, lc;
+    assert_int_equal(fedge_update_seal(&k, 5, &h, x, NULL, &a, &la), FEDGE_OK);
+    assert_int_equal(fedge_update_seal(&k, 5, &h, x, NULL, &b, &lb), FEDGE_OK);
+    assert_int_equal(fedge_update_seal(&k, 6, &h, x, NULL, &c, &lc), FEDGE_OK);
+    assert_int_equal(la, lb);
+    assert_memory_equal(a, b, la);
+    assert_memory_not_equal(a + 24, c + 24, 12); /* the nonce follows the counter */
+    free(a);
+    free(b);
+    free(c);
+    /* refused encodings allocate nothing */
+    uint8_t *none = (uint8_t *)&k;
+    size_t nl = 9;
+    x[3] = NAN;
+    assert_int_equal(fedge_update_seal(&k, 7, &h, x, NULL, &none, &nl), FEDGE_ERR_DELTA_NONFINITE);
+    assert_null(none);
+    assert_int_equal(nl, 0);
+}
+
+/* ---- rejections ---------------------------------------------------------- */
+
+typedef struct {
+    uint8_t *frame;
+    size_t len;
+} frame;
+
+/* Seal a hand-made delta (header bytes + payload bytes), bypassing the
+ * encoder's own checks, as a malicious or buggy client could. */
+static frame seal_raw(const fedge_device_key *k, uint64_t counter, const uint8_t *aad,
+                      size_t aad_len, const uint8_t *payload, size_t payload_len)
+{
+    frame f;
+    f.frame = malloc(fedge_envelope_sealed_size(aad_len, payload_len) + 1);
+    const uint8_t prefix[4] = {1, 2, 3, 4};
+    assert_int_equal(fedge_envelope_seal(k, counter, prefix, aad, aad_len, payload, payload_len,
+                                         f.frame, fedge_envelope_sealed_size(aad_len, payload_len),
+                                         &f.len), FEDGE_OK);
+    return f;
+}
+
+/* An honest fp32 delta of n elements, as plain bytes (caller frees). */
+static uint8_t *encoded(fedge_delta_header h, size_t *len)
+{
+    float *x = random_delta(h.n_elems, 77);
+    size_t size = fedge_delta_encoded_size(&h);
+    uint8_t *buf = malloc(size);
+    assert_int_equal(fedge_delta_encode(&h, x, NULL, buf, size, len), FEDGE_OK);
+    free(x);
+    return buf;
+}
+
+/* open must fail with `want`; h, counter and delta keep their sentinels
+ * and the scratch holds no plaintext. */
+static void expect_open(const fedge_device_key *k, const uint8_t *in, size_t len,
+                        const fedge_update_expect *ex, int want)
+{
+    size_t n = ex->n_elems;
+    float *delta = malloc(sizeof(float) * (n + 1));
+    uint8_t *scratch = malloc(len + 1);
+    fedge_delta_header h;
+    uint64_t counter = 0x1122334455667788ull;
+    memset(delta, SENTINEL, sizeof(float) * (n + 1));
+    memset(scratch, 0, len + 1);
+    memset(&h, SENTINEL, sizeof h);
+    int rc = fedge_update_open(k, in, len, ex, scratch, &h, &counter, delta);
+    if (rc != want)
+        fail_msg("open gave %d (%s), wanted %d (%s)", rc, fedge_strerror(rc), want,
+                 fedge_strerror(want));
+    assert_true(counter == 0x1122334455667788ull);
+    for (size_t i = 0; i < sizeof h; i++)
+        assert_int_equal(((uint8_t *)&h)[i], SENTINEL);
+    for (size_t i = 0; i < sizeof(float) * (n + 1); i++)
+        assert_int_equal(((uint8_t *)delta)[i], SENTINEL);
+    for (size_t i = 0; i < len + 1; i++)
+        assert_int_equal(scratch[i], 0);
+    free(delta);
+    free(scratch);
+}
+
+static void test_rejections(void **state)
+{
+    (void)state;
+    const uint32_t n = 100;
+    fedge_device_key k = device_key("edge-1");
+    fedge_device_key other = device_key("edge-2");
+    fedge_delta_header h = header(FEDGE_ENC_FP16, n);
+    float *x = random_delta(n, 5);
+    uint8_t *f;
+    size_t len;
+    assert_int_equal(fedge_update_seal(&k, 10, &h, x, NULL, &f, &len), FEDGE_OK);
+    uint8_t *b = malloc(len + 1);
+    fedge_update_expect ex = expect_for(n, 9);
+
+    /* the good frame opens */
+    float *out = malloc(sizeof(float) * n);
+    uint8_t *scratch = malloc(len);
+    fedge_delta_header oh;
+    uint64_t counter;
+    assert_int_equal(fedge_update_open(&k, f, len, &ex, scratch, &oh, &counter, out), FEDGE_OK);
+    assert_int_equal(counter, 10);
+
+    expect_open(&k, f, len - 1, &ex, FEDGE_ERR_ENV_TRUNCATED);
+    expect_open(&k, f, 20, &ex, FEDGE_ERR_ENV_TRUNCATED);
+    memcpy(b, f, len);
+    b[len] = 0;
+    expect_open(&k, b, len + 1, &ex, FEDGE_ERR_ENV_OVERSIZED);
+    fedge_update_expect small = ex;
+    small.max_len = len - 1;
+    expect_open(&k, f, len, &small, FEDGE_ERR_ENV_OVERSIZED);
+    memcpy(b, f, len);
+    b[1] = 'X';
+    expect_open(&k, b, len, &ex, FEDGE_ERR_ENV_MAGIC);
+    expect_open(&other, f, len, &ex, FEDGE_ERR_ENV_KEY_MISMATCH);
+
+    /* replays: the same counter and a lower one */
+    fedge_update_expect rep = ex;
+    rep.last_counter = 10;
+    expect_open(&k, f, len, &rep, FEDGE_ERR_ENV_REPLAY);
+    rep.last_counter = 11;
+    expect_open(&k, f, len, &rep, FEDGE_ERR_ENV_REPLAY);
+
+    fedge_update_expect wrong = ex;
+    wrong.round = ROUND + 1;
+    expect_open(&k, f, len, &wrong, FEDGE_ERR_DELTA_ROUND);
+    wrong = ex;
+    wrong.model_id = MODEL_ID + 1;
+    expect_open(&k, f, len, &wrong, FEDGE_ERR_DELTA_SHAPE);
+    wrong = ex;
+    wrong.n_elems = n + 1;
+    expect_open(&k, f, len, &wrong, FEDGE_ERR_DELTA_SHAPE);
+
+    /* tampering: ciphertext, tag, authenticated header fields */
+    const size_t tamper[] = {
+        24,                  /* nonce */
+        16,                  /* counter (raised: fresh, so only the tag can tell) */
+        44 + 16,             /* aad: delta n_samples */
+        44 + 40,             /* aad: delta base version */
+        44 + 64,             /* first ciphertext byte */
+        44 + 64 + 2 * n - 1, /* last ciphertext byte */
+        len - 16,            /* tag */
+        len - 1,
+    };
+    for (size_t i = 0; i < sizeof tamper / sizeof tamper[0]; i++) {
+        memcpy(b, f, len);
+        b[tamper[i]] ^= 0x04;
+        expect_open(&k, b, len, &ex, FEDGE_ERR_ENV_AUTH);
+    }
+    free(f);
+    free(b);
+    free(out);
+    free(scratch);
+    free(x);
+}
+
+static void test_malformed_delta_inside(void **state)
+{
+    (void)state;
+    const uint32_t n = 64;
+    fedge_device_key k = device_key("edge-1");
+    fedge_update_expect ex = expect_for(n, 0);
+    size_t plen;
+
+    /* NaN and Inf values in each float encoding, a NaN int8 scale */
+    struct { fedge_encoding e; size_t off; uint32_t bad; int width; } cases[] = {
+        {FEDGE_ENC_FP32, 64 + 4 * 7, 0x7fc00000u, 4},
+        {FEDGE_ENC_FP32, 64 + 4 * 63, 0xff800000u, 4},
+        {FEDGE_ENC_FP16, 64 + 2 * 5, 0x7e00, 2},
+        {FEDGE_ENC_FP16, 64, 0xfc00, 2},
+        {FEDGE_ENC_BF16, 64 + 2 * 9, 0xffc0, 2},
+        {FEDGE_ENC_BF16, 64 + 2 * 63, 0x7f80, 2},
+        {FEDGE_ENC_INT8, 64, 0x7fc00000u, 4},
+        {FEDGE_ENC_INT8, 64, 0x7f800000u, 4},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        uint8_t *d = encoded(header(cases[c].e, n), &plen);
+        for (int i = 0; i < cases[c].width; i++)
+            d[cases[c].off + i] = (uint8_t)(cases[c].bad >> (8 * i));
+        frame fr = seal_raw(&k, 1, d, 64, d + 64, plen - 64);
+        expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_DELTA_NONFINITE);
+        free(fr.frame);
+        free(d);
+    }
+
+    uint8_t *d = encoded(header(FEDGE_ENC_FP32, n), &plen);
+    frame fr;
+    /* aad shorter / longer than a delta header */
+    fr = seal_raw(&k, 1, d, 60, d + 64, plen - 64);
+    expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_DELTA_TRUNCATED);
+    free(fr.frame);
+    fr = seal_raw(&k, 1, d, 68, d + 68, plen - 68);
+    expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_DELTA_OVERSIZED);
+    free(fr.frame);
+    /* payload shorter / longer than the header says */
+    fr = seal_raw(&k, 1, d, 64, d + 64, plen - 65);
+    expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_DELTA_TRUNCATED);
+    free(fr.frame);
+    uint8_t *longer = calloc(plen + 4, 1);
+    memcpy(longer, d, plen);
+    fr = seal_raw(&k, 1, longer, 64, longer + 64, plen - 60);
+    expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_DELTA_OVERSIZED);
+    free(fr.frame);
+    free(longer);
+    /* header fields */
+    uint8_t hdr[64];
+    memcpy(hdr, d, 64);
+    hdr[0] = 'G';
+    fr = seal_raw(&k, 1, hdr, 64, d + 64, plen - 64);
+    expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_DELTA_MAGIC);
+    free(fr.frame);
+    memcpy(hdr, d, 64);
+    hdr[4] = 9;
+    fr = seal_raw(&k, 1, hdr, 64, d + 64, plen - 64);
+    expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_DELTA_VERSION);
+    free(fr.frame);
+    memcpy(hdr, d, 64);
+    hdr[6] = 5;
+    fr = seal_raw(&k, 1, hdr, 64, d + 64, plen - 64);
+    expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_DELTA_ENCODING);
+    free(fr.frame);
+    free(d);
+}
+
+/* With several faults at once, the first in the documented order wins:
+ * structure -> key id -> replay -> round -> shape -> tag -> values. */
+static void test_check_order(void **state)
+{
+    (void)state;
+    const uint32_t n = 32;
+    fedge_device_key k = device_key("edge-1");
+    fedge_device_key other = device_key("edge-2");
+    size_t plen;
+    uint8_t *d = encoded(header(FEDGE_ENC_FP32, n), &plen);
+    d[64 + 4 * 3 + 3] = 0x7f; /* a NaN */
+    d[64 + 4 * 3 + 2] = 0xc0;
+    frame fr = seal_raw(&k, 5, d, 64, d + 64, plen - 64);
+    uint8_t *b = malloc(fr.len);
+    fedge_update_expect ex = expect_for(n, 4);
+
+    expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_DELTA_NONFINITE);
+    memcpy(b, fr.frame, fr.len);
+    b[fr.len - 3] ^= 1; /* + tampered tag */
+    expect_open(&k, b, fr.len, &ex, FEDGE_ERR_ENV_AUTH);
+    fedge_update_expect e2 = ex;
+    e2.n_elems = n + 1; /* + other shape */
+    expect_open(&k, b, fr.len, &e2, FEDGE_ERR_DELTA_SHAPE);
+    e2.round = ROUND + 2; /* + other round */
+    expect_open(&k, b, fr.len, &e2, FEDGE_ERR_DELTA_ROUND);
+    e2.last_counter = 5; /* + replay */
+    expect_open(&k, b, fr.len, &e2, FEDGE_ERR_ENV_REPLAY);
+    expect_open(&other, b, fr.len, &e2, FEDGE_ERR_ENV_KEY_MISMATCH); /* + wrong key */
+    expect_open(&other, b, fr.len - 1, &e2, FEDGE_ERR_ENV_TRUNCATED);  /* + truncated */
+    free(b);
+    free(fr.frame);
+    free(d);
+}
+
+/* A small frame: every single-bit flip is refused, and flips in the nonce,
+ * the delta header's unchecked fields, the ciphertext and the tag are
+ * reported as tampering. */
+static void test_every_bit_flip(void **state)
+{
+    (void)state;
+    const uint32_t n = 4;
+    fedge_device_key k = device_key("edge-1");
+    float x[4] = {0.5f, -0.25f, 1e-3f, 7.0f};
+    fedge_delta_header h = header(FEDGE_ENC_FP32, n);
+    uint8_t *f;
+    size_t len;
+    assert_int_equal(fedge_update_seal(&k, 77, &h, x, NULL, &f, &len), FEDGE_OK);
+    assert_int_equal(len, 44 + 64 + 16 + 16);
+    uint8_t *b = malloc(len);
+    fedge_update_expect ex = expect_for(n, 0);
+    int auth = 0;
+    for (size_t pos = 0; pos < len; pos++) {
+        for (int bit = 0; bit < 8; bit++) {
+            memcpy(b, f, len);
+            b[pos] ^= (uint8_t)(1u << bit);
+            float out[5];
+            uint8_t scratch[140];
+            fedge_delta_header oh;
+            uint64_t counter = 1;
+            memset(out, SENTINEL, sizeof out);
+            int rc = fedge_update_open(&k, b, len, &ex, scratch, &oh, &counter, out);
+            if (rc == FEDGE_OK)
+                fail_msg("flip of bit %d at byte %zu was accepted", bit, pos);
+            assert_int_equal(counter, 1);
+            for (size_t i = 0; i < sizeof out; i++)
+                assert_int_equal(((uint8_t *)out)[i], SENTINEL);
+            size_t in_delta = pos >= 44 ? pos - 44 : 0;
+            int unchecked_header_field = pos >= 44 && pos < 44 + 64 &&
+                                         ((in_delta >= 16 && in_delta < 20) || in_delta >= 32);
+            if ((pos >= 24 && pos < 36) || unchecked_header_field || pos >= 44 + 64)
+                assert_int_equal(rc, FEDGE_ERR_ENV_AUTH);
+            auth += rc == FEDGE_ERR_ENV_AUTH;
+        }
+    }
+    assert_true(auth >= (12 + 4 + 32 + 16 + 16) * 8);
+    free(b);
+    free(f);
+}
+
+static void test_counter_flow(void **state)
+{
+    (void)state;
+    fedge_device_key k = device_key("edge-9");
+    float x[3] = {1, 2, 3};
+    fedge_delta_header h = header(FEDGE_ENC_BF16, 3);
+    uint64_t last = 0;
+    for (uint64_t c = 1; c <= 3; c++) {
+        uint8_t *f;
+        size_t len;
+        assert_int_equal(fedge_update_seal(&k, c, &h, x, NULL, &f, &len), FEDGE_OK);
+        fedge_update_expect ex = expect_for(3, last);
+        uint8_t scratch[256];
+        float out[3];
+        fedge_delta_header oh;
+        uint64_t got;
+        assert_int_equal(fedge_update_open(&k, f, len, &ex, scratch, &oh, &got, out), FEDGE_OK);
+        assert_int_equal(got, c);
+        last = got; /* the receiver persists it */
+        ex.last_counter = last;
+        expect_open(&k, f, len, &ex, FEDGE_ERR_ENV_REPLAY); /* the same frame again */
+        free(f);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trip_each_encoding),
+        cmocka_unit_test(test_deterministic_without_rng),
+        cmocka_unit_test(test_rejections),
+        cmocka_unit_test(test_malformed_delta_inside),
+        cmocka_unit_test(test_check_order),
+        cmocka_unit_test(test_every_bit_flip),
+        cmocka_unit_test(test_counter_flow),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
