@@ -144,8 +144,6 @@ static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
     assert_non_null(delta);
     for (size_t i = 0; i < n; i++)
         delta[i] = u.fill * (float)((int)(i % 7) - 3) / 3.0f;
-    if (u.nan_at >= 0)
-        delta[u.nan_at] = NAN;
     fedge_delta_header h = {
         .encoding = (uint8_t)u.enc,
         .model_id = fedge_model_spec_id(&spec),
@@ -157,7 +155,29 @@ static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
     memcpy(h.base_version, fx->agg.version, FEDGE_HASH_LEN);
     uint8_t *out = NULL;
     int key = u.key_of >= 0 ? u.key_of : dev;
-    assert_int_equal(fedge_update_seal(&fx->keys[key], u.counter, &h, delta, NULL, &out, len), FEDGE_OK);
+    if (u.nan_at < 0) {
+        assert_int_equal(fedge_update_seal(&fx->keys[key], u.counter, &h, delta, NULL, &out, len), FEDGE_OK);
+        free(delta);
+        return out;
+    }
+    /* A NaN cannot be encoded by the library: patch it into a valid fp32
+     * payload, then seal that by hand as a misbehaving client would. */
+    assert_int_equal(u.enc, FEDGE_ENC_FP32);
+    size_t enc_len = fedge_delta_encoded_size(&h);
+    uint8_t *enc = malloc(enc_len);
+    assert_non_null(enc);
+    assert_int_equal(fedge_delta_encode(&h, delta, NULL, enc, enc_len, &enc_len), FEDGE_OK);
+    uint32_t nan_bits = 0x7fc00000u;
+    memcpy(enc + FEDGE_DELTA_HEADER_LEN + 4 * (size_t)u.nan_at, &nan_bits, 4); /* little-endian host */
+    size_t cap = fedge_envelope_sealed_size(FEDGE_DELTA_HEADER_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
+    out = malloc(cap);
+    assert_non_null(out);
+    static const uint8_t prefix[4] = {1, 2, 3, 4};
+    assert_int_equal(fedge_envelope_seal(&fx->keys[key], u.counter, prefix, enc, FEDGE_DELTA_HEADER_LEN,
+                                         enc + FEDGE_DELTA_HEADER_LEN, enc_len - FEDGE_DELTA_HEADER_LEN, out,
+                                         cap, len),
+                     FEDGE_OK);
+    free(enc);
     free(delta);
     return out;
 }
