@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "agg.h"
 #include "common.h"
@@ -168,6 +169,11 @@ int main(int argc, char **argv)
     }
     if (g_stop)
         FEDGE_INFO("signal received; stopping");
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        FEDGE_INFO("cpu time: user %.3fs system %.3fs, peak RSS %ld KiB, over %ld rounds",
+                   ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6, ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6,
+                   ru.ru_maxrss, agg.rounds_done);
     fedge_server_free(server);
     fedge_agg_free(&agg);
     FEDGE_INFO("stopped");

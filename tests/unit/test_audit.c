@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,7 +99,8 @@ static int add_model(fixture *fx, int idx, uint64_t seed, const char *parent, co
     OK(sql(fx->db,
            "INSERT INTO models(version, parent, kind, round, path, sha256, accuracy, created_at, "
            "info) VALUES(%Q, %Q, %Q, %d, '%q.fmdl', %Q, %.3f, %.1f, %Q)",
-           fx->v[idx], parent, kind, round, fx->v[idx], sha_hex, 0.5 + 0.1 * idx, T0 + 100 * idx,
+           fx->v[idx], parent, kind, round, fx->v[idx], sha_hex, 0.5 + 0.1 * idx,
+           round ? T0 + 100 * round + 65 + idx : T0,
            info));
     return fedge_audit_append(fx->db, "models", fx->v[idx]);
 }
@@ -200,7 +202,7 @@ static const char FIXTURE_POLICY[] =
     "name: fixture\n"
     "update:\n  max_norm: 5\n  allowed_regions: [eu]\n"
     "privacy:\n  enabled: true\n  clip_norm: 5\n  noise_multiplier: 1.1\n"
-    "  epsilon_budget: 4\n  delta: 1e-5\n  device_epsilon_budget: 30\n";
+    "  epsilon_budget: 6\n  delta: 1e-5\n  device_epsilon_budget: 30\n";
 
 /* Three rounds: 1 and 2 closed (2 with a refinement), 3 refused by the
  * privacy budget; dev-3 contributes in round 1, is revoked, and is refused
@@ -245,6 +247,8 @@ static int build_fixture(fixture *fx, const char *dir)
     double eps1, eps2, eps3;
     fedge_policy_decision d;
     OK(fedge_policy_budget_check(fx->policy, 3.0 / 5.0, 1, &eps1, &d));
+    if (d.decision != FEDGE_DECISION_ACCEPT)
+        return FEDGE_ERR_INTERNAL;
     OK(fedge_store_begin(fx->db));
     OK(open_round(fx, 1, fx->v[0], 4));
     OK(add_update(fx, 1, "dev-1", 600, 1.25, "accepted", "all", "passed: L2 norm 1.25 <= 5", 11));
@@ -269,6 +273,8 @@ static int build_fixture(fixture *fx, const char *dir)
 
     /* Round 2, then a refinement. */
     OK(fedge_policy_budget_check(fx->policy, 3.0 / 5.0, 2, &eps2, &d));
+    if (d.decision != FEDGE_DECISION_ACCEPT)
+        return FEDGE_ERR_INTERNAL;
     OK(fedge_store_begin(fx->db));
     OK(open_round(fx, 2, fx->v[1], 4));
     OK(add_update(fx, 2, "dev-1", 610, 1.5, "accepted", "all", "passed: L2 norm 1.5 <= 5", 21));
@@ -292,7 +298,7 @@ static int build_fixture(fixture *fx, const char *dir)
     OK(fedge_store_commit(fx->db));
 
     /* Round 3 would exceed the budget: refused, logged, signed. */
-    OK(fedge_policy_budget_check(fx->policy, 1.0, 3, &eps3, &d));
+    OK(fedge_policy_budget_check(fx->policy, 3.0 / 5.0, 3, &eps3, &d));
     if (d.decision != FEDGE_DECISION_REJECT)
         return FEDGE_ERR_INTERNAL;
     OK(fedge_store_begin(fx->db));
@@ -656,6 +662,10 @@ int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--make-fixture") == 0) {
         fixture fx;
+        if (mkdir(argv[2], 0755) != 0 && errno != EEXIST) {
+            fprintf(stderr, "fixture: cannot create %s\n", argv[2]);
+            return 1;
+        }
         int rc = build_fixture(&fx, argv[2]);
         fixture_free(&fx);
         if (rc != FEDGE_OK) {
