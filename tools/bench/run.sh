@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# tools/bench/run.sh BUILD — runs every benchmark and prints its tables.
+# Each program measures its own baseline in the same run and prints ratios;
+# docs/BENCHMARKS.md records the figures with these commands.
+set -uo pipefail
+BUILD=${1:-build/native}
+cd "$(dirname "$0")/../.."
+BIN=$BUILD/bin
+status=0
+run() {
+    echo "== $*"
+    "$@" || { echo "benchmark failed: $*"; status=1; }
+    echo
+}
+run "$BIN/bench-train"
+run "$BIN/bench-codec"
+[ -x "$BIN/bench-aggregate" ] && run "$BIN/bench-aggregate"
+[ -x tools/bench/federation.sh ] && run tools/bench/federation.sh "$BUILD"
+for b in "$BIN"/bench-mpi_*; do
+    [ -x "$b" ] || continue
+    run mpirun --allow-run-as-root --oversubscribe -np 2 "$b"
+done
+exit $status
