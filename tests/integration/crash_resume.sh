@@ -26,7 +26,7 @@ echo "killed after $closed closed rounds at model ${version:0:16}"
 fed_start_aggregator "${args[@]}"
 fed_wait_for "grep -q 'resum' '$FED_DIR/agg.log'" 30
 grep -q "resuming from model ${version:0:16}" "$FED_DIR/agg.log" || fed_fail "did not resume from model $version"
-fed_wait_pid "$FED_AGG_PID" 180 || fed_fail "restarted aggregator failed"
+fed_wait_run 180 || fed_fail "restarted aggregator failed"
 
 [ "$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed'")" = 4 ] || fed_fail "4 closed rounds expected"
 [ "$(fed_sql "SELECT group_concat(id) FROM (SELECT id FROM rounds WHERE status='closed' ORDER BY id)")" = "1,2,3,4" ] ||

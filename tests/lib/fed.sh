@@ -55,12 +55,49 @@ fed_start_aggregator() {
 }
 
 # fed_start_edge ID SHARD ARGS...
+FED_EDGE_PIDS=()
 fed_start_edge() {
     local id=$1 shard=$2
     shift 2
     "$BIN/fedge-edge" --server "127.0.0.1:$FED_PORT" --id "$id" --keys "$FED_DIR/keys" \
         --shard "$shard" "$@" >>"$FED_DIR/edge-$id.log" 2>&1 &
     FED_PIDS+=("$!")
+    FED_EDGE_PIDS+=("$!:$id")
+}
+
+# fed_wait_run SECONDS: wait for the aggregator to finish, then for every
+# edge to exit by itself with status 0; fails early when an edge dies with
+# an error first (its log tail is shown).
+fed_wait_run() {
+    local t=$1 i j e pid id agg_status
+    local -A reaped=()
+    for ((i = 0; i < t * 10; i++)); do
+        if ! kill -0 "$FED_AGG_PID" 2>/dev/null; then
+            wait "$FED_AGG_PID"
+            agg_status=$?
+            for e in "${FED_EDGE_PIDS[@]}"; do
+                pid=${e%%:*} id=${e#*:}
+                [ -z "${reaped[$pid]:-}" ] || continue
+                for ((j = 0; j < 300; j++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+                kill -0 "$pid" 2>/dev/null && fed_fail "edge $id still running 30s after the run finished"
+                wait "$pid" || { tail -n 5 "$FED_DIR/edge-$id.log" >&2; fed_fail "edge $id exited with an error"; }
+            done
+            FED_EDGE_PIDS=()
+            return $agg_status
+        fi
+        for e in "${FED_EDGE_PIDS[@]}"; do
+            pid=${e%%:*} id=${e#*:}
+            [ -z "${reaped[$pid]:-}" ] || continue
+            kill -0 "$pid" 2>/dev/null && continue
+            reaped[$pid]=1
+            if ! wait "$pid"; then
+                tail -n 5 "$FED_DIR/edge-$id.log" >&2
+                fed_fail "edge $id exited with an error before the run finished"
+            fi
+        done
+        sleep 0.1
+    done
+    fed_fail "the run did not finish within ${t}s"
 }
 
 # fed_wait_pid PID SECONDS: wait for a process to exit; fails on timeout

@@ -95,10 +95,11 @@ static int add_model(fixture *fx, int idx, uint64_t seed, const char *parent, co
     OK(rc);
     OK(fedge_sha256_file(file, sha));
     fedge_hash_to_hex(sha, sha_hex);
-    /* Relative path: resolved against --models / model_root. */
+    /* Relative to the fixture directory, as the aggregator writes them
+     * relative to its working directory. */
     OK(sql(fx->db,
            "INSERT INTO models(version, parent, kind, round, path, sha256, accuracy, created_at, "
-           "info) VALUES(%Q, %Q, %Q, %d, '%q.fmdl', %Q, %.3f, %.1f, %Q)",
+           "info) VALUES(%Q, %Q, %Q, %d, 'models/%q.fmdl', %Q, %.3f, %.1f, %Q)",
            fx->v[idx], parent, kind, round, fx->v[idx], sha_hex, 0.5 + 0.1 * idx,
            round ? T0 + 100 * round + 65 + idx : T0,
            info));
@@ -347,7 +348,7 @@ static int teardown(void **state)
 
 static int verify(fixture *fx, fedge_audit_report *rep)
 {
-    return fedge_audit_verify(fx->db, fx->pub, fx->models, rep);
+    return fedge_audit_verify(fx->db, fx->pub, fx->dir, rep);
 }
 
 static void assert_contains(const char *haystack, const char *needle)
@@ -405,11 +406,18 @@ static void test_untouched_database_verifies(void **state)
     assert_int_equal(rep.last_head_round, 3);
     assert_int_equal(rep.last_head_seq, rep.last_seq);
     assert_int_equal(rep.unsigned_tail, 0);
-    /* Reopening read-only, as fedge-audit does, gives the same answer. */
+    /* Reopening read-only, as fedge-audit does, gives the same answer; the
+     * model folder itself also works as the root of relative paths. */
     sqlite3 *ro = NULL;
     assert_int_equal(fedge_store_open_db(fx->db_path, 1, &ro), FEDGE_OK);
     assert_int_equal(fedge_audit_verify(ro, fx->pub, fx->models, &rep), FEDGE_OK);
+    assert_int_equal(rep.n_files, 4);
     sqlite3_close_v2(ro);
+    /* From elsewhere, with no root, the relative paths do not resolve. */
+    assert_int_equal(fedge_audit_verify(fx->db, fx->pub, "/nonexistent", &rep),
+                     FEDGE_ERR_AUDIT_FILE);
+    assert_int_equal(rep.n_failures, 4);
+    assert_int_equal(rep.failures[0].kind, FEDGE_AUDIT_FAIL_FILE_MISSING);
 }
 
 static void test_canonical_bytes_layout(void **state)
@@ -588,10 +596,10 @@ static void test_tamper_signatures(void **state)
 {
     fixture *fx = *state;
     fedge_audit_report rep;
-    /* A flipped signature byte. */
-    assert_int_equal(sql(fx->db, "UPDATE audit_heads SET signature = "
-                                 "substr(signature, 1, 20) || X'00' || substr(signature, 22) "
-                                 "WHERE round = 2"),
+    /* A changed signature byte (always a change, whatever the byte was). */
+    assert_int_equal(sql(fx->db, "UPDATE audit_heads SET signature = substr(signature, 1, 20) || "
+                                 "CASE WHEN substr(signature, 21, 1) = X'00' THEN X'01' "
+                                 "ELSE X'00' END || substr(signature, 22) WHERE round = 2"),
                      FEDGE_OK);
     assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_SIGNATURE);
     expect_first(&rep, FEDGE_AUDIT_FAIL_SIGNATURE, "audit_heads", "2",

@@ -1,0 +1,549 @@
+/* audit.c — canonical row bytes, appending to the hash chain, signing the
+ * head, and the aggregator's ECDSA key files (see audit.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mbedtls/ecp.h>
+#include <mbedtls/platform_util.h>
+#include <mbedtls/sha256.h>
+
+#include "audit_impl.h"
+#include "common.h"
+
+/* ---- the audited tables (column order = store.h's schema) ----------------- */
+
+static const char *const UPDATES_COLS[] = {
+    "id", "round", "device", "received_at", "n_samples", "encoding", "bytes",
+    "counter", "norm", "decision", "rule", "reason", "delta"};
+static const char *const MODELS_COLS[] = {
+    "version", "parent", "kind", "round", "path", "sha256", "accuracy", "created_at", "info"};
+static const char *const ROUNDS_COLS[] = {
+    "id", "opened_at", "deadline", "closed_at", "status", "base_version", "new_version",
+    "strategy", "n_selected", "n_accepted", "n_rejected", "bytes_received", "accuracy",
+    "epsilon", "reason"};
+static const char *const EVENTS_COLS[] = {"id", "at", "round", "device", "kind", "rule", "detail"};
+
+static const audit_table TABLES[] = {
+    {"updates", "id", 1, UPDATES_COLS, FEDGE_ARRAY_LEN(UPDATES_COLS), "delta"},
+    {"models", "version", 0, MODELS_COLS, FEDGE_ARRAY_LEN(MODELS_COLS), NULL},
+    {"rounds", "id", 1, ROUNDS_COLS, FEDGE_ARRAY_LEN(ROUNDS_COLS), NULL},
+    {"events", "id", 1, EVENTS_COLS, FEDGE_ARRAY_LEN(EVENTS_COLS), NULL},
+};
+
+const audit_table *audit_table_find(const char *name)
+{
+    for (size_t i = 0; name && i < FEDGE_ARRAY_LEN(TABLES); i++)
+        if (strcmp(TABLES[i].name, name) == 0)
+            return &TABLES[i];
+    return NULL;
+}
+
+const audit_table *audit_table_at(size_t i)
+{
+    return i < FEDGE_ARRAY_LEN(TABLES) ? &TABLES[i] : NULL;
+}
+
+/* ---- canonical bytes -------------------------------------------------------- */
+
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+    int failed;
+} buf_t;
+
+static void put(buf_t *b, const void *data, size_t n)
+{
+    if (b->failed)
+        return;
+    if (n > SIZE_MAX - b->len) {
+        b->failed = 1;
+        return;
+    }
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n)
+            cap = (cap > SIZE_MAX / 2) ? b->len + n : cap * 2;
+        uint8_t *q = realloc(b->p, cap);
+        if (!q) {
+            b->failed = 1;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+}
+
+static void put_u8(buf_t *b, unsigned v)
+{
+    uint8_t x = (uint8_t)v;
+    put(b, &x, 1);
+}
+
+static void put_le(buf_t *b, uint64_t v, int bytes)
+{
+    uint8_t x[8];
+    for (int i = 0; i < bytes; i++)
+        x[i] = (uint8_t)(v >> (8 * i));
+    put(b, x, (size_t)bytes);
+}
+
+/* key strictly decimal for integer-keyed tables, 1..FEDGE_AUDIT_KEY_MAX chars. */
+static int parse_key(const audit_table *t, const char *row_key, int64_t *id)
+{
+    size_t n = row_key ? strlen(row_key) : 0;
+    if (n == 0 || n > FEDGE_AUDIT_KEY_MAX)
+        return FEDGE_ERR_INVALID_ARG;
+    if (!t->int_key)
+        return FEDGE_OK;
+    if (n > 19 || (row_key[0] == '0' && n > 1) || (row_key[0] == '-' && n == 1))
+        return FEDGE_ERR_INVALID_ARG;
+    for (size_t i = (row_key[0] == '-'); i < n; i++)
+        if (row_key[i] < '0' || row_key[i] > '9')
+            return FEDGE_ERR_INVALID_ARG;
+    errno = 0;
+    char *end = NULL;
+    long long v = strtoll(row_key, &end, 10);
+    if (errno == ERANGE || *end != '\0')
+        return FEDGE_ERR_INVALID_ARG;
+    *id = (int64_t)v;
+    return FEDGE_OK;
+}
+
+int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
+                      size_t *len)
+{
+    int ret = FEDGE_OK;
+    sqlite3_stmt *st = NULL;
+    buf_t b = {0};
+    char sql[512];
+    int64_t id = 0;
+    if (!db || !canon || !len)
+        return FEDGE_ERR_INVALID_ARG;
+    *canon = NULL;
+    *len = 0;
+    const audit_table *t = audit_table_find(tbl);
+    if (!t)
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(parse_key(t, row_key, &id));
+
+    size_t used = (size_t)snprintf(sql, sizeof sql, "SELECT ");
+    for (size_t i = 0; i < t->n_cols && used < sizeof sql; i++)
+        used += (size_t)snprintf(sql + used, sizeof sql - used, "%s%s", i ? ", " : "",
+                                 t->cols[i]);
+    if (used < sizeof sql)
+        used += (size_t)snprintf(sql + used, sizeof sql - used, " FROM %s WHERE %s = ?1",
+                                 t->name, t->key_col);
+    if (used >= sizeof sql)
+        FAIL(FEDGE_ERR_INTERNAL);
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    if ((t->int_key ? sqlite3_bind_int64(st, 1, id)
+                    : sqlite3_bind_text(st, 1, row_key, -1, SQLITE_STATIC)) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        FAIL(FEDGE_ERR_NOT_FOUND);
+    if (rc != SQLITE_ROW)
+        FAIL(FEDGE_ERR_SQL);
+
+    size_t tl = strlen(t->name), kl = strlen(row_key);
+    put(&b, CANON_MAGIC, 4);
+    put_u8(&b, (unsigned)tl);
+    put(&b, t->name, tl);
+    put_le(&b, kl, 2);
+    put(&b, row_key, kl);
+    put_le(&b, t->n_cols, 2);
+    for (size_t i = 0; i < t->n_cols; i++) {
+        int c = (int)i;
+        size_t nl = strlen(t->cols[i]);
+        put_u8(&b, (unsigned)nl);
+        put(&b, t->cols[i], nl);
+        int type = sqlite3_column_type(st, c);
+        if (type == SQLITE_NULL) {
+            put_u8(&b, TAG_NULL);
+        } else if (type == SQLITE_BLOB && t->hashed_blob &&
+                   strcmp(t->cols[i], t->hashed_blob) == 0) {
+            const void *data = sqlite3_column_blob(st, c);
+            size_t n = (size_t)sqlite3_column_bytes(st, c);
+            uint8_t h[FEDGE_HASH_LEN];
+            CHK(fedge_sha256(data, n, h));
+            put_u8(&b, TAG_SHA256);
+            put(&b, h, sizeof h);
+        } else if (type == SQLITE_INTEGER) {
+            put_u8(&b, TAG_INT);
+            put_le(&b, (uint64_t)sqlite3_column_int64(st, c), 8);
+        } else if (type == SQLITE_FLOAT) {
+            double d = sqlite3_column_double(st, c);
+            uint64_t bits;
+            memcpy(&bits, &d, sizeof bits);
+            put_u8(&b, TAG_REAL);
+            put_le(&b, bits, 8);
+        } else if (type == SQLITE_TEXT) {
+            const unsigned char *s = sqlite3_column_text(st, c);
+            size_t n = (size_t)sqlite3_column_bytes(st, c);
+            put_u8(&b, TAG_TEXT);
+            put_le(&b, n, 4);
+            put(&b, s, n);
+        } else {
+            const void *data = sqlite3_column_blob(st, c);
+            size_t n = (size_t)sqlite3_column_bytes(st, c);
+            put_u8(&b, TAG_BLOB);
+            put_le(&b, n, 4);
+            put(&b, data, n);
+        }
+    }
+    if (b.failed)
+        FAIL(FEDGE_ERR_NOMEM);
+    *canon = b.p;
+    *len = b.len;
+    b.p = NULL;
+cleanup:
+    sqlite3_finalize(st);
+    free(b.p);
+    return ret;
+}
+
+static uint64_t get_le(const uint8_t *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+int canon_parse(const uint8_t *canon, size_t len, canon_view *v)
+{
+    const uint8_t *p = canon, *end = canon + len;
+    if (!canon || len < 4 + 1 || memcmp(p, CANON_MAGIC, 4) != 0)
+        return FEDGE_ERR_RANGE;
+    p += 4;
+    size_t tl = *p++;
+    if ((size_t)(end - p) < tl + 2)
+        return FEDGE_ERR_RANGE;
+    v->tbl = (const char *)p;
+    v->tbl_len = tl;
+    p += tl;
+    size_t kl = (size_t)get_le(p, 2);
+    p += 2;
+    if ((size_t)(end - p) < kl + 2)
+        return FEDGE_ERR_RANGE;
+    v->key = (const char *)p;
+    v->key_len = kl;
+    p += kl;
+    v->n_cols = (size_t)get_le(p, 2);
+    p += 2;
+    v->cols = p;
+    v->end = end;
+    return FEDGE_OK;
+}
+
+int canon_next(const canon_view *v, const uint8_t **pos, canon_col *c)
+{
+    const uint8_t *p = *pos, *end = v->end;
+    if (p >= end)
+        return FEDGE_ERR_RANGE;
+    size_t nl = *p++;
+    if ((size_t)(end - p) < nl + 1)
+        return FEDGE_ERR_RANGE;
+    c->name = (const char *)p;
+    c->name_len = nl;
+    p += nl;
+    c->tag = *p++;
+    size_t need;
+    switch (c->tag) {
+    case TAG_NULL: need = 0; break;
+    case TAG_INT:
+    case TAG_REAL: need = 8; break;
+    case TAG_SHA256: need = FEDGE_HASH_LEN; break;
+    case TAG_TEXT:
+    case TAG_BLOB:
+        if (end - p < 4)
+            return FEDGE_ERR_RANGE;
+        need = (size_t)get_le(p, 4);
+        p += 4;
+        break;
+    default: return FEDGE_ERR_RANGE;
+    }
+    if ((size_t)(end - p) < need)
+        return FEDGE_ERR_RANGE;
+    c->val = p;
+    c->val_len = need;
+    *pos = p + need;
+    return FEDGE_OK;
+}
+
+void canon_value_text(const canon_col *c, char *buf, size_t cap)
+{
+    switch (c->tag) {
+    case TAG_NULL: snprintf(buf, cap, "NULL"); break;
+    case TAG_INT: snprintf(buf, cap, "%" PRId64, (int64_t)get_le(c->val, 8)); break;
+    case TAG_REAL: {
+        uint64_t bits = get_le(c->val, 8);
+        double d;
+        memcpy(&d, &bits, sizeof d);
+        snprintf(buf, cap, "%.17g", d);
+        break;
+    }
+    case TAG_TEXT:
+        snprintf(buf, cap, "'%.*s%s'", (int)(c->val_len > 48 ? 48 : c->val_len),
+                 (const char *)c->val, c->val_len > 48 ? "..." : "");
+        break;
+    case TAG_BLOB: snprintf(buf, cap, "<%zu bytes>", c->val_len); break;
+    case TAG_SHA256: {
+        char hex[FEDGE_HASH_HEX_LEN];
+        fedge_hash_to_hex(c->val, hex);
+        snprintf(buf, cap, "blob sha256 %.16s...", hex);
+        break;
+    }
+    default: snprintf(buf, cap, "?"); break;
+    }
+}
+
+/* ---- appending ---------------------------------------------------------------- */
+
+static int exec_sql(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? FEDGE_OK : FEDGE_ERR_SQL;
+}
+
+/* The chain end: seq and row_hash (0 and zeros when empty). */
+static int chain_head(sqlite3 *db, int64_t *seq, uint8_t hash[FEDGE_HASH_LEN])
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK;
+    *seq = 0;
+    memset(hash, 0, FEDGE_HASH_LEN);
+    if (sqlite3_prepare_v2(db, "SELECT seq, row_hash FROM audit ORDER BY seq DESC LIMIT 1", -1,
+                           &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        if (sqlite3_column_bytes(st, 1) != FEDGE_HASH_LEN)
+            FAIL(FEDGE_ERR_AUDIT_CHAIN);
+        *seq = sqlite3_column_int64(st, 0);
+        memcpy(hash, sqlite3_column_blob(st, 1), FEDGE_HASH_LEN);
+    } else if (rc != SQLITE_DONE) {
+        FAIL(FEDGE_ERR_SQL);
+    }
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int fedge_audit_append(sqlite3 *db, const char *tbl, const char *row_key)
+{
+    int ret = FEDGE_OK, in_savepoint = 0;
+    uint8_t *canon = NULL, *msg = NULL;
+    size_t len = 0;
+    sqlite3_stmt *st = NULL;
+    if (!db)
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(exec_sql(db, "SAVEPOINT fedge_audit_append"));
+    in_savepoint = 1;
+    CHK(fedge_audit_canon(db, tbl, row_key, &canon, &len));
+    int64_t seq;
+    uint8_t prev[FEDGE_HASH_LEN], row_hash[FEDGE_HASH_LEN];
+    CHK(chain_head(db, &seq, prev));
+    msg = malloc(FEDGE_HASH_LEN + len);
+    if (!msg)
+        FAIL(FEDGE_ERR_NOMEM);
+    memcpy(msg, prev, FEDGE_HASH_LEN);
+    memcpy(msg + FEDGE_HASH_LEN, canon, len);
+    CHK(fedge_sha256(msg, FEDGE_HASH_LEN + len, row_hash));
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO audit(seq, tbl, row_key, canon, prev_hash, row_hash) "
+                           "VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+                           -1, &st, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    if (sqlite3_bind_int64(st, 1, seq + 1) != SQLITE_OK ||
+        sqlite3_bind_text(st, 2, tbl, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_text(st, 3, row_key, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_blob(st, 4, canon, (int)len, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_blob(st, 5, prev, FEDGE_HASH_LEN, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_blob(st, 6, row_hash, FEDGE_HASH_LEN, SQLITE_STATIC) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    sqlite3_finalize(st);
+    st = NULL;
+    CHK(exec_sql(db, "RELEASE fedge_audit_append"));
+    in_savepoint = 0;
+cleanup:
+    sqlite3_finalize(st);
+    if (in_savepoint) {
+        sqlite3_exec(db, "ROLLBACK TO fedge_audit_append", NULL, NULL, NULL);
+        sqlite3_exec(db, "RELEASE fedge_audit_append", NULL, NULL, NULL);
+    }
+    free(canon);
+    free(msg);
+    return ret;
+}
+
+int fedge_audit_append_id(sqlite3 *db, const char *tbl, int64_t id)
+{
+    char key[32];
+    snprintf(key, sizeof key, "%" PRId64, id);
+    return fedge_audit_append(db, tbl, key);
+}
+
+/* ---- signing ------------------------------------------------------------------ */
+
+static const char HEAD_DOMAIN[] = "fedge-audit-head-v1";
+
+int audit_head_digest(int64_t seq, int has_round, uint32_t round,
+                      const uint8_t head_hash[FEDGE_HASH_LEN], double signed_at,
+                      uint8_t out[FEDGE_HASH_LEN])
+{
+    buf_t b = {0};
+    uint64_t bits;
+    memcpy(&bits, &signed_at, sizeof bits);
+    put(&b, HEAD_DOMAIN, sizeof HEAD_DOMAIN - 1);
+    put_le(&b, (uint64_t)seq, 8);
+    put_u8(&b, has_round ? 1 : 0);
+    put_le(&b, has_round ? round : 0, 4);
+    put(&b, head_hash, FEDGE_HASH_LEN);
+    put_le(&b, bits, 8);
+    int ret = b.failed ? FEDGE_ERR_NOMEM : fedge_sha256(b.p, b.len, out);
+    free(b.p);
+    return ret;
+}
+
+static int is_p256(mbedtls_pk_context *pk)
+{
+    return mbedtls_pk_get_type(pk) == MBEDTLS_PK_ECKEY &&
+           mbedtls_pk_ec(*pk)->grp.id == MBEDTLS_ECP_DP_SECP256R1;
+}
+
+int fedge_audit_sign_head(sqlite3 *db, uint32_t round, mbedtls_pk_context *key,
+                          mbedtls_ctr_drbg_context *drbg)
+{
+    int ret = FEDGE_OK;
+    sqlite3_stmt *st = NULL;
+    uint8_t head[FEDGE_HASH_LEN], digest[FEDGE_HASH_LEN];
+    uint8_t sig[MBEDTLS_PK_SIGNATURE_MAX_SIZE];
+    size_t sig_len = 0;
+    int64_t seq;
+    if (!db || !key || !drbg || !is_p256(key))
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(chain_head(db, &seq, head));
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    CHK(audit_head_digest(seq, 1, round, head, now, digest));
+    if (mbedtls_pk_sign(key, MBEDTLS_MD_SHA256, digest, sizeof digest, sig, &sig_len,
+                        mbedtls_ctr_drbg_random, drbg) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO audit_heads(seq, round, head_hash, signature, signed_at) "
+                           "VALUES(?1, ?2, ?3, ?4, ?5)",
+                           -1, &st, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    if (sqlite3_bind_int64(st, 1, seq) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 2, round) != SQLITE_OK ||
+        sqlite3_bind_blob(st, 3, head, FEDGE_HASH_LEN, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_blob(st, 4, sig, (int)sig_len, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_double(st, 5, now) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_CONSTRAINT)
+        FAIL(FEDGE_ERR_DUPLICATE);
+    if (rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* ---- key files ------------------------------------------------------------------ */
+
+int fedge_audit_load_private_key(const char *path, mbedtls_pk_context *pk)
+{
+    struct stat st;
+    if (!path || !pk)
+        return FEDGE_ERR_INVALID_ARG;
+    if (stat(path, &st) != 0)
+        return errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO;
+    if (st.st_mode & (S_IRWXG | S_IRWXO))
+        return FEDGE_ERR_CONFIG_PERMS;
+    if (mbedtls_pk_parse_keyfile(pk, path, NULL) != 0)
+        return FEDGE_ERR_CRYPTO;
+    return is_p256(pk) ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+}
+
+int fedge_audit_load_public_key(const char *path, mbedtls_pk_context *pk)
+{
+    if (!path || !pk)
+        return FEDGE_ERR_INVALID_ARG;
+    if (access(path, R_OK) != 0)
+        return errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO;
+    if (mbedtls_pk_parse_public_keyfile(pk, path) != 0)
+        return FEDGE_ERR_CRYPTO;
+    return is_p256(pk) ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+}
+
+static int write_new_file(const char *path, const uint8_t *data, size_t len, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0)
+        return errno == EEXIST ? FEDGE_ERR_DUPLICATE : FEDGE_ERR_IO;
+    int ret = FEDGE_OK;
+    if (fchmod(fd, mode) != 0) /* umask may have removed bits; never adds any */
+        ret = FEDGE_ERR_IO;
+    size_t done = 0;
+    while (ret == FEDGE_OK && done < len) {
+        ssize_t n = write(fd, data + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            ret = FEDGE_ERR_IO;
+        else
+            done += (size_t)n;
+    }
+    if (ret == FEDGE_OK && fsync(fd) != 0)
+        ret = FEDGE_ERR_IO;
+    if (close(fd) != 0 && ret == FEDGE_OK)
+        ret = FEDGE_ERR_IO;
+    if (ret != FEDGE_OK)
+        unlink(path);
+    return ret;
+}
+
+int fedge_audit_generate_keypair(const char *priv_path, const char *pub_path,
+                                 mbedtls_ctr_drbg_context *drbg)
+{
+    int ret = FEDGE_OK, wrote_priv = 0;
+    unsigned char pem[2048];
+    mbedtls_pk_context pk;
+    mbedtls_pk_init(&pk);
+    if (!priv_path || !pub_path || !drbg)
+        FAIL(FEDGE_ERR_INVALID_ARG);
+    if (access(pub_path, F_OK) == 0)
+        FAIL(FEDGE_ERR_DUPLICATE);
+    if (mbedtls_pk_setup(&pk, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY)) != 0 ||
+        mbedtls_ecp_gen_key(MBEDTLS_ECP_DP_SECP256R1, mbedtls_pk_ec(pk), mbedtls_ctr_drbg_random,
+                            drbg) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    if (mbedtls_pk_write_key_pem(&pk, pem, sizeof pem) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    CHK(write_new_file(priv_path, pem, strlen((char *)pem), 0600));
+    wrote_priv = 1;
+    mbedtls_platform_zeroize(pem, sizeof pem);
+    if (mbedtls_pk_write_pubkey_pem(&pk, pem, sizeof pem) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    CHK(write_new_file(pub_path, pem, strlen((char *)pem), 0644));
+cleanup:
+    if (ret != FEDGE_OK && wrote_priv)
+        unlink(priv_path);
+    mbedtls_platform_zeroize(pem, sizeof pem);
+    mbedtls_pk_free(&pk);
+    return ret;
+}

@@ -1,0 +1,131 @@
+/* audit.h — the tamper-evident audit chain over the aggregator's log.
+ *
+ * Contract
+ * - Audited tables: updates (key id), models (key version), rounds (key id),
+ *   events (key id). After every INSERT or UPDATE of such a row, inside the
+ *   same transaction, the aggregator calls fedge_audit_append(db, tbl, key):
+ *   it reads the row as it now is, builds its canonical bytes and appends
+ *   audit(seq, tbl, row_key, canon, prev_hash, row_hash) with
+ *   row_hash = SHA-256(prev_hash || canon), prev_hash = the previous entry's
+ *   row_hash (32 zero bytes for the first). A row written again (a round at
+ *   close, an update refused later as anomalous) gets a new entry; verify
+ *   compares the LATEST entry of each row with the row. Audited rows are
+ *   never deleted.
+ * - Canonical bytes (docs/AUDIT.md), little-endian:
+ *     "FCN1" | u8 len, table | u16 len, row key | u16 n_columns |
+ *     per column, in schema order: u8 len, name | u8 tag | value
+ *   tags: 0 NULL; 1 INTEGER i64; 2 REAL f64 bits; 3 TEXT u32 len + bytes;
+ *   4 BLOB u32 len + bytes; 5 SHA256 of a BLOB (32 bytes: updates.delta).
+ * - At the end of every round, whatever its outcome (closed, failed,
+ *   refused), after the round's last audited write and inside the same
+ *   transaction, the aggregator calls fedge_audit_sign_head(): ECDSA P-256
+ *   (SHA-256) over SHA-256("fedge-audit-head-v1" | u64 seq | u8 has_round |
+ *   u32 round | head_hash[32] | f64 signed_at), stored in audit_heads with
+ *   seq = the head entry's seq (0 and 32 zero bytes for an empty chain).
+ * - Model files are bound to the chain through models.sha256 (hex SHA-256
+ *   of the file), which is part of the audited models row.
+ * - fedge_audit_verify() proves, with the aggregator's public key: every
+ *   link and hash of the chain in seq order; every head signature; every
+ *   signed head is an entry of the chain (a truncated tail is caught); every
+ *   non-open round has a signed head; a row logged more than once changed
+ *   only as the aggregator changes it (a round from open to its outcome; an
+ *   update to rejected, with rule and reason; models and events never);
+ *   every audited row equals its latest entry (modified), every entry's row
+ *   exists (deleted), every row has an entry (inserted behind the log's
+ *   back); every model file hashes to models.sha256. It cannot see entries appended after the last signed head
+ *   being removed, nor a whole-database rollback to an older signed state:
+ *   keep the last head it prints somewhere else. */
+#ifndef FEDGE_AUDIT_H
+#define FEDGE_AUDIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/pk.h>
+#include <sqlite3.h>
+
+#include "hash.h"
+
+#define FEDGE_AUDIT_KEY_MAX 128      /* longest row key */
+#define FEDGE_AUDIT_MAX_FAILURES 32  /* failures kept in a report (all are counted) */
+
+/* Canonical bytes of the current row: *canon malloc'd, caller frees.
+ * FEDGE_ERR_NOT_FOUND when the row does not exist, FEDGE_ERR_INVALID_ARG for
+ * a table that is not audited or a malformed key. */
+int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
+                      size_t *len);
+
+/* Appends the row's current state to the chain (atomic: a savepoint). */
+int fedge_audit_append(sqlite3 *db, const char *tbl, const char *row_key);
+/* The same for tables keyed by an integer id (updates, rounds, events). */
+int fedge_audit_append_id(sqlite3 *db, const char *tbl, int64_t id);
+
+/* Signs the current head (see above). key: an EC P-256 private key;
+ * drbg: a seeded CTR-DRBG (ECDSA blinding). FEDGE_ERR_DUPLICATE when the
+ * head was already signed (no audited write since the last signature). */
+int fedge_audit_sign_head(sqlite3 *db, uint32_t round, mbedtls_pk_context *key,
+                          mbedtls_ctr_drbg_context *drbg);
+
+/* PEM key files. The private key file must not be readable by group or
+ * others (FEDGE_ERR_CONFIG_PERMS); both must hold EC P-256 keys
+ * (FEDGE_ERR_CRYPTO otherwise, FEDGE_ERR_NOT_FOUND for a missing file).
+ * pk must be mbedtls_pk_init'ed; the caller mbedtls_pk_free's it. */
+int fedge_audit_load_private_key(const char *path, mbedtls_pk_context *pk);
+int fedge_audit_load_public_key(const char *path, mbedtls_pk_context *pk);
+/* New P-256 key pair: private key PEM at priv_path (mode 0600), public key
+ * PEM at pub_path (0644). Refuses to overwrite (FEDGE_ERR_DUPLICATE). */
+int fedge_audit_generate_keypair(const char *priv_path, const char *pub_path,
+                                 mbedtls_ctr_drbg_context *drbg);
+
+typedef enum {
+    FEDGE_AUDIT_FAIL_CHAIN_LINK = 1, /* prev_hash is not the previous row_hash / seq gap */
+    FEDGE_AUDIT_FAIL_ROW_HASH,       /* row_hash != SHA-256(prev_hash || canon) */
+    FEDGE_AUDIT_FAIL_CANON,          /* canon malformed or naming another row */
+    FEDGE_AUDIT_FAIL_SIGNATURE,      /* a head signature does not verify */
+    FEDGE_AUDIT_FAIL_HEAD,           /* a signed head is not in the chain */
+    FEDGE_AUDIT_FAIL_UNSIGNED_ROUND, /* a finished round without a signed head */
+    FEDGE_AUDIT_FAIL_REWRITE,        /* a later entry of a row changes what may not change */
+    FEDGE_AUDIT_FAIL_ROW_MODIFIED,
+    FEDGE_AUDIT_FAIL_ROW_DELETED,
+    FEDGE_AUDIT_FAIL_ROW_UNAUDITED,
+    FEDGE_AUDIT_FAIL_FILE_MISSING,
+    FEDGE_AUDIT_FAIL_FILE_MISMATCH,
+} fedge_audit_fail_kind;
+
+/* "chain_link", "row_hash", ... "file_mismatch". */
+const char *fedge_audit_fail_name(fedge_audit_fail_kind kind);
+
+typedef struct {
+    fedge_audit_fail_kind kind;
+    int64_t seq;                          /* audit or head seq involved; -1: none */
+    char table[16];                       /* "" when none */
+    char row_key[FEDGE_AUDIT_KEY_MAX + 1];
+    char path[512];                       /* model file; "" when none */
+    char message[512];                    /* one line for people */
+} fedge_audit_failure;
+
+typedef struct {
+    int ok;                       /* 1: everything holds */
+    size_t n_entries, n_heads, n_rows, n_files;
+    int64_t last_seq;             /* chain end; 0 for an empty chain */
+    int64_t last_head_seq;        /* -1 when nothing is signed */
+    int64_t last_head_round;      /* -1 when none */
+    char last_head_hash[FEDGE_HASH_HEX_LEN];
+    size_t unsigned_tail;         /* entries after the last signed head */
+    size_t n_failures;            /* all found; the first FEDGE_AUDIT_MAX_FAILURES kept */
+    fedge_audit_failure failures[FEDGE_AUDIT_MAX_FAILURES];
+} fedge_audit_report;
+
+/* Runs every check (see above) and fills rep. A relative model path P
+ * resolves to model_root/P, or model_root/basename(P) when only that exists
+ * (so model_root may be the aggregator's working directory or its model
+ * folder); model_root NULL: the current directory. Status: FEDGE_OK when
+ * all holds; else the code of the first failure's family
+ * (FEDGE_ERR_AUDIT_CHAIN, _SIGNATURE or _FILE) with rep->failures[0] naming
+ * it; other codes when the checks could not run (bad public key file, SQL
+ * error). */
+int fedge_audit_verify(sqlite3 *db, const char *pubkey_path, const char *model_root,
+                       fedge_audit_report *rep);
+
+#endif

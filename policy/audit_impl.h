@@ -1,0 +1,59 @@
+/* audit_impl.h — internals shared by audit.c (writing) and audit_verify.c
+ * (checking): the audited tables, canonical-bytes decoding, the head digest.
+ * Not part of the public API. */
+#ifndef FEDGE_AUDIT_IMPL_H
+#define FEDGE_AUDIT_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "audit.h"
+
+#define CANON_MAGIC "FCN1"
+
+enum { TAG_NULL = 0, TAG_INT = 1, TAG_REAL = 2, TAG_TEXT = 3, TAG_BLOB = 4, TAG_SHA256 = 5 };
+
+typedef struct {
+    const char *name;
+    const char *key_col;
+    int int_key;                /* key is an INTEGER id */
+    const char *const *cols;    /* schema order, key first */
+    size_t n_cols;
+    const char *hashed_blob;    /* column entered as its SHA-256, or NULL */
+} audit_table;
+
+const audit_table *audit_table_find(const char *name);
+const audit_table *audit_table_at(size_t i); /* NULL past the end */
+
+/* A decoded column: points into the canon buffer. */
+typedef struct {
+    const char *name;
+    size_t name_len;
+    int tag;
+    const uint8_t *val;
+    size_t val_len;
+} canon_col;
+
+typedef struct {
+    const char *tbl;
+    size_t tbl_len;
+    const char *key;
+    size_t key_len;
+    size_t n_cols;
+    const uint8_t *cols; /* first column */
+    const uint8_t *end;
+} canon_view;
+
+/* Header parse with every length checked against len. */
+int canon_parse(const uint8_t *canon, size_t len, canon_view *v);
+/* Next column from *pos (start at v->cols); FEDGE_ERR_RANGE when malformed. */
+int canon_next(const canon_view *v, const uint8_t **pos, canon_col *c);
+/* Readable value: 42, 1.5, 'text...', NULL, <12 bytes>, sha256 ab12... */
+void canon_value_text(const canon_col *c, char *buf, size_t cap);
+
+/* SHA-256 of the signed head message. */
+int audit_head_digest(int64_t seq, int has_round, uint32_t round,
+                      const uint8_t head_hash[FEDGE_HASH_LEN], double signed_at,
+                      uint8_t out[FEDGE_HASH_LEN]);
+
+#endif

@@ -1,0 +1,548 @@
+/* audit_verify.c — fedge_audit_verify(): the chain, the signed heads, the
+ * audited rows against their latest entries, the model files. Each check
+ * goes on after a failure so one run lists every problem it can see; a
+ * failure in the chain does not cascade (the walk continues from the
+ * stored hashes). */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "audit_impl.h"
+#include "common.h"
+
+static const char *const FAIL_NAMES[] = {
+    "", "chain_link", "row_hash", "canon", "signature", "head", "unsigned_round",
+    "row_rewritten", "row_modified", "row_deleted", "row_unaudited", "file_missing", "file_mismatch"};
+
+const char *fedge_audit_fail_name(fedge_audit_fail_kind kind)
+{
+    if ((size_t)kind < FEDGE_ARRAY_LEN(FAIL_NAMES) && kind > 0)
+        return FAIL_NAMES[kind];
+    return "unknown";
+}
+
+static int fail_family(fedge_audit_fail_kind kind)
+{
+    switch (kind) {
+    case FEDGE_AUDIT_FAIL_SIGNATURE:
+    case FEDGE_AUDIT_FAIL_HEAD: return FEDGE_ERR_AUDIT_SIGNATURE;
+    case FEDGE_AUDIT_FAIL_FILE_MISSING:
+    case FEDGE_AUDIT_FAIL_FILE_MISMATCH: return FEDGE_ERR_AUDIT_FILE;
+    default: return FEDGE_ERR_AUDIT_CHAIN;
+    }
+}
+
+static void report(fedge_audit_report *rep, fedge_audit_fail_kind kind, int64_t seq,
+                   const char *table, const char *row_key, const char *path, const char *fmt,
+                   ...) __attribute__((format(printf, 7, 8)));
+
+static void report(fedge_audit_report *rep, fedge_audit_fail_kind kind, int64_t seq,
+                   const char *table, const char *row_key, const char *path, const char *fmt,
+                   ...)
+{
+    rep->ok = 0;
+    if (rep->n_failures++ >= FEDGE_AUDIT_MAX_FAILURES)
+        return;
+    fedge_audit_failure *f = &rep->failures[rep->n_failures - 1];
+    f->kind = kind;
+    f->seq = seq;
+    snprintf(f->table, sizeof f->table, "%s", table ? table : "");
+    snprintf(f->row_key, sizeof f->row_key, "%s", row_key ? row_key : "");
+    snprintf(f->path, sizeof f->path, "%s", path ? path : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(f->message, sizeof f->message, fmt, ap);
+    va_end(ap);
+}
+
+static int view_names(const canon_view *v, const char *tbl, const char *key)
+{
+    return v->tbl_len == strlen(tbl) && memcmp(v->tbl, tbl, v->tbl_len) == 0 &&
+           v->key_len == strlen(key) && memcmp(v->key, key, v->key_len) == 0;
+}
+
+/* 1. The chain, in seq order. */
+static int check_chain(sqlite3 *db, fedge_audit_report *rep)
+{
+    int ret = FEDGE_OK;
+    sqlite3_stmt *st = NULL;
+    uint8_t *msg = NULL;
+    size_t msg_cap = 0;
+    uint8_t prev[FEDGE_HASH_LEN] = {0};
+    int64_t prev_seq = 0;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT seq, tbl, row_key, canon, prev_hash, row_hash FROM audit "
+                           "ORDER BY seq",
+                           -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t seq = sqlite3_column_int64(st, 0);
+        const char *tbl = (const char *)sqlite3_column_text(st, 1);
+        const char *key = (const char *)sqlite3_column_text(st, 2);
+        tbl = tbl ? tbl : "";
+        key = key ? key : "";
+        const uint8_t *canon = sqlite3_column_blob(st, 3);
+        size_t canon_len = (size_t)sqlite3_column_bytes(st, 3);
+        const uint8_t *ph = sqlite3_column_blob(st, 4);
+        int ph_len = sqlite3_column_bytes(st, 4);
+        const uint8_t *rh = sqlite3_column_blob(st, 5);
+        int rh_len = sqlite3_column_bytes(st, 5);
+        rep->n_entries++;
+        rep->last_seq = seq;
+
+        if (seq != prev_seq + 1)
+            report(rep, FEDGE_AUDIT_FAIL_CHAIN_LINK, seq, tbl, key, NULL,
+                   "audit entry %" PRId64 " follows entry %" PRId64
+                   ": entries between them were deleted",
+                   seq, prev_seq);
+        else if (ph_len != FEDGE_HASH_LEN || memcmp(ph, prev, FEDGE_HASH_LEN) != 0)
+            report(rep, FEDGE_AUDIT_FAIL_CHAIN_LINK, seq, tbl, key, NULL,
+                   "audit entry %" PRId64 " (%s %s): prev_hash is not the row_hash of entry "
+                   "%" PRId64,
+                   seq, tbl, key, prev_seq);
+
+        uint8_t h[FEDGE_HASH_LEN];
+        if (canon_len + FEDGE_HASH_LEN > msg_cap) {
+            uint8_t *m = realloc(msg, canon_len + FEDGE_HASH_LEN);
+            if (!m)
+                FAIL(FEDGE_ERR_NOMEM);
+            msg = m;
+            msg_cap = canon_len + FEDGE_HASH_LEN;
+        }
+        memcpy(msg, ph_len == FEDGE_HASH_LEN ? ph : prev, FEDGE_HASH_LEN);
+        if (canon_len)
+            memcpy(msg + FEDGE_HASH_LEN, canon, canon_len);
+        CHK(fedge_sha256(msg, FEDGE_HASH_LEN + canon_len, h));
+        if (rh_len != FEDGE_HASH_LEN || memcmp(h, rh, FEDGE_HASH_LEN) != 0)
+            report(rep, FEDGE_AUDIT_FAIL_ROW_HASH, seq, tbl, key, NULL,
+                   "audit entry %" PRId64 " (%s %s): row_hash is not SHA-256(prev_hash || canon)",
+                   seq, tbl, key);
+
+        canon_view v;
+        if (canon_parse(canon, canon_len, &v) != FEDGE_OK || !audit_table_find(tbl) ||
+            !view_names(&v, tbl, key))
+            report(rep, FEDGE_AUDIT_FAIL_CANON, seq, tbl, key, NULL,
+                   "audit entry %" PRId64 ": canonical bytes are malformed or name another row "
+                   "than %s %s",
+                   seq, tbl, key);
+
+        /* Go on from the stored hash so one bad entry is reported once. */
+        if (rh_len == FEDGE_HASH_LEN)
+            memcpy(prev, rh, FEDGE_HASH_LEN);
+        else
+            memcpy(prev, h, FEDGE_HASH_LEN);
+        prev_seq = seq;
+    }
+    if (rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+cleanup:
+    sqlite3_finalize(st);
+    free(msg);
+    return ret;
+}
+
+/* 2. Signed heads, and a head for every finished round. */
+static int check_heads(sqlite3 *db, mbedtls_pk_context *pk, fedge_audit_report *rep)
+{
+    int ret = FEDGE_OK;
+    sqlite3_stmt *st = NULL, *entry = NULL;
+    rep->last_head_seq = -1;
+    rep->last_head_round = -1;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT seq, round, head_hash, signature, signed_at FROM audit_heads "
+                           "ORDER BY seq",
+                           -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "SELECT row_hash FROM audit WHERE seq = ?1", -1, &entry, NULL) !=
+            SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t seq = sqlite3_column_int64(st, 0);
+        int has_round = sqlite3_column_type(st, 1) != SQLITE_NULL;
+        int64_t round = sqlite3_column_int64(st, 1);
+        const uint8_t *hh = sqlite3_column_blob(st, 2);
+        int hh_len = sqlite3_column_bytes(st, 2);
+        const uint8_t *sig = sqlite3_column_blob(st, 3);
+        size_t sig_len = (size_t)sqlite3_column_bytes(st, 3);
+        double signed_at = sqlite3_column_double(st, 4);
+        char rk[32];
+        snprintf(rk, sizeof rk, "%" PRId64, round);
+        rep->n_heads++;
+        if (hh_len != FEDGE_HASH_LEN) {
+            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "audit_heads", rk, NULL,
+                   "signed head at seq %" PRId64 " has a malformed head_hash", seq);
+            continue;
+        }
+        uint8_t digest[FEDGE_HASH_LEN];
+        CHK(audit_head_digest(seq, has_round, (uint32_t)round, hh, signed_at, digest));
+        if (!has_round || round < 0 || round > UINT32_MAX || !sig ||
+            mbedtls_pk_verify(pk, MBEDTLS_MD_SHA256, digest, sizeof digest, sig, sig_len) != 0) {
+            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "audit_heads", rk, NULL,
+                   "signature of the head at seq %" PRId64 " (round %" PRId64
+                   ") does not verify with the public key",
+                   seq, round);
+            continue;
+        }
+        uint8_t zero[FEDGE_HASH_LEN] = {0};
+        if (seq == 0) {
+            if (memcmp(hh, zero, FEDGE_HASH_LEN) != 0)
+                report(rep, FEDGE_AUDIT_FAIL_HEAD, seq, "audit_heads", rk, NULL,
+                       "signed head for an empty chain has a non-zero hash");
+        } else {
+            sqlite3_reset(entry);
+            sqlite3_bind_int64(entry, 1, seq);
+            rc = sqlite3_step(entry);
+            if (rc == SQLITE_DONE)
+                report(rep, FEDGE_AUDIT_FAIL_HEAD, seq, "audit_heads", rk, NULL,
+                       "head signed at round %" PRId64 " covers audit entry %" PRId64
+                       ", which is missing (the chain ends at %" PRId64 "): the chain was "
+                       "truncated or the entry deleted",
+                       round, seq, rep->last_seq);
+            else if (rc != SQLITE_ROW)
+                FAIL(FEDGE_ERR_SQL);
+            else if (sqlite3_column_bytes(entry, 0) != FEDGE_HASH_LEN ||
+                     memcmp(sqlite3_column_blob(entry, 0), hh, FEDGE_HASH_LEN) != 0)
+                report(rep, FEDGE_AUDIT_FAIL_HEAD, seq, "audit_heads", rk, NULL,
+                       "head signed at round %" PRId64 " does not match audit entry %" PRId64
+                       ": the chain was rewritten",
+                       round, seq);
+        }
+        rep->last_head_seq = seq;
+        rep->last_head_round = round;
+        fedge_hash_to_hex(hh, rep->last_head_hash);
+    }
+    if (rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    int64_t signed_upto = rep->last_head_seq < 0 ? 0 : rep->last_head_seq;
+    rep->unsigned_tail = rep->last_seq > signed_upto ? (size_t)(rep->last_seq - signed_upto) : 0;
+
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT id, status FROM rounds WHERE status <> 'open' AND id NOT IN "
+                           "(SELECT round FROM audit_heads WHERE round IS NOT NULL) ORDER BY id",
+                           -1, &st, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        char rk[32];
+        snprintf(rk, sizeof rk, "%" PRId64, (int64_t)sqlite3_column_int64(st, 0));
+        report(rep, FEDGE_AUDIT_FAIL_UNSIGNED_ROUND, -1, "rounds", rk, NULL,
+               "round %s is %s but no signed head covers it", rk,
+               (const char *)sqlite3_column_text(st, 1));
+    }
+    if (rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+cleanup:
+    sqlite3_finalize(st);
+    sqlite3_finalize(entry);
+    return ret;
+}
+
+/* Names the first column where the row and its latest entry differ. */
+static void describe_diff(const uint8_t *logged, size_t logged_len, const uint8_t *now,
+                          size_t now_len, char *buf, size_t cap)
+{
+    canon_view a, b;
+    snprintf(buf, cap, "its canonical bytes differ");
+    if (canon_parse(logged, logged_len, &a) != FEDGE_OK ||
+        canon_parse(now, now_len, &b) != FEDGE_OK)
+        return;
+    const uint8_t *pa = a.cols, *pb = b.cols;
+    for (size_t i = 0; i < a.n_cols && i < b.n_cols; i++) {
+        canon_col ca, cb;
+        if (canon_next(&a, &pa, &ca) != FEDGE_OK || canon_next(&b, &pb, &cb) != FEDGE_OK)
+            return;
+        if (ca.tag != cb.tag || ca.val_len != cb.val_len ||
+            (ca.val_len && memcmp(ca.val, cb.val, ca.val_len) != 0)) {
+            char va[80], vb[80];
+            canon_value_text(&ca, va, sizeof va);
+            canon_value_text(&cb, vb, sizeof vb);
+            snprintf(buf, cap, "column %.*s is %s in the table but %s in the audit log",
+                     (int)cb.name_len, cb.name, vb, va);
+            return;
+        }
+    }
+}
+
+/* Finds column `name` of a canon view; 0 when absent or malformed. */
+static int canon_get(const canon_view *v, const char *name, canon_col *out)
+{
+    const uint8_t *pos = v->cols;
+    size_t nl = strlen(name);
+    for (size_t i = 0; i < v->n_cols; i++) {
+        if (canon_next(v, &pos, out) != FEDGE_OK)
+            return 0;
+        if (out->name_len == nl && memcmp(out->name, name, nl) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int text_is(const canon_col *c, const char *s)
+{
+    return c->tag == TAG_TEXT && c->val_len == strlen(s) && memcmp(c->val, s, c->val_len) == 0;
+}
+
+static int in_list(const char *name, size_t len, const char *const *list)
+{
+    for (; *list; list++)
+        if (strlen(*list) == len && memcmp(*list, name, len) == 0)
+            return 1;
+    return 0;
+}
+
+/* May a row logged as `a` be logged again as `b`? The aggregator closes a
+ * round once (open -> closed|failed) and refuses an accepted update at
+ * round close (decision -> rejected, with rule and reason). Anything else
+ * is a rewrite. On refusal, why names the column. */
+static int transition_ok(const char *tbl, const uint8_t *a, size_t a_len, const uint8_t *b,
+                         size_t b_len, char *why, size_t cap)
+{
+    static const char *const ROUND_CLOSE[] = {"closed_at", "status", "new_version", "n_accepted",
+                                              "n_rejected", "bytes_received", "accuracy",
+                                              "epsilon", "reason", NULL};
+    static const char *const UPDATE_REFUSE[] = {"decision", "rule", "reason", NULL};
+    static const char *const NOTHING[] = {NULL};
+    canon_view va, vb;
+    canon_col ca, cb;
+    if (canon_parse(a, a_len, &va) != FEDGE_OK || canon_parse(b, b_len, &vb) != FEDGE_OK ||
+        va.n_cols != vb.n_cols) {
+        snprintf(why, cap, "the entries have different layouts");
+        return 0;
+    }
+    const char *const *may = NOTHING;
+    if (strcmp(tbl, "rounds") == 0 && canon_get(&va, "status", &ca) && text_is(&ca, "open"))
+        may = ROUND_CLOSE;
+    if (strcmp(tbl, "updates") == 0 && canon_get(&va, "decision", &ca) &&
+        !text_is(&ca, "rejected") && canon_get(&vb, "decision", &cb) && text_is(&cb, "rejected"))
+        may = UPDATE_REFUSE;
+    const uint8_t *pa = va.cols, *pb = vb.cols;
+    for (size_t i = 0; i < va.n_cols; i++) {
+        if (canon_next(&va, &pa, &ca) != FEDGE_OK || canon_next(&vb, &pb, &cb) != FEDGE_OK) {
+            snprintf(why, cap, "malformed canonical bytes");
+            return 0;
+        }
+        int same = ca.tag == cb.tag && ca.val_len == cb.val_len &&
+                   (ca.val_len == 0 || memcmp(ca.val, cb.val, ca.val_len) == 0);
+        if (!same && !in_list(cb.name, cb.name_len, may)) {
+            char x[80], y[80];
+            canon_value_text(&ca, x, sizeof x);
+            canon_value_text(&cb, y, sizeof y);
+            snprintf(why, cap, "column %.*s changed from %s to %s", (int)cb.name_len, cb.name, x,
+                     y);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* 3a. Rows logged more than once: each later entry a permitted change. */
+static int check_transitions(sqlite3 *db, fedge_audit_report *rep)
+{
+    int ret = FEDGE_OK;
+    sqlite3_stmt *st = NULL;
+    uint8_t *prev = NULL;
+    size_t prev_len = 0;
+    char prev_tbl[16] = "", prev_key[FEDGE_AUDIT_KEY_MAX + 1] = "";
+    if (sqlite3_prepare_v2(db,
+                           "SELECT seq, tbl, row_key, canon FROM audit WHERE (tbl, row_key) IN "
+                           "(SELECT tbl, row_key FROM audit GROUP BY tbl, row_key "
+                           "HAVING count(*) > 1) ORDER BY tbl, row_key, seq",
+                           -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t seq = sqlite3_column_int64(st, 0);
+        const char *tbl = (const char *)sqlite3_column_text(st, 1);
+        const char *key = (const char *)sqlite3_column_text(st, 2);
+        const uint8_t *canon = sqlite3_column_blob(st, 3);
+        size_t len = (size_t)sqlite3_column_bytes(st, 3);
+        if (!tbl || !key)
+            continue;
+        if (prev && strcmp(tbl, prev_tbl) == 0 && strcmp(key, prev_key) == 0) {
+            char why[256];
+            if (!transition_ok(tbl, prev, prev_len, canon, len, why, sizeof why))
+                report(rep, FEDGE_AUDIT_FAIL_REWRITE, seq, tbl, key, NULL,
+                       "%s row %s was rewritten at audit entry %" PRId64 ": %s", tbl, key, seq,
+                       why);
+        }
+        uint8_t *copy = malloc(len ? len : 1);
+        if (!copy)
+            FAIL(FEDGE_ERR_NOMEM);
+        if (len)
+            memcpy(copy, canon, len);
+        free(prev);
+        prev = copy;
+        prev_len = len;
+        snprintf(prev_tbl, sizeof prev_tbl, "%s", tbl);
+        snprintf(prev_key, sizeof prev_key, "%s", key);
+    }
+    if (rc != SQLITE_DONE)
+        ret = FEDGE_ERR_SQL;
+cleanup:
+    sqlite3_finalize(st);
+    free(prev);
+    return ret;
+}
+
+/* 3. Rows against their latest entries, and rows without entries. */
+static int check_rows(sqlite3 *db, fedge_audit_report *rep)
+{
+    int ret = FEDGE_OK;
+    sqlite3_stmt *st = NULL;
+    uint8_t *canon = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT a.seq, a.tbl, a.row_key, a.canon FROM audit a "
+                           "WHERE a.seq = (SELECT max(b.seq) FROM audit b "
+                           "WHERE b.tbl = a.tbl AND b.row_key = a.row_key) ORDER BY a.seq",
+                           -1, &st, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t seq = sqlite3_column_int64(st, 0);
+        const char *tbl = (const char *)sqlite3_column_text(st, 1);
+        const char *key = (const char *)sqlite3_column_text(st, 2);
+        const uint8_t *logged = sqlite3_column_blob(st, 3);
+        size_t logged_len = (size_t)sqlite3_column_bytes(st, 3);
+        if (!tbl || !key || !audit_table_find(tbl))
+            continue; /* reported by the chain walk as a bad canon */
+        size_t len = 0;
+        free(canon);
+        canon = NULL;
+        int r = fedge_audit_canon(db, tbl, key, &canon, &len);
+        rep->n_rows++;
+        if (r == FEDGE_ERR_NOT_FOUND || r == FEDGE_ERR_INVALID_ARG) {
+            report(rep, FEDGE_AUDIT_FAIL_ROW_DELETED, seq, tbl, key, NULL,
+                   "%s row %s was deleted (last logged at audit entry %" PRId64 ")", tbl, key,
+                   seq);
+        } else if (r != FEDGE_OK) {
+            FAIL(r);
+        } else if (len != logged_len || memcmp(canon, logged, len) != 0) {
+            char diff[256];
+            describe_diff(logged, logged_len, canon, len, diff, sizeof diff);
+            report(rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, seq, tbl, key, NULL,
+                   "%s row %s was modified after audit entry %" PRId64 ": %s", tbl, key, seq,
+                   diff);
+        }
+    }
+    if (rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    sqlite3_finalize(st);
+    st = NULL;
+
+    for (size_t i = 0; audit_table_at(i); i++) {
+        const audit_table *t = audit_table_at(i);
+        char sql[256];
+        snprintf(sql, sizeof sql,
+                 "SELECT CAST(%s AS TEXT) FROM %s WHERE NOT EXISTS (SELECT 1 FROM audit "
+                 "WHERE tbl = '%s' AND row_key = CAST(%s.%s AS TEXT)) ORDER BY %s",
+                 t->key_col, t->name, t->name, t->name, t->key_col, t->key_col);
+        if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+            FAIL(FEDGE_ERR_SQL);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            const char *key = (const char *)sqlite3_column_text(st, 0);
+            report(rep, FEDGE_AUDIT_FAIL_ROW_UNAUDITED, -1, t->name, key ? key : "NULL", NULL,
+                   "%s row %s has no audit entry: it was inserted behind the log's back",
+                   t->name, key ? key : "NULL");
+        }
+        if (rc != SQLITE_DONE)
+            FAIL(FEDGE_ERR_SQL);
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+cleanup:
+    sqlite3_finalize(st);
+    free(canon);
+    return ret;
+}
+
+/* 4. Model files against models.sha256. */
+static int check_files(sqlite3 *db, const char *model_root, fedge_audit_report *rep)
+{
+    int ret = FEDGE_OK;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT version, path, sha256 FROM models ORDER BY created_at, version",
+                           -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *version = (const char *)sqlite3_column_text(st, 0);
+        const char *path = (const char *)sqlite3_column_text(st, 1);
+        const char *want = (const char *)sqlite3_column_text(st, 2);
+        version = version ? version : "";
+        path = path ? path : "";
+        want = want ? want : "";
+        char full[1024];
+        if (path[0] == '/' || !model_root || !model_root[0]) {
+            snprintf(full, sizeof full, "%s", path);
+        } else {
+            snprintf(full, sizeof full, "%s/%s", model_root, path);
+            /* model_root may name the model folder itself rather than the
+             * directory the stored relative path starts from. */
+            const char *base = strrchr(path, '/');
+            char alt[1024];
+            if (access(full, F_OK) != 0 && base) {
+                snprintf(alt, sizeof alt, "%s/%s", model_root, base + 1);
+                if (access(alt, F_OK) == 0)
+                    memcpy(full, alt, sizeof full);
+            }
+        }
+        rep->n_files++;
+        uint8_t h[FEDGE_HASH_LEN];
+        int r = fedge_sha256_file(full, h);
+        if (r != FEDGE_OK) {
+            report(rep, FEDGE_AUDIT_FAIL_FILE_MISSING, -1, "models", version, full,
+                   "model %.16s: file %s cannot be read (%s)", version, full,
+                   fedge_strerror(r));
+            continue;
+        }
+        char hex[FEDGE_HASH_HEX_LEN];
+        fedge_hash_to_hex(h, hex);
+        if (strcasecmp(hex, want) != 0)
+            report(rep, FEDGE_AUDIT_FAIL_FILE_MISMATCH, -1, "models", version, full,
+                   "model %.16s: file %s has sha256 %.16s..., the log says %.16s...", version,
+                   full, hex, want);
+    }
+    if (rc != SQLITE_DONE)
+        ret = FEDGE_ERR_SQL;
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int fedge_audit_verify(sqlite3 *db, const char *pubkey_path, const char *model_root,
+                       fedge_audit_report *rep)
+{
+    int ret = FEDGE_OK;
+    mbedtls_pk_context pk;
+    mbedtls_pk_init(&pk);
+    if (!db || !pubkey_path || !rep)
+        FAIL(FEDGE_ERR_INVALID_ARG);
+    memset(rep, 0, sizeof *rep);
+    rep->ok = 1;
+    rep->last_head_seq = -1;
+    rep->last_head_round = -1;
+    CHK(fedge_audit_load_public_key(pubkey_path, &pk));
+    /* One read transaction: a consistent snapshot while the aggregator writes. */
+    if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    ret = check_chain(db, rep);
+    if (ret == FEDGE_OK)
+        ret = check_heads(db, &pk, rep);
+    if (ret == FEDGE_OK)
+        ret = check_transitions(db, rep);
+    if (ret == FEDGE_OK)
+        ret = check_rows(db, rep);
+    if (ret == FEDGE_OK)
+        ret = check_files(db, model_root, rep);
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    if (ret == FEDGE_OK && !rep->ok)
+        ret = fail_family(rep->failures[0].kind);
+cleanup:
+    mbedtls_pk_free(&pk);
+    return ret;
+}

@@ -1,0 +1,565 @@
+/* policy.c — applying a loaded policy: per-update rules, round rules,
+ * differential privacy and budgets, and recording the policy in the log. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "audit.h"
+#include "common.h"
+#include "policy_impl.h"
+#include "rdp.h"
+
+/* The spread under a norm z-score is at least this share of the others'
+ * mean norm, so near-identical norms do not make small differences extreme. */
+#define ANOMALY_MIN_RELATIVE_SPREAD 0.05
+
+const char *fedge_decision_name(fedge_decision_kind d)
+{
+    switch (d) {
+    case FEDGE_DECISION_ACCEPT: return "accepted";
+    case FEDGE_DECISION_CLIP: return "clipped";
+    case FEDGE_DECISION_REJECT: return "rejected";
+    default: return "unknown";
+    }
+}
+
+const char *fedge_policy_name(const fedge_policy *p) { return p ? p->display_name : ""; }
+const char *fedge_policy_sha256_hex(const fedge_policy *p) { return p ? p->sha256_hex : ""; }
+double fedge_policy_rate_window_s(const fedge_policy *p)
+{
+    return (p && p->rate_max_updates > 0) ? p->rate_window_s : 0.0;
+}
+unsigned fedge_policy_min_clients(const fedge_policy *p) { return p ? p->min_clients : 1; }
+double fedge_policy_round_deadline_s(const fedge_policy *p) { return p ? p->deadline_s : 0.0; }
+int fedge_policy_dp_enabled(const fedge_policy *p) { return p ? p->dp_enabled : 0; }
+double fedge_policy_dp_clip_norm(const fedge_policy *p) { return p ? p->dp_clip_norm : 0.0; }
+double fedge_policy_dp_noise_multiplier(const fedge_policy *p)
+{
+    return p ? p->dp_noise_multiplier : 0.0;
+}
+double fedge_policy_dp_delta(const fedge_policy *p) { return p ? p->dp_delta : 0.0; }
+double fedge_policy_epsilon_budget(const fedge_policy *p) { return p ? p->dp_epsilon_budget : 0.0; }
+double fedge_policy_device_epsilon_budget(const fedge_policy *p)
+{
+    return p ? p->dp_device_epsilon_budget : 0.0;
+}
+
+static void decide(fedge_policy_decision *d, fedge_decision_kind kind, double clip_factor,
+                   const char *rule, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static void decide(fedge_policy_decision *d, fedge_decision_kind kind, double clip_factor,
+                   const char *rule, const char *fmt, ...)
+{
+    d->decision = kind;
+    d->clip_factor = clip_factor;
+    snprintf(d->rule, sizeof d->rule, "%s", rule);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->reason, sizeof d->reason, fmt, ap);
+    va_end(ap);
+}
+
+static void regions_text(const fedge_policy *p, char *buf, size_t cap)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (unsigned i = 0; i < p->n_regions && used < cap; i++) {
+        int n = snprintf(buf + used, cap - used, "%s%s", i ? ", " : "", p->regions[i]);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+}
+
+int fedge_policy_summary(const fedge_policy *p, char *buf, size_t cap)
+{
+    if (!p || !buf || cap == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    char regions[FEDGE_POLICY_MAX_REGIONS * (FEDGE_POLICY_REGION_MAX + 2) + 1];
+    char norm[64], rate[64], anomaly[96], dp[160];
+    regions_text(p, regions, sizeof regions);
+    if (p->max_norm > 0)
+        snprintf(norm, sizeof norm, "%g (%s)", p->max_norm,
+                 p->norm_action_reject ? "reject" : "clip");
+    else
+        snprintf(norm, sizeof norm, "off");
+    if (p->rate_max_updates > 0)
+        snprintf(rate, sizeof rate, "%u per %g s", p->rate_max_updates, p->rate_window_s);
+    else
+        snprintf(rate, sizeof rate, "off");
+    if (p->anomaly_enabled)
+        snprintf(anomaly, sizeof anomaly, "z <= %g, cosine >= %g, from %u updates",
+                 p->anomaly_max_norm_z, p->anomaly_min_cosine, p->anomaly_min_updates);
+    else
+        snprintf(anomaly, sizeof anomaly, "off");
+    if (p->dp_enabled) {
+        int n = snprintf(dp, sizeof dp, "C=%g z=%g epsilon budget %g at delta %g", p->dp_clip_norm,
+                         p->dp_noise_multiplier, p->dp_epsilon_budget, p->dp_delta);
+        if (p->dp_device_epsilon_budget > 0 && n > 0 && (size_t)n < sizeof dp)
+            snprintf(dp + n, sizeof dp - (size_t)n, ", per device %g",
+                     p->dp_device_epsilon_budget);
+    } else {
+        snprintf(dp, sizeof dp, "off");
+    }
+    int n = snprintf(buf, cap,
+                     "max_norm %s; staleness <= %u; regions %s; rate limit %s; "
+                     "anomaly %s; min_clients %u; max_share %g; deadline %g s; DP %s",
+                     norm, p->max_staleness, p->regions_any ? "any" : regions,
+                     rate, anomaly, p->min_clients, p->max_share, p->deadline_s, dp);
+    return (n < 0 || (size_t)n >= cap) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
+}
+
+/* ---- per update ----------------------------------------------------------- */
+
+int fedge_policy_check_device(const fedge_policy *p, const char *dev, const char *status,
+                              const char *region, fedge_policy_decision *out)
+{
+    if (!p || !dev || !status || !region || !out)
+        return FEDGE_ERR_INVALID_ARG;
+    if (strcmp(status, "allowed") != 0) {
+        if (strcmp(status, "revoked") == 0)
+            decide(out, FEDGE_DECISION_REJECT, 1.0, "device_status",
+                   "device %.64s was revoked; its updates are refused", dev);
+        else if (strcmp(status, "suspended") == 0)
+            decide(out, FEDGE_DECISION_REJECT, 1.0, "device_status",
+                   "device %.64s is suspended", dev);
+        else
+            decide(out, FEDGE_DECISION_REJECT, 1.0, "device_status",
+                   "device %.64s has unknown status '%.32s'", dev, status);
+        return FEDGE_OK;
+    }
+    if (!p->regions_any) {
+        int ok = 0;
+        for (unsigned i = 0; i < p->n_regions && !ok; i++)
+            ok = strcmp(p->regions[i], region) == 0;
+        if (!ok) {
+            char regions[FEDGE_POLICY_MAX_REGIONS * (FEDGE_POLICY_REGION_MAX + 2) + 1];
+            regions_text(p, regions, sizeof regions);
+            if (region[0] == '\0')
+                decide(out, FEDGE_DECISION_REJECT, 1.0, "region",
+                       "device %.64s has no region; allowed regions are [%.100s]", dev, regions);
+            else
+                decide(out, FEDGE_DECISION_REJECT, 1.0, "region",
+                       "device %.64s region '%.32s' is not in the allowed regions [%.100s]", dev,
+                       region, regions);
+            return FEDGE_OK;
+        }
+    }
+    decide(out, FEDGE_DECISION_ACCEPT, 1.0, "all", "device %.64s may contribute", dev);
+    return FEDGE_OK;
+}
+
+int fedge_policy_check_update(const fedge_policy *p, const fedge_policy_update_in *in,
+                              fedge_policy_decision *out)
+{
+    if (!p || !in || !out || !in->device_id || !in->device_status || !in->device_region)
+        return FEDGE_ERR_INVALID_ARG;
+    if (in->finite && (isnan(in->l2_norm) || in->l2_norm < 0 || isinf(in->l2_norm)))
+        return FEDGE_ERR_INVALID_ARG;
+    const char *dev = in->device_id;
+
+    int ret = fedge_policy_check_device(p, dev, in->device_status, in->device_region, out);
+    if (ret != FEDGE_OK || out->decision == FEDGE_DECISION_REJECT)
+        return ret;
+    if (p->rate_max_updates > 0 && in->recent_updates >= p->rate_max_updates) {
+        decide(out, FEDGE_DECISION_REJECT, 1.0, "rate_limit",
+               "device %.64s sent %u updates in the last %g s; the limit is %u", dev,
+               in->recent_updates, p->rate_window_s, p->rate_max_updates);
+        return FEDGE_OK;
+    }
+    if (!in->finite) {
+        decide(out, FEDGE_DECISION_REJECT, 1.0, "finite", "delta has NaN or Inf values");
+        return FEDGE_OK;
+    }
+    if (in->base_round > in->round) {
+        decide(out, FEDGE_DECISION_REJECT, 1.0, "staleness",
+               "base round %u is after the current round %u", in->base_round, in->round);
+        return FEDGE_OK;
+    }
+    uint32_t staleness = in->round - in->base_round;
+    if (staleness > p->max_staleness) {
+        decide(out, FEDGE_DECISION_REJECT, 1.0, "staleness",
+               "base model from round %u is %u rounds old; max staleness is %u", in->base_round,
+               staleness, p->max_staleness);
+        return FEDGE_OK;
+    }
+    double norm = in->l2_norm;
+    if (p->max_norm > 0 && norm > p->max_norm && p->norm_action_reject) {
+        decide(out, FEDGE_DECISION_REJECT, 1.0, "max_norm", "L2 norm %.4g exceeds max %.4g",
+               norm, p->max_norm);
+        return FEDGE_OK;
+    }
+    /* Clipping: the smaller of the two bounds binds. */
+    double bound = INFINITY;
+    const char *rule = NULL;
+    if (p->max_norm > 0) {
+        bound = p->max_norm;
+        rule = "max_norm";
+    }
+    if (p->dp_enabled && p->dp_clip_norm < bound) {
+        bound = p->dp_clip_norm;
+        rule = "dp_clip";
+    }
+    if (rule && norm > bound) {
+        if (strcmp(rule, "dp_clip") == 0)
+            decide(out, FEDGE_DECISION_CLIP, bound / norm, rule,
+                   "L2 norm %.4g exceeds the DP clipping norm %.4g; clipped to %.4g", norm, bound,
+                   bound);
+        else
+            decide(out, FEDGE_DECISION_CLIP, bound / norm, rule,
+                   "L2 norm %.4g exceeds max %.4g; clipped to %.4g", norm, bound, bound);
+        return FEDGE_OK;
+    }
+    char limits[160];
+    int n = snprintf(limits, sizeof limits, "L2 norm %.4g", norm);
+    if (rule && n > 0 && (size_t)n < sizeof limits)
+        n += snprintf(limits + n, sizeof limits - (size_t)n, " <= %.4g", bound);
+    if (n > 0 && (size_t)n < sizeof limits)
+        n += snprintf(limits + n, sizeof limits - (size_t)n, ", staleness %u <= %u", staleness,
+                      p->max_staleness);
+    if (p->rate_max_updates > 0 && n > 0 && (size_t)n < sizeof limits)
+        snprintf(limits + n, sizeof limits - (size_t)n, ", %u earlier updates in %g s (limit %u)",
+                 in->recent_updates, p->rate_window_s, p->rate_max_updates);
+    decide(out, FEDGE_DECISION_ACCEPT, 1.0, "all", "passed: %s", limits);
+    return FEDGE_OK;
+}
+
+/* ---- per round ------------------------------------------------------------ */
+
+static int cmp_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x < y) - (x > y);
+}
+
+/* Anomaly check: per_update[i] REJECT for outliers; keep[i] = 1 otherwise. */
+static int anomaly_check(const fedge_policy *p, size_t n, const float *const *deltas,
+                         size_t n_params, fedge_policy_decision *per_update, unsigned char *keep)
+{
+    int ret = FEDGE_OK;
+    double *sum = NULL, *norms = NULL;
+    if (!p->anomaly_enabled || n < p->anomaly_min_updates) {
+        for (size_t i = 0; i < n; i++) {
+            if (p->anomaly_enabled)
+                decide(&per_update[i], FEDGE_DECISION_ACCEPT, 1.0, "all",
+                       "anomaly check skipped: %zu updates, fewer than %u", n,
+                       p->anomaly_min_updates);
+            else
+                decide(&per_update[i], FEDGE_DECISION_ACCEPT, 1.0, "all",
+                       "no round-level objection");
+        }
+        return FEDGE_OK;
+    }
+    sum = calloc(n_params ? n_params : 1, sizeof *sum);
+    norms = calloc(n, sizeof *norms);
+    if (!sum || !norms)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0; i < n; i++) {
+        double nn = 0;
+        for (size_t k = 0; k < n_params; k++) {
+            double v = deltas[i][k];
+            sum[k] += v;
+            nn += v * v;
+        }
+        norms[i] = sqrt(nn);
+    }
+    for (size_t i = 0; i < n; i++) {
+        /* Norm z-score against the other n-1 updates (sample spread). */
+        double mean = 0, var = 0;
+        for (size_t j = 0; j < n; j++)
+            if (j != i)
+                mean += norms[j];
+        mean /= (double)(n - 1);
+        for (size_t j = 0; j < n; j++)
+            if (j != i)
+                var += (norms[j] - mean) * (norms[j] - mean);
+        double sd = sqrt(var / (double)(n - 2));
+        double floor_sd = fmax(ANOMALY_MIN_RELATIVE_SPREAD * mean, 1e-12);
+        double z = (norms[i] - mean) / fmax(sd, floor_sd);
+
+        /* Cosine to the mean of the others (direction of their sum). */
+        double dot = 0, oo = 0;
+        for (size_t k = 0; k < n_params; k++) {
+            double d = deltas[i][k], o = sum[k] - d;
+            dot += d * o;
+            oo += o * o;
+        }
+        int have_cos = norms[i] > 0 && oo > 0;
+        double cosv = have_cos ? dot / (norms[i] * sqrt(oo)) : 0.0;
+
+        if (z > p->anomaly_max_norm_z) {
+            decide(&per_update[i], FEDGE_DECISION_REJECT, 1.0, "anomaly",
+                   "norm z-score %.3g against the other %zu updates exceeds %.3g "
+                   "(norm %.4g, others' mean %.4g)",
+                   z, n - 1, p->anomaly_max_norm_z, norms[i], mean);
+            keep[i] = 0;
+        } else if (have_cos && cosv < p->anomaly_min_cosine) {
+            decide(&per_update[i], FEDGE_DECISION_REJECT, 1.0, "anomaly",
+                   "cosine %.3g to the mean of the other %zu updates is below %.3g", cosv, n - 1,
+                   p->anomaly_min_cosine);
+            keep[i] = 0;
+        } else {
+            decide(&per_update[i], FEDGE_DECISION_ACCEPT, 1.0, "all",
+                   "norm z-score %.3g, cosine to the others %.3g", z, cosv);
+        }
+    }
+cleanup:
+    free(sum);
+    free(norms);
+    return ret;
+}
+
+/* Lowers the largest weights to a common cap c so that no kept weight
+ * exceeds max_share of the total: with the top k capped,
+ * c = s * R / (1 - k s), R = the sum of the uncapped weights. */
+static int cap_weights(const fedge_policy *p, size_t n, const unsigned char *keep,
+                       double *w, fedge_policy_decision *per_update, double *largest_share)
+{
+    double s = p->max_share, total = 0;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (keep[i]) {
+            total += w[i];
+            m++;
+        }
+    *largest_share = 0;
+    if (m == 0 || total <= 0)
+        return FEDGE_OK;
+    if (s < 1.0) {
+        double *sorted = malloc(m * sizeof *sorted);
+        if (!sorted)
+            return FEDGE_ERR_NOMEM;
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (keep[i])
+                sorted[k++] = w[i];
+        qsort(sorted, m, sizeof *sorted, cmp_desc);
+        double cap = INFINITY, rest = total;
+        for (k = 0; k < m; k++) {
+            double c = s * rest / (1.0 - (double)k * s);
+            if (sorted[k] <= c * (1.0 + 1e-12)) {
+                cap = (k == 0) ? INFINITY : c;
+                break;
+            }
+            rest -= sorted[k];
+        }
+        free(sorted);
+        if (isfinite(cap)) {
+            for (size_t i = 0; i < n; i++)
+                if (keep[i] && w[i] > cap) {
+                    decide(&per_update[i], FEDGE_DECISION_ACCEPT, 1.0, "max_share",
+                           "weight %.6g capped to %.6g so no device exceeds %.3g of the round",
+                           w[i], cap, s);
+                    w[i] = cap;
+                }
+        }
+    }
+    total = 0;
+    for (size_t i = 0; i < n; i++)
+        if (keep[i])
+            total += w[i];
+    for (size_t i = 0; i < n; i++)
+        if (keep[i] && w[i] / total > *largest_share)
+            *largest_share = w[i] / total;
+    return FEDGE_OK;
+}
+
+int fedge_policy_check_round(const fedge_policy *p, size_t n, const float *const *deltas,
+                             size_t n_params, const double *weights, double *weights_out,
+                             fedge_policy_decision *per_update,
+                             fedge_policy_decision *round_out)
+{
+    int ret = FEDGE_OK;
+    unsigned char *keep = NULL;
+    if (!p || !round_out || (n > 0 && (!deltas || !weights || !weights_out || !per_update)))
+        return FEDGE_ERR_INVALID_ARG;
+    for (size_t i = 0; i < n; i++)
+        if (!deltas[i] || !(weights[i] > 0) || isinf(weights[i]))
+            return FEDGE_ERR_INVALID_ARG;
+    keep = malloc(n ? n : 1);
+    if (!keep)
+        return FEDGE_ERR_NOMEM;
+    memset(keep, 1, n ? n : 1);
+    CHK(anomaly_check(p, n, deltas, n_params, per_update, keep));
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        weights_out[i] = keep[i] ? weights[i] : 0.0;
+        kept += keep[i];
+    }
+    if (kept < p->min_clients) {
+        decide(round_out, FEDGE_DECISION_REJECT, 1.0, "k_anonymity",
+               "%zu accepted updates after %zu anomaly rejections; the policy requires at least "
+               "%u (k-anonymity of the aggregate)",
+               kept, n - kept, p->min_clients);
+        goto cleanup;
+    }
+    if ((double)kept * p->max_share < 1.0 - 1e-12) {
+        decide(round_out, FEDGE_DECISION_REJECT, 1.0, "max_share",
+               "%zu updates cannot keep every device at or below %.3g of the round (needs at "
+               "least %.0f)",
+               kept, p->max_share, ceil(1.0 / p->max_share - 1e-9));
+        goto cleanup;
+    }
+    double largest = 0;
+    CHK(cap_weights(p, n, keep, weights_out, per_update, &largest));
+    decide(round_out, FEDGE_DECISION_ACCEPT, 1.0, "all",
+           "%zu of %zu updates kept (%zu anomalous); min_clients %u; largest share %.3g (max %.3g)",
+           kept, n, n - kept, p->min_clients, largest, p->max_share);
+cleanup:
+    free(keep);
+    return ret;
+}
+
+/* ---- differential privacy ------------------------------------------------- */
+
+int fedge_policy_dp_apply(const fedge_policy *p, float *sum, size_t n_params, size_t n_clients,
+                          fedge_rng *rng)
+{
+    if (!p || (!sum && n_params > 0) || !rng)
+        return FEDGE_ERR_INVALID_ARG;
+    if (!p->dp_enabled)
+        return FEDGE_ERR_STATE;
+    if (n_clients == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    double sd = p->dp_noise_multiplier * p->dp_clip_norm;
+    for (size_t k = 0; k < n_params; k++)
+        sum[k] += (float)(sd * fedge_rng_normal(rng));
+    return FEDGE_OK;
+}
+
+int fedge_policy_budget_check(const fedge_policy *p, double q, long rounds, double *eps_after,
+                              fedge_policy_decision *out)
+{
+    if (!p || !out || rounds < 1 || !(q > 0.0 && q <= 1.0))
+        return FEDGE_ERR_INVALID_ARG;
+    if (eps_after)
+        *eps_after = 0;
+    if (!p->dp_enabled) {
+        decide(out, FEDGE_DECISION_ACCEPT, 1.0, "privacy_budget", "differential privacy is off");
+        return FEDGE_OK;
+    }
+    double eps, order;
+    int ret = fedge_rdp_epsilon(q, p->dp_noise_multiplier, rounds, p->dp_delta, &eps, &order);
+    if (ret != FEDGE_OK)
+        return ret;
+    if (eps_after)
+        *eps_after = eps;
+    if (eps > p->dp_epsilon_budget)
+        decide(out, FEDGE_DECISION_REJECT, 1.0, "privacy_budget",
+               "round %ld would bring epsilon to %.4g (q %.4g, z %.4g, delta %.3g), over the "
+               "budget %.4g",
+               rounds, eps, q, p->dp_noise_multiplier, p->dp_delta, p->dp_epsilon_budget);
+    else
+        decide(out, FEDGE_DECISION_ACCEPT, 1.0, "privacy_budget",
+               "epsilon after round %ld: %.4g of budget %.4g (q %.4g, z %.4g, delta %.3g)", rounds,
+               eps, p->dp_epsilon_budget, q, p->dp_noise_multiplier, p->dp_delta);
+    return FEDGE_OK;
+}
+
+int fedge_policy_device_budget_check(const fedge_policy *p, const char *device_id,
+                                     long device_rounds, double *eps_after,
+                                     fedge_policy_decision *out)
+{
+    if (!p || !out || !device_id || device_rounds < 1)
+        return FEDGE_ERR_INVALID_ARG;
+    if (eps_after)
+        *eps_after = 0;
+    if (!p->dp_enabled) {
+        decide(out, FEDGE_DECISION_ACCEPT, 1.0, "device_privacy_budget",
+               "differential privacy is off");
+        return FEDGE_OK;
+    }
+    double eps;
+    int ret = fedge_rdp_epsilon(1.0, p->dp_noise_multiplier, device_rounds, p->dp_delta, &eps,
+                                NULL);
+    if (ret != FEDGE_OK)
+        return ret;
+    if (eps_after)
+        *eps_after = eps;
+    if (p->dp_device_epsilon_budget > 0 && eps > p->dp_device_epsilon_budget)
+        decide(out, FEDGE_DECISION_REJECT, 1.0, "device_privacy_budget",
+               "device %.64s: contribution %ld would bring its epsilon to %.4g, over the "
+               "per-device budget %.4g",
+               device_id, device_rounds, eps, p->dp_device_epsilon_budget);
+    else
+        decide(out, FEDGE_DECISION_ACCEPT, 1.0, "device_privacy_budget",
+               "device %.64s: epsilon after contribution %ld is %.4g", device_id, device_rounds,
+               eps);
+    return FEDGE_OK;
+}
+
+/* ---- recording ------------------------------------------------------------- */
+
+static int exec_sql(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? FEDGE_OK : FEDGE_ERR_SQL;
+}
+
+static int put_meta(sqlite3_stmt *st, const char *key, const char *value)
+{
+    sqlite3_reset(st);
+    if (sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT) != SQLITE_OK ||
+        sqlite3_bind_text(st, 2, value, -1, SQLITE_TRANSIENT) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_DONE)
+        return FEDGE_ERR_SQL;
+    return FEDGE_OK;
+}
+
+int fedge_policy_record(sqlite3 *db, const fedge_policy *p)
+{
+    int ret = FEDGE_OK, in_savepoint = 0;
+    sqlite3_stmt *st = NULL;
+    char num[64];
+    char summary[1024], detail[1400];
+    if (!db || !p)
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(fedge_policy_summary(p, summary, sizeof summary));
+    snprintf(detail, sizeof detail, "loaded policy %s sha256 %s: %s", p->display_name,
+             p->sha256_hex, summary);
+    CHK(exec_sql(db, "SAVEPOINT fedge_policy_record"));
+    in_savepoint = 1;
+    if (sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)", -1, &st,
+                           NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    CHK(put_meta(st, "policy_name", p->display_name));
+    CHK(put_meta(st, "policy_sha256", p->sha256_hex));
+    CHK(put_meta(st, "policy_dp_enabled", p->dp_enabled ? "1" : "0"));
+    snprintf(num, sizeof num, "%.17g", p->dp_clip_norm);
+    CHK(put_meta(st, "policy_clip_norm", num));
+    snprintf(num, sizeof num, "%.17g", p->dp_noise_multiplier);
+    CHK(put_meta(st, "policy_noise_multiplier", num));
+    snprintf(num, sizeof num, "%.17g", p->dp_epsilon_budget);
+    CHK(put_meta(st, "policy_epsilon_budget", num));
+    snprintf(num, sizeof num, "%.17g", p->dp_delta);
+    CHK(put_meta(st, "policy_delta", num));
+    snprintf(num, sizeof num, "%.17g", p->dp_device_epsilon_budget);
+    CHK(put_meta(st, "policy_device_epsilon_budget", num));
+    sqlite3_finalize(st);
+    st = NULL;
+
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO events(at, round, device, kind, rule, detail) "
+                           "VALUES(?1, NULL, NULL, 'policy', NULL, ?2)",
+                           -1, &st, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    if (sqlite3_bind_double(st, 1, now) != SQLITE_OK ||
+        sqlite3_bind_text(st, 2, detail, -1, SQLITE_TRANSIENT) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    CHK(fedge_audit_append_id(db, "events", sqlite3_last_insert_rowid(db)));
+    CHK(exec_sql(db, "RELEASE fedge_policy_record"));
+    in_savepoint = 0;
+cleanup:
+    sqlite3_finalize(st);
+    if (in_savepoint) {
+        sqlite3_exec(db, "ROLLBACK TO fedge_policy_record", NULL, NULL, NULL);
+        sqlite3_exec(db, "RELEASE fedge_policy_record", NULL, NULL, NULL);
+    }
+    return ret;
+}

@@ -1,0 +1,178 @@
+/* policy.h — the governance engine: the policy decides, the aggregator obeys
+ * and logs.
+ *
+ * Contract
+ * - A policy is loaded from a YAML file (docs/POLICY.md lists every key)
+ *   with fedge_policy_load(); path NULL gives the built-in default policy.
+ *   Unknown keys, duplicate keys and bad values are errors naming the key and
+ *   line; nothing is half-loaded. A policy is immutable once loaded, so the
+ *   aggregator can load a new one on SIGHUP, swap pointers, and free the old
+ *   one (a failed reload leaves the old one in force). The caller frees with
+ *   fedge_policy_free().
+ * - fedge_policy_name() is "NAME@SHA12" (name key + first 12 hex digits of
+ *   the file's SHA-256); fedge_policy_sha256_hex() is the full digest. Store
+ *   them with every decision batch (fedge_policy_record does so in meta and
+ *   in an audited event).
+ * - Checks never touch the database and return FEDGE_OK with a decision
+ *   (ACCEPT / CLIP / REJECT, the rule that made it and a one-line reason);
+ *   a non-zero status means the input was invalid, not that it was refused.
+ *   The aggregator writes decision, rule and reason into updates/events.
+ *
+ * Per update, in this order (the first refusing rule wins):
+ *   device_status, region, rate_limit, finite, staleness, max_norm, dp_clip.
+ *   Clipping (max_norm with norm_action clip, and the DP clip to C) yields
+ *   CLIP with clip_factor = bound / norm < 1: multiply the delta by it.
+ * Per round, at close, on the accepted (already clipped) deltas:
+ *   anomaly (norm z-score against the others, cosine to the mean of the
+ *   others), then k_anonymity (min_clients after anomaly removal), then
+ *   max_share (weights above the cap are lowered to it; the round is refused
+ *   only when n * max_share < 1).
+ * Privacy (DP-FedAvg, McMahan et al. 2018): clip each delta to C (dp_clip),
+ *   sum with weight 1 each, add N(0, (zC)^2) per coordinate
+ *   (fedge_policy_dp_apply), divide by the EXPECTED number of clients
+ *   q * population (fixed-denominator estimator). The accountant is the RDP
+ *   of the sampled Gaussian with sampling rate q and noise multiplier z
+ *   (rdp.h); a round whose epsilon after it would exceed the budget is not
+ *   run (fedge_policy_budget_check -> REJECT, rule "privacy_budget"). */
+#ifndef FEDGE_POLICY_H
+#define FEDGE_POLICY_H
+
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rng.h"
+
+#define FEDGE_POLICY_MAX_FILE (1024 * 1024)
+#define FEDGE_POLICY_NAME_MAX 64
+#define FEDGE_POLICY_RULE_MAX 32
+#define FEDGE_POLICY_REASON_MAX 256
+#define FEDGE_POLICY_MAX_REGIONS 64
+
+typedef struct fedge_policy fedge_policy;
+
+typedef enum {
+    FEDGE_DECISION_ACCEPT = 0,
+    FEDGE_DECISION_CLIP = 1,
+    FEDGE_DECISION_REJECT = 2,
+} fedge_decision_kind;
+
+typedef struct {
+    fedge_decision_kind decision;
+    double clip_factor;                   /* 1.0 unless CLIP */
+    char rule[FEDGE_POLICY_RULE_MAX];     /* "all" when every rule passed */
+    char reason[FEDGE_POLICY_REASON_MAX]; /* one line, for people */
+} fedge_policy_decision;
+
+/* "accepted" | "clipped" | "rejected": the updates.decision column values. */
+const char *fedge_decision_name(fedge_decision_kind d);
+
+/* ---- loading ------------------------------------------------------------ */
+
+/* path NULL: the default policy. err (may be NULL) gets a one-line reason:
+ * "FILE:LINE: KEY: what is wrong". Status FEDGE_ERR_IO / _NOT_FOUND (file),
+ * FEDGE_ERR_POLICY_SYNTAX (YAML syntax, duplicate key, wrong node kind),
+ * FEDGE_ERR_POLICY_UNKNOWN_KEY, FEDGE_ERR_POLICY_VALUE (a bad value or a bad
+ * combination). */
+int fedge_policy_load(const char *path, fedge_policy **out, char *err, size_t errlen);
+/* The same from memory; `origin` names it in messages and in the name default. */
+int fedge_policy_load_buffer(const char *text, size_t len, const char *origin,
+                             fedge_policy **out, char *err, size_t errlen);
+int fedge_policy_default(fedge_policy **out);
+void fedge_policy_free(fedge_policy *p); /* NULL is fine */
+
+const char *fedge_policy_name(const fedge_policy *p);       /* "NAME@SHA12" */
+const char *fedge_policy_sha256_hex(const fedge_policy *p); /* 64 hex digits */
+/* One line for logs: the settings in force (without the name), e.g.
+ * "max_norm 10 (clip); staleness <= 1; regions eu; ...; DP off". */
+int fedge_policy_summary(const fedge_policy *p, char *buf, size_t cap);
+
+/* ---- per update ----------------------------------------------------------- */
+
+typedef struct {
+    const char *device_id;
+    const char *device_status; /* devices.status: allowed|suspended|revoked */
+    const char *device_region; /* devices.region, "" when unknown */
+    uint32_t round;            /* the round this update is for */
+    uint32_t base_round;       /* the round whose opening model the update was
+                                  trained on: round for a fresh update, so
+                                  staleness = round - base_round */
+    double l2_norm;            /* of the decoded delta (finite or not) */
+    int finite;                /* 0 when any value is NaN or Inf */
+    uint32_t recent_updates;   /* rows in updates from this device with
+                                  received_at > now - rate_window_s, any
+                                  decision, not counting this one */
+} fedge_policy_update_in;
+
+int fedge_policy_check_update(const fedge_policy *p, const fedge_policy_update_in *in,
+                              fedge_policy_decision *out);
+/* The device rules alone (device_status, region), as check_update applies
+ * them: for choosing participants, so a device the policy would refuse is
+ * not selected. ACCEPT with rule "all", or REJECT. */
+int fedge_policy_check_device(const fedge_policy *p, const char *device_id,
+                              const char *device_status, const char *device_region,
+                              fedge_policy_decision *out);
+/* The rate-limit window in seconds; 0 when rate limiting is off. */
+double fedge_policy_rate_window_s(const fedge_policy *p);
+
+/* ---- per round ------------------------------------------------------------ */
+
+/* deltas[i]: the i-th accepted delta as it will be aggregated (clipped),
+ * n_params floats each. weights[i] > 0: its aggregation weight (sample count;
+ * 1.0 each under DP). On return weights_out[i] is the weight to use (0 for an
+ * update refused here, lowered when capped by max_share), per_update[i] is
+ * REJECT (rule "anomaly") for an update to drop — the aggregator marks that
+ * updates row rejected with this rule and reason and re-audits it — or
+ * ACCEPT, with rule "max_share" when its weight was capped. round_out is
+ * ACCEPT, or REJECT with rule "k_anonymity" or "max_share": do not aggregate.
+ * Allocates O(n_params) doubles of scratch; FEDGE_ERR_NOMEM if that fails. */
+int fedge_policy_check_round(const fedge_policy *p, size_t n, const float *const *deltas,
+                             size_t n_params, const double *weights, double *weights_out,
+                             fedge_policy_decision *per_update,
+                             fedge_policy_decision *round_out);
+unsigned fedge_policy_min_clients(const fedge_policy *p);
+/* Longest a round may stay open, seconds; 0: the aggregator's own setting. */
+double fedge_policy_round_deadline_s(const fedge_policy *p);
+
+/* ---- differential privacy ------------------------------------------------- */
+
+int fedge_policy_dp_enabled(const fedge_policy *p);
+double fedge_policy_dp_clip_norm(const fedge_policy *p);        /* C */
+double fedge_policy_dp_noise_multiplier(const fedge_policy *p); /* z */
+double fedge_policy_dp_delta(const fedge_policy *p);
+double fedge_policy_epsilon_budget(const fedge_policy *p);        /* global */
+double fedge_policy_device_epsilon_budget(const fedge_policy *p); /* 0: none */
+
+/* sum += N(0, (zC)^2) per coordinate (sum of n_clients clipped deltas).
+ * FEDGE_ERR_STATE when DP is off, FEDGE_ERR_INVALID_ARG for n_clients 0.
+ * rng must be seeded from the OS (getrandom) for every round in production:
+ * predictable noise is no noise. */
+int fedge_policy_dp_apply(const fedge_policy *p, float *sum, size_t n_params,
+                          size_t n_clients, fedge_rng *rng);
+
+/* Global budget: epsilon after `rounds` rounds (this one included) at
+ * sampling rate q (expected clients / population), delta from the policy.
+ * out: ACCEPT, or REJECT rule "privacy_budget" when eps_after > budget.
+ * With DP off: ACCEPT and eps_after = 0. eps_after may be NULL. */
+int fedge_policy_budget_check(const fedge_policy *p, double q, long rounds,
+                              double *eps_after, fedge_policy_decision *out);
+/* Per-device budget: the device's epsilon after `device_rounds` rounds in
+ * which it contributed (this one included), counted without sampling
+ * amplification (q = 1), a bound that holds however devices are selected.
+ * REJECT rule "device_privacy_budget" when it exceeds the device budget;
+ * ACCEPT with eps_after = 0 when DP is off, eps_after computed but never
+ * refused when there is no per-device budget. */
+int fedge_policy_device_budget_check(const fedge_policy *p, const char *device_id,
+                                     long device_rounds, double *eps_after,
+                                     fedge_policy_decision *out);
+
+/* Records the policy in the database: meta keys policy_name, policy_sha256,
+ * policy_dp_enabled, policy_clip_norm, policy_noise_multiplier,
+ * policy_epsilon_budget, policy_delta, policy_device_epsilon_budget
+ * (replacing older values; fedge-audit reads them), and one audited events
+ * row (kind "policy", at = now in Unix seconds, detail = name, sha256 and
+ * summary). Atomic (a savepoint), inside or outside the caller's
+ * transaction. */
+int fedge_policy_record(sqlite3 *db, const fedge_policy *p);
+
+#endif

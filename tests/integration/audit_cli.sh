@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# fedge-audit and fedge-keygen as an operator and a compliance officer use
+# them, on a real fixture database (test_audit --make-fixture: three rounds,
+# a revoked device, a refused round, signed heads, model files). Checks exit
+# codes, that --json output parses and says the right things, Markdown and
+# CSV reports, one-line errors for a missing or non-fedge database, tamper
+# detection through the CLI (sqlite3 edits on copies), and keygen's files.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+BUILD=$(cd "${FEDGE_BUILD:-build/native}" && pwd)
+AUDIT=$BUILD/bin/fedge-audit
+KEYGEN=$BUILD/bin/fedge-keygen
+FIXTURE=$BUILD/tests/test_audit
+T=$(mktemp -d /tmp/fedge-audit-cli-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+# expect_rc CODE CMD...: runs CMD, output in $T/out and $T/err.
+expect_rc() {
+    local want=$1
+    shift
+    "$@" >"$T/out" 2>"$T/err"
+    local rc=$?
+    if [ "$rc" -ne "$want" ]; then
+        cat "$T/out" "$T/err" >&2
+        fail "'$*' exited $rc, want $want"
+    fi
+}
+out_has() { grep -qF -- "$1" "$T/out" || { cat "$T/out" >&2; fail "output lacks '$1'"; }; }
+err_is_one_line() {
+    [ "$(wc -l <"$T/err")" -eq 1 ] || { cat "$T/err" >&2; fail "error should be one line"; }
+    grep -qF -- "$1" "$T/err" || { cat "$T/err" >&2; fail "error lacks '$1'"; }
+}
+json_check() { # python expression over d (the parsed output)
+    python3 -c "import json,sys; d=json.load(open('$T/out')); sys.exit(0 if ($1) else 1)" ||
+        { cat "$T/out" >&2; fail "JSON check failed: $1"; }
+}
+
+for b in "$AUDIT" "$KEYGEN" "$FIXTURE"; do [ -x "$b" ] || fail "$b not built"; done
+"$FIXTURE" --make-fixture "$T/fx" >"$T/fx.txt" || fail "cannot build the fixture"
+DB=$T/fx/fedge.db
+PUB=$T/fx/keys/aggregator.pub
+MODELS=$T/fx/models
+refine=$(awk '$1 == "model_refine" { print $2 }' "$T/fx.txt")
+round1=$(awk '$1 == "model_round1" { print $2 }' "$T/fx.txt")
+A=("$AUDIT" --db "$DB" --pubkey "$PUB" --models "$MODELS")
+
+# ---- an untouched database --------------------------------------------------
+expect_rc 0 "${A[@]}" verify
+out_has "OK: every check holds"
+out_has "signed heads   3"
+# Without --models relative model paths start from the database's directory.
+(cd / && "$AUDIT" --db "$DB" --pubkey "$PUB" verify >/dev/null) || fail "verify from / without --models"
+expect_rc 0 "${A[@]}" --json verify
+json_check "d['ok'] is True and d['entries'] == 22 and d['failures'] == [] and d['last_head']['round'] == 3"
+
+expect_rc 0 "${A[@]}" --json lineage "${refine:0:8}"
+json_check "d['version'] == '$refine' and sorted(d['devices']) == ['dev-1','dev-2','dev-3','dev-5'] and d['total_samples'] == 2480 and d['refinements'] == 1 and [m['kind'] for m in d['models']] == ['refine','aggregate','aggregate','init']"
+expect_rc 0 "${A[@]}" lineage "${refine:0:8}"
+out_has "4 devices contributed 2480 samples over 2 aggregation rounds; 1 refinement"
+# aligned columns: in the contributions table every row's device starts under "device"
+awk '/^updates that entered/ { on = 1; next }
+     on && !col { col = index($0, "device"); next }
+     on && NF { rows++; if (substr($0, col - 1, 1) != " " || substr($0, col, 4) != "dev-") bad = 1 }
+     END { exit !(col > 0 && rows == 5 && !bad) }' "$T/out" || fail "lineage table columns not aligned"
+
+expect_rc 0 "${A[@]}" --json lineage --device dev-3
+json_check "d['status'] == 'revoked' and len(d['influenced_models']) == 3 and d['influenced_models'][0]['version'] == '$round1' and any(u['rule'] == 'device_status' for u in d['updates'])"
+expect_rc 0 "${A[@]}" lineage --device dev-3
+out_has "device dev-3: region eu, status revoked"
+
+expect_rc 0 "${A[@]}" --json privacy
+json_check "d['policy']['dp_enabled'] and abs(d['global']['epsilon_spent'] - 5.1159) < 1e-3 and d['global']['epsilon_budget'] == 6 and d['refused_rounds'][0]['round'] == 3 and len(d['devices']) == 5"
+expect_rc 0 "${A[@]}" privacy
+out_has "global: epsilon spent 5.116 of budget 6"
+
+expect_rc 0 "${A[@]}" --json decisions --rejected
+json_check "sorted(x['rule'] for x in d['decisions']) == ['anomaly','device_status','privacy_budget','region']"
+expect_rc 0 "${A[@]}" --json decisions --round 2 --device dev-3
+json_check "len(d['decisions']) == 1 and d['decisions'][0]['reason'] == 'device dev-3 was revoked; its updates are refused'"
+expect_rc 0 "${A[@]}" decisions
+out_has "8 update decisions: 4 accepted, 1 clipped, 3 rejected"
+
+expect_rc 0 "${A[@]}" report
+out_has "## Verification"
+out_has "**OK**"
+out_has "### dev-3"
+expect_rc 0 "${A[@]}" report --format json
+json_check "d['verify']['ok'] and d['lineage']['version'] == '$refine' and len(d['revoked_devices']) == 1"
+expect_rc 0 "${A[@]}" report --format csv
+python3 - "$T/out" <<'EOF' || fail "CSV report does not parse into its sections"
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1], newline="")) if r]
+sections = {r[0] for r in rows if r[0] != "section"}
+need = {"summary", "verify", "privacy_rounds", "privacy_devices", "decisions", "lineage_models"}
+sys.exit(0 if need <= sections else 1)
+EOF
+# Without --pubkey the report still runs and says verification was not run.
+expect_rc 0 "$AUDIT" --db "$DB" report
+out_has "Not run: give \`--pubkey\`"
+
+# ---- clear errors, exit 2 ---------------------------------------------------
+expect_rc 2 "$AUDIT" --db "$T/missing.db" privacy
+err_is_one_line "cannot read database $T/missing.db: No such file or directory"
+[ ! -e "$T/missing.db" ] || fail "a missing database must not be created"
+echo "not a database" >"$T/text.db"
+expect_rc 2 "$AUDIT" --db "$T/text.db" verify --pubkey "$PUB"
+err_is_one_line "is not a fedge database: not an SQLite file"
+sqlite3 "$T/other.db" "CREATE TABLE t(x)"
+expect_rc 2 "$AUDIT" --db "$T/other.db" --json privacy
+err_is_one_line "an SQLite file without fedge's schema marker"
+: >"$T/empty.db"
+expect_rc 2 "$AUDIT" --db "$T/empty.db" decisions
+err_is_one_line "the file is empty"
+[ ! -s "$T/empty.db" ] || fail "an empty file must stay empty"
+expect_rc 2 "$AUDIT" --db "$DB" verify
+err_is_one_line "verify needs --pubkey"
+expect_rc 2 "$AUDIT" --db "$DB" --pubkey "$T/nope.pem" verify
+err_is_one_line "cannot read public key"
+expect_rc 2 "$AUDIT" --db "$DB" lineage ffff
+err_is_one_line "no model version ffff"
+expect_rc 2 "$AUDIT" --db "$DB" frobnicate
+expect_rc 2 "$AUDIT" --db "$DB" decisions --round minus-one
+expect_rc 2 "$AUDIT" privacy
+expect_rc 0 "$AUDIT" --help
+
+# ---- tampering, each on a fresh copy -------------------------------------------
+tamper() { # name, sql (may be empty)
+    rm -rf "$T/$1"
+    cp -r "$T/fx" "$T/$1"
+    [ -z "$2" ] || sqlite3 "$T/$1/fedge.db" "$2" || fail "sqlite3 $2"
+}
+tamper changed "UPDATE updates SET n_samples = 9999 WHERE id = 2"
+expect_rc 1 "$AUDIT" --db "$T/changed/fedge.db" --pubkey "$PUB" --models "$T/changed/models" verify
+out_has "row_modified: updates row 2 was modified after audit entry"
+out_has "column n_samples is 9999 in the table but 450 in the audit log"
+expect_rc 1 "$AUDIT" --db "$T/changed/fedge.db" --pubkey "$PUB" --models "$T/changed/models" --json verify
+json_check "d['ok'] is False and d['failures'][0]['kind'] == 'row_modified' and d['failures'][0]['table'] == 'updates' and d['failures'][0]['row_key'] == '2'"
+expect_rc 1 "$AUDIT" --db "$T/changed/fedge.db" --pubkey "$PUB" --models "$T/changed/models" report
+out_has "**FAILED**"
+
+tamper deleted "DELETE FROM updates WHERE id = 4"
+expect_rc 1 "$AUDIT" --db "$T/deleted/fedge.db" --pubkey "$PUB" --models "$T/deleted/models" verify
+out_has "row_deleted: updates row 4 was deleted"
+
+tamper swapped ""
+cp "$T/swapped/models/$round1.fmdl" "$T/swapped/models/$refine.fmdl"
+expect_rc 1 "$AUDIT" --db "$T/swapped/fedge.db" --pubkey "$PUB" --models "$T/swapped/models" verify
+out_has "file_mismatch: model ${refine:0:16}: file $T/swapped/models/$refine.fmdl has sha256"
+
+tamper truncated "DELETE FROM audit WHERE seq > 20"
+expect_rc 1 "$AUDIT" --db "$T/truncated/fedge.db" --pubkey "$PUB" --models "$T/truncated/models" verify
+out_has "the chain was truncated"
+
+# ---- keygen ---------------------------------------------------------------------
+expect_rc 0 "$KEYGEN" aggregator --out "$T/k"
+[ "$(stat -c %a "$T/k/aggregator.key")" = 600 ] || fail "private key must be mode 0600"
+grep -q "BEGIN PUBLIC KEY" "$T/k/aggregator.pub" || fail "public key PEM expected"
+expect_rc 2 "$KEYGEN" aggregator --out "$T/k"
+grep -q "use --force" "$T/err" || fail "refusing to overwrite should say --force"
+# Another key's public half: every signature fails.
+expect_rc 1 "$AUDIT" --db "$DB" --pubkey "$T/k/aggregator.pub" --models "$MODELS" verify
+out_has "does not verify with the public key"
+
+expect_rc 0 "$KEYGEN" devices --count 5 --regions eu,us --out "$T/k/devices.keys"
+[ "$(stat -c %a "$T/k/devices.keys")" = 600 ] || fail "keys file must be mode 0600"
+[ "$(wc -l <"$T/k/devices.keys")" = 5 ] || fail "5 device lines expected"
+grep -Evq '^dev-[1-5] (eu|us) [0-9a-f]{64}$' "$T/k/devices.keys" && fail "bad keys line"
+[ "$(cut -d' ' -f2 "$T/k/devices.keys" | tr '\n' ' ')" = "eu us eu us eu " ] ||
+    fail "regions should be assigned round-robin"
+[ "$(cut -d' ' -f3 "$T/k/devices.keys" | sort -u | wc -l)" = 5 ] || fail "secrets must differ"
+expect_rc 2 "$KEYGEN" devices --count 2 --out "$T/k/devices.keys"
+expect_rc 0 "$KEYGEN" devices --count 2 --prefix sensor- --out "$T/k/devices.keys" --force
+[ "$(cut -d' ' -f1,2 "$T/k/devices.keys" | tr '\n' ' ')" = "sensor-1 eu sensor-2 eu " ] ||
+    fail "--force should replace the file; default region eu"
+expect_rc 2 "$KEYGEN" devices --count 2 --prefix "bad id" --out "$T/k/x.keys"
+expect_rc 2 "$KEYGEN" devices --count 0 --out "$T/k/x.keys"
+[ ! -e "$T/k/x.keys" ] || fail "a refused command must not write a file"
+
+echo "audit_cli: all checks passed"

@@ -1,0 +1,205 @@
+/* fedge-audit — the policy-audit CLI: who contributed what to which model,
+ * under which policy, at what privacy cost; and proof that the log was not
+ * altered. Reads the aggregator's database read-only. Exit codes in cli.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "common.h"
+#include "log.h"
+#include "store.h"
+
+static const char USAGE[] =
+    "usage: fedge-audit --db PATH [--pubkey PEM] [--models DIR] [--json] COMMAND\n"
+    "\n"
+    "commands:\n"
+    "  verify                      walk the hash chain and its signed heads, compare every\n"
+    "                              audited row with the log, re-hash the model files\n"
+    "                              (needs --pubkey); names the first bad row or file\n"
+    "  lineage VERSION             rounds, devices, sample counts and refinements that\n"
+    "                              produced a model (VERSION: 4+ hex digits of it)\n"
+    "  lineage --device D          every model version D's accepted updates influenced\n"
+    "  privacy                     epsilon spent, globally and per device, against budgets\n"
+    "  decisions [--round N] [--device D] [--rejected]\n"
+    "                              what was decided (refused) and why, with the rule\n"
+    "  report [--format md|json|csv]\n"
+    "                              all of the above in one document (verify when --pubkey)\n"
+    "\n"
+    "options:\n"
+    "  --db PATH       the aggregator's SQLite database (opened read-only)\n"
+    "  --pubkey PEM    the aggregator's ECDSA public key (fedge-keygen aggregator)\n"
+    "  --models DIR    where relative model paths start (the aggregator's working\n"
+    "                  directory or its model folder; default: the database's directory)\n"
+    "  --json          machine-readable output\n"
+    "\n"
+    "exit status: 0 ok, 1 verification failed, 2 usage, I/O or database error\n";
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fputs("fedge-audit: ", stderr);
+    fprintf(stderr, fmt, arg);
+    fputs("\n(fedge-audit --help shows the usage)\n", stderr);
+    return EXIT_USAGE;
+}
+
+/* A one-line reason why `path` could not be opened as a fedge database. */
+static void explain_open_failure(const char *path, int rc)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        cli_error("cannot read database %s: %s", path, strerror(errno));
+        return;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        cli_error("%s is a directory, not a database", path);
+        return;
+    }
+    if (access(path, R_OK) != 0) {
+        cli_error("cannot read database %s: %s", path, strerror(errno));
+        return;
+    }
+    if (rc == FEDGE_ERR_AUDIT_NOT_FEDGE_DB || rc == FEDGE_ERR_SQL) {
+        char magic[16] = {0};
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd >= 0 ? read(fd, magic, sizeof magic) : -1;
+        if (fd >= 0)
+            close(fd);
+        if (n == 0)
+            cli_error("%s is not a fedge database: the file is empty", path);
+        else if (n != (ssize_t)sizeof magic || memcmp(magic, "SQLite format 3", 16) != 0)
+            cli_error("%s is not a fedge database: not an SQLite file", path);
+        else
+            cli_error("%s is not a fedge database: an SQLite file without fedge's schema "
+                      "marker (meta fedge_schema = " FEDGE_SCHEMA_VERSION ")",
+                      path);
+        return;
+    }
+    cli_error("cannot open database %s: %s", path, fedge_strerror(rc));
+}
+
+static int parse_round(const char *s, int64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    if (!s[0] || s[0] == '-' || s[0] == '+')
+        return -1;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < 0 || v > UINT32_MAX)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+enum { OPT_DB = 1000, OPT_PUBKEY, OPT_MODELS, OPT_JSON, OPT_ROUND, OPT_DEVICE, OPT_REJECTED,
+       OPT_FORMAT, OPT_HELP };
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"db", required_argument, NULL, OPT_DB},
+        {"pubkey", required_argument, NULL, OPT_PUBKEY},
+        {"models", required_argument, NULL, OPT_MODELS},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"round", required_argument, NULL, OPT_ROUND},
+        {"device", required_argument, NULL, OPT_DEVICE},
+        {"rejected", no_argument, NULL, OPT_REJECTED},
+        {"format", required_argument, NULL, OPT_FORMAT},
+        {"help", no_argument, NULL, OPT_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    cli_opts o;
+    memset(&o, 0, sizeof o);
+    fedge_log_set_level(FEDGE_LOG_OFF); /* errors are reported here, one line each */
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_DB: o.db_path = optarg; break;
+        case OPT_PUBKEY: o.pubkey = optarg; break;
+        case OPT_MODELS: o.models = optarg; break;
+        case OPT_JSON: o.json = 1; break;
+        case OPT_ROUND:
+            if (parse_round(optarg, &o.round) != 0)
+                return usage_error("--round needs a round number, not '%s'", optarg);
+            o.have_round = 1;
+            break;
+        case OPT_DEVICE: o.device = optarg; break;
+        case OPT_REJECTED: o.rejected = 1; break;
+        case OPT_FORMAT: o.format = optarg; break;
+        case 'h':
+        case OPT_HELP: fputs(USAGE, stdout); return EXIT_OK;
+        case ':':
+            return usage_error("%s needs a value", argv[optind - 1]);
+        default:
+            return usage_error("unknown option %s", argv[optind - 1]);
+        }
+    }
+    if (optind >= argc)
+        return usage_error("%s", "no command given (verify, lineage, privacy, decisions, "
+                                 "report)");
+    const char *cmd = argv[optind++];
+    int n_args = argc - optind;
+    int (*run)(sqlite3 *, const cli_opts *) = NULL;
+    if (strcmp(cmd, "verify") == 0) {
+        run = cmd_verify;
+    } else if (strcmp(cmd, "lineage") == 0) {
+        run = cmd_lineage;
+        if (n_args == 1 && !o.device)
+            o.version = argv[optind++];
+        else if (!(n_args == 0 && o.device))
+            return usage_error("%s", "lineage needs a model VERSION or --device D (one of "
+                                     "them)");
+    } else if (strcmp(cmd, "privacy") == 0) {
+        run = cmd_privacy;
+    } else if (strcmp(cmd, "decisions") == 0) {
+        run = cmd_decisions;
+    } else if (strcmp(cmd, "report") == 0) {
+        run = cmd_report;
+    } else {
+        return usage_error("unknown command '%s'", cmd);
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+    if ((o.have_round || o.rejected) && run != cmd_decisions)
+        return usage_error("%s", "--round and --rejected apply to decisions only");
+    if (o.device && run != cmd_decisions && run != cmd_lineage)
+        return usage_error("%s", "--device applies to decisions and lineage only");
+    if (o.format && run != cmd_report)
+        return usage_error("%s", "--format applies to report only");
+    if (!o.db_path)
+        return usage_error("%s", "--db PATH is required");
+
+    /* Relative model paths are the aggregator's, usually started where its
+     * database lives: default to the database's directory. */
+    char db_dir[4096];
+    if (!o.models) {
+        const char *slash = strrchr(o.db_path, '/');
+        if (!slash)
+            snprintf(db_dir, sizeof db_dir, ".");
+        else if (slash == o.db_path)
+            snprintf(db_dir, sizeof db_dir, "/");
+        else
+            snprintf(db_dir, sizeof db_dir, "%.*s", (int)(slash - o.db_path), o.db_path);
+        o.models = db_dir;
+    }
+    sqlite3 *db = NULL;
+    int rc = fedge_store_open_db(o.db_path, 1, &db);
+    if (rc != FEDGE_OK) {
+        explain_open_failure(o.db_path, rc);
+        return EXIT_USAGE;
+    }
+    int status = run(db, &o);
+    if (fflush(stdout) != 0 && status == EXIT_OK) {
+        cli_error("cannot write the output: %s", strerror(errno));
+        status = EXIT_USAGE;
+    }
+    sqlite3_close_v2(db);
+    return status;
+}

@@ -1,0 +1,295 @@
+/* fedge-keygen — key provisioning.
+ *
+ *   fedge-keygen aggregator --out DIR [--force]
+ *       DIR/aggregator.key: ECDSA P-256 private key PEM, mode 0600 (the
+ *       aggregator signs the audit chain head with it);
+ *       DIR/aggregator.pub: its public key PEM, for fedge-audit --pubkey.
+ *   fedge-keygen devices --count N [--prefix dev-] [--regions eu,us]
+ *                        --out KEYS_FILE [--force]
+ *       KEYS_FILE, mode 0600: one line per device,
+ *       "DEVICE_ID REGION SECRET_HEX" (32 random bytes as 64 hex digits),
+ *       ids PREFIX1..PREFIXN, regions assigned round-robin from the list
+ *       (default "eu"). The file is read back with fedge_keys_load before
+ *       the command reports success.
+ * Existing files are never overwritten without --force. Secrets come from
+ * getrandom(2) and are wiped from memory after writing.
+ * Exit status: 0 done, 2 usage or I/O error. */
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/platform_util.h>
+
+#include "audit.h"
+#include "common.h"
+#include "hash.h"
+#include "keys.h"
+
+#define MAX_REGIONS 64
+
+static const char USAGE[] =
+    "usage: fedge-keygen aggregator --out DIR [--force]\n"
+    "       fedge-keygen devices --count N [--prefix dev-] [--regions eu,us] --out KEYS_FILE "
+    "[--force]\n"
+    "\n"
+    "aggregator  write DIR/aggregator.key (ECDSA P-256 private key PEM, mode 0600) and\n"
+    "            DIR/aggregator.pub (the public key for fedge-audit --pubkey)\n"
+    "devices     write KEYS_FILE (mode 0600): lines 'DEVICE_ID REGION SECRET_HEX', ids\n"
+    "            PREFIX1..PREFIXN, regions round-robin from --regions (default eu)\n"
+    "--force     replace existing files\n";
+
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("fedge-keygen: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return 2;
+}
+
+static int region_valid(const char *r, size_t n)
+{
+    if (n == 0 || n > FEDGE_REGION_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = r[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Writes data to path with mode 0600: exclusively, or (force) through a
+ * temporary file renamed over the old one. */
+static int write_secret_file(const char *path, const char *data, size_t len, int force)
+{
+    char tmp[4096];
+    const char *target = path;
+    if (force) {
+        if (snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) >= (int)sizeof tmp)
+            return fail("%s: path too long", path);
+    }
+    int fd;
+    if (force) {
+        fd = mkstemp(tmp);
+        target = tmp;
+    } else {
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    }
+    if (fd < 0) {
+        if (errno == EEXIST)
+            return fail("%s exists; use --force to replace it", path);
+        return fail("cannot create %s: %s", path, strerror(errno));
+    }
+    int ok = fchmod(fd, 0600) == 0;
+    size_t done = 0;
+    while (ok && done < len) {
+        ssize_t n = write(fd, data + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        ok = n > 0;
+        if (ok)
+            done += (size_t)n;
+    }
+    ok = ok && fsync(fd) == 0;
+    ok = (close(fd) == 0) && ok;
+    if (ok && force && rename(tmp, path) != 0)
+        ok = 0;
+    if (!ok) {
+        int e = errno;
+        unlink(target);
+        return fail("cannot write %s: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+static int cmd_devices(long count, const char *prefix, const char *regions_arg, const char *out,
+                       int force)
+{
+    char regions[MAX_REGIONS][FEDGE_REGION_MAX + 1];
+    size_t n_regions = 0;
+    const char *p = regions_arg;
+    for (;;) {
+        size_t n = strcspn(p, ",");
+        if (!region_valid(p, n))
+            return fail("--regions: '%.*s' is not a region (1 to %d of [A-Za-z0-9._-])", (int)n,
+                        p, FEDGE_REGION_MAX);
+        if (n_regions == MAX_REGIONS)
+            return fail("--regions: more than %d regions", MAX_REGIONS);
+        memcpy(regions[n_regions], p, n);
+        regions[n_regions++][n] = '\0';
+        if (p[n] == '\0')
+            break;
+        p += n + 1;
+    }
+    char last_id[FEDGE_DEVICE_ID_MAX + 32];
+    int idn = snprintf(last_id, sizeof last_id, "%s%ld", prefix, count);
+    if (idn < 0 || !fedge_device_id_valid(last_id, (size_t)idn))
+        return fail("--prefix '%s': device ids such as '%s' must be 1 to %d characters of "
+                    "[A-Za-z0-9._-]",
+                    prefix, last_id, FEDGE_DEVICE_ID_MAX);
+
+    size_t line_max = FEDGE_DEVICE_ID_MAX + 1 + FEDGE_REGION_MAX + 1 + 2 * FEDGE_SECRET_LEN + 1;
+    size_t cap = (size_t)count * line_max + 1;
+    char *buf = malloc(cap);
+    if (!buf)
+        return fail("out of memory");
+    size_t used = 0;
+    int rc = 0;
+    uint8_t secret[FEDGE_SECRET_LEN];
+    char hex[2 * FEDGE_SECRET_LEN + 1];
+    static const char digits[] = "0123456789abcdef";
+    for (long i = 1; i <= count && rc == 0; i++) {
+        if (getrandom(secret, sizeof secret, 0) != (ssize_t)sizeof secret) {
+            rc = fail("getrandom failed: %s", strerror(errno));
+            break;
+        }
+        for (size_t k = 0; k < sizeof secret; k++) {
+            hex[2 * k] = digits[secret[k] >> 4];
+            hex[2 * k + 1] = digits[secret[k] & 15];
+        }
+        hex[2 * FEDGE_SECRET_LEN] = '\0';
+        int n = snprintf(buf + used, cap - used, "%s%ld %s %s\n", prefix, i,
+                         regions[(size_t)(i - 1) % n_regions], hex);
+        if (n < 0 || (size_t)n >= cap - used)
+            rc = fail("internal error: line too long");
+        else
+            used += (size_t)n;
+    }
+    mbedtls_platform_zeroize(secret, sizeof secret);
+    mbedtls_platform_zeroize(hex, sizeof hex);
+    if (rc == 0)
+        rc = write_secret_file(out, buf, used, force);
+    mbedtls_platform_zeroize(buf, cap);
+    free(buf);
+    if (rc != 0)
+        return rc;
+
+    /* Read it back the way the aggregator will. */
+    fedge_keys keys;
+    char err[256] = "";
+    int lr = fedge_keys_load(out, &keys, err, sizeof err);
+    if (lr != FEDGE_OK)
+        return fail("%s was written but does not load: %s", out, err[0] ? err : fedge_strerror(lr));
+    size_t loaded = keys.n;
+    fedge_keys_free(&keys);
+    if (loaded != (size_t)count)
+        return fail("%s: wrote %ld devices but %zu load back", out, count, loaded);
+    printf("wrote %ld device secret%s to %s (mode 0600): %s1..%s%ld, regions %s\n", count,
+           count == 1 ? "" : "s", out, prefix, prefix, count, regions_arg);
+    return 0;
+}
+
+static int cmd_aggregator(const char *dir, int force)
+{
+    static const char pers[] = "fedge-keygen aggregator";
+    char priv[4096], pub[4096];
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        if (errno != ENOENT || mkdir(dir, 0700) != 0)
+            return fail("cannot create directory %s: %s", dir, strerror(errno));
+    } else if (!S_ISDIR(st.st_mode)) {
+        return fail("%s is not a directory", dir);
+    }
+    if (snprintf(priv, sizeof priv, "%s/aggregator.key", dir) >= (int)sizeof priv ||
+        snprintf(pub, sizeof pub, "%s/aggregator.pub", dir) >= (int)sizeof pub)
+        return fail("%s: path too long", dir);
+    if (!force && (access(priv, F_OK) == 0 || access(pub, F_OK) == 0))
+        return fail("%s already holds an aggregator key; use --force to replace it (old "
+                    "signatures then no longer verify with the new public key)",
+                    dir);
+    if (force) {
+        unlink(priv);
+        unlink(pub);
+    }
+    mbedtls_entropy_context entropy;
+    mbedtls_ctr_drbg_context drbg;
+    mbedtls_entropy_init(&entropy);
+    mbedtls_ctr_drbg_init(&drbg);
+    int rc = 0;
+    if (mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy, (const unsigned char *)pers,
+                              sizeof pers - 1) != 0) {
+        rc = fail("cannot seed the random generator");
+    } else {
+        int r = fedge_audit_generate_keypair(priv, pub, &drbg);
+        if (r != FEDGE_OK)
+            rc = fail("cannot write the key pair in %s: %s", dir, fedge_strerror(r));
+    }
+    mbedtls_ctr_drbg_free(&drbg);
+    mbedtls_entropy_free(&entropy);
+    if (rc != 0)
+        return rc;
+    uint8_t h[FEDGE_HASH_LEN];
+    char hex[FEDGE_HASH_HEX_LEN];
+    if (fedge_sha256_file(pub, h) != FEDGE_OK)
+        return fail("cannot read back %s", pub);
+    fedge_hash_to_hex(h, hex);
+    printf("wrote %s (ECDSA P-256 private key, mode 0600)\n"
+           "wrote %s (public key for fedge-audit --pubkey; sha256 %s)\n",
+           priv, pub, hex);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_OUT = 1000, OPT_COUNT, OPT_PREFIX, OPT_REGIONS, OPT_FORCE, OPT_HELP };
+    static const struct option longopts[] = {
+        {"out", required_argument, NULL, OPT_OUT},
+        {"count", required_argument, NULL, OPT_COUNT},
+        {"prefix", required_argument, NULL, OPT_PREFIX},
+        {"regions", required_argument, NULL, OPT_REGIONS},
+        {"force", no_argument, NULL, OPT_FORCE},
+        {"help", no_argument, NULL, OPT_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    const char *out = NULL, *prefix = "dev-", *regions = "eu", *count_arg = NULL;
+    int force = 0, c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_OUT: out = optarg; break;
+        case OPT_COUNT: count_arg = optarg; break;
+        case OPT_PREFIX: prefix = optarg; break;
+        case OPT_REGIONS: regions = optarg; break;
+        case OPT_FORCE: force = 1; break;
+        case 'h':
+        case OPT_HELP: fputs(USAGE, stdout); return 0;
+        case ':': return fail("%s needs a value", argv[optind - 1]);
+        default: return fail("unknown option %s (fedge-keygen --help)", argv[optind - 1]);
+        }
+    }
+    if (optind + 1 != argc)
+        return fail("give one command: aggregator or devices (fedge-keygen --help)");
+    const char *cmd = argv[optind];
+    if (!out)
+        return fail("--out is required");
+    if (strcmp(cmd, "aggregator") == 0) {
+        if (count_arg || strcmp(prefix, "dev-") != 0 || strcmp(regions, "eu") != 0)
+            return fail("--count, --prefix and --regions apply to devices only");
+        return cmd_aggregator(out, force);
+    }
+    if (strcmp(cmd, "devices") == 0) {
+        if (!count_arg)
+            return fail("devices needs --count N");
+        char *end = NULL;
+        errno = 0;
+        long count = strtol(count_arg, &end, 10);
+        if (errno || *end || count < 1 || count > FEDGE_KEYS_MAX_DEVICES)
+            return fail("--count must be 1 to %d, not '%s'", FEDGE_KEYS_MAX_DEVICES, count_arg);
+        return cmd_devices(count, prefix, regions, out, force);
+    }
+    return fail("unknown command '%s': aggregator or devices", cmd);
+}
