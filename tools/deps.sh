@@ -30,7 +30,7 @@ PACKAGES=(build-essential pkg-config autoconf automake libtool dpkg-dev
 if [ -n "$CROSS" ]; then
     arch=$(case "$CROSS" in aarch64-*) echo arm64 ;; arm-*hf) echo armhf ;; *) echo unknown ;; esac)
     [ "$arch" != unknown ] || { log "unsupported CROSS=$CROSS"; exit 1; }
-    PACKAGES+=("gcc-$CROSS" "libmbedtls-dev:$arch" "libc6-dev-$arch-cross" qemu-user)
+    PACKAGES+=("gcc-$CROSS" "libmbedtls-dev:$arch" "zlib1g-dev:$arch" "libc6-dev-$arch-cross" qemu-user)
 fi
 
 missing=()

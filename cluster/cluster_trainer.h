@@ -1,0 +1,77 @@
+/* cluster_trainer.h — data-parallel refinement of a model on a shard file.
+ *
+ * fedge_refine_run is collective over MPI_COMM_WORLD (the caller has called
+ * MPI_Init): every rank loads the input model, streams its slice of each
+ * global batch (cluster_loader.h), computes gradients on its backend, and the
+ * gradients are summed bucket by bucket while the backward pass goes on.
+ * Without ZeRO-1 every rank applies the same SGD step to all parameters;
+ * with it each rank updates its own slice of parameters and momentum and the
+ * slices are all-gathered. The gradient is the mean over the global batch,
+ * so the result matches single-process training on the same batches, for
+ * any number of ranks.
+ *
+ * With a checkpoint folder the run writes a checkpoint every ckpt_every
+ * steps (cluster_checkpoint.h) and, when started, resumes from the newest complete
+ * one of the same job (same input model, data and hyperparameters; any
+ * number of ranks). Rank 0 writes the output model. */
+#ifndef FEDGE_CLUSTER_TRAINER_H
+#define FEDGE_CLUSTER_TRAINER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hash.h"
+#include "cluster_layout.h"
+#include "optim.h"
+
+typedef struct {
+    const char *model_in;
+    const char *data_path;
+    const char *model_out;
+    const char *ckpt_dir;       /* NULL: no checkpoints, no resume */
+    const char *eval_path;      /* NULL: no evaluation */
+    const char *backend;        /* "cpu" | "gpu" */
+    int precision;              /* FEDGE_PREC_* */
+    int zero;                   /* ZeRO-1 */
+    uint64_t steps;             /* 0: derive from epochs */
+    double epochs;
+    int global_batch;
+    fedge_sgd_config sgd;
+    uint64_t seed;
+    double bucket_mb;           /* <= 0: one bucket */
+    uint64_t ckpt_every;        /* 0: no periodic checkpoints */
+    int ckpt_keep;
+    int prefetch;
+    double loss_scale;          /* fp16: initial dynamic loss scale */
+    int loss_scale_window;      /* fp16: good steps before the scale doubles */
+    int64_t fail_at_step;       /* test hook: rank fail_rank calls abort() there; -1 off */
+    int fail_rank;
+    int log_every;              /* 0: quiet */
+} fedge_refine_config;
+
+typedef struct {
+    int world;
+    uint64_t total_steps, start_step, steps_run;
+    int resumed;
+    double first_loss, last_loss;
+    double seconds, samples_per_s, achieved_tflops;
+    uint64_t skipped_steps;
+    double loss_scale;
+    uint64_t checkpoints;
+    size_t mem_bytes;            /* this rank's training state, measured */
+    fedge_memory_plan plan;      /* the same, by component */
+    fedge_memory_plan unsharded; /* what it would be without ZeRO-1 */
+    char version_hex[FEDGE_HASH_HEX_LEN];
+    int evaluated;
+    double eval_acc_before, eval_acc, eval_loss;
+    char where[96];              /* what failed, on error */
+} fedge_refine_summary;
+
+void fedge_refine_config_defaults(fedge_refine_config *cfg);
+int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum);
+
+/* FLOPs of one training step over `rows` rows (forward, weight and input
+ * gradients), counting a multiply-add as 2. */
+double fedge_refine_step_flops(const fedge_model_spec *spec, int rows);
+
+#endif

@@ -1,0 +1,740 @@
+/* fedge-cluster — data-parallel refinement of a fedge model.
+ *
+ *   mpirun -np N fedge-cluster refine --model IN --data TRAIN.shard --out OUT [...]
+ *   fedge-cluster reference --model IN --data TRAIN.shard --out OUT [...]
+ *   fedge-cluster compare A.bin B.bin [--tol 1e-5]
+ *   fedge-cluster init --spec mlp:784-64-10 --seed 1 --out MODEL
+ *   fedge-cluster make-shard (--fashion-mnist train|test | --synthetic N) --out FILE
+ *   fedge-cluster memory --spec SPEC --batch B [--backend gpu --precision bf16]
+ *
+ * refine prints one JSON line on stdout (rank 0) and exits 0 on success,
+ * 1 when the run failed, 2 on a usage error. See docs/CLUSTER.md. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster_backend.h"
+#include "common.h"
+#include "dataset.h"
+#include "cluster_layout.h"
+#include "cluster_loader.h"
+#include "log.h"
+#include "model.h"
+#include "modelfile.h"
+#include "optim.h"
+#include "rng.h"
+#include "shard.h"
+#include "cluster_synth.h"
+#include "cluster_trainer.h"
+
+enum { EXIT_OK = 0, EXIT_RUN = 1, EXIT_USAGE = 2 };
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: fedge-cluster COMMAND [options]\n"
+            "  refine     --model IN --data TRAIN.shard --out OUT [--steps N | --epochs E]\n"
+            "             [--batch B] [--lr X] [--momentum X] [--weight-decay X] [--seed S]\n"
+            "             [--backend cpu|gpu] [--precision fp32|bf16|fp16] [--zero]\n"
+            "             [--bucket-mb X] [--checkpoint-dir DIR] [--checkpoint-every K]\n"
+            "             [--checkpoint-keep N] [--eval TEST.shard] [--summary FILE]\n"
+            "             [--loss-scale X] [--loss-scale-window N] [--no-prefetch]\n"
+            "             [--log-every N] [--log-level L] [--fail-at-step S [--fail-rank R]]\n"
+            "             (run under mpirun -np N; the batch B is global)\n"
+            "  reference  --model IN --data TRAIN.shard --out OUT [--steps N | --epochs E]\n"
+            "             [--batch B] [--lr X] [--momentum X] [--weight-decay X] [--seed S]\n"
+            "             single process, the shared core's loss_grad and SGD (for tests)\n"
+            "  compare    A.bin B.bin [--tol X]   relative L2 difference, exit 0 if <= tol\n"
+            "  init       --spec SPEC --out FILE [--seed S]\n"
+            "  make-shard (--fashion-mnist train|test [--rows N] | --synthetic N [--dim D]\n"
+            "             [--classes C]) --out FILE [--f32] [--seed S]\n"
+            "  memory     --spec SPEC --batch B [--backend cpu|gpu] [--precision P]\n");
+}
+
+/* ---- argument helpers --------------------------------------------------- */
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    if (s == NULL || *s == 0 || *s == '-')
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end != 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out)
+{
+    uint64_t v;
+    if (parse_u64(s, &v) != 0 || v < (uint64_t)lo || v > (uint64_t)hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_double(const char *s, double *out)
+{
+    char *end;
+    if (s == NULL || *s == 0)
+        return -1;
+    double v = strtod(s, &end);
+    if (*end != 0 || !isfinite(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int bad_value(const char *opt, const char *val)
+{
+    fprintf(stderr, "fedge-cluster: bad value for --%s: '%s'\n", opt, val ? val : "");
+    return EXIT_USAGE;
+}
+
+/* JSON string body with the characters that need it escaped. */
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; p && *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if (*p < 0x20)
+            fprintf(f, "\\u%04x", *p);
+        else
+            fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+/* ---- refine ------------------------------------------------------------- */
+
+enum {
+    OPT_MODEL = 1000, OPT_DATA, OPT_OUT, OPT_STEPS, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_MOM,
+    OPT_WD, OPT_SEED, OPT_BACKEND, OPT_PREC, OPT_ZERO, OPT_BUCKET, OPT_CKDIR, OPT_CKEVERY,
+    OPT_CKKEEP, OPT_EVAL, OPT_SUMMARY, OPT_LSCALE, OPT_LSWIN, OPT_NOPREFETCH, OPT_LOGEVERY,
+    OPT_LOGLEVEL, OPT_FAILSTEP, OPT_FAILRANK, OPT_TOL, OPT_SPEC, OPT_FMNIST, OPT_SYNTH,
+    OPT_ROWS, OPT_DIM, OPT_CLASSES, OPT_F32, OPT_NOZERO, OPT_HELP
+};
+
+static const struct option train_opts[] = {
+    {"model", required_argument, NULL, OPT_MODEL},
+    {"data", required_argument, NULL, OPT_DATA},
+    {"out", required_argument, NULL, OPT_OUT},
+    {"steps", required_argument, NULL, OPT_STEPS},
+    {"epochs", required_argument, NULL, OPT_EPOCHS},
+    {"batch", required_argument, NULL, OPT_BATCH},
+    {"lr", required_argument, NULL, OPT_LR},
+    {"momentum", required_argument, NULL, OPT_MOM},
+    {"weight-decay", required_argument, NULL, OPT_WD},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"backend", required_argument, NULL, OPT_BACKEND},
+    {"precision", required_argument, NULL, OPT_PREC},
+    {"zero", no_argument, NULL, OPT_ZERO},
+    {"no-zero", no_argument, NULL, OPT_NOZERO},
+    {"bucket-mb", required_argument, NULL, OPT_BUCKET},
+    {"checkpoint-dir", required_argument, NULL, OPT_CKDIR},
+    {"checkpoint-every", required_argument, NULL, OPT_CKEVERY},
+    {"checkpoint-keep", required_argument, NULL, OPT_CKKEEP},
+    {"eval", required_argument, NULL, OPT_EVAL},
+    {"summary", required_argument, NULL, OPT_SUMMARY},
+    {"loss-scale", required_argument, NULL, OPT_LSCALE},
+    {"loss-scale-window", required_argument, NULL, OPT_LSWIN},
+    {"no-prefetch", no_argument, NULL, OPT_NOPREFETCH},
+    {"log-every", required_argument, NULL, OPT_LOGEVERY},
+    {"log-level", required_argument, NULL, OPT_LOGLEVEL},
+    {"fail-at-step", required_argument, NULL, OPT_FAILSTEP},
+    {"fail-rank", required_argument, NULL, OPT_FAILRANK},
+    {"help", no_argument, NULL, OPT_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+typedef struct {
+    fedge_refine_config cfg;
+    const char *summary_path;
+    int steps_given, epochs_given;
+} refine_args;
+
+/* Returns EXIT_OK or EXIT_USAGE (message printed when `loud`). */
+static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
+{
+    fedge_refine_config *c = &a->cfg;
+    double d;
+    uint64_t u;
+    int opt, i;
+    fedge_log_level lvl;
+    FILE *saved = stderr;
+    if (!loud)
+        opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", train_opts, NULL)) != -1) {
+        const char *v = optarg;
+        const char *name = "";
+        for (const struct option *o = train_opts; o->name; o++)
+            if (o->val == opt)
+                name = o->name;
+        switch (opt) {
+        case OPT_MODEL: c->model_in = v; break;
+        case OPT_DATA: c->data_path = v; break;
+        case OPT_OUT: c->model_out = v; break;
+        case OPT_STEPS:
+            if (parse_u64(v, &c->steps) != 0 || c->steps == 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            a->steps_given = 1;
+            break;
+        case OPT_EPOCHS:
+            if (parse_double(v, &c->epochs) != 0 || !(c->epochs > 0))
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            a->epochs_given = 1;
+            break;
+        case OPT_BATCH:
+            if (parse_int(v, 1, 1 << 24, &c->global_batch) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_LR:
+        case OPT_MOM:
+        case OPT_WD:
+            if (parse_double(v, &d) != 0 || d < 0 || (opt == OPT_MOM && d >= 1.0))
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            if (opt == OPT_LR)
+                c->sgd.lr = (float)d;
+            else if (opt == OPT_MOM)
+                c->sgd.momentum = (float)d;
+            else
+                c->sgd.weight_decay = (float)d;
+            break;
+        case OPT_SEED:
+            if (parse_u64(v, &c->seed) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_BACKEND:
+            if (strcmp(v, "cpu") != 0 && strcmp(v, "gpu") != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            c->backend = v;
+            break;
+        case OPT_PREC:
+            if (fedge_precision_parse(v, &c->precision) != FEDGE_OK)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_ZERO: c->zero = 1; break;
+        case OPT_NOZERO: c->zero = 0; break;
+        case OPT_BUCKET:
+            if (parse_double(v, &c->bucket_mb) != 0 || c->bucket_mb < 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_CKDIR: c->ckpt_dir = v; break;
+        case OPT_CKEVERY:
+            if (parse_u64(v, &c->ckpt_every) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_CKKEEP:
+            if (parse_int(v, 1, 1000000, &c->ckpt_keep) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_EVAL: c->eval_path = v; break;
+        case OPT_SUMMARY: a->summary_path = v; break;
+        case OPT_LSCALE:
+            if (parse_double(v, &c->loss_scale) != 0 || c->loss_scale < 1.0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_LSWIN:
+            if (parse_int(v, 1, 1 << 30, &c->loss_scale_window) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_NOPREFETCH: c->prefetch = 0; break;
+        case OPT_LOGEVERY:
+            if (parse_int(v, 0, 1 << 30, &c->log_every) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_LOGLEVEL:
+            if (fedge_log_parse_level(v, &lvl) != FEDGE_OK)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            fedge_log_set_level(lvl);
+            break;
+        case OPT_FAILSTEP:
+            if (parse_u64(v, &u) != 0 || u > INT64_MAX)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            c->fail_at_step = (int64_t)u;
+            break;
+        case OPT_FAILRANK:
+            if (parse_int(v, 0, 1 << 20, &i) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            c->fail_rank = i;
+            break;
+        case OPT_HELP: usage(stdout); return EXIT_USAGE;
+        default:
+            if (loud)
+                usage(saved);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind != argc) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: unexpected argument '%s'\n", argv[optind]);
+        return EXIT_USAGE;
+    }
+    if (c->model_in == NULL || c->data_path == NULL || c->model_out == NULL) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: --model, --data and --out are required\n");
+        return EXIT_USAGE;
+    }
+    if (a->steps_given && a->epochs_given) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: give --steps or --epochs, not both\n");
+        return EXIT_USAGE;
+    }
+    if (c->precision != FEDGE_PREC_FP32 && strcmp(c->backend, "cpu") == 0) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: the cpu backend computes in fp32 only\n");
+        return EXIT_USAGE;
+    }
+    if (c->ckpt_every > 0 && c->ckpt_dir == NULL) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: --checkpoint-every needs --checkpoint-dir\n");
+        return EXIT_USAGE;
+    }
+    return EXIT_OK;
+}
+
+static void write_refine_json(FILE *f, const refine_args *a, const fedge_refine_summary *s,
+                              int status)
+{
+    const fedge_refine_config *c = &a->cfg;
+    fprintf(f, "{\"command\":\"refine\",\"status\":\"%s\",\"code\":%d",
+            status == FEDGE_OK ? "ok" : "error", status);
+    if (status != FEDGE_OK) {
+        fprintf(f, ",\"error\":");
+        json_str(f, fedge_strerror(status));
+        fprintf(f, ",\"where\":");
+        json_str(f, s->where[0] ? s->where : "setup");
+    }
+    fprintf(f, ",\"backend\":");
+    json_str(f, c->backend);
+    fprintf(f, ",\"precision\":\"%s\",\"world\":%d,\"zero\":%d,\"global_batch\":%d",
+            fedge_precision_name(c->precision), s->world, c->zero, c->global_batch);
+    fprintf(f, ",\"total_steps\":%" PRIu64 ",\"start_step\":%" PRIu64 ",\"steps_run\":%" PRIu64
+               ",\"resumed\":%s",
+            s->total_steps, s->start_step, s->steps_run, s->resumed ? "true" : "false");
+    fprintf(f, ",\"first_loss\":%.6g,\"last_loss\":%.6g,\"skipped_steps\":%" PRIu64
+               ",\"loss_scale\":%.6g",
+            s->first_loss, s->last_loss, s->skipped_steps, s->loss_scale);
+    fprintf(f, ",\"seconds\":%.4f,\"samples_per_s\":%.1f,\"achieved_tflops\":%.6f",
+            s->seconds, s->samples_per_s, s->achieved_tflops);
+    fprintf(f, ",\"checkpoints\":%" PRIu64 ",\"mem_per_rank_bytes\":%zu"
+               ",\"mem_unsharded_bytes\":%zu,\"optimizer_bytes\":%zu",
+            s->checkpoints, s->mem_bytes, s->unsharded.total, s->plan.optimizer);
+    if (s->evaluated)
+        fprintf(f, ",\"eval_accuracy_before\":%.6f,\"eval_accuracy\":%.6f,\"eval_loss\":%.6f",
+                s->eval_acc_before, s->eval_acc, s->eval_loss);
+    if (status == FEDGE_OK) {
+        fprintf(f, ",\"output\":");
+        json_str(f, c->model_out);
+        fprintf(f, ",\"version\":\"%s\"", s->version_hex);
+    }
+    fprintf(f, "}\n");
+}
+
+static int cmd_refine(int argc, char **argv)
+{
+    refine_args a;
+    fedge_refine_summary sum;
+    int rank = 0, provided = 0;
+    memset(&a, 0, sizeof(a));
+    memset(&sum, 0, sizeof(sum));
+    fedge_refine_config_defaults(&a.cfg);
+    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, "fedge-cluster: MPI_Init failed\n");
+        return EXIT_RUN;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    char tag[32];
+    snprintf(tag, sizeof(tag), "cluster r%d", rank);
+    fedge_log_set_tag(tag);
+    int rc = parse_train_args(argc, argv, &a, rank == 0);
+    if (rc == EXIT_OK && !fedge_backend_available(a.cfg.backend)) {
+        if (rank == 0)
+            fprintf(stderr, "fedge-cluster: backend '%s' is not in this build (make CUDA=1)\n",
+                    a.cfg.backend);
+        rc = EXIT_USAGE;
+    }
+    if (rc != EXIT_OK) {
+        MPI_Finalize();
+        return rc;
+    }
+    int st = fedge_refine_run(&a.cfg, &sum);
+    if (rank == 0) {
+        if (st != FEDGE_OK)
+            FEDGE_ERROR("refine failed in %s: %s", sum.where[0] ? sum.where : "setup",
+                        fedge_strerror(st));
+        write_refine_json(stdout, &a, &sum, st);
+        fflush(stdout);
+        if (a.summary_path != NULL) {
+            char tmp[4096];
+            FILE *f = NULL;
+            if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", a.summary_path) < sizeof(tmp))
+                f = fopen(tmp, "w");
+            if (f != NULL) {
+                write_refine_json(f, &a, &sum, st);
+                if (fclose(f) != 0 || rename(tmp, a.summary_path) != 0)
+                    FEDGE_ERROR("cannot write %s", a.summary_path);
+            } else {
+                FEDGE_ERROR("cannot write %s", a.summary_path);
+            }
+        }
+    }
+    MPI_Finalize();
+    return st == FEDGE_OK ? EXIT_OK : EXIT_RUN;
+}
+
+/* ---- reference: plain single-process training --------------------------- */
+
+static int cmd_reference(int argc, char **argv)
+{
+    refine_args a;
+    fedge_model m;
+    fedge_sgd opt;
+    fedge_loader ld;
+    float *grad = NULL, *scratch = NULL;
+    int ret = FEDGE_OK, ld_open = 0;
+    double first = 0, last = 0;
+    uint64_t total = 0;
+    uint8_t version[FEDGE_HASH_LEN];
+    char hex[FEDGE_HASH_HEX_LEN];
+    memset(&a, 0, sizeof(a));
+    memset(&m, 0, sizeof(m));
+    memset(&opt, 0, sizeof(opt));
+    fedge_refine_config_defaults(&a.cfg);
+    int rc = parse_train_args(argc, argv, &a, 1);
+    if (rc != EXIT_OK)
+        return rc;
+    const fedge_refine_config *c = &a.cfg;
+    CHK(fedge_model_load(c->model_in, &m, NULL));
+    CHK(fedge_loader_open(&ld, c->data_path, c->seed, c->global_batch, 1, 0, 1));
+    ld_open = 1;
+    if (ld.reader.dim != m.spec.dims[0] || ld.reader.n_classes > m.spec.dims[m.spec.n_layers])
+        FAIL(FEDGE_ERR_MODEL_SHAPE);
+    CHK(fedge_sgd_init(&opt, m.n_params, &c->sgd));
+    grad = malloc(m.n_params * sizeof(float));
+    scratch = malloc(fedge_model_scratch_floats(&m.spec, c->global_batch) * sizeof(float));
+    if (grad == NULL || scratch == NULL)
+        FAIL(FEDGE_ERR_NOMEM);
+    total = c->steps > 0 ? c->steps
+                         : (uint64_t)ceil(c->epochs * (double)ld.reader.n / c->global_batch);
+    for (uint64_t s = 0; s < total; s++) {
+        const float *x;
+        const uint8_t *y;
+        int rows;
+        float loss;
+        CHK(fedge_loader_get(&ld, s, &x, &y, &rows));
+        CHK(fedge_model_loss_grad(&m, x, y, rows, scratch, grad, &loss));
+        CHK(fedge_sgd_step(&opt, m.params, grad));
+        if (s == 0)
+            first = loss;
+        last = loss;
+    }
+    CHK(fedge_model_save(&m, c->model_out, version));
+    fedge_hash_to_hex(version, hex);
+cleanup:
+    if (ret == FEDGE_OK) {
+        printf("{\"command\":\"reference\",\"status\":\"ok\",\"code\":0,\"steps\":%" PRIu64
+               ",\"first_loss\":%.6g,\"last_loss\":%.6g,\"version\":\"%s\"}\n",
+               total, first, last, hex);
+    } else {
+        printf("{\"command\":\"reference\",\"status\":\"error\",\"code\":%d,\"error\":", ret);
+        json_str(stdout, fedge_strerror(ret));
+        printf("}\n");
+    }
+    if (ld_open)
+        fedge_loader_close(&ld);
+    fedge_sgd_free(&opt);
+    fedge_model_free(&m);
+    free(grad);
+    free(scratch);
+    return ret == FEDGE_OK ? EXIT_OK : EXIT_RUN;
+}
+
+/* ---- compare ------------------------------------------------------------ */
+
+static int cmd_compare(int argc, char **argv)
+{
+    double tol = 1e-5;
+    const char *paths[2] = {NULL, NULL};
+    int np = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--tol") == 0 && i + 1 < argc) {
+            if (parse_double(argv[++i], &tol) != 0 || tol < 0)
+                return bad_value("tol", argv[i]);
+        } else if (argv[i][0] != '-' && np < 2) {
+            paths[np++] = argv[i];
+        } else {
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (np != 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    fedge_model a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    int ret = FEDGE_OK, rc = EXIT_RUN;
+    CHK(fedge_model_load(paths[0], &a, NULL));
+    CHK(fedge_model_load(paths[1], &b, NULL));
+    if (a.n_params != b.n_params || memcmp(a.spec.dims, b.spec.dims, sizeof(a.spec.dims)) != 0
+        || a.spec.n_layers != b.spec.n_layers || a.spec.kind != b.spec.kind)
+        FAIL(FEDGE_ERR_MODEL_SHAPE);
+    double diff2 = 0, ref2 = 0, max_abs = 0;
+    for (size_t i = 0; i < a.n_params; i++) {
+        double d = (double)a.params[i] - (double)b.params[i];
+        diff2 += d * d;
+        ref2 += (double)b.params[i] * (double)b.params[i];
+        if (fabs(d) > max_abs)
+            max_abs = fabs(d);
+    }
+    double rel = sqrt(diff2) / (ref2 > 0 ? sqrt(ref2) : 1.0);
+    int equal = rel <= tol;
+    printf("{\"command\":\"compare\",\"status\":\"ok\",\"n_params\":%zu,\"max_abs\":%.6g,"
+           "\"rel_l2\":%.6g,\"tol\":%.6g,\"within_tol\":%s}\n",
+           a.n_params, max_abs, rel, tol, equal ? "true" : "false");
+    rc = equal ? EXIT_OK : EXIT_RUN;
+cleanup:
+    if (ret != FEDGE_OK) {
+        printf("{\"command\":\"compare\",\"status\":\"error\",\"code\":%d,\"error\":", ret);
+        json_str(stdout, fedge_strerror(ret));
+        printf("}\n");
+        rc = EXIT_RUN;
+    }
+    fedge_model_free(&a);
+    fedge_model_free(&b);
+    return rc;
+}
+
+/* ---- init, make-shard, memory ------------------------------------------- */
+
+static const struct option misc_opts[] = {
+    {"spec", required_argument, NULL, OPT_SPEC},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"out", required_argument, NULL, OPT_OUT},
+    {"fashion-mnist", required_argument, NULL, OPT_FMNIST},
+    {"synthetic", required_argument, NULL, OPT_SYNTH},
+    {"rows", required_argument, NULL, OPT_ROWS},
+    {"dim", required_argument, NULL, OPT_DIM},
+    {"classes", required_argument, NULL, OPT_CLASSES},
+    {"f32", no_argument, NULL, OPT_F32},
+    {"batch", required_argument, NULL, OPT_BATCH},
+    {"backend", required_argument, NULL, OPT_BACKEND},
+    {"precision", required_argument, NULL, OPT_PREC},
+    {NULL, 0, NULL, 0},
+};
+
+typedef struct {
+    const char *spec, *out, *fmnist, *backend;
+    uint64_t seed, synthetic, rows;
+    int dim, classes, f32, batch, precision;
+} misc_args;
+
+static int parse_misc(int argc, char **argv, misc_args *a)
+{
+    int opt;
+    memset(a, 0, sizeof(*a));
+    a->seed = 1;
+    a->dim = 784;
+    a->classes = 10;
+    a->batch = 64;
+    a->backend = "cpu";
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", misc_opts, NULL)) != -1) {
+        const char *v = optarg;
+        switch (opt) {
+        case OPT_SPEC: a->spec = v; break;
+        case OPT_OUT: a->out = v; break;
+        case OPT_FMNIST:
+            if (strcmp(v, "train") != 0 && strcmp(v, "test") != 0)
+                return bad_value("fashion-mnist", v);
+            a->fmnist = v;
+            break;
+        case OPT_BACKEND:
+            if (strcmp(v, "cpu") != 0 && strcmp(v, "gpu") != 0)
+                return bad_value("backend", v);
+            a->backend = v;
+            break;
+        case OPT_SEED:
+            if (parse_u64(v, &a->seed) != 0)
+                return bad_value("seed", v);
+            break;
+        case OPT_SYNTH:
+            if (parse_u64(v, &a->synthetic) != 0 || a->synthetic == 0
+                || a->synthetic > FEDGE_DATASET_MAX_ROWS)
+                return bad_value("synthetic", v);
+            break;
+        case OPT_ROWS:
+            if (parse_u64(v, &a->rows) != 0 || a->rows == 0)
+                return bad_value("rows", v);
+            break;
+        case OPT_DIM:
+            if (parse_int(v, 1, FEDGE_DATASET_MAX_DIM, &a->dim) != 0)
+                return bad_value("dim", v);
+            break;
+        case OPT_CLASSES:
+            if (parse_int(v, 2, 256, &a->classes) != 0)
+                return bad_value("classes", v);
+            break;
+        case OPT_BATCH:
+            if (parse_int(v, 1, 1 << 24, &a->batch) != 0)
+                return bad_value("batch", v);
+            break;
+        case OPT_PREC:
+            if (fedge_precision_parse(v, &a->precision) != FEDGE_OK)
+                return bad_value("precision", v);
+            break;
+        case OPT_F32: a->f32 = 1; break;
+        default: usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "fedge-cluster: unexpected argument '%s'\n", argv[optind]);
+        return EXIT_USAGE;
+    }
+    return EXIT_OK;
+}
+
+static int cmd_init(int argc, char **argv)
+{
+    misc_args a;
+    fedge_model_spec spec;
+    fedge_model m;
+    fedge_rng rng;
+    uint8_t version[FEDGE_HASH_LEN];
+    char hex[FEDGE_HASH_HEX_LEN];
+    int ret;
+    int rc = parse_misc(argc, argv, &a);
+    if (rc != EXIT_OK)
+        return rc;
+    if (a.spec == NULL || a.out == NULL) {
+        fprintf(stderr, "fedge-cluster: init needs --spec and --out\n");
+        return EXIT_USAGE;
+    }
+    if (fedge_model_spec_parse(a.spec, &spec) != FEDGE_OK)
+        return bad_value("spec", a.spec);
+    memset(&m, 0, sizeof(m));
+    fedge_rng_seed(&rng, a.seed);
+    CHK(fedge_model_init(&m, &spec));
+    CHK(fedge_model_randomize(&m, &rng));
+    CHK(fedge_model_save(&m, a.out, version));
+    fedge_hash_to_hex(version, hex);
+    printf("{\"command\":\"init\",\"status\":\"ok\",\"n_params\":%zu,\"version\":\"%s\"}\n",
+           m.n_params, hex);
+cleanup:
+    if (ret != FEDGE_OK)
+        fprintf(stderr, "fedge-cluster: init: %s\n", fedge_strerror(ret));
+    fedge_model_free(&m);
+    return ret == FEDGE_OK ? EXIT_OK : EXIT_RUN;
+}
+
+static int cmd_make_shard(int argc, char **argv)
+{
+    misc_args a;
+    fedge_dataset ds;
+    size_t *idx = NULL;
+    int ret;
+    int rc = parse_misc(argc, argv, &a);
+    if (rc != EXIT_OK)
+        return rc;
+    if (a.out == NULL || (a.fmnist == NULL) == (a.synthetic == 0)) {
+        fprintf(stderr, "fedge-cluster: make-shard needs --out and one of --fashion-mnist "
+                        "or --synthetic\n");
+        return EXIT_USAGE;
+    }
+    memset(&ds, 0, sizeof(ds));
+    if (a.fmnist != NULL)
+        CHK(fedge_dataset_load_fashion_mnist(&ds, NULL, strcmp(a.fmnist, "train") == 0));
+    else
+        CHK(fedge_synthetic_dataset(&ds, (size_t)a.synthetic, a.dim, a.classes, a.seed));
+    size_t n = a.rows > 0 && a.rows < ds.n ? (size_t)a.rows : ds.n;
+    idx = malloc(n * sizeof(size_t));
+    if (idx == NULL)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0; i < n; i++)
+        idx[i] = i;
+    CHK(fedge_shard_write(a.out, &ds, idx, n, a.f32 ? FEDGE_SHARD_F32 : FEDGE_SHARD_U8));
+    printf("{\"command\":\"make-shard\",\"status\":\"ok\",\"rows\":%zu,\"dim\":%d,"
+           "\"classes\":%d}\n", n, ds.dim, ds.n_classes);
+cleanup:
+    if (ret != FEDGE_OK)
+        fprintf(stderr, "fedge-cluster: make-shard: %s\n", fedge_strerror(ret));
+    free(idx);
+    fedge_dataset_free(&ds);
+    return ret == FEDGE_OK ? EXIT_OK : EXIT_RUN;
+}
+
+static int cmd_memory(int argc, char **argv)
+{
+    misc_args a;
+    fedge_model_spec spec;
+    int rc = parse_misc(argc, argv, &a);
+    if (rc != EXIT_OK)
+        return rc;
+    if (a.spec == NULL || fedge_model_spec_parse(a.spec, &spec) != FEDGE_OK) {
+        fprintf(stderr, "fedge-cluster: memory needs a valid --spec\n");
+        return EXIT_USAGE;
+    }
+    int gpu = strcmp(a.backend, "gpu") == 0;
+    if (!gpu && a.precision != FEDGE_PREC_FP32) {
+        fprintf(stderr, "fedge-cluster: the cpu backend computes in fp32 only\n");
+        return EXIT_USAGE;
+    }
+    size_t n = fedge_model_spec_param_count(&spec);
+    printf("# per-rank training-state memory, %s %s, %zu parameters, global batch %d\n",
+           a.backend, fedge_precision_name(a.precision), n, a.batch);
+    printf("# %2s %14s %14s %14s %14s %8s\n", "N", "unsharded_B", "zero1_B", "optim_unsh_B",
+           "optim_zero1_B", "saving");
+    const int ns[] = {1, 2, 4, 8};
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(ns); i++) {
+        fedge_layout lo;
+        fedge_memory_plan u, z;
+        if (a.batch < ns[i])
+            continue;
+        fedge_layout_init(&lo, n, ns[i], 0);
+        int local = (a.batch + ns[i] - 1) / ns[i];
+        fedge_memory_plan_make(&spec, &lo, local, a.precision, 0, gpu, &u);
+        fedge_memory_plan_make(&spec, &lo, local, a.precision, 1, gpu, &z);
+        printf("  %2d %14zu %14zu %14zu %14zu %7.1f%%\n", ns[i], u.total, z.total, u.optimizer,
+               z.optimizer, 100.0 * (1.0 - (double)z.total / (double)u.total));
+    }
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    argc--;
+    argv++;
+    if (strcmp(cmd, "refine") == 0)
+        return cmd_refine(argc, argv);
+    if (strcmp(cmd, "reference") == 0)
+        return cmd_reference(argc, argv);
+    if (strcmp(cmd, "compare") == 0)
+        return cmd_compare(argc, argv);
+    if (strcmp(cmd, "init") == 0)
+        return cmd_init(argc, argv);
+    if (strcmp(cmd, "make-shard") == 0)
+        return cmd_make_shard(argc, argv);
+    if (strcmp(cmd, "memory") == 0)
+        return cmd_memory(argc, argv);
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return EXIT_OK;
+    }
+    fprintf(stderr, "fedge-cluster: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return EXIT_USAGE;
+}
