@@ -123,12 +123,20 @@ build-all: $(LIBFEDGE) $(LIBPOLICY) $(AGG_BIN) $(EDGE_BIN) $(CLUSTER_BIN) $(TOOL
            $(BENCH_BINS) $(UNIT_BINS)
 
 # ---- objects ---------------------------------------------------------------
-$(BUILD)/obj/cluster/%.o: cluster/%.c
+# Cluster objects depend on the CUDA setting (-DFEDGE_HAVE_CUDA): a stamp
+# named after it makes a CUDA=0 build and a CUDA=1 build never share objects.
+CUDA_STAMP := $(BUILD)/.cuda-$(CUDA)
+$(CUDA_STAMP):
+	@mkdir -p $(BUILD)
+	@rm -f $(BUILD)/.cuda-*
+	@touch $@
+
+$(BUILD)/obj/cluster/%.o: cluster/%.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  MPICC $<"
 	$(Q)OMPI_CC=$(CC) $(MPICC) $(CFLAGS) $(CUDA_CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/obj/tools/bench/mpi_%.o: tools/bench/mpi_%.c
+$(BUILD)/obj/tools/bench/mpi_%.o: tools/bench/mpi_%.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  MPICC $<"
 	$(Q)OMPI_CC=$(CC) $(MPICC) $(CFLAGS) $(CUDA_CFLAGS) -MMD -MP -c $< -o $@

@@ -417,13 +417,13 @@ static int open_round(fedge_aggregator *a, double now)
         sqlite3_reset(st);
         sqlite3_bind_text(st, 1, a->keys.devices[i].id, -1, SQLITE_STATIC);
         if (sqlite3_step(st) == SQLITE_ROW &&
-            strcmp((const char *)sqlite3_column_text(st, 0), "allowed") == 0)
+            fedge_gov_device_eligible(a, i, (const char *)sqlite3_column_text(st, 0)))
             allowed[n_allowed++] = i;
     }
     sqlite3_finalize(st);
     st = NULL;
     if (n_allowed == 0) {
-        FEDGE_WARN("no allowed devices; round %u not opened, retrying in 5s", round);
+        FEDGE_WARN("no eligible devices; round %u not opened, retrying in 5s", round);
         a->start_at = now + 5.0;
         goto cleanup;
     }
@@ -594,11 +594,13 @@ static int refine_model(fedge_aggregator *a)
         snprintf(detail, sizeof detail, "refined %.16s -> %.16s in %.1fs, accuracy %.4f -> %.4f: %s", parent,
                  a->version_hex, fedge_now() - t0, a->last_accuracy, acc, summary);
         CHK(fedge_gov_event(a, a->round, NULL, "refine", "refine_every", detail));
+        CHK(fedge_gov_sign_head(a, a->round));
         CHK(fedge_store_commit(a->db));
         a->last_accuracy = acc;
         FEDGE_INFO("%s", detail);
     } else {
         CHK(fedge_gov_event(a, a->round, NULL, "refine_failed", "refine_every", detail));
+        CHK(fedge_gov_sign_head(a, a->round));
         CHK(fedge_store_commit(a->db));
         FEDGE_WARN("%s; keeping the aggregate %.16s", detail, parent);
     }

@@ -176,6 +176,15 @@ cleanup:
     return ret;
 }
 
+int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *status)
+{
+    fedge_policy_decision d;
+    const fedge_device_entry *e = &a->keys.devices[i];
+    if (fedge_policy_check_device(a->policy, e->id, status, e->region, &d) != FEDGE_OK)
+        return 0;
+    return d.decision != FEDGE_DECISION_REJECT;
+}
+
 /* Rounds that consumed privacy budget so far (closed with DP). */
 static int dp_rounds_done(fedge_aggregator *a, long *n)
 {

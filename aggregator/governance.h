@@ -48,6 +48,11 @@ int fedge_gov_event(fedge_aggregator *a, uint32_t round, const char *device, con
 /* Sign the chain head, when a signing key is configured (caller's transaction). */
 int fedge_gov_sign_head(fedge_aggregator *a, uint32_t round);
 
+/* May device i (devices.status = status) be selected for a round? Devices the
+ * policy would refuse anyway (status, region) are left out, so they do not
+ * hold up the quorum. */
+int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *status);
+
 /* Before opening `round` with k of n_allowed devices: would it exceed the
  * privacy budget? */
 int fedge_gov_round_admission(fedge_aggregator *a, uint32_t round, size_t k, size_t n_allowed,

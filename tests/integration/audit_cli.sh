@@ -168,13 +168,13 @@ out_has "does not verify with the public key"
 expect_rc 0 "$KEYGEN" devices --count 5 --regions eu,us --out "$T/k/devices.keys"
 [ "$(stat -c %a "$T/k/devices.keys")" = 600 ] || fail "keys file must be mode 0600"
 [ "$(wc -l <"$T/k/devices.keys")" = 5 ] || fail "5 device lines expected"
-grep -Evq '^dev-[1-5] (eu|us) [0-9a-f]{64}$' "$T/k/devices.keys" && fail "bad keys line"
+grep -Evq '^dev-00[1-5] (eu|us) [0-9a-f]{64}$' "$T/k/devices.keys" && fail "bad keys line"
 [ "$(cut -d' ' -f2 "$T/k/devices.keys" | tr '\n' ' ')" = "eu us eu us eu " ] ||
     fail "regions should be assigned round-robin"
 [ "$(cut -d' ' -f3 "$T/k/devices.keys" | sort -u | wc -l)" = 5 ] || fail "secrets must differ"
 expect_rc 2 "$KEYGEN" devices --count 2 --out "$T/k/devices.keys"
 expect_rc 0 "$KEYGEN" devices --count 2 --prefix sensor- --out "$T/k/devices.keys" --force
-[ "$(cut -d' ' -f1,2 "$T/k/devices.keys" | tr '\n' ' ')" = "sensor-1 eu sensor-2 eu " ] ||
+[ "$(cut -d' ' -f1,2 "$T/k/devices.keys" | tr '\n' ' ')" = "sensor-001 eu sensor-002 eu " ] ||
     fail "--force should replace the file; default region eu"
 expect_rc 2 "$KEYGEN" devices --count 2 --prefix "bad id" --out "$T/k/x.keys"
 expect_rc 2 "$KEYGEN" devices --count 0 --out "$T/k/x.keys"

@@ -8,7 +8,7 @@
  *                        --out KEYS_FILE [--force]
  *       KEYS_FILE, mode 0600: one line per device,
  *       "DEVICE_ID REGION SECRET_HEX" (32 random bytes as 64 hex digits),
- *       ids PREFIX1..PREFIXN, regions assigned round-robin from the list
+ *       ids PREFIX001..PREFIXN (zero-padded to >= 3 digits), regions assigned round-robin from the list
  *       (default "eu"). The file is read back with fedge_keys_load before
  *       the command reports success.
  * Existing files are never overwritten without --force. Secrets come from
@@ -44,7 +44,10 @@ static const char USAGE[] =
     "aggregator  write DIR/aggregator.key (ECDSA P-256 private key PEM, mode 0600) and\n"
     "            DIR/aggregator.pub (the public key for fedge-audit --pubkey)\n"
     "devices     write KEYS_FILE (mode 0600): lines 'DEVICE_ID REGION SECRET_HEX', ids\n"
-    "            PREFIX1..PREFIXN, regions round-robin from --regions (default eu)\n"
+    "            PREFIX001..PREFIXN, regions round-robin from --regions (default eu)\n"
+    "       fedge-keygen psk --keys KEYS_FILE --id DEVICE_ID\n"
+    "psk         print the device's DTLS pre-shared key (for third-party clients such as\n"
+    "            coap-client -u DEVICE_ID -k PSK)\n"
     "--force     replace existing files\n";
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -135,8 +138,12 @@ static int cmd_devices(long count, const char *prefix, const char *regions_arg, 
             break;
         p += n + 1;
     }
+    /* zero-padded to at least 3 digits so ids sort: dev-001 ... dev-128 */
+    int width = snprintf(NULL, 0, "%ld", count);
+    if (width < 3)
+        width = 3;
     char last_id[FEDGE_DEVICE_ID_MAX + 32];
-    int idn = snprintf(last_id, sizeof last_id, "%s%ld", prefix, count);
+    int idn = snprintf(last_id, sizeof last_id, "%s%0*ld", prefix, width, count);
     if (idn < 0 || !fedge_device_id_valid(last_id, (size_t)idn))
         return fail("--prefix '%s': device ids such as '%s' must be 1 to %d characters of "
                     "[A-Za-z0-9._-]",
@@ -162,7 +169,7 @@ static int cmd_devices(long count, const char *prefix, const char *regions_arg, 
             hex[2 * k + 1] = digits[secret[k] & 15];
         }
         hex[2 * FEDGE_SECRET_LEN] = '\0';
-        int n = snprintf(buf + used, cap - used, "%s%ld %s %s\n", prefix, i,
+        int n = snprintf(buf + used, cap - used, "%s%0*ld %s %s\n", prefix, width, i,
                          regions[(size_t)(i - 1) % n_regions], hex);
         if (n < 0 || (size_t)n >= cap - used)
             rc = fail("internal error: line too long");
@@ -243,19 +250,41 @@ static int cmd_aggregator(const char *dir, int force)
     return 0;
 }
 
+static int cmd_psk(const char *keys_path, const char *id)
+{
+    fedge_keys keys;
+    char err[256] = "", psk[FEDGE_PSK_LEN + 1];
+    if (fedge_keys_load(keys_path, &keys, err, sizeof err) != FEDGE_OK)
+        return fail("%s", err);
+    const fedge_device_entry *e = fedge_keys_find(&keys, id, strlen(id));
+    int rc = 0;
+    if (!e)
+        rc = fail("%s has no device '%s'", keys_path, id);
+    else if (fedge_keys_dtls_psk(e->secret, e->id, psk) != FEDGE_OK)
+        rc = fail("cannot derive the PSK");
+    else
+        printf("%s\n", psk);
+    mbedtls_platform_zeroize(psk, sizeof psk);
+    fedge_keys_free(&keys);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
-    enum { OPT_OUT = 1000, OPT_COUNT, OPT_PREFIX, OPT_REGIONS, OPT_FORCE, OPT_HELP };
+    enum { OPT_OUT = 1000, OPT_COUNT, OPT_PREFIX, OPT_REGIONS, OPT_FORCE, OPT_HELP, OPT_KEYS, OPT_ID };
     static const struct option longopts[] = {
         {"out", required_argument, NULL, OPT_OUT},
         {"count", required_argument, NULL, OPT_COUNT},
         {"prefix", required_argument, NULL, OPT_PREFIX},
         {"regions", required_argument, NULL, OPT_REGIONS},
         {"force", no_argument, NULL, OPT_FORCE},
+        {"keys", required_argument, NULL, OPT_KEYS},
+        {"id", required_argument, NULL, OPT_ID},
         {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0},
     };
     const char *out = NULL, *prefix = "dev-", *regions = "eu", *count_arg = NULL;
+    const char *keys_path = NULL, *id = NULL;
     int force = 0, c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -265,6 +294,8 @@ int main(int argc, char **argv)
         case OPT_PREFIX: prefix = optarg; break;
         case OPT_REGIONS: regions = optarg; break;
         case OPT_FORCE: force = 1; break;
+        case OPT_KEYS: keys_path = optarg; break;
+        case OPT_ID: id = optarg; break;
         case 'h':
         case OPT_HELP: fputs(USAGE, stdout); return 0;
         case ':': return fail("%s needs a value", argv[optind - 1]);
@@ -272,8 +303,15 @@ int main(int argc, char **argv)
         }
     }
     if (optind + 1 != argc)
-        return fail("give one command: aggregator or devices (fedge-keygen --help)");
+        return fail("give one command: aggregator, devices or psk (fedge-keygen --help)");
     const char *cmd = argv[optind];
+    if (strcmp(cmd, "psk") == 0) {
+        if (!keys_path || !id)
+            return fail("psk needs --keys KEYS_FILE and --id DEVICE_ID");
+        return cmd_psk(keys_path, id);
+    }
+    if (keys_path || id)
+        return fail("--keys and --id apply to psk only");
     if (!out)
         return fail("--out is required");
     if (strcmp(cmd, "aggregator") == 0) {
@@ -291,5 +329,5 @@ int main(int argc, char **argv)
             return fail("--count must be 1 to %d, not '%s'", FEDGE_KEYS_MAX_DEVICES, count_arg);
         return cmd_devices(count, prefix, regions, out, force);
     }
-    return fail("unknown command '%s': aggregator or devices", cmd);
+    return fail("unknown command '%s': aggregator, devices or psk", cmd);
 }

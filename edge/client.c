@@ -1,0 +1,573 @@
+/* client.c — the edge client's round loop (see client.h). */
+#include "client.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mbedtls/platform_util.h>
+
+#include "backoff.h"
+#include "common.h"
+#include "counter.h"
+#include "envelope.h"
+#include "keys.h"
+#include "link.h"
+#include "log.h"
+#include "round_info.h"
+#include "trainer.h"
+#include "update.h"
+
+#define MAX_AGE_CAP_MS 60000u      /* never wait longer than this on a 5.03 */
+#define BYTES_PER_TIMEOUT 65536u   /* the timeout covers each started 64 KiB */
+#define TIMEOUT_CAP_MS 1800000u
+
+typedef struct {
+    const fedge_edge_config *cfg;
+    const volatile sig_atomic_t *stop;
+    fedge_device_key key;
+    char psk[FEDGE_PSK_LEN + 1];
+    fedge_shard_reader shard;
+    int shard_open;
+    fedge_edge_counter counter;
+    fedge_edge_link *link;
+    fedge_edge_trainer trainer;
+    fedge_backoff backoff;
+    fedge_rng jitter;
+    int have_done_round;
+    uint32_t done_round;
+    int fetch_without_etag;   /* next GET /model: no ETag (after a failed one) */
+    uint32_t rounds_taken;
+    fedge_edge_reply reply; /* 4 KiB: kept off the stack */
+} edge_client;
+
+/* Outcome of one round, for the log line and the loop. */
+typedef enum {
+    ROUND_DONE,      /* update answered (accepted or refused) or given up */
+    ROUND_SKIPPED,   /* nothing sent; this round will not be tried again */
+    ROUND_REPOLL,    /* the round moved on under us: poll again at once */
+} round_result;
+
+static uint32_t scaled_timeout(uint32_t timeout_ms, size_t bytes)
+{
+    uint64_t chunks = bytes ? 1 + (bytes - 1) / BYTES_PER_TIMEOUT : 1;
+    uint64_t t = (uint64_t)timeout_ms * chunks;
+    return t > TIMEOUT_CAP_MS ? TIMEOUT_CAP_MS : (uint32_t)t;
+}
+
+/* One printable line of a reply body, for logs. */
+static void reply_line(const fedge_edge_reply *r, char *out, size_t cap)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < r->body_len && j + 1 < cap; i++) {
+        unsigned char ch = (unsigned char)r->body[i];
+        if (ch == '\n' || ch == '\r')
+            break;
+        out[j++] = isprint(ch) ? (char)ch : '?';
+    }
+    out[j] = '\0';
+}
+
+static void code_text(int code, char out[8])
+{
+    snprintf(out, 8, "%d.%02d", code / 100 % 10, code % 100);
+}
+
+/* 5.xx: the server cannot answer now (5.03 no open round, 5.00 retry
+ * later). 4.08 Request Entity Incomplete: the server saw only part of a
+ * Block1 body (a lost block transfer), which resending completes. */
+static int retryable_code(int code)
+{
+    return code / 100 == 5 || code == 408;
+}
+
+/* Send req until an answer that retryable_code() does not cover arrives.
+ * Returns FEDGE_OK with c->reply filled (a retryable code when retries ran
+ * out on those), the transport error of the last attempt once retries are
+ * exhausted, or FEDGE_ERR_EDGE_STOPPED. *attempts counts the requests sent;
+ * each resends the very same request (for POST, the same sealed bytes). */
+static int request_with_retry(edge_client *c, const fedge_edge_request *req, const char *what,
+                              unsigned *attempts)
+{
+    const fedge_edge_config *cfg = c->cfg;
+    *attempts = 0;
+    for (unsigned attempt = 0;; attempt++) {
+        int rc = fedge_edge_link_request(c->link, req, &c->reply, c->stop);
+        (*attempts)++;
+        uint32_t delay = fedge_backoff_delay_ms(&c->backoff, attempt, &c->jitter);
+        if (rc == FEDGE_OK && !retryable_code(c->reply.code))
+            return FEDGE_OK;
+        if (rc == FEDGE_ERR_EDGE_STOPPED)
+            return rc;
+        if (rc != FEDGE_OK && rc != FEDGE_ERR_TIMEOUT && rc != FEDGE_ERR_IO) {
+            FEDGE_ERROR("%s: %s (%s)", what, fedge_strerror(rc),
+                        fedge_edge_link_last_error(c->link));
+            return rc;
+        }
+        int out_of_retries = cfg->max_retries >= 0 && attempt >= (unsigned)cfg->max_retries;
+        if (rc == FEDGE_OK) {
+            char line[128], code[8];
+            reply_line(&c->reply, line, sizeof line);
+            code_text(c->reply.code, code);
+            if (c->reply.has_max_age) {
+                uint64_t ma = (uint64_t)c->reply.max_age_s * 1000u;
+                if (ma > delay)
+                    delay = ma > MAX_AGE_CAP_MS ? MAX_AGE_CAP_MS : (uint32_t)ma;
+            }
+            if (out_of_retries) {
+                FEDGE_WARN("%s: %s %s; giving up after %u attempts", what, code, line,
+                           *attempts);
+                return FEDGE_OK;
+            }
+            FEDGE_INFO("%s: %s %s; retrying in %u ms", what, code, line, (unsigned)delay);
+        } else {
+            if (out_of_retries) {
+                FEDGE_WARN("%s: %s; giving up after %u attempts", what,
+                           fedge_edge_link_last_error(c->link), *attempts);
+                return rc;
+            }
+            FEDGE_WARN("%s: %s (attempt %u); retrying in %u ms", what,
+                       fedge_edge_link_last_error(c->link), *attempts, (unsigned)delay);
+        }
+        int src = fedge_edge_link_sleep(c->link, delay, c->stop);
+        if (src != FEDGE_OK)
+            return src;
+    }
+}
+
+/* ETags are opaque, but a server may send the 8 version bytes as a CoAP
+ * uint (leading zero bytes dropped): compare them as big-endian numbers. */
+static int same_etag(const uint8_t *got, size_t got_len, const uint8_t want[FEDGE_EDGE_ETAG_MAX])
+{
+    size_t skip = 0;
+    while (skip < FEDGE_EDGE_ETAG_MAX && want[skip] == 0)
+        skip++;
+    while (got_len > 0 && got[0] == 0) {
+        got++;
+        got_len--;
+    }
+    return got_len == FEDGE_EDGE_ETAG_MAX - skip && memcmp(got, want + skip, got_len) == 0;
+}
+
+static int model_sink(void *arg, const uint8_t *data, size_t len)
+{
+    return fedge_edge_trainer_set_global(arg, data, len);
+}
+
+static void print_memory_plan(edge_client *c, const fedge_round_info *ri)
+{
+    fedge_edge_memory m;
+    char line[512];
+    if (fedge_edge_memory_plan(&ri->spec, ri->batch, c->shard.record_size, c->cfg->encoding,
+                               &m) != FEDGE_OK)
+        return;
+    fedge_edge_memory_format(&m, line, sizeof line);
+    FEDGE_INFO("memory plan (%s, batch %d, %s): %s", ri->spec_text, ri->batch,
+               fedge_encoding_name(c->cfg->encoding), line);
+}
+
+/* GET /model unless the cached model is current. FEDGE_OK with *usable = 1
+ * when the trainer holds the round's base model. */
+static int fetch_model(edge_client *c, const fedge_round_info *ri, round_result *result,
+                       int *usable)
+{
+    fedge_edge_trainer *t = &c->trainer;
+    uint8_t etag[FEDGE_EDGE_ETAG_MAX];
+    char hex[FEDGE_HASH_HEX_LEN], code[8], line[128];
+    unsigned attempts;
+    *usable = 0;
+    /* Send the ETag only when the cached model is the round's base, the one
+     * case where it can validate. A stale ETag is legal CoAP, but libcoap
+     * 4.3.1 repeats it in every Block2 follow-up request, its server then
+     * leaves the ETag off the later blocks, and the client's reassembly
+     * gives up ("Not all blocks have ETag option"). */
+    int send_etag = t->have_global && !c->fetch_without_etag &&
+                    memcmp(t->global_version, ri->model, FEDGE_HASH_LEN) == 0;
+    c->fetch_without_etag = 0;
+    if (send_etag)
+        memcpy(etag, t->global_version, sizeof etag);
+    fedge_edge_request req = {
+        .method = FEDGE_EDGE_GET,
+        .path = "model",
+        .etag = send_etag ? etag : NULL,
+        .etag_len = send_etag ? sizeof etag : 0,
+        .sink = model_sink,
+        .sink_arg = t,
+        .timeout_ms = scaled_timeout(c->cfg->timeout_ms,
+                                     4 * fedge_model_spec_param_count(&ri->spec)),
+    };
+    int rc = request_with_retry(c, &req, "GET /model", &attempts);
+    if (rc == FEDGE_ERR_TIMEOUT || rc == FEDGE_ERR_IO) {
+        /* Already logged; GET /round decides whether the server is gone. */
+        FEDGE_ERROR("round %u: no model after %u attempts; skipping the round", ri->round,
+                    attempts);
+        *result = ROUND_SKIPPED;
+        return FEDGE_OK;
+    }
+    if (rc != FEDGE_OK)
+        return rc;
+    const fedge_edge_reply *r = &c->reply;
+    code_text(r->code, code);
+    reply_line(r, line, sizeof line);
+    if (r->code == 203) {
+        if (!send_etag || !t->have_global ||
+            (r->etag_len && !same_etag(r->etag, r->etag_len, etag))) {
+            FEDGE_WARN("round %u: 2.03 Valid for a model this client does not hold",
+                       ri->round);
+            fedge_edge_link_reset(c->link);
+            *result = ROUND_REPOLL;
+            return FEDGE_OK;
+        }
+        FEDGE_DEBUG("round %u: cached model still valid (2.03)", ri->round);
+    } else if (r->code == 205) {
+        if (!r->sink_called || r->sink_status != FEDGE_OK) {
+            int why = r->sink_called ? r->sink_status : FEDGE_ERR_MODEL_FILE_TRUNCATED;
+            FEDGE_ERROR("round %u: GET /model body of %zu bytes refused: %s", ri->round,
+                        r->body_total, fedge_strerror(why));
+            /* libcoap may have left block mode for this session: start afresh. */
+            fedge_edge_link_reset(c->link);
+            if (send_etag) {
+                c->fetch_without_etag = 1; /* once more, as a plain GET */
+                *result = ROUND_REPOLL;
+            } else {
+                *result = ROUND_SKIPPED;
+            }
+            return FEDGE_OK;
+        }
+    } else {
+        FEDGE_ERROR("round %u: GET /model answered %s %s", ri->round, code, line);
+        *result = r->code / 100 == 5 ? ROUND_REPOLL : ROUND_SKIPPED;
+        return FEDGE_OK;
+    }
+    if (!t->have_global || memcmp(t->global_version, ri->model, FEDGE_HASH_LEN) != 0) {
+        fedge_hash_to_hex(t->global_version, hex);
+        FEDGE_INFO("round %u: served model %.16s is not the round's base; polling again",
+                   ri->round, t->have_global ? hex : "(none)");
+        *result = ROUND_REPOLL;
+        return FEDGE_OK;
+    }
+    *usable = 1;
+    return FEDGE_OK;
+}
+
+static int take_part(edge_client *c, const fedge_round_info *ri, round_result *result)
+{
+    const fedge_edge_config *cfg = c->cfg;
+    fedge_edge_trainer *t = &c->trainer;
+    fedge_edge_blob *blob = NULL;
+    uint8_t *sealed = NULL;
+    size_t sealed_len = 0;
+    double loss = 0.0;
+    unsigned attempts = 0;
+    char outcome[256], code[8], line[128];
+    int ret = FEDGE_OK, resized = 0, usable = 0;
+    *result = ROUND_SKIPPED;
+
+    ret = fedge_edge_trainer_prepare(t, &ri->spec, ri->batch, &resized);
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("round %u: cannot allocate buffers for %s batch %d: %s", ri->round,
+                    ri->spec_text, ri->batch, fedge_strerror(ret));
+        return ret;
+    }
+    if (resized && cfg->print_memory)
+        print_memory_plan(c, ri);
+    if (c->shard.dim != ri->spec.dims[0] ||
+        c->shard.n_classes > ri->spec.dims[ri->spec.n_layers]) {
+        FEDGE_ERROR("round %u: shard has dim %d and %d classes; model %s does not fit it",
+                    ri->round, c->shard.dim, c->shard.n_classes, ri->spec_text);
+        return FEDGE_ERR_MODEL_SHAPE;
+    }
+
+    CHK(fetch_model(c, ri, result, &usable));
+    if (!usable)
+        goto cleanup;
+
+    fedge_edge_train_params tp = {ri->epochs, ri->lr, ri->momentum, ri->weight_decay,
+                                  cfg->seed + ri->round};
+    ret = fedge_edge_trainer_train(t, &c->shard, &tp, c->stop, &loss);
+    if (ret == FEDGE_ERR_MODEL_NONFINITE) {
+        FEDGE_INFO("round %u: samples=%llu loss=nan sent=0 B encoding=%s outcome=not sent "
+                   "(training diverged)", ri->round, (unsigned long long)c->shard.n,
+                   fedge_encoding_name(cfg->encoding));
+        ret = FEDGE_OK;
+        *result = ROUND_DONE;
+        goto cleanup;
+    }
+    if (ret != FEDGE_OK) {
+        if (ret != FEDGE_ERR_EDGE_STOPPED)
+            FEDGE_ERROR("round %u: training failed: %s", ri->round, fedge_strerror(ret));
+        goto cleanup;
+    }
+
+    fedge_delta_header h;
+    memset(&h, 0, sizeof h);
+    h.encoding = (uint8_t)cfg->encoding;
+    h.model_id = fedge_model_spec_id(&ri->spec);
+    h.round = ri->round;
+    h.n_samples = c->shard.n > UINT32_MAX ? UINT32_MAX : (uint32_t)c->shard.n;
+    h.n_elems = (uint32_t)t->local.n_params;
+    h.block_size = cfg->encoding == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0;
+    memcpy(h.base_version, t->global_version, FEDGE_HASH_LEN);
+    uint64_t counter;
+    ret = fedge_edge_counter_next(&c->counter, fedge_edge_now_us(), &counter);
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("round %u: cannot persist the update counter (%s): %s", ri->round,
+                    c->counter.path ? c->counter.path : "-", fedge_strerror(ret));
+        goto cleanup;
+    }
+    fedge_rng rounding, *rng = NULL;
+    if (cfg->stochastic) {
+        fedge_rng base;
+        fedge_rng_seed(&base, cfg->seed + ri->round);
+        fedge_rng_split(&base, 1, &rounding);
+        rng = &rounding;
+    }
+    ret = fedge_update_seal(&c->key, counter, &h, t->grad, rng, &sealed, &sealed_len);
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("round %u: cannot seal the update: %s", ri->round, fedge_strerror(ret));
+        *result = ROUND_DONE;
+        ret = ret == FEDGE_ERR_RANGE || ret == FEDGE_ERR_DELTA_NONFINITE ? FEDGE_OK : ret;
+        goto cleanup;
+    }
+    CHK(fedge_edge_blob_new(sealed, sealed_len, &blob));
+    sealed = NULL;
+
+    fedge_edge_request req = {
+        .method = FEDGE_EDGE_POST,
+        .path = "update",
+        .body = blob,
+        .timeout_ms = scaled_timeout(cfg->timeout_ms, blob->len),
+    };
+    ret = request_with_retry(c, &req, "POST /update", &attempts);
+    if (ret == FEDGE_ERR_EDGE_STOPPED)
+        goto cleanup;
+    *result = ROUND_DONE;
+    if (ret != FEDGE_OK) {
+        snprintf(outcome, sizeof outcome, "gave up after %u attempts (%s)", attempts,
+                 fedge_edge_link_last_error(c->link));
+        ret = FEDGE_OK;
+    } else {
+        code_text(c->reply.code, code);
+        reply_line(&c->reply, line, sizeof line);
+        if (c->reply.code == 204)
+            snprintf(outcome, sizeof outcome, "%s", line[0] ? line : "accepted");
+        else if (retryable_code(c->reply.code))
+            snprintf(outcome, sizeof outcome, "gave up after %u attempts (%s %s)", attempts,
+                     code, line);
+        else
+            snprintf(outcome, sizeof outcome, "rejected %s %s", code, line);
+    }
+    FEDGE_INFO("round %u: samples=%llu loss=%.4f sent=%zu B encoding=%s%s attempts=%u "
+               "outcome=%s", ri->round, (unsigned long long)c->shard.n, loss, blob->len,
+               fedge_encoding_name(cfg->encoding),
+               cfg->stochastic ? "(stochastic)" : "", attempts, outcome);
+cleanup:
+    free(sealed);
+    fedge_edge_blob_release(blob);
+    return ret;
+}
+
+static int setup(edge_client *c)
+{
+    const fedge_edge_config *cfg = c->cfg;
+    fedge_keys keys;
+    char err[256];
+    int ret = fedge_keys_load(cfg->keys_path, &keys, err, sizeof err);
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("keys: %s", err[0] ? err : fedge_strerror(ret));
+        return ret;
+    }
+    const fedge_device_entry *e = fedge_keys_find(&keys, cfg->id, strlen(cfg->id));
+    if (!e) {
+        FEDGE_ERROR("keys: %s has no line for device %s", cfg->keys_path, cfg->id);
+        fedge_keys_free(&keys);
+        return FEDGE_ERR_NOT_FOUND;
+    }
+    ret = fedge_envelope_derive_key(e->secret, FEDGE_SECRET_LEN, cfg->id, &c->key);
+    if (ret == FEDGE_OK)
+        ret = fedge_keys_dtls_psk(e->secret, cfg->id, c->psk);
+    fedge_keys_free(&keys);
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("keys: cannot derive the device keys: %s", fedge_strerror(ret));
+        return ret;
+    }
+
+    ret = fedge_shard_verify(cfg->shard_path);
+    if (ret == FEDGE_OK)
+        ret = fedge_shard_open(&c->shard, cfg->shard_path);
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("shard %s: %s", cfg->shard_path, fedge_strerror(ret));
+        return ret;
+    }
+    c->shard_open = 1;
+
+    ret = fedge_edge_counter_open(&c->counter, cfg->state_dir, cfg->id, err, sizeof err);
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("state: %s", err[0] ? err : fedge_strerror(ret));
+        return ret;
+    }
+
+    uint32_t ack = cfg->timeout_ms / 4;
+    fedge_edge_link_config lc = {
+        .host = cfg->host,
+        .port = cfg->port,
+        .insecure = cfg->insecure,
+        .id = cfg->id,
+        .psk = cfg->insecure ? NULL : c->psk,
+        .ack_timeout_ms = ack < 100 ? 100 : ack > 2000 ? 2000 : ack,
+        .verbose = cfg->log_level == FEDGE_LOG_DEBUG,
+    };
+    ret = fedge_edge_link_open(&lc, &c->link, err, sizeof err);
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("server %s:%u: %s", cfg->host, (unsigned)cfg->port, err);
+        return ret;
+    }
+    FEDGE_INFO("device %s: server %s:%u (%s), shard %s (%llu rows, dim %d), encoding %s",
+               cfg->id, cfg->host, (unsigned)cfg->port, cfg->insecure ? "plain CoAP" : "DTLS",
+               cfg->shard_path, (unsigned long long)c->shard.n, c->shard.dim,
+               fedge_encoding_name(cfg->encoding));
+    return FEDGE_OK;
+}
+
+static void teardown(edge_client *c)
+{
+    fedge_edge_link_close(c->link);
+    c->link = NULL;
+    fedge_edge_trainer_free(&c->trainer);
+    fedge_edge_counter_close(&c->counter);
+    if (c->shard_open)
+        fedge_shard_close(&c->shard);
+    fedge_device_key_wipe(&c->key);
+    mbedtls_platform_zeroize(c->psk, sizeof c->psk);
+}
+
+/* GET /round and parse it. Retries are in request_with_retry; a reply that
+ * cannot be used counts as one more failed attempt of *bad_replies. */
+static int poll_round(edge_client *c, fedge_round_info *ri, unsigned *bad_replies)
+{
+    unsigned attempts;
+    char err[160], code[8], line[128];
+    fedge_edge_request req = {
+        .method = FEDGE_EDGE_GET,
+        .path = "round",
+        .timeout_ms = c->cfg->timeout_ms,
+    };
+    int rc = request_with_retry(c, &req, "GET /round", &attempts);
+    if (rc != FEDGE_OK)
+        return rc;
+    const fedge_edge_reply *r = &c->reply;
+    if (r->code == 205) {
+        if (r->body_total > r->body_len)
+            snprintf(err, sizeof err, "body of %zu bytes exceeds %d", r->body_total,
+                     FEDGE_ROUND_BODY_MAX);
+        else
+            rc = fedge_round_info_parse(r->body, r->body_len, ri, err, sizeof err);
+        if (r->body_total <= r->body_len && rc == FEDGE_OK) {
+            *bad_replies = 0;
+            return FEDGE_OK;
+        }
+        FEDGE_ERROR("GET /round: unusable reply: %s", err);
+    } else {
+        code_text(r->code, code);
+        reply_line(r, line, sizeof line);
+        FEDGE_ERROR("GET /round answered %s %s", code, line);
+        if (r->code / 100 == 4)
+            return FEDGE_ERR_REJECTED; /* this device is not welcome: retrying will not help */
+    }
+    (*bad_replies)++;
+    return FEDGE_ERR_PROTO;
+}
+
+int fedge_edge_run(const fedge_edge_config *cfg, const volatile sig_atomic_t *stop)
+{
+    edge_client *c = calloc(1, sizeof *c);
+    int ret = FEDGE_OK;
+    unsigned bad_replies = 0;
+    if (!c)
+        return FEDGE_ERR_NOMEM;
+    c->cfg = cfg;
+    c->stop = stop;
+    c->backoff = fedge_backoff_default();
+    fedge_edge_trainer_init(&c->trainer);
+    /* Jitter must differ between devices and restarts; nothing else uses it. */
+    uint8_t idh[FEDGE_HASH_LEN];
+    uint64_t mix = fedge_edge_now_us() ^ ((uint64_t)getpid() << 32);
+    if (fedge_sha256(cfg->id, strlen(cfg->id), idh) == FEDGE_OK)
+        for (int i = 0; i < 8; i++)
+            mix ^= (uint64_t)idh[i] << (8 * i);
+    fedge_rng_seed(&c->jitter, mix);
+
+    CHK(setup(c));
+    for (;;) {
+        if (stop && *stop)
+            break;
+        fedge_round_info ri;
+        ret = poll_round(c, &ri, &bad_replies);
+        if (ret == FEDGE_ERR_PROTO) {
+            if (cfg->max_retries >= 0 && bad_replies > (unsigned)cfg->max_retries) {
+                FEDGE_ERROR("GET /round: %u unusable replies in a row; giving up", bad_replies);
+                goto cleanup;
+            }
+            ret = fedge_edge_link_sleep(c->link, cfg->poll_ms, stop);
+            if (ret != FEDGE_OK)
+                break;
+            continue;
+        }
+        if (ret != FEDGE_OK) {
+            if (ret != FEDGE_ERR_EDGE_STOPPED)
+                FEDGE_ERROR("aggregator at %s:%u unreachable or refusing; stopping", cfg->host,
+                            (unsigned)cfg->port);
+            break;
+        }
+        if (ri.state == FEDGE_ROUND_FINISHED && cfg->exit_when_finished) {
+            FEDGE_INFO("aggregator reports the run finished; %u rounds taken part in",
+                       c->rounds_taken);
+            break;
+        }
+        int wanted = ri.state == FEDGE_ROUND_OPEN && ri.selected &&
+                     !(c->have_done_round && c->done_round == ri.round);
+        if (!wanted) {
+            FEDGE_DEBUG("round %u: state=%s selected=%d; waiting", ri.round,
+                        fedge_round_state_name(ri.state), ri.selected);
+            ret = fedge_edge_link_sleep(c->link, cfg->poll_ms, stop);
+            if (ret != FEDGE_OK)
+                break;
+            continue;
+        }
+        FEDGE_DEBUG("round %u: selected (deadline %lld ms, %s, %d epochs, lr %g, batch %d)",
+                    ri.round, (long long)ri.deadline_ms, ri.spec_text, ri.epochs,
+                    (double)ri.lr, ri.batch);
+        round_result result;
+        ret = take_part(c, &ri, &result);
+        if (ret != FEDGE_OK)
+            break;
+        if (result == ROUND_REPOLL) {
+            /* The round moved on between /round and /model (or the server
+             * misbehaves): wait one poll interval rather than spin. */
+            ret = fedge_edge_link_sleep(c->link, cfg->poll_ms, stop);
+            if (ret != FEDGE_OK)
+                break;
+            continue;
+        }
+        c->have_done_round = 1;
+        c->done_round = ri.round;
+        if (result == ROUND_DONE) {
+            c->rounds_taken++;
+            if (cfg->max_rounds && c->rounds_taken >= cfg->max_rounds) {
+                FEDGE_INFO("took part in %u rounds (--max-rounds); stopping", c->rounds_taken);
+                break;
+            }
+        }
+    }
+    if (ret == FEDGE_ERR_EDGE_STOPPED || (stop && *stop)) {
+        FEDGE_INFO("stopping on signal");
+        ret = FEDGE_OK;
+    }
+cleanup:
+    teardown(c);
+    free(c);
+    return ret;
+}

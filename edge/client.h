@@ -1,0 +1,30 @@
+/* client.h — the edge client's main loop (the protocol in docs/PROTOCOL.md).
+ *
+ *   loop: GET /round
+ *     state=finished          -> return (with cfg->exit_when_finished)
+ *     not open / not selected / this round already done -> sleep poll_ms
+ *     else: GET /model (ETag of the cached model; 2.03 reuses it), check the
+ *           version against /round's model=, train `epochs` epochs on the
+ *           shard, seal delta = w_local - w_global, POST /update.
+ *
+ * Every request is retried on timeout or session failure, and on 5.xx or
+ * 4.08 (an incomplete Block1 body), with exponential backoff and full
+ * jitter, at most cfg->max_retries times; a
+ * POST retry resends the very same sealed bytes (same counter), which the
+ * aggregator recognises as the same update. A 4.xx reply to POST /update is
+ * final for that round. One INFO line per round taken part in.
+ *
+ * Owns everything it allocates and frees it before returning, also when
+ * *stop is raised (checked between minibatches and every 100 ms of I/O). */
+#ifndef FEDGE_EDGE_CLIENT_H
+#define FEDGE_EDGE_CLIENT_H
+
+#include <signal.h>
+
+#include "args.h"
+
+/* FEDGE_OK when the run finished, max_rounds were done or *stop was raised;
+ * otherwise the error that ended it (already logged). */
+int fedge_edge_run(const fedge_edge_config *cfg, const volatile sig_atomic_t *stop);
+
+#endif

@@ -1,0 +1,103 @@
+/* link.h — the edge's CoAP client: one context, one (D)TLS session, one
+ * request in flight at a time (libcoap 4.3.1, block mode
+ * COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY).
+ *
+ * fedge_edge_link_request sends one confirmable request and runs libcoap's
+ * I/O loop until the response arrives, the request's deadline passes, the
+ * session fails (NACK, DTLS error) or *stop becomes nonzero. Any failure
+ * drops the session — its queued retransmissions and partial block
+ * transfers go with it — and the next request opens a fresh one (new DTLS
+ * handshake), so a retry never races a leftover transfer. Bodies:
+ *   POST: a refcounted blob; libcoap holds a reference while it may still
+ *         send blocks of it, so the caller can resend the same bytes or drop
+ *         its own reference at any time.
+ *   2.xx response with a sink: the sink sees the whole reassembled body once
+ *         (straight from libcoap's buffer, no copy); otherwise the first
+ *         FEDGE_EDGE_REPLY_MAX bytes are copied into the reply. */
+#ifndef FEDGE_EDGE_LINK_H
+#define FEDGE_EDGE_LINK_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define FEDGE_EDGE_REPLY_MAX 4096
+#define FEDGE_EDGE_ETAG_MAX 8
+
+/* A refcounted byte buffer: the last release frees data. */
+typedef struct {
+    unsigned refs;
+    size_t len;
+    uint8_t *data; /* owned */
+} fedge_edge_blob;
+
+/* Takes ownership of data (malloc'd) even on failure; refs = 1. */
+int fedge_edge_blob_new(uint8_t *data, size_t len, fedge_edge_blob **out);
+void fedge_edge_blob_release(fedge_edge_blob *b); /* NULL is fine */
+
+typedef struct {
+    const char *host;        /* name or address */
+    uint16_t port;
+    int insecure;            /* plain CoAP; adds ?id=DEVICE to each request */
+    const char *id;          /* device id = PSK identity */
+    const char *psk;         /* NUL-terminated PSK (unused when insecure); copied */
+    uint32_t ack_timeout_ms; /* CoAP ACK_TIMEOUT for the session (0: libcoap's 2 s) */
+    int verbose;             /* let libcoap log warnings */
+} fedge_edge_link_config;
+
+typedef struct fedge_edge_link fedge_edge_link;
+
+/* Resolves the host and creates the context (no traffic yet). err gets a
+ * one-line reason. */
+int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **out, char *err,
+                         size_t errlen);
+/* Releases the session (sending a DTLS close_notify when one is up), the
+ * context and libcoap's global state; wipes the PSK. NULL is fine. */
+void fedge_edge_link_close(fedge_edge_link *l);
+
+typedef enum { FEDGE_EDGE_GET = 1, FEDGE_EDGE_POST = 2 } fedge_edge_method;
+
+/* Called once with the whole body of a 2.xx response; its status lands in
+ * reply->sink_status. */
+typedef int (*fedge_edge_body_sink)(void *arg, const uint8_t *data, size_t len);
+
+typedef struct {
+    fedge_edge_method method;
+    const char *path;             /* one segment: "round", "model", "update" */
+    const uint8_t *etag;          /* NULL or 1..8 bytes */
+    size_t etag_len;
+    fedge_edge_blob *body;        /* POST body or NULL */
+    fedge_edge_body_sink sink;    /* NULL: copy the body into the reply */
+    void *sink_arg;
+    uint32_t timeout_ms;          /* whole exchange, all blocks included */
+} fedge_edge_request;
+
+typedef struct {
+    int code;                     /* class * 100 + detail: 205, 204, 503, ... */
+    int sink_status;              /* FEDGE_OK unless the sink failed */
+    int sink_called;
+    size_t body_len;              /* bytes in body (at most FEDGE_EDGE_REPLY_MAX) */
+    size_t body_total;            /* bytes the response carried */
+    char body[FEDGE_EDGE_REPLY_MAX + 1]; /* NUL-terminated copy */
+    int has_max_age;
+    uint32_t max_age_s;
+    size_t etag_len;
+    uint8_t etag[FEDGE_EDGE_ETAG_MAX];
+} fedge_edge_reply;
+
+/* FEDGE_OK when a response arrived (whatever its code); FEDGE_ERR_TIMEOUT
+ * when the deadline passed or libcoap gave up retransmitting;
+ * FEDGE_ERR_IO when the session failed (DTLS handshake refused, ICMP
+ * unreachable, reset) or the request could not be built;
+ * FEDGE_ERR_EDGE_STOPPED when *stop became nonzero. The reason of the last
+ * failure is in fedge_edge_link_last_error. */
+int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
+                            fedge_edge_reply *reply, const volatile sig_atomic_t *stop);
+const char *fedge_edge_link_last_error(const fedge_edge_link *l);
+/* Wait ms while keeping libcoap's I/O serviced; FEDGE_ERR_EDGE_STOPPED early
+ * when *stop becomes nonzero. */
+int fedge_edge_link_sleep(fedge_edge_link *l, uint32_t ms, const volatile sig_atomic_t *stop);
+/* Drop the current session (the next request opens a new one). */
+void fedge_edge_link_reset(fedge_edge_link *l);
+
+#endif

@@ -1,0 +1,52 @@
+/* fedge-edge — the federated edge client (docs/EDGE.md). */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "args.h"
+#include "client.h"
+#include "common.h"
+#include "log.h"
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+    FEDGE_UNUSED(sig);
+    g_stop = 1;
+}
+
+static int install_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal; /* no SA_RESTART: blocking waits return early */
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0)
+        return FEDGE_ERR_INTERNAL;
+    return FEDGE_OK;
+}
+
+int main(int argc, char **argv)
+{
+    fedge_edge_config cfg;
+    char err[256];
+    const char *prog = argc > 0 && argv[0] ? argv[0] : "fedge-edge";
+    if (fedge_edge_args_parse(argc, argv, &cfg, err, sizeof err) != FEDGE_OK) {
+        fprintf(stderr, "%s: %s\n", prog, err);
+        return 2;
+    }
+    if (cfg.help) {
+        fedge_edge_usage(stdout, prog);
+        return 0;
+    }
+    char tag[32];
+    snprintf(tag, sizeof tag, "edge %s", cfg.id);
+    fedge_log_set_tag(tag);
+    fedge_log_set_level(cfg.log_level);
+    if (install_handlers() != FEDGE_OK) {
+        fprintf(stderr, "%s: cannot install signal handlers\n", prog);
+        return 1;
+    }
+    return fedge_edge_run(&cfg, &g_stop) == FEDGE_OK ? 0 : 1;
+}

@@ -1,0 +1,250 @@
+/* trainer.c — local training over a streamed shard (see trainer.h). */
+#include "trainer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "envelope.h"
+#include "modelfile.h"
+
+/* Model file: magic, version, spec_len | spec | u64 n_params | params | sha256. */
+static size_t model_file_size(const fedge_model_spec *spec)
+{
+    char text[FEDGE_MODEL_SPEC_MAX];
+    if (fedge_model_spec_format(spec, text, sizeof text) != FEDGE_OK)
+        return 0;
+    return 12 + strlen(text) + 8 + 4 * fedge_model_spec_param_count(spec) + FEDGE_HASH_LEN;
+}
+
+size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc)
+{
+    size_t n = fedge_model_spec_param_count(spec);
+    if (n == 0 || n > FEDGE_DELTA_MAX_ELEMS)
+        return 0;
+    fedge_delta_header h;
+    memset(&h, 0, sizeof h);
+    h.encoding = (uint8_t)enc;
+    h.n_elems = (uint32_t)n;
+    h.block_size = enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0;
+    size_t enc_len = fedge_delta_encoded_size(&h);
+    if (enc_len < FEDGE_DELTA_HEADER_LEN)
+        return 0;
+    return fedge_envelope_sealed_size(FEDGE_DELTA_HEADER_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
+}
+
+int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
+                           fedge_encoding enc, fedge_edge_memory *out)
+{
+    if (!spec || !out || batch < 1)
+        return FEDGE_ERR_INVALID_ARG;
+    size_t n = fedge_model_spec_param_count(spec);
+    size_t scratch = fedge_model_scratch_floats(spec, batch);
+    size_t sealed = fedge_edge_sealed_size(spec, enc);
+    size_t body = model_file_size(spec);
+    if (n == 0 || scratch == 0 || sealed == 0 || body == 0)
+        return FEDGE_ERR_MODEL_SPEC;
+    fedge_edge_memory m;
+    memset(&m, 0, sizeof m);
+    m.local = m.global = m.grad = m.velocity = n * sizeof(float);
+    m.scratch = scratch * sizeof(float);
+    m.batch = (size_t)batch * (size_t)spec->dims[0] * sizeof(float) + (size_t)batch;
+    m.record = record_size;
+    m.model_body = body;
+    m.sealed = sealed;
+    m.peak = m.local + m.global + m.grad + m.velocity + m.scratch + m.batch + m.record +
+             (body > sealed ? body : sealed);
+    *out = m;
+    return FEDGE_OK;
+}
+
+void fedge_edge_memory_format(const fedge_edge_memory *m, char *buf, size_t cap)
+{
+    snprintf(buf, cap,
+             "model=%zu global=%zu grad=%zu velocity=%zu scratch=%zu batch=%zu record=%zu "
+             "model_body=%zu sealed=%zu peak=%zu bytes",
+             m->local, m->global, m->grad, m->velocity, m->scratch, m->batch, m->record,
+             m->model_body, m->sealed, m->peak);
+}
+
+void fedge_edge_trainer_init(fedge_edge_trainer *t)
+{
+    memset(t, 0, sizeof *t);
+}
+
+static void drop_global(fedge_edge_trainer *t)
+{
+    fedge_model_free(&t->global);
+    memset(&t->global, 0, sizeof t->global);
+    t->have_global = 0;
+    memset(t->global_version, 0, sizeof t->global_version);
+}
+
+void fedge_edge_trainer_free(fedge_edge_trainer *t)
+{
+    if (!t)
+        return;
+    fedge_model_free(&t->local);
+    drop_global(t);
+    fedge_sgd_free(&t->opt);
+    free(t->grad);
+    free(t->scratch);
+    free(t->xbatch);
+    free(t->ybatch);
+    memset(t, 0, sizeof *t);
+}
+
+static int same_spec(const fedge_model_spec *a, const fedge_model_spec *b)
+{
+    if (a->kind != b->kind || a->n_layers != b->n_layers)
+        return 0;
+    for (int l = 0; l <= a->n_layers; l++)
+        if (a->dims[l] != b->dims[l])
+            return 0;
+    return 1;
+}
+
+int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *spec, int batch,
+                               int *resized)
+{
+    int ret = FEDGE_OK;
+    if (resized)
+        *resized = 0;
+    if (!t || !spec || batch < 1)
+        return FEDGE_ERR_INVALID_ARG;
+    int spec_same = t->sized && same_spec(&t->spec, spec);
+    if (spec_same && t->batch == batch)
+        return FEDGE_OK;
+    size_t n = fedge_model_spec_param_count(spec);
+    size_t scratch = fedge_model_scratch_floats(spec, batch);
+    if (n == 0 || scratch == 0)
+        return FEDGE_ERR_MODEL_SPEC;
+    fedge_sgd_config cfg = {0.01f, 0.0f, 0.0f};
+
+    if (!spec_same) {
+        /* New shape: everything sized by the parameter count goes. */
+        fedge_model_free(&t->local);
+        drop_global(t);
+        fedge_sgd_free(&t->opt);
+        free(t->grad);
+        t->grad = NULL;
+    }
+    free(t->scratch);
+    free(t->xbatch);
+    free(t->ybatch);
+    t->scratch = NULL;
+    t->xbatch = NULL;
+    t->ybatch = NULL;
+    t->sized = 0;
+
+    if (!spec_same) {
+        CHK(fedge_model_init(&t->local, spec));
+        CHK(fedge_sgd_init(&t->opt, n, &cfg));
+        t->grad = malloc(n * sizeof(float));
+        if (!t->grad)
+            FAIL(FEDGE_ERR_NOMEM);
+    }
+    t->scratch = malloc(scratch * sizeof(float));
+    t->xbatch = malloc((size_t)batch * (size_t)spec->dims[0] * sizeof(float));
+    t->ybatch = malloc((size_t)batch);
+    if (!t->scratch || !t->xbatch || !t->ybatch)
+        FAIL(FEDGE_ERR_NOMEM);
+    t->spec = *spec;
+    t->batch = batch;
+    t->sized = 1;
+    if (resized)
+        *resized = 1;
+cleanup:
+    if (ret != FEDGE_OK) {
+        /* Leave a consistent, empty trainer rather than half-sized buffers. */
+        fedge_edge_trainer_free(t);
+    }
+    return ret;
+}
+
+int fedge_edge_trainer_set_global(fedge_edge_trainer *t, const uint8_t *body, size_t len)
+{
+    if (!t || !t->sized || !body)
+        return FEDGE_ERR_INVALID_ARG;
+    drop_global(t);
+    fedge_model m;
+    uint8_t version[FEDGE_HASH_LEN];
+    memset(&m, 0, sizeof m);
+    int ret = fedge_model_deserialize(body, len, &m, version);
+    if (ret != FEDGE_OK)
+        return ret;
+    if (!same_spec(&m.spec, &t->spec)) {
+        fedge_model_free(&m);
+        return FEDGE_ERR_MODEL_SHAPE;
+    }
+    t->global = m;
+    memcpy(t->global_version, version, sizeof version);
+    t->have_global = 1;
+    return FEDGE_OK;
+}
+
+static uint64_t epoch_seed(uint64_t seed, int epoch)
+{
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull * (uint64_t)(epoch + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
+                             const fedge_edge_train_params *p,
+                             const volatile sig_atomic_t *stop, double *mean_loss)
+{
+    if (!t || !shard || !p || !t->sized || p->epochs < 1)
+        return FEDGE_ERR_INVALID_ARG;
+    if (!t->have_global)
+        return FEDGE_ERR_STATE;
+    const fedge_model_spec *spec = &t->spec;
+    if (shard->dim != spec->dims[0] || shard->n_classes > spec->dims[spec->n_layers] ||
+        shard->n == 0)
+        return FEDGE_ERR_MODEL_SHAPE;
+
+    int ret = FEDGE_OK;
+    size_t n = t->local.n_params;
+    memcpy(t->local.params, t->global.params, n * sizeof(float));
+    t->opt.cfg.lr = p->lr;
+    t->opt.cfg.momentum = p->momentum;
+    t->opt.cfg.weight_decay = p->weight_decay;
+    memset(t->opt.velocity, 0, n * sizeof(float));
+
+    double loss_sum = 0.0;
+    uint64_t rows = 0;
+    for (int e = 0; e < p->epochs; e++) {
+        fedge_shard_rewind(shard, 1, epoch_seed(p->seed, e));
+        loss_sum = 0.0;
+        rows = 0;
+        for (;;) {
+            if (stop && *stop)
+                FAIL(FEDGE_ERR_EDGE_STOPPED);
+            int got = 0;
+            float loss;
+            CHK(fedge_shard_next_batch(shard, t->batch, t->xbatch, t->ybatch, &got));
+            if (got == 0)
+                break;
+            CHK(fedge_model_loss_grad(&t->local, t->xbatch, t->ybatch, got, t->scratch,
+                                      t->grad, &loss));
+            if (!isfinite(loss))
+                FAIL(FEDGE_ERR_MODEL_NONFINITE);
+            CHK(fedge_sgd_step(&t->opt, t->local.params, t->grad));
+            loss_sum += (double)loss * got;
+            rows += (uint64_t)got;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        float d = t->local.params[i] - t->global.params[i];
+        if (!isfinite(d))
+            FAIL(FEDGE_ERR_MODEL_NONFINITE);
+        t->grad[i] = d;
+    }
+    if (mean_loss)
+        *mean_loss = rows ? loss_sum / (double)rows : 0.0;
+cleanup:
+    return ret;
+}
