@@ -16,7 +16,7 @@ fed_start_aggregator "${args[@]}"
 fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin" --max-retries 1000
 fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin" --max-retries 1000
 
-fed_wait_for '[ "$(fed_sql "SELECT count(*) FROM rounds WHERE status=\"closed\"" 2>/dev/null)" -ge 2 ]' 120
+fed_wait_for '[ "$(fed_sql "SELECT count(*) FROM rounds WHERE status=\"closed\"" 2>/dev/null || echo 0)" -ge 2 ] 2>/dev/null' 120
 kill -9 "$FED_AGG_PID"
 wait "$FED_AGG_PID" 2>/dev/null
 closed=$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed'")
