@@ -1,6 +1,7 @@
 #include "agg.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
@@ -340,6 +341,13 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
         snprintf(err, errlen, "model_dir %s: %s", cfg->model_dir, strerror(errno));
         FAIL(FEDGE_ERR_IO);
     }
+    /* model paths in the log are absolute, so the audit finds the files from anywhere */
+    char abs_dir[PATH_MAX];
+    if (!realpath(cfg->model_dir, abs_dir) || strlen(abs_dir) >= sizeof a->cfg.model_dir) {
+        snprintf(err, errlen, "model_dir %s: cannot resolve", cfg->model_dir);
+        FAIL(FEDGE_ERR_IO);
+    }
+    memcpy(a->cfg.model_dir, abs_dir, strlen(abs_dir) + 1);
     ret = fedge_store_open_db(cfg->db, 0, &a->db);
     if (ret != FEDGE_OK) {
         snprintf(err, errlen, "database %s: %s", cfg->db, fedge_strerror(ret));
@@ -719,7 +727,8 @@ int fedge_agg_round_info(const fedge_aggregator *a, const char *device, double n
                      "state=%s\nround=%u\nselected=%d\ndeadline_ms=%.0f\nmodel=%s\nspec=%s\n"
                      "epochs=%ld\nlr=%g\nbatch=%ld\nmomentum=%g\n",
                      states[a->state], a->round, selected, left_ms > 0 ? left_ms : 0, a->version_hex,
-                     spec, a->cfg.local_epochs, a->cfg.lr, a->cfg.batch, a->cfg.momentum);
+                     spec, a->cfg.local_epochs, a->cfg.lr * pow(a->cfg.lr_decay, a->round > 0 ? a->round - 1.0 : 0.0),
+                     a->cfg.batch, a->cfg.momentum);
     return (n < 0 || (size_t)n >= cap) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
 }
 

@@ -36,6 +36,7 @@ typedef struct {
     double start_delay_s;       /* wait before opening the first round */
     long local_epochs;
     double lr;
+    double lr_decay;            /* client lr of round r = lr * lr_decay^(r-1) */
     double momentum;
     long batch;
     double server_lr;

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${DEMO_ROUNDS:-20}
 CLIENTS=${DEMO_CLIENTS:-8}
 BETA=${DEMO_BETA:-0.5}
-EPOCHS=${DEMO_EPOCHS:-1}
+EPOCHS=${DEMO_EPOCHS:-2}
 PORT=${DEMO_PORT:-5684}
 DIR=run/demo
 BIN=$BUILD/bin
@@ -29,7 +29,7 @@ trap cleanup EXIT
 
 echo "== partitioning Fashion-MNIST into $CLIENTS shards (Dirichlet beta=$BETA)"
 "$BIN/fedge-partition" --data fashion-mnist --clients "$CLIENTS" --kind dirichlet --beta "$BETA" \
-    --seed 1 --out "$DIR/shards" --test-out "$DIR/test.bin" | tail -n "$((CLIENTS + 2))"
+    --seed 1 --out "$DIR/shards" --test-out "$DIR/test.bin"
 echo "== provisioning $CLIENTS device keys and the aggregator's signing key"
 "$BIN/fedge-keygen" devices --count "$CLIENTS" --prefix dev- --regions eu --out "$DIR/keys"
 "$BIN/fedge-keygen" aggregator --out "$DIR"
@@ -48,8 +48,9 @@ quorum = 1
 round_timeout_s = 120
 start_delay_s = 1
 local_epochs = $EPOCHS
-lr = 0.05
-momentum = 0.9
+lr = ${DEMO_LR:-0.05}
+lr_decay = ${DEMO_LR_DECAY:-0.9}
+momentum = ${DEMO_MOMENTUM:-0.9}
 batch = 32
 linger_s = 3
 CONF

@@ -195,8 +195,8 @@ static int cmd_devices(long count, const char *prefix, const char *regions_arg, 
     fedge_keys_free(&keys);
     if (loaded != (size_t)count)
         return fail("%s: wrote %ld devices but %zu load back", out, count, loaded);
-    printf("wrote %ld device secret%s to %s (mode 0600): %s1..%s%ld, regions %s\n", count,
-           count == 1 ? "" : "s", out, prefix, prefix, count, regions_arg);
+    printf("wrote %ld device secret%s to %s (mode 0600): %s%0*d..%s%0*ld, regions %s\n", count,
+           count == 1 ? "" : "s", out, prefix, width, 1, prefix, width, count, regions_arg);
     return 0;
 }
 

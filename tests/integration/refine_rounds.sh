@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Aggregator + cluster refinement: every round's aggregate is refined by
+# `mpirun -np 2 fedge-cluster refine` (CPU backend, ZeRO-1) on server-side
+# data; the refined model becomes the next global version (kind refine,
+# parent = the aggregate). A failing and a timed-out refinement are logged
+# and the aggregate is kept, with no round lost.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+. tests/lib/fed.sh
+
+fed_setup 2
+"$BIN/fedge-partition" --data fashion-mnist --clients 3 --kind iid --seed 11 \
+    --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
+server_data="$FED_DIR/shards/shard-002.bin" # the server's own rows; no edge trains on them
+
+run_federation() { # name, refine command, extra aggregator args...
+    local name=$1 cmd=$2
+    shift 2
+    FED_PORT=$(fed_free_port)
+    rm -rf "$FED_DIR/fedge.db"* "$FED_DIR/models" "$FED_DIR/agg.log"
+    FED_EDGE_PIDS=()
+    fed_start_aggregator --model-spec mlp:784-32-10 --test-data "$FED_DIR/test.bin" --rounds 2 \
+        --round-timeout-s 60 --start-delay-s 0.3 --linger-s 2 --refine-every 1 --refine-command "$cmd" "$@"
+    fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin"
+    fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin"
+    fed_wait_run 180 || fed_fail "$name: aggregator failed"
+    [ "$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed'")" = 2 ] || fed_fail "$name: 2 closed rounds expected"
+    "$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" verify >/dev/null ||
+        fed_fail "$name: audit verify"
+}
+
+mpi="mpirun --allow-run-as-root --oversubscribe --mca btl self,vader -np 2"
+run_federation ok "$mpi $BIN/fedge-cluster refine --backend cpu --zero --model {in} --out {out} \
+    --data $server_data --steps 40 --batch 64 --lr 0.05 --checkpoint-dir $FED_DIR/ckpt-{round} --checkpoint-every 10"
+[ "$(fed_sql "SELECT count(*) FROM models WHERE kind='refine'")" = 2 ] || fed_fail "2 refined models expected"
+# each refined model's parent is the aggregate of its round, and the next round starts from it
+[ "$(fed_sql "SELECT count(*) FROM models r JOIN models a ON a.version = r.parent
+              WHERE r.kind='refine' AND a.kind='aggregate' AND a.round = r.round")" = 2 ] ||
+    fed_fail "refine parent should be the same round's aggregate"
+[ "$(fed_sql "SELECT base_version FROM rounds WHERE id=2")" = \
+  "$(fed_sql "SELECT version FROM models WHERE kind='refine' AND round=1")" ] ||
+    fed_fail "round 2 should start from round 1's refined model"
+fed_sql "SELECT info FROM models WHERE kind='refine' AND round=2" | grep -q '"status":"ok"' ||
+    fed_fail "refine summary JSON not recorded"
+[ "$(fed_sql "SELECT count(*) FROM events WHERE kind='refine'")" = 2 ] || fed_fail "refine events expected"
+while IFS='|' read -r path sha; do
+    [ "$(sha256sum "$path" | cut -d' ' -f1)" = "$sha" ] || fed_fail "sha256 of $path differs from the log"
+done < <(fed_sql "SELECT path, sha256 FROM models")
+
+run_federation failing "$BIN/fedge-cluster refine --backend cpu --model {in} --out {out} --data /nonexistent --steps 5"
+[ "$(fed_sql "SELECT count(*) FROM models WHERE kind='refine'")" = 0 ] || fed_fail "a failed refinement made a model"
+[ "$(fed_sql "SELECT count(*) FROM events WHERE kind='refine_failed'")" = 2 ] || fed_fail "refine_failed events expected"
+[ "$(fed_sql "SELECT base_version FROM rounds WHERE id=2")" = \
+  "$(fed_sql "SELECT version FROM models WHERE kind='aggregate' AND round=1")" ] ||
+    fed_fail "after a failed refinement the aggregate must stay"
+
+run_federation timeout "sleep 30" --refine-timeout-s 1
+fed_sql "SELECT detail FROM events WHERE kind='refine_failed'" | grep -q "timed out" ||
+    fed_fail "a timed-out refinement should be logged as such"
+[ "$(fed_sql "SELECT count(*) FROM models WHERE kind='aggregate'")" = 2 ] || fed_fail "aggregates kept"
+pgrep -f "sleep 30" >/dev/null && fed_fail "the timed-out command is still running"
+echo ok
