@@ -195,8 +195,14 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
         set_text(response, COAP_RESPONSE_CODE_UNAUTHORIZED, "unknown device");
         return;
     }
-    if (!coap_get_data_large(request, &len, &data, &offset, &total) || offset != 0 || len != total) {
-        set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "empty or incomplete body");
+    if (!coap_get_data_large(request, &len, &data, &offset, &total) || len == 0) {
+        set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "empty body");
+        return;
+    }
+    if (offset != 0 || len != total) {
+        /* a lone late block (its transfer already completed or was dropped):
+         * the client resends the whole update, which dedup recognises */
+        set_text(response, COAP_RESPONSE_CODE(408), "incomplete Block1 body; resend the whole update");
         return;
     }
     int ret = fedge_agg_submit(g_server->agg, id, data, len, fedge_now(), &code, msg, sizeof msg);
