@@ -109,7 +109,7 @@ endif
 
 .SECONDEXPANSION:
 
-.PHONY: all deps test unit integration asan demo bench edge clean distclean libs
+.PHONY: all deps test unit integration asan demo bench edge clean distclean libs unit-bins build-all
 .DEFAULT_GOAL := all
 
 all: deps
@@ -210,12 +210,16 @@ unit: all
 integration: all
 	$(Q)tests/run.sh integration $(BUILD)
 
+# The sanitizer build covers the unit tests (the libraries they link);
+# the integration scripts run the optimised programs.
+unit-bins: $(UNIT_BINS)
+
 asan: deps
-	$(Q)$(MAKE) --no-print-directory SAN=1 build-all
+	$(Q)$(MAKE) --no-print-directory SAN=1 unit-bins
 	$(Q)FEDGE_TEST_QUICK=1 tests/run.sh unit build/asan
 
 test: all
-	$(Q)$(MAKE) --no-print-directory SAN=1 build-all
+	$(Q)$(MAKE) --no-print-directory SAN=1 unit-bins
 	$(Q)tests/run.sh all $(BUILD) build/asan
 
 demo: all
