@@ -56,7 +56,7 @@ done
 echo "udp_down: both rounds (two model downloads, Block2) plus /round answers"
 echo
 small_rows=$(( $(stat -c %s "$FED_DIR/small/shard-000.bin") / 785 ))
-echo "edge peak RSS against shard size (fp32, 2 rounds, 2 local epochs... of the shard given):"
+echo "edge peak RSS against shard size (fp32, 2 rounds, 1 local epoch over the whole shard):"
 printf '%-12s %14s %14s\n' shard shard_bytes kib_peak_rss
 for s in small/shard-000.bin full/shard-000.bin; do
     one_run fp32 "$FED_DIR/$s"

@@ -31,7 +31,10 @@ signal.signal(signal.SIGINT, stop)
 while running:
     for key, _ in sel.select(timeout=0.2):
         sock, client = key.fileobj, key.data
-        data, addr = sock.recvfrom(65536)
+        try:
+            data, addr = sock.recvfrom(65536)
+        except ConnectionRefusedError:  # the aggregator is not listening yet; the client retries
+            continue
         if client is None:  # from a client
             s = upstream.get(addr)
             if s is None:
