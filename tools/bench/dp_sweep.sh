@@ -25,6 +25,6 @@ for z in 0 0.5 1.0 2.0; do
         { echo "run z=$z failed (see $OUT/z$z.log)"; continue; }
     db="$OUT/z$z/fedge.db"
     acc=$(sqlite3 "$db" "SELECT printf('%.4f', accuracy) FROM models ORDER BY rowid DESC LIMIT 1")
-    eps=$(sqlite3 "$db" "SELECT coalesce(printf('%.3f', max(epsilon)), 'inf') FROM rounds WHERE status='closed'")
+    eps=$(sqlite3 "$db" "SELECT CASE WHEN max(epsilon) IS NULL THEN 'inf' ELSE printf('%.3f', max(epsilon)) END FROM rounds WHERE status='closed'")
     printf '%-8s %-8s %10s %12s\n' 1.0 "$z" "$acc" "$eps"
 done
