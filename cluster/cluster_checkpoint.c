@@ -10,7 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "common.h"
+#include "fileio.h"
 
 #define OPTIM_MAGIC "FOPT"
 #define OPTIM_VERSION 1u
@@ -19,54 +21,11 @@
 
 /* ---- small file helpers ------------------------------------------------- */
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
+/* Checkpoint files are written in place: the folder holding them is what
+ * is renamed into place (fedge_ckpt_commit). */
 static int write_all_fsync(const char *path, const void *buf, size_t len)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return FEDGE_ERR_IO;
-    const uint8_t *p = buf;
-    size_t done = 0;
-    while (done < len) {
-        ssize_t k = write(fd, p + done, len - done);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            close(fd);
-            return FEDGE_ERR_IO;
-        }
-        done += (size_t)k;
-    }
-    int bad = fsync(fd) != 0;
-    bad |= close(fd) != 0;
-    return bad ? FEDGE_ERR_IO : FEDGE_OK;
+    return fedge_write_file_inplace(path, buf, len, 0644, 0);
 }
 
 static int read_whole(const char *path, size_t max, uint8_t **out, size_t *len)
@@ -101,16 +60,6 @@ cleanup:
     free(buf);
     close(fd);
     return ret;
-}
-
-static int fsync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return FEDGE_ERR_IO;
-    int bad = fsync(fd) != 0;
-    close(fd);
-    return bad ? FEDGE_ERR_IO : FEDGE_OK;
 }
 
 /* Removes a folder of plain files (checkpoint folders hold nothing else). */
@@ -182,16 +131,13 @@ int fedge_ckpt_write_optim(const char *dir, int shard, int n_shards, uint64_t st
     if (buf == NULL)
         FAIL(FEDGE_ERR_NOMEM);
     memcpy(buf, OPTIM_MAGIC, 4);
-    put_u32(buf + 4, OPTIM_VERSION);
-    put_u64(buf + 8, step);
-    put_u64(buf + 16, n_params);
-    put_u64(buf + 24, off);
-    put_u64(buf + 32, count);
-    for (size_t i = 0; i < count; i++) {
-        uint32_t bits;
-        memcpy(&bits, &v[i], 4);
-        put_u32(buf + OPTIM_HEADER + 4 * i, bits);
-    }
+    fedge_put_u32(buf + 4, OPTIM_VERSION);
+    fedge_put_u64(buf + 8, step);
+    fedge_put_u64(buf + 16, n_params);
+    fedge_put_u64(buf + 24, off);
+    fedge_put_u64(buf + 32, count);
+    for (size_t i = 0; i < count; i++)
+        fedge_put_f32(buf + OPTIM_HEADER + 4 * i, v[i]);
     CHK(fedge_sha256(buf, len - FEDGE_HASH_LEN, buf + len - FEDGE_HASH_LEN));
     CHK(write_all_fsync(path, buf, len));
 cleanup:
@@ -217,9 +163,10 @@ int fedge_ckpt_read_optim(const char *dir, int n_shards, size_t n_params, size_t
         CHK(read_whole(path, OPTIM_HEADER + n_params * sizeof(float) + FEDGE_HASH_LEN, &buf,
                        &len));
         if (len < OPTIM_HEADER + FEDGE_HASH_LEN || memcmp(buf, OPTIM_MAGIC, 4) != 0
-            || get_u32(buf + 4) != OPTIM_VERSION)
+            || fedge_get_u32(buf + 4) != OPTIM_VERSION)
             FAIL(FEDGE_ERR_CLUSTER_CHECKPOINT);
-        uint64_t fn = get_u64(buf + 16), fo = get_u64(buf + 24), fc = get_u64(buf + 32);
+        uint64_t fn = fedge_get_u64(buf + 16), fo = fedge_get_u64(buf + 24),
+                 fc = fedge_get_u64(buf + 32);
         if (fn != n_params || fo > fn || fc > fn - fo
             || len != OPTIM_HEADER + fc * sizeof(float) + FEDGE_HASH_LEN)
             FAIL(FEDGE_ERR_CLUSTER_CHECKPOINT);
@@ -229,10 +176,8 @@ int fedge_ckpt_read_optim(const char *dir, int n_shards, size_t n_params, size_t
             FAIL(FEDGE_ERR_CLUSTER_CHECKPOINT);
         size_t s0 = fo > off ? fo : off;
         size_t s1 = fo + fc < want_end ? fo + fc : want_end;
-        for (size_t i = s0; i < s1; i++) {
-            uint32_t bits = get_u32(buf + OPTIM_HEADER + 4 * (i - fo));
-            memcpy(&out[i - off], &bits, 4);
-        }
+        for (size_t i = s0; i < s1; i++)
+            out[i - off] = fedge_get_f32(buf + OPTIM_HEADER + 4 * (i - fo));
         if (s1 > s0)
             covered += s1 - s0;
         free(buf);
@@ -381,11 +326,11 @@ int fedge_ckpt_commit(const char *root, uint64_t step)
     CHK(fedge_ckpt_dir(root, step, 0, fin, sizeof(fin)));
     CHK(join(done, sizeof(done), tmp, "DONE"));
     CHK(write_all_fsync(done, "ok\n", 3));
-    CHK(fsync_dir(tmp));
+    CHK(fedge_fsync_dir(tmp));
     CHK(remove_flat_dir(fin));
     if (rename(tmp, fin) != 0)
         FAIL(FEDGE_ERR_IO);
-    CHK(fsync_dir(root));
+    CHK(fedge_fsync_dir(root));
 cleanup:
     return ret;
 }

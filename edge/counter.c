@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "fileio.h"
 
 #define COUNTER_FILE_MAX 32 /* 20 digits + newline, with room to spare */
 
@@ -59,63 +60,13 @@ cleanup:
     return ret;
 }
 
-static int fsync_dir_of(const char *path)
-{
-    char *dir = strdup(path);
-    if (!dir)
-        return FEDGE_ERR_NOMEM;
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *(slash == dir ? slash + 1 : slash) = '\0';
-    int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    free(dir);
-    if (fd < 0)
-        return FEDGE_ERR_IO;
-    int rc = fsync(fd);
-    close(fd);
-    return rc == 0 ? FEDGE_OK : FEDGE_ERR_IO;
-}
-
+/* A fixed temporary name (DEVICE.counter.tmp): the counter is rewritten
+ * every round, and a crash must not leave temporary files piling up. */
 static int write_counter(const char *path, uint64_t v)
 {
     char buf[COUNTER_FILE_MAX];
-    char *tmp = NULL;
-    int fd = -1, ret = FEDGE_OK;
     int len = snprintf(buf, sizeof buf, "%llu\n", (unsigned long long)v);
-    size_t plen = strlen(path);
-    tmp = malloc(plen + sizeof ".tmp");
-    if (!tmp)
-        return FEDGE_ERR_NOMEM;
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", sizeof ".tmp");
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        FAIL(FEDGE_ERR_IO);
-    for (int off = 0; off < len;) {
-        ssize_t n = write(fd, buf + off, (size_t)(len - off));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            FAIL(FEDGE_ERR_IO);
-        off += (int)n;
-    }
-    if (fsync(fd) != 0)
-        FAIL(FEDGE_ERR_IO);
-    if (close(fd) != 0) {
-        fd = -1;
-        FAIL(FEDGE_ERR_IO);
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0)
-        FAIL(FEDGE_ERR_IO);
-    CHK(fsync_dir_of(path));
-cleanup:
-    if (fd >= 0)
-        close(fd);
-    if (ret != FEDGE_OK && tmp)
-        unlink(tmp);
-    free(tmp);
-    return ret;
+    return fedge_write_file_atomic(path, buf, (size_t)len, 0600, FEDGE_FILE_FIXED_TMP);
 }
 
 int fedge_edge_counter_open(fedge_edge_counter *c, const char *state_dir, const char *id,

@@ -1,7 +1,6 @@
 /* audit.c — canonical row bytes, appending to the hash chain, signing the
  * head, and the aggregator's ECDSA key files (see audit.h). */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +14,9 @@
 #include <mbedtls/sha256.h>
 
 #include "audit_impl.h"
+#include "bytes.h"
 #include "common.h"
+#include "fileio.h"
 
 /* ---- the audited tables (column order = store.h's schema) ----------------- */
 
@@ -88,11 +89,11 @@ static void put_u8(buf_t *b, unsigned v)
     put(b, &x, 1);
 }
 
+/* The low `bytes` bytes of v, little-endian. */
 static void put_le(buf_t *b, uint64_t v, int bytes)
 {
     uint8_t x[8];
-    for (int i = 0; i < bytes; i++)
-        x[i] = (uint8_t)(v >> (8 * i));
+    fedge_put_u64(x, v);
     put(b, x, (size_t)bytes);
 }
 
@@ -212,14 +213,6 @@ cleanup:
     return ret;
 }
 
-static uint64_t get_le(const uint8_t *p, int bytes)
-{
-    uint64_t v = 0;
-    for (int i = bytes - 1; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
 int canon_parse(const uint8_t *canon, size_t len, canon_view *v)
 {
     const uint8_t *p = canon, *end = canon + len;
@@ -232,14 +225,14 @@ int canon_parse(const uint8_t *canon, size_t len, canon_view *v)
     v->tbl = (const char *)p;
     v->tbl_len = tl;
     p += tl;
-    size_t kl = (size_t)get_le(p, 2);
+    size_t kl = (size_t)fedge_get_u16(p);
     p += 2;
     if ((size_t)(end - p) < kl + 2)
         return FEDGE_ERR_RANGE;
     v->key = (const char *)p;
     v->key_len = kl;
     p += kl;
-    v->n_cols = (size_t)get_le(p, 2);
+    v->n_cols = (size_t)fedge_get_u16(p);
     p += 2;
     v->cols = p;
     v->end = end;
@@ -268,7 +261,7 @@ int canon_next(const canon_view *v, const uint8_t **pos, canon_col *c)
     case TAG_BLOB:
         if (end - p < 4)
             return FEDGE_ERR_RANGE;
-        need = (size_t)get_le(p, 4);
+        need = (size_t)fedge_get_u32(p);
         p += 4;
         break;
     default: return FEDGE_ERR_RANGE;
@@ -285,9 +278,9 @@ void canon_value_text(const canon_col *c, char *buf, size_t cap)
 {
     switch (c->tag) {
     case TAG_NULL: snprintf(buf, cap, "NULL"); break;
-    case TAG_INT: snprintf(buf, cap, "%" PRId64, (int64_t)get_le(c->val, 8)); break;
+    case TAG_INT: snprintf(buf, cap, "%" PRId64, (int64_t)fedge_get_u64(c->val)); break;
     case TAG_REAL: {
-        uint64_t bits = get_le(c->val, 8);
+        uint64_t bits = fedge_get_u64(c->val);
         double d;
         memcpy(&d, &bits, sizeof d);
         snprintf(buf, cap, "%.17g", d);
@@ -490,33 +483,6 @@ int fedge_audit_load_public_key(const char *path, mbedtls_pk_context *pk)
     return is_p256(pk) ? FEDGE_OK : FEDGE_ERR_CRYPTO;
 }
 
-static int write_new_file(const char *path, const uint8_t *data, size_t len, mode_t mode)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-    if (fd < 0)
-        return errno == EEXIST ? FEDGE_ERR_DUPLICATE : FEDGE_ERR_IO;
-    int ret = FEDGE_OK;
-    if (fchmod(fd, mode) != 0) /* umask may have removed bits; never adds any */
-        ret = FEDGE_ERR_IO;
-    size_t done = 0;
-    while (ret == FEDGE_OK && done < len) {
-        ssize_t n = write(fd, data + done, len - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            ret = FEDGE_ERR_IO;
-        else
-            done += (size_t)n;
-    }
-    if (ret == FEDGE_OK && fsync(fd) != 0)
-        ret = FEDGE_ERR_IO;
-    if (close(fd) != 0 && ret == FEDGE_OK)
-        ret = FEDGE_ERR_IO;
-    if (ret != FEDGE_OK)
-        unlink(path);
-    return ret;
-}
-
 int fedge_audit_generate_keypair(const char *priv_path, const char *pub_path,
                                  mbedtls_ctr_drbg_context *drbg)
 {
@@ -534,12 +500,12 @@ int fedge_audit_generate_keypair(const char *priv_path, const char *pub_path,
         FAIL(FEDGE_ERR_CRYPTO);
     if (mbedtls_pk_write_key_pem(&pk, pem, sizeof pem) != 0)
         FAIL(FEDGE_ERR_CRYPTO);
-    CHK(write_new_file(priv_path, pem, strlen((char *)pem), 0600));
+    CHK(fedge_write_file_inplace(priv_path, pem, strlen((char *)pem), 0600, FEDGE_FILE_EXCL));
     wrote_priv = 1;
     mbedtls_platform_zeroize(pem, sizeof pem);
     if (mbedtls_pk_write_pubkey_pem(&pk, pem, sizeof pem) != 0)
         FAIL(FEDGE_ERR_CRYPTO);
-    CHK(write_new_file(pub_path, pem, strlen((char *)pem), 0644));
+    CHK(fedge_write_file_inplace(pub_path, pem, strlen((char *)pem), 0644, FEDGE_FILE_EXCL));
 cleanup:
     if (ret != FEDGE_OK && wrote_priv)
         unlink(priv_path);

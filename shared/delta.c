@@ -8,37 +8,14 @@
 #include <math.h>
 #include <string.h>
 
+#include "bytes.h"
 #include "common.h"
 
 static const uint8_t delta_magic[4] = {'F', 'D', 'L', 'T'};
 
 #define FLAG_STOCHASTIC 0x01u
 
-/* ---- little-endian packing ------------------------------------------------ */
-
-static inline void put_u16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static inline void put_u32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-
-static inline uint16_t get_u16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static inline uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
+/* ---- float bits ------------------------------------------------------------ */
 
 static inline uint32_t f32_bits(float f)
 {
@@ -162,15 +139,15 @@ size_t fedge_delta_encoded_size(const fedge_delta_header *h)
 static void write_header(const fedge_delta_header *h, uint8_t flags, uint8_t *p)
 {
     memcpy(p, delta_magic, 4);
-    put_u16(p + 4, FEDGE_DELTA_VERSION);
+    fedge_put_u16(p + 4, FEDGE_DELTA_VERSION);
     p[6] = h->encoding;
     p[7] = flags;
-    put_u32(p + 8, h->model_id);
-    put_u32(p + 12, h->round);
-    put_u32(p + 16, h->n_samples);
-    put_u32(p + 20, h->n_elems);
-    put_u32(p + 24, h->block_size);
-    put_u32(p + 28, 0);
+    fedge_put_u32(p + 8, h->model_id);
+    fedge_put_u32(p + 12, h->round);
+    fedge_put_u32(p + 16, h->n_samples);
+    fedge_put_u32(p + 20, h->n_elems);
+    fedge_put_u32(p + 24, h->block_size);
+    fedge_put_u32(p + 28, 0);
     memcpy(p + 32, h->base_version, FEDGE_HASH_LEN);
 }
 
@@ -178,7 +155,8 @@ static void write_header(const fedge_delta_header *h, uint8_t flags, uint8_t *p)
  * Element loops run over chunks of CHUNK elements: with a constant trip
  * count the compiler vectorises them even at -O2, and the last, shorter
  * chunk takes the same code with a variable count. On little-endian hosts
- * wire order is memory order, so packing is a plain load or store. */
+ * wire order is memory order, so fedge_get/put (bytes.h) are plain loads and
+ * stores. */
 
 #define CHUNK 32
 
@@ -194,48 +172,6 @@ static void write_header(const fedge_delta_header *h, uint8_t flags, uint8_t *p)
             }                                        \
         }                                            \
     } while (0)
-
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define HOST_LE 1
-#else
-#define HOST_LE 0
-#endif
-
-static inline uint16_t ld16(const uint8_t *p)
-{
-    uint16_t v;
-    if (HOST_LE)
-        memcpy(&v, p, sizeof v);
-    else
-        v = get_u16(p);
-    return v;
-}
-
-static inline uint32_t ld32(const uint8_t *p)
-{
-    uint32_t v;
-    if (HOST_LE)
-        memcpy(&v, p, sizeof v);
-    else
-        v = get_u32(p);
-    return v;
-}
-
-static inline void st16(uint8_t *p, uint16_t v)
-{
-    if (HOST_LE)
-        memcpy(p, &v, sizeof v);
-    else
-        put_u16(p, v);
-}
-
-static inline void st32(uint8_t *p, uint32_t v)
-{
-    if (HOST_LE)
-        memcpy(p, &v, sizeof v);
-    else
-        put_u32(p, v);
-}
 
 /* Bit 31 of (bits & exponent mask) + lowest exponent bit is set exactly when
  * the exponent is all ones (NaN or Inf): an OR-reduction, no branches. */
@@ -257,11 +193,11 @@ static int encode_fp32(const float *x, size_t n, uint8_t *p)
 {
     if (any_nonfinite(x, n))
         return FEDGE_ERR_DELTA_NONFINITE;
-    if (HOST_LE) {
+    if (FEDGE_HOST_LE) {
         memcpy(p, x, 4 * n);
     } else {
         for (size_t i = 0; i < n; i++)
-            put_u32(p + 4 * i, f32_bits(x[i]));
+            fedge_put_f32(p + 4 * i, x[i]);
     }
     return FEDGE_OK;
 }
@@ -278,13 +214,13 @@ static int encode_half(const float *x, size_t n, uint8_t *p, int bf16)
             CHUNK_LOOP(k, {
                 uint16_t v = f32_to_bf16(xc[j]);
                 bad |= BF16_SPECIAL(v);
-                st16(pc + 2 * j, v);
+                fedge_put_u16(pc + 2 * j, v);
             });
         } else {
             CHUNK_LOOP(k, {
                 uint16_t v = f32_to_f16(xc[j]);
                 bad |= F16_SPECIAL(v);
-                st16(pc + 2 * j, v);
+                fedge_put_u16(pc + 2 * j, v);
             });
         }
     }
@@ -335,7 +271,7 @@ static int encode_int8(const float *x, size_t n, uint32_t block, fedge_rng *rng,
             scale = nextafterf(scale, INFINITY);
         if (!isfinite(scale * 127.0f))
             return FEDGE_ERR_RANGE;
-        st32(p, f32_bits(scale));
+        fedge_put_f32(p, scale);
         int8_t *q = (int8_t *)(p + 4);
         /* x * (1 / scale) is within 2^-22 relative of x / scale, which only
          * moves |v| <= 127 by far less than a rounding step; the reciprocal
@@ -407,19 +343,19 @@ int fedge_delta_parse_header(const uint8_t hdr[FEDGE_DELTA_HEADER_LEN], fedge_de
         return FEDGE_ERR_INVALID_ARG;
     if (memcmp(hdr, delta_magic, 4) != 0)
         return FEDGE_ERR_DELTA_MAGIC;
-    if (get_u16(hdr + 4) != FEDGE_DELTA_VERSION)
+    if (fedge_get_u16(hdr + 4) != FEDGE_DELTA_VERSION)
         return FEDGE_ERR_DELTA_VERSION;
     /* Unknown flag bits and a non-zero reserved word belong to a later version. */
-    if ((hdr[7] & ~FLAG_STOCHASTIC) != 0 || get_u32(hdr + 28) != 0)
+    if ((hdr[7] & ~FLAG_STOCHASTIC) != 0 || fedge_get_u32(hdr + 28) != 0)
         return FEDGE_ERR_DELTA_VERSION;
     fedge_delta_header t;
     t.encoding = hdr[6];
     t.flags = hdr[7];
-    t.model_id = get_u32(hdr + 8);
-    t.round = get_u32(hdr + 12);
-    t.n_samples = get_u32(hdr + 16);
-    t.n_elems = get_u32(hdr + 20);
-    t.block_size = get_u32(hdr + 24);
+    t.model_id = fedge_get_u32(hdr + 8);
+    t.round = fedge_get_u32(hdr + 12);
+    t.n_samples = fedge_get_u32(hdr + 16);
+    t.n_elems = fedge_get_u32(hdr + 20);
+    t.block_size = fedge_get_u32(hdr + 24);
     memcpy(t.base_version, hdr + 32, FEDGE_HASH_LEN);
     int ret = check_fields(t.encoding, t.n_elems, t.block_size);
     if (ret != FEDGE_OK)
@@ -465,7 +401,7 @@ static int scan_fp32(const uint8_t *p, size_t n)
     for (size_t i = 0; i < n; i += CHUNK) {
         size_t k = n - i < CHUNK ? n - i : CHUNK;
         const uint8_t *pc = p + 4 * i;
-        CHUNK_LOOP(k, bad |= F32_SPECIAL(ld32(pc + 4 * j)));
+        CHUNK_LOOP(k, bad |= F32_SPECIAL(fedge_get_u32(pc + 4 * j)));
     }
     return (bad & 0x80000000u) != 0;
 }
@@ -477,9 +413,9 @@ static int scan_half(const uint8_t *p, size_t n, int bf16)
         size_t k = n - i < CHUNK ? n - i : CHUNK;
         const uint8_t *pc = p + 2 * i;
         if (bf16)
-            CHUNK_LOOP(k, bad |= BF16_SPECIAL(ld16(pc + 2 * j)));
+            CHUNK_LOOP(k, bad |= BF16_SPECIAL(fedge_get_u16(pc + 2 * j)));
         else
-            CHUNK_LOOP(k, bad |= F16_SPECIAL(ld16(pc + 2 * j)));
+            CHUNK_LOOP(k, bad |= F16_SPECIAL(fedge_get_u16(pc + 2 * j)));
     }
     return (bad & 0x8000u) != 0;
 }
@@ -490,7 +426,7 @@ static int scan_int8(const uint8_t *p, size_t n, uint32_t block)
 {
     for (size_t start = 0; start < n; start += block) {
         size_t len = n - start < block ? n - start : block;
-        float scale = bits_f32(ld32(p));
+        float scale = fedge_get_f32(p);
         if (!isfinite(scale))
             return 1;
         if (fabsf(scale) > 0x1p120f) {
@@ -521,11 +457,11 @@ int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *paylo
     case FEDGE_ENC_FP32:
         if (scan_fp32(p, n))
             return FEDGE_ERR_DELTA_NONFINITE;
-        if (HOST_LE) {
+        if (FEDGE_HOST_LE) {
             memcpy(out, p, 4 * n);
         } else {
             for (size_t i = 0; i < n; i++)
-                out[i] = bits_f32(get_u32(p + 4 * i));
+                out[i] = fedge_get_f32(p + 4 * i);
         }
         break;
     case FEDGE_ENC_FP16:
@@ -537,9 +473,9 @@ int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *paylo
             size_t k = n - i < CHUNK ? n - i : CHUNK;
             const uint8_t *pc = p + 2 * i;
             if (bf16)
-                CHUNK_LOOP(k, out[i + j] = bf16_to_f32(ld16(pc + 2 * j)));
+                CHUNK_LOOP(k, out[i + j] = bf16_to_f32(fedge_get_u16(pc + 2 * j)));
             else
-                CHUNK_LOOP(k, out[i + j] = f16_to_f32(ld16(pc + 2 * j)));
+                CHUNK_LOOP(k, out[i + j] = f16_to_f32(fedge_get_u16(pc + 2 * j)));
         }
         break;
     }
@@ -549,7 +485,7 @@ int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *paylo
             return FEDGE_ERR_DELTA_NONFINITE;
         for (size_t start = 0; start < n; start += block) {
             size_t len = n - start < block ? n - start : block;
-            float scale = bits_f32(ld32(p));
+            float scale = fedge_get_f32(p);
             const int8_t *q = (const int8_t *)(p + 4);
             float *ob = out + start;
             for (size_t i = 0; i < len; i += CHUNK) {

@@ -8,6 +8,7 @@
 #include <mbedtls/md.h>
 #include <mbedtls/platform_util.h>
 
+#include "bytes.h"
 #include "common.h"
 #include "hash.h"
 
@@ -18,42 +19,6 @@ static const char key_id_label[] = "fedge key id";
 
 #define ENV_VERSION 1
 #define NONCE_LEN 12
-
-static inline void put_u16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static inline void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static inline void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static inline uint16_t get_u16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static inline uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static inline uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
 
 int fedge_envelope_derive_key(const uint8_t *secret, size_t secret_len,
                               const char *device_id, fedge_device_key *out)
@@ -136,14 +101,14 @@ int fedge_envelope_seal(const fedge_device_key *k, uint64_t counter,
     mbedtls_gcm_context gcm;
     mbedtls_gcm_init(&gcm);
     memcpy(out, env_magic, 4);
-    put_u16(out + 4, ENV_VERSION);
-    put_u16(out + 6, 0);
+    fedge_put_u16(out + 4, ENV_VERSION);
+    fedge_put_u16(out + 6, 0);
     memcpy(out + 8, k->key_id, FEDGE_KEY_ID_LEN);
-    put_u64(out + 16, counter);
+    fedge_put_u64(out + 16, counter);
     memcpy(out + 24, random_prefix, 4);
-    put_u64(out + 28, counter);
-    put_u32(out + 36, (uint32_t)aad_len);
-    put_u32(out + 40, (uint32_t)plain_len);
+    fedge_put_u64(out + 28, counter);
+    fedge_put_u32(out + 36, (uint32_t)aad_len);
+    fedge_put_u32(out + 40, (uint32_t)plain_len);
     if (aad_len > 0 && aad != out_aad)
         memcpy(out_aad, aad, aad_len);
     if (mbedtls_gcm_setkey(&gcm, MBEDTLS_CIPHER_ID_AES, k->key, 8 * FEDGE_KEY_LEN) != 0)
@@ -166,21 +131,21 @@ int fedge_envelope_parse(const uint8_t *in, size_t len, fedge_envelope_view *v)
         return FEDGE_ERR_INVALID_ARG;
     if (len >= 4 && memcmp(in, env_magic, 4) != 0)
         return FEDGE_ERR_ENV_MAGIC;
-    if (len >= 6 && get_u16(in + 4) != ENV_VERSION)
+    if (len >= 6 && fedge_get_u16(in + 4) != ENV_VERSION)
         return FEDGE_ERR_ENV_VERSION;
     if (len < FEDGE_ENV_HEADER_LEN)
         return FEDGE_ERR_ENV_TRUNCATED;
-    if (get_u16(in + 6) != 0)
+    if (fedge_get_u16(in + 6) != 0)
         return FEDGE_ERR_ENV_VERSION;
-    uint64_t aad_len = get_u32(in + 36);
-    uint64_t ct_len = get_u32(in + 40);
+    uint64_t aad_len = fedge_get_u32(in + 36);
+    uint64_t ct_len = fedge_get_u32(in + 40);
     uint64_t total = FEDGE_ENV_OVERHEAD + aad_len + ct_len;
     if (len < total)
         return FEDGE_ERR_ENV_TRUNCATED;
     if (len > total || total > FEDGE_ENV_MAX_LEN)
         return FEDGE_ERR_ENV_OVERSIZED;
     memcpy(v->key_id, in + 8, FEDGE_KEY_ID_LEN);
-    v->counter = get_u64(in + 16);
+    v->counter = fedge_get_u64(in + 16);
     v->aad = in + FEDGE_ENV_HEADER_LEN;
     v->aad_len = (size_t)aad_len;
     v->ct_len = (size_t)ct_len;

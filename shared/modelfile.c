@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -13,7 +12,9 @@
 #include <mbedtls/platform_util.h>
 #include <mbedtls/sha256.h>
 
+#include "bytes.h"
 #include "common.h"
+#include "fileio.h"
 
 static const uint8_t file_magic[4] = {'F', 'M', 'D', 'L'};
 
@@ -23,43 +24,16 @@ static const uint8_t file_magic[4] = {'F', 'M', 'D', 'L'};
 #define PREFIX_MAX (FIXED_LEN + (FEDGE_MODEL_SPEC_MAX - 1) + 8)
 #define PARAM_CHUNK 4096
 
-static inline void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static inline void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static inline uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static inline uint64_t get_u64(const uint8_t *p)
-{
-    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
-
 static void params_to_le(const float *src, size_t n, uint8_t *dst)
 {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &src[i], sizeof u);
-        put_u32(dst + 4 * i, u);
-    }
+    for (size_t i = 0; i < n; i++)
+        fedge_put_f32(dst + 4 * i, src[i]);
 }
 
 static void params_from_le(const uint8_t *src, size_t n, float *dst)
 {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u = get_u32(src + 4 * i);
-        memcpy(&dst[i], &u, sizeof u);
-    }
+    for (size_t i = 0; i < n; i++)
+        dst[i] = fedge_get_f32(src + 4 * i);
 }
 
 static int params_finite(const float *p, size_t n)
@@ -83,10 +57,10 @@ static int build_prefix(const fedge_model *m, uint8_t prefix[PREFIX_MAX], size_t
         return FEDGE_ERR_MODEL_SHAPE;
     size_t sl = strlen(spec);
     memcpy(prefix, file_magic, 4);
-    put_u32(prefix + 4, FILE_VERSION);
-    put_u32(prefix + 8, (uint32_t)sl);
+    fedge_put_u32(prefix + 4, FILE_VERSION);
+    fedge_put_u32(prefix + 8, (uint32_t)sl);
     memcpy(prefix + FIXED_LEN, spec, sl);
-    put_u64(prefix + FIXED_LEN + sl, (uint64_t)m->n_params);
+    fedge_put_u64(prefix + FIXED_LEN + sl, (uint64_t)m->n_params);
     *prefix_len = FIXED_LEN + sl + 8;
     return FEDGE_OK;
 }
@@ -174,9 +148,9 @@ static int parse_prefix(const uint8_t *p, size_t avail, uint64_t total_len, pref
         return FEDGE_ERR_MODEL_FILE_MAGIC;
     if (avail < FIXED_LEN)
         return FEDGE_ERR_MODEL_FILE_TRUNCATED;
-    if (get_u32(p + 4) != FILE_VERSION)
+    if (fedge_get_u32(p + 4) != FILE_VERSION)
         return FEDGE_ERR_MODEL_FILE_VERSION;
-    uint32_t sl = get_u32(p + 8);
+    uint32_t sl = fedge_get_u32(p + 8);
     if (sl == 0 || sl >= FEDGE_MODEL_SPEC_MAX)
         return FEDGE_ERR_MODEL_SPEC;
     if (avail < FIXED_LEN + (size_t)sl + 8)
@@ -189,7 +163,7 @@ static int parse_prefix(const uint8_t *p, size_t avail, uint64_t total_len, pref
         fedge_model_spec_format(&info->spec, canon, sizeof canon) != FEDGE_OK ||
         strcmp(spec, canon) != 0)
         return FEDGE_ERR_MODEL_SPEC;
-    uint64_t n = get_u64(p + FIXED_LEN + sl);
+    uint64_t n = fedge_get_u64(p + FIXED_LEN + sl);
     size_t want = fedge_model_spec_param_count(&info->spec);
     if (n != (uint64_t)want)
         return FEDGE_ERR_MODEL_SHAPE;
@@ -239,24 +213,6 @@ cleanup:
     return ret;
 }
 
-static int read_at(int fd, void *dst, size_t len, off_t off)
-{
-    uint8_t *p = dst;
-    while (len > 0) {
-        ssize_t n = pread(fd, p, len, off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return FEDGE_ERR_IO;
-        if (n == 0)
-            return FEDGE_ERR_MODEL_FILE_TRUNCATED; /* shrank under us */
-        p += n;
-        len -= (size_t)n;
-        off += n;
-    }
-    return FEDGE_OK;
-}
-
 int fedge_model_load(const char *path, fedge_model *m, uint8_t version_out[FEDGE_HASH_LEN])
 {
     if (path == NULL || m == NULL)
@@ -275,20 +231,16 @@ int fedge_model_load(const char *path, fedge_model *m, uint8_t version_out[FEDGE
     if (!S_ISREG(st.st_mode))
         FAIL(FEDGE_ERR_IO);
     size_t avail = (uint64_t)st.st_size < PREFIX_MAX ? (size_t)st.st_size : PREFIX_MAX;
-    CHK(read_at(fd, prefix, avail, 0));
+    CHK(fedge_pread_all(fd, prefix, avail, 0, FEDGE_ERR_MODEL_FILE_TRUNCATED));
     CHK(parse_prefix(prefix, avail, (uint64_t)st.st_size, &info));
     CHK(fedge_model_init(&tmp, &info.spec));
     /* Read the parameters straight into the model; on a little-endian host
      * the conversion below is the identity. */
-    CHK(read_at(fd, tmp.params, 4 * info.n_params, (off_t)info.prefix_len));
-    {
-        uint8_t *raw = (uint8_t *)tmp.params;
-        for (size_t i = 0; i < info.n_params; i++) {
-            uint32_t u = get_u32(raw + 4 * i);
-            memcpy(&tmp.params[i], &u, sizeof u);
-        }
-    }
-    CHK(read_at(fd, stored, FEDGE_HASH_LEN, (off_t)(info.prefix_len + 4 * info.n_params)));
+    CHK(fedge_pread_all(fd, tmp.params, 4 * info.n_params, info.prefix_len,
+                        FEDGE_ERR_MODEL_FILE_TRUNCATED));
+    params_from_le((const uint8_t *)tmp.params, info.n_params, tmp.params);
+    CHK(fedge_pread_all(fd, stored, FEDGE_HASH_LEN, info.prefix_len + 4 * info.n_params,
+                        FEDGE_ERR_MODEL_FILE_TRUNCATED));
     CHK(finish_load(prefix, &info, &tmp, stored, m, version_out));
 cleanup:
     if (fd >= 0)
@@ -297,82 +249,18 @@ cleanup:
     return ret;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return FEDGE_ERR_IO;
-        p += n;
-        len -= (size_t)n;
-    }
-    return FEDGE_OK;
-}
-
-static int fsync_parent_dir(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char dir[4096];
-    if (slash == NULL) {
-        strcpy(dir, ".");
-    } else if (slash == path) {
-        strcpy(dir, "/");
-    } else {
-        size_t n = (size_t)(slash - path);
-        if (n >= sizeof dir)
-            return FEDGE_ERR_INVALID_ARG;
-        memcpy(dir, path, n);
-        dir[n] = '\0';
-    }
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return FEDGE_ERR_IO;
-    int rc = fsync(fd);
-    int err = errno;
-    close(fd);
-    return rc == 0 || err == EINVAL ? FEDGE_OK : FEDGE_ERR_IO;
-}
-
 int fedge_model_save(const fedge_model *m, const char *path, uint8_t version_out[FEDGE_HASH_LEN])
 {
     if (m == NULL || path == NULL || path[0] == '\0')
         return FEDGE_ERR_INVALID_ARG;
-    int ret = FEDGE_OK;
     uint8_t *buf = NULL;
     size_t len = 0;
     uint8_t version[FEDGE_HASH_LEN];
-    char tmp_path[4096];
-    int fd = -1, have_tmp = 0;
-    if (snprintf(tmp_path, sizeof tmp_path, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp_path)
-        return FEDGE_ERR_INVALID_ARG;
-    CHK(fedge_model_serialize(m, &buf, &len, version));
-
-    fd = mkostemp(tmp_path, O_CLOEXEC);
-    if (fd < 0)
-        FAIL(FEDGE_ERR_IO);
-    have_tmp = 1;
-    if (fchmod(fd, 0644) != 0)
-        FAIL(FEDGE_ERR_IO);
-    CHK(write_all(fd, buf, len));
-    if (fsync(fd) != 0)
-        FAIL(FEDGE_ERR_IO);
-    int rc = close(fd);
-    fd = -1;
-    if (rc != 0)
-        FAIL(FEDGE_ERR_IO);
-    if (rename(tmp_path, path) != 0)
-        FAIL(FEDGE_ERR_IO);
-    have_tmp = 0;
-    CHK(fsync_parent_dir(path));
-    if (version_out != NULL)
+    int ret = fedge_model_serialize(m, &buf, &len, version);
+    if (ret == FEDGE_OK)
+        ret = fedge_write_file_atomic(path, buf, len, 0644, 0);
+    if (ret == FEDGE_OK && version_out != NULL)
         memcpy(version_out, version, FEDGE_HASH_LEN);
-cleanup:
-    if (fd >= 0)
-        close(fd);
-    if (have_tmp)
-        unlink(tmp_path);
     free(buf);
     return ret;
 }

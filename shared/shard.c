@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -13,7 +12,9 @@
 
 #include <mbedtls/sha256.h>
 
+#include "bytes.h"
 #include "common.h"
+#include "fileio.h"
 
 #define SHARD_MAGIC "FSHD"
 #define SHARD_VERSION 1u
@@ -32,45 +33,6 @@ typedef struct {
     uint64_t file_size;
 } shard_header;
 
-/* ---- little-endian helpers ------------------------------------------------ */
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
-
-static void put_f32(uint8_t *p, float f)
-{
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    put_u32(p, bits);
-}
-
-static float get_f32(const uint8_t *p)
-{
-    uint32_t bits = get_u32(p);
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
 static size_t feature_size(int feature_type)
 {
     return feature_type == FEDGE_SHARD_F32 ? 4u : 1u;
@@ -78,38 +40,10 @@ static size_t feature_size(int feature_type)
 
 /* ---- raw I/O -------------------------------------------------------------- */
 
-static int write_all(int fd, const uint8_t *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t w = write(fd, buf, len);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return FEDGE_ERR_IO;
-        }
-        buf += w;
-        len -= (size_t)w;
-    }
-    return FEDGE_OK;
-}
-
 /* A short read means the file shrank after it was validated. */
 static int pread_all(int fd, uint8_t *buf, size_t len, uint64_t off)
 {
-    while (len > 0) {
-        ssize_t got = pread(fd, buf, len, (off_t)off);
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            return FEDGE_ERR_IO;
-        }
-        if (got == 0)
-            return FEDGE_ERR_SHARD_TRUNCATED;
-        buf += got;
-        len -= (size_t)got;
-        off += (uint64_t)got;
-    }
-    return FEDGE_OK;
+    return fedge_pread_all(fd, buf, len, off, FEDGE_ERR_SHARD_TRUNCATED);
 }
 
 static int sha_update(mbedtls_sha256_context *sha, const uint8_t *buf, size_t len)
@@ -123,12 +57,12 @@ static void encode_header(uint8_t out[SHARD_HEADER_LEN], uint64_t n, int dim, in
                           int feature_type)
 {
     memcpy(out, SHARD_MAGIC, 4);
-    put_u32(out + 4, SHARD_VERSION);
-    put_u64(out + 8, n);
-    put_u32(out + 16, (uint32_t)dim);
-    put_u32(out + 20, (uint32_t)n_classes);
-    put_u32(out + 24, (uint32_t)feature_type);
-    put_u32(out + 28, 0);
+    fedge_put_u32(out + 4, SHARD_VERSION);
+    fedge_put_u64(out + 8, n);
+    fedge_put_u32(out + 16, (uint32_t)dim);
+    fedge_put_u32(out + 20, (uint32_t)n_classes);
+    fedge_put_u32(out + 24, (uint32_t)feature_type);
+    fedge_put_u32(out + 28, 0);
 }
 
 /* Validates the header fields and that the file length is exactly
@@ -141,20 +75,20 @@ static int decode_header(const uint8_t *buf, size_t got, uint64_t file_size, sha
         return FEDGE_ERR_SHARD_MAGIC;
     if (got < 8)
         return FEDGE_ERR_SHARD_TRUNCATED;
-    if (get_u32(buf + 4) != SHARD_VERSION)
+    if (fedge_get_u32(buf + 4) != SHARD_VERSION)
         return FEDGE_ERR_SHARD_VERSION;
     if (got < SHARD_HEADER_LEN)
         return FEDGE_ERR_SHARD_TRUNCATED;
 
-    h->n = get_u64(buf + 8);
-    h->dim = get_u32(buf + 16);
-    h->n_classes = get_u32(buf + 20);
-    h->feature_type = get_u32(buf + 24);
+    h->n = fedge_get_u64(buf + 8);
+    h->dim = fedge_get_u32(buf + 16);
+    h->n_classes = fedge_get_u32(buf + 20);
+    h->feature_type = fedge_get_u32(buf + 24);
     if (h->n == 0 || h->n > FEDGE_DATASET_MAX_ROWS || h->dim == 0 ||
         h->dim > FEDGE_DATASET_MAX_DIM || h->n_classes == 0 ||
         h->n_classes > SHARD_MAX_CLASSES ||
         (h->feature_type != FEDGE_SHARD_U8 && h->feature_type != FEDGE_SHARD_F32) ||
-        get_u32(buf + 28) != 0)
+        fedge_get_u32(buf + 28) != 0)
         return FEDGE_ERR_SHARD_HEADER;
 
     /* Bounded by the limits above: n * record < 2^27 * 2^19, no overflow. */
@@ -209,7 +143,7 @@ static int decode_record(const uint8_t *rec, int dim, int n_classes, int feature
             x[j] = (float)rec[1 + j] * FEDGE_SHARD_U8_SCALE;
     } else {
         for (int j = 0; j < dim; j++) {
-            float v = get_f32(rec + 1 + 4 * (size_t)j);
+            float v = fedge_get_f32(rec + 1 + 4 * (size_t)j);
             if (!isfinite(v))
                 return FEDGE_ERR_DATA_FORMAT;
             x[j] = v;
@@ -231,7 +165,7 @@ static int encode_record(uint8_t *rec, const float *x, uint8_t y, int dim, int f
         for (int j = 0; j < dim; j++) {
             if (!isfinite(x[j]))
                 return FEDGE_ERR_RANGE;
-            put_f32(rec + 1 + 4 * (size_t)j, x[j]);
+            fedge_put_f32(rec + 1 + 4 * (size_t)j, x[j]);
         }
     }
     return FEDGE_OK;
@@ -239,35 +173,11 @@ static int encode_record(uint8_t *rec, const float *x, uint8_t y, int dim, int f
 
 /* ---- writer --------------------------------------------------------------- */
 
-static int fsync_parent_dir(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char *dir = NULL;
-    int fd, ret = FEDGE_OK;
-
-    if (!slash)
-        dir = strdup(".");
-    else if (slash == path)
-        dir = strdup("/");
-    else
-        dir = strndup(path, (size_t)(slash - path));
-    if (!dir)
-        return FEDGE_ERR_NOMEM;
-    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) != 0)
-        ret = FEDGE_ERR_IO;
-    if (fd >= 0)
-        close(fd);
-    free(dir);
-    return ret;
-}
-
 int fedge_shard_write(const char *path, const fedge_dataset *ds, const size_t *idx,
                       size_t count, int feature_type)
 {
     int ret = FEDGE_OK;
-    int fd = -1;
-    char *tmp = NULL;
+    fedge_atomic_file out = {0};
     uint8_t *buf = NULL;
     uint8_t header[SHARD_HEADER_LEN], digest[SHARD_HASH_LEN];
     mbedtls_sha256_context sha;
@@ -299,26 +209,17 @@ int fedge_shard_write(const char *path, const fedge_dataset *ds, const size_t *i
         CHK(encode_record(buf, ds->x + idx[i] * (size_t)dim, ds->y[idx[i]], dim, feature_type));
     }
 
-    size_t plen = strlen(path);
-    tmp = malloc(plen + sizeof(".tmp-XXXXXX"));
-    if (!tmp)
-        FAIL(FEDGE_ERR_NOMEM);
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp-XXXXXX", sizeof(".tmp-XXXXXX"));
-    fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        free(tmp);
-        tmp = NULL;
-        FAIL(errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO);
-    }
-    if (fchmod(fd, 0644) != 0)
-        FAIL(FEDGE_ERR_IO);
+    ret = fedge_atomic_open(path, 0644, 0, &out);
+    if (ret == FEDGE_ERR_IO && errno == ENOENT)
+        ret = FEDGE_ERR_NOT_FOUND; /* no such directory */
+    if (ret != FEDGE_OK)
+        goto cleanup;
 
     if (mbedtls_sha256_starts_ret(&sha, 0) != 0)
         FAIL(FEDGE_ERR_CRYPTO);
     encode_header(header, count, dim, ds->n_classes, feature_type);
     CHK(sha_update(&sha, header, sizeof header));
-    CHK(write_all(fd, header, sizeof header));
+    CHK(fedge_write_all(out.fd, header, sizeof header));
 
     for (size_t i = 0; i < count; i += per_chunk) {
         size_t m = count - i < per_chunk ? count - i : per_chunk;
@@ -328,31 +229,15 @@ int fedge_shard_write(const char *path, const fedge_dataset *ds, const size_t *i
                               feature_type));
         }
         CHK(sha_update(&sha, buf, m * rec_size));
-        CHK(write_all(fd, buf, m * rec_size));
+        CHK(fedge_write_all(out.fd, buf, m * rec_size));
     }
     if (mbedtls_sha256_finish_ret(&sha, digest) != 0)
         FAIL(FEDGE_ERR_CRYPTO);
-    CHK(write_all(fd, digest, sizeof digest));
-    if (fsync(fd) != 0)
-        FAIL(FEDGE_ERR_IO);
-    if (close(fd) != 0) {
-        fd = -1;
-        FAIL(FEDGE_ERR_IO);
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0)
-        FAIL(FEDGE_ERR_IO);
-    free(tmp);
-    tmp = NULL;
-    CHK(fsync_parent_dir(path));
+    CHK(fedge_write_all(out.fd, digest, sizeof digest));
+    CHK(fedge_atomic_commit(&out));
 
 cleanup:
-    if (fd >= 0)
-        close(fd);
-    if (tmp) {
-        unlink(tmp);
-        free(tmp);
-    }
+    fedge_atomic_abort(&out);
     free(buf);
     mbedtls_sha256_free(&sha);
     return ret;
