@@ -1,12 +1,13 @@
 #include "cluster_loader.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "common.h"
+#include "fileio.h"
 
 #define SHARD_HEADER_BYTES 32 /* magic, version, n, dim, n_classes, type, reserved */
 #define NO_STEP UINT64_MAX
@@ -57,18 +58,11 @@ void fedge_batch_slice(int global_batch, int world, int rank, int *lo, int *hi)
 static int read_row(fedge_loader *ld, uint64_t row, uint8_t *rec, float *x, uint8_t *y)
 {
     const fedge_shard_reader *r = &ld->reader;
-    off_t off = (off_t)(SHARD_HEADER_BYTES + row * (uint64_t)r->record_size);
-    size_t got = 0;
-    while (got < r->record_size) {
-        ssize_t k = pread(r->fd, rec + got, r->record_size - got, off + (off_t)got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0)
-            return FEDGE_ERR_IO;
-        if (k == 0)
-            return FEDGE_ERR_DATA_TRUNCATED;
-        got += (size_t)k;
-    }
+    int ret = fedge_pread_all(r->fd, rec, r->record_size,
+                              SHARD_HEADER_BYTES + row * (uint64_t)r->record_size,
+                              FEDGE_ERR_DATA_TRUNCATED);
+    if (ret != FEDGE_OK)
+        return ret;
     if (rec[0] >= r->n_classes)
         return FEDGE_ERR_DATA_LABEL;
     *y = rec[0];
@@ -76,10 +70,11 @@ static int read_row(fedge_loader *ld, uint64_t row, uint8_t *rec, float *x, uint
         for (int j = 0; j < r->dim; j++)
             x[j] = (float)rec[1 + j] * (1.0f / 255.0f);
     } else {
-        memcpy(x, rec + 1, (size_t)r->dim * sizeof(float)); /* little-endian hosts */
-        for (int j = 0; j < r->dim; j++)
+        for (int j = 0; j < r->dim; j++) {
+            x[j] = fedge_get_f32(rec + 1 + 4 * (size_t)j);
             if (!isfinite(x[j]))
                 return FEDGE_ERR_DATA_FORMAT;
+        }
     }
     return FEDGE_OK;
 }

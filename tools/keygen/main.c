@@ -16,7 +16,6 @@
  * Exit status: 0 done, 2 usage or I/O error. */
 #include <errno.h>
 #include <stdarg.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +30,7 @@
 
 #include "audit.h"
 #include "common.h"
+#include "fileio.h"
 #include "hash.h"
 #include "keys.h"
 
@@ -79,43 +79,13 @@ static int region_valid(const char *r, size_t n)
  * temporary file renamed over the old one. */
 static int write_secret_file(const char *path, const char *data, size_t len, int force)
 {
-    char tmp[4096];
-    const char *target = path;
-    if (force) {
-        if (snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) >= (int)sizeof tmp)
-            return fail("%s: path too long", path);
-    }
-    int fd;
-    if (force) {
-        fd = mkstemp(tmp);
-        target = tmp;
-    } else {
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    }
-    if (fd < 0) {
-        if (errno == EEXIST)
-            return fail("%s exists; use --force to replace it", path);
-        return fail("cannot create %s: %s", path, strerror(errno));
-    }
-    int ok = fchmod(fd, 0600) == 0;
-    size_t done = 0;
-    while (ok && done < len) {
-        ssize_t n = write(fd, data + done, len - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        ok = n > 0;
-        if (ok)
-            done += (size_t)n;
-    }
-    ok = ok && fsync(fd) == 0;
-    ok = (close(fd) == 0) && ok;
-    if (ok && force && rename(tmp, path) != 0)
-        ok = 0;
-    if (!ok) {
-        int e = errno;
-        unlink(target);
-        return fail("cannot write %s: %s", path, strerror(e));
-    }
+    int ret = force ? fedge_write_file_atomic(path, data, len, 0600, 0)
+                    : fedge_write_file_inplace(path, data, len, 0600, FEDGE_FILE_EXCL);
+    if (ret == FEDGE_ERR_DUPLICATE)
+        return fail("%s exists; use --force to replace it", path);
+    if (ret != FEDGE_OK)
+        return fail("cannot write %s: %s", path,
+                    ret == FEDGE_ERR_IO ? strerror(errno) : fedge_strerror(ret));
     return 0;
 }
 

@@ -1,0 +1,210 @@
+/* fileio.c — durable file I/O (see fileio.h). */
+#include "fileio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common.h"
+
+int fedge_write_all(int fd, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return FEDGE_ERR_IO;
+        if (n == 0) {
+            errno = EIO;
+            return FEDGE_ERR_IO;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return FEDGE_OK;
+}
+
+int fedge_pread_all(int fd, void *buf, size_t len, uint64_t off, int short_code)
+{
+    uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = pread(fd, p, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return FEDGE_ERR_IO;
+        if (n == 0)
+            return short_code;
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return FEDGE_OK;
+}
+
+int fedge_fsync_dir(const char *dir)
+{
+    if (dir == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return FEDGE_ERR_IO;
+    int rc = fsync(fd);
+    int err = errno;
+    close(fd);
+    if (rc == 0 || err == EINVAL)
+        return FEDGE_OK;
+    errno = err;
+    return FEDGE_ERR_IO;
+}
+
+int fedge_fsync_dir_of(const char *path)
+{
+    if (path == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        return fedge_fsync_dir(".");
+    if (slash == path)
+        return fedge_fsync_dir("/");
+    char *dir = strndup(path, (size_t)(slash - path));
+    if (dir == NULL)
+        return FEDGE_ERR_NOMEM;
+    int ret = fedge_fsync_dir(dir);
+    int err = errno;
+    free(dir);
+    errno = err;
+    return ret;
+}
+
+/* ---- atomic replace --------------------------------------------------------- */
+
+int fedge_atomic_open(const char *path, mode_t mode, int flags, fedge_atomic_file *f)
+{
+    if (f == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    memset(f, 0, sizeof *f);
+    f->fd = -1;
+    if (path == NULL || path[0] == '\0' || (flags & ~FEDGE_FILE_FIXED_TMP) != 0)
+        return FEDGE_ERR_INVALID_ARG;
+    const int fixed = (flags & FEDGE_FILE_FIXED_TMP) != 0;
+    const char *suffix = fixed ? ".tmp" : ".tmp-XXXXXX";
+    size_t n = strlen(path), sn = strlen(suffix);
+    char *mem = malloc(2 * n + sn + 2);
+    if (mem == NULL)
+        return FEDGE_ERR_NOMEM;
+    char *tmp = mem + n + 1;
+    memcpy(mem, path, n + 1);
+    memcpy(tmp, path, n);
+    memcpy(tmp + n, suffix, sn + 1);
+
+    int fd = fixed ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+                   : mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) {
+        int err = errno;
+        free(mem);
+        errno = err;
+        return FEDGE_ERR_IO;
+    }
+    f->fd = fd;
+    f->path = mem;
+    f->tmp_path = tmp;
+    /* mkostemp gives 0600 and open() is cut by the umask; set it exactly,
+     * before any byte is written. */
+    if (fchmod(fd, mode) != 0) {
+        fedge_atomic_abort(f);
+        return FEDGE_ERR_IO;
+    }
+    return FEDGE_OK;
+}
+
+void fedge_atomic_abort(fedge_atomic_file *f)
+{
+    if (f == NULL || f->path == NULL)
+        return;
+    int err = errno;
+    if (f->fd >= 0)
+        close(f->fd);
+    if (f->tmp_path != NULL)
+        unlink(f->tmp_path);
+    free(f->path);
+    memset(f, 0, sizeof *f);
+    f->fd = -1;
+    errno = err;
+}
+
+int fedge_atomic_commit(fedge_atomic_file *f)
+{
+    if (f == NULL || f->path == NULL || f->fd < 0)
+        return FEDGE_ERR_INVALID_ARG;
+    int ret = FEDGE_OK;
+    if (fsync(f->fd) != 0) {
+        ret = FEDGE_ERR_IO;
+    } else {
+        int rc = close(f->fd);
+        f->fd = -1;
+        if (rc != 0 || rename(f->tmp_path, f->path) != 0)
+            ret = FEDGE_ERR_IO;
+    }
+    if (ret != FEDGE_OK) {
+        fedge_atomic_abort(f);
+        return ret;
+    }
+    f->tmp_path = NULL; /* renamed: nothing left to remove */
+    ret = fedge_fsync_dir_of(f->path);
+    fedge_atomic_abort(f); /* frees the names only */
+    return ret;
+}
+
+int fedge_write_file_atomic(const char *path, const void *buf, size_t len, mode_t mode,
+                            int flags)
+{
+    if (buf == NULL && len > 0)
+        return FEDGE_ERR_INVALID_ARG;
+    fedge_atomic_file f;
+    int ret = fedge_atomic_open(path, mode, flags, &f);
+    if (ret != FEDGE_OK)
+        return ret;
+    ret = fedge_write_all(f.fd, buf, len);
+    if (ret != FEDGE_OK) {
+        fedge_atomic_abort(&f);
+        return ret;
+    }
+    return fedge_atomic_commit(&f);
+}
+
+/* ---- in place ----------------------------------------------------------------- */
+
+int fedge_write_file_inplace(const char *path, const void *buf, size_t len, mode_t mode,
+                             int flags)
+{
+    if (path == NULL || (buf == NULL && len > 0) || (flags & ~FEDGE_FILE_EXCL) != 0)
+        return FEDGE_ERR_INVALID_ARG;
+    const int excl = (flags & FEDGE_FILE_EXCL) != 0;
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (excl ? O_EXCL : O_TRUNC), mode);
+    if (fd < 0)
+        return excl && errno == EEXIST ? FEDGE_ERR_DUPLICATE : FEDGE_ERR_IO;
+    int ret = FEDGE_OK;
+    if (fchmod(fd, mode) != 0) /* the umask may have cut bits from mode */
+        ret = FEDGE_ERR_IO;
+    if (ret == FEDGE_OK)
+        ret = fedge_write_all(fd, buf, len);
+    if (ret == FEDGE_OK && fsync(fd) != 0)
+        ret = FEDGE_ERR_IO;
+    int err = errno;
+    if (close(fd) != 0 && ret == FEDGE_OK) {
+        ret = FEDGE_ERR_IO;
+        err = errno;
+    }
+    if (ret != FEDGE_OK) {
+        unlink(path);
+        errno = err;
+    }
+    return ret;
+}

@@ -1,0 +1,241 @@
+/* test_fileio.c — bytes.h packing and fileio.h durable writes. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bytes.h"
+#include "error.h"
+#include "fileio.h"
+
+typedef struct {
+    char dir[64];
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/fedge-fileio-XXXXXX");
+    if (!f || !mkdtemp(f->dir))
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    DIR *d = opendir(f->dir);
+    struct dirent *e;
+    char p[512];
+    while (d && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(p, sizeof p, "%s/%s", f->dir, e->d_name);
+        if (unlink(p) != 0)
+            rmdir(p);
+    }
+    if (d)
+        closedir(d);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static int count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static size_t slurp(const char *path, char *buf, size_t cap)
+{
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    size_t n = fread(buf, 1, cap, fp);
+    fclose(fp);
+    return n;
+}
+
+static void test_bytes_layout(void **state)
+{
+    (void)state;
+    uint8_t b[3 + 8];
+    uint8_t *p = b + 3; /* deliberately unaligned */
+    fedge_put_u16(p, 0x1234);
+    assert_int_equal(p[0], 0x34);
+    assert_int_equal(p[1], 0x12);
+    assert_int_equal(fedge_get_u16(p), 0x1234);
+    fedge_put_u32(p, 0x89abcdefu);
+    static const uint8_t w32[4] = {0xef, 0xcd, 0xab, 0x89};
+    assert_memory_equal(p, w32, 4);
+    assert_int_equal(fedge_get_u32(p), 0x89abcdefu);
+    fedge_put_u64(p, 0x0102030405060708ull);
+    static const uint8_t w64[8] = {8, 7, 6, 5, 4, 3, 2, 1};
+    assert_memory_equal(p, w64, 8);
+    assert_true(fedge_get_u64(p) == 0x0102030405060708ull);
+    fedge_put_f32(p, 1.0f);
+    static const uint8_t one[4] = {0x00, 0x00, 0x80, 0x3f};
+    assert_memory_equal(p, one, 4);
+    assert_true(fedge_get_f32(p) == 1.0f);
+    static const uint8_t nan_payload[4] = {0x01, 0x00, 0xc0, 0x7f};
+    float v = fedge_get_f32(nan_payload);
+    assert_true(isnan(v));
+    fedge_put_f32(p, v);
+    assert_memory_equal(p, nan_payload, 4);
+}
+
+static void test_atomic_write_replace(void **state)
+{
+    fixture *f = *state;
+    char path[128], buf[64];
+    snprintf(path, sizeof path, "%s/a.txt", f->dir);
+    assert_int_equal(fedge_write_file_atomic(path, "old\n", 4, 0640, 0), FEDGE_OK);
+    assert_int_equal(fedge_write_file_atomic(path, "newer\n", 6, 0640, 0), FEDGE_OK);
+    assert_int_equal(slurp(path, buf, sizeof buf), 6);
+    assert_memory_equal(buf, "newer\n", 6);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0640);
+    assert_int_equal(count_entries(f->dir), 1);
+
+    /* fixed temporary name, and a stale one is reused */
+    char tmp[160];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *fp = fopen(tmp, "w");
+    fputs("stale garbage that is longer", fp);
+    fclose(fp);
+    chmod(tmp, 0666);
+    assert_int_equal(fedge_write_file_atomic(path, "x", 1, 0600, FEDGE_FILE_FIXED_TMP), FEDGE_OK);
+    assert_int_equal(slurp(path, buf, sizeof buf), 1);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(count_entries(f->dir), 1);
+
+    /* a failure before the rename: old content kept, no temp file, errno kept */
+    assert_int_equal(mkdir(tmp, 0700), 0);
+    errno = 0;
+    assert_int_equal(fedge_write_file_atomic(path, "yy", 2, 0600, FEDGE_FILE_FIXED_TMP),
+                     FEDGE_ERR_IO);
+    assert_int_equal(errno, EISDIR);
+    assert_int_equal(rmdir(tmp), 0);
+    assert_int_equal(slurp(path, buf, sizeof buf), 1);
+    /* rename onto a directory */
+    char sub[128];
+    snprintf(sub, sizeof sub, "%s/sub", f->dir);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    assert_int_equal(fedge_write_file_atomic(sub, "z", 1, 0644, 0), FEDGE_ERR_IO);
+    assert_int_equal(count_entries(f->dir), 2);
+    assert_int_equal(rmdir(sub), 0);
+    /* a missing directory: IO with errno ENOENT */
+    snprintf(sub, sizeof sub, "%s/no/such/file", f->dir);
+    errno = 0;
+    assert_int_equal(fedge_write_file_atomic(sub, "z", 1, 0644, 0), FEDGE_ERR_IO);
+    assert_int_equal(errno, ENOENT);
+    assert_int_equal(fedge_write_file_atomic("", "z", 1, 0644, 0), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_write_file_atomic(path, "z", 1, 0644, 4), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(count_entries(f->dir), 1);
+}
+
+static void test_atomic_streaming(void **state)
+{
+    fixture *f = *state;
+    char path[128], buf[64];
+    snprintf(path, sizeof path, "%s/s.bin", f->dir);
+    fedge_atomic_file a = {0};
+    fedge_atomic_abort(&a); /* zero-initialised: nothing happens */
+    assert_int_equal(fedge_atomic_open(path, 0644, 0, &a), FEDGE_OK);
+    assert_int_equal(fedge_write_all(a.fd, "ab", 2), FEDGE_OK);
+    assert_int_equal(fedge_write_all(a.fd, "cd", 2), FEDGE_OK);
+    assert_int_not_equal(access(path, F_OK), 0); /* not there before the commit */
+    assert_int_equal(count_entries(f->dir), 1);
+    assert_int_equal(fedge_atomic_commit(&a), FEDGE_OK);
+    assert_int_equal(a.fd, -1);
+    assert_null(a.path);
+    fedge_atomic_abort(&a); /* after commit: nothing happens */
+    assert_int_equal(slurp(path, buf, sizeof buf), 4);
+    assert_memory_equal(buf, "abcd", 4);
+
+    assert_int_equal(fedge_atomic_open(path, 0644, 0, &a), FEDGE_OK);
+    assert_int_equal(fedge_write_all(a.fd, "zz", 2), FEDGE_OK);
+    errno = ERANGE;
+    fedge_atomic_abort(&a);
+    assert_int_equal(errno, ERANGE);
+    fedge_atomic_abort(&a); /* twice */
+    assert_int_equal(count_entries(f->dir), 1);
+    assert_int_equal(slurp(path, buf, sizeof buf), 4);
+    assert_memory_equal(buf, "abcd", 4);
+}
+
+static void test_inplace(void **state)
+{
+    fixture *f = *state;
+    char path[128], buf[64];
+    snprintf(path, sizeof path, "%s/k.pem", f->dir);
+    assert_int_equal(fedge_write_file_inplace(path, "key", 3, 0600, FEDGE_FILE_EXCL), FEDGE_OK);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    errno = 0;
+    assert_int_equal(fedge_write_file_inplace(path, "other", 5, 0600, FEDGE_FILE_EXCL),
+                     FEDGE_ERR_DUPLICATE);
+    assert_int_equal(errno, EEXIST);
+    assert_int_equal(slurp(path, buf, sizeof buf), 3); /* untouched */
+    assert_int_equal(fedge_write_file_inplace(path, "other", 5, 0644, 0), FEDGE_OK);
+    assert_int_equal(slurp(path, buf, sizeof buf), 5);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0644);
+    assert_int_equal(fedge_write_file_inplace(f->dir, "x", 1, 0644, 0), FEDGE_ERR_IO);
+    assert_int_equal(fedge_write_file_inplace(path, "x", 1, 0644, FEDGE_FILE_FIXED_TMP),
+                     FEDGE_ERR_INVALID_ARG);
+}
+
+static void test_dirs_and_reads(void **state)
+{
+    fixture *f = *state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/r.bin", f->dir);
+    assert_int_equal(fedge_fsync_dir(f->dir), FEDGE_OK);
+    assert_int_equal(fedge_fsync_dir_of(path), FEDGE_OK);
+    assert_int_equal(fedge_fsync_dir_of("relative-name"), FEDGE_OK);
+    assert_int_equal(fedge_fsync_dir_of("/top"), FEDGE_OK);
+    assert_int_equal(fedge_fsync_dir("/no/such/dir"), FEDGE_ERR_IO);
+    assert_int_equal(fedge_write_file_atomic(path, "0123456789", 10, 0644, 0), FEDGE_OK);
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    char b[8];
+    assert_int_equal(fedge_pread_all(fd, b, 4, 6, -999), FEDGE_OK);
+    assert_memory_equal(b, "6789", 4);
+    assert_int_equal(fedge_pread_all(fd, b, 5, 6, -999), -999);
+    assert_int_equal(fedge_write_all(fd, "x", 1), FEDGE_ERR_IO); /* read-only fd */
+    close(fd);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bytes_layout),
+        cmocka_unit_test_setup_teardown(test_atomic_write_replace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_atomic_streaming, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_inplace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dirs_and_reads, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
