@@ -41,8 +41,8 @@ one_run() { # encoding shard -> sets SEALED UP DOWN UPD RSS
     wait "$relay"
     SEALED=$(fed_sql "SELECT sum(bytes) FROM updates")
     UPD=$(fed_sql "SELECT count(*) FROM updates")
-    UP=$(python3 -c "import json; print(sum(c['up_bytes'] for c in json.load(open('$stats')).values()))")
-    DOWN=$(python3 -c "import json; print(sum(c['down_bytes'] for c in json.load(open('$stats')).values()))")
+    UP=$(python3 -c "import json; print(sum(c['up_bytes'] for c in json.load(open('$stats'))['clients'].values()))")
+    DOWN=$(python3 -c "import json; print(sum(c['down_bytes'] for c in json.load(open('$stats'))['clients'].values()))")
     RSS=$(awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }' "$FED_DIR/edge.log")
 }
 
