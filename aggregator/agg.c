@@ -800,6 +800,20 @@ cleanup:
     return ret;
 }
 
+static int was_participant(fedge_aggregator *a, uint32_t round, const char *device, int *was)
+{
+    sqlite3_stmt *st = NULL;
+    int ret;
+    *was = 0;
+    CHK(sql_prepare(a->db, "SELECT 1 FROM round_participants WHERE round=? AND device=?", &st));
+    sqlite3_bind_int64(st, 1, round);
+    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
+    *was = sqlite3_step(st) == SQLITE_ROW;
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
 /* The counter of this device's accepted update in the open round, if any. */
 static int accepted_counter(fedge_aggregator *a, const char *device, int64_t *counter)
 {
@@ -856,7 +870,23 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
             reply(code, msg, msglen, 409, "an update for round %u was already accepted", a->round);
         goto cleanup;
     }
-    if (!a->selected[d]) {
+    /* A straggler's update for an earlier round (within the policy's
+     * staleness window) joins this round's aggregate, discounted; it must
+     * come from a participant of the round it was trained for. The round
+     * read here is authenticated by the GCM tag in fedge_update_open. */
+    uint32_t window = fedge_gov_round_window(a);
+    uint32_t for_round = a->round;
+    fedge_delta_header peek;
+    if (view.aad_len == FEDGE_DELTA_HEADER_LEN && fedge_delta_parse_header(view.aad, &peek) == FEDGE_OK)
+        for_round = peek.round;
+    if (for_round < a->round && a->round - for_round <= window) {
+        int was = 0;
+        CHK(was_participant(a, for_round, device, &was));
+        if (!was) {
+            reply(code, msg, msglen, 403, "not selected for round %u", for_round);
+            goto cleanup;
+        }
+    } else if (!a->selected[d]) {
         reply(code, msg, msglen, 403, "not selected for round %u", a->round);
         goto cleanup;
     }
@@ -870,6 +900,7 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
         .model_id = a->model_id,
         .n_elems = (uint32_t)a->model.n_params,
         .round = a->round,
+        .round_window = window,
         .last_counter = last_counter,
         .max_len = a->max_update_bytes,
     };

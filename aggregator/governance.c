@@ -176,6 +176,11 @@ cleanup:
     return ret;
 }
 
+uint32_t fedge_gov_round_window(const fedge_aggregator *a)
+{
+    return fedge_policy_max_staleness(a->policy);
+}
+
 int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *status)
 {
     fedge_policy_decision d;
@@ -436,6 +441,13 @@ static int load_round_updates(fedge_aggregator *a, round_updates *u)
                         fedge_strerror(ret));
             goto cleanup;
         }
+        /* Late updates count less: FedAsync's polynomial discount (1 + s)^-1/2
+         * for an update whose base model is s rounds old. */
+        int found = 0;
+        uint32_t base_round = a->round;
+        CHK(base_round_of(a, h.base_version, &found, &base_round));
+        if (found && base_round < a->round)
+            u->weights[u->n - 1] /= sqrt(1.0 + (double)(a->round - base_round));
     }
     ret = FEDGE_OK;
 cleanup:

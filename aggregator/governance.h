@@ -53,6 +53,9 @@ int fedge_gov_sign_head(fedge_aggregator *a, uint32_t round);
  * hold up the quorum. */
 int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *status);
 
+/* How many rounds late an update may arrive (the policy's max_staleness). */
+uint32_t fedge_gov_round_window(const fedge_aggregator *a);
+
 /* Before opening `round` with k of n_allowed devices: would it exceed the
  * privacy budget? */
 int fedge_gov_round_admission(fedge_aggregator *a, uint32_t round, size_t k, size_t n_allowed,

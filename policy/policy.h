@@ -131,6 +131,9 @@ int fedge_policy_check_round(const fedge_policy *p, size_t n, const float *const
                              fedge_policy_decision *per_update,
                              fedge_policy_decision *round_out);
 unsigned fedge_policy_min_clients(const fedge_policy *p);
+/* update.max_staleness: how many rounds late an update may arrive and still
+ * be aggregated (its base model that many rounds old). */
+unsigned fedge_policy_max_staleness(const fedge_policy *p);
 /* Longest a round may stay open, seconds; 0: the aggregator's own setting. */
 double fedge_policy_round_deadline_s(const fedge_policy *p);
 

@@ -77,7 +77,7 @@ int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
     if (v.aad_len > FEDGE_DELTA_HEADER_LEN)
         FAIL(FEDGE_ERR_DELTA_OVERSIZED);
     CHK(fedge_delta_parse_header(v.aad, &t));
-    if (t.round != exp->round)
+    if (t.round > exp->round || exp->round - t.round > exp->round_window)
         FAIL(FEDGE_ERR_DELTA_ROUND);
     if (t.model_id != exp->model_id || t.n_elems != exp->n_elems)
         FAIL(FEDGE_ERR_DELTA_SHAPE);

@@ -24,6 +24,8 @@ typedef struct {
     uint32_t model_id;
     uint32_t n_elems;
     uint32_t round;
+    uint32_t round_window;  /* also accept rounds round - round_window .. round - 1
+                               (late updates of stragglers); 0: exactly round */
     uint64_t last_counter;  /* last counter accepted from this device */
     size_t max_len;         /* refuse larger frames (FEDGE_ERR_ENV_OVERSIZED);
                                0: FEDGE_ENV_MAX_LEN */

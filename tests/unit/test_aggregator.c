@@ -453,6 +453,64 @@ static void test_finish_and_no_round(void **state)
     assert_non_null(strstr(info, "\"rounds_done\":3"));
 }
 
+/* A straggler: dev-a trains for round 1 but its update arrives when round 2
+ * is open. With the policy's max_staleness 1 it joins round 2 (discounted);
+ * two rounds late, or with the default policy (staleness 0), it is refused
+ * and nothing is stored. */
+static void late_update(void **state, int staleness_allowed)
+{
+    fixture *fx = *state;
+    char msg[320], err[256] = "", path[128];
+    if (staleness_allowed) { /* restart the fixture's aggregator under a policy */
+        fedge_agg_free(&fx->agg);
+        snprintf(path, sizeof path, "%s/policy.yaml", fx->dir);
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs("version: 1\nname: stragglers\nupdate:\n  max_staleness: 1\n", f);
+        fclose(f);
+        snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
+        assert_int_equal(fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err), FEDGE_OK);
+        assert_int_equal(fx->agg.round, 1);
+    }
+    size_t late_len, later_len;
+    uint8_t *late = make_update(fx, 0, good(fx, 7000), &late_len); /* for round 1 */
+    for (int i = 1; i < N_DEV; i++) {
+        size_t len;
+        uint8_t *b = make_update(fx, i, good(fx, 7000 + (uint64_t)i), &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    double later = fedge_now() + fx->cfg.round_timeout_s + 1; /* round 1 deadline passes */
+    assert_int_equal(fedge_agg_tick(&fx->agg, later), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=1 AND status='closed'"), 2);
+    assert_int_equal(fedge_agg_tick(&fx->agg, later), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 2);
+
+    if (!staleness_allowed) {
+        expect_refused(fx, "dev-a", late, late_len, 409, "another round");
+        free(late);
+        return;
+    }
+    assert_int_equal(submit(fx, "dev-a", late, late_len, msg), 204);
+    assert_string_equal(msg, "accepted");
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE round=2 AND device='dev-a' AND decision='accepted'"), 1);
+    free(late);
+
+    /* round 3: an update trained for round 1 is two rounds late */
+    update_spec u = good(fx, 7100);
+    u.round = 1;
+    uint8_t *stale = make_update(fx, 1, u, &later_len);
+    assert_int_equal(fedge_agg_tick(&fx->agg, later + 2 * fx->cfg.round_timeout_s), FEDGE_OK);
+    assert_int_equal(fedge_agg_tick(&fx->agg, later + 2 * fx->cfg.round_timeout_s), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 3);
+    assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=2"), 1);
+    expect_refused(fx, "dev-b", stale, later_len, 409, "another round");
+    free(stale);
+}
+
+static void test_late_update_within_staleness(void **state) { late_update(state, 1); }
+static void test_late_update_refused_by_default(void **state) { late_update(state, 0); }
+
 static void test_round_info(void **state)
 {
     fixture *fx = *state;
@@ -476,6 +534,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_round_close_and_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_after_crash, setup, teardown),
         cmocka_unit_test_setup_teardown(test_finish_and_no_round, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_late_update_within_staleness, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_late_update_refused_by_default, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -253,7 +253,7 @@ static void test_seal_matches_plan(void **state)
         assert_int_equal(fedge_update_seal(&key, 100 + e, &h, t.grad, NULL, &sealed, &sealed_len),
                          FEDGE_OK);
         assert_int_equal(sealed_len, fedge_edge_sealed_size(&spec, encs[e]));
-        fedge_update_expect exp = {h.model_id, h.n_elems, 4, 0, 0};
+        fedge_update_expect exp = {.model_id = h.model_id, .n_elems = h.n_elems, .round = 4};
         uint8_t *scratch = malloc(sealed_len);
         fedge_delta_header got;
         uint64_t counter;
