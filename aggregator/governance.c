@@ -597,3 +597,46 @@ cleanup:
     free(mean);
     return ret;
 }
+
+int fedge_device_set_status(sqlite3 *db, const char *device, const char *status, const char *reason)
+{
+    sqlite3_stmt *st = NULL;
+    char detail[512], key[24], old[16] = "";
+    int ret, in_tx = 0;
+    if (!device || !status || !reason || !reason[0] ||
+        (strcmp(status, "allowed") && strcmp(status, "suspended") && strcmp(status, "revoked")))
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(fedge_store_begin(db));
+    in_tx = 1;
+    CHK(sql_prepare(db, "SELECT status FROM devices WHERE id=?", &st));
+    sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_ROW)
+        FAIL(FEDGE_ERR_NOT_FOUND);
+    snprintf(old, sizeof old, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    st = NULL;
+    CHK(sql_prepare(db, "UPDATE devices SET status=? WHERE id=?", &st));
+    sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    sqlite3_finalize(st);
+    st = NULL;
+    snprintf(detail, sizeof detail, "device %s: %s -> %s: %s", device, old, status, reason);
+    CHK(sql_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,'device_status','operator',?)",
+                    &st));
+    sqlite3_bind_double(st, 1, fedge_now());
+    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(db));
+    CHK(fedge_audit_append(db, "events", key));
+    CHK(fedge_store_commit(db));
+    in_tx = 0;
+cleanup:
+    sqlite3_finalize(st);
+    if (in_tx)
+        fedge_store_rollback(db);
+    return ret;
+}

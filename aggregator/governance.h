@@ -69,4 +69,12 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
  * applies the round rules, DP noise, and the weighted mean to a->model. */
 int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res);
 
+/* Operator action on a device: status allowed|suspended|revoked, with a
+ * reason. Updates devices.status and logs an audited events row (kind
+ * "device_status", rule "operator") in one transaction. A running
+ * aggregator sees it at its next update or selection: a revoked device's
+ * later updates are refused. FEDGE_ERR_NOT_FOUND for an unknown device,
+ * FEDGE_ERR_INVALID_ARG for another status or an empty reason. */
+int fedge_device_set_status(sqlite3 *db, const char *device, const char *status, const char *reason);
+
 #endif

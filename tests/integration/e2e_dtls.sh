@@ -41,4 +41,19 @@ echo "accuracy $acc0 -> $acc3"
 "$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" verify >/dev/null ||
     fed_fail "audit verify"
 grep -q "finished" "$FED_DIR/agg.log" || fed_fail "aggregator did not log the finish"
+
+# Forget a device: the operator revokes it; the audit shows every model its
+# updates influenced, and the log still verifies with the revocation in it.
+"$BIN/fedge-admin" --db "$FED_DIR/fedge.db" device dev-002 revoke --reason "owner request" >/dev/null ||
+    fed_fail "fedge-admin revoke"
+[ "$(fed_sql "SELECT status FROM devices WHERE id='dev-002'")" = revoked ] || fed_fail "device not revoked"
+"$BIN/fedge-admin" --db "$FED_DIR/fedge.db" device dev-002 obliterate --reason x 2>/dev/null
+[ $? -eq 2 ] || fed_fail "a bad action must be a usage error"
+"$BIN/fedge-admin" --db "$FED_DIR/nope.db" devices 2>/dev/null
+[ $? -eq 1 ] && [ ! -e "$FED_DIR/nope.db" ] || fed_fail "a missing database must be refused, not created"
+n=$("$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --json lineage --device dev-002 |
+    python3 -c "import json,sys; d=json.load(sys.stdin); print(len(d['influenced_models']))")
+[ "$n" -ge 3 ] || fed_fail "lineage --device should list the 3 aggregates dev-002 influenced (got $n)"
+"$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" verify >/dev/null ||
+    fed_fail "audit verify after the revocation"
 echo ok

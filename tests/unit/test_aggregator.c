@@ -17,6 +17,7 @@
 #include "agg.h"
 #include "common.h"
 #include "config.h"
+#include "governance.h"
 #include "hash.h"
 #include "log.h"
 #include "modelfile.h"
@@ -511,6 +512,41 @@ static void late_update(void **state, int staleness_allowed)
 static void test_late_update_within_staleness(void **state) { late_update(state, 1); }
 static void test_late_update_refused_by_default(void **state) { late_update(state, 0); }
 
+/* "Forget this device": an operator revokes dev-a in the middle of a round
+ * (fedge-admin); its update is refused by the policy, and the refusal and
+ * the revocation are both logged; bad operator input changes nothing. */
+static void test_revoke_device(void **state)
+{
+    fixture *fx = *state;
+    char msg[320];
+    size_t len;
+    assert_int_equal(fedge_device_set_status(fx->agg.db, "dev-zzz", "revoked", "x"), FEDGE_ERR_NOT_FOUND);
+    assert_int_equal(fedge_device_set_status(fx->agg.db, "dev-a", "banned", "x"), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_device_set_status(fx->agg.db, "dev-a", "revoked", ""), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='device_status'"), 0);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM devices WHERE status<>'allowed'"), 0);
+
+    assert_int_equal(fedge_device_set_status(fx->agg.db, "dev-a", "revoked", "owner asked to be forgotten"),
+                     FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='device_status' AND device='dev-a'"), 1);
+    uint8_t *b = make_update(fx, 0, good(fx, 8000), &len);
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 403);
+    assert_non_null(strstr(msg, "revoked"));
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-a' AND decision='rejected'"
+                            " AND rule='device_status'"), 1);
+    free(b);
+    /* the next round leaves it out */
+    for (int i = 1; i < N_DEV; i++) {
+        b = make_update(fx, i, good(fx, 8000 + (uint64_t)i), &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now() + fx->cfg.round_timeout_s + 1), FEDGE_OK);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now() + fx->cfg.round_timeout_s + 1), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 2);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM round_participants WHERE round=2 AND device='dev-a'"), 0);
+}
+
 static void test_round_info(void **state)
 {
     fixture *fx = *state;
@@ -536,6 +572,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_finish_and_no_round, setup, teardown),
         cmocka_unit_test_setup_teardown(test_late_update_within_staleness, setup, teardown),
         cmocka_unit_test_setup_teardown(test_late_update_refused_by_default, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_revoke_device, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
