@@ -109,7 +109,7 @@ endif
 
 .SECONDEXPANSION:
 
-.PHONY: all deps test unit integration asan demo bench edge clean distclean libs unit-bins build-all
+.PHONY: all deps test unit integration asan demo bench edge clean distclean libs unit-bins san-bins build-all
 .DEFAULT_GOAL := all
 
 all: deps
@@ -210,16 +210,18 @@ unit: all
 integration: all
 	$(Q)tests/run.sh integration $(BUILD)
 
-# The sanitizer build covers the unit tests (the libraries they link);
-# the integration scripts run the optimised programs.
+# The sanitizer build covers the unit tests and the daemon, edge and tools;
+# tests/run.sh runs the unit tests and the network integration scripts
+# (e2e, crash/resume, interop) against it too.
 unit-bins: $(UNIT_BINS)
+san-bins: $(UNIT_BINS) $(AGG_BIN) $(EDGE_BIN) $(TOOL_BINS)
 
 asan: deps
 	$(Q)$(MAKE) --no-print-directory SAN=1 unit-bins
 	$(Q)FEDGE_TEST_QUICK=1 tests/run.sh unit build/asan
 
 test: all
-	$(Q)$(MAKE) --no-print-directory SAN=1 unit-bins
+	$(Q)$(MAKE) --no-print-directory SAN=1 san-bins
 	$(Q)tests/run.sh all $(BUILD) build/asan
 
 demo: all

@@ -2,8 +2,9 @@
 # tests/run.sh MODE BUILD [ASAN_BUILD]
 #   MODE unit:        every cmocka binary in BUILD/tests
 #   MODE integration: every tests/integration/*.sh with BUILD's programs
-#   MODE all:         unit + integration on BUILD, then unit on ASAN_BUILD with
-#                     FEDGE_TEST_QUICK=1 (shortened training schedules)
+#   MODE all:         unit + integration on BUILD, then on ASAN_BUILD the unit
+#                     tests (FEDGE_TEST_QUICK=1: shortened training schedules)
+#                     and the network scripts in ASAN_INTEGRATION
 # Prints one line per test and closes with "N passed, N failed".
 set -u
 MODE=${1:-all}
@@ -42,28 +43,36 @@ run_unit() { # build dir, label
     done
 }
 
-run_integration() {
-    for s in tests/integration/*.sh; do
-        [ -f "$s" ] || continue
-        local n
-        n=$(basename "$s" .sh)
-        run_one "integration/$n" "$LOGDIR/integration-$n.log" \
-            env FEDGE_BUILD="$BUILD" bash "$s"
+ASAN_INTEGRATION="e2e_dtls crash_resume interop_coap_client"
+
+run_integration() { # build dir, label, scripts (default: all)
+    local b=$1 label=$2
+    shift 2
+    local list=("$@")
+    if [ ${#list[@]} -eq 0 ]; then
+        for s in tests/integration/*.sh; do list+=("$(basename "$s" .sh)"); done
+    fi
+    for n in "${list[@]}"; do
+        [ -f "tests/integration/$n.sh" ] || continue
+        run_one "$label/$n" "$b/test-logs/integration-$n.log" \
+            env FEDGE_BUILD="$b" bash "tests/integration/$n.sh"
     done
 }
 
 case "$MODE" in
 unit) run_unit "$BUILD" unit ;;
-integration) run_integration ;;
+integration) run_integration "$BUILD" integration ;;
 all)
     run_unit "$BUILD" unit
-    run_integration
+    run_integration "$BUILD" integration
     if [ -n "$ASAN_BUILD" ]; then
         mkdir -p "$ASAN_BUILD/test-logs"
         export FEDGE_TEST_QUICK=1
         export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
         export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
         run_unit "$ASAN_BUILD" asan
+        # shellcheck disable=SC2086
+        run_integration "$ASAN_BUILD" asan $ASAN_INTEGRATION
     fi
     ;;
 *) echo "usage: $0 unit|integration|all BUILD [ASAN_BUILD]" >&2; exit 2 ;;
