@@ -33,26 +33,6 @@ double fedge_now(void)
 
 /* ---- small SQL helpers ---------------------------------------------------- */
 
-static int sql_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
-{
-    if (sqlite3_prepare_v2(db, sql, -1, st, NULL) != SQLITE_OK) {
-        FEDGE_ERROR("sqlite prepare: %s (%s)", sqlite3_errmsg(db), sql);
-        return FEDGE_ERR_SQL;
-    }
-    return FEDGE_OK;
-}
-
-static int sql_done(sqlite3 *db, sqlite3_stmt *st)
-{
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        FEDGE_ERROR("sqlite step: %s", sqlite3_errmsg(db));
-        return FEDGE_ERR_SQL;
-    }
-    return FEDGE_OK;
-}
-
 static int find_device(const fedge_aggregator *a, const char *id)
 {
     if (!id)
@@ -105,7 +85,7 @@ static int record_model(fedge_aggregator *a, const char *parent_hex, const char 
     CHK(fedge_model_save(&a->model, path, NULL));
     CHK(fedge_sha256_file(path, sha));
     fedge_hash_to_hex(sha, sha_hex);
-    CHK(sql_prepare(a->db,
+    CHK(fedge_store_prepare(a->db,
                     "INSERT OR IGNORE INTO models(version, parent, kind, round, path, sha256, accuracy,"
                     " created_at, info) VALUES(?,?,?,?,?,?,?,?,?)",
                     &st));
@@ -121,7 +101,7 @@ static int record_model(fedge_aggregator *a, const char *parent_hex, const char 
     sqlite3_bind_double(st, 8, fedge_now());
     if (info)
         sqlite3_bind_text(st, 9, info, -1, SQLITE_TRANSIENT);
-    ret = sql_done(a->db, st);
+    ret = fedge_store_step_done(a->db, st);
     st = NULL;
     if (ret != FEDGE_OK)
         goto cleanup;
@@ -155,7 +135,7 @@ static int load_current_model(fedge_aggregator *a, char *err, size_t errlen)
     fedge_model m = {0};
     uint8_t version[FEDGE_HASH_LEN];
     int ret;
-    CHK(sql_prepare(a->db, "SELECT version, path, round FROM models ORDER BY rowid DESC LIMIT 1", &st));
+    CHK(fedge_store_prepare(a->db, "SELECT version, path, round FROM models ORDER BY rowid DESC LIMIT 1", &st));
     if (sqlite3_step(st) == SQLITE_ROW) {
         char want[FEDGE_HASH_HEX_LEN];
         snprintf(want, sizeof want, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -217,14 +197,14 @@ static int sync_devices(fedge_aggregator *a)
     double now = fedge_now();
     CHK(fedge_store_begin(a->db));
     for (size_t i = 0; i < a->keys.n; i++) {
-        CHK(sql_prepare(a->db,
+        CHK(fedge_store_prepare(a->db,
                         "INSERT INTO devices(id, region, first_seen) VALUES(?1, ?2, ?3)"
                         " ON CONFLICT(id) DO UPDATE SET region = ?2 WHERE region <> ?2",
                         &st));
         sqlite3_bind_text(st, 1, a->keys.devices[i].id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, a->keys.devices[i].region, -1, SQLITE_STATIC);
         sqlite3_bind_double(st, 3, now);
-        ret = sql_done(a->db, st);
+        ret = fedge_store_step_done(a->db, st);
         st = NULL;
         if (ret != FEDGE_OK)
             goto cleanup;
@@ -242,7 +222,7 @@ static int resume_round(fedge_aggregator *a)
 {
     sqlite3_stmt *st = NULL;
     int ret = FEDGE_OK;
-    CHK(sql_prepare(a->db, "SELECT id, opened_at, deadline, n_selected FROM rounds WHERE status='open'"
+    CHK(fedge_store_prepare(a->db, "SELECT id, opened_at, deadline, n_selected FROM rounds WHERE status='open'"
                            " ORDER BY id DESC LIMIT 1", &st));
     if (sqlite3_step(st) != SQLITE_ROW)
         goto cleanup;
@@ -252,7 +232,7 @@ static int resume_round(fedge_aggregator *a)
     a->n_selected = (size_t)sqlite3_column_int64(st, 3);
     sqlite3_finalize(st);
     st = NULL;
-    CHK(sql_prepare(a->db, "SELECT device FROM round_participants WHERE round=?", &st));
+    CHK(fedge_store_prepare(a->db, "SELECT device FROM round_participants WHERE round=?", &st));
     sqlite3_bind_int64(st, 1, a->round);
     while (sqlite3_step(st) == SQLITE_ROW) {
         int d = find_device(a, (const char *)sqlite3_column_text(st, 0));
@@ -261,7 +241,7 @@ static int resume_round(fedge_aggregator *a)
     }
     sqlite3_finalize(st);
     st = NULL;
-    CHK(sql_prepare(a->db, "SELECT device, decision, bytes FROM updates WHERE round=?", &st));
+    CHK(fedge_store_prepare(a->db, "SELECT device, decision, bytes FROM updates WHERE round=?", &st));
     sqlite3_bind_int64(st, 1, a->round);
     while (sqlite3_step(st) == SQLITE_ROW) {
         int d = find_device(a, (const char *)sqlite3_column_text(st, 0));
@@ -287,7 +267,7 @@ static int count_rounds(fedge_aggregator *a)
 {
     sqlite3_stmt *st = NULL;
     int ret;
-    CHK(sql_prepare(a->db, "SELECT coalesce(max(id),0), count(*) FILTER (WHERE status <> 'open'),"
+    CHK(fedge_store_prepare(a->db, "SELECT coalesce(max(id),0), count(*) FILTER (WHERE status <> 'open'),"
                            " (SELECT accuracy FROM models ORDER BY rowid DESC LIMIT 1) FROM rounds",
                     &st));
     if (sqlite3_step(st) == SQLITE_ROW) {
@@ -420,7 +400,7 @@ static int open_round(fedge_aggregator *a, double now)
     allowed = malloc(a->keys.n * sizeof *allowed);
     if (!allowed)
         FAIL(FEDGE_ERR_NOMEM);
-    CHK(sql_prepare(a->db, "SELECT status FROM devices WHERE id=?", &st));
+    CHK(fedge_store_prepare(a->db, "SELECT status FROM devices WHERE id=?", &st));
     for (size_t i = 0; i < a->keys.n; i++) {
         sqlite3_reset(st);
         sqlite3_bind_text(st, 1, a->keys.devices[i].id, -1, SQLITE_STATIC);
@@ -446,7 +426,7 @@ static int open_round(fedge_aggregator *a, double now)
     CHK(fedge_gov_round_admission(a, round, k, n_allowed, &refused, reason, sizeof reason));
     if (refused) {
         CHK(fedge_store_begin(a->db));
-        CHK(sql_prepare(a->db, "INSERT INTO rounds(id, opened_at, deadline, closed_at, status,"
+        CHK(fedge_store_prepare(a->db, "INSERT INTO rounds(id, opened_at, deadline, closed_at, status,"
                                " base_version, strategy, n_selected, reason)"
                                " VALUES(?,?,?,?, 'refused', ?, 'fedavg', 0, ?)", &st));
         sqlite3_bind_int64(st, 1, round);
@@ -455,7 +435,7 @@ static int open_round(fedge_aggregator *a, double now)
         sqlite3_bind_double(st, 4, now);
         sqlite3_bind_text(st, 5, a->version_hex, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, reason, -1, SQLITE_STATIC);
-        ret = sql_done(a->db, st);
+        ret = fedge_store_step_done(a->db, st);
         st = NULL;
         if (ret != FEDGE_OK)
             goto cleanup;
@@ -485,7 +465,7 @@ static int open_round(fedge_aggregator *a, double now)
 
     double deadline = now + a->cfg.round_timeout_s;
     CHK(fedge_store_begin(a->db));
-    CHK(sql_prepare(a->db, "INSERT INTO rounds(id, opened_at, deadline, status, base_version, strategy,"
+    CHK(fedge_store_prepare(a->db, "INSERT INTO rounds(id, opened_at, deadline, status, base_version, strategy,"
                            " n_selected) VALUES(?,?,?, 'open', ?, ?, ?)", &st));
     sqlite3_bind_int64(st, 1, round);
     sqlite3_bind_double(st, 2, now);
@@ -493,11 +473,11 @@ static int open_round(fedge_aggregator *a, double now)
     sqlite3_bind_text(st, 4, a->version_hex, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, fedge_gov_strategy(a), -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, (sqlite3_int64)k);
-    ret = sql_done(a->db, st);
+    ret = fedge_store_step_done(a->db, st);
     st = NULL;
     if (ret != FEDGE_OK)
         goto cleanup;
-    CHK(sql_prepare(a->db, "INSERT INTO round_participants(round, device) VALUES(?,?)", &st));
+    CHK(fedge_store_prepare(a->db, "INSERT INTO round_participants(round, device) VALUES(?,?)", &st));
     for (size_t i = 0; i < k; i++) {
         sqlite3_reset(st);
         sqlite3_bind_int64(st, 1, round);
@@ -536,7 +516,7 @@ static int finish_round_row(fedge_aggregator *a, double now, const char *status,
 {
     sqlite3_stmt *st = NULL;
     int ret;
-    CHK(sql_prepare(a->db, "UPDATE rounds SET closed_at=?, status=?, new_version=?, n_accepted=?,"
+    CHK(fedge_store_prepare(a->db, "UPDATE rounds SET closed_at=?, status=?, new_version=?, n_accepted=?,"
                            " n_rejected=?, bytes_received=?, accuracy=?, epsilon=?, reason=? WHERE id=?",
                     &st));
     sqlite3_bind_double(st, 1, now);
@@ -553,7 +533,7 @@ static int finish_round_row(fedge_aggregator *a, double now, const char *status,
     if (reason)
         sqlite3_bind_text(st, 9, reason, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 10, a->round);
-    ret = sql_done(a->db, st);
+    ret = fedge_store_step_done(a->db, st);
     st = NULL;
     if (ret != FEDGE_OK)
         goto cleanup;
@@ -789,7 +769,7 @@ static int device_counter(fedge_aggregator *a, const char *device, uint64_t *cou
 {
     sqlite3_stmt *st = NULL;
     int ret;
-    CHK(sql_prepare(a->db, "SELECT last_counter, status FROM devices WHERE id=?", &st));
+    CHK(fedge_store_prepare(a->db, "SELECT last_counter, status FROM devices WHERE id=?", &st));
     sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_ROW)
         FAIL(FEDGE_ERR_NOT_FOUND);
@@ -802,33 +782,18 @@ cleanup:
 
 static int was_participant(fedge_aggregator *a, uint32_t round, const char *device, int *was)
 {
-    sqlite3_stmt *st = NULL;
-    int ret;
-    *was = 0;
-    CHK(sql_prepare(a->db, "SELECT 1 FROM round_participants WHERE round=? AND device=?", &st));
-    sqlite3_bind_int64(st, 1, round);
-    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
-    *was = sqlite3_step(st) == SQLITE_ROW;
-cleanup:
-    sqlite3_finalize(st);
-    return ret;
+    int64_t one;
+    return fedge_store_query_int64(a->db, &one, was, "SELECT 1 FROM round_participants WHERE round=? AND device=?",
+                                   "it", (int64_t)round, device);
 }
 
-/* The counter of this device's accepted update in the open round, if any. */
+/* The counter of this device's accepted update in the open round, or -1. */
 static int accepted_counter(fedge_aggregator *a, const char *device, int64_t *counter)
 {
-    sqlite3_stmt *st = NULL;
-    int ret;
     *counter = -1;
-    CHK(sql_prepare(a->db, "SELECT counter FROM updates WHERE round=? AND device=? AND decision<>'rejected'",
-                    &st));
-    sqlite3_bind_int64(st, 1, a->round);
-    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        *counter = sqlite3_column_int64(st, 0);
-cleanup:
-    sqlite3_finalize(st);
-    return ret;
+    return fedge_store_query_int64(a->db, counter, NULL,
+                                   "SELECT counter FROM updates WHERE round=? AND device=? AND decision<>'rejected'",
+                                   "it", (int64_t)a->round, device);
 }
 
 int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *body, size_t len,

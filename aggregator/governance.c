@@ -23,15 +23,6 @@ struct fedge_signer {
     mbedtls_ctr_drbg_context drbg;
 };
 
-static int sql_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
-{
-    if (sqlite3_prepare_v2(db, sql, -1, st, NULL) != SQLITE_OK) {
-        FEDGE_ERROR("sqlite prepare: %s", sqlite3_errmsg(db));
-        return FEDGE_ERR_SQL;
-    }
-    return FEDGE_OK;
-}
-
 static void signer_free(struct fedge_signer *s)
 {
     if (!s)
@@ -157,7 +148,7 @@ int fedge_gov_event(fedge_aggregator *a, uint32_t round, const char *device, con
     sqlite3_stmt *st = NULL;
     int ret;
     char key[24];
-    CHK(sql_prepare(a->db, "INSERT INTO events(at, round, device, kind, rule, detail) VALUES(?,?,?,?,?,?)", &st));
+    CHK(fedge_store_prepare(a->db, "INSERT INTO events(at, round, device, kind, rule, detail) VALUES(?,?,?,?,?,?)", &st));
     sqlite3_bind_double(st, 1, fedge_now());
     if (round)
         sqlite3_bind_int64(st, 2, round);
@@ -193,14 +184,10 @@ int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *s
 /* Rounds that consumed privacy budget so far (closed with DP). */
 static int dp_rounds_done(fedge_aggregator *a, long *n)
 {
-    sqlite3_stmt *st = NULL;
-    int ret;
-    *n = 0;
-    CHK(sql_prepare(a->db, "SELECT count(*) FROM rounds WHERE status='closed' AND epsilon IS NOT NULL", &st));
-    if (sqlite3_step(st) == SQLITE_ROW)
-        *n = sqlite3_column_int64(st, 0);
-cleanup:
-    sqlite3_finalize(st);
+    int64_t v = 0;
+    int ret = fedge_store_query_int64(a->db, &v, NULL,
+                                      "SELECT count(*) FROM rounds WHERE status='closed' AND epsilon IS NOT NULL", "");
+    *n = (long)v;
     return ret;
 }
 
@@ -228,50 +215,32 @@ cleanup:
 static int base_round_of(fedge_aggregator *a, const uint8_t version[FEDGE_HASH_LEN], int *found,
                          uint32_t *base_round)
 {
-    sqlite3_stmt *st = NULL;
     char hex[FEDGE_HASH_HEX_LEN];
-    int ret;
-    *found = 0;
+    int64_t made_in = 0;
     fedge_hash_to_hex(version, hex);
-    CHK(sql_prepare(a->db, "SELECT round FROM models WHERE version=?", &st));
-    sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        *found = 1;
-        /* a model made in round k is the opening model of round k + 1 */
-        *base_round = (uint32_t)sqlite3_column_int64(st, 0) + 1;
-    }
-cleanup:
-    sqlite3_finalize(st);
+    int ret = fedge_store_query_int64(a->db, &made_in, found, "SELECT round FROM models WHERE version=?", "t", hex);
+    if (ret == FEDGE_OK && *found) /* a model made in round k is the opening model of round k + 1 */
+        *base_round = (uint32_t)made_in + 1;
     return ret;
 }
 
 static int count_recent(fedge_aggregator *a, const char *device, double since, uint32_t *n)
 {
-    sqlite3_stmt *st = NULL;
-    int ret;
-    *n = 0;
-    CHK(sql_prepare(a->db, "SELECT count(*) FROM updates WHERE device=? AND received_at>?", &st));
-    sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
-    sqlite3_bind_double(st, 2, since);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        *n = (uint32_t)sqlite3_column_int64(st, 0);
-cleanup:
-    sqlite3_finalize(st);
+    int64_t v = 0;
+    int ret = fedge_store_query_int64(a->db, &v, NULL, "SELECT count(*) FROM updates WHERE device=? AND received_at>?",
+                                      "td", device, since);
+    *n = (uint32_t)v;
     return ret;
 }
 
 static int device_contributions(fedge_aggregator *a, const char *device, long *n)
 {
-    sqlite3_stmt *st = NULL;
-    int ret;
-    *n = 0;
-    CHK(sql_prepare(a->db, "SELECT count(*) FROM updates u JOIN rounds r ON r.id=u.round"
-                           " WHERE u.device=? AND u.decision<>'rejected' AND r.status='closed'", &st));
-    sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        *n = sqlite3_column_int64(st, 0);
-cleanup:
-    sqlite3_finalize(st);
+    int64_t v = 0;
+    int ret = fedge_store_query_int64(a->db, &v, NULL,
+                                      "SELECT count(*) FROM updates u JOIN rounds r ON r.id=u.round"
+                                      " WHERE u.device=? AND u.decision<>'rejected' AND r.status='closed'",
+                                      "t", device);
+    *n = (long)v;
     return ret;
 }
 
@@ -338,7 +307,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
 
     CHK(fedge_store_begin(a->db));
     in_tx = 1;
-    CHK(sql_prepare(a->db, "INSERT INTO updates(round, device, received_at, n_samples, encoding, bytes, counter,"
+    CHK(fedge_store_prepare(a->db, "INSERT INTO updates(round, device, received_at, n_samples, encoding, bytes, counter,"
                            " norm, decision, rule, reason, delta) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", &st));
     sqlite3_bind_int64(st, 1, a->round);
     sqlite3_bind_text(st, 2, in->device, -1, SQLITE_STATIC);
@@ -362,7 +331,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     st = NULL;
     snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(a->db));
     CHK(fedge_audit_append(a->db, "updates", key));
-    CHK(sql_prepare(a->db, "UPDATE devices SET last_counter=?, last_seen=? WHERE id=?", &st));
+    CHK(fedge_store_prepare(a->db, "UPDATE devices SET last_counter=?, last_seen=? WHERE id=?", &st));
     sqlite3_bind_int64(st, 1, (sqlite3_int64)in->counter);
     sqlite3_bind_double(st, 2, in->now);
     sqlite3_bind_text(st, 3, in->device, -1, SQLITE_STATIC);
@@ -418,7 +387,7 @@ static int load_round_updates(fedge_aggregator *a, round_updates *u)
     u->deltas = calloc(u->cap, sizeof *u->deltas);
     if (!u->ids || !u->devices || !u->weights || !u->deltas)
         FAIL(FEDGE_ERR_NOMEM);
-    CHK(sql_prepare(a->db, "SELECT id, device, n_samples, delta FROM updates"
+    CHK(fedge_store_prepare(a->db, "SELECT id, device, n_samples, delta FROM updates"
                            " WHERE round=? AND decision<>'rejected' ORDER BY id", &st));
     sqlite3_bind_int64(st, 1, a->round);
     while (sqlite3_step(st) == SQLITE_ROW) {
@@ -460,7 +429,7 @@ static int exclude_update(fedge_aggregator *a, int64_t id, const fedge_policy_de
     sqlite3_stmt *st = NULL;
     char key[24];
     int ret;
-    CHK(sql_prepare(a->db, "UPDATE updates SET decision='rejected', rule=?, reason=? WHERE id=?", &st));
+    CHK(fedge_store_prepare(a->db, "UPDATE updates SET decision='rejected', rule=?, reason=? WHERE id=?", &st));
     sqlite3_bind_text(st, 1, d->rule, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, d->reason, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, id);
@@ -477,7 +446,7 @@ static int charge_devices(fedge_aggregator *a, const round_updates *u, const dou
 {
     sqlite3_stmt *st = NULL;
     int ret = FEDGE_OK;
-    CHK(sql_prepare(a->db, "UPDATE devices SET epsilon_spent=? WHERE id=?", &st));
+    CHK(fedge_store_prepare(a->db, "UPDATE devices SET epsilon_spent=? WHERE id=?", &st));
     for (size_t i = 0; i < u->n; i++) {
         if (weights[i] <= 0)
             continue;
@@ -573,13 +542,9 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
         long done = 0;
         fedge_policy_decision bd;
         CHK(dp_rounds_done(a, &done));
-        size_t population = 0;
-        sqlite3_stmt *st = NULL;
-        CHK(sql_prepare(a->db, "SELECT count(*) FROM devices WHERE status='allowed'", &st));
-        if (sqlite3_step(st) == SQLITE_ROW)
-            population = (size_t)sqlite3_column_int64(st, 0);
-        sqlite3_finalize(st);
-        double q = population ? (double)a->n_selected / (double)population : 1.0;
+        int64_t population = 0;
+        CHK(fedge_store_query_int64(a->db, &population, NULL, "SELECT count(*) FROM devices WHERE status='allowed'", ""));
+        double q = population > 0 ? (double)a->n_selected / (double)population : 1.0;
         CHK(fedge_policy_budget_check(a->policy, q > 1 ? 1 : q, done + 1, &res->epsilon, &bd));
         CHK(charge_devices(a, &u, weights));
     } else {
@@ -608,14 +573,14 @@ int fedge_device_set_status(sqlite3 *db, const char *device, const char *status,
         return FEDGE_ERR_INVALID_ARG;
     CHK(fedge_store_begin(db));
     in_tx = 1;
-    CHK(sql_prepare(db, "SELECT status FROM devices WHERE id=?", &st));
+    CHK(fedge_store_prepare(db, "SELECT status FROM devices WHERE id=?", &st));
     sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_ROW)
         FAIL(FEDGE_ERR_NOT_FOUND);
     snprintf(old, sizeof old, "%s", (const char *)sqlite3_column_text(st, 0));
     sqlite3_finalize(st);
     st = NULL;
-    CHK(sql_prepare(db, "UPDATE devices SET status=? WHERE id=?", &st));
+    CHK(fedge_store_prepare(db, "UPDATE devices SET status=? WHERE id=?", &st));
     sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE)
@@ -623,7 +588,7 @@ int fedge_device_set_status(sqlite3 *db, const char *device, const char *status,
     sqlite3_finalize(st);
     st = NULL;
     snprintf(detail, sizeof detail, "device %s: %s -> %s: %s", device, old, status, reason);
-    CHK(sql_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,'device_status','operator',?)",
+    CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,'device_status','operator',?)",
                     &st));
     sqlite3_bind_double(st, 1, fedge_now());
     sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);

@@ -1,6 +1,7 @@
 #include "store.h"
 
 #include <fcntl.h>
+#include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -52,6 +53,62 @@ static int exec_sql(sqlite3 *db, const char *sql)
         return FEDGE_ERR_SQL;
     }
     return FEDGE_OK;
+}
+
+int fedge_store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
+{
+    if (sqlite3_prepare_v2(db, sql, -1, st, NULL) != SQLITE_OK) {
+        FEDGE_ERROR("sqlite prepare: %s (%s)", sqlite3_errmsg(db), sql);
+        return FEDGE_ERR_SQL;
+    }
+    return FEDGE_OK;
+}
+
+int fedge_store_step_done(sqlite3 *db, sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        FEDGE_ERROR("sqlite step: %s", sqlite3_errmsg(db));
+        return FEDGE_ERR_SQL;
+    }
+    return FEDGE_OK;
+}
+
+int fedge_store_query_int64(sqlite3 *db, int64_t *out, int *found, const char *sql, const char *types, ...)
+{
+    sqlite3_stmt *st = NULL;
+    va_list ap;
+    int ret;
+    if (found)
+        *found = 0;
+    CHK(fedge_store_prepare(db, sql, &st));
+    va_start(ap, types);
+    for (int i = 0; types[i]; i++) {
+        switch (types[i]) {
+        case 'i': sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t)); break;
+        case 'd': sqlite3_bind_double(st, i + 1, va_arg(ap, double)); break;
+        case 't': sqlite3_bind_text(st, i + 1, va_arg(ap, const char *), -1, SQLITE_TRANSIENT); break;
+        default: ret = FEDGE_ERR_INVALID_ARG; break;
+        }
+    }
+    va_end(ap);
+    if (ret != FEDGE_OK)
+        goto cleanup;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
+            *out = sqlite3_column_int64(st, 0);
+            if (found)
+                *found = 1;
+        }
+    } else if (rc != SQLITE_DONE) {
+        FEDGE_ERROR("sqlite step: %s", sqlite3_errmsg(db));
+        ret = FEDGE_ERR_SQL;
+    }
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
 }
 
 int fedge_store_begin(sqlite3 *db) { return exec_sql(db, "BEGIN IMMEDIATE"); }

@@ -44,6 +44,7 @@
 #define FEDGE_STORE_H
 
 #include <sqlite3.h>
+#include <stdint.h>
 
 #define FEDGE_SCHEMA_VERSION "1"
 
@@ -53,6 +54,16 @@
  * *db is owned by the caller: sqlite3_close_v2 it. read_only opens
  * without creating or altering anything. */
 int fedge_store_open_db(const char *path, int read_only, sqlite3 **db);
+
+/* Prepares sql (logging SQLite's message on failure). */
+int fedge_store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st);
+/* Steps a statement that returns no row and finalizes it. */
+int fedge_store_step_done(sqlite3 *db, sqlite3_stmt *st);
+/* One-value query: binds the parameters described by `types` ('i' int64,
+ * 'd' double, 't' text), steps once, and stores the first column of the
+ * first row in *out (*found = 0 and *out untouched when there is no row or
+ * the value is NULL). found may be NULL. */
+int fedge_store_query_int64(sqlite3 *db, int64_t *out, int *found, const char *sql, const char *types, ...);
 
 /* Runs BEGIN IMMEDIATE / COMMIT / ROLLBACK. */
 int fedge_store_begin(sqlite3 *db);

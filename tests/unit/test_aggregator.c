@@ -547,6 +547,47 @@ static void test_revoke_device(void **state)
     assert_int_equal(q1(fx, "SELECT count(*) FROM round_participants WHERE round=2 AND device='dev-a'"), 0);
 }
 
+/* DP-FedAvg under a small budget: round 1 runs and is charged (epsilon in
+ * the rounds row, per-device epsilon), the round that would exceed the
+ * budget is refused, logged and signed, and the run ends. */
+static void test_dp_budget_refusal(void **state)
+{
+    fixture *fx = *state;
+    char err[256] = "", path[128], msg[320];
+    fedge_agg_free(&fx->agg);
+    snprintf(path, sizeof path, "%s/dp.yaml", fx->dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    /* q = 1 (all 3 devices), z = 1: one round costs 4.73 at delta 1e-5,
+     * two cost 7.08 > 6 */
+    fputs("version: 1\nname: dp-small\nprivacy:\n  enabled: true\n  clip_norm: 0.5\n"
+          "  noise_multiplier: 1.0\n  epsilon_budget: 6\n  delta: 1e-5\n", f);
+    fclose(f);
+    snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
+    assert_int_equal(fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err), FEDGE_OK);
+    char before[FEDGE_HASH_HEX_LEN];
+    memcpy(before, fx->agg.version_hex, sizeof before);
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        uint8_t *b = make_update(fx, i, good(fx, 9000 + (uint64_t)i), &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        assert_string_equal(msg, "accepted"); /* norm about 0.1: under the clip norm */
+        free(b);
+    }
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_string_not_equal(before, fx->agg.version_hex);
+    /* (round 1 was opened under the fixture's default policy, so its
+     * strategy column says fedavg; it closes under DP and is charged) */
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='closed'"
+                            " AND epsilon > 4.7 AND epsilon < 4.8"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM devices WHERE epsilon_spent > 0"), N_DEV);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_FINISHED);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=2 AND status='refused'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='round_refused' AND rule='privacy_budget'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM audit_heads WHERE round=2"), 0); /* no signing key here */
+}
+
 static void test_round_info(void **state)
 {
     fixture *fx = *state;
@@ -573,6 +614,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_late_update_within_staleness, setup, teardown),
         cmocka_unit_test_setup_teardown(test_late_update_refused_by_default, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revoke_device, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dp_budget_refusal, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
