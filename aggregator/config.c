@@ -153,6 +153,7 @@ int fedge_agg_config_load_file(fedge_agg_config *c, const char *path, char *err,
     char line[2048], msg[256];
     size_t lineno = 0;
     int ret = FEDGE_OK;
+    fedge_agg_config next = *c; /* all or nothing: c changes only if every line is good */
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -174,7 +175,7 @@ int fedge_agg_config_load_file(fedge_agg_config *c, const char *path, char *err,
         }
         *eq = '\0';
         char *key = trim(s), *value = trim(eq + 1);
-        ret = fedge_agg_config_set(c, key, value, msg, sizeof msg);
+        ret = fedge_agg_config_set(&next, key, value, msg, sizeof msg);
         if (ret != FEDGE_OK) {
             snprintf(err, errlen, "%s:%zu: %s", path, lineno, msg);
             goto cleanup;
@@ -182,6 +183,8 @@ int fedge_agg_config_load_file(fedge_agg_config *c, const char *path, char *err,
     }
 cleanup:
     fclose(f);
+    if (ret == FEDGE_OK)
+        *c = next;
     return ret;
 }
 

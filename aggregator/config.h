@@ -48,7 +48,8 @@ typedef struct {
 } fedge_agg_config;
 
 void fedge_agg_config_defaults(fedge_agg_config *c);
-/* Applies `key = value` lines from path; err gets "path:line: reason". */
+/* Applies `key = value` lines from path, all or nothing (c is unchanged on
+ * error); err gets "path:line: reason". */
 int fedge_agg_config_load_file(fedge_agg_config *c, const char *path, char *err, size_t errlen);
 /* Sets one key from text (command line). */
 int fedge_agg_config_set(fedge_agg_config *c, const char *key, const char *value, char *err,
