@@ -887,7 +887,7 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
         .counter = counter,
         .bytes = len,
         .encoded = plain,
-        .encoded_len = FEDGE_DELTA_HEADER_LEN + (len - FEDGE_ENV_OVERHEAD - view.aad_len),
+        .encoded_len = FEDGE_DELTA_HEADER_LEN + view.ct_len,
         .now = now,
     };
     int accepted = 0;
