@@ -4,6 +4,9 @@
 # retransmits, lost Block1/Block2 transfers are retried by the client with
 # backoff; the run completes, every update is counted exactly once, and a
 # resent update after a lost reply is answered "accepted (duplicate)".
+# The aggregator lingers 20 s after the last round: an edge learns that the
+# run finished only from a /round answer, and on this link a poll can be lost
+# (then it backs off for seconds), so a short linger made the test flaky.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -17,7 +20,7 @@ python3 tools/bench/udp_relay.py "$relay_port" "$FED_PORT" "$FED_DIR/relay.json"
 relay=$!
 FED_PIDS+=("$relay")
 fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 3 \
-    --round-timeout-s 120 --start-delay-s 0.3 --linger-s 5
+    --round-timeout-s 120 --start-delay-s 0.3 --linger-s 20
 for i in 1 2 3; do
     "$BIN/fedge-edge" --server "127.0.0.1:$relay_port" --id "dev-00$i" --keys "$FED_DIR/keys" \
         --shard "$FED_DIR/shards/shard-00$i.bin" --encoding fp16 --timeout-ms 60000 --max-retries 50 \
