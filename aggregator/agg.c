@@ -14,6 +14,7 @@
 #include "common.h"
 #include "delta.h"
 #include "governance.h"
+#include "policy.h"
 #include "log.h"
 #include "modelfile.h"
 #include "refine.h"
@@ -25,6 +26,13 @@
 #define EVAL_BATCH 500
 
 double fedge_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+double fedge_wall_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -98,7 +106,7 @@ static int record_model(fedge_aggregator *a, const char *parent_hex, const char 
     sqlite3_bind_text(st, 6, sha_hex, -1, SQLITE_TRANSIENT);
     if (accuracy >= 0)
         sqlite3_bind_double(st, 7, accuracy);
-    sqlite3_bind_double(st, 8, fedge_now());
+    sqlite3_bind_double(st, 8, fedge_wall_now());
     if (info)
         sqlite3_bind_text(st, 9, info, -1, SQLITE_TRANSIENT);
     ret = fedge_store_step_done(a->db, st);
@@ -194,7 +202,7 @@ static int sync_devices(fedge_aggregator *a)
 {
     sqlite3_stmt *st = NULL;
     int ret;
-    double now = fedge_now();
+    double now = fedge_wall_now();
     CHK(fedge_store_begin(a->db));
     for (size_t i = 0; i < a->keys.n; i++) {
         CHK(fedge_store_prepare(a->db,
@@ -228,8 +236,14 @@ static int resume_round(fedge_aggregator *a)
         goto cleanup;
     a->round = (uint32_t)sqlite3_column_int64(st, 0);
     a->opened_at = sqlite3_column_double(st, 1);
-    a->deadline = sqlite3_column_double(st, 2);
     a->n_selected = (size_t)sqlite3_column_int64(st, 3);
+    /* The log keeps the deadline in wall time; across a restart that is all
+     * there is. A wall clock stepped back while the daemon was down must not
+     * stretch the round past its length. */
+    double left = sqlite3_column_double(st, 2) - fedge_wall_now();
+    if (left > a->cfg.round_timeout_s)
+        left = a->cfg.round_timeout_s;
+    a->deadline = fedge_now() + (left > 0 ? left : 0);
     sqlite3_finalize(st);
     st = NULL;
     CHK(fedge_store_prepare(a->db, "SELECT device FROM round_participants WHERE round=?", &st));
@@ -268,13 +282,15 @@ static int count_rounds(fedge_aggregator *a)
     sqlite3_stmt *st = NULL;
     int ret;
     CHK(fedge_store_prepare(a->db, "SELECT coalesce(max(id),0), count(*) FILTER (WHERE status <> 'open'),"
-                           " (SELECT accuracy FROM models ORDER BY rowid DESC LIMIT 1) FROM rounds",
+                           " (SELECT accuracy FROM models ORDER BY rowid DESC LIMIT 1),"
+                           " count(*) FILTER (WHERE status = 'closed') FROM rounds",
                     &st));
     if (sqlite3_step(st) == SQLITE_ROW) {
         a->round = (uint32_t)sqlite3_column_int64(st, 0);
         a->rounds_done = sqlite3_column_int64(st, 1);
         if (sqlite3_column_type(st, 2) != SQLITE_NULL)
             a->last_accuracy = sqlite3_column_double(st, 2);
+        a->rounds_aggregated = sqlite3_column_int64(st, 3);
     }
 cleanup:
     sqlite3_finalize(st);
@@ -334,6 +350,12 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
         goto cleanup;
     }
     CHK(fedge_gov_init(a, err, errlen));
+    ret = fedge_store_run_id(a->db, a->run_id);
+    if (ret != FEDGE_OK) {
+        snprintf(err, errlen, "database %s: cannot read or create the run id: %s", cfg->db, fedge_strerror(ret));
+        goto cleanup;
+    }
+    fedge_hex_encode(a->run_id, sizeof a->run_id, a->run_id_hex);
     CHK(sync_devices(a));
     CHK(load_test_set(a, err, errlen));
     ret = load_current_model(a, err, errlen);
@@ -349,7 +371,7 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
     }
     a->max_update_bytes = cfg->max_update_bytes > 0
                               ? (size_t)cfg->max_update_bytes
-                              : fedge_envelope_sealed_size(FEDGE_DELTA_HEADER_LEN,
+                              : fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN,
                                                            a->model.n_params * sizeof(float));
     CHK(count_rounds(a));
     CHK(resume_round(a));
@@ -429,10 +451,11 @@ static int open_round(fedge_aggregator *a, double now)
         CHK(fedge_store_prepare(a->db, "INSERT INTO rounds(id, opened_at, deadline, closed_at, status,"
                                " base_version, strategy, n_selected, reason)"
                                " VALUES(?,?,?,?, 'refused', ?, 'fedavg', 0, ?)", &st));
+        double wall = fedge_wall_now();
         sqlite3_bind_int64(st, 1, round);
-        sqlite3_bind_double(st, 2, now);
-        sqlite3_bind_double(st, 3, now);
-        sqlite3_bind_double(st, 4, now);
+        sqlite3_bind_double(st, 2, wall);
+        sqlite3_bind_double(st, 3, wall);
+        sqlite3_bind_double(st, 4, wall);
         sqlite3_bind_text(st, 5, a->version_hex, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, reason, -1, SQLITE_STATIC);
         ret = fedge_store_step_done(a->db, st);
@@ -464,12 +487,13 @@ static int open_round(fedge_aggregator *a, double now)
     memset(a->submitted, 0, a->keys.n);
 
     double deadline = now + a->cfg.round_timeout_s;
+    double wall = fedge_wall_now();
     CHK(fedge_store_begin(a->db));
     CHK(fedge_store_prepare(a->db, "INSERT INTO rounds(id, opened_at, deadline, status, base_version, strategy,"
                            " n_selected) VALUES(?,?,?, 'open', ?, ?, ?)", &st));
     sqlite3_bind_int64(st, 1, round);
-    sqlite3_bind_double(st, 2, now);
-    sqlite3_bind_double(st, 3, deadline);
+    sqlite3_bind_double(st, 2, wall);
+    sqlite3_bind_double(st, 3, wall + a->cfg.round_timeout_s);
     sqlite3_bind_text(st, 4, a->version_hex, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, fedge_gov_strategy(a), -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, (sqlite3_int64)k);
@@ -496,7 +520,7 @@ static int open_round(fedge_aggregator *a, double now)
         a->selected[allowed[i]] = 1;
     a->round = round;
     a->state = FEDGE_AGG_OPEN;
-    a->opened_at = now;
+    a->opened_at = wall;
     a->deadline = deadline;
     a->n_selected = k;
     a->n_accepted = a->n_rejected = 0;
@@ -511,11 +535,12 @@ cleanup:
     return ret;
 }
 
-static int finish_round_row(fedge_aggregator *a, double now, const char *status, const char *new_version,
+static int finish_round_row(fedge_aggregator *a, const char *status, const char *new_version,
                             double accuracy, double epsilon, const char *reason)
 {
     sqlite3_stmt *st = NULL;
     int ret;
+    double now = fedge_wall_now();
     CHK(fedge_store_prepare(a->db, "UPDATE rounds SET closed_at=?, status=?, new_version=?, n_accepted=?,"
                            " n_rejected=?, bytes_received=?, accuracy=?, epsilon=?, reason=? WHERE id=?",
                     &st));
@@ -604,6 +629,14 @@ cleanup:
     return ret;
 }
 
+/* A persistent fault of the daemon itself (storage, memory): the caller
+ * stops. Anything else that goes wrong while aggregating comes from the
+ * round's data and fails only the round. */
+static int is_daemon_fault(int ret)
+{
+    return ret == FEDGE_ERR_SQL || ret == FEDGE_ERR_BUSY || ret == FEDGE_ERR_IO || ret == FEDGE_ERR_NOMEM;
+}
+
 /* Aggregates the round's accepted updates into a new model, evaluates it,
  * logs everything in one transaction, then (outside it) refines if due. */
 static int close_round(fedge_aggregator *a, double now)
@@ -612,15 +645,30 @@ static int close_round(fedge_aggregator *a, double now)
     char parent[FEDGE_HASH_HEX_LEN];
     int ret;
     double t0 = fedge_now();
+    (void)now;
     memset(&res, 0, sizeof res);
     memcpy(parent, a->version_hex, sizeof parent);
 
     CHK(fedge_store_begin(a->db));
-    CHK(fedge_gov_aggregate(a, &res));
+    ret = fedge_gov_aggregate(a, &res);
+    if (ret != FEDGE_OK && !is_daemon_fault(ret)) {
+        /* Last line of defence: the round fails with an audited reason and
+         * the daemon goes on; restarting would only meet the same data. */
+        fedge_store_rollback(a->db);
+        char err[256] = "";
+        CHK(load_current_model(a, err, sizeof err));
+        memset(&res, 0, sizeof res);
+        snprintf(res.reason, sizeof res.reason, "aggregation failed: %s", fedge_strerror(ret));
+        CHK(fedge_store_begin(a->db));
+        CHK(fedge_gov_event(a, a->round, NULL, "round_failed", "aggregate", res.reason));
+        res.n_used = 0;
+    } else if (ret != FEDGE_OK) {
+        goto cleanup;
+    }
     a->n_accepted = res.n_used;
     a->n_rejected += res.n_excluded;
     if (!res.ok) {
-        CHK(finish_round_row(a, now, "failed", NULL, -1, -1, res.reason));
+        CHK(finish_round_row(a, "failed", NULL, -1, -1, res.reason));
         CHK(fedge_gov_sign_head(a, a->round));
         CHK(fedge_store_commit(a->db));
         FEDGE_WARN("round %u failed: %s; model unchanged", a->round, res.reason);
@@ -629,10 +677,11 @@ static int close_round(fedge_aggregator *a, double now)
         CHK(adopt_model(a, &a->model, a->round));
         CHK(evaluate(a, &acc));
         CHK(record_model(a, parent, "aggregate", a->round, acc, NULL));
-        CHK(finish_round_row(a, now, "closed", a->version_hex, acc, res.epsilon, res.reason[0] ? res.reason : NULL));
+        CHK(finish_round_row(a, "closed", a->version_hex, acc, res.epsilon, res.reason[0] ? res.reason : NULL));
         CHK(fedge_gov_sign_head(a, a->round));
         CHK(fedge_store_commit(a->db));
         a->last_accuracy = acc;
+        a->rounds_aggregated++;
         FEDGE_INFO("round %u closed: %zu accepted, %zu rejected, %llu bytes, accuracy %.4f, model %.16s,"
                    " %.2fs aggregate+eval", a->round, a->n_accepted, a->n_rejected,
                    (unsigned long long)a->bytes_received, acc, a->version_hex, fedge_now() - t0);
@@ -644,7 +693,11 @@ static int close_round(fedge_aggregator *a, double now)
     if (a->cfg.rounds > 0 && a->rounds_done >= a->cfg.rounds) {
         a->state = FEDGE_AGG_FINISHED;
         a->finished_at = fedge_now();
-        FEDGE_INFO("finished %ld rounds; final accuracy %.4f", a->rounds_done, a->last_accuracy);
+        char msg[256];
+        if (fedge_agg_outcome(a, msg, sizeof msg) == 0)
+            FEDGE_INFO("%s", msg);
+        else
+            FEDGE_ERROR("%s", msg);
     }
 cleanup:
     if (ret != FEDGE_OK) {
@@ -663,14 +716,60 @@ static size_t quorum_count(const fedge_aggregator *a)
     return q ? q : 1;
 }
 
-int fedge_agg_maybe_close(fedge_aggregator *a, double now)
+int fedge_agg_outcome(const fedge_aggregator *a, char *msg, size_t msglen)
 {
-    if (a->state == FEDGE_AGG_OPEN && a->n_accepted >= quorum_count(a))
-        return close_round(a, now);
+    long failed = a->rounds_done - a->rounds_aggregated;
+    if (a->rounds_done > 0 && a->rounds_aggregated == 0) {
+        snprintf(msg, msglen, "run ended after %ld round(s) and none aggregated: the model is the initial one"
+                 " (see the rounds' reasons: fedge-audit report)", a->rounds_done);
+        return 3;
+    }
+    snprintf(msg, msglen, "finished %ld rounds (%ld aggregated, %ld failed); final accuracy %.4f",
+             a->rounds_done, a->rounds_aggregated, failed, a->last_accuracy);
+    return 0;
+}
+
+/* FEDGE_ERR_BUSY is transient: the step that met it is retried (every
+ * second) until it has lasted db_busy_retry_s; then it is returned. */
+static int transient(fedge_aggregator *a, double now, int ret)
+{
+    if (ret != FEDGE_ERR_BUSY) {
+        if (ret == FEDGE_OK)
+            a->busy_since = 0;
+        return ret;
+    }
+    if (a->busy_since == 0)
+        a->busy_since = now;
+    if (now - a->busy_since >= a->cfg.db_busy_retry_s) {
+        FEDGE_ERROR("the database has been locked by another process for %.0fs (db_busy_retry_s); stopping",
+                    now - a->busy_since);
+        return ret;
+    }
+    a->retry_at = now + 1.0;
+    FEDGE_WARN("the database is locked by another process; retrying round %u in 1s (locked for %.0fs so far)",
+               a->round, now - a->busy_since);
     return FEDGE_OK;
 }
 
+int fedge_agg_maybe_close(fedge_aggregator *a, double now)
+{
+    if (now < a->retry_at)
+        return FEDGE_OK;
+    if (a->state == FEDGE_AGG_OPEN && a->n_accepted >= quorum_count(a))
+        return transient(a, now, close_round(a, now));
+    return FEDGE_OK;
+}
+
+static int tick_step(fedge_aggregator *a, double now);
+
 int fedge_agg_tick(fedge_aggregator *a, double now)
+{
+    if (now < a->retry_at)
+        return FEDGE_OK;
+    return transient(a, now, tick_step(a, now));
+}
+
+static int tick_step(fedge_aggregator *a, double now)
 {
     switch (a->state) {
     case FEDGE_AGG_WAITING:
@@ -704,9 +803,10 @@ int fedge_agg_round_info(const fedge_aggregator *a, const char *device, double n
     if (ret != FEDGE_OK)
         return ret;
     int n = snprintf(buf, cap,
-                     "state=%s\nround=%u\nselected=%d\ndeadline_ms=%.0f\nmodel=%s\nspec=%s\n"
+                     "state=%s\nround=%u\nselected=%d\ndeadline_ms=%.0f\nmodel=%s\nrun=%s\nspec=%s\n"
                      "epochs=%ld\nlr=%g\nbatch=%ld\nmomentum=%g\n",
                      states[a->state], a->round, selected, left_ms > 0 ? left_ms : 0, a->version_hex,
+                     a->run_id_hex,
                      spec, a->cfg.local_epochs, a->cfg.lr * pow(a->cfg.lr_decay, a->round > 0 ? a->round - 1.0 : 0.0),
                      a->cfg.batch, a->cfg.momentum);
     return (n < 0 || (size_t)n >= cap) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
@@ -754,6 +854,7 @@ static int code_for(int err)
     case FEDGE_ERR_ENV_AUTH:
         return 401;
     case FEDGE_ERR_ENV_REPLAY:
+    case FEDGE_ERR_ENV_RUN:
     case FEDGE_ERR_DELTA_ROUND:
     case FEDGE_ERR_DELTA_BASE:
         return 409;
@@ -787,13 +888,37 @@ static int was_participant(fedge_aggregator *a, uint32_t round, const char *devi
                                    "it", (int64_t)round, device);
 }
 
-/* The counter of this device's accepted update in the open round, or -1. */
-static int accepted_counter(fedge_aggregator *a, const char *device, int64_t *counter)
+/* A frame whose counter is not fresh may be a resend of one already
+ * decided: the same sealed bytes from the same device. Its stored decision is
+ * the true answer, whatever state the aggregator is in now (the round may
+ * have closed, the run finished, the daemon restarted). *found = 0 when no
+ * stored update has these bytes. */
+static int stored_decision(fedge_aggregator *a, const char *device, uint64_t counter,
+                           const uint8_t sealed_hash[FEDGE_HASH_LEN], int *found, int *accepted,
+                           uint32_t *round, char *reason, size_t reason_len)
 {
-    *counter = -1;
-    return fedge_store_query_int64(a->db, counter, NULL,
-                                   "SELECT counter FROM updates WHERE round=? AND device=? AND decision<>'rejected'",
-                                   "it", (int64_t)a->round, device);
+    sqlite3_stmt *st = NULL;
+    int ret;
+    *found = 0;
+    CHK(fedge_store_prepare(a->db, "SELECT round, decision, rule, reason FROM updates"
+                                   " WHERE device=? AND counter=? AND sealed_sha256=?"
+                                   " ORDER BY id DESC LIMIT 1", &st));
+    sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)counter);
+    sqlite3_bind_blob(st, 3, sealed_hash, FEDGE_HASH_LEN, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *found = 1;
+        *round = (uint32_t)sqlite3_column_int64(st, 0);
+        *accepted = strcmp((const char *)sqlite3_column_text(st, 1), "rejected") != 0;
+        snprintf(reason, reason_len, "%s: %s", (const char *)sqlite3_column_text(st, 2),
+                 (const char *)sqlite3_column_text(st, 3));
+    } else if (rc != SQLITE_DONE) {
+        FAIL(fedge_store_status(rc));
+    }
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
 }
 
 int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *body, size_t len,
@@ -803,17 +928,15 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
     fedge_envelope_view view;
     uint8_t *plain = NULL;
     float *delta = NULL;
+    uint8_t sealed_hash[FEDGE_HASH_LEN];
     uint64_t counter = 0, last_counter = 0;
     char status[16];
     int ret = FEDGE_OK;
     int d = find_device(a, device);
+    (void)now;
 
     if (d < 0) {
         reply(code, msg, msglen, 403, "unknown device");
-        goto cleanup;
-    }
-    if (a->state != FEDGE_AGG_OPEN) {
-        reply(code, msg, msglen, 503, a->state == FEDGE_AGG_FINISHED ? "run finished" : "no open round");
         goto cleanup;
     }
     if (len > a->max_update_bytes) {
@@ -826,13 +949,29 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
         reply(code, msg, msglen, code_for(pr), "malformed update: %s", fedge_strerror(pr));
         goto cleanup;
     }
+    CHK(device_counter(a, device, &last_counter, status, sizeof status));
+    if (view.counter <= last_counter) {
+        int found = 0, was_accepted = 0;
+        uint32_t in_round = 0;
+        char why[FEDGE_POLICY_REASON_MAX + FEDGE_POLICY_RULE_MAX + 4];
+        CHK(fedge_sha256(body, len, sealed_hash));
+        CHK(stored_decision(a, device, view.counter, sealed_hash, &found, &was_accepted, &in_round, why,
+                            sizeof why));
+        if (found && was_accepted) {
+            reply(code, msg, msglen, 204, "accepted (duplicate of the update for round %u)", in_round);
+            goto cleanup;
+        }
+        if (found) {
+            reply(code, msg, msglen, 403, "rejected (duplicate of the update for round %u): %s", in_round, why);
+            goto cleanup;
+        }
+    }
+    if (a->state != FEDGE_AGG_OPEN) {
+        reply(code, msg, msglen, 503, a->state == FEDGE_AGG_FINISHED ? "run finished" : "no open round");
+        goto cleanup;
+    }
     if (a->submitted[d]) {
-        int64_t prev;
-        CHK(accepted_counter(a, device, &prev));
-        if (prev >= 0 && (uint64_t)prev == view.counter)
-            reply(code, msg, msglen, 204, "accepted (duplicate)");
-        else
-            reply(code, msg, msglen, 409, "an update for round %u was already accepted", a->round);
+        reply(code, msg, msglen, 409, "an update for round %u was already accepted", a->round);
         goto cleanup;
     }
     /* A straggler's update for an earlier round (within the policy's
@@ -842,7 +981,7 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
     uint32_t window = fedge_gov_round_window(a);
     uint32_t for_round = a->round;
     fedge_delta_header peek;
-    if (view.aad_len == FEDGE_DELTA_HEADER_LEN && fedge_delta_parse_header(view.aad, &peek) == FEDGE_OK)
+    if (view.aad_len >= FEDGE_DELTA_HEADER_LEN && fedge_delta_parse_header(view.aad, &peek) == FEDGE_OK)
         for_round = peek.round;
     if (for_round < a->round && a->round - for_round <= window) {
         int was = 0;
@@ -855,7 +994,6 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
         reply(code, msg, msglen, 403, "not selected for round %u", a->round);
         goto cleanup;
     }
-    CHK(device_counter(a, device, &last_counter, status, sizeof status));
 
     plain = malloc(len);
     delta = malloc(a->model.n_params * sizeof(float));
@@ -868,13 +1006,18 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
         .round_window = window,
         .last_counter = last_counter,
         .max_len = a->max_update_bytes,
+        .run_id = a->run_id,
     };
     int vr = fedge_update_open(&a->dev_keys[d], body, len, &exp, plain, &h, &counter, delta);
     if (vr != FEDGE_OK) {
-        reply(code, msg, msglen, code_for(vr), "%s", fedge_strerror(vr));
+        if (vr == FEDGE_ERR_ENV_RUN)
+            reply(code, msg, msglen, 409, "%s: this is run %.8s", fedge_strerror(vr), a->run_id_hex);
+        else
+            reply(code, msg, msglen, code_for(vr), "%s", fedge_strerror(vr));
         FEDGE_INFO("update from %s refused: %s", device, fedge_strerror(vr));
         goto cleanup;
     }
+    CHK(fedge_sha256(body, len, sealed_hash));
 
     /* Authenticated from here on: the decision is logged with its reason. */
     fedge_gov_update_in in = {
@@ -888,10 +1031,11 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
         .bytes = len,
         .encoded = plain,
         .encoded_len = FEDGE_DELTA_HEADER_LEN + view.ct_len,
+        .sealed_sha256 = sealed_hash,
         .now = now,
     };
     int accepted = 0;
-    char reason[256];
+    char reason[FEDGE_POLICY_REASON_MAX + 64];
     CHK(fedge_gov_admit_update(a, &in, &accepted, reason, sizeof reason));
     a->bytes_received += len;
     if (accepted) {
@@ -906,6 +1050,11 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
         FEDGE_INFO("round %u: %s rejected: %s", a->round, device, reason);
     }
 cleanup:
+    if (ret == FEDGE_ERR_BUSY) {
+        /* transient: the device retries, nothing was stored */
+        reply(code, msg, msglen, 503, "database busy; retry later");
+        ret = FEDGE_OK;
+    }
     if (plain) {
         memset(plain, 0, len);
         free(plain);

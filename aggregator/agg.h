@@ -7,8 +7,20 @@
  *
  * Round life: WAITING -> OPEN (participants chosen, rounds row inserted) ->
  * closed at quorum or deadline (aggregate, evaluate, new model, audit head
- * signed) -> OPEN next ... -> FINISHED after `rounds` rounds or when the
- * privacy budget refuses the next round. */
+ * signed) or failed (no usable update: the model stays, the log says why)
+ * -> OPEN next ... -> FINISHED after `rounds` rounds or when the privacy
+ * budget refuses the next round.
+ *
+ * Time: every `now` argument is fedge_now(), a monotonic clock, so stepping
+ * the wall clock moves no deadline; the log records wall time
+ * (fedge_wall_now()).
+ *
+ * Faults: nothing an authenticated device sends can make these calls fail;
+ * an unusable update is refused or excluded with an audited reason, and a
+ * round that cannot aggregate fails with one. A busy database (another
+ * process holding the lock) is transient: tick retries the step that hit it
+ * until busy_retry_s has passed. Only a persistent fault (I/O, a corrupt
+ * log) is returned to the caller. */
 #ifndef FEDGE_AGG_H
 #define FEDGE_AGG_H
 
@@ -51,9 +63,15 @@ typedef struct {
     fedge_dataset test;
     float *eval_scratch;
 
+    uint8_t run_id[16];           /* meta 'run_id': binds updates to this log */
+    char run_id_hex[33];
+
     fedge_agg_state state;
     uint32_t round;               /* open round id, or last round when not open */
-    double opened_at, deadline, finished_at, start_at;
+    double opened_at, deadline, finished_at, start_at; /* fedge_now() seconds */
+    double busy_since;            /* first FEDGE_ERR_BUSY of the current streak; 0: none */
+    double retry_at;              /* tick does nothing before this */
+    long rounds_aggregated;       /* rounds that closed with a new model */
     size_t n_selected, n_accepted, n_rejected;
     uint64_t bytes_received;
     long rounds_done;
@@ -87,6 +105,12 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
 /* Reload the policy file (SIGHUP). Keeps the old policy when the new fails. */
 int fedge_agg_reload_policy(fedge_aggregator *a);
 
-double fedge_now(void); /* CLOCK_REALTIME seconds */
+double fedge_now(void);      /* CLOCK_MONOTONIC seconds: every timer */
+double fedge_wall_now(void); /* CLOCK_REALTIME seconds: timestamps in the log */
+
+/* Exit status for a daemon whose run has ended: 0 when at least one round
+ * aggregated (or none was due), 3 when the run finished without any round
+ * producing a model; msg says what happened. */
+int fedge_agg_outcome(const fedge_aggregator *a, char *msg, size_t msglen);
 
 #endif

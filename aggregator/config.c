@@ -59,6 +59,7 @@ static const field FIELDS[] = {
     LNG(refine_every, 0, 1e6, "0", "run cluster refinement after every k-th aggregated round (0: never)"),
     STR(refine_command, "", "refinement command; {in} {out} {round} are substituted (docs/CLUSTER.md)"),
     DBL(refine_timeout_s, 1, 86400, "600", "refinement gets killed after this long; the aggregate is kept"),
+    DBL(db_busy_retry_s, 0, 86400, "300", "keep retrying a step that finds the database locked by another process this long before stopping"),
 };
 
 static int set_field(fedge_agg_config *c, const field *f, const char *value, char *err, size_t errlen)

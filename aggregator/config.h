@@ -45,6 +45,7 @@ typedef struct {
     long refine_every;          /* 0: never */
     char refine_command[FEDGE_PATH_MAX];
     double refine_timeout_s;
+    double db_busy_retry_s;     /* transient SQLITE_BUSY is retried this long */
 } fedge_agg_config;
 
 void fedge_agg_config_defaults(fedge_agg_config *c);

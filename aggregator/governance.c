@@ -1,6 +1,7 @@
 #include "governance.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,7 +150,7 @@ int fedge_gov_event(fedge_aggregator *a, uint32_t round, const char *device, con
     int ret;
     char key[24];
     CHK(fedge_store_prepare(a->db, "INSERT INTO events(at, round, device, kind, rule, detail) VALUES(?,?,?,?,?,?)", &st));
-    sqlite3_bind_double(st, 1, fedge_now());
+    sqlite3_bind_double(st, 1, fedge_wall_now());
     if (round)
         sqlite3_bind_int64(st, 2, round);
     if (device)
@@ -212,15 +213,23 @@ cleanup:
     return ret;
 }
 
-static int base_round_of(fedge_aggregator *a, const uint8_t version[FEDGE_HASH_LEN], int *found,
-                         uint32_t *base_round)
+/* Staleness of an update's base model: the model versions published since
+ * it was the current one. Every round that closed after the round that made
+ * the base published one; failed rounds publish nothing, so an update on the
+ * model that survived them is fresh. *found = 0: not a version of this log. */
+static int staleness_of(fedge_aggregator *a, const uint8_t version[FEDGE_HASH_LEN], int *found,
+                        uint32_t *staleness)
 {
     char hex[FEDGE_HASH_HEX_LEN];
-    int64_t made_in = 0;
+    int64_t made_in = 0, later = 0;
     fedge_hash_to_hex(version, hex);
     int ret = fedge_store_query_int64(a->db, &made_in, found, "SELECT round FROM models WHERE version=?", "t", hex);
-    if (ret == FEDGE_OK && *found) /* a model made in round k is the opening model of round k + 1 */
-        *base_round = (uint32_t)made_in + 1;
+    if (ret != FEDGE_OK || !*found)
+        return ret;
+    ret = fedge_store_query_int64(a->db, &later, NULL, "SELECT count(*) FROM rounds WHERE status='closed' AND id>?",
+                                  "i", made_in);
+    if (ret == FEDGE_OK)
+        *staleness = later > UINT32_MAX ? UINT32_MAX : (uint32_t)later;
     return ret;
 }
 
@@ -253,15 +262,16 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     const uint8_t *blob = in->encoded;
     size_t blob_len = in->encoded_len;
     int ret, found = 0, in_tx = 0;
-    uint32_t base_round = 0, recent = 0;
+    uint32_t staleness = 0, recent = 0;
     char key[24];
+    double wall = fedge_wall_now();
     *accepted = 0;
 
     double norm = fedge_l2_norm(in->delta, in->n_params);
-    CHK(base_round_of(a, in->header->base_version, &found, &base_round));
+    CHK(staleness_of(a, in->header->base_version, &found, &staleness));
     double window = fedge_policy_rate_window_s(a->policy);
     if (window > 0)
-        CHK(count_recent(a, in->device, in->now - window, &recent));
+        CHK(count_recent(a, in->device, wall - window, &recent));
     if (!found) {
         memset(&d, 0, sizeof d);
         d.decision = FEDGE_DECISION_REJECT;
@@ -273,7 +283,8 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
             .device_status = in->status,
             .device_region = a->keys.devices[in->device_index].region,
             .round = a->round,
-            .base_round = base_round,
+            .staleness = staleness,
+            .n_samples = in->header->n_samples,
             .l2_norm = norm,
             .finite = isfinite(norm),
             .recent_updates = recent,
@@ -308,10 +319,10 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     CHK(fedge_store_begin(a->db));
     in_tx = 1;
     CHK(fedge_store_prepare(a->db, "INSERT INTO updates(round, device, received_at, n_samples, encoding, bytes, counter,"
-                           " norm, decision, rule, reason, delta) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", &st));
+                           " norm, decision, rule, reason, delta, sealed_sha256) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)", &st));
     sqlite3_bind_int64(st, 1, a->round);
     sqlite3_bind_text(st, 2, in->device, -1, SQLITE_STATIC);
-    sqlite3_bind_double(st, 3, in->now);
+    sqlite3_bind_double(st, 3, wall);
     sqlite3_bind_int64(st, 4, in->header->n_samples);
     sqlite3_bind_text(st, 5, fedge_encoding_name((fedge_encoding)in->header->encoding), -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, (sqlite3_int64)in->bytes);
@@ -323,9 +334,12 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     sqlite3_bind_text(st, 11, d.reason, -1, SQLITE_STATIC);
     if (d.decision != FEDGE_DECISION_REJECT)
         sqlite3_bind_blob(st, 12, blob, (int)blob_len, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
+    if (in->sealed_sha256)
+        sqlite3_bind_blob(st, 13, in->sealed_sha256, FEDGE_HASH_LEN, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) {
         FEDGE_ERROR("sqlite insert update: %s", sqlite3_errmsg(a->db));
-        FAIL(FEDGE_ERR_SQL);
+        FAIL(fedge_store_status(rc));
     }
     sqlite3_finalize(st);
     st = NULL;
@@ -333,7 +347,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     CHK(fedge_audit_append(a->db, "updates", key));
     CHK(fedge_store_prepare(a->db, "UPDATE devices SET last_counter=?, last_seen=? WHERE id=?", &st));
     sqlite3_bind_int64(st, 1, (sqlite3_int64)in->counter);
-    sqlite3_bind_double(st, 2, in->now);
+    sqlite3_bind_double(st, 2, wall);
     sqlite3_bind_text(st, 3, in->device, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE)
         FAIL(FEDGE_ERR_SQL);
@@ -355,73 +369,179 @@ cleanup:
     return ret;
 }
 
+/* The round's accepted updates without their deltas: O(devices) memory. */
 typedef struct {
     size_t n, cap;
     int64_t *ids;
     char (*devices)[FEDGE_DEVICE_ID_MAX + 1];
-    double *weights;
-    float **deltas;
+    double *weights;                 /* aggregation weight; 0: excluded at load */
+    fedge_policy_round_stat *stats;
+    fedge_policy_decision *excluded; /* why, for weights[i] == 0 */
 } round_updates;
 
 static void round_updates_free(round_updates *u)
 {
-    for (size_t i = 0; i < u->n; i++)
-        free(u->deltas[i]);
     free(u->ids);
     free(u->devices);
     free(u->weights);
-    free(u->deltas);
+    free(u->stats);
+    free(u->excluded);
     memset(u, 0, sizeof *u);
 }
 
-static int load_round_updates(fedge_aggregator *a, round_updates *u)
+/* Calls fn for each accepted update of the open round, in id order, with its
+ * delta decoded into one reused buffer (delta NULL and decode_err set when
+ * the stored delta is unreadable). */
+typedef int (*delta_fn)(fedge_aggregator *a, void *ctx, size_t i, int64_t id, const char *device,
+                        int64_t n_samples, const fedge_delta_header *h, const float *delta,
+                        int decode_err);
+
+static int for_each_delta(fedge_aggregator *a, float *buf, delta_fn fn, void *ctx)
 {
     sqlite3_stmt *st = NULL;
-    int ret;
-    size_t n_params = a->model.n_params;
-    memset(u, 0, sizeof *u);
-    u->cap = a->keys.n ? a->keys.n : 1;
-    u->ids = calloc(u->cap, sizeof *u->ids);
-    u->devices = calloc(u->cap, sizeof *u->devices);
-    u->weights = calloc(u->cap, sizeof *u->weights);
-    u->deltas = calloc(u->cap, sizeof *u->deltas);
-    if (!u->ids || !u->devices || !u->weights || !u->deltas)
-        FAIL(FEDGE_ERR_NOMEM);
+    int ret, rc;
+    size_t i = 0;
     CHK(fedge_store_prepare(a->db, "SELECT id, device, n_samples, delta FROM updates"
                            " WHERE round=? AND decision<>'rejected' ORDER BY id", &st));
     sqlite3_bind_int64(st, 1, a->round);
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        if (u->n == u->cap)
-            FAIL(FEDGE_ERR_STATE); /* one accepted update per device per round */
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         fedge_delta_header h;
         const uint8_t *blob = sqlite3_column_blob(st, 3);
         size_t len = (size_t)sqlite3_column_bytes(st, 3);
-        float *d = malloc(n_params * sizeof *d);
-        if (!d)
-            FAIL(FEDGE_ERR_NOMEM);
-        u->deltas[u->n] = d;
-        u->ids[u->n] = sqlite3_column_int64(st, 0);
-        snprintf(u->devices[u->n], sizeof u->devices[u->n], "%s", (const char *)sqlite3_column_text(st, 1));
-        u->weights[u->n] = (double)sqlite3_column_int64(st, 2);
-        u->n++;
-        ret = fedge_delta_decode(blob, len, a->model_id, (uint32_t)n_params, &h, d);
-        if (ret != FEDGE_OK) {
-            FEDGE_ERROR("stored delta of update %lld is unreadable: %s", (long long)u->ids[u->n - 1],
-                        fedge_strerror(ret));
-            goto cleanup;
-        }
-        /* Late updates count less: FedAsync's polynomial discount (1 + s)^-1/2
-         * for an update whose base model is s rounds old. */
-        int found = 0;
-        uint32_t base_round = a->round;
-        CHK(base_round_of(a, h.base_version, &found, &base_round));
-        if (found && base_round < a->round)
-            u->weights[u->n - 1] /= sqrt(1.0 + (double)(a->round - base_round));
+        int dr = blob ? fedge_delta_decode(blob, len, a->model_id, (uint32_t)a->model.n_params, &h, buf)
+                      : FEDGE_ERR_DELTA_TRUNCATED;
+        CHK(fn(a, ctx, i, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1),
+               sqlite3_column_int64(st, 2), dr == FEDGE_OK ? &h : NULL, dr == FEDGE_OK ? buf : NULL, dr));
+        i++;
     }
-    ret = FEDGE_OK;
+    if (rc != SQLITE_DONE)
+        FAIL(fedge_store_status(rc));
 cleanup:
     sqlite3_finalize(st);
     return ret;
+}
+
+typedef struct {
+    round_updates *u;
+    double *sum;   /* pass 1: sum of the usable deltas (anomaly rule), or NULL */
+    int dp;
+} index_ctx;
+
+static void exclude_at_load(round_updates *u, size_t i, const char *rule, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void exclude_at_load(round_updates *u, size_t i, const char *rule, const char *fmt, ...)
+{
+    va_list ap;
+    u->weights[i] = 0;
+    u->excluded[i].decision = FEDGE_DECISION_REJECT;
+    u->excluded[i].clip_factor = 1.0;
+    snprintf(u->excluded[i].rule, sizeof u->excluded[i].rule, "%s", rule);
+    va_start(ap, fmt);
+    vsnprintf(u->excluded[i].reason, sizeof u->excluded[i].reason, fmt, ap);
+    va_end(ap);
+}
+
+/* Pass 1: ids, devices, weights, norms; every check a stored update must
+ * pass before it may weigh on the aggregate (rows logged before these
+ * checks existed, or changed on disk, meet them here). */
+static int index_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, const char *device,
+                        int64_t n_samples, const fedge_delta_header *h, const float *delta, int decode_err)
+{
+    index_ctx *c = vctx;
+    round_updates *u = c->u;
+    int ret = FEDGE_OK;
+    if (i >= u->cap)
+        return FEDGE_ERR_STATE; /* the partial unique index allows one per device */
+    u->n = i + 1;
+    u->ids[i] = id;
+    snprintf(u->devices[i], sizeof u->devices[i], "%s", device ? device : "?");
+    u->weights[i] = 1.0;
+    uint64_t max_samples = fedge_policy_max_samples(a->policy);
+    if (!delta) {
+        exclude_at_load(u, i, "integrity", "stored delta is unreadable: %s", fedge_strerror(decode_err));
+        return FEDGE_OK;
+    }
+    if (n_samples < 1 || (uint64_t)n_samples > max_samples) {
+        exclude_at_load(u, i, "sample_count", "stated sample count %lld is outside 1..%llu (update.max_samples)",
+                        (long long)n_samples, (unsigned long long)max_samples);
+        return FEDGE_OK;
+    }
+    double norm = fedge_l2_norm(delta, a->model.n_params);
+    if (!isfinite(norm)) {
+        exclude_at_load(u, i, "finite", "delta norm is not finite");
+        return FEDGE_OK;
+    }
+    u->stats[i].norm = norm;
+    /* DP-FedAvg weighs every client equally; otherwise by stated samples,
+     * and a late update less: FedAsync's polynomial discount (1 + s)^-1/2
+     * for an update whose base model is s versions old. */
+    u->weights[i] = c->dp ? 1.0 : (double)n_samples;
+    int found = 0;
+    uint32_t staleness = 0;
+    CHK(staleness_of(a, h->base_version, &found, &staleness));
+    if (found && staleness > 0 && !c->dp)
+        u->weights[i] /= sqrt(1.0 + (double)staleness);
+    if (c->sum)
+        for (size_t k = 0; k < a->model.n_params; k++)
+            c->sum[k] += delta[k];
+cleanup:
+    return ret;
+}
+
+/* Rows excluded along the way no longer show in later passes: they are
+ * matched by id (pass 1 saw them in id order), not by position. */
+static int index_of(const round_updates *u, int64_t id, size_t *i)
+{
+    size_t lo = 0, hi = u->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (u->ids[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < u->n && u->ids[lo] == id) {
+        *i = lo;
+        return 1;
+    }
+    return 0;
+}
+
+typedef struct {
+    round_updates *u;
+    const double *sum;
+} dots_ctx;
+
+/* Pass 2: <d_i, S> for the anomaly rule. */
+static int dot_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, const char *device,
+                      int64_t n_samples, const fedge_delta_header *h, const float *delta, int decode_err)
+{
+    dots_ctx *c = vctx;
+    (void)device, (void)n_samples, (void)h, (void)decode_err;
+    if (!index_of(c->u, id, &i) || !delta || c->u->weights[i] <= 0)
+        return FEDGE_OK;
+    double dot = 0;
+    for (size_t k = 0; k < a->model.n_params; k++)
+        dot += (double)delta[k] * c->sum[k];
+    c->u->stats[i].dot_sum = dot;
+    return FEDGE_OK;
+}
+
+typedef struct {
+    round_updates *u;
+    const double *weights;
+    fedge_fedavg *avg;
+} sum_ctx;
+
+/* Pass 3: the weighted sum. */
+static int add_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, const char *device,
+                      int64_t n_samples, const fedge_delta_header *h, const float *delta, int decode_err)
+{
+    sum_ctx *c = vctx;
+    (void)a, (void)device, (void)n_samples, (void)h, (void)decode_err;
+    if (!index_of(c->u, id, &i) || !delta || !(c->weights[i] > 0))
+        return FEDGE_OK;
+    return fedge_fedavg_add(c->avg, delta, c->weights[i]);
 }
 
 static int exclude_update(fedge_aggregator *a, int64_t id, const fedge_policy_decision *d)
@@ -471,42 +591,95 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
 {
     round_updates u;
     fedge_fedavg avg;
-    double *weights = NULL;
+    double *weights = NULL, *kept_w = NULL, *kept_out = NULL, *sum = NULL;
     fedge_policy_decision *per = NULL, round_d;
-    float *mean = NULL;
-    size_t n_params = a->model.n_params;
+    fedge_policy_round_stat *kept_stats = NULL;
+    size_t *kept_idx = NULL;
+    float *mean = NULL, *buf = NULL;
+    size_t n_params = a->model.n_params, n_kept = 0;
     int dp = fedge_policy_dp_enabled(a->policy);
     int ret;
     memset(&avg, 0, sizeof avg);
+    memset(&u, 0, sizeof u);
     memset(res, 0, sizeof *res);
     res->epsilon = -1;
 
-    CHK(load_round_updates(a, &u));
+    u.cap = a->keys.n ? a->keys.n : 1;
+    u.ids = calloc(u.cap, sizeof *u.ids);
+    u.devices = calloc(u.cap, sizeof *u.devices);
+    u.weights = calloc(u.cap, sizeof *u.weights);
+    u.stats = calloc(u.cap, sizeof *u.stats);
+    u.excluded = calloc(u.cap, sizeof *u.excluded);
+    buf = malloc((n_params ? n_params : 1) * sizeof *buf);
+    if (!u.ids || !u.devices || !u.weights || !u.stats || !u.excluded || !buf)
+        FAIL(FEDGE_ERR_NOMEM);
+    /* The anomaly rule needs the sum S of the usable deltas; it is kept only
+     * when the rule is on (it runs when enough updates are usable). */
+    if (fedge_policy_round_needs_dots(a->policy, SIZE_MAX)) {
+        sum = calloc(n_params ? n_params : 1, sizeof *sum);
+        if (!sum)
+            FAIL(FEDGE_ERR_NOMEM);
+    }
+    index_ctx ic = {.u = &u, .sum = sum, .dp = dp};
+    CHK(for_each_delta(a, buf, index_update, &ic));
     if (u.n == 0) {
         snprintf(res->reason, sizeof res->reason, "no accepted updates before the deadline");
         goto cleanup;
     }
-    if (u.n < (size_t)a->cfg.min_updates) {
-        snprintf(res->reason, sizeof res->reason, "%zu accepted updates, fewer than min_updates %ld", u.n,
+    for (size_t i = 0; i < u.n; i++) {
+        if (u.weights[i] > 0)
+            continue;
+        CHK(exclude_update(a, u.ids[i], &u.excluded[i]));
+        res->n_excluded++;
+        FEDGE_WARN("round %u: excluding %s: %s: %s", a->round, u.devices[i], u.excluded[i].rule,
+                   u.excluded[i].reason);
+    }
+    n_kept = u.n - res->n_excluded;
+    if (n_kept == 0) {
+        snprintf(res->reason, sizeof res->reason, "every update was excluded (%zu unusable)", res->n_excluded);
+        goto cleanup;
+    }
+    if (n_kept < (size_t)a->cfg.min_updates) {
+        snprintf(res->reason, sizeof res->reason, "%zu usable updates, fewer than min_updates %ld", n_kept,
                  a->cfg.min_updates);
         goto cleanup;
     }
-    weights = malloc(u.n * sizeof *weights);
-    per = calloc(u.n, sizeof *per);
-    mean = malloc(n_params * sizeof *mean);
-    if (!weights || !per || !mean)
+
+    /* The round rules see the usable updates only. */
+    kept_idx = malloc(n_kept * sizeof *kept_idx);
+    kept_w = malloc(n_kept * sizeof *kept_w);
+    kept_out = malloc(n_kept * sizeof *kept_out);
+    kept_stats = calloc(n_kept, sizeof *kept_stats);
+    per = calloc(n_kept, sizeof *per);
+    weights = calloc(u.n, sizeof *weights);
+    mean = malloc((n_params ? n_params : 1) * sizeof *mean);
+    if (!kept_idx || !kept_w || !kept_out || !kept_stats || !per || !weights || !mean)
         FAIL(FEDGE_ERR_NOMEM);
-    if (dp)
-        for (size_t i = 0; i < u.n; i++)
-            u.weights[i] = 1.0; /* DP-FedAvg weighs every client equally */
-    CHK(fedge_policy_check_round(a->policy, u.n, (const float *const *)u.deltas, n_params, u.weights, weights,
-                                 per, &round_d));
-    for (size_t i = 0; i < u.n; i++) {
-        if (per[i].decision == FEDGE_DECISION_REJECT) {
-            CHK(exclude_update(a, u.ids[i], &per[i]));
+    double sum_norm2 = 0;
+    if (sum && fedge_policy_round_needs_dots(a->policy, n_kept)) {
+        for (size_t k = 0; k < n_params; k++)
+            sum_norm2 += sum[k] * sum[k];
+        dots_ctx dc = {.u = &u, .sum = sum};
+        CHK(for_each_delta(a, buf, dot_update, &dc));
+    }
+    for (size_t i = 0, j = 0; i < u.n; i++) {
+        if (!(u.weights[i] > 0))
+            continue;
+        kept_idx[j] = i;
+        kept_w[j] = u.weights[i];
+        kept_stats[j] = u.stats[i];
+        j++;
+    }
+    CHK(fedge_policy_check_round_stats(a->policy, n_kept, kept_stats, sum_norm2, kept_w, kept_out, per,
+                                       &round_d));
+    for (size_t j = 0; j < n_kept; j++) {
+        size_t i = kept_idx[j];
+        weights[i] = kept_out[j];
+        if (per[j].decision == FEDGE_DECISION_REJECT) {
+            CHK(exclude_update(a, u.ids[i], &per[j]));
             res->n_excluded++;
             weights[i] = 0;
-            FEDGE_INFO("round %u: excluding %s: %s", a->round, u.devices[i], per[i].reason);
+            FEDGE_INFO("round %u: excluding %s: %s", a->round, u.devices[i], per[j].reason);
         }
     }
     if (round_d.decision == FEDGE_DECISION_REJECT) {
@@ -515,13 +688,12 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
         goto cleanup;
     }
 
+    free(sum);
+    sum = NULL;
     CHK(fedge_fedavg_init(&avg, n_params));
-    for (size_t i = 0; i < u.n; i++) {
-        if (weights[i] > 0) {
-            CHK(fedge_fedavg_add(&avg, u.deltas[i], weights[i]));
-            res->n_used++;
-        }
-    }
+    sum_ctx sc = {.u = &u, .weights = weights, .avg = &avg};
+    CHK(for_each_delta(a, buf, add_update, &sc));
+    res->n_used = avg.n;
     if (avg.n == 0) {
         snprintf(res->reason, sizeof res->reason, "every update was excluded");
         goto cleanup;
@@ -550,7 +722,19 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
     } else {
         CHK(fedge_fedavg_mean(&avg, mean));
     }
-    fedge_apply_delta(a->model.params, mean, n_params, (float)a->cfg.server_lr);
+    /* A finite sum of finite deltas can still overflow a float: such an
+     * aggregate fails the round instead of poisoning the model. */
+    float lr = (float)a->cfg.server_lr;
+    for (size_t i = 0; i < n_params; i++) {
+        if (!isfinite(a->model.params[i] + lr * mean[i])) {
+            snprintf(res->reason, sizeof res->reason,
+                     "the aggregate is not finite (parameter %zu); model unchanged", i);
+            CHK(fedge_gov_event(a, a->round, NULL, "round_rejected", "finite", res->reason));
+            res->n_used = 0;
+            goto cleanup;
+        }
+    }
+    fedge_apply_delta(a->model.params, mean, n_params, lr);
     res->ok = 1;
     if (res->n_excluded)
         snprintf(res->reason, sizeof res->reason, "%zu update(s) excluded by round checks", res->n_excluded);
@@ -558,8 +742,14 @@ cleanup:
     round_updates_free(&u);
     fedge_fedavg_free(&avg);
     free(weights);
+    free(kept_idx);
+    free(kept_w);
+    free(kept_out);
+    free(kept_stats);
     free(per);
+    free(sum);
     free(mean);
+    free(buf);
     return ret;
 }
 
@@ -590,7 +780,7 @@ int fedge_device_set_status(sqlite3 *db, const char *device, const char *status,
     snprintf(detail, sizeof detail, "device %s: %s -> %s: %s", device, old, status, reason);
     CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,'device_status','operator',?)",
                     &st));
-    sqlite3_bind_double(st, 1, fedge_now());
+    sqlite3_bind_double(st, 1, fedge_wall_now());
     sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE)

@@ -22,7 +22,8 @@ typedef struct {
     size_t bytes;                    /* sealed size on the wire */
     const uint8_t *encoded;          /* decrypted encoded delta (header + payload) */
     size_t encoded_len;
-    double now;
+    const uint8_t *sealed_sha256;    /* of the frame as received: tells a resend apart */
+    double now;                      /* fedge_now() */
 } fedge_gov_update_in;
 
 typedef struct {
@@ -65,8 +66,15 @@ int fedge_gov_round_admission(fedge_aggregator *a, uint32_t round, size_t k, siz
  * *accepted and reason tell the client what happened. */
 int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, int *accepted,
                            char *reason, size_t reason_len);
-/* Round close, inside the caller's transaction: loads the accepted deltas,
- * applies the round rules, DP noise, and the weighted mean to a->model. */
+/* Round close, inside the caller's transaction: streams the accepted deltas
+ * (memory O(n_params), whatever the number of updates: one pass for sums
+ * and norms, one for the anomaly rule's dot products when it runs, one to
+ * aggregate), excludes with an audited reason any stored update that cannot
+ * be used (unreadable, stated sample count out of bounds, non-finite),
+ * applies the round rules, DP noise and the weighted mean to a->model. An
+ * aggregate that would make the model non-finite fails the round (res->ok =
+ * 0) and leaves the model as it was. Errors are the daemon's own faults
+ * (SQL, memory). */
 int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res);
 
 /* Operator action on a device: status allowed|suspended|revoked, with a

@@ -4,9 +4,11 @@
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "common.h"
+#include "hash.h"
 #include "log.h"
 
 static const char *SCHEMA_SQL =
@@ -31,10 +33,10 @@ static const char *SCHEMA_SQL =
     " device TEXT NOT NULL, received_at REAL NOT NULL, n_samples INTEGER NOT NULL,"
     " encoding TEXT NOT NULL, bytes INTEGER NOT NULL, counter INTEGER NOT NULL, norm REAL,"
     " decision TEXT NOT NULL CHECK(decision IN ('accepted','clipped','rejected')),"
-    " rule TEXT NOT NULL, reason TEXT NOT NULL, delta BLOB);"
+    " rule TEXT NOT NULL, reason TEXT NOT NULL, delta BLOB, sealed_sha256 BLOB);"
     "CREATE UNIQUE INDEX IF NOT EXISTS updates_one_per_round ON updates(round, device)"
     " WHERE decision <> 'rejected';"
-    "CREATE INDEX IF NOT EXISTS updates_device ON updates(device);"
+    "CREATE INDEX IF NOT EXISTS updates_device ON updates(device, counter);"
     "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, at REAL NOT NULL, round INTEGER,"
     " device TEXT, kind TEXT NOT NULL, rule TEXT, detail TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS audit(seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL,"
@@ -44,22 +46,45 @@ static const char *SCHEMA_SQL =
     "CREATE TABLE IF NOT EXISTS audit_heads(seq INTEGER PRIMARY KEY, round INTEGER,"
     " head_hash BLOB NOT NULL, signature BLOB NOT NULL, signed_at REAL NOT NULL);";
 
+/* SQLITE_BUSY / SQLITE_LOCKED (another process holds the lock past the busy
+ * timeout) are transient: FEDGE_ERR_BUSY, which callers retry. */
+int fedge_store_status(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_DONE:
+    case SQLITE_ROW:
+        return FEDGE_OK;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return FEDGE_ERR_BUSY;
+    default:
+        return FEDGE_ERR_SQL;
+    }
+}
+
 static int exec_sql(sqlite3 *db, const char *sql)
 {
     char *msg = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        FEDGE_ERROR("sqlite: %s", msg ? msg : sqlite3_errmsg(db));
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        int ret = fedge_store_status(rc);
+        if (ret == FEDGE_ERR_BUSY)
+            FEDGE_WARN("sqlite: %s (%s)", msg ? msg : sqlite3_errmsg(db), sql);
+        else
+            FEDGE_ERROR("sqlite: %s", msg ? msg : sqlite3_errmsg(db));
         sqlite3_free(msg);
-        return FEDGE_ERR_SQL;
+        return ret;
     }
     return FEDGE_OK;
 }
 
 int fedge_store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
 {
-    if (sqlite3_prepare_v2(db, sql, -1, st, NULL) != SQLITE_OK) {
+    int rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
+    if (rc != SQLITE_OK) {
         FEDGE_ERROR("sqlite prepare: %s (%s)", sqlite3_errmsg(db), sql);
-        return FEDGE_ERR_SQL;
+        return fedge_store_status(rc);
     }
     return FEDGE_OK;
 }
@@ -70,7 +95,7 @@ int fedge_store_step_done(sqlite3 *db, sqlite3_stmt *st)
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) {
         FEDGE_ERROR("sqlite step: %s", sqlite3_errmsg(db));
-        return FEDGE_ERR_SQL;
+        return rc == SQLITE_ROW ? FEDGE_ERR_SQL : fedge_store_status(rc);
     }
     return FEDGE_OK;
 }
@@ -104,7 +129,7 @@ int fedge_store_query_int64(sqlite3 *db, int64_t *out, int *found, const char *s
         }
     } else if (rc != SQLITE_DONE) {
         FEDGE_ERROR("sqlite step: %s", sqlite3_errmsg(db));
-        ret = FEDGE_ERR_SQL;
+        ret = fedge_store_status(rc);
     }
 cleanup:
     sqlite3_finalize(st);
@@ -118,6 +143,64 @@ void fedge_store_rollback(sqlite3 *db)
 {
     if (!sqlite3_get_autocommit(db))
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* Columns added within schema version 1, for logs written before them:
+ * updates.sealed_sha256 (duplicate detection; not part of the audited row). */
+static int migrate(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    int has_sealed = 0, ret = FEDGE_OK;
+    CHK(fedge_store_prepare(db, "SELECT 1 FROM pragma_table_info('updates') WHERE name='sealed_sha256'", &st));
+    has_sealed = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (!has_sealed)
+        CHK(exec_sql(db, "ALTER TABLE updates ADD COLUMN sealed_sha256 BLOB"));
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int fedge_store_run_id(sqlite3 *db, uint8_t run_id[FEDGE_STORE_RUN_ID_LEN])
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK, in_tx = 0;
+    char hex[2 * FEDGE_STORE_RUN_ID_LEN + 1];
+    CHK(fedge_store_begin(db));
+    in_tx = 1;
+    CHK(fedge_store_prepare(db, "SELECT value FROM meta WHERE key='run_id'", &st));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *v = (const char *)sqlite3_column_text(st, 0);
+        if (!v || strlen(v) != 2 * FEDGE_STORE_RUN_ID_LEN || fedge_hex_decode(v, run_id, FEDGE_STORE_RUN_ID_LEN) != FEDGE_OK) {
+            FEDGE_ERROR("meta run_id is not %d hex digits", 2 * FEDGE_STORE_RUN_ID_LEN);
+            FAIL(FEDGE_ERR_AUDIT_NOT_FEDGE_DB);
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+    } else if (rc == SQLITE_DONE) {
+        sqlite3_finalize(st);
+        st = NULL;
+        if (getrandom(run_id, FEDGE_STORE_RUN_ID_LEN, 0) != FEDGE_STORE_RUN_ID_LEN)
+            FAIL(FEDGE_ERR_CRYPTO);
+        fedge_hex_encode(run_id, FEDGE_STORE_RUN_ID_LEN, hex);
+        CHK(fedge_store_prepare(db, "INSERT INTO meta(key, value) VALUES('run_id', ?)", &st));
+        sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
+        ret = fedge_store_step_done(db, st);
+        st = NULL;
+        if (ret != FEDGE_OK)
+            goto cleanup;
+    } else {
+        FAIL(fedge_store_status(rc));
+    }
+    CHK(fedge_store_commit(db));
+    in_tx = 0;
+cleanup:
+    sqlite3_finalize(st);
+    if (in_tx)
+        fedge_store_rollback(db);
+    return ret;
 }
 
 /* 1 when the database has our meta marker, 0 when it is empty, <0 otherwise. */
@@ -180,6 +263,8 @@ int fedge_store_open_db(const char *path, int read_only, sqlite3 **out)
         CHK(exec_sql(db, "INSERT INTO meta(key, value) VALUES('fedge_schema', '" FEDGE_SCHEMA_VERSION
                          "'), ('created_at', strftime('%Y-%m-%dT%H:%M:%fZ','now'))"));
         CHK(fedge_store_commit(db));
+    } else {
+        CHK(migrate(db));
     }
 cleanup:
     if (ret != FEDGE_OK) {

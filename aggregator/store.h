@@ -9,7 +9,9 @@
  *
  * Schema (schema_version 1):
  *   meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)
- *       keys: fedge_schema ('1'), model_spec, created_at
+ *       keys: fedge_schema ('1'), model_spec, created_at,
+ *       run_id (32 hex digits, random, made once: every update is sealed
+ *       for it, so updates cannot be replayed from one log into another)
  *   devices(id TEXT PRIMARY KEY, region TEXT NOT NULL DEFAULT '',
  *       status TEXT NOT NULL DEFAULT 'allowed'  -- allowed|suspended|revoked
  *       last_counter INTEGER NOT NULL DEFAULT 0, epsilon_spent REAL NOT NULL DEFAULT 0,
@@ -29,7 +31,8 @@
  *       bytes INTEGER NOT NULL, counter INTEGER NOT NULL, norm REAL,
  *       decision TEXT NOT NULL,                   -- accepted|clipped|rejected
  *       rule TEXT NOT NULL, reason TEXT NOT NULL,
- *       delta BLOB)                               -- encoded delta of an accepted update
+ *       delta BLOB,                               -- encoded delta of an accepted update
+ *       sealed_sha256 BLOB)                       -- of the frame as received (resends)
  *       UNIQUE(round, device) for accepted/clipped rows (partial index)
  *   events(id INTEGER PRIMARY KEY, at REAL NOT NULL, round INTEGER, device TEXT,
  *       kind TEXT NOT NULL, rule TEXT, detail TEXT NOT NULL)
@@ -55,6 +58,10 @@
  * without creating or altering anything. */
 int fedge_store_open_db(const char *path, int read_only, sqlite3 **db);
 
+#define FEDGE_STORE_RUN_ID_LEN 16
+/* The log's run id (meta 'run_id'), created at random on first use. */
+int fedge_store_run_id(sqlite3 *db, uint8_t run_id[FEDGE_STORE_RUN_ID_LEN]);
+
 /* Prepares sql (logging SQLite's message on failure). */
 int fedge_store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st);
 /* Steps a statement that returns no row and finalizes it. */
@@ -64,6 +71,12 @@ int fedge_store_step_done(sqlite3 *db, sqlite3_stmt *st);
  * first row in *out (*found = 0 and *out untouched when there is no row or
  * the value is NULL). found may be NULL. */
 int fedge_store_query_int64(sqlite3 *db, int64_t *out, int *found, const char *sql, const char *types, ...);
+
+/* Maps an SQLite result code to a fedge status: FEDGE_OK for OK/ROW/DONE,
+ * FEDGE_ERR_BUSY for BUSY/LOCKED (transient: another process holds the lock
+ * past the busy timeout; the caller retries later), FEDGE_ERR_SQL otherwise.
+ * Every helper here returns statuses mapped this way. */
+int fedge_store_status(int rc);
 
 /* Runs BEGIN IMMEDIATE / COMMIT / ROLLBACK. */
 int fedge_store_begin(sqlite3 *db);

@@ -325,7 +325,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         fedge_rng_split(&base, 1, &rounding);
         rng = &rounding;
     }
-    ret = fedge_update_seal(&c->key, counter, &h, t->grad, rng, &sealed, &sealed_len);
+    ret = fedge_update_seal(&c->key, counter, ri->run_id, &h, t->grad, rng, &sealed, &sealed_len);
     if (ret != FEDGE_OK) {
         FEDGE_ERROR("round %u: cannot seal the update: %s", ri->round, fedge_strerror(ret));
         *result = ROUND_DONE;

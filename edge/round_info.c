@@ -22,12 +22,13 @@ enum {
     K_BATCH,
     K_MOMENTUM,
     K_WEIGHT_DECAY,
+    K_RUN,
     K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
     "state", "round", "selected", "deadline_ms", "model", "spec",
-    "epochs", "lr", "batch", "momentum", "weight_decay",
+    "epochs", "lr", "batch", "momentum", "weight_decay", "run",
 };
 
 static int set_err(char *err, size_t errlen, int code, const char *fmt, ...)
@@ -115,6 +116,12 @@ static int parse_value(fedge_round_info *r, int key, const char *v, char *err, s
             return set_err(err, errlen, FEDGE_ERR_EDGE_ROUND_VALUE,
                            "model= must be 64 hex digits");
         r->has_model = 1;
+        return FEDGE_OK;
+    case K_RUN:
+        if (strlen(v) != 2 * FEDGE_RUN_ID_LEN || fedge_hex_decode(v, r->run_id, FEDGE_RUN_ID_LEN) != FEDGE_OK)
+            return set_err(err, errlen, FEDGE_ERR_EDGE_ROUND_VALUE,
+                           "run= must be %d hex digits", 2 * FEDGE_RUN_ID_LEN);
+        r->has_run = 1;
         return FEDGE_OK;
     case K_SPEC:
         if (strlen(v) >= sizeof r->spec_text || fedge_model_spec_parse(v, &r->spec) != FEDGE_OK)
@@ -240,7 +247,7 @@ int fedge_round_info_parse(const char *text, size_t len, fedge_round_info *out, 
         return set_err(err, errlen, FEDGE_ERR_EDGE_ROUND_MISSING, "missing key state");
     if (r.state == FEDGE_ROUND_OPEN) {
         static const int required[] = {K_ROUND, K_SELECTED, K_MODEL, K_SPEC,
-                                       K_EPOCHS, K_LR,    K_BATCH};
+                                       K_EPOCHS, K_LR,    K_BATCH, K_RUN};
         for (size_t i = 0; i < FEDGE_ARRAY_LEN(required); i++)
             if (!seen[required[i]])
                 return set_err(err, errlen, FEDGE_ERR_EDGE_ROUND_MISSING,

@@ -4,7 +4,7 @@
  * compatibility); a known key given twice, a line without '=', a value out of
  * range or a key required for the state is an error with a distinct code and
  * a one-line reason naming the key. `state` is always required; an open round
- * also needs round, selected, model, spec, epochs, lr and batch (momentum,
+ * also needs round, selected, model, spec, epochs, lr, batch and run (momentum,
  * weight_decay default to 0, deadline_ms to "unknown"). `*out` is written
  * only on success. Pure logic: no I/O, no allocation. */
 #ifndef FEDGE_EDGE_ROUND_INFO_H
@@ -15,6 +15,7 @@
 
 #include "hash.h"
 #include "model.h"
+#include "update.h"
 
 #define FEDGE_ROUND_BODY_MAX 4096 /* longer bodies are refused */
 #define FEDGE_ROUND_LINE_MAX 256
@@ -43,6 +44,8 @@ typedef struct {
     float lr;                             /* (0, 100] */
     float momentum;                       /* [0, 1) */
     float weight_decay;                   /* [0, 1) */
+    int has_run;
+    uint8_t run_id[FEDGE_RUN_ID_LEN];     /* the aggregator run, sealed into the update */
 } fedge_round_info;
 
 /* text need not be NUL-terminated; err (may be NULL) gets the reason. */

@@ -9,6 +9,7 @@
 #include "common.h"
 #include "envelope.h"
 #include "modelfile.h"
+#include "update.h"
 
 /* Model file: magic, version, spec_len | spec | u64 n_params | params | sha256. */
 static size_t model_file_size(const fedge_model_spec *spec)
@@ -32,7 +33,7 @@ size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc)
     size_t enc_len = fedge_delta_encoded_size(&h);
     if (enc_len < FEDGE_DELTA_HEADER_LEN)
         return 0;
-    return fedge_envelope_sealed_size(FEDGE_DELTA_HEADER_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
+    return fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
 }
 
 int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,

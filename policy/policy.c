@@ -34,6 +34,7 @@ double fedge_policy_rate_window_s(const fedge_policy *p)
 }
 unsigned fedge_policy_min_clients(const fedge_policy *p) { return p ? p->min_clients : 1; }
 unsigned fedge_policy_max_staleness(const fedge_policy *p) { return p ? p->max_staleness : 0; }
+unsigned fedge_policy_max_samples(const fedge_policy *p) { return p ? p->max_samples : 0; }
 double fedge_policy_round_deadline_s(const fedge_policy *p) { return p ? p->deadline_s : 0.0; }
 int fedge_policy_dp_enabled(const fedge_policy *p) { return p ? p->dp_enabled : 0; }
 double fedge_policy_dp_clip_norm(const fedge_policy *p) { return p ? p->dp_clip_norm : 0.0; }
@@ -175,16 +176,16 @@ int fedge_policy_check_update(const fedge_policy *p, const fedge_policy_update_i
         decide(out, FEDGE_DECISION_REJECT, 1.0, "finite", "delta has NaN or Inf values");
         return FEDGE_OK;
     }
-    if (in->base_round > in->round) {
-        decide(out, FEDGE_DECISION_REJECT, 1.0, "staleness",
-               "base round %u is after the current round %u", in->base_round, in->round);
+    if (in->n_samples == 0 || in->n_samples > p->max_samples) {
+        decide(out, FEDGE_DECISION_REJECT, 1.0, "sample_count",
+               "stated sample count %llu is outside 1..%u (update.max_samples)",
+               (unsigned long long)in->n_samples, p->max_samples);
         return FEDGE_OK;
     }
-    uint32_t staleness = in->round - in->base_round;
-    if (staleness > p->max_staleness) {
+    if (in->staleness > p->max_staleness) {
         decide(out, FEDGE_DECISION_REJECT, 1.0, "staleness",
-               "base model from round %u is %u rounds old; max staleness is %u", in->base_round,
-               staleness, p->max_staleness);
+               "base model is %u versions old; max staleness is %u", in->staleness,
+               p->max_staleness);
         return FEDGE_OK;
     }
     double norm = in->l2_norm;
@@ -219,7 +220,7 @@ int fedge_policy_check_update(const fedge_policy *p, const fedge_policy_update_i
     if (rule && n > 0 && (size_t)n < sizeof limits)
         n += snprintf(limits + n, sizeof limits - (size_t)n, " <= %.4g", bound);
     if (n > 0 && (size_t)n < sizeof limits)
-        n += snprintf(limits + n, sizeof limits - (size_t)n, ", staleness %u <= %u", staleness,
+        n += snprintf(limits + n, sizeof limits - (size_t)n, ", staleness %u <= %u", in->staleness,
                       p->max_staleness);
     if (p->rate_max_updates > 0 && n > 0 && (size_t)n < sizeof limits)
         snprintf(limits + n, sizeof limits - (size_t)n, ", %u earlier updates in %g s (limit %u)",
@@ -236,13 +237,20 @@ static int cmp_desc(const void *a, const void *b)
     return (x < y) - (x > y);
 }
 
-/* Anomaly check: per_update[i] REJECT for outliers; keep[i] = 1 otherwise. */
-static int anomaly_check(const fedge_policy *p, size_t n, const float *const *deltas,
-                         size_t n_params, fedge_policy_decision *per_update, unsigned char *keep)
+int fedge_policy_round_needs_dots(const fedge_policy *p, size_t n)
 {
-    int ret = FEDGE_OK;
-    double *sum = NULL, *norms = NULL;
-    if (!p->anomaly_enabled || n < p->anomaly_min_updates) {
+    return p && p->anomaly_enabled && n >= p->anomaly_min_updates;
+}
+
+/* Anomaly check on per-update statistics: per_update[i] REJECT for outliers;
+ * keep[i] = 1 otherwise. With S the sum of all n deltas, the cosine of d_i
+ * to the sum of the others is <d_i, S - d_i> / (|d_i| |S - d_i|), where
+ * <d_i, S - d_i> = dot_sum_i - |d_i|^2 and
+ * |S - d_i|^2 = |S|^2 - 2 dot_sum_i + |d_i|^2. */
+static int anomaly_check(const fedge_policy *p, size_t n, const fedge_policy_round_stat *stats,
+                         double sum_norm2, fedge_policy_decision *per_update, unsigned char *keep)
+{
+    if (!fedge_policy_round_needs_dots(p, n)) {
         for (size_t i = 0; i < n; i++) {
             if (p->anomaly_enabled)
                 decide(&per_update[i], FEDGE_DECISION_ACCEPT, 1.0, "all",
@@ -254,48 +262,35 @@ static int anomaly_check(const fedge_policy *p, size_t n, const float *const *de
         }
         return FEDGE_OK;
     }
-    sum = calloc(n_params ? n_params : 1, sizeof *sum);
-    norms = calloc(n, sizeof *norms);
-    if (!sum || !norms)
-        FAIL(FEDGE_ERR_NOMEM);
-    for (size_t i = 0; i < n; i++) {
-        double nn = 0;
-        for (size_t k = 0; k < n_params; k++) {
-            double v = deltas[i][k];
-            sum[k] += v;
-            nn += v * v;
-        }
-        norms[i] = sqrt(nn);
-    }
     for (size_t i = 0; i < n; i++) {
         /* Norm z-score against the other n-1 updates (sample spread). */
         double mean = 0, var = 0;
         for (size_t j = 0; j < n; j++)
             if (j != i)
-                mean += norms[j];
+                mean += stats[j].norm;
         mean /= (double)(n - 1);
         for (size_t j = 0; j < n; j++)
             if (j != i)
-                var += (norms[j] - mean) * (norms[j] - mean);
+                var += (stats[j].norm - mean) * (stats[j].norm - mean);
         double sd = sqrt(var / (double)(n - 2));
         double floor_sd = fmax(ANOMALY_MIN_RELATIVE_SPREAD * mean, 1e-12);
-        double z = (norms[i] - mean) / fmax(sd, floor_sd);
+        double norm = stats[i].norm;
+        double z = (norm - mean) / fmax(sd, floor_sd);
 
-        /* Cosine to the mean of the others (direction of their sum). */
-        double dot = 0, oo = 0;
-        for (size_t k = 0; k < n_params; k++) {
-            double d = deltas[i][k], o = sum[k] - d;
-            dot += d * o;
-            oo += o * o;
-        }
-        int have_cos = norms[i] > 0 && oo > 0;
-        double cosv = have_cos ? dot / (norms[i] * sqrt(oo)) : 0.0;
+        double dot = stats[i].dot_sum - norm * norm;
+        double oo = sum_norm2 - 2.0 * stats[i].dot_sum + norm * norm;
+        int have_cos = norm > 0 && oo > 1e-30 * fmax(sum_norm2, 1e-300);
+        double cosv = have_cos ? dot / (norm * sqrt(oo)) : 0.0;
+        if (cosv > 1.0)
+            cosv = 1.0;
+        if (cosv < -1.0)
+            cosv = -1.0;
 
         if (z > p->anomaly_max_norm_z) {
             decide(&per_update[i], FEDGE_DECISION_REJECT, 1.0, "anomaly",
                    "norm z-score %.3g against the other %zu updates exceeds %.3g "
                    "(norm %.4g, others' mean %.4g)",
-                   z, n - 1, p->anomaly_max_norm_z, norms[i], mean);
+                   z, n - 1, p->anomaly_max_norm_z, norm, mean);
             keep[i] = 0;
         } else if (have_cos && cosv < p->anomaly_min_cosine) {
             decide(&per_update[i], FEDGE_DECISION_REJECT, 1.0, "anomaly",
@@ -307,10 +302,7 @@ static int anomaly_check(const fedge_policy *p, size_t n, const float *const *de
                    "norm z-score %.3g, cosine to the others %.3g", z, cosv);
         }
     }
-cleanup:
-    free(sum);
-    free(norms);
-    return ret;
+    return FEDGE_OK;
 }
 
 /* Lowers the largest weights to a common cap c so that no kept weight
@@ -368,23 +360,24 @@ static int cap_weights(const fedge_policy *p, size_t n, const unsigned char *kee
     return FEDGE_OK;
 }
 
-int fedge_policy_check_round(const fedge_policy *p, size_t n, const float *const *deltas,
-                             size_t n_params, const double *weights, double *weights_out,
-                             fedge_policy_decision *per_update,
-                             fedge_policy_decision *round_out)
+int fedge_policy_check_round_stats(const fedge_policy *p, size_t n,
+                                   const fedge_policy_round_stat *stats, double sum_norm2,
+                                   const double *weights, double *weights_out,
+                                   fedge_policy_decision *per_update,
+                                   fedge_policy_decision *round_out)
 {
     int ret = FEDGE_OK;
     unsigned char *keep = NULL;
-    if (!p || !round_out || (n > 0 && (!deltas || !weights || !weights_out || !per_update)))
+    if (!p || !round_out || (n > 0 && (!stats || !weights || !weights_out || !per_update)))
         return FEDGE_ERR_INVALID_ARG;
     for (size_t i = 0; i < n; i++)
-        if (!deltas[i] || !(weights[i] > 0) || isinf(weights[i]))
+        if (!(weights[i] > 0) || isinf(weights[i]) || !isfinite(stats[i].norm))
             return FEDGE_ERR_INVALID_ARG;
     keep = malloc(n ? n : 1);
     if (!keep)
         return FEDGE_ERR_NOMEM;
     memset(keep, 1, n ? n : 1);
-    CHK(anomaly_check(p, n, deltas, n_params, per_update, keep));
+    CHK(anomaly_check(p, n, stats, sum_norm2, per_update, keep));
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
         weights_out[i] = keep[i] ? weights[i] : 0.0;
@@ -411,6 +404,48 @@ int fedge_policy_check_round(const fedge_policy *p, size_t n, const float *const
            kept, n, n - kept, p->min_clients, largest, p->max_share);
 cleanup:
     free(keep);
+    return ret;
+}
+
+int fedge_policy_check_round(const fedge_policy *p, size_t n, const float *const *deltas,
+                             size_t n_params, const double *weights, double *weights_out,
+                             fedge_policy_decision *per_update,
+                             fedge_policy_decision *round_out)
+{
+    int ret = FEDGE_OK;
+    double *sum = NULL, sum_norm2 = 0;
+    fedge_policy_round_stat *stats = NULL;
+    if (!p || !round_out || (n > 0 && (!deltas || !weights || !weights_out || !per_update)))
+        return FEDGE_ERR_INVALID_ARG;
+    for (size_t i = 0; i < n; i++)
+        if (!deltas[i] || !(weights[i] > 0) || isinf(weights[i]))
+            return FEDGE_ERR_INVALID_ARG;
+    stats = calloc(n ? n : 1, sizeof *stats);
+    sum = calloc(n_params ? n_params : 1, sizeof *sum);
+    if (!stats || !sum)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0; i < n; i++) {
+        double nn = 0;
+        for (size_t k = 0; k < n_params; k++) {
+            double v = deltas[i][k];
+            sum[k] += v;
+            nn += v * v;
+        }
+        stats[i].norm = sqrt(nn);
+    }
+    for (size_t k = 0; k < n_params; k++)
+        sum_norm2 += sum[k] * sum[k];
+    for (size_t i = 0; i < n; i++) {
+        double dot = 0;
+        for (size_t k = 0; k < n_params; k++)
+            dot += (double)deltas[i][k] * sum[k];
+        stats[i].dot_sum = dot;
+    }
+    ret = fedge_policy_check_round_stats(p, n, stats, sum_norm2, weights, weights_out, per_update,
+                                         round_out);
+cleanup:
+    free(stats);
+    free(sum);
     return ret;
 }
 

@@ -19,7 +19,8 @@
  *   The aggregator writes decision, rule and reason into updates/events.
  *
  * Per update, in this order (the first refusing rule wins):
- *   device_status, region, rate_limit, finite, staleness, max_norm, dp_clip.
+ *   device_status, region, rate_limit, sample_count, finite, staleness,
+ *   max_norm, dp_clip.
  *   Clipping (max_norm with norm_action clip, and the DP clip to C) yields
  *   CLIP with clip_factor = bound / norm < 1: multiply the delta by it.
  * Per round, at close, on the accepted (already clipped) deltas:
@@ -94,9 +95,11 @@ typedef struct {
     const char *device_status; /* devices.status: allowed|suspended|revoked */
     const char *device_region; /* devices.region, "" when unknown */
     uint32_t round;            /* the round this update is for */
-    uint32_t base_round;       /* the round whose opening model the update was
-                                  trained on: round for a fresh update, so
-                                  staleness = round - base_round */
+    uint32_t staleness;        /* model versions published (aggregations that
+                                  closed) since the update's base model: 0
+                                  for an update on the current model. Failed
+                                  rounds publish nothing, so they add none. */
+    uint64_t n_samples;        /* as the device states it (its weight) */
     double l2_norm;            /* of the decoded delta (finite or not) */
     int finite;                /* 0 when any value is NaN or Inf */
     uint32_t recent_updates;   /* rows in updates from this device with
@@ -125,15 +128,36 @@ double fedge_policy_rate_window_s(const fedge_policy *p);
  * updates row rejected with this rule and reason and re-audits it — or
  * ACCEPT, with rule "max_share" when its weight was capped. round_out is
  * ACCEPT, or REJECT with rule "k_anonymity" or "max_share": do not aggregate.
- * Allocates O(n_params) doubles of scratch; FEDGE_ERR_NOMEM if that fails. */
+ * Allocates O(n_params) doubles of scratch; FEDGE_ERR_NOMEM if that fails.
+ * The same decision as fedge_policy_check_round_stats on the deltas' stats. */
 int fedge_policy_check_round(const fedge_policy *p, size_t n, const float *const *deltas,
                              size_t n_params, const double *weights, double *weights_out,
                              fedge_policy_decision *per_update,
                              fedge_policy_decision *round_out);
+
+/* The round rules need only these per-update numbers, so a caller can
+ * stream the deltas (memory O(n_params), not O(n * n_params)): a first
+ * pass sums them (S) and takes the norms, a second takes <d_i, S>. */
+typedef struct {
+    double norm;    /* |d_i| (L2) */
+    double dot_sum; /* <d_i, S>, S = the sum of the n deltas; read only when
+                       fedge_policy_round_needs_dots(p, n) */
+} fedge_policy_round_stat;
+/* 1 when the round rules will read dot_sum (the anomaly rule runs). */
+int fedge_policy_round_needs_dots(const fedge_policy *p, size_t n);
+/* fedge_policy_check_round on statistics; sum_norm2 = |S|^2. */
+int fedge_policy_check_round_stats(const fedge_policy *p, size_t n,
+                                   const fedge_policy_round_stat *stats, double sum_norm2,
+                                   const double *weights, double *weights_out,
+                                   fedge_policy_decision *per_update,
+                                   fedge_policy_decision *round_out);
 unsigned fedge_policy_min_clients(const fedge_policy *p);
 /* update.max_staleness: how many rounds late an update may arrive and still
  * be aggregated (its base model that many rounds old). */
 unsigned fedge_policy_max_staleness(const fedge_policy *p);
+/* update.max_samples: the largest sample count an update may state (its
+ * aggregation weight); 0 samples or more are refused (rule sample_count). */
+unsigned fedge_policy_max_samples(const fedge_policy *p);
 /* Longest a round may stay open, seconds; 0: the aggregator's own setting. */
 double fedge_policy_round_deadline_s(const fedge_policy *p);
 

@@ -19,6 +19,7 @@ struct fedge_policy {
     double max_norm;           /* 0: off */
     int norm_action_reject;    /* 0: clip */
     uint32_t max_staleness;
+    uint32_t max_samples;     /* largest sample count an update may state */
     int regions_any;           /* allowed_regions absent */
     unsigned n_regions;
     char regions[FEDGE_POLICY_MAX_REGIONS][FEDGE_POLICY_REGION_MAX + 1];

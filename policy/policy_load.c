@@ -25,6 +25,7 @@ const char fedge_policy_default_text[] =
     "  max_norm: 0            # 0: no norm limit\n"
     "  norm_action: clip\n"
     "  max_staleness: 0\n"
+    "  max_samples: 100000    # largest sample count (aggregation weight) an update may state\n"
     "  rate_limit:\n"
     "    max_updates: 0       # 0: no rate limit\n"
     "    window_s: 3600\n"
@@ -64,6 +65,7 @@ static const key_spec KEYS[] = {
     {"update.max_norm", K_DOUBLE, OFF(max_norm), 0, 1e30, 0, 0},
     {"update.norm_action", K_NORM_ACTION, 0, 0, 0, 0, 0},
     {"update.max_staleness", K_UINT, OFF(max_staleness), 0, 1e6, 0, 0},
+    {"update.max_samples", K_UINT, OFF(max_samples), 1, 4e9, 0, 0},
     {"update.allowed_regions", K_REGIONS, 0, 0, 0, 0, 0},
     {"update.rate_limit", K_MAP, 0, 0, 0, 0, 0},
     {"update.rate_limit.max_updates", K_UINT, OFF(rate_max_updates), 0, 1e9, 0, 0},
@@ -103,6 +105,7 @@ static void set_defaults(struct fedge_policy *p)
     p->max_norm = 0;
     p->norm_action_reject = 0;
     p->max_staleness = 0;
+    p->max_samples = 100000;
     p->regions_any = 1;
     p->rate_max_updates = 0;
     p->rate_window_s = 3600;

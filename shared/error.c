@@ -14,6 +14,7 @@ const char *fedge_strerror(int code)
     case FEDGE_ERR_CRYPTO: return "crypto library error";
     case FEDGE_ERR_SQL: return "database error";
     case FEDGE_ERR_UNSUPPORTED: return "unsupported";
+    case FEDGE_ERR_BUSY: return "database busy (locked by another process)";
     case FEDGE_ERR_MODEL_SPEC: return "bad model spec";
     case FEDGE_ERR_MODEL_SHAPE: return "model shape mismatch";
     case FEDGE_ERR_MODEL_FILE_MAGIC: return "not a fedge model file";
@@ -48,6 +49,7 @@ const char *fedge_strerror(int code)
     case FEDGE_ERR_ENV_KEY_MISMATCH: return "sealed under another key";
     case FEDGE_ERR_ENV_AUTH: return "authentication failed (tampered)";
     case FEDGE_ERR_ENV_REPLAY: return "replayed update (counter not fresh)";
+    case FEDGE_ERR_ENV_RUN: return "update sealed for another run";
     case FEDGE_ERR_CONFIG_SYNTAX: return "config syntax error";
     case FEDGE_ERR_CONFIG_UNKNOWN_KEY: return "unknown config key";
     case FEDGE_ERR_CONFIG_VALUE: return "bad config value";

@@ -21,6 +21,7 @@ enum {
     FEDGE_ERR_CRYPTO = -8,     /* an mbedTLS call failed */
     FEDGE_ERR_SQL = -9,
     FEDGE_ERR_UNSUPPORTED = -10,
+    FEDGE_ERR_BUSY = -11,      /* transient: the database is locked by another process; retry */
 
     /* model spec and model files -20 .. -39 */
     FEDGE_ERR_MODEL_SPEC = -20,
@@ -63,6 +64,7 @@ enum {
     FEDGE_ERR_ENV_KEY_MISMATCH = -84, /* sealed under another device's key */
     FEDGE_ERR_ENV_AUTH = -85,         /* GCM tag did not verify: tampered bytes */
     FEDGE_ERR_ENV_REPLAY = -86,       /* counter not above the last one accepted */
+    FEDGE_ERR_ENV_RUN = -87,          /* sealed for another run (run id in the aad) */
 
     /* config -100 .. -109 */
     FEDGE_ERR_CONFIG_SYNTAX = -100,

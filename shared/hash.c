@@ -53,14 +53,19 @@ cleanup:
     return ret;
 }
 
-void fedge_hash_to_hex(const uint8_t h[FEDGE_HASH_LEN], char out[FEDGE_HASH_HEX_LEN])
+void fedge_hex_encode(const uint8_t *bytes, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < FEDGE_HASH_LEN; i++) {
-        out[2 * i] = digits[h[i] >> 4];
-        out[2 * i + 1] = digits[h[i] & 0x0f];
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[bytes[i] >> 4];
+        out[2 * i + 1] = digits[bytes[i] & 0x0f];
     }
-    out[2 * FEDGE_HASH_LEN] = '\0';
+    out[2 * n] = '\0';
+}
+
+void fedge_hash_to_hex(const uint8_t h[FEDGE_HASH_LEN], char out[FEDGE_HASH_HEX_LEN])
+{
+    fedge_hex_encode(h, FEDGE_HASH_LEN, out);
 }
 
 static int hex_value(char c)
@@ -74,12 +79,12 @@ static int hex_value(char c)
     return -1;
 }
 
-int fedge_hash_from_hex(const char *hex, uint8_t out[FEDGE_HASH_LEN])
+int fedge_hex_decode(const char *hex, uint8_t *out, size_t n)
 {
-    if (hex == NULL || out == NULL)
+    if (hex == NULL || out == NULL || n > 64)
         return FEDGE_ERR_INVALID_ARG;
-    uint8_t tmp[FEDGE_HASH_LEN];
-    for (size_t i = 0; i < FEDGE_HASH_LEN; i++) {
+    uint8_t tmp[64];
+    for (size_t i = 0; i < n; i++) {
         int hi = hex_value(hex[2 * i]);
         if (hi < 0)
             return FEDGE_ERR_INVALID_ARG; /* also stops at an early NUL */
@@ -88,10 +93,15 @@ int fedge_hash_from_hex(const char *hex, uint8_t out[FEDGE_HASH_LEN])
             return FEDGE_ERR_INVALID_ARG;
         tmp[i] = (uint8_t)(hi << 4 | lo);
     }
-    if (hex[2 * FEDGE_HASH_LEN] != '\0')
+    if (hex[2 * n] != '\0')
         return FEDGE_ERR_INVALID_ARG;
-    memcpy(out, tmp, sizeof tmp);
+    memcpy(out, tmp, n);
     return FEDGE_OK;
+}
+
+int fedge_hash_from_hex(const char *hex, uint8_t out[FEDGE_HASH_LEN])
+{
+    return fedge_hex_decode(hex, out, FEDGE_HASH_LEN);
 }
 
 int fedge_memcmp_ct(const void *a, const void *b, size_t len)

@@ -11,6 +11,11 @@
 int fedge_sha256(const void *data, size_t len, uint8_t out[FEDGE_HASH_LEN]);
 int fedge_sha256_file(const char *path, uint8_t out[FEDGE_HASH_LEN]);
 void fedge_hash_to_hex(const uint8_t h[FEDGE_HASH_LEN], char out[FEDGE_HASH_HEX_LEN]);
+/* out: 2n + 1 chars, lowercase, NUL-terminated. */
+void fedge_hex_encode(const uint8_t *bytes, size_t n, char *out);
+/* Exactly 2n hex digits then NUL (n <= 64), else FEDGE_ERR_INVALID_ARG and
+ * out untouched. */
+int fedge_hex_decode(const char *hex, uint8_t *out, size_t n);
 /* Exactly 64 hex digits, else FEDGE_ERR_INVALID_ARG. */
 int fedge_hash_from_hex(const char *hex, uint8_t out[FEDGE_HASH_LEN]);
 /* Constant-time comparison; 0 when equal. */

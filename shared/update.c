@@ -9,17 +9,17 @@
 #include "common.h"
 
 int fedge_update_seal(const fedge_device_key *k, uint64_t counter,
-                      const fedge_delta_header *h, const float *delta, fedge_rng *rng,
-                      uint8_t **out, size_t *out_len)
+                      const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h,
+                      const float *delta, fedge_rng *rng, uint8_t **out, size_t *out_len)
 {
-    if (k == NULL || h == NULL || out == NULL || out_len == NULL)
+    if (k == NULL || run_id == NULL || h == NULL || out == NULL || out_len == NULL)
         return FEDGE_ERR_INVALID_ARG;
     *out = NULL;
     *out_len = 0;
     size_t delta_len = fedge_delta_encoded_size(h);
     if (delta_len == 0)
         return FEDGE_ERR_INVALID_ARG;
-    size_t total = fedge_envelope_sealed_size(FEDGE_DELTA_HEADER_LEN,
+    size_t total = fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN,
                                               delta_len - FEDGE_DELTA_HEADER_LEN);
     if (total == 0)
         return FEDGE_ERR_RANGE;
@@ -28,18 +28,22 @@ int fedge_update_seal(const fedge_device_key *k, uint64_t counter,
     uint8_t *buf = malloc(total);
     if (buf == NULL)
         return FEDGE_ERR_NOMEM;
-    /* Encode straight into the frame (header = aad, payload = plaintext),
-     * then encrypt in place so no plaintext copy outlives this call. */
+    /* Encode straight into the frame (header || run id = aad, payload =
+     * plaintext), then encrypt in place so no plaintext copy outlives this
+     * call. The encoder writes header and payload contiguously, so the
+     * payload is encoded one run id further and the header moved back. */
     uint8_t *aad = buf + FEDGE_ENV_HEADER_LEN;
-    uint8_t *plain = aad + FEDGE_DELTA_HEADER_LEN;
+    uint8_t *plain = aad + FEDGE_UPDATE_AAD_LEN;
     size_t enc_len = 0, sealed_len = 0;
-    CHK(fedge_delta_encode(h, delta, rng, aad, delta_len, &enc_len));
+    CHK(fedge_delta_encode(h, delta, rng, aad + FEDGE_RUN_ID_LEN, delta_len, &enc_len));
+    memmove(aad, aad + FEDGE_RUN_ID_LEN, FEDGE_DELTA_HEADER_LEN);
+    memcpy(aad + FEDGE_DELTA_HEADER_LEN, run_id, FEDGE_RUN_ID_LEN);
 
     uint8_t prefix[4];
     uint32_t p = rng != NULL ? (uint32_t)fedge_rng_u64(rng) : (uint32_t)(counter >> 32);
     for (int i = 0; i < 4; i++)
         prefix[i] = (uint8_t)(p >> (8 * i));
-    CHK(fedge_envelope_seal(k, counter, prefix, aad, FEDGE_DELTA_HEADER_LEN, plain,
+    CHK(fedge_envelope_seal(k, counter, prefix, aad, FEDGE_UPDATE_AAD_LEN, plain,
                             enc_len - FEDGE_DELTA_HEADER_LEN, buf, total, &sealed_len));
     *out = buf;
     *out_len = sealed_len;
@@ -56,8 +60,8 @@ int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
                       const fedge_update_expect *exp, uint8_t *scratch,
                       fedge_delta_header *h, uint64_t *counter, float *delta)
 {
-    if (k == NULL || in == NULL || exp == NULL || scratch == NULL || h == NULL ||
-        counter == NULL || (delta == NULL && exp->n_elems > 0))
+    if (k == NULL || in == NULL || exp == NULL || exp->run_id == NULL || scratch == NULL ||
+        h == NULL || counter == NULL || (delta == NULL && exp->n_elems > 0))
         return FEDGE_ERR_INVALID_ARG;
     size_t max_len = exp->max_len != 0 ? exp->max_len : FEDGE_ENV_MAX_LEN;
     if (len > max_len)
@@ -70,12 +74,17 @@ int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
     CHK(fedge_envelope_parse(in, len, &v));
     CHK(fedge_envelope_check(k, exp->last_counter, &v));
 
-    /* The delta header travels as the clear, authenticated aad: check it
-     * before spending time on decryption. */
-    if (v.aad_len < FEDGE_DELTA_HEADER_LEN)
+    /* The delta header and run id travel as the clear, authenticated aad:
+     * check them before spending time on decryption. A frame without a run
+     * id (aad = the delta header alone) was sealed outside any run. */
+    if (v.aad_len == FEDGE_DELTA_HEADER_LEN)
+        FAIL(FEDGE_ERR_ENV_RUN);
+    if (v.aad_len < FEDGE_UPDATE_AAD_LEN)
         FAIL(FEDGE_ERR_DELTA_TRUNCATED);
-    if (v.aad_len > FEDGE_DELTA_HEADER_LEN)
+    if (v.aad_len > FEDGE_UPDATE_AAD_LEN)
         FAIL(FEDGE_ERR_DELTA_OVERSIZED);
+    if (memcmp(v.aad + FEDGE_DELTA_HEADER_LEN, exp->run_id, FEDGE_RUN_ID_LEN) != 0)
+        FAIL(FEDGE_ERR_ENV_RUN);
     CHK(fedge_delta_parse_header(v.aad, &t));
     if (t.round > exp->round || exp->round - t.round > exp->round_window)
         FAIL(FEDGE_ERR_DELTA_ROUND);

@@ -1,10 +1,15 @@
 /* update.h — a client update on the wire: an encoded delta sealed in an
- * envelope. The delta header is the envelope's (authenticated, clear) aad;
- * the payload is encrypted. This is what POST /update carries.
+ * envelope. The envelope's (authenticated, clear) aad is the 64-byte delta
+ * header followed by the 16-byte run id of the aggregator run the update is
+ * for (GET /round's `run=`); the payload is encrypted. This is what POST
+ * /update carries. The run id binds an update to one run: a frame captured in
+ * one run and posted into another run on the same keys (a fresh database,
+ * whose replay counters start again) is refused with FEDGE_ERR_ENV_RUN.
  *
  * Receiver order of checks (each a distinct code, nothing written before all
- * pass): frame structure -> key id -> replay counter -> delta header (round,
- * model id, element count, sizes) -> GCM tag -> payload values. */
+ * pass): frame structure -> key id -> replay counter -> aad length and run id
+ * -> delta header (round, model id, element count, sizes) -> GCM tag ->
+ * payload values. */
 #ifndef FEDGE_UPDATE_H
 #define FEDGE_UPDATE_H
 
@@ -14,10 +19,14 @@
 #include "delta.h"
 #include "envelope.h"
 
-/* Seals h + delta; *out is malloc'd, caller frees. rng: stochastic int8
- * rounding and the nonce prefix (NULL: round-to-nearest, prefix from counter). */
+#define FEDGE_RUN_ID_LEN 16
+#define FEDGE_UPDATE_AAD_LEN (FEDGE_DELTA_HEADER_LEN + FEDGE_RUN_ID_LEN)
+
+/* Seals h + delta for run run_id; *out is malloc'd, caller frees. rng:
+ * stochastic int8 rounding and the nonce prefix (NULL: round-to-nearest,
+ * prefix from counter). */
 int fedge_update_seal(const fedge_device_key *k, uint64_t counter,
-                      const fedge_delta_header *h, const float *delta, fedge_rng *rng,
+                      const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h, const float *delta, fedge_rng *rng,
                       uint8_t **out, size_t *out_len);
 
 typedef struct {
@@ -29,11 +38,13 @@ typedef struct {
     uint64_t last_counter;  /* last counter accepted from this device */
     size_t max_len;         /* refuse larger frames (FEDGE_ERR_ENV_OVERSIZED);
                                0: FEDGE_ENV_MAX_LEN */
+    const uint8_t *run_id;  /* FEDGE_RUN_ID_LEN bytes: this run (required) */
 } fedge_update_expect;
 
 /* Opens and validates; on success writes the header, counter and
  * delta[0..n_elems), and scratch[0 .. len - FEDGE_ENV_OVERHEAD) holds the
- * decrypted encoded delta (header + payload, for storing; the caller wipes
+ * decrypted encoded delta (64-byte header + payload, for storing; the run id
+ * is not part of it; the caller wipes
  * it when it must). On failure h, counter and delta are left untouched and
  * no plaintext is left in scratch. scratch: at least len bytes, not
  * overlapping in. The caller checks h->base_version (FEDGE_ERR_DELTA_BASE)

@@ -133,6 +133,8 @@ typedef struct {
     float fill;          /* delta value */
     int nan_at;          /* >= 0: put a NaN there */
     fedge_encoding enc;
+    int64_t samples;     /* < 0: 10 + device index */
+    const uint8_t *run;  /* NULL: the aggregator's run id */
 } update_spec;
 
 static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
@@ -149,15 +151,16 @@ static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
         .encoding = (uint8_t)u.enc,
         .model_id = fedge_model_spec_id(&spec),
         .round = u.round,
-        .n_samples = 10 + (uint32_t)dev,
+        .n_samples = u.samples >= 0 ? (uint32_t)u.samples : 10 + (uint32_t)dev,
         .n_elems = (uint32_t)n,
         .block_size = u.enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0,
     };
     memcpy(h.base_version, fx->agg.version, FEDGE_HASH_LEN);
     uint8_t *out = NULL;
     int key = u.key_of >= 0 ? u.key_of : dev;
+    const uint8_t *run = u.run ? u.run : fx->agg.run_id;
     if (u.nan_at < 0) {
-        assert_int_equal(fedge_update_seal(&fx->keys[key], u.counter, &h, delta, NULL, &out, len), FEDGE_OK);
+        assert_int_equal(fedge_update_seal(&fx->keys[key], u.counter, run, &h, delta, NULL, &out, len), FEDGE_OK);
         free(delta);
         return out;
     }
@@ -170,11 +173,14 @@ static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
     assert_int_equal(fedge_delta_encode(&h, delta, NULL, enc, enc_len, &enc_len), FEDGE_OK);
     uint32_t nan_bits = 0x7fc00000u;
     memcpy(enc + FEDGE_DELTA_HEADER_LEN + 4 * (size_t)u.nan_at, &nan_bits, 4); /* little-endian host */
-    size_t cap = fedge_envelope_sealed_size(FEDGE_DELTA_HEADER_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
+    size_t cap = fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
+    uint8_t aad[FEDGE_UPDATE_AAD_LEN];
+    memcpy(aad, enc, FEDGE_DELTA_HEADER_LEN);
+    memcpy(aad + FEDGE_DELTA_HEADER_LEN, run, FEDGE_RUN_ID_LEN);
     out = malloc(cap);
     assert_non_null(out);
     static const uint8_t prefix[4] = {1, 2, 3, 4};
-    assert_int_equal(fedge_envelope_seal(&fx->keys[key], u.counter, prefix, enc, FEDGE_DELTA_HEADER_LEN,
+    assert_int_equal(fedge_envelope_seal(&fx->keys[key], u.counter, prefix, aad, sizeof aad,
                                          enc + FEDGE_DELTA_HEADER_LEN, enc_len - FEDGE_DELTA_HEADER_LEN, out,
                                          cap, len),
                      FEDGE_OK);
@@ -186,7 +192,7 @@ static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
 static update_spec good(fixture *fx, uint64_t counter)
 {
     update_spec u = {.round = fx->agg.round, .counter = counter, .key_of = -1, .fill = 0.01f,
-                     .nan_at = -1, .enc = FEDGE_ENC_FP32};
+                     .nan_at = -1, .enc = FEDGE_ENC_FP32, .samples = -1};
     return u;
 }
 
@@ -251,7 +257,7 @@ static void test_accept_and_duplicate(void **state)
 
     snapshot before = snap(fx);
     assert_int_equal(submit(fx, "dev-a", b, len, msg), 204); /* lost ACK, same bytes again */
-    assert_string_equal(msg, "accepted (duplicate)");
+    assert_string_equal(msg, "accepted (duplicate of the update for round 1)");
     assert_unchanged(fx, before);
 
     uint8_t *b2 = make_update(fx, 0, good(fx, 101), &len); /* a second, different update */
@@ -420,7 +426,7 @@ static void test_resume_after_crash(void **state)
     assert_string_equal(fx->agg.version_hex, version);
     /* the accepted update is remembered: resending it is a duplicate */
     assert_int_equal(submit(fx, "dev-a", b, len, msg), 204);
-    assert_string_equal(msg, "accepted (duplicate)");
+    assert_string_equal(msg, "accepted (duplicate of the update for round 1)");
     free(b);
     for (int i = 1; i < N_DEV; i++) {
         b = make_update(fx, i, good(fx, 2000 + (uint64_t)i), &len);
@@ -602,6 +608,274 @@ static void test_round_info(void **state)
     assert_non_null(strstr(info, "selected=0\n"));
 }
 
+/* Reopens the fixture's aggregator on the same database, as a restart does. */
+static void restart(fixture *fx)
+{
+    char err[256] = "";
+    fedge_agg_free(&fx->agg);
+    int ret = fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err);
+    if (ret != FEDGE_OK)
+        fail_msg("restart: %s", err);
+}
+
+/* Issue 8 case 1: a round that ends with no update keeps the model, and
+ * the next round must still take updates trained on it: staleness counts
+ * model versions, not rounds. Before the fix the update for round 2 on the
+ * initial model was refused as "1 round old", forever, restart or not. */
+static void test_failed_round_does_not_stop_training(void **state)
+{
+    fixture *fx = *state;
+    char msg[320], model[FEDGE_HASH_HEX_LEN];
+    double t = fedge_now() + fx->cfg.round_timeout_s + 1;
+    memcpy(model, fx->agg.version_hex, sizeof model);
+    assert_int_equal(fedge_agg_tick(&fx->agg, t), FEDGE_OK); /* round 1: nobody came */
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='failed'"), 1);
+    assert_string_equal(fx->agg.version_hex, model);
+    assert_int_equal(fedge_agg_tick(&fx->agg, t), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 2);
+    restart(fx); /* and a restart does not change the verdict */
+    assert_int_equal(fx->agg.round, 2);
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        uint8_t *b = make_update(fx, i, good(fx, 100 + (uint64_t)i), &len);
+        int code = submit(fx, DEVICES[i], b, len, msg);
+        if (code != 204)
+            fail_msg("%s after a failed round: %d %s", DEVICES[i], code, msg);
+        assert_string_equal(msg, "accepted");
+        free(b);
+    }
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=2 AND status='closed' AND n_accepted=3"), 1);
+    assert_string_not_equal(fx->agg.version_hex, model);
+    char out[256];
+    assert_int_equal(fedge_agg_outcome(&fx->agg, out, sizeof out), 0);
+}
+
+/* A run in which no round aggregated does not end as a success. */
+static void test_run_without_aggregation_is_an_error(void **state)
+{
+    fixture *fx = *state;
+    char out[256];
+    double t = fedge_now();
+    for (int r = 0; r < 3; r++) {
+        t += fx->cfg.round_timeout_s + 1;
+        assert_int_equal(fedge_agg_tick(&fx->agg, t), FEDGE_OK); /* deadline: failed */
+        if (fx->agg.state == FEDGE_AGG_WAITING)
+            assert_int_equal(fedge_agg_tick(&fx->agg, t), FEDGE_OK);
+    }
+    assert_int_equal(fx->agg.state, FEDGE_AGG_FINISHED);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE status='failed'"), 3);
+    assert_int_equal(fedge_agg_outcome(&fx->agg, out, sizeof out), 3);
+    assert_non_null(strstr(out, "none aggregated"));
+}
+
+/* Issue 8 case 2: a stated sample count of 0 (or absurdly many) is refused
+ * at submit with an audited reason; nothing reaches the round close. */
+static void test_sample_count_bounds(void **state)
+{
+    fixture *fx = *state;
+    char msg[320];
+    size_t len;
+    update_spec u = good(fx, 10);
+    u.samples = 0;
+    uint8_t *b = make_update(fx, 0, u, &len);
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 403);
+    assert_non_null(strstr(msg, "sample_count"));
+    free(b);
+    u = good(fx, 11);
+    u.samples = 1000000000;
+    b = make_update(fx, 1, u, &len);
+    assert_int_equal(submit(fx, "dev-b", b, len, msg), 403);
+    assert_non_null(strstr(msg, "sample_count"));
+    free(b);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE decision='rejected' AND rule='sample_count'"), 2);
+    b = make_update(fx, 2, good(fx, 12), &len);
+    assert_int_equal(submit(fx, "dev-c", b, len, msg), 204);
+    free(b);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now() + fx->cfg.round_timeout_s + 1), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='closed' AND n_accepted=1"), 1);
+}
+
+/* The close itself is robust: accepted rows that cannot be used (a zero
+ * sample count or an unreadable delta, as a log written before the submit
+ * checks, or a damaged one, may hold) are excluded with an audited reason
+ * and the round aggregates the rest; when nothing is usable the round
+ * fails; either way the daemon goes on and a restart does not crash-loop. */
+static void test_unusable_stored_updates_are_excluded(void **state)
+{
+    fixture *fx = *state;
+    char msg[320];
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        uint8_t *b = make_update(fx, i, good(fx, 20 + (uint64_t)i), &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    char *e = NULL;
+    assert_int_equal(sqlite3_exec(fx->agg.db, "UPDATE updates SET n_samples=0 WHERE device='dev-a';"
+                                              "UPDATE updates SET delta=x'00' WHERE device='dev-b'",
+                                  NULL, NULL, &e), SQLITE_OK);
+    restart(fx); /* as after the crash the old code went into */
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='closed' AND n_accepted=1"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-a' AND decision='rejected'"
+                            " AND rule='sample_count'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-b' AND decision='rejected'"
+                            " AND rule='integrity'"), 1);
+
+    /* round 2: the only update is unusable: the round fails, the daemon goes on */
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 2);
+    size_t len;
+    uint8_t *b = make_update(fx, 2, good(fx, 30), &len);
+    assert_int_equal(submit(fx, "dev-c", b, len, msg), 204);
+    free(b);
+    assert_int_equal(sqlite3_exec(fx->agg.db, "UPDATE updates SET n_samples=0 WHERE round=2", NULL, NULL, &e),
+                     SQLITE_OK);
+    char model[FEDGE_HASH_HEX_LEN];
+    memcpy(model, fx->agg.version_hex, sizeof model);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now() + fx->cfg.round_timeout_s + 1), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=2 AND status='failed'"), 1);
+    assert_string_equal(fx->agg.version_hex, model);
+    restart(fx);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 3);
+}
+
+/* A finite delta whose aggregate overflows float fails the round instead of
+ * making the model non-finite. */
+static void test_overflowing_aggregate_fails_round(void **state)
+{
+    fixture *fx = *state;
+    char msg[320], model[FEDGE_HASH_HEX_LEN];
+    memcpy(model, fx->agg.version_hex, sizeof model);
+    fx->agg.cfg.server_lr = 10; /* every delta finite, the step is not */
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        update_spec u = good(fx, 40 + (uint64_t)i);
+        u.fill = 1e38f;
+        uint8_t *b = make_update(fx, i, u, &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='failed'"), 1);
+    assert_string_equal(fx->agg.version_hex, model);
+    for (size_t k = 0; k < fx->agg.model.n_params; k++)
+        assert_true(isfinite(fx->agg.model.params[k]));
+}
+
+/* Issue 8 case 7: the resend of an accepted update whose reply was lost is
+ * told the truth in every state: the round open, closed, the next round
+ * open, after a restart, after the run finished. */
+static void test_duplicate_answer_in_every_state(void **state)
+{
+    fixture *fx = *state;
+    char msg[320];
+    size_t len, len_b;
+    uint8_t *a = make_update(fx, 0, good(fx, 50), &len);
+    assert_int_equal(submit(fx, "dev-a", a, len, msg), 204);
+    update_spec ub = good(fx, 51);
+    ub.samples = 0;
+    uint8_t *rb = make_update(fx, 1, ub, &len_b); /* refused by policy */
+    assert_int_equal(submit(fx, "dev-b", rb, len_b, msg), 403);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now() + fx->cfg.round_timeout_s + 1), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_WAITING); /* round 1 closed, nothing open */
+    for (int step = 0; step < 4; step++) {
+        if (step == 1)
+            assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK); /* round 2 open */
+        if (step == 2)
+            restart(fx);
+        if (step == 3) { /* finish the run */
+            double t = fedge_now();
+            while (fx->agg.state != FEDGE_AGG_FINISHED) {
+                t += fx->cfg.round_timeout_s + 1;
+                assert_int_equal(fedge_agg_tick(&fx->agg, t), FEDGE_OK);
+            }
+        }
+        snapshot before = snap(fx);
+        assert_int_equal(submit(fx, "dev-a", a, len, msg), 204);
+        assert_string_equal(msg, "accepted (duplicate of the update for round 1)");
+        assert_int_equal(submit(fx, "dev-b", rb, len_b, msg), 403);
+        assert_non_null(strstr(msg, "rejected (duplicate of the update for round 1): sample_count"));
+        assert_unchanged(fx, before);
+    }
+    free(a);
+    free(rb);
+}
+
+/* Issue 8 case 7: an update sealed for another run (captured in one run and
+ * posted into a new one on the same keys) is refused and stores nothing. */
+static void test_update_from_another_run(void **state)
+{
+    fixture *fx = *state;
+    size_t len;
+    static const uint8_t other[FEDGE_RUN_ID_LEN] = "some other run!";
+    update_spec u = good(fx, 60);
+    u.run = other;
+    uint8_t *b = make_update(fx, 0, u, &len);
+    expect_refused(fx, "dev-a", b, len, 409, "another run");
+    free(b);
+    char info[1024], line[64];
+    assert_int_equal(fedge_agg_round_info(&fx->agg, "dev-a", fedge_now(), info, sizeof info), FEDGE_OK);
+    snprintf(line, sizeof line, "run=%s\n", fx->agg.run_id_hex);
+    assert_non_null(strstr(info, line));
+    /* a second log (a fresh database on the same keys) has another run id */
+    uint8_t first[FEDGE_RUN_ID_LEN];
+    memcpy(first, fx->agg.run_id, sizeof first);
+    fedge_agg_free(&fx->agg);
+    snprintf(fx->cfg.db, sizeof fx->cfg.db, "%s/second.db", fx->dir);
+    char err[256] = "";
+    assert_int_equal(fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err), FEDGE_OK);
+    assert_memory_not_equal(first, fx->agg.run_id, sizeof first);
+}
+
+/* Issue 8 case 2, transient faults: while another process holds the write
+ * lock, an update gets 5.03 and stores nothing, and the round close is
+ * retried instead of stopping the daemon; once the lock is released the
+ * round closes. A lock held past db_busy_retry_s is a persistent fault. */
+static void test_busy_database_is_retried(void **state)
+{
+    fixture *fx = *state;
+    char msg[320];
+    sqlite3 *other = NULL;
+    for (int i = 0; i < N_DEV - 1; i++) {
+        size_t len;
+        uint8_t *b = make_update(fx, i, good(fx, 70 + (uint64_t)i), &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    sqlite3_busy_timeout(fx->agg.db, 100); /* the daemon waits 5 s; the test need not */
+    assert_int_equal(sqlite3_open(fx->cfg.db, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+
+    size_t len;
+    uint8_t *b = make_update(fx, 2, good(fx, 72), &len);
+    assert_int_equal(submit(fx, "dev-c", b, len, msg), 503);
+    assert_non_null(strstr(msg, "busy"));
+    double t = fedge_now() + fx->cfg.round_timeout_s + 1;
+    assert_int_equal(fedge_agg_tick(&fx->agg, t), FEDGE_OK); /* close meets the lock */
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    assert_int_equal(fedge_agg_tick(&fx->agg, t + 2), FEDGE_OK); /* and again */
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(fedge_agg_tick(&fx->agg, t + 4), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='closed' AND n_accepted=2"), 1);
+
+    /* persistent: past the bound the fault is returned */
+    assert_int_equal(fedge_agg_tick(&fx->agg, t + 5), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 2);
+    fx->agg.cfg.db_busy_retry_s = 3;
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    double t2 = t + 10 + fx->cfg.round_timeout_s;
+    assert_int_equal(fedge_agg_tick(&fx->agg, t2), FEDGE_OK);
+    assert_int_equal(fedge_agg_tick(&fx->agg, t2 + 1.5), FEDGE_OK);
+    assert_int_equal(fedge_agg_tick(&fx->agg, t2 + 3.5), FEDGE_ERR_BUSY);
+    assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(other);
+    free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -615,6 +889,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_late_update_refused_by_default, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revoke_device, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dp_budget_refusal, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_round_does_not_stop_training, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_without_aggregation_is_an_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sample_count_bounds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unusable_stored_updates_are_excluded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_overflowing_aggregate_fails_round, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_duplicate_answer_in_every_state, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_update_from_another_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_busy_database_is_retried, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

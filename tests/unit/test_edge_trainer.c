@@ -103,17 +103,17 @@ static void test_memory_plan(void **state)
     assert_int_equal(m.batch, 32 * 784 * 4 + 32);
     assert_int_equal(m.record, 785);
     assert_int_equal(m.model_body, 12 + strlen("softmax:784-10") + 8 + 4 * n + 32);
-    assert_int_equal(m.sealed, FEDGE_ENV_OVERHEAD + FEDGE_DELTA_HEADER_LEN + 4 * n);
+    assert_int_equal(m.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + 4 * n);
     size_t resident = 4 * 4 * n + m.scratch + m.batch + m.record;
     assert_int_equal(m.peak, resident + (m.model_body > m.sealed ? m.model_body : m.sealed));
 
     /* Smaller encodings shrink only the sealed update. */
     fedge_edge_memory h, q;
     assert_int_equal(fedge_edge_memory_plan(&spec, 32, 785, FEDGE_ENC_FP16, &h), FEDGE_OK);
-    assert_int_equal(h.sealed, FEDGE_ENV_OVERHEAD + FEDGE_DELTA_HEADER_LEN + 2 * n);
+    assert_int_equal(h.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + 2 * n);
     assert_int_equal(fedge_edge_memory_plan(&spec, 32, 785, FEDGE_ENC_INT8, &q), FEDGE_OK);
     size_t blocks = (n + FEDGE_DELTA_DEFAULT_BLOCK - 1) / FEDGE_DELTA_DEFAULT_BLOCK;
-    assert_int_equal(q.sealed, FEDGE_ENV_OVERHEAD + FEDGE_DELTA_HEADER_LEN + n + 4 * blocks);
+    assert_int_equal(q.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + n + 4 * blocks);
     assert_int_equal(q.local, m.local);
 
     /* The batch scales the minibatch buffers, not the model ones. */
@@ -250,10 +250,11 @@ static void test_seal_matches_plan(void **state)
         memcpy(h.base_version, t.global_version, FEDGE_HASH_LEN);
         uint8_t *sealed;
         size_t sealed_len;
-        assert_int_equal(fedge_update_seal(&key, 100 + e, &h, t.grad, NULL, &sealed, &sealed_len),
+        static const uint8_t run[FEDGE_RUN_ID_LEN] = "edge trainer run";
+        assert_int_equal(fedge_update_seal(&key, 100 + e, run, &h, t.grad, NULL, &sealed, &sealed_len),
                          FEDGE_OK);
         assert_int_equal(sealed_len, fedge_edge_sealed_size(&spec, encs[e]));
-        fedge_update_expect exp = {.model_id = h.model_id, .n_elems = h.n_elems, .round = 4};
+        fedge_update_expect exp = {.model_id = h.model_id, .n_elems = h.n_elems, .round = 4, .run_id = run};
         uint8_t *scratch = malloc(sealed_len);
         fedge_delta_header got;
         uint64_t counter;

@@ -240,7 +240,8 @@ static fedge_policy_update_in good_update(void)
         .device_status = "allowed",
         .device_region = "eu",
         .round = 7,
-        .base_round = 7,
+        .staleness = 0,
+        .n_samples = 600,
         .l2_norm = 1.5,
         .finite = 1,
         .recent_updates = 0,
@@ -325,13 +326,21 @@ static void test_update_rules(void **state)
     expect(p, &in, FEDGE_DECISION_REJECT, "finite", "NaN or Inf");
     in = good_update();
 
-    in.base_round = 6;
+    in.staleness = 1;
     expect(p, &in, FEDGE_DECISION_ACCEPT, "all", "staleness 1 <= 1");
-    in.base_round = 5;
+    in.staleness = 2;
     expect(p, &in, FEDGE_DECISION_REJECT, "staleness",
-           "base model from round 5 is 2 rounds old; max staleness is 1");
-    in.base_round = 8;
-    expect(p, &in, FEDGE_DECISION_REJECT, "staleness", "after the current round 7");
+           "base model is 2 versions old; max staleness is 1");
+    in = good_update();
+
+    /* Stated sample counts are bounded: none, or more than update.max_samples
+     * (default 100000), is refused before it can weigh on the aggregate. */
+    in.n_samples = 0;
+    expect(p, &in, FEDGE_DECISION_REJECT, "sample_count", "stated sample count 0 is outside 1..100000");
+    in.n_samples = 1000000000;
+    expect(p, &in, FEDGE_DECISION_REJECT, "sample_count", "1000000000 is outside 1..100000");
+    in.n_samples = 100000;
+    expect(p, &in, FEDGE_DECISION_ACCEPT, "all", "passed");
     in = good_update();
 
     /* DP clip (C = 2) binds before max_norm (10). */

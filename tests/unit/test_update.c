@@ -18,6 +18,8 @@
 #define ROUND 3
 #define SENTINEL 0xa5
 
+static const uint8_t RUN_ID[FEDGE_RUN_ID_LEN] = "run-id-for-test";
+
 static const uint8_t secret[32] = "0123456789abcdef0123456789abcdef";
 
 static fedge_device_key device_key(const char *id)
@@ -54,7 +56,7 @@ static float *random_delta(uint32_t n, uint64_t seed)
 static fedge_update_expect expect_for(uint32_t n, uint64_t last)
 {
     fedge_update_expect e = {.model_id = MODEL_ID, .n_elems = n, .round = ROUND,
-                             .last_counter = last, .max_len = 0};
+                             .last_counter = last, .max_len = 0, .run_id = RUN_ID};
     return e;
 }
 
@@ -74,10 +76,10 @@ static void test_round_trip_each_encoding(void **state)
             r_copy = r;
             uint8_t *frame = NULL;
             size_t len = 0;
-            assert_int_equal(fedge_update_seal(&k, 100 + s, &h, x, enc == 4 ? &r : NULL, &frame,
+            assert_int_equal(fedge_update_seal(&k, 100 + s, RUN_ID, &h, x, enc == 4 ? &r : NULL, &frame,
                                                &len), FEDGE_OK);
             size_t enc_size = fedge_delta_encoded_size(&h);
-            assert_int_equal(len, FEDGE_ENV_OVERHEAD + enc_size);
+            assert_int_equal(len, FEDGE_ENV_OVERHEAD + FEDGE_RUN_ID_LEN + enc_size);
 
             /* reference: the plain codec with the same rounding stream */
             uint8_t *plain = malloc(enc_size);
@@ -109,7 +111,7 @@ static void test_round_trip_each_encoding(void **state)
             assert_int_equal(oh.flags, enc == 4 ? 1 : 0);
             assert_memory_equal(oh.base_version, h.base_version, FEDGE_HASH_LEN);
             /* scratch holds the encoded delta, as the sender encoded it */
-            assert_int_equal(len - FEDGE_ENV_OVERHEAD, plain_len);
+            assert_int_equal(len - FEDGE_ENV_OVERHEAD - FEDGE_RUN_ID_LEN, plain_len);
             assert_memory_equal(scratch, plain, plain_len);
             /* error bound of the encoding holds end to end */
             double amax = 0;
@@ -145,9 +147,9 @@ static void test_deterministic_without_rng(void **state)
     fedge_delta_header h = header(FEDGE_ENC_FP16, 8);
     uint8_t *a, *b, *c;
     size_t la, lb, lc;
-    assert_int_equal(fedge_update_seal(&k, 5, &h, x, NULL, &a, &la), FEDGE_OK);
-    assert_int_equal(fedge_update_seal(&k, 5, &h, x, NULL, &b, &lb), FEDGE_OK);
-    assert_int_equal(fedge_update_seal(&k, 6, &h, x, NULL, &c, &lc), FEDGE_OK);
+    assert_int_equal(fedge_update_seal(&k, 5, RUN_ID, &h, x, NULL, &a, &la), FEDGE_OK);
+    assert_int_equal(fedge_update_seal(&k, 5, RUN_ID, &h, x, NULL, &b, &lb), FEDGE_OK);
+    assert_int_equal(fedge_update_seal(&k, 6, RUN_ID, &h, x, NULL, &c, &lc), FEDGE_OK);
     assert_int_equal(la, lb);
     assert_memory_equal(a, b, la);
     assert_memory_not_equal(a + 24, c + 24, 12); /* the nonce follows the counter */
@@ -158,7 +160,7 @@ static void test_deterministic_without_rng(void **state)
     uint8_t *none = (uint8_t *)&k;
     size_t nl = 9;
     x[3] = NAN;
-    assert_int_equal(fedge_update_seal(&k, 7, &h, x, NULL, &none, &nl), FEDGE_ERR_DELTA_NONFINITE);
+    assert_int_equal(fedge_update_seal(&k, 7, RUN_ID, &h, x, NULL, &none, &nl), FEDGE_ERR_DELTA_NONFINITE);
     assert_null(none);
     assert_int_equal(nl, 0);
 }
@@ -172,16 +174,31 @@ typedef struct {
 
 /* Seal a hand-made delta (header bytes + payload bytes), bypassing the
  * encoder's own checks, as a malicious or buggy client could. */
-static frame seal_raw(const fedge_device_key *k, uint64_t counter, const uint8_t *aad,
-                      size_t aad_len, const uint8_t *payload, size_t payload_len)
+/* Seals payload with aad = hdr[0..hdr_len) || run (run NULL: no run id). */
+static frame seal_raw_run(const fedge_device_key *k, uint64_t counter, const uint8_t *hdr,
+                          size_t hdr_len, const uint8_t *run, const uint8_t *payload,
+                          size_t payload_len)
 {
     frame f;
+    size_t aad_len = hdr_len + (run ? FEDGE_RUN_ID_LEN : 0);
+    uint8_t *aad = malloc(aad_len);
+    memcpy(aad, hdr, hdr_len);
+    if (run)
+        memcpy(aad + hdr_len, run, FEDGE_RUN_ID_LEN);
     f.frame = malloc(fedge_envelope_sealed_size(aad_len, payload_len) + 1);
     const uint8_t prefix[4] = {1, 2, 3, 4};
     assert_int_equal(fedge_envelope_seal(k, counter, prefix, aad, aad_len, payload, payload_len,
                                          f.frame, fedge_envelope_sealed_size(aad_len, payload_len),
                                          &f.len), FEDGE_OK);
+    free(aad);
     return f;
+}
+
+/* The delta header hdr[0..hdr_len) sealed for this test's run. */
+static frame seal_raw(const fedge_device_key *k, uint64_t counter, const uint8_t *hdr,
+                      size_t hdr_len, const uint8_t *payload, size_t payload_len)
+{
+    return seal_raw_run(k, counter, hdr, hdr_len, RUN_ID, payload, payload_len);
 }
 
 /* An honest fp32 delta of n elements, as plain bytes (caller frees). */
@@ -233,7 +250,7 @@ static void test_rejections(void **state)
     float *x = random_delta(n, 5);
     uint8_t *f;
     size_t len;
-    assert_int_equal(fedge_update_seal(&k, 10, &h, x, NULL, &f, &len), FEDGE_OK);
+    assert_int_equal(fedge_update_seal(&k, 10, RUN_ID, &h, x, NULL, &f, &len), FEDGE_OK);
     uint8_t *b = malloc(len + 1);
     fedge_update_expect ex = expect_for(n, 9);
 
@@ -281,8 +298,8 @@ static void test_rejections(void **state)
         16,                  /* counter (raised: fresh, so only the tag can tell) */
         44 + 16,             /* aad: delta n_samples */
         44 + 40,             /* aad: delta base version */
-        44 + 64,             /* first ciphertext byte */
-        44 + 64 + 2 * n - 1, /* last ciphertext byte */
+        44 + 80,             /* first ciphertext byte */
+        44 + 80 + 2 * n - 1, /* last ciphertext byte */
         len - 16,            /* tag */
         len - 1,
     };
@@ -400,6 +417,57 @@ static void test_check_order(void **state)
     free(d);
 }
 
+static int open_status(const fedge_device_key *k, const uint8_t *in, size_t len,
+                       const fedge_update_expect *ex)
+{
+    float *delta = malloc(sizeof(float) * ex->n_elems);
+    uint8_t *scratch = malloc(len);
+    fedge_delta_header h;
+    uint64_t counter;
+    int rc = fedge_update_open(k, in, len, ex, scratch, &h, &counter, delta);
+    free(delta);
+    free(scratch);
+    return rc;
+}
+
+/* An update is bound to the run it was sealed for: a frame without a run id
+ * (the format before runs) or sealed for another run is refused before any
+ * decryption, with its own code; the same frame opens in its own run. */
+static void test_bound_to_run(void **state)
+{
+    (void)state;
+    const uint32_t n = 16;
+    fedge_device_key k = device_key("edge-1");
+    static const uint8_t other_run[FEDGE_RUN_ID_LEN] = "another-run-id!";
+    size_t plen;
+    uint8_t *d = encoded(header(FEDGE_ENC_FP32, n), &plen);
+    fedge_update_expect ex = expect_for(n, 0);
+
+    frame none = seal_raw_run(&k, 1, d, 64, NULL, d + 64, plen - 64);
+    expect_open(&k, none.frame, none.len, &ex, FEDGE_ERR_ENV_RUN);
+    frame other = seal_raw_run(&k, 1, d, 64, other_run, d + 64, plen - 64);
+    expect_open(&k, other.frame, other.len, &ex, FEDGE_ERR_ENV_RUN);
+    fedge_update_expect in_other = ex;
+    in_other.run_id = other_run;
+    assert_int_equal(open_status(&k, other.frame, other.len, &in_other), FEDGE_OK);
+
+    /* Through the real sealer: the run id sits after the delta header. */
+    float *x = random_delta(n, 3);
+    fedge_delta_header h = header(FEDGE_ENC_FP32, n);
+    uint8_t *f = NULL;
+    size_t len = 0;
+    assert_int_equal(fedge_update_seal(&k, 2, RUN_ID, &h, x, NULL, &f, &len), FEDGE_OK);
+    assert_memory_equal(f + FEDGE_ENV_HEADER_LEN + FEDGE_DELTA_HEADER_LEN, RUN_ID, FEDGE_RUN_ID_LEN);
+    expect_open(&k, f, len, &in_other, FEDGE_ERR_ENV_RUN);
+    assert_int_equal(open_status(&k, f, len, &ex), FEDGE_OK);
+    assert_int_equal(fedge_update_seal(&k, 2, NULL, &h, x, NULL, &f, &len), FEDGE_ERR_INVALID_ARG);
+    free(f);
+    free(x);
+    free(none.frame);
+    free(other.frame);
+    free(d);
+}
+
 /* A small frame: every single-bit flip is refused, and flips in the nonce,
  * the delta header's unchecked fields, the ciphertext and the tag are
  * reported as tampering. */
@@ -412,8 +480,8 @@ static void test_every_bit_flip(void **state)
     fedge_delta_header h = header(FEDGE_ENC_FP32, n);
     uint8_t *f;
     size_t len;
-    assert_int_equal(fedge_update_seal(&k, 77, &h, x, NULL, &f, &len), FEDGE_OK);
-    assert_int_equal(len, 44 + 64 + 16 + 16);
+    assert_int_equal(fedge_update_seal(&k, 77, RUN_ID, &h, x, NULL, &f, &len), FEDGE_OK);
+    assert_int_equal(len, 44 + 64 + 16 + 16 + 16);
     uint8_t *b = malloc(len);
     fedge_update_expect ex = expect_for(n, 0);
     int auth = 0;
@@ -422,7 +490,7 @@ static void test_every_bit_flip(void **state)
             memcpy(b, f, len);
             b[pos] ^= (uint8_t)(1u << bit);
             float out[5];
-            uint8_t scratch[140];
+            uint8_t scratch[160];
             fedge_delta_header oh;
             uint64_t counter = 1;
             memset(out, SENTINEL, sizeof out);
@@ -435,7 +503,10 @@ static void test_every_bit_flip(void **state)
             size_t in_delta = pos >= 44 ? pos - 44 : 0;
             int unchecked_header_field = pos >= 44 && pos < 44 + 64 &&
                                          ((in_delta >= 16 && in_delta < 20) || in_delta >= 32);
-            if ((pos >= 24 && pos < 36) || unchecked_header_field || pos >= 44 + 64)
+            int in_run_id = pos >= 44 + 64 && pos < 44 + 64 + FEDGE_RUN_ID_LEN;
+            if (in_run_id)
+                assert_int_equal(rc, FEDGE_ERR_ENV_RUN);
+            else if ((pos >= 24 && pos < 36) || unchecked_header_field || pos >= 44 + 64)
                 assert_int_equal(rc, FEDGE_ERR_ENV_AUTH);
             auth += rc == FEDGE_ERR_ENV_AUTH;
         }
@@ -455,7 +526,7 @@ static void test_counter_flow(void **state)
     for (uint64_t c = 1; c <= 3; c++) {
         uint8_t *f;
         size_t len;
-        assert_int_equal(fedge_update_seal(&k, c, &h, x, NULL, &f, &len), FEDGE_OK);
+        assert_int_equal(fedge_update_seal(&k, c, RUN_ID, &h, x, NULL, &f, &len), FEDGE_OK);
         fedge_update_expect ex = expect_for(3, last);
         uint8_t scratch[256];
         float out[3];
@@ -479,6 +550,7 @@ int main(void)
         cmocka_unit_test(test_malformed_delta_inside),
         cmocka_unit_test(test_check_order),
         cmocka_unit_test(test_every_bit_flip),
+        cmocka_unit_test(test_bound_to_run),
         cmocka_unit_test(test_counter_flow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -89,7 +89,7 @@ static int bench(int n_clients, int rounds, fedge_encoding enc, double *per_upda
             memcpy(h.base_version, agg.version, FEDGE_HASH_LEN);
             free(sealed[i]);
             sealed[i] = NULL;
-            CHK(fedge_update_seal(&agg.dev_keys[i], (uint64_t)(r * 1000 + i), &h, delta, NULL, &sealed[i], &lens[i]));
+            CHK(fedge_update_seal(&agg.dev_keys[i], (uint64_t)(r * 1000 + i), agg.run_id, &h, delta, NULL, &sealed[i], &lens[i]));
         }
         double t0 = cpu_now();
         for (int i = 0; i < n_clients; i++) {

@@ -58,6 +58,8 @@ static int op_encode(bench_ctx *c)
     return fedge_delta_encode(&c->h, c->x, c->stochastic ? &c->rng : NULL, c->buf, c->buf_len, &len);
 }
 
+static const uint8_t BENCH_RUN_ID[FEDGE_RUN_ID_LEN] = "bench run id 16";
+
 static int op_decode(bench_ctx *c)
 {
     fedge_delta_header h;
@@ -68,7 +70,7 @@ static int op_seal(bench_ctx *c)
 {
     uint8_t *frame;
     size_t len;
-    int ret = fedge_update_seal(&c->key, ++c->counter, &c->h, c->x, c->stochastic ? &c->rng : NULL,
+    int ret = fedge_update_seal(&c->key, ++c->counter, BENCH_RUN_ID, &c->h, c->x, c->stochastic ? &c->rng : NULL,
                                 &frame, &len);
     free(frame);
     return ret;
@@ -77,7 +79,8 @@ static int op_seal(bench_ctx *c)
 static int op_open(bench_ctx *c)
 {
     fedge_update_expect e = {.model_id = c->h.model_id, .n_elems = c->n, .round = c->h.round,
-                             .last_counter = 0, .max_len = c->frame_len};
+                             .last_counter = 0, .max_len = c->frame_len,
+                             .run_id = BENCH_RUN_ID};
     fedge_delta_header h;
     uint64_t counter;
     return fedge_update_open(&c->key, c->frame, c->frame_len, &e, c->scratch, &h, &counter, c->y);
@@ -156,7 +159,7 @@ static void run_size(uint32_t n, double min_time)
         c.buf = malloc(c.buf_len);
         if (c.buf == NULL || op_encode(&c) != FEDGE_OK)
             exit(1);
-        if (fedge_update_seal(&c.key, 1, &c.h, x, c.stochastic ? &c.rng : NULL, &c.frame,
+        if (fedge_update_seal(&c.key, 1, BENCH_RUN_ID, &c.h, x, c.stochastic ? &c.rng : NULL, &c.frame,
                               &c.frame_len) != FEDGE_OK)
             exit(1);
         c.scratch = malloc(c.frame_len);
