@@ -35,7 +35,8 @@ static void usage(FILE *out)
             "\n"
             "Signals: SIGTERM/SIGINT stop after the current request (state is always\n"
             "committed); SIGHUP reloads the policy file.\n"
-            "Exit status: 0 after a clean stop, 1 on a runtime error, 2 on bad configuration.\n");
+            "Exit status: 0 after a clean stop, 1 on a runtime error, 2 on bad configuration,\n"
+            "3 when the run finished without any round aggregating.\n");
 }
 
 int main(int argc, char **argv)
@@ -169,6 +170,12 @@ int main(int argc, char **argv)
     }
     if (g_stop)
         FEDGE_INFO("signal received; stopping");
+    if (status == 0 && agg.state == FEDGE_AGG_FINISHED) {
+        char outcome[256];
+        status = fedge_agg_outcome(&agg, outcome, sizeof outcome);
+        if (status != 0)
+            FEDGE_ERROR("%s", outcome);
+    }
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0)
         FEDGE_INFO("cpu time: user %.3fs system %.3fs, peak RSS %ld KiB, over %ld rounds",
