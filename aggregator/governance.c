@@ -398,26 +398,44 @@ typedef int (*delta_fn)(fedge_aggregator *a, void *ctx, size_t i, int64_t id, co
 
 static int for_each_delta(fedge_aggregator *a, float *buf, delta_fn fn, void *ctx)
 {
-    sqlite3_stmt *st = NULL;
+    sqlite3_stmt *st = NULL, *row = NULL;
+    int64_t *ids = NULL;
+    size_t n = 0, cap = a->keys.n ? a->keys.n : 1;
     int ret, rc;
-    size_t i = 0;
-    CHK(fedge_store_prepare(a->db, "SELECT id, device, n_samples, delta FROM updates"
-                           " WHERE round=? AND decision<>'rejected' ORDER BY id", &st));
+    /* The ids first, then one row at a time: a single query ordered by id
+     * would be planned over the (round, device) index and sort every row,
+     * deltas included, in memory. */
+    ids = malloc(cap * sizeof *ids);
+    if (!ids)
+        FAIL(FEDGE_ERR_NOMEM);
+    CHK(fedge_store_prepare(a->db, "SELECT id FROM updates WHERE round=? AND decision<>'rejected' ORDER BY id", &st));
     sqlite3_bind_int64(st, 1, a->round);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        fedge_delta_header h;
-        const uint8_t *blob = sqlite3_column_blob(st, 3);
-        size_t len = (size_t)sqlite3_column_bytes(st, 3);
-        int dr = blob ? fedge_delta_decode(blob, len, a->model_id, (uint32_t)a->model.n_params, &h, buf)
-                      : FEDGE_ERR_DELTA_TRUNCATED;
-        CHK(fn(a, ctx, i, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1),
-               sqlite3_column_int64(st, 2), dr == FEDGE_OK ? &h : NULL, dr == FEDGE_OK ? buf : NULL, dr));
-        i++;
+        if (n == cap)
+            FAIL(FEDGE_ERR_STATE); /* the partial unique index allows one per device */
+        ids[n++] = sqlite3_column_int64(st, 0);
     }
     if (rc != SQLITE_DONE)
         FAIL(fedge_store_status(rc));
+    CHK(fedge_store_prepare(a->db, "SELECT device, n_samples, delta FROM updates WHERE id=?", &row));
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_reset(row);
+        sqlite3_bind_int64(row, 1, ids[i]);
+        rc = sqlite3_step(row);
+        if (rc != SQLITE_ROW)
+            FAIL(rc == SQLITE_DONE ? FEDGE_ERR_STATE : fedge_store_status(rc));
+        fedge_delta_header h;
+        const uint8_t *blob = sqlite3_column_blob(row, 2);
+        size_t len = (size_t)sqlite3_column_bytes(row, 2);
+        int dr = blob ? fedge_delta_decode(blob, len, a->model_id, (uint32_t)a->model.n_params, &h, buf)
+                      : FEDGE_ERR_DELTA_TRUNCATED;
+        CHK(fn(a, ctx, i, ids[i], (const char *)sqlite3_column_text(row, 0), sqlite3_column_int64(row, 1),
+               dr == FEDGE_OK ? &h : NULL, dr == FEDGE_OK ? buf : NULL, dr));
+    }
 cleanup:
     sqlite3_finalize(st);
+    sqlite3_finalize(row);
+    free(ids);
     return ret;
 }
 
