@@ -65,8 +65,8 @@ static int cnull(sqlite3_stmt *st, int i)
     return sqlite3_column_type(st, i) == SQLITE_NULL;
 }
 
-/* 1 found, 0 absent, -1 error. */
-static int meta_get(sqlite3 *db, const char *key, char *buf, size_t cap)
+/* 1 found, 0 absent, -1 error. escape: the value as display text (text.h). */
+static int meta_fetch(sqlite3 *db, const char *key, char *buf, size_t cap, int escape)
 {
     sqlite3_stmt *st = NULL;
     int found = 0;
@@ -75,11 +75,20 @@ static int meta_get(sqlite3 *db, const char *key, char *buf, size_t cap)
         return -1;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW && ctext(st, 0)) {
-        fedge_text_escape(ctext(st, 0), strlen(ctext(st, 0)), buf, cap);
+        if (escape)
+            fedge_text_escape(ctext(st, 0), strlen(ctext(st, 0)), buf, cap);
+        else
+            snprintf(buf, cap, "%s", ctext(st, 0));
         found = 1;
     }
     sqlite3_finalize(st);
     return found;
+}
+
+/* Escaped: meta values are printed as they are fetched. */
+static int meta_get(sqlite3 *db, const char *key, char *buf, size_t cap)
+{
+    return meta_fetch(db, key, buf, cap, 1);
 }
 
 static int64_t count_of(sqlite3 *db, const char *sql)
@@ -1220,17 +1229,17 @@ static int gather_summary(sqlite3 *db, const char *db_path, out_table *t, char *
     out_row(t);
     out_text(t, 0, "database");
     out_text(t, 1, db_path);
-    if (meta_get(db, "created_at", buf, sizeof buf) == 1) {
+    if (meta_fetch(db, "created_at", buf, sizeof buf, 0) == 1) { /* cells escape */
         out_row(t);
         out_text(t, 0, "database created");
         out_text(t, 1, buf);
     }
-    if (meta_get(db, "model_spec", buf, sizeof buf) == 1) {
+    if (meta_fetch(db, "model_spec", buf, sizeof buf, 0) == 1) { /* cells escape */
         out_row(t);
         out_text(t, 0, "model spec");
         out_text(t, 1, buf);
     }
-    if (meta_get(db, "policy_name", buf, sizeof buf) == 1) {
+    if (meta_fetch(db, "policy_name", buf, sizeof buf, 0) == 1) { /* cells escape */
         out_row(t);
         out_text(t, 0, "policy");
         out_text(t, 1, buf);
