@@ -125,14 +125,16 @@ int main(int argc, char **argv)
         return usage("unknown command");
     }
 
+    char shown[1024]; /* the path as printed: escaped */
+    fedge_text_escape(db_path, strlen(db_path), shown, sizeof shown);
     if (access(db_path, F_OK) != 0) { /* never create a database here */
-        fprintf(stderr, "fedge-admin: %s: no such database\n", db_path);
+        fprintf(stderr, "fedge-admin: %s: no such database\n", shown);
         return 1;
     }
     sqlite3 *db = NULL;
     int ret = fedge_store_open_db(db_path, !status, &db);
     if (ret != FEDGE_OK) {
-        fprintf(stderr, "fedge-admin: %s: %s\n", db_path, fedge_strerror(ret));
+        fprintf(stderr, "fedge-admin: %s: %s\n", shown, fedge_strerror(ret));
         return 1;
     }
     int rc = 0;

@@ -316,6 +316,8 @@ int main(int argc, char **argv)
     if (optind + 1 != argc)
         return fail("give one command: aggregator, devices, psk or export (fedge-keygen --help)");
     const char *cmd = argv[optind];
+    if (id && !fedge_device_id_valid(id, strlen(id)))
+        return fail("--id must be 1 to %d characters of [A-Za-z0-9._-]", FEDGE_DEVICE_ID_MAX);
     if (strcmp(cmd, "psk") == 0) {
         if (!keys_path || !id)
             return fail("psk needs --keys KEYS_FILE and --id DEVICE_ID");
