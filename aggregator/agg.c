@@ -102,7 +102,8 @@ static int record_model(fedge_aggregator *a, const char *parent_hex, const char 
         sqlite3_bind_text(st, 2, parent_hex, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, round);
-    sqlite3_bind_text(st, 5, path, -1, SQLITE_TRANSIENT);
+    /* relative to the model store, so a copied run (db + model_dir) still audits */
+    sqlite3_bind_text(st, 5, strrchr(path, '/') + 1, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 6, sha_hex, -1, SQLITE_TRANSIENT);
     if (accuracy >= 0)
         sqlite3_bind_double(st, 7, accuracy);
@@ -147,8 +148,13 @@ static int load_current_model(fedge_aggregator *a, char *err, size_t errlen)
     if (sqlite3_step(st) == SQLITE_ROW) {
         char want[FEDGE_HASH_HEX_LEN];
         snprintf(want, sizeof want, "%s", (const char *)sqlite3_column_text(st, 0));
-        const char *path = (const char *)sqlite3_column_text(st, 1);
+        const char *stored = (const char *)sqlite3_column_text(st, 1);
         uint32_t round = (uint32_t)sqlite3_column_int64(st, 2);
+        char path[FEDGE_PATH_MAX + 80]; /* relative paths start at model_dir; old logs hold absolute ones */
+        snprintf(path, sizeof path, "%s%s%s", stored && stored[0] == '/' ? "" : a->cfg.model_dir,
+                 stored && stored[0] == '/' ? "" : "/", stored ? stored : "");
+        if (stored && stored[0] == '/' && access(path, F_OK) != 0) /* a moved old run */
+            snprintf(path, sizeof path, "%s/%s", a->cfg.model_dir, strrchr(stored, '/') + 1);
         ret = fedge_model_load(path, &m, version);
         if (ret != FEDGE_OK) {
             snprintf(err, errlen, "current model %s: %s", path, fedge_strerror(ret));

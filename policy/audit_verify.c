@@ -478,19 +478,18 @@ static int check_files(sqlite3 *db, const char *model_root, fedge_audit_report *
         path = path ? path : "";
         want = want ? want : "";
         char full[1024];
-        if (path[0] == '/' || !model_root || !model_root[0]) {
+        if (path[0] == '/' || !model_root || !model_root[0])
             snprintf(full, sizeof full, "%s", path);
-        } else {
+        else
             snprintf(full, sizeof full, "%s/%s", model_root, path);
-            /* model_root may name the model folder itself rather than the
-             * directory the stored relative path starts from. */
-            const char *base = strrchr(path, '/');
+        /* A moved run: an old log's absolute path, or a relative one that
+         * starts above the model folder, found by its file name in model_root. */
+        const char *base = strrchr(path, '/');
+        if (access(full, F_OK) != 0 && base && model_root && model_root[0]) {
             char alt[1024];
-            if (access(full, F_OK) != 0 && base) {
-                snprintf(alt, sizeof alt, "%s/%s", model_root, base + 1);
-                if (access(alt, F_OK) == 0)
-                    memcpy(full, alt, sizeof full);
-            }
+            snprintf(alt, sizeof alt, "%s/%s", model_root, base + 1);
+            if (access(alt, F_OK) == 0)
+                memcpy(full, alt, sizeof full);
         }
         rep->n_files++;
         uint8_t h[FEDGE_HASH_LEN];

@@ -46,8 +46,51 @@ static int parse_secret(const char *hex, uint8_t out[FEDGE_SECRET_LEN])
     return FEDGE_OK;
 }
 
+typedef struct {
+    const char *id;
+    uint32_t idx;
+} id_ref;
+
+static int id_ref_cmp(const void *a, const void *b)
+{
+    const id_ref *x = a, *y = b;
+    int c = strcmp(x->id, y->id);
+    return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+/* Builds k->by_id; on a duplicate id fails naming both lines. */
+static int index_ids(fedge_keys *k, const size_t *lines, const char *path, char *err,
+                     size_t errlen)
+{
+    int ret = FEDGE_OK;
+    id_ref *refs = NULL;
+    if (k->n == 0)
+        return FEDGE_OK;
+    refs = malloc(k->n * sizeof *refs);
+    k->by_id = malloc(k->n * sizeof *k->by_id);
+    if (!refs || !k->by_id)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0; i < k->n; i++) {
+        refs[i].id = k->devices[i].id;
+        refs[i].idx = (uint32_t)i;
+    }
+    qsort(refs, k->n, sizeof *refs, id_ref_cmp);
+    for (size_t i = 0; i < k->n; i++) {
+        if (i > 0 && strcmp(refs[i - 1].id, refs[i].id) == 0) {
+            snprintf(err, errlen, "%s:%zu: device %s listed twice (first on line %zu)", path,
+                     lines[refs[i].idx], refs[i].id, lines[refs[i - 1].idx]);
+            FAIL(FEDGE_ERR_CONFIG_VALUE);
+        }
+        k->by_id[i] = refs[i].idx;
+    }
+cleanup:
+    free(refs);
+    return ret;
+}
+
 int fedge_keys_load(const char *path, fedge_keys *out, char *err, size_t errlen)
 {
+    size_t *lines = NULL;
     char line[512];
     char dummy[8];
     FILE *f = NULL;
@@ -96,20 +139,23 @@ int fedge_keys_load(const char *path, fedge_keys *out, char *err, size_t errlen)
             snprintf(err, errlen, "%s:%zu: region longer than %d", path, lineno, FEDGE_REGION_MAX);
             FAIL(FEDGE_ERR_CONFIG_VALUE);
         }
-        if (fedge_keys_find(out, id, strlen(id))) {
-            snprintf(err, errlen, "%s:%zu: device %s listed twice", path, lineno, id);
-            FAIL(FEDGE_ERR_CONFIG_VALUE);
+        if (out->n >= FEDGE_KEYS_MAX_DEVICES) {
+            snprintf(err, errlen, "%s:%zu: more than %d devices", path, lineno,
+                     FEDGE_KEYS_MAX_DEVICES);
+            FAIL(FEDGE_ERR_RANGE);
         }
         if (out->n == cap) {
-            if (cap >= FEDGE_KEYS_MAX_DEVICES) {
-                snprintf(err, errlen, "%s: more than %d devices", path, FEDGE_KEYS_MAX_DEVICES);
-                FAIL(FEDGE_ERR_RANGE);
-            }
             size_t ncap = cap ? cap * 2 : 16;
+            if (ncap > FEDGE_KEYS_MAX_DEVICES)
+                ncap = FEDGE_KEYS_MAX_DEVICES;
             fedge_device_entry *d = realloc(out->devices, ncap * sizeof *d);
             if (!d)
                 FAIL(FEDGE_ERR_NOMEM);
             out->devices = d;
+            size_t *l = realloc(lines, ncap * sizeof *l);
+            if (!l)
+                FAIL(FEDGE_ERR_NOMEM);
+            lines = l;
             cap = ncap;
         }
         fedge_device_entry *e = &out->devices[out->n];
@@ -122,11 +168,13 @@ int fedge_keys_load(const char *path, fedge_keys *out, char *err, size_t errlen)
             snprintf(err, errlen, "%s:%zu: secret must be 64 hex digits", path, lineno);
             goto cleanup;
         }
-        out->n++;
+        lines[out->n++] = lineno;
     }
     if (ferror(f))
         FAIL(FEDGE_ERR_IO);
+    CHK(index_ids(out, lines, path, err, errlen));
 cleanup:
+    free(lines);
     mbedtls_platform_zeroize(line, sizeof line);
     if (f)
         fclose(f);
@@ -142,16 +190,55 @@ void fedge_keys_free(fedge_keys *k)
     if (k->devices)
         mbedtls_platform_zeroize(k->devices, k->n * sizeof *k->devices);
     free(k->devices);
+    free(k->by_id);
     k->devices = NULL;
+    k->by_id = NULL;
     k->n = 0;
+}
+
+/* strcmp order between a NUL-terminated id and id[0..len). */
+static int id_cmp(const char *stored, const char *id, size_t len)
+{
+    size_t n = strlen(stored);
+    int c = memcmp(stored, id, n < len ? n : len);
+    if (c)
+        return c;
+    return (n > len) - (n < len);
 }
 
 const fedge_device_entry *fedge_keys_find(const fedge_keys *k, const char *id, size_t id_len)
 {
-    for (size_t i = 0; i < k->n; i++)
-        if (strlen(k->devices[i].id) == id_len && memcmp(k->devices[i].id, id, id_len) == 0)
-            return &k->devices[i];
+    if (!k || !k->by_id || !id || id_len > FEDGE_DEVICE_ID_MAX)
+        return NULL;
+    size_t lo = 0, hi = k->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const fedge_device_entry *e = &k->devices[k->by_id[mid]];
+        int c = id_cmp(e->id, id, id_len);
+        if (c == 0)
+            return e;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     return NULL;
+}
+
+size_t fedge_keys_format_line(const fedge_device_entry *e, char *buf, size_t cap)
+{
+    static const char digits[] = "0123456789abcdef";
+    char hex[2 * FEDGE_SECRET_LEN + 1];
+    if (!e || !buf || cap < FEDGE_KEYS_LINE_MAX)
+        return 0;
+    for (size_t i = 0; i < FEDGE_SECRET_LEN; i++) {
+        hex[2 * i] = digits[e->secret[i] >> 4];
+        hex[2 * i + 1] = digits[e->secret[i] & 15];
+    }
+    hex[2 * FEDGE_SECRET_LEN] = '\0';
+    int n = snprintf(buf, cap, "%s %s %s\n", e->id, e->region, hex);
+    mbedtls_platform_zeroize(hex, sizeof hex);
+    return (n < 0 || (size_t)n >= cap) ? 0 : (size_t)n;
 }
 
 int fedge_keys_dtls_psk(const uint8_t secret[FEDGE_SECRET_LEN], const char *id,

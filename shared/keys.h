@@ -24,13 +24,20 @@ typedef struct {
 
 typedef struct {
     size_t n;
-    fedge_device_entry *devices; /* owned */
+    fedge_device_entry *devices; /* owned, in file order */
+    uint32_t *by_id;             /* owned: indices into devices, sorted by id */
 } fedge_keys;
 
-/* err (may be NULL) receives a one-line reason on failure. */
+/* err (may be NULL) receives a one-line reason on failure. Loading is
+ * O(n log n): a duplicate id is found by sorting, and names both lines. */
 int fedge_keys_load(const char *path, fedge_keys *out, char *err, size_t errlen);
 void fedge_keys_free(fedge_keys *k);
+/* O(log n) by binary search over by_id; NULL when absent. */
 const fedge_device_entry *fedge_keys_find(const fedge_keys *k, const char *id, size_t id_len);
+/* Writes one device's line ("ID REGION SECRET_HEX\n") into buf; cap must
+ * hold FEDGE_KEYS_LINE_MAX bytes. Returns the line's length, 0 on error. */
+#define FEDGE_KEYS_LINE_MAX (FEDGE_DEVICE_ID_MAX + 1 + FEDGE_REGION_MAX + 1 + 2 * FEDGE_SECRET_LEN + 2)
+size_t fedge_keys_format_line(const fedge_device_entry *e, char *buf, size_t cap);
 int fedge_device_id_valid(const char *id, size_t len);
 /* The DTLS PSK: lowercase hex of HKDF-SHA256(secret, salt "fedge-v1",
  * info "fedge dtls psk" || id)[0..16), NUL-terminated. Printable on purpose,

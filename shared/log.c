@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "error.h"
+#include "text.h"
 
 static fedge_log_level g_level = FEDGE_LOG_INFO;
 static FILE *g_stream;
@@ -17,7 +18,9 @@ void fedge_log_set_stream(FILE *f) { g_stream = f; }
 
 void fedge_log_set_tag(const char *tag)
 {
-    snprintf(g_tag, sizeof g_tag, "%s", tag ? tag : "fedge");
+    if (!tag)
+        tag = "fedge";
+    fedge_text_escape(tag, strlen(tag), g_tag, sizeof g_tag);
 }
 
 int fedge_log_parse_level(const char *text, fedge_log_level *out)
@@ -50,6 +53,10 @@ void fedge_log(fedge_log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    fprintf(out, "%s.%03ldZ %s %s: %s\n", when, ts.tv_nsec / 1000000L, names[level], g_tag, line);
+    /* Messages carry peer-supplied strings (device ids, reasons): a log line
+     * stays one line and holds no terminal escape. */
+    char safe[4 * sizeof line];
+    fedge_text_escape(line, strlen(line), safe, sizeof safe);
+    fprintf(out, "%s.%03ldZ %s %s: %s\n", when, ts.tv_nsec / 1000000L, names[level], g_tag, safe);
     fflush(out);
 }

@@ -1,6 +1,8 @@
 /* log.h — leveled logging to stderr (or a file), one line per event:
  *   2026-11-25T19:40:01.123Z INFO  aggregator: round 3 closed (8 accepted)
- * The level is process-wide; set once at start-up. */
+ * The level is process-wide; set once at start-up. The formatted message is
+ * escaped with fedge_text_escape (text.h): control characters, C1 controls
+ * and invalid UTF-8 print as \xNN, so a log line is always one line. */
 #ifndef FEDGE_LOG_H
 #define FEDGE_LOG_H
 

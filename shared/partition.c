@@ -47,22 +47,40 @@ static void shuffle(size_t *a, size_t n, fedge_rng *rng)
     }
 }
 
-/* p[0..n) ~ Dir(beta), with p[j] forced to 0 where mask[j] (if mask is set);
- * falls back to the unmasked draw, then to uniform, when everything is 0. */
+/* log of a Gamma(shape, 1) draw. Below shape 1 it applies the boost
+ * G(a) = G(a + 1) * U^(1/a) in log space: for a = 1e-5, U^(1/a) is about
+ * e^-100000, which underflows to 0 as a double but is an ordinary log. */
+static double log_gamma_draw(fedge_rng *rng, double shape)
+{
+    if (shape >= 1.0)
+        return log(fedge_rng_gamma(rng, shape));
+    double u;
+    do
+        u = fedge_rng_uniform_d(rng);
+    while (u == 0.0);
+    return log(fedge_rng_gamma(rng, shape + 1.0)) + log(u) / shape;
+}
+
+/* p[0..n) ~ Dir(beta), with p[j] forced to 0 where mask[j] (if mask is set;
+ * a mask over every client is ignored). Normalised by log-sum-exp, so the
+ * largest draw is exp(0) = 1 and the sum never underflows whatever beta
+ * (>= FEDGE_PARTITION_MIN_BETA). */
 static void dirichlet(fedge_rng *rng, double beta, int n, const unsigned char *mask, double *p)
 {
-    double sum = 0.0, masked_sum = 0.0;
+    double top = -INFINITY, masked_top = -INFINITY;
     for (int j = 0; j < n; j++) {
-        p[j] = fedge_rng_gamma(rng, beta);
-        sum += p[j];
-        if (!mask || !mask[j])
-            masked_sum += p[j];
+        p[j] = log_gamma_draw(rng, beta);
+        if (p[j] > top)
+            top = p[j];
+        if ((!mask || !mask[j]) && p[j] > masked_top)
+            masked_top = p[j];
     }
-    if (mask && masked_sum > 0.0) {
-        for (int j = 0; j < n; j++)
-            if (mask[j])
-                p[j] = 0.0;
-        sum = masked_sum;
+    int use_mask = mask && isfinite(masked_top);
+    double m = use_mask ? masked_top : top;
+    double sum = 0.0;
+    for (int j = 0; j < n; j++) {
+        p[j] = (use_mask && mask[j]) || !isfinite(m) ? 0.0 : exp(p[j] - m);
+        sum += p[j];
     }
     if (!(sum > 0.0) || !isfinite(sum)) {
         for (int j = 0; j < n; j++)
@@ -352,7 +370,8 @@ int fedge_partition_make(const fedge_dataset *ds, const fedge_partition_config *
         return FEDGE_ERR_INVALID_ARG;
     if (cfg->n_clients < 1 || cfg->n_clients > PARTITION_MAX_CLIENTS)
         return FEDGE_ERR_RANGE;
-    if (cfg->kind != FEDGE_PARTITION_IID && !(cfg->beta > 0.0 && isfinite(cfg->beta)))
+    if (cfg->kind != FEDGE_PARTITION_IID &&
+        !(cfg->beta >= FEDGE_PARTITION_MIN_BETA && isfinite(cfg->beta)))
         return FEDGE_ERR_RANGE;
     if (ds->n > FEDGE_DATASET_MAX_ROWS || ds->n_classes < 1 ||
         ds->n_classes > PARTITION_MAX_CLASSES)

@@ -15,6 +15,11 @@
 
 #include "dataset.h"
 
+/* The smallest beta accepted. Proportions are drawn in log space, so any
+ * beta down to here gives the skew it asks for (beta 1e-5: each class goes
+ * to one client); below it log(U) / beta would overflow a double. */
+#define FEDGE_PARTITION_MIN_BETA 1e-300
+
 typedef enum {
     FEDGE_PARTITION_IID = 0,
     FEDGE_PARTITION_DIRICHLET = 1,
@@ -24,7 +29,7 @@ typedef enum {
 typedef struct {
     fedge_partition_kind kind;
     int n_clients;
-    double beta;        /* Dirichlet concentration, > 0 (unused for IID) */
+    double beta;        /* Dirichlet concentration, >= FEDGE_PARTITION_MIN_BETA (unused for IID) */
     size_t min_size;    /* each client at least this many rows (default 10; 0 acts as 1) */
     uint64_t seed;
 } fedge_partition_config;

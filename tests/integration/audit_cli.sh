@@ -180,4 +180,20 @@ expect_rc 2 "$KEYGEN" devices --count 2 --prefix "bad id" --out "$T/k/x.keys"
 expect_rc 2 "$KEYGEN" devices --count 0 --out "$T/k/x.keys"
 [ ! -e "$T/k/x.keys" ] || fail "a refused command must not write a file"
 
+# export: one device's keys file for its edge
+expect_rc 0 "$KEYGEN" export --keys "$T/k/devices.keys" --id sensor-002 --out "$T/k/sensor-002.key"
+[ "$(stat -c %a "$T/k/sensor-002.key")" = 600 ] || fail "exported keys file must be mode 0600"
+[ "$(cat "$T/k/sensor-002.key")" = "$(grep '^sensor-002 ' "$T/k/devices.keys")" ] ||
+    fail "the exported file should hold exactly sensor-002's line"
+expect_rc 0 "$KEYGEN" psk --keys "$T/k/sensor-002.key" --id sensor-002
+psk_export=$(cat "$T/out")
+expect_rc 0 "$KEYGEN" psk --keys "$T/k/devices.keys" --id sensor-002
+[ "$(cat "$T/out")" = "$psk_export" ] || fail "the exported secret should derive the same PSK"
+expect_rc 2 "$KEYGEN" export --keys "$T/k/devices.keys" --id sensor-002 --out "$T/k/sensor-002.key"
+grep -q "use --force" "$T/err" || fail "export must not overwrite without --force"
+expect_rc 2 "$KEYGEN" export --keys "$T/k/devices.keys" --id sensor-009 --out "$T/k/x.keys"
+grep -q "has no device 'sensor-009'" "$T/err" || fail "export of an unknown device should say so"
+expect_rc 2 "$KEYGEN" export --keys "$T/k/devices.keys" --id sensor-001
+[ ! -e "$T/k/x.keys" ] || fail "a refused export must not write a file"
+
 echo "audit_cli: all checks passed"

@@ -22,7 +22,7 @@ FED_PORT=$(fed_free_port)
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
 fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
     --round-timeout-s 120 --start-delay-s 0.3 --linger-s 2
-qemu-aarch64 "$ARM" --server "127.0.0.1:$FED_PORT" --id dev-001 --keys "$FED_DIR/keys" \
+qemu-aarch64 "$ARM" --server "127.0.0.1:$FED_PORT" --id dev-001 --keys "$(fed_edge_keys dev-001)" \
     --shard "$FED_DIR/shards/shard-000.bin" --encoding int8 >"$FED_DIR/edge-dev-001.log" 2>&1 &
 FED_PIDS+=("$!")
 FED_EDGE_PIDS+=("$!:dev-001")

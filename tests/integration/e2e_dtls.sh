@@ -28,7 +28,7 @@ fed_wait_run 240 || fed_fail "aggregator exited with an error"
     fed_fail "each edge's encoding should be logged"
 # every model file hashes to its row
 while IFS='|' read -r path sha; do
-    [ "$(sha256sum "$path" | cut -d' ' -f1)" = "$sha" ] || fed_fail "sha256 of $path differs from the log"
+    [ "$(sha256sum "$FED_DIR/models/$path" | cut -d' ' -f1)" = "$sha" ] || fed_fail "sha256 of $path differs from the log"
 done < <(fed_sql "SELECT path, sha256 FROM models")
 # rounds chain: each round's base is the previous round's new model
 [ "$(fed_sql "SELECT count(*) FROM rounds r JOIN rounds p ON p.id = r.id - 1 WHERE r.base_version <> p.new_version")" = 0 ] ||

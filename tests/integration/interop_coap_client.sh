@@ -32,7 +32,7 @@ for c in "${clients[@]}"; do
 
     timeout 30 "$c" -B 20 -u dev-001 -k "$psk" -o "$FED_DIR/model-$c.bin" "$url/model" >/dev/null 2>&1 ||
         fed_fail "$c GET /model"
-    current=$(fed_sql "SELECT path FROM models ORDER BY rowid DESC LIMIT 1")
+    current=$FED_DIR/models/$(fed_sql "SELECT path FROM models ORDER BY rowid DESC LIMIT 1")
     cmp -s "$FED_DIR/model-$c.bin" "$current" || fed_fail "$c: /model body differs from the model file (Block2)"
 
     out=$(timeout 20 "$c" -B 10 -u dev-001 -k "$psk" "$url/round" 2>&1)

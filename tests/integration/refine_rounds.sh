@@ -44,7 +44,7 @@ fed_sql "SELECT info FROM models WHERE kind='refine' AND round=2" | grep -q '"st
     fed_fail "refine summary JSON not recorded"
 [ "$(fed_sql "SELECT count(*) FROM events WHERE kind='refine'")" = 2 ] || fed_fail "refine events expected"
 while IFS='|' read -r path sha; do
-    [ "$(sha256sum "$path" | cut -d' ' -f1)" = "$sha" ] || fed_fail "sha256 of $path differs from the log"
+    [ "$(sha256sum "$FED_DIR/models/$path" | cut -d' ' -f1)" = "$sha" ] || fed_fail "sha256 of $path differs from the log"
 done < <(fed_sql "SELECT path, sha256 FROM models")
 
 run_federation failing "$BIN/fedge-cluster refine --backend cpu --model {in} --out {out} --data /nonexistent --steps 5"

@@ -54,12 +54,22 @@ fed_start_aggregator() {
     FED_PIDS+=("$FED_AGG_PID")
 }
 
-# fed_start_edge ID SHARD ARGS...
+# fed_edge_keys ID: the keys file holding only ID's secret (fedge-keygen
+# export), as an edge is provisioned; prints its path.
+fed_edge_keys() {
+    local f="$FED_DIR/keys-$1"
+    [ -f "$f" ] || "$BIN/fedge-keygen" export --keys "$FED_DIR/keys" --id "$1" --out "$f" >/dev/null ||
+        fed_fail "keygen export $1"
+    echo "$f"
+}
+
+# fed_start_edge ID SHARD ARGS...: the edge gets its own exported keys file
 FED_EDGE_PIDS=()
 fed_start_edge() {
-    local id=$1 shard=$2
+    local id=$1 shard=$2 keys
     shift 2
-    "$BIN/fedge-edge" --server "127.0.0.1:$FED_PORT" --id "$id" --keys "$FED_DIR/keys" \
+    keys=$(fed_edge_keys "$id") || exit 1
+    "$BIN/fedge-edge" --server "127.0.0.1:$FED_PORT" --id "$id" --keys "$keys" \
         --shard "$shard" "$@" >>"$FED_DIR/edge-$id.log" 2>&1 &
     FED_PIDS+=("$!")
     FED_EDGE_PIDS+=("$!:$id")

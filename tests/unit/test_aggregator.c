@@ -386,10 +386,13 @@ static void test_round_close_and_replay(void **state)
         uint8_t h[FEDGE_HASH_LEN], v[FEDGE_HASH_LEN];
         char hex[FEDGE_HASH_HEX_LEN];
         fedge_model m;
-        assert_int_equal(fedge_sha256_file((const char *)sqlite3_column_text(st, 0), h), FEDGE_OK);
+        char file[512]; /* paths are relative to the model store */
+        assert_null(strchr((const char *)sqlite3_column_text(st, 0), '/'));
+        snprintf(file, sizeof file, "%s/models/%s", fx->dir, (const char *)sqlite3_column_text(st, 0));
+        assert_int_equal(fedge_sha256_file(file, h), FEDGE_OK);
         fedge_hash_to_hex(h, hex);
         assert_string_equal(hex, (const char *)sqlite3_column_text(st, 1));
-        assert_int_equal(fedge_model_load((const char *)sqlite3_column_text(st, 0), &m, v), FEDGE_OK);
+        assert_int_equal(fedge_model_load(file, &m, v), FEDGE_OK);
         fedge_hash_to_hex(v, hex);
         assert_string_equal(hex, (const char *)sqlite3_column_text(st, 2));
         fedge_model_free(&m);

@@ -296,6 +296,80 @@ static void test_dirichlet_min_size(void **state)
     free_synthetic(&ds);
 }
 
+/* Fraction of class k's rows held by the client holding most of them,
+ * averaged over classes (1 = every class on one client). */
+static double class_concentration(const fedge_partition *p, const fedge_dataset *ds,
+                                  double *worst)
+{
+    const size_t K = (size_t)ds->n_classes;
+    size_t *hist = malloc((size_t)p->n_clients * K * sizeof *hist);
+    assert_non_null(hist);
+    fedge_partition_label_histogram(p, ds, hist);
+    double mean = 0.0;
+    *worst = 1.0;
+    for (size_t k = 0; k < K; k++) {
+        size_t top = 0, total = 0;
+        for (int j = 0; j < p->n_clients; j++) {
+            size_t c = hist[(size_t)j * K + k];
+            total += c;
+            if (c > top)
+                top = c;
+        }
+        double f = total ? (double)top / (double)total : 1.0;
+        mean += f / (double)K;
+        if (f < *worst)
+            *worst = f;
+    }
+    free(hist);
+    return mean;
+}
+
+/* Tiny beta once underflowed every gamma draw to 0 and fell back to uniform
+ * proportions: beta 1e-5 gave IID shards. Drawn in log space, each class
+ * goes (almost) whole to one client. */
+static void test_dirichlet_tiny_beta_is_extreme(void **state)
+{
+    (void)state;
+    fedge_dataset ds;
+    make_synthetic(&ds, 20000);
+    static const double betas[] = {1e-5, 1e-12, 1e-300};
+    for (size_t b = 0; b < sizeof betas / sizeof *betas; b++) {
+        for (uint64_t seed = 1; seed <= 3; seed++) {
+            fedge_partition p;
+            make(&ds, FEDGE_PARTITION_DIRICHLET, 10, betas[b], 10, seed, &p);
+            double worst, conc = class_concentration(&p, &ds, &worst);
+            double tv = mean_tv(&p, &ds);
+            print_message("  synthetic Dirichlet beta %g seed %llu: class on one client %.4f "
+                          "(worst %.4f), mean TV %.4f\n",
+                          betas[b], (unsigned long long)seed, conc, worst, tv);
+            assert_true(worst > 0.95);
+            assert_true(tv > 0.75);
+            fedge_partition_free(&p);
+        }
+    }
+    /* 1e-3 and 0.5 as before: strong and moderate skew. */
+    fedge_partition p;
+    double worst;
+    make(&ds, FEDGE_PARTITION_DIRICHLET, 10, 1e-3, 10, 1, &p);
+    double tv3 = mean_tv(&p, &ds), conc3 = class_concentration(&p, &ds, &worst);
+    fedge_partition_free(&p);
+    make(&ds, FEDGE_PARTITION_DIRICHLET, 10, 0.5, 10, 1, &p);
+    double tv05 = mean_tv(&p, &ds), conc05 = class_concentration(&p, &ds, &worst);
+    fedge_partition_free(&p);
+    print_message("  beta 1e-3: TV %.4f conc %.4f; beta 0.5: TV %.4f conc %.4f\n", tv3, conc3,
+                  tv05, conc05);
+    assert_true(tv3 > 0.75 && conc3 > 0.95);
+    assert_true(tv05 > 0.2 && tv05 < 0.75 && conc05 < 0.9);
+
+    /* Below the floor is refused, not silently uniform. */
+    fedge_partition_config cfg = {.kind = FEDGE_PARTITION_DIRICHLET, .n_clients = 10,
+                                  .beta = 1e-310, .min_size = 10, .seed = 1};
+    assert_int_equal(fedge_partition_make(&ds, &cfg, &p), FEDGE_ERR_RANGE);
+    cfg.kind = FEDGE_PARTITION_QUANTITY;
+    assert_int_equal(fedge_partition_make(&ds, &cfg, &p), FEDGE_ERR_RANGE);
+    free_synthetic(&ds);
+}
+
 static void test_quantity(void **state)
 {
     (void)state;
@@ -419,6 +493,7 @@ int main(void)
         cmocka_unit_test(test_iid),
         cmocka_unit_test(test_dirichlet_skew_follows_beta),
         cmocka_unit_test(test_dirichlet_min_size),
+        cmocka_unit_test(test_dirichlet_tiny_beta_is_extreme),
         cmocka_unit_test(test_quantity),
         cmocka_unit_test(test_seeds),
         cmocka_unit_test(test_fashion_mnist),

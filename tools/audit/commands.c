@@ -13,16 +13,34 @@
 #include "audit.h"
 #include "cli.h"
 #include "common.h"
+#include "graph.h"
 #include "out.h"
+#include "text.h"
 
 void cli_error(const char *fmt, ...)
 {
+    char msg[1024], safe_msg[4 * sizeof msg];
     va_list ap;
-    fputs("fedge-audit: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    fedge_text_escape(msg, strlen(msg), safe_msg, sizeof safe_msg);
+    fprintf(stderr, "fedge-audit: %s\n", safe_msg);
+}
+
+/* s escaped for printing (text.h): strings from the database or the
+ * command line never reach the terminal raw. Four buffers in rotation, so
+ * one printf may take several; long strings are truncated. */
+static const char *safe(const char *s)
+{
+    static char buf[4][1024];
+    static int next;
+    char *b = buf[next];
+    next = (next + 1) % 4;
+    if (!s)
+        s = "-";
+    fedge_text_escape(s, strlen(s), b, sizeof buf[0]);
+    return b;
 }
 
 /* ---- database helpers ------------------------------------------------------- */
@@ -47,8 +65,8 @@ static int cnull(sqlite3_stmt *st, int i)
     return sqlite3_column_type(st, i) == SQLITE_NULL;
 }
 
-/* 1 found, 0 absent, -1 error. */
-static int meta_get(sqlite3 *db, const char *key, char *buf, size_t cap)
+/* 1 found, 0 absent, -1 error. escape: the value as display text (text.h). */
+static int meta_fetch(sqlite3 *db, const char *key, char *buf, size_t cap, int escape)
 {
     sqlite3_stmt *st = NULL;
     int found = 0;
@@ -57,11 +75,20 @@ static int meta_get(sqlite3 *db, const char *key, char *buf, size_t cap)
         return -1;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW && ctext(st, 0)) {
-        snprintf(buf, cap, "%s", ctext(st, 0));
+        if (escape)
+            fedge_text_escape(ctext(st, 0), strlen(ctext(st, 0)), buf, cap);
+        else
+            snprintf(buf, cap, "%s", ctext(st, 0));
         found = 1;
     }
     sqlite3_finalize(st);
     return found;
+}
+
+/* Escaped: meta values are printed as they are fetched. */
+static int meta_get(sqlite3 *db, const char *key, char *buf, size_t cap)
+{
+    return meta_fetch(db, key, buf, cap, 1);
 }
 
 static int64_t count_of(sqlite3 *db, const char *sql)
@@ -122,6 +149,29 @@ static void section_text(const char *title)
     printf("\n%s\n", title);
 }
 
+/* models.parent must be a forest: the aggregator only ever adds a child of
+ * an existing model. A cycle means the log was altered; it is reported as
+ * the verification failure `lineage_cycle`. 1 cycle (described in buf),
+ * 0 none, -1 error. */
+static int parent_cycle(sqlite3 *db, char *buf, size_t cap)
+{
+    model_graph g;
+    int rc = graph_load(db, &g);
+    if (rc == 0)
+        rc = graph_cycle(&g, buf, cap);
+    graph_free(&g);
+    return rc;
+}
+
+#define LINEAGE_CYCLE "lineage_cycle"
+
+static void cycle_message(const char *cycle, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "models.parent forms a cycle: %s (the aggregator never writes one; "
+                       "the log was altered)",
+             cycle);
+}
+
 /* ---- verify ------------------------------------------------------------------------ */
 
 static int is_verify_failure(int rc)
@@ -145,10 +195,18 @@ static int run_verify(sqlite3 *db, const cli_opts *o, fedge_audit_report *rep)
     return EXIT_USAGE;
 }
 
-static void failures_table(const fedge_audit_report *rep, out_table *t)
+static void failures_table(const fedge_audit_report *rep, const char *cycle, out_table *t)
 {
     static const char *const cols[] = {"kind", "table", "row_key", "seq", "path", "message"};
     out_table_init(t, 6, cols);
+    if (cycle) {
+        char msg[600];
+        cycle_message(cycle, msg, sizeof msg);
+        out_row(t);
+        out_text(t, 0, LINEAGE_CYCLE);
+        out_text(t, 1, "models");
+        out_text(t, 5, msg);
+    }
     size_t n = rep->n_failures < FEDGE_AUDIT_MAX_FAILURES ? rep->n_failures
                                                             : FEDGE_AUDIT_MAX_FAILURES;
     for (size_t i = 0; i < n; i++) {
@@ -164,10 +222,11 @@ static void failures_table(const fedge_audit_report *rep, out_table *t)
     }
 }
 
-static void verify_json(json_w *j, const char *key, const fedge_audit_report *rep)
+static void verify_json(json_w *j, const char *key, const fedge_audit_report *rep,
+                        const char *cycle)
 {
     json_obj(j, key);
-    json_bool(j, "ok", rep->ok);
+    json_bool(j, "ok", rep->ok && !cycle);
     json_int(j, "entries", (int64_t)rep->n_entries);
     json_int(j, "last_seq", rep->last_seq);
     json_int(j, "signed_heads", (int64_t)rep->n_heads);
@@ -183,23 +242,28 @@ static void verify_json(json_w *j, const char *key, const fedge_audit_report *re
     json_int(j, "unsigned_tail", (int64_t)rep->unsigned_tail);
     json_int(j, "rows", (int64_t)rep->n_rows);
     json_int(j, "model_files", (int64_t)rep->n_files);
-    json_int(j, "failures_total", (int64_t)rep->n_failures);
+    json_int(j, "failures_total", (int64_t)rep->n_failures + (cycle != NULL));
     out_table t;
-    failures_table(rep, &t);
+    failures_table(rep, cycle, &t);
     json_table(j, "failures", &t);
     out_table_free(&t);
     json_obj_end(j);
 }
 
-static void verify_text(const fedge_audit_report *rep, const char *indent)
+static void verify_text(const fedge_audit_report *rep, const char *cycle, const char *indent)
 {
-    if (rep->ok) {
+    size_t n_failures = rep->n_failures + (cycle != NULL);
+    if (n_failures == 0) {
         printf("%sOK: every check holds\n", indent);
     } else {
-        printf("%sFAILED: %zu problem%s; the first is\n", indent, rep->n_failures,
-               rep->n_failures == 1 ? "" : "s");
-        printf("%s  %s: %s\n", indent, fedge_audit_fail_name(rep->failures[0].kind),
-               rep->failures[0].message);
+        printf("%sFAILED: %zu problem%s; the first is\n", indent, n_failures,
+               n_failures == 1 ? "" : "s");
+        char msg[600];
+        if (cycle)
+            cycle_message(cycle, msg, sizeof msg);
+        printf("%s  %s: %s\n", indent,
+               cycle ? LINEAGE_CYCLE : fedge_audit_fail_name(rep->failures[0].kind),
+               safe(cycle ? msg : rep->failures[0].message));
     }
     printf("%s  audit chain    %zu entries (seq 1..%" PRId64 ")\n", indent, rep->n_entries,
            rep->last_seq);
@@ -216,9 +280,9 @@ static void verify_text(const fedge_audit_report *rep, const char *indent)
     printf("%s  rows           %zu audited rows compared with their latest entries\n", indent,
            rep->n_rows);
     printf("%s  model files    %zu re-hashed against models.sha256\n", indent, rep->n_files);
-    if (!rep->ok) {
+    if (n_failures) {
         out_table t;
-        failures_table(rep, &t);
+        failures_table(rep, cycle, &t);
         printf("\n");
         out_print_text(stdout, &t, indent);
         out_table_free(&t);
@@ -241,17 +305,22 @@ int cmd_verify(sqlite3 *db, const cli_opts *o)
         return EXIT_USAGE;
     }
     int rc = run_verify(db, o, rep);
+    char cycle[512];
+    int has_cycle = rc == 0 ? parent_cycle(db, cycle, sizeof cycle) : 0;
+    if (has_cycle < 0)
+        rc = EXIT_USAGE;
     if (rc == 0) {
+        const char *cyc = has_cycle ? cycle : NULL;
         if (o->json) {
             json_w j;
             json_init(&j, stdout);
-            verify_json(&j, NULL, rep);
+            verify_json(&j, NULL, rep, cyc);
             json_done(&j);
         } else {
-            printf("fedge-audit verify %s\n", o->db_path);
-            verify_text(rep, "");
+            printf("fedge-audit verify %s\n", safe(o->db_path));
+            verify_text(rep, cyc, "");
         }
-        rc = rep->ok ? EXIT_OK : EXIT_VERIFY_FAILED;
+        rc = rep->ok && !cyc ? EXIT_OK : EXIT_VERIFY_FAILED;
     }
     free(rep);
     return rc;
@@ -267,6 +336,8 @@ typedef struct {
     int64_t samples;
     char (*devices)[80];
     size_t devices_cap;
+    int has_cycle; /* models.parent has a cycle somewhere: a verification failure */
+    char cycle[512];
 } lineage;
 
 static void lineage_free(lineage *l)
@@ -340,11 +411,22 @@ static int gather_lineage(sqlite3 *db, const char *version_arg, lineage *l)
                                         "decision", "rule"};
     sqlite3_stmt *m = NULL, *r = NULL, *u = NULL, *rej = NULL;
     int rc = EXIT_USAGE;
+    model_graph g;
+    unsigned char *visited = NULL;
     memset(l, 0, sizeof *l);
+    memset(&g, 0, sizeof g);
     out_table_init(&l->models, 12, mcols);
     out_table_init(&l->contributions, 7, ccols);
     if (resolve_version(db, version_arg, l->version) != EXIT_OK)
         return EXIT_USAGE;
+    if (graph_load(db, &g) != 0)
+        goto cleanup;
+    l->has_cycle = graph_cycle(&g, l->cycle, sizeof l->cycle);
+    visited = calloc(g.n ? g.n : 1, 1);
+    if (!visited) {
+        cli_error("out of memory");
+        goto cleanup;
+    }
     if (prep(db, "SELECT version, parent, kind, round, accuracy, created_at, info FROM models "
                  "WHERE version = ?1", &m) != 0 ||
         prep(db, "SELECT id, status, epsilon FROM rounds WHERE new_version = ?1 "
@@ -357,10 +439,13 @@ static int gather_lineage(sqlite3 *db, const char *version_arg, lineage *l)
 
     char cur[FEDGE_HASH_HEX_LEN + 1];
     snprintf(cur, sizeof cur, "%s", l->version);
-    for (int steps = 0; cur[0]; steps++) {
-        if (steps > 1000000) {
-            cli_error("models.parent forms a cycle at %.12s", cur);
-            goto cleanup;
+    /* Each model at most once: the walk ends after g.n steps, cycle or not. */
+    while (cur[0]) {
+        size_t idx = graph_find(&g, cur);
+        if (idx != GRAPH_NONE) {
+            if (visited[idx])
+                break; /* a cycle: l->has_cycle reports it */
+            visited[idx] = 1;
         }
         sqlite3_reset(m);
         sqlite3_bind_text(m, 1, cur, -1, SQLITE_TRANSIENT);
@@ -425,6 +510,8 @@ static int gather_lineage(sqlite3 *db, const char *version_arg, lineage *l)
     }
     rc = table_ok(&l->models) && table_ok(&l->contributions) ? EXIT_OK : EXIT_USAGE;
 cleanup:
+    free(visited);
+    graph_free(&g);
     sqlite3_finalize(m);
     sqlite3_finalize(r);
     sqlite3_finalize(u);
@@ -442,10 +529,37 @@ static void lineage_summary(const lineage *l, char *buf, size_t cap)
              l->models.n_rows, l->models.n_rows == 1 ? "" : "s");
 }
 
+/* The lineage_cycle finding as JSON: "failures": [] when there is none. */
+static void cycle_json(json_w *j, int has_cycle, const char *cycle)
+{
+    json_bool(j, "ok", !has_cycle);
+    json_arr(j, "failures");
+    if (has_cycle) {
+        char msg[600];
+        cycle_message(cycle, msg, sizeof msg);
+        json_obj(j, NULL);
+        json_str(j, "kind", LINEAGE_CYCLE);
+        json_str(j, "table", "models");
+        json_str(j, "message", msg);
+        json_obj_end(j);
+    }
+    json_arr_end(j);
+}
+
+static void cycle_text(int has_cycle, const char *cycle)
+{
+    if (!has_cycle)
+        return;
+    char msg[600];
+    cycle_message(cycle, msg, sizeof msg);
+    printf("FAILED: " LINEAGE_CYCLE ": %s\n", safe(msg));
+}
+
 static void lineage_json(json_w *j, const char *key, const lineage *l)
 {
     json_obj(j, key);
     json_str(j, "version", l->version);
+    cycle_json(j, l->has_cycle, l->cycle);
     json_int(j, "aggregation_rounds", (int64_t)l->n_rounds);
     json_int(j, "refinements", (int64_t)l->n_refines);
     json_int(j, "total_samples", l->samples);
@@ -472,7 +586,8 @@ static void lineage_text(lineage *l)
 {
     char summary[256];
     lineage_summary(l, summary, sizeof summary);
-    printf("lineage of model %s\n  %s\n", l->version, summary);
+    cycle_text(l->has_cycle, l->cycle);
+    printf("lineage of model %s\n  %s\n", safe(l->version), summary);
     section_text("models, newest first:");
     shorten_versions(&l->models, 0);
     shorten_versions(&l->models, 3);
@@ -490,7 +605,30 @@ typedef struct {
     char device[80];
     int known;
     out_table info, influenced, updates, events;
+    int has_cycle;
+    char cycle[512];
 } device_view;
+
+/* A model the device's updates reached: depth 0 directly (its round's
+ * aggregate), else through a chain of descendants. */
+typedef struct {
+    size_t idx;
+    size_t depth;
+    size_t from;       /* the model it descends from (depth > 0) */
+    int64_t update_id; /* depth 0 */
+    int64_t round;
+    double created;
+} reach;
+
+static int reach_cmp(const void *a, const void *b)
+{
+    const reach *x = a, *y = b;
+    if (x->depth != y->depth)
+        return x->depth < y->depth ? -1 : 1;
+    if (x->created != y->created)
+        return x->created < y->created ? -1 : 1;
+    return (x->idx > y->idx) - (x->idx < y->idx);
+}
 
 static void device_view_free(device_view *v)
 {
@@ -509,8 +647,12 @@ static int gather_device(sqlite3 *db, const char *device, device_view *v)
     static const char *const ecols[] = {"event", "at", "kind", "rule", "detail"};
     sqlite3_stmt *st = NULL;
     int rc = EXIT_USAGE;
+    model_graph g;
+    unsigned char *seen = NULL;
+    reach *queue = NULL;
+    memset(&g, 0, sizeof g);
     memset(v, 0, sizeof *v);
-    snprintf(v->device, sizeof v->device, "%s", device);
+    fedge_text_escape(device, strlen(device), v->device, sizeof v->device);
     out_table_init(&v->info, 4, icols);
     out_table_init(&v->influenced, 5, mcols);
     out_table_init(&v->updates, 6, ucols);
@@ -529,38 +671,76 @@ static int gather_device(sqlite3 *db, const char *device, device_view *v)
     }
     sqlite3_finalize(st);
 
+    /* Breadth first from the aggregates of its rounds down the children
+     * links: every model once (a visited mark), so the walk is bounded by
+     * the number of models even when the log holds a parent cycle. */
+    if (graph_load(db, &g) != 0)
+        goto cleanup;
+    v->has_cycle = graph_cycle(&g, v->cycle, sizeof v->cycle);
+    seen = calloc(g.n ? g.n : 1, 1);
+    queue = malloc((g.n ? g.n : 1) * sizeof *queue);
+    if (!seen || !queue) {
+        cli_error("out of memory");
+        goto cleanup;
+    }
     if (prep(db,
-             "WITH RECURSIVE infl(version, via, depth) AS ("
-             " SELECT r.new_version, 'update ' || u.id || ' in round ' || u.round, 0"
-             "   FROM updates u JOIN rounds r ON r.id = u.round"
-             "  WHERE u.device = ?1 AND u.decision IN ('accepted', 'clipped')"
-             "    AND r.new_version IS NOT NULL"
-             " UNION"
-             " SELECT m.version, 'descends from ' || substr(i.version, 1, 12), i.depth + 1"
-             "   FROM models m JOIN infl i ON m.parent = i.version WHERE i.depth < 100000)"
-             " SELECT i.version, m.kind, m.round, i.via, m.created_at"
-             "   FROM infl i JOIN models m ON m.version = i.version"
-             "  ORDER BY i.depth, m.created_at, i.version",
+             "SELECT r.new_version, u.id, u.round FROM updates u JOIN rounds r ON r.id = u.round"
+             " WHERE u.device = ?1 AND u.decision IN ('accepted', 'clipped')"
+             "   AND r.new_version IS NOT NULL ORDER BY u.id",
              &st) != 0)
         goto cleanup;
     sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
+    size_t n_reached = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
-        const char *ver = ctext(st, 0);
-        int seen = 0;
-        for (size_t r = 0; r < v->influenced.n_rows && !seen; r++) {
-            const char *x = v->influenced.cells[r * v->influenced.n_cols].text;
-            seen = x && ver && strcmp(x, ver) == 0;
-        }
-        if (seen)
-            continue; /* keep the most direct path */
-        out_row(&v->influenced);
-        out_text(&v->influenced, 0, ver);
-        out_text(&v->influenced, 1, ctext(st, 1));
-        out_int_cell(&v->influenced, 2, st, 2);
-        out_text(&v->influenced, 3, ctext(st, 3));
-        out_time_cell(&v->influenced, 4, st, 4);
+        size_t idx = graph_find(&g, ctext(st, 0));
+        if (idx == GRAPH_NONE || seen[idx])
+            continue;
+        seen[idx] = 1;
+        queue[n_reached++] = (reach){.idx = idx, .depth = 0, .from = GRAPH_NONE,
+                                     .update_id = sqlite3_column_int64(st, 1),
+                                     .round = sqlite3_column_int64(st, 2)};
     }
     sqlite3_finalize(st);
+    st = NULL;
+    for (size_t head = 0; head < n_reached; head++) {
+        reach q = queue[head];
+        for (size_t c = g.child_start[q.idx]; c < g.child_start[q.idx + 1]; c++) {
+            size_t child = g.children[c];
+            if (seen[child])
+                continue;
+            seen[child] = 1;
+            queue[n_reached++] = (reach){.idx = child, .depth = q.depth + 1, .from = q.idx};
+        }
+    }
+    if (prep(db, "SELECT kind, round, created_at FROM models WHERE version = ?1", &st) != 0)
+        goto cleanup;
+    for (size_t i = 0; i < n_reached; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, g.nodes[queue[i].idx].version, -1, SQLITE_STATIC);
+        queue[i].created = 0;
+        if (sqlite3_step(st) == SQLITE_ROW)
+            queue[i].created = sqlite3_column_double(st, 2);
+    }
+    qsort(queue, n_reached, sizeof *queue, reach_cmp);
+    for (size_t i = 0; i < n_reached; i++) {
+        const reach *q = &queue[i];
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, g.nodes[q->idx].version, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_ROW)
+            continue;
+        out_row(&v->influenced);
+        out_text(&v->influenced, 0, g.nodes[q->idx].version);
+        out_text(&v->influenced, 1, ctext(st, 0));
+        out_int_cell(&v->influenced, 2, st, 1);
+        if (q->depth == 0)
+            out_textf(&v->influenced, 3, "update %" PRId64 " in round %" PRId64, q->update_id,
+                      q->round);
+        else
+            out_textf(&v->influenced, 3, "descends from %.12s", g.nodes[q->from].version);
+        out_time_cell(&v->influenced, 4, st, 2);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
 
     if (prep(db, "SELECT id, round, received_at, decision, rule, reason FROM updates "
                  "WHERE device = ?1 ORDER BY id", &st) != 0)
@@ -599,16 +779,20 @@ static int gather_device(sqlite3 *db, const char *device, device_view *v)
              : EXIT_USAGE;
 cleanup:
     sqlite3_finalize(st);
+    free(seen);
+    free(queue);
+    graph_free(&g);
     return rc;
 }
 
 static void device_json(json_w *j, const char *key, const device_view *v)
 {
     json_obj(j, key);
-    json_str(j, "device", v->device);
+    json_cell(j, "device", v->device); /* escaped when gathered */
+    cycle_json(j, v->has_cycle, v->cycle);
     if (v->info.n_rows) {
-        json_str(j, "region", v->info.cells[1].text);
-        json_str(j, "status", v->info.cells[2].text);
+        json_cell(j, "region", v->info.cells[1].text);
+        json_cell(j, "status", v->info.cells[2].text);
         json_num(j, "epsilon_spent", v->info.cells[3].kind == CELL_NUM ? v->info.cells[3].num : NAN);
     }
     json_table(j, "influenced_models", &v->influenced);
@@ -619,6 +803,7 @@ static void device_json(json_w *j, const char *key, const device_view *v)
 
 static void device_text(device_view *v)
 {
+    cycle_text(v->has_cycle, v->cycle);
     if (v->info.n_rows)
         printf("device %s: region %s, status %s\n", v->device,
                v->info.cells[1].text ? v->info.cells[1].text : "-",
@@ -659,6 +844,8 @@ int cmd_lineage(sqlite3 *db, const cli_opts *o)
             } else {
                 device_text(&v);
             }
+            if (v.has_cycle)
+                rc = EXIT_VERIFY_FAILED;
         }
         device_view_free(&v);
         return rc;
@@ -674,6 +861,8 @@ int cmd_lineage(sqlite3 *db, const cli_opts *o)
         } else {
             lineage_text(&l);
         }
+        if (l.has_cycle)
+            rc = EXIT_VERIFY_FAILED;
     }
     lineage_free(&l);
     return rc;
@@ -1040,17 +1229,17 @@ static int gather_summary(sqlite3 *db, const char *db_path, out_table *t, char *
     out_row(t);
     out_text(t, 0, "database");
     out_text(t, 1, db_path);
-    if (meta_get(db, "created_at", buf, sizeof buf) == 1) {
+    if (meta_fetch(db, "created_at", buf, sizeof buf, 0) == 1) { /* cells escape */
         out_row(t);
         out_text(t, 0, "database created");
         out_text(t, 1, buf);
     }
-    if (meta_get(db, "model_spec", buf, sizeof buf) == 1) {
+    if (meta_fetch(db, "model_spec", buf, sizeof buf, 0) == 1) { /* cells escape */
         out_row(t);
         out_text(t, 0, "model spec");
         out_text(t, 1, buf);
     }
-    if (meta_get(db, "policy_name", buf, sizeof buf) == 1) {
+    if (meta_fetch(db, "policy_name", buf, sizeof buf, 0) == 1) { /* cells escape */
         out_row(t);
         out_text(t, 0, "policy");
         out_text(t, 1, buf);
@@ -1115,6 +1304,8 @@ typedef struct {
     char (*revoked)[80];
     size_t n_revoked;
     device_view *views;
+    int has_cycle; /* lineage_cycle: a verification failure, with or without --pubkey */
+    char cycle[512];
 } report;
 
 static void report_free(report *r)
@@ -1135,9 +1326,14 @@ static void report_md(const report *r, const cli_opts *o)
 {
     char now[32], line[512];
     out_time((double)time(NULL), now, sizeof now);
-    printf("# fedge audit report\n\nDatabase `%s`, generated %s.\n\n## Summary\n\n", o->db_path,
+    printf("# fedge audit report\n\nDatabase `%s`, generated %s.\n\n## Summary\n\n", safe(o->db_path),
            now);
     out_print_md(stdout, &r->summary);
+    if (r->has_cycle) {
+        char msg[600];
+        cycle_message(r->cycle, msg, sizeof msg);
+        printf("\n**FAILED**: `" LINEAGE_CYCLE "`: %s.\n", safe(msg));
+    }
     printf("\n## Verification\n\n");
     if (!r->verified) {
         printf("Not run: give `--pubkey` (the aggregator's public key) to verify the chain, "
@@ -1147,13 +1343,13 @@ static void report_md(const report *r, const cli_opts *o)
         printf("**%s**: %zu audit entries, %zu signed heads (the last covers entry %" PRId64
                ", round %" PRId64 "), %zu entries after it, %zu rows compared, %zu model files "
                "re-hashed.\n",
-               v->ok ? "OK" : "FAILED", v->n_entries, v->n_heads, v->last_head_seq,
+               v->ok && !r->has_cycle ? "OK" : "FAILED", v->n_entries, v->n_heads, v->last_head_seq,
                v->last_head_round, v->unsigned_tail, v->n_rows, v->n_files);
         if (v->last_head_seq >= 0)
             printf("\nLast signed head: `%s`.\n", v->last_head_hash);
-        if (!v->ok) {
+        if (!v->ok || r->has_cycle) {
             out_table t;
-            failures_table(v, &t);
+            failures_table(v, r->has_cycle ? r->cycle : NULL, &t);
             printf("\n");
             out_print_md(stdout, &t);
             out_table_free(&t);
@@ -1182,7 +1378,7 @@ static void report_md(const report *r, const cli_opts *o)
     if (!r->n_revoked)
         printf("None.\n");
     for (size_t i = 0; i < r->n_revoked; i++) {
-        printf("### %s\n\nModel versions its accepted updates influenced:\n\n", r->revoked[i]);
+        printf("### %s\n\nModel versions its accepted updates influenced:\n\n", safe(r->revoked[i]));
         if (r->views[i].influenced.n_rows)
             out_print_md(stdout, &r->views[i].influenced);
         else
@@ -1195,7 +1391,7 @@ static void report_md(const report *r, const cli_opts *o)
         return;
     }
     lineage_summary(&r->lin, line, sizeof line);
-    printf("Model `%s`: %s.\n\n", r->lin.version, line);
+    printf("Model `%s`: %s.\n\n", safe(r->lin.version), line);
     out_print_md(stdout, &r->lin.models);
     printf("\n");
     if (r->lin.contributions.n_rows)
@@ -1212,8 +1408,9 @@ static void report_json(const report *r, const cli_opts *o)
     json_str(&j, "database", o->db_path);
     json_str(&j, "generated_at", now);
     json_table(&j, "summary", &r->summary);
+    cycle_json(&j, r->has_cycle, r->cycle);
     if (r->verified)
-        verify_json(&j, "verify", r->rep);
+        verify_json(&j, "verify", r->rep, r->has_cycle ? r->cycle : NULL);
     else
         json_null(&j, "verify");
     privacy_json(&j, "privacy", &r->priv);
@@ -1239,17 +1436,21 @@ static void report_csv(const report *r)
         out_table t;
         out_table_init(&t, 7, cols);
         out_row(&t);
-        out_text(&t, 0, r->rep->ok ? "true" : "false");
+        out_text(&t, 0, r->rep->ok && !r->has_cycle ? "true" : "false");
         out_int(&t, 1, (int64_t)r->rep->n_entries);
         out_int(&t, 2, (int64_t)r->rep->n_heads);
         out_int(&t, 3, (int64_t)r->rep->unsigned_tail);
         out_int(&t, 4, (int64_t)r->rep->n_rows);
         out_int(&t, 5, (int64_t)r->rep->n_files);
-        out_int(&t, 6, (int64_t)r->rep->n_failures);
+        out_int(&t, 6, (int64_t)r->rep->n_failures + r->has_cycle);
         fputs("\r\n", stdout);
         out_print_csv(stdout, &t, "verify", 1);
         out_table_free(&t);
-        failures_table(r->rep, &t);
+    }
+    if (r->verified || r->has_cycle) {
+        static const fedge_audit_report none = {.ok = 1};
+        out_table t;
+        failures_table(r->verified ? r->rep : &none, r->has_cycle ? r->cycle : NULL, &t);
         fputs("\r\n", stdout);
         out_print_csv(stdout, &t, "verify_failures", 1);
         out_table_free(&t);
@@ -1284,6 +1485,11 @@ int cmd_report(sqlite3 *db, const cli_opts *o)
         return EXIT_USAGE;
     }
     rc = gather_summary(db, o->db_path, &r.summary, latest, sizeof latest);
+    if (rc == EXIT_OK) {
+        r.has_cycle = parent_cycle(db, r.cycle, sizeof r.cycle);
+        if (r.has_cycle < 0)
+            rc = EXIT_USAGE;
+    }
     if (rc == EXIT_OK && o->pubkey) {
         r.rep = malloc(sizeof *r.rep);
         if (!r.rep) {
@@ -1320,7 +1526,7 @@ int cmd_report(sqlite3 *db, const cli_opts *o)
             report_csv(&r);
         else
             report_md(&r, o);
-        rc = (r.verified && !r.rep->ok) ? EXIT_VERIFY_FAILED : EXIT_OK;
+        rc = (r.verified && !r.rep->ok) || r.has_cycle ? EXIT_VERIFY_FAILED : EXIT_OK;
     }
     report_free(&r);
     return rc;

@@ -15,6 +15,7 @@
 #include "common.h"
 #include "log.h"
 #include "store.h"
+#include "version.h"
 
 static const char USAGE[] =
     "usage: fedge-audit --db PATH [--pubkey PEM] [--models DIR] [--json] COMMAND\n"
@@ -35,9 +36,10 @@ static const char USAGE[] =
     "options:\n"
     "  --db PATH       the aggregator's SQLite database (opened read-only)\n"
     "  --pubkey PEM    the aggregator's ECDSA public key (fedge-keygen aggregator)\n"
-    "  --models DIR    where relative model paths start (the aggregator's working\n"
-    "                  directory or its model folder; default: the database's directory)\n"
+    "  --models DIR    the model store (the aggregator's model_dir) that model paths\n"
+    "                  start from; default: DB_DIR/models if it exists, else DB_DIR\n"
     "  --json          machine-readable output\n"
+    "  --version       print the fedge version\n"
     "\n"
     "exit status: 0 ok, 1 verification failed, 2 usage, I/O or database error\n";
 
@@ -98,7 +100,7 @@ static int parse_round(const char *s, int64_t *out)
 }
 
 enum { OPT_DB = 1000, OPT_PUBKEY, OPT_MODELS, OPT_JSON, OPT_ROUND, OPT_DEVICE, OPT_REJECTED,
-       OPT_FORMAT, OPT_HELP };
+       OPT_FORMAT, OPT_HELP, OPT_VERSION };
 
 int main(int argc, char **argv)
 {
@@ -112,6 +114,7 @@ int main(int argc, char **argv)
         {"rejected", no_argument, NULL, OPT_REJECTED},
         {"format", required_argument, NULL, OPT_FORMAT},
         {"help", no_argument, NULL, OPT_HELP},
+        {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
     };
     cli_opts o;
@@ -135,6 +138,7 @@ int main(int argc, char **argv)
         case OPT_FORMAT: o.format = optarg; break;
         case 'h':
         case OPT_HELP: fputs(USAGE, stdout); return EXIT_OK;
+        case OPT_VERSION: printf("fedge-audit %s\n", FEDGE_VERSION); return EXIT_OK;
         case ':':
             return usage_error("%s needs a value", argv[optind - 1]);
         default:
@@ -176,9 +180,10 @@ int main(int argc, char **argv)
     if (!o.db_path)
         return usage_error("%s", "--db PATH is required");
 
-    /* Relative model paths are the aggregator's, usually started where its
-     * database lives: default to the database's directory. */
-    char db_dir[4096];
+    /* Model paths are file names in the aggregator's model store: by default
+     * the "models" folder beside the database (model_dir's default), else the
+     * database's own directory. */
+    char db_dir[4096], models_dir[4200];
     if (!o.models) {
         const char *slash = strrchr(o.db_path, '/');
         if (!slash)
@@ -187,7 +192,9 @@ int main(int argc, char **argv)
             snprintf(db_dir, sizeof db_dir, "/");
         else
             snprintf(db_dir, sizeof db_dir, "%.*s", (int)(slash - o.db_path), o.db_path);
-        o.models = db_dir;
+        snprintf(models_dir, sizeof models_dir, "%s/models", db_dir);
+        struct stat ms;
+        o.models = stat(models_dir, &ms) == 0 && S_ISDIR(ms.st_mode) ? models_dir : db_dir;
     }
     sqlite3 *db = NULL;
     int rc = fedge_store_open_db(o.db_path, 1, &db);

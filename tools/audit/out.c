@@ -8,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "text.h"
+
 void out_table_init(out_table *t, size_t n_cols, const char *const *cols)
 {
     memset(t, 0, sizeof *t);
@@ -58,7 +60,7 @@ static void set_cell(out_table *t, size_t col, cell_kind kind, const char *s)
     c->kind = CELL_NULL;
     if (!s)
         return;
-    c->text = strdup(s);
+    c->text = fedge_text_escape_dup(s); /* display text: never raw bytes from the log */
     if (!c->text) {
         t->failed = 1;
         return;
@@ -222,8 +224,11 @@ void out_print_csv(FILE *f, const out_table *t, const char *section, int header)
         }
         fputs("\r\n", f);
     }
+    char safe_section[256];
+    fedge_text_escape(section ? section : "", section ? strlen(section) : 0, safe_section,
+                      sizeof safe_section);
     for (size_t r = 0; r < t->n_rows; r++) {
-        csv_field(f, section);
+        csv_field(f, safe_section);
         for (size_t c = 0; c < t->n_cols; c++) {
             const out_cell *x = cell(t, r, c);
             fputc(',', f);
@@ -313,8 +318,19 @@ void json_arr_end(json_w *j) { close_(j, ']'); }
 void json_str(json_w *j, const char *key, const char *v)
 {
     key_prefix(j, key);
-    if (v)
-        json_string(j->f, v);
+    char *safe = v ? fedge_text_escape_dup(v) : NULL;
+    if (safe)
+        json_string(j->f, safe);
+    else
+        fputs(v ? "\"\"" : "null", j->f);
+    free(safe);
+}
+
+void json_cell(json_w *j, const char *key, const char *escaped)
+{
+    key_prefix(j, key);
+    if (escaped)
+        json_string(j->f, escaped);
     else
         fputs("null", j->f);
 }
@@ -368,8 +384,9 @@ void json_table(json_w *j, const char *key, const out_table *t)
             } else if (x->kind == CELL_INT) {
                 key_prefix(j, t->cols[c]);
                 fputs(x->text, j->f);
-            } else {
-                json_str(j, t->cols[c], x->text);
+            } else { /* cells hold escaped display text already */
+                key_prefix(j, t->cols[c]);
+                json_string(j->f, x->text);
             }
         }
         json_obj_end(j);

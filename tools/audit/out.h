@@ -1,7 +1,9 @@
 /* out.h — fedge-audit's output: tables printed as aligned text, Markdown
  * or CSV, and a small streaming JSON writer. A table owns copies of its
  * cells; free with out_table_free. Allocation failures are sticky: the
- * table records them and out_table_failed() reports it. */
+ * table records them and out_table_failed() reports it. Every string a cell
+ * or json_str receives is stored and printed escaped (text.h): control
+ * characters, C1 controls and invalid UTF-8 as \xNN, a backslash as \\. */
 #ifndef FEDGE_AUDIT_OUT_H
 #define FEDGE_AUDIT_OUT_H
 
@@ -57,6 +59,8 @@ void json_obj_end(json_w *j);
 void json_arr(json_w *j, const char *key);
 void json_arr_end(json_w *j);
 void json_str(json_w *j, const char *key, const char *v); /* NULL: null */
+/* A string escaped already (a cell's text): JSON quoting only. */
+void json_cell(json_w *j, const char *key, const char *escaped);
 void json_num(json_w *j, const char *key, double v);      /* NaN/Inf: null */
 void json_int(json_w *j, const char *key, int64_t v);
 void json_bool(json_w *j, const char *key, int v);

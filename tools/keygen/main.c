@@ -11,6 +11,9 @@
  *       ids PREFIX001..PREFIXN (zero-padded to >= 3 digits), regions assigned round-robin from the list
  *       (default "eu"). The file is read back with fedge_keys_load before
  *       the command reports success.
+ *   fedge-keygen export --keys KEYS_FILE --id DEVICE_ID --out FILE [--force]
+ *       FILE, mode 0600: a keys file holding only that device's line, for
+ *       provisioning one edge without handing it every device's secret.
  * Existing files are never overwritten without --force. Secrets come from
  * getrandom(2) and are wiped from memory after writing.
  * Exit status: 0 done, 2 usage or I/O error. */
@@ -33,6 +36,7 @@
 #include "fileio.h"
 #include "hash.h"
 #include "keys.h"
+#include "version.h"
 
 #define MAX_REGIONS 64
 
@@ -48,7 +52,10 @@ static const char USAGE[] =
     "       fedge-keygen psk --keys KEYS_FILE --id DEVICE_ID\n"
     "psk         print the device's DTLS pre-shared key (for third-party clients such as\n"
     "            coap-client -u DEVICE_ID -k PSK)\n"
-    "--force     replace existing files\n";
+    "       fedge-keygen export --keys KEYS_FILE --id DEVICE_ID --out FILE [--force]\n"
+    "export      write FILE (mode 0600): a keys file holding only DEVICE_ID, for its edge\n"
+    "--force     replace existing files\n"
+    "--version   print the fedge version\n";
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int fail(const char *fmt, ...)
@@ -239,9 +246,41 @@ static int cmd_psk(const char *keys_path, const char *id)
     return rc;
 }
 
+/* One device's keys file: an edge needs its own secret and nobody else's. */
+static int cmd_export(const char *keys_path, const char *id, const char *out, int force)
+{
+    fedge_keys keys;
+    char err[256] = "", line[FEDGE_KEYS_LINE_MAX];
+    if (fedge_keys_load(keys_path, &keys, err, sizeof err) != FEDGE_OK)
+        return fail("%s", err);
+    const fedge_device_entry *e = fedge_keys_find(&keys, id, strlen(id));
+    size_t n = e ? fedge_keys_format_line(e, line, sizeof line) : 0;
+    int rc;
+    if (!e)
+        rc = fail("%s has no device '%s'", keys_path, id);
+    else if (n == 0)
+        rc = fail("internal error: line too long");
+    else
+        rc = write_secret_file(out, line, n, force);
+    mbedtls_platform_zeroize(line, sizeof line);
+    fedge_keys_free(&keys);
+    if (rc == 0) {
+        fedge_keys back;
+        int lr = fedge_keys_load(out, &back, err, sizeof err);
+        int ok = lr == FEDGE_OK && back.n == 1 && fedge_keys_find(&back, id, strlen(id));
+        if (lr == FEDGE_OK)
+            fedge_keys_free(&back);
+        if (!ok)
+            return fail("%s was written but does not load back as %s's keys", out, id);
+        printf("wrote %s's secret to %s (mode 0600)\n", id, out);
+    }
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
-    enum { OPT_OUT = 1000, OPT_COUNT, OPT_PREFIX, OPT_REGIONS, OPT_FORCE, OPT_HELP, OPT_KEYS, OPT_ID };
+    enum { OPT_OUT = 1000, OPT_COUNT, OPT_PREFIX, OPT_REGIONS, OPT_FORCE, OPT_HELP, OPT_KEYS, OPT_ID,
+           OPT_VERSION };
     static const struct option longopts[] = {
         {"out", required_argument, NULL, OPT_OUT},
         {"count", required_argument, NULL, OPT_COUNT},
@@ -251,6 +290,7 @@ int main(int argc, char **argv)
         {"keys", required_argument, NULL, OPT_KEYS},
         {"id", required_argument, NULL, OPT_ID},
         {"help", no_argument, NULL, OPT_HELP},
+        {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
     };
     const char *out = NULL, *prefix = "dev-", *regions = "eu", *count_arg = NULL;
@@ -268,20 +308,32 @@ int main(int argc, char **argv)
         case OPT_ID: id = optarg; break;
         case 'h':
         case OPT_HELP: fputs(USAGE, stdout); return 0;
+        case OPT_VERSION: printf("fedge-keygen %s\n", FEDGE_VERSION); return 0;
         case ':': return fail("%s needs a value", argv[optind - 1]);
         default: return fail("unknown option %s (fedge-keygen --help)", argv[optind - 1]);
         }
     }
     if (optind + 1 != argc)
-        return fail("give one command: aggregator, devices or psk (fedge-keygen --help)");
+        return fail("give one command: aggregator, devices, psk or export (fedge-keygen --help)");
     const char *cmd = argv[optind];
+    if (id && !fedge_device_id_valid(id, strlen(id)))
+        return fail("--id must be 1 to %d characters of [A-Za-z0-9._-]", FEDGE_DEVICE_ID_MAX);
     if (strcmp(cmd, "psk") == 0) {
         if (!keys_path || !id)
             return fail("psk needs --keys KEYS_FILE and --id DEVICE_ID");
+        if (out)
+            return fail("psk prints the key; --out applies to aggregator, devices and export");
         return cmd_psk(keys_path, id);
     }
+    if (strcmp(cmd, "export") == 0) {
+        if (!keys_path || !id || !out)
+            return fail("export needs --keys KEYS_FILE, --id DEVICE_ID and --out FILE");
+        if (count_arg || strcmp(prefix, "dev-") != 0 || strcmp(regions, "eu") != 0)
+            return fail("--count, --prefix and --regions apply to devices only");
+        return cmd_export(keys_path, id, out, force);
+    }
     if (keys_path || id)
-        return fail("--keys and --id apply to psk only");
+        return fail("--keys and --id apply to psk and export only");
     if (!out)
         return fail("--out is required");
     if (strcmp(cmd, "aggregator") == 0) {
@@ -299,5 +351,5 @@ int main(int argc, char **argv)
             return fail("--count must be 1 to %d, not '%s'", FEDGE_KEYS_MAX_DEVICES, count_arg);
         return cmd_devices(count, prefix, regions, out, force);
     }
-    return fail("unknown command '%s': aggregator, devices or psk", cmd);
+    return fail("unknown command '%s': aggregator, devices, psk or export", cmd);
 }

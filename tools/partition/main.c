@@ -18,6 +18,7 @@
 #include "error.h"
 #include "partition.h"
 #include "shard.h"
+#include "version.h"
 
 #define PROG "fedge-partition"
 #define MAX_CLIENTS 100000
@@ -38,7 +39,8 @@ static void usage(FILE *f)
             "  --kind K          iid        a seeded shuffle dealt round-robin\n"
             "                    dirichlet  label skew: per class, proportions ~ Dir(beta)\n"
             "                    quantity   size skew: client sizes ~ Dir(beta), labels IID\n"
-            "  --beta B          Dirichlet concentration, > 0 (default 0.5; small = skewed)\n"
+            "  --beta B          Dirichlet concentration, 1e-300..1e6 (default 0.5; small =\n"
+            "                    skewed; 1e-5 gives each client about one class)\n"
             "  --seed S          unsigned 64-bit seed (default 1); same seed, same shards\n"
             "  --min-size M      every client gets at least M rows (default 10)\n"
             "  --format F        auto|u8|f32 feature storage (default auto: u8 when every\n"
@@ -47,7 +49,8 @@ static void usage(FILE *f)
             "  --test-out FILE   also write the test split as one shard (Fashion-MNIST's\n"
             "                    t10k split, or --test-data for a CSV)\n"
             "  --test-data PATH  CSV test split for --test-out\n"
-            "  --help            this text\n");
+            "  --help            this text\n"
+            "  --version         print the fedge version\n");
 }
 
 __attribute__((format(printf, 1, 2))) static int bad_usage(const char *fmt, ...)
@@ -100,8 +103,8 @@ static int parse_beta(const char *flag, const char *text, double *out)
     double v = strtod(text, &end);
     if (end == text || *end != '\0' || text[0] == ' ' || text[0] == '\t')
         return bad_usage("%s: '%s' is not a number", flag, text);
-    if (!isfinite(v) || !(v > 0.0) || v > MAX_BETA)
-        return bad_usage("%s: %s is out of range (must be > 0 and <= 1e6)", flag, text);
+    if (!isfinite(v) || !(v >= FEDGE_PARTITION_MIN_BETA) || v > MAX_BETA)
+        return bad_usage("%s: %s is out of range (must be >= 1e-300 and <= 1e6)", flag, text);
     *out = v;
     return 0;
 }
@@ -175,7 +178,7 @@ static void print_table(const fedge_partition *p, const fedge_dataset *ds, const
 }
 
 enum { OPT_DATA = 1, OPT_CLIENTS, OPT_KIND, OPT_BETA, OPT_SEED, OPT_MIN, OPT_FORMAT, OPT_OUT,
-       OPT_TEST_OUT, OPT_TEST_DATA, OPT_HELP };
+       OPT_TEST_OUT, OPT_TEST_DATA, OPT_HELP, OPT_VERSION };
 
 int main(int argc, char **argv)
 {
@@ -191,6 +194,7 @@ int main(int argc, char **argv)
         {"test-out", required_argument, NULL, OPT_TEST_OUT},
         {"test-data", required_argument, NULL, OPT_TEST_DATA},
         {"help", no_argument, NULL, OPT_HELP},
+        {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
     };
     const char *data = NULL, *kind_text = NULL, *out_dir = NULL, *test_out = NULL,
@@ -240,6 +244,7 @@ int main(int argc, char **argv)
         case OPT_TEST_OUT: test_out = optarg; break;
         case OPT_TEST_DATA: test_data = optarg; break;
         case OPT_HELP: usage(stdout); return 0;
+        case OPT_VERSION: printf(PROG " %s\n", FEDGE_VERSION); return 0;
         case ':': return bad_usage("%s needs a value", argv[optind - 1]);
         default: return bad_usage("unknown option '%s'", argv[optind - 1]);
         }

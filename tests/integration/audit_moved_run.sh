@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# A finished run copied elsewhere still audits: a real federation (2 edges,
+# 2 rounds over DTLS), its database and model store copied to another
+# directory, the original deleted; `fedge-audit verify` passes with
+# --models DIR, and by default when the models folder sits beside the
+# database. Model paths in the log are file names in the model store.
+# An old log's absolute paths are found by file name in --models too.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+. tests/lib/fed.sh
+
+fed_setup 2
+FED_PORT=$(fed_free_port)
+"$BIN/fedge-partition" --data fashion-mnist --clients 40 --kind iid --seed 3 \
+    --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
+fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 2 \
+    --round-timeout-s 120 --start-delay-s 0.3 --linger-s 2
+fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin"
+fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin"
+fed_wait_run 180 || fed_fail "aggregator exited with an error"
+[ "$(fed_sql "SELECT count(*) FROM models")" = 3 ] || fed_fail "init + 2 aggregates expected"
+[ "$(fed_sql "SELECT count(*) FROM models WHERE path LIKE '%/%' OR path <> version || '.fmdl'")" = 0 ] ||
+    fed_fail "model paths should be '<version>.fmdl': $(fed_sql "SELECT path FROM models")"
+# each edge was given a keys file holding its own secret only
+for id in dev-001 dev-002; do
+    [ "$(grep -c . "$FED_DIR/keys-$id")" = 1 ] && grep -q "^$id " "$FED_DIR/keys-$id" ||
+        fed_fail "keys-$id should hold $id's line only"
+    [ "$(stat -c %a "$FED_DIR/keys-$id")" = 600 ] || fed_fail "keys-$id should be mode 0600"
+done
+
+C=$(mktemp -d /tmp/fedge-moved-XXXXXX)
+trap 'rm -rf "$C"; fed_cleanup' EXIT
+mkdir -p "$C/run" "$C/elsewhere"
+cp "$FED_DIR/fedge.db" "$FED_DIR/aggregator.pub" "$C/run/" || fed_fail "copy db"
+cp -r "$FED_DIR/models" "$C/run/models" || fed_fail "copy models"
+cp -r "$FED_DIR/models" "$C/elsewhere/store" || fed_fail "copy models"
+rm -rf "$FED_DIR/models" "$FED_DIR/fedge.db"
+
+AUDIT=$(cd "$BIN" && pwd)/fedge-audit
+out=$("$AUDIT" --db "$C/run/fedge.db" --pubkey "$C/run/aggregator.pub" --models "$C/run/models" verify 2>&1) ||
+    fed_fail "verify --models on the copied run: $out"
+echo "$out" | grep -q "OK: every check holds" || fed_fail "verify output: $out"
+echo "$out" | grep -q "model files    3 re-hashed" || fed_fail "3 model files should be re-hashed: $out"
+out=$(cd / && "$AUDIT" --db "$C/run/fedge.db" --pubkey "$C/run/aggregator.pub" verify 2>&1) ||
+    fed_fail "verify with the default --models (DB_DIR/models): $out"
+out=$("$AUDIT" --db "$C/run/fedge.db" --pubkey "$C/run/aggregator.pub" --models "$C/elsewhere/store" verify 2>&1) ||
+    fed_fail "verify --models elsewhere: $out"
+# a missing store is named, file by file
+out=$("$AUDIT" --db "$C/run/fedge.db" --pubkey "$C/run/aggregator.pub" --models "$C/nowhere" --json verify 2>&1)
+[ $? = 1 ] || fed_fail "verify against a missing model store should fail"
+echo "$out" | python3 -c "import json,sys; d=json.load(sys.stdin); sys.exit(0 if [f['kind'] for f in d['failures']] == ['file_missing'] * 3 else 1)" ||
+    fed_fail "three file_missing failures expected: $out"
+
+# an old log stored absolute paths: a moved copy is found by file name
+cp "$C/run/fedge.db" "$C/run/old.db"
+sqlite3 "$C/run/old.db" "UPDATE models SET path = '/var/lib/fedge-gone/models/' || path" || fed_fail sqlite3
+out=$("$AUDIT" --db "$C/run/old.db" --pubkey "$C/run/aggregator.pub" --models "$C/run/models" --json verify 2>&1)
+echo "$out" | python3 -c "import json,sys; d=json.load(sys.stdin); k={f['kind'] for f in d['failures']}; sys.exit(0 if 'file_missing' not in k and 'file_mismatch' not in k and d['model_files'] == 3 else 1)" ||
+    fed_fail "absolute paths of an old log should resolve in --models: $out"
+echo "audit_moved_run: all checks passed"
