@@ -343,7 +343,7 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
         snprintf(err, errlen, "model_dir %s: %s", cfg->model_dir, strerror(errno));
         FAIL(FEDGE_ERR_IO);
     }
-    /* model paths in the log are absolute, so the audit finds the files from anywhere */
+    /* model_dir absolute, so the store does not move with the working directory */
     char abs_dir[PATH_MAX];
     if (!realpath(cfg->model_dir, abs_dir) || strlen(abs_dir) >= sizeof a->cfg.model_dir) {
         snprintf(err, errlen, "model_dir %s: cannot resolve", cfg->model_dir);
