@@ -34,7 +34,8 @@ static void usage(FILE *out)
             "every round, update and decision in SQLite, and keeps model files by version.\n"
             "Settings come from the defaults, then FILE ('key = value' lines), then the\n"
             "command line (--rounds 20 and --rounds=20 both work; '-' and '_' are the same;\n"
-            "a true/false key alone, as in --insecure, means true). A key given twice is an error.\n"
+            "a true/false key alone, as in --insecure, means true). A key given twice in\n"
+            "FILE is an error; on the command line the last one counts.\n"
             "\n"
             "One aggregator per database: <db>.lock holds the owner's pid, and a second\n"
             "start on the same database, or on a listen address in use, exits with status 2.\n"
@@ -56,8 +57,6 @@ int main(int argc, char **argv)
     int config_seen = 0;
     fedge_instance_lock lock = {.fd = -1};
     pid_t owner = 0;
-    char given[FEDGE_AGG_CONFIG_MAX_KEYS][64];
-    size_t n_given = 0;
 
     fedge_agg_config_defaults(&cfg);
     /* The config file first, so the command line overrides it. */
@@ -116,13 +115,6 @@ int main(int argc, char **argv)
             fprintf(stderr, "fedge-aggregator: unknown option '--%.*s' (see --help-config)\n", (int)klen, name);
             return 2;
         }
-        for (size_t k = 0; k < n_given; k++)
-            if (!strcmp(given[k], key)) {
-                fprintf(stderr, "fedge-aggregator: --%.*s: given twice\n", (int)klen, name);
-                return 2;
-            }
-        if (n_given < FEDGE_AGG_CONFIG_MAX_KEYS)
-            memcpy(given[n_given++], key, klen + 1);
         if (eq) {
             value = eq + 1;
         } else if (fedge_agg_config_is_flag(key)) {
