@@ -28,14 +28,15 @@ sqlite3 "$DB" "PRAGMA journal_mode=WAL; CREATE TABLE rounds(id INTEGER PRIMARY K
 
 # hold_lock SECONDS: an exclusive writer that adds round 2 and commits at the end
 hold_lock() {
-    { echo "PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE; INSERT INTO rounds VALUES(2, 'closed', 3, 0.625, 2000, 12.5, 20);"
+    { echo ".timeout 10000"
+      echo "PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE; INSERT INTO rounds VALUES(2, 'closed', 3, 0.625, 2000, 12.5, 20);"
       sleep "$1"
       echo "COMMIT;"; } | sqlite3 "$DB" >/dev/null &
     holder=$!
     local i
     for ((i = 0; i < 100; i++)); do
-        sqlite3 -batch "file:$DB?mode=ro" "SELECT count(*) FROM rounds" >/dev/null 2>&1 || return 0
         sleep 0.05
+        sqlite3 -batch "file:$DB?mode=ro" "SELECT count(*) FROM rounds" >/dev/null 2>&1 || return 0
     done
     fail "the lock holder did not make the database busy"
 }
