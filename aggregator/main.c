@@ -174,6 +174,13 @@ int main(int argc, char **argv)
         status = 2;
         goto out;
     }
+    /* again just before the bind: another daemon may have started meanwhile */
+    if (fedge_listen_probe(cfg.listen, &owner, err, sizeof err) != FEDGE_OK) {
+        FEDGE_ERROR("%s", err);
+        fedge_agg_free(&agg);
+        status = 2;
+        goto out;
+    }
     if (fedge_server_start(&agg, &server, err, sizeof err) != FEDGE_OK) {
         FEDGE_ERROR("cannot serve: %s", err);
         fedge_agg_free(&agg);
