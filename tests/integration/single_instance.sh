@@ -56,7 +56,7 @@ fed_wait_pid "$started" 30
 rc=$?
 [ "$rc" = 2 ] || { cat "$FED_DIR/port.log" >&2; fed_fail "second start on the same address exited $rc, want 2"; }
 grep -q "127.0.0.1:$FED_PORT: address in use by pid $owner" "$FED_DIR/port.log" ||
-    { cat "$FED_DIR/port.log" >&2; fed_fail "the refusal does not name the address and the owner's pid"; }
+    { ls -la "$FED_DIR" >&2; cat "$FED_DIR/port.log" >&2; fed_fail "the refusal does not name the address and the owner's pid"; }
 [ "$(db_state)" = "$before" ] || fed_fail "the refused start changed the database"
 
 # kill -9 leaves no stale lock
