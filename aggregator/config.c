@@ -1,9 +1,14 @@
 #include "config.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "delta.h"
@@ -11,6 +16,9 @@
 #include "model.h"
 
 typedef enum { T_STR, T_LONG, T_DOUBLE, T_BOOL } field_type;
+
+/* A string check: 0 when value is good, else the reason in why. */
+typedef int (*str_check)(const char *value, char *why, size_t whylen);
 
 typedef struct {
     const char *key;
@@ -20,25 +28,32 @@ typedef struct {
     double min, max;
     const char *def;
     const char *help;
+    str_check check; /* strings: NULL means any text, empty included (optional setting) */
 } field;
 
-#define STR(k, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h}
-#define LNG(k, lo, hi, d, h) {#k, T_LONG, offsetof(fedge_agg_config, k), 0, lo, hi, d, h}
-#define DBL(k, lo, hi, d, h) {#k, T_DOUBLE, offsetof(fedge_agg_config, k), 0, lo, hi, d, h}
-#define BOOL(k, d, h) {#k, T_BOOL, offsetof(fedge_agg_config, k), 0, 0, 1, d, h}
+static int check_listen(const char *value, char *why, size_t whylen);
+static int check_nonempty(const char *value, char *why, size_t whylen);
+static int check_log_level(const char *value, char *why, size_t whylen);
+static int check_model_spec(const char *value, char *why, size_t whylen);
+
+#define STR(k, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, NULL}
+#define STRC(k, chk, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, chk}
+#define LNG(k, lo, hi, d, h) {#k, T_LONG, offsetof(fedge_agg_config, k), 0, lo, hi, d, h, NULL}
+#define DBL(k, lo, hi, d, h) {#k, T_DOUBLE, offsetof(fedge_agg_config, k), 0, lo, hi, d, h, NULL}
+#define BOOL(k, d, h) {#k, T_BOOL, offsetof(fedge_agg_config, k), 0, 0, 1, d, h, NULL}
 
 static const field FIELDS[] = {
-    STR(listen, "127.0.0.1:5684", "UDP address:port to serve CoAP/DTLS on (5683 is usual with insecure)"),
+    STRC(listen, check_listen, "127.0.0.1:5684", "UDP address:port to serve CoAP/DTLS on, numeric host ([::1]:5684 for IPv6; 5683 is usual with insecure)"),
     BOOL(insecure, "0", "serve plain CoAP without DTLS (testing only; updates are still sealed)"),
-    STR(keys_file, "", "device keys file: 'DEVICE_ID REGION SECRET_HEX' per line, mode 0600 (required)"),
-    STR(db, "fedge.db", "SQLite round log"),
-    STR(model_dir, "models", "model store folder (model files named by version)"),
-    STR(model_spec, "mlp:784-200-10", "model architecture for a fresh start"),
+    STRC(keys_file, check_nonempty, "", "device keys file: 'DEVICE_ID REGION SECRET_HEX' per line, mode 0600 (required)"),
+    STRC(db, check_nonempty, "fedge.db", "SQLite round log (its folder must exist; <db>.lock beside it holds the owner's pid)"),
+    STRC(model_dir, check_nonempty, "models", "model store folder (model files named by version)"),
+    STRC(model_spec, check_model_spec, "mlp:784-200-10", "model architecture for a fresh start"),
     STR(init_model, "", "start from this model file instead of a seeded random one"),
-    STR(test_data, "fashion-mnist", "held-out evaluation set: a shard file, or 'fashion-mnist' (test split)"),
+    STRC(test_data, check_nonempty, "fashion-mnist", "held-out evaluation set: a shard file, or 'fashion-mnist' (test split)"),
     STR(policy_file, "", "governance policy (YAML, docs/POLICY.md); empty: the default policy"),
     STR(signing_key, "", "ECDSA P-256 private key (PEM) that signs the audit chain head; empty: no signatures"),
-    STR(log_level, "info", "debug|info|warn|error"),
+    STRC(log_level, check_log_level, "info", "debug|info|warn|error"),
     STR(log_file, "", "log to this file instead of stderr"),
     LNG(seed, 0, 9.2e18, "1", "seed for the initial model and participant selection"),
     LNG(rounds, 0, 1e9, "0", "rounds to run, then stop (0: forever)"),
@@ -60,16 +75,135 @@ static const field FIELDS[] = {
     STR(refine_command, "", "refinement command; {in} {out} {round} are substituted (docs/CLUSTER.md)"),
     DBL(refine_timeout_s, 1, 86400, "600", "refinement gets killed after this long; the aggregate is kept"),
     DBL(db_busy_retry_s, 0, 86400, "300", "keep retrying a step that finds the database locked by another process this long before stopping"),
+    BOOL(allow_unsigned, "0", "start without signing_key although the log has signed heads (an audited event; verify will flag the unsigned rounds)"),
 };
 
-static int set_field(fedge_agg_config *c, const field *f, const char *value, char *err, size_t errlen)
+_Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");
+
+int fedge_agg_parse_listen(const char *listen, struct sockaddr_storage *addr, socklen_t *len,
+                           char *why, size_t whylen)
 {
-    char *end = NULL;
+    char host[128];
+    const char *colon = strrchr(listen, ':');
+    if (!colon || colon == listen) {
+        snprintf(why, whylen, "expected HOST:PORT (e.g. 127.0.0.1:5684 or [::1]:5684), got '%s'", listen);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    const char *port_text = colon + 1;
+    size_t hlen = (size_t)(colon - listen);
+    const char *h = listen;
+    int bracketed = listen[0] == '[';
+    if (bracketed) {
+        if (hlen < 3 || colon[-1] != ']') {
+            snprintf(why, whylen, "an IPv6 host goes in brackets: [ADDR]:PORT, got '%s'", listen);
+            return FEDGE_ERR_CONFIG_VALUE;
+        }
+        h++;
+        hlen -= 2;
+    }
+    if (hlen == 0 || hlen >= sizeof host) {
+        snprintf(why, whylen, "expected HOST:PORT, got '%s'", listen);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    unsigned long port = 0;
+    size_t ndig = strspn(port_text, "0123456789");
+    if (ndig == 0 || port_text[ndig] != '\0' || ndig > 5 ||
+        (port = strtoul(port_text, NULL, 10)) < 1 || port > 65535) {
+        snprintf(why, whylen, "port '%s' is not a number in 1..65535", port_text);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    memset(addr, 0, sizeof *addr);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)addr;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)addr;
+    if (!bracketed && inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        *len = sizeof *v4;
+    } else if (bracketed && inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *v6;
+    } else if (!bracketed && strchr(host, ':')) {
+        snprintf(why, whylen, "an IPv6 host goes in brackets: [%s]:%s", host, port_text);
+        return FEDGE_ERR_CONFIG_VALUE;
+    } else {
+        snprintf(why, whylen, "host '%s' is not a numeric IPv4 or [IPv6] address", host);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    return FEDGE_OK;
+}
+
+static int check_listen(const char *value, char *why, size_t whylen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    return fedge_agg_parse_listen(value, &ss, &len, why, whylen) == FEDGE_OK ? 0 : -1;
+}
+
+static int check_nonempty(const char *value, char *why, size_t whylen)
+{
+    if (value[0] != '\0')
+        return 0;
+    snprintf(why, whylen, "must not be empty");
+    return -1;
+}
+
+static int check_log_level(const char *value, char *why, size_t whylen)
+{
+    fedge_log_level lvl;
+    if (fedge_log_parse_level(value, &lvl) == FEDGE_OK && lvl != FEDGE_LOG_OFF)
+        return 0;
+    snprintf(why, whylen, "expected debug|info|warn|error, got '%s'", value);
+    return -1;
+}
+
+static int check_model_spec(const char *value, char *why, size_t whylen)
+{
+    fedge_model_spec spec;
+    if (fedge_model_spec_parse(value, &spec) == FEDGE_OK)
+        return 0;
+    snprintf(why, whylen, "cannot parse '%s' (e.g. mlp:784-200-10, softmax:784-10)", value);
+    return -1;
+}
+
+/* Where a key's value came from, for messages: "FILE:LINE: key", "--key" or
+ * "key" (its default). */
+static void describe(const fedge_agg_config *c, size_t idx, const char *key, char *out, size_t cap)
+{
+    int line = idx < FEDGE_AGG_CONFIG_MAX_KEYS ? c->origin_line[idx] : 0;
+    if (line > 0) {
+        snprintf(out, cap, "%s:%d: %s", c->config_file, line, key);
+    } else if (line < 0) {
+        size_t n = (size_t)snprintf(out, cap, "--%s", key);
+        for (size_t i = 2; i < n && i < cap; i++)
+            if (out[i] == '_')
+                out[i] = '-';
+    } else {
+        snprintf(out, cap, "%s", key);
+    }
+}
+
+/* value's text checks; label names the key as the user gave it. */
+static int set_field(fedge_agg_config *c, const field *f, const char *value, const char *label,
+                     char *err, size_t errlen)
+{
+    char *end = NULL, why[200];
     void *p = (char *)c + f->offset;
     switch (f->type) {
     case T_STR:
         if (strlen(value) >= f->size) {
-            snprintf(err, errlen, "%s: value longer than %zu bytes", f->key, f->size - 1);
+            snprintf(err, errlen, "%s: value longer than %zu bytes", label, f->size - 1);
+            return FEDGE_ERR_CONFIG_VALUE;
+        }
+        for (const char *q = value; *q; q++)
+            if (iscntrl((unsigned char)*q)) {
+                snprintf(err, errlen, "%s: control character in the value", label);
+                return FEDGE_ERR_CONFIG_VALUE;
+            }
+        if (f->check && f->check(value, why, sizeof why) != 0) {
+            snprintf(err, errlen, "%s: %s", label, why);
             return FEDGE_ERR_CONFIG_VALUE;
         }
         memcpy(p, value, strlen(value) + 1);
@@ -80,27 +214,46 @@ static int set_field(fedge_agg_config *c, const field *f, const char *value, cha
         } else if (!strcmp(value, "0") || !strcmp(value, "false") || !strcmp(value, "no") || !strcmp(value, "off")) {
             *(int *)p = 0;
         } else {
-            snprintf(err, errlen, "%s: expected true or false, got '%s'", f->key, value);
+            snprintf(err, errlen, "%s: expected true or false, got '%s'", label, value);
             return FEDGE_ERR_CONFIG_VALUE;
         }
         return FEDGE_OK;
     case T_LONG: {
+        if (value[0] == '\0') {
+            snprintf(err, errlen, "%s: empty value (expected an integer in [%.0f, %.0f])", label, f->min, f->max);
+            return FEDGE_ERR_CONFIG_VALUE;
+        }
         errno = 0;
         long v = strtol(value, &end, 10);
-        if (errno || end == value || *end != '\0' || v < f->min || v > f->max) {
-            snprintf(err, errlen, "%s: expected an integer in [%.0f, %.0f], got '%s'", f->key,
+        if (isspace((unsigned char)value[0]) || end == value || *end != '\0') {
+            snprintf(err, errlen, "%s: expected an integer in [%.0f, %.0f], got '%s'", label,
                      f->min, f->max, value);
+            return FEDGE_ERR_CONFIG_VALUE;
+        }
+        if (errno == ERANGE || (double)v < f->min || (double)v > f->max) {
+            snprintf(err, errlen, "%s: '%s' is out of range: expected an integer in [%.0f, %.0f]",
+                     label, value, f->min, f->max);
             return FEDGE_ERR_CONFIG_VALUE;
         }
         *(long *)p = v;
         return FEDGE_OK;
     }
     case T_DOUBLE: {
+        if (value[0] == '\0') {
+            snprintf(err, errlen, "%s: empty value (expected a number in [%g, %g])", label, f->min, f->max);
+            return FEDGE_ERR_CONFIG_VALUE;
+        }
         errno = 0;
         double v = strtod(value, &end);
-        if (errno || end == value || *end != '\0' || !isfinite(v) || v < f->min || v > f->max) {
-            snprintf(err, errlen, "%s: expected a number in [%g, %g], got '%s'", f->key, f->min,
+        if (isspace((unsigned char)value[0]) || end == value || *end != '\0' || strpbrk(value, "xX") ||
+            (errno != ERANGE && !isfinite(v))) {
+            snprintf(err, errlen, "%s: expected a number in [%g, %g], got '%s'", label, f->min,
                      f->max, value);
+            return FEDGE_ERR_CONFIG_VALUE;
+        }
+        if (errno == ERANGE || v < f->min || v > f->max) {
+            snprintf(err, errlen, "%s: '%s' is out of range: expected a number in [%g, %g]", label,
+                     value, f->min, f->max);
             return FEDGE_ERR_CONFIG_VALUE;
         }
         *(double *)p = v;
@@ -120,23 +273,47 @@ static const field *find_field(const char *key)
 
 int fedge_agg_config_is_key(const char *key) { return find_field(key) != NULL; }
 
+int fedge_agg_config_is_flag(const char *key)
+{
+    const field *f = find_field(key);
+    return f && f->type == T_BOOL;
+}
+
 void fedge_agg_config_defaults(fedge_agg_config *c)
 {
     char err[8];
     memset(c, 0, sizeof *c);
-    for (size_t i = 0; i < FEDGE_ARRAY_LEN(FIELDS); i++)
-        (void)set_field(c, &FIELDS[i], FIELDS[i].def, err, sizeof err);
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(FIELDS); i++) {
+        const field *f = &FIELDS[i];
+        /* defaults are not checked: keys_file's empty default means "not given" */
+        if (f->type == T_STR)
+            memcpy((char *)c + f->offset, f->def, strlen(f->def) + 1);
+        else
+            (void)set_field(c, f, f->def, f->key, err, sizeof err);
+    }
 }
 
 int fedge_agg_config_set(fedge_agg_config *c, const char *key, const char *value, char *err,
                          size_t errlen)
 {
+    char label[80];
     const field *f = find_field(key);
     if (!f) {
-        snprintf(err, errlen, "unknown key '%s' (see --help-config)", key);
+        snprintf(label, sizeof label, "%.64s", key);
+        for (char *q = label; *q; q++)
+            if (*q == '_')
+                *q = '-';
+        snprintf(err, errlen, "unknown option '--%s' (see --help-config)", label);
         return FEDGE_ERR_CONFIG_UNKNOWN_KEY;
     }
-    return set_field(c, f, value, err, errlen);
+    size_t idx = (size_t)(f - FIELDS);
+    int saved = c->origin_line[idx];
+    c->origin_line[idx] = -1;
+    describe(c, idx, f->key, label, sizeof label);
+    int ret = set_field(c, f, value, label, err, errlen);
+    if (ret != FEDGE_OK)
+        c->origin_line[idx] = saved;
+    return ret;
 }
 
 static char *trim(char *s)
@@ -151,19 +328,34 @@ static char *trim(char *s)
 
 int fedge_agg_config_load_file(fedge_agg_config *c, const char *path, char *err, size_t errlen)
 {
-    char line[2048], msg[256];
+    char line[2048], label[FEDGE_PATH_MAX + 96];
     size_t lineno = 0;
     int ret = FEDGE_OK;
-    fedge_agg_config next = *c; /* all or nothing: c changes only if every line is good */
-    FILE *f = fopen(path, "r");
+    int seen[FEDGE_AGG_CONFIG_MAX_KEYS] = {0};
+    fedge_agg_config *next = NULL; /* all or nothing: c changes only if every line is good */
+    FILE *f = NULL;
+    if (strlen(path) >= sizeof c->config_file) {
+        snprintf(err, errlen, "config file name longer than %zu bytes", sizeof c->config_file - 1);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    f = fopen(path, "r");
     if (!f) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         return FEDGE_ERR_IO;
     }
+    next = malloc(sizeof *next);
+    if (!next)
+        FAIL(FEDGE_ERR_NOMEM);
+    *next = *c;
+    snprintf(next->config_file, sizeof next->config_file, "%s", path);
     while (fgets(line, sizeof line, f)) {
         lineno++;
         if (strlen(line) == sizeof line - 1 && line[sizeof line - 2] != '\n') {
             snprintf(err, errlen, "%s:%zu: line too long", path, lineno);
+            FAIL(FEDGE_ERR_CONFIG_SYNTAX);
+        }
+        if (lineno > 1000000) {
+            snprintf(err, errlen, "%s:%zu: too many lines", path, lineno);
             FAIL(FEDGE_ERR_CONFIG_SYNTAX);
         }
         char *s = trim(line);
@@ -176,44 +368,139 @@ int fedge_agg_config_load_file(fedge_agg_config *c, const char *path, char *err,
         }
         *eq = '\0';
         char *key = trim(s), *value = trim(eq + 1);
-        ret = fedge_agg_config_set(&next, key, value, msg, sizeof msg);
-        if (ret != FEDGE_OK) {
-            snprintf(err, errlen, "%s:%zu: %s", path, lineno, msg);
-            goto cleanup;
+        const field *fl = find_field(key);
+        if (!fl) {
+            snprintf(err, errlen, "%s:%zu: unknown key '%.64s' (see --help-config)", path, lineno, key);
+            FAIL(FEDGE_ERR_CONFIG_UNKNOWN_KEY);
         }
+        size_t idx = (size_t)(fl - FIELDS);
+        if (seen[idx]) {
+            snprintf(err, errlen, "%s:%zu: %s: given twice (first at line %d)", path, lineno, key, seen[idx]);
+            FAIL(FEDGE_ERR_CONFIG_SYNTAX);
+        }
+        seen[idx] = (int)lineno;
+        next->origin_line[idx] = (int)lineno;
+        describe(next, idx, fl->key, label, sizeof label);
+        CHK(set_field(next, fl, value, label, err, errlen));
     }
+    if (ferror(f)) {
+        snprintf(err, errlen, "%s: read error", path);
+        FAIL(FEDGE_ERR_IO);
+    }
+    /* keys from an earlier file no longer have a place to point to */
+    for (size_t i = 0; i < FEDGE_AGG_CONFIG_MAX_KEYS; i++)
+        if (next->origin_line[i] > 0 && !seen[i])
+            next->origin_line[i] = 0;
+    *c = *next;
 cleanup:
+    free(next);
     fclose(f);
-    if (ret == FEDGE_OK)
-        *c = next;
     return ret;
+}
+
+static size_t index_of(const char *key)
+{
+    const field *f = find_field(key);
+    return f ? (size_t)(f - FIELDS) : FEDGE_AGG_CONFIG_MAX_KEYS;
+}
+
+#define WHERE(key, buf) (describe(c, index_of(#key), #key, buf, sizeof buf), buf)
+
+/* path must name an existing file of the given kind (S_IFREG or S_IFDIR). */
+static int must_exist(const char *path, mode_t kind, const char *where, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(err, errlen, "%s: %s: %s", where, path, strerror(errno));
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    if ((st.st_mode & S_IFMT) != kind) {
+        snprintf(err, errlen, "%s: %s is not a %s", where, path, kind == S_IFDIR ? "folder" : "regular file");
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    if (kind == S_IFREG && access(path, R_OK) != 0) {
+        snprintf(err, errlen, "%s: %s: %s", where, path, strerror(errno));
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    return FEDGE_OK;
+}
+
+/* The folder a file will be created in must exist; the file itself may not. */
+static int parent_must_exist(const char *path, const char *where, char *err, size_t errlen)
+{
+    char dir[FEDGE_PATH_MAX];
+    struct stat st;
+    const char *slash = strrchr(path, '/');
+    if (slash && slash[1] == '\0') {
+        snprintf(err, errlen, "%s: '%s' names a folder, not a file", where, path);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s: %s is a folder", where, path);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    if (!slash)
+        return FEDGE_OK;
+    snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    return must_exist(dir, S_IFDIR, where, err, errlen);
 }
 
 int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errlen)
 {
-    fedge_model_spec spec;
-    fedge_log_level lvl;
+    char w[FEDGE_PATH_MAX + 96], w2[FEDGE_PATH_MAX + 96];
+    int ret = FEDGE_OK;
     if (c->keys_file[0] == '\0') {
-        snprintf(err, errlen, "keys_file is required");
+        snprintf(err, errlen, "keys_file is required (--keys-file FILE or keys_file = FILE)");
         return FEDGE_ERR_CONFIG_VALUE;
     }
-    if (c->init_model[0] == '\0' && fedge_model_spec_parse(c->model_spec, &spec) != FEDGE_OK) {
-        snprintf(err, errlen, "model_spec: cannot parse '%s' (e.g. mlp:784-200-10)", c->model_spec);
-        return FEDGE_ERR_CONFIG_VALUE;
+    /* the text checks again: a value set straight into the struct gets them too */
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(FIELDS); i++) {
+        const field *f = &FIELDS[i];
+        char why[200];
+        if (f->type != T_STR || !f->check)
+            continue;
+        const char *v = (const char *)c + f->offset;
+        if (f->check(v, why, sizeof why) != 0) {
+            describe(c, i, f->key, w, sizeof w);
+            snprintf(err, errlen, "%s: %s", w, why);
+            return FEDGE_ERR_CONFIG_VALUE;
+        }
     }
-    if (fedge_log_parse_level(c->log_level, &lvl) != FEDGE_OK) {
-        snprintf(err, errlen, "log_level: expected debug|info|warn|error, got '%s'", c->log_level);
-        return FEDGE_ERR_CONFIG_VALUE;
-    }
-    if (!strchr(c->listen, ':')) {
-        snprintf(err, errlen, "listen: expected HOST:PORT, got '%s'", c->listen);
-        return FEDGE_ERR_CONFIG_VALUE;
+    CHK(must_exist(c->keys_file, S_IFREG, WHERE(keys_file, w), err, errlen));
+    if (c->init_model[0])
+        CHK(must_exist(c->init_model, S_IFREG, WHERE(init_model, w), err, errlen));
+    if (strcmp(c->test_data, "fashion-mnist") != 0)
+        CHK(must_exist(c->test_data, S_IFREG, WHERE(test_data, w), err, errlen));
+    if (c->policy_file[0])
+        CHK(must_exist(c->policy_file, S_IFREG, WHERE(policy_file, w), err, errlen));
+    if (c->signing_key[0])
+        CHK(must_exist(c->signing_key, S_IFREG, WHERE(signing_key, w), err, errlen));
+    CHK(parent_must_exist(c->db, WHERE(db, w), err, errlen));
+    if (c->log_file[0])
+        CHK(parent_must_exist(c->log_file, WHERE(log_file, w), err, errlen));
+    {
+        struct stat st;
+        if (stat(c->model_dir, &st) == 0) {
+            if (!S_ISDIR(st.st_mode)) {
+                snprintf(err, errlen, "%s: %s is not a folder", WHERE(model_dir, w), c->model_dir);
+                FAIL(FEDGE_ERR_CONFIG_VALUE);
+            }
+        } else {
+            CHK(parent_must_exist(c->model_dir, WHERE(model_dir, w), err, errlen));
+        }
     }
     if (c->refine_every > 0 && c->refine_command[0] == '\0') {
-        snprintf(err, errlen, "refine_every is set but refine_command is empty");
-        return FEDGE_ERR_CONFIG_VALUE;
+        snprintf(err, errlen, "%s = %ld needs refine_command, which is empty", WHERE(refine_every, w),
+                 c->refine_every);
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
     }
-    return FEDGE_OK;
+    if (c->clients_per_round > 0 && c->min_updates > c->clients_per_round) {
+        snprintf(err, errlen, "%s = %ld is more than %s = %ld: no round could aggregate",
+                 WHERE(min_updates, w), c->min_updates, WHERE(clients_per_round, w2), c->clients_per_round);
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+cleanup:
+    return ret;
 }
 
 void fedge_agg_config_print_help(FILE *out)

@@ -2,16 +2,23 @@
  * config file, then command-line overrides (same keys as --key value).
  *
  * Every key is documented in one table (config.c), printed by
- * `fedge-aggregator --help-config` and in docs/AGGREGATOR.md. Unknown keys,
- * unparsable or out-of-range values are errors that name the file and line. */
+ * `fedge-aggregator --help-config` and in docs/AGGREGATOR.md. Each value is
+ * checked when it is set (type, range, no trailing text, host:port with a
+ * numeric host and a port in 1..65535, enumerations, no empty required
+ * value); a key given twice in a file is an error. fedge_agg_config_validate
+ * then checks what depends on several keys or on the file system (paths that
+ * must exist). Every error names where the value came from: "FILE:LINE: key"
+ * for the config file, "--key" for the command line. */
 #ifndef FEDGE_AGG_CONFIG_H
 #define FEDGE_AGG_CONFIG_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 
 #define FEDGE_PATH_MAX 1024
+#define FEDGE_AGG_CONFIG_MAX_KEYS 64
 
 typedef struct {
     char listen[128];           /* host:port */
@@ -46,18 +53,29 @@ typedef struct {
     char refine_command[FEDGE_PATH_MAX];
     double refine_timeout_s;
     double db_busy_retry_s;     /* transient SQLITE_BUSY is retried this long */
+    int allow_unsigned;         /* start without signing_key on a log with signed heads */
+    /* where each key (table order) was last set: 0 default, -1 command
+     * line, N > 0 line N of config_file */
+    int origin_line[FEDGE_AGG_CONFIG_MAX_KEYS];
+    char config_file[FEDGE_PATH_MAX];
 } fedge_agg_config;
 
 void fedge_agg_config_defaults(fedge_agg_config *c);
-/* Applies `key = value` lines from path, all or nothing (c is unchanged on
- * error); err gets "path:line: reason". */
+/* Applies `key = value` lines from path (one config file per config), all
+ * or nothing (c is unchanged on error); err gets "path:line: key: reason". */
 int fedge_agg_config_load_file(fedge_agg_config *c, const char *path, char *err, size_t errlen);
-/* Sets one key from text (command line). */
+/* Sets one key from text (the command line); err gets "--key: reason". */
 int fedge_agg_config_set(fedge_agg_config *c, const char *key, const char *value, char *err,
                          size_t errlen);
-/* Cross-field checks after everything is applied. */
+/* Cross-field and file-system checks after everything is applied. */
 int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errlen);
 void fedge_agg_config_print_help(FILE *out);
 int fedge_agg_config_is_key(const char *key);
+/* A boolean key: on the command line "--key" alone means true. */
+int fedge_agg_config_is_flag(const char *key);
+/* "HOST:PORT" or "[V6]:PORT": numeric host, decimal port 1..65535.
+ * FEDGE_ERR_CONFIG_VALUE with the reason in why. */
+int fedge_agg_parse_listen(const char *listen, struct sockaddr_storage *addr, socklen_t *len,
+                           char *why, size_t whylen);
 
 #endif

@@ -12,6 +12,7 @@
 #include <mbedtls/pk.h>
 
 #include "audit.h"
+#include "audit_impl.h"
 #include "common.h"
 #include "log.h"
 #include "policy.h"
@@ -62,6 +63,83 @@ cleanup:
     return ret;
 }
 
+/* fedge-audit verify checks every signed head with one public key, so a log
+ * that has signed heads must go on being signed by the same key: a start
+ * without a key, or with another one, would leave it unverifiable for good.
+ * Only the last head is checked; verify checks them all. Without a key the
+ * start goes ahead only with allow_unsigned, and that is logged as an
+ * audited event. */
+static int check_log_signer(fedge_aggregator *a, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK, unsigned_start = 0;
+    long long n_heads = 0, last_round = -1, last_seq = 0;
+    char detail[256];
+    CHK(fedge_store_prepare(a->db,
+                            "SELECT seq, round, head_hash, signature, signed_at, "
+                            "(SELECT count(*) FROM audit_heads) FROM audit_heads ORDER BY seq DESC LIMIT 1",
+                            &st));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        goto cleanup;
+    if (rc != SQLITE_ROW)
+        FAIL(FEDGE_ERR_SQL);
+    last_seq = sqlite3_column_int64(st, 0);
+    int has_round = sqlite3_column_type(st, 1) != SQLITE_NULL;
+    last_round = has_round ? sqlite3_column_int64(st, 1) : -1;
+    n_heads = sqlite3_column_int64(st, 5);
+    if (!a->signer) {
+        if (!a->cfg.allow_unsigned) {
+            snprintf(err, errlen,
+                     "the log has %lld signed heads (the last at round %lld) and no signing_key is "
+                     "given: start with the key that signed them, or with allow_unsigned "
+                     "(--allow-unsigned) to go on without signatures (fedge-audit verify will then "
+                     "report every unsigned round)",
+                     n_heads, last_round);
+            FAIL(FEDGE_ERR_SIGNING_KEY);
+        }
+        unsigned_start = 1;
+        goto cleanup;
+    }
+    const uint8_t *head = sqlite3_column_blob(st, 2);
+    const uint8_t *sig = sqlite3_column_blob(st, 3);
+    size_t sig_len = (size_t)sqlite3_column_bytes(st, 3);
+    uint8_t digest[FEDGE_HASH_LEN];
+    if (!head || sqlite3_column_bytes(st, 2) != FEDGE_HASH_LEN || !sig || last_round > UINT32_MAX) {
+        snprintf(err, errlen, "the last signed head (seq %lld) is malformed; run fedge-audit verify",
+                 last_seq);
+        FAIL(FEDGE_ERR_AUDIT_SIGNATURE);
+    }
+    CHK(audit_head_digest(last_seq, has_round, has_round ? (uint32_t)last_round : 0, head,
+                          sqlite3_column_double(st, 4), digest));
+    if (mbedtls_pk_verify(&a->signer->key, MBEDTLS_MD_SHA256, digest, sizeof digest, sig, sig_len) != 0) {
+        snprintf(err, errlen,
+                 "signing_key %s did not sign this log: its last signed head (round %lld, seq %lld) "
+                 "does not verify with it; start with the key that signed the log",
+                 a->cfg.signing_key, last_round, last_seq);
+        FAIL(FEDGE_ERR_SIGNING_KEY);
+    }
+cleanup:
+    sqlite3_finalize(st);
+    if (ret == FEDGE_OK && unsigned_start) {
+        snprintf(detail, sizeof detail,
+                 "started without a signing key on a log with %lld signed heads (allow_unsigned); "
+                 "rounds from here on are not signed",
+                 n_heads);
+        FEDGE_WARN("%s", detail);
+        ret = fedge_store_begin(a->db);
+        if (ret == FEDGE_OK)
+            ret = fedge_gov_event(a, 0, NULL, "unsigned_start", "operator", detail);
+        if (ret == FEDGE_OK)
+            ret = fedge_store_commit(a->db);
+        if (ret != FEDGE_OK) {
+            fedge_store_rollback(a->db);
+            snprintf(err, errlen, "cannot log the unsigned start: %s", fedge_strerror(ret));
+        }
+    }
+    return ret;
+}
+
 static int load_policy(const fedge_agg_config *cfg, fedge_policy **out, char *err, size_t errlen)
 {
     if (cfg->policy_file[0])
@@ -92,6 +170,7 @@ int fedge_gov_init(fedge_aggregator *a, char *err, size_t errlen)
     }
     if (a->cfg.signing_key[0])
         CHK(signer_load(a->cfg.signing_key, &a->signer, err, errlen));
+    CHK(check_log_signer(a, err, errlen));
     CHK(fedge_policy_record(a->db, a->policy));
     apply_policy_settings(a);
 cleanup:

@@ -8,8 +8,10 @@
 #include "agg.h"
 #include "common.h"
 #include "config.h"
+#include "instance_lock.h"
 #include "log.h"
 #include "server.h"
+#include "version.h"
 
 static volatile sig_atomic_t g_stop;
 static volatile sig_atomic_t g_reload;
@@ -26,12 +28,17 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: fedge-aggregator [--config FILE] [--KEY VALUE ...] [--insecure]\n"
-            "       fedge-aggregator --help | --help-config\n"
+            "       fedge-aggregator --help | --help-config | --version\n"
             "\n"
             "Runs federated rounds for edge clients over CoAP/DTLS (docs/PROTOCOL.md), logs\n"
             "every round, update and decision in SQLite, and keeps model files by version.\n"
             "Settings come from the defaults, then FILE ('key = value' lines), then the\n"
-            "command line (--rounds 20 and --rounds=20 both work; '-' and '_' are the same).\n"
+            "command line (--rounds 20 and --rounds=20 both work; '-' and '_' are the same;\n"
+            "a true/false key alone, as in --insecure, means true). A key given twice in\n"
+            "FILE is an error; on the command line the last one counts.\n"
+            "\n"
+            "One aggregator per database: <db>.lock holds the owner's pid, and a second\n"
+            "start on the same database, or on a listen address in use, exits with status 2.\n"
             "\n"
             "Signals: SIGTERM/SIGINT stop after the current request (state is always\n"
             "committed); SIGHUP reloads the policy file.\n"
@@ -47,6 +54,9 @@ int main(int argc, char **argv)
     char err[512] = "";
     FILE *logf = NULL;
     int status = 0;
+    int config_seen = 0;
+    fedge_instance_lock lock = {.fd = -1};
+    pid_t owner = 0;
 
     fedge_agg_config_defaults(&cfg);
     /* The config file first, so the command line overrides it. */
@@ -59,9 +69,17 @@ int main(int argc, char **argv)
             fedge_agg_config_print_help(stdout);
             return 0;
         }
+        if (!strcmp(argv[i], "--version")) {
+            printf("fedge-aggregator %s\n", FEDGE_VERSION);
+            return 0;
+        }
         if (!strcmp(argv[i], "--config")) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "fedge-aggregator: --config needs a file\n");
+                return 2;
+            }
+            if (config_seen++) {
+                fprintf(stderr, "fedge-aggregator: --config: given twice\n");
                 return 2;
             }
             if (fedge_agg_config_load_file(&cfg, argv[i + 1], err, sizeof err) != FEDGE_OK) {
@@ -85,7 +103,7 @@ int main(int argc, char **argv)
         const char *eq = strchr(name, '=');
         size_t klen = eq ? (size_t)(eq - name) : strlen(name);
         if (klen >= sizeof key) {
-            fprintf(stderr, "fedge-aggregator: unknown option '%s'\n", argv[i]);
+            fprintf(stderr, "fedge-aggregator: unknown option '%.80s' (see --help-config)\n", argv[i]);
             return 2;
         }
         memcpy(key, name, klen);
@@ -93,14 +111,18 @@ int main(int argc, char **argv)
         for (char *p = key; *p; p++)
             if (*p == '-')
                 *p = '_';
+        if (!fedge_agg_config_is_key(key)) {
+            fprintf(stderr, "fedge-aggregator: unknown option '--%.*s' (see --help-config)\n", (int)klen, name);
+            return 2;
+        }
         if (eq) {
             value = eq + 1;
-        } else if (!strcmp(key, "insecure")) {
+        } else if (fedge_agg_config_is_flag(key)) {
             value = "true";
         } else if (i + 1 < argc) {
             value = argv[++i];
         } else {
-            fprintf(stderr, "fedge-aggregator: --%s needs a value\n", key);
+            fprintf(stderr, "fedge-aggregator: --%.*s needs a value\n", (int)klen, name);
             return 2;
         }
         if (fedge_agg_config_set(&cfg, key, value, err, sizeof err) != FEDGE_OK) {
@@ -136,8 +158,26 @@ int main(int argc, char **argv)
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* the lock before the database is opened, held until the process ends */
+    if (fedge_instance_lock_acquire(cfg.db, &lock, &owner, err, sizeof err) != FEDGE_OK) {
+        FEDGE_ERROR("%s", err);
+        status = 2;
+        goto out;
+    }
+    if (fedge_listen_probe(cfg.listen, &owner, err, sizeof err) != FEDGE_OK) {
+        FEDGE_ERROR("%s", err);
+        status = 2;
+        goto out;
+    }
     if (fedge_agg_init(&agg, &cfg, err, sizeof err) != FEDGE_OK) {
         FEDGE_ERROR("start-up failed: %s", err);
+        status = 2;
+        goto out;
+    }
+    /* again just before the bind: another daemon may have started meanwhile */
+    if (fedge_listen_probe(cfg.listen, &owner, err, sizeof err) != FEDGE_OK) {
+        FEDGE_ERROR("%s", err);
+        fedge_agg_free(&agg);
         status = 2;
         goto out;
     }
@@ -185,6 +225,7 @@ int main(int argc, char **argv)
     fedge_agg_free(&agg);
     FEDGE_INFO("stopped");
 out:
+    fedge_instance_lock_release(&lock);
     if (logf) {
         fedge_log_set_stream(NULL);
         fclose(logf);

@@ -30,6 +30,7 @@
 #include "shard.h"
 #include "cluster_synth.h"
 #include "cluster_trainer.h"
+#include "version.h"
 
 enum { EXIT_OK = 0, EXIT_RUN = 1, EXIT_USAGE = 2 };
 
@@ -52,7 +53,8 @@ static void usage(FILE *f)
             "  init       --spec SPEC --out FILE [--seed S]\n"
             "  make-shard (--fashion-mnist train|test [--rows N] | --synthetic N [--dim D]\n"
             "             [--classes C]) --out FILE [--f32] [--seed S]\n"
-            "  memory     --spec SPEC --batch B [--backend cpu|gpu] [--precision P]\n");
+            "  memory     --spec SPEC --batch B [--backend cpu|gpu] [--precision P]\n"
+            "  --version  print the version and exit\n");
 }
 
 /* ---- argument helpers --------------------------------------------------- */
@@ -732,6 +734,10 @@ int main(int argc, char **argv)
         return cmd_memory(argc, argv);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
+        return EXIT_OK;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        printf("fedge-cluster %s\n", FEDGE_VERSION);
         return EXIT_OK;
     }
     fprintf(stderr, "fedge-cluster: unknown command '%s'\n", cmd);

@@ -109,6 +109,7 @@ enum {
     OPT_MAX_ROUNDS,
     OPT_PRINT_MEMORY,
     OPT_HELP,
+    OPT_VERSION,
 };
 
 static const struct {
@@ -134,6 +135,7 @@ static const struct {
     {"max-rounds", OPT_MAX_ROUNDS, 1},
     {"print-memory", OPT_PRINT_MEMORY, 0},
     {"help", OPT_HELP, 0},
+    {"version", OPT_VERSION, 0},
 };
 
 int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, char *err,
@@ -253,10 +255,11 @@ int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, 
             break;
         case OPT_PRINT_MEMORY: cfg->print_memory = 1; break;
         case OPT_HELP: cfg->help = 1; break;
+        case OPT_VERSION: cfg->version = 1; break;
         default: return usage_err(err, errlen, "internal: unhandled flag");
         }
     }
-    if (cfg->help)
+    if (cfg->help || cfg->version)
         return FEDGE_OK;
     if (!cfg->id)
         return usage_err(err, errlen, "--id DEVICE is required");
@@ -300,6 +303,7 @@ void fedge_edge_usage(FILE *f, const char *prog)
             "  --max-rounds N         exit after taking part in N rounds\n"
             "  --print-memory         log the planned buffer sizes when they are allocated\n"
             "  --help                 this text\n"
+            "  --version              print the version and exit\n"
             "\n"
             "Exit status: 0 finished, max rounds reached or stopped by SIGINT/SIGTERM;\n"
             "1 error (including the aggregator unreachable after all retries); 2 bad usage.\n",

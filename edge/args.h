@@ -1,7 +1,7 @@
 /* args.h — fedge-edge command line, parsed into a config.
  *
  * Flags take their value as the next argument or after '=' (--id=dev-1).
- * Required: --id, --keys, --shard (unless --help). The port defaults to 5684
+ * Required: --id, --keys, --shard (unless --help or --version). The port defaults to 5684
  * (DTLS), or 5683 with --insecure, whatever the flag order. Strings in the
  * config point into argv (not owned, nothing to free). On error the config
  * is unspecified and err gets one line naming the flag. Pure logic. */
@@ -37,6 +37,7 @@ typedef struct {
     uint32_t max_rounds;                /* 0: no limit */
     int print_memory;
     int help;
+    int version;                        /* --version: print it and exit */
 } fedge_edge_config;
 
 void fedge_edge_config_defaults(fedge_edge_config *cfg);

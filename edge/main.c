@@ -7,6 +7,7 @@
 #include "client.h"
 #include "common.h"
 #include "log.h"
+#include "version.h"
 
 static volatile sig_atomic_t g_stop;
 
@@ -38,6 +39,10 @@ int main(int argc, char **argv)
     }
     if (cfg.help) {
         fedge_edge_usage(stdout, prog);
+        return 0;
+    }
+    if (cfg.version) {
+        printf("fedge-edge %s\n", FEDGE_VERSION);
         return 0;
     }
     char tag[32];

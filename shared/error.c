@@ -77,6 +77,8 @@ const char *fedge_strerror(int code)
     case FEDGE_ERR_AUDIT_FILE: return "model file does not match the audit log";
     case FEDGE_ERR_AUDIT_NOT_FEDGE_DB: return "not a fedge database";
     case FEDGE_ERR_POLICY_UNKNOWN_KEY: return "unknown policy key";
+    case FEDGE_ERR_INSTANCE_LOCKED: return "in use by another process";
+    case FEDGE_ERR_SIGNING_KEY: return "signing key does not match the log";
     default: return "unknown error";
     }
 }

@@ -101,6 +101,10 @@ enum {
     FEDGE_ERR_AUDIT_FILE = -165,
     FEDGE_ERR_AUDIT_NOT_FEDGE_DB = -166,
     FEDGE_ERR_POLICY_UNKNOWN_KEY = -167, /* a policy file key fedge does not know */
+
+    /* single instance -190 .. -199 */
+    FEDGE_ERR_INSTANCE_LOCKED = -190,    /* the database or listen address is in use */
+    FEDGE_ERR_SIGNING_KEY = -191,        /* signing key absent or not the log's signer */
 };
 
 const char *fedge_strerror(int code);

@@ -9,6 +9,48 @@
 # DEMO_BETA (0.5), DEMO_EPOCHS (2), DEMO_LR, DEMO_LR_DECAY, DEMO_MOMENTUM,
 # DEMO_POLICY (a policy file, e.g. with DP), DEMO_PORT, DEMO_DIR (run/demo),
 # DEMO_TARGET (0.85: the accuracy the run must reach; 0 to only report).
+#
+# Sourcing this file defines the database helpers below without running the
+# demo (tests/integration/demo_monitor.sh tests them).
+
+# demo_sql DB SQL [TRIES]: a read of the run's database that waits out a busy
+# database (SQLite busy timeout, then TRIES attempts); prints the rows with
+# space-separated columns. Status 1 only when every attempt failed.
+demo_sql() {
+    local db=$1 sql=$2 tries=${3:-10} i out
+    for ((i = 0; i < tries; i++)); do
+        if out=$(sqlite3 -batch -noheader -separator ' ' -cmd '.timeout 2000' "$db" "$sql" 2>/dev/null); then
+            [ -z "$out" ] || printf '%s\n' "$out"
+            return 0
+        fi
+        sleep 0.5
+    done
+    return 1
+}
+
+# demo_monitor_tick DB: prints the rounds closed since the last tick (round
+# number in DEMO_SHOWN). Never fails: a read the running aggregator keeps
+# busy, or any other failed read, skips this tick and the next tick catches
+# up.
+DEMO_SHOWN=0
+demo_monitor_tick() {
+    local db=$1 rows r n acc bytes secs
+    [ -f "$db" ] || return 0
+    rows=$(demo_sql "file:$db?mode=ro" \
+        "SELECT id, n_accepted, printf('%.4f', accuracy), bytes_received, printf('%.2f', closed_at-opened_at)
+         FROM rounds WHERE status<>'open' AND id>$DEMO_SHOWN ORDER BY id" 1) || return 0
+    while read -r r n acc bytes secs; do
+        [ -n "$r" ] || continue
+        printf '%5s %8s %9s %14s %9s\n' "$r" "$n" "$acc" "$bytes" "$secs"
+        DEMO_SHOWN=$r
+    done <<<"$rows"
+    return 0
+}
+
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
+    return 0
+fi
+
 set -euo pipefail
 BUILD=${1:-build/native}
 cd "$(dirname "$0")/.."
@@ -82,45 +124,41 @@ done
 echo
 printf '%5s %8s %9s %14s %9s\n' round accepted accuracy bytes_received time_s
 t0=$(date +%s.%N)
-shown=0
 while kill -0 "$agg" 2>/dev/null; do
     sleep 1
-    [ -f "$DIR/fedge.db" ] || continue
-    sqlite3 -batch -noheader -separator ' ' "file:$DIR/fedge.db?mode=ro" \
-        "SELECT id, n_accepted, printf('%.4f', accuracy), bytes_received, printf('%.2f', closed_at-opened_at)
-         FROM rounds WHERE status<>'open' AND id>$shown ORDER BY id" 2>/dev/null |
-        while read -r r n acc bytes secs; do
-            printf '%5s %8s %9s %14s %9s\n' "$r" "$n" "$acc" "$bytes" "$secs"
-        done
-    last=$(sqlite3 -batch -noheader "file:$DIR/fedge.db?mode=ro" \
-        "SELECT coalesce(max(id),0) FROM rounds WHERE status<>'open'" 2>/dev/null || echo "$shown")
-    shown=${last:-$shown}
+    demo_monitor_tick "$DIR/fedge.db"
 done
 wait "$agg" || { echo "aggregator failed; see $DIR/aggregator.log"; tail -n 20 "$DIR/aggregator.log"; exit 1; }
 for p in "${pids[@]:1}"; do wait "$p" || true; done
 t1=$(date +%s.%N)
+demo_monitor_tick "$DIR/fedge.db"
 
+# The summary reads the finished database with retries; if it still cannot,
+# it says so and the audit below still runs.
 echo
 echo "== summary"
-sqlite3 -batch -noheader -separator ' ' "$DIR/fedge.db" \
-    "SELECT count(*), sum(n_accepted), sum(bytes_received),
+if summary=$(demo_sql "$DIR/fedge.db" \
+    "SELECT count(*), coalesce(sum(n_accepted), 0), coalesce(sum(bytes_received), 0),
             (SELECT printf('%.4f', accuracy) FROM models ORDER BY rowid DESC LIMIT 1),
             (SELECT printf('%.4f', accuracy) FROM models WHERE kind='init')
-     FROM rounds WHERE status='closed'" |
-    while read -r nr nu bytes acc acc0; do
-        echo "rounds closed:        $nr"
-        echo "updates aggregated:   $nu"
-        echo "bytes received:       $bytes"
-        echo "initial accuracy:     $acc0"
-        echo "final test accuracy:  $acc"
-    done
+     FROM rounds WHERE status='closed'"); then
+    read -r nr nu bytes acc acc0 <<<"$summary" || true
+    echo "rounds closed:        $nr"
+    echo "updates aggregated:   $nu"
+    echo "bytes received:       $bytes"
+    echo "initial accuracy:     $acc0"
+    echo "final test accuracy:  $acc"
+else
+    echo "summary unavailable: $DIR/fedge.db could not be read (see fedge-audit below)"
+fi
 awk -v a="$t0" -v b="$t1" 'BEGIN { printf "wall time:            %.1fs\n", b - a }'
 echo "per encoding (bytes per update, mean):"
-sqlite3 -batch -noheader -separator ' ' "$DIR/fedge.db" \
+demo_sql "$DIR/fedge.db" \
     "SELECT encoding, count(*), CAST(avg(bytes) AS INTEGER) FROM updates GROUP BY encoding ORDER BY 3 DESC" |
-    while read -r e n b; do printf '  %-5s %4s updates  %9s bytes\n' "$e" "$n" "$b"; done
+    while read -r e n b; do printf '  %-5s %4s updates  %9s bytes\n' "$e" "$n" "$b"; done || true
 echo
 echo "== audit: fedge-audit verify"
 "$BIN/fedge-audit" --db "$DIR/fedge.db" --pubkey "$DIR/aggregator.pub" verify
-final=$(sqlite3 -batch -noheader "$DIR/fedge.db" "SELECT accuracy FROM models ORDER BY rowid DESC LIMIT 1")
+final=$(demo_sql "$DIR/fedge.db" "SELECT accuracy FROM models ORDER BY rowid DESC LIMIT 1") ||
+    { echo "cannot read the final accuracy from $DIR/fedge.db"; exit 1; }
 awk -v a="$final" -v t="$TARGET" 'BEGIN { ok = (a >= t); printf "target >= %s: %s\n", t, (ok ? "met" : "NOT met"); exit !ok }'

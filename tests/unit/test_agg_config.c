@@ -1,43 +1,55 @@
 /* The aggregator's configuration: defaults, a config file, overrides, and a
- * clear error naming file, line and key for every bad input. */
+ * clear error naming where the value came from (file:line and key, or the
+ * command-line option) for every kind of bad input: unknown key, duplicate
+ * key, syntax, trailing garbage, out of range, overflow, empty, bad
+ * host:port, bad enumeration, missing paths, inconsistent settings. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common.h"
 #include "config.h"
 
-static char g_path[64];
+static char g_dir[64];
+static char g_path[128]; /* the config file */
+static char g_keys[128]; /* an existing keys file */
 
-static void write_file(const char *text)
+static void write_to(const char *path, const char *text)
 {
-    FILE *f = fopen(g_path, "w");
+    FILE *f = fopen(path, "w");
     assert_non_null(f);
     fputs(text, f);
     fclose(f);
 }
 
+static void write_file(const char *text) { write_to(g_path, text); }
+
 static int setup(void **state)
 {
     (void)state;
-    snprintf(g_path, sizeof g_path, "/tmp/fedge-conf-XXXXXX");
-    int fd = mkstemp(g_path);
-    assert_true(fd >= 0);
-    close(fd);
+    snprintf(g_dir, sizeof g_dir, "/tmp/fedge-conf-XXXXXX");
+    assert_non_null(mkdtemp(g_dir));
+    snprintf(g_path, sizeof g_path, "%s/agg.conf", g_dir);
+    snprintf(g_keys, sizeof g_keys, "%s/keys", g_dir);
+    write_to(g_keys, "dev-1 eu 00\n");
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    unlink(g_path);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    assert_int_equal(system(cmd), 0);
     return 0;
 }
 
@@ -45,57 +57,109 @@ static void test_defaults_and_file(void **state)
 {
     (void)state;
     fedge_agg_config c;
-    char err[256] = "";
+    char err[512] = "", text[512];
     fedge_agg_config_defaults(&c);
     assert_string_equal(c.listen, "127.0.0.1:5684");
     assert_int_equal(c.rounds, 0);
     assert_true(c.quorum == 1.0);
+    assert_int_equal(c.allow_unsigned, 0);
     assert_string_equal(c.model_spec, "mlp:784-200-10");
-    write_file("# comment\n\n  rounds = 20\nlisten=0.0.0.0:6000\nquorum = 0.5 \ninsecure = yes\n"
-               "keys_file = /etc/fedge/keys\n");
+    snprintf(text, sizeof text,
+             "# comment\n\n  rounds = 20\nlisten=0.0.0.0:6000\nquorum = 0.5 \ninsecure = yes\n"
+             "keys_file = %s\ndb = %s/fedge.db\nlog_level = warn\nallow_unsigned = true\n",
+             g_keys, g_dir);
+    write_file(text);
     assert_int_equal(fedge_agg_config_load_file(&c, g_path, err, sizeof err), FEDGE_OK);
     assert_int_equal(c.rounds, 20);
     assert_string_equal(c.listen, "0.0.0.0:6000");
     assert_true(c.quorum == 0.5);
     assert_int_equal(c.insecure, 1);
+    assert_int_equal(c.allow_unsigned, 1);
     /* the command line overrides the file */
     assert_int_equal(fedge_agg_config_set(&c, "rounds", "3", err, sizeof err), FEDGE_OK);
     assert_int_equal(c.rounds, 3);
+    assert_int_equal(fedge_agg_config_set(&c, "listen", "[::1]:65535", err, sizeof err), FEDGE_OK);
     assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_OK);
+    assert_true(fedge_agg_config_is_flag("insecure"));
+    assert_true(fedge_agg_config_is_flag("allow_unsigned"));
+    assert_false(fedge_agg_config_is_flag("rounds"));
 }
 
 typedef struct {
     const char *text;
     int code;
-    const char *needle;
+    const char *needle; /* must appear after "PATH" in the message */
 } bad_case;
 
 static void test_bad_files(void **state)
 {
     (void)state;
     static const bad_case cases[] = {
+        /* unknown key, syntax */
         {"rounds = 20\nround = 3\n", FEDGE_ERR_CONFIG_UNKNOWN_KEY, ":2: unknown key 'round'"},
         {"rounds 20\n", FEDGE_ERR_CONFIG_SYNTAX, ":1: expected 'key = value'"},
+        /* duplicate key */
+        {"rounds = 3\nquorum = 0.5\nrounds = 4\n", FEDGE_ERR_CONFIG_SYNTAX, ":3: rounds: given twice (first at line 1)"},
+        {"listen = 127.0.0.1:6000\n\nlisten = 127.0.0.1:6000\n", FEDGE_ERR_CONFIG_SYNTAX, ":3: listen: given twice"},
+        /* not a number, trailing garbage */
         {"rounds = twenty\n", FEDGE_ERR_CONFIG_VALUE, ":1: rounds: expected an integer"},
-        {"rounds = -1\n", FEDGE_ERR_CONFIG_VALUE, "rounds: expected an integer in [0,"},
-        {"rounds = 2.5\n", FEDGE_ERR_CONFIG_VALUE, "rounds"},
-        {"quorum = 0\n", FEDGE_ERR_CONFIG_VALUE, "quorum: expected a number in"},
-        {"quorum = nan\n", FEDGE_ERR_CONFIG_VALUE, "quorum"},
-        {"lr = 1e400\n", FEDGE_ERR_CONFIG_VALUE, "lr"},
-        {"insecure = maybe\n", FEDGE_ERR_CONFIG_VALUE, "insecure: expected true or false"},
+        {"rounds = 20 # twenty\n", FEDGE_ERR_CONFIG_VALUE, ":1: rounds: expected an integer"},
+        {"\nround_timeout_s = 3s\n", FEDGE_ERR_CONFIG_VALUE, ":2: round_timeout_s: expected a number"},
+        {"rounds = 2.5\n", FEDGE_ERR_CONFIG_VALUE, ":1: rounds: expected an integer"},
+        {"lr = 0x1p-3\n", FEDGE_ERR_CONFIG_VALUE, ":1: lr: expected a number"},
+        {"insecure = yes please\n", FEDGE_ERR_CONFIG_VALUE, ":1: insecure: expected true or false"},
+        {"insecure = maybe\n", FEDGE_ERR_CONFIG_VALUE, ":1: insecure: expected true or false"},
+        /* out of range */
+        {"rounds = -1\n", FEDGE_ERR_CONFIG_VALUE, ":1: rounds: '-1' is out of range"},
+        {"quorum = 0\n", FEDGE_ERR_CONFIG_VALUE, ":1: quorum: '0' is out of range"},
+        {"quorum = 1.5\n", FEDGE_ERR_CONFIG_VALUE, ":1: quorum: '1.5' is out of range"},
+        {"batch = 0\n", FEDGE_ERR_CONFIG_VALUE, ":1: batch: '0' is out of range"},
+        {"quorum = nan\n", FEDGE_ERR_CONFIG_VALUE, ":1: quorum: expected a number"},
+        {"lr = inf\n", FEDGE_ERR_CONFIG_VALUE, ":1: lr: expected a number"},
+        /* overflow */
+        {"rounds = 99999999999999999999\n", FEDGE_ERR_CONFIG_VALUE, ":1: rounds: '99999999999999999999' is out of range"},
+        {"seed = 9223372036854775808\n", FEDGE_ERR_CONFIG_VALUE, ":1: seed: '9223372036854775808' is out of range"},
+        {"lr = 1e400\n", FEDGE_ERR_CONFIG_VALUE, ":1: lr: '1e400' is out of range"},
+        /* empty */
+        {"rounds =\n", FEDGE_ERR_CONFIG_VALUE, ":1: rounds: empty value"},
+        {"quorum = \n", FEDGE_ERR_CONFIG_VALUE, ":1: quorum: empty value"},
+        {"db =\n", FEDGE_ERR_CONFIG_VALUE, ":1: db: must not be empty"},
+        {"insecure =\n", FEDGE_ERR_CONFIG_VALUE, ":1: insecure: expected true or false"},
+        {"listen =\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: expected HOST:PORT"},
+        /* host:port */
+        {"listen = 127.0.0.1:99999\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: port '99999' is not a number in 1..65535"},
+        {"listen = 127.0.0.1:65536\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: port '65536'"},
+        {"listen = 127.0.0.1:0\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: port '0'"},
+        {"listen = 127.0.0.1:-5\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: port '-5'"},
+        {"listen = 127.0.0.1:5684x\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: port '5684x'"},
+        {"listen = 127.0.0.1:\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: port ''"},
+        {"listen = 127.0.0.1\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: expected HOST:PORT"},
+        {"listen = 256.0.0.1:5684\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: host '256.0.0.1'"},
+        {"listen = localhost:5684\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: host 'localhost' is not a numeric"},
+        {"listen = ::1:5684\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: an IPv6 host goes in brackets"},
+        {"listen = [::1:5684\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: an IPv6 host goes in brackets"},
+        {"listen = [127.0.0.1]:5684\n", FEDGE_ERR_CONFIG_VALUE, ":1: listen: host '127.0.0.1'"},
+        /* enumerations and structured values */
+        {"log_level = verbose\n", FEDGE_ERR_CONFIG_VALUE, ":1: log_level: expected debug|info|warn|error"},
+        {"model_spec = mlp:784\n", FEDGE_ERR_CONFIG_VALUE, ":1: model_spec: cannot parse 'mlp:784'"},
+        /* raw control bytes in a value */
+        {"db = a\033[2Jb\n", FEDGE_ERR_CONFIG_VALUE, ":1: db: control character"},
     };
     for (size_t i = 0; i < FEDGE_ARRAY_LEN(cases); i++) {
         fedge_agg_config c, before;
-        char err[256] = "";
+        char err[512] = "", want[256];
         fedge_agg_config_defaults(&c);
         write_file(cases[i].text);
+        snprintf(want, sizeof want, "%s%s", g_path, cases[i].needle);
         int ret = fedge_agg_config_load_file(&c, g_path, err, sizeof err);
-        if (ret != cases[i].code || !strstr(err, cases[i].needle) || !strstr(err, g_path))
-            fail_msg("case %zu: got %d '%s'", i, ret, err);
+        if (ret != cases[i].code || !strstr(err, want))
+            fail_msg("case %zu (%s): got %d '%s', want %d '%s'", i, cases[i].text, ret, err, cases[i].code, want);
         /* all or nothing: a bad file changes no setting, not even its good lines */
         fedge_agg_config_defaults(&before);
         assert_int_equal(c.rounds, before.rounds);
         assert_true(c.quorum == before.quorum);
+        assert_string_equal(c.listen, before.listen);
+        assert_string_equal(c.config_file, "");
     }
     char big[3000];
     memset(big, 'x', sizeof big - 2);
@@ -103,38 +167,138 @@ static void test_bad_files(void **state)
     big[sizeof big - 1] = '\0';
     write_file(big);
     fedge_agg_config c;
-    char err[256] = "";
+    char err[512] = "";
     fedge_agg_config_defaults(&c);
     assert_int_equal(fedge_agg_config_load_file(&c, g_path, err, sizeof err), FEDGE_ERR_CONFIG_SYNTAX);
-    assert_non_null(strstr(err, "line too long"));
+    assert_non_null(strstr(err, ":1: line too long"));
     assert_int_equal(fedge_agg_config_load_file(&c, "/nonexistent/fedge.conf", err, sizeof err), FEDGE_ERR_IO);
+    assert_non_null(strstr(err, "/nonexistent/fedge.conf"));
+}
+
+/* Command-line errors name the option as typed on the command line. */
+static void test_command_line(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *key, *value, *needle;
+        int code;
+    } cases[] = {
+        {"listen", "127.0.0.1:99999", "--listen: port '99999'", FEDGE_ERR_CONFIG_VALUE},
+        {"round_timeout_s", "3s", "--round-timeout-s: expected a number", FEDGE_ERR_CONFIG_VALUE},
+        {"rounds", "", "--rounds: empty value", FEDGE_ERR_CONFIG_VALUE},
+        {"min_updates", "0", "--min-updates: '0' is out of range", FEDGE_ERR_CONFIG_VALUE},
+        {"clients_per_round", "18446744073709551616", "--clients-per-round: '18446744073709551616' is out of range", FEDGE_ERR_CONFIG_VALUE},
+        {"log_level", "loud", "--log-level: expected debug|info|warn|error", FEDGE_ERR_CONFIG_VALUE},
+        {"model_dir", "", "--model-dir: must not be empty", FEDGE_ERR_CONFIG_VALUE},
+        {"no_such_key", "1", "unknown option '--no-such-key'", FEDGE_ERR_CONFIG_UNKNOWN_KEY},
+    };
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(cases); i++) {
+        fedge_agg_config c;
+        char err[512] = "";
+        fedge_agg_config_defaults(&c);
+        int ret = fedge_agg_config_set(&c, cases[i].key, cases[i].value, err, sizeof err);
+        if (ret != cases[i].code || !strstr(err, cases[i].needle))
+            fail_msg("case %zu: got %d '%s', want '%s'", i, ret, err, cases[i].needle);
+    }
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char why[160];
+    assert_int_equal(fedge_agg_parse_listen("[::1]:5683", &ss, &len, why, sizeof why), FEDGE_OK);
+    assert_int_equal(ss.ss_family, AF_INET6);
+    assert_int_equal(ntohs(((struct sockaddr_in6 *)&ss)->sin6_port), 5683);
+    assert_int_equal(fedge_agg_parse_listen("0.0.0.0:1", &ss, &len, why, sizeof why), FEDGE_OK);
+    assert_int_equal(ntohs(((struct sockaddr_in *)&ss)->sin_port), 1);
+}
+
+/* validate(): file-system and cross-field checks, naming each value's origin. */
+static void expect_invalid(const fedge_agg_config *c, const char *needle)
+{
+    char err[1024] = "";
+    int ret = fedge_agg_config_validate(c, err, sizeof err);
+    if (ret != FEDGE_ERR_CONFIG_VALUE || !strstr(err, needle))
+        fail_msg("validate: got %d '%s', want '%s'", ret, err, needle);
 }
 
 static void test_validate(void **state)
 {
     (void)state;
     fedge_agg_config c;
-    char err[256] = "";
+    char err[1024] = "", text[1024], want[256];
     fedge_agg_config_defaults(&c);
-    assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
-    assert_non_null(strstr(err, "keys_file is required"));
-    assert_int_equal(fedge_agg_config_set(&c, "keys_file", "k", err, sizeof err), FEDGE_OK);
-    assert_int_equal(fedge_agg_config_set(&c, "model_spec", "mlp:784", err, sizeof err), FEDGE_OK);
-    assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
-    assert_non_null(strstr(err, "model_spec"));
-    assert_int_equal(fedge_agg_config_set(&c, "model_spec", "softmax:784-10", err, sizeof err), FEDGE_OK);
-    assert_int_equal(fedge_agg_config_set(&c, "refine_every", "2", err, sizeof err), FEDGE_OK);
-    assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
-    assert_non_null(strstr(err, "refine_command"));
+    expect_invalid(&c, "keys_file is required");
+
+    /* a path that must exist, from the file: file:line and key */
+    snprintf(text, sizeof text, "rounds = 2\nkeys_file = %s/no-keys\n", g_dir);
+    write_file(text);
+    assert_int_equal(fedge_agg_config_load_file(&c, g_path, err, sizeof err), FEDGE_OK);
+    snprintf(want, sizeof want, "%s:2: keys_file: %s/no-keys: No such file", g_path, g_dir);
+    expect_invalid(&c, want);
+    /* the same from the command line names the option */
+    assert_int_equal(fedge_agg_config_set(&c, "keys_file", "/nonexistent/keys", err, sizeof err), FEDGE_OK);
+    expect_invalid(&c, "--keys-file: /nonexistent/keys: No such file");
+    assert_int_equal(fedge_agg_config_set(&c, "keys_file", g_dir, err, sizeof err), FEDGE_OK);
+    expect_invalid(&c, "is not a regular file");
+    assert_int_equal(fedge_agg_config_set(&c, "keys_file", g_keys, err, sizeof err), FEDGE_OK);
+    assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_OK);
+
+    /* the database's folder must exist; the database itself need not */
+    assert_int_equal(fedge_agg_config_set(&c, "db", "/nonexistent/dir/fedge.db", err, sizeof err), FEDGE_OK);
+    expect_invalid(&c, "--db: /nonexistent/dir: No such file");
+    assert_int_equal(fedge_agg_config_set(&c, "db", g_dir, err, sizeof err), FEDGE_OK);
+    expect_invalid(&c, "is a folder");
+    snprintf(text, sizeof text, "%s/new.db", g_dir);
+    assert_int_equal(fedge_agg_config_set(&c, "db", text, err, sizeof err), FEDGE_OK);
+    assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_OK);
+
+    /* optional files, when given, must exist */
+    static const char *const optional[] = {"init_model", "policy_file", "signing_key", "test_data"};
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(optional); i++) {
+        fedge_agg_config d = c;
+        char dashed[64];
+        snprintf(dashed, sizeof dashed, "--%s: /nonexistent/x", optional[i]);
+        for (char *p = dashed + 2; *p != ':'; p++)
+            if (*p == '_')
+                *p = '-';
+        assert_int_equal(fedge_agg_config_set(&d, optional[i], "/nonexistent/x", err, sizeof err), FEDGE_OK);
+        expect_invalid(&d, dashed);
+    }
+    {
+        fedge_agg_config d = c;
+        snprintf(text, sizeof text, "%s/no-such-dir/agg.log", g_dir);
+        assert_int_equal(fedge_agg_config_set(&d, "log_file", text, err, sizeof err), FEDGE_OK);
+        expect_invalid(&d, "--log-file:");
+        d = c;
+        assert_int_equal(fedge_agg_config_set(&d, "model_dir", g_keys, err, sizeof err), FEDGE_OK);
+        expect_invalid(&d, "--model-dir: ");
+        d = c;
+        assert_int_equal(fedge_agg_config_set(&d, "model_dir", "/nonexistent/a/models", err, sizeof err), FEDGE_OK);
+        expect_invalid(&d, "--model-dir: /nonexistent/a");
+    }
+
+    /* cross-field rules name both places */
+    snprintf(text, sizeof text, "keys_file = %s\nrefine_every = 2\n", g_keys);
+    write_file(text);
+    fedge_agg_config_defaults(&c);
+    assert_int_equal(fedge_agg_config_load_file(&c, g_path, err, sizeof err), FEDGE_OK);
+    snprintf(want, sizeof want, "%s:2: refine_every = 2 needs refine_command", g_path);
+    expect_invalid(&c, want);
     assert_int_equal(fedge_agg_config_set(&c, "refine_command", "true", err, sizeof err), FEDGE_OK);
-    assert_int_equal(fedge_agg_config_set(&c, "listen", "localhost", err, sizeof err), FEDGE_OK);
-    assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
-    assert_non_null(strstr(err, "HOST:PORT"));
+    assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_OK);
+    assert_int_equal(fedge_agg_config_set(&c, "clients_per_round", "2", err, sizeof err), FEDGE_OK);
+    assert_int_equal(fedge_agg_config_set(&c, "min_updates", "3", err, sizeof err), FEDGE_OK);
+    expect_invalid(&c, "--min-updates = 3 is more than --clients-per-round = 2");
+
+    /* a value put straight into the struct is checked too */
+    fedge_agg_config_defaults(&c);
+    assert_int_equal(fedge_agg_config_set(&c, "keys_file", g_keys, err, sizeof err), FEDGE_OK);
+    snprintf(c.listen, sizeof c.listen, "127.0.0.1:99999");
+    expect_invalid(&c, "listen: port '99999'");
+
     char longv[2000];
     memset(longv, 'a', sizeof longv - 1);
     longv[sizeof longv - 1] = '\0';
     assert_int_equal(fedge_agg_config_set(&c, "db", longv, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
-    assert_non_null(strstr(err, "longer than"));
+    assert_non_null(strstr(err, "--db: value longer than"));
     assert_true(fedge_agg_config_is_key("round_timeout_s"));
     assert_false(fedge_agg_config_is_key("round_timeout"));
 }
@@ -144,6 +308,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_defaults_and_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_command_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validate, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
