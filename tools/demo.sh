@@ -116,7 +116,9 @@ for ((i = 0; i < CLIENTS; i++)); do
     id=$(printf 'dev-%03d' $((i + 1)))
     shard=$(printf '%s/shards/shard-%03d.bin' "$DIR" "$i")
     enc=${ENCODINGS[$((i % 4))]}
-    "$BIN/fedge-edge" --server "127.0.0.1:$PORT" --id "$id" --keys "$DIR/keys" --shard "$shard" \
+    # each edge is provisioned with its own secret only
+    "$BIN/fedge-keygen" export --keys "$DIR/keys" --id "$id" --out "$DIR/keys-$id" --force >/dev/null
+    "$BIN/fedge-edge" --server "127.0.0.1:$PORT" --id "$id" --keys "$DIR/keys-$id" --shard "$shard" \
         --encoding "$enc" --seed "$((i + 1))" >"$DIR/edge-$id.log" 2>&1 &
     pids+=("$!")
 done

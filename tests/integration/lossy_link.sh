@@ -22,7 +22,7 @@ FED_PIDS+=("$relay")
 fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 3 \
     --round-timeout-s 120 --start-delay-s 0.3 --linger-s 20
 for i in 1 2 3; do
-    "$BIN/fedge-edge" --server "127.0.0.1:$relay_port" --id "dev-00$i" --keys "$FED_DIR/keys" \
+    "$BIN/fedge-edge" --server "127.0.0.1:$relay_port" --id "dev-00$i" --keys "$(fed_edge_keys "dev-00$i")" \
         --shard "$FED_DIR/shards/shard-00$i.bin" --encoding fp16 --timeout-ms 60000 --max-retries 50 \
         >>"$FED_DIR/edge-dev-00$i.log" 2>&1 &
     FED_PIDS+=("$!")

@@ -34,7 +34,7 @@ one_run() { # encoding shard -> sets SEALED UP DOWN UPD RSS
     FED_PIDS+=("$relay")
     fed_start_aggregator --model-spec mlp:784-200-10 --test-data "$FED_DIR/test.bin" --rounds 2 \
         --start-delay-s 0.3 --linger-s 1 --log-level warn
-    /usr/bin/time -v "$BIN/fedge-edge" --server "127.0.0.1:$relay_port" --id dev-001 --keys "$FED_DIR/keys" \
+    /usr/bin/time -v "$BIN/fedge-edge" --server "127.0.0.1:$relay_port" --id dev-001 --keys "$(fed_edge_keys dev-001)" \
         --shard "$shard" --encoding "$enc" --poll-ms 200 >"$FED_DIR/edge.log" 2>&1 || fed_fail "edge ($enc)"
     fed_wait_pid "$FED_AGG_PID" 60
     kill -TERM "$relay"
