@@ -261,34 +261,38 @@ int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *s
     return d.decision != FEDGE_DECISION_REJECT;
 }
 
-/* Rounds that consumed privacy budget so far (closed with DP). */
-static int dp_rounds_done(fedge_aggregator *a, long *n)
-{
-    int64_t v = 0;
-    int ret = fedge_store_query_int64(a->db, &v, NULL,
-                                      "SELECT count(*) FROM rounds WHERE status='closed' AND epsilon IS NOT NULL", "");
-    *n = (long)v;
-    return ret;
-}
-
 int fedge_gov_round_admission(fedge_aggregator *a, uint32_t round, size_t k, size_t n_allowed,
                               int *refused, char *reason, size_t reason_len)
 {
     fedge_policy_decision d;
-    long done = 0;
+    fedge_dp_spent spent;
     double eps = 0;
     int ret;
     (void)round;
     *refused = 0;
     if (!fedge_policy_dp_enabled(a->policy))
         return FEDGE_OK;
-    CHK(dp_rounds_done(a, &done));
-    CHK(fedge_policy_budget_check(a->policy, (double)k / (double)n_allowed, done + 1, &eps, &d));
+    if (n_allowed == 0 || k == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(fedge_dp_ledger_spent(a->db, NULL, &spent));
+    CHK(fedge_policy_budget_check(a->policy, spent.rdp, fmin(1.0, (double)k / (double)n_allowed),
+                                  &eps, &d));
     if (d.decision == FEDGE_DECISION_REJECT) {
         *refused = 1;
         snprintf(reason, reason_len, "%s", d.reason);
     }
 cleanup:
+    return ret;
+}
+
+/* The device's ledger spend plus one contribution at the current settings. */
+static int dp_device_check(fedge_aggregator *a, const char *device, double *eps,
+                           fedge_policy_decision *d)
+{
+    fedge_dp_spent spent;
+    int ret = fedge_dp_ledger_spent(a->db, device, &spent);
+    if (ret == FEDGE_OK)
+        ret = fedge_policy_device_budget_check(a->policy, device, spent.rdp, eps, d);
     return ret;
 }
 
@@ -318,17 +322,6 @@ static int count_recent(fedge_aggregator *a, const char *device, double since, u
     int ret = fedge_store_query_int64(a->db, &v, NULL, "SELECT count(*) FROM updates WHERE device=? AND received_at>?",
                                       "td", device, since);
     *n = (uint32_t)v;
-    return ret;
-}
-
-static int device_contributions(fedge_aggregator *a, const char *device, long *n)
-{
-    int64_t v = 0;
-    int ret = fedge_store_query_int64(a->db, &v, NULL,
-                                      "SELECT count(*) FROM updates u JOIN rounds r ON r.id=u.round"
-                                      " WHERE u.device=? AND u.decision<>'rejected' AND r.status='closed'",
-                                      "t", device);
-    *n = (long)v;
     return ret;
 }
 
@@ -371,11 +364,9 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
         CHK(fedge_policy_check_update(a->policy, &pin, &d));
     }
     if (d.decision != FEDGE_DECISION_REJECT && fedge_policy_dp_enabled(a->policy)) {
-        long contributed = 0;
         fedge_policy_decision db;
         double eps = 0;
-        CHK(device_contributions(a, in->device, &contributed));
-        CHK(fedge_policy_device_budget_check(a->policy, in->device, contributed + 1, &eps, &db));
+        CHK(dp_device_check(a, in->device, &eps, &db));
         if (db.decision == FEDGE_DECISION_REJECT)
             d = db;
     }
@@ -659,28 +650,82 @@ cleanup:
     return ret;
 }
 
-static int charge_devices(fedge_aggregator *a, const round_updates *u, const double *weights)
+/* The population a round samples from: devices the policy would select now. */
+static int dp_eligible(fedge_aggregator *a, size_t *n)
 {
     sqlite3_stmt *st = NULL;
-    int ret = FEDGE_OK;
-    CHK(fedge_store_prepare(a->db, "UPDATE devices SET epsilon_spent=? WHERE id=?", &st));
-    for (size_t i = 0; i < u->n; i++) {
-        if (weights[i] <= 0)
-            continue;
-        long contributed = 0;
-        double eps = 0;
-        fedge_policy_decision d;
-        CHK(device_contributions(a, u->devices[i], &contributed));
-        /* this round is not closed yet: count it */
-        CHK(fedge_policy_device_budget_check(a->policy, u->devices[i], contributed + 1, &eps, &d));
+    int ret;
+    *n = 0;
+    CHK(fedge_store_prepare(a->db, "SELECT status FROM devices WHERE id=?", &st));
+    for (size_t i = 0; i < a->keys.n; i++) {
         sqlite3_reset(st);
-        sqlite3_bind_double(st, 1, eps);
-        sqlite3_bind_text(st, 2, u->devices[i], -1, SQLITE_STATIC);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            FAIL(FEDGE_ERR_SQL);
+        sqlite3_bind_text(st, 1, a->keys.devices[i].id, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW &&
+            fedge_gov_device_eligible(a, i, (const char *)sqlite3_column_text(st, 0)))
+            (*n)++;
     }
 cleanup:
     sqlite3_finalize(st);
+    return ret;
+}
+
+/* devices.epsilon_spent of every device whose update entered this round:
+ * the composition of the ledger rounds it contributed to (this one included). */
+static int dp_charge_devices(fedge_aggregator *a)
+{
+    sqlite3_stmt *sel = NULL, *upd = NULL;
+    int ret, rc;
+    CHK(fedge_store_prepare(a->db, "SELECT device FROM updates WHERE round=? AND decision<>'rejected'", &sel));
+    CHK(fedge_store_prepare(a->db, "UPDATE devices SET epsilon_spent=? WHERE id=?", &upd));
+    sqlite3_bind_int64(sel, 1, a->round);
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+        const char *device = (const char *)sqlite3_column_text(sel, 0);
+        fedge_dp_spent spent;
+        double eps;
+        CHK(fedge_dp_ledger_spent(a->db, device, &spent));
+        CHK(fedge_policy_dp_epsilon(a->policy, spent.rdp, &eps));
+        sqlite3_reset(upd);
+        sqlite3_bind_double(upd, 1, eps);
+        sqlite3_bind_text(upd, 2, device, -1, SQLITE_TRANSIENT);
+        if (sqlite3_step(upd) != SQLITE_DONE)
+            FAIL(FEDGE_ERR_SQL);
+    }
+    if (rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+cleanup:
+    sqlite3_finalize(sel);
+    sqlite3_finalize(upd);
+    return ret;
+}
+
+int fedge_gov_dp_charge(fedge_aggregator *a, size_t n_clients, double *epsilon, int *over,
+                        char *reason, size_t reason_len)
+{
+    fedge_policy_decision d;
+    fedge_dp_spent spent;
+    double rdp[FEDGE_DP_N_ORDERS];
+    size_t eligible = 0;
+    int ret;
+    *over = 0;
+    *epsilon = -1;
+    if (!fedge_policy_dp_enabled(a->policy))
+        return FEDGE_ERR_STATE;
+    CHK(dp_eligible(a, &eligible));
+    size_t selected = a->n_selected ? a->n_selected : n_clients;
+    double q = eligible > 0 ? fmin(1.0, (double)selected / (double)eligible) : 1.0;
+    CHK(fedge_dp_ledger_spent(a->db, NULL, &spent));
+    CHK(fedge_policy_budget_check(a->policy, spent.rdp, q, epsilon, &d));
+    if (d.decision == FEDGE_DECISION_REJECT) {
+        *over = 1;
+        snprintf(reason, reason_len, "%s: %s", d.rule, d.reason);
+        CHK(fedge_gov_event(a, a->round, NULL, "round_rejected", d.rule, d.reason));
+        goto cleanup;
+    }
+    CHK(fedge_policy_dp_round_rdp(a->policy, q, rdp));
+    CHK(fedge_dp_ledger_append(a->db, a->round, q, fedge_policy_dp_noise_multiplier(a->policy),
+                               fedge_policy_dp_clip_norm(a->policy), rdp));
+    CHK(dp_charge_devices(a));
+cleanup:
     return ret;
 }
 
@@ -808,14 +853,6 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
         double denom = (double)(a->n_selected ? a->n_selected : avg.n);
         for (size_t i = 0; i < n_params; i++)
             mean[i] = (float)(mean[i] / denom);
-        long done = 0;
-        fedge_policy_decision bd;
-        CHK(dp_rounds_done(a, &done));
-        int64_t population = 0;
-        CHK(fedge_store_query_int64(a->db, &population, NULL, "SELECT count(*) FROM devices WHERE status='allowed'", ""));
-        double q = population > 0 ? (double)a->n_selected / (double)population : 1.0;
-        CHK(fedge_policy_budget_check(a->policy, q > 1 ? 1 : q, done + 1, &res->epsilon, &bd));
-        CHK(charge_devices(a, &u, weights));
     } else {
         CHK(fedge_fedavg_mean(&avg, mean));
     }
@@ -827,6 +864,14 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
             snprintf(res->reason, sizeof res->reason,
                      "the aggregate is not finite (parameter %zu); model unchanged", i);
             CHK(fedge_gov_event(a, a->round, NULL, "round_rejected", "finite", res->reason));
+            res->n_used = 0;
+            goto cleanup;
+        }
+    }
+    if (dp) { /* charged only when the aggregate is released */
+        int over = 0;
+        CHK(fedge_gov_dp_charge(a, avg.n, &res->epsilon, &over, res->reason, sizeof res->reason));
+        if (over) {
             res->n_used = 0;
             goto cleanup;
         }

@@ -66,6 +66,16 @@ int fedge_gov_round_admission(fedge_aggregator *a, uint32_t round, size_t k, siz
  * *accepted and reason tell the client what happened. */
 int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, int *accepted,
                            char *reason, size_t reason_len);
+/* The DP part of a round close (DP on, noise added, the aggregate not yet
+ * applied), inside the caller's transaction. q = selected / eligible devices
+ * (n_clients when nothing was selected). If the ledger sum plus this round's
+ * cost exceeds the budget: *over = 1, reason says why (an audited
+ * round_rejected event is logged) and nothing is charged: do not release the
+ * aggregate. Otherwise appends the round to the privacy ledger, sets
+ * devices.epsilon_spent of each contributing device, and *epsilon = the run's
+ * epsilon after this round. */
+int fedge_gov_dp_charge(fedge_aggregator *a, size_t n_clients, double *epsilon, int *over,
+                        char *reason, size_t reason_len);
 /* Round close, inside the caller's transaction: streams the accepted deltas
  * (memory O(n_params), whatever the number of updates: one pass for sums
  * and norms, one for the anomaly rule's dot products when it runs, one to

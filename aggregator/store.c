@@ -39,6 +39,8 @@ static const char *SCHEMA_SQL =
     "CREATE INDEX IF NOT EXISTS updates_device ON updates(device, counter);"
     "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, at REAL NOT NULL, round INTEGER,"
     " device TEXT, kind TEXT NOT NULL, rule TEXT, detail TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS dp_ledger(round INTEGER PRIMARY KEY, q REAL NOT NULL,"
+    " sigma REAL NOT NULL, clip REAL NOT NULL, orders BLOB NOT NULL, rdp BLOB NOT NULL);"
     "CREATE TABLE IF NOT EXISTS audit(seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL,"
     " row_key TEXT NOT NULL, canon BLOB NOT NULL, prev_hash BLOB NOT NULL,"
     " row_hash BLOB NOT NULL);"

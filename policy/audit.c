@@ -30,12 +30,14 @@ static const char *const ROUNDS_COLS[] = {
     "strategy", "n_selected", "n_accepted", "n_rejected", "bytes_received", "accuracy",
     "epsilon", "reason"};
 static const char *const EVENTS_COLS[] = {"id", "at", "round", "device", "kind", "rule", "detail"};
+static const char *const DP_LEDGER_COLS[] = {"round", "q", "sigma", "clip", "orders", "rdp"};
 
 static const audit_table TABLES[] = {
     {"updates", "id", 1, UPDATES_COLS, FEDGE_ARRAY_LEN(UPDATES_COLS), "delta"},
     {"models", "version", 0, MODELS_COLS, FEDGE_ARRAY_LEN(MODELS_COLS), NULL},
     {"rounds", "id", 1, ROUNDS_COLS, FEDGE_ARRAY_LEN(ROUNDS_COLS), NULL},
     {"events", "id", 1, EVENTS_COLS, FEDGE_ARRAY_LEN(EVENTS_COLS), NULL},
+    {"dp_ledger", "round", 1, DP_LEDGER_COLS, FEDGE_ARRAY_LEN(DP_LEDGER_COLS), NULL},
 };
 
 const audit_table *audit_table_find(const char *name)

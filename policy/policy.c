@@ -466,65 +466,197 @@ int fedge_policy_dp_apply(const fedge_policy *p, float *sum, size_t n_params, si
     return FEDGE_OK;
 }
 
-int fedge_policy_budget_check(const fedge_policy *p, double q, long rounds, double *eps_after,
-                              fedge_policy_decision *out)
+void fedge_policy_dp_orders(double orders[FEDGE_DP_N_ORDERS])
 {
-    if (!p || !out || rounds < 1 || !(q > 0.0 && q <= 1.0))
+    fedge_rdp_default_orders(orders);
+}
+
+int fedge_policy_dp_round_rdp(const fedge_policy *p, double q, double rdp[FEDGE_DP_N_ORDERS])
+{
+    double orders[FEDGE_DP_N_ORDERS];
+    if (!p || !rdp || !(q > 0.0 && q <= 1.0))
+        return FEDGE_ERR_INVALID_ARG;
+    if (!p->dp_enabled)
+        return FEDGE_ERR_STATE;
+    fedge_policy_dp_orders(orders);
+    return fedge_rdp_compute(q, p->dp_noise_multiplier, 1, orders, FEDGE_DP_N_ORDERS, rdp);
+}
+
+int fedge_policy_dp_epsilon(const fedge_policy *p, const double spent[FEDGE_DP_N_ORDERS],
+                            double *eps)
+{
+    double orders[FEDGE_DP_N_ORDERS];
+    if (!p || !spent || !eps)
+        return FEDGE_ERR_INVALID_ARG;
+    fedge_policy_dp_orders(orders);
+    return fedge_rdp_to_epsilon(orders, spent, FEDGE_DP_N_ORDERS, p->dp_delta,
+                                FEDGE_RDP_CONV_IMPROVED, eps, NULL);
+}
+
+/* eps of spent + one round at (q, the policy's z) */
+static int epsilon_after(const fedge_policy *p, const double *spent, double q, double *eps)
+{
+    double rdp[FEDGE_DP_N_ORDERS];
+    int ret = fedge_policy_dp_round_rdp(p, q, rdp);
+    if (ret != FEDGE_OK)
+        return ret;
+    for (size_t k = 0; spent && k < FEDGE_DP_N_ORDERS; k++) {
+        if (isnan(spent[k]) || spent[k] < 0.0)
+            return FEDGE_ERR_INVALID_ARG;
+        rdp[k] += spent[k];
+    }
+    return fedge_policy_dp_epsilon(p, rdp, eps);
+}
+
+int fedge_policy_budget_check(const fedge_policy *p, const double *spent, double q,
+                              double *eps_after, fedge_policy_decision *out)
+{
+    if (!p || !out || !(q > 0.0 && q <= 1.0))
         return FEDGE_ERR_INVALID_ARG;
     if (eps_after)
-        *eps_after = 0;
+        *eps_after = INFINITY;
     if (!p->dp_enabled) {
-        decide(out, FEDGE_DECISION_ACCEPT, 1.0, "privacy_budget", "differential privacy is off");
+        decide(out, FEDGE_DECISION_ACCEPT, 1.0, "privacy_budget",
+               "differential privacy is off: no DP guarantee applies");
         return FEDGE_OK;
     }
-    double eps, order;
-    int ret = fedge_rdp_epsilon(q, p->dp_noise_multiplier, rounds, p->dp_delta, &eps, &order);
+    double eps;
+    int ret = epsilon_after(p, spent, q, &eps);
     if (ret != FEDGE_OK)
         return ret;
     if (eps_after)
         *eps_after = eps;
     if (eps > p->dp_epsilon_budget)
         decide(out, FEDGE_DECISION_REJECT, 1.0, "privacy_budget",
-               "round %ld would bring epsilon to %.4g (q %.4g, z %.4g, delta %.3g), over the "
+               "the next round would bring epsilon to %.4g (q %.4g, z %.4g, delta %.3g), over the "
                "budget %.4g",
-               rounds, eps, q, p->dp_noise_multiplier, p->dp_delta, p->dp_epsilon_budget);
+               eps, q, p->dp_noise_multiplier, p->dp_delta, p->dp_epsilon_budget);
     else
         decide(out, FEDGE_DECISION_ACCEPT, 1.0, "privacy_budget",
-               "epsilon after round %ld: %.4g of budget %.4g (q %.4g, z %.4g, delta %.3g)", rounds,
+               "epsilon after the next round: %.4g of budget %.4g (q %.4g, z %.4g, delta %.3g)",
                eps, p->dp_epsilon_budget, q, p->dp_noise_multiplier, p->dp_delta);
     return FEDGE_OK;
 }
 
 int fedge_policy_device_budget_check(const fedge_policy *p, const char *device_id,
-                                     long device_rounds, double *eps_after,
+                                     const double *spent, double *eps_after,
                                      fedge_policy_decision *out)
 {
-    if (!p || !out || !device_id || device_rounds < 1)
+    if (!p || !out || !device_id)
         return FEDGE_ERR_INVALID_ARG;
     if (eps_after)
-        *eps_after = 0;
+        *eps_after = INFINITY;
     if (!p->dp_enabled) {
         decide(out, FEDGE_DECISION_ACCEPT, 1.0, "device_privacy_budget",
-               "differential privacy is off");
+               "differential privacy is off: no DP guarantee applies");
         return FEDGE_OK;
     }
     double eps;
-    int ret = fedge_rdp_epsilon(1.0, p->dp_noise_multiplier, device_rounds, p->dp_delta, &eps,
-                                NULL);
+    int ret = epsilon_after(p, spent, 1.0, &eps);
     if (ret != FEDGE_OK)
         return ret;
     if (eps_after)
         *eps_after = eps;
     if (p->dp_device_epsilon_budget > 0 && eps > p->dp_device_epsilon_budget)
         decide(out, FEDGE_DECISION_REJECT, 1.0, "device_privacy_budget",
-               "device %.64s: contribution %ld would bring its epsilon to %.4g, over the "
+               "device %.64s: this contribution would bring its epsilon to %.4g, over the "
                "per-device budget %.4g",
-               device_id, device_rounds, eps, p->dp_device_epsilon_budget);
+               device_id, eps, p->dp_device_epsilon_budget);
     else
         decide(out, FEDGE_DECISION_ACCEPT, 1.0, "device_privacy_budget",
-               "device %.64s: epsilon after contribution %ld is %.4g", device_id, device_rounds,
-               eps);
+               "device %.64s: epsilon after this contribution %.4g", device_id, eps);
     return FEDGE_OK;
+}
+
+/* ---- the privacy ledger ------------------------------------------------------ */
+
+int fedge_dp_ledger_append(sqlite3 *db, uint32_t round, double q, double sigma, double clip,
+                           const double rdp[FEDGE_DP_N_ORDERS])
+{
+    int ret = FEDGE_OK;
+    sqlite3_stmt *st = NULL;
+    double orders[FEDGE_DP_N_ORDERS];
+    unsigned char orders_blob[FEDGE_RDP_PACKED_SIZE(FEDGE_DP_N_ORDERS)];
+    unsigned char rdp_blob[FEDGE_RDP_PACKED_SIZE(FEDGE_DP_N_ORDERS)];
+    if (!db || !rdp || !(q > 0.0 && q <= 1.0) || !(sigma > 0.0) || isinf(sigma) ||
+        !(clip > 0.0) || isinf(clip))
+        return FEDGE_ERR_INVALID_ARG;
+    for (size_t k = 0; k < FEDGE_DP_N_ORDERS; k++)
+        if (isnan(rdp[k]) || rdp[k] < 0.0)
+            return FEDGE_ERR_INVALID_ARG;
+    fedge_policy_dp_orders(orders);
+    fedge_rdp_pack(orders, FEDGE_DP_N_ORDERS, orders_blob);
+    fedge_rdp_pack(rdp, FEDGE_DP_N_ORDERS, rdp_blob);
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO dp_ledger(round, q, sigma, clip, orders, rdp) "
+                           "VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+                           -1, &st, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    if (sqlite3_bind_int64(st, 1, round) != SQLITE_OK ||
+        sqlite3_bind_double(st, 2, q) != SQLITE_OK ||
+        sqlite3_bind_double(st, 3, sigma) != SQLITE_OK ||
+        sqlite3_bind_double(st, 4, clip) != SQLITE_OK ||
+        sqlite3_bind_blob(st, 5, orders_blob, (int)sizeof orders_blob, SQLITE_STATIC) !=
+            SQLITE_OK ||
+        sqlite3_bind_blob(st, 6, rdp_blob, (int)sizeof rdp_blob, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    CHK(fedge_audit_append_id(db, "dp_ledger", round));
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* One ledger row's RDP vector at the accountant's orders: the stored one, or
+ * (stored at other orders) recomputed from its q and sigma; q = 1 for a
+ * device's own, unamplified cost. */
+static int ledger_row_rdp(sqlite3_stmt *st, int device, double rdp[FEDGE_DP_N_ORDERS])
+{
+    double orders[FEDGE_DP_N_ORDERS], stored[FEDGE_DP_N_ORDERS];
+    double q = sqlite3_column_double(st, 0), sigma = sqlite3_column_double(st, 1);
+    if (sqlite3_column_type(st, 0) == SQLITE_NULL || sqlite3_column_type(st, 1) == SQLITE_NULL ||
+        !(q > 0.0 && q <= 1.0) || !(sigma > 0.0) || isinf(sigma))
+        return FEDGE_ERR_INVALID_ARG;
+    fedge_policy_dp_orders(orders);
+    if (device)
+        return fedge_rdp_compute(1.0, sigma, 1, orders, FEDGE_DP_N_ORDERS, rdp);
+    int same = fedge_rdp_unpack(sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2),
+                                stored, FEDGE_DP_N_ORDERS) == FEDGE_OK &&
+               memcmp(stored, orders, sizeof orders) == 0;
+    if (!same)
+        return fedge_rdp_compute(q, sigma, 1, orders, FEDGE_DP_N_ORDERS, rdp);
+    return fedge_rdp_unpack(sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3), rdp,
+                            FEDGE_DP_N_ORDERS);
+}
+
+int fedge_dp_ledger_spent(sqlite3 *db, const char *device, fedge_dp_spent *out)
+{
+    int ret = FEDGE_OK, rc;
+    sqlite3_stmt *st = NULL;
+    double row[FEDGE_DP_N_ORDERS];
+    if (!db || !out)
+        return FEDGE_ERR_INVALID_ARG;
+    memset(out, 0, sizeof *out);
+    const char *sql = device ? "SELECT l.q, l.sigma, l.orders, l.rdp FROM dp_ledger l"
+                               " WHERE EXISTS (SELECT 1 FROM updates u WHERE u.round = l.round"
+                               " AND u.device = ?1 AND u.decision <> 'rejected')"
+                               " ORDER BY l.round"
+                             : "SELECT q, sigma, orders, rdp FROM dp_ledger ORDER BY round";
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    if (device && sqlite3_bind_text(st, 1, device, -1, SQLITE_TRANSIENT) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        CHK(ledger_row_rdp(st, device != NULL, row));
+        for (size_t k = 0; k < FEDGE_DP_N_ORDERS; k++)
+            out->rdp[k] += row[k];
+        out->rounds++;
+    }
+    if (rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
 }
 
 /* ---- recording ------------------------------------------------------------- */

@@ -32,9 +32,15 @@
  *   sum with weight 1 each, add N(0, (zC)^2) per coordinate
  *   (fedge_policy_dp_apply), divide by the EXPECTED number of clients
  *   q * population (fixed-denominator estimator). The accountant is the RDP
- *   of the sampled Gaussian with sampling rate q and noise multiplier z
- *   (rdp.h); a round whose epsilon after it would exceed the budget is not
- *   run (fedge_policy_budget_check -> REJECT, rule "privacy_budget"). */
+ *   of the sampled Gaussian (Mironov, Talwar, Zhang 2019; rdp.h) at sampling
+ *   rate q and noise multiplier z, composed over rounds by adding RDP per
+ *   order and converted to (epsilon, delta) once (Mironov 2017). Each DP
+ *   round's own (q, z, C) and RDP vector go into the privacy ledger
+ *   (dp_ledger table, fedge_dp_ledger_append), so a policy change (a new z on
+ *   SIGHUP) never re-prices past rounds: epsilon = conversion of the ledger
+ *   sum. A round whose ledger sum plus its own cost at the current settings
+ *   would exceed the budget is not run (fedge_policy_budget_check -> REJECT,
+ *   rule "privacy_budget"); likewise per device. */
 #ifndef FEDGE_POLICY_H
 #define FEDGE_POLICY_H
 
@@ -42,6 +48,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "rdp.h"
 #include "rng.h"
 
 #define FEDGE_POLICY_MAX_FILE (1024 * 1024)
@@ -177,21 +184,60 @@ double fedge_policy_device_epsilon_budget(const fedge_policy *p); /* 0: none */
 int fedge_policy_dp_apply(const fedge_policy *p, float *sum, size_t n_params,
                           size_t n_clients, fedge_rng *rng);
 
-/* Global budget: epsilon after `rounds` rounds (this one included) at
- * sampling rate q (expected clients / population), delta from the policy.
- * out: ACCEPT, or REJECT rule "privacy_budget" when eps_after > budget.
- * With DP off: ACCEPT and eps_after = 0. eps_after may be NULL. */
-int fedge_policy_budget_check(const fedge_policy *p, double q, long rounds,
+/* ---- privacy accounting ----------------------------------------------------
+ * RDP vectors are at the accountant's orders (rdp.h's default orders,
+ * FEDGE_DP_N_ORDERS of them, fedge_policy_dp_orders); `spent` is a sum of
+ * per-round RDP vectors (NULL: nothing spent yet). */
+#define FEDGE_DP_N_ORDERS FEDGE_RDP_N_DEFAULT_ORDERS
+
+void fedge_policy_dp_orders(double orders[FEDGE_DP_N_ORDERS]);
+/* RDP of one round at sampling rate q in (0, 1] with the policy's noise
+ * multiplier. FEDGE_ERR_STATE when DP is off (a round without noise has no
+ * finite cost). */
+int fedge_policy_dp_round_rdp(const fedge_policy *p, double q, double rdp[FEDGE_DP_N_ORDERS]);
+/* Epsilon of an accumulated RDP vector at the policy's delta (improved
+ * conversion, minimised over the orders). */
+int fedge_policy_dp_epsilon(const fedge_policy *p, const double spent[FEDGE_DP_N_ORDERS],
+                            double *eps);
+
+/* Global budget: epsilon of spent + one round at sampling rate q (expected
+ * clients / eligible population) with the current noise multiplier. out:
+ * ACCEPT, or REJECT rule "privacy_budget" when that exceeds the budget. With
+ * DP off: ACCEPT and eps_after = INFINITY (no DP guarantee). eps_after may
+ * be NULL. */
+int fedge_policy_budget_check(const fedge_policy *p, const double *spent, double q,
                               double *eps_after, fedge_policy_decision *out);
-/* Per-device budget: the device's epsilon after `device_rounds` rounds in
- * which it contributed (this one included), counted without sampling
- * amplification (q = 1), a bound that holds however devices are selected.
- * REJECT rule "device_privacy_budget" when it exceeds the device budget;
- * ACCEPT with eps_after = 0 when DP is off, eps_after computed but never
- * refused when there is no per-device budget. */
+/* Per-device budget: the device's epsilon after one more contribution, its
+ * spent vector being the rounds it contributed to, each counted without
+ * sampling amplification (q = 1, a bound that holds however devices are
+ * selected) at that round's own noise multiplier, plus this contribution at
+ * the current one. REJECT rule "device_privacy_budget" when it exceeds the
+ * device budget; eps_after computed but never refused when there is no
+ * per-device budget; ACCEPT with eps_after = INFINITY when DP is off. */
 int fedge_policy_device_budget_check(const fedge_policy *p, const char *device_id,
-                                     long device_rounds, double *eps_after,
+                                     const double *spent, double *eps_after,
                                      fedge_policy_decision *out);
+
+/* The privacy ledger in the database: table dp_ledger(round INTEGER PRIMARY
+ * KEY, q, sigma, clip, orders BLOB, rdp BLOB), one audited row per round
+ * that released a noised aggregate, written in the round close's
+ * transaction. BLOBs are fedge_rdp_pack'ed vectors. */
+typedef struct {
+    double rdp[FEDGE_DP_N_ORDERS]; /* sum over the rounds */
+    long rounds;                   /* ledger rows summed */
+} fedge_dp_spent;
+
+/* Inserts round's row and appends it to the audit chain (caller's
+ * transaction). FEDGE_ERR_INVALID_ARG for q outside (0, 1], sigma <= 0 or a
+ * negative/NaN rdp value; FEDGE_ERR_SQL if the round is already charged. */
+int fedge_dp_ledger_append(sqlite3 *db, uint32_t round, double q, double sigma, double clip,
+                           const double rdp[FEDGE_DP_N_ORDERS]);
+/* device NULL: the sum of every ledger row's RDP vector (the run's spend).
+ * device set: the device's spend, over the ledger rounds in which it has an
+ * update that was not rejected, each at q = 1 with that round's sigma. A row
+ * stored at other orders is re-priced from its (q, sigma) at these orders;
+ * a malformed row is FEDGE_ERR_INVALID_ARG. */
+int fedge_dp_ledger_spent(sqlite3 *db, const char *device, fedge_dp_spent *out);
 
 /* Records the policy in the database: meta keys policy_name, policy_sha256,
  * policy_dp_enabled, policy_clip_norm, policy_noise_multiplier,

@@ -4,10 +4,18 @@
  * (Poisson sampling), the clipped contributions are summed (sensitivity 1 in
  * units of the clipping norm) and N(0, sigma^2) noise is added. Its RDP at
  * order alpha follows Mironov, Talwar, Zhang (2019) "Rényi Differential
- * Privacy of the Sampled Gaussian Mechanism", computed as Opacus'
- * analysis/rdp.py and TF Privacy's rdp_accountant.py do: integer alpha by the
- * binomial expansion in log space, fractional alpha by the two-series
- * computation with log(erfc). q = 1 gives the plain Gaussian, alpha/(2 sigma^2).
+ * Privacy of the Sampled Gaussian Mechanism": RDP(alpha) = log(A_alpha) /
+ * (alpha - 1), A_alpha = E_{z ~ N(0, sigma^2)}[(1 - q + q exp((2z-1) /
+ * (2 sigma^2)))^alpha]. A_alpha - 1 is computed as a sum of positive terms so
+ * nothing cancels: for integer alpha the binomial expansion without its
+ * i = 0, 1 terms; for fractional alpha the expectation of (1+x)^alpha - 1 -
+ * alpha x (>= 0, its linear term has mean 0) by the trapezoid rule in log
+ * space, checked against the rule at twice the step. (The alternating
+ * two-series form with log(erfc) used by TF Privacy and Opacus cancels badly
+ * and gives negative values, e.g. at q 0.4, sigma 12, alpha 58.75.) Every
+ * result is accurate to a relative 1e-10 or refused with FEDGE_ERR_RANGE;
+ * RDP is >= 0 and nondecreasing in alpha. q = 1 gives the plain Gaussian,
+ * alpha/(2 sigma^2).
  * Steps compose by adding RDP per order.
  *
  * Conversion to (epsilon, delta), minimised over the orders:
@@ -20,7 +28,8 @@
  *
  * All functions are pure and thread-safe; status FEDGE_ERR_INVALID_ARG for
  * q outside [0,1], sigma < 0, steps < 0, delta outside (0,1), an order <= 1,
- * and FEDGE_ERR_RANGE if a series fails to converge (not seen in practice). */
+ * and FEDGE_ERR_RANGE when a value cannot be computed to that accuracy (a
+ * fractional order above about 5e5 sigma). */
 #ifndef FEDGE_RDP_H
 #define FEDGE_RDP_H
 
@@ -47,5 +56,13 @@ int fedge_rdp_to_epsilon(const double *orders, const double *rdp, size_t n_order
 /* Default orders, improved conversion. best_order may be NULL. */
 int fedge_rdp_epsilon(double q, double sigma, long steps, double delta, double *eps,
                       double *best_order);
+
+/* RDP vectors (and their orders) as stored in a BLOB: n little-endian
+ * IEEE-754 binary64 values, FEDGE_RDP_PACKED_SIZE(n) bytes. unpack refuses
+ * (FEDGE_ERR_INVALID_ARG) a length other than 8 n and any value that is NaN
+ * or negative: a stored RDP vector is >= 0 (INFINITY allowed). */
+#define FEDGE_RDP_PACKED_SIZE(n) ((size_t)(n) * 8u)
+void fedge_rdp_pack(const double *v, size_t n, unsigned char *out);
+int fedge_rdp_unpack(const void *blob, size_t len, double *v, size_t n);
 
 #endif

@@ -168,9 +168,17 @@ static int open_round(fixture *fx, int round, const char *base, int n_selected)
     return fedge_audit_append_id(fx->db, "rounds", round);
 }
 
+/* Every fixture round samples 3 of 5 devices at the fixture policy's z. */
+#define FIXTURE_Q (3.0 / 5.0)
+
 static int close_round(fixture *fx, int round, const char *new_version, int n_acc, int n_rej,
                        double eps)
 {
+    double rdp[FEDGE_DP_N_ORDERS];
+    OK(fedge_policy_dp_round_rdp(fx->policy, FIXTURE_Q, rdp));
+    OK(fedge_dp_ledger_append(fx->db, (uint32_t)round, FIXTURE_Q,
+                              fedge_policy_dp_noise_multiplier(fx->policy),
+                              fedge_policy_dp_clip_norm(fx->policy), rdp));
     OK(sql(fx->db,
            "UPDATE rounds SET closed_at = %.1f, status = 'closed', new_version = %Q, "
            "n_accepted = %d, n_rejected = %d, bytes_received = %d, accuracy = 0.6, "
@@ -179,11 +187,12 @@ static int close_round(fixture *fx, int round, const char *new_version, int n_ac
     return fedge_audit_append_id(fx->db, "rounds", round);
 }
 
-static int device_eps(fixture *fx, const char *device, long k)
+static int device_eps(fixture *fx, const char *device)
 {
     double eps;
-    fedge_policy_decision d;
-    OK(fedge_policy_device_budget_check(fx->policy, device, k, &eps, &d));
+    fedge_dp_spent spent;
+    OK(fedge_dp_ledger_spent(fx->db, device, &spent));
+    OK(fedge_policy_dp_epsilon(fx->policy, spent.rdp, &eps));
     return sql(fx->db, "UPDATE devices SET epsilon_spent = %.17g WHERE id = %Q", eps, device);
 }
 
@@ -247,7 +256,9 @@ static int build_fixture(fixture *fx, const char *dir)
     /* Round 1. */
     double eps1, eps2, eps3;
     fedge_policy_decision d;
-    OK(fedge_policy_budget_check(fx->policy, 3.0 / 5.0, 1, &eps1, &d));
+    fedge_dp_spent spent;
+    OK(fedge_dp_ledger_spent(fx->db, NULL, &spent));
+    OK(fedge_policy_budget_check(fx->policy, spent.rdp, FIXTURE_Q, &eps1, &d));
     if (d.decision != FEDGE_DECISION_ACCEPT)
         return FEDGE_ERR_INTERNAL;
     OK(fedge_store_begin(fx->db));
@@ -260,9 +271,9 @@ static int build_fixture(fixture *fx, const char *dir)
                   "device dev-4 region 'us' is not in the allowed regions [eu]", 14));
     OK(add_model(fx, 1, 2, fx->v[0], "aggregate", 1, NULL));
     OK(close_round(fx, 1, fx->v[1], 3, 1, eps1));
-    OK(device_eps(fx, "dev-1", 1));
-    OK(device_eps(fx, "dev-2", 1));
-    OK(device_eps(fx, "dev-3", 1));
+    OK(device_eps(fx, "dev-1"));
+    OK(device_eps(fx, "dev-2"));
+    OK(device_eps(fx, "dev-3"));
     OK(fedge_audit_sign_head(fx->db, 1, &fx->key, &fx->drbg));
     OK(fedge_store_commit(fx->db));
 
@@ -273,7 +284,8 @@ static int build_fixture(fixture *fx, const char *dir)
     OK(fedge_store_commit(fx->db));
 
     /* Round 2, then a refinement. */
-    OK(fedge_policy_budget_check(fx->policy, 3.0 / 5.0, 2, &eps2, &d));
+    OK(fedge_dp_ledger_spent(fx->db, NULL, &spent));
+    OK(fedge_policy_budget_check(fx->policy, spent.rdp, FIXTURE_Q, &eps2, &d));
     if (d.decision != FEDGE_DECISION_ACCEPT)
         return FEDGE_ERR_INTERNAL;
     OK(fedge_store_begin(fx->db));
@@ -290,8 +302,8 @@ static int build_fixture(fixture *fx, const char *dir)
     OK(fedge_audit_append_id(fx->db, "updates", 6));
     OK(add_model(fx, 2, 3, fx->v[1], "aggregate", 2, NULL));
     OK(close_round(fx, 2, fx->v[2], 2, 2, eps2));
-    OK(device_eps(fx, "dev-1", 2));
-    OK(device_eps(fx, "dev-5", 1));
+    OK(device_eps(fx, "dev-1"));
+    OK(device_eps(fx, "dev-5"));
     OK(add_model(fx, 3, 4, fx->v[2], "refine", 2,
                  "{\"command\": \"fedge-cluster refine\", \"epochs\": 1}"));
     OK(add_event(fx, 2, NULL, "refine", "refine_every", "refined round 2 model on 2 ranks"));
@@ -299,7 +311,8 @@ static int build_fixture(fixture *fx, const char *dir)
     OK(fedge_store_commit(fx->db));
 
     /* Round 3 would exceed the budget: refused, logged, signed. */
-    OK(fedge_policy_budget_check(fx->policy, 3.0 / 5.0, 3, &eps3, &d));
+    OK(fedge_dp_ledger_spent(fx->db, NULL, &spent));
+    OK(fedge_policy_budget_check(fx->policy, spent.rdp, FIXTURE_Q, &eps3, &d));
     if (d.decision != FEDGE_DECISION_REJECT)
         return FEDGE_ERR_INTERNAL;
     OK(fedge_store_begin(fx->db));
@@ -398,9 +411,9 @@ static void test_untouched_database_verifies(void **state)
     assert_true(rep.ok);
     assert_int_equal(rep.n_failures, 0);
     /* 2 policy/revoke events + 2 more events, 9 update entries (8 + 1 exclusion),
-     * 4 models, 5 round entries. */
+     * 4 models, 5 round entries, 2 privacy ledger rows. */
     assert_int_equal(rep.n_entries, scalar(fx->db, "SELECT count(*) FROM audit"));
-    assert_int_equal(rep.n_entries, 4 + 9 + 4 + 5);
+    assert_int_equal(rep.n_entries, 4 + 9 + 4 + 5 + 2);
     assert_int_equal(rep.n_heads, 3);
     assert_int_equal(rep.n_files, 4);
     assert_int_equal(rep.last_head_round, 3);
@@ -544,7 +557,7 @@ static void test_tamper_truncate_tail(void **state)
                      FEDGE_OK);
     assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_SIGNATURE);
     expect_first(&rep, FEDGE_AUDIT_FAIL_HEAD, "audit_heads", "3",
-                 "which is missing (the chain ends at 20): the chain was truncated");
+                 "which is missing (the chain ends at 22): the chain was truncated");
     /* The rows whose entries went with the tail are named too. */
     int saw_unaudited = 0;
     for (size_t i = 1; i < rep.n_failures && i < FEDGE_AUDIT_MAX_FAILURES; i++)

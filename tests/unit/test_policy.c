@@ -552,6 +552,20 @@ static void test_dp_noise_statistics(void **state)
     fedge_policy_free(p);
 }
 
+static void assert_rel(double got, double want, double tol)
+{
+    if (!(fabs(got - want) <= tol * fmax(1e-300, fabs(want)))) {
+        print_error("got %.17g, want %.17g (relative tolerance %g)\n", got, want, tol);
+        fail();
+    }
+}
+
+static void add_vec(double *acc, const double *v)
+{
+    for (size_t k = 0; k < FEDGE_DP_N_ORDERS; k++)
+        acc[k] += v[k];
+}
+
 static void test_privacy_budgets(void **state)
 {
     (void)state;
@@ -559,13 +573,15 @@ static void test_privacy_budgets(void **state)
                                 "  epsilon_budget: 5.0\n  delta: 1e-5\n"
                                 "  device_epsilon_budget: 12\n");
     fedge_policy_decision d;
-    double eps, want;
-    /* q = 0.1: find the first round over budget and check the decision flips there. */
+    double eps, want, spent[FEDGE_DP_N_ORDERS] = {0}, round_rdp[FEDGE_DP_N_ORDERS];
+    /* q = 0.1: spent grows by one round's RDP each time; the decision flips
+     * at the first round whose sum would pass the budget. */
+    assert_int_equal(fedge_policy_dp_round_rdp(p, 0.1, round_rdp), FEDGE_OK);
     long first_over = 0;
     for (long r = 1; r <= 200 && !first_over; r++) {
-        assert_int_equal(fedge_policy_budget_check(p, 0.1, r, &eps, &d), FEDGE_OK);
+        assert_int_equal(fedge_policy_budget_check(p, spent, 0.1, &eps, &d), FEDGE_OK);
         assert_int_equal(fedge_rdp_epsilon(0.1, 1.0, r, 1e-5, &want, NULL), FEDGE_OK);
-        assert_true(eps == want);
+        assert_rel(eps, want, 1e-12);
         assert_string_equal(d.rule, "privacy_budget");
         if (want > 5.0) {
             first_over = r;
@@ -575,15 +591,19 @@ static void test_privacy_budgets(void **state)
             assert_int_equal(d.decision, FEDGE_DECISION_ACCEPT);
             assert_contains(d.reason, "of budget 5");
         }
+        add_vec(spent, round_rdp);
     }
     assert_true(first_over > 1);
 
-    /* Per device: counted without amplification over its own rounds. */
+    /* Per device: its own rounds counted without amplification (q = 1). */
+    double dev_spent[FEDGE_DP_N_ORDERS] = {0}, dev_rdp[FEDGE_DP_N_ORDERS];
+    assert_int_equal(fedge_policy_dp_round_rdp(p, 1.0, dev_rdp), FEDGE_OK);
     long first_dev_over = 0;
     for (long k = 1; k <= 100 && !first_dev_over; k++) {
-        assert_int_equal(fedge_policy_device_budget_check(p, "dev-9", k, &eps, &d), FEDGE_OK);
+        assert_int_equal(fedge_policy_device_budget_check(p, "dev-9", dev_spent, &eps, &d),
+                         FEDGE_OK);
         assert_int_equal(fedge_rdp_epsilon(1.0, 1.0, k, 1e-5, &want, NULL), FEDGE_OK);
-        assert_true(eps == want);
+        assert_rel(eps, want, 1e-12);
         if (want > 12) {
             first_dev_over = k;
             assert_int_equal(d.decision, FEDGE_DECISION_REJECT);
@@ -593,17 +613,210 @@ static void test_privacy_budgets(void **state)
         } else {
             assert_int_equal(d.decision, FEDGE_DECISION_ACCEPT);
         }
+        add_vec(dev_spent, dev_rdp);
     }
     assert_true(first_dev_over > 1);
-    assert_int_equal(fedge_policy_budget_check(p, 0.0, 1, &eps, &d), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_policy_budget_check(p, NULL, 0.0, &eps, &d), FEDGE_ERR_INVALID_ARG);
+    spent[7] = -1e-3; /* a negative RDP is never a spend */
+    assert_int_equal(fedge_policy_budget_check(p, spent, 0.1, &eps, &d), FEDGE_ERR_INVALID_ARG);
     fedge_policy_free(p);
 
+    /* DP off: no guarantee, so no finite epsilon either. */
     p = load_text("version: 1\n");
-    assert_int_equal(fedge_policy_budget_check(p, 0.5, 1000, &eps, &d), FEDGE_OK);
+    assert_int_equal(fedge_policy_budget_check(p, NULL, 0.5, &eps, &d), FEDGE_OK);
     assert_int_equal(d.decision, FEDGE_DECISION_ACCEPT);
-    assert_true(eps == 0.0);
-    assert_contains(d.reason, "differential privacy is off");
+    assert_true(isinf(eps));
+    assert_contains(d.reason, "no DP guarantee applies");
+    assert_int_equal(fedge_policy_dp_round_rdp(p, 0.5, round_rdp), FEDGE_ERR_STATE);
     fedge_policy_free(p);
+}
+
+/* ---- the privacy ledger ------------------------------------------------------------------- */
+
+static fedge_policy *dp_policy(double z, double budget)
+{
+    char text[256];
+    snprintf(text, sizeof text,
+             "privacy:\n  enabled: true\n  clip_norm: 2\n  noise_multiplier: %g\n"
+             "  epsilon_budget: %g\n  delta: 1e-5\n  device_epsilon_budget: 100\n",
+             z, budget);
+    return load_text(text);
+}
+
+static void ledger_round(sqlite3 *db, const fedge_policy *p, uint32_t round, double q)
+{
+    double rdp[FEDGE_DP_N_ORDERS];
+    assert_int_equal(fedge_policy_dp_round_rdp(p, q, rdp), FEDGE_OK);
+    assert_int_equal(fedge_dp_ledger_append(db, round, q, fedge_policy_dp_noise_multiplier(p),
+                                            fedge_policy_dp_clip_norm(p), rdp),
+                     FEDGE_OK);
+}
+
+static void sql_ok(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        print_error("%s: %s\n", sql, msg ? msg : "?");
+        fail();
+    }
+}
+
+static void add_update_row(sqlite3 *db, int round, const char *device, const char *decision)
+{
+    char sql[400];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO updates(round, device, received_at, n_samples, encoding, bytes, counter,"
+             " decision, rule, reason) VALUES(%d, '%s', 0, 10, 'fp32', 100, %d, '%s', 'all', '-')",
+             round, device, round, decision);
+    sql_ok(db, sql);
+}
+
+/* A noise multiplier raised from 1 to 4 after 3 rounds (the SIGHUP case):
+ * epsilon is the conversion of 3 rounds at z = 1 plus 2 at z = 4, more than
+ * after the first 3, far more than 5 rounds re-priced at z = 4. */
+static void test_ledger_composes_each_rounds_own_cost(void **state)
+{
+    tmp_t *t = *state;
+    sqlite3 *db = NULL;
+    char path[160];
+    snprintf(path, sizeof path, "%s/ledger.db", t->dir);
+    assert_int_equal(fedge_store_open_db(path, 0, &db), FEDGE_OK);
+    fedge_policy *z1 = dp_policy(1.0, 100), *z4 = dp_policy(4.0, 100);
+    const double q = 0.5;
+    for (uint32_t r = 1; r <= 3; r++)
+        ledger_round(db, z1, r, q);
+    fedge_dp_spent after3, after5;
+    double eps3, eps5;
+    assert_int_equal(fedge_dp_ledger_spent(db, NULL, &after3), FEDGE_OK);
+    assert_int_equal(after3.rounds, 3);
+    assert_int_equal(fedge_policy_dp_epsilon(z4, after3.rdp, &eps3), FEDGE_OK);
+    for (uint32_t r = 4; r <= 5; r++)
+        ledger_round(db, z4, r, q);
+    assert_int_equal(fedge_dp_ledger_spent(db, NULL, &after5), FEDGE_OK);
+    assert_int_equal(after5.rounds, 5);
+    assert_int_equal(fedge_policy_dp_epsilon(z4, after5.rdp, &eps5), FEDGE_OK);
+
+    /* By hand: per order, 3 RDP(q, 1) + 2 RDP(q, 4). */
+    double orders[FEDGE_DP_N_ORDERS], r1[FEDGE_DP_N_ORDERS], r4[FEDGE_DP_N_ORDERS];
+    double sum[FEDGE_DP_N_ORDERS], want;
+    fedge_policy_dp_orders(orders);
+    assert_int_equal(fedge_rdp_compute(q, 1.0, 3, orders, FEDGE_DP_N_ORDERS, r1), FEDGE_OK);
+    assert_int_equal(fedge_rdp_compute(q, 4.0, 2, orders, FEDGE_DP_N_ORDERS, r4), FEDGE_OK);
+    for (size_t k = 0; k < FEDGE_DP_N_ORDERS; k++) {
+        sum[k] = r1[k] + r4[k];
+        assert_rel(after5.rdp[k], sum[k], 1e-14);
+    }
+    assert_int_equal(fedge_rdp_to_epsilon(orders, sum, FEDGE_DP_N_ORDERS, 1e-5,
+                                          FEDGE_RDP_CONV_IMPROVED, &want, NULL),
+                     FEDGE_OK);
+    assert_rel(eps5, want, 1e-14);
+    assert_true(eps5 > eps3);
+    double repriced; /* what recomputing from the round count at the current z gave */
+    assert_int_equal(fedge_rdp_epsilon(q, 4.0, 5, 1e-5, &repriced, NULL), FEDGE_OK);
+    assert_true(repriced < eps3 / 2);
+
+    /* q = 1 by hand in closed form: RDP(a) = a * (3/2 + 2/32), a Gaussian with
+     * sigma^2 = 1 / (2 (3/2 + 2/32)). Per device: dev-a contributed to rounds
+     * 1, 2 and 4 (rejected in 3, absent in 5), dev-b only to round 5. */
+    sqlite3_exec(db, "DELETE FROM dp_ledger", NULL, NULL, NULL);
+    add_update_row(db, 1, "dev-a", "accepted");
+    add_update_row(db, 2, "dev-a", "clipped");
+    add_update_row(db, 3, "dev-a", "rejected");
+    add_update_row(db, 4, "dev-a", "accepted");
+    add_update_row(db, 5, "dev-b", "accepted");
+    for (uint32_t r = 1; r <= 5; r++)
+        ledger_round(db, r <= 3 ? z1 : z4, r, r == 5 ? 1.0 : 0.25);
+    fedge_dp_spent all, dev_a, dev_b;
+    assert_int_equal(fedge_dp_ledger_spent(db, NULL, &all), FEDGE_OK);
+    assert_int_equal(fedge_dp_ledger_spent(db, "dev-a", &dev_a), FEDGE_OK);
+    assert_int_equal(fedge_dp_ledger_spent(db, "dev-b", &dev_b), FEDGE_OK);
+    assert_int_equal(all.rounds, 5);
+    assert_int_equal(dev_a.rounds, 3);
+    assert_int_equal(dev_b.rounds, 1);
+    for (size_t k = 0; k < FEDGE_DP_N_ORDERS; k++) {
+        assert_rel(dev_a.rdp[k], orders[k] * (2.0 / 2.0 + 1.0 / 32.0), 1e-14);
+        assert_rel(dev_b.rdp[k], orders[k] / 32.0, 1e-14);
+    }
+    double eps_a;
+    assert_int_equal(fedge_policy_dp_epsilon(z4, dev_a.rdp, &eps_a), FEDGE_OK);
+    assert_int_equal(fedge_rdp_epsilon(1.0, 1.0 / sqrt(2.0 * (1.0 + 1.0 / 32.0)), 1, 1e-5, &want,
+                                       NULL),
+                     FEDGE_OK);
+    assert_rel(eps_a, want, 1e-12);
+
+    /* A round is charged once; a bad row is refused, not stored. */
+    double rdp[FEDGE_DP_N_ORDERS];
+    assert_int_equal(fedge_policy_dp_round_rdp(z1, 0.5, rdp), FEDGE_OK);
+    assert_int_equal(fedge_dp_ledger_append(db, 5, 0.5, 1.0, 2.0, rdp), FEDGE_ERR_SQL);
+    assert_int_equal(fedge_dp_ledger_append(db, 6, 0.0, 1.0, 2.0, rdp), FEDGE_ERR_INVALID_ARG);
+    rdp[3] = -0.01;
+    assert_int_equal(fedge_dp_ledger_append(db, 6, 0.5, 1.0, 2.0, rdp), FEDGE_ERR_INVALID_ARG);
+    /* Every ledger row is in the audit chain. */
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM audit WHERE tbl = 'dp_ledger'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 10); /* 5 deleted above, 5 now */
+    sqlite3_finalize(st);
+    /* A row stored at other orders is re-priced from its (q, sigma). */
+    sql_ok(db, "UPDATE dp_ledger SET orders = zeroblob(16), rdp = zeroblob(16) WHERE round = 5");
+    assert_int_equal(fedge_dp_ledger_spent(db, NULL, &all), FEDGE_OK);
+    fedge_dp_spent again;
+    sql_ok(db, "DELETE FROM dp_ledger WHERE round = 5");
+    assert_int_equal(fedge_dp_ledger_spent(db, NULL, &again), FEDGE_OK);
+    assert_int_equal(fedge_rdp_compute(1.0, 4.0, 1, orders, FEDGE_DP_N_ORDERS, rdp), FEDGE_OK);
+    for (size_t k = 0; k < FEDGE_DP_N_ORDERS; k++)
+        assert_rel(all.rdp[k], again.rdp[k] + rdp[k], 1e-14);
+    fedge_policy_free(z1);
+    fedge_policy_free(z4);
+    sqlite3_close_v2(db);
+}
+
+/* The budget check prices the next round on top of the ledger: after 3
+ * rounds at z = 1 (q = 1), a 4th at z = 4 passes a budget just above the
+ * spend plus its cost and fails one just below, where a count of rounds
+ * re-priced at z = 4 would pass both. */
+static void test_budget_refusal_uses_the_ledger(void **state)
+{
+    tmp_t *t = *state;
+    sqlite3 *db = NULL;
+    char path[160];
+    snprintf(path, sizeof path, "%s/budget.db", t->dir);
+    assert_int_equal(fedge_store_open_db(path, 0, &db), FEDGE_OK);
+    fedge_policy *z1 = dp_policy(1.0, 100);
+    for (uint32_t r = 1; r <= 3; r++)
+        ledger_round(db, z1, r, 1.0);
+    fedge_dp_spent spent;
+    assert_int_equal(fedge_dp_ledger_spent(db, NULL, &spent), FEDGE_OK);
+    double orders[FEDGE_DP_N_ORDERS], next[FEDGE_DP_N_ORDERS], truth, spent_eps, repriced;
+    fedge_policy_dp_orders(orders);
+    assert_int_equal(fedge_rdp_compute(1.0, 4.0, 1, orders, FEDGE_DP_N_ORDERS, next), FEDGE_OK);
+    add_vec(next, spent.rdp);
+    assert_int_equal(fedge_rdp_to_epsilon(orders, next, FEDGE_DP_N_ORDERS, 1e-5,
+                                          FEDGE_RDP_CONV_IMPROVED, &truth, NULL),
+                     FEDGE_OK);
+    assert_int_equal(fedge_policy_dp_epsilon(z1, spent.rdp, &spent_eps), FEDGE_OK);
+    assert_int_equal(fedge_rdp_epsilon(1.0, 4.0, 4, 1e-5, &repriced, NULL), FEDGE_OK);
+    assert_true(truth > spent_eps && repriced < spent_eps / 2);
+
+    fedge_policy *below = dp_policy(4.0, truth * 0.999), *above = dp_policy(4.0, truth * 1.001);
+    fedge_policy_decision d;
+    double eps;
+    assert_int_equal(fedge_policy_budget_check(above, spent.rdp, 1.0, &eps, &d), FEDGE_OK);
+    assert_int_equal(d.decision, FEDGE_DECISION_ACCEPT);
+    assert_rel(eps, truth, 1e-14);
+    assert_int_equal(fedge_policy_budget_check(below, spent.rdp, 1.0, &eps, &d), FEDGE_OK);
+    assert_int_equal(d.decision, FEDGE_DECISION_REJECT);
+    assert_string_equal(d.rule, "privacy_budget");
+    /* The device check the same way (device budget 100 here: never over). */
+    assert_int_equal(fedge_policy_device_budget_check(below, "dev-a", spent.rdp, &eps, &d),
+                     FEDGE_OK);
+    assert_rel(eps, truth, 1e-14);
+    fedge_policy_free(z1);
+    fedge_policy_free(below);
+    fedge_policy_free(above);
+    sqlite3_close_v2(db);
 }
 
 /* ---- recording ---------------------------------------------------------------------------- */
@@ -672,6 +885,10 @@ int main(void)
         cmocka_unit_test(test_round_max_share),
         cmocka_unit_test(test_dp_noise_statistics),
         cmocka_unit_test(test_privacy_budgets),
+        cmocka_unit_test_setup_teardown(test_ledger_composes_each_rounds_own_cost, setup_tmp,
+                                        teardown_tmp),
+        cmocka_unit_test_setup_teardown(test_budget_refusal_uses_the_ledger, setup_tmp,
+                                        teardown_tmp),
         cmocka_unit_test_setup_teardown(test_policy_record, setup_tmp, teardown_tmp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
