@@ -183,6 +183,144 @@ static void test_rdp_monotone_and_bad_args(void **state)
     assert_int_equal(fedge_rdp_epsilon(NAN, 1, 1, 1e-5, &eps, NULL), FEDGE_ERR_INVALID_ARG);
 }
 
+/* ---- accuracy: every value is exact or refused ------------------------------------------ */
+
+/* log(A_n) for integer n straight from the binomial expansion of Mironov,
+ * Talwar, Zhang (2019), all terms, summed in long double log space: an
+ * independent route from the library's sum of A - 1. */
+static long double ref_log_a_int(double q, double sigma, int n)
+{
+    long double lq = logl(q), l1q = log1pl(-(long double)q), s2 = 2.0L * sigma * sigma;
+    long double m = -INFINITY, t[1024];
+    for (int i = 0; i <= n; i++) {
+        t[i] = lgammal(n + 1.0L) - lgammal(i + 1.0L) - lgammal(n - i + 1.0L) + i * lq +
+               (n - i == 0 ? 0.0L : (n - i) * l1q) + ((long double)i * i - i) / s2;
+        if (t[i] > m)
+            m = t[i];
+    }
+    long double sum = 0;
+    for (int i = 0; i <= n; i++)
+        sum += expl(t[i] - m);
+    return m + logl(sum);
+}
+
+/* q = 0.4, sigma = 12, alpha = 58.75 gave -0.52 with status OK (the
+ * alternating erfc series). Reference values: tests/unit/rdp_reference.py
+ * (mpmath, 40 digits, adaptive quadrature of the defining integral). */
+static void test_rdp_fractional_orders_match_high_precision(void **state)
+{
+    (void)state;
+    static const double ref[][4] = {
+        /* q, sigma, alpha, RDP */
+        {0.4, 12, 58.75, 0.03620214918119259},
+        {0.4, 12, 10.5, 0.0059347872910152553},
+        {0.01, 2.5, 1.5, 1.3001417943760795e-5},
+        {0.01, 2.5, 7.3, 6.3947882174179294e-5},
+        {0.1, 2, 5.5, 0.0086472293509640686},
+        {0.25, 0.5, 2.5, 2.7091548179144581},
+        {0.25, 0.5, 11.5, 21.481677604487739},
+        {0.6, 0.8, 1.1, 0.35283149686207831},
+        {0.9, 1.5, 33.3, 7.2913776156243675},
+        {0.001, 50, 1.1, 2.2004392666029401e-10},
+        {0.05, 1.0, 62.5, 28.205556632567082},
+        {0.99, 0.3, 3.7, 20.54178287308965},
+        {0.5, 4.0, 20.25, 0.22457947618447878},
+        {0.02, 0.7, 45.5, 42.428637793807824},
+    };
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(ref); i++) {
+        double got;
+        assert_int_equal(fedge_rdp_compute(ref[i][0], ref[i][1], 1, &ref[i][2], 1, &got),
+                         FEDGE_OK);
+        assert_close(got, ref[i][3], 1e-10 * ref[i][3]);
+    }
+}
+
+/* Over a grid of q in (0, 1], sigma in [0.3, 50] and the accountant's orders
+ * (fractional ones included) plus a few more: status OK, RDP >= 0,
+ * nondecreasing in alpha, equal at integer alpha to the direct expansion,
+ * and at fractional alpha within the bounds that log A_alpha's convexity in
+ * alpha gives: RDP(floor) <= RDP(alpha) and (alpha - 1) RDP(alpha) <= the
+ * chord of (a - 1) RDP(a) between the integers around alpha. */
+static void test_rdp_grid_properties(void **state)
+{
+    (void)state;
+    static const double qs[] = {1e-4, 0.001, 0.01, 0.05, 0.1, 0.25, 0.4, 0.6, 0.9, 0.99, 1.0};
+    static const double sigmas[] = {0.3, 0.45, 0.7, 1.0, 1.5, 2.5, 4.0, 8.0, 12.0, 20.0, 50.0};
+    enum { N_EXTRA = 6 };
+    static const double extra[N_EXTRA] = {58.75, 63.5, 64, 70.25, 100, 128};
+    double orders[FEDGE_RDP_N_DEFAULT_ORDERS + N_EXTRA];
+    double rdp[FEDGE_RDP_N_DEFAULT_ORDERS + N_EXTRA];
+    size_t n = FEDGE_RDP_N_DEFAULT_ORDERS + N_EXTRA;
+    fedge_rdp_default_orders(orders);
+    for (size_t i = 0; i < N_EXTRA; i++)
+        orders[FEDGE_RDP_N_DEFAULT_ORDERS + i] = extra[i];
+    size_t checked = 0;
+    for (size_t qi = 0; qi < FEDGE_ARRAY_LEN(qs); qi++) {
+        for (size_t si = 0; si < FEDGE_ARRAY_LEN(sigmas); si++) {
+            double q = qs[qi], sigma = sigmas[si];
+            int rc = fedge_rdp_compute(q, sigma, 1, orders, n, rdp);
+            if (rc != FEDGE_OK) {
+                print_error("q %g sigma %g: status %d\n", q, sigma, rc);
+                fail();
+            }
+            for (size_t k = 0; k < n; k++) {
+                double a = orders[k];
+                if (!(rdp[k] >= 0.0) || !isfinite(rdp[k])) {
+                    print_error("q %g sigma %g alpha %g: RDP %.17g\n", q, sigma, a, rdp[k]);
+                    fail();
+                }
+                for (size_t j = 0; j < n; j++) /* nondecreasing in alpha */
+                    if (orders[j] < a && rdp[j] > rdp[k] * (1 + 1e-10)) {
+                        print_error("q %g sigma %g: RDP(%g) = %.17g > RDP(%g) = %.17g\n", q,
+                                    sigma, orders[j], rdp[j], a, rdp[k]);
+                        fail();
+                    }
+                double fl = floor(a);
+                if (a == fl) {
+                    long double want = ref_log_a_int(q, sigma, (int)a) / (a - 1.0);
+                    assert_close(rdp[k], (double)want, 1e-9 * (double)want + 1e-17);
+                } else if (fl >= 2 && q < 1.0) {
+                    double lo, hi;
+                    long double la = ref_log_a_int(q, sigma, (int)fl);
+                    long double lb = ref_log_a_int(q, sigma, (int)fl + 1);
+                    lo = (double)(la / (fl - 1.0));
+                    hi = (double)((la + (a - fl) * (lb - la)) / (a - 1.0));
+                    if (!(rdp[k] >= lo * (1 - 1e-9) && rdp[k] <= hi * (1 + 1e-9))) {
+                        print_error("q %g sigma %g alpha %g: RDP %.17g outside [%.17g, %.17g]\n",
+                                    q, sigma, a, rdp[k], lo, hi);
+                        fail();
+                    }
+                }
+                checked++;
+            }
+        }
+    }
+    assert_int_equal(checked, FEDGE_ARRAY_LEN(qs) * FEDGE_ARRAY_LEN(sigmas) * n);
+}
+
+/* Where quadrature cannot reach the accuracy it answers FEDGE_ERR_RANGE,
+ * never a number; stored vectors round-trip and refuse bad input. */
+static void test_rdp_refuses_and_packs(void **state)
+{
+    (void)state;
+    double a = 3e6 + 0.5, r = -1;
+    assert_int_equal(fedge_rdp_compute(0.5, 0.3, 1, &a, 1, &r), FEDGE_ERR_RANGE);
+    double v[3] = {0.0, 1.25, INFINITY}, back[3];
+    unsigned char blob[FEDGE_RDP_PACKED_SIZE(3)];
+    fedge_rdp_pack(v, 3, blob);
+    assert_int_equal(blob[8 + 7], 0x3f); /* 1.25 = 0x3FF4000000000000, little-endian */
+    assert_int_equal(blob[8 + 6], 0xf4);
+    assert_int_equal(fedge_rdp_unpack(blob, sizeof blob, back, 3), FEDGE_OK);
+    assert_memory_equal(v, back, sizeof v);
+    assert_int_equal(fedge_rdp_unpack(blob, sizeof blob - 1, back, 3), FEDGE_ERR_INVALID_ARG);
+    v[1] = -0.5;
+    fedge_rdp_pack(v, 3, blob);
+    assert_int_equal(fedge_rdp_unpack(blob, sizeof blob, back, 3), FEDGE_ERR_INVALID_ARG);
+    v[1] = NAN;
+    fedge_rdp_pack(v, 3, blob);
+    assert_int_equal(fedge_rdp_unpack(blob, sizeof blob, back, 3), FEDGE_ERR_INVALID_ARG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -192,6 +330,9 @@ int main(void)
         cmocka_unit_test(test_rdp_opacus_accountant),
         cmocka_unit_test(test_rdp_tf_tutorial_classic),
         cmocka_unit_test(test_rdp_monotone_and_bad_args),
+        cmocka_unit_test(test_rdp_fractional_orders_match_high_precision),
+        cmocka_unit_test(test_rdp_grid_properties),
+        cmocka_unit_test(test_rdp_refuses_and_packs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
