@@ -55,7 +55,7 @@ out_has "signed heads   3"
 # Without --models relative model paths start from the database's directory.
 (cd / && "$AUDIT" --db "$DB" --pubkey "$PUB" verify >/dev/null) || fail "verify from / without --models"
 expect_rc 0 "${A[@]}" --json verify
-json_check "d['ok'] is True and d['entries'] == 22 and d['failures'] == [] and d['last_head']['round'] == 3"
+json_check "d['ok'] is True and d['entries'] == 24 and d['failures'] == [] and d['last_head']['round'] == 3"
 
 expect_rc 0 "${A[@]}" --json lineage "${refine:0:8}"
 json_check "d['version'] == '$refine' and sorted(d['devices']) == ['dev-1','dev-2','dev-3','dev-5'] and d['total_samples'] == 2480 and d['refinements'] == 1 and [m['kind'] for m in d['models']] == ['refine','aggregate','aggregate','init']"

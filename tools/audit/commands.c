@@ -15,6 +15,8 @@
 #include "common.h"
 #include "graph.h"
 #include "out.h"
+#include "policy.h"
+#include "rdp.h"
 #include "text.h"
 
 void cli_error(const char *fmt, ...)
@@ -870,13 +872,21 @@ int cmd_lineage(sqlite3 *db, const cli_opts *o)
 
 /* ---- privacy -------------------------------------------------------------------------- */
 
+/* epsilon comes from the privacy ledger (dp_ledger: each DP round's own q,
+ * sigma and RDP vector, composed by addition, converted at the policy's
+ * delta), not from the current policy's settings. A closed round without a
+ * ledger row released an aggregate without noise: no DP guarantee covers the
+ * data it used, which is said, never shown as epsilon 0. */
 typedef struct {
-    int have_policy, dp;
+    int have_policy, dp; /* dp: the recorded policy has DP on */
     char name[96], sha[80];
     double clip, z, delta, budget, device_budget;
-    int64_t dp_rounds;
+    int have_ledger;     /* the database has a dp_ledger table */
+    int64_t dp_rounds;   /* ledger rows */
+    int64_t nodp_rounds; /* closed rounds without a ledger row */
+    int64_t first_nodp, last_nodp;
     int have_spent;
-    double spent;
+    double spent; /* epsilon of the ledger sum */
     int64_t spent_round;
     out_table rounds, devices, refused;
 } privacy;
@@ -895,17 +905,42 @@ static double meta_num(sqlite3 *db, const char *key, int *ok)
     return v;
 }
 
+/* Epsilon of the ledger (device NULL) or of a device's ledger rounds; NaN
+ * when it cannot be computed (no delta, a malformed row: said on stderr). */
+static double ledger_epsilon(sqlite3 *db, const char *device, double delta, int64_t *rounds)
+{
+    fedge_dp_spent spent;
+    double orders[FEDGE_DP_N_ORDERS], eps = NAN;
+    int r = fedge_dp_ledger_spent(db, device, &spent);
+    *rounds = 0;
+    if (r != FEDGE_OK) {
+        cli_error("privacy ledger%s%s: %s", device ? " of device " : "", device ? device : "",
+                  fedge_strerror(r));
+        return NAN;
+    }
+    *rounds = spent.rounds;
+    if (spent.rounds == 0)
+        return 0.0;
+    fedge_policy_dp_orders(orders);
+    if (fedge_rdp_to_epsilon(orders, spent.rdp, FEDGE_DP_N_ORDERS, delta, FEDGE_RDP_CONV_IMPROVED,
+                             &eps, NULL) != FEDGE_OK)
+        return NAN;
+    return eps;
+}
+
 static int gather_privacy(sqlite3 *db, privacy *p)
 {
-    static const char *const rcols[] = {"round", "status", "accepted", "epsilon_after"};
-    static const char *const dcols[] = {"device", "region", "status", "rounds", "epsilon",
-                                        "budget", "remaining", "used_pct"};
+    static const char *const rcols[] = {"round", "status", "accepted", "dp",
+                                        "q", "noise_multiplier", "epsilon_after"};
+    static const char *const dcols[] = {"device", "region", "status", "dp_rounds",
+                                        "rounds_without_dp", "epsilon", "budget", "remaining",
+                                        "used_pct"};
     static const char *const fcols[] = {"round", "reason"};
     sqlite3_stmt *st = NULL;
     int rc = EXIT_USAGE;
     memset(p, 0, sizeof *p);
-    out_table_init(&p->rounds, 4, rcols);
-    out_table_init(&p->devices, 8, dcols);
+    out_table_init(&p->rounds, 7, rcols);
+    out_table_init(&p->devices, 9, dcols);
     out_table_init(&p->refused, 2, fcols);
     char flag[16];
     int ok = 1;
@@ -919,23 +954,51 @@ static int gather_privacy(sqlite3 *db, privacy *p)
     p->device_budget = meta_num(db, "policy_device_epsilon_budget", &ok);
     if (p->have_policy && !ok)
         p->have_policy = 0;
+    p->have_ledger = count_of(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                                  " AND name = 'dp_ledger'") == 1;
 
-    if (prep(db, "SELECT id, status, n_accepted, epsilon FROM rounds ORDER BY id", &st) != 0)
+    const char *rounds_sql =
+        p->have_ledger
+            ? "SELECT r.id, r.status, r.n_accepted, l.round IS NOT NULL, l.q, l.sigma, r.epsilon"
+              " FROM rounds r LEFT JOIN dp_ledger l ON l.round = r.id ORDER BY r.id"
+            : "SELECT id, status, n_accepted, epsilon IS NOT NULL, NULL, NULL, epsilon"
+              " FROM rounds ORDER BY id";
+    if (prep(db, rounds_sql, &st) != 0)
         goto cleanup;
     while (sqlite3_step(st) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(st, 0);
+        const char *status = ctext(st, 1);
+        int charged = sqlite3_column_int(st, 3);
         out_row(&p->rounds);
-        out_int(&p->rounds, 0, sqlite3_column_int64(st, 0));
-        out_text(&p->rounds, 1, ctext(st, 1));
+        out_int(&p->rounds, 0, id);
+        out_text(&p->rounds, 1, status);
         out_int_cell(&p->rounds, 2, st, 2);
-        out_real_cell(&p->rounds, 3, st, 3);
-        if (!cnull(st, 3)) {
-            p->dp_rounds++;
-            p->have_spent = 1;
-            p->spent = sqlite3_column_double(st, 3);
-            p->spent_round = sqlite3_column_int64(st, 0);
+        if (status && strcmp(status, "closed") == 0)
+            out_text(&p->rounds, 3, charged ? "yes" : "no");
+        out_real_cell(&p->rounds, 4, st, 4);
+        out_real_cell(&p->rounds, 5, st, 5);
+        out_real_cell(&p->rounds, 6, st, 6);
+        if (charged) {
+            p->spent_round = id;
+            if (!p->have_ledger) {
+                p->dp_rounds++;
+                p->have_spent = 1;
+                p->spent = sqlite3_column_double(st, 6);
+            }
+        } else if (status && strcmp(status, "closed") == 0) {
+            if (!p->nodp_rounds++)
+                p->first_nodp = id;
+            p->last_nodp = id;
         }
     }
     sqlite3_finalize(st);
+    st = NULL;
+    if (p->have_ledger && p->have_policy) {
+        p->spent = ledger_epsilon(db, NULL, p->delta, &p->dp_rounds);
+        if (isnan(p->spent))
+            goto cleanup;
+        p->have_spent = p->dp_rounds > 0;
+    }
 
     if (prep(db, "SELECT id, reason FROM rounds WHERE status = 'refused' ORDER BY id", &st) != 0)
         goto cleanup;
@@ -945,26 +1008,47 @@ static int gather_privacy(sqlite3 *db, privacy *p)
         out_text(&p->refused, 1, ctext(st, 1));
     }
     sqlite3_finalize(st);
+    st = NULL;
 
-    if (prep(db,
-             "SELECT d.id, d.region, d.status, d.epsilon_spent,"
-             " (SELECT count(*) FROM updates u JOIN rounds r ON r.id = u.round"
-             "   WHERE u.device = d.id AND u.decision <> 'rejected' AND r.status = 'closed')"
-             " FROM devices d ORDER BY d.epsilon_spent DESC, d.id",
-             &st) != 0)
+    /* rounds a device's update entered: closed, not rejected; split by
+     * whether the round is in the ledger */
+    const char *dev_sql =
+        p->have_ledger
+            ? "SELECT d.id, d.region, d.status, d.epsilon_spent,"
+              " (SELECT count(*) FROM updates u JOIN rounds r ON r.id = u.round"
+              "   WHERE u.device = d.id AND u.decision <> 'rejected' AND r.status = 'closed'"
+              "   AND NOT EXISTS (SELECT 1 FROM dp_ledger l WHERE l.round = r.id))"
+              " FROM devices d ORDER BY d.id"
+            : "SELECT d.id, d.region, d.status, d.epsilon_spent,"
+              " (SELECT count(*) FROM updates u JOIN rounds r ON r.id = u.round"
+              "   WHERE u.device = d.id AND u.decision <> 'rejected' AND r.status = 'closed'"
+              "   AND r.epsilon IS NULL)"
+              " FROM devices d ORDER BY d.id";
+    if (prep(db, dev_sql, &st) != 0)
         goto cleanup;
     while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *id = ctext(st, 0);
+        int64_t dp_rounds = 0, nodp = sqlite3_column_int64(st, 4);
         double eps = sqlite3_column_double(st, 3);
+        if (p->have_ledger && p->have_policy) {
+            eps = ledger_epsilon(db, id ? id : "", p->delta, &dp_rounds);
+            if (isnan(eps))
+                goto cleanup;
+        }
         out_row(&p->devices);
-        out_text(&p->devices, 0, ctext(st, 0));
+        out_text(&p->devices, 0, id);
         out_text(&p->devices, 1, ctext(st, 1));
         out_text(&p->devices, 2, ctext(st, 2));
-        out_int(&p->devices, 3, sqlite3_column_int64(st, 4));
-        out_num(&p->devices, 4, eps);
-        if (p->have_policy && p->device_budget > 0) {
-            out_num(&p->devices, 5, p->device_budget);
-            out_num(&p->devices, 6, p->device_budget - eps);
-            out_num(&p->devices, 7, 100.0 * eps / p->device_budget);
+        if (p->have_ledger)
+            out_int(&p->devices, 3, dp_rounds);
+        out_int(&p->devices, 4, nodp);
+        /* no epsilon where the device's data went out without noise */
+        if (nodp == 0 && (p->dp || dp_rounds > 0))
+            out_num(&p->devices, 5, eps);
+        if (nodp == 0 && p->have_policy && p->dp && p->device_budget > 0) {
+            out_num(&p->devices, 6, p->device_budget);
+            out_num(&p->devices, 7, p->device_budget - eps);
+            out_num(&p->devices, 8, 100.0 * eps / p->device_budget);
         }
     }
     rc = table_ok(&p->rounds) && table_ok(&p->devices) && table_ok(&p->refused) ? EXIT_OK
@@ -981,26 +1065,57 @@ static void privacy_free(privacy *p)
     out_table_free(&p->refused);
 }
 
+/* A DP guarantee covers the run: no closed round went out without noise,
+ * and DP is on or has charged rounds. */
+static int privacy_guaranteed(const privacy *p)
+{
+    return p->have_policy && p->nodp_rounds == 0 && (p->dp || p->dp_rounds > 0);
+}
+
 static void privacy_headline(const privacy *p, char *buf, size_t cap)
 {
+    char range[64] = "";
+    if (p->nodp_rounds > 1)
+        snprintf(range, sizeof range, " (rounds %" PRId64 "..%" PRId64 ")", p->first_nodp,
+                 p->last_nodp);
+    else if (p->nodp_rounds == 1)
+        snprintf(range, sizeof range, " (round %" PRId64 ")", p->first_nodp);
     if (!p->have_policy)
         snprintf(buf, cap, "no policy recorded in this database (the aggregator writes the "
                            "policy_* meta keys when it loads one)");
-    else if (!p->dp)
-        snprintf(buf, cap, "differential privacy is off in policy %s", p->name);
+    else if (p->nodp_rounds > 0 && p->dp_rounds == 0)
+        snprintf(buf, cap,
+                 "NO DP GUARANTEE: %" PRId64 " closed round%s%s ran without differential "
+                 "privacy; epsilon is undefined, not 0",
+                 p->nodp_rounds, p->nodp_rounds == 1 ? "" : "s", range);
+    else if (p->nodp_rounds > 0)
+        snprintf(buf, cap,
+                 "NO DP GUARANTEE for the whole run: %" PRId64 " closed round%s%s ran without "
+                 "differential privacy; the %" PRId64 " DP round%s spent epsilon %.4g of budget "
+                 "%.6g at delta %.3g",
+                 p->nodp_rounds, p->nodp_rounds == 1 ? "" : "s", range, p->dp_rounds,
+                 p->dp_rounds == 1 ? "" : "s", p->spent, p->budget, p->delta);
+    else if (!p->dp && !p->have_spent)
+        snprintf(buf, cap,
+                 "differential privacy is off in policy %s: no DP guarantee applies (no round "
+                 "has closed)",
+                 p->name);
     else if (!p->have_spent)
         snprintf(buf, cap, "no DP round has closed yet; global budget %.6g at delta %.3g",
                  p->budget, p->delta);
     else
         snprintf(buf, cap,
                  "epsilon spent %.4g of budget %.6g (%.1f%%) at delta %.3g after %" PRId64
-                 " DP round%s (last: round %" PRId64 ")",
+                 " DP round%s (last: round %" PRId64 ")%s",
                  p->spent, p->budget, 100.0 * p->spent / p->budget, p->delta, p->dp_rounds,
-                 p->dp_rounds == 1 ? "" : "s", p->spent_round);
+                 p->dp_rounds == 1 ? "" : "s", p->spent_round,
+                 p->dp ? "" : "; DP is now off: a further round would carry no guarantee");
 }
 
 static void privacy_json(json_w *j, const char *key, const privacy *p)
 {
+    char head[400];
+    privacy_headline(p, head, sizeof head);
     json_obj(j, key);
     if (p->have_policy) {
         json_obj(j, "policy");
@@ -1020,6 +1135,11 @@ static void privacy_json(json_w *j, const char *key, const privacy *p)
         json_null(j, "policy");
     }
     json_obj(j, "global");
+    json_bool(j, "dp", privacy_guaranteed(p));
+    if (privacy_guaranteed(p))
+        json_num(j, "epsilon", p->have_spent ? p->spent : 0.0);
+    else
+        json_null(j, "epsilon");
     if (p->have_spent)
         json_num(j, "epsilon_spent", p->spent);
     else
@@ -1029,6 +1149,9 @@ static void privacy_json(json_w *j, const char *key, const privacy *p)
     else
         json_null(j, "epsilon_budget");
     json_int(j, "dp_rounds", p->dp_rounds);
+    json_int(j, "rounds_without_dp", p->nodp_rounds);
+    json_bool(j, "ledger", p->have_ledger);
+    json_str(j, "summary", head);
     json_obj_end(j);
     json_table(j, "rounds", &p->rounds);
     json_table(j, "refused_rounds", &p->refused);
@@ -1038,7 +1161,7 @@ static void privacy_json(json_w *j, const char *key, const privacy *p)
 
 static void privacy_text(const privacy *p)
 {
-    char head[320];
+    char head[400];
     privacy_headline(p, head, sizeof head);
     if (p->have_policy)
         printf("policy %s (sha256 %.16s...)%s\n", p->name, p->sha,
@@ -1052,11 +1175,15 @@ static void privacy_text(const privacy *p)
                "budget\n",
                p->clip, p->z, p->delta);
     printf("global: %s\n", head);
+    if (!p->have_ledger)
+        printf("note: this database predates the privacy ledger; epsilon is as each round "
+               "recorded it\n");
     if (p->refused.n_rows) {
         section_text("rounds refused by the budget:");
         out_print_text(stdout, &p->refused, "  ");
     }
-    section_text("per device (epsilon counted over the rounds it contributed to):");
+    section_text("per device (epsilon composed over the DP rounds it contributed to; none where "
+                 "it contributed to a round without DP):");
     if (p->devices.n_rows)
         out_print_text(stdout, &p->devices, "  ");
     else
