@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The privacy accountant charges what was run: a real federation (aggregator
+# + 3 edges over CoAP/DTLS, softmax:784-10, 2000-row shards, every device in
+# every round so q = 1) under a DP policy with noise_multiplier 1. After 3
+# rounds the policy file is rewritten with noise_multiplier 4 and the
+# aggregator gets SIGHUP; once a round has closed at z = 4, DP is switched
+# off the same way. Checks: each DP round's own (q, sigma) is in the audited
+# privacy ledger; epsilon never falls from round to round; fedge-audit's
+# epsilon equals the conversion of the per-round RDP sum computed here
+# independently (q = 1: RDP(a) = a / (2 sigma^2)); the device charges are the
+# same composition; and once a round ran without DP the audit says there is
+# no DP guarantee (epsilon null), never epsilon 0.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+. tests/lib/fed.sh
+
+fed_setup 3
+FED_PORT=$(fed_free_port)
+"$BIN/fedge-partition" --data fashion-mnist --clients 30 --kind iid --seed 3 \
+    --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
+
+POLICY=$FED_DIR/policy.yaml
+write_policy() { # ENABLED Z
+    cat >"$POLICY.tmp" <<YAML
+name: dp-ledger-$2
+round:
+  min_clients: 3
+privacy:
+  enabled: $1
+  clip_norm: 1.0
+  noise_multiplier: $2
+  epsilon_budget: 1000
+  delta: 1e-5
+  device_epsilon_budget: 1000
+YAML
+    mv "$POLICY.tmp" "$POLICY"
+}
+write_policy true 1
+
+fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 8 \
+    --clients-per-round 3 --round-timeout-s 60 --start-delay-s 0.5 --local-epochs 1 --lr 0.05 \
+    --linger-s 3 --policy-file "$POLICY"
+for i in 0 1 2; do
+    fed_start_edge "dev-00$((i + 1))" "$FED_DIR/shards/shard-00$i.bin" --seed "$i"
+done
+
+sql() { sqlite3 -batch -noheader -cmd ".timeout 10000" "$FED_DIR/fedge.db" "$@"; }
+closed() { sql "SELECT count(*) FROM rounds WHERE status='closed'"; }
+fed_wait_for '[ "$(closed)" -ge 3 ]' 120
+write_policy true 4
+kill -HUP "$FED_AGG_PID"
+fed_wait_for '[ "$(sql "SELECT count(*) FROM dp_ledger WHERE sigma = 4")" -ge 1 ]' 120
+write_policy false 4
+kill -HUP "$FED_AGG_PID"
+fed_wait_run 240 || fed_fail "aggregator exited with an error"
+
+[ "$(closed)" = 8 ] || fed_fail "8 closed rounds expected, got $(closed)"
+grep -q "policy dp-ledger-4@" "$FED_DIR/agg.log" || fed_fail "the reload was not logged"
+AUDIT=("$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub")
+"${AUDIT[@]}" verify >/dev/null || fed_fail "audit verify (ledger rows are audited)"
+[ "$(fed_sql "SELECT count(*) FROM audit WHERE tbl='dp_ledger'")" = "$(fed_sql "SELECT count(*) FROM dp_ledger")" ] ||
+    fed_fail "every ledger row should have an audit entry"
+"${AUDIT[@]}" --json privacy >"$FED_DIR/privacy.json" || fed_fail "fedge-audit privacy"
+"${AUDIT[@]}" privacy >"$FED_DIR/privacy.txt" || fed_fail "fedge-audit privacy (text)"
+fed_sql "SELECT r.id, ifnull(l.q, ''), ifnull(l.sigma, ''), ifnull(r.epsilon, '') FROM rounds r
+         LEFT JOIN dp_ledger l ON l.round = r.id ORDER BY r.id" >"$FED_DIR/ledger.txt"
+fed_sql "SELECT id, epsilon_spent FROM devices ORDER BY id" >"$FED_DIR/devices.txt"
+
+python3 - "$FED_DIR" <<'PY' || fed_fail "privacy accounting checks (above)"
+import json, math, sys
+d = sys.argv[1]
+rows = [l.split("|") for l in open(d + "/ledger.txt").read().split()]
+dp = [(int(r), float(q), float(s), float(e)) for r, q, s, e in rows if q]
+nodp = [int(r) for r, q, s, e in rows if not q]
+orders = [1 + x / 10 for x in range(1, 100)] + list(range(12, 64))
+def eps(sigmas):  # q = 1: RDP(a) = a / (2 sigma^2) per round, improved conversion
+    best = math.inf
+    for a in orders:
+        rdp = sum(a / (2 * s * s) for s in sigmas)
+        best = min(best, rdp - (math.log(1e-5) + math.log(a)) / (a - 1) + math.log((a - 1) / a))
+    return max(best, 0.0)
+bad = []
+def check(ok, what):
+    if not ok:
+        bad.append(what)
+check(all(q == 1.0 for _, q, _, _ in dp), "every device in every round: q = 1")
+sig = [s for _, _, s, _ in dp]
+check(sig[:3] == [1.0] * 3 and 4.0 in sig and set(sig) == {1.0, 4.0},
+      "rounds 1-3 at sigma 1, then sigma 4: %s" % sig)
+check(len(nodp) >= 1 and min(nodp) > max(r for r, *_ in dp), "rounds after DP off: %s" % nodp)
+# each round's epsilon is the composition of the rounds so far, never falling
+for i, (r, _, _, e) in enumerate(dp):
+    want = eps(sig[: i + 1])
+    check(abs(e - want) <= 1e-9 * want, "round %d epsilon %.12g, want %.12g" % (r, e, want))
+    check(i == 0 or e >= dp[i - 1][3], "round %d epsilon fell: %.6g -> %.6g" % (r, dp[i - 1][3], e))
+total = eps(sig)
+after3 = dp[2][3]
+old = eps([sig[-1]] * len(sig))  # every round re-priced at the last sigma: the old accountant
+check(total > after3 and old < after3 / 2, "total %.4g, after 3 %.4g, re-priced %.4g" % (total, after3, old))
+p = json.load(open(d + "/privacy.json"))
+g = p["global"]
+check(g["dp"] is False and g["epsilon"] is None, "a run with a non-DP round has no DP guarantee: %s" % g)
+check(abs(g["epsilon_spent"] - total) <= 1e-9 * total, "audit epsilon_spent %s, want %.12g" % (g["epsilon_spent"], total))
+check(g["dp_rounds"] == len(dp) and g["rounds_without_dp"] == len(nodp), "round counts %s" % g)
+check("NO DP GUARANTEE" in g["summary"], "summary: %s" % g["summary"])
+for dev in p["devices"]:
+    check(dev["epsilon"] is None and dev["rounds_without_dp"] == len(nodp) and dev["dp_rounds"] == len(dp),
+          "device row %s" % dev)
+# the aggregator's own device charge: the same composition (every device in every DP round)
+for line in open(d + "/devices.txt").read().split():
+    dev, e = line.split("|")
+    check(abs(float(e) - total) <= 1e-9 * total, "%s epsilon_spent %s, want %.12g" % (dev, e, total))
+check("NO DP GUARANTEE" in open(d + "/privacy.txt").read(), "text output says so")
+print("epsilon after 3 rounds at z=1: %.4f; after %d DP rounds (sigma %s): %.4f; re-priced at z=%g: %.4f"
+      % (after3, len(dp), sig, total, sig[-1], old))
+for b in bad:
+    print("FAIL:", b, file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+
+# A run that never had DP: the audit says no guarantee applies, not epsilon 0.
+cp "$FED_DIR/fedge.db" "$FED_DIR/nodp.db"
+sqlite3 "$FED_DIR/nodp.db" "DELETE FROM dp_ledger; UPDATE meta SET value='0' WHERE key='policy_dp_enabled'" ||
+    fed_fail "sqlite3"
+"$BIN/fedge-audit" --db "$FED_DIR/nodp.db" --json privacy >"$FED_DIR/nodp.json" || fed_fail "privacy on the no-DP copy"
+python3 -c "
+import json, sys
+g = json.load(open('$FED_DIR/nodp.json'))['global']
+sys.exit(0 if g['dp'] is False and g['epsilon'] is None and g['epsilon_spent'] is None
+         and g['rounds_without_dp'] == 8 and 'NO DP GUARANTEE' in g['summary'] else 1)" ||
+    { cat "$FED_DIR/nodp.json" >&2; fed_fail "no-DP run must report no guarantee"; }
+"$BIN/fedge-audit" --db "$FED_DIR/nodp.db" privacy | grep -q "epsilon is undefined, not 0" ||
+    fed_fail "text output of the no-DP run"
+echo ok
