@@ -479,7 +479,16 @@ int fedge_policy_dp_round_rdp(const fedge_policy *p, double q, double rdp[FEDGE_
     if (!p->dp_enabled)
         return FEDGE_ERR_STATE;
     fedge_policy_dp_orders(orders);
-    return fedge_rdp_compute(q, p->dp_noise_multiplier, 1, orders, FEDGE_DP_N_ORDERS, rdp);
+    for (size_t k = 0; k < FEDGE_DP_N_ORDERS; k++) {
+        int ret = fedge_rdp_compute(q, p->dp_noise_multiplier, 1, &orders[k], 1, &rdp[k]);
+        /* an order that cannot be computed accurately is not used: +inf is a
+         * valid (vacuous) bound there, and epsilon is the minimum over orders */
+        if (ret == FEDGE_ERR_RANGE)
+            rdp[k] = INFINITY;
+        else if (ret != FEDGE_OK)
+            return ret;
+    }
+    return FEDGE_OK;
 }
 
 int fedge_policy_dp_epsilon(const fedge_policy *p, const double spent[FEDGE_DP_N_ORDERS],

@@ -192,8 +192,9 @@ int fedge_policy_dp_apply(const fedge_policy *p, float *sum, size_t n_params,
 
 void fedge_policy_dp_orders(double orders[FEDGE_DP_N_ORDERS]);
 /* RDP of one round at sampling rate q in (0, 1] with the policy's noise
- * multiplier. FEDGE_ERR_STATE when DP is off (a round without noise has no
- * finite cost). */
+ * multiplier; INFINITY at an order rdp.h refuses to compute (FEDGE_ERR_RANGE),
+ * so that order is never the one epsilon comes from. FEDGE_ERR_STATE when DP
+ * is off (a round without noise has no finite cost). */
 int fedge_policy_dp_round_rdp(const fedge_policy *p, double q, double rdp[FEDGE_DP_N_ORDERS]);
 /* Epsilon of an accumulated RDP vector at the policy's delta (improved
  * conversion, minimised over the orders). */

@@ -93,7 +93,7 @@ static double log_h(double alpha, double q, double t, double lx1)
  * exp(-2 pi^2 sigma^2 / h). The rule with step 2h (the even points) must agree
  * to FRAC_REL_TOL, else FEDGE_ERR_RANGE: the result is accurate or refused. */
 #define FRAC_REL_TOL 1e-10
-#define FRAC_MAX_POINTS 4000000L
+#define FRAC_MAX_POINTS 200000L
 #define FRAC_TAIL_MARGIN 60.0
 
 typedef struct {

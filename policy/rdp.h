@@ -28,8 +28,9 @@
  *
  * All functions are pure and thread-safe; status FEDGE_ERR_INVALID_ARG for
  * q outside [0,1], sigma < 0, steps < 0, delta outside (0,1), an order <= 1,
- * and FEDGE_ERR_RANGE when a value cannot be computed to that accuracy (a
- * fractional order above about 5e5 sigma). */
+ * and FEDGE_ERR_RANGE when a value cannot be computed to that accuracy or
+ * within 2e5 quadrature points (a fractional order above about 2.5e4 sigma,
+ * or sigma below about 0.025 at orders up to 63). */
 #ifndef FEDGE_RDP_H
 #define FEDGE_RDP_H
 

@@ -621,6 +621,18 @@ static void test_privacy_budgets(void **state)
     assert_int_equal(fedge_policy_budget_check(p, spent, 0.1, &eps, &d), FEDGE_ERR_INVALID_ARG);
     fedge_policy_free(p);
 
+    /* A noise multiplier too small for the fractional orders: those orders
+     * are +inf (unused), epsilon comes from the integer ones. */
+    fedge_policy *tiny = load_text("privacy:\n  enabled: true\n  noise_multiplier: 0.001\n");
+    double orders[FEDGE_DP_N_ORDERS];
+    fedge_policy_dp_orders(orders);
+    assert_int_equal(fedge_policy_dp_round_rdp(tiny, 0.5, round_rdp), FEDGE_OK);
+    for (size_t k = 0; k < FEDGE_DP_N_ORDERS; k++)
+        assert_true(orders[k] == floor(orders[k]) ? isfinite(round_rdp[k]) : isinf(round_rdp[k]));
+    assert_int_equal(fedge_policy_dp_epsilon(tiny, round_rdp, &eps), FEDGE_OK);
+    assert_true(isfinite(eps) && eps > 1e5);
+    fedge_policy_free(tiny);
+
     /* DP off: no guarantee, so no finite epsilon either. */
     p = load_text("version: 1\n");
     assert_int_equal(fedge_policy_budget_check(p, NULL, 0.5, &eps, &d), FEDGE_OK);

@@ -305,6 +305,12 @@ static void test_rdp_refuses_and_packs(void **state)
     (void)state;
     double a = 3e6 + 0.5, r = -1;
     assert_int_equal(fedge_rdp_compute(0.5, 0.3, 1, &a, 1, &r), FEDGE_ERR_RANGE);
+    a = 2.5;
+    assert_int_equal(fedge_rdp_compute(0.5, 0.001, 1, &a, 1, &r), FEDGE_ERR_RANGE);
+    a = 3; /* integer orders stay exact */
+    assert_int_equal(fedge_rdp_compute(0.5, 0.001, 1, &a, 1, &r), FEDGE_OK);
+    /* log A ~ log(q^3 e^(6 / (2 sigma^2))): the i = 3 term dominates */
+    assert_close(r, (3e6 + 3 * log(0.5)) / 2, 1e-6);
     double v[3] = {0.0, 1.25, INFINITY}, back[3];
     unsigned char blob[FEDGE_RDP_PACKED_SIZE(3)];
     fedge_rdp_pack(v, 3, blob);
