@@ -1075,9 +1075,12 @@ static int privacy_guaranteed(const privacy *p)
 static void privacy_headline(const privacy *p, char *buf, size_t cap)
 {
     char range[64] = "";
-    if (p->nodp_rounds > 1)
+    if (p->nodp_rounds > 1 && p->last_nodp - p->first_nodp + 1 == p->nodp_rounds)
         snprintf(range, sizeof range, " (rounds %" PRId64 "..%" PRId64 ")", p->first_nodp,
                  p->last_nodp);
+    else if (p->nodp_rounds > 1)
+        snprintf(range, sizeof range, " (the first round %" PRId64 ", the last round %" PRId64 ")",
+                 p->first_nodp, p->last_nodp);
     else if (p->nodp_rounds == 1)
         snprintf(range, sizeof range, " (round %" PRId64 ")", p->first_nodp);
     if (!p->have_policy)
