@@ -537,12 +537,12 @@ int fedge_policy_budget_check(const fedge_policy *p, const double *spent, double
         *eps_after = eps;
     if (eps > p->dp_epsilon_budget)
         decide(out, FEDGE_DECISION_REJECT, 1.0, "privacy_budget",
-               "the next round would bring epsilon to %.4g (q %.4g, z %.4g, delta %.3g), over the "
+               "this round would bring epsilon to %.4g (q %.4g, z %.4g, delta %.3g), over the "
                "budget %.4g",
                eps, q, p->dp_noise_multiplier, p->dp_delta, p->dp_epsilon_budget);
     else
         decide(out, FEDGE_DECISION_ACCEPT, 1.0, "privacy_budget",
-               "epsilon after the next round: %.4g of budget %.4g (q %.4g, z %.4g, delta %.3g)",
+               "epsilon after this round: %.4g of budget %.4g (q %.4g, z %.4g, delta %.3g)",
                eps, p->dp_epsilon_budget, q, p->dp_noise_multiplier, p->dp_delta);
     return FEDGE_OK;
 }

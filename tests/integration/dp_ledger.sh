@@ -9,7 +9,10 @@
 # epsilon equals the conversion of the per-round RDP sum computed here
 # independently (q = 1: RDP(a) = a / (2 sigma^2)); the device charges are the
 # same composition; and once a round ran without DP the audit says there is
-# no DP guarantee (epsilon null), never epsilon 0.
+# no DP guarantee (epsilon null), never epsilon 0. Then a fresh run whose
+# noise is lowered while its first round is open: the budget is checked
+# again at close with the settings the round is released under, so the round
+# fails, nothing is charged, and the next round is refused.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -20,7 +23,7 @@ FED_PORT=$(fed_free_port)
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
 
 POLICY=$FED_DIR/policy.yaml
-write_policy() { # ENABLED Z
+write_policy() { # ENABLED Z [BUDGET]
     cat >"$POLICY.tmp" <<YAML
 name: dp-ledger-$2
 round:
@@ -29,7 +32,7 @@ privacy:
   enabled: $1
   clip_norm: 1.0
   noise_multiplier: $2
-  epsilon_budget: 1000
+  epsilon_budget: ${3:-1000}
   delta: 1e-5
   device_epsilon_budget: 1000
 YAML
@@ -131,4 +134,32 @@ sys.exit(0 if g['dp'] is False and g['epsilon'] is None and g['epsilon_spent'] i
     { cat "$FED_DIR/nodp.json" >&2; fed_fail "no-DP run must report no guarantee"; }
 "$BIN/fedge-audit" --db "$FED_DIR/nodp.db" privacy | grep -q "epsilon is undefined, not 0" ||
     fed_fail "text output of the no-DP run"
+
+# ---- the budget at close: z 4 admitted round 1 (epsilon ~1.0 of 3), z 0.5
+# (epsilon ~10.7 for one round) is what it would be released under.
+mv "$FED_DIR/fedge.db" "$FED_DIR/run1.db"
+rm -f "$FED_DIR"/fedge.db-*
+write_policy true 4 3
+FED_PORT=$(fed_free_port)
+fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 3 \
+    --clients-per-round 3 --round-timeout-s 60 --start-delay-s 0.5 --linger-s 3 --policy-file "$POLICY"
+fed_wait_for '[ "$(sql "SELECT count(*) FROM rounds WHERE status='"'open'"'" 2>/dev/null || echo 0)" -ge 1 ]' 60
+write_policy true 0.5 3
+kill -HUP "$FED_AGG_PID"
+fed_wait_for 'grep -q "policy dp-ledger-0.5@" "$FED_DIR/agg.log"' 30
+for i in 0 1 2; do
+    fed_start_edge "dev-00$((i + 1))" "$FED_DIR/shards/shard-00$i.bin" --seed "$i"
+done
+fed_wait_run 120
+rc=$?
+[ "$rc" = 3 ] || fed_fail "a run in which no round aggregated exits 3, got $rc"
+[ "$(sql "SELECT status FROM rounds WHERE id = 1")" = failed ] || fed_fail "round 1 must fail at close"
+sql "SELECT reason FROM rounds WHERE id = 1" | grep -q "^privacy_budget: this round would bring epsilon to" ||
+    fed_fail "round 1's reason: $(sql "SELECT reason FROM rounds WHERE id = 1")"
+[ "$(sql "SELECT count(*) FROM dp_ledger")" = 0 ] || fed_fail "a round not released is not charged"
+[ "$(sql "SELECT count(*) FROM devices WHERE epsilon_spent <> 0")" = 0 ] || fed_fail "no device is charged"
+[ "$(sql "SELECT count(*) FROM events WHERE kind = 'round_rejected' AND rule = 'privacy_budget' AND round = 1")" = 1 ] ||
+    fed_fail "the refusal at close is an audited event"
+[ "$(sql "SELECT status FROM rounds WHERE id = 2")" = refused ] || fed_fail "round 2 must be refused at admission"
+"${AUDIT[@]}" verify >/dev/null || fed_fail "audit verify of the refused run"
 echo ok
