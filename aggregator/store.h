@@ -38,6 +38,9 @@
  *       kind TEXT NOT NULL, rule TEXT, detail TEXT NOT NULL)
  *       -- round-level decisions (k-anonymity, budget refusal, anomaly),
  *       -- device status changes, refinement results, policy reloads
+ *   dp_ledger(round INTEGER PRIMARY KEY, q REAL NOT NULL, sigma REAL NOT NULL,
+ *       clip REAL NOT NULL, orders BLOB NOT NULL, rdp BLOB NOT NULL)
+ *       -- audited; one row per round released with DP (policy.h's ledger)
  *   audit(seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL, row_key TEXT NOT NULL,
  *       canon BLOB NOT NULL, prev_hash BLOB NOT NULL, row_hash BLOB NOT NULL)
  *   audit_heads(seq INTEGER PRIMARY KEY, round INTEGER, head_hash BLOB NOT NULL,
