@@ -274,6 +274,19 @@ int fedge_gov_round_admission(fedge_aggregator *a, uint32_t round, size_t k, siz
         return FEDGE_OK;
     if (n_allowed == 0 || k == 0)
         return FEDGE_ERR_INVALID_ARG;
+    /* DP rounds of a log from before the ledger: their own cost is unknown */
+    int64_t unpriced = 0;
+    CHK(fedge_store_query_int64(a->db, &unpriced, NULL,
+                                "SELECT count(*) FROM rounds WHERE status='closed' AND epsilon IS NOT NULL"
+                                " AND id NOT IN (SELECT round FROM dp_ledger)", ""));
+    if (unpriced > 0) {
+        *refused = 1;
+        snprintf(reason, reason_len,
+                 "%lld DP round(s) closed before this log had a privacy ledger: their cost at their "
+                 "own settings is unknown, so no budget can be checked; start a new run",
+                 (long long)unpriced);
+        return FEDGE_OK;
+    }
     CHK(fedge_dp_ledger_spent(a->db, NULL, &spent));
     CHK(fedge_policy_budget_check(a->policy, spent.rdp, fmin(1.0, (double)k / (double)n_allowed),
                                   &eps, &d));

@@ -11,6 +11,10 @@
 #include "hash.h"
 #include "log.h"
 
+#define DP_LEDGER_SQL                                                                      \
+    "CREATE TABLE IF NOT EXISTS dp_ledger(round INTEGER PRIMARY KEY, q REAL NOT NULL,"     \
+    " sigma REAL NOT NULL, clip REAL NOT NULL, orders BLOB NOT NULL, rdp BLOB NOT NULL);"
+
 static const char *SCHEMA_SQL =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, region TEXT NOT NULL DEFAULT '',"
@@ -39,8 +43,7 @@ static const char *SCHEMA_SQL =
     "CREATE INDEX IF NOT EXISTS updates_device ON updates(device, counter);"
     "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, at REAL NOT NULL, round INTEGER,"
     " device TEXT, kind TEXT NOT NULL, rule TEXT, detail TEXT NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS dp_ledger(round INTEGER PRIMARY KEY, q REAL NOT NULL,"
-    " sigma REAL NOT NULL, clip REAL NOT NULL, orders BLOB NOT NULL, rdp BLOB NOT NULL);"
+    DP_LEDGER_SQL
     "CREATE TABLE IF NOT EXISTS audit(seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL,"
     " row_key TEXT NOT NULL, canon BLOB NOT NULL, prev_hash BLOB NOT NULL,"
     " row_hash BLOB NOT NULL);"
@@ -159,6 +162,7 @@ static int migrate(sqlite3 *db)
     st = NULL;
     if (!has_sealed)
         CHK(exec_sql(db, "ALTER TABLE updates ADD COLUMN sealed_sha256 BLOB"));
+    CHK(exec_sql(db, DP_LEDGER_SQL));
 cleanup:
     sqlite3_finalize(st);
     return ret;

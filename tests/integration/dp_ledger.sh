@@ -162,4 +162,19 @@ sql "SELECT reason FROM rounds WHERE id = 1" | grep -q "^privacy_budget: this ro
     fed_fail "the refusal at close is an audited event"
 [ "$(sql "SELECT status FROM rounds WHERE id = 2")" = refused ] || fed_fail "round 2 must be refused at admission"
 "${AUDIT[@]}" verify >/dev/null || fed_fail "audit verify of the refused run"
+
+# ---- a log from before the ledger (run 1 without its dp_ledger table): its
+# DP rounds cannot be re-priced, so no further DP round is admitted.
+mv "$FED_DIR/fedge.db" "$FED_DIR/run2.db"
+rm -f "$FED_DIR"/fedge.db-*
+sqlite3 "$FED_DIR/run1.db" "DROP TABLE dp_ledger" || fed_fail "sqlite3"
+mv "$FED_DIR/run1.db" "$FED_DIR/fedge.db"
+write_policy true 4
+FED_PORT=$(fed_free_port)
+fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 12 \
+    --clients-per-round 3 --round-timeout-s 60 --linger-s 0 --policy-file "$POLICY"
+fed_wait_pid "$FED_AGG_PID" 60
+[ "$(sql "SELECT status FROM rounds WHERE id = 9")" = refused ] || fed_fail "round 9 must be refused"
+sql "SELECT reason FROM rounds WHERE id = 9" | grep -q "^4 DP round(s) closed before this log had a privacy ledger" ||
+    fed_fail "round 9's reason: $(sql "SELECT reason FROM rounds WHERE id = 9")"
 echo ok
