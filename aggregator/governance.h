@@ -57,8 +57,10 @@ int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *s
 /* How many rounds late an update may arrive (the policy's max_staleness). */
 uint32_t fedge_gov_round_window(const fedge_aggregator *a);
 
-/* Before opening `round` with k of n_allowed devices: would it exceed the
- * privacy budget? */
+/* Before opening `round` with k of n_allowed devices: would the privacy
+ * ledger's sum plus this round's cost (q = k / n_allowed, the current noise
+ * multiplier) exceed the budget? Also refused when DP rounds of the log have
+ * no ledger row (a log from before the ledger): their cost is unknown. */
 int fedge_gov_round_admission(fedge_aggregator *a, uint32_t round, size_t k, size_t n_allowed,
                               int *refused, char *reason, size_t reason_len);
 /* Per-update policy; writes the updates row (accepted, clipped or rejected),
