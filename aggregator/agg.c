@@ -18,6 +18,7 @@
 #include "log.h"
 #include "modelfile.h"
 #include "refine.h"
+#include "retention.h"
 #include "shard.h"
 #include "store.h"
 #include "train.h"
@@ -691,6 +692,11 @@ static int close_round(fedge_aggregator *a, double now)
         FEDGE_INFO("round %u closed: %zu accepted, %zu rejected, %llu bytes, accuracy %.4f, model %.16s,"
                    " %.2fs aggregate+eval", a->round, a->n_accepted, a->n_rejected,
                    (unsigned long long)a->bytes_received, acc, a->version_hex, fedge_now() - t0);
+    }
+    if (a->cfg.retain_deltas_rounds > 0) { /* housekeeping: a failure is retried next round */
+        int rr = fedge_retention_after_round(a);
+        if (rr != FEDGE_OK)
+            FEDGE_WARN("round %u: dropping old delta bodies failed: %s", a->round, fedge_strerror(rr));
     }
     a->rounds_done++;
     a->state = FEDGE_AGG_WAITING;

@@ -76,6 +76,7 @@ static const field FIELDS[] = {
     DBL(refine_timeout_s, 1, 86400, "600", "refinement gets killed after this long; the aggregate is kept"),
     DBL(db_busy_retry_s, 0, 86400, "300", "keep retrying a step that finds the database locked by another process this long before stopping"),
     BOOL(allow_unsigned, "0", "start without signing_key although the log has signed heads (an audited event; verify will flag the unsigned rounds)"),
+    LNG(retain_deltas_rounds, 0, 1e9, "0", "keep the delta bodies of the last N rounds; older ones are dropped, their SHA-256 stay in the audit chain (0: keep all)"),
 };
 
 _Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");

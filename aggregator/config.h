@@ -54,6 +54,7 @@ typedef struct {
     double refine_timeout_s;
     double db_busy_retry_s;     /* transient SQLITE_BUSY is retried this long */
     int allow_unsigned;         /* start without signing_key on a log with signed heads */
+    long retain_deltas_rounds;  /* keep delta bodies of the last N rounds (0: all) */
     /* where each key (table order) was last set: 0 default, -1 command
      * line, N > 0 line N of config_file */
     int origin_line[FEDGE_AGG_CONFIG_MAX_KEYS];

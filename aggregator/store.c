@@ -10,6 +10,7 @@
 #include "common.h"
 #include "hash.h"
 #include "log.h"
+#include "retention.h"
 
 #define DP_LEDGER_SQL                                                                      \
     "CREATE TABLE IF NOT EXISTS dp_ledger(round INTEGER PRIMARY KEY, q REAL NOT NULL,"     \
@@ -37,7 +38,8 @@ static const char *SCHEMA_SQL =
     " device TEXT NOT NULL, received_at REAL NOT NULL, n_samples INTEGER NOT NULL,"
     " encoding TEXT NOT NULL, bytes INTEGER NOT NULL, counter INTEGER NOT NULL, norm REAL,"
     " decision TEXT NOT NULL CHECK(decision IN ('accepted','clipped','rejected')),"
-    " rule TEXT NOT NULL, reason TEXT NOT NULL, delta BLOB, sealed_sha256 BLOB);"
+    " rule TEXT NOT NULL, reason TEXT NOT NULL, delta BLOB, sealed_sha256 BLOB,"
+    " delta_sha256 BLOB, delta_pruned_round INTEGER);"
     "CREATE UNIQUE INDEX IF NOT EXISTS updates_one_per_round ON updates(round, device)"
     " WHERE decision <> 'rejected';"
     "CREATE INDEX IF NOT EXISTS updates_device ON updates(device, counter);"
@@ -229,6 +231,8 @@ static int check_fedge_db(sqlite3 *db)
         const char *v = (const char *)sqlite3_column_text(st, 0);
         if (v && strcmp(v, FEDGE_SCHEMA_VERSION) == 0)
             ret = 1;
+        else if (v && strcmp(v, "1") == 0)
+            ret = 2; /* before delta retention: fedge_retention_migrate_v1 */
         else
             FEDGE_ERROR("database schema version %s, this build reads %s", v ? v : "?",
                         FEDGE_SCHEMA_VERSION);
@@ -257,12 +261,20 @@ int fedge_store_open_db(const char *path, int read_only, sqlite3 **out)
     int state = check_fedge_db(db);
     if (state < 0)
         FAIL(state);
+    if (state == 2 && read_only) {
+        FEDGE_ERROR("database %s has schema 1; this build reads %s", path, FEDGE_SCHEMA_VERSION);
+        FAIL(FEDGE_ERR_SCHEMA_OLD);
+    }
     if (read_only) {
         if (state == 0)
             FAIL(FEDGE_ERR_AUDIT_NOT_FEDGE_DB);
         goto cleanup;
     }
+    if (state == 0) /* only before the first table: lets retention shrink the file */
+        CHK(exec_sql(db, "PRAGMA auto_vacuum=INCREMENTAL"));
     CHK(exec_sql(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
+    if (state == 2)
+        CHK(fedge_retention_migrate_v1(db));
     if (state == 0) {
         CHK(fedge_store_begin(db));
         CHK(exec_sql(db, SCHEMA_SQL));

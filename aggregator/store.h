@@ -7,9 +7,9 @@
  * also appends to the hash chain in `audit` (policy/audit.h) inside the same
  * transaction.
  *
- * Schema (schema_version 1):
+ * Schema (schema_version 2; created with auto_vacuum = INCREMENTAL):
  *   meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)
- *       keys: fedge_schema ('1'), model_spec, created_at,
+ *       keys: fedge_schema ('2'), model_spec, created_at,
  *       run_id (32 hex digits, random, made once: every update is sealed
  *       for it, so updates cannot be replayed from one log into another)
  *   devices(id TEXT PRIMARY KEY, region TEXT NOT NULL DEFAULT '',
@@ -32,7 +32,9 @@
  *       decision TEXT NOT NULL,                   -- accepted|clipped|rejected
  *       rule TEXT NOT NULL, reason TEXT NOT NULL,
  *       delta BLOB,                               -- encoded delta of an accepted update
- *       sealed_sha256 BLOB)                       -- of the frame as received (resends)
+ *       sealed_sha256 BLOB,                       -- of the frame as received (resends)
+ *       delta_sha256 BLOB,                        -- SHA-256 of delta (written by the audit append)
+ *       delta_pruned_round INTEGER)               -- round whose retention dropped delta
  *       UNIQUE(round, device) for accepted/clipped rows (partial index)
  *   events(id INTEGER PRIMARY KEY, at REAL NOT NULL, round INTEGER, device TEXT,
  *       kind TEXT NOT NULL, rule TEXT, detail TEXT NOT NULL)
@@ -52,13 +54,15 @@
 #include <sqlite3.h>
 #include <stdint.h>
 
-#define FEDGE_SCHEMA_VERSION "1"
+#define FEDGE_SCHEMA_VERSION "2"
 
 /* Opens (creating if absent) the database at path, sets WAL, foreign keys,
  * busy timeout, and creates the schema. A file that exists but is not a
  * fedge database gives FEDGE_ERR_AUDIT_NOT_FEDGE_DB and is left unchanged.
  * *db is owned by the caller: sqlite3_close_v2 it. read_only opens
- * without creating or altering anything. */
+ * without creating or altering anything. A schema 1 database is migrated
+ * (fedge_retention_migrate_v1) when opened read-write, refused read-only
+ * with FEDGE_ERR_SCHEMA_OLD. */
 int fedge_store_open_db(const char *path, int read_only, sqlite3 **db);
 
 #define FEDGE_STORE_RUN_ID_LEN 16

@@ -33,11 +33,12 @@ static const char *const EVENTS_COLS[] = {"id", "at", "round", "device", "kind",
 static const char *const DP_LEDGER_COLS[] = {"round", "q", "sigma", "clip", "orders", "rdp"};
 
 static const audit_table TABLES[] = {
-    {"updates", "id", 1, UPDATES_COLS, FEDGE_ARRAY_LEN(UPDATES_COLS), "delta"},
-    {"models", "version", 0, MODELS_COLS, FEDGE_ARRAY_LEN(MODELS_COLS), NULL},
-    {"rounds", "id", 1, ROUNDS_COLS, FEDGE_ARRAY_LEN(ROUNDS_COLS), NULL},
-    {"events", "id", 1, EVENTS_COLS, FEDGE_ARRAY_LEN(EVENTS_COLS), NULL},
-    {"dp_ledger", "round", 1, DP_LEDGER_COLS, FEDGE_ARRAY_LEN(DP_LEDGER_COLS), NULL},
+    {"updates", "id", 1, UPDATES_COLS, FEDGE_ARRAY_LEN(UPDATES_COLS), "delta", "delta_sha256",
+     "delta_pruned_round"},
+    {"models", "version", 0, MODELS_COLS, FEDGE_ARRAY_LEN(MODELS_COLS), NULL, NULL, NULL},
+    {"rounds", "id", 1, ROUNDS_COLS, FEDGE_ARRAY_LEN(ROUNDS_COLS), NULL, NULL, NULL},
+    {"events", "id", 1, EVENTS_COLS, FEDGE_ARRAY_LEN(EVENTS_COLS), NULL, NULL, NULL},
+    {"dp_ledger", "round", 1, DP_LEDGER_COLS, FEDGE_ARRAY_LEN(DP_LEDGER_COLS), NULL, NULL, NULL},
 };
 
 const audit_table *audit_table_find(const char *name)
@@ -51,6 +52,19 @@ const audit_table *audit_table_find(const char *name)
 const audit_table *audit_table_at(size_t i)
 {
     return i < FEDGE_ARRAY_LEN(TABLES) ? &TABLES[i] : NULL;
+}
+
+int audit_prune_range(const char *detail, uint32_t *first, uint32_t *last)
+{
+    unsigned a = 0, b = 0;
+    int used = 0;
+    if (!detail || strncmp(detail, "rounds ", 7) != 0 || detail[7] < '0' || detail[7] > '9')
+        return 0;
+    if (sscanf(detail, "rounds %u-%u:%n", &a, &b, &used) != 2 || used == 0 || a > b)
+        return 0;
+    *first = a;
+    *last = b;
+    return 1;
 }
 
 /* ---- canonical bytes -------------------------------------------------------- */
@@ -121,14 +135,18 @@ static int parse_key(const audit_table *t, const char *row_key, int64_t *id)
     return FEDGE_OK;
 }
 
-int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
-                      size_t *len)
+int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
+                   size_t *len, audit_body_info *body)
 {
     int ret = FEDGE_OK;
     sqlite3_stmt *st = NULL;
     buf_t b = {0};
     char sql[512];
     int64_t id = 0;
+    audit_body_info info;
+    memset(&info, 0, sizeof info);
+    if (body)
+        memset(body, 0, sizeof *body);
     if (!db || !canon || !len)
         return FEDGE_ERR_INVALID_ARG;
     *canon = NULL;
@@ -142,6 +160,9 @@ int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t
     for (size_t i = 0; i < t->n_cols && used < sizeof sql; i++)
         used += (size_t)snprintf(sql + used, sizeof sql - used, "%s%s", i ? ", " : "",
                                  t->cols[i]);
+    if (t->hashed_blob && used < sizeof sql) /* columns n_cols and n_cols + 1 */
+        used += (size_t)snprintf(sql + used, sizeof sql - used, ", %s, %s", t->blob_hash_col,
+                                 t->blob_pruned_col);
     if (used < sizeof sql)
         used += (size_t)snprintf(sql + used, sizeof sql - used, " FROM %s WHERE %s = ?1",
                                  t->name, t->key_col);
@@ -157,6 +178,20 @@ int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t
         FAIL(FEDGE_ERR_NOT_FOUND);
     if (rc != SQLITE_ROW)
         FAIL(FEDGE_ERR_SQL);
+    if (t->hashed_blob) {
+        int hc = (int)t->n_cols, pc = hc + 1;
+        if (sqlite3_column_type(st, hc) == SQLITE_BLOB &&
+            sqlite3_column_bytes(st, hc) == FEDGE_HASH_LEN) {
+            info.hash_state = 1;
+            memcpy(info.stored_sha, sqlite3_column_blob(st, hc), FEDGE_HASH_LEN);
+        } else if (sqlite3_column_type(st, hc) != SQLITE_NULL) {
+            info.hash_state = -1;
+        }
+        if (sqlite3_column_type(st, pc) != SQLITE_NULL) {
+            info.pruned = 1;
+            info.pruned_round = sqlite3_column_int64(st, pc);
+        }
+    }
 
     size_t tl = strlen(t->name), kl = strlen(row_key);
     put(&b, CANON_MAGIC, 4);
@@ -171,16 +206,20 @@ int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t
         put_u8(&b, (unsigned)nl);
         put(&b, t->cols[i], nl);
         int type = sqlite3_column_type(st, c);
-        if (type == SQLITE_NULL) {
+        int hashed = t->hashed_blob && strcmp(t->cols[i], t->hashed_blob) == 0;
+        if (hashed && type == SQLITE_NULL && info.pruned && info.hash_state == 1) {
+            /* dropped by retention: the chain keeps committing to its hash */
+            put_u8(&b, TAG_SHA256);
+            put(&b, info.stored_sha, FEDGE_HASH_LEN);
+        } else if (type == SQLITE_NULL) {
             put_u8(&b, TAG_NULL);
-        } else if (type == SQLITE_BLOB && t->hashed_blob &&
-                   strcmp(t->cols[i], t->hashed_blob) == 0) {
+        } else if (type == SQLITE_BLOB && hashed) {
             const void *data = sqlite3_column_blob(st, c);
             size_t n = (size_t)sqlite3_column_bytes(st, c);
-            uint8_t h[FEDGE_HASH_LEN];
-            CHK(fedge_sha256(data, n, h));
+            CHK(fedge_sha256(data, n, info.body_sha));
+            info.has_body = 1;
             put_u8(&b, TAG_SHA256);
-            put(&b, h, sizeof h);
+            put(&b, info.body_sha, FEDGE_HASH_LEN);
         } else if (type == SQLITE_INTEGER) {
             put_u8(&b, TAG_INT);
             put_le(&b, (uint64_t)sqlite3_column_int64(st, c), 8);
@@ -209,10 +248,18 @@ int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t
     *canon = b.p;
     *len = b.len;
     b.p = NULL;
+    if (body)
+        *body = info;
 cleanup:
     sqlite3_finalize(st);
     free(b.p);
     return ret;
+}
+
+int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
+                      size_t *len)
+{
+    return audit_canon_ex(db, tbl, row_key, canon, len, NULL);
 }
 
 int canon_parse(const uint8_t *canon, size_t len, canon_view *v)
@@ -334,6 +381,33 @@ cleanup:
     return ret;
 }
 
+/* Keeps the SHA-256 of a row's hashed BLOB beside it (updates.delta_sha256),
+ * so the chain can still commit to the body after retention drops it. */
+static int store_body_hash(sqlite3 *db, const audit_table *t, const char *row_key,
+                           const uint8_t sha[FEDGE_HASH_LEN])
+{
+    sqlite3_stmt *st = NULL;
+    char sql[256];
+    int ret = FEDGE_OK;
+    int n = snprintf(sql, sizeof sql, "UPDATE %s SET %s = ?1 WHERE %s = ?2 AND %s IS NULL",
+                     t->name, t->blob_hash_col, t->key_col, t->blob_hash_col);
+    if (n < 0 || (size_t)n >= sizeof sql)
+        return FEDGE_ERR_INTERNAL;
+    int64_t id = 0;
+    CHK(parse_key(t, row_key, &id));
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    if (sqlite3_bind_blob(st, 1, sha, FEDGE_HASH_LEN, SQLITE_STATIC) != SQLITE_OK ||
+        (t->int_key ? sqlite3_bind_int64(st, 2, id)
+                    : sqlite3_bind_text(st, 2, row_key, -1, SQLITE_STATIC)) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
 int fedge_audit_append(sqlite3 *db, const char *tbl, const char *row_key)
 {
     int ret = FEDGE_OK, in_savepoint = 0;
@@ -344,7 +418,10 @@ int fedge_audit_append(sqlite3 *db, const char *tbl, const char *row_key)
         return FEDGE_ERR_INVALID_ARG;
     CHK(exec_sql(db, "SAVEPOINT fedge_audit_append"));
     in_savepoint = 1;
-    CHK(fedge_audit_canon(db, tbl, row_key, &canon, &len));
+    audit_body_info body;
+    CHK(audit_canon_ex(db, tbl, row_key, &canon, &len, &body));
+    if (body.has_body && body.hash_state == 0)
+        CHK(store_body_hash(db, audit_table_find(tbl), row_key, body.body_sha));
     int64_t seq;
     uint8_t prev[FEDGE_HASH_LEN], row_hash[FEDGE_HASH_LEN];
     CHK(chain_head(db, &seq, prev));

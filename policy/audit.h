@@ -16,6 +16,14 @@
  *     per column, in schema order: u8 len, name | u8 tag | value
  *   tags: 0 NULL; 1 INTEGER i64; 2 REAL f64 bits; 3 TEXT u32 len + bytes;
  *   4 BLOB u32 len + bytes; 5 SHA256 of a BLOB (32 bytes: updates.delta).
+ * - Delta bodies and retention: the first append of an updates row with a
+ *   delta stores its SHA-256 in updates.delta_sha256. Retention
+ *   (aggregator/retention.h) may later drop the body (delta = NULL) of a
+ *   finished round: it sets delta_pruned_round = R and, in the same
+ *   transaction, logs an events row of kind FEDGE_AUDIT_PRUNE_EVENT with
+ *   round R whose detail starts "rounds A-B:" (every dropped body's round in
+ *   A..B). A dropped body enters the canon as delta_sha256 (tag 5), so the
+ *   row's canon is unchanged and the drop needs no new entry for the row.
  * - At the end of every round, whatever its outcome (closed, failed,
  *   refused), after the round's last audited write and inside the same
  *   transaction, the aggregator calls fedge_audit_sign_head(): ECDSA P-256
@@ -32,7 +40,9 @@
  *   update to rejected, with rule and reason; models and events never);
  *   every audited row equals its latest entry (modified), every entry's row
  *   exists (deleted), every row has an entry (inserted behind the log's
- *   back); every model file hashes to models.sha256. It cannot see entries appended after the last signed head
+ *   back); a stored delta body hashes to delta_sha256 and a missing one was
+ *   dropped by a logged retention event covering its round (modified);
+ *   every model file hashes to models.sha256. It cannot see entries appended after the last signed head
  *   being removed, nor a whole-database rollback to an older signed state:
  *   keep the last head it prints somewhere else. */
 #ifndef FEDGE_AUDIT_H
@@ -49,6 +59,7 @@
 
 #define FEDGE_AUDIT_KEY_MAX 128      /* longest row key */
 #define FEDGE_AUDIT_MAX_FAILURES 32  /* failures kept in a report (all are counted) */
+#define FEDGE_AUDIT_PRUNE_EVENT "delta_pruned" /* events.kind of a retention drop */
 
 /* Canonical bytes of the current row: *canon malloc'd, caller frees.
  * FEDGE_ERR_NOT_FOUND when the row does not exist, FEDGE_ERR_INVALID_ARG for

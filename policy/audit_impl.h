@@ -20,9 +20,14 @@ typedef struct {
     const char *const *cols;    /* schema order, key first */
     size_t n_cols;
     const char *hashed_blob;    /* column entered as its SHA-256, or NULL */
+    const char *blob_hash_col;  /* with hashed_blob: the column keeping that SHA-256 */
+    const char *blob_pruned_col;/* with hashed_blob: round at which retention dropped it */
 } audit_table;
 
 const audit_table *audit_table_find(const char *name);
+/* The rounds A..B named by a delta_pruned event's detail ("rounds A-B: ...");
+ * 1 when detail starts that way with A <= B, else 0. */
+int audit_prune_range(const char *detail, uint32_t *first, uint32_t *last);
 const audit_table *audit_table_at(size_t i); /* NULL past the end */
 
 /* A decoded column: points into the canon buffer. */
@@ -43,6 +48,21 @@ typedef struct {
     const uint8_t *cols; /* first column */
     const uint8_t *end;
 } canon_view;
+
+/* The hashed BLOB of a row (updates.delta) as fedge_audit_canon saw it. */
+typedef struct {
+    int has_body;                       /* the BLOB is present */
+    uint8_t body_sha[FEDGE_HASH_LEN];   /* its SHA-256 */
+    int hash_state;                     /* hash column: 0 NULL, 1 32 bytes, -1 anything else */
+    uint8_t stored_sha[FEDGE_HASH_LEN]; /* its value when hash_state is 1 */
+    int pruned;                         /* the pruned-round column is set */
+    int64_t pruned_round;
+} audit_body_info;
+
+/* fedge_audit_canon, also describing the hashed BLOB (body may be NULL;
+ * zeroed for tables without one). */
+int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
+                   size_t *len, audit_body_info *body);
 
 /* Header parse with every length checked against len. */
 int canon_parse(const uint8_t *canon, size_t len, canon_view *v);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "audit_impl.h"
+#include "bytes.h"
 #include "common.h"
 
 static const char *const FAIL_NAMES[] = {
@@ -390,8 +391,101 @@ cleanup:
     return ret;
 }
 
+/* The rounds each audited delta_pruned event dropped bodies of. */
+typedef struct {
+    int64_t at_round;
+    uint32_t first, last;
+} prune_event;
+
+typedef struct {
+    prune_event *ev;
+    size_t n;
+} prune_log;
+
+static int load_prunes(sqlite3 *db, prune_log *log)
+{
+    int ret = FEDGE_OK;
+    sqlite3_stmt *st = NULL;
+    size_t cap = 0;
+    memset(log, 0, sizeof *log);
+    if (sqlite3_prepare_v2(db,
+                           "SELECT round, detail FROM events WHERE kind = '" FEDGE_AUDIT_PRUNE_EVENT
+                           "' AND round IS NOT NULL ORDER BY id",
+                           -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        prune_event e = {.at_round = sqlite3_column_int64(st, 0)};
+        if (!audit_prune_range((const char *)sqlite3_column_text(st, 1), &e.first, &e.last))
+            continue;
+        if (log->n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            prune_event *p = realloc(log->ev, ncap * sizeof *p);
+            if (!p)
+                FAIL(FEDGE_ERR_NOMEM);
+            log->ev = p;
+            cap = ncap;
+        }
+        log->ev[log->n++] = e;
+    }
+    if (rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+static int prune_covers(const prune_log *log, int64_t at_round, int64_t round)
+{
+    for (size_t i = 0; i < log->n; i++)
+        if (log->ev[i].at_round == at_round && round >= log->ev[i].first &&
+            round <= log->ev[i].last)
+            return 1;
+    return 0;
+}
+
+/* An updates row whose canon matches its entry: the stored body must hash
+ * to delta_sha256, and an absent body must have been dropped by retention. */
+static void check_body(const audit_body_info *b, const uint8_t *canon, size_t len,
+                       const prune_log *prunes, int64_t seq, const char *key,
+                       fedge_audit_report *rep)
+{
+    char have[FEDGE_HASH_HEX_LEN], kept[FEDGE_HASH_HEX_LEN];
+    if (b->has_body) {
+        if (b->hash_state != 1) {
+            report(rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, seq, "updates", key, NULL,
+                   "updates row %s was modified after audit entry %" PRId64
+                   ": column delta_sha256 is %s beside a stored delta body",
+                   key, seq, b->hash_state == 0 ? "NULL" : "not a SHA-256");
+        } else if (memcmp(b->body_sha, b->stored_sha, FEDGE_HASH_LEN) != 0) {
+            fedge_hash_to_hex(b->body_sha, have);
+            fedge_hash_to_hex(b->stored_sha, kept);
+            report(rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, seq, "updates", key, NULL,
+                   "updates row %s was modified after audit entry %" PRId64
+                   ": column delta_sha256 is %.16s... but the delta body and the audit log "
+                   "hash to %.16s...",
+                   key, seq, kept, have);
+        }
+        return;
+    }
+    if (!b->pruned || b->hash_state != 1)
+        return; /* no body was ever logged, or the canon comparison said so */
+    canon_view v;
+    canon_col c;
+    int64_t round = -1;
+    if (canon_parse(canon, len, &v) == FEDGE_OK && canon_get(&v, "round", &c) &&
+        c.tag == TAG_INT)
+        round = (int64_t)fedge_get_u64(c.val);
+    if (!prune_covers(prunes, b->pruned_round, round))
+        report(rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, seq, "updates", key, NULL,
+               "updates row %s was modified after audit entry %" PRId64
+               ": its delta body is gone and marked dropped by retention at round %" PRId64
+               ", but no " FEDGE_AUDIT_PRUNE_EVENT " event of that round covers round %" PRId64,
+               key, seq, b->pruned_round, round);
+}
+
 /* 3. Rows against their latest entries, and rows without entries. */
-static int check_rows(sqlite3 *db, fedge_audit_report *rep)
+static int check_rows(sqlite3 *db, const prune_log *prunes, fedge_audit_report *rep)
 {
     int ret = FEDGE_OK;
     sqlite3_stmt *st = NULL;
@@ -414,7 +508,8 @@ static int check_rows(sqlite3 *db, fedge_audit_report *rep)
         size_t len = 0;
         free(canon);
         canon = NULL;
-        int r = fedge_audit_canon(db, tbl, key, &canon, &len);
+        audit_body_info body;
+        int r = audit_canon_ex(db, tbl, key, &canon, &len, &body);
         rep->n_rows++;
         if (r == FEDGE_ERR_NOT_FOUND || r == FEDGE_ERR_INVALID_ARG) {
             report(rep, FEDGE_AUDIT_FAIL_ROW_DELETED, seq, tbl, key, NULL,
@@ -428,6 +523,8 @@ static int check_rows(sqlite3 *db, fedge_audit_report *rep)
             report(rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, seq, tbl, key, NULL,
                    "%s row %s was modified after audit entry %" PRId64 ": %s", tbl, key, seq,
                    diff);
+        } else if (audit_table_find(tbl)->hashed_blob) {
+            check_body(&body, canon, len, prunes, seq, key, rep);
         }
     }
     if (rc != SQLITE_DONE)
@@ -528,6 +625,7 @@ int fedge_audit_verify(sqlite3 *db, const char *pubkey_path, const char *model_r
 {
     int ret = FEDGE_OK;
     mbedtls_pk_context pk;
+    prune_log prunes = {0};
     mbedtls_pk_init(&pk);
     if (!db || !pubkey_path || !rep)
         FAIL(FEDGE_ERR_INVALID_ARG);
@@ -545,13 +643,16 @@ int fedge_audit_verify(sqlite3 *db, const char *pubkey_path, const char *model_r
     if (ret == FEDGE_OK)
         ret = check_transitions(db, rep);
     if (ret == FEDGE_OK)
-        ret = check_rows(db, rep);
+        ret = load_prunes(db, &prunes);
+    if (ret == FEDGE_OK)
+        ret = check_rows(db, &prunes, rep);
     if (ret == FEDGE_OK)
         ret = check_files(db, model_root, rep);
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
     if (ret == FEDGE_OK && !rep->ok)
         ret = fail_family(rep->failures[0].kind);
 cleanup:
+    free(prunes.ev);
     mbedtls_pk_free(&pk);
     return ret;
 }

@@ -79,6 +79,10 @@ const char *fedge_strerror(int code)
     case FEDGE_ERR_POLICY_UNKNOWN_KEY: return "unknown policy key";
     case FEDGE_ERR_INSTANCE_LOCKED: return "in use by another process";
     case FEDGE_ERR_SIGNING_KEY: return "signing key does not match the log";
+    case FEDGE_ERR_SCHEMA_OLD:
+        return "database schema older than this build (start this fedge-aggregator on it once to migrate it)";
+    case FEDGE_ERR_DELTA_PRUNED:
+        return "delta body dropped by retention (its SHA-256 stays in the audit chain)";
     default: return "unknown error";
     }
 }

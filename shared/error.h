@@ -105,6 +105,10 @@ enum {
     /* single instance -190 .. -199 */
     FEDGE_ERR_INSTANCE_LOCKED = -190,    /* the database or listen address is in use */
     FEDGE_ERR_SIGNING_KEY = -191,        /* signing key absent or not the log's signer */
+
+    /* delta retention and schema (policy/audit range, kept apart) */
+    FEDGE_ERR_SCHEMA_OLD = -185,         /* a database of an older schema, opened read-only */
+    FEDGE_ERR_DELTA_PRUNED = -186,       /* an update's delta body was dropped by retention */
 };
 
 const char *fedge_strerror(int code);

@@ -1347,6 +1347,7 @@ static int gather_summary(sqlite3 *db, const char *db_path, out_table *t, char *
         {"updates accepted", "SELECT count(*) FROM updates WHERE decision = 'accepted'"},
         {"updates clipped", "SELECT count(*) FROM updates WHERE decision = 'clipped'"},
         {"updates rejected", "SELECT count(*) FROM updates WHERE decision = 'rejected'"},
+        {"delta bodies dropped by retention", "SELECT count(*) FROM updates WHERE delta_pruned_round IS NOT NULL"},
         {"models", "SELECT count(*) FROM models"},
         {"devices", "SELECT count(*) FROM devices"},
         {"devices revoked", "SELECT count(*) FROM devices WHERE status = 'revoked'"},
