@@ -319,6 +319,9 @@ int fedge_retention_migrate_v1(sqlite3 *db)
         if (sqlite3_step(put) != SQLITE_DONE)
             FAIL(FEDGE_ERR_SQL);
     }
+    sqlite3_finalize(get); /* VACUUM below needs no statement in progress */
+    sqlite3_finalize(put);
+    get = put = NULL;
     CHK(exec_sql(db, "UPDATE meta SET value = '" FEDGE_SCHEMA_VERSION "' WHERE key = 'fedge_schema'"));
     FEDGE_INFO("database migrated from schema 1 to " FEDGE_SCHEMA_VERSION
                ": %zu delta hashes stored",
