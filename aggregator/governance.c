@@ -843,6 +843,23 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
         goto cleanup;
     }
 
+    /* The device budgets were checked at submit with the settings then; a
+     * policy reload since (a lower noise multiplier) can make this round
+     * cost more: check again and leave out whoever it would take over. */
+    for (size_t i = 0; dp && i < u.n; i++) {
+        if (!(weights[i] > 0))
+            continue;
+        double eps = 0;
+        fedge_policy_decision d;
+        CHK(dp_device_check(a, u.devices[i], &eps, &d));
+        if (d.decision == FEDGE_DECISION_REJECT) {
+            CHK(exclude_update(a, u.ids[i], &d));
+            res->n_excluded++;
+            weights[i] = 0;
+            FEDGE_INFO("round %u: excluding %s: %s", a->round, u.devices[i], d.reason);
+        }
+    }
+
     free(sum);
     sum = NULL;
     CHK(fedge_fedavg_init(&avg, n_params));

@@ -879,6 +879,46 @@ static void test_busy_database_is_retried(void **state)
     free(b);
 }
 
+/* A device's privacy budget is checked again at close: lowering the noise
+ * multiplier by a policy reload while its update waits in the open round
+ * must not take it over its budget. */
+static void test_device_budget_rechecked_at_close(void **state)
+{
+    fixture *fx = *state;
+    char err[256] = "", path[128], msg[320];
+    fedge_agg_free(&fx->agg);
+    snprintf(path, sizeof path, "%s/dp.yaml", fx->dir);
+    const char *fmt = "version: 1\nname: dp-dev\nprivacy:\n  enabled: true\n  clip_norm: 0.5\n"
+                      "  noise_multiplier: %s\n  epsilon_budget: 1000\n  delta: 1e-5\n"
+                      "  device_epsilon_budget: 3\n";
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, fmt, "4.0"); /* one round at q = 1: about 1.2, under 3 */
+    fclose(f);
+    snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
+    assert_int_equal(fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err), FEDGE_OK);
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        uint8_t *b = make_update(fx, i, good(fx, 9100 + (uint64_t)i), &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, fmt, "0.8"); /* one round now costs more than 3 */
+    fclose(f);
+    assert_int_equal(fedge_agg_reload_policy(&fx->agg), FEDGE_OK);
+    char model[FEDGE_HASH_HEX_LEN];
+    memcpy(model, fx->agg.version_hex, sizeof model);
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE decision='rejected' AND rule='device_privacy_budget'"),
+                     N_DEV);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='failed'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM dp_ledger"), 0);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM devices WHERE epsilon_spent > 0"), 0);
+    assert_string_equal(fx->agg.version_hex, model);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -900,6 +940,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_duplicate_answer_in_every_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_update_from_another_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_database_is_retried, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_budget_rechecked_at_close, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
