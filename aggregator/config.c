@@ -59,7 +59,7 @@ static const field FIELDS[] = {
     LNG(upload_max_partial_per_device, 1, 1000, "2", "partial Block1 uploads one device may have in progress (more get 5.03)"),
     LNG(upload_max_partial_total, 1, 65536, "256", "partial Block1 uploads in progress across all devices (more get 5.03)"),
     LNG(upload_memory_bytes, 0, 64.0 * 1024 * 1024 * 1024, "0", "memory reserved for partial uploads, by Size1 or max_update_bytes each (0: min(upload_max_partial_total x max_update_bytes, 256 MiB))"),
-    LNG(udp_rcvbuf_bytes, 0, 1024.0 * 1024 * 1024, "0", "UDP socket receive buffer (0: 8 KiB per device in the keys file, within [kernel default, 64 MiB])"),
+    LNG(udp_rcvbuf_bytes, 0, 1024.0 * 1024 * 1024, "0", "UDP socket receive buffer (0: 16 KiB per device in the keys file, within [kernel default, 64 MiB])"),
     DBL(linger_s, 0, 3600, "3", "after the last round keep answering (state=finished) this long"),
     LNG(refine_every, 0, 1e6, "0", "run cluster refinement after every k-th aggregated round (0: never)"),
     STR(refine_command, "", "refinement command; {in} {out} {round} are substituted (docs/CLUSTER.md)"),

@@ -413,11 +413,13 @@ static const coap_bin_const_t *psk_for_identity(coap_bin_const_t *identity, coap
 /* ---- the UDP receive buffer ----
  * A restart brings every device back at once; the kernel drops datagrams
  * that find the socket's buffer full. The buffer is sized for the
- * population: RCVBUF_PER_DEVICE (about four full-size DTLS records, as the
- * kernel accounts them) per device, within [the kernel default,
- * RCVBUF_MAX], unless udp_rcvbuf_bytes says otherwise. */
-#define RCVBUF_PER_DEVICE ((size_t)8 * 1024)
+ * population: RCVBUF_PER_DEVICE per device (a DTLS flight and its
+ * retransmissions: ~12 small datagrams or ~7 full-size ones as the kernel
+ * accounts them), within [the kernel default, RCVBUF_MAX], unless
+ * udp_rcvbuf_bytes says otherwise (docs/BENCHMARKS.md, reconnect burst). */
+#define RCVBUF_PER_DEVICE ((size_t)16 * 1024)
 #define RCVBUF_MAX ((size_t)64 << 20)
+#define HANDSHAKES_MAX ((size_t)1024)
 
 /* libcoap 4.3.1 does not expose an endpoint's socket: find the UDP socket
  * bound to the listening port among our descriptors. */
@@ -547,6 +549,10 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     coap_context_set_block_mode(s->ctx, COAP_BLOCK_USE_LIBCOAP);
     coap_context_set_max_idle_sessions(s->ctx, (unsigned)(a->keys.n + 16));
     coap_register_event_handler(s->ctx, on_session_event);
+    /* a reconnect burst: libcoap ignores new DTLS clients while this many
+     * handshakes are open (default 100); each costs an mbedTLS context */
+    coap_context_set_max_handshake_sessions(
+        s->ctx, (unsigned)(a->keys.n + 16 < HANDSHAKES_MAX ? a->keys.n + 16 : HANDSHAKES_MAX));
 
     if (!a->cfg.insecure) {
         if (!coap_dtls_is_supported()) {
