@@ -21,7 +21,8 @@ cd "$(dirname "$0")/../.."
 
 command -v coap-client-openssl >/dev/null || fed_fail "coap-client-openssl (libcoap3-bin) is not installed"
 PROBE="$BIN/bench-coap_block1"
-[ -x "$PROBE" ] || fed_fail "$PROBE is not built"
+[ -x "$PROBE" ] || PROBE=build/native/bin/bench-coap_block1 # an ASan build has no bench programs
+[ -x "$PROBE" ] || fed_fail "bench-coap_block1 is not built"
 IDLE_S=10
 
 fed_setup 6
