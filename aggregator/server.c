@@ -167,23 +167,27 @@ static int status_json(const fedge_server *s, char *body, size_t cap)
     return (m < 0 || (size_t)m >= cap - (n - 1)) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
 }
 
+static void free_release(coap_session_t *session, void *app_ptr)
+{
+    (void)session;
+    free(app_ptr);
+}
+
 static void hnd_status(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
                        const coap_string_t *query, coap_pdu_t *response)
 {
-    (void)r;
-    (void)session;
-    (void)request;
-    (void)query;
-    char body[2048];
-    uint8_t buf[4];
-    if (status_json(g_server, body, sizeof body) != FEDGE_OK) {
+    char *body = malloc(2048);
+    if (!body || status_json(g_server, body, 2048) != FEDGE_OK) {
+        free(body);
         set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "internal error");
         return;
     }
     coap_pdu_set_code(response, COAP_RESPONSE_CODE_CONTENT);
-    coap_add_option(response, COAP_OPTION_CONTENT_FORMAT,
-                    coap_encode_var_safe(buf, sizeof buf, COAP_MEDIATYPE_APPLICATION_JSON), buf);
-    coap_add_data(response, strlen(body), (const uint8_t *)body);
+    /* Block2 when the body outgrows one datagram; libcoap frees it */
+    if (!coap_add_data_large_response(r, session, request, response, query,
+                                      COAP_MEDIATYPE_APPLICATION_JSON, -1, 0, strlen(body),
+                                      (const uint8_t *)body, free_release, body))
+        coap_pdu_set_code(response, COAP_RESPONSE_CODE_INTERNAL_ERROR);
 }
 
 static void hnd_model(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,

@@ -33,7 +33,7 @@ FED_PORT=$(fed_free_port)
 fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
     --round-timeout-s 600 --upload-idle-timeout-s "$IDLE_S" --upload-max-partial-per-device 1 \
     --upload-max-partial-total 3 --udp-rcvbuf-bytes 1048576
-fed_wait_for "grep -q 'round 1 open' '$FED_DIR/agg.log'" 30
+fed_wait_for "grep -qs 'round 1 open' '$FED_DIR/agg.log'" 30
 declare -A PSK
 for d in dev-001 dev-002 dev-003 dev-004 dev-005 dev-006; do
     PSK[$d]=$("$BIN/fedge-keygen" psk --keys "$FED_DIR/keys" --id "$d") || fed_fail "keygen psk $d"
