@@ -155,12 +155,14 @@ static int status_json(const fedge_server *s, char *body, size_t cap)
     fedge_uploads_stats(s->uploads, &st);
     int m = snprintf(body + n - 1, cap - (n - 1),
                      ",\"uploads\":{\"partial\":%zu,\"reserved_bytes\":%zu,\"held_bytes\":%zu,"
-                     "\"completed\":%llu,\"expired\":%llu,\"closed\":%llu,\"superseded\":%llu,"
+                     "\"completed\":%llu,\"expired\":%llu,\"evicted\":%llu,\"closed\":%llu,"
+                     "\"superseded\":%llu,"
                      "\"refused_size\":%llu,\"refused_busy\":%llu,\"refused_bad\":%llu,"
                      "\"incomplete\":%llu},\"udp\":{\"rcvbuf_bytes\":%d,\"drops\":%u}}",
                      st.partial, st.reserved_bytes, st.held_bytes,
                      (unsigned long long)st.completed, (unsigned long long)st.expired,
-                     (unsigned long long)st.closed, (unsigned long long)st.superseded,
+                     (unsigned long long)st.evicted, (unsigned long long)st.closed,
+                     (unsigned long long)st.superseded,
                      (unsigned long long)st.refused_size, (unsigned long long)st.refused_busy,
                      (unsigned long long)st.refused_bad, (unsigned long long)st.incomplete,
                      s->rcvbuf, udp_drops(s));
@@ -236,6 +238,11 @@ static coap_pdu_code_t coap_code(int code)
  * requests, so it hands over each block as it arrives and never allocates a
  * body itself (4.3.1 would allocate the client's Size1 up front). */
 
+/* An upload silent this long is freed when a new one needs its room: a live
+ * client resends a lost block within ACK_TIMEOUT (2-3 s), so it is most
+ * likely gone; without such pressure it gets upload_idle_timeout_s. */
+#define UPLOAD_EVICT_IDLE_S 5.0
+
 static double mono_now(void)
 {
     struct timespec ts;
@@ -251,6 +258,8 @@ static int upload_limits(const fedge_aggregator *a, fedge_upload_limits *l, char
     l->max_per_device = (size_t)c->upload_max_partial_per_device;
     l->max_total = (size_t)c->upload_max_partial_total;
     l->idle_timeout_s = c->upload_idle_timeout_s;
+    l->evict_idle_s = c->upload_idle_timeout_s < UPLOAD_EVICT_IDLE_S ? c->upload_idle_timeout_s
+                                                                     : UPLOAD_EVICT_IDLE_S;
     if (c->upload_memory_bytes > 0) {
         l->budget_bytes = (size_t)c->upload_memory_bytes;
         if (l->budget_bytes < l->max_body) {
@@ -612,8 +621,9 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     FEDGE_INFO("listening on %s (%s), %zu devices", a->cfg.listen,
                a->cfg.insecure ? "plain CoAP, INSECURE" : "CoAP over DTLS-PSK", a->keys.n);
     FEDGE_INFO("uploads: at most %zu bytes each, %zu in progress per device, %zu in all, "
-               "%zu bytes reserved in all, freed after %.1f s idle", lim.max_body,
-               lim.max_per_device, lim.max_total, lim.budget_bytes, lim.idle_timeout_s);
+               "%zu bytes reserved in all, freed after %.1f s idle (%.1f s when room is wanted)",
+               lim.max_body, lim.max_per_device, lim.max_total, lim.budget_bytes,
+               lim.idle_timeout_s, lim.evict_idle_s);
 cleanup:
     if (res)
         freeaddrinfo(res);

@@ -35,7 +35,8 @@ struct fedge_uploads {
 int fedge_uploads_new(const fedge_upload_limits *lim, fedge_uploads **out)
 {
     if (!lim || !out || lim->max_body == 0 || lim->max_per_device == 0 || lim->max_total == 0 ||
-        lim->budget_bytes < lim->max_body || !(lim->idle_timeout_s > 0) ||
+        lim->budget_bytes < lim->max_body || !(lim->evict_idle_s > 0) ||
+        !(lim->evict_idle_s <= lim->idle_timeout_s) ||
         lim->max_total > SIZE_MAX / sizeof(transfer))
         return FEDGE_ERR_INVALID_ARG;
     *out = NULL;
@@ -91,15 +92,34 @@ static void verdict(fedge_upload_result *r, fedge_upload_verdict v, const char *
     va_end(ap);
 }
 
-/* Seconds until the oldest of the matching transfers (device NULL: all) idles out. */
+/* Seconds until the longest idle of the matching transfers (device NULL:
+ * all) may be evicted. */
 static unsigned retry_after(const fedge_uploads *u, const char *device, double now)
 {
     double oldest = now;
     for (size_t i = 0; i < u->n; i++)
         if ((!device || !strcmp(u->t[i].device, device)) && u->t[i].last < oldest)
             oldest = u->t[i].last;
-    double left = oldest + u->lim.idle_timeout_s - now;
+    double left = oldest + u->lim.evict_idle_s - now;
     return left < 1 ? 1u : left > 3600 ? 3600u : (unsigned)ceil(left);
+}
+
+/* Frees the longest idle transfer (of device; NULL: any) when it has been
+ * idle for evict_idle_s; returns whether one was freed. */
+static int evict_idle(fedge_uploads *u, const char *device, double now)
+{
+    long best = -1;
+    for (size_t i = 0; i < u->n; i++)
+        if ((!device || !strcmp(u->t[i].device, device)) &&
+            (best < 0 || u->t[i].last < u->t[best].last))
+            best = (long)i;
+    if (best < 0 || now - u->t[best].last < u->lim.evict_idle_s)
+        return 0;
+    FEDGE_INFO("upload from %s abandoned after %zu bytes (idle %.1f s); freed for a new upload",
+               u->t[best].device, u->t[best].len, now - u->t[best].last);
+    remove_at(u, (size_t)best);
+    u->st.evicted++;
+    return 1;
 }
 
 /* Makes room for `need` bytes in t, within its reservation (already checked). */
@@ -142,6 +162,8 @@ static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now
     size_t per_device = 0;
     for (size_t i = 0; i < u->n; i++)
         per_device += !strcmp(u->t[i].device, b->device);
+    if (per_device >= lim->max_per_device && evict_idle(u, b->device, now))
+        per_device--;
     if (per_device >= lim->max_per_device) {
         u->st.refused_busy++;
         r->retry_s = retry_after(u, b->device, now);
@@ -151,6 +173,8 @@ static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now
                    per_device, lim->max_per_device);
         return FEDGE_OK;
     }
+    if (u->n >= lim->max_total)
+        evict_idle(u, NULL, now);
     if (u->n >= lim->max_total) {
         u->st.refused_busy++;
         r->retry_s = retry_after(u, NULL, now);
@@ -162,6 +186,8 @@ static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now
     size_t reserve = lim->max_body;
     if (b->has_size1 && b->size1 >= b->len && b->size1 < reserve)
         reserve = (size_t)b->size1;
+    while (reserve > lim->budget_bytes - u->reserved && evict_idle(u, NULL, now))
+        ;
     if (reserve > lim->budget_bytes - u->reserved) {
         u->st.refused_busy++;
         r->retry_s = retry_after(u, NULL, now);

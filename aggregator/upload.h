@@ -6,9 +6,12 @@
  *  - a new transfer past max_per_device or max_total partial transfers, or
  *    whose reservation (Size1, else max_body) does not fit budget_bytes: 5.03;
  * a body's buffer then grows only as its bytes arrive, never past its
- * reservation. One transfer per key (the CoAP session): a new first block
- * supersedes the previous one. fedge_uploads_expire frees transfers idle
- * longer than idle_timeout_s; fedge_uploads_drop frees a closed session's.
+ * reservation. Before refusing with 5.03, a transfer idle for evict_idle_s
+ * or longer (the longest idle first; of the same device when its cap is
+ * the limit) is freed to make room. One transfer per key (the CoAP
+ * session): a new first block supersedes the previous one.
+ * fedge_uploads_expire frees transfers idle longer than idle_timeout_s;
+ * fedge_uploads_drop frees a closed session's.
  * Memory held is bounded by budget_bytes + max_total small records.
  * Bookkeeping only: no I/O; times are monotonic seconds passed in. */
 #ifndef FEDGE_UPLOAD_H
@@ -23,13 +26,14 @@ typedef struct {
     size_t max_total;       /* partial transfers of all devices */
     size_t budget_bytes;    /* sum of the reservations of partial transfers */
     double idle_timeout_s;  /* a partial transfer silent this long is freed */
+    double evict_idle_s;    /* ... and this long, when its room is wanted (<= idle_timeout_s) */
 } fedge_upload_limits;
 
 typedef struct {
     size_t partial;         /* transfers in progress */
     size_t reserved_bytes;  /* their reservations */
     size_t held_bytes;      /* their buffers as allocated now */
-    uint64_t completed, expired, closed, superseded;
+    uint64_t completed, expired, evicted, closed, superseded;
     uint64_t refused_size, refused_busy, refused_bad, incomplete;
 } fedge_upload_stats;
 
@@ -58,13 +62,14 @@ typedef struct {
     fedge_upload_verdict verdict;
     uint8_t *body;          /* COMPLETE: the body, now the caller's to free() */
     size_t body_len;
-    unsigned retry_s;       /* BUSY: seconds until a slot may free up */
+    unsigned retry_s;       /* BUSY: seconds until room may be made */
     char msg[160];          /* one line for the reply, on every verdict but CONTINUE */
 } fedge_upload_result;
 
 typedef struct fedge_uploads fedge_uploads;
 
-/* Limits must be non-zero (idle_timeout_s > 0; budget_bytes >= max_body). */
+/* Limits must be non-zero (0 < evict_idle_s <= idle_timeout_s;
+ * budget_bytes >= max_body). */
 int fedge_uploads_new(const fedge_upload_limits *lim, fedge_uploads **out);
 void fedge_uploads_free(fedge_uploads *u);
 

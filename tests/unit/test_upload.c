@@ -1,7 +1,7 @@
 /* Bounded Block1 reassembly: a body arrives whole; a declared or running
  * size over the limit is refused before anything is allocated for it; the
- * per-device, total and memory caps refuse new transfers with a retry time;
- * idle and closed transfers are freed; lost, repeated and malformed blocks
+ * per-device, total and memory caps refuse new transfers with a retry time
+ * unless an idle transfer can give way; idle and closed transfers are freed; lost, repeated and malformed blocks
  * get the right verdict; buffers grow with the bytes received, not with
  * what a client declares. */
 #include <stdarg.h>
@@ -26,7 +26,7 @@ static fedge_upload_limits limits(void)
 {
     fedge_upload_limits l = {
         .max_body = 10 * BS, .max_per_device = 2, .max_total = 3, .budget_bytes = 30 * BS,
-        .idle_timeout_s = 5,
+        .idle_timeout_s = 5, .evict_idle_s = 3,
     };
     return l;
 }
@@ -148,7 +148,7 @@ static void test_buffers_follow_received_bytes(void **state)
 {
     (void)state;
     fedge_upload_limits l = {.max_body = 1 << 20, .max_per_device = 1, .max_total = 4,
-                             .budget_bytes = 4 << 20, .idle_timeout_s = 5};
+                             .budget_bytes = 4 << 20, .idle_timeout_s = 5, .evict_idle_s = 5};
     fedge_uploads *u = make(&l);
     fedge_upload_result r;
     assert_int_equal(send_block(u, &k1, "dev-1", 0, 1 << 20, 1 << 20, 0, &r), FEDGE_UPLOAD_CONTINUE);
@@ -170,9 +170,9 @@ static void test_per_device_and_total_caps(void **state)
     fedge_upload_result r;
     assert_int_equal(send_block(u, &k1, "dev-1", 0, 5 * BS, 5 * BS, 0, &r), FEDGE_UPLOAD_CONTINUE);
     assert_int_equal(send_block(u, &k2, "dev-1", 0, 5 * BS, 5 * BS, 1, &r), FEDGE_UPLOAD_CONTINUE);
-    /* a third session of dev-1: busy until its oldest idles out (t=0 + 5 s) */
+    /* a third session of dev-1: busy until its oldest may be evicted (t=0 + 3 s) */
     assert_int_equal(send_block(u, &k3, "dev-1", 0, 5 * BS, 5 * BS, 2, &r), FEDGE_UPLOAD_BUSY);
-    assert_int_equal(r.retry_s, 3);
+    assert_int_equal(r.retry_s, 1);
     assert_null(r.body);
     assert_int_equal(stats(u).partial, 2);
     /* another device still gets a slot, up to the total */
@@ -221,6 +221,48 @@ static void test_memory_budget(void **state)
     fedge_upload_stats s = stats(u);
     assert_int_equal(s.partial, 3);
     assert_int_equal(s.reserved_bytes, 21 * BS);
+    fedge_uploads_free(u);
+}
+
+static void test_idle_transfers_make_room(void **state)
+{
+    (void)state;
+    fedge_upload_limits l = limits();
+    fedge_uploads *u = make(&l);
+    fedge_upload_result r;
+    int keys[8];
+    /* per device: dev-1's longest idle upload gives way to its new one */
+    assert_int_equal(send_block(u, &keys[0], "dev-1", 0, 5 * BS, 5 * BS, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &keys[1], "dev-1", 0, 5 * BS, 5 * BS, 1, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &keys[2], "dev-1", 0, 5 * BS, 5 * BS, 2.9, &r), FEDGE_UPLOAD_BUSY);
+    assert_int_equal(send_block(u, &keys[2], "dev-1", 0, 5 * BS, 5 * BS, 3, &r), FEDGE_UPLOAD_CONTINUE);
+    fedge_upload_stats s = stats(u);
+    assert_int_equal(s.evicted, 1);
+    assert_int_equal(s.partial, 2);
+    assert_int_equal(send_block(u, &keys[0], "dev-1", 1, 5 * BS, 5 * BS, 3, &r), FEDGE_UPLOAD_INCOMPLETE);
+    assert_int_equal(send_block(u, &keys[1], "dev-1", 1, 5 * BS, 5 * BS, 3.5, &r), FEDGE_UPLOAD_CONTINUE);
+    /* in all: dev-2 fills the third slot; dev-3 takes the longest idle one (keys[2], since 3) */
+    assert_int_equal(send_block(u, &keys[3], "dev-2", 0, 5 * BS, 5 * BS, 4, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &keys[4], "dev-3", 0, 5 * BS, 5 * BS, 5.5, &r), FEDGE_UPLOAD_BUSY);
+    assert_int_equal(r.retry_s, 1); /* keys[2] may go at t=6 */
+    assert_int_equal(send_block(u, &keys[4], "dev-3", 0, 5 * BS, 5 * BS, 6, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &keys[2], "dev-1", 1, 5 * BS, 5 * BS, 6, &r), FEDGE_UPLOAD_INCOMPLETE);
+    assert_int_equal(stats(u).evicted, 2);
+    assert_int_equal(stats(u).partial, 3);
+    fedge_uploads_free(u);
+
+    /* memory: without Size1 two transfers fill the budget; the idle one makes room */
+    l.budget_bytes = 20 * BS;
+    l.max_total = 10;
+    u = make(&l);
+    assert_int_equal(send_block(u, &keys[0], "dev-1", 0, 5 * BS, 0, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &keys[1], "dev-2", 0, 5 * BS, 0, 2, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &keys[2], "dev-3", 0, 5 * BS, 0, 2.5, &r), FEDGE_UPLOAD_BUSY);
+    assert_int_equal(send_block(u, &keys[2], "dev-3", 0, 5 * BS, 0, 3, &r), FEDGE_UPLOAD_CONTINUE);
+    s = stats(u);
+    assert_int_equal(s.evicted, 1);
+    assert_int_equal(s.reserved_bytes, 20 * BS);
+    assert_int_equal(send_block(u, &keys[1], "dev-2", 1, 5 * BS, 0, 3, &r), FEDGE_UPLOAD_CONTINUE);
     fedge_uploads_free(u);
 }
 
@@ -307,6 +349,12 @@ static void test_bad_limits(void **state)
     l = limits();
     l.idle_timeout_s = 0;
     assert_int_equal(fedge_uploads_new(&l, &u), FEDGE_ERR_INVALID_ARG);
+    l = limits();
+    l.evict_idle_s = 0;
+    assert_int_equal(fedge_uploads_new(&l, &u), FEDGE_ERR_INVALID_ARG);
+    l = limits();
+    l.evict_idle_s = l.idle_timeout_s + 1;
+    assert_int_equal(fedge_uploads_new(&l, &u), FEDGE_ERR_INVALID_ARG);
     assert_null(u);
 }
 
@@ -322,6 +370,7 @@ int main(void)
         cmocka_unit_test(test_buffers_follow_received_bytes),
         cmocka_unit_test(test_per_device_and_total_caps),
         cmocka_unit_test(test_memory_budget),
+        cmocka_unit_test(test_idle_transfers_make_room),
         cmocka_unit_test(test_idle_transfers_expire),
         cmocka_unit_test(test_lost_repeated_and_bad_blocks),
         cmocka_unit_test(test_bad_limits),
