@@ -48,6 +48,11 @@ typedef struct {
     long batch;
     double server_lr;
     long max_update_bytes;      /* 0: derived from the model size */
+    double upload_idle_timeout_s;      /* a partial Block1 upload silent this long is freed */
+    long upload_max_partial_per_device;
+    long upload_max_partial_total;
+    long upload_memory_bytes;          /* 0: derived from max_update_bytes */
+    long udp_rcvbuf_bytes;             /* 0: sized for the number of devices */
     double linger_s;            /* keep answering after the last round */
     long refine_every;          /* 0: never */
     char refine_command[FEDGE_PATH_MAX];

@@ -1,13 +1,19 @@
 #include "server.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <linux/sock_diag.h>
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 
 #include <coap3/coap.h>
 
 #include "common.h"
 #include "log.h"
+#include "upload.h"
 
 /* A model body handed to libcoap for a Block2 transfer; it stays alive until
  * libcoap releases it, even when the round closes and a new model appears. */
@@ -25,6 +31,9 @@ struct fedge_server {
     char (*psk_text)[FEDGE_PSK_LEN + 1];
     model_body *body;           /* current model, one reference held here */
     char body_version[FEDGE_HASH_HEX_LEN];
+    fedge_uploads *uploads;     /* POST /update bodies in progress */
+    int udp_fd;                 /* the endpoint's socket, -1 when not found */
+    int rcvbuf;                 /* its receive buffer as the kernel reports it */
 };
 
 static fedge_server *g_server; /* libcoap 4.3.1 has no context user data */
@@ -123,23 +132,64 @@ static void hnd_round(coap_resource_t *r, coap_session_t *session, const coap_pd
     set_text(response, COAP_RESPONSE_CODE_CONTENT, body);
 }
 
+static unsigned udp_drops(const fedge_server *s)
+{
+    uint32_t mem[SK_MEMINFO_VARS];
+    socklen_t len = sizeof mem;
+    if (s->udp_fd < 0 || getsockopt(s->udp_fd, SOL_SOCKET, SO_MEMINFO, mem, &len) != 0 ||
+        len <= SK_MEMINFO_DROPS * sizeof mem[0])
+        return 0;
+    return mem[SK_MEMINFO_DROPS];
+}
+
+/* The aggregator's JSON plus the transport's own counters. */
+static int status_json(const fedge_server *s, char *body, size_t cap)
+{
+    int ret = fedge_agg_status_json(s->agg, body, cap);
+    if (ret != FEDGE_OK)
+        return ret;
+    size_t n = strlen(body);
+    if (n == 0 || body[n - 1] != '}')
+        return FEDGE_ERR_INTERNAL;
+    fedge_upload_stats st;
+    fedge_uploads_stats(s->uploads, &st);
+    int m = snprintf(body + n - 1, cap - (n - 1),
+                     ",\"uploads\":{\"partial\":%zu,\"reserved_bytes\":%zu,\"held_bytes\":%zu,"
+                     "\"completed\":%llu,\"expired\":%llu,\"evicted\":%llu,\"closed\":%llu,"
+                     "\"superseded\":%llu,"
+                     "\"refused_size\":%llu,\"refused_busy\":%llu,\"refused_bad\":%llu,"
+                     "\"incomplete\":%llu},\"udp\":{\"rcvbuf_bytes\":%d,\"drops\":%u}}",
+                     st.partial, st.reserved_bytes, st.held_bytes,
+                     (unsigned long long)st.completed, (unsigned long long)st.expired,
+                     (unsigned long long)st.evicted, (unsigned long long)st.closed,
+                     (unsigned long long)st.superseded,
+                     (unsigned long long)st.refused_size, (unsigned long long)st.refused_busy,
+                     (unsigned long long)st.refused_bad, (unsigned long long)st.incomplete,
+                     s->rcvbuf, udp_drops(s));
+    return (m < 0 || (size_t)m >= cap - (n - 1)) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
+}
+
+static void free_release(coap_session_t *session, void *app_ptr)
+{
+    (void)session;
+    free(app_ptr);
+}
+
 static void hnd_status(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
                        const coap_string_t *query, coap_pdu_t *response)
 {
-    (void)r;
-    (void)session;
-    (void)request;
-    (void)query;
-    char body[1024];
-    uint8_t buf[4];
-    if (fedge_agg_status_json(g_server->agg, body, sizeof body) != FEDGE_OK) {
+    char *body = malloc(2048);
+    if (!body || status_json(g_server, body, 2048) != FEDGE_OK) {
+        free(body);
         set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "internal error");
         return;
     }
     coap_pdu_set_code(response, COAP_RESPONSE_CODE_CONTENT);
-    coap_add_option(response, COAP_OPTION_CONTENT_FORMAT,
-                    coap_encode_var_safe(buf, sizeof buf, COAP_MEDIATYPE_APPLICATION_JSON), buf);
-    coap_add_data(response, strlen(body), (const uint8_t *)body);
+    /* Block2 when the body outgrows one datagram; libcoap frees it */
+    if (!coap_add_data_large_response(r, session, request, response, query,
+                                      COAP_MEDIATYPE_APPLICATION_JSON, -1, 0, strlen(body),
+                                      (const uint8_t *)body, free_release, body))
+        coap_pdu_set_code(response, COAP_RESPONSE_CODE_INTERNAL_ERROR);
 }
 
 static void hnd_model(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
@@ -183,28 +233,53 @@ static coap_pdu_code_t coap_code(int code)
     }
 }
 
-static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
-                       const coap_string_t *query, coap_pdu_t *response)
+/* ---- POST /update: Block1 bodies reassembled within bounds (upload.h) ----
+ * libcoap runs in COAP_BLOCK_USE_LIBCOAP mode without SINGLE_BODY for
+ * requests, so it hands over each block as it arrives and never allocates a
+ * body itself (4.3.1 would allocate the client's Size1 up front). */
+
+/* An upload silent this long is freed when a new one needs its room: a live
+ * client resends a lost block within ACK_TIMEOUT (2-3 s), so it is most
+ * likely gone; without such pressure it gets upload_idle_timeout_s. */
+#define UPLOAD_EVICT_IDLE_S 5.0
+
+static double mono_now(void)
 {
-    (void)r;
-    char id[FEDGE_DEVICE_ID_MAX + 1], msg[320];
-    size_t len = 0, offset = 0, total = 0;
-    const uint8_t *data = NULL;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int upload_limits(const fedge_aggregator *a, fedge_upload_limits *l, char *err,
+                         size_t errlen)
+{
+    const fedge_agg_config *c = &a->cfg;
+    l->max_body = a->max_update_bytes;
+    l->max_per_device = (size_t)c->upload_max_partial_per_device;
+    l->max_total = (size_t)c->upload_max_partial_total;
+    l->idle_timeout_s = c->upload_idle_timeout_s;
+    l->evict_idle_s = c->upload_idle_timeout_s < UPLOAD_EVICT_IDLE_S ? c->upload_idle_timeout_s
+                                                                     : UPLOAD_EVICT_IDLE_S;
+    if (c->upload_memory_bytes > 0) {
+        l->budget_bytes = (size_t)c->upload_memory_bytes;
+        if (l->budget_bytes < l->max_body) {
+            snprintf(err, errlen, "upload_memory_bytes %zu is below max_update_bytes %zu: no "
+                     "update could be received", l->budget_bytes, l->max_body);
+            return FEDGE_ERR_CONFIG_VALUE;
+        }
+    } else {
+        size_t cap = (size_t)256 << 20;
+        l->budget_bytes = l->max_body > cap / l->max_total ? cap : l->max_body * l->max_total;
+        if (l->budget_bytes < l->max_body)
+            l->budget_bytes = l->max_body;
+    }
+    return FEDGE_OK;
+}
+
+static void submit_update(const char *id, const uint8_t *data, size_t len, coap_pdu_t *response)
+{
+    char msg[320];
     int code = 500;
-    if (!requester(g_server, session, query, id)) {
-        set_text(response, COAP_RESPONSE_CODE_UNAUTHORIZED, "unknown device");
-        return;
-    }
-    if (!coap_get_data_large(request, &len, &data, &offset, &total) || len == 0) {
-        set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "empty body");
-        return;
-    }
-    if (offset != 0 || len != total) {
-        /* a lone late block (its transfer already completed or was dropped):
-         * the client resends the whole update, which dedup recognises */
-        set_text(response, COAP_RESPONSE_CODE(408), "incomplete Block1 body; resend the whole update");
-        return;
-    }
     int ret = fedge_agg_submit(g_server->agg, id, data, len, fedge_now(), &code, msg, sizeof msg);
     if (ret != FEDGE_OK) {
         FEDGE_ERROR("update from %s: %s", id, fedge_strerror(ret));
@@ -216,6 +291,120 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
         coap_add_option(response, COAP_OPTION_MAXAGE, coap_encode_var_safe(buf, sizeof buf, 1), buf);
     }
     set_text(response, coap_code(code), msg);
+}
+
+/* 2.31 Continue, echoing Block1 (libcoap has added it already when it
+ * tracks the transfer itself). */
+static void reply_continue(coap_pdu_t *response, const coap_block_b_t *blk)
+{
+    coap_opt_iterator_t it;
+    coap_pdu_set_code(response, COAP_RESPONSE_CODE(231));
+    if (!coap_check_option(response, COAP_OPTION_BLOCK1, &it)) {
+        uint8_t buf[4];
+        unsigned v = (blk->num << 4) | (1u << 3) | blk->szx;
+        coap_add_option(response, COAP_OPTION_BLOCK1, coap_encode_var_safe(buf, sizeof buf, v), buf);
+    }
+}
+
+static void reply_upload(const char *id, const fedge_upload_result *res, coap_pdu_t *response,
+                         const coap_block_b_t *blk)
+{
+    uint8_t buf[8];
+    switch (res->verdict) {
+    case FEDGE_UPLOAD_CONTINUE:
+        reply_continue(response, blk);
+        return;
+    case FEDGE_UPLOAD_COMPLETE:
+        submit_update(id, res->body, res->body_len, response);
+        return;
+    case FEDGE_UPLOAD_TOO_LARGE:
+        /* RFC 7959 2.9.3: Size1 tells the largest body we take */
+        coap_add_option(response, COAP_OPTION_SIZE1,
+                        coap_encode_var_safe8(buf, sizeof buf, g_server->agg->max_update_bytes), buf);
+        set_text(response, COAP_RESPONSE_CODE_REQUEST_TOO_LARGE, res->msg);
+        return;
+    case FEDGE_UPLOAD_BUSY:
+        coap_add_option(response, COAP_OPTION_MAXAGE,
+                        coap_encode_var_safe(buf, sizeof buf, res->retry_s), buf);
+        set_text(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE, res->msg);
+        return;
+    case FEDGE_UPLOAD_INCOMPLETE:
+        set_text(response, COAP_RESPONSE_CODE(408), res->msg);
+        return;
+    case FEDGE_UPLOAD_BAD:
+        set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, res->msg);
+        return;
+    }
+    set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "internal error");
+}
+
+static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
+                       const coap_string_t *query, coap_pdu_t *response)
+{
+    (void)r;
+    char id[FEDGE_DEVICE_ID_MAX + 1];
+    size_t len = 0, offset = 0, total = 0;
+    const uint8_t *data = NULL;
+    coap_opt_iterator_t it;
+    coap_block_b_t blk;
+    if (!requester(g_server, session, query, id)) {
+        set_text(response, COAP_RESPONSE_CODE_UNAUTHORIZED, "unknown device");
+        return;
+    }
+    coap_get_data_large(request, &len, &data, &offset, &total);
+    if (!coap_get_block_b(session, request, COAP_OPTION_BLOCK1, &blk)) {
+        if (coap_check_option(request, COAP_OPTION_BLOCK1, &it)) {
+            set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "bad Block1 option");
+            return;
+        }
+        if (len == 0) {
+            set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "empty body");
+            return;
+        }
+        submit_update(id, data, len, response); /* one datagram: bounded by the transport */
+        return;
+    }
+    if (blk.num == 0 && !blk.m && len == 0) {
+        set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "empty body");
+        return;
+    }
+    coap_opt_t *size1 = coap_check_option(request, COAP_OPTION_SIZE1, &it);
+    fedge_upload_block b = {
+        .key = session,
+        .device = id,
+        .offset = (size_t)blk.num << (blk.szx + 4),
+        .block_size = (size_t)1 << (blk.szx + 4),
+        .more = blk.m,
+        .has_size1 = size1 != NULL,
+        .size1 = size1 ? coap_decode_var_bytes8(coap_opt_value(size1), coap_opt_length(size1)) : 0,
+        .data = data,
+        .len = data ? len : 0,
+    };
+    fedge_upload_result res;
+    if (fedge_uploads_block(g_server->uploads, &b, mono_now(), &res) != FEDGE_OK) {
+        set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "internal error");
+        return;
+    }
+    reply_upload(id, &res, response, &blk);
+    free(res.body);
+}
+
+/* A closed or deleted session's partial upload is freed at once. */
+static int on_session_event(coap_session_t *session, const coap_event_t event)
+{
+    switch (event) {
+    case COAP_EVENT_SERVER_SESSION_DEL:
+    case COAP_EVENT_DTLS_CLOSED:
+    case COAP_EVENT_DTLS_ERROR:
+    case COAP_EVENT_SESSION_CLOSED:
+    case COAP_EVENT_SESSION_FAILED:
+        if (g_server)
+            fedge_uploads_drop(g_server->uploads, session);
+        break;
+    default:
+        break;
+    }
+    return 0;
 }
 
 static const coap_bin_const_t *psk_for_identity(coap_bin_const_t *identity, coap_session_t *session,
@@ -232,6 +421,91 @@ static const coap_bin_const_t *psk_for_identity(coap_bin_const_t *identity, coap
         return NULL;
     }
     return &s->psks[e - s->agg->keys.devices];
+}
+
+/* ---- the UDP receive buffer ----
+ * A restart brings every device back at once; the kernel drops datagrams
+ * that find the socket's buffer full. The buffer is sized for the
+ * population: RCVBUF_PER_DEVICE per device (a DTLS flight and its
+ * retransmissions: ~12 small datagrams or ~7 full-size ones as the kernel
+ * accounts them), within [the kernel default, RCVBUF_MAX], unless
+ * udp_rcvbuf_bytes says otherwise (docs/BENCHMARKS.md, reconnect burst). */
+#define RCVBUF_PER_DEVICE ((size_t)16 * 1024)
+#define RCVBUF_MAX ((size_t)64 << 20)
+#define HANDSHAKES_MAX ((size_t)1024)
+
+/* libcoap 4.3.1 does not expose an endpoint's socket: find the UDP socket
+ * bound to the listening port among our descriptors. */
+static int find_udp_socket(const struct sockaddr *bound)
+{
+    int found = -1;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    uint16_t want_port = bound->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)bound)->sin6_port
+                                                      : ((const struct sockaddr_in *)bound)->sin_port;
+    for (struct dirent *e; found < 0 && (e = readdir(d)) != NULL;) {
+        char *end = NULL;
+        long fd = strtol(e->d_name, &end, 10);
+        if (end == e->d_name || *end != '\0' || fd < 0 || fd == dirfd(d))
+            continue;
+        int type = 0;
+        socklen_t tl = sizeof type;
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_DGRAM ||
+            getsockname((int)fd, (struct sockaddr *)&ss, &sl) != 0 || ss.ss_family != bound->sa_family)
+            continue;
+        uint16_t port = ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port;
+        if (want_port == 0 || port == want_port)
+            found = (int)fd;
+    }
+    closedir(d);
+    return found;
+}
+
+static void size_receive_buffer(fedge_server *s, const struct sockaddr *bound)
+{
+    const fedge_aggregator *a = s->agg;
+    int cur = 0;
+    socklen_t len = sizeof cur;
+    s->udp_fd = find_udp_socket(bound);
+    if (s->udp_fd < 0 || getsockopt(s->udp_fd, SOL_SOCKET, SO_RCVBUF, &cur, &len) != 0) {
+        FEDGE_WARN("cannot find the listening socket; its receive buffer keeps the kernel default");
+        s->udp_fd = -1;
+        return;
+    }
+    size_t want;
+    if (a->cfg.udp_rcvbuf_bytes > 0) {
+        want = (size_t)a->cfg.udp_rcvbuf_bytes;
+    } else {
+        want = a->keys.n > RCVBUF_MAX / RCVBUF_PER_DEVICE ? RCVBUF_MAX : a->keys.n * RCVBUF_PER_DEVICE;
+        if (want <= (size_t)cur) {
+            s->rcvbuf = cur;
+            FEDGE_INFO("UDP receive buffer %d bytes (the kernel default suffices for %zu devices)",
+                       cur, a->keys.n);
+            return;
+        }
+    }
+    /* the kernel doubles the value set (for its bookkeeping) and reports that */
+    int half = (int)(want / 2);
+    const char *how = "SO_RCVBUFFORCE";
+    if (setsockopt(s->udp_fd, SOL_SOCKET, SO_RCVBUFFORCE, &half, sizeof half) != 0) {
+        how = "SO_RCVBUF";
+        if (setsockopt(s->udp_fd, SOL_SOCKET, SO_RCVBUF, &half, sizeof half) != 0)
+            FEDGE_WARN("SO_RCVBUF %d: %s", half, strerror(errno));
+    }
+    len = sizeof cur;
+    if (getsockopt(s->udp_fd, SOL_SOCKET, SO_RCVBUF, &cur, &len) != 0)
+        cur = 0;
+    s->rcvbuf = cur;
+    if ((size_t)cur + 64 < want)
+        FEDGE_WARN("UDP receive buffer %d bytes, wanted %zu for %zu devices (%s is capped by "
+                   "net.core.rmem_max without CAP_NET_ADMIN): a reconnect burst may lose datagrams",
+                   cur, want, a->keys.n, how);
+    else
+        FEDGE_INFO("UDP receive buffer %d bytes for %zu devices (%s)", cur, a->keys.n, how);
 }
 
 static int add_resource(coap_context_t *ctx, const char *path, coap_request_t method,
@@ -277,11 +551,21 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     if (!s)
         FAIL(FEDGE_ERR_NOMEM);
     s->agg = a;
+    s->udp_fd = -1;
+    fedge_upload_limits lim;
+    CHK(upload_limits(a, &lim, err, errlen));
+    CHK(fedge_uploads_new(&lim, &s->uploads));
     s->ctx = coap_new_context(NULL);
     if (!s->ctx)
         FAIL(FEDGE_ERR_NOMEM);
-    coap_context_set_block_mode(s->ctx, COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY);
+    /* no COAP_BLOCK_SINGLE_BODY: POST /update blocks go to hnd_update one by one */
+    coap_context_set_block_mode(s->ctx, COAP_BLOCK_USE_LIBCOAP);
     coap_context_set_max_idle_sessions(s->ctx, (unsigned)(a->keys.n + 16));
+    coap_register_event_handler(s->ctx, on_session_event);
+    /* a reconnect burst: libcoap ignores new DTLS clients while this many
+     * handshakes are open (default 100); each costs an mbedTLS context */
+    coap_context_set_max_handshake_sessions(
+        s->ctx, (unsigned)(a->keys.n + 16 < HANDSHAKES_MAX ? a->keys.n + 16 : HANDSHAKES_MAX));
 
     if (!a->cfg.insecure) {
         if (!coap_dtls_is_supported()) {
@@ -328,6 +612,7 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
         snprintf(err, errlen, "cannot listen on %s (in use?)", a->cfg.listen);
         FAIL(FEDGE_ERR_IO);
     }
+    size_receive_buffer(s, res->ai_addr);
     CHK(add_resource(s->ctx, "round", COAP_REQUEST_GET, hnd_round));
     CHK(add_resource(s->ctx, "model", COAP_REQUEST_GET, hnd_model));
     CHK(add_resource(s->ctx, "update", COAP_REQUEST_POST, hnd_update));
@@ -335,6 +620,10 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     g_server = s;
     FEDGE_INFO("listening on %s (%s), %zu devices", a->cfg.listen,
                a->cfg.insecure ? "plain CoAP, INSECURE" : "CoAP over DTLS-PSK", a->keys.n);
+    FEDGE_INFO("uploads: at most %zu bytes each, %zu in progress per device, %zu in all, "
+               "%zu bytes reserved in all, freed after %.1f s idle (%.1f s when room is wanted)",
+               lim.max_body, lim.max_per_device, lim.max_total, lim.budget_bytes,
+               lim.idle_timeout_s, lim.evict_idle_s);
 cleanup:
     if (res)
         freeaddrinfo(res);
@@ -352,6 +641,7 @@ int fedge_server_process(fedge_server *s, unsigned timeout_ms)
 {
     if (coap_io_process(s->ctx, timeout_ms) < 0)
         return FEDGE_ERR_IO;
+    fedge_uploads_expire(s->uploads, mono_now());
     return FEDGE_OK;
 }
 
@@ -362,6 +652,7 @@ void fedge_server_free(fedge_server *s)
     if (s->ctx)
         coap_free_context(s->ctx); /* releases in-flight model bodies */
     body_unref(s->body);
+    fedge_uploads_free(s->uploads);
     if (s->psk_text) {
         memset(s->psk_text, 0, s->agg->keys.n * sizeof *s->psk_text);
         free(s->psk_text);

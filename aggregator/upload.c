@@ -1,0 +1,373 @@
+/* upload.c — bounded Block1 reassembly (see upload.h). */
+#include "upload.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "keys.h"
+#include "log.h"
+
+#define FIRST_ALLOC ((size_t)16 * 1024) /* a body's first buffer, at most */
+
+typedef struct {
+    const void *key;
+    char device[FEDGE_DEVICE_ID_MAX + 1];
+    uint8_t *buf;
+    size_t len;       /* contiguous bytes received */
+    size_t cap;       /* allocated */
+    size_t reserved;  /* share of budget_bytes; cap never exceeds it */
+    double last;      /* monotonic time of the last block */
+} transfer;
+
+struct fedge_uploads {
+    fedge_upload_limits lim;
+    transfer *t;      /* dense: t[0..n) are in progress; room for max_total */
+    size_t n;
+    size_t reserved;
+    size_t held;
+    fedge_upload_stats st;
+};
+
+int fedge_uploads_new(const fedge_upload_limits *lim, fedge_uploads **out)
+{
+    if (!lim || !out || lim->max_body == 0 || lim->max_per_device == 0 || lim->max_total == 0 ||
+        lim->budget_bytes < lim->max_body || !(lim->evict_idle_s > 0) ||
+        !(lim->evict_idle_s <= lim->idle_timeout_s) ||
+        lim->max_total > SIZE_MAX / sizeof(transfer))
+        return FEDGE_ERR_INVALID_ARG;
+    *out = NULL;
+    fedge_uploads *u = calloc(1, sizeof *u);
+    if (!u)
+        return FEDGE_ERR_NOMEM;
+    u->t = calloc(lim->max_total, sizeof *u->t);
+    if (!u->t) {
+        free(u);
+        return FEDGE_ERR_NOMEM;
+    }
+    u->lim = *lim;
+    *out = u;
+    return FEDGE_OK;
+}
+
+void fedge_uploads_free(fedge_uploads *u)
+{
+    if (!u)
+        return;
+    for (size_t i = 0; i < u->n; i++)
+        free(u->t[i].buf);
+    free(u->t);
+    free(u);
+}
+
+static void remove_at(fedge_uploads *u, size_t i)
+{
+    transfer *t = &u->t[i];
+    free(t->buf);
+    u->reserved -= t->reserved;
+    u->held -= t->cap;
+    u->t[i] = u->t[--u->n];
+    memset(&u->t[u->n], 0, sizeof u->t[u->n]);
+}
+
+static long find(const fedge_uploads *u, const void *key)
+{
+    for (size_t i = 0; i < u->n; i++)
+        if (u->t[i].key == key)
+            return (long)i;
+    return -1;
+}
+
+static void verdict(fedge_upload_result *r, fedge_upload_verdict v, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void verdict(fedge_upload_result *r, fedge_upload_verdict v, const char *fmt, ...)
+{
+    va_list ap;
+    r->verdict = v;
+    va_start(ap, fmt);
+    vsnprintf(r->msg, sizeof r->msg, fmt, ap);
+    va_end(ap);
+}
+
+/* Seconds until the longest idle of the matching transfers (device NULL:
+ * all) may be evicted. */
+static unsigned retry_after(const fedge_uploads *u, const char *device, double now)
+{
+    double oldest = now;
+    for (size_t i = 0; i < u->n; i++)
+        if ((!device || !strcmp(u->t[i].device, device)) && u->t[i].last < oldest)
+            oldest = u->t[i].last;
+    double left = oldest + u->lim.evict_idle_s - now;
+    return left < 1 ? 1u : left > 3600 ? 3600u : (unsigned)ceil(left);
+}
+
+/* Frees the longest idle transfer (of device; NULL: any) when it has been
+ * idle for evict_idle_s; returns whether one was freed. */
+static int evict_idle(fedge_uploads *u, const char *device, double now)
+{
+    long best = -1;
+    for (size_t i = 0; i < u->n; i++)
+        if ((!device || !strcmp(u->t[i].device, device)) &&
+            (best < 0 || u->t[i].last < u->t[best].last))
+            best = (long)i;
+    if (best < 0 || now - u->t[best].last < u->lim.evict_idle_s)
+        return 0;
+    FEDGE_INFO("upload from %s abandoned after %zu bytes (idle %.1f s); freed for a new upload",
+               u->t[best].device, u->t[best].len, now - u->t[best].last);
+    remove_at(u, (size_t)best);
+    u->st.evicted++;
+    return 1;
+}
+
+/* Makes room for `need` bytes in t, within its reservation (already checked). */
+static int grow(fedge_uploads *u, transfer *t, size_t need)
+{
+    if (need <= t->cap)
+        return FEDGE_OK;
+    size_t cap = t->cap ? t->cap : FIRST_ALLOC;
+    while (cap < need)
+        cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
+    if (cap > t->reserved)
+        cap = t->reserved;
+    uint8_t *p = realloc(t->buf, cap);
+    if (!p)
+        return FEDGE_ERR_NOMEM;
+    u->held += cap - t->cap;
+    t->buf = p;
+    t->cap = cap;
+    return FEDGE_OK;
+}
+
+static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now,
+                       fedge_upload_result *r)
+{
+    const fedge_upload_limits *lim = &u->lim;
+    if (!b->more) {
+        /* a body in one block: no transfer state at all */
+        r->body = malloc(b->len ? b->len : 1);
+        if (!r->body) {
+            r->retry_s = 1;
+            verdict(r, FEDGE_UPLOAD_BUSY, "out of memory; retry later");
+            return FEDGE_OK;
+        }
+        memcpy(r->body, b->data, b->len);
+        r->body_len = b->len;
+        u->st.completed++;
+        r->verdict = FEDGE_UPLOAD_COMPLETE;
+        return FEDGE_OK;
+    }
+    size_t per_device = 0;
+    for (size_t i = 0; i < u->n; i++)
+        per_device += !strcmp(u->t[i].device, b->device);
+    if (per_device >= lim->max_per_device && evict_idle(u, b->device, now))
+        per_device--;
+    if (per_device >= lim->max_per_device) {
+        u->st.refused_busy++;
+        r->retry_s = retry_after(u, b->device, now);
+        verdict(r, FEDGE_UPLOAD_BUSY, "%zu uploads of this device in progress; retry in %u s",
+                per_device, r->retry_s);
+        FEDGE_DEBUG("upload from %s refused: %zu of its uploads in progress (limit %zu)", b->device,
+                   per_device, lim->max_per_device);
+        return FEDGE_OK;
+    }
+    if (u->n >= lim->max_total)
+        evict_idle(u, NULL, now);
+    if (u->n >= lim->max_total) {
+        u->st.refused_busy++;
+        r->retry_s = retry_after(u, NULL, now);
+        verdict(r, FEDGE_UPLOAD_BUSY, "%zu uploads in progress; retry in %u s", u->n, r->retry_s);
+        FEDGE_DEBUG("upload from %s refused: %zu uploads in progress (limit %zu)", b->device, u->n,
+                   lim->max_total);
+        return FEDGE_OK;
+    }
+    size_t reserve = lim->max_body;
+    if (b->has_size1 && b->size1 >= b->len && b->size1 < reserve)
+        reserve = (size_t)b->size1;
+    while (reserve > lim->budget_bytes - u->reserved && evict_idle(u, NULL, now))
+        ;
+    if (reserve > lim->budget_bytes - u->reserved) {
+        u->st.refused_busy++;
+        r->retry_s = retry_after(u, NULL, now);
+        verdict(r, FEDGE_UPLOAD_BUSY, "upload memory in use; retry in %u s", r->retry_s);
+        FEDGE_DEBUG("upload from %s refused: %zu of %zu bytes of upload memory reserved", b->device,
+                   u->reserved, lim->budget_bytes);
+        return FEDGE_OK;
+    }
+    transfer *t = &u->t[u->n];
+    memset(t, 0, sizeof *t);
+    t->key = b->key;
+    snprintf(t->device, sizeof t->device, "%s", b->device);
+    t->reserved = reserve;
+    t->last = now;
+    u->reserved += reserve;
+    u->n++;
+    if (grow(u, t, b->len) != FEDGE_OK) {
+        remove_at(u, u->n - 1);
+        r->retry_s = 1;
+        verdict(r, FEDGE_UPLOAD_BUSY, "out of memory; retry later");
+        return FEDGE_OK;
+    }
+    memcpy(t->buf, b->data, b->len);
+    t->len = b->len;
+    r->verdict = FEDGE_UPLOAD_CONTINUE;
+    return FEDGE_OK;
+}
+
+static int next_block(fedge_uploads *u, const fedge_upload_block *b, double now,
+                      fedge_upload_result *r)
+{
+    long i = find(u, b->key);
+    if (i < 0 || strcmp(u->t[i].device, b->device) != 0) {
+        u->st.incomplete++;
+        verdict(r, FEDGE_UPLOAD_INCOMPLETE,
+                "incomplete Block1 body (no upload in progress for block at byte %zu); "
+                "resend the whole update", b->offset);
+        return FEDGE_OK;
+    }
+    transfer *t = &u->t[i];
+    size_t end = b->offset + b->len;
+    if (end <= t->len) {
+        /* a retransmitted block (our answer was lost) */
+        t->last = now;
+        if (!b->more) {
+            remove_at(u, (size_t)i);
+            u->st.refused_bad++;
+            verdict(r, FEDGE_UPLOAD_BAD, "last block at byte %zu inside the body received so far",
+                    b->offset);
+            return FEDGE_OK;
+        }
+        r->verdict = FEDGE_UPLOAD_CONTINUE;
+        return FEDGE_OK;
+    }
+    if (b->offset != t->len) {
+        remove_at(u, (size_t)i);
+        u->st.incomplete++;
+        verdict(r, FEDGE_UPLOAD_INCOMPLETE,
+                "block at byte %zu but %zu bytes received: a block is missing; resend the whole update",
+                b->offset, t->len);
+        return FEDGE_OK;
+    }
+    if (end > t->reserved) {
+        /* past its Size1 (an estimate, RFC 7959 4); end <= max_body was checked */
+        size_t want = t->reserved > u->lim.max_body / 2 ? u->lim.max_body : t->reserved * 2;
+        if (want < end)
+            want = end;
+        if (want > u->lim.max_body)
+            want = u->lim.max_body;
+        if (want - t->reserved > u->lim.budget_bytes - u->reserved) {
+            remove_at(u, (size_t)i);
+            u->st.refused_busy++;
+            r->retry_s = retry_after(u, NULL, now);
+            verdict(r, FEDGE_UPLOAD_BUSY, "body longer than its Size1 and upload memory in use; "
+                    "retry in %u s", r->retry_s);
+            return FEDGE_OK;
+        }
+        u->reserved += want - t->reserved;
+        t->reserved = want;
+    }
+    if (grow(u, t, end) != FEDGE_OK) {
+        remove_at(u, (size_t)i);
+        r->retry_s = 1;
+        verdict(r, FEDGE_UPLOAD_BUSY, "out of memory; retry later");
+        return FEDGE_OK;
+    }
+    memcpy(t->buf + t->len, b->data, b->len);
+    t->len = end;
+    t->last = now;
+    if (b->more) {
+        r->verdict = FEDGE_UPLOAD_CONTINUE;
+        return FEDGE_OK;
+    }
+    r->body = t->buf;
+    r->body_len = t->len;
+    t->buf = NULL;
+    remove_at(u, (size_t)i);
+    u->st.completed++;
+    r->verdict = FEDGE_UPLOAD_COMPLETE;
+    return FEDGE_OK;
+}
+
+int fedge_uploads_block(fedge_uploads *u, const fedge_upload_block *b, double now,
+                        fedge_upload_result *r)
+{
+    if (!u || !b || !r || !b->key || !b->device || (!b->data && b->len) || b->block_size == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    memset(r, 0, sizeof *r);
+    const size_t max = u->lim.max_body;
+    long i = find(u, b->key);
+    if (b->offset == 0 && i >= 0) {
+        /* a new transfer on this session: the old one is given up */
+        remove_at(u, (size_t)i);
+        u->st.superseded++;
+    }
+    if ((b->has_size1 && b->size1 > max) || b->len > max || b->offset > max - b->len) {
+        if (b->offset != 0 && (i = find(u, b->key)) >= 0)
+            remove_at(u, (size_t)i);
+        u->st.refused_size++;
+        uint64_t size = b->has_size1 && b->size1 > max ? b->size1 : (uint64_t)b->offset + b->len;
+        verdict(r, FEDGE_UPLOAD_TOO_LARGE, "update of %s%llu bytes exceeds the limit of %zu",
+                b->has_size1 && b->size1 > max ? "" : "at least ", (unsigned long long)size, max);
+        FEDGE_INFO("upload from %s refused at byte %zu: %s%llu bytes, over the limit of %zu",
+                   b->device, b->offset, b->has_size1 && b->size1 > max ? "Size1 " : "",
+                   (unsigned long long)size, max);
+        return FEDGE_OK;
+    }
+    if (b->more && b->len != b->block_size) {
+        if (b->offset != 0 && (i = find(u, b->key)) >= 0)
+            remove_at(u, (size_t)i);
+        u->st.refused_bad++;
+        verdict(r, FEDGE_UPLOAD_BAD, "block of %zu bytes before the last; expected %zu", b->len,
+                b->block_size);
+        return FEDGE_OK;
+    }
+    if (b->offset == 0)
+        return first_block(u, b, now, r);
+    return next_block(u, b, now, r);
+}
+
+size_t fedge_uploads_expire(fedge_uploads *u, double now)
+{
+    size_t n = 0;
+    if (!u)
+        return 0;
+    for (size_t i = 0; i < u->n;) {
+        transfer *t = &u->t[i];
+        double idle = now - t->last;
+        if (idle >= u->lim.idle_timeout_s) {
+            FEDGE_INFO("upload from %s abandoned after %zu bytes (idle %.1f s); freed", t->device,
+                       t->len, idle);
+            remove_at(u, i);
+            u->st.expired++;
+            n++;
+        } else {
+            i++;
+        }
+    }
+    return n;
+}
+
+void fedge_uploads_drop(fedge_uploads *u, const void *key)
+{
+    if (!u)
+        return;
+    long i = find(u, key);
+    if (i < 0)
+        return;
+    FEDGE_INFO("upload from %s dropped after %zu bytes: its session closed", u->t[i].device,
+               u->t[i].len);
+    remove_at(u, (size_t)i);
+    u->st.closed++;
+}
+
+void fedge_uploads_stats(const fedge_uploads *u, fedge_upload_stats *out)
+{
+    if (!u || !out)
+        return;
+    *out = u->st;
+    out->partial = u->n;
+    out->reserved_bytes = u->reserved;
+    out->held_bytes = u->held;
+}

@@ -1,0 +1,91 @@
+/* upload.h — bounded reassembly of Block1 (RFC 7959) request bodies.
+ *
+ * The CoAP server hands every block of POST /update to fedge_uploads_block.
+ * Limits are checked before anything is allocated:
+ *  - a declared Size1 or a running size above max_body: 4.13, at once;
+ *  - a new transfer past max_per_device or max_total partial transfers, or
+ *    whose reservation (Size1, else max_body) does not fit budget_bytes: 5.03;
+ * a body's buffer then grows only as its bytes arrive, never past its
+ * reservation. Before refusing with 5.03, a transfer idle for evict_idle_s
+ * or longer (the longest idle first; of the same device when its cap is
+ * the limit) is freed to make room. One transfer per key (the CoAP
+ * session): a new first block supersedes the previous one.
+ * fedge_uploads_expire frees transfers idle longer than idle_timeout_s;
+ * fedge_uploads_drop frees a closed session's.
+ * Memory held is bounded by budget_bytes + max_total small records.
+ * Bookkeeping only: no I/O; times are monotonic seconds passed in. */
+#ifndef FEDGE_UPLOAD_H
+#define FEDGE_UPLOAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    size_t max_body;        /* largest body accepted */
+    size_t max_per_device;  /* partial transfers of one device */
+    size_t max_total;       /* partial transfers of all devices */
+    size_t budget_bytes;    /* sum of the reservations of partial transfers */
+    double idle_timeout_s;  /* a partial transfer silent this long is freed */
+    double evict_idle_s;    /* ... and this long, when its room is wanted (<= idle_timeout_s) */
+} fedge_upload_limits;
+
+typedef struct {
+    size_t partial;         /* transfers in progress */
+    size_t reserved_bytes;  /* their reservations */
+    size_t held_bytes;      /* their buffers as allocated now */
+    uint64_t completed, expired, evicted, closed, superseded;
+    uint64_t refused_size, refused_busy, refused_bad, incomplete;
+} fedge_upload_stats;
+
+typedef enum {
+    FEDGE_UPLOAD_CONTINUE = 0, /* 2.31: send the next block */
+    FEDGE_UPLOAD_COMPLETE,     /* whole body handed over in *body */
+    FEDGE_UPLOAD_TOO_LARGE,    /* 4.13 */
+    FEDGE_UPLOAD_BUSY,         /* 5.03, retry after *retry_s */
+    FEDGE_UPLOAD_INCOMPLETE,   /* 4.08: no transfer this block belongs to */
+    FEDGE_UPLOAD_BAD,          /* 4.00: an inconsistent block */
+} fedge_upload_verdict;
+
+typedef struct {
+    const void *key;        /* the transfer's session; compared as a pointer */
+    const char *device;     /* a valid device id */
+    size_t offset;          /* byte offset of this block in the body */
+    size_t block_size;      /* 2^(SZX+4); a block before the last is exactly this long */
+    int more;               /* the M bit */
+    int has_size1;
+    uint64_t size1;         /* declared body size (Size1), when has_size1 */
+    const uint8_t *data;
+    size_t len;
+} fedge_upload_block;
+
+typedef struct {
+    fedge_upload_verdict verdict;
+    uint8_t *body;          /* COMPLETE: the body, now the caller's to free() */
+    size_t body_len;
+    unsigned retry_s;       /* BUSY: seconds until room may be made */
+    char msg[160];          /* one line for the reply, on every verdict but CONTINUE */
+} fedge_upload_result;
+
+typedef struct fedge_uploads fedge_uploads;
+
+/* Limits must be non-zero (0 < evict_idle_s <= idle_timeout_s;
+ * budget_bytes >= max_body). */
+int fedge_uploads_new(const fedge_upload_limits *lim, fedge_uploads **out);
+void fedge_uploads_free(fedge_uploads *u);
+
+/* One block of a transfer at monotonic time now. Returns FEDGE_OK with the
+ * verdict in *res (a refused transfer is freed); an error only for bad
+ * arguments. Running out of memory is answered as BUSY. */
+int fedge_uploads_block(fedge_uploads *u, const fedge_upload_block *b, double now,
+                        fedge_upload_result *res);
+
+/* Frees transfers idle for idle_timeout_s or longer (each is logged);
+ * returns how many. */
+size_t fedge_uploads_expire(fedge_uploads *u, double now);
+
+/* Frees the transfer of key, if any (its session closed). */
+void fedge_uploads_drop(fedge_uploads *u, const void *key);
+
+void fedge_uploads_stats(const fedge_uploads *u, fedge_upload_stats *out);
+
+#endif
