@@ -235,6 +235,17 @@ bench: all
 edge: deps
 	$(Q)$(MAKE) --no-print-directory $(LIBFEDGE) $(EDGE_BIN)
 
+# ---- test helper programs --------------------------------------------------
+# tests/tools/<name>.c -> $(BUILD)/tests/tools/<name>, for integration scripts
+# (recompute: every aggregate model recomputed from the log, kill_storm.sh).
+TEST_TOOL_BINS := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
+build-all: $(TEST_TOOL_BINS)
+
+$(TEST_TOOL_BINS): $(BUILD)/tests/tools/%: $(BUILD)/obj/tests/tools/%.o $(LIBFEDGE)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS)
+
 # ---- fuzzing (clang + libFuzzer) -------------------------------------------
 # tests/fuzz/fuzz_<name>.c -> build/fuzz/fuzz_<name>, one libFuzzer target
 # each, over the library compiled with clang and coverage + ASan + UBSan.
