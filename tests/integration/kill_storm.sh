@@ -2,7 +2,9 @@
 # kill -9 the aggregator at seeded random moments of a federation (22 times),
 # restarting it each time on the same database and model store, while three
 # edges (softmax:784-10, 600-row shards, fp32/int8/fp16 deltas) keep retrying
-# across the restarts. Then the run is let finish, and:
+# across the restarts. Halfway the edges freeze until a round fails for want
+# of updates; a few stops outlast the round deadline. Then the run is let
+# finish (the rounds run after the storm must all aggregate), and:
 #   1. every update an edge was told was accepted (its log's outcome=accepted
 #      or clipped) is an accepted/clipped updates row of that round, and that
 #      round closed with a model;
@@ -25,6 +27,15 @@ RECOMPUTE="$FEDGE_BUILD/tests/tools/recompute"
 [ -x "$RECOMPUTE" ] || { echo "FAIL: $RECOMPUTE not built (make)" >&2; exit 1; }
 
 fed_setup 3
+# Frozen edges must be woken for fed_cleanup's SIGTERM to reach them.
+storm_cleanup() {
+    local p
+    for p in "${FED_PIDS[@]}"; do kill -CONT "$p" 2>/dev/null; done
+    fed_cleanup
+}
+trap storm_cleanup EXIT
+# The log is read while the aggregator writes it: wait out its locks.
+q() { sqlite3 -batch -noheader -cmd '.timeout 10000' "$FED_DIR/fedge.db" "$@"; }
 FED_PORT=$(fed_free_port)
 "$BIN/fedge-partition" --data fashion-mnist --clients 100 --kind iid --seed 5 \
     --out "$FED_DIR/shards" >/dev/null || fed_fail "partition"
@@ -47,8 +58,18 @@ done
 
 RANDOM=$SEED
 t0=$SECONDS
+long_downs=0
 for ((k = 1; k <= KILLS; k++)); do
     fed_start_aggregator "${args[@]}" --rounds 0
+    if ((k == KILLS / 2)); then
+        # a partition: the edges freeze, so a round expires with no update
+        failed=$(q "SELECT count(*) FROM rounds WHERE status='failed'")
+        [ -n "$failed" ] || fed_fail "cannot read the rounds"
+        for e in "${FED_EDGE_PIDS[@]}"; do kill -STOP "${e%%:*}"; done
+        fed_wait_for "[ \"\$(q \"SELECT count(*) FROM rounds WHERE status='failed'\" 2>/dev/null)\" -gt $failed ]" 30
+        for e in "${FED_EDGE_PIDS[@]}"; do kill -CONT "${e%%:*}"; done
+        echo "=== edges frozen until a round failed ===" >>"$FED_DIR/agg.log"
+    fi
     # mostly short lives (start-up, a round's open or close), now and then a long one
     if ((RANDOM % 5 == 0)); then up=$((2000 + RANDOM % 2000)); else up=$((150 + RANDOM % 1600)); fi
     sleep "$(printf '%d.%03d' $((up / 1000)) $((up % 1000)))"
@@ -57,16 +78,23 @@ for ((k = 1; k <= KILLS; k++)); do
     wait "$FED_AGG_PID" 2>/dev/null
     forget_pid "$FED_AGG_PID"
     echo "=== kill $k after ${up} ms ===" >>"$FED_DIR/agg.log"
-    down=$((RANDOM % 300))
-    sleep "0.$(printf '%03d' $down)"
+    # now and then stay down past the round deadline (4 s), so a round
+    # expires while nobody runs it
+    if ((long_downs < 3 && RANDOM % 7 == 0)); then
+        down=$((4500 + RANDOM % 1000))
+        long_downs=$((long_downs + 1))
+    else
+        down=$((RANDOM % 300))
+    fi
+    sleep "$(printf '%d.%03d' $((down / 1000)) $((down % 1000)))"
 done
-closed=$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed'" 2>/dev/null || echo 0)
-last=$(fed_sql "SELECT coalesce(max(id), 0) FROM rounds")
-echo "$KILLS kills in $((SECONDS - t0)) s; $closed rounds closed, last round $last"
+closed=$(q "SELECT count(*) FROM rounds WHERE status='closed'" 2>/dev/null || echo 0)
+last=$(q "SELECT coalesce(max(id), 0) FROM rounds")
+echo "$KILLS kills ($long_downs long stops) in $((SECONDS - t0)) s; $closed rounds closed, last round $last"
 
 # Let the run finish two rounds after the last one begun.
 fed_start_aggregator "${args[@]}" --rounds $((last + 2))
-fed_wait_run 90 || fed_fail "the final aggregator exited with an error"
+fed_wait_run 90 || { FEDGE_KEEP=1; fed_fail "the final aggregator exited with an error"; }
 
 fail=0
 bad() { echo "FAIL: $*" >&2; fail=1; }
@@ -77,10 +105,10 @@ for i in 1 2 3; do
     dev="dev-00$i"
     while read -r round; do
         acked=$((acked + 1))
-        n=$(fed_sql "SELECT count(*) FROM updates WHERE round=$round AND device='$dev'
+        n=$(q "SELECT count(*) FROM updates WHERE round=$round AND device='$dev'
                      AND decision IN ('accepted','clipped')")
         [ "$n" = 1 ] || bad "check 1: $dev was told round $round's update was accepted; $n accepted rows"
-        st=$(fed_sql "SELECT r.status || ' ' || (m.version IS NOT NULL) FROM rounds r
+        st=$(q "SELECT r.status || ' ' || (m.version IS NOT NULL) FROM rounds r
                       LEFT JOIN models m ON m.version = r.new_version WHERE r.id=$round")
         [ "$st" = "closed 1" ] ||
             bad "check 1: $dev's accepted update of round $round is in no aggregate (round: '$st')"
@@ -90,19 +118,23 @@ done
 [ "$acked" -ge 6 ] || bad "only $acked acknowledged updates: the storm left too little to check"
 
 # 2. nothing counted twice
-dups=$(fed_sql "SELECT round || ':' || device FROM updates WHERE decision<>'rejected'
+dups=$(q "SELECT round || ':' || device FROM updates WHERE decision<>'rejected'
                 GROUP BY round, device HAVING count(*) > 1")
 [ -z "$dups" ] || bad "check 2: more than one accepted update for (round:device) $dups"
-dups=$(fed_sql "SELECT round FROM models WHERE kind='aggregate' GROUP BY round HAVING count(*) > 1")
+dups=$(q "SELECT round FROM models WHERE kind='aggregate' GROUP BY round HAVING count(*) > 1")
 [ -z "$dups" ] || bad "check 2: more than one aggregate model in round(s) $dups"
-dups=$(fed_sql "SELECT r.id || ' says ' || coalesce(r.n_accepted, 'NULL') || ', rows ' || count(u.id)
+dups=$(q "SELECT r.id || ' says ' || coalesce(r.n_accepted, 'NULL') || ', rows ' || count(u.id)
                 FROM rounds r LEFT JOIN updates u ON u.round = r.id AND u.decision IN ('accepted','clipped')
                 WHERE r.status='closed' GROUP BY r.id HAVING coalesce(r.n_accepted, -1) <> count(u.id)")
 [ -z "$dups" ] || bad "check 2: n_accepted disagrees with the accepted rows: round $dups"
-open=$(fed_sql "SELECT group_concat(id) FROM rounds WHERE status='open'")
+open=$(q "SELECT group_concat(id) FROM rounds WHERE status='open'")
 [ -z "$open" ] || bad "rounds still open after the run finished: $open"
-closed=$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed'")
+closed=$(q "SELECT count(*) FROM rounds WHERE status='closed'")
 [ "$closed" -ge 4 ] || bad "only $closed closed rounds"
+# training goes on after the storm: the rounds run after it all aggregate
+after=$(q "SELECT group_concat(id || ' ' || status || ' (' || coalesce(reason, '') || ')', '; ')
+                 FROM rounds WHERE id > $last AND status <> 'closed'")
+[ -z "$after" ] || bad "rounds after the storm did not aggregate: $after"
 
 # 3. every aggregate recomputed from the logged updates
 "$RECOMPUTE" --db "$FED_DIR/fedge.db" --models "$FED_DIR/models" >"$FED_DIR/recompute.log" 2>&1 ||
@@ -116,14 +148,14 @@ closed=$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed'")
 for i in 1 2 3; do
     dev="dev-00$i"
     while read -r round answer; do
-        n=$(fed_sql "SELECT count(*) FROM updates WHERE round=$round AND device='$dev'
+        n=$(q "SELECT count(*) FROM updates WHERE round=$round AND device='$dev'
                      AND decision IN ('accepted','clipped')")
         [ "$n" = 0 ] || bad "check 5: $dev was told '$answer' for round $round, yet its update was accepted"
     done < <(sed -n 's/.* round \([0-9][0-9]*\): samples=.* outcome=\(rejected.*\)/\1 \2/p' \
         "$FED_DIR/edge-$dev.log")
 done
 
-fed_sql "SELECT count(*) || ' rounds: ' || group_concat(n || ' ' || status, ', ')
+q "SELECT sum(n) || ' rounds: ' || group_concat(n || ' ' || status, ', ')
          FROM (SELECT status, count(*) AS n FROM rounds GROUP BY status)"
 echo "$acked acknowledged updates checked; $(tail -n 1 "$FED_DIR/recompute.log")"
 if [ "$fail" != 0 ]; then
