@@ -1,9 +1,13 @@
-/* fuzz_key.h — the fixed device key of the envelope and update targets. */
+/* fuzz_key.h — the fixed device key and run id of the envelope and update
+ * targets. */
 #ifndef FEDGE_FUZZ_KEY_H
 #define FEDGE_FUZZ_KEY_H
 
 #include "envelope.h"
 #include "fuzz_util.h"
+
+static const uint8_t fuzz_run_id[16] = {0x72, 0x75, 0x6e, 0x2d, 0x66, 0x75, 0x7a, 0x7a,
+                                         0x00, 0x01, 0x02, 0x03, 0xfc, 0xfd, 0xfe, 0xff};
 
 static inline const fedge_device_key *fuzz_key(void)
 {

@@ -6,6 +6,7 @@
  * gets a printable DTLS PSK. */
 #include "error.h"
 #include "fuzz_util.h"
+#include "text.h"
 #include "keys.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -18,7 +19,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int ret = fedge_keys_load(path, &k, err, sizeof err);
     if (ret != FEDGE_OK) {
         FUZZ_CHECK(k.n == 0 && k.devices == NULL);
-        FUZZ_CHECK(err[0] != '\0' && strchr(err, '\n') == NULL);
+        FUZZ_CHECK(err[0] != '\0' && fedge_text_is_printable(err, strlen(err)));
         return 0;
     }
     for (size_t i = 0; i < k.n; i++) {

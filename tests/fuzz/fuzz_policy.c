@@ -2,13 +2,15 @@
  * from memory and from a file, then every check on the loaded policy.
  *
  * Invariants: the buffer and file loaders agree; a failure leaves *out NULL
- * and an error message; a loaded policy's checks return OK with a decision
- * of a known kind, a clip factor in (0, 1) exactly for CLIP, and round
- * weights in [0, the weight given]. */
+ * and a one-line printable error; a loaded policy's checks return OK with a
+ * decision of a known kind, a clip factor in (0, 1) exactly for CLIP, round
+ * weights in [0, the weight given], and epsilons and RDP costs >= 0 (never
+ * NaN). */
 #include <math.h>
 
 #include "error.h"
 #include "fuzz_util.h"
+#include "text.h"
 #include "policy.h"
 
 #define N_UPD 5
@@ -48,7 +50,8 @@ static void exercise(const fedge_policy *p, const uint8_t *data, size_t size)
             .device_status = statuses[i % 3 == 2 ? 0 : i % 3],
             .device_region = regions[i % 3],
             .round = 7,
-            .base_round = (uint32_t)(7 - i % 4),
+            .staleness = i % 4,
+            .n_samples = i == 3 ? UINT64_MAX : (uint64_t)i * 1000u,
             .l2_norm = norms[i],
             .finite = isfinite(norms[i]),
             .recent_updates = (uint32_t)i * 3,
@@ -80,13 +83,28 @@ static void exercise(const fedge_policy *p, const uint8_t *data, size_t size)
         }
     }
 
-    double eps = -1.0;
-    FUZZ_CHECK(fedge_policy_budget_check(p, 0.1, 3, &eps, &d) == FEDGE_OK);
-    check_decision(&d);
-    FUZZ_CHECK(eps >= 0.0);
-    FUZZ_CHECK(fedge_policy_device_budget_check(p, "dev-1", 2, &eps, &d) == FEDGE_OK);
-    check_decision(&d);
-    FUZZ_CHECK(eps >= 0.0);
+    /* Budgets from nothing spent, then from one round's cost. */
+    double spent[FEDGE_DP_N_ORDERS], rdp[FEDGE_DP_N_ORDERS];
+    memset(spent, 0, sizeof spent);
+    for (int round = 0; round < 2; round++) {
+        double eps = -1.0;
+        FUZZ_CHECK(fedge_policy_budget_check(p, spent, 0.1, &eps, &d) == FEDGE_OK);
+        check_decision(&d);
+        FUZZ_CHECK(eps >= 0.0);
+        eps = -1.0;
+        FUZZ_CHECK(fedge_policy_device_budget_check(p, "dev-1", spent, &eps, &d) == FEDGE_OK);
+        check_decision(&d);
+        FUZZ_CHECK(eps >= 0.0);
+        if (!fedge_policy_dp_enabled(p)) {
+            FUZZ_CHECK(fedge_policy_dp_round_rdp(p, 0.1, rdp) == FEDGE_ERR_STATE);
+            break;
+        }
+        FUZZ_CHECK(fedge_policy_dp_round_rdp(p, 0.1, rdp) == FEDGE_OK);
+        for (int k = 0; k < FEDGE_DP_N_ORDERS; k++) {
+            FUZZ_CHECK(rdp[k] >= 0.0); /* INFINITY at an order the accountant refuses */
+            spent[k] += rdp[k];
+        }
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -98,7 +116,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int ret = fedge_policy_load_buffer((const char *)data, size, "fuzz.yaml", &p, err, sizeof err);
     if (ret != FEDGE_OK) {
         FUZZ_CHECK(p == NULL);
-        FUZZ_CHECK(err[0] != '\0' && strchr(err, '\n') == NULL);
+        FUZZ_CHECK(err[0] != '\0' && fedge_text_is_printable(err, strlen(err)));
     } else {
         FUZZ_CHECK(p != NULL);
         exercise(p, data, size);

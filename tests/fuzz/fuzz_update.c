@@ -3,12 +3,12 @@
  *
  * Input: one mode byte, then
  *   mode even: a raw frame (the fixed key's id written into bytes 8..16);
- *   mode odd:  an encoded delta (64-byte header + payload) that the target
- *              seals with the fixed key first, so the fuzzer gets past the
- *              GCM tag to the payload decoder.
+ *   mode odd:  the aad (64-byte delta header + 16-byte run id) and the
+ *              payload, which the target seals with the fixed key first, so
+ *              the fuzzer gets past the GCM tag to the payload decoder.
  * Invariants: nothing is written on failure; a sealed delta opens exactly
- * when fedge_delta_decode accepts it (same values, bit for bit); the
- * expected round window is honoured. */
+ * when its run id is this run's, its round in the window and
+ * fedge_delta_decode accepts header + payload (same values, bit for bit). */
 #include "delta.h"
 #include "error.h"
 #include "fuzz_key.h"
@@ -41,8 +41,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     uint8_t *frame = NULL;
     size_t frame_len = 0;
+    exp.run_id = fuzz_run_id;
     if (mode & 1) {
-        if (size < FEDGE_DELTA_HEADER_LEN)
+        if (size < FEDGE_UPDATE_AAD_LEN)
             return 0;
         /* Expect what the header states (so the fuzzer reaches the payload),
          * with the round moved by the mode's upper bits. */
@@ -53,15 +54,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         exp.model_id = model_id;
         exp.n_elems = n_elems <= size ? n_elems : 0;
         exp.round = round + ((mode >> 3) & 3);
-        size_t plain_len = size - FEDGE_DELTA_HEADER_LEN;
-        frame_len = fedge_envelope_sealed_size(FEDGE_DELTA_HEADER_LEN, plain_len);
+        size_t plain_len = size - FEDGE_UPDATE_AAD_LEN;
+        frame_len = fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN, plain_len);
         FUZZ_CHECK(frame_len != 0);
         frame = malloc(frame_len);
         FUZZ_CHECK(frame != NULL);
         const uint8_t prefix[4] = {1, 2, 3, 4};
         size_t got = 0;
-        FUZZ_CHECK(fedge_envelope_seal(k, 5, prefix, data, FEDGE_DELTA_HEADER_LEN,
-                                       data + FEDGE_DELTA_HEADER_LEN, plain_len, frame,
+        FUZZ_CHECK(fedge_envelope_seal(k, 5, prefix, data, FEDGE_UPDATE_AAD_LEN,
+                                       data + FEDGE_UPDATE_AAD_LEN, plain_len, frame,
                                        frame_len, &got) == FEDGE_OK);
         FUZZ_CHECK(got == frame_len);
     } else {
@@ -100,20 +101,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (mode & 1) {
         /* The sealed path and the plain decoder must agree. */
+        size_t enc_len = size - FEDGE_RUN_ID_LEN;
+        uint8_t *enc = malloc(enc_len);
         float *plain = malloc((n + 1) * sizeof(float));
-        FUZZ_CHECK(plain != NULL);
+        FUZZ_CHECK(enc != NULL && plain != NULL);
+        memcpy(enc, data, FEDGE_DELTA_HEADER_LEN);
+        memcpy(enc + FEDGE_DELTA_HEADER_LEN, data + FEDGE_UPDATE_AAD_LEN,
+               size - FEDGE_UPDATE_AAD_LEN);
         fedge_delta_header t;
-        int dret = fedge_delta_decode(data, size, exp.model_id, exp.n_elems, &t, plain);
-        int in_window = dret == FEDGE_OK && t.round <= exp.round &&
-                        exp.round - t.round <= exp.round_window;
+        int dret = fedge_delta_decode(enc, enc_len, exp.model_id, exp.n_elems, &t, plain);
+        int same_run = memcmp(data + FEDGE_DELTA_HEADER_LEN, fuzz_run_id, FEDGE_RUN_ID_LEN) == 0;
+        int openable = same_run && dret == FEDGE_OK && t.round <= exp.round &&
+                       exp.round - t.round <= exp.round_window;
         if (ret == FEDGE_OK) {
-            FUZZ_CHECK(dret == FEDGE_OK);
+            FUZZ_CHECK(openable);
             FUZZ_CHECK(memcmp(plain, delta, n * sizeof(float)) == 0);
-            FUZZ_CHECK(memcmp(scratch, data, size) == 0);
+            FUZZ_CHECK(memcmp(scratch, enc, enc_len) == 0);
         } else {
-            FUZZ_CHECK(!in_window);
+            FUZZ_CHECK(!openable);
+            if (!same_run)
+                FUZZ_CHECK(ret == FEDGE_ERR_ENV_RUN);
         }
         free(plain);
+        free(enc);
     }
     free(frame);
     free(delta);

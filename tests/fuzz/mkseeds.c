@@ -81,11 +81,16 @@ static void deltas(void)
         FUZZ_CHECK(fedge_delta_encode(&h, x, cases[c].stochastic ? &rng : NULL, buf, sizeof buf,
                                       &len) == FEDGE_OK);
         put("delta", cases[c].name, 0, 0, buf, len);
-        put("update", cases[c].name, 1, 1, buf, len);
+        uint8_t aad_first[sizeof buf + FEDGE_RUN_ID_LEN];
+        memcpy(aad_first, buf, FEDGE_DELTA_HEADER_LEN);
+        memcpy(aad_first + FEDGE_DELTA_HEADER_LEN, fuzz_run_id, FEDGE_RUN_ID_LEN);
+        memcpy(aad_first + FEDGE_UPDATE_AAD_LEN, buf + FEDGE_DELTA_HEADER_LEN,
+               len - FEDGE_DELTA_HEADER_LEN);
+        put("update", cases[c].name, 1, 1, aad_first, len + FEDGE_RUN_ID_LEN);
 
         uint8_t *frame = NULL;
         size_t frame_len = 0;
-        FUZZ_CHECK(fedge_update_seal(fuzz_key(), 5, &h, x, NULL, &frame, &frame_len) == FEDGE_OK);
+        FUZZ_CHECK(fedge_update_seal(fuzz_key(), 5, fuzz_run_id, &h, x, NULL, &frame, &frame_len) == FEDGE_OK);
         char name[64];
         snprintf(name, sizeof name, "sealed-%s", cases[c].name);
         put("update", name, 0, 1, frame, frame_len);
