@@ -7,8 +7,8 @@
  * row names the same base and new version; P and the model are read from
  * DIR/<version>.fmdl (the file's checksum is its version); the accepted and
  * clipped updates of round R are decoded and averaged with their weights
- * (n_samples, discounted by (1 + s)^-1/2 for an update trained s rounds
- * back, as docs/ARCHITECTURE.md says); then P + server_lr * mean must equal
+ * (n_samples, discounted by (1 + s)^-1/2 for an update whose base model is
+ * s published versions old, as docs/ARCHITECTURE.md says); then P + server_lr * mean must equal
  * the stored model to |diff| <= atol + rtol * |value|. One line per model;
  * exit 0 when every model matches, 1 when one does not, 2 on bad usage or an
  * unreadable log. */
@@ -50,20 +50,26 @@ static int load_version(const audit_ctx *c, const char *hex, fedge_model *m)
     return FEDGE_OK;
 }
 
-/* The round whose opening model is `version`: the round it was made in + 1. */
-static int base_round_of(const audit_ctx *c, const uint8_t version[FEDGE_HASH_LEN], int64_t *round)
+/* Staleness of an update in round `round` on base model `version`: the
+ * rounds that closed (published a model) after the one that made the base
+ * and before this one, as the aggregator counts it at close. */
+static int staleness_of(const audit_ctx *c, const uint8_t version[FEDGE_HASH_LEN], int64_t round,
+                        int64_t *staleness)
 {
     char hex[FEDGE_HASH_HEX_LEN];
     sqlite3_stmt *st = NULL;
     fedge_hash_to_hex(version, hex);
-    if (sqlite3_prepare_v2(c->db, "SELECT round FROM models WHERE version=?", -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(c->db, "SELECT count(*) FROM rounds WHERE status='closed' AND id<?2"
+                                  " AND id>(SELECT round FROM models WHERE version=?1)",
+                           -1, &st, NULL) != SQLITE_OK)
         return FEDGE_ERR_SQL;
     sqlite3_bind_text(st, 1, hex, -1, SQLITE_TRANSIENT);
-    int found = sqlite3_step(st) == SQLITE_ROW;
-    if (found)
-        *round = sqlite3_column_int64(st, 0) + 1;
+    sqlite3_bind_int64(st, 2, round);
+    int ok = sqlite3_step(st) == SQLITE_ROW;
+    if (ok)
+        *staleness = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
-    return found ? FEDGE_OK : FEDGE_ERR_NOT_FOUND;
+    return ok ? FEDGE_OK : FEDGE_ERR_SQL;
 }
 
 /* 0: the model matches; 1: it does not (printed); 2: the log is unusable. */
@@ -129,9 +135,11 @@ static int check_model(const audit_ctx *c, const char *version, const char *pare
             goto cleanup;
         }
         double w = (double)sqlite3_column_int64(st, 2);
-        int64_t base_round = round;
-        if (base_round_of(c, h.base_version, &base_round) == FEDGE_OK && base_round < round)
-            w /= sqrt(1.0 + (double)(round - base_round));
+        int64_t staleness = 0;
+        if (staleness_of(c, h.base_version, round, &staleness) != FEDGE_OK)
+            goto cleanup;
+        if (staleness > 0)
+            w /= sqrt(1.0 + (double)staleness);
         for (size_t i = 0; i < n; i++)
             sum[i] += w * (double)delta[i];
         total += w;
