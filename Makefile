@@ -258,7 +258,7 @@ FUZZ_BUILD := build/fuzz
 FUZZ_TIME ?= 60
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS := $(CFLAGS_BASE) -Itests/fuzz $(FUZZ_SAN) -fsanitize=fuzzer-no-link
-FUZZ_LIB_SRC := $(SHARED_SRC) $(POLICY_SRC) aggregator/config.c
+FUZZ_LIB_SRC := $(SHARED_SRC) $(POLICY_SRC) aggregator/config.c edge/round_info.c
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRC))
 FUZZ_LIB := $(FUZZ_BUILD)/lib/libfedge_fuzz.a
