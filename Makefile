@@ -7,6 +7,7 @@
 #   make CROSS=aarch64-linux-gnu edge   cross-build the edge client (static)
 #   make CUDA=1                 require the GPU backend (default: built when nvcc is found)
 #   make bench                  build and run the benchmark programs (tools/bench/)
+#   make fuzz                   build the libFuzzer targets (clang) and run each FUZZ_TIME s
 #
 # Sources are found by convention, so adding a file needs no Makefile edit:
 #   shared/*.c      -> libfedge.a          (core library)
@@ -222,7 +223,8 @@ asan: deps
 
 test: all
 	$(Q)$(MAKE) --no-print-directory SAN=1 san-bins
-	$(Q)tests/run.sh all $(BUILD) build/asan
+	$(Q)$(MAKE) --no-print-directory fuzz-bins
+	$(Q)tests/run.sh all $(BUILD) build/asan $(FUZZ_BUILD)
 
 demo: all
 	$(Q)tools/demo.sh $(BUILD)
@@ -233,8 +235,65 @@ bench: all
 edge: deps
 	$(Q)$(MAKE) --no-print-directory $(LIBFEDGE) $(EDGE_BIN)
 
+# ---- test helper programs --------------------------------------------------
+# tests/tools/<name>.c -> $(BUILD)/tests/tools/<name>, for integration scripts
+# (recompute: every aggregate model recomputed from the log, kill_storm.sh).
+TEST_TOOL_BINS := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
+build-all: $(TEST_TOOL_BINS)
+
+$(TEST_TOOL_BINS): $(BUILD)/tests/tools/%: $(BUILD)/obj/tests/tools/%.o $(LIBFEDGE)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS)
+
+# ---- fuzzing (clang + libFuzzer) -------------------------------------------
+# tests/fuzz/fuzz_<name>.c -> build/fuzz/fuzz_<name>, one libFuzzer target
+# each, over the library compiled with clang and coverage + ASan + UBSan.
+# Seeds: tests/fuzz/corpus/<name>/ (committed; crash regressions go there
+# too) and build/fuzz/seeds/<name>/ (written by tests/fuzz/mkseeds.c).
+# `make fuzz` runs each target FUZZ_TIME seconds; `make test` runs each for
+# a few seconds (tests/run.sh, FEDGE_FUZZ_TIME).
+FUZZ_CC ?= clang
+FUZZ_BUILD := build/fuzz
+FUZZ_TIME ?= 60
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := $(CFLAGS_BASE) -Itests/fuzz $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+FUZZ_LIB_SRC := $(SHARED_SRC) $(POLICY_SRC) aggregator/config.c edge/round_info.c
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRC))
+FUZZ_LIB := $(FUZZ_BUILD)/lib/libfedge_fuzz.a
+FUZZ_LIBS := $(TLS_LIBS) -lsqlite3 -lyaml $(SYS_LIBS)
+fuzz_obj = $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(1))
+
+.PHONY: fuzz fuzz-bins
+fuzz: deps
+	$(Q)$(MAKE) --no-print-directory fuzz-bins
+	$(Q)FEDGE_FUZZ_TIME=$(FUZZ_TIME) tests/run.sh fuzz $(FUZZ_BUILD)
+
+fuzz-bins: $(FUZZ_BINS) $(FUZZ_BUILD)/seeds/.stamp
+
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  FUZZCC $<"
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
+
+$(eval $(call static_lib,$(FUZZ_LIB),$(call fuzz_obj,$(FUZZ_LIB_SRC))))
+
+$(FUZZ_BINS): $(FUZZ_BUILD)/%: $(FUZZ_BUILD)/obj/tests/fuzz/%.o $(FUZZ_LIB)
+	@echo "  LD    $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $^ $(FUZZ_LIBS)
+
+$(FUZZ_BUILD)/mkseeds: $(FUZZ_BUILD)/obj/tests/fuzz/mkseeds.o $(FUZZ_LIB)
+	@echo "  LD    $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
+
+$(FUZZ_BUILD)/seeds/.stamp: $(FUZZ_BUILD)/mkseeds
+	$(Q)rm -rf $(FUZZ_BUILD)/seeds && $(FUZZ_BUILD)/mkseeds $(FUZZ_BUILD)/seeds && touch $@
+
+-include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
+
 clean:
-	rm -rf build/native build/asan build/aarch64-linux-gnu
+	rm -rf build/native build/asan build/aarch64-linux-gnu build/fuzz
 
 distclean:
 	rm -rf build

@@ -14,6 +14,7 @@
 #include "delta.h"
 #include "log.h"
 #include "model.h"
+#include "text.h"
 
 typedef enum { T_STR, T_LONG, T_DOUBLE, T_BOOL } field_type;
 
@@ -399,6 +400,12 @@ int fedge_agg_config_load_file(fedge_agg_config *c, const char *path, char *err,
             next->origin_line[i] = 0;
     *c = *next;
 cleanup:
+    if (ret != FEDGE_OK && errlen > 0) {
+        /* A line may hold control bytes: the message stays one printable line. */
+        char raw[FEDGE_PATH_MAX + 512];
+        snprintf(raw, sizeof raw, "%s", err);
+        fedge_text_escape(raw, strlen(raw), err, errlen);
+    }
     free(next);
     fclose(f);
     return ret;

@@ -16,6 +16,7 @@
 #include "common.h"
 #include "hash.h"
 #include "policy_impl.h"
+#include "text.h"
 
 const char fedge_policy_default_text[] =
     "# fedge built-in default policy: used when no policy file is given.\n"
@@ -440,6 +441,13 @@ int fedge_policy_load_buffer(const char *text, size_t len, const char *origin,
     *out = p;
     p = NULL;
 cleanup:
+    if (ret != FEDGE_OK && err && errlen) {
+        /* A YAML scalar may hold line breaks and control bytes: the message
+         * stays one printable line. */
+        char raw[1024];
+        snprintf(raw, sizeof raw, "%s", err);
+        fedge_text_escape(raw, strlen(raw), err, errlen);
+    }
     if (extra_ready)
         yaml_document_delete(&extra);
     if (doc_ready)

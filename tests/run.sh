@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# tests/run.sh MODE BUILD [ASAN_BUILD]
+# tests/run.sh MODE BUILD [ASAN_BUILD [FUZZ_BUILD]]
 #   MODE unit:        every cmocka binary in BUILD/tests
 #   MODE integration: every tests/integration/*.sh with BUILD's programs
+#   MODE fuzz:        every libFuzzer target BUILD/fuzz_* for FEDGE_FUZZ_TIME
+#                     seconds (default 3) on its seeds (tests/fuzz/corpus/NAME,
+#                     BUILD/seeds/NAME) and its growing corpus BUILD/corpus/NAME;
+#                     a crash fails it, the input lands in BUILD/artifacts/
 #   MODE all:         unit + integration on BUILD, then on ASAN_BUILD the unit
 #                     tests (FEDGE_TEST_QUICK=1: shortened training schedules)
-#                     and the network scripts in ASAN_INTEGRATION
+#                     and the network scripts in ASAN_INTEGRATION, then the
+#                     fuzz targets in FUZZ_BUILD for a few seconds each
 # Prints one line per test and closes with "N passed, N failed".
 set -u
 MODE=${1:-all}
 BUILD=${2:-build/native}
 ASAN_BUILD=${3:-}
+FUZZ_BUILD=${4:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 LOGDIR="$BUILD/test-logs"
@@ -59,9 +65,28 @@ run_integration() { # build dir, label, scripts (default: all)
     done
 }
 
+run_fuzz() { # fuzz build dir, seconds per target
+    local b=$1 secs=$2 t n
+    mkdir -p "$b/test-logs" "$b/artifacts"
+    for t in "$b"/fuzz_*; do
+        [ -x "$t" ] || continue
+        n=${t##*/fuzz_}
+        local dirs=("$b/corpus/$n")
+        mkdir -p "$b/corpus/$n"
+        [ -d "tests/fuzz/corpus/$n" ] && dirs+=("tests/fuzz/corpus/$n")
+        [ -d "$b/seeds/$n" ] && dirs+=("$b/seeds/$n")
+        run_one "fuzz/$n" "$b/test-logs/fuzz-$n.log" \
+            env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+            "$t" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 -max_len=16384 \
+            -artifact_prefix="$b/artifacts/$n-" -print_final_stats=1 "${dirs[@]}"
+    done
+}
+
 case "$MODE" in
 unit) run_unit "$BUILD" unit ;;
 integration) run_integration "$BUILD" integration ;;
+fuzz) run_fuzz "$BUILD" "${FEDGE_FUZZ_TIME:-3}" ;;
 all)
     run_unit "$BUILD" unit
     run_integration "$BUILD" integration
@@ -74,8 +99,9 @@ all)
         # shellcheck disable=SC2086
         run_integration "$ASAN_BUILD" asan $ASAN_INTEGRATION
     fi
+    [ -z "$FUZZ_BUILD" ] || run_fuzz "$FUZZ_BUILD" "${FEDGE_FUZZ_TIME:-3}"
     ;;
-*) echo "usage: $0 unit|integration|all BUILD [ASAN_BUILD]" >&2; exit 2 ;;
+*) echo "usage: $0 unit|integration|fuzz|all BUILD [ASAN_BUILD [FUZZ_BUILD]]" >&2; exit 2 ;;
 esac
 
 [ ${#failures[@]} -eq 0 ] || printf 'failed: %s\n' "${failures[*]}"
