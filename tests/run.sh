@@ -49,7 +49,7 @@ run_unit() { # build dir, label
     done
 }
 
-ASAN_INTEGRATION="e2e_dtls crash_resume interop_coap_client upload_limits field_rounds"
+ASAN_INTEGRATION="e2e_dtls crash_resume interop_coap_client upload_limits"
 
 run_integration() { # build dir, label, scripts (default: all)
     local b=$1 label=$2
