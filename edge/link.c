@@ -13,6 +13,7 @@
 
 #include "common.h"
 #include "keys.h"
+#include "link_rtt.h"
 
 #define IO_SLICE_MS 100u /* longest coap_io_process wait, so *stop is seen quickly */
 
@@ -22,9 +23,12 @@ struct fedge_edge_link {
     coap_context_t *ctx;
     coap_session_t *session;
     int session_up;          /* the DTLS handshake of this session completed */
+    uint64_t session_started_ms;
     coap_address_t dst;
     int insecure;
-    uint32_t ack_timeout_ms;
+    uint32_t ack_timeout_ms; /* fixed; 0: from the RTT estimate */
+    uint32_t handshake_timeout_ms;
+    fedge_link_rtt rtt;
     char id[FEDGE_DEVICE_ID_MAX + 1];
     char psk[FEDGE_PSK_LEN + 1];
     size_t psk_len;
@@ -36,6 +40,8 @@ struct fedge_edge_link {
     size_t token_len;
     const fedge_edge_request *req;
     fedge_edge_reply *reply;
+    uint64_t sent_ms;        /* when the request left (or the session came up) */
+    uint32_t req_ack_ms;     /* the ACK timeout the request started with */
     char last_error[128];
 };
 
@@ -70,11 +76,36 @@ static void blob_release_cb(coap_session_t *session, void *app_ptr)
     fedge_edge_blob_release(app_ptr);
 }
 
-static uint64_t now_ms(void)
+uint64_t fedge_edge_link_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t now_ms(void)
+{
+    return fedge_edge_link_now_ms();
+}
+
+static size_t blocks_of(size_t bytes)
+{
+    return bytes ? 1 + (bytes - 1) / FEDGE_EDGE_BLOCK_BYTES : 0;
+}
+
+/* A finished exchange: a single request/response pair is an RTT sample
+ * (ambiguous once a retransmission may have happened); a block transfer
+ * gives the pace per exchange. */
+static void measure_exchange(fedge_edge_link *l)
+{
+    uint64_t now = now_ms();
+    uint32_t elapsed = now > l->sent_ms ? (uint32_t)(now - l->sent_ms) : 0;
+    size_t up = l->req->body ? blocks_of(l->req->body->len) : 0;
+    size_t down = blocks_of(l->reply->body_total);
+    if (up <= 1 && down <= 1)
+        fedge_link_rtt_sample(&l->rtt, elapsed, elapsed >= l->req_ack_ms);
+    else
+        fedge_link_rtt_pace_sample(&l->rtt, elapsed, (up > 1 ? up : 1) + (down > 1 ? down - 1 : 0));
 }
 
 static void fail_request(fedge_edge_link *l, int code, const char *why)
@@ -90,6 +121,21 @@ static fedge_edge_link *link_of(coap_session_t *session)
 {
     coap_context_t *ctx = coap_session_get_context(session);
     return ctx ? coap_get_app_data(ctx) : NULL;
+}
+
+/* The DTLS handshake just completed. libcoap 4.3.1 with mbedTLS sends no
+ * COAP_EVENT_DTLS_CONNECTED for a UDP client, so the request loop also
+ * watches the session state. */
+static void note_session_up(fedge_edge_link *l)
+{
+    if (l->session_up)
+        return;
+    uint64_t now = now_ms();
+    l->session_up = 1;
+    /* Three round trips, retransmissions perhaps included: a seed only. */
+    fedge_link_rtt_sample(&l->rtt, (uint32_t)((now - l->session_started_ms) / 3), 1);
+    if (l->state == REQ_WAITING)
+        l->sent_ms = now; /* the queued request leaves now */
 }
 
 static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *sent,
@@ -139,6 +185,7 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
         }
     }
     l->state = REQ_DONE;
+    measure_exchange(l);
     return COAP_RESPONSE_OK;
 }
 
@@ -175,7 +222,7 @@ static int on_event(coap_session_t *session, const coap_event_t event)
         return 0;
     switch (event) {
     case COAP_EVENT_DTLS_CONNECTED:
-        l->session_up = 1;
+        note_session_up(l);
         break;
     case COAP_EVENT_DTLS_ERROR:
     case COAP_EVENT_DTLS_CLOSED:
@@ -259,6 +306,9 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
         FAIL(FEDGE_ERR_NOMEM);
     l->insecure = cfg->insecure;
     l->ack_timeout_ms = cfg->ack_timeout_ms;
+    l->handshake_timeout_ms =
+        cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : FEDGE_EDGE_HANDSHAKE_MS;
+    fedge_link_rtt_init(&l->rtt);
     snprintf(l->id, sizeof l->id, "%s", cfg->id);
     if (!cfg->insecure) {
         l->psk_len = strlen(cfg->psk);
@@ -330,6 +380,7 @@ static int ensure_session(fedge_edge_link *l)
     if (l->session)
         return FEDGE_OK;
     l->session_up = 0;
+    l->session_started_ms = now_ms();
     if (l->insecure) {
         l->session = coap_new_client_session(l->ctx, NULL, &l->dst, COAP_PROTO_UDP);
     } else {
@@ -347,12 +398,27 @@ static int ensure_session(fedge_edge_link *l)
         snprintf(l->last_error, sizeof l->last_error, "cannot create a CoAP session");
         return FEDGE_ERR_IO;
     }
-    if (l->ack_timeout_ms) {
-        coap_fixed_point_t t = {(uint16_t)(l->ack_timeout_ms / 1000),
-                                (uint16_t)(l->ack_timeout_ms % 1000)};
-        coap_session_set_ack_timeout(l->session, t);
-    }
+    if (l->insecure)
+        l->session_up = 1; /* no handshake */
     return FEDGE_OK;
+}
+
+uint32_t fedge_edge_link_ack_timeout_ms(const fedge_edge_link *l)
+{
+    uint32_t ack = l->ack_timeout_ms ? l->ack_timeout_ms : fedge_link_rtt_ack_timeout_ms(&l->rtt);
+    return ack < FEDGE_LINK_ACK_MIN_MS ? FEDGE_LINK_ACK_MIN_MS : ack;
+}
+
+/* The session's CoAP timers from what the link knows now: the ACK timeout
+ * from the RTT, and enough retransmissions that the request's deadline, not
+ * libcoap, ends a stalled exchange. */
+static void tune_session(fedge_edge_link *l, uint32_t timeout_ms)
+{
+    uint32_t ack = fedge_edge_link_ack_timeout_ms(l);
+    coap_fixed_point_t t = {(uint16_t)(ack / 1000), (uint16_t)(ack % 1000)};
+    coap_session_set_ack_timeout(l->session, t);
+    coap_session_set_max_retransmit(l->session, fedge_link_rtt_max_retransmit(ack, timeout_ms));
+    l->req_ack_ms = ack;
 }
 
 static int add_option(coap_optlist_t **list, uint16_t number, size_t len, const uint8_t *data)
@@ -423,9 +489,14 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     l->last_error[0] = '\0';
     if (stop && *stop)
         return FEDGE_ERR_EDGE_STOPPED;
-    uint64_t deadline = now_ms() + req->timeout_ms;
+    uint64_t start = now_ms();
 
     CHK(ensure_session(l));
+    tune_session(l, req->timeout_ms);
+    int handshaking = !l->session_up;
+    /* The request's time starts once the session is up; the handshake has
+     * its own budget. */
+    uint64_t deadline = start + (handshaking ? l->handshake_timeout_ms : req->timeout_ms);
     ret = build_pdu(l, req, &pdu);
     if (ret != FEDGE_OK) {
         snprintf(l->last_error, sizeof l->last_error, "cannot build the request: %s",
@@ -435,6 +506,7 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     l->req = req;
     l->reply = reply;
     l->state = REQ_WAITING;
+    l->sent_ms = now_ms();
     if (coap_send(l->session, pdu) == COAP_INVALID_MID) {
         /* coap_send frees the PDU on failure as well. */
         pdu = NULL;
@@ -447,9 +519,17 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
             break;
         }
         uint64_t now = now_ms();
+        if (handshaking && l->session_up) {
+            handshaking = 0;
+            deadline = now + req->timeout_ms;
+        }
         if (now >= deadline) {
-            char why[64];
-            snprintf(why, sizeof why, "no answer within %u ms", (unsigned)req->timeout_ms);
+            char why[96];
+            if (handshaking)
+                snprintf(why, sizeof why, "no DTLS handshake within %u ms",
+                         (unsigned)l->handshake_timeout_ms);
+            else
+                snprintf(why, sizeof why, "no answer within %u ms", (unsigned)req->timeout_ms);
             fail_request(l, FEDGE_ERR_TIMEOUT, why);
             break;
         }
@@ -457,6 +537,9 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
         uint32_t slice = left < IO_SLICE_MS ? (uint32_t)left : IO_SLICE_MS;
         if (coap_io_process(l->ctx, slice ? slice : 1) < 0)
             fail_request(l, FEDGE_ERR_IO, "CoAP I/O error");
+        if (!l->session_up && l->session &&
+            coap_session_get_state(l->session) == COAP_SESSION_STATE_ESTABLISHED)
+            note_session_up(l);
     }
     ret = l->state == REQ_DONE ? FEDGE_OK : l->fail_code;
 cleanup:
@@ -488,4 +571,12 @@ int fedge_edge_link_sleep(fedge_edge_link *l, uint32_t ms, const volatile sig_at
             nanosleep(&ts, NULL);
         }
     }
+}
+
+void fedge_edge_link_rtt(const fedge_edge_link *l, fedge_link_rtt *out)
+{
+    if (l)
+        *out = l->rtt;
+    else
+        fedge_link_rtt_init(out);
 }

@@ -21,7 +21,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "link_rtt.h"
+
 #define FEDGE_EDGE_REPLY_MAX 4096
+#define FEDGE_EDGE_BLOCK_BYTES 1024 /* libcoap's Block1/Block2 size over UDP (szx 6, the largest) */
+#define FEDGE_EDGE_HANDSHAKE_MS 20000u /* default DTLS handshake budget */
 #define FEDGE_EDGE_ETAG_MAX 8
 
 /* A refcounted byte buffer: the last release frees data. */
@@ -41,7 +45,8 @@ typedef struct {
     int insecure;            /* plain CoAP; adds ?id=DEVICE to each request */
     const char *id;          /* device id = PSK identity */
     const char *psk;         /* NUL-terminated PSK (unused when insecure); copied */
-    uint32_t ack_timeout_ms; /* CoAP ACK_TIMEOUT for the session (0: libcoap's 2 s) */
+    uint32_t ack_timeout_ms; /* fixed CoAP ACK_TIMEOUT (>= 1000; 0: from the measured RTT) */
+    uint32_t handshake_timeout_ms; /* DTLS handshake budget (0: FEDGE_EDGE_HANDSHAKE_MS) */
     int verbose;             /* let libcoap log warnings */
 } fedge_edge_link_config;
 
@@ -69,7 +74,8 @@ typedef struct {
     fedge_edge_blob *body;        /* POST body or NULL */
     fedge_edge_body_sink sink;    /* NULL: copy the body into the reply */
     void *sink_arg;
-    uint32_t timeout_ms;          /* whole exchange, all blocks included */
+    uint32_t timeout_ms;          /* whole exchange, all blocks included, from the moment
+                                     the session is up (a handshake has its own budget) */
 } fedge_edge_request;
 
 typedef struct {
@@ -99,5 +105,14 @@ const char *fedge_edge_link_last_error(const fedge_edge_link *l);
 int fedge_edge_link_sleep(fedge_edge_link *l, uint32_t ms, const volatile sig_atomic_t *stop);
 /* Drop the current session (the next request opens a new one). */
 void fedge_edge_link_reset(fedge_edge_link *l);
+
+/* Timing. Every request tunes the session first: ACK timeout from the RTT
+ * estimate (unless fixed in the config), MAX_RETRANSMIT so that libcoap's
+ * backoff spans the request's timeout (link_rtt.h). A DTLS handshake seeds
+ * the estimate; each single request/response pair refines it; each block
+ * transfer updates the block pace. */
+uint64_t fedge_edge_link_now_ms(void); /* CLOCK_MONOTONIC */
+void fedge_edge_link_rtt(const fedge_edge_link *l, fedge_link_rtt *out);
+uint32_t fedge_edge_link_ack_timeout_ms(const fedge_edge_link *l);
 
 #endif
