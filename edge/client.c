@@ -251,6 +251,8 @@ static int fetch_model(edge_client *c, const fedge_round_info *ri, round_result 
         .etag_len = send_etag ? sizeof etag : 0,
         .sink = model_sink,
         .sink_arg = t,
+        /* a model file: header, spec text, float32 parameters, checksum */
+        .max_body = 4 * fedge_model_spec_param_count(&ri->spec) + 64 + FEDGE_MODEL_SPEC_MAX,
     };
     int rc = request_with_retry(c, &req, 4 * fedge_model_spec_param_count(&ri->spec),
                                 "GET /model", &attempts);

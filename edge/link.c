@@ -16,8 +16,19 @@
 #include "link_rtt.h"
 
 #define IO_SLICE_MS 100u /* longest coap_io_process wait, so *stop is seen quickly */
+#define DTLS_RETRANSMIT_MS 1000u /* libcoap's first DTLS handshake retransmission */
 
 typedef enum { REQ_IDLE, REQ_WAITING, REQ_DONE, REQ_FAILED } req_state;
+
+/* One confirmable exchange of the request in flight: a whole small request,
+ * or one block of a Block1 upload or Block2 download. */
+typedef struct {
+    int in_use;
+    uint32_t num;            /* block number */
+    uint8_t token[8];
+    size_t token_len;
+    uint64_t sent_ms;        /* when it left (or the session came up) */
+} exchange;
 
 struct fedge_edge_link {
     coap_context_t *ctx;
@@ -28,6 +39,7 @@ struct fedge_edge_link {
     int insecure;
     uint32_t ack_timeout_ms; /* fixed; 0: from the RTT estimate */
     uint32_t handshake_timeout_ms;
+    unsigned window;         /* confirmable exchanges in flight at most */
     fedge_link_rtt rtt;
     char id[FEDGE_DEVICE_ID_MAX + 1];
     char psk[FEDGE_PSK_LEN + 1];
@@ -36,12 +48,23 @@ struct fedge_edge_link {
     /* The request in flight. */
     req_state state;
     int fail_code;
-    uint8_t token[8];
-    size_t token_len;
     const fedge_edge_request *req;
     fedge_edge_reply *reply;
-    uint64_t sent_ms;        /* when the request left (or the session came up) */
     uint32_t req_ack_ms;     /* the ACK timeout the request started with */
+    uint64_t started_ms;     /* when its first exchange left */
+    unsigned exchanges_done;
+    exchange slots[FEDGE_EDGE_WINDOW_MAX];
+    /* Block transfer: n_blocks blocks of block_size bytes (0: not one). */
+    size_t block_size;
+    uint32_t n_blocks;
+    uint32_t next_num;       /* next block to send */
+    uint32_t n_acked;        /* blocks answered: 2.31 (Block1) or data (Block2) */
+    uint8_t *acked;          /* n_blocks flags */
+    uint8_t *body;           /* Block2: the body being reassembled */
+    size_t body_len;
+    int has_etag;            /* Block2: the first block's ETag */
+    size_t first_etag_len;
+    uint8_t first_etag[FEDGE_EDGE_ETAG_MAX];
     char last_error[128];
 };
 
@@ -70,12 +93,6 @@ void fedge_edge_blob_release(fedge_edge_blob *b)
     }
 }
 
-static void blob_release_cb(coap_session_t *session, void *app_ptr)
-{
-    FEDGE_UNUSED(session);
-    fedge_edge_blob_release(app_ptr);
-}
-
 uint64_t fedge_edge_link_now_ms(void)
 {
     struct timespec ts;
@@ -86,26 +103,6 @@ uint64_t fedge_edge_link_now_ms(void)
 static uint64_t now_ms(void)
 {
     return fedge_edge_link_now_ms();
-}
-
-static size_t blocks_of(size_t bytes)
-{
-    return bytes ? 1 + (bytes - 1) / FEDGE_EDGE_BLOCK_BYTES : 0;
-}
-
-/* A finished exchange: a single request/response pair is an RTT sample
- * (ambiguous once a retransmission may have happened); a block transfer
- * gives the pace per exchange. */
-static void measure_exchange(fedge_edge_link *l)
-{
-    uint64_t now = now_ms();
-    uint32_t elapsed = now > l->sent_ms ? (uint32_t)(now - l->sent_ms) : 0;
-    size_t up = l->req->body ? blocks_of(l->req->body->len) : 0;
-    size_t down = blocks_of(l->reply->body_total);
-    if (up <= 1 && down <= 1)
-        fedge_link_rtt_sample(&l->rtt, elapsed, elapsed >= l->req_ack_ms);
-    else
-        fedge_link_rtt_pace_sample(&l->rtt, elapsed, (up > 1 ? up : 1) + (down > 1 ? down - 1 : 0));
 }
 
 static void fail_request(fedge_edge_link *l, int code, const char *why)
@@ -132,50 +129,176 @@ static void note_session_up(fedge_edge_link *l)
         return;
     uint64_t now = now_ms();
     l->session_up = 1;
-    /* Three round trips, retransmissions perhaps included: a seed only. */
-    fedge_link_rtt_sample(&l->rtt, (uint32_t)((now - l->session_started_ms) / 3), 1);
-    if (l->state == REQ_WAITING)
-        l->sent_ms = now; /* the queued request leaves now */
+    /* Three round trips; a clean sample unless mbedTLS may have retransmitted
+     * a flight (its first retransmission comes after 1 s). */
+    uint64_t hs = now - l->session_started_ms;
+    fedge_link_rtt_sample(&l->rtt, (uint32_t)(hs / 3), hs >= DTLS_RETRANSMIT_MS);
+    if (l->state == REQ_WAITING) {
+        l->started_ms = now; /* the queued request leaves now */
+        for (unsigned i = 0; i < l->window; i++)
+            l->slots[i].sent_ms = now;
+    }
 }
 
-static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *sent,
-                                   const coap_pdu_t *received, const coap_mid_t mid)
+static int add_option(coap_optlist_t **list, uint16_t number, size_t len, const uint8_t *data)
 {
-    FEDGE_UNUSED(mid);
-    fedge_edge_link *l = link_of(session);
-    coap_bin_const_t token = coap_pdu_get_token(received);
-    coap_pdu_type_t type = coap_pdu_get_type(received);
-    if (!l || l->state != REQ_WAITING || session != l->session ||
-        token.length != l->token_len || memcmp(token.s, l->token, l->token_len) != 0) {
-        /* Not ours (a late answer to an abandoned request): reset unsolicited ones. */
-        if (!sent && (type == COAP_MESSAGE_CON || type == COAP_MESSAGE_NON))
-            return COAP_RESPONSE_FAIL;
-        return COAP_RESPONSE_OK;
+    coap_optlist_t *o = coap_new_optlist(number, len, data);
+    if (!o)
+        return FEDGE_ERR_NOMEM;
+    if (!coap_insert_optlist(list, o)) {
+        coap_delete_optlist(o);
+        return FEDGE_ERR_NOMEM;
     }
+    return FEDGE_OK;
+}
+
+static int add_uint_option(coap_optlist_t **list, uint16_t number, unsigned value)
+{
+    uint8_t buf[4];
+    return add_option(list, number, coap_encode_var_safe(buf, sizeof buf, value), buf);
+}
+
+/* Block num of the request in flight, or the whole request when it is not a
+ * block transfer. Block1: the slice of the body, Size1 on block 0. Block2:
+ * a GET for that block (block 0 carries the request's ETag). */
+static int send_exchange(fedge_edge_link *l, uint32_t num)
+{
+    int ret = FEDGE_OK;
+    const fedge_edge_request *req = l->req;
+    coap_optlist_t *opts = NULL;
+    char query[4 + FEDGE_DEVICE_ID_MAX + 1];
+    exchange *x = NULL;
+    for (unsigned i = 0; i < l->window && !x; i++)
+        if (!l->slots[i].in_use)
+            x = &l->slots[i];
+    if (!x)
+        return FEDGE_ERR_INTERNAL;
+    coap_pdu_t *pdu = coap_new_pdu(COAP_MESSAGE_CON,
+                                   req->method == FEDGE_EDGE_POST ? COAP_REQUEST_CODE_POST
+                                                                  : COAP_REQUEST_CODE_GET,
+                                   l->session);
+    if (!pdu)
+        return FEDGE_ERR_NOMEM;
+    coap_session_new_token(l->session, &x->token_len, x->token);
+    if (!coap_add_token(pdu, x->token_len, x->token))
+        FAIL(FEDGE_ERR_INTERNAL);
+    if (req->etag && req->etag_len && num == 0)
+        CHK(add_option(&opts, COAP_OPTION_ETAG, req->etag_len, req->etag));
+    CHK(add_option(&opts, COAP_OPTION_URI_PATH, strlen(req->path), (const uint8_t *)req->path));
+    if (req->body)
+        CHK(add_uint_option(&opts, COAP_OPTION_CONTENT_FORMAT,
+                            COAP_MEDIATYPE_APPLICATION_OCTET_STREAM));
+    if (l->insecure) {
+        int n = snprintf(query, sizeof query, "id=%s", l->id);
+        CHK(add_option(&opts, COAP_OPTION_URI_QUERY, (size_t)n, (const uint8_t *)query));
+    }
+    const uint8_t *payload = NULL;
+    size_t payload_len = 0;
+    const unsigned szx = FEDGE_EDGE_BLOCK_SZX;
+    if (req->method == FEDGE_EDGE_GET) {
+        /* Ask for the largest blocks from the start (early negotiation). */
+        CHK(add_uint_option(&opts, COAP_OPTION_BLOCK2, (num << 4) | szx));
+    } else if (req->body && l->block_size) {
+        size_t off = (size_t)num * l->block_size;
+        payload = req->body->data + off;
+        payload_len = req->body->len - off < l->block_size ? req->body->len - off : l->block_size;
+        unsigned more = num + 1 < l->n_blocks;
+        CHK(add_uint_option(&opts, COAP_OPTION_BLOCK1, (num << 4) | (more << 3) | szx));
+        if (num == 0)
+            CHK(add_uint_option(&opts, COAP_OPTION_SIZE1, (unsigned)req->body->len));
+    } else if (req->body) {
+        payload = req->body->data;
+        payload_len = req->body->len;
+    }
+    if (opts && !coap_add_optlist_pdu(pdu, &opts))
+        FAIL(FEDGE_ERR_INTERNAL);
+    if (payload_len && !coap_add_data(pdu, payload_len, payload))
+        FAIL(FEDGE_ERR_INTERNAL);
+    x->in_use = 1;
+    x->num = num;
+    x->sent_ms = now_ms();
+    if (coap_send(l->session, pdu) == COAP_INVALID_MID) {
+        x->in_use = 0;
+        pdu = NULL; /* coap_send frees the PDU on failure as well */
+        FAIL(FEDGE_ERR_IO);
+    }
+    pdu = NULL;
+cleanup:
+    coap_delete_optlist(opts);
+    if (pdu)
+        coap_delete_pdu(pdu);
+    return ret;
+}
+
+/* Keep the window full. Block1 sends block 0 alone (the server starts its
+ * reassembly on it) and the last block only once every other one was
+ * answered (the server acts on the last one); Block2 sends block 0 alone to
+ * learn the size. */
+static void fill_window(fedge_edge_link *l)
+{
+    if (!l->block_size || l->n_acked == 0)
+        return;
+    unsigned busy = 0;
+    for (unsigned i = 0; i < l->window; i++)
+        busy += l->slots[i].in_use != 0;
+    int upload = l->req->method == FEDGE_EDGE_POST;
+    while (busy < l->window && l->next_num < l->n_blocks && l->state == REQ_WAITING) {
+        uint32_t num = l->next_num;
+        if (upload && num + 1 == l->n_blocks && l->n_acked + 1 < l->n_blocks)
+            break; /* the last block waits for all the others */
+        if (send_exchange(l, num) != FEDGE_OK) {
+            fail_request(l, FEDGE_ERR_IO, "cannot send a block");
+            return;
+        }
+        l->next_num++;
+        busy++;
+    }
+}
+
+static exchange *find_exchange(fedge_edge_link *l, const coap_pdu_t *received)
+{
+    coap_bin_const_t token = coap_pdu_get_token(received);
+    for (unsigned i = 0; i < l->window; i++) {
+        exchange *x = &l->slots[i];
+        if (x->in_use && token.length == x->token_len &&
+            memcmp(token.s, x->token, x->token_len) == 0)
+            return x;
+    }
+    return NULL;
+}
+
+static int get_uint_option(const coap_pdu_t *pdu, uint16_t number, unsigned *out)
+{
+    coap_opt_iterator_t it;
+    coap_opt_t *opt = coap_check_option(pdu, number, &it);
+    if (!opt)
+        return 0;
+    *out = coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
+    return 1;
+}
+
+/* The response that ends the request: code, options, body (the reassembled
+ * one for Block2, else the PDU's payload). */
+static void finish(fedge_edge_link *l, const coap_pdu_t *received, const uint8_t *data,
+                   size_t len)
+{
     fedge_edge_reply *rep = l->reply;
     coap_pdu_code_t code = coap_pdu_get_code(received);
     rep->code = (int)COAP_RESPONSE_CLASS(code) * 100 + (int)(code & 0x1f);
-
     coap_opt_iterator_t it;
     coap_opt_t *opt = coap_check_option(received, COAP_OPTION_ETAG, &it);
     if (opt && coap_opt_length(opt) <= FEDGE_EDGE_ETAG_MAX) {
         rep->etag_len = coap_opt_length(opt);
         memcpy(rep->etag, coap_opt_value(opt), rep->etag_len);
     }
-    opt = coap_check_option(received, COAP_OPTION_MAXAGE, &it);
-    if (opt) {
+    unsigned max_age;
+    if (get_uint_option(received, COAP_OPTION_MAXAGE, &max_age)) {
         rep->has_max_age = 1;
-        rep->max_age_s = coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
+        rep->max_age_s = max_age;
     }
-
-    size_t len = 0, offset = 0, total = 0;
-    const uint8_t *data = NULL;
-    if (coap_get_data_large(received, &len, &data, &offset, &total)) {
-        rep->body_total = total;
-        if (offset != 0 || len != total) {
-            /* SINGLE_BODY should hand over whole bodies only. */
-            rep->sink_status = FEDGE_ERR_PROTO;
-        } else if (l->req->sink && COAP_RESPONSE_CLASS(code) == 2) {
+    if (data) {
+        rep->body_total = len;
+        if (l->req->sink && COAP_RESPONSE_CLASS(code) == 2) {
             rep->sink_called = 1;
             rep->sink_status = l->req->sink(l->req->sink_arg, data, len);
         } else {
@@ -185,7 +308,135 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
         }
     }
     l->state = REQ_DONE;
-    measure_exchange(l);
+    if (l->n_blocks > 1 && l->exchanges_done > 1)
+        fedge_link_rtt_pace_sample(&l->rtt, (uint32_t)(now_ms() - l->started_ms),
+                                   l->exchanges_done);
+}
+
+static int same_bytes(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    return alen == blen && (alen == 0 || memcmp(a, b, alen) == 0);
+}
+
+/* A 2.xx Block2 response to block x->num. */
+static void on_block2(fedge_edge_link *l, const exchange *x, const coap_pdu_t *received,
+                      const uint8_t *data, size_t len, unsigned block)
+{
+    unsigned num = block >> 4, more = (block >> 3) & 1, szx = block & 7;
+    if (szx == 7 || num != x->num || (l->block_size && ((size_t)16 << szx) != l->block_size)) {
+        fail_request(l, FEDGE_ERR_IO, "Block2 response out of step");
+        return;
+    }
+    coap_opt_iterator_t it;
+    coap_opt_t *etag = coap_check_option(received, COAP_OPTION_ETAG, &it);
+    size_t etag_len = etag ? coap_opt_length(etag) : 0;
+    if (num == 0) {
+        unsigned size2 = 0;
+        size_t bs = (size_t)16 << szx;
+        if (!more) {
+            finish(l, received, data, len);
+            return;
+        }
+        if (len != bs || !get_uint_option(received, COAP_OPTION_SIZE2, &size2) || size2 <= bs ||
+            size2 > (l->req->max_body ? l->req->max_body : FEDGE_EDGE_REPLY_MAX)) {
+            fail_request(l, FEDGE_ERR_IO, "Block2 body without a usable Size2");
+            return;
+        }
+        l->block_size = bs;
+        l->n_blocks = (uint32_t)((size2 + bs - 1) / bs);
+        l->body_len = size2;
+        l->acked = calloc(l->n_blocks, 1);
+        l->body = malloc(size2);
+        if (!l->acked || !l->body) {
+            fail_request(l, FEDGE_ERR_NOMEM, "out of memory for the body");
+            return;
+        }
+        l->has_etag = etag != NULL && etag_len <= FEDGE_EDGE_ETAG_MAX;
+        if (l->has_etag) {
+            l->first_etag_len = etag_len;
+            memcpy(l->first_etag, coap_opt_value(etag), etag_len);
+        }
+        l->next_num = 1;
+    } else if (!l->block_size) {
+        fail_request(l, FEDGE_ERR_IO, "Block2 response out of step");
+        return;
+    } else if (l->has_etag && (!etag || !same_bytes(coap_opt_value(etag), etag_len,
+                                                    l->first_etag, l->first_etag_len))) {
+        fail_request(l, FEDGE_ERR_IO, "the body changed during the Block2 transfer");
+        return;
+    }
+    size_t off = (size_t)num * l->block_size;
+    if (num >= l->n_blocks) {
+        fail_request(l, FEDGE_ERR_IO, "Block2 block past the end");
+        return;
+    }
+    size_t want = l->body_len - off < l->block_size ? l->body_len - off : l->block_size;
+    if (len != want || (more != 0) != (num + 1 < l->n_blocks)) {
+        fail_request(l, FEDGE_ERR_IO, "Block2 block of the wrong size");
+        return;
+    }
+    if (!l->acked[num]) {
+        memcpy(l->body + off, data, len);
+        l->acked[num] = 1;
+        l->n_acked++;
+    }
+    if (l->n_acked == l->n_blocks)
+        finish(l, received, l->body, l->body_len);
+}
+
+/* A 2.31 Continue for a Block1 block that was not the last. */
+static void on_block1_continue(fedge_edge_link *l, const exchange *x, const coap_pdu_t *received)
+{
+    unsigned block;
+    if (!get_uint_option(received, COAP_OPTION_BLOCK1, &block) || (block >> 4) != x->num ||
+        ((size_t)16 << (block & 7)) != l->block_size || x->num + 1 >= l->n_blocks) {
+        fail_request(l, FEDGE_ERR_IO, "Block1 continuation out of step");
+        return;
+    }
+    if (!l->acked[x->num]) {
+        l->acked[x->num] = 1;
+        l->n_acked++;
+    }
+}
+
+static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *sent,
+                                   const coap_pdu_t *received, const coap_mid_t mid)
+{
+    FEDGE_UNUSED(mid);
+    fedge_edge_link *l = link_of(session);
+    coap_pdu_type_t type = coap_pdu_get_type(received);
+    exchange *x = l && l->state == REQ_WAITING && session == l->session
+                      ? find_exchange(l, received)
+                      : NULL;
+    if (!x) {
+        /* Not ours (a late answer to an abandoned request): reset unsolicited ones. */
+        if (!sent && (type == COAP_MESSAGE_CON || type == COAP_MESSAGE_NON))
+            return COAP_RESPONSE_FAIL;
+        return COAP_RESPONSE_OK;
+    }
+    uint64_t now = now_ms();
+    uint32_t elapsed = now > x->sent_ms ? (uint32_t)(now - x->sent_ms) : 0;
+    /* Karn: an exchange that may have been retransmitted is no clean sample. */
+    fedge_link_rtt_sample(&l->rtt, elapsed, elapsed >= l->req_ack_ms);
+    x->in_use = 0;
+    l->exchanges_done++;
+
+    size_t len = 0;
+    const uint8_t *data = NULL;
+    if (!coap_get_data(received, &len, &data))
+        data = NULL;
+    coap_pdu_code_t code = coap_pdu_get_code(received);
+    unsigned block;
+    if (l->req->method == FEDGE_EDGE_GET && COAP_RESPONSE_CLASS(code) == 2 &&
+        get_uint_option(received, COAP_OPTION_BLOCK2, &block))
+        on_block2(l, x, received, data, data ? len : 0, block);
+    else if (l->req->method == FEDGE_EDGE_POST && l->block_size &&
+             code == COAP_RESPONSE_CODE(231))
+        on_block1_continue(l, x, received);
+    else
+        finish(l, received, data, data ? len : 0); /* whatever else it is ends the request */
+    if (l->state == REQ_WAITING)
+        fill_window(l);
     return COAP_RESPONSE_OK;
 }
 
@@ -247,6 +498,7 @@ static int on_event(coap_session_t *session, const coap_event_t event)
     return 0;
 }
 
+
 static int resolve(const char *host, uint16_t port, coap_address_t *dst, char *err,
                    size_t errlen)
 {
@@ -290,6 +542,7 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
     }
     *out = NULL;
     if (!cfg || !cfg->host || !cfg->id || strlen(cfg->id) > FEDGE_DEVICE_ID_MAX ||
+        cfg->window > FEDGE_EDGE_WINDOW_MAX ||
         (!cfg->insecure && (!cfg->psk || strlen(cfg->psk) > FEDGE_PSK_LEN))) {
         snprintf(err, errlen, "bad link configuration");
         return FEDGE_ERR_INVALID_ARG;
@@ -308,6 +561,7 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
     l->ack_timeout_ms = cfg->ack_timeout_ms;
     l->handshake_timeout_ms =
         cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : FEDGE_EDGE_HANDSHAKE_MS;
+    l->window = cfg->window ? cfg->window : FEDGE_EDGE_WINDOW;
     fedge_link_rtt_init(&l->rtt);
     snprintf(l->id, sizeof l->id, "%s", cfg->id);
     if (!cfg->insecure) {
@@ -321,7 +575,8 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
         FAIL(FEDGE_ERR_NOMEM);
     }
     coap_set_app_data(l->ctx, l);
-    coap_context_set_block_mode(l->ctx, COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY);
+    /* Block transfers are ours (windowed); libcoap only retransmits. */
+    coap_context_set_block_mode(l->ctx, 0);
     coap_register_response_handler(l->ctx, on_response);
     coap_register_nack_handler(l->ctx, on_nack);
     coap_register_event_handler(l->ctx, on_event);
@@ -410,80 +665,44 @@ uint32_t fedge_edge_link_ack_timeout_ms(const fedge_edge_link *l)
 }
 
 /* The session's CoAP timers from what the link knows now: the ACK timeout
- * from the RTT, and enough retransmissions that the request's deadline, not
- * libcoap, ends a stalled exchange. */
+ * from the RTT, enough retransmissions that the request's deadline, not
+ * libcoap, ends a stalled exchange, and NSTART = the window. */
 static void tune_session(fedge_edge_link *l, uint32_t timeout_ms)
 {
     uint32_t ack = fedge_edge_link_ack_timeout_ms(l);
     coap_fixed_point_t t = {(uint16_t)(ack / 1000), (uint16_t)(ack % 1000)};
     coap_session_set_ack_timeout(l->session, t);
     coap_session_set_max_retransmit(l->session, fedge_link_rtt_max_retransmit(ack, timeout_ms));
+    coap_session_set_nstart(l->session, (uint16_t)l->window);
     l->req_ack_ms = ack;
 }
 
-static int add_option(coap_optlist_t **list, uint16_t number, size_t len, const uint8_t *data)
+static void end_request(fedge_edge_link *l)
 {
-    coap_optlist_t *o = coap_new_optlist(number, len, data);
-    if (!o)
-        return FEDGE_ERR_NOMEM;
-    if (!coap_insert_optlist(list, o)) {
-        coap_delete_optlist(o);
-        return FEDGE_ERR_NOMEM;
-    }
-    return FEDGE_OK;
-}
-
-static int build_pdu(fedge_edge_link *l, const fedge_edge_request *req, coap_pdu_t **out)
-{
-    int ret = FEDGE_OK;
-    coap_optlist_t *opts = NULL;
-    uint8_t buf[8];
-    char query[4 + FEDGE_DEVICE_ID_MAX + 1];
-    coap_pdu_t *pdu = coap_new_pdu(COAP_MESSAGE_CON,
-                                   req->method == FEDGE_EDGE_POST ? COAP_REQUEST_CODE_POST
-                                                                  : COAP_REQUEST_CODE_GET,
-                                   l->session);
-    if (!pdu)
-        return FEDGE_ERR_NOMEM;
-    coap_session_new_token(l->session, &l->token_len, l->token);
-    if (!coap_add_token(pdu, l->token_len, l->token))
-        FAIL(FEDGE_ERR_INTERNAL);
-    if (req->etag && req->etag_len)
-        CHK(add_option(&opts, COAP_OPTION_ETAG, req->etag_len, req->etag));
-    CHK(add_option(&opts, COAP_OPTION_URI_PATH, strlen(req->path),
-                   (const uint8_t *)req->path));
-    if (req->body) {
-        size_t n = coap_encode_var_safe(buf, sizeof buf, COAP_MEDIATYPE_APPLICATION_OCTET_STREAM);
-        CHK(add_option(&opts, COAP_OPTION_CONTENT_FORMAT, n, buf));
-    }
-    if (l->insecure) {
-        int n = snprintf(query, sizeof query, "id=%s", l->id);
-        CHK(add_option(&opts, COAP_OPTION_URI_QUERY, (size_t)n, (const uint8_t *)query));
-    }
-    if (opts && !coap_add_optlist_pdu(pdu, &opts))
-        FAIL(FEDGE_ERR_INTERNAL);
-    if (req->body) {
-        req->body->refs++; /* libcoap's reference, dropped by blob_release_cb */
-        if (!coap_add_data_large_request(l->session, pdu, req->body->len, req->body->data,
-                                         blob_release_cb, req->body))
-            FAIL(FEDGE_ERR_NOMEM); /* the callback already ran */
-    }
-    *out = pdu;
-    pdu = NULL;
-cleanup:
-    coap_delete_optlist(opts);
-    if (pdu)
-        coap_delete_pdu(pdu);
-    return ret;
+    free(l->acked);
+    free(l->body);
+    l->acked = NULL;
+    l->body = NULL;
+    memset(l->slots, 0, sizeof l->slots);
+    l->block_size = 0;
+    l->n_blocks = 0;
+    l->next_num = 0;
+    l->n_acked = 0;
+    l->body_len = 0;
+    l->has_etag = 0;
+    l->first_etag_len = 0;
+    l->exchanges_done = 0;
+    l->state = REQ_IDLE;
+    l->req = NULL;
+    l->reply = NULL;
 }
 
 int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
                             fedge_edge_reply *reply, const volatile sig_atomic_t *stop)
 {
     int ret = FEDGE_OK;
-    coap_pdu_t *pdu = NULL;
     if (!l || !req || !req->path || !reply || req->etag_len > FEDGE_EDGE_ETAG_MAX ||
-        req->timeout_ms == 0)
+        req->timeout_ms == 0 || (req->method != FEDGE_EDGE_GET && req->method != FEDGE_EDGE_POST))
         return FEDGE_ERR_INVALID_ARG;
     memset(reply, 0, sizeof *reply);
     l->last_error[0] = '\0';
@@ -497,22 +716,22 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     /* The request's time starts once the session is up; the handshake has
      * its own budget. */
     uint64_t deadline = start + (handshaking ? l->handshake_timeout_ms : req->timeout_ms);
-    ret = build_pdu(l, req, &pdu);
-    if (ret != FEDGE_OK) {
-        snprintf(l->last_error, sizeof l->last_error, "cannot build the request: %s",
-                 fedge_strerror(ret));
-        goto cleanup;
-    }
     l->req = req;
     l->reply = reply;
     l->state = REQ_WAITING;
-    l->sent_ms = now_ms();
-    if (coap_send(l->session, pdu) == COAP_INVALID_MID) {
-        /* coap_send frees the PDU on failure as well. */
-        pdu = NULL;
-        fail_request(l, FEDGE_ERR_IO, "cannot send the request");
+    l->started_ms = start;
+    if (req->method == FEDGE_EDGE_POST && req->body && req->body->len > FEDGE_EDGE_BLOCK_BYTES) {
+        l->block_size = FEDGE_EDGE_BLOCK_BYTES;
+        l->n_blocks = (uint32_t)((req->body->len + FEDGE_EDGE_BLOCK_BYTES - 1) / FEDGE_EDGE_BLOCK_BYTES);
+        l->acked = calloc(l->n_blocks, 1);
+        if (!l->acked)
+            fail_request(l, FEDGE_ERR_NOMEM, "out of memory for the block list");
     }
-    pdu = NULL;
+    if (l->state == REQ_WAITING) {
+        if (send_exchange(l, 0) != FEDGE_OK)
+            fail_request(l, FEDGE_ERR_IO, "cannot send the request");
+        l->next_num = 1;
+    }
     while (l->state == REQ_WAITING) {
         if (stop && *stop) {
             fail_request(l, FEDGE_ERR_EDGE_STOPPED, "stopped by signal");
@@ -529,7 +748,9 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
                 snprintf(why, sizeof why, "no DTLS handshake within %u ms",
                          (unsigned)l->handshake_timeout_ms);
             else
-                snprintf(why, sizeof why, "no answer within %u ms", (unsigned)req->timeout_ms);
+                snprintf(why, sizeof why, "no answer within %u ms (%u of %u blocks)",
+                         (unsigned)req->timeout_ms, (unsigned)l->n_acked,
+                         (unsigned)(l->n_blocks ? l->n_blocks : 1));
             fail_request(l, FEDGE_ERR_TIMEOUT, why);
             break;
         }
@@ -545,9 +766,7 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
 cleanup:
     if (ret != FEDGE_OK)
         drop_session(l, 1);
-    l->state = REQ_IDLE;
-    l->req = NULL;
-    l->reply = NULL;
+    end_request(l);
     return ret;
 }
 

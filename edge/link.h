@@ -24,7 +24,10 @@
 #include "link_rtt.h"
 
 #define FEDGE_EDGE_REPLY_MAX 4096
-#define FEDGE_EDGE_BLOCK_BYTES 1024 /* libcoap's Block1/Block2 size over UDP (szx 6, the largest) */
+#define FEDGE_EDGE_BLOCK_SZX 6u     /* the largest Block1/Block2 size over UDP (BERT is TCP only) */
+#define FEDGE_EDGE_BLOCK_BYTES 1024u
+#define FEDGE_EDGE_WINDOW 10u       /* exchanges in flight: RFC 9177's MAX_PAYLOADS */
+#define FEDGE_EDGE_WINDOW_MAX 32u
 #define FEDGE_EDGE_HANDSHAKE_MS 20000u /* default DTLS handshake budget */
 #define FEDGE_EDGE_ETAG_MAX 8
 
@@ -47,6 +50,8 @@ typedef struct {
     const char *psk;         /* NUL-terminated PSK (unused when insecure); copied */
     uint32_t ack_timeout_ms; /* fixed CoAP ACK_TIMEOUT (>= 1000; 0: from the measured RTT) */
     uint32_t handshake_timeout_ms; /* DTLS handshake budget (0: FEDGE_EDGE_HANDSHAKE_MS) */
+    unsigned window;         /* block exchanges in flight (0: FEDGE_EDGE_WINDOW; at most
+                                FEDGE_EDGE_WINDOW_MAX; 1: stop-and-wait) */
     int verbose;             /* let libcoap log warnings */
 } fedge_edge_link_config;
 
@@ -74,6 +79,7 @@ typedef struct {
     fedge_edge_blob *body;        /* POST body or NULL */
     fedge_edge_body_sink sink;    /* NULL: copy the body into the reply */
     void *sink_arg;
+    size_t max_body;              /* largest response body taken (0: FEDGE_EDGE_REPLY_MAX) */
     uint32_t timeout_ms;          /* whole exchange, all blocks included, from the moment
                                      the session is up (a handshake has its own budget) */
 } fedge_edge_request;

@@ -21,10 +21,12 @@ int fedge_link_rtt_sample(fedge_link_rtt *r, uint32_t sample_ms, int ambiguous)
     if (sample_ms == 0)
         sample_ms = 1;
     if (ambiguous) {
-        if (!r->has_rtt) {
+        /* An upper bound on the RTT: the smallest one seeds the estimate
+         * until a clean sample comes. */
+        if (!r->has_rtt || (r->samples == 0 && sample_ms < r->srtt_ms)) {
             r->has_rtt = 1;
             r->srtt_ms = sample_ms;
-            r->rttvar_ms = sample_ms / 2;
+            r->rttvar_ms = sample_ms / 4;
         }
         return FEDGE_OK;
     }

@@ -3,9 +3,11 @@
  * no I/O; the link feeds it samples in milliseconds.
  *
  *   RTT samples (RFC 6298): srtt/rttvar, smoothing 1/8 and 1/4. A sample that
- *     may include a retransmission (ambiguous, Karn) only seeds an empty
- *     estimate; it never moves an existing one. The DTLS handshake (3 round
- *     trips: HelloVerifyRequest, ServerHello, Finished) gives the first seed.
+ *     may include a retransmission (ambiguous, Karn) is only an upper bound:
+ *     until the first clean sample the smallest one seeds the estimate
+ *     (rttvar a quarter of it); after that they are ignored. The DTLS
+ *     handshake (3 round trips: HelloVerifyRequest, ServerHello, Finished)
+ *     gives the first seed.
  *   Block pace: the wall time per CoAP exchange of a finished block transfer,
  *     losses and retransmissions included (smoothed 1/4).
  *   ACK timeout: max(srtt + 4 rttvar, 3/2 srtt), within [1 s, 60 s]; 2 s
