@@ -134,13 +134,15 @@ static int retryable_code(int code)
  * Returns FEDGE_OK with c->reply filled (a retryable code when retries ran
  * out on those), the transport error of the last attempt once retries are
  * exhausted, or FEDGE_ERR_EDGE_STOPPED. Inside a round (c->round_end_ms set)
- * retries go on while the round has time left, --max-retries or not, and
- * stop when it has none. Each attempt's deadline comes from
- * request_timeout_ms(bytes) at that moment. *attempts counts the requests
- * sent; each resends the very same request (for POST, the same sealed
- * bytes). */
+ * timeouts (a slow or lossy link) are retried while the round has time left,
+ * --max-retries or not; answers and refusals still count against
+ * --max-retries; nothing is retried once the round's time is up. With
+ * final_503 a 5.03 (no open round) is returned at once. Each attempt's
+ * deadline comes from request_timeout_ms(bytes) at that moment. *attempts
+ * counts the requests sent; each resends the very same request (for POST,
+ * the same sealed bytes). */
 static int request_with_retry(edge_client *c, const fedge_edge_request *req_in, size_t bytes,
-                              const char *what, unsigned *attempts)
+                              int final_503, const char *what, unsigned *attempts)
 {
     const fedge_edge_config *cfg = c->cfg;
     fedge_edge_request req_copy = *req_in, *req = &req_copy;
@@ -150,7 +152,7 @@ static int request_with_retry(edge_client *c, const fedge_edge_request *req_in, 
         int rc = fedge_edge_link_request(c->link, req, &c->reply, c->stop);
         (*attempts)++;
         uint32_t delay = fedge_backoff_delay_ms(&c->backoff, attempt, &c->jitter);
-        if (rc == FEDGE_OK && !retryable_code(c->reply.code))
+        if (rc == FEDGE_OK && (!retryable_code(c->reply.code) || (final_503 && c->reply.code == 503)))
             return FEDGE_OK;
         if (rc == FEDGE_ERR_EDGE_STOPPED)
             return rc;
@@ -160,9 +162,10 @@ static int request_with_retry(edge_client *c, const fedge_edge_request *req_in, 
             return rc;
         }
         uint32_t left = round_left_ms(c);
+        int counted_out = cfg->max_retries >= 0 && attempt >= (unsigned)cfg->max_retries;
         int out_of_retries = left == UINT32_MAX
-                                 ? cfg->max_retries >= 0 && attempt >= (unsigned)cfg->max_retries
-                                 : left <= delay;
+                                 ? counted_out
+                                 : left <= delay || (counted_out && rc != FEDGE_ERR_TIMEOUT);
         if (rc == FEDGE_OK) {
             char line[128], code[8];
             reply_line(&c->reply, line, sizeof line);
@@ -255,7 +258,7 @@ static int fetch_model(edge_client *c, const fedge_round_info *ri, round_result 
         .max_body = 4 * fedge_model_spec_param_count(&ri->spec) + 64 + FEDGE_MODEL_SPEC_MAX,
     };
     int rc = request_with_retry(c, &req, 4 * fedge_model_spec_param_count(&ri->spec),
-                                "GET /model", &attempts);
+                                0, "GET /model", &attempts);
     if (rc == FEDGE_ERR_TIMEOUT || rc == FEDGE_ERR_IO) {
         /* Already logged; GET /round decides whether the server is gone. */
         FEDGE_ERROR("round %u: no model after %u attempts, the round's time is up; skipping "
@@ -398,7 +401,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         .path = "update",
         .body = blob,
     };
-    ret = request_with_retry(c, &req, blob->len, "POST /update", &attempts);
+    ret = request_with_retry(c, &req, blob->len, 1, "POST /update", &attempts);
     if (ret == FEDGE_ERR_EDGE_STOPPED)
         goto cleanup;
     *result = ROUND_DONE;
@@ -513,7 +516,7 @@ static int poll_round(edge_client *c, fedge_round_info *ri, unsigned *bad_replie
         .path = "round",
     };
     c->round_end_ms = 0;
-    int rc = request_with_retry(c, &req, 0, "GET /round", &attempts);
+    int rc = request_with_retry(c, &req, 0, 0, "GET /round", &attempts);
     if (rc != FEDGE_OK)
         return rc;
     c->polled_ms = fedge_edge_link_now_ms();

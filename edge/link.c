@@ -28,6 +28,7 @@ typedef struct {
     uint8_t token[8];
     size_t token_len;
     uint64_t sent_ms;        /* when it left (or the session came up) */
+    uint32_t ack_ms;         /* the ACK timeout it left with */
 } exchange;
 
 struct fedge_edge_link {
@@ -60,6 +61,8 @@ struct fedge_edge_link {
     uint32_t next_num;       /* next block to send */
     uint32_t n_acked;        /* blocks answered: 2.31 (Block1) or data (Block2) */
     uint8_t *acked;          /* n_blocks flags */
+    uint32_t resend[FEDGE_EDGE_WINDOW_MAX]; /* blocks whose exchange libcoap gave up */
+    unsigned n_resend;
     uint8_t *body;           /* Block2: the body being reassembled */
     size_t body_len;
     int has_etag;            /* Block2: the first block's ETag */
@@ -158,6 +161,21 @@ static int add_uint_option(coap_optlist_t **list, uint16_t number, unsigned valu
     return add_option(list, number, coap_encode_var_safe(buf, sizeof buf, value), buf);
 }
 
+uint32_t fedge_edge_link_ack_timeout_ms(const fedge_edge_link *l)
+{
+    uint32_t ack = l->ack_timeout_ms ? l->ack_timeout_ms : fedge_link_rtt_ack_timeout_ms(&l->rtt);
+    return ack < FEDGE_LINK_ACK_MIN_MS ? FEDGE_LINK_ACK_MIN_MS : ack;
+}
+
+static uint32_t set_ack_timeout(fedge_edge_link *l)
+{
+    uint32_t ack = fedge_edge_link_ack_timeout_ms(l);
+    coap_fixed_point_t t = {(uint16_t)(ack / 1000), (uint16_t)(ack % 1000)};
+    coap_session_set_ack_timeout(l->session, t);
+    l->req_ack_ms = ack;
+    return ack;
+}
+
 /* Block num of the request in flight, or the whole request when it is not a
  * block transfer. Block1: the slice of the body, Size1 on block 0. Block2:
  * a GET for that block (block 0 carries the request's ETag). */
@@ -217,6 +235,7 @@ static int send_exchange(fedge_edge_link *l, uint32_t num)
     x->in_use = 1;
     x->num = num;
     x->sent_ms = now_ms();
+    x->ack_ms = l->req_ack_ms;
     if (coap_send(l->session, pdu) == COAP_INVALID_MID) {
         x->in_use = 0;
         pdu = NULL; /* coap_send frees the PDU on failure as well */
@@ -230,29 +249,57 @@ cleanup:
     return ret;
 }
 
+static exchange *find_exchange(fedge_edge_link *l, const coap_pdu_t *received);
+
 /* Keep the window full. Block1 sends block 0 alone (the server starts its
  * reassembly on it) and the last block only once every other one was
  * answered (the server acts on the last one); Block2 sends block 0 alone to
  * learn the size. */
 static void fill_window(fedge_edge_link *l)
 {
-    if (!l->block_size || l->n_acked == 0)
+    if (!l->block_size)
         return;
     unsigned busy = 0;
     for (unsigned i = 0; i < l->window; i++)
         busy += l->slots[i].in_use != 0;
     int upload = l->req->method == FEDGE_EDGE_POST;
-    while (busy < l->window && l->next_num < l->n_blocks && l->state == REQ_WAITING) {
-        uint32_t num = l->next_num;
-        if (upload && num + 1 == l->n_blocks && l->n_acked + 1 < l->n_blocks)
-            break; /* the last block waits for all the others */
+    unsigned window = upload && l->window > FEDGE_EDGE_BLOCK1_WINDOW ? FEDGE_EDGE_BLOCK1_WINDOW
+                                                                     : l->window;
+    while (busy < window && l->state == REQ_WAITING) {
+        uint32_t num;
+        if (l->n_resend) {
+            num = l->resend[0];
+            memmove(l->resend, l->resend + 1, --l->n_resend * sizeof l->resend[0]);
+        } else if (l->n_acked == 0 || l->next_num >= l->n_blocks) {
+            break; /* block 0 goes alone */
+        } else {
+            num = l->next_num;
+            if (upload && num + 1 == l->n_blocks && l->n_acked + 1 < l->n_blocks)
+                break; /* the last block waits for all the others */
+            l->next_num++;
+        }
         if (send_exchange(l, num) != FEDGE_OK) {
             fail_request(l, FEDGE_ERR_IO, "cannot send a block");
             return;
         }
-        l->next_num++;
         busy++;
     }
+}
+
+/* libcoap gave up an exchange of a block transfer after
+ * FEDGE_EDGE_BLOCK_RETRANSMIT retransmissions: send that block again as a
+ * new exchange (from the request loop), so one unlucky block waits about 3
+ * ACK timeouts, not a doubling series; the request's deadline bounds it. */
+static int requeue_block(fedge_edge_link *l, const coap_pdu_t *sent)
+{
+    if (l->state != REQ_WAITING || !l->block_size || !sent)
+        return 0;
+    exchange *x = find_exchange(l, sent);
+    if (!x || l->n_resend >= FEDGE_EDGE_WINDOW_MAX)
+        return 0;
+    x->in_use = 0;
+    l->resend[l->n_resend++] = x->num;
+    return 1;
 }
 
 static exchange *find_exchange(fedge_edge_link *l, const coap_pdu_t *received)
@@ -357,6 +404,7 @@ static void on_block2(fedge_edge_link *l, const exchange *x, const coap_pdu_t *r
             memcpy(l->first_etag, coap_opt_value(etag), etag_len);
         }
         l->next_num = 1;
+        coap_session_set_max_retransmit(l->session, FEDGE_EDGE_BLOCK_RETRANSMIT);
     } else if (!l->block_size) {
         fail_request(l, FEDGE_ERR_IO, "Block2 response out of step");
         return;
@@ -417,7 +465,12 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
     uint64_t now = now_ms();
     uint32_t elapsed = now > x->sent_ms ? (uint32_t)(now - x->sent_ms) : 0;
     /* Karn: an exchange that may have been retransmitted is no clean sample. */
-    fedge_link_rtt_sample(&l->rtt, elapsed, elapsed >= l->req_ack_ms);
+    if (elapsed < x->ack_ms) {
+        /* A clean sample: later exchanges of this request use the new ACK
+         * timeout already (a handshake's seed may have been far too long). */
+        fedge_link_rtt_sample(&l->rtt, elapsed, 0);
+        set_ack_timeout(l);
+    }
     x->in_use = 0;
     l->exchanges_done++;
 
@@ -443,14 +496,14 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
 static void on_nack(coap_session_t *session, const coap_pdu_t *sent,
                     const coap_nack_reason_t reason, const coap_mid_t mid)
 {
-    FEDGE_UNUSED(sent);
     FEDGE_UNUSED(mid);
     fedge_edge_link *l = link_of(session);
     if (!l || session != l->session)
         return;
     switch (reason) {
     case COAP_NACK_TOO_MANY_RETRIES:
-        fail_request(l, FEDGE_ERR_TIMEOUT, "no answer after all CoAP retransmissions");
+        if (!requeue_block(l, sent))
+            fail_request(l, FEDGE_ERR_TIMEOUT, "no answer after all CoAP retransmissions");
         break;
     case COAP_NACK_TLS_FAILED:
         fail_request(l, FEDGE_ERR_IO, "DTLS failed (wrong key or unknown identity?)");
@@ -658,23 +711,14 @@ static int ensure_session(fedge_edge_link *l)
     return FEDGE_OK;
 }
 
-uint32_t fedge_edge_link_ack_timeout_ms(const fedge_edge_link *l)
-{
-    uint32_t ack = l->ack_timeout_ms ? l->ack_timeout_ms : fedge_link_rtt_ack_timeout_ms(&l->rtt);
-    return ack < FEDGE_LINK_ACK_MIN_MS ? FEDGE_LINK_ACK_MIN_MS : ack;
-}
-
 /* The session's CoAP timers from what the link knows now: the ACK timeout
  * from the RTT, enough retransmissions that the request's deadline, not
  * libcoap, ends a stalled exchange, and NSTART = the window. */
 static void tune_session(fedge_edge_link *l, uint32_t timeout_ms)
 {
-    uint32_t ack = fedge_edge_link_ack_timeout_ms(l);
-    coap_fixed_point_t t = {(uint16_t)(ack / 1000), (uint16_t)(ack % 1000)};
-    coap_session_set_ack_timeout(l->session, t);
+    uint32_t ack = set_ack_timeout(l);
     coap_session_set_max_retransmit(l->session, fedge_link_rtt_max_retransmit(ack, timeout_ms));
     coap_session_set_nstart(l->session, (uint16_t)l->window);
-    l->req_ack_ms = ack;
 }
 
 static void end_request(fedge_edge_link *l)
@@ -688,6 +732,7 @@ static void end_request(fedge_edge_link *l)
     l->n_blocks = 0;
     l->next_num = 0;
     l->n_acked = 0;
+    l->n_resend = 0;
     l->body_len = 0;
     l->has_etag = 0;
     l->first_etag_len = 0;
@@ -726,6 +771,7 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
         l->acked = calloc(l->n_blocks, 1);
         if (!l->acked)
             fail_request(l, FEDGE_ERR_NOMEM, "out of memory for the block list");
+        coap_session_set_max_retransmit(l->session, FEDGE_EDGE_BLOCK_RETRANSMIT);
     }
     if (l->state == REQ_WAITING) {
         if (send_exchange(l, 0) != FEDGE_OK)
@@ -761,6 +807,8 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
         if (!l->session_up && l->session &&
             coap_session_get_state(l->session) == COAP_SESSION_STATE_ESTABLISHED)
             note_session_up(l);
+        if (l->state == REQ_WAITING && l->n_resend)
+            fill_window(l);
     }
     ret = l->state == REQ_DONE ? FEDGE_OK : l->fail_code;
 cleanup:

@@ -28,6 +28,13 @@
 #define FEDGE_EDGE_BLOCK_BYTES 1024u
 #define FEDGE_EDGE_WINDOW 10u       /* exchanges in flight: RFC 9177's MAX_PAYLOADS */
 #define FEDGE_EDGE_WINDOW_MAX 32u
+/* Block1 uploads keep at most 3 blocks in flight: libcoap 4.3.1's server
+ * tracks the blocks it holds in at most 3 ranges and drops the whole upload
+ * ("4.08 Too many missing blocks") beyond; blocks are sent in order, so W in
+ * flight leave at most W - 1 holes, i.e. W ranges. */
+#define FEDGE_EDGE_BLOCK1_WINDOW 3u
+/* Retransmissions of one block exchange before it is sent afresh. */
+#define FEDGE_EDGE_BLOCK_RETRANSMIT 1u
 #define FEDGE_EDGE_HANDSHAKE_MS 20000u /* default DTLS handshake budget */
 #define FEDGE_EDGE_ETAG_MAX 8
 
