@@ -1,19 +1,21 @@
 /* link.h — the edge's CoAP client: one context, one (D)TLS session, one
- * request in flight at a time (libcoap 4.3.1, block mode
- * COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY).
+ * request in flight at a time (libcoap 4.3.1 for CoAP, DTLS and
+ * retransmission; block transfers are done here, libcoap's block mode off).
  *
- * fedge_edge_link_request sends one confirmable request and runs libcoap's
- * I/O loop until the response arrives, the request's deadline passes, the
- * session fails (NACK, DTLS error) or *stop becomes nonzero. Any failure
- * drops the session — its queued retransmissions and partial block
- * transfers go with it — and the next request opens a fresh one (new DTLS
- * handshake), so a retry never races a leftover transfer. Bodies:
- *   POST: a refcounted blob; libcoap holds a reference while it may still
- *         send blocks of it, so the caller can resend the same bytes or drop
- *         its own reference at any time.
+ * fedge_edge_link_request sends one request as confirmable exchanges and
+ * runs libcoap's I/O loop until the response arrives, the request's deadline
+ * passes, the session fails (NACK, DTLS error) or *stop becomes nonzero.
+ * Bodies over one block move as RFC 7959 blocks of 1024 bytes with several
+ * exchanges in flight: Block2 up to `window`, Block1 up to
+ * FEDGE_EDGE_BLOCK1_WINDOW, block 0 alone first, the last Block1 block only
+ * after all others were acknowledged. Any failure drops the session — its
+ * queued retransmissions go with it — and the next request opens a fresh one
+ * (new DTLS handshake), so a retry never races a leftover transfer. Bodies:
+ *   POST: a refcounted blob, read only during the call.
  *   2.xx response with a sink: the sink sees the whole reassembled body once
- *         (straight from libcoap's buffer, no copy); otherwise the first
- *         FEDGE_EDGE_REPLY_MAX bytes are copied into the reply. */
+ *         (at most max_body bytes; a larger Size2 fails the request);
+ *         otherwise the first FEDGE_EDGE_REPLY_MAX bytes are copied into the
+ *         reply. */
 #ifndef FEDGE_EDGE_LINK_H
 #define FEDGE_EDGE_LINK_H
 
