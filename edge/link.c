@@ -380,11 +380,16 @@ static void on_block2(fedge_edge_link *l, const exchange *x, const coap_pdu_t *r
     if (num == 0) {
         unsigned size2 = 0;
         size_t bs = (size_t)16 << szx;
+        if (l->block_size) {
+            fail_request(l, FEDGE_ERR_IO, "Block2 response out of step");
+            return;
+        }
         if (!more) {
             finish(l, received, data, len);
             return;
         }
         if (len != bs || !get_uint_option(received, COAP_OPTION_SIZE2, &size2) || size2 <= bs ||
+            size2 / bs >= (1u << 20) ||
             size2 > (l->req->max_body ? l->req->max_body : FEDGE_EDGE_REPLY_MAX)) {
             fail_request(l, FEDGE_ERR_IO, "Block2 body without a usable Size2");
             return;
@@ -766,6 +771,10 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     l->state = REQ_WAITING;
     l->started_ms = start;
     if (req->method == FEDGE_EDGE_POST && req->body && req->body->len > FEDGE_EDGE_BLOCK_BYTES) {
+        if (req->body->len > (size_t)FEDGE_EDGE_BLOCK_BYTES << 20) {
+            end_request(l);
+            return FEDGE_ERR_INVALID_ARG; /* past the 20-bit block number */
+        }
         l->block_size = FEDGE_EDGE_BLOCK_BYTES;
         l->n_blocks = (uint32_t)((req->body->len + FEDGE_EDGE_BLOCK_BYTES - 1) / FEDGE_EDGE_BLOCK_BYTES);
         l->acked = calloc(l->n_blocks, 1);
