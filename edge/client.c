@@ -152,7 +152,8 @@ static int request_with_retry(edge_client *c, const fedge_edge_request *req_in, 
         int rc = fedge_edge_link_request(c->link, req, &c->reply, c->stop);
         (*attempts)++;
         uint32_t delay = fedge_backoff_delay_ms(&c->backoff, attempt, &c->jitter);
-        if (rc == FEDGE_OK && (!retryable_code(c->reply.code) || (final_503 && c->reply.code == 503)))
+        if (rc == FEDGE_OK &&
+            (!retryable_code(c->reply.code) || (final_503 && c->reply.code == 503)))
             return FEDGE_OK;
         if (rc == FEDGE_ERR_EDGE_STOPPED)
             return rc;
@@ -261,8 +262,8 @@ static int fetch_model(edge_client *c, const fedge_round_info *ri, round_result 
                                 0, "GET /model", &attempts);
     if (rc == FEDGE_ERR_TIMEOUT || rc == FEDGE_ERR_IO) {
         /* Already logged; GET /round decides whether the server is gone. */
-        FEDGE_ERROR("round %u: no model after %u attempts, the round's time is up; skipping "
-                    "the round", ri->round, attempts);
+        FEDGE_ERROR("round %u: no model after %u attempts; skipping the round", ri->round,
+                    attempts);
         *result = ROUND_SKIPPED;
         return FEDGE_OK;
     }

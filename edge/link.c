@@ -776,7 +776,8 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
             return FEDGE_ERR_INVALID_ARG; /* past the 20-bit block number */
         }
         l->block_size = FEDGE_EDGE_BLOCK_BYTES;
-        l->n_blocks = (uint32_t)((req->body->len + FEDGE_EDGE_BLOCK_BYTES - 1) / FEDGE_EDGE_BLOCK_BYTES);
+        l->n_blocks =
+            (uint32_t)((req->body->len + FEDGE_EDGE_BLOCK_BYTES - 1) / FEDGE_EDGE_BLOCK_BYTES);
         l->acked = calloc(l->n_blocks, 1);
         if (!l->acked)
             fail_request(l, FEDGE_ERR_NOMEM, "out of memory for the block list");

@@ -75,12 +75,14 @@ static void test_ack_timeout_follows_rtt(void **state)
 {
     (void)state;
     fedge_link_rtt r = steady(1);
-    assert_int_equal(fedge_link_rtt_ack_timeout_ms(&r), FEDGE_LINK_ACK_MIN_MS); /* libcoap's floor */
+    /* libcoap's floor */
+    assert_int_equal(fedge_link_rtt_ack_timeout_ms(&r), FEDGE_LINK_ACK_MIN_MS);
     r = steady(400);
     assert_int_equal(fedge_link_rtt_ack_timeout_ms(&r), FEDGE_LINK_ACK_MIN_MS);
     r = steady(1000);
     assert_int_equal(fedge_link_rtt_ack_timeout_ms(&r), 1500);
-    r = steady(2400); /* a satellite hop: the RFC 7252 default of 2 s would fire before any answer */
+    /* a satellite hop: the RFC 7252 default of 2 s would fire before any answer */
+    r = steady(2400);
     assert_true(fedge_link_rtt_ack_timeout_ms(&r) > 2400);
     /* Jitter raises it: srtt + 4 rttvar. */
     fedge_link_rtt j;
