@@ -41,6 +41,7 @@ struct fedge_edge_link {
     uint32_t ack_timeout_ms; /* fixed; 0: from the RTT estimate */
     uint32_t handshake_timeout_ms;
     unsigned window;         /* confirmable exchanges in flight at most */
+    unsigned timeouts_in_row; /* requests on this session that timed out */
     fedge_link_rtt rtt;
     char id[FEDGE_DEVICE_ID_MAX + 1];
     char psk[FEDGE_PSK_LEN + 1];
@@ -505,6 +506,8 @@ static void on_nack(coap_session_t *session, const coap_pdu_t *sent,
     fedge_edge_link *l = link_of(session);
     if (!l || session != l->session)
         return;
+    if (sent && l->state == REQ_WAITING && !find_exchange(l, sent))
+        return; /* a leftover of an earlier request */
     switch (reason) {
     case COAP_NACK_TOO_MANY_RETRIES:
         if (!requeue_block(l, sent))
@@ -654,6 +657,7 @@ static void drop_session(fedge_edge_link *l, int abrupt)
     if (!s)
         return;
     l->session = NULL; /* handlers ignore the session from here on */
+    l->timeouts_in_row = 0;
     if (abrupt) {
         /* Cancel queued retransmissions and block transfers now, so they
          * cannot outlive the request that owned them. */
@@ -822,8 +826,17 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     }
     ret = l->state == REQ_DONE ? FEDGE_OK : l->fail_code;
 cleanup:
-    if (ret != FEDGE_OK)
+    if (ret == FEDGE_OK) {
+        l->timeouts_in_row = 0;
+    } else if (ret == FEDGE_ERR_TIMEOUT && l->session && l->session_up && !l->block_size &&
+               l->timeouts_in_row++ == 0) {
+        /* One unanswered single exchange on a lossy link: keep the session
+         * (a new DTLS handshake costs several round trips there); its
+         * leftover retransmissions can only draw an answer that is ignored.
+         * A second timeout in a row drops it (the server may have lost it). */
+    } else {
         drop_session(l, 1);
+    }
     end_request(l);
     return ret;
 }
