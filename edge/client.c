@@ -22,8 +22,9 @@
 #include "update.h"
 
 #define MAX_AGE_CAP_MS 60000u      /* never wait longer than this on a 5.03 */
-#define BYTES_PER_TIMEOUT 65536u   /* the timeout covers each started 64 KiB */
+#define BYTES_PER_TIMEOUT 65536u   /* --timeout-ms covers each started 64 KiB (a floor) */
 #define TIMEOUT_CAP_MS 1800000u
+#define RTT_LOG_CHANGE 2u          /* log the RTT again when it changed by this factor */
 
 typedef struct {
     const fedge_edge_config *cfg;
@@ -41,6 +42,11 @@ typedef struct {
     uint32_t done_round;
     int fetch_without_etag;   /* next GET /model: no ETag (after a failed one) */
     uint32_t rounds_taken;
+    /* The round being taken part in: its end on the monotonic clock (from
+     * /round's deadline_ms), 0 outside a round or when the server gave none. */
+    uint64_t round_end_ms;
+    uint64_t polled_ms;       /* when the last /round answer arrived */
+    uint32_t rtt_logged_ms;   /* the RTT last logged (0: none yet) */
     fedge_edge_reply reply; /* 4 KiB: kept off the stack */
 } edge_client;
 
@@ -56,6 +62,46 @@ static uint32_t scaled_timeout(uint32_t timeout_ms, size_t bytes)
     uint64_t chunks = bytes ? 1 + (bytes - 1) / BYTES_PER_TIMEOUT : 1;
     uint64_t t = (uint64_t)timeout_ms * chunks;
     return t > TIMEOUT_CAP_MS ? TIMEOUT_CAP_MS : (uint32_t)t;
+}
+
+/* Milliseconds left in the round being taken part in; UINT32_MAX when its
+ * end is unknown, 0 once it has passed. */
+static uint32_t round_left_ms(const edge_client *c)
+{
+    if (!c->round_end_ms)
+        return UINT32_MAX;
+    uint64_t now = fedge_edge_link_now_ms();
+    if (now >= c->round_end_ms)
+        return 0;
+    uint64_t left = c->round_end_ms - now;
+    return left > UINT32_MAX - 1 ? UINT32_MAX - 1 : (uint32_t)left;
+}
+
+/* The deadline of a request carrying `bytes` (either way): from the RTT and
+ * block pace measured so far, at least --timeout-ms per started 64 KiB, and
+ * never past the end of the round (link_rtt.h). */
+static uint32_t request_timeout_ms(const edge_client *c, size_t bytes)
+{
+    fedge_link_rtt rtt;
+    fedge_edge_link_rtt(c->link, &rtt);
+    uint32_t left = round_left_ms(c);
+    return fedge_link_rtt_deadline_ms(&rtt, bytes, FEDGE_EDGE_BLOCK_BYTES,
+                                      scaled_timeout(c->cfg->timeout_ms, bytes),
+                                      left == UINT32_MAX ? 0 : left ? left : 1);
+}
+
+static void log_rtt(edge_client *c)
+{
+    fedge_link_rtt rtt;
+    fedge_edge_link_rtt(c->link, &rtt);
+    if (!rtt.has_rtt)
+        return;
+    uint32_t was = c->rtt_logged_ms;
+    if (was && rtt.srtt_ms < was * RTT_LOG_CHANGE && rtt.srtt_ms * RTT_LOG_CHANGE > was)
+        return;
+    c->rtt_logged_ms = rtt.srtt_ms ? rtt.srtt_ms : 1;
+    FEDGE_INFO("link: RTT %u ms (+-%u ms, %u clean samples), CoAP ACK timeout %u ms", rtt.srtt_ms,
+               rtt.rttvar_ms, rtt.samples, fedge_edge_link_ack_timeout_ms(c->link));
 }
 
 /* One printable line of a reply body, for logs. */
@@ -87,18 +133,27 @@ static int retryable_code(int code)
 /* Send req until an answer that retryable_code() does not cover arrives.
  * Returns FEDGE_OK with c->reply filled (a retryable code when retries ran
  * out on those), the transport error of the last attempt once retries are
- * exhausted, or FEDGE_ERR_EDGE_STOPPED. *attempts counts the requests sent;
- * each resends the very same request (for POST, the same sealed bytes). */
-static int request_with_retry(edge_client *c, const fedge_edge_request *req, const char *what,
-                              unsigned *attempts)
+ * exhausted, or FEDGE_ERR_EDGE_STOPPED. Inside a round (c->round_end_ms set)
+ * timeouts (a slow or lossy link) are retried while the round has time left,
+ * --max-retries or not; answers and refusals still count against
+ * --max-retries; nothing is retried once the round's time is up. With
+ * final_503 a 5.03 (no open round) is returned at once. Each attempt's
+ * deadline comes from request_timeout_ms(bytes) at that moment. *attempts
+ * counts the requests sent; each resends the very same request (for POST,
+ * the same sealed bytes). */
+static int request_with_retry(edge_client *c, const fedge_edge_request *req_in, size_t bytes,
+                              int final_503, const char *what, unsigned *attempts)
 {
     const fedge_edge_config *cfg = c->cfg;
+    fedge_edge_request req_copy = *req_in, *req = &req_copy;
     *attempts = 0;
     for (unsigned attempt = 0;; attempt++) {
+        req->timeout_ms = request_timeout_ms(c, bytes);
         int rc = fedge_edge_link_request(c->link, req, &c->reply, c->stop);
         (*attempts)++;
         uint32_t delay = fedge_backoff_delay_ms(&c->backoff, attempt, &c->jitter);
-        if (rc == FEDGE_OK && !retryable_code(c->reply.code))
+        if (rc == FEDGE_OK &&
+            (!retryable_code(c->reply.code) || (final_503 && c->reply.code == 503)))
             return FEDGE_OK;
         if (rc == FEDGE_ERR_EDGE_STOPPED)
             return rc;
@@ -107,7 +162,11 @@ static int request_with_retry(edge_client *c, const fedge_edge_request *req, con
                         fedge_edge_link_last_error(c->link));
             return rc;
         }
-        int out_of_retries = cfg->max_retries >= 0 && attempt >= (unsigned)cfg->max_retries;
+        uint32_t left = round_left_ms(c);
+        int counted_out = cfg->max_retries >= 0 && attempt >= (unsigned)cfg->max_retries;
+        int out_of_retries = left == UINT32_MAX
+                                 ? counted_out
+                                 : left <= delay || (counted_out && rc != FEDGE_ERR_TIMEOUT);
         if (rc == FEDGE_OK) {
             char line[128], code[8];
             reply_line(&c->reply, line, sizeof line);
@@ -196,10 +255,11 @@ static int fetch_model(edge_client *c, const fedge_round_info *ri, round_result 
         .etag_len = send_etag ? sizeof etag : 0,
         .sink = model_sink,
         .sink_arg = t,
-        .timeout_ms = scaled_timeout(c->cfg->timeout_ms,
-                                     4 * fedge_model_spec_param_count(&ri->spec)),
+        /* a model file: header, spec text, float32 parameters, checksum */
+        .max_body = 4 * fedge_model_spec_param_count(&ri->spec) + 64 + FEDGE_MODEL_SPEC_MAX,
     };
-    int rc = request_with_retry(c, &req, "GET /model", &attempts);
+    int rc = request_with_retry(c, &req, 4 * fedge_model_spec_param_count(&ri->spec),
+                                0, "GET /model", &attempts);
     if (rc == FEDGE_ERR_TIMEOUT || rc == FEDGE_ERR_IO) {
         /* Already logged; GET /round decides whether the server is gone. */
         FEDGE_ERROR("round %u: no model after %u attempts; skipping the round", ri->round,
@@ -281,6 +341,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         return FEDGE_ERR_MODEL_SHAPE;
     }
 
+    if (ri->deadline_ms >= 0)
+        c->round_end_ms = c->polled_ms + (uint64_t)ri->deadline_ms;
     CHK(fetch_model(c, ri, result, &usable));
     if (!usable)
         goto cleanup;
@@ -339,9 +401,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         .method = FEDGE_EDGE_POST,
         .path = "update",
         .body = blob,
-        .timeout_ms = scaled_timeout(cfg->timeout_ms, blob->len),
     };
-    ret = request_with_retry(c, &req, "POST /update", &attempts);
+    ret = request_with_retry(c, &req, blob->len, 1, "POST /update", &attempts);
     if (ret == FEDGE_ERR_EDGE_STOPPED)
         goto cleanup;
     *result = ROUND_DONE;
@@ -365,6 +426,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                fedge_encoding_name(cfg->encoding),
                cfg->stochastic ? "(stochastic)" : "", attempts, outcome);
 cleanup:
+    c->round_end_ms = 0;
     free(sealed);
     fedge_edge_blob_release(blob);
     return ret;
@@ -410,14 +472,14 @@ static int setup(edge_client *c)
         return ret;
     }
 
-    uint32_t ack = cfg->timeout_ms / 4;
     fedge_edge_link_config lc = {
         .host = cfg->host,
         .port = cfg->port,
         .insecure = cfg->insecure,
         .id = cfg->id,
         .psk = cfg->insecure ? NULL : c->psk,
-        .ack_timeout_ms = ack < 100 ? 100 : ack > 2000 ? 2000 : ack,
+        .ack_timeout_ms = 0, /* from the measured RTT */
+        .handshake_timeout_ms = cfg->timeout_ms > FEDGE_EDGE_HANDSHAKE_MS ? cfg->timeout_ms : 0,
         .verbose = cfg->log_level == FEDGE_LOG_DEBUG,
     };
     ret = fedge_edge_link_open(&lc, &c->link, err, sizeof err);
@@ -453,11 +515,13 @@ static int poll_round(edge_client *c, fedge_round_info *ri, unsigned *bad_replie
     fedge_edge_request req = {
         .method = FEDGE_EDGE_GET,
         .path = "round",
-        .timeout_ms = c->cfg->timeout_ms,
     };
-    int rc = request_with_retry(c, &req, "GET /round", &attempts);
+    c->round_end_ms = 0;
+    int rc = request_with_retry(c, &req, 0, 0, "GET /round", &attempts);
     if (rc != FEDGE_OK)
         return rc;
+    c->polled_ms = fedge_edge_link_now_ms();
+    log_rtt(c);
     const fedge_edge_reply *r = &c->reply;
     if (r->code == 205) {
         if (r->body_total > r->body_len)

@@ -9,10 +9,13 @@
  *
  * Every request is retried on timeout or session failure, and on 5.xx or
  * 4.08 (an incomplete Block1 body), with exponential backoff and full
- * jitter, at most cfg->max_retries times; a
+ * jitter, at most cfg->max_retries times; inside a round, timeouts are
+ * retried past that while the round (deadline_ms of /round, monotonic
+ * clock) has time left, and nothing is retried after it. Request deadlines
+ * follow the measured RTT (link_rtt.h), capped by the round's time left. A
  * POST retry resends the very same sealed bytes (same counter), which the
- * aggregator recognises as the same update. A 4.xx reply to POST /update is
- * final for that round. One INFO line per round taken part in.
+ * aggregator recognises as the same update. A 4.xx or 5.03 reply to POST
+ * /update is final for that round. One INFO line per round taken part in.
  *
  * Owns everything it allocates and frees it before returning, also when
  * *stop is raised (checked between minibatches and every 100 ms of I/O). */

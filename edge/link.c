@@ -13,18 +13,36 @@
 
 #include "common.h"
 #include "keys.h"
+#include "link_rtt.h"
 
 #define IO_SLICE_MS 100u /* longest coap_io_process wait, so *stop is seen quickly */
+#define DTLS_RETRANSMIT_MS 1000u /* libcoap's first DTLS handshake retransmission */
 
 typedef enum { REQ_IDLE, REQ_WAITING, REQ_DONE, REQ_FAILED } req_state;
+
+/* One confirmable exchange of the request in flight: a whole small request,
+ * or one block of a Block1 upload or Block2 download. */
+typedef struct {
+    int in_use;
+    uint32_t num;            /* block number */
+    uint8_t token[8];
+    size_t token_len;
+    uint64_t sent_ms;        /* when it left (or the session came up) */
+    uint32_t ack_ms;         /* the ACK timeout it left with */
+} exchange;
 
 struct fedge_edge_link {
     coap_context_t *ctx;
     coap_session_t *session;
     int session_up;          /* the DTLS handshake of this session completed */
+    uint64_t session_started_ms;
     coap_address_t dst;
     int insecure;
-    uint32_t ack_timeout_ms;
+    uint32_t ack_timeout_ms; /* fixed; 0: from the RTT estimate */
+    uint32_t handshake_timeout_ms;
+    unsigned window;         /* confirmable exchanges in flight at most */
+    unsigned timeouts_in_row; /* requests on this session that timed out */
+    fedge_link_rtt rtt;
     char id[FEDGE_DEVICE_ID_MAX + 1];
     char psk[FEDGE_PSK_LEN + 1];
     size_t psk_len;
@@ -32,10 +50,25 @@ struct fedge_edge_link {
     /* The request in flight. */
     req_state state;
     int fail_code;
-    uint8_t token[8];
-    size_t token_len;
     const fedge_edge_request *req;
     fedge_edge_reply *reply;
+    uint32_t req_ack_ms;     /* the ACK timeout the request started with */
+    uint64_t started_ms;     /* when its first exchange left */
+    unsigned exchanges_done;
+    exchange slots[FEDGE_EDGE_WINDOW_MAX];
+    /* Block transfer: n_blocks blocks of block_size bytes (0: not one). */
+    size_t block_size;
+    uint32_t n_blocks;
+    uint32_t next_num;       /* next block to send */
+    uint32_t n_acked;        /* blocks answered: 2.31 (Block1) or data (Block2) */
+    uint8_t *acked;          /* n_blocks flags */
+    uint32_t resend[FEDGE_EDGE_WINDOW_MAX]; /* blocks whose exchange libcoap gave up */
+    unsigned n_resend;
+    uint8_t *body;           /* Block2: the body being reassembled */
+    size_t body_len;
+    int has_etag;            /* Block2: the first block's ETag */
+    size_t first_etag_len;
+    uint8_t first_etag[FEDGE_EDGE_ETAG_MAX];
     char last_error[128];
 };
 
@@ -64,17 +97,16 @@ void fedge_edge_blob_release(fedge_edge_blob *b)
     }
 }
 
-static void blob_release_cb(coap_session_t *session, void *app_ptr)
-{
-    FEDGE_UNUSED(session);
-    fedge_edge_blob_release(app_ptr);
-}
-
-static uint64_t now_ms(void)
+uint64_t fedge_edge_link_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t now_ms(void)
+{
+    return fedge_edge_link_now_ms();
 }
 
 static void fail_request(fedge_edge_link *l, int code, const char *why)
@@ -92,44 +124,229 @@ static fedge_edge_link *link_of(coap_session_t *session)
     return ctx ? coap_get_app_data(ctx) : NULL;
 }
 
-static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *sent,
-                                   const coap_pdu_t *received, const coap_mid_t mid)
+/* The DTLS handshake just completed. libcoap 4.3.1 with mbedTLS sends no
+ * COAP_EVENT_DTLS_CONNECTED for a UDP client, so the request loop also
+ * watches the session state. */
+static void note_session_up(fedge_edge_link *l)
 {
-    FEDGE_UNUSED(mid);
-    fedge_edge_link *l = link_of(session);
-    coap_bin_const_t token = coap_pdu_get_token(received);
-    coap_pdu_type_t type = coap_pdu_get_type(received);
-    if (!l || l->state != REQ_WAITING || session != l->session ||
-        token.length != l->token_len || memcmp(token.s, l->token, l->token_len) != 0) {
-        /* Not ours (a late answer to an abandoned request): reset unsolicited ones. */
-        if (!sent && (type == COAP_MESSAGE_CON || type == COAP_MESSAGE_NON))
-            return COAP_RESPONSE_FAIL;
-        return COAP_RESPONSE_OK;
+    if (l->session_up)
+        return;
+    uint64_t now = now_ms();
+    l->session_up = 1;
+    /* Three round trips; a clean sample unless mbedTLS may have retransmitted
+     * a flight (its first retransmission comes after 1 s). */
+    uint64_t hs = now - l->session_started_ms;
+    fedge_link_rtt_sample(&l->rtt, (uint32_t)(hs / 3), hs >= DTLS_RETRANSMIT_MS);
+    if (l->state == REQ_WAITING) {
+        l->started_ms = now; /* the queued request leaves now */
+        for (unsigned i = 0; i < l->window; i++)
+            l->slots[i].sent_ms = now;
     }
+}
+
+static int add_option(coap_optlist_t **list, uint16_t number, size_t len, const uint8_t *data)
+{
+    coap_optlist_t *o = coap_new_optlist(number, len, data);
+    if (!o)
+        return FEDGE_ERR_NOMEM;
+    if (!coap_insert_optlist(list, o)) {
+        coap_delete_optlist(o);
+        return FEDGE_ERR_NOMEM;
+    }
+    return FEDGE_OK;
+}
+
+static int add_uint_option(coap_optlist_t **list, uint16_t number, unsigned value)
+{
+    uint8_t buf[4];
+    return add_option(list, number, coap_encode_var_safe(buf, sizeof buf, value), buf);
+}
+
+uint32_t fedge_edge_link_ack_timeout_ms(const fedge_edge_link *l)
+{
+    uint32_t ack = l->ack_timeout_ms ? l->ack_timeout_ms : fedge_link_rtt_ack_timeout_ms(&l->rtt);
+    return ack < FEDGE_LINK_ACK_MIN_MS ? FEDGE_LINK_ACK_MIN_MS : ack;
+}
+
+static uint32_t set_ack_timeout(fedge_edge_link *l)
+{
+    uint32_t ack = fedge_edge_link_ack_timeout_ms(l);
+    coap_fixed_point_t t = {(uint16_t)(ack / 1000), (uint16_t)(ack % 1000)};
+    coap_session_set_ack_timeout(l->session, t);
+    l->req_ack_ms = ack;
+    return ack;
+}
+
+/* Block num of the request in flight, or the whole request when it is not a
+ * block transfer. Block1: the slice of the body, Size1 on block 0. Block2:
+ * a GET for that block (block 0 carries the request's ETag). */
+static int send_exchange(fedge_edge_link *l, uint32_t num)
+{
+    int ret = FEDGE_OK;
+    const fedge_edge_request *req = l->req;
+    coap_optlist_t *opts = NULL;
+    char query[4 + FEDGE_DEVICE_ID_MAX + 1];
+    exchange *x = NULL;
+    for (unsigned i = 0; i < l->window && !x; i++)
+        if (!l->slots[i].in_use)
+            x = &l->slots[i];
+    if (!x)
+        return FEDGE_ERR_INTERNAL;
+    coap_pdu_t *pdu = coap_new_pdu(COAP_MESSAGE_CON,
+                                   req->method == FEDGE_EDGE_POST ? COAP_REQUEST_CODE_POST
+                                                                  : COAP_REQUEST_CODE_GET,
+                                   l->session);
+    if (!pdu)
+        return FEDGE_ERR_NOMEM;
+    coap_session_new_token(l->session, &x->token_len, x->token);
+    if (!coap_add_token(pdu, x->token_len, x->token))
+        FAIL(FEDGE_ERR_INTERNAL);
+    if (req->etag && req->etag_len && num == 0)
+        CHK(add_option(&opts, COAP_OPTION_ETAG, req->etag_len, req->etag));
+    CHK(add_option(&opts, COAP_OPTION_URI_PATH, strlen(req->path), (const uint8_t *)req->path));
+    if (req->body)
+        CHK(add_uint_option(&opts, COAP_OPTION_CONTENT_FORMAT,
+                            COAP_MEDIATYPE_APPLICATION_OCTET_STREAM));
+    if (l->insecure) {
+        int n = snprintf(query, sizeof query, "id=%s", l->id);
+        CHK(add_option(&opts, COAP_OPTION_URI_QUERY, (size_t)n, (const uint8_t *)query));
+    }
+    const uint8_t *payload = NULL;
+    size_t payload_len = 0;
+    const unsigned szx = FEDGE_EDGE_BLOCK_SZX;
+    if (req->method == FEDGE_EDGE_GET) {
+        /* Ask for the largest blocks from the start (early negotiation). */
+        CHK(add_uint_option(&opts, COAP_OPTION_BLOCK2, (num << 4) | szx));
+    } else if (req->body && l->block_size) {
+        size_t off = (size_t)num * l->block_size;
+        payload = req->body->data + off;
+        payload_len = req->body->len - off < l->block_size ? req->body->len - off : l->block_size;
+        unsigned more = num + 1 < l->n_blocks;
+        CHK(add_uint_option(&opts, COAP_OPTION_BLOCK1, (num << 4) | (more << 3) | szx));
+        if (num == 0)
+            CHK(add_uint_option(&opts, COAP_OPTION_SIZE1, (unsigned)req->body->len));
+    } else if (req->body) {
+        payload = req->body->data;
+        payload_len = req->body->len;
+    }
+    if (opts && !coap_add_optlist_pdu(pdu, &opts))
+        FAIL(FEDGE_ERR_INTERNAL);
+    if (payload_len && !coap_add_data(pdu, payload_len, payload))
+        FAIL(FEDGE_ERR_INTERNAL);
+    x->in_use = 1;
+    x->num = num;
+    x->sent_ms = now_ms();
+    x->ack_ms = l->req_ack_ms;
+    if (coap_send(l->session, pdu) == COAP_INVALID_MID) {
+        x->in_use = 0;
+        pdu = NULL; /* coap_send frees the PDU on failure as well */
+        FAIL(FEDGE_ERR_IO);
+    }
+    pdu = NULL;
+cleanup:
+    coap_delete_optlist(opts);
+    if (pdu)
+        coap_delete_pdu(pdu);
+    return ret;
+}
+
+static exchange *find_exchange(fedge_edge_link *l, const coap_pdu_t *received);
+
+/* Keep the window full. Block1 sends block 0 alone (the server starts its
+ * reassembly on it) and the last block only once every other one was
+ * answered (the server acts on the last one); Block2 sends block 0 alone to
+ * learn the size. */
+static void fill_window(fedge_edge_link *l)
+{
+    if (!l->block_size)
+        return;
+    unsigned busy = 0;
+    for (unsigned i = 0; i < l->window; i++)
+        busy += l->slots[i].in_use != 0;
+    int upload = l->req->method == FEDGE_EDGE_POST;
+    unsigned window = upload && l->window > FEDGE_EDGE_BLOCK1_WINDOW ? FEDGE_EDGE_BLOCK1_WINDOW
+                                                                     : l->window;
+    while (busy < window && l->state == REQ_WAITING) {
+        uint32_t num;
+        if (l->n_resend) {
+            num = l->resend[0];
+            memmove(l->resend, l->resend + 1, --l->n_resend * sizeof l->resend[0]);
+        } else if (l->n_acked == 0 || l->next_num >= l->n_blocks) {
+            break; /* block 0 goes alone */
+        } else {
+            num = l->next_num;
+            if (upload && num + 1 == l->n_blocks && l->n_acked + 1 < l->n_blocks)
+                break; /* the last block waits for all the others */
+            l->next_num++;
+        }
+        if (send_exchange(l, num) != FEDGE_OK) {
+            fail_request(l, FEDGE_ERR_IO, "cannot send a block");
+            return;
+        }
+        busy++;
+    }
+}
+
+/* libcoap gave up an exchange of a block transfer after
+ * FEDGE_EDGE_BLOCK_RETRANSMIT retransmissions: send that block again as a
+ * new exchange (from the request loop), so one unlucky block waits about 3
+ * ACK timeouts, not a doubling series; the request's deadline bounds it. */
+static int requeue_block(fedge_edge_link *l, const coap_pdu_t *sent)
+{
+    if (l->state != REQ_WAITING || !l->block_size || !sent)
+        return 0;
+    exchange *x = find_exchange(l, sent);
+    if (!x || l->n_resend >= FEDGE_EDGE_WINDOW_MAX)
+        return 0;
+    x->in_use = 0;
+    l->resend[l->n_resend++] = x->num;
+    return 1;
+}
+
+static exchange *find_exchange(fedge_edge_link *l, const coap_pdu_t *received)
+{
+    coap_bin_const_t token = coap_pdu_get_token(received);
+    for (unsigned i = 0; i < l->window; i++) {
+        exchange *x = &l->slots[i];
+        if (x->in_use && token.length == x->token_len &&
+            memcmp(token.s, x->token, x->token_len) == 0)
+            return x;
+    }
+    return NULL;
+}
+
+static int get_uint_option(const coap_pdu_t *pdu, uint16_t number, unsigned *out)
+{
+    coap_opt_iterator_t it;
+    coap_opt_t *opt = coap_check_option(pdu, number, &it);
+    if (!opt)
+        return 0;
+    *out = coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
+    return 1;
+}
+
+/* The response that ends the request: code, options, body (the reassembled
+ * one for Block2, else the PDU's payload). */
+static void finish(fedge_edge_link *l, const coap_pdu_t *received, const uint8_t *data,
+                   size_t len)
+{
     fedge_edge_reply *rep = l->reply;
     coap_pdu_code_t code = coap_pdu_get_code(received);
     rep->code = (int)COAP_RESPONSE_CLASS(code) * 100 + (int)(code & 0x1f);
-
     coap_opt_iterator_t it;
     coap_opt_t *opt = coap_check_option(received, COAP_OPTION_ETAG, &it);
     if (opt && coap_opt_length(opt) <= FEDGE_EDGE_ETAG_MAX) {
         rep->etag_len = coap_opt_length(opt);
         memcpy(rep->etag, coap_opt_value(opt), rep->etag_len);
     }
-    opt = coap_check_option(received, COAP_OPTION_MAXAGE, &it);
-    if (opt) {
+    unsigned max_age;
+    if (get_uint_option(received, COAP_OPTION_MAXAGE, &max_age)) {
         rep->has_max_age = 1;
-        rep->max_age_s = coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
+        rep->max_age_s = max_age;
     }
-
-    size_t len = 0, offset = 0, total = 0;
-    const uint8_t *data = NULL;
-    if (coap_get_data_large(received, &len, &data, &offset, &total)) {
-        rep->body_total = total;
-        if (offset != 0 || len != total) {
-            /* SINGLE_BODY should hand over whole bodies only. */
-            rep->sink_status = FEDGE_ERR_PROTO;
-        } else if (l->req->sink && COAP_RESPONSE_CLASS(code) == 2) {
+    if (data) {
+        rep->body_total = len;
+        if (l->req->sink && COAP_RESPONSE_CLASS(code) == 2) {
             rep->sink_called = 1;
             rep->sink_status = l->req->sink(l->req->sink_arg, data, len);
         } else {
@@ -139,20 +356,162 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
         }
     }
     l->state = REQ_DONE;
+    if (l->n_blocks > 1 && l->exchanges_done > 1)
+        fedge_link_rtt_pace_sample(&l->rtt, (uint32_t)(now_ms() - l->started_ms),
+                                   l->exchanges_done);
+}
+
+static int same_bytes(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    return alen == blen && (alen == 0 || memcmp(a, b, alen) == 0);
+}
+
+/* A 2.xx Block2 response to block x->num. */
+static void on_block2(fedge_edge_link *l, const exchange *x, const coap_pdu_t *received,
+                      const uint8_t *data, size_t len, unsigned block)
+{
+    unsigned num = block >> 4, more = (block >> 3) & 1, szx = block & 7;
+    if (szx == 7 || num != x->num || (l->block_size && ((size_t)16 << szx) != l->block_size)) {
+        fail_request(l, FEDGE_ERR_IO, "Block2 response out of step");
+        return;
+    }
+    coap_opt_iterator_t it;
+    coap_opt_t *etag = coap_check_option(received, COAP_OPTION_ETAG, &it);
+    size_t etag_len = etag ? coap_opt_length(etag) : 0;
+    if (num == 0) {
+        unsigned size2 = 0;
+        size_t bs = (size_t)16 << szx;
+        if (l->block_size) {
+            fail_request(l, FEDGE_ERR_IO, "Block2 response out of step");
+            return;
+        }
+        if (!more) {
+            finish(l, received, data, len);
+            return;
+        }
+        if (len != bs || !get_uint_option(received, COAP_OPTION_SIZE2, &size2) || size2 <= bs ||
+            size2 / bs >= (1u << 20) ||
+            size2 > (l->req->max_body ? l->req->max_body : FEDGE_EDGE_REPLY_MAX)) {
+            fail_request(l, FEDGE_ERR_IO, "Block2 body without a usable Size2");
+            return;
+        }
+        l->block_size = bs;
+        l->n_blocks = (uint32_t)((size2 + bs - 1) / bs);
+        l->body_len = size2;
+        l->acked = calloc(l->n_blocks, 1);
+        l->body = malloc(size2);
+        if (!l->acked || !l->body) {
+            fail_request(l, FEDGE_ERR_NOMEM, "out of memory for the body");
+            return;
+        }
+        l->has_etag = etag != NULL && etag_len <= FEDGE_EDGE_ETAG_MAX;
+        if (l->has_etag) {
+            l->first_etag_len = etag_len;
+            memcpy(l->first_etag, coap_opt_value(etag), etag_len);
+        }
+        l->next_num = 1;
+        coap_session_set_max_retransmit(l->session, FEDGE_EDGE_BLOCK_RETRANSMIT);
+    } else if (!l->block_size) {
+        fail_request(l, FEDGE_ERR_IO, "Block2 response out of step");
+        return;
+    } else if (l->has_etag && (!etag || !same_bytes(coap_opt_value(etag), etag_len,
+                                                    l->first_etag, l->first_etag_len))) {
+        fail_request(l, FEDGE_ERR_IO, "the body changed during the Block2 transfer");
+        return;
+    }
+    size_t off = (size_t)num * l->block_size;
+    if (num >= l->n_blocks) {
+        fail_request(l, FEDGE_ERR_IO, "Block2 block past the end");
+        return;
+    }
+    size_t want = l->body_len - off < l->block_size ? l->body_len - off : l->block_size;
+    if (len != want || (more != 0) != (num + 1 < l->n_blocks)) {
+        fail_request(l, FEDGE_ERR_IO, "Block2 block of the wrong size");
+        return;
+    }
+    if (!l->acked[num]) {
+        memcpy(l->body + off, data, len);
+        l->acked[num] = 1;
+        l->n_acked++;
+    }
+    if (l->n_acked == l->n_blocks)
+        finish(l, received, l->body, l->body_len);
+}
+
+/* A 2.31 Continue for a Block1 block that was not the last. */
+static void on_block1_continue(fedge_edge_link *l, const exchange *x, const coap_pdu_t *received)
+{
+    unsigned block;
+    if (!get_uint_option(received, COAP_OPTION_BLOCK1, &block) || (block >> 4) != x->num ||
+        ((size_t)16 << (block & 7)) != l->block_size || x->num + 1 >= l->n_blocks) {
+        fail_request(l, FEDGE_ERR_IO, "Block1 continuation out of step");
+        return;
+    }
+    if (!l->acked[x->num]) {
+        l->acked[x->num] = 1;
+        l->n_acked++;
+    }
+}
+
+static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *sent,
+                                   const coap_pdu_t *received, const coap_mid_t mid)
+{
+    FEDGE_UNUSED(mid);
+    fedge_edge_link *l = link_of(session);
+    coap_pdu_type_t type = coap_pdu_get_type(received);
+    exchange *x = l && l->state == REQ_WAITING && session == l->session
+                      ? find_exchange(l, received)
+                      : NULL;
+    if (!x) {
+        /* Not ours (a late answer to an abandoned request): reset unsolicited ones. */
+        if (!sent && (type == COAP_MESSAGE_CON || type == COAP_MESSAGE_NON))
+            return COAP_RESPONSE_FAIL;
+        return COAP_RESPONSE_OK;
+    }
+    uint64_t now = now_ms();
+    uint32_t elapsed = now > x->sent_ms ? (uint32_t)(now - x->sent_ms) : 0;
+    /* Karn: an exchange that may have been retransmitted is no clean sample. */
+    if (elapsed < x->ack_ms) {
+        /* A clean sample: later exchanges of this request use the new ACK
+         * timeout already (a handshake's seed may have been far too long). */
+        fedge_link_rtt_sample(&l->rtt, elapsed, 0);
+        set_ack_timeout(l);
+    }
+    x->in_use = 0;
+    l->exchanges_done++;
+
+    size_t len = 0;
+    const uint8_t *data = NULL;
+    if (!coap_get_data(received, &len, &data))
+        data = NULL;
+    coap_pdu_code_t code = coap_pdu_get_code(received);
+    unsigned block;
+    if (l->req->method == FEDGE_EDGE_GET && COAP_RESPONSE_CLASS(code) == 2 &&
+        get_uint_option(received, COAP_OPTION_BLOCK2, &block))
+        on_block2(l, x, received, data, data ? len : 0, block);
+    else if (l->req->method == FEDGE_EDGE_POST && l->block_size &&
+             code == COAP_RESPONSE_CODE(231))
+        on_block1_continue(l, x, received);
+    else
+        finish(l, received, data, data ? len : 0); /* whatever else it is ends the request */
+    if (l->state == REQ_WAITING)
+        fill_window(l);
     return COAP_RESPONSE_OK;
 }
 
 static void on_nack(coap_session_t *session, const coap_pdu_t *sent,
                     const coap_nack_reason_t reason, const coap_mid_t mid)
 {
-    FEDGE_UNUSED(sent);
     FEDGE_UNUSED(mid);
     fedge_edge_link *l = link_of(session);
     if (!l || session != l->session)
         return;
+    if (sent && l->state == REQ_WAITING && !find_exchange(l, sent))
+        return; /* a leftover of an earlier request */
     switch (reason) {
     case COAP_NACK_TOO_MANY_RETRIES:
-        fail_request(l, FEDGE_ERR_TIMEOUT, "no answer after all CoAP retransmissions");
+        if (!requeue_block(l, sent))
+            fail_request(l, FEDGE_ERR_TIMEOUT, "no answer after all CoAP retransmissions");
         break;
     case COAP_NACK_TLS_FAILED:
         fail_request(l, FEDGE_ERR_IO, "DTLS failed (wrong key or unknown identity?)");
@@ -175,7 +534,7 @@ static int on_event(coap_session_t *session, const coap_event_t event)
         return 0;
     switch (event) {
     case COAP_EVENT_DTLS_CONNECTED:
-        l->session_up = 1;
+        note_session_up(l);
         break;
     case COAP_EVENT_DTLS_ERROR:
     case COAP_EVENT_DTLS_CLOSED:
@@ -199,6 +558,7 @@ static int on_event(coap_session_t *session, const coap_event_t event)
     }
     return 0;
 }
+
 
 static int resolve(const char *host, uint16_t port, coap_address_t *dst, char *err,
                    size_t errlen)
@@ -243,6 +603,7 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
     }
     *out = NULL;
     if (!cfg || !cfg->host || !cfg->id || strlen(cfg->id) > FEDGE_DEVICE_ID_MAX ||
+        cfg->window > FEDGE_EDGE_WINDOW_MAX ||
         (!cfg->insecure && (!cfg->psk || strlen(cfg->psk) > FEDGE_PSK_LEN))) {
         snprintf(err, errlen, "bad link configuration");
         return FEDGE_ERR_INVALID_ARG;
@@ -259,6 +620,10 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
         FAIL(FEDGE_ERR_NOMEM);
     l->insecure = cfg->insecure;
     l->ack_timeout_ms = cfg->ack_timeout_ms;
+    l->handshake_timeout_ms =
+        cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : FEDGE_EDGE_HANDSHAKE_MS;
+    l->window = cfg->window ? cfg->window : FEDGE_EDGE_WINDOW;
+    fedge_link_rtt_init(&l->rtt);
     snprintf(l->id, sizeof l->id, "%s", cfg->id);
     if (!cfg->insecure) {
         l->psk_len = strlen(cfg->psk);
@@ -271,7 +636,8 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
         FAIL(FEDGE_ERR_NOMEM);
     }
     coap_set_app_data(l->ctx, l);
-    coap_context_set_block_mode(l->ctx, COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY);
+    /* Block transfers are ours (windowed); libcoap only retransmits. */
+    coap_context_set_block_mode(l->ctx, 0);
     coap_register_response_handler(l->ctx, on_response);
     coap_register_nack_handler(l->ctx, on_nack);
     coap_register_event_handler(l->ctx, on_event);
@@ -291,6 +657,7 @@ static void drop_session(fedge_edge_link *l, int abrupt)
     if (!s)
         return;
     l->session = NULL; /* handlers ignore the session from here on */
+    l->timeouts_in_row = 0;
     if (abrupt) {
         /* Cancel queued retransmissions and block transfers now, so they
          * cannot outlive the request that owned them. */
@@ -330,6 +697,7 @@ static int ensure_session(fedge_edge_link *l)
     if (l->session)
         return FEDGE_OK;
     l->session_up = 0;
+    l->session_started_ms = now_ms();
     if (l->insecure) {
         l->session = coap_new_client_session(l->ctx, NULL, &l->dst, COAP_PROTO_UDP);
     } else {
@@ -347,109 +715,102 @@ static int ensure_session(fedge_edge_link *l)
         snprintf(l->last_error, sizeof l->last_error, "cannot create a CoAP session");
         return FEDGE_ERR_IO;
     }
-    if (l->ack_timeout_ms) {
-        coap_fixed_point_t t = {(uint16_t)(l->ack_timeout_ms / 1000),
-                                (uint16_t)(l->ack_timeout_ms % 1000)};
-        coap_session_set_ack_timeout(l->session, t);
-    }
+    if (l->insecure)
+        l->session_up = 1; /* no handshake */
     return FEDGE_OK;
 }
 
-static int add_option(coap_optlist_t **list, uint16_t number, size_t len, const uint8_t *data)
+/* The session's CoAP timers from what the link knows now: the ACK timeout
+ * from the RTT, enough retransmissions that the request's deadline, not
+ * libcoap, ends a stalled exchange, and NSTART = the window. */
+static void tune_session(fedge_edge_link *l, uint32_t timeout_ms)
 {
-    coap_optlist_t *o = coap_new_optlist(number, len, data);
-    if (!o)
-        return FEDGE_ERR_NOMEM;
-    if (!coap_insert_optlist(list, o)) {
-        coap_delete_optlist(o);
-        return FEDGE_ERR_NOMEM;
-    }
-    return FEDGE_OK;
+    uint32_t ack = set_ack_timeout(l);
+    coap_session_set_max_retransmit(l->session, fedge_link_rtt_max_retransmit(ack, timeout_ms));
+    coap_session_set_nstart(l->session, (uint16_t)l->window);
 }
 
-static int build_pdu(fedge_edge_link *l, const fedge_edge_request *req, coap_pdu_t **out)
+static void end_request(fedge_edge_link *l)
 {
-    int ret = FEDGE_OK;
-    coap_optlist_t *opts = NULL;
-    uint8_t buf[8];
-    char query[4 + FEDGE_DEVICE_ID_MAX + 1];
-    coap_pdu_t *pdu = coap_new_pdu(COAP_MESSAGE_CON,
-                                   req->method == FEDGE_EDGE_POST ? COAP_REQUEST_CODE_POST
-                                                                  : COAP_REQUEST_CODE_GET,
-                                   l->session);
-    if (!pdu)
-        return FEDGE_ERR_NOMEM;
-    coap_session_new_token(l->session, &l->token_len, l->token);
-    if (!coap_add_token(pdu, l->token_len, l->token))
-        FAIL(FEDGE_ERR_INTERNAL);
-    if (req->etag && req->etag_len)
-        CHK(add_option(&opts, COAP_OPTION_ETAG, req->etag_len, req->etag));
-    CHK(add_option(&opts, COAP_OPTION_URI_PATH, strlen(req->path),
-                   (const uint8_t *)req->path));
-    if (req->body) {
-        size_t n = coap_encode_var_safe(buf, sizeof buf, COAP_MEDIATYPE_APPLICATION_OCTET_STREAM);
-        CHK(add_option(&opts, COAP_OPTION_CONTENT_FORMAT, n, buf));
-    }
-    if (l->insecure) {
-        int n = snprintf(query, sizeof query, "id=%s", l->id);
-        CHK(add_option(&opts, COAP_OPTION_URI_QUERY, (size_t)n, (const uint8_t *)query));
-    }
-    if (opts && !coap_add_optlist_pdu(pdu, &opts))
-        FAIL(FEDGE_ERR_INTERNAL);
-    if (req->body) {
-        req->body->refs++; /* libcoap's reference, dropped by blob_release_cb */
-        if (!coap_add_data_large_request(l->session, pdu, req->body->len, req->body->data,
-                                         blob_release_cb, req->body))
-            FAIL(FEDGE_ERR_NOMEM); /* the callback already ran */
-    }
-    *out = pdu;
-    pdu = NULL;
-cleanup:
-    coap_delete_optlist(opts);
-    if (pdu)
-        coap_delete_pdu(pdu);
-    return ret;
+    free(l->acked);
+    free(l->body);
+    l->acked = NULL;
+    l->body = NULL;
+    memset(l->slots, 0, sizeof l->slots);
+    l->block_size = 0;
+    l->n_blocks = 0;
+    l->next_num = 0;
+    l->n_acked = 0;
+    l->n_resend = 0;
+    l->body_len = 0;
+    l->has_etag = 0;
+    l->first_etag_len = 0;
+    l->exchanges_done = 0;
+    l->state = REQ_IDLE;
+    l->req = NULL;
+    l->reply = NULL;
 }
 
 int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
                             fedge_edge_reply *reply, const volatile sig_atomic_t *stop)
 {
     int ret = FEDGE_OK;
-    coap_pdu_t *pdu = NULL;
     if (!l || !req || !req->path || !reply || req->etag_len > FEDGE_EDGE_ETAG_MAX ||
-        req->timeout_ms == 0)
+        req->timeout_ms == 0 || (req->method != FEDGE_EDGE_GET && req->method != FEDGE_EDGE_POST))
         return FEDGE_ERR_INVALID_ARG;
     memset(reply, 0, sizeof *reply);
     l->last_error[0] = '\0';
     if (stop && *stop)
         return FEDGE_ERR_EDGE_STOPPED;
-    uint64_t deadline = now_ms() + req->timeout_ms;
+    uint64_t start = now_ms();
 
     CHK(ensure_session(l));
-    ret = build_pdu(l, req, &pdu);
-    if (ret != FEDGE_OK) {
-        snprintf(l->last_error, sizeof l->last_error, "cannot build the request: %s",
-                 fedge_strerror(ret));
-        goto cleanup;
-    }
+    tune_session(l, req->timeout_ms);
+    int handshaking = !l->session_up;
+    /* The request's time starts once the session is up; the handshake has
+     * its own budget. */
+    uint64_t deadline = start + (handshaking ? l->handshake_timeout_ms : req->timeout_ms);
     l->req = req;
     l->reply = reply;
     l->state = REQ_WAITING;
-    if (coap_send(l->session, pdu) == COAP_INVALID_MID) {
-        /* coap_send frees the PDU on failure as well. */
-        pdu = NULL;
-        fail_request(l, FEDGE_ERR_IO, "cannot send the request");
+    l->started_ms = start;
+    if (req->method == FEDGE_EDGE_POST && req->body && req->body->len > FEDGE_EDGE_BLOCK_BYTES) {
+        if (req->body->len > (size_t)FEDGE_EDGE_BLOCK_BYTES << 20) {
+            end_request(l);
+            return FEDGE_ERR_INVALID_ARG; /* past the 20-bit block number */
+        }
+        l->block_size = FEDGE_EDGE_BLOCK_BYTES;
+        l->n_blocks =
+            (uint32_t)((req->body->len + FEDGE_EDGE_BLOCK_BYTES - 1) / FEDGE_EDGE_BLOCK_BYTES);
+        l->acked = calloc(l->n_blocks, 1);
+        if (!l->acked)
+            fail_request(l, FEDGE_ERR_NOMEM, "out of memory for the block list");
+        coap_session_set_max_retransmit(l->session, FEDGE_EDGE_BLOCK_RETRANSMIT);
     }
-    pdu = NULL;
+    if (l->state == REQ_WAITING) {
+        if (send_exchange(l, 0) != FEDGE_OK)
+            fail_request(l, FEDGE_ERR_IO, "cannot send the request");
+        l->next_num = 1;
+    }
     while (l->state == REQ_WAITING) {
         if (stop && *stop) {
             fail_request(l, FEDGE_ERR_EDGE_STOPPED, "stopped by signal");
             break;
         }
         uint64_t now = now_ms();
+        if (handshaking && l->session_up) {
+            handshaking = 0;
+            deadline = now + req->timeout_ms;
+        }
         if (now >= deadline) {
-            char why[64];
-            snprintf(why, sizeof why, "no answer within %u ms", (unsigned)req->timeout_ms);
+            char why[96];
+            if (handshaking)
+                snprintf(why, sizeof why, "no DTLS handshake within %u ms",
+                         (unsigned)l->handshake_timeout_ms);
+            else
+                snprintf(why, sizeof why, "no answer within %u ms (%u of %u blocks)",
+                         (unsigned)req->timeout_ms, (unsigned)l->n_acked,
+                         (unsigned)(l->n_blocks ? l->n_blocks : 1));
             fail_request(l, FEDGE_ERR_TIMEOUT, why);
             break;
         }
@@ -457,14 +818,26 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
         uint32_t slice = left < IO_SLICE_MS ? (uint32_t)left : IO_SLICE_MS;
         if (coap_io_process(l->ctx, slice ? slice : 1) < 0)
             fail_request(l, FEDGE_ERR_IO, "CoAP I/O error");
+        if (!l->session_up && l->session &&
+            coap_session_get_state(l->session) == COAP_SESSION_STATE_ESTABLISHED)
+            note_session_up(l);
+        if (l->state == REQ_WAITING && l->n_resend)
+            fill_window(l);
     }
     ret = l->state == REQ_DONE ? FEDGE_OK : l->fail_code;
 cleanup:
-    if (ret != FEDGE_OK)
+    if (ret == FEDGE_OK) {
+        l->timeouts_in_row = 0;
+    } else if (ret == FEDGE_ERR_TIMEOUT && l->session && l->session_up && !l->block_size &&
+               l->timeouts_in_row++ == 0) {
+        /* One unanswered single exchange on a lossy link: keep the session
+         * (a new DTLS handshake costs several round trips there); its
+         * leftover retransmissions can only draw an answer that is ignored.
+         * A second timeout in a row drops it (the server may have lost it). */
+    } else {
         drop_session(l, 1);
-    l->state = REQ_IDLE;
-    l->req = NULL;
-    l->reply = NULL;
+    }
+    end_request(l);
     return ret;
 }
 
@@ -488,4 +861,12 @@ int fedge_edge_link_sleep(fedge_edge_link *l, uint32_t ms, const volatile sig_at
             nanosleep(&ts, NULL);
         }
     }
+}
+
+void fedge_edge_link_rtt(const fedge_edge_link *l, fedge_link_rtt *out)
+{
+    if (l)
+        *out = l->rtt;
+    else
+        fedge_link_rtt_init(out);
 }

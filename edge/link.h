@@ -1,19 +1,21 @@
 /* link.h — the edge's CoAP client: one context, one (D)TLS session, one
- * request in flight at a time (libcoap 4.3.1, block mode
- * COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY).
+ * request in flight at a time (libcoap 4.3.1 for CoAP, DTLS and
+ * retransmission; block transfers are done here, libcoap's block mode off).
  *
- * fedge_edge_link_request sends one confirmable request and runs libcoap's
- * I/O loop until the response arrives, the request's deadline passes, the
- * session fails (NACK, DTLS error) or *stop becomes nonzero. Any failure
- * drops the session — its queued retransmissions and partial block
- * transfers go with it — and the next request opens a fresh one (new DTLS
- * handshake), so a retry never races a leftover transfer. Bodies:
- *   POST: a refcounted blob; libcoap holds a reference while it may still
- *         send blocks of it, so the caller can resend the same bytes or drop
- *         its own reference at any time.
+ * fedge_edge_link_request sends one request as confirmable exchanges and
+ * runs libcoap's I/O loop until the response arrives, the request's deadline
+ * passes, the session fails (NACK, DTLS error) or *stop becomes nonzero.
+ * Bodies over one block move as RFC 7959 blocks of 1024 bytes with several
+ * exchanges in flight: Block2 up to `window`, Block1 up to
+ * FEDGE_EDGE_BLOCK1_WINDOW, block 0 alone first, the last Block1 block only
+ * after all others were acknowledged. Any failure drops the session — its
+ * queued retransmissions go with it — and the next request opens a fresh one
+ * (new DTLS handshake), so a retry never races a leftover transfer. Bodies:
+ *   POST: a refcounted blob, read only during the call.
  *   2.xx response with a sink: the sink sees the whole reassembled body once
- *         (straight from libcoap's buffer, no copy); otherwise the first
- *         FEDGE_EDGE_REPLY_MAX bytes are copied into the reply. */
+ *         (at most max_body bytes; a larger Size2 fails the request);
+ *         otherwise the first FEDGE_EDGE_REPLY_MAX bytes are copied into the
+ *         reply. */
 #ifndef FEDGE_EDGE_LINK_H
 #define FEDGE_EDGE_LINK_H
 
@@ -21,7 +23,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "link_rtt.h"
+
 #define FEDGE_EDGE_REPLY_MAX 4096
+#define FEDGE_EDGE_BLOCK_SZX 6u     /* the largest Block1/Block2 size over UDP (BERT is TCP only) */
+#define FEDGE_EDGE_BLOCK_BYTES 1024u
+#define FEDGE_EDGE_WINDOW 10u       /* exchanges in flight: RFC 9177's MAX_PAYLOADS */
+#define FEDGE_EDGE_WINDOW_MAX 32u
+/* Block1 uploads keep at most 3 blocks in flight: libcoap 4.3.1's server
+ * tracks the blocks it holds in at most 3 ranges and drops the whole upload
+ * ("4.08 Too many missing blocks") beyond; blocks are sent in order, so W in
+ * flight leave at most W - 1 holes, i.e. W ranges. */
+#define FEDGE_EDGE_BLOCK1_WINDOW 3u
+/* Retransmissions of one block exchange before it is sent afresh. */
+#define FEDGE_EDGE_BLOCK_RETRANSMIT 1u
+#define FEDGE_EDGE_HANDSHAKE_MS 20000u /* default DTLS handshake budget */
 #define FEDGE_EDGE_ETAG_MAX 8
 
 /* A refcounted byte buffer: the last release frees data. */
@@ -41,7 +57,10 @@ typedef struct {
     int insecure;            /* plain CoAP; adds ?id=DEVICE to each request */
     const char *id;          /* device id = PSK identity */
     const char *psk;         /* NUL-terminated PSK (unused when insecure); copied */
-    uint32_t ack_timeout_ms; /* CoAP ACK_TIMEOUT for the session (0: libcoap's 2 s) */
+    uint32_t ack_timeout_ms; /* fixed CoAP ACK_TIMEOUT (>= 1000; 0: from the measured RTT) */
+    uint32_t handshake_timeout_ms; /* DTLS handshake budget (0: FEDGE_EDGE_HANDSHAKE_MS) */
+    unsigned window;         /* block exchanges in flight (0: FEDGE_EDGE_WINDOW; at most
+                                FEDGE_EDGE_WINDOW_MAX; 1: stop-and-wait) */
     int verbose;             /* let libcoap log warnings */
 } fedge_edge_link_config;
 
@@ -69,7 +88,9 @@ typedef struct {
     fedge_edge_blob *body;        /* POST body or NULL */
     fedge_edge_body_sink sink;    /* NULL: copy the body into the reply */
     void *sink_arg;
-    uint32_t timeout_ms;          /* whole exchange, all blocks included */
+    size_t max_body;              /* largest response body taken (0: FEDGE_EDGE_REPLY_MAX) */
+    uint32_t timeout_ms;          /* whole exchange, all blocks included, from the moment
+                                     the session is up (a handshake has its own budget) */
 } fedge_edge_request;
 
 typedef struct {
@@ -99,5 +120,14 @@ const char *fedge_edge_link_last_error(const fedge_edge_link *l);
 int fedge_edge_link_sleep(fedge_edge_link *l, uint32_t ms, const volatile sig_atomic_t *stop);
 /* Drop the current session (the next request opens a new one). */
 void fedge_edge_link_reset(fedge_edge_link *l);
+
+/* Timing. Every request tunes the session first: ACK timeout from the RTT
+ * estimate (unless fixed in the config), MAX_RETRANSMIT so that libcoap's
+ * backoff spans the request's timeout (link_rtt.h). A DTLS handshake seeds
+ * the estimate; each single request/response pair refines it; each block
+ * transfer updates the block pace. */
+uint64_t fedge_edge_link_now_ms(void); /* CLOCK_MONOTONIC */
+void fedge_edge_link_rtt(const fedge_edge_link *l, fedge_link_rtt *out);
+uint32_t fedge_edge_link_ack_timeout_ms(const fedge_edge_link *l);
 
 #endif

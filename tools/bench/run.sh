@@ -16,6 +16,7 @@ run "$BIN/bench-train"
 run "$BIN/bench-codec"
 [ -x "$BIN/bench-aggregate" ] && run "$BIN/bench-aggregate"
 [ -x tools/bench/federation.sh ] && run tools/bench/federation.sh "$BUILD"
+[ -x tools/bench/slow_link.sh ] && FEDGE_BUILD=$BUILD run tools/bench/slow_link.sh
 for b in "$BIN"/bench-mpi_*; do
     [ -x "$b" ] || continue
     run mpirun --allow-run-as-root --oversubscribe -np 2 "$b"

@@ -1,22 +1,35 @@
 #!/usr/bin/env python3
-"""udp_relay.py LISTEN_PORT TARGET_PORT STATS_FILE [DROP_PROBABILITY SEED]
+"""udp_relay.py LISTEN_PORT TARGET_PORT STATS_FILE [DROP_PROBABILITY SEED] [--delay-ms D]
 
 A loopback UDP relay that counts datagrams and bytes (UDP payload, i.e.
 DTLS records including CoAP) in each direction, per client address. Used by
 tools/bench/federation.sh to measure what an update really costs on the
-wire, and by tests/integration/lossy_link.sh to drop datagrams at random
-(each direction independently, seeded). Writes STATS_FILE as JSON on
+wire, by tests/integration/lossy_link.sh to drop datagrams at random
+(each direction independently, seeded), and by tests/integration/slow_link.sh
+to delay them: with --delay-ms D every datagram that is not dropped leaves
+the relay D ms after it arrived, in both directions (one-way delay D, so the
+round-trip time grows by 2 D), in arrival order. Writes STATS_FILE as JSON on
 SIGTERM."""
+import collections
 import json
 import random
 import selectors
 import signal
 import socket
 import sys
+import time
 
-listen_port, target_port, stats_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-drop = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
-rng = random.Random(int(sys.argv[5]) if len(sys.argv) > 5 else 1)
+args = sys.argv[1:]
+delay_s = 0.0
+if "--delay-ms" in args:
+    i = args.index("--delay-ms")
+    delay_s = float(args[i + 1]) / 1000.0
+    del args[i:i + 2]
+if len(args) < 3 or delay_s < 0:
+    sys.exit(__doc__)
+listen_port, target_port, stats_path = int(args[0]), int(args[1]), args[2]
+drop = float(args[3]) if len(args) > 3 else 0.0
+rng = random.Random(int(args[4]) if len(args) > 4 else 1)
 dropped = {"up": 0, "down": 0}
 front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 front.bind(("127.0.0.1", listen_port))
@@ -24,6 +37,9 @@ sel = selectors.DefaultSelector()
 sel.register(front, selectors.EVENT_READ, None)
 upstream = {}  # client addr -> socket towards the aggregator
 stats = {}     # client port -> counters
+# Datagrams on their way: (release time, send function, data). A constant
+# delay keeps arrival order, so a FIFO is a priority queue here.
+in_flight = collections.deque()
 running = True
 
 
@@ -32,10 +48,33 @@ def stop(*_):
     running = False
 
 
+def forward(send, data):
+    if delay_s > 0:
+        in_flight.append((time.monotonic() + delay_s, send, data))
+    else:
+        try:
+            send(data)
+        except OSError:  # the aggregator is not listening (yet): a lost datagram
+            pass
+
+
+def release_due():
+    now = time.monotonic()
+    while in_flight and in_flight[0][0] <= now:
+        _, send, data = in_flight.popleft()
+        try:
+            send(data)
+        except OSError:  # the aggregator is not listening (yet): a lost datagram
+            pass
+
+
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGINT, stop)
 while running:
-    for key, _ in sel.select(timeout=0.2):
+    wait = 0.2
+    if in_flight:
+        wait = max(0.0, min(wait, in_flight[0][0] - time.monotonic()))
+    for key, _ in sel.select(timeout=wait):
         sock, client = key.fileobj, key.data
         try:
             data, addr = sock.recvfrom(65536)
@@ -54,7 +93,7 @@ while running:
             if rng.random() < drop:
                 dropped["up"] += 1
                 continue
-            s.send(data)
+            forward(s.send, data)
         else:  # from the aggregator to `client`
             c = stats[str(client[1])]
             c["down_bytes"] += len(data)
@@ -62,6 +101,7 @@ while running:
             if rng.random() < drop:
                 dropped["down"] += 1
                 continue
-            front.sendto(data, client)
+            forward(lambda d, to=client: front.sendto(d, to), data)
+    release_due()
 with open(stats_path, "w") as f:
     json.dump({"clients": stats, "dropped": dropped}, f)
