@@ -12,6 +12,7 @@
 #include <coap3/coap.h>
 
 #include "common.h"
+#include "hash.h"
 #include "log.h"
 #include "upload.h"
 
@@ -34,6 +35,7 @@ struct fedge_server {
     fedge_uploads *uploads;     /* POST /update bodies in progress */
     int udp_fd;                 /* the endpoint's socket, -1 when not found */
     int rcvbuf;                 /* its receive buffer as the kernel reports it */
+    struct final_answer *answers; /* per session: its last completed upload's answer */
 };
 
 static fedge_server *g_server; /* libcoap 4.3.1 has no context user data */
@@ -276,21 +278,100 @@ static int upload_limits(const fedge_aggregator *a, fedge_upload_limits *l, char
     return FEDGE_OK;
 }
 
-static void submit_update(const char *id, const uint8_t *data, size_t len, coap_pdu_t *response)
+/* The answer to a session's last completed Block1 upload, kept with the
+ * session: when that answer is lost and the client sends the final block
+ * again (as a new exchange), it gets the same answer instead of 4.08. */
+typedef struct final_answer {
+    const coap_session_t *session;
+    size_t offset, len;                 /* of the final block */
+    uint8_t digest[FEDGE_HASH_LEN];     /* of the final block's bytes */
+    int code;                           /* class*100 + detail */
+    char msg[320];
+    struct final_answer *next;
+} final_answer;
+
+/* One record per live session that completed an upload; a session's goes
+ * when the session does (and all with the server). */
+static final_answer *answer_of(const coap_session_t *session)
+{
+    for (final_answer *f = g_server->answers; f; f = f->next)
+        if (f->session == session)
+            return f;
+    return NULL;
+}
+
+static void answer_drop(const coap_session_t *session)
+{
+    for (final_answer **p = &g_server->answers; *p; p = &(*p)->next) {
+        if ((*p)->session == session) {
+            final_answer *f = *p;
+            *p = f->next;
+            free(f);
+            return;
+        }
+    }
+}
+
+static void set_answer(coap_pdu_t *response, int code, const char *msg)
+{
+    if (code == 503) {
+        uint8_t buf[4];
+        coap_add_option(response, COAP_OPTION_MAXAGE, coap_encode_var_safe(buf, sizeof buf, 1), buf);
+    }
+    set_text(response, coap_code(code), msg);
+}
+
+/* Submits a whole body; *code and msg get the answer sent. */
+static void submit_update(const char *id, const uint8_t *data, size_t len, coap_pdu_t *response, int *code_out,
+                          char *msg_out, size_t msg_cap)
 {
     char msg[320];
     int code = 500;
     int ret = fedge_agg_submit(g_server->agg, id, data, len, fedge_now(), &code, msg, sizeof msg);
     if (ret != FEDGE_OK) {
         FEDGE_ERROR("update from %s: %s", id, fedge_strerror(ret));
-        set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "aggregator error; retry later");
+        code = 500;
+        snprintf(msg, sizeof msg, "aggregator error; retry later");
+    }
+    set_answer(response, code, msg);
+    if (code_out)
+        *code_out = code;
+    if (msg_out)
+        snprintf(msg_out, msg_cap, "%s", msg);
+}
+
+static void remember_answer(coap_session_t *session, const fedge_upload_block *b, int code, const char *msg)
+{
+    final_answer *f = answer_of(session);
+    if (!f) {
+        f = calloc(1, sizeof *f);
+        if (!f)
+            return; /* only a resend's convenience is lost */
+        f->session = session;
+        f->next = g_server->answers;
+        g_server->answers = f;
+    }
+    f->offset = b->offset;
+    f->len = b->len;
+    if (fedge_sha256(b->data, b->len, f->digest) != FEDGE_OK) {
+        f->len = (size_t)-1; /* matches nothing */
         return;
     }
-    if (code == 503) {
-        uint8_t buf[4];
-        coap_add_option(response, COAP_OPTION_MAXAGE, coap_encode_var_safe(buf, sizeof buf, 1), buf);
-    }
-    set_text(response, coap_code(code), msg);
+    f->code = code;
+    snprintf(f->msg, sizeof f->msg, "%s", msg);
+}
+
+/* 1 when b repeats the final block of the session's last completed upload;
+ * the answer then went out again. */
+static int repeat_answer(coap_session_t *session, const fedge_upload_block *b, coap_pdu_t *response)
+{
+    const final_answer *f = answer_of(session);
+    uint8_t digest[FEDGE_HASH_LEN];
+    if (!f || b->more || b->offset != f->offset || b->len != f->len ||
+        fedge_sha256(b->data, b->len, digest) != FEDGE_OK || memcmp(digest, f->digest, sizeof digest) != 0)
+        return 0;
+    set_answer(response, f->code, f->msg);
+    return 1;
 }
 
 /* 2.31 Continue, echoing Block1 (libcoap has added it already when it
@@ -306,17 +387,21 @@ static void reply_continue(coap_pdu_t *response, const coap_block_b_t *blk)
     }
 }
 
-static void reply_upload(const char *id, const fedge_upload_result *res, coap_pdu_t *response,
-                         const coap_block_b_t *blk)
+static void reply_upload(coap_session_t *session, const char *id, const fedge_upload_block *b,
+                         const fedge_upload_result *res, coap_pdu_t *response, const coap_block_b_t *blk)
 {
     uint8_t buf[8];
     switch (res->verdict) {
     case FEDGE_UPLOAD_CONTINUE:
         reply_continue(response, blk);
         return;
-    case FEDGE_UPLOAD_COMPLETE:
-        submit_update(id, res->body, res->body_len, response);
+    case FEDGE_UPLOAD_COMPLETE: {
+        int code = 500;
+        char msg[320];
+        submit_update(id, res->body, res->body_len, response, &code, msg, sizeof msg);
+        remember_answer(session, b, code, msg);
         return;
+    }
     case FEDGE_UPLOAD_TOO_LARGE:
         /* RFC 7959 2.9.3: Size1 tells the largest body we take */
         coap_add_option(response, COAP_OPTION_SIZE1,
@@ -329,6 +414,8 @@ static void reply_upload(const char *id, const fedge_upload_result *res, coap_pd
         set_text(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE, res->msg);
         return;
     case FEDGE_UPLOAD_INCOMPLETE:
+        if (repeat_answer(session, b, response))
+            return;
         set_text(response, COAP_RESPONSE_CODE(408), res->msg);
         return;
     case FEDGE_UPLOAD_BAD:
@@ -361,7 +448,7 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
             set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "empty body");
             return;
         }
-        submit_update(id, data, len, response); /* one datagram: bounded by the transport */
+        submit_update(id, data, len, response, NULL, NULL, 0); /* one datagram: bounded by the transport */
         return;
     }
     if (blk.num == 0 && !blk.m && len == 0) {
@@ -385,13 +472,15 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
         set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "internal error");
         return;
     }
-    reply_upload(id, &res, response, &blk);
+    reply_upload(session, id, &b, &res, response, &blk);
     free(res.body);
 }
 
 /* A closed or deleted session's partial upload is freed at once. */
 static int on_session_event(coap_session_t *session, const coap_event_t event)
 {
+    if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server)
+        answer_drop(session);
     switch (event) {
     case COAP_EVENT_SERVER_SESSION_DEL:
     case COAP_EVENT_DTLS_CLOSED:
@@ -653,6 +742,11 @@ void fedge_server_free(fedge_server *s)
         coap_free_context(s->ctx); /* releases in-flight model bodies */
     body_unref(s->body);
     fedge_uploads_free(s->uploads);
+    while (s->answers) {
+        final_answer *next = s->answers->next;
+        free(s->answers);
+        s->answers = next;
+    }
     if (s->psk_text) {
         memset(s->psk_text, 0, s->agg->keys.n * sizeof *s->psk_text);
         free(s->psk_text);

@@ -13,7 +13,9 @@
 #     freed within the idle timeout anyway (log lines, /status counters), a
 #     closed session's at once, and the freed slots serve new uploads;
 #  5. the UDP receive buffer asked for is the one the socket got (or the
-#     shortfall is logged).
+#     shortfall is logged);
+#  and first: a repeated final block of a finished upload (its answer lost)
+#  gets the answer already given.
 # The daemon keeps running through all of it and stops cleanly.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -53,6 +55,16 @@ json() { # json KEY: one number from /status (uploads.* or top level)
 for p in k: v=v[p]
 print(v)" 2>/dev/null
 }
+
+# 0. the answer to a whole upload is lost and the client sends its final
+# block again: it gets the same answer, not 4.08 (which would make it resend
+# the whole body)
+out=$(probe dev-005 --size 4096 --repeat-last --close)
+first=$(echo "$out" | grep '^block 3 ' | sed -n 1p)
+again=$(echo "$out" | grep '^block 3 ' | sed -n 2p)
+[ -n "$first" ] && [ "$first" = "$again" ] || fed_fail "a repeated final block must get the same answer: $out"
+echo "$first" | grep -q " 4.08 " && fed_fail "a repeated final block got 4.08: $out"
+echo "repeated final block: the same answer twice ($first)"
 
 # 1. a 64 MB body: refused on its first block
 head -c 64000000 /dev/zero >"$FED_DIR/64m.bin"

@@ -3,14 +3,15 @@
  *
  *   bench-coap_block1 --server HOST:PORT --id DEVICE (--psk PSK | --insecure)
  *       [--size N | --file PATH] [--block 1024] [--size1 auto|none|N]
- *       [--blocks K] [--close] [--path update] [--timeout-s 20]
+ *       [--blocks K] [--close] [--repeat-last] [--path update] [--timeout-s 20]
  *
  * Sends POST /PATH as Block1 blocks with the Block1 and Size1 options exactly
  * as given (libcoap's own block handling is off), one block per round trip,
  * and prints one line per answer: `block NUM CODE [Max-Age=S] [Size1=N] TEXT`.
  * It stops at the first answer that is not 2.31 Continue, or after --blocks K
  * blocks; then it leaves without a DTLS close_notify (a vanished client),
- * or with one when --close is given. The body is N bytes of a fixed pattern,
+ * or with one when --close is given. --repeat-last sends the final block once
+ * more, as a new exchange, after its answer (a client whose answer was lost). The body is N bytes of a fixed pattern,
  * or a file. Exit status: 0 when every request sent was answered, 1 when the
  * transport failed or timed out, 2 on bad arguments. */
 #include <errno.h>
@@ -88,7 +89,7 @@ static int usage(void)
 {
     fprintf(stderr, "usage: bench-coap_block1 --server HOST:PORT --id DEVICE (--psk PSK | --insecure)\n"
                     "       [--size N | --file PATH] [--block 16..1024] [--size1 auto|none|N]\n"
-                    "       [--blocks K] [--close] [--path update] [--timeout-s S]\n");
+                    "       [--blocks K] [--close] [--repeat-last] [--path update] [--timeout-s S]\n");
     return 2;
 }
 
@@ -108,11 +109,12 @@ int main(int argc, char **argv)
     const char *server = NULL, *id = NULL, *psk = NULL, *file = NULL, *path = "update";
     const char *size1_arg = "auto";
     unsigned long long size = 4096, block = 1024, max_blocks = 0, timeout_s = 20;
-    int insecure = 0, close_at_end = 0;
+    int insecure = 0, close_at_end = 0, repeat_last = 0, repeated = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--insecure")) { insecure = 1; continue; }
         if (!strcmp(a, "--close")) { close_at_end = 1; continue; }
+        if (!strcmp(a, "--repeat-last")) { repeat_last = 1; continue; }
         if (!v)
             return usage();
         i++;
@@ -251,8 +253,14 @@ int main(int argc, char **argv)
         if (g_x.size1 >= 0)
             printf(" Size1=%ld", g_x.size1);
         printf(" %s\n", g_x.text);
-        if (g_x.code != 231)
+        if (g_x.code != 231) {
+            if (repeat_last && !repeated && num + 1 == nblocks) {
+                repeated = 1;
+                num--; /* the same block again */
+                continue;
+            }
             break;
+        }
     }
     fflush(stdout);
     if (!close_at_end)
