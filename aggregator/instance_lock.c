@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -45,6 +46,63 @@ static int lock_path_for(const char *db, char *out, size_t cap)
     return n < 0 || (size_t)n >= cap ? FEDGE_ERR_RANGE : FEDGE_OK;
 }
 
+/* The pid holding an flock() on the file behind fd, from /proc/locks
+ * ("N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE START END"); 0 when unknown. */
+static pid_t flock_owner(int fd)
+{
+    struct stat st;
+    char line[256];
+    pid_t pid = 0;
+    if (fstat(fd, &st) != 0)
+        return 0;
+    FILE *f = fopen("/proc/locks", "r");
+    if (!f)
+        return 0;
+    while (!pid && fgets(line, sizeof line, f)) {
+        char kind[16], mode[16], rw[16];
+        long p;
+        unsigned maj, min;
+        unsigned long long ino;
+        if (sscanf(line, "%*d: %15s %15s %15s %ld %x:%x:%llu", kind, mode, rw, &p, &maj, &min, &ino) == 7 &&
+            strcmp(kind, "FLOCK") == 0 && ino == (unsigned long long)st.st_ino && p > 0 && p != getpid())
+            pid = (pid_t)p;
+    }
+    fclose(f);
+    return pid;
+}
+
+/* flock() on the database file itself: every path to it (a hard link, a
+ * second symlink, a deleted sidecar) meets the same lock. BSD locks belong
+ * to the open file, so SQLite closing its own descriptors of the file (and
+ * dropping every POSIX lock this process holds on it) leaves this one. */
+static int lock_database_file(const char *db_path, int *out_fd, pid_t *owner, char *err, size_t errlen)
+{
+    int fd = open(db_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(err, errlen, "database %s: %s", db_path, strerror(errno));
+        return FEDGE_ERR_IO;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        if (e != EWOULDBLOCK) {
+            snprintf(err, errlen, "database %s: cannot lock it: %s", db_path, strerror(e));
+            close(fd);
+            return FEDGE_ERR_IO;
+        }
+        *owner = flock_owner(fd);
+        if (*owner > 0)
+            snprintf(err, errlen, "database %s is in use by pid %ld (the same file under another name);"
+                     " stop that process first", db_path, (long)*owner);
+        else
+            snprintf(err, errlen, "database %s is in use by another process (the same file under another name)",
+                     db_path);
+        close(fd);
+        return FEDGE_ERR_INSTANCE_LOCKED;
+    }
+    *out_fd = fd;
+    return FEDGE_OK;
+}
+
 static pid_t pid_in_file(int fd)
 {
     char buf[32];
@@ -64,6 +122,7 @@ int fedge_instance_lock_acquire(const char *db_path, fedge_instance_lock *lock, 
     int ret = FEDGE_OK, fd = -1;
     *owner = 0;
     lock->fd = -1;
+    lock->db_fd = -1;
     ret = lock_path_for(db_path, path, sizeof path);
     if (ret != FEDGE_OK) {
         snprintf(err, errlen, "database %s: cannot place its lock file (%s)", db_path,
@@ -93,6 +152,7 @@ int fedge_instance_lock_acquire(const char *db_path, fedge_instance_lock *lock, 
             snprintf(err, errlen, "database %s is in use by another process (lock %s)", db_path, path);
         FAIL(FEDGE_ERR_INSTANCE_LOCKED);
     }
+    CHK(lock_database_file(db_path, &lock->db_fd, owner, err, errlen));
     char text[32];
     int n = snprintf(text, sizeof text, "%ld\n", (long)getpid());
     if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)n, 0) != n) {
@@ -104,6 +164,10 @@ int fedge_instance_lock_acquire(const char *db_path, fedge_instance_lock *lock, 
 cleanup:
     if (fd >= 0)
         close(fd);
+    if (ret != FEDGE_OK && lock->db_fd >= 0) {
+        close(lock->db_fd);
+        lock->db_fd = -1;
+    }
     return ret;
 }
 
@@ -117,6 +181,9 @@ void fedge_instance_lock_release(fedge_instance_lock *lock)
     }
     close(lock->fd);
     lock->fd = -1;
+    if (lock->db_fd >= 0)
+        close(lock->db_fd);
+    lock->db_fd = -1;
 }
 
 /* Inodes of the UDP sockets bound to port, from /proc/net/udp{,6}. */

@@ -8,6 +8,10 @@
  * the database is opened for writing and keep it for the daemon's life.
  * POSIX locks are per process: nothing else in the process may open and
  * close the lock file, and forked children do not inherit the lock.
+ * The database file itself is also flock()ed (BSD lock, tied to the open
+ * file, independent of SQLite's POSIX locks): a hard link or another path to
+ * the same file, or a deleted sidecar, still meets the lock; its holder's
+ * pid is read from /proc/locks.
  *
  * The listen probe binds the address once without SO_REUSEADDR: libcoap
  * sets SO_REUSEADDR on its UDP endpoints, which lets a second daemon bind
@@ -20,7 +24,8 @@
 #include <sys/types.h>
 
 typedef struct {
-    int fd;                         /* -1: not held */
+    int fd;                         /* the sidecar; -1: not held */
+    int db_fd;                      /* the database file, flock()ed; -1: not held */
 } fedge_instance_lock;
 
 /* Locks db_path's sidecar. FEDGE_ERR_INSTANCE_LOCKED when another process

@@ -55,7 +55,7 @@ int main(int argc, char **argv)
     FILE *logf = NULL;
     int status = 0;
     int config_seen = 0;
-    fedge_instance_lock lock = {.fd = -1};
+    fedge_instance_lock lock = {.fd = -1, .db_fd = -1};
     pid_t owner = 0;
 
     fedge_agg_config_defaults(&cfg);

@@ -23,7 +23,7 @@ start() { # LOG ARGS...: starts an aggregator in the background, pid in $started
     started=$!
     FED_PIDS+=("$started")
 }
-db_state() { cat "$FED_DIR"/fedge.db* 2>/dev/null | sha256sum; }
+db_state() { cat "$FED_DIR"/fedge.db "$FED_DIR"/fedge.db-wal "$FED_DIR"/fedge.db-shm 2>/dev/null | sha256sum; }
 
 start owner.log --db "$FED_DIR/fedge.db" --listen "127.0.0.1:$FED_PORT"
 owner=$started
@@ -49,6 +49,22 @@ fed_wait_pid "$started" 30
 rc=$?
 [ "$rc" = 2 ] && grep -q "in use by pid $owner" "$FED_DIR/alias.log" ||
     { cat "$FED_DIR/alias.log" >&2; fed_fail "a start through a symlink to the database was not refused (exit $rc)"; }
+
+# the same file under another name: a hard link, and the sidecar deleted
+ln "$FED_DIR/fedge.db" "$FED_DIR/hardlink.db"
+start hardlink.log --db "$FED_DIR/hardlink.db" --listen "127.0.0.1:$port2"
+fed_wait_pid "$started" 30
+rc=$?
+[ "$rc" = 2 ] && grep -q "in use by pid $owner" "$FED_DIR/hardlink.log" ||
+    { cat "$FED_DIR/hardlink.log" >&2; fed_fail "a start on a hard link to the database was not refused (exit $rc)"; }
+rm -f "$FED_DIR/hardlink.db" "$FED_DIR/hardlink.db.lock"
+rm -f "$FED_DIR/fedge.db.lock"
+start nolock.log --db "$FED_DIR/fedge.db" --listen "127.0.0.1:$port2"
+fed_wait_pid "$started" 30
+rc=$?
+[ "$rc" = 2 ] && grep -q "in use by pid $owner" "$FED_DIR/nolock.log" ||
+    { cat "$FED_DIR/nolock.log" >&2; fed_fail "a start after the lock file was deleted was not refused (exit $rc)"; }
+[ "$(db_state)" = "$before" ] || fed_fail "the refused starts changed the database"
 
 # the same address, another database
 start port.log --db "$FED_DIR/other.db" --listen "127.0.0.1:$FED_PORT"

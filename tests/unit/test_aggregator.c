@@ -25,6 +25,8 @@
 #include "store.h"
 #include "update.h"
 
+#include "agg_fixture.h"
+
 #define N_DEV 3
 static const char *DEVICES[N_DEV] = {"dev-a", "dev-b", "dev-c"};
 
@@ -35,49 +37,6 @@ typedef struct {
     fedge_device_key keys[N_DEV];
 } fixture;
 
-static void secret_of(int i, uint8_t s[FEDGE_SECRET_LEN])
-{
-    for (int j = 0; j < FEDGE_SECRET_LEN; j++)
-        s[j] = (uint8_t)(17 * i + j + 1);
-}
-
-static void write_keys(const char *path)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    for (int i = 0; i < N_DEV; i++) {
-        uint8_t s[FEDGE_SECRET_LEN];
-        secret_of(i, s);
-        fprintf(f, "%s eu ", DEVICES[i]);
-        for (int j = 0; j < FEDGE_SECRET_LEN; j++)
-            fprintf(f, "%02x", s[j]);
-        fprintf(f, "\n");
-    }
-    fclose(f);
-    assert_int_equal(chmod(path, 0600), 0);
-}
-
-static void write_test_shard(const char *path)
-{
-    fedge_dataset ds = {.n = 120, .dim = 16, .n_classes = 3};
-    size_t *idx = malloc(ds.n * sizeof *idx);
-    ds.x = malloc(ds.n * 16 * sizeof(float));
-    ds.y = malloc(ds.n);
-    assert_non_null(idx);
-    assert_non_null(ds.x);
-    assert_non_null(ds.y);
-    for (size_t i = 0; i < ds.n; i++) {
-        idx[i] = i;
-        ds.y[i] = (uint8_t)(i % 3);
-        for (int j = 0; j < 16; j++) /* class c lights features 5c..5c+4 */
-            ds.x[i * 16 + j] = (j / 5 == ds.y[i]) ? 0.9f : 0.1f * (float)((i + j) % 3) / 3.0f;
-    }
-    assert_int_equal(fedge_shard_write(path, &ds, idx, ds.n, FEDGE_SHARD_U8), FEDGE_OK);
-    free(idx);
-    free(ds.x);
-    free(ds.y);
-}
-
 static int setup(void **state)
 {
     fixture *fx = calloc(1, sizeof *fx);
@@ -87,10 +46,10 @@ static int setup(void **state)
     fedge_log_set_level(FEDGE_LOG_WARN);
     fedge_agg_config_defaults(&fx->cfg);
     snprintf(path, sizeof path, "%s/keys", fx->dir);
-    write_keys(path);
+    fixture_write_keys(path, DEVICES, N_DEV);
     snprintf(fx->cfg.keys_file, sizeof fx->cfg.keys_file, "%s", path);
     snprintf(path, sizeof path, "%s/test.bin", fx->dir);
-    write_test_shard(path);
+    fixture_write_test_shard(path, 120);
     snprintf(fx->cfg.test_data, sizeof fx->cfg.test_data, "%s", path);
     snprintf(fx->cfg.db, sizeof fx->cfg.db, "%s/fedge.db", fx->dir);
     snprintf(fx->cfg.model_dir, sizeof fx->cfg.model_dir, "%s/models", fx->dir);
@@ -100,7 +59,7 @@ static int setup(void **state)
     assert_int_equal(fedge_agg_config_validate(&fx->cfg, err, sizeof err), FEDGE_OK);
     for (int i = 0; i < N_DEV; i++) {
         uint8_t s[FEDGE_SECRET_LEN];
-        secret_of(i, s);
+        fixture_secret(i, s);
         assert_int_equal(fedge_envelope_derive_key(s, sizeof s, DEVICES[i], &fx->keys[i]), FEDGE_OK);
     }
     int ret = fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err);

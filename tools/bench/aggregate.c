@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "agg.h"
+#include "bench_keys.h"
 #include "common.h"
 #include "log.h"
 #include "update.h"
@@ -27,21 +28,6 @@ static double cpu_now(void)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
-}
-
-static int write_keys(const char *path, int n)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return FEDGE_ERR_IO;
-    for (int i = 0; i < n; i++) {
-        fprintf(f, "dev-%03d eu ", i);
-        for (int j = 0; j < FEDGE_SECRET_LEN; j++)
-            fprintf(f, "%02x", (unsigned)((i * 31 + j * 7 + 1) & 0xff));
-        fprintf(f, "\n");
-    }
-    fclose(f);
-    return chmod(path, 0600) == 0 ? FEDGE_OK : FEDGE_ERR_IO;
 }
 
 static int bench(int n_clients, int rounds, fedge_encoding enc, double *per_update_ms, double *per_close_ms,
@@ -63,7 +49,7 @@ static int bench(int n_clients, int rounds, fedge_encoding enc, double *per_upda
     snprintf(cfg.model_dir, sizeof cfg.model_dir, "%s/models", dir);
     cfg.rounds = rounds;
     cfg.round_timeout_s = 3600;
-    CHK(write_keys(cfg.keys_file, n_clients));
+    CHK(bench_write_keys(cfg.keys_file, n_clients));
     ret = fedge_agg_init(&agg, &cfg, err, sizeof err);
     if (ret != FEDGE_OK) {
         fprintf(stderr, "init: %s\n", err);

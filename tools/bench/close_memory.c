@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "agg.h"
+#include "bench_keys.h"
 #include "common.h"
 #include "log.h"
 #include "update.h"
@@ -49,21 +50,6 @@ static int reset_peak(void)
     return ok ? FEDGE_OK : FEDGE_ERR_IO;
 }
 
-static int write_keys(const char *path, int n)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return FEDGE_ERR_IO;
-    for (int i = 0; i < n; i++) {
-        fprintf(f, "dev-%03d eu ", i);
-        for (int j = 0; j < FEDGE_SECRET_LEN; j++)
-            fprintf(f, "%02x", (unsigned)((i * 31 + j * 7 + 1) & 0xff));
-        fprintf(f, "\n");
-    }
-    fclose(f);
-    return chmod(path, 0600) == 0 ? FEDGE_OK : FEDGE_ERR_IO;
-}
-
 /* One round with n updates; prints the close's peak above its start. */
 static int one_run(const char *spec, int n_clients, long *close_kib, size_t *n_params)
 {
@@ -81,7 +67,7 @@ static int one_run(const char *spec, int n_clients, long *close_kib, size_t *n_p
     snprintf(cfg.model_spec, sizeof cfg.model_spec, "%s", spec);
     cfg.rounds = 1;
     cfg.round_timeout_s = 3600;
-    CHK(write_keys(cfg.keys_file, n_clients));
+    CHK(bench_write_keys(cfg.keys_file, n_clients));
     ret = fedge_agg_init(&agg, &cfg, err, sizeof err);
     if (ret != FEDGE_OK) {
         fprintf(stderr, "init: %s\n", err);

@@ -1,0 +1,28 @@
+/* bench_keys.h — the keys file the in-process aggregator benchmarks give
+ * their aggregator: n devices "dev-000".., fixed secrets, mode 0600.
+ * Header-only: each benchmark is one .c file. */
+#ifndef FEDGE_BENCH_KEYS_H
+#define FEDGE_BENCH_KEYS_H
+
+#include <stdio.h>
+#include <sys/stat.h>
+
+#include "common.h"
+#include "keys.h"
+
+static int bench_write_keys(const char *path, int n)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return FEDGE_ERR_IO;
+    for (int i = 0; i < n; i++) {
+        fprintf(f, "dev-%03d eu ", i);
+        for (int j = 0; j < FEDGE_SECRET_LEN; j++)
+            fprintf(f, "%02x", (unsigned)((i * 31 + j * 7 + 1) & 0xff));
+        fprintf(f, "\n");
+    }
+    int ok = fclose(f) == 0;
+    return ok && chmod(path, 0600) == 0 ? FEDGE_OK : FEDGE_ERR_IO;
+}
+
+#endif
