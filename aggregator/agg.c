@@ -117,6 +117,14 @@ static int record_model(fedge_aggregator *a, const char *parent_hex, const char 
         goto cleanup;
     if (sqlite3_changes(a->db) > 0)
         CHK(fedge_gov_audit(a, "models", a->version_hex));
+    /* The current model by name: a version published again (a zero
+     * aggregate, a refinement that returns an earlier model) has no new
+     * models row, so "the newest row" would not say which model is current. */
+    CHK(fedge_store_prepare(a->db, "INSERT INTO meta(key, value) VALUES('current_version', ?)"
+                                   " ON CONFLICT(key) DO UPDATE SET value=excluded.value", &st));
+    sqlite3_bind_text(st, 1, a->version_hex, -1, SQLITE_TRANSIENT);
+    ret = fedge_store_step_done(a->db, st);
+    st = NULL;
 cleanup:
     sqlite3_finalize(st);
     return ret;
@@ -145,7 +153,9 @@ static int load_current_model(fedge_aggregator *a, char *err, size_t errlen)
     fedge_model m = {0};
     uint8_t version[FEDGE_HASH_LEN];
     int ret;
-    CHK(fedge_store_prepare(a->db, "SELECT version, path, round FROM models ORDER BY rowid DESC LIMIT 1", &st));
+    CHK(fedge_store_prepare(a->db, "SELECT version, path, round FROM models WHERE version ="
+                                   " coalesce((SELECT value FROM meta WHERE key='current_version'),"
+                                   " (SELECT version FROM models ORDER BY rowid DESC LIMIT 1))", &st));
     if (sqlite3_step(st) == SQLITE_ROW) {
         char want[FEDGE_HASH_HEX_LEN];
         snprintf(want, sizeof want, "%s", (const char *)sqlite3_column_text(st, 0));

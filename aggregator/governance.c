@@ -310,18 +310,28 @@ static int dp_device_check(fedge_aggregator *a, const char *device, double *eps,
 }
 
 /* Staleness of an update's base model: the model versions published since
- * it was the current one. Every round that closed after the round that made
- * the base published one; failed rounds publish nothing, so an update on the
- * model that survived them is fresh. *found = 0: not a version of this log. */
+ * it was last the current one. An update on the current model is fresh. For
+ * an older base, every round that closed after the last round that
+ * published it (as an aggregate, or a refinement in that round) published
+ * one; failed rounds publish nothing. A round whose aggregate re-publishes
+ * its base (a zero delta) makes that base current again. *found = 0: not a
+ * version of this log. */
 static int staleness_of(fedge_aggregator *a, const uint8_t version[FEDGE_HASH_LEN], int *found,
                         uint32_t *staleness)
 {
     char hex[FEDGE_HASH_HEX_LEN];
     int64_t made_in = 0, later = 0;
     fedge_hash_to_hex(version, hex);
-    int ret = fedge_store_query_int64(a->db, &made_in, found, "SELECT round FROM models WHERE version=?", "t", hex);
+    int ret = fedge_store_query_int64(a->db, &made_in, found,
+                                      "SELECT max(coalesce((SELECT max(id) FROM rounds WHERE status='closed'"
+                                      " AND new_version=?1), 0), round) FROM models WHERE version=?1",
+                                      "t", hex);
     if (ret != FEDGE_OK || !*found)
         return ret;
+    if (memcmp(version, a->version, FEDGE_HASH_LEN) == 0) {
+        *staleness = 0;
+        return FEDGE_OK;
+    }
     ret = fedge_store_query_int64(a->db, &later, NULL, "SELECT count(*) FROM rounds WHERE status='closed' AND id>?",
                                   "i", made_in);
     if (ret == FEDGE_OK)

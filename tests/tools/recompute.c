@@ -50,17 +50,20 @@ static int load_version(const audit_ctx *c, const char *hex, fedge_model *m)
     return FEDGE_OK;
 }
 
-/* Staleness of an update in round `round` on base model `version`: the
- * rounds that closed (published a model) after the one that made the base
- * and before this one, as the aggregator counts it at close. */
+/* Staleness of an update in round `round` on base model `version`, as the
+ * aggregator counts it at close: 0 on the round's own base; else the rounds
+ * that closed (published a model) after the last one that published the
+ * base and before this one. */
 static int staleness_of(const audit_ctx *c, const uint8_t version[FEDGE_HASH_LEN], int64_t round,
                         int64_t *staleness)
 {
     char hex[FEDGE_HASH_HEX_LEN];
     sqlite3_stmt *st = NULL;
     fedge_hash_to_hex(version, hex);
-    if (sqlite3_prepare_v2(c->db, "SELECT count(*) FROM rounds WHERE status='closed' AND id<?2"
-                                  " AND id>(SELECT round FROM models WHERE version=?1)",
+    if (sqlite3_prepare_v2(c->db, "SELECT CASE WHEN (SELECT base_version FROM rounds WHERE id=?2)=?1 THEN 0 ELSE"
+                                  " (SELECT count(*) FROM rounds WHERE status='closed' AND id<?2 AND id>"
+                                  " (SELECT max(coalesce((SELECT max(id) FROM rounds WHERE status='closed'"
+                                  " AND new_version=?1 AND id<?2), 0), round) FROM models WHERE version=?1)) END",
                            -1, &st, NULL) != SQLITE_OK)
         return FEDGE_ERR_SQL;
     sqlite3_bind_text(st, 1, hex, -1, SQLITE_TRANSIENT);

@@ -878,6 +878,50 @@ static void test_device_budget_rechecked_at_close(void **state)
     assert_string_equal(fx->agg.version_hex, model);
 }
 
+/* A round whose aggregate is the model it started from (every delta zero,
+ * as a learning rate decayed to nothing gives) publishes that version again:
+ * the next rounds' updates on it are fresh, not "1 version old" forever, and
+ * a restart serves the same model. */
+static void test_republished_version_stays_current(void **state)
+{
+    fixture *fx = *state;
+    char msg[320], model[FEDGE_HASH_HEX_LEN];
+    memcpy(model, fx->agg.version_hex, sizeof model);
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        update_spec u = good(fx, 300 + (uint64_t)i);
+        u.fill = 0;
+        uint8_t *b = make_update(fx, i, u, &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='closed'"), 1);
+    assert_string_equal(fx->agg.version_hex, model); /* the same version */
+    for (int r = 2; r <= 3; r++) {
+        if (r == 3)
+            restart(fx);
+        assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+        assert_int_equal(fx->agg.round, (uint32_t)r);
+        assert_string_equal(fx->agg.version_hex, model);
+        for (int i = 0; i < N_DEV; i++) {
+            size_t len;
+            uint8_t *b = make_update(fx, i, good(fx, 300 + 10 * (uint64_t)r + (uint64_t)i), &len);
+            int code = submit(fx, DEVICES[i], b, len, msg);
+            if (code != 204)
+                fail_msg("round %d %s: %d %s", r, DEVICES[i], code, msg);
+            free(b);
+            if (r == 3)
+                break; /* one update is enough to see the model move */
+        }
+        if (r == 2) { /* round 2 takes them: the model moves on */
+            assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+            assert_string_not_equal(fx->agg.version_hex, model);
+            memcpy(model, fx->agg.version_hex, sizeof model);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -900,6 +944,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_update_from_another_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_database_is_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_budget_rechecked_at_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_republished_version_stays_current, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
