@@ -12,12 +12,15 @@
 #include "log.h"
 
 #define FIRST_ALLOC ((size_t)16 * 1024) /* a body's first buffer, at most */
+#define AHEAD_BLOCKS 64                  /* blocks beyond the contiguous prefix kept */
 
 typedef struct {
     const void *key;
     char device[FEDGE_DEVICE_ID_MAX + 1];
     uint8_t *buf;
     size_t len;       /* contiguous bytes received */
+    size_t block;     /* the transfer's block size (from its first block) */
+    uint64_t ahead;   /* bit k: the block at len + k * block has arrived */
     size_t cap;       /* allocated */
     size_t reserved;  /* share of budget_bytes; cap never exceeds it */
     double last;      /* monotonic time of the last block */
@@ -212,6 +215,7 @@ static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now
     }
     memcpy(t->buf, b->data, b->len);
     t->len = b->len;
+    t->block = b->block_size;
     r->verdict = FEDGE_UPLOAD_CONTINUE;
     return FEDGE_OK;
 }
@@ -242,7 +246,12 @@ static int next_block(fedge_uploads *u, const fedge_upload_block *b, double now,
         r->verdict = FEDGE_UPLOAD_CONTINUE;
         return FEDGE_OK;
     }
-    if (b->offset != t->len) {
+    /* A client may keep several blocks in flight (the edge does): a middle
+     * block up to AHEAD_BLOCKS past the contiguous prefix is kept; the last
+     * block must find every block before it received. */
+    size_t k = 0;
+    if (b->block_size != t->block || b->offset < t->len || (b->offset - t->len) % t->block != 0 ||
+        (k = (b->offset - t->len) / t->block) >= AHEAD_BLOCKS || (!b->more && k != 0)) {
         remove_at(u, (size_t)i);
         u->st.incomplete++;
         verdict(r, FEDGE_UPLOAD_INCOMPLETE,
@@ -274,13 +283,18 @@ static int next_block(fedge_uploads *u, const fedge_upload_block *b, double now,
         verdict(r, FEDGE_UPLOAD_BUSY, "out of memory; retry later");
         return FEDGE_OK;
     }
-    memcpy(t->buf + t->len, b->data, b->len);
-    t->len = end;
+    memcpy(t->buf + b->offset, b->data, b->len);
     t->last = now;
     if (b->more) {
+        t->ahead |= (uint64_t)1 << k;
+        while (t->ahead & 1) { /* the prefix grows over what has arrived */
+            t->len += t->block;
+            t->ahead >>= 1;
+        }
         r->verdict = FEDGE_UPLOAD_CONTINUE;
         return FEDGE_OK;
     }
+    t->len = end;
     r->body = t->buf;
     r->body_len = t->len;
     t->buf = NULL;

@@ -310,9 +310,21 @@ static void test_lost_repeated_and_bad_blocks(void **state)
     assert_int_equal(r.body_len, total);
     assert_memory_equal(r.body, pattern, total);
     free(r.body);
-    /* a gap: the transfer is dropped */
+    /* blocks out of order (a client with several in flight): kept */
     assert_int_equal(send_block(u, &k1, "dev-1", 0, total, total, 0, &r), FEDGE_UPLOAD_CONTINUE);
-    assert_int_equal(send_block(u, &k1, "dev-1", 2, total, total, 0, &r), FEDGE_UPLOAD_INCOMPLETE);
+    assert_int_equal(send_block(u, &k1, "dev-1", 2, total, total, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &k1, "dev-1", 3, total, total, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &k1, "dev-1", 2, total, total, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &k1, "dev-1", 1, total, total, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &k1, "dev-1", 4, total, total, 0, &r), FEDGE_UPLOAD_COMPLETE);
+    assert_int_equal(r.body_len, total);
+    assert_memory_equal(r.body, pattern, total);
+    free(r.body);
+    /* the last block with a block before it missing: the transfer is dropped */
+    assert_int_equal(send_block(u, &k1, "dev-1", 0, total, total, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &k1, "dev-1", 1, total, total, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &k1, "dev-1", 3, total, total, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &k1, "dev-1", 4, total, total, 0, &r), FEDGE_UPLOAD_INCOMPLETE);
     assert_int_equal(stats(u).partial, 0);
     /* a short block before the last */
     fedge_upload_block b = {.key = &k1, .device = "dev-1", .offset = 0, .block_size = BS,
