@@ -9,7 +9,10 @@
  * reservation. Before refusing with 5.03, a transfer idle for evict_idle_s
  * or longer (the longest idle first; of the same device when its cap is
  * the limit) is freed to make room. One transfer per key (the CoAP
- * session): a new first block supersedes the previous one.
+ * session): a new first block supersedes the previous one. Blocks may
+ * arrive out of order (a client keeps several in flight): a middle block up
+ * to 64 blocks past the contiguous prefix is kept, a repeated one is
+ * harmless; the last block must find every block before it (else 4.08).
  * fedge_uploads_expire frees transfers idle longer than idle_timeout_s;
  * fedge_uploads_drop frees a closed session's.
  * Memory held is bounded by budget_bytes + max_total small records.
