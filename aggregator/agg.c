@@ -671,11 +671,12 @@ static int close_round(fedge_aggregator *a, double now)
     if (ret != FEDGE_OK && !is_daemon_fault(ret)) {
         /* Last line of defence: the round fails with an audited reason and
          * the daemon goes on; restarting would only meet the same data. */
+        int agg_err = ret;
         fedge_store_rollback(a->db);
         char err[256] = "";
         CHK(load_current_model(a, err, sizeof err));
         memset(&res, 0, sizeof res);
-        snprintf(res.reason, sizeof res.reason, "aggregation failed: %s", fedge_strerror(ret));
+        snprintf(res.reason, sizeof res.reason, "aggregation failed: %s", fedge_strerror(agg_err));
         CHK(fedge_store_begin(a->db));
         CHK(fedge_gov_event(a, a->round, NULL, "round_failed", "aggregate", res.reason));
         res.n_used = 0;

@@ -489,26 +489,39 @@ typedef int (*delta_fn)(fedge_aggregator *a, void *ctx, size_t i, int64_t id, co
                         int64_t n_samples, const fedge_delta_header *h, const float *delta,
                         int decode_err);
 
+/* Accepted rows of the open round (normally at most one per device, but a
+ * device dropped from the keys file since still has its row). */
+static int round_rows(fedge_aggregator *a, size_t *n)
+{
+    int64_t v = 0;
+    int ret = fedge_store_query_int64(a->db, &v, NULL,
+                                      "SELECT count(*) FROM updates WHERE round=? AND decision<>'rejected'", "i",
+                                      (int64_t)a->round);
+    *n = (size_t)(v > 0 ? v : 0);
+    return ret;
+}
+
 static int for_each_delta(fedge_aggregator *a, float *buf, delta_fn fn, void *ctx)
 {
     sqlite3_stmt *st = NULL, *row = NULL;
     int64_t *ids = NULL;
-    size_t n = 0, cap = a->keys.n ? a->keys.n : 1;
+    size_t n = 0, cap = 0;
     int ret, rc;
     /* The ids first, then one row at a time: a single query ordered by id
      * would be planned over the (round, device) index and sort every row,
      * deltas included, in memory. */
-    ids = malloc(cap * sizeof *ids);
+    CHK(round_rows(a, &cap));
+    ids = malloc((cap ? cap : 1) * sizeof *ids);
     if (!ids)
         FAIL(FEDGE_ERR_NOMEM);
     CHK(fedge_store_prepare(a->db, "SELECT id FROM updates WHERE round=? AND decision<>'rejected' ORDER BY id", &st));
     sqlite3_bind_int64(st, 1, a->round);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n == cap)
-            FAIL(FEDGE_ERR_STATE); /* the partial unique index allows one per device */
+            break; /* none can appear: this close holds the write lock */
         ids[n++] = sqlite3_column_int64(st, 0);
     }
-    if (rc != SQLITE_DONE)
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
         FAIL(fedge_store_status(rc));
     CHK(fedge_store_prepare(a->db, "SELECT device, n_samples, delta FROM updates WHERE id=?", &row));
     for (size_t i = 0; i < n; i++) {
@@ -568,6 +581,10 @@ static int index_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, c
     snprintf(u->devices[i], sizeof u->devices[i], "%s", device ? device : "?");
     u->weights[i] = 1.0;
     uint64_t max_samples = fedge_policy_max_samples(a->policy);
+    if (!device || !fedge_keys_find(&a->keys, device, strlen(device))) {
+        exclude_at_load(u, i, "device_status", "device %.64s is no longer in the keys file", device ? device : "?");
+        return FEDGE_OK;
+    }
     if (!delta) {
         exclude_at_load(u, i, "integrity", "stored delta is unreadable: %s", fedge_strerror(decode_err));
         return FEDGE_OK;
@@ -587,6 +604,18 @@ static int index_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, c
      * and a late update less: FedAsync's polynomial discount (1 + s)^-1/2
      * for an update whose base model is s versions old. */
     u->weights[i] = c->dp ? 1.0 : (double)n_samples;
+    if (c->dp) {
+        /* Clipped to C when it was accepted, but to the C of that time: a
+         * policy reload since may have lowered C or turned DP on. The noise
+         * is calibrated to today's C, so the sum must be bounded by it:
+         * a weight below 1 clips the delta as it is added. */
+        double clip = fedge_policy_dp_clip_norm(a->policy);
+        if (norm > clip * (1.0 + 1e-6)) {
+            u->weights[i] = clip / norm;
+            FEDGE_INFO("round %u: update %lld of %s clipped again to the current DP norm %.4g (norm %.4g)",
+                       a->round, (long long)id, device, clip, norm);
+        }
+    }
     int found = 0;
     uint32_t staleness = 0;
     CHK(staleness_of(a, h->base_version, &found, &staleness));
@@ -769,7 +798,9 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
     memset(res, 0, sizeof *res);
     res->epsilon = -1;
 
-    u.cap = a->keys.n ? a->keys.n : 1;
+    CHK(round_rows(a, &u.cap));
+    if (u.cap == 0)
+        u.cap = 1;
     u.ids = calloc(u.cap, sizeof *u.ids);
     u.devices = calloc(u.cap, sizeof *u.devices);
     u.weights = calloc(u.cap, sizeof *u.weights);

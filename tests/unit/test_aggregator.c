@@ -922,6 +922,69 @@ static void test_republished_version_stays_current(void **state)
     }
 }
 
+/* Verifier's F4: a device removed from the keys file while its accepted
+ * update waits in the open round (then a restart) is excluded with its
+ * reason; the others still aggregate, and a failed close names its real
+ * cause. */
+static void test_device_removed_from_keys(void **state)
+{
+    fixture *fx = *state;
+    char msg[320], path[128];
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        uint8_t *b = make_update(fx, i, good(fx, 400 + (uint64_t)i), &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    snprintf(path, sizeof path, "%s/keys", fx->dir);
+    fixture_write_keys(path, DEVICES, N_DEV - 1); /* dev-c is gone */
+    fx->cfg.quorum = 1;
+    restart(fx);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now() + fx->cfg.round_timeout_s + 1), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='closed' AND n_accepted=2"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-c' AND decision='rejected'"
+                            " AND rule='device_status'"), 1);
+}
+
+/* Verifier's F3: updates accepted before DP was switched on (or before C
+ * was lowered) are clipped to today's C at close, so the released sum is
+ * what the noise and the ledger assume. */
+static void test_dp_reclips_at_close(void **state)
+{
+    fixture *fx = *state;
+    char msg[320], path[128];
+    float *before = malloc(fx->agg.model.n_params * sizeof *before);
+    assert_non_null(before);
+    memcpy(before, fx->agg.model.params, fx->agg.model.n_params * sizeof *before);
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        update_spec u = good(fx, 500 + (uint64_t)i);
+        u.fill = 0.5f; /* norm about 4.3, DP off: accepted as it is */
+        uint8_t *b = make_update(fx, i, u, &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        assert_string_equal(msg, "accepted");
+        free(b);
+    }
+    snprintf(path, sizeof path, "%s/dp.yaml", fx->dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("version: 1\nname: dp-on\nprivacy:\n  enabled: true\n  clip_norm: 0.5\n"
+          "  noise_multiplier: 0.01\n  epsilon_budget: 1e6\n  delta: 1e-5\n", f);
+    fclose(f);
+    snprintf(fx->agg.cfg.policy_file, sizeof fx->agg.cfg.policy_file, "%s", path);
+    assert_int_equal(fedge_agg_reload_policy(&fx->agg), FEDGE_OK);
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='closed'"), 1);
+    double moved = 0;
+    for (size_t k = 0; k < fx->agg.model.n_params; k++)
+        moved += (double)(fx->agg.model.params[k] - before[k]) * (fx->agg.model.params[k] - before[k]);
+    moved = sqrt(moved);
+    /* three deltas clipped to 0.5 over 3 selected: at most 0.5, plus noise */
+    if (moved > 0.6)
+        fail_msg("the model moved %.3f: the deltas were not clipped to the current C", moved);
+    free(before);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -945,6 +1008,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_busy_database_is_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_budget_rechecked_at_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_republished_version_stays_current, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_removed_from_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dp_reclips_at_close, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
