@@ -733,9 +733,17 @@ cleanup:
     return ret;
 }
 
+/* Accepted updates that close the round early: the quorum, but never fewer
+ * than a round needs to aggregate at all (min_updates, the policy's
+ * min_clients), so an early close cannot fail a round the deadline could
+ * still save. */
 static size_t quorum_count(const fedge_aggregator *a)
 {
     size_t q = (size_t)ceil(a->cfg.quorum * (double)a->n_selected - 1e-9);
+    if (q < (size_t)a->cfg.min_updates)
+        q = (size_t)a->cfg.min_updates;
+    if (q < fedge_policy_min_clients(a->policy))
+        q = fedge_policy_min_clients(a->policy);
     return q ? q : 1;
 }
 
@@ -1007,10 +1015,21 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
     if (view.aad_len >= FEDGE_DELTA_HEADER_LEN && fedge_delta_parse_header(view.aad, &peek) == FEDGE_OK)
         for_round = peek.round;
     if (for_round < a->round && a->round - for_round <= window) {
-        int was = 0;
+        int was = 0, already = 0;
+        int64_t one;
         CHK(was_participant(a, for_round, device, &was));
         if (!was) {
             reply(code, msg, msglen, 403, "not selected for round %u", for_round);
+            goto cleanup;
+        }
+        /* Training for round r counts once: not again when the device has
+         * an update counted in round r or later. */
+        CHK(fedge_store_query_int64(a->db, &one, &already,
+                                    "SELECT 1 FROM updates WHERE device=? AND round>=? AND decision<>'rejected'",
+                                    "ti", device, (int64_t)for_round));
+        if (already) {
+            reply(code, msg, msglen, 409, "an update of this device for round %u or later was already counted",
+                  for_round);
             goto cleanup;
         }
     } else if (!a->selected[d]) {

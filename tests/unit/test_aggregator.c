@@ -985,6 +985,58 @@ static void test_dp_reclips_at_close(void **state)
     free(before);
 }
 
+/* Verifier's F7: with stragglers allowed (max_staleness 1), a device whose
+ * update for round 1 was counted cannot have a second round-1 update
+ * counted in round 2. */
+static void test_training_counts_once(void **state)
+{
+    fixture *fx = *state;
+    char msg[320], err[256] = "", path[128];
+    fedge_agg_free(&fx->agg);
+    snprintf(path, sizeof path, "%s/policy.yaml", fx->dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("version: 1\nname: stragglers\nupdate:\n  max_staleness: 1\n", f);
+    fclose(f);
+    snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
+    assert_int_equal(fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err), FEDGE_OK);
+    update_spec u1 = good(fx, 600); /* for round 1, on the initial model */
+    size_t len2;
+    update_spec u2 = good(fx, 601);
+    u2.fill = 0.02f;
+    uint8_t *second = make_update(fx, 0, u2, &len2); /* also for round 1 */
+    size_t len;
+    uint8_t *b = make_update(fx, 0, u1, &len);
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 204);
+    free(b);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now() + fx->cfg.round_timeout_s + 1), FEDGE_OK);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now() + fx->cfg.round_timeout_s + 1), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 2);
+    expect_refused(fx, "dev-a", second, len2, 409, "already counted");
+    free(second);
+}
+
+/* Verifier's F6: a quorum smaller than min_updates does not close a round
+ * on its first update (which would fail it); the round waits for enough. */
+static void test_quorum_waits_for_min_updates(void **state)
+{
+    fixture *fx = *state;
+    char msg[320];
+    fx->agg.cfg.quorum = 0.25;
+    fx->agg.cfg.min_updates = 2;
+    size_t len;
+    uint8_t *b = make_update(fx, 0, good(fx, 700), &len);
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 204);
+    free(b);
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    b = make_update(fx, 1, good(fx, 701), &len);
+    assert_int_equal(submit(fx, "dev-b", b, len, msg), 204);
+    free(b);
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='closed' AND n_accepted=2"), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1010,6 +1062,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_republished_version_stays_current, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_removed_from_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dp_reclips_at_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_training_counts_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_quorum_waits_for_min_updates, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
