@@ -386,6 +386,17 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
                  a->model.spec.dims[0]);
         FAIL(FEDGE_ERR_MODEL_SHAPE);
     }
+    if (cfg->max_update_bytes > 0) {
+        fedge_delta_header smallest = {.encoding = FEDGE_ENC_INT8, .n_elems = (uint32_t)a->model.n_params,
+                                       .block_size = FEDGE_DELTA_DEFAULT_BLOCK};
+        size_t least = fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN,
+                                                  fedge_delta_encoded_size(&smallest) - FEDGE_DELTA_HEADER_LEN);
+        if ((size_t)cfg->max_update_bytes < least) {
+            snprintf(err, errlen, "max_update_bytes %ld is below the smallest update of this model (%zu bytes,"
+                     " int8): no update could be accepted", cfg->max_update_bytes, least);
+            FAIL(FEDGE_ERR_CONFIG_VALUE);
+        }
+    }
     a->max_update_bytes = cfg->max_update_bytes > 0
                               ? (size_t)cfg->max_update_bytes
                               : fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN,

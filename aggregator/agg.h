@@ -72,6 +72,7 @@ typedef struct {
     double busy_since;            /* first FEDGE_ERR_BUSY of the current streak; 0: none */
     double retry_at;              /* tick does nothing before this */
     long rounds_aggregated;       /* rounds that closed with a new model */
+    double round_timeout_cfg_s;   /* round_timeout_s as configured (a policy may override it) */
     size_t n_selected, n_accepted, n_rejected;
     uint64_t bytes_received;
     long rounds_done;

@@ -147,12 +147,37 @@ static int load_policy(const fedge_agg_config *cfg, fedge_policy **out, char *er
     return fedge_policy_default(out);
 }
 
+/* Settings no round could ever satisfy are refused, at start and reload. */
+static int policy_fits(const fedge_aggregator *a, const fedge_policy *p, char *err, size_t errlen)
+{
+    unsigned k = fedge_policy_min_clients(p);
+    if (a->cfg.clients_per_round > 0 && (long)k > a->cfg.clients_per_round) {
+        snprintf(err, errlen, "policy round.min_clients %u is more than clients_per_round %ld: no round could"
+                 " aggregate", k, a->cfg.clients_per_round);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    if (k > a->keys.n) {
+        snprintf(err, errlen, "policy round.min_clients %u is more than the %zu devices in %s: no round could"
+                 " aggregate", k, a->keys.n, a->cfg.keys_file);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    if ((size_t)a->cfg.min_updates > a->keys.n) {
+        snprintf(err, errlen, "min_updates %ld is more than the %zu devices in %s: no round could aggregate",
+                 a->cfg.min_updates, a->keys.n, a->cfg.keys_file);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    return FEDGE_OK;
+}
+
 static void apply_policy_settings(fedge_aggregator *a)
 {
+    /* the policy's deadline when it sets one, else the configured one (a
+     * reload that drops the key goes back to it) */
     double deadline = fedge_policy_round_deadline_s(a->policy);
-    if (deadline > 0 && deadline != a->cfg.round_timeout_s) {
-        FEDGE_INFO("policy sets the round deadline to %.1fs", deadline);
-        a->cfg.round_timeout_s = deadline;
+    double want = deadline > 0 ? deadline : a->round_timeout_cfg_s;
+    if (want != a->cfg.round_timeout_s) {
+        FEDGE_INFO("round deadline %.1fs (%s)", want, deadline > 0 ? "set by the policy" : "round_timeout_s");
+        a->cfg.round_timeout_s = want;
     }
     char summary[512];
     if (fedge_policy_summary(a->policy, summary, sizeof summary) == FEDGE_OK)
@@ -168,6 +193,8 @@ int fedge_gov_init(fedge_aggregator *a, char *err, size_t errlen)
             snprintf(err, errlen, "policy: %s", fedge_strerror(ret));
         return ret;
     }
+    a->round_timeout_cfg_s = a->cfg.round_timeout_s;
+    CHK(policy_fits(a, a->policy, err, errlen));
     if (a->cfg.signing_key[0])
         CHK(signer_load(a->cfg.signing_key, &a->signer, err, errlen));
     CHK(check_log_signer(a, err, errlen));
@@ -190,6 +217,8 @@ int fedge_gov_reload(fedge_aggregator *a)
     fedge_policy *p = NULL;
     char err[512] = "";
     int ret = load_policy(&a->cfg, &p, err, sizeof err);
+    if (ret == FEDGE_OK && (ret = policy_fits(a, p, err, sizeof err)) != FEDGE_OK)
+        fedge_policy_free(p);
     if (ret != FEDGE_OK) {
         FEDGE_ERROR("policy reload: %s", err[0] ? err : fedge_strerror(ret));
         return ret;

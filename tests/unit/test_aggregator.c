@@ -1037,6 +1037,55 @@ static void test_quorum_waits_for_min_updates(void **state)
     assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='closed' AND n_accepted=2"), 1);
 }
 
+static void expect_init_refused(fixture *fx, const char *needle)
+{
+    char err[512] = "";
+    fedge_agg_free(&fx->agg);
+    assert_int_equal(fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    if (!strstr(err, needle))
+        fail_msg("start-up refused with '%s', expected '%s'", err, needle);
+}
+
+/* Verifier's F6 and F9: settings no round could satisfy are refused at start
+ * and on reload; a reload that drops the policy's deadline goes back to the
+ * configured one. */
+static void test_impossible_settings_refused(void **state)
+{
+    fixture *fx = *state;
+    char err[512] = "", path[128];
+    fedge_agg_config good_cfg = fx->cfg;
+    fx->cfg.min_updates = N_DEV + 1;
+    expect_init_refused(fx, "min_updates 4 is more than the 3 devices");
+    fx->cfg = good_cfg;
+    fx->cfg.max_update_bytes = 10;
+    expect_init_refused(fx, "below the smallest update");
+    fx->cfg = good_cfg;
+    snprintf(path, sizeof path, "%s/k3.yaml", fx->dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("version: 1\nname: k3\nround:\n  min_clients: 3\n  deadline_s: 30\n", f);
+    fclose(f);
+    fx->cfg.clients_per_round = 2;
+    snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
+    expect_init_refused(fx, "min_clients 3 is more than clients_per_round 2");
+    fx->cfg = good_cfg;
+    snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
+    assert_int_equal(fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err), FEDGE_OK);
+    assert_true(fx->agg.cfg.round_timeout_s == 30);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("version: 1\nname: k9\nround:\n  min_clients: 9\n", f);
+    fclose(f);
+    assert_int_equal(fedge_agg_reload_policy(&fx->agg), FEDGE_ERR_CONFIG_VALUE); /* kept the old */
+    assert_true(fx->agg.cfg.round_timeout_s == 30);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("version: 1\nname: nodeadline\n", f);
+    fclose(f);
+    assert_int_equal(fedge_agg_reload_policy(&fx->agg), FEDGE_OK);
+    assert_true(fx->agg.cfg.round_timeout_s == good_cfg.round_timeout_s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1064,6 +1113,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dp_reclips_at_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_training_counts_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quorum_waits_for_min_updates, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_impossible_settings_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
