@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "agg.h"
 #include "common.h"
@@ -169,8 +170,19 @@ int main(int argc, char **argv)
         status = 2;
         goto out;
     }
-    if (fedge_agg_init(&agg, &cfg, err, sizeof err) != FEDGE_OK) {
-        FEDGE_ERROR("start-up failed: %s", err);
+    /* A database locked by another process (a backup, fedge-admin) is waited
+     * out at start as at run time, up to db_busy_retry_s. */
+    double busy_since = fedge_now();
+    int init;
+    while ((init = fedge_agg_init(&agg, &cfg, err, sizeof err)) == FEDGE_ERR_BUSY && !g_stop &&
+           fedge_now() - busy_since < cfg.db_busy_retry_s) {
+        FEDGE_WARN("start-up: the database is locked by another process; retrying in 1s");
+        err[0] = '\0';
+        sleep(1);
+    }
+    if (init != FEDGE_OK) {
+        FEDGE_ERROR("start-up failed: %s", init == FEDGE_ERR_BUSY ? "the database stayed locked by another process"
+                                                                   : err);
         status = 2;
         goto out;
     }
@@ -212,9 +224,7 @@ int main(int argc, char **argv)
         FEDGE_INFO("signal received; stopping");
     if (status == 0 && agg.state == FEDGE_AGG_FINISHED) {
         char outcome[256];
-        status = fedge_agg_outcome(&agg, outcome, sizeof outcome);
-        if (status != 0)
-            FEDGE_ERROR("%s", outcome);
+        status = fedge_agg_outcome(&agg, outcome, sizeof outcome); /* logged when the run finished */
     }
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0)

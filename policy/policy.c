@@ -734,6 +734,9 @@ int fedge_policy_record(sqlite3 *db, const fedge_policy *p)
     in_savepoint = 0;
 cleanup:
     sqlite3_finalize(st);
+    if (ret == FEDGE_ERR_SQL && ((sqlite3_errcode(db) & 0xff) == SQLITE_BUSY ||
+                                 (sqlite3_errcode(db) & 0xff) == SQLITE_LOCKED))
+        ret = FEDGE_ERR_BUSY; /* another process holds the lock: the caller may retry */
     if (in_savepoint) {
         sqlite3_exec(db, "ROLLBACK TO fedge_policy_record", NULL, NULL, NULL);
         sqlite3_exec(db, "RELEASE fedge_policy_record", NULL, NULL, NULL);

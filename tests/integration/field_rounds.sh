@@ -5,6 +5,7 @@
 #  2. a run in which no round aggregated exits non-zero with a reason;
 #  3. another process holding the database lock for 12 s is waited out:
 #     updates meanwhile get 5.03, the round close is retried, the run ends 0;
+#     and a lock held while the daemon starts is waited out too;
 #  4. stepping the wall clock back 600 s mid-round moves no deadline
 #     (libfaketime on the aggregator alone; skipped with a message without it).
 set -uo pipefail
@@ -69,6 +70,27 @@ grep -q "locked by another process; retrying" "$FED_DIR/agg.log" || fed_fail "th
 [ "$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed'")" = 2 ] || fed_fail "2 closed rounds expected"
 [ "$(fed_sql "SELECT count(*) FROM updates WHERE decision='accepted'")" = 4 ] ||
     fed_fail "every update counted once: $(fed_sql "SELECT round, device, decision FROM updates")"
+
+# ---- 3b. the lock is held while the daemon starts: start-up waits it out
+python3 - "$FED_DIR/fedge.db" "$FED_DIR/locked2" <<'EOF' &
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+db.execute("BEGIN IMMEDIATE")
+open(sys.argv[2], "w").close()
+time.sleep(6)
+db.execute("COMMIT")
+EOF
+locker=$!
+fed_wait_for "[ -e '$FED_DIR/locked2' ]" 30
+: >"$FED_DIR/agg.log"
+FED_PORT=$(fed_free_port)
+fed_start_aggregator "${COMMON[@]}" --rounds 3 --round-timeout-s 1 --linger-s 0
+fed_wait_pid "$FED_AGG_PID" 60
+rc=$?
+wait "$locker"
+grep -q "start-up: the database is locked by another process; retrying" "$FED_DIR/agg.log" ||
+    fed_fail "start-up never met the lock"
+[ "$rc" = 0 ] || fed_fail "a start while the database is locked must wait, then run (exit $rc)"
 
 # ---- 4. the wall clock steps back 600 s in the middle of a round
 FAKETIME_LIB=""
