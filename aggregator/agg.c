@@ -601,6 +601,20 @@ cleanup:
 /* Runs the configured refinement on the current (aggregated) model. The
  * refined model becomes the next version (kind refine, parent = aggregate);
  * a failure or timeout is logged as an event and the aggregate stays. */
+/* BEGIN IMMEDIATE, waiting out another process's lock up to db_busy_retry_s:
+ * for a step that cannot simply be retried from the tick (the refinement
+ * command has already run). */
+static int begin_patiently(fedge_aggregator *a)
+{
+    double since = fedge_now();
+    int ret;
+    while ((ret = fedge_store_begin(a->db)) == FEDGE_ERR_BUSY && fedge_now() - since < a->cfg.db_busy_retry_s) {
+        FEDGE_WARN("the database is locked by another process; waiting to log the refinement");
+        sleep(1);
+    }
+    return ret;
+}
+
 static int refine_model(fedge_aggregator *a)
 {
     char in[FEDGE_PATH_MAX + 80], out[FEDGE_PATH_MAX + 80], summary[512], detail[700];
@@ -626,7 +640,7 @@ static int refine_model(fedge_aggregator *a)
         ok = 1;
     }
     ret = FEDGE_OK;
-    CHK(fedge_store_begin(a->db));
+    CHK(begin_patiently(a));
     if (ok) {
         double acc = -1;
         CHK(adopt_model(a, &m, a->round));
@@ -722,8 +736,11 @@ static int close_round(fedge_aggregator *a, double now)
     }
     a->rounds_done++;
     a->state = FEDGE_AGG_WAITING;
+    /* the round is logged: whatever refinement meets, the run still ends
+     * at `rounds` */
+    int refined = FEDGE_OK;
     if (res.ok && a->cfg.refine_every > 0 && a->rounds_done % a->cfg.refine_every == 0)
-        CHK(refine_model(a));
+        refined = refine_model(a);
     if (a->cfg.rounds > 0 && a->rounds_done >= a->cfg.rounds) {
         a->state = FEDGE_AGG_FINISHED;
         a->finished_at = fedge_now();
@@ -733,6 +750,7 @@ static int close_round(fedge_aggregator *a, double now)
         else
             FEDGE_ERROR("%s", msg);
     }
+    ret = refined;
 cleanup:
     if (ret != FEDGE_OK) {
         fedge_store_rollback(a->db);

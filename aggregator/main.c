@@ -11,6 +11,7 @@
 #include "config.h"
 #include "instance_lock.h"
 #include "log.h"
+#include "refine.h"
 #include "server.h"
 #include "version.h"
 
@@ -158,6 +159,7 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    fedge_refine_set_stop(&g_stop);
 
     /* the lock before the database is opened, held until the process ends */
     if (fedge_instance_lock_acquire(cfg.db, &lock, &owner, err, sizeof err) != FEDGE_OK) {

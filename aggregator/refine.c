@@ -93,6 +93,13 @@ static double mono_now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+static const volatile sig_atomic_t *g_stop;
+
+void fedge_refine_set_stop(const volatile sig_atomic_t *flag)
+{
+    g_stop = flag;
+}
+
 int fedge_refine_command_run(const char *tmpl, const char *in, const char *out, uint32_t round,
                              double timeout_s, int *exit_status, char *summary, size_t cap)
 {
@@ -129,6 +136,10 @@ int fedge_refine_command_run(const char *tmpl, const char *in, const char *out, 
         double now = mono_now();
         if (!killed_at && now >= deadline) {
             FEDGE_WARN("refinement exceeded %.0fs; terminating it", timeout_s);
+            kill(-pid, SIGTERM);
+            killed_at = now;
+        } else if (!killed_at && g_stop && *g_stop) {
+            FEDGE_WARN("stop requested; terminating the refinement");
             kill(-pid, SIGTERM);
             killed_at = now;
         } else if (killed_at && now >= killed_at + 2.0) {

@@ -5,12 +5,17 @@
  * result runs under /bin/sh -c in its own process group. A command still
  * running after the timeout gets SIGTERM, then SIGKILL two seconds later.
  * The last non-empty line of its standard output (the JSON summary
- * fedge-cluster prints) is returned. */
+ * fedge-cluster prints) is returned. A stop flag (the daemon's SIGTERM)
+ * set while it runs ends it the same way at once. */
 #ifndef FEDGE_REFINE_H
 #define FEDGE_REFINE_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* flag: when it turns non-zero, a running command is terminated (NULL: none). */
+void fedge_refine_set_stop(const volatile sig_atomic_t *flag);
 
 /* *exit_status: the command's exit code, or -1 (timed out / killed by a signal). */
 int fedge_refine_command_run(const char *tmpl, const char *in, const char *out, uint32_t round,

@@ -3,7 +3,8 @@
 # `mpirun -np 2 fedge-cluster refine` (CPU backend, ZeRO-1) on server-side
 # data; the refined model becomes the next global version (kind refine,
 # parent = the aggregate). A failing and a timed-out refinement are logged
-# and the aggregate is kept, with no round lost.
+# and the aggregate is kept, with no round lost; SIGTERM during a refinement
+# stops the daemon at once.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -59,4 +60,23 @@ fed_sql "SELECT detail FROM events WHERE kind='refine_failed'" | grep -q "timed 
     fed_fail "a timed-out refinement should be logged as such"
 [ "$(fed_sql "SELECT count(*) FROM models WHERE kind='aggregate'")" = 2 ] || fed_fail "aggregates kept"
 pgrep -f "sleep 30" >/dev/null && fed_fail "the timed-out command is still running"
+# SIGTERM while a refinement runs: the daemon stops now, not when the
+# command ends (systemd would SIGKILL it after TimeoutStopSec)
+FED_PORT=$(fed_free_port)
+rm -rf "$FED_DIR/fedge.db"* "$FED_DIR/models" "$FED_DIR/agg.log"
+FED_EDGE_PIDS=()
+marker="fedge-refine-stop-$$"
+fed_start_aggregator --model-spec mlp:784-32-10 --test-data "$FED_DIR/test.bin" --rounds 2 \
+    --round-timeout-s 60 --start-delay-s 0.3 --linger-s 2 --refine-every 1 \
+    --refine-command "sh -c 'sleep 40; : $marker'" --refine-timeout-s 600
+fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin"
+fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin"
+fed_wait_for "grep -q 'refinement: ' '$FED_DIR/agg.log'" 120
+t0=$SECONDS
+kill -TERM "$FED_AGG_PID"
+fed_wait_pid "$FED_AGG_PID" 20 || true
+[ $((SECONDS - t0)) -le 10 ] || fed_fail "SIGTERM during a refinement took $((SECONDS - t0))s to stop the daemon"
+pgrep -f "$marker" >/dev/null && fed_fail "the refinement command outlived the daemon"
+fed_sql "SELECT detail FROM events WHERE kind='refine_failed'" | grep -q "killed" ||
+    fed_fail "the interrupted refinement should be logged"
 echo ok
