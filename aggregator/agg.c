@@ -514,7 +514,6 @@ static int open_round(fedge_aggregator *a, double now)
     memset(a->selected, 0, a->keys.n);
     memset(a->submitted, 0, a->keys.n);
 
-    double deadline = now + a->cfg.round_timeout_s;
     double wall = fedge_wall_now();
     CHK(fedge_store_begin(a->db));
     CHK(fedge_store_prepare(a->db, "INSERT INTO rounds(id, opened_at, deadline, status, base_version, strategy,"
@@ -549,7 +548,10 @@ static int open_round(fedge_aggregator *a, double now)
     a->round = round;
     a->state = FEDGE_AGG_OPEN;
     a->opened_at = wall;
-    a->deadline = deadline;
+    /* the round's length counts from when devices can see it, not from
+     * before its participants were written (seconds with 10^5 devices) */
+    a->deadline = fedge_now() + a->cfg.round_timeout_s;
+
     a->n_selected = k;
     a->n_accepted = a->n_rejected = 0;
     a->bytes_received = 0;
