@@ -551,7 +551,6 @@ static int open_round(fedge_aggregator *a, double now)
     /* the round's length counts from when devices can see it, not from
      * before its participants were written (seconds with 10^5 devices) */
     a->deadline = fedge_now() + a->cfg.round_timeout_s;
-
     a->n_selected = k;
     a->n_accepted = a->n_rejected = 0;
     a->bytes_received = 0;
