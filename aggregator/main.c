@@ -14,6 +14,7 @@
 #include "refine.h"
 #include "server.h"
 #include "version.h"
+#include "text.h"
 
 static volatile sig_atomic_t g_stop;
 static volatile sig_atomic_t g_reload;
@@ -85,7 +86,7 @@ int main(int argc, char **argv)
                 return 2;
             }
             if (fedge_agg_config_load_file(&cfg, argv[i + 1], err, sizeof err) != FEDGE_OK) {
-                fprintf(stderr, "fedge-aggregator: %s\n", err);
+                fedge_text_eprintf("fedge-aggregator", "%s", err);
                 return 2;
             }
         }
@@ -96,7 +97,7 @@ int main(int argc, char **argv)
             continue;
         }
         if (strncmp(argv[i], "--", 2) != 0) {
-            fprintf(stderr, "fedge-aggregator: unexpected argument '%s' (see --help)\n", argv[i]);
+            fedge_text_eprintf("fedge-aggregator", "unexpected argument '%s' (see --help)", argv[i]);
             return 2;
         }
         char key[64];
@@ -105,7 +106,7 @@ int main(int argc, char **argv)
         const char *eq = strchr(name, '=');
         size_t klen = eq ? (size_t)(eq - name) : strlen(name);
         if (klen >= sizeof key) {
-            fprintf(stderr, "fedge-aggregator: unknown option '%.80s' (see --help-config)\n", argv[i]);
+            fedge_text_eprintf("fedge-aggregator", "unknown option '%.80s' (see --help-config)", argv[i]);
             return 2;
         }
         memcpy(key, name, klen);
@@ -114,7 +115,7 @@ int main(int argc, char **argv)
             if (*p == '-')
                 *p = '_';
         if (!fedge_agg_config_is_key(key)) {
-            fprintf(stderr, "fedge-aggregator: unknown option '--%.*s' (see --help-config)\n", (int)klen, name);
+            fedge_text_eprintf("fedge-aggregator", "unknown option '--%.*s' (see --help-config)", (int)klen, name);
             return 2;
         }
         if (eq) {
@@ -128,12 +129,12 @@ int main(int argc, char **argv)
             return 2;
         }
         if (fedge_agg_config_set(&cfg, key, value, err, sizeof err) != FEDGE_OK) {
-            fprintf(stderr, "fedge-aggregator: %s\n", err);
+            fedge_text_eprintf("fedge-aggregator", "%s", err);
             return 2;
         }
     }
     if (fedge_agg_config_validate(&cfg, err, sizeof err) != FEDGE_OK) {
-        fprintf(stderr, "fedge-aggregator: %s\n", err);
+        fedge_text_eprintf("fedge-aggregator", "%s", err);
         return 2;
     }
     fedge_log_level level = FEDGE_LOG_INFO;

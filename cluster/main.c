@@ -31,6 +31,7 @@
 #include "cluster_synth.h"
 #include "cluster_trainer.h"
 #include "version.h"
+#include "text.h"
 
 enum { EXIT_OK = 0, EXIT_RUN = 1, EXIT_USAGE = 2 };
 
@@ -276,7 +277,7 @@ static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
     }
     if (optind != argc) {
         if (loud)
-            fprintf(stderr, "fedge-cluster: unexpected argument '%s'\n", argv[optind]);
+            fedge_text_eprintf("fedge-cluster", "unexpected argument '%s'", argv[optind]);
         return EXIT_USAGE;
     }
     if (c->model_in == NULL || c->data_path == NULL || c->model_out == NULL) {
@@ -599,7 +600,7 @@ static int parse_misc(int argc, char **argv, misc_args *a)
         }
     }
     if (optind != argc) {
-        fprintf(stderr, "fedge-cluster: unexpected argument '%s'\n", argv[optind]);
+        fedge_text_eprintf("fedge-cluster", "unexpected argument '%s'", argv[optind]);
         return EXIT_USAGE;
     }
     return EXIT_OK;
@@ -740,7 +741,7 @@ int main(int argc, char **argv)
         printf("fedge-cluster %s\n", FEDGE_VERSION);
         return EXIT_OK;
     }
-    fprintf(stderr, "fedge-cluster: unknown command '%s'\n", cmd);
+    fedge_text_eprintf("fedge-cluster", "unknown command '%s'", cmd);
     usage(stderr);
     return EXIT_USAGE;
 }

@@ -8,6 +8,7 @@
 #include "common.h"
 #include "log.h"
 #include "version.h"
+#include "text.h"
 
 static volatile sig_atomic_t g_stop;
 
@@ -34,7 +35,7 @@ int main(int argc, char **argv)
     char err[256];
     const char *prog = argc > 0 && argv[0] ? argv[0] : "fedge-edge";
     if (fedge_edge_args_parse(argc, argv, &cfg, err, sizeof err) != FEDGE_OK) {
-        fprintf(stderr, "%s: %s\n", prog, err);
+        fedge_text_eprintf(prog, "%s", err);
         return 2;
     }
     if (cfg.help) {

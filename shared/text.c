@@ -1,8 +1,10 @@
 /* text.c — escaping untrusted strings for terminals and logs (see text.h). */
 #include "text.h"
 
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 when the bytes at s
  * do not start one (stray continuation, overlong form, surrogate, beyond
@@ -116,4 +118,17 @@ int fedge_text_is_printable(const char *s, size_t len)
         i += n;
     }
     return 1;
+}
+
+void fedge_text_eprintf(const char *prog, const char *fmt, ...)
+{
+    char msg[1024], safe[4 * sizeof msg];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        msg[0] = '\0';
+    fedge_text_escape(msg, strlen(msg), safe, sizeof safe);
+    fprintf(stderr, "%s: %s\n", prog, safe);
 }

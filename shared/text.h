@@ -12,6 +12,7 @@
 #define FEDGE_TEXT_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 /* Escapes s[0..len) into out (always NUL-terminated when cap > 0). Returns
  * the length the full escaped text needs, without the NUL, as snprintf
@@ -26,5 +27,9 @@ char *fedge_text_escape_dup(const char *s);
 /* 1 when s[0..len) is valid UTF-8 with nothing fedge_text_escape would
  * escape other than backslashes, 0 otherwise. For refusing input. */
 int fedge_text_is_printable(const char *s, size_t len);
+
+/* Writes "prog: MESSAGE\n" to stderr, the formatted message escaped as a
+ * whole: for command-line errors that echo what the user typed. */
+void fedge_text_eprintf(const char *prog, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "store.h"
 #include "version.h"
+#include "text.h"
 
 static const char USAGE[] =
     "usage: fedge-audit --db PATH [--pubkey PEM] [--models DIR] [--json] COMMAND\n"
@@ -45,9 +46,11 @@ static const char USAGE[] =
 
 static int usage_error(const char *fmt, const char *arg)
 {
+    char *safe = fedge_text_escape_dup(arg);
     fputs("fedge-audit: ", stderr);
-    fprintf(stderr, fmt, arg);
+    fprintf(stderr, fmt, safe ? safe : "?");
     fputs("\n(fedge-audit --help shows the usage)\n", stderr);
+    free(safe);
     return EXIT_USAGE;
 }
 

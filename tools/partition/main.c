@@ -19,6 +19,7 @@
 #include "partition.h"
 #include "shard.h"
 #include "version.h"
+#include "text.h"
 
 #define PROG "fedge-partition"
 #define MAX_CLIENTS 100000
@@ -56,11 +57,12 @@ static void usage(FILE *f)
 __attribute__((format(printf, 1, 2))) static int bad_usage(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, PROG ": ");
+    char msg[512];
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n(run " PROG " --help for usage)\n");
+    fedge_text_eprintf(PROG, "%s", msg);
+    fprintf(stderr, "(run " PROG " --help for usage)\n");
     return 2;
 }
 
