@@ -11,7 +11,9 @@
  *   meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)
  *       keys: fedge_schema ('2'), model_spec, created_at,
  *       run_id (32 hex digits, random, made once: every update is sealed
- *       for it, so updates cannot be replayed from one log into another)
+ *       for it, so updates cannot be replayed from one log into another),
+ *       current_version (the model being served; a version published
+ *       again has no new models row)
  *   devices(id TEXT PRIMARY KEY, region TEXT NOT NULL DEFAULT '',
  *       status TEXT NOT NULL DEFAULT 'allowed'  -- allowed|suspended|revoked
  *       last_counter INTEGER NOT NULL DEFAULT 0, epsilon_spent REAL NOT NULL DEFAULT 0,
