@@ -107,7 +107,8 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
 int fedge_agg_reload_policy(fedge_aggregator *a);
 
 double fedge_now(void);      /* CLOCK_MONOTONIC seconds: every timer */
-double fedge_wall_now(void); /* CLOCK_REALTIME seconds: timestamps in the log */
+double fedge_wall_now(void); /* Unix seconds for the log: the wall clock at the first
+                                call, advanced monotonically (steps are not followed) */
 
 /* Exit status for a daemon whose run has ended: 0 when at least one round
  * aggregated (or none was due), 3 when the run finished without any round
