@@ -17,6 +17,21 @@ fed_setup 2
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
 COMMON=(--model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --lr 0.05 --batch 32 --linger-s 3)
 
+# hold_lock SECONDS MARKER: another process takes the database's write lock
+# for SECONDS (in the background, pid in $locker); returns once it holds it
+hold_lock() {
+    python3 - "$FED_DIR/fedge.db" "$FED_DIR/$2" "$1" <<'EOF' &
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+db.execute("BEGIN IMMEDIATE")
+open(sys.argv[2], "w").close()
+time.sleep(float(sys.argv[3]))
+db.execute("COMMIT")
+EOF
+    locker=$!
+    fed_wait_for "[ -e '$FED_DIR/$2' ]" 30
+}
+
 # ---- 1. the issue's repro: --rounds 3 --round-timeout-s 3, one edge 5 s late
 FED_PORT=$(fed_free_port)
 fed_start_aggregator "${COMMON[@]}" --rounds 4 --round-timeout-s 3 --clients-per-round 1
@@ -52,16 +67,7 @@ rm -rf "$FED_DIR/fedge.db"* "$FED_DIR/models"
 FED_PORT=$(fed_free_port)
 fed_start_aggregator "${COMMON[@]}" --rounds 2 --round-timeout-s 40 --start-delay-s 2
 fed_wait_for "grep -q 'initial model' '$FED_DIR/agg.log'" 60
-python3 - "$FED_DIR/fedge.db" "$FED_DIR/locked" <<'EOF' &
-import sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-db.execute("BEGIN IMMEDIATE")
-open(sys.argv[2], "w").close()
-time.sleep(12)
-db.execute("COMMIT")
-EOF
-locker=$!
-fed_wait_for "[ -e '$FED_DIR/locked' ]" 30
+hold_lock 12 locked
 fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin" --seed 1
 fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin" --seed 2
 fed_wait_run 150 || fed_fail "the aggregator must wait out a locked database"
@@ -72,16 +78,7 @@ grep -q "locked by another process; retrying" "$FED_DIR/agg.log" || fed_fail "th
     fed_fail "every update counted once: $(fed_sql "SELECT round, device, decision FROM updates")"
 
 # ---- 3b. the lock is held while the daemon starts: start-up waits it out
-python3 - "$FED_DIR/fedge.db" "$FED_DIR/locked2" <<'EOF' &
-import sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-db.execute("BEGIN IMMEDIATE")
-open(sys.argv[2], "w").close()
-time.sleep(6)
-db.execute("COMMIT")
-EOF
-locker=$!
-fed_wait_for "[ -e '$FED_DIR/locked2' ]" 30
+hold_lock 6 locked2
 : >"$FED_DIR/agg.log"
 FED_PORT=$(fed_free_port)
 fed_start_aggregator "${COMMON[@]}" --rounds 3 --round-timeout-s 1 --linger-s 0
