@@ -620,7 +620,8 @@ static int begin_patiently(fedge_aggregator *a)
 {
     double since = fedge_now();
     int ret;
-    while ((ret = fedge_store_begin(a->db)) == FEDGE_ERR_BUSY && fedge_now() - since < a->cfg.db_busy_retry_s) {
+    while ((ret = fedge_store_begin(a->db)) == FEDGE_ERR_BUSY && fedge_now() - since < a->cfg.db_busy_retry_s &&
+           !fedge_refine_stop_requested()) {
         FEDGE_WARN("the database is locked by another process; waiting to log the refinement");
         sleep(1);
     }

@@ -166,6 +166,27 @@ static int policy_fits(const fedge_aggregator *a, const fedge_policy *p, char *e
                  a->cfg.min_updates, a->keys.n, a->cfg.keys_file);
         return FEDGE_ERR_CONFIG_VALUE;
     }
+    /* participants per round when every device is eligible (the most any
+     * round can have): as open_round computes it */
+    size_t n = a->keys.n;
+    size_t sel = a->cfg.clients_per_round > 0 ? (size_t)a->cfg.clients_per_round
+                                              : (size_t)ceil(a->cfg.client_fraction * (double)n);
+    if (sel > n)
+        sel = n;
+    if (sel == 0)
+        sel = 1;
+    if (a->cfg.clients_per_round == 0 && (k > sel || (size_t)a->cfg.min_updates > sel)) {
+        snprintf(err, errlen, "client_fraction %g selects %zu of %zu devices, fewer than %s %ld: no round could"
+                 " aggregate", a->cfg.client_fraction, sel, n, k > sel ? "round.min_clients" : "min_updates",
+                 k > sel ? (long)k : a->cfg.min_updates);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    if ((double)sel * fedge_policy_max_share(p) < 1.0 - 1e-12) {
+        snprintf(err, errlen, "policy round.max_share %g needs at least %.0f updates a round, but at most %zu"
+                 " devices are selected: no round could aggregate", fedge_policy_max_share(p),
+                 ceil(1.0 / fedge_policy_max_share(p) - 1e-9), sel);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
     return FEDGE_OK;
 }
 

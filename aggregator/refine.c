@@ -100,6 +100,11 @@ void fedge_refine_set_stop(const volatile sig_atomic_t *flag)
     g_stop = flag;
 }
 
+int fedge_refine_stop_requested(void)
+{
+    return g_stop && *g_stop;
+}
+
 int fedge_refine_command_run(const char *tmpl, const char *in, const char *out, uint32_t round,
                              double timeout_s, int *exit_status, char *summary, size_t cap)
 {
@@ -122,6 +127,9 @@ int fedge_refine_command_run(const char *tmpl, const char *in, const char *out, 
     if (pid == 0) {
         setpgid(0, 0);
         dup2(pipefd[1], STDOUT_FILENO);
+        /* nothing of the daemon's (its CoAP socket above all, which would
+         * keep the port from a restart) goes to the command */
+        close_range(3, ~0U, 0);
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }

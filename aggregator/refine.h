@@ -16,6 +16,8 @@
 
 /* flag: when it turns non-zero, a running command is terminated (NULL: none). */
 void fedge_refine_set_stop(const volatile sig_atomic_t *flag);
+/* 1 once that flag is set: waits elsewhere give up too. */
+int fedge_refine_stop_requested(void);
 
 /* *exit_status: the command's exit code, or -1 (timed out / killed by a signal). */
 int fedge_refine_command_run(const char *tmpl, const char *in, const char *out, uint32_t round,

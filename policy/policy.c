@@ -35,6 +35,7 @@ double fedge_policy_rate_window_s(const fedge_policy *p)
 unsigned fedge_policy_min_clients(const fedge_policy *p) { return p ? p->min_clients : 1; }
 unsigned fedge_policy_max_staleness(const fedge_policy *p) { return p ? p->max_staleness : 0; }
 unsigned fedge_policy_max_samples(const fedge_policy *p) { return p ? p->max_samples : 0; }
+double fedge_policy_max_share(const fedge_policy *p) { return p ? p->max_share : 1.0; }
 double fedge_policy_round_deadline_s(const fedge_policy *p) { return p ? p->deadline_s : 0.0; }
 int fedge_policy_dp_enabled(const fedge_policy *p) { return p ? p->dp_enabled : 0; }
 double fedge_policy_dp_clip_norm(const fedge_policy *p) { return p ? p->dp_clip_norm : 0.0; }

@@ -165,6 +165,8 @@ unsigned fedge_policy_max_staleness(const fedge_policy *p);
 /* update.max_samples: the largest sample count an update may state (its
  * aggregation weight); 0 samples or more are refused (rule sample_count). */
 unsigned fedge_policy_max_samples(const fedge_policy *p);
+/* round.max_share: the largest share of a round's weight one device may have. */
+double fedge_policy_max_share(const fedge_policy *p);
 /* Longest a round may stay open, seconds; 0: the aggregator's own setting. */
 double fedge_policy_round_deadline_s(const fedge_policy *p);
 

@@ -79,4 +79,26 @@ fed_wait_pid "$FED_AGG_PID" 20 || true
 pgrep -f "$marker" >/dev/null && fed_fail "the refinement command outlived the daemon"
 fed_sql "SELECT detail FROM events WHERE kind='refine_failed'" | grep -q "killed" ||
     fed_fail "the interrupted refinement should be logged"
+# kill -9 while a refinement runs: the orphaned command holds none of the
+# daemon's descriptors, so a restart on the same port comes up at once
+FED_PORT=$(fed_free_port)
+rm -rf "$FED_DIR/fedge.db"* "$FED_DIR/models" "$FED_DIR/agg.log"
+FED_EDGE_PIDS=()
+marker2="fedge-refine-orphan-$$"
+refine_args=(--model-spec mlp:784-32-10 --test-data "$FED_DIR/test.bin" --rounds 2 --round-timeout-s 60
+             --start-delay-s 0.3 --linger-s 2 --refine-every 1 --refine-command "sh -c 'sleep 25; : $marker2'")
+fed_start_aggregator "${refine_args[@]}"
+fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin"
+fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin"
+fed_wait_for "grep -q 'refinement: ' '$FED_DIR/agg.log'" 120
+kill -9 "$FED_AGG_PID"
+wait "$FED_AGG_PID" 2>/dev/null
+: >"$FED_DIR/agg.log"
+fed_start_aggregator "${refine_args[@]}"
+fed_wait_for "grep -q 'listening on' '$FED_DIR/agg.log' || ! kill -0 $FED_AGG_PID 2>/dev/null" 20
+kill -0 "$FED_AGG_PID" 2>/dev/null ||
+    { cat "$FED_DIR/agg.log" >&2; fed_fail "the restart after kill -9 during a refinement was refused"; }
+kill -TERM "$FED_AGG_PID"
+fed_wait_pid "$FED_AGG_PID" 20 || true
+pkill -f "$marker2"
 echo ok

@@ -1057,6 +1057,10 @@ static void test_impossible_settings_refused(void **state)
     fx->cfg.min_updates = N_DEV + 1;
     expect_init_refused(fx, "min_updates 4 is more than the 3 devices");
     fx->cfg = good_cfg;
+    fx->cfg.client_fraction = 0.34; /* 2 of 3 */
+    fx->cfg.min_updates = 3;
+    expect_init_refused(fx, "client_fraction 0.34 selects 2 of 3 devices, fewer than min_updates 3");
+    fx->cfg = good_cfg;
     fx->cfg.max_update_bytes = 10;
     expect_init_refused(fx, "below the smallest update");
     fx->cfg = good_cfg;
@@ -1068,6 +1072,17 @@ static void test_impossible_settings_refused(void **state)
     fx->cfg.clients_per_round = 2;
     snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
     expect_init_refused(fx, "min_clients 3 is more than clients_per_round 2");
+    fx->cfg = good_cfg;
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("version: 1\nname: share\nround:\n  max_share: 0.2\n", f);
+    fclose(f);
+    snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
+    expect_init_refused(fx, "max_share 0.2 needs at least 5 updates a round, but at most 3");
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("version: 1\nname: k3\nround:\n  min_clients: 3\n  deadline_s: 30\n", f);
+    fclose(f);
     fx->cfg = good_cfg;
     snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
     assert_int_equal(fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err), FEDGE_OK);
