@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "common.h"
 #include "delta.h"
 #include "governance.h"
@@ -28,27 +29,12 @@
 
 double fedge_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    return fedge_clock_mono();
 }
 
-/* The wall clock read once, then advanced by the monotonic clock: the
- * log's timestamps never step within a run (and neither does the policy's
- * rate-limit window, which compares them), whatever is done to the system
- * clock meanwhile; a new run reads it again. */
 double fedge_wall_now(void)
 {
-    static double wall0, mono0;
-    static int anchored;
-    if (!anchored) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        wall0 = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-        mono0 = fedge_now();
-        anchored = 1;
-    }
-    return wall0 + (fedge_now() - mono0);
+    return fedge_clock_wall(); /* step-free: the log and the rate-limit window never jump */
 }
 
 /* ---- small SQL helpers ---------------------------------------------------- */

@@ -130,6 +130,14 @@ static int retryable_code(int code)
     return code / 100 == 5 || code == 408;
 }
 
+/* A 5.03 that means the round is gone ("no open round", "run finished",
+ * docs/PROTOCOL.md), as opposed to a transient one (the database busy, too
+ * many uploads in progress) that is worth retrying within the round. */
+static int round_is_over(const fedge_edge_reply *r)
+{
+    return r->code == 503 && (strncmp(r->body, "no open round", 13) == 0 || strncmp(r->body, "run finished", 12) == 0);
+}
+
 /* Send req until an answer that retryable_code() does not cover arrives.
  * Returns FEDGE_OK with c->reply filled (a retryable code when retries ran
  * out on those), the transport error of the last attempt once retries are
@@ -137,7 +145,8 @@ static int retryable_code(int code)
  * timeouts (a slow or lossy link) are retried while the round has time left,
  * --max-retries or not; answers and refusals still count against
  * --max-retries; nothing is retried once the round's time is up. With
- * final_503 a 5.03 (no open round) is returned at once. Each attempt's
+ * final_503 a 5.03 saying the round is over is returned at once (a busy
+ * one is retried). Each attempt's
  * deadline comes from request_timeout_ms(bytes) at that moment. *attempts
  * counts the requests sent; each resends the very same request (for POST,
  * the same sealed bytes). */
@@ -152,8 +161,7 @@ static int request_with_retry(edge_client *c, const fedge_edge_request *req_in, 
         int rc = fedge_edge_link_request(c->link, req, &c->reply, c->stop);
         (*attempts)++;
         uint32_t delay = fedge_backoff_delay_ms(&c->backoff, attempt, &c->jitter);
-        if (rc == FEDGE_OK &&
-            (!retryable_code(c->reply.code) || (final_503 && c->reply.code == 503)))
+        if (rc == FEDGE_OK && (!retryable_code(c->reply.code) || (final_503 && round_is_over(&c->reply))))
             return FEDGE_OK;
         if (rc == FEDGE_ERR_EDGE_STOPPED)
             return rc;

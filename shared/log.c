@@ -5,6 +5,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "clock.h"
 #include "error.h"
 #include "text.h"
 
@@ -41,11 +42,12 @@ void fedge_log(fedge_log_level level, const char *fmt, ...)
     if (level < g_level || level >= FEDGE_LOG_OFF)
         return;
     FILE *out = g_stream ? g_stream : stderr;
-    struct timespec ts;
     struct tm tm;
     char when[32];
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
+    double now = fedge_clock_wall(); /* the clock the records use: never steps */
+    time_t sec = (time_t)now;
+    long ms = (long)((now - (double)sec) * 1000.0);
+    gmtime_r(&sec, &tm);
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
 
     char line[1024];
@@ -57,6 +59,6 @@ void fedge_log(fedge_log_level level, const char *fmt, ...)
      * stays one line and holds no terminal escape. */
     char safe[4 * sizeof line];
     fedge_text_escape(line, strlen(line), safe, sizeof safe);
-    fprintf(out, "%s.%03ldZ %s %s: %s\n", when, ts.tv_nsec / 1000000L, names[level], g_tag, safe);
+    fprintf(out, "%s.%03ldZ %s %s: %s\n", when, ms, names[level], g_tag, safe);
     fflush(out);
 }

@@ -5,7 +5,8 @@
 #  2. a run in which no round aggregated exits non-zero with a reason;
 #  3. another process holding the database lock for 12 s is waited out:
 #     updates meanwhile get 5.03, the round close is retried, the run ends 0;
-#     and a lock held while the daemon starts is waited out too;
+#     a lock held while the daemon starts is waited out too, and edges told
+#     "database busy" retry within their round;
 #  4. stepping the wall clock back 600 s mid-round moves no deadline
 #     (libfaketime on the aggregator alone; skipped with a message without it).
 set -uo pipefail
@@ -89,6 +90,22 @@ grep -q "start-up: the database is locked by another process; retrying" "$FED_DI
     fed_fail "start-up never met the lock"
 [ "$rc" = 0 ] || fed_fail "a start while the database is locked must wait, then run (exit $rc)"
 
+# ---- 3c. the lock is taken while a round is open and an edge posts its
+# update: the edge is told 5.03 "database busy" and retries within the round
+rm -rf "$FED_DIR/fedge.db"* "$FED_DIR/models" "$FED_DIR"/locked*
+: >"$FED_DIR/agg.log"
+FED_PORT=$(fed_free_port)
+fed_start_aggregator "${COMMON[@]}" --rounds 1 --round-timeout-s 60 --clients-per-round 2
+fed_wait_for "grep -q 'round 1 open' '$FED_DIR/agg.log'" 60
+hold_lock 10 locked3
+fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin" --seed 1
+fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin" --seed 2
+fed_wait_run 120 || fed_fail "a run with a database locked mid-round must end 0"
+wait "$locker"
+[ "$(fed_sql "SELECT n_accepted FROM rounds WHERE id=1 AND status='closed'")" = 2 ] ||
+    fed_fail "both edges must retry a busy 5.03 into round 1: $(fed_sql "SELECT id, status, n_accepted FROM rounds")"
+grep -q "database busy" "$FED_DIR"/edge-dev-00*.log || fed_fail "no edge met the locked database"
+
 # ---- 4. the wall clock steps back 600 s in the middle of a round
 FAKETIME_LIB=""
 for f in /usr/lib/*/faketime/libfaketime.so.1; do [ -e "$f" ] && FAKETIME_LIB=$f; done
@@ -113,5 +130,8 @@ took=$((SECONDS - t0))
 len=$(fed_sql "SELECT closed_at - opened_at FROM rounds WHERE id=1")
 awk -v l="$len" 'BEGIN { exit !(l >= 3 && l < 30) }' ||
     fed_fail "the log's times stepped with the clock: round 1 lasted $len s by its own timestamps"
+t_open=$(grep 'round 1 open' "$FED_DIR/agg.log" | head -n 1 | cut -d' ' -f1)
+t_last=$(tail -n 1 "$FED_DIR/agg.log" | cut -d' ' -f1)
+[[ ! "$t_last" < "$t_open" ]] || fed_fail "the text log's time stepped back with the clock: $t_open, then $t_last"
 echo "clock stepped back 600 s: the round still ended after ${took}s, logged as ${len}s long"
 echo ok
