@@ -91,10 +91,10 @@ static int lock_database_file(const char *db_path, int *out_fd, pid_t *owner, ch
         }
         *owner = flock_owner(fd);
         if (*owner > 0)
-            snprintf(err, errlen, "database %s is in use by pid %ld (the same file under another name);"
+            snprintf(err, errlen, "database %s is in use by pid %ld (it holds the database file itself);"
                      " stop that process first", db_path, (long)*owner);
         else
-            snprintf(err, errlen, "database %s is in use by another process (the same file under another name)",
+            snprintf(err, errlen, "database %s is in use by another process (it holds the database file itself)",
                      db_path);
         close(fd);
         return FEDGE_ERR_INSTANCE_LOCKED;

@@ -186,7 +186,7 @@ int main(int argc, char **argv)
     if (init != FEDGE_OK) {
         FEDGE_ERROR("start-up failed: %s", init == FEDGE_ERR_BUSY ? "the database stayed locked by another process"
                                                                    : err);
-        status = 2;
+        status = init == FEDGE_ERR_BUSY ? 1 : 2; /* a runtime fault, not the configuration */
         goto out;
     }
     /* again just before the bind: another daemon may have started meanwhile */

@@ -95,7 +95,7 @@ static int parse_double(const char *s, double *out)
 
 static int bad_value(const char *opt, const char *val)
 {
-    fprintf(stderr, "fedge-cluster: bad value for --%s: '%s'\n", opt, val ? val : "");
+    fedge_text_eprintf("fedge-cluster", "bad value for --%s: '%s'", opt, val ? val : "");
     return EXIT_USAGE;
 }
 
@@ -171,8 +171,7 @@ static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
     int opt, i;
     fedge_log_level lvl;
     FILE *saved = stderr;
-    if (!loud)
-        opterr = 0;
+    opterr = 0; /* getopt would echo a bad option raw: it is reported below, escaped */
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", train_opts, NULL)) != -1) {
         const char *v = optarg;
@@ -270,8 +269,10 @@ static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
             break;
         case OPT_HELP: usage(stdout); return EXIT_USAGE;
         default:
-            if (loud)
+            if (loud) {
+                fedge_text_eprintf("fedge-cluster", "unknown or incomplete option '%s'", argv[optind - 1]);
                 usage(saved);
+            }
             return EXIT_USAGE;
         }
     }
@@ -551,6 +552,7 @@ static int parse_misc(int argc, char **argv, misc_args *a)
     a->batch = 64;
     a->backend = "cpu";
     optind = 1;
+    opterr = 0;
     while ((opt = getopt_long(argc, argv, "", misc_opts, NULL)) != -1) {
         const char *v = optarg;
         switch (opt) {
@@ -596,7 +598,10 @@ static int parse_misc(int argc, char **argv, misc_args *a)
                 return bad_value("precision", v);
             break;
         case OPT_F32: a->f32 = 1; break;
-        default: usage(stderr); return EXIT_USAGE;
+        default:
+            fedge_text_eprintf("fedge-cluster", "unknown or incomplete option '%s'", argv[optind - 1]);
+            usage(stderr);
+            return EXIT_USAGE;
         }
     }
     if (optind != argc) {

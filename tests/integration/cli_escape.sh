@@ -23,5 +23,11 @@ check fedge-partition --kind "$evil"
 check fedge-audit --db /nonexistent.db "$evil"
 check fedge-aggregator "--$evil"
 check fedge-aggregator "$evil"
-[ -x "$BIN/fedge-cluster" ] && check fedge-cluster "$evil"
+check fedge-keygen "--$evil"
+check fedge-keygen devices --count "5$evil" --out /nonexistent/keys
+if [ -x "$BIN/fedge-cluster" ]; then
+    check fedge-cluster "$evil"
+    check fedge-cluster refine "--$evil"
+    check fedge-cluster refine --steps "$evil"
+fi
 echo "ok: $n bad arguments echoed escaped"

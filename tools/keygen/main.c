@@ -37,6 +37,7 @@
 #include "hash.h"
 #include "keys.h"
 #include "version.h"
+#include "text.h"
 
 #define MAX_REGIONS 64
 
@@ -61,11 +62,11 @@ static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int fail(const char *fmt, ...)
 {
     va_list ap;
-    fputs("fedge-keygen: ", stderr);
+    char msg[512];
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    fedge_text_eprintf("fedge-keygen", "%s", msg); /* it may echo what was typed */
     return 2;
 }
 
