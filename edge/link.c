@@ -31,6 +31,9 @@ typedef struct {
     uint32_t ack_ms;         /* the ACK timeout it left with */
 } exchange;
 
+/* Below this smoothed RTT a timed-out session is dropped at once. */
+#define KEEP_SESSION_MIN_RTT_MS 100
+
 struct fedge_edge_link {
     coap_context_t *ctx;
     coap_session_t *session;
@@ -829,11 +832,13 @@ cleanup:
     if (ret == FEDGE_OK) {
         l->timeouts_in_row = 0;
     } else if (ret == FEDGE_ERR_TIMEOUT && l->session && l->session_up && !l->block_size &&
-               l->timeouts_in_row++ == 0) {
-        /* One unanswered single exchange on a lossy link: keep the session
-         * (a new DTLS handshake costs several round trips there); its
-         * leftover retransmissions can only draw an answer that is ignored.
-         * A second timeout in a row drops it (the server may have lost it). */
+               l->rtt.has_rtt && l->rtt.srtt_ms >= KEEP_SESSION_MIN_RTT_MS && l->timeouts_in_row++ == 0) {
+        /* One unanswered single exchange on a slow lossy link: keep the
+         * session (a new DTLS handshake costs several long round trips
+         * there); its leftover retransmissions can only draw an answer that
+         * is ignored. A second timeout in a row drops it (the server may
+         * have lost it). On a fast link a handshake is cheap and silence
+         * more likely means a restarted server: drop it at once. */
     } else {
         drop_session(l, 1);
     }
