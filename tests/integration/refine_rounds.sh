@@ -55,11 +55,12 @@ run_federation failing "$BIN/fedge-cluster refine --backend cpu --model {in} --o
   "$(fed_sql "SELECT version FROM models WHERE kind='aggregate' AND round=1")" ] ||
     fed_fail "after a failed refinement the aggregate must stay"
 
-run_federation timeout "sleep 30" --refine-timeout-s 1
+marker0="fedge-refine-timeout-$$"
+run_federation timeout "sh -c 'sleep 30; : $marker0'" --refine-timeout-s 1
 fed_sql "SELECT detail FROM events WHERE kind='refine_failed'" | grep -q "timed out" ||
     fed_fail "a timed-out refinement should be logged as such"
 [ "$(fed_sql "SELECT count(*) FROM models WHERE kind='aggregate'")" = 2 ] || fed_fail "aggregates kept"
-pgrep -f "sleep 30" >/dev/null && fed_fail "the timed-out command is still running"
+pgrep -f "$marker0" >/dev/null && fed_fail "the timed-out command is still running"
 # SIGTERM while a refinement runs: the daemon stops now, not when the
 # command ends (systemd would SIGKILL it after TimeoutStopSec)
 FED_PORT=$(fed_free_port)
