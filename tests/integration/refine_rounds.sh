@@ -102,4 +102,34 @@ kill -0 "$FED_AGG_PID" 2>/dev/null ||
 kill -TERM "$FED_AGG_PID"
 fed_wait_pid "$FED_AGG_PID" 20 || true
 pkill -f "$marker2"
+# SIGTERM while the daemon waits for a locked database to log a refinement
+FED_PORT=$(fed_free_port)
+rm -rf "$FED_DIR/fedge.db"* "$FED_DIR/models" "$FED_DIR/agg.log"
+FED_EDGE_PIDS=()
+marker3="fedge-refine-lock-$$"
+cat >"$FED_DIR/lockref.sh" <<EOF
+#!/bin/sh
+# takes the database's write lock for 30 s in its own session, then refines by copying
+setsid python3 -c "import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+db.execute('BEGIN IMMEDIATE')
+open(sys.argv[2], 'w').close()
+time.sleep(30)
+db.execute('COMMIT')" "$FED_DIR/fedge.db" "$FED_DIR/locked-$marker3" </dev/null >/dev/null 2>&1 &
+while [ ! -e "$FED_DIR/locked-$marker3" ]; do sleep 0.1; done
+cp "\$1" "\$2"
+EOF
+chmod +x "$FED_DIR/lockref.sh"
+fed_start_aggregator --model-spec mlp:784-32-10 --test-data "$FED_DIR/test.bin" --rounds 2 \
+    --round-timeout-s 60 --start-delay-s 0.3 --linger-s 2 --refine-every 1 \
+    --refine-command "$FED_DIR/lockref.sh {in} {out}"
+fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin"
+fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin"
+fed_wait_for "grep -q 'waiting to log the refinement' '$FED_DIR/agg.log'" 120
+t0=$SECONDS
+kill -TERM "$FED_AGG_PID"
+fed_wait_pid "$FED_AGG_PID" 25 || true
+took=$((SECONDS - t0))
+pkill -f "locked-$marker3"
+[ "$took" -le 10 ] || fed_fail "SIGTERM while waiting on a locked database took ${took}s to stop the daemon"
 echo ok
