@@ -1102,7 +1102,6 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
         .encoded = plain,
         .encoded_len = FEDGE_DELTA_HEADER_LEN + view.ct_len,
         .sealed_sha256 = sealed_hash,
-        .now = now,
     };
     int accepted = 0;
     char reason[FEDGE_POLICY_REASON_MAX + 64];

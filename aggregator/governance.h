@@ -23,7 +23,6 @@ typedef struct {
     const uint8_t *encoded;          /* decrypted encoded delta (header + payload) */
     size_t encoded_len;
     const uint8_t *sealed_sha256;    /* of the frame as received: tells a resend apart */
-    double now;                      /* fedge_now() */
 } fedge_gov_update_in;
 
 typedef struct {
