@@ -357,6 +357,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
 
     fedge_edge_train_params tp = {ri->epochs, ri->lr, ri->momentum, ri->weight_decay,
                                   cfg->seed + ri->round};
+    FEDGE_INFO("round %u: training %d epochs on %llu samples", ri->round, ri->epochs,
+               (unsigned long long)c->shard.n);
     ret = fedge_edge_trainer_train(t, &c->shard, &tp, c->stop, &loss);
     if (ret == FEDGE_ERR_MODEL_NONFINITE) {
         FEDGE_INFO("round %u: samples=%llu loss=nan sent=0 B encoding=%s outcome=not sent "

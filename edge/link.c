@@ -57,6 +57,7 @@ struct fedge_edge_link {
     fedge_edge_reply *reply;
     uint32_t req_ack_ms;     /* the ACK timeout the request started with */
     uint64_t started_ms;     /* when its first exchange left */
+    uint64_t heard_ms;       /* when the server last answered one of its exchanges */
     unsigned exchanges_done;
     exchange slots[FEDGE_EDGE_WINDOW_MAX];
     /* Block transfer: n_blocks blocks of block_size bytes (0: not one). */
@@ -142,6 +143,7 @@ static void note_session_up(fedge_edge_link *l)
     fedge_link_rtt_sample(&l->rtt, (uint32_t)(hs / 3), hs >= DTLS_RETRANSMIT_MS);
     if (l->state == REQ_WAITING) {
         l->started_ms = now; /* the queued request leaves now */
+        l->heard_ms = now;
         for (unsigned i = 0; i < l->window; i++)
             l->slots[i].sent_ms = now;
     }
@@ -482,6 +484,7 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
     }
     x->in_use = 0;
     l->exchanges_done++;
+    l->heard_ms = now;
 
     size_t len = 0;
     const uint8_t *data = NULL;
@@ -777,6 +780,7 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     l->reply = reply;
     l->state = REQ_WAITING;
     l->started_ms = start;
+    l->heard_ms = start;
     if (req->method == FEDGE_EDGE_POST && req->body && req->body->len > FEDGE_EDGE_BLOCK_BYTES) {
         if (req->body->len > (size_t)FEDGE_EDGE_BLOCK_BYTES << 20) {
             end_request(l);
@@ -804,6 +808,20 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
         if (handshaking && l->session_up) {
             handshaking = 0;
             deadline = now + req->timeout_ms;
+        }
+        /* A block transfer whose server stopped answering (it restarted and
+         * lost the DTLS session) ends after one exchange's worth of silence,
+         * not at the request's deadline, so the round has time to retry on a
+         * new session. */
+        uint32_t stall_ms = l->block_size
+                                ? fedge_link_rtt_deadline_ms(&l->rtt, l->block_size, l->block_size, 0, 0)
+                                : 0;
+        if (!handshaking && stall_ms && now < deadline && now - l->heard_ms >= stall_ms) {
+            char why[96];
+            snprintf(why, sizeof why, "no answer for %u ms (%u of %u blocks)", (unsigned)stall_ms,
+                     (unsigned)l->n_acked, (unsigned)l->n_blocks);
+            fail_request(l, FEDGE_ERR_TIMEOUT, why);
+            break;
         }
         if (now >= deadline) {
             char why[96];
