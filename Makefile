@@ -6,6 +6,9 @@
 #   make asan                   ASan + UBSan build of the unit tests, and run them
 #   make CROSS=aarch64-linux-gnu edge   cross-build the edge client (static)
 #   make CUDA=1                 require the GPU backend (default: built when nvcc is found)
+#   make BLAS=openblas|none     fedge_sgemm on OpenBLAS's cblas_sgemm (default where its
+#                               -dev package for the target is installed) or on the
+#                               portable kernel (shared/blas.h)
 #   make bench                  build and run the benchmark programs (tools/bench/)
 #   make fuzz                   build the libFuzzer targets (clang) and run each FUZZ_TIME s
 #
@@ -51,10 +54,27 @@ ifneq ($(CROSS),)
   CUDA := 0
 endif
 
+# BLAS: OpenBLAS (Debian's libopenblas-dev, pthread flavour; tools/deps.sh installs it
+# for the native and the CROSS target) unless BLAS=none. Only gemm.c and blas.c read
+# the switch; a stamp named after it rebuilds them when it changes.
+OPENBLAS_INC := /usr/include/$(TRIPLET)/openblas-pthread
+OPENBLAS_LIB := /usr/lib/$(TRIPLET)/openblas-pthread
+BLAS ?= $(if $(wildcard $(OPENBLAS_INC)/cblas.h),openblas,none)
+ifeq ($(BLAS),openblas)
+  BLAS_CFLAGS := -DFEDGE_BLAS_OPENBLAS=1 -I$(OPENBLAS_INC)
+  BLAS_LIBS := -L$(OPENBLAS_LIB) -lopenblas
+else ifeq ($(BLAS),none)
+  BLAS_CFLAGS :=
+  BLAS_LIBS :=
+else
+  $(error BLAS=$(BLAS): use openblas or none)
+endif
+
 OPT ?= -O2
 WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS_BASE := -std=c11 $(OPT) -g $(WARN) -D_GNU_SOURCE -fno-strict-aliasing \
-               -Ishared -Ipolicy -Iaggregator -Iedge -Icluster -I$(DEPS_DIR)/include
+               -Ishared -Ipolicy -Iaggregator -Iedge -Icluster -I$(DEPS_DIR)/include \
+               $(BLAS_CFLAGS)
 ifeq ($(SAN),1)
   SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 endif
@@ -63,7 +83,7 @@ LDFLAGS += $(SANFLAGS) $(CROSS_LDFLAGS)
 
 COAP_LIBS := -L$(DEPS_DIR)/lib -lcoap-3-mbedtls
 TLS_LIBS := -lmbedtls -lmbedx509 -lmbedcrypto
-SYS_LIBS := -lz -lm -lpthread
+SYS_LIBS := $(BLAS_LIBS) -lz -lm -lpthread
 SERVER_LIBS := $(COAP_LIBS) $(TLS_LIBS) -lsqlite3 -lyaml $(SYS_LIBS)
 
 ifeq ($(V),1)
@@ -131,6 +151,13 @@ $(CUDA_STAMP):
 	@mkdir -p $(BUILD)
 	@rm -f $(BUILD)/.cuda-*
 	@touch $@
+
+BLAS_STAMP := $(BUILD)/.blas-$(BLAS)
+$(BLAS_STAMP):
+	@mkdir -p $(BUILD)
+	@rm -f $(BUILD)/.blas-*
+	@touch $@
+$(BUILD)/obj/shared/gemm.o $(BUILD)/obj/shared/blas.o: $(BLAS_STAMP)
 
 $(BUILD)/obj/cluster/%.o: cluster/%.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
