@@ -1,5 +1,6 @@
 /* blas.c — backend name and thread count of the BLAS behind fedge_sgemm. */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -11,6 +12,7 @@
 #endif
 
 static int portable_threads = 1;
+static atomic_int threads_chosen; /* set once a count was chosen, by a call or by default */
 
 const char *fedge_blas_name(void)
 {
@@ -40,6 +42,7 @@ int fedge_blas_set_threads(int n)
     openblas_set_num_threads(n);
 #endif
     portable_threads = n;
+    atomic_store_explicit(&threads_chosen, 1, memory_order_relaxed);
     return FEDGE_OK;
 }
 
@@ -70,4 +73,12 @@ int fedge_blas_threads_from_env(int fallback, int *used)
     if (ret == FEDGE_OK && used != NULL)
         *used = n;
     return ret;
+}
+
+void fedge_blas_default_threads(void)
+{
+    if (atomic_load_explicit(&threads_chosen, memory_order_relaxed))
+        return;
+    if (fedge_blas_threads_from_env(1, NULL) != FEDGE_OK)
+        (void)fedge_blas_set_threads(1); /* a malformed value: the programs report it at start */
 }

@@ -6,9 +6,11 @@
  * benchmarks can compare the two in one binary. Degenerate calls (M, N or K
  * <= 0, alpha == 0) never reach the BLAS: fedge_sgemm scales C itself.
  *
- * Threads: the programs call fedge_blas_threads_from_env(1) first, so an edge,
- * an MPI rank or the aggregator runs a single-threaded BLAS unless
- * FEDGE_BLAS_THREADS asks for more. Without a BLAS the count is recorded
+ * Threads: single-threaded unless asked. The programs (edge, cluster ranks,
+ * aggregator) call fedge_blas_threads_from_env(1) at start, which also rejects
+ * a malformed FEDGE_BLAS_THREADS; any other program gets the same choice on its
+ * first fedge_sgemm (fedge_blas_default_threads), so OpenBLAS's own default
+ * (one thread per core) never applies. Without a BLAS the count is recorded
  * and the kernel stays single-threaded. */
 #ifndef FEDGE_BLAS_H
 #define FEDGE_BLAS_H
@@ -29,6 +31,10 @@ int fedge_blas_threads(void);
  * or, when it is unset or empty, to `fallback`. A malformed value is
  * FEDGE_ERR_CONFIG_VALUE and changes nothing. *used (may be NULL) gets the count. */
 int fedge_blas_threads_from_env(int fallback, int *used);
+
+/* Chooses the count as fedge_blas_threads_from_env(1, NULL) would (1 on a
+ * malformed value) unless a count was already set; fedge_sgemm calls it. */
+void fedge_blas_default_threads(void);
 
 /* The portable kernel itself (same contract as fedge_sgemm). */
 void fedge_sgemm_portable(int trans_a, int trans_b, int M, int N, int K, float alpha,

@@ -178,6 +178,7 @@ void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
             scale_c(M, N, beta, C, ldc);
         return;
     }
+    fedge_blas_default_threads();
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
                 ldc);

@@ -98,6 +98,18 @@ static void check_all_shapes(gemm_fn gemm, const char *name)
             }
 }
 
+/* Must run first: no count was set yet, so the first fedge_sgemm picks one
+ * thread (OpenBLAS alone would start with one per core). */
+static void test_blas_default_single_thread(void **state)
+{
+    (void)state;
+    unsetenv("FEDGE_BLAS_THREADS");
+    float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8}, c[4];
+    fedge_sgemm(0, 0, 2, 2, 2, 1.0f, a, 2, b, 2, 0.0f, c, 2);
+    assert_true(c[0] == 19.0f && c[1] == 22.0f && c[2] == 43.0f && c[3] == 50.0f);
+    assert_int_equal(fedge_blas_threads(), 1);
+}
+
 static void test_sgemm_vs_naive(void **state)
 {
     (void)state;
@@ -219,6 +231,7 @@ static void test_sgd_update_matches_scalar(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_blas_default_single_thread),
         cmocka_unit_test(test_sgemm_vs_naive),
         cmocka_unit_test(test_portable_vs_naive),
         cmocka_unit_test(test_sgemm_degenerate),
