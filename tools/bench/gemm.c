@@ -83,9 +83,8 @@ __attribute__((target("avx2,fma"))) static double fma_flops_avx2(long iters)
     sink = lanes[0] + lanes[7];
     return (double)iters * FMA_CHAINS_256 * 8 * 2;
 }
-#endif
 
-/* GFLOP/s of fn(iters), best of 5 runs of about seconds/5 each. */
+/* GFLOP/s of fn(iters): the best of at least 5 timed runs over `seconds`. */
 static double peak_rate(double (*fn)(long), double seconds)
 {
     long iters = 1000;
@@ -110,6 +109,8 @@ static double peak_rate(double (*fn)(long), double seconds)
     }
     return best;
 }
+
+#endif /* __x86_64__ */
 
 typedef struct {
     const char *name;
