@@ -9,7 +9,8 @@
  * blas.h) and the portable kernel (fedge_sgemm_portable) on square 512^3,
  * 1024^3 and 2048^3 problems and on the GEMMs of one mlp:784-200-10 training
  * step at batch 32 and 256 (forward x W^T, weight gradient dZ^T X, input
- * gradient dZ W). One BLAS thread; rates per second of this thread's CPU time.
+ * gradient dZ W) and of the CNN's convolutions (im2col form) and hidden
+ * dense layer at batch 32. One BLAS thread; rates per second of this thread's CPU time.
  * FLOPs = 2 M N K. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,6 +212,16 @@ int main(int argc, char **argv)
         {"mlp b256 fwd2 H W2^T", 0, 1, 256, 10, 200},
         {"mlp b256 gW2 dZ2^T H", 1, 0, 10, 200, 256},
         {"mlp b256 dH dZ2 W2", 0, 0, 256, 200, 10},
+        /* cnn:1x28x28-c32k5-p2-c64k5-p2-f512-10 at batch 32, im2col form
+         * (shared/model.c): conv as W[out x C*k*k] x col[C*k*k x B*OH*OW] */
+        {"cnn b32 conv1 fwd", 0, 0, 32, 18432, 25},
+        {"cnn b32 conv1 gW", 0, 1, 32, 25, 18432},
+        {"cnn b32 conv2 fwd", 0, 0, 64, 2048, 800},
+        {"cnn b32 conv2 gW", 0, 1, 64, 800, 2048},
+        {"cnn b32 conv2 gcol", 1, 0, 800, 2048, 64},
+        {"cnn b32 f512 fwd", 0, 1, 32, 512, 1024},
+        {"cnn b32 f512 gW", 1, 0, 512, 1024, 32},
+        {"cnn b32 f512 gin", 0, 0, 32, 1024, 512},
     };
     printf("\n%-22s %-16s %12s %9s %12s %9s %8s\n", "shape", "M x N x K", fedge_blas_name(),
            "of peak", "portable", "of peak", "ratio");
