@@ -4,6 +4,7 @@
 #   make test                   dependencies, build, unit + integration + ASan/UBSan tests
 #   make demo                   dependencies, build, a real federated run (see README.md)
 #   make asan                   ASan + UBSan build of the unit tests, and run them
+#   make unit-noblas            the unit tests built with BLAS=none (build/noblas), and run them
 #   make CROSS=aarch64-linux-gnu edge   cross-build the edge client (static)
 #   make CUDA=1                 require the GPU backend (default: built when nvcc is found)
 #   make BLAS=openblas|none     fedge_sgemm on OpenBLAS's cblas_sgemm (default where its
@@ -130,7 +131,7 @@ endif
 
 .SECONDEXPANSION:
 
-.PHONY: all deps test unit integration asan demo bench edge clean distclean libs unit-bins san-bins build-all
+.PHONY: all deps test unit unit-noblas integration asan demo bench edge clean distclean libs unit-bins san-bins build-all
 .DEFAULT_GOAL := all
 
 all: deps
@@ -244,6 +245,12 @@ integration: all
 unit-bins: $(UNIT_BINS)
 san-bins: $(UNIT_BINS) $(AGG_BIN) $(EDGE_BIN) $(TOOL_BINS)
 
+# The unit tests again on the portable kernel (BLAS=none), so both GEMM paths
+# are tested; build/noblas keeps its objects apart from build/native.
+unit-noblas: deps
+	$(Q)$(MAKE) --no-print-directory BLAS=none BUILD=build/noblas unit-bins
+	$(Q)tests/run.sh unit build/noblas
+
 asan: deps
 	$(Q)$(MAKE) --no-print-directory SAN=1 unit-bins
 	$(Q)FEDGE_TEST_QUICK=1 tests/run.sh unit build/asan
@@ -320,7 +327,7 @@ $(FUZZ_BUILD)/seeds/.stamp: $(FUZZ_BUILD)/mkseeds
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 
 clean:
-	rm -rf build/native build/asan build/aarch64-linux-gnu build/fuzz
+	rm -rf build/native build/noblas build/asan build/aarch64-linux-gnu build/fuzz
 
 distclean:
 	rm -rf build
