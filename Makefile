@@ -143,9 +143,15 @@ endif
 all: deps
 	$(Q)$(MAKE) --no-print-directory build-all
 
-deps: $(DEPS_STAMP)
+# The libcoap stamp alone would never rerun deps.sh on a machine set up before
+# a package was added to it; a second stamp older than tools/deps.sh does.
+DEPS_PKG_STAMP := $(DEPS_DIR)/.packages
+deps: $(DEPS_STAMP) $(DEPS_PKG_STAMP)
 $(DEPS_STAMP):
 	tools/deps.sh build $(CROSS)
+$(DEPS_PKG_STAMP): tools/deps.sh | $(DEPS_STAMP)
+	tools/deps.sh build $(CROSS)
+	@touch $@
 
 build-all: $(LIBFEDGE) $(LIBPOLICY) $(AGG_BIN) $(EDGE_BIN) $(CLUSTER_BIN) $(TOOL_BINS) \
            $(BENCH_BINS) $(UNIT_BINS)
