@@ -63,7 +63,9 @@ OPENBLAS_LIB := /usr/lib/$(TRIPLET)/openblas-pthread
 BLAS ?= $(if $(wildcard $(OPENBLAS_INC)/cblas.h),openblas,none)
 ifeq ($(BLAS),openblas)
   BLAS_CFLAGS := -DFEDGE_BLAS_OPENBLAS=1 -I$(OPENBLAS_INC)
-  BLAS_LIBS := -L$(OPENBLAS_LIB) -lopenblas
+  # Debian's armhf libopenblas.a has assembly objects without a GNU-stack note,
+  # which would give a static edge an executable stack
+  BLAS_LIBS := -L$(OPENBLAS_LIB) -lopenblas -Wl,-z,noexecstack
 else ifeq ($(BLAS),none)
   BLAS_CFLAGS :=
   BLAS_LIBS :=
