@@ -1,7 +1,8 @@
 /* gemm.c — single-precision GEMM for the CPU paths (see fedge_sgemm in model.h
  * and blas.h): cblas_sgemm when built with a BLAS, else the portable kernel below.
  *
- * The portable kernel: Goto/BLIS structure in portable C: C is computed in KC-deep slices; for each
+ * The portable kernel (fedge_sgemm_portable, blas.h) has the Goto/BLIS
+ * structure in portable C: C is computed in KC-deep slices; for each
  * slice a block of op(B) (KC x NC) is packed into NR-wide column panels and a
  * block of op(A) (MC x KC) into MR-tall row panels, both zero-padded, so the
  * micro-kernel always runs a full MR x NR tile with unit-stride loads. The
