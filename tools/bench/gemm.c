@@ -10,7 +10,8 @@
  * 1024^3 and 2048^3 problems and on the GEMMs of one mlp:784-200-10 training
  * step at batch 32 and 256 (forward x W^T, weight gradient dZ^T X, input
  * gradient dZ W) and of the CNN's convolutions (im2col form) and hidden
- * dense layer at batch 32. One BLAS thread; rates per second of this thread's CPU time.
+ * dense layer at batch 32, the convolutions also in the transposed im2col
+ * layout ("T": one row per output pixel) for comparison. One BLAS thread; rates per second of this thread's CPU time.
  * FLOPs = 2 M N K. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -222,6 +223,13 @@ int main(int argc, char **argv)
         {"cnn b32 f512 fwd", 0, 1, 32, 512, 1024},
         {"cnn b32 f512 gW", 1, 0, 512, 1024, 32},
         {"cnn b32 f512 gin", 0, 0, 32, 1024, 512},
+        /* the same products with the im2col matrix transposed (one row per
+         * output pixel, [B*OH*OW x C*k*k]) and the output per pixel */
+        {"cnn b32 conv1 fwd T", 0, 1, 18432, 32, 25},
+        {"cnn b32 conv1 gW T", 1, 0, 25, 32, 18432},
+        {"cnn b32 conv2 fwd T", 0, 1, 2048, 64, 800},
+        {"cnn b32 conv2 gW T", 1, 0, 800, 64, 2048},
+        {"cnn b32 conv2 gcol T", 0, 0, 2048, 800, 64},
     };
     printf("\n%-22s %-16s %12s %9s %12s %9s %8s\n", "shape", "M x N x K", fedge_blas_name(),
            "of peak", "portable", "of peak", "ratio");
