@@ -56,7 +56,7 @@ ifneq ($(CROSS),)
 endif
 
 # BLAS: OpenBLAS (Debian's libopenblas-dev, pthread flavour; tools/deps.sh installs it
-# for the native and the CROSS target) unless BLAS=none. Only gemm.c and blas.c read
+# for the native and the CROSS target) unless BLAS=none. Only gemm.c, blas.c and test_blas.c read
 # the switch; a stamp named after it rebuilds them when it changes.
 OPENBLAS_INC := /usr/include/$(TRIPLET)/openblas-pthread
 OPENBLAS_LIB := /usr/lib/$(TRIPLET)/openblas-pthread
@@ -172,7 +172,7 @@ $(BLAS_STAMP):
 	@mkdir -p $(BUILD)
 	@rm -f $(BUILD)/.blas-*
 	@touch $@
-$(BUILD)/obj/shared/gemm.o $(BUILD)/obj/shared/blas.o: $(BLAS_STAMP)
+$(BUILD)/obj/shared/gemm.o $(BUILD)/obj/shared/blas.o $(BUILD)/obj/tests/unit/test_blas.o: $(BLAS_STAMP)
 
 $(BUILD)/obj/cluster/%.o: cluster/%.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
