@@ -27,7 +27,8 @@ PY=$VENV/bin/python
 
 if [ ! -f "$VENV/.installed" ]; then
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --progress-bar off --index-url https://download.pytorch.org/whl/cpu torch 2>/dev/null ||
+    "$VENV/bin/pip" install -q --progress-bar off --timeout 15 --retries 0 \
+        --index-url https://download.pytorch.org/whl/cpu torch 2>/dev/null ||
         "$VENV/bin/pip" install -q --progress-bar off torch
     "$VENV/bin/pip" install -q --progress-bar off numpy scikit-learn threadpoolctl
     "$PY" -c 'import torch, sklearn, numpy, threadpoolctl' && touch "$VENV/.installed"
