@@ -2,6 +2,7 @@
 #
 #   make                        build everything this machine can build
 #   make test                   dependencies, build, unit + integration + ASan/UBSan tests
+#                               (and test_blas built with BLAS=none)
 #   make demo                   dependencies, build, a real federated run (see README.md)
 #   make asan                   ASan + UBSan build of the unit tests, and run them
 #   make unit-noblas            the unit tests built with BLAS=none (build/noblas), and run them
@@ -275,6 +276,9 @@ asan: deps
 	$(Q)FEDGE_TEST_QUICK=1 tests/run.sh unit build/asan
 
 test: all
+	$(Q)$(MAKE) --no-print-directory BLAS=none BUILD=build/noblas build/noblas/tests/test_blas
+	$(Q)build/noblas/tests/test_blas >build/noblas/test_blas.log 2>&1 || \
+	    { cat build/noblas/test_blas.log; echo "test_blas failed with BLAS=none"; exit 1; }
 	$(Q)$(MAKE) --no-print-directory SAN=1 san-bins
 	$(Q)$(MAKE) --no-print-directory fuzz-bins
 	$(Q)tests/run.sh all $(BUILD) build/asan $(FUZZ_BUILD)
