@@ -2,10 +2,15 @@
 #
 #   make                        build everything this machine can build
 #   make test                   dependencies, build, unit + integration + ASan/UBSan tests
+#                               (and test_blas built with BLAS=none)
 #   make demo                   dependencies, build, a real federated run (see README.md)
 #   make asan                   ASan + UBSan build of the unit tests, and run them
+#   make unit-noblas            the unit tests built with BLAS=none (build/noblas), and run them
 #   make CROSS=aarch64-linux-gnu edge   cross-build the edge client (static)
 #   make CUDA=1                 require the GPU backend (default: built when nvcc is found)
+#   make BLAS=openblas|none     fedge_sgemm on OpenBLAS's cblas_sgemm (default where its
+#                               -dev package for the target is installed) or on the
+#                               portable kernel (shared/blas.h)
 #   make bench                  build and run the benchmark programs (tools/bench/)
 #   make fuzz                   build the libFuzzer targets (clang) and run each FUZZ_TIME s
 #
@@ -51,19 +56,48 @@ ifneq ($(CROSS),)
   CUDA := 0
 endif
 
+# BLAS: OpenBLAS (Debian's libopenblas-dev, pthread flavour; tools/deps.sh installs it
+# for the native and the CROSS target) unless BLAS=none. Only gemm.c, blas.c and test_blas.c read
+# the switch; a stamp named after it rebuilds them when it changes.
+OPENBLAS_INC := /usr/include/$(TRIPLET)/openblas-pthread
+OPENBLAS_LIB := /usr/lib/$(TRIPLET)/openblas-pthread
+BLAS ?= $(if $(wildcard $(OPENBLAS_INC)/cblas.h),openblas,none)
+ifeq ($(BLAS),openblas)
+  BLAS_CFLAGS := -DFEDGE_BLAS_OPENBLAS=1 -I$(OPENBLAS_INC)
+  # Debian's armhf libopenblas.a has assembly objects without a GNU-stack note,
+  # which would give a static edge an executable stack
+  BLAS_LIBS := -L$(OPENBLAS_LIB) -lopenblas -Wl,-z,noexecstack
+  # the edge links the archive: 2 MB less resident than loading the whole
+  # 36 MB DYNAMIC_ARCH shared library (docs/BENCHMARKS.md, edge memory)
+  EDGE_BLAS_LIBS := $(OPENBLAS_LIB)/libopenblas.a -Wl,-z,noexecstack
+else ifeq ($(BLAS),none)
+  BLAS_CFLAGS :=
+  BLAS_LIBS :=
+  EDGE_BLAS_LIBS :=
+else
+  $(error BLAS=$(BLAS): use openblas or none)
+endif
+
 OPT ?= -O2
+# GCC's -O2 vectorises only loops whose trip count it knows (its "very cheap"
+# cost model); the dynamic model also vectorises the model's element loops
+# (bias, ReLU, pooling, softmax) with run-time length and alias checks. IEEE
+# semantics are kept (no reassociation), so results do not change. GCC only:
+# the fuzz build (clang) does not get it.
+VECTFLAGS ?= -fvect-cost-model=dynamic
 WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS_BASE := -std=c11 $(OPT) -g $(WARN) -D_GNU_SOURCE -fno-strict-aliasing \
-               -Ishared -Ipolicy -Iaggregator -Iedge -Icluster -I$(DEPS_DIR)/include
+               -Ishared -Ipolicy -Iaggregator -Iedge -Icluster -I$(DEPS_DIR)/include \
+               $(BLAS_CFLAGS)
 ifeq ($(SAN),1)
   SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 endif
-CFLAGS += $(CFLAGS_BASE) $(SANFLAGS)
+CFLAGS += $(CFLAGS_BASE) $(VECTFLAGS) $(SANFLAGS)
 LDFLAGS += $(SANFLAGS) $(CROSS_LDFLAGS)
 
 COAP_LIBS := -L$(DEPS_DIR)/lib -lcoap-3-mbedtls
 TLS_LIBS := -lmbedtls -lmbedx509 -lmbedcrypto
-SYS_LIBS := -lz -lm -lpthread
+SYS_LIBS := $(BLAS_LIBS) -lz -lm -lpthread
 SERVER_LIBS := $(COAP_LIBS) $(TLS_LIBS) -lsqlite3 -lyaml $(SYS_LIBS)
 
 ifeq ($(V),1)
@@ -110,15 +144,21 @@ endif
 
 .SECONDEXPANSION:
 
-.PHONY: all deps test unit integration asan demo bench edge clean distclean libs unit-bins san-bins build-all
+.PHONY: all deps test unit unit-noblas integration asan demo bench edge clean distclean libs unit-bins san-bins build-all
 .DEFAULT_GOAL := all
 
 all: deps
 	$(Q)$(MAKE) --no-print-directory build-all
 
-deps: $(DEPS_STAMP)
+# The libcoap stamp alone would never rerun deps.sh on a machine set up before
+# a package was added to it; a second stamp older than tools/deps.sh does.
+DEPS_PKG_STAMP := $(DEPS_DIR)/.packages
+deps: $(DEPS_STAMP) $(DEPS_PKG_STAMP)
 $(DEPS_STAMP):
 	tools/deps.sh build $(CROSS)
+$(DEPS_PKG_STAMP): tools/deps.sh | $(DEPS_STAMP)
+	tools/deps.sh build $(CROSS)
+	@touch $@
 
 build-all: $(LIBFEDGE) $(LIBPOLICY) $(AGG_BIN) $(EDGE_BIN) $(CLUSTER_BIN) $(TOOL_BINS) \
            $(BENCH_BINS) $(UNIT_BINS)
@@ -131,6 +171,13 @@ $(CUDA_STAMP):
 	@mkdir -p $(BUILD)
 	@rm -f $(BUILD)/.cuda-*
 	@touch $@
+
+BLAS_STAMP := $(BUILD)/.blas-$(BLAS)
+$(BLAS_STAMP):
+	@mkdir -p $(BUILD)
+	@rm -f $(BUILD)/.blas-*
+	@touch $@
+$(BUILD)/obj/shared/gemm.o $(BUILD)/obj/shared/blas.o $(BUILD)/obj/tests/unit/test_blas.o: $(BLAS_STAMP)
 
 $(BUILD)/obj/cluster/%.o: cluster/%.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
@@ -176,7 +223,8 @@ $(BIN)/fedge-aggregator: $(call obj,aggregator/main.c) $(LIBAGG) $(LIBPOLICY) $(
 $(BIN)/fedge-edge: $(call obj,edge/main.c) $(LIBEDGE) $(LIBFEDGE)
 	@mkdir -p $(dir $@)
 	@echo "  LD    $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(COAP_LIBS) $(TLS_LIBS) $(SYS_LIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(COAP_LIBS) $(TLS_LIBS) $(EDGE_BLAS_LIBS) \
+	    $(filter-out $(BLAS_LIBS),$(SYS_LIBS))
 
 $(BIN)/fedge-cluster: $(call obj,cluster/main.c) $(LIBCLUSTER) $(LIBFEDGE)
 	@mkdir -p $(dir $@)
@@ -217,11 +265,20 @@ integration: all
 unit-bins: $(UNIT_BINS)
 san-bins: $(UNIT_BINS) $(AGG_BIN) $(EDGE_BIN) $(TOOL_BINS)
 
+# The unit tests again on the portable kernel (BLAS=none), so both GEMM paths
+# are tested; build/noblas keeps its objects apart from build/native.
+unit-noblas: deps
+	$(Q)$(MAKE) --no-print-directory BLAS=none BUILD=build/noblas unit-bins
+	$(Q)tests/run.sh unit build/noblas
+
 asan: deps
 	$(Q)$(MAKE) --no-print-directory SAN=1 unit-bins
 	$(Q)FEDGE_TEST_QUICK=1 tests/run.sh unit build/asan
 
 test: all
+	$(Q)$(MAKE) --no-print-directory BLAS=none BUILD=build/noblas build/noblas/tests/test_blas
+	$(Q)build/noblas/tests/test_blas >build/noblas/test_blas.log 2>&1 || \
+	    { cat build/noblas/test_blas.log; echo "test_blas failed with BLAS=none"; exit 1; }
 	$(Q)$(MAKE) --no-print-directory SAN=1 san-bins
 	$(Q)$(MAKE) --no-print-directory fuzz-bins
 	$(Q)tests/run.sh all $(BUILD) build/asan $(FUZZ_BUILD)
@@ -293,7 +350,7 @@ $(FUZZ_BUILD)/seeds/.stamp: $(FUZZ_BUILD)/mkseeds
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 
 clean:
-	rm -rf build/native build/asan build/aarch64-linux-gnu build/fuzz
+	rm -rf build/native build/noblas build/asan build/aarch64-linux-gnu build/fuzz
 
 distclean:
 	rm -rf build

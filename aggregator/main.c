@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "agg.h"
+#include "blas.h"
 #include "common.h"
 #include "config.h"
 #include "instance_lock.h"
@@ -61,6 +62,10 @@ int main(int argc, char **argv)
     fedge_instance_lock lock = {.fd = -1, .db_fd = -1};
     pid_t owner = 0;
 
+    if (fedge_blas_threads_from_env(1, NULL) != FEDGE_OK) { /* single-threaded unless asked */
+        fedge_text_eprintf("fedge-aggregator", "FEDGE_BLAS_THREADS: want 1..%d", FEDGE_BLAS_MAX_THREADS);
+        return 2;
+    }
     fedge_agg_config_defaults(&cfg);
     /* The config file first, so the command line overrides it. */
     for (int i = 1; i < argc; i++) {

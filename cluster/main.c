@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "cluster_backend.h"
 #include "common.h"
 #include "dataset.h"
@@ -719,6 +720,10 @@ static int cmd_memory(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    if (fedge_blas_threads_from_env(1, NULL) != FEDGE_OK) { /* one BLAS thread per rank */
+        fedge_text_eprintf("fedge-cluster", "FEDGE_BLAS_THREADS: want 1..%d", FEDGE_BLAS_MAX_THREADS);
+        return EXIT_USAGE;
+    }
     if (argc < 2) {
         usage(stderr);
         return EXIT_USAGE;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "args.h"
+#include "blas.h"
 #include "client.h"
 #include "common.h"
 #include "log.h"
@@ -34,6 +35,10 @@ int main(int argc, char **argv)
     fedge_edge_config cfg;
     char err[256];
     const char *prog = argc > 0 && argv[0] ? argv[0] : "fedge-edge";
+    if (fedge_blas_threads_from_env(1, NULL) != FEDGE_OK) { /* single-threaded unless asked */
+        fedge_text_eprintf(prog, "FEDGE_BLAS_THREADS: want 1..%d", FEDGE_BLAS_MAX_THREADS);
+        return 2;
+    }
     if (fedge_edge_args_parse(argc, argv, &cfg, err, sizeof err) != FEDGE_OK) {
         fedge_text_eprintf(prog, "%s", err);
         return 2;

@@ -1,6 +1,8 @@
-/* gemm.c — single-precision GEMM for the CPU paths (see fedge_sgemm in model.h).
+/* gemm.c — single-precision GEMM for the CPU paths (see fedge_sgemm in model.h
+ * and blas.h): cblas_sgemm when built with a BLAS, else the portable kernel below.
  *
- * Goto/BLIS structure in portable C: C is computed in KC-deep slices; for each
+ * The portable kernel (fedge_sgemm_portable, blas.h) has the Goto/BLIS
+ * structure in portable C: C is computed in KC-deep slices; for each
  * slice a block of op(B) (KC x NC) is packed into NR-wide column panels and a
  * block of op(A) (MC x KC) into MR-tall row panels, both zero-padded, so the
  * micro-kernel always runs a full MR x NR tile with unit-stride loads. The
@@ -13,7 +15,12 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "blas.h"
 #include "model.h"
+
+#if FEDGE_BLAS_OPENBLAS
+#include <cblas.h>
+#endif
 
 #define GEMM_MR 4
 #define GEMM_NR 8
@@ -119,9 +126,9 @@ static void scale_c(int M, int N, float beta, float *C, int ldc)
     }
 }
 
-void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
-                 const float *A, int lda, const float *B, int ldb, float beta,
-                 float *C, int ldc)
+void fedge_sgemm_portable(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                          const float *A, int lda, const float *B, int ldb, float beta,
+                          float *C, int ldc)
 {
     if (M <= 0 || N <= 0)
         return;
@@ -157,4 +164,26 @@ void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
             }
         }
     }
+}
+
+void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta,
+                 float *C, int ldc)
+{
+#if FEDGE_BLAS_OPENBLAS
+    /* degenerate shapes stay here: CBLAS asks for ld >= 1, which K == 0 may not give */
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0 || alpha == 0.0f) {
+        if (beta != 1.0f)
+            scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    fedge_blas_default_threads();
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                ldc);
+#else
+    fedge_sgemm_portable(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#endif
 }

@@ -46,13 +46,34 @@ int fedge_sgd_step(fedge_sgd *opt, float *params, const float *grad)
     return FEDGE_OK;
 }
 
-void fedge_sgd_update(const fedge_sgd_config *cfg, float *params, float *velocity,
-                      const float *grad, size_t n)
+/* The three arrays never overlap (restrict). The inner loop has a fixed trip
+ * count of SGD_BLOCK, which GCC -O2 (its "very cheap" vectoriser) turns into
+ * straight vector code (SSE/AVX on x86-64, NEON on aarch64); a loop of unknown
+ * length it would leave scalar. Per element the arithmetic is exactly the
+ * scalar rule, in the same order (ISO C mode: no FMA contraction). */
+#define SGD_BLOCK 16
+static void sgd_update_kernel(float lr, float mu, float wd, float *restrict params,
+                              float *restrict velocity, const float *restrict grad, size_t n)
 {
-    const float lr = cfg->lr, mu = cfg->momentum, wd = cfg->weight_decay;
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+    for (; n - i >= SGD_BLOCK; i += SGD_BLOCK) {
+        float *restrict p = params + i, *restrict vel = velocity + i;
+        const float *restrict g = grad + i;
+        for (int j = 0; j < SGD_BLOCK; j++) {
+            float v = mu * vel[j] + (g[j] + wd * p[j]);
+            vel[j] = v;
+            p[j] -= lr * v;
+        }
+    }
+    for (; i < n; i++) {
         float v = mu * velocity[i] + (grad[i] + wd * params[i]);
         velocity[i] = v;
         params[i] -= lr * v;
     }
+}
+
+void fedge_sgd_update(const fedge_sgd_config *cfg, float *params, float *velocity,
+                      const float *grad, size_t n)
+{
+    sgd_update_kernel(cfg->lr, cfg->momentum, cfg->weight_decay, params, velocity, grad, n);
 }

@@ -25,7 +25,8 @@ int fedge_sgd_init(fedge_sgd *opt, size_t n, const fedge_sgd_config *cfg);
 void fedge_sgd_free(fedge_sgd *opt);
 /* Update params[0..n) in place from grad[0..n). */
 int fedge_sgd_step(fedge_sgd *opt, float *params, const float *grad);
-/* Same rule on a caller-owned velocity slice (for sharded state). */
+/* Same rule on a caller-owned velocity slice (for sharded state). The three
+ * slices must not overlap. */
 void fedge_sgd_update(const fedge_sgd_config *cfg, float *params, float *velocity,
                       const float *grad, size_t n);
 

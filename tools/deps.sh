@@ -8,7 +8,8 @@
 #    mbedTLS into BUILD_DIR/deps/<triplet>, once; later runs find the stamp
 #    file and do nothing.
 # With CROSS=aarch64-linux-gnu it also installs the cross toolchain and
-# libmbedtls-dev:arm64 (Debian multiarch) and cross-builds libcoap for it.
+# libmbedtls-dev:arm64 and libopenblas-dev:arm64 (Debian multiarch) and
+# cross-builds libcoap for it (arm-linux-gnueabihf: the same for armhf).
 set -euo pipefail
 
 BUILD_DIR=${1:-build}
@@ -24,13 +25,15 @@ as_root() {
 }
 
 PACKAGES=(build-essential pkg-config autoconf automake libtool dpkg-dev
+          libopenblas-dev
           libmbedtls-dev libsqlite3-dev sqlite3 zlib1g-dev libcmocka-dev
           libyaml-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin
           libcoap3-bin time python3 bc libfaketime clang libclang-rt-14-dev)
 if [ -n "$CROSS" ]; then
     arch=$(case "$CROSS" in aarch64-*) echo arm64 ;; arm-*hf) echo armhf ;; *) echo unknown ;; esac)
     [ "$arch" != unknown ] || { log "unsupported CROSS=$CROSS"; exit 1; }
-    PACKAGES+=("gcc-$CROSS" "libmbedtls-dev:$arch" "zlib1g-dev:$arch" "libc6-dev-$arch-cross" qemu-user)
+    PACKAGES+=("gcc-$CROSS" "libmbedtls-dev:$arch" "zlib1g-dev:$arch" "libc6-dev-$arch-cross" qemu-user
+               "libopenblas-dev:$arch")
 fi
 
 missing=()

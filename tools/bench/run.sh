@@ -12,6 +12,8 @@ run() {
     "$@" || { echo "benchmark failed: $*"; status=1; }
     echo
 }
+run "$BIN/bench-gemm"
+run "$BIN/bench-sgd"
 run "$BIN/bench-train"
 run "$BIN/bench-codec"
 [ -x "$BIN/bench-aggregate" ] && run "$BIN/bench-aggregate"
@@ -21,4 +23,7 @@ for b in "$BIN"/bench-mpi_*; do
     [ -x "$b" ] || continue
     run mpirun --allow-run-as-root --oversubscribe -np 2 "$b"
 done
+# fedge vs PyTorch vs scikit-learn: needs a Python venv with torch (installed
+# once under build/bench-venv, several GB), so only on request.
+[ "${FEDGE_BENCH_TORCH:-0}" = 1 ] && run tools/bench/vs_torch.sh "$BUILD"
 exit $status

@@ -1,0 +1,243 @@
+/* test_blas.c — the BLAS switch behind fedge_sgemm (blas.h): fedge_sgemm and the
+ * portable kernel both against a naive loop in the same binary (so a BLAS=openblas
+ * build checks both paths), the degenerate shapes a BLAS would reject, the
+ * thread-count controls, and the vectorised SGD update against the scalar rule. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "common.h"
+#include "model.h"
+#include "optim.h"
+#include "rng.h"
+
+typedef void (*gemm_fn)(int, int, int, int, int, float, const float *, int, const float *, int,
+                        float, float *, int);
+
+static void naive_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                       const float *B, int ldb, float beta, double *C, int ldc)
+{
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double acc = 0.0;
+            for (int k = 0; k < K; k++) {
+                double a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                double b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                acc += a * b;
+            }
+            double c0 = beta == 0.0f ? 0.0 : beta * C[(size_t)i * ldc + j];
+            C[(size_t)i * ldc + j] = alpha * acc + c0;
+        }
+}
+
+/* lda/ldb/ldc = the tight leading dimension + pad, with no max(1, .) floor:
+ * K == 0 and pad 0 give a transposed B the ldb 0 that a BLAS rejects. */
+static void check_gemm(gemm_fn gemm, const char *name, int ta, int tb, int M, int N, int K,
+                       float alpha, float beta, int pad, fedge_rng *rng)
+{
+    int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb,
+           nc = (size_t)M * ldc;
+    float *A = malloc(sizeof(float) * (na ? na : 1));
+    float *B = malloc(sizeof(float) * (nb ? nb : 1));
+    float *C = malloc(sizeof(float) * (nc ? nc : 1));
+    double *R = malloc(sizeof(double) * (nc ? nc : 1));
+    assert_true(A && B && C && R);
+    for (size_t i = 0; i < na; i++)
+        A[i] = (float)fedge_rng_normal(rng);
+    for (size_t i = 0; i < nb; i++)
+        B[i] = (float)fedge_rng_normal(rng);
+    for (size_t i = 0; i < nc; i++) {
+        C[i] = beta == 0.0f ? NAN : (float)fedge_rng_normal(rng); /* beta 0 must not read C */
+        R[i] = C[i];
+    }
+    gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    naive_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, R, ldc);
+    double tol = 1e-5 * (K + 4);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < ldc; j++) {
+            size_t at = (size_t)i * ldc + j;
+            if (j >= N) {
+                if (!(isnan(C[at]) && isnan(R[at])) && C[at] != (float)R[at])
+                    fail_msg("%s wrote padding at %d,%d", name, i, j);
+                continue;
+            }
+            if (!(fabs(C[at] - R[at]) <= tol))
+                fail_msg("%s %d%d %dx%dx%d a=%g b=%g: C[%d][%d] = %.7g, want %.7g", name, ta, tb,
+                         M, N, K, alpha, beta, i, j, C[at], R[at]);
+        }
+    free(A);
+    free(B);
+    free(C);
+    free(R);
+}
+
+static void check_all_shapes(gemm_fn gemm, const char *name)
+{
+    static const int shapes[][3] = {
+        {1, 1, 1},    {1, 7, 1},     {3, 5, 7},      {4, 8, 16},     {5, 9, 17},
+        {17, 13, 29}, {64, 64, 64},  {32, 200, 784}, {256, 10, 200}, {200, 784, 32},
+        {10, 200, 32},  {32, 10, 200}, {256, 200, 10}, {129, 67, 300}, {5, 600, 3},
+        {2, 1030, 11},  {131, 517, 513},
+    };
+    fedge_rng rng;
+    fedge_rng_seed(&rng, 91);
+    for (size_t s = 0; s < FEDGE_ARRAY_LEN(shapes); s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                check_gemm(gemm, name, ta, tb, M, N, K, 1.0f, 0.0f, 0, &rng);
+                check_gemm(gemm, name, ta, tb, M, N, K, 0.7f, 0.3f, 3, &rng);
+                check_gemm(gemm, name, ta, tb, M, N, K, -1.5f, 1.0f, 1, &rng);
+            }
+}
+
+/* Must run first: no count was set yet, so the first fedge_sgemm picks one
+ * thread (OpenBLAS alone would start with one per core). */
+static void test_blas_default_single_thread(void **state)
+{
+    (void)state;
+    unsetenv("FEDGE_BLAS_THREADS");
+    float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8}, c[4];
+    fedge_sgemm(0, 0, 2, 2, 2, 1.0f, a, 2, b, 2, 0.0f, c, 2);
+    assert_true(c[0] == 19.0f && c[1] == 22.0f && c[2] == 43.0f && c[3] == 50.0f);
+    assert_int_equal(fedge_blas_threads(), 1);
+}
+
+static void test_sgemm_vs_naive(void **state)
+{
+    (void)state;
+    check_all_shapes(fedge_sgemm, fedge_blas_name());
+}
+
+static void test_portable_vs_naive(void **state)
+{
+    (void)state;
+    check_all_shapes(fedge_sgemm_portable, "portable");
+}
+
+/* K == 0 with a transposed B has ldb 0, below the ld >= 1 the CBLAS interface
+ * asks for; alpha == 0 must still scale C by beta, and beta == 0 must overwrite
+ * a NaN in C. fedge_sgemm answers these itself, without the BLAS. */
+static void test_sgemm_degenerate(void **state)
+{
+    (void)state;
+    fedge_rng rng;
+    fedge_rng_seed(&rng, 5);
+    gemm_fn fns[] = {fedge_sgemm, fedge_sgemm_portable};
+    for (size_t f = 0; f < FEDGE_ARRAY_LEN(fns); f++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                check_gemm(fns[f], "degenerate", ta, tb, 6, 5, 0, 1.0f, 2.0f, 0, &rng);
+                check_gemm(fns[f], "degenerate", ta, tb, 6, 5, 0, 1.0f, 0.0f, 0, &rng);
+                check_gemm(fns[f], "degenerate", ta, tb, 6, 5, 4, 0.0f, 0.5f, 1, &rng);
+                check_gemm(fns[f], "degenerate", ta, tb, 6, 5, 4, 0.0f, 0.0f, 0, &rng);
+            }
+    /* M or N zero: nothing is read or written */
+    float c = 42.0f;
+    fedge_sgemm(0, 0, 0, 1, 1, 1.0f, NULL, 1, NULL, 1, 0.0f, &c, 1);
+    fedge_sgemm(0, 0, 1, 0, 1, 1.0f, NULL, 1, NULL, 1, 0.0f, &c, 1);
+    assert_true(c == 42.0f);
+}
+
+static void test_blas_threads(void **state)
+{
+    (void)state;
+    assert_true(strcmp(fedge_blas_name(), "openblas") == 0 ||
+                strcmp(fedge_blas_name(), "portable") == 0);
+#if FEDGE_BLAS_OPENBLAS
+    assert_string_equal(fedge_blas_name(), "openblas");
+    assert_non_null(strstr(fedge_blas_config(), "OpenBLAS"));
+#else
+    assert_string_equal(fedge_blas_name(), "portable");
+#endif
+    assert_int_equal(fedge_blas_set_threads(2), FEDGE_OK);
+    assert_int_equal(fedge_blas_threads(), 2);
+    assert_int_equal(fedge_blas_set_threads(1), FEDGE_OK);
+    assert_int_equal(fedge_blas_threads(), 1);
+    assert_int_equal(fedge_blas_set_threads(0), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_blas_set_threads(-3), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_blas_set_threads(FEDGE_BLAS_MAX_THREADS + 1), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_blas_threads(), 1);
+
+    int used = 0;
+    unsetenv("FEDGE_BLAS_THREADS");
+    assert_int_equal(fedge_blas_threads_from_env(1, &used), FEDGE_OK);
+    assert_int_equal(used, 1);
+    assert_int_equal(fedge_blas_threads(), 1);
+    setenv("FEDGE_BLAS_THREADS", "2", 1);
+    assert_int_equal(fedge_blas_threads_from_env(1, &used), FEDGE_OK);
+    assert_int_equal(used, 2);
+    assert_int_equal(fedge_blas_threads(), 2);
+    static const char *bad[] = {"0", "-1", "two", "2x", " 2", "1025", "99999999999999999999"};
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(bad); i++) {
+        setenv("FEDGE_BLAS_THREADS", bad[i], 1);
+        used = -7;
+        assert_int_equal(fedge_blas_threads_from_env(1, &used), FEDGE_ERR_CONFIG_VALUE);
+        assert_int_equal(used, -7);
+        assert_int_equal(fedge_blas_threads(), 2); /* unchanged */
+    }
+    setenv("FEDGE_BLAS_THREADS", "", 1);
+    assert_int_equal(fedge_blas_threads_from_env(1, NULL), FEDGE_OK);
+    assert_int_equal(fedge_blas_threads(), 1);
+    unsetenv("FEDGE_BLAS_THREADS");
+}
+
+/* The vectorised update equals the scalar PyTorch rule bit for bit, for every
+ * length around the block size and on a slice at an odd offset. */
+static void test_sgd_update_matches_scalar(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    static float p[N], v[N], g[N], rp[N], rv[N];
+    fedge_rng rng;
+    fedge_rng_seed(&rng, 3);
+    const fedge_sgd_config cfgs[] = {
+        {.lr = 0.05f, .momentum = 0.9f, .weight_decay = 5e-4f},
+        {.lr = 0.1f, .momentum = 0.0f, .weight_decay = 0.0f},
+        {.lr = 1e-3f, .momentum = 0.99f, .weight_decay = 0.1f},
+    };
+    static const size_t lens[] = {1, 2, 15, 16, 17, 31, 32, 33, 47, 100, 999};
+    for (size_t c = 0; c < FEDGE_ARRAY_LEN(cfgs); c++)
+        for (size_t l = 0; l < FEDGE_ARRAY_LEN(lens); l++)
+            for (size_t off = 0; off < 2; off++) {
+                size_t n = lens[l];
+                for (size_t i = 0; i < N; i++) {
+                    rp[i] = p[i] = (float)fedge_rng_normal(&rng);
+                    rv[i] = v[i] = (float)fedge_rng_normal(&rng);
+                    g[i] = (float)fedge_rng_normal(&rng);
+                }
+                for (int step = 0; step < 3; step++) {
+                    fedge_sgd_update(&cfgs[c], p + off, v + off, g + off, n);
+                    for (size_t i = off; i < off + n; i++) {
+                        volatile float t = cfgs[c].momentum * rv[i];
+                        volatile float u = g[i] + cfgs[c].weight_decay * rp[i];
+                        rv[i] = t + u;
+                        volatile float d = cfgs[c].lr * rv[i];
+                        rp[i] = rp[i] - d;
+                    }
+                }
+                assert_memory_equal(p, rp, sizeof p); /* outside the slice: untouched */
+                assert_memory_equal(v, rv, sizeof v);
+            }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_blas_default_single_thread),
+        cmocka_unit_test(test_sgemm_vs_naive),
+        cmocka_unit_test(test_portable_vs_naive),
+        cmocka_unit_test(test_sgemm_degenerate),
+        cmocka_unit_test(test_blas_threads),
+        cmocka_unit_test(test_sgd_update_matches_scalar),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
