@@ -29,11 +29,22 @@ static void test_spec_parse_good(void **state)
     } cases[] = {
         {"softmax:784-10", FEDGE_MODEL_SOFTMAX, 1, 784 * 10 + 10},
         {"softmax:1-2", FEDGE_MODEL_SOFTMAX, 1, 4},
-        {"mlp:784-200-10", FEDGE_MODEL_MLP, 2, 200 * 785 + 10 * 201},
-        {"mlp:784-256-128-10", FEDGE_MODEL_MLP, 3, 256 * 785 + 128 * 257 + 10 * 129},
-        {"mlp:7-5-4-3", FEDGE_MODEL_MLP, 3, 5 * 8 + 4 * 6 + 3 * 5},
-        {"mlp:2-3-3-3-3-3-3-3-256", FEDGE_MODEL_MLP, 8, 3 * 3 + 6 * 3 * 4 + 256 * 4},
+        {"mlp:784-200-10", FEDGE_MODEL_MLP, 3, 200 * 785 + 10 * 201},
+        {"mlp:784-256-128-10", FEDGE_MODEL_MLP, 5, 256 * 785 + 128 * 257 + 10 * 129},
+        {"mlp:7-5-4-3", FEDGE_MODEL_MLP, 5, 5 * 8 + 4 * 6 + 3 * 5},
+        {"mlp:2-3-3-3-3-3-3-3-256", FEDGE_MODEL_MLP, 15, 3 * 3 + 6 * 3 * 4 + 256 * 4},
+        /* 16 dense layers and 15 relus: 31 of the 32 layer entries */
+        {"mlp:2-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-2", FEDGE_MODEL_MLP, 31, 3 * 3 + 14 * 3 * 4 + 2 * 4},
         {"softmax:65536-2", FEDGE_MODEL_SOFTMAX, 1, 2 * 65537},
+        {"cnn:1x28x28-c32k5-p2-c64k5-p2-f512-10", FEDGE_MODEL_CNN, 10, 582026},
+        {"cnn:1x28x28-c16k3p1-p2-f128-d25-10", FEDGE_MODEL_CNN, 8,
+         16 * 10 + 128 * (16 * 14 * 14 + 1) + 10 * 129},
+        {"cnn:3x32x32-c8k5s2p2-p3s2-c4k1-p2s1-d10-7", FEDGE_MODEL_CNN, 9,
+         8 * 76 + 4 * 9 + 7 * (4 * 6 * 6 + 1)},
+        {"cnn:2x4x4-5", FEDGE_MODEL_CNN, 2, 5 * 33},
+        {"cnn:1x1x1-d99-f1-d1-2", FEDGE_MODEL_CNN, 6, 2 + 4},
+        {"cnn:65536x1x1-2", FEDGE_MODEL_CNN, 2, 2 * 65537},
+        {"cnn:1x5x7-c2k5p2-p1-p5s3-2", FEDGE_MODEL_CNN, 6, 2 * 26 + 2 * (2 * 1 * 1 + 1)},
     };
     for (size_t i = 0; i < FEDGE_ARRAY_LEN(cases); i++) {
         fedge_model_spec s;
@@ -47,10 +58,20 @@ static void test_spec_parse_good(void **state)
     }
     fedge_model_spec s;
     assert_int_equal(fedge_model_spec_parse("mlp:784-256-128-10", &s), FEDGE_OK);
-    assert_int_equal(s.dims[0], 784);
-    assert_int_equal(s.dims[1], 256);
-    assert_int_equal(s.dims[2], 128);
-    assert_int_equal(s.dims[3], 10);
+    assert_int_equal(s.input_dim, 784);
+    assert_int_equal(s.classes, 10);
+    static const fedge_layer_type mlp_types[] = {FEDGE_LAYER_DENSE, FEDGE_LAYER_RELU,
+                                                 FEDGE_LAYER_DENSE, FEDGE_LAYER_RELU,
+                                                 FEDGE_LAYER_DENSE};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(s.layer[i].type, mlp_types[i]);
+    int dims[FEDGE_MODEL_MAX_LAYERS + 1], n_dense = -1;
+    assert_int_equal(fedge_model_spec_dense_dims(&s, dims, &n_dense), 1);
+    assert_int_equal(n_dense, 3);
+    assert_int_equal(dims[0], 784);
+    assert_int_equal(dims[1], 256);
+    assert_int_equal(dims[2], 128);
+    assert_int_equal(dims[3], 10);
 }
 
 static void test_spec_parse_bad(void **state)
@@ -75,7 +96,7 @@ static void test_spec_parse_bad(void **state)
         "mlp:784-200-1",        /* one class */
         "mlp:784-200-257",      /* more classes than a uint8 label holds */
         "mlp:65536-65536-10",   /* too many parameters */
-        "mlp:2-3-3-3-3-3-3-3-3-2", /* nine dense layers */
+        "mlp:2-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-2", /* 17 dense layers: 33 entries */
         "mlp:784-200-10-",      /* trailing junk */
         "mlp:784-200-10x",
         "mlp:784-200-10 ",
@@ -101,12 +122,8 @@ static void test_spec_parse_bad(void **state)
     assert_int_equal(fedge_model_spec_parse("softmax:784-10", NULL), FEDGE_ERR_INVALID_ARG);
 
     /* a hand-built spec that breaks the rules is refused everywhere */
-    memset(&s, 0, sizeof s);
-    s.kind = FEDGE_MODEL_SOFTMAX;
-    s.n_layers = 2;
-    s.dims[0] = 4;
-    s.dims[1] = 3;
-    s.dims[2] = 2;
+    assert_int_equal(fedge_model_spec_parse("mlp:4-3-2", &s), FEDGE_OK);
+    s.kind = FEDGE_MODEL_SOFTMAX; /* softmax with a hidden layer */
     char buf[FEDGE_MODEL_SPEC_MAX];
     assert_int_equal(fedge_model_spec_format(&s, buf, sizeof buf), FEDGE_ERR_MODEL_SPEC);
     assert_int_equal(fedge_model_spec_param_count(&s), 0);
@@ -150,8 +167,9 @@ static void make_model(const char *text, uint64_t seed, fedge_model *m)
     assert_int_equal(fedge_model_randomize(m, &rng), FEDGE_OK);
     /* non-zero biases, so their gradients are exercised away from zero */
     for (int l = 0; l < s.n_layers; l++)
-        for (int j = 0; j < s.dims[l + 1]; j++)
-            m->b[l][j] = 0.2f * (float)fedge_rng_normal(&rng);
+        if (s.layer[l].n_params > 0)
+            for (int j = 0; j < s.layer[l].out; j++)
+                m->params[s.layer[l].b_off + (size_t)j] = 0.2f * (float)fedge_rng_normal(&rng);
 }
 
 static void test_init_views_free(void **state)
@@ -164,26 +182,30 @@ static void test_init_views_free(void **state)
     assert_int_equal(m.n_params, 79);
     for (size_t i = 0; i < m.n_params; i++)
         assert_true(m.params[i] == 0.0f);
-    assert_ptr_equal(m.W[0], m.params);
-    assert_ptr_equal(m.b[0], m.params + 35);
-    assert_ptr_equal(m.W[1], m.params + 40);
-    assert_ptr_equal(m.b[1], m.params + 60);
-    assert_ptr_equal(m.W[2], m.params + 64);
-    assert_ptr_equal(m.b[2], m.params + 76);
-    assert_null(m.W[3]);
+    /* the layout of every existing model file: W_l then b_l per dense layer */
+    assert_int_equal(s.layer[0].w_off, 0);
+    assert_int_equal(s.layer[0].b_off, 35);
+    assert_int_equal(s.layer[2].w_off, 40);
+    assert_int_equal(s.layer[2].b_off, 60);
+    assert_int_equal(s.layer[4].w_off, 64);
+    assert_int_equal(s.layer[4].b_off, 76);
+    assert_int_equal(s.layer[1].n_params, 0);
+    assert_int_equal(s.layer[3].n_params, 0);
 
     fedge_rng rng;
     fedge_rng_seed(&rng, 1);
     assert_int_equal(fedge_model_randomize(&m, &rng), FEDGE_OK);
     /* He-uniform: |w| <= sqrt(6 / fan_in), biases zero */
-    for (int l = 0; l < 3; l++) {
-        float limit = sqrtf(6.0f / (float)s.dims[l]);
-        for (int i = 0; i < s.dims[l] * s.dims[l + 1]; i++)
-            assert_true(fabsf(m.W[l][i]) <= limit);
-        for (int j = 0; j < s.dims[l + 1]; j++)
-            assert_true(m.b[l][j] == 0.0f);
+    for (int l = 0; l < 5; l += 2) {
+        const fedge_layer *ly = &s.layer[l];
+        float limit = sqrtf(6.0f / (float)ly->in_c);
+        for (size_t i = ly->w_off; i < ly->b_off; i++)
+            assert_true(fabsf(m.params[i]) <= limit);
+        for (int j = 0; j < ly->out; j++)
+            assert_true(m.params[ly->b_off + (size_t)j] == 0.0f);
     }
-    assert_int_equal(fedge_model_scratch_floats(&s, 10), 10 * (5 + 4 + 3 + 5));
+    /* activations 5 + 4 + 3 (relu in place), two gradient buffers of the widest 5 */
+    assert_int_equal(fedge_model_scratch_floats(&s, 10), 10 * (5 + 4 + 3 + 2 * 5));
     fedge_model_free(&m);
     assert_null(m.params);
     fedge_model_free(&m); /* double free is safe */
@@ -195,7 +217,7 @@ static void check_gradients(const char *text, int batch, uint64_t seed)
 {
     fedge_model m;
     make_model(text, seed, &m);
-    int din = m.spec.dims[0], classes = m.spec.dims[m.spec.n_layers];
+    int din = m.spec.input_dim, classes = m.spec.classes;
     fedge_rng rng;
     fedge_rng_seed(&rng, seed + 100);
     float *x = malloc(sizeof(float) * (size_t)batch * din);
@@ -214,7 +236,7 @@ static void check_gradients(const char *text, int batch, uint64_t seed)
         grad[i] = 1e30f; /* must be overwritten */
 
     float loss;
-    assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, scratch, grad, &loss), FEDGE_OK);
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, 0, scratch, grad, &loss), FEDGE_OK);
     assert_true(isfinite(loss) && loss > 0.0f);
 
     const float eps = 1e-3f;
@@ -225,9 +247,9 @@ static void check_gradients(const char *text, int batch, uint64_t seed)
         float *g2 = malloc(sizeof(float) * m.n_params);
         assert_non_null(g2);
         m.params[i] = saved + eps;
-        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, scratch, g2, &lp), FEDGE_OK);
+        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, 0, scratch, g2, &lp), FEDGE_OK);
         m.params[i] = saved - eps;
-        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, scratch, g2, &lm), FEDGE_OK);
+        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, 0, scratch, g2, &lm), FEDGE_OK);
         m.params[i] = saved;
         free(g2);
         double fd = ((double)lp - (double)lm) / (2.0 * eps);
@@ -296,7 +318,7 @@ static void test_forward_probabilities(void **state)
     float *grad = malloc(sizeof(float) * m.n_params);
     assert_non_null(grad);
     float loss;
-    assert_int_equal(fedge_model_loss_grad(&m, x, y, B, scratch, grad, &loss), FEDGE_OK);
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, B, 0, scratch, grad, &loss), FEDGE_OK);
     assert_true(isfinite(loss));
     for (int i = 0; i < B; i++) {
         double sum = 0.0;
@@ -311,7 +333,7 @@ static void test_forward_probabilities(void **state)
 
     /* a label outside the classes is refused */
     y[2] = 5;
-    assert_int_equal(fedge_model_loss_grad(&m, x, y, B, scratch, grad, &loss),
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, B, 0, scratch, grad, &loss),
                      FEDGE_ERR_DATA_LABEL);
     assert_int_equal(fedge_model_forward(&m, x, 0, scratch, probs), FEDGE_ERR_INVALID_ARG);
     free(grad);
@@ -333,7 +355,7 @@ static void test_loss_and_evaluate_exact(void **state)
         x[i] = (float)(i % 5) - 2.0f;
     uint8_t y[7] = {0, 1, 2, 3, 0, 0, 2};
     float scratch[7 * 4], grad[16], loss;
-    assert_int_equal(fedge_model_loss_grad(&m, x, y, 7, scratch, grad, &loss), FEDGE_OK);
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, 7, 0, scratch, grad, &loss), FEDGE_OK);
     assert_float_equal(loss, logf(4.0f), 1e-6);
     /* bias gradient of the mean loss: (1/4 - share of each class) */
     assert_float_equal(grad[12 + 0], 0.25f - 3.0f / 7.0f, 1e-6);
@@ -350,7 +372,7 @@ static void test_loss_and_evaluate_exact(void **state)
     assert_true(fabs(loss_sum - 7.0 * log(4.0)) < 1e-4);
 
     /* make class 2 win for every row: all rows with label 2 are right */
-    m.b[0][2] = 1.0f;
+    m.params[m.spec.layer[0].b_off + 2] = 1.0f;
     assert_int_equal(fedge_model_evaluate(&m, x, y, 7, 2, small_scratch, &correct, &loss_sum),
                      FEDGE_OK);
     assert_int_equal(correct, 2);
