@@ -4,6 +4,7 @@
 #   make test                   dependencies, build, unit + integration + ASan/UBSan tests
 #                               (and test_blas built with BLAS=none)
 #   make demo                   dependencies, build, a real federated run (see README.md)
+#   make demo MODEL=cnn:...     the same run with another model spec (default mlp:784-200-10)
 #   make asan                   ASan + UBSan build of the unit tests, and run them
 #   make unit-noblas            the unit tests built with BLAS=none (build/noblas), and run them
 #   make CROSS=aarch64-linux-gnu edge   cross-build the edge client (static)
@@ -284,7 +285,7 @@ test: all
 	$(Q)tests/run.sh all $(BUILD) build/asan $(FUZZ_BUILD)
 
 demo: all
-	$(Q)tools/demo.sh $(BUILD)
+	$(Q)$(if $(MODEL),DEMO_SPEC='$(MODEL)') tools/demo.sh $(BUILD)
 
 bench: all
 	$(Q)tools/bench/run.sh $(BUILD)
