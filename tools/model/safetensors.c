@@ -169,6 +169,8 @@ static int parse_metadata(mdl_json *j, const mdl_view *v, char *err, size_t errl
         size_t klen, vlen;
         CHK(mdl_json_string(j, key, sizeof key, &klen));
         CHK(mdl_json_expect(j, ':'));
+        if (mdl_json_peek(j) != '"')
+            FAIL(mdl_json_fail(j, "__metadata__ value is not a string"));
         CHK(mdl_json_string(j, val, sizeof val, &vlen));
         if (strlen(key) != klen)
             FAIL(mdl_json_fail(j, "NUL in a metadata key"));
