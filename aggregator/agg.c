@@ -378,9 +378,9 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
             snprintf(err, errlen, "model: %s", fedge_strerror(ret));
         goto cleanup;
     }
-    if (a->test.dim != a->model.spec.dims[0]) {
+    if (a->test.dim != a->model.spec.input_dim) {
         snprintf(err, errlen, "test set has %d features, the model expects %d", a->test.dim,
-                 a->model.spec.dims[0]);
+                 a->model.spec.input_dim);
         FAIL(FEDGE_ERR_MODEL_SHAPE);
     }
     if (cfg->max_update_bytes > 0) {
@@ -633,7 +633,8 @@ static int refine_model(fedge_aggregator *a)
                  exit_status < 0 ? "timed out or was killed" : "failed", exit_status, summary);
     } else if ((ret = fedge_model_load(out, &m, NULL)) != FEDGE_OK) {
         snprintf(detail, sizeof detail, "refined model unreadable: %s", fedge_strerror(ret));
-    } else if (m.n_params != a->model.n_params || m.spec.n_layers != a->model.spec.n_layers) {
+    } else if (m.n_params != a->model.n_params ||
+               fedge_model_spec_id(&m.spec) != fedge_model_spec_id(&a->model.spec)) {
         snprintf(detail, sizeof detail, "refined model has another shape");
     } else {
         ok = 1;

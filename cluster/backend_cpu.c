@@ -15,6 +15,7 @@
 
 typedef struct {
     MPI_Comm comm;
+    fedge_dense_shape shape;               /* cfg.spec as dense layers */
     float *params, *grads, *velocity;
     float *act_block;                      /* activations, one block */
     float *act[FEDGE_MODEL_MAX_LAYERS + 1]; /* act[0] input .. act[L] probabilities */
@@ -121,7 +122,7 @@ static int cpu_get_optim(fedge_backend *be, float *host)
 static int cpu_load_batch(fedge_backend *be, const float *x, const uint8_t *y, int rows)
 {
     cpu_impl *c = IMPL(be);
-    const fedge_model_spec *sp = &be->cfg.spec;
+    const fedge_dense_shape *sp = &c->shape;
     if (rows < 1 || rows > be->cfg.local_batch_max)
         return FEDGE_ERR_RANGE;
     for (int i = 0; i < rows; i++)
@@ -139,10 +140,10 @@ static int cpu_load_batch(fedge_backend *be, const float *x, const uint8_t *y, i
 static int cpu_forward(fedge_backend *be, float grad_weight, double *loss_sum)
 {
     cpu_impl *c = IMPL(be);
-    const fedge_model_spec *sp = &be->cfg.spec;
+    const fedge_dense_shape *sp = &c->shape;
     const int L = sp->n_layers, rows = c->rows;
     float *W[FEDGE_MODEL_MAX_LAYERS], *b[FEDGE_MODEL_MAX_LAYERS];
-    fedge_model_views(sp, c->params, W, b);
+    fedge_dense_views(sp, c->params, W, b);
     for (int l = 0; l < L; l++) {
         const int in = sp->dims[l], out = sp->dims[l + 1];
         float *z = c->act[l + 1];
@@ -187,14 +188,14 @@ static int cpu_progress(cpu_impl *c)
 static int cpu_backward_layer(fedge_backend *be, int l)
 {
     cpu_impl *c = IMPL(be);
-    const fedge_model_spec *sp = &be->cfg.spec;
+    const fedge_dense_shape *sp = &c->shape;
+    if (l < 0 || l >= sp->n_layers)
+        return FEDGE_ERR_INVALID_ARG;
     const int rows = c->rows, in = sp->dims[l], out = sp->dims[l + 1];
     float *W[FEDGE_MODEL_MAX_LAYERS], *b[FEDGE_MODEL_MAX_LAYERS];
     float *gW[FEDGE_MODEL_MAX_LAYERS], *gb[FEDGE_MODEL_MAX_LAYERS];
-    if (l < 0 || l >= sp->n_layers)
-        return FEDGE_ERR_INVALID_ARG;
-    fedge_model_views(sp, c->params, W, b);
-    fedge_model_views(sp, c->grads, gW, gb);
+    fedge_dense_views(sp, c->params, W, b);
+    fedge_dense_views(sp, c->grads, gW, gb);
     fedge_sgemm(1, 0, out, in, rows, 1.0f, c->dz, out, c->act[l], in, 0.0f, gW[l], in);
     for (int j = 0; j < out; j++)
         gb[l][j] = 0.0f;
@@ -398,6 +399,10 @@ int fedge_backend_cpu_create(const fedge_backend_config *cfg, fedge_backend **ou
     const fedge_layout *lo = &cfg->layout;
     if (lo->n_pad > INT_MAX)
         return FEDGE_ERR_UNSUPPORTED;
+    fedge_dense_shape shape;
+    ret = fedge_dense_shape_of(&cfg->spec, &shape); /* a CNN: FEDGE_ERR_UNSUPPORTED */
+    if (ret != FEDGE_OK)
+        return ret;
     be = calloc(1, sizeof(*be));
     c = calloc(1, sizeof(*c));
     if (be == NULL || c == NULL) {
@@ -409,20 +414,21 @@ int fedge_backend_cpu_create(const fedge_backend_config *cfg, fedge_backend **ou
     be->cfg = *cfg;
     be->impl = c;
     c->comm = MPI_COMM_NULL;
+    c->shape = shape;
     be->opt_off = cfg->zero ? lo->own_off : 0;
     be->opt_len = cfg->zero ? lo->shard : lo->n_pad;
     if (MPI_Comm_dup(MPI_COMM_WORLD, &c->comm) != MPI_SUCCESS)
         FAIL(FEDGE_ERR_CLUSTER_COMM);
 
-    const fedge_model_spec *sp = &cfg->spec;
+    const fedge_dense_shape *sp = &c->shape;
     const size_t rows = (size_t)cfg->local_batch_max;
-    const size_t maxd = (size_t)fedge_layout_max_dim(sp);
+    const size_t maxd = (size_t)fedge_layout_max_dim(&cfg->spec);
     fedge_memory_plan plan;
-    fedge_memory_plan_make(sp, lo, cfg->local_batch_max, cfg->precision, cfg->zero, 0, &plan);
+    fedge_memory_plan_make(&cfg->spec, lo, cfg->local_batch_max, cfg->precision, cfg->zero, 0, &plan);
     c->params = calloc(lo->n_pad, sizeof(float));
     c->grads = calloc(lo->n_pad, sizeof(float));
     c->velocity = calloc(be->opt_len, sizeof(float));
-    c->act_block = calloc(rows * fedge_layout_act_floats_per_row(sp), sizeof(float));
+    c->act_block = calloc(rows * fedge_layout_act_floats_per_row(&cfg->spec), sizeof(float));
     c->dz = calloc(rows * maxd, sizeof(float));
     c->da = calloc(rows * maxd, sizeof(float));
     c->y = calloc(rows, 1);

@@ -19,11 +19,51 @@ int fedge_layout_init(fedge_layout *lo, size_t n, int world, int rank)
     return FEDGE_OK;
 }
 
+int fedge_dense_shape_of(const fedge_model_spec *spec, fedge_dense_shape *out)
+{
+    fedge_dense_shape sh;
+    memset(&sh, 0, sizeof sh);
+    if (spec == NULL || out == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    if (!fedge_model_spec_dense_dims(spec, sh.dims, &sh.n_layers))
+        return fedge_model_spec_param_count(spec) == 0 ? FEDGE_ERR_MODEL_SPEC
+                                                      : FEDGE_ERR_UNSUPPORTED;
+    *out = sh;
+    return FEDGE_OK;
+}
+
+/* An empty shape for a spec that is not dense: no layers, no dims. */
+static fedge_dense_shape shape_or_empty(const fedge_model_spec *spec)
+{
+    fedge_dense_shape sh;
+    if (fedge_dense_shape_of(spec, &sh) != FEDGE_OK)
+        memset(&sh, 0, sizeof sh);
+    return sh;
+}
+
+void fedge_dense_views(const fedge_dense_shape *sh, float *base, float *W[FEDGE_MODEL_MAX_LAYERS],
+                       float *b[FEDGE_MODEL_MAX_LAYERS])
+{
+    float *p = base;
+    for (int l = 0; l < FEDGE_MODEL_MAX_LAYERS; l++) {
+        if (l < sh->n_layers) {
+            W[l] = p;
+            p += (size_t)sh->dims[l + 1] * (size_t)sh->dims[l];
+            b[l] = p;
+            p += sh->dims[l + 1];
+        } else {
+            W[l] = NULL;
+            b[l] = NULL;
+        }
+    }
+}
+
 size_t fedge_layout_layer_offset(const fedge_model_spec *spec, int l)
 {
+    fedge_dense_shape sh = shape_or_empty(spec);
     size_t off = 0;
-    for (int i = 0; i < l && i < spec->n_layers; i++)
-        off += (size_t)spec->dims[i + 1] * (size_t)spec->dims[i] + (size_t)spec->dims[i + 1];
+    for (int i = 0; i < l && i < sh.n_layers; i++)
+        off += (size_t)sh.dims[i + 1] * (size_t)sh.dims[i] + (size_t)sh.dims[i + 1];
     return off;
 }
 
@@ -88,18 +128,20 @@ const char *fedge_precision_name(int precision)
 
 size_t fedge_layout_act_floats_per_row(const fedge_model_spec *spec)
 {
+    fedge_dense_shape sh = shape_or_empty(spec);
     size_t s = 0;
-    for (int l = 0; l <= spec->n_layers; l++)
-        s += (size_t)spec->dims[l];
+    for (int l = 0; l <= sh.n_layers; l++)
+        s += (size_t)sh.dims[l];
     return s;
 }
 
 int fedge_layout_max_dim(const fedge_model_spec *spec)
 {
+    fedge_dense_shape sh = shape_or_empty(spec);
     int m = 0;
-    for (int l = 0; l <= spec->n_layers; l++)
-        if (spec->dims[l] > m)
-            m = spec->dims[l];
+    for (int l = 0; l <= sh.n_layers; l++)
+        if (sh.dims[l] > m)
+            m = sh.dims[l];
     return m;
 }
 
@@ -119,7 +161,7 @@ void fedge_memory_plan_make(const fedge_model_spec *spec, const fedge_layout *lo
     plan->activations = rows * (fedge_layout_act_floats_per_row(spec) + 2 * maxd) * sizeof(float)
                         + rows;
     if (on_gpu) {
-        size_t in_floats = fedge_layout_act_floats_per_row(spec) - (size_t)spec->dims[spec->n_layers];
+        size_t in_floats = fedge_layout_act_floats_per_row(spec) - (size_t)spec->classes;
         plan->activations += rows * (in_floats + maxd) * half /* low-precision GEMM inputs */
                              + rows * sizeof(float);           /* per-row loss */
     }

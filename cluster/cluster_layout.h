@@ -32,7 +32,22 @@ typedef struct {
 
 int fedge_layout_init(fedge_layout *lo, size_t n, int world, int rank);
 
-/* Offset of layer l's W_l in the flat vector (l == n_layers gives n). */
+/* The cluster backends train dense chains (softmax/mlp) only: layer l maps
+ * dims[l] -> dims[l + 1], and "layer" below means dense layer. */
+typedef struct {
+    int n_layers;                          /* dense layers */
+    int dims[FEDGE_MODEL_MAX_LAYERS + 1];  /* dims[0] input .. dims[n_layers] classes */
+} fedge_dense_shape;
+
+/* FEDGE_ERR_UNSUPPORTED for a spec with other layers (a CNN), FEDGE_ERR_MODEL_SPEC for
+ * an invalid one. */
+int fedge_dense_shape_of(const fedge_model_spec *spec, fedge_dense_shape *out);
+/* Pointers to each dense layer's W and b inside a buffer with the model's layout. */
+void fedge_dense_views(const fedge_dense_shape *sh, float *base, float *W[FEDGE_MODEL_MAX_LAYERS],
+                       float *b[FEDGE_MODEL_MAX_LAYERS]);
+
+/* Offset of dense layer l's W_l in the flat vector (l == n_layers gives n); the
+ * functions below that take a spec see no layers (0) in a spec that is not dense. */
 size_t fedge_layout_layer_offset(const fedge_model_spec *spec, int l);
 
 /* Bucket size in floats for a size in MiB; <= 0 means one bucket. */

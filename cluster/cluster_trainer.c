@@ -42,8 +42,11 @@ void fedge_refine_config_defaults(fedge_refine_config *cfg)
 double fedge_refine_step_flops(const fedge_model_spec *spec, int rows)
 {
     double f = 0.0;
-    for (int l = 0; l < spec->n_layers; l++) {
-        double mac = (double)rows * spec->dims[l] * spec->dims[l + 1];
+    fedge_dense_shape sh;
+    if (fedge_dense_shape_of(spec, &sh) != FEDGE_OK)
+        return 0.0;
+    for (int l = 0; l < sh.n_layers; l++) {
+        double mac = (double)rows * sh.dims[l] * sh.dims[l + 1];
         f += 2.0 * mac * (l > 0 ? 3.0 : 2.0); /* forward, dW, and dX above layer 0 */
     }
     return f;
@@ -246,8 +249,8 @@ static int evaluate(const run_state *rs, const char *path, double *acc, double *
     ret = fedge_loader_open(&ld, path, 0, rs->lo.world, rs->lo.world, rs->lo.rank, 0);
     if (ret == FEDGE_OK) {
         ld_open = 1;
-        if (ld.reader.dim != rs->model.spec.dims[0]
-            || ld.reader.n_classes > rs->model.spec.dims[rs->model.spec.n_layers])
+        if (ld.reader.dim != rs->model.spec.input_dim
+            || ld.reader.n_classes > rs->model.spec.classes)
             ret = FEDGE_ERR_MODEL_SHAPE;
     }
     if (ret == FEDGE_OK) {
@@ -308,9 +311,11 @@ static int train_step(run_state *rs, fedge_loader *ld, uint64_t step, size_t buc
     const fedge_refine_config *cfg = rs->cfg;
     fedge_backend *be = rs->be;
     const fedge_model_spec *sp = &rs->model.spec;
+    fedge_dense_shape sh;
+    int err0 = fedge_dense_shape_of(sp, &sh);
     const float *x;
     const uint8_t *y;
-    int rows = 0, err = FEDGE_OK, bad = 0;
+    int rows = 0, err = err0, bad = 0;
     double loss_sum = 0.0;
 
     err = fedge_loader_get(ld, step, &x, &y, &rows);
@@ -322,7 +327,7 @@ static int train_step(run_state *rs, fedge_loader *ld, uint64_t step, size_t buc
      * failed above still takes part so nobody waits forever, and the combined
      * status below stops everyone before the update. */
     size_t nb = fedge_layout_bucket_count(&rs->lo, bucket_floats), next = 0;
-    for (int l = sp->n_layers - 1; l >= 0; l--) {
+    for (int l = sh.n_layers - 1; l >= 0; l--) {
         if (err == FEDGE_OK)
             err = be->ops->backward_layer(be, l);
         size_t ready_from = fedge_layout_layer_offset(sp, l);
@@ -399,10 +404,16 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
         else
             ld_open = 1;
     }
-    if (ret == FEDGE_OK && (ld.reader.dim != rs.model.spec.dims[0]
-                            || ld.reader.n_classes > rs.model.spec.dims[rs.model.spec.n_layers])) {
+    if (ret == FEDGE_OK && (ld.reader.dim != rs.model.spec.input_dim
+                            || ld.reader.n_classes > rs.model.spec.classes)) {
         ret = FEDGE_ERR_MODEL_SHAPE;
         set_where(sum, "training data does not fit the model");
+    }
+    if (ret == FEDGE_OK) {
+        fedge_dense_shape sh;
+        ret = fedge_dense_shape_of(&rs.model.spec, &sh);
+        if (ret != FEDGE_OK)
+            set_where(sum, "model: the cluster backends train softmax/mlp specs only, not a cnn");
     }
     if (ret == FEDGE_OK)
         ret = fedge_model_spec_format(&rs.model.spec, rs.spec_text, sizeof(rs.spec_text));

@@ -419,7 +419,7 @@ static int cmd_reference(int argc, char **argv)
     CHK(fedge_model_load(c->model_in, &m, NULL));
     CHK(fedge_loader_open(&ld, c->data_path, c->seed, c->global_batch, 1, 0, 1));
     ld_open = 1;
-    if (ld.reader.dim != m.spec.dims[0] || ld.reader.n_classes > m.spec.dims[m.spec.n_layers])
+    if (ld.reader.dim != m.spec.input_dim || ld.reader.n_classes > m.spec.classes)
         FAIL(FEDGE_ERR_MODEL_SHAPE);
     CHK(fedge_sgd_init(&opt, m.n_params, &c->sgd));
     grad = malloc(m.n_params * sizeof(float));
@@ -434,7 +434,7 @@ static int cmd_reference(int argc, char **argv)
         int rows;
         float loss;
         CHK(fedge_loader_get(&ld, s, &x, &y, &rows));
-        CHK(fedge_model_loss_grad(&m, x, y, rows, scratch, grad, &loss));
+        CHK(fedge_model_loss_grad(&m, x, y, rows, (uint64_t)c->seed + s, scratch, grad, &loss));
         CHK(fedge_sgd_step(&opt, m.params, grad));
         if (s == 0)
             first = loss;
@@ -489,8 +489,7 @@ static int cmd_compare(int argc, char **argv)
     int ret = FEDGE_OK, rc = EXIT_RUN;
     CHK(fedge_model_load(paths[0], &a, NULL));
     CHK(fedge_model_load(paths[1], &b, NULL));
-    if (a.n_params != b.n_params || memcmp(a.spec.dims, b.spec.dims, sizeof(a.spec.dims)) != 0
-        || a.spec.n_layers != b.spec.n_layers || a.spec.kind != b.spec.kind)
+    if (a.n_params != b.n_params || fedge_model_spec_id(&a.spec) != fedge_model_spec_id(&b.spec))
         FAIL(FEDGE_ERR_MODEL_SHAPE);
     double diff2 = 0, ref2 = 0, max_abs = 0;
     for (size_t i = 0; i < a.n_params; i++) {
@@ -689,6 +688,12 @@ static int cmd_memory(int argc, char **argv)
         return rc;
     if (a.spec == NULL || fedge_model_spec_parse(a.spec, &spec) != FEDGE_OK) {
         fprintf(stderr, "fedge-cluster: memory needs a valid --spec\n");
+        return EXIT_USAGE;
+    }
+    fedge_dense_shape dense;
+    if (fedge_dense_shape_of(&spec, &dense) != FEDGE_OK) {
+        fprintf(stderr, "fedge-cluster: the cluster backends train softmax/mlp specs only; "
+                        "%s is a cnn\n", a.spec);
         return EXIT_USAGE;
     }
     int gpu = strcmp(a.backend, "gpu") == 0;

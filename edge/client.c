@@ -342,8 +342,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     }
     if (resized && cfg->print_memory)
         print_memory_plan(c, ri);
-    if (c->shard.dim != ri->spec.dims[0] ||
-        c->shard.n_classes > ri->spec.dims[ri->spec.n_layers]) {
+    if (c->shard.dim != ri->spec.input_dim || c->shard.n_classes > ri->spec.classes) {
         FEDGE_ERROR("round %u: shard has dim %d and %d classes; model %s does not fit it",
                     ri->round, c->shard.dim, c->shard.n_classes, ri->spec_text);
         return FEDGE_ERR_MODEL_SHAPE;

@@ -51,7 +51,7 @@ int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t recor
     memset(&m, 0, sizeof m);
     m.local = m.global = m.grad = m.velocity = n * sizeof(float);
     m.scratch = scratch * sizeof(float);
-    m.batch = (size_t)batch * (size_t)spec->dims[0] * sizeof(float) + (size_t)batch;
+    m.batch = (size_t)batch * (size_t)spec->input_dim * sizeof(float) + (size_t)batch;
     m.record = record_size;
     m.model_body = body;
     m.sealed = sealed;
@@ -99,12 +99,9 @@ void fedge_edge_trainer_free(fedge_edge_trainer *t)
 
 static int same_spec(const fedge_model_spec *a, const fedge_model_spec *b)
 {
-    if (a->kind != b->kind || a->n_layers != b->n_layers)
-        return 0;
-    for (int l = 0; l <= a->n_layers; l++)
-        if (a->dims[l] != b->dims[l])
-            return 0;
-    return 1;
+    char ta[FEDGE_MODEL_SPEC_MAX], tb[FEDGE_MODEL_SPEC_MAX];
+    return fedge_model_spec_format(a, ta, sizeof ta) == FEDGE_OK &&
+           fedge_model_spec_format(b, tb, sizeof tb) == FEDGE_OK && strcmp(ta, tb) == 0;
 }
 
 int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *spec, int batch,
@@ -148,7 +145,7 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
             FAIL(FEDGE_ERR_NOMEM);
     }
     t->scratch = malloc(scratch * sizeof(float));
-    t->xbatch = malloc((size_t)batch * (size_t)spec->dims[0] * sizeof(float));
+    t->xbatch = malloc((size_t)batch * (size_t)spec->input_dim * sizeof(float));
     t->ybatch = malloc((size_t)batch);
     if (!t->scratch || !t->xbatch || !t->ybatch)
         FAIL(FEDGE_ERR_NOMEM);
@@ -203,7 +200,7 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     if (!t->have_global)
         return FEDGE_ERR_STATE;
     const fedge_model_spec *spec = &t->spec;
-    if (shard->dim != spec->dims[0] || shard->n_classes > spec->dims[spec->n_layers] ||
+    if (shard->dim != spec->input_dim || shard->n_classes > spec->classes ||
         shard->n == 0)
         return FEDGE_ERR_MODEL_SHAPE;
 
@@ -216,7 +213,7 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     memset(t->opt.velocity, 0, n * sizeof(float));
 
     double loss_sum = 0.0;
-    uint64_t rows = 0;
+    uint64_t rows = 0, step = 0;
     for (int e = 0; e < p->epochs; e++) {
         fedge_shard_rewind(shard, 1, epoch_seed(p->seed, e));
         loss_sum = 0.0;
@@ -229,8 +226,10 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
             CHK(fedge_shard_next_batch(shard, t->batch, t->xbatch, t->ybatch, &got));
             if (got == 0)
                 break;
-            CHK(fedge_model_loss_grad(&t->local, t->xbatch, t->ybatch, got, t->scratch,
-                                      t->grad, &loss));
+            /* the step's dropout masks: a function of the round seed and the step */
+            uint64_t dropout_seed = epoch_seed(p->seed ^ 0x6a09e667f3bcc908ull, (int)(step++ & 0x7fffffff));
+            CHK(fedge_model_loss_grad(&t->local, t->xbatch, t->ybatch, got, dropout_seed,
+                                      t->scratch, t->grad, &loss));
             if (!isfinite(loss))
                 FAIL(FEDGE_ERR_MODEL_NONFINITE);
             CHK(fedge_sgd_step(&t->opt, t->local.params, t->grad));

@@ -53,7 +53,7 @@ typedef struct {
     float *grad;                        /* n_params; the delta after train() */
     fedge_sgd opt;
     float *scratch;
-    float *xbatch;                      /* batch x dims[0] */
+    float *xbatch;                      /* batch x input_dim */
     uint8_t *ybatch;                    /* batch */
 } fedge_edge_trainer;
 

@@ -1,10 +1,22 @@
-/* model.c — softmax regression and ReLU MLPs over one flat parameter buffer.
+/* model.c — layer-list classifiers (dense, conv2d, max-pool, relu, flatten, dropout)
+ * over one flat parameter buffer; see model.h for the spec grammar and layout.
  *
- * Scratch layout for a batch of B rows (floats):
- *   act_l   B x dims[l+1]  for every layer l: post-ReLU activations of the
- *                          hidden layers, then the class probabilities
- *   delta   B x max hidden width (MLP only): dL/dA of a hidden layer
- * The backward pass overwrites each act_l with its own dL/dZ in place. */
+ * Activation layouts inside scratch, for a minibatch of B samples:
+ *   batch-major  B x (C*H*W), per sample NCHW: the model input, dense layers, and
+ *                everything after a flatten;
+ *   channel-major C x B x (H*W) ("CNHW"): the output of every conv2d, so one im2col
+ *                over the whole minibatch feeds one large GEMM per layer; relu, pool
+ *                and dropout keep their input's layout, flatten transposes to
+ *                batch-major.
+ * Scratch, in floats (plan_make):
+ *   act_l   B x size_l for each layer that does not work in place (relu reuses its
+ *           input's buffer, so does a flatten of a batch-major input); the last
+ *           dense layer's buffer holds the logits, then the probabilities, then dL/dZ
+ *   g0, g1  B x (largest activation but the last): gradients, ping-pong
+ *   col     largest im2col matrix, (in_c*k*k) x (B*out_h*out_w), for the conv layers
+ * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
+ * masks instead of storing them. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,74 +29,331 @@
 
 /* ---- spec -------------------------------------------------------------- */
 
-static int spec_check(const fedge_model_spec *s)
+static size_t layer_size(const fedge_layer *l)
 {
-    if (s == NULL || s->n_layers < 1 || s->n_layers > FEDGE_MODEL_MAX_LAYERS)
-        return FEDGE_ERR_MODEL_SPEC;
-    if (s->kind == FEDGE_MODEL_SOFTMAX) {
-        if (s->n_layers != 1)
-            return FEDGE_ERR_MODEL_SPEC;
-    } else if (s->kind == FEDGE_MODEL_MLP) {
-        if (s->n_layers < 2)
-            return FEDGE_ERR_MODEL_SPEC;
-    } else {
-        return FEDGE_ERR_MODEL_SPEC;
+    return (size_t)l->out_c * (size_t)l->out_h * (size_t)l->out_w;
+}
+
+/* Plain decimal in 1..FEDGE_MODEL_MAX_DIM: no sign, no leading zero. */
+static int read_num(const char **pp, int *out)
+{
+    const char *p = *pp;
+    if (*p < '1' || *p > '9')
+        return 0;
+    long v = 0;
+    while (*p >= '0' && *p <= '9') {
+        v = v * 10 + (*p - '0');
+        if (v > FEDGE_MODEL_MAX_DIM)
+            return 0;
+        p++;
     }
-    uint64_t params = 0;
-    for (int l = 0; l <= s->n_layers; l++)
-        if (s->dims[l] < 1 || s->dims[l] > FEDGE_MODEL_MAX_DIM)
-            return FEDGE_ERR_MODEL_SPEC;
-    if (s->dims[s->n_layers] < 2 || s->dims[s->n_layers] > FEDGE_MODEL_MAX_CLASSES)
-        return FEDGE_ERR_MODEL_SPEC;
-    for (int l = 0; l < s->n_layers; l++)
-        params += (uint64_t)s->dims[l + 1] * ((uint64_t)s->dims[l] + 1);
-    if (params > FEDGE_MODEL_MAX_PARAMS)
-        return FEDGE_ERR_MODEL_SPEC;
-    return FEDGE_OK;
+    *pp = p;
+    *out = (int)v;
+    return 1;
+}
+
+typedef struct {
+    fedge_model_spec s;
+    int c, h, w;      /* current shape */
+    int flat;         /* a flatten (or a dense input) happened */
+    uint64_t params;
+} builder;
+
+static int push(builder *b, fedge_layer l)
+{
+    if (b->s.n_layers >= FEDGE_MODEL_MAX_LAYERS)
+        return 0;
+    l.in_c = b->c;
+    l.in_h = b->h;
+    l.in_w = b->w;
+    uint64_t np = 0;
+    switch (l.type) {
+    case FEDGE_LAYER_DENSE: {
+        uint64_t in = (uint64_t)b->c * b->h * b->w;
+        l.out_c = l.out;
+        l.out_h = l.out_w = 1;
+        np = (uint64_t)l.out * (in + 1);
+        break;
+    }
+    case FEDGE_LAYER_CONV2D: {
+        if (2 * l.pad > l.k || (int64_t)b->h + 2 * l.pad < l.k || (int64_t)b->w + 2 * l.pad < l.k)
+            return 0;
+        l.out_c = l.out;
+        l.out_h = (b->h + 2 * l.pad - l.k) / l.stride + 1;
+        l.out_w = (b->w + 2 * l.pad - l.k) / l.stride + 1;
+        np = (uint64_t)l.out * ((uint64_t)b->c * l.k * l.k + 1);
+        break;
+    }
+    case FEDGE_LAYER_MAXPOOL:
+        if (b->h < l.k || b->w < l.k)
+            return 0;
+        l.out_c = b->c;
+        l.out_h = (b->h - l.k) / l.stride + 1;
+        l.out_w = (b->w - l.k) / l.stride + 1;
+        break;
+    case FEDGE_LAYER_FLATTEN:
+        l.out_c = b->c * b->h * b->w; /* <= FEDGE_MODEL_MAX_ACT, checked when it was made */
+        l.out_h = l.out_w = 1;
+        break;
+    case FEDGE_LAYER_RELU:
+    case FEDGE_LAYER_DROPOUT:
+        l.out_c = b->c;
+        l.out_h = b->h;
+        l.out_w = b->w;
+        break;
+    }
+    if ((uint64_t)l.out_c * l.out_h * l.out_w > FEDGE_MODEL_MAX_ACT)
+        return 0;
+    if (np > 0) {
+        b->params += np;
+        if (b->params > FEDGE_MODEL_MAX_PARAMS)
+            return 0;
+        l.w_off = b->s.n_params;
+        l.n_params = (size_t)np;
+        l.b_off = l.w_off + l.n_params - (size_t)l.out;
+        b->s.n_params += l.n_params;
+    }
+    b->s.layer[b->s.n_layers++] = l;
+    b->c = l.out_c;
+    b->h = l.out_h;
+    b->w = l.out_w;
+    return 1;
+}
+
+static int push_simple(builder *b, fedge_layer_type type)
+{
+    fedge_layer l;
+    memset(&l, 0, sizeof l);
+    l.type = type;
+    return push(b, l);
+}
+
+/* A dense layer (after the implied flatten), with a ReLU unless it is the output. */
+static int push_dense(builder *b, int out, int hidden)
+{
+    if (!b->flat) {
+        if (!push_simple(b, FEDGE_LAYER_FLATTEN))
+            return 0;
+        b->flat = 1;
+    }
+    fedge_layer l;
+    memset(&l, 0, sizeof l);
+    l.type = FEDGE_LAYER_DENSE;
+    l.out = out;
+    if (!push(b, l))
+        return 0;
+    return !hidden || push_simple(b, FEDGE_LAYER_RELU);
+}
+
+static int parse_dense(const char *p, builder *b)
+{
+    int dims[FEDGE_MODEL_MAX_LAYERS + 2];
+    int n = 0;
+    for (;;) {
+        if (n >= (int)FEDGE_ARRAY_LEN(dims) || !read_num(&p, &dims[n]))
+            return 0;
+        n++;
+        if (*p == '\0')
+            break;
+        if (*p++ != '-')
+            return 0;
+    }
+    if (b->s.kind == FEDGE_MODEL_SOFTMAX ? n != 2 : n < 3)
+        return 0;
+    b->c = dims[0];
+    b->h = b->w = 1;
+    b->flat = 1; /* a vector input: no flatten layer */
+    for (int i = 1; i < n; i++)
+        if (!push_dense(b, dims[i], i + 1 < n))
+            return 0;
+    b->s.classes = dims[n - 1];
+    return 1;
+}
+
+static int parse_cnn(const char *p, builder *b)
+{
+    if (!read_num(&p, &b->c) || *p++ != 'x' || !read_num(&p, &b->h) || *p++ != 'x' ||
+        !read_num(&p, &b->w))
+        return 0;
+    if ((uint64_t)b->c * b->h * b->w > FEDGE_MODEL_MAX_ACT)
+        return 0;
+    for (;;) {
+        if (*p++ != '-')
+            return 0; /* also: the classes token is missing */
+        fedge_layer l;
+        memset(&l, 0, sizeof l);
+        char t = *p;
+        if (t >= '1' && t <= '9') {
+            int classes;
+            if (!read_num(&p, &classes) || *p != '\0')
+                return 0;
+            if (!push_dense(b, classes, 0))
+                return 0;
+            b->s.classes = classes;
+            return 1;
+        }
+        p++;
+        if (t == 'c') {
+            l.type = FEDGE_LAYER_CONV2D;
+            l.stride = 1;
+            if (b->flat || !read_num(&p, &l.out) || *p++ != 'k' || !read_num(&p, &l.k))
+                return 0;
+            if (*p == 's') {
+                p++;
+                if (!read_num(&p, &l.stride) || l.stride == 1)
+                    return 0;
+            }
+            if (*p == 'p') {
+                p++;
+                if (!read_num(&p, &l.pad))
+                    return 0;
+            }
+            if (!push(b, l) || !push_simple(b, FEDGE_LAYER_RELU))
+                return 0;
+        } else if (t == 'p') {
+            l.type = FEDGE_LAYER_MAXPOOL;
+            if (b->flat || !read_num(&p, &l.k))
+                return 0;
+            l.stride = l.k;
+            if (*p == 's') {
+                p++;
+                if (!read_num(&p, &l.stride) || l.stride == l.k)
+                    return 0;
+            }
+            if (!push(b, l))
+                return 0;
+        } else if (t == 'f') {
+            int n;
+            if (!read_num(&p, &n) || !push_dense(b, n, 1))
+                return 0;
+        } else if (t == 'd') {
+            l.type = FEDGE_LAYER_DROPOUT;
+            if (!read_num(&p, &l.rate_pct) || l.rate_pct > 99 || !push(b, l))
+                return 0;
+        } else {
+            return 0;
+        }
+        if (*p != '-')
+            return 0; /* junk inside a token, or the text ends before the classes */
+    }
 }
 
 int fedge_model_spec_parse(const char *text, fedge_model_spec *out)
 {
     if (text == NULL || out == NULL)
         return FEDGE_ERR_INVALID_ARG;
-    fedge_model_spec s;
-    memset(&s, 0, sizeof s);
-    const char *p;
-    if (strncmp(text, "softmax:", 8) == 0) {
-        s.kind = FEDGE_MODEL_SOFTMAX;
-        p = text + 8;
-    } else if (strncmp(text, "mlp:", 4) == 0) {
-        s.kind = FEDGE_MODEL_MLP;
-        p = text + 4;
-    } else {
+    if (strnlen(text, FEDGE_MODEL_SPEC_MAX) >= FEDGE_MODEL_SPEC_MAX)
         return FEDGE_ERR_MODEL_SPEC;
+    builder b;
+    memset(&b, 0, sizeof b);
+    int ok;
+    if (strncmp(text, "softmax:", 8) == 0) {
+        b.s.kind = FEDGE_MODEL_SOFTMAX;
+        ok = parse_dense(text + 8, &b);
+    } else if (strncmp(text, "mlp:", 4) == 0) {
+        b.s.kind = FEDGE_MODEL_MLP;
+        ok = parse_dense(text + 4, &b);
+    } else if (strncmp(text, "cnn:", 4) == 0) {
+        b.s.kind = FEDGE_MODEL_CNN;
+        ok = parse_cnn(text + 4, &b);
+    } else {
+        ok = 0;
     }
-    int n_dims = 0;
-    for (;;) {
-        if (n_dims > FEDGE_MODEL_MAX_LAYERS)
-            return FEDGE_ERR_MODEL_SPEC; /* too many layers */
-        /* Plain decimal, no sign, no leading zero: every accepted text is canonical. */
-        if (*p < '1' || *p > '9')
-            return FEDGE_ERR_MODEL_SPEC;
-        long v = 0;
-        while (*p >= '0' && *p <= '9') {
-            v = v * 10 + (*p - '0');
-            if (v > FEDGE_MODEL_MAX_DIM)
+    if (!ok)
+        return FEDGE_ERR_MODEL_SPEC;
+    if (b.s.classes < 2 || b.s.classes > FEDGE_MODEL_MAX_CLASSES)
+        return FEDGE_ERR_MODEL_SPEC;
+    const fedge_layer *first = &b.s.layer[0];
+    b.s.in_c = first->in_c;
+    b.s.in_h = first->in_h;
+    b.s.in_w = first->in_w;
+    b.s.input_dim = b.s.in_c * b.s.in_h * b.s.in_w;
+    *out = b.s;
+    return FEDGE_OK;
+}
+
+#define APPEND(...)                                                              \
+    do {                                                                         \
+        int n_ = snprintf(buf + len, cap - len, __VA_ARGS__);                    \
+        if (n_ < 0 || (size_t)n_ >= cap - len)                                   \
+            return FEDGE_ERR_BUFFER_TOO_SMALL;                                   \
+        len += (size_t)n_;                                                       \
+    } while (0)
+
+/* The text a spec stands for, without validating it (any field values are safe). */
+static int format_raw(const fedge_model_spec *s, char *buf, size_t cap)
+{
+    size_t len = 0;
+    if (s->n_layers < 1 || s->n_layers > FEDGE_MODEL_MAX_LAYERS)
+        return FEDGE_ERR_MODEL_SPEC;
+    if (s->kind == FEDGE_MODEL_SOFTMAX || s->kind == FEDGE_MODEL_MLP) {
+        APPEND("%s:%d", s->kind == FEDGE_MODEL_SOFTMAX ? "softmax" : "mlp", s->input_dim);
+        for (int i = 0; i < s->n_layers; i++) {
+            const fedge_layer *l = &s->layer[i];
+            if (l->type == FEDGE_LAYER_DENSE)
+                APPEND("-%d", l->out);
+            else if (l->type != FEDGE_LAYER_RELU)
                 return FEDGE_ERR_MODEL_SPEC;
-            p++;
         }
-        s.dims[n_dims++] = (int)v;
-        if (*p == '\0')
-            break;
-        if (*p != '-')
-            return FEDGE_ERR_MODEL_SPEC;
-        p++;
+        return FEDGE_OK;
     }
-    s.n_layers = n_dims - 1;
-    int ret = spec_check(&s);
-    if (ret != FEDGE_OK)
-        return ret;
-    *out = s;
+    if (s->kind != FEDGE_MODEL_CNN)
+        return FEDGE_ERR_MODEL_SPEC;
+    APPEND("cnn:%dx%dx%d", s->in_c, s->in_h, s->in_w);
+    for (int i = 0; i < s->n_layers; i++) {
+        const fedge_layer *l = &s->layer[i];
+        switch (l->type) {
+        case FEDGE_LAYER_CONV2D:
+            APPEND("-c%dk%d", l->out, l->k);
+            if (l->stride != 1)
+                APPEND("s%d", l->stride);
+            if (l->pad != 0)
+                APPEND("p%d", l->pad);
+            break;
+        case FEDGE_LAYER_MAXPOOL:
+            APPEND("-p%d", l->k);
+            if (l->stride != l->k)
+                APPEND("s%d", l->stride);
+            break;
+        case FEDGE_LAYER_DENSE:
+            APPEND(i + 1 == s->n_layers ? "-%d" : "-f%d", l->out);
+            break;
+        case FEDGE_LAYER_DROPOUT:
+            APPEND("-d%d", l->rate_pct);
+            break;
+        case FEDGE_LAYER_RELU:
+        case FEDGE_LAYER_FLATTEN:
+            break;
+        default:
+            return FEDGE_ERR_MODEL_SPEC;
+        }
+    }
+    return FEDGE_OK;
+}
+
+static int layer_equal(const fedge_layer *a, const fedge_layer *b)
+{
+    return a->type == b->type && a->out == b->out && a->k == b->k && a->stride == b->stride &&
+           a->pad == b->pad && a->rate_pct == b->rate_pct && a->in_c == b->in_c &&
+           a->in_h == b->in_h && a->in_w == b->in_w && a->out_c == b->out_c &&
+           a->out_h == b->out_h && a->out_w == b->out_w && a->n_params == b->n_params &&
+           (a->n_params == 0 || (a->w_off == b->w_off && a->b_off == b->b_off));
+}
+
+/* A spec is valid when it is exactly what parsing its own text gives. */
+static int spec_check(const fedge_model_spec *s, char text[FEDGE_MODEL_SPEC_MAX])
+{
+    fedge_model_spec t;
+    if (s == NULL || format_raw(s, text, FEDGE_MODEL_SPEC_MAX) != FEDGE_OK ||
+        fedge_model_spec_parse(text, &t) != FEDGE_OK)
+        return FEDGE_ERR_MODEL_SPEC;
+    if (t.kind != s->kind || t.in_c != s->in_c || t.in_h != s->in_h || t.in_w != s->in_w ||
+        t.input_dim != s->input_dim || t.classes != s->classes || t.n_layers != s->n_layers ||
+        t.n_params != s->n_params)
+        return FEDGE_ERR_MODEL_SPEC;
+    for (int i = 0; i < t.n_layers; i++)
+        if (!layer_equal(&t.layer[i], &s->layer[i]))
+            return FEDGE_ERR_MODEL_SPEC;
     return FEDGE_OK;
 }
 
@@ -92,36 +361,29 @@ int fedge_model_spec_format(const fedge_model_spec *spec, char *buf, size_t cap)
 {
     if (spec == NULL || buf == NULL || cap == 0)
         return FEDGE_ERR_INVALID_ARG;
-    if (spec_check(spec) != FEDGE_OK)
+    char text[FEDGE_MODEL_SPEC_MAX];
+    if (spec_check(spec, text) != FEDGE_OK)
         return FEDGE_ERR_MODEL_SPEC;
-    char tmp[FEDGE_MODEL_SPEC_MAX];
-    size_t len = (size_t)snprintf(tmp, sizeof tmp, "%s:%d",
-                                  spec->kind == FEDGE_MODEL_SOFTMAX ? "softmax" : "mlp",
-                                  spec->dims[0]);
-    for (int l = 1; l <= spec->n_layers; l++)
-        len += (size_t)snprintf(tmp + len, sizeof tmp - len, "-%d", spec->dims[l]);
-    /* the longest, "mlp:" and 9 five-digit dims, is 57 bytes */
+    size_t len = strlen(text);
     if (len + 1 > cap)
         return FEDGE_ERR_BUFFER_TOO_SMALL;
-    memcpy(buf, tmp, len + 1);
+    memcpy(buf, text, len + 1);
     return FEDGE_OK;
 }
 
 size_t fedge_model_spec_param_count(const fedge_model_spec *spec)
 {
-    if (spec_check(spec) != FEDGE_OK)
+    char text[FEDGE_MODEL_SPEC_MAX];
+    if (spec_check(spec, text) != FEDGE_OK)
         return 0;
-    size_t n = 0;
-    for (int l = 0; l < spec->n_layers; l++)
-        n += (size_t)spec->dims[l + 1] * ((size_t)spec->dims[l] + 1);
-    return n;
+    return spec->n_params;
 }
 
 uint32_t fedge_model_spec_id(const fedge_model_spec *spec)
 {
     char text[FEDGE_MODEL_SPEC_MAX];
     unsigned char digest[32];
-    if (fedge_model_spec_format(spec, text, sizeof text) != FEDGE_OK)
+    if (spec_check(spec, text) != FEDGE_OK)
         return 0;
     if (mbedtls_sha256_ret((const unsigned char *)text, strlen(text), digest, 0) != 0)
         return 0;
@@ -129,40 +391,62 @@ uint32_t fedge_model_spec_id(const fedge_model_spec *spec)
            (uint32_t)digest[3] << 24;
 }
 
-/* ---- model ------------------------------------------------------------- */
-
-void fedge_model_views(const fedge_model_spec *spec, float *base,
-                       float *W[FEDGE_MODEL_MAX_LAYERS], float *b[FEDGE_MODEL_MAX_LAYERS])
+int fedge_model_spec_dense_dims(const fedge_model_spec *spec, int dims[FEDGE_MODEL_MAX_LAYERS + 1],
+                                int *n_dense)
 {
-    float *p = base;
-    for (int l = 0; l < FEDGE_MODEL_MAX_LAYERS; l++) {
-        if (l < spec->n_layers) {
-            W[l] = p;
-            p += (size_t)spec->dims[l + 1] * spec->dims[l];
-            b[l] = p;
-            p += spec->dims[l + 1];
-        } else {
-            W[l] = NULL;
-            b[l] = NULL;
-        }
-    }
+    char text[FEDGE_MODEL_SPEC_MAX];
+    if (dims == NULL || n_dense == NULL || spec_check(spec, text) != FEDGE_OK ||
+        spec->kind == FEDGE_MODEL_CNN)
+        return 0;
+    int n = 0;
+    dims[0] = spec->input_dim;
+    for (int i = 0; i < spec->n_layers; i++)
+        if (spec->layer[i].type == FEDGE_LAYER_DENSE)
+            dims[++n] = spec->layer[i].out;
+    *n_dense = n;
+    return 1;
 }
+
+int fedge_model_spec_has_dropout(const fedge_model_spec *spec)
+{
+    if (spec == NULL || spec->n_layers < 0 || spec->n_layers > FEDGE_MODEL_MAX_LAYERS)
+        return 0;
+    for (int i = 0; i < spec->n_layers; i++)
+        if (spec->layer[i].type == FEDGE_LAYER_DROPOUT)
+            return 1;
+    return 0;
+}
+
+const char *fedge_layer_name(fedge_layer_type type)
+{
+    switch (type) {
+    case FEDGE_LAYER_DENSE: return "dense";
+    case FEDGE_LAYER_CONV2D: return "conv2d";
+    case FEDGE_LAYER_MAXPOOL: return "maxpool";
+    case FEDGE_LAYER_RELU: return "relu";
+    case FEDGE_LAYER_FLATTEN: return "flatten";
+    case FEDGE_LAYER_DROPOUT: return "dropout";
+    }
+    return "unknown";
+}
+
+/* ---- model ------------------------------------------------------------- */
 
 int fedge_model_init(fedge_model *m, const fedge_model_spec *spec)
 {
     if (m == NULL || spec == NULL)
         return FEDGE_ERR_INVALID_ARG;
     memset(m, 0, sizeof *m);
-    if (spec_check(spec) != FEDGE_OK)
+    char text[FEDGE_MODEL_SPEC_MAX];
+    if (spec_check(spec, text) != FEDGE_OK)
         return FEDGE_ERR_MODEL_SPEC;
     m->spec = *spec;
-    m->n_params = fedge_model_spec_param_count(spec);
+    m->n_params = spec->n_params;
     m->params = calloc(m->n_params, sizeof(float));
     if (m->params == NULL) {
         memset(m, 0, sizeof *m);
         return FEDGE_ERR_NOMEM;
     }
-    fedge_model_views(spec, m->params, m->W, m->b);
     return FEDGE_OK;
 }
 
@@ -178,49 +462,93 @@ int fedge_model_randomize(fedge_model *m, fedge_rng *rng)
 {
     if (m == NULL || m->params == NULL || rng == NULL)
         return FEDGE_ERR_INVALID_ARG;
-    for (int l = 0; l < m->spec.n_layers; l++) {
-        int in = m->spec.dims[l], out = m->spec.dims[l + 1];
-        float limit = sqrtf(6.0f / (float)in);
-        size_t nw = (size_t)out * in;
-        for (size_t i = 0; i < nw; i++)
-            m->W[l][i] = (2.0f * fedge_rng_uniform(rng) - 1.0f) * limit;
-        memset(m->b[l], 0, (size_t)out * sizeof(float));
+    for (int i = 0; i < m->spec.n_layers; i++) {
+        const fedge_layer *l = &m->spec.layer[i];
+        if (l->n_params == 0)
+            continue;
+        int fan_in = l->type == FEDGE_LAYER_CONV2D ? l->in_c * l->k * l->k
+                                                   : l->in_c * l->in_h * l->in_w;
+        float limit = sqrtf(6.0f / (float)fan_in);
+        float *w = m->params + l->w_off;
+        for (size_t j = 0; j < l->b_off - l->w_off; j++)
+            w[j] = (2.0f * fedge_rng_uniform(rng) - 1.0f) * limit;
+        memset(m->params + l->b_off, 0, (size_t)l->out * sizeof(float));
     }
     return FEDGE_OK;
 }
 
-static int max_hidden_width(const fedge_model_spec *spec)
+/* ---- scratch plan ------------------------------------------------------- */
+
+typedef struct {
+    size_t act_off[FEDGE_MODEL_MAX_LAYERS]; /* each layer's output buffer */
+    int cmajor[FEDGE_MODEL_MAX_LAYERS];     /* its layout: channel-major (CNHW) or batch-major */
+    size_t g_off[2];
+    size_t col_off;
+    size_t total;
+} scratch_plan;
+
+/* Largest float count a plan may reach: every buffer index stays far from overflow,
+ * and every GEMM dimension fits an int. */
+#define PLAN_MAX_FLOATS ((size_t)1 << 40)
+
+static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
 {
-    int w = 0;
-    for (int l = 1; l < spec->n_layers; l++)
-        if (spec->dims[l] > w)
-            w = spec->dims[l];
-    return w;
+    if (batch < 1)
+        return FEDGE_ERR_INVALID_ARG;
+    memset(p, 0, sizeof *p);
+    size_t off = 0, g_max = 0, col_max = 0;
+    size_t B = (size_t)batch;
+    int cmajor = 0;
+    for (int i = 0; i < s->n_layers; i++) {
+        const fedge_layer *l = &s->layer[i];
+        size_t out = layer_size(l);
+        if (B * out > (size_t)INT_MAX)
+            return FEDGE_ERR_INVALID_ARG;
+        int own = 1;
+        if (l->type == FEDGE_LAYER_RELU)
+            own = 0;
+        else if (l->type == FEDGE_LAYER_FLATTEN && !cmajor && i > 0)
+            own = 0;
+        if (l->type == FEDGE_LAYER_CONV2D) {
+            cmajor = 1;
+            size_t rows = (size_t)l->in_c * (size_t)l->k * (size_t)l->k;
+            size_t cols = B * (size_t)l->out_h * (size_t)l->out_w;
+            if (rows * cols > PLAN_MAX_FLOATS)
+                return FEDGE_ERR_INVALID_ARG;
+            if (rows * cols > col_max)
+                col_max = rows * cols;
+        } else if (l->type == FEDGE_LAYER_FLATTEN || l->type == FEDGE_LAYER_DENSE) {
+            cmajor = 0;
+        }
+        p->cmajor[i] = cmajor;
+        if (own) {
+            p->act_off[i] = off;
+            off += B * out;
+        } else {
+            p->act_off[i] = p->act_off[i - 1]; /* a relu never comes first */
+        }
+        if (i + 1 < s->n_layers && B * out > g_max)
+            g_max = B * out;
+    }
+    p->g_off[0] = off;
+    p->g_off[1] = off + g_max;
+    p->col_off = off + 2 * g_max;
+    p->total = p->col_off + col_max;
+    if (p->total > PLAN_MAX_FLOATS)
+        return FEDGE_ERR_INVALID_ARG;
+    return FEDGE_OK;
 }
 
 size_t fedge_model_scratch_floats(const fedge_model_spec *spec, int batch)
 {
-    if (spec_check(spec) != FEDGE_OK || batch < 1)
+    char text[FEDGE_MODEL_SPEC_MAX];
+    scratch_plan p;
+    if (spec_check(spec, text) != FEDGE_OK || plan_make(spec, batch, &p) != FEDGE_OK)
         return 0;
-    size_t per_row = (size_t)max_hidden_width(spec);
-    for (int l = 1; l <= spec->n_layers; l++)
-        per_row += (size_t)spec->dims[l];
-    return per_row * (size_t)batch;
+    return p.total;
 }
 
-/* Output of layer l inside scratch. */
-static float *act_ptr(const fedge_model_spec *spec, float *scratch, int batch, int l)
-{
-    size_t off = 0;
-    for (int j = 0; j < l; j++)
-        off += (size_t)batch * spec->dims[j + 1];
-    return scratch + off;
-}
-
-static float *delta_ptr(const fedge_model_spec *spec, float *scratch, int batch)
-{
-    return act_ptr(spec, scratch, batch, spec->n_layers);
-}
+/* ---- layer kernels ------------------------------------------------------ */
 
 static int check_labels(const uint8_t *y, size_t n, int n_classes)
 {
@@ -258,37 +586,267 @@ static void softmax_rows(float *z, int batch, int classes, const uint8_t *y, dou
         *loss_sum += total;
 }
 
-/* Dense layers and softmax; returns the probabilities (inside scratch). */
-static float *forward_pass(const fedge_model *m, const float *x, int batch, float *scratch,
-                           const uint8_t *y, double *loss_sum)
+/* Strides of a C x H x W activation for B samples: element (c, b, i) of a plane is at
+ * c * cs + b * bs + i. */
+static void plane_strides(const fedge_layer *l, int in, int cmajor, int batch, size_t *cs,
+                          size_t *bs)
 {
-    const fedge_model_spec *s = &m->spec;
-    const float *in = x;
-    float *out = scratch;
-    for (int l = 0; l < s->n_layers; l++) {
-        int din = s->dims[l], dout = s->dims[l + 1];
-        out = act_ptr(s, scratch, batch, l);
-        fedge_sgemm(0, 1, batch, dout, din, 1.0f, in, din, m->W[l], din, 0.0f, out, dout);
-        const float *bias = m->b[l];
-        int hidden = l + 1 < s->n_layers;
-        for (int i = 0; i < batch; i++) {
-            float *row = out + (size_t)i * dout;
-            for (int j = 0; j < dout; j++) {
-                float v = row[j] + bias[j];
-                row[j] = hidden && v < 0.0f ? 0.0f : v; /* ReLU; NaN passes through */
+    size_t hw = in ? (size_t)l->in_h * l->in_w : (size_t)l->out_h * l->out_w;
+    size_t c = in ? (size_t)l->in_c : (size_t)l->out_c;
+    *cs = cmajor ? (size_t)batch * hw : hw;
+    *bs = cmajor ? hw : c * hw;
+}
+
+/* col[(c*k + ki)*k + kj][b*OH*OW + oh*OW + ow] = in(c, b, oh*s - p + ki, ow*s - p + kj),
+ * zero outside the input. With add set, the transpose: in += col (col2im). */
+static void im2col(const fedge_layer *l, float *in, int cmajor, int batch, float *col, int add)
+{
+    const int H = l->in_h, W = l->in_w, k = l->k, s = l->stride, pad = l->pad;
+    const int OH = l->out_h, OW = l->out_w;
+    size_t cs, bs;
+    plane_strides(l, 1, cmajor, batch, &cs, &bs);
+    const size_t plane = (size_t)OH * OW, N = (size_t)batch * plane;
+    for (int c = 0; c < l->in_c; c++)
+        for (int ki = 0; ki < k; ki++)
+            for (int kj = 0; kj < k; kj++) {
+                float *row = col + ((size_t)(c * k + ki) * k + kj) * N;
+                /* ow range whose input column is inside [0, W) */
+                int lo = pad - kj > 0 ? (pad - kj + s - 1) / s : 0;
+                int hi = (W - 1 + pad - kj) >= 0 ? (W - 1 + pad - kj) / s + 1 : 0;
+                if (hi > OW)
+                    hi = OW;
+                if (lo > hi)
+                    lo = hi;
+                for (int b = 0; b < batch; b++) {
+                    float *src = in + (size_t)c * cs + (size_t)b * bs;
+                    float *dst = row + (size_t)b * plane;
+                    for (int oh = 0; oh < OH; oh++, dst += OW) {
+                        int ih = oh * s - pad + ki;
+                        if (ih < 0 || ih >= H) {
+                            if (!add)
+                                memset(dst, 0, (size_t)OW * sizeof(float));
+                            continue;
+                        }
+                        float *srow = src + (size_t)ih * W;
+                        if (add) {
+                            for (int ow = lo; ow < hi; ow++)
+                                srow[ow * s + kj - pad] += dst[ow];
+                        } else if (s == 1) {
+                            memset(dst, 0, (size_t)lo * sizeof(float));
+                            if (hi > lo)
+                                memcpy(dst + lo, srow + lo + kj - pad,
+                                       (size_t)(hi - lo) * sizeof(float));
+                            memset(dst + hi, 0, (size_t)(OW - hi) * sizeof(float));
+                        } else {
+                            for (int ow = 0; ow < lo; ow++)
+                                dst[ow] = 0.0f;
+                            for (int ow = lo; ow < hi; ow++)
+                                dst[ow] = srow[ow * s + kj - pad];
+                            for (int ow = hi; ow < OW; ow++)
+                                dst[ow] = 0.0f;
+                        }
+                    }
+                }
+            }
+}
+
+/* Index of the window maximum (first one on ties; NaN never wins) in a plane. */
+static int pool_argmax(const float *plane, int W, int k, int ih0, int iw0)
+{
+    int best = ih0 * W + iw0;
+    for (int i = 0; i < k; i++)
+        for (int j = 0; j < k; j++) {
+            int at = (ih0 + i) * W + iw0 + j;
+            if (plane[at] > plane[best])
+                best = at;
+        }
+    return best;
+}
+
+static void maxpool_forward(const fedge_layer *l, const float *in, float *out, int batch)
+{
+    const size_t planes = (size_t)batch * l->in_c;
+    const size_t in_plane = (size_t)l->in_h * l->in_w, out_plane = (size_t)l->out_h * l->out_w;
+    for (size_t q = 0; q < planes; q++) {
+        const float *src = in + q * in_plane;
+        float *dst = out + q * out_plane;
+        for (int oh = 0; oh < l->out_h; oh++)
+            for (int ow = 0; ow < l->out_w; ow++)
+                dst[oh * l->out_w + ow] =
+                    src[pool_argmax(src, l->in_w, l->k, oh * l->stride, ow * l->stride)];
+    }
+}
+
+static void maxpool_backward(const fedge_layer *l, const float *in, const float *g, float *gin,
+                             int batch)
+{
+    const size_t planes = (size_t)batch * l->in_c;
+    const size_t in_plane = (size_t)l->in_h * l->in_w, out_plane = (size_t)l->out_h * l->out_w;
+    memset(gin, 0, planes * in_plane * sizeof(float));
+    for (size_t q = 0; q < planes; q++) {
+        const float *src = in + q * in_plane;
+        const float *gq = g + q * out_plane;
+        float *dq = gin + q * in_plane;
+        for (int oh = 0; oh < l->out_h; oh++)
+            for (int ow = 0; ow < l->out_w; ow++)
+                dq[pool_argmax(src, l->in_w, l->k, oh * l->stride, ow * l->stride)] +=
+                    gq[oh * l->out_w + ow];
+    }
+}
+
+/* CNHW [C][B][HW] <-> batch-major [B][C][HW]. */
+static void flatten_copy(const fedge_layer *l, const float *src, float *dst, int batch, int to_flat)
+{
+    const size_t hw = (size_t)l->in_h * l->in_w, C = (size_t)l->in_c;
+    for (size_t c = 0; c < C; c++)
+        for (size_t b = 0; b < (size_t)batch; b++) {
+            size_t cn = (c * batch + b) * hw, flat = (b * C + c) * hw;
+            if (to_flat)
+                memcpy(dst + flat, src + cn, hw * sizeof(float));
+            else
+                memcpy(dst + cn, src + flat, hw * sizeof(float));
+        }
+}
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* dst = src * mask / (1 - rate), the mask regenerated from (seed, layer, element). */
+static void dropout_apply(const fedge_layer *l, int layer, uint64_t seed, const float *src,
+                          float *dst, int batch, int cmajor)
+{
+    const uint64_t key = mix64(seed ^ mix64((uint64_t)layer + 0x9e3779b97f4a7c15ull));
+    const uint32_t threshold = (uint32_t)(((uint64_t)l->rate_pct << 32) / 100);
+    const float scale = 100.0f / (float)(100 - l->rate_pct);
+    const size_t hw = (size_t)l->in_h * l->in_w, C = (size_t)l->in_c, B = (size_t)batch;
+    /* the buffer is [C][B][HW] (cmajor) or [B][C][HW]; e counts in NCHW order */
+    const size_t outer = cmajor ? C : B, inner = cmajor ? B : C;
+    for (size_t o = 0; o < outer; o++)
+        for (size_t n = 0; n < inner; n++) {
+            size_t b = cmajor ? n : o, c = cmajor ? o : n;
+            size_t at = (o * inner + n) * hw;
+            uint64_t e = (b * C + c) * hw;
+            for (size_t i = 0; i < hw; i++) {
+                uint32_t h = (uint32_t)(mix64(key + (e + i) * 0x9e3779b97f4a7c15ull) >> 32);
+                dst[at + i] = h >= threshold ? src[at + i] * scale : 0.0f;
             }
         }
-        in = out;
+}
+
+static void add_bias_rows(float *out, const float *bias, int rows, size_t cols, int per_row)
+{
+    /* per_row: out is rows x cols with bias[row]; else bias[col] */
+    for (int r = 0; r < rows; r++) {
+        float *row = out + (size_t)r * cols;
+        if (per_row) {
+            float v = bias[r];
+            for (size_t j = 0; j < cols; j++)
+                row[j] += v;
+        } else {
+            for (size_t j = 0; j < cols; j++)
+                row[j] += bias[j];
+        }
     }
-    softmax_rows(out, batch, s->dims[s->n_layers], y, loss_sum);
+}
+
+/* ---- forward / backward -------------------------------------------------- */
+
+typedef struct {
+    const fedge_model *m;
+    int batch;
+    float *scratch;
+    scratch_plan plan;
+} pass;
+
+static float *act_out(const pass *ps, int i)
+{
+    return ps->scratch + ps->plan.act_off[i];
+}
+
+static const float *act_in(const pass *ps, const float *x, int i)
+{
+    return i == 0 ? x : act_out(ps, i - 1);
+}
+
+static int act_in_cmajor(const pass *ps, int i)
+{
+    return i == 0 ? 0 : ps->plan.cmajor[i - 1];
+}
+
+/* Runs every layer and the softmax; returns the probabilities (inside scratch).
+ * train: dropout active with dropout_seed, else dropout is the identity. */
+static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout_seed,
+                           const uint8_t *y, double *loss_sum)
+{
+    const fedge_model_spec *s = &ps->m->spec;
+    const float *params = ps->m->params;
+    const int B = ps->batch;
+    float *col = ps->scratch + ps->plan.col_off;
+    float *out = NULL;
+    for (int i = 0; i < s->n_layers; i++) {
+        const fedge_layer *l = &s->layer[i];
+        const float *in = act_in(ps, x, i);
+        int in_cm = act_in_cmajor(ps, i);
+        out = act_out(ps, i);
+        size_t in_size = (size_t)l->in_c * l->in_h * l->in_w;
+        size_t n = (size_t)B * layer_size(l);
+        switch (l->type) {
+        case FEDGE_LAYER_DENSE:
+            fedge_sgemm(0, 1, B, l->out, (int)in_size, 1.0f, in, (int)in_size,
+                        params + l->w_off, (int)in_size, 0.0f, out, l->out);
+            add_bias_rows(out, params + l->b_off, B, (size_t)l->out, 0);
+            break;
+        case FEDGE_LAYER_CONV2D: {
+            int K = l->in_c * l->k * l->k, N = B * l->out_h * l->out_w;
+            im2col(l, (float *)in, in_cm, B, col, 0);
+            fedge_sgemm(0, 0, l->out, N, K, 1.0f, params + l->w_off, K, col, N, 0.0f, out, N);
+            add_bias_rows(out, params + l->b_off, l->out, (size_t)N, 1);
+            break;
+        }
+        case FEDGE_LAYER_RELU:
+            for (size_t j = 0; j < n; j++)
+                out[j] = out[j] < 0.0f ? 0.0f : out[j]; /* NaN passes through */
+            break;
+        case FEDGE_LAYER_MAXPOOL:
+            maxpool_forward(l, in, out, B);
+            break;
+        case FEDGE_LAYER_FLATTEN:
+            if (in_cm)
+                flatten_copy(l, in, out, B, 1);
+            else if (i == 0)
+                memcpy(out, in, n * sizeof(float)); /* the model input is not in scratch */
+            break;
+        case FEDGE_LAYER_DROPOUT:
+            if (train)
+                dropout_apply(l, i, dropout_seed, in, out, B, in_cm);
+            else
+                memcpy(out, in, n * sizeof(float));
+            break;
+        }
+    }
+    softmax_rows(out, B, s->classes, y, loss_sum);
     return out;
 }
 
 static int check_model(const fedge_model *m)
 {
-    if (m == NULL || m->params == NULL || spec_check(&m->spec) != FEDGE_OK)
+    char text[FEDGE_MODEL_SPEC_MAX];
+    if (m == NULL || m->params == NULL || spec_check(&m->spec, text) != FEDGE_OK ||
+        m->n_params != m->spec.n_params)
         return FEDGE_ERR_INVALID_ARG;
     return FEDGE_OK;
+}
+
+static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch)
+{
+    ps->m = m;
+    ps->batch = batch;
+    ps->scratch = scratch;
+    return plan_make(&m->spec, batch, &ps->plan);
 }
 
 int fedge_model_forward(const fedge_model *m, const float *x, int batch, float *scratch,
@@ -296,60 +854,117 @@ int fedge_model_forward(const fedge_model *m, const float *x, int batch, float *
 {
     if (check_model(m) != FEDGE_OK || x == NULL || batch < 1 || scratch == NULL || probs == NULL)
         return FEDGE_ERR_INVALID_ARG;
-    const float *p = forward_pass(m, x, batch, scratch, NULL, NULL);
-    memcpy(probs, p, (size_t)batch * m->spec.dims[m->spec.n_layers] * sizeof(float));
+    pass ps;
+    int ret = pass_init(&ps, m, batch, scratch);
+    if (ret != FEDGE_OK)
+        return ret;
+    const float *p = forward_pass(&ps, x, 0, 0, NULL, NULL);
+    memcpy(probs, p, (size_t)batch * m->spec.classes * sizeof(float));
     return FEDGE_OK;
 }
 
 int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y, int batch,
-                          float *scratch, float *grad, float *loss)
+                          uint64_t dropout_seed, float *scratch, float *grad, float *loss)
 {
     if (check_model(m) != FEDGE_OK || x == NULL || y == NULL || batch < 1 || scratch == NULL ||
         grad == NULL)
         return FEDGE_ERR_INVALID_ARG;
     const fedge_model_spec *s = &m->spec;
-    int L = s->n_layers;
-    int classes = s->dims[L];
-    int ret = check_labels(y, (size_t)batch, classes);
+    const float *params = m->params;
+    const int B = batch;
+    int ret = check_labels(y, (size_t)batch, s->classes);
+    if (ret != FEDGE_OK)
+        return ret;
+    pass ps;
+    ret = pass_init(&ps, m, batch, scratch);
     if (ret != FEDGE_OK)
         return ret;
 
     double loss_sum = 0.0;
-    float *dz = forward_pass(m, x, batch, scratch, y, &loss_sum);
+    float *g = forward_pass(&ps, x, 1, dropout_seed, y, &loss_sum);
     if (loss != NULL)
         *loss = (float)(loss_sum / batch);
-
-    /* dL/dZ of the output layer for the mean loss: (P - onehot(y)) / B */
-    float inv_b = 1.0f / (float)batch;
+    const float inv_b = 1.0f / (float)batch;
     for (int i = 0; i < batch; i++) {
-        float *row = dz + (size_t)i * classes;
+        float *row = g + (size_t)i * s->classes;
         row[y[i]] -= 1.0f;
-        for (int c = 0; c < classes; c++)
+        for (int c = 0; c < s->classes; c++)
             row[c] *= inv_b;
     }
 
-    float *gW[FEDGE_MODEL_MAX_LAYERS], *gb[FEDGE_MODEL_MAX_LAYERS];
-    fedge_model_views(s, grad, gW, gb);
-    float *delta = delta_ptr(s, scratch, batch);
-    for (int l = L - 1; l >= 0; l--) {
-        int din = s->dims[l], dout = s->dims[l + 1];
-        const float *in = l == 0 ? x : act_ptr(s, scratch, batch, l - 1);
-        fedge_sgemm(1, 0, dout, din, batch, 1.0f, dz, dout, in, din, 0.0f, gW[l], din);
-        for (int j = 0; j < dout; j++)
-            gb[l][j] = 0.0f;
-        for (int i = 0; i < batch; i++) {
-            const float *row = dz + (size_t)i * dout;
-            for (int j = 0; j < dout; j++)
-                gb[l][j] += row[j];
+    float *gbuf[2] = {scratch + ps.plan.g_off[0], scratch + ps.plan.g_off[1]};
+    float *col = scratch + ps.plan.col_off;
+    for (int i = s->n_layers - 1; i >= 0; i--) {
+        const fedge_layer *l = &s->layer[i];
+        const float *in = act_in(&ps, x, i);
+        int in_cm = act_in_cmajor(&ps, i);
+        float *gin = g == gbuf[0] ? gbuf[1] : gbuf[0]; /* where dL/d(input) goes */
+        size_t in_size = (size_t)l->in_c * l->in_h * l->in_w;
+        size_t n = (size_t)B * layer_size(l);
+        int need_gin = i > 0;
+        switch (l->type) {
+        case FEDGE_LAYER_DENSE: {
+            float *gW = grad + l->w_off, *gb = grad + l->b_off;
+            fedge_sgemm(1, 0, l->out, (int)in_size, B, 1.0f, g, l->out, in, (int)in_size, 0.0f,
+                        gW, (int)in_size);
+            for (int j = 0; j < l->out; j++)
+                gb[j] = 0.0f;
+            for (int r = 0; r < B; r++) {
+                const float *row = g + (size_t)r * l->out;
+                for (int j = 0; j < l->out; j++)
+                    gb[j] += row[j];
+            }
+            if (need_gin) {
+                fedge_sgemm(0, 0, B, (int)in_size, l->out, 1.0f, g, l->out, params + l->w_off,
+                            (int)in_size, 0.0f, gin, (int)in_size);
+                g = gin;
+            }
+            break;
         }
-        if (l == 0)
-            break; /* no gradient with respect to the input */
-        fedge_sgemm(0, 0, batch, din, dout, 1.0f, dz, dout, m->W[l], din, 0.0f, delta, din);
-        float *a = act_ptr(s, scratch, batch, l - 1);
-        size_t na = (size_t)batch * din;
-        for (size_t i = 0; i < na; i++)
-            a[i] = a[i] > 0.0f ? delta[i] : 0.0f; /* ReLU'(z) via its output */
-        dz = a;
+        case FEDGE_LAYER_CONV2D: {
+            int K = l->in_c * l->k * l->k, N = B * l->out_h * l->out_w;
+            float *gW = grad + l->w_off, *gb = grad + l->b_off;
+            for (int c = 0; c < l->out; c++) {
+                const float *row = g + (size_t)c * N;
+                float sum = 0.0f;
+                for (int j = 0; j < N; j++)
+                    sum += row[j];
+                gb[c] = sum;
+            }
+            im2col(l, (float *)in, in_cm, B, col, 0);
+            fedge_sgemm(0, 1, l->out, K, N, 1.0f, g, N, col, N, 0.0f, gW, K);
+            if (need_gin) {
+                fedge_sgemm(1, 0, K, N, l->out, 1.0f, params + l->w_off, K, g, N, 0.0f, col, N);
+                memset(gin, 0, (size_t)B * in_size * sizeof(float));
+                im2col(l, gin, in_cm, B, col, 1);
+                g = gin;
+            }
+            break;
+        }
+        case FEDGE_LAYER_RELU: {
+            const float *out = act_out(&ps, i);
+            if (need_gin)
+                for (size_t j = 0; j < n; j++)
+                    g[j] = out[j] > 0.0f ? g[j] : 0.0f; /* ReLU'(z) via its output */
+            break;
+        }
+        case FEDGE_LAYER_MAXPOOL:
+            if (need_gin) {
+                maxpool_backward(l, in, g, gin, B);
+                g = gin;
+            }
+            break;
+        case FEDGE_LAYER_FLATTEN:
+            if (need_gin && in_cm) {
+                flatten_copy(l, g, gin, B, 0);
+                g = gin;
+            }
+            break;
+        case FEDGE_LAYER_DROPOUT:
+            if (need_gin)
+                dropout_apply(l, i, dropout_seed, g, g, B, in_cm);
+            break;
+        }
     }
     return FEDGE_OK;
 }
@@ -361,7 +976,7 @@ int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y,
         scratch == NULL)
         return FEDGE_ERR_INVALID_ARG;
     const fedge_model_spec *s = &m->spec;
-    int classes = s->dims[s->n_layers];
+    int classes = s->classes;
     int ret = check_labels(y, n, classes);
     if (ret != FEDGE_OK)
         return ret;
@@ -369,7 +984,11 @@ int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y,
     double total = 0.0;
     for (size_t r0 = 0; r0 < n; r0 += (size_t)batch) {
         int rows = n - r0 < (size_t)batch ? (int)(n - r0) : batch;
-        const float *p = forward_pass(m, x + r0 * s->dims[0], rows, scratch, y + r0, &total);
+        pass ps;
+        ret = pass_init(&ps, m, rows, scratch);
+        if (ret != FEDGE_OK)
+            return ret;
+        const float *p = forward_pass(&ps, x + r0 * (size_t)s->input_dim, 0, 0, y + r0, &total);
         for (int i = 0; i < rows; i++) {
             const float *row = p + (size_t)i * classes;
             int best = 0;

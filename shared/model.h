@@ -1,10 +1,36 @@
-/* model.h — feed-forward classifiers over one flat float32 parameter buffer.
+/* model.h — feed-forward classifiers (dense, conv, pool) over one flat float32 buffer.
  *
- * Spec strings: "softmax:784-10" (one dense layer + softmax) and
- * "mlp:784-200-10" / "mlp:784-256-128-10" (dense+ReLU hidden layers, dense
- * output + softmax). All parameters live in one contiguous buffer so a delta,
- * a gradient or an allreduce is one vector. Layout per layer l, in order:
- * W_l [out_l x in_l] row-major, then b_l [out_l].
+ * Spec grammar (every accepted text is its own canonical form; anything else is
+ * FEDGE_ERR_MODEL_SPEC and leaves *out untouched):
+ *   softmax:IN-CLASSES                 one dense layer + softmax
+ *   mlp:IN-H1-...-CLASSES              dense+ReLU hidden layers (at least one)
+ *   cnn:CxHxW-TOK-...-CLASSES          tokens, left to right:
+ *       c<out>k<k>[s<stride>][p<pad>]  conv2d (square kernel, zero padding, 2*pad <= k) + ReLU;
+ *                                      s1 and p0 are the defaults and are never written
+ *       p<k>[s<stride>]                max-pool k x k, stride k unless given (sN != k)
+ *       f<n>                           dense n + ReLU (a flatten is implied before the first
+ *                                      dense layer, f or classes)
+ *       d<pct>                         dropout, rate pct/100, 1..99 (training only, seeded)
+ *       <classes>                      the last token: dense to classes, then softmax
+ *   e.g. cnn:1x28x28-c32k5-p2-c64k5-p2-f512-10,  cnn:1x28x28-c16k3p1-p2-f128-d25-10
+ * Numbers are plain decimal (no sign, no leading zero), 1..FEDGE_MODEL_MAX_DIM; classes
+ * 2..FEDGE_MODEL_MAX_CLASSES; no conv or pool after the flatten; at most
+ * FEDGE_MODEL_MAX_LAYERS layers, FEDGE_MODEL_MAX_PARAMS parameters, FEDGE_MODEL_MAX_ACT
+ * floats in any one sample's activation, and FEDGE_MODEL_SPEC_MAX - 1 characters.
+ * Shapes: conv out = (in + 2*pad - k) / stride + 1 (must be >= 1, floor);
+ * pool out = (in - k) / stride + 1 (must be >= 1, floor, no padding).
+ *
+ * Internally a spec is a list of layers. RELU and FLATTEN are layers of their own (so an
+ * ONNX export maps one layer to one node); softmax is the loss/output, not a layer.
+ * mlp:784-200-10 is DENSE(200) RELU DENSE(10); cnn:1x28x28-c8k3-p2-10 is
+ * CONV2D(8) RELU MAXPOOL FLATTEN DENSE(10).
+ *
+ * Parameter layout: for each layer with parameters, in order, its weights then its bias:
+ *   DENSE   W [out x in] row-major (in = flattened input size), b [out]
+ *   CONV2D  W [out_c x in_c x k x k] (OIHW, the ONNX/PyTorch order), b [out_c]
+ * (so the mlp/softmax layout and every existing model file is unchanged).
+ * Activations between layers are per sample in C x H x W order (NCHW); FLATTEN keeps
+ * that order (ONNX Flatten / torch.flatten semantics). Model input rows are C*H*W floats.
  *
  * The training step allocates nothing: the caller passes scratch sized by
  * fedge_model_scratch_floats(spec, batch). */
@@ -16,60 +42,93 @@
 
 #include "rng.h"
 
-#define FEDGE_MODEL_MAX_LAYERS 8
-#define FEDGE_MODEL_MAX_DIM 65536
-#define FEDGE_MODEL_SPEC_MAX 128 /* longest canonical spec string, with NUL */
+#define FEDGE_MODEL_MAX_LAYERS 32        /* entries in fedge_model_spec.layer (incl. relu/flatten) */
+#define FEDGE_MODEL_MAX_DIM 65536        /* any feature count, channel count, H or W */
+#define FEDGE_MODEL_SPEC_MAX 256         /* longest canonical spec string, with NUL */
 #define FEDGE_MODEL_MAX_CLASSES 256      /* labels are uint8 */
 #define FEDGE_MODEL_MAX_PARAMS (1u << 28) /* 1 GiB of float32; larger specs are refused */
+#define FEDGE_MODEL_MAX_ACT (1 << 24)    /* floats in one sample's input or any activation */
 
-typedef enum { FEDGE_MODEL_SOFTMAX = 1, FEDGE_MODEL_MLP = 2 } fedge_model_kind;
+typedef enum { FEDGE_MODEL_SOFTMAX = 1, FEDGE_MODEL_MLP = 2, FEDGE_MODEL_CNN = 3 } fedge_model_kind;
+
+typedef enum {
+    FEDGE_LAYER_DENSE = 1,
+    FEDGE_LAYER_CONV2D = 2,
+    FEDGE_LAYER_MAXPOOL = 3,
+    FEDGE_LAYER_RELU = 4,
+    FEDGE_LAYER_FLATTEN = 5,
+    FEDGE_LAYER_DROPOUT = 6,
+} fedge_layer_type;
+
+typedef struct {
+    fedge_layer_type type;
+    int out;       /* DENSE: output features; CONV2D: output channels */
+    int k;         /* CONV2D kernel, MAXPOOL window */
+    int stride;    /* CONV2D, MAXPOOL */
+    int pad;       /* CONV2D */
+    int rate_pct;  /* DROPOUT */
+    int in_c, in_h, in_w;    /* input shape; a flat vector of n features is n x 1 x 1 */
+    int out_c, out_h, out_w; /* output shape */
+    size_t w_off, b_off;     /* offsets into the flat parameters (valid when n_params > 0) */
+    size_t n_params;         /* weights + bias; 0 for parameterless layers */
+} fedge_layer;
 
 typedef struct {
     fedge_model_kind kind;
-    int n_layers;                          /* dense layers, >= 1 */
-    int dims[FEDGE_MODEL_MAX_LAYERS + 1];  /* dims[0] input, dims[n_layers] classes */
+    int in_c, in_h, in_w;  /* input shape (softmax/mlp: IN x 1 x 1) */
+    int input_dim;         /* in_c * in_h * in_w: floats per input row */
+    int classes;           /* outputs of the last layer */
+    int n_layers;          /* entries used in layer[] */
+    fedge_layer layer[FEDGE_MODEL_MAX_LAYERS];
+    size_t n_params;
 } fedge_model_spec;
 
-/* FEDGE_ERR_MODEL_SPEC for anything else than the forms above: dims in plain
- * decimal (no sign, no leading zero) in 1..FEDGE_MODEL_MAX_DIM, 2..MAX_CLASSES
- * classes, softmax with exactly two dims, mlp with at least one hidden layer,
- * at most MAX_LAYERS dense layers and MAX_PARAMS parameters, nothing trailing.
- * An accepted text is its own canonical form. *out is untouched on error. */
 int fedge_model_spec_parse(const char *text, fedge_model_spec *out);
-/* Canonical text, e.g. "mlp:784-200-10"; FEDGE_ERR_BUFFER_TOO_SMALL if it does not fit. */
+/* Canonical text; FEDGE_ERR_BUFFER_TOO_SMALL if it does not fit, FEDGE_ERR_MODEL_SPEC for
+ * a hand-built spec that is not what parsing its own text gives. */
 int fedge_model_spec_format(const fedge_model_spec *spec, char *buf, size_t cap);
+/* 0 for an invalid spec. */
 size_t fedge_model_spec_param_count(const fedge_model_spec *spec);
 /* 32-bit id of the canonical spec (first 4 bytes of its SHA-256, little-endian):
- * the delta wire format carries it so a delta for another shape is refused. */
+ * the delta wire format carries it so a delta for another shape is refused. 0 if invalid. */
 uint32_t fedge_model_spec_id(const fedge_model_spec *spec);
+/* 1 when the spec is a plain dense chain (softmax/mlp), filling dims[0..*n_dense]
+ * (input, hidden widths, classes) — for code paths that only know dense layers
+ * (e.g. a GPU backend); 0 otherwise. */
+int fedge_model_spec_dense_dims(const fedge_model_spec *spec, int dims[FEDGE_MODEL_MAX_LAYERS + 1],
+                                int *n_dense);
+/* 1 when the spec has a dropout layer (its training steps need a dropout seed). */
+int fedge_model_spec_has_dropout(const fedge_model_spec *spec);
+/* Lower-case layer name ("dense", "conv2d", "maxpool", "relu", "flatten", "dropout"). */
+const char *fedge_layer_name(fedge_layer_type type);
 
 typedef struct {
     fedge_model_spec spec;
     size_t n_params;
     float *params;                       /* owned; n_params floats */
-    float *W[FEDGE_MODEL_MAX_LAYERS];    /* views into params */
-    float *b[FEDGE_MODEL_MAX_LAYERS];
 } fedge_model;
 
 /* Allocates params (zeroed). fedge_model_free(NULL) and double free are safe. */
 int fedge_model_init(fedge_model *m, const fedge_model_spec *spec);
 void fedge_model_free(fedge_model *m);
-/* He-uniform weights, zero biases. */
+/* He-uniform weights (fan_in = in for dense, in_c*k*k for conv), zero biases; the weights
+ * are drawn layer by layer in parameter order. */
 int fedge_model_randomize(fedge_model *m, fedge_rng *rng);
-/* Pointer table for an arbitrary buffer with the model's layout (gradients, deltas). */
-void fedge_model_views(const fedge_model_spec *spec, float *base,
-                       float *W[FEDGE_MODEL_MAX_LAYERS], float *b[FEDGE_MODEL_MAX_LAYERS]);
 
+/* 0 for an invalid spec, batch < 1, or a batch whose buffers would not fit the indexing. */
 size_t fedge_model_scratch_floats(const fedge_model_spec *spec, int batch);
 
-/* Class probabilities for `batch` rows of x (batch x dims[0]) into probs
- * (batch x classes). */
+/* Inference (dropout is the identity). probs: batch x classes. */
 int fedge_model_forward(const fedge_model *m, const float *x, int batch,
                         float *scratch, float *probs);
-/* Mean cross-entropy loss over the batch and its gradient (same layout as
- * params, overwritten). Weight decay is not included (the optimizer adds it). */
+/* Mean cross-entropy loss over the batch and its gradient (same layout as params,
+ * overwritten). Weight decay is not included (the optimizer adds it). dropout_seed picks
+ * the dropout masks of this step (the same seed gives the same masks; models without
+ * dropout ignore it). Element e of dropout layer l (e = b*C*H*W + c*H*W + h*W + w within
+ * the batch) is kept when hash(seed, l, e) >= rate * 2^32, and scaled by 1 / (1 - rate). */
 int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y,
-                          int batch, float *scratch, float *grad, float *loss);
+                          int batch, uint64_t dropout_seed, float *scratch, float *grad,
+                          float *loss);
 /* Number of correct argmax predictions and summed loss over n rows, in
  * chunks of at most `batch` rows using scratch sized for `batch`. */
 int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y,
@@ -77,7 +136,7 @@ int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y,
                          double *loss_sum);
 
 /* C[M x N] = alpha * op(A) * op(B) + beta * C, row-major, op = transpose when
- * the flag is set. The one GEMM used by the CPU paths. */
+ * the flag is set. The one GEMM used by the CPU paths (see gemm.c / blas). */
 void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta,
                  float *C, int ldc);

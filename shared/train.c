@@ -62,7 +62,8 @@ int fedge_train_epoch(fedge_model *m, fedge_sgd *opt, const float *x, const uint
     if (opt->n != m->n_params)
         return FEDGE_ERR_MODEL_SHAPE;
     int ret = FEDGE_OK;
-    size_t dim = (size_t)m->spec.dims[0];
+    size_t dim = (size_t)m->spec.input_dim;
+    int dropout = fedge_model_spec_has_dropout(&m->spec);
     feistel_perm perm;
     perm_init(&perm, n, rng);
     double loss_sum = 0.0;
@@ -74,7 +75,9 @@ int fedge_train_epoch(fedge_model *m, fedge_sgd *opt, const float *x, const uint
             ybatch[r] = y[src];
         }
         float loss;
-        CHK(fedge_model_loss_grad(m, xbatch, ybatch, rows, scratch, grad, &loss));
+        /* drawn only for models with dropout, so the others train exactly as before */
+        uint64_t dropout_seed = dropout ? fedge_rng_u64(rng) : 0;
+        CHK(fedge_model_loss_grad(m, xbatch, ybatch, rows, dropout_seed, scratch, grad, &loss));
         if (!isfinite(loss))
             FAIL(FEDGE_ERR_MODEL_NONFINITE);
         CHK(fedge_sgd_step(opt, m->params, grad));
@@ -93,7 +96,7 @@ int fedge_evaluate_accuracy(const fedge_model *m, const fedge_dataset *test, dou
     if (m == NULL || m->params == NULL || test == NULL || test->n == 0 || test->x == NULL ||
         test->y == NULL)
         return FEDGE_ERR_INVALID_ARG;
-    if (test->dim != m->spec.dims[0])
+    if (test->dim != m->spec.input_dim)
         return FEDGE_ERR_MODEL_SHAPE;
     int ret = FEDGE_OK;
     size_t correct = 0;

@@ -6,11 +6,13 @@
  * optimizer step per minibatch. It allocates nothing; the caller passes
  *   scratch  fedge_model_scratch_floats(&m->spec, batch) floats
  *   grad     m->n_params floats
- *   xbatch   batch * dims[0] floats,  ybatch  batch bytes
- * x is n x dims[0] row-major, y holds n labels < classes. mean_loss (may be
+ *   xbatch   batch * input_dim floats,  ybatch  batch bytes
+ * x is n x input_dim row-major, y holds n labels < classes. mean_loss (may be
  * NULL) gets the sample-weighted mean training loss of the epoch.
  * A non-finite minibatch loss stops the epoch before that step is applied and
- * returns FEDGE_ERR_MODEL_NONFINITE (the model keeps the previous step). */
+ * returns FEDGE_ERR_MODEL_NONFINITE (the model keeps the previous step).
+ * For a model with dropout, each step's dropout seed is drawn from rng (after the
+ * epoch's permutation keys); other models draw nothing more. */
 #ifndef FEDGE_TRAIN_H
 #define FEDGE_TRAIN_H
 

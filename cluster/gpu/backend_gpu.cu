@@ -210,6 +210,7 @@ static unsigned blocks_for(size_t n)
 
 typedef struct {
     int device;
+    fedge_dense_shape shape; /* cfg.spec as dense layers */
     cudaStream_t compute, comm;
     cudaEvent_t layer_done[FEDGE_MODEL_MAX_LAYERS];
     cudaEvent_t comm_done, update_done;
@@ -381,7 +382,7 @@ static int gpu_get_optim(fedge_backend *be, float *host)
 static int gpu_load_batch(fedge_backend *be, const float *x, const uint8_t *y, int rows)
 {
     gpu_impl *g = G(be);
-    const fedge_model_spec *sp = &be->cfg.spec;
+    const fedge_dense_shape *sp = &g->shape;
     const fedge_layout *lo = &be->cfg.layout;
     if (rows < 1 || rows > be->cfg.local_batch_max)
         return FEDGE_ERR_RANGE;
@@ -404,7 +405,7 @@ static int gpu_load_batch(fedge_backend *be, const float *x, const uint8_t *y, i
 static int gpu_forward(fedge_backend *be, float grad_weight, double *loss_sum)
 {
     gpu_impl *g = G(be);
-    const fedge_model_spec *sp = &be->cfg.spec;
+    const fedge_dense_shape *sp = &g->shape;
     const int L = sp->n_layers, rows = g->rows;
     int st;
     for (int l = 0; l < L; l++) {
@@ -454,7 +455,7 @@ static int gpu_forward(fedge_backend *be, float grad_weight, double *loss_sum)
 static int gpu_backward_layer(fedge_backend *be, int l)
 {
     gpu_impl *g = G(be);
-    const fedge_model_spec *sp = &be->cfg.spec;
+    const fedge_dense_shape *sp = &g->shape;
     if (l < 0 || l >= sp->n_layers)
         return FEDGE_ERR_INVALID_ARG;
     const int rows = g->rows, in = sp->dims[l], out = sp->dims[l + 1];
@@ -736,10 +737,10 @@ static int dev_alloc(void **p, size_t bytes)
 static int gpu_setup(fedge_backend *be, gpu_impl *g, const unsigned char id[FEDGE_GPU_ID_BYTES])
 {
     const fedge_backend_config *cfg = &be->cfg;
-    const fedge_model_spec *sp = &cfg->spec;
+    const fedge_dense_shape *sp = &g->shape;
     const fedge_layout *lo = &cfg->layout;
     const size_t rows = (size_t)cfg->local_batch_max;
-    const size_t maxd = (size_t)fedge_layout_max_dim(sp);
+    const size_t maxd = (size_t)fedge_layout_max_dim(&cfg->spec);
     const int L = sp->n_layers;
     int st;
     if ((st = select_device(cfg->local_rank, &g->device)) != FEDGE_OK)
@@ -765,10 +766,10 @@ static int gpu_setup(fedge_backend *be, gpu_impl *g, const unsigned char id[FEDG
     g->nccl_ok = 1;
 
     for (int l = 0; l <= L; l++)
-        g->layer_off[l] = fedge_layout_layer_offset(sp, l);
+        g->layer_off[l] = fedge_layout_layer_offset(&cfg->spec, l);
     /* the allocations of fedge_memory_plan_make(..., on_gpu = 1) */
-    size_t act_floats = rows * fedge_layout_act_floats_per_row(sp);
-    size_t low_floats = rows * (fedge_layout_act_floats_per_row(sp) - (size_t)sp->dims[L]);
+    size_t act_floats = rows * fedge_layout_act_floats_per_row(&cfg->spec);
+    size_t low_floats = rows * (fedge_layout_act_floats_per_row(&cfg->spec) - (size_t)sp->dims[L]);
     if ((st = dev_alloc((void **)&g->params, lo->n_pad * sizeof(float))) != FEDGE_OK
         || (st = dev_alloc((void **)&g->grads, lo->n_pad * sizeof(float))) != FEDGE_OK
         || (st = dev_alloc((void **)&g->velocity, be->opt_len * sizeof(float))) != FEDGE_OK
@@ -795,7 +796,7 @@ static int gpu_setup(fedge_backend *be, gpu_impl *g, const unsigned char id[FEDG
         p += rows * (size_t)sp->dims[l];
     }
     fedge_memory_plan plan;
-    fedge_memory_plan_make(sp, lo, cfg->local_batch_max, cfg->precision, cfg->zero, 1, &plan);
+    fedge_memory_plan_make(&cfg->spec, lo, cfg->local_batch_max, cfg->precision, cfg->zero, 1, &plan);
     be->mem_bytes = plan.total;
     return FEDGE_OK;
 }
@@ -807,6 +808,10 @@ extern "C" int fedge_backend_gpu_create(const fedge_backend_config *cfg,
     if (cfg == NULL || id == NULL || out == NULL || cfg->local_batch_max < 1)
         return FEDGE_ERR_INVALID_ARG;
     *out = NULL;
+    fedge_dense_shape shape;
+    int sst = fedge_dense_shape_of(&cfg->spec, &shape); /* a CNN: FEDGE_ERR_UNSUPPORTED */
+    if (sst != FEDGE_OK)
+        return sst;
     fedge_backend *be = (fedge_backend *)calloc(1, sizeof(*be));
     gpu_impl *g = (gpu_impl *)calloc(1, sizeof(*g));
     if (be == NULL || g == NULL) {
@@ -817,6 +822,7 @@ extern "C" int fedge_backend_gpu_create(const fedge_backend_config *cfg,
     be->ops = &gpu_ops;
     be->cfg = *cfg;
     be->impl = g;
+    g->shape = shape;
     be->opt_off = cfg->zero ? cfg->layout.own_off : 0;
     be->opt_len = cfg->zero ? cfg->layout.shard : cfg->layout.n_pad;
     int st = gpu_setup(be, g, id);

@@ -49,10 +49,10 @@ static void test_protocol_example(void **state)
     assert_int_equal(ri.model[31], 0xe1);
     assert_true(ri.has_spec);
     assert_string_equal(ri.spec_text, "mlp:784-200-10");
-    assert_int_equal(ri.spec.n_layers, 2);
-    assert_int_equal(ri.spec.dims[0], 784);
-    assert_int_equal(ri.spec.dims[1], 200);
-    assert_int_equal(ri.spec.dims[2], 10);
+    assert_int_equal(ri.spec.n_layers, 3); /* dense, relu, dense */
+    assert_int_equal(ri.spec.input_dim, 784);
+    assert_int_equal(ri.spec.layer[0].out, 200);
+    assert_int_equal(ri.spec.classes, 10);
     assert_int_equal(ri.epochs, 1);
     assert_int_equal(ri.batch, 32);
     assert_float_equal(ri.lr, 0.05f, 1e-7);

@@ -29,11 +29,22 @@ static void test_spec_parse_good(void **state)
     } cases[] = {
         {"softmax:784-10", FEDGE_MODEL_SOFTMAX, 1, 784 * 10 + 10},
         {"softmax:1-2", FEDGE_MODEL_SOFTMAX, 1, 4},
-        {"mlp:784-200-10", FEDGE_MODEL_MLP, 2, 200 * 785 + 10 * 201},
-        {"mlp:784-256-128-10", FEDGE_MODEL_MLP, 3, 256 * 785 + 128 * 257 + 10 * 129},
-        {"mlp:7-5-4-3", FEDGE_MODEL_MLP, 3, 5 * 8 + 4 * 6 + 3 * 5},
-        {"mlp:2-3-3-3-3-3-3-3-256", FEDGE_MODEL_MLP, 8, 3 * 3 + 6 * 3 * 4 + 256 * 4},
+        {"mlp:784-200-10", FEDGE_MODEL_MLP, 3, 200 * 785 + 10 * 201},
+        {"mlp:784-256-128-10", FEDGE_MODEL_MLP, 5, 256 * 785 + 128 * 257 + 10 * 129},
+        {"mlp:7-5-4-3", FEDGE_MODEL_MLP, 5, 5 * 8 + 4 * 6 + 3 * 5},
+        {"mlp:2-3-3-3-3-3-3-3-256", FEDGE_MODEL_MLP, 15, 3 * 3 + 6 * 3 * 4 + 256 * 4},
+        /* 16 dense layers and 15 relus: 31 of the 32 layer entries */
+        {"mlp:2-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-2", FEDGE_MODEL_MLP, 31, 3 * 3 + 14 * 3 * 4 + 2 * 4},
         {"softmax:65536-2", FEDGE_MODEL_SOFTMAX, 1, 2 * 65537},
+        {"cnn:1x28x28-c32k5-p2-c64k5-p2-f512-10", FEDGE_MODEL_CNN, 10, 582026},
+        {"cnn:1x28x28-c16k3p1-p2-f128-d25-10", FEDGE_MODEL_CNN, 8,
+         16 * 10 + 128 * (16 * 14 * 14 + 1) + 10 * 129},
+        {"cnn:3x32x32-c8k5s2p2-p3s2-c4k1-p2s1-d10-7", FEDGE_MODEL_CNN, 9,
+         8 * 76 + 4 * 9 + 7 * (4 * 6 * 6 + 1)},
+        {"cnn:2x4x4-5", FEDGE_MODEL_CNN, 2, 5 * 33},
+        {"cnn:1x1x1-d99-f1-d1-2", FEDGE_MODEL_CNN, 6, 2 + 4},
+        {"cnn:65536x1x1-2", FEDGE_MODEL_CNN, 2, 2 * 65537},
+        {"cnn:1x5x7-c2k5p2-p1-p5s3-2", FEDGE_MODEL_CNN, 6, 2 * 26 + 2 * (2 * 1 * 1 + 1)},
     };
     for (size_t i = 0; i < FEDGE_ARRAY_LEN(cases); i++) {
         fedge_model_spec s;
@@ -47,10 +58,20 @@ static void test_spec_parse_good(void **state)
     }
     fedge_model_spec s;
     assert_int_equal(fedge_model_spec_parse("mlp:784-256-128-10", &s), FEDGE_OK);
-    assert_int_equal(s.dims[0], 784);
-    assert_int_equal(s.dims[1], 256);
-    assert_int_equal(s.dims[2], 128);
-    assert_int_equal(s.dims[3], 10);
+    assert_int_equal(s.input_dim, 784);
+    assert_int_equal(s.classes, 10);
+    static const fedge_layer_type mlp_types[] = {FEDGE_LAYER_DENSE, FEDGE_LAYER_RELU,
+                                                 FEDGE_LAYER_DENSE, FEDGE_LAYER_RELU,
+                                                 FEDGE_LAYER_DENSE};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(s.layer[i].type, mlp_types[i]);
+    int dims[FEDGE_MODEL_MAX_LAYERS + 1], n_dense = -1;
+    assert_int_equal(fedge_model_spec_dense_dims(&s, dims, &n_dense), 1);
+    assert_int_equal(n_dense, 3);
+    assert_int_equal(dims[0], 784);
+    assert_int_equal(dims[1], 256);
+    assert_int_equal(dims[2], 128);
+    assert_int_equal(dims[3], 10);
 }
 
 static void test_spec_parse_bad(void **state)
@@ -75,7 +96,7 @@ static void test_spec_parse_bad(void **state)
         "mlp:784-200-1",        /* one class */
         "mlp:784-200-257",      /* more classes than a uint8 label holds */
         "mlp:65536-65536-10",   /* too many parameters */
-        "mlp:2-3-3-3-3-3-3-3-3-2", /* nine dense layers */
+        "mlp:2-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-2", /* 17 dense layers: 33 entries */
         "mlp:784-200-10-",      /* trailing junk */
         "mlp:784-200-10x",
         "mlp:784-200-10 ",
@@ -86,6 +107,54 @@ static void test_spec_parse_bad(void **state)
         "cnn:784-10",
         "mlp:784-200-10\n",
         "softmax:784-10.5",
+        /* cnn */
+        "cnn:1x28x28",                   /* no classes token */
+        "cnn:1x28x28-",
+        "cnn:1x28x28-c32k5-p2",          /* ends on a layer, not classes */
+        "cnn:1x28x28-c32k5-f128",
+        "cnn:1x28x28-10-",
+        "cnn:1x28x28-10-10",             /* classes not last */
+        "cnn:1x28-10",                   /* shape needs C x H x W */
+        "cnn:1x28x28x1-10",
+        "cnn:0x28x28-10",
+        "cnn:1x028x28-10",
+        "cnn:1x28x28-c32k5s1-10",        /* s1 is the default, never written */
+        "cnn:1x28x28-c32k5p0-10",        /* p0 likewise */
+        "cnn:1x28x28-c32k5s1p1-10",
+        "cnn:1x28x28-c32k5p2s2-10",      /* stride before pad */
+        "cnn:1x28x28-c032k5-10",
+        "cnn:1x28x28-c32k05-10",
+        "cnn:1x28x28-c0k5-10",
+        "cnn:1x28x28-c32k0-10",
+        "cnn:1x28x28-c32-10",            /* conv without a kernel */
+        "cnn:1x28x28-ck5-10",
+        "cnn:1x28x28-c32k5p3-10",        /* pad more than half the kernel */
+        "cnn:1x28x28-c32k29-10",         /* kernel larger than the input */
+        "cnn:1x4x4-c2k3-c2k3-10",        /* 4 -> 2 -> collapses below 1 */
+        "cnn:1x28x28-p2s2-10",           /* pool stride equal to k is not written */
+        "cnn:1x28x28-p0-10",
+        "cnn:1x28x28-p29-10",            /* pool window larger than the input */
+        "cnn:1x5x5-p2-p2-p2-10",         /* 5 -> 2 -> 1 -> collapses */
+        "cnn:1x28x28-f128-c8k3-10",      /* conv after flatten */
+        "cnn:1x28x28-f128-p2-10",        /* pool after flatten */
+        "cnn:1x28x28-d0-10",             /* dropout rate outside 1..99 */
+        "cnn:1x28x28-d100-10",
+        "cnn:1x28x28-d05-10",
+        "cnn:1x28x28-x3-10",             /* unknown token */
+        "cnn:1x28x28-C32k5-10",
+        "cnn:1x28x28-c32k5--10",
+        "cnn:1x28x28-c32k5-p2-10 ",
+        "cnn:1x28x28-c32k5-1",           /* one class */
+        "cnn:1x28x28-c32k5-257",
+        "cnn:1x28x28-c32k5x-10",         /* junk inside a token */
+        "cnn:1x28x28-p2k2-10",
+        "cnn:65536x65536x1-10",          /* input too large */
+        "cnn:1x4096x4096-c2k1-10",       /* activation too large */
+        "cnn:1x256x256-f65536-10",       /* too many parameters */
+        "cnn:1x2x2-f2-f2-f2-f2-f2-f2-f2-f2-f2-f2-f2-f2-f2-f2-f2-f2-2", /* 34 layers */
+        "cnn:1x28x28-c-10",
+        "cnn:-1x28x28-10",
+        "cnn:1x28x28-c99999999999999999999k5-10",
     };
     for (size_t i = 0; i < FEDGE_ARRAY_LEN(bad); i++) {
         fedge_model_spec s;
@@ -101,12 +170,8 @@ static void test_spec_parse_bad(void **state)
     assert_int_equal(fedge_model_spec_parse("softmax:784-10", NULL), FEDGE_ERR_INVALID_ARG);
 
     /* a hand-built spec that breaks the rules is refused everywhere */
-    memset(&s, 0, sizeof s);
-    s.kind = FEDGE_MODEL_SOFTMAX;
-    s.n_layers = 2;
-    s.dims[0] = 4;
-    s.dims[1] = 3;
-    s.dims[2] = 2;
+    assert_int_equal(fedge_model_spec_parse("mlp:4-3-2", &s), FEDGE_OK);
+    s.kind = FEDGE_MODEL_SOFTMAX; /* softmax with a hidden layer */
     char buf[FEDGE_MODEL_SPEC_MAX];
     assert_int_equal(fedge_model_spec_format(&s, buf, sizeof buf), FEDGE_ERR_MODEL_SPEC);
     assert_int_equal(fedge_model_spec_param_count(&s), 0);
@@ -150,8 +215,9 @@ static void make_model(const char *text, uint64_t seed, fedge_model *m)
     assert_int_equal(fedge_model_randomize(m, &rng), FEDGE_OK);
     /* non-zero biases, so their gradients are exercised away from zero */
     for (int l = 0; l < s.n_layers; l++)
-        for (int j = 0; j < s.dims[l + 1]; j++)
-            m->b[l][j] = 0.2f * (float)fedge_rng_normal(&rng);
+        if (s.layer[l].n_params > 0)
+            for (int j = 0; j < s.layer[l].out; j++)
+                m->params[s.layer[l].b_off + (size_t)j] = 0.2f * (float)fedge_rng_normal(&rng);
 }
 
 static void test_init_views_free(void **state)
@@ -164,26 +230,30 @@ static void test_init_views_free(void **state)
     assert_int_equal(m.n_params, 79);
     for (size_t i = 0; i < m.n_params; i++)
         assert_true(m.params[i] == 0.0f);
-    assert_ptr_equal(m.W[0], m.params);
-    assert_ptr_equal(m.b[0], m.params + 35);
-    assert_ptr_equal(m.W[1], m.params + 40);
-    assert_ptr_equal(m.b[1], m.params + 60);
-    assert_ptr_equal(m.W[2], m.params + 64);
-    assert_ptr_equal(m.b[2], m.params + 76);
-    assert_null(m.W[3]);
+    /* the layout of every existing model file: W_l then b_l per dense layer */
+    assert_int_equal(s.layer[0].w_off, 0);
+    assert_int_equal(s.layer[0].b_off, 35);
+    assert_int_equal(s.layer[2].w_off, 40);
+    assert_int_equal(s.layer[2].b_off, 60);
+    assert_int_equal(s.layer[4].w_off, 64);
+    assert_int_equal(s.layer[4].b_off, 76);
+    assert_int_equal(s.layer[1].n_params, 0);
+    assert_int_equal(s.layer[3].n_params, 0);
 
     fedge_rng rng;
     fedge_rng_seed(&rng, 1);
     assert_int_equal(fedge_model_randomize(&m, &rng), FEDGE_OK);
     /* He-uniform: |w| <= sqrt(6 / fan_in), biases zero */
-    for (int l = 0; l < 3; l++) {
-        float limit = sqrtf(6.0f / (float)s.dims[l]);
-        for (int i = 0; i < s.dims[l] * s.dims[l + 1]; i++)
-            assert_true(fabsf(m.W[l][i]) <= limit);
-        for (int j = 0; j < s.dims[l + 1]; j++)
-            assert_true(m.b[l][j] == 0.0f);
+    for (int l = 0; l < 5; l += 2) {
+        const fedge_layer *ly = &s.layer[l];
+        float limit = sqrtf(6.0f / (float)ly->in_c);
+        for (size_t i = ly->w_off; i < ly->b_off; i++)
+            assert_true(fabsf(m.params[i]) <= limit);
+        for (int j = 0; j < ly->out; j++)
+            assert_true(m.params[ly->b_off + (size_t)j] == 0.0f);
     }
-    assert_int_equal(fedge_model_scratch_floats(&s, 10), 10 * (5 + 4 + 3 + 5));
+    /* activations 5 + 4 + 3 (relu in place), two gradient buffers of the widest 5 */
+    assert_int_equal(fedge_model_scratch_floats(&s, 10), 10 * (5 + 4 + 3 + 2 * 5));
     fedge_model_free(&m);
     assert_null(m.params);
     fedge_model_free(&m); /* double free is safe */
@@ -195,7 +265,7 @@ static void check_gradients(const char *text, int batch, uint64_t seed)
 {
     fedge_model m;
     make_model(text, seed, &m);
-    int din = m.spec.dims[0], classes = m.spec.dims[m.spec.n_layers];
+    int din = m.spec.input_dim, classes = m.spec.classes;
     fedge_rng rng;
     fedge_rng_seed(&rng, seed + 100);
     float *x = malloc(sizeof(float) * (size_t)batch * din);
@@ -214,7 +284,7 @@ static void check_gradients(const char *text, int batch, uint64_t seed)
         grad[i] = 1e30f; /* must be overwritten */
 
     float loss;
-    assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, scratch, grad, &loss), FEDGE_OK);
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, seed * 7919u, scratch, grad, &loss), FEDGE_OK);
     assert_true(isfinite(loss) && loss > 0.0f);
 
     const float eps = 1e-3f;
@@ -225,9 +295,9 @@ static void check_gradients(const char *text, int batch, uint64_t seed)
         float *g2 = malloc(sizeof(float) * m.n_params);
         assert_non_null(g2);
         m.params[i] = saved + eps;
-        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, scratch, g2, &lp), FEDGE_OK);
+        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, seed * 7919u, scratch, g2, &lp), FEDGE_OK);
         m.params[i] = saved - eps;
-        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, scratch, g2, &lm), FEDGE_OK);
+        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, seed * 7919u, scratch, g2, &lm), FEDGE_OK);
         m.params[i] = saved;
         free(g2);
         double fd = ((double)lp - (double)lm) / (2.0 * eps);
@@ -265,6 +335,213 @@ static void test_gradients_softmax(void **state)
     check_gradients("softmax:3-2", 1, 22);
 }
 
+static void test_gradients_conv(void **state)
+{
+    (void)state;
+    check_gradients("cnn:2x7x7-c3k3-p2-5", 3, 31);             /* stride 1, no pad, pool floor */
+    check_gradients("cnn:1x9x9-c2k3s2p1-p3s2-f4-3", 2, 32);    /* conv stride+pad, pool s != k */
+    check_gradients("cnn:2x6x5-c3k2p1-c2k3s2-4", 2, 33);       /* conv into conv: col2im */
+    check_gradients("cnn:1x8x8-c2k4s3p2-p2s1-3", 2, 34);       /* stride 3, pad 2, pool s1 */
+}
+
+static void test_gradients_pool_flatten_dropout(void **state)
+{
+    (void)state;
+    check_gradients("cnn:2x6x6-p2s1-c2k2-3", 2, 41);  /* pool on the input, conv after it */
+    check_gradients("cnn:2x4x3-f6-3", 3, 42);         /* flatten of the input, dense */
+    check_gradients("cnn:2x4x4-c3k3p1-p2-f5-4", 2, 43); /* flatten of channel-major maps */
+    /* dropout on channel-major maps and on dense features, the masks fixed by the seed */
+    check_gradients("cnn:1x6x6-c4k3-d30-p2-f5-d50-3", 3, 44);
+    check_gradients("cnn:2x3x3-d25-f4-3", 2, 45);
+}
+
+/* With an all-zero model, dL/dW of the output layer is dz (x) the dropout output, and
+ * dz does not depend on x: the gradient shows the mask and the scaling. */
+static void test_dropout_mask(void **state)
+{
+    (void)state;
+    enum { N = 10000 };
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse("cnn:1x100x100-d25-2", &s), FEDGE_OK);
+    assert_int_equal(fedge_model_spec_has_dropout(&s), 1);
+    fedge_model m;
+    assert_int_equal(fedge_model_init(&m, &s), FEDGE_OK);
+    float *x = malloc(sizeof(float) * N);
+    float *scratch = malloc(sizeof(float) * fedge_model_scratch_floats(&s, 1));
+    float *g1 = malloc(sizeof(float) * m.n_params), *g2 = malloc(sizeof(float) * m.n_params);
+    assert_true(x && scratch && g1 && g2);
+    for (int i = 0; i < N; i++)
+        x[i] = 1.0f;
+    uint8_t y = 0;
+    float loss;
+    assert_int_equal(fedge_model_loss_grad(&m, x, &y, 1, 7, scratch, g1, &loss), FEDGE_OK);
+    /* class 1 row of W: dz = 0.5, so g = 0.5 * x * mask / (1 - 0.25) */
+    const float *row = g1 + s.layer[2].w_off + N;
+    int dropped = 0;
+    for (int i = 0; i < N; i++) {
+        if (row[i] == 0.0f)
+            dropped++;
+        else
+            assert_float_equal(row[i], 0.5f / 0.75f, 1e-6);
+    }
+    print_message("    d25: %d of %d dropped\n", dropped, N);
+    assert_true(dropped > 2300 && dropped < 2700);
+    /* the same seed gives the same masks, another seed others */
+    assert_int_equal(fedge_model_loss_grad(&m, x, &y, 1, 7, scratch, g2, &loss), FEDGE_OK);
+    assert_memory_equal(g1, g2, sizeof(float) * m.n_params);
+    assert_int_equal(fedge_model_loss_grad(&m, x, &y, 1, 8, scratch, g2, &loss), FEDGE_OK);
+    int differ = 0;
+    for (int i = 0; i < N; i++)
+        differ += (row[i] == 0.0f) != (g2[s.layer[2].w_off + N + (size_t)i] == 0.0f);
+    assert_true(differ > 2000);
+    /* inference: dropout is the identity */
+    float probs[2];
+    for (size_t i = 0; i < m.n_params; i++)
+        m.params[i] = 0.0f;
+    m.params[s.layer[2].w_off + 3] = 1.0f; /* logit 0 = x[3] */
+    assert_int_equal(fedge_model_forward(&m, x, 1, scratch, probs), FEDGE_OK);
+    assert_float_equal(probs[0], 1.0f / (1.0f + expf(-1.0f)), 1e-6);
+    free(x);
+    free(scratch);
+    free(g1);
+    free(g2);
+    fedge_model_free(&m);
+}
+
+/* A conv layer against a direct NCHW convolution, and pooling against a direct max. */
+static void test_conv_pool_reference(void **state)
+{
+    (void)state;
+    enum { B = 3, C = 2, H = 7, W = 6, O = 3, K = 3, S = 2, P = 1 };
+    fedge_model_spec s;
+    /* conv, relu, flatten, dense: probe the conv output through the dense weights */
+    assert_int_equal(fedge_model_spec_parse("cnn:2x7x6-c3k3s2p1-p2s1-2", &s), FEDGE_OK);
+    const fedge_layer *conv = &s.layer[0], *pool = &s.layer[2];
+    assert_int_equal(conv->out_h, 4);
+    assert_int_equal(conv->out_w, 3);
+    assert_int_equal(pool->out_h, 3);
+    assert_int_equal(pool->out_w, 2);
+    fedge_model m;
+    make_model("cnn:2x7x6-c3k3s2p1-p2s1-2", 51, &m);
+    fedge_rng rng;
+    fedge_rng_seed(&rng, 52);
+    float x[B * C * H * W];
+    for (int i = 0; i < B * C * H * W; i++)
+        x[i] = (float)fedge_rng_normal(&rng);
+    /* reference: conv + relu + pool, NCHW per sample, then the dense layer's logits */
+    const float *Wc = m.params + conv->w_off, *bc = m.params + conv->b_off;
+    float ref[B][O][4][3], pooled[B][O][3][2];
+    for (int b = 0; b < B; b++)
+        for (int o = 0; o < O; o++)
+            for (int oh = 0; oh < 4; oh++)
+                for (int ow = 0; ow < 3; ow++) {
+                    double acc = bc[o];
+                    for (int c = 0; c < C; c++)
+                        for (int i = 0; i < K; i++)
+                            for (int j = 0; j < K; j++) {
+                                int ih = oh * S - P + i, iw = ow * S - P + j;
+                                if (ih >= 0 && ih < H && iw >= 0 && iw < W)
+                                    acc += (double)Wc[((o * C + c) * K + i) * K + j] *
+                                           x[((b * C + c) * H + ih) * W + iw];
+                            }
+                    ref[b][o][oh][ow] = acc > 0 ? (float)acc : 0.0f;
+                }
+    for (int b = 0; b < B; b++)
+        for (int o = 0; o < O; o++)
+            for (int oh = 0; oh < 3; oh++)
+                for (int ow = 0; ow < 2; ow++) {
+                    float mx = ref[b][o][oh][ow];
+                    for (int i = 0; i < 2; i++)
+                        for (int j = 0; j < 2; j++)
+                            if (ref[b][o][oh + i][ow + j] > mx)
+                                mx = ref[b][o][oh + i][ow + j];
+                    pooled[b][o][oh][ow] = mx;
+                }
+    const fedge_layer *dense = &s.layer[4];
+    assert_int_equal(dense->type, FEDGE_LAYER_DENSE);
+    float *scratch = malloc(sizeof(float) * fedge_model_scratch_floats(&s, B));
+    assert_non_null(scratch);
+    float probs[B * 2];
+    assert_int_equal(fedge_model_forward(&m, x, B, scratch, probs), FEDGE_OK);
+    for (int b = 0; b < B; b++) {
+        double z[2];
+        for (int k = 0; k < 2; k++) {
+            z[k] = m.params[dense->b_off + (size_t)k];
+            for (int f = 0; f < O * 3 * 2; f++) /* flatten: NCHW order */
+                z[k] += (double)m.params[dense->w_off + (size_t)k * 18 + (size_t)f] *
+                        (&pooled[b][0][0][0])[f];
+        }
+        double p0 = 1.0 / (1.0 + exp(z[1] - z[0]));
+        assert_float_equal(probs[b * 2], p0, 1e-5);
+    }
+    free(scratch);
+    fedge_model_free(&m);
+}
+
+static void test_cnn_layout(void **state)
+{
+    (void)state;
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse("cnn:1x28x28-c32k5-p2-c64k5-p2-f512-10", &s), FEDGE_OK);
+    static const struct {
+        fedge_layer_type type;
+        int c, h, w;
+        size_t w_off, b_off;
+    } want[] = {
+        {FEDGE_LAYER_CONV2D, 32, 24, 24, 0, 800},
+        {FEDGE_LAYER_RELU, 32, 24, 24, 0, 0},
+        {FEDGE_LAYER_MAXPOOL, 32, 12, 12, 0, 0},
+        {FEDGE_LAYER_CONV2D, 64, 8, 8, 832, 832 + 51200},
+        {FEDGE_LAYER_RELU, 64, 8, 8, 0, 0},
+        {FEDGE_LAYER_MAXPOOL, 64, 4, 4, 0, 0},
+        {FEDGE_LAYER_FLATTEN, 1024, 1, 1, 0, 0},
+        {FEDGE_LAYER_DENSE, 512, 1, 1, 52096, 52096 + 524288},
+        {FEDGE_LAYER_RELU, 512, 1, 1, 0, 0},
+        {FEDGE_LAYER_DENSE, 10, 1, 1, 576896, 576896 + 5120},
+    };
+    assert_int_equal(s.n_layers, FEDGE_ARRAY_LEN(want));
+    assert_int_equal(s.kind, FEDGE_MODEL_CNN);
+    assert_int_equal(s.in_c, 1);
+    assert_int_equal(s.in_h, 28);
+    assert_int_equal(s.in_w, 28);
+    assert_int_equal(s.input_dim, 784);
+    assert_int_equal(s.classes, 10);
+    assert_int_equal(s.n_params, 582026);
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(want); i++) {
+        const fedge_layer *l = &s.layer[i];
+        assert_int_equal(l->type, want[i].type);
+        assert_int_equal(l->out_c, want[i].c);
+        assert_int_equal(l->out_h, want[i].h);
+        assert_int_equal(l->out_w, want[i].w);
+        if (l->n_params > 0) {
+            assert_int_equal(l->w_off, want[i].w_off);
+            assert_int_equal(l->b_off, want[i].b_off);
+        }
+        if (i > 0) {
+            assert_int_equal(l->in_c, s.layer[i - 1].out_c);
+            assert_int_equal(l->in_h, s.layer[i - 1].out_h);
+            assert_int_equal(l->in_w, s.layer[i - 1].out_w);
+        }
+    }
+    int dims[FEDGE_MODEL_MAX_LAYERS + 1], n_dense;
+    assert_int_equal(fedge_model_spec_dense_dims(&s, dims, &n_dense), 0);
+    assert_int_equal(fedge_model_spec_has_dropout(&s), 0);
+    assert_string_equal(fedge_layer_name(FEDGE_LAYER_CONV2D), "conv2d");
+    /* every layer of a hand-built spec is checked */
+    fedge_model_spec t = s;
+    t.layer[3].stride = 2;
+    assert_int_equal(fedge_model_spec_param_count(&t), 0);
+    t = s;
+    t.layer[8].type = FEDGE_LAYER_DROPOUT;
+    assert_int_equal(fedge_model_spec_param_count(&t), 0);
+    t = s;
+    t.layer[5].out_h = 5;
+    assert_int_equal(fedge_model_spec_id(&t), 0);
+    t = s;
+    t.n_layers = 9;
+    assert_int_equal(fedge_model_scratch_floats(&t, 1), 0);
+}
+
 static void test_forward_probabilities(void **state)
 {
     (void)state;
@@ -296,7 +573,7 @@ static void test_forward_probabilities(void **state)
     float *grad = malloc(sizeof(float) * m.n_params);
     assert_non_null(grad);
     float loss;
-    assert_int_equal(fedge_model_loss_grad(&m, x, y, B, scratch, grad, &loss), FEDGE_OK);
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, B, 0, scratch, grad, &loss), FEDGE_OK);
     assert_true(isfinite(loss));
     for (int i = 0; i < B; i++) {
         double sum = 0.0;
@@ -311,7 +588,7 @@ static void test_forward_probabilities(void **state)
 
     /* a label outside the classes is refused */
     y[2] = 5;
-    assert_int_equal(fedge_model_loss_grad(&m, x, y, B, scratch, grad, &loss),
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, B, 0, scratch, grad, &loss),
                      FEDGE_ERR_DATA_LABEL);
     assert_int_equal(fedge_model_forward(&m, x, 0, scratch, probs), FEDGE_ERR_INVALID_ARG);
     free(grad);
@@ -333,7 +610,7 @@ static void test_loss_and_evaluate_exact(void **state)
         x[i] = (float)(i % 5) - 2.0f;
     uint8_t y[7] = {0, 1, 2, 3, 0, 0, 2};
     float scratch[7 * 4], grad[16], loss;
-    assert_int_equal(fedge_model_loss_grad(&m, x, y, 7, scratch, grad, &loss), FEDGE_OK);
+    assert_int_equal(fedge_model_loss_grad(&m, x, y, 7, 0, scratch, grad, &loss), FEDGE_OK);
     assert_float_equal(loss, logf(4.0f), 1e-6);
     /* bias gradient of the mean loss: (1/4 - share of each class) */
     assert_float_equal(grad[12 + 0], 0.25f - 3.0f / 7.0f, 1e-6);
@@ -350,7 +627,7 @@ static void test_loss_and_evaluate_exact(void **state)
     assert_true(fabs(loss_sum - 7.0 * log(4.0)) < 1e-4);
 
     /* make class 2 win for every row: all rows with label 2 are right */
-    m.b[0][2] = 1.0f;
+    m.params[m.spec.layer[0].b_off + 2] = 1.0f;
     assert_int_equal(fedge_model_evaluate(&m, x, y, 7, 2, small_scratch, &correct, &loss_sum),
                      FEDGE_OK);
     assert_int_equal(correct, 2);
@@ -611,6 +888,11 @@ int main(void)
         cmocka_unit_test(test_init_views_free),
         cmocka_unit_test(test_gradients_mlp),
         cmocka_unit_test(test_gradients_softmax),
+        cmocka_unit_test(test_gradients_conv),
+        cmocka_unit_test(test_gradients_pool_flatten_dropout),
+        cmocka_unit_test(test_dropout_mask),
+        cmocka_unit_test(test_conv_pool_reference),
+        cmocka_unit_test(test_cnn_layout),
         cmocka_unit_test(test_forward_probabilities),
         cmocka_unit_test(test_loss_and_evaluate_exact),
         cmocka_unit_test(test_sgemm_vs_naive),

@@ -118,9 +118,10 @@ static void test_round_trip(void **state)
     assert_int_equal(count_entries(f->dir), 1); /* no temp file left behind */
     assert_int_equal(fedge_model_load(path, &back, v_load), FEDGE_OK);
     assert_int_equal(back.n_params, m.n_params);
-    assert_memory_equal(&back.spec, &m.spec, sizeof m.spec);
+    assert_int_equal(fedge_model_spec_id(&back.spec), fedge_model_spec_id(&m.spec));
+    assert_int_equal(back.spec.n_layers, m.spec.n_layers);
+    assert_int_equal(back.spec.layer[2].w_off, 784 * 200 + 200);
     assert_memory_equal(back.params, m.params, m.n_params * sizeof(float));
-    assert_ptr_equal(back.W[1], back.params + 784 * 200 + 200); /* views rebuilt */
     assert_memory_equal(v_save, v_load, 32);
     assert_int_equal(fedge_model_version(&m, v_calc), FEDGE_OK);
     assert_memory_equal(v_save, v_calc, 32);
@@ -280,7 +281,7 @@ static void test_damaged_files(void **state)
          FEDGE_ERR_MODEL_FILE_TRUNCATED);
     CASE((b[12 + 3] = '!', reseal(b, len)), len, FEDGE_ERR_MODEL_SPEC);
     CASE((b[12 + 4] = '0', reseal(b, len)), len, FEDGE_ERR_MODEL_SPEC); /* "mlp:0-4-3" */
-    CASE((b[8] = 200, reseal(b, len)), len, FEDGE_ERR_MODEL_SPEC);      /* spec_len too long */
+    CASE((b[8] = 0, b[9] = 1, reseal(b, len)), len, FEDGE_ERR_MODEL_SPEC); /* spec_len 256: too long */
     CASE((b[8] = 0, reseal(b, len)), len, FEDGE_ERR_MODEL_SPEC);
     CASE((b[12 + spec_len] = 40, reseal(b, len)), len, FEDGE_ERR_MODEL_SHAPE); /* n_params */
     CASE((b[12 + spec_len + 7] = 0x80, reseal(b, len)), len, FEDGE_ERR_MODEL_SHAPE);

@@ -84,7 +84,7 @@ static double train_and_evaluate(const fixture *f, const schedule *s)
 
     float *scratch = malloc(sizeof(float) * fedge_model_scratch_floats(&spec, BATCH));
     float *grad = malloc(sizeof(float) * m.n_params);
-    float *xbatch = malloc(sizeof(float) * BATCH * (size_t)spec.dims[0]);
+    float *xbatch = malloc(sizeof(float) * BATCH * (size_t)spec.input_dim);
     uint8_t *ybatch = malloc(BATCH);
     assert_true(scratch && grad && xbatch && ybatch);
 
@@ -179,7 +179,7 @@ static void test_epoch_visits_every_row_once(void **state)
                                        &mean_loss),
                      FEDGE_OK);
     float loss;
-    assert_int_equal(fedge_model_loss_grad(&b, x, y, SN, scratch, grad, &loss), FEDGE_OK);
+    assert_int_equal(fedge_model_loss_grad(&b, x, y, SN, 0, scratch, grad, &loss), FEDGE_OK);
     assert_int_equal(fedge_sgd_step(&ob, b.params, grad), FEDGE_OK);
     assert_true(fabs(mean_loss - loss) < 1e-5);
     for (size_t i = 0; i < a.n_params; i++)

@@ -81,8 +81,10 @@ int main(int argc, char **argv)
             zero = 1;
     }
     fedge_model_spec spec;
+    fedge_dense_shape sh;
     if (fedge_model_spec_parse(spec_text, &spec) != FEDGE_OK || batch < world || steps == 0
-        || rows == 0 || !fedge_backend_available(backend)) {
+        || rows == 0 || !fedge_backend_available(backend)
+        || fedge_dense_shape_of(&spec, &sh) != FEDGE_OK) { /* the backends: softmax/mlp only */
         if (rank == 0)
             fprintf(stderr, "usage: bench-mpi_train [--backend cpu|gpu] [--precision P] "
                             "[--spec SPEC] [--batch B] [--steps S] [--rows R] [--zero]\n");
@@ -103,8 +105,7 @@ int main(int argc, char **argv)
     snprintf(data_path, sizeof(data_path), "%s/train.shard", dir);
     snprintf(out_path, sizeof(out_path), "%s/out.bin", dir);
     if (rank == 0)
-        ret = prepare(dir, spec_text, rows, spec.dims[0], spec.dims[spec.n_layers], model_path,
-                      data_path);
+        ret = prepare(dir, spec_text, rows, spec.input_dim, spec.classes, model_path, data_path);
     MPI_Bcast(&ret, 1, MPI_INT, 0, MPI_COMM_WORLD);
 
     /* baseline: the backend's GEMM rate at the largest layer's forward shape */
@@ -113,8 +114,8 @@ int main(int argc, char **argv)
         fedge_backend_config bc;
         fedge_backend *be = NULL;
         int big = 0;
-        for (int l = 1; l < spec.n_layers; l++)
-            if ((double)spec.dims[l] * spec.dims[l + 1] > (double)spec.dims[big] * spec.dims[big + 1])
+        for (int l = 1; l < sh.n_layers; l++)
+            if ((double)sh.dims[l] * sh.dims[l + 1] > (double)sh.dims[big] * sh.dims[big + 1])
                 big = l;
         memset(&bc, 0, sizeof(bc));
         fedge_model_spec_parse("softmax:2-2", &bc.spec);
@@ -123,12 +124,12 @@ int main(int argc, char **argv)
         bc.precision = precision;
         ret = fedge_backend_create(backend, &bc, &be);
         int local = batch / world;
-        double flop = 2.0 * local * spec.dims[big + 1] * spec.dims[big];
+        double flop = 2.0 * local * sh.dims[big + 1] * sh.dims[big];
         double want = strcmp(backend, "gpu") == 0 ? 2e12 : 4e9; /* about 0.3 s of work */
         int iters = want / flop < 5 ? 5 : (want / flop > 2000 ? 2000 : (int)(want / flop));
         MPI_Barrier(MPI_COMM_WORLD);
         if (ret == FEDGE_OK)
-            ret = be->ops->gemm_tflops(be, local, spec.dims[big + 1], spec.dims[big], iters,
+            ret = be->ops->gemm_tflops(be, local, sh.dims[big + 1], sh.dims[big], iters,
                                        &gemm);
         fedge_backend_destroy(be);
     }

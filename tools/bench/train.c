@@ -122,7 +122,7 @@ static int train_rate(const fedge_model_spec *spec, const fedge_dataset *ds, int
     fedge_sgd opt = {0};
     float *scratch = NULL, *grad = NULL, *xb = NULL;
     uint8_t *yb = NULL;
-    const int din = spec->dims[0];
+    const int din = spec->input_dim;
     enum { N_BATCHES = 16 }; /* pre-gathered minibatches, cycled */
 
     fedge_rng r;
@@ -145,22 +145,32 @@ static int train_rate(const fedge_model_spec *spec, const fedge_dataset *ds, int
 
     float loss = 0.0f;
     for (int w = 0; w < 3; w++) /* warm-up: page in buffers, settle the clock */
-        fedge_model_loss_grad(&m, xb, yb, batch, scratch, grad, &loss);
+        fedge_model_loss_grad(&m, xb, yb, batch, (uint64_t)w, scratch, grad, &loss);
     long steps = 0;
     stopwatch w = stopwatch_start();
     do {
         size_t k = (size_t)(steps % N_BATCHES) * batch;
-        CHK(fedge_model_loss_grad(&m, xb + k * din, yb + k, batch, scratch, grad, &loss));
+        CHK(fedge_model_loss_grad(&m, xb + k * din, yb + k, batch, (uint64_t)steps, scratch, grad,
+                                  &loss));
         CHK(fedge_sgd_step(&opt, m.params, grad));
         steps++;
     } while (stopwatch_wall(&w) < seconds);
     double t = stopwatch_cpu(&w);
 
     double macs_fwd = 0.0, macs_exec = 0.0;
-    for (int l = 0; l < spec->n_layers; l++) {
-        double mac = (double)spec->dims[l] * spec->dims[l + 1];
+    int first = 1;
+    for (int i = 0; i < spec->n_layers; i++) {
+        const fedge_layer *l = &spec->layer[i];
+        double mac;
+        if (l->type == FEDGE_LAYER_DENSE)
+            mac = (double)l->in_c * l->in_h * l->in_w * l->out;
+        else if (l->type == FEDGE_LAYER_CONV2D)
+            mac = (double)l->out_c * l->out_h * l->out_w * l->in_c * l->k * l->k;
+        else
+            continue;
         macs_fwd += mac;
-        macs_exec += mac * (l > 0 ? 3.0 : 2.0);
+        macs_exec += mac * (first ? 2.0 : 3.0); /* forward, dW, and dX above the first */
+        first = 0;
     }
     double samples = (double)steps * batch;
     out->batch = batch;
