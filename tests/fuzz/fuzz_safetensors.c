@@ -16,10 +16,8 @@ static const char *const specs[] = {
     "softmax:4-3",
     "mlp:4-3-2",
     "mlp:2-2-2-2",
-#ifdef FEDGE_LAYER_API
     "cnn:1x6x6-c2k3p1-p2-f4-d50-3",
     "cnn:2x5x5-c2k2s2-p2s1-3",
-#endif
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

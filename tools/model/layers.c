@@ -5,53 +5,6 @@
 #include "common.h"
 #include "layers.h"
 
-const char *mdl_layer_name(fedge_layer_type t)
-{
-    switch (t) {
-    case FEDGE_LAYER_DENSE: return "dense";
-    case FEDGE_LAYER_CONV2D: return "conv2d";
-    case FEDGE_LAYER_MAXPOOL: return "maxpool";
-    case FEDGE_LAYER_RELU: return "relu";
-    case FEDGE_LAYER_FLATTEN: return "flatten";
-    case FEDGE_LAYER_DROPOUT: return "dropout";
-    }
-    return "unknown";
-}
-
-#ifndef FEDGE_LAYER_API
-/* The dense chain of the current model.h: DENSE (RELU DENSE)*. */
-static int layers_of(const fedge_model_spec *spec, mdl_view *v)
-{
-    size_t off = 0;
-    v->n_layers = 0;
-    for (int l = 0; l < spec->n_layers; l++) {
-        if (v->n_layers + 2 > MDL_MAX_LAYERS)
-            return FEDGE_ERR_INTERNAL;
-        int in = spec->dims[l], out = spec->dims[l + 1];
-        fedge_layer *d = &v->layer[v->n_layers++];
-        memset(d, 0, sizeof *d);
-        d->type = FEDGE_LAYER_DENSE;
-        d->out = out;
-        d->in_c = in, d->in_h = 1, d->in_w = 1;
-        d->out_c = out, d->out_h = 1, d->out_w = 1;
-        d->w_off = off;
-        d->b_off = off + (size_t)out * (size_t)in;
-        d->n_params = (size_t)out * ((size_t)in + 1);
-        off += d->n_params;
-        if (l + 1 < spec->n_layers) {
-            fedge_layer *r = &v->layer[v->n_layers++];
-            memset(r, 0, sizeof *r);
-            r->type = FEDGE_LAYER_RELU;
-            r->in_c = r->out_c = out;
-            r->in_h = r->in_w = r->out_h = r->out_w = 1;
-        }
-    }
-    v->in_c = spec->dims[0], v->in_h = 1, v->in_w = 1;
-    v->input_dim = spec->dims[0];
-    v->classes = spec->dims[spec->n_layers];
-    return FEDGE_OK;
-}
-#else
 static int layers_of(const fedge_model_spec *spec, mdl_view *v)
 {
     if (spec->n_layers < 1 || spec->n_layers > MDL_MAX_LAYERS)
@@ -63,7 +16,6 @@ static int layers_of(const fedge_model_spec *spec, mdl_view *v)
     v->classes = spec->classes;
     return FEDGE_OK;
 }
-#endif
 
 static void add_tensor(mdl_view *v, int layer, const char *what, size_t offset, int rank,
                        const int64_t *shape)

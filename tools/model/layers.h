@@ -16,36 +16,10 @@
 
 #include "model.h"
 
-#define MDL_MAX_LAYERS 64
+#define MDL_MAX_LAYERS FEDGE_MODEL_MAX_LAYERS
 #define MDL_MAX_TENSORS (2 * MDL_MAX_LAYERS)
 #define MDL_MAX_RANK 4
 #define MDL_NAME_MAX 32
-
-/* Until model.h carries the layer list (issue 11's model_api.h), the dense
- * chains are described with the same types here. */
-#ifndef FEDGE_LAYER_API
-typedef enum {
-    FEDGE_LAYER_DENSE = 1,
-    FEDGE_LAYER_CONV2D = 2,
-    FEDGE_LAYER_MAXPOOL = 3,
-    FEDGE_LAYER_RELU = 4,
-    FEDGE_LAYER_FLATTEN = 5,
-    FEDGE_LAYER_DROPOUT = 6,
-} fedge_layer_type;
-
-typedef struct {
-    fedge_layer_type type;
-    int out;
-    int k;
-    int stride;
-    int pad;
-    int rate_pct;
-    int in_c, in_h, in_w;
-    int out_c, out_h, out_w;
-    size_t w_off, b_off;
-    size_t n_params;
-} fedge_layer;
-#endif
 
 typedef struct {
     char name[MDL_NAME_MAX];
@@ -71,7 +45,6 @@ typedef struct {
 /* Fills *v from a parsed spec; FEDGE_ERR_INTERNAL when the tensors do not
  * tile the parameter buffer exactly (a layout this tool does not know). */
 int mdl_view_init(const fedge_model_spec *spec, mdl_view *v);
-const char *mdl_layer_name(fedge_layer_type t);
 /* The tensor of that name, or NULL. */
 const mdl_tensor *mdl_view_find(const mdl_view *v, const char *name, size_t name_len);
 
