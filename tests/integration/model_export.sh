@@ -52,7 +52,7 @@ trap 'rm -rf "$T"' EXIT
 specs=("mlp:784-64-10:10000:1")
 # The CNN needs the conv layers of the model spec (issue 11); a build
 # without them refuses the spec and the case is left out, said so below.
-CNN="cnn:1x28x28-c8k3p1-p2-c16k3-p2s1-f32-d25-10"
+CNN="cnn:1x28x28-c8k3p1-p2-c16k3s2-p2s1-f32-d25-10"
 probe=$("$BIN/fedge-model" import /dev/null --spec "$CNN" -o "$T/probe" 2>&1)
 if [[ "$probe" == *"is not a model spec"* ]]; then
     echo "note: this build has no cnn: specs; only the MLP is checked"
@@ -70,6 +70,21 @@ for entry in "${specs[@]}"; do
     echo "$spec: trained in $((SECONDS - t0)) s"
     "$BIN/fedge-model" info "$D/model.fmdl" >"$D/info.txt" || fail "$spec: info"
     grep -q "^spec: *$spec\$" "$D/info.txt" || fail "$spec: info does not name the spec: $(cat "$D/info.txt")"
+    # lineage from an aggregator's models table (a minimal schema-2 log)
+    version=$(sed -n 's/^version: *//p' "$D/info.txt")
+    parent=$(printf '%064d' 7)
+    sqlite3 "$D/agg.db" "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES('fedge_schema','2');
+        CREATE TABLE models(version TEXT PRIMARY KEY, parent TEXT, kind TEXT NOT NULL, round INTEGER NOT NULL,
+            path TEXT NOT NULL, sha256 TEXT NOT NULL, accuracy REAL, created_at REAL NOT NULL, info TEXT);
+        INSERT INTO models VALUES('$version','$parent','aggregate',3,'$version.fmdl','$version',0.5,0,NULL);" ||
+        fail "sqlite3"
+    "$BIN/fedge-model" info "$D/model.fmdl" --db "$D/agg.db" >"$D/info.txt" || fail "$spec: info --db"
+    grep -q "^lineage: *aggregate model of round 3 " "$D/info.txt" && grep -q "^parent: *$parent\$" "$D/info.txt" ||
+        fail "$spec: info --db does not give the lineage: $(cat "$D/info.txt")"
+    sqlite3 "$D/agg.db" "DELETE FROM models" || fail "sqlite3"
+    "$BIN/fedge-model" info "$D/model.fmdl" --db "$D/agg.db" | grep -q "^lineage: *not in " ||
+        fail "$spec: info --db with no models row"
     for f in safetensors onnx npz; do
         "$BIN/fedge-model" export "$D/model.fmdl" --format "$f" -o "$D/model.$f" >/dev/null ||
             fail "$spec: export $f"

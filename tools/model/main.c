@@ -193,7 +193,10 @@ static int cmd_info(const char *path, const char *db_path)
             snprintf(detail, sizeof detail, "k%d s%d", l->k, l->stride);
         else if (l->type == FEDGE_LAYER_DROPOUT)
             snprintf(detail, sizeof detail, "rate %d%% (identity at inference)", l->rate_pct);
-        printf("  %2d %-8s -> %-12s %s\n", i, fedge_layer_name(l->type), out, detail);
+        if (detail[0] != '\0')
+            printf("  %2d %-8s -> %-12s %s\n", i, fedge_layer_name(l->type), out, detail);
+        else
+            printf("  %2d %-8s -> %s\n", i, fedge_layer_name(l->type), out);
         for (int t = 0; t < v->n_tensors; t++) {
             const mdl_tensor *mt = &v->tensor[t];
             if (mt->layer != i)
