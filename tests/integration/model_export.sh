@@ -20,7 +20,7 @@ cd "$(dirname "$0")/../.."
 BUILD=${FEDGE_BUILD:-build/native}
 BIN=$BUILD/bin
 TRAIN=$BUILD/tests/tools/train_central
-VENV=build/venv-export
+VENV=${FEDGE_EXPORT_VENV:-build/venv-export}
 REQS="numpy==1.26.4 onnxruntime==1.19.2 safetensors==0.4.5 onnx==1.16.2"
 DATA=/usr/share/datasets/fashion-mnist
 IMAGES=$DATA/t10k-images-idx3-ubyte.gz
