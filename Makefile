@@ -3,6 +3,7 @@
 #   make                        build everything this machine can build
 #   make test                   dependencies, build, unit + integration + ASan/UBSan tests
 #   make demo                   dependencies, build, a real federated run (see README.md)
+#   make demo MODEL=cnn:...     the same run with another model spec (default mlp:784-200-10)
 #   make asan                   ASan + UBSan build of the unit tests, and run them
 #   make CROSS=aarch64-linux-gnu edge   cross-build the edge client (static)
 #   make CUDA=1                 require the GPU backend (default: built when nvcc is found)
@@ -254,7 +255,7 @@ test: all
 	$(Q)tests/run.sh all $(BUILD) build/asan $(FUZZ_BUILD)
 
 demo: all
-	$(Q)tools/demo.sh $(BUILD)
+	$(Q)$(if $(MODEL),DEMO_SPEC='$(MODEL)') tools/demo.sh $(BUILD)
 
 bench: all
 	$(Q)tools/bench/run.sh $(BUILD)

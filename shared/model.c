@@ -624,7 +624,8 @@ static void im2col(const fedge_layer *l, float *in, int cmajor, int batch, float
                         int ih = oh * s - pad + ki;
                         if (ih < 0 || ih >= H) {
                             if (!add)
-                                memset(dst, 0, (size_t)OW * sizeof(float));
+                                for (int ow = 0; ow < OW; ow++)
+                                    dst[ow] = 0.0f;
                             continue;
                         }
                         float *srow = src + (size_t)ih * W;
@@ -632,11 +633,13 @@ static void im2col(const fedge_layer *l, float *in, int cmajor, int batch, float
                             for (int ow = lo; ow < hi; ow++)
                                 srow[ow * s + kj - pad] += dst[ow];
                         } else if (s == 1) {
-                            memset(dst, 0, (size_t)lo * sizeof(float));
-                            if (hi > lo)
-                                memcpy(dst + lo, srow + lo + kj - pad,
-                                       (size_t)(hi - lo) * sizeof(float));
-                            memset(dst + hi, 0, (size_t)(OW - hi) * sizeof(float));
+                            const float *from = srow + (lo * s + kj - pad);
+                            for (int ow = 0; ow < lo; ow++)
+                                dst[ow] = 0.0f;
+                            for (int ow = lo; ow < hi; ow++)
+                                dst[ow] = from[ow - lo];
+                            for (int ow = hi; ow < OW; ow++)
+                                dst[ow] = 0.0f;
                         } else {
                             for (int ow = 0; ow < lo; ow++)
                                 dst[ow] = 0.0f;
@@ -735,6 +738,22 @@ static void dropout_apply(const fedge_layer *l, int layer, uint64_t seed, const 
                 dst[at + i] = h >= threshold ? src[at + i] * scale : 0.0f;
             }
         }
+}
+
+/* Sum in 8 interleaved partial sums (vectorisable without reassociating flags). */
+static float row_sum(const float *row, int n)
+{
+    float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int t = 0; t < 8; t++)
+            part[t] += row[j + t];
+    float sum = 0.0f;
+    for (; j < n; j++)
+        sum += row[j];
+    for (int t = 0; t < 8; t++)
+        sum += part[t];
+    return sum;
 }
 
 static void add_bias_rows(float *out, const float *bias, int rows, size_t cols, int per_row)
@@ -924,13 +943,8 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
         case FEDGE_LAYER_CONV2D: {
             int K = l->in_c * l->k * l->k, N = B * l->out_h * l->out_w;
             float *gW = grad + l->w_off, *gb = grad + l->b_off;
-            for (int c = 0; c < l->out; c++) {
-                const float *row = g + (size_t)c * N;
-                float sum = 0.0f;
-                for (int j = 0; j < N; j++)
-                    sum += row[j];
-                gb[c] = sum;
-            }
+            for (int c = 0; c < l->out; c++)
+                gb[c] = row_sum(g + (size_t)c * N, N);
             im2col(l, (float *)in, in_cm, B, col, 0);
             fedge_sgemm(0, 1, l->out, K, N, 1.0f, g, N, col, N, 0.0f, gW, K);
             if (need_gin) {
@@ -944,8 +958,10 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
         case FEDGE_LAYER_RELU: {
             const float *out = act_out(&ps, i);
             if (need_gin)
-                for (size_t j = 0; j < n; j++)
-                    g[j] = out[j] > 0.0f ? g[j] : 0.0f; /* ReLU'(z) via its output */
+                for (size_t j = 0; j < n; j++) {
+                    float v = g[j]; /* loaded unconditionally: the loop vectorises */
+                    g[j] = out[j] > 0.0f ? v : 0.0f; /* ReLU'(z) via its output */
+                }
             break;
         }
         case FEDGE_LAYER_MAXPOOL:

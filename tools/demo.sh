@@ -5,7 +5,8 @@
 # fedge-audit at the end. Everything lives in run/demo/ (replaced each run).
 #
 # Knobs (environment): DEMO_ROUNDS (20), DEMO_CLIENTS (8), DEMO_PER_ROUND
-# (0: all), DEMO_SPEC (mlp:784-200-10), DEMO_KIND (dirichlet|iid|quantity),
+# (0: all), DEMO_SPEC (mlp:784-200-10; `make demo MODEL=SPEC` sets it, e.g.
+# MODEL=cnn:1x28x28-c8k5-p2-c16k5-p2-f64-10), DEMO_KIND (dirichlet|iid|quantity),
 # DEMO_BETA (0.5), DEMO_EPOCHS (2), DEMO_LR, DEMO_LR_DECAY, DEMO_MOMENTUM,
 # DEMO_POLICY (a policy file, e.g. with DP), DEMO_PORT, DEMO_DIR (run/demo),
 # DEMO_TARGET (0.85: the accuracy the run must reach; 0 to only report).
