@@ -12,6 +12,9 @@
       list OUTDIR/cases.txt of "NAME<TAB>expected error text".
   csv IMAGES N OUT.csv
       The first N images as CSV feature rows (for predict's CSV input).
+  close A.csv B.csv N
+      The first N rows of two --probs outputs agree to 1e-6.
+malformed, csv and close need only the standard library (no venv).
 """
 import gzip
 import json
@@ -19,12 +22,11 @@ import re
 import struct
 import sys
 
-import numpy as np
-
 TOL = 1e-5
 
 
 def read_idx(path):
+    import numpy as np
     with gzip.open(path, "rb") as f:
         b = f.read()
     magic, n = struct.unpack(">II", b[:8])
@@ -80,6 +82,7 @@ def parse_spec(spec):
 
 
 def conv2d(x, w, b, s, p):
+    import numpy as np
     n, c, h, wd = x.shape
     o, _, k, _ = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
@@ -92,6 +95,7 @@ def conv2d(x, w, b, s, p):
 
 
 def maxpool(x, k, s):
+    import numpy as np
     n, c, h, w = x.shape
     oh, ow = (h - k) // s + 1, (w - k) // s + 1
     win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::s, ::s][:, :, :oh, :ow]
@@ -99,6 +103,7 @@ def maxpool(x, k, s):
 
 
 def numpy_forward(spec, tensors, x):
+    import numpy as np
     shape, layers = parse_spec(spec)
     a = x.reshape((x.shape[0],) + shape).astype(np.float64)
     names = set()
@@ -125,6 +130,7 @@ def numpy_forward(spec, tensors, x):
 
 
 def compare(what, probs, fedge_probs, fedge_labels, y):
+    import numpy as np
     assert probs.shape == fedge_probs.shape, (what, probs.shape, fedge_probs.shape)
     diff = float(np.max(np.abs(probs - fedge_probs)))
     labels = probs.argmax(axis=1)
@@ -140,6 +146,7 @@ def compare(what, probs, fedge_probs, fedge_labels, y):
 
 
 def check(d, spec, images, labels_path):
+    import numpy as np
     import onnx
     import onnxruntime as ort
     from safetensors import safe_open
@@ -281,8 +288,29 @@ def malformed(good, outdir):
 
 
 def to_csv(images, n, out):
-    x = read_idx(images)[: int(n)]
-    np.savetxt(out, x, delimiter=",", fmt="%.9g")
+    """Pixels as shared/dataset.c computes them: float32(p) * float32(1/255),
+    rounded to float32 (the double product of two floats is exact); repr of
+    that double reads back (strtof) as the same float."""
+    f32 = lambda v: struct.unpack("<f", struct.pack("<f", v))[0]
+    scale = f32(1.0 / 255.0)
+    with gzip.open(images, "rb") as f:
+        b = f.read()
+    magic, count, rows, cols = struct.unpack(">IIII", b[:16])
+    assert magic == 0x803
+    dim = rows * cols
+    with open(out, "w") as o:
+        o.write(",".join("px%d" % i for i in range(dim)) + "\n")  # a header line, skipped
+        for r in range(min(int(n), count)):
+            px = b[16 + r * dim: 16 + (r + 1) * dim]
+            o.write(",".join(repr(f32(p * scale)) for p in px) + "\n")
+
+
+def close(a, b, n):
+    ra = [[float(v) for v in line.split(",")] for line in open(a).read().split("\n")[: int(n)]]
+    rb = [[float(v) for v in line.split(",")] for line in open(b).read().split("\n")[: int(n)]]
+    assert len(ra) == len(rb) == int(n), (len(ra), len(rb))
+    worst = max(abs(x - y) for p, q in zip(ra, rb) for x, y in zip(p, q))
+    assert all(len(p) == len(q) for p, q in zip(ra, rb)) and worst <= 1e-6, worst
 
 
 if __name__ == "__main__":
@@ -293,5 +321,7 @@ if __name__ == "__main__":
         malformed(*sys.argv[2:4])
     elif cmd == "csv":
         to_csv(*sys.argv[2:5])
+    elif cmd == "close":
+        close(*sys.argv[2:5])
     else:
         sys.exit("usage: model_export_check.py check|malformed|csv ...")
