@@ -232,6 +232,11 @@ $(BIN)/fedge-model: $(MODEL_TOOL_OBJ) $(BUILD)/obj/gen/onnx.pb-c.o $(ALL_LIBS)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS) -lprotobuf-c
 
+# tests/unit/test_model_export.c also links fedge-model's format modules.
+MODEL_FORMAT_OBJ := $(call obj,tools/model/json.c tools/model/layers.c tools/model/safetensors.c tools/model/npz.c)
+$(BUILD)/tests/test_model_export: $(MODEL_FORMAT_OBJ)
+$(BUILD)/obj/tests/unit/test_model_export.o: CFLAGS += -Itools/model
+
 # ---- running ---------------------------------------------------------------
 unit: all
 	$(Q)tests/run.sh unit $(BUILD)

@@ -152,9 +152,9 @@ int mdl_npz_encode(const mdl_view *v, const float *params, const char *version_h
         size_t sl = 0;
         sl += (size_t)snprintf(shape, sizeof shape, "(");
         for (int d = 0; d < t->rank; d++)
-            sl += (size_t)snprintf(shape + sl, sizeof shape - sl, "%lld,%s", (long long)t->shape[d],
-                                   d + 1 < t->rank ? " " : "");
-        snprintf(shape + sl, sizeof shape - sl, ")");
+            sl += (size_t)snprintf(shape + sl, sizeof shape - sl, "%s%lld", d ? ", " : "",
+                                   (long long)t->shape[d]);
+        snprintf(shape + sl, sizeof shape - sl, t->rank == 1 ? ",)" : ")"); /* numpy's repr */
         npy.len = 0;
         CHK(npy_header(&npy, "<f4", shape));
         CHK(grow(&npy, t->count * 4));
