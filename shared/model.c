@@ -673,6 +673,19 @@ static void maxpool_forward(const fedge_layer *l, const float *in, float *out, i
     for (size_t q = 0; q < planes; q++) {
         const float *src = in + q * in_plane;
         float *dst = out + q * out_plane;
+        if (l->k == 2 && l->stride == 2) { /* the common case, same choice as pool_argmax */
+            for (int oh = 0; oh < l->out_h; oh++) {
+                const float *r0 = src + (size_t)(2 * oh) * l->in_w, *r1 = r0 + l->in_w;
+                float *d = dst + (size_t)oh * l->out_w;
+                for (int ow = 0; ow < l->out_w; ow++) {
+                    float m = r0[2 * ow];
+                    m = r0[2 * ow + 1] > m ? r0[2 * ow + 1] : m;
+                    m = r1[2 * ow] > m ? r1[2 * ow] : m;
+                    d[ow] = r1[2 * ow + 1] > m ? r1[2 * ow + 1] : m;
+                }
+            }
+            continue;
+        }
         for (int oh = 0; oh < l->out_h; oh++)
             for (int ow = 0; ow < l->out_w; ow++)
                 dst[oh * l->out_w + ow] =
@@ -756,20 +769,39 @@ static float row_sum(const float *row, int n)
     return sum;
 }
 
-static void add_bias_rows(float *out, const float *bias, int rows, size_t cols, int per_row)
+/* out += bias (bias[row] when per_row, else bias[col]), then the ReLU when relu is
+ * set (the relu layer that follows a conv or dense layer is applied here). */
+static void add_bias_rows(float *out, const float *bias, int rows, size_t cols, int per_row,
+                          int relu)
 {
-    /* per_row: out is rows x cols with bias[row]; else bias[col] */
     for (int r = 0; r < rows; r++) {
         float *row = out + (size_t)r * cols;
         if (per_row) {
-            float v = bias[r];
-            for (size_t j = 0; j < cols; j++)
-                row[j] += v;
+            float b = bias[r];
+            if (relu)
+                for (size_t j = 0; j < cols; j++) {
+                    float v = row[j] + b;
+                    row[j] = v < 0.0f ? 0.0f : v; /* NaN passes through */
+                }
+            else
+                for (size_t j = 0; j < cols; j++)
+                    row[j] += b;
         } else {
-            for (size_t j = 0; j < cols; j++)
-                row[j] += bias[j];
+            if (relu)
+                for (size_t j = 0; j < cols; j++) {
+                    float v = row[j] + bias[j];
+                    row[j] = v < 0.0f ? 0.0f : v;
+                }
+            else
+                for (size_t j = 0; j < cols; j++)
+                    row[j] += bias[j];
         }
     }
+}
+
+static int relu_follows(const fedge_model_spec *s, int i)
+{
+    return i + 1 < s->n_layers && s->layer[i + 1].type == FEDGE_LAYER_RELU;
 }
 
 /* ---- forward / backward -------------------------------------------------- */
@@ -779,6 +811,7 @@ typedef struct {
     int batch;
     float *scratch;
     scratch_plan plan;
+    int col_layer; /* the conv layer whose im2col the col buffer holds, or -1 */
 } pass;
 
 static float *act_out(const pass *ps, int i)
@@ -817,19 +850,18 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
         case FEDGE_LAYER_DENSE:
             fedge_sgemm(0, 1, B, l->out, (int)in_size, 1.0f, in, (int)in_size,
                         params + l->w_off, (int)in_size, 0.0f, out, l->out);
-            add_bias_rows(out, params + l->b_off, B, (size_t)l->out, 0);
+            add_bias_rows(out, params + l->b_off, B, (size_t)l->out, 0, relu_follows(s, i));
             break;
         case FEDGE_LAYER_CONV2D: {
             int K = l->in_c * l->k * l->k, N = B * l->out_h * l->out_w;
             im2col(l, (float *)in, in_cm, B, col, 0);
+            ps->col_layer = i;
             fedge_sgemm(0, 0, l->out, N, K, 1.0f, params + l->w_off, K, col, N, 0.0f, out, N);
-            add_bias_rows(out, params + l->b_off, l->out, (size_t)N, 1);
+            add_bias_rows(out, params + l->b_off, l->out, (size_t)N, 1, relu_follows(s, i));
             break;
         }
         case FEDGE_LAYER_RELU:
-            for (size_t j = 0; j < n; j++)
-                out[j] = out[j] < 0.0f ? 0.0f : out[j]; /* NaN passes through */
-            break;
+            break; /* applied by the conv or dense layer before it */
         case FEDGE_LAYER_MAXPOOL:
             maxpool_forward(l, in, out, B);
             break;
@@ -865,6 +897,7 @@ static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch)
     ps->m = m;
     ps->batch = batch;
     ps->scratch = scratch;
+    ps->col_layer = -1;
     return plan_make(&m->spec, batch, &ps->plan);
 }
 
@@ -945,9 +978,11 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
             float *gW = grad + l->w_off, *gb = grad + l->b_off;
             for (int c = 0; c < l->out; c++)
                 gb[c] = row_sum(g + (size_t)c * N, N);
-            im2col(l, (float *)in, in_cm, B, col, 0);
+            if (ps.col_layer != i) /* the last conv's im2col is still there from forward */
+                im2col(l, (float *)in, in_cm, B, col, 0);
             fedge_sgemm(0, 1, l->out, K, N, 1.0f, g, N, col, N, 0.0f, gW, K);
             if (need_gin) {
+                ps.col_layer = -1;
                 fedge_sgemm(1, 0, K, N, l->out, 1.0f, params + l->w_off, K, g, N, 0.0f, col, N);
                 memset(gin, 0, (size_t)B * in_size * sizeof(float));
                 im2col(l, gin, in_cm, B, col, 1);

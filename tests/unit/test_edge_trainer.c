@@ -129,6 +129,54 @@ static void test_memory_plan(void **state)
                      FEDGE_ERR_INVALID_ARG);
 }
 
+/* A CNN with dropout: the plan holds its scratch, a round allocates nothing, the
+ * round seed fixes the dropout masks (same seed, same delta) and changes them. */
+static void test_cnn_round(void **state)
+{
+    fixture *fx = *state;
+    const char *text = "cnn:1x28x28-c4k5-p2-f16-d20-10";
+    fedge_model_spec spec;
+    spec_of(text, &spec);
+    fedge_edge_memory plan;
+    assert_int_equal(fedge_edge_memory_plan(&spec, 16, 785, FEDGE_ENC_FP32, &plan), FEDGE_OK);
+    size_t scratch = fedge_model_scratch_floats(&spec, 16);
+    assert_true(scratch > 16 * (4 * 24 * 24 + 25 * 24 * 24)); /* conv output + im2col */
+    assert_int_equal(plan.scratch, 4 * scratch);
+    assert_int_equal(plan.batch, 16 * 784 * 4 + 16);
+    assert_int_equal(plan.local, 4 * spec.n_params);
+
+    fedge_edge_trainer t;
+    fedge_edge_trainer_init(&t);
+    assert_int_equal(fedge_edge_trainer_prepare(&t, &spec, 16, NULL), FEDGE_OK);
+    uint8_t *body = NULL;
+    size_t len;
+    uint8_t version[FEDGE_HASH_LEN];
+    model_body(text, 5, &body, &len, version);
+    assert_int_equal(fedge_edge_trainer_set_global(&t, body, len), FEDGE_OK);
+    free(body);
+    size_t n = t.local.n_params;
+    float *first = malloc(n * sizeof(float));
+    assert_non_null(first);
+    fedge_edge_train_params p = {1, 0.05f, 0.9f, 0.0f, 77};
+    double loss, again;
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
+    size_t before = mallinfo2().uordblks;
+#endif
+    assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &loss), FEDGE_OK);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
+    assert_int_equal(mallinfo2().uordblks, before);
+#endif
+    assert_true(isfinite(loss) && loss < logf(10.0f));
+    memcpy(first, t.grad, n * sizeof(float));
+    assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &again), FEDGE_OK);
+    assert_memory_equal(first, t.grad, n * sizeof(float));
+    p.seed = 78;
+    assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &again), FEDGE_OK);
+    assert_true(memcmp(first, t.grad, n * sizeof(float)) != 0);
+    free(first);
+    fedge_edge_trainer_free(&t);
+}
+
 static void test_training_rounds(void **state)
 {
     fixture *fx = *state;
@@ -347,6 +395,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_memory_plan),
+        cmocka_unit_test_setup_teardown(test_cnn_round, setup, teardown),
         cmocka_unit_test_setup_teardown(test_training_rounds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seal_matches_plan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),

@@ -22,6 +22,11 @@
 #include "rng.h"
 #include "train.h"
 
+#define CNN_SPEC "cnn:1x28x28-c16k3p1-p2-c32k3p1-p2-f128-10"
+#define CNN_EPOCHS 5
+#define CNN_LR 0.02f
+#define CNN_DECAY 0.6f
+
 typedef struct {
     fedge_dataset train;
     fedge_dataset test;
@@ -65,12 +70,13 @@ typedef struct {
     float lr;
     float decay;    /* lr multiplier after each epoch */
     double min_accuracy;
+    int batch;      /* 0: 64 */
 } schedule;
 
 /* Trains from a fixed seed and returns the final test accuracy. */
 static double train_and_evaluate(const fixture *f, const schedule *s)
 {
-    enum { BATCH = 64 };
+    const int BATCH = s->batch > 0 ? s->batch : 64;
     fedge_model_spec spec;
     assert_int_equal(fedge_model_spec_parse(s->spec, &spec), FEDGE_OK);
     fedge_model m;
@@ -116,16 +122,24 @@ static double train_and_evaluate(const fixture *f, const schedule *s)
 static void test_softmax_fashion_mnist(void **state)
 {
     const fixture *f = *state;
-    schedule full = {"softmax:784-10", 60000, 4, 0.02f, 0.3f, 0.83};
-    schedule quick = {"softmax:784-10", 10000, 3, 0.02f, 0.5f, 0.78};
+    schedule full = {"softmax:784-10", 60000, 4, 0.02f, 0.3f, 0.83, 0};
+    schedule quick = {"softmax:784-10", 10000, 3, 0.02f, 0.5f, 0.78, 0};
     train_and_evaluate(f, f->quick ? &quick : &full);
 }
 
 static void test_mlp_fashion_mnist(void **state)
 {
     const fixture *f = *state;
-    schedule full = {"mlp:784-200-10", 60000, 5, 0.02f, 0.6f, 0.87};
-    schedule quick = {"mlp:784-200-10", 6000, 2, 0.02f, 0.5f, 0.78};
+    schedule full = {"mlp:784-200-10", 60000, 5, 0.02f, 0.6f, 0.87, 0};
+    schedule quick = {"mlp:784-200-10", 6000, 2, 0.02f, 0.5f, 0.78, 0};
+    train_and_evaluate(f, f->quick ? &quick : &full);
+}
+
+static void test_cnn_fashion_mnist(void **state)
+{
+    const fixture *f = *state;
+    schedule full = {CNN_SPEC, 60000, CNN_EPOCHS, CNN_LR, CNN_DECAY, 0.91, 32};
+    schedule quick = {CNN_SPEC, 5000, 1, 0.02f, 0.5f, 0.70, 32};
     train_and_evaluate(f, f->quick ? &quick : &full);
 }
 
@@ -264,15 +278,73 @@ static void test_epoch_reproducible_and_errors(void **state)
     fedge_model_free(&b);
 }
 
+/* A model with dropout draws one dropout seed per step from the loop's rng
+ * (after the epoch's 4 permutation keys); a model without draws nothing more. */
+static void test_epoch_dropout_seeds(void **state)
+{
+    (void)state;
+    enum { B = 8, STEPS = (SN + B - 1) / B };
+    float x[SN * SDIM], xb[B * SDIM], grad[64];
+    uint8_t y[SN], yb[B];
+    synthetic(x, y, 6);
+    static const char *specs[] = {"cnn:5x1x1-f4-d40-3", "cnn:5x1x1-f4-3"};
+    fedge_model m[2];
+    float p_before[64];
+    for (int k = 0; k < 2; k++) {
+        fedge_model_spec spec;
+        assert_int_equal(fedge_model_spec_parse(specs[k], &spec), FEDGE_OK);
+        assert_int_equal(fedge_model_init(&m[k], &spec), FEDGE_OK);
+        assert_true(m[k].n_params <= FEDGE_ARRAY_LEN(grad));
+        fedge_rng r;
+        fedge_rng_seed(&r, 3);
+        assert_int_equal(fedge_model_randomize(&m[k], &r), FEDGE_OK);
+        size_t nf = fedge_model_scratch_floats(&spec, B);
+        float *scratch = malloc(nf * sizeof(float));
+        assert_non_null(scratch);
+        fedge_sgd_config cfg = {.lr = 0.1f, .momentum = 0.0f, .weight_decay = 0.0f};
+        fedge_sgd opt;
+        assert_int_equal(fedge_sgd_init(&opt, m[k].n_params, &cfg), FEDGE_OK);
+        memcpy(p_before, m[k].params, m[k].n_params * sizeof(float));
+
+        fedge_rng rng, expect;
+        fedge_rng_seed(&rng, 17);
+        expect = rng;
+        assert_int_equal(fedge_train_epoch(&m[k], &opt, x, y, SN, B, &rng, scratch, grad, xb, yb,
+                                           NULL),
+                         FEDGE_OK);
+        int draws = 4 + (k == 0 ? STEPS : 0);
+        for (int i = 0; i < draws; i++)
+            (void)fedge_rng_u64(&expect);
+        assert_memory_equal(&rng, &expect, sizeof rng);
+
+        /* the same rng state gives the same masks: the epoch repeats exactly */
+        float after[64];
+        memcpy(after, m[k].params, m[k].n_params * sizeof(float));
+        memcpy(m[k].params, p_before, m[k].n_params * sizeof(float));
+        fedge_sgd_free(&opt);
+        assert_int_equal(fedge_sgd_init(&opt, m[k].n_params, &cfg), FEDGE_OK);
+        fedge_rng_seed(&rng, 17);
+        assert_int_equal(fedge_train_epoch(&m[k], &opt, x, y, SN, B, &rng, scratch, grad, xb, yb,
+                                           NULL),
+                         FEDGE_OK);
+        assert_memory_equal(after, m[k].params, m[k].n_params * sizeof(float));
+        free(scratch);
+        fedge_sgd_free(&opt);
+        fedge_model_free(&m[k]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest synthetic_tests[] = {
         cmocka_unit_test(test_epoch_visits_every_row_once),
         cmocka_unit_test(test_epoch_reproducible_and_errors),
+        cmocka_unit_test(test_epoch_dropout_seeds),
     };
     const struct CMUnitTest real_tests[] = {
         cmocka_unit_test(test_softmax_fashion_mnist),
         cmocka_unit_test(test_mlp_fashion_mnist),
+        cmocka_unit_test(test_cnn_fashion_mnist),
     };
     int failed = cmocka_run_group_tests(synthetic_tests, NULL, NULL);
     failed += cmocka_run_group_tests(real_tests, load_data, free_data);
