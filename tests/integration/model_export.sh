@@ -112,6 +112,23 @@ for entry in "${specs[@]}"; do
     python3 "$CHECK" close "$D/csv_probs.csv" "$D/fedge_probs.csv" 50 ||
         fail "$spec: CSV rows predict differently from the IDX images"
 
+    # predict refuses rows that are not the model's input
+    sed -n 2p "$D/rows.csv" | sed 's/,[^,]*$//' >"$D/short.csv"
+    "$BIN/fedge-model" predict "$D/model.fmdl" "$D/short.csv" >/dev/null 2>"$D/err"
+    [ $? -eq 1 ] && grep -q "783 fields, the model takes 784" "$D/err" || fail "$spec: short CSV row: $(cat "$D/err")"
+    python3 -c "
+import gzip, struct, sys
+b = gzip.open(sys.argv[1]).read()
+open(sys.argv[2], 'wb').write(struct.pack('>IIII', 0x803, 2, 49, 16) + b[16:16 + 2 * 784])" "$IMAGES" "$D/49x16.idx"
+    if [[ "$spec" == cnn:* ]]; then
+        "$BIN/fedge-model" predict "$D/model.fmdl" "$D/49x16.idx" >/dev/null 2>"$D/err"
+        [ $? -eq 1 ] && grep -q "images are 1 x 49 x 16, the model takes 1 x 28 x 28" "$D/err" ||
+            fail "$spec: 49 x 16 images: $(cat "$D/err")"
+    else # a dense model reads 784 features, whatever their geometry
+        [ "$("$BIN/fedge-model" predict "$D/model.fmdl" "$D/49x16.idx")" = "$(head -n 2 "$D/fedge_labels.txt")" ] ||
+            fail "$spec: 49 x 16 images"
+    fi
+
     # malformed imports
     M="$D/bad"
     mkdir -p "$M" "$D/out"

@@ -70,8 +70,8 @@ static uint32_t be32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static int load_idx(const char *path, const uint8_t *b, size_t len, int dim, float **x, size_t *n,
-                    char *err, size_t errlen)
+static int load_idx(const char *path, const uint8_t *b, size_t len, int dim, int c, int h, int w,
+                    float **x, size_t *n, char *err, size_t errlen)
 {
     if (len < 16)
         return fail(err, errlen, FEDGE_ERR_DATA_TRUNCATED, "%s: IDX header cut short", path);
@@ -80,6 +80,9 @@ static int load_idx(const char *path, const uint8_t *b, size_t len, int dim, flo
         (uint64_t)rows * cols > FEDGE_DATASET_MAX_DIM)
         return fail(err, errlen, FEDGE_ERR_RANGE, "%s: IDX dimensions %u x %u x %u out of range", path,
                     count, rows, cols);
+    if (h > 0 && (c != 1 || rows != (uint32_t)h || cols != (uint32_t)w))
+        return fail(err, errlen, FEDGE_ERR_MODEL_SHAPE, "%s: images are 1 x %u x %u, the model takes %d x %d x %d",
+                    path, rows, cols, c, h, w);
     if ((uint64_t)rows * cols != (uint64_t)dim)
         return fail(err, errlen, FEDGE_ERR_MODEL_SHAPE, "%s: images are %u x %u = %u pixels, the model takes %d",
                     path, rows, cols, rows * cols, dim);
@@ -179,7 +182,8 @@ cleanup:
     return ret;
 }
 
-int mdl_input_load(const char *path, int dim, float **x, size_t *n, char *err, size_t errlen)
+int mdl_input_load(const char *path, int dim, int c, int h, int w, float **x, size_t *n, char *err,
+                   size_t errlen)
 {
     if (path == NULL || x == NULL || n == NULL || dim < 1)
         return FEDGE_ERR_INVALID_ARG;
@@ -189,7 +193,7 @@ int mdl_input_load(const char *path, int dim, float **x, size_t *n, char *err, s
     if (ret != FEDGE_OK)
         return ret;
     if (len >= 4 && be32(buf) == IDX_MAGIC_IMAGES)
-        ret = load_idx(path, buf, len, dim, x, n, err, errlen);
+        ret = load_idx(path, buf, len, dim, c, h, w, x, n, err, errlen);
     else if (len >= 4 && buf[0] == 0 && buf[1] == 0)
         ret = fail(err, errlen, FEDGE_ERR_DATA_FORMAT, "%s: IDX magic %08x is not an image file (0x00000803)",
                    path, be32(buf));

@@ -3,7 +3,8 @@
  * [0, 1] exactly as shared/dataset.c does) or a CSV of feature rows (exactly
  * `dim` numeric fields a row, no label; an optional header line whose first
  * field is not numeric is skipped; blank lines ignored).
- * IDX images must have rows*cols == dim. Bounds: at most
+ * IDX images must have rows*cols == dim and, when the model's input is an
+ * image (h > 0: c x h x w), c == 1, rows == h and cols == w. Bounds: at most
  * FEDGE_DATASET_MAX_ROWS rows and MDL_INPUT_MAX_BYTES of input. Errors:
  * FEDGE_ERR_NOT_FOUND, _IO, _DATA_FORMAT, _DATA_TRUNCATED, _RANGE,
  * _MODEL_SHAPE (the rows do not have dim features), with a line in err. */
@@ -15,6 +16,7 @@
 #define MDL_INPUT_MAX_BYTES ((size_t)1 << 32)
 
 /* *x malloc'd, n x dim floats. */
-int mdl_input_load(const char *path, int dim, float **x, size_t *n, char *err, size_t errlen);
+int mdl_input_load(const char *path, int dim, int c, int h, int w, float **x, size_t *n, char *err,
+                   size_t errlen);
 
 #endif

@@ -377,7 +377,9 @@ static int cmd_predict(const char *model_path, const char *input_path, int probs
     }
     dim = v->input_dim;
     char err[512] = "";
-    ret = mdl_input_load(input_path, dim, &x, &n, err, sizeof err);
+    int image = v->in_h > 1 || v->in_w > 1;
+    ret = mdl_input_load(input_path, dim, image ? v->in_c : 0, image ? v->in_h : 0, image ? v->in_w : 0,
+                         &x, &n, err, sizeof err);
     if (ret != FEDGE_OK) {
         rc = failure("%s (%s)", err[0] ? err : input_path, fedge_strerror(ret));
         goto cleanup;
