@@ -112,6 +112,13 @@ for entry in "${specs[@]}"; do
     python3 "$CHECK" close "$D/csv_probs.csv" "$D/fedge_probs.csv" 50 ||
         fail "$spec: CSV rows predict differently from the IDX images"
 
+    # a damaged model file is not exported
+    cp "$D/model.fmdl" "$D/damaged.fmdl"
+    printf '\x01' | dd of="$D/damaged.fmdl" bs=1 seek=100 conv=notrunc 2>/dev/null
+    "$BIN/fedge-model" export "$D/damaged.fmdl" --format onnx -o "$D/damaged.onnx" 2>"$D/err"
+    [ $? -eq 1 ] && grep -q "checksum" "$D/err" && [ ! -e "$D/damaged.onnx" ] ||
+        fail "$spec: export of a damaged model file: $(cat "$D/err")"
+
     # predict refuses rows that are not the model's input
     sed -n 2p "$D/rows.csv" | sed 's/,[^,]*$//' >"$D/short.csv"
     "$BIN/fedge-model" predict "$D/model.fmdl" "$D/short.csv" >/dev/null 2>"$D/err"
