@@ -186,6 +186,15 @@ static void test_refuses_each_fault(void **state)
         {"{\"__metadata__\":{\"x\":\"a\tb\"}}", FEDGE_ERR_IMPORT_FORMAT, "control byte"},
         {"{\"__metadata__\":{\"x\":\"\\q\"}}", FEDGE_ERR_IMPORT_FORMAT, "unknown escape"},
         {"{}", FEDGE_ERR_IMPORT_TENSOR, "layers.0.weight (spec softmax:3-2) is missing"},
+        {"{\"layers.0.weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+         "\"layers.0.bias\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[20,28]}}",
+         FEDGE_ERR_IMPORT_FORMAT, "layers.0.bias overlaps"},
+        {"{\"layers.0.weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[4,28]},"
+         "\"layers.0.bias\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[28,36]}}",
+         FEDGE_ERR_IMPORT_FORMAT, "gap of 4 bytes in the data before tensor layers.0.weight"},
+        {"{\"layers.0.weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+         "\"layers.0.bias\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[24,32]}}  x",
+         FEDGE_ERR_IMPORT_FORMAT, "bytes after the JSON object"},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         size_t len;
