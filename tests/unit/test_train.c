@@ -2,9 +2,13 @@
  * training loop's contract on small synthetic data.
  *
  * Full run: softmax:784-10 for 4 epochs must reach >= 83% test accuracy and
- * mlp:784-200-10 for 5 epochs >= 87% (about 30 s on one core).
+ * mlp:784-200-10 for 5 epochs >= 87% (about 30 s on one core); the CNN
+ * (CNN_SPEC, batch 32, CNN_EPOCHS epochs) >= 91% (measured 0.9119 after 4 epochs
+ * with the portable GEMM; about 2 minutes on one free core of this machine).
  * FEDGE_TEST_QUICK (the ASan run): 10000 / 6000 training rows for 3 / 2
- * epochs, >= 78% each, evaluated on the whole test set. */
+ * epochs, >= 78% each, and the CNN on 3000 rows for 2 epochs, >= 70% (a
+ * smoke test of the conv path, not of its accuracy), evaluated on the whole
+ * test set. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -23,7 +27,7 @@
 #include "train.h"
 
 #define CNN_SPEC "cnn:1x28x28-c16k3p1-p2-c32k3p1-p2-f128-10"
-#define CNN_EPOCHS 5
+#define CNN_EPOCHS 4
 #define CNN_LR 0.02f
 #define CNN_DECAY 0.6f
 
@@ -139,7 +143,7 @@ static void test_cnn_fashion_mnist(void **state)
 {
     const fixture *f = *state;
     schedule full = {CNN_SPEC, 60000, CNN_EPOCHS, CNN_LR, CNN_DECAY, 0.91, 32};
-    schedule quick = {CNN_SPEC, 5000, 1, 0.02f, 0.5f, 0.70, 32};
+    schedule quick = {CNN_SPEC, 3000, 2, 0.02f, 0.5f, 0.70, 32};
     train_and_evaluate(f, f->quick ? &quick : &full);
 }
 
