@@ -1,7 +1,11 @@
 /* backend_cpu.c — the CPU backend: host buffers, the shared core's GEMM and
  * SGD rule, MPI collectives. Gradient buckets go out as non-blocking MPI
  * collectives while the backward pass goes on; MPI_Testall after each layer
- * lets Open MPI progress them. */
+ * lets Open MPI progress them.
+ *
+ * A spec that is not a dense chain (a cnn) runs in shared-core mode: forward
+ * computes the whole gradient with fedge_model_loss_grad (shared/model.h) and
+ * the backward pass is one step (layer 0) after which every bucket goes out. */
 #include "cluster_backend.h"
 
 #include <limits.h>
@@ -16,6 +20,10 @@
 typedef struct {
     MPI_Comm comm;
     fedge_dense_shape shape;               /* cfg.spec as dense layers */
+    int shared_core;                       /* not a dense chain: fedge_model_loss_grad */
+    fedge_model view;                      /* shared core: spec + params (not owned) */
+    float *x, *scratch;                    /* shared core: rows x input_dim, its scratch */
+    uint64_t steps;                        /* shared core: forwards so far (dropout seed) */
     float *params, *grads, *velocity;
     float *act_block;                      /* activations, one block */
     float *act[FEDGE_MODEL_MAX_LAYERS + 1]; /* act[0] input .. act[L] probabilities */
@@ -125,10 +133,13 @@ static int cpu_load_batch(fedge_backend *be, const float *x, const uint8_t *y, i
     const fedge_dense_shape *sp = &c->shape;
     if (rows < 1 || rows > be->cfg.local_batch_max)
         return FEDGE_ERR_RANGE;
+    const fedge_model_spec *spec = &be->cfg.spec;
     for (int i = 0; i < rows; i++)
-        if (y[i] >= sp->dims[sp->n_layers])
+        if (y[i] >= spec->classes)
             return FEDGE_ERR_DATA_LABEL;
-    memcpy(c->act[0], x, (size_t)rows * (size_t)sp->dims[0] * sizeof(float));
+    (void)sp;
+    memcpy(c->shared_core ? c->x : c->act[0], x,
+           (size_t)rows * (size_t)spec->input_dim * sizeof(float));
     memcpy(c->y, y, (size_t)rows);
     c->rows = rows;
     /* backward never writes the padding; in-place collectives may have */
@@ -137,9 +148,29 @@ static int cpu_load_batch(fedge_backend *be, const float *x, const uint8_t *y, i
     return FEDGE_OK;
 }
 
+/* Shared-core mode: the whole gradient now, scaled from the batch mean to the
+ * contract's sum over rows times grad_weight. */
+static int cpu_forward_shared(fedge_backend *be, float grad_weight, double *loss_sum)
+{
+    cpu_impl *c = IMPL(be);
+    float loss = 0.0f;
+    uint64_t seed = 0x5eedc0de00000000ull + c->steps++; /* the same on every rank */
+    int ret = fedge_model_loss_grad(&c->view, c->x, c->y, c->rows, seed, c->scratch, c->grads,
+                                    &loss);
+    if (ret != FEDGE_OK)
+        return ret;
+    const float w = grad_weight * (float)c->rows;
+    for (size_t i = 0; i < c->view.n_params; i++)
+        c->grads[i] *= w;
+    *loss_sum = (double)loss * c->rows;
+    return FEDGE_OK;
+}
+
 static int cpu_forward(fedge_backend *be, float grad_weight, double *loss_sum)
 {
     cpu_impl *c = IMPL(be);
+    if (c->shared_core)
+        return cpu_forward_shared(be, grad_weight, loss_sum);
     const fedge_dense_shape *sp = &c->shape;
     const int L = sp->n_layers, rows = c->rows;
     float *W[FEDGE_MODEL_MAX_LAYERS], *b[FEDGE_MODEL_MAX_LAYERS];
@@ -189,6 +220,8 @@ static int cpu_backward_layer(fedge_backend *be, int l)
 {
     cpu_impl *c = IMPL(be);
     const fedge_dense_shape *sp = &c->shape;
+    if (c->shared_core) /* forward did it all: one step, layer 0 */
+        return l == 0 ? cpu_progress(c) : FEDGE_ERR_INVALID_ARG;
     if (l < 0 || l >= sp->n_layers)
         return FEDGE_ERR_INVALID_ARG;
     const int rows = c->rows, in = sp->dims[l], out = sp->dims[l + 1];
@@ -352,6 +385,8 @@ static void cpu_destroy(fedge_backend *be)
         free(c->act_block);
         free(c->dz);
         free(c->da);
+        free(c->x);
+        free(c->scratch);
         free(c->y);
         free(c->reqs);
         free(c->counts);
@@ -400,7 +435,13 @@ int fedge_backend_cpu_create(const fedge_backend_config *cfg, fedge_backend **ou
     if (lo->n_pad > INT_MAX)
         return FEDGE_ERR_UNSUPPORTED;
     fedge_dense_shape shape;
-    ret = fedge_dense_shape_of(&cfg->spec, &shape); /* a CNN: FEDGE_ERR_UNSUPPORTED */
+    int shared_core = 0;
+    ret = fedge_dense_shape_of(&cfg->spec, &shape);
+    if (ret == FEDGE_ERR_UNSUPPORTED) { /* a cnn: the shared core trains it */
+        shared_core = 1;
+        memset(&shape, 0, sizeof shape);
+        ret = FEDGE_OK;
+    }
     if (ret != FEDGE_OK)
         return ret;
     be = calloc(1, sizeof(*be));
@@ -415,6 +456,7 @@ int fedge_backend_cpu_create(const fedge_backend_config *cfg, fedge_backend **ou
     be->impl = c;
     c->comm = MPI_COMM_NULL;
     c->shape = shape;
+    c->shared_core = shared_core;
     be->opt_off = cfg->zero ? lo->own_off : 0;
     be->opt_len = cfg->zero ? lo->shard : lo->n_pad;
     if (MPI_Comm_dup(MPI_COMM_WORLD, &c->comm) != MPI_SUCCESS)
@@ -428,9 +470,21 @@ int fedge_backend_cpu_create(const fedge_backend_config *cfg, fedge_backend **ou
     c->params = calloc(lo->n_pad, sizeof(float));
     c->grads = calloc(lo->n_pad, sizeof(float));
     c->velocity = calloc(be->opt_len, sizeof(float));
-    c->act_block = calloc(rows * fedge_layout_act_floats_per_row(&cfg->spec), sizeof(float));
-    c->dz = calloc(rows * maxd, sizeof(float));
-    c->da = calloc(rows * maxd, sizeof(float));
+    if (shared_core) {
+        size_t sf = fedge_model_scratch_floats(&cfg->spec, cfg->local_batch_max);
+        c->x = calloc(rows * (size_t)cfg->spec.input_dim, sizeof(float));
+        c->scratch = sf > 0 ? calloc(sf, sizeof(float)) : NULL;
+        /* unused in this mode; allocated so the checks below stay one list */
+        c->act_block = calloc(1, sizeof(float));
+        c->dz = calloc(1, sizeof(float));
+        c->da = calloc(1, sizeof(float));
+        if (c->x == NULL || c->scratch == NULL)
+            FAIL(FEDGE_ERR_NOMEM);
+    } else {
+        c->act_block = calloc(rows * fedge_layout_act_floats_per_row(&cfg->spec), sizeof(float));
+        c->dz = calloc(rows * maxd, sizeof(float));
+        c->da = calloc(rows * maxd, sizeof(float));
+    }
     c->y = calloc(rows, 1);
     c->counts = calloc((size_t)lo->world, sizeof(int));
     c->cap_reqs = fedge_layout_bucket_count(lo, FEDGE_LAYOUT_ALIGN);
@@ -441,6 +495,9 @@ int fedge_backend_cpu_create(const fedge_backend_config *cfg, fedge_backend **ou
     if (!c->params || !c->grads || !c->velocity || !c->act_block || !c->dz || !c->da || !c->y
         || !c->counts || !c->reqs || !c->pend_off || !c->pend_dst || !c->pend_cnt)
         FAIL(FEDGE_ERR_NOMEM);
+    c->view.spec = cfg->spec;
+    c->view.n_params = lo->n;
+    c->view.params = c->params;
     float *p = c->act_block;
     for (int l = 0; l <= sp->n_layers; l++) {
         c->act[l] = p;

@@ -157,9 +157,16 @@ void fedge_memory_plan_make(const fedge_model_spec *spec, const fedge_layout *lo
     plan->grads = lo->n_pad * sizeof(float);
     plan->optimizer = (zero ? lo->shard : lo->n_pad) * sizeof(float);
     plan->compute_copy = lo->n_pad * half;
-    /* fp32 activations (input .. probabilities), dZ and dA scratch, labels */
-    plan->activations = rows * (fedge_layout_act_floats_per_row(spec) + 2 * maxd) * sizeof(float)
-                        + rows;
+    /* fp32 activations (input .. probabilities), dZ and dA scratch, labels; a spec
+     * that is not a dense chain: the input rows and the shared core's scratch */
+    fedge_dense_shape sh;
+    if (fedge_dense_shape_of(spec, &sh) != FEDGE_OK)
+        plan->activations = (rows * (size_t)spec->input_dim
+                             + fedge_model_scratch_floats(spec, local_batch > 0 ? local_batch : 1))
+                            * sizeof(float) + rows;
+    else
+        plan->activations = rows * (fedge_layout_act_floats_per_row(spec) + 2 * maxd)
+                            * sizeof(float) + rows;
     if (on_gpu) {
         size_t in_floats = fedge_layout_act_floats_per_row(spec) - (size_t)spec->classes;
         plan->activations += rows * (in_floats + maxd) * half /* low-precision GEMM inputs */

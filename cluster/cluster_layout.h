@@ -47,7 +47,8 @@ void fedge_dense_views(const fedge_dense_shape *sh, float *base, float *W[FEDGE_
                        float *b[FEDGE_MODEL_MAX_LAYERS]);
 
 /* Offset of dense layer l's W_l in the flat vector (l == n_layers gives n); the
- * functions below that take a spec see no layers (0) in a spec that is not dense. */
+ * functions below that take a spec see no layers (0) in a spec that is not dense
+ * (the CPU backend trains one through the shared core, as one backward step). */
 size_t fedge_layout_layer_offset(const fedge_model_spec *spec, int l);
 
 /* Bucket size in floats for a size in MiB; <= 0 means one bucket. */

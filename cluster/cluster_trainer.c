@@ -42,12 +42,18 @@ void fedge_refine_config_defaults(fedge_refine_config *cfg)
 double fedge_refine_step_flops(const fedge_model_spec *spec, int rows)
 {
     double f = 0.0;
-    fedge_dense_shape sh;
-    if (fedge_dense_shape_of(spec, &sh) != FEDGE_OK)
-        return 0.0;
-    for (int l = 0; l < sh.n_layers; l++) {
-        double mac = (double)rows * sh.dims[l] * sh.dims[l + 1];
-        f += 2.0 * mac * (l > 0 ? 3.0 : 2.0); /* forward, dW, and dX above layer 0 */
+    int first = 1;
+    for (int i = 0; i < spec->n_layers; i++) {
+        const fedge_layer *l = &spec->layer[i];
+        double mac;
+        if (l->type == FEDGE_LAYER_DENSE)
+            mac = (double)l->in_c * l->in_h * l->in_w * l->out;
+        else if (l->type == FEDGE_LAYER_CONV2D)
+            mac = (double)l->out_c * l->out_h * l->out_w * l->in_c * l->k * l->k;
+        else
+            continue;
+        f += 2.0 * (double)rows * mac * (first ? 2.0 : 3.0); /* forward, dW, dX above the first */
+        first = 0;
     }
     return f;
 }
@@ -312,10 +318,12 @@ static int train_step(run_state *rs, fedge_loader *ld, uint64_t step, size_t buc
     fedge_backend *be = rs->be;
     const fedge_model_spec *sp = &rs->model.spec;
     fedge_dense_shape sh;
-    int err0 = fedge_dense_shape_of(sp, &sh);
+    int n_steps = 1; /* backward steps: dense layers, or one for the shared core (a cnn) */
+    if (fedge_dense_shape_of(sp, &sh) == FEDGE_OK)
+        n_steps = sh.n_layers;
     const float *x;
     const uint8_t *y;
-    int rows = 0, err = err0, bad = 0;
+    int rows = 0, err = FEDGE_OK, bad = 0;
     double loss_sum = 0.0;
 
     err = fedge_loader_get(ld, step, &x, &y, &rows);
@@ -327,7 +335,7 @@ static int train_step(run_state *rs, fedge_loader *ld, uint64_t step, size_t buc
      * failed above still takes part so nobody waits forever, and the combined
      * status below stops everyone before the update. */
     size_t nb = fedge_layout_bucket_count(&rs->lo, bucket_floats), next = 0;
-    for (int l = sh.n_layers - 1; l >= 0; l--) {
+    for (int l = n_steps - 1; l >= 0; l--) {
         if (err == FEDGE_OK)
             err = be->ops->backward_layer(be, l);
         size_t ready_from = fedge_layout_layer_offset(sp, l);
@@ -409,11 +417,11 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
         ret = FEDGE_ERR_MODEL_SHAPE;
         set_where(sum, "training data does not fit the model");
     }
-    if (ret == FEDGE_OK) {
+    if (ret == FEDGE_OK && strcmp(cfg->backend, "cpu") != 0) {
         fedge_dense_shape sh;
         ret = fedge_dense_shape_of(&rs.model.spec, &sh);
         if (ret != FEDGE_OK)
-            set_where(sum, "model: the cluster backends train softmax/mlp specs only, not a cnn");
+            set_where(sum, "model: the gpu backend trains softmax/mlp specs only, not a cnn");
     }
     if (ret == FEDGE_OK)
         ret = fedge_model_spec_format(&rs.model.spec, rs.spec_text, sizeof(rs.spec_text));

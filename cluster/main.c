@@ -690,13 +690,13 @@ static int cmd_memory(int argc, char **argv)
         fprintf(stderr, "fedge-cluster: memory needs a valid --spec\n");
         return EXIT_USAGE;
     }
+    int gpu = strcmp(a.backend, "gpu") == 0;
     fedge_dense_shape dense;
-    if (fedge_dense_shape_of(&spec, &dense) != FEDGE_OK) {
-        fprintf(stderr, "fedge-cluster: the cluster backends train softmax/mlp specs only; "
+    if (gpu && fedge_dense_shape_of(&spec, &dense) != FEDGE_OK) {
+        fprintf(stderr, "fedge-cluster: the gpu backend trains softmax/mlp specs only; "
                         "%s is a cnn\n", a.spec);
         return EXIT_USAGE;
     }
-    int gpu = strcmp(a.backend, "gpu") == 0;
     if (!gpu && a.precision != FEDGE_PREC_FP32) {
         fprintf(stderr, "fedge-cluster: the cpu backend computes in fp32 only\n");
         return EXIT_USAGE;

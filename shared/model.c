@@ -703,6 +703,20 @@ static void maxpool_backward(const fedge_layer *l, const float *in, const float 
         const float *src = in + q * in_plane;
         const float *gq = g + q * out_plane;
         float *dq = gin + q * in_plane;
+        if (l->k == 2 && l->stride == 2) { /* same choice as pool_argmax */
+            for (int oh = 0; oh < l->out_h; oh++) {
+                size_t r0 = (size_t)(2 * oh) * l->in_w, r1 = r0 + (size_t)l->in_w;
+                for (int ow = 0; ow < l->out_w; ow++) {
+                    size_t best = r0 + 2 * (size_t)ow;
+                    size_t cand[3] = {best + 1, r1 + 2 * (size_t)ow, r1 + 2 * (size_t)ow + 1};
+                    for (int t = 0; t < 3; t++)
+                        if (src[cand[t]] > src[best])
+                            best = cand[t];
+                    dq[best] += gq[(size_t)oh * l->out_w + ow];
+                }
+            }
+            continue;
+        }
         for (int oh = 0; oh < l->out_h; oh++)
             for (int ow = 0; ow < l->out_w; ow++)
                 dq[pool_argmax(src, l->in_w, l->k, oh * l->stride, ow * l->stride)] +=

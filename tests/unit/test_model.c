@@ -198,6 +198,9 @@ static void test_spec_format_and_id(void **state)
     fedge_model_spec t;
     assert_int_equal(fedge_model_spec_parse("softmax:784-10", &t), FEDGE_OK);
     assert_int_equal(fedge_model_spec_id(&t), 0x55a5c4e9u);
+    fedge_model_spec c;
+    assert_int_equal(fedge_model_spec_parse("cnn:1x28x28-c32k5-p2-c64k5-p2-f512-10", &c), FEDGE_OK);
+    assert_int_equal(fedge_model_spec_id(&c), 0x00c822feu);
     fedge_model_spec u;
     assert_int_equal(fedge_model_spec_parse("mlp:784-201-10", &u), FEDGE_OK);
     assert_int_not_equal(fedge_model_spec_id(&u), fedge_model_spec_id(&s));
