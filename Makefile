@@ -253,6 +253,38 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lcmocka $(SERVER_LIBS)
 
 
+# ---- fedge-model: ONNX protobuf code ----------------------------------------
+# tools/model/onnx/onnx.proto (vendored, see tools/model/onnx/README.md) ->
+# $(BUILD)/gen/onnx/onnx.pb-c.[ch] by protoc-c (Debian protobuf-c-compiler),
+# linked with libprotobuf-c.
+ONNX_PROTO := tools/model/onnx/onnx.proto
+ONNX_GEN := $(BUILD)/gen/onnx
+MODEL_TOOL_OBJ := $(call obj,$(wildcard tools/model/*.c))
+
+$(ONNX_GEN)/onnx.pb-c.h: $(ONNX_GEN)/onnx.pb-c.c
+$(ONNX_GEN)/onnx.pb-c.c: $(ONNX_PROTO)
+	@mkdir -p $(dir $@)
+	@echo "  PROTOC-C $<"
+	$(Q)protoc-c --proto_path=$(dir $<) --c_out=$(ONNX_GEN) $(notdir $<)
+
+$(BUILD)/obj/gen/onnx.pb-c.o: $(ONNX_GEN)/onnx.pb-c.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CFLAGS) -I$(ONNX_GEN) -c $< -o $@
+
+$(MODEL_TOOL_OBJ): $(ONNX_GEN)/onnx.pb-c.h
+$(MODEL_TOOL_OBJ): CFLAGS += -I$(ONNX_GEN)
+
+$(BIN)/fedge-model: $(MODEL_TOOL_OBJ) $(BUILD)/obj/gen/onnx.pb-c.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS) -lprotobuf-c
+
+# tests/unit/test_model_export.c also links fedge-model's format modules.
+MODEL_FORMAT_OBJ := $(call obj,tools/model/json.c tools/model/layers.c tools/model/safetensors.c tools/model/npz.c)
+$(BUILD)/tests/test_model_export: $(MODEL_FORMAT_OBJ)
+$(BUILD)/obj/tests/unit/test_model_export.o: CFLAGS += -Itools/model
+
 # ---- running ---------------------------------------------------------------
 unit: all
 	$(Q)tests/run.sh unit $(BUILD)
@@ -315,8 +347,9 @@ FUZZ_CC ?= clang
 FUZZ_BUILD := build/fuzz
 FUZZ_TIME ?= 60
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-FUZZ_CFLAGS := $(CFLAGS_BASE) -Itests/fuzz $(FUZZ_SAN) -fsanitize=fuzzer-no-link
-FUZZ_LIB_SRC := $(SHARED_SRC) $(POLICY_SRC) aggregator/config.c edge/round_info.c
+FUZZ_CFLAGS := $(CFLAGS_BASE) -Itests/fuzz -Itools/model $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+FUZZ_LIB_SRC := $(SHARED_SRC) $(POLICY_SRC) aggregator/config.c edge/round_info.c \
+                tools/model/json.c tools/model/layers.c tools/model/safetensors.c
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRC))
 FUZZ_LIB := $(FUZZ_BUILD)/lib/libfedge_fuzz.a

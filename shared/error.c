@@ -83,6 +83,8 @@ const char *fedge_strerror(int code)
         return "database schema older than this build (start this fedge-aggregator on it once to migrate it)";
     case FEDGE_ERR_DELTA_PRUNED:
         return "delta body dropped by retention (its SHA-256 stays in the audit chain)";
+    case FEDGE_ERR_IMPORT_FORMAT: return "malformed safetensors file";
+    case FEDGE_ERR_IMPORT_TENSOR: return "tensor does not fit the model spec";
     default: return "unknown error";
     }
 }

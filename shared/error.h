@@ -109,6 +109,10 @@ enum {
     /* delta retention and schema (policy/audit range, kept apart) */
     FEDGE_ERR_SCHEMA_OLD = -185,         /* a database of an older schema, opened read-only */
     FEDGE_ERR_DELTA_PRUNED = -186,       /* an update's delta body was dropped by retention */
+
+    /* model import/export (tools/model) -200 .. -209 */
+    FEDGE_ERR_IMPORT_FORMAT = -200,      /* a malformed safetensors file (length, JSON, offsets) */
+    FEDGE_ERR_IMPORT_TENSOR = -201,      /* a tensor's name, dtype or shape does not fit the spec */
 };
 
 const char *fedge_strerror(int code);
