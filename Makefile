@@ -349,7 +349,8 @@ FUZZ_TIME ?= 60
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS := $(CFLAGS_BASE) -Itests/fuzz -Itools/model $(FUZZ_SAN) -fsanitize=fuzzer-no-link
 FUZZ_LIB_SRC := $(SHARED_SRC) $(POLICY_SRC) aggregator/config.c edge/round_info.c \
-                tools/model/json.c tools/model/layers.c tools/model/safetensors.c
+                tools/model/json.c tools/model/layers.c tools/model/safetensors.c \
+                tools/model/input.c
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRC))
 FUZZ_LIB := $(FUZZ_BUILD)/lib/libfedge_fuzz.a

@@ -192,6 +192,18 @@ int mdl_input_load(const char *path, int dim, int c, int h, int w, float **x, si
     int ret = read_all(path, &buf, &len, err, errlen);
     if (ret != FEDGE_OK)
         return ret;
+    ret = mdl_input_parse(path, buf, len, dim, c, h, w, x, n, err, errlen);
+    free(buf);
+    return ret;
+}
+
+int mdl_input_parse(const char *name, uint8_t *buf, size_t len, int dim, int c, int h, int w, float **x,
+                    size_t *n, char *err, size_t errlen)
+{
+    if (name == NULL || buf == NULL || buf[len] != '\0' || x == NULL || n == NULL || dim < 1)
+        return FEDGE_ERR_INVALID_ARG;
+    const char *path = name;
+    int ret;
     if (len >= 4 && be32(buf) == IDX_MAGIC_IMAGES)
         ret = load_idx(path, buf, len, dim, c, h, w, x, n, err, errlen);
     else if (len >= 4 && buf[0] == 0 && buf[1] == 0)
@@ -199,6 +211,5 @@ int mdl_input_load(const char *path, int dim, int c, int h, int w, float **x, si
                    path, be32(buf));
     else
         ret = load_csv(path, (char *)buf, len, dim, x, n, err, errlen);
-    free(buf);
     return ret;
 }

@@ -19,4 +19,10 @@
 int mdl_input_load(const char *path, int dim, int c, int h, int w, float **x, size_t *n, char *err,
                    size_t errlen);
 
+/* The same on a (decompressed) file already in memory: buf holds len bytes
+ * and a NUL at buf[len]; a CSV is parsed in place (buf is modified). name
+ * is used in messages only. */
+int mdl_input_parse(const char *name, uint8_t *buf, size_t len, int dim, int c, int h, int w, float **x,
+                    size_t *n, char *err, size_t errlen);
+
 #endif
