@@ -132,11 +132,23 @@ static int evaluate(fedge_aggregator *a, double *accuracy)
     size_t correct = 0;
     double loss = 0;
     if (!a->eval_scratch) { /* the spec is fixed for the daemon's life */
-        a->eval_scratch = malloc(fedge_model_scratch_floats(&a->model.spec, EVAL_BATCH) * sizeof(float));
+        /* A model whose activations at EVAL_BATCH rows pass the model's
+         * limit is evaluated in smaller chunks. */
+        int batch = EVAL_BATCH;
+        size_t floats;
+        while ((floats = fedge_model_scratch_floats(&a->model.spec, batch)) == 0 && batch > 1)
+            batch /= 2;
+        if (floats == 0) {
+            FEDGE_ERROR("model %s: the activations of one row exceed the model's limit",
+                        a->cfg.model_spec);
+            return FEDGE_ERR_MODEL_SPEC;
+        }
+        a->eval_scratch = malloc(floats * sizeof(float));
         if (!a->eval_scratch)
             return FEDGE_ERR_NOMEM;
+        a->eval_batch = batch;
     }
-    int ret = fedge_model_evaluate(&a->model, a->test.x, a->test.y, a->test.n, EVAL_BATCH,
+    int ret = fedge_model_evaluate(&a->model, a->test.x, a->test.y, a->test.n, a->eval_batch,
                                    a->eval_scratch, &correct, &loss);
     if (ret == FEDGE_OK)
         *accuracy = a->test.n ? (double)correct / (double)a->test.n : 0.0;

@@ -62,6 +62,7 @@ typedef struct {
 
     fedge_dataset test;
     float *eval_scratch;
+    int eval_batch;           /* rows per evaluation chunk: EVAL_BATCH or fewer for a wide model */
 
     uint8_t run_id[16];           /* meta 'run_id': binds updates to this log */
     char run_id_hex[33];

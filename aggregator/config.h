@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
+#include "model.h"
+
 #define FEDGE_PATH_MAX 1024
 #define FEDGE_AGG_CONFIG_MAX_KEYS 64
 
@@ -26,7 +28,7 @@ typedef struct {
     char keys_file[FEDGE_PATH_MAX];
     char db[FEDGE_PATH_MAX];
     char model_dir[FEDGE_PATH_MAX];
-    char model_spec[128];
+    char model_spec[FEDGE_MODEL_SPEC_MAX];
     char init_model[FEDGE_PATH_MAX]; /* optional starting model file */
     char test_data[FEDGE_PATH_MAX];  /* shard file, or "fashion-mnist" */
     char policy_file[FEDGE_PATH_MAX];

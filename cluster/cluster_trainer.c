@@ -262,8 +262,11 @@ static int evaluate(const run_state *rs, const char *path, double *acc, double *
     if (ret == FEDGE_OK) {
         x = malloc((size_t)chunk * (size_t)ld.reader.dim * sizeof(float));
         y = malloc((size_t)chunk);
-        scratch = malloc(fedge_model_scratch_floats(&rs->model.spec, chunk) * sizeof(float));
-        if (x == NULL || y == NULL || scratch == NULL)
+        size_t sf = fedge_model_scratch_floats(&rs->model.spec, chunk);
+        scratch = sf ? malloc(sf * sizeof(float)) : NULL;
+        if (sf == 0)
+            ret = FEDGE_ERR_MODEL_SPEC; /* activations over the model's limit */
+        else if (x == NULL || y == NULL || scratch == NULL)
             ret = FEDGE_ERR_NOMEM;
     }
     if (ret == FEDGE_OK) {

@@ -424,7 +424,13 @@ static int cmd_reference(int argc, char **argv)
         FAIL(FEDGE_ERR_MODEL_SHAPE);
     CHK(fedge_sgd_init(&opt, m.n_params, &c->sgd));
     grad = malloc(m.n_params * sizeof(float));
-    scratch = malloc(fedge_model_scratch_floats(&m.spec, c->global_batch) * sizeof(float));
+    size_t sf = fedge_model_scratch_floats(&m.spec, c->global_batch);
+    if (sf == 0) {
+        fprintf(stderr, "fedge-cluster: batch %d: the model's activations exceed its limit\n",
+                c->global_batch);
+        FAIL(FEDGE_ERR_MODEL_SPEC);
+    }
+    scratch = malloc(sf * sizeof(float));
     if (grad == NULL || scratch == NULL)
         FAIL(FEDGE_ERR_NOMEM);
     total = c->steps > 0 ? c->steps

@@ -20,6 +20,7 @@ void fedge_edge_config_defaults(fedge_edge_config *cfg)
     cfg->max_retries = 8;
     cfg->log_level = FEDGE_LOG_INFO;
     cfg->exit_when_finished = 1;
+    cfg->max_memory_mb = FEDGE_EDGE_MAX_MEMORY_MB_DEFAULT;
 }
 
 static int usage_err(char *err, size_t errlen, const char *fmt, ...)
@@ -108,6 +109,7 @@ enum {
     OPT_NO_EXIT_FINISHED,
     OPT_MAX_ROUNDS,
     OPT_PRINT_MEMORY,
+    OPT_MAX_MEMORY,
     OPT_HELP,
     OPT_VERSION,
 };
@@ -134,6 +136,7 @@ static const struct {
     {"no-exit-when-finished", OPT_NO_EXIT_FINISHED, 0},
     {"max-rounds", OPT_MAX_ROUNDS, 1},
     {"print-memory", OPT_PRINT_MEMORY, 0},
+    {"max-memory-mb", OPT_MAX_MEMORY, 1},
     {"help", OPT_HELP, 0},
     {"version", OPT_VERSION, 0},
 };
@@ -254,6 +257,11 @@ int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, 
             cfg->max_rounds = (uint32_t)u;
             break;
         case OPT_PRINT_MEMORY: cfg->print_memory = 1; break;
+        case OPT_MAX_MEMORY:
+            if (parse_u64(val, 1, 1u << 20, &u))
+                return usage_err(err, errlen, "--max-memory-mb '%s': expected 1..1048576", val);
+            cfg->max_memory_mb = (uint32_t)u;
+            break;
         case OPT_HELP: cfg->help = 1; break;
         case OPT_VERSION: cfg->version = 1; break;
         default: return usage_err(err, errlen, "internal: unhandled flag");
@@ -302,6 +310,8 @@ void fedge_edge_usage(FILE *f, const char *prog)
             "                         (default); --no-exit-when-finished keeps polling\n"
             "  --max-rounds N         exit after taking part in N rounds\n"
             "  --print-memory         log the planned buffer sizes when they are allocated\n"
+            "  --max-memory-mb N      skip a round whose model needs more than N MiB of\n"
+            "                         buffers at its batch size (default 256)\n"
             "  --help                 this text\n"
             "  --version              print the version and exit\n"
             "\n"

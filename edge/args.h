@@ -17,6 +17,7 @@
 #define FEDGE_EDGE_PORT_DTLS 5684
 #define FEDGE_EDGE_PORT_PLAIN 5683
 #define FEDGE_EDGE_HOST_MAX 255
+#define FEDGE_EDGE_MAX_MEMORY_MB_DEFAULT 256
 
 typedef struct {
     char host[FEDGE_EDGE_HOST_MAX + 1]; /* name or address, IPv6 without brackets */
@@ -36,6 +37,7 @@ typedef struct {
     int exit_when_finished;
     uint32_t max_rounds;                /* 0: no limit */
     int print_memory;
+    uint32_t max_memory_mb;             /* ceiling on the planned buffers of a round, MiB */
     int help;
     int version;                        /* --version: print it and exit */
 } fedge_edge_config;

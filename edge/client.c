@@ -334,19 +334,34 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     int ret = FEDGE_OK, resized = 0, usable = 0;
     *result = ROUND_SKIPPED;
 
-    ret = fedge_edge_trainer_prepare(t, &ri->spec, ri->batch, &resized);
-    if (ret != FEDGE_OK) {
-        FEDGE_ERROR("round %u: cannot allocate buffers for %s batch %d: %s", ri->round,
-                    ri->spec_text, ri->batch, fedge_strerror(ret));
-        return ret;
-    }
-    if (resized && cfg->print_memory)
-        print_memory_plan(c, ri);
     if (c->shard.dim != ri->spec.input_dim || c->shard.n_classes > ri->spec.classes) {
         FEDGE_ERROR("round %u: shard has dim %d and %d classes; model %s does not fit it",
                     ri->round, c->shard.dim, c->shard.n_classes, ri->spec_text);
         return FEDGE_ERR_MODEL_SHAPE;
     }
+    /* The aggregator picks spec and batch: a plan over the ceiling (or one
+     * the allocator refuses) skips the round, it does not end the client. */
+    fedge_edge_memory plan;
+    ret = fedge_edge_memory_plan(&ri->spec, ri->batch, c->shard.record_size, cfg->encoding, &plan);
+    if (ret != FEDGE_OK || plan.peak > (size_t)cfg->max_memory_mb * 1024u * 1024u) {
+        if (ret == FEDGE_OK)
+            FEDGE_ERROR("round %u: %s at batch %d needs %zu MiB of buffers, more than "
+                        "--max-memory-mb %u; skipping the round", ri->round, ri->spec_text,
+                        ri->batch, (plan.peak + (1024u * 1024u - 1)) / (1024u * 1024u),
+                        (unsigned)cfg->max_memory_mb);
+        else
+            FEDGE_ERROR("round %u: no memory plan for %s at batch %d (%s); skipping the round",
+                        ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
+        return FEDGE_OK;
+    }
+    ret = fedge_edge_trainer_prepare(t, &ri->spec, ri->batch, &resized);
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("round %u: cannot allocate buffers for %s batch %d: %s; skipping the round",
+                    ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
+        return ret == FEDGE_ERR_NOMEM ? FEDGE_OK : ret;
+    }
+    if (resized && cfg->print_memory)
+        print_memory_plan(c, ri);
 
     if (ri->deadline_ms >= 0)
         c->round_end_ms = c->polled_ms + (uint64_t)ri->deadline_ms;

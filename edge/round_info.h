@@ -18,7 +18,7 @@
 #include "update.h"
 
 #define FEDGE_ROUND_BODY_MAX 4096 /* longer bodies are refused */
-#define FEDGE_ROUND_LINE_MAX 256
+#define FEDGE_ROUND_LINE_MAX (FEDGE_MODEL_SPEC_MAX + 8) /* "spec=" and the longest spec */
 #define FEDGE_ROUND_EPOCHS_MAX 1000
 #define FEDGE_ROUND_BATCH_MAX 65536
 

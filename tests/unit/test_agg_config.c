@@ -161,6 +161,18 @@ static void test_bad_files(void **state)
         assert_string_equal(c.listen, before.listen);
         assert_string_equal(c.config_file, "");
     }
+    /* the longest specs the grammar takes fit the config (and GET /round) */
+    {
+        static const char longest[] = "cnn:1x28000x280-c1k1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-100";
+        char text[400];
+        fedge_agg_config c;
+        char err[512] = "";
+        snprintf(text, sizeof text, "model_spec = %s\n", longest);
+        write_file(text);
+        fedge_agg_config_defaults(&c);
+        assert_int_equal(fedge_agg_config_load_file(&c, g_path, err, sizeof err), FEDGE_OK);
+        assert_string_equal(c.model_spec, longest);
+    }
     char big[3000];
     memset(big, 'x', sizeof big - 2);
     big[sizeof big - 2] = '\n';

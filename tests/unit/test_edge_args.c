@@ -58,6 +58,7 @@ static void test_defaults(void **state)
     assert_true(cfg.exit_when_finished);
     assert_int_equal(cfg.max_rounds, 0);
     assert_false(cfg.print_memory);
+    assert_int_equal(cfg.max_memory_mb, 256);
     assert_false(cfg.help);
 }
 
@@ -72,7 +73,7 @@ static void test_every_flag(void **state)
                            "18446744073709551615", "--poll-ms=250", "--timeout-ms", "800",
                            "--max-retries", "-1", "--log-level", "debug", "--state-dir",
                            "/var/lib/fedge", "--no-exit-when-finished", "--max-rounds", "3",
-                           "--print-memory"),
+                           "--print-memory", "--max-memory-mb=48"),
                      FEDGE_OK);
     assert_string_equal(cfg.host, "agg.example");
     assert_int_equal(cfg.port, 7000);
@@ -90,6 +91,7 @@ static void test_every_flag(void **state)
     assert_false(cfg.exit_when_finished);
     assert_int_equal(cfg.max_rounds, 3);
     assert_true(cfg.print_memory);
+    assert_int_equal(cfg.max_memory_mb, 48);
 
     assert_int_equal(PARSE(&cfg, err, BASE, "--encoding", "bf16", "--exit-when-finished"),
                      FEDGE_OK);
@@ -193,6 +195,8 @@ static void test_bad_flags(void **state)
         {{"--max-retries", "-2"}, "--max-retries '-2'"},
         {{"--log-level", "loud"}, "--log-level 'loud'"},
         {{"--max-rounds", "0"}, "--max-rounds '0'"},
+        {{"--max-memory-mb", "0"}, "--max-memory-mb '0'"},
+        {{"--max-memory-mb", "1048577"}, "--max-memory-mb '1048577'"},
         {{"--insecure=1"}, "--insecure takes no value"},
         {{"--state-dir="}, "--state-dir needs a non-empty path"},
         {{"positional"}, "unexpected argument 'positional'"},

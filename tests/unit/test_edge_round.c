@@ -62,6 +62,22 @@ static void test_protocol_example(void **state)
 
 /* The protocol document annotates its example with "# ..." comments and the
  * aggregator may send CRLF or new keys: all of that must still parse. */
+/* A spec as long as the grammar allows (FEDGE_MODEL_SPEC_MAX - 1 bytes at
+ * most) fits a /round line. */
+static void test_longest_spec(void **state)
+{
+    (void)state;
+    static const char spec[] = "cnn:1x28000x280-c1k1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-p1s65536-100";
+    char body[1024], err[128] = "";
+    fedge_round_info ri;
+    snprintf(body, sizeof body, "state=open\nround=1\nselected=1\ndeadline_ms=1000\nmodel=" MODEL_HEX
+             "\nrun=00112233445566778899aabbccddeeff\nspec=%s\nepochs=1\nlr=0.05\nbatch=32\n", spec);
+    assert_int_equal(parse(body, &ri, err, sizeof err), FEDGE_OK);
+    assert_string_equal(ri.spec_text, spec);
+    assert_int_equal(strlen(spec), FEDGE_MODEL_SPEC_MAX - 1);
+    assert_int_equal(ri.spec.classes, 100);
+}
+
 static void test_comments_crlf_unknown_keys(void **state)
 {
     (void)state;
@@ -236,6 +252,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_protocol_example),
+        cmocka_unit_test(test_longest_spec),
         cmocka_unit_test(test_comments_crlf_unknown_keys),
         cmocka_unit_test(test_waiting_and_finished),
         cmocka_unit_test(test_bad_bodies),
