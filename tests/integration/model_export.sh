@@ -54,6 +54,48 @@ PY=$VENV/bin/python
 T=$(mktemp -d /tmp/fedge-export.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
+# ---- fedge-model's own contract on a small model (fast; no Python packages) ----
+S="$T/small"
+mkdir -p "$S"
+timeout 60 "$TRAIN" mlp:784-8-10 "$S/m.fmdl" 200 1 >/dev/null || fail "small: train_central"
+FM=$BIN/fedge-model
+# Outputs: never the input, an existing file only with --force, and never a
+# FIFO, device or link (the FIFO stands for /dev/null and the like).
+cp "$S/m.fmdl" "$S/keep.fmdl"
+mkfifo "$S/fifo"
+ln -s m.fmdl "$S/link.fmdl"
+ln "$S/m.fmdl" "$S/hard.fmdl"
+for f in npz onnx safetensors; do
+    for target in m.fmdl link.fmdl hard.fmdl; do
+        "$FM" export "$S/m.fmdl" --format "$f" -o "$S/$target" --force >/dev/null 2>"$S/err"
+        [ $? -eq 1 ] && grep -q "is the input file" "$S/err" || fail "export $f onto its input ($target): $(cat "$S/err")"
+        cmp -s "$S/m.fmdl" "$S/keep.fmdl" || fail "export $f onto its input ($target) changed it"
+    done
+    "$FM" export "$S/m.fmdl" --format "$f" -o "$S/fifo" --force >/dev/null 2>"$S/err"
+    [ $? -eq 1 ] && [ -p "$S/fifo" ] && grep -q "not a regular file" "$S/err" ||
+        fail "export $f onto a FIFO: $(cat "$S/err"); $(ls -l "$S/fifo")"
+done
+"$FM" export "$S/m.fmdl" --format safetensors -o "$S/m.safetensors" >/dev/null || fail "export safetensors"
+printf 'keep me\n' >"$S/exists.npz"
+"$FM" export "$S/m.fmdl" --format npz -o "$S/exists.npz" >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "exists; --force replaces it" "$S/err" && [ "$(cat "$S/exists.npz")" = "keep me" ] ||
+    fail "export over an existing file without --force: $(cat "$S/err")"
+"$FM" export "$S/m.fmdl" --format npz -o "$S/exists.npz" --force >/dev/null && [ "$(head -c 2 "$S/exists.npz")" = PK ] ||
+    fail "export --force over an existing file"
+ln -s exists.npz "$S/other-link.npz"
+"$FM" export "$S/m.fmdl" --format npz -o "$S/other-link.npz" --force >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && [ -L "$S/other-link.npz" ] && grep -q "not a regular file" "$S/err" ||
+    fail "export --force onto a symbolic link: $(cat "$S/err")"
+"$FM" import "$S/m.safetensors" --spec mlp:784-8-10 -o "$S/m.safetensors" --force >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "is the input file" "$S/err" || fail "import onto its input: $(cat "$S/err")"
+"$FM" import "$S/m.safetensors" --spec mlp:784-8-10 -o "$S/keep.fmdl" >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "exists; --force" "$S/err" || fail "import over an existing file: $(cat "$S/err")"
+"$FM" import "$S/m.safetensors" --spec mlp:784-8-10 -o "$S/fifo" --force >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && [ -p "$S/fifo" ] || fail "import onto a FIFO: $(cat "$S/err")"
+"$FM" import "$S/m.safetensors" --spec mlp:784-8-10 -o "$S/keep.fmdl" --force >/dev/null && cmp -s "$S/keep.fmdl" "$S/m.fmdl" ||
+    fail "import --force"
+echo "small: outputs: input, existing file, FIFO and link refused; --force replaces a regular file"
+
 specs=("mlp:784-64-10:10000:1")
 # The CNN needs the conv layers of the model spec (issue 11); a build
 # without them refuses the spec and the case is left out, said so below.
@@ -144,7 +186,7 @@ open(sys.argv[2], 'wb').write(struct.pack('>IIII', 0x803, 2, 49, 16) + b[16:16 +
     while IFS=$'\t' read -r name expect; do
         n=$((n + 1))
         printf 'keep me\n' >"$D/out/existing.fmdl"
-        "$BIN/fedge-model" import "$M/$name.safetensors" --spec "$spec" -o "$D/out/existing.fmdl" \
+        "$BIN/fedge-model" import "$M/$name.safetensors" --spec "$spec" -o "$D/out/existing.fmdl" --force \
             >/dev/null 2>"$D/err"
         rc=$?
         [ "$rc" -eq 1 ] || fail "$spec: malformed '$name' import exited $rc (want 1): $(cat "$D/err")"
