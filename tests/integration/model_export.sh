@@ -96,6 +96,30 @@ ln -s exists.npz "$S/other-link.npz"
     fail "import --force"
 echo "small: outputs: input, existing file, FIFO and link refused; --force replaces a regular file"
 
+# A malformed FEDGE_BLAS_THREADS: fedge-model runs on one thread after one
+# warning line (the daemons refuse it at start); a valid one says nothing.
+python3 -c "print('\n'.join([','.join(['0.5'] * 784)] * 3))" >"$S/rows.csv"
+for bad in abc 0 2x; do
+    out=$(FEDGE_BLAS_THREADS=$bad "$FM" predict "$S/m.fmdl" "$S/rows.csv" 2>"$S/err") || fail "FEDGE_BLAS_THREADS=$bad: predict failed"
+    [ "$(echo "$out" | wc -l)" = 3 ] || fail "FEDGE_BLAS_THREADS=$bad: $out"
+    [ "$(grep -c "warning: FEDGE_BLAS_THREADS='$bad' is not a thread count 1..1024; ignored" "$S/err")" = 1 ] &&
+        [ "$(wc -l <"$S/err")" = 1 ] || fail "FEDGE_BLAS_THREADS=$bad: stderr '$(cat "$S/err")'"
+done
+FEDGE_BLAS_THREADS=2 "$FM" predict "$S/m.fmdl" "$S/rows.csv" >/dev/null 2>"$S/err" && [ ! -s "$S/err" ] ||
+    fail "FEDGE_BLAS_THREADS=2: $(cat "$S/err")"
+# A spec whose working memory at the batch is over fedge's limit is named,
+# with the batch that fits (a model file of zeros: the check comes first).
+big="cnn:1x28x28-c21399k1-c1k3p1-10"
+python3 -c "
+import sys, struct, hashlib
+spec = sys.argv[1].encode(); n = int(sys.argv[2])
+body = b'FMDL' + struct.pack('<II', 1, len(spec)) + spec + struct.pack('<Q', n) + bytes(4 * n)
+open(sys.argv[3], 'wb').write(body + hashlib.sha256(body).digest())" "$big" 243240 "$S/big.fmdl"
+"$FM" predict "$S/big.fmdl" "$S/rows.csv" >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "spec $big at --batch 256 needs more working memory than fedge's per-call limit; --batch [0-9]* or less fits" "$S/err" ||
+    fail "a spec over the scratch limit: $(cat "$S/err")"
+echo "small: FEDGE_BLAS_THREADS malformed warned once; a spec over the scratch limit named"
+
 specs=("mlp:784-64-10:10000:1")
 # The CNN needs the conv layers of the model spec (issue 11); a build
 # without them refuses the spec and the case is left out, said so below.

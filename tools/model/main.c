@@ -418,7 +418,29 @@ static int cmd_predict(const char *model_path, const char *input_path, int probs
         rc = failure("%s (%s)", err[0] ? err : input_path, fedge_strerror(ret));
         goto cleanup;
     }
-    scratch = malloc(fedge_model_scratch_floats(&m.spec, batch) * sizeof *scratch);
+    size_t scratch_n = fedge_model_scratch_floats(&m.spec, batch);
+    if (scratch_n == 0) {
+        int fits = 0; /* the largest batch whose buffers fit, by bisection */
+        for (int lo = 1, hi = batch - 1; lo <= hi;) {
+            int mid = lo + (hi - lo) / 2;
+            if (fedge_model_scratch_floats(&m.spec, mid) > 0) {
+                fits = mid;
+                lo = mid + 1;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        if (fits > 0)
+            rc = failure("%s: spec %s at --batch %d needs more working memory than fedge's per-call "
+                         "limit; --batch %d or less fits",
+                         model_path, v->spec_text, batch, fits);
+        else
+            rc = failure("%s: spec %s needs more working memory than fedge's per-call limit even "
+                         "at --batch 1",
+                         model_path, v->spec_text);
+        goto cleanup;
+    }
+    scratch = malloc(scratch_n * sizeof *scratch);
     p = malloc((size_t)batch * (size_t)v->classes * sizeof *p);
     if (scratch == NULL || p == NULL) {
         rc = failure("out of memory");
