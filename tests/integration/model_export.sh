@@ -13,7 +13,10 @@
 # file, predict reads CSV rows as it reads IDX images, and every malformed
 # safetensors file is refused with its reason on stderr, exit 1, and the
 # output path left untouched (an existing file keeps its bytes, a missing one
-# stays missing, no temporary file).
+# stays missing, no temporary file). Before the per-model loop, on a small
+# MLP: outputs that are the input, exist, or are a FIFO or link; a malformed
+# FEDGE_BLAS_THREADS; a spec over the scratch limit; the CSV header rule;
+# predict's memory on a large input.
 # Without PyPI (and no cached venv) the Python-ecosystem check is left out,
 # the rest runs, and the script ends with "SKIP: ..." and exit 0.
 set -uo pipefail
@@ -119,6 +122,53 @@ open(sys.argv[3], 'wb').write(body + hashlib.sha256(body).digest())" "$big" 2432
 [ $? -eq 1 ] && grep -q "spec $big at --batch 256 needs more working memory than fedge's per-call limit; --batch [0-9]* or less fits" "$S/err" ||
     fail "a spec over the scratch limit: $(cat "$S/err")"
 echo "small: FEDGE_BLAS_THREADS malformed warned once; a spec over the scratch limit named"
+
+# CSV header: only a first line whose first field is no number at all. A first
+# row "nan,..." is refused like any non-finite value; rows with leading blanks
+# are rows (one label each, in order).
+row=$(head -n 1 "$S/rows.csv")
+printf 'nan,%s\n%s\n%s\n' "${row#*,}" "$row" "$row" >"$S/nan.csv"
+"$FM" predict "$S/m.fmdl" "$S/nan.csv" >"$S/out" 2>"$S/err"
+[ $? -eq 1 ] && grep -q "nan.csv:1: field 1 is not a finite number" "$S/err" || fail "first row nan: $(cat "$S/err")"
+printf ' %s\n\t%s\n' "$row" "$row" >"$S/blank.csv"
+[ "$("$FM" predict "$S/m.fmdl" "$S/blank.csv" | wc -l)" = 2 ] || fail "rows with leading blanks: a row dropped"
+printf '%s\n' "$row" >"$S/one.csv"
+one=$("$FM" predict "$S/m.fmdl" "$S/one.csv" --probs) || fail "one row"
+printf ' "x1", x2\r\n\r\n%s\r\n' "$row" >"$S/header.csv"
+[ "$("$FM" predict "$S/m.fmdl" "$S/header.csv" --probs)" = "$one" ] || fail "a header line and CRLF"
+# a line is bounded (784 fields: 784 * 64 + 256 bytes)
+python3 -c "print('0.5' + ' ' * 60000 + ',' + ','.join(['0.5'] * 783))" >"$S/long.csv"
+"$FM" predict "$S/m.fmdl" "$S/long.csv" >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "long.csv:1: line longer than 50432 bytes" "$S/err" || fail "an overlong line: $(cat "$S/err")"
+# Streaming: 100,000 images (a 76 KB gzip of 78 MB) are read a batch at a
+# time, so predict's peak memory does not grow with the input (it held the
+# whole input and all of it as floats: ~390 MB).
+python3 - "$S/zeros.idx.gz" <<'PY' || fail "zeros.idx.gz"
+import gzip, struct, sys
+with gzip.open(sys.argv[1], 'wb', compresslevel=9) as f:
+    f.write(struct.pack('>IIII', 0x803, 100000, 28, 28))
+    for _ in range(100): f.write(b'\0' * 784 * 1000)
+PY
+rss=$(python3 -c "
+import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)
+n = r.stdout.count(b'\n') if r.returncode == 0 else -1
+print(n, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)" "$FM" predict "$S/m.fmdl" "$S/zeros.idx.gz")
+[ "${rss% *}" = 100000 ] && [ "${rss#* }" -lt 65536 ] || fail "100,000 images: labels and peak RSS (KB): $rss"
+echo "small: 100,000 images predicted in ${rss#* } KB peak RSS"
+# a cut-short file and bytes after the last image, found as the stream ends
+python3 -c "
+import gzip, struct, sys
+b = gzip.open(sys.argv[1]).read()
+open(sys.argv[2], 'wb').write(struct.pack('>IIII', 0x803, 300, 28, 28) + b[16:16 + 299 * 784])
+open(sys.argv[3], 'wb').write(struct.pack('>IIII', 0x803, 300, 28, 28) + b[16:16 + 300 * 784 + 1])" \
+    "$IMAGES" "$S/short.idx" "$S/long.idx"
+"$FM" predict "$S/m.fmdl" "$S/short.idx" >"$S/out" 2>"$S/err"
+[ $? -eq 1 ] && grep -q "300 images need 235200 bytes, the file ends in image 300" "$S/err" &&
+    [ "$(wc -l <"$S/out")" = 256 ] || fail "a cut-short IDX file: $(cat "$S/err"), $(wc -l <"$S/out") labels"
+"$FM" predict "$S/m.fmdl" "$S/long.idx" >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "bytes after the last of 300 images" "$S/err" || fail "bytes after the images: $(cat "$S/err")"
+echo "small: CSV header rule, line bound, streamed IDX"
 
 specs=("mlp:784-64-10:10000:1")
 # The CNN needs the conv layers of the model spec (issue 11); a build

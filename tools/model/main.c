@@ -392,13 +392,16 @@ cleanup:
 
 /* ---- predict ----------------------------------------------------------------- */
 
+/* Rows are read, predicted and printed a batch at a time: memory is one
+ * batch of rows and the decoder's buffer, whatever the input's size. A bad
+ * row stops it (exit 1) after the predictions of the rows before its batch. */
 static int cmd_predict(const char *model_path, const char *input_path, int probs, int batch)
 {
     fedge_model m;
     memset(&m, 0, sizeof m);
     char hex[FEDGE_HASH_HEX_LEN];
     float *x = NULL, *scratch = NULL, *p = NULL;
-    size_t n = 0;
+    mdl_input *in = NULL;
     int rc = load_model(model_path, &m, hex);
     if (rc != EXIT_OK)
         return rc;
@@ -410,14 +413,6 @@ static int cmd_predict(const char *model_path, const char *input_path, int probs
         goto cleanup;
     }
     dim = v->input_dim;
-    char err[512] = "";
-    int image = v->in_h > 1 || v->in_w > 1;
-    ret = mdl_input_load(input_path, dim, image ? v->in_c : 0, image ? v->in_h : 0, image ? v->in_w : 0,
-                         &x, &n, err, sizeof err);
-    if (ret != FEDGE_OK) {
-        rc = failure("%s (%s)", err[0] ? err : input_path, fedge_strerror(ret));
-        goto cleanup;
-    }
     size_t scratch_n = fedge_model_scratch_floats(&m.spec, batch);
     if (scratch_n == 0) {
         int fits = 0; /* the largest batch whose buffers fit, by bisection */
@@ -442,19 +437,33 @@ static int cmd_predict(const char *model_path, const char *input_path, int probs
     }
     scratch = malloc(scratch_n * sizeof *scratch);
     p = malloc((size_t)batch * (size_t)v->classes * sizeof *p);
-    if (scratch == NULL || p == NULL) {
+    x = malloc((size_t)batch * (size_t)dim * sizeof *x);
+    if (scratch == NULL || p == NULL || x == NULL) {
         rc = failure("out of memory");
         goto cleanup;
     }
-    for (size_t at = 0; at < n; at += (size_t)batch) {
-        int b = n - at < (size_t)batch ? (int)(n - at) : batch;
-        ret = fedge_model_forward(&m, x + at * (size_t)dim, b, scratch, p);
+    char err[512] = "";
+    int image = v->in_h > 1 || v->in_w > 1;
+    ret = mdl_input_open(input_path, dim, image ? v->in_c : 0, image ? v->in_h : 0, image ? v->in_w : 0,
+                         &in, err, sizeof err);
+    for (;;) {
+        size_t got = 0;
+        if (ret == FEDGE_OK)
+            ret = mdl_input_read(in, x, (size_t)batch, &got, err, sizeof err);
+        if (ret != FEDGE_OK) {
+            fflush(stdout);
+            rc = failure("%s (%s)", err[0] ? err : input_path, fedge_strerror(ret));
+            goto cleanup;
+        }
+        if (got == 0)
+            break;
+        ret = fedge_model_forward(&m, x, (int)got, scratch, p);
         if (ret != FEDGE_OK) {
             rc = failure("forward: %s", fedge_strerror(ret));
             goto cleanup;
         }
-        for (int r = 0; r < b; r++) {
-            const float *row = p + (size_t)r * (size_t)v->classes;
+        for (size_t r = 0; r < got; r++) {
+            const float *row = p + r * (size_t)v->classes;
             if (probs) {
                 for (int c = 0; c < v->classes; c++)
                     printf("%s%.9g", c ? "," : "", (double)row[c]);
@@ -471,6 +480,7 @@ static int cmd_predict(const char *model_path, const char *input_path, int probs
     if (fflush(stdout) != 0 || ferror(stdout))
         rc = failure("writing the predictions: %s", strerror(errno));
 cleanup:
+    mdl_input_close(in);
     free(x);
     free(scratch);
     free(p);
