@@ -6,6 +6,7 @@
 
 #include "blas.h"
 #include "common.h"
+#include "text.h"
 
 #if FEDGE_BLAS_OPENBLAS
 #include <cblas.h>
@@ -13,6 +14,7 @@
 
 static int portable_threads = 1;
 static atomic_int threads_chosen; /* set once a count was chosen, by a call or by default */
+static atomic_int malformed_warned;
 
 const char *fedge_blas_name(void)
 {
@@ -79,6 +81,15 @@ void fedge_blas_default_threads(void)
 {
     if (atomic_load_explicit(&threads_chosen, memory_order_relaxed))
         return;
-    if (fedge_blas_threads_from_env(1, NULL) != FEDGE_OK)
-        (void)fedge_blas_set_threads(1); /* a malformed value: the programs report it at start */
+    if (fedge_blas_threads_from_env(1, NULL) == FEDGE_OK)
+        return;
+    (void)fedge_blas_set_threads(1);
+    if (atomic_exchange(&malformed_warned, 1) == 0) {
+        char *v = fedge_text_escape_dup(getenv("FEDGE_BLAS_THREADS"));
+        fprintf(stderr,
+                "fedge: warning: FEDGE_BLAS_THREADS='%s' is not a thread count 1..%d; ignored, "
+                "the BLAS runs 1 thread\n",
+                v ? v : "?", FEDGE_BLAS_MAX_THREADS);
+        free(v);
+    }
 }

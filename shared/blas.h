@@ -10,7 +10,8 @@
  * aggregator) call fedge_blas_threads_from_env(1) at start, which also rejects
  * a malformed FEDGE_BLAS_THREADS; any other program gets the same choice on its
  * first fedge_sgemm (fedge_blas_default_threads), so OpenBLAS's own default
- * (one thread per core) never applies. Without a BLAS the count is recorded
+ * (one thread per core) never applies; there a malformed value is ignored
+ * (1 thread) with one warning line on stderr per process. Without a BLAS the count is recorded
  * and the kernel stays single-threaded. */
 #ifndef FEDGE_BLAS_H
 #define FEDGE_BLAS_H
@@ -33,7 +34,8 @@ int fedge_blas_threads(void);
 int fedge_blas_threads_from_env(int fallback, int *used);
 
 /* Chooses the count as fedge_blas_threads_from_env(1, NULL) would (1 on a
- * malformed value) unless a count was already set; fedge_sgemm calls it. */
+ * malformed value, with the one warning on stderr) unless a count was already
+ * set; fedge_sgemm calls it. */
 void fedge_blas_default_threads(void);
 
 /* The portable kernel itself (same contract as fedge_sgemm). */

@@ -113,6 +113,9 @@ enum {
     /* model import/export (tools/model) -200 .. -209 */
     FEDGE_ERR_IMPORT_FORMAT = -200,      /* a malformed safetensors file (length, JSON, offsets) */
     FEDGE_ERR_IMPORT_TENSOR = -201,      /* a tensor's name, dtype or shape does not fit the spec */
+
+    /* files (shared/fileio) -210 .. -219 */
+    FEDGE_ERR_NOT_REGULAR = -210,        /* a path to replace is a device, FIFO, socket or link */
 };
 
 const char *fedge_strerror(int code);

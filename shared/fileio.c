@@ -85,6 +85,16 @@ int fedge_fsync_dir_of(const char *path)
 
 /* ---- atomic replace --------------------------------------------------------- */
 
+/* The target is absent or a regular file (not followed if a link). A
+ * directory is left to rename(), which never replaces it (EISDIR). */
+static int target_replaceable(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? FEDGE_OK : FEDGE_ERR_IO;
+    return S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) ? FEDGE_OK : FEDGE_ERR_NOT_REGULAR;
+}
+
 int fedge_atomic_open(const char *path, mode_t mode, int flags, fedge_atomic_file *f)
 {
     if (f == NULL)
@@ -93,6 +103,9 @@ int fedge_atomic_open(const char *path, mode_t mode, int flags, fedge_atomic_fil
     f->fd = -1;
     if (path == NULL || path[0] == '\0' || (flags & ~FEDGE_FILE_FIXED_TMP) != 0)
         return FEDGE_ERR_INVALID_ARG;
+    int ret = target_replaceable(path);
+    if (ret != FEDGE_OK)
+        return ret;
     const int fixed = (flags & FEDGE_FILE_FIXED_TMP) != 0;
     const char *suffix = fixed ? ".tmp" : ".tmp-XXXXXX";
     size_t n = strlen(path), sn = strlen(suffix);
@@ -104,17 +117,36 @@ int fedge_atomic_open(const char *path, mode_t mode, int flags, fedge_atomic_fil
     memcpy(tmp, path, n);
     memcpy(tmp + n, suffix, sn + 1);
 
-    int fd = fixed ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+    /* A fixed temporary name is opened without following a link or
+     * blocking on a FIFO, and must be a regular file too. */
+    int fd = fixed ? open(tmp, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, mode)
                    : mkostemp(tmp, O_CLOEXEC);
     if (fd < 0) {
         int err = errno;
         free(mem);
         errno = err;
-        return FEDGE_ERR_IO;
+        return err == ELOOP || err == ENXIO ? FEDGE_ERR_NOT_REGULAR : FEDGE_ERR_IO;
     }
     f->fd = fd;
     f->path = mem;
     f->tmp_path = tmp;
+    if (fixed) {
+        struct stat st;
+        if (fstat(fd, &st) != 0) {
+            fedge_atomic_abort(f);
+            return FEDGE_ERR_IO;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            f->tmp_path = NULL; /* not ours to remove */
+            fedge_atomic_abort(f);
+            return FEDGE_ERR_NOT_REGULAR;
+        }
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0 || ftruncate(fd, 0) != 0) {
+            fedge_atomic_abort(f);
+            return FEDGE_ERR_IO;
+        }
+    }
     /* mkostemp gives 0600 and open() is cut by the umask; set it exactly,
      * before any byte is written. */
     if (fchmod(fd, mode) != 0) {
@@ -149,7 +181,11 @@ int fedge_atomic_commit(fedge_atomic_file *f)
     } else {
         int rc = close(f->fd);
         f->fd = -1;
-        if (rc != 0 || rename(f->tmp_path, f->path) != 0)
+        if (rc != 0)
+            ret = FEDGE_ERR_IO;
+        if (ret == FEDGE_OK) /* again: it may have appeared since the open */
+            ret = target_replaceable(f->path);
+        if (ret == FEDGE_OK && rename(f->tmp_path, f->path) != 0)
             ret = FEDGE_ERR_IO;
     }
     if (ret != FEDGE_OK) {

@@ -11,8 +11,17 @@
  * mix. A failure of the final directory fsync is reported although PATH
  * already holds the new bytes.
  *
+ * Only a regular file is replaced: a PATH that exists as anything else (a
+ * device such as /dev/null, a FIFO, a socket, or a symbolic link, which is
+ * not followed) is refused with FEDGE_ERR_NOT_REGULAR, checked at the open
+ * and again just before the rename; a directory makes the rename fail
+ * (FEDGE_ERR_IO, errno EISDIR). (Replacing a link would
+ * leave the file it points to unchanged and the link gone; a caller that
+ * wants the link's target resolves it first.) The fixed temporary name
+ * PATH.tmp is likewise never a link, FIFO or device.
+ *
  * Errors: FEDGE_ERR_INVALID_ARG (NULL argument, empty path to replace,
- * unknown flag), FEDGE_ERR_NOMEM, FEDGE_ERR_DUPLICATE (FEDGE_FILE_EXCL and
+ * unknown flag), FEDGE_ERR_NOMEM, FEDGE_ERR_NOT_REGULAR (above), FEDGE_ERR_DUPLICATE (FEDGE_FILE_EXCL and
  * the file exists), FEDGE_ERR_IO for any failed system call. With FEDGE_ERR_IO and
  * FEDGE_ERR_DUPLICATE errno is left as the failing call set it (so a caller
  * can tell ENOENT, a missing directory, or print strerror). A directory

@@ -1,5 +1,7 @@
 /* fuzz_predict_input.c — fedge-model predict's input decoder
- * (tools/model/input.h): IDX images or CSV feature rows.
+ * (tools/model/input.h): IDX images or CSV feature rows, decoded by the
+ * same stream predict reads files with (mdl_input_parse runs it over the
+ * bytes in small pieces and batches, so rows and lines cross refills).
  *
  * Input: one byte picking the model input shape, then the file's bytes.
  * Invariants: a refusal allocates nothing and says why; accepted rows are

@@ -13,7 +13,10 @@
 # file, predict reads CSV rows as it reads IDX images, and every malformed
 # safetensors file is refused with its reason on stderr, exit 1, and the
 # output path left untouched (an existing file keeps its bytes, a missing one
-# stays missing, no temporary file).
+# stays missing, no temporary file). Before the per-model loop, on a small
+# MLP: outputs that are the input, exist, or are a FIFO or link; a malformed
+# FEDGE_BLAS_THREADS; a spec over the scratch limit; the CSV header rule;
+# predict's memory on a large input.
 # Without PyPI (and no cached venv) the Python-ecosystem check is left out,
 # the rest runs, and the script ends with "SKIP: ..." and exit 0.
 set -uo pipefail
@@ -53,6 +56,119 @@ PY=$VENV/bin/python
 
 T=$(mktemp -d /tmp/fedge-export.XXXXXX)
 trap 'rm -rf "$T"' EXIT
+
+# ---- fedge-model's own contract on a small model (fast; no Python packages) ----
+S="$T/small"
+mkdir -p "$S"
+timeout 60 "$TRAIN" mlp:784-8-10 "$S/m.fmdl" 200 1 >/dev/null || fail "small: train_central"
+FM=$BIN/fedge-model
+# Outputs: never the input, an existing file only with --force, and never a
+# FIFO, device or link (the FIFO stands for /dev/null and the like).
+cp "$S/m.fmdl" "$S/keep.fmdl"
+mkfifo "$S/fifo"
+ln -s m.fmdl "$S/link.fmdl"
+ln "$S/m.fmdl" "$S/hard.fmdl"
+for f in npz onnx safetensors; do
+    for target in m.fmdl link.fmdl hard.fmdl; do
+        "$FM" export "$S/m.fmdl" --format "$f" -o "$S/$target" --force >/dev/null 2>"$S/err"
+        [ $? -eq 1 ] && grep -q "is the input file" "$S/err" || fail "export $f onto its input ($target): $(cat "$S/err")"
+        cmp -s "$S/m.fmdl" "$S/keep.fmdl" || fail "export $f onto its input ($target) changed it"
+    done
+    "$FM" export "$S/m.fmdl" --format "$f" -o "$S/fifo" --force >/dev/null 2>"$S/err"
+    [ $? -eq 1 ] && [ -p "$S/fifo" ] && grep -q "not a regular file" "$S/err" ||
+        fail "export $f onto a FIFO: $(cat "$S/err"); $(ls -l "$S/fifo")"
+done
+"$FM" export "$S/m.fmdl" --format safetensors -o "$S/m.safetensors" >/dev/null || fail "export safetensors"
+printf 'keep me\n' >"$S/exists.npz"
+"$FM" export "$S/m.fmdl" --format npz -o "$S/exists.npz" >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "exists; --force replaces it" "$S/err" && [ "$(cat "$S/exists.npz")" = "keep me" ] ||
+    fail "export over an existing file without --force: $(cat "$S/err")"
+"$FM" export "$S/m.fmdl" --format npz -o "$S/exists.npz" --force >/dev/null && [ "$(head -c 2 "$S/exists.npz")" = PK ] ||
+    fail "export --force over an existing file"
+ln -s exists.npz "$S/other-link.npz"
+"$FM" export "$S/m.fmdl" --format npz -o "$S/other-link.npz" --force >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && [ -L "$S/other-link.npz" ] && grep -q "not a regular file" "$S/err" ||
+    fail "export --force onto a symbolic link: $(cat "$S/err")"
+"$FM" import "$S/m.safetensors" --spec mlp:784-8-10 -o "$S/m.safetensors" --force >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "is the input file" "$S/err" || fail "import onto its input: $(cat "$S/err")"
+"$FM" import "$S/m.safetensors" --spec mlp:784-8-10 -o "$S/keep.fmdl" >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "exists; --force" "$S/err" || fail "import over an existing file: $(cat "$S/err")"
+"$FM" import "$S/m.safetensors" --spec mlp:784-8-10 -o "$S/fifo" --force >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && [ -p "$S/fifo" ] || fail "import onto a FIFO: $(cat "$S/err")"
+"$FM" import "$S/m.safetensors" --spec mlp:784-8-10 -o "$S/keep.fmdl" --force >/dev/null && cmp -s "$S/keep.fmdl" "$S/m.fmdl" ||
+    fail "import --force"
+echo "small: outputs: input, existing file, FIFO and link refused; --force replaces a regular file"
+
+# A malformed FEDGE_BLAS_THREADS: fedge-model runs on one thread after one
+# warning line (the daemons refuse it at start); a valid one says nothing.
+python3 -c "print('\n'.join([','.join(['0.5'] * 784)] * 3))" >"$S/rows.csv"
+for bad in abc 0 2x; do
+    out=$(FEDGE_BLAS_THREADS=$bad "$FM" predict "$S/m.fmdl" "$S/rows.csv" 2>"$S/err") || fail "FEDGE_BLAS_THREADS=$bad: predict failed"
+    [ "$(echo "$out" | wc -l)" = 3 ] || fail "FEDGE_BLAS_THREADS=$bad: $out"
+    [ "$(grep -c "warning: FEDGE_BLAS_THREADS='$bad' is not a thread count 1..1024; ignored" "$S/err")" = 1 ] &&
+        [ "$(wc -l <"$S/err")" = 1 ] || fail "FEDGE_BLAS_THREADS=$bad: stderr '$(cat "$S/err")'"
+done
+FEDGE_BLAS_THREADS=2 "$FM" predict "$S/m.fmdl" "$S/rows.csv" >/dev/null 2>"$S/err" && [ ! -s "$S/err" ] ||
+    fail "FEDGE_BLAS_THREADS=2: $(cat "$S/err")"
+# A spec whose working memory at the batch is over fedge's limit is named,
+# with the batch that fits (a model file of zeros: the check comes first).
+big="cnn:1x28x28-c21399k1-c1k3p1-10"
+python3 -c "
+import sys, struct, hashlib
+spec = sys.argv[1].encode(); n = int(sys.argv[2])
+body = b'FMDL' + struct.pack('<II', 1, len(spec)) + spec + struct.pack('<Q', n) + bytes(4 * n)
+open(sys.argv[3], 'wb').write(body + hashlib.sha256(body).digest())" "$big" 243240 "$S/big.fmdl"
+"$FM" predict "$S/big.fmdl" "$S/rows.csv" >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "spec $big at --batch 256 needs more working memory than fedge's per-call limit; --batch [0-9]* or less fits" "$S/err" ||
+    fail "a spec over the scratch limit: $(cat "$S/err")"
+echo "small: FEDGE_BLAS_THREADS malformed warned once; a spec over the scratch limit named"
+
+# CSV header: only a first line whose first field is no number at all. A first
+# row "nan,..." is refused like any non-finite value; rows with leading blanks
+# are rows (one label each, in order).
+row=$(head -n 1 "$S/rows.csv")
+printf 'nan,%s\n%s\n%s\n' "${row#*,}" "$row" "$row" >"$S/nan.csv"
+"$FM" predict "$S/m.fmdl" "$S/nan.csv" >"$S/out" 2>"$S/err"
+[ $? -eq 1 ] && grep -q "nan.csv:1: field 1 is not a finite number" "$S/err" || fail "first row nan: $(cat "$S/err")"
+printf ' %s\n\t%s\n' "$row" "$row" >"$S/blank.csv"
+[ "$("$FM" predict "$S/m.fmdl" "$S/blank.csv" | wc -l)" = 2 ] || fail "rows with leading blanks: a row dropped"
+printf '%s\n' "$row" >"$S/one.csv"
+one=$("$FM" predict "$S/m.fmdl" "$S/one.csv" --probs) || fail "one row"
+printf ' "x1", x2\r\n\r\n%s\r\n' "$row" >"$S/header.csv"
+[ "$("$FM" predict "$S/m.fmdl" "$S/header.csv" --probs)" = "$one" ] || fail "a header line and CRLF"
+# a line is bounded (784 fields: 784 * 64 + 256 bytes)
+python3 -c "print('0.5' + ' ' * 60000 + ',' + ','.join(['0.5'] * 783))" >"$S/long.csv"
+"$FM" predict "$S/m.fmdl" "$S/long.csv" >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "long.csv:1: line longer than 50432 bytes" "$S/err" || fail "an overlong line: $(cat "$S/err")"
+# Streaming: 100,000 images (a 76 KB gzip of 78 MB) are read a batch at a
+# time, so predict's peak memory does not grow with the input (it held the
+# whole input and all of it as floats: ~390 MB).
+python3 - "$S/zeros.idx.gz" <<'PY' || fail "zeros.idx.gz"
+import gzip, struct, sys
+with gzip.open(sys.argv[1], 'wb', compresslevel=9) as f:
+    f.write(struct.pack('>IIII', 0x803, 100000, 28, 28))
+    for _ in range(100): f.write(b'\0' * 784 * 1000)
+PY
+rss=$(python3 -c "
+import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)
+n = r.stdout.count(b'\n') if r.returncode == 0 else -1
+print(n, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)" "$FM" predict "$S/m.fmdl" "$S/zeros.idx.gz")
+[ "${rss% *}" = 100000 ] && [ "${rss#* }" -lt 65536 ] || fail "100,000 images: labels and peak RSS (KB): $rss"
+echo "small: 100,000 images predicted in ${rss#* } KB peak RSS"
+# a cut-short file and bytes after the last image, found as the stream ends
+python3 -c "
+import gzip, struct, sys
+b = gzip.open(sys.argv[1]).read()
+open(sys.argv[2], 'wb').write(struct.pack('>IIII', 0x803, 300, 28, 28) + b[16:16 + 299 * 784])
+open(sys.argv[3], 'wb').write(struct.pack('>IIII', 0x803, 300, 28, 28) + b[16:16 + 300 * 784 + 1])" \
+    "$IMAGES" "$S/short.idx" "$S/long.idx"
+"$FM" predict "$S/m.fmdl" "$S/short.idx" >"$S/out" 2>"$S/err"
+[ $? -eq 1 ] && grep -q "300 images need 235200 bytes, the file ends in image 300" "$S/err" &&
+    [ "$(wc -l <"$S/out")" = 256 ] || fail "a cut-short IDX file: $(cat "$S/err"), $(wc -l <"$S/out") labels"
+"$FM" predict "$S/m.fmdl" "$S/long.idx" >/dev/null 2>"$S/err"
+[ $? -eq 1 ] && grep -q "bytes after the last of 300 images" "$S/err" || fail "bytes after the images: $(cat "$S/err")"
+echo "small: CSV header rule, line bound, streamed IDX"
 
 specs=("mlp:784-64-10:10000:1")
 # The CNN needs the conv layers of the model spec (issue 11); a build
@@ -144,7 +260,7 @@ open(sys.argv[2], 'wb').write(struct.pack('>IIII', 0x803, 2, 49, 16) + b[16:16 +
     while IFS=$'\t' read -r name expect; do
         n=$((n + 1))
         printf 'keep me\n' >"$D/out/existing.fmdl"
-        "$BIN/fedge-model" import "$M/$name.safetensors" --spec "$spec" -o "$D/out/existing.fmdl" \
+        "$BIN/fedge-model" import "$M/$name.safetensors" --spec "$spec" -o "$D/out/existing.fmdl" --force \
             >/dev/null 2>"$D/err"
         rc=$?
         [ "$rc" -eq 1 ] || fail "$spec: malformed '$name' import exited $rc (want 1): $(cat "$D/err")"

@@ -154,6 +154,63 @@ static void test_atomic_write_replace(void **state)
     assert_int_equal(count_entries(f->dir), 1);
 }
 
+/* Only a regular file is replaced: never a FIFO or a symbolic link (nor what
+ * it points to), whether there at the open or only at the commit;
+ * and the fixed temporary name is never a link or FIFO either. */
+static void test_atomic_refuses_non_regular(void **state)
+{
+    fixture *f = *state;
+    char path[128], target[128], tmp[160], buf[64];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/out", f->dir);
+    snprintf(target, sizeof target, "%s/target", f->dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+
+    assert_int_equal(mkfifo(path, 0600), 0);
+    for (int fl = 0; fl <= FEDGE_FILE_FIXED_TMP; fl += FEDGE_FILE_FIXED_TMP)
+        assert_int_equal(fedge_write_file_atomic(path, "x", 1, 0644, fl), FEDGE_ERR_NOT_REGULAR);
+    assert_int_equal(lstat(path, &st), 0);
+    assert_true(S_ISFIFO(st.st_mode));
+    assert_int_equal(count_entries(f->dir), 1);
+    assert_int_equal(unlink(path), 0);
+
+    assert_int_equal(fedge_write_file_atomic(target, "keep", 4, 0644, 0), FEDGE_OK);
+    assert_int_equal(symlink("target", path), 0);
+    assert_int_equal(fedge_write_file_atomic(path, "x", 1, 0644, 0), FEDGE_ERR_NOT_REGULAR);
+    assert_int_equal(lstat(path, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    assert_int_equal(slurp(target, buf, sizeof buf), 4);
+    assert_int_equal(unlink(path), 0);
+
+    /* appears between the open and the commit */
+    fedge_atomic_file af;
+    assert_int_equal(fedge_atomic_open(path, 0644, 0, &af), FEDGE_OK);
+    assert_int_equal(fedge_write_all(af.fd, "x", 1), FEDGE_OK);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    assert_int_equal(fedge_atomic_commit(&af), FEDGE_ERR_NOT_REGULAR);
+    assert_int_equal(lstat(path, &st), 0);
+    assert_true(S_ISFIFO(st.st_mode));
+    assert_int_equal(count_entries(f->dir), 2); /* target and the FIFO, no temporary file */
+    assert_int_equal(unlink(path), 0);
+
+    /* the fixed temporary name as a link or a FIFO */
+    assert_int_equal(symlink("target", tmp), 0);
+    assert_int_equal(fedge_write_file_atomic(path, "x", 1, 0644, FEDGE_FILE_FIXED_TMP),
+                     FEDGE_ERR_NOT_REGULAR);
+    assert_int_equal(slurp(target, buf, sizeof buf), 4);
+    assert_int_equal(unlink(tmp), 0);
+    assert_int_equal(mkfifo(tmp, 0600), 0);
+    assert_int_equal(fedge_write_file_atomic(path, "x", 1, 0644, FEDGE_FILE_FIXED_TMP),
+                     FEDGE_ERR_NOT_REGULAR);
+    assert_int_equal(lstat(tmp, &st), 0);
+    assert_true(S_ISFIFO(st.st_mode));
+    assert_int_equal(unlink(tmp), 0);
+    assert_int_equal(count_entries(f->dir), 1);
+    /* a regular file is still replaced */
+    assert_int_equal(fedge_write_file_atomic(target, "new", 3, 0644, FEDGE_FILE_FIXED_TMP), FEDGE_OK);
+    assert_int_equal(slurp(target, buf, sizeof buf), 3);
+}
+
 static void test_atomic_streaming(void **state)
 {
     fixture *f = *state;
@@ -234,6 +291,7 @@ int main(void)
         cmocka_unit_test(test_bytes_layout),
         cmocka_unit_test_setup_teardown(test_atomic_write_replace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_atomic_streaming, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_atomic_refuses_non_regular, setup, teardown),
         cmocka_unit_test_setup_teardown(test_inplace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dirs_and_reads, setup, teardown),
     };

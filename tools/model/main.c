@@ -1,13 +1,16 @@
 /* fedge-model — models leave fedge: inspect, export, import, predict.
  *
  *   fedge-model info MODEL [--db AGGREGATOR.db]
- *   fedge-model export MODEL --format safetensors|onnx|npz -o FILE
- *   fedge-model import FILE.safetensors --spec SPEC -o MODEL
+ *   fedge-model export MODEL --format safetensors|onnx|npz -o FILE [--force]
+ *   fedge-model import FILE.safetensors --spec SPEC -o MODEL [--force]
  *   fedge-model predict MODEL INPUT [--probs] [--batch N]
  *
  * Exit status: 0 done, 1 failure (the reason on stderr), 2 bad command line.
  * Written files are replaced atomically: a failed export or import leaves
- * the output path as it was. */
+ * the output path as it was. An existing output is replaced only with
+ * --force and only if it is a regular file (never a device, FIFO or link);
+ * an output that is the input file itself (same device and inode, whatever
+ * the name or link) is always refused. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -44,8 +47,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: " PROG " info MODEL [--db AGGREGATOR.db]\n"
-            "       " PROG " export MODEL --format safetensors|onnx|npz -o FILE\n"
-            "       " PROG " import FILE.safetensors --spec SPEC -o MODEL\n"
+            "       " PROG " export MODEL --format safetensors|onnx|npz -o FILE [--force]\n"
+            "       " PROG " import FILE.safetensors --spec SPEC -o MODEL [--force]\n"
             "       " PROG " predict MODEL INPUT [--probs] [--batch N]\n"
             "\n"
             "  info      spec, parameter count, version (SHA-256 id), layers and their\n"
@@ -55,6 +58,8 @@ static void usage(FILE *f)
             "            NumPy .npz; tensors are named layers.<i>.weight/.bias\n"
             "  import    read a safetensors file (F32 tensors named and shaped as export\n"
             "            writes them for SPEC) into a fedge model file\n"
+            "  --force   replace an existing output file (a regular file only; never\n"
+            "            the input itself)\n"
             "  predict   one label per input row, or with --probs the class\n"
             "            probabilities (comma-separated); INPUT is an IDX image file\n"
             "            (gzip or raw) or a CSV of feature rows without labels\n"
@@ -101,6 +106,29 @@ static int write_out(const char *path, const uint8_t *buf, size_t len)
     if (ret != FEDGE_OK)
         return failure("%s: %s%s%s", path, fedge_strerror(ret), ret == FEDGE_ERR_IO ? ": " : "",
                        ret == FEDGE_ERR_IO ? strerror(errno) : "");
+    return EXIT_OK;
+}
+
+/* The output may be written: it is not the input (same file, by device and
+ * inode, so also through another name or a link) and, unless force, does not
+ * exist. Whether an existing one is a regular file the atomic write checks. */
+static int check_output(const char *in_path, const char *out_path, int force)
+{
+    struct stat in_st, out_st;
+    if (stat(in_path, &in_st) != 0)
+        return failure("%s: %s", in_path, strerror(errno));
+    if (lstat(out_path, &out_st) != 0) {
+        if (errno == ENOENT)
+            return EXIT_OK;
+        return failure("%s: %s", out_path, strerror(errno));
+    }
+    struct stat target = out_st;
+    if (S_ISLNK(out_st.st_mode) && stat(out_path, &target) != 0)
+        target = out_st;
+    if (target.st_dev == in_st.st_dev && target.st_ino == in_st.st_ino)
+        return failure("%s: is the input file %s itself; write to another path", out_path, in_path);
+    if (!force)
+        return failure("%s: exists; --force replaces it", out_path);
     return EXIT_OK;
 }
 
@@ -229,7 +257,7 @@ cleanup:
 
 /* ---- export ------------------------------------------------------------------ */
 
-static int cmd_export(const char *path, const char *format, const char *out_path)
+static int cmd_export(const char *path, const char *format, const char *out_path, int force)
 {
     fedge_model m;
     memset(&m, 0, sizeof m);
@@ -237,7 +265,10 @@ static int cmd_export(const char *path, const char *format, const char *out_path
     mdl_view *v = NULL;
     uint8_t *buf = NULL;
     size_t len = 0;
-    int rc = load_model(path, &m, hex);
+    int rc = check_output(path, out_path, force);
+    if (rc != EXIT_OK)
+        return rc;
+    rc = load_model(path, &m, hex);
     if (rc != EXIT_OK)
         return rc;
     v = calloc(1, sizeof *v);
@@ -306,7 +337,7 @@ cleanup:
     return rc;
 }
 
-static int cmd_import(const char *path, const char *spec_text, const char *out_path)
+static int cmd_import(const char *path, const char *spec_text, const char *out_path, int force)
 {
     fedge_model_spec spec;
     fedge_model m;
@@ -324,6 +355,9 @@ static int cmd_import(const char *path, const char *spec_text, const char *out_p
         rc = failure("spec %s: %s", spec_text, fedge_strerror(ret));
         goto cleanup;
     }
+    rc = check_output(path, out_path, force);
+    if (rc != EXIT_OK)
+        goto cleanup;
     rc = read_bounded(path, 8 + (size_t)MDL_ST_HEADER_MAX + v->n_params * 4, &buf, &len);
     if (rc != EXIT_OK)
         goto cleanup;
@@ -358,13 +392,16 @@ cleanup:
 
 /* ---- predict ----------------------------------------------------------------- */
 
+/* Rows are read, predicted and printed a batch at a time: memory is one
+ * batch of rows and the decoder's buffer, whatever the input's size. A bad
+ * row stops it (exit 1) after the predictions of the rows before its batch. */
 static int cmd_predict(const char *model_path, const char *input_path, int probs, int batch)
 {
     fedge_model m;
     memset(&m, 0, sizeof m);
     char hex[FEDGE_HASH_HEX_LEN];
     float *x = NULL, *scratch = NULL, *p = NULL;
-    size_t n = 0;
+    mdl_input *in = NULL;
     int rc = load_model(model_path, &m, hex);
     if (rc != EXIT_OK)
         return rc;
@@ -376,29 +413,57 @@ static int cmd_predict(const char *model_path, const char *input_path, int probs
         goto cleanup;
     }
     dim = v->input_dim;
-    char err[512] = "";
-    int image = v->in_h > 1 || v->in_w > 1;
-    ret = mdl_input_load(input_path, dim, image ? v->in_c : 0, image ? v->in_h : 0, image ? v->in_w : 0,
-                         &x, &n, err, sizeof err);
-    if (ret != FEDGE_OK) {
-        rc = failure("%s (%s)", err[0] ? err : input_path, fedge_strerror(ret));
+    size_t scratch_n = fedge_model_scratch_floats(&m.spec, batch);
+    if (scratch_n == 0) {
+        int fits = 0; /* the largest batch whose buffers fit, by bisection */
+        for (int lo = 1, hi = batch - 1; lo <= hi;) {
+            int mid = lo + (hi - lo) / 2;
+            if (fedge_model_scratch_floats(&m.spec, mid) > 0) {
+                fits = mid;
+                lo = mid + 1;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        if (fits > 0)
+            rc = failure("%s: spec %s at --batch %d needs more working memory than fedge's per-call "
+                         "limit; --batch %d or less fits",
+                         model_path, v->spec_text, batch, fits);
+        else
+            rc = failure("%s: spec %s needs more working memory than fedge's per-call limit even "
+                         "at --batch 1",
+                         model_path, v->spec_text);
         goto cleanup;
     }
-    scratch = malloc(fedge_model_scratch_floats(&m.spec, batch) * sizeof *scratch);
+    scratch = malloc(scratch_n * sizeof *scratch);
     p = malloc((size_t)batch * (size_t)v->classes * sizeof *p);
-    if (scratch == NULL || p == NULL) {
+    x = malloc((size_t)batch * (size_t)dim * sizeof *x);
+    if (scratch == NULL || p == NULL || x == NULL) {
         rc = failure("out of memory");
         goto cleanup;
     }
-    for (size_t at = 0; at < n; at += (size_t)batch) {
-        int b = n - at < (size_t)batch ? (int)(n - at) : batch;
-        ret = fedge_model_forward(&m, x + at * (size_t)dim, b, scratch, p);
+    char err[512] = "";
+    int image = v->in_h > 1 || v->in_w > 1;
+    ret = mdl_input_open(input_path, dim, image ? v->in_c : 0, image ? v->in_h : 0, image ? v->in_w : 0,
+                         &in, err, sizeof err);
+    for (;;) {
+        size_t got = 0;
+        if (ret == FEDGE_OK)
+            ret = mdl_input_read(in, x, (size_t)batch, &got, err, sizeof err);
+        if (ret != FEDGE_OK) {
+            fflush(stdout);
+            rc = failure("%s (%s)", err[0] ? err : input_path, fedge_strerror(ret));
+            goto cleanup;
+        }
+        if (got == 0)
+            break;
+        ret = fedge_model_forward(&m, x, (int)got, scratch, p);
         if (ret != FEDGE_OK) {
             rc = failure("forward: %s", fedge_strerror(ret));
             goto cleanup;
         }
-        for (int r = 0; r < b; r++) {
-            const float *row = p + (size_t)r * (size_t)v->classes;
+        for (size_t r = 0; r < got; r++) {
+            const float *row = p + r * (size_t)v->classes;
             if (probs) {
                 for (int c = 0; c < v->classes; c++)
                     printf("%s%.9g", c ? "," : "", (double)row[c]);
@@ -415,6 +480,7 @@ static int cmd_predict(const char *model_path, const char *input_path, int probs
     if (fflush(stdout) != 0 || ferror(stdout))
         rc = failure("writing the predictions: %s", strerror(errno));
 cleanup:
+    mdl_input_close(in);
     free(x);
     free(scratch);
     free(p);
@@ -439,15 +505,16 @@ int main(int argc, char **argv)
         printf(PROG " %s\n", FEDGE_VERSION);
         return EXIT_OK;
     }
-    enum { OPT_DB = 1, OPT_FORMAT, OPT_SPEC, OPT_PROBS, OPT_BATCH, OPT_HELP };
+    enum { OPT_DB = 1, OPT_FORMAT, OPT_SPEC, OPT_PROBS, OPT_BATCH, OPT_HELP, OPT_FORCE };
     static const struct option opts[] = {
         {"db", required_argument, NULL, OPT_DB},       {"format", required_argument, NULL, OPT_FORMAT},
         {"spec", required_argument, NULL, OPT_SPEC},   {"probs", no_argument, NULL, OPT_PROBS},
         {"batch", required_argument, NULL, OPT_BATCH}, {"output", required_argument, NULL, 'o'},
-        {"help", no_argument, NULL, OPT_HELP},         {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, OPT_HELP},         {"force", no_argument, NULL, OPT_FORCE},
+        {NULL, 0, NULL, 0},
     };
     const char *db = NULL, *format = NULL, *spec = NULL, *out = NULL;
-    int probs = 0;
+    int probs = 0, force = 0;
     long batch = 256;
     opterr = 0;
     optind = 1;
@@ -460,6 +527,7 @@ int main(int argc, char **argv)
         case OPT_FORMAT: format = optarg; break;
         case OPT_SPEC: spec = optarg; break;
         case OPT_PROBS: probs = 1; break;
+        case OPT_FORCE: force = 1; break;
         case 'o': out = optarg; break;
         case OPT_BATCH: {
             char *end;
@@ -492,8 +560,8 @@ int main(int argc, char **argv)
         return bad_usage("--spec is for import");
     if ((probs || batch != 256) && !is_predict)
         return bad_usage("--probs and --batch are for predict");
-    if (out != NULL && !is_export && !is_import)
-        return bad_usage("-o is for export and import");
+    if ((out != NULL || force) && !is_export && !is_import)
+        return bad_usage("-o and --force are for export and import");
     if (is_info)
         return cmd_info(pos[0], db);
     if (is_export) {
@@ -501,12 +569,12 @@ int main(int argc, char **argv)
             return bad_usage("export needs --format and -o");
         if (strcmp(format, "safetensors") && strcmp(format, "onnx") && strcmp(format, "npz"))
             return bad_usage("--format: '%s' is not safetensors, onnx or npz", format);
-        return cmd_export(pos[0], format, out);
+        return cmd_export(pos[0], format, out, force);
     }
     if (is_import) {
         if (spec == NULL || out == NULL)
             return bad_usage("import needs --spec and -o");
-        return cmd_import(pos[0], spec, out);
+        return cmd_import(pos[0], spec, out, force);
     }
     return cmd_predict(pos[0], pos[1], probs, (int)batch);
 }
