@@ -17,6 +17,9 @@
  *           layer's buffer holds the logits, then the probabilities, then dL/dZ
  *   g0, g1  B x (largest activation but the last): gradients, ping-pong
  *   col     largest im2col matrix, (B*out_h*out_w) x (k*k*in_c), for the conv layers
+ *           but the first; its column gradient reuses it
+ *   col0    the im2col matrix of a conv that is layer 0 (no column gradient): kept
+ *           from forward to backward instead of being rebuilt
  *   wt      largest conv weight in HWIO order ((k*k*in_c) x out), and its gradient
  * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
  * masks instead of storing them. */
@@ -488,6 +491,7 @@ typedef struct {
     int nhwc[FEDGE_MODEL_MAX_LAYERS];       /* its layout: NHWC, else NCHW */
     size_t g_off[2];
     size_t col_off;
+    size_t col0_off;
     size_t wt_off;
     size_t total;
 } scratch_plan;
@@ -501,7 +505,7 @@ static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
     if (batch < 1)
         return FEDGE_ERR_INVALID_ARG;
     memset(p, 0, sizeof *p);
-    size_t off = 0, g_max = 0, col_max = 0, wt_max = 0;
+    size_t off = 0, g_max = 0, col_max = 0, col0 = 0, wt_max = 0;
     size_t B = (size_t)batch;
     int nhwc = 0;
     for (int i = 0; i < s->n_layers; i++) {
@@ -520,7 +524,9 @@ static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
             size_t rows = B * (size_t)l->out_h * (size_t)l->out_w;
             if (rows * cols > PLAN_MAX_FLOATS)
                 return FEDGE_ERR_INVALID_ARG;
-            if (rows * cols > col_max)
+            if (i == 0)
+                col0 = rows * cols;
+            else if (rows * cols > col_max)
                 col_max = rows * cols;
             if (cols * (size_t)l->out > wt_max)
                 wt_max = cols * (size_t)l->out;
@@ -540,7 +546,8 @@ static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
     p->g_off[0] = off;
     p->g_off[1] = off + g_max;
     p->col_off = off + 2 * g_max;
-    p->wt_off = p->col_off + col_max;
+    p->col0_off = p->col_off + col_max;
+    p->wt_off = p->col0_off + col0;
     p->total = p->wt_off + wt_max;
     if (p->total > PLAN_MAX_FLOATS)
         return FEDGE_ERR_INVALID_ARG;
@@ -955,7 +962,7 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
     const fedge_model_spec *s = &ps->m->spec;
     const float *params = ps->m->params;
     const int B = ps->batch;
-    float *col = ps->scratch + ps->plan.col_off;
+    float *col = ps->scratch + ps->plan.col_off, *col0 = ps->scratch + ps->plan.col0_off;
     float *wt = ps->scratch + ps->plan.wt_off;
     float *out = NULL;
     for (int i = 0; i < s->n_layers; i++) {
@@ -973,10 +980,12 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
             break;
         case FEDGE_LAYER_CONV2D: {
             int K = l->in_c * l->k * l->k, P = B * l->out_h * l->out_w;
-            im2col(l, (float *)in, in_nhwc, B, col, 0);
-            ps->col_layer = i;
+            float *c = i == 0 ? col0 : col;
+            im2col(l, (float *)in, in_nhwc, B, c, 0);
+            if (i > 0)
+                ps->col_layer = i;
             permute_weights(l, params + l->w_off, wt, 1);
-            fedge_sgemm(0, 0, P, l->out, K, 1.0f, col, K, wt, l->out, 0.0f, out, l->out);
+            fedge_sgemm(0, 0, P, l->out, K, 1.0f, c, K, wt, l->out, 0.0f, out, l->out);
             add_bias_rows(out, params + l->b_off, P, (size_t)l->out, relu_follows(s, i));
             break;
         }
@@ -1065,7 +1074,7 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
     }
 
     float *gbuf[2] = {scratch + ps.plan.g_off[0], scratch + ps.plan.g_off[1]};
-    float *col = scratch + ps.plan.col_off;
+    float *col = scratch + ps.plan.col_off, *col0 = scratch + ps.plan.col0_off;
     float *wt = scratch + ps.plan.wt_off;
     for (int i = s->n_layers - 1; i >= 0; i--) {
         const fedge_layer *l = &s->layer[i];
@@ -1098,9 +1107,10 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
             int K = l->in_c * l->k * l->k, P = B * l->out_h * l->out_w, O = l->out;
             float *gb = grad + l->b_off;
             col_sums(g, P, O, gb);
-            if (ps.col_layer != i) /* the last conv's im2col is still there from forward */
+            float *c = i == 0 ? col0 : col; /* col0 and the last conv's col: from forward */
+            if (i > 0 && ps.col_layer != i)
                 im2col(l, (float *)in, in_nhwc, B, col, 0);
-            fedge_sgemm(1, 0, K, O, P, 1.0f, col, K, g, O, 0.0f, wt, O);
+            fedge_sgemm(1, 0, K, O, P, 1.0f, c, K, g, O, 0.0f, wt, O);
             permute_weights(l, wt, grad + l->w_off, 0);
             if (need_gin) {
                 ps.col_layer = -1;
