@@ -1076,6 +1076,9 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
     float *gbuf[2] = {scratch + ps.plan.g_off[0], scratch + ps.plan.g_off[1]};
     float *col = scratch + ps.plan.col_off, *col0 = scratch + ps.plan.col0_off;
     float *wt = scratch + ps.plan.wt_off;
+    int first_param = 0;
+    while (s->layer[first_param].n_params == 0) /* the last layer is dense */
+        first_param++;
     for (int i = s->n_layers - 1; i >= 0; i--) {
         const fedge_layer *l = &s->layer[i];
         const float *in = act_in(&ps, x, i);
@@ -1083,7 +1086,7 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
         float *gin = g == gbuf[0] ? gbuf[1] : gbuf[0]; /* where dL/d(input) goes */
         size_t in_size = (size_t)l->in_c * l->in_h * l->in_w;
         size_t n = (size_t)B * layer_size(l);
-        int need_gin = i > 0;
+        int need_gin = i > first_param; /* no layer before it learns: no input gradient */
         switch (l->type) {
         case FEDGE_LAYER_DENSE: {
             float *gW = grad + l->w_off, *gb = grad + l->b_off;
