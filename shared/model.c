@@ -717,6 +717,16 @@ static void im2col(const fedge_layer *l, float *in, int nhwc, int batch, float *
 }
 
 /* OIHW weights [O][C][k][k] <-> HWIO [(ki*k + kj)*C + c][O] (to_hwio selects). */
+/* OHWI [O][(ki*k + kj)*C + c] -> OIHW. */
+static void ohwi_to_oihw(const fedge_layer *l, const float *src, float *dst)
+{
+    const size_t O = (size_t)l->out, C = (size_t)l->in_c, kk = (size_t)l->k * l->k;
+    for (size_t o = 0; o < O; o++)
+        for (size_t c = 0; c < C; c++)
+            for (size_t q = 0; q < kk; q++)
+                dst[(o * C + c) * kk + q] = src[(o * kk + q) * C + c];
+}
+
 static void permute_weights(const fedge_layer *l, const float *src, float *dst, int to_hwio)
 {
     const size_t O = (size_t)l->out, C = (size_t)l->in_c, kk = (size_t)l->k * l->k;
@@ -1113,8 +1123,15 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
             float *c = i == 0 ? col0 : col; /* col0 and the last conv's col: from forward */
             if (i > 0 && ps.col_layer != i)
                 im2col(l, (float *)in, in_nhwc, B, col, 0);
-            fedge_sgemm(1, 0, K, O, P, 1.0f, c, K, g, O, 0.0f, wt, O);
-            permute_weights(l, wt, grad + l->w_off, 0);
+            if (O <= K) { /* the smaller side as GEMM rows: OHWI [O x K], then to OIHW */
+                float *gw = l->in_c == 1 ? grad + l->w_off : wt; /* OHWI = OIHW */
+                fedge_sgemm(1, 0, O, K, P, 1.0f, g, O, c, K, 0.0f, gw, K);
+                if (l->in_c > 1)
+                    ohwi_to_oihw(l, wt, grad + l->w_off);
+            } else {
+                fedge_sgemm(1, 0, K, O, P, 1.0f, c, K, g, O, 0.0f, wt, O);
+                permute_weights(l, wt, grad + l->w_off, 0);
+            }
             if (need_gin) {
                 ps.col_layer = -1;
                 permute_weights(l, params + l->w_off, wt, 1);

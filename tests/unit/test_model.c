@@ -348,6 +348,8 @@ static void test_gradients_conv(void **state)
     /* one-channel convs after another conv: their col2im (im2col_1), stride and pad */
     check_gradients("cnn:1x7x7-c1k2-p2s1-c2k3s2p1-3", 2, 35);
     check_gradients("cnn:1x6x6-c1k2-c2k3p1-3", 2, 36);
+    /* more output channels than k*k*in_c: the weight gradient computed as HWIO */
+    check_gradients("cnn:2x5x5-c9k2-p2-3", 2, 38);
 }
 
 static void test_gradients_pool_flatten_dropout(void **state)
