@@ -5,7 +5,7 @@
  * mlp:784-200-10 for 5 epochs >= 87% (about 30 s on one core); the CNN
  * (CNN_SPEC, batch 8, 5 epochs, lr 0.005 x0.6 per epoch) >= 91%: with OpenBLAS
  * 0.9150, 0.9143 and 0.9137 for init seeds 1, 2, 3 (FEDGE_TEST_SEED picks the
- * seed; 1 by default), 47 s of CPU each on a loaded core of the 2-core dev VM.
+ * seed; 1 by default); the whole binary ran 50-54 s on the 2-core dev VM.
  * Longer schedules and wider or dropout variants of this spec plateaued at
  * 0.913-0.915 within 60 s (docs/BENCHMARKS.md).
  * FEDGE_TEST_QUICK (the ASan run): 10000 / 6000 training rows for 3 / 2
