@@ -2,18 +2,25 @@
  * over one flat parameter buffer; see model.h for the spec grammar and layout.
  *
  * Activation layouts inside scratch, for a minibatch of B samples:
- *   batch-major  B x (C*H*W), per sample NCHW: the model input, dense layers, and
- *                everything after a flatten;
- *   channel-major C x B x (H*W) ("CNHW"): the output of every conv2d, so one im2col
- *                over the whole minibatch feeds one large GEMM per layer; relu, pool
- *                and dropout keep their input's layout, flatten transposes to
- *                batch-major.
+ *   NCHW  B x (C*H*W), per sample C x H x W: the model input, dense layers, and
+ *         everything after a flatten;
+ *   NHWC  (B*H*W) x C, one row per pixel: the output of every conv2d. The im2col
+ *         matrix is built the same way, one row per output pixel over the whole
+ *         minibatch, (B*OH*OW) x (k*k*C) with columns in (ki, kj, c) order, so each
+ *         conv is one GEMM with the pixels as its long M dimension (the fast shape
+ *         for OpenBLAS) against the weights permuted to HWIO, (k*k*C) x O.
+ *   Relu, pool and dropout keep their input's layout; flatten transposes NHWC to
+ *   NCHW (the OIHW weights and the flatten order stay the ONNX/PyTorch ones).
  * Scratch, in floats (plan_make):
  *   act_l   B x size_l for each layer that does not work in place (relu reuses its
- *           input's buffer, so does a flatten of a batch-major input); the last
- *           dense layer's buffer holds the logits, then the probabilities, then dL/dZ
+ *           input's buffer, so does a flatten of an NCHW input); the last dense
+ *           layer's buffer holds the logits, then the probabilities, then dL/dZ
  *   g0, g1  B x (largest activation but the last): gradients, ping-pong
- *   col     largest im2col matrix, (in_c*k*k) x (B*out_h*out_w), for the conv layers
+ *   col     largest im2col matrix, (B*out_h*out_w) x (k*k*in_c), for the conv layers
+ *           but the first; its column gradient reuses it
+ *   col0    the im2col matrix of a conv that is layer 0 (no column gradient): kept
+ *           from forward to backward instead of being rebuilt
+ *   wt      largest conv weight in HWIO order ((k*k*in_c) x out), and its gradient
  * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
  * masks instead of storing them. */
 #include <limits.h>
@@ -481,9 +488,11 @@ int fedge_model_randomize(fedge_model *m, fedge_rng *rng)
 
 typedef struct {
     size_t act_off[FEDGE_MODEL_MAX_LAYERS]; /* each layer's output buffer */
-    int cmajor[FEDGE_MODEL_MAX_LAYERS];     /* its layout: channel-major (CNHW) or batch-major */
+    int nhwc[FEDGE_MODEL_MAX_LAYERS];       /* its layout: NHWC, else NCHW */
     size_t g_off[2];
     size_t col_off;
+    size_t col0_off;
+    size_t wt_off;
     size_t total;
 } scratch_plan;
 
@@ -496,9 +505,9 @@ static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
     if (batch < 1)
         return FEDGE_ERR_INVALID_ARG;
     memset(p, 0, sizeof *p);
-    size_t off = 0, g_max = 0, col_max = 0;
+    size_t off = 0, g_max = 0, col_max = 0, col0 = 0, wt_max = 0;
     size_t B = (size_t)batch;
-    int cmajor = 0;
+    int nhwc = 0;
     for (int i = 0; i < s->n_layers; i++) {
         const fedge_layer *l = &s->layer[i];
         size_t out = layer_size(l);
@@ -507,20 +516,24 @@ static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
         int own = 1;
         if (l->type == FEDGE_LAYER_RELU)
             own = 0;
-        else if (l->type == FEDGE_LAYER_FLATTEN && !cmajor && i > 0)
+        else if (l->type == FEDGE_LAYER_FLATTEN && !nhwc && i > 0)
             own = 0;
         if (l->type == FEDGE_LAYER_CONV2D) {
-            cmajor = 1;
-            size_t rows = (size_t)l->in_c * (size_t)l->k * (size_t)l->k;
-            size_t cols = B * (size_t)l->out_h * (size_t)l->out_w;
+            nhwc = 1;
+            size_t cols = (size_t)l->in_c * (size_t)l->k * (size_t)l->k;
+            size_t rows = B * (size_t)l->out_h * (size_t)l->out_w;
             if (rows * cols > PLAN_MAX_FLOATS)
                 return FEDGE_ERR_INVALID_ARG;
-            if (rows * cols > col_max)
+            if (i == 0)
+                col0 = rows * cols;
+            else if (rows * cols > col_max)
                 col_max = rows * cols;
+            if (cols * (size_t)l->out > wt_max)
+                wt_max = cols * (size_t)l->out;
         } else if (l->type == FEDGE_LAYER_FLATTEN || l->type == FEDGE_LAYER_DENSE) {
-            cmajor = 0;
+            nhwc = 0;
         }
-        p->cmajor[i] = cmajor;
+        p->nhwc[i] = nhwc;
         if (own) {
             p->act_off[i] = off;
             off += B * out;
@@ -533,7 +546,9 @@ static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
     p->g_off[0] = off;
     p->g_off[1] = off + g_max;
     p->col_off = off + 2 * g_max;
-    p->total = p->col_off + col_max;
+    p->col0_off = p->col_off + col_max;
+    p->wt_off = p->col0_off + col0;
+    p->total = p->wt_off + wt_max;
     if (p->total > PLAN_MAX_FLOATS)
         return FEDGE_ERR_INVALID_ARG;
     return FEDGE_OK;
@@ -586,156 +601,280 @@ static void softmax_rows(float *z, int batch, int classes, const uint8_t *y, dou
         *loss_sum += total;
 }
 
-/* Strides of a C x H x W activation for B samples: element (c, b, i) of a plane is at
- * c * cs + b * bs + i. */
-static void plane_strides(const fedge_layer *l, int in, int cmajor, int batch, size_t *cs,
-                          size_t *bs)
+/* Element strides of a C x H x W activation of one layout: (b, c, h, w) is at
+ * b * bs + c * cs + h * hs + w * ws. */
+typedef struct {
+    size_t bs, cs, hs, ws;
+} strides;
+
+static strides layout_strides(int C, int H, int W, int nhwc)
 {
-    size_t hw = in ? (size_t)l->in_h * l->in_w : (size_t)l->out_h * l->out_w;
-    size_t c = in ? (size_t)l->in_c : (size_t)l->out_c;
-    *cs = cmajor ? (size_t)batch * hw : hw;
-    *bs = cmajor ? hw : c * hw;
+    strides t;
+    t.bs = (size_t)C * H * W;
+    t.cs = nhwc ? 1 : (size_t)H * W;
+    t.hs = nhwc ? (size_t)W * C : (size_t)W;
+    t.ws = nhwc ? (size_t)C : 1;
+    return t;
 }
 
-/* col[(c*k + ki)*k + kj][b*OH*OW + oh*OW + ow] = in(c, b, oh*s - p + ki, ow*s - p + kj),
- * zero outside the input. With add set, the transpose: in += col (col2im). */
-static void im2col(const fedge_layer *l, float *in, int cmajor, int batch, float *col, int add)
+/* im2col for one input channel: for each (ki, kj) a strided column of the col
+ * matrix filled from a contiguous run of an input row. */
+static void im2col_1(const fedge_layer *l, float *in, strides t, int batch, float *col, int add)
 {
     const int H = l->in_h, W = l->in_w, k = l->k, s = l->stride, pad = l->pad;
     const int OH = l->out_h, OW = l->out_w;
-    size_t cs, bs;
-    plane_strides(l, 1, cmajor, batch, &cs, &bs);
-    const size_t plane = (size_t)OH * OW, N = (size_t)batch * plane;
-    for (int c = 0; c < l->in_c; c++)
-        for (int ki = 0; ki < k; ki++)
-            for (int kj = 0; kj < k; kj++) {
-                float *row = col + ((size_t)(c * k + ki) * k + kj) * N;
-                /* ow range whose input column is inside [0, W) */
-                int lo = pad - kj > 0 ? (pad - kj + s - 1) / s : 0;
-                int hi = (W - 1 + pad - kj) >= 0 ? (W - 1 + pad - kj) / s + 1 : 0;
-                if (hi > OW)
-                    hi = OW;
-                if (lo > hi)
-                    lo = hi;
-                for (int b = 0; b < batch; b++) {
-                    float *src = in + (size_t)c * cs + (size_t)b * bs;
-                    float *dst = row + (size_t)b * plane;
-                    for (int oh = 0; oh < OH; oh++, dst += OW) {
-                        int ih = oh * s - pad + ki;
-                        if (ih < 0 || ih >= H) {
-                            if (!add)
-                                for (int ow = 0; ow < OW; ow++)
-                                    dst[ow] = 0.0f;
-                            continue;
-                        }
-                        float *srow = src + (size_t)ih * W;
+    const size_t K = (size_t)k * k;
+    for (int b = 0; b < batch; b++)
+        for (int oh = 0; oh < OH; oh++) {
+            float *rows = col + ((size_t)b * OH + oh) * OW * K;
+            for (int ki = 0; ki < k; ki++) {
+                const int ih = oh * s - pad + ki;
+                float *srow = in + (size_t)b * t.bs + (size_t)(ih < 0 ? 0 : ih) * t.hs;
+                for (int kj = 0; kj < k; kj++) {
+                    float *dst = rows + (size_t)ki * k + kj;
+                    if (ih >= H || ih < 0) {
+                        if (!add)
+                            for (int ow = 0; ow < OW; ow++)
+                                dst[(size_t)ow * K] = 0.0f;
+                        continue;
+                    }
+                    /* ow range whose input column is inside [0, W) */
+                    int lo = pad - kj > 0 ? (pad - kj + s - 1) / s : 0;
+                    int hi = (W - 1 + pad - kj) >= 0 ? (W - 1 + pad - kj) / s + 1 : 0;
+                    if (hi > OW)
+                        hi = OW;
+                    if (lo > hi)
+                        lo = hi;
+                    if (add) {
+                        for (int ow = lo; ow < hi; ow++)
+                            srow[(size_t)(ow * s + kj - pad) * t.ws] += dst[(size_t)ow * K];
+                        continue;
+                    }
+                    for (int ow = 0; ow < lo; ow++)
+                        dst[(size_t)ow * K] = 0.0f;
+                    for (int ow = lo; ow < hi; ow++)
+                        dst[(size_t)ow * K] = srow[(size_t)(ow * s + kj - pad) * t.ws];
+                    for (int ow = hi; ow < OW; ow++)
+                        dst[(size_t)ow * K] = 0.0f;
+                }
+            }
+        }
+}
+
+/* col[(b*OH + oh)*OW + ow][(ki*k + kj)*C + c] = in(b, c, oh*s - p + ki, ow*s - p + kj),
+ * zero outside the input. With add set, the transpose: in += col (col2im). */
+static void im2col(const fedge_layer *l, float *in, int nhwc, int batch, float *col, int add)
+{
+    const int C = l->in_c, H = l->in_h, W = l->in_w, k = l->k, s = l->stride, pad = l->pad;
+    const int OH = l->out_h, OW = l->out_w;
+    const strides t = layout_strides(C, H, W, nhwc);
+    const size_t K = (size_t)k * k * C, kc = (size_t)k * C;
+    if (C == 1) {
+        im2col_1(l, in, t, batch, col, add);
+        return;
+    }
+    float *row = col;
+    for (int b = 0; b < batch; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++, row += K) {
+                const int iw0 = ow * s - pad;
+                /* kj range whose input column is inside [0, W) */
+                const int lo = iw0 < 0 ? -iw0 : 0, hi = W - iw0 < k ? W - iw0 : k;
+                for (int ki = 0; ki < k; ki++) {
+                    const int ih = oh * s - pad + ki;
+                    float *d = row + (size_t)ki * kc;
+                    if (ih < 0 || ih >= H) {
+                        if (!add)
+                            memset(d, 0, kc * sizeof(float));
+                        continue;
+                    }
+                    float *src = in + (size_t)b * t.bs + (size_t)ih * t.hs;
+                    if (!add) {
+                        if (lo > 0)
+                            memset(d, 0, (size_t)lo * C * sizeof(float));
+                        if (hi < k)
+                            memset(d + (size_t)hi * C, 0, (size_t)(k - hi) * C * sizeof(float));
+                    }
+                    for (int kj = lo; kj < hi; kj++) {
+                        float *px = src + (size_t)(iw0 + kj) * t.ws;
+                        float *dc = d + (size_t)kj * C;
                         if (add) {
-                            for (int ow = lo; ow < hi; ow++)
-                                srow[ow * s + kj - pad] += dst[ow];
-                        } else if (s == 1) {
-                            const float *from = srow + (lo * s + kj - pad);
-                            for (int ow = 0; ow < lo; ow++)
-                                dst[ow] = 0.0f;
-                            for (int ow = lo; ow < hi; ow++)
-                                dst[ow] = from[ow - lo];
-                            for (int ow = hi; ow < OW; ow++)
-                                dst[ow] = 0.0f;
+                            if (t.cs == 1)
+                                for (int c = 0; c < C; c++)
+                                    px[c] += dc[c];
+                            else
+                                for (int c = 0; c < C; c++)
+                                    px[(size_t)c * t.cs] += dc[c];
+                        } else if (t.cs == 1) {
+                            memcpy(dc, px, (size_t)C * sizeof(float));
                         } else {
-                            for (int ow = 0; ow < lo; ow++)
-                                dst[ow] = 0.0f;
-                            for (int ow = lo; ow < hi; ow++)
-                                dst[ow] = srow[ow * s + kj - pad];
-                            for (int ow = hi; ow < OW; ow++)
-                                dst[ow] = 0.0f;
+                            for (int c = 0; c < C; c++)
+                                dc[c] = px[(size_t)c * t.cs];
                         }
                     }
                 }
             }
 }
 
-/* Index of the window maximum (first one on ties; NaN never wins) in a plane. */
-static int pool_argmax(const float *plane, int W, int k, int ih0, int iw0)
+/* OIHW weights [O][C][k][k] <-> HWIO [(ki*k + kj)*C + c][O] (to_hwio selects). */
+/* OHWI [O][(ki*k + kj)*C + c] -> OIHW. */
+static void ohwi_to_oihw(const fedge_layer *l, const float *src, float *dst)
 {
-    int best = ih0 * W + iw0;
+    const size_t O = (size_t)l->out, C = (size_t)l->in_c, kk = (size_t)l->k * l->k;
+    for (size_t o = 0; o < O; o++)
+        for (size_t c = 0; c < C; c++)
+            for (size_t q = 0; q < kk; q++)
+                dst[(o * C + c) * kk + q] = src[(o * kk + q) * C + c];
+}
+
+static void permute_weights(const fedge_layer *l, const float *src, float *dst, int to_hwio)
+{
+    const size_t O = (size_t)l->out, C = (size_t)l->in_c, kk = (size_t)l->k * l->k;
+    for (size_t o = 0; o < O; o++)
+        for (size_t c = 0; c < C; c++)
+            for (size_t q = 0; q < kk; q++) {
+                size_t oihw = (o * C + c) * kk + q, hwio = (q * C + c) * O + o;
+                if (to_hwio)
+                    dst[hwio] = src[oihw];
+                else
+                    dst[oihw] = src[hwio];
+            }
+}
+
+/* Offset of the window maximum (first one on ties; NaN never wins) from a channel's
+ * plane start, the window at (ih0, iw0). */
+static size_t pool_argmax(const float *plane, const strides *t, int k, int ih0, int iw0)
+{
+    size_t best = (size_t)ih0 * t->hs + (size_t)iw0 * t->ws;
     for (int i = 0; i < k; i++)
         for (int j = 0; j < k; j++) {
-            int at = (ih0 + i) * W + iw0 + j;
+            size_t at = (size_t)(ih0 + i) * t->hs + (size_t)(iw0 + j) * t->ws;
             if (plane[at] > plane[best])
                 best = at;
         }
     return best;
 }
 
-static void maxpool_forward(const fedge_layer *l, const float *in, float *out, int batch)
+static void maxpool_forward(const fedge_layer *l, const float *in, float *out, int batch,
+                            int nhwc)
 {
-    const size_t planes = (size_t)batch * l->in_c;
-    const size_t in_plane = (size_t)l->in_h * l->in_w, out_plane = (size_t)l->out_h * l->out_w;
-    for (size_t q = 0; q < planes; q++) {
-        const float *src = in + q * in_plane;
-        float *dst = out + q * out_plane;
-        if (l->k == 2 && l->stride == 2) { /* the common case, same choice as pool_argmax */
-            for (int oh = 0; oh < l->out_h; oh++) {
-                const float *r0 = src + (size_t)(2 * oh) * l->in_w, *r1 = r0 + l->in_w;
-                float *d = dst + (size_t)oh * l->out_w;
-                for (int ow = 0; ow < l->out_w; ow++) {
-                    float m = r0[2 * ow];
-                    m = r0[2 * ow + 1] > m ? r0[2 * ow + 1] : m;
-                    m = r1[2 * ow] > m ? r1[2 * ow] : m;
-                    d[ow] = r1[2 * ow + 1] > m ? r1[2 * ow + 1] : m;
+    const int C = l->in_c, OH = l->out_h, OW = l->out_w;
+    const strides ti = layout_strides(C, l->in_h, l->in_w, nhwc);
+    const strides to = layout_strides(C, OH, OW, nhwc);
+    if (nhwc && l->k == 2 && l->stride == 2) { /* vectorised over the channels */
+        for (int b = 0; b < batch; b++)
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++) {
+                    const float *r0 = in + b * ti.bs + (size_t)(2 * oh) * ti.hs +
+                                      (size_t)(2 * ow) * ti.ws;
+                    const float *r1 = r0 + ti.hs;
+                    float *d = out + b * to.bs + (size_t)oh * to.hs + (size_t)ow * to.ws;
+                    for (int c = 0; c < C; c++) {
+                        float m = r0[c];
+                        m = r0[C + c] > m ? r0[C + c] : m;
+                        m = r1[c] > m ? r1[c] : m;
+                        d[c] = r1[C + c] > m ? r1[C + c] : m;
+                    }
                 }
-            }
-            continue;
+        return;
+    }
+    for (int b = 0; b < batch; b++)
+        for (int c = 0; c < C; c++) {
+            const float *src = in + b * ti.bs + (size_t)c * ti.cs;
+            float *dst = out + b * to.bs + (size_t)c * to.cs;
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++)
+                    dst[(size_t)oh * to.hs + (size_t)ow * to.ws] =
+                        src[pool_argmax(src, &ti, l->k, oh * l->stride, ow * l->stride)];
         }
-        for (int oh = 0; oh < l->out_h; oh++)
-            for (int ow = 0; ow < l->out_w; ow++)
-                dst[oh * l->out_w + ow] =
-                    src[pool_argmax(src, l->in_w, l->k, oh * l->stride, ow * l->stride)];
+}
+
+/* The 2x2 stride-2 pool over NHWC maps has a backward path of its own (pool_fast). */
+static int pool_fast(const fedge_layer *l, int nhwc)
+{
+    return nhwc && l->type == FEDGE_LAYER_MAXPOOL && l->k == 2 && l->stride == 2;
+}
+
+/* A fast-path pool whose input is a ReLU's output also applies that ReLU's backward
+ * (the gradient reaches only the window maximum, and only when it is > 0), so the
+ * relu layer's own backward pass is skipped. */
+static int pool_fuses_relu(const fedge_model_spec *s, const int *nhwc_of, int i)
+{
+    return i > 0 && i + 1 < s->n_layers && s->layer[i].type == FEDGE_LAYER_RELU &&
+           pool_fast(&s->layer[i + 1], nhwc_of[i]);
+}
+
+/* One 2x2 window of C channels: the gradient goes to the first maximum in
+ * (0,0) (0,1) (1,0) (1,1) order, as pool_argmax (NaN never wins); with relu_in
+ * only when that maximum is > 0 (ReLU'). */
+static void pool2_backward_px(const float *restrict a, const float *restrict e,
+                              const float *restrict f, const float *restrict h,
+                              const float *restrict g, float *restrict da, float *restrict de,
+                              float *restrict df, float *restrict dh, int C, int relu_in)
+{
+    for (int c = 0; c < C; c++) {
+        float ac = a[c], ec = e[c], fc = f[c], hc = h[c], gc = g[c];
+        float m1 = ec > ac ? ec : ac, m2 = fc > m1 ? fc : m1, m = hc > m2 ? hc : m2;
+        float gr = m > 0.0f ? gc : 0.0f;
+        float v = relu_in ? gr : gc;
+        float left = hc > m2 ? 0.0f : v; /* not taken by (1,1) */
+        dh[c] = hc > m2 ? v : 0.0f;
+        float left2 = fc > m1 ? 0.0f : left;
+        df[c] = fc > m1 ? left : 0.0f;
+        de[c] = ec > ac ? left2 : 0.0f;
+        da[c] = ec > ac ? 0.0f : left2;
     }
 }
 
 static void maxpool_backward(const fedge_layer *l, const float *in, const float *g, float *gin,
-                             int batch)
+                             int batch, int nhwc, int relu_in)
 {
-    const size_t planes = (size_t)batch * l->in_c;
-    const size_t in_plane = (size_t)l->in_h * l->in_w, out_plane = (size_t)l->out_h * l->out_w;
-    memset(gin, 0, planes * in_plane * sizeof(float));
-    for (size_t q = 0; q < planes; q++) {
-        const float *src = in + q * in_plane;
-        const float *gq = g + q * out_plane;
-        float *dq = gin + q * in_plane;
-        if (l->k == 2 && l->stride == 2) { /* same choice as pool_argmax */
-            for (int oh = 0; oh < l->out_h; oh++) {
-                size_t r0 = (size_t)(2 * oh) * l->in_w, r1 = r0 + (size_t)l->in_w;
-                for (int ow = 0; ow < l->out_w; ow++) {
-                    size_t best = r0 + 2 * (size_t)ow;
-                    size_t cand[3] = {best + 1, r1 + 2 * (size_t)ow, r1 + 2 * (size_t)ow + 1};
-                    for (int t = 0; t < 3; t++)
-                        if (src[cand[t]] > src[best])
-                            best = cand[t];
-                    dq[best] += gq[(size_t)oh * l->out_w + ow];
+    const int C = l->in_c, OH = l->out_h, OW = l->out_w;
+    const strides ti = layout_strides(C, l->in_h, l->in_w, nhwc);
+    const strides to = layout_strides(C, OH, OW, nhwc);
+    if (pool_fast(l, nhwc)) { /* each window's 4 inputs written once, vectorised over c */
+        if (l->in_h % 2 || l->in_w % 2) /* the last row or column is in no window */
+            memset(gin, 0, (size_t)batch * ti.bs * sizeof(float));
+        for (int b = 0; b < batch; b++)
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++) {
+                    size_t at = b * ti.bs + (size_t)(2 * oh) * ti.hs + (size_t)(2 * ow) * ti.ws;
+                    const float *r0 = in + at, *r1 = r0 + ti.hs;
+                    float *d0 = gin + at, *d1 = d0 + ti.hs;
+                    const float *gq = g + b * to.bs + (size_t)oh * to.hs + (size_t)ow * to.ws;
+                    pool2_backward_px(r0, r0 + C, r1, r1 + C, gq, d0, d0 + C, d1, d1 + C, C,
+                                      relu_in);
                 }
-            }
-            continue;
-        }
-        for (int oh = 0; oh < l->out_h; oh++)
-            for (int ow = 0; ow < l->out_w; ow++)
-                dq[pool_argmax(src, l->in_w, l->k, oh * l->stride, ow * l->stride)] +=
-                    gq[oh * l->out_w + ow];
+        return;
     }
+    memset(gin, 0, (size_t)batch * ti.bs * sizeof(float));
+    for (int b = 0; b < batch; b++)
+        for (int c = 0; c < C; c++) {
+            const float *src = in + b * ti.bs + (size_t)c * ti.cs;
+            const float *gq = g + b * to.bs + (size_t)c * to.cs;
+            float *dq = gin + b * ti.bs + (size_t)c * ti.cs;
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++)
+                    dq[pool_argmax(src, &ti, l->k, oh * l->stride, ow * l->stride)] +=
+                        gq[(size_t)oh * to.hs + (size_t)ow * to.ws];
+        }
 }
 
-/* CNHW [C][B][HW] <-> batch-major [B][C][HW]. */
+/* NHWC [B][HW][C] <-> NCHW [B][C][HW]. */
 static void flatten_copy(const fedge_layer *l, const float *src, float *dst, int batch, int to_flat)
 {
-    const size_t hw = (size_t)l->in_h * l->in_w, C = (size_t)l->in_c;
-    for (size_t c = 0; c < C; c++)
-        for (size_t b = 0; b < (size_t)batch; b++) {
-            size_t cn = (c * batch + b) * hw, flat = (b * C + c) * hw;
-            if (to_flat)
-                memcpy(dst + flat, src + cn, hw * sizeof(float));
-            else
-                memcpy(dst + cn, src + flat, hw * sizeof(float));
-        }
+    const size_t hw = (size_t)l->in_h * l->in_w, C = (size_t)l->in_c, n = hw * C;
+    for (size_t b = 0; b < (size_t)batch; b++) {
+        const float *s0 = src + b * n;
+        float *d0 = dst + b * n;
+        for (size_t c = 0; c < C; c++)
+            for (size_t i = 0; i < hw; i++) {
+                if (to_flat)
+                    d0[c * hw + i] = s0[i * C + c];
+                else
+                    d0[i * C + c] = s0[c * hw + i];
+            }
+    }
 }
 
 static uint64_t mix64(uint64_t z)
@@ -747,69 +886,51 @@ static uint64_t mix64(uint64_t z)
 
 /* dst = src * mask / (1 - rate), the mask regenerated from (seed, layer, element). */
 static void dropout_apply(const fedge_layer *l, int layer, uint64_t seed, const float *src,
-                          float *dst, int batch, int cmajor)
+                          float *dst, int batch, int nhwc)
 {
     const uint64_t key = mix64(seed ^ mix64((uint64_t)layer + 0x9e3779b97f4a7c15ull));
     const uint32_t threshold = (uint32_t)(((uint64_t)l->rate_pct << 32) / 100);
     const float scale = 100.0f / (float)(100 - l->rate_pct);
     const size_t hw = (size_t)l->in_h * l->in_w, C = (size_t)l->in_c, B = (size_t)batch;
-    /* the buffer is [C][B][HW] (cmajor) or [B][C][HW]; e counts in NCHW order */
-    const size_t outer = cmajor ? C : B, inner = cmajor ? B : C;
-    for (size_t o = 0; o < outer; o++)
-        for (size_t n = 0; n < inner; n++) {
-            size_t b = cmajor ? n : o, c = cmajor ? o : n;
-            size_t at = (o * inner + n) * hw;
+    /* e counts in NCHW order whatever the buffer's layout */
+    const size_t cs = nhwc ? 1 : hw, ps = nhwc ? C : 1;
+    for (size_t b = 0; b < B; b++)
+        for (size_t c = 0; c < C; c++) {
+            size_t at = b * C * hw + c * cs;
             uint64_t e = (b * C + c) * hw;
-            for (size_t i = 0; i < hw; i++) {
+            for (size_t i = 0; i < hw; i++, at += ps) {
                 uint32_t h = (uint32_t)(mix64(key + (e + i) * 0x9e3779b97f4a7c15ull) >> 32);
-                dst[at + i] = h >= threshold ? src[at + i] * scale : 0.0f;
+                dst[at] = h >= threshold ? src[at] * scale : 0.0f;
             }
         }
 }
 
-/* Sum in 8 interleaved partial sums (vectorisable without reassociating flags). */
-static float row_sum(const float *row, int n)
+/* sums[j] = sum over the rows of m[rows x cols], row by row (vectorised across j). */
+static void col_sums(const float *m, int rows, int cols, float *sums)
 {
-    float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int t = 0; t < 8; t++)
-            part[t] += row[j + t];
-    float sum = 0.0f;
-    for (; j < n; j++)
-        sum += row[j];
-    for (int t = 0; t < 8; t++)
-        sum += part[t];
-    return sum;
+    for (int j = 0; j < cols; j++)
+        sums[j] = 0.0f;
+    for (int r = 0; r < rows; r++) {
+        const float *row = m + (size_t)r * cols;
+        for (int j = 0; j < cols; j++)
+            sums[j] += row[j];
+    }
 }
 
-/* out += bias (bias[row] when per_row, else bias[col]), then the ReLU when relu is
- * set (the relu layer that follows a conv or dense layer is applied here). */
-static void add_bias_rows(float *out, const float *bias, int rows, size_t cols, int per_row,
-                          int relu)
+/* out[r][j] += bias[j], then the ReLU when relu is set (the relu layer that follows a
+ * conv or dense layer is applied here). */
+static void add_bias_rows(float *out, const float *bias, int rows, size_t cols, int relu)
 {
     for (int r = 0; r < rows; r++) {
         float *row = out + (size_t)r * cols;
-        if (per_row) {
-            float b = bias[r];
-            if (relu)
-                for (size_t j = 0; j < cols; j++) {
-                    float v = row[j] + b;
-                    row[j] = v < 0.0f ? 0.0f : v; /* NaN passes through */
-                }
-            else
-                for (size_t j = 0; j < cols; j++)
-                    row[j] += b;
-        } else {
-            if (relu)
-                for (size_t j = 0; j < cols; j++) {
-                    float v = row[j] + bias[j];
-                    row[j] = v < 0.0f ? 0.0f : v;
-                }
-            else
-                for (size_t j = 0; j < cols; j++)
-                    row[j] += bias[j];
-        }
+        if (relu)
+            for (size_t j = 0; j < cols; j++) {
+                float v = row[j] + bias[j];
+                row[j] = v < 0.0f ? 0.0f : v; /* NaN passes through */
+            }
+        else
+            for (size_t j = 0; j < cols; j++)
+                row[j] += bias[j];
     }
 }
 
@@ -838,9 +959,9 @@ static const float *act_in(const pass *ps, const float *x, int i)
     return i == 0 ? x : act_out(ps, i - 1);
 }
 
-static int act_in_cmajor(const pass *ps, int i)
+static int act_in_nhwc(const pass *ps, int i)
 {
-    return i == 0 ? 0 : ps->plan.cmajor[i - 1];
+    return i == 0 ? 0 : ps->plan.nhwc[i - 1];
 }
 
 /* Runs every layer and the softmax; returns the probabilities (inside scratch).
@@ -851,12 +972,13 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
     const fedge_model_spec *s = &ps->m->spec;
     const float *params = ps->m->params;
     const int B = ps->batch;
-    float *col = ps->scratch + ps->plan.col_off;
+    float *col = ps->scratch + ps->plan.col_off, *col0 = ps->scratch + ps->plan.col0_off;
+    float *wt = ps->scratch + ps->plan.wt_off;
     float *out = NULL;
     for (int i = 0; i < s->n_layers; i++) {
         const fedge_layer *l = &s->layer[i];
         const float *in = act_in(ps, x, i);
-        int in_cm = act_in_cmajor(ps, i);
+        int in_nhwc = act_in_nhwc(ps, i);
         out = act_out(ps, i);
         size_t in_size = (size_t)l->in_c * l->in_h * l->in_w;
         size_t n = (size_t)B * layer_size(l);
@@ -864,30 +986,33 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
         case FEDGE_LAYER_DENSE:
             fedge_sgemm(0, 1, B, l->out, (int)in_size, 1.0f, in, (int)in_size,
                         params + l->w_off, (int)in_size, 0.0f, out, l->out);
-            add_bias_rows(out, params + l->b_off, B, (size_t)l->out, 0, relu_follows(s, i));
+            add_bias_rows(out, params + l->b_off, B, (size_t)l->out, relu_follows(s, i));
             break;
         case FEDGE_LAYER_CONV2D: {
-            int K = l->in_c * l->k * l->k, N = B * l->out_h * l->out_w;
-            im2col(l, (float *)in, in_cm, B, col, 0);
-            ps->col_layer = i;
-            fedge_sgemm(0, 0, l->out, N, K, 1.0f, params + l->w_off, K, col, N, 0.0f, out, N);
-            add_bias_rows(out, params + l->b_off, l->out, (size_t)N, 1, relu_follows(s, i));
+            int K = l->in_c * l->k * l->k, P = B * l->out_h * l->out_w;
+            float *c = i == 0 ? col0 : col;
+            im2col(l, (float *)in, in_nhwc, B, c, 0);
+            if (i > 0)
+                ps->col_layer = i;
+            permute_weights(l, params + l->w_off, wt, 1);
+            fedge_sgemm(0, 0, P, l->out, K, 1.0f, c, K, wt, l->out, 0.0f, out, l->out);
+            add_bias_rows(out, params + l->b_off, P, (size_t)l->out, relu_follows(s, i));
             break;
         }
         case FEDGE_LAYER_RELU:
             break; /* applied by the conv or dense layer before it */
         case FEDGE_LAYER_MAXPOOL:
-            maxpool_forward(l, in, out, B);
+            maxpool_forward(l, in, out, B, in_nhwc);
             break;
         case FEDGE_LAYER_FLATTEN:
-            if (in_cm)
+            if (in_nhwc)
                 flatten_copy(l, in, out, B, 1);
             else if (i == 0)
                 memcpy(out, in, n * sizeof(float)); /* the model input is not in scratch */
             break;
         case FEDGE_LAYER_DROPOUT:
             if (train)
-                dropout_apply(l, i, dropout_seed, in, out, B, in_cm);
+                dropout_apply(l, i, dropout_seed, in, out, B, in_nhwc);
             else
                 memcpy(out, in, n * sizeof(float));
             break;
@@ -959,15 +1084,19 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
     }
 
     float *gbuf[2] = {scratch + ps.plan.g_off[0], scratch + ps.plan.g_off[1]};
-    float *col = scratch + ps.plan.col_off;
+    float *col = scratch + ps.plan.col_off, *col0 = scratch + ps.plan.col0_off;
+    float *wt = scratch + ps.plan.wt_off;
+    int first_param = 0;
+    while (s->layer[first_param].n_params == 0) /* the last layer is dense */
+        first_param++;
     for (int i = s->n_layers - 1; i >= 0; i--) {
         const fedge_layer *l = &s->layer[i];
         const float *in = act_in(&ps, x, i);
-        int in_cm = act_in_cmajor(&ps, i);
+        int in_nhwc = act_in_nhwc(&ps, i);
         float *gin = g == gbuf[0] ? gbuf[1] : gbuf[0]; /* where dL/d(input) goes */
         size_t in_size = (size_t)l->in_c * l->in_h * l->in_w;
         size_t n = (size_t)B * layer_size(l);
-        int need_gin = i > 0;
+        int need_gin = i > first_param; /* no layer before it learns: no input gradient */
         switch (l->type) {
         case FEDGE_LAYER_DENSE: {
             float *gW = grad + l->w_off, *gb = grad + l->b_off;
@@ -988,25 +1117,34 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
             break;
         }
         case FEDGE_LAYER_CONV2D: {
-            int K = l->in_c * l->k * l->k, N = B * l->out_h * l->out_w;
-            float *gW = grad + l->w_off, *gb = grad + l->b_off;
-            for (int c = 0; c < l->out; c++)
-                gb[c] = row_sum(g + (size_t)c * N, N);
-            if (ps.col_layer != i) /* the last conv's im2col is still there from forward */
-                im2col(l, (float *)in, in_cm, B, col, 0);
-            fedge_sgemm(0, 1, l->out, K, N, 1.0f, g, N, col, N, 0.0f, gW, K);
+            int K = l->in_c * l->k * l->k, P = B * l->out_h * l->out_w, O = l->out;
+            float *gb = grad + l->b_off;
+            col_sums(g, P, O, gb);
+            float *c = i == 0 ? col0 : col; /* col0 and the last conv's col: from forward */
+            if (i > 0 && ps.col_layer != i)
+                im2col(l, (float *)in, in_nhwc, B, col, 0);
+            if (O <= K) { /* the smaller side as GEMM rows: OHWI [O x K], then to OIHW */
+                float *gw = l->in_c == 1 ? grad + l->w_off : wt; /* OHWI = OIHW */
+                fedge_sgemm(1, 0, O, K, P, 1.0f, g, O, c, K, 0.0f, gw, K);
+                if (l->in_c > 1)
+                    ohwi_to_oihw(l, wt, grad + l->w_off);
+            } else {
+                fedge_sgemm(1, 0, K, O, P, 1.0f, c, K, g, O, 0.0f, wt, O);
+                permute_weights(l, wt, grad + l->w_off, 0);
+            }
             if (need_gin) {
                 ps.col_layer = -1;
-                fedge_sgemm(1, 0, K, N, l->out, 1.0f, params + l->w_off, K, g, N, 0.0f, col, N);
+                permute_weights(l, params + l->w_off, wt, 1);
+                fedge_sgemm(0, 1, P, K, O, 1.0f, g, O, wt, O, 0.0f, col, K);
                 memset(gin, 0, (size_t)B * in_size * sizeof(float));
-                im2col(l, gin, in_cm, B, col, 1);
+                im2col(l, gin, in_nhwc, B, col, 1);
                 g = gin;
             }
             break;
         }
         case FEDGE_LAYER_RELU: {
             const float *out = act_out(&ps, i);
-            if (need_gin)
+            if (need_gin && !pool_fuses_relu(s, ps.plan.nhwc, i))
                 for (size_t j = 0; j < n; j++) {
                     float v = g[j]; /* loaded unconditionally: the loop vectorises */
                     g[j] = out[j] > 0.0f ? v : 0.0f; /* ReLU'(z) via its output */
@@ -1015,19 +1153,19 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
         }
         case FEDGE_LAYER_MAXPOOL:
             if (need_gin) {
-                maxpool_backward(l, in, g, gin, B);
+                maxpool_backward(l, in, g, gin, B, in_nhwc, pool_fuses_relu(s, ps.plan.nhwc, i - 1));
                 g = gin;
             }
             break;
         case FEDGE_LAYER_FLATTEN:
-            if (need_gin && in_cm) {
+            if (need_gin && in_nhwc) {
                 flatten_copy(l, g, gin, B, 0);
                 g = gin;
             }
             break;
         case FEDGE_LAYER_DROPOUT:
             if (need_gin)
-                dropout_apply(l, i, dropout_seed, g, g, B, in_cm);
+                dropout_apply(l, i, dropout_seed, g, g, B, in_nhwc);
             break;
         }
     }

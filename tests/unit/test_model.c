@@ -345,6 +345,11 @@ static void test_gradients_conv(void **state)
     check_gradients("cnn:1x9x9-c2k3s2p1-p3s2-f4-3", 2, 32);    /* conv stride+pad, pool s != k */
     check_gradients("cnn:2x6x5-c3k2p1-c2k3s2-4", 2, 33);       /* conv into conv: col2im */
     check_gradients("cnn:1x8x8-c2k4s3p2-p2s1-3", 2, 34);       /* stride 3, pad 2, pool s1 */
+    /* one-channel convs after another conv: their col2im (im2col_1), stride and pad */
+    check_gradients("cnn:1x7x7-c1k2-p2s1-c2k3s2p1-3", 2, 35);
+    check_gradients("cnn:1x6x6-c1k2-c2k3p1-3", 2, 36);
+    /* more output channels than k*k*in_c: the weight gradient computed as HWIO */
+    check_gradients("cnn:2x5x5-c9k2-p2-3", 2, 38);
 }
 
 static void test_gradients_pool_flatten_dropout(void **state)
@@ -352,8 +357,8 @@ static void test_gradients_pool_flatten_dropout(void **state)
     (void)state;
     check_gradients("cnn:2x6x6-p2s1-c2k2-3", 2, 41);  /* pool on the input, conv after it */
     check_gradients("cnn:2x4x3-f6-3", 3, 42);         /* flatten of the input, dense */
-    check_gradients("cnn:2x4x4-c3k3p1-p2-f5-4", 2, 43); /* flatten of channel-major maps */
-    /* dropout on channel-major maps and on dense features, the masks fixed by the seed */
+    check_gradients("cnn:2x4x4-c3k3p1-p2-f5-4", 2, 43); /* flatten of NHWC maps */
+    /* dropout on NHWC maps and on dense features, the masks fixed by the seed */
     check_gradients("cnn:1x6x6-c4k3-d30-p2-f5-d50-3", 3, 44);
     check_gradients("cnn:2x3x3-d25-f4-3", 2, 45);
 }
