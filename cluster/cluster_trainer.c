@@ -44,13 +44,8 @@ double fedge_refine_step_flops(const fedge_model_spec *spec, int rows)
     double f = 0.0;
     int first = 1;
     for (int i = 0; i < spec->n_layers; i++) {
-        const fedge_layer *l = &spec->layer[i];
-        double mac;
-        if (l->type == FEDGE_LAYER_DENSE)
-            mac = (double)l->in_c * l->in_h * l->in_w * l->out;
-        else if (l->type == FEDGE_LAYER_CONV2D)
-            mac = (double)l->out_c * l->out_h * l->out_w * l->in_c * l->k * l->k;
-        else
+        double mac = fedge_layer_macs(&spec->layer[i]);
+        if (mac == 0.0)
             continue;
         f += 2.0 * (double)rows * mac * (first ? 2.0 : 3.0); /* forward, dW, dX above the first */
         first = 0;

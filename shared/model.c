@@ -437,6 +437,15 @@ const char *fedge_layer_name(fedge_layer_type type)
     return "unknown";
 }
 
+double fedge_layer_macs(const fedge_layer *l)
+{
+    if (l->type == FEDGE_LAYER_DENSE)
+        return (double)l->in_c * l->in_h * l->in_w * l->out;
+    if (l->type == FEDGE_LAYER_CONV2D)
+        return (double)l->out_c * l->out_h * l->out_w * l->in_c * l->k * l->k;
+    return 0.0;
+}
+
 /* ---- model ------------------------------------------------------------- */
 
 int fedge_model_init(fedge_model *m, const fedge_model_spec *spec)

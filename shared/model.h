@@ -101,6 +101,10 @@ int fedge_model_spec_dense_dims(const fedge_model_spec *spec, int dims[FEDGE_MOD
 int fedge_model_spec_has_dropout(const fedge_model_spec *spec);
 /* Lower-case layer name ("dense", "conv2d", "maxpool", "relu", "flatten", "dropout"). */
 const char *fedge_layer_name(fedge_layer_type type);
+/* Multiply-accumulates of the layer's forward pass for one sample (its GEMM
+ * work: dense and conv2d; 0 for the others). Backward costs one more such
+ * product for the weights and, above the first such layer, one for the input. */
+double fedge_layer_macs(const fedge_layer *l);
 
 typedef struct {
     fedge_model_spec spec;

@@ -1,6 +1,6 @@
 /* test_model.c — model specs, forward/backward against finite differences,
- * the GEMM against a naive triple loop, SGD against hand-computed steps, and
- * the random number generator. */
+ * SGD against hand-computed steps, and the random number generator (the GEMM
+ * against a naive loop is test_blas.c). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -642,86 +642,6 @@ static void test_loss_and_evaluate_exact(void **state)
     fedge_model_free(&m);
 }
 
-/* ---- gemm --------------------------------------------------------------- */
-
-static void naive_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-                       const float *B, int ldb, float beta, double *C, int ldc)
-{
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) {
-            double acc = 0.0;
-            for (int k = 0; k < K; k++) {
-                double a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
-                double b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
-                acc += a * b;
-            }
-            double c0 = beta == 0.0f ? 0.0 : beta * C[(size_t)i * ldc + j];
-            C[(size_t)i * ldc + j] = alpha * acc + c0;
-        }
-}
-
-static void check_gemm(int ta, int tb, int M, int N, int K, float alpha, float beta, int pad,
-                       fedge_rng *rng)
-{
-    int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
-    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb,
-           nc = (size_t)M * ldc;
-    float *A = malloc(sizeof(float) * (na ? na : 1));
-    float *B = malloc(sizeof(float) * (nb ? nb : 1));
-    float *C = malloc(sizeof(float) * nc);
-    double *R = malloc(sizeof(double) * nc);
-    assert_true(A && B && C && R);
-    for (size_t i = 0; i < na; i++)
-        A[i] = (float)fedge_rng_normal(rng);
-    for (size_t i = 0; i < nb; i++)
-        B[i] = (float)fedge_rng_normal(rng);
-    for (size_t i = 0; i < nc; i++) {
-        C[i] = beta == 0.0f ? NAN : (float)fedge_rng_normal(rng); /* beta 0 must not read C */
-        R[i] = C[i];
-    }
-    fedge_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    naive_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, R, ldc);
-    double tol = 1e-5 * (K + 4);
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < ldc; j++) {
-            size_t at = (size_t)i * ldc + j;
-            if (j >= N) { /* padding columns untouched */
-                if (!(isnan(C[at]) && isnan(R[at])) && C[at] != (float)R[at])
-                    fail_msg("gemm wrote padding at %d,%d", i, j);
-                continue;
-            }
-            if (!(fabs(C[at] - R[at]) <= tol))
-                fail_msg("gemm %d%d %dx%dx%d a=%g b=%g: C[%d][%d] = %.7g, want %.7g", ta, tb, M,
-                         N, K, alpha, beta, i, j, C[at], R[at]);
-        }
-    free(A);
-    free(B);
-    free(C);
-    free(R);
-}
-
-static void test_sgemm_vs_naive(void **state)
-{
-    (void)state;
-    static const int shapes[][3] = {
-        {1, 1, 1},     {1, 7, 1},    {3, 5, 7},    {4, 8, 16},    {5, 9, 17},
-        {17, 13, 29},  {64, 64, 64}, {33, 200, 784}, {129, 67, 300}, {5, 600, 3},
-        {130, 9, 257}, {200, 31, 2}, {2, 1030, 11}, {131, 517, 513},
-    };
-    fedge_rng rng;
-    fedge_rng_seed(&rng, 77);
-    for (size_t s = 0; s < FEDGE_ARRAY_LEN(shapes); s++)
-        for (int ta = 0; ta < 2; ta++)
-            for (int tb = 0; tb < 2; tb++) {
-                int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
-                check_gemm(ta, tb, M, N, K, 1.0f, 0.0f, 0, &rng);
-                check_gemm(ta, tb, M, N, K, 0.7f, 0.3f, 3, &rng);
-            }
-    /* alpha 0 and K 0 just scale C */
-    check_gemm(0, 0, 6, 5, 4, 0.0f, 0.5f, 1, &rng);
-    check_gemm(1, 1, 6, 5, 0, 1.0f, 2.0f, 0, &rng);
-}
-
 /* ---- optim -------------------------------------------------------------- */
 
 static void test_sgd_hand_computed(void **state)
@@ -903,7 +823,6 @@ int main(void)
         cmocka_unit_test(test_cnn_layout),
         cmocka_unit_test(test_forward_probabilities),
         cmocka_unit_test(test_loss_and_evaluate_exact),
-        cmocka_unit_test(test_sgemm_vs_naive),
         cmocka_unit_test(test_sgd_hand_computed),
         cmocka_unit_test(test_rng_reference_and_reproducible),
         cmocka_unit_test(test_rng_distributions),

@@ -160,13 +160,8 @@ static int train_rate(const fedge_model_spec *spec, const fedge_dataset *ds, int
     double macs_fwd = 0.0, macs_exec = 0.0;
     int first = 1;
     for (int i = 0; i < spec->n_layers; i++) {
-        const fedge_layer *l = &spec->layer[i];
-        double mac;
-        if (l->type == FEDGE_LAYER_DENSE)
-            mac = (double)l->in_c * l->in_h * l->in_w * l->out;
-        else if (l->type == FEDGE_LAYER_CONV2D)
-            mac = (double)l->out_c * l->out_h * l->out_w * l->in_c * l->k * l->k;
-        else
+        double mac = fedge_layer_macs(&spec->layer[i]);
+        if (mac == 0.0)
             continue;
         macs_fwd += mac;
         macs_exec += mac * (first ? 2.0 : 3.0); /* forward, dW, and dX above the first */
