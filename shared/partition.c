@@ -7,7 +7,11 @@
  * min_size rows. After PARTITION_MAX_ATTEMPTS draws (fewer for very many
  * clients, to bound the time) the last draw is repaired by moving rows from
  * the largest clients instead, so the call always terminates. Quantity skew draws client sizes ~ Dir(beta) the same
- * way and deals a shuffled copy of the rows. */
+ * way and deals a shuffled copy of the rows.
+ *
+ * Label-quantity skew (#C = k) and feature-noise skew follow NIID-Bench's
+ * partition code: client i takes label i % K, then k - 1 distinct labels by
+ * rejection; the noise std of client i is sigma * i / n_clients. */
 #include "partition.h"
 
 #include <math.h>
@@ -16,6 +20,7 @@
 
 #include "common.h"
 #include "rng.h"
+#include "shard.h"
 
 #define PARTITION_MAX_CLIENTS 100000
 #define PARTITION_MAX_CLASSES 256
@@ -32,6 +37,10 @@ int fedge_partition_parse_kind(const char *text, fedge_partition_kind *out)
         *out = FEDGE_PARTITION_DIRICHLET;
     else if (strcmp(text, "quantity") == 0)
         *out = FEDGE_PARTITION_QUANTITY;
+    else if (strcmp(text, "labels") == 0)
+        *out = FEDGE_PARTITION_LABELS;
+    else if (strcmp(text, "noise") == 0)
+        *out = FEDGE_PARTITION_NOISE;
     else
         return FEDGE_ERR_INVALID_ARG;
     return FEDGE_OK;
@@ -270,13 +279,35 @@ cleanup:
     return ret;
 }
 
+/* by_class: the rows grouped by class (counting sort), each class shuffled
+ * once; class k's rows are by_class[class_start[k] .. class_start[k + 1]).
+ * class_start (K + 1) must come zeroed. */
+static int group_by_class(const fedge_dataset *ds, fedge_rng *rng, size_t *by_class,
+                          size_t *class_start)
+{
+    const int K = ds->n_classes;
+    size_t *cursor = calloc((size_t)K, sizeof *cursor);
+    if (!cursor)
+        return FEDGE_ERR_NOMEM;
+    for (size_t i = 0; i < ds->n; i++)
+        class_start[ds->y[i] + 1]++;
+    for (int k = 0; k < K; k++)
+        class_start[k + 1] += class_start[k];
+    for (size_t i = 0; i < ds->n; i++)
+        by_class[class_start[ds->y[i]] + cursor[ds->y[i]]++] = i;
+    for (int k = 0; k < K; k++)
+        shuffle(by_class + class_start[k], class_start[k + 1] - class_start[k], rng);
+    free(cursor);
+    return FEDGE_OK;
+}
+
 static int make_dirichlet(const fedge_dataset *ds, const fedge_partition_config *cfg,
                           size_t min_size, fedge_rng *rng, fedge_partition *out)
 {
     int ret = FEDGE_OK;
     const int nc = cfg->n_clients, K = ds->n_classes;
     const size_t n = ds->n;
-    size_t *by_class = NULL, *class_start = NULL, *cursor = NULL, *counts = NULL, *sizes = NULL;
+    size_t *by_class = NULL, *class_start = NULL, *counts = NULL, *sizes = NULL;
     size_t *fill = NULL;
     double *p = NULL;
     unsigned char *full = NULL;
@@ -291,18 +322,7 @@ static int make_dirichlet(const fedge_dataset *ds, const fedge_partition_config 
     if (!by_class || !class_start || !counts || !sizes || !fill || !p || !full)
         FAIL(FEDGE_ERR_NOMEM);
 
-    /* Rows grouped by class (counting sort), each class shuffled once. */
-    for (size_t i = 0; i < n; i++)
-        class_start[ds->y[i] + 1]++;
-    for (int k = 0; k < K; k++)
-        class_start[k + 1] += class_start[k];
-    cursor = calloc((size_t)K, sizeof *cursor);
-    if (!cursor)
-        FAIL(FEDGE_ERR_NOMEM);
-    for (size_t i = 0; i < n; i++)
-        by_class[class_start[ds->y[i]] + cursor[ds->y[i]]++] = i;
-    for (int k = 0; k < K; k++)
-        shuffle(by_class + class_start[k], class_start[k + 1] - class_start[k], rng);
+    CHK(group_by_class(ds, rng, by_class, class_start));
 
     const double fair_share = (double)n / nc;
     /* Bound the gamma draws (K * nc per attempt) for very many clients. */
@@ -345,12 +365,78 @@ static int make_dirichlet(const fedge_dataset *ds, const fedge_partition_config 
 cleanup:
     free(by_class);
     free(class_start);
-    free(cursor);
     free(counts);
     free(sizes);
     free(fill);
     free(p);
     free(full);
+    return ret;
+}
+
+/* Label-quantity skew #C = k: held[j * K + c] says client j holds class c;
+ * class c's rows are dealt in contiguous runs to its holders in client
+ * order, the first (rows % holders) of them one row more. */
+static int make_labels(const fedge_dataset *ds, const fedge_partition_config *cfg,
+                       size_t min_size, fedge_rng *rng, fedge_partition *out)
+{
+    int ret = FEDGE_OK;
+    const int nc = cfg->n_clients, K = ds->n_classes, k = cfg->classes_per_client;
+    size_t *by_class = NULL, *class_start = NULL, *holders = NULL, *sizes = NULL;
+    unsigned char *held = NULL;
+
+    by_class = malloc(ds->n * sizeof *by_class);
+    class_start = calloc((size_t)K + 1, sizeof *class_start);
+    holders = calloc((size_t)K, sizeof *holders);
+    sizes = calloc((size_t)nc, sizeof *sizes);
+    held = calloc((size_t)nc * (size_t)K, 1);
+    if (!by_class || !class_start || !holders || !sizes || !held)
+        FAIL(FEDGE_ERR_NOMEM);
+
+    for (int j = 0; j < nc; j++) {
+        unsigned char *h = held + (size_t)j * K;
+        h[j % K] = 1;
+        for (int got = 1; got < k;) {
+            uint32_t c = fedge_rng_below(rng, (uint32_t)K);
+            if (!h[c]) {
+                h[c] = 1;
+                got++;
+            }
+        }
+        for (int c = 0; c < K; c++)
+            holders[c] += h[c];
+    }
+    CHK(group_by_class(ds, rng, by_class, class_start));
+    for (int c = 0; c < K; c++) {
+        size_t rows = class_start[c + 1] - class_start[c], rank = 0;
+        for (int j = 0; j < nc; j++)
+            if (held[(size_t)j * K + c])
+                sizes[j] += rows / holders[c] + (rank++ < rows % holders[c]);
+    }
+    if (min_of(sizes, nc) < min_size)
+        FAIL(FEDGE_ERR_RANGE);
+
+    CHK(alloc_client_rows(out, sizes));
+    memset(sizes, 0, (size_t)nc * sizeof *sizes); /* now the fill level */
+    for (int c = 0; c < K; c++) {
+        size_t rows = class_start[c + 1] - class_start[c], at = class_start[c], rank = 0;
+        for (int j = 0; j < nc; j++) {
+            if (!held[(size_t)j * K + c])
+                continue;
+            size_t take = rows / holders[c] + (rank++ < rows % holders[c]);
+            memcpy(out->indices[j] + sizes[j], by_class + at, take * sizeof(size_t));
+            sizes[j] += take;
+            at += take;
+        }
+    }
+    for (int j = 0; j < nc; j++)
+        shuffle(out->indices[j], out->sizes[j], rng);
+
+cleanup:
+    free(by_class);
+    free(class_start);
+    free(holders);
+    free(sizes);
+    free(held);
     return ret;
 }
 
@@ -366,15 +452,22 @@ int fedge_partition_make(const fedge_dataset *ds, const fedge_partition_config *
     if (!ds || !cfg || !ds->y || ds->n == 0)
         return FEDGE_ERR_INVALID_ARG;
     if (cfg->kind != FEDGE_PARTITION_IID && cfg->kind != FEDGE_PARTITION_DIRICHLET &&
-        cfg->kind != FEDGE_PARTITION_QUANTITY)
+        cfg->kind != FEDGE_PARTITION_QUANTITY && cfg->kind != FEDGE_PARTITION_LABELS &&
+        cfg->kind != FEDGE_PARTITION_NOISE)
         return FEDGE_ERR_INVALID_ARG;
     if (cfg->n_clients < 1 || cfg->n_clients > PARTITION_MAX_CLIENTS)
         return FEDGE_ERR_RANGE;
-    if (cfg->kind != FEDGE_PARTITION_IID &&
+    if ((cfg->kind == FEDGE_PARTITION_DIRICHLET || cfg->kind == FEDGE_PARTITION_QUANTITY) &&
         !(cfg->beta >= FEDGE_PARTITION_MIN_BETA && isfinite(cfg->beta)))
         return FEDGE_ERR_RANGE;
     if (ds->n > FEDGE_DATASET_MAX_ROWS || ds->n_classes < 1 ||
         ds->n_classes > PARTITION_MAX_CLASSES)
+        return FEDGE_ERR_RANGE;
+    if (cfg->kind == FEDGE_PARTITION_LABELS &&
+        (cfg->classes_per_client < 1 || cfg->classes_per_client > ds->n_classes))
+        return FEDGE_ERR_RANGE;
+    if (cfg->kind == FEDGE_PARTITION_NOISE &&
+        !(cfg->noise_sigma >= 0.0 && isfinite(cfg->noise_sigma)))
         return FEDGE_ERR_RANGE;
     for (size_t i = 0; i < ds->n; i++)
         if (ds->y[i] >= ds->n_classes)
@@ -387,14 +480,78 @@ int fedge_partition_make(const fedge_dataset *ds, const fedge_partition_config *
     fedge_rng_seed(&rng, cfg->seed);
     CHK(alloc_clients(out, cfg->n_clients));
     switch (cfg->kind) {
-    case FEDGE_PARTITION_IID: CHK(make_iid(ds, cfg->n_clients, &rng, out)); break;
+    case FEDGE_PARTITION_IID:
+    case FEDGE_PARTITION_NOISE: CHK(make_iid(ds, cfg->n_clients, &rng, out)); break;
     case FEDGE_PARTITION_DIRICHLET: CHK(make_dirichlet(ds, cfg, min_size, &rng, out)); break;
     case FEDGE_PARTITION_QUANTITY: CHK(make_quantity(ds, cfg, min_size, &rng, out)); break;
+    case FEDGE_PARTITION_LABELS: CHK(make_labels(ds, cfg, min_size, &rng, out)); break;
     }
 
 cleanup:
     if (ret != FEDGE_OK)
         fedge_partition_free(out);
+    return ret;
+}
+
+int fedge_partition_client_data(const fedge_dataset *ds, const fedge_partition *p,
+                                const fedge_partition_config *cfg, int client, int clip_u8,
+                                fedge_dataset *out)
+{
+    int ret = FEDGE_OK;
+    fedge_dataset d = {0};
+    fedge_rng base, rng;
+
+    if (!ds || !p || !cfg || !out || !ds->x || !ds->y || client < 0 || client >= p->n_clients ||
+        !p->sizes || !p->indices)
+        return FEDGE_ERR_INVALID_ARG;
+    if (ds->dim < 1 || (size_t)ds->dim > FEDGE_DATASET_MAX_DIM)
+        return FEDGE_ERR_RANGE;
+    if (cfg->kind == FEDGE_PARTITION_NOISE &&
+        !(cfg->noise_sigma >= 0.0 && isfinite(cfg->noise_sigma)))
+        return FEDGE_ERR_RANGE;
+    const size_t n = p->sizes[client], dim = (size_t)ds->dim;
+    if (n == 0 || n > ds->n)
+        return FEDGE_ERR_RANGE;
+    const double std = cfg->kind == FEDGE_PARTITION_NOISE
+                           ? cfg->noise_sigma * client / p->n_clients
+                           : 0.0;
+
+    d.n = n;
+    d.dim = ds->dim;
+    d.n_classes = ds->n_classes;
+    d.x = malloc(n * dim * sizeof *d.x);
+    d.y = malloc(n);
+    if (!d.x || !d.y)
+        FAIL(FEDGE_ERR_NOMEM);
+    fedge_rng_seed(&base, cfg->seed);
+    fedge_rng_split(&base, (uint64_t)client, &rng);
+    for (size_t i = 0; i < n; i++) {
+        size_t row = p->indices[client][i];
+        if (row >= ds->n)
+            FAIL(FEDGE_ERR_RANGE);
+        d.y[i] = ds->y[row];
+        const float *src = ds->x + row * dim;
+        float *dst = d.x + i * dim;
+        if (std == 0.0) {
+            memcpy(dst, src, dim * sizeof *dst);
+            continue;
+        }
+        for (size_t f = 0; f < dim; f++) {
+            double v = (double)src[f] + std * fedge_rng_normal(&rng);
+            if (clip_u8) {
+                double b = nearbyint(v * 255.0);
+                v = (double)((float)(b < 0.0 ? 0.0 : b > 255.0 ? 255.0 : b) * FEDGE_SHARD_U8_SCALE);
+            }
+            dst[f] = (float)v;
+        }
+    }
+    *out = d;
+    d.x = NULL;
+    d.y = NULL;
+
+cleanup:
+    free(d.x);
+    free(d.y);
     return ret;
 }
 

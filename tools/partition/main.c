@@ -2,6 +2,8 @@
  *
  *   fedge-partition --data fashion-mnist --clients 10 --kind dirichlet --beta 0.5 \
  *                   --out shards/ --test-out shards/test.bin
+ *   fedge-partition --data fashion-mnist --clients 10 --kind labels --classes-per-client 2 \
+ *                   --out shards/
  *
  * Writes DIR/shard-000.bin ... (one per client) and prints each client's size
  * and label histogram. Exit status: 0 ok, 1 failure, 2 bad command line. */
@@ -24,12 +26,13 @@
 #define PROG "fedge-partition"
 #define MAX_CLIENTS 100000
 #define MAX_BETA 1e6
+#define MAX_NOISE_SIGMA 1e6
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: " PROG " --data fashion-mnist|PATH.csv --clients N --kind iid|dirichlet|quantity\n"
-            "                       --out DIR [options]\n"
+            "usage: " PROG " --data fashion-mnist|PATH.csv --clients N\n"
+            "                       --kind iid|dirichlet|quantity|labels|noise --out DIR [options]\n"
             "\n"
             "Splits a labelled dataset into N client shards DIR/shard-000.bin ... and prints\n"
             "each client's size and label histogram.\n"
@@ -40,8 +43,19 @@ static void usage(FILE *f)
             "  --kind K          iid        a seeded shuffle dealt round-robin\n"
             "                    dirichlet  label skew: per class, proportions ~ Dir(beta)\n"
             "                    quantity   size skew: client sizes ~ Dir(beta), labels IID\n"
+            "                    labels     label-quantity skew #C=k (NIID-Bench): client i holds\n"
+            "                               label i %% C plus k-1 other random labels; each\n"
+            "                               label's rows are split evenly among its holders\n"
+            "                               (every label held when N*k >= C; rows of a label\n"
+            "                               nobody holds are left out)\n"
+            "                    noise      feature-noise skew (NIID-Bench): the IID split, then\n"
+            "                               client i's features get Gaussian noise of std\n"
+            "                               sigma*i/N (client 0 clean; u8 shards: rounded to\n"
+            "                               k/255 and clipped to [0, 1])\n"
             "  --beta B          Dirichlet concentration, 1e-300..1e6 (default 0.5; small =\n"
             "                    skewed; 1e-5 gives each client about one class)\n"
+"  --classes-per-client K  labels: distinct labels per client, 1..C (C = classes)\n"
+            "  --noise-sigma S   noise: the largest noise std, 0..1e6 (features in [0, 1])\n"
             "  --seed S          unsigned 64-bit seed (default 1); same seed, same shards\n"
             "  --min-size M      every client gets at least M rows (default 10)\n"
             "  --format F        auto|u8|f32 feature storage (default auto: u8 when every\n"
@@ -98,15 +112,16 @@ static int parse_u64(const char *flag, const char *text, uint64_t *out)
     return 0;
 }
 
-static int parse_beta(const char *flag, const char *text, double *out)
+static int parse_double(const char *flag, const char *text, double lo, double hi,
+                        const char *range, double *out)
 {
     char *end;
     errno = 0;
     double v = strtod(text, &end);
     if (end == text || *end != '\0' || text[0] == ' ' || text[0] == '\t')
         return bad_usage("%s: '%s' is not a number", flag, text);
-    if (!isfinite(v) || !(v >= FEDGE_PARTITION_MIN_BETA) || v > MAX_BETA)
-        return bad_usage("%s: %s is out of range (must be >= 1e-300 and <= 1e6)", flag, text);
+    if (!isfinite(v) || !(v >= lo) || v > hi)
+        return bad_usage("%s: %s is out of range (%s)", flag, text, range);
     *out = v;
     return 0;
 }
@@ -169,7 +184,10 @@ static void print_table(const fedge_partition *p, const fedge_dataset *ds, const
             printf(" %6zu", hist[(size_t)j * (size_t)K + (size_t)k]);
         printf("\n");
     }
-    printf("%6s %8zu ", "total", ds->n);
+    size_t rows = 0;
+    for (int j = 0; j < p->n_clients; j++)
+        rows += p->sizes[j];
+    printf("%6s %8zu ", "total", rows);
     for (int k = 0; k < K; k++) {
         size_t s = 0;
         for (int j = 0; j < p->n_clients; j++)
@@ -180,7 +198,7 @@ static void print_table(const fedge_partition *p, const fedge_dataset *ds, const
 }
 
 enum { OPT_DATA = 1, OPT_CLIENTS, OPT_KIND, OPT_BETA, OPT_SEED, OPT_MIN, OPT_FORMAT, OPT_OUT,
-       OPT_TEST_OUT, OPT_TEST_DATA, OPT_HELP, OPT_VERSION };
+       OPT_TEST_OUT, OPT_TEST_DATA, OPT_HELP, OPT_VERSION, OPT_CLASSES, OPT_SIGMA };
 
 int main(int argc, char **argv)
 {
@@ -195,6 +213,8 @@ int main(int argc, char **argv)
         {"out", required_argument, NULL, OPT_OUT},
         {"test-out", required_argument, NULL, OPT_TEST_OUT},
         {"test-data", required_argument, NULL, OPT_TEST_DATA},
+        {"classes-per-client", required_argument, NULL, OPT_CLASSES},
+        {"noise-sigma", required_argument, NULL, OPT_SIGMA},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -203,7 +223,7 @@ int main(int argc, char **argv)
                *test_data = NULL, *format = "auto";
     fedge_partition_config cfg = {.kind = FEDGE_PARTITION_IID, .n_clients = 0, .beta = 0.5,
                                   .min_size = 10, .seed = 1};
-    int have_clients = 0, have_beta = 0, rc;
+    int have_clients = 0, have_beta = 0, have_classes = 0, have_sigma = 0, rc;
     long long v;
 
     opterr = 0;
@@ -220,12 +240,26 @@ int main(int argc, char **argv)
         case OPT_KIND:
             kind_text = optarg;
             if (fedge_partition_parse_kind(optarg, &cfg.kind) != FEDGE_OK)
-                return bad_usage("--kind: '%s' is not one of iid, dirichlet, quantity", optarg);
+                return bad_usage("--kind: '%s' is not one of iid, dirichlet, quantity, labels, "
+                                 "noise", optarg);
             break;
         case OPT_BETA:
-            if ((rc = parse_beta("--beta", optarg, &cfg.beta)) != 0)
+            if ((rc = parse_double("--beta", optarg, FEDGE_PARTITION_MIN_BETA, MAX_BETA,
+                                   "must be >= 1e-300 and <= 1e6", &cfg.beta)) != 0)
                 return rc;
             have_beta = 1;
+            break;
+        case OPT_CLASSES:
+            if ((rc = parse_long("--classes-per-client", optarg, 1, 256, &v)) != 0)
+                return rc;
+            cfg.classes_per_client = (int)v;
+            have_classes = 1;
+            break;
+        case OPT_SIGMA:
+            if ((rc = parse_double("--noise-sigma", optarg, 0.0, MAX_NOISE_SIGMA,
+                                   "must be >= 0 and <= 1e6", &cfg.noise_sigma)) != 0)
+                return rc;
+            have_sigma = 1;
             break;
         case OPT_SEED:
             if ((rc = parse_u64("--seed", optarg, &cfg.seed)) != 0)
@@ -258,11 +292,20 @@ int main(int argc, char **argv)
     if (!have_clients)
         return bad_usage("missing --clients N");
     if (!kind_text)
-        return bad_usage("missing --kind (iid, dirichlet or quantity)");
+        return bad_usage("missing --kind (iid, dirichlet, quantity, labels or noise)");
     if (!out_dir)
         return bad_usage("missing --out DIR");
-    if (have_beta && cfg.kind == FEDGE_PARTITION_IID)
-        fprintf(stderr, PROG ": note: --beta is ignored for --kind iid\n");
+    const int uses_beta = cfg.kind == FEDGE_PARTITION_DIRICHLET || cfg.kind == FEDGE_PARTITION_QUANTITY;
+    if (have_beta && !uses_beta)
+        fprintf(stderr, PROG ": note: --beta is ignored for --kind %s\n", kind_text);
+    if (cfg.kind == FEDGE_PARTITION_LABELS && !have_classes)
+        return bad_usage("--kind labels needs --classes-per-client K");
+    if (cfg.kind != FEDGE_PARTITION_LABELS && have_classes)
+        return bad_usage("--classes-per-client is for --kind labels");
+    if (cfg.kind == FEDGE_PARTITION_NOISE && !have_sigma)
+        return bad_usage("--kind noise needs --noise-sigma S");
+    if (cfg.kind != FEDGE_PARTITION_NOISE && have_sigma)
+        return bad_usage("--noise-sigma is for --kind noise");
     const int is_fmnist = strcmp(data, "fashion-mnist") == 0;
     if (test_data && !test_out)
         return bad_usage("--test-data needs --test-out FILE");
@@ -289,11 +332,20 @@ int main(int argc, char **argv)
                 "or --min-size)\n", ds.n, cfg.n_clients, cfg.min_size ? cfg.min_size : 1);
         goto cleanup;
     }
+    if (cfg.kind == FEDGE_PARTITION_LABELS && cfg.classes_per_client > ds.n_classes) {
+        fprintf(stderr, PROG ": --classes-per-client %d is out of range: %s has %d classes "
+                "(1..%d)\n", cfg.classes_per_client, data, ds.n_classes, ds.n_classes);
+        goto cleanup;
+    }
     int ftype = strcmp(format, "u8") == 0    ? FEDGE_SHARD_U8
                 : strcmp(format, "f32") == 0 ? FEDGE_SHARD_F32
                                              : pick_format(&ds);
     if ((ret = fedge_partition_make(&ds, &cfg, &part)) != FEDGE_OK) {
         fprintf(stderr, PROG ": partition failed: %s\n", fedge_strerror(ret));
+        if (ret == FEDGE_ERR_RANGE && cfg.kind == FEDGE_PARTITION_LABELS)
+            fprintf(stderr, PROG ": a label has too few rows to give each of its clients "
+                    "%zu rows (lower --clients or --min-size, or raise "
+                    "--classes-per-client)\n", cfg.min_size ? cfg.min_size : 1);
         goto cleanup;
     }
     if (ensure_dir(out_dir) != 0)
@@ -308,7 +360,25 @@ int main(int argc, char **argv)
     }
     for (int j = 0; j < cfg.n_clients; j++) {
         snprintf(path, cap, "%s/shard-%03d.bin", out_dir, j);
-        if ((ret = fedge_shard_write(path, &ds, part.indices[j], part.sizes[j], ftype)) != FEDGE_OK) {
+        if (cfg.kind == FEDGE_PARTITION_NOISE) {
+            fedge_dataset noisy = {0};
+            ret = fedge_partition_client_data(&ds, &part, &cfg, j, ftype == FEDGE_SHARD_U8, &noisy);
+            if (ret == FEDGE_OK) {
+                size_t *all = malloc(noisy.n * sizeof *all);
+                if (!all) {
+                    ret = FEDGE_ERR_NOMEM;
+                } else {
+                    for (size_t i = 0; i < noisy.n; i++)
+                        all[i] = i;
+                    ret = fedge_shard_write(path, &noisy, all, noisy.n, ftype);
+                    free(all);
+                }
+            }
+            fedge_dataset_free(&noisy);
+        } else {
+            ret = fedge_shard_write(path, &ds, part.indices[j], part.sizes[j], ftype);
+        }
+        if (ret != FEDGE_OK) {
             fprintf(stderr, PROG ": writing %s: %s\n", path, fedge_strerror(ret));
             if (ret == FEDGE_ERR_RANGE && ftype == FEDGE_SHARD_U8)
                 fprintf(stderr, PROG ": features outside [0, 1] need --format f32\n");
@@ -324,8 +394,13 @@ int main(int argc, char **argv)
     fedge_partition_label_histogram(&part, &ds, hist);
     printf("%s: %zu rows, %d features, %d classes -> %d clients, kind %s", data, ds.n, ds.dim,
            ds.n_classes, cfg.n_clients, kind_text);
-    if (cfg.kind != FEDGE_PARTITION_IID)
+    if (uses_beta)
         printf(" beta %g", cfg.beta);
+    if (cfg.kind == FEDGE_PARTITION_LABELS)
+        printf(" classes per client %d", cfg.classes_per_client);
+    if (cfg.kind == FEDGE_PARTITION_NOISE)
+        printf(" noise sigma %g (client i: %g * i / %d)", cfg.noise_sigma, cfg.noise_sigma,
+               cfg.n_clients);
     printf(", seed %llu, min size %zu, %s features\n", (unsigned long long)cfg.seed, cfg.min_size,
            ftype == FEDGE_SHARD_U8 ? "u8" : "f32");
     print_table(&part, &ds, hist);
@@ -333,6 +408,15 @@ int main(int argc, char **argv)
     if (fedge_partition_label_tv(&part, &ds, &tv) == FEDGE_OK)
         printf("mean total-variation distance of client label mixes from the global one: %.4f\n",
                tv);
+    if (cfg.kind == FEDGE_PARTITION_LABELS) {
+        size_t kept = 0;
+        for (int j = 0; j < cfg.n_clients; j++)
+            kept += part.sizes[j];
+        if (kept < ds.n)
+            printf("%zu rows of labels no client holds were left out (%d clients x %d "
+                   "labels < %d classes)\n", ds.n - kept, cfg.n_clients,
+                   cfg.classes_per_client, ds.n_classes);
+    }
     printf("wrote %s/shard-000.bin .. shard-%03d.bin\n", out_dir, cfg.n_clients - 1);
 
     if (test_out) {
