@@ -11,7 +11,9 @@
  *
  * Label-quantity skew (#C = k) and feature-noise skew follow NIID-Bench's
  * partition code: client i takes label i % K, then k - 1 distinct labels by
- * rejection; the noise std of client i is sigma * i / n_clients. */
+ * rejection (NIID-Bench can leave a label unheld when N < K; fedge first deals
+ * labels N..K-1 round-robin so none is); the noise std of client i is
+ * sigma * i / n_clients. */
 #include "partition.h"
 
 #include <math.h>
@@ -392,10 +394,33 @@ static int make_labels(const fedge_dataset *ds, const fedge_partition_config *cf
     if (!by_class || !class_start || !holders || !sizes || !held)
         FAIL(FEDGE_ERR_NOMEM);
 
+    for (int j = 0; j < nc; j++)
+        held[(size_t)j * K + j % K] = 1;
+    /* Fewer clients than labels: labels nc..K-1, shuffled, are dealt
+     * round-robin first, so every label is held when nc * k >= K. */
+    int *rest = NULL;
+    int n_rest = K > nc ? K - nc : 0;
+    if (n_rest > 0 && (long)nc * k >= K) {
+        rest = malloc((size_t)n_rest * sizeof *rest);
+        if (!rest)
+            FAIL(FEDGE_ERR_NOMEM);
+        for (int i = 0; i < n_rest; i++)
+            rest[i] = nc + i;
+        for (int i = n_rest; i > 1; i--) {
+            int r = (int)fedge_rng_below(rng, (uint32_t)i), t = rest[i - 1];
+            rest[i - 1] = rest[r];
+            rest[r] = t;
+        }
+        for (int i = 0; i < n_rest; i++)
+            held[(size_t)(i % nc) * K + rest[i]] = 1;
+        free(rest);
+    }
     for (int j = 0; j < nc; j++) {
         unsigned char *h = held + (size_t)j * K;
-        h[j % K] = 1;
-        for (int got = 1; got < k;) {
+        int got = 0;
+        for (int c = 0; c < K; c++)
+            got += h[c];
+        while (got < k) {
             uint32_t c = fedge_rng_below(rng, (uint32_t)K);
             if (!h[c]) {
                 h[c] = 1;

@@ -6,11 +6,12 @@
  *   QUANTITY:  client sizes ~ Dir(beta) over clients, labels IID within.
  *   LABELS:    label-quantity skew "#C = k" (NIID-Bench, Li et al. 2022):
  *              client i holds label i % n_classes plus k - 1 other distinct
- *              labels drawn at random; each label's shuffled rows are dealt
- *              evenly (sizes within 1) to the clients holding it. Every label
- *              is held when n_clients * k >= n_classes; rows of a label no
- *              client holds are left out. FEDGE_ERR_RANGE if a client ends
- *              up below min_size.
+ *              labels drawn at random (with fewer clients than labels, the
+ *              labels no client got that way are dealt first, so every label
+ *              is held when n_clients * k >= n_classes); each label's
+ *              shuffled rows are dealt evenly (sizes within 1) to the clients
+ *              holding it. Rows of a label no client holds are left out.
+ *              FEDGE_ERR_RANGE if a client ends up below min_size.
  *   NOISE:     feature-noise skew (NIID-Bench): the IID split; client i's
  *              features then get N(0, (sigma * i / n_clients)^2) noise, drawn
  *              by fedge_partition_client_data (client 0 stays clean).

@@ -1,5 +1,6 @@
-/* test_partition.c — IID, Dirichlet and quantity splits on synthetic data and
- * on the real Fashion-MNIST training set: coverage, sizes, skew, seeds. */
+/* test_partition.c — IID, Dirichlet, quantity, label-quantity (#C = k) and
+ * feature-noise splits on synthetic data and on the real Fashion-MNIST
+ * training set: coverage, sizes, skew, noise, seeds. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -148,6 +149,10 @@ static void test_parse_kind(void **state)
     assert_int_equal(k, FEDGE_PARTITION_DIRICHLET);
     assert_int_equal(fedge_partition_parse_kind("quantity", &k), FEDGE_OK);
     assert_int_equal(k, FEDGE_PARTITION_QUANTITY);
+    assert_int_equal(fedge_partition_parse_kind("labels", &k), FEDGE_OK);
+    assert_int_equal(k, FEDGE_PARTITION_LABELS);
+    assert_int_equal(fedge_partition_parse_kind("noise", &k), FEDGE_OK);
+    assert_int_equal(k, FEDGE_PARTITION_NOISE);
     k = FEDGE_PARTITION_IID;
     assert_int_equal(fedge_partition_parse_kind("IID", &k), FEDGE_ERR_INVALID_ARG);
     assert_int_equal(fedge_partition_parse_kind("dir", &k), FEDGE_ERR_INVALID_ARG);
@@ -219,6 +224,47 @@ static void test_bad_configs(void **state)
     assert_int_equal(fedge_partition_make(&ds, &cfg, &p), FEDGE_OK);
     fedge_partition_free(&p);
     fedge_partition_free(&p); /* twice is harmless */
+
+    /* Label-quantity skew: k in 1..n_classes (10 here). */
+    cfg.kind = FEDGE_PARTITION_LABELS;
+    cfg.classes_per_client = 0;
+    EXPECT(FEDGE_ERR_RANGE);
+    cfg.classes_per_client = -2;
+    EXPECT(FEDGE_ERR_RANGE);
+    cfg.classes_per_client = 11;
+    EXPECT(FEDGE_ERR_RANGE);
+    cfg.classes_per_client = 10;
+    assert_int_equal(fedge_partition_make(&ds, &cfg, &p), FEDGE_OK);
+    fedge_partition_free(&p);
+    /* 5 clients x k=1: client i gets class i alone (at most 167 rows), so
+     * min_size 200 passes the n / N check (1000 / 5) but cannot be met. */
+    cfg.n_clients = 5;
+    cfg.classes_per_client = 1;
+    cfg.min_size = 200;
+    EXPECT(FEDGE_ERR_RANGE);
+    cfg.n_clients = 10;
+    cfg.min_size = 10;
+
+    /* Feature noise: sigma finite and >= 0. */
+    cfg.kind = FEDGE_PARTITION_NOISE;
+    cfg.noise_sigma = -0.1;
+    EXPECT(FEDGE_ERR_RANGE);
+    cfg.noise_sigma = NAN;
+    EXPECT(FEDGE_ERR_RANGE);
+    cfg.noise_sigma = INFINITY;
+    EXPECT(FEDGE_ERR_RANGE);
+    cfg.noise_sigma = 0.0;
+    assert_int_equal(fedge_partition_make(&ds, &cfg, &p), FEDGE_OK);
+    fedge_dataset cd = {0};
+    cfg.noise_sigma = NAN; /* the data call checks it too */
+    assert_int_equal(fedge_partition_client_data(&ds, &p, &cfg, 1, 0, &cd), FEDGE_ERR_RANGE);
+    cfg.noise_sigma = 0.1;
+    assert_int_equal(fedge_partition_client_data(&ds, &p, &cfg, 10, 0, &cd),
+                     FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_partition_client_data(&ds, &p, &cfg, -1, 0, &cd),
+                     FEDGE_ERR_INVALID_ARG);
+    assert_null(cd.x);
+    fedge_partition_free(&p);
 #undef EXPECT
     free_synthetic(&ds);
 }
@@ -415,6 +461,242 @@ static void test_quantity(void **state)
     free_synthetic(&ds);
 }
 
+/* n_classes classes of `per_class` rows each (row i has class i % n_classes);
+ * features x[i][f] = 0.5 + 0.001 * f, away from u8 clipping. */
+static void make_balanced(fedge_dataset *ds, int n_classes, size_t per_class, int dim)
+{
+    ds->n = (size_t)n_classes * per_class;
+    ds->dim = dim;
+    ds->n_classes = n_classes;
+    ds->x = malloc(ds->n * (size_t)dim * sizeof(float));
+    ds->y = malloc(ds->n);
+    assert_non_null(ds->x);
+    assert_non_null(ds->y);
+    for (size_t i = 0; i < ds->n; i++) {
+        ds->y[i] = (uint8_t)(i % (size_t)n_classes);
+        for (int f = 0; f < dim; f++)
+            ds->x[i * (size_t)dim + (size_t)f] = 0.5f + 0.001f * (float)f;
+    }
+}
+
+static fedge_partition make_labels(const fedge_dataset *ds, int n_clients, int k, uint64_t seed)
+{
+    fedge_partition p;
+    fedge_partition_config cfg = {.kind = FEDGE_PARTITION_LABELS, .n_clients = n_clients,
+                                  .min_size = 1, .seed = seed, .classes_per_client = k};
+    assert_int_equal(fedge_partition_make(ds, &cfg, &p), FEDGE_OK);
+    return p;
+}
+
+/* Each client holds exactly k labels, client j among them label j % C, each
+ * label's rows split among its holders within 1, every label held when
+ * N * k >= C (then every row is placed once). */
+static void check_labels(const fedge_partition *p, const fedge_dataset *ds, int k)
+{
+    const int N = p->n_clients, C = ds->n_classes;
+    size_t *hist = malloc((size_t)N * (size_t)C * sizeof *hist);
+    assert_non_null(hist);
+    fedge_partition_label_histogram(p, ds, hist);
+    for (int j = 0; j < N; j++) {
+        int held = 0;
+        for (int c = 0; c < C; c++)
+            held += hist[(size_t)j * C + c] > 0;
+        assert_int_equal(held, k);
+        assert_true(hist[(size_t)j * C + j % C] > 0);
+    }
+    for (int c = 0; c < C; c++) {
+        size_t lo = SIZE_MAX, hi = 0, sum = 0, rows = 0;
+        for (size_t i = 0; i < ds->n; i++)
+            rows += ds->y[i] == c;
+        for (int j = 0; j < N; j++) {
+            size_t h = hist[(size_t)j * C + c];
+            if (h == 0)
+                continue;
+            lo = h < lo ? h : lo;
+            hi = h > hi ? h : hi;
+            sum += h;
+        }
+        if ((long)N * k >= C) {
+            assert_true(hi > 0);
+            assert_int_equal(sum, rows);
+        }
+        if (hi > 0)
+            assert_true(hi - lo <= 1);
+    }
+    if ((long)N * k >= C)
+        check_valid(p, ds, N, 1);
+    free(hist);
+}
+
+static void test_labels_small(void **state)
+{
+    (void)state;
+    fedge_dataset ds;
+    /* 4 clients x k=2 over 4 classes of 10 rows (+1 row to make splits odd). */
+    make_balanced(&ds, 4, 10, 1);
+    for (uint64_t seed = 1; seed <= 50; seed++) {
+        fedge_partition p = make_labels(&ds, 4, 2, seed);
+        check_labels(&p, &ds, 2);
+        fedge_partition_free(&p);
+    }
+    free_synthetic(&ds);
+
+    /* k = 1, N = C: client j holds class j alone, all of it. */
+    make_balanced(&ds, 5, 7, 1);
+    fedge_partition p = make_labels(&ds, 5, 1, 9);
+    check_labels(&p, &ds, 1);
+    for (int j = 0; j < 5; j++) {
+        assert_int_equal(p.sizes[j], 7);
+        for (size_t i = 0; i < p.sizes[j]; i++)
+            assert_int_equal(ds.y[p.indices[j][i]], j);
+    }
+    fedge_partition_free(&p);
+
+    /* k = C: every client holds every class; 7 rows over 3 holders: 3/2/2. */
+    p = make_labels(&ds, 3, 5, 4);
+    check_labels(&p, &ds, 5);
+    for (int j = 0; j < 3; j++)
+        assert_int_equal(p.sizes[j], j == 0 ? 15 : 10);
+    fedge_partition_free(&p);
+
+    /* N * k < C: 2 clients x k=1 over 5 classes hold classes 0 and 1 only;
+     * the other rows are left out. */
+    p = make_labels(&ds, 2, 1, 4);
+    check_labels(&p, &ds, 1);
+    assert_int_equal(p.sizes[0], 7);
+    assert_int_equal(p.sizes[1], 7);
+    fedge_partition_free(&p);
+    free_synthetic(&ds);
+
+    /* Uneven class sizes (the synthetic set: class 0 twice as large). */
+    make_synthetic(&ds, 1001);
+    for (uint64_t seed = 1; seed <= 20; seed++) {
+        p = make_labels(&ds, 10, 3, seed);
+        check_labels(&p, &ds, 3);
+        fedge_partition_free(&p);
+        /* Fewer clients than labels, N * k >= C: still every label held. */
+        p = make_labels(&ds, 7, 2, seed);
+        check_labels(&p, &ds, 2);
+        fedge_partition_free(&p);
+        p = make_labels(&ds, 4, 3, seed);
+        check_labels(&p, &ds, 3);
+        fedge_partition_free(&p);
+        p = make_labels(&ds, 1, 10, seed);
+        check_labels(&p, &ds, 10);
+        fedge_partition_free(&p);
+    }
+    free_synthetic(&ds);
+}
+
+/* The mean and std of client j's (noisy - clean) feature differences. */
+static void noise_stats(const fedge_dataset *ds, const fedge_partition *p, int j,
+                        const fedge_dataset *noisy, double *mean, double *std)
+{
+    const size_t dim = (size_t)ds->dim;
+    double s = 0.0, s2 = 0.0;
+    size_t m = 0;
+    assert_int_equal(noisy->n, p->sizes[j]);
+    assert_int_equal(noisy->dim, ds->dim);
+    for (size_t i = 0; i < noisy->n; i++) {
+        size_t row = p->indices[j][i];
+        assert_int_equal(noisy->y[i], ds->y[row]);
+        for (size_t f = 0; f < dim; f++) {
+            double d = (double)noisy->x[i * dim + f] - (double)ds->x[row * dim + f];
+            s += d;
+            s2 += d * d;
+            m++;
+        }
+    }
+    *mean = s / (double)m;
+    *std = sqrt(s2 / (double)m - *mean * *mean);
+}
+
+static void test_noise(void **state)
+{
+    (void)state;
+    fedge_dataset ds;
+    make_balanced(&ds, 4, 500, 20); /* 2000 rows x 20 features */
+    const int N = 5;
+    fedge_partition_config cfg = {.kind = FEDGE_PARTITION_NOISE, .n_clients = N, .min_size = 1,
+                                  .seed = 11, .noise_sigma = 0.2};
+    fedge_partition p, iid;
+    assert_int_equal(fedge_partition_make(&ds, &cfg, &p), FEDGE_OK);
+    check_valid(&p, &ds, N, 1);
+    /* The rows are the IID split's for the same seed. */
+    fedge_partition_config icfg = cfg;
+    icfg.kind = FEDGE_PARTITION_IID;
+    assert_int_equal(fedge_partition_make(&ds, &icfg, &iid), FEDGE_OK);
+    assert_true(same_partition(&p, &iid));
+
+    double prev = -1.0;
+    for (int j = 0; j < N; j++) {
+        fedge_dataset d = {0};
+        double mean, std;
+        assert_int_equal(fedge_partition_client_data(&ds, &p, &cfg, j, 0, &d), FEDGE_OK);
+        noise_stats(&ds, &p, j, &d, &mean, &std);
+        const double want = 0.2 * j / N;
+        if (j == 0) {
+            /* Client 0 unchanged, bit for bit. */
+            for (size_t i = 0; i < d.n; i++)
+                assert_memory_equal(d.x + i * 20, ds.x + p.indices[0][i] * 20,
+                                    20 * sizeof(float));
+        } else {
+            /* 8000 draws: the sample std is within 3% of sigma * j / N. */
+            assert_true(fabs(std - want) < 0.03 * want);
+            assert_true(fabs(mean) < 4.0 * want / sqrt(8000.0));
+        }
+        assert_true(std > prev);
+        prev = std;
+        printf("  noise sigma 0.2, client %d of %d: measured std %.4f (want %.4f)\n", j, N, std,
+               want);
+        fedge_dataset_free(&d);
+
+        /* u8 shards: every feature k/255 in [0, 1]; client 0 still unchanged. */
+        assert_int_equal(fedge_partition_client_data(&ds, &p, &cfg, j, 1, &d), FEDGE_OK);
+        for (size_t i = 0; i < d.n * 20; i++) {
+            float v = d.x[i];
+            assert_true(v >= 0.0f && v <= 1.0f);
+            if (j > 0)
+                assert_true(fabsf((float)lrintf(v * 255.0f) / 255.0f - v) < 1e-6f);
+        }
+        if (j > 0) {
+            double m2, s2;
+            noise_stats(&ds, &p, j, &d, &m2, &s2);
+            assert_true(fabs(s2 - want) < 0.05 * want + 0.002);
+        } else {
+            assert_memory_equal(d.x, ds.x + p.indices[0][0] * 20, 20 * sizeof(float));
+        }
+        fedge_dataset_free(&d);
+    }
+
+    /* Large noise saturates: u8 output clipped to [0, 1], f32 not. */
+    cfg.noise_sigma = 50.0;
+    fedge_dataset d8 = {0}, d32 = {0};
+    assert_int_equal(fedge_partition_client_data(&ds, &p, &cfg, N - 1, 1, &d8), FEDGE_OK);
+    assert_int_equal(fedge_partition_client_data(&ds, &p, &cfg, N - 1, 0, &d32), FEDGE_OK);
+    size_t at_edge = 0, outside = 0;
+    for (size_t i = 0; i < d8.n * 20; i++) {
+        assert_true(d8.x[i] >= 0.0f && d8.x[i] <= 1.0f);
+        at_edge += d8.x[i] == 0.0f || d8.x[i] == 1.0f;
+        outside += d32.x[i] < 0.0f || d32.x[i] > 1.0f;
+    }
+    assert_true(at_edge > d8.n * 20 * 9 / 10);
+    assert_true(outside > d32.n * 20 * 9 / 10);
+    fedge_dataset_free(&d8);
+    fedge_dataset_free(&d32);
+
+    /* Other kinds: a plain copy of the client's rows. */
+    fedge_dataset dc = {0};
+    assert_int_equal(fedge_partition_client_data(&ds, &iid, &icfg, N - 1, 1, &dc), FEDGE_OK);
+    for (size_t i = 0; i < dc.n; i++)
+        assert_memory_equal(dc.x + i * 20, ds.x + iid.indices[N - 1][i] * 20, 20 * sizeof(float));
+    fedge_dataset_free(&dc);
+
+    fedge_partition_free(&p);
+    fedge_partition_free(&iid);
+    free_synthetic(&ds);
+}
+
 static void test_seeds(void **state)
 {
     (void)state;
@@ -433,6 +715,31 @@ static void test_seeds(void **state)
         fedge_partition_free(&b);
         fedge_partition_free(&c);
     }
+
+    /* Label-quantity skew: same seed, same labels and rows. */
+    fedge_partition a = make_labels(&ds, 8, 3, 77), b = make_labels(&ds, 8, 3, 77),
+                    c = make_labels(&ds, 8, 3, 78);
+    assert_true(same_partition(&a, &b));
+    assert_false(same_partition(&a, &c));
+    fedge_partition_free(&a);
+    fedge_partition_free(&b);
+    fedge_partition_free(&c);
+
+    /* Feature noise: same seed, same noisy features; another seed differs. */
+    fedge_partition_config cfg = {.kind = FEDGE_PARTITION_NOISE, .n_clients = 4, .min_size = 1,
+                                  .seed = 5, .noise_sigma = 0.3};
+    assert_int_equal(fedge_partition_make(&ds, &cfg, &a), FEDGE_OK);
+    fedge_dataset d1 = {0}, d2 = {0}, d3 = {0};
+    assert_int_equal(fedge_partition_client_data(&ds, &a, &cfg, 3, 0, &d1), FEDGE_OK);
+    assert_int_equal(fedge_partition_client_data(&ds, &a, &cfg, 3, 0, &d2), FEDGE_OK);
+    assert_memory_equal(d1.x, d2.x, d1.n * sizeof(float));
+    cfg.seed = 6;
+    assert_int_equal(fedge_partition_client_data(&ds, &a, &cfg, 3, 0, &d3), FEDGE_OK);
+    assert_true(memcmp(d1.x, d3.x, d1.n * sizeof(float)) != 0);
+    fedge_dataset_free(&d1);
+    fedge_dataset_free(&d2);
+    fedge_dataset_free(&d3);
+    fedge_partition_free(&a);
     free_synthetic(&ds);
 }
 
@@ -495,6 +802,8 @@ int main(void)
         cmocka_unit_test(test_dirichlet_min_size),
         cmocka_unit_test(test_dirichlet_tiny_beta_is_extreme),
         cmocka_unit_test(test_quantity),
+        cmocka_unit_test(test_labels_small),
+        cmocka_unit_test(test_noise),
         cmocka_unit_test(test_seeds),
         cmocka_unit_test(test_fashion_mnist),
     };
