@@ -778,6 +778,18 @@ static void test_fashion_mnist(void **state)
     fedge_partition_free(&q);
     fedge_partition_free(&p);
 
+    /* NIID-Bench's #C=2 and #C=3 on the real set: 10 clients, every row placed. */
+    double tv_c[2];
+    for (int k = 2; k <= 3; k++) {
+        p = make_labels(&ds, 10, k, 1);
+        check_labels(&p, &ds, k);
+        tv_c[k - 2] = mean_tv(&p, &ds);
+        fedge_partition_free(&p);
+    }
+    print_message("  Fashion-MNIST train, 10 clients: #C=2 TV %.4f, #C=3 TV %.4f\n", tv_c[0],
+                  tv_c[1]);
+    assert_true(tv_c[0] > tv_c[1] && tv_c[1] > tv_dir[3]);
+
     print_message("  Fashion-MNIST train, 10 clients: IID TV %.4f | Dirichlet TV beta 0.1 %.4f, "
                   "0.5 %.4f, 1 %.4f, 100 %.4f | 100 clients beta 0.1 TV %.4f | quantity 0.5 "
                   "size CV %.3f weighted TV %.4f\n",
