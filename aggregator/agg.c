@@ -134,16 +134,13 @@ static int evaluate(fedge_aggregator *a, double *accuracy)
     if (!a->eval_scratch) { /* the spec is fixed for the daemon's life */
         /* A model whose activations at EVAL_BATCH rows pass the model's
          * limit is evaluated in smaller chunks. */
-        int batch = EVAL_BATCH;
-        size_t floats;
-        while ((floats = fedge_model_scratch_floats(&a->model.spec, batch)) == 0 && batch > 1)
-            batch /= 2;
-        if (floats == 0) {
+        int batch = fedge_model_max_batch(&a->model.spec, EVAL_BATCH);
+        if (batch == 0) {
             FEDGE_ERROR("model %s: the activations of one row exceed the model's limit",
                         a->cfg.model_spec);
             return FEDGE_ERR_MODEL_SPEC;
         }
-        a->eval_scratch = malloc(floats * sizeof(float));
+        a->eval_scratch = malloc(fedge_model_scratch_floats(&a->model.spec, batch) * sizeof(float));
         if (!a->eval_scratch)
             return FEDGE_ERR_NOMEM;
         a->eval_batch = batch;

@@ -572,6 +572,25 @@ size_t fedge_model_scratch_floats(const fedge_model_spec *spec, int batch)
     return p.total;
 }
 
+int fedge_model_max_batch(const fedge_model_spec *spec, int batch)
+{
+    if (batch < 1)
+        return 0;
+    if (fedge_model_scratch_floats(spec, batch) > 0)
+        return batch;
+    int fits = 0; /* the scratch grows with the batch: bisect */
+    for (int lo = 1, hi = batch - 1; lo <= hi;) {
+        int mid = lo + (hi - lo) / 2;
+        if (fedge_model_scratch_floats(spec, mid) > 0) {
+            fits = mid;
+            lo = mid + 1;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return fits;
+}
+
 /* ---- layer kernels ------------------------------------------------------ */
 
 static int check_labels(const uint8_t *y, size_t n, int n_classes)

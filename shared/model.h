@@ -121,6 +121,9 @@ int fedge_model_randomize(fedge_model *m, fedge_rng *rng);
 
 /* 0 for an invalid spec, batch < 1, or a batch whose buffers would not fit the indexing. */
 size_t fedge_model_scratch_floats(const fedge_model_spec *spec, int batch);
+/* The largest batch in 1..batch whose scratch is within the limit above (0 if
+ * not even one row fits): how many rows a wide model can take per call. */
+int fedge_model_max_batch(const fedge_model_spec *spec, int batch);
 
 /* Inference (dropout is the identity). probs: batch x classes. */
 int fedge_model_forward(const fedge_model *m, const float *x, int batch,

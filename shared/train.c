@@ -101,13 +101,10 @@ int fedge_evaluate_accuracy(const fedge_model *m, const fedge_dataset *test, dou
     int ret = FEDGE_OK;
     size_t correct = 0;
     double loss_sum = 0.0;
-    int batch = EVAL_BATCH;
-    size_t floats;
-    while ((floats = fedge_model_scratch_floats(&m->spec, batch)) == 0 && batch > 1)
-        batch /= 2; /* a wide model: smaller chunks */
-    if (floats == 0)
+    int batch = fedge_model_max_batch(&m->spec, EVAL_BATCH); /* a wide model: smaller chunks */
+    if (batch == 0)
         return FEDGE_ERR_MODEL_SPEC;
-    float *scratch = malloc(floats * sizeof(float));
+    float *scratch = malloc(fedge_model_scratch_floats(&m->spec, batch) * sizeof(float));
     if (scratch == NULL)
         FAIL(FEDGE_ERR_NOMEM);
     CHK(fedge_model_evaluate(m, test->x, test->y, test->n, batch, scratch, &correct,

@@ -644,6 +644,22 @@ static void test_loss_and_evaluate_exact(void **state)
 
 /* ---- optim -------------------------------------------------------------- */
 
+/* The largest batch whose scratch is within the limit: all of it for a small
+ * model, the exact boundary for a wide one (the one fedge-model's review found). */
+static void test_max_batch(void **state)
+{
+    (void)state;
+    fedge_model_spec small, wide;
+    assert_int_equal(fedge_model_spec_parse("mlp:784-200-10", &small), FEDGE_OK);
+    assert_int_equal(fedge_model_max_batch(&small, 500), 500);
+    assert_int_equal(fedge_model_max_batch(&small, 0), 0);
+    assert_int_equal(fedge_model_spec_parse("cnn:1x28x28-c21399k1-c1k3p1-10", &wide), FEDGE_OK);
+    int b = fedge_model_max_batch(&wide, 256);
+    assert_true(b >= 1 && b < 256);
+    assert_true(fedge_model_scratch_floats(&wide, b) > 0);
+    assert_int_equal(fedge_model_scratch_floats(&wide, b + 1), 0);
+}
+
 static void test_sgd_hand_computed(void **state)
 {
     (void)state;
@@ -823,6 +839,7 @@ int main(void)
         cmocka_unit_test(test_cnn_layout),
         cmocka_unit_test(test_forward_probabilities),
         cmocka_unit_test(test_loss_and_evaluate_exact),
+        cmocka_unit_test(test_max_batch),
         cmocka_unit_test(test_sgd_hand_computed),
         cmocka_unit_test(test_rng_reference_and_reproducible),
         cmocka_unit_test(test_rng_distributions),

@@ -415,16 +415,7 @@ static int cmd_predict(const char *model_path, const char *input_path, int probs
     dim = v->input_dim;
     size_t scratch_n = fedge_model_scratch_floats(&m.spec, batch);
     if (scratch_n == 0) {
-        int fits = 0; /* the largest batch whose buffers fit, by bisection */
-        for (int lo = 1, hi = batch - 1; lo <= hi;) {
-            int mid = lo + (hi - lo) / 2;
-            if (fedge_model_scratch_floats(&m.spec, mid) > 0) {
-                fits = mid;
-                lo = mid + 1;
-            } else {
-                hi = mid - 1;
-            }
-        }
+        int fits = fedge_model_max_batch(&m.spec, batch);
         if (fits > 0)
             rc = failure("%s: spec %s at --batch %d needs more working memory than fedge's per-call "
                          "limit; --batch %d or less fits",
