@@ -67,14 +67,20 @@ static void usage(FILE *f)
             MDL_ONNX_OPSET, MDL_ONNX_IR_VERSION);
 }
 
+/* One escaped line on stderr: "fedge-model: MESSAGE". */
+__attribute__((format(printf, 1, 0))) static void vreport(const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    fedge_text_eprintf(PROG, "%s", msg);
+}
+
 __attribute__((format(printf, 1, 2))) static int bad_usage(const char *fmt, ...)
 {
     va_list ap;
-    char msg[512];
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vreport(fmt, ap);
     va_end(ap);
-    fedge_text_eprintf(PROG, "%s", msg);
     fprintf(stderr, "(run " PROG " --help for usage)\n");
     return EXIT_USAGE;
 }
@@ -82,11 +88,9 @@ __attribute__((format(printf, 1, 2))) static int bad_usage(const char *fmt, ...)
 __attribute__((format(printf, 1, 2))) static int failure(const char *fmt, ...)
 {
     va_list ap;
-    char msg[1024];
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vreport(fmt, ap);
     va_end(ap);
-    fedge_text_eprintf(PROG, "%s", msg);
     return EXIT_FAIL;
 }
 

@@ -85,7 +85,10 @@ static Onnx__NodeProto *add_node(onnx_build *b, const char *op, const char *name
     return n;
 }
 
-static void add_attr_ints(onnx_build *b, Onnx__NodeProto *n, const char *name, const int64_t *v, int k)
+/* The node's next attribute slot, named and typed; *slot_ints is its int
+ * array (for INTS). */
+static Onnx__AttributeProto *add_attr(onnx_build *b, Onnx__NodeProto *n, const char *name,
+                                      Onnx__AttributeProto__AttributeType type, int64_t **slot_ints)
 {
     int i = (int)(n - b->node);
     int a = (int)n->n_attribute++;
@@ -93,25 +96,27 @@ static void add_attr_ints(onnx_build *b, Onnx__NodeProto *n, const char *name, c
     onnx__attribute_proto__init(at);
     at->name = (char *)name;
     at->has_type = 1;
-    at->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INTS;
-    memcpy(b->ints[i][a], v, (size_t)k * sizeof v[0]);
-    at->n_ints = (size_t)k;
-    at->ints = b->ints[i][a];
+    at->type = type;
     b->attr_ptr[i][a] = at;
+    if (slot_ints != NULL)
+        *slot_ints = b->ints[i][a];
+    return at;
+}
+
+static void add_attr_ints(onnx_build *b, Onnx__NodeProto *n, const char *name, const int64_t *v, int k)
+{
+    int64_t *ints;
+    Onnx__AttributeProto *at = add_attr(b, n, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INTS, &ints);
+    memcpy(ints, v, (size_t)k * sizeof v[0]);
+    at->n_ints = (size_t)k;
+    at->ints = ints;
 }
 
 static void add_attr_int(onnx_build *b, Onnx__NodeProto *n, const char *name, int64_t v)
 {
-    int i = (int)(n - b->node);
-    int a = (int)n->n_attribute++;
-    Onnx__AttributeProto *at = &b->attr[i][a];
-    onnx__attribute_proto__init(at);
-    at->name = (char *)name;
-    at->has_type = 1;
-    at->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT;
+    Onnx__AttributeProto *at = add_attr(b, n, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT, NULL);
     at->has_i = 1;
     at->i = v;
-    b->attr_ptr[i][a] = at;
 }
 
 static const mdl_tensor *tensor_of(const onnx_build *b, int layer, int bias)
