@@ -4,50 +4,21 @@
 # single-process training on the same global batches; bad input fails with
 # a clear status and writes nothing.
 set -euo pipefail
-BUILD=${FEDGE_BUILD:-build/native}
-BIN=$BUILD/bin
-CL=$BIN/fedge-cluster
-MPI=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader
-     --mca btl_vader_single_copy_mechanism none)
-T=$(mktemp -d /tmp/fedge-cluster-eq.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-mpi() { timeout 120 "${MPI[@]}" -np "$@"; }
-field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" "$2"; }
-
-[ -x "$CL" ] || fail "no $CL (build first)"
-if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-    "$CL" make-shard --fashion-mnist train --rows 4000 --out "$T/train.shard" >/dev/null
-else
-    "$CL" make-shard --synthetic 4000 --dim 784 --classes 10 --out "$T/train.shard" >/dev/null
-fi
+CLUSTER_TAG=eq
+. "$(dirname "$0")/../lib/cluster.sh"
+cluster_train_shard 4000
 "$CL" init --spec mlp:784-64-10 --seed 3 --out "$T/m0.bin" >/dev/null
 COMMON=(--model "$T/m0.bin" --data "$T/train.shard" --steps 40 --batch 64 --lr 0.05
         --momentum 0.9 --weight-decay 0.0001 --seed 9)
 
-"$CL" reference "${COMMON[@]}" --out "$T/ref.bin" >"$T/ref.json"
-grep -q '"status":"ok"' "$T/ref.json" || fail "reference run: $(cat "$T/ref.json")"
-# training moved the parameters (so the comparisons below mean something)
-if "$CL" compare "$T/m0.bin" "$T/ref.bin" --tol 1e-3 >/dev/null; then
-    fail "reference training did not change the model"
-fi
+cluster_reference
 
-run() { # name np extra-args...
-    local name=$1 np=$2
-    shift 2
-    mpi "$np" "$CL" refine "${COMMON[@]}" --out "$T/$name.bin" "$@" >"$T/$name.json" \
-        2>"$T/$name.err" || fail "$name: exit $? $(cat "$T/$name.json" "$T/$name.err")"
-    grep -q '"status":"ok"' "$T/$name.json" || fail "$name: $(cat "$T/$name.json")"
-    "$CL" compare "$T/$name.bin" "$T/ref.bin" --tol 1e-5 >"$T/$name.cmp" \
-        || fail "$name differs from single-process training: $(cat "$T/$name.cmp")"
-    echo "ok  $name: $(cat "$T/$name.cmp")"
-}
-run np1 1
-run np2 2
-run np2_buckets 2 --bucket-mb 0.02
-run np2_zero 2 --zero --bucket-mb 0.02
-run np3_zero 3 --zero --bucket-mb 0.05
-run np4_zero 4 --zero
+cluster_equivalent np1 1
+cluster_equivalent np2 2
+cluster_equivalent np2_buckets 2 --bucket-mb 0.02
+cluster_equivalent np2_zero 2 --zero --bucket-mb 0.02
+cluster_equivalent np3_zero 3 --zero --bucket-mb 0.05
+cluster_equivalent np4_zero 4 --zero
 "$CL" compare "$T/np2_zero.bin" "$T/np2.bin" --tol 1e-6 >/dev/null \
     || fail "ZeRO-1 run differs from the unsharded run"
 

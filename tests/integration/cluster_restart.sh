@@ -5,17 +5,8 @@
 # state is re-sharded), and ends with the parameters of an uninterrupted
 # run. Torn and foreign checkpoints are refused or ignored, never half-used.
 set -euo pipefail
-BUILD=${FEDGE_BUILD:-build/native}
-CL=$BUILD/bin/fedge-cluster
-MPI=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader
-     --mca btl_vader_single_copy_mechanism none)
-T=$(mktemp -d /tmp/fedge-cluster-rs.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-mpi() { timeout 120 "${MPI[@]}" -np "$@"; }
-field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" "$2"; }
-
-[ -x "$CL" ] || fail "no $CL (build first)"
+CLUSTER_TAG=rs
+. "$(dirname "$0")/../lib/cluster.sh"
 "$CL" make-shard --synthetic 3000 --dim 64 --classes 10 --seed 5 --out "$T/train.shard" >/dev/null
 "$CL" init --spec mlp:64-48-32-10 --seed 4 --out "$T/m0.bin" >/dev/null
 COMMON=(--model "$T/m0.bin" --data "$T/train.shard" --steps 60 --batch 48 --lr 0.05
