@@ -224,14 +224,11 @@ static int model_sink(void *arg, const uint8_t *data, size_t len)
     return fedge_edge_trainer_set_global(arg, data, len);
 }
 
-static void print_memory_plan(edge_client *c, const fedge_round_info *ri)
+static void print_memory_plan(edge_client *c, const fedge_round_info *ri,
+                              const fedge_edge_memory *m)
 {
-    fedge_edge_memory m;
     char line[512];
-    if (fedge_edge_memory_plan(&ri->spec, ri->batch, c->shard.record_size, c->cfg->encoding,
-                               &m) != FEDGE_OK)
-        return;
-    fedge_edge_memory_format(&m, line, sizeof line);
+    fedge_edge_memory_format(m, line, sizeof line);
     FEDGE_INFO("memory plan (%s, batch %d, %s): %s", ri->spec_text, ri->batch,
                fedge_encoding_name(c->cfg->encoding), line);
 }
@@ -361,7 +358,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         return ret == FEDGE_ERR_NOMEM ? FEDGE_OK : ret;
     }
     if (resized && cfg->print_memory)
-        print_memory_plan(c, ri);
+        print_memory_plan(c, ri, &plan);
 
     if (ri->deadline_ms >= 0)
         c->round_end_ms = c->polled_ms + (uint64_t)ri->deadline_ms;
