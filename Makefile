@@ -109,7 +109,7 @@ endif
 
 SHARED_SRC := $(wildcard shared/*.c)
 POLICY_SRC := $(wildcard policy/*.c)
-AGG_SRC := $(filter-out aggregator/main.c,$(wildcard aggregator/*.c))
+AGG_SRC := $(filter-out aggregator/main.c,$(wildcard aggregator/*.c aggregator/*/*.c))
 EDGE_SRC := $(filter-out edge/main.c,$(wildcard edge/*.c))
 CLUSTER_SRC := $(filter-out cluster/main.c,$(wildcard cluster/*.c))
 CLUSTER_CU := $(wildcard cluster/gpu/*.cu)

@@ -79,6 +79,10 @@ typedef struct {
     long rounds_done;
     double last_accuracy;
     fedge_rng rng;
+    /* DP noise: 0 draws each round's seed from getrandom (the daemon);
+     * nonzero derives it from this seed and the round, for a simulation
+     * that must give the same model twice (fedge-sim --seed). */
+    uint64_t noise_seed;
 } fedge_aggregator;
 
 /* Everything needed before serving: keys, database (resuming an open round),

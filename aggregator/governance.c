@@ -967,9 +967,15 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
             mean[i] = (float)avg.sum[i];
         fedge_rng noise_rng;
         uint64_t seed = 0;
-        if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
-            FAIL(FEDGE_ERR_CRYPTO);
-        fedge_rng_seed(&noise_rng, seed);
+        if (a->noise_seed) {
+            fedge_rng base;
+            fedge_rng_seed(&base, a->noise_seed);
+            fedge_rng_split(&base, a->round, &noise_rng);
+        } else {
+            if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
+                FAIL(FEDGE_ERR_CRYPTO);
+            fedge_rng_seed(&noise_rng, seed);
+        }
         CHK(fedge_policy_dp_apply(a->policy, mean, n_params, avg.n, &noise_rng));
         double denom = (double)(a->n_selected ? a->n_selected : avg.n);
         for (size_t i = 0; i < n_params; i++)

@@ -85,6 +85,8 @@ const char *fedge_strerror(int code)
         return "delta body dropped by retention (its SHA-256 stays in the audit chain)";
     case FEDGE_ERR_IMPORT_FORMAT: return "malformed safetensors file";
     case FEDGE_ERR_IMPORT_TENSOR: return "tensor does not fit the model spec";
+    case FEDGE_ERR_STRATEGY_TOO_FEW: return "too few updates for the aggregation rule";
+    case FEDGE_ERR_STRATEGY_STATE: return "stored server optimiser state does not fit this run";
     case FEDGE_ERR_NOT_REGULAR: return "exists and is not a regular file (a device, FIFO or symbolic link is never replaced)";
     default: return "unknown error";
     }

@@ -116,6 +116,10 @@ enum {
 
     /* files (shared/fileio) -210 .. -219 */
     FEDGE_ERR_NOT_REGULAR = -210,        /* a path to replace is a device, FIFO, socket or link */
+
+    /* aggregation strategies (aggregator/combine.h, server_opt.h) -220 .. -229 */
+    FEDGE_ERR_STRATEGY_TOO_FEW = -220,   /* too few updates for the robust rule's f or beta */
+    FEDGE_ERR_STRATEGY_STATE = -221,     /* a stored optimiser state that does not fit the run */
 };
 
 const char *fedge_strerror(int code);
