@@ -14,6 +14,7 @@
 static const uint8_t delta_magic[4] = {'F', 'D', 'L', 'T'};
 
 #define FLAG_STOCHASTIC 0x01u
+#define FLAG_KNOWN (FLAG_STOCHASTIC | FEDGE_DELTA_FLAG_CONTROL)
 
 /* ---- float bits ------------------------------------------------------------ */
 
@@ -312,7 +313,7 @@ int fedge_delta_encode(const fedge_delta_header *h, const float *delta, fedge_rn
     if (h == NULL || out == NULL || out_len == NULL || (delta == NULL && h->n_elems > 0))
         return FEDGE_ERR_INVALID_ARG;
     *out_len = 0;
-    if ((h->flags & ~FLAG_STOCHASTIC) != 0)
+    if ((h->flags & ~FLAG_KNOWN) != 0 || ((h->flags & FEDGE_DELTA_FLAG_CONTROL) && (h->n_elems & 1u)))
         return FEDGE_ERR_INVALID_ARG;
     int ret = check_fields(h->encoding, h->n_elems, h->block_size);
     if (ret != FEDGE_OK)
@@ -323,7 +324,7 @@ int fedge_delta_encode(const fedge_delta_header *h, const float *delta, fedge_rn
 
     int stochastic = h->encoding == FEDGE_ENC_INT8 && rng != NULL;
     uint8_t *payload = out + FEDGE_DELTA_HEADER_LEN;
-    write_header(h, stochastic ? FLAG_STOCHASTIC : 0, out);
+    write_header(h, (uint8_t)((stochastic ? FLAG_STOCHASTIC : 0) | (h->flags & FEDGE_DELTA_FLAG_CONTROL)), out);
     switch (h->encoding) {
     case FEDGE_ENC_FP32: ret = encode_fp32(delta, h->n_elems, payload); break;
     case FEDGE_ENC_FP16: ret = encode_half(delta, h->n_elems, payload, 0); break;
@@ -346,7 +347,7 @@ int fedge_delta_parse_header(const uint8_t hdr[FEDGE_DELTA_HEADER_LEN], fedge_de
     if (fedge_get_u16(hdr + 4) != FEDGE_DELTA_VERSION)
         return FEDGE_ERR_DELTA_VERSION;
     /* Unknown flag bits and a non-zero reserved word belong to a later version. */
-    if ((hdr[7] & ~FLAG_STOCHASTIC) != 0 || fedge_get_u32(hdr + 28) != 0)
+    if ((hdr[7] & ~FLAG_KNOWN) != 0 || fedge_get_u32(hdr + 28) != 0)
         return FEDGE_ERR_DELTA_VERSION;
     fedge_delta_header t;
     t.encoding = hdr[6];
@@ -362,6 +363,8 @@ int fedge_delta_parse_header(const uint8_t hdr[FEDGE_DELTA_HEADER_LEN], fedge_de
         return ret;
     if ((t.flags & FLAG_STOCHASTIC) && t.encoding != FEDGE_ENC_INT8)
         return FEDGE_ERR_DELTA_ENCODING;
+    if ((t.flags & FEDGE_DELTA_FLAG_CONTROL) && (t.n_elems & 1u))
+        return FEDGE_ERR_DELTA_SHAPE;
     *h = t;
     return FEDGE_OK;
 }

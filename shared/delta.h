@@ -16,7 +16,7 @@
  * Decoding checks magic, version, encoding, block size, the element count
  * and model id against what the caller expects, the exact payload length and
  * every decoded value for NaN/Inf, before writing to the caller's buffer.
- * Unknown flag bits or a non-zero reserved word are FEDGE_ERR_DELTA_VERSION
+ * Flag bits other than 0 and 1, or a non-zero reserved word, are FEDGE_ERR_DELTA_VERSION
  * (a later format); the stochastic flag on a non-int8 encoding is
  * FEDGE_ERR_DELTA_ENCODING; an int8 block whose scale is NaN/Inf or whose
  * q * scale overflows is FEDGE_ERR_DELTA_NONFINITE. */
@@ -33,6 +33,10 @@
 #define FEDGE_DELTA_VERSION 1
 #define FEDGE_DELTA_DEFAULT_BLOCK 256
 #define FEDGE_DELTA_MAX_ELEMS (64u * 1024u * 1024u)
+/* flags bit 1: a SCAFFOLD update. n_elems = 2 * n_params: the model delta
+ * then the client control-variate delta, in one encoding (an odd n_elems
+ * with this flag is FEDGE_ERR_DELTA_SHAPE). Set by the caller of encode. */
+#define FEDGE_DELTA_FLAG_CONTROL 0x02u
 
 typedef enum {
     FEDGE_ENC_FP32 = 0,
@@ -43,7 +47,8 @@ typedef enum {
 
 typedef struct {
     uint8_t encoding;           /* fedge_encoding */
-    uint8_t flags;              /* bit 0: int8 used stochastic rounding (informational) */
+    uint8_t flags;              /* bit 0: int8 used stochastic rounding (informational);
+                                   bit 1: FEDGE_DELTA_FLAG_CONTROL */
     uint32_t model_id;
     uint32_t round;
     uint32_t n_samples;

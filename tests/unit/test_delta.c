@@ -631,6 +631,7 @@ static void test_bad_header_fields(void **state)
     MUTATE(b[4] = 2, FEDGE_ERR_DELTA_VERSION);
     MUTATE(b[5] = 1, FEDGE_ERR_DELTA_VERSION);
     MUTATE(b[7] = 0x80, FEDGE_ERR_DELTA_VERSION);    /* unknown flag */
+    MUTATE(b[7] = 0x04, FEDGE_ERR_DELTA_VERSION);    /* unknown flag */
     MUTATE(b[28] = 1, FEDGE_ERR_DELTA_VERSION);      /* reserved word */
     MUTATE(b[6] = 4, FEDGE_ERR_DELTA_ENCODING);
     MUTATE(b[6] = 0xff, FEDGE_ERR_DELTA_ENCODING);
@@ -724,9 +725,22 @@ static void test_encode_errors(void **state)
         x[2] = 3;
         assert_int_equal(fedge_delta_encode(&h, x, NULL, buf, fedge_delta_encoded_size(&h) - 1, &len),
                          FEDGE_ERR_BUFFER_TOO_SMALL);
-        h.flags = 0x02;
+        h.flags = 0x04; /* not a flag of this version */
         assert_int_equal(fedge_delta_encode(&h, x, NULL, buf, sizeof buf, &len),
                          FEDGE_ERR_INVALID_ARG);
+        h.flags = FEDGE_DELTA_FLAG_CONTROL;
+        h.n_elems = 3; /* a control update holds two halves */
+        assert_int_equal(fedge_delta_encode(&h, x, NULL, buf, sizeof buf, &len),
+                         FEDGE_ERR_INVALID_ARG);
+        h.n_elems = 4;
+        assert_int_equal(fedge_delta_encode(&h, x, NULL, buf, sizeof buf, &len), FEDGE_OK);
+        fedge_delta_header got;
+        float back[4];
+        assert_int_equal(fedge_delta_decode(buf, len, h.model_id, 4, &got, back), FEDGE_OK);
+        assert_int_equal(got.flags & FEDGE_DELTA_FLAG_CONTROL, FEDGE_DELTA_FLAG_CONTROL);
+        buf[20] = 3; /* n_elems 3 with the control flag */
+        assert_int_equal(fedge_delta_decode_header(buf, fedge_delta_encoded_size(&h), &got),
+                         FEDGE_ERR_DELTA_SHAPE);
     }
     fedge_delta_header h = make_header(FEDGE_ENC_FP16, 4);
     x[1] = 70000.0f; /* finite, but past fp16's range */
