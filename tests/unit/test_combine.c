@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "combine.h"
+#include "combine/select.h"
 #include "common.h"
 
 #define MAX_N 256
@@ -372,6 +373,38 @@ static void test_bulyan_f0_is_mean(void **state)
     assert_used(used, ALL7, 3);
 }
 
+/* Ties among more values than the selection sorts by insertion: 40
+ * clients at +1 (even) and −1 (odd) in every coordinate, f = 1, so every
+ * Krum score ties; the lower indices win.
+ *   multikrum m = 5: clients 0..4, (1 − 1 + 1 − 1 + 1) / 5 = 0.2
+ *   bulyan: θ = 38 is 0..37 (each step the lowest of the best-placed
+ *     side), median 0, every distance 1: β = 36 values of clients 0..35,
+ *     18 of each sign: 0. */
+static void test_ties_go_to_lower_index(void **state)
+{
+    (void)state;
+    enum { N = 40, P = 3 };
+    float d[N * P], out[P];
+    uint8_t used[N], want[N];
+    for (size_t i = 0; i < N; i++)
+        for (size_t k = 0; k < P; k++)
+            d[i * P + k] = i % 2 ? -1.0f : 1.0f;
+
+    fedge_combine_params p = params("multikrum", 0, 1, 5, 2);
+    assert_int_equal(combine(&p, d, N, P, NULL, out, used, NULL), FEDGE_OK);
+    for (size_t i = 0; i < N; i++)
+        want[i] = i < 5;
+    assert_used(used, want, N);
+    assert_floats(out, (const float[P]){(float)(1.0 * (1.0 / 5)), (float)(1.0 * (1.0 / 5)), (float)(1.0 * (1.0 / 5))}, P);
+
+    p = params("bulyan", 0, 1, 0, 2);
+    assert_int_equal(combine(&p, d, N, P, NULL, out, used, NULL), FEDGE_OK);
+    for (size_t i = 0; i < N; i++)
+        want[i] = i < 38;
+    assert_used(used, want, N);
+    assert_floats(out, (const float[P]){0, 0, 0}, P);
+}
+
 static void expect_refusal(const fedge_combine_params *p, size_t n, const char *reason)
 {
     char why[256] = "";
@@ -471,6 +504,33 @@ static void test_block_size_independent(void **state)
             strcmp(rules[r].name, "bulyan") == 0)
             assert_true(!first_used[3] && !first_used[8]);
     }
+    free(d);
+}
+
+/* Krum's squared distances: the same bits for every block size (what
+ * makes its choice independent of the block), and the distances. */
+static void test_krum_distances_block_independent(void **state)
+{
+    (void)state;
+    enum { N = 6, P = 37 };
+    static const size_t blocks[] = {1, 2, 3, 5, 8, P, 1000};
+    float *d = random_deltas(N, P, 9);
+    double first[N * N], dist[N * N];
+    for (size_t b = 0; b < FEDGE_ARRAY_LEN(blocks); b++) {
+        mem_reader m;
+        mem_reader_init(&m, d, N, P);
+        assert_int_equal(fedge_krum_distances(&m.r, blocks[b], b ? dist : first), FEDGE_OK);
+        if (b && memcmp(dist, first, sizeof dist) != 0)
+            fail_msg("block %zu: distances differ from block 1", blocks[b]);
+    }
+    for (size_t i = 0; i < N; i++)
+        for (size_t j = 0; j < N; j++) {
+            double want = 0;
+            for (size_t k = 0; k < P; k++)
+                want += ((double)d[i * P + k] - d[j * P + k]) * ((double)d[i * P + k] - d[j * P + k]);
+            assert_float_equal(first[i * N + j], want, 1e-12 * (1 + want));
+            assert_true(first[i * N + j] == first[j * N + i]);
+        }
     free(d);
 }
 
@@ -574,8 +634,10 @@ int main(void)
         cmocka_unit_test(test_multikrum_m),
         cmocka_unit_test(test_bulyan_seven_clients),
         cmocka_unit_test(test_bulyan_f0_is_mean),
+        cmocka_unit_test(test_ties_go_to_lower_index),
         cmocka_unit_test(test_check_refusals),
         cmocka_unit_test(test_block_size_independent),
+        cmocka_unit_test(test_krum_distances_block_independent),
         cmocka_unit_test(test_reads_bounded),
         cmocka_unit_test(test_reader_failure),
         cmocka_unit_test(test_weights_only_for_mean),
