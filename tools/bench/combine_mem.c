@@ -5,7 +5,8 @@
  * stored): uniform in [−1, 1) per coordinate, the first fifth of the
  * clients sending the sign-flipped honest value ×10. The heap is counted by
  * malloc/calloc/realloc/free defined here over glibc's own (every
- * allocation of the process goes through them), and the peak of the bytes
+ * allocation of the process goes through them; not in a sanitizer build,
+ * whose allocator is its own), and the peak of the bytes
  * in use during the combination is reported; the output buffer (n_params
  * floats, the caller's) is allocated before and not counted. Baseline, the
  * same run: n × n_params × 4 bytes, what a combiner holding all the
@@ -22,13 +23,18 @@
 #include "combine.h"
 #include "common.h"
 
+static int counting;
+static size_t in_use, peak;
+
+/* A sanitizer build brings its own allocator: nothing is counted there. */
+#ifdef __SANITIZE_ADDRESS__
+#define HEAP_COUNTED 0
+#else
+#define HEAP_COUNTED 1
 extern void *__libc_malloc(size_t size);
 extern void *__libc_calloc(size_t n, size_t size);
 extern void *__libc_realloc(void *p, size_t size);
 extern void __libc_free(void *p);
-
-static int counting;
-static size_t in_use, peak;
 
 static void *counted(void *p)
 {
@@ -69,6 +75,7 @@ void free(void *p)
     uncount(p);
     __libc_free(p);
 }
+#endif
 
 typedef struct {
     size_t attackers;
@@ -113,9 +120,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench-combine_mem [N >= 7 [N_PARAMS [BLOCK ...]]]\n");
         return 2;
     }
-    float *out = __libc_malloc(n_params * sizeof *out);
-    double *w = __libc_malloc(n * sizeof *w);
-    uint8_t *used = __libc_malloc(n);
+    float *out = malloc(n_params * sizeof *out);
+    double *w = malloc(n * sizeof *w);
+    uint8_t *used = malloc(n);
     if (!out || !w || !used) {
         fprintf(stderr, "bench-combine_mem: out of memory\n");
         return 1;
@@ -124,6 +131,8 @@ int main(int argc, char **argv)
         w[i] = 1;
     long f = (long)(n / 5); /* the attackers; Bulyan needs n >= 4f + 3 */
     double naive = (double)n * (double)n_params * 4;
+    if (!HEAP_COUNTED)
+        printf("sanitizer build: the heap is not counted\n");
     printf("n = %zu clients (%zu sign-flipped x10), %zu parameters; naive (all deltas held): %.1f MiB\n", n,
            (size_t)f, n_params, naive / 1048576);
     printf("%-13s %7s %4s %12s %10s %9s %9s %12s\n", "rule", "block", "f", "peak heap", "n*block*4", "naive/peak",
@@ -158,14 +167,14 @@ int main(int argc, char **argv)
             for (size_t i = 0; i < (size_t)f; i++)
                 attackers_used += used[i];
             printf("%-13s %7zu %4ld %8.2f MiB %6.2f MiB %9.0fx %9.2f %12.2f%s\n", rules[r], block, p.f,
-                   (double)peak / 1048576, (double)n * (double)block * 4 / 1048576, naive / (double)peak, dt,
+                   (double)peak / 1048576, (double)n * (double)block * 4 / 1048576, peak ? naive / (double)peak : 0.0, dt,
                    (double)s.coords / (double)n_params / (double)n,
                    r >= 3 && attackers_used ? "  (an attacker chosen)" : "");
             fflush(stdout);
         }
     }
-    __libc_free(out);
-    __libc_free(w);
-    __libc_free(used);
+    free(out);
+    free(w);
+    free(used);
     return status;
 }
