@@ -565,6 +565,24 @@ static void test_reads_bounded(void **state)
     free(d);
 }
 
+/* No coordinates: nothing is read, every rule still chooses (Krum's
+ * distances are all 0, so the lowest indices). */
+static void test_no_parameters(void **state)
+{
+    (void)state;
+    const char *names[] = {"mean", "median", "trimmed_mean", "krum", "multikrum", "bulyan"};
+    for (size_t r = 0; r < FEDGE_ARRAY_LEN(names); r++) {
+        fedge_combine_params p = params(names[r], 0.2, 1, 0, 4);
+        float data[1] = {0}, out[1] = {42};
+        uint8_t used[7];
+        mem_reader m;
+        assert_int_equal(combine(&p, data, 7, 0, NULL, out, used, &m), FEDGE_OK);
+        assert_int_equal(m.n_reads, 0);
+        assert_true(out[0] == 42);
+        assert_true(used[0] == 1 && used[6] == (r < 3));
+    }
+}
+
 /* A read failing anywhere (first, middle of the distance pass, the second
  * pass, the last read) fails the combination with the reader's status. */
 static void test_reader_failure(void **state)
@@ -639,6 +657,7 @@ int main(void)
         cmocka_unit_test(test_block_size_independent),
         cmocka_unit_test(test_krum_distances_block_independent),
         cmocka_unit_test(test_reads_bounded),
+        cmocka_unit_test(test_no_parameters),
         cmocka_unit_test(test_reader_failure),
         cmocka_unit_test(test_weights_only_for_mean),
     };
