@@ -7,9 +7,6 @@
 
 #include "common.h"
 
-/* the robust rules (aggregator/combine/NAME.c) */
-extern const fedge_combiner fedge_combine_median, fedge_combine_trimmed_mean, fedge_combine_krum,
-    fedge_combine_multikrum, fedge_combine_bulyan;
 
 static const fedge_combiner *const table[] = {
     &fedge_combine_mean,
