@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "agg.h"
+#include "combine.h"
 #include "common.h"
 #include "config.h"
 #include "governance.h"
@@ -1406,6 +1407,77 @@ static void test_dp_refuses_robust_and_scaffold(void **state)
     assert_string_equal(fx->agg.strategy, "scaffold");
 }
 
+/* Round with device i's delta = fills[i] × the pattern, fp32, 10 samples each. */
+static void round_with_fills(fixture *fx, const float fills[N_DEV])
+{
+    char msg[320];
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        update_spec u = good(fx, 100 * fx->agg.round + (uint64_t)i);
+        u.fill = fills[i];
+        u.samples = 10;
+        uint8_t *b = make_update(fx, i, u, &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+}
+
+/* A robust rule's selection is an audited event naming who was left out,
+ * the round counts only the updates used, and the model moves by the
+ * selected delta. (Runs once "robust"'s krum is in the combiner table.) */
+static void test_robust_selection_logged(void **state)
+{
+    fixture *fx = *state;
+    if (!fedge_combiner_find("krum"))
+        skip();
+    fedge_agg_config c = fx->cfg;
+    snprintf(c.aggregation, sizeof c.aggregation, "krum");
+    c.byzantine_f = 0;
+    fresh_run(fx, &c, "krum");
+    assert_string_equal(fx->agg.strategy, "krum(f=0)");
+    size_t n = fx->agg.model.n_params;
+    float *want = malloc(n * sizeof *want);
+    assert_non_null(want);
+    memcpy(want, fx->agg.model.params, n * sizeof *want);
+    /* dev-a and dev-b are each other's nearest (a tie, to the lower index);
+     * dev-c is far off */
+    const float fills[N_DEV] = {0.01f, 0.011f, 0.5f};
+    round_with_fills(fx, fills);
+    for (size_t i = 0; i < n; i++)
+        want[i] += 1.0f * (0.01f * (float)((int)(i % 7) - 3) / 3.0f);
+    assert_memory_equal(fx->agg.model.params, want, n * sizeof *want);
+    free(want);
+    assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=1 AND status='closed'"
+                            " AND strategy='krum(f=0)'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='aggregation_left_out' AND rule='krum'"
+                            " AND round=1 AND detail LIKE '%used 1 of 3 updates; left out: dev-b, dev-c'"
+                            " AND id IN (SELECT CAST(row_key AS INTEGER) FROM audit WHERE tbl='events')"), 1);
+}
+
+/* A round with fewer updates than the rule needs fails with the rule's
+ * reason, audited, and keeps the model. */
+static void test_robust_too_few_fails_round(void **state)
+{
+    fixture *fx = *state;
+    if (!fedge_combiner_find("krum"))
+        skip();
+    fedge_agg_config c = fx->cfg;
+    snprintf(c.aggregation, sizeof c.aggregation, "krum");
+    c.byzantine_f = 1; /* needs more than the fixture's 3 devices */
+    fresh_run(fx, &c, "krum-few");
+    char model[FEDGE_HASH_HEX_LEN];
+    memcpy(model, fx->agg.version_hex, sizeof model);
+    const float fills[N_DEV] = {0.01f, 0.02f, 0.03f};
+    round_with_fills(fx, fills);
+    assert_string_equal(fx->agg.version_hex, model);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='failed'"
+                            " AND reason LIKE 'aggregation: %krum%'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='round_rejected' AND rule='aggregation'"), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1440,6 +1512,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fedprox_mu_in_round_info, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scaffold_server_side, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dp_refuses_robust_and_scaffold, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_robust_selection_logged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_robust_too_few_fails_round, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
