@@ -22,6 +22,7 @@
 #include "retention.h"
 #include "shard.h"
 #include "store.h"
+#include "strategy.h"
 #include "train.h"
 #include "update.h"
 
@@ -393,7 +394,8 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
         FAIL(FEDGE_ERR_MODEL_SHAPE);
     }
     if (cfg->max_update_bytes > 0) {
-        fedge_delta_header smallest = {.encoding = FEDGE_ENC_INT8, .n_elems = (uint32_t)a->model.n_params,
+        fedge_delta_header smallest = {.encoding = FEDGE_ENC_INT8,
+                                       .n_elems = (uint32_t)(a->model.n_params * (cfg->scaffold ? 2 : 1)),
                                        .block_size = FEDGE_DELTA_DEFAULT_BLOCK};
         size_t least = fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN,
                                                   fedge_delta_encoded_size(&smallest) - FEDGE_DELTA_HEADER_LEN);
@@ -403,10 +405,12 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
             FAIL(FEDGE_ERR_CONFIG_VALUE);
         }
     }
+    CHK(fedge_strategy_init(a, err, errlen));
     a->max_update_bytes = cfg->max_update_bytes > 0
                               ? (size_t)cfg->max_update_bytes
                               : fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN,
-                                                           a->model.n_params * sizeof(float));
+                                                           a->model.n_params * (cfg->scaffold ? 2 : 1) *
+                                                               sizeof(float));
     CHK(count_rounds(a));
     CHK(resume_round(a));
     a->start_at = fedge_now() + cfg->start_delay_s;
@@ -427,6 +431,7 @@ void fedge_agg_free(fedge_aggregator *a)
 {
     if (!a)
         return;
+    fedge_strategy_free(a);
     fedge_gov_free(a);
     if (a->dev_keys)
         for (size_t i = 0; i < a->keys.n; i++)
@@ -655,6 +660,7 @@ static int refine_model(fedge_aggregator *a)
         CHK(adopt_model(a, &m, a->round));
         CHK(evaluate(a, &acc));
         CHK(record_model(a, parent, "refine", a->round, acc, summary));
+        CHK(fedge_strategy_carry(a, parent, a->version_hex));
         snprintf(detail, sizeof detail, "refined %.16s -> %.16s in %.1fs, accuracy %.4f -> %.4f: %s", parent,
                  a->version_hex, fedge_now() - t0, a->last_accuracy, acc, summary);
         CHK(fedge_gov_event(a, a->round, NULL, "refine", "refine_every", detail));
@@ -707,6 +713,7 @@ static int close_round(fedge_aggregator *a, double now)
          * the daemon goes on; restarting would only meet the same data. */
         int agg_err = ret;
         fedge_store_rollback(a->db);
+        fedge_strategy_discard(a);
         char err[256] = "";
         CHK(load_current_model(a, err, sizeof err));
         memset(&res, 0, sizeof res);
@@ -730,8 +737,10 @@ static int close_round(fedge_aggregator *a, double now)
         CHK(evaluate(a, &acc));
         CHK(record_model(a, parent, "aggregate", a->round, acc, NULL));
         CHK(finish_round_row(a, "closed", a->version_hex, acc, res.epsilon, res.reason[0] ? res.reason : NULL));
+        CHK(fedge_strategy_save(a, a->round));
         CHK(fedge_gov_sign_head(a, a->round));
         CHK(fedge_store_commit(a->db));
+        CHK(fedge_strategy_commit(a));
         a->last_accuracy = acc;
         a->rounds_aggregated++;
         FEDGE_INFO("round %u closed: %zu accepted, %zu rejected, %llu bytes, accuracy %.4f, model %.16s,"
@@ -763,6 +772,7 @@ static int close_round(fedge_aggregator *a, double now)
 cleanup:
     if (ret != FEDGE_OK) {
         fedge_store_rollback(a->db);
+        fedge_strategy_discard(a);
         /* the in-memory model may be half-updated: reload the logged one */
         char err[256] = "";
         if (load_current_model(a, err, sizeof err) != FEDGE_OK)
@@ -878,7 +888,21 @@ int fedge_agg_round_info(const fedge_aggregator *a, const char *device, double n
                      a->run_id_hex,
                      spec, a->cfg.local_epochs, a->cfg.lr * pow(a->cfg.lr_decay, a->round > 0 ? a->round - 1.0 : 0.0),
                      a->cfg.batch, a->cfg.momentum);
-    return (n < 0 || (size_t)n >= cap) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
+    if (n < 0 || (size_t)n >= cap)
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
+    size_t off = (size_t)n;
+    if (a->cfg.fedprox_mu > 0) {
+        n = snprintf(buf + off, cap - off, "prox_mu=%g\n", a->cfg.fedprox_mu);
+        if (n < 0 || (size_t)n >= cap - off)
+            return FEDGE_ERR_BUFFER_TOO_SMALL;
+        off += (size_t)n;
+    }
+    if (a->cfg.scaffold) {
+        n = snprintf(buf + off, cap - off, "control=%s\n", a->control_version_hex);
+        if (n < 0 || (size_t)n >= cap - off)
+            return FEDGE_ERR_BUFFER_TOO_SMALL;
+    }
+    return FEDGE_OK;
 }
 
 int fedge_agg_status_json(const fedge_aggregator *a, char *buf, size_t cap)
@@ -1075,13 +1099,30 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
         goto cleanup;
     }
 
+    /* A SCAFFOLD round takes the model delta and the control-variate delta
+     * in one encoding, any other round the model delta alone: the other
+     * form is refused before it is opened, with the form it needs. */
+    if (view.aad_len >= FEDGE_DELTA_HEADER_LEN && fedge_delta_parse_header(view.aad, &peek) == FEDGE_OK) {
+        int control = (peek.flags & FEDGE_DELTA_FLAG_CONTROL) != 0;
+        if (a->cfg.scaffold && (!control || peek.n_elems != 2 * a->model.n_params)) {
+            reply(code, msg, msglen, 400, "this run is SCAFFOLD: an update carries the model delta and the"
+                  " control-variate delta (flags 0x02, n_elems = 2 x %zu)", a->model.n_params);
+            goto cleanup;
+        }
+        if (!a->cfg.scaffold && control) {
+            reply(code, msg, msglen, 400, "this run is not SCAFFOLD: an update carries the model delta alone"
+                  " (no control-variate flag, n_elems = %zu)", a->model.n_params);
+            goto cleanup;
+        }
+    }
+    size_t n_elems = a->model.n_params * (a->cfg.scaffold ? 2 : 1);
     plain = malloc(len);
-    delta = malloc(a->model.n_params * sizeof(float));
+    delta = malloc(n_elems * sizeof(float));
     if (!plain || !delta)
         FAIL(FEDGE_ERR_NOMEM);
     fedge_update_expect exp = {
         .model_id = a->model_id,
-        .n_elems = (uint32_t)a->model.n_params,
+        .n_elems = (uint32_t)n_elems,
         .round = a->round,
         .round_window = window,
         .last_counter = last_counter,

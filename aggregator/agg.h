@@ -35,6 +35,7 @@
 #include "keys.h"
 #include "model.h"
 #include "rng.h"
+#include "server_opt.h"
 
 struct fedge_policy;
 struct fedge_signer;
@@ -83,6 +84,19 @@ typedef struct {
      * nonzero derives it from this seed and the round, for a simulation
      * that must give the same model twice (fedge-sim --seed). */
     uint64_t noise_seed;
+
+    /* The strategy (strategy.h): its canonical description (rounds.strategy),
+     * the server optimiser's state, SCAFFOLD's server control variate c.
+     * A close computes the next state aside (*_next, has_next) and makes it
+     * current only once its transaction has committed. */
+    char strategy[256];
+    fedge_server_opt opt, opt_next;
+    int has_next;
+    float *control, *control_next;    /* n_params each; NULL unless scaffold */
+    uint8_t *control_blob;            /* c as a model file, for GET /control */
+    size_t control_blob_len;
+    uint8_t control_version[FEDGE_HASH_LEN];
+    char control_version_hex[FEDGE_HASH_HEX_LEN];
 } fedge_aggregator;
 
 /* Everything needed before serving: keys, database (resuming an open round),

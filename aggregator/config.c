@@ -10,10 +10,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "combine.h"
 #include "common.h"
 #include "delta.h"
 #include "log.h"
 #include "model.h"
+#include "server_opt.h"
 #include "text.h"
 
 typedef enum { T_STR, T_LONG, T_DOUBLE, T_BOOL } field_type;
@@ -36,6 +38,8 @@ static int check_listen(const char *value, char *why, size_t whylen);
 static int check_nonempty(const char *value, char *why, size_t whylen);
 static int check_log_level(const char *value, char *why, size_t whylen);
 static int check_model_spec(const char *value, char *why, size_t whylen);
+static int check_aggregation(const char *value, char *why, size_t whylen);
+static int check_server_optimizer(const char *value, char *why, size_t whylen);
 
 #define STR(k, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, NULL}
 #define STRC(k, chk, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, chk}
@@ -69,7 +73,7 @@ static const field FIELDS[] = {
     DBL(lr_decay, 0.01, 1, "1", "client learning rate of round r is lr * lr_decay^(r-1)"),
     DBL(momentum, 0, 0.999, "0.9", "client SGD momentum"),
     LNG(batch, 1, 65536, "32", "client minibatch size"),
-    DBL(server_lr, 1e-6, 10, "1", "server step size applied to the weighted mean delta"),
+    DBL(server_lr, 1e-6, 10, "1", "server step size eta of the server optimiser (sgd: w += eta * combined delta)"),
     LNG(max_update_bytes, 0, 512.0 * 1024 * 1024, "0", "largest accepted POST /update body (0: fp32 size of the model + envelope)"),
     DBL(upload_idle_timeout_s, 0.5, 3600, "45", "a partial Block1 upload that receives nothing this long is freed (its next block gets 4.08); after 5 s when a new upload needs its room"),
     LNG(upload_max_partial_per_device, 1, 1000, "2", "partial Block1 uploads one device may have in progress (more get 5.03)"),
@@ -83,6 +87,18 @@ static const field FIELDS[] = {
     DBL(db_busy_retry_s, 0, 86400, "300", "keep retrying a step that finds the database locked by another process this long before stopping"),
     BOOL(allow_unsigned, "0", "start without signing_key although the log has signed heads (an audited event; verify will flag the unsigned rounds)"),
     LNG(retain_deltas_rounds, 0, 1e9, "0", "keep the delta bodies of the last N rounds; older ones are dropped, their SHA-256 stay in the audit chain (0: keep all)"),
+    STRC(aggregation, check_aggregation, "mean", "how a round's deltas are combined: mean|median|trimmed_mean|krum|multikrum|bulyan (docs/STRATEGIES.md)"),
+    DBL(trim_beta, 0, 0.5, "0.1", "trimmed_mean: fraction of values cut at each end, [0, 0.5)"),
+    LNG(byzantine_f, 0, 1e6, "1", "krum, multikrum, bulyan: attackers tolerated"),
+    LNG(multikrum_m, 0, 1e6, "0", "multikrum: deltas averaged (0: n - f)"),
+    LNG(aggregation_block, 1, 64.0 * 1024 * 1024, "65536", "coordinates per block a combiner reads from the stored deltas (memory: updates x block floats)"),
+    STRC(server_optimizer, check_server_optimizer, "sgd", "server optimiser on the combined delta: sgd|momentum|adam|yogi|adagrad (sgd: FedAvg's w += server_lr * delta)"),
+    DBL(server_momentum, 0, 1, "0.9", "momentum (FedAvgM): beta of m = beta*m + delta, [0, 1)"),
+    DBL(server_beta1, 0, 1, "0.9", "adam|yogi|adagrad: first-moment decay beta1, [0, 1)"),
+    DBL(server_beta2, 0, 1, "0.99", "adam|yogi: second-moment decay beta2, [0, 1)"),
+    DBL(server_tau, 1e-12, 10, "1e-3", "adam|yogi|adagrad: adaptivity tau (v starts at tau^2)"),
+    DBL(fedprox_mu, 0, 1e6, "0", "FedProx mu sent to the edges with the round (0: plain local SGD)"),
+    BOOL(scaffold, "0", "SCAFFOLD: server control variate, updates carry the control delta (needs aggregation = mean, no DP)"),
 };
 
 _Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");
@@ -172,6 +188,22 @@ static int check_model_spec(const char *value, char *why, size_t whylen)
     if (fedge_model_spec_parse(value, &spec) == FEDGE_OK)
         return 0;
     snprintf(why, whylen, "cannot parse '%s' (e.g. mlp:784-200-10, softmax:784-10)", value);
+    return -1;
+}
+
+static int check_aggregation(const char *value, char *why, size_t whylen)
+{
+    if (fedge_combiner_find(value))
+        return 0;
+    snprintf(why, whylen, "expected one of %s, got '%s'", fedge_combiner_names(), value);
+    return -1;
+}
+
+static int check_server_optimizer(const char *value, char *why, size_t whylen)
+{
+    if (fedge_server_opt_find(value))
+        return 0;
+    snprintf(why, whylen, "expected one of %s, got '%s'", fedge_server_opt_names(), value);
     return -1;
 }
 
@@ -510,6 +542,24 @@ int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errle
     if (c->clients_per_round > 0 && c->min_updates > c->clients_per_round) {
         snprintf(err, errlen, "%s = %ld is more than %s = %ld: no round could aggregate",
                  WHERE(min_updates, w), c->min_updates, WHERE(clients_per_round, w2), c->clients_per_round);
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    if (!(c->trim_beta < 0.5)) {
+        snprintf(err, errlen, "%s = %g: must be below 0.5 (half cut at each end leaves nothing)",
+                 WHERE(trim_beta, w), c->trim_beta);
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    if (c->server_momentum >= 1 || c->server_beta1 >= 1 || c->server_beta2 >= 1) {
+        snprintf(err, errlen, "%s: must be below 1",
+                 c->server_momentum >= 1 ? WHERE(server_momentum, w)
+                 : c->server_beta1 >= 1  ? WHERE(server_beta1, w)
+                                         : WHERE(server_beta2, w));
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    if (c->scaffold && strcmp(c->aggregation, "mean") != 0) {
+        snprintf(err, errlen, "%s needs aggregation = mean, not %s = %s (SCAFFOLD's control variates "
+                 "correct a mean of the clients' drift)", WHERE(scaffold, w), WHERE(aggregation, w2),
+                 c->aggregation);
         FAIL(FEDGE_ERR_CONFIG_VALUE);
     }
 cleanup:

@@ -62,6 +62,17 @@ typedef struct {
     double db_busy_retry_s;     /* transient SQLITE_BUSY is retried this long */
     int allow_unsigned;         /* start without signing_key on a log with signed heads */
     long retain_deltas_rounds;  /* keep delta bodies of the last N rounds (0: all) */
+    /* strategy (docs/STRATEGIES.md): combiner (combine.h), server optimiser
+     * (server_opt.h), FedProx's μ for the edges, SCAFFOLD */
+    char aggregation[24];
+    double trim_beta;
+    long byzantine_f;
+    long multikrum_m;
+    long aggregation_block;
+    char server_optimizer[16];
+    double server_momentum, server_beta1, server_beta2, server_tau;
+    double fedprox_mu;
+    int scaffold;
     /* where each key (table order) was last set: 0 default, -1 command
      * line, N > 0 line N of config_file */
     int origin_line[FEDGE_AGG_CONFIG_MAX_KEYS];

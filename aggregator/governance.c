@@ -1,5 +1,6 @@
 #include "governance.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 
 #include "audit.h"
 #include "audit_impl.h"
+#include "combine.h"
 #include "common.h"
 #include "log.h"
 #include "policy.h"
@@ -151,6 +153,14 @@ static int load_policy(const fedge_agg_config *cfg, fedge_policy **out, char *er
 static int policy_fits(const fedge_aggregator *a, const fedge_policy *p, char *err, size_t errlen)
 {
     unsigned k = fedge_policy_min_clients(p);
+    /* DP-FedAvg's noise is calibrated to a clipped sum over a fixed
+     * denominator; a robust rule or SCAFFOLD's control half is not that sum. */
+    if (fedge_policy_dp_enabled(p) && (strcmp(a->cfg.aggregation, "mean") != 0 || a->cfg.scaffold)) {
+        snprintf(err, errlen, "the policy enables DP, which %s%s cannot take: DP-FedAvg's noise is "
+                 "calibrated to the clipped sum of the deltas (needs aggregation = mean, scaffold = false)",
+                 a->cfg.scaffold ? "scaffold = true" : "aggregation = ", a->cfg.scaffold ? "" : a->cfg.aggregation);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
     if (a->cfg.clients_per_round > 0 && (long)k > a->cfg.clients_per_round) {
         snprintf(err, errlen, "policy round.min_clients %u is more than clients_per_round %ld: no round could"
                  " aggregate", k, a->cfg.clients_per_round);
@@ -200,6 +210,9 @@ static void apply_policy_settings(fedge_aggregator *a)
         FEDGE_INFO("round deadline %.1fs (%s)", want, deadline > 0 ? "set by the policy" : "round_timeout_s");
         a->cfg.round_timeout_s = want;
     }
+    if (fedge_strategy_describe(&a->cfg, fedge_policy_dp_enabled(a->policy), a->strategy, sizeof a->strategy) !=
+        FEDGE_OK)
+        snprintf(a->strategy, sizeof a->strategy, "%s", fedge_policy_dp_enabled(a->policy) ? "dp-fedavg" : "fedavg");
     char summary[512];
     if (fedge_policy_summary(a->policy, summary, sizeof summary) == FEDGE_OK)
         FEDGE_INFO("policy %s: %s", fedge_policy_name(a->policy), summary);
@@ -257,7 +270,7 @@ int fedge_gov_reload(fedge_aggregator *a)
 
 const char *fedge_gov_strategy(const fedge_aggregator *a)
 {
-    return fedge_policy_dp_enabled(a->policy) ? "dp-fedavg" : "fedavg";
+    return a->strategy;
 }
 
 int fedge_gov_audit(fedge_aggregator *a, const char *tbl, const char *key)
@@ -444,13 +457,15 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
             d = db;
     }
     if (d.decision == FEDGE_DECISION_CLIP) {
-        /* Store the delta as it enters the aggregate: clipped, in fp32. */
+        /* Store the delta as it enters the aggregate: clipped, in fp32. The
+         * norm rules see the model delta alone: a SCAFFOLD update's control
+         * half is stored as sent. */
         for (size_t i = 0; i < in->n_params; i++)
             in->delta[i] *= (float)d.clip_factor;
         fedge_delta_header h = *in->header;
         h.encoding = FEDGE_ENC_FP32;
         h.block_size = 0;
-        h.flags = 0;
+        h.flags = in->header->flags & FEDGE_DELTA_FLAG_CONTROL;
         blob_len = fedge_delta_encoded_size(&h);
         clipped = malloc(blob_len);
         if (!clipped)
@@ -520,6 +535,7 @@ typedef struct {
     double *weights;                 /* aggregation weight; 0: excluded at load */
     fedge_policy_round_stat *stats;
     fedge_policy_decision *excluded; /* why, for weights[i] == 0 */
+    fedge_delta_header *hdr;         /* of each readable delta: where its blocks lie */
 } round_updates;
 
 static void round_updates_free(round_updates *u)
@@ -529,6 +545,7 @@ static void round_updates_free(round_updates *u)
     free(u->weights);
     free(u->stats);
     free(u->excluded);
+    free(u->hdr);
     memset(u, 0, sizeof *u);
 }
 
@@ -549,6 +566,13 @@ static int round_rows(fedge_aggregator *a, size_t *n)
                                       (int64_t)a->round);
     *n = (size_t)(v > 0 ? v : 0);
     return ret;
+}
+
+/* Elements of a stored delta: the model delta, and with SCAFFOLD the
+ * control-variate delta after it. */
+static size_t stored_elems(const fedge_aggregator *a)
+{
+    return a->model.n_params * (a->cfg.scaffold ? 2 : 1);
 }
 
 static int for_each_delta(fedge_aggregator *a, float *buf, delta_fn fn, void *ctx)
@@ -583,8 +607,10 @@ static int for_each_delta(fedge_aggregator *a, float *buf, delta_fn fn, void *ct
         fedge_delta_header h;
         const uint8_t *blob = sqlite3_column_blob(row, 2);
         size_t len = (size_t)sqlite3_column_bytes(row, 2);
-        int dr = blob ? fedge_delta_decode(blob, len, a->model_id, (uint32_t)a->model.n_params, &h, buf)
+        int dr = blob ? fedge_delta_decode(blob, len, a->model_id, (uint32_t)stored_elems(a), &h, buf)
                       : FEDGE_ERR_DELTA_TRUNCATED;
+        if (dr == FEDGE_OK && !(h.flags & FEDGE_DELTA_FLAG_CONTROL) != !a->cfg.scaffold)
+            dr = FEDGE_ERR_DELTA_SHAPE; /* the other form: logged before scaffold was switched */
         CHK(fn(a, ctx, i, ids[i], (const char *)sqlite3_column_text(row, 0), sqlite3_column_int64(row, 1),
                dr == FEDGE_OK ? &h : NULL, dr == FEDGE_OK ? buf : NULL, dr));
     }
@@ -639,6 +665,7 @@ static int index_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, c
         exclude_at_load(u, i, "integrity", "stored delta is unreadable: %s", fedge_strerror(decode_err));
         return FEDGE_OK;
     }
+    u->hdr[i] = *h;
     if (n_samples < 1 || (uint64_t)n_samples > max_samples) {
         exclude_at_load(u, i, "sample_count", "stated sample count %lld is outside 1..%llu (update.max_samples)",
                         (long long)n_samples, (unsigned long long)max_samples);
@@ -715,23 +742,6 @@ static int dot_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, con
         dot += (double)delta[k] * c->sum[k];
     c->u->stats[i].dot_sum = dot;
     return FEDGE_OK;
-}
-
-typedef struct {
-    round_updates *u;
-    const double *weights;
-    fedge_fedavg *avg;
-} sum_ctx;
-
-/* Pass 3: the weighted sum. */
-static int add_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, const char *device,
-                      int64_t n_samples, const fedge_delta_header *h, const float *delta, int decode_err)
-{
-    sum_ctx *c = vctx;
-    (void)a, (void)device, (void)n_samples, (void)h, (void)decode_err;
-    if (!index_of(c->u, id, &i) || !delta || !(c->weights[i] > 0))
-        return FEDGE_OK;
-    return fedge_fedavg_add(c->avg, delta, c->weights[i]);
 }
 
 static int exclude_update(fedge_aggregator *a, int64_t id, const fedge_policy_decision *d)
@@ -831,11 +841,125 @@ cleanup:
     return ret;
 }
 
+/* The usable updates' stored deltas, read a block at a time straight from
+ * updates.delta (sqlite3_blob_read of the bytes holding the block): the
+ * combiners' reader (combine.h). elem_off selects the half of a SCAFFOLD
+ * update: 0 the model delta, n_params the control-variate delta. */
+typedef struct {
+    sqlite3 *db;
+    const int64_t *ids;
+    const fedge_delta_header *hdr;
+    size_t elem_off;
+    sqlite3_blob *blob;
+    int64_t blob_row;
+    uint8_t *bytes;
+    size_t cap;
+} stored_reader;
+
+static int stored_read(fedge_update_reader *r, size_t i, size_t k0, size_t k1, float *out)
+{
+    stored_reader *s = r->ctx;
+    size_t off = 0, len = 0;
+    int ret = fedge_delta_span(&s->hdr[i], s->elem_off + k0, s->elem_off + k1, &off, &len);
+    if (ret != FEDGE_OK)
+        return ret;
+    if (off > INT_MAX || len > INT_MAX - off)
+        return FEDGE_ERR_RANGE;
+    if (len > s->cap) {
+        uint8_t *b = realloc(s->bytes, len);
+        if (!b)
+            return FEDGE_ERR_NOMEM;
+        s->bytes = b;
+        s->cap = len;
+    }
+    int rc = SQLITE_OK;
+    if (!s->blob)
+        rc = sqlite3_blob_open(s->db, "main", "updates", "delta", s->ids[i], 0, &s->blob);
+    else if (s->blob_row != s->ids[i])
+        rc = sqlite3_blob_reopen(s->blob, s->ids[i]);
+    if (rc != SQLITE_OK) {
+        FEDGE_ERROR("reading the delta of update %lld: %s", (long long)s->ids[i], sqlite3_errmsg(s->db));
+        return fedge_store_status(rc);
+    }
+    s->blob_row = s->ids[i];
+    rc = sqlite3_blob_read(s->blob, s->bytes, (int)len, (int)off);
+    if (rc != SQLITE_OK) {
+        FEDGE_ERROR("reading the delta of update %lld: %s", (long long)s->ids[i], sqlite3_errmsg(s->db));
+        return fedge_store_status(rc);
+    }
+    return fedge_delta_decode_span(&s->hdr[i], s->elem_off + k0, s->elem_off + k1, s->bytes, len, out);
+}
+
+static void stored_reader_close(stored_reader *s)
+{
+    if (s->blob)
+        sqlite3_blob_close(s->blob);
+    free(s->bytes);
+    s->blob = NULL;
+    s->bytes = NULL;
+    s->cap = 0;
+}
+
+/* out = sum_i w_i d_i, block by block, in double as FedAvg always summed
+ * (DP-FedAvg's numerator). */
+static int weighted_sum(fedge_update_reader *r, size_t block, const double *w, float *out)
+{
+    block = block < r->n_params ? block : r->n_params;
+    double *acc = malloc(block * sizeof *acc);
+    float *buf = malloc(block * sizeof *buf);
+    int ret = FEDGE_OK;
+    if (!acc || !buf)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t k0 = 0; k0 < r->n_params; k0 += block) {
+        size_t k1 = k0 + block < r->n_params ? k0 + block : r->n_params;
+        for (size_t k = 0; k < k1 - k0; k++)
+            acc[k] = 0;
+        for (size_t i = 0; i < r->n; i++) {
+            CHK(r->read(r, i, k0, k1, buf));
+            for (size_t k = 0; k < k1 - k0; k++)
+                acc[k] += w[i] * (double)buf[k];
+        }
+        for (size_t k = 0; k < k1 - k0; k++)
+            out[k0 + k] = (float)acc[k];
+    }
+cleanup:
+    free(acc);
+    free(buf);
+    return ret;
+}
+
+/* An audited event naming the updates a robust rule left out. */
+static int log_left_out(fedge_aggregator *a, const round_updates *u, const size_t *use_idx, const uint8_t *used,
+                        size_t n_use, size_t n_used)
+{
+    char detail[1024];
+    int n = snprintf(detail, sizeof detail, "%s used %zu of %zu updates; left out:", a->strategy, n_used, n_use);
+    size_t off = n > 0 && (size_t)n < sizeof detail ? (size_t)n : 0, listed = 0;
+    for (size_t j = 0; j < n_use; j++) {
+        if (used[j])
+            continue;
+        const char *dev = u->devices[use_idx[j]];
+        if (off + strlen(dev) + 32 >= sizeof detail) {
+            snprintf(detail + off, sizeof detail - off, " and %zu more", n_use - n_used - listed);
+            break;
+        }
+        off += (size_t)snprintf(detail + off, sizeof detail - off, "%s %s", listed ? "," : "", dev);
+        listed++;
+    }
+    FEDGE_INFO("round %u: %s", a->round, detail);
+    return fedge_gov_event(a, a->round, NULL, "aggregation_left_out", a->cfg.aggregation, detail);
+}
+
 int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
 {
     round_updates u;
-    fedge_fedavg avg;
-    double *weights = NULL, *kept_w = NULL, *kept_out = NULL, *sum = NULL;
+    stored_reader sr, cr;
+    double *weights = NULL, *kept_w = NULL, *kept_out = NULL, *sum = NULL, *use_w = NULL;
+    int64_t *use_ids = NULL;
+    fedge_delta_header *use_hdr = NULL;
+    size_t *use_idx = NULL, n_use = 0;
+    uint8_t *used = NULL;
+    float *next = NULL, *dc = NULL;
     fedge_policy_decision *per = NULL, round_d;
     fedge_policy_round_stat *kept_stats = NULL;
     size_t *kept_idx = NULL;
@@ -843,8 +967,9 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
     size_t n_params = a->model.n_params, n_kept = 0;
     int dp = fedge_policy_dp_enabled(a->policy);
     int ret;
-    memset(&avg, 0, sizeof avg);
     memset(&u, 0, sizeof u);
+    memset(&sr, 0, sizeof sr);
+    memset(&cr, 0, sizeof cr);
     memset(res, 0, sizeof *res);
     res->epsilon = -1;
 
@@ -856,8 +981,9 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
     u.weights = calloc(u.cap, sizeof *u.weights);
     u.stats = calloc(u.cap, sizeof *u.stats);
     u.excluded = calloc(u.cap, sizeof *u.excluded);
-    buf = malloc((n_params ? n_params : 1) * sizeof *buf);
-    if (!u.ids || !u.devices || !u.weights || !u.stats || !u.excluded || !buf)
+    u.hdr = calloc(u.cap, sizeof *u.hdr);
+    buf = malloc((stored_elems(a) ? stored_elems(a) : 1) * sizeof *buf);
+    if (!u.ids || !u.devices || !u.weights || !u.stats || !u.excluded || !u.hdr || !buf)
         FAIL(FEDGE_ERR_NOMEM);
     /* The anomaly rule needs the sum S of the usable deltas; it is kept only
      * when the rule is on (it runs when enough updates are usable). */
@@ -905,8 +1031,8 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
     if (sum && fedge_policy_round_needs_dots(a->policy, n_kept)) {
         for (size_t k = 0; k < n_params; k++)
             sum_norm2 += sum[k] * sum[k];
-        dots_ctx dc = {.u = &u, .sum = sum};
-        CHK(for_each_delta(a, buf, dot_update, &dc));
+        dots_ctx dots = {.u = &u, .sum = sum};
+        CHK(for_each_delta(a, buf, dot_update, &dots));
     }
     for (size_t i = 0, j = 0; i < u.n; i++) {
         if (!(u.weights[i] > 0))
@@ -953,18 +1079,39 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
 
     free(sum);
     sum = NULL;
-    CHK(fedge_fedavg_init(&avg, n_params));
-    sum_ctx sc = {.u = &u, .weights = weights, .avg = &avg};
-    CHK(for_each_delta(a, buf, add_update, &sc));
-    res->n_used = avg.n;
-    if (avg.n == 0) {
+    /* The usable updates, in id order, read back block by block. */
+    for (size_t i = 0; i < u.n; i++)
+        n_use += weights[i] > 0;
+    if (n_use == 0) {
         snprintf(res->reason, sizeof res->reason, "every update was excluded");
         goto cleanup;
     }
+    use_ids = malloc(n_use * sizeof *use_ids);
+    use_hdr = malloc(n_use * sizeof *use_hdr);
+    use_idx = malloc(n_use * sizeof *use_idx);
+    use_w = malloc(n_use * sizeof *use_w);
+    used = calloc(n_use, 1);
+    next = malloc((n_params ? n_params : 1) * sizeof *next);
+    if (!use_ids || !use_hdr || !use_idx || !use_w || !used || !next)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0, j = 0; i < u.n; i++) {
+        if (!(weights[i] > 0))
+            continue;
+        use_ids[j] = u.ids[i];
+        use_hdr[j] = u.hdr[i];
+        use_idx[j] = i;
+        use_w[j] = weights[i];
+        j++;
+    }
+    sr = (stored_reader){.db = a->db, .ids = use_ids, .hdr = use_hdr, .elem_off = 0};
+    fedge_update_reader rd = {.n = n_use, .n_params = n_params, .read = stored_read, .ctx = &sr};
+    fedge_combine_params cp = {.trim_beta = a->cfg.trim_beta, .f = a->cfg.byzantine_f, .m = a->cfg.multikrum_m,
+                               .block = (size_t)a->cfg.aggregation_block};
+    snprintf(cp.name, sizeof cp.name, "%s", a->cfg.aggregation);
+    res->n_used = n_use;
     if (dp) {
         /* Fixed-denominator DP-FedAvg: (sum of clipped deltas + noise) / expected clients. */
-        for (size_t i = 0; i < n_params; i++)
-            mean[i] = (float)avg.sum[i];
+        CHK(weighted_sum(&rd, cp.block, use_w, mean));
         fedge_rng noise_rng;
         uint64_t seed = 0;
         if (a->noise_seed) {
@@ -976,18 +1123,44 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
                 FAIL(FEDGE_ERR_CRYPTO);
             fedge_rng_seed(&noise_rng, seed);
         }
-        CHK(fedge_policy_dp_apply(a->policy, mean, n_params, avg.n, &noise_rng));
-        double denom = (double)(a->n_selected ? a->n_selected : avg.n);
+        CHK(fedge_policy_dp_apply(a->policy, mean, n_params, n_use, &noise_rng));
+        double denom = (double)(a->n_selected ? a->n_selected : n_use);
         for (size_t i = 0; i < n_params; i++)
             mean[i] = (float)(mean[i] / denom);
     } else {
-        CHK(fedge_fedavg_mean(&avg, mean));
+        const fedge_combiner *cb = fedge_combiner_find(cp.name);
+        char why[256] = "";
+        if (!cb)
+            FAIL(FEDGE_ERR_CONFIG_VALUE);
+        int chk = cb->check(&cp, n_use, why, sizeof why);
+        if (chk == FEDGE_ERR_STRATEGY_TOO_FEW) {
+            if (!why[0])
+                snprintf(why, sizeof why, "%zu usable updates are too few for aggregation %s", n_use, cp.name);
+            snprintf(res->reason, sizeof res->reason, "aggregation: %s", why);
+            CHK(fedge_gov_event(a, a->round, NULL, "round_rejected", "aggregation", why));
+            res->n_used = 0;
+            goto cleanup;
+        }
+        CHK(chk);
+        CHK(cb->combine(&cp, &rd, use_w, mean, used));
+        size_t n_used = 0;
+        for (size_t j = 0; j < n_use; j++)
+            n_used += used[j] != 0;
+        if (n_used < n_use)
+            CHK(log_left_out(a, &u, use_idx, used, n_use, n_used));
+        res->n_used = n_used;
     }
+    stored_reader_close(&sr);
+
+    /* The server optimiser (and SCAFFOLD's c) step on copies: the model
+     * and the state change only when the round is released. */
+    CHK(fedge_strategy_begin_step(a));
+    memcpy(next, a->model.params, n_params * sizeof *next);
+    fedge_server_opt_step(&a->opt_next, next, mean);
     /* A finite sum of finite deltas can still overflow a float: such an
      * aggregate fails the round instead of poisoning the model. */
-    float lr = (float)a->cfg.server_lr;
     for (size_t i = 0; i < n_params; i++) {
-        if (!isfinite(a->model.params[i] + lr * mean[i])) {
+        if (!isfinite(next[i])) {
             snprintf(res->reason, sizeof res->reason,
                      "the aggregate is not finite (parameter %zu); model unchanged", i);
             CHK(fedge_gov_event(a, a->round, NULL, "round_rejected", "finite", res->reason));
@@ -995,21 +1168,68 @@ int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res)
             goto cleanup;
         }
     }
+    for (size_t v = 0; v < a->opt_next.impl->n_vectors; v++)
+        for (size_t i = 0; i < n_params; i++)
+            if (!isfinite(a->opt_next.vec[v][i])) {
+                snprintf(res->reason, sizeof res->reason,
+                         "the server optimiser's state is not finite (%s[%zu]); model unchanged",
+                         a->opt_next.impl->vector_names[v], i);
+                CHK(fedge_gov_event(a, a->round, NULL, "round_rejected", "finite", res->reason));
+                res->n_used = 0;
+                goto cleanup;
+            }
+    if (a->cfg.scaffold) {
+        /* c += (|S| / N) · mean(Δc) over the used updates, N the eligible devices. */
+        size_t eligible = 0;
+        dc = malloc((n_params ? n_params : 1) * sizeof *dc);
+        if (!dc)
+            FAIL(FEDGE_ERR_NOMEM);
+        for (size_t j = 0; j < n_use; j++)
+            use_w[j] = 1.0;
+        cr = (stored_reader){.db = a->db, .ids = use_ids, .hdr = use_hdr, .elem_off = n_params};
+        fedge_update_reader crd = {.n = n_use, .n_params = n_params, .read = stored_read, .ctx = &cr};
+        fedge_combine_params mp = cp;
+        snprintf(mp.name, sizeof mp.name, "mean");
+        CHK(fedge_combine_mean.combine(&mp, &crd, use_w, dc, used));
+        stored_reader_close(&cr);
+        CHK(dp_eligible(a, &eligible));
+        double frac = eligible > 0 ? (double)n_use / (double)eligible : 1.0;
+        for (size_t i = 0; i < n_params; i++) {
+            a->control_next[i] = (float)((double)a->control[i] + frac * (double)dc[i]);
+            if (!isfinite(a->control_next[i])) {
+                snprintf(res->reason, sizeof res->reason,
+                         "the control variate is not finite (parameter %zu); model unchanged", i);
+                CHK(fedge_gov_event(a, a->round, NULL, "round_rejected", "finite", res->reason));
+                res->n_used = 0;
+                goto cleanup;
+            }
+        }
+    }
     if (dp) { /* charged only when the aggregate is released */
         int over = 0;
-        CHK(fedge_gov_dp_charge(a, avg.n, &res->epsilon, &over, res->reason, sizeof res->reason));
+        CHK(fedge_gov_dp_charge(a, n_use, &res->epsilon, &over, res->reason, sizeof res->reason));
         if (over) {
             res->n_used = 0;
             goto cleanup;
         }
     }
-    fedge_apply_delta(a->model.params, mean, n_params, lr);
+    memcpy(a->model.params, next, n_params * sizeof *next);
     res->ok = 1;
     if (res->n_excluded)
         snprintf(res->reason, sizeof res->reason, "%zu update(s) excluded by round checks", res->n_excluded);
 cleanup:
+    if (!res->ok)
+        fedge_strategy_discard(a);
+    stored_reader_close(&sr);
+    stored_reader_close(&cr);
+    free(use_ids);
+    free(use_hdr);
+    free(use_idx);
+    free(use_w);
+    free(used);
+    free(next);
+    free(dc);
     round_updates_free(&u);
-    fedge_fedavg_free(&avg);
     free(weights);
     free(kept_idx);
     free(kept_w);

@@ -78,14 +78,19 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
 int fedge_gov_dp_charge(fedge_aggregator *a, size_t n_clients, double *epsilon, int *over,
                         char *reason, size_t reason_len);
 /* Round close, inside the caller's transaction: streams the accepted deltas
- * (memory O(n_params), whatever the number of updates: one pass for sums
- * and norms, one for the anomaly rule's dot products when it runs, one to
- * aggregate), excludes with an audited reason any stored update that cannot
- * be used (unreadable, stated sample count out of bounds, non-finite),
- * applies the round rules, DP noise and the weighted mean to a->model. An
- * aggregate that would make the model non-finite fails the round (res->ok =
- * 0) and leaves the model as it was. Errors are the daemon's own faults
- * (SQL, memory). */
+ * one at a time (memory O(n_params): one pass for sums and norms, one for
+ * the anomaly rule's dot products when it runs), excludes with an audited
+ * reason any stored update that cannot be used (unreadable, stated sample
+ * count out of bounds, non-finite, the wrong SCAFFOLD form), applies the
+ * round rules, then the strategy (strategy.h): the combiner (or DP-FedAvg's
+ * noisy sum) reads the usable deltas back by blocks of aggregation_block
+ * coordinates (memory O(n_updates × block)), the server optimiser steps a
+ * copy of its state (a->opt_next, a->control_next) and the result goes to
+ * a->model. A robust rule's selection is logged (audited
+ * aggregation_left_out event). A round the combiner cannot take (too few
+ * updates) or whose step would make the model or the state non-finite
+ * fails (res->ok = 0) with the model and the state as they were. Errors are
+ * the daemon's own faults (SQL, memory). */
 int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res);
 
 /* Operator action on a device: status allowed|suspended|revoked, with a

@@ -32,6 +32,8 @@ struct fedge_server {
     char (*psk_text)[FEDGE_PSK_LEN + 1];
     model_body *body;           /* current model, one reference held here */
     char body_version[FEDGE_HASH_HEX_LEN];
+    model_body *control;        /* SCAFFOLD's current server control variate, likewise */
+    char control_version[FEDGE_HASH_HEX_LEN];
     fedge_uploads *uploads;     /* POST /update bodies in progress */
     int udp_fd;                 /* the endpoint's socket, -1 when not found */
     int rcvbuf;                 /* its receive buffer as the kernel reports it */
@@ -60,23 +62,31 @@ static uint64_t etag_of(const uint8_t version[FEDGE_HASH_LEN])
     return e;
 }
 
-static int current_body(fedge_server *s, model_body **out)
+/* The body for blob (version, hex): the one in *slot while it is the same
+ * version, else a new one that replaces it. */
+static int body_for(model_body **slot, char slot_version[FEDGE_HASH_HEX_LEN], const uint8_t *blob, size_t len,
+                    const uint8_t version[FEDGE_HASH_LEN], const char *hex, model_body **out)
 {
-    fedge_aggregator *a = s->agg;
-    if (!s->body || strcmp(s->body_version, a->version_hex) != 0) {
-        model_body *b = malloc(sizeof *b + a->model_blob_len);
+    if (!*slot || strcmp(slot_version, hex) != 0) {
+        model_body *b = malloc(sizeof *b + len);
         if (!b)
             return FEDGE_ERR_NOMEM;
         b->refs = 1;
-        b->len = a->model_blob_len;
-        b->etag = etag_of(a->version);
-        memcpy(b->data, a->model_blob, a->model_blob_len);
-        body_unref(s->body);
-        s->body = b;
-        memcpy(s->body_version, a->version_hex, sizeof s->body_version);
+        b->len = len;
+        b->etag = etag_of(version);
+        memcpy(b->data, blob, len);
+        body_unref(*slot);
+        *slot = b;
+        memcpy(slot_version, hex, FEDGE_HASH_HEX_LEN);
     }
-    *out = s->body;
+    *out = *slot;
     return FEDGE_OK;
+}
+
+static int current_body(fedge_server *s, model_body **out)
+{
+    fedge_aggregator *a = s->agg;
+    return body_for(&s->body, s->body_version, a->model_blob, a->model_blob_len, a->version, a->version_hex, out);
 }
 
 /* Device id of the requester: the DTLS PSK identity, or ?id= when insecure. */
@@ -194,14 +204,11 @@ static void hnd_status(coap_resource_t *r, coap_session_t *session, const coap_p
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_INTERNAL_ERROR);
 }
 
-static void hnd_model(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
-                      const coap_string_t *query, coap_pdu_t *response)
+/* A model file by Block2, answered 2.03 Valid when the request's ETag is
+ * its version's. */
+static void serve_body(model_body *b, coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
+                       const coap_string_t *query, coap_pdu_t *response)
 {
-    model_body *b = NULL;
-    if (current_body(g_server, &b) != FEDGE_OK) {
-        set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "out of memory");
-        return;
-    }
     coap_opt_iterator_t it;
     coap_opt_t *etag = coap_check_option(request, COAP_OPTION_ETAG, &it);
     if (etag && coap_opt_length(etag) <= 8 &&
@@ -219,6 +226,35 @@ static void hnd_model(coap_resource_t *r, coap_session_t *session, const coap_pd
         /* libcoap calls the release function on failure too */
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_INTERNAL_ERROR);
     }
+}
+
+static void hnd_model(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
+                      const coap_string_t *query, coap_pdu_t *response)
+{
+    model_body *b = NULL;
+    if (current_body(g_server, &b) != FEDGE_OK) {
+        set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    serve_body(b, r, session, request, query, response);
+}
+
+/* GET /control: SCAFFOLD's server control variate c as a model file. */
+static void hnd_control(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
+                        const coap_string_t *query, coap_pdu_t *response)
+{
+    fedge_aggregator *a = g_server->agg;
+    model_body *b = NULL;
+    if (!a->cfg.scaffold || !a->control_blob) {
+        set_text(response, COAP_RESPONSE_CODE_NOT_FOUND, "this run is not SCAFFOLD: no control variate");
+        return;
+    }
+    if (body_for(&g_server->control, g_server->control_version, a->control_blob, a->control_blob_len,
+                 a->control_version, a->control_version_hex, &b) != FEDGE_OK) {
+        set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    serve_body(b, r, session, request, query, response);
 }
 
 static coap_pdu_code_t coap_code(int code)
@@ -704,6 +740,7 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     size_receive_buffer(s, res->ai_addr);
     CHK(add_resource(s->ctx, "round", COAP_REQUEST_GET, hnd_round));
     CHK(add_resource(s->ctx, "model", COAP_REQUEST_GET, hnd_model));
+    CHK(add_resource(s->ctx, "control", COAP_REQUEST_GET, hnd_control));
     CHK(add_resource(s->ctx, "update", COAP_REQUEST_POST, hnd_update));
     CHK(add_resource(s->ctx, "status", COAP_REQUEST_GET, hnd_status));
     g_server = s;
@@ -741,6 +778,7 @@ void fedge_server_free(fedge_server *s)
     if (s->ctx)
         coap_free_context(s->ctx); /* releases in-flight model bodies */
     body_unref(s->body);
+    body_unref(s->control);
     fedge_uploads_free(s->uploads);
     while (s->answers) {
         final_answer *next = s->answers->next;

@@ -16,6 +16,10 @@
     "CREATE TABLE IF NOT EXISTS dp_ledger(round INTEGER PRIMARY KEY, q REAL NOT NULL,"     \
     " sigma REAL NOT NULL, clip REAL NOT NULL, orders BLOB NOT NULL, rdp BLOB NOT NULL);"
 
+#define STRATEGY_STATE_SQL                                                                  \
+    "CREATE TABLE IF NOT EXISTS strategy_state(version TEXT PRIMARY KEY, round INTEGER NOT NULL," \
+    " strategy TEXT NOT NULL, state BLOB NOT NULL, sha256 TEXT NOT NULL);"
+
 static const char *SCHEMA_SQL =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, region TEXT NOT NULL DEFAULT '',"
@@ -46,6 +50,7 @@ static const char *SCHEMA_SQL =
     "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, at REAL NOT NULL, round INTEGER,"
     " device TEXT, kind TEXT NOT NULL, rule TEXT, detail TEXT NOT NULL);"
     DP_LEDGER_SQL
+    STRATEGY_STATE_SQL
     "CREATE TABLE IF NOT EXISTS audit(seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL,"
     " row_key TEXT NOT NULL, canon BLOB NOT NULL, prev_hash BLOB NOT NULL,"
     " row_hash BLOB NOT NULL);"
@@ -152,8 +157,10 @@ void fedge_store_rollback(sqlite3 *db)
         sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
 }
 
-/* Columns added within schema version 1, for logs written before them:
- * updates.sealed_sha256 (duplicate detection; not part of the audited row). */
+/* Columns and tables added within the schema version, for logs written
+ * before them: updates.sealed_sha256 (duplicate detection; not part of the
+ * audited row), dp_ledger, strategy_state (not audited itself: its rows are
+ * replaced every close; the SHA-256 of each is in an audited event). */
 static int migrate(sqlite3 *db)
 {
     sqlite3_stmt *st = NULL;
@@ -165,6 +172,7 @@ static int migrate(sqlite3 *db)
     if (!has_sealed)
         CHK(exec_sql(db, "ALTER TABLE updates ADD COLUMN sealed_sha256 BLOB"));
     CHK(exec_sql(db, DP_LEDGER_SQL));
+    CHK(exec_sql(db, STRATEGY_STATE_SQL));
 cleanup:
     sqlite3_finalize(st);
     return ret;

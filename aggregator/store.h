@@ -45,6 +45,12 @@
  *   dp_ledger(round INTEGER PRIMARY KEY, q REAL NOT NULL, sigma REAL NOT NULL,
  *       clip REAL NOT NULL, orders BLOB NOT NULL, rdp BLOB NOT NULL)
  *       -- audited; one row per round released with DP (policy.h's ledger)
+ *   strategy_state(version TEXT PRIMARY KEY,  -- model version the state was saved with
+ *       round INTEGER NOT NULL, strategy TEXT NOT NULL,  -- rounds.strategy's description
+ *       state BLOB NOT NULL,                      -- server_opt.h's state blob (+ SCAFFOLD's c)
+ *       sha256 TEXT NOT NULL)                     -- of state; also in an audited events row
+ *       -- written with each close, other versions' rows deleted then
+ *       -- (docs/STRATEGIES.md); created on open for logs from before it
  *   audit(seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL, row_key TEXT NOT NULL,
  *       canon BLOB NOT NULL, prev_hash BLOB NOT NULL, row_hash BLOB NOT NULL)
  *   audit_heads(seq INTEGER PRIMARY KEY, round INTEGER, head_hash BLOB NOT NULL,

@@ -1,29 +1,51 @@
-/* strategy.h — aggregation of client deltas.
+/* strategy.h — the aggregator's strategy as one composition: a combiner
+ * (combine.h), a server optimiser (server_opt.h), FedProx's μ sent to the
+ * edges, and SCAFFOLD's server control variate c (docs/STRATEGIES.md).
  *
- * Weighted FedAvg: mean = sum_i w_i * delta_i / sum_i w_i (w_i = sample
- * counts), then params += server_lr * mean. Accumulates in double so the
- * result does not depend on the order of clients beyond rounding of the
- * final cast. */
+ * Description: the canonical text recorded in rounds.strategy, parts joined
+ * by '+': the combiner unless mean ("median", "trimmed_mean(beta=0.1)",
+ * "krum(f=1)", "multikrum(f=1,m=0)", "bulyan(f=1)"), "fedprox(mu=0.01)" when
+ * μ > 0, "scaffold", then the server optimiser ("fedavg", "fedavg(lr=0.5)",
+ * "fedavgm(lr=1,momentum=0.9)", "fedadam(lr=..,beta1=..,beta2=..,tau=..)",
+ * ...), "dp-" before it under a DP policy. Plain "fedavg" is left out when
+ * another part says what the round does ("median", "scaffold").
+ *
+ * State: the optimiser's vectors and c are saved with every close that
+ * produces a model, in the close's transaction, as one strategy_state row
+ * keyed by the model version produced (store.h), with an audited event
+ * carrying the blob's SHA-256; rows of earlier versions are dropped then.
+ * At start the row of the current model is loaded. No row for a model that
+ * a round produced, or a row saved under another description (the config
+ * changed the strategy), starts the state fresh with an audited
+ * strategy_state_reset event; a row whose bytes do not match its SHA-256 is
+ * refused (FEDGE_ERR_STRATEGY_STATE): the log was altered. */
 #ifndef FEDGE_STRATEGY_H
 #define FEDGE_STRATEGY_H
 
 #include <stddef.h>
 
-typedef struct {
-    size_t n_params;
-    double *sum;          /* owned, n_params */
-    double total_weight;
-    size_t n;
-} fedge_fedavg;
+#include "agg.h"
 
-int fedge_fedavg_init(fedge_fedavg *f, size_t n_params);
-void fedge_fedavg_free(fedge_fedavg *f);
-/* weight > 0 and finite. */
-int fedge_fedavg_add(fedge_fedavg *f, const float *delta, double weight);
-/* mean_out[n_params] = weighted mean; FEDGE_ERR_STATE when nothing was added. */
-int fedge_fedavg_mean(const fedge_fedavg *f, float *mean_out);
-/* params += server_lr * mean. */
-void fedge_apply_delta(float *params, const float *mean, size_t n, float server_lr);
+int fedge_strategy_describe(const fedge_agg_config *c, int dp, char *buf, size_t cap);
+
+/* Allocates the state for a->model and loads the current version's row
+ * (call after the current model and the policy are loaded). */
+int fedge_strategy_init(fedge_aggregator *a, char *err, size_t errlen);
+void fedge_strategy_free(fedge_aggregator *a);
+
+/* Start of a close: a->opt_next = a copy of a->opt, control_next = control. */
+int fedge_strategy_begin_step(fedge_aggregator *a);
+/* In the close's transaction, once a->version_hex is the new model: writes
+ * the next state's row and its audited event, drops the other rows. */
+int fedge_strategy_save(fedge_aggregator *a, uint32_t round);
+/* After the commit: the next state becomes current (and c's model file). */
+int fedge_strategy_commit(fedge_aggregator *a);
+/* The close failed or was rolled back: the next state is dropped. */
+void fedge_strategy_discard(fedge_aggregator *a);
+/* A refinement published `to` from `from`: the state carries over (caller's
+ * transaction). */
+int fedge_strategy_carry(fedge_aggregator *a, const char *from, const char *to);
+
 double fedge_l2_norm(const float *v, size_t n);
 
 #endif

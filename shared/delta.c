@@ -520,3 +520,73 @@ int fedge_delta_decode(const uint8_t *buf, size_t len, uint32_t expected_model_i
         *h = t;
     return ret;
 }
+
+/* ---- range decoding --------------------------------------------------------- */
+
+int fedge_delta_span(const fedge_delta_header *h, size_t k0, size_t k1, size_t *byte_off, size_t *byte_len)
+{
+    if (h == NULL || byte_off == NULL || byte_len == NULL || k0 >= k1 || k1 > h->n_elems ||
+        check_fields(h->encoding, h->n_elems, h->block_size) != FEDGE_OK)
+        return FEDGE_ERR_INVALID_ARG;
+    switch (h->encoding) {
+    case FEDGE_ENC_FP32:
+        *byte_off = FEDGE_DELTA_HEADER_LEN + 4 * k0;
+        *byte_len = 4 * (k1 - k0);
+        return FEDGE_OK;
+    case FEDGE_ENC_FP16:
+    case FEDGE_ENC_BF16:
+        *byte_off = FEDGE_DELTA_HEADER_LEN + 2 * k0;
+        *byte_len = 2 * (k1 - k0);
+        return FEDGE_OK;
+    default: {
+        size_t b = h->block_size, first = k0 / b, last = (k1 - 1) / b;
+        size_t end = (last + 1) * b < h->n_elems ? (last + 1) * b : h->n_elems; /* elements to the block's end */
+        *byte_off = FEDGE_DELTA_HEADER_LEN + first * (4 + b);
+        *byte_len = (last - first + 1) * 4 + (end - first * b);
+        return FEDGE_OK;
+    }
+    }
+}
+
+int fedge_delta_decode_span(const fedge_delta_header *h, size_t k0, size_t k1, const uint8_t *bytes,
+                            size_t len, float *out)
+{
+    size_t off = 0, want = 0;
+    int ret = fedge_delta_span(h, k0, k1, &off, &want);
+    if (ret != FEDGE_OK)
+        return ret;
+    if (bytes == NULL || out == NULL || len != want)
+        return FEDGE_ERR_INVALID_ARG;
+    size_t n = k1 - k0;
+    if (h->encoding != FEDGE_ENC_INT8) {
+        fedge_delta_header part = *h;
+        part.n_elems = (uint32_t)n;
+        return fedge_delta_decode_payload(&part, bytes, len, out);
+    }
+    size_t b = h->block_size, first = k0 / b;
+    const uint8_t *p = bytes;
+    for (size_t start = first * b; start < k1; start += b) { /* scan, then convert */
+        size_t blen = h->n_elems - start < b ? h->n_elems - start : b;
+        float scale = fedge_get_f32(p);
+        if (!isfinite(scale))
+            return FEDGE_ERR_DELTA_NONFINITE;
+        if (fabsf(scale) > 0x1p120f)
+            for (size_t i = 0; i < blen; i++)
+                if (!isfinite((float)(int8_t)p[4 + i] * scale))
+                    return FEDGE_ERR_DELTA_NONFINITE;
+        p += 4 + blen;
+    }
+    p = bytes;
+    for (size_t start = first * b; start < k1; start += b) {
+        size_t blen = h->n_elems - start < b ? h->n_elems - start : b;
+        float scale = fedge_get_f32(p);
+        const int8_t *q = (const int8_t *)(p + 4);
+        for (size_t i = 0; i < blen; i++) {
+            size_t k = start + i;
+            if (k >= k0 && k < k1)
+                out[k - k0] = (float)q[i] * scale;
+        }
+        p += 4 + blen;
+    }
+    return FEDGE_OK;
+}

@@ -90,6 +90,19 @@ int fedge_delta_check_length(const fedge_delta_header *h, size_t len);
 int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *payload,
                                size_t payload_len, float *out);
 
+/* Range decoding, to read elements [k0, k1) of a stored delta without the
+ * rest (a combiner's block; the SCAFFOLD control half). span gives the bytes
+ * of the encoded delta (header included, so offsets are from its start)
+ * that hold them: for int8 from the start of the block holding k0 (its
+ * scale) to the end of the block holding k1 - 1. decode_span converts those
+ * bytes (len must be span's byte_len) into out[0 .. k1 - k0), checking every
+ * value as fedge_delta_decode does; nothing is written when it fails. h must
+ * be a header fedge_delta_decode_header accepted; 0 <= k0 < k1 <= n_elems,
+ * else FEDGE_ERR_INVALID_ARG. */
+int fedge_delta_span(const fedge_delta_header *h, size_t k0, size_t k1, size_t *byte_off, size_t *byte_len);
+int fedge_delta_decode_span(const fedge_delta_header *h, size_t k0, size_t k1, const uint8_t *bytes,
+                            size_t len, float *out);
+
 /* Half-precision conversions (round to nearest even), used by the GPU path too. */
 uint16_t fedge_f32_to_f16(float f);
 float fedge_f16_to_f32(uint16_t h);

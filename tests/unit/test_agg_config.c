@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "combine.h"
 #include "config.h"
 
 static char g_dir[64];
@@ -315,6 +316,65 @@ static void test_validate(void **state)
     assert_false(fedge_agg_config_is_key("round_timeout"));
 }
 
+/* The strategy keys: defaults, a file setting every one, each range and
+ * enumeration, and what needs several of them. */
+static void test_strategy_keys(void **state)
+{
+    (void)state;
+    fedge_agg_config c;
+    char err[512];
+    fedge_agg_config_defaults(&c);
+    assert_string_equal(c.aggregation, "mean");
+    assert_string_equal(c.server_optimizer, "sgd");
+    assert_true(c.trim_beta == 0.1 && c.byzantine_f == 1 && c.multikrum_m == 0 && c.aggregation_block == 65536);
+    assert_true(c.server_momentum == 0.9 && c.server_beta1 == 0.9 && c.server_beta2 == 0.99 && c.server_tau == 1e-3);
+    assert_true(c.fedprox_mu == 0 && c.scaffold == 0);
+    char text[1024];
+    snprintf(text, sizeof text,
+             "keys_file = %s\naggregation = mean\ntrim_beta = 0.2\nbyzantine_f = 2\nmultikrum_m = 3\n"
+             "aggregation_block = 1000\nserver_optimizer = yogi\nserver_momentum = 0.5\nserver_beta1 = 0.8\n"
+             "server_beta2 = 0.95\nserver_tau = 0.01\nfedprox_mu = 0.1\nscaffold = true\n", g_keys);
+    write_file(text);
+    assert_int_equal(fedge_agg_config_load_file(&c, g_path, err, sizeof err), FEDGE_OK);
+    assert_string_equal(c.server_optimizer, "yogi");
+    assert_true(c.trim_beta == 0.2 && c.byzantine_f == 2 && c.multikrum_m == 3 && c.aggregation_block == 1000);
+    assert_true(c.server_momentum == 0.5 && c.server_beta1 == 0.8 && c.server_beta2 == 0.95 && c.server_tau == 0.01);
+    assert_true(c.fedprox_mu == 0.1 && c.scaffold == 1);
+    assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_OK);
+    assert_true(fedge_agg_config_is_flag("scaffold"));
+
+    assert_int_equal(fedge_agg_config_set(&c, "aggregation", "average", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_non_null(strstr(err, "--aggregation: expected one of mean"));
+    assert_int_equal(fedge_agg_config_set(&c, "server_optimizer", "lamb", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_non_null(strstr(err, "sgd|momentum|adam|yogi|adagrad"));
+    assert_int_equal(fedge_agg_config_set(&c, "trim_beta", "0.6", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_int_equal(fedge_agg_config_set(&c, "byzantine_f", "-1", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_int_equal(fedge_agg_config_set(&c, "aggregation_block", "0", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_int_equal(fedge_agg_config_set(&c, "fedprox_mu", "-0.1", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_int_equal(fedge_agg_config_set(&c, "server_tau", "0", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+
+    /* the open ends of [0, 0.5) and [0, 1) */
+    assert_int_equal(fedge_agg_config_set(&c, "trim_beta", "0.5", err, sizeof err), FEDGE_OK);
+    expect_invalid(&c, "--trim-beta = 0.5: must be below 0.5");
+    assert_int_equal(fedge_agg_config_set(&c, "trim_beta", "0.49", err, sizeof err), FEDGE_OK);
+    assert_int_equal(fedge_agg_config_set(&c, "server_beta2", "1", err, sizeof err), FEDGE_OK);
+    expect_invalid(&c, "--server-beta2: must be below 1");
+    assert_int_equal(fedge_agg_config_set(&c, "server_beta2", "0.99", err, sizeof err), FEDGE_OK);
+    /* SCAFFOLD corrects a mean */
+    c.aggregation[0] = '\0';
+    assert_int_equal(fedge_agg_config_set(&c, "aggregation", "mean", err, sizeof err), FEDGE_OK);
+    assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_OK);
+    snprintf(c.aggregation, sizeof c.aggregation, "median");
+    int ret = fedge_agg_config_validate(&c, err, sizeof err);
+    if (fedge_combiner_find("median")) {
+        assert_int_equal(ret, FEDGE_ERR_CONFIG_VALUE);
+        assert_non_null(strstr(err, "needs aggregation = mean"));
+    } else { /* without robust's combiners the name itself is refused */
+        assert_int_equal(ret, FEDGE_ERR_CONFIG_VALUE);
+        assert_non_null(strstr(err, "aggregation"));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -322,6 +382,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_command_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_strategy_keys, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,12 +15,14 @@
 #include <unistd.h>
 
 #include "agg.h"
+#include "combine.h"
 #include "common.h"
 #include "config.h"
 #include "governance.h"
 #include "hash.h"
 #include "log.h"
 #include "modelfile.h"
+#include "server_opt.h"
 #include "shard.h"
 #include "store.h"
 #include "update.h"
@@ -94,6 +96,8 @@ typedef struct {
     fedge_encoding enc;
     int64_t samples;     /* < 0: 10 + device index */
     const uint8_t *run;  /* NULL: the aggregator's run id */
+    int control;         /* SCAFFOLD form: the control-variate delta follows */
+    float control_fill;  /* its value */
 } update_spec;
 
 static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
@@ -102,16 +106,19 @@ static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
     if (u.spec)
         assert_int_equal(fedge_model_spec_parse(u.spec, &spec), FEDGE_OK);
     size_t n = fedge_model_spec_param_count(&spec);
-    float *delta = malloc(n * sizeof *delta);
+    float *delta = malloc(2 * n * sizeof *delta);
     assert_non_null(delta);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         delta[i] = u.fill * (float)((int)(i % 7) - 3) / 3.0f;
+        delta[n + i] = u.control_fill * (float)((int)(i % 5) - 2) / 2.0f;
+    }
     fedge_delta_header h = {
         .encoding = (uint8_t)u.enc,
+        .flags = u.control ? FEDGE_DELTA_FLAG_CONTROL : 0,
         .model_id = fedge_model_spec_id(&spec),
         .round = u.round,
         .n_samples = u.samples >= 0 ? (uint32_t)u.samples : 10 + (uint32_t)dev,
-        .n_elems = (uint32_t)n,
+        .n_elems = (uint32_t)(u.control ? 2 * n : n),
         .block_size = u.enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0,
     };
     memcpy(h.base_version, fx->agg.version, FEDGE_HASH_LEN);
@@ -1101,6 +1108,376 @@ static void test_impossible_settings_refused(void **state)
     assert_true(fx->agg.cfg.round_timeout_s == good_cfg.round_timeout_s);
 }
 
+
+/* ---- strategies (docs/STRATEGIES.md) -------------------------------------- */
+
+/* A fresh run in fx->dir/NAME with cfg: the fixture's aggregator is replaced. */
+static void fresh_run(fixture *fx, const fedge_agg_config *cfg, const char *name)
+{
+    char err[256] = "", cmd[256];
+    fedge_agg_free(&fx->agg);
+    fx->cfg = *cfg;
+    snprintf(cmd, sizeof cmd, "rm -rf '%s/%s' && mkdir '%s/%s'", fx->dir, name, fx->dir, name);
+    assert_int_equal(system(cmd), 0);
+    snprintf(fx->cfg.db, sizeof fx->cfg.db, "%s/%s/fedge.db", fx->dir, name);
+    snprintf(fx->cfg.model_dir, sizeof fx->cfg.model_dir, "%s/%s/models", fx->dir, name);
+    fx->cfg.rounds = 0;
+    int ret = fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err);
+    if (ret != FEDGE_OK)
+        fail_msg("fedge_agg_init: %s", err);
+}
+
+/* One round: open, an update from every device (device i's delta is
+ * fill_i = 0.01 (i + 1) (round) times the pattern, encodings fp32, fp16,
+ * int8), close. */
+static void strategy_round(fixture *fx, int equal_samples)
+{
+    static const fedge_encoding encs[N_DEV] = {FEDGE_ENC_FP32, FEDGE_ENC_FP16, FEDGE_ENC_INT8};
+    char msg[320];
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        update_spec u = good(fx, 100 * fx->agg.round + (uint64_t)i);
+        u.fill = equal_samples ? 0.25f : 0.01f * (float)(i + 1) * (float)fx->agg.round;
+        u.enc = equal_samples ? FEDGE_ENC_FP32 : encs[i];
+        u.samples = equal_samples ? 10 : -1;
+        u.control = fx->cfg.scaffold;
+        u.control_fill = 0.5f * (float)(i + 1);
+        uint8_t *b = make_update(fx, i, u, &len);
+        int code = submit(fx, DEVICES[i], b, len, msg);
+        if (code != 204)
+            fail_msg("round %u %s: %d %s", fx->agg.round, DEVICES[i], code, msg);
+        free(b);
+    }
+    uint32_t r = fx->agg.round;
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    char sql[96];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM rounds WHERE id=%u AND status='closed'", r);
+    assert_int_equal(q1(fx, sql), 1);
+}
+
+static fedge_agg_config strategy_cfg(fixture *fx, const char *opt)
+{
+    fedge_agg_config c = fx->cfg;
+    snprintf(c.server_optimizer, sizeof c.server_optimizer, "%s", opt);
+    c.server_lr = 0.5;
+    return c;
+}
+
+/* The reader goes block by block through the stored bytes: a block of 7
+ * coordinates (fewer than the model's 163, not dividing it, cutting the int8
+ * scale block) gives the very bits of one block. */
+static void test_block_reader_same_bits(void **state)
+{
+    fixture *fx = *state;
+    char one_block[FEDGE_HASH_HEX_LEN];
+    fedge_agg_config c = fx->cfg;
+    fresh_run(fx, &c, "whole");
+    for (int r = 0; r < 2; r++)
+        strategy_round(fx, 0);
+    memcpy(one_block, fx->agg.version_hex, sizeof one_block);
+    c.aggregation_block = 7;
+    fresh_run(fx, &c, "blocks");
+    for (int r = 0; r < 2; r++)
+        strategy_round(fx, 0);
+    assert_string_equal(fx->agg.version_hex, one_block);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE strategy='fedavg'"), 2);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM strategy_state"), 0); /* sgd keeps no state */
+}
+
+/* Each server optimiser through the close: three devices send the same
+ * delta d with the same weight, so the combined Δ is d, and two rounds must
+ * move the model as two steps of the optimiser from the initial model. */
+static void test_server_optimizers_on_close(void **state)
+{
+    fixture *fx = *state;
+    const char *opts[] = {"sgd", "momentum", "adam", "yogi", "adagrad"};
+    for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++) {
+        fedge_agg_config c = strategy_cfg(fx, opts[k]);
+        c.server_tau = 0.01;
+        fresh_run(fx, &c, opts[k]);
+        size_t n = fx->agg.model.n_params;
+        float *want = malloc(n * sizeof *want), *d = malloc(n * sizeof *d);
+        assert_non_null(want);
+        assert_non_null(d);
+        memcpy(want, fx->agg.model.params, n * sizeof *want);
+        for (size_t i = 0; i < n; i++)
+            d[i] = 0.25f * (float)((int)(i % 7) - 3) / 3.0f;
+        fedge_server_opt o;
+        fedge_server_opt_params p = {.lr = c.server_lr, .momentum = c.server_momentum, .beta1 = c.server_beta1,
+                                     .beta2 = c.server_beta2, .tau = c.server_tau};
+        snprintf(p.name, sizeof p.name, "%s", opts[k]);
+        assert_int_equal(fedge_server_opt_init(&o, &p, n), FEDGE_OK);
+        for (int r = 0; r < 2; r++) {
+            strategy_round(fx, 1);
+            fedge_server_opt_step(&o, want, d);
+        }
+        assert_memory_equal(fx->agg.model.params, want, n * sizeof *want);
+        fedge_server_opt_free(&o);
+        free(want);
+        free(d);
+        char desc[160], sql[320];
+        assert_int_equal(fedge_server_opt_describe(&p, desc, sizeof desc), FEDGE_OK);
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM rounds WHERE strategy='%s'", desc);
+        assert_int_equal(q1(fx, sql), 2);
+        /* state kept for the current model only, its hash in an audited event */
+        long long rows = strcmp(opts[k], "sgd") == 0 ? 0 : 1;
+        assert_int_equal(q1(fx, "SELECT count(*) FROM strategy_state"), rows);
+        assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='strategy_state' AND id IN"
+                                " (SELECT CAST(row_key AS INTEGER) FROM audit WHERE tbl='events')"), 2 * rows);
+    }
+    assert_string_equal(fx->agg.strategy, "fedadagrad(lr=0.5,beta1=0.9,tau=0.01)");
+}
+
+/* FedAdam stopped after round 2 and started again gives the model of the
+ * run that never stopped; without its saved state it would not (and says so). */
+static void test_adam_restart_resumes_exactly(void **state)
+{
+    fixture *fx = *state;
+    char straight[FEDGE_HASH_HEX_LEN];
+    fedge_agg_config c = strategy_cfg(fx, "adam");
+    c.server_lr = 0.01;
+    fresh_run(fx, &c, "straight");
+    for (int r = 0; r < 4; r++)
+        strategy_round(fx, 0);
+    memcpy(straight, fx->agg.version_hex, sizeof straight);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE strategy="
+                            "'fedadam(lr=0.01,beta1=0.9,beta2=0.99,tau=0.001)'"), 4);
+
+    fresh_run(fx, &c, "restarted");
+    for (int r = 0; r < 2; r++)
+        strategy_round(fx, 0);
+    restart(fx);
+    assert_int_equal(fx->agg.opt.steps, 2);
+    for (int r = 0; r < 2; r++)
+        strategy_round(fx, 0);
+    assert_string_equal(fx->agg.version_hex, straight);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='strategy_state_reset'"), 0);
+
+    /* the same with the state row gone: a fresh start, logged, another model */
+    fresh_run(fx, &c, "lost");
+    for (int r = 0; r < 2; r++)
+        strategy_round(fx, 0);
+    assert_int_equal(sqlite3_exec(fx->agg.db, "DELETE FROM strategy_state", NULL, NULL, NULL), SQLITE_OK);
+    restart(fx);
+    assert_int_equal(fx->agg.opt.steps, 0);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='strategy_state_reset'"), 1);
+    for (int r = 0; r < 2; r++)
+        strategy_round(fx, 0);
+    assert_string_not_equal(fx->agg.version_hex, straight);
+
+    /* another optimiser on the saved state: a fresh start, logged */
+    fresh_run(fx, &c, "changed");
+    strategy_round(fx, 0);
+    fx->cfg.server_beta1 = 0.5;
+    restart(fx);
+    assert_int_equal(fx->agg.opt.steps, 0);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='strategy_state_reset'"
+                            " AND detail LIKE '%beta1=0.9%beta1=0.5%'"), 1);
+
+    /* a state row whose bytes were altered stops the start */
+    fresh_run(fx, &c, "altered");
+    strategy_round(fx, 0);
+    assert_int_equal(sqlite3_exec(fx->agg.db, "UPDATE strategy_state SET state = zeroblob(length(state))", NULL, NULL,
+                                  NULL),
+                     SQLITE_OK);
+    char err[256] = "";
+    fedge_agg_free(&fx->agg);
+    assert_int_equal(fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err), FEDGE_ERR_STRATEGY_STATE);
+    assert_non_null(strstr(err, "does not match its sha256"));
+    c = fx->cfg;
+    fresh_run(fx, &c, "after"); /* teardown frees a live aggregator */
+}
+
+/* FedProx: μ goes to the edges in GET /round and into the strategy's name. */
+static void test_fedprox_mu_in_round_info(void **state)
+{
+    fixture *fx = *state;
+    char info[1024];
+    assert_int_equal(fedge_agg_round_info(&fx->agg, "dev-a", fedge_now(), info, sizeof info), FEDGE_OK);
+    assert_null(strstr(info, "prox_mu="));
+    assert_null(strstr(info, "control="));
+    fedge_agg_config c = fx->cfg;
+    c.fedprox_mu = 0.01;
+    fresh_run(fx, &c, "prox");
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fedge_agg_round_info(&fx->agg, "dev-a", fedge_now(), info, sizeof info), FEDGE_OK);
+    assert_non_null(strstr(info, "\nprox_mu=0.01\n"));
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND strategy='fedprox(mu=0.01)'"), 1);
+}
+
+/* SCAFFOLD: the round names c's version, only the two-part form is taken,
+ * and the close moves c by (|S|/N) mean(Δc), saved with the round. */
+static void test_scaffold_server_side(void **state)
+{
+    fixture *fx = *state;
+    char msg[320], info[1024], line[100];
+    size_t len;
+    /* a plain run refuses the SCAFFOLD form */
+    update_spec u = good(fx, 50);
+    u.control = 1;
+    u.enc = FEDGE_ENC_FP16; /* within the plain run's size limit */
+    uint8_t *b = make_update(fx, 0, u, &len);
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 400);
+    assert_non_null(strstr(msg, "not SCAFFOLD"));
+    free(b);
+
+    fedge_agg_config c = fx->cfg;
+    c.scaffold = 1;
+    fresh_run(fx, &c, "scaffold");
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    size_t n = fx->agg.model.n_params;
+    for (size_t k = 0; k < n; k++)
+        assert_true(fx->agg.control[k] == 0.0f);
+    char c0[FEDGE_HASH_HEX_LEN];
+    memcpy(c0, fx->agg.control_version_hex, sizeof c0);
+    assert_int_equal(fedge_agg_round_info(&fx->agg, "dev-a", fedge_now(), info, sizeof info), FEDGE_OK);
+    snprintf(line, sizeof line, "\ncontrol=%s\n", c0);
+    assert_non_null(strstr(info, line));
+    /* c's model file has the model's spec and c as its parameters */
+    fedge_model m;
+    uint8_t v[FEDGE_HASH_LEN];
+    char path[160];
+    snprintf(path, sizeof path, "%s/control.fmdl", fx->dir);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(fx->agg.control_blob, 1, fx->agg.control_blob_len, f), fx->agg.control_blob_len);
+    fclose(f);
+    assert_int_equal(fedge_model_load(path, &m, v), FEDGE_OK);
+    assert_int_equal(m.n_params, n);
+    assert_memory_equal(v, fx->agg.control_version, FEDGE_HASH_LEN);
+    fedge_model_free(&m);
+
+    /* the plain form is refused in a SCAFFOLD run, nothing stored */
+    snapshot before = snap(fx);
+    b = make_update(fx, 0, good(fx, 60), &len);
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 400);
+    assert_non_null(strstr(msg, "SCAFFOLD"));
+    assert_unchanged(fx, before);
+    free(b);
+
+    /* the round closes with the two-part updates (fp32): c = (3/3) mean(Δc_i) */
+    strategy_round(fx, 1);
+    assert_string_equal(fx->agg.strategy, "scaffold");
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND strategy='scaffold'"), 1);
+    for (size_t k = 0; k < n; k++) {
+        float pat = (float)((int)(k % 5) - 2) / 2.0f;
+        double mean = (0.5 * pat + 1.0 * pat + 1.5 * pat) / 3.0;
+        assert_float_equal(fx->agg.control[k], mean, 1e-6);
+    }
+    assert_string_not_equal(fx->agg.control_version_hex, c0);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM strategy_state"), 1);
+    char c1[FEDGE_HASH_HEX_LEN];
+    memcpy(c1, fx->agg.control_version_hex, sizeof c1);
+    restart(fx);
+    assert_string_equal(fx->agg.control_version_hex, c1);
+}
+
+/* DP-FedAvg's noise fits a clipped sum: a robust rule or SCAFFOLD with a DP
+ * policy is refused at start and at reload. */
+static void test_dp_refuses_robust_and_scaffold(void **state)
+{
+    fixture *fx = *state;
+    char err[256] = "", path[128];
+    snprintf(path, sizeof path, "%s/dp.yaml", fx->dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("version: 1\nname: dp\nprivacy:\n  enabled: true\n  clip_norm: 0.5\n"
+          "  noise_multiplier: 1.0\n  epsilon_budget: 60\n  delta: 1e-5\n", f);
+    fclose(f);
+    fedge_agg_config c = fx->cfg;
+    fedge_agg_free(&fx->agg);
+    c.scaffold = 1;
+    snprintf(c.policy_file, sizeof c.policy_file, "%s", path);
+    assert_int_equal(fedge_agg_init(&fx->agg, &c, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_non_null(strstr(err, "scaffold = true"));
+    c.scaffold = 0;
+    snprintf(c.aggregation, sizeof c.aggregation, "mean");
+    assert_int_equal(fedge_agg_init(&fx->agg, &c, err, sizeof err), FEDGE_OK);
+    assert_string_equal(fx->agg.strategy, "dp-fedavg");
+    fedge_agg_free(&fx->agg);
+    /* the run without DP, then a reload that turns DP on */
+    c.scaffold = 1;
+    c.policy_file[0] = '\0';
+    fx->cfg = c;
+    restart(fx);
+    snprintf(fx->agg.cfg.policy_file, sizeof fx->agg.cfg.policy_file, "%s", path);
+    assert_int_not_equal(fedge_agg_reload_policy(&fx->agg), FEDGE_OK);
+    assert_string_equal(fx->agg.strategy, "scaffold");
+}
+
+/* Round with device i's delta = fills[i] × the pattern, fp32, 10 samples each. */
+static void round_with_fills(fixture *fx, const float fills[N_DEV])
+{
+    char msg[320];
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    for (int i = 0; i < N_DEV; i++) {
+        size_t len;
+        update_spec u = good(fx, 100 * fx->agg.round + (uint64_t)i);
+        u.fill = fills[i];
+        u.samples = 10;
+        uint8_t *b = make_update(fx, i, u, &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+}
+
+/* A robust rule's selection is an audited event naming who was left out,
+ * the round counts only the updates used, and the model moves by the
+ * selected delta. (Runs once "robust"'s krum is in the combiner table.) */
+static void test_robust_selection_logged(void **state)
+{
+    fixture *fx = *state;
+    if (!fedge_combiner_find("krum"))
+        skip();
+    fedge_agg_config c = fx->cfg;
+    snprintf(c.aggregation, sizeof c.aggregation, "krum");
+    c.byzantine_f = 0;
+    fresh_run(fx, &c, "krum");
+    assert_string_equal(fx->agg.strategy, "krum(f=0)");
+    size_t n = fx->agg.model.n_params;
+    float *want = malloc(n * sizeof *want);
+    assert_non_null(want);
+    memcpy(want, fx->agg.model.params, n * sizeof *want);
+    /* dev-a and dev-b are each other's nearest (a tie, to the lower index);
+     * dev-c is far off */
+    const float fills[N_DEV] = {0.01f, 0.011f, 0.5f};
+    round_with_fills(fx, fills);
+    for (size_t i = 0; i < n; i++)
+        want[i] += 1.0f * (0.01f * (float)((int)(i % 7) - 3) / 3.0f);
+    assert_memory_equal(fx->agg.model.params, want, n * sizeof *want);
+    free(want);
+    assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=1 AND status='closed'"
+                            " AND strategy='krum(f=0)'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='aggregation_left_out' AND rule='krum'"
+                            " AND round=1 AND detail LIKE '%used 1 of 3 updates; left out: dev-b, dev-c'"
+                            " AND id IN (SELECT CAST(row_key AS INTEGER) FROM audit WHERE tbl='events')"), 1);
+}
+
+/* A round with fewer updates than the rule needs fails with the rule's
+ * reason, audited, and keeps the model. */
+static void test_robust_too_few_fails_round(void **state)
+{
+    fixture *fx = *state;
+    if (!fedge_combiner_find("krum"))
+        skip();
+    fedge_agg_config c = fx->cfg;
+    snprintf(c.aggregation, sizeof c.aggregation, "krum");
+    c.byzantine_f = 1; /* needs more than the fixture's 3 devices */
+    fresh_run(fx, &c, "krum-few");
+    char model[FEDGE_HASH_HEX_LEN];
+    memcpy(model, fx->agg.version_hex, sizeof model);
+    const float fills[N_DEV] = {0.01f, 0.02f, 0.03f};
+    round_with_fills(fx, fills);
+    assert_string_equal(fx->agg.version_hex, model);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='failed'"
+                            " AND reason LIKE 'aggregation: %krum%'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='round_rejected' AND rule='aggregation'"), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1129,6 +1506,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_training_counts_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quorum_waits_for_min_updates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_impossible_settings_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_block_reader_same_bits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_server_optimizers_on_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_adam_restart_resumes_exactly, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fedprox_mu_in_round_info, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scaffold_server_side, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dp_refuses_robust_and_scaffold, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_robust_selection_logged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_robust_too_few_fails_round, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -756,6 +756,57 @@ static void test_encode_errors(void **state)
     assert_int_equal(fedge_delta_encode(&h, x, NULL, buf, sizeof buf, &len), FEDGE_ERR_DELTA_BLOCK);
 }
 
+/* Range decoding gives exactly the elements the full decode gives, for every
+ * encoding, ranges inside, across and at the ends of int8 blocks, and reads
+ * only the bytes span names; bad ranges and a non-finite value in the range
+ * are refused. */
+static void test_span_decode(void **state)
+{
+    (void)state;
+    const uint32_t n = 1000, block = 64;
+    float *x = malloc(n * sizeof *x), *full = malloc(n * sizeof *full), *part = malloc(n * sizeof *part);
+    assert_non_null(x);
+    assert_non_null(full);
+    assert_non_null(part);
+    for (uint32_t i = 0; i < n; i++)
+        x[i] = (float)((int)(i * 37 % 201) - 100) / 64.0f;
+    const size_t ranges[][2] = {{0, 1}, {0, 1000}, {5, 6}, {63, 65}, {64, 128}, {100, 999}, {999, 1000}, {960, 1000}};
+    for (int e = FEDGE_ENC_FP32; e <= FEDGE_ENC_INT8; e++) {
+        fedge_delta_header h = {.encoding = (uint8_t)e, .model_id = 7, .n_elems = n,
+                                .block_size = e == FEDGE_ENC_INT8 ? block : 0};
+        size_t len = fedge_delta_encoded_size(&h), out_len = 0;
+        uint8_t *buf = malloc(len);
+        assert_non_null(buf);
+        assert_int_equal(fedge_delta_encode(&h, x, NULL, buf, len, &out_len), FEDGE_OK);
+        assert_int_equal(fedge_delta_decode(buf, len, 7, n, &h, full), FEDGE_OK);
+        for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+            size_t k0 = ranges[r][0], k1 = ranges[r][1], off = 0, blen = 0;
+            assert_int_equal(fedge_delta_span(&h, k0, k1, &off, &blen), FEDGE_OK);
+            assert_true(off >= FEDGE_DELTA_HEADER_LEN && off + blen <= len);
+            if (e != FEDGE_ENC_INT8)
+                assert_int_equal(blen, (k1 - k0) * (e == FEDGE_ENC_FP32 ? 4 : 2));
+            memset(part, 0xff, n * sizeof *part);
+            assert_int_equal(fedge_delta_decode_span(&h, k0, k1, buf + off, blen, part), FEDGE_OK);
+            assert_memory_equal(part, full + k0, (k1 - k0) * sizeof *part);
+            assert_true(k1 - k0 == n || bits(part[k1 - k0]) == 0xffffffffu); /* nothing past the range */
+            assert_int_equal(fedge_delta_decode_span(&h, k0, k1, buf + off, blen - 1, part), FEDGE_ERR_INVALID_ARG);
+        }
+        size_t off, blen;
+        assert_int_equal(fedge_delta_span(&h, 5, 5, &off, &blen), FEDGE_ERR_INVALID_ARG);
+        assert_int_equal(fedge_delta_span(&h, 0, n + 1, &off, &blen), FEDGE_ERR_INVALID_ARG);
+        /* a NaN (or a NaN scale) inside the range is refused; outside it is not read */
+        assert_int_equal(fedge_delta_span(&h, 0, 1, &off, &blen), FEDGE_OK);
+        memset(buf + off, 0xff, e == FEDGE_ENC_INT8 ? 4 : blen); /* all-ones: NaN in every float format */
+        assert_int_equal(fedge_delta_decode_span(&h, 0, 1, buf + off, blen, part), FEDGE_ERR_DELTA_NONFINITE);
+        assert_int_equal(fedge_delta_span(&h, 900, 1000, &off, &blen), FEDGE_OK);
+        assert_int_equal(fedge_delta_decode_span(&h, 900, 1000, buf + off, blen, part), FEDGE_OK);
+        free(buf);
+    }
+    free(x);
+    free(full);
+    free(part);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -775,6 +826,7 @@ int main(void)
         cmocka_unit_test(test_bad_header_fields),
         cmocka_unit_test(test_nonfinite_payloads),
         cmocka_unit_test(test_encode_errors),
+        cmocka_unit_test(test_span_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1384,6 +1384,19 @@ static int gather_summary(sqlite3 *db, const char *db_path, out_table *t, char *
         out_int(t, 1, n);
     }
     sqlite3_stmt *st = NULL;
+    /* the strategies the rounds ran, with their parameters (rounds.strategy) */
+    if (prep(db, "SELECT strategy, min(id), max(id), count(*) FROM rounds GROUP BY strategy ORDER BY min(id)",
+             &st) != 0)
+        return EXIT_USAGE;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        out_row(t);
+        out_text(t, 0, "strategy");
+        out_textf(t, 1, "%s: %lld round%s (%lld-%lld)", ctext(st, 0), (long long)sqlite3_column_int64(st, 3),
+                  sqlite3_column_int64(st, 3) == 1 ? "" : "s", (long long)sqlite3_column_int64(st, 1),
+                  (long long)sqlite3_column_int64(st, 2));
+    }
+    sqlite3_finalize(st);
+    st = NULL;
     latest[0] = '\0';
     if (prep(db, "SELECT version, kind, round FROM models ORDER BY created_at DESC, rowid DESC "
                  "LIMIT 1", &st) != 0)
