@@ -12,6 +12,7 @@
 
 #include "backoff.h"
 #include "common.h"
+#include "control.h"
 #include "counter.h"
 #include "envelope.h"
 #include "keys.h"
@@ -428,34 +429,32 @@ static int fetch_control(edge_client *c, const fedge_round_info *ri, round_resul
     return fetch_versioned(c, ri, &f, result, usable);
 }
 
-/* The client control variate c_i for this round into c->client_control,
- * from <state_dir>/<id>.control. Absent: zeros (SCAFFOLD's start). Unreadable,
- * corrupt or for another model: zeros too, with a warning; the file is
- * replaced by the next accepted round's c_i+. */
+/* The client control variate c_i for this round into c->client_control
+ * (control.h): the committed file, or zeros with a word why. */
 static int load_client_control(edge_client *c, const fedge_round_info *ri)
 {
-    fedge_model *ci = &c->client_control;
-    fedge_model_free(ci);
-    memset(ci, 0, sizeof *ci);
-    int ret = fedge_model_load(c->control_path, ci, NULL);
-    if (ret == FEDGE_OK && same_spec_text(&ci->spec, &ri->spec))
-        return FEDGE_OK;
-    if (ret == FEDGE_OK) {
-        char spec[FEDGE_MODEL_SPEC_MAX];
-        if (fedge_model_spec_format(&ci->spec, spec, sizeof spec) != FEDGE_OK)
-            snprintf(spec, sizeof spec, "?");
-        FEDGE_WARN("round %u: %s holds a control variate for %s, not %s; starting from zeros",
-                   ri->round, c->control_path, spec, ri->spec_text);
-        fedge_model_free(ci);
-        memset(ci, 0, sizeof *ci);
-    } else if (ret == FEDGE_ERR_NOT_FOUND) {
+    fedge_control_status st;
+    int why;
+    int ret = fedge_edge_control_load(c->control_path, &ri->spec, &c->client_control, &st, &why);
+    if (ret != FEDGE_OK)
+        return ret;
+    switch (st) {
+    case FEDGE_CONTROL_LOADED:
+        break;
+    case FEDGE_CONTROL_NEW:
         FEDGE_INFO("round %u: no client control variate yet (%s); starting from zeros",
                    ri->round, c->control_path);
-    } else {
+        break;
+    case FEDGE_CONTROL_OTHER_SPEC:
+        FEDGE_WARN("round %u: %s holds a control variate for another model than %s; "
+                   "starting from zeros", ri->round, c->control_path, ri->spec_text);
+        break;
+    case FEDGE_CONTROL_CORRUPT:
         FEDGE_WARN("round %u: client control variate %s unusable (%s); starting from zeros",
-                   ri->round, c->control_path, fedge_strerror(ret));
+                   ri->round, c->control_path, fedge_strerror(why));
+        break;
     }
-    return fedge_model_init(ci, &ri->spec); /* zeros */
+    return FEDGE_OK;
 }
 
 static int take_part(edge_client *c, const fedge_round_info *ri, round_result *result)
@@ -627,7 +626,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     if (scaffold && accepted) {
         fedge_edge_blob_release(blob);
         blob = NULL;
-        ret = fedge_model_save(&c->client_control, c->control_path, NULL);
+        ret = fedge_edge_control_commit(c->control_path, &c->client_control);
         if (ret != FEDGE_OK) {
             FEDGE_ERROR("round %u: cannot persist the client control variate %s: %s; stopping "
                         "(the aggregator has counted this round's control delta)", ri->round,
@@ -682,11 +681,9 @@ static int setup(edge_client *c)
         return ret;
     }
     if (cfg->state_dir) {
-        size_t n = strlen(cfg->state_dir) + 1 + strlen(cfg->id) + sizeof ".control";
-        c->control_path = malloc(n);
-        if (!c->control_path)
-            return FEDGE_ERR_NOMEM;
-        snprintf(c->control_path, n, "%s/%s.control", cfg->state_dir, cfg->id);
+        ret = fedge_edge_control_path(cfg->state_dir, cfg->id, &c->control_path);
+        if (ret != FEDGE_OK)
+            return ret;
     }
 
     fedge_edge_link_config lc = {
