@@ -1,11 +1,13 @@
 /* control.c — the client control variate file (see control.h). */
 #include "control.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+#include "fileio.h"
 #include "modelfile.h"
 
 int fedge_edge_control_path(const char *state_dir, const char *id, char **out)
@@ -57,5 +59,11 @@ int fedge_edge_control_commit(const char *path, const fedge_model *ci)
 {
     if (!path || !ci)
         return FEDGE_ERR_INVALID_ARG;
-    return fedge_model_save(ci, path, NULL);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int ret = fedge_model_serialize(ci, &buf, &len, NULL);
+    if (ret == FEDGE_OK)
+        ret = fedge_write_file_atomic(path, buf, len, 0600, 0);
+    free(buf);
+    return ret;
 }

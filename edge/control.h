@@ -1,7 +1,7 @@
 /* control.h — SCAFFOLD's client control variate c_i on disk.
  *
  * c_i lives in <state_dir>/<id>.control, a model file (modelfile.h: the
- * round's spec, c_i as its parameters), written atomically. The file is the
+ * round's spec, c_i as its parameters), written atomically, mode 0600. The file is the
  * committed c_i: the client writes c_i+ only after the aggregator accepted
  * the update that carried c_i+ - c_i (2.04), because the server's c is the
  * mean of the c_i it has counted; a refused or lost update leaves the file,
@@ -29,7 +29,9 @@ int fedge_edge_control_path(const char *state_dir, const char *id, char **out);
  * why (may be NULL): the load error behind FEDGE_CONTROL_CORRUPT. */
 int fedge_edge_control_load(const char *path, const fedge_model_spec *spec, fedge_model *ci,
                             fedge_control_status *status, int *why);
-/* Atomic replace of the file by ci (c_i+). */
+/* Atomic replace of the file by ci (c_i+), mode 0600: c_i is a mean of
+ * local gradients, as telling about the device's data as an update. A
+ * non-finite ci is refused (FEDGE_ERR_MODEL_NONFINITE), the file kept. */
 int fedge_edge_control_commit(const char *path, const fedge_model *ci);
 
 #endif

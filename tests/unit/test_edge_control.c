@@ -97,6 +97,7 @@ static void test_new_commit_load(void **state)
     assert_int_equal(dir_entries(fx->dir), 1); /* no temporary file left */
     struct stat sb;
     assert_int_equal(stat(fx->path, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600); /* c_i tells about the local data */
 
     fedge_model again;
     memset(&again, 0, sizeof again);
