@@ -250,7 +250,6 @@ static int model_sink(void *arg, const uint8_t *data, size_t len)
     return fedge_edge_trainer_set_global(arg, data, len);
 }
 
-
 static void control_drop(cached_control *cc)
 {
     fedge_model_free(&cc->m);
@@ -499,7 +498,15 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                         ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
         return FEDGE_OK;
     }
+    int replanned = 0;
+    if (!scaffold && (t->control_delta || c->control.have)) {
+        /* back to a plain round: nothing SCAFFOLD's stays resident */
+        fedge_edge_trainer_drop_control(t);
+        control_drop(&c->control);
+        replanned = 1;
+    }
     ret = fedge_edge_trainer_prepare(t, &ri->spec, ri->batch, &resized);
+    resized |= replanned;
     if (ret == FEDGE_OK && scaffold && !t->control_delta) {
         ret = fedge_edge_trainer_prepare_control(t);
         resized = 1;
@@ -636,6 +643,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     }
 cleanup:
     c->round_end_ms = 0;
+    fedge_model_free(&c->client_control); /* read again next round: the file is c_i */
     free(sealed);
     fedge_edge_blob_release(blob);
     return ret;

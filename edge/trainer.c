@@ -201,6 +201,16 @@ int fedge_edge_trainer_prepare_control(fedge_edge_trainer *t)
     return FEDGE_OK;
 }
 
+void fedge_edge_trainer_drop_control(fedge_edge_trainer *t)
+{
+    if (!t || !t->control_delta)
+        return;
+    t->control_delta = NULL;
+    float *shrunk = realloc(t->grad, t->local.n_params * sizeof(float));
+    if (shrunk) /* else the larger block stays: still valid */
+        t->grad = shrunk;
+}
+
 int fedge_edge_trainer_set_global(fedge_edge_trainer *t, const uint8_t *body, size_t len)
 {
     if (!t || !t->sized || !body)

@@ -108,6 +108,9 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
  * when already done for this shape; a new shape undoes it). On failure the
  * trainer is as it was. */
 int fedge_edge_trainer_prepare_control(fedge_edge_trainer *t);
+/* Undo it (a plain round after SCAFFOLD ones): grad back to n_params, so
+ * the plain memory plan holds again. */
+void fedge_edge_trainer_drop_control(fedge_edge_trainer *t);
 /* Replace the global model by a serialized model file (GET /model body).
  * The old one is freed first (memory stays bounded); on failure no global
  * model is cached. FEDGE_ERR_MODEL_SHAPE when the body's spec is not the

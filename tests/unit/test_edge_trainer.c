@@ -636,6 +636,19 @@ static void test_scaffold_refusals(void **state)
                      FEDGE_ERR_MODEL_NONFINITE);
     assert_memory_equal(ci_big, big_ci, sizeof ci_big);
 
+    /* A plain round after SCAFFOLD ones gives the dc buffer back. */
+    fedge_edge_trainer_drop_control(&tt.t);
+    assert_null(tt.t.control_delta);
+    p.control = c;
+    p.client_control = ci;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss),
+                     FEDGE_ERR_STATE);
+    p.control = NULL;
+    p.client_control = NULL;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss), FEDGE_OK);
+    fedge_edge_trainer_drop_control(&tt.t); /* twice is fine */
+    assert_int_equal(fedge_edge_trainer_prepare_control(&tt.t), FEDGE_OK);
+
     /* Same shape, other batch: dc kept; new shape: dc gone until asked again. */
     fedge_model_spec spec;
     spec_of("softmax:2-2", &spec);
