@@ -193,6 +193,8 @@ int fedge_edge_trainer_prepare_control(fedge_edge_trainer *t)
     if (t->control_delta)
         return FEDGE_OK;
     size_t n = t->local.n_params;
+    if (n > SIZE_MAX / (2 * sizeof(float)))
+        return FEDGE_ERR_NOMEM;
     float *grown = realloc(t->grad, 2 * n * sizeof(float));
     if (!grown)
         return FEDGE_ERR_NOMEM;
