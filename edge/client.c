@@ -12,11 +12,13 @@
 
 #include "backoff.h"
 #include "common.h"
+#include "control.h"
 #include "counter.h"
 #include "envelope.h"
 #include "keys.h"
 #include "link.h"
 #include "log.h"
+#include "modelfile.h"
 #include "round_info.h"
 #include "trainer.h"
 #include "update.h"
@@ -25,6 +27,16 @@
 #define BYTES_PER_TIMEOUT 65536u   /* --timeout-ms covers each started 64 KiB (a floor) */
 #define TIMEOUT_CAP_MS 1800000u
 #define RTT_LOG_CHANGE 2u          /* log the RTT again when it changed by this factor */
+
+/* The server control variate c of SCAFFOLD rounds (GET /control), cached
+ * with its version like the global model. spec: the round's, set before a
+ * fetch. */
+typedef struct {
+    const fedge_model_spec *spec;
+    fedge_model m;
+    int have;
+    uint8_t version[FEDGE_HASH_LEN];
+} cached_control;
 
 typedef struct {
     const fedge_edge_config *cfg;
@@ -48,6 +60,13 @@ typedef struct {
     uint64_t polled_ms;       /* when the last /round answer arrived */
     uint32_t rtt_logged_ms;   /* the RTT last logged (0: none yet) */
     fedge_edge_reply reply; /* 4 KiB: kept off the stack */
+    /* SCAFFOLD: the server variate c (GET /control), the client variate c_i
+     * of the round (read from control_path each round: the file is the
+     * committed c_i, written only once the aggregator accepted an update). */
+    cached_control control;
+    int control_without_etag;
+    fedge_model client_control;
+    char *control_path;       /* <state_dir>/<id>.control; NULL without --state-dir */
 } edge_client;
 
 /* Outcome of one round, for the log line and the loop. */
@@ -219,9 +238,46 @@ static int same_etag(const uint8_t *got, size_t got_len, const uint8_t want[FEDG
     return got_len == FEDGE_EDGE_ETAG_MAX - skip && memcmp(got, want + skip, got_len) == 0;
 }
 
+static int same_spec_text(const fedge_model_spec *a, const fedge_model_spec *b)
+{
+    char ta[FEDGE_MODEL_SPEC_MAX], tb[FEDGE_MODEL_SPEC_MAX];
+    return fedge_model_spec_format(a, ta, sizeof ta) == FEDGE_OK &&
+           fedge_model_spec_format(b, tb, sizeof tb) == FEDGE_OK && strcmp(ta, tb) == 0;
+}
+
 static int model_sink(void *arg, const uint8_t *data, size_t len)
 {
     return fedge_edge_trainer_set_global(arg, data, len);
+}
+
+static void control_drop(cached_control *cc)
+{
+    fedge_model_free(&cc->m);
+    memset(&cc->m, 0, sizeof cc->m);
+    cc->have = 0;
+    memset(cc->version, 0, sizeof cc->version);
+}
+
+/* Like fedge_edge_trainer_set_global: the old copy goes first (memory stays
+ * bounded), and a body for another spec is refused. */
+static int control_sink(void *arg, const uint8_t *data, size_t len)
+{
+    cached_control *cc = arg;
+    control_drop(cc);
+    fedge_model m;
+    uint8_t version[FEDGE_HASH_LEN];
+    memset(&m, 0, sizeof m);
+    int ret = fedge_model_deserialize(data, len, &m, version);
+    if (ret != FEDGE_OK)
+        return ret;
+    if (!same_spec_text(&m.spec, cc->spec)) {
+        fedge_model_free(&m);
+        return FEDGE_ERR_MODEL_SHAPE;
+    }
+    cc->m = m;
+    memcpy(cc->version, version, sizeof version);
+    cc->have = 1;
+    return FEDGE_OK;
 }
 
 static void print_memory_plan(edge_client *c, const fedge_round_info *ri,
@@ -229,45 +285,61 @@ static void print_memory_plan(edge_client *c, const fedge_round_info *ri,
 {
     char line[512];
     fedge_edge_memory_format(m, line, sizeof line);
-    FEDGE_INFO("memory plan (%s, batch %d, %s): %s", ri->spec_text, ri->batch,
-               fedge_encoding_name(c->cfg->encoding), line);
+    FEDGE_INFO("memory plan (%s, batch %d, %s%s): %s", ri->spec_text, ri->batch,
+               fedge_encoding_name(c->cfg->encoding), ri->has_control ? ", SCAFFOLD" : "", line);
 }
 
-/* GET /model unless the cached model is current. FEDGE_OK with *usable = 1
- * when the trainer holds the round's base model. */
-static int fetch_model(edge_client *c, const fedge_round_info *ri, round_result *result,
-                       int *usable)
+/* One versioned file of the round: GET /model (the base model) or GET
+ * /control (SCAFFOLD's server variate), a model file whose version (its
+ * hash) /round announced. */
+typedef struct {
+    const char *path;           /* "model" or "control" */
+    const char *noun;           /* for the log */
+    const char *announced;      /* where /round announced the version */
+    const uint8_t *want;        /* that version */
+    const int *have;            /* the cached copy ... */
+    const uint8_t *version;     /* ... and its version */
+    int (*sink)(void *, const uint8_t *, size_t);
+    void *sink_arg;
+    int *without_etag;          /* next fetch without an ETag (after a failed one) */
+} versioned_fetch;
+
+/* GET the file unless the cached copy is current. FEDGE_OK with *usable = 1
+ * when the cached copy is the announced version; a served copy of another
+ * version is never used (ROUND_REPOLL: poll /round and fetch again). */
+static int fetch_versioned(edge_client *c, const fedge_round_info *ri, const versioned_fetch *f,
+                           round_result *result, int *usable)
 {
-    fedge_edge_trainer *t = &c->trainer;
     uint8_t etag[FEDGE_EDGE_ETAG_MAX];
-    char hex[FEDGE_HASH_HEX_LEN], code[8], line[128];
+    char hex[FEDGE_HASH_HEX_LEN], code[8], line[128], what[32];
     unsigned attempts;
     *usable = 0;
-    /* Send the ETag only when the cached model is the round's base, the one
+    snprintf(what, sizeof what, "GET /%s", f->path);
+    /* Send the ETag only when the cached copy is the announced one, the one
      * case where it can validate. A stale ETag is legal CoAP, but libcoap
      * 4.3.1 repeats it in every Block2 follow-up request, its server then
      * leaves the ETag off the later blocks, and the client's reassembly
      * gives up ("Not all blocks have ETag option"). */
-    int send_etag = t->have_global && !c->fetch_without_etag &&
-                    memcmp(t->global_version, ri->model, FEDGE_HASH_LEN) == 0;
-    c->fetch_without_etag = 0;
+    int send_etag = *f->have && !*f->without_etag &&
+                    memcmp(f->version, f->want, FEDGE_HASH_LEN) == 0;
+    *f->without_etag = 0;
     if (send_etag)
-        memcpy(etag, t->global_version, sizeof etag);
+        memcpy(etag, f->version, sizeof etag);
     fedge_edge_request req = {
         .method = FEDGE_EDGE_GET,
-        .path = "model",
+        .path = f->path,
         .etag = send_etag ? etag : NULL,
         .etag_len = send_etag ? sizeof etag : 0,
-        .sink = model_sink,
-        .sink_arg = t,
+        .sink = f->sink,
+        .sink_arg = f->sink_arg,
         /* a model file: header, spec text, float32 parameters, checksum */
         .max_body = 4 * fedge_model_spec_param_count(&ri->spec) + 64 + FEDGE_MODEL_SPEC_MAX,
     };
     int rc = request_with_retry(c, &req, 4 * fedge_model_spec_param_count(&ri->spec),
-                                0, "GET /model", &attempts);
+                                0, what, &attempts);
     if (rc == FEDGE_ERR_TIMEOUT || rc == FEDGE_ERR_IO) {
         /* Already logged; GET /round decides whether the server is gone. */
-        FEDGE_ERROR("round %u: no model after %u attempts; skipping the round", ri->round,
+        FEDGE_ERROR("round %u: no %s after %u attempts; skipping the round", ri->round, f->noun,
                     attempts);
         *result = ROUND_SKIPPED;
         return FEDGE_OK;
@@ -278,24 +350,24 @@ static int fetch_model(edge_client *c, const fedge_round_info *ri, round_result 
     code_text(r->code, code);
     reply_line(r, line, sizeof line);
     if (r->code == 203) {
-        if (!send_etag || !t->have_global ||
+        if (!send_etag || !*f->have ||
             (r->etag_len && !same_etag(r->etag, r->etag_len, etag))) {
-            FEDGE_WARN("round %u: 2.03 Valid for a model this client does not hold",
-                       ri->round);
+            FEDGE_WARN("round %u: 2.03 Valid for a %s this client does not hold",
+                       ri->round, f->noun);
             fedge_edge_link_reset(c->link);
             *result = ROUND_REPOLL;
             return FEDGE_OK;
         }
-        FEDGE_DEBUG("round %u: cached model still valid (2.03)", ri->round);
+        FEDGE_DEBUG("round %u: cached %s still valid (2.03)", ri->round, f->noun);
     } else if (r->code == 205) {
         if (!r->sink_called || r->sink_status != FEDGE_OK) {
             int why = r->sink_called ? r->sink_status : FEDGE_ERR_MODEL_FILE_TRUNCATED;
-            FEDGE_ERROR("round %u: GET /model body of %zu bytes refused: %s", ri->round,
+            FEDGE_ERROR("round %u: %s body of %zu bytes refused: %s", ri->round, what,
                         r->body_total, fedge_strerror(why));
             /* libcoap may have left block mode for this session: start afresh. */
             fedge_edge_link_reset(c->link);
             if (send_etag) {
-                c->fetch_without_etag = 1; /* once more, as a plain GET */
+                *f->without_etag = 1; /* once more, as a plain GET */
                 *result = ROUND_REPOLL;
             } else {
                 *result = ROUND_SKIPPED;
@@ -303,18 +375,84 @@ static int fetch_model(edge_client *c, const fedge_round_info *ri, round_result 
             return FEDGE_OK;
         }
     } else {
-        FEDGE_ERROR("round %u: GET /model answered %s %s", ri->round, code, line);
+        FEDGE_ERROR("round %u: %s answered %s %s", ri->round, what, code, line);
         *result = r->code / 100 == 5 ? ROUND_REPOLL : ROUND_SKIPPED;
         return FEDGE_OK;
     }
-    if (!t->have_global || memcmp(t->global_version, ri->model, FEDGE_HASH_LEN) != 0) {
-        fedge_hash_to_hex(t->global_version, hex);
-        FEDGE_INFO("round %u: served model %.16s is not the round's base; polling again",
-                   ri->round, t->have_global ? hex : "(none)");
+    if (!*f->have || memcmp(f->version, f->want, FEDGE_HASH_LEN) != 0) {
+        fedge_hash_to_hex(f->version, hex);
+        FEDGE_INFO("round %u: served %s %.16s is not the round's %s; polling again",
+                   ri->round, f->noun, *f->have ? hex : "(none)", f->announced);
         *result = ROUND_REPOLL;
         return FEDGE_OK;
     }
     *usable = 1;
+    return FEDGE_OK;
+}
+
+static int fetch_model(edge_client *c, const fedge_round_info *ri, round_result *result,
+                       int *usable)
+{
+    fedge_edge_trainer *t = &c->trainer;
+    versioned_fetch f = {
+        .path = "model",
+        .noun = "model",
+        .announced = "base",
+        .want = ri->model,
+        .have = &t->have_global,
+        .version = t->global_version,
+        .sink = model_sink,
+        .sink_arg = t,
+        .without_etag = &c->fetch_without_etag,
+    };
+    return fetch_versioned(c, ri, &f, result, usable);
+}
+
+static int fetch_control(edge_client *c, const fedge_round_info *ri, round_result *result,
+                         int *usable)
+{
+    c->control.spec = &ri->spec;
+    if (c->control.have && !same_spec_text(&c->control.m.spec, &ri->spec))
+        control_drop(&c->control);
+    versioned_fetch f = {
+        .path = "control",
+        .noun = "control variate",
+        .announced = "control=",
+        .want = ri->control,
+        .have = &c->control.have,
+        .version = c->control.version,
+        .sink = control_sink,
+        .sink_arg = &c->control,
+        .without_etag = &c->control_without_etag,
+    };
+    return fetch_versioned(c, ri, &f, result, usable);
+}
+
+/* The client control variate c_i for this round into c->client_control
+ * (control.h): the committed file, or zeros with a word why. */
+static int load_client_control(edge_client *c, const fedge_round_info *ri)
+{
+    fedge_control_status st;
+    int why;
+    int ret = fedge_edge_control_load(c->control_path, &ri->spec, &c->client_control, &st, &why);
+    if (ret != FEDGE_OK)
+        return ret;
+    switch (st) {
+    case FEDGE_CONTROL_LOADED:
+        break;
+    case FEDGE_CONTROL_NEW:
+        FEDGE_INFO("round %u: no client control variate yet (%s); starting from zeros",
+                   ri->round, c->control_path);
+        break;
+    case FEDGE_CONTROL_OTHER_SPEC:
+        FEDGE_WARN("round %u: %s holds a control variate for another model than %s; "
+                   "starting from zeros", ri->round, c->control_path, ri->spec_text);
+        break;
+    case FEDGE_CONTROL_CORRUPT:
+        FEDGE_WARN("round %u: client control variate %s unusable (%s); starting from zeros",
+                   ri->round, c->control_path, fedge_strerror(why));
+        break;
+    }
     return FEDGE_OK;
 }
 
@@ -328,7 +466,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     double loss = 0.0;
     unsigned attempts = 0;
     char outcome[256], code[8], line[128];
-    int ret = FEDGE_OK, resized = 0, usable = 0;
+    int ret = FEDGE_OK, resized = 0, usable = 0, accepted = 0;
     *result = ROUND_SKIPPED;
 
     if (c->shard.dim != ri->spec.input_dim || c->shard.n_classes > ri->spec.classes) {
@@ -336,10 +474,19 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                     ri->round, c->shard.dim, c->shard.n_classes, ri->spec_text);
         return FEDGE_ERR_MODEL_SHAPE;
     }
+    int scaffold = ri->has_control;
+    if (scaffold && !c->control_path) {
+        FEDGE_ERROR("round %u: a SCAFFOLD round needs --state-dir (the client control variate "
+                    "must outlive the round); skipping the round", ri->round);
+        return FEDGE_OK;
+    }
     /* The aggregator picks spec and batch: a plan over the ceiling (or one
      * the allocator refuses) skips the round, it does not end the client. */
     fedge_edge_memory plan;
-    ret = fedge_edge_memory_plan(&ri->spec, ri->batch, c->shard.record_size, cfg->encoding, &plan);
+    ret = scaffold ? fedge_edge_memory_plan_scaffold(&ri->spec, ri->batch, c->shard.record_size,
+                                                     cfg->encoding, &plan)
+                   : fedge_edge_memory_plan(&ri->spec, ri->batch, c->shard.record_size,
+                                            cfg->encoding, &plan);
     if (ret != FEDGE_OK || plan.peak > (size_t)cfg->max_memory_mb * 1024u * 1024u) {
         if (ret == FEDGE_OK)
             FEDGE_ERROR("round %u: %s at batch %d needs %zu MiB of buffers, more than "
@@ -351,7 +498,19 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                         ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
         return FEDGE_OK;
     }
+    int replanned = 0;
+    if (!scaffold && (t->control_delta || c->control.have)) {
+        /* back to a plain round: nothing SCAFFOLD's stays resident */
+        fedge_edge_trainer_drop_control(t);
+        control_drop(&c->control);
+        replanned = 1;
+    }
     ret = fedge_edge_trainer_prepare(t, &ri->spec, ri->batch, &resized);
+    resized |= replanned;
+    if (ret == FEDGE_OK && scaffold && !t->control_delta) {
+        ret = fedge_edge_trainer_prepare_control(t);
+        resized = 1;
+    }
     if (ret != FEDGE_OK) {
         FEDGE_ERROR("round %u: cannot allocate buffers for %s batch %d: %s; skipping the round",
                     ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
@@ -365,11 +524,31 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     CHK(fetch_model(c, ri, result, &usable));
     if (!usable)
         goto cleanup;
+    if (scaffold) {
+        CHK(fetch_control(c, ri, result, &usable));
+        if (!usable)
+            goto cleanup;
+        ret = load_client_control(c, ri);
+        if (ret != FEDGE_OK) {
+            FEDGE_ERROR("round %u: no client control variate: %s", ri->round,
+                        fedge_strerror(ret));
+            goto cleanup;
+        }
+    }
 
-    fedge_edge_train_params tp = {ri->epochs, ri->lr, ri->momentum, ri->weight_decay,
-                                  cfg->seed + ri->round};
-    FEDGE_INFO("round %u: training %d epochs on %llu samples", ri->round, ri->epochs,
-               (unsigned long long)c->shard.n);
+    fedge_edge_train_params tp = {
+        .epochs = ri->epochs,
+        .lr = ri->lr,
+        .momentum = ri->momentum,
+        .weight_decay = ri->weight_decay,
+        .seed = cfg->seed + ri->round,
+        .prox_mu = ri->prox_mu,
+        .control = scaffold ? c->control.m.params : NULL,
+        .client_control = scaffold ? c->client_control.params : NULL,
+    };
+    FEDGE_INFO("round %u: training %d epochs on %llu samples%s%s", ri->round, ri->epochs,
+               (unsigned long long)c->shard.n, ri->prox_mu > 0.0f ? " (FedProx)" : "",
+               scaffold ? " (SCAFFOLD)" : "");
     ret = fedge_edge_trainer_train(t, &c->shard, &tp, c->stop, &loss);
     if (ret == FEDGE_ERR_MODEL_NONFINITE) {
         FEDGE_INFO("round %u: samples=%llu loss=nan sent=0 B encoding=%s outcome=not sent "
@@ -391,7 +570,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     h.model_id = fedge_model_spec_id(&ri->spec);
     h.round = ri->round;
     h.n_samples = c->shard.n > UINT32_MAX ? UINT32_MAX : (uint32_t)c->shard.n;
-    h.n_elems = (uint32_t)t->local.n_params;
+    h.n_elems = (uint32_t)(t->local.n_params * (scaffold ? 2 : 1)); /* dy, then dc */
+    h.flags = scaffold ? FEDGE_DELTA_FLAG_CONTROL : 0;
     h.block_size = cfg->encoding == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0;
     memcpy(h.base_version, t->global_version, FEDGE_HASH_LEN);
     uint64_t counter;
@@ -434,6 +614,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     } else {
         code_text(c->reply.code, code);
         reply_line(&c->reply, line, sizeof line);
+        accepted = c->reply.code == 204;
         if (c->reply.code == 204)
             snprintf(outcome, sizeof outcome, "%s", line[0] ? line : "accepted");
         else if (retryable_code(c->reply.code))
@@ -446,8 +627,23 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                "outcome=%s", ri->round, (unsigned long long)c->shard.n, loss, blob->len,
                fedge_encoding_name(cfg->encoding),
                cfg->stochastic ? "(stochastic)" : "", attempts, outcome);
+    /* c_i+ becomes c_i only with an accepted update: the server's c is the
+     * mean of the c_i it has counted, so a refused or lost update must leave
+     * c_i as it was (the next round reads the file again). */
+    if (scaffold && accepted) {
+        fedge_edge_blob_release(blob);
+        blob = NULL;
+        ret = fedge_edge_control_commit(c->control_path, &c->client_control);
+        if (ret != FEDGE_OK) {
+            FEDGE_ERROR("round %u: cannot persist the client control variate %s: %s; stopping "
+                        "(the aggregator has counted this round's control delta)", ri->round,
+                        c->control_path, fedge_strerror(ret));
+            goto cleanup;
+        }
+    }
 cleanup:
     c->round_end_ms = 0;
+    fedge_model_free(&c->client_control); /* read again next round: the file is c_i */
     free(sealed);
     fedge_edge_blob_release(blob);
     return ret;
@@ -492,6 +688,11 @@ static int setup(edge_client *c)
         FEDGE_ERROR("state: %s", err[0] ? err : fedge_strerror(ret));
         return ret;
     }
+    if (cfg->state_dir) {
+        ret = fedge_edge_control_path(cfg->state_dir, cfg->id, &c->control_path);
+        if (ret != FEDGE_OK)
+            return ret;
+    }
 
     fedge_edge_link_config lc = {
         .host = cfg->host,
@@ -520,6 +721,10 @@ static void teardown(edge_client *c)
     fedge_edge_link_close(c->link);
     c->link = NULL;
     fedge_edge_trainer_free(&c->trainer);
+    control_drop(&c->control);
+    fedge_model_free(&c->client_control);
+    free(c->control_path);
+    c->control_path = NULL;
     fedge_edge_counter_close(&c->counter);
     if (c->shard_open)
         fedge_shard_close(&c->shard);

@@ -23,12 +23,15 @@ enum {
     K_MOMENTUM,
     K_WEIGHT_DECAY,
     K_RUN,
+    K_PROX_MU,
+    K_CONTROL,
     K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
     "state", "round", "selected", "deadline_ms", "model", "spec",
     "epochs", "lr", "batch", "momentum", "weight_decay", "run",
+    "prox_mu", "control",
 };
 
 static int set_err(char *err, size_t errlen, int code, const char *fmt, ...)
@@ -116,6 +119,18 @@ static int parse_value(fedge_round_info *r, int key, const char *v, char *err, s
             return set_err(err, errlen, FEDGE_ERR_EDGE_ROUND_VALUE,
                            "model= must be 64 hex digits");
         r->has_model = 1;
+        return FEDGE_OK;
+    case K_CONTROL:
+        if (strlen(v) != 2 * FEDGE_HASH_LEN || fedge_hash_from_hex(v, r->control) != FEDGE_OK)
+            return set_err(err, errlen, FEDGE_ERR_EDGE_ROUND_VALUE,
+                           "control= must be 64 hex digits");
+        r->has_control = 1;
+        return FEDGE_OK;
+    case K_PROX_MU:
+        if (parse_float(v, 0.0f, FEDGE_ROUND_PROX_MU_MAX, 1, &r->prox_mu))
+            return set_err(err, errlen, FEDGE_ERR_EDGE_ROUND_VALUE,
+                           "prox_mu='%.32s' is not a number in [0, %g]", v,
+                           (double)FEDGE_ROUND_PROX_MU_MAX);
         return FEDGE_OK;
     case K_RUN:
         if (strlen(v) != 2 * FEDGE_RUN_ID_LEN || fedge_hex_decode(v, r->run_id, FEDGE_RUN_ID_LEN) != FEDGE_OK)

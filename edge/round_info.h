@@ -5,7 +5,8 @@
  * range or a key required for the state is an error with a distinct code and
  * a one-line reason naming the key. `state` is always required; an open round
  * also needs round, selected, model, spec, epochs, lr, batch and run (momentum,
- * weight_decay default to 0, deadline_ms to "unknown"). `*out` is written
+ * weight_decay and prox_mu default to 0, deadline_ms to "unknown", control to
+ * absent: not a SCAFFOLD round). `*out` is written
  * only on success. Pure logic: no I/O, no allocation. */
 #ifndef FEDGE_EDGE_ROUND_INFO_H
 #define FEDGE_EDGE_ROUND_INFO_H
@@ -21,6 +22,7 @@
 #define FEDGE_ROUND_LINE_MAX (FEDGE_MODEL_SPEC_MAX + 8) /* "spec=" and the longest spec */
 #define FEDGE_ROUND_EPOCHS_MAX 1000
 #define FEDGE_ROUND_BATCH_MAX 65536
+#define FEDGE_ROUND_PROX_MU_MAX 1e3f
 
 typedef enum {
     FEDGE_ROUND_OPEN = 1,
@@ -46,6 +48,9 @@ typedef struct {
     float weight_decay;                   /* [0, 1) */
     int has_run;
     uint8_t run_id[FEDGE_RUN_ID_LEN];     /* the aggregator run, sealed into the update */
+    float prox_mu;                        /* FedProx mu, [0, 1e3]; 0: plain local SGD */
+    int has_control;                      /* a SCAFFOLD round */
+    uint8_t control[FEDGE_HASH_LEN];      /* version of the server control variate c */
 } fedge_round_info;
 
 /* text need not be NUL-terminated; err (may be NULL) gets the reason. */

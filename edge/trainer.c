@@ -20,15 +20,15 @@ static size_t model_file_size(const fedge_model_spec *spec)
     return 12 + strlen(text) + 8 + 4 * fedge_model_spec_param_count(spec) + FEDGE_HASH_LEN;
 }
 
-size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc)
+static size_t sealed_size(const fedge_model_spec *spec, fedge_encoding enc, size_t per_param)
 {
     size_t n = fedge_model_spec_param_count(spec);
-    if (n == 0 || n > FEDGE_DELTA_MAX_ELEMS)
+    if (n == 0 || n > FEDGE_DELTA_MAX_ELEMS / per_param)
         return 0;
     fedge_delta_header h;
     memset(&h, 0, sizeof h);
     h.encoding = (uint8_t)enc;
-    h.n_elems = (uint32_t)n;
+    h.n_elems = (uint32_t)(n * per_param);
     h.block_size = enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0;
     size_t enc_len = fedge_delta_encoded_size(&h);
     if (enc_len < FEDGE_DELTA_HEADER_LEN)
@@ -36,14 +36,19 @@ size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc)
     return fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
 }
 
-int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
-                           fedge_encoding enc, fedge_edge_memory *out)
+size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc)
+{
+    return sealed_size(spec, enc, 1);
+}
+
+static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
+                       fedge_encoding enc, int scaffold, fedge_edge_memory *out)
 {
     if (!spec || !out || batch < 1)
         return FEDGE_ERR_INVALID_ARG;
     size_t n = fedge_model_spec_param_count(spec);
     size_t scratch = fedge_model_scratch_floats(spec, batch);
-    size_t sealed = fedge_edge_sealed_size(spec, enc);
+    size_t sealed = sealed_size(spec, enc, scaffold ? 2 : 1);
     size_t body = model_file_size(spec);
     if (n == 0 || scratch == 0 || sealed == 0 || body == 0)
         return FEDGE_ERR_MODEL_SPEC;
@@ -55,19 +60,37 @@ int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t recor
     m.record = record_size;
     m.model_body = body;
     m.sealed = sealed;
+    if (scaffold)
+        m.control = m.client_control = m.control_delta = n * sizeof(float);
     m.peak = m.local + m.global + m.grad + m.velocity + m.scratch + m.batch + m.record +
-             (body > sealed ? body : sealed);
+             m.control + m.client_control + m.control_delta + (body > sealed ? body : sealed);
     *out = m;
     return FEDGE_OK;
 }
 
+int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
+                           fedge_encoding enc, fedge_edge_memory *out)
+{
+    return memory_plan(spec, batch, record_size, enc, 0, out);
+}
+
+int fedge_edge_memory_plan_scaffold(const fedge_model_spec *spec, int batch, size_t record_size,
+                                    fedge_encoding enc, fedge_edge_memory *out)
+{
+    return memory_plan(spec, batch, record_size, enc, 1, out);
+}
+
 void fedge_edge_memory_format(const fedge_edge_memory *m, char *buf, size_t cap)
 {
+    char control[96] = "";
+    if (m->control)
+        snprintf(control, sizeof control, "control=%zu client_control=%zu control_delta=%zu ",
+                 m->control, m->client_control, m->control_delta);
     snprintf(buf, cap,
              "model=%zu global=%zu grad=%zu velocity=%zu scratch=%zu batch=%zu record=%zu "
-             "model_body=%zu sealed=%zu peak=%zu bytes",
+             "model_body=%zu sealed=%zu %speak=%zu bytes",
              m->local, m->global, m->grad, m->velocity, m->scratch, m->batch, m->record,
-             m->model_body, m->sealed, m->peak);
+             m->model_body, m->sealed, control, m->peak);
 }
 
 void fedge_edge_trainer_init(fedge_edge_trainer *t)
@@ -128,6 +151,7 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
         fedge_sgd_free(&t->opt);
         free(t->grad);
         t->grad = NULL;
+        t->control_delta = NULL;
     }
     free(t->scratch);
     free(t->xbatch);
@@ -160,6 +184,33 @@ cleanup:
         fedge_edge_trainer_free(t);
     }
     return ret;
+}
+
+int fedge_edge_trainer_prepare_control(fedge_edge_trainer *t)
+{
+    if (!t || !t->sized)
+        return FEDGE_ERR_INVALID_ARG;
+    if (t->control_delta)
+        return FEDGE_OK;
+    size_t n = t->local.n_params;
+    if (n > SIZE_MAX / (2 * sizeof(float)))
+        return FEDGE_ERR_NOMEM;
+    float *grown = realloc(t->grad, 2 * n * sizeof(float));
+    if (!grown)
+        return FEDGE_ERR_NOMEM;
+    t->grad = grown;
+    t->control_delta = grown + n;
+    return FEDGE_OK;
+}
+
+void fedge_edge_trainer_drop_control(fedge_edge_trainer *t)
+{
+    if (!t || !t->control_delta)
+        return;
+    t->control_delta = NULL;
+    float *shrunk = realloc(t->grad, t->local.n_params * sizeof(float));
+    if (shrunk) /* else the larger block stays: still valid */
+        t->grad = shrunk;
 }
 
 int fedge_edge_trainer_set_global(fedge_edge_trainer *t, const uint8_t *body, size_t len)
@@ -195,9 +246,11 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
                              const fedge_edge_train_params *p,
                              const volatile sig_atomic_t *stop, double *mean_loss)
 {
-    if (!t || !shard || !p || !t->sized || p->epochs < 1)
+    if (!t || !shard || !p || !t->sized || p->epochs < 1 || !isfinite(p->prox_mu) ||
+        p->prox_mu < 0.0f || (p->control == NULL) != (p->client_control == NULL) ||
+        (p->control && !(p->lr > 0.0f)))
         return FEDGE_ERR_INVALID_ARG;
-    if (!t->have_global)
+    if (!t->have_global || (p->control && !t->control_delta))
         return FEDGE_ERR_STATE;
     const fedge_model_spec *spec = &t->spec;
     if (shard->dim != spec->input_dim || shard->n_classes > spec->classes ||
@@ -211,6 +264,18 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     t->opt.cfg.momentum = p->momentum;
     t->opt.cfg.weight_decay = p->weight_decay;
     memset(t->opt.velocity, 0, n * sizeof(float));
+    const float mu = p->prox_mu;
+    const float *w_global = t->global.params;
+    float *w = t->local.params;
+    /* SCAFFOLD's correction c - c_i is fixed for the round: it lives in the
+     * dc buffer until the round's dc replaces it. */
+    float *correction = NULL;
+    if (p->control) {
+        correction = t->control_delta;
+        for (size_t i = 0; i < n; i++)
+            correction[i] = p->control[i] - p->client_control[i];
+    }
+    t->steps = 0;
 
     double loss_sum = 0.0;
     uint64_t rows = 0, step = 0;
@@ -232,7 +297,14 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
                                       t->scratch, t->grad, &loss));
             if (!isfinite(loss))
                 FAIL(FEDGE_ERR_MODEL_NONFINITE);
-            CHK(fedge_sgd_step(&t->opt, t->local.params, t->grad));
+            if (mu > 0.0f)
+                for (size_t i = 0; i < n; i++)
+                    t->grad[i] += mu * (w[i] - w_global[i]);
+            if (correction)
+                for (size_t i = 0; i < n; i++)
+                    t->grad[i] += correction[i];
+            CHK(fedge_sgd_step(&t->opt, w, t->grad));
+            t->steps++;
             loss_sum += (double)loss * got;
             rows += (uint64_t)got;
         }
@@ -242,6 +314,18 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
         if (!isfinite(d))
             FAIL(FEDGE_ERR_MODEL_NONFINITE);
         t->grad[i] = d;
+    }
+    if (p->control) {
+        /* dc = (1 - momentum)(x - y) / (K lr) - c; checked whole before c_i moves. */
+        float inv_step = (1.0f - p->momentum) / ((float)t->steps * p->lr);
+        for (size_t i = 0; i < n; i++) {
+            float dc = -t->grad[i] * inv_step - p->control[i];
+            if (!isfinite(dc) || !isfinite(p->client_control[i] + dc))
+                FAIL(FEDGE_ERR_MODEL_NONFINITE);
+            t->control_delta[i] = dc;
+        }
+        for (size_t i = 0; i < n; i++)
+            p->client_control[i] += t->control_delta[i];
     }
     if (mean_loss)
         *mean_loss = rows ? loss_sum / (double)rows : 0.0;

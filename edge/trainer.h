@@ -7,7 +7,22 @@
  * streamed one record at a time (shard.h), so nothing here grows with the
  * shard. fedge_edge_memory_plan gives the byte count of every buffer,
  * including the transient ones (the model body libcoap reassembles during
- * GET /model, the sealed update), before anything is allocated. */
+ * GET /model, the sealed update), before anything is allocated.
+ *
+ * FedProx (Li et al. 2020, eq. 2): with prox_mu > 0 every step's gradient
+ * gains mu * (w - w_global). SCAFFOLD (Karimireddy et al. 2020, Algorithm 1,
+ * option II): with a server variate c and the client's c_i every step uses
+ * g + (c - c_i); after the K steps of the round
+ *   dc = (1 - momentum) * (w_global - w_local) / (K * lr) - c,  c_i += dc
+ * (c_i+ = c_i - c + (x - y) / (K * lr_eff)). Momentum: heavy-ball SGD moves
+ * a steady gradient lr / (1 - momentum) per step, so the displacement is
+ * divided by the effective step lr / (1 - momentum); without that the
+ * variate would overstate the mean gradient by 1 / (1 - momentum) (10x at
+ * 0.9). With momentum 0 it is the paper's formula exactly. dc is kept right
+ * after the model delta (grad[n .. 2n), control_delta), so the two seal as
+ * one delta of 2n elements (FEDGE_DELTA_FLAG_CONTROL). SCAFFOLD needs
+ * fedge_edge_trainer_prepare_control once per shape (grad grows to 2n);
+ * fedge_edge_memory_plan_scaffold counts that and the caller's c and c_i. */
 #ifndef FEDGE_EDGE_TRAINER_H
 #define FEDGE_EDGE_TRAINER_H
 
@@ -32,14 +47,23 @@ typedef struct {
     size_t model_body;/* serialized model, held by libcoap while GET /model completes */
     size_t sealed;    /* sealed update, kept until POST /update is answered */
     size_t peak;      /* resident buffers + the larger of model_body and sealed */
+    /* SCAFFOLD only (0 otherwise); model_body then also bounds GET /control's
+     * body and the state file read, and sealed holds 2n elements. */
+    size_t control;        /* server control variate c */
+    size_t client_control; /* client control variate c_i */
+    size_t control_delta;  /* c_i+ - c_i, after the model delta */
 } fedge_edge_memory;
 
 /* record_size: the shard's bytes per record (1 + dim * feature size). */
 int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
                            fedge_encoding enc, fedge_edge_memory *out);
+/* The same for a SCAFFOLD round: c, c_i and dc, and a sealed update of 2n. */
+int fedge_edge_memory_plan_scaffold(const fedge_model_spec *spec, int batch, size_t record_size,
+                                    fedge_encoding enc, fedge_edge_memory *out);
 /* The exact size of the sealed update for spec and encoding (0 if invalid). */
 size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc);
-/* One line: "model=... global=... ... peak=... bytes". */
+/* One line: "model=... global=... ... peak=... bytes" (with control=...
+ * client_control=... control_delta=... before peak in a SCAFFOLD plan). */
 void fedge_edge_memory_format(const fedge_edge_memory *m, char *buf, size_t cap);
 
 typedef struct {
@@ -50,7 +74,10 @@ typedef struct {
     fedge_model global;
     int have_global;                    /* global holds a verified model */
     uint8_t global_version[FEDGE_HASH_LEN];
-    float *grad;                        /* n_params; the delta after train() */
+    float *grad;                        /* n_params (2 * n_params once prepared for
+                                           control); the delta after train() */
+    float *control_delta;               /* grad + n_params, or NULL: SCAFFOLD's dc */
+    uint64_t steps;                     /* K: optimizer steps of the last train() */
     fedge_sgd opt;
     float *scratch;
     float *xbatch;                      /* batch x input_dim */
@@ -63,6 +90,11 @@ typedef struct {
     float momentum;
     float weight_decay;
     uint64_t seed;                      /* shuffle seed (the client passes seed + round) */
+    float prox_mu;                      /* FedProx mu (>= 0, finite); 0: none */
+    const float *control;               /* SCAFFOLD server variate c (n_params) or NULL */
+    float *client_control;              /* SCAFFOLD client variate c_i (n_params), updated
+                                           in place to c_i+ after training; NULL when
+                                           not SCAFFOLD (exactly when control is NULL) */
 } fedge_edge_train_params;
 
 void fedge_edge_trainer_init(fedge_edge_trainer *t);
@@ -72,17 +104,28 @@ void fedge_edge_trainer_free(fedge_edge_trainer *t);
  * allocated. */
 int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *spec, int batch,
                                int *resized);
+/* After prepare: grow grad to 2 * n_params and set control_delta (a no-op
+ * when already done for this shape; a new shape undoes it). On failure the
+ * trainer is as it was. */
+int fedge_edge_trainer_prepare_control(fedge_edge_trainer *t);
+/* Undo it (a plain round after SCAFFOLD ones): grad back to n_params, so
+ * the plain memory plan holds again. */
+void fedge_edge_trainer_drop_control(fedge_edge_trainer *t);
 /* Replace the global model by a serialized model file (GET /model body).
  * The old one is freed first (memory stays bounded); on failure no global
  * model is cached. FEDGE_ERR_MODEL_SHAPE when the body's spec is not the
  * prepared one. */
 int fedge_edge_trainer_set_global(fedge_edge_trainer *t, const uint8_t *body, size_t len);
 /* local = global; fresh optimizer; p->epochs shuffled epochs over the shard;
- * then grad = local - global (the delta). mean_loss: sample-weighted mean
- * training loss of the last epoch. FEDGE_ERR_MODEL_SHAPE when the shard's
- * dim or classes do not fit the model, FEDGE_ERR_MODEL_NONFINITE when the
- * loss diverges, FEDGE_ERR_EDGE_STOPPED when *stop becomes nonzero (checked
- * every minibatch; stop may be NULL). */
+ * then grad = local - global (the delta), and with p->control dc in
+ * control_delta and p->client_control advanced to c_i+ (untouched on any
+ * failure). mean_loss: sample-weighted mean training loss of the last
+ * epoch. FEDGE_ERR_MODEL_SHAPE when the shard's dim or classes do not fit
+ * the model, FEDGE_ERR_MODEL_NONFINITE when the loss, the delta or dc
+ * diverges, FEDGE_ERR_EDGE_STOPPED when *stop becomes nonzero (checked
+ * every minibatch; stop may be NULL), FEDGE_ERR_INVALID_ARG for a bad
+ * prox_mu or only one of control / client_control, FEDGE_ERR_STATE for
+ * control without prepare_control. */
 int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
                              const fedge_edge_train_params *p,
                              const volatile sig_atomic_t *stop, double *mean_loss);

@@ -58,6 +58,36 @@ static void test_protocol_example(void **state)
     assert_float_equal(ri.lr, 0.05f, 1e-7);
     assert_float_equal(ri.momentum, 0.9f, 1e-7);
     assert_float_equal(ri.weight_decay, 0.0f, 0.0);
+    assert_float_equal(ri.prox_mu, 0.0f, 0.0); /* absent: plain local SGD */
+    assert_false(ri.has_control);              /* absent: not a SCAFFOLD round */
+}
+
+/* FedProx's mu and SCAFFOLD's control version: parsed, bounds inclusive. */
+static void test_prox_and_control(void **state)
+{
+    (void)state;
+    fedge_round_info ri;
+    char body[2048], err[128] = "";
+    static const char control[] = "0123456789abcdefFEDCBA98765432100011223344556677"
+                                  "8899aabbccddeeff";
+    snprintf(body, sizeof body, "%sprox_mu=0.01\ncontrol=%s   # SCAFFOLD\n", OPEN_BODY, control);
+    assert_int_equal(parse(body, &ri, err, sizeof err), FEDGE_OK);
+    assert_float_equal(ri.prox_mu, 0.01f, 0.0);
+    assert_true(ri.has_control);
+    assert_int_equal(ri.control[0], 0x01);
+    assert_int_equal(ri.control[8], 0xfe);
+    assert_int_equal(ri.control[31], 0xff);
+
+    snprintf(body, sizeof body, "%sprox_mu=1000\n", OPEN_BODY);
+    assert_int_equal(parse(body, &ri, err, sizeof err), FEDGE_OK);
+    assert_float_equal(ri.prox_mu, 1000.0f, 0.0);
+    assert_false(ri.has_control);
+    snprintf(body, sizeof body, "%sprox_mu=0\n", OPEN_BODY);
+    assert_int_equal(parse(body, &ri, err, sizeof err), FEDGE_OK);
+    assert_float_equal(ri.prox_mu, 0.0f, 0.0);
+    /* Waiting rounds may carry them too; nothing requires them. */
+    assert_int_equal(parse("state=waiting\nprox_mu=0.5\n", &ri, err, sizeof err), FEDGE_OK);
+    assert_float_equal(ri.prox_mu, 0.5f, 0.0);
 }
 
 /* The protocol document annotates its example with "# ..." comments and the
@@ -186,6 +216,19 @@ static void test_bad_bodies(void **state)
         {"batch", "batch=65537", FEDGE_ERR_EDGE_ROUND_VALUE, "batch"},
         {"momentum", "momentum=1", FEDGE_ERR_EDGE_ROUND_VALUE, "momentum"},
         {"momentum", "momentum=-0.5", FEDGE_ERR_EDGE_ROUND_VALUE, "momentum"},
+        {"momentum", "prox_mu=-0.1", FEDGE_ERR_EDGE_ROUND_VALUE, "prox_mu"},
+        {"momentum", "prox_mu=1000.1", FEDGE_ERR_EDGE_ROUND_VALUE, "prox_mu"},
+        {"momentum", "prox_mu=nan", FEDGE_ERR_EDGE_ROUND_VALUE, "prox_mu"},
+        {"momentum", "prox_mu=inf", FEDGE_ERR_EDGE_ROUND_VALUE, "prox_mu"},
+        {"momentum", "prox_mu=0.1x", FEDGE_ERR_EDGE_ROUND_VALUE, "prox_mu"},
+        {"momentum", "prox_mu=", FEDGE_ERR_EDGE_ROUND_VALUE, "prox_mu"},
+        {"momentum", "prox_mu=0.1\nprox_mu=0.1", FEDGE_ERR_EDGE_ROUND_DUPLICATE, "prox_mu"},
+        {"momentum", "control=9f2c", FEDGE_ERR_EDGE_ROUND_VALUE, "control"},
+        {"momentum", "control=" MODEL_HEX "00", FEDGE_ERR_EDGE_ROUND_VALUE, "control"},
+        {"momentum", "control=zz2c00112233445566778899aabbccddeeff00112233445566778899aabbcce1",
+         FEDGE_ERR_EDGE_ROUND_VALUE, "control"},
+        {"momentum", "control=" MODEL_HEX "\ncontrol=" MODEL_HEX, FEDGE_ERR_EDGE_ROUND_DUPLICATE,
+         "control"},
     };
     for (size_t i = 0; i < FEDGE_ARRAY_LEN(cases); i++) {
         char body[2048], err[160] = "";
@@ -252,6 +295,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_protocol_example),
+        cmocka_unit_test(test_prox_and_control),
         cmocka_unit_test(test_longest_spec),
         cmocka_unit_test(test_comments_crlf_unknown_keys),
         cmocka_unit_test(test_waiting_and_finished),

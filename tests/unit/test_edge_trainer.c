@@ -21,6 +21,8 @@
 #include "dataset.h"
 #include "envelope.h"
 #include "modelfile.h"
+#include "optim.h"
+#include "shard.h"
 #include "trainer.h"
 #include "update.h"
 
@@ -157,7 +159,8 @@ static void test_cnn_round(void **state)
     size_t n = t.local.n_params;
     float *first = malloc(n * sizeof(float));
     assert_non_null(first);
-    fedge_edge_train_params p = {1, 0.05f, 0.9f, 0.0f, 77};
+    fedge_edge_train_params p = {.epochs = 1, .lr = 0.05f, .momentum = 0.9f, .weight_decay = 0.0f,
+                                .seed = 77};
     double loss, again;
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
     size_t before = mallinfo2().uordblks;
@@ -200,7 +203,8 @@ static void test_training_rounds(void **state)
     size_t n = t.local.n_params;
     float *first = malloc(n * sizeof(float));
     assert_non_null(first);
-    fedge_edge_train_params p = {1, 0.05f, 0.9f, 0.0f, 1000};
+    fedge_edge_train_params p = {.epochs = 1, .lr = 0.05f, .momentum = 0.9f, .weight_decay = 0.0f,
+                                .seed = 1000};
 
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
     size_t before = mallinfo2().uordblks;
@@ -274,7 +278,8 @@ static void test_seal_matches_plan(void **state)
     model_body("softmax:784-10", 3, &body, &len, version);
     assert_int_equal(fedge_edge_trainer_set_global(&t, body, len), FEDGE_OK);
     free(body);
-    fedge_edge_train_params p = {1, 0.1f, 0.0f, 0.0f, 9};
+    fedge_edge_train_params p = {.epochs = 1, .lr = 0.1f, .momentum = 0.0f, .weight_decay = 0.0f,
+                                .seed = 9};
     double loss;
     assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &loss), FEDGE_OK);
 
@@ -333,7 +338,8 @@ static void test_refusals(void **state)
     spec_of("softmax:784-10", &spec);
     fedge_edge_trainer_init(&t);
     assert_int_equal(fedge_edge_trainer_prepare(&t, &spec, 16, NULL), FEDGE_OK);
-    fedge_edge_train_params p = {1, 0.1f, 0.0f, 0.0f, 1};
+    fedge_edge_train_params p = {.epochs = 1, .lr = 0.1f, .momentum = 0.0f, .weight_decay = 0.0f,
+                                .seed = 1};
 
     /* No global model yet. */
     assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &loss), FEDGE_ERR_STATE);
@@ -391,6 +397,433 @@ static void test_refusals(void **state)
     fedge_edge_trainer_free(&t);
 }
 
+/* ---- FedProx and SCAFFOLD on softmax:2-2, one sample x = (1, 2), label 0 ----
+ * Parameters: W[2x2] row-major then b[2]. From zeros the first gradient is
+ * exact: p = (0.5, 0.5), p - y = (-0.5, 0.5). Later gradients come from
+ * ref_grad (the same softmax cross-entropy, in double). */
+
+static const float tiny_x[2] = {1.0f, 2.0f};
+
+static void ref_grad(const double w[6], double g[6])
+{
+    double z0 = w[0] * tiny_x[0] + w[1] * tiny_x[1] + w[4];
+    double z1 = w[2] * tiny_x[0] + w[3] * tiny_x[1] + w[5];
+    double s = 1.0 / (1.0 + exp(z0 - z1)); /* p1 = 1 - p0 */
+    double e[2] = {-s, s};                 /* p - onehot(0) */
+    for (int k = 0; k < 2; k++) {
+        g[2 * k] = e[k] * tiny_x[0];
+        g[2 * k + 1] = e[k] * tiny_x[1];
+        g[4 + k] = e[k];
+    }
+}
+
+typedef struct {
+    char dir[64];
+    char path[128];
+    fedge_shard_reader shard;
+    fedge_edge_trainer t;
+} tiny;
+
+static void tiny_open(tiny *tt, int control)
+{
+    snprintf(tt->dir, sizeof tt->dir, "/tmp/fedge-edge-tiny-XXXXXX");
+    assert_non_null(mkdtemp(tt->dir));
+    snprintf(tt->path, sizeof tt->path, "%s/tiny.bin", tt->dir);
+    float x[2] = {tiny_x[0], tiny_x[1]};
+    uint8_t y[1] = {0};
+    fedge_dataset ds = {.n = 1, .dim = 2, .n_classes = 2, .x = x, .y = y};
+    size_t idx = 0;
+    assert_int_equal(fedge_shard_write(tt->path, &ds, &idx, 1, FEDGE_SHARD_F32), FEDGE_OK);
+    assert_int_equal(fedge_shard_open(&tt->shard, tt->path), FEDGE_OK);
+    fedge_model_spec spec;
+    spec_of("softmax:2-2", &spec);
+    fedge_model zero;
+    assert_int_equal(fedge_model_init(&zero, &spec), FEDGE_OK); /* zeros */
+    uint8_t *body, version[FEDGE_HASH_LEN];
+    size_t len;
+    assert_int_equal(fedge_model_serialize(&zero, &body, &len, version), FEDGE_OK);
+    fedge_model_free(&zero);
+    fedge_edge_trainer_init(&tt->t);
+    assert_int_equal(fedge_edge_trainer_prepare(&tt->t, &spec, 1, NULL), FEDGE_OK);
+    if (control)
+        assert_int_equal(fedge_edge_trainer_prepare_control(&tt->t), FEDGE_OK);
+    assert_int_equal(fedge_edge_trainer_set_global(&tt->t, body, len), FEDGE_OK);
+    free(body);
+    assert_int_equal(tt->t.local.n_params, 6);
+}
+
+static void tiny_close(tiny *tt)
+{
+    char cmd[128];
+    fedge_edge_trainer_free(&tt->t);
+    fedge_shard_close(&tt->shard);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tt->dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void assert_close6(const float *got, const double *want, double tol)
+{
+    for (int i = 0; i < 6; i++)
+        if (fabs((double)got[i] - want[i]) > tol)
+            fail_msg("element %d: got %.9g, want %.9g", i, (double)got[i], want[i]);
+}
+
+/* FedProx: two steps on the one sample. Step 1 starts at w_global, where
+ * the proximal term is zero: w1 = -lr * g(0). Step 2 adds mu * (w1 - 0). */
+static void test_fedprox_steps(void **state)
+{
+    (void)state;
+    tiny tt;
+    tiny_open(&tt, 0);
+    const double lr = 0.1, mu = 0.5;
+    fedge_edge_train_params p = {.epochs = 1, .lr = (float)lr, .seed = 3, .prox_mu = (float)mu};
+    double loss;
+    /* One step: mu has nothing to act on yet. */
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss), FEDGE_OK);
+    double w1[6] = {0.05, 0.1, -0.05, -0.1, 0.05, -0.05}; /* -0.1 * (p - y) (x, 1) */
+    assert_close6(tt.t.grad, w1, 1e-7);
+    assert_float_equal(loss, log(2.0), 1e-6);
+
+    /* Two steps: w2 = w1 - lr * (g(w1) + mu * w1). */
+    p.epochs = 2;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss), FEDGE_OK);
+    assert_int_equal(tt.t.steps, 2);
+    double g2[6], w2[6], plain[6];
+    ref_grad(w1, g2);
+    for (int i = 0; i < 6; i++) {
+        w2[i] = w1[i] - lr * (g2[i] + mu * w1[i]);
+        plain[i] = w1[i] - lr * g2[i];
+    }
+    /* s = 1 / (1 + e^0.6): the step-2 error, written out once by hand */
+    assert_float_equal(g2[5], 1.0 / (1.0 + exp(0.6)), 1e-12);
+    assert_float_equal(g2[5], 0.35434369377420455, 1e-12);
+    assert_close6(tt.t.grad, w2, 1e-6);
+    float with_mu[6];
+    memcpy(with_mu, tt.t.grad, sizeof with_mu);
+
+    /* mu pulls towards w_global: without it the step lands further out. */
+    p.prox_mu = 0.0f;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss), FEDGE_OK);
+    assert_close6(tt.t.grad, plain, 1e-6);
+    for (int i = 0; i < 6; i++)
+        assert_true(fabsf(with_mu[i]) < fabsf(tt.t.grad[i]));
+
+    /* mu must be a finite number >= 0. */
+    p.prox_mu = -0.1f;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss),
+                     FEDGE_ERR_INVALID_ARG);
+    p.prox_mu = NAN;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss),
+                     FEDGE_ERR_INVALID_ARG);
+    tiny_close(&tt);
+}
+
+/* SCAFFOLD, option II. One step: y = -lr (g + c - c_i), and
+ * c_i+ = c_i - c + (x - y) / (K lr) = g(x), the gradient at the global
+ * model; dc = c_i+ - c_i. */
+static void test_scaffold_one_step(void **state)
+{
+    (void)state;
+    tiny tt;
+    tiny_open(&tt, 1);
+    const double lr = 0.1;
+    const float c[6] = {0.1f, -0.2f, 0.3f, 0.0f, 0.05f, -0.05f};
+    const float ci0[6] = {0.02f, 0.04f, -0.1f, 0.25f, 0.0f, 0.5f};
+    float ci[6];
+    memcpy(ci, ci0, sizeof ci);
+    fedge_edge_train_params p = {.epochs = 1, .lr = (float)lr, .seed = 3, .control = c,
+                                 .client_control = ci};
+    double loss;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss), FEDGE_OK);
+    assert_int_equal(tt.t.steps, 1);
+    const double g[6] = {-0.5, -1.0, 0.5, 1.0, -0.5, 0.5};
+    double dy[6], ci_new[6], dc[6];
+    for (int i = 0; i < 6; i++) {
+        dy[i] = -lr * (g[i] + (double)c[i] - (double)ci0[i]);
+        ci_new[i] = g[i];
+        dc[i] = g[i] - (double)ci0[i];
+    }
+    assert_close6(tt.t.grad, dy, 1e-7);
+    assert_close6(ci, ci_new, 1e-6);
+    assert_close6(tt.t.control_delta, dc, 1e-6);
+    assert_true(tt.t.control_delta == tt.t.grad + 6); /* dy then dc: one 2n delta */
+    for (int i = 0; i < 6; i++) /* c_i+ is exactly c_i + dc as sent */
+        assert_true(ci[i] == ci0[i] + tt.t.control_delta[i]);
+    tiny_close(&tt);
+}
+
+/* Two steps: c_i+ is the mean of the two gradients along the path (plain
+ * SGD); with momentum 0.5 the displacement is divided by the effective step
+ * lr / (1 - momentum). */
+static void test_scaffold_two_steps(void **state)
+{
+    (void)state;
+    const double lr = 0.2;
+    const float c[6] = {0.1f, -0.2f, 0.3f, 0.0f, 0.05f, -0.05f};
+    const float ci0[6] = {0.02f, 0.04f, -0.1f, 0.25f, 0.0f, 0.5f};
+    for (int with_momentum = 0; with_momentum < 2; with_momentum++) {
+        tiny tt;
+        tiny_open(&tt, 1);
+        const double beta = with_momentum ? 0.5 : 0.0;
+        float ci[6];
+        memcpy(ci, ci0, sizeof ci);
+        fedge_edge_train_params p = {.epochs = 2, .lr = (float)lr, .momentum = (float)beta,
+                                     .seed = 3, .control = c, .client_control = ci};
+        double loss;
+        assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss), FEDGE_OK);
+        assert_int_equal(tt.t.steps, 2);
+        double w[6] = {0}, v[6] = {0}, g[6], gsum[6] = {0}, ci_new[6], dc[6];
+        for (int k = 0; k < 2; k++) {
+            ref_grad(w, g);
+            for (int i = 0; i < 6; i++) {
+                gsum[i] += g[i];
+                v[i] = beta * v[i] + g[i] + (double)c[i] - (double)ci0[i];
+                w[i] -= lr * v[i];
+            }
+        }
+        for (int i = 0; i < 6; i++) {
+            ci_new[i] = (double)ci0[i] - (double)c[i] + (1 - beta) * (0 - w[i]) / (2 * lr);
+            dc[i] = ci_new[i] - (double)ci0[i];
+        }
+        assert_close6(tt.t.grad, w, 1e-6);
+        assert_close6(ci, ci_new, 1e-5);
+        assert_close6(tt.t.control_delta, dc, 1e-5);
+        if (!with_momentum)
+            for (int i = 0; i < 6; i++) /* option II = the mean gradient along the path */
+                assert_float_equal(ci[i], gsum[i] / 2, 1e-5);
+        tiny_close(&tt);
+    }
+}
+
+/* Refusals leave c_i as it was: stop flag, a missing half of the pair, no
+ * prepare_control, a new shape (which drops the dc buffer). */
+static void test_scaffold_refusals(void **state)
+{
+    (void)state;
+    tiny tt;
+    tiny_open(&tt, 0);
+    const float c[6] = {0.1f, -0.2f, 0.3f, 0.0f, 0.05f, -0.05f};
+    const float ci0[6] = {0.02f, 0.04f, -0.1f, 0.25f, 0.0f, 0.5f};
+    float ci[6];
+    memcpy(ci, ci0, sizeof ci);
+    fedge_edge_train_params p = {.epochs = 1, .lr = 0.1f, .seed = 3, .control = c,
+                                 .client_control = ci};
+    double loss;
+    assert_null(tt.t.control_delta);
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss),
+                     FEDGE_ERR_STATE);
+    assert_int_equal(fedge_edge_trainer_prepare_control(&tt.t), FEDGE_OK);
+    float *dc = tt.t.control_delta;
+    assert_non_null(dc);
+    assert_int_equal(fedge_edge_trainer_prepare_control(&tt.t), FEDGE_OK); /* no-op */
+    assert_true(tt.t.control_delta == dc);
+    p.client_control = NULL;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss),
+                     FEDGE_ERR_INVALID_ARG);
+    p.client_control = ci;
+    volatile sig_atomic_t stop = 1;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, &stop, &loss),
+                     FEDGE_ERR_EDGE_STOPPED);
+    assert_memory_equal(ci, ci0, sizeof ci);
+    /* A server variate that drives dc to infinity: refused, c_i untouched. */
+    const float huge[6] = {3e38f, -3e38f, 3e38f, 3e38f, 3e38f, 3e38f};
+    const float big_ci[6] = {-3e38f, 3e38f, -3e38f, -3e38f, -3e38f, -3e38f};
+    float ci_big[6];
+    memcpy(ci_big, big_ci, sizeof ci_big);
+    p.control = huge;
+    p.client_control = ci_big;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss),
+                     FEDGE_ERR_MODEL_NONFINITE);
+    assert_memory_equal(ci_big, big_ci, sizeof ci_big);
+
+    /* A plain round after SCAFFOLD ones gives the dc buffer back. */
+    fedge_edge_trainer_drop_control(&tt.t);
+    assert_null(tt.t.control_delta);
+    p.control = c;
+    p.client_control = ci;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss),
+                     FEDGE_ERR_STATE);
+    p.control = NULL;
+    p.client_control = NULL;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss), FEDGE_OK);
+    fedge_edge_trainer_drop_control(&tt.t); /* twice is fine */
+    assert_int_equal(fedge_edge_trainer_prepare_control(&tt.t), FEDGE_OK);
+
+    /* Same shape, other batch: dc kept; new shape: dc gone until asked again. */
+    fedge_model_spec spec;
+    spec_of("softmax:2-2", &spec);
+    assert_int_equal(fedge_edge_trainer_prepare(&tt.t, &spec, 4, NULL), FEDGE_OK);
+    assert_non_null(tt.t.control_delta);
+    spec_of("softmax:2-3", &spec);
+    assert_int_equal(fedge_edge_trainer_prepare(&tt.t, &spec, 4, NULL), FEDGE_OK);
+    assert_null(tt.t.control_delta);
+    tiny_close(&tt);
+}
+
+/* The training loop as it was before FedProx and SCAFFOLD, rebuilt from the
+ * public pieces (the shard's seeded order, loss_grad, the SGD rule): with
+ * prox_mu 0 and no control the trainer must give the very same bits. */
+static uint64_t ref_epoch_seed(uint64_t seed, int epoch)
+{
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull * (uint64_t)(epoch + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void test_plain_bits_unchanged(void **state)
+{
+    fixture *fx = *state;
+    const char *text = "softmax:784-10";
+    fedge_model_spec spec;
+    spec_of(text, &spec);
+    fedge_edge_trainer t;
+    fedge_edge_trainer_init(&t);
+    assert_int_equal(fedge_edge_trainer_prepare(&t, &spec, 32, NULL), FEDGE_OK);
+    assert_int_equal(fedge_edge_trainer_prepare_control(&t), FEDGE_OK); /* sized, unused */
+    uint8_t *body, version[FEDGE_HASH_LEN];
+    size_t len;
+    model_body(text, 21, &body, &len, version);
+    assert_int_equal(fedge_edge_trainer_set_global(&t, body, len), FEDGE_OK);
+    free(body);
+    fedge_edge_train_params p = {.epochs = 2, .lr = 0.05f, .momentum = 0.9f,
+                                 .weight_decay = 1e-4f, .seed = 4242};
+    double loss;
+    assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &loss), FEDGE_OK);
+
+    size_t n = t.local.n_params;
+    fedge_model w;
+    assert_int_equal(fedge_model_init(&w, &spec), FEDGE_OK);
+    memcpy(w.params, t.global.params, n * sizeof(float));
+    float *grad = malloc(n * sizeof(float)), *vel = calloc(n, sizeof(float));
+    float *scratch = malloc(fedge_model_scratch_floats(&spec, 32) * sizeof(float));
+    float *xb = malloc(32 * 784 * sizeof(float));
+    uint8_t yb[32];
+    assert_true(grad && vel && scratch && xb);
+    fedge_sgd_config cfg = {p.lr, p.momentum, p.weight_decay};
+    uint64_t step = 0;
+    for (int e = 0; e < p.epochs; e++) {
+        fedge_shard_rewind(&fx->shard, 1, ref_epoch_seed(p.seed, e));
+        for (;;) {
+            int got;
+            float l;
+            assert_int_equal(fedge_shard_next_batch(&fx->shard, 32, xb, yb, &got), FEDGE_OK);
+            if (got == 0)
+                break;
+            uint64_t ds = ref_epoch_seed(p.seed ^ 0x6a09e667f3bcc908ull, (int)(step++ & 0x7fffffff));
+            assert_int_equal(fedge_model_loss_grad(&w, xb, yb, got, ds, scratch, grad, &l),
+                             FEDGE_OK);
+            fedge_sgd_update(&cfg, w.params, vel, grad, n);
+        }
+    }
+    assert_int_equal(t.steps, step);
+    for (size_t i = 0; i < n; i++)
+        grad[i] = w.params[i] - t.global.params[i];
+    assert_memory_equal(grad, t.grad, n * sizeof(float));
+    free(grad);
+    free(vel);
+    free(scratch);
+    free(xb);
+    fedge_model_free(&w);
+    fedge_edge_trainer_free(&t);
+}
+
+/* A SCAFFOLD round on a real shard: the plan counts c, c_i and dc and a 2n
+ * sealed update, training allocates nothing, and the sealed update (flag
+ * CONTROL, n_elems 2n) opens to dy then dc. */
+static void test_scaffold_plan_and_seal(void **state)
+{
+    fixture *fx = *state;
+    const char *text = "softmax:784-10";
+    fedge_model_spec spec;
+    spec_of(text, &spec);
+    const size_t n = 7850;
+    fedge_edge_memory plain, m;
+    assert_int_equal(fedge_edge_memory_plan(&spec, 32, 785, FEDGE_ENC_FP32, &plain), FEDGE_OK);
+    assert_int_equal(fedge_edge_memory_plan_scaffold(&spec, 32, 785, FEDGE_ENC_FP32, &m),
+                     FEDGE_OK);
+    assert_int_equal(plain.control + plain.client_control + plain.control_delta, 0);
+    assert_int_equal(m.control, 4 * n);
+    assert_int_equal(m.client_control, 4 * n);
+    assert_int_equal(m.control_delta, 4 * n);
+    assert_int_equal(m.grad, plain.grad);
+    assert_int_equal(m.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + 8 * n);
+    assert_int_equal(m.peak, plain.peak - plain.sealed + 3 * 4 * n +
+                                 (m.sealed > m.model_body ? m.sealed : m.model_body));
+    char line[512];
+    fedge_edge_memory_format(&m, line, sizeof line);
+    assert_non_null(strstr(line, "control=31400 client_control=31400 control_delta=31400 peak="));
+    fedge_edge_memory_format(&plain, line, sizeof line);
+    assert_null(strstr(line, "control"));
+
+    fedge_edge_trainer t;
+    fedge_edge_trainer_init(&t);
+    assert_int_equal(fedge_edge_trainer_prepare(&t, &spec, 32, NULL), FEDGE_OK);
+    assert_int_equal(fedge_edge_trainer_prepare_control(&t), FEDGE_OK);
+    uint8_t *body, version[FEDGE_HASH_LEN];
+    size_t len;
+    model_body(text, 8, &body, &len, version);
+    assert_int_equal(fedge_edge_trainer_set_global(&t, body, len), FEDGE_OK);
+    free(body);
+    float *c = calloc(n, sizeof(float)), *ci = calloc(n, sizeof(float));
+    float *out = malloc(2 * n * sizeof(float));
+    assert_true(c && ci && out);
+    for (size_t i = 0; i < n; i++) {
+        c[i] = 1e-3f * (float)((int)(i % 7) - 3);
+        ci[i] = 1e-3f * (float)((int)(i % 5) - 2);
+    }
+    fedge_edge_train_params p = {.epochs = 1, .lr = 0.05f, .momentum = 0.9f, .seed = 5,
+                                 .prox_mu = 0.01f, .control = c, .client_control = ci};
+    double loss;
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
+    size_t before = mallinfo2().uordblks;
+#endif
+    assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &loss), FEDGE_OK);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
+    assert_int_equal(mallinfo2().uordblks, before);
+#endif
+    assert_true(isfinite(loss) && loss < logf(10.0f));
+
+    uint8_t secret[32];
+    for (int i = 0; i < 32; i++)
+        secret[i] = (uint8_t)(i * 5 + 3);
+    fedge_device_key key;
+    assert_int_equal(fedge_envelope_derive_key(secret, sizeof secret, "dev-1", &key), FEDGE_OK);
+    fedge_delta_header h;
+    memset(&h, 0, sizeof h);
+    h.encoding = FEDGE_ENC_FP32;
+    h.flags = FEDGE_DELTA_FLAG_CONTROL;
+    h.model_id = fedge_model_spec_id(&spec);
+    h.round = 2;
+    h.n_samples = (uint32_t)fx->rows;
+    h.n_elems = (uint32_t)(2 * n);
+    memcpy(h.base_version, t.global_version, FEDGE_HASH_LEN);
+    static const uint8_t run[FEDGE_RUN_ID_LEN] = "edge scaffold rn";
+    uint8_t *sealed, *scratch;
+    size_t sealed_len;
+    assert_int_equal(fedge_update_seal(&key, 7, run, &h, t.grad, NULL, &sealed, &sealed_len),
+                     FEDGE_OK);
+    assert_int_equal(sealed_len, m.sealed);
+    fedge_update_expect exp = {.model_id = h.model_id, .n_elems = h.n_elems, .round = 2,
+                               .run_id = run};
+    scratch = malloc(sealed_len);
+    assert_non_null(scratch);
+    fedge_delta_header got;
+    uint64_t counter;
+    assert_int_equal(fedge_update_open(&key, sealed, sealed_len, &exp, scratch, &got, &counter,
+                                       out), FEDGE_OK);
+    assert_true(got.flags & FEDGE_DELTA_FLAG_CONTROL);
+    assert_memory_equal(out, t.grad, n * sizeof(float));
+    assert_memory_equal(out + n, t.control_delta, n * sizeof(float));
+    free(scratch);
+    free(sealed);
+    fedge_device_key_wipe(&key);
+    free(c);
+    free(ci);
+    free(out);
+    fedge_edge_trainer_free(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -399,6 +832,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_training_rounds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seal_matches_plan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
+        cmocka_unit_test(test_fedprox_steps),
+        cmocka_unit_test(test_scaffold_one_step),
+        cmocka_unit_test(test_scaffold_two_steps),
+        cmocka_unit_test(test_scaffold_refusals),
+        cmocka_unit_test_setup_teardown(test_plain_bits_unchanged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scaffold_plan_and_seal, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
