@@ -29,7 +29,7 @@ PACKAGES=(build-essential pkg-config autoconf automake libtool dpkg-dev
           libmbedtls-dev libsqlite3-dev sqlite3 zlib1g-dev libcmocka-dev
           libyaml-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin
           libcoap3-bin time python3 bc libfaketime clang libclang-rt-14-dev
-          libprotobuf-c-dev protobuf-c-compiler)
+          libprotobuf-c-dev protobuf-c-compiler python3-cryptography)
 if [ -n "$CROSS" ]; then
     arch=$(case "$CROSS" in aarch64-*) echo arm64 ;; arm-*hf) echo armhf ;; *) echo unknown ;; esac)
     [ "$arch" != unknown ] || { log "unsupported CROSS=$CROSS"; exit 1; }
