@@ -629,6 +629,8 @@ int fedge_sim_run(const fedge_agg_config *cfg, const fedge_sim_options *o, int *
 
     for (;;) {
         CHK(step(&s, fedge_agg_tick));
+        if (s.a.state == FEDGE_AGG_WAITING && s.now >= s.a.start_at && s.now >= s.a.retry_at)
+            CHK(step(&s, fedge_agg_tick)); /* a round closed: the next opens on the daemon's next tick */
         if (s.a.state == FEDGE_AGG_FINISHED)
             break;
         if (s.a.state == FEDGE_AGG_OPEN)
