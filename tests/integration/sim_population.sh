@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# fedge-sim samples from a large population through the aggregator's own
+# selection: 1,000 devices, 10 per round; every round gets its 10 updates,
+# different devices take part from round to round, and the peak memory does
+# not grow with the population (O(clients per round x model)).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+. tests/lib/sim.sh
+
+sim_setup 1000 1000 --min-size 10
+"$BIN/fedge-keygen" devices --count 20 --prefix dev- --out "$SIM_DIR/keys20" >/dev/null || sim_fail "keygen 20"
+args=(--model-spec softmax:784-10 --rounds 8 --clients-per-round 10 --threads 2)
+
+/usr/bin/time -f %M -o "$SIM_DIR/rss-1000" \
+    "$BIN/fedge-sim" --keys "$SIM_DIR/keys" --shards "$SIM_DIR/shards" --test-data "$SIM_DIR/test.bin" \
+    --db "$SIM_DIR/big.db" --model-dir "$SIM_DIR/big-models" --json "${args[@]}" >"$SIM_DIR/big.out" \
+    2>"$SIM_DIR/big.err" || sim_fail "1,000 devices"
+/usr/bin/time -f %M -o "$SIM_DIR/rss-20" \
+    "$BIN/fedge-sim" --keys "$SIM_DIR/keys20" --shards "$SIM_DIR/shards" --test-data "$SIM_DIR/test.bin" \
+    --db "$SIM_DIR/small.db" --model-dir "$SIM_DIR/small-models" --json "${args[@]}" >"$SIM_DIR/small.out" \
+    2>"$SIM_DIR/small.err" || sim_fail "20 devices"
+
+rounds=$(grep -c '"round":' "$SIM_DIR/big.out")
+full=$(grep -c '"selected":10,"accepted":10,"rejected":0' "$SIM_DIR/big.out")
+[ "$rounds" = 8 ] && [ "$full" = 8 ] || sim_fail "$full of $rounds rounds had 10 selected and 10 accepted"
+sql() { sqlite3 -batch -noheader "$SIM_DIR/big.db" "$1"; }
+[ "$(sql "SELECT count(*) FROM (SELECT round FROM round_participants GROUP BY round HAVING count(*) = 10)")" = 8 ] ||
+    sim_fail "not 10 participants in each of 8 rounds"
+distinct=$(sql "SELECT count(DISTINCT device) FROM round_participants")
+[ "$distinct" -ge 60 ] || sim_fail "only $distinct distinct devices over 8 rounds of 10 (of 1,000)"
+[ "$(sql "SELECT count(DISTINCT device) FROM updates WHERE decision<>'rejected'")" = "$distinct" ] ||
+    sim_fail "updates did not come from the selected devices"
+big=$(cat "$SIM_DIR/rss-1000") small=$(cat "$SIM_DIR/rss-20")
+[ "$big" -lt $((small + 16384)) ] || sim_fail "peak RSS ${big} KiB with 1,000 devices, ${small} KiB with 20"
+echo "ok: 8 rounds of 10 from 1,000 devices ($distinct distinct), peak RSS ${big} KiB (20 devices: ${small} KiB)"
