@@ -61,12 +61,10 @@ sim_model_sha() {
     sha256sum "$SIM_DIR/$1/models/$path" | cut -d' ' -f1
 }
 
-# sim_has_rule RULE: the aggregator lists RULE among its aggregation rules
-sim_has_rule() {
-    "$BIN/fedge-aggregator" --help-config | grep -E '^ *aggregation ' | grep -qw "$1"
-}
-
-# sim_has_optimizer NAME: the aggregator lists NAME among its server optimisers
-sim_has_optimizer() {
-    "$BIN/fedge-aggregator" --help-config | grep -E '^ *server_optimizer ' | grep -qw "$1"
+# sim_accepts KEY VALUE: the aggregator lists KEY (--help-config) and takes
+# VALUE for it (its configuration refuses a rule or optimiser it does not
+# implement; the probe stops at the missing keys file, starting nothing)
+sim_accepts() {
+    "$BIN/fedge-aggregator" --help-config | grep -qE "^ +$1 " || return 1
+    ! "$BIN/fedge-aggregator" "--$1" "$2" 2>&1 | grep -q -- "$1"
 }
