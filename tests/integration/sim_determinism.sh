@@ -2,6 +2,7 @@
 # fedge-sim is deterministic for a seed: two runs give the same final model
 # bytes and the same rounds, on one thread or two, with dropout, stragglers
 # arriving late and noise attackers in play; another seed gives another model.
+# With DP on, the aggregator's noise is seeded from --seed too (noise_seed).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/sim.sh
@@ -30,4 +31,13 @@ strip() { grep -v '"summary"' "$SIM_DIR/$1.out" | sed -E 's/,"wall_s":[0-9.]+,"t
 diff <(strip a) <(strip c) >/dev/null || { diff <(strip a) <(strip c) >&2; sim_fail "rounds differ between 1 and 2 threads"; }
 [ "$(sim_sql a "SELECT group_concat(device) FROM round_participants")" = \
   "$(sim_sql c "SELECT group_concat(device) FROM round_participants")" ] || sim_fail "participants differ"
-echo "ok: model ${sa:0:16} on 1 and 2 threads, seed 2 ${sd:0:16}"
+
+printf 'version: 1\nprivacy:\n  enabled: true\n  clip_norm: 1.0\n  noise_multiplier: 0.5\n  epsilon_budget: 1000\n  delta: 1e-5\n' \
+    >"$SIM_DIR/dp.yaml"
+dp=(--model-spec softmax:784-10 --rounds 3 --policy-file "$SIM_DIR/dp.yaml")
+sim_run dp1 --threads 1 "${dp[@]}" || sim_fail "DP run 1"
+sim_run dp2 --threads 2 "${dp[@]}" || sim_fail "DP run 2"
+[ "$(sim_sql dp1 "SELECT count(*) FROM dp_ledger")" = 3 ] || sim_fail "DP was not applied (no ledger rows)"
+s1=$(sim_model_sha dp1) && s2=$(sim_model_sha dp2) || sim_fail "no DP model file"
+[ "$s1" = "$s2" ] || sim_fail "DP noise not reproducible: model $s1 vs $s2"
+echo "ok: model ${sa:0:16} on 1 and 2 threads, seed 2 ${sd:0:16}, DP ${s1:0:16} twice"
