@@ -65,6 +65,9 @@ sim_model_sha() {
 # VALUE for it (its configuration refuses a rule or optimiser it does not
 # implement; the probe stops at the missing keys file, starting nothing)
 sim_accepts() {
-    "$BIN/fedge-aggregator" --help-config | grep -qE "^ +$1 " || return 1
-    ! "$BIN/fedge-aggregator" "--$1" "$2" 2>&1 | grep -q -- "$1"
+    local help said
+    help=$("$BIN/fedge-aggregator" --help-config)
+    grep -qE "^ +$1 " <<<"$help" || return 1
+    said=$("$BIN/fedge-aggregator" "--$1" "$2" 2>&1)
+    ! grep -qE -- "--($1|${1//_/-}):" <<<"$said"
 }
