@@ -268,7 +268,8 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
     /* FedProx / SCAFFOLD (issue 10): pass the round's prox_mu (ri->prox_mu) and,
      * when the round is SCAFFOLD, the server control variate (GET /control) and
      * this client's variate here, once fedge_edge_train_params carries them; the
-     * control delta is then sealed after the model delta (FEDGE_DELTA_FLAG_CONTROL). */
+     * control delta is then sealed after the model delta (FEDGE_DELTA_FLAG_CONTROL),
+     * and check_supported no longer refuses such rounds. */
     double t0 = real_now();
     ret = fedge_edge_trainer_train(t, &shard, &tp, NULL, &j->loss);
     j->train_s = real_now() - t0;
@@ -415,6 +416,35 @@ static int pending_order(const void *x, const void *y)
     return p->dev < q->dev ? -1 : p->dev > q->dev;
 }
 
+/* The value of `key=` in a GET /round body, or NULL. */
+static const char *round_value(const char *body, const char *key)
+{
+    size_t klen = strlen(key);
+    for (const char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (strncmp(line, key, klen) == 0 && line[klen] == '=')
+            return line + klen + 1;
+    return NULL;
+}
+
+/* A round asking for what these clients do not do yet (FedProx's proximal
+ * term, SCAFFOLD's control variates: see run_job) is refused, rather than
+ * simulated as something else. */
+static int check_supported(const char *body, char *err, size_t errlen)
+{
+    const char *mu = round_value(body, "prox_mu");
+    if (mu && strtod(mu, NULL) != 0.0) {
+        snprintf(err, errlen, "the round asks for FedProx (prox_mu=%.*s); fedge-sim's clients do not pass it to"
+                 " the trainer yet", (int)strcspn(mu, "\n"), mu);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    if (round_value(body, "control")) {
+        snprintf(err, errlen, "the round is SCAFFOLD (control=); fedge-sim's clients do not send control"
+                 " deltas yet");
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    return FEDGE_OK;
+}
+
 /* Every selected device that is free polls /round now and, unless it drops
  * out, trains; the batch runs on the pool and its updates are queued at
  * their virtual finish times. */
@@ -445,6 +475,7 @@ static int start_clients(sim *s, char *err, size_t errlen)
         }
         if (j->ri.state != FEDGE_ROUND_OPEN || !j->ri.selected)
             continue;
+        CHK(check_supported(body, err, errlen));
         c->started_round = j->ri.round;
         if (s->o->dropout > 0) {
             fedge_rng r;
