@@ -2,7 +2,8 @@
 # fedge-sim samples from a large population through the aggregator's own
 # selection: 1,000 devices, 10 per round; every round gets its 10 updates,
 # different devices take part from round to round, and the peak memory does
-# not grow with the population (O(clients per round x model)).
+# not grow with the population (O(clients per round x model)). --clients N
+# without a keys file makes one of N devices beside the database.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/sim.sh
@@ -32,4 +33,18 @@ distinct=$(sql "SELECT count(DISTINCT device) FROM round_participants")
     sim_fail "updates did not come from the selected devices"
 big=$(cat "$SIM_DIR/rss-1000") small=$(cat "$SIM_DIR/rss-20")
 [ "$big" -lt $((small + 16384)) ] || sim_fail "peak RSS ${big} KiB with 1,000 devices, ${small} KiB with 20"
+# --clients N without a keys file: N devices in <db>.keys, made once, then reused
+gen=(--shards "$SIM_DIR/shards" --test-data "$SIM_DIR/test.bin" --db "$SIM_DIR/gen.db"
+     --model-dir "$SIM_DIR/gen-models" --model-spec softmax:784-10 --clients-per-round 5 --json)
+"$BIN/fedge-sim" --clients 30 --rounds 2 "${gen[@]}" >"$SIM_DIR/gen.out" 2>"$SIM_DIR/gen.err" || sim_fail "--clients 30"
+[ "$(grep -c '^dev-' "$SIM_DIR/gen.db.keys")" = 30 ] || sim_fail "<db>.keys does not list 30 devices"
+[ "$(stat -c %a "$SIM_DIR/gen.db.keys")" = 600 ] || sim_fail "<db>.keys is not mode 0600"
+before=$(sha256sum <"$SIM_DIR/gen.db.keys")
+"$BIN/fedge-sim" --clients 30 --rounds 3 "${gen[@]}" >"$SIM_DIR/gen.out" 2>"$SIM_DIR/gen.err" ||
+    sim_fail "--clients 30, resumed"
+[ "$(sha256sum <"$SIM_DIR/gen.db.keys")" = "$before" ] || sim_fail "<db>.keys was rewritten on resume"
+[ "$(sqlite3 -batch -noheader "$SIM_DIR/gen.db" "SELECT count(*) FROM rounds WHERE status='closed'")" = 3 ] ||
+    sim_fail "the resumed --clients run did not reach 3 closed rounds"
+"$BIN/fedge-sim" --clients 29 --rounds 4 "${gen[@]}" >/dev/null 2>"$SIM_DIR/gen.err"
+[ $? = 2 ] && grep -q 'lists 30 devices' "$SIM_DIR/gen.err" || sim_fail "--clients 29 on a 30-device keys file not refused"
 echo "ok: 8 rounds of 10 from 1,000 devices ($distinct distinct), peak RSS ${big} KiB (20 devices: ${small} KiB)"

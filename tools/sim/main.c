@@ -20,7 +20,8 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: " PROG " [--config FILE] --keys KEYS --shards DIR [options] [--KEY VALUE ...]\n"
+            "usage: " PROG " [--config FILE] (--keys KEYS | --clients N) --shards DIR [options]\n"
+            "                 [--KEY VALUE ...]\n"
             "       " PROG " --help | --version\n"
             "\n"
             "Runs a federation in one process: the aggregator's core (same configuration and\n"
@@ -30,6 +31,8 @@ static void usage(FILE *out)
             "trainer and sealing its updates with its device key. No network, no sleeping.\n"
             "\n"
             "  --keys FILE            device keys (the aggregator's keys_file)\n"
+            "  --clients N            the population: with --keys, the count it must list;\n"
+            "                         without, N devices in <db>.keys (made once, then reused)\n"
             "  --shards DIR           client shards written by fedge-partition --out DIR\n"
             "  --threads T            clients trained in parallel, 1..256 (default: cores)\n"
             "  --seed S               one seed for everything: the aggregator's selection,\n"
@@ -78,6 +81,10 @@ static int sim_option(fedge_sim_options *o, fedge_agg_config *cfg, const char *k
         if (!value[0] || strlen(value) >= sizeof o->shards_dir)
             goto bad;
         memcpy(o->shards_dir, value, strlen(value) + 1);
+    } else if (!strcmp(key, "clients")) {
+        if (parse_double(value, 1, 1e6, &v) != FEDGE_OK || v != floor(v))
+            goto bad;
+        o->clients = (long)v;
     } else if (!strcmp(key, "threads")) {
         if (parse_double(value, 1, FEDGE_SIM_MAX_THREADS, &v) != FEDGE_OK || v != floor(v))
             goto bad;
@@ -224,6 +231,16 @@ int main(int argc, char **argv)
     if (!opt.shards_dir[0]) {
         fedge_text_eprintf(PROG, "--shards DIR is required (see --help)");
         return 2;
+    }
+    if (opt.clients > 0 && !cfg.keys_file[0]) {
+        char path[FEDGE_PATH_MAX + 8];
+        int n = snprintf(path, sizeof path, "%s" FEDGE_SIM_KEYS_SUFFIX, cfg.db);
+        if (n < 0 || (size_t)n >= sizeof cfg.keys_file ||
+            fedge_sim_write_keys(path, opt.clients, err, sizeof err) != FEDGE_OK ||
+            fedge_agg_config_set(&cfg, "keys_file", path, err, sizeof err) != FEDGE_OK) {
+            fedge_text_eprintf(PROG, "%s", err[0] ? err : "--clients: the keys file path is too long");
+            return 2;
+        }
     }
     if (fedge_agg_config_validate(&cfg, err, sizeof err) != FEDGE_OK) {
         fedge_text_eprintf(PROG, "%s", err);

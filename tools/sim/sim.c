@@ -1,14 +1,20 @@
 /* sim.c — the simulation driver (see sim.h, docs/SIM.md). */
 #include "sim.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <mbedtls/platform_util.h>
 
 #include <sqlite3.h>
 
@@ -17,6 +23,7 @@
 #include "clock.h"
 #include "common.h"
 #include "envelope.h"
+#include "keys.h"
 #include "log.h"
 #include "rng.h"
 #include "round_info.h"
@@ -111,6 +118,61 @@ void fedge_sim_options_defaults(fedge_sim_options *o)
     o->attack_scale = 10.0;
     o->sample_cost_s = 1e-4;
     o->encoding = FEDGE_ENC_FP32;
+}
+
+int fedge_sim_write_keys(const char *path, long n, char *err, size_t errlen)
+{
+    char tmp[FEDGE_PATH_MAX + 16], line[FEDGE_KEYS_LINE_MAX];
+    fedge_device_entry e;
+    FILE *f = NULL;
+    int ret = FEDGE_OK, fd = -1;
+    if (n < 1 || n > FEDGE_KEYS_MAX_DEVICES) {
+        snprintf(err, errlen, "--clients %ld: want 1..%d", n, FEDGE_KEYS_MAX_DEVICES);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    if (access(path, F_OK) == 0)
+        return FEDGE_OK;
+    memset(&e, 0, sizeof e);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || !(f = fdopen(fd, "w"))) {
+        snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+        FAIL(FEDGE_ERR_IO);
+    }
+    fd = -1;
+    for (long i = 1; i <= n; i++) {
+        snprintf(e.id, sizeof e.id, "dev-%03ld", i);
+        snprintf(e.region, sizeof e.region, "eu");
+        if (getrandom(e.secret, sizeof e.secret, 0) != (ssize_t)sizeof e.secret) {
+            snprintf(err, errlen, "getrandom: %s", strerror(errno));
+            FAIL(FEDGE_ERR_IO);
+        }
+        size_t len = fedge_keys_format_line(&e, line, sizeof line);
+        if (len == 0 || fwrite(line, 1, len, f) != len) {
+            snprintf(err, errlen, "%s: write failed", tmp);
+            FAIL(FEDGE_ERR_IO);
+        }
+    }
+    if (fclose(f) != 0) {
+        f = NULL;
+        snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+        FAIL(FEDGE_ERR_IO);
+    }
+    f = NULL;
+    if (rename(tmp, path) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        FAIL(FEDGE_ERR_IO);
+    }
+cleanup:
+    mbedtls_platform_zeroize(&e, sizeof e);
+    mbedtls_platform_zeroize(line, sizeof line);
+    if (f)
+        fclose(f);
+    if (fd >= 0)
+        close(fd);
+    if (ret != FEDGE_OK)
+        unlink(tmp);
+    return ret;
 }
 
 static uint64_t stream_u64(const sim *s, uint64_t purpose, uint64_t a, uint64_t b)
@@ -632,6 +694,10 @@ int fedge_sim_run(const fedge_agg_config *cfg, const fedge_sim_options *o, int *
     if (sqlite3_exec(s.a.db, "PRAGMA synchronous=OFF", NULL, NULL, NULL) != SQLITE_OK)
         FAIL(FEDGE_ERR_SQL);
     s.n_dev = s.a.keys.n;
+    if (o->clients > 0 && (size_t)o->clients != s.n_dev) {
+        snprintf(err, errlen, "%s lists %zu devices, --clients says %ld", cfg->keys_file, s.n_dev, o->clients);
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
     s.seen_rounds_done = s.a.rounds_done;
     s.seen_aggregated = s.a.rounds_aggregated;
     s.n_trainers = o->threads;

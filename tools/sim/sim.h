@@ -40,9 +40,16 @@ typedef struct {
     double sample_cost_s;             /* virtual seconds per sample and epoch; 0: measured */
     fedge_encoding encoding;
     int json;                         /* one JSON object per round + a summary */
+    long clients;                     /* 0, or the devices the keys file must list */
 } fedge_sim_options;
 
+#define FEDGE_SIM_KEYS_SUFFIX ".keys"  /* --clients without a keys file: <db>.keys */
+
 void fedge_sim_options_defaults(fedge_sim_options *o);
+/* A keys file of n devices dev-001 ... (region "eu", secrets from getrandom),
+ * mode 0600, written to a temporary name and renamed; an existing path is
+ * left alone (FEDGE_OK: the run's own file from before is reused). */
+int fedge_sim_write_keys(const char *path, long n, char *err, size_t errlen);
 
 /* cfg: the aggregator's configuration, validated (fedge_agg_config_validate). */
 int fedge_sim_run(const fedge_agg_config *cfg, const fedge_sim_options *o, int *exit_status,
