@@ -32,7 +32,11 @@ distinct=$(sql "SELECT count(DISTINCT device) FROM round_participants")
 [ "$(sql "SELECT count(DISTINCT device) FROM updates WHERE decision<>'rejected'")" = "$distinct" ] ||
     sim_fail "updates did not come from the selected devices"
 big=$(cat "$SIM_DIR/rss-1000") small=$(cat "$SIM_DIR/rss-20")
-[ "$big" -lt $((small + 16384)) ] || sim_fail "peak RSS ${big} KiB with 1,000 devices, ${small} KiB with 20"
+if ldd "$BIN/fedge-sim" | grep -q libasan; then
+    echo "SKIP: peak RSS under ASan (its quarantine keeps freed memory): ${big} KiB, 20 devices ${small} KiB"
+else
+    [ "$big" -lt $((small + 16384)) ] || sim_fail "peak RSS ${big} KiB with 1,000 devices, ${small} KiB with 20"
+fi
 # --clients N without a keys file: N devices in <db>.keys, made once, then reused
 gen=(--shards "$SIM_DIR/shards" --test-data "$SIM_DIR/test.bin" --db "$SIM_DIR/gen.db"
      --model-dir "$SIM_DIR/gen-models" --model-spec softmax:784-10 --clients-per-round 5 --json)
