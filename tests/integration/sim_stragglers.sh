@@ -24,6 +24,8 @@ short=$(sim_sql window "SELECT count(*) FROM rounds WHERE n_accepted < n_selecte
 [ "$short" -gt 0 ] || sim_fail "every round complete: dropout and stragglers had no effect"
 bad=$(sim_sql window "SELECT count(*) FROM rounds WHERE n_accepted < n_selected AND abs(closed_at - opened_at - 3) > 0.01")
 [ "$bad" = 0 ] || sim_fail "$bad short rounds did not close at their 3 s deadline"
+gaps=$(sim_sql window "SELECT count(*) FROM rounds a JOIN rounds b ON b.id = a.id + 1 WHERE abs(b.opened_at - a.closed_at) > 0.001")
+[ "$gaps" = 0 ] || sim_fail "$gaps rounds did not open at the instant the previous one closed"
 virtual=$(sim_summary window virtual_s) wall=$(sim_summary window wall_s)
 python3 -c "import sys; sys.exit(0 if $virtual >= 18 and $wall < $virtual / 2 else 1)" ||
     sim_fail "virtual time $virtual s, wall $wall s: the clock was not virtual"
