@@ -51,4 +51,12 @@ before=$(sha256sum <"$SIM_DIR/gen.db.keys")
     sim_fail "the resumed --clients run did not reach 3 closed rounds"
 "$BIN/fedge-sim" --clients 29 --rounds 4 "${gen[@]}" >/dev/null 2>"$SIM_DIR/gen.err"
 [ $? = 2 ] && grep -q 'lists 30 devices' "$SIM_DIR/gen.err" || sim_fail "--clients 29 on a 30-device keys file not refused"
+# a population nobody may take part in (the policy's regions) ends the run at
+# once (status 2), where the daemon would wait for an operator
+printf 'version: 1\nupdate:\n  allowed_regions: [us]\n' >"$SIM_DIR/us.yaml"
+timeout 30 "$BIN/fedge-sim" --keys "$SIM_DIR/keys20" --rounds 2 "${gen[@]}" --db "$SIM_DIR/us.db" --model-dir "$SIM_DIR/us-models" \
+    --policy-file "$SIM_DIR/us.yaml" >/dev/null 2>"$SIM_DIR/us.err"
+st=$?
+[ $st = 2 ] && grep -q 'no device is eligible' "$SIM_DIR/us.err" ||
+    sim_fail "no eligible device: exit $st, not 2 with a reason (124: it waited forever)"
 echo "ok: 8 rounds of 10 from 1,000 devices ($distinct distinct), peak RSS ${big} KiB (20 devices: ${small} KiB)"

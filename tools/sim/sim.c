@@ -456,6 +456,21 @@ static int step(sim *s, int (*fn)(fedge_aggregator *, double))
     return ret;
 }
 
+/* A tick that should open a round. The aggregator declines only when no
+ * device is eligible (status, region), which nothing changes during a
+ * simulation: stop rather than wait forever in virtual time. */
+static int tick_open(sim *s, char *err, size_t errlen)
+{
+    int due = s->a.state == FEDGE_AGG_WAITING && s->now >= s->a.start_at && s->now >= s->a.retry_at;
+    int ret = step(s, fedge_agg_tick);
+    if (ret == FEDGE_OK && due && s->a.state == FEDGE_AGG_WAITING && s->a.start_at > s->now) {
+        snprintf(err, errlen, "round %u cannot open: no device is eligible (device status, the policy's regions)",
+                 s->a.round + 1);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    return ret;
+}
+
 static int push_pending(sim *s, const sim_pending *p)
 {
     if (s->n_pending == s->cap_pending) {
@@ -590,7 +605,7 @@ cleanup:
 }
 
 /* POST /update for every queued update due by now, in (time, device) order. */
-static int deliver_due(sim *s)
+static int deliver_due(sim *s, char *err, size_t errlen)
 {
     fedge_aggregator *a = &s->a;
     size_t done = 0;
@@ -622,7 +637,7 @@ static int deliver_due(sim *s)
         }
         CHK(step(s, fedge_agg_maybe_close));
         if (a->state == FEDGE_AGG_WAITING)
-            CHK(step(s, fedge_agg_tick)); /* the daemon opens the next round on its next tick */
+            CHK(tick_open(s, err, errlen)); /* the daemon opens the next round on its next tick */
     }
 cleanup:
     for (size_t i = 0; i < done; i++)
@@ -725,9 +740,9 @@ int fedge_sim_run(const fedge_agg_config *cfg, const fedge_sim_options *o, int *
     }
 
     for (;;) {
-        CHK(step(&s, fedge_agg_tick));
+        CHK(tick_open(&s, err, errlen));
         if (s.a.state == FEDGE_AGG_WAITING && s.now >= s.a.start_at && s.now >= s.a.retry_at)
-            CHK(step(&s, fedge_agg_tick)); /* a round closed: the next opens on the daemon's next tick */
+            CHK(tick_open(&s, err, errlen)); /* a round closed: the next opens on the daemon's next tick */
         if (s.a.state == FEDGE_AGG_FINISHED)
             break;
         if (s.a.state == FEDGE_AGG_OPEN)
@@ -740,7 +755,7 @@ int fedge_sim_run(const fedge_agg_config *cfg, const fedge_sim_options *o, int *
         if (next <= s.now && !(s.n_pending > 0 && s.pending[0].at <= s.now))
             next = s.now + 1.0; /* nothing due: let the aggregator's clock move */
         CHK(set_clock(&s, next));
-        CHK(deliver_due(&s));
+        CHK(deliver_due(&s, err, errlen));
     }
     char outcome[256];
     *exit_status = fedge_agg_outcome(&s.a, outcome, sizeof outcome);
