@@ -754,6 +754,12 @@ int fedge_sim_run(const fedge_agg_config *cfg, const fedge_sim_options *o, int *
             next = s.pending[0].at;
         if (next <= s.now && !(s.n_pending > 0 && s.pending[0].at <= s.now))
             next = s.now + 1.0; /* nothing due: let the aggregator's clock move */
+        if (s.a.busy_since > 0 && next == s.a.retry_at) {
+            /* another process holds the database: that waits in real time */
+            double wait = next - s.now;
+            struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+            nanosleep(&ts, NULL);
+        }
         CHK(set_clock(&s, next));
         CHK(deliver_due(&s, err, errlen));
     }
