@@ -325,8 +325,11 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
         FAIL(FEDGE_ERR_STATE);
     }
     uint64_t client_seed = stream_u64(s, STREAM_CLIENT, 0, j->dev);
-    fedge_edge_train_params tp = {ri->epochs, ri->lr, ri->momentum, ri->weight_decay,
-                                  client_seed + ri->round};
+    fedge_edge_train_params tp = {.epochs = ri->epochs,
+                                  .lr = ri->lr,
+                                  .momentum = ri->momentum,
+                                  .weight_decay = ri->weight_decay,
+                                  .seed = client_seed + ri->round};
     /* FedProx / SCAFFOLD (issue 10): pass the round's prox_mu (ri->prox_mu) and,
      * when the round is SCAFFOLD, the server control variate (GET /control) and
      * this client's variate here, once fedge_edge_train_params carries them; the
