@@ -7,8 +7,14 @@
 
 #include "common.h"
 
+
 static const fedge_combiner *const table[] = {
     &fedge_combine_mean,
+    &fedge_combine_median,
+    &fedge_combine_trimmed_mean,
+    &fedge_combine_krum,
+    &fedge_combine_multikrum,
+    &fedge_combine_bulyan,
 };
 
 const fedge_combiner *fedge_combiner_find(const char *name)

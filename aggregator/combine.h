@@ -67,6 +67,7 @@ const char *fedge_combiner_names(void);
 int fedge_combine_params_check(const fedge_combine_params *p, char *why, size_t whylen);
 
 /* The modules (aggregator/combine/NAME.c). */
-extern const fedge_combiner fedge_combine_mean;
+extern const fedge_combiner fedge_combine_mean, fedge_combine_median, fedge_combine_trimmed_mean,
+    fedge_combine_krum, fedge_combine_multikrum, fedge_combine_bulyan;
 
 #endif

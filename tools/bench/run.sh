@@ -16,6 +16,7 @@ run "$BIN/bench-gemm"
 run "$BIN/bench-sgd"
 run "$BIN/bench-train"
 run "$BIN/bench-codec"
+run "$BIN/bench-combine_mem"
 [ -x "$BIN/bench-aggregate" ] && run "$BIN/bench-aggregate"
 [ -x tools/bench/federation.sh ] && run tools/bench/federation.sh "$BUILD"
 [ -x tools/bench/slow_link.sh ] && FEDGE_BUILD=$BUILD run tools/bench/slow_link.sh
