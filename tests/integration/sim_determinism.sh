@@ -2,7 +2,8 @@
 # fedge-sim is deterministic for a seed: two runs give the same final model
 # bytes and the same rounds, on one thread or two, with dropout, stragglers
 # arriving late and noise attackers in play; another seed gives another model.
-# With DP on, the aggregator's noise is seeded from --seed too (noise_seed).
+# int8's stochastic rounding and, with DP on, the aggregator's noise are seeded
+# from --seed too.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/sim.sh
@@ -31,6 +32,12 @@ strip() { grep -v '"summary"' "$SIM_DIR/$1.out" | sed -E 's/,"wall_s":[0-9.]+,"t
 diff <(strip a) <(strip c) >/dev/null || { diff <(strip a) <(strip c) >&2; sim_fail "rounds differ between 1 and 2 threads"; }
 [ "$(sim_sql a "SELECT group_concat(device) FROM round_participants")" = \
   "$(sim_sql c "SELECT group_concat(device) FROM round_participants")" ] || sim_fail "participants differ"
+
+# int8 deltas: stochastic rounding, seeded per client and round
+sim_run q1 --threads 1 --model-spec softmax:784-10 --rounds 3 --encoding int8 || sim_fail "int8 run 1"
+sim_run q2 --threads 2 --model-spec softmax:784-10 --rounds 3 --encoding int8 || sim_fail "int8 run 2"
+[ "$(sim_sql q1 "SELECT DISTINCT encoding FROM updates")" = int8 ] || sim_fail "the int8 run sent other encodings"
+[ "$(sim_model_sha q1)" = "$(sim_model_sha q2)" ] || sim_fail "int8 rounding not reproducible across threads"
 
 printf 'version: 1\nprivacy:\n  enabled: true\n  clip_norm: 1.0\n  noise_multiplier: 0.5\n  epsilon_budget: 1000\n  delta: 1e-5\n' \
     >"$SIM_DIR/dp.yaml"
