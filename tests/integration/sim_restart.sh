@@ -23,6 +23,7 @@ interrupted() {
         --db "$SIM_DIR/$name/fedge.db" --model-dir "$SIM_DIR/$name/models" --json "$@" \
         >"$SIM_DIR/$name.first" 2>"$SIM_DIR/$name.err" &
     local pid=$!
+    disown "$pid" # killed on purpose: no "Killed" notice from the shell
     python3 - "$SIM_DIR/$name/fedge.db" "$pid" <<'PY' || { kill -9 "$pid" 2>/dev/null; sim_fail "$name: never caught mid-round"; }
 import os, sqlite3, sys, time
 db, pid = sys.argv[1], int(sys.argv[2])
@@ -45,7 +46,8 @@ while time.time() < end:
     time.sleep(0.001)
 sys.exit(1)
 PY
-    wait "$pid" 2>/dev/null
+    local i
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     local open accepted
     open=$(sim_sql "$name" "SELECT id FROM rounds WHERE status='open'")
     accepted=$(sim_sql "$name" "SELECT count(*) FROM updates WHERE round='$open' AND decision<>'rejected'")
