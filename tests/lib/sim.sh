@@ -68,6 +68,6 @@ sim_accepts() {
     local help said
     help=$("$BIN/fedge-aggregator" --help-config)
     grep -qE "^ +$1 " <<<"$help" || return 1
-    said=$("$BIN/fedge-aggregator" "--$1" "$2" 2>&1)
+    said=$("$BIN/fedge-aggregator" "--$1=$2" 2>&1)
     ! grep -qE -- "--($1|${1//_/-}):" <<<"$said"
 }
