@@ -677,11 +677,16 @@ static void summary(sim *s, int exit_status, const char *outcome)
                a->cfg.model_dir, a->version_hex, s->total_late, s->total_dropped, s->now, wall,
                s->total_train_s, overhead, s->batch_s, s->agg_s, s->n_trainers, exit_status);
     else
-        printf("%s\nmodel %s (%s/%s.fmdl)\nwall %.3fs, client training %.3fs summed over %d thread(s),"
-               " overhead %.1f%% (client batches %.3fs, aggregator %.3fs); virtual time %.1fs;"
-               " %zu late, %zu dropped\n",
+    {
+        /* on more than one thread the clients' times overlap: no overhead figure */
+        char over[32] = "";
+        if (s->n_trainers == 1)
+            snprintf(over, sizeof over, ", overhead %.1f%%", overhead);
+        printf("%s\nmodel %s (%s/%s.fmdl)\nwall %.3fs, client training %.3fs summed over %d thread(s)%s"
+               " (client batches %.3fs, aggregator %.3fs); virtual time %.1fs; %zu late, %zu dropped\n",
                outcome, a->version_hex, a->cfg.model_dir, a->version_hex, wall, s->total_train_s,
-               s->n_trainers, overhead, s->batch_s, s->agg_s, s->now, s->total_late, s->total_dropped);
+               s->n_trainers, over, s->batch_s, s->agg_s, s->now, s->total_late, s->total_dropped);
+    }
     fflush(stdout);
 }
 
