@@ -22,9 +22,11 @@
 #include "blas.h"
 #include "clock.h"
 #include "common.h"
+#include "control.h"
 #include "envelope.h"
 #include "keys.h"
 #include "log.h"
+#include "modelfile.h"
 #include "rng.h"
 #include "round_info.h"
 #include "shard.h"
@@ -55,6 +57,7 @@ typedef struct {
     double train_s;          /* measured wall seconds of the training call */
     uint8_t *sealed;
     size_t sealed_len;
+    fedge_model client_control; /* SCAFFOLD: c_i, then c_i+ (params NULL otherwise) */
 } sim_job;
 
 typedef struct {
@@ -65,6 +68,7 @@ typedef struct {
     double loss;
     uint8_t *sealed;
     size_t sealed_len;
+    fedge_model client_control; /* SCAFFOLD: c_i+, committed when the update is accepted */
 } sim_pending;
 
 typedef struct {
@@ -82,6 +86,7 @@ typedef struct {
     sim_pending *pending;
     size_t n_pending, cap_pending;
     fedge_rng root;
+    char state_dir[FEDGE_PATH_MAX + 16]; /* <db>.clients: the edges' --state-dir (SCAFFOLD's c_i) */
     /* the round being reported */
     long seen_rounds_done, seen_aggregated;
     size_t r_late, r_dropped;
@@ -300,7 +305,10 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
     const fedge_device_entry *dev = &s->a.keys.devices[j->dev];
     fedge_shard_reader shard;
     fedge_device_key key;
+    fedge_model control;
+    char *control_path = NULL;
     int shard_open = 0, have_key = 0, ret;
+    memset(&control, 0, sizeof control);
     char path[FEDGE_PATH_MAX + 32];
 
     shard_path(s, j->dev, path, sizeof path);
@@ -330,11 +338,23 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
                                   .momentum = ri->momentum,
                                   .weight_decay = ri->weight_decay,
                                   .seed = client_seed + ri->round};
-    /* FedProx / SCAFFOLD (issue 10): pass the round's prox_mu (ri->prox_mu) and,
-     * when the round is SCAFFOLD, the server control variate (GET /control) and
-     * this client's variate here, once fedge_edge_train_params carries them; the
-     * control delta is then sealed after the model delta (FEDGE_DELTA_FLAG_CONTROL),
-     * and check_supported no longer refuses such rounds. */
+    tp.prox_mu = ri->prox_mu;
+    if (ri->has_control) {
+        /* SCAFFOLD: GET /control (the server's c, checked against the round's
+         * version) and this client's committed c_i, as the edge does */
+        uint8_t version[FEDGE_HASH_LEN];
+        fedge_control_status st;
+        CHK(fedge_edge_trainer_prepare_control(t));
+        CHK(fedge_model_deserialize(s->a.control_blob, s->a.control_blob_len, &control, version));
+        if (memcmp(version, ri->control, FEDGE_HASH_LEN) != 0) {
+            snprintf(j->why, sizeof j->why, "the served control variate is not round %u's", ri->round);
+            FAIL(FEDGE_ERR_STATE);
+        }
+        CHK(fedge_edge_control_path(s->state_dir, dev->id, &control_path));
+        CHK(fedge_edge_control_load(control_path, &ri->spec, &j->client_control, &st, NULL));
+        tp.control = control.params;
+        tp.client_control = j->client_control.params;
+    }
     double t0 = real_now();
     ret = fedge_edge_trainer_train(t, &shard, &tp, NULL, &j->loss);
     j->train_s = real_now() - t0;
@@ -355,7 +375,8 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
     h.model_id = fedge_model_spec_id(&ri->spec);
     h.round = ri->round;
     h.n_samples = shard.n > UINT32_MAX ? UINT32_MAX : (uint32_t)shard.n;
-    h.n_elems = (uint32_t)t->local.n_params;
+    h.n_elems = (uint32_t)(ri->has_control ? 2 * t->local.n_params : t->local.n_params);
+    h.flags = ri->has_control ? FEDGE_DELTA_FLAG_CONTROL : 0;
     h.block_size = s->o->encoding == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0;
     memcpy(h.base_version, t->global_version, FEDGE_HASH_LEN);
     CHK(fedge_envelope_derive_key(dev->secret, FEDGE_SECRET_LEN, dev->id, &key));
@@ -366,6 +387,10 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
     if (ret != FEDGE_OK)
         snprintf(j->why, sizeof j->why, "sealing failed: %s", fedge_strerror(ret));
 cleanup:
+    fedge_model_free(&control);
+    free(control_path);
+    if (ret != FEDGE_OK || j->diverged)
+        fedge_model_free(&j->client_control);
     if (have_key)
         fedge_device_key_wipe(&key);
     if (shard_open)
@@ -496,35 +521,6 @@ static int pending_order(const void *x, const void *y)
     return p->dev < q->dev ? -1 : p->dev > q->dev;
 }
 
-/* The value of `key=` in a GET /round body, or NULL. */
-static const char *round_value(const char *body, const char *key)
-{
-    size_t klen = strlen(key);
-    for (const char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
-        if (strncmp(line, key, klen) == 0 && line[klen] == '=')
-            return line + klen + 1;
-    return NULL;
-}
-
-/* A round asking for what these clients do not do yet (FedProx's proximal
- * term, SCAFFOLD's control variates: see run_job) is refused, rather than
- * simulated as something else. */
-static int check_supported(const char *body, char *err, size_t errlen)
-{
-    const char *mu = round_value(body, "prox_mu");
-    if (mu && strtod(mu, NULL) != 0.0) {
-        snprintf(err, errlen, "the round asks for FedProx (prox_mu=%.*s); fedge-sim's clients do not pass it to"
-                 " the trainer yet", (int)strcspn(mu, "\n"), mu);
-        return FEDGE_ERR_CONFIG_VALUE;
-    }
-    if (round_value(body, "control")) {
-        snprintf(err, errlen, "the round is SCAFFOLD (control=); fedge-sim's clients do not send control"
-                 " deltas yet");
-        return FEDGE_ERR_CONFIG_VALUE;
-    }
-    return FEDGE_OK;
-}
-
 /* Every selected device that is free polls /round now and, unless it drops
  * out, trains; the batch runs on the pool and its updates are queued at
  * their virtual finish times. */
@@ -555,7 +551,10 @@ static int start_clients(sim *s, char *err, size_t errlen)
         }
         if (j->ri.state != FEDGE_ROUND_OPEN || !j->ri.selected)
             continue;
-        CHK(check_supported(body, err, errlen));
+        if (j->ri.has_control && mkdir(s->state_dir, 0700) != 0 && errno != EEXIST) {
+            snprintf(err, errlen, "%s: %s", s->state_dir, strerror(errno));
+            FAIL(FEDGE_ERR_IO);
+        }
         c->started_round = j->ri.round;
         if (s->o->dropout > 0) {
             fedge_rng r;
@@ -593,9 +592,11 @@ static int start_clients(sim *s, char *err, size_t errlen)
                           : j->train_s;
         if (c->straggler)
             took = took * s->o->straggler_factor + s->o->straggler_delay_s;
-        sim_pending p = {j->dev, s->now + took, j->ri.round, j->n_samples, j->loss, j->sealed, j->sealed_len};
+        sim_pending p = {j->dev, s->now + took, j->ri.round, j->n_samples, j->loss, j->sealed, j->sealed_len,
+                         j->client_control};
         CHK(push_pending(s, &p));
         j->sealed = NULL;
+        memset(&j->client_control, 0, sizeof j->client_control);
         s->clients[j->dev].busy = 1;
     }
     qsort(s->pending, s->n_pending, sizeof *s->pending, pending_order);
@@ -603,6 +604,7 @@ cleanup:
     for (size_t i = 0; i < s->n_jobs; i++) {
         free(s->jobs[i].sealed);
         s->jobs[i].sealed = NULL;
+        fedge_model_free(&s->jobs[i].client_control);
     }
     return ret;
 }
@@ -627,6 +629,14 @@ static int deliver_due(sim *s, char *err, size_t errlen)
         s->agg_s += real_now() - t0;
         free(p->sealed);
         p->sealed = NULL;
+        if (code == 204 && p->client_control.params) {
+            /* the edge commits c_i+ on 2.04 only (edge/control.h) */
+            char *path = NULL;
+            CHK(fedge_edge_control_path(s->state_dir, a->keys.devices[p->dev].id, &path));
+            ret = fedge_edge_control_commit(path, &p->client_control);
+            free(path);
+            CHK(ret);
+        }
         if (code == 204) {
             if (p->for_round < into) {
                 s->r_late++;
@@ -643,8 +653,10 @@ static int deliver_due(sim *s, char *err, size_t errlen)
             CHK(tick_open(s, err, errlen)); /* the daemon opens the next round on its next tick */
     }
 cleanup:
-    for (size_t i = 0; i < done; i++)
+    for (size_t i = 0; i < done; i++) {
         free(s->pending[i].sealed);
+        fedge_model_free(&s->pending[i].client_control);
+    }
     memmove(s->pending, s->pending + done, (s->n_pending - done) * sizeof *s->pending);
     s->n_pending -= done;
     return ret;
@@ -704,6 +716,7 @@ int fedge_sim_run(const fedge_agg_config *cfg, const fedge_sim_options *o, int *
         return FEDGE_ERR_CONFIG_VALUE;
     }
     fedge_rng_seed(&s.root, o->seed);
+    snprintf(s.state_dir, sizeof s.state_dir, "%s.clients", cfg->db);
 
     double wall0 = real_wall(), logged = logged_until(cfg->db);
     fedge_clock_virtual(logged + 1.0 > wall0 ? logged + 1.0 : wall0);
@@ -777,8 +790,10 @@ int fedge_sim_run(const fedge_agg_config *cfg, const fedge_sim_options *o, int *
 cleanup:
     if (ret != FEDGE_OK && !err[0])
         snprintf(err, errlen, "%s", fedge_strerror(ret));
-    for (size_t i = 0; i < s.n_pending; i++)
+    for (size_t i = 0; i < s.n_pending; i++) {
         free(s.pending[i].sealed);
+        fedge_model_free(&s.pending[i].client_control);
+    }
     free(s.pending);
     if (s.trainers)
         for (int k = 0; k < s.n_trainers; k++)
