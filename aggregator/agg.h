@@ -27,6 +27,7 @@
 #include <sqlite3.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "config.h"
 #include "dataset.h"
@@ -38,6 +39,7 @@
 #include "server_opt.h"
 
 struct fedge_policy;
+struct fedge_sched;
 struct fedge_signer;
 
 typedef enum { FEDGE_AGG_WAITING = 0, FEDGE_AGG_OPEN = 1, FEDGE_AGG_FINISHED = 2 } fedge_agg_state;
@@ -68,6 +70,7 @@ typedef struct {
     uint8_t run_id[16];           /* meta 'run_id': binds updates to this log */
     char run_id_hex[33];
 
+    const struct fedge_sched *sched; /* the run mode's scheduler (scheduler.h) */
     fedge_agg_state state;
     uint32_t round;               /* open round id, or last round when not open */
     double opened_at, deadline, finished_at, start_at; /* fedge_now() seconds */
@@ -98,6 +101,16 @@ typedef struct {
     uint8_t control_version[FEDGE_HASH_LEN];
     char control_version_hex[FEDGE_HASH_HEX_LEN];
 } fedge_aggregator;
+
+/* Index of device `id` in keys.devices (and the arrays parallel to it); -1
+ * when id is NULL or unknown. */
+static inline int fedge_agg_device_index(const fedge_aggregator *a, const char *id)
+{
+    if (!id)
+        return -1;
+    const fedge_device_entry *e = fedge_keys_find(&a->keys, id, strlen(id));
+    return e ? (int)(e - a->keys.devices) : -1;
+}
 
 /* Everything needed before serving: keys, database (resuming an open round),
  * current model, test set, policy. cfg is copied. On failure err names why. */
