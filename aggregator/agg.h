@@ -1,7 +1,11 @@
 /* agg.h — the aggregator's state machine, independent of the transport.
  *
- * The CoAP server (server.c) maps requests onto these calls; tests drive
- * them directly. All durable state lives in the SQLite log (store.h) and the
+ * The CoAP server (server.c) maps requests onto these calls; tests and
+ * fedge-sim drive them directly. Each call is glue over one module (module
+ * map: docs/AGGREGATOR.md): the scheduler (scheduler.h: rounds), ingest
+ * (ingest.h: one update), the round close (close.h), the model store
+ * (modelstore.h), governance (governance.h: policy, DP, audit). All calls
+ * belong to one thread, the one that owns the database handle. All durable state lives in the SQLite log (store.h) and the
  * model store; the in-memory state can always be rebuilt from them
  * (fedge_agg_init resumes an open round after a crash).
  *
