@@ -605,7 +605,7 @@ int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res)
         snprintf(mp.name, sizeof mp.name, "mean");
         CHK(fedge_combine_mean.combine(&mp, &crd, use_w, dc, used));
         stored_reader_close(&cr);
-        CHK(fedge_gov_dp_eligible(a, &eligible));
+        CHK(fedge_gov_eligible_devices(a, NULL, &eligible));
         double frac = eligible > 0 ? (double)n_use / (double)eligible : 1.0;
         for (size_t i = 0; i < n_params; i++) {
             a->control_next[i] = (float)((double)a->control[i] + frac * (double)dc[i]);

@@ -516,7 +516,7 @@ cleanup:
     return ret;
 }
 
-int fedge_gov_dp_eligible(fedge_aggregator *a, size_t *n)
+int fedge_gov_eligible_devices(fedge_aggregator *a, size_t *idx, size_t *n)
 {
     sqlite3_stmt *st = NULL;
     int ret;
@@ -526,8 +526,11 @@ int fedge_gov_dp_eligible(fedge_aggregator *a, size_t *n)
         sqlite3_reset(st);
         sqlite3_bind_text(st, 1, a->keys.devices[i].id, -1, SQLITE_STATIC);
         if (sqlite3_step(st) == SQLITE_ROW &&
-            fedge_gov_device_eligible(a, i, (const char *)sqlite3_column_text(st, 0)))
+            fedge_gov_device_eligible(a, i, (const char *)sqlite3_column_text(st, 0))) {
+            if (idx)
+                idx[*n] = i;
             (*n)++;
+        }
     }
 cleanup:
     sqlite3_finalize(st);
@@ -575,7 +578,7 @@ int fedge_gov_dp_charge(fedge_aggregator *a, size_t n_clients, double *epsilon, 
     *epsilon = -1;
     if (!fedge_policy_dp_enabled(a->policy))
         return FEDGE_ERR_STATE;
-    CHK(fedge_gov_dp_eligible(a, &eligible));
+    CHK(fedge_gov_eligible_devices(a, NULL, &eligible));
     size_t selected = a->n_selected ? a->n_selected : n_clients;
     double q = eligible > 0 ? fmin(1.0, (double)selected / (double)eligible) : 1.0;
     CHK(fedge_dp_ledger_spent(a->db, NULL, &spent));

@@ -52,6 +52,11 @@ int fedge_gov_sign_head(fedge_aggregator *a, uint32_t round);
  * hold up the quorum. */
 int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *status);
 
+/* The population a round samples from: the devices (status from the log)
+ * fedge_gov_device_eligible admits now, as indices into keys.devices in key
+ * order (idx: room for keys.n; NULL to count only). */
+int fedge_gov_eligible_devices(fedge_aggregator *a, size_t *idx, size_t *n);
+
 /* How many rounds late an update may arrive (the policy's max_staleness). */
 uint32_t fedge_gov_round_window(const fedge_aggregator *a);
 
@@ -73,8 +78,6 @@ int fedge_gov_staleness(fedge_aggregator *a, const uint8_t version[FEDGE_HASH_LE
 /* The device's ledger spend plus one contribution at the current settings. */
 int fedge_gov_dp_device_check(fedge_aggregator *a, const char *device, double *eps,
                               fedge_policy_decision *d);
-/* The population a round samples from: devices the policy would select now. */
-int fedge_gov_dp_eligible(fedge_aggregator *a, size_t *n);
 /* Per-update policy; writes the updates row (accepted, clipped or rejected),
  * the device's counter and the audit entry in one committed transaction.
  * *accepted and reason tell the client what happened. */

@@ -20,8 +20,6 @@
 #include "store.h"
 #include "strategy.h"
 
-static size_t quorum_count(const fedge_aggregator *a);
-
 /* Restores an open round left by a crash: participants and accepted updates. */
 static int resume_round(fedge_aggregator *a)
 {
@@ -98,16 +96,7 @@ static int open_round(fedge_aggregator *a, double now)
     allowed = malloc(a->keys.n * sizeof *allowed);
     if (!allowed)
         FAIL(FEDGE_ERR_NOMEM);
-    CHK(fedge_store_prepare(a->db, "SELECT status FROM devices WHERE id=?", &st));
-    for (size_t i = 0; i < a->keys.n; i++) {
-        sqlite3_reset(st);
-        sqlite3_bind_text(st, 1, a->keys.devices[i].id, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW &&
-            fedge_gov_device_eligible(a, i, (const char *)sqlite3_column_text(st, 0)))
-            allowed[n_allowed++] = i;
-    }
-    sqlite3_finalize(st);
-    st = NULL;
+    CHK(fedge_gov_eligible_devices(a, allowed, &n_allowed));
     if (n_allowed == 0) {
         FEDGE_WARN("no eligible devices; round %u not opened, retrying in 5s", round);
         a->start_at = now + 5.0;
@@ -365,15 +354,6 @@ static int sync_on_accepted(fedge_aggregator *a, double now)
     return FEDGE_OK;
 }
 
-static int tick_step(fedge_aggregator *a, double now);
-
-static int sync_on_tick(fedge_aggregator *a, double now)
-{
-    if (now < a->retry_at)
-        return FEDGE_OK;
-    return fedge_sched_transient(a, now, tick_step(a, now));
-}
-
 static int tick_step(fedge_aggregator *a, double now)
 {
     switch (a->state) {
@@ -393,6 +373,13 @@ static int tick_step(fedge_aggregator *a, double now)
         return FEDGE_OK;
     }
     return FEDGE_ERR_STATE;
+}
+
+static int sync_on_tick(fedge_aggregator *a, double now)
+{
+    if (now < a->retry_at)
+        return FEDGE_OK;
+    return fedge_sched_transient(a, now, tick_step(a, now));
 }
 
 static int was_participant(fedge_aggregator *a, uint32_t round, const char *device, int *was)
