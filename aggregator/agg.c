@@ -250,7 +250,6 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
 {
     fedge_ingest_snapshot snap;
     fedge_ingest_frame f = {0};
-    char status[16];
     int ret;
     int d = fedge_agg_device_index(a, device);
     (void)now;
@@ -259,9 +258,9 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
         snprintf(msg, msglen, "unknown device");
         return FEDGE_OK;
     }
-    CHK(fedge_ingest_snapshot_take(a, d, &snap, status, sizeof status));
+    CHK(fedge_ingest_snapshot_take(a, d, &snap));
     CHK(fedge_ingest_open(&snap, body, len, &f));
-    CHK(fedge_ingest_commit(a, d, device, status, &snap, &f, code, msg, msglen));
+    CHK(fedge_ingest_commit(a, d, device, &snap, &f, code, msg, msglen));
 cleanup:
     if (ret == FEDGE_ERR_BUSY) {
         /* transient: the device retries, nothing was stored */

@@ -44,18 +44,28 @@ static int code_for(int err)
     }
 }
 
-int fedge_ingest_snapshot_take(fedge_aggregator *a, int d, fedge_ingest_snapshot *snap, char *status,
-                               size_t status_len)
+/* devices.last_counter and devices.status of device index d */
+static int device_row(fedge_aggregator *a, int d, uint64_t *last_counter, char *status, size_t status_len)
 {
     sqlite3_stmt *st = NULL;
     int ret;
-    memset(snap, 0, sizeof *snap);
     CHK(fedge_store_prepare(a->db, "SELECT last_counter, status FROM devices WHERE id=?", &st));
     sqlite3_bind_text(st, 1, a->keys.devices[d].id, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_ROW)
         FAIL(FEDGE_ERR_NOT_FOUND);
-    snap->last_counter = (uint64_t)sqlite3_column_int64(st, 0);
+    *last_counter = (uint64_t)sqlite3_column_int64(st, 0);
     snprintf(status, status_len, "%s", (const char *)sqlite3_column_text(st, 1));
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int fedge_ingest_snapshot_take(fedge_aggregator *a, int d, fedge_ingest_snapshot *snap)
+{
+    char status[16];
+    int ret;
+    memset(snap, 0, sizeof *snap);
+    CHK(device_row(a, d, &snap->last_counter, status, sizeof status));
     snap->key = &a->dev_keys[d];
     snap->model_id = a->model_id;
     snap->n_params = a->model.n_params;
@@ -65,7 +75,6 @@ int fedge_ingest_snapshot_take(fedge_aggregator *a, int d, fedge_ingest_snapshot
     snap->max_len = a->max_update_bytes;
     snap->run_id = a->run_id;
 cleanup:
-    sqlite3_finalize(st);
     return ret;
 }
 
@@ -164,10 +173,11 @@ cleanup:
     return ret;
 }
 
-int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const char *status,
-                        const fedge_ingest_snapshot *snap, fedge_ingest_frame *f, int *code, char *msg,
-                        size_t msglen)
+int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fedge_ingest_snapshot *snap,
+                        fedge_ingest_frame *f, int *code, char *msg, size_t msglen)
 {
+    uint64_t last_counter = 0;
+    char status[16];
     int ret = FEDGE_OK;
     if (f->oversized) {
         reply(code, msg, msglen, 413, "update of %zu bytes exceeds the limit of %zu", f->len, snap->max_len);
@@ -177,7 +187,10 @@ int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const ch
         reply(code, msg, msglen, code_for(f->parse_status), "malformed update: %s", fedge_strerror(f->parse_status));
         goto cleanup;
     }
-    if (f->frame_counter <= snap->last_counter) {
+    /* read again: the frame may have been opened against an older
+     * snapshot, and the device's status may have changed since */
+    CHK(device_row(a, d, &last_counter, status, sizeof status));
+    if (f->frame_counter <= last_counter) {
         int found = 0, was_accepted = 0;
         uint32_t in_round = 0;
         char why[FEDGE_POLICY_REASON_MAX + FEDGE_POLICY_RULE_MAX + 4];
@@ -206,8 +219,15 @@ int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const ch
               " (no control-variate flag, n_elems = %zu)", snap->n_params);
         goto cleanup;
     }
-    if (f->open_status != FEDGE_OK) {
-        int vr = f->open_status;
+    /* valid against the snapshot; against now? (the same in the owner's
+     * own path; a frame opened earlier may have gone stale) */
+    int vr = f->open_status;
+    uint32_t window = fedge_gov_round_window(a);
+    if (vr == FEDGE_OK && f->counter <= last_counter)
+        vr = FEDGE_ERR_ENV_REPLAY;
+    else if (vr == FEDGE_OK && (f->header.round > a->round || a->round - f->header.round > window))
+        vr = FEDGE_ERR_DELTA_ROUND;
+    if (vr != FEDGE_OK) {
         if (vr == FEDGE_ERR_ENV_RUN)
             reply(code, msg, msglen, 409, "%s: this is run %.8s", fedge_strerror(vr), a->run_id_hex);
         else

@@ -1,6 +1,6 @@
 /* ingest.h — the path of one update (POST /update), in two stages:
  *
- *   fedge_ingest_snapshot_take  owner thread: what stage (a) needs, copied
+ *   fedge_ingest_snapshot_take  owner thread: what stage (a) needs
  *                               (device key, expected round / model id /
  *                               n_elems, the device's last counter)
  *   (a) fedge_ingest_open       ANY thread: frame size, envelope, header,
@@ -70,16 +70,18 @@ typedef struct {
     float *delta;                /* decoded, n_params (x 2 under SCAFFOLD) */
 } fedge_ingest_frame;
 
-/* Owner thread: the snapshot for device index d; *status gets devices.status. */
-int fedge_ingest_snapshot_take(fedge_aggregator *a, int d, fedge_ingest_snapshot *snap, char *status,
-                               size_t status_len);
+/* Owner thread: the snapshot for device index d. */
+int fedge_ingest_snapshot_take(fedge_aggregator *a, int d, fedge_ingest_snapshot *snap);
 /* (a): any thread. FEDGE_OK with *f filled (whatever the frame holds);
  * FEDGE_ERR_NOMEM only. */
 int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, fedge_ingest_frame *f);
 void fedge_ingest_frame_free(fedge_ingest_frame *f);
-/* (b): owner thread. snap and status as taken for this frame. */
-int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const char *status,
-                        const fedge_ingest_snapshot *snap, fedge_ingest_frame *f, int *code, char *msg,
-                        size_t msglen);
+/* (b): owner thread; snap is the one f was opened against. The device's
+ * counter and status are read again here, and the frame is checked against
+ * the current counter and round: one opened against an older snapshot that
+ * is no longer fresh is refused as a replay or a wrong round (4.09), so
+ * frames may be opened in any order or at once. */
+int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fedge_ingest_snapshot *snap,
+                        fedge_ingest_frame *f, int *code, char *msg, size_t msglen);
 
 #endif
