@@ -14,8 +14,8 @@
 
 #include "audit.h"
 #include "audit_impl.h"
-#include "combine.h"
 #include "clock.h"
+#include "combine.h"
 #include "common.h"
 #include "log.h"
 #include "policy.h"
