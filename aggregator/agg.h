@@ -1,7 +1,11 @@
 /* agg.h — the aggregator's state machine, independent of the transport.
  *
- * The CoAP server (server.c) maps requests onto these calls; tests drive
- * them directly. All durable state lives in the SQLite log (store.h) and the
+ * The CoAP server (server.c) maps requests onto these calls; tests and
+ * fedge-sim drive them directly. Each call is glue over one module (module
+ * map: docs/AGGREGATOR.md): the scheduler (scheduler.h: rounds), ingest
+ * (ingest.h: one update), the round close (close.h), the model store
+ * (modelstore.h), governance (governance.h: policy, DP, audit). All calls
+ * belong to one thread, the one that owns the database handle. All durable state lives in the SQLite log (store.h) and the
  * model store; the in-memory state can always be rebuilt from them
  * (fedge_agg_init resumes an open round after a crash).
  *
@@ -27,6 +31,7 @@
 #include <sqlite3.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "config.h"
 #include "dataset.h"
@@ -38,6 +43,7 @@
 #include "server_opt.h"
 
 struct fedge_policy;
+struct fedge_sched;
 struct fedge_signer;
 
 typedef enum { FEDGE_AGG_WAITING = 0, FEDGE_AGG_OPEN = 1, FEDGE_AGG_FINISHED = 2 } fedge_agg_state;
@@ -68,6 +74,7 @@ typedef struct {
     uint8_t run_id[16];           /* meta 'run_id': binds updates to this log */
     char run_id_hex[33];
 
+    const struct fedge_sched *sched; /* the run mode's scheduler (scheduler.h) */
     fedge_agg_state state;
     uint32_t round;               /* open round id, or last round when not open */
     double opened_at, deadline, finished_at, start_at; /* fedge_now() seconds */
@@ -98,6 +105,16 @@ typedef struct {
     uint8_t control_version[FEDGE_HASH_LEN];
     char control_version_hex[FEDGE_HASH_HEX_LEN];
 } fedge_aggregator;
+
+/* Index of device `id` in keys.devices (and the arrays parallel to it); -1
+ * when id is NULL or unknown. */
+static inline int fedge_agg_device_index(const fedge_aggregator *a, const char *id)
+{
+    if (!id)
+        return -1;
+    const fedge_device_entry *e = fedge_keys_find(&a->keys, id, strlen(id));
+    return e ? (int)(e - a->keys.devices) : -1;
+}
 
 /* Everything needed before serving: keys, database (resuming an open round),
  * current model, test set, policy. cfg is copied. On failure err names why. */

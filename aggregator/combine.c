@@ -56,3 +56,11 @@ int fedge_combine_params_check(const fedge_combine_params *p, char *why, size_t 
     }
     return FEDGE_OK;
 }
+
+double fedge_l2_norm(const float *v, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)v[i] * (double)v[i];
+    return sqrt(s);
+}

@@ -70,4 +70,7 @@ int fedge_combine_params_check(const fedge_combine_params *p, char *why, size_t 
 extern const fedge_combiner fedge_combine_mean, fedge_combine_median, fedge_combine_trimmed_mean,
     fedge_combine_krum, fedge_combine_multikrum, fedge_combine_bulyan;
 
+/* Euclidean norm of v, accumulated in double. */
+double fedge_l2_norm(const float *v, size_t n);
+
 #endif

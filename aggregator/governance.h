@@ -1,7 +1,13 @@
 /* governance.h — where the aggregator meets the policy engine and the audit
  * chain (policy/). The policy decides; these functions make the aggregator
  * obey and log: every decision becomes a row with its rule and reason, in the
- * same transaction as the state it changes, followed by an audit entry. */
+ * same transaction as the state it changes, followed by an audit entry.
+ *
+ * Its jobs, and only these: the policy (load, reload, per-update and
+ * per-round admission, device eligibility), DP accounting (the ledger),
+ * audit appends and signed heads, events rows, device status. It reads the
+ * aggregator's fields (agg.h's struct) but never calls agg, sched, ingest,
+ * close or the model store: they call it. Owner thread only (it uses a->db). */
 #ifndef FEDGE_GOVERNANCE_H
 #define FEDGE_GOVERNANCE_H
 
@@ -10,6 +16,7 @@
 
 #include "agg.h"
 #include "delta.h"
+#include "policy.h"
 
 typedef struct {
     int device_index;
@@ -24,14 +31,6 @@ typedef struct {
     size_t encoded_len;
     const uint8_t *sealed_sha256;    /* of the frame as received: tells a resend apart */
 } fedge_gov_update_in;
-
-typedef struct {
-    int ok;                          /* 0: round failed (reason says why) */
-    size_t n_used;                   /* updates that entered the aggregate */
-    size_t n_excluded;               /* accepted, then excluded by round checks */
-    double epsilon;                  /* cumulative epsilon after this round; -1 without DP */
-    char reason[320];                /* rule + ": " + the policy's reason */
-} fedge_gov_round_result;
 
 /* Loads the policy (cfg.policy_file or the default), the signing key, and
  * records the policy in the database. */
@@ -53,6 +52,11 @@ int fedge_gov_sign_head(fedge_aggregator *a, uint32_t round);
  * hold up the quorum. */
 int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *status);
 
+/* The population a round samples from: the devices (status from the log)
+ * fedge_gov_device_eligible admits now, as indices into keys.devices in key
+ * order (idx: room for keys.n; NULL to count only). */
+int fedge_gov_eligible_devices(fedge_aggregator *a, size_t *idx, size_t *n);
+
 /* How many rounds late an update may arrive (the policy's max_staleness). */
 uint32_t fedge_gov_round_window(const fedge_aggregator *a);
 
@@ -62,6 +66,18 @@ uint32_t fedge_gov_round_window(const fedge_aggregator *a);
  * no ledger row (a log from before the ledger): their cost is unknown. */
 int fedge_gov_round_admission(fedge_aggregator *a, uint32_t round, size_t k, size_t n_allowed,
                               int *refused, char *reason, size_t reason_len);
+/* Staleness of an update's base model: the model versions published since
+ * it was last the current one. An update on the current model is fresh. For
+ * an older base, every round that closed after the last round that
+ * published it (as an aggregate, or a refinement in that round) published
+ * one; failed rounds publish nothing. A round whose aggregate re-publishes
+ * its base (a zero delta) makes that base current again. *found = 0: not a
+ * version of this log. */
+int fedge_gov_staleness(fedge_aggregator *a, const uint8_t version[FEDGE_HASH_LEN], int *found,
+                        uint32_t *staleness);
+/* The device's ledger spend plus one contribution at the current settings. */
+int fedge_gov_dp_device_check(fedge_aggregator *a, const char *device, double *eps,
+                              fedge_policy_decision *d);
 /* Per-update policy; writes the updates row (accepted, clipped or rejected),
  * the device's counter and the audit entry in one committed transaction.
  * *accepted and reason tell the client what happened. */
@@ -77,22 +93,6 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
  * epsilon after this round. */
 int fedge_gov_dp_charge(fedge_aggregator *a, size_t n_clients, double *epsilon, int *over,
                         char *reason, size_t reason_len);
-/* Round close, inside the caller's transaction: streams the accepted deltas
- * one at a time (memory O(n_params): one pass for sums and norms, one for
- * the anomaly rule's dot products when it runs), excludes with an audited
- * reason any stored update that cannot be used (unreadable, stated sample
- * count out of bounds, non-finite, the wrong SCAFFOLD form), applies the
- * round rules, then the strategy (strategy.h): the combiner (or DP-FedAvg's
- * noisy sum) reads the usable deltas back by blocks of aggregation_block
- * coordinates (memory O(n_updates × block)), the server optimiser steps a
- * copy of its state (a->opt_next, a->control_next) and the result goes to
- * a->model. A robust rule's selection is logged (audited
- * aggregation_left_out event). A round the combiner cannot take (too few
- * updates) or whose step would make the model or the state non-finite
- * fails (res->ok = 0) with the model and the state as they were. Errors are
- * the daemon's own faults (SQL, memory). */
-int fedge_gov_aggregate(fedge_aggregator *a, fedge_gov_round_result *res);
-
 /* Operator action on a device: status allowed|suspended|revoked, with a
  * reason. Updates devices.status and logs an audited events row (kind
  * "device_status", rule "operator") in one transaction. A running

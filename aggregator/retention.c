@@ -15,17 +15,6 @@
 #include "log.h"
 #include "store.h"
 
-static int exec_sql(sqlite3 *db, const char *sql)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        FEDGE_ERROR("sqlite: %s (%s)", msg ? msg : sqlite3_errmsg(db), sql);
-        sqlite3_free(msg);
-        return FEDGE_ERR_SQL;
-    }
-    return FEDGE_OK;
-}
-
 typedef struct {
     int64_t *v;
     size_t n, cap;
@@ -300,7 +289,7 @@ int fedge_retention_migrate_v1(sqlite3 *db)
         goto commit; /* another process migrated it meanwhile */
     if (strcmp(version, "1") != 0)
         FAIL(FEDGE_ERR_AUDIT_NOT_FEDGE_DB);
-    CHK(exec_sql(db, "ALTER TABLE updates ADD COLUMN delta_sha256 BLOB;"
+    CHK(fedge_store_exec(db, "ALTER TABLE updates ADD COLUMN delta_sha256 BLOB;"
                      "ALTER TABLE updates ADD COLUMN delta_pruned_round INTEGER;"));
     CHK(select_ids(db, "SELECT id FROM updates WHERE delta IS NOT NULL ORDER BY id", 0,
                    &ids));
@@ -322,7 +311,7 @@ int fedge_retention_migrate_v1(sqlite3 *db)
     sqlite3_finalize(get); /* VACUUM below needs no statement in progress */
     sqlite3_finalize(put);
     get = put = NULL;
-    CHK(exec_sql(db, "UPDATE meta SET value = '" FEDGE_SCHEMA_VERSION "' WHERE key = 'fedge_schema'"));
+    CHK(fedge_store_exec(db, "UPDATE meta SET value = '" FEDGE_SCHEMA_VERSION "' WHERE key = 'fedge_schema'"));
     FEDGE_INFO("database migrated from schema 1 to " FEDGE_SCHEMA_VERSION
                ": %zu delta hashes stored",
                ids.n);

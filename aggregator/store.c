@@ -75,7 +75,7 @@ int fedge_store_status(int rc)
     }
 }
 
-static int exec_sql(sqlite3 *db, const char *sql)
+int fedge_store_exec(sqlite3 *db, const char *sql)
 {
     char *msg = NULL;
     int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
@@ -148,8 +148,8 @@ cleanup:
     return ret;
 }
 
-int fedge_store_begin(sqlite3 *db) { return exec_sql(db, "BEGIN IMMEDIATE"); }
-int fedge_store_commit(sqlite3 *db) { return exec_sql(db, "COMMIT"); }
+int fedge_store_begin(sqlite3 *db) { return fedge_store_exec(db, "BEGIN IMMEDIATE"); }
+int fedge_store_commit(sqlite3 *db) { return fedge_store_exec(db, "COMMIT"); }
 
 void fedge_store_rollback(sqlite3 *db)
 {
@@ -170,9 +170,9 @@ static int migrate(sqlite3 *db)
     sqlite3_finalize(st);
     st = NULL;
     if (!has_sealed)
-        CHK(exec_sql(db, "ALTER TABLE updates ADD COLUMN sealed_sha256 BLOB"));
-    CHK(exec_sql(db, DP_LEDGER_SQL));
-    CHK(exec_sql(db, STRATEGY_STATE_SQL));
+        CHK(fedge_store_exec(db, "ALTER TABLE updates ADD COLUMN sealed_sha256 BLOB"));
+    CHK(fedge_store_exec(db, DP_LEDGER_SQL));
+    CHK(fedge_store_exec(db, STRATEGY_STATE_SQL));
 cleanup:
     sqlite3_finalize(st);
     return ret;
@@ -279,14 +279,14 @@ int fedge_store_open_db(const char *path, int read_only, sqlite3 **out)
         goto cleanup;
     }
     if (state == 0) /* only before the first table: lets retention shrink the file */
-        CHK(exec_sql(db, "PRAGMA auto_vacuum=INCREMENTAL"));
-    CHK(exec_sql(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
+        CHK(fedge_store_exec(db, "PRAGMA auto_vacuum=INCREMENTAL"));
+    CHK(fedge_store_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
     if (state == 2)
         CHK(fedge_retention_migrate_v1(db));
     if (state == 0) {
         CHK(fedge_store_begin(db));
-        CHK(exec_sql(db, SCHEMA_SQL));
-        CHK(exec_sql(db, "INSERT INTO meta(key, value) VALUES('fedge_schema', '" FEDGE_SCHEMA_VERSION
+        CHK(fedge_store_exec(db, SCHEMA_SQL));
+        CHK(fedge_store_exec(db, "INSERT INTO meta(key, value) VALUES('fedge_schema', '" FEDGE_SCHEMA_VERSION
                          "'), ('created_at', strftime('%Y-%m-%dT%H:%M:%fZ','now'))"));
         CHK(fedge_store_commit(db));
     } else {

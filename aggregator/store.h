@@ -77,6 +77,8 @@ int fedge_store_open_db(const char *path, int read_only, sqlite3 **db);
 /* The log's run id (meta 'run_id'), created at random on first use. */
 int fedge_store_run_id(sqlite3 *db, uint8_t run_id[FEDGE_STORE_RUN_ID_LEN]);
 
+/* Runs sql (one or more statements without parameters). */
+int fedge_store_exec(sqlite3 *db, const char *sql);
 /* Prepares sql (logging SQLite's message on failure). */
 int fedge_store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st);
 /* Steps a statement that returns no row and finalizes it. */

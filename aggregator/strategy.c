@@ -12,6 +12,7 @@
 #include "governance.h"
 #include "log.h"
 #include "modelfile.h"
+#include "policy.h"
 #include "store.h"
 
 static const char *const CONTROL_NAMES[] = {"control"};
@@ -90,6 +91,13 @@ static int publish_control(fedge_aggregator *a)
     memcpy(a->control_version, version, FEDGE_HASH_LEN);
     fedge_hash_to_hex(version, a->control_version_hex);
     return FEDGE_OK;
+}
+
+void fedge_strategy_name(fedge_aggregator *a)
+{
+    int dp = fedge_policy_dp_enabled(a->policy);
+    if (fedge_strategy_describe(&a->cfg, dp, a->strategy, sizeof a->strategy) != FEDGE_OK)
+        snprintf(a->strategy, sizeof a->strategy, "%s", dp ? "dp-fedavg" : "fedavg");
 }
 
 static int state_params(const fedge_agg_config *c, fedge_server_opt_params *p)
@@ -298,12 +306,4 @@ int fedge_strategy_carry(fedge_aggregator *a, const char *from, const char *to)
 cleanup:
     sqlite3_finalize(st);
     return ret;
-}
-
-double fedge_l2_norm(const float *v, size_t n)
-{
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)v[i] * (double)v[i];
-    return sqrt(s);
 }

@@ -27,6 +27,9 @@
 #include "agg.h"
 
 int fedge_strategy_describe(const fedge_agg_config *c, int dp, char *buf, size_t cap);
+/* a->strategy = the description for the config and the current policy's DP
+ * (after fedge_gov_init and after each policy reload). */
+void fedge_strategy_name(fedge_aggregator *a);
 
 /* Allocates the state for a->model and loads the current version's row
  * (call after the current model and the policy are loaded). */
@@ -45,7 +48,5 @@ void fedge_strategy_discard(fedge_aggregator *a);
 /* A refinement published `to` from `from`: the state carries over (caller's
  * transaction). */
 int fedge_strategy_carry(fedge_aggregator *a, const char *from, const char *to);
-
-double fedge_l2_norm(const float *v, size_t n);
 
 #endif

@@ -1,0 +1,59 @@
+/* scheduler.h — the scheduler: when rounds (or, later, aggregation steps) open
+ * and close, and which device may send an update now. One interface, one
+ * implementation per run mode, chosen by name from a table (scheduler.c):
+ * "sync" (sched_sync.c) is synchronous rounds with a fixed participant set.
+ * A new mode (async FedBuff) is one more file and one row.
+ *
+ * Every hook runs on the owner thread (the one that owns a->db) and may
+ * write the log. The in-memory state they keep is agg.h's: state, round,
+ * deadline, selected/submitted, the counters. Errors are the daemon's own
+ * (SQL, I/O, memory); FEDGE_ERR_BUSY from the tick is retried every second
+ * up to db_busy_retry_s (fedge_sched_transient). */
+#ifndef FEDGE_SCHEDULER_H
+#define FEDGE_SCHEDULER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agg.h"
+
+/* What GET /round tells device d (-1: unknown) about the schedule now. */
+typedef struct {
+    int selected;        /* may send an update now */
+    double deadline_ms;  /* left until the current round's deadline; 0 when none */
+} fedge_sched_view;
+
+typedef struct fedge_sched {
+    const char *mode;
+    /* At init, after the model store and the strategy are loaded: rebuild
+     * the counters and any open round from the log (a crash), and decide
+     * whether the run has already finished. */
+    int (*resume)(fedge_aggregator *a);
+    /* By the clock (fedge_agg_tick). */
+    int (*on_tick)(fedge_aggregator *a, double now);
+    /* After accepted updates (fedge_agg_maybe_close): close at quorum. */
+    int (*on_accepted)(fedge_aggregator *a, double now);
+    /* May device d send an update trained for `for_round` (read from the
+     * frame's header; the open round when unreadable) now? *ok = 0: refused,
+     * *code and msg are the reply. May read the log. */
+    int (*admit)(fedge_aggregator *a, int d, const char *device, uint32_t for_round, int *ok, int *code,
+                 char *msg, size_t msglen);
+    /* The update's decision is logged: count it (bytes on the wire). */
+    void (*counted)(fedge_aggregator *a, int d, int accepted, size_t bytes);
+    void (*view)(const fedge_aggregator *a, int d, double now, fedge_sched_view *v);
+} fedge_sched;
+
+/* The scheduler for a run mode ("sync"); NULL when there is none. */
+const fedge_sched *fedge_sched_find(const char *mode);
+
+/* Helpers shared by the schedulers (scheduler.c). */
+/* FEDGE_ERR_BUSY is transient: sets a->retry_at a second ahead and returns
+ * FEDGE_OK until the streak has lasted db_busy_retry_s, then returns it. */
+int fedge_sched_transient(fedge_aggregator *a, double now, int ret);
+/* rounds_done, rounds_aggregated, the last round id and accuracy from the log. */
+int fedge_sched_count_rounds(fedge_aggregator *a);
+/* fedge_agg_outcome's meaning: 0 when at least one round aggregated (or
+ * none was due), 3 when none did; msg says what happened. */
+int fedge_sched_outcome(const fedge_aggregator *a, char *msg, size_t msglen);
+
+#endif

@@ -1,0 +1,425 @@
+/* The update path (aggregator/ingest.h): stage (a), fedge_ingest_open, is a
+ * pure function of the frame and a snapshot, run here with no aggregator,
+ * no database and on other threads; stage (b), fedge_ingest_commit, judges
+ * a frame opened against an older snapshot by the counter and round of now.
+ * And the scheduler table (aggregator/scheduler.h). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "hash.h"
+#include "ingest.h"
+#include "log.h"
+#include "scheduler.h"
+#include "store.h"
+#include "update.h"
+
+#include "agg_fixture.h"
+
+#define N_PARAMS 40
+
+typedef struct {
+    fedge_device_key key;
+    uint8_t run_id[FEDGE_RUN_ID_LEN];
+    fedge_ingest_snapshot snap;
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *fx = calloc(1, sizeof *fx);
+    uint8_t secret[FEDGE_SECRET_LEN];
+    assert_non_null(fx);
+    for (size_t i = 0; i < sizeof secret; i++)
+        secret[i] = (uint8_t)(3 * i + 1);
+    assert_int_equal(fedge_envelope_derive_key(secret, sizeof secret, "dev-a", &fx->key), FEDGE_OK);
+    for (size_t i = 0; i < sizeof fx->run_id; i++)
+        fx->run_id[i] = (uint8_t)(0xa0 + i);
+    fx->snap = (fedge_ingest_snapshot){
+        .key = &fx->key,
+        .model_id = 0x1234,
+        .n_params = N_PARAMS,
+        .round = 5,
+        .round_window = 0,
+        .last_counter = 7,
+        .max_len = 4096,
+        .run_id = fx->run_id,
+    };
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    free(*state);
+    return 0;
+}
+
+/* A sealed fp32 update: delta[i] = fill * (i % 5 - 2); control adds the
+ * control-variate half (flag and 2 x N_PARAMS elements). */
+static uint8_t *seal(const fixture *fx, uint64_t counter, uint32_t round, float fill, int control, size_t *len)
+{
+    float delta[2 * N_PARAMS];
+    for (size_t i = 0; i < 2 * N_PARAMS; i++)
+        delta[i] = fill * (float)((int)(i % 5) - 2);
+    fedge_delta_header h = {
+        .encoding = FEDGE_ENC_FP32,
+        .flags = control ? FEDGE_DELTA_FLAG_CONTROL : 0,
+        .model_id = fx->snap.model_id,
+        .round = round,
+        .n_samples = 12,
+        .n_elems = control ? 2 * N_PARAMS : N_PARAMS,
+    };
+    uint8_t *out = NULL;
+    assert_int_equal(fedge_update_seal(&fx->key, counter, fx->run_id, &h, delta, NULL, &out, len), FEDGE_OK);
+    return out;
+}
+
+static void test_open_good_frame(void **state)
+{
+    fixture *fx = *state;
+    size_t len;
+    uint8_t *body = seal(fx, 8, 5, 0.25f, 0, &len);
+    uint8_t want[FEDGE_HASH_LEN];
+    fedge_ingest_frame f;
+    assert_int_equal(fedge_ingest_open(&fx->snap, body, len, &f), FEDGE_OK);
+    assert_false(f.oversized);
+    assert_int_equal(f.parse_status, FEDGE_OK);
+    assert_int_equal(f.form, FEDGE_INGEST_FORM_OK);
+    assert_true(f.opened);
+    assert_int_equal(f.open_status, FEDGE_OK);
+    assert_int_equal(f.counter, 8);
+    assert_int_equal(f.frame_counter, 8);
+    assert_true(f.have_header);
+    assert_int_equal(f.header.round, 5);
+    assert_int_equal(f.header.n_samples, 12);
+    for (size_t i = 0; i < N_PARAMS; i++)
+        assert_true(f.delta[i] == 0.25f * (float)((int)(i % 5) - 2));
+    assert_int_equal(fedge_sha256(body, len, want), FEDGE_OK);
+    assert_memory_equal(f.sealed_sha256, want, FEDGE_HASH_LEN);
+    assert_int_equal(f.encoded_len, FEDGE_DELTA_HEADER_LEN + N_PARAMS * sizeof(float));
+    fedge_ingest_frame_free(&f);
+    assert_null(f.plain);
+    free(body);
+}
+
+/* Freshness is judged against the snapshot's counter, nothing else. */
+static void test_open_counter_against_snapshot(void **state)
+{
+    fixture *fx = *state;
+    size_t len;
+    uint8_t *body = seal(fx, 7, 5, 0.1f, 0, &len);
+    fedge_ingest_frame f;
+    assert_int_equal(fedge_ingest_open(&fx->snap, body, len, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_ERR_ENV_REPLAY);
+    assert_int_equal(f.frame_counter, 7);
+    fedge_ingest_frame_free(&f);
+    fedge_ingest_snapshot older = fx->snap;
+    older.last_counter = 6;
+    assert_int_equal(fedge_ingest_open(&older, body, len, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_OK);
+    fedge_ingest_frame_free(&f);
+    free(body);
+}
+
+static void test_open_records_each_refusal(void **state)
+{
+    fixture *fx = *state;
+    size_t len;
+    uint8_t *body = seal(fx, 9, 5, 0.1f, 0, &len);
+    fedge_ingest_frame f;
+    fedge_ingest_snapshot s = fx->snap;
+
+    s.max_len = len - 1; /* over the limit: nothing else is looked at */
+    assert_int_equal(fedge_ingest_open(&s, body, len, &f), FEDGE_OK);
+    assert_true(f.oversized);
+    assert_false(f.opened);
+    fedge_ingest_frame_free(&f);
+
+    uint8_t junk[80] = {1, 2, 3};
+    assert_int_equal(fedge_ingest_open(&fx->snap, junk, sizeof junk, &f), FEDGE_OK);
+    assert_int_not_equal(f.parse_status, FEDGE_OK);
+    assert_false(f.opened);
+    fedge_ingest_frame_free(&f);
+
+    s = fx->snap;
+    s.scaffold = 1; /* the model delta alone in a SCAFFOLD run: not opened */
+    assert_int_equal(fedge_ingest_open(&s, body, len, &f), FEDGE_OK);
+    assert_int_equal(f.form, FEDGE_INGEST_FORM_NEEDS_CONTROL);
+    assert_false(f.opened);
+    fedge_ingest_frame_free(&f);
+    free(body);
+
+    body = seal(fx, 9, 5, 0.1f, 1, &len); /* a control delta outside SCAFFOLD */
+    assert_int_equal(fedge_ingest_open(&fx->snap, body, len, &f), FEDGE_OK);
+    assert_int_equal(f.form, FEDGE_INGEST_FORM_NO_CONTROL);
+    assert_false(f.opened);
+    fedge_ingest_frame_free(&f);
+    s.scaffold = 1;
+    assert_int_equal(fedge_ingest_open(&s, body, len, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_OK);
+    fedge_ingest_frame_free(&f);
+    free(body);
+
+    body = seal(fx, 9, 4, 0.1f, 0, &len); /* a past round outside the window */
+    assert_int_equal(fedge_ingest_open(&fx->snap, body, len, &f), FEDGE_OK);
+    assert_int_equal(f.peek.round, 4);
+    assert_int_equal(f.open_status, FEDGE_ERR_DELTA_ROUND);
+    fedge_ingest_frame_free(&f);
+    s = fx->snap;
+    s.round_window = 1;
+    assert_int_equal(fedge_ingest_open(&s, body, len, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_OK);
+    fedge_ingest_frame_free(&f);
+    body[len - 1] ^= 1; /* the tag */
+    assert_int_equal(fedge_ingest_open(&s, body, len, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_ERR_ENV_AUTH);
+    fedge_ingest_frame_free(&f);
+    free(body);
+}
+
+typedef struct {
+    const fedge_ingest_snapshot *snap;
+    const uint8_t *body;
+    size_t len;
+    int ret, open_status;
+    float first;
+} open_job;
+
+static void *open_on_thread(void *p)
+{
+    open_job *j = p;
+    fedge_ingest_frame f;
+    j->ret = fedge_ingest_open(j->snap, j->body, j->len, &f);
+    j->open_status = f.open_status;
+    j->first = f.delta ? f.delta[0] : 0;
+    fedge_ingest_frame_free(&f);
+    return NULL;
+}
+
+static void test_open_on_worker_threads(void **state)
+{
+    fixture *fx = *state;
+    enum { N = 4 };
+    open_job jobs[N];
+    uint8_t *bodies[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        bodies[i] = seal(fx, 10 + (uint64_t)i, 5, 0.5f * (float)(i + 1), 0, &jobs[i].len);
+        jobs[i].snap = &fx->snap;
+        jobs[i].body = bodies[i];
+        assert_int_equal(pthread_create(&th[i], NULL, open_on_thread, &jobs[i]), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(jobs[i].ret, FEDGE_OK);
+        assert_int_equal(jobs[i].open_status, FEDGE_OK);
+        assert_true(jobs[i].first == -2.0f * 0.5f * (float)(i + 1));
+        free(bodies[i]);
+    }
+}
+
+static void test_scheduler_table(void **state)
+{
+    (void)state;
+    const fedge_sched *s = fedge_sched_find("sync");
+    assert_non_null(s);
+    assert_string_equal(s->mode, "sync");
+    assert_non_null(s->resume);
+    assert_non_null(s->on_tick);
+    assert_non_null(s->on_accepted);
+    assert_non_null(s->admit);
+    assert_non_null(s->counted);
+    assert_non_null(s->view);
+    assert_null(fedge_sched_find("async")); /* not built yet */
+    assert_null(fedge_sched_find(""));
+}
+
+/* ---- stage (b) on a real aggregator ---------------------------------------- */
+
+#define N_DEV 3
+static const char *DEVICES[N_DEV] = {"dev-a", "dev-b", "dev-c"};
+
+typedef struct {
+    char dir[64];
+    fedge_aggregator agg;
+    fedge_device_key keys[N_DEV];
+} agg_fixture;
+
+/* Three devices, all selected; the policy refuses a delta whose norm is over 1. */
+static int setup_agg(void **state)
+{
+    agg_fixture *fx = calloc(1, sizeof *fx);
+    fedge_agg_config cfg;
+    char err[256] = "";
+    assert_non_null(fx);
+    snprintf(fx->dir, sizeof fx->dir, "/tmp/fedge-ingest-XXXXXX");
+    assert_non_null(mkdtemp(fx->dir));
+    fedge_log_set_level(FEDGE_LOG_ERROR);
+    fedge_agg_config_defaults(&cfg);
+    snprintf(cfg.keys_file, sizeof cfg.keys_file, "%s/keys", fx->dir);
+    fixture_write_keys(cfg.keys_file, DEVICES, N_DEV);
+    snprintf(cfg.test_data, sizeof cfg.test_data, "%s/test.bin", fx->dir);
+    fixture_write_test_shard(cfg.test_data, 60);
+    snprintf(cfg.db, sizeof cfg.db, "%s/fedge.db", fx->dir);
+    snprintf(cfg.model_dir, sizeof cfg.model_dir, "%s/models", fx->dir);
+    snprintf(cfg.model_spec, sizeof cfg.model_spec, "mlp:16-8-3");
+    snprintf(cfg.policy_file, sizeof cfg.policy_file, "%s/policy.yaml", fx->dir);
+    FILE *f = fopen(cfg.policy_file, "w");
+    assert_non_null(f);
+    fputs("version: 1\nname: norm\nupdate:\n  max_norm: 1.0\n  norm_action: reject\n", f);
+    fclose(f);
+    cfg.rounds = 3;
+    cfg.round_timeout_s = 600;
+    assert_int_equal(fedge_agg_config_validate(&cfg, err, sizeof err), FEDGE_OK);
+    for (int i = 0; i < N_DEV; i++) {
+        uint8_t sec[FEDGE_SECRET_LEN];
+        fixture_secret(i, sec);
+        assert_int_equal(fedge_envelope_derive_key(sec, sizeof sec, DEVICES[i], &fx->keys[i]), FEDGE_OK);
+    }
+    if (fedge_agg_init(&fx->agg, &cfg, err, sizeof err) != FEDGE_OK)
+        fail_msg("fedge_agg_init: %s", err);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    assert_int_equal(fx->agg.round, 1);
+    assert_int_equal(fx->agg.selected[0], 1);
+    *state = fx;
+    return 0;
+}
+
+static int teardown_agg(void **state)
+{
+    agg_fixture *fx = *state;
+    char cmd[160];
+    fedge_agg_free(&fx->agg);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
+    assert_int_equal(system(cmd), 0);
+    free(fx);
+    return 0;
+}
+
+static uint8_t *seal_for(agg_fixture *fx, int dev, uint64_t counter, uint32_t round, float fill, size_t *len)
+{
+    size_t n = fx->agg.model.n_params;
+    float *delta = malloc(n * sizeof *delta);
+    assert_non_null(delta);
+    for (size_t i = 0; i < n; i++)
+        delta[i] = fill * (float)((int)(i % 3) - 1);
+    fedge_delta_header h = {
+        .encoding = FEDGE_ENC_FP32,
+        .model_id = fx->agg.model_id,
+        .round = round,
+        .n_samples = 10,
+        .n_elems = (uint32_t)n,
+    };
+    memcpy(h.base_version, fx->agg.version, FEDGE_HASH_LEN);
+    uint8_t *out = NULL;
+    assert_int_equal(fedge_update_seal(&fx->keys[dev], counter, fx->agg.run_id, &h, delta, NULL, &out, len),
+                     FEDGE_OK);
+    free(delta);
+    return out;
+}
+
+static int64_t update_rows(agg_fixture *fx, const char *device)
+{
+    int64_t n = -1;
+    assert_int_equal(fedge_store_query_int64(fx->agg.db, &n, NULL, "SELECT count(*) FROM updates WHERE device=?",
+                                             "t", device),
+                     FEDGE_OK);
+    return n;
+}
+
+/* Two frames with counter 1 opened against the same snapshot (last counter
+ * 0), as a worker pool would: once the first is logged (refused by the
+ * policy, which still spends the counter), the second is a replay. */
+static void test_commit_rechecks_counter(void **state)
+{
+    agg_fixture *fx = *state;
+    fedge_ingest_snapshot snap;
+    fedge_ingest_frame big, small;
+    size_t big_len, small_len;
+    int code = 0;
+    char msg[320];
+    uint8_t *big_body = seal_for(fx, 0, 1, 1, 5.0f, &big_len);
+    uint8_t *small_body = seal_for(fx, 0, 1, 1, 0.01f, &small_len);
+    assert_int_equal(fedge_ingest_snapshot_take(&fx->agg, 0, &snap), FEDGE_OK);
+    assert_int_equal(snap.last_counter, 0);
+    assert_int_equal(fedge_ingest_open(&snap, big_body, big_len, &big), FEDGE_OK);
+    assert_int_equal(fedge_ingest_open(&snap, small_body, small_len, &small), FEDGE_OK);
+    assert_int_equal(big.open_status, FEDGE_OK);
+    assert_int_equal(small.open_status, FEDGE_OK);
+
+    assert_int_equal(fedge_ingest_commit(&fx->agg, 0, "dev-a", &snap, &big, &code, msg, sizeof msg), FEDGE_OK);
+    assert_int_equal(code, 403);
+    assert_non_null(strstr(msg, "max_norm"));
+    assert_int_equal(fedge_ingest_commit(&fx->agg, 0, "dev-a", &snap, &small, &code, msg, sizeof msg), FEDGE_OK);
+    assert_int_equal(code, 409);
+    assert_string_equal(msg, fedge_strerror(FEDGE_ERR_ENV_REPLAY));
+    assert_int_equal(update_rows(fx, "dev-a"), 1);
+    assert_int_equal(fx->agg.n_accepted, 0);
+    fedge_ingest_frame_free(&big);
+    fedge_ingest_frame_free(&small);
+    free(big_body);
+    free(small_body);
+}
+
+/* A frame for round 1 opened while round 1 was open, committed after round
+ * 1 has ended and round 2 opened (the device selected again): out of the
+ * window (max_staleness 0), so refused as the wrong round, not counted in
+ * round 2. */
+static void test_commit_rechecks_round(void **state)
+{
+    agg_fixture *fx = *state;
+    fedge_ingest_snapshot snap;
+    fedge_ingest_frame f;
+    size_t len;
+    int code = 0;
+    char msg[320];
+    uint8_t *body = seal_for(fx, 0, 1, 1, 0.01f, &len);
+    assert_int_equal(fedge_ingest_snapshot_take(&fx->agg, 0, &snap), FEDGE_OK);
+    assert_int_equal(fedge_ingest_open(&snap, body, len, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_OK);
+
+    fx->agg.deadline = 0; /* round 1 ends with nothing: it fails, the model stays */
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    assert_int_equal(fx->agg.round, 2);
+    assert_int_equal(fx->agg.selected[0], 1);
+
+    assert_int_equal(fedge_ingest_commit(&fx->agg, 0, "dev-a", &snap, &f, &code, msg, sizeof msg), FEDGE_OK);
+    assert_int_equal(code, 409);
+    assert_string_equal(msg, fedge_strerror(FEDGE_ERR_DELTA_ROUND));
+    assert_int_equal(update_rows(fx, "dev-a"), 0);
+    assert_int_equal(fx->agg.n_accepted, 0);
+    fedge_ingest_frame_free(&f);
+    free(body);
+
+    /* the same update sealed for round 2 goes in */
+    body = seal_for(fx, 0, 2, 2, 0.01f, &len);
+    assert_int_equal(fedge_agg_submit(&fx->agg, "dev-a", body, len, fedge_now(), &code, msg, sizeof msg), FEDGE_OK);
+    assert_int_equal(code, 204);
+    assert_int_equal(update_rows(fx, "dev-a"), 1);
+    free(body);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_open_good_frame, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_counter_against_snapshot, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_records_each_refusal, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_on_worker_threads, setup, teardown),
+        cmocka_unit_test(test_scheduler_table),
+        cmocka_unit_test_setup_teardown(test_commit_rechecks_counter, setup_agg, teardown_agg),
+        cmocka_unit_test_setup_teardown(test_commit_rechecks_round, setup_agg, teardown_agg),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
