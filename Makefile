@@ -99,7 +99,11 @@ LDFLAGS += $(SANFLAGS) $(CROSS_LDFLAGS)
 COAP_LIBS := -L$(DEPS_DIR)/lib -lcoap-3-mbedtls
 TLS_LIBS := -lmbedtls -lmbedx509 -lmbedcrypto
 SYS_LIBS := $(BLAS_LIBS) -lz -lm -lpthread
-SERVER_LIBS := $(COAP_LIBS) $(TLS_LIBS) -lsqlite3 -lyaml $(SYS_LIBS)
+# OpenSSL's libcrypto: the fast SHA-256 / AES-GCM backend (shared/crypto.h) of
+# the server programs. Only those that call fedge_crypto_use_openssl() pull
+# shared/crypto_openssl.o out of libfedge.a; the edge links neither.
+OPENSSL_LIBS := -lcrypto
+SERVER_LIBS := $(COAP_LIBS) $(TLS_LIBS) $(OPENSSL_LIBS) -lsqlite3 -lyaml $(SYS_LIBS)
 
 ifeq ($(V),1)
   Q :=
@@ -108,6 +112,10 @@ else
 endif
 
 SHARED_SRC := $(wildcard shared/*.c)
+ifneq ($(CROSS),)
+  # a cross build is the edge's: no libssl-dev for the target
+  SHARED_SRC := $(filter-out shared/crypto_openssl.c,$(SHARED_SRC))
+endif
 POLICY_SRC := $(wildcard policy/*.c)
 AGG_SRC := $(filter-out aggregator/main.c,$(wildcard aggregator/*.c aggregator/*/*.c))
 EDGE_SRC := $(filter-out edge/main.c,$(wildcard edge/*.c))

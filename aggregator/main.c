@@ -9,6 +9,7 @@
 #include "agg.h"
 #include "blas.h"
 #include "common.h"
+#include "crypto.h"
 #include "config.h"
 #include "instance_lock.h"
 #include "log.h"
@@ -66,6 +67,8 @@ int main(int argc, char **argv)
         fedge_text_eprintf("fedge-aggregator", "FEDGE_BLAS_THREADS: want 1..%d", FEDGE_BLAS_MAX_THREADS);
         return 2;
     }
+    if (fedge_crypto_use_openssl() != FEDGE_OK) /* mbedTLS stays: the same bytes, slower */
+        FEDGE_WARN("OpenSSL lacks SHA-256 or AES-GCM: crypto on mbedTLS");
     fedge_agg_config_defaults(&cfg);
     /* The config file first, so the command line overrides it. */
     for (int i = 1; i < argc; i++) {

@@ -11,7 +11,6 @@
 
 #include <mbedtls/ecp.h>
 #include <mbedtls/platform_util.h>
-#include <mbedtls/sha256.h>
 
 #include "audit_impl.h"
 #include "bytes.h"

@@ -1,15 +1,16 @@
-/* envelope.c — AES-256-GCM frames keyed per device (see envelope.h). */
+/* envelope.c — AES-256-GCM frames keyed per device (see envelope.h); GCM on
+ * crypto.h's backend, HKDF and HMAC on mbedTLS. */
 #include "envelope.h"
 
 #include <string.h>
 
-#include <mbedtls/gcm.h>
 #include <mbedtls/hkdf.h>
 #include <mbedtls/md.h>
 #include <mbedtls/platform_util.h>
 
 #include "bytes.h"
 #include "common.h"
+#include "crypto.h"
 #include "hash.h"
 
 static const uint8_t env_magic[4] = {'F', 'E', 'N', 'V'};
@@ -98,8 +99,6 @@ int fedge_envelope_seal(const fedge_device_key *k, uint64_t counter,
         return FEDGE_ERR_INVALID_ARG;
 
     int ret = FEDGE_OK;
-    mbedtls_gcm_context gcm;
-    mbedtls_gcm_init(&gcm);
     memcpy(out, env_magic, 4);
     fedge_put_u16(out + 4, ENV_VERSION);
     fedge_put_u16(out + 6, 0);
@@ -111,15 +110,10 @@ int fedge_envelope_seal(const fedge_device_key *k, uint64_t counter,
     fedge_put_u32(out + 40, (uint32_t)plain_len);
     if (aad_len > 0 && aad != out_aad)
         memcpy(out_aad, aad, aad_len);
-    if (mbedtls_gcm_setkey(&gcm, MBEDTLS_CIPHER_ID_AES, k->key, 8 * FEDGE_KEY_LEN) != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
-    if (mbedtls_gcm_crypt_and_tag(&gcm, MBEDTLS_GCM_ENCRYPT, plain_len, out + 24, NONCE_LEN,
-                                  out, FEDGE_ENV_HEADER_LEN + aad_len, plain, out_ct,
-                                  FEDGE_ENV_TAG_LEN, out_ct + plain_len) != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
+    CHK(fedge_gcm_seal(k->key, out + 24, NONCE_LEN, out, FEDGE_ENV_HEADER_LEN + aad_len, plain,
+                       plain_len, out_ct, out_ct + plain_len));
     *out_len = total;
 cleanup:
-    mbedtls_gcm_free(&gcm); /* wipes the expanded key */
     if (ret != FEDGE_OK)
         mbedtls_platform_zeroize(out, total);
     return ret;
@@ -175,19 +169,8 @@ int fedge_envelope_decrypt(const fedge_device_key *k, const uint8_t *in,
     const uint8_t *ct = in + hdr_len;
     if (v->ct_len > 0 && plain < ct + v->ct_len + FEDGE_ENV_TAG_LEN && ct < plain + v->ct_len)
         return FEDGE_ERR_INVALID_ARG; /* GCM cannot decrypt in place */
-    int ret = FEDGE_OK;
-    mbedtls_gcm_context gcm;
-    mbedtls_gcm_init(&gcm);
-    if (mbedtls_gcm_setkey(&gcm, MBEDTLS_CIPHER_ID_AES, k->key, 8 * FEDGE_KEY_LEN) != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
-    int rc = mbedtls_gcm_auth_decrypt(&gcm, v->ct_len, in + 24, NONCE_LEN, in, hdr_len,
-                                      ct + v->ct_len, FEDGE_ENV_TAG_LEN, ct, plain);
-    if (rc == MBEDTLS_ERR_GCM_AUTH_FAILED)
-        FAIL(FEDGE_ERR_ENV_AUTH);
-    if (rc != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
-cleanup:
-    mbedtls_gcm_free(&gcm);
+    int ret = fedge_gcm_open(k->key, in + 24, NONCE_LEN, in, hdr_len, ct, v->ct_len,
+                             ct + v->ct_len, plain);
     if (ret != FEDGE_OK && v->ct_len > 0 && cap >= v->ct_len)
         mbedtls_platform_zeroize(plain, v->ct_len);
     return ret;

@@ -1,4 +1,5 @@
-/* envelope.h — AES-256-GCM sealing of an encoded update (mbedTLS).
+/* envelope.h — AES-256-GCM sealing of an encoded update (GCM on crypto.h's
+ * backend: mbedTLS, or OpenSSL in server programs; HKDF/HMAC on mbedTLS).
  *
  * Per-device key: HKDF-SHA256(ikm = device secret, salt = "fedge-v1",
  * info = "fedge update key" || device id) -> 32 bytes. A key id (first 8 bytes

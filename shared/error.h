@@ -18,7 +18,7 @@ enum {
     FEDGE_ERR_NOT_FOUND = -5,
     FEDGE_ERR_INTERNAL = -6,
     FEDGE_ERR_BUFFER_TOO_SMALL = -7,
-    FEDGE_ERR_CRYPTO = -8,     /* an mbedTLS call failed */
+    FEDGE_ERR_CRYPTO = -8,     /* a crypto library call (mbedTLS, OpenSSL) failed */
     FEDGE_ERR_SQL = -9,
     FEDGE_ERR_UNSUPPORTED = -10,
     FEDGE_ERR_BUSY = -11,      /* transient: the database is locked by another process; retry */

@@ -1,4 +1,4 @@
-/* hash.c — SHA-256 content hashes over mbedTLS. */
+/* hash.c — SHA-256 content hashes (on crypto.h's backend) and hex. */
 #include "hash.h"
 
 #include <errno.h>
@@ -6,18 +6,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <mbedtls/platform_util.h>
-#include <mbedtls/sha256.h>
-
 #include "common.h"
+#include "crypto.h"
 
 int fedge_sha256(const void *data, size_t len, uint8_t out[FEDGE_HASH_LEN])
 {
     if ((data == NULL && len > 0) || out == NULL)
         return FEDGE_ERR_INVALID_ARG;
-    if (mbedtls_sha256_ret(data, len, out, 0) != 0)
-        return FEDGE_ERR_CRYPTO;
-    return FEDGE_OK;
+    return fedge_crypto_sha256(data, len, out);
 }
 
 int fedge_sha256_file(const char *path, uint8_t out[FEDGE_HASH_LEN])
@@ -26,13 +22,11 @@ int fedge_sha256_file(const char *path, uint8_t out[FEDGE_HASH_LEN])
         return FEDGE_ERR_INVALID_ARG;
     int ret = FEDGE_OK;
     uint8_t buf[16 * 1024];
-    mbedtls_sha256_context ctx;
-    mbedtls_sha256_init(&ctx);
+    fedge_sha256_ctx ctx = {0};
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         FAIL(errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO);
-    if (mbedtls_sha256_starts_ret(&ctx, 0) != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
+    CHK(fedge_sha256_init(&ctx));
     for (;;) {
         ssize_t n = read(fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
@@ -41,15 +35,13 @@ int fedge_sha256_file(const char *path, uint8_t out[FEDGE_HASH_LEN])
             FAIL(FEDGE_ERR_IO);
         if (n == 0)
             break;
-        if (mbedtls_sha256_update_ret(&ctx, buf, (size_t)n) != 0)
-            FAIL(FEDGE_ERR_CRYPTO);
+        CHK(fedge_sha256_update(&ctx, buf, (size_t)n));
     }
-    if (mbedtls_sha256_finish_ret(&ctx, out) != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
+    CHK(fedge_sha256_final(&ctx, out));
 cleanup:
     if (fd >= 0)
         close(fd);
-    mbedtls_sha256_free(&ctx);
+    fedge_sha256_free(&ctx);
     return ret;
 }
 

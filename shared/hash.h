@@ -1,4 +1,5 @@
-/* hash.h — SHA-256 content hashes (mbedTLS) and their hex form. */
+/* hash.h — SHA-256 content hashes (on crypto.h's backend: mbedTLS, or OpenSSL
+ * in server programs) and their hex form. Streaming: crypto.h. */
 #ifndef FEDGE_HASH_H
 #define FEDGE_HASH_H
 

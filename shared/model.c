@@ -29,9 +29,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <mbedtls/sha256.h>
 
 #include "common.h"
+#include "crypto.h"
 #include "model.h"
 
 /* ---- spec -------------------------------------------------------------- */
@@ -392,7 +392,7 @@ uint32_t fedge_model_spec_id(const fedge_model_spec *spec)
     unsigned char digest[32];
     if (spec_check(spec, text) != FEDGE_OK)
         return 0;
-    if (mbedtls_sha256_ret((const unsigned char *)text, strlen(text), digest, 0) != 0)
+    if (fedge_crypto_sha256(text, strlen(text), digest) != FEDGE_OK)
         return 0;
     return (uint32_t)digest[0] | (uint32_t)digest[1] << 8 | (uint32_t)digest[2] << 16 |
            (uint32_t)digest[3] << 24;

@@ -10,10 +10,10 @@
 #include <unistd.h>
 
 #include <mbedtls/platform_util.h>
-#include <mbedtls/sha256.h>
 
 #include "bytes.h"
 #include "common.h"
+#include "crypto.h"
 #include "fileio.h"
 
 static const uint8_t file_magic[4] = {'F', 'M', 'D', 'L'};
@@ -72,21 +72,17 @@ static int hash_body(const uint8_t *prefix, size_t prefix_len, const float *para
 {
     int ret = FEDGE_OK;
     uint8_t chunk[4 * PARAM_CHUNK];
-    mbedtls_sha256_context ctx;
-    mbedtls_sha256_init(&ctx);
-    if (mbedtls_sha256_starts_ret(&ctx, 0) != 0 ||
-        mbedtls_sha256_update_ret(&ctx, prefix, prefix_len) != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
+    fedge_sha256_ctx ctx = {0};
+    CHK(fedge_sha256_init(&ctx));
+    CHK(fedge_sha256_update(&ctx, prefix, prefix_len));
     for (size_t i = 0; i < n; i += PARAM_CHUNK) {
         size_t k = n - i < PARAM_CHUNK ? n - i : PARAM_CHUNK;
         params_to_le(params + i, k, chunk);
-        if (mbedtls_sha256_update_ret(&ctx, chunk, 4 * k) != 0)
-            FAIL(FEDGE_ERR_CRYPTO);
+        CHK(fedge_sha256_update(&ctx, chunk, 4 * k));
     }
-    if (mbedtls_sha256_finish_ret(&ctx, out) != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
+    CHK(fedge_sha256_final(&ctx, out));
 cleanup:
-    mbedtls_sha256_free(&ctx);
+    fedge_sha256_free(&ctx);
     return ret;
 }
 

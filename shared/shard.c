@@ -10,10 +10,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <mbedtls/sha256.h>
 
 #include "bytes.h"
 #include "common.h"
+#include "crypto.h"
 #include "fileio.h"
 
 #define SHARD_MAGIC "FSHD"
@@ -46,9 +46,9 @@ static int pread_all(int fd, uint8_t *buf, size_t len, uint64_t off)
     return fedge_pread_all(fd, buf, len, off, FEDGE_ERR_SHARD_TRUNCATED);
 }
 
-static int sha_update(mbedtls_sha256_context *sha, const uint8_t *buf, size_t len)
+static int sha_update(fedge_sha256_ctx *sha, const uint8_t *buf, size_t len)
 {
-    return mbedtls_sha256_update_ret(sha, buf, len) == 0 ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+    return fedge_sha256_update(sha, buf, len);
 }
 
 /* ---- header --------------------------------------------------------------- */
@@ -180,9 +180,8 @@ int fedge_shard_write(const char *path, const fedge_dataset *ds, const size_t *i
     fedge_atomic_file out = {0};
     uint8_t *buf = NULL;
     uint8_t header[SHARD_HEADER_LEN], digest[SHARD_HASH_LEN];
-    mbedtls_sha256_context sha;
+    fedge_sha256_ctx sha = {0};
 
-    mbedtls_sha256_init(&sha);
     if (!path || !ds || !ds->x || !ds->y || (!idx && count > 0))
         FAIL(FEDGE_ERR_INVALID_ARG);
     if (feature_type != FEDGE_SHARD_U8 && feature_type != FEDGE_SHARD_F32)
@@ -215,8 +214,7 @@ int fedge_shard_write(const char *path, const fedge_dataset *ds, const size_t *i
     if (ret != FEDGE_OK)
         goto cleanup;
 
-    if (mbedtls_sha256_starts_ret(&sha, 0) != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
+    CHK(fedge_sha256_init(&sha));
     encode_header(header, count, dim, ds->n_classes, feature_type);
     CHK(sha_update(&sha, header, sizeof header));
     CHK(fedge_write_all(out.fd, header, sizeof header));
@@ -231,15 +229,14 @@ int fedge_shard_write(const char *path, const fedge_dataset *ds, const size_t *i
         CHK(sha_update(&sha, buf, m * rec_size));
         CHK(fedge_write_all(out.fd, buf, m * rec_size));
     }
-    if (mbedtls_sha256_finish_ret(&sha, digest) != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
+    CHK(fedge_sha256_final(&sha, digest));
     CHK(fedge_write_all(out.fd, digest, sizeof digest));
     CHK(fedge_atomic_commit(&out));
 
 cleanup:
     fedge_atomic_abort(&out);
     free(buf);
-    mbedtls_sha256_free(&sha);
+    fedge_sha256_free(&sha);
     return ret;
 }
 
@@ -376,15 +373,13 @@ static int stream_and_check(int fd, const shard_header *h, record_sink sink, voi
     int ret = FEDGE_OK, sink_ret = FEDGE_OK;
     uint8_t header[SHARD_HEADER_LEN], digest[SHARD_HASH_LEN], stored[SHARD_HASH_LEN];
     uint8_t *buf = NULL;
-    mbedtls_sha256_context sha;
+    fedge_sha256_ctx sha = {0};
     const size_t per_chunk = h->record_size >= SHARD_IO_CHUNK ? 1 : SHARD_IO_CHUNK / h->record_size;
 
-    mbedtls_sha256_init(&sha);
     buf = malloc(per_chunk * h->record_size);
     if (!buf)
         FAIL(FEDGE_ERR_NOMEM);
-    if (mbedtls_sha256_starts_ret(&sha, 0) != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
+    CHK(fedge_sha256_init(&sha));
     CHK(pread_all(fd, header, sizeof header, 0));
     CHK(sha_update(&sha, header, sizeof header));
     for (uint64_t i = 0; i < h->n; i += per_chunk) {
@@ -394,8 +389,7 @@ static int stream_and_check(int fd, const shard_header *h, record_sink sink, voi
         if (sink && sink_ret == FEDGE_OK)
             sink_ret = sink(ctx, buf, m);
     }
-    if (mbedtls_sha256_finish_ret(&sha, digest) != 0)
-        FAIL(FEDGE_ERR_CRYPTO);
+    CHK(fedge_sha256_final(&sha, digest));
     CHK(pread_all(fd, stored, sizeof stored, h->file_size - SHARD_HASH_LEN));
     uint8_t diff = 0;
     for (size_t i = 0; i < SHARD_HASH_LEN; i++)
@@ -406,7 +400,7 @@ static int stream_and_check(int fd, const shard_header *h, record_sink sink, voi
 
 cleanup:
     free(buf);
-    mbedtls_sha256_free(&sha);
+    fedge_sha256_free(&sha);
     return ret;
 }
 

@@ -26,7 +26,7 @@ as_root() {
 
 PACKAGES=(build-essential pkg-config autoconf automake libtool dpkg-dev
           libopenblas-dev
-          libmbedtls-dev libsqlite3-dev sqlite3 zlib1g-dev libcmocka-dev
+          libmbedtls-dev libssl-dev libsqlite3-dev sqlite3 zlib1g-dev libcmocka-dev
           libyaml-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin
           libcoap3-bin time python3 bc libfaketime clang libclang-rt-14-dev
           libprotobuf-c-dev protobuf-c-compiler python3-cryptography)

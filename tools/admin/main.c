@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "crypto.h"
 #include "governance.h"
 #include "keys.h"
 #include "store.h"
@@ -73,6 +74,8 @@ int main(int argc, char **argv)
 {
     const char *db_path = NULL, *reason = NULL, *args[3];
     int n_args = 0;
+    if (fedge_crypto_use_openssl() != FEDGE_OK) /* mbedTLS stays: the same bytes, slower */
+        fedge_text_eprintf("fedge-admin", "OpenSSL lacks SHA-256 or AES-GCM: crypto on mbedTLS");
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
             return usage(NULL);

@@ -13,6 +13,7 @@
 
 #include "cli.h"
 #include "common.h"
+#include "crypto.h"
 #include "log.h"
 #include "store.h"
 #include "version.h"
@@ -123,6 +124,8 @@ int main(int argc, char **argv)
     cli_opts o;
     memset(&o, 0, sizeof o);
     fedge_log_set_level(FEDGE_LOG_OFF); /* errors are reported here, one line each */
+    if (fedge_crypto_use_openssl() != FEDGE_OK) /* mbedTLS stays: the same bytes, slower */
+        FEDGE_WARN("OpenSSL lacks SHA-256 or AES-GCM: crypto on mbedTLS");
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {

@@ -8,6 +8,7 @@
 
 #include "blas.h"
 #include "common.h"
+#include "crypto.h"
 #include "config.h"
 #include "instance_lock.h"
 #include "log.h"
@@ -150,6 +151,8 @@ int main(int argc, char **argv)
     pid_t owner = 0;
     FILE *logf = NULL;
 
+    if (fedge_crypto_use_openssl() != FEDGE_OK) /* mbedTLS stays: the same bytes, slower */
+        FEDGE_WARN("OpenSSL lacks SHA-256 or AES-GCM: crypto on mbedTLS");
     fedge_agg_config_defaults(&cfg);
     fedge_sim_options_defaults(&opt);
     for (int i = 1; i < argc; i++) {
