@@ -15,6 +15,7 @@
 #include "delta.h"
 #include "log.h"
 #include "model.h"
+#include "round_info.h"
 #include "server_opt.h"
 #include "text.h"
 
@@ -97,7 +98,7 @@ static const field FIELDS[] = {
     DBL(server_beta1, 0, 1, "0.9", "adam|yogi|adagrad: first-moment decay beta1, [0, 1)"),
     DBL(server_beta2, 0, 1, "0.99", "adam|yogi: second-moment decay beta2, [0, 1)"),
     DBL(server_tau, 1e-12, 10, "1e-3", "adam|yogi|adagrad: adaptivity tau (v starts at tau^2)"),
-    DBL(fedprox_mu, 0, 1e6, "0", "FedProx mu sent to the edges with the round (0: plain local SGD)"),
+    DBL(fedprox_mu, 0, FEDGE_ROUND_PROX_MU_MAX, "0", "FedProx mu sent to the edges with the round (0: plain local SGD; at most what an edge accepts)"),
     BOOL(scaffold, "0", "SCAFFOLD: server control variate, updates carry the control delta (needs aggregation = mean, no DP)"),
 };
 

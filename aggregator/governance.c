@@ -424,6 +424,11 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
         d.decision = FEDGE_DECISION_REJECT;
         snprintf(d.rule, sizeof d.rule, "base_version");
         snprintf(d.reason, sizeof d.reason, "base model is not a version this aggregator published");
+    } else if (in->control_refusal) {
+        memset(&d, 0, sizeof d);
+        d.decision = FEDGE_DECISION_REJECT;
+        snprintf(d.rule, sizeof d.rule, "scaffold_control");
+        snprintf(d.reason, sizeof d.reason, "%s", in->control_refusal);
     } else {
         fedge_policy_update_in pin = {
             .device_id = in->device,

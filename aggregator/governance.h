@@ -30,6 +30,7 @@ typedef struct {
     const uint8_t *encoded;          /* decrypted encoded delta (header + payload) */
     size_t encoded_len;
     const uint8_t *sealed_sha256;    /* of the frame as received: tells a resend apart */
+    const char *control_refusal;     /* SCAFFOLD: why the control half is refused, or NULL */
 } fedge_gov_update_in;
 
 /* Loads the policy (cfg.policy_file or the default), the signing key, and

@@ -12,6 +12,7 @@
 #include "policy.h"
 #include "scheduler.h"
 #include "store.h"
+#include "strategy.h"
 #include "update.h"
 
 static void reply(int *code, char *msg, size_t msglen, int c, const char *fmt, ...)
@@ -237,6 +238,10 @@ int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fe
     }
 
     /* Authenticated from here on: the decision is logged with its reason. */
+    char control_why[FEDGE_POLICY_REASON_MAX];
+    int control_ok = 1;
+    if (snap->scaffold && a->control)
+        CHK(fedge_strategy_check_control(a, &f->header, f->delta, &control_ok, control_why, sizeof control_why));
     fedge_gov_update_in in = {
         .device_index = d,
         .device = device,
@@ -249,6 +254,7 @@ int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fe
         .encoded = f->plain,
         .encoded_len = f->encoded_len,
         .sealed_sha256 = f->sealed_sha256,
+        .control_refusal = control_ok ? NULL : control_why,
     };
     int accepted = 0;
     char reason[FEDGE_POLICY_REASON_MAX + 64];

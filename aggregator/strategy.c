@@ -1,6 +1,7 @@
 /* strategy.c — the strategy's description and persisted state (strategy.h). */
 #include "strategy.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -257,8 +258,12 @@ int fedge_strategy_save(fedge_aggregator *a, uint32_t round)
                  a->strategy, (unsigned long long)a->opt_next.steps, len, hex);
         CHK(fedge_gov_event(a, round, NULL, "strategy_state", "strategy", detail));
     }
-    CHK(fedge_store_prepare(a->db, "DELETE FROM strategy_state WHERE version<>?", &st));
+    /* SCAFFOLD keeps the c of every version a late update may be based on:
+     * one per round of the window, and the newest */
+    CHK(fedge_store_prepare(a->db, "DELETE FROM strategy_state WHERE version<>?1 AND round NOT IN"
+                                   " (SELECT DISTINCT round FROM strategy_state ORDER BY round DESC LIMIT ?2)", &st));
     sqlite3_bind_text(st, 1, a->version_hex, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, a->cfg.scaffold ? (sqlite3_int64)fedge_gov_round_window(a) + 1 : 0);
     ret = fedge_store_step_done(a->db, st);
     st = NULL;
 cleanup:
@@ -305,5 +310,179 @@ int fedge_strategy_carry(fedge_aggregator *a, const char *from, const char *to)
     st = NULL;
 cleanup:
     sqlite3_finalize(st);
+    return ret;
+}
+
+/* Bound on |x − decoded| for coordinate i of a vector decoded from encoding
+ * enc (int8: the block's scale, recovered from the block's largest decoded
+ * magnitude, 127 steps; stochastic rounding errs by less than one step, and
+ * the two halves' errors add up: honest edges were measured at 0.99 step). */
+static double encoding_error(const fedge_delta_header *h, const float *v, size_t i, size_t n_elems,
+                             const double *block_max)
+{
+    double x = fabs((double)v[i]);
+    switch ((fedge_encoding)h->encoding) {
+    case FEDGE_ENC_FP16:
+        return x * 0x1p-10 + 0x1p-24;
+    case FEDGE_ENC_BF16:
+        return x * 0x1p-7 + 0x1p-133;
+    case FEDGE_ENC_INT8:
+        (void)n_elems;
+        return 1.5 * block_max[i / h->block_size] / 127.0; /* margin: measured up to 0.99 step */
+    default:
+        return 0.0;
+    }
+}
+
+/* A float parameter as the edge has it: the aggregator sends "%g" text. */
+static float as_sent(double v)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%g", v);
+    return strtof(text, NULL);
+}
+
+int fedge_scaffold_control_check(const fedge_delta_header *h, const float *delta, const float *c_base, size_t n,
+                                 double lr, double momentum, long epochs, long batch, int *ok, char *why,
+                                 size_t whylen)
+{
+    double *block_max = NULL;
+    int ret = FEDGE_OK;
+    *ok = 0;
+    if (!h || !delta || !c_base || n == 0 || epochs < 1 || batch < 1 || !why || whylen == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    if (h->encoding == FEDGE_ENC_INT8) {
+        if (h->block_size == 0)
+            return FEDGE_ERR_INVALID_ARG;
+        size_t n_blocks = (2 * n + h->block_size - 1) / h->block_size;
+        block_max = calloc(n_blocks, sizeof *block_max);
+        if (!block_max)
+            return FEDGE_ERR_NOMEM;
+        for (size_t i = 0; i < 2 * n; i++) {
+            double x = fabs((double)delta[i]);
+            if (x > block_max[i / h->block_size])
+                block_max[i / h->block_size] = x;
+        }
+    }
+    /* the edge's arithmetic (trainer.c): float, its lr and momentum as sent */
+    uint64_t per_epoch = h->n_samples / (uint64_t)batch + (h->n_samples % (uint64_t)batch != 0);
+    float lr_f = as_sent(lr), mom_f = as_sent(momentum);
+    float steps = (float)((uint64_t)epochs * per_epoch);
+    double inv_step = (double)((1.0f - mom_f) / (steps * lr_f));
+    if (per_epoch == 0 || !isfinite(inv_step) || !(inv_step > 0)) {
+        snprintf(why, whylen, "SCAFFOLD control half: %u samples give no local step to check it against",
+                 h->n_samples);
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++) {
+        double y = delta[i], dc = delta[n + i], c = c_base[i];
+        if (!isfinite(dc)) {
+            snprintf(why, whylen, "SCAFFOLD control half is not finite at %zu", i);
+            goto cleanup;
+        }
+        double expect = -y * inv_step - c;
+        /* rounding: of each half in the encoding, of the edge's float
+         * arithmetic, and of lr and momentum in their "%g" text */
+        double tol = encoding_error(h, delta, i, 2 * n, block_max) * inv_step +
+                     encoding_error(h, delta, n + i, 2 * n, block_max) +
+                     1e-5 * fabs(y) * inv_step + 8 * FLT_EPSILON * (fabs(c) + fabs(dc)) + 1e-30;
+        if (!(fabs(dc - expect) <= tol)) {
+            snprintf(why, whylen,
+                     "SCAFFOLD control half is not the one its model half implies: coordinate %zu is %.6g,"
+                     " expected %.6g +- %.2g (-c - dy(1-momentum)/(K lr), K = %.0f local steps)",
+                     i, dc, expect, tol, (double)steps);
+            goto cleanup;
+        }
+    }
+    *ok = 1;
+cleanup:
+    free(block_max);
+    return ret;
+}
+
+/* c of model version hex from its kept strategy_state row: *found = 0 when
+ * there is none or it cannot be read as this run's state. */
+static int control_of_version(fedge_aggregator *a, const char *hex, float *c, int *found, char *why, size_t whylen)
+{
+    sqlite3_stmt *st = NULL;
+    fedge_server_opt o;
+    fedge_server_opt_params p;
+    int ret;
+    memset(&o, 0, sizeof o);
+    *found = 0;
+    CHK(fedge_store_prepare(a->db, "SELECT state, sha256 FROM strategy_state WHERE version=?", &st));
+    sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        int64_t init = 0;
+        int have = 0;
+        sqlite3_finalize(st);
+        st = NULL;
+        CHK(fedge_store_query_int64(a->db, &init, &have, "SELECT count(*) FROM models WHERE version=? AND kind='init'",
+                                    "t", hex));
+        if (init > 0) { /* c starts at zero */
+            memset(c, 0, a->model.n_params * sizeof *c);
+            *found = 1;
+        } else {
+            snprintf(why, whylen, "the server control variate of base model %.16s is no longer kept", hex);
+        }
+        goto cleanup;
+    }
+    if (rc != SQLITE_ROW)
+        FAIL(fedge_store_status(rc));
+    const uint8_t *blob = sqlite3_column_blob(st, 0);
+    size_t len = (size_t)sqlite3_column_bytes(st, 0);
+    uint8_t h[FEDGE_HASH_LEN];
+    char got[FEDGE_HASH_HEX_LEN], reason[256];
+    CHK(fedge_sha256(blob, len, h));
+    fedge_hash_to_hex(h, got);
+    const char *want = (const char *)sqlite3_column_text(st, 1);
+    if (!want || strcmp(got, want) != 0) {
+        snprintf(why, whylen, "the saved control variate of base model %.16s does not match its sha256", hex);
+        goto cleanup;
+    }
+    state_params(&a->cfg, &p);
+    CHK(fedge_server_opt_init(&o, &p, a->model.n_params));
+    ret = fedge_server_opt_load(&o, CONTROL_NAMES, &c, 1, blob, len, reason, sizeof reason);
+    if (ret == FEDGE_ERR_STRATEGY_STATE) {
+        ret = FEDGE_OK;
+        snprintf(why, whylen, "the saved control variate of base model %.16s is not usable: %.160s", hex, reason);
+        goto cleanup;
+    }
+    CHK(ret);
+    *found = 1;
+cleanup:
+    sqlite3_finalize(st);
+    fedge_server_opt_free(&o);
+    return ret;
+}
+
+int fedge_strategy_check_control(fedge_aggregator *a, const fedge_delta_header *h, const float *delta, int *ok,
+                                 char *why, size_t whylen)
+{
+    size_t n = a->model.n_params;
+    float *c_old = NULL;
+    const float *c_base = a->control;
+    int ret = FEDGE_OK;
+    *ok = 0;
+    if (!a->control)
+        return FEDGE_ERR_STATE;
+    if (memcmp(h->base_version, a->version, FEDGE_HASH_LEN) != 0) {
+        char hex[FEDGE_HASH_HEX_LEN];
+        int found = 0;
+        fedge_hash_to_hex(h->base_version, hex);
+        c_old = malloc(n * sizeof *c_old);
+        if (!c_old)
+            FAIL(FEDGE_ERR_NOMEM);
+        CHK(control_of_version(a, hex, c_old, &found, why, whylen));
+        if (!found)
+            goto cleanup;
+        c_base = c_old;
+    }
+    double lr = a->cfg.lr * pow(a->cfg.lr_decay, h->round > 0 ? h->round - 1.0 : 0.0);
+    CHK(fedge_scaffold_control_check(h, delta, c_base, n, lr, a->cfg.momentum, a->cfg.local_epochs, a->cfg.batch, ok,
+                                     why, whylen));
+cleanup:
+    free(c_old);
     return ret;
 }

@@ -351,6 +351,10 @@ static void test_strategy_keys(void **state)
     assert_int_equal(fedge_agg_config_set(&c, "byzantine_f", "-1", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
     assert_int_equal(fedge_agg_config_set(&c, "aggregation_block", "0", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
     assert_int_equal(fedge_agg_config_set(&c, "fedprox_mu", "-0.1", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    /* what the edge refuses (round_info.h) is refused at start */
+    assert_int_equal(fedge_agg_config_set(&c, "fedprox_mu", "5000", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_int_equal(fedge_agg_config_set(&c, "fedprox_mu", "1000", err, sizeof err), FEDGE_OK);
+    assert_int_equal(fedge_agg_config_set(&c, "fedprox_mu", "0.1", err, sizeof err), FEDGE_OK);
     assert_int_equal(fedge_agg_config_set(&c, "server_tau", "0", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
 
     /* the open ends of [0, 0.5) and [0, 1) */

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,7 +99,24 @@ typedef struct {
     const uint8_t *run;  /* NULL: the aggregator's run id */
     int control;         /* SCAFFOLD form: the control-variate delta follows */
     float control_fill;  /* its value */
+    const float *honest_c; /* non-NULL: the control half an honest edge trained against this c sends */
 } update_spec;
+
+/* SCAFFOLD option II as the edge computes it (edge/trainer.c): dc = -c -
+ * dy (1 - momentum) / (K lr), lr and momentum as the round's "%g" text. */
+static void honest_control(const fedge_agg_config *cfg, uint32_t round, uint32_t n_samples, const float *c,
+                           float *delta, size_t n)
+{
+    char t[32];
+    snprintf(t, sizeof t, "%g", cfg->lr * pow(cfg->lr_decay, round > 0 ? round - 1.0 : 0.0));
+    float lr = strtof(t, NULL);
+    snprintf(t, sizeof t, "%g", cfg->momentum);
+    float mom = strtof(t, NULL);
+    float steps = (float)(cfg->local_epochs * ((n_samples + cfg->batch - 1) / cfg->batch));
+    float inv = (1.0f - mom) / (steps * lr);
+    for (size_t i = 0; i < n; i++)
+        delta[n + i] = -delta[i] * inv - c[i];
+}
 
 static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
 {
@@ -112,6 +130,9 @@ static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
         delta[i] = u.fill * (float)((int)(i % 7) - 3) / 3.0f;
         delta[n + i] = u.control_fill * (float)((int)(i % 5) - 2) / 2.0f;
     }
+    if (u.control && u.honest_c)
+        honest_control(&fx->cfg, u.round, u.samples >= 0 ? (uint32_t)u.samples : 10 + (uint32_t)dev, u.honest_c,
+                       delta, n);
     fedge_delta_header h = {
         .encoding = (uint8_t)u.enc,
         .flags = u.control ? FEDGE_DELTA_FLAG_CONTROL : 0,
@@ -1143,7 +1164,7 @@ static void strategy_round(fixture *fx, int equal_samples)
         u.enc = equal_samples ? FEDGE_ENC_FP32 : encs[i];
         u.samples = equal_samples ? 10 : -1;
         u.control = fx->cfg.scaffold;
-        u.control_fill = 0.5f * (float)(i + 1);
+        u.honest_c = fx->agg.control;
         uint8_t *b = make_update(fx, i, u, &len);
         int code = submit(fx, DEVICES[i], b, len, msg);
         if (code != 204)
@@ -1357,21 +1378,123 @@ static void test_scaffold_server_side(void **state)
     assert_unchanged(fx, before);
     free(b);
 
-    /* the round closes with the two-part updates (fp32): c = (3/3) mean(Δc_i) */
+    /* the round closes with the two-part updates (fp32, the same honest
+     * Δc from each): c = (3/3) mean(Δc_i) */
+    float *expect = calloc(2 * n, sizeof *expect);
+    assert_non_null(expect);
+    for (size_t k = 0; k < n; k++)
+        expect[k] = 0.25f * (float)((int)(k % 7) - 3) / 3.0f;
+    honest_control(&fx->cfg, 1, 10, fx->agg.control, expect, n);
     strategy_round(fx, 1);
     assert_string_equal(fx->agg.strategy, "scaffold");
     assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND strategy='scaffold'"), 1);
-    for (size_t k = 0; k < n; k++) {
-        float pat = (float)((int)(k % 5) - 2) / 2.0f;
-        double mean = (0.5 * pat + 1.0 * pat + 1.5 * pat) / 3.0;
-        assert_float_equal(fx->agg.control[k], mean, 1e-6);
-    }
+    for (size_t k = 0; k < n; k++)
+        assert_float_equal(fx->agg.control[k], expect[n + k], 1e-5 * (1 + fabs(expect[n + k])));
+    free(expect);
     assert_string_not_equal(fx->agg.control_version_hex, c0);
     assert_int_equal(q1(fx, "SELECT count(*) FROM strategy_state"), 1);
     char c1[FEDGE_HASH_HEX_LEN];
     memcpy(c1, fx->agg.control_version_hex, sizeof c1);
     restart(fx);
     assert_string_equal(fx->agg.control_version_hex, c1);
+}
+
+/* SCAFFOLD's control half must be the one its model half implies (option
+ * II): anything else, a huge finite value or FLT_MAX included, is refused and
+ * audited (rule scaffold_control) and never reaches c; honest halves pass in
+ * every encoding; a late update is checked against the c of its own base
+ * (the kept row), and a base whose c is gone is refused. */
+static void scaffold_submit(fixture *fx, int dev, uint64_t counter, fedge_encoding enc, const float *c, float poison,
+                            int want, const char *needle)
+{
+    char msg[320];
+    size_t len;
+    update_spec u = good(fx, counter);
+    u.control = 1;
+    u.enc = enc;
+    u.honest_c = c;
+    uint8_t *b;
+    if (poison != 0) { /* an honest model half, any control half */
+        u.honest_c = NULL;
+        u.control_fill = poison;
+    }
+    b = make_update(fx, dev, u, &len);
+    int code = submit(fx, DEVICES[dev], b, len, msg);
+    if (code != want || (needle && !strstr(msg, needle)))
+        fail_msg("dev %d counter %llu: %d %s (wanted %d %s)", dev, (unsigned long long)counter, code, msg, want,
+                 needle ? needle : "");
+    free(b);
+}
+
+static void test_scaffold_control_checked(void **state)
+{
+    fixture *fx = *state;
+    char path[128];
+    fedge_agg_config c = fx->cfg;
+    c.scaffold = 1;
+    snprintf(path, sizeof path, "%s/policy.yaml", fx->dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("version: 1\nname: stragglers\nupdate:\n  max_staleness: 1\n", f);
+    fclose(f);
+    snprintf(c.policy_file, sizeof c.policy_file, "%s", path);
+    fresh_run(fx, &c, "scaffold_check");
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    size_t n = fx->agg.model.n_params;
+    float *c0 = malloc(n * sizeof *c0);
+    assert_non_null(c0);
+    memcpy(c0, fx->agg.control, n * sizeof *c0);
+
+    /* round 1: the poisoned control halves are refused, audited */
+    scaffold_submit(fx, 0, 10, FEDGE_ENC_FP32, NULL, 1e30f, 403, "scaffold_control");
+    scaffold_submit(fx, 0, 11, FEDGE_ENC_FP32, NULL, 0.5f * FLT_MAX, 403, "scaffold_control");
+    scaffold_submit(fx, 0, 12, FEDGE_ENC_FP32, NULL, 0.5f, 403, "not the one its model half implies");
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE decision='rejected' AND rule='scaffold_control'"
+                            " AND id IN (SELECT CAST(row_key AS INTEGER) FROM audit WHERE tbl='updates')"), 3);
+    /* honest halves pass in every encoding; dev-a's late one waits for round 2 */
+    size_t late_len;
+    update_spec lu = good(fx, 13);
+    lu.control = 1;
+    lu.honest_c = c0;
+    uint8_t *late = make_update(fx, 0, lu, &late_len);
+    scaffold_submit(fx, 1, 20, FEDGE_ENC_FP16, c0, 0, 204, NULL);
+    scaffold_submit(fx, 2, 30, FEDGE_ENC_INT8, c0, 0, 204, NULL);
+    double later = fedge_now() + fx->cfg.round_timeout_s + 1;
+    assert_int_equal(fedge_agg_tick(&fx->agg, later), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=1 AND status='closed'"), 2);
+    assert_int_equal(fedge_agg_tick(&fx->agg, later), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 2);
+    double c_max = 0;
+    for (size_t k = 0; k < n; k++)
+        c_max = fmax(c_max, fabs(fx->agg.control[k]));
+    assert_true(c_max > 0 && c_max < 100); /* moved by the honest updates alone */
+
+    /* round 2: the late update trained against c0 is checked against c0 (its
+     * base's kept c), not against the current c */
+    char msg[320];
+    assert_int_equal(submit(fx, "dev-a", late, late_len, msg), 204);
+    free(late);
+    scaffold_submit(fx, 1, 21, FEDGE_ENC_FP32, fx->agg.control, 0, 204, NULL);
+    /* a round-2 update that claims round 1's c is refused */
+    scaffold_submit(fx, 2, 31, FEDGE_ENC_FP32, c0, 0, 403, "scaffold_control");
+
+    /* a late update whose base's c is gone */
+    lu = good(fx, 40);
+    lu.control = 1;
+    lu.honest_c = fx->agg.control;
+    late = make_update(fx, 2, lu, &late_len);
+    later += 2 * fx->cfg.round_timeout_s;
+    assert_int_equal(fedge_agg_tick(&fx->agg, later), FEDGE_OK);
+    assert_int_equal(fedge_agg_tick(&fx->agg, later), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 3);
+    assert_true(q1(fx, "SELECT count(*) FROM strategy_state") >= 2); /* round 2's base kept */
+    char sql[160];
+    snprintf(sql, sizeof sql, "DELETE FROM strategy_state WHERE version<>'%s'", fx->agg.version_hex);
+    assert_int_equal(sqlite3_exec(fx->agg.db, sql, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(submit(fx, "dev-c", late, late_len, msg), 403);
+    assert_non_null(strstr(msg, "no longer kept"));
+    free(late);
+    free(c0);
 }
 
 /* DP-FedAvg's noise fits a clipped sum: a robust rule or SCAFFOLD with a DP
@@ -1511,6 +1634,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_adam_restart_resumes_exactly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fedprox_mu_in_round_info, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scaffold_server_side, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scaffold_control_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dp_refuses_robust_and_scaffold, setup, teardown),
         cmocka_unit_test_setup_teardown(test_robust_selection_logged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_robust_too_few_fails_round, setup, teardown),
