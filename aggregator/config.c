@@ -491,6 +491,51 @@ static int parent_must_exist(const char *path, const char *where, char *err, siz
     return must_exist(dir, S_IFDIR, where, err, errlen);
 }
 
+size_t fedge_agg_config_combiner_min(const fedge_agg_config *c, char *why, size_t whylen)
+{
+    fedge_combine_params p = {.trim_beta = c->trim_beta, .f = c->byzantine_f, .m = c->multikrum_m, .block = 1};
+    snprintf(p.name, sizeof p.name, "%s", c->aggregation);
+    const fedge_combiner *cb = fedge_combiner_find(p.name);
+    if (why && whylen)
+        why[0] = '\0';
+    if (!cb)
+        return 0;
+    /* the checks are monotone in n: the least n that passes, by bisection */
+    char w[256];
+    size_t lo = 0, hi = (size_t)1 << 24; /* n = lo fails (or is 0), n = hi passes */
+    if (cb->check(&p, hi, w, sizeof w) != FEDGE_OK)
+        return 0;
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (cb->check(&p, mid, w, sizeof w) == FEDGE_OK)
+            hi = mid;
+        else
+            lo = mid;
+    }
+    if (lo > 0 && why && whylen)
+        cb->check(&p, lo, why, whylen);
+    return hi;
+}
+
+/* One line for each strategy key set away from its default that the
+ * configured combiner does not read. */
+static void warn_unused_keys(const fedge_agg_config *c)
+{
+    fedge_agg_config d;
+    fedge_agg_config_defaults(&d);
+    int f_used = strcmp(c->aggregation, "krum") == 0 || strcmp(c->aggregation, "multikrum") == 0 ||
+                 strcmp(c->aggregation, "bulyan") == 0;
+    if (!f_used && c->byzantine_f != d.byzantine_f)
+        FEDGE_WARN("byzantine_f = %ld has no effect with aggregation = %s (krum, multikrum, bulyan read it)",
+                   c->byzantine_f, c->aggregation);
+    if (strcmp(c->aggregation, "multikrum") != 0 && c->multikrum_m != d.multikrum_m)
+        FEDGE_WARN("multikrum_m = %ld has no effect with aggregation = %s (multikrum reads it)", c->multikrum_m,
+                   c->aggregation);
+    if (strcmp(c->aggregation, "trimmed_mean") != 0 && c->trim_beta != d.trim_beta)
+        FEDGE_WARN("trim_beta = %g has no effect with aggregation = %s (trimmed_mean reads it)", c->trim_beta,
+                   c->aggregation);
+}
+
 int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errlen)
 {
     char w[FEDGE_PATH_MAX + 96], w2[FEDGE_PATH_MAX + 96];
@@ -556,6 +601,16 @@ int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errle
                  : c->server_beta1 >= 1  ? WHERE(server_beta1, w)
                                          : WHERE(server_beta2, w));
         FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    if (fedge_combiner_find(c->aggregation)) {
+        char why[256];
+        size_t least = fedge_agg_config_combiner_min(c, why, sizeof why);
+        if (least == 0 || (c->clients_per_round > 0 && (size_t)c->clients_per_round < least)) {
+            snprintf(err, errlen, "%s = %ld: no round could aggregate (%s)", WHERE(clients_per_round, w),
+                     c->clients_per_round, why);
+            FAIL(FEDGE_ERR_CONFIG_VALUE);
+        }
+        warn_unused_keys(c);
     }
     if (c->scaffold && strcmp(c->aggregation, "mean") != 0) {
         snprintf(err, errlen, "%s needs aggregation = mean, not %s = %s (SCAFFOLD's control variates "

@@ -191,6 +191,11 @@ static int policy_fits(const fedge_aggregator *a, const fedge_policy *p, char *e
                  k > sel ? (long)k : a->cfg.min_updates);
         return FEDGE_ERR_CONFIG_VALUE;
     }
+    char why[256];
+    if (fedge_agg_config_combiner_min(&a->cfg, why, sizeof why) > sel) {
+        snprintf(err, errlen, "at most %zu devices are selected a round: no round could aggregate (%s)", sel, why);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
     if ((double)sel * fedge_policy_max_share(p) < 1.0 - 1e-12) {
         snprintf(err, errlen, "policy round.max_share %g needs at least %.0f updates a round, but at most %zu"
                  " devices are selected: no round could aggregate", fedge_policy_max_share(p),

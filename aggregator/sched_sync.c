@@ -333,13 +333,16 @@ cleanup:
 
 /* Accepted updates that close the round early: the quorum, but never fewer
  * than a round needs to aggregate at all (min_updates, the policy's
- * min_clients), so an early close cannot fail a round the deadline could
- * still save. */
+ * min_clients, the combiner's minimum), so an early close cannot fail a
+ * round the deadline could still save. */
 static size_t quorum_count(const fedge_aggregator *a)
 {
     size_t q = (size_t)ceil(a->cfg.quorum * (double)a->n_selected - 1e-9);
+    size_t combiner_min = fedge_agg_config_combiner_min(&a->cfg, NULL, 0);
     if (q < (size_t)a->cfg.min_updates)
         q = (size_t)a->cfg.min_updates;
+    if (q < combiner_min)
+        q = combiner_min;
     if (q < fedge_policy_min_clients(a->policy))
         q = fedge_policy_min_clients(a->policy);
     return q ? q : 1;

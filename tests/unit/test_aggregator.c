@@ -1585,16 +1585,47 @@ static void test_robust_selection_logged(void **state)
 static void test_robust_too_few_fails_round(void **state)
 {
     fixture *fx = *state;
+    char msg[320], err[512] = "";
     if (!fedge_combiner_find("krum"))
         skip();
+    /* a config no round could aggregate is refused at start: 3 devices
+     * (clients_per_round, or the population with client_fraction) for krum
+     * with f = 1, which needs 5, or multikrum averaging 4 */
     fedge_agg_config c = fx->cfg;
     snprintf(c.aggregation, sizeof c.aggregation, "krum");
-    c.byzantine_f = 1; /* needs more than the fixture's 3 devices */
+    c.byzantine_f = 1;
+    c.clients_per_round = 3;
+    assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_non_null(strstr(err, "2f + 3 = 5"));
+    c.clients_per_round = 0;
+    fx->cfg = c;
+    expect_init_refused(fx, "at most 3 devices are selected a round: no round could aggregate (krum");
+    snprintf(c.aggregation, sizeof c.aggregation, "multikrum");
+    c.byzantine_f = 0;
+    c.multikrum_m = 4;
+    fx->cfg = c;
+    expect_init_refused(fx, "multikrum_m = 4");
+
+    /* krum with f = 0 needs all 3: a quorum of 0.5 does not close the round
+     * at 2 updates (it would fail), the deadline does, and the round fails
+     * with the combiner's reason */
+    c.byzantine_f = 0;
+    c.multikrum_m = 0;
+    snprintf(c.aggregation, sizeof c.aggregation, "krum");
+    c.quorum = 0.5;
     fresh_run(fx, &c, "krum-few");
     char model[FEDGE_HASH_HEX_LEN];
     memcpy(model, fx->agg.version_hex, sizeof model);
-    const float fills[N_DEV] = {0.01f, 0.02f, 0.03f};
-    round_with_fills(fx, fills);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    for (int i = 0; i < 2; i++) {
+        size_t len;
+        uint8_t *b = make_update(fx, i, good(fx, 100 + (uint64_t)i), &len);
+        assert_int_equal(submit(fx, DEVICES[i], b, len, msg), 204);
+        free(b);
+    }
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now() + fx->cfg.round_timeout_s + 1), FEDGE_OK);
     assert_string_equal(fx->agg.version_hex, model);
     assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='failed'"
                             " AND reason LIKE 'aggregation: %krum%'"), 1);
