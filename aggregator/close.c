@@ -559,8 +559,21 @@ int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res)
         size_t n_used = 0;
         for (size_t j = 0; j < n_use; j++)
             n_used += used[j] != 0;
-        if (n_used < n_use)
+        if (n_used < n_use) {
+            /* left out: excluded rows, as the round rules exclude, so the
+             * log, the lineage and n_accepted agree on what counted */
+            fedge_policy_decision d = {.decision = FEDGE_DECISION_REJECT, .clip_factor = 1.0};
+            snprintf(d.rule, sizeof d.rule, "%s", cp.name);
+            snprintf(d.reason, sizeof d.reason, "left out by the robust aggregation rule %.160s (%zu of %zu used)",
+                     a->strategy, n_used, n_use);
+            for (size_t j = 0; j < n_use; j++) {
+                if (used[j])
+                    continue;
+                CHK(exclude_update(a, use_ids[j], &d));
+                res->n_excluded++;
+            }
             CHK(log_left_out(a, &u, use_idx, used, n_use, n_used));
+        }
         res->n_used = n_used;
     }
     stored_reader_close(&sr);

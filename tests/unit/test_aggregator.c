@@ -1578,6 +1578,14 @@ static void test_robust_selection_logged(void **state)
     assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='aggregation_left_out' AND rule='krum'"
                             " AND round=1 AND detail LIKE '%used 1 of 3 updates; left out: dev-b, dev-c'"
                             " AND id IN (SELECT CAST(row_key AS INTEGER) FROM audit WHERE tbl='events')"), 1);
+    /* the left-out updates are excluded rows (rule krum), audited again, so
+     * the rows, the round's n_accepted and the lineage agree */
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE round=1 AND decision<>'rejected'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE round=1 AND decision='accepted' AND device='dev-a'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates u WHERE round=1 AND decision='rejected' AND rule='krum'"
+                            " AND reason LIKE 'left out by the robust aggregation rule krum(f=0)%'"
+                            " AND (SELECT count(*) FROM audit WHERE tbl='updates' AND row_key=CAST(u.id AS TEXT)) = 2"),
+                     2);
 }
 
 /* A round with fewer updates than the rule needs fails with the rule's
