@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit.h"
 #include "combine.h"
 #include "common.h"
 #include "governance.h"
@@ -159,14 +160,12 @@ int fedge_strategy_init(fedge_aggregator *a, char *err, size_t errlen)
     } else if (rc == SQLITE_ROW) {
         const uint8_t *blob = sqlite3_column_blob(st, 1);
         size_t len = (size_t)sqlite3_column_bytes(st, 1);
-        uint8_t h[FEDGE_HASH_LEN];
-        char hex[FEDGE_HASH_HEX_LEN], why[320];
-        CHK(fedge_sha256(blob, len, h));
-        fedge_hash_to_hex(h, hex);
-        const char *want = (const char *)sqlite3_column_text(st, 2);
-        if (!want || strcmp(hex, want) != 0) {
-            snprintf(err, errlen, "strategy_state of model %.16s does not match its sha256: the log was altered",
-                     a->version_hex);
+        char why[320];
+        int ok = 0;
+        CHK(fedge_audit_strategy_state_check(a->db, a->version_hex, blob, len,
+                                             (const char *)sqlite3_column_text(st, 2), &ok, why, sizeof why));
+        if (!ok) {
+            snprintf(err, errlen, "%s: the log was altered", why);
             FAIL(FEDGE_ERR_STRATEGY_STATE);
         }
         ret = fedge_server_opt_load(&a->opt, CONTROL_NAMES, &a->control, a->cfg.scaffold ? 1 : 0, blob, len,
@@ -308,6 +307,20 @@ int fedge_strategy_carry(fedge_aggregator *a, const char *from, const char *to)
     sqlite3_bind_text(st, 2, to, -1, SQLITE_TRANSIENT);
     ret = fedge_store_step_done(a->db, st);
     st = NULL;
+    if (ret != FEDGE_OK)
+        goto cleanup;
+    /* the carried row's own audited event, which the load checks it against */
+    CHK(fedge_store_prepare(a->db, "SELECT round, sha256 FROM strategy_state WHERE version=?", &st));
+    sqlite3_bind_text(st, 1, to, -1, SQLITE_TRANSIENT);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        char detail[256];
+        uint32_t round = (uint32_t)sqlite3_column_int64(st, 0);
+        snprintf(detail, sizeof detail, "model %.64s: carried over from %.64s, sha256 %.64s", to, from,
+                 (const char *)sqlite3_column_text(st, 1));
+        sqlite3_finalize(st);
+        st = NULL;
+        CHK(fedge_gov_event(a, round, NULL, "strategy_state", "strategy", detail));
+    }
 cleanup:
     sqlite3_finalize(st);
     return ret;
@@ -432,13 +445,12 @@ static int control_of_version(fedge_aggregator *a, const char *hex, float *c, in
         FAIL(fedge_store_status(rc));
     const uint8_t *blob = sqlite3_column_blob(st, 0);
     size_t len = (size_t)sqlite3_column_bytes(st, 0);
-    uint8_t h[FEDGE_HASH_LEN];
-    char got[FEDGE_HASH_HEX_LEN], reason[256];
-    CHK(fedge_sha256(blob, len, h));
-    fedge_hash_to_hex(h, got);
-    const char *want = (const char *)sqlite3_column_text(st, 1);
-    if (!want || strcmp(got, want) != 0) {
-        snprintf(why, whylen, "the saved control variate of base model %.16s does not match its sha256", hex);
+    char reason[256];
+    int intact = 0;
+    CHK(fedge_audit_strategy_state_check(a->db, hex, blob, len, (const char *)sqlite3_column_text(st, 1), &intact,
+                                         reason, sizeof reason));
+    if (!intact) {
+        snprintf(why, whylen, "the saved control variate of base model %.16s is not usable: %.160s", hex, reason);
         goto cleanup;
     }
     state_params(&a->cfg, &p);

@@ -102,6 +102,7 @@ typedef enum {
     FEDGE_AUDIT_FAIL_ROW_UNAUDITED,
     FEDGE_AUDIT_FAIL_FILE_MISSING,
     FEDGE_AUDIT_FAIL_FILE_MISMATCH,
+    FEDGE_AUDIT_FAIL_STATE_MISMATCH, /* a strategy_state row differs from its audited event */
 } fedge_audit_fail_kind;
 
 /* "chain_link", "row_hash", ... "file_mismatch". */
@@ -138,5 +139,13 @@ typedef struct {
  * error). */
 int fedge_audit_verify(sqlite3 *db, const char *pubkey_path, const char *model_root,
                        fedge_audit_report *rep);
+
+/* A strategy_state row (version, state blob, sha256 column) against the
+ * log: the blob's SHA-256 must be the column's and the one in the newest
+ * audited `strategy_state` event for that version ("model V: ... sha256 H";
+ * a row with no event of its own, carried over by a refinement in an older
+ * log, needs some audited event with H). *ok = 0 and why otherwise. */
+int fedge_audit_strategy_state_check(sqlite3 *db, const char *version, const void *blob, size_t len,
+                                     const char *sha256_hex, int *ok, char *why, size_t whylen);
 
 #endif

@@ -17,7 +17,8 @@
 
 static const char *const FAIL_NAMES[] = {
     "", "chain_link", "row_hash", "canon", "signature", "head", "unsigned_round",
-    "row_rewritten", "row_modified", "row_deleted", "row_unaudited", "file_missing", "file_mismatch"};
+    "row_rewritten", "row_modified", "row_deleted", "row_unaudited", "file_missing", "file_mismatch",
+    "state_mismatch"};
 
 const char *fedge_audit_fail_name(fedge_audit_fail_kind kind)
 {
@@ -620,6 +621,102 @@ static int check_files(sqlite3 *db, const char *model_root, fedge_audit_report *
     return ret;
 }
 
+/* H of the newest audited strategy_state event naming version (or, with
+ * version NULL, the first whose H is want): *found = 0 when none. */
+static int state_event_sha(sqlite3 *db, const char *version, const char *want, char out[FEDGE_HASH_HEX_LEN],
+                           int *found)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK, rc;
+    *found = 0;
+    const char *sql = version ? "SELECT detail FROM events e WHERE kind='strategy_state'"
+                                " AND substr(detail, 1, length(?1) + 7) = 'model ' || ?1 || ':'"
+                                " AND EXISTS(SELECT 1 FROM audit WHERE tbl='events' AND row_key=CAST(e.id AS TEXT))"
+                                " ORDER BY id DESC LIMIT 1"
+                              : "SELECT detail FROM events e WHERE kind='strategy_state'"
+                                " AND substr(detail, -64) = ?1"
+                                " AND EXISTS(SELECT 1 FROM audit WHERE tbl='events' AND row_key=CAST(e.id AS TEXT))"
+                                " LIMIT 1";
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    sqlite3_bind_text(st, 1, version ? version : want, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *detail = (const char *)sqlite3_column_text(st, 0);
+        const char *h = detail ? strstr(detail, "sha256 ") : NULL;
+        for (const char *n = h; n; n = strstr(n + 1, "sha256 ")) /* the last one */
+            h = n;
+        if (h && strlen(h + 7) == FEDGE_HASH_HEX_LEN - 1) {
+            memcpy(out, h + 7, FEDGE_HASH_HEX_LEN);
+            *found = 1;
+        }
+    } else if (rc != SQLITE_DONE) {
+        ret = FEDGE_ERR_SQL;
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int fedge_audit_strategy_state_check(sqlite3 *db, const char *version, const void *blob, size_t len,
+                                     const char *sha256_hex, int *ok, char *why, size_t whylen)
+{
+    uint8_t h[FEDGE_HASH_LEN];
+    char got[FEDGE_HASH_HEX_LEN], logged[FEDGE_HASH_HEX_LEN];
+    int found = 0, ret;
+    *ok = 0;
+    if (!db || !version || (!blob && len) || !why || whylen == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(fedge_sha256(blob ? blob : "", len, h));
+    fedge_hash_to_hex(h, got);
+    if (!sha256_hex || strcasecmp(got, sha256_hex) != 0) {
+        snprintf(why, whylen, "strategy_state of model %.16s does not match its sha256 column", version);
+        goto cleanup;
+    }
+    CHK(state_event_sha(db, version, NULL, logged, &found));
+    if (!found)
+        CHK(state_event_sha(db, NULL, got, logged, &found));
+    if (!found) {
+        snprintf(why, whylen, "strategy_state of model %.16s (sha256 %.16s...) has no audited strategy_state event",
+                 version, got);
+        goto cleanup;
+    }
+    if (strcasecmp(got, logged) != 0) {
+        snprintf(why, whylen, "strategy_state of model %.16s has sha256 %.16s..., its audited event says %.16s...",
+                 version, got, logged);
+        goto cleanup;
+    }
+    *ok = 1;
+cleanup:
+    return ret;
+}
+
+static int check_strategy_state(sqlite3 *db, fedge_audit_report *rep)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK, rc;
+    /* logs from before the table have none */
+    if (sqlite3_prepare_v2(db, "SELECT version, state, sha256 FROM strategy_state ORDER BY round, version", -1, &st,
+                           NULL) != SQLITE_OK)
+        return FEDGE_OK;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *version = (const char *)sqlite3_column_text(st, 0);
+        char why[256];
+        int ok = 0;
+        ret = fedge_audit_strategy_state_check(db, version ? version : "", sqlite3_column_blob(st, 1),
+                                               (size_t)sqlite3_column_bytes(st, 1),
+                                               (const char *)sqlite3_column_text(st, 2), &ok, why, sizeof why);
+        if (ret != FEDGE_OK)
+            break;
+        if (!ok)
+            report(rep, FEDGE_AUDIT_FAIL_STATE_MISMATCH, -1, "strategy_state", version ? version : "", NULL, "%s",
+                   why);
+    }
+    if (ret == FEDGE_OK && rc != SQLITE_DONE)
+        ret = FEDGE_ERR_SQL;
+    sqlite3_finalize(st);
+    return ret;
+}
+
 int fedge_audit_verify(sqlite3 *db, const char *pubkey_path, const char *model_root,
                        fedge_audit_report *rep)
 {
@@ -648,6 +745,8 @@ int fedge_audit_verify(sqlite3 *db, const char *pubkey_path, const char *model_r
         ret = check_rows(db, &prunes, rep);
     if (ret == FEDGE_OK)
         ret = check_files(db, model_root, rep);
+    if (ret == FEDGE_OK)
+        ret = check_strategy_state(db, rep);
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
     if (ret == FEDGE_OK && !rep->ok)
         ret = fail_family(rep->failures[0].kind);
