@@ -151,8 +151,8 @@ int fedge_strategy_init(fedge_aggregator *a, char *err, size_t errlen)
     if (rc == SQLITE_DONE) {
         if (a->model_round > 0) {
             snprintf(detail, sizeof detail,
-                     "no saved strategy state for model %.16s (round %u): %.200s starts fresh", a->version_hex,
-                     a->model_round, a->strategy);
+                     "no saved strategy state for model %.16s (round %u): %.200s starts fresh%s", a->version_hex,
+                     a->model_round, a->strategy, a->cfg.scaffold ? " (SCAFFOLD's c at zero)" : "");
             sqlite3_finalize(st);
             st = NULL;
             CHK(reset_event(a, detail));
@@ -172,7 +172,8 @@ int fedge_strategy_init(fedge_aggregator *a, char *err, size_t errlen)
                                     why, sizeof why);
         if (ret == FEDGE_ERR_STRATEGY_STATE) {
             snprintf(detail, sizeof detail, "strategy state of model %.16s (saved by %.80s) not used: %.160s; %.160s starts "
-                     "fresh", a->version_hex, (const char *)sqlite3_column_text(st, 0), why, a->strategy);
+                     "fresh%s", a->version_hex, (const char *)sqlite3_column_text(st, 0), why, a->strategy,
+                     a->cfg.scaffold ? " (SCAFFOLD's c at zero)" : "");
             sqlite3_finalize(st);
             st = NULL;
             CHK(reset_event(a, detail));

@@ -1399,6 +1399,31 @@ static void test_scaffold_server_side(void **state)
     assert_string_equal(fx->agg.control_version_hex, c1);
 }
 
+/* Turning SCAFFOLD on between restarts starts c at zero with an audited
+ * strategy_state_reset event, as an optimiser change does; changing the
+ * combiner alone keeps the optimiser's state. */
+static void test_scaffold_switch_logged(void **state)
+{
+    fixture *fx = *state;
+    fedge_agg_config c = strategy_cfg(fx, "adam");
+    fresh_run(fx, &c, "switch");
+    strategy_round(fx, 1);
+    if (fedge_combiner_find("median")) {
+        snprintf(fx->cfg.aggregation, sizeof fx->cfg.aggregation, "median");
+        restart(fx);
+        assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='strategy_state_reset'"), 0);
+        assert_true(fx->agg.opt.steps == 1);
+        snprintf(fx->cfg.aggregation, sizeof fx->cfg.aggregation, "mean");
+    }
+    fx->cfg.scaffold = 1;
+    restart(fx);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='strategy_state_reset' AND detail LIKE"
+                            " '%scaffold+fedadam%starts fresh (SCAFFOLD''s c at zero)'"
+                            " AND id IN (SELECT CAST(row_key AS INTEGER) FROM audit WHERE tbl='events')"), 1);
+    for (size_t k = 0; k < fx->agg.model.n_params; k++)
+        assert_true(fx->agg.control[k] == 0.0f);
+}
+
 /* SCAFFOLD's control half must be the one its model half implies (option
  * II): anything else, a huge finite value or FLT_MAX included, is refused and
  * audited (rule scaffold_control) and never reaches c; honest halves pass in
@@ -1674,6 +1699,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fedprox_mu_in_round_info, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scaffold_server_side, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scaffold_control_checked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scaffold_switch_logged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dp_refuses_robust_and_scaffold, setup, teardown),
         cmocka_unit_test_setup_teardown(test_robust_selection_logged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_robust_too_few_fails_round, setup, teardown),
