@@ -56,4 +56,15 @@ int fedge_sched_count_rounds(fedge_aggregator *a);
  * none was due), 3 when none did; msg says what happened. */
 int fedge_sched_outcome(const fedge_aggregator *a, char *msg, size_t msglen);
 
+/* Restores the open round (async: the open step, whose accepted rows are
+ * the buffer) left by a crash: participants, counters, submitted flags. */
+int fedge_sched_resume_open(fedge_aggregator *a);
+/* Closes the open round or aggregation step: aggregates its accepted
+ * updates (close.h), adopts, evaluates and records the model, writes the
+ * rounds row, signs the head, all in one transaction; then retention,
+ * refinement, and FINISHED once `rounds` are done (else WAITING). A round
+ * the data cannot aggregate fails with an audited reason and returns
+ * FEDGE_OK; errors are the daemon's own faults. */
+int fedge_sched_close_step(fedge_aggregator *a);
+
 #endif
