@@ -60,31 +60,7 @@ static int open_round(fedge_aggregator *a, double now)
     char reason[256] = "";
     CHK(fedge_gov_round_admission(a, round, k, n_allowed, &refused, reason, sizeof reason));
     if (refused) {
-        CHK(fedge_store_begin(a->db));
-        CHK(fedge_store_prepare(a->db, "INSERT INTO rounds(id, opened_at, deadline, closed_at, status,"
-                               " base_version, strategy, n_selected, reason)"
-                               " VALUES(?,?,?,?, 'refused', ?, 'fedavg', 0, ?)", &st));
-        double wall = fedge_clock_wall();
-        sqlite3_bind_int64(st, 1, round);
-        sqlite3_bind_double(st, 2, wall);
-        sqlite3_bind_double(st, 3, wall);
-        sqlite3_bind_double(st, 4, wall);
-        sqlite3_bind_text(st, 5, a->version_hex, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 6, reason, -1, SQLITE_STATIC);
-        ret = fedge_store_step_done(a->db, st);
-        st = NULL;
-        if (ret != FEDGE_OK)
-            goto cleanup;
-        char key[24];
-        snprintf(key, sizeof key, "%u", round);
-        CHK(fedge_gov_audit(a, "rounds", key));
-        CHK(fedge_gov_event(a, round, NULL, "round_refused", "privacy_budget", reason));
-        CHK(fedge_gov_sign_head(a, round));
-        CHK(fedge_store_commit(a->db));
-        a->round = round;
-        a->state = FEDGE_AGG_FINISHED;
-        a->finished_at = now;
-        FEDGE_WARN("round %u refused: %s; stopping", round, reason);
+        CHK(fedge_sched_refuse_round(a, round, reason, now));
         goto cleanup;
     }
 
@@ -267,7 +243,7 @@ static void sync_counted(fedge_aggregator *a, int d, int accepted, size_t bytes)
     }
 }
 
-static void sync_view(const fedge_aggregator *a, int d, double now, fedge_sched_view *v)
+static void sync_view(fedge_aggregator *a, int d, double now, fedge_sched_view *v)
 {
     v->selected = a->state == FEDGE_AGG_OPEN && d >= 0 && a->selected[d] && !a->submitted[d];
     double left_ms = a->state == FEDGE_AGG_OPEN ? (a->deadline - now) * 1000.0 : 0;

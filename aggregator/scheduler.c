@@ -1,6 +1,7 @@
 /* scheduler.c — the schedulers' table and what they share (scheduler.h). */
 #include "scheduler.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -16,9 +17,10 @@
 #include "store.h"
 
 extern const fedge_sched fedge_sched_sync;
+extern const fedge_sched fedge_sched_async;
 
-/* mode -> scheduler; `mode = async` (FedBuff) becomes one more row */
-static const fedge_sched *const schedulers[] = {&fedge_sched_sync};
+/* mode -> scheduler */
+static const fedge_sched *const schedulers[] = {&fedge_sched_sync, &fedge_sched_async};
 
 const fedge_sched *fedge_sched_find(const char *mode)
 {
@@ -259,6 +261,73 @@ int fedge_sched_resume_open(fedge_aggregator *a)
     FEDGE_INFO("resuming open round %u: %zu selected, %zu accepted so far", a->round, a->n_selected,
                a->n_accepted);
 cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+double fedge_sched_staleness_discount(const fedge_agg_config *cfg, uint32_t s)
+{
+    double a = cfg->async_staleness_a, b = cfg->async_staleness_b, t = (double)s;
+    if (strcmp(cfg->async_staleness, "constant") == 0)
+        return 1.0;
+    if (strcmp(cfg->async_staleness, "hinge") == 0)
+        return t <= b ? 1.0 : 1.0 / (a * (t - b) + 1.0);
+    return pow(1.0 + t, -a);
+}
+
+int fedge_sched_async_rank(uint64_t seed, uint32_t step, const char *device, uint64_t *rank)
+{
+    uint8_t msg[12 + FEDGE_DEVICE_ID_MAX], h[FEDGE_HASH_LEN];
+    size_t n = device ? strlen(device) : 0;
+    if (!device || !rank || n > FEDGE_DEVICE_ID_MAX)
+        return FEDGE_ERR_INVALID_ARG;
+    for (int i = 0; i < 8; i++)
+        msg[i] = (uint8_t)(seed >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        msg[8 + i] = (uint8_t)(step >> (8 * i));
+    memcpy(msg + 12, device, n);
+    int ret = fedge_sha256(msg, 12 + n, h);
+    if (ret != FEDGE_OK)
+        return ret;
+    uint64_t r = 0;
+    for (int i = 0; i < 8; i++)
+        r = (r << 8) | h[i];
+    *rank = r;
+    return FEDGE_OK;
+}
+
+int fedge_sched_refuse_round(fedge_aggregator *a, uint32_t round, const char *reason, double now)
+{
+    sqlite3_stmt *st = NULL;
+    int ret;
+    CHK(fedge_store_begin(a->db));
+    CHK(fedge_store_prepare(a->db, "INSERT INTO rounds(id, opened_at, deadline, closed_at, status,"
+                           " base_version, strategy, n_selected, reason)"
+                           " VALUES(?,?,?,?, 'refused', ?, 'fedavg', 0, ?)", &st));
+    double wall = fedge_clock_wall();
+    sqlite3_bind_int64(st, 1, round);
+    sqlite3_bind_double(st, 2, wall);
+    sqlite3_bind_double(st, 3, wall);
+    sqlite3_bind_double(st, 4, wall);
+    sqlite3_bind_text(st, 5, a->version_hex, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, reason, -1, SQLITE_STATIC);
+    ret = fedge_store_step_done(a->db, st);
+    st = NULL;
+    if (ret != FEDGE_OK)
+        goto cleanup;
+    char key[24];
+    snprintf(key, sizeof key, "%u", round);
+    CHK(fedge_gov_audit(a, "rounds", key));
+    CHK(fedge_gov_event(a, round, NULL, "round_refused", "privacy_budget", reason));
+    CHK(fedge_gov_sign_head(a, round));
+    CHK(fedge_store_commit(a->db));
+    a->round = round;
+    a->state = FEDGE_AGG_FINISHED;
+    a->finished_at = now;
+    FEDGE_WARN("round %u refused: %s; stopping", round, reason);
+cleanup:
+    if (ret != FEDGE_OK)
+        fedge_store_rollback(a->db);
     sqlite3_finalize(st);
     return ret;
 }

@@ -49,6 +49,7 @@ double fedge_policy_device_epsilon_budget(const fedge_policy *p)
 {
     return p ? p->dp_device_epsilon_budget : 0.0;
 }
+unsigned fedge_policy_max_participations(const fedge_policy *p) { return p ? p->max_participations : 0; }
 
 static void decide(fedge_policy_decision *d, fedge_decision_kind kind, double clip_factor,
                    const char *rule, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
