@@ -1,7 +1,8 @@
 /* sched_async.c — buffered asynchronous aggregation (scheduler.h, mode
  * "async"; Nguyen et al., FedBuff, AISTATS 2022).
  *
- * Each aggregation step is a rounds row: it opens at once (status 'open'),
+ * Each aggregation step is a rounds row: it opens at once (status 'open',
+ * n_selected 0: its admissions are its round_participants rows),
  * devices are admitted to it while fewer than async_concurrency are in
  * flight, and the accepted update rows of the open step ARE the buffer: at
  * async_buffer_k of them the step closes like a sync round
@@ -57,6 +58,11 @@ static int async_resume(fedge_aggregator *a)
     CHK(async_alloc(a));
     CHK(fedge_sched_count_rounds(a));
     CHK(fedge_sched_resume_open(a));
+    if (a->state == FEDGE_AGG_OPEN) { /* the step's admissions so far */
+        a->n_selected = 0;
+        for (size_t i = 0; i < a->keys.n; i++)
+            a->n_selected += a->selected[i];
+    }
     a->start_at = fedge_clock_mono() + a->cfg.start_delay_s;
     if (a->state != FEDGE_AGG_OPEN && a->cfg.rounds > 0 && a->rounds_done >= a->cfg.rounds) {
         a->state = FEDGE_AGG_FINISHED;

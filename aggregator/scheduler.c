@@ -90,7 +90,7 @@ static int finish_round_row(fedge_aggregator *a, const char *status, const char 
     int ret;
     double now = fedge_clock_wall();
     CHK(fedge_store_prepare(a->db, "UPDATE rounds SET closed_at=?, status=?, new_version=?, n_accepted=?,"
-                           " n_rejected=?, bytes_received=?, accuracy=?, epsilon=?, reason=?, n_selected=? WHERE id=?",
+                           " n_rejected=?, bytes_received=?, accuracy=?, epsilon=?, reason=? WHERE id=?",
                     &st));
     sqlite3_bind_double(st, 1, now);
     sqlite3_bind_text(st, 2, status, -1, SQLITE_STATIC);
@@ -105,8 +105,7 @@ static int finish_round_row(fedge_aggregator *a, const char *status, const char 
         sqlite3_bind_double(st, 8, epsilon);
     if (reason)
         sqlite3_bind_text(st, 9, reason, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 10, (sqlite3_int64)a->n_selected);
-    sqlite3_bind_int64(st, 11, a->round);
+    sqlite3_bind_int64(st, 10, a->round);
     ret = fedge_store_step_done(a->db, st);
     st = NULL;
     if (ret != FEDGE_OK)

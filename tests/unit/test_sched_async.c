@@ -325,7 +325,7 @@ static void test_full_step(void **state)
     assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
     assert_string_not_equal(fx->agg.version_hex, v0);
     assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=1 AND status='closed'"), 2);
-    assert_int_equal(q1(fx, "SELECT n_selected FROM rounds WHERE id=1"), 3);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM round_participants WHERE round=1"), 3);
     assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=2 AND status='open'"), 1);
     assert_int_equal(q1(fx, "SELECT count(*) FROM models m JOIN rounds r ON r.new_version=m.version"
                             " WHERE r.id=1 AND m.kind='aggregate' AND m.round=1 AND m.parent=r.base_version"), 1);
