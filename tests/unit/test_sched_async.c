@@ -439,6 +439,33 @@ static void test_dp_q1_and_participation_cap(void **state)
     stop(fx);
 }
 
+/* async_max_versions = 1: while a device trained on version 1 is in flight,
+ * nobody is admitted to train on version 2; its slot freed (by its update
+ * or by async_slot_timeout_s), admission resumes. */
+static void test_max_versions_and_slot_timeout(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(1, 4, NULL);
+    fx->agg.cfg.async_max_versions = 1;
+    fx->agg.cfg.async_slot_timeout_s = 30;
+    ask_and_tick(fx, 0x3);
+    assert_int_equal(fx->agg.in_flight, 2);
+    assert_int_equal(send_now(fx, 1, 50, 0.01f, msg), 204); /* step 1 closes */
+    assert_int_equal(fx->agg.round, 2);
+    ask_and_tick(fx, 0x4);
+    assert_int_equal(ask(fx, 2), 0); /* dev-a still holds a step-1 slot */
+    assert_int_equal(fx->agg.in_flight, 1);
+    /* dev-a never answers: 30 s later its slot is freed and dev-c gets one */
+    double later = fedge_now() + 31;
+    assert_int_equal(fedge_agg_round_info(&fx->agg, DEVICES[2], later, msg, sizeof msg), FEDGE_OK);
+    assert_int_equal(fedge_agg_tick(&fx->agg, later), FEDGE_OK);
+    assert_int_equal(fx->agg.adm_step[0], 0);
+    assert_int_equal(fx->agg.adm_step[2], 2);
+    assert_int_equal(fx->agg.in_flight, 1);
+    stop(fx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -449,6 +476,7 @@ int main(void)
         cmocka_unit_test(test_max_staleness_refused),
         cmocka_unit_test(test_restart_half_full_buffer),
         cmocka_unit_test(test_dp_q1_and_participation_cap),
+        cmocka_unit_test(test_max_versions_and_slot_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
