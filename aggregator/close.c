@@ -539,7 +539,9 @@ int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res)
             fedge_rng_seed(&noise_rng, seed);
         }
         CHK(fedge_policy_dp_apply(a->policy, mean, n_params, n_use, &noise_rng));
-        double denom = (double)(a->n_selected ? a->n_selected : n_use);
+        /* async: a step takes async_buffer_k updates, whoever was admitted */
+        double denom = fedge_gov_async(a) ? (double)a->cfg.async_buffer_k
+                                          : (double)(a->n_selected ? a->n_selected : n_use);
         for (size_t i = 0; i < n_params; i++)
             mean[i] = (float)(mean[i] / denom);
     } else {
