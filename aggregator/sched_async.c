@@ -167,6 +167,7 @@ static int admit_waiting(fedge_aggregator *a, double now)
 {
     candidate *c = NULL;
     size_t *eligible = NULL, n_eligible = 0, n = 0;
+    uint8_t *ok = NULL;
     sqlite3_stmt *st = NULL;
     int ret = FEDGE_OK, has_current = 0;
     for (size_t i = 0; i < a->keys.n; i++)
@@ -178,23 +179,22 @@ static int admit_waiting(fedge_aggregator *a, double now)
         return FEDGE_OK;
     if (versions_in_flight(a, &has_current) >= (size_t)a->cfg.async_max_versions && !has_current)
         return FEDGE_OK;
-    c = malloc(a->keys.n * sizeof *c);
+    size_t asking = 0;
+    for (size_t i = 0; i < a->keys.n; i++)
+        asking += !a->adm_step[i] && !a->selected[i] && now - a->asked_at[i] <= ASK_TTL_S;
+    if (asking == 0)
+        return FEDGE_OK;
+    c = malloc(asking * sizeof *c);
     eligible = malloc(a->keys.n * sizeof *eligible);
-    if (!c || !eligible)
+    ok = calloc(a->keys.n, 1);
+    if (!c || !eligible || !ok)
         FAIL(FEDGE_ERR_NOMEM);
     CHK(fedge_gov_eligible_devices(a, eligible, &n_eligible));
-    unsigned cap = fedge_policy_max_participations(a->policy);
-    for (size_t k = 0; k < n_eligible; k++) {
-        size_t i = eligible[k];
-        if (a->adm_step[i] || a->selected[i] || now - a->asked_at[i] > ASK_TTL_S)
+    for (size_t k = 0; k < n_eligible; k++)
+        ok[eligible[k]] = 1;
+    for (size_t i = 0; i < a->keys.n && n < asking; i++) {
+        if (!ok[i] || a->adm_step[i] || a->selected[i] || now - a->asked_at[i] > ASK_TTL_S)
             continue;
-        if (cap > 0) {
-            int64_t times = 0;
-            CHK(fedge_store_query_int64(a->db, &times, NULL, "SELECT count(*) FROM round_participants WHERE device=?",
-                                        "t", a->keys.devices[i].id));
-            if (times >= (int64_t)cap)
-                continue;
-        }
         c[n].d = i;
         CHK(fedge_sched_async_rank((uint64_t)a->cfg.seed, a->round, a->keys.devices[i].id, &c[n].rank));
         n++;
@@ -202,9 +202,20 @@ static int admit_waiting(fedge_aggregator *a, double now)
     if (n == 0)
         goto cleanup;
     qsort(c, n, sizeof *c, by_rank);
-    size_t take = (size_t)a->cfg.async_concurrency - a->in_flight;
-    if (take > n)
-        take = n;
+    size_t want = (size_t)a->cfg.async_concurrency - a->in_flight, take = 0;
+    unsigned cap = fedge_policy_max_participations(a->policy);
+    for (size_t k = 0; k < n && take < want; k++) { /* skip devices at the cap, in rank order */
+        if (cap > 0) {
+            int64_t times = 0;
+            CHK(fedge_store_query_int64(a->db, &times, NULL, "SELECT count(*) FROM round_participants WHERE device=?",
+                                        "t", a->keys.devices[c[k].d].id));
+            if (times >= (int64_t)cap)
+                continue;
+        }
+        c[take++] = c[k];
+    }
+    if (take == 0)
+        goto cleanup;
     CHK(fedge_store_begin(a->db));
     CHK(fedge_store_prepare(a->db, "INSERT INTO round_participants(round, device) VALUES(?,?)", &st));
     for (size_t k = 0; k < take; k++) {
@@ -233,6 +244,7 @@ cleanup:
     sqlite3_finalize(st);
     free(c);
     free(eligible);
+    free(ok);
     return ret;
 }
 
