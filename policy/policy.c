@@ -113,6 +113,8 @@ int fedge_policy_summary(const fedge_policy *p, char *buf, size_t cap)
                      "anomaly %s; min_clients %u; max_share %g; deadline %g s; DP %s",
                      norm, p->max_staleness, p->regions_any ? "any" : regions,
                      rate, anomaly, p->min_clients, p->max_share, p->deadline_s, dp);
+    if (n >= 0 && (size_t)n < cap && p->max_participations > 0)
+        n += snprintf(buf + n, cap - (size_t)n, "; participations <= %u", p->max_participations);
     return (n < 0 || (size_t)n >= cap) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
 }
 
