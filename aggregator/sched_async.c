@@ -18,8 +18,9 @@
  * admission lets the device send one update (for the step it read or later);
  * its slot is freed when that update is decided or after
  * async_slot_timeout_s. At most async_max_versions distinct steps (base
- * versions) are in flight. Slots are memory only: after a restart they
- * start empty, and an admitted device may still send its one update. */
+ * versions) are in flight. Slots are memory only: after a restart the open
+ * step's admissions without an update get theirs back (a fresh timeout);
+ * an earlier step's admitted device may still send its one update. */
 #include "scheduler.h"
 
 #include <stdio.h>
@@ -58,10 +59,17 @@ static int async_resume(fedge_aggregator *a)
     CHK(async_alloc(a));
     CHK(fedge_sched_count_rounds(a));
     CHK(fedge_sched_resume_open(a));
-    if (a->state == FEDGE_AGG_OPEN) { /* the step's admissions so far */
+    if (a->state == FEDGE_AGG_OPEN) { /* the step's admissions so far hold slots again */
+        double now = fedge_clock_mono();
         a->n_selected = 0;
-        for (size_t i = 0; i < a->keys.n; i++)
+        for (size_t i = 0; i < a->keys.n; i++) {
             a->n_selected += a->selected[i];
+            if (a->selected[i] && !a->submitted[i]) {
+                a->adm_step[i] = a->round;
+                a->adm_at[i] = now;
+                a->in_flight++;
+            }
+        }
     }
     a->start_at = fedge_clock_mono() + a->cfg.start_delay_s;
     if (a->state != FEDGE_AGG_OPEN && a->cfg.rounds > 0 && a->rounds_done >= a->cfg.rounds) {

@@ -406,6 +406,8 @@ static void buffered_run(int crash, char out_version[FEDGE_HASH_HEX_LEN])
         assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
         assert_int_equal(fx->agg.round, 1);
         assert_int_equal(fx->agg.n_accepted, 2); /* the buffer */
+        assert_int_equal(fx->agg.in_flight, 1);   /* dev-c's slot */
+        assert_int_equal(ask(fx, 2), 1);
         assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
         /* an update already in the buffer is not counted twice */
         assert_int_equal(send_now(fx, 0, 33, 0.01f, msg), 409);
