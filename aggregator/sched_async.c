@@ -174,9 +174,8 @@ static int by_rank(const void *x, const void *y)
 static int admit_waiting(fedge_aggregator *a, double now)
 {
     candidate *c = NULL;
-    size_t *eligible = NULL, n_eligible = 0, n = 0;
-    uint8_t *ok = NULL;
-    sqlite3_stmt *st = NULL;
+    size_t n = 0;
+    sqlite3_stmt *st = NULL, *status = NULL;
     int ret = FEDGE_OK, has_current = 0;
     for (size_t i = 0; i < a->keys.n; i++)
         if (a->adm_step[i] && now - a->adm_at[i] > a->cfg.async_slot_timeout_s) {
@@ -193,15 +192,10 @@ static int admit_waiting(fedge_aggregator *a, double now)
     if (asking == 0)
         return FEDGE_OK;
     c = malloc(asking * sizeof *c);
-    eligible = malloc(a->keys.n * sizeof *eligible);
-    ok = calloc(a->keys.n, 1);
-    if (!c || !eligible || !ok)
+    if (!c)
         FAIL(FEDGE_ERR_NOMEM);
-    CHK(fedge_gov_eligible_devices(a, eligible, &n_eligible));
-    for (size_t k = 0; k < n_eligible; k++)
-        ok[eligible[k]] = 1;
     for (size_t i = 0; i < a->keys.n && n < asking; i++) {
-        if (!ok[i] || a->adm_step[i] || a->selected[i] || now - a->asked_at[i] > ASK_TTL_S)
+        if (a->adm_step[i] || a->selected[i] || now - a->asked_at[i] > ASK_TTL_S)
             continue;
         c[n].d = i;
         CHK(fedge_sched_async_rank((uint64_t)a->cfg.seed, a->round, a->keys.devices[i].id, &c[n].rank));
@@ -212,7 +206,15 @@ static int admit_waiting(fedge_aggregator *a, double now)
     qsort(c, n, sizeof *c, by_rank);
     size_t want = (size_t)a->cfg.async_concurrency - a->in_flight, take = 0;
     unsigned cap = fedge_policy_max_participations(a->policy);
-    for (size_t k = 0; k < n && take < want; k++) { /* skip devices at the cap, in rank order */
+    CHK(fedge_store_prepare(a->db, "SELECT status FROM devices WHERE id=?", &status));
+    /* down the ranking: skip devices the policy makes ineligible (status,
+     * region) and those at the participation cap */
+    for (size_t k = 0; k < n && take < want; k++) {
+        sqlite3_reset(status);
+        sqlite3_bind_text(status, 1, a->keys.devices[c[k].d].id, -1, SQLITE_STATIC);
+        if (sqlite3_step(status) != SQLITE_ROW ||
+            !fedge_gov_device_eligible(a, c[k].d, (const char *)sqlite3_column_text(status, 0)))
+            continue;
         if (cap > 0) {
             int64_t times = 0;
             CHK(fedge_store_query_int64(a->db, &times, NULL, "SELECT count(*) FROM round_participants WHERE device=?",
@@ -250,9 +252,8 @@ cleanup:
     if (ret != FEDGE_OK)
         fedge_store_rollback(a->db);
     sqlite3_finalize(st);
+    sqlite3_finalize(status);
     free(c);
-    free(eligible);
-    free(ok);
     return ret;
 }
 

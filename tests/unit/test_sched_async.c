@@ -19,6 +19,7 @@
 #include "agg.h"
 #include "common.h"
 #include "config.h"
+#include "governance.h"
 #include "hash.h"
 #include "log.h"
 #include "scheduler.h"
@@ -325,8 +326,10 @@ static void test_full_step(void **state)
     char v0[FEDGE_HASH_HEX_LEN];
     memcpy(v0, fx->agg.version_hex, sizeof v0);
     assert_int_equal(send_now(fx, 0, 10, 0.01f, msg), 403);
-    ask_and_tick(fx, 0x7);
+    assert_int_equal(fedge_device_set_status(fx->agg.db, "dev-d", "suspended", "test"), FEDGE_OK);
+    ask_and_tick(fx, 0xf); /* a suspended device asking is not admitted */
     assert_int_equal(fx->agg.in_flight, 3);
+    assert_int_equal(fx->agg.adm_step[3], 0);
     assert_int_equal(send_now(fx, 0, 11, 0.01f, msg), 204);
     assert_int_equal(fx->agg.in_flight, 2);
     assert_int_equal(send_now(fx, 0, 12, 0.01f, msg), 409); /* one update per admission */

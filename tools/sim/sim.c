@@ -567,8 +567,9 @@ static int start_clients(sim *s, char *err, size_t errlen)
         s->cap_jobs = need;
     }
     if (async) {
+        /* an edge polls about every second; asking is remembered 10 s */
         for (size_t d = 0; d < s->n_dev; d++)
-            if (!s->clients[d].busy && !a->adm_step[d])
+            if (!s->clients[d].busy && !a->adm_step[d] && s->now - a->asked_at[d] >= 1.0)
                 CHK(fedge_agg_round_info(a, a->keys.devices[d].id, s->now, body, sizeof body));
         CHK(step(s, fedge_agg_tick));
         if (a->state != FEDGE_AGG_OPEN)
