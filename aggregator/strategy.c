@@ -263,7 +263,9 @@ int fedge_strategy_save(fedge_aggregator *a, uint32_t round)
     CHK(fedge_store_prepare(a->db, "DELETE FROM strategy_state WHERE version<>?1 AND round NOT IN"
                                    " (SELECT DISTINCT round FROM strategy_state ORDER BY round DESC LIMIT ?2)", &st));
     sqlite3_bind_text(st, 1, a->version_hex, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, a->cfg.scaffold ? (sqlite3_int64)fedge_gov_round_window(a) + 1 : 0);
+    /* (async: no round window; the staleness rule bounds the base's age) */
+    uint32_t window = fedge_gov_async(a) ? fedge_policy_max_staleness(a->policy) : fedge_gov_round_window(a);
+    sqlite3_bind_int64(st, 2, a->cfg.scaffold ? (sqlite3_int64)window + 1 : 0);
     ret = fedge_store_step_done(a->db, st);
     st = NULL;
 cleanup:

@@ -1631,6 +1631,11 @@ static void test_robust_too_few_fails_round(void **state)
     assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
     assert_non_null(strstr(err, "2f + 3 = 5"));
     c.clients_per_round = 0;
+    snprintf(c.mode, sizeof c.mode, "async"); /* a buffer of 4 can never feed krum(f=1) */
+    c.async_buffer_k = 4;
+    assert_int_equal(fedge_agg_config_validate(&c, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_non_null(strstr(err, "async_buffer_k = 4: no step could aggregate"));
+    snprintf(c.mode, sizeof c.mode, "sync");
     fx->cfg = c;
     expect_init_refused(fx, "at most 3 devices are selected a round: no round could aggregate (krum");
     snprintf(c.aggregation, sizeof c.aggregation, "multikrum");
