@@ -19,6 +19,7 @@
 #include "common.h"
 #include "combine.h"
 #include "config.h"
+#include "log.h"
 
 static char g_dir[64];
 static char g_path[128]; /* the config file */
@@ -379,6 +380,34 @@ static void test_strategy_keys(void **state)
     }
 }
 
+/* Robust keys set for a rule that does not read them: one warning line
+ * each, and the config still validates. */
+static void test_unused_strategy_keys_warn(void **state)
+{
+    (void)state;
+    fedge_agg_config c;
+    char err[512], text[1024];
+    fedge_agg_config_defaults(&c);
+    snprintf(c.keys_file, sizeof c.keys_file, "%s", g_keys);
+    c.byzantine_f = 2;
+    c.multikrum_m = 3;
+    c.trim_beta = 0.2;
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    fedge_log_set_level(FEDGE_LOG_WARN);
+    fedge_log_set_stream(f);
+    int ret = fedge_agg_config_validate(&c, err, sizeof err);
+    fedge_log_set_stream(stderr);
+    assert_int_equal(ret, FEDGE_OK);
+    rewind(f);
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    assert_non_null(strstr(text, "byzantine_f = 2 has no effect with aggregation = mean"));
+    assert_non_null(strstr(text, "multikrum_m = 3 has no effect"));
+    assert_non_null(strstr(text, "trim_beta = 0.2 has no effect"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -387,6 +416,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_command_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_strategy_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unused_strategy_keys_warn, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
