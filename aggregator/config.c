@@ -517,7 +517,7 @@ static int parent_must_exist(const char *path, const char *where, char *err, siz
     return must_exist(dir, S_IFDIR, where, err, errlen);
 }
 
-size_t fedge_agg_config_combiner_min(const fedge_agg_config *c, char *why, size_t whylen)
+size_t fedge_agg_config_combiner_min(const fedge_agg_config *c, size_t n, char *why, size_t whylen)
 {
     fedge_combine_params p = {.trim_beta = c->trim_beta, .f = c->byzantine_f, .m = c->multikrum_m, .block = 1};
     snprintf(p.name, sizeof p.name, "%s", c->aggregation);
@@ -538,8 +538,8 @@ size_t fedge_agg_config_combiner_min(const fedge_agg_config *c, char *why, size_
         else
             lo = mid;
     }
-    if (lo > 0 && why && whylen)
-        cb->check(&p, lo, why, whylen);
+    if (n < hi && why && whylen)
+        cb->check(&p, n, why, whylen);
     return hi;
 }
 
@@ -630,13 +630,14 @@ int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errle
     }
     if (fedge_combiner_find(c->aggregation)) {
         char why[256];
-        size_t least = fedge_agg_config_combiner_min(c, why, sizeof why);
+        size_t least = fedge_agg_config_combiner_min(c, (size_t)c->clients_per_round, why, sizeof why);
         if (least == 0 || (c->clients_per_round > 0 && (size_t)c->clients_per_round < least)) {
             snprintf(err, errlen, "%s = %ld: no round could aggregate (%s)", WHERE(clients_per_round, w),
                      c->clients_per_round, why);
             FAIL(FEDGE_ERR_CONFIG_VALUE);
         }
-        if (strcmp(c->mode, "async") == 0 && (size_t)c->async_buffer_k < least) {
+        if (strcmp(c->mode, "async") == 0 &&
+            fedge_agg_config_combiner_min(c, (size_t)c->async_buffer_k, why, sizeof why) > (size_t)c->async_buffer_k) {
             snprintf(err, errlen, "%s = %ld: no step could aggregate (%s)", WHERE(async_buffer_k, w),
                      c->async_buffer_k, why);
             FAIL(FEDGE_ERR_CONFIG_VALUE);

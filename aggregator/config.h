@@ -97,11 +97,11 @@ int fedge_agg_config_set(fedge_agg_config *c, const char *key, const char *value
                          size_t errlen);
 /* Cross-field and file-system checks after everything is applied. */
 int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errlen);
-/* The fewest updates c's combiner can combine (its check() with n: 1 for
- * mean, 2f + 3 for krum, max(2f + 3, m) for multikrum, 4f + 3 for bulyan);
- * 0 when no count up to 2^24 would do. why gets the combiner's reason for
- * n = that minimum − 1. */
-size_t fedge_agg_config_combiner_min(const fedge_agg_config *c, char *why, size_t whylen);
+/* The fewest updates c's combiner can combine (the least count its check()
+ * passes: 1 for mean, 2f + 3 for krum, max(2f + 3, m) for multikrum, 4f + 3
+ * for bulyan); 0 when no count up to 2^24 would do. When n is below it, why
+ * (may be NULL) gets the combiner's reason for n updates. */
+size_t fedge_agg_config_combiner_min(const fedge_agg_config *c, size_t n, char *why, size_t whylen);
 void fedge_agg_config_print_help(FILE *out);
 int fedge_agg_config_is_key(const char *key);
 /* A boolean key: on the command line "--key" alone means true. */

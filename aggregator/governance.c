@@ -192,7 +192,7 @@ static int policy_fits(const fedge_aggregator *a, const fedge_policy *p, char *e
         return FEDGE_ERR_CONFIG_VALUE;
     }
     char why[256];
-    if (fedge_agg_config_combiner_min(&a->cfg, why, sizeof why) > sel) {
+    if (fedge_agg_config_combiner_min(&a->cfg, sel, why, sizeof why) > sel) {
         snprintf(err, errlen, "at most %zu devices are selected a round: no round could aggregate (%s)", sel, why);
         return FEDGE_ERR_CONFIG_VALUE;
     }

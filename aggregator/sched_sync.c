@@ -132,7 +132,7 @@ cleanup:
 static size_t quorum_count(const fedge_aggregator *a)
 {
     size_t q = (size_t)ceil(a->cfg.quorum * (double)a->n_selected - 1e-9);
-    size_t combiner_min = fedge_agg_config_combiner_min(&a->cfg, NULL, 0);
+    size_t combiner_min = fedge_agg_config_combiner_min(&a->cfg, 0, NULL, 0);
     if (q < (size_t)a->cfg.min_updates)
         q = (size_t)a->cfg.min_updates;
     if (q < combiner_min)
