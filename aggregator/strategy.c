@@ -143,8 +143,21 @@ int fedge_strategy_init(fedge_aggregator *a, char *err, size_t errlen)
         if (!a->control || !a->control_next)
             FAIL(FEDGE_ERR_NOMEM);
     }
-    if (!needs_state(a))
+    if (!needs_state(a)) {
+        /* a stateless strategy now: a saved state (SCAFFOLD's c, an
+         * optimiser's vectors) is dropped, and that is said */
+        int have = 0;
+        int64_t n_rows = 0;
+        CHK(fedge_store_query_int64(a->db, &n_rows, &have, "SELECT count(*) FROM strategy_state WHERE version=?", "t",
+                                    a->version_hex));
+        if (n_rows > 0) {
+            snprintf(detail, sizeof detail, "strategy state of model %.16s not used: %.200s keeps none",
+                     a->version_hex, a->strategy);
+            CHK(reset_event(a, detail));
+            CHK(fedge_store_exec(a->db, "DELETE FROM strategy_state"));
+        }
         goto cleanup;
+    }
     CHK(fedge_store_prepare(a->db, "SELECT strategy, state, sha256, round FROM strategy_state WHERE version=?", &st));
     sqlite3_bind_text(st, 1, a->version_hex, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);

@@ -1422,6 +1422,16 @@ static void test_scaffold_switch_logged(void **state)
                             " AND id IN (SELECT CAST(row_key AS INTEGER) FROM audit WHERE tbl='events')"), 1);
     for (size_t k = 0; k < fx->agg.model.n_params; k++)
         assert_true(fx->agg.control[k] == 0.0f);
+    /* off again, to a stateless strategy: c is dropped, and said once */
+    strategy_round(fx, 1);
+    fx->cfg.scaffold = 0;
+    snprintf(fx->cfg.server_optimizer, sizeof fx->cfg.server_optimizer, "sgd");
+    fx->cfg.server_lr = 1;
+    restart(fx);
+    restart(fx);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='strategy_state_reset' AND detail LIKE"
+                            " '%not used: fedavg keeps none'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM strategy_state"), 0);
 }
 
 /* SCAFFOLD's control half must be the one its model half implies (option
