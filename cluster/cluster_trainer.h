@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "hash.h"
+#include "cluster_grid.h"
 #include "cluster_layout.h"
 #include "optim.h"
 
@@ -47,6 +48,14 @@ typedef struct {
     int64_t fail_at_step;       /* test hook: rank fail_rank calls abort() there; -1 off */
     int fail_rank;
     int log_every;              /* 0: quiet */
+    /* layout (cluster_grid.h): dp = world / (tp * pp); tp, pp or micro > 1
+     * trains on the model-parallel path (cluster_mp.h, cpu, dense chains) */
+    int tp, pp, micro;
+    int pp_schedule;            /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */
+    double memory_budget_mb;    /* > 0: refuse a layout whose per-rank state exceeds it */
+    int lr_scaling;             /* FEDGE_LR_CONSTANT | FEDGE_LR_LINEAR */
+    uint64_t warmup_steps;
+    int lr_base_batch;          /* 0: one replica's micro-batch, B / (dp * micro) */
 } fedge_refine_config;
 
 typedef struct {
@@ -64,7 +73,18 @@ typedef struct {
     char version_hex[FEDGE_HASH_HEX_LEN];
     int evaluated;
     double eval_acc_before, eval_acc, eval_loss;
-    char where[96];              /* what failed, on error */
+    char where[160];             /* what failed, on error */
+    int dp, tp, pp, micro;
+    int effective_batch, lr_base_batch;
+    double lr_final;             /* the rate of the last step run */
+    /* model-parallel path: per stage, idle time on pipeline receives over
+     * step time, averaged over the run; bytes per step summed over ranks */
+    double bubble[FEDGE_MODEL_MAX_LAYERS];
+    double bubble_theory;
+    double step_ms;
+    double tp_seconds;           /* rank 0's time in TP allreduces */
+    double bytes_tp, bytes_pp, bytes_dp;          /* measured payload */
+    double bytes_tp_an, bytes_pp_an, bytes_dp_an; /* analytic (cluster_grid.h) */
 } fedge_refine_summary;
 
 void fedge_refine_config_defaults(fedge_refine_config *cfg);

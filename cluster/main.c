@@ -47,9 +47,13 @@ static void usage(FILE *f)
             "             [--checkpoint-keep N] [--eval TEST.shard] [--summary FILE]\n"
             "             [--loss-scale X] [--loss-scale-window N] [--no-prefetch]\n"
             "             [--log-every N] [--log-level L] [--fail-at-step S [--fail-rank R]]\n"
-            "             (run under mpirun -np N; the batch B is global)\n"
+            "             [--tp T] [--pp P] [--micro-batches M] [--pp-schedule gpipe|1f1b]\n"
+            "             [--layout auto] [--memory-per-rank-mb X]\n"
+            "             [--lr-scaling none|linear] [--warmup-steps N] [--lr-base-batch B0]\n"
+            "             (run under mpirun -np N; the batch B is global; dp = N / (T * P))\n"
             "  reference  --model IN --data TRAIN.shard --out OUT [--steps N | --epochs E]\n"
             "             [--batch B] [--lr X] [--momentum X] [--weight-decay X] [--seed S]\n"
+            "             [--lr-scaling linear --warmup-steps N --lr-base-batch B0]\n"
             "             single process, the shared core's loss_grad and SGD (for tests)\n"
             "  compare    A.bin B.bin [--tol X]   relative L2 difference, exit 0 if <= tol\n"
             "  init       --spec SPEC --out FILE [--seed S]\n"
@@ -122,7 +126,8 @@ enum {
     OPT_WD, OPT_SEED, OPT_BACKEND, OPT_PREC, OPT_ZERO, OPT_BUCKET, OPT_CKDIR, OPT_CKEVERY,
     OPT_CKKEEP, OPT_EVAL, OPT_SUMMARY, OPT_LSCALE, OPT_LSWIN, OPT_NOPREFETCH, OPT_LOGEVERY,
     OPT_LOGLEVEL, OPT_FAILSTEP, OPT_FAILRANK, OPT_TOL, OPT_SPEC, OPT_FMNIST, OPT_SYNTH,
-    OPT_ROWS, OPT_DIM, OPT_CLASSES, OPT_F32, OPT_NOZERO, OPT_HELP
+    OPT_ROWS, OPT_DIM, OPT_CLASSES, OPT_F32, OPT_NOZERO, OPT_HELP, OPT_TP, OPT_PP, OPT_MICRO,
+    OPT_SCHED, OPT_MEMMB, OPT_LRSCALE, OPT_WARMUP, OPT_LRBASE, OPT_LAYOUT, OPT_RANKS
 };
 
 static const struct option train_opts[] = {
@@ -154,11 +159,21 @@ static const struct option train_opts[] = {
     {"fail-at-step", required_argument, NULL, OPT_FAILSTEP},
     {"fail-rank", required_argument, NULL, OPT_FAILRANK},
     {"help", no_argument, NULL, OPT_HELP},
+    {"tp", required_argument, NULL, OPT_TP},
+    {"pp", required_argument, NULL, OPT_PP},
+    {"micro-batches", required_argument, NULL, OPT_MICRO},
+    {"pp-schedule", required_argument, NULL, OPT_SCHED},
+    {"memory-per-rank-mb", required_argument, NULL, OPT_MEMMB},
+    {"lr-scaling", required_argument, NULL, OPT_LRSCALE},
+    {"warmup-steps", required_argument, NULL, OPT_WARMUP},
+    {"lr-base-batch", required_argument, NULL, OPT_LRBASE},
+    {"layout", required_argument, NULL, OPT_LAYOUT},
     {NULL, 0, NULL, 0},
 };
 
 typedef struct {
     fedge_refine_config cfg;
+    int layout_auto;
     const char *summary_path;
     int steps_given, epochs_given;
 } refine_args;
@@ -268,6 +283,53 @@ static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
                 return loud ? bad_value(name, v) : EXIT_USAGE;
             c->fail_rank = i;
             break;
+        case OPT_TP:
+        case OPT_PP:
+            if (parse_int(v, 1, FEDGE_MODEL_MAX_LAYERS * 64, &i) != 0
+                || (opt == OPT_PP && i > FEDGE_MODEL_MAX_LAYERS))
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            if (opt == OPT_TP)
+                c->tp = i;
+            else
+                c->pp = i;
+            break;
+        case OPT_MICRO:
+            if (parse_int(v, 1, 4096, &c->micro) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_SCHED:
+            if (strcmp(v, "gpipe") == 0)
+                c->pp_schedule = FEDGE_PP_GPIPE;
+            else if (strcmp(v, "1f1b") == 0)
+                c->pp_schedule = FEDGE_PP_1F1B;
+            else
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_MEMMB:
+            if (parse_double(v, &c->memory_budget_mb) != 0 || !(c->memory_budget_mb > 0))
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_LRSCALE:
+            if (strcmp(v, "none") == 0)
+                c->lr_scaling = FEDGE_LR_CONSTANT;
+            else if (strcmp(v, "linear") == 0)
+                c->lr_scaling = FEDGE_LR_LINEAR;
+            else
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_WARMUP:
+            if (parse_u64(v, &c->warmup_steps) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_LRBASE:
+            if (parse_int(v, 1, 1 << 24, &c->lr_base_batch) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_LAYOUT:
+            if (strcmp(v, "auto") != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            a->layout_auto = 1;
+            break;
         case OPT_HELP: usage(stdout); return EXIT_USAGE;
         default:
             if (loud) {
@@ -295,6 +357,24 @@ static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
     if (c->precision != FEDGE_PREC_FP32 && strcmp(c->backend, "cpu") == 0) {
         if (loud)
             fprintf(stderr, "fedge-cluster: the cpu backend computes in fp32 only\n");
+        return EXIT_USAGE;
+    }
+    if ((c->tp > 1 || c->pp > 1 || c->micro > 1 || a->layout_auto)
+        && strcmp(c->backend, "cpu") != 0) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: --tp/--pp/--micro-batches/--layout run on the cpu "
+                            "backend only (the gpu backend is data-parallel)\n");
+        return EXIT_USAGE;
+    }
+    if ((c->tp > 1 || c->pp > 1 || c->micro > 1 || a->layout_auto) && c->zero) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: --zero shards pure data parallelism only, not "
+                            "with --tp/--pp/--micro-batches/--layout\n");
+        return EXIT_USAGE;
+    }
+    if (a->layout_auto && (c->tp > 1 || c->pp > 1 || c->micro > 1)) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: --layout auto picks --tp/--pp/--micro-batches itself\n");
         return EXIT_USAGE;
     }
     if (c->ckpt_every > 0 && c->ckpt_dir == NULL) {
@@ -332,6 +412,23 @@ static void write_refine_json(FILE *f, const refine_args *a, const fedge_refine_
     fprintf(f, ",\"checkpoints\":%" PRIu64 ",\"mem_per_rank_bytes\":%zu"
                ",\"mem_unsharded_bytes\":%zu,\"optimizer_bytes\":%zu",
             s->checkpoints, s->mem_bytes, s->unsharded.total, s->plan.optimizer);
+    fprintf(f, ",\"dp\":%d,\"tp\":%d,\"pp\":%d,\"micro_batches\":%d,\"pp_schedule\":\"%s\""
+               ",\"effective_batch\":%d,\"lr_scaling\":\"%s\",\"lr_base_batch\":%d"
+               ",\"warmup_steps\":%" PRIu64 ",\"lr\":%.9g,\"lr_final\":%.9g",
+            s->dp, s->tp, s->pp, s->micro,
+            c->pp_schedule == FEDGE_PP_GPIPE ? "gpipe" : "1f1b", s->effective_batch,
+            c->lr_scaling == FEDGE_LR_LINEAR ? "linear" : "none", s->lr_base_batch,
+            c->warmup_steps, (double)c->sgd.lr, s->lr_final);
+    if (s->tp > 1 || s->pp > 1 || s->micro > 1) {
+        fprintf(f, ",\"step_ms\":%.3f,\"tp_allreduce_s\":%.4f,\"bubble\":[", s->step_ms,
+                s->tp_seconds);
+        for (int i = 0; i < s->pp; i++)
+            fprintf(f, "%s%.4f", i ? "," : "", s->bubble[i]);
+        fprintf(f, "],\"bubble_theory\":%.4f,\"bytes_per_step\":{\"tp\":%.0f,\"pp\":%.0f"
+                   ",\"dp\":%.0f,\"tp_analytic\":%.0f,\"pp_analytic\":%.0f,\"dp_analytic\":%.0f}",
+                s->bubble_theory, s->bytes_tp, s->bytes_pp, s->bytes_dp, s->bytes_tp_an,
+                s->bytes_pp_an, s->bytes_dp_an);
+    }
     if (s->evaluated)
         fprintf(f, ",\"eval_accuracy_before\":%.6f,\"eval_accuracy\":%.6f,\"eval_loss\":%.6f",
                 s->eval_acc_before, s->eval_acc, s->eval_loss);
@@ -442,6 +539,10 @@ static int cmd_reference(int argc, char **argv)
         float loss;
         CHK(fedge_loader_get(&ld, s, &x, &y, &rows));
         CHK(fedge_model_loss_grad(&m, x, y, rows, (uint64_t)c->seed + s, scratch, grad, &loss));
+        opt.cfg.lr = (float)fedge_lr_at(c->sgd.lr, c->lr_scaling, c->global_batch,
+                                         c->lr_base_batch > 0 ? c->lr_base_batch
+                                                              : c->global_batch,
+                                         c->warmup_steps, s);
         CHK(fedge_sgd_step(&opt, m.params, grad));
         if (s == 0)
             first = loss;
