@@ -23,6 +23,7 @@
 #include "dataset.h"
 #include "cluster_layout.h"
 #include "cluster_loader.h"
+#include "cluster_plan.h"
 #include "log.h"
 #include "model.h"
 #include "modelfile.h"
@@ -60,6 +61,9 @@ static void usage(FILE *f)
             "  make-shard (--fashion-mnist train|test [--rows N] | --synthetic N [--dim D]\n"
             "             [--classes C]) --out FILE [--f32] [--seed S]\n"
             "  memory     --spec SPEC --batch B [--backend cpu|gpu] [--precision P]\n"
+            "  plan       --spec SPEC --batch B [--ranks N] [--memory-per-rank-mb X]\n"
+            "             probe this machine (run under mpirun -np N), predict every DPxTPxPP\n"
+            "             layout's step time and memory, choose the fastest that fits\n"
             "  --version  print the version and exit\n");
 }
 
@@ -467,7 +471,38 @@ static int cmd_refine(int argc, char **argv)
         MPI_Finalize();
         return rc;
     }
-    int st = fedge_refine_run(&a.cfg, &sum);
+    int st = FEDGE_OK;
+    if (a.layout_auto) {
+        fedge_model m;
+        fedge_plan_result *plan = calloc(1, sizeof(*plan));
+        int world = 1;
+        MPI_Comm_size(MPI_COMM_WORLD, &world);
+        memset(&m, 0, sizeof(m));
+        st = plan != NULL ? fedge_model_load(a.cfg.model_in, &m, NULL) : FEDGE_ERR_NOMEM;
+        if (st == FEDGE_OK)
+            st = fedge_plan_run(&m.spec, a.cfg.global_batch, world, a.cfg.memory_budget_mb, plan);
+        if (st == FEDGE_OK && plan->choice >= 0) {
+            const fedge_plan_layout *o = &plan->cand[plan->choice];
+            a.cfg.tp = o->tp;
+            a.cfg.pp = o->pp;
+            a.cfg.micro = o->micro;
+            a.cfg.pp_schedule = FEDGE_PP_1F1B;
+            if (rank == 0) {
+                fedge_plan_print(stderr, plan, a.cfg.memory_budget_mb);
+                FEDGE_INFO("--layout auto: dp %d x tp %d x pp %d, %d micro-batches (predicted "
+                           "%.3f ms a step)", o->dp, o->tp, o->pp, o->micro, o->predict_ms);
+            }
+        } else if (st == FEDGE_OK && rank == 0) {
+            fedge_plan_print(stderr, plan, a.cfg.memory_budget_mb);
+            FEDGE_WARN("--layout auto: no layout fits the memory budget; trying pure DP");
+        }
+        if (st != FEDGE_OK)
+            snprintf(sum.where, sizeof(sum.where), "layout auto (planner)");
+        fedge_model_free(&m);
+        free(plan);
+    }
+    if (st == FEDGE_OK)
+        st = fedge_refine_run(&a.cfg, &sum);
     if (rank == 0) {
         if (st != FEDGE_OK)
             FEDGE_ERROR("refine failed in %s: %s", sum.where[0] ? sum.where : "setup",
@@ -830,6 +865,78 @@ static int cmd_memory(int argc, char **argv)
     return EXIT_OK;
 }
 
+/* ---- plan ----------------------------------------------------------- */
+
+static int cmd_plan(int argc, char **argv)
+{
+    const char *spec_text = NULL;
+    int batch = 64, ranks = 0, rank = 0, world = 1, provided = 0;
+    double budget = 0.0;
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(argv[i], "--spec") == 0 && v) {
+            spec_text = v;
+        } else if (strcmp(argv[i], "--batch") == 0 && v) {
+            if (parse_int(v, 1, 1 << 24, &batch) != 0)
+                return bad_value("batch", v);
+        } else if (strcmp(argv[i], "--ranks") == 0 && v) {
+            if (parse_int(v, 1, 1 << 16, &ranks) != 0)
+                return bad_value("ranks", v);
+        } else if (strcmp(argv[i], "--memory-per-rank-mb") == 0 && v) {
+            if (parse_double(v, &budget) != 0 || !(budget > 0))
+                return bad_value("memory-per-rank-mb", v);
+        } else {
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+        i++;
+    }
+    fedge_model_spec spec;
+    fedge_dense_shape sh;
+    if (spec_text == NULL || fedge_model_spec_parse(spec_text, &spec) != FEDGE_OK) {
+        fprintf(stderr, "fedge-cluster: plan needs a valid --spec\n");
+        return EXIT_USAGE;
+    }
+    if (fedge_dense_shape_of(&spec, &sh) != FEDGE_OK) {
+        fprintf(stderr, "fedge-cluster: plan: tensor/pipeline layouts are for softmax/mlp specs\n");
+        return EXIT_USAGE;
+    }
+    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, "fedge-cluster: MPI_Init failed\n");
+        return EXIT_RUN;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    fedge_plan_result *r = calloc(1, sizeof(*r));
+    int st = r != NULL ? fedge_plan_run(&spec, batch, ranks > 0 ? ranks : world, budget, r)
+                       : FEDGE_ERR_NOMEM;
+    if (rank == 0) {
+        if (st == FEDGE_OK) {
+            printf("# plan for %s, global batch %d, %d ranks (probed on %d)\n", spec_text, batch,
+                   ranks > 0 ? ranks : world, world);
+            fedge_plan_print(stdout, r, budget);
+            if (r->choice >= 0) {
+                const fedge_plan_layout *o = &r->cand[r->choice];
+                printf("{\"command\":\"plan\",\"status\":\"ok\",\"dp\":%d,\"tp\":%d,\"pp\":%d,"
+                       "\"micro_batches\":%d,\"predicted_ms\":%.3f,\"mem_per_rank_bytes\":%zu}\n",
+                       o->dp, o->tp, o->pp, o->micro, o->predict_ms, o->mem_bytes);
+            } else {
+                printf("{\"command\":\"plan\",\"status\":\"error\",\"error\":\"no layout fits "
+                       "the memory budget\"}\n");
+            }
+        } else {
+            printf("{\"command\":\"plan\",\"status\":\"error\",\"code\":%d,\"error\":", st);
+            json_str(stdout, fedge_strerror(st));
+            printf("}\n");
+        }
+        fflush(stdout);
+    }
+    int none = st == FEDGE_OK && r->choice < 0;
+    free(r);
+    MPI_Finalize();
+    return st == FEDGE_OK && !none ? EXIT_OK : EXIT_RUN;
+}
+
 int main(int argc, char **argv)
 {
     if (fedge_blas_threads_from_env(1, NULL) != FEDGE_OK) { /* one BLAS thread per rank */
@@ -855,6 +962,8 @@ int main(int argc, char **argv)
         return cmd_make_shard(argc, argv);
     if (strcmp(cmd, "memory") == 0)
         return cmd_memory(argc, argv);
+    if (strcmp(cmd, "plan") == 0)
+        return cmd_plan(argc, argv);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
         return EXIT_OK;
