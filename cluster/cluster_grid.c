@@ -36,9 +36,11 @@ const char *fedge_tp_mode_name(int mode)
     }
 }
 
-static double layer_params(const fedge_dense_shape *sh, int l)
+/* Work of a layer per row: forward and weight-gradient GEMMs, and the
+ * input-gradient GEMM above the first layer. */
+static double layer_cost(const fedge_dense_shape *sh, int l)
 {
-    return (double)sh->dims[l + 1] * ((double)sh->dims[l] + 1.0);
+    return (double)sh->dims[l + 1] * ((double)sh->dims[l] + 1.0) * (l == 0 ? 2.0 : 3.0);
 }
 
 int fedge_pp_stages(const fedge_dense_shape *sh, int pp, int first[FEDGE_GRID_MAX_PP + 1])
@@ -52,7 +54,7 @@ int fedge_pp_stages(const fedge_dense_shape *sh, int pp, int first[FEDGE_GRID_MA
     double prefix[FEDGE_MODEL_MAX_LAYERS + 1];
     prefix[0] = 0.0;
     for (int l = 0; l < L; l++)
-        prefix[l + 1] = prefix[l] + layer_params(sh, l);
+        prefix[l + 1] = prefix[l] + layer_cost(sh, l);
     for (int j = 0; j <= L; j++) {
         best[1][j] = prefix[j];
         cut[1][j] = 0;

@@ -4,7 +4,8 @@
  * tensor-parallel group (same dp_i, pp_i) is made of neighbouring ranks.
  *
  * Pipeline: the dense layers are cut into pp contiguous stages, balanced by
- * parameter count (the FLOPs of a dense layer are proportional to its weights).
+ * FLOPs: a layer costs its weights times 2 (forward, weight gradient), times 3
+ * above the first layer (also the input gradient).
  *
  * Tensor parallelism (Megatron-LM): dense layers go in pairs, the first
  * column-parallel (rank t holds output rows [t*out/T, (t+1)*out/T) of W and
@@ -48,7 +49,7 @@ enum { FEDGE_TP_FULL = 0, FEDGE_TP_COL = 1, FEDGE_TP_ROW = 2 };
 const char *fedge_tp_mode_name(int mode);
 
 /* first[0..pp]: stage s has layers [first[s], first[s+1]); minimises the
- * largest stage's parameter count. FEDGE_ERR_INVALID_ARG when pp > layers. */
+ * largest stage's FLOPs. FEDGE_ERR_INVALID_ARG when pp > layers. */
 int fedge_pp_stages(const fedge_dense_shape *sh, int pp, int first[FEDGE_GRID_MAX_PP + 1]);
 
 typedef struct {

@@ -1,12 +1,15 @@
 #include "cluster_plan.h"
 
+#include <math.h>
 #include <mpi.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "common.h"
 #include "model.h"
+#include "optim.h"
 
 #define GEMM_CACHE 512
 
@@ -81,6 +84,63 @@ static int gemm_time(gemm_cache *gc, int ta, int tb, int m, int n, int k, double
     if (gc->n < GEMM_CACHE)
         gc->e[gc->n++] = (gemm_entry){ta, tb, m, n, k, all};
     *out = all;
+    return FEDGE_OK;
+}
+
+/* Per-element costs of the loops around the GEMMs, on every rank at once. */
+static int probe_elementwise(fedge_plan_links *L)
+{
+    const size_t n = 1 << 18;
+    float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
+    float *c = calloc(n, sizeof(float));
+    uint8_t *u = calloc(n, 1);
+    double t[4] = {0, 0, 0, 0}, all[4];
+    int bad = !a || !b || !c || !u, any = 0;
+    if (!bad) {
+        fedge_sgd_config sgd = {0.01f, 0.9f, 1e-4f};
+        volatile double sink = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            a[i] = (float)(i % 13) - 6.0f;
+            b[i] = 0.01f * (float)(i % 7);
+            u[i] = (uint8_t)i;
+        }
+        for (int rep = 0; rep < 2; rep++) { /* the first pass warms up */
+            double t0 = now_s();
+            for (size_t i = 0; i < n; i++) {
+                float v = a[i] + b[i & 1023];
+                c[i] = v < 0.0f ? 0.0f : v;
+            }
+            double t1 = now_s();
+            double acc = 0.0;
+            for (size_t i = 0; i < n / 4; i++)
+                acc += exp((double)(a[i] * 0.1f));
+            sink = acc;
+            double t2 = now_s();
+            fedge_sgd_update(&sgd, a, b, c, n);
+            double t3 = now_s();
+            for (size_t i = 0; i < n; i++)
+                c[i] = (float)u[i] * (1.0f / 255.0f);
+            double t4 = now_s();
+            t[0] = (t1 - t0) / (double)n;
+            t[1] = (t2 - t1) / (double)(n / 4);
+            t[2] = (t3 - t2) / (double)n;
+            t[3] = (t4 - t3) / (double)n;
+        }
+        (void)sink;
+    }
+    free(a);
+    free(b);
+    free(c);
+    free(u);
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
+        || MPI_Allreduce(t, all, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    if (any)
+        return FEDGE_ERR_NOMEM;
+    L->elem_s = all[0];
+    L->exp_s = all[1];
+    L->sgd_s = all[2];
+    L->load_s = all[3];
     return FEDGE_OK;
 }
 
@@ -168,11 +228,17 @@ static int stage_time(gemm_cache *gc, const fedge_shard_plan *p, const fedge_pla
             CHK_T(gemm_time(gc, 0, 0, rows, in, out, &t));
             c += t;
         }
+        /* bias + ReLU forward, bias gradient, ReLU mask of the input gradient */
+        c += L->elem_s * (double)rows * (2.0 * out + (l > 0 ? in : 0));
         if (p->tp > 1 && p->mode[l] == FEDGE_TP_ROW)
             m += L->ar_alpha + ring * rows * (double)p->sh.dims[l + 1] * 4.0 / L->ar_beta;
         if (p->tp > 1 && p->mode[l] == FEDGE_TP_COL && l > 0)
             m += L->ar_alpha + ring * rows * (double)p->sh.dims[l] * 4.0 / L->ar_beta;
     }
+    if (p->pp_i == 0)
+        c += L->elem_s * (double)rows * p->sh.dims[0]; /* the input rows, copied in */
+    if (p->l1 == p->sh.n_layers) /* softmax: two exps per logit, and the gradient */
+        c += (2.0 * L->exp_s + 2.0 * L->elem_s) * (double)rows * p->sh.dims[p->sh.n_layers];
     if (p->pp_i < p->pp - 1)
         m += L->p2p_alpha + rows * (double)p->out_n[p->l1 - 1] * 4.0 / L->p2p_beta;
     if (p->pp_i > 0)
@@ -203,11 +269,15 @@ static int predict(gemm_cache *gc, const fedge_model_spec *spec, const fedge_den
             n_local_max = p.n_local;
     }
     double pipe = sum + (M - 1) * worst;
+    /* per step: read the rows, update the parameters, agree on status and loss */
+    double step_fixed = L->load_s * (double)R * sh->dims[0] + L->sgd_s * (double)n_local_max
+                        + 2.0 * L->ar_alpha;
+    pipe += step_fixed;
     double dp = o->dp > 1 ? L->ar_alpha + 2.0 * (o->dp - 1) / o->dp * (double)n_local_max * 4.0
                                               / L->ar_beta
                           : 0.0;
     o->predict_ms = 1e3 * (pipe + dp);
-    o->compute_ms = 1e3 * comp_sum * M / P;
+    o->compute_ms = 1e3 * (comp_sum * M / P + step_fixed);
     o->comm_ms = 1e3 * (comm_sum * M / P + dp);
     o->bubble = fedge_pp_bubble_theory(P, M);
     fedge_memory_plan mp;
@@ -243,6 +313,7 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
         return FEDGE_ERR_INVALID_ARG;
     CHK_T(fedge_dense_shape_of(spec, &sh));
     CHK_T(probe_links(&out->links));
+    CHK_T(probe_elementwise(&out->links));
     gc = calloc(1, sizeof(*gc));
     if (gc == NULL)
         return FEDGE_ERR_NOMEM;
@@ -295,6 +366,8 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
                "(ring bus); memory budget %s\n",
             L->probe_ranks, 1e6 * L->p2p_alpha, L->p2p_beta / 1e9, 1e6 * L->ar_alpha,
             L->ar_beta / 1e9, budget_mb > 0 ? "per rank" : "none");
+    fprintf(f, "# per element: bias+relu %.2f ns, exp %.2f ns, sgd %.2f ns, load %.2f ns\n",
+            1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s);
     fprintf(f, "# %3s %3s %3s %5s %12s %11s %9s %8s %12s %5s\n", "dp", "tp", "pp", "micro",
             "predict_ms", "compute_ms", "comm_ms", "bubble", "mem_bytes", "fits");
     for (int i = 0; i < r->n; i++) {

@@ -12,7 +12,9 @@
  * (forward, weight gradient, input gradient of each of its layers at 1/T
  * width) plus its TP allreduces plus its two boundary messages; the pipeline
  * takes sum over stages + (M - 1) * slowest stage; then the DP allreduce of the
- * rank's gradients (not overlapped). Memory per rank: cluster_grid.h's plan
+ * rank's gradients (not overlapped), the SGD update of its parameters and the
+ * reading of its rows. Elementwise work (bias, ReLU, masks, softmax) is
+ * costed per element from probes of the same loops. Memory per rank: cluster_grid.h's plan
  * (pure DP: cluster_layout.h's). Layouts are printed fastest first; the
  * choice is the fastest that fits the budget. */
 #ifndef FEDGE_CLUSTER_PLAN_H
@@ -35,6 +37,9 @@ typedef struct {
 typedef struct {
     double p2p_alpha, p2p_beta;   /* s, bytes/s */
     double ar_alpha, ar_beta;
+    /* seconds per element, all ranks at once (slowest): bias + ReLU pass,
+     * exp (softmax), SGD update, u8 -> f32 batch conversion (the loader) */
+    double elem_s, exp_s, sgd_s, load_s;
     int probe_ranks;
 } fedge_plan_links;
 

@@ -88,6 +88,18 @@ grep -q '"where":"memory: dp=4 tp=1 pp=1 needs' "$T/big.json" || fail "memory re
 [ ! -e "$T/big.bin" ] || fail "output written despite the memory refusal"
 cluster_equivalent budget_tp2 4 --tp 2 --memory-per-rank-mb 0.75
 
+# the planner: pure DP does not fit that budget, the chosen layout does, and
+# refine --layout auto trains with it
+mpi 4 "$CL" plan --spec mlp:784-64-64-32-10 --batch 64 --memory-per-rank-mb 0.75 >"$T/plan.txt" \
+    2>"$T/plan.err" || fail "plan: $(cat "$T/plan.txt" "$T/plan.err")"
+grep -Eq '^ +4 +1 +1 +1 .* no *$' "$T/plan.txt" || fail "plan: pure DP should not fit: $(cat "$T/plan.txt")"
+grep -q '<- chosen' "$T/plan.txt" || fail "plan chose nothing: $(cat "$T/plan.txt")"
+pm=$(sed -n 's/.*"mem_per_rank_bytes":\([0-9]*\).*/\1/p' "$T/plan.txt")
+[ "$pm" -le $((786432)) ] || fail "plan chose a layout over the budget: $pm"
+[ "$(grep -c '^  ' "$T/plan.txt")" -ge 10 ] || fail "plan listed too few layouts: $(cat "$T/plan.txt")"
+cluster_equivalent auto 4 --layout auto --memory-per-rank-mb 0.75
+grep -q '"dp":4,"tp":1,"pp":1' "$T/auto.json" && fail "--layout auto picked pure DP over the budget"
+
 # linear lr scaling with warm-up: effective batch 64 over base 32 = 2x lr after 5 steps (4x diverges on Fashion-MNIST)
 "$CL" reference "${COMMON[@]}" --lr-scaling linear --warmup-steps 5 --lr-base-batch 32 \
     --out "$T/ref_lr.bin" >/dev/null
