@@ -102,8 +102,8 @@ int fedge_shard_plan_make(const fedge_dense_shape *sh, int tp, int tp_i, int pp,
     for (int l = 0; l < L; l++) {
         const int in = sh->dims[l], out = sh->dims[l + 1];
         int mode = FEDGE_TP_FULL;
-        if (tp > 1)
-            mode = (l % 2 == 1) ? FEDGE_TP_ROW : (l + 1 < L ? FEDGE_TP_COL : FEDGE_TP_FULL);
+        if (tp > 1) /* pairs; an unpaired last layer is column-parallel too */
+            mode = (l % 2 == 1) ? FEDGE_TP_ROW : FEDGE_TP_COL;
         p->mode[l] = mode;
         p->out_lo[l] = 0;
         p->out_n[l] = out;
@@ -134,7 +134,7 @@ int fedge_shard_plan_make(const fedge_dense_shape *sh, int tp, int tp_i, int pp,
             maxd = p->in_n[l];
     }
     p->n_local = off;
-    p->max_local_dim = maxd;
+    p->max_local_dim = maxd < 4 ? 4 : maxd; /* the split softmax keeps 2 doubles a row there */
     return FEDGE_OK;
 }
 
@@ -231,6 +231,11 @@ void fedge_mp_comm_volume(const fedge_shard_plan *p, int dp, int rows, int micro
 {
     memset(out, 0, sizeof(*out));
     for (int l = p->l0; l < p->l1 && p->tp > 1; l++) {
+        if (p->mode[l] == FEDGE_TP_COL && l == p->sh.n_layers - 1) {
+            /* split softmax: per-row max (f32), then sum-exp and label logit (f64) */
+            out->tp_bytes += (double)rows * (4.0 + 16.0);
+            out->tp_allreduces += 2 * micro;
+        }
         if (p->mode[l] == FEDGE_TP_ROW) {
             out->tp_bytes += (double)rows * p->sh.dims[l + 1] * 4.0;
             out->tp_allreduces += micro;

@@ -11,15 +11,17 @@
  * column-parallel (rank t holds output rows [t*out/T, (t+1)*out/T) of W and
  * that slice of b), the second row-parallel (input columns [t*in/T, ...) of W;
  * b whole, added once after the forward allreduce). An unpaired last layer
- * (an odd number of layers) is replicated: every TP rank holds it whole and
- * computes it on the complete input, so the softmax/cross-entropy always sees
- * the complete logits. Pairing is global (layer l is column-parallel when l is
- * even and has a successor), independent of the stages: a stage boundary
- * inside a pair carries the column-split activation from TP rank t to TP rank t.
+ * (an odd number of layers) is column-parallel as well: each TP rank holds
+ * 1/T of the logits and the softmax cross-entropy is computed from an
+ * allreduce of the per-row maxima and one of the per-row sums of exp (and the
+ * label's logit), without gathering the logits. Pairing is global (layer l is
+ * column-parallel when l is even, row-parallel when odd), independent of the
+ * stages: a stage boundary inside a pair carries the column-split activation
+ * from TP rank t to TP rank t. FEDGE_TP_FULL is the mode of every layer at tp 1.
  *
  * A rank's local vector holds, for each layer of its stage, W_local
- * (out_n x in_n, row-major) then b_local (b_n floats). Replicated tensors
- * (row-parallel b, replicated layers) have one owner per TP group (tp_i 0),
+ * (out_n x in_n, row-major) then b_local (out_n floats). Replicated tensors
+ * (the row-parallel layers' b) have one owner per TP group (tp_i 0),
  * which writes them into the full vector (fedge_shard_put).
  *
  * Pure arithmetic: no MPI, no allocation. */
@@ -62,7 +64,7 @@ typedef struct {
     int in_lo[FEDGE_MODEL_MAX_LAYERS], in_n[FEDGE_MODEL_MAX_LAYERS];
     size_t w_off[FEDGE_MODEL_MAX_LAYERS], b_off[FEDGE_MODEL_MAX_LAYERS]; /* local vector */
     size_t n_local;                      /* floats of this rank's parameters */
-    int max_local_dim;                   /* widest local activation or input gradient */
+    int max_local_dim;                   /* widest local activation or input gradient, >= 4 */
 } fedge_shard_plan;
 
 /* FEDGE_ERR_INVALID_ARG if a split layer has fewer outputs (column) or

@@ -184,6 +184,54 @@ static int tp_allreduce(fedge_mp *mp, float *buf, size_t n, step_ctx *sc)
     return mpi_ok(rc);
 }
 
+/* Softmax cross-entropy over logits split by columns across the TP group:
+ * z holds this rank's out_n of them per row; it is replaced by the same
+ * columns of the probabilities. Row maxima (MAX) and then the sums of exp with
+ * the label's logit (SUM) are allreduced; the logits are never gathered. */
+static int split_softmax(fedge_mp *mp, step_ctx *sc, float *z, int lo, int nr)
+{
+    const fedge_shard_plan *p = &mp->plan;
+    const int L = p->sh.n_layers, out = p->out_n[L - 1], c0 = p->out_lo[L - 1];
+    float *mx = mp->da;                      /* nr floats of scratch */
+    double *se = (double *)(void *)mp->dz;   /* 2 nr doubles: sum exp, label logit - max */
+    if (nr > INT_MAX / 2)
+        return FEDGE_ERR_RANGE;
+    for (int r = 0; r < nr; r++) {
+        const float *zr = z + (size_t)r * (size_t)out;
+        float m = zr[0];
+        for (int j = 1; j < out; j++)
+            m = zr[j] > m ? zr[j] : m;
+        mx[r] = m;
+    }
+    double t0 = MPI_Wtime();
+    int rc = MPI_Allreduce(MPI_IN_PLACE, mx, nr, MPI_FLOAT, MPI_MAX, mp->tp_comm);
+    for (int r = 0; r < nr && rc == MPI_SUCCESS; r++) {
+        const float *zr = z + (size_t)r * (size_t)out;
+        const int label = sc->y[lo + r] - c0;
+        double sum = 0.0;
+        for (int j = 0; j < out; j++)
+            sum += exp((double)(zr[j] - mx[r]));
+        se[2 * r] = sum;
+        se[2 * r + 1] = label >= 0 && label < out ? (double)(zr[label] - mx[r]) : 0.0;
+    }
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Allreduce(MPI_IN_PLACE, se, 2 * nr, MPI_DOUBLE, MPI_SUM, mp->tp_comm);
+    sc->st->tp_s += MPI_Wtime() - t0;
+    sc->st->tp_payload += (double)nr * (sizeof(float) + 2 * sizeof(double));
+    if (rc != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    double total = 0.0;
+    for (int r = 0; r < nr; r++) {
+        float *zr = z + (size_t)r * (size_t)out;
+        total += log(se[2 * r]) - se[2 * r + 1];
+        for (int j = 0; j < out; j++)
+            zr[j] = (float)(exp((double)(zr[j] - mx[r])) / se[2 * r]);
+    }
+    if (p->tp_i == 0)
+        sc->loss += total;
+    return FEDGE_OK;
+}
+
 static int forward_mb(fedge_mp *mp, step_ctx *sc, int m)
 {
     const fedge_shard_plan *p = &mp->plan;
@@ -216,7 +264,9 @@ static int forward_mb(fedge_mp *mp, step_ctx *sc, int m)
             }
         }
     }
-    if (p->l1 == L) { /* softmax cross-entropy on the complete logits */
+    if (p->l1 == L && p->mode[L - 1] == FEDGE_TP_COL) {
+        CHK_RET(split_softmax(mp, sc, a[L], lo, nr));
+    } else if (p->l1 == L) { /* softmax cross-entropy on the complete logits */
         const int classes = p->sh.dims[L];
         double total = 0.0;
         for (int r = 0; r < nr; r++) {
@@ -251,13 +301,13 @@ static int backward_mb(fedge_mp *mp, step_ctx *sc, int m)
     float *dz = mp->dz, *da = mp->da;
     int lo, nr;
     mb_range(mp, sc, m, &lo, &nr);
-    if (p->l1 == L) {
-        const int classes = p->sh.dims[L];
+    if (p->l1 == L) { /* this rank's columns of the probabilities (all at tp 1) */
+        const int classes = p->out_n[L - 1], c0 = p->out_lo[L - 1];
         for (int r = 0; r < nr; r++) {
             const float *pr = a[L] + (size_t)r * (size_t)classes;
             float *dr = dz + (size_t)r * (size_t)classes;
             for (int j = 0; j < classes; j++)
-                dr[j] = (pr[j] - (j == sc->y[lo + r] ? 1.0f : 0.0f)) * sc->grad_weight;
+                dr[j] = (pr[j] - (j + c0 == sc->y[lo + r] ? 1.0f : 0.0f)) * sc->grad_weight;
         }
     } else {
         const int out = p->out_n[p->l1 - 1];

@@ -63,14 +63,18 @@ static int gemm_time(gemm_cache *gc, int ta, int tb, int m, int n, int k, double
         for (size_t i = 0; i < (size_t)k * (size_t)n; i++)
             b[i] = (float)(i % 5) * 0.1f;
         fedge_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, n); /* warm-up */
+        /* the fastest of several calls: other jobs on a shared machine only
+         * ever slow a call down */
         int reps = 0;
-        double t0 = now_s(), dt = 0.0;
+        double t0 = now_s(), best = 1e30;
         do {
+            double t1 = now_s();
             fedge_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, n);
+            double dt = now_s() - t1;
+            best = dt < best ? dt : best;
             reps++;
-            dt = now_s() - t0;
-        } while (dt < 0.004 && reps < 50);
-        mine = dt / reps;
+        } while (now_s() - t0 < 0.004 && reps < 50);
+        mine = best;
     }
     free(a);
     free(b);
@@ -94,7 +98,7 @@ static int probe_elementwise(fedge_plan_links *L)
     float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
     float *c = calloc(n, sizeof(float));
     uint8_t *u = calloc(n, 1);
-    double t[4] = {0, 0, 0, 0}, all[4];
+    double t[4] = {1e30, 1e30, 1e30, 1e30}, all[4];
     int bad = !a || !b || !c || !u, any = 0;
     if (!bad) {
         fedge_sgd_config sgd = {0.01f, 0.9f, 1e-4f};
@@ -104,7 +108,7 @@ static int probe_elementwise(fedge_plan_links *L)
             b[i] = 0.01f * (float)(i % 7);
             u[i] = (uint8_t)i;
         }
-        for (int rep = 0; rep < 2; rep++) { /* the first pass warms up */
+        for (int rep = 0; rep < 6; rep++) { /* the fastest pass counts */
             double t0 = now_s();
             for (size_t i = 0; i < n; i++) {
                 float v = a[i] + b[i & 1023];
@@ -121,10 +125,10 @@ static int probe_elementwise(fedge_plan_links *L)
             for (size_t i = 0; i < n; i++)
                 c[i] = (float)u[i] * (1.0f / 255.0f);
             double t4 = now_s();
-            t[0] = (t1 - t0) / (double)n;
-            t[1] = (t2 - t1) / (double)(n / 4);
-            t[2] = (t3 - t2) / (double)n;
-            t[3] = (t4 - t3) / (double)n;
+            const double d[4] = {(t1 - t0) / (double)n, (t2 - t1) / (double)(n / 4),
+                                 (t3 - t2) / (double)n, (t4 - t3) / (double)n};
+            for (int k = 0; k < 4; k++)
+                t[k] = d[k] < t[k] ? d[k] : t[k];
         }
         (void)sink;
     }
@@ -172,8 +176,9 @@ static int probe_links(fedge_plan_links *L)
         return FEDGE_OK;
     }
     int rc = MPI_SUCCESS;
-    const int counts[2] = {2, big}, reps[2] = {200, 20};
-    double pp_t[2] = {0, 0}, ar_t[2] = {0, 0};
+    const int counts[2] = {2, big}, reps[2] = {100, 10};
+    double pp_t[2] = {1e30, 1e30}, ar_t[2] = {1e30, 1e30};
+    for (int trial = 0; trial < 6 && rc == MPI_SUCCESS; trial++) /* the fastest trial counts */
     for (int s = 0; s < 2 && rc == MPI_SUCCESS; s++) {
         rc = MPI_Barrier(MPI_COMM_WORLD);
         double t0 = MPI_Wtime();
@@ -188,13 +193,15 @@ static int probe_links(fedge_plan_links *L)
                     rc = MPI_Send(buf, counts[s], MPI_FLOAT, 0, 7, MPI_COMM_WORLD);
             }
         }
-        pp_t[s] = (MPI_Wtime() - t0) / reps[s] / 2.0;
+        double one_way = (MPI_Wtime() - t0) / reps[s] / 2.0;
+        pp_t[s] = one_way < pp_t[s] ? one_way : pp_t[s];
         if (rc == MPI_SUCCESS)
             rc = MPI_Barrier(MPI_COMM_WORLD);
         t0 = MPI_Wtime();
         for (int i = 0; i < reps[s] && rc == MPI_SUCCESS; i++)
             rc = MPI_Allreduce(MPI_IN_PLACE, buf, counts[s], MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        ar_t[s] = (MPI_Wtime() - t0) / reps[s];
+        double ar = (MPI_Wtime() - t0) / reps[s];
+        ar_t[s] = ar < ar_t[s] ? ar : ar_t[s];
     }
     free(buf);
     if (rc != MPI_SUCCESS)
@@ -232,6 +239,8 @@ static int stage_time(gemm_cache *gc, const fedge_shard_plan *p, const fedge_pla
         c += L->elem_s * (double)rows * (2.0 * out + (l > 0 ? in : 0));
         if (p->tp > 1 && p->mode[l] == FEDGE_TP_ROW)
             m += L->ar_alpha + ring * rows * (double)p->sh.dims[l + 1] * 4.0 / L->ar_beta;
+        if (p->tp > 1 && p->mode[l] == FEDGE_TP_COL && l == p->sh.n_layers - 1)
+            m += 2.0 * L->ar_alpha + ring * rows * 20.0 / L->ar_beta; /* split softmax */
         if (p->tp > 1 && p->mode[l] == FEDGE_TP_COL && l > 0)
             m += L->ar_alpha + ring * rows * (double)p->sh.dims[l] * 4.0 / L->ar_beta;
     }

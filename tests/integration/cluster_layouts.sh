@@ -5,7 +5,8 @@
 # global batches; a checkpoint written under one layout resumes under
 # another; a per-rank memory budget refuses pure DP and admits TP; linear lr
 # scaling with warm-up matches the reference with the same schedule; bad
-# layouts are refused with their reason.
+# layouts are refused with their reason; a model with an odd number of
+# layers trains with its last layer split (softmax over split logits).
 set -euo pipefail
 CLUSTER_TAG=layouts
 . "$(dirname "$0")/../lib/cluster.sh"
@@ -124,4 +125,14 @@ set -e
 [ "$rc3" -eq 2 ] && grep -q 'cpu backend only' "$T/b3.err" || fail "gpu with tp: $rc3 $(cat "$T/b3.err")"
 [ "$rc4" -eq 1 ] && grep -q 'more pipeline stages than dense layers' "$T/b4.json" || fail "pp 5: $(cat "$T/b4.json")"
 for b in b1 b2 b3 b4; do [ ! -e "$T/$b.bin" ] || fail "$b wrote output"; done
+# an odd number of layers: the last is column-parallel and the softmax
+# cross-entropy is computed from allreduced row maxima and sums of exp
+for spec in mlp:784-48-32-10 softmax:784-10; do
+    "$CL" init --spec "$spec" --seed 4 --out "$T/m0.bin" >/dev/null
+    cluster_reference
+    cluster_equivalent "odd_tp2_${spec%%:*}" 2 --tp 2 --micro-batches 3
+    grep -q '"tp":[1-9][0-9]*,"pp":0,"dp":0,"tp_analytic"' "$T/odd_tp2_${spec%%:*}.json" \
+        || fail "$spec: no TP traffic: $(cat "$T/odd_tp2_${spec%%:*}.json")"
+    [ "$spec" = softmax:784-10 ] || cluster_equivalent odd_tp2_pp2 4 --tp 2 --pp 2 --micro-batches 2
+done
 echo "cluster_layouts: all passed"

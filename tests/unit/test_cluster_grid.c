@@ -109,7 +109,8 @@ static void test_shards_tile_the_model(void **state)
     check_tiling("mlp:784-64-64-32-10", 3, 2); /* uneven splits, pairs across stages */
     check_tiling("mlp:784-64-64-32-10", 4, 4);
     check_tiling("mlp:784-200-10", 2, 2);
-    check_tiling("mlp:20-7-5-9", 3, 1);       /* odd layer count: last replicated */
+    check_tiling("mlp:20-7-5-9", 3, 1);       /* odd layer count: last column-split */
+    check_tiling("softmax:20-9", 2, 1);
 }
 
 static void test_modes_and_refusals(void **state)
@@ -120,7 +121,9 @@ static void test_modes_and_refusals(void **state)
     assert_int_equal(fedge_shard_plan_make(&sh, 2, 1, 1, 0, &p), FEDGE_OK);
     assert_int_equal(p.mode[0], FEDGE_TP_COL);
     assert_int_equal(p.mode[1], FEDGE_TP_ROW);
-    assert_int_equal(p.mode[2], FEDGE_TP_FULL);
+    assert_int_equal(p.mode[2], FEDGE_TP_COL); /* unpaired last layer: split softmax */
+    assert_int_equal(p.out_lo[2], 4);
+    assert_int_equal(p.out_n[2], 5);
     assert_int_equal(p.out_lo[0], 3);
     assert_int_equal(p.out_n[0], 4);
     assert_int_equal(p.in_n[1], 4);
@@ -167,6 +170,12 @@ static void test_comm_volume(void **state)
     assert_true(c.tp_bytes == 32.0 * (64 + 64 + 10) * 4);
     assert_int_equal(c.tp_allreduces, 3 * 2);
     assert_true(c.dp_bytes == 0.0);
+    /* an unpaired last layer: the split softmax's max and sum-exp allreduces */
+    fedge_dense_shape odd = shape_of("mlp:784-64-32-10");
+    assert_int_equal(fedge_shard_plan_make(&odd, 2, 0, 1, 0, &p), FEDGE_OK);
+    fedge_mp_comm_volume(&p, 1, 32, 1, &c);
+    assert_true(c.tp_bytes == 32.0 * 32 * 4 + 32.0 * 32 * 4 + 32.0 * 20);
+    assert_int_equal(c.tp_allreduces, 4);
     /* pp 2, stage 0 = layer 0: sends 64 activations a row, nothing back */
     assert_int_equal(fedge_shard_plan_make(&sh, 1, 0, 2, 0, &p), FEDGE_OK);
     fedge_mp_comm_volume(&p, 2, 32, 4, &c);
