@@ -424,7 +424,7 @@ static void write_refine_json(FILE *f, const refine_args *a, const fedge_refine_
             c->lr_scaling == FEDGE_LR_LINEAR ? "linear" : "none", s->lr_base_batch,
             c->warmup_steps, (double)c->sgd.lr, s->lr_final);
     if (s->tp > 1 || s->pp > 1 || s->micro > 1) {
-        fprintf(f, ",\"step_ms\":%.3f,\"tp_allreduce_s\":%.4f,\"bubble\":[", s->step_ms,
+        fprintf(f, ",\"step_ms\":%.3f,\"tp_allreduce_s\":%.6f,\"bubble\":[", s->step_ms,
                 s->tp_seconds);
         for (int i = 0; i < s->pp; i++)
             fprintf(f, "%s%.4f", i ? "," : "", s->bubble[i]);
