@@ -190,6 +190,27 @@ double fedge_pp_bubble_theory(int pp, int micro)
     return (double)(pp - 1) / (double)(micro + pp - 1);
 }
 
+int fedge_pp_bubble_model(const fedge_dense_shape *sh, int pp, int micro,
+                          double idle[FEDGE_GRID_MAX_PP])
+{
+    int first[FEDGE_GRID_MAX_PP + 1];
+    double c[FEDGE_GRID_MAX_PP], sum = 0.0, worst = 0.0;
+    int ret = fedge_pp_stages(sh, pp, first);
+    if (ret != FEDGE_OK || micro < 1)
+        return ret != FEDGE_OK ? ret : FEDGE_ERR_INVALID_ARG;
+    for (int s = 0; s < pp; s++) {
+        c[s] = 0.0;
+        for (int l = first[s]; l < first[s + 1]; l++)
+            c[s] += layer_cost(sh, l);
+        sum += c[s];
+        worst = c[s] > worst ? c[s] : worst;
+    }
+    const double total = sum + (micro - 1) * worst;
+    for (int s = 0; s < pp; s++)
+        idle[s] = total > 0 ? 1.0 - micro * c[s] / total : 0.0;
+    return FEDGE_OK;
+}
+
 void fedge_mp_memory_plan(const fedge_shard_plan *p, int rows_mb, int slots,
                           fedge_memory_plan *plan)
 {

@@ -91,6 +91,11 @@ int fedge_mp_memory_max(const fedge_dense_shape *sh, int tp, int pp, int rows_mb
 enum { FEDGE_PP_GPIPE = 0, FEDGE_PP_1F1B = 1 };
 int fedge_pp_slots(int schedule, int micro, int pp);
 double fedge_pp_bubble_theory(int pp, int micro);
+/* The same for the stages as cut (cost c_s = the FLOP weights above): the
+ * pipeline takes sum c + (M - 1) max c, stage s is busy M c_s of it, so
+ * idle[s] = 1 - M c_s / (sum c + (M - 1) max c). Equal stages give the theory. */
+int fedge_pp_bubble_model(const fedge_dense_shape *sh, int pp, int micro,
+                          double idle[FEDGE_GRID_MAX_PP]);
 
 /* Payload one rank hands to MPI per step (analytic): the buffers of its TP
  * allreduces, its pipeline boundary sends, its DP gradient allreduce. A ring

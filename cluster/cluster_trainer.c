@@ -478,6 +478,8 @@ static int mp_report(run_state *rs, fedge_refine_summary *sum, int rows)
     for (int s = 0; s < P; s++)
         sum->bubble[s] = all[P + s] > 0 ? all[s] / all[P + s] : 0.0;
     sum->bubble_theory = fedge_pp_bubble_theory(P, rs->cfg->micro);
+    if (fedge_pp_bubble_model(&rs->mp->plan.sh, P, rs->cfg->micro, sum->bubble_model) != FEDGE_OK)
+        return FEDGE_ERR_INTERNAL;
     sum->step_ms = 1e3 * rs->step_s / steps;
     sum->tp_seconds = rs->tp_s;
     sum->bytes_tp = all[2 * P];

@@ -81,6 +81,7 @@ typedef struct {
      * step time, averaged over the run; bytes per step summed over ranks */
     double bubble[FEDGE_MODEL_MAX_LAYERS];
     double bubble_theory;
+    double bubble_model[FEDGE_MODEL_MAX_LAYERS]; /* stages as cut (cluster_grid.h) */
     double step_ms;
     double tp_seconds;           /* rank 0's time in TP allreduces */
     double bytes_tp, bytes_pp, bytes_dp;          /* measured payload */

@@ -428,6 +428,9 @@ static void write_refine_json(FILE *f, const refine_args *a, const fedge_refine_
                 s->tp_seconds);
         for (int i = 0; i < s->pp; i++)
             fprintf(f, "%s%.4f", i ? "," : "", s->bubble[i]);
+        fprintf(f, "],\"bubble_model\":[");
+        for (int i = 0; i < s->pp; i++)
+            fprintf(f, "%s%.4f", i ? "," : "", s->bubble_model[i]);
         fprintf(f, "],\"bubble_theory\":%.4f,\"bytes_per_step\":{\"tp\":%.0f,\"pp\":%.0f"
                    ",\"dp\":%.0f,\"tp_analytic\":%.0f,\"pp_analytic\":%.0f,\"dp_analytic\":%.0f}",
                 s->bubble_theory, s->bytes_tp, s->bytes_pp, s->bytes_dp, s->bytes_tp_an,

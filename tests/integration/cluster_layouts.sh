@@ -53,7 +53,7 @@ for n in tp2 pp2_1f1b dp2_tp2_pp2; do
     done
 done
 # a pipeline reports its bubble per stage and the theory
-grep -q '"bubble":\[[0-9.]*,[0-9.]*,[0-9.]*,[0-9.]*\],"bubble_theory":0.3333' "$T/pp4_1f1b.json" \
+grep -q '"bubble":\[[0-9.]*,[0-9.]*,[0-9.]*,[0-9.]*\],"bubble_model":\[[0-9.,]*\],"bubble_theory":0.3333' "$T/pp4_1f1b.json" \
     || fail "pp4 bubble report: $(cat "$T/pp4_1f1b.json")"
 
 # a checkpoint of one layout resumes under another and ends on the reference

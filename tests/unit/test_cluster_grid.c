@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -155,6 +156,19 @@ static void test_memory_plan_shrinks_with_tp(void **state)
                      FEDGE_OK);
     assert_true(f.activations < g.activations);
     assert_true(fedge_pp_bubble_theory(4, 4) > 0.42 && fedge_pp_bubble_theory(4, 4) < 0.43);
+    /* eight equal layers, one a stage: stage 0 costs 2 units (no input
+     * gradient), the others 3: the pipeline takes 23 + 7 * 3 = 44 units */
+    double idle[FEDGE_GRID_MAX_PP];
+    fedge_dense_shape eq = shape_of("mlp:64-64-64-64-64-64-64-64-64");
+    assert_int_equal(fedge_pp_bubble_model(&eq, 8, 8, idle), FEDGE_OK);
+    assert_true(fabs(idle[7] - (1.0 - 24.0 / 44.0)) < 1e-9);
+    assert_true(fabs(idle[0] - (1.0 - 16.0 / 44.0)) < 1e-9);
+    /* with equal stages it is the theory (P-1)/(M+P-1) */
+    assert_true(fabs((1.0 - 24.0 / (21.0 + 21.0)) - fedge_pp_bubble_theory(7, 8)) < 1e-9);
+    fedge_dense_shape uneq = shape_of("mlp:784-512-512-256-10");
+    assert_int_equal(fedge_pp_bubble_model(&uneq, 2, 4, idle), FEDGE_OK);
+    assert_true(idle[0] > 0.40 && idle[0] < 0.46);
+    assert_true(idle[1] > 0.10 && idle[1] < 0.17);
 }
 
 static void test_comm_volume(void **state)
