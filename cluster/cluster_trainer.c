@@ -710,10 +710,14 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
         }
         int skipped = 0;
         double loss = 0.0;
+        double ts = MPI_Wtime();
         if (rs.mp != NULL)
             ret = train_step_mp(&rs, &ld, step, &loss);
         else
             ret = train_step(&rs, &ld, step, bucket_floats, &skipped, &loss);
+        ts = 1e3 * (MPI_Wtime() - ts);
+        if (sum->step_ms_min == 0.0 || ts < sum->step_ms_min)
+            sum->step_ms_min = ts;
         sum->lr_final = sgd_at(&rs, step).lr;
         if (ret != FEDGE_OK) {
             set_where(sum, "training step");

@@ -83,6 +83,8 @@ typedef struct {
     double bubble_theory;
     double bubble_model[FEDGE_MODEL_MAX_LAYERS]; /* stages as cut (cluster_grid.h) */
     double step_ms;
+    double step_ms_min;          /* fastest whole step (any path): the figure least
+                                    disturbed by other jobs on a shared machine */
     double tp_seconds;           /* rank 0's time in TP allreduces */
     double bytes_tp, bytes_pp, bytes_dp;          /* measured payload */
     double bytes_tp_an, bytes_pp_an, bytes_dp_an; /* analytic (cluster_grid.h) */

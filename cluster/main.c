@@ -423,6 +423,7 @@ static void write_refine_json(FILE *f, const refine_args *a, const fedge_refine_
             c->pp_schedule == FEDGE_PP_GPIPE ? "gpipe" : "1f1b", s->effective_batch,
             c->lr_scaling == FEDGE_LR_LINEAR ? "linear" : "none", s->lr_base_batch,
             c->warmup_steps, (double)c->sgd.lr, s->lr_final);
+    fprintf(f, ",\"step_ms_min\":%.3f", s->step_ms_min);
     if (s->tp > 1 || s->pp > 1 || s->micro > 1) {
         fprintf(f, ",\"step_ms\":%.3f,\"tp_allreduce_s\":%.6f,\"bubble\":[", s->step_ms,
                 s->tp_seconds);
