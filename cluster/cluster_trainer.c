@@ -511,6 +511,87 @@ static int check_memory(run_state *rs, const fedge_memory_plan *plan, fedge_refi
     return FEDGE_ERR_CLUSTER_MEMORY;
 }
 
+/* The model-parallel path's state: the layout's memory checked against the
+ * budget before anything is allocated, then the grid (collective). */
+static int setup_mp(run_state *rs, const fedge_loader *ld, const fedge_dense_shape *shape,
+                    fedge_refine_summary *sum)
+{
+    const fedge_refine_config *cfg = rs->cfg;
+    int ret;
+    const int rows_mb = (ld->local_max + cfg->micro - 1) / cfg->micro;
+    const int slots = fedge_pp_slots(cfg->pp_schedule, cfg->micro, cfg->pp);
+    fedge_memory_plan worst;
+    fedge_mp_config mc;
+    ret = fedge_mp_memory_max(shape, cfg->tp, cfg->pp, rows_mb, slots, &worst);
+    if (ret != FEDGE_OK) {
+        set_where(sum, "layout: a tensor-parallel layer is narrower than --tp");
+        return ret;
+    }
+    ret = check_memory(rs, &worst, sum);
+    if (ret != FEDGE_OK)
+        return ret;
+    memset(&mc, 0, sizeof(mc));
+    mc.shape = *shape;
+    mc.grid = rs->grid;
+    mc.micro = cfg->micro;
+    mc.schedule = cfg->pp_schedule;
+    mc.local_batch_max = ld->local_max;
+    ret = agree(fedge_mp_create(&mc, &rs->mp));
+    if (ret != FEDGE_OK) {
+        set_where(sum, "model-parallel setup");
+        return ret;
+    }
+    fedge_mp_memory_plan(&rs->mp->plan, rows_mb, slots, &sum->plan);
+    fedge_memory_plan_make(&rs->model.spec, &rs->lo, ld->local_max, cfg->precision, 0, 0,
+                           &sum->unsharded);
+    sum->mem_bytes = rs->mp->mem_bytes;
+    fedge_mp_set_params(rs->mp, rs->model.params);
+    rs->optim_host = calloc(rs->lo.n, sizeof(float));
+    ret = agree(rs->optim_host ? FEDGE_OK : FEDGE_ERR_NOMEM);
+    if (ret != FEDGE_OK) {
+        set_where(sum, "backend state");
+        return ret;
+    }
+    return FEDGE_OK;
+}
+
+/* The data-parallel path's backend, after the same memory check. */
+static int setup_dp(run_state *rs, const fedge_loader *ld, fedge_refine_summary *sum)
+{
+    const fedge_refine_config *cfg = rs->cfg;
+    int ret;
+    fedge_backend_config bc;
+    memset(&bc, 0, sizeof(bc));
+    bc.spec = rs->model.spec;
+    bc.layout = rs->lo;
+    bc.local_batch_max = ld->local_max;
+    bc.precision = cfg->precision;
+    bc.zero = cfg->zero;
+    bc.local_rank = local_rank_of();
+    fedge_memory_plan_make(&rs->model.spec, &rs->lo, ld->local_max, cfg->precision, cfg->zero,
+                           strcmp(cfg->backend, "gpu") == 0, &sum->plan);
+    fedge_memory_plan_make(&rs->model.spec, &rs->lo, ld->local_max, cfg->precision, 0,
+                           strcmp(cfg->backend, "gpu") == 0, &sum->unsharded);
+    ret = check_memory(rs, &sum->plan, sum);
+    if (ret != FEDGE_OK)
+        return ret;
+    ret = fedge_backend_create(cfg->backend, &bc, &rs->be);
+    if (ret != FEDGE_OK) {
+        set_where(sum, "backend");
+        return ret;
+    }
+    sum->mem_bytes = rs->be->mem_bytes;
+    rs->optim_host = calloc(rs->be->opt_len, sizeof(float));
+    ret = agree(rs->optim_host ? FEDGE_OK : FEDGE_ERR_NOMEM);
+    if (ret == FEDGE_OK)
+        ret = agree(rs->be->ops->set_params(rs->be, rs->model.params));
+    if (ret != FEDGE_OK) {
+        set_where(sum, "backend state");
+        return ret;
+    }
+    return FEDGE_OK;
+}
+
 int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
 {
     run_state rs;
@@ -615,72 +696,9 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
     sum->total_steps = rs.total_steps;
 
     /* ---- backend and state */
-    if (mp_mode) {
-        const int rows_mb = (ld.local_max + cfg->micro - 1) / cfg->micro;
-        const int slots = fedge_pp_slots(cfg->pp_schedule, cfg->micro, cfg->pp);
-        fedge_memory_plan worst;
-        fedge_mp_config mc;
-        ret = fedge_mp_memory_max(&shape, cfg->tp, cfg->pp, rows_mb, slots, &worst);
-        if (ret != FEDGE_OK) {
-            set_where(sum, "layout: a tensor-parallel layer is narrower than --tp");
-            goto cleanup;
-        }
-        ret = check_memory(&rs, &worst, sum);
-        if (ret != FEDGE_OK)
-            goto cleanup;
-        memset(&mc, 0, sizeof(mc));
-        mc.shape = shape;
-        mc.grid = rs.grid;
-        mc.micro = cfg->micro;
-        mc.schedule = cfg->pp_schedule;
-        mc.local_batch_max = ld.local_max;
-        ret = agree(fedge_mp_create(&mc, &rs.mp));
-        if (ret != FEDGE_OK) {
-            set_where(sum, "model-parallel setup");
-            goto cleanup;
-        }
-        fedge_mp_memory_plan(&rs.mp->plan, rows_mb, slots, &sum->plan);
-        fedge_memory_plan_make(&rs.model.spec, &rs.lo, ld.local_max, cfg->precision, 0, 0,
-                               &sum->unsharded);
-        sum->mem_bytes = rs.mp->mem_bytes;
-        fedge_mp_set_params(rs.mp, rs.model.params);
-        rs.optim_host = calloc(rs.lo.n, sizeof(float));
-        ret = agree(rs.optim_host ? FEDGE_OK : FEDGE_ERR_NOMEM);
-        if (ret != FEDGE_OK) {
-            set_where(sum, "backend state");
-            goto cleanup;
-        }
-    } else {
-    fedge_backend_config bc;
-    memset(&bc, 0, sizeof(bc));
-    bc.spec = rs.model.spec;
-    bc.layout = rs.lo;
-    bc.local_batch_max = ld.local_max;
-    bc.precision = cfg->precision;
-    bc.zero = cfg->zero;
-    bc.local_rank = local_rank_of();
-    fedge_memory_plan_make(&rs.model.spec, &rs.lo, ld.local_max, cfg->precision, cfg->zero,
-                           strcmp(cfg->backend, "gpu") == 0, &sum->plan);
-    fedge_memory_plan_make(&rs.model.spec, &rs.lo, ld.local_max, cfg->precision, 0,
-                           strcmp(cfg->backend, "gpu") == 0, &sum->unsharded);
-    ret = check_memory(&rs, &sum->plan, sum);
+    ret = mp_mode ? setup_mp(&rs, &ld, &shape, sum) : setup_dp(&rs, &ld, sum);
     if (ret != FEDGE_OK)
         goto cleanup;
-    ret = fedge_backend_create(cfg->backend, &bc, &rs.be);
-    if (ret != FEDGE_OK) {
-        set_where(sum, "backend");
-        goto cleanup;
-    }
-    sum->mem_bytes = rs.be->mem_bytes;
-    rs.optim_host = calloc(rs.be->opt_len, sizeof(float));
-    ret = agree(rs.optim_host ? FEDGE_OK : FEDGE_ERR_NOMEM);
-    if (ret == FEDGE_OK)
-        ret = agree(rs.be->ops->set_params(rs.be, rs.model.params));
-    if (ret != FEDGE_OK) {
-        set_where(sum, "backend state");
-        goto cleanup;
-    }
-    }
     if (cfg->eval_path != NULL) {
         ret = evaluate(&rs, cfg->eval_path, &sum->eval_acc_before, &sum->eval_loss);
         if (ret != FEDGE_OK) {
