@@ -481,7 +481,9 @@ static int mp_report(run_state *rs, fedge_refine_summary *sum, int rows)
     if (fedge_pp_bubble_model(&rs->mp->plan.sh, P, rs->cfg->micro, sum->bubble_model) != FEDGE_OK)
         return FEDGE_ERR_INTERNAL;
     sum->step_ms = 1e3 * rs->step_s / steps;
-    sum->tp_seconds = rs->tp_s;
+    if (MPI_Allreduce(&rs->tp_s, &sum->tp_seconds, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD)
+        != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
     sum->bytes_tp = all[2 * P];
     sum->bytes_pp = all[2 * P + 1];
     sum->bytes_dp = all[2 * P + 2];

@@ -85,7 +85,7 @@ typedef struct {
     double step_ms;
     double step_ms_min;          /* fastest whole step (any path): the figure least
                                     disturbed by other jobs on a shared machine */
-    double tp_seconds;           /* rank 0's time in TP allreduces */
+    double tp_seconds;           /* time in TP allreduces, the largest over the ranks */
     double bytes_tp, bytes_pp, bytes_dp;          /* measured payload */
     double bytes_tp_an, bytes_pp_an, bytes_dp_an; /* analytic (cluster_grid.h) */
 } fedge_refine_summary;
