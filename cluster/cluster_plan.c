@@ -264,12 +264,14 @@ static int predict(gemm_cache *gc, const fedge_model_spec *spec, const fedge_den
     const int R = batch / o->dp, M = o->micro, P = o->pp;
     const int rows = R / M;
     double sum = 0.0, worst = 0.0, comp_sum = 0.0, comm_sum = 0.0;
+    double t[FEDGE_GRID_MAX_PP];
     size_t n_local_max = 0;
     for (int s = 0; s < P; s++) {
         fedge_shard_plan p;
         double c, m;
         CHK_T(fedge_shard_plan_make(sh, o->tp, o->tp - 1, P, s, &p));
         CHK_T(stage_time(gc, &p, L, rows, &c, &m));
+        t[s] = c + m;
         sum += c + m;
         comp_sum += c;
         comm_sum += m;
@@ -279,6 +281,10 @@ static int predict(gemm_cache *gc, const fedge_model_spec *spec, const fedge_den
             n_local_max = p.n_local;
     }
     double pipe = sum + (M - 1) * worst;
+    /* the stages' mean idle fraction of the pipeline part */
+    o->bubble = 0.0;
+    for (int s = 0; s < P && pipe > 0; s++)
+        o->bubble += (1.0 - M * t[s] / pipe) / P;
     /* per step: read the rows, update the parameters, agree on status and loss */
     double step_fixed = L->load_s * (double)R * sh->dims[0] + L->sgd_s * (double)n_local_max
                         + 2.0 * L->ar_alpha;
@@ -289,7 +295,6 @@ static int predict(gemm_cache *gc, const fedge_model_spec *spec, const fedge_den
     o->predict_ms = 1e3 * (pipe + dp);
     o->compute_ms = 1e3 * (comp_sum * M / P + step_fixed);
     o->comm_ms = 1e3 * (comm_sum * M / P + dp);
-    o->bubble = fedge_pp_bubble_theory(P, M);
     fedge_memory_plan mp;
     if (o->tp == 1 && o->pp == 1 && M == 1) {
         fedge_layout lo;

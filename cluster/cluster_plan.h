@@ -14,7 +14,9 @@
  * takes sum over stages + (M - 1) * slowest stage; then the DP allreduce of the
  * rank's gradients (not overlapped), the SGD update of its parameters and the
  * reading of its rows. Elementwise work (bias, ReLU, masks, softmax) is
- * costed per element from probes of the same loops. Memory per rank: cluster_grid.h's plan
+ * costed per element from probes of the same loops. `bubble` is the stages'
+ * mean idle fraction of the pipeline by this model (uneven stages and their
+ * communication included), not the equal-stage theory. Memory per rank: cluster_grid.h's plan
  * (pure DP: cluster_layout.h's). Layouts are printed fastest first; the
  * choice is the fastest that fits the budget. */
 #ifndef FEDGE_CLUSTER_PLAN_H
