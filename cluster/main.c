@@ -1,4 +1,4 @@
-/* fedge-cluster — data-parallel refinement of a fedge model.
+/* fedge-cluster — data-, tensor- and pipeline-parallel refinement of a fedge model.
  *
  *   mpirun -np N fedge-cluster refine --model IN --data TRAIN.shard --out OUT [...]
  *   fedge-cluster reference --model IN --data TRAIN.shard --out OUT [...]
@@ -6,6 +6,7 @@
  *   fedge-cluster init --spec mlp:784-64-10 --seed 1 --out MODEL
  *   fedge-cluster make-shard (--fashion-mnist train|test | --synthetic N) --out FILE
  *   fedge-cluster memory --spec SPEC --batch B [--backend gpu --precision bf16]
+ *   mpirun -np N fedge-cluster plan --spec SPEC --batch B [--memory-per-rank-mb X]
  *
  * refine prints one JSON line on stdout (rank 0) and exits 0 on success,
  * 1 when the run failed, 2 on a usage error. See docs/CLUSTER.md. */
