@@ -1,4 +1,4 @@
-/* cluster_trainer.h — data-parallel refinement of a model on a shard file.
+/* cluster_trainer.h — refinement of a model on a shard file over MPI ranks.
  *
  * fedge_refine_run is collective over MPI_COMM_WORLD (the caller has called
  * MPI_Init): every rank loads the input model, streams its slice of each
@@ -9,6 +9,12 @@
  * slices are all-gathered. The gradient is the mean over the global batch,
  * so the result matches single-process training on the same batches, for
  * any number of ranks.
+ *
+ * With tp, pp or micro > 1 the ranks form a DP x TP x PP grid and the step
+ * runs on the model-parallel path (cluster_mp.h; CPU, dense chains): the
+ * same batches, loss and SGD rule, checkpoints of full tensors that any
+ * layout resumes from, and the per-rank memory checked against
+ * memory_budget_mb before anything is allocated (both paths).
  *
  * With a checkpoint folder the run writes a checkpoint every ckpt_every
  * steps (cluster_checkpoint.h) and, when started, resumes from the newest complete
