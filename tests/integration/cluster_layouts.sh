@@ -44,6 +44,10 @@ grid_is dp2_tp2_pp2 2 2 2
 tp4=$(field mem_per_rank_bytes "$T/tp4.json")
 un=$(field mem_unsharded_bytes "$T/tp4.json")
 [ "$tp4" -lt "$un" ] || fail "tp4 per-rank memory $tp4 not below one replica's $un"
+# 1F1B keeps min(M, P) = 2 micro-batches of activations, GPipe all 4
+g=$(field mem_per_rank_bytes "$T/pp2_gpipe.json")
+o=$(field mem_per_rank_bytes "$T/pp2_1f1b.json")
+[ "$o" -lt "$g" ] || fail "1f1b per-rank memory $o not below gpipe's $g"
 # analytic bytes per step equal what was handed to MPI
 for n in tp2 pp2_1f1b dp2_tp2_pp2; do
     for ax in tp pp dp; do
