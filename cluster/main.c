@@ -484,8 +484,17 @@ static int cmd_refine(int argc, char **argv)
         MPI_Comm_size(MPI_COMM_WORLD, &world);
         memset(&m, 0, sizeof(m));
         st = plan != NULL ? fedge_model_load(a.cfg.model_in, &m, NULL) : FEDGE_ERR_NOMEM;
+        int all = FEDGE_OK; /* the planner is collective: every rank goes on or none */
+        if (MPI_Allreduce(&st, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+            all = FEDGE_ERR_CLUSTER_COMM;
+        st = st != FEDGE_OK ? st : all;
+        if (st != FEDGE_OK)
+            snprintf(sum.where, sizeof(sum.where), "input model");
         if (st == FEDGE_OK)
             st = fedge_plan_run(&m.spec, a.cfg.global_batch, world, a.cfg.memory_budget_mb, plan);
+        if (st == FEDGE_ERR_UNSUPPORTED)
+            snprintf(sum.where, sizeof(sum.where),
+                     "layout auto: tensor/pipeline layouts are for softmax/mlp specs");
         if (st == FEDGE_OK && plan->choice >= 0) {
             const fedge_plan_layout *o = &plan->cand[plan->choice];
             a.cfg.tp = o->tp;
@@ -501,7 +510,7 @@ static int cmd_refine(int argc, char **argv)
             fedge_plan_print(stderr, plan, a.cfg.memory_budget_mb);
             FEDGE_WARN("--layout auto: no layout fits the memory budget; trying pure DP");
         }
-        if (st != FEDGE_OK)
+        if (st != FEDGE_OK && sum.where[0] == 0)
             snprintf(sum.where, sizeof(sum.where), "layout auto (planner)");
         fedge_model_free(&m);
         free(plan);

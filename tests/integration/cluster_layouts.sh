@@ -122,13 +122,16 @@ mpi 3 "$CL" refine "${COMMON[@]}" --out "$T/b1.bin" --tp 2 >"$T/b1.json" 2>/dev/
 mpi 2 "$CL" refine "${COMMON[@]}" --out "$T/b2.bin" --pp 2 --micro-batches 4 --batch 3 >"$T/b2.json" 2>/dev/null; rc2=$?
 "$CL" refine "${COMMON[@]}" --out "$T/b3.bin" --backend gpu --tp 2 >/dev/null 2>"$T/b3.err"; rc3=$?
 mpi 5 "$CL" refine "${COMMON[@]}" --out "$T/b4.bin" --pp 5 >"$T/b4.json" 2>/dev/null; rc4=$?
+"$CL" init --spec cnn:1x28x28-c4k5s2p2-p2-f16-10 --out "$T/cnn.bin" >/dev/null
+mpi 2 "$CL" refine "${COMMON[@]}" --model "$T/cnn.bin" --out "$T/b5.bin" --tp 2 >"$T/b5.json" 2>/dev/null; rc5=$?
 set -e
 [ "$rc1" -eq 1 ] && grep -q '"where":"layout: --tp 2 x --pp 1 does not divide 3 ranks"' "$T/b1.json" \
     || fail "tp 2 on 3 ranks: $rc1 $(cat "$T/b1.json")"
 [ "$rc2" -eq 1 ] && grep -q '"where":"layout: batch 3 is smaller' "$T/b2.json" || fail "tiny batch: $(cat "$T/b2.json")"
 [ "$rc3" -eq 2 ] && grep -q 'cpu backend only' "$T/b3.err" || fail "gpu with tp: $rc3 $(cat "$T/b3.err")"
 [ "$rc4" -eq 1 ] && grep -q 'more pipeline stages than dense layers' "$T/b4.json" || fail "pp 5: $(cat "$T/b4.json")"
-for b in b1 b2 b3 b4; do [ ! -e "$T/$b.bin" ] || fail "$b wrote output"; done
+[ "$rc5" -eq 1 ] && grep -q 'parallelism trains softmax/mlp specs only' "$T/b5.json" || fail "cnn with tp: $(cat "$T/b5.json")"
+for b in b1 b2 b3 b4 b5; do [ ! -e "$T/$b.bin" ] || fail "$b wrote output"; done
 # an odd number of layers: the last is column-parallel and the softmax
 # cross-entropy is computed from allreduced row maxima and sums of exp
 for spec in mlp:784-48-32-10 softmax:784-10; do
