@@ -23,9 +23,11 @@
 #include "hash.h"
 #include "log.h"
 #include "modelfile.h"
+#include "rng.h"
 #include "server_opt.h"
 #include "shard.h"
 #include "store.h"
+#include "strategy.h"
 #include "update.h"
 
 #include "agg_fixture.h"
@@ -1399,6 +1401,78 @@ static void test_scaffold_server_side(void **state)
     assert_string_equal(fx->agg.control_version_hex, c1);
 }
 
+/* The control-half check alone: honest halves (the edge's float arithmetic,
+ * then each encoding's rounding, int8 nearest and stochastic, values from
+ * 1e-9 to 1) always pass; one coordinate moved by a tenth of the half's
+ * scale never does. */
+static void test_scaffold_control_tolerance(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    static const struct { fedge_encoding enc; int stochastic; } encs[] = {
+        {FEDGE_ENC_FP32, 0}, {FEDGE_ENC_FP16, 0}, {FEDGE_ENC_BF16, 0}, {FEDGE_ENC_INT8, 0}, {FEDGE_ENC_INT8, 1}};
+    float *v = malloc(2 * N * sizeof *v), *got = malloc(2 * N * sizeof *got), *c = malloc(N * sizeof *c);
+    uint8_t *buf = malloc(16 * N + 4096);
+    assert_true(v && got && c && buf);
+    fedge_rng rng, qrng;
+    fedge_rng_seed(&rng, 7);
+    fedge_rng_seed(&qrng, 8);
+    char why[256];
+    for (int trial = 0; trial < 2000; trial++) {
+        size_t e = (size_t)trial % FEDGE_ARRAY_LEN(encs);
+        double scale = pow(10.0, -9.0 + 9.0 * fedge_rng_uniform_d(&rng));
+        double lr = 0.001 + 0.2 * fedge_rng_uniform_d(&rng), mom = trial % 2 ? 0.9 : 0.0;
+        long epochs = 1 + trial % 3, batch = 1 + trial % 64;
+        uint32_t samples = 1 + (uint32_t)(fedge_rng_uniform_d(&rng) * 500);
+        for (size_t i = 0; i < N; i++) {
+            v[i] = (float)(scale * fedge_rng_normal(&rng));
+            c[i] = (float)(scale * fedge_rng_normal(&rng));
+        }
+        /* the edge: float, lr and momentum as their %g text */
+        char t[32];
+        snprintf(t, sizeof t, "%g", lr);
+        float lr_f = strtof(t, NULL);
+        snprintf(t, sizeof t, "%g", mom);
+        float mom_f = strtof(t, NULL);
+        float steps = (float)(epochs * (long)((samples + (uint32_t)batch - 1) / (uint32_t)batch));
+        float inv = (1.0f - mom_f) / (steps * lr_f);
+        for (size_t i = 0; i < N; i++)
+            v[N + i] = -v[i] * inv - c[i];
+        fedge_delta_header h = {.encoding = (uint8_t)encs[e].enc, .flags = FEDGE_DELTA_FLAG_CONTROL, .model_id = 1,
+                                .round = 1, .n_samples = samples, .n_elems = 2 * N,
+                                .block_size = encs[e].enc == FEDGE_ENC_INT8 ? 64 : 0};
+        size_t len = 0;
+        assert_int_equal(fedge_delta_encode(&h, v, encs[e].stochastic ? &qrng : NULL, buf, 16 * N + 4096, &len),
+                         FEDGE_OK);
+        fedge_delta_header hd;
+        assert_int_equal(fedge_delta_decode(buf, len, 1, 2 * N, &hd, got), FEDGE_OK);
+        int ok = 0;
+        assert_int_equal(fedge_scaffold_control_check(&hd, got, c, N, lr, mom, epochs, batch, &ok, why, sizeof why),
+                         FEDGE_OK);
+        if (!ok)
+            fail_msg("honest %s%s half refused (trial %d, scale %g): %s", fedge_encoding_name(encs[e].enc),
+                     encs[e].stochastic ? " stochastic" : "", trial, scale, why);
+        double top = 0;
+        for (size_t i = 0; i < 2 * N; i++)
+            top = fmax(top, fabs((double)got[i]));
+        /* (a model coordinate in int8's block shared by both halves takes
+         * the control half's scale: its error, times inv, may be larger) */
+        size_t k = N + (size_t)trial % 256;
+        /* (fp16's subnormal step is a floor: 2^-24, times inv in the model half) */
+        double moved = 0.1 * top + (encs[e].enc == FEDGE_ENC_FP16 ? 4.0 * ((double)inv + 1) * 0x1p-24 : 0.0);
+        got[k] += (float)moved;
+        assert_int_equal(fedge_scaffold_control_check(&hd, got, c, N, lr, mom, epochs, batch, &ok, why, sizeof why),
+                         FEDGE_OK);
+        if (ok)
+            fail_msg("%s half moved by %g at %zu passed (trial %d)", fedge_encoding_name(encs[e].enc), moved, k,
+                     trial);
+    }
+    free(v);
+    free(got);
+    free(c);
+    free(buf);
+}
+
 /* Turning SCAFFOLD on between restarts starts c at zero with an audited
  * strategy_state_reset event, as an optimiser change does; changing the
  * combiner alone keeps the optimiser's state. */
@@ -1714,6 +1788,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fedprox_mu_in_round_info, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scaffold_server_side, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scaffold_control_checked, setup, teardown),
+        cmocka_unit_test(test_scaffold_control_tolerance),
         cmocka_unit_test_setup_teardown(test_scaffold_switch_logged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dp_refuses_robust_and_scaffold, setup, teardown),
         cmocka_unit_test_setup_teardown(test_robust_selection_logged, setup, teardown),
