@@ -120,6 +120,9 @@ enum {
     /* aggregation strategies (aggregator/combine.h, server_opt.h) -220 .. -229 */
     FEDGE_ERR_STRATEGY_TOO_FEW = -220,   /* too few updates for the robust rule's f or beta */
     FEDGE_ERR_STRATEGY_STATE = -221,     /* a stored optimiser state that does not fit the run */
+
+    /* SCAFFOLD client side (edge/control.h) -230 .. -239 */
+    FEDGE_ERR_CONTROL_RANGE = -230,      /* a control variate beyond its plausible bound */
 };
 
 const char *fedge_strerror(int code);

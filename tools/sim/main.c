@@ -11,6 +11,7 @@
 #include "crypto.h"
 #include "config.h"
 #include "instance_lock.h"
+#include "keys.h"
 #include "log.h"
 #include "sim.h"
 #include "text.h"
@@ -32,8 +33,9 @@ static void usage(FILE *out)
             "trainer and sealing its updates with its device key. No network, no sleeping.\n"
             "\n"
             "  --keys FILE            device keys (the aggregator's keys_file)\n"
-            "  --clients N            the population: with --keys, the count it must list;\n"
-            "                         without, N devices in <db>.keys (made once, then reused)\n"
+            "  --clients N            the population, 1..100000: with --keys (or the config's\n"
+            "                         keys_file), the count it must list; without, N devices\n"
+            "                         in <db>.keys (made once, then reused)\n"
             "  --shards DIR           client shards written by fedge-partition --out DIR\n"
             "  --threads T            clients trained in parallel, 1..256 (default: cores)\n"
             "  --seed S               one seed for everything: the aggregator's selection,\n"
@@ -77,13 +79,15 @@ static int sim_option(fedge_sim_options *o, fedge_agg_config *cfg, const char *k
     double v;
     *used = 1;
     if (!strcmp(key, "keys")) {
-        return fedge_agg_config_set(cfg, "keys_file", value, err, errlen);
+        if (fedge_agg_config_set(cfg, "keys_file", value, err, errlen) != FEDGE_OK)
+            goto bad;
+        return FEDGE_OK;
     } else if (!strcmp(key, "shards")) {
         if (!value[0] || strlen(value) >= sizeof o->shards_dir)
             goto bad;
         memcpy(o->shards_dir, value, strlen(value) + 1);
     } else if (!strcmp(key, "clients")) {
-        if (parse_double(value, 1, 1e6, &v) != FEDGE_OK || v != floor(v))
+        if (parse_double(value, 1, FEDGE_KEYS_MAX_DEVICES, &v) != FEDGE_OK || v != floor(v))
             goto bad;
         o->clients = (long)v;
     } else if (!strcmp(key, "threads")) {
@@ -136,8 +140,14 @@ static int sim_option(fedge_sim_options *o, fedge_agg_config *cfg, const char *k
         *used = 0;
     }
     return FEDGE_OK;
-bad:
-    snprintf(err, errlen, "--%s: bad value '%.80s' (see --help)", key, value);
+bad:;
+    /* the option as typed on the command line: --attack-scale, not attack_scale */
+    char opt[64];
+    snprintf(opt, sizeof opt, "%s", key);
+    for (char *p = opt; *p; p++)
+        if (*p == '_')
+            *p = '-';
+    snprintf(err, errlen, "--%s: bad value '%.80s' (see --help)", opt, value);
     return FEDGE_ERR_CONFIG_VALUE;
 }
 
