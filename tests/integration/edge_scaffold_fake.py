@@ -51,6 +51,10 @@ def model_file(params):
 
 
 def parse_model_file(data):
+    if data[-32:-24] == b"FEDGECV1":  # the run binding (edge/control.h)
+        if data[-24:-8] != RUN:
+            fail("state file bound to run %s, not the served %s" % (data[-24:-8].hex(), RUN.hex()))
+        data = data[:-32]
     (sl,) = struct.unpack_from("<I", data, 8)
     off = 12 + sl
     (n,) = struct.unpack_from("<Q", data, off)

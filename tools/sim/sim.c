@@ -710,12 +710,20 @@ static int start_clients(sim *s, char *err, size_t errlen)
             FAIL(j->status);
         }
         if (j->ri.has_control && j->control_status == FEDGE_CONTROL_OTHER_SPEC)
-            FEDGE_WARN("round %u: %s: %s.clients/%s.control holds a control variate for another model than %s;"
-                       " starting from zeros", j->ri.round, a->keys.devices[j->dev].id, a->cfg.db,
+            FEDGE_WARN("round %u: %s: %s/%s.control holds a control variate for another model than %s;"
+                       " starting from zeros", j->ri.round, a->keys.devices[j->dev].id, s->state_dir,
                        a->keys.devices[j->dev].id, j->ri.spec_text);
+        else if (j->ri.has_control && j->control_status == FEDGE_CONTROL_OTHER_RUN)
+            FEDGE_WARN("round %u: %s: %s/%s.control holds a control variate of another aggregator run"
+                       " (or of none); starting from zeros", j->ri.round, a->keys.devices[j->dev].id,
+                       s->state_dir, a->keys.devices[j->dev].id);
+        else if (j->ri.has_control && j->control_status == FEDGE_CONTROL_IMPLAUSIBLE)
+            FEDGE_WARN("round %u: %s: client control variate %s/%s.control has values beyond the plausible"
+                       " bound (edge/control.h); starting from zeros", j->ri.round, a->keys.devices[j->dev].id,
+                       s->state_dir, a->keys.devices[j->dev].id);
         else if (j->ri.has_control && j->control_status == FEDGE_CONTROL_CORRUPT)
-            FEDGE_WARN("round %u: %s: client control variate %s.clients/%s.control unusable (%s);"
-                       " starting from zeros", j->ri.round, a->keys.devices[j->dev].id, a->cfg.db,
+            FEDGE_WARN("round %u: %s: client control variate %s/%s.control unusable (%s);"
+                       " starting from zeros", j->ri.round, a->keys.devices[j->dev].id, s->state_dir,
                        a->keys.devices[j->dev].id, fedge_strerror(j->control_why));
         s->r_train_s += j->train_s;
         s->total_train_s += j->train_s;
