@@ -5,7 +5,8 @@
 # silent cut), errors naming the options as typed, more attackers than a
 # robust rule tolerates (a warning), and SCAFFOLD client variate files that
 # are truncated, of another run, or finite but absurd (1e30): each reset to
-# zeros with its reason, the model not wrecked.
+# zeros with its reason, the model not wrecked; a pending c_i+ left by a kill
+# settled from the log on resume.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/sim.sh
@@ -87,6 +88,9 @@ grep -q "dev-003: client control variate .*dev-003.control has values beyond the
     sim_fail "1e30 c_i: no warning"
 grep -q "dev-005: .*dev-005.control holds a control variate of another aggregator run" "$SIM_DIR/cv.err" ||
     sim_fail "c_i of another run: no warning"
+# trained from zeros, not from 1e30: no update of an absurd norm reached the aggregator
+[ "$(sim_sql cv "SELECT count(*) FROM updates WHERE norm > 1e6")" = 0 ] ||
+    sim_fail "an update of norm $(sim_sql cv "SELECT max(norm) FROM updates") was sent"
 acc4=$(sim_summary cv accuracy)
 python3 -c "import sys; a2, a4 = map(float, sys.argv[1:]); sys.exit(0 if a4 > 0.6 and a4 > a2 - 0.05 else 1)" \
     "$acc2" "$acc4" || sim_fail "accuracy $acc2 after 2 rounds, $acc4 after 4 with the damaged files"
@@ -99,4 +103,31 @@ off = 12 + sl
 sys.exit(0 if max(abs(v) for v in struct.unpack_from("<%df" % n, b, off + 8)) < 1e4 else 1)
 PY
 echo "SCAFFOLD c_i files: truncated, 1e30, another run's each reset with a warning; accuracy $acc2 -> $acc4"
+
+# A kill between the aggregator's commit of an update and the rename of its
+# c_i+ leaves <id>.control.pending: made here by hand for dev-002 (the counter
+# of its last counted update: commit it) and dev-004 (a counter never sent:
+# drop it). The finished run, started again, settles both before anything else.
+pend() { # ID COUNTER: a pending c_i+ = the file's c_i with its first value 0.5
+    python3 - "$d/$1.control" "$2" <<'PY' || sim_fail "make $1.control.pending"
+import hashlib, struct, sys
+p, counter = sys.argv[1], int(sys.argv[2])
+b = open(p, "rb").read()
+m, run = bytearray(b[:-32]), b[-24:-8]
+(sl,) = struct.unpack_from("<I", m, 8)
+struct.pack_into("<f", m, 12 + sl + 8, 0.5)
+m[-32:] = hashlib.sha256(bytes(m[:-32])).digest()
+open(p + ".pending", "wb").write(bytes(m) + b"FEDGECV1" + run + struct.pack("<Q", counter))
+PY
+}
+c2=$(sim_sql cv "SELECT max(counter) FROM updates WHERE device='dev-002' AND decision<>'rejected'")
+pend dev-002 "$c2"
+pend dev-004 $((c2 + 1000))
+cp "$d/dev-002.control.pending" "$SIM_DIR/want-002"
+cp "$d/dev-004.control" "$SIM_DIR/want-004"
+sim_run cv "${base[@]}" --rounds 4 --scaffold --verbose || sim_fail "settling run"
+cmp -s "$d/dev-002.control" "$SIM_DIR/want-002" || sim_fail "dev-002: the counted update's pending c_i+ not committed"
+cmp -s "$d/dev-004.control" "$SIM_DIR/want-004" || sim_fail "dev-004: an uncounted pending c_i+ changed c_i"
+[ -z "$(find "$d" -name '*.pending')" ] || sim_fail "pending c_i+ files left after the resume"
+echo "pending c_i+: counted update's committed, uncounted one's dropped"
 echo ok
