@@ -46,7 +46,12 @@ for opt in attack-scale:nan sample-cost:-1 straggler-factor:0 clients:100001; do
     grep -q -- "--${opt%%:*}: bad value" "$SIM_DIR/opt-${opt%%:*}.err" ||
         sim_fail "--${opt%%:*}: message does not name the option: $(cat "$SIM_DIR/opt-${opt%%:*}.err")"
 done
-echo "options: errors name --attack-scale, --sample-cost, --straggler-factor, --clients"
+"$BIN/fedge-sim" --keys "$SIM_DIR/nokeys" --shards "$SIM_DIR/shards" --test-data "$SIM_DIR/test.bin" \
+    --db "$SIM_DIR/g/fedge.db" --model-dir "$SIM_DIR/g/models" "${base[@]}" --rounds 1 >/dev/null 2>"$SIM_DIR/nokeys.err"
+rc=$?
+[ "$rc" = 2 ] && grep -q -- "--keys (or the configuration's keys_file) $SIM_DIR/nokeys: No such file" "$SIM_DIR/nokeys.err" ||
+    sim_fail "missing keys file: exit $rc, $(cat "$SIM_DIR/nokeys.err")"
+echo "options: errors name --attack-scale, --sample-cost, --straggler-factor, --clients, --keys"
 
 # 3 attackers of 6 against krum with f = 1: runs, and says it is beyond f
 if sim_accepts aggregation krum; then

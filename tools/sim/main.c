@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "blas.h"
 #include "common.h"
@@ -18,6 +19,8 @@
 #include "version.h"
 
 #define PROG "fedge-sim"
+
+_Static_assert(FEDGE_KEYS_MAX_DEVICES == 100000, "--help and docs/SIM.md give --clients as 1..100000");
 
 static void usage(FILE *out)
 {
@@ -254,6 +257,12 @@ int main(int argc, char **argv)
             fedge_text_eprintf(PROG, "%s", err[0] ? err : "--clients: the keys file path is too long");
             return 2;
         }
+    }
+    if (cfg.keys_file[0] && access(cfg.keys_file, R_OK) != 0) {
+        /* the daemon's message would name its --keys-file */
+        fedge_text_eprintf(PROG, "--keys (or the configuration's keys_file) %s: %s", cfg.keys_file,
+                           strerror(errno));
+        return 2;
     }
     if (fedge_agg_config_validate(&cfg, err, sizeof err) != FEDGE_OK) {
         fedge_text_eprintf(PROG, "%s", err);
