@@ -67,9 +67,9 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
     a->cfg = *cfg;
     a->last_accuracy = -1;
     fedge_rng_seed(&a->rng, (uint64_t)cfg->seed ^ 0x5eed5eedULL);
-    a->sched = fedge_sched_find("sync"); /* the only mode so far */
+    a->sched = fedge_sched_find(cfg->mode[0] ? cfg->mode : "sync");
     if (!a->sched) {
-        snprintf(err, errlen, "no scheduler for mode sync");
+        snprintf(err, errlen, "mode '%s': no such run mode", cfg->mode);
         FAIL(FEDGE_ERR_CONFIG_VALUE);
     }
 
@@ -164,6 +164,9 @@ void fedge_agg_free(fedge_aggregator *a)
     free(a->dev_keys);
     free(a->selected);
     free(a->submitted);
+    free(a->adm_step);
+    free(a->adm_at);
+    free(a->asked_at);
     fedge_keys_free(&a->keys);
     fedge_model_free(&a->model);
     free(a->model_blob);
@@ -189,7 +192,7 @@ int fedge_agg_outcome(const fedge_aggregator *a, char *msg, size_t msglen)
     return fedge_sched_outcome(a, msg, msglen);
 }
 
-int fedge_agg_round_info(const fedge_aggregator *a, const char *device, double now, char *buf, size_t cap)
+int fedge_agg_round_info(fedge_aggregator *a, const char *device, double now, char *buf, size_t cap)
 {
     static const char *states[] = {"waiting", "open", "finished"};
     fedge_sched_view v;

@@ -55,6 +55,12 @@ typedef struct {
     fedge_device_key *dev_keys;   /* parallel to keys.devices */
     uint8_t *selected;            /* parallel to keys.devices: in the open round */
     uint8_t *submitted;           /* parallel: accepted update in the open round */
+    /* async mode (sched_async.c), parallel to keys.devices, in memory only:
+     * the step a device holds a slot from (0: none), when it got it, when
+     * it last asked (fedge_now(); 0: never) */
+    uint32_t *adm_step;
+    double *adm_at, *asked_at;
+    size_t in_flight;
     struct fedge_policy *policy;
     struct fedge_signer *signer;  /* NULL: audit heads not signed */
 
@@ -127,7 +133,7 @@ int fedge_agg_tick(fedge_aggregator *a, double now);
 int fedge_agg_maybe_close(fedge_aggregator *a, double now);
 
 /* GET /round body for `device` (NULL or unknown: selected=0). */
-int fedge_agg_round_info(const fedge_aggregator *a, const char *device, double now, char *buf,
+int fedge_agg_round_info(fedge_aggregator *a, const char *device, double now, char *buf,
                          size_t cap);
 /* GET /status body (JSON). */
 int fedge_agg_status_json(const fedge_aggregator *a, char *buf, size_t cap);

@@ -16,6 +16,7 @@
 #include "governance.h"
 #include "log.h"
 #include "policy.h"
+#include "scheduler.h"
 #include "store.h"
 #include "strategy.h"
 
@@ -170,8 +171,9 @@ static int index_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, c
     }
     u->stats[i].norm = norm;
     /* DP-FedAvg weighs every client equally; otherwise by stated samples,
-     * and a late update less: FedAsync's polynomial discount (1 + s)^-1/2
-     * for an update whose base model is s versions old. */
+     * and a late update less: the configured staleness discount
+     * (async_staleness; by default FedAsync's (1 + s)^-1/2) for an update
+     * whose base model is s versions old. */
     u->weights[i] = c->dp ? 1.0 : (double)n_samples;
     if (c->dp) {
         /* Clipped to C when it was accepted, but to the C of that time: a
@@ -189,7 +191,7 @@ static int index_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, c
     uint32_t staleness = 0;
     CHK(fedge_gov_staleness(a, h->base_version, &found, &staleness));
     if (found && staleness > 0 && !c->dp)
-        u->weights[i] /= sqrt(1.0 + (double)staleness);
+        u->weights[i] *= fedge_sched_staleness_discount(&a->cfg, staleness);
     if (c->sum)
         for (size_t k = 0; k < a->model.n_params; k++)
             c->sum[k] += delta[k];
@@ -537,7 +539,9 @@ int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res)
             fedge_rng_seed(&noise_rng, seed);
         }
         CHK(fedge_policy_dp_apply(a->policy, mean, n_params, n_use, &noise_rng));
-        double denom = (double)(a->n_selected ? a->n_selected : n_use);
+        /* async: a step takes async_buffer_k updates, whoever was admitted */
+        double denom = fedge_gov_async(a) ? (double)a->cfg.async_buffer_k
+                                          : (double)(a->n_selected ? a->n_selected : n_use);
         for (size_t i = 0; i < n_params; i++)
             mean[i] = (float)(mean[i] / denom);
     } else {

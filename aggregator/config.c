@@ -40,6 +40,8 @@ static int check_log_level(const char *value, char *why, size_t whylen);
 static int check_model_spec(const char *value, char *why, size_t whylen);
 static int check_aggregation(const char *value, char *why, size_t whylen);
 static int check_server_optimizer(const char *value, char *why, size_t whylen);
+static int check_mode(const char *value, char *why, size_t whylen);
+static int check_staleness(const char *value, char *why, size_t whylen);
 
 #define STR(k, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, NULL}
 #define STRC(k, chk, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, chk}
@@ -98,6 +100,14 @@ static const field FIELDS[] = {
     DBL(server_beta2, 0, 1, "0.99", "adam|yogi: second-moment decay beta2, [0, 1)"),
     DBL(server_tau, 1e-12, 10, "1e-3", "adam|yogi|adagrad: adaptivity tau (v starts at tau^2)"),
     DBL(fedprox_mu, 0, 1e6, "0", "FedProx mu sent to the edges with the round (0: plain local SGD)"),
+    STRC(mode, check_mode, "sync", "run mode: sync (rounds with a chosen participant set) | async (FedBuff: buffered asynchronous aggregation steps)"),
+    LNG(async_concurrency, 1, 1e6, "8", "async: devices training at once (in flight)"),
+    LNG(async_buffer_k, 1, 1e6, "4", "async: accepted updates buffered per aggregation step"),
+    LNG(async_max_versions, 1, 1e6, "4", "async: distinct base model versions in flight at once (admission waits otherwise)"),
+    DBL(async_slot_timeout_s, 0.1, 86400, "60", "async: an admitted device that sends nothing this long frees its slot"),
+    STRC(async_staleness, check_staleness, "polynomial", "discount of an update s versions old: constant (1) | polynomial ((1+s)^-a) | hinge (1 for s <= b, else 1/(a(s-b)+1))"),
+    DBL(async_staleness_a, 0, 100, "0.5", "staleness discount: the exponent a of polynomial, the slope a of hinge"),
+    DBL(async_staleness_b, 0, 1e6, "4", "staleness discount: hinge's b (versions without discount)"),
     BOOL(scaffold, "0", "SCAFFOLD: server control variate, updates carry the control delta (needs aggregation = mean, no DP)"),
 };
 
@@ -204,6 +214,22 @@ static int check_server_optimizer(const char *value, char *why, size_t whylen)
     if (fedge_server_opt_find(value))
         return 0;
     snprintf(why, whylen, "expected one of %s, got '%s'", fedge_server_opt_names(), value);
+    return -1;
+}
+
+static int check_mode(const char *value, char *why, size_t whylen)
+{
+    if (strcmp(value, "sync") == 0 || strcmp(value, "async") == 0)
+        return 0;
+    snprintf(why, whylen, "expected sync|async, got '%s'", value);
+    return -1;
+}
+
+static int check_staleness(const char *value, char *why, size_t whylen)
+{
+    if (strcmp(value, "constant") == 0 || strcmp(value, "polynomial") == 0 || strcmp(value, "hinge") == 0)
+        return 0;
+    snprintf(why, whylen, "expected constant|polynomial|hinge, got '%s'", value);
     return -1;
 }
 

@@ -73,6 +73,15 @@ typedef struct {
     double server_momentum, server_beta1, server_beta2, server_tau;
     double fedprox_mu;
     int scaffold;
+    /* run mode (scheduler.h): sync rounds or async FedBuff steps
+     * (docs/AGGREGATOR.md "Async mode") */
+    char mode[8];
+    long async_concurrency;     /* devices in flight at once */
+    long async_buffer_k;        /* accepted updates per aggregation step */
+    long async_max_versions;    /* distinct base versions in flight */
+    double async_slot_timeout_s; /* an admitted device silent this long frees its slot */
+    char async_staleness[16];   /* constant|polynomial|hinge */
+    double async_staleness_a, async_staleness_b;
     /* where each key (table order) was last set: 0 default, -1 command
      * line, N > 0 line N of config_file */
     int origin_line[FEDGE_AGG_CONFIG_MAX_KEYS];

@@ -307,9 +307,19 @@ cleanup:
     return ret;
 }
 
+/* Async mode: the update's round is the step it was admitted in, which says
+ * nothing exact about its base model; the policy's staleness rule (versions
+ * since the base, audited) is what refuses an old update. */
 uint32_t fedge_gov_round_window(const fedge_aggregator *a)
 {
+    if (fedge_gov_async(a))
+        return UINT32_MAX / 2;
     return fedge_policy_max_staleness(a->policy);
+}
+
+int fedge_gov_async(const fedge_aggregator *a)
+{
+    return strcmp(a->cfg.mode, "async") == 0;
 }
 
 int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *status)
@@ -348,8 +358,10 @@ int fedge_gov_round_admission(fedge_aggregator *a, uint32_t round, size_t k, siz
         return FEDGE_OK;
     }
     CHK(fedge_dp_ledger_spent(a->db, NULL, &spent));
-    CHK(fedge_policy_budget_check(a->policy, spent.rdp, fmin(1.0, (double)k / (double)n_allowed),
-                                  &eps, &d));
+    /* async: devices choose when to come, so there is no sampling to
+     * amplify privacy; each step is charged at q = 1 (docs/POLICY.md) */
+    double q = fedge_gov_async(a) ? 1.0 : fmin(1.0, (double)k / (double)n_allowed);
+    CHK(fedge_policy_budget_check(a->policy, spent.rdp, q, &eps, &d));
     if (d.decision == FEDGE_DECISION_REJECT) {
         *refused = 1;
         snprintf(reason, reason_len, "%s", d.reason);
@@ -580,7 +592,7 @@ int fedge_gov_dp_charge(fedge_aggregator *a, size_t n_clients, double *epsilon, 
         return FEDGE_ERR_STATE;
     CHK(fedge_gov_eligible_devices(a, NULL, &eligible));
     size_t selected = a->n_selected ? a->n_selected : n_clients;
-    double q = eligible > 0 ? fmin(1.0, (double)selected / (double)eligible) : 1.0;
+    double q = eligible > 0 && !fedge_gov_async(a) ? fmin(1.0, (double)selected / (double)eligible) : 1.0;
     CHK(fedge_dp_ledger_spent(a->db, NULL, &spent));
     CHK(fedge_policy_budget_check(a->policy, spent.rdp, q, epsilon, &d));
     if (d.decision == FEDGE_DECISION_REJECT) {

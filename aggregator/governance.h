@@ -59,6 +59,9 @@ int fedge_gov_eligible_devices(fedge_aggregator *a, size_t *idx, size_t *n);
 
 /* How many rounds late an update may arrive (the policy's max_staleness). */
 uint32_t fedge_gov_round_window(const fedge_aggregator *a);
+/* 1 in async mode (cfg.mode): DP steps are charged at q = 1, the round
+ * window is left to the policy's staleness rule. */
+int fedge_gov_async(const fedge_aggregator *a);
 
 /* Before opening `round` with k of n_allowed devices: would the privacy
  * ledger's sum plus this round's cost (q = k / n_allowed, the current noise

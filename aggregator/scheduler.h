@@ -1,8 +1,9 @@
 /* scheduler.h — the scheduler: when rounds (or, later, aggregation steps) open
  * and close, and which device may send an update now. One interface, one
  * implementation per run mode, chosen by name from a table (scheduler.c):
- * "sync" (sched_sync.c) is synchronous rounds with a fixed participant set.
- * A new mode (async FedBuff) is one more file and one row.
+ * "sync" (sched_sync.c) is synchronous rounds with a fixed participant set;
+ * "async" (sched_async.c) is FedBuff: buffered asynchronous aggregation
+ * steps, each a rounds row.
  *
  * Every hook runs on the owner thread (the one that owns a->db) and may
  * write the log. The in-memory state they keep is agg.h's: state, round,
@@ -40,10 +41,11 @@ typedef struct fedge_sched {
                  char *msg, size_t msglen);
     /* The update's decision is logged: count it (bytes on the wire). */
     void (*counted)(fedge_aggregator *a, int d, int accepted, size_t bytes);
-    void (*view)(const fedge_aggregator *a, int d, double now, fedge_sched_view *v);
+    /* GET /round from device d: async mode notes that d is asking. */
+    void (*view)(fedge_aggregator *a, int d, double now, fedge_sched_view *v);
 } fedge_sched;
 
-/* The scheduler for a run mode ("sync"); NULL when there is none. */
+/* The scheduler for a run mode ("sync", "async"); NULL when there is none. */
 const fedge_sched *fedge_sched_find(const char *mode);
 
 /* Helpers shared by the schedulers (scheduler.c). */
@@ -55,5 +57,30 @@ int fedge_sched_count_rounds(fedge_aggregator *a);
 /* fedge_agg_outcome's meaning: 0 when at least one round aggregated (or
  * none was due), 3 when none did; msg says what happened. */
 int fedge_sched_outcome(const fedge_aggregator *a, char *msg, size_t msglen);
+
+/* Restores the open round (async: the open step, whose accepted rows are
+ * the buffer) left by a crash: participants, counters, submitted flags. */
+int fedge_sched_resume_open(fedge_aggregator *a);
+/* Closes the open round or aggregation step: aggregates its accepted
+ * updates (close.h), adopts, evaluates and records the model, writes the
+ * rounds row, signs the head, all in one transaction; then retention,
+ * refinement, and FINISHED once `rounds` are done (else WAITING). A round
+ * the data cannot aggregate fails with an audited reason and returns
+ * FEDGE_OK; errors are the daemon's own faults. */
+int fedge_sched_close_step(fedge_aggregator *a);
+/* The privacy budget refuses the next round (or step): logs it as a
+ * 'refused' rounds row with its audited event and signed head, and the run
+ * is FINISHED. */
+int fedge_sched_refuse_round(fedge_aggregator *a, uint32_t round, const char *reason, double now);
+
+/* The weight factor of an update whose base model is s versions old
+ * (cfg.async_staleness: constant 1, polynomial (1+s)^-a, hinge 1 for s <= b
+ * else 1/(a(s-b)+1); Xie et al., FedAsync). In (0, 1]. */
+double fedge_sched_staleness_discount(const fedge_agg_config *cfg, uint32_t s);
+/* Async admission's rank of a device asking during step `step`: the first 8
+ * bytes (big-endian) of SHA-256(seed as 8 bytes LE || step as 4 bytes LE ||
+ * device id). Among the devices asking, the lowest ranks take the free
+ * slots: anyone with the seed can recompute who should have won. */
+int fedge_sched_async_rank(uint64_t seed, uint32_t step, const char *device, uint64_t *rank);
 
 #endif

@@ -49,6 +49,7 @@ double fedge_policy_device_epsilon_budget(const fedge_policy *p)
 {
     return p ? p->dp_device_epsilon_budget : 0.0;
 }
+unsigned fedge_policy_max_participations(const fedge_policy *p) { return p ? p->max_participations : 0; }
 
 static void decide(fedge_policy_decision *d, fedge_decision_kind kind, double clip_factor,
                    const char *rule, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
@@ -112,6 +113,8 @@ int fedge_policy_summary(const fedge_policy *p, char *buf, size_t cap)
                      "anomaly %s; min_clients %u; max_share %g; deadline %g s; DP %s",
                      norm, p->max_staleness, p->regions_any ? "any" : regions,
                      rate, anomaly, p->min_clients, p->max_share, p->deadline_s, dp);
+    if (n >= 0 && (size_t)n < cap && p->max_participations > 0)
+        n += snprintf(buf + n, cap - (size_t)n, "; participations <= %u", p->max_participations);
     return (n < 0 || (size_t)n >= cap) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
 }
 

@@ -178,6 +178,9 @@ double fedge_policy_dp_noise_multiplier(const fedge_policy *p); /* z */
 double fedge_policy_dp_delta(const fedge_policy *p);
 double fedge_policy_epsilon_budget(const fedge_policy *p);        /* global */
 double fedge_policy_device_epsilon_budget(const fedge_policy *p); /* 0: none */
+/* privacy.max_participations: in async mode, how many aggregation steps one
+ * device may be admitted to over the run (0: no cap; docs/POLICY.md). */
+unsigned fedge_policy_max_participations(const fedge_policy *p);
 
 /* sum += N(0, (zC)^2) per coordinate (sum of n_clients clipped deltas).
  * FEDGE_ERR_STATE when DP is off, FEDGE_ERR_INVALID_ARG for n_clients 0.

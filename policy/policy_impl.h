@@ -44,6 +44,7 @@ struct fedge_policy {
     double dp_epsilon_budget;
     double dp_delta;
     double dp_device_epsilon_budget; /* 0: none */
+    uint32_t max_participations;     /* async mode: admissions per device; 0: none */
 };
 
 /* The built-in default policy, as YAML text (docs/POLICY.md shows it). */

@@ -87,6 +87,7 @@ static const key_spec KEYS[] = {
     {"privacy.epsilon_budget", K_DOUBLE, OFF(dp_epsilon_budget), 0, 1e6, 1, 0},
     {"privacy.delta", K_DOUBLE, OFF(dp_delta), 0, 1, 1, 1},
     {"privacy.device_epsilon_budget", K_DOUBLE, OFF(dp_device_epsilon_budget), 0, 1e6, 0, 0},
+    {"privacy.max_participations", K_UINT, OFF(max_participations), 0, 1e9, 0, 0},
 };
 #define N_KEYS FEDGE_ARRAY_LEN(KEYS)
 
@@ -123,6 +124,7 @@ static void set_defaults(struct fedge_policy *p)
     p->dp_epsilon_budget = 10.0;
     p->dp_delta = 1e-5;
     p->dp_device_epsilon_budget = 0;
+    p->max_participations = 0;
 }
 
 static int fail_at(load_ctx *c, int code, const yaml_node_t *node, const char *key,

@@ -229,16 +229,19 @@ static void test_open_on_worker_threads(void **state)
 static void test_scheduler_table(void **state)
 {
     (void)state;
-    const fedge_sched *s = fedge_sched_find("sync");
-    assert_non_null(s);
-    assert_string_equal(s->mode, "sync");
-    assert_non_null(s->resume);
-    assert_non_null(s->on_tick);
-    assert_non_null(s->on_accepted);
-    assert_non_null(s->admit);
-    assert_non_null(s->counted);
-    assert_non_null(s->view);
-    assert_null(fedge_sched_find("async")); /* not built yet */
+    static const char *const modes[] = {"sync", "async"};
+    for (size_t i = 0; i < 2; i++) {
+        const fedge_sched *s = fedge_sched_find(modes[i]);
+        assert_non_null(s);
+        assert_string_equal(s->mode, modes[i]);
+        assert_non_null(s->resume);
+        assert_non_null(s->on_tick);
+        assert_non_null(s->on_accepted);
+        assert_non_null(s->admit);
+        assert_non_null(s->counted);
+        assert_non_null(s->view);
+    }
+    assert_null(fedge_sched_find("semi"));
     assert_null(fedge_sched_find(""));
 }
 

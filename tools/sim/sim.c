@@ -569,10 +569,36 @@ static int run_batch(sim *s)
 
 /* ---- the driver ------------------------------------------------------------ */
 
+static int is_async(const sim *s)
+{
+    return strcmp(s->a.cfg.mode, "async") == 0;
+}
+
+/* The last step that ended, from the log: in async mode the next step is
+ * already open when the report is made. */
+static void ended_step(const sim *s, uint32_t *round, size_t *selected, size_t *accepted, size_t *rejected)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->a.db, "SELECT id, coalesce(n_accepted, 0), coalesce(n_rejected, 0),"
+                           " (SELECT count(*) FROM round_participants p WHERE p.round=r.id)"
+                           " FROM rounds r WHERE status<>'open' ORDER BY id DESC LIMIT 1", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        *round = (uint32_t)sqlite3_column_int64(st, 0);
+        *accepted = (size_t)sqlite3_column_int64(st, 1);
+        *rejected = (size_t)sqlite3_column_int64(st, 2);
+        *selected = (size_t)sqlite3_column_int64(st, 3);
+    }
+    sqlite3_finalize(st);
+}
+
 static void emit_round(sim *s)
 {
     const fedge_aggregator *a = &s->a;
     int aggregated = a->rounds_aggregated != s->seen_aggregated;
+    uint32_t round = a->round;
+    size_t selected = a->n_selected, accepted = a->n_accepted, rejected = a->n_rejected;
+    if (is_async(s))
+        ended_step(s, &round, &selected, &accepted, &rejected);
     double wall = real_now() - s->r_wall0;
     char acc[32], loss[32];
     if (aggregated && a->last_accuracy >= 0)
@@ -587,12 +613,12 @@ static void emit_round(sim *s)
         printf("{\"round\":%u,\"status\":\"%s\",\"selected\":%zu,\"accepted\":%zu,\"rejected\":%zu,"
                "\"late\":%zu,\"dropped\":%zu,\"accuracy\":%s,\"train_loss\":%s,\"virtual_s\":%.3f,"
                "\"wall_s\":%.3f,\"train_s\":%.3f,\"model\":\"%s\"}\n",
-               a->round, aggregated ? "closed" : "failed", a->n_selected, a->n_accepted, a->n_rejected,
+               round, aggregated ? "closed" : "failed", selected, accepted, rejected,
                s->r_late, s->r_dropped, acc, loss, s->now, wall, s->r_train_s, a->version_hex);
     else
         printf("round %3u %-6s selected %zu accepted %zu rejected %zu late %zu dropped %zu accuracy %s"
                " loss %s t=%.1fs wall %.3fs train %.3fs\n",
-               a->round, aggregated ? "closed" : "failed", a->n_selected, a->n_accepted, a->n_rejected,
+               round, aggregated ? "closed" : "failed", selected, accepted, rejected,
                s->r_late, s->r_dropped, acc, loss, s->now, wall, s->r_train_s);
     fflush(stdout);
     s->seen_rounds_done = a->rounds_done;
@@ -650,25 +676,38 @@ static int pending_order(const void *x, const void *y)
     return p->dev < q->dev ? -1 : p->dev > q->dev;
 }
 
-/* Every selected device that is free polls /round now and, unless it drops
- * out, trains; the batch runs on the pool and its updates are queued at
- * their virtual finish times. */
+/* Sync: every selected device that is free polls /round now. Async: every
+ * free device asks GET /round, a tick admits some (the aggregator's ranked
+ * rule), and those newly admitted poll again. Unless it drops out, each
+ * trains; the batch runs on the pool and its updates are queued at their
+ * virtual finish times. */
 static int start_clients(sim *s, char *err, size_t errlen)
 {
     fedge_aggregator *a = &s->a;
     char body[FEDGE_ROUND_BODY_MAX], why[160];
-    int ret = FEDGE_OK;
+    int ret = FEDGE_OK, async = is_async(s);
+    size_t need = async ? s->n_dev : a->n_selected;
     s->n_jobs = 0;
-    if (s->cap_jobs < a->n_selected) {
-        sim_job *nj = realloc(s->jobs, a->n_selected * sizeof *nj);
+    if (s->cap_jobs < need) {
+        sim_job *nj = realloc(s->jobs, need * sizeof *nj);
         if (!nj)
             return FEDGE_ERR_NOMEM;
         s->jobs = nj;
-        s->cap_jobs = a->n_selected;
+        s->cap_jobs = need;
+    }
+    if (async) {
+        /* an edge polls about every second; asking is remembered 10 s */
+        for (size_t d = 0; d < s->n_dev; d++)
+            if (!s->clients[d].busy && !a->adm_step[d] && s->now - a->asked_at[d] >= 1.0)
+                CHK(fedge_agg_round_info(a, a->keys.devices[d].id, s->now, body, sizeof body));
+        CHK(step(s, fedge_agg_tick));
+        if (a->state != FEDGE_AGG_OPEN)
+            goto cleanup;
     }
     for (size_t d = 0; d < s->n_dev && s->n_jobs < s->cap_jobs; d++) {
         sim_client *c = &s->clients[d];
-        if (!a->selected[d] || a->submitted[d] || c->busy || c->started_round == a->round)
+        if (async ? !a->adm_step[d] || c->busy || c->started_round >= a->adm_step[d]
+                  : !a->selected[d] || a->submitted[d] || c->busy || c->started_round == a->round)
             continue;
         sim_job *j = &s->jobs[s->n_jobs];
         memset(j, 0, sizeof *j);
@@ -928,7 +967,9 @@ int fedge_sim_run(const fedge_agg_config *cfg, const fedge_sim_options *o, int *
             break;
         if (s.a.state == FEDGE_AGG_OPEN)
             CHK(start_clients(&s, err, errlen));
-        double next = s.a.state == FEDGE_AGG_OPEN ? s.a.deadline : s.a.start_at;
+        if (s.a.state == FEDGE_AGG_FINISHED)
+            break;
+        double next = s.a.state != FEDGE_AGG_OPEN ? s.a.start_at : is_async(&s) ? s.now + 1.0 : s.a.deadline;
         if (s.a.retry_at > next)
             next = s.a.retry_at;
         if (s.n_pending > 0 && s.pending[0].at < next)

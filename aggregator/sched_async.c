@@ -1,0 +1,379 @@
+/* sched_async.c — buffered asynchronous aggregation (scheduler.h, mode
+ * "async"; Nguyen et al., FedBuff, AISTATS 2022).
+ *
+ * Each aggregation step is a rounds row: it opens at once (status 'open',
+ * n_selected 0: its admissions are its round_participants rows),
+ * devices are admitted to it while fewer than async_concurrency are in
+ * flight, and the accepted update rows of the open step ARE the buffer: at
+ * async_buffer_k of them the step closes like a sync round
+ * (fedge_sched_close_step: staleness-discounted weights, the combiner, the
+ * server optimiser, a new version, evaluation, lineage, a signed head) and
+ * the next step opens. A crash leaves the open step and its accepted rows in
+ * the log, so a restart resumes the buffer exactly.
+ *
+ * Admission: GET /round marks the device as asking; each tick ranks the
+ * devices asking (fedge_sched_async_rank, keyed by seed and step) and gives
+ * the free slots to the lowest ranks, logging each as a round_participants
+ * row of the step plus an audited 'async_admitted' event with its rank. An
+ * admission lets the device send one update (for the step it read or later);
+ * its slot is freed when that update is decided or after
+ * async_slot_timeout_s. At most async_max_versions distinct steps (base
+ * versions) are in flight. Slots are memory only: after a restart the open
+ * step's admissions without an update get theirs back (a fresh timeout);
+ * an earlier step's admitted device may still send its one update. */
+#include "scheduler.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "common.h"
+#include "governance.h"
+#include "log.h"
+#include "policy.h"
+#include "store.h"
+
+/* a device that asked longer ago than this is no longer waiting */
+#define ASK_TTL_S 10.0
+
+static int async_alloc(fedge_aggregator *a)
+{
+    size_t n = a->keys.n ? a->keys.n : 1;
+    free(a->adm_step);
+    free(a->adm_at);
+    free(a->asked_at);
+    a->adm_step = calloc(n, sizeof *a->adm_step);
+    a->adm_at = calloc(n, sizeof *a->adm_at);
+    a->asked_at = calloc(n, sizeof *a->asked_at);
+    a->in_flight = 0;
+    if (a->asked_at)
+        for (size_t i = 0; i < n; i++)
+            a->asked_at[i] = -1e300; /* never */
+    return a->adm_step && a->adm_at && a->asked_at ? FEDGE_OK : FEDGE_ERR_NOMEM;
+}
+
+static int async_resume(fedge_aggregator *a)
+{
+    int ret;
+    CHK(async_alloc(a));
+    CHK(fedge_sched_count_rounds(a));
+    CHK(fedge_sched_resume_open(a));
+    if (a->state == FEDGE_AGG_OPEN) { /* the step's admissions so far hold slots again */
+        double now = fedge_clock_mono();
+        a->n_selected = 0;
+        for (size_t i = 0; i < a->keys.n; i++) {
+            a->n_selected += a->selected[i];
+            if (a->selected[i] && !a->submitted[i]) {
+                a->adm_step[i] = a->round;
+                a->adm_at[i] = now;
+                a->in_flight++;
+            }
+        }
+    }
+    a->start_at = fedge_clock_mono() + a->cfg.start_delay_s;
+    if (a->state != FEDGE_AGG_OPEN && a->cfg.rounds > 0 && a->rounds_done >= a->cfg.rounds) {
+        a->state = FEDGE_AGG_FINISHED;
+        a->finished_at = fedge_clock_mono();
+    }
+cleanup:
+    return ret;
+}
+
+static int open_step(fedge_aggregator *a, double now)
+{
+    sqlite3_stmt *st = NULL;
+    int ret, refused = 0;
+    uint32_t step = a->round + 1;
+    char reason[256] = "";
+    CHK(fedge_gov_round_admission(a, step, 1, 1, &refused, reason, sizeof reason));
+    if (refused) {
+        CHK(fedge_sched_refuse_round(a, step, reason, now));
+        goto cleanup;
+    }
+    double wall = fedge_clock_wall();
+    CHK(fedge_store_begin(a->db));
+    CHK(fedge_store_prepare(a->db, "INSERT INTO rounds(id, opened_at, deadline, status, base_version, strategy,"
+                           " n_selected) VALUES(?,?,?, 'open', ?, ?, 0)", &st));
+    sqlite3_bind_int64(st, 1, step);
+    sqlite3_bind_double(st, 2, wall);
+    sqlite3_bind_double(st, 3, wall + a->cfg.round_timeout_s);
+    sqlite3_bind_text(st, 4, a->version_hex, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, fedge_gov_strategy(a), -1, SQLITE_STATIC);
+    ret = fedge_store_step_done(a->db, st);
+    st = NULL;
+    if (ret != FEDGE_OK)
+        goto cleanup;
+    char key[24];
+    snprintf(key, sizeof key, "%u", step);
+    CHK(fedge_gov_audit(a, "rounds", key));
+    CHK(fedge_store_commit(a->db));
+    memset(a->selected, 0, a->keys.n);
+    memset(a->submitted, 0, a->keys.n);
+    a->round = step;
+    a->state = FEDGE_AGG_OPEN;
+    a->opened_at = wall;
+    a->deadline = 0;
+    a->n_selected = a->n_accepted = a->n_rejected = 0;
+    a->bytes_received = 0;
+    FEDGE_INFO("step %u open: base %.16s, buffer of %ld", step, a->version_hex, a->cfg.async_buffer_k);
+cleanup:
+    if (ret != FEDGE_OK)
+        fedge_store_rollback(a->db);
+    sqlite3_finalize(st);
+    return ret;
+}
+
+static void free_slot(fedge_aggregator *a, int d)
+{
+    if (a->adm_step[d]) {
+        a->adm_step[d] = 0;
+        a->in_flight--;
+    }
+}
+
+/* Distinct steps (base versions) among the slots held, and whether the open
+ * step is one of them. */
+static size_t versions_in_flight(const fedge_aggregator *a, int *has_current)
+{
+    uint32_t seen[64];
+    size_t n = 0;
+    *has_current = 0;
+    for (size_t i = 0; i < a->keys.n; i++) {
+        uint32_t s = a->adm_step[i];
+        if (!s)
+            continue;
+        if (s == a->round)
+            *has_current = 1;
+        size_t j = 0;
+        while (j < n && seen[j] != s)
+            j++;
+        if (j == n) {
+            if (n == sizeof seen / sizeof seen[0])
+                return n; /* more than any sane async_max_versions */
+            seen[n++] = s;
+        }
+    }
+    return n;
+}
+
+typedef struct {
+    uint64_t rank;
+    size_t d;
+} candidate;
+
+static int by_rank(const void *x, const void *y)
+{
+    const candidate *p = x, *q = y;
+    if (p->rank != q->rank)
+        return p->rank < q->rank ? -1 : 1;
+    return p->d < q->d ? -1 : p->d > q->d;
+}
+
+/* The free slots go to the lowest-ranked devices asking (module comment). */
+static int admit_waiting(fedge_aggregator *a, double now)
+{
+    candidate *c = NULL;
+    size_t n = 0;
+    sqlite3_stmt *st = NULL, *status = NULL;
+    int ret = FEDGE_OK, has_current = 0;
+    for (size_t i = 0; i < a->keys.n; i++)
+        if (a->adm_step[i] && now - a->adm_at[i] > a->cfg.async_slot_timeout_s) {
+            FEDGE_INFO("step %u: %s's slot (step %u) timed out", a->round, a->keys.devices[i].id, a->adm_step[i]);
+            free_slot(a, (int)i);
+        }
+    if (a->in_flight >= (size_t)a->cfg.async_concurrency)
+        return FEDGE_OK;
+    if (versions_in_flight(a, &has_current) >= (size_t)a->cfg.async_max_versions && !has_current)
+        return FEDGE_OK;
+    size_t asking = 0;
+    for (size_t i = 0; i < a->keys.n; i++)
+        asking += !a->adm_step[i] && !a->selected[i] && now - a->asked_at[i] <= ASK_TTL_S;
+    if (asking == 0)
+        return FEDGE_OK;
+    c = malloc(asking * sizeof *c);
+    if (!c)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0; i < a->keys.n && n < asking; i++) {
+        if (a->adm_step[i] || a->selected[i] || now - a->asked_at[i] > ASK_TTL_S)
+            continue;
+        c[n].d = i;
+        CHK(fedge_sched_async_rank((uint64_t)a->cfg.seed, a->round, a->keys.devices[i].id, &c[n].rank));
+        n++;
+    }
+    if (n == 0)
+        goto cleanup;
+    qsort(c, n, sizeof *c, by_rank);
+    size_t want = (size_t)a->cfg.async_concurrency - a->in_flight, take = 0;
+    unsigned cap = fedge_policy_max_participations(a->policy);
+    CHK(fedge_store_prepare(a->db, "SELECT status FROM devices WHERE id=?", &status));
+    /* down the ranking: skip devices the policy makes ineligible (status,
+     * region) and those at the participation cap */
+    for (size_t k = 0; k < n && take < want; k++) {
+        sqlite3_reset(status);
+        sqlite3_bind_text(status, 1, a->keys.devices[c[k].d].id, -1, SQLITE_STATIC);
+        if (sqlite3_step(status) != SQLITE_ROW ||
+            !fedge_gov_device_eligible(a, c[k].d, (const char *)sqlite3_column_text(status, 0)))
+            continue;
+        if (cap > 0) {
+            int64_t times = 0;
+            CHK(fedge_store_query_int64(a->db, &times, NULL, "SELECT count(*) FROM round_participants WHERE device=?",
+                                        "t", a->keys.devices[c[k].d].id));
+            if (times >= (int64_t)cap)
+                continue;
+        }
+        c[take++] = c[k];
+    }
+    if (take == 0)
+        goto cleanup;
+    CHK(fedge_store_begin(a->db));
+    CHK(fedge_store_prepare(a->db, "INSERT INTO round_participants(round, device) VALUES(?,?)", &st));
+    for (size_t k = 0; k < take; k++) {
+        const char *id = a->keys.devices[c[k].d].id;
+        char detail[96];
+        sqlite3_reset(st);
+        sqlite3_bind_int64(st, 1, a->round);
+        sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            FAIL(FEDGE_ERR_SQL);
+        snprintf(detail, sizeof detail, "rank %016llx, %zu of %zu asking", (unsigned long long)c[k].rank, k + 1, n);
+        CHK(fedge_gov_event(a, a->round, id, "async_admitted", "admission", detail));
+    }
+    CHK(fedge_store_commit(a->db));
+    for (size_t k = 0; k < take; k++) {
+        size_t i = c[k].d;
+        a->selected[i] = 1;
+        a->adm_step[i] = a->round;
+        a->adm_at[i] = now;
+        a->in_flight++;
+        a->n_selected++;
+    }
+cleanup:
+    if (ret != FEDGE_OK)
+        fedge_store_rollback(a->db);
+    sqlite3_finalize(st);
+    sqlite3_finalize(status);
+    free(c);
+    return ret;
+}
+
+static int close_if_full(fedge_aggregator *a, double now)
+{
+    int ret = FEDGE_OK;
+    if (a->state == FEDGE_AGG_OPEN && a->n_accepted >= (size_t)a->cfg.async_buffer_k) {
+        CHK(fedge_sched_close_step(a));
+        if (a->state == FEDGE_AGG_WAITING)
+            CHK(open_step(a, now));
+    }
+cleanup:
+    return ret;
+}
+
+static int tick_step(fedge_aggregator *a, double now)
+{
+    switch (a->state) {
+    case FEDGE_AGG_WAITING:
+        if (now >= a->start_at)
+            return open_step(a, now);
+        return FEDGE_OK;
+    case FEDGE_AGG_OPEN: {
+        int ret = close_if_full(a, now);
+        if (ret == FEDGE_OK && a->state == FEDGE_AGG_OPEN)
+            ret = admit_waiting(a, now);
+        return ret;
+    }
+    case FEDGE_AGG_FINISHED:
+        return FEDGE_OK;
+    }
+    return FEDGE_ERR_STATE;
+}
+
+static int async_on_tick(fedge_aggregator *a, double now)
+{
+    if (now < a->retry_at)
+        return FEDGE_OK;
+    return fedge_sched_transient(a, now, tick_step(a, now));
+}
+
+static int async_on_accepted(fedge_aggregator *a, double now)
+{
+    if (now < a->retry_at)
+        return FEDGE_OK;
+    return fedge_sched_transient(a, now, close_if_full(a, now));
+}
+
+static int async_admit(fedge_aggregator *a, int d, const char *device, uint32_t for_round, int *ok, int *code,
+                       char *msg, size_t msglen)
+{
+    int ret = FEDGE_OK, found = 0, already = 0;
+    int64_t admitted_in = 0, one;
+    *ok = 0;
+    if (a->state != FEDGE_AGG_OPEN) {
+        *code = 503;
+        snprintf(msg, msglen, "%s", a->state == FEDGE_AGG_FINISHED ? "run finished" : "no open step");
+        goto cleanup;
+    }
+    if (a->submitted[d]) {
+        *code = 409;
+        snprintf(msg, msglen, "an update of this device is already in step %u's buffer", a->round);
+        goto cleanup;
+    }
+    /* One update per admission: the device's latest admission, at or
+     * before the step it says it trained for, with nothing counted since. */
+    CHK(fedge_store_query_int64(a->db, &admitted_in, &found,
+                                "SELECT max(round) FROM round_participants WHERE device=? AND round<=?", "ti",
+                                device, (int64_t)for_round));
+    if (!found) {
+        *code = 403;
+        snprintf(msg, msglen, "not admitted (ask GET /round and wait for selected=1)");
+        goto cleanup;
+    }
+    CHK(fedge_store_query_int64(a->db, &one, &already,
+                                "SELECT 1 FROM updates WHERE device=? AND round>=? AND decision<>'rejected'", "ti",
+                                device, admitted_in));
+    if (already) {
+        *code = 409;
+        snprintf(msg, msglen, "the update for this device's admission in step %lld was already counted",
+                 (long long)admitted_in);
+        goto cleanup;
+    }
+    *ok = 1;
+cleanup:
+    return ret;
+}
+
+static void async_counted(fedge_aggregator *a, int d, int accepted, size_t bytes)
+{
+    a->bytes_received += bytes;
+    if (accepted) {
+        a->submitted[d] = 1;
+        a->n_accepted++;
+    } else {
+        a->n_rejected++;
+    }
+    free_slot(a, d);
+}
+
+static void async_view(fedge_aggregator *a, int d, double now, fedge_sched_view *v)
+{
+    v->selected = 0;
+    v->deadline_ms = 0;
+    if (d < 0 || a->state != FEDGE_AGG_OPEN)
+        return;
+    a->asked_at[d] = now;
+    if (a->adm_step[d]) {
+        double left_ms = (a->adm_at[d] + a->cfg.async_slot_timeout_s - now) * 1000.0;
+        v->selected = 1;
+        v->deadline_ms = left_ms > 0 ? left_ms : 0;
+    }
+}
+
+const fedge_sched fedge_sched_async = {
+    .mode = "async",
+    .resume = async_resume,
+    .on_tick = async_on_tick,
+    .on_accepted = async_on_accepted,
+    .admit = async_admit,
+    .counted = async_counted,
+    .view = async_view,
+};

@@ -1,0 +1,498 @@
+/* Async mode (sched_async.c, FedBuff) driven directly: the staleness
+ * discounts, the seeded admission rule, a full aggregation step, the
+ * max_staleness refusal, a restart with a half-full buffer (the step then
+ * aggregates exactly the K accepted updates), DP accounting at q = 1 and
+ * the participation cap. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agg.h"
+#include "common.h"
+#include "config.h"
+#include "governance.h"
+#include "hash.h"
+#include "log.h"
+#include "scheduler.h"
+#include "store.h"
+#include "update.h"
+
+#include "agg_fixture.h"
+
+static long g_seed = 1; /* the aggregator's seed in start() */
+
+#define N_DEV 4
+static const char *DEVICES[N_DEV] = {"dev-a", "dev-b", "dev-c", "dev-d"};
+
+typedef struct {
+    char dir[64];
+    fedge_agg_config cfg;
+    fedge_aggregator agg;
+    fedge_device_key keys[N_DEV];
+} fixture;
+
+/* An aggregator in async mode; policy: YAML text or NULL (the default). */
+static fixture *start(long k, long concurrency, const char *policy)
+{
+    fixture *fx = calloc(1, sizeof *fx);
+    char path[128], err[256] = "";
+    assert_non_null(fx);
+    snprintf(fx->dir, sizeof fx->dir, "/tmp/fedge-async-XXXXXX");
+    assert_non_null(mkdtemp(fx->dir));
+    fedge_log_set_level(FEDGE_LOG_WARN);
+    fedge_agg_config_defaults(&fx->cfg);
+    snprintf(path, sizeof path, "%s/keys", fx->dir);
+    fixture_write_keys(path, DEVICES, N_DEV);
+    snprintf(fx->cfg.keys_file, sizeof fx->cfg.keys_file, "%s", path);
+    snprintf(path, sizeof path, "%s/test.bin", fx->dir);
+    fixture_write_test_shard(path, 120);
+    snprintf(fx->cfg.test_data, sizeof fx->cfg.test_data, "%s", path);
+    snprintf(fx->cfg.db, sizeof fx->cfg.db, "%s/fedge.db", fx->dir);
+    snprintf(fx->cfg.model_dir, sizeof fx->cfg.model_dir, "%s/models", fx->dir);
+    snprintf(fx->cfg.model_spec, sizeof fx->cfg.model_spec, "mlp:16-8-3");
+    snprintf(fx->cfg.mode, sizeof fx->cfg.mode, "async");
+    fx->cfg.rounds = 5;
+    fx->cfg.seed = g_seed;
+    fx->cfg.async_buffer_k = k;
+    fx->cfg.async_concurrency = concurrency;
+    if (policy) {
+        snprintf(path, sizeof path, "%s/policy.yaml", fx->dir);
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(policy, f);
+        fclose(f);
+        snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
+    }
+    assert_int_equal(fedge_agg_config_validate(&fx->cfg, err, sizeof err), FEDGE_OK);
+    for (int i = 0; i < N_DEV; i++) {
+        uint8_t s[FEDGE_SECRET_LEN];
+        fixture_secret(i, s);
+        assert_int_equal(fedge_envelope_derive_key(s, sizeof s, DEVICES[i], &fx->keys[i]), FEDGE_OK);
+    }
+    if (fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err) != FEDGE_OK)
+        fail_msg("fedge_agg_init: %s", err);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    assert_int_equal(fx->agg.round, 1);
+    return fx;
+}
+
+static void stop(fixture *fx)
+{
+    char cmd[160];
+    fedge_agg_free(&fx->agg);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
+    assert_int_equal(system(cmd), 0);
+    free(fx);
+}
+
+/* A sealed update from device i; tweak lets a test break one thing. */
+typedef struct {
+    uint32_t round;
+    uint64_t counter;
+    int key_of;          /* seal with this device's key */
+    const char *spec;    /* NULL: the aggregator's model */
+    float fill;          /* delta value */
+    int nan_at;          /* >= 0: put a NaN there */
+    fedge_encoding enc;
+    int64_t samples;     /* < 0: 10 + device index */
+    const uint8_t *run;  /* NULL: the aggregator's run id */
+    int control;         /* SCAFFOLD form: the control-variate delta follows */
+    float control_fill;  /* its value */
+} update_spec;
+
+static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
+{
+    fedge_model_spec spec = fx->agg.model.spec;
+    if (u.spec)
+        assert_int_equal(fedge_model_spec_parse(u.spec, &spec), FEDGE_OK);
+    size_t n = fedge_model_spec_param_count(&spec);
+    float *delta = malloc(2 * n * sizeof *delta);
+    assert_non_null(delta);
+    for (size_t i = 0; i < n; i++) {
+        delta[i] = u.fill * (float)((int)(i % 7) - 3) / 3.0f;
+        delta[n + i] = u.control_fill * (float)((int)(i % 5) - 2) / 2.0f;
+    }
+    fedge_delta_header h = {
+        .encoding = (uint8_t)u.enc,
+        .flags = u.control ? FEDGE_DELTA_FLAG_CONTROL : 0,
+        .model_id = fedge_model_spec_id(&spec),
+        .round = u.round,
+        .n_samples = u.samples >= 0 ? (uint32_t)u.samples : 10 + (uint32_t)dev,
+        .n_elems = (uint32_t)(u.control ? 2 * n : n),
+        .block_size = u.enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0,
+    };
+    memcpy(h.base_version, fx->agg.version, FEDGE_HASH_LEN);
+    uint8_t *out = NULL;
+    int key = u.key_of >= 0 ? u.key_of : dev;
+    const uint8_t *run = u.run ? u.run : fx->agg.run_id;
+    if (u.nan_at < 0) {
+        assert_int_equal(fedge_update_seal(&fx->keys[key], u.counter, run, &h, delta, NULL, &out, len), FEDGE_OK);
+        free(delta);
+        return out;
+    }
+    /* A NaN cannot be encoded by the library: patch it into a valid fp32
+     * payload, then seal that by hand as a misbehaving client would. */
+    assert_int_equal(u.enc, FEDGE_ENC_FP32);
+    size_t enc_len = fedge_delta_encoded_size(&h);
+    uint8_t *enc = malloc(enc_len);
+    assert_non_null(enc);
+    assert_int_equal(fedge_delta_encode(&h, delta, NULL, enc, enc_len, &enc_len), FEDGE_OK);
+    uint32_t nan_bits = 0x7fc00000u;
+    memcpy(enc + FEDGE_DELTA_HEADER_LEN + 4 * (size_t)u.nan_at, &nan_bits, 4); /* little-endian host */
+    size_t cap = fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
+    uint8_t aad[FEDGE_UPDATE_AAD_LEN];
+    memcpy(aad, enc, FEDGE_DELTA_HEADER_LEN);
+    memcpy(aad + FEDGE_DELTA_HEADER_LEN, run, FEDGE_RUN_ID_LEN);
+    out = malloc(cap);
+    assert_non_null(out);
+    static const uint8_t prefix[4] = {1, 2, 3, 4};
+    assert_int_equal(fedge_envelope_seal(&fx->keys[key], u.counter, prefix, aad, sizeof aad,
+                                         enc + FEDGE_DELTA_HEADER_LEN, enc_len - FEDGE_DELTA_HEADER_LEN, out,
+                                         cap, len),
+                     FEDGE_OK);
+    free(enc);
+    free(delta);
+    return out;
+}
+
+static update_spec good(fixture *fx, uint64_t counter)
+{
+    update_spec u = {.round = fx->agg.round, .counter = counter, .key_of = -1, .fill = 0.01f,
+                     .nan_at = -1, .enc = FEDGE_ENC_FP32, .samples = -1};
+    return u;
+}
+
+static long long q1(fixture *fx, const char *sql)
+{
+    sqlite3_stmt *st;
+    long long v = -1;
+    assert_int_equal(sqlite3_prepare_v2(fx->agg.db, sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+
+
+static int submit(fixture *fx, const char *dev, const uint8_t *b, size_t len, char *msg)
+{
+    int code = 0;
+    assert_int_equal(fedge_agg_submit(&fx->agg, dev, b, len, fedge_now(), &code, msg, 320), FEDGE_OK);
+    if (code == 204)
+        assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    return code;
+}
+
+/* GET /round from device i; returns its selected= */
+static int ask(fixture *fx, int i)
+{
+    char body[1024];
+    assert_int_equal(fedge_agg_round_info(&fx->agg, DEVICES[i], fedge_now(), body, sizeof body), FEDGE_OK);
+    const char *s = strstr(body, "selected=");
+    assert_non_null(s);
+    return s[9] == '1';
+}
+
+/* Devices in the mask ask, one tick admits. */
+static void ask_and_tick(fixture *fx, unsigned mask)
+{
+    for (int i = 0; i < N_DEV; i++)
+        if (mask & (1u << i))
+            ask(fx, i);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+}
+
+/* An update from device i trained on the current model and sent now. */
+static int send_now(fixture *fx, int i, uint64_t counter, float fill, char *msg)
+{
+    size_t len;
+    update_spec u = good(fx, counter);
+    u.fill = fill;
+    uint8_t *b = make_update(fx, i, u, &len);
+    int code = submit(fx, DEVICES[i], b, len, msg);
+    free(b);
+    return code;
+}
+
+static void test_staleness_discounts(void **state)
+{
+    (void)state;
+    fedge_agg_config c;
+    fedge_agg_config_defaults(&c);
+    assert_string_equal(c.mode, "sync");
+    assert_string_equal(c.async_staleness, "polynomial");
+    assert_true(fabs(fedge_sched_staleness_discount(&c, 0) - 1.0) < 1e-12);
+    assert_true(fabs(fedge_sched_staleness_discount(&c, 3) - 0.5) < 1e-12); /* (1+3)^-0.5 */
+    c.async_staleness_a = 1.0;
+    assert_true(fabs(fedge_sched_staleness_discount(&c, 4) - 0.2) < 1e-12);
+    snprintf(c.async_staleness, sizeof c.async_staleness, "constant");
+    assert_true(fedge_sched_staleness_discount(&c, 1000) == 1.0);
+    snprintf(c.async_staleness, sizeof c.async_staleness, "hinge");
+    c.async_staleness_a = 0.5;
+    c.async_staleness_b = 2;
+    assert_true(fedge_sched_staleness_discount(&c, 2) == 1.0);
+    assert_true(fabs(fedge_sched_staleness_discount(&c, 6) - 1.0 / 3.0) < 1e-12); /* 1/(0.5*4+1) */
+    char err[128];
+    assert_int_equal(fedge_agg_config_set(&c, "async_staleness", "linear", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_int_equal(fedge_agg_config_set(&c, "mode", "semi", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_int_equal(fedge_agg_config_set(&c, "mode", "async", err, sizeof err), FEDGE_OK);
+}
+
+static void test_rank_is_keyed(void **state)
+{
+    (void)state;
+    uint64_t r1, r2, r3, r4;
+    assert_int_equal(fedge_sched_async_rank(1, 1, "dev-a", &r1), FEDGE_OK);
+    assert_int_equal(fedge_sched_async_rank(1, 1, "dev-a", &r2), FEDGE_OK);
+    assert_true(r1 == r2);
+    assert_int_equal(fedge_sched_async_rank(2, 1, "dev-a", &r3), FEDGE_OK);
+    assert_int_equal(fedge_sched_async_rank(1, 2, "dev-a", &r4), FEDGE_OK);
+    assert_true(r1 != r3 && r1 != r4);
+    /* SHA-256(01 00.. | 01 00 00 00 | "dev-a"), first 8 bytes: recomputed
+     * independently with Python's hashlib */
+    uint8_t msg[17] = {1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 'd', 'e', 'v', '-', 'a'};
+    uint8_t h[FEDGE_HASH_LEN];
+    assert_int_equal(fedge_sha256(msg, sizeof msg, h), FEDGE_OK);
+    uint64_t want = 0;
+    for (int i = 0; i < 8; i++)
+        want = (want << 8) | h[i];
+    assert_true(r1 == want);
+}
+
+/* Two slots, four devices asking in either order: the two lowest ranks are
+ * admitted, logged, and see selected=1; the others wait. */
+static void admission_order(int reverse, char winners[2][16])
+{
+    fixture *fx = start(4, 2, NULL);
+    for (int k = 0; k < N_DEV; k++)
+        assert_int_equal(ask(fx, reverse ? N_DEV - 1 - k : k), 0);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.in_flight, 2);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM round_participants WHERE round=1"), 2);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='async_admitted' AND round=1"), 2);
+    uint64_t rank[N_DEV];
+    for (int i = 0; i < N_DEV; i++)
+        assert_int_equal(fedge_sched_async_rank((uint64_t)fx->cfg.seed, 1, DEVICES[i], &rank[i]), FEDGE_OK);
+    int n = 0;
+    for (int i = 0; i < N_DEV; i++) {
+        int lower = 0;
+        for (int j = 0; j < N_DEV; j++)
+            lower += rank[j] < rank[i];
+        assert_int_equal(ask(fx, i), lower < 2);
+        if (lower < 2)
+            snprintf(winners[n++], 16, "%s", DEVICES[i]);
+    }
+    assert_int_equal(n, 2);
+    stop(fx);
+}
+
+/* Over a few seeds the winners change (the rank decides, not the device's
+ * place in the keys file) and never depend on the order of asking. */
+static void test_admission_rule(void **state)
+{
+    (void)state;
+    int differ = 0;
+    for (g_seed = 1; g_seed <= 4; g_seed++) {
+        char w1[2][16], w2[2][16];
+        admission_order(0, w1);
+        admission_order(1, w2);
+        assert_string_equal(w1[0], w2[0]);
+        assert_string_equal(w1[1], w2[1]);
+        differ += strcmp(w1[0], "dev-a") != 0 || strcmp(w1[1], "dev-b") != 0;
+    }
+    g_seed = 1;
+    assert_true(differ > 0);
+}
+
+/* A device that was not admitted is refused; two accepted updates fill a
+ * buffer of 2: step 1 closes with a new version whose lineage and rounds
+ * row name them, and step 2 opens. */
+static void test_full_step(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(2, 4, NULL);
+    char v0[FEDGE_HASH_HEX_LEN];
+    memcpy(v0, fx->agg.version_hex, sizeof v0);
+    assert_int_equal(send_now(fx, 0, 10, 0.01f, msg), 403);
+    assert_int_equal(fedge_device_set_status(fx->agg.db, "dev-d", "suspended", "test"), FEDGE_OK);
+    ask_and_tick(fx, 0xf); /* a suspended device asking is not admitted */
+    assert_int_equal(fx->agg.in_flight, 3);
+    assert_int_equal(fx->agg.adm_step[3], 0);
+    assert_int_equal(send_now(fx, 0, 11, 0.01f, msg), 204);
+    assert_int_equal(fx->agg.in_flight, 2);
+    assert_int_equal(send_now(fx, 0, 12, 0.01f, msg), 409); /* one update per admission */
+    assert_int_equal(fx->agg.round, 1);
+    assert_int_equal(send_now(fx, 1, 13, 0.02f, msg), 204);
+    assert_int_equal(fx->agg.round, 2);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    assert_string_not_equal(fx->agg.version_hex, v0);
+    assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=1 AND status='closed'"), 2);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM round_participants WHERE round=1"), 3);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=2 AND status='open'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM models m JOIN rounds r ON r.new_version=m.version"
+                            " WHERE r.id=1 AND m.kind='aggregate' AND m.round=1 AND m.parent=r.base_version"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE round=1 AND decision='accepted'"), 2);
+    /* dev-c, admitted in step 1, still holds its slot and may send */
+    assert_int_equal(ask(fx, 2), 1);
+    assert_int_equal(send_now(fx, 2, 14, 0.01f, msg), 204);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE round=2 AND device='dev-c'"), 1);
+    stop(fx);
+}
+
+/* An update trained on a version that is more than max_staleness versions
+ * old is refused by the policy's staleness rule: an audited rejected row. */
+static void stale_update(unsigned max_staleness, int want_code)
+{
+    char msg[320], policy[128];
+    snprintf(policy, sizeof policy, "version: 1\nname: async\nupdate:\n  max_staleness: %u\n", max_staleness);
+    fixture *fx = start(1, 4, policy);
+    ask_and_tick(fx, 0x3);
+    size_t len;
+    uint8_t *old = make_update(fx, 0, good(fx, 20), &len); /* on version 0, read in step 1 */
+    assert_int_equal(send_now(fx, 1, 21, 0.01f, msg), 204);  /* step 1 closes: version 1 */
+    assert_int_equal(fx->agg.round, 2);
+    assert_int_equal(submit(fx, DEVICES[0], old, len, msg), want_code);
+    free(old);
+    if (want_code == 403) {
+        assert_non_null(strstr(msg, "stale"));
+        assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-a' AND decision='rejected'"
+                                " AND rule='staleness'"),
+                         1);
+        assert_int_equal(q1(fx, "SELECT count(*) FROM audit a JOIN updates u ON a.tbl='updates'"
+                                " AND a.row_key=CAST(u.id AS TEXT) WHERE u.device='dev-a'"),
+                         1);
+    } else {
+        /* accepted into step 2 (K = 1: it closes it), discounted by (1+1)^-0.5 */
+        assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-a' AND round=2"
+                                " AND decision='accepted'"),
+                         1);
+        assert_int_equal(fx->agg.round, 3);
+    }
+    stop(fx);
+}
+
+static void test_max_staleness_refused(void **state)
+{
+    (void)state;
+    stale_update(0, 403);
+    stale_update(1, 204);
+}
+
+/* K = 3: two updates accepted, the daemon "crashes" (freed without a
+ * close), restarts, and the third update closes the step with exactly the
+ * three: the same model as a run without the crash. */
+static void buffered_run(int crash, char out_version[FEDGE_HASH_HEX_LEN])
+{
+    char msg[320], err[256] = "";
+    fixture *fx = start(3, 4, NULL);
+    ask_and_tick(fx, 0x7);
+    assert_int_equal(send_now(fx, 0, 30, 0.01f, msg), 204);
+    assert_int_equal(send_now(fx, 1, 31, 0.03f, msg), 204);
+    size_t len;
+    uint8_t *third = make_update(fx, 2, good(fx, 32), &len);
+    if (crash) {
+        fedge_agg_free(&fx->agg);
+        if (fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err) != FEDGE_OK)
+            fail_msg("restart: %s", err);
+        assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+        assert_int_equal(fx->agg.round, 1);
+        assert_int_equal(fx->agg.n_accepted, 2); /* the buffer */
+        assert_int_equal(fx->agg.in_flight, 1);   /* dev-c's slot */
+        assert_int_equal(ask(fx, 2), 1);
+        assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+        /* an update already in the buffer is not counted twice */
+        assert_int_equal(send_now(fx, 0, 33, 0.01f, msg), 409);
+    }
+    assert_int_equal(submit(fx, DEVICES[2], third, len, msg), 204);
+    free(third);
+    assert_int_equal(fx->agg.round, 2);
+    assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=1 AND status='closed'"), 3);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE round=1 AND decision<>'rejected'"), 3);
+    memcpy(out_version, fx->agg.version_hex, FEDGE_HASH_HEX_LEN);
+    stop(fx);
+}
+
+static void test_restart_half_full_buffer(void **state)
+{
+    (void)state;
+    char straight[FEDGE_HASH_HEX_LEN], crashed[FEDGE_HASH_HEX_LEN];
+    buffered_run(0, straight);
+    buffered_run(1, crashed);
+    assert_string_equal(straight, crashed);
+}
+
+/* DP in async mode: each step is charged at q = 1 in the ledger, and a
+ * device capped at one participation is not admitted again. */
+static void test_dp_q1_and_participation_cap(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(1, 4,
+                        "version: 1\nname: async-dp\nprivacy:\n  enabled: true\n  clip_norm: 1.0\n"
+                        "  noise_multiplier: 1.0\n  epsilon_budget: 1000\n  delta: 1.0e-5\n"
+                        "  max_participations: 1\n");
+    ask_and_tick(fx, 0x1);
+    assert_int_equal(send_now(fx, 0, 40, 0.01f, msg), 204);
+    assert_int_equal(fx->agg.round, 2);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM dp_ledger WHERE round=1 AND q=1.0"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM audit WHERE tbl='dp_ledger'"), 1);
+    ask_and_tick(fx, 0x3); /* dev-a has used its one participation */
+    assert_int_equal(ask(fx, 0), 0);
+    assert_int_equal(ask(fx, 1), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM round_participants WHERE device='dev-a'"), 1);
+    stop(fx);
+}
+
+/* async_max_versions = 1: while a device trained on version 1 is in flight,
+ * nobody is admitted to train on version 2; its slot freed (by its update
+ * or by async_slot_timeout_s), admission resumes. */
+static void test_max_versions_and_slot_timeout(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(1, 4, NULL);
+    fx->agg.cfg.async_max_versions = 1;
+    fx->agg.cfg.async_slot_timeout_s = 30;
+    ask_and_tick(fx, 0x3);
+    assert_int_equal(fx->agg.in_flight, 2);
+    assert_int_equal(send_now(fx, 1, 50, 0.01f, msg), 204); /* step 1 closes */
+    assert_int_equal(fx->agg.round, 2);
+    ask_and_tick(fx, 0x4);
+    assert_int_equal(ask(fx, 2), 0); /* dev-a still holds a step-1 slot */
+    assert_int_equal(fx->agg.in_flight, 1);
+    /* dev-a never answers: 30 s later its slot is freed and dev-c gets one */
+    double later = fedge_now() + 31;
+    assert_int_equal(fedge_agg_round_info(&fx->agg, DEVICES[2], later, msg, sizeof msg), FEDGE_OK);
+    assert_int_equal(fedge_agg_tick(&fx->agg, later), FEDGE_OK);
+    assert_int_equal(fx->agg.adm_step[0], 0);
+    assert_int_equal(fx->agg.adm_step[2], 2);
+    assert_int_equal(fx->agg.in_flight, 1);
+    stop(fx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_staleness_discounts),
+        cmocka_unit_test(test_rank_is_keyed),
+        cmocka_unit_test(test_admission_rule),
+        cmocka_unit_test(test_full_step),
+        cmocka_unit_test(test_max_staleness_refused),
+        cmocka_unit_test(test_restart_half_full_buffer),
+        cmocka_unit_test(test_dp_q1_and_participation_cap),
+        cmocka_unit_test(test_max_versions_and_slot_timeout),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
