@@ -357,6 +357,8 @@ FUZZ_TIME ?= 60
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS := $(CFLAGS_BASE) -Itests/fuzz -Itools/model $(FUZZ_SAN) -fsanitize=fuzzer-no-link
 FUZZ_LIB_SRC := $(SHARED_SRC) $(POLICY_SRC) aggregator/config.c edge/round_info.c \
+                aggregator/combine.c $(wildcard aggregator/combine/*.c) \
+                aggregator/server_opt.c $(wildcard aggregator/server_opt/*.c) \
                 tools/model/json.c tools/model/layers.c tools/model/safetensors.c \
                 tools/model/input.c
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)

@@ -158,12 +158,17 @@ int fedge_server_opt_save(const fedge_server_opt *o, const char *const *extra_na
     return FEDGE_OK;
 }
 
-static int vector_name_is(const uint8_t *p, const char *name)
+/* A NUL-padded field of width bytes that holds exactly s: the bytes after
+ * it must be zero too, so only the blob save writes is accepted. */
+static int padded_is(const uint8_t *p, size_t width, const char *s)
 {
-    char got[NAME_LEN + 1];
-    memcpy(got, p, NAME_LEN);
-    got[NAME_LEN] = '\0';
-    return strcmp(got, name) == 0;
+    size_t n = strlen(s);
+    if (n >= width || memcmp(p, s, n) != 0)
+        return 0;
+    for (size_t i = n; i < width; i++)
+        if (p[i] != 0)
+            return 0;
+    return 1;
 }
 
 int fedge_server_opt_load(fedge_server_opt *o, const char *const *extra_names, float *const *extra,
@@ -180,7 +185,7 @@ int fedge_server_opt_load(fedge_server_opt *o, const char *const *extra_names, f
     }
     memcpy(got, blob + 28, DESC_LEN);
     got[DESC_LEN] = '\0';
-    if (strcmp(got, desc) != 0) {
+    if (!padded_is(blob + 28, DESC_LEN, desc)) {
         snprintf(why, whylen, "the state was saved for %.100s, the run is configured for %.100s", got, desc);
         return FEDGE_ERR_STRATEGY_STATE;
     }
@@ -194,7 +199,7 @@ int fedge_server_opt_load(fedge_server_opt *o, const char *const *extra_names, f
     const uint8_t *p = blob + HEAD_LEN;
     for (size_t v = 0; v < nv + n_extra; v++, p += NAME_LEN + 4 * o->n) {
         const char *name = v < nv ? o->impl->vector_names[v] : extra_names[v - nv];
-        if (!vector_name_is(p, name)) {
+        if (!padded_is(p, NAME_LEN, name)) {
             snprintf(why, whylen, "state vector %zu is not '%s'", v, name);
             return FEDGE_ERR_STRATEGY_STATE;
         }

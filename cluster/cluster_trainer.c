@@ -12,6 +12,7 @@
 #include "cluster_checkpoint.h"
 #include "common.h"
 #include "cluster_loader.h"
+#include "cluster_mp.h"
 #include "log.h"
 #include "modelfile.h"
 
@@ -37,6 +38,10 @@ void fedge_refine_config_defaults(fedge_refine_config *cfg)
     cfg->fail_at_step = -1;
     cfg->fail_rank = 1;
     cfg->log_every = 0;
+    cfg->tp = 1;
+    cfg->pp = 1;
+    cfg->micro = 1;
+    cfg->pp_schedule = FEDGE_PP_1F1B;
 }
 
 double fedge_refine_step_flops(const fedge_model_spec *spec, int rows)
@@ -60,6 +65,11 @@ static int agree(int st)
     if (MPI_Allreduce(&st, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     return st != FEDGE_OK ? st : all;
+}
+
+static int mpi_barrier(void)
+{
+    return MPI_Barrier(MPI_COMM_WORLD) == MPI_SUCCESS ? FEDGE_OK : FEDGE_ERR_CLUSTER_COMM;
 }
 
 static void set_where(fedge_refine_summary *sum, const char *what)
@@ -96,9 +106,12 @@ static int job_id(const fedge_refine_config *cfg, const uint8_t model_version[FE
 typedef struct {
     const fedge_refine_config *cfg;
     fedge_refine_summary *sum;
-    fedge_backend *be;
+    fedge_backend *be;        /* data-parallel path */
+    fedge_mp *mp;             /* model-parallel path (tp, pp or micro > 1) */
+    fedge_grid_dims grid;
+    fedge_grid_coord at;
     fedge_model model;        /* host copy: input, checkpoints, output */
-    float *optim_host;        /* opt_len floats */
+    float *optim_host;        /* opt_len floats; n on the model-parallel path */
     fedge_layout lo;
     char spec_text[FEDGE_MODEL_SPEC_MAX];
     char job[FEDGE_HASH_HEX_LEN];
@@ -106,7 +119,17 @@ typedef struct {
     double loss_scale;
     uint64_t good_steps, skipped;
     double last_loss;
+    int base_batch;           /* of the linear lr scaling */
+    double idle_s, step_s, tp_s, pay_tp, pay_pp, pay_dp; /* model-parallel sums */
 } run_state;
+
+static fedge_sgd_config sgd_at(const run_state *rs, uint64_t step)
+{
+    fedge_sgd_config c = rs->cfg->sgd;
+    c.lr = (float)fedge_lr_at(rs->cfg->sgd.lr, rs->cfg->lr_scaling, rs->cfg->global_batch,
+                              rs->base_batch, rs->cfg->warmup_steps, step);
+    return c;
+}
 
 static int write_checkpoint(run_state *rs, uint64_t step)
 {
@@ -122,7 +145,14 @@ static int write_checkpoint(run_state *rs, uint64_t step)
         return ret;
     ret = fedge_ckpt_dir(cfg->ckpt_dir, step, 1, dir, sizeof(dir));
     const int shards = cfg->zero ? rs->lo.world : 1;
-    if (ret == FEDGE_OK && (cfg->zero || rs->lo.rank == 0)) {
+    if (ret == FEDGE_OK && rs->mp != NULL) {
+        /* full tensors, so that any layout can resume from them */
+        ret = fedge_mp_gather(rs->mp, 1, rs->optim_host, rs->lo.n);
+        if (ret == FEDGE_OK)
+            ret = fedge_mp_gather(rs->mp, 0, rs->model.params, rs->lo.n);
+        if (ret == FEDGE_OK && rs->lo.rank == 0)
+            ret = fedge_ckpt_write_optim(dir, 0, 1, step, rs->lo.n, 0, rs->lo.n, rs->optim_host);
+    } else if (ret == FEDGE_OK && (cfg->zero || rs->lo.rank == 0)) {
         size_t off = be->opt_off < rs->lo.n ? be->opt_off : rs->lo.n;
         size_t end = be->opt_off + be->opt_len < rs->lo.n ? be->opt_off + be->opt_len : rs->lo.n;
         ret = be->ops->get_optim(be, rs->optim_host);
@@ -135,7 +165,8 @@ static int write_checkpoint(run_state *rs, uint64_t step)
         uint8_t version[FEDGE_HASH_LEN];
         fedge_ckpt_state st;
         memset(&st, 0, sizeof(st));
-        ret = be->ops->get_params(be, rs->model.params);
+        if (rs->mp == NULL)
+            ret = be->ops->get_params(be, rs->model.params);
         if (ret == FEDGE_OK && (size_t)snprintf(path, sizeof(path), "%s/model.bin", dir)
                                    >= sizeof(path))
             ret = FEDGE_ERR_BUFFER_TOO_SMALL;
@@ -218,10 +249,16 @@ static int try_resume(run_state *rs, uint64_t *start)
         if (ck.n_params != rs->lo.n || strcmp(hex, st.params_sha) != 0)
             FAIL(FEDGE_ERR_CLUSTER_CHECKPOINT);
     }
-    CHK(be->ops->set_params(be, ck.params));
-    CHK(fedge_ckpt_read_optim(dir, st.optim_shards, rs->lo.n, be->opt_off, be->opt_len,
-                              rs->optim_host));
-    CHK(be->ops->set_optim(be, rs->optim_host));
+    if (rs->mp != NULL) { /* re-shard the full tensors for this layout */
+        fedge_mp_set_params(rs->mp, ck.params);
+        CHK(fedge_ckpt_read_optim(dir, st.optim_shards, rs->lo.n, 0, rs->lo.n, rs->optim_host));
+        fedge_mp_set_optim(rs->mp, rs->optim_host);
+    } else {
+        CHK(be->ops->set_params(be, ck.params));
+        CHK(fedge_ckpt_read_optim(dir, st.optim_shards, rs->lo.n, be->opt_off, be->opt_len,
+                                  rs->optim_host));
+        CHK(be->ops->set_optim(be, rs->optim_host));
+    }
     rs->loss_scale = cfg->precision == FEDGE_PREC_FP16 ? st.loss_scale : 1.0;
     rs->good_steps = st.good_steps;
     rs->skipped = st.skipped_steps;
@@ -369,7 +406,8 @@ static int train_step(run_state *rs, fedge_loader *ld, uint64_t step, size_t buc
         rs->loss_scale = rs->loss_scale > 2.0 ? rs->loss_scale / 2.0 : 1.0;
         return FEDGE_OK;
     }
-    int ret = be->ops->update(be, &cfg->sgd, (float)(1.0 / rs->loss_scale));
+    const fedge_sgd_config sgd = sgd_at(rs, step);
+    int ret = be->ops->update(be, &sgd, (float)(1.0 / rs->loss_scale));
     if (ret == FEDGE_OK && cfg->zero)
         ret = be->ops->gather_params(be);
     if (cfg->precision == FEDGE_PREC_FP16 && ++rs->good_steps >= (uint64_t)cfg->loss_scale_window) {
@@ -378,6 +416,182 @@ static int train_step(run_state *rs, fedge_loader *ld, uint64_t step, size_t buc
             rs->loss_scale *= 2.0;
     }
     return ret;
+}
+
+/* One step on the model-parallel path. The batch's status is agreed on
+ * first: the pipeline's point-to-point messages cannot be skipped halfway. */
+static int train_step_mp(run_state *rs, fedge_loader *ld, uint64_t step, double *mean_loss)
+{
+    const fedge_refine_config *cfg = rs->cfg;
+    const float *x = NULL;
+    const uint8_t *y = NULL;
+    int rows = 0;
+    double loss_sum = 0.0;
+    fedge_mp_step_stats st;
+    int err = fedge_loader_get(ld, step, &x, &y, &rows);
+    for (int i = 0; err == FEDGE_OK && i < rows; i++)
+        if (y[i] >= rs->model.spec.classes)
+            err = FEDGE_ERR_DATA_LABEL;
+    err = agree(err);
+    if (err != FEDGE_OK)
+        return err;
+    err = fedge_mp_step(rs->mp, x, y, rows, (float)(1.0 / cfg->global_batch), &loss_sum, &st);
+    if (err != FEDGE_OK)
+        return err;
+    double mine[2] = {loss_sum, (double)fedge_mp_grad_nonfinite(rs->mp)}, all[2];
+    if (MPI_Allreduce(mine, all, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    if (all[1] > 0)
+        return FEDGE_ERR_MODEL_NONFINITE;
+    *mean_loss = all[0] / cfg->global_batch;
+    const fedge_sgd_config sgd = sgd_at(rs, step);
+    fedge_mp_update(rs->mp, &sgd);
+    rs->idle_s += st.idle_s;
+    rs->step_s += st.step_s;
+    rs->tp_s += st.tp_s;
+    rs->pay_tp += st.tp_payload;
+    rs->pay_pp += st.pp_payload;
+    rs->pay_dp += st.dp_payload;
+    return FEDGE_OK;
+}
+
+/* Bubble per stage and bytes per step, summed over the ranks. */
+static int mp_report(run_state *rs, fedge_refine_summary *sum, int rows)
+{
+    const int P = rs->grid.pp;
+    double v[2 * FEDGE_MODEL_MAX_LAYERS + 6], all[2 * FEDGE_MODEL_MAX_LAYERS + 6];
+    const int n = 2 * P + 6;
+    const double steps = sum->steps_run > 0 ? (double)sum->steps_run : 1.0;
+    fedge_mp_comm an;
+    memset(v, 0, sizeof(v));
+    v[rs->at.pp_i] = rs->idle_s;
+    v[P + rs->at.pp_i] = rs->step_s;
+    fedge_mp_comm_volume(&rs->mp->plan, rs->grid.dp, rows, rs->cfg->micro, &an);
+    v[2 * P] = rs->pay_tp / steps;
+    v[2 * P + 1] = rs->pay_pp / steps;
+    v[2 * P + 2] = rs->pay_dp / steps;
+    v[2 * P + 3] = an.tp_bytes;
+    v[2 * P + 4] = an.pp_bytes;
+    v[2 * P + 5] = an.dp_bytes;
+    if (MPI_Allreduce(v, all, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    for (int s = 0; s < P; s++)
+        sum->bubble[s] = all[P + s] > 0 ? all[s] / all[P + s] : 0.0;
+    sum->bubble_theory = fedge_pp_bubble_theory(P, rs->cfg->micro);
+    if (fedge_pp_bubble_model(&rs->mp->plan.sh, P, rs->cfg->micro, sum->bubble_model) != FEDGE_OK)
+        return FEDGE_ERR_INTERNAL;
+    sum->step_ms = 1e3 * rs->step_s / steps;
+    if (MPI_Allreduce(&rs->tp_s, &sum->tp_seconds, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD)
+        != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    sum->bytes_tp = all[2 * P];
+    sum->bytes_pp = all[2 * P + 1];
+    sum->bytes_dp = all[2 * P + 2];
+    sum->bytes_tp_an = all[2 * P + 3];
+    sum->bytes_pp_an = all[2 * P + 4];
+    sum->bytes_dp_an = all[2 * P + 5];
+    return FEDGE_OK;
+}
+
+/* The layout's per-rank memory; refused (with the breakdown on stderr) when
+ * a budget is set and it does not fit. */
+static int check_memory(run_state *rs, const fedge_memory_plan *plan, fedge_refine_summary *sum)
+{
+    const fedge_refine_config *cfg = rs->cfg;
+    double need = (double)plan->total / 1048576.0;
+    if (!(cfg->memory_budget_mb > 0) || need <= cfg->memory_budget_mb)
+        return FEDGE_OK;
+    if (rs->lo.rank == 0)
+        FEDGE_ERROR("layout dp=%d tp=%d pp=%d needs %.2f MiB per rank (params %zu + grads %zu + "
+                    "momentum %zu + activations %zu bytes), over --memory-per-rank-mb %.2f",
+                    rs->grid.dp, rs->grid.tp, rs->grid.pp, need, plan->params, plan->grads,
+                    plan->optimizer, plan->activations, cfg->memory_budget_mb);
+    snprintf(sum->where, sizeof(sum->where),
+             "memory: dp=%d tp=%d pp=%d needs %.2f MiB per rank, over --memory-per-rank-mb %.2f;"
+             " split the model with --tp/--pp",
+             rs->grid.dp, rs->grid.tp, rs->grid.pp, need, cfg->memory_budget_mb);
+    return FEDGE_ERR_CLUSTER_MEMORY;
+}
+
+/* The model-parallel path's state: the layout's memory checked against the
+ * budget before anything is allocated, then the grid (collective). */
+static int setup_mp(run_state *rs, const fedge_loader *ld, const fedge_dense_shape *shape,
+                    fedge_refine_summary *sum)
+{
+    const fedge_refine_config *cfg = rs->cfg;
+    int ret;
+    const int rows_mb = (ld->local_max + cfg->micro - 1) / cfg->micro;
+    const int slots = fedge_pp_slots(cfg->pp_schedule, cfg->micro, cfg->pp);
+    fedge_memory_plan worst;
+    fedge_mp_config mc;
+    ret = fedge_mp_memory_max(shape, cfg->tp, cfg->pp, rows_mb, slots, &worst);
+    if (ret != FEDGE_OK) {
+        set_where(sum, "layout: a tensor-parallel layer is narrower than --tp");
+        return ret;
+    }
+    ret = check_memory(rs, &worst, sum);
+    if (ret != FEDGE_OK)
+        return ret;
+    memset(&mc, 0, sizeof(mc));
+    mc.shape = *shape;
+    mc.grid = rs->grid;
+    mc.micro = cfg->micro;
+    mc.schedule = cfg->pp_schedule;
+    mc.local_batch_max = ld->local_max;
+    ret = agree(fedge_mp_create(&mc, &rs->mp));
+    if (ret != FEDGE_OK) {
+        set_where(sum, "model-parallel setup");
+        return ret;
+    }
+    fedge_mp_memory_plan(&rs->mp->plan, rows_mb, slots, &sum->plan);
+    fedge_memory_plan_make(&rs->model.spec, &rs->lo, ld->local_max, cfg->precision, 0, 0,
+                           &sum->unsharded);
+    sum->mem_bytes = rs->mp->mem_bytes;
+    fedge_mp_set_params(rs->mp, rs->model.params);
+    rs->optim_host = calloc(rs->lo.n, sizeof(float));
+    ret = agree(rs->optim_host ? FEDGE_OK : FEDGE_ERR_NOMEM);
+    if (ret != FEDGE_OK) {
+        set_where(sum, "backend state");
+        return ret;
+    }
+    return FEDGE_OK;
+}
+
+/* The data-parallel path's backend, after the same memory check. */
+static int setup_dp(run_state *rs, const fedge_loader *ld, fedge_refine_summary *sum)
+{
+    const fedge_refine_config *cfg = rs->cfg;
+    int ret;
+    fedge_backend_config bc;
+    memset(&bc, 0, sizeof(bc));
+    bc.spec = rs->model.spec;
+    bc.layout = rs->lo;
+    bc.local_batch_max = ld->local_max;
+    bc.precision = cfg->precision;
+    bc.zero = cfg->zero;
+    bc.local_rank = local_rank_of();
+    fedge_memory_plan_make(&rs->model.spec, &rs->lo, ld->local_max, cfg->precision, cfg->zero,
+                           strcmp(cfg->backend, "gpu") == 0, &sum->plan);
+    fedge_memory_plan_make(&rs->model.spec, &rs->lo, ld->local_max, cfg->precision, 0,
+                           strcmp(cfg->backend, "gpu") == 0, &sum->unsharded);
+    ret = check_memory(rs, &sum->plan, sum);
+    if (ret != FEDGE_OK)
+        return ret;
+    ret = fedge_backend_create(cfg->backend, &bc, &rs->be);
+    if (ret != FEDGE_OK) {
+        set_where(sum, "backend");
+        return ret;
+    }
+    sum->mem_bytes = rs->be->mem_bytes;
+    rs->optim_host = calloc(rs->be->opt_len, sizeof(float));
+    ret = agree(rs->optim_host ? FEDGE_OK : FEDGE_ERR_NOMEM);
+    if (ret == FEDGE_OK)
+        ret = agree(rs->be->ops->set_params(rs->be, rs->model.params));
+    if (ret != FEDGE_OK) {
+        set_where(sum, "backend state");
+        return ret;
+    }
+    return FEDGE_OK;
 }
 
 int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
@@ -394,6 +608,34 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     sum->world = world;
+    const int mp_mode = cfg->tp > 1 || cfg->pp > 1 || cfg->micro > 1;
+    fedge_dense_shape shape;
+    memset(&shape, 0, sizeof(shape));
+    if (fedge_grid_make(world, cfg->tp, cfg->pp, &rs.grid) != FEDGE_OK || cfg->micro < 1) {
+        snprintf(sum->where, sizeof(sum->where),
+                 "layout: --tp %d x --pp %d does not divide %d ranks", cfg->tp, cfg->pp, world);
+        ret = FEDGE_ERR_INVALID_ARG;
+        goto cleanup;
+    }
+    fedge_grid_coord_of(&rs.grid, rank, &rs.at);
+    sum->dp = rs.grid.dp;
+    sum->tp = rs.grid.tp;
+    sum->pp = rs.grid.pp;
+    sum->micro = cfg->micro;
+    sum->effective_batch = cfg->global_batch;
+    rs.base_batch = cfg->lr_base_batch > 0 ? cfg->lr_base_batch
+                                           : cfg->global_batch / (rs.grid.dp * cfg->micro);
+    if (rs.base_batch < 1)
+        rs.base_batch = 1;
+    sum->lr_base_batch = rs.base_batch;
+    sum->lr_final = cfg->sgd.lr;
+    if (cfg->global_batch < rs.grid.dp * cfg->micro) {
+        snprintf(sum->where, sizeof(sum->where),
+                 "layout: batch %d is smaller than dp %d x micro-batches %d", cfg->global_batch,
+                 rs.grid.dp, cfg->micro);
+        ret = FEDGE_ERR_INVALID_ARG;
+        goto cleanup;
+    }
 
     /* ---- inputs (every rank reads them; any failure stops all) */
     if (cfg->model_in == NULL || cfg->data_path == NULL || cfg->model_out == NULL
@@ -403,8 +645,8 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
     if (ret == FEDGE_OK && (ret = fedge_model_load(cfg->model_in, &rs.model, version)) != FEDGE_OK)
         set_where(sum, "input model");
     if (ret == FEDGE_OK) {
-        ret = fedge_loader_open(&ld, cfg->data_path, cfg->seed, cfg->global_batch, world, rank,
-                                cfg->prefetch);
+        ret = fedge_loader_open(&ld, cfg->data_path, cfg->seed, cfg->global_batch, rs.grid.dp,
+                                rs.at.dp_i, cfg->prefetch);
         if (ret != FEDGE_OK)
             set_where(sum, "training data");
         else
@@ -414,6 +656,21 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
                             || ld.reader.n_classes > rs.model.spec.classes)) {
         ret = FEDGE_ERR_MODEL_SHAPE;
         set_where(sum, "training data does not fit the model");
+    }
+    if (ret == FEDGE_OK && mp_mode) {
+        if (fedge_dense_shape_of(&rs.model.spec, &shape) != FEDGE_OK) {
+            ret = FEDGE_ERR_UNSUPPORTED;
+            set_where(sum, "layout: tensor/pipeline parallelism trains softmax/mlp specs only");
+        } else if (strcmp(cfg->backend, "cpu") != 0) {
+            ret = FEDGE_ERR_UNSUPPORTED;
+            set_where(sum, "layout: tensor/pipeline parallelism runs on the cpu backend only");
+        } else if (cfg->zero) {
+            ret = FEDGE_ERR_INVALID_ARG;
+            set_where(sum, "layout: --zero shards pure data parallelism only");
+        } else if (cfg->pp > shape.n_layers) {
+            ret = FEDGE_ERR_INVALID_ARG;
+            set_where(sum, "layout: more pipeline stages than dense layers");
+        }
     }
     if (ret == FEDGE_OK && strcmp(cfg->backend, "cpu") != 0) {
         fedge_dense_shape sh;
@@ -441,32 +698,9 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
     sum->total_steps = rs.total_steps;
 
     /* ---- backend and state */
-    fedge_backend_config bc;
-    memset(&bc, 0, sizeof(bc));
-    bc.spec = rs.model.spec;
-    bc.layout = rs.lo;
-    bc.local_batch_max = ld.local_max;
-    bc.precision = cfg->precision;
-    bc.zero = cfg->zero;
-    bc.local_rank = local_rank_of();
-    ret = fedge_backend_create(cfg->backend, &bc, &rs.be);
-    if (ret != FEDGE_OK) {
-        set_where(sum, "backend");
+    ret = mp_mode ? setup_mp(&rs, &ld, &shape, sum) : setup_dp(&rs, &ld, sum);
+    if (ret != FEDGE_OK)
         goto cleanup;
-    }
-    fedge_memory_plan_make(&rs.model.spec, &rs.lo, ld.local_max, cfg->precision, cfg->zero,
-                           strcmp(cfg->backend, "gpu") == 0, &sum->plan);
-    fedge_memory_plan_make(&rs.model.spec, &rs.lo, ld.local_max, cfg->precision, 0,
-                           strcmp(cfg->backend, "gpu") == 0, &sum->unsharded);
-    sum->mem_bytes = rs.be->mem_bytes;
-    rs.optim_host = calloc(rs.be->opt_len, sizeof(float));
-    ret = agree(rs.optim_host ? FEDGE_OK : FEDGE_ERR_NOMEM);
-    if (ret == FEDGE_OK)
-        ret = agree(rs.be->ops->set_params(rs.be, rs.model.params));
-    if (ret != FEDGE_OK) {
-        set_where(sum, "backend state");
-        goto cleanup;
-    }
     if (cfg->eval_path != NULL) {
         ret = evaluate(&rs, cfg->eval_path, &sum->eval_acc_before, &sum->eval_loss);
         if (ret != FEDGE_OK) {
@@ -496,7 +730,15 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
         }
         int skipped = 0;
         double loss = 0.0;
-        ret = train_step(&rs, &ld, step, bucket_floats, &skipped, &loss);
+        double ts = MPI_Wtime();
+        if (rs.mp != NULL)
+            ret = train_step_mp(&rs, &ld, step, &loss);
+        else
+            ret = train_step(&rs, &ld, step, bucket_floats, &skipped, &loss);
+        ts = 1e3 * (MPI_Wtime() - ts);
+        if (sum->step_ms_min == 0.0 || ts < sum->step_ms_min)
+            sum->step_ms_min = ts;
+        sum->lr_final = sgd_at(&rs, step).lr;
         if (ret != FEDGE_OK) {
             set_where(sum, "training step");
             goto cleanup;
@@ -519,8 +761,10 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
             sum->checkpoints++;
         }
     }
-    ret = agree(rs.be->ops->barrier(rs.be));
+    ret = rs.mp != NULL ? agree(mpi_barrier()) : agree(rs.be->ops->barrier(rs.be));
     sum->seconds = MPI_Wtime() - t0;
+    if (ret == FEDGE_OK && rs.mp != NULL)
+        ret = mp_report(&rs, sum, ld.local_max);
     if (sum->steps_run > 0 && sum->seconds > 0) {
         sum->samples_per_s = (double)sum->steps_run * cfg->global_batch / sum->seconds;
         sum->achieved_tflops = fedge_refine_step_flops(&rs.model.spec, cfg->global_batch)
@@ -531,7 +775,9 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
     sum->loss_scale = rs.loss_scale;
 
     /* ---- output */
-    if (ret == FEDGE_OK)
+    if (ret == FEDGE_OK && rs.mp != NULL)
+        ret = agree(fedge_mp_gather(rs.mp, 0, rs.model.params, rs.lo.n));
+    else if (ret == FEDGE_OK)
         ret = agree(rs.be->ops->get_params(rs.be, rs.model.params));
     if (ret == FEDGE_OK) {
         int st = FEDGE_OK;
@@ -556,6 +802,7 @@ cleanup:
     if (ld_open)
         fedge_loader_close(&ld);
     fedge_backend_destroy(rs.be);
+    fedge_mp_destroy(rs.mp);
     free(rs.optim_host);
     fedge_model_free(&rs.model);
     return ret;

@@ -1,4 +1,4 @@
-/* cluster_trainer.h — data-parallel refinement of a model on a shard file.
+/* cluster_trainer.h — refinement of a model on a shard file over MPI ranks.
  *
  * fedge_refine_run is collective over MPI_COMM_WORLD (the caller has called
  * MPI_Init): every rank loads the input model, streams its slice of each
@@ -9,6 +9,12 @@
  * slices are all-gathered. The gradient is the mean over the global batch,
  * so the result matches single-process training on the same batches, for
  * any number of ranks.
+ *
+ * With tp, pp or micro > 1 the ranks form a DP x TP x PP grid and the step
+ * runs on the model-parallel path (cluster_mp.h; CPU, dense chains): the
+ * same batches, loss and SGD rule, checkpoints of full tensors that any
+ * layout resumes from, and the per-rank memory checked against
+ * memory_budget_mb before anything is allocated (both paths).
  *
  * With a checkpoint folder the run writes a checkpoint every ckpt_every
  * steps (cluster_checkpoint.h) and, when started, resumes from the newest complete
@@ -21,6 +27,7 @@
 #include <stdint.h>
 
 #include "hash.h"
+#include "cluster_grid.h"
 #include "cluster_layout.h"
 #include "optim.h"
 
@@ -47,6 +54,14 @@ typedef struct {
     int64_t fail_at_step;       /* test hook: rank fail_rank calls abort() there; -1 off */
     int fail_rank;
     int log_every;              /* 0: quiet */
+    /* layout (cluster_grid.h): dp = world / (tp * pp); tp, pp or micro > 1
+     * trains on the model-parallel path (cluster_mp.h, cpu, dense chains) */
+    int tp, pp, micro;
+    int pp_schedule;            /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */
+    double memory_budget_mb;    /* > 0: refuse a layout whose per-rank state exceeds it */
+    int lr_scaling;             /* FEDGE_LR_CONSTANT | FEDGE_LR_LINEAR */
+    uint64_t warmup_steps;
+    int lr_base_batch;          /* 0: one replica's micro-batch, B / (dp * micro) */
 } fedge_refine_config;
 
 typedef struct {
@@ -64,7 +79,21 @@ typedef struct {
     char version_hex[FEDGE_HASH_HEX_LEN];
     int evaluated;
     double eval_acc_before, eval_acc, eval_loss;
-    char where[96];              /* what failed, on error */
+    char where[160];             /* what failed, on error */
+    int dp, tp, pp, micro;
+    int effective_batch, lr_base_batch;
+    double lr_final;             /* the rate of the last step run */
+    /* model-parallel path: per stage, idle time on pipeline receives over
+     * step time, averaged over the run; bytes per step summed over ranks */
+    double bubble[FEDGE_MODEL_MAX_LAYERS];
+    double bubble_theory;
+    double bubble_model[FEDGE_MODEL_MAX_LAYERS]; /* stages as cut (cluster_grid.h) */
+    double step_ms;
+    double step_ms_min;          /* fastest whole step (any path): the figure least
+                                    disturbed by other jobs on a shared machine */
+    double tp_seconds;           /* time in TP allreduces, the largest over the ranks */
+    double bytes_tp, bytes_pp, bytes_dp;          /* measured payload */
+    double bytes_tp_an, bytes_pp_an, bytes_dp_an; /* analytic (cluster_grid.h) */
 } fedge_refine_summary;
 
 void fedge_refine_config_defaults(fedge_refine_config *cfg);

@@ -1,4 +1,4 @@
-/* fedge-cluster — data-parallel refinement of a fedge model.
+/* fedge-cluster — data-, tensor- and pipeline-parallel refinement of a fedge model.
  *
  *   mpirun -np N fedge-cluster refine --model IN --data TRAIN.shard --out OUT [...]
  *   fedge-cluster reference --model IN --data TRAIN.shard --out OUT [...]
@@ -6,6 +6,7 @@
  *   fedge-cluster init --spec mlp:784-64-10 --seed 1 --out MODEL
  *   fedge-cluster make-shard (--fashion-mnist train|test | --synthetic N) --out FILE
  *   fedge-cluster memory --spec SPEC --batch B [--backend gpu --precision bf16]
+ *   mpirun -np N fedge-cluster plan --spec SPEC --batch B [--memory-per-rank-mb X]
  *
  * refine prints one JSON line on stdout (rank 0) and exits 0 on success,
  * 1 when the run failed, 2 on a usage error. See docs/CLUSTER.md. */
@@ -23,6 +24,7 @@
 #include "dataset.h"
 #include "cluster_layout.h"
 #include "cluster_loader.h"
+#include "cluster_plan.h"
 #include "log.h"
 #include "model.h"
 #include "modelfile.h"
@@ -47,15 +49,22 @@ static void usage(FILE *f)
             "             [--checkpoint-keep N] [--eval TEST.shard] [--summary FILE]\n"
             "             [--loss-scale X] [--loss-scale-window N] [--no-prefetch]\n"
             "             [--log-every N] [--log-level L] [--fail-at-step S [--fail-rank R]]\n"
-            "             (run under mpirun -np N; the batch B is global)\n"
+            "             [--tp T] [--pp P] [--micro-batches M] [--pp-schedule gpipe|1f1b]\n"
+            "             [--layout auto] [--memory-per-rank-mb X]\n"
+            "             [--lr-scaling none|linear] [--warmup-steps N] [--lr-base-batch B0]\n"
+            "             (run under mpirun -np N; the batch B is global; dp = N / (T * P))\n"
             "  reference  --model IN --data TRAIN.shard --out OUT [--steps N | --epochs E]\n"
             "             [--batch B] [--lr X] [--momentum X] [--weight-decay X] [--seed S]\n"
+            "             [--lr-scaling linear --warmup-steps N --lr-base-batch B0]\n"
             "             single process, the shared core's loss_grad and SGD (for tests)\n"
             "  compare    A.bin B.bin [--tol X]   relative L2 difference, exit 0 if <= tol\n"
             "  init       --spec SPEC --out FILE [--seed S]\n"
             "  make-shard (--fashion-mnist train|test [--rows N] | --synthetic N [--dim D]\n"
             "             [--classes C]) --out FILE [--f32] [--seed S]\n"
             "  memory     --spec SPEC --batch B [--backend cpu|gpu] [--precision P]\n"
+            "  plan       --spec SPEC --batch B [--ranks N] [--memory-per-rank-mb X]\n"
+            "             probe this machine (run under mpirun -np N), predict every DPxTPxPP\n"
+            "             layout's step time and memory, choose the fastest that fits\n"
             "  --version  print the version and exit\n");
 }
 
@@ -122,7 +131,8 @@ enum {
     OPT_WD, OPT_SEED, OPT_BACKEND, OPT_PREC, OPT_ZERO, OPT_BUCKET, OPT_CKDIR, OPT_CKEVERY,
     OPT_CKKEEP, OPT_EVAL, OPT_SUMMARY, OPT_LSCALE, OPT_LSWIN, OPT_NOPREFETCH, OPT_LOGEVERY,
     OPT_LOGLEVEL, OPT_FAILSTEP, OPT_FAILRANK, OPT_TOL, OPT_SPEC, OPT_FMNIST, OPT_SYNTH,
-    OPT_ROWS, OPT_DIM, OPT_CLASSES, OPT_F32, OPT_NOZERO, OPT_HELP
+    OPT_ROWS, OPT_DIM, OPT_CLASSES, OPT_F32, OPT_NOZERO, OPT_HELP, OPT_TP, OPT_PP, OPT_MICRO,
+    OPT_SCHED, OPT_MEMMB, OPT_LRSCALE, OPT_WARMUP, OPT_LRBASE, OPT_LAYOUT, OPT_RANKS
 };
 
 static const struct option train_opts[] = {
@@ -154,11 +164,21 @@ static const struct option train_opts[] = {
     {"fail-at-step", required_argument, NULL, OPT_FAILSTEP},
     {"fail-rank", required_argument, NULL, OPT_FAILRANK},
     {"help", no_argument, NULL, OPT_HELP},
+    {"tp", required_argument, NULL, OPT_TP},
+    {"pp", required_argument, NULL, OPT_PP},
+    {"micro-batches", required_argument, NULL, OPT_MICRO},
+    {"pp-schedule", required_argument, NULL, OPT_SCHED},
+    {"memory-per-rank-mb", required_argument, NULL, OPT_MEMMB},
+    {"lr-scaling", required_argument, NULL, OPT_LRSCALE},
+    {"warmup-steps", required_argument, NULL, OPT_WARMUP},
+    {"lr-base-batch", required_argument, NULL, OPT_LRBASE},
+    {"layout", required_argument, NULL, OPT_LAYOUT},
     {NULL, 0, NULL, 0},
 };
 
 typedef struct {
     fedge_refine_config cfg;
+    int layout_auto;
     const char *summary_path;
     int steps_given, epochs_given;
 } refine_args;
@@ -268,6 +288,53 @@ static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
                 return loud ? bad_value(name, v) : EXIT_USAGE;
             c->fail_rank = i;
             break;
+        case OPT_TP:
+        case OPT_PP:
+            if (parse_int(v, 1, FEDGE_MODEL_MAX_LAYERS * 64, &i) != 0
+                || (opt == OPT_PP && i > FEDGE_MODEL_MAX_LAYERS))
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            if (opt == OPT_TP)
+                c->tp = i;
+            else
+                c->pp = i;
+            break;
+        case OPT_MICRO:
+            if (parse_int(v, 1, 4096, &c->micro) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_SCHED:
+            if (strcmp(v, "gpipe") == 0)
+                c->pp_schedule = FEDGE_PP_GPIPE;
+            else if (strcmp(v, "1f1b") == 0)
+                c->pp_schedule = FEDGE_PP_1F1B;
+            else
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_MEMMB:
+            if (parse_double(v, &c->memory_budget_mb) != 0 || !(c->memory_budget_mb > 0))
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_LRSCALE:
+            if (strcmp(v, "none") == 0)
+                c->lr_scaling = FEDGE_LR_CONSTANT;
+            else if (strcmp(v, "linear") == 0)
+                c->lr_scaling = FEDGE_LR_LINEAR;
+            else
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_WARMUP:
+            if (parse_u64(v, &c->warmup_steps) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_LRBASE:
+            if (parse_int(v, 1, 1 << 24, &c->lr_base_batch) != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_LAYOUT:
+            if (strcmp(v, "auto") != 0)
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            a->layout_auto = 1;
+            break;
         case OPT_HELP: usage(stdout); return EXIT_USAGE;
         default:
             if (loud) {
@@ -295,6 +362,24 @@ static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
     if (c->precision != FEDGE_PREC_FP32 && strcmp(c->backend, "cpu") == 0) {
         if (loud)
             fprintf(stderr, "fedge-cluster: the cpu backend computes in fp32 only\n");
+        return EXIT_USAGE;
+    }
+    if ((c->tp > 1 || c->pp > 1 || c->micro > 1 || a->layout_auto)
+        && strcmp(c->backend, "cpu") != 0) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: --tp/--pp/--micro-batches/--layout run on the cpu "
+                            "backend only (the gpu backend is data-parallel)\n");
+        return EXIT_USAGE;
+    }
+    if ((c->tp > 1 || c->pp > 1 || c->micro > 1 || a->layout_auto) && c->zero) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: --zero shards pure data parallelism only, not "
+                            "with --tp/--pp/--micro-batches/--layout\n");
+        return EXIT_USAGE;
+    }
+    if (a->layout_auto && (c->tp > 1 || c->pp > 1 || c->micro > 1)) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: --layout auto picks --tp/--pp/--micro-batches itself\n");
         return EXIT_USAGE;
     }
     if (c->ckpt_every > 0 && c->ckpt_dir == NULL) {
@@ -332,6 +417,27 @@ static void write_refine_json(FILE *f, const refine_args *a, const fedge_refine_
     fprintf(f, ",\"checkpoints\":%" PRIu64 ",\"mem_per_rank_bytes\":%zu"
                ",\"mem_unsharded_bytes\":%zu,\"optimizer_bytes\":%zu",
             s->checkpoints, s->mem_bytes, s->unsharded.total, s->plan.optimizer);
+    fprintf(f, ",\"dp\":%d,\"tp\":%d,\"pp\":%d,\"micro_batches\":%d,\"pp_schedule\":\"%s\""
+               ",\"effective_batch\":%d,\"lr_scaling\":\"%s\",\"lr_base_batch\":%d"
+               ",\"warmup_steps\":%" PRIu64 ",\"lr\":%.9g,\"lr_final\":%.9g",
+            s->dp, s->tp, s->pp, s->micro,
+            c->pp_schedule == FEDGE_PP_GPIPE ? "gpipe" : "1f1b", s->effective_batch,
+            c->lr_scaling == FEDGE_LR_LINEAR ? "linear" : "none", s->lr_base_batch,
+            c->warmup_steps, (double)c->sgd.lr, s->lr_final);
+    fprintf(f, ",\"step_ms_min\":%.3f", s->step_ms_min);
+    if (s->tp > 1 || s->pp > 1 || s->micro > 1) {
+        fprintf(f, ",\"step_ms\":%.3f,\"tp_allreduce_s\":%.6f,\"bubble\":[", s->step_ms,
+                s->tp_seconds);
+        for (int i = 0; i < s->pp; i++)
+            fprintf(f, "%s%.4f", i ? "," : "", s->bubble[i]);
+        fprintf(f, "],\"bubble_model\":[");
+        for (int i = 0; i < s->pp; i++)
+            fprintf(f, "%s%.4f", i ? "," : "", s->bubble_model[i]);
+        fprintf(f, "],\"bubble_theory\":%.4f,\"bytes_per_step\":{\"tp\":%.0f,\"pp\":%.0f"
+                   ",\"dp\":%.0f,\"tp_analytic\":%.0f,\"pp_analytic\":%.0f,\"dp_analytic\":%.0f}",
+                s->bubble_theory, s->bytes_tp, s->bytes_pp, s->bytes_dp, s->bytes_tp_an,
+                s->bytes_pp_an, s->bytes_dp_an);
+    }
     if (s->evaluated)
         fprintf(f, ",\"eval_accuracy_before\":%.6f,\"eval_accuracy\":%.6f,\"eval_loss\":%.6f",
                 s->eval_acc_before, s->eval_acc, s->eval_loss);
@@ -370,7 +476,47 @@ static int cmd_refine(int argc, char **argv)
         MPI_Finalize();
         return rc;
     }
-    int st = fedge_refine_run(&a.cfg, &sum);
+    int st = FEDGE_OK;
+    if (a.layout_auto) {
+        fedge_model m;
+        fedge_plan_result *plan = calloc(1, sizeof(*plan));
+        int world = 1;
+        MPI_Comm_size(MPI_COMM_WORLD, &world);
+        memset(&m, 0, sizeof(m));
+        st = plan != NULL ? fedge_model_load(a.cfg.model_in, &m, NULL) : FEDGE_ERR_NOMEM;
+        int all = FEDGE_OK; /* the planner is collective: every rank goes on or none */
+        if (MPI_Allreduce(&st, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+            all = FEDGE_ERR_CLUSTER_COMM;
+        st = st != FEDGE_OK ? st : all;
+        if (st != FEDGE_OK)
+            snprintf(sum.where, sizeof(sum.where), "input model");
+        if (st == FEDGE_OK)
+            st = fedge_plan_run(&m.spec, a.cfg.global_batch, world, a.cfg.memory_budget_mb, plan);
+        if (st == FEDGE_ERR_UNSUPPORTED)
+            snprintf(sum.where, sizeof(sum.where),
+                     "layout auto: tensor/pipeline layouts are for softmax/mlp specs");
+        if (st == FEDGE_OK && plan->choice >= 0) {
+            const fedge_plan_layout *o = &plan->cand[plan->choice];
+            a.cfg.tp = o->tp;
+            a.cfg.pp = o->pp;
+            a.cfg.micro = o->micro;
+            a.cfg.pp_schedule = FEDGE_PP_1F1B;
+            if (rank == 0) {
+                fedge_plan_print(stderr, plan, a.cfg.memory_budget_mb);
+                FEDGE_INFO("--layout auto: dp %d x tp %d x pp %d, %d micro-batches (predicted "
+                           "%.3f ms a step)", o->dp, o->tp, o->pp, o->micro, o->predict_ms);
+            }
+        } else if (st == FEDGE_OK && rank == 0) {
+            fedge_plan_print(stderr, plan, a.cfg.memory_budget_mb);
+            FEDGE_WARN("--layout auto: no layout fits the memory budget; trying pure DP");
+        }
+        if (st != FEDGE_OK && sum.where[0] == 0)
+            snprintf(sum.where, sizeof(sum.where), "layout auto (planner)");
+        fedge_model_free(&m);
+        free(plan);
+    }
+    if (st == FEDGE_OK)
+        st = fedge_refine_run(&a.cfg, &sum);
     if (rank == 0) {
         if (st != FEDGE_OK)
             FEDGE_ERROR("refine failed in %s: %s", sum.where[0] ? sum.where : "setup",
@@ -442,6 +588,10 @@ static int cmd_reference(int argc, char **argv)
         float loss;
         CHK(fedge_loader_get(&ld, s, &x, &y, &rows));
         CHK(fedge_model_loss_grad(&m, x, y, rows, (uint64_t)c->seed + s, scratch, grad, &loss));
+        opt.cfg.lr = (float)fedge_lr_at(c->sgd.lr, c->lr_scaling, c->global_batch,
+                                         c->lr_base_batch > 0 ? c->lr_base_batch
+                                                              : c->global_batch,
+                                         c->warmup_steps, s);
         CHK(fedge_sgd_step(&opt, m.params, grad));
         if (s == 0)
             first = loss;
@@ -729,6 +879,78 @@ static int cmd_memory(int argc, char **argv)
     return EXIT_OK;
 }
 
+/* ---- plan ----------------------------------------------------------- */
+
+static int cmd_plan(int argc, char **argv)
+{
+    const char *spec_text = NULL;
+    int batch = 64, ranks = 0, rank = 0, world = 1, provided = 0;
+    double budget = 0.0;
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(argv[i], "--spec") == 0 && v) {
+            spec_text = v;
+        } else if (strcmp(argv[i], "--batch") == 0 && v) {
+            if (parse_int(v, 1, 1 << 24, &batch) != 0)
+                return bad_value("batch", v);
+        } else if (strcmp(argv[i], "--ranks") == 0 && v) {
+            if (parse_int(v, 1, 1 << 16, &ranks) != 0)
+                return bad_value("ranks", v);
+        } else if (strcmp(argv[i], "--memory-per-rank-mb") == 0 && v) {
+            if (parse_double(v, &budget) != 0 || !(budget > 0))
+                return bad_value("memory-per-rank-mb", v);
+        } else {
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+        i++;
+    }
+    fedge_model_spec spec;
+    fedge_dense_shape sh;
+    if (spec_text == NULL || fedge_model_spec_parse(spec_text, &spec) != FEDGE_OK) {
+        fprintf(stderr, "fedge-cluster: plan needs a valid --spec\n");
+        return EXIT_USAGE;
+    }
+    if (fedge_dense_shape_of(&spec, &sh) != FEDGE_OK) {
+        fprintf(stderr, "fedge-cluster: plan: tensor/pipeline layouts are for softmax/mlp specs\n");
+        return EXIT_USAGE;
+    }
+    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, "fedge-cluster: MPI_Init failed\n");
+        return EXIT_RUN;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    fedge_plan_result *r = calloc(1, sizeof(*r));
+    int st = r != NULL ? fedge_plan_run(&spec, batch, ranks > 0 ? ranks : world, budget, r)
+                       : FEDGE_ERR_NOMEM;
+    if (rank == 0) {
+        if (st == FEDGE_OK) {
+            printf("# plan for %s, global batch %d, %d ranks (probed on %d)\n", spec_text, batch,
+                   ranks > 0 ? ranks : world, world);
+            fedge_plan_print(stdout, r, budget);
+            if (r->choice >= 0) {
+                const fedge_plan_layout *o = &r->cand[r->choice];
+                printf("{\"command\":\"plan\",\"status\":\"ok\",\"dp\":%d,\"tp\":%d,\"pp\":%d,"
+                       "\"micro_batches\":%d,\"predicted_ms\":%.3f,\"mem_per_rank_bytes\":%zu}\n",
+                       o->dp, o->tp, o->pp, o->micro, o->predict_ms, o->mem_bytes);
+            } else {
+                printf("{\"command\":\"plan\",\"status\":\"error\",\"error\":\"no layout fits "
+                       "the memory budget\"}\n");
+            }
+        } else {
+            printf("{\"command\":\"plan\",\"status\":\"error\",\"code\":%d,\"error\":", st);
+            json_str(stdout, fedge_strerror(st));
+            printf("}\n");
+        }
+        fflush(stdout);
+    }
+    int none = st == FEDGE_OK && r->choice < 0;
+    free(r);
+    MPI_Finalize();
+    return st == FEDGE_OK && !none ? EXIT_OK : EXIT_RUN;
+}
+
 int main(int argc, char **argv)
 {
     if (fedge_blas_threads_from_env(1, NULL) != FEDGE_OK) { /* one BLAS thread per rank */
@@ -754,6 +976,8 @@ int main(int argc, char **argv)
         return cmd_make_shard(argc, argv);
     if (strcmp(cmd, "memory") == 0)
         return cmd_memory(argc, argv);
+    if (strcmp(cmd, "plan") == 0)
+        return cmd_plan(argc, argv);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
         return EXIT_OK;

@@ -121,6 +121,9 @@ enum {
     FEDGE_ERR_STRATEGY_TOO_FEW = -220,   /* too few updates for the robust rule's f or beta */
     FEDGE_ERR_STRATEGY_STATE = -221,     /* a stored optimiser state that does not fit the run */
 
+    /* cluster, continued */
+    FEDGE_ERR_CLUSTER_MEMORY = -143,     /* training state over the per-rank memory budget */
+
     /* SCAFFOLD client side (edge/control.h) -230 .. -239 */
     FEDGE_ERR_CONTROL_RANGE = -230,      /* a control variate beyond its plausible bound */
 };

@@ -10,6 +10,8 @@
 #      dynamic scaling must skip steps), and checks the relative L2 distance
 #      of the parameters against bounds for each precision;
 #   3. with 2+ GPUs, the same with mpirun -np 2 (NCCL across devices);
+#      --tp / --pp / --layout auto with the gpu backend are refused (exit 2):
+#      tensor and pipeline parallelism run on the cpu backend only;
 #   4. benchmarks: NCCL collective bandwidth (4 KB .. 256 MB) and training
 #      throughput against the cuBLAS GEMM rate measured in the same run.
 # Exit 0 when every check passed; 3 when there is no GPU (nothing checked).
@@ -77,6 +79,23 @@ if run_gpu fp16_overflow 1 --precision fp16 --loss-scale 1e12 --loss-scale-windo
         failed=1
     fi
 fi
+# tensor and pipeline parallelism run on the cpu backend only: the gpu
+# backend must refuse them up front (usage error, nothing trained)
+for lay in "--tp 2" "--pp 2 --micro-batches 2" "--layout auto"; do
+    set +e
+    # shellcheck disable=SC2086
+    "${MPI[@]}" -np 2 "$CL" refine "${C[@]}" --backend gpu --out "$T/tppp.bin" $lay \
+        >"$T/tppp.json" 2>"$T/tppp.err"
+    rc=$?
+    set -e
+    if [ "$rc" -eq 2 ] && grep -q 'cpu backend only' "$T/tppp.err" && [ ! -e "$T/tppp.bin" ]; then
+        echo "PASS  gpu refuses $lay (exit 2: $(head -1 "$T/tppp.err"))"
+    else
+        echo "FAIL  gpu with $lay: exit $rc $(cat "$T/tppp.json" "$T/tppp.err")"
+        failed=1
+    fi
+done
+
 if [ "$NGPU" -ge 2 ]; then
     run_gpu np2_bf16 2 --precision bf16 && check np2_bf16 5e-2 "$T/np2_bf16.bin"
     run_gpu np2_fp32_zero 2 --precision fp32 --zero --bucket-mb 0.1 \

@@ -10,6 +10,7 @@
 
 #include "dataset.h"
 #include "delta.h"
+#include "server_opt.h"
 #include "error.h"
 #include "fuzz_key.h"
 #include "model.h"
@@ -81,6 +82,15 @@ static void deltas(void)
         FUZZ_CHECK(fedge_delta_encode(&h, x, cases[c].stochastic ? &rng : NULL, buf, sizeof buf,
                                       &len) == FEDGE_OK);
         put("delta", cases[c].name, 0, 0, buf, len);
+        static const uint8_t ranges[][2] = {{0, 255}, {100, 0}, {200, 40}};
+        for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+            uint8_t span[2 + sizeof buf];
+            char name[64];
+            memcpy(span, ranges[r], 2);
+            memcpy(span + 2, buf, len);
+            snprintf(name, sizeof name, "%s-r%zu", cases[c].name, r);
+            put("delta_span", name, 0, 0, span, len + 2);
+        }
         uint8_t aad_first[sizeof buf + FEDGE_RUN_ID_LEN];
         memcpy(aad_first, buf, FEDGE_DELTA_HEADER_LEN);
         memcpy(aad_first + FEDGE_DELTA_HEADER_LEN, fuzz_run_id, FEDGE_RUN_ID_LEN);
@@ -153,6 +163,36 @@ static void shards(void)
     unlink(path);
 }
 
+/* fuzz_server_opt_state: a mode byte (optimiser, 0x80: a control vector)
+ * then a saved state of 8 parameters after two steps. */
+static void server_opt_states(void)
+{
+    static const char *const names[] = {"sgd", "momentum", "adam", "yogi", "adagrad"};
+    static const char *const extra_names[] = {"control"};
+    for (uint8_t k = 0; k < 5; k++)
+        for (uint8_t with_control = 0; with_control < 2; with_control++) {
+            fedge_server_opt_params p = {.lr = 0.01, .momentum = 0.9, .beta1 = 0.9, .beta2 = 0.99, .tau = 1e-3};
+            snprintf(p.name, sizeof p.name, "%s", names[k]);
+            fedge_server_opt o;
+            FUZZ_CHECK(fedge_server_opt_init(&o, &p, 8) == FEDGE_OK);
+            float w[8], d[8], control[8];
+            values(w, 8);
+            values(d, 8);
+            values(control, 8);
+            fedge_server_opt_step(&o, w, d);
+            fedge_server_opt_step(&o, w, d);
+            const float *extra[] = {control};
+            uint8_t buf[1024];
+            size_t len = 0, n_extra = with_control;
+            FUZZ_CHECK(fedge_server_opt_state_size(&o, n_extra) <= sizeof buf);
+            FUZZ_CHECK(fedge_server_opt_save(&o, extra_names, extra, n_extra, buf, sizeof buf, &len) == FEDGE_OK);
+            char name[32];
+            snprintf(name, sizeof name, "%s%s", names[k], with_control ? "-control" : "");
+            put("server_opt_state", name, (uint8_t)(k | (with_control ? 0x80 : 0)), 1, buf, len);
+            fedge_server_opt_free(&o);
+        }
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -163,6 +203,7 @@ int main(int argc, char **argv)
     outdir = argv[1];
     FUZZ_CHECK(mkdir(outdir, 0755) == 0 || errno == EEXIST);
     deltas();
+    server_opt_states();
     models();
     shards();
     return 0;

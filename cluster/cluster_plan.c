@@ -1,0 +1,394 @@
+#include "cluster_plan.h"
+
+#include <math.h>
+#include <mpi.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common.h"
+#include "model.h"
+#include "optim.h"
+
+#define GEMM_CACHE 512
+
+/* Return a failed status; for functions with nothing to clean up. */
+#define CHK_T(expr)                  \
+    do {                             \
+        int st_ = (expr);            \
+        if (st_ != FEDGE_OK)         \
+            return st_;              \
+    } while (0)
+
+typedef struct {
+    int ta, tb, m, n, k;
+    double s;
+} gemm_entry;
+
+typedef struct {
+    gemm_entry e[GEMM_CACHE];
+    int n;
+} gemm_cache;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Seconds of one fedge_sgemm of this shape, timed on every rank at once; the
+ * slowest rank's figure. Every rank asks for the same shapes in the same order. */
+static int gemm_time(gemm_cache *gc, int ta, int tb, int m, int n, int k, double *out)
+{
+    for (int i = 0; i < gc->n; i++) {
+        const gemm_entry *e = &gc->e[i];
+        if (e->ta == ta && e->tb == tb && e->m == m && e->n == n && e->k == k) {
+            *out = e->s;
+            return FEDGE_OK;
+        }
+    }
+    int ret = FEDGE_OK;
+    float *a = calloc((size_t)m * (size_t)k, sizeof(float));
+    float *b = calloc((size_t)k * (size_t)n, sizeof(float));
+    float *c = calloc((size_t)m * (size_t)n, sizeof(float));
+    double mine = 0.0, all = 0.0;
+    if (a == NULL || b == NULL || c == NULL)
+        ret = FEDGE_ERR_NOMEM;
+    if (ret == FEDGE_OK) {
+        const int lda = ta ? m : k, ldb = tb ? k : n;
+        for (size_t i = 0; i < (size_t)m * (size_t)k; i++)
+            a[i] = (float)(i % 7) * 0.1f;
+        for (size_t i = 0; i < (size_t)k * (size_t)n; i++)
+            b[i] = (float)(i % 5) * 0.1f;
+        fedge_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, n); /* warm-up */
+        /* the fastest of at least 5 calls over at least 12 ms (longer than a
+         * time slice): other jobs on a shared machine only ever slow a call
+         * down */
+        int reps = 0;
+        double t0 = now_s(), best = 1e30;
+        do {
+            double t1 = now_s();
+            fedge_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, n);
+            double dt = now_s() - t1;
+            best = dt < best ? dt : best;
+            reps++;
+        } while ((reps < 5 || now_s() - t0 < 0.012) && reps < 50);
+        mine = best;
+    }
+    free(a);
+    free(b);
+    free(c);
+    int bad = ret != FEDGE_OK, any = 0;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
+        || MPI_Allreduce(&mine, &all, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    if (any)
+        return ret != FEDGE_OK ? ret : FEDGE_ERR_NOMEM;
+    if (gc->n < GEMM_CACHE)
+        gc->e[gc->n++] = (gemm_entry){ta, tb, m, n, k, all};
+    *out = all;
+    return FEDGE_OK;
+}
+
+/* Per-element costs of the loops around the GEMMs, on every rank at once. */
+static int probe_elementwise(fedge_plan_links *L)
+{
+    const size_t n = 1 << 18;
+    float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
+    float *c = calloc(n, sizeof(float));
+    uint8_t *u = calloc(n, 1);
+    double t[4] = {1e30, 1e30, 1e30, 1e30}, all[4];
+    int bad = !a || !b || !c || !u, any = 0;
+    if (!bad) {
+        fedge_sgd_config sgd = {0.01f, 0.9f, 1e-4f};
+        volatile double sink = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            a[i] = (float)(i % 13) - 6.0f;
+            b[i] = 0.01f * (float)(i % 7);
+            u[i] = (uint8_t)i;
+        }
+        for (int rep = 0; rep < 6; rep++) { /* the fastest pass counts */
+            double t0 = now_s();
+            for (size_t i = 0; i < n; i++) {
+                float v = a[i] + b[i & 1023];
+                c[i] = v < 0.0f ? 0.0f : v;
+            }
+            double t1 = now_s();
+            double acc = 0.0;
+            for (size_t i = 0; i < n / 4; i++)
+                acc += exp((double)(a[i] * 0.1f));
+            sink = acc;
+            double t2 = now_s();
+            fedge_sgd_update(&sgd, a, b, c, n);
+            double t3 = now_s();
+            for (size_t i = 0; i < n; i++)
+                c[i] = (float)u[i] * (1.0f / 255.0f);
+            double t4 = now_s();
+            const double d[4] = {(t1 - t0) / (double)n, (t2 - t1) / (double)(n / 4),
+                                 (t3 - t2) / (double)n, (t4 - t3) / (double)n};
+            for (int k = 0; k < 4; k++)
+                t[k] = d[k] < t[k] ? d[k] : t[k];
+        }
+        (void)sink;
+    }
+    free(a);
+    free(b);
+    free(c);
+    free(u);
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
+        || MPI_Allreduce(t, all, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    if (any)
+        return FEDGE_ERR_NOMEM;
+    L->elem_s = all[0];
+    L->exp_s = all[1];
+    L->sgd_s = all[2];
+    L->load_s = all[3];
+    return FEDGE_OK;
+}
+
+static int probe_links(fedge_plan_links *L)
+{
+    int rank = 0, world = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    L->probe_ranks = world;
+    const int big = 1 << 18; /* floats: 1 MiB */
+    float *buf = calloc((size_t)big, sizeof(float));
+    int ret = buf != NULL ? FEDGE_OK : FEDGE_ERR_NOMEM, any = 0;
+    if (MPI_Allreduce(&ret, &any, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+        ret = FEDGE_ERR_CLUSTER_COMM;
+    if (ret != FEDGE_OK || any != FEDGE_OK) {
+        free(buf);
+        return ret != FEDGE_OK ? ret : any;
+    }
+    if (world == 1) {
+        float *dst = malloc((size_t)big * sizeof(float));
+        double t0 = now_s();
+        for (int i = 0; dst != NULL && i < 20; i++)
+            memcpy(dst, buf, (size_t)big * sizeof(float));
+        double dt = now_s() - t0;
+        free(dst);
+        L->p2p_alpha = L->ar_alpha = 5e-6;
+        L->p2p_beta = L->ar_beta = dt > 0 ? 20.0 * big * sizeof(float) / dt : 1e9;
+        free(buf);
+        return FEDGE_OK;
+    }
+    int rc = MPI_SUCCESS;
+    const int counts[2] = {2, big}, reps[2] = {100, 10};
+    double pp_t[2] = {1e30, 1e30}, ar_t[2] = {1e30, 1e30};
+    for (int trial = 0; trial < 6 && rc == MPI_SUCCESS; trial++) /* the fastest trial counts */
+    for (int s = 0; s < 2 && rc == MPI_SUCCESS; s++) {
+        rc = MPI_Barrier(MPI_COMM_WORLD);
+        double t0 = MPI_Wtime();
+        for (int i = 0; i < reps[s] && rc == MPI_SUCCESS && rank < 2; i++) {
+            if (rank == 0) {
+                rc = MPI_Send(buf, counts[s], MPI_FLOAT, 1, 7, MPI_COMM_WORLD);
+                if (rc == MPI_SUCCESS)
+                    rc = MPI_Recv(buf, counts[s], MPI_FLOAT, 1, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            } else {
+                rc = MPI_Recv(buf, counts[s], MPI_FLOAT, 0, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                if (rc == MPI_SUCCESS)
+                    rc = MPI_Send(buf, counts[s], MPI_FLOAT, 0, 7, MPI_COMM_WORLD);
+            }
+        }
+        double one_way = (MPI_Wtime() - t0) / reps[s] / 2.0;
+        pp_t[s] = one_way < pp_t[s] ? one_way : pp_t[s];
+        if (rc == MPI_SUCCESS)
+            rc = MPI_Barrier(MPI_COMM_WORLD);
+        t0 = MPI_Wtime();
+        for (int i = 0; i < reps[s] && rc == MPI_SUCCESS; i++)
+            rc = MPI_Allreduce(MPI_IN_PLACE, buf, counts[s], MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        double ar = (MPI_Wtime() - t0) / reps[s];
+        ar_t[s] = ar < ar_t[s] ? ar : ar_t[s];
+    }
+    free(buf);
+    if (rc != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    /* rank 0's figures for everyone */
+    double v[4] = {pp_t[0], pp_t[1], ar_t[0], ar_t[1]};
+    if (MPI_Bcast(v, 4, MPI_DOUBLE, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    const double bytes = (double)big * sizeof(float), ring = 2.0 * (world - 1) / world;
+    L->p2p_alpha = v[0];
+    L->p2p_beta = v[1] > v[0] ? bytes / (v[1] - v[0]) : 1e10;
+    L->ar_alpha = v[2];
+    L->ar_beta = v[3] > v[2] ? ring * bytes / (v[3] - v[2]) : 1e10;
+    return FEDGE_OK;
+}
+
+/* One micro-batch of `rows` on stage p (TP rank p->tp_i): GEMMs, TP
+ * allreduces, boundary messages. */
+static int stage_time(gemm_cache *gc, const fedge_shard_plan *p, const fedge_plan_links *L,
+                      int rows, double *compute, double *comm)
+{
+    double c = 0.0, m = 0.0, t;
+    const double ring = p->tp > 1 ? 2.0 * (p->tp - 1) / p->tp : 0.0;
+    for (int l = p->l0; l < p->l1; l++) {
+        const int in = p->in_n[l], out = p->out_n[l];
+        CHK_T(gemm_time(gc, 0, 1, rows, out, in, &t));
+        c += t;
+        CHK_T(gemm_time(gc, 1, 0, out, in, rows, &t));
+        c += t;
+        if (l > 0) {
+            CHK_T(gemm_time(gc, 0, 0, rows, in, out, &t));
+            c += t;
+        }
+        /* bias + ReLU forward, bias gradient, ReLU mask of the input gradient */
+        c += L->elem_s * (double)rows * (2.0 * out + (l > 0 ? in : 0));
+        if (p->tp > 1 && p->mode[l] == FEDGE_TP_ROW)
+            m += L->ar_alpha + ring * rows * (double)p->sh.dims[l + 1] * 4.0 / L->ar_beta;
+        if (p->tp > 1 && p->mode[l] == FEDGE_TP_COL && l == p->sh.n_layers - 1)
+            m += 2.0 * L->ar_alpha + ring * rows * 20.0 / L->ar_beta; /* split softmax */
+        if (p->tp > 1 && p->mode[l] == FEDGE_TP_COL && l > 0)
+            m += L->ar_alpha + ring * rows * (double)p->sh.dims[l] * 4.0 / L->ar_beta;
+    }
+    if (p->pp_i == 0)
+        c += L->elem_s * (double)rows * p->sh.dims[0]; /* the input rows, copied in */
+    if (p->l1 == p->sh.n_layers) /* softmax: two exps per logit, and the gradient */
+        c += (2.0 * L->exp_s + 2.0 * L->elem_s) * (double)rows * p->sh.dims[p->sh.n_layers];
+    if (p->pp_i < p->pp - 1)
+        m += L->p2p_alpha + rows * (double)p->out_n[p->l1 - 1] * 4.0 / L->p2p_beta;
+    if (p->pp_i > 0)
+        m += L->p2p_alpha + rows * (double)p->in_n[p->l0] * 4.0 / L->p2p_beta;
+    *compute = c;
+    *comm = m;
+    return FEDGE_OK;
+}
+
+static int predict(gemm_cache *gc, const fedge_model_spec *spec, const fedge_dense_shape *sh,
+                   int batch, const fedge_plan_links *L, double budget_mb, fedge_plan_layout *o)
+{
+    const int R = batch / o->dp, M = o->micro, P = o->pp;
+    const int rows = R / M;
+    double sum = 0.0, worst = 0.0, comp_sum = 0.0, comm_sum = 0.0;
+    double t[FEDGE_GRID_MAX_PP];
+    size_t n_local_max = 0;
+    for (int s = 0; s < P; s++) {
+        fedge_shard_plan p;
+        double c, m;
+        CHK_T(fedge_shard_plan_make(sh, o->tp, o->tp - 1, P, s, &p));
+        CHK_T(stage_time(gc, &p, L, rows, &c, &m));
+        t[s] = c + m;
+        sum += c + m;
+        comp_sum += c;
+        comm_sum += m;
+        if (c + m > worst)
+            worst = c + m;
+        if (p.n_local > n_local_max)
+            n_local_max = p.n_local;
+    }
+    double pipe = sum + (M - 1) * worst;
+    /* the stages' mean idle fraction of the pipeline part */
+    o->bubble = 0.0;
+    for (int s = 0; s < P && pipe > 0; s++)
+        o->bubble += (1.0 - M * t[s] / pipe) / P;
+    /* per step: read the rows, update the parameters, agree on status and loss */
+    double step_fixed = L->load_s * (double)R * sh->dims[0] + L->sgd_s * (double)n_local_max
+                        + 2.0 * L->ar_alpha;
+    pipe += step_fixed;
+    double dp = o->dp > 1 ? L->ar_alpha + 2.0 * (o->dp - 1) / o->dp * (double)n_local_max * 4.0
+                                              / L->ar_beta
+                          : 0.0;
+    o->predict_ms = 1e3 * (pipe + dp);
+    o->compute_ms = 1e3 * (comp_sum * M / P + step_fixed);
+    o->comm_ms = 1e3 * (comm_sum * M / P + dp);
+    fedge_memory_plan mp;
+    if (o->tp == 1 && o->pp == 1 && M == 1) {
+        fedge_layout lo;
+        CHK_T(fedge_layout_init(&lo, fedge_model_spec_param_count(spec), o->dp, 0));
+        fedge_memory_plan_make(spec, &lo, (batch + o->dp - 1) / o->dp, FEDGE_PREC_FP32, 0, 0,
+                               &mp);
+    } else {
+        CHK_T(fedge_mp_memory_max(sh, o->tp, o->pp, (R + M - 1) / M,
+                                  fedge_pp_slots(FEDGE_PP_1F1B, M, P), &mp));
+    }
+    o->mem_bytes = mp.total;
+    o->fits = !(budget_mb > 0) || (double)mp.total <= budget_mb * 1048576.0;
+    return FEDGE_OK;
+}
+
+static int cmp_layout(const void *a, const void *b)
+{
+    const fedge_plan_layout *x = a, *y = b;
+    return x->predict_ms < y->predict_ms ? -1 : x->predict_ms > y->predict_ms ? 1 : 0;
+}
+
+int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double budget_mb,
+                   fedge_plan_result *out)
+{
+    fedge_dense_shape sh;
+    gemm_cache *gc = NULL;
+    int ret = FEDGE_OK;
+    memset(out, 0, sizeof(*out));
+    out->choice = -1;
+    if (spec == NULL || batch < 1 || world < 1)
+        return FEDGE_ERR_INVALID_ARG;
+    CHK_T(fedge_dense_shape_of(spec, &sh));
+    CHK_T(probe_links(&out->links));
+    CHK_T(probe_elementwise(&out->links));
+    gc = calloc(1, sizeof(*gc));
+    if (gc == NULL)
+        return FEDGE_ERR_NOMEM;
+    for (int tp = 1; tp <= world; tp++) {
+        if (world % tp != 0)
+            continue;
+        for (int pp = 1; pp <= world / tp && pp <= sh.n_layers; pp++) {
+            if ((world / tp) % pp != 0)
+                continue;
+            const int dp = world / (tp * pp);
+            if (batch < dp)
+                continue;
+            const int micros[3] = {1, 2, 4};
+            for (int mi = 0; mi < (pp > 1 ? 3 : 1); mi++) {
+                const int M = pp > 1 ? pp * micros[mi] : 1;
+                if (batch / dp < M || out->n >= FEDGE_PLAN_MAX)
+                    continue;
+                fedge_shard_plan probe;
+                int ok = 1;
+                for (int s = 0; s < pp && ok; s++)
+                    ok = fedge_shard_plan_make(&sh, tp, tp - 1, pp, s, &probe) == FEDGE_OK;
+                if (!ok)
+                    continue;
+                fedge_plan_layout *o = &out->cand[out->n];
+                memset(o, 0, sizeof(*o));
+                o->dp = dp;
+                o->tp = tp;
+                o->pp = pp;
+                o->micro = M;
+                CHK(predict(gc, spec, &sh, batch, &out->links, budget_mb, o));
+                out->n++;
+            }
+        }
+    }
+    qsort(out->cand, (size_t)out->n, sizeof(out->cand[0]), cmp_layout);
+    for (int i = 0; i < out->n; i++)
+        if (out->cand[i].fits) {
+            out->choice = i;
+            break;
+        }
+cleanup:
+    free(gc);
+    return ret;
+}
+
+void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
+{
+    const fedge_plan_links *L = &r->links;
+    fprintf(f, "# probes on %d rank(s): p2p %.1f us + %.2f GB/s, allreduce %.1f us + %.2f GB/s "
+               "(ring bus); memory budget %s\n",
+            L->probe_ranks, 1e6 * L->p2p_alpha, L->p2p_beta / 1e9, 1e6 * L->ar_alpha,
+            L->ar_beta / 1e9, budget_mb > 0 ? "per rank" : "none");
+    fprintf(f, "# per element: bias+relu %.2f ns, exp %.2f ns, sgd %.2f ns, load %.2f ns\n",
+            1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s);
+    fprintf(f, "# %3s %3s %3s %5s %12s %11s %9s %8s %12s %5s\n", "dp", "tp", "pp", "micro",
+            "predict_ms", "compute_ms", "comm_ms", "bubble", "mem_bytes", "fits");
+    for (int i = 0; i < r->n; i++) {
+        const fedge_plan_layout *o = &r->cand[i];
+        fprintf(f, "  %3d %3d %3d %5d %12.3f %11.3f %9.3f %8.3f %12zu %5s%s\n", o->dp, o->tp,
+                o->pp, o->micro, o->predict_ms, o->compute_ms, o->comm_ms, o->bubble,
+                o->mem_bytes, o->fits ? "yes" : "no", i == r->choice ? "  <- chosen" : "");
+    }
+}
