@@ -430,11 +430,12 @@ static int fetch_control(edge_client *c, const fedge_round_info *ri, round_resul
 
 /* The client control variate c_i for this round into c->client_control
  * (control.h): the committed file, or zeros with a word why. */
-static int load_client_control(edge_client *c, const fedge_round_info *ri)
+static int load_client_control(edge_client *c, const fedge_round_info *ri, float bound)
 {
     fedge_control_status st;
     int why;
-    int ret = fedge_edge_control_load(c->control_path, &ri->spec, &c->client_control, &st, &why);
+    int ret = fedge_edge_control_load(c->control_path, &ri->spec, ri->run_id, bound, &c->client_control,
+                                      &st, &why);
     if (ret != FEDGE_OK)
         return ret;
     switch (st) {
@@ -447,6 +448,14 @@ static int load_client_control(edge_client *c, const fedge_round_info *ri)
     case FEDGE_CONTROL_OTHER_SPEC:
         FEDGE_WARN("round %u: %s holds a control variate for another model than %s; "
                    "starting from zeros", ri->round, c->control_path, ri->spec_text);
+        break;
+    case FEDGE_CONTROL_OTHER_RUN:
+        FEDGE_WARN("round %u: %s holds a control variate of another aggregator run than this "
+                   "round's run= (or of none); starting from zeros", ri->round, c->control_path);
+        break;
+    case FEDGE_CONTROL_IMPLAUSIBLE:
+        FEDGE_WARN("round %u: client control variate %s has values beyond the plausible bound %g; "
+                   "starting from zeros", ri->round, c->control_path, (double)bound);
         break;
     case FEDGE_CONTROL_CORRUPT:
         FEDGE_WARN("round %u: client control variate %s unusable (%s); starting from zeros",
@@ -528,7 +537,17 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         CHK(fetch_control(c, ri, result, &usable));
         if (!usable)
             goto cleanup;
-        ret = load_client_control(c, ri);
+        /* a served c out of all proportion to the model is not trained on:
+         * c_i+ would carry it into the file for good (control.h) */
+        float bound = fedge_edge_control_bound(&t->global, ri->lr), max_abs;
+        if (fedge_edge_control_check(c->control.m.params, c->control.m.n_params, bound, &max_abs) !=
+            FEDGE_OK) {
+            FEDGE_ERROR("round %u: the served control variate is implausible (max |c| %g, bound %g = "
+                        "%g x max(1, max|w|) / lr); skipping the round", ri->round, (double)max_abs,
+                        (double)bound, (double)FEDGE_CONTROL_STEP_BOUND);
+            goto cleanup;
+        }
+        ret = load_client_control(c, ri, bound);
         if (ret != FEDGE_OK) {
             FEDGE_ERROR("round %u: no client control variate: %s", ri->round,
                         fedge_strerror(ret));
@@ -554,6 +573,13 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         FEDGE_INFO("round %u: samples=%llu loss=nan sent=0 B encoding=%s outcome=not sent "
                    "(training diverged)", ri->round, (unsigned long long)c->shard.n,
                    fedge_encoding_name(cfg->encoding));
+        ret = FEDGE_OK;
+        *result = ROUND_DONE;
+        goto cleanup;
+    }
+    if (ret == FEDGE_ERR_CONTROL_RANGE) {
+        FEDGE_ERROR("round %u: training refused: %s; nothing sent, c_i kept", ri->round,
+                    fedge_strerror(ret));
         ret = FEDGE_OK;
         *result = ROUND_DONE;
         goto cleanup;
@@ -633,7 +659,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     if (scaffold && accepted) {
         fedge_edge_blob_release(blob);
         blob = NULL;
-        ret = fedge_edge_control_commit(c->control_path, &c->client_control);
+        ret = fedge_edge_control_commit(c->control_path, ri->run_id, &c->client_control);
         if (ret != FEDGE_OK) {
             FEDGE_ERROR("round %u: cannot persist the client control variate %s: %s; stopping "
                         "(the aggregator has counted this round's control delta)", ri->round,

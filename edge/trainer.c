@@ -1,6 +1,8 @@
 /* trainer.c — local training over a streamed shard (see trainer.h). */
 #include "trainer.h"
 
+#include "control.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -270,7 +272,13 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     /* SCAFFOLD's correction c - c_i is fixed for the round: it lives in the
      * dc buffer until the round's dc replaces it. */
     float *correction = NULL;
+    float bound = 0.0f;
     if (p->control) {
+        /* an implausible c or c_i (control.h) is refused before any step */
+        bound = fedge_edge_control_bound(&t->global, p->lr);
+        if (fedge_edge_control_check(p->control, n, bound, NULL) != FEDGE_OK ||
+            fedge_edge_control_check(p->client_control, n, bound, NULL) != FEDGE_OK)
+            return FEDGE_ERR_CONTROL_RANGE;
         correction = t->control_delta;
         for (size_t i = 0; i < n; i++)
             correction[i] = p->control[i] - p->client_control[i];
@@ -322,6 +330,8 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
             float dc = -t->grad[i] * inv_step - p->control[i];
             if (!isfinite(dc) || !isfinite(p->client_control[i] + dc))
                 FAIL(FEDGE_ERR_MODEL_NONFINITE);
+            if (fabsf(p->client_control[i] + dc) > bound)
+                FAIL(FEDGE_ERR_CONTROL_RANGE);
             t->control_delta[i] = dc;
         }
         for (size_t i = 0; i < n; i++)

@@ -125,7 +125,9 @@ int fedge_edge_trainer_set_global(fedge_edge_trainer *t, const uint8_t *body, si
  * diverges, FEDGE_ERR_EDGE_STOPPED when *stop becomes nonzero (checked
  * every minibatch; stop may be NULL), FEDGE_ERR_INVALID_ARG for a bad
  * prox_mu or only one of control / client_control, FEDGE_ERR_STATE for
- * control without prepare_control. */
+ * control without prepare_control, FEDGE_ERR_CONTROL_RANGE when c or c_i
+ * is beyond fedge_edge_control_bound (nothing trained) or c_i+ would be
+ * (control.h). */
 int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
                              const fedge_edge_train_params *p,
                              const volatile sig_atomic_t *stop, double *mean_loss);

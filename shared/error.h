@@ -123,6 +123,9 @@ enum {
 
     /* cluster, continued */
     FEDGE_ERR_CLUSTER_MEMORY = -143,     /* training state over the per-rank memory budget */
+
+    /* SCAFFOLD client side (edge/control.h) -230 .. -239 */
+    FEDGE_ERR_CONTROL_RANGE = -230,      /* a control variate beyond its plausible bound */
 };
 
 const char *fedge_strerror(int code);

@@ -45,6 +45,8 @@ grep -q "memory plan (softmax:784-10, batch 32, fp32): .* sealed=[0-9]* peak=" "
     fed_fail "the plain round 4 did not go back to the plain memory plan"
 grep -q "round 2: .*outcome=rejected 4.00" "$log" || fed_fail "round 2 was not refused"
 grep -q "round 4: training 1 epochs on [0-9]* samples$" "$log" || fed_fail "round 4 was not plain"
+grep -q "round 5: the served control variate is implausible (max |c| 1e+30, bound [0-9.e+]* = 1000 x max(1, max|w|) / lr); skipping the round" "$log" ||
+    fed_fail "round 5: the implausible served c was not refused with its reason"
 
 # Without a state directory there is nowhere to keep c_i: the edge skips the
 # SCAFFOLD round (and says why) instead of sending a c_i that forgets itself.

@@ -14,6 +14,9 @@ plays four rounds and checks what the edge does in each:
   3  control=c2 again: GET /control carries c2's ETag and gets 2.03; the
      update is accepted and the file becomes c_i + dc.
   4  a plain round (no control=): n_elems n, no flag, the file unchanged.
+  5  SCAFFOLD with a finite but implausible c (1e30 everywhere, a valid
+     model file): the edge must fetch it and then neither train nor POST,
+     the file unchanged (the round ends when the edge polls again).
   then state=finished.
 
 With python3-cryptography the sealed updates are opened (the test knows the
@@ -51,6 +54,10 @@ def model_file(params):
 
 
 def parse_model_file(data):
+    if data[-32:-24] == b"FEDGECV1":  # the run binding (edge/control.h)
+        if data[-24:-8] != RUN:
+            fail("state file bound to run %s, not the served %s" % (data[-24:-8].hex(), RUN.hex()))
+        data = data[:-32]
     (sl,) = struct.unpack_from("<I", data, 8)
     off = 12 + sl
     (n,) = struct.unpack_from("<Q", data, off)
@@ -65,7 +72,8 @@ def f32(x):
 MODEL = model_file([f32(((i * 37) % 101 - 50) * 1e-3) for i in range(N)])
 C1 = model_file([f32(((i * 13) % 17 - 8) * 1e-3) for i in range(N)])
 C2 = model_file([f32(((i * 7) % 23 - 11) * 2e-3) for i in range(N)])
-V = {k: v[-32:] for k, v in (("model", MODEL), ("c1", C1), ("c2", C2))}
+CBAD = model_file([1e30] * N)
+V = {k: v[-32:] for k, v in (("model", MODEL), ("c1", C1), ("c2", C2), ("cbad", CBAD))}
 
 try:
     from cryptography.hazmat.primitives import hashes
@@ -108,6 +116,7 @@ ROUNDS = {
     2: {"control": "c2", "stale_first": True, "reply": 400},
     3: {"control": "c2", "reply": 204},
     4: {"reply": 204},
+    5: {"control": "cbad", "end_on_poll": True, "reply": 204},
 }
 rnd = 1
 finished_at = None
@@ -220,6 +229,10 @@ def handle(typ, c, opts, payload):
         if pending_snapshot is not None:
             snapshots[pending_snapshot] = snapshot()
             pending_snapshot = None
+        if rnd in ROUNDS and ROUNDS[rnd].get("end_on_poll") and control_gets[rnd] >= 1:
+            time.sleep(0.3)  # a POST would have come by now; the next poll ends the round
+            snapshots[rnd] = snapshot()
+            rnd += 1
         if rnd not in ROUNDS and finished_at is None:
             finished_at = time.time()
         return code(205), [], round_body()
@@ -239,7 +252,7 @@ def handle(typ, c, opts, payload):
                 return code(404), [], b"not a SCAFFOLD round"
             if r.get("stale_first") and control_gets[rnd] == 1:
                 name = "c1"
-            body, version = (C1 if name == "c1" else C2), V[name]
+            body, version = {"c1": C1, "c2": C2, "cbad": CBAD}[name], V[name]
         etag = version[:8]
         req_etag = opt(opts, 4)
         if req_etag is not None and req_etag == etag:
@@ -340,7 +353,14 @@ def check():
         fail("round 4 (no SCAFFOLD) changed the c_i file")
     if control_gets[4]:
         fail("round 4 fetched /control")
-    print("fake: rounds 1-4 checked (events %s, etag hits %s)" % (events, etag_hits), flush=True)
+    # round 5: implausible c fetched, nothing sent, the file as it was
+    if control_gets[5] < 1:
+        fail("round 5: the edge did not fetch /control")
+    if 5 in updates:
+        fail("round 5: the edge sent an update trained on an implausible c")
+    if snapshots.get(5) != s3:
+        fail("round 5: the c_i file changed")
+    print("fake: rounds 1-5 checked (events %s, etag hits %s)" % (events, etag_hits), flush=True)
 
 
 main()

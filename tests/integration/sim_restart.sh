@@ -4,7 +4,9 @@
 # resumes like the daemon and ends on the same model bytes as a run that was
 # never interrupted, each round closed once, each update counted once, the
 # audit chain intact. With server_optimizer = sgd (FedAvg) and, when the
-# aggregator offers it, adam (its state must survive the restart).
+# aggregator offers them, adam (its state must survive the restart) and
+# SCAFFOLD (each client's c_i too: the device whose update committed just
+# before the kill must find its c_i+ committed, the others theirs dropped).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/sim.sh
@@ -84,5 +86,21 @@ if sim_accepts server_optimizer adam; then
     check adam_kill adam_ref
 else
     echo "SKIP: server_optimizer = adam (fedge-aggregator does not offer it)"
+fi
+
+if sim_accepts scaffold true; then
+    scaf=(--model-spec softmax:784-10 --rounds $ROUNDS --threads 1 --signing-key "$SIM_DIR/aggregator.key" --scaffold)
+    sim_run scaf_ref "${scaf[@]}" || sim_fail "uninterrupted SCAFFOLD run"
+    interrupted scaf_kill "${scaf[@]}"
+    check scaf_kill scaf_ref
+    # c_i files: the same model part (the 32-byte trailer names each run's own id)
+    for f in "$SIM_DIR/scaf_ref/fedge.db.clients"/*.control; do
+        g="$SIM_DIR/scaf_kill/fedge.db.clients/${f##*/}"
+        cmp -s <(head -c -32 "$f") <(head -c -32 "$g") || sim_fail "scaf_kill: ${f##*/} differs from the uninterrupted run's"
+    done
+    [ -z "$(find "$SIM_DIR/scaf_kill/fedge.db.clients" -name '*.pending')" ] || sim_fail "scaf_kill: a pending c_i+ left"
+    echo "scaf_kill: every c_i as uninterrupted"
+else
+    echo "SKIP: scaffold (fedge-aggregator does not offer it)"
 fi
 echo ok

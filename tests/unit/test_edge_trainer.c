@@ -23,6 +23,7 @@
 #include "modelfile.h"
 #include "optim.h"
 #include "shard.h"
+#include "control.h"
 #include "trainer.h"
 #include "update.h"
 
@@ -625,7 +626,9 @@ static void test_scaffold_refusals(void **state)
     assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, &stop, &loss),
                      FEDGE_ERR_EDGE_STOPPED);
     assert_memory_equal(ci, ci0, sizeof ci);
-    /* A server variate that drives dc to infinity: refused, c_i untouched. */
+    /* A server variate that would drive dc to infinity, or any c or c_i
+     * beyond the plausible bound (1000 x max(1, max|w|) / lr, control.h)
+     * even if finite: refused before a step, c_i untouched. */
     const float huge[6] = {3e38f, -3e38f, 3e38f, 3e38f, 3e38f, 3e38f};
     const float big_ci[6] = {-3e38f, 3e38f, -3e38f, -3e38f, -3e38f, -3e38f};
     float ci_big[6];
@@ -633,8 +636,28 @@ static void test_scaffold_refusals(void **state)
     p.control = huge;
     p.client_control = ci_big;
     assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss),
-                     FEDGE_ERR_MODEL_NONFINITE);
+                     FEDGE_ERR_CONTROL_RANGE);
     assert_memory_equal(ci_big, big_ci, sizeof ci_big);
+    float bound = fedge_edge_control_bound(&tt.t.global, p.lr);
+    assert_true(bound >= 1000.0f / p.lr);
+    float poisoned[6] = {0.1f, -0.2f, 0.3f, 0.0f, 0.05f, -0.05f};
+    poisoned[3] = 1e30f; /* finite: passed before */
+    p.control = poisoned;
+    p.client_control = ci;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss),
+                     FEDGE_ERR_CONTROL_RANGE);
+    assert_memory_equal(ci, ci0, sizeof ci);
+    poisoned[3] = 1.01f * bound;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss),
+                     FEDGE_ERR_CONTROL_RANGE);
+    p.control = c;
+    float ci_file_bad[6];
+    memcpy(ci_file_bad, ci0, sizeof ci_file_bad);
+    ci_file_bad[0] = -1e30f;
+    p.client_control = ci_file_bad;
+    assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss),
+                     FEDGE_ERR_CONTROL_RANGE);
+    assert_true(ci_file_bad[0] == -1e30f);
 
     /* A plain round after SCAFFOLD ones gives the dc buffer back. */
     fedge_edge_trainer_drop_control(&tt.t);

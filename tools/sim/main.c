@@ -5,18 +5,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "blas.h"
 #include "common.h"
 #include "crypto.h"
 #include "config.h"
 #include "instance_lock.h"
+#include "keys.h"
 #include "log.h"
 #include "sim.h"
 #include "text.h"
 #include "version.h"
 
 #define PROG "fedge-sim"
+
+_Static_assert(FEDGE_KEYS_MAX_DEVICES == 100000, "--help and docs/SIM.md give --clients as 1..100000");
 
 static void usage(FILE *out)
 {
@@ -32,8 +36,9 @@ static void usage(FILE *out)
             "trainer and sealing its updates with its device key. No network, no sleeping.\n"
             "\n"
             "  --keys FILE            device keys (the aggregator's keys_file)\n"
-            "  --clients N            the population: with --keys, the count it must list;\n"
-            "                         without, N devices in <db>.keys (made once, then reused)\n"
+            "  --clients N            the population, 1..100000: with --keys (or the config's\n"
+            "                         keys_file), the count it must list; without, N devices\n"
+            "                         in <db>.keys (made once, then reused)\n"
             "  --shards DIR           client shards written by fedge-partition --out DIR\n"
             "  --threads T            clients trained in parallel, 1..256 (default: cores)\n"
             "  --seed S               one seed for everything: the aggregator's selection,\n"
@@ -77,13 +82,15 @@ static int sim_option(fedge_sim_options *o, fedge_agg_config *cfg, const char *k
     double v;
     *used = 1;
     if (!strcmp(key, "keys")) {
-        return fedge_agg_config_set(cfg, "keys_file", value, err, errlen);
+        if (fedge_agg_config_set(cfg, "keys_file", value, err, errlen) != FEDGE_OK)
+            goto bad;
+        return FEDGE_OK;
     } else if (!strcmp(key, "shards")) {
         if (!value[0] || strlen(value) >= sizeof o->shards_dir)
             goto bad;
         memcpy(o->shards_dir, value, strlen(value) + 1);
     } else if (!strcmp(key, "clients")) {
-        if (parse_double(value, 1, 1e6, &v) != FEDGE_OK || v != floor(v))
+        if (parse_double(value, 1, FEDGE_KEYS_MAX_DEVICES, &v) != FEDGE_OK || v != floor(v))
             goto bad;
         o->clients = (long)v;
     } else if (!strcmp(key, "threads")) {
@@ -136,8 +143,14 @@ static int sim_option(fedge_sim_options *o, fedge_agg_config *cfg, const char *k
         *used = 0;
     }
     return FEDGE_OK;
-bad:
-    snprintf(err, errlen, "--%s: bad value '%.80s' (see --help)", key, value);
+bad:;
+    /* the option as typed on the command line: --attack-scale, not attack_scale */
+    char opt[64];
+    snprintf(opt, sizeof opt, "%s", key);
+    for (char *p = opt; *p; p++)
+        if (*p == '_')
+            *p = '-';
+    snprintf(err, errlen, "--%s: bad value '%.80s' (see --help)", opt, value);
     return FEDGE_ERR_CONFIG_VALUE;
 }
 
@@ -244,6 +257,12 @@ int main(int argc, char **argv)
             fedge_text_eprintf(PROG, "%s", err[0] ? err : "--clients: the keys file path is too long");
             return 2;
         }
+    }
+    if (cfg.keys_file[0] && access(cfg.keys_file, R_OK) != 0) {
+        /* the daemon's message would name its --keys-file */
+        fedge_text_eprintf(PROG, "--keys (or the configuration's keys_file) %s: %s", cfg.keys_file,
+                           strerror(errno));
+        return 2;
     }
     if (fedge_agg_config_validate(&cfg, err, sizeof err) != FEDGE_OK) {
         fedge_text_eprintf(PROG, "%s", err);

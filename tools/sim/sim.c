@@ -1,6 +1,7 @@
 /* sim.c — the simulation driver (see sim.h, docs/SIM.md). */
 #include "sim.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -58,6 +59,9 @@ typedef struct {
     uint8_t *sealed;
     size_t sealed_len;
     fedge_model client_control; /* SCAFFOLD: c_i, then c_i+ (params NULL otherwise) */
+    int refused;             /* SCAFFOLD: an implausible c or c_i+; nothing sent (why) */
+    fedge_control_status control_status; /* how c_i was loaded (warned about on the main thread) */
+    int control_why;
 } sim_job;
 
 typedef struct {
@@ -68,7 +72,7 @@ typedef struct {
     double loss;
     uint8_t *sealed;
     size_t sealed_len;
-    fedge_model client_control; /* SCAFFOLD: c_i+, committed when the update is accepted */
+    int has_control;         /* SCAFFOLD: c_i+ waits in <id>.control.pending */
 } sim_pending;
 
 typedef struct {
@@ -219,6 +223,8 @@ static void shard_path(const sim *s, size_t dev, char *out, size_t cap)
     snprintf(out, cap, "%s/shard-%03zu.bin", s->o->shards_dir, dev % s->n_shards);
 }
 
+/* The shards used: shard-000 ... consecutive, at most one per device. A gap
+ * in the numbering (a shard after a missing one) is an error, not a cut. */
 static int count_shards(sim *s, char *err, size_t errlen)
 {
     char path[FEDGE_PATH_MAX + 32];
@@ -234,7 +240,66 @@ static int count_shards(sim *s, char *err, size_t errlen)
                  s->o->shards_dir);
         return FEDGE_ERR_CONFIG_VALUE;
     }
-    return FEDGE_OK;
+    if (s->n_shards == s->n_dev)
+        return FEDGE_OK;
+    DIR *d = opendir(s->o->shards_dir);
+    if (!d) {
+        snprintf(err, errlen, "%s: %s", s->o->shards_dir, strerror(errno));
+        return FEDGE_ERR_IO;
+    }
+    struct dirent *e;
+    int ret = FEDGE_OK;
+    while ((e = readdir(d)) != NULL) {
+        unsigned idx;
+        int used = 0;
+        if (sscanf(e->d_name, "shard-%u.bin%n", &idx, &used) == 1 && used > 0 && !e->d_name[used] &&
+            idx > s->n_shards) {
+            snprintf(err, errlen, "%s/%s is there but shard-%03zu.bin is missing: shards must be numbered"
+                     " from 000 without a gap", s->o->shards_dir, e->d_name, s->n_shards);
+            ret = FEDGE_ERR_CONFIG_VALUE;
+            break;
+        }
+    }
+    closedir(d);
+    return ret;
+}
+
+/* A robust rule tolerates f attackers among a round's n updates (krum,
+ * multikrum, bulyan: byzantine_f; trimmed_mean: floor(beta n); median:
+ * fewer than half); beyond that it runs and aggregates as usual, without an
+ * error, and the attackers can steer the model. Warn when the attackers
+ * expected in a round (their share of the population times the round's
+ * selection) exceed it. */
+static void warn_byzantine_tolerance(const sim *s, const fedge_agg_config *cfg, size_t n_byz)
+{
+    if (n_byz == 0)
+        return;
+    double per_round = cfg->clients_per_round > 0 ? (double)cfg->clients_per_round
+                                                  : ceil(cfg->client_fraction * (double)s->n_dev);
+    if (per_round > (double)s->n_dev)
+        per_round = (double)s->n_dev;
+    if (per_round < 1)
+        per_round = 1;
+    double expected = (double)n_byz * per_round / (double)s->n_dev;
+    long n = (long)per_round, tolerated;
+    char rule[64];
+    if (!strcmp(cfg->aggregation, "krum") || !strcmp(cfg->aggregation, "multikrum") ||
+        !strcmp(cfg->aggregation, "bulyan")) {
+        tolerated = cfg->byzantine_f;
+        snprintf(rule, sizeof rule, "byzantine_f = %ld", tolerated);
+    } else if (!strcmp(cfg->aggregation, "trimmed_mean")) {
+        tolerated = (long)floor(cfg->trim_beta * (double)n);
+        snprintf(rule, sizeof rule, "floor(trim_beta %g x %ld) = %ld", cfg->trim_beta, n, tolerated);
+    } else if (!strcmp(cfg->aggregation, "median")) {
+        tolerated = (n - 1) / 2;
+        snprintf(rule, sizeof rule, "fewer than half of %ld", n);
+    } else {
+        return; /* mean tolerates none, and claims nothing */
+    }
+    if (expected > (double)tolerated + 1e-9)
+        FEDGE_WARN("--byzantine: %.1f attacker(s) expected among a round's %ld updates (%zu of %zu devices),"
+                   " more than %s tolerates (%s): its rounds still aggregate, and the attackers can steer"
+                   " the model", expected, n, n_byz, s->n_dev, cfg->aggregation, rule);
 }
 
 /* The last time the log recorded (0: a new log), so a resumed run's virtual
@@ -274,6 +339,50 @@ static int load_counters(sim *s)
     }
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? FEDGE_OK : FEDGE_ERR_SQL;
+}
+
+/* A run killed between the aggregator's commit of an update and the rename
+ * of its c_i+ left <id>.control.pending: the log says whether the update
+ * (its device and envelope counter) counted, and the pending c_i+ is
+ * committed or dropped accordingly, as the uninterrupted run would have. */
+static int reconcile_pending_controls(sim *s)
+{
+    sqlite3_stmt *st = NULL;
+    char *path = NULL;
+    int ret = FEDGE_OK;
+    if (sqlite3_prepare_v2(s->a.db,
+                           "SELECT count(*) FROM updates WHERE device = ?1 AND counter = ?2"
+                           " AND decision <> 'rejected'", -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    for (size_t d = 0; d < s->n_dev; d++) {
+        const char *id = s->a.keys.devices[d].id;
+        uint8_t run[FEDGE_CONTROL_RUN_ID_LEN];
+        uint64_t counter = 0;
+        free(path);
+        path = NULL;
+        CHK(fedge_edge_control_path(s->state_dir, id, &path));
+        int got = fedge_edge_control_pending_info(path, run, &counter);
+        if (got == FEDGE_ERR_NOT_FOUND)
+            continue;
+        int accepted = 0;
+        if (got == FEDGE_OK && memcmp(run, s->a.run_id, sizeof run) == 0) {
+            sqlite3_reset(st);
+            if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK ||
+                sqlite3_bind_int64(st, 2, (sqlite3_int64)counter) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW)
+                FAIL(FEDGE_ERR_SQL);
+            accepted = sqlite3_column_int64(st, 0) > 0;
+        } else {
+            FEDGE_WARN("%s.pending: %s; dropped", path,
+                       got == FEDGE_OK ? "of another aggregator run" : fedge_strerror(got));
+        }
+        FEDGE_INFO("%s: pending c_i+ of update %llu %s", id, (unsigned long long)counter,
+                   accepted ? "counted before the restart: committed" : "not counted: dropped");
+        CHK(fedge_edge_control_settle(path, accepted));
+    }
+cleanup:
+    free(path);
+    sqlite3_finalize(st);
+    return ret;
 }
 
 /* ---- one client's round (runs on a pool thread) --------------------------- */
@@ -343,15 +452,22 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
         /* SCAFFOLD: GET /control (the server's c, checked against the round's
          * version) and this client's committed c_i, as the edge does */
         uint8_t version[FEDGE_HASH_LEN];
-        fedge_control_status st;
         CHK(fedge_edge_trainer_prepare_control(t));
         CHK(fedge_model_deserialize(s->a.control_blob, s->a.control_blob_len, &control, version));
         if (memcmp(version, ri->control, FEDGE_HASH_LEN) != 0) {
             snprintf(j->why, sizeof j->why, "the served control variate is not round %u's", ri->round);
             FAIL(FEDGE_ERR_STATE);
         }
+        float bound = fedge_edge_control_bound(&t->global, ri->lr), max_abs;
+        if (fedge_edge_control_check(control.params, control.n_params, bound, &max_abs) != FEDGE_OK) {
+            snprintf(j->why, sizeof j->why, "the served control variate is implausible (max |c| %g, bound %g)",
+                     (double)max_abs, (double)bound);
+            j->refused = 1; /* the edge skips the round */
+            FAIL(FEDGE_OK);
+        }
         CHK(fedge_edge_control_path(s->state_dir, dev->id, &control_path));
-        CHK(fedge_edge_control_load(control_path, &ri->spec, &j->client_control, &st, NULL));
+        CHK(fedge_edge_control_load(control_path, &ri->spec, ri->run_id, bound, &j->client_control,
+                                    &j->control_status, &j->control_why));
         tp.control = control.params;
         tp.client_control = j->client_control.params;
     }
@@ -360,6 +476,11 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
     j->train_s = real_now() - t0;
     if (ret == FEDGE_ERR_MODEL_NONFINITE) {
         j->diverged = 1; /* the edge sends nothing */
+        FAIL(FEDGE_OK);
+    }
+    if (ret == FEDGE_ERR_CONTROL_RANGE) {
+        snprintf(j->why, sizeof j->why, "training refused: %s", fedge_strerror(ret));
+        j->refused = 1;
         FAIL(FEDGE_OK);
     }
     if (ret != FEDGE_OK) {
@@ -384,12 +505,20 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
     fedge_rng seal_rng;
     fedge_rng_seed(&seal_rng, stream_u64(s, STREAM_SEAL, ri->round, j->dev));
     ret = fedge_update_seal(&key, j->counter, ri->run_id, &h, t->grad, &seal_rng, &j->sealed, &j->sealed_len);
-    if (ret != FEDGE_OK)
+    if (ret != FEDGE_OK) {
         snprintf(j->why, sizeof j->why, "sealing failed: %s", fedge_strerror(ret));
+        goto cleanup;
+    }
+    /* c_i+ durably pending before the update leaves (control.h) */
+    if (ri->has_control) {
+        ret = fedge_edge_control_write_pending(control_path, ri->run_id, j->counter, &j->client_control);
+        if (ret != FEDGE_OK)
+            snprintf(j->why, sizeof j->why, "%.60s.pending: %.60s", control_path, fedge_strerror(ret));
+    }
 cleanup:
     fedge_model_free(&control);
     free(control_path);
-    if (ret != FEDGE_OK || j->diverged)
+    if (ret != FEDGE_OK || j->diverged || j->refused)
         fedge_model_free(&j->client_control);
     if (have_key)
         fedge_device_key_wipe(&key);
@@ -619,10 +748,31 @@ static int start_clients(sim *s, char *err, size_t errlen)
             snprintf(err, errlen, "client %s, round %u: %s", a->keys.devices[j->dev].id, j->ri.round, j->why);
             FAIL(j->status);
         }
+        if (j->ri.has_control && j->control_status == FEDGE_CONTROL_OTHER_SPEC)
+            FEDGE_WARN("round %u: %s: %s/%s.control holds a control variate for another model than %s;"
+                       " starting from zeros", j->ri.round, a->keys.devices[j->dev].id, s->state_dir,
+                       a->keys.devices[j->dev].id, j->ri.spec_text);
+        else if (j->ri.has_control && j->control_status == FEDGE_CONTROL_OTHER_RUN)
+            FEDGE_WARN("round %u: %s: %s/%s.control holds a control variate of another aggregator run"
+                       " (or of none); starting from zeros", j->ri.round, a->keys.devices[j->dev].id,
+                       s->state_dir, a->keys.devices[j->dev].id);
+        else if (j->ri.has_control && j->control_status == FEDGE_CONTROL_IMPLAUSIBLE)
+            FEDGE_WARN("round %u: %s: client control variate %s/%s.control has values beyond the plausible"
+                       " bound (edge/control.h); starting from zeros", j->ri.round, a->keys.devices[j->dev].id,
+                       s->state_dir, a->keys.devices[j->dev].id);
+        else if (j->ri.has_control && j->control_status == FEDGE_CONTROL_CORRUPT)
+            FEDGE_WARN("round %u: %s: client control variate %s/%s.control unusable (%s);"
+                       " starting from zeros", j->ri.round, a->keys.devices[j->dev].id, s->state_dir,
+                       a->keys.devices[j->dev].id, fedge_strerror(j->control_why));
         s->r_train_s += j->train_s;
         s->total_train_s += j->train_s;
         if (j->diverged) {
             FEDGE_WARN("round %u: %s: training diverged; nothing sent", j->ri.round, a->keys.devices[j->dev].id);
+            continue;
+        }
+        if (j->refused) {
+            FEDGE_ERROR("round %u: %s: %s; nothing sent, c_i kept", j->ri.round, a->keys.devices[j->dev].id,
+                        j->why);
             continue;
         }
         const sim_client *c = &s->clients[j->dev];
@@ -632,19 +782,31 @@ static int start_clients(sim *s, char *err, size_t errlen)
         if (c->straggler)
             took = took * s->o->straggler_factor + s->o->straggler_delay_s;
         sim_pending p = {j->dev, s->now + took, j->ri.round, j->n_samples, j->loss, j->sealed, j->sealed_len,
-                         j->client_control};
+                         j->client_control.params != NULL};
         CHK(push_pending(s, &p));
         j->sealed = NULL;
-        memset(&j->client_control, 0, sizeof j->client_control);
         s->clients[j->dev].busy = 1;
     }
-    qsort(s->pending, s->n_pending, sizeof *s->pending, pending_order);
+    if (s->n_pending > 1) /* none when every selected client dropped out or diverged */
+        qsort(s->pending, s->n_pending, sizeof *s->pending, pending_order);
 cleanup:
     for (size_t i = 0; i < s->n_jobs; i++) {
         free(s->jobs[i].sealed);
         s->jobs[i].sealed = NULL;
         fedge_model_free(&s->jobs[i].client_control);
     }
+    return ret;
+}
+
+static int settle_control(sim *s, size_t dev, int has_control, int accepted)
+{
+    if (!has_control)
+        return FEDGE_OK;
+    char *path = NULL;
+    int ret = fedge_edge_control_path(s->state_dir, s->a.keys.devices[dev].id, &path);
+    if (ret == FEDGE_OK)
+        ret = fedge_edge_control_settle(path, accepted);
+    free(path);
     return ret;
 }
 
@@ -659,8 +821,10 @@ static int deliver_due(sim *s, char *err, size_t errlen)
         sim_pending *p = &s->pending[done];
         int code = 0;
         s->clients[p->dev].busy = 0;
-        if (a->state == FEDGE_AGG_FINISHED)
+        if (a->state == FEDGE_AGG_FINISHED) {
+            CHK(settle_control(s, p->dev, p->has_control, 0));
             continue;
+        }
         uint32_t into = a->round;
         double t0 = real_now();
         CHK(fedge_agg_submit(a, a->keys.devices[p->dev].id, p->sealed, p->sealed_len, s->now, &code, msg,
@@ -668,14 +832,8 @@ static int deliver_due(sim *s, char *err, size_t errlen)
         s->agg_s += real_now() - t0;
         free(p->sealed);
         p->sealed = NULL;
-        if (code == 204 && p->client_control.params) {
-            /* the edge commits c_i+ on 2.04 only (edge/control.h) */
-            char *path = NULL;
-            CHK(fedge_edge_control_path(s->state_dir, a->keys.devices[p->dev].id, &path));
-            ret = fedge_edge_control_commit(path, &p->client_control);
-            free(path);
-            CHK(ret);
-        }
+        /* c_i+ becomes c_i on 2.04 only (edge/control.h) */
+        CHK(settle_control(s, p->dev, p->has_control, code == 204));
         if (code == 204) {
             if (p->for_round < into) {
                 s->r_late++;
@@ -692,12 +850,12 @@ static int deliver_due(sim *s, char *err, size_t errlen)
             CHK(tick_open(s, err, errlen)); /* the daemon opens the next round on its next tick */
     }
 cleanup:
-    for (size_t i = 0; i < done; i++) {
+    for (size_t i = 0; i < done; i++)
         free(s->pending[i].sealed);
-        fedge_model_free(&s->pending[i].client_control);
+    if (done > 0) {
+        memmove(s->pending, s->pending + done, (s->n_pending - done) * sizeof *s->pending);
+        s->n_pending -= done;
     }
-    memmove(s->pending, s->pending + done, (s->n_pending - done) * sizeof *s->pending);
-    s->n_pending -= done;
     return ret;
 }
 
@@ -786,12 +944,14 @@ int fedge_sim_run(const fedge_agg_config *cfg, const fedge_sim_options *o, int *
     CHK(mark_fraction(&s, o->byzantine_frac, STREAM_BYZANTINE, 0));
     CHK(mark_fraction(&s, o->straggler_frac, STREAM_STRAGGLER, 1));
     CHK(load_counters(&s));
+    CHK(reconcile_pending_controls(&s));
+    size_t nb = 0, ns = 0;
+    for (size_t d = 0; d < s.n_dev; d++) {
+        nb += s.clients[d].byzantine;
+        ns += s.clients[d].straggler;
+    }
+    warn_byzantine_tolerance(&s, cfg, nb);
     if (!o->json) {
-        size_t nb = 0, ns = 0;
-        for (size_t d = 0; d < s.n_dev; d++) {
-            nb += s.clients[d].byzantine;
-            ns += s.clients[d].straggler;
-        }
         printf("fedge-sim: %zu devices, %zu shards, %zu byzantine (%s x%g), %zu stragglers, dropout %g,"
                " %d thread(s), seed %llu%s\n",
                s.n_dev, s.n_shards, nb, o->attack == FEDGE_SIM_ATTACK_SIGNFLIP ? "signflip" : "noise",
@@ -831,10 +991,8 @@ int fedge_sim_run(const fedge_agg_config *cfg, const fedge_sim_options *o, int *
 cleanup:
     if (ret != FEDGE_OK && !err[0])
         snprintf(err, errlen, "%s", fedge_strerror(ret));
-    for (size_t i = 0; i < s.n_pending; i++) {
+    for (size_t i = 0; i < s.n_pending; i++)
         free(s.pending[i].sealed);
-        fedge_model_free(&s.pending[i].client_control);
-    }
     free(s.pending);
     if (s.trainers)
         for (int k = 0; k < s.n_trainers; k++)
