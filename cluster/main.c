@@ -365,10 +365,17 @@ static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
         return EXIT_USAGE;
     }
     if ((c->tp > 1 || c->pp > 1 || c->micro > 1 || a->layout_auto)
-        && strcmp(c->backend, "cpu") != 0) {
+        && strcmp(c->backend, "cpu") != 0 && c->precision != FEDGE_PREC_FP32) {
         if (loud)
-            fprintf(stderr, "fedge-cluster: --tp/--pp/--micro-batches/--layout run on the cpu "
-                            "backend only (the gpu backend is data-parallel)\n");
+            fprintf(stderr, "fedge-cluster: --tp/--pp/--micro-batches/--layout on the gpu backend "
+                            "compute in fp32 only (drop --precision %s)\n",
+                    fedge_precision_name(c->precision));
+        return EXIT_USAGE;
+    }
+    if (a->layout_auto && strcmp(c->backend, "cpu") != 0) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: --layout auto measures the cpu backend; give --tp/--pp "
+                            "on the gpu\n");
         return EXIT_USAGE;
     }
     if ((c->tp > 1 || c->pp > 1 || c->micro > 1 || a->layout_auto) && c->zero) {
