@@ -261,6 +261,51 @@ static const fedge_mp_ops cpu_ops = {
 /* ---- the gpu table's set-up: one NCCL communicator per grid axis ----------- */
 
 #ifdef FEDGE_HAVE_CUDA
+/* gpu_comm_mpi: the GPU table's compute with its messages staged through
+ * host memory and the cpu table's MPI calls (no NCCL, so that several ranks
+ * may share one GPU: the layouts can be checked on a one-GPU machine). */
+static int staged_allreduce(void *ctx, int axis, void *buf, size_t n, int dtype, int op)
+{
+    fedge_mp *mp = fedge_mp_gpu_owner(ctx);
+    const fedge_mp_ops *g = fedge_mp_gpu_ops();
+    const size_t nf = dtype == FEDGE_MP_DOUBLE ? 2 * n : n;
+    if (nf > mp->stage_n)
+        return FEDGE_ERR_RANGE;
+    CHK_RET(g->download(ctx, mp->stage, buf, nf));
+    CHK_RET(cpu_allreduce(mp, axis, mp->stage, n, dtype, op));
+    return g->upload(ctx, buf, mp->stage, nf);
+}
+
+static int staged_send(void *ctx, const float *buf, size_t n, int peer, int tag, int dir, int slot)
+{
+    fedge_mp *mp = fedge_mp_gpu_owner(ctx);
+    if (n > mp->msg_n || slot < 0 || slot >= mp->slots)
+        return FEDGE_ERR_RANGE;
+    float *h = mp->stage_send + ((size_t)slot * 2 + (size_t)dir) * mp->msg_n;
+    CHK_RET(cpu_send_wait(mp, dir, slot));
+    CHK_RET(fedge_mp_gpu_ops()->download(ctx, h, buf, n));
+    return cpu_send(mp, h, n, peer, tag, dir, slot);
+}
+
+static int staged_send_wait(void *ctx, int dir, int slot)
+{
+    return cpu_send_wait(fedge_mp_gpu_owner(ctx), dir, slot);
+}
+
+static int staged_send_wait_all(void *ctx)
+{
+    return cpu_send_wait_all(fedge_mp_gpu_owner(ctx));
+}
+
+static int staged_recv(void *ctx, float *buf, size_t n, int peer, int tag, double *idle_s)
+{
+    fedge_mp *mp = fedge_mp_gpu_owner(ctx);
+    if (n > mp->stage_n)
+        return FEDGE_ERR_RANGE;
+    CHK_RET(cpu_recv(mp, mp->stage, n, peer, tag, idle_s));
+    return fedge_mp_gpu_ops()->upload(ctx, buf, mp->stage, n);
+}
+
 /* Device state first, agreed over the world (NCCL's init would wait forever
  * for a rank that failed), then a unique id from rank 0 of each axis'
  * communicator, broadcast over it, and the three communicators. */
@@ -269,6 +314,7 @@ static int gpu_open(fedge_mp *mp)
     MPI_Comm comms[FEDGE_MP_AXES] = {mp->tp_comm, mp->pp_comm, mp->dp_comm};
     unsigned char ids[FEDGE_MP_AXES][FEDGE_GPU_ID_BYTES];
     int size[FEDGE_MP_AXES], rank[FEDGE_MP_AXES];
+    const int nccl = !mp->cfg.gpu_comm_mpi;
     int st = fedge_mp_gpu_create(mp->cfg.local_rank, (size_t)mp->cfg.local_batch_max,
                                  (size_t)mp->rows_mb_max, mp->cfg.schedule == FEDGE_PP_GPIPE,
                                  &mp->ctx);
@@ -276,7 +322,7 @@ static int gpu_open(fedge_mp *mp)
     for (int a = 0; a < FEDGE_MP_AXES; a++) {
         MPI_Comm_size(comms[a], &size[a]);
         MPI_Comm_rank(comms[a], &rank[a]);
-        if (st == FEDGE_OK && rank[a] == 0)
+        if (nccl && st == FEDGE_OK && rank[a] == 0)
             st = fedge_gpu_unique_id(mp->cfg.local_rank, ids[a]);
     }
     int all = FEDGE_OK;
@@ -284,6 +330,18 @@ static int gpu_open(fedge_mp *mp)
         return FEDGE_ERR_CLUSTER_COMM;
     if (all != FEDGE_OK)
         return st != FEDGE_OK ? st : all;
+    mp->ops = fedge_mp_gpu_ops();
+    if (!nccl) {
+        fedge_mp_gpu_set_owner(mp->ctx, mp);
+        mp->staged_ops = *fedge_mp_gpu_ops();
+        mp->staged_ops.allreduce = staged_allreduce;
+        mp->staged_ops.send = staged_send;
+        mp->staged_ops.send_wait = staged_send_wait;
+        mp->staged_ops.send_wait_all = staged_send_wait_all;
+        mp->staged_ops.recv = staged_recv;
+        mp->ops = &mp->staged_ops;
+        return FEDGE_OK;
+    }
     for (int a = 0; a < FEDGE_MP_AXES; a++)
         if (MPI_Bcast(ids[a], FEDGE_GPU_ID_BYTES, MPI_BYTE, 0, comms[a]) != MPI_SUCCESS)
             return FEDGE_ERR_CLUSTER_COMM;
@@ -317,6 +375,8 @@ void fedge_mp_destroy(fedge_mp *mp)
     if (mp->dp_comm != MPI_COMM_NULL)
         MPI_Comm_free(&mp->dp_comm);
     free(mp->host_local);
+    free(mp->stage);
+    free(mp->stage_send);
     free(mp->act);
     free(mp->send_grad);
     free(mp->fsend);
@@ -358,21 +418,44 @@ int fedge_mp_create(const fedge_mp_config *cfg, fedge_mp **out)
     CHK(fedge_shard_plan_make(&cfg->shape, g->tp, c->tp_i, g->pp, c->pp_i, &mp->plan));
     mp->slots = fedge_pp_slots(cfg->schedule, cfg->micro, g->pp);
     mp->rows_mb_max = (cfg->local_batch_max + cfg->micro - 1) / cfg->micro;
+    const fedge_shard_plan *p = &mp->plan;
+    const size_t rows = (size_t)mp->rows_mb_max, nl = p->n_local;
+    const int L = cfg->shape.n_layers;
+    size_t max_dim = 1;
+    for (int l = 0; l <= L; l++)
+        max_dim = (size_t)cfg->shape.dims[l] > max_dim ? (size_t)cfg->shape.dims[l] : max_dim;
+    mp->msg_n = rows * max_dim;
+    mp->stage_n = nl > mp->msg_n ? nl : mp->msg_n;
+    mp->stage_n = 4 * rows > mp->stage_n ? 4 * rows : mp->stage_n;
+    if (cfg->gpu && cfg->gpu_comm_mpi) {
+        mp->stage = calloc(mp->stage_n, sizeof(float));
+        mp->stage_send = calloc((size_t)mp->slots * 2 * mp->msg_n, sizeof(float));
+        if (mp->stage == NULL || mp->stage_send == NULL)
+            ret = FEDGE_ERR_NOMEM;
+    }
+    /* fsend/bsend before the tables: the staged table's sends use them */
+    mp->fsend = malloc((size_t)mp->slots * sizeof(MPI_Request));
+    mp->bsend = malloc((size_t)mp->slots * sizeof(MPI_Request));
+    if (mp->fsend == NULL || mp->bsend == NULL)
+        ret = FEDGE_ERR_NOMEM;
+    for (int s = 0; mp->fsend != NULL && mp->bsend != NULL && s < mp->slots; s++) {
+        mp->fsend[s] = MPI_REQUEST_NULL;
+        mp->bsend[s] = MPI_REQUEST_NULL;
+    }
 #ifdef FEDGE_HAVE_CUDA
     if (cfg->gpu) {
-        mp->ops = fedge_mp_gpu_ops();
-        CHK(gpu_open(mp));
+        /* collective: every rank goes in, even one whose allocations failed */
+        int gst = gpu_open(mp);
+        ret = ret != FEDGE_OK ? ret : gst;
     }
 #endif
     if (!cfg->gpu) {
         mp->ops = &cpu_ops;
         mp->ctx = mp;
     }
-
-    const fedge_shard_plan *p = &mp->plan;
+    if (ret != FEDGE_OK)
+        goto cleanup;
     const fedge_mp_ops *ops = mp->ops;
-    const size_t rows = (size_t)mp->rows_mb_max, nl = p->n_local;
-    const int L = cfg->shape.n_layers;
     fedge_memory_plan mplan;
     fedge_mp_memory_plan(p, mp->rows_mb_max, mp->slots, &mplan);
     size_t per_slot = (size_t)p->in_n[p->l0];
@@ -382,15 +465,9 @@ int fedge_mp_create(const fedge_mp_config *cfg, fedge_mp **out)
         per_slot += (size_t)p->in_n[p->l0];
     mp->act = calloc((size_t)mp->slots * (size_t)(L + 1), sizeof(float *));
     mp->send_grad = calloc((size_t)mp->slots, sizeof(float *));
-    mp->fsend = malloc((size_t)mp->slots * sizeof(MPI_Request));
-    mp->bsend = malloc((size_t)mp->slots * sizeof(MPI_Request));
     mp->host_local = calloc(nl ? nl : 1, sizeof(float));
-    if (!mp->act || !mp->send_grad || !mp->fsend || !mp->bsend || !mp->host_local)
+    if (!mp->act || !mp->send_grad || !mp->host_local)
         FAIL(FEDGE_ERR_NOMEM);
-    for (int s = 0; s < mp->slots; s++) {
-        mp->fsend[s] = MPI_REQUEST_NULL;
-        mp->bsend[s] = MPI_REQUEST_NULL;
-    }
     CHK(ops->alloc(mp->ctx, nl, &mp->params));
     CHK(ops->alloc(mp->ctx, nl, &mp->grads));
     CHK(ops->alloc(mp->ctx, nl, &mp->velocity));

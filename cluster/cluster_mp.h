@@ -37,6 +37,8 @@ typedef struct {
     int local_batch_max;  /* rows per DP replica per step, at most */
     int gpu;              /* 1: the GPU table (FEDGE_ERR_UNSUPPORTED without CUDA) */
     int local_rank;       /* rank on this node: device local_rank % devices */
+    int gpu_comm_mpi;     /* gpu: messages staged through host memory and MPI, no
+                           * NCCL (ranks may share a GPU: checks on one device) */
 } fedge_mp_config;
 
 typedef struct {
@@ -65,6 +67,10 @@ struct fedge_mp {
     /* host */
     float *host_local;    /* n_local floats: staging for set/gather */
     MPI_Request *fsend, *bsend; /* per slot, the cpu table's sends */
+    fedge_mp_ops staged_ops;    /* gpu_comm_mpi: the gpu table with MPI messages */
+    float *stage;         /* gpu_comm_mpi: stage_n floats, allreduce and recv */
+    float *stage_send;    /* gpu_comm_mpi: slots x 2 x msg_n floats, sends in flight */
+    size_t stage_n, msg_n;
 };
 
 int fedge_mp_create(const fedge_mp_config *cfg, fedge_mp **out);

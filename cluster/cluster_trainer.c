@@ -545,6 +545,7 @@ static int setup_mp(run_state *rs, const fedge_loader *ld, const fedge_dense_sha
     mc.schedule = cfg->pp_schedule;
     mc.local_batch_max = ld->local_max;
     mc.gpu = strcmp(cfg->backend, "gpu") == 0;
+    mc.gpu_comm_mpi = cfg->gpu_comm_mpi;
     mc.local_rank = local_rank_of();
     ret = agree(fedge_mp_create(&mc, &rs->mp));
     if (ret != FEDGE_OK) {

@@ -62,6 +62,7 @@ typedef struct {
     int lr_scaling;             /* FEDGE_LR_CONSTANT | FEDGE_LR_LINEAR */
     uint64_t warmup_steps;
     int lr_base_batch;          /* 0: one replica's micro-batch, B / (dp * micro) */
+    int gpu_comm_mpi;           /* gpu model-parallel path: messages through host MPI */
 } fedge_refine_config;
 
 typedef struct {

@@ -50,6 +50,7 @@ static void usage(FILE *f)
             "             [--loss-scale X] [--loss-scale-window N] [--no-prefetch]\n"
             "             [--log-every N] [--log-level L] [--fail-at-step S [--fail-rank R]]\n"
             "             [--tp T] [--pp P] [--micro-batches M] [--pp-schedule gpipe|1f1b]\n"
+            "             [--gpu-comm nccl|mpi]\n"
             "             [--layout auto] [--memory-per-rank-mb X]\n"
             "             [--lr-scaling none|linear] [--warmup-steps N] [--lr-base-batch B0]\n"
             "             (run under mpirun -np N; the batch B is global; dp = N / (T * P))\n"
@@ -132,7 +133,7 @@ enum {
     OPT_CKKEEP, OPT_EVAL, OPT_SUMMARY, OPT_LSCALE, OPT_LSWIN, OPT_NOPREFETCH, OPT_LOGEVERY,
     OPT_LOGLEVEL, OPT_FAILSTEP, OPT_FAILRANK, OPT_TOL, OPT_SPEC, OPT_FMNIST, OPT_SYNTH,
     OPT_ROWS, OPT_DIM, OPT_CLASSES, OPT_F32, OPT_NOZERO, OPT_HELP, OPT_TP, OPT_PP, OPT_MICRO,
-    OPT_SCHED, OPT_MEMMB, OPT_LRSCALE, OPT_WARMUP, OPT_LRBASE, OPT_LAYOUT, OPT_RANKS
+    OPT_SCHED, OPT_GPUCOMM, OPT_MEMMB, OPT_LRSCALE, OPT_WARMUP, OPT_LRBASE, OPT_LAYOUT, OPT_RANKS
 };
 
 static const struct option train_opts[] = {
@@ -168,6 +169,7 @@ static const struct option train_opts[] = {
     {"pp", required_argument, NULL, OPT_PP},
     {"micro-batches", required_argument, NULL, OPT_MICRO},
     {"pp-schedule", required_argument, NULL, OPT_SCHED},
+    {"gpu-comm", required_argument, NULL, OPT_GPUCOMM},
     {"memory-per-rank-mb", required_argument, NULL, OPT_MEMMB},
     {"lr-scaling", required_argument, NULL, OPT_LRSCALE},
     {"warmup-steps", required_argument, NULL, OPT_WARMUP},
@@ -307,6 +309,14 @@ static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
                 c->pp_schedule = FEDGE_PP_GPIPE;
             else if (strcmp(v, "1f1b") == 0)
                 c->pp_schedule = FEDGE_PP_1F1B;
+            else
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
+        case OPT_GPUCOMM:
+            if (strcmp(v, "nccl") == 0)
+                c->gpu_comm_mpi = 0;
+            else if (strcmp(v, "mpi") == 0)
+                c->gpu_comm_mpi = 1;
             else
                 return loud ? bad_value(name, v) : EXIT_USAGE;
             break;

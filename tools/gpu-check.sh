@@ -11,7 +11,8 @@
 #      of the parameters against bounds for each precision;
 #   3. with 2+ GPUs, the same with mpirun -np 2 (NCCL across devices), and
 #      tensor / pipeline parallelism on the GPU (fp32; the layouts of
-#      cluster_layouts.sh that fit the GPUs, 1 rank per GPU) against
+#      cluster_layouts.sh, over NCCL where they fit the GPUs at 1 rank per GPU,
+#      and all of them with --gpu-comm mpi, ranks sharing GPUs) against
 #      single-process CPU training, plus compute-sanitizer on its kernels;
 #      bf16/fp16 with --tp/--pp are refused (exit 2);
 #   4. benchmarks: NCCL collective bandwidth (4 KB .. 256 MB) and training
@@ -128,42 +129,48 @@ mp_check() { # name np model args...
         failed=1
     fi
 }
-if [ "$NGPU" -ge 2 ]; then
-    mp_reference "$T/mp0.bin"
-    mp_check gpu_tp2 2 "$T/mp0.bin" --tp 2
-    mp_check gpu_pp2_gpipe 2 "$T/mp0.bin" --pp 2 --micro-batches 4 --pp-schedule gpipe
-    mp_check gpu_pp2_1f1b 2 "$T/mp0.bin" --pp 2 --micro-batches 4 --pp-schedule 1f1b
-    if [ "$NGPU" -ge 4 ]; then
-        mp_check gpu_tp4 4 "$T/mp0.bin" --tp 4
-        mp_check gpu_pp4_1f1b 4 "$T/mp0.bin" --pp 4 --micro-batches 6 --pp-schedule 1f1b
-        mp_check gpu_dp2_tp2 4 "$T/mp0.bin" --tp 2
-        mp_check gpu_dp2_pp2 4 "$T/mp0.bin" --pp 2 --micro-batches 2 --pp-schedule gpipe
-        mp_check gpu_tp2_pp2 4 "$T/mp0.bin" --tp 2 --pp 2 --micro-batches 3
-    fi
-    if [ "$NGPU" -ge 8 ]; then
-        mp_check gpu_dp2_tp2_pp2 8 "$T/mp0.bin" --tp 2 --pp 2 --micro-batches 2
-    fi
-    # an odd number of layers: the last split by columns, the softmax over split logits
-    "$CL" init --spec mlp:784-48-32-10 --seed 4 --out "$T/mp_odd.bin" >/dev/null
-    mp_reference "$T/mp_odd.bin"
-    mp_check gpu_odd_tp2 2 "$T/mp_odd.bin" --tp 2 --micro-batches 3
-    # every kernel of the GPU table under compute-sanitizer, on one rank
-    # (micro-batches take the model-parallel path; NCCL's own spinning kernels
-    # between ranks are slow under racecheck and are not what is checked here)
-    if command -v compute-sanitizer >/dev/null; then
-        for tool in memcheck racecheck; do
-            if timeout 120 "${MPI[@]}" -np 1 compute-sanitizer --tool "$tool" --error-exitcode 9 \
-                "$CL" refine --model "$T/mp_odd.bin" "${MPC[@]}" --steps 2 --backend gpu \
-                --micro-batches 3 --out "$T/san.bin" >"$T/san.json" 2>"$T/san.err"; then
-                echo "PASS  compute-sanitizer $tool, gpu table on one rank (3 micro-batches)"
-            else
-                echo "FAIL  compute-sanitizer $tool: $(tail -20 "$T/san.err")"
-                failed=1
-            fi
-        done
-    fi
-else
-    echo "SKIP  gpu tensor/pipeline parallelism: one GPU here, NCCL needs one per rank"
+# name np args: the layouts of cluster_layouts.sh
+MP_LAYOUTS=("tp2 2 --tp 2"
+            "pp2_gpipe 2 --pp 2 --micro-batches 4 --pp-schedule gpipe"
+            "pp2_1f1b 2 --pp 2 --micro-batches 4 --pp-schedule 1f1b"
+            "tp4 4 --tp 4"
+            "pp4_1f1b 4 --pp 4 --micro-batches 6 --pp-schedule 1f1b"
+            "dp2_tp2 4 --tp 2"
+            "dp2_pp2 4 --pp 2 --micro-batches 2 --pp-schedule gpipe"
+            "tp2_pp2 4 --tp 2 --pp 2 --micro-batches 3"
+            "dp2_tp2_pp2 8 --tp 2 --pp 2 --micro-batches 2")
+# Messages through NCCL (one GPU per rank: the layouts that fit), and the
+# same compute with its messages staged through host MPI (--gpu-comm mpi:
+# every layout, ranks sharing the GPUs; on a one-GPU machine the only way to
+# run the GPU table's TP/PP arithmetic).
+mp_reference "$T/mp0.bin"
+for lay in "${MP_LAYOUTS[@]}"; do
+    read -r name np args <<<"$lay"
+    # shellcheck disable=SC2086
+    [ "$np" -le "$NGPU" ] && mp_check "gpu_nccl_$name" "$np" "$T/mp0.bin" $args
+    # shellcheck disable=SC2086
+    mp_check "gpu_staged_$name" "$np" "$T/mp0.bin" $args --gpu-comm mpi
+done
+mp_check gpu_micro4 1 "$T/mp0.bin" --micro-batches 4
+# an odd number of layers: the last split by columns, the softmax over split logits
+"$CL" init --spec mlp:784-48-32-10 --seed 4 --out "$T/mp_odd.bin" >/dev/null
+mp_reference "$T/mp_odd.bin"
+[ "$NGPU" -ge 2 ] && mp_check gpu_nccl_odd_tp2 2 "$T/mp_odd.bin" --tp 2 --micro-batches 3
+mp_check gpu_staged_odd_tp2 2 "$T/mp_odd.bin" --tp 2 --micro-batches 3 --gpu-comm mpi
+# every kernel of the GPU table under compute-sanitizer, on one rank
+# (micro-batches take the model-parallel path; NCCL's own spinning kernels
+# between ranks are slow under racecheck and are not what is checked here)
+if command -v compute-sanitizer >/dev/null; then
+    for tool in memcheck racecheck; do
+        if timeout 120 "${MPI[@]}" -np 1 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+            "$CL" refine --model "$T/mp_odd.bin" "${MPC[@]}" --steps 2 --backend gpu \
+            --micro-batches 3 --out "$T/san.bin" >"$T/san.json" 2>"$T/san.err"; then
+            echo "PASS  compute-sanitizer $tool, gpu table on one rank (3 micro-batches)"
+        else
+            echo "FAIL  compute-sanitizer $tool: $(tail -20 "$T/san.err")"
+            failed=1
+        fi
+    done
 fi
 # the gpu table of TP/PP is fp32 only: bf16/fp16 are refused up front
 set +e

@@ -86,6 +86,7 @@ typedef struct {
     int *flag, *host_flag;
     queued_send *q;
     int nq, q_cap;
+    void *owner;
 } mp_gpu;
 
 /* ---- kernels ------------------------------------------------------------- */
@@ -592,6 +593,10 @@ extern "C" int fedge_mp_gpu_create(int local_rank, size_t labels_max, size_t row
     *ctx = g;
     return FEDGE_OK;
 }
+
+extern "C" void fedge_mp_gpu_set_owner(void *ctx, void *owner) { MPG(ctx)->owner = owner; }
+
+extern "C" void *fedge_mp_gpu_owner(void *ctx) { return MPG(ctx)->owner; }
 
 /* The three communicators in the same order on every rank: tp, pp, dp. */
 extern "C" int fedge_mp_gpu_connect(void *ctx, const int size[FEDGE_MP_AXES],

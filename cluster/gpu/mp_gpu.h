@@ -27,6 +27,9 @@ int fedge_mp_gpu_create(int local_rank, size_t labels_max, size_t rows_max, int 
 int fedge_mp_gpu_connect(void *ctx, const int size[FEDGE_MP_AXES], const int rank[FEDGE_MP_AXES],
                          const unsigned char ids[FEDGE_MP_AXES][FEDGE_GPU_ID_BYTES]);
 void fedge_mp_gpu_destroy(void *ctx);
+/* A pointer kept for the caller (cluster_mp.c's MPI-staged messages). */
+void fedge_mp_gpu_set_owner(void *ctx, void *owner);
+void *fedge_mp_gpu_owner(void *ctx);
 const fedge_mp_ops *fedge_mp_gpu_ops(void);
 
 #ifdef __cplusplus

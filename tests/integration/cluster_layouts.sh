@@ -127,9 +127,12 @@ mpi 2 "$CL" refine "${COMMON[@]}" --out "$T/b2.bin" --pp 2 --micro-batches 4 --b
 # every rank together), it does not hang
 if ! nvidia-smi -L >/dev/null 2>&1; then
     mpi 2 "$CL" refine "${COMMON[@]}" --out "$T/b6.bin" --backend gpu --tp 2 >"$T/b6.json" 2>"$T/b6.err"; rc6=$?
+    mpi 2 "$CL" refine "${COMMON[@]}" --out "$T/b7.bin" --backend gpu --pp 2 --gpu-comm mpi \
+        >"$T/b7.json" 2>"$T/b7.err"; rc7=$?
 else
-    rc6=skip
+    rc6=skip rc7=skip
 fi
+"$CL" refine "${COMMON[@]}" --out "$T/b8.bin" --gpu-comm shm >/dev/null 2>&1; rc8=$?
 mpi 5 "$CL" refine "${COMMON[@]}" --out "$T/b4.bin" --pp 5 >"$T/b4.json" 2>/dev/null; rc4=$?
 "$CL" init --spec cnn:1x28x28-c4k5s2p2-p2-f16-10 --out "$T/cnn.bin" >/dev/null
 mpi 2 "$CL" refine "${COMMON[@]}" --model "$T/cnn.bin" --out "$T/b5.bin" --tp 2 >"$T/b5.json" 2>/dev/null; rc5=$?
@@ -139,15 +142,20 @@ set -e
 [ "$rc2" -eq 1 ] && grep -q '"where":"layout: batch 3 is smaller' "$T/b2.json" || fail "tiny batch: $(cat "$T/b2.json")"
 [ "$rc3" -eq 2 ] && grep -q 'gpu backend compute in fp32 only (drop --precision bf16)' "$T/b3.err" \
     || fail "gpu bf16 with tp: $rc3 $(cat "$T/b3.err")"
-case $rc6 in
-skip) ;;
-2) grep -q 'not in this build' "$T/b6.err" || fail "gpu tp2 without CUDA: $(cat "$T/b6.err")" ;;
-1) grep -q '"where":"model-parallel setup"' "$T/b6.json" || fail "gpu tp2 without a GPU: $(cat "$T/b6.json" "$T/b6.err")" ;;
-*) fail "gpu tp2 without a GPU: exit $rc6 $(cat "$T/b6.json" "$T/b6.err")" ;;
-esac
+for b in b6 b7; do
+    rc=$([ "$b" = b6 ] && echo "$rc6" || echo "$rc7")
+    case $rc in
+    skip) ;;
+    2) grep -q 'not in this build' "$T/$b.err" || fail "$b: gpu without CUDA: $(cat "$T/$b.err")" ;;
+    1) grep -q '"where":"model-parallel setup"' "$T/$b.json" \
+           || fail "$b: gpu without a GPU: $(cat "$T/$b.json" "$T/$b.err")" ;;
+    *) fail "$b: gpu without a GPU: exit $rc $(cat "$T/$b.json" "$T/$b.err")" ;;
+    esac
+done
+[ "$rc8" -eq 2 ] || fail "--gpu-comm shm accepted: $rc8"
 [ "$rc4" -eq 1 ] && grep -q 'more pipeline stages than dense layers' "$T/b4.json" || fail "pp 5: $(cat "$T/b4.json")"
 [ "$rc5" -eq 1 ] && grep -q 'parallelism trains softmax/mlp specs only' "$T/b5.json" || fail "cnn with tp: $(cat "$T/b5.json")"
-for b in b1 b2 b3 b4 b5 b6; do [ ! -e "$T/$b.bin" ] || fail "$b wrote output"; done
+for b in b1 b2 b3 b4 b5 b6 b7 b8; do [ ! -e "$T/$b.bin" ] || fail "$b wrote output"; done
 # an odd number of layers: the last is column-parallel and the softmax
 # cross-entropy is computed from allreduced row maxima and sums of exp
 for spec in mlp:784-48-32-10 softmax:784-10; do
