@@ -415,7 +415,8 @@ int fedge_mp_create(const fedge_mp_config *cfg, fedge_mp **out)
     if (rc == MPI_SUCCESS)
         rc = MPI_Comm_split(MPI_COMM_WORLD, c->pp_i * g->tp + c->tp_i, c->dp_i, &mp->dp_comm);
     CHK(mpi_ok(rc));
-    CHK(fedge_shard_plan_make(&cfg->shape, g->tp, c->tp_i, g->pp, c->pp_i, &mp->plan));
+    /* a failed plan still goes through the GPU set-up below: it is collective */
+    ret = fedge_shard_plan_make(&cfg->shape, g->tp, c->tp_i, g->pp, c->pp_i, &mp->plan);
     mp->slots = fedge_pp_slots(cfg->schedule, cfg->micro, g->pp);
     mp->rows_mb_max = (cfg->local_batch_max + cfg->micro - 1) / cfg->micro;
     const fedge_shard_plan *p = &mp->plan;
@@ -427,7 +428,7 @@ int fedge_mp_create(const fedge_mp_config *cfg, fedge_mp **out)
     mp->msg_n = rows * max_dim;
     mp->stage_n = nl > mp->msg_n ? nl : mp->msg_n;
     mp->stage_n = 4 * rows > mp->stage_n ? 4 * rows : mp->stage_n;
-    if (cfg->gpu && cfg->gpu_comm_mpi) {
+    if (ret == FEDGE_OK && cfg->gpu && cfg->gpu_comm_mpi) {
         mp->stage = calloc(mp->stage_n, sizeof(float));
         mp->stage_send = calloc((size_t)mp->slots * 2 * mp->msg_n, sizeof(float));
         if (mp->stage == NULL || mp->stage_send == NULL)
@@ -444,7 +445,7 @@ int fedge_mp_create(const fedge_mp_config *cfg, fedge_mp **out)
     }
 #ifdef FEDGE_HAVE_CUDA
     if (cfg->gpu) {
-        /* collective: every rank goes in, even one whose allocations failed */
+        /* every rank goes in, even one whose plan or allocations failed */
         int gst = gpu_open(mp);
         ret = ret != FEDGE_OK ? ret : gst;
     }
