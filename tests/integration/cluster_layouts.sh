@@ -133,6 +133,7 @@ else
     rc6=skip rc7=skip
 fi
 "$CL" refine "${COMMON[@]}" --out "$T/b8.bin" --gpu-comm shm >/dev/null 2>&1; rc8=$?
+"$CL" refine "${COMMON[@]}" --out "$T/b9.bin" --backend gpu --layout auto >/dev/null 2>"$T/b9.err"; rc9=$?
 mpi 5 "$CL" refine "${COMMON[@]}" --out "$T/b4.bin" --pp 5 >"$T/b4.json" 2>/dev/null; rc4=$?
 "$CL" init --spec cnn:1x28x28-c4k5s2p2-p2-f16-10 --out "$T/cnn.bin" >/dev/null
 mpi 2 "$CL" refine "${COMMON[@]}" --model "$T/cnn.bin" --out "$T/b5.bin" --tp 2 >"$T/b5.json" 2>/dev/null; rc5=$?
@@ -153,9 +154,11 @@ for b in b6 b7; do
     esac
 done
 [ "$rc8" -eq 2 ] || fail "--gpu-comm shm accepted: $rc8"
+[ "$rc9" -eq 2 ] && grep -q 'layout auto measures the cpu backend' "$T/b9.err" \
+    || fail "gpu with --layout auto: $rc9 $(cat "$T/b9.err")"
 [ "$rc4" -eq 1 ] && grep -q 'more pipeline stages than dense layers' "$T/b4.json" || fail "pp 5: $(cat "$T/b4.json")"
 [ "$rc5" -eq 1 ] && grep -q 'parallelism trains softmax/mlp specs only' "$T/b5.json" || fail "cnn with tp: $(cat "$T/b5.json")"
-for b in b1 b2 b3 b4 b5 b6 b7 b8; do [ ! -e "$T/$b.bin" ] || fail "$b wrote output"; done
+for b in b1 b2 b3 b4 b5 b6 b7 b8 b9; do [ ! -e "$T/$b.bin" ] || fail "$b wrote output"; done
 # an odd number of layers: the last is column-parallel and the softmax
 # cross-entropy is computed from allreduced row maxima and sums of exp
 for spec in mlp:784-48-32-10 softmax:784-10; do
