@@ -250,9 +250,9 @@ static int try_resume(run_state *rs, uint64_t *start)
             FAIL(FEDGE_ERR_CLUSTER_CHECKPOINT);
     }
     if (rs->mp != NULL) { /* re-shard the full tensors for this layout */
-        fedge_mp_set_params(rs->mp, ck.params);
+        CHK(fedge_mp_set_params(rs->mp, ck.params));
         CHK(fedge_ckpt_read_optim(dir, st.optim_shards, rs->lo.n, 0, rs->lo.n, rs->optim_host));
-        fedge_mp_set_optim(rs->mp, rs->optim_host);
+        CHK(fedge_mp_set_optim(rs->mp, rs->optim_host));
     } else {
         CHK(be->ops->set_params(be, ck.params));
         CHK(fedge_ckpt_read_optim(dir, st.optim_shards, rs->lo.n, be->opt_off, be->opt_len,
@@ -438,14 +438,20 @@ static int train_step_mp(run_state *rs, fedge_loader *ld, uint64_t step, double 
     err = fedge_mp_step(rs->mp, x, y, rows, (float)(1.0 / cfg->global_batch), &loss_sum, &st);
     if (err != FEDGE_OK)
         return err;
-    double mine[2] = {loss_sum, (double)fedge_mp_grad_nonfinite(rs->mp)}, all[2];
+    int bad = 0;
+    err = agree(fedge_mp_grad_nonfinite(rs->mp, &bad));
+    if (err != FEDGE_OK)
+        return err;
+    double mine[2] = {loss_sum, (double)bad}, all[2];
     if (MPI_Allreduce(mine, all, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (all[1] > 0)
         return FEDGE_ERR_MODEL_NONFINITE;
     *mean_loss = all[0] / cfg->global_batch;
     const fedge_sgd_config sgd = sgd_at(rs, step);
-    fedge_mp_update(rs->mp, &sgd);
+    err = agree(fedge_mp_update(rs->mp, &sgd));
+    if (err != FEDGE_OK)
+        return err;
     rs->idle_s += st.idle_s;
     rs->step_s += st.step_s;
     rs->tp_s += st.tp_s;
@@ -538,6 +544,9 @@ static int setup_mp(run_state *rs, const fedge_loader *ld, const fedge_dense_sha
     mc.micro = cfg->micro;
     mc.schedule = cfg->pp_schedule;
     mc.local_batch_max = ld->local_max;
+    mc.gpu = strcmp(cfg->backend, "gpu") == 0;
+    mc.gpu_comm_mpi = cfg->gpu_comm_mpi;
+    mc.local_rank = local_rank_of();
     ret = agree(fedge_mp_create(&mc, &rs->mp));
     if (ret != FEDGE_OK) {
         set_where(sum, "model-parallel setup");
@@ -547,9 +556,9 @@ static int setup_mp(run_state *rs, const fedge_loader *ld, const fedge_dense_sha
     fedge_memory_plan_make(&rs->model.spec, &rs->lo, ld->local_max, cfg->precision, 0, 0,
                            &sum->unsharded);
     sum->mem_bytes = rs->mp->mem_bytes;
-    fedge_mp_set_params(rs->mp, rs->model.params);
+    ret = fedge_mp_set_params(rs->mp, rs->model.params);
     rs->optim_host = calloc(rs->lo.n, sizeof(float));
-    ret = agree(rs->optim_host ? FEDGE_OK : FEDGE_ERR_NOMEM);
+    ret = agree(ret != FEDGE_OK ? ret : rs->optim_host ? FEDGE_OK : FEDGE_ERR_NOMEM);
     if (ret != FEDGE_OK) {
         set_where(sum, "backend state");
         return ret;
@@ -661,9 +670,10 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
         if (fedge_dense_shape_of(&rs.model.spec, &shape) != FEDGE_OK) {
             ret = FEDGE_ERR_UNSUPPORTED;
             set_where(sum, "layout: tensor/pipeline parallelism trains softmax/mlp specs only");
-        } else if (strcmp(cfg->backend, "cpu") != 0) {
+        } else if (strcmp(cfg->backend, "cpu") != 0 && cfg->precision != FEDGE_PREC_FP32) {
             ret = FEDGE_ERR_UNSUPPORTED;
-            set_where(sum, "layout: tensor/pipeline parallelism runs on the cpu backend only");
+            set_where(sum, "layout: tensor/pipeline parallelism on the gpu computes in fp32 only "
+                           "(drop --precision bf16/fp16)");
         } else if (cfg->zero) {
             ret = FEDGE_ERR_INVALID_ARG;
             set_where(sum, "layout: --zero shards pure data parallelism only");

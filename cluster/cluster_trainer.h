@@ -55,13 +55,15 @@ typedef struct {
     int fail_rank;
     int log_every;              /* 0: quiet */
     /* layout (cluster_grid.h): dp = world / (tp * pp); tp, pp or micro > 1
-     * trains on the model-parallel path (cluster_mp.h, cpu, dense chains) */
+     * trains on the model-parallel path (cluster_mp.h, dense chains; cpu, or
+     * gpu in fp32) */
     int tp, pp, micro;
     int pp_schedule;            /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */
     double memory_budget_mb;    /* > 0: refuse a layout whose per-rank state exceeds it */
     int lr_scaling;             /* FEDGE_LR_CONSTANT | FEDGE_LR_LINEAR */
     uint64_t warmup_steps;
     int lr_base_batch;          /* 0: one replica's micro-batch, B / (dp * micro) */
+    int gpu_comm_mpi;           /* gpu model-parallel path: messages through host MPI */
 } fedge_refine_config;
 
 typedef struct {

@@ -50,6 +50,7 @@ static void usage(FILE *f)
             "             [--loss-scale X] [--loss-scale-window N] [--no-prefetch]\n"
             "             [--log-every N] [--log-level L] [--fail-at-step S [--fail-rank R]]\n"
             "             [--tp T] [--pp P] [--micro-batches M] [--pp-schedule gpipe|1f1b]\n"
+            "             [--gpu-comm nccl|mpi]\n"
             "             [--layout auto] [--memory-per-rank-mb X]\n"
             "             [--lr-scaling none|linear] [--warmup-steps N] [--lr-base-batch B0]\n"
             "             (run under mpirun -np N; the batch B is global; dp = N / (T * P))\n"
@@ -132,7 +133,7 @@ enum {
     OPT_CKKEEP, OPT_EVAL, OPT_SUMMARY, OPT_LSCALE, OPT_LSWIN, OPT_NOPREFETCH, OPT_LOGEVERY,
     OPT_LOGLEVEL, OPT_FAILSTEP, OPT_FAILRANK, OPT_TOL, OPT_SPEC, OPT_FMNIST, OPT_SYNTH,
     OPT_ROWS, OPT_DIM, OPT_CLASSES, OPT_F32, OPT_NOZERO, OPT_HELP, OPT_TP, OPT_PP, OPT_MICRO,
-    OPT_SCHED, OPT_MEMMB, OPT_LRSCALE, OPT_WARMUP, OPT_LRBASE, OPT_LAYOUT, OPT_RANKS
+    OPT_SCHED, OPT_GPUCOMM, OPT_MEMMB, OPT_LRSCALE, OPT_WARMUP, OPT_LRBASE, OPT_LAYOUT, OPT_RANKS
 };
 
 static const struct option train_opts[] = {
@@ -168,6 +169,7 @@ static const struct option train_opts[] = {
     {"pp", required_argument, NULL, OPT_PP},
     {"micro-batches", required_argument, NULL, OPT_MICRO},
     {"pp-schedule", required_argument, NULL, OPT_SCHED},
+    {"gpu-comm", required_argument, NULL, OPT_GPUCOMM},
     {"memory-per-rank-mb", required_argument, NULL, OPT_MEMMB},
     {"lr-scaling", required_argument, NULL, OPT_LRSCALE},
     {"warmup-steps", required_argument, NULL, OPT_WARMUP},
@@ -310,6 +312,14 @@ static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
             else
                 return loud ? bad_value(name, v) : EXIT_USAGE;
             break;
+        case OPT_GPUCOMM:
+            if (strcmp(v, "nccl") == 0)
+                c->gpu_comm_mpi = 0;
+            else if (strcmp(v, "mpi") == 0)
+                c->gpu_comm_mpi = 1;
+            else
+                return loud ? bad_value(name, v) : EXIT_USAGE;
+            break;
         case OPT_MEMMB:
             if (parse_double(v, &c->memory_budget_mb) != 0 || !(c->memory_budget_mb > 0))
                 return loud ? bad_value(name, v) : EXIT_USAGE;
@@ -365,10 +375,17 @@ static int parse_train_args(int argc, char **argv, refine_args *a, int loud)
         return EXIT_USAGE;
     }
     if ((c->tp > 1 || c->pp > 1 || c->micro > 1 || a->layout_auto)
-        && strcmp(c->backend, "cpu") != 0) {
+        && strcmp(c->backend, "cpu") != 0 && c->precision != FEDGE_PREC_FP32) {
         if (loud)
-            fprintf(stderr, "fedge-cluster: --tp/--pp/--micro-batches/--layout run on the cpu "
-                            "backend only (the gpu backend is data-parallel)\n");
+            fprintf(stderr, "fedge-cluster: --tp/--pp/--micro-batches/--layout on the gpu backend "
+                            "compute in fp32 only (drop --precision %s)\n",
+                    fedge_precision_name(c->precision));
+        return EXIT_USAGE;
+    }
+    if (a->layout_auto && strcmp(c->backend, "cpu") != 0) {
+        if (loud)
+            fprintf(stderr, "fedge-cluster: --layout auto measures the cpu backend; give --tp/--pp "
+                            "on the gpu\n");
         return EXIT_USAGE;
     }
     if ((c->tp > 1 || c->pp > 1 || c->micro > 1 || a->layout_auto) && c->zero) {

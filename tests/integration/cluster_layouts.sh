@@ -7,6 +7,7 @@
 # scaling with warm-up matches the reference with the same schedule; bad
 # layouts are refused with their reason; a model with an odd number of
 # layers trains with its last layer split (softmax over split logits).
+# The GPU path of TP/PP is checked by tools/gpu-check.sh on a lent GPU.
 set -euo pipefail
 CLUSTER_TAG=layouts
 . "$(dirname "$0")/../lib/cluster.sh"
@@ -120,7 +121,19 @@ grep -q '"lr_final":0.100000001' "$T/lr.json" || fail "scaled lr: $(cat "$T/lr.j
 set +e
 mpi 3 "$CL" refine "${COMMON[@]}" --out "$T/b1.bin" --tp 2 >"$T/b1.json" 2>/dev/null; rc1=$?
 mpi 2 "$CL" refine "${COMMON[@]}" --out "$T/b2.bin" --pp 2 --micro-batches 4 --batch 3 >"$T/b2.json" 2>/dev/null; rc2=$?
-"$CL" refine "${COMMON[@]}" --out "$T/b3.bin" --backend gpu --tp 2 >/dev/null 2>"$T/b3.err"; rc3=$?
+"$CL" refine "${COMMON[@]}" --out "$T/b3.bin" --backend gpu --tp 2 --precision bf16 >/dev/null 2>"$T/b3.err"; rc3=$?
+# gpu with tp/pp is no longer refused: without a GPU it fails cleanly (no CUDA
+# in the build: refused at the start; CUDA but no device: the set-up fails on
+# every rank together), it does not hang
+if ! nvidia-smi -L >/dev/null 2>&1; then
+    mpi 2 "$CL" refine "${COMMON[@]}" --out "$T/b6.bin" --backend gpu --tp 2 >"$T/b6.json" 2>"$T/b6.err"; rc6=$?
+    mpi 2 "$CL" refine "${COMMON[@]}" --out "$T/b7.bin" --backend gpu --pp 2 --gpu-comm mpi \
+        >"$T/b7.json" 2>"$T/b7.err"; rc7=$?
+else
+    rc6=skip rc7=skip
+fi
+"$CL" refine "${COMMON[@]}" --out "$T/b8.bin" --gpu-comm shm >/dev/null 2>&1; rc8=$?
+"$CL" refine "${COMMON[@]}" --out "$T/b9.bin" --backend gpu --layout auto >/dev/null 2>"$T/b9.err"; rc9=$?
 mpi 5 "$CL" refine "${COMMON[@]}" --out "$T/b4.bin" --pp 5 >"$T/b4.json" 2>/dev/null; rc4=$?
 "$CL" init --spec cnn:1x28x28-c4k5s2p2-p2-f16-10 --out "$T/cnn.bin" >/dev/null
 mpi 2 "$CL" refine "${COMMON[@]}" --model "$T/cnn.bin" --out "$T/b5.bin" --tp 2 >"$T/b5.json" 2>/dev/null; rc5=$?
@@ -128,10 +141,24 @@ set -e
 [ "$rc1" -eq 1 ] && grep -q '"where":"layout: --tp 2 x --pp 1 does not divide 3 ranks"' "$T/b1.json" \
     || fail "tp 2 on 3 ranks: $rc1 $(cat "$T/b1.json")"
 [ "$rc2" -eq 1 ] && grep -q '"where":"layout: batch 3 is smaller' "$T/b2.json" || fail "tiny batch: $(cat "$T/b2.json")"
-[ "$rc3" -eq 2 ] && grep -q 'cpu backend only' "$T/b3.err" || fail "gpu with tp: $rc3 $(cat "$T/b3.err")"
+[ "$rc3" -eq 2 ] && grep -q 'gpu backend compute in fp32 only (drop --precision bf16)' "$T/b3.err" \
+    || fail "gpu bf16 with tp: $rc3 $(cat "$T/b3.err")"
+for b in b6 b7; do
+    rc=$([ "$b" = b6 ] && echo "$rc6" || echo "$rc7")
+    case $rc in
+    skip) ;;
+    2) grep -q 'not in this build' "$T/$b.err" || fail "$b: gpu without CUDA: $(cat "$T/$b.err")" ;;
+    1) grep -q '"where":"model-parallel setup"' "$T/$b.json" \
+           || fail "$b: gpu without a GPU: $(cat "$T/$b.json" "$T/$b.err")" ;;
+    *) fail "$b: gpu without a GPU: exit $rc $(cat "$T/$b.json" "$T/$b.err")" ;;
+    esac
+done
+[ "$rc8" -eq 2 ] || fail "--gpu-comm shm accepted: $rc8"
+[ "$rc9" -eq 2 ] && grep -q 'layout auto measures the cpu backend' "$T/b9.err" \
+    || fail "gpu with --layout auto: $rc9 $(cat "$T/b9.err")"
 [ "$rc4" -eq 1 ] && grep -q 'more pipeline stages than dense layers' "$T/b4.json" || fail "pp 5: $(cat "$T/b4.json")"
 [ "$rc5" -eq 1 ] && grep -q 'parallelism trains softmax/mlp specs only' "$T/b5.json" || fail "cnn with tp: $(cat "$T/b5.json")"
-for b in b1 b2 b3 b4 b5; do [ ! -e "$T/$b.bin" ] || fail "$b wrote output"; done
+for b in b1 b2 b3 b4 b5 b6 b7 b8 b9; do [ ! -e "$T/$b.bin" ] || fail "$b wrote output"; done
 # an odd number of layers: the last is column-parallel and the softmax
 # cross-entropy is computed from allreduced row maxima and sums of exp
 for spec in mlp:784-48-32-10 softmax:784-10; do
