@@ -147,7 +147,12 @@ ifeq ($(CUDA),1)
   CU_OBJ := $(patsubst %.cu,$(BUILD)/obj/%.o,$(CLUSTER_CU))
   CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lnccl -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
   CUDA_CFLAGS := -DFEDGE_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-  NVCCFLAGS ?= -O3 -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Werror -Ishared -Icluster
+  # Machine code for Ampere (sm_80) and Hopper (sm_90), and sm_90 PTX that the
+  # driver compiles for anything newer (Blackwell), so a lent GPU of any of
+  # these generations runs the same build. CUDA_ARCHS overrides the list.
+  CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+                -gencode arch=compute_90,code=compute_90
+  NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCHS) -Xcompiler -Wall,-Werror -Ishared -Icluster
 endif
 
 
