@@ -661,3 +661,74 @@ void fedge_agg_config_print_help(FILE *out)
         fprintf(out, "  %-18s %s (default: %s)\n", FIELDS[i].key, FIELDS[i].help,
                 FIELDS[i].def[0] ? FIELDS[i].def : "none");
 }
+
+int fedge_agg_config_from_args(fedge_agg_config *c, int argc, char **argv, const fedge_agg_args_extra *extra,
+                               char *err, size_t errlen)
+{
+    int config_seen = 0, ret;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") != 0)
+            continue;
+        if (i + 1 >= argc || config_seen++) {
+            snprintf(err, errlen, "--config: needs one file, given once");
+            return FEDGE_ERR_CONFIG_VALUE;
+        }
+        if ((ret = fedge_agg_config_load_file(c, argv[++i], err, errlen)) != FEDGE_OK)
+            return ret;
+    }
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config")) {
+            i++;
+            continue;
+        }
+        if (strncmp(argv[i], "--", 2) != 0) {
+            snprintf(err, errlen, "unexpected argument '%.80s' (see --help)", argv[i]);
+            return FEDGE_ERR_CONFIG_UNKNOWN_KEY;
+        }
+        char key[64];
+        const char *name = argv[i] + 2, *value = NULL, *eq = strchr(name, '=');
+        size_t klen = eq ? (size_t)(eq - name) : strlen(name);
+        if (klen == 0 || klen >= sizeof key) {
+            snprintf(err, errlen, "unknown option '%.80s' (see --help)", argv[i]);
+            return FEDGE_ERR_CONFIG_UNKNOWN_KEY;
+        }
+        memcpy(key, name, klen);
+        key[klen] = '\0';
+        for (char *p = key; *p; p++)
+            if (*p == '-')
+                *p = '_';
+        if (!extra && !fedge_agg_config_is_key(key)) {
+            snprintf(err, errlen, "unknown option '--%.*s' (see --help)", (int)klen, name);
+            return FEDGE_ERR_CONFIG_UNKNOWN_KEY;
+        }
+        if (extra && extra->is_flag && extra->is_flag(extra->ctx, key)) {
+            if (eq) {
+                snprintf(err, errlen, "--%.*s takes no value", (int)klen, name);
+                return FEDGE_ERR_CONFIG_VALUE;
+            }
+        } else if (eq) {
+            value = eq + 1;
+        } else if (fedge_agg_config_is_key(key) && fedge_agg_config_is_flag(key)) {
+            value = "true";
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+        } else {
+            snprintf(err, errlen, "--%.*s needs a value", (int)klen, name);
+            return FEDGE_ERR_CONFIG_VALUE;
+        }
+        if (extra && extra->take) {
+            int took = 0;
+            if ((ret = extra->take(extra->ctx, key, value, &took, err, errlen)) != FEDGE_OK)
+                return ret;
+            if (took)
+                continue;
+        }
+        if (!fedge_agg_config_is_key(key)) {
+            snprintf(err, errlen, "unknown option '--%.*s' (see --help)", (int)klen, name);
+            return FEDGE_ERR_CONFIG_UNKNOWN_KEY;
+        }
+        if ((ret = fedge_agg_config_set(c, key, value, err, errlen)) != FEDGE_OK)
+            return ret;
+    }
+    return FEDGE_OK;
+}

@@ -95,6 +95,22 @@ int fedge_agg_config_load_file(fedge_agg_config *c, const char *path, char *err,
 /* Sets one key from text (the command line); err gets "--key: reason". */
 int fedge_agg_config_set(fedge_agg_config *c, const char *key, const char *value, char *err,
                          size_t errlen);
+/* A program's own options beside the configuration keys (fedge-sim's):
+ * is_flag(key) says one of them takes no value; take() is offered every
+ * option first and sets *took when it is one of its own. key has '-'
+ * replaced by '_'; value is NULL for an own flag. */
+typedef struct {
+    int (*is_flag)(void *ctx, const char *key);
+    int (*take)(void *ctx, const char *key, const char *value, int *took, char *err, size_t errlen);
+    void *ctx;
+} fedge_agg_args_extra;
+/* Applies a command line to c: `--config FILE` first (at most once), then
+ * every `--key value`, `--key=value` or, for a boolean key, `--key` alone,
+ * in order, so the command line overrides the file. An argument that is not
+ * an option, an unknown key and a missing value are errors; err says which
+ * (options named as typed). extra may be NULL. */
+int fedge_agg_config_from_args(fedge_agg_config *c, int argc, char **argv, const fedge_agg_args_extra *extra,
+                               char *err, size_t errlen);
 /* Cross-field and file-system checks after everything is applied. */
 int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errlen);
 /* The fewest updates c's combiner can combine (the least count its check()

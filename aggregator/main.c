@@ -59,7 +59,6 @@ int main(int argc, char **argv)
     char err[512] = "";
     FILE *logf = NULL;
     int status = 0;
-    int config_seen = 0;
     fedge_instance_lock lock = {.fd = -1, .db_fd = -1};
     pid_t owner = 0;
 
@@ -70,7 +69,7 @@ int main(int argc, char **argv)
     if (fedge_crypto_use_openssl() != FEDGE_OK) /* mbedTLS stays: the same bytes, slower */
         FEDGE_WARN("OpenSSL lacks SHA-256 or AES-GCM: crypto on mbedTLS");
     fedge_agg_config_defaults(&cfg);
-    /* The config file first, so the command line overrides it. */
+    /* --help, --help-config and --version answer before anything is read. */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
@@ -84,62 +83,10 @@ int main(int argc, char **argv)
             printf("fedge-aggregator %s\n", FEDGE_VERSION);
             return 0;
         }
-        if (!strcmp(argv[i], "--config")) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "fedge-aggregator: --config needs a file\n");
-                return 2;
-            }
-            if (config_seen++) {
-                fprintf(stderr, "fedge-aggregator: --config: given twice\n");
-                return 2;
-            }
-            if (fedge_agg_config_load_file(&cfg, argv[i + 1], err, sizeof err) != FEDGE_OK) {
-                fedge_text_eprintf("fedge-aggregator", "%s", err);
-                return 2;
-            }
-        }
     }
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--config")) {
-            i++;
-            continue;
-        }
-        if (strncmp(argv[i], "--", 2) != 0) {
-            fedge_text_eprintf("fedge-aggregator", "unexpected argument '%s' (see --help)", argv[i]);
-            return 2;
-        }
-        char key[64];
-        const char *value = NULL;
-        const char *name = argv[i] + 2;
-        const char *eq = strchr(name, '=');
-        size_t klen = eq ? (size_t)(eq - name) : strlen(name);
-        if (klen >= sizeof key) {
-            fedge_text_eprintf("fedge-aggregator", "unknown option '%.80s' (see --help-config)", argv[i]);
-            return 2;
-        }
-        memcpy(key, name, klen);
-        key[klen] = '\0';
-        for (char *p = key; *p; p++)
-            if (*p == '-')
-                *p = '_';
-        if (!fedge_agg_config_is_key(key)) {
-            fedge_text_eprintf("fedge-aggregator", "unknown option '--%.*s' (see --help-config)", (int)klen, name);
-            return 2;
-        }
-        if (eq) {
-            value = eq + 1;
-        } else if (fedge_agg_config_is_flag(key)) {
-            value = "true";
-        } else if (i + 1 < argc) {
-            value = argv[++i];
-        } else {
-            fprintf(stderr, "fedge-aggregator: --%.*s needs a value\n", (int)klen, name);
-            return 2;
-        }
-        if (fedge_agg_config_set(&cfg, key, value, err, sizeof err) != FEDGE_OK) {
-            fedge_text_eprintf("fedge-aggregator", "%s", err);
-            return 2;
-        }
+    if (fedge_agg_config_from_args(&cfg, argc, argv, NULL, err, sizeof err) != FEDGE_OK) {
+        fedge_text_eprintf("fedge-aggregator", "%s", err);
+        return 2;
     }
     if (fedge_agg_config_validate(&cfg, err, sizeof err) != FEDGE_OK) {
         fedge_text_eprintf("fedge-aggregator", "%s", err);

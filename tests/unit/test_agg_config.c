@@ -224,6 +224,86 @@ static void test_command_line(void **state)
     assert_int_equal(ntohs(((struct sockaddr_in *)&ss)->sin_port), 1);
 }
 
+/* A program's own options for fedge_agg_config_from_args: --own VALUE and
+ * the flag --quiet. */
+typedef struct {
+    char own[32];
+    int quiet;
+} own_opts;
+
+static int own_is_flag(void *ctx, const char *key)
+{
+    (void)ctx;
+    return !strcmp(key, "quiet");
+}
+
+static int own_take(void *ctx, const char *key, const char *value, int *took, char *err, size_t errlen)
+{
+    own_opts *o = ctx;
+    *took = 1;
+    if (!strcmp(key, "quiet"))
+        o->quiet = 1;
+    else if (!strcmp(key, "own") && strlen(value) < sizeof o->own)
+        snprintf(o->own, sizeof o->own, "%s", value);
+    else if (!strcmp(key, "own")) {
+        snprintf(err, errlen, "--own: too long");
+        return FEDGE_ERR_CONFIG_VALUE;
+    } else
+        *took = 0;
+    return FEDGE_OK;
+}
+
+/* The command line: the config file first wherever --config stands, then
+ * the overrides in order; flags, --key=value, and each kind of mistake. */
+static void test_from_args(void **state)
+{
+    (void)state;
+    write_file("rounds = 7\nlr = 0.5\nseed = 3\n");
+    fedge_agg_config c;
+    char err[512] = "";
+    char *argv1[] = {"prog", "--rounds", "9", "--config", g_path, "--server-lr=0.25", "--scaffold", NULL};
+    fedge_agg_config_defaults(&c);
+    assert_int_equal(fedge_agg_config_from_args(&c, 7, argv1, NULL, err, sizeof err), FEDGE_OK);
+    assert_int_equal(c.rounds, 9);    /* the command line overrides the file */
+    assert_true(c.lr == 0.5 && c.seed == 3 && c.server_lr == 0.25 && c.scaffold == 1);
+
+    own_opts o = {"", 0};
+    fedge_agg_args_extra extra = {.is_flag = own_is_flag, .take = own_take, .ctx = &o};
+    char *argv2[] = {"prog", "--own", "x-y", "--quiet", "--rounds", "4", NULL};
+    fedge_agg_config_defaults(&c);
+    assert_int_equal(fedge_agg_config_from_args(&c, 6, argv2, &extra, err, sizeof err), FEDGE_OK);
+    assert_string_equal(o.own, "x-y");
+    assert_true(o.quiet == 1 && c.rounds == 4);
+
+    static const struct {
+        int argc;
+        const char *argv[5];
+        int with_extra, code;
+        const char *needle;
+    } bad[] = {
+        {2, {"prog", "positional"}, 0, FEDGE_ERR_CONFIG_UNKNOWN_KEY, "unexpected argument 'positional'"},
+        {2, {"prog", "--no-such"}, 0, FEDGE_ERR_CONFIG_UNKNOWN_KEY, "unknown option '--no-such'"},
+        {3, {"prog", "--no-such", "1"}, 1, FEDGE_ERR_CONFIG_UNKNOWN_KEY, "unknown option '--no-such'"},
+        {2, {"prog", "--rounds"}, 0, FEDGE_ERR_CONFIG_VALUE, "--rounds needs a value"},
+        {2, {"prog", "--quiet=1"}, 1, FEDGE_ERR_CONFIG_VALUE, "--quiet takes no value"},
+        {2, {"prog", "--config"}, 0, FEDGE_ERR_CONFIG_VALUE, "--config: needs one file"},
+        {3, {"prog", "--own", "0123456789012345678901234567890123"}, 1, FEDGE_ERR_CONFIG_VALUE, "--own: too long"},
+        {2, {"prog", "--"}, 0, FEDGE_ERR_CONFIG_UNKNOWN_KEY, "unknown option '--'"},
+    };
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(bad); i++) {
+        fedge_agg_config_defaults(&c);
+        err[0] = '\0';
+        int ret = fedge_agg_config_from_args(&c, bad[i].argc, (char **)bad[i].argv, bad[i].with_extra ? &extra : NULL,
+                                             err, sizeof err);
+        if (ret != bad[i].code || !strstr(err, bad[i].needle))
+            fail_msg("bad case %zu: got %d '%s', want '%s'", i, ret, err, bad[i].needle);
+    }
+    char *twice[] = {"prog", "--config", g_path, "--config", g_path, NULL};
+    fedge_agg_config_defaults(&c);
+    assert_int_equal(fedge_agg_config_from_args(&c, 5, twice, NULL, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_non_null(strstr(err, "given once"));
+}
+
 /* validate(): file-system and cross-field checks, naming each value's origin. */
 static void expect_invalid(const fedge_agg_config *c, const char *needle)
 {
@@ -414,6 +494,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_defaults_and_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_command_line, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_from_args, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_strategy_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unused_strategy_keys_warn, setup, teardown),

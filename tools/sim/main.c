@@ -154,13 +154,37 @@ bad:;
     return FEDGE_ERR_CONFIG_VALUE;
 }
 
+typedef struct {
+    fedge_sim_options *opt;
+    fedge_agg_config *cfg;
+    int *verbose;
+} sim_args;
+
+static int sim_is_flag(void *ctx, const char *key)
+{
+    (void)ctx;
+    return !strcmp(key, "json") || !strcmp(key, "verbose");
+}
+
+/* fedge_agg_config_from_args's hook: the sim's own options. */
+static int sim_take(void *vctx, const char *key, const char *value, int *took, char *err, size_t errlen)
+{
+    sim_args *a = vctx;
+    if (sim_is_flag(vctx, key)) {
+        *(!strcmp(key, "json") ? &a->opt->json : a->verbose) = 1;
+        *took = 1;
+        return FEDGE_OK;
+    }
+    return sim_option(a->opt, a->cfg, key, value, took, err, errlen);
+}
+
 int main(int argc, char **argv)
 {
     fedge_agg_config cfg;
     fedge_sim_options opt;
     fedge_instance_lock lock = {.fd = -1, .db_fd = -1};
     char err[512] = "";
-    int config_seen = 0, verbose = 0, status = 0;
+    int verbose = 0, status = 0;
     pid_t owner = 0;
     FILE *logf = NULL;
 
@@ -177,72 +201,12 @@ int main(int argc, char **argv)
             printf(PROG " %s\n", FEDGE_VERSION);
             return 0;
         }
-        if (!strcmp(argv[i], "--config")) {
-            if (i + 1 >= argc || config_seen++) {
-                fedge_text_eprintf(PROG, "--config: needs one file, given once");
-                return 2;
-            }
-            if (fedge_agg_config_load_file(&cfg, argv[i + 1], err, sizeof err) != FEDGE_OK) {
-                fedge_text_eprintf(PROG, "%s", err);
-                return 2;
-            }
-        }
     }
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--config")) {
-            i++;
-            continue;
-        }
-        if (strncmp(argv[i], "--", 2) != 0) {
-            fedge_text_eprintf(PROG, "unexpected argument '%s' (see --help)", argv[i]);
-            return 2;
-        }
-        char key[64];
-        const char *name = argv[i] + 2, *value = NULL, *eq = strchr(name, '=');
-        size_t klen = eq ? (size_t)(eq - name) : strlen(name);
-        if (klen >= sizeof key) {
-            fedge_text_eprintf(PROG, "unknown option '%.80s' (see --help)", argv[i]);
-            return 2;
-        }
-        memcpy(key, name, klen);
-        key[klen] = '\0';
-        for (char *p = key; *p; p++)
-            if (*p == '-')
-                *p = '_';
-        if (!strcmp(key, "json") || !strcmp(key, "verbose")) {
-            if (eq) {
-                fedge_text_eprintf(PROG, "--%s takes no value", key);
-                return 2;
-            }
-            *(!strcmp(key, "json") ? &opt.json : &verbose) = 1;
-            continue;
-        }
-        if (eq)
-            value = eq + 1;
-        else if (fedge_agg_config_is_key(key) && fedge_agg_config_is_flag(key))
-            value = "true";
-        else if (i + 1 < argc)
-            value = argv[++i];
-        else {
-            fedge_text_eprintf(PROG, "--%s needs a value", key);
-            return 2;
-        }
-        int used = 0;
-        if (sim_option(&opt, &cfg, key, value, &used, err, sizeof err) != FEDGE_OK) {
-            fedge_text_eprintf(PROG, "%s", err);
-            return 2;
-        }
-        if (used)
-            continue;
-        if (!fedge_agg_config_is_key(key)) {
-            fedge_text_eprintf(PROG, "unknown option '--%s' (see --help and fedge-aggregator --help-config)",
-                               key);
-            return 2;
-        }
-        if (fedge_agg_config_set(&cfg, key, value, err, sizeof err) != FEDGE_OK) {
-            fedge_text_eprintf(PROG, "%s", err);
-            return 2;
-        }
+    sim_args ctx = {.opt = &opt, .cfg = &cfg, .verbose = &verbose};
+    fedge_agg_args_extra extra = {.is_flag = sim_is_flag, .take = sim_take, .ctx = &ctx};
+    if (fedge_agg_config_from_args(&cfg, argc, argv, &extra, err, sizeof err) != FEDGE_OK) {
+        fedge_text_eprintf(PROG, "%s", err);
+        return 2;
     }
     if (!opt.shards_dir[0]) {
         fedge_text_eprintf(PROG, "--shards DIR is required (see --help)");
