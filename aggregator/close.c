@@ -315,34 +315,6 @@ static void stored_reader_close(stored_reader *s)
     s->cap = 0;
 }
 
-/* out = sum_i w_i d_i, block by block, in double as FedAvg always summed
- * (DP-FedAvg's numerator). */
-static int weighted_sum(fedge_update_reader *r, size_t block, const double *w, float *out)
-{
-    block = block < r->n_params ? block : r->n_params;
-    double *acc = malloc(block * sizeof *acc);
-    float *buf = malloc(block * sizeof *buf);
-    int ret = FEDGE_OK;
-    if (!acc || !buf)
-        FAIL(FEDGE_ERR_NOMEM);
-    for (size_t k0 = 0; k0 < r->n_params; k0 += block) {
-        size_t k1 = k0 + block < r->n_params ? k0 + block : r->n_params;
-        for (size_t k = 0; k < k1 - k0; k++)
-            acc[k] = 0;
-        for (size_t i = 0; i < r->n; i++) {
-            CHK(r->read(r, i, k0, k1, buf));
-            for (size_t k = 0; k < k1 - k0; k++)
-                acc[k] += w[i] * (double)buf[k];
-        }
-        for (size_t k = 0; k < k1 - k0; k++)
-            out[k0 + k] = (float)acc[k];
-    }
-cleanup:
-    free(acc);
-    free(buf);
-    return ret;
-}
-
 /* An audited event naming the updates a robust rule left out. */
 static int log_left_out(fedge_aggregator *a, const round_updates *u, const size_t *use_idx, const uint8_t *used,
                         size_t n_use, size_t n_used)
@@ -526,7 +498,7 @@ int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res)
     res->n_used = n_use;
     if (dp) {
         /* Fixed-denominator DP-FedAvg: (sum of clipped deltas + noise) / expected clients. */
-        CHK(weighted_sum(&rd, cp.block, use_w, mean));
+        CHK(fedge_combine_weighted_sum(&rd, cp.block, use_w, 1.0, mean)); /* DP-FedAvg's numerator */
         fedge_rng noise_rng;
         uint64_t seed = 0;
         if (a->noise_seed) {

@@ -59,6 +59,11 @@ typedef struct {
                    uint8_t *used);
 } fedge_combiner;
 
+/* out[k] = scale × sum_i w[i]·d_i[k], summed in double a block at a time:
+ * the mean's arithmetic (scale = 1/sum w), and DP-FedAvg's clipped sum
+ * (scale = 1). */
+int fedge_combine_weighted_sum(fedge_update_reader *r, size_t block, const double *w, double scale, float *out);
+
 /* NULL when name is not in the table. */
 const fedge_combiner *fedge_combiner_find(const char *name);
 /* The table's names separated by '|', for help and error messages. */

@@ -237,13 +237,7 @@ cleanup:
 
 static void sync_counted(fedge_aggregator *a, int d, int accepted, size_t bytes)
 {
-    a->bytes_received += bytes;
-    if (accepted) {
-        a->submitted[d] = 1;
-        a->n_accepted++;
-    } else {
-        a->n_rejected++;
-    }
+    fedge_sched_tally(a, d, accepted, bytes);
 }
 
 static void sync_view(fedge_aggregator *a, int d, double now, fedge_sched_view *v)

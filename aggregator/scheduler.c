@@ -330,3 +330,14 @@ cleanup:
     sqlite3_finalize(st);
     return ret;
 }
+
+void fedge_sched_tally(fedge_aggregator *a, int d, int accepted, size_t bytes)
+{
+    a->bytes_received += bytes;
+    if (accepted) {
+        a->submitted[d] = 1;
+        a->n_accepted++;
+    } else {
+        a->n_rejected++;
+    }
+}

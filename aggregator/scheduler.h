@@ -54,6 +54,9 @@ const fedge_sched *fedge_sched_find(const char *mode);
 int fedge_sched_transient(fedge_aggregator *a, double now, int ret);
 /* rounds_done, rounds_aggregated, the last round id and accuracy from the log. */
 int fedge_sched_count_rounds(fedge_aggregator *a);
+/* The open round's or step's counters after a decided update of device d
+ * (every mode's `counted` starts here). */
+void fedge_sched_tally(fedge_aggregator *a, int d, int accepted, size_t bytes);
 /* fedge_agg_outcome's meaning: 0 when at least one round aggregated (or
  * none was due), 3 when none did; msg says what happened. */
 int fedge_sched_outcome(const fedge_aggregator *a, char *msg, size_t msglen);

@@ -10,22 +10,14 @@ static int mean_check(const fedge_combine_params *p, size_t n, char *why, size_t
     return n >= 1 ? FEDGE_OK : FEDGE_ERR_STRATEGY_TOO_FEW;
 }
 
-static int mean_combine(const fedge_combine_params *p, fedge_update_reader *r, const double *w, float *out,
-                        uint8_t *used)
+int fedge_combine_weighted_sum(fedge_update_reader *r, size_t block, const double *w, double scale, float *out)
 {
-    size_t block = p->block < r->n_params ? p->block : r->n_params;
-    double *acc = calloc(block, sizeof *acc), total = 0;
-    float *buf = malloc(block * sizeof *buf);
+    block = block < r->n_params ? block : r->n_params;
+    double *acc = malloc((block ? block : 1) * sizeof *acc);
+    float *buf = malloc((block ? block : 1) * sizeof *buf);
     int ret = FEDGE_OK;
     if (!acc || !buf)
         FAIL(FEDGE_ERR_NOMEM);
-    for (size_t i = 0; i < r->n; i++) {
-        total += w[i];
-        used[i] = 1;
-    }
-    if (!(total > 0))
-        FAIL(FEDGE_ERR_INVALID_ARG);
-    double inv = 1.0 / total; /* as the running FedAvg always did: same bits */
     for (size_t k0 = 0; k0 < r->n_params; k0 += block) {
         size_t k1 = k0 + block < r->n_params ? k0 + block : r->n_params;
         for (size_t k = 0; k < k1 - k0; k++)
@@ -36,12 +28,26 @@ static int mean_combine(const fedge_combine_params *p, fedge_update_reader *r, c
                 acc[k] += w[i] * (double)buf[k];
         }
         for (size_t k = 0; k < k1 - k0; k++)
-            out[k0 + k] = (float)(acc[k] * inv);
+            out[k0 + k] = (float)(acc[k] * scale);
     }
 cleanup:
     free(acc);
     free(buf);
     return ret;
+}
+
+static int mean_combine(const fedge_combine_params *p, fedge_update_reader *r, const double *w, float *out,
+                        uint8_t *used)
+{
+    double total = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        total += w[i];
+        used[i] = 1;
+    }
+    if (!(total > 0))
+        return FEDGE_ERR_INVALID_ARG;
+    /* times 1/total, as the running FedAvg always did: the same bits */
+    return fedge_combine_weighted_sum(r, p->block, w, 1.0 / total, out);
 }
 
 const fedge_combiner fedge_combine_mean = {
