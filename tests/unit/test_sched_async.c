@@ -33,12 +33,8 @@ static long g_seed = 1; /* the aggregator's seed in start() */
 #define N_DEV 4
 static const char *DEVICES[N_DEV] = {"dev-a", "dev-b", "dev-c", "dev-d"};
 
-typedef struct {
-    char dir[64];
-    fedge_agg_config cfg;
-    fedge_aggregator agg;
-    fedge_device_key keys[N_DEV];
-} fixture;
+#include "agg_updates.h"
+
 
 /* An aggregator in async mode; policy: YAML text or NULL (the default). */
 static fixture *start(long k, long concurrency, const char *policy)
@@ -96,92 +92,6 @@ static void stop(fixture *fx)
 }
 
 /* A sealed update from device i; tweak lets a test break one thing. */
-typedef struct {
-    uint32_t round;
-    uint64_t counter;
-    int key_of;          /* seal with this device's key */
-    const char *spec;    /* NULL: the aggregator's model */
-    float fill;          /* delta value */
-    int nan_at;          /* >= 0: put a NaN there */
-    fedge_encoding enc;
-    int64_t samples;     /* < 0: 10 + device index */
-    const uint8_t *run;  /* NULL: the aggregator's run id */
-    int control;         /* SCAFFOLD form: the control-variate delta follows */
-    float control_fill;  /* its value */
-} update_spec;
-
-static uint8_t *make_update(fixture *fx, int dev, update_spec u, size_t *len)
-{
-    fedge_model_spec spec = fx->agg.model.spec;
-    if (u.spec)
-        assert_int_equal(fedge_model_spec_parse(u.spec, &spec), FEDGE_OK);
-    size_t n = fedge_model_spec_param_count(&spec);
-    float *delta = malloc(2 * n * sizeof *delta);
-    assert_non_null(delta);
-    for (size_t i = 0; i < n; i++) {
-        delta[i] = u.fill * (float)((int)(i % 7) - 3) / 3.0f;
-        delta[n + i] = u.control_fill * (float)((int)(i % 5) - 2) / 2.0f;
-    }
-    fedge_delta_header h = {
-        .encoding = (uint8_t)u.enc,
-        .flags = u.control ? FEDGE_DELTA_FLAG_CONTROL : 0,
-        .model_id = fedge_model_spec_id(&spec),
-        .round = u.round,
-        .n_samples = u.samples >= 0 ? (uint32_t)u.samples : 10 + (uint32_t)dev,
-        .n_elems = (uint32_t)(u.control ? 2 * n : n),
-        .block_size = u.enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0,
-    };
-    memcpy(h.base_version, fx->agg.version, FEDGE_HASH_LEN);
-    uint8_t *out = NULL;
-    int key = u.key_of >= 0 ? u.key_of : dev;
-    const uint8_t *run = u.run ? u.run : fx->agg.run_id;
-    if (u.nan_at < 0) {
-        assert_int_equal(fedge_update_seal(&fx->keys[key], u.counter, run, &h, delta, NULL, &out, len), FEDGE_OK);
-        free(delta);
-        return out;
-    }
-    /* A NaN cannot be encoded by the library: patch it into a valid fp32
-     * payload, then seal that by hand as a misbehaving client would. */
-    assert_int_equal(u.enc, FEDGE_ENC_FP32);
-    size_t enc_len = fedge_delta_encoded_size(&h);
-    uint8_t *enc = malloc(enc_len);
-    assert_non_null(enc);
-    assert_int_equal(fedge_delta_encode(&h, delta, NULL, enc, enc_len, &enc_len), FEDGE_OK);
-    uint32_t nan_bits = 0x7fc00000u;
-    memcpy(enc + FEDGE_DELTA_HEADER_LEN + 4 * (size_t)u.nan_at, &nan_bits, 4); /* little-endian host */
-    size_t cap = fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
-    uint8_t aad[FEDGE_UPDATE_AAD_LEN];
-    memcpy(aad, enc, FEDGE_DELTA_HEADER_LEN);
-    memcpy(aad + FEDGE_DELTA_HEADER_LEN, run, FEDGE_RUN_ID_LEN);
-    out = malloc(cap);
-    assert_non_null(out);
-    static const uint8_t prefix[4] = {1, 2, 3, 4};
-    assert_int_equal(fedge_envelope_seal(&fx->keys[key], u.counter, prefix, aad, sizeof aad,
-                                         enc + FEDGE_DELTA_HEADER_LEN, enc_len - FEDGE_DELTA_HEADER_LEN, out,
-                                         cap, len),
-                     FEDGE_OK);
-    free(enc);
-    free(delta);
-    return out;
-}
-
-static update_spec good(fixture *fx, uint64_t counter)
-{
-    update_spec u = {.round = fx->agg.round, .counter = counter, .key_of = -1, .fill = 0.01f,
-                     .nan_at = -1, .enc = FEDGE_ENC_FP32, .samples = -1};
-    return u;
-}
-
-static long long q1(fixture *fx, const char *sql)
-{
-    sqlite3_stmt *st;
-    long long v = -1;
-    assert_int_equal(sqlite3_prepare_v2(fx->agg.db, sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
 
 
 
