@@ -179,12 +179,16 @@ void fedge_agg_free(fedge_aggregator *a)
 
 int fedge_agg_tick(fedge_aggregator *a, double now)
 {
-    return a->sched->on_tick(a, now);
+    if (now < a->retry_at)
+        return FEDGE_OK;
+    return fedge_sched_transient(a, now, a->sched->on_tick(a, now));
 }
 
 int fedge_agg_maybe_close(fedge_aggregator *a, double now)
 {
-    return a->sched->on_accepted(a, now);
+    if (now < a->retry_at)
+        return FEDGE_OK;
+    return fedge_sched_transient(a, now, a->sched->on_accepted(a, now));
 }
 
 int fedge_agg_outcome(const fedge_aggregator *a, char *msg, size_t msglen)

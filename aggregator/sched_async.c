@@ -269,7 +269,7 @@ cleanup:
     return ret;
 }
 
-static int tick_step(fedge_aggregator *a, double now)
+static int async_on_tick(fedge_aggregator *a, double now)
 {
     switch (a->state) {
     case FEDGE_AGG_WAITING:
@@ -288,19 +288,6 @@ static int tick_step(fedge_aggregator *a, double now)
     return FEDGE_ERR_STATE;
 }
 
-static int async_on_tick(fedge_aggregator *a, double now)
-{
-    if (now < a->retry_at)
-        return FEDGE_OK;
-    return fedge_sched_transient(a, now, tick_step(a, now));
-}
-
-static int async_on_accepted(fedge_aggregator *a, double now)
-{
-    if (now < a->retry_at)
-        return FEDGE_OK;
-    return fedge_sched_transient(a, now, close_if_full(a, now));
-}
 
 static int async_admit(fedge_aggregator *a, int d, const char *device, uint32_t for_round, int *ok, int *code,
                        char *msg, size_t msglen)
@@ -366,7 +353,7 @@ const fedge_sched fedge_sched_async = {
     .mode = "async",
     .resume = async_resume,
     .on_tick = async_on_tick,
-    .on_accepted = async_on_accepted,
+    .on_accepted = close_if_full,
     .admit = async_admit,
     .counted = async_counted,
     .view = async_view,

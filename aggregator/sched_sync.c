@@ -144,14 +144,13 @@ static size_t quorum_count(const fedge_aggregator *a)
 
 static int sync_on_accepted(fedge_aggregator *a, double now)
 {
-    if (now < a->retry_at)
-        return FEDGE_OK;
+    (void)now;
     if (a->state == FEDGE_AGG_OPEN && a->n_accepted >= quorum_count(a))
-        return fedge_sched_transient(a, now, fedge_sched_close_step(a));
+        return fedge_sched_close_step(a);
     return FEDGE_OK;
 }
 
-static int tick_step(fedge_aggregator *a, double now)
+static int sync_on_tick(fedge_aggregator *a, double now)
 {
     switch (a->state) {
     case FEDGE_AGG_WAITING:
@@ -172,12 +171,6 @@ static int tick_step(fedge_aggregator *a, double now)
     return FEDGE_ERR_STATE;
 }
 
-static int sync_on_tick(fedge_aggregator *a, double now)
-{
-    if (now < a->retry_at)
-        return FEDGE_OK;
-    return fedge_sched_transient(a, now, tick_step(a, now));
-}
 
 static int was_participant(fedge_aggregator *a, uint32_t round, const char *device, int *was)
 {

@@ -30,7 +30,9 @@ typedef struct fedge_sched {
      * the counters and any open round from the log (a crash), and decide
      * whether the run has already finished. */
     int (*resume)(fedge_aggregator *a);
-    /* By the clock (fedge_agg_tick). */
+    /* By the clock (fedge_agg_tick). The caller skips both hooks before
+     * a->retry_at and passes what they return through fedge_sched_transient
+     * (a busy database is retried, not fatal). */
     int (*on_tick)(fedge_aggregator *a, double now);
     /* After accepted updates (fedge_agg_maybe_close): close at quorum. */
     int (*on_accepted)(fedge_aggregator *a, double now);
