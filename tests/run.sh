@@ -11,6 +11,8 @@
 #                     and the network scripts in ASAN_INTEGRATION, then the
 #                     fuzz targets in FUZZ_BUILD for a few seconds each
 # Prints one line per test and closes with "N passed, N failed".
+# FEDGE_TEST_JOBS: cmocka programs and fuzz targets run at once (default:
+# the cores, at most 4); integration scripts always run one at a time.
 set -u
 MODE=${1:-all}
 BUILD=${2:-build/native}
@@ -24,23 +26,62 @@ passed=0
 failed=0
 failures=()
 
-run_one() { # name, log, command...
-    local name=$1 log=$2
-    shift 2
-    local t0=$SECONDS
-    if "$@" >"$log" 2>&1; then
+report() { # name, log, exit status, seconds
+    local name=$1 log=$2 rc=$3 secs=$4
+    if [ "$rc" -eq 0 ]; then
         passed=$((passed + 1))
         if grep -q '^SKIP:' "$log"; then # passed without checking: say why
-            printf '  SKIP  %-44s %4ds  %s\n' "$name" $((SECONDS - t0)) "$(grep -m1 '^SKIP:' "$log" | cut -c7-120)"
+            printf '  SKIP  %-44s %4ds  %s\n' "$name" "$secs" "$(grep -m1 '^SKIP:' "$log" | cut -c7-120)"
             return
         fi
-        printf '  PASS  %-44s %4ds\n' "$name" $((SECONDS - t0))
+        printf '  PASS  %-44s %4ds\n' "$name" "$secs"
     else
         failed=$((failed + 1))
         failures+=("$name")
-        printf '  FAIL  %-44s %4ds  (log: %s)\n' "$name" $((SECONDS - t0)) "$log"
+        printf '  FAIL  %-44s %4ds  (log: %s)\n' "$name" "$secs" "$log"
         tail -n 30 "$log" | sed 's/^/        | /'
     fi
+}
+
+run_one() { # name, log, command...
+    local name=$1 log=$2 t0=$SECONDS rc=0
+    shift 2
+    "$@" >"$log" 2>&1 || rc=$?
+    report "$name" "$log" "$rc" $((SECONDS - t0))
+}
+
+# Tests that share nothing and time nothing (cmocka programs, fuzz targets)
+# run FEDGE_TEST_JOBS at once (default: the cores, at most 4); their lines
+# come out in order once the batch is done. Integration scripts stay one at
+# a time: several of them measure time.
+JOBS=${FEDGE_TEST_JOBS:-$(nproc 2>/dev/null || echo 1)}
+[ "$JOBS" -le 4 ] 2>/dev/null || JOBS=4
+BATCH_NAMES=()
+BATCH_LOGS=()
+batch_add() { # name, log, command...
+    local name=$1 log=$2
+    shift 2
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n 2>/dev/null || sleep 0.1; done
+    rm -f "$log.rc"
+    (
+        t0=$SECONDS
+        rc=0
+        "$@" >"$log" 2>&1 || rc=$?
+        echo "$rc $((SECONDS - t0))" >"$log.rc"
+    ) &
+    BATCH_NAMES+=("$name")
+    BATCH_LOGS+=("$log")
+}
+batch_report() {
+    wait
+    local i
+    for i in "${!BATCH_NAMES[@]}"; do
+        local rc=1 secs=0
+        [ -f "${BATCH_LOGS[$i]}.rc" ] && read -r rc secs <"${BATCH_LOGS[$i]}.rc"
+        report "${BATCH_NAMES[$i]}" "${BATCH_LOGS[$i]}" "$rc" "$secs"
+    done
+    BATCH_NAMES=()
+    BATCH_LOGS=()
 }
 
 run_unit() { # build dir, label
@@ -49,8 +90,9 @@ run_unit() { # build dir, label
         [ -x "$t" ] || continue
         local n
         n=$(basename "$t")
-        run_one "$label/$n" "$b/test-logs/$n.log" "$t"
+        batch_add "$label/$n" "$b/test-logs/$n.log" "$t"
     done
+    batch_report
 }
 
 ASAN_INTEGRATION="e2e_dtls crash_resume interop_coap_client upload_limits"
@@ -79,12 +121,13 @@ run_fuzz() { # fuzz build dir, seconds per target
         mkdir -p "$b/corpus/$n"
         [ -d "tests/fuzz/corpus/$n" ] && dirs+=("tests/fuzz/corpus/$n")
         [ -d "$b/seeds/$n" ] && dirs+=("$b/seeds/$n")
-        run_one "fuzz/$n" "$b/test-logs/fuzz-$n.log" \
+        batch_add "fuzz/$n" "$b/test-logs/fuzz-$n.log" \
             env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
             UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
             "$t" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 -max_len=16384 \
             -artifact_prefix="$b/artifacts/$n-" -print_final_stats=1 "${dirs[@]}"
     done
+    batch_report
 }
 
 case "$MODE" in
