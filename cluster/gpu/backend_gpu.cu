@@ -32,35 +32,11 @@ extern "C" {
 #include "log.h"
 }
 #include "gpu/gpu.h"
+#define FEDGE_GPU_WHERE "gpu"
+#include "gpu/gpu_check.cuh"
 
-#define THREADS 256
 
-#define CUDA_CHK(expr)                                                               \
-    do {                                                                             \
-        cudaError_t e_ = (expr);                                                     \
-        if (e_ != cudaSuccess) {                                                     \
-            FEDGE_ERROR("gpu: %s failed: %s", #expr, cudaGetErrorString(e_));        \
-            return FEDGE_ERR_CLUSTER_GPU;                                            \
-        }                                                                            \
-    } while (0)
 
-#define BLAS_CHK(expr)                                                               \
-    do {                                                                             \
-        cublasStatus_t s_ = (expr);                                                  \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                           \
-            FEDGE_ERROR("gpu: %s failed: cuBLAS status %d", #expr, (int)s_);         \
-            return FEDGE_ERR_CLUSTER_GPU;                                            \
-        }                                                                            \
-    } while (0)
-
-#define NCCL_CHK(expr)                                                               \
-    do {                                                                             \
-        ncclResult_t r_ = (expr);                                                    \
-        if (r_ != ncclSuccess) {                                                     \
-            FEDGE_ERROR("gpu: %s failed: %s", #expr, ncclGetErrorString(r_));        \
-            return FEDGE_ERR_CLUSTER_COMM;                                           \
-        }                                                                            \
-    } while (0)
 
 /* ---- kernels ------------------------------------------------------------- */
 
@@ -71,8 +47,7 @@ __device__ __forceinline__ void store(__half *p, float v) { *p = __float2half(v)
 template <typename T>
 __global__ void cast_kernel(const float *src, T *dst, size_t n)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
+    FEDGE_GRID_STRIDE(i, n)
         store(&dst[i], src[i]);
 }
 
@@ -81,8 +56,7 @@ template <typename T>
 __global__ void bias_act_kernel(float *z, const float *b, int rows, int cols, int relu, T *low)
 {
     size_t n = (size_t)rows * cols;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
+    FEDGE_GRID_STRIDE(i, n) {
         float v = z[i] + b[i % cols];
         if (relu && v < 0.0f)
             v = 0.0f;
@@ -162,8 +136,7 @@ __global__ void bias_grad_kernel(const float *dz, int rows, int cols, float *gb)
 template <typename T>
 __global__ void relu_back_kernel(const float *da, const float *act, size_t n, float *dz, T *dz_low)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
+    FEDGE_GRID_STRIDE(i, n) {
         float g = act[i] > 0.0f ? da[i] : 0.0f;
         dz[i] = g;
         if (dz_low != NULL)
@@ -175,8 +148,7 @@ __global__ void relu_back_kernel(const float *da, const float *act, size_t n, fl
 __global__ void sgd_kernel(float *w, float *v, const float *g, size_t n, float lr, float m,
                            float wd, float s)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
+    FEDGE_GRID_STRIDE(i, n) {
         float vi = m * v[i] + (g[i] * s + wd * w[i]);
         v[i] = vi;
         w[i] -= lr * vi;
@@ -186,8 +158,7 @@ __global__ void sgd_kernel(float *w, float *v, const float *g, size_t n, float l
 __global__ void nonfinite_kernel(const float *g, size_t n, int *flag)
 {
     int bad = 0;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
+    FEDGE_GRID_STRIDE(i, n)
         bad |= !isfinite(g[i]);
     if (bad)
         *flag = 1;
@@ -195,16 +166,10 @@ __global__ void nonfinite_kernel(const float *g, size_t n, int *flag)
 
 __global__ void fill_kernel(float *p, size_t n, float base)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
+    FEDGE_GRID_STRIDE(i, n)
         p[i] = base * (float)((i * 2654435761u) % 1000u) * 1e-3f;
 }
 
-static unsigned blocks_for(size_t n)
-{
-    size_t b = (n + THREADS - 1) / THREADS;
-    return (unsigned)(b < 1 ? 1 : (b > 8192 ? 8192 : b));
-}
 
 /* ---- state ---------------------------------------------------------------- */
 
@@ -244,10 +209,10 @@ static int cast_to_low(gpu_impl *g, const float *src, void *dst, size_t n, cudaS
     if (g->esize == 0 || n == 0)
         return FEDGE_OK;
     if (g->ctype == CUDA_R_16BF)
-        cast_kernel<<<blocks_for(n), THREADS, 0, s>>>(src, (__nv_bfloat16 *)dst, n);
+        cast_kernel<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, s>>>(src, (__nv_bfloat16 *)dst, n);
     else
-        cast_kernel<<<blocks_for(n), THREADS, 0, s>>>(src, (__half *)dst, n);
-    CUDA_CHK(cudaGetLastError());
+        cast_kernel<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, s>>>(src, (__half *)dst, n);
+    FEDGE_CUDA_CHK(cudaGetLastError());
     return FEDGE_OK;
 }
 
@@ -261,7 +226,7 @@ static int gemm_rm(gpu_impl *g, int ta, int tb, int M, int N, int K, const void 
                    const void *B, int ldb, float *C, int ldc, float beta)
 {
     const float alpha = 1.0f;
-    BLAS_CHK(cublasGemmEx(g->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+    FEDGE_BLAS_CHK(cublasGemmEx(g->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                           N, M, K, &alpha, B, g->ctype, ldb, A, g->ctype, lda, &beta, C,
                           CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return FEDGE_OK;
@@ -277,8 +242,8 @@ static const void *weights_low(gpu_impl *g, int l)
 static int gpu_buf_alloc(fedge_backend *be, size_t n, float **out)
 {
     (void)be;
-    CUDA_CHK(cudaMalloc((void **)out, (n ? n : 1) * sizeof(float)));
-    CUDA_CHK(cudaMemset(*out, 0, (n ? n : 1) * sizeof(float)));
+    FEDGE_CUDA_CHK(cudaMalloc((void **)out, (n ? n : 1) * sizeof(float)));
+    FEDGE_CUDA_CHK(cudaMemset(*out, 0, (n ? n : 1) * sizeof(float)));
     return FEDGE_OK;
 }
 
@@ -292,30 +257,30 @@ static void gpu_buf_free(fedge_backend *be, float *p)
 static int gpu_buf_upload(fedge_backend *be, float *dst, const float *host, size_t n)
 {
     (void)be;
-    CUDA_CHK(cudaMemcpy(dst, host, n * sizeof(float), cudaMemcpyHostToDevice));
+    FEDGE_CUDA_CHK(cudaMemcpy(dst, host, n * sizeof(float), cudaMemcpyHostToDevice));
     return FEDGE_OK;
 }
 
 static int gpu_buf_download(fedge_backend *be, float *host, const float *src, size_t n)
 {
     (void)be;
-    CUDA_CHK(cudaMemcpy(host, src, n * sizeof(float), cudaMemcpyDeviceToHost));
+    FEDGE_CUDA_CHK(cudaMemcpy(host, src, n * sizeof(float), cudaMemcpyDeviceToHost));
     return FEDGE_OK;
 }
 
 static int gpu_allreduce(fedge_backend *be, float *buf, size_t n)
 {
     gpu_impl *g = G(be);
-    NCCL_CHK(ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, g->nccl, g->compute));
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_NCCL_CHK(ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, g->nccl, g->compute));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
     return FEDGE_OK;
 }
 
 static int gpu_reduce_scatter(fedge_backend *be, const float *send, float *recv, size_t per_rank)
 {
     gpu_impl *g = G(be);
-    NCCL_CHK(ncclReduceScatter(send, recv, per_rank, ncclFloat, ncclSum, g->nccl, g->compute));
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_NCCL_CHK(ncclReduceScatter(send, recv, per_rank, ncclFloat, ncclSum, g->nccl, g->compute));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
     return FEDGE_OK;
 }
 
@@ -323,17 +288,17 @@ static int gpu_all_gather(fedge_backend *be, float *buf, size_t per_rank)
 {
     gpu_impl *g = G(be);
     const float *mine = buf + (size_t)be->cfg.layout.rank * per_rank;
-    NCCL_CHK(ncclAllGather(mine, buf, per_rank, ncclFloat, g->nccl, g->compute));
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_NCCL_CHK(ncclAllGather(mine, buf, per_rank, ncclFloat, g->nccl, g->compute));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
     return FEDGE_OK;
 }
 
 static int gpu_barrier(fedge_backend *be)
 {
     gpu_impl *g = G(be);
-    CUDA_CHK(cudaDeviceSynchronize());
-    NCCL_CHK(ncclAllReduce(g->flag, g->flag, 1, ncclInt32, ncclMax, g->nccl, g->compute));
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_CUDA_CHK(cudaDeviceSynchronize());
+    FEDGE_NCCL_CHK(ncclAllReduce(g->flag, g->flag, 1, ncclInt32, ncclMax, g->nccl, g->compute));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
     return FEDGE_OK;
 }
 
@@ -343,37 +308,37 @@ static int gpu_set_params(fedge_backend *be, const float *host)
 {
     gpu_impl *g = G(be);
     const fedge_layout *lo = &be->cfg.layout;
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
-    CUDA_CHK(cudaMemcpy(g->params, host, lo->n * sizeof(float), cudaMemcpyHostToDevice));
-    CUDA_CHK(cudaMemset(g->params + lo->n, 0, (lo->n_pad - lo->n) * sizeof(float)));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_CUDA_CHK(cudaMemcpy(g->params, host, lo->n * sizeof(float), cudaMemcpyHostToDevice));
+    FEDGE_CUDA_CHK(cudaMemset(g->params + lo->n, 0, (lo->n_pad - lo->n) * sizeof(float)));
     int st = cast_to_low(g, g->params, g->wlow, lo->n_pad, g->compute);
     if (st != FEDGE_OK)
         return st;
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
     return FEDGE_OK;
 }
 
 static int gpu_get_params(fedge_backend *be, float *host)
 {
     gpu_impl *g = G(be);
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
-    CUDA_CHK(cudaMemcpy(host, g->params, be->cfg.layout.n * sizeof(float), cudaMemcpyDeviceToHost));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_CUDA_CHK(cudaMemcpy(host, g->params, be->cfg.layout.n * sizeof(float), cudaMemcpyDeviceToHost));
     return FEDGE_OK;
 }
 
 static int gpu_set_optim(fedge_backend *be, const float *host)
 {
     gpu_impl *g = G(be);
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
-    CUDA_CHK(cudaMemcpy(g->velocity, host, be->opt_len * sizeof(float), cudaMemcpyHostToDevice));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_CUDA_CHK(cudaMemcpy(g->velocity, host, be->opt_len * sizeof(float), cudaMemcpyHostToDevice));
     return FEDGE_OK;
 }
 
 static int gpu_get_optim(fedge_backend *be, float *host)
 {
     gpu_impl *g = G(be);
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
-    CUDA_CHK(cudaMemcpy(host, g->velocity, be->opt_len * sizeof(float), cudaMemcpyDeviceToHost));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_CUDA_CHK(cudaMemcpy(host, g->velocity, be->opt_len * sizeof(float), cudaMemcpyDeviceToHost));
     return FEDGE_OK;
 }
 
@@ -390,14 +355,14 @@ static int gpu_load_batch(fedge_backend *be, const float *x, const uint8_t *y, i
         if (y[i] >= sp->dims[sp->n_layers])
             return FEDGE_ERR_DATA_LABEL;
     size_t nx = (size_t)rows * (size_t)sp->dims[0];
-    CUDA_CHK(cudaMemcpyAsync(g->act[0], x, nx * sizeof(float), cudaMemcpyHostToDevice, g->compute));
-    CUDA_CHK(cudaMemcpyAsync(g->y, y, (size_t)rows, cudaMemcpyHostToDevice, g->compute));
-    CUDA_CHK(cudaMemsetAsync(g->grads + lo->n, 0, (lo->n_pad - lo->n) * sizeof(float), g->compute));
+    FEDGE_CUDA_CHK(cudaMemcpyAsync(g->act[0], x, nx * sizeof(float), cudaMemcpyHostToDevice, g->compute));
+    FEDGE_CUDA_CHK(cudaMemcpyAsync(g->y, y, (size_t)rows, cudaMemcpyHostToDevice, g->compute));
+    FEDGE_CUDA_CHK(cudaMemsetAsync(g->grads + lo->n, 0, (lo->n_pad - lo->n) * sizeof(float), g->compute));
     int st = cast_to_low(g, g->act[0], g->alow[0], nx, g->compute);
     if (st != FEDGE_OK)
         return st;
     /* the host buffers are reused by the loader: finish the copies now */
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
     g->rows = rows;
     return FEDGE_OK;
 }
@@ -419,15 +384,15 @@ static int gpu_forward(fedge_backend *be, float grad_weight, double *loss_sum)
         int hidden = l < L - 1;
         void *low = (hidden && g->esize) ? g->alow[l + 1] : NULL;
         if (g->ctype == CUDA_R_16BF)
-            bias_act_kernel<<<blocks_for(n), THREADS, 0, g->compute>>>(
+            bias_act_kernel<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->compute>>>(
                 g->act[l + 1], bias, rows, out, hidden, (__nv_bfloat16 *)low);
         else if (g->ctype == CUDA_R_16F)
-            bias_act_kernel<<<blocks_for(n), THREADS, 0, g->compute>>>(
+            bias_act_kernel<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->compute>>>(
                 g->act[l + 1], bias, rows, out, hidden, (__half *)low);
         else
-            bias_act_kernel<<<blocks_for(n), THREADS, 0, g->compute>>>(
+            bias_act_kernel<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->compute>>>(
                 g->act[l + 1], bias, rows, out, hidden, (float *)NULL);
-        CUDA_CHK(cudaGetLastError());
+        FEDGE_CUDA_CHK(cudaGetLastError());
     }
     const int classes = sp->dims[L];
     const int tpb = classes >= 256 ? 256 : 32;
@@ -441,10 +406,10 @@ static int gpu_forward(fedge_backend *be, float grad_weight, double *loss_sum)
     else
         softmax_xent_kernel<<<rows, tpb, 0, g->compute>>>(g->act[L], g->y, classes, grad_weight,
                                                           g->row_loss, g->dz, (float *)NULL);
-    CUDA_CHK(cudaGetLastError());
-    CUDA_CHK(cudaMemcpyAsync(g->host_loss, g->row_loss, (size_t)rows * sizeof(float),
+    FEDGE_CUDA_CHK(cudaGetLastError());
+    FEDGE_CUDA_CHK(cudaMemcpyAsync(g->host_loss, g->row_loss, (size_t)rows * sizeof(float),
                              cudaMemcpyDeviceToHost, g->compute));
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
     double total = 0.0;
     for (int r = 0; r < rows; r++)
         total += g->host_loss[r];
@@ -465,25 +430,25 @@ static int gpu_backward_layer(fedge_backend *be, int l)
     int st = gemm_rm(g, 1, 0, out, in, rows, dz_in, out, g->alow[l], in, gW, in, 0.0f);
     if (st != FEDGE_OK)
         return st;
-    bias_grad_kernel<<<(out + THREADS - 1) / THREADS, THREADS, 0, g->compute>>>(g->dz, rows, out, gb);
-    CUDA_CHK(cudaGetLastError());
+    bias_grad_kernel<<<(out + FEDGE_GPU_THREADS - 1) / FEDGE_GPU_THREADS, FEDGE_GPU_THREADS, 0, g->compute>>>(g->dz, rows, out, gb);
+    FEDGE_CUDA_CHK(cudaGetLastError());
     if (l > 0) {
         st = gemm_rm(g, 0, 0, rows, in, out, dz_in, out, weights_low(g, l), in, g->da, in, 0.0f);
         if (st != FEDGE_OK)
             return st;
         size_t n = (size_t)rows * (size_t)in;
         if (g->ctype == CUDA_R_16BF)
-            relu_back_kernel<<<blocks_for(n), THREADS, 0, g->compute>>>(
+            relu_back_kernel<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->compute>>>(
                 g->da, g->act[l], n, g->dz, (__nv_bfloat16 *)g->dz_low);
         else if (g->ctype == CUDA_R_16F)
-            relu_back_kernel<<<blocks_for(n), THREADS, 0, g->compute>>>(g->da, g->act[l], n, g->dz,
+            relu_back_kernel<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->compute>>>(g->da, g->act[l], n, g->dz,
                                                                         (__half *)g->dz_low);
         else
-            relu_back_kernel<<<blocks_for(n), THREADS, 0, g->compute>>>(g->da, g->act[l], n, g->dz,
+            relu_back_kernel<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->compute>>>(g->da, g->act[l], n, g->dz,
                                                                         (float *)NULL);
-        CUDA_CHK(cudaGetLastError());
+        FEDGE_CUDA_CHK(cudaGetLastError());
     }
-    CUDA_CHK(cudaEventRecord(g->layer_done[l], g->compute));
+    FEDGE_CUDA_CHK(cudaEventRecord(g->layer_done[l], g->compute));
     g->last_layer = l;
     return FEDGE_OK;
 }
@@ -495,24 +460,24 @@ static int gpu_grad_comm_start(fedge_backend *be, size_t off, size_t count)
     if (off + count > lo->n_pad)
         return FEDGE_ERR_RANGE;
     if (g->last_layer >= 0)
-        CUDA_CHK(cudaStreamWaitEvent(g->comm, g->layer_done[g->last_layer], 0));
+        FEDGE_CUDA_CHK(cudaStreamWaitEvent(g->comm, g->layer_done[g->last_layer], 0));
     if (!be->cfg.zero) {
-        NCCL_CHK(ncclAllReduce(g->grads + off, g->grads + off, count, ncclFloat, ncclSum, g->nccl,
+        FEDGE_NCCL_CHK(ncclAllReduce(g->grads + off, g->grads + off, count, ncclFloat, ncclSum, g->nccl,
                                g->comm));
     } else if (off == 0 && count == lo->n_pad) {
-        NCCL_CHK(ncclReduceScatter(g->grads, g->grads + lo->own_off, lo->shard, ncclFloat, ncclSum,
+        FEDGE_NCCL_CHK(ncclReduceScatter(g->grads, g->grads + lo->own_off, lo->shard, ncclFloat, ncclSum,
                                    g->nccl, g->comm));
     } else {
         /* a reduce-scatter with unequal parts: one in-place reduce per owner */
-        NCCL_CHK(ncclGroupStart());
+        FEDGE_NCCL_CHK(ncclGroupStart());
         for (int r = 0; r < lo->world; r++) {
             size_t po, pc;
             fedge_layout_intersect(lo, r, off, count, &po, &pc);
             if (pc > 0)
-                NCCL_CHK(ncclReduce(g->grads + po, g->grads + po, pc, ncclFloat, ncclSum, r, g->nccl,
+                FEDGE_NCCL_CHK(ncclReduce(g->grads + po, g->grads + po, pc, ncclFloat, ncclSum, r, g->nccl,
                                     g->comm));
         }
-        NCCL_CHK(ncclGroupEnd());
+        FEDGE_NCCL_CHK(ncclGroupEnd());
     }
     return FEDGE_OK;
 }
@@ -520,8 +485,8 @@ static int gpu_grad_comm_start(fedge_backend *be, size_t off, size_t count)
 static int gpu_grad_comm_wait(fedge_backend *be)
 {
     gpu_impl *g = G(be);
-    CUDA_CHK(cudaEventRecord(g->comm_done, g->comm));
-    CUDA_CHK(cudaStreamWaitEvent(g->compute, g->comm_done, 0));
+    FEDGE_CUDA_CHK(cudaEventRecord(g->comm_done, g->comm));
+    FEDGE_CUDA_CHK(cudaStreamWaitEvent(g->compute, g->comm_done, 0));
     g->last_layer = -1;
     return FEDGE_OK;
 }
@@ -530,12 +495,12 @@ static int gpu_grad_nonfinite(fedge_backend *be, int *flag)
 {
     gpu_impl *g = G(be);
     int h = 0;
-    CUDA_CHK(cudaMemsetAsync(g->flag, 0, sizeof(int), g->compute));
-    nonfinite_kernel<<<blocks_for(be->opt_len), THREADS, 0, g->compute>>>(g->grads + be->opt_off,
+    FEDGE_CUDA_CHK(cudaMemsetAsync(g->flag, 0, sizeof(int), g->compute));
+    nonfinite_kernel<<<fedge_gpu_blocks(be->opt_len), FEDGE_GPU_THREADS, 0, g->compute>>>(g->grads + be->opt_off,
                                                                           be->opt_len, g->flag);
-    CUDA_CHK(cudaGetLastError());
-    CUDA_CHK(cudaMemcpyAsync(&h, g->flag, sizeof(int), cudaMemcpyDeviceToHost, g->compute));
-    CUDA_CHK(cudaStreamSynchronize(g->compute));
+    FEDGE_CUDA_CHK(cudaGetLastError());
+    FEDGE_CUDA_CHK(cudaMemcpyAsync(&h, g->flag, sizeof(int), cudaMemcpyDeviceToHost, g->compute));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->compute));
     *flag = h != 0;
     return FEDGE_OK;
 }
@@ -543,10 +508,10 @@ static int gpu_grad_nonfinite(fedge_backend *be, int *flag)
 static int gpu_update(fedge_backend *be, const fedge_sgd_config *sgd, float grad_scale)
 {
     gpu_impl *g = G(be);
-    sgd_kernel<<<blocks_for(be->opt_len), THREADS, 0, g->compute>>>(
+    sgd_kernel<<<fedge_gpu_blocks(be->opt_len), FEDGE_GPU_THREADS, 0, g->compute>>>(
         g->params + be->opt_off, g->velocity, g->grads + be->opt_off, be->opt_len, sgd->lr,
         sgd->momentum, sgd->weight_decay, grad_scale);
-    CUDA_CHK(cudaGetLastError());
+    FEDGE_CUDA_CHK(cudaGetLastError());
     if (!be->cfg.zero)
         return cast_to_low(g, g->params, g->wlow, be->cfg.layout.n_pad, g->compute);
     return FEDGE_OK;
@@ -558,12 +523,12 @@ static int gpu_gather_params(fedge_backend *be)
     const fedge_layout *lo = &be->cfg.layout;
     if (!be->cfg.zero)
         return FEDGE_OK;
-    CUDA_CHK(cudaEventRecord(g->update_done, g->compute));
-    CUDA_CHK(cudaStreamWaitEvent(g->comm, g->update_done, 0));
-    NCCL_CHK(ncclAllGather(g->params + lo->own_off, g->params, lo->shard, ncclFloat, g->nccl,
+    FEDGE_CUDA_CHK(cudaEventRecord(g->update_done, g->compute));
+    FEDGE_CUDA_CHK(cudaStreamWaitEvent(g->comm, g->update_done, 0));
+    FEDGE_NCCL_CHK(ncclAllGather(g->params + lo->own_off, g->params, lo->shard, ncclFloat, g->nccl,
                            g->comm));
-    CUDA_CHK(cudaEventRecord(g->comm_done, g->comm));
-    CUDA_CHK(cudaStreamWaitEvent(g->compute, g->comm_done, 0));
+    FEDGE_CUDA_CHK(cudaEventRecord(g->comm_done, g->comm));
+    FEDGE_CUDA_CHK(cudaStreamWaitEvent(g->compute, g->comm_done, 0));
     return cast_to_low(g, g->params, g->wlow, lo->n_pad, g->compute);
 }
 
@@ -585,8 +550,8 @@ static int gpu_gemm_tflops(fedge_backend *be, int m, int n, int k, int iters, do
         ret = FEDGE_ERR_CLUSTER_GPU;
         goto cleanup;
     }
-    fill_kernel<<<blocks_for(na), THREADS, 0, g->compute>>>(a32, na, 1.0f);
-    fill_kernel<<<blocks_for(nb), THREADS, 0, g->compute>>>(b32, nb, 0.5f);
+    fill_kernel<<<fedge_gpu_blocks(na), FEDGE_GPU_THREADS, 0, g->compute>>>(a32, na, 1.0f);
+    fill_kernel<<<fedge_gpu_blocks(nb), FEDGE_GPU_THREADS, 0, g->compute>>>(b32, nb, 0.5f);
     a = a32;
     b = b32;
     if (g->esize) {
@@ -699,18 +664,18 @@ static const fedge_backend_ops gpu_ops = make_ops();
 
 extern "C" int fedge_gpu_device_count(int *count)
 {
-    CUDA_CHK(cudaGetDeviceCount(count));
+    FEDGE_CUDA_CHK(cudaGetDeviceCount(count));
     return FEDGE_OK;
 }
 
 static int select_device(int local_rank, int *device)
 {
     int count = 0;
-    CUDA_CHK(cudaGetDeviceCount(&count));
+    FEDGE_CUDA_CHK(cudaGetDeviceCount(&count));
     if (count < 1)
         return FEDGE_ERR_CLUSTER_GPU;
     *device = local_rank % count;
-    CUDA_CHK(cudaSetDevice(*device));
+    FEDGE_CUDA_CHK(cudaSetDevice(*device));
     return FEDGE_OK;
 }
 
@@ -722,15 +687,15 @@ extern "C" int fedge_gpu_unique_id(int local_rank, unsigned char id[FEDGE_GPU_ID
     int st = select_device(local_rank, &device);
     if (st != FEDGE_OK)
         return st;
-    NCCL_CHK(ncclGetUniqueId(&uid));
+    FEDGE_NCCL_CHK(ncclGetUniqueId(&uid));
     memcpy(id, uid.internal, FEDGE_GPU_ID_BYTES);
     return FEDGE_OK;
 }
 
 static int dev_alloc(void **p, size_t bytes)
 {
-    CUDA_CHK(cudaMalloc(p, bytes ? bytes : 1));
-    CUDA_CHK(cudaMemset(*p, 0, bytes ? bytes : 1));
+    FEDGE_CUDA_CHK(cudaMalloc(p, bytes ? bytes : 1));
+    FEDGE_CUDA_CHK(cudaMemset(*p, 0, bytes ? bytes : 1));
     return FEDGE_OK;
 }
 
@@ -750,19 +715,19 @@ static int gpu_setup(fedge_backend *be, gpu_impl *g, const unsigned char id[FEDG
     case FEDGE_PREC_FP16: g->ctype = CUDA_R_16F; g->esize = 2; break;
     default: g->ctype = CUDA_R_32F; g->esize = 0; break;
     }
-    CUDA_CHK(cudaStreamCreateWithFlags(&g->compute, cudaStreamNonBlocking));
-    CUDA_CHK(cudaStreamCreateWithFlags(&g->comm, cudaStreamNonBlocking));
+    FEDGE_CUDA_CHK(cudaStreamCreateWithFlags(&g->compute, cudaStreamNonBlocking));
+    FEDGE_CUDA_CHK(cudaStreamCreateWithFlags(&g->comm, cudaStreamNonBlocking));
     for (int l = 0; l < L; l++)
-        CUDA_CHK(cudaEventCreateWithFlags(&g->layer_done[l], cudaEventDisableTiming));
-    CUDA_CHK(cudaEventCreateWithFlags(&g->comm_done, cudaEventDisableTiming));
-    CUDA_CHK(cudaEventCreateWithFlags(&g->update_done, cudaEventDisableTiming));
+        FEDGE_CUDA_CHK(cudaEventCreateWithFlags(&g->layer_done[l], cudaEventDisableTiming));
+    FEDGE_CUDA_CHK(cudaEventCreateWithFlags(&g->comm_done, cudaEventDisableTiming));
+    FEDGE_CUDA_CHK(cudaEventCreateWithFlags(&g->update_done, cudaEventDisableTiming));
     g->last_layer = -1;
-    BLAS_CHK(cublasCreate(&g->blas));
-    BLAS_CHK(cublasSetStream(g->blas, g->compute));
-    BLAS_CHK(cublasSetMathMode(g->blas, CUBLAS_DEFAULT_MATH)); /* fp32 stays fp32: no TF32 */
+    FEDGE_BLAS_CHK(cublasCreate(&g->blas));
+    FEDGE_BLAS_CHK(cublasSetStream(g->blas, g->compute));
+    FEDGE_BLAS_CHK(cublasSetMathMode(g->blas, CUBLAS_DEFAULT_MATH)); /* fp32 stays fp32: no TF32 */
     ncclUniqueId uid;
     memcpy(uid.internal, id, FEDGE_GPU_ID_BYTES);
-    NCCL_CHK(ncclCommInitRank(&g->nccl, lo->world, uid, lo->rank));
+    FEDGE_NCCL_CHK(ncclCommInitRank(&g->nccl, lo->world, uid, lo->rank));
     g->nccl_ok = 1;
 
     for (int l = 0; l <= L; l++)
@@ -785,7 +750,7 @@ static int gpu_setup(fedge_backend *be, gpu_impl *g, const unsigned char id[FEDG
             || (st = dev_alloc(&g->alow_block, low_floats * g->esize)) != FEDGE_OK
             || (st = dev_alloc(&g->dz_low, rows * maxd * g->esize)) != FEDGE_OK))
         return st;
-    CUDA_CHK(cudaMallocHost((void **)&g->host_loss, rows * sizeof(float)));
+    FEDGE_CUDA_CHK(cudaMallocHost((void **)&g->host_loss, rows * sizeof(float)));
     float *p = g->act_block;
     size_t low_off = 0;
     for (int l = 0; l <= L; l++) {

@@ -33,37 +33,13 @@ extern "C" {
 #include "log.h"
 }
 #include "gpu/mp_gpu.h"
+#define FEDGE_GPU_WHERE "gpu mp"
+#include "gpu/gpu_check.cuh"
 
-#define MP_THREADS 256
 
-#define MP_CUDA(expr)                                                                \
-    do {                                                                             \
-        cudaError_t e_ = (expr);                                                     \
-        if (e_ != cudaSuccess) {                                                     \
-            FEDGE_ERROR("gpu mp: %s failed: %s", #expr, cudaGetErrorString(e_));     \
-            return FEDGE_ERR_CLUSTER_GPU;                                            \
-        }                                                                            \
-    } while (0)
 
-#define MP_BLAS(expr)                                                                \
-    do {                                                                             \
-        cublasStatus_t s_ = (expr);                                                  \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                           \
-            FEDGE_ERROR("gpu mp: %s failed: cuBLAS status %d", #expr, (int)s_);      \
-            return FEDGE_ERR_CLUSTER_GPU;                                            \
-        }                                                                            \
-    } while (0)
 
-#define MP_NCCL(expr)                                                                \
-    do {                                                                             \
-        ncclResult_t r_ = (expr);                                                    \
-        if (r_ != ncclSuccess) {                                                     \
-            FEDGE_ERROR("gpu mp: %s failed: %s", #expr, ncclGetErrorString(r_));     \
-            return FEDGE_ERR_CLUSTER_COMM;                                           \
-        }                                                                            \
-    } while (0)
-
-#define MP_KERNEL_DONE() MP_CUDA(cudaGetLastError())
+#define MP_KERNEL_DONE() FEDGE_CUDA_CHK(cudaGetLastError())
 
 typedef struct {
     const float *buf;
@@ -91,24 +67,16 @@ typedef struct {
 
 /* ---- kernels ------------------------------------------------------------- */
 
-#define GRID_STRIDE(i, n)                                                            \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);          \
-         i += (size_t)gridDim.x * blockDim.x)
 
-static unsigned mp_blocks(size_t n)
-{
-    size_t b = (n + MP_THREADS - 1) / MP_THREADS;
-    return (unsigned)(b < 1 ? 1 : (b > 8192 ? 8192 : b));
-}
 
 __global__ void mp_fill(float *p, size_t n, float v)
 {
-    GRID_STRIDE(i, n) p[i] = v;
+    FEDGE_GRID_STRIDE(i, n) p[i] = v;
 }
 
 __global__ void mp_bias_act(float *z, const float *b, size_t n, int cols, int relu)
 {
-    GRID_STRIDE(i, n)
+    FEDGE_GRID_STRIDE(i, n)
     {
         float v = z[i] + b[i % (size_t)cols];
         z[i] = (relu && v < 0.0f) ? 0.0f : v;
@@ -117,13 +85,13 @@ __global__ void mp_bias_act(float *z, const float *b, size_t n, int cols, int re
 
 __global__ void mp_relu_back(float *dst, const float *src, const float *act, size_t n)
 {
-    GRID_STRIDE(i, n) dst[i] = act[i] > 0.0f ? src[i] : 0.0f;
+    FEDGE_GRID_STRIDE(i, n) dst[i] = act[i] > 0.0f ? src[i] : 0.0f;
 }
 
 /* one thread per row: the class counts of a dense chain's output are small */
 __global__ void mp_row_max(const float *z, int rows, int cols, float *mx)
 {
-    GRID_STRIDE(r, (size_t)rows)
+    FEDGE_GRID_STRIDE(r, (size_t)rows)
     {
         const float *zr = z + r * (size_t)cols;
         float m = zr[0];
@@ -136,7 +104,7 @@ __global__ void mp_row_max(const float *z, int rows, int cols, float *mx)
 __global__ void mp_softmax_sums(const float *z, const float *mx, const uint8_t *y, int c0,
                                 int rows, int cols, double *se)
 {
-    GRID_STRIDE(r, (size_t)rows)
+    FEDGE_GRID_STRIDE(r, (size_t)rows)
     {
         const float *zr = z + r * (size_t)cols;
         const int label = (int)y[r] - c0;
@@ -150,7 +118,7 @@ __global__ void mp_softmax_sums(const float *z, const float *mx, const uint8_t *
 
 __global__ void mp_softmax_probs(float *z, const float *mx, const double *se, size_t n, int cols)
 {
-    GRID_STRIDE(i, n)
+    FEDGE_GRID_STRIDE(i, n)
     {
         const size_t r = i / (size_t)cols;
         z[i] = (float)(exp((double)(z[i] - mx[r])) / se[2 * r]);
@@ -159,13 +127,13 @@ __global__ void mp_softmax_probs(float *z, const float *mx, const double *se, si
 
 __global__ void mp_row_loss(const double *se, int rows, double *loss)
 {
-    GRID_STRIDE(r, (size_t)rows) loss[r] = log(se[2 * r]) - se[2 * r + 1];
+    FEDGE_GRID_STRIDE(r, (size_t)rows) loss[r] = log(se[2 * r]) - se[2 * r + 1];
 }
 
 __global__ void mp_xent_grad(float *dz, const float *p, const uint8_t *y, int c0, size_t n,
                              int cols, float w)
 {
-    GRID_STRIDE(i, n)
+    FEDGE_GRID_STRIDE(i, n)
     {
         const size_t r = i / (size_t)cols;
         const int j = (int)(i % (size_t)cols);
@@ -176,7 +144,7 @@ __global__ void mp_xent_grad(float *dz, const float *p, const uint8_t *y, int c0
 /* optim.h's rule: v = mu v + (g + wd w); w -= lr v */
 __global__ void mp_sgd(float *w, float *v, const float *g, size_t n, float lr, float mu, float wd)
 {
-    GRID_STRIDE(i, n)
+    FEDGE_GRID_STRIDE(i, n)
     {
         float vi = __fadd_rn(__fmul_rn(mu, v[i]), __fadd_rn(g[i], __fmul_rn(wd, w[i])));
         v[i] = vi;
@@ -186,7 +154,7 @@ __global__ void mp_sgd(float *w, float *v, const float *g, size_t n, float lr, f
 
 __global__ void mp_nonfinite(const float *g, size_t n, int *flag)
 {
-    GRID_STRIDE(i, n)
+    FEDGE_GRID_STRIDE(i, n)
     if (!isfinite(g[i]))
         *flag = 1;
 }
@@ -199,8 +167,8 @@ static int g_alloc(void *ctx, size_t n, float **out)
 {
     (void)ctx;
     *out = NULL;
-    MP_CUDA(cudaMalloc((void **)out, (n ? n : 1) * sizeof(float)));
-    MP_CUDA(cudaMemset(*out, 0, (n ? n : 1) * sizeof(float)));
+    FEDGE_CUDA_CHK(cudaMalloc((void **)out, (n ? n : 1) * sizeof(float)));
+    FEDGE_CUDA_CHK(cudaMemset(*out, 0, (n ? n : 1) * sizeof(float)));
     return FEDGE_OK;
 }
 
@@ -214,16 +182,16 @@ static void g_free(void *ctx, float *p)
 static int g_upload(void *ctx, float *dst, const float *host, size_t n)
 {
     mp_gpu *g = MPG(ctx);
-    MP_CUDA(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice, g->s));
-    MP_CUDA(cudaStreamSynchronize(g->s)); /* host may be pageable and reused */
+    FEDGE_CUDA_CHK(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice, g->s));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->s)); /* host may be pageable and reused */
     return FEDGE_OK;
 }
 
 static int g_download(void *ctx, float *host, const float *src, size_t n)
 {
     mp_gpu *g = MPG(ctx);
-    MP_CUDA(cudaMemcpyAsync(host, src, n * sizeof(float), cudaMemcpyDeviceToHost, g->s));
-    MP_CUDA(cudaStreamSynchronize(g->s));
+    FEDGE_CUDA_CHK(cudaMemcpyAsync(host, src, n * sizeof(float), cudaMemcpyDeviceToHost, g->s));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->s));
     return FEDGE_OK;
 }
 
@@ -231,7 +199,7 @@ static int g_copy(void *ctx, float *dst, const float *src, size_t n)
 {
     mp_gpu *g = MPG(ctx);
     if (n > 0)
-        MP_CUDA(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, g->s));
+        FEDGE_CUDA_CHK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, g->s));
     return FEDGE_OK;
 }
 
@@ -239,7 +207,7 @@ static int g_zero(void *ctx, float *p, size_t n)
 {
     mp_gpu *g = MPG(ctx);
     if (n > 0)
-        MP_CUDA(cudaMemsetAsync(p, 0, n * sizeof(float), g->s));
+        FEDGE_CUDA_CHK(cudaMemsetAsync(p, 0, n * sizeof(float), g->s));
     return FEDGE_OK;
 }
 
@@ -248,8 +216,8 @@ static int g_labels(void *ctx, const uint8_t *host, int rows, const uint8_t **ou
     mp_gpu *g = MPG(ctx);
     if (rows < 0 || (size_t)rows > g->labels_max)
         return FEDGE_ERR_RANGE;
-    MP_CUDA(cudaMemcpyAsync(g->y, host, (size_t)rows, cudaMemcpyHostToDevice, g->s));
-    MP_CUDA(cudaStreamSynchronize(g->s));
+    FEDGE_CUDA_CHK(cudaMemcpyAsync(g->y, host, (size_t)rows, cudaMemcpyHostToDevice, g->s));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->s));
     *out = g->y;
     return FEDGE_OK;
 }
@@ -260,7 +228,7 @@ static int g_gemm(void *ctx, int ta, int tb, int m, int n, int k, float alpha, c
     mp_gpu *g = MPG(ctx);
     if (m == 0 || n == 0)
         return FEDGE_OK;
-    MP_BLAS(cublasSgemm(g->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+    FEDGE_BLAS_CHK(cublasSgemm(g->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                         n, m, k, &alpha, b, ldb, a, lda, &beta, c, ldc));
     return FEDGE_OK;
 }
@@ -271,7 +239,7 @@ static int g_bias_act(void *ctx, float *z, const float *b, int rows, int cols, i
     const size_t n = (size_t)rows * (size_t)cols;
     if (n == 0)
         return FEDGE_OK;
-    mp_bias_act<<<mp_blocks(n), MP_THREADS, 0, g->s>>>(z, b, n, cols, relu);
+    mp_bias_act<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->s>>>(z, b, n, cols, relu);
     MP_KERNEL_DONE();
     return FEDGE_OK;
 }
@@ -285,7 +253,7 @@ static int g_bias_grad(void *ctx, const float *dz, int rows, int cols, float *gb
         return FEDGE_OK;
     if ((size_t)rows > g->rows_max)
         return FEDGE_ERR_RANGE;
-    MP_BLAS(cublasSgemv(g->blas, CUBLAS_OP_N, cols, rows, &one, dz, cols, g->ones, 1, &one, gb,
+    FEDGE_BLAS_CHK(cublasSgemv(g->blas, CUBLAS_OP_N, cols, rows, &one, dz, cols, g->ones, 1, &one, gb,
                         1));
     return FEDGE_OK;
 }
@@ -295,7 +263,7 @@ static int g_relu_back(void *ctx, float *dst, const float *src, const float *act
     mp_gpu *g = MPG(ctx);
     if (n == 0)
         return FEDGE_OK;
-    mp_relu_back<<<mp_blocks(n), MP_THREADS, 0, g->s>>>(dst, src, act, n);
+    mp_relu_back<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->s>>>(dst, src, act, n);
     MP_KERNEL_DONE();
     return FEDGE_OK;
 }
@@ -305,7 +273,7 @@ static int g_row_max(void *ctx, const float *z, int rows, int cols, float *mx)
     mp_gpu *g = MPG(ctx);
     if (rows < 1)
         return FEDGE_OK;
-    mp_row_max<<<mp_blocks((size_t)rows), MP_THREADS, 0, g->s>>>(z, rows, cols, mx);
+    mp_row_max<<<fedge_gpu_blocks((size_t)rows), FEDGE_GPU_THREADS, 0, g->s>>>(z, rows, cols, mx);
     MP_KERNEL_DONE();
     return FEDGE_OK;
 }
@@ -316,7 +284,7 @@ static int g_softmax_sums(void *ctx, const float *z, const float *mx, const uint
     mp_gpu *g = MPG(ctx);
     if (rows < 1)
         return FEDGE_OK;
-    mp_softmax_sums<<<mp_blocks((size_t)rows), MP_THREADS, 0, g->s>>>(z, mx, y, c0, rows, cols,
+    mp_softmax_sums<<<fedge_gpu_blocks((size_t)rows), FEDGE_GPU_THREADS, 0, g->s>>>(z, mx, y, c0, rows, cols,
                                                                       se);
     MP_KERNEL_DONE();
     return FEDGE_OK;
@@ -334,13 +302,13 @@ static int g_softmax_finish(void *ctx, float *z, const float *mx, const double *
         return FEDGE_OK;
     if ((size_t)rows > g->rows_max)
         return FEDGE_ERR_RANGE;
-    mp_row_loss<<<mp_blocks((size_t)rows), MP_THREADS, 0, g->s>>>(se, rows, g->row_loss);
+    mp_row_loss<<<fedge_gpu_blocks((size_t)rows), FEDGE_GPU_THREADS, 0, g->s>>>(se, rows, g->row_loss);
     MP_KERNEL_DONE();
-    mp_softmax_probs<<<mp_blocks(n), MP_THREADS, 0, g->s>>>(z, mx, se, n, cols);
+    mp_softmax_probs<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->s>>>(z, mx, se, n, cols);
     MP_KERNEL_DONE();
-    MP_CUDA(cudaMemcpyAsync(g->host_loss, g->row_loss, (size_t)rows * sizeof(double),
+    FEDGE_CUDA_CHK(cudaMemcpyAsync(g->host_loss, g->row_loss, (size_t)rows * sizeof(double),
                             cudaMemcpyDeviceToHost, g->s));
-    MP_CUDA(cudaStreamSynchronize(g->s));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->s));
     double total = 0.0;
     for (int r = 0; r < rows; r++)
         total += g->host_loss[r];
@@ -355,7 +323,7 @@ static int g_xent_grad(void *ctx, float *dz, const float *p, const uint8_t *y, i
     const size_t n = (size_t)rows * (size_t)cols;
     if (n == 0)
         return FEDGE_OK;
-    mp_xent_grad<<<mp_blocks(n), MP_THREADS, 0, g->s>>>(dz, p, y, c0, n, cols, w);
+    mp_xent_grad<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->s>>>(dz, p, y, c0, n, cols, w);
     MP_KERNEL_DONE();
     return FEDGE_OK;
 }
@@ -366,7 +334,7 @@ static int g_sgd(void *ctx, const fedge_sgd_config *cfg, float *w, float *v, con
     mp_gpu *g = MPG(ctx);
     if (n == 0)
         return FEDGE_OK;
-    mp_sgd<<<mp_blocks(n), MP_THREADS, 0, g->s>>>(w, v, gr, n, cfg->lr, cfg->momentum,
+    mp_sgd<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->s>>>(w, v, gr, n, cfg->lr, cfg->momentum,
                                                  cfg->weight_decay);
     MP_KERNEL_DONE();
     return FEDGE_OK;
@@ -375,13 +343,13 @@ static int g_sgd(void *ctx, const fedge_sgd_config *cfg, float *w, float *v, con
 static int g_nonfinite(void *ctx, const float *gr, size_t n, int *bad)
 {
     mp_gpu *g = MPG(ctx);
-    MP_CUDA(cudaMemsetAsync(g->flag, 0, sizeof(int), g->s));
+    FEDGE_CUDA_CHK(cudaMemsetAsync(g->flag, 0, sizeof(int), g->s));
     if (n > 0) {
-        mp_nonfinite<<<mp_blocks(n), MP_THREADS, 0, g->s>>>(gr, n, g->flag);
+        mp_nonfinite<<<fedge_gpu_blocks(n), FEDGE_GPU_THREADS, 0, g->s>>>(gr, n, g->flag);
         MP_KERNEL_DONE();
     }
-    MP_CUDA(cudaMemcpyAsync(g->host_flag, g->flag, sizeof(int), cudaMemcpyDeviceToHost, g->s));
-    MP_CUDA(cudaStreamSynchronize(g->s));
+    FEDGE_CUDA_CHK(cudaMemcpyAsync(g->host_flag, g->flag, sizeof(int), cudaMemcpyDeviceToHost, g->s));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->s));
     *bad = *g->host_flag != 0;
     return FEDGE_OK;
 }
@@ -391,9 +359,9 @@ static int g_allreduce(void *ctx, int axis, void *buf, size_t n, int dtype, int 
     mp_gpu *g = MPG(ctx);
     if (axis < 0 || axis >= FEDGE_MP_AXES || !g->comm_ok[axis])
         return FEDGE_ERR_INVALID_ARG;
-    MP_NCCL(ncclAllReduce(buf, buf, n, dtype == FEDGE_MP_DOUBLE ? ncclDouble : ncclFloat,
+    FEDGE_NCCL_CHK(ncclAllReduce(buf, buf, n, dtype == FEDGE_MP_DOUBLE ? ncclDouble : ncclFloat,
                           op == FEDGE_MP_MAX ? ncclMax : ncclSum, g->comm[axis], g->s));
-    MP_CUDA(cudaStreamSynchronize(g->s));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->s));
     return FEDGE_OK;
 }
 
@@ -403,7 +371,7 @@ static int issue_p2p(mp_gpu *g, float *rbuf, size_t rn, int rpeer)
     if (g->nq == 0 && rbuf == NULL)
         return FEDGE_OK;
     const ncclComm_t pp = g->comm[FEDGE_MP_AXIS_PP];
-    MP_NCCL(ncclGroupStart());
+    FEDGE_NCCL_CHK(ncclGroupStart());
     ncclResult_t r = ncclSuccess;
     for (int i = 0; i < g->nq && r == ncclSuccess; i++)
         r = ncclSend(g->q[i].buf, g->q[i].n, ncclFloat, g->q[i].peer, pp, g->s);
@@ -411,8 +379,8 @@ static int issue_p2p(mp_gpu *g, float *rbuf, size_t rn, int rpeer)
         r = ncclRecv(rbuf, rn, ncclFloat, rpeer, pp, g->s);
     ncclResult_t e = ncclGroupEnd();
     g->nq = 0;
-    MP_NCCL(r);
-    MP_NCCL(e);
+    FEDGE_NCCL_CHK(r);
+    FEDGE_NCCL_CHK(e);
     return FEDGE_OK;
 }
 
@@ -458,7 +426,7 @@ static int g_send_wait_all(void *ctx)
     int st = issue_p2p(g, NULL, 0, 0);
     if (st != FEDGE_OK)
         return st;
-    MP_CUDA(cudaStreamSynchronize(g->s));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->s));
     return FEDGE_OK;
 }
 
@@ -477,12 +445,12 @@ static int g_recv(void *ctx, float *buf, size_t n, int peer, int tag, double *id
     (void)tag;
     if (!g->comm_ok[FEDGE_MP_AXIS_PP])
         return FEDGE_ERR_INVALID_ARG;
-    MP_CUDA(cudaStreamSynchronize(g->s));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->s));
     double t0 = now_s();
     int st = issue_p2p(g, buf, n, peer);
     if (st != FEDGE_OK)
         return st;
-    MP_CUDA(cudaStreamSynchronize(g->s));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->s));
     *idle_s += now_s() - t0;
     return FEDGE_OK;
 }
@@ -552,24 +520,24 @@ extern "C" void fedge_mp_gpu_destroy(void *ctx)
 static int mp_gpu_setup(mp_gpu *g, int local_rank)
 {
     int count = 0;
-    MP_CUDA(cudaGetDeviceCount(&count));
+    FEDGE_CUDA_CHK(cudaGetDeviceCount(&count));
     if (count < 1)
         return FEDGE_ERR_CLUSTER_GPU;
     g->device = local_rank % count;
-    MP_CUDA(cudaSetDevice(g->device));
-    MP_CUDA(cudaStreamCreateWithFlags(&g->s, cudaStreamNonBlocking));
-    MP_BLAS(cublasCreate(&g->blas));
-    MP_BLAS(cublasSetStream(g->blas, g->s));
-    MP_BLAS(cublasSetMathMode(g->blas, CUBLAS_DEFAULT_MATH)); /* fp32 stays fp32: no TF32 */
-    MP_CUDA(cudaMalloc((void **)&g->y, g->labels_max ? g->labels_max : 1));
-    MP_CUDA(cudaMalloc((void **)&g->ones, g->rows_max * sizeof(float)));
-    MP_CUDA(cudaMalloc((void **)&g->row_loss, g->rows_max * sizeof(double)));
-    MP_CUDA(cudaMalloc((void **)&g->flag, sizeof(int)));
-    MP_CUDA(cudaMallocHost((void **)&g->host_loss, g->rows_max * sizeof(double)));
-    MP_CUDA(cudaMallocHost((void **)&g->host_flag, sizeof(int)));
-    mp_fill<<<mp_blocks(g->rows_max), MP_THREADS, 0, g->s>>>(g->ones, g->rows_max, 1.0f);
+    FEDGE_CUDA_CHK(cudaSetDevice(g->device));
+    FEDGE_CUDA_CHK(cudaStreamCreateWithFlags(&g->s, cudaStreamNonBlocking));
+    FEDGE_BLAS_CHK(cublasCreate(&g->blas));
+    FEDGE_BLAS_CHK(cublasSetStream(g->blas, g->s));
+    FEDGE_BLAS_CHK(cublasSetMathMode(g->blas, CUBLAS_DEFAULT_MATH)); /* fp32 stays fp32: no TF32 */
+    FEDGE_CUDA_CHK(cudaMalloc((void **)&g->y, g->labels_max ? g->labels_max : 1));
+    FEDGE_CUDA_CHK(cudaMalloc((void **)&g->ones, g->rows_max * sizeof(float)));
+    FEDGE_CUDA_CHK(cudaMalloc((void **)&g->row_loss, g->rows_max * sizeof(double)));
+    FEDGE_CUDA_CHK(cudaMalloc((void **)&g->flag, sizeof(int)));
+    FEDGE_CUDA_CHK(cudaMallocHost((void **)&g->host_loss, g->rows_max * sizeof(double)));
+    FEDGE_CUDA_CHK(cudaMallocHost((void **)&g->host_flag, sizeof(int)));
+    mp_fill<<<fedge_gpu_blocks(g->rows_max), FEDGE_GPU_THREADS, 0, g->s>>>(g->ones, g->rows_max, 1.0f);
     MP_KERNEL_DONE();
-    MP_CUDA(cudaStreamSynchronize(g->s));
+    FEDGE_CUDA_CHK(cudaStreamSynchronize(g->s));
     return FEDGE_OK;
 }
 
@@ -606,12 +574,12 @@ extern "C" int fedge_mp_gpu_connect(void *ctx, const int size[FEDGE_MP_AXES],
     mp_gpu *g = MPG(ctx);
     if (g == NULL)
         return FEDGE_ERR_INVALID_ARG;
-    MP_CUDA(cudaSetDevice(g->device));
+    FEDGE_CUDA_CHK(cudaSetDevice(g->device));
     for (int a = 0; a < FEDGE_MP_AXES; a++) {
         ncclUniqueId uid;
         static_assert(sizeof(uid.internal) == FEDGE_GPU_ID_BYTES, "NCCL unique id size");
         memcpy(uid.internal, ids[a], FEDGE_GPU_ID_BYTES);
-        MP_NCCL(ncclCommInitRank(&g->comm[a], size[a], uid, rank[a]));
+        FEDGE_NCCL_CHK(ncclCommInitRank(&g->comm[a], size[a], uid, rank[a]));
         g->comm_ok[a] = 1;
     }
     return FEDGE_OK;
