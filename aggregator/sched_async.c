@@ -57,8 +57,7 @@ static int async_resume(fedge_aggregator *a)
 {
     int ret;
     CHK(async_alloc(a));
-    CHK(fedge_sched_count_rounds(a));
-    CHK(fedge_sched_resume_open(a));
+    CHK(fedge_sched_resume_log(a));
     if (a->state == FEDGE_AGG_OPEN) { /* the step's admissions so far hold slots again */
         double now = fedge_clock_mono();
         a->n_selected = 0;
@@ -70,11 +69,6 @@ static int async_resume(fedge_aggregator *a)
                 a->in_flight++;
             }
         }
-    }
-    a->start_at = fedge_clock_mono() + a->cfg.start_delay_s;
-    if (a->state != FEDGE_AGG_OPEN && a->cfg.rounds > 0 && a->rounds_done >= a->cfg.rounds) {
-        a->state = FEDGE_AGG_FINISHED;
-        a->finished_at = fedge_clock_mono();
     }
 cleanup:
     return ret;

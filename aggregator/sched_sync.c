@@ -20,20 +20,6 @@
 #include "store.h"
 #include "strategy.h"
 
-static int sync_resume(fedge_aggregator *a)
-{
-    int ret;
-    CHK(fedge_sched_count_rounds(a));
-    CHK(fedge_sched_resume_open(a));
-    a->start_at = fedge_clock_mono() + a->cfg.start_delay_s;
-    if (a->state != FEDGE_AGG_OPEN && a->cfg.rounds > 0 && a->rounds_done >= a->cfg.rounds) {
-        a->state = FEDGE_AGG_FINISHED;
-        a->finished_at = fedge_clock_mono();
-    }
-cleanup:
-    return ret;
-}
-
 static int open_round(fedge_aggregator *a, double now)
 {
     sqlite3_stmt *st = NULL;
@@ -242,7 +228,7 @@ static void sync_view(fedge_aggregator *a, int d, double now, fedge_sched_view *
 
 const fedge_sched fedge_sched_sync = {
     .mode = "sync",
-    .resume = sync_resume,
+    .resume = fedge_sched_resume_log,
     .on_tick = sync_on_tick,
     .on_accepted = sync_on_accepted,
     .admit = sync_admit,

@@ -341,3 +341,17 @@ void fedge_sched_tally(fedge_aggregator *a, int d, int accepted, size_t bytes)
         a->n_rejected++;
     }
 }
+
+int fedge_sched_resume_log(fedge_aggregator *a)
+{
+    int ret;
+    CHK(fedge_sched_count_rounds(a));
+    CHK(fedge_sched_resume_open(a));
+    a->start_at = fedge_clock_mono() + a->cfg.start_delay_s;
+    if (a->state != FEDGE_AGG_OPEN && a->cfg.rounds > 0 && a->rounds_done >= a->cfg.rounds) {
+        a->state = FEDGE_AGG_FINISHED;
+        a->finished_at = fedge_clock_mono();
+    }
+cleanup:
+    return ret;
+}

@@ -66,6 +66,10 @@ int fedge_sched_outcome(const fedge_aggregator *a, char *msg, size_t msglen);
 /* Restores the open round (async: the open step, whose accepted rows are
  * the buffer) left by a crash: participants, counters, submitted flags. */
 int fedge_sched_resume_open(fedge_aggregator *a);
+/* Every mode's resume: the round counts and the open round from the log
+ * (the two above), the first open after start_delay_s, and FINISHED when
+ * `rounds` are already done. */
+int fedge_sched_resume_log(fedge_aggregator *a);
 /* Closes the open round or aggregation step: aggregates its accepted
  * updates (close.h), adopts, evaluates and records the model, writes the
  * rounds row, signs the head, all in one transaction; then retention,
