@@ -517,6 +517,15 @@ static int parent_must_exist(const char *path, const char *where, char *err, siz
     return must_exist(dir, S_IFDIR, where, err, errlen);
 }
 
+size_t fedge_agg_config_round_size(const fedge_agg_config *c, size_t n_eligible)
+{
+    size_t k = c->clients_per_round > 0 ? (size_t)c->clients_per_round
+                                        : (size_t)ceil(c->client_fraction * (double)n_eligible);
+    if (k > n_eligible)
+        k = n_eligible;
+    return k ? k : 1;
+}
+
 size_t fedge_agg_config_combiner_min(const fedge_agg_config *c, size_t n, char *why, size_t whylen)
 {
     fedge_combine_params p = {.trim_beta = c->trim_beta, .f = c->byzantine_f, .m = c->multikrum_m, .block = 1};

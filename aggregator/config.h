@@ -113,6 +113,10 @@ int fedge_agg_config_from_args(fedge_agg_config *c, int argc, char **argv, const
                                char *err, size_t errlen);
 /* Cross-field and file-system checks after everything is applied. */
 int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errlen);
+/* Participants a sync round selects among n_eligible devices:
+ * clients_per_round, or ceil(client_fraction * n_eligible), within 1 ..
+ * n_eligible (1 when n_eligible is 0). */
+size_t fedge_agg_config_round_size(const fedge_agg_config *c, size_t n_eligible);
 /* The fewest updates c's combiner can combine (the least count its check()
  * passes: 1 for mean, 2f + 3 for krum, max(2f + 3, m) for multikrum, 4f + 3
  * for bulyan); 0 when no count up to 2^24 would do. When n is below it, why

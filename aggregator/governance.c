@@ -177,14 +177,9 @@ static int policy_fits(const fedge_aggregator *a, const fedge_policy *p, char *e
         return FEDGE_ERR_CONFIG_VALUE;
     }
     /* participants per round when every device is eligible (the most any
-     * round can have): as open_round computes it */
+     * round can have) */
     size_t n = a->keys.n;
-    size_t sel = a->cfg.clients_per_round > 0 ? (size_t)a->cfg.clients_per_round
-                                              : (size_t)ceil(a->cfg.client_fraction * (double)n);
-    if (sel > n)
-        sel = n;
-    if (sel == 0)
-        sel = 1;
+    size_t sel = fedge_agg_config_round_size(&a->cfg, n);
     if (a->cfg.clients_per_round == 0 && (k > sel || (size_t)a->cfg.min_updates > sel)) {
         snprintf(err, errlen, "client_fraction %g selects %zu of %zu devices, fewer than %s %ld: no round could"
                  " aggregate", a->cfg.client_fraction, sel, n, k > sel ? "round.min_clients" : "min_updates",

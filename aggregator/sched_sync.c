@@ -36,12 +36,7 @@ static int open_round(fedge_aggregator *a, double now)
         a->start_at = now + 5.0;
         goto cleanup;
     }
-    size_t k = a->cfg.clients_per_round > 0 ? (size_t)a->cfg.clients_per_round
-                                            : (size_t)ceil(a->cfg.client_fraction * (double)n_allowed);
-    if (k > n_allowed)
-        k = n_allowed;
-    if (k == 0)
-        k = 1;
+    size_t k = fedge_agg_config_round_size(&a->cfg, n_allowed);
     int refused = 0;
     char reason[256] = "";
     CHK(fedge_gov_round_admission(a, round, k, n_allowed, &refused, reason, sizeof reason));

@@ -274,12 +274,7 @@ static void warn_byzantine_tolerance(const sim *s, const fedge_agg_config *cfg, 
 {
     if (n_byz == 0)
         return;
-    double per_round = cfg->clients_per_round > 0 ? (double)cfg->clients_per_round
-                                                  : ceil(cfg->client_fraction * (double)s->n_dev);
-    if (per_round > (double)s->n_dev)
-        per_round = (double)s->n_dev;
-    if (per_round < 1)
-        per_round = 1;
+    double per_round = (double)fedge_agg_config_round_size(cfg, s->n_dev);
     double expected = (double)n_byz * per_round / (double)s->n_dev;
     long n = (long)per_round, tolerated;
     char rule[64];
