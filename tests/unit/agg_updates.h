@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "agg.h"
+#include "log.h"
 #include "delta.h"
 #include "envelope.h"
 #include "update.h"
@@ -19,6 +20,37 @@ typedef struct {
     fedge_aggregator agg;
     fedge_device_key keys[N_DEV];
 } fixture;
+
+/* A fresh directory /tmp/fedge-TAG-XXXXXX with the keys file of DEVICES and
+ * a 120-row test shard, and fx->cfg at its defaults pointing there (db,
+ * model store, mlp:16-8-3); the caller sets the rest, validates and inits. */
+static void fixture_prepare(fixture *fx, const char *tag)
+{
+    char path[128];
+    snprintf(fx->dir, sizeof fx->dir, "/tmp/fedge-%s-XXXXXX", tag);
+    assert_non_null(mkdtemp(fx->dir));
+    fedge_log_set_level(FEDGE_LOG_WARN);
+    fedge_agg_config_defaults(&fx->cfg);
+    snprintf(path, sizeof path, "%s/keys", fx->dir);
+    fixture_write_keys(path, DEVICES, N_DEV);
+    snprintf(fx->cfg.keys_file, sizeof fx->cfg.keys_file, "%s", path);
+    snprintf(path, sizeof path, "%s/test.bin", fx->dir);
+    fixture_write_test_shard(path, 120);
+    snprintf(fx->cfg.test_data, sizeof fx->cfg.test_data, "%s", path);
+    snprintf(fx->cfg.db, sizeof fx->cfg.db, "%s/fedge.db", fx->dir);
+    snprintf(fx->cfg.model_dir, sizeof fx->cfg.model_dir, "%s/models", fx->dir);
+    snprintf(fx->cfg.model_spec, sizeof fx->cfg.model_spec, "mlp:16-8-3");
+}
+
+/* The devices' envelope keys, as each edge derives its own. */
+static void fixture_derive_keys(fixture *fx)
+{
+    for (int i = 0; i < N_DEV; i++) {
+        uint8_t s[FEDGE_SECRET_LEN];
+        fixture_secret(i, s);
+        assert_int_equal(fedge_envelope_derive_key(s, sizeof s, DEVICES[i], &fx->keys[i]), FEDGE_OK);
+    }
+}
 
 typedef struct {
     uint32_t round;

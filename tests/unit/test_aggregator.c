@@ -41,28 +41,13 @@ static const char *DEVICES[N_DEV] = {"dev-a", "dev-b", "dev-c"};
 static int setup(void **state)
 {
     fixture *fx = calloc(1, sizeof *fx);
-    char path[128], err[256] = "";
-    snprintf(fx->dir, sizeof fx->dir, "/tmp/fedge-agg-XXXXXX");
-    assert_non_null(mkdtemp(fx->dir));
-    fedge_log_set_level(FEDGE_LOG_WARN);
-    fedge_agg_config_defaults(&fx->cfg);
-    snprintf(path, sizeof path, "%s/keys", fx->dir);
-    fixture_write_keys(path, DEVICES, N_DEV);
-    snprintf(fx->cfg.keys_file, sizeof fx->cfg.keys_file, "%s", path);
-    snprintf(path, sizeof path, "%s/test.bin", fx->dir);
-    fixture_write_test_shard(path, 120);
-    snprintf(fx->cfg.test_data, sizeof fx->cfg.test_data, "%s", path);
-    snprintf(fx->cfg.db, sizeof fx->cfg.db, "%s/fedge.db", fx->dir);
-    snprintf(fx->cfg.model_dir, sizeof fx->cfg.model_dir, "%s/models", fx->dir);
-    snprintf(fx->cfg.model_spec, sizeof fx->cfg.model_spec, "mlp:16-8-3");
+    char err[256] = "";
+    assert_non_null(fx);
+    fixture_prepare(fx, "agg");
     fx->cfg.rounds = 3;
     fx->cfg.round_timeout_s = 600;
     assert_int_equal(fedge_agg_config_validate(&fx->cfg, err, sizeof err), FEDGE_OK);
-    for (int i = 0; i < N_DEV; i++) {
-        uint8_t s[FEDGE_SECRET_LEN];
-        fixture_secret(i, s);
-        assert_int_equal(fedge_envelope_derive_key(s, sizeof s, DEVICES[i], &fx->keys[i]), FEDGE_OK);
-    }
+    fixture_derive_keys(fx);
     int ret = fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err);
     if (ret != FEDGE_OK)
         fail_msg("fedge_agg_init: %s", err);

@@ -42,19 +42,7 @@ static fixture *start(long k, long concurrency, const char *policy)
     fixture *fx = calloc(1, sizeof *fx);
     char path[128], err[256] = "";
     assert_non_null(fx);
-    snprintf(fx->dir, sizeof fx->dir, "/tmp/fedge-async-XXXXXX");
-    assert_non_null(mkdtemp(fx->dir));
-    fedge_log_set_level(FEDGE_LOG_WARN);
-    fedge_agg_config_defaults(&fx->cfg);
-    snprintf(path, sizeof path, "%s/keys", fx->dir);
-    fixture_write_keys(path, DEVICES, N_DEV);
-    snprintf(fx->cfg.keys_file, sizeof fx->cfg.keys_file, "%s", path);
-    snprintf(path, sizeof path, "%s/test.bin", fx->dir);
-    fixture_write_test_shard(path, 120);
-    snprintf(fx->cfg.test_data, sizeof fx->cfg.test_data, "%s", path);
-    snprintf(fx->cfg.db, sizeof fx->cfg.db, "%s/fedge.db", fx->dir);
-    snprintf(fx->cfg.model_dir, sizeof fx->cfg.model_dir, "%s/models", fx->dir);
-    snprintf(fx->cfg.model_spec, sizeof fx->cfg.model_spec, "mlp:16-8-3");
+    fixture_prepare(fx, "async");
     snprintf(fx->cfg.mode, sizeof fx->cfg.mode, "async");
     fx->cfg.rounds = 5;
     fx->cfg.seed = g_seed;
@@ -69,11 +57,7 @@ static fixture *start(long k, long concurrency, const char *policy)
         snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
     }
     assert_int_equal(fedge_agg_config_validate(&fx->cfg, err, sizeof err), FEDGE_OK);
-    for (int i = 0; i < N_DEV; i++) {
-        uint8_t s[FEDGE_SECRET_LEN];
-        fixture_secret(i, s);
-        assert_int_equal(fedge_envelope_derive_key(s, sizeof s, DEVICES[i], &fx->keys[i]), FEDGE_OK);
-    }
+    fixture_derive_keys(fx);
     if (fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err) != FEDGE_OK)
         fail_msg("fedge_agg_init: %s", err);
     assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
