@@ -12,7 +12,10 @@
 #                     fuzz targets in FUZZ_BUILD for a few seconds each
 # Prints one line per test and closes with "N passed, N failed".
 # FEDGE_TEST_JOBS: cmocka programs and fuzz targets run at once (default:
-# the cores, at most 4); integration scripts always run one at a time.
+# the cores, at most 4). FEDGE_TEST_INTEGRATION_JOBS: integration scripts
+# run at once (default 2; 1: one at a time). A script whose header has the
+# line "# fedge-test: serial" (it measures time, or needs the whole machine)
+# runs alone after the others; "# fedge-test: long" starts first.
 set -u
 MODE=${1:-all}
 BUILD=${2:-build/native}
@@ -61,7 +64,7 @@ BATCH_LOGS=()
 batch_add() { # name, log, command...
     local name=$1 log=$2
     shift 2
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n 2>/dev/null || sleep 0.1; done
+    while [ "$(jobs -rp | wc -l)" -ge "${BATCH_JOBS:-$JOBS}" ]; do wait -n 2>/dev/null || sleep 0.1; done
     rm -f "$log.rc"
     (
         t0=$SECONDS
@@ -100,12 +103,30 @@ ASAN_INTEGRATION="e2e_dtls crash_resume interop_coap_client upload_limits"
 run_integration() { # build dir, label, scripts (default: all)
     local b=$1 label=$2
     shift 2
-    local list=("$@")
+    local list=("$@") long=() rest=() serial=() n
     if [ ${#list[@]} -eq 0 ]; then
         for s in tests/integration/*.sh; do list+=("$(basename "$s" .sh)"); done
     fi
     for n in "${list[@]}"; do
         [ -f "tests/integration/$n.sh" ] || continue
+        if grep -q '^# fedge-test: serial' "tests/integration/$n.sh"; then
+            serial+=("$n")
+        elif grep -q '^# fedge-test: long' "tests/integration/$n.sh"; then
+            long+=("$n")
+        else
+            rest+=("$n")
+        fi
+    done
+    # Scripts take their own ports (fed_free_port) and temp dirs, so they
+    # may overlap; most of their time is spent waiting on deadlines.
+    BATCH_JOBS=${FEDGE_TEST_INTEGRATION_JOBS:-2}
+    for n in "${long[@]}" "${rest[@]}"; do
+        batch_add "$label/$n" "$b/test-logs/integration-$n.log" \
+            env FEDGE_BUILD="$b" bash "tests/integration/$n.sh"
+    done
+    batch_report
+    BATCH_JOBS=
+    for n in "${serial[@]}"; do
         run_one "$label/$n" "$b/test-logs/integration-$n.log" \
             env FEDGE_BUILD="$b" bash "tests/integration/$n.sh"
     done

@@ -9,6 +9,7 @@
 #     "database busy" retry within their round;
 #  4. stepping the wall clock back 600 s mid-round moves no deadline
 #     (libfaketime on the aggregator alone; skipped with a message without it).
+# fedge-test: long
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh

@@ -17,6 +17,7 @@
 #      final outcome=rejected ...) is an accepted row (issue 8, section 7: a
 #      resend after a lost reply must hear "accepted (duplicate)").
 # FEDGE_STORM_SEED picks the kill schedule; FEDGE_STORM_KILLS the count.
+# fedge-test: long
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh

@@ -7,6 +7,7 @@
 # The aggregator lingers 20 s after the last round: an edge learns that the
 # run finished only from a /round answer, and on this link a poll can be lost
 # (then it backs off for seconds), so a short linger made the test flaky.
+# fedge-test: long
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh

@@ -19,6 +19,7 @@
 # predict's memory on a large input.
 # Without PyPI (and no cached venv) the Python-ecosystem check is left out,
 # the rest runs, and the script ends with "SKIP: ..." and exit 0.
+# fedge-test: long
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${FEDGE_BUILD:-build/native}

@@ -5,6 +5,7 @@
 # parent = the aggregate). A failing and a timed-out refinement are logged
 # and the aggregate is kept, with no round lost; SIGTERM during a refinement
 # stops the daemon at once.
+# fedge-test: long
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh

@@ -12,6 +12,7 @@
 #   SLOW_LINK_ROUNDS (1)  SLOW_LINK_LOSS (0.20)  SLOW_LINK_DELAY_MS (200)
 #   SLOW_LINK_ENCODING (fp16)  SLOW_LINK_TIMING (unset: a file that gets
 #   "round|seconds" lines from the aggregator's db and the relay's counts)
+# fedge-test: long
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
