@@ -837,7 +837,8 @@ static int poll_round(edge_client *c, fedge_round_info *ri, unsigned *bad_replie
     c->round_end_ms = 0;
     int rc;
     if (once) {
-        req.timeout_ms = request_timeout_ms(c, 0);
+        req.timeout_ms = c->cfg->timeout_ms;
+        req.handshake_timeout_ms = c->cfg->timeout_ms;
         rc = fedge_edge_link_request(c->link, &req, &c->reply, c->stop);
     } else {
         rc = request_with_retry(c, &req, 0, 0, "GET /round", &attempts);

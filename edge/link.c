@@ -871,7 +871,8 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     int handshaking = !l->session_up;
     /* The request's time starts once the session is up; the handshake has
      * its own budget. */
-    uint64_t deadline = start + (handshaking ? l->handshake_timeout_ms : req->timeout_ms);
+    uint32_t handshake_ms = req->handshake_timeout_ms ? req->handshake_timeout_ms : l->handshake_timeout_ms;
+    uint64_t deadline = start + (handshaking ? handshake_ms : req->timeout_ms);
     l->req = req;
     l->reply = reply;
     l->state = REQ_WAITING;
@@ -922,8 +923,7 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
         if (now >= deadline) {
             char why[96];
             if (handshaking)
-                snprintf(why, sizeof why, "no DTLS handshake within %u ms",
-                         (unsigned)l->handshake_timeout_ms);
+                snprintf(why, sizeof why, "no DTLS handshake within %u ms", (unsigned)handshake_ms);
             else
                 snprintf(why, sizeof why, "no answer within %u ms (%u of %u blocks)",
                          (unsigned)req->timeout_ms, (unsigned)l->n_acked,

@@ -92,6 +92,7 @@ typedef struct {
     uint32_t timeout_ms;          /* whole exchange, all blocks included, from the moment
                                      the session is up (a handshake has its own budget) */
     int observe;                  /* GET: register Observe (RFC 7641 Observe: 0) */
+    uint32_t handshake_timeout_ms; /* a DTLS handshake this request waits for (0: the link's) */
 } fedge_edge_request;
 
 typedef struct {

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Push instead of polling (CoAP Observe on GET /round, RFC 7641), over plain
+# CoAP through tools/bench/udp_relay.py --coap, which counts each request by
+# path and the server's notifications:
+#  1. 3 edges observe /round: 3 rounds complete, the rounds and the finish
+#     reach them as notifications, and they send far fewer GET /round than
+#     polling would (registration + the 10 x poll_ms fallback only) while
+#     the first round's start is delayed 5 s.
+#  2. Finished stays finished: each edge wrote <state_dir>/<id>.finished with
+#     the run id; restarted after the daemon exited, an edge exits 0 at once;
+#     a daemon restarted on the finished database says state=finished at once.
+#  3. A new run (new run id) clears the marker.
+#  4. Polling fallback: the same edges against an aggregator with
+#     --no-observe poll every --poll-ms and the run completes.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+. tests/lib/fed.sh
+
+fed_setup 3
+FED_PORT=$(fed_free_port)
+relay_port=$(fed_free_port)
+"$BIN/fedge-partition" --data fashion-mnist --clients 3 --kind iid --seed 3 \
+    --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
+poll=200
+relay_pid=""
+start_relay() { # STATS_FILE
+    python3 tools/bench/udp_relay.py "$relay_port" "$FED_PORT" "$1" --coap &
+    relay_pid=$!
+    FED_PIDS+=("$relay_pid")
+}
+stop_relay() {
+    kill -TERM "$relay_pid"
+    wait "$relay_pid"
+}
+# count FILE KEY: that CoAP count summed over the relay's clients
+count() {
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1]))['clients']
+print(sum(c.get('coap', {}).get(sys.argv[2], 0) for c in d.values()))" "$1" "$2"
+}
+start_edges() { # EXTRA ARGS...
+    local i
+    for i in 1 2 3; do
+        mkdir -p "$FED_DIR/state-$i"
+        "$BIN/fedge-edge" --server "127.0.0.1:$relay_port" --id "dev-00$i" --keys "$(fed_edge_keys dev-00$i)" \
+            --shard "$FED_DIR/shards/shard-00$((i - 1)).bin" --insecure --poll-ms "$poll" \
+            --state-dir "$FED_DIR/state-$i" "$@" >>"$FED_DIR/edge-dev-00$i.log" 2>&1 &
+        FED_PIDS+=("$!")
+        FED_EDGE_PIDS+=("$!:dev-00$i")
+    done
+}
+agg_args=(--insecure --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin"
+    --round-timeout-s 30 --local-epochs 1 --batch 64)
+
+# 1. Observe.
+start_relay "$FED_DIR/relay-observe.json"
+fed_start_aggregator "${agg_args[@]}" --rounds 3 --start-delay-s 5 --linger-s 1
+t0=$(date +%s.%N)
+start_edges
+fed_wait_run 60 || fed_fail "the run with Observe failed"
+t1=$(date +%s.%N)
+stop_relay
+[ "$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed' AND n_accepted=3")" = 3 ] ||
+    fed_fail "3 rounds with 3 updates each expected: $(fed_sql "SELECT id, status, n_accepted FROM rounds")"
+for i in 1 2 3; do
+    grep -q "GET /round: observing" "$FED_DIR/edge-dev-00$i.log" || fed_fail "dev-00$i did not observe /round"
+done
+obs_gets=$(( $(count "$FED_DIR/relay-observe.json" "GET /round observe") + $(count "$FED_DIR/relay-observe.json" "GET /round") ))
+notes=$(count "$FED_DIR/relay-observe.json" notifications)
+elapsed=$(python3 -c "print($t1 - $t0)")
+# polling would send elapsed / 0.2 s per edge; Observe: 1 registration, one
+# per fallback (2 s), one after a notification that could not be used
+limit=$(python3 -c "print(int(3 * (2 + $elapsed / 2.0)))")
+echo "observe: ${elapsed}s, GET /round $obs_gets (limit $limit, polling ~$(python3 -c "print(int(3 * $elapsed / 0.2))")), notifications $notes"
+[ "$obs_gets" -le "$limit" ] || fed_fail "GET /round sent $obs_gets times with Observe (at most $limit expected)"
+# each edge hears at least round 1 opening, round 2, round 3 and the finish
+[ "$notes" -ge 9 ] || fed_fail "only $notes notifications reached the edges"
+
+# 2. Finished stays finished.
+run=$(fed_sql "SELECT value FROM meta WHERE key='run_id'")
+for i in 1 2 3; do
+    [ "$(cat "$FED_DIR/state-$i/dev-00$i.finished")" = "run=$run" ] ||
+        fed_fail "dev-00$i: marker $(cat "$FED_DIR/state-$i/dev-00$i.finished" 2>&1), run $run expected"
+done
+s=$(date +%s.%N)
+"$BIN/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-001 --keys "$(fed_edge_keys dev-001)" \
+    --shard "$FED_DIR/shards/shard-000.bin" --insecure --state-dir "$FED_DIR/state-1" \
+    >"$FED_DIR/edge-again.log" 2>&1 || fed_fail "restarted edge with a marker: exit $? ($(tail -2 "$FED_DIR/edge-again.log"))"
+took=$(python3 -c "print(round($(date +%s.%N) - $s, 1))")
+grep -q "unreachable .* finished" "$FED_DIR/edge-again.log" || fed_fail "restarted edge: $(cat "$FED_DIR/edge-again.log")"
+python3 -c "import sys; sys.exit(not $took < 8)" || fed_fail "the restarted edge took ${took}s to exit"
+echo "edge restarted with the marker, aggregator gone: exit 0 after ${took}s"
+# the daemon restarted on the finished run's database: finished at once
+fed_start_aggregator "${agg_args[@]}" --rounds 3 --linger-s 30
+mkdir -p "$FED_DIR/state-x"
+"$BIN/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-002 --keys "$(fed_edge_keys dev-002)" \
+    --shard "$FED_DIR/shards/shard-001.bin" --insecure --state-dir "$FED_DIR/state-x" \
+    >"$FED_DIR/edge-restarted-agg.log" 2>&1 || fed_fail "edge against the restarted daemon failed"
+grep -q "reports the run finished; 0 rounds" "$FED_DIR/edge-restarted-agg.log" ||
+    fed_fail "restarted daemon: $(cat "$FED_DIR/edge-restarted-agg.log")"
+[ "$(cat "$FED_DIR/state-x/dev-002.finished")" = "run=$run" ] || fed_fail "no marker from the restarted daemon"
+kill "$FED_AGG_PID"
+wait "$FED_AGG_PID"
+
+# 3 and 4. A new run (a fresh database) without Observe on the aggregator:
+# the edges' markers name the old run, so they take part, and poll.
+mv "$FED_DIR/fedge.db" "$FED_DIR/old.db"
+rm -rf "$FED_DIR/models"
+start_relay "$FED_DIR/relay-poll.json"
+fed_start_aggregator "${agg_args[@]}" --rounds 1 --start-delay-s 5 --linger-s 1 --no-observe
+# (an edge with a marker that finds no aggregator exits: wait until it listens)
+fed_wait_for "[ \$(grep -c 'listening on' '$FED_DIR/agg.log') = 3 ]" 20
+t0=$(date +%s.%N)
+start_edges
+fed_wait_run 60 || fed_fail "the polled run failed"
+t1=$(date +%s.%N)
+stop_relay
+[ "$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed' AND n_accepted=3")" = 1 ] ||
+    fed_fail "the polled run: $(fed_sql "SELECT id, status, n_accepted FROM rounds")"
+run2=$(fed_sql "SELECT value FROM meta WHERE key='run_id'")
+[ "$run2" != "$run" ] || fed_fail "a new database should be a new run"
+for i in 1 2 3; do
+    grep -q "a new run: .*dev-00$i.finished removed" "$FED_DIR/edge-dev-00$i.log" ||
+        fed_fail "dev-00$i did not clear the old run's marker"
+    [ "$(cat "$FED_DIR/state-$i/dev-00$i.finished")" = "run=$run2" ] || fed_fail "dev-00$i: no marker for the new run"
+    grep -q "does not push (no Observe); polling every $poll ms" "$FED_DIR/edge-dev-00$i.log" ||
+        fed_fail "dev-00$i did not fall back to polling"
+done
+poll_gets=$(count "$FED_DIR/relay-poll.json" "GET /round observe")
+notes=$(count "$FED_DIR/relay-poll.json" notifications)
+elapsed=$(python3 -c "print($t1 - $t0)")
+echo "polling: ${elapsed}s, GET /round $poll_gets, notifications $notes"
+[ "$notes" = 0 ] || fed_fail "an aggregator with --no-observe sent $notes notifications"
+# the 5 s start delay (less the daemon's own start-up) is over 8 polls per edge
+[ "$poll_gets" -ge 24 ] || fed_fail "only $poll_gets GET /round while polling every $poll ms"
+echo ok
