@@ -807,6 +807,19 @@ static int read_round(edge_client *c, const char *what, fedge_round_info *ri, un
     return FEDGE_ERR_PROTO;
 }
 
+/* While observing, a poll every 10 x --poll-ms, and at least every 60 s
+ * (RFC 7641 §3.3.1: /round carries no Max-Age, so its default, 60 s, is when
+ * the client should register again) unless --poll-ms is longer. */
+#define OBSERVE_FALLBACK_FACTOR 10u
+#define OBSERVE_MAX_AGE_MS 60000u
+
+static uint32_t observe_fallback_ms(const edge_client *c)
+{
+    uint64_t ms = (uint64_t)c->cfg->poll_ms * OBSERVE_FALLBACK_FACTOR;
+    uint32_t cap = c->cfg->poll_ms > OBSERVE_MAX_AGE_MS ? c->cfg->poll_ms : OBSERVE_MAX_AGE_MS;
+    return ms > cap ? cap : (uint32_t)ms;
+}
+
 static void log_push_mode(edge_client *c)
 {
     int pushed = fedge_edge_link_observing(c->link);
@@ -815,7 +828,7 @@ static void log_push_mode(edge_client *c)
     c->pushed_logged = pushed;
     if (pushed)
         FEDGE_INFO("GET /round: observing (the server pushes changes; fallback poll every %u ms)",
-                   c->cfg->poll_ms * 10u);
+                   observe_fallback_ms(c));
     else if (c->observe_off)
         FEDGE_INFO("GET /round: polling every %u ms", c->cfg->poll_ms);
     else
@@ -859,7 +872,7 @@ static int poll_round(edge_client *c, fedge_round_info *ri, unsigned *bad_replie
 }
 
 /* Until /round may have changed: a notification (*pushed = 1, *ri filled),
- * or, while observing, the fallback interval (10 x --poll-ms) without one,
+ * or, while observing, the fallback interval without one,
  * or the observation's end; without an observation, --poll-ms. */
 static int wait_round(edge_client *c, fedge_round_info *ri, int *pushed, unsigned *bad_replies)
 {
@@ -868,9 +881,7 @@ static int wait_round(edge_client *c, fedge_round_info *ri, int *pushed, unsigne
     if (!fedge_edge_link_observing(c->link))
         return fedge_edge_link_sleep(c->link, cfg->poll_ms, c->stop);
     int got = 0;
-    uint64_t fallback = (uint64_t)cfg->poll_ms * 10u;
-    int rc = fedge_edge_link_observe_wait(c->link, fallback > UINT32_MAX ? UINT32_MAX : (uint32_t)fallback,
-                                          &c->reply, &got, c->stop);
+    int rc = fedge_edge_link_observe_wait(c->link, observe_fallback_ms(c), &c->reply, &got, c->stop);
     if (rc != FEDGE_OK || !got) {
         if (rc == FEDGE_OK && !fedge_edge_link_observing(c->link))
             FEDGE_DEBUG("GET /round: the observation ended; polling to register again");
