@@ -776,9 +776,9 @@ static void teardown(edge_client *c)
     mbedtls_platform_zeroize(c->psk, sizeof c->psk);
 }
 
-/* GET /round and parse it. Retries are in request_with_retry; a reply that
- * cannot be used counts as one more failed attempt of *bad_replies. */
-/* The /round body in c->reply (a response or a notification), parsed. */
+/* The /round body in c->reply (a response or a notification), parsed. A
+ * reply that cannot be used counts as one more failed attempt of
+ * *bad_replies. */
 static int read_round(edge_client *c, const char *what, fedge_round_info *ri, unsigned *bad_replies)
 {
     char err[160], code[8], line[128];
@@ -894,18 +894,19 @@ static int wait_round(edge_client *c, fedge_round_info *ri, int *pushed, unsigne
 }
 
 /* The finished marker follows what the aggregator reports: a new run id
- * clears it, state=finished writes it. */
+ * clears it (so does the same run going on: its rounds were raised),
+ * state=finished writes it. */
 static void track_finished(edge_client *c, const fedge_round_info *ri)
 {
     if (!c->finished_path || !ri->has_run)
         return;
     int same = c->marker && memcmp(c->marker_run, ri->run_id, FEDGE_RUN_ID_LEN) == 0;
-    if (c->marker && !same) {
+    if (c->marker && (!same || ri->state != FEDGE_ROUND_FINISHED)) {
         int rc = fedge_finished_marker_clear(c->finished_path);
         if (rc != FEDGE_OK)
             FEDGE_WARN("cannot remove %s: %s", c->finished_path, fedge_strerror(rc));
         else
-            FEDGE_INFO("a new run: %s removed", c->finished_path);
+            FEDGE_INFO("%s: %s removed", same ? "the run goes on" : "a new run", c->finished_path);
         c->marker = 0;
     }
     if (ri->state == FEDGE_ROUND_FINISHED && !c->marker) {
@@ -946,11 +947,13 @@ int fedge_edge_run(const fedge_edge_config *cfg, const volatile sig_atomic_t *st
     for (;;) {
         if (stop && *stop)
             break;
+        /* with a finished marker, until the aggregator is heard: one attempt */
+        int marked = c->marker && !c->heard && cfg->exit_when_finished;
         if (pushed)
             pushed = 0; /* ri holds the notification */
         else
-            ret = poll_round(c, &ri, &bad_replies, c->marker && !c->heard && cfg->exit_when_finished);
-        if ((ret == FEDGE_ERR_TIMEOUT || ret == FEDGE_ERR_IO) && c->marker && !c->heard && cfg->exit_when_finished) {
+            ret = poll_round(c, &ri, &bad_replies, marked);
+        if (marked && (ret == FEDGE_ERR_TIMEOUT || ret == FEDGE_ERR_IO)) {
             char hex[2 * FEDGE_RUN_ID_LEN + 1];
             fedge_hex_encode(c->marker_run, FEDGE_RUN_ID_LEN, hex);
             FEDGE_INFO("the aggregator is unreachable (%s) and run %s finished (%s); exiting",

@@ -5,10 +5,11 @@
 #  1. 3 edges observe /round: 3 rounds complete, the rounds and the finish
 #     reach them as notifications, and they send far fewer GET /round than
 #     polling would (registration + the 10 x poll_ms fallback only) while
-#     the first round's start is delayed 5 s.
+#     the first round's start is delayed 4 s.
 #  2. Finished stays finished: each edge wrote <state_dir>/<id>.finished with
 #     the run id; restarted after the daemon exited, an edge exits 0 at once;
-#     a daemon restarted on the finished database says state=finished at once.
+#     a daemon restarted on the finished database says state=finished at once;
+#     the same run raised to more rounds clears the marker.
 #  3. A new run (new run id) clears the marker.
 #  4. Polling fallback: the same edges against an aggregator with
 #     --no-observe poll every --poll-ms and the run completes.
@@ -53,7 +54,7 @@ agg_args=(--insecure --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin"
 
 # 1. Observe.
 start_relay "$FED_DIR/relay-observe.json"
-fed_start_aggregator "${agg_args[@]}" --rounds 3 --start-delay-s 5 --linger-s 1
+fed_start_aggregator "${agg_args[@]}" --rounds 3 --start-delay-s 4 --linger-s 1
 t0=$(date +%s.%N)
 start_edges
 fed_wait_run 60 || fed_fail "the run with Observe failed"
@@ -83,11 +84,11 @@ for i in 1 2 3; do
 done
 s=$(date +%s.%N)
 "$BIN/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-001 --keys "$(fed_edge_keys dev-001)" \
-    --shard "$FED_DIR/shards/shard-000.bin" --insecure --state-dir "$FED_DIR/state-1" \
+    --shard "$FED_DIR/shards/shard-000.bin" --insecure --state-dir "$FED_DIR/state-1" --timeout-ms 2000 \
     >"$FED_DIR/edge-again.log" 2>&1 || fed_fail "restarted edge with a marker: exit $? ($(tail -2 "$FED_DIR/edge-again.log"))"
 took=$(python3 -c "print(round($(date +%s.%N) - $s, 1))")
 grep -q "unreachable .* finished" "$FED_DIR/edge-again.log" || fed_fail "restarted edge: $(cat "$FED_DIR/edge-again.log")"
-python3 -c "import sys; sys.exit(not $took < 8)" || fed_fail "the restarted edge took ${took}s to exit"
+python3 -c "import sys; sys.exit(not $took < 5)" || fed_fail "the restarted edge took ${took}s to exit"
 echo "edge restarted with the marker, aggregator gone: exit 0 after ${took}s"
 # the daemon restarted on the finished run's database: finished at once
 fed_start_aggregator "${agg_args[@]}" --rounds 3 --linger-s 30
@@ -100,15 +101,26 @@ grep -q "reports the run finished; 0 rounds" "$FED_DIR/edge-restarted-agg.log" |
 [ "$(cat "$FED_DIR/state-x/dev-002.finished")" = "run=$run" ] || fed_fail "no marker from the restarted daemon"
 kill "$FED_AGG_PID"
 wait "$FED_AGG_PID"
+# the same run raised to 4 rounds goes on: the marker goes
+fed_start_aggregator "${agg_args[@]}" --rounds 4 --start-delay-s 60
+"$BIN/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-002 --keys "$(fed_edge_keys dev-002)" \
+    --shard "$FED_DIR/shards/shard-001.bin" --insecure --state-dir "$FED_DIR/state-x" \
+    >"$FED_DIR/edge-goes-on.log" 2>&1 &
+goes_on=$!
+FED_PIDS+=("$goes_on")
+fed_wait_for "grep -q 'the run goes on: .*dev-002.finished removed' '$FED_DIR/edge-goes-on.log'" 10
+[ ! -e "$FED_DIR/state-x/dev-002.finished" ] || fed_fail "the marker of a run that goes on is still there"
+kill "$goes_on" "$FED_AGG_PID"
+wait "$goes_on" "$FED_AGG_PID"
 
 # 3 and 4. A new run (a fresh database) without Observe on the aggregator:
 # the edges' markers name the old run, so they take part, and poll.
 mv "$FED_DIR/fedge.db" "$FED_DIR/old.db"
 rm -rf "$FED_DIR/models"
 start_relay "$FED_DIR/relay-poll.json"
-fed_start_aggregator "${agg_args[@]}" --rounds 1 --start-delay-s 5 --linger-s 1 --no-observe
+fed_start_aggregator "${agg_args[@]}" --rounds 1 --start-delay-s 4 --linger-s 1 --no-observe
 # (an edge with a marker that finds no aggregator exits: wait until it listens)
-fed_wait_for "[ \$(grep -c 'listening on' '$FED_DIR/agg.log') = 3 ]" 20
+fed_wait_for "[ \$(grep -c 'listening on' '$FED_DIR/agg.log') = 4 ]" 20
 t0=$(date +%s.%N)
 start_edges
 fed_wait_run 60 || fed_fail "the polled run failed"
@@ -130,6 +142,6 @@ notes=$(count "$FED_DIR/relay-poll.json" notifications)
 elapsed=$(python3 -c "print($t1 - $t0)")
 echo "polling: ${elapsed}s, GET /round $poll_gets, notifications $notes"
 [ "$notes" = 0 ] || fed_fail "an aggregator with --no-observe sent $notes notifications"
-# the 5 s start delay (less the daemon's own start-up) is over 8 polls per edge
-[ "$poll_gets" -ge 24 ] || fed_fail "only $poll_gets GET /round while polling every $poll ms"
+# the 4 s start delay (less the daemon's own start-up) is over 6 polls per edge
+[ "$poll_gets" -ge 18 ] || fed_fail "only $poll_gets GET /round while polling every $poll ms"
 echo ok
