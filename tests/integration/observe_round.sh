@@ -13,6 +13,8 @@
 #  3. A new run (new run id) clears the marker.
 #  4. Polling fallback: the same edges against an aggregator with
 #     --no-observe poll every --poll-ms and the run completes.
+#  5. A peer that answers a registration with 4.02 Bad Option (a few lines of
+#     Python here): the edge retries without Observe and goes on polling.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -144,4 +146,48 @@ echo "polling: ${elapsed}s, GET /round $poll_gets, notifications $notes"
 [ "$notes" = 0 ] || fed_fail "an aggregator with --no-observe sent $notes notifications"
 # the 4 s start delay (less the daemon's own start-up) is over 6 polls per edge
 [ "$poll_gets" -ge 18 ] || fed_fail "only $poll_gets GET /round while polling every $poll ms"
+
+# 5. 4.02 to a registration; 2.05 state=finished to a plain GET.
+fake_port=$(fed_free_port)
+python3 - "$fake_port" "$FED_DIR/fake.log" <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+log = open(sys.argv[2], "w", buffering=1)
+log.write("listening\n")
+while True:
+    d, a = s.recvfrom(2048)
+    if len(d) < 4 or d[0] >> 6 != 1 or (d[0] >> 4) & 3 != 0:
+        continue
+    tkl, i, num, observe = d[0] & 15, 4 + (d[0] & 15), 0, False
+    while i < len(d) and d[i] != 0xFF:  # options (short forms are all the edge sends)
+        delta, length = d[i] >> 4, d[i] & 15
+        i += 1
+        if delta == 13:
+            delta, i = d[i] + 13, i + 1
+        if length == 13:
+            length, i = d[i] + 13, i + 1
+        num += delta
+        observe |= num == 6
+        i += length
+    head = bytes([0x60 | tkl]) + d[2:4] + d[4:4 + tkl]
+    if observe:
+        log.write("registration refused\n")
+        s.sendto(head[:1] + bytes([0x82]) + head[1:], a)
+    else:
+        log.write("plain GET\n")
+        s.sendto(head[:1] + bytes([0x45]) + head[1:] + b"\xffstate=finished\nrun=00112233445566778899aabbccddeeff\n", a)
+PY
+FED_PIDS+=("$!")
+fed_wait_for "[ -s '$FED_DIR/fake.log' ]" 10
+mkdir -p "$FED_DIR/state-fake"
+"$BIN/fedge-edge" --server "127.0.0.1:$fake_port" --id dev-001 --keys "$(fed_edge_keys dev-001)" \
+    --shard "$FED_DIR/shards/shard-000.bin" --insecure --state-dir "$FED_DIR/state-fake" \
+    >"$FED_DIR/edge-fake.log" 2>&1 || fed_fail "edge against a peer refusing Observe: $(cat "$FED_DIR/edge-fake.log")"
+grep -q "GET /round with Observe answered 4.02; polling without Observe" "$FED_DIR/edge-fake.log" &&
+    grep -q "reports the run finished" "$FED_DIR/edge-fake.log" ||
+    fed_fail "edge against a peer refusing Observe: $(cat "$FED_DIR/edge-fake.log")"
+[ "$(cat "$FED_DIR/fake.log")" = "listening
+registration refused
+plain GET" ] || fed_fail "the fake peer saw: $(cat "$FED_DIR/fake.log")"
 echo ok
