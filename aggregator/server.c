@@ -42,6 +42,7 @@ struct fedge_server {
      * agg->keys.devices; the digest of what /round says, to notify on change */
     coap_resource_t *round_res;
     struct round_observer *observers;
+    size_t n_observers;
     uint64_t round_digest;
     double observers_asked_at;
 };
@@ -170,6 +171,7 @@ static void drop_observation(coap_resource_t *r, round_observer *o)
     coap_binary_t tok = {o->token_len, o->token};
     coap_delete_observer(r, o->session, &tok);
     o->session = NULL;
+    g_server->n_observers--;
 }
 
 /* hnd_round answering with an Observe option: a registration (the reply to
@@ -201,6 +203,8 @@ static void note_observer(coap_resource_t *r, coap_session_t *session, const coa
                         g_server->agg->keys.devices[device].id);
         drop_observation(r, o);
     }
+    if (!o->session)
+        g_server->n_observers++;
     o->session = session;
     o->token_len = token.length;
     memcpy(o->token, token.s, token.length);
@@ -231,8 +235,8 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
 }
 
 /* What /round says, less the deadline's countdown: state, round, model,
- * control variate, run; in async mode also the admissions (a device's
- * selected=). */
+ * control variate, run, and the epoch of the devices' views (async
+ * admissions: a device's selected=). */
 static uint64_t round_digest(const fedge_aggregator *a)
 {
     uint64_t h = 0xcbf29ce484222325ull;
@@ -242,8 +246,7 @@ static uint64_t round_digest(const fedge_aggregator *a)
     h = fnv1a(h, a->version, sizeof a->version);
     h = fnv1a(h, a->control_version, sizeof a->control_version);
     h = fnv1a(h, a->run_id, sizeof a->run_id);
-    if (a->adm_step)
-        h = fnv1a(h, a->adm_step, a->keys.n * sizeof a->adm_step[0]);
+    h = fnv1a(h, &a->round_epoch, sizeof a->round_epoch);
     return h;
 }
 
@@ -253,9 +256,7 @@ static void notify_round_observers(fedge_server *s)
     if (!s->observers)
         return;
     uint64_t d = round_digest(a);
-    size_t n = 0;
-    for (size_t i = 0; i < a->keys.n; i++)
-        n += s->observers[i].session != NULL;
+    size_t n = s->n_observers;
     if (d != s->round_digest) {
         s->round_digest = d;
         if (n) {
@@ -648,9 +649,11 @@ static int on_session_event(coap_session_t *session, const coap_event_t event)
 {
     if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server) {
         answer_drop(session);
-        for (size_t i = 0; g_server->observers && i < g_server->agg->keys.n; i++)
-            if (g_server->observers[i].session == session)
+        for (size_t i = 0; g_server->n_observers && i < g_server->agg->keys.n; i++)
+            if (g_server->observers[i].session == session) {
                 g_server->observers[i].session = NULL;
+                g_server->n_observers--;
+            }
     }
     switch (event) {
     case COAP_EVENT_SERVER_SESSION_DEL:
