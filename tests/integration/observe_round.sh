@@ -2,8 +2,10 @@
 # Push instead of polling (CoAP Observe on GET /round, RFC 7641), over plain
 # CoAP through tools/bench/udp_relay.py --coap, which counts each request by
 # path and the server's notifications:
-#  1. 3 edges observe /round: 3 rounds complete, the rounds and the finish
-#     reach them as notifications, and they send far fewer GET /round than
+#  1. 3 edges observe /round, 2 of them selected each round: 3 rounds
+#     complete with exactly the selected devices' updates (each notification
+#     is its device's own view), the rounds and the finish reach them as
+#     notifications, and they send far fewer GET /round than
 #     polling would (registration + the 10 x poll_ms fallback only) while
 #     the first round's start is delayed 4 s.
 #  2. Finished stays finished: each edge wrote <state_dir>/<id>.finished with
@@ -56,14 +58,21 @@ agg_args=(--insecure --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin"
 
 # 1. Observe.
 start_relay "$FED_DIR/relay-observe.json"
-fed_start_aggregator "${agg_args[@]}" --rounds 3 --start-delay-s 4 --linger-s 1
+fed_start_aggregator "${agg_args[@]}" --rounds 3 --start-delay-s 4 --linger-s 1 --clients-per-round 2
 t0=$(date +%s.%N)
 start_edges
 fed_wait_run 60 || fed_fail "the run with Observe failed"
 t1=$(date +%s.%N)
 stop_relay
-[ "$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed' AND n_accepted=3")" = 3 ] ||
-    fed_fail "3 rounds with 3 updates each expected: $(fed_sql "SELECT id, status, n_accepted FROM rounds")"
+[ "$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed' AND n_accepted=2")" = 3 ] ||
+    fed_fail "3 rounds with 2 updates each expected: $(fed_sql "SELECT id, status, n_accepted FROM rounds")"
+[ "$(fed_sql "SELECT count(*) FROM updates")" = 6 ] || fed_fail "an unselected device sent an update: $(fed_sql "SELECT round, device, decision FROM updates")"
+[ "$(fed_sql "SELECT count(*) FROM updates u JOIN round_participants p ON p.round = u.round AND p.device = u.device")" = 6 ] ||
+    fed_fail "updates from devices outside their round's participants"
+for i in 1 2 3; do
+    ! grep -q "outcome=rejected" "$FED_DIR/edge-dev-00$i.log" || fed_fail "dev-00$i: $(grep "outcome=rejected" "$FED_DIR/edge-dev-00$i.log")"
+done
+[ "$(cat "$FED_DIR"/edge-dev-00*.log | grep -c "outcome=accepted")" = 6 ] || fed_fail "6 accepted updates expected in the edges' logs"
 for i in 1 2 3; do
     grep -q "GET /round: observing" "$FED_DIR/edge-dev-00$i.log" || fed_fail "dev-00$i did not observe /round"
 done
