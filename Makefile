@@ -361,7 +361,7 @@ FUZZ_BUILD := build/fuzz
 FUZZ_TIME ?= 60
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS := $(CFLAGS_BASE) -Itests/fuzz -Itools/model $(FUZZ_SAN) -fsanitize=fuzzer-no-link
-FUZZ_LIB_SRC := $(SHARED_SRC) $(POLICY_SRC) aggregator/config.c edge/round_info.c \
+FUZZ_LIB_SRC := $(SHARED_SRC) $(POLICY_SRC) aggregator/config.c edge/round_info.c edge/observe.c \
                 aggregator/combine.c $(wildcard aggregator/combine/*.c) \
                 aggregator/server_opt.c $(wildcard aggregator/server_opt/*.c) \
                 tools/model/json.c tools/model/layers.c tools/model/safetensors.c \

@@ -110,6 +110,10 @@ typedef struct {
     size_t control_blob_len;
     uint8_t control_version[FEDGE_HASH_LEN];
     char control_version_hex[FEDGE_HASH_HEX_LEN];
+    /* Bumped where a device's view of GET /round changes beyond state,
+     * round and versions (async: an admission, a freed slot); the server
+     * notifies /round's observers when any of them moves. */
+    uint64_t round_epoch;
 } fedge_aggregator;
 
 /* Index of device `id` in keys.devices (and the arrays parallel to it); -1

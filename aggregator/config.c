@@ -110,6 +110,7 @@ static const field FIELDS[] = {
     DBL(async_staleness_a, 0, 100, "0.5", "staleness discount: the exponent a of polynomial, the slope a of hinge"),
     DBL(async_staleness_b, 0, 1e6, "4", "staleness discount: hinge's b (versions without discount)"),
     BOOL(scaffold, "0", "SCAFFOLD: server control variate, updates carry the control delta (needs aggregation = mean, no DP)"),
+    BOOL(no_observe, "0", "GET /round is not observable (RFC 7641): edges poll it (docs/PROTOCOL.md)"),
 };
 
 _Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");

@@ -82,6 +82,7 @@ typedef struct {
     double async_slot_timeout_s; /* an admitted device silent this long frees its slot */
     char async_staleness[16];   /* constant|polynomial|hinge */
     double async_staleness_a, async_staleness_b;
+    int no_observe;             /* GET /round not observable: edges poll */
     /* where each key (table order) was last set: 0 default, -1 command
      * line, N > 0 line N of config_file */
     int origin_line[FEDGE_AGG_CONFIG_MAX_KEYS];

@@ -123,6 +123,7 @@ static void free_slot(fedge_aggregator *a, int d)
     if (a->adm_step[d]) {
         a->adm_step[d] = 0;
         a->in_flight--;
+        a->round_epoch++;
     }
 }
 
@@ -241,6 +242,7 @@ static int admit_waiting(fedge_aggregator *a, double now)
         a->adm_at[i] = now;
         a->in_flight++;
         a->n_selected++;
+        a->round_epoch++;
     }
 cleanup:
     if (ret != FEDGE_OK)

@@ -38,6 +38,13 @@ struct fedge_server {
     int udp_fd;                 /* the endpoint's socket, -1 when not found */
     int rcvbuf;                 /* its receive buffer as the kernel reports it */
     struct final_answer *answers; /* per session: its last completed upload's answer */
+    /* GET /round observers (RFC 7641): at most one per device, parallel to
+     * agg->keys.devices; the digest of what /round says, to notify on change */
+    coap_resource_t *round_res;
+    struct round_observer *observers;
+    size_t n_observers;
+    uint64_t round_digest;
+    double observers_asked_at;
 };
 
 static fedge_server *g_server; /* libcoap 4.3.1 has no context user data */
@@ -130,11 +137,82 @@ static void set_text(coap_pdu_t *response, coap_pdu_code_t code, const char *tex
     coap_add_data(response, strlen(text), (const uint8_t *)text);
 }
 
+/* ---- GET /round is observable (RFC 7641) ----
+ * libcoap keeps the subscriptions and re-runs hnd_round for each observer
+ * when the resource is notified, so every notification is its device's own
+ * view. Here: at most one observation per device (a registration from a new
+ * session or with a new token replaces the device's earlier one), none for
+ * an unknown requester, and a notification whenever the digest of what
+ * /round reports changes (fedge_server_process). A session that goes away
+ * takes its observation with it (libcoap deletes a session's subscriptions
+ * when it is disconnected or freed; SERVER_SESSION_DEL clears our entry).
+ * Notifications are confirmable: a dead observer is dropped after its first
+ * unacknowledged notification (COAP_OBS_MAX_FAIL = 1 in 4.3.1). */
+typedef struct round_observer {
+    coap_session_t *session;    /* NULL: the device observes nothing */
+    size_t token_len;
+    uint8_t token[8];
+} round_observer;
+
+/* libcoap 4.3.1 exports these (coap_subscribe_internal.h,
+ * coap_pdu_internal.h) but installs no header for them. coap_delete_observer
+ * only compares the session pointer and the token. */
+int coap_delete_observer(coap_resource_t *resource, coap_session_t *session, const coap_binary_t *token);
+int coap_remove_option(coap_pdu_t *pdu, coap_option_num_t number);
+
+/* The ASK_TTL_S of sched_async.c is 10 s: an observing device is re-marked as
+ * asking well within it (it waits for a notification instead of polling). */
+#define OBSERVERS_ASK_S 2.0
+
+static void drop_observation(coap_resource_t *r, round_observer *o)
+{
+    if (!o->session)
+        return;
+    coap_binary_t tok = {o->token_len, o->token};
+    coap_delete_observer(r, o->session, &tok);
+    o->session = NULL;
+    g_server->n_observers--;
+}
+
+/* hnd_round answering with an Observe option: a registration (the reply to
+ * the request itself: an ACK or NON) or a notification (a CON of ours). */
+static void note_observer(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
+                          int device, coap_pdu_t *response)
+{
+    coap_bin_const_t token = coap_pdu_get_token(request);
+    int notification = coap_pdu_get_type(response) == COAP_MESSAGE_CON;
+    if (notification) {
+        round_observer *o = device >= 0 ? &g_server->observers[device] : NULL;
+        if (!o || o->session != session || o->token_len != token.length ||
+            memcmp(o->token, token.s, token.length) != 0)
+            /* a superseded observation: a 4.xx makes libcoap delete it */
+            set_text(response, COAP_RESPONSE_CODE_NOT_FOUND, "observation superseded");
+        return;
+    }
+    if (device < 0 || token.length > sizeof g_server->observers[0].token) {
+        coap_binary_t tok = {token.length, (uint8_t *)token.s};
+        coap_delete_observer(r, session, &tok);
+        coap_remove_option(response, COAP_OPTION_OBSERVE);
+        return;
+    }
+    round_observer *o = &g_server->observers[device];
+    if (o->session && (o->session != session || o->token_len != token.length ||
+                       memcmp(o->token, token.s, token.length) != 0)) {
+        if (o->session != session)
+            FEDGE_DEBUG("observe: %s re-registered from a new session; the old observation is dropped",
+                        g_server->agg->keys.devices[device].id);
+        drop_observation(r, o);
+    }
+    if (!o->session)
+        g_server->n_observers++;
+    o->session = session;
+    o->token_len = token.length;
+    memcpy(o->token, token.s, token.length);
+}
+
 static void hnd_round(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
                       const coap_string_t *query, coap_pdu_t *response)
 {
-    (void)r;
-    (void)request;
     char id[FEDGE_DEVICE_ID_MAX + 1], body[1024];
     int known = requester(g_server, session, query, id);
     if (fedge_agg_round_info(g_server->agg, known ? id : NULL, fedge_now(), body, sizeof body) != FEDGE_OK) {
@@ -142,6 +220,60 @@ static void hnd_round(coap_resource_t *r, coap_session_t *session, const coap_pd
         return;
     }
     set_text(response, COAP_RESPONSE_CODE_CONTENT, body);
+    coap_opt_iterator_t it;
+    if (g_server->observers && coap_check_option(response, COAP_OPTION_OBSERVE, &it))
+        note_observer(r, session, request, known ? fedge_agg_device_index(g_server->agg, id) : -1,
+                      response);
+}
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* What /round says, less the deadline's countdown: state, round, model,
+ * control variate, run, and the epoch of the devices' views (async
+ * admissions: a device's selected=). */
+static uint64_t round_digest(const fedge_aggregator *a)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    uint32_t state = (uint32_t)a->state;
+    h = fnv1a(h, &state, sizeof state);
+    h = fnv1a(h, &a->round, sizeof a->round);
+    h = fnv1a(h, a->version, sizeof a->version);
+    h = fnv1a(h, a->control_version, sizeof a->control_version);
+    h = fnv1a(h, a->run_id, sizeof a->run_id);
+    h = fnv1a(h, &a->round_epoch, sizeof a->round_epoch);
+    return h;
+}
+
+static void notify_round_observers(fedge_server *s)
+{
+    fedge_aggregator *a = s->agg;
+    if (!s->observers)
+        return;
+    uint64_t d = round_digest(a);
+    size_t n = s->n_observers;
+    if (d != s->round_digest) {
+        s->round_digest = d;
+        if (n) {
+            FEDGE_DEBUG("/round changed (state %d, round %u): notifying %zu observers", (int)a->state,
+                        a->round, n);
+            coap_resource_notify_observers(s->round_res, NULL);
+        }
+    }
+    /* async: an observing device waits for a slot without asking again */
+    double now = fedge_now();
+    if (n && a->adm_step && a->state == FEDGE_AGG_OPEN && now - s->observers_asked_at >= OBSERVERS_ASK_S) {
+        char body[1024];
+        s->observers_asked_at = now;
+        for (size_t i = 0; i < a->keys.n; i++)
+            if (s->observers[i].session && !a->adm_step[i])
+                (void)fedge_agg_round_info(a, a->keys.devices[i].id, now, body, sizeof body);
+    }
 }
 
 static unsigned udp_drops(const fedge_server *s)
@@ -515,8 +647,14 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
 /* A closed or deleted session's partial upload is freed at once. */
 static int on_session_event(coap_session_t *session, const coap_event_t event)
 {
-    if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server)
+    if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server) {
         answer_drop(session);
+        for (size_t i = 0; g_server->n_observers && i < g_server->agg->keys.n; i++)
+            if (g_server->observers[i].session == session) {
+                g_server->observers[i].session = NULL;
+                g_server->n_observers--;
+            }
+    }
     switch (event) {
     case COAP_EVENT_SERVER_SESSION_DEL:
     case COAP_EVENT_DTLS_CLOSED:
@@ -738,7 +876,20 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
         FAIL(FEDGE_ERR_IO);
     }
     size_receive_buffer(s, res->ai_addr);
-    CHK(add_resource(s->ctx, "round", COAP_REQUEST_GET, hnd_round));
+    if (a->cfg.no_observe) {
+        CHK(add_resource(s->ctx, "round", COAP_REQUEST_GET, hnd_round));
+    } else {
+        s->observers = calloc(a->keys.n ? a->keys.n : 1, sizeof *s->observers);
+        if (!s->observers)
+            FAIL(FEDGE_ERR_NOMEM);
+        s->round_res = coap_resource_init(coap_make_str_const("round"), COAP_RESOURCE_FLAGS_NOTIFY_CON);
+        if (!s->round_res)
+            FAIL(FEDGE_ERR_NOMEM);
+        coap_register_request_handler(s->round_res, COAP_REQUEST_GET, hnd_round);
+        coap_resource_set_get_observable(s->round_res, 1);
+        coap_add_resource(s->ctx, s->round_res);
+        s->round_digest = round_digest(a);
+    }
     CHK(add_resource(s->ctx, "model", COAP_REQUEST_GET, hnd_model));
     CHK(add_resource(s->ctx, "control", COAP_REQUEST_GET, hnd_control));
     CHK(add_resource(s->ctx, "update", COAP_REQUEST_POST, hnd_update));
@@ -765,6 +916,7 @@ cleanup:
 
 int fedge_server_process(fedge_server *s, unsigned timeout_ms)
 {
+    notify_round_observers(s);
     if (coap_io_process(s->ctx, timeout_ms) < 0)
         return FEDGE_ERR_IO;
     fedge_uploads_expire(s->uploads, mono_now());
@@ -780,6 +932,7 @@ void fedge_server_free(fedge_server *s)
     body_unref(s->body);
     body_unref(s->control);
     fedge_uploads_free(s->uploads);
+    free(s->observers);
     while (s->answers) {
         final_answer *next = s->answers->next;
         free(s->answers);

@@ -112,6 +112,7 @@ enum {
     OPT_MAX_MEMORY,
     OPT_HELP,
     OPT_VERSION,
+    OPT_NO_OBSERVE,
 };
 
 static const struct {
@@ -139,6 +140,7 @@ static const struct {
     {"max-memory-mb", OPT_MAX_MEMORY, 1},
     {"help", OPT_HELP, 0},
     {"version", OPT_VERSION, 0},
+    {"no-observe", OPT_NO_OBSERVE, 0},
 };
 
 int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, char *err,
@@ -264,6 +266,7 @@ int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, 
             break;
         case OPT_HELP: cfg->help = 1; break;
         case OPT_VERSION: cfg->version = 1; break;
+        case OPT_NO_OBSERVE: cfg->no_observe = 1; break;
         default: return usage_err(err, errlen, "internal: unhandled flag");
         }
     }
@@ -298,7 +301,10 @@ void fedge_edge_usage(FILE *f, const char *prog)
             "  --encoding E           delta encoding: fp32 (default), fp16, bf16, int8\n"
             "  --stochastic           int8 with stochastic (unbiased) rounding\n"
             "  --seed N               shuffling / rounding seed (default 1)\n"
-            "  --poll-ms N            /round poll interval (default 500)\n"
+            "  --poll-ms N            /round poll interval (default 500); while the server\n"
+            "                         pushes /round changes (CoAP Observe) the edge polls\n"
+            "                         only every 10 x N as a fallback\n"
+            "  --no-observe           poll /round, never register Observe on it\n"
             "  --timeout-ms N         per-request timeout, scaled up for large bodies\n"
             "                         (default 5000)\n"
             "  --max-retries N        retries per request before giving up (default 8;\n"
@@ -307,7 +313,9 @@ void fedge_edge_usage(FILE *f, const char *prog)
             "  --log-level L          debug|info|warn|error|off (default info)\n"
             "  --state-dir DIR        persist the update counter in DIR/DEVICE.counter and\n"
             "                         SCAFFOLD's client control variate in DIR/DEVICE.control\n"
-            "                         (SCAFFOLD rounds need it)\n"
+            "                         (SCAFFOLD rounds need it); DIR/DEVICE.finished marks\n"
+            "                         a finished run: a restart exits 0 at once while the\n"
+            "                         aggregator is unreachable or reports it finished\n"
             "  --exit-when-finished   exit 0 when the aggregator reports state=finished\n"
             "                         (default); --no-exit-when-finished keeps polling\n"
             "  --max-rounds N         exit after taking part in N rounds\n"

@@ -40,6 +40,7 @@ typedef struct {
     uint32_t max_memory_mb;             /* ceiling on the planned buffers of a round, MiB */
     int help;
     int version;                        /* --version: print it and exit */
+    int no_observe;                     /* poll /round; no CoAP Observe */
 } fedge_edge_config;
 
 void fedge_edge_config_defaults(fedge_edge_config *cfg);

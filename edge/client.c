@@ -19,6 +19,7 @@
 #include "link.h"
 #include "log.h"
 #include "modelfile.h"
+#include "observe.h"
 #include "round_info.h"
 #include "trainer.h"
 #include "update.h"
@@ -67,6 +68,13 @@ typedef struct {
     int control_without_etag;
     fedge_model client_control;
     char *control_path;       /* <state_dir>/<id>.control; NULL without --state-dir */
+    /* push (CoAP Observe on /round) and the finished marker */
+    char *finished_path;      /* <state_dir>/<id>.finished; NULL without --state-dir */
+    int marker;               /* the marker names marker_run */
+    uint8_t marker_run[FEDGE_RUN_ID_LEN];
+    int heard;                /* a usable /round answer came in this process */
+    int observe_off;          /* --no-observe, or the server refused a registration */
+    int pushed_logged;        /* -1: nothing logged yet; else the last mode logged */
 } edge_client;
 
 /* Outcome of one round, for the log line and the loop. */
@@ -718,6 +726,14 @@ static int setup(edge_client *c)
         ret = fedge_edge_control_path(cfg->state_dir, cfg->id, &c->control_path);
         if (ret != FEDGE_OK)
             return ret;
+        ret = fedge_finished_marker_path(cfg->state_dir, cfg->id, &c->finished_path);
+        if (ret != FEDGE_OK)
+            return ret;
+        ret = fedge_finished_marker_read(c->finished_path, c->marker_run, &c->marker);
+        if (ret != FEDGE_OK) {
+            FEDGE_WARN("%s: %s; ignored", c->finished_path, fedge_strerror(ret));
+            c->marker = 0;
+        }
     }
 
     fedge_edge_link_config lc = {
@@ -751,6 +767,8 @@ static void teardown(edge_client *c)
     fedge_model_free(&c->client_control);
     free(c->control_path);
     c->control_path = NULL;
+    free(c->finished_path);
+    c->finished_path = NULL;
     fedge_edge_counter_close(&c->counter);
     if (c->shard_open)
         fedge_shard_close(&c->shard);
@@ -758,22 +776,13 @@ static void teardown(edge_client *c)
     mbedtls_platform_zeroize(c->psk, sizeof c->psk);
 }
 
-/* GET /round and parse it. Retries are in request_with_retry; a reply that
- * cannot be used counts as one more failed attempt of *bad_replies. */
-static int poll_round(edge_client *c, fedge_round_info *ri, unsigned *bad_replies)
+/* The /round body in c->reply (a response or a notification), parsed. A
+ * reply that cannot be used counts as one more failed attempt of
+ * *bad_replies. */
+static int read_round(edge_client *c, const char *what, fedge_round_info *ri, unsigned *bad_replies)
 {
-    unsigned attempts;
     char err[160], code[8], line[128];
-    fedge_edge_request req = {
-        .method = FEDGE_EDGE_GET,
-        .path = "round",
-    };
-    c->round_end_ms = 0;
-    int rc = request_with_retry(c, &req, 0, 0, "GET /round", &attempts);
-    if (rc != FEDGE_OK)
-        return rc;
-    c->polled_ms = fedge_edge_link_now_ms();
-    log_rtt(c);
+    int rc = FEDGE_OK;
     const fedge_edge_reply *r = &c->reply;
     if (r->code == 205) {
         if (r->body_total > r->body_len)
@@ -783,18 +792,132 @@ static int poll_round(edge_client *c, fedge_round_info *ri, unsigned *bad_replie
             rc = fedge_round_info_parse(r->body, r->body_len, ri, err, sizeof err);
         if (r->body_total <= r->body_len && rc == FEDGE_OK) {
             *bad_replies = 0;
+            c->heard = 1;
             return FEDGE_OK;
         }
-        FEDGE_ERROR("GET /round: unusable reply: %s", err);
+        FEDGE_ERROR("%s: unusable reply: %s", what, err);
     } else {
         code_text(r->code, code);
         reply_line(r, line, sizeof line);
-        FEDGE_ERROR("GET /round answered %s %s", code, line);
+        FEDGE_ERROR("%s answered %s %s", what, code, line);
         if (r->code / 100 == 4)
             return FEDGE_ERR_REJECTED; /* this device is not welcome: retrying will not help */
     }
     (*bad_replies)++;
     return FEDGE_ERR_PROTO;
+}
+
+/* While observing, a poll every 10 x --poll-ms, and at least every 60 s
+ * (RFC 7641 §3.3.1: /round carries no Max-Age, so its default, 60 s, is when
+ * the client should register again) unless --poll-ms is longer. */
+#define OBSERVE_FALLBACK_FACTOR 10u
+#define OBSERVE_MAX_AGE_MS 60000u
+
+static uint32_t observe_fallback_ms(const edge_client *c)
+{
+    uint64_t ms = (uint64_t)c->cfg->poll_ms * OBSERVE_FALLBACK_FACTOR;
+    uint32_t cap = c->cfg->poll_ms > OBSERVE_MAX_AGE_MS ? c->cfg->poll_ms : OBSERVE_MAX_AGE_MS;
+    return ms > cap ? cap : (uint32_t)ms;
+}
+
+static void log_push_mode(edge_client *c)
+{
+    int pushed = fedge_edge_link_observing(c->link);
+    if (pushed == c->pushed_logged)
+        return;
+    c->pushed_logged = pushed;
+    if (pushed)
+        FEDGE_INFO("GET /round: observing (the server pushes changes; fallback poll every %u ms)",
+                   observe_fallback_ms(c));
+    else if (c->observe_off)
+        FEDGE_INFO("GET /round: polling every %u ms", c->cfg->poll_ms);
+    else
+        FEDGE_INFO("GET /round: the server does not push (no Observe); polling every %u ms",
+                   c->cfg->poll_ms);
+}
+
+/* GET /round (registering Observe unless observe_off) and parse it. once:
+ * a single attempt, no retries (an edge with a finished marker that has not
+ * reached the aggregator yet in this process). */
+static int poll_round(edge_client *c, fedge_round_info *ri, unsigned *bad_replies, int once)
+{
+    unsigned attempts;
+    fedge_edge_request req = {
+        .method = FEDGE_EDGE_GET,
+        .path = "round",
+        .observe = !c->observe_off,
+    };
+    c->round_end_ms = 0;
+    int rc;
+    if (once) {
+        req.timeout_ms = c->cfg->timeout_ms;
+        req.handshake_timeout_ms = c->cfg->timeout_ms;
+        rc = fedge_edge_link_request(c->link, &req, &c->reply, c->stop);
+    } else {
+        rc = request_with_retry(c, &req, 0, 0, "GET /round", &attempts);
+    }
+    if (rc != FEDGE_OK)
+        return rc;
+    if (req.observe && c->reply.code / 100 == 4) {
+        char code[8];
+        code_text(c->reply.code, code);
+        FEDGE_WARN("GET /round with Observe answered %s; polling without Observe from now on", code);
+        c->observe_off = 1;
+        return poll_round(c, ri, bad_replies, once);
+    }
+    c->polled_ms = fedge_edge_link_now_ms();
+    log_rtt(c);
+    log_push_mode(c);
+    return read_round(c, "GET /round", ri, bad_replies);
+}
+
+/* Until /round may have changed: a notification (*pushed = 1, *ri filled),
+ * or, while observing, the fallback interval without one,
+ * or the observation's end; without an observation, --poll-ms. */
+static int wait_round(edge_client *c, fedge_round_info *ri, int *pushed, unsigned *bad_replies)
+{
+    const fedge_edge_config *cfg = c->cfg;
+    *pushed = 0;
+    if (!fedge_edge_link_observing(c->link))
+        return fedge_edge_link_sleep(c->link, cfg->poll_ms, c->stop);
+    int got = 0;
+    int rc = fedge_edge_link_observe_wait(c->link, observe_fallback_ms(c), &c->reply, &got, c->stop);
+    if (rc != FEDGE_OK || !got) {
+        if (rc == FEDGE_OK && !fedge_edge_link_observing(c->link))
+            FEDGE_DEBUG("GET /round: the observation ended; polling to register again");
+        return rc;
+    }
+    c->polled_ms = c->reply.at_ms;
+    if (read_round(c, "/round notification", ri, bad_replies) == FEDGE_OK)
+        *pushed = 1;
+    return FEDGE_OK;
+}
+
+/* The finished marker follows what the aggregator reports: a new run id
+ * clears it (so does the same run going on: its rounds were raised),
+ * state=finished writes it. */
+static void track_finished(edge_client *c, const fedge_round_info *ri)
+{
+    if (!c->finished_path || !ri->has_run)
+        return;
+    int same = c->marker && memcmp(c->marker_run, ri->run_id, FEDGE_RUN_ID_LEN) == 0;
+    if (c->marker && (!same || ri->state != FEDGE_ROUND_FINISHED)) {
+        int rc = fedge_finished_marker_clear(c->finished_path);
+        if (rc != FEDGE_OK)
+            FEDGE_WARN("cannot remove %s: %s", c->finished_path, fedge_strerror(rc));
+        else
+            FEDGE_INFO("%s: %s removed", same ? "the run goes on" : "a new run", c->finished_path);
+        c->marker = 0;
+    }
+    if (ri->state == FEDGE_ROUND_FINISHED && !c->marker) {
+        int rc = fedge_finished_marker_write(c->finished_path, ri->run_id);
+        if (rc != FEDGE_OK) {
+            FEDGE_WARN("cannot write %s: %s", c->finished_path, fedge_strerror(rc));
+            return;
+        }
+        c->marker = 1;
+        memcpy(c->marker_run, ri->run_id, FEDGE_RUN_ID_LEN);
+    }
 }
 
 int fedge_edge_run(const fedge_edge_config *cfg, const volatile sig_atomic_t *stop)
@@ -807,6 +930,8 @@ int fedge_edge_run(const fedge_edge_config *cfg, const volatile sig_atomic_t *st
     c->cfg = cfg;
     c->stop = stop;
     c->backoff = fedge_backoff_default();
+    c->observe_off = cfg->no_observe;
+    c->pushed_logged = -1;
     fedge_edge_trainer_init(&c->trainer);
     /* Jitter must differ between devices and restarts; nothing else uses it. */
     uint8_t idh[FEDGE_HASH_LEN];
@@ -817,11 +942,25 @@ int fedge_edge_run(const fedge_edge_config *cfg, const volatile sig_atomic_t *st
     fedge_rng_seed(&c->jitter, mix);
 
     CHK(setup(c));
+    fedge_round_info ri;
+    int pushed = 0;
     for (;;) {
         if (stop && *stop)
             break;
-        fedge_round_info ri;
-        ret = poll_round(c, &ri, &bad_replies);
+        /* with a finished marker, until the aggregator is heard: one attempt */
+        int marked = c->marker && !c->heard && cfg->exit_when_finished;
+        if (pushed)
+            pushed = 0; /* ri holds the notification */
+        else
+            ret = poll_round(c, &ri, &bad_replies, marked);
+        if (marked && (ret == FEDGE_ERR_TIMEOUT || ret == FEDGE_ERR_IO)) {
+            char hex[2 * FEDGE_RUN_ID_LEN + 1];
+            fedge_hex_encode(c->marker_run, FEDGE_RUN_ID_LEN, hex);
+            FEDGE_INFO("the aggregator is unreachable (%s) and run %s finished (%s); exiting",
+                       fedge_edge_link_last_error(c->link), hex, c->finished_path);
+            ret = FEDGE_OK;
+            break;
+        }
         if (ret == FEDGE_ERR_PROTO) {
             if (cfg->max_retries >= 0 && bad_replies > (unsigned)cfg->max_retries) {
                 FEDGE_ERROR("GET /round: %u unusable replies in a row; giving up", bad_replies);
@@ -838,6 +977,7 @@ int fedge_edge_run(const fedge_edge_config *cfg, const volatile sig_atomic_t *st
                             (unsigned)cfg->port);
             break;
         }
+        track_finished(c, &ri);
         if (ri.state == FEDGE_ROUND_FINISHED && cfg->exit_when_finished) {
             FEDGE_INFO("aggregator reports the run finished; %u rounds taken part in",
                        c->rounds_taken);
@@ -848,7 +988,7 @@ int fedge_edge_run(const fedge_edge_config *cfg, const volatile sig_atomic_t *st
         if (!wanted) {
             FEDGE_DEBUG("round %u: state=%s selected=%d; waiting", ri.round,
                         fedge_round_state_name(ri.state), ri.selected);
-            ret = fedge_edge_link_sleep(c->link, cfg->poll_ms, stop);
+            ret = wait_round(c, &ri, &pushed, &bad_replies);
             if (ret != FEDGE_OK)
                 break;
             continue;
@@ -876,6 +1016,12 @@ int fedge_edge_run(const fedge_edge_config *cfg, const volatile sig_atomic_t *st
                 FEDGE_INFO("took part in %u rounds (--max-rounds); stopping", c->rounds_taken);
                 break;
             }
+        }
+        /* observing: what changed meanwhile was pushed (or is, later) */
+        if (fedge_edge_link_observing(c->link)) {
+            ret = wait_round(c, &ri, &pushed, &bad_replies);
+            if (ret != FEDGE_OK)
+                break;
         }
     }
     if (ret == FEDGE_ERR_EDGE_STOPPED || (stop && *stop)) {

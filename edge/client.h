@@ -1,8 +1,12 @@
 /* client.h — the edge client's main loop (the protocol in docs/PROTOCOL.md).
  *
- *   loop: GET /round
- *     state=finished          -> return (with cfg->exit_when_finished)
- *     not open / not selected / this round already done -> sleep poll_ms
+ *   loop: GET /round (registering CoAP Observe unless cfg->no_observe)
+ *     state=finished          -> write <state_dir>/<id>.finished; return
+ *                                (with cfg->exit_when_finished)
+ *     not open / not selected / this round already done -> wait: for a
+ *           notification (then loop on its body) while observing, at most
+ *           10 x poll_ms (60 s at most) before polling again; else sleep
+ *           poll_ms
  *     else: GET /model (ETag of the cached model; 2.03 reuses it), check the
  *           version against /round's model=, train `epochs` epochs on the
  *           shard, seal delta = w_local - w_global, POST /update.
@@ -16,6 +20,10 @@
  * POST retry resends the very same sealed bytes (same counter), which the
  * aggregator recognises as the same update. A 4.xx or 5.03 reply to POST
  * /update is final for that round. One INFO line per round taken part in.
+ *
+ * Started with a finished marker (docs/EDGE.md "Waiting for a round"), the
+ * first GET /round is one attempt: the aggregator unreachable -> return
+ * FEDGE_OK; another run id, or the run not finished -> the marker goes.
  *
  * Owns everything it allocates and frees it before returning, also when
  * *stop is raised (checked between minibatches and every 100 ms of I/O). */

@@ -14,6 +14,7 @@
 #include "common.h"
 #include "keys.h"
 #include "link_rtt.h"
+#include "observe.h"
 
 #define IO_SLICE_MS 100u /* longest coap_io_process wait, so *stop is seen quickly */
 #define DTLS_RETRANSMIT_MS 1000u /* libcoap's first DTLS handshake retransmission */
@@ -74,6 +75,15 @@ struct fedge_edge_link {
     size_t first_etag_len;
     uint8_t first_etag[FEDGE_EDGE_ETAG_MAX];
     char last_error[128];
+    /* Observe: the registration's token on `session`; the freshest
+     * notification, not yet handed over when obs_fresh */
+    int observing;
+    size_t obs_token_len;
+    uint8_t obs_token[8];
+    uint32_t obs_seq;
+    uint64_t obs_at_ms;
+    int obs_fresh;
+    fedge_edge_reply *obs_latest;
 };
 
 int fedge_edge_blob_new(uint8_t *data, size_t len, fedge_edge_blob **out)
@@ -209,6 +219,8 @@ static int send_exchange(fedge_edge_link *l, uint32_t num)
     if (req->etag && req->etag_len && num == 0)
         CHK(add_option(&opts, COAP_OPTION_ETAG, req->etag_len, req->etag));
     CHK(add_option(&opts, COAP_OPTION_URI_PATH, strlen(req->path), (const uint8_t *)req->path));
+    if (req->observe && req->method == FEDGE_EDGE_GET && num == 0)
+        CHK(add_option(&opts, COAP_OPTION_OBSERVE, 0, NULL)); /* 0: register */
     if (req->body)
         CHK(add_uint_option(&opts, COAP_OPTION_CONTENT_FORMAT,
                             COAP_MEDIATYPE_APPLICATION_OCTET_STREAM));
@@ -349,6 +361,10 @@ static void finish(fedge_edge_link *l, const coap_pdu_t *received, const uint8_t
         rep->has_max_age = 1;
         rep->max_age_s = max_age;
     }
+    rep->at_ms = now_ms();
+    opt = coap_check_option(received, COAP_OPTION_OBSERVE, &it);
+    if (opt && fedge_observe_value(coap_opt_value(opt), coap_opt_length(opt), &rep->observe_seq) == FEDGE_OK)
+        rep->has_observe = 1;
     if (data) {
         rep->body_total = len;
         if (l->req->sink && COAP_RESPONSE_CLASS(code) == 2) {
@@ -458,6 +474,73 @@ static void on_block1_continue(fedge_edge_link *l, const exchange *x, const coap
     }
 }
 
+static int is_observation(const fedge_edge_link *l, const coap_pdu_t *received)
+{
+    coap_bin_const_t token = coap_pdu_get_token(received);
+    return l->observing && token.length == l->obs_token_len &&
+           memcmp(token.s, l->obs_token, l->obs_token_len) == 0;
+}
+
+/* A notification of the resource observed: kept when fresher than the last
+ * one (a duplicate or a reordered one is not). A non-2.xx, or a response
+ * without Observe, ends the observation (RFC 7641 §3.2). */
+static void on_notification(fedge_edge_link *l, const coap_pdu_t *received)
+{
+    coap_pdu_code_t code = coap_pdu_get_code(received);
+    coap_opt_iterator_t it;
+    coap_opt_t *opt = coap_check_option(received, COAP_OPTION_OBSERVE, &it);
+    uint32_t seq = 0;
+    if (COAP_RESPONSE_CLASS(code) != 2 || !opt ||
+        fedge_observe_value(coap_opt_value(opt), coap_opt_length(opt), &seq) != FEDGE_OK) {
+        l->observing = 0;
+        return;
+    }
+    uint64_t now = now_ms();
+    if (!fedge_observe_is_fresher(l->obs_seq, l->obs_at_ms, seq, now))
+        return;
+    l->obs_seq = seq;
+    l->obs_at_ms = now;
+    fedge_edge_reply *rep = l->obs_latest;
+    memset(rep, 0, sizeof *rep);
+    rep->code = (int)COAP_RESPONSE_CLASS(code) * 100 + (int)(code & 0x1f);
+    rep->has_observe = 1;
+    rep->observe_seq = seq;
+    rep->at_ms = now;
+    unsigned v;
+    if (get_uint_option(received, COAP_OPTION_MAXAGE, &v)) {
+        rep->has_max_age = 1;
+        rep->max_age_s = v;
+    }
+    size_t len = 0;
+    const uint8_t *data = NULL;
+    if (coap_get_data(received, &len, &data) && data) {
+        rep->body_len = len < FEDGE_EDGE_REPLY_MAX ? len : FEDGE_EDGE_REPLY_MAX;
+        memcpy(rep->body, data, rep->body_len);
+        rep->body_total = len;
+    }
+    rep->body[rep->body_len] = '\0';
+    /* only the first block of a longer body came: the reader must fetch it */
+    if (get_uint_option(received, COAP_OPTION_BLOCK2, &v) && (v & 8))
+        rep->body_total = FEDGE_EDGE_REPLY_MAX + 1;
+    l->obs_fresh = 1;
+}
+
+/* The response to a GET with Observe: 0 has arrived (x: its exchange). */
+static void note_registration(fedge_edge_link *l, const exchange *x)
+{
+    const fedge_edge_reply *rep = l->reply;
+    l->obs_fresh = 0;
+    if (!rep->has_observe || rep->code / 100 != 2 || x->token_len > sizeof l->obs_token) {
+        l->observing = 0;
+        return;
+    }
+    l->observing = 1;
+    l->obs_token_len = x->token_len;
+    memcpy(l->obs_token, x->token, x->token_len);
+    l->obs_seq = rep->observe_seq;
+    l->obs_at_ms = rep->at_ms;
+}
+
 static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *sent,
                                    const coap_pdu_t *received, const coap_mid_t mid)
 {
@@ -467,6 +550,10 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
     exchange *x = l && l->state == REQ_WAITING && session == l->session
                       ? find_exchange(l, received)
                       : NULL;
+    if (!x && l && session == l->session && is_observation(l, received)) {
+        on_notification(l, received);
+        return COAP_RESPONSE_OK; /* libcoap acknowledges a CON one */
+    }
     if (!x) {
         /* Not ours (a late answer to an abandoned request): reset unsolicited ones. */
         if (!sent && (type == COAP_MESSAGE_CON || type == COAP_MESSAGE_NON))
@@ -500,6 +587,8 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
         on_block1_continue(l, x, received);
     else
         finish(l, received, data, data ? len : 0); /* whatever else it is ends the request */
+    if (l->state == REQ_DONE && l->req->observe)
+        note_registration(l, x);
     if (l->state == REQ_WAITING)
         fill_window(l);
     return COAP_RESPONSE_OK;
@@ -629,6 +718,11 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
     l->handshake_timeout_ms =
         cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : FEDGE_EDGE_HANDSHAKE_MS;
     l->window = cfg->window ? cfg->window : FEDGE_EDGE_WINDOW;
+    l->obs_latest = calloc(1, sizeof *l->obs_latest);
+    if (!l->obs_latest) {
+        snprintf(err, errlen, "out of memory");
+        FAIL(FEDGE_ERR_NOMEM);
+    }
     fedge_link_rtt_init(&l->rtt);
     snprintf(l->id, sizeof l->id, "%s", cfg->id);
     if (!cfg->insecure) {
@@ -663,6 +757,7 @@ static void drop_session(fedge_edge_link *l, int abrupt)
     if (!s)
         return;
     l->session = NULL; /* handlers ignore the session from here on */
+    l->observing = 0;
     l->timeouts_in_row = 0;
     if (abrupt) {
         /* Cancel queued retransmissions and block transfers now, so they
@@ -689,6 +784,7 @@ void fedge_edge_link_close(fedge_edge_link *l)
         coap_free_context(l->ctx);
     }
     mbedtls_platform_zeroize(l->psk, sizeof l->psk);
+    free(l->obs_latest);
     free(l);
     coap_cleanup();
 }
@@ -775,7 +871,8 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     int handshaking = !l->session_up;
     /* The request's time starts once the session is up; the handshake has
      * its own budget. */
-    uint64_t deadline = start + (handshaking ? l->handshake_timeout_ms : req->timeout_ms);
+    uint32_t handshake_ms = req->handshake_timeout_ms ? req->handshake_timeout_ms : l->handshake_timeout_ms;
+    uint64_t deadline = start + (handshaking ? handshake_ms : req->timeout_ms);
     l->req = req;
     l->reply = reply;
     l->state = REQ_WAITING;
@@ -826,8 +923,7 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
         if (now >= deadline) {
             char why[96];
             if (handshaking)
-                snprintf(why, sizeof why, "no DTLS handshake within %u ms",
-                         (unsigned)l->handshake_timeout_ms);
+                snprintf(why, sizeof why, "no DTLS handshake within %u ms", (unsigned)handshake_ms);
             else
                 snprintf(why, sizeof why, "no answer within %u ms (%u of %u blocks)",
                          (unsigned)req->timeout_ms, (unsigned)l->n_acked,
@@ -883,6 +979,37 @@ int fedge_edge_link_sleep(fedge_edge_link *l, uint32_t ms, const volatile sig_at
             struct timespec ts = {0, (long)slice * 1000000L};
             nanosleep(&ts, NULL);
         }
+    }
+}
+
+int fedge_edge_link_observing(const fedge_edge_link *l)
+{
+    return l && l->observing;
+}
+
+int fedge_edge_link_observe_wait(fedge_edge_link *l, uint32_t ms, fedge_edge_reply *out, int *got,
+                                 const volatile sig_atomic_t *stop)
+{
+    if (!l || !out || !got)
+        return FEDGE_ERR_INVALID_ARG;
+    *got = 0;
+    uint64_t deadline = now_ms() + ms;
+    for (;;) {
+        if (l->obs_fresh) {
+            *out = *l->obs_latest;
+            l->obs_fresh = 0;
+            *got = 1;
+            return FEDGE_OK;
+        }
+        if (!l->observing)
+            return FEDGE_OK;
+        if (stop && *stop)
+            return FEDGE_ERR_EDGE_STOPPED;
+        uint64_t now = now_ms();
+        if (now >= deadline)
+            return FEDGE_OK;
+        uint64_t left = deadline - now;
+        coap_io_process(l->ctx, left < IO_SLICE_MS ? (uint32_t)left : IO_SLICE_MS);
     }
 }
 

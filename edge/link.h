@@ -91,6 +91,8 @@ typedef struct {
     size_t max_body;              /* largest response body taken (0: FEDGE_EDGE_REPLY_MAX) */
     uint32_t timeout_ms;          /* whole exchange, all blocks included, from the moment
                                      the session is up (a handshake has its own budget) */
+    int observe;                  /* GET: register Observe (RFC 7641 Observe: 0) */
+    uint32_t handshake_timeout_ms; /* a DTLS handshake this request waits for (0: the link's) */
 } fedge_edge_request;
 
 typedef struct {
@@ -104,6 +106,9 @@ typedef struct {
     uint32_t max_age_s;
     size_t etag_len;
     uint8_t etag[FEDGE_EDGE_ETAG_MAX];
+    int has_observe;              /* the response carried an Observe option */
+    uint32_t observe_seq;
+    uint64_t at_ms;               /* when it arrived (fedge_edge_link_now_ms) */
 } fedge_edge_reply;
 
 /* FEDGE_OK when a response arrived (whatever its code); FEDGE_ERR_TIMEOUT
@@ -120,6 +125,24 @@ const char *fedge_edge_link_last_error(const fedge_edge_link *l);
 int fedge_edge_link_sleep(fedge_edge_link *l, uint32_t ms, const volatile sig_atomic_t *stop);
 /* Drop the current session (the next request opens a new one). */
 void fedge_edge_link_reset(fedge_edge_link *l);
+
+/* Observe (RFC 7641). A GET with req->observe whose 2.xx response carries
+ * an Observe option makes the link observe that resource on the current
+ * session: notifications (the server's CON or NON responses with that
+ * token) are taken inside libcoap's I/O loop whenever it runs (during any
+ * request, sleep or wait), acknowledged, and the freshest (RFC 7641 §3.4)
+ * is kept until fedge_edge_link_observe_wait hands it over; the one request
+ * in flight is never disturbed. The observation ends when the session is
+ * dropped, a later registration is answered without Observe, or a
+ * notification is not a 2.xx or lacks the Observe option (the server ended
+ * it). One observation at a time. */
+int fedge_edge_link_observing(const fedge_edge_link *l);
+/* Waits up to ms for a notification newer than the last one handed over (or
+ * than the registration's response). FEDGE_OK with *got = 1 and *out filled
+ * (code, body, at_ms), or *got = 0 when ms passed or the observation ended;
+ * FEDGE_ERR_EDGE_STOPPED when *stop became nonzero. */
+int fedge_edge_link_observe_wait(fedge_edge_link *l, uint32_t ms, fedge_edge_reply *out, int *got,
+                                 const volatile sig_atomic_t *stop);
 
 /* Timing. Every request tunes the session first: ACK timeout from the RTT
  * estimate (unless fixed in the config), MAX_RETRANSMIT so that libcoap's

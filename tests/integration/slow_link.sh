@@ -7,7 +7,7 @@
 # round has time left, and every round closes with all 3 updates counted
 # exactly once. (On main before issue 8: no edge ever got the model.)
 #
-# make test runs one round (~75 s with the linger); tools/bench/slow_link.sh runs the
+# make test runs one round (~45 s with the linger); tools/bench/slow_link.sh runs the
 # 5 rounds of issue 8 (~3 min) and prints the time per round.
 #   SLOW_LINK_ROUNDS (1)  SLOW_LINK_LOSS (0.20)  SLOW_LINK_DELAY_MS (200)
 #   SLOW_LINK_ENCODING (fp16)  SLOW_LINK_TIMING (unset: a file that gets
@@ -32,12 +32,14 @@ python3 tools/bench/udp_relay.py "$relay_port" "$FED_PORT" "$FED_DIR/relay.json"
 relay=$!
 FED_PIDS+=("$relay")
 start=$(date +%s)
-# The linger lets every edge hear 'finished' through the link: an edge whose
-# last answer was lost resends its whole update (~10 s here) before it polls
-# again, and a poll can need several transmissions. A round takes 20-50 s
-# here; 150 s is the margin.
+# The linger lets every edge hear 'finished' through the link. It is pushed
+# (CoAP Observe: a confirmable notification, retransmitted at ~3, 9, 21 s
+# when lost) and kept by an edge that is still resending its last update
+# (~10 s here) until that ends; an edge also polls every 5 s (10 x
+# --poll-ms) without a notification. Before Observe this was 45 s of
+# polling. A round takes 20-50 s here; 150 s is the margin.
 fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" \
-    --rounds "$rounds" --round-timeout-s 150 --start-delay-s 0.3 --linger-s 45
+    --rounds "$rounds" --round-timeout-s 150 --start-delay-s 0.3 --linger-s 15
 for i in 1 2 3; do
     "$BIN/fedge-edge" --server "127.0.0.1:$relay_port" --id "dev-00$i" --keys "$FED_DIR/keys" \
         --shard "$FED_DIR/shards/shard-00$i.bin" --encoding "$encoding" \

@@ -261,11 +261,14 @@ static void test_from_args(void **state)
     write_file("rounds = 7\nlr = 0.5\nseed = 3\n");
     fedge_agg_config c;
     char err[512] = "";
-    char *argv1[] = {"prog", "--rounds", "9", "--config", g_path, "--server-lr=0.25", "--scaffold", NULL};
+    char *argv1[] = {"prog", "--rounds", "9", "--config", g_path, "--server-lr=0.25", "--scaffold",
+                     "--no-observe", NULL};
     fedge_agg_config_defaults(&c);
-    assert_int_equal(fedge_agg_config_from_args(&c, 7, argv1, NULL, err, sizeof err), FEDGE_OK);
+    assert_false(c.no_observe);
+    assert_int_equal(fedge_agg_config_from_args(&c, 8, argv1, NULL, err, sizeof err), FEDGE_OK);
     assert_int_equal(c.rounds, 9);    /* the command line overrides the file */
     assert_true(c.lr == 0.5 && c.seed == 3 && c.server_lr == 0.25 && c.scaffold == 1);
+    assert_true(c.no_observe);
 
     own_opts o = {"", 0};
     fedge_agg_args_extra extra = {.is_flag = own_is_flag, .take = own_take, .ctx = &o};

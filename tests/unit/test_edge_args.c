@@ -60,6 +60,7 @@ static void test_defaults(void **state)
     assert_false(cfg.print_memory);
     assert_int_equal(cfg.max_memory_mb, 256);
     assert_false(cfg.help);
+    assert_false(cfg.no_observe);
 }
 
 static void test_every_flag(void **state)
@@ -73,7 +74,7 @@ static void test_every_flag(void **state)
                            "18446744073709551615", "--poll-ms=250", "--timeout-ms", "800",
                            "--max-retries", "-1", "--log-level", "debug", "--state-dir",
                            "/var/lib/fedge", "--no-exit-when-finished", "--max-rounds", "3",
-                           "--print-memory", "--max-memory-mb=48"),
+                           "--print-memory", "--max-memory-mb=48", "--no-observe"),
                      FEDGE_OK);
     assert_string_equal(cfg.host, "agg.example");
     assert_int_equal(cfg.port, 7000);
@@ -92,6 +93,7 @@ static void test_every_flag(void **state)
     assert_int_equal(cfg.max_rounds, 3);
     assert_true(cfg.print_memory);
     assert_int_equal(cfg.max_memory_mb, 48);
+    assert_true(cfg.no_observe);
 
     assert_int_equal(PARSE(&cfg, err, BASE, "--encoding", "bf16", "--exit-when-finished"),
                      FEDGE_OK);

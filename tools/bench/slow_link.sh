@@ -13,7 +13,7 @@ start=$(date +%s)
 SLOW_LINK_ROUNDS=${ROUNDS:-5} SLOW_LINK_LOSS=${LOSS:-0.20} SLOW_LINK_DELAY_MS=${DELAY_MS:-200} \
     SLOW_LINK_ENCODING=${ENCODING:-fp16} SLOW_LINK_TIMING="$timing" \
     bash tests/integration/slow_link.sh
-echo "wall time: $(($(date +%s) - start)) s (including the aggregator's 45 s linger)"
+echo "wall time: $(($(date +%s) - start)) s (including the aggregator's 15 s linger)"
 echo "round  seconds (open -> closed)"
 grep -v '^{' "$timing" | tr '|' ' ' | awk '{printf "%5s  %s\n", $1, $2; s += $2; n++} END {if (n) printf "mean   %.1f\n", s / n}'
 python3 - "$timing" <<'PY'
