@@ -43,6 +43,7 @@
 #include "server_opt.h"
 
 struct fedge_policy;
+struct fedge_relay;
 struct fedge_sched;
 struct fedge_signer;
 
@@ -110,6 +111,8 @@ typedef struct {
     size_t control_blob_len;
     uint8_t control_version[FEDGE_HASH_LEN];
     char control_version_hex[FEDGE_HASH_HEX_LEN];
+
+    struct fedge_relay *relay;        /* relay mode (relay.h): the parent's link; NULL: a root */
 } fedge_aggregator;
 
 /* Index of device `id` in keys.devices (and the arrays parallel to it); -1

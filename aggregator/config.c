@@ -43,6 +43,7 @@ static int check_aggregation(const char *value, char *why, size_t whylen);
 static int check_server_optimizer(const char *value, char *why, size_t whylen);
 static int check_mode(const char *value, char *why, size_t whylen);
 static int check_staleness(const char *value, char *why, size_t whylen);
+static int check_upstream(const char *value, char *why, size_t whylen);
 
 #define STR(k, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, NULL}
 #define STRC(k, chk, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, chk}
@@ -110,6 +111,12 @@ static const field FIELDS[] = {
     DBL(async_staleness_a, 0, 100, "0.5", "staleness discount: the exponent a of polynomial, the slope a of hinge"),
     DBL(async_staleness_b, 0, 1e6, "4", "staleness discount: hinge's b (versions without discount)"),
     BOOL(scaffold, "0", "SCAFFOLD: server control variate, updates carry the control delta (needs aggregation = mean, no DP)"),
+    STRC(upstream, check_upstream, "", "relay: the parent aggregator's HOST:PORT (numeric host); this aggregator then follows its rounds and sends it one partial sum per round (empty: a root)"),
+    STR(upstream_id, "", "relay: this relay's device id at the parent (needed with upstream)"),
+    STR(upstream_keys, "", "relay: keys file with upstream_id's line, as an edge has (fedge-keygen export; needed with upstream)"),
+    DBL(upstream_poll_s, 0.05, 60, "0.5", "relay: how often a waiting relay asks the parent for its round"),
+    DBL(upstream_margin_s, 0, 3600, "2", "relay: a relay round closes this long before the parent's deadline, to leave time to send"),
+    DBL(upstream_timeout_s, 0.5, 600, "10", "relay: the longest one request to the parent may take (no edge is served meanwhile)"),
 };
 
 _Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");
@@ -554,6 +561,58 @@ size_t fedge_agg_config_combiner_min(const fedge_agg_config *c, size_t n, char *
 
 /* One line for each strategy key set away from its default that the
  * configured combiner does not read. */
+static int check_upstream(const char *value, char *why, size_t whylen)
+{
+    return value[0] ? check_listen(value, why, whylen) : 0;
+}
+
+/* A relay sends the plain sample-weighted mean of its edges' updates
+ * (docs/ARCHITECTURE.md "Aggregation tree"): what would change that is
+ * refused here, with the reason. */
+static int validate_relay(const fedge_agg_config *c, char *err, size_t errlen)
+{
+    char w[FEDGE_PATH_MAX + 96], w2[FEDGE_PATH_MAX + 96];
+    int ret = FEDGE_OK;
+    if (!c->upstream[0]) {
+        if (c->upstream_id[0] || c->upstream_keys[0]) {
+            snprintf(err, errlen, "%s is set without upstream: a root has no parent",
+                     c->upstream_id[0] ? WHERE(upstream_id, w) : WHERE(upstream_keys, w));
+            FAIL(FEDGE_ERR_CONFIG_VALUE);
+        }
+        return FEDGE_OK;
+    }
+    if (!c->upstream_id[0] || !c->upstream_keys[0]) {
+        snprintf(err, errlen, "%s needs %s: the relay's own device identity at the parent", WHERE(upstream, w),
+                 !c->upstream_id[0] ? "upstream_id" : "upstream_keys");
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    CHK(must_exist(c->upstream_keys, S_IFREG, WHERE(upstream_keys, w), err, errlen));
+    if (strcmp(c->aggregation, "mean") != 0) {
+        snprintf(err, errlen, "%s = %s: a relay supports aggregation = mean only (the parent's weighted mean of"
+                 " relay means is the mean over all edges; a robust rule belongs at the root, where it sees"
+                 " every relay)", WHERE(aggregation, w), c->aggregation);
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    if (strcmp(c->mode, "sync") != 0 || c->scaffold) {
+        snprintf(err, errlen, "%s: a relay runs sync rounds that follow its parent's, without SCAFFOLD",
+                 c->scaffold ? WHERE(scaffold, w) : WHERE(mode, w));
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    if (strcmp(c->server_optimizer, "sgd") != 0 || c->server_lr != 1.0) {
+        snprintf(err, errlen, "%s: a relay has no model of its own to step (it needs server_optimizer = sgd,"
+                 " server_lr = 1); the root's optimiser steps the model",
+                 strcmp(c->server_optimizer, "sgd") != 0 ? WHERE(server_optimizer, w) : WHERE(server_lr, w));
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    if (!c->signing_key[0]) {
+        snprintf(err, errlen, "%s needs %s: the parent logs the hash of the relay's signed audit head",
+                 WHERE(upstream, w), WHERE(signing_key, w2));
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+cleanup:
+    return ret;
+}
+
 static void warn_unused_keys(const fedge_agg_config *c)
 {
     fedge_agg_config d;
@@ -659,6 +718,7 @@ int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errle
                  c->aggregation);
         FAIL(FEDGE_ERR_CONFIG_VALUE);
     }
+    CHK(validate_relay(c, err, errlen));
 cleanup:
     return ret;
 }

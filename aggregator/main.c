@@ -14,6 +14,7 @@
 #include "instance_lock.h"
 #include "log.h"
 #include "refine.h"
+#include "relay.h"
 #include "server.h"
 #include "version.h"
 #include "text.h"
@@ -144,15 +145,23 @@ int main(int argc, char **argv)
         status = init == FEDGE_ERR_BUSY ? 1 : 2; /* a runtime fault, not the configuration */
         goto out;
     }
+    if (fedge_relay_open(&agg, err, sizeof err) != FEDGE_OK) {
+        FEDGE_ERROR("start-up failed: relay: %s", err);
+        fedge_agg_free(&agg);
+        status = 2;
+        goto out;
+    }
     /* again just before the bind: another daemon may have started meanwhile */
     if (fedge_listen_probe(cfg.listen, &owner, err, sizeof err) != FEDGE_OK) {
         FEDGE_ERROR("%s", err);
+        fedge_relay_free(&agg);
         fedge_agg_free(&agg);
         status = 2;
         goto out;
     }
     if (fedge_server_start(&agg, &server, err, sizeof err) != FEDGE_OK) {
         FEDGE_ERROR("cannot serve: %s", err);
+        fedge_relay_free(&agg);
         fedge_agg_free(&agg);
         status = 2;
         goto out;
@@ -190,6 +199,7 @@ int main(int argc, char **argv)
                    ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6, ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6,
                    ru.ru_maxrss, agg.rounds_done);
     fedge_server_free(server);
+    fedge_relay_free(&agg);
     fedge_agg_free(&agg);
     FEDGE_INFO("stopped");
 out:
