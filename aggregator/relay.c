@@ -107,6 +107,13 @@ int fedge_relay_open(fedge_aggregator *a, char *err, size_t errlen)
     CHK(fedge_envelope_derive_key(e->secret, FEDGE_SECRET_LEN, r->id, &r->key));
     CHK(fedge_keys_dtls_psk(e->secret, r->id, r->psk));
     CHK(fedge_store_exec(a->db, RELAY_SENT_SQL));
+    {
+        /* who this log is at the parent: the cross-tier lineage's label (tiers.h) */
+        sqlite3_stmt *st = NULL;
+        CHK(fedge_store_prepare(a->db, "INSERT OR REPLACE INTO meta(key, value) VALUES('upstream_id', ?)", &st));
+        sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
+        CHK(fedge_store_step_done(a->db, st));
+    }
     fedge_edge_link_config lc = {
         .host = r->host,
         .port = r->port,
