@@ -5,7 +5,8 @@
 # with the same model (1e-6 relative), that each relay's rounds follow the
 # root's, that the cross-tier lineage names all 8 devices through the right
 # relay and verifies both relays' signed heads, and that a tampered relay
-# database fails it.
+# database fails it; then that a relay restarted with an unanswered partial
+# in its log resends the same bytes and gets the root's stored decision.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -50,13 +51,18 @@ P_R1=$(fed_free_port)
 P_R2=$(fed_free_port)
 start flat --keys-file "$D/keys" --db "$D/flat/fedge.db" --model-dir "$D/flat/models" \
     --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_FLAT" --rounds 2 --linger-s 2 --start-delay-s 1
-start root --keys-file "$D/relays.keys" --db "$D/root/fedge.db" --model-dir "$D/root/models" \
-    --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_ROOT" --rounds 2 --linger-s 3 --start-delay-s 1
+ROOT_ARGS=(--keys-file "$D/relays.keys" --db "$D/root/fedge.db" --model-dir "$D/root/models"
+           --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_ROOT" --rounds 2 --start-delay-s 1)
+relay_args() { # N: relay N's arguments
+    RELAY_ARGS=(--keys-file "$D/r$1/edges.keys" --db "$D/r$1/fedge.db" --model-dir "$D/r$1/models"
+                --signing-key "$D/r$1/aggregator.key" --listen "127.0.0.1:$(eval echo \$P_R$1)" --linger-s 2
+                --upstream "127.0.0.1:$P_ROOT" --upstream-id "relay-00$1" --upstream-keys "$D/r$1/upstream.keys"
+                --upstream-poll-s 0.1 --upstream-margin-s 2)
+}
+start root "${ROOT_ARGS[@]}" --linger-s 3
 for r in 1 2; do
-    start "r$r" --keys-file "$D/r$r/edges.keys" --db "$D/r$r/fedge.db" --model-dir "$D/r$r/models" \
-        --signing-key "$D/r$r/aggregator.key" --listen "127.0.0.1:$(eval echo \$P_R$r)" --linger-s 2 \
-        --upstream "127.0.0.1:$P_ROOT" --upstream-id "relay-00$r" --upstream-keys "$D/r$r/upstream.keys" \
-        --upstream-poll-s 0.1 --upstream-margin-s 2
+    relay_args $r
+    start "r$r" "${RELAY_ARGS[@]}"
 done
 for i in 1 2 3 4 5 6 7 8; do
     edge "dev-00$i" "$P_FLAT"
@@ -144,4 +150,29 @@ sqlite3 "$D/r2/fedge.db" "UPDATE updates SET n_samples = n_samples + 1 WHERE dev
 "$BIN/fedge-audit" "${LIN[@]}" >"$D/tampered.txt" 2>&1
 [ $? -eq 1 ] || { cat "$D/tampered.txt"; fed_fail "a tampered relay database must fail the cross-tier lineage"; }
 grep -q "relay-002" "$D/tampered.txt" || fed_fail "the failure should name the relay"
+
+# A relay restarted with its partial logged but no answer recorded (a crash
+# after sealing) sends the very same bytes again: the root, restarted too
+# (its run already finished), answers with its stored decision and counts
+# nothing twice.
+sqlite3 "$D/r1/fedge.db" "UPDATE relay_sent SET status='sealed', code=NULL, reply=NULL WHERE round=2"
+n_updates=$(sql root "SELECT count(*) FROM updates")
+start root_again "${ROOT_ARGS[@]}" --linger-s 4
+relay_args 1
+start r1_again "${RELAY_ARGS[@]}"
+for name in r1_again root_again; do
+    pid=$(eval echo \$PID_$name)
+    for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && fed_fail "$name did not finish within 15s"
+    wait "$pid" || { tail -n 20 "$D/$name.log" >&2; fed_fail "$name exited with an error"; }
+done
+grep -q "sending the logged partial for the parent's round 2 again" "$D/r1_again.log" ||
+    fed_fail "the restarted relay should resend its logged partial"
+[ "$(sql r1 "SELECT status || ':' || code FROM relay_sent WHERE round=2")" = "answered:204" ] ||
+    fed_fail "the resent partial should get the root's stored decision"
+sql r1 "SELECT reply FROM relay_sent WHERE round=2" | grep -q "duplicate of the update for round 2" ||
+    fed_fail "the root should answer the resend as a duplicate"
+[ "$(sql root "SELECT count(*) FROM updates")" = "$n_updates" ] || fed_fail "the resend must not be counted again"
+"$BIN/fedge-audit" --db "$D/r1/fedge.db" --pubkey "$D/r1/aggregator.pub" verify >/dev/null ||
+    fed_fail "relay 1's log should verify after the resend"
 echo ok
