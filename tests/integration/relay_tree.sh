@@ -6,7 +6,9 @@
 # root's, that the cross-tier lineage names all 8 devices through the right
 # relay and verifies both relays' signed heads, and that a tampered relay
 # database fails it; then that a relay restarted with an unanswered partial
-# in its log resends the same bytes and gets the root's stored decision.
+# in its log resends the same bytes and gets the root's stored decision,
+# and that a relay with nothing by its deadline (before the root's) sends
+# nothing.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -50,16 +52,16 @@ P_ROOT=$(fed_free_port)
 P_R1=$(fed_free_port)
 P_R2=$(fed_free_port)
 start flat --keys-file "$D/keys" --db "$D/flat/fedge.db" --model-dir "$D/flat/models" \
-    --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_FLAT" --rounds 2 --linger-s 2 --start-delay-s 1
+    --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_FLAT" --rounds 2 --linger-s 1 --start-delay-s 1
 ROOT_ARGS=(--keys-file "$D/relays.keys" --db "$D/root/fedge.db" --model-dir "$D/root/models"
            --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_ROOT" --rounds 2 --start-delay-s 1)
 relay_args() { # N: relay N's arguments
     RELAY_ARGS=(--keys-file "$D/r$1/edges.keys" --db "$D/r$1/fedge.db" --model-dir "$D/r$1/models"
-                --signing-key "$D/r$1/aggregator.key" --listen "127.0.0.1:$(eval echo \$P_R$1)" --linger-s 2
+                --signing-key "$D/r$1/aggregator.key" --listen "127.0.0.1:$(eval echo \$P_R$1)" --linger-s 1
                 --upstream "127.0.0.1:$P_ROOT" --upstream-id "relay-00$1" --upstream-keys "$D/r$1/upstream.keys"
                 --upstream-poll-s 0.1 --upstream-margin-s 2)
 }
-start root "${ROOT_ARGS[@]}" --linger-s 3
+start root "${ROOT_ARGS[@]}" --linger-s 1.5
 for r in 1 2; do
     relay_args $r
     start "r$r" "${RELAY_ARGS[@]}"
@@ -157,9 +159,9 @@ grep -q "relay-002" "$D/tampered.txt" || fed_fail "the failure should name the r
 # nothing twice.
 sqlite3 "$D/r1/fedge.db" "UPDATE relay_sent SET status='sealed', code=NULL, reply=NULL WHERE round=2"
 n_updates=$(sql root "SELECT count(*) FROM updates")
-start root_again "${ROOT_ARGS[@]}" --linger-s 4
+start root_again "${ROOT_ARGS[@]}" --linger-s 2.5
 relay_args 1
-start r1_again "${RELAY_ARGS[@]}"
+start r1_again "${RELAY_ARGS[@]}" --linger-s 0.5
 for name in r1_again root_again; do
     pid=$(eval echo \$PID_$name)
     for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -175,4 +177,30 @@ sql r1 "SELECT reply FROM relay_sent WHERE round=2" | grep -q "duplicate of the 
 [ "$(sql root "SELECT count(*) FROM updates")" = "$n_updates" ] || fed_fail "the resend must not be counted again"
 "$BIN/fedge-audit" --db "$D/r1/fedge.db" --pubkey "$D/r1/aggregator.pub" verify >/dev/null ||
     fed_fail "relay 1's log should verify after the resend"
+
+# A relay whose edges send nothing before its deadline (upstream_margin_s
+# before the root's) fails its round and sends nothing; the root's round
+# closes at its own deadline without it.
+mkdir -p "$D/root3" "$D/r3"
+P_ROOT=$(fed_free_port)
+P_R3=$(fed_free_port)
+start root3 --keys-file "$D/relays.keys" --db "$D/root3/fedge.db" --model-dir "$D/root3/models" \
+    --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_ROOT" --rounds 1 --round-timeout-s 3 --linger-s 1
+relay_args 2
+start r3 "${RELAY_ARGS[@]}" --db "$D/r3/fedge.db" --model-dir "$D/r3/models" --listen "127.0.0.1:$P_R3" \
+    --linger-s 0.5
+for name in root3 r3; do
+    pid=$(eval echo \$PID_$name)
+    for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && fed_fail "$name did not finish within 15s"
+    wait "$pid"
+    rc=$?
+    # the only round aggregated nothing, here or there: exit status 3, as documented
+    [ $rc -eq 3 ] || { tail -n 20 "$D/$name.log" >&2; fed_fail "$name exited with status $rc, not 3"; }
+done
+[ "$(sql r3 "SELECT status FROM rounds WHERE id=1")" = failed ] || fed_fail "the edgeless relay's round should fail"
+awk -v l="$(sql r3 "SELECT deadline - opened_at FROM rounds WHERE id=1")" 'BEGIN { exit !(l > 0.3 && l < 1.5) }' ||
+    fed_fail "the relay's round should end upstream_margin_s (2s) before the root's 3s deadline"
+[ "$(sql r3 "SELECT count(*) FROM relay_sent")" = 0 ] || fed_fail "a relay without a partial sends nothing"
+[ "$(sql root3 "SELECT count(*) FROM updates")" = 0 ] || fed_fail "the root should have received nothing"
 echo ok
