@@ -78,7 +78,7 @@ static const field FIELDS[] = {
     DBL(momentum, 0, 0.999, "0.9", "client SGD momentum"),
     LNG(batch, 1, 65536, "32", "client minibatch size"),
     DBL(server_lr, 1e-6, 10, "1", "server step size eta of the server optimiser (sgd: w += eta * combined delta)"),
-    LNG(max_update_bytes, 0, 512.0 * 1024 * 1024, "0", "largest accepted POST /update body (0: fp32 size of the model + envelope)"),
+    LNG(max_update_bytes, 0, 512.0 * 1024 * 1024, "0", "largest accepted POST /update body (0: fp32 size of the model + envelope + the 32-byte trailer of a relay's partial sum)"),
     DBL(upload_idle_timeout_s, 0.5, 3600, "45", "a partial Block1 upload that receives nothing this long is freed (its next block gets 4.08); after 5 s when a new upload needs its room"),
     LNG(upload_max_partial_per_device, 1, 1000, "2", "partial Block1 uploads one device may have in progress (more get 5.03)"),
     LNG(upload_max_partial_total, 1, 65536, "256", "partial Block1 uploads in progress across all devices (more get 5.03)"),
