@@ -114,9 +114,9 @@ static const field FIELDS[] = {
     STRC(upstream, check_upstream, "", "relay: the parent aggregator's HOST:PORT (numeric host); this aggregator then follows its rounds and sends it one partial sum per round (empty: a root)"),
     STR(upstream_id, "", "relay: this relay's device id at the parent (needed with upstream)"),
     STR(upstream_keys, "", "relay: keys file with upstream_id's line, as an edge has (fedge-keygen export; needed with upstream)"),
-    DBL(upstream_poll_s, 0.05, 60, "0.5", "relay: how often a waiting relay asks the parent for its round"),
+    DBL(upstream_poll_s, 0.05, 60, "0.5", "relay: how often a waiting relay asks the parent for its round (doubling, up to 30 s, while the parent does not answer)"),
     DBL(upstream_margin_s, 0, 3600, "2", "relay: a relay round closes this long before the parent's deadline, to leave time to send"),
-    DBL(upstream_timeout_s, 0.5, 600, "10", "relay: the longest one request to the parent may take (no edge is served meanwhile)"),
+    DBL(upstream_timeout_s, 0.5, 600, "10", "relay: the longest one request to the parent may take, a DTLS handshake included (no edge is served meanwhile)"),
 };
 
 _Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");

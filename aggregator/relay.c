@@ -42,6 +42,7 @@ struct fedge_relay {
     fedge_edge_reply reply;       /* 4 KiB: off the stack */
     double next_poll;             /* fedge_now() */
     int resent;                   /* the rows a restart left 'sealed' were sent again */
+    unsigned failures;            /* requests to the parent failed in a row */
     int parent_known;             /* parent_run and parent_end are for the open round */
     uint8_t parent_run[FEDGE_RUN_ID_LEN];
     double parent_end;            /* the parent's deadline for the open round (fedge_now()) */
@@ -119,7 +120,7 @@ int fedge_relay_open(fedge_aggregator *a, char *err, size_t errlen)
         .port = r->port,
         .id = r->id,
         .psk = r->psk,
-        .handshake_timeout_ms = (uint32_t)(a->cfg.upstream_timeout_s * 1000.0),
+        .handshake_timeout_ms = (uint32_t)(a->cfg.upstream_timeout_s * 500.0), /* half: see request() */
     };
     char why[256] = "";
     ret = fedge_edge_link_open(&lc, &r->link, why, sizeof why);
@@ -154,17 +155,20 @@ void fedge_relay_free(fedge_aggregator *a)
     a->relay = NULL;
 }
 
-/* One request to the parent, deadline min(upstream_timeout_s, until). */
+/* One request to the parent: at most upstream_timeout_s in all, half for a
+ * DTLS handshake when a session must be opened, half for the exchange,
+ * and never past `until`. */
 static int request(fedge_aggregator *a, fedge_edge_request *req, double until)
 {
     struct fedge_relay *r = a->relay;
     double left = until - fedge_now();
-    if (left > a->cfg.upstream_timeout_s)
-        left = a->cfg.upstream_timeout_s;
+    if (left > a->cfg.upstream_timeout_s / 2)
+        left = a->cfg.upstream_timeout_s / 2;
     if (left <= 0.001)
         return FEDGE_ERR_TIMEOUT;
     req->timeout_ms = (uint32_t)(left * 1000.0);
     int rc = fedge_edge_link_request(r->link, req, &r->reply, NULL);
+    r->failures = rc == FEDGE_OK ? 0 : r->failures + 1;
     if (rc != FEDGE_OK)
         FEDGE_WARN("relay: %s /%s to the parent: %s (%s)", req->method == FEDGE_EDGE_GET ? "GET" : "POST",
                    req->path, fedge_strerror(rc), fedge_edge_link_last_error(r->link));
@@ -187,7 +191,7 @@ static int model_sink(void *arg, const uint8_t *data, size_t len)
 static int adopt_parent_model(fedge_aggregator *a, const fedge_round_info *ri, int *ok)
 {
     struct fedge_relay *r = a->relay;
-    char parent[FEDGE_HASH_HEX_LEN], info[256];
+    char info[256];
     int ret = FEDGE_OK;
     *ok = 0;
     if (memcmp(ri->model, a->version, FEDGE_HASH_LEN) == 0) {
@@ -219,14 +223,14 @@ static int adopt_parent_model(fedge_aggregator *a, const fedge_round_info *ri, i
         (void)fedge_model_spec_format(&a->model.spec, spec, sizeof spec);
         FEDGE_ERROR("relay: the parent's model is %s, not this relay's model_spec %s; round %u not served",
                     ri->spec_text, spec, ri->round);
+        r->passed_round = ri->round;
         return FEDGE_OK;
     }
-    memcpy(parent, a->version_hex, sizeof parent);
     snprintf(info, sizeof info, "the parent's model for its round %u (relay of %s)", ri->round, a->cfg.upstream);
     CHK(fedge_store_begin(a->db));
     CHK(fedge_modelstore_adopt(a, &r->fetched, ri->round));
     r->have_fetched = 0;
-    CHK(fedge_modelstore_record(a, parent, "init", ri->round, -1, info));
+    CHK(fedge_modelstore_record(a, NULL, "init", ri->round, -1, info));
     CHK(fedge_store_commit(a->db));
     *ok = 1;
 cleanup:
@@ -393,8 +397,10 @@ int fedge_relay_poll(fedge_aggregator *a, double now, fedge_relay_next *next)
         CHK(resend_pending(a));
     if (now < r->next_poll)
         return FEDGE_OK;
-    r->next_poll = now + a->cfg.upstream_poll_s;
     CHK(poll_parent(a, &ri, &got));
+    /* an unreachable parent is asked less often (each try blocks the loop) */
+    double wait = a->cfg.upstream_poll_s * (double)(1u << (r->failures < 6 ? r->failures : 6));
+    r->next_poll = fedge_now() + (wait < 30.0 || a->cfg.upstream_poll_s >= 30.0 ? wait : 30.0);
     if (!got)
         goto cleanup;
     if (ri.state == FEDGE_ROUND_FINISHED) {

@@ -23,8 +23,9 @@
  * whose parent's deadline passes before it has sealed sends nothing.
  *
  * Every request to the parent blocks the owner thread (no edge is served
- * meanwhile) for at most upstream_timeout_s, and never past the parent's
- * deadline. DP: refused at a relay (noise belongs to the root; the root's
+ * meanwhile) for at most upstream_timeout_s, a DTLS handshake included,
+ * and never past the parent's deadline; while the parent does not answer,
+ * polls back off (doubling, up to 30 s). DP: refused at a relay (noise belongs to the root; the root's
  * DP then counts each relay as one client). Combiner: mean only (config.c).
  * Errors: the daemon's own (SQL, memory); the parent being unreachable or
  * refusing is logged and retried at the next poll, never fatal. */
