@@ -198,8 +198,8 @@ int main(int argc, char **argv)
         FEDGE_INFO("cpu time: user %.3fs system %.3fs, peak RSS %ld KiB, over %ld rounds",
                    ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6, ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6,
                    ru.ru_maxrss, agg.rounds_done);
+    fedge_relay_free(&agg); /* its libcoap context before the server's coap_cleanup */
     fedge_server_free(server);
-    fedge_relay_free(&agg);
     fedge_agg_free(&agg);
     FEDGE_INFO("stopped");
 out:
