@@ -152,6 +152,14 @@ sqlite3 "$D/r2/fedge.db" "UPDATE updates SET n_samples = n_samples + 1 WHERE dev
 "$BIN/fedge-audit" "${LIN[@]}" >"$D/tampered.txt" 2>&1
 [ $? -eq 1 ] || { cat "$D/tampered.txt"; fed_fail "a tampered relay database must fail the cross-tier lineage"; }
 grep -q "relay-002" "$D/tampered.txt" || fed_fail "the failure should name the relay"
+# A root record naming another head than the relay signed fails it too.
+cp "$D/root/fedge.db" "$D/root-copy.db"
+sqlite3 "$D/root-copy.db" "UPDATE events SET detail = substr(detail, 1, length(detail) - 4) || 'beef'
+                            WHERE kind='relay_head' AND device='relay-001' AND round=1"
+"$BIN/fedge-audit" --db "$D/root-copy.db" lineage --relay-db "$D/r1/fedge.db" --relay-pubkey "$D/r1/aggregator.pub" \
+    "$V" >"$D/mismatch.txt" 2>&1
+[ $? -eq 1 ] && grep -q "no signed head of the relay's log has it" "$D/mismatch.txt" ||
+    { cat "$D/mismatch.txt"; fed_fail "a head the relay did not sign must fail the cross-tier lineage"; }
 
 # A relay restarted with its partial logged but no answer recorded (a crash
 # after sealing) sends the very same bytes again: the root, restarted too
