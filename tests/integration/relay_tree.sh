@@ -187,14 +187,20 @@ sql r1 "SELECT reply FROM relay_sent WHERE round=2" | grep -q "duplicate of the 
     fed_fail "relay 1's log should verify after the resend"
 
 # A relay whose edges send nothing before its deadline (upstream_margin_s
-# before the root's) fails its round and sends nothing; the root's round
-# closes at its own deadline without it.
+# before the root's), restarted inside its round, resumes it, then fails it
+# and sends nothing; the root's round closes at its own deadline without it.
 mkdir -p "$D/root3" "$D/r3"
 P_ROOT=$(fed_free_port)
 P_R3=$(fed_free_port)
 start root3 --keys-file "$D/relays.keys" --db "$D/root3/fedge.db" --model-dir "$D/root3/models" \
-    --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_ROOT" --rounds 1 --round-timeout-s 3 --linger-s 1
+    --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_ROOT" --rounds 1 --round-timeout-s 4 --linger-s 1
 relay_args 2
+start r3 "${RELAY_ARGS[@]}" --db "$D/r3/fedge.db" --model-dir "$D/r3/models" --listen "127.0.0.1:$P_R3" \
+    --linger-s 0.5
+# stopped and started again inside its round: it resumes it while the root is still in it
+fed_wait_for "grep -qs 'round 1 open' '$D/r3.log'" 10
+kill "$PID_r3"
+wait "$PID_r3"
 start r3 "${RELAY_ARGS[@]}" --db "$D/r3/fedge.db" --model-dir "$D/r3/models" --listen "127.0.0.1:$P_R3" \
     --linger-s 0.5
 for name in root3 r3; do
@@ -207,8 +213,10 @@ for name in root3 r3; do
     [ $rc -eq 3 ] || { tail -n 20 "$D/$name.log" >&2; fed_fail "$name exited with status $rc, not 3"; }
 done
 [ "$(sql r3 "SELECT status FROM rounds WHERE id=1")" = failed ] || fed_fail "the edgeless relay's round should fail"
-awk -v l="$(sql r3 "SELECT deadline - opened_at FROM rounds WHERE id=1")" 'BEGIN { exit !(l > 0.3 && l < 1.5) }' ||
-    fed_fail "the relay's round should end upstream_margin_s (2s) before the root's 3s deadline"
+awk -v l="$(sql r3 "SELECT deadline - opened_at FROM rounds WHERE id=1")" 'BEGIN { exit !(l > 0.8 && l < 2.5) }' ||
+    fed_fail "the relay's round should end upstream_margin_s (2s) before the root's 4s deadline"
+grep -q "resuming open round 1" "$D/r3.log" && grep -q "resumed round 1 is still open at the parent" "$D/r3.log" ||
+    fed_fail "the restarted relay should resume its open round while the root is in it"
 [ "$(sql r3 "SELECT count(*) FROM relay_sent")" = 0 ] || fed_fail "a relay without a partial sends nothing"
 [ "$(sql root3 "SELECT count(*) FROM updates")" = 0 ] || fed_fail "the root should have received nothing"
 echo ok
