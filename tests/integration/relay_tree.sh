@@ -167,6 +167,8 @@ sqlite3 "$D/root-copy.db" "UPDATE events SET detail = substr(detail, 1, length(d
 # nothing twice.
 sqlite3 "$D/r1/fedge.db" "UPDATE relay_sent SET status='sealed', code=NULL, reply=NULL WHERE round=2"
 n_updates=$(sql root "SELECT count(*) FROM updates")
+P_ROOT=$(fed_free_port) # a fresh port: a released one may have gone to a script running beside this one
+ROOT_ARGS+=(--listen "127.0.0.1:$P_ROOT")
 start root_again "${ROOT_ARGS[@]}" --linger-s 2.5
 relay_args 1
 start r1_again "${RELAY_ARGS[@]}" --linger-s 0.5
