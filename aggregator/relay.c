@@ -41,7 +41,6 @@ struct fedge_relay {
     char id[FEDGE_DEVICE_ID_MAX + 1];
     fedge_edge_reply reply;       /* 4 KiB: off the stack */
     double next_poll;             /* fedge_now() */
-    int resent;                   /* the rows a restart left 'sealed' were sent again */
     unsigned failures;            /* requests to the parent failed in a row */
     int parent_known;             /* parent_run and parent_end are for the open round */
     uint8_t parent_run[FEDGE_RUN_ID_LEN];
@@ -352,8 +351,9 @@ cleanup:
     return ret;
 }
 
-/* Rows a crash left 'sealed' (logged, maybe sent, no answer recorded): sent
- * again, the very same bytes, once per start. */
+/* Rows left 'sealed' (logged, maybe sent, no answer recorded: a crash, or
+ * a busy database when the answer came) are sent again, the very same
+ * bytes; the parent answers with its stored decision if it has one. */
 static int resend_pending(fedge_aggregator *a)
 {
     sqlite3_stmt *st = NULL;
@@ -367,10 +367,10 @@ static int resend_pending(fedge_aggregator *a)
     sqlite3_finalize(st);
     st = NULL;
     for (size_t i = 0; i < n; i++) {
-        FEDGE_INFO("relay: sending the logged partial for the parent's round %u again (restart)", rounds[i]);
+        FEDGE_INFO("relay: sending the logged partial for the parent's round %u again (no answer recorded)",
+                   rounds[i]);
         CHK(send_sealed(a, rounds[i], fedge_now() + a->cfg.upstream_timeout_s));
     }
-    a->relay->resent = 1;
 cleanup:
     sqlite3_finalize(st);
     return ret;
@@ -393,10 +393,9 @@ int fedge_relay_poll(fedge_aggregator *a, double now, fedge_relay_next *next)
     fedge_round_info ri;
     int ret = FEDGE_OK, got = 0, ok = 0;
     memset(next, 0, sizeof *next);
-    if (!r->resent)
-        CHK(resend_pending(a));
     if (now < r->next_poll)
         return FEDGE_OK;
+    CHK(resend_pending(a));
     CHK(poll_parent(a, &ri, &got));
     /* an unreachable parent is asked less often (each try blocks the loop) */
     double wait = a->cfg.upstream_poll_s * (double)(1u << (r->failures < 6 ? r->failures : 6));

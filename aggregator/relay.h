@@ -18,8 +18,9 @@
  * relay_sent(round PRIMARY KEY = the parent's round, parent_run, counter,
  * n_updates, n_samples, head_hash, sealed, sealed_sha256, status
  * 'sealed'|'answered'|'unanswered', code, reply, sent_at): what was sent. A
- * row still 'sealed' after a restart is sent again, the very same bytes:
- * the parent answers with its stored decision (its resend path). A relay
+ * row still 'sealed' (no answer recorded: a restart) is sent again at the
+ * next poll, the very same bytes: the parent answers with its stored
+ * decision (its resend path). A relay
  * whose parent's deadline passes before it has sealed sends nothing.
  *
  * Every request to the parent blocks the owner thread (no edge is served
@@ -53,8 +54,8 @@ typedef struct {
     int finished;        /* the parent's run has finished */
 } fedge_relay_next;
 
-/* WAITING: resends what a restart left sealed, then (every upstream_poll_s)
- * asks the parent; for a round this relay is selected for and has not
+/* WAITING, every upstream_poll_s: resends what is left sealed, then asks
+ * the parent; for a round this relay is selected for and has not
  * served, adopts the parent's model and training parameters. */
 int fedge_relay_poll(fedge_aggregator *a, double now, fedge_relay_next *next);
 /* OPEN after a restart: is the parent still in this round? *gone = 1 when
