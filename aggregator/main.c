@@ -117,6 +117,7 @@ int main(int argc, char **argv)
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     fedge_refine_set_stop(&g_stop);
+    fedge_relay_set_stop(&g_stop);
 
     /* the lock before the database is opened, held until the process ends */
     if (fedge_instance_lock_acquire(cfg.db, &lock, &owner, err, sizeof err) != FEDGE_OK) {

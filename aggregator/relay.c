@@ -51,6 +51,13 @@ struct fedge_relay {
     uint8_t fetched_version[FEDGE_HASH_LEN];
 };
 
+static const volatile sig_atomic_t *g_stop; /* fedge_relay_set_stop */
+
+void fedge_relay_set_stop(const volatile sig_atomic_t *stop)
+{
+    g_stop = stop;
+}
+
 static int split_host_port(const char *hp, char *host, size_t cap, uint16_t *port)
 {
     const char *colon = strrchr(hp, ':');
@@ -166,7 +173,7 @@ static int request(fedge_aggregator *a, fedge_edge_request *req, double until)
     if (left <= 0.001)
         return FEDGE_ERR_TIMEOUT;
     req->timeout_ms = (uint32_t)(left * 1000.0);
-    int rc = fedge_edge_link_request(r->link, req, &r->reply, NULL);
+    int rc = fedge_edge_link_request(r->link, req, &r->reply, g_stop);
     r->failures = rc == FEDGE_OK ? 0 : r->failures + 1;
     if (rc != FEDGE_OK)
         FEDGE_WARN("relay: %s /%s to the parent: %s (%s)", req->method == FEDGE_EDGE_GET ? "GET" : "POST",
@@ -337,12 +344,16 @@ static int send_sealed(fedge_aggregator *a, uint32_t round, double until)
         rc = request(a, &req, until);
         if (rc == FEDGE_OK && r->reply.code / 100 != 5 && r->reply.code != 408)
             break;
-        if (rc == FEDGE_OK && r->reply.code == 503 && strncmp(r->reply.body, "no open round", 13) == 0)
+        if (rc == FEDGE_OK && r->reply.code == 503 &&
+            (strncmp(r->reply.body, "no open round", 13) == 0 || strncmp(r->reply.body, "run finished", 12) == 0))
             break; /* the parent's round is over: final */
+        if (rc == FEDGE_ERR_EDGE_STOPPED)
+            goto cleanup; /* stopping: the row stays 'sealed', sent again after the restart */
         double pause = 0.2 * (double)(1u << (attempt < 4 ? attempt : 4));
         if (fedge_now() + pause >= until)
             break;
-        (void)fedge_edge_link_sleep(r->link, (uint32_t)(pause * 1000.0), NULL);
+        if (fedge_edge_link_sleep(r->link, (uint32_t)(pause * 1000.0), g_stop) == FEDGE_ERR_EDGE_STOPPED)
+            goto cleanup;
     }
     ret = record_answer(a, round, rc);
 cleanup:

@@ -33,6 +33,7 @@
 #ifndef FEDGE_RELAY_H
 #define FEDGE_RELAY_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,6 +46,9 @@
 int fedge_relay_open(fedge_aggregator *a, char *err, size_t errlen);
 /* Closes the link and wipes the key; a->relay = NULL. */
 void fedge_relay_free(fedge_aggregator *a);
+/* The daemon's stop flag: a request to the parent in progress ends when it
+ * becomes nonzero (a partial being sent stays 'sealed' for the restart). */
+void fedge_relay_set_stop(const volatile sig_atomic_t *stop);
 
 /* What the parent says while the relay waits. */
 typedef struct {
