@@ -683,7 +683,6 @@ cleanup:
     return ret;
 }
 
-
 int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res)
 {
     return close_round(a, res, NULL);

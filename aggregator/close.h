@@ -44,7 +44,9 @@ int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res);
  * under DP or another combiner fails with a reason) into mean[0..n_params),
  * and n_samples = the total stated sample count of the updates in it. The
  * parent weighs the partial by n_samples, so its mean over relays is the
- * mean over all their edges. No server step; a->model is not touched. */
+ * mean over all their edges. A late update's staleness discount weighs
+ * within the mean; n_samples counts its samples in full. No server step;
+ * a->model is not touched. */
 typedef struct {
     float *mean;          /* caller's, n_params floats */
     uint64_t n_samples;
