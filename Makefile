@@ -229,7 +229,7 @@ $(eval $(call static_lib,$(LIBCLUSTER),$(call obj,$(CLUSTER_SRC)) $(CU_OBJ)))
 # ---- programs --------------------------------------------------------------
 ALL_LIBS := $(LIBAGG) $(LIBEDGE) $(LIBPOLICY) $(LIBFEDGE)
 
-$(BIN)/fedge-aggregator: $(call obj,aggregator/main.c) $(LIBAGG) $(LIBPOLICY) $(LIBFEDGE)
+$(BIN)/fedge-aggregator: $(call obj,aggregator/main.c) $(LIBAGG) $(LIBEDGE) $(LIBPOLICY) $(LIBFEDGE)
 	@mkdir -p $(dir $@)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS)

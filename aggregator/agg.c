@@ -141,7 +141,7 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
                               ? (size_t)cfg->max_update_bytes
                               : fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN,
                                                            a->model.n_params * (cfg->scaffold ? 2 : 1) *
-                                                               sizeof(float));
+                                                               sizeof(float) + FEDGE_DELTA_PARTIAL_HEAD_LEN);
     CHK(a->sched->resume(a));
 cleanup:
     if (ret != FEDGE_OK) {

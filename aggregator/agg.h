@@ -43,6 +43,7 @@
 #include "server_opt.h"
 
 struct fedge_policy;
+struct fedge_relay;
 struct fedge_sched;
 struct fedge_signer;
 
@@ -114,6 +115,8 @@ typedef struct {
      * round and versions (async: an admission, a freed slot); the server
      * notifies /round's observers when any of them moves. */
     uint64_t round_epoch;
+
+    struct fedge_relay *relay;        /* relay mode (relay.h): the parent's link; NULL: a root */
 } fedge_aggregator;
 
 /* Index of device `id` in keys.devices (and the arrays parallel to it); -1

@@ -26,6 +26,7 @@ typedef struct {
     int64_t *ids;
     char (*devices)[FEDGE_DEVICE_ID_MAX + 1];
     double *weights;                 /* aggregation weight; 0: excluded at load */
+    int64_t *samples;                /* stated sample count */
     fedge_policy_round_stat *stats;
     fedge_policy_decision *excluded; /* why, for weights[i] == 0 */
     fedge_delta_header *hdr;         /* of each readable delta: where its blocks lie */
@@ -36,6 +37,7 @@ static void round_updates_free(round_updates *u)
     free(u->ids);
     free(u->devices);
     free(u->weights);
+    free(u->samples);
     free(u->stats);
     free(u->excluded);
     free(u->hdr);
@@ -159,6 +161,15 @@ static int index_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, c
         return FEDGE_OK;
     }
     u->hdr[i] = *h;
+    u->samples[i] = n_samples;
+    if (h->flags & FEDGE_DELTA_FLAG_PARTIAL) {
+        /* a relay's partial sum: its signed head for the round, which the
+         * cross-tier lineage checks against the relay's log (docs/AUDIT.md) */
+        char head_hex[FEDGE_HASH_HEX_LEN], detail[160];
+        fedge_hash_to_hex(h->partial_head, head_hex);
+        snprintf(detail, sizeof detail, "update %lld: relay round %u head %s", (long long)id, h->round, head_hex);
+        CHK(fedge_gov_event(a, a->round, device, FEDGE_CLOSE_RELAY_HEAD_EVENT, "relay", detail));
+    }
     if (n_samples < 1 || (uint64_t)n_samples > max_samples) {
         exclude_at_load(u, i, "sample_count", "stated sample count %lld is outside 1..%llu (update.max_samples)",
                         (long long)n_samples, (unsigned long long)max_samples);
@@ -337,7 +348,9 @@ static int log_left_out(fedge_aggregator *a, const round_updates *u, const size_
     return fedge_gov_event(a, a->round, NULL, "aggregation_left_out", a->cfg.aggregation, detail);
 }
 
-int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res)
+/* The close; with partial (a relay) it stops at the combined mean: the
+ * partial sum, with no server step and no change to a->model. */
+static int close_round(fedge_aggregator *a, fedge_close_result *res, fedge_close_partial *partial)
 {
     round_updates u;
     stored_reader sr, cr;
@@ -366,11 +379,12 @@ int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res)
     u.ids = calloc(u.cap, sizeof *u.ids);
     u.devices = calloc(u.cap, sizeof *u.devices);
     u.weights = calloc(u.cap, sizeof *u.weights);
+    u.samples = calloc(u.cap, sizeof *u.samples);
     u.stats = calloc(u.cap, sizeof *u.stats);
     u.excluded = calloc(u.cap, sizeof *u.excluded);
     u.hdr = calloc(u.cap, sizeof *u.hdr);
     buf = malloc((stored_elems(a) ? stored_elems(a) : 1) * sizeof *buf);
-    if (!u.ids || !u.devices || !u.weights || !u.stats || !u.excluded || !u.hdr || !buf)
+    if (!u.ids || !u.devices || !u.weights || !u.samples || !u.stats || !u.excluded || !u.hdr || !buf)
         FAIL(FEDGE_ERR_NOMEM);
     /* The anomaly rule needs the sum S of the usable deltas; it is kept only
      * when the rule is on (it runs when enough updates are usable). */
@@ -496,6 +510,14 @@ int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res)
                                .block = (size_t)a->cfg.aggregation_block};
     snprintf(cp.name, sizeof cp.name, "%s", a->cfg.aggregation);
     res->n_used = n_use;
+    if (partial && (dp || strcmp(cp.name, "mean") != 0)) {
+        /* refused at start-up (relay.h); a policy reloaded since may have turned DP on */
+        snprintf(res->reason, sizeof res->reason, "a relay sends a plain sample-weighted mean: %s",
+                 dp ? "DP is on in the policy (noise belongs to the root)" : "aggregation is not mean");
+        CHK(fedge_gov_event(a, a->round, NULL, "round_rejected", "relay", res->reason));
+        res->n_used = 0;
+        goto cleanup;
+    }
     if (dp) {
         /* Fixed-denominator DP-FedAvg: (sum of clipped deltas + noise) / expected clients. */
         CHK(fedge_combine_weighted_sum(&rd, cp.block, use_w, 1.0, mean)); /* DP-FedAvg's numerator */
@@ -553,6 +575,23 @@ int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res)
         res->n_used = n_used;
     }
     stored_reader_close(&sr);
+    if (partial) {
+        uint64_t total = 0;
+        for (size_t j = 0; j < n_use; j++)
+            if (used[j])
+                total += (uint64_t)u.samples[use_idx[j]];
+        for (size_t i = 0; i < n_params; i++)
+            if (!isfinite(mean[i])) {
+                snprintf(res->reason, sizeof res->reason, "the partial sum is not finite (parameter %zu)", i);
+                CHK(fedge_gov_event(a, a->round, NULL, "round_rejected", "finite", res->reason));
+                res->n_used = 0;
+                goto cleanup;
+            }
+        memcpy(partial->mean, mean, n_params * sizeof *mean);
+        partial->n_samples = total;
+        res->ok = 1;
+        goto cleanup;
+    }
 
     /* The server optimiser (and SCAFFOLD's c) step on copies: the model
      * and the state change only when the round is released. */
@@ -644,3 +683,15 @@ cleanup:
     return ret;
 }
 
+int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res)
+{
+    return close_round(a, res, NULL);
+}
+
+int fedge_close_partial_sum(fedge_aggregator *a, fedge_close_result *res, fedge_close_partial *partial)
+{
+    if (!partial || !partial->mean)
+        return FEDGE_ERR_INVALID_ARG;
+    partial->n_samples = 0;
+    return close_round(a, res, partial);
+}

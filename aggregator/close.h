@@ -11,6 +11,7 @@
 #define FEDGE_CLOSE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "agg.h"
 
@@ -37,5 +38,24 @@ typedef struct {
  * fails (res->ok = 0) with the model and the state as they were. Errors are
  * the daemon's own faults (SQL, memory). */
 int fedge_close_aggregate(fedge_aggregator *a, fedge_close_result *res);
+
+/* A relay's close (relay.h): the same loading, exclusions and round rules,
+ * then the sample-weighted mean of the usable deltas (combiner mean; a round
+ * under DP or another combiner fails with a reason) into mean[0..n_params),
+ * and n_samples = the total stated sample count of the updates in it. The
+ * parent weighs the partial by n_samples, so its mean over relays is the
+ * mean over all their edges. A late update's staleness discount weighs
+ * within the mean; n_samples counts its samples in full. No server step;
+ * a->model is not touched. */
+typedef struct {
+    float *mean;          /* caller's, n_params floats */
+    uint64_t n_samples;
+} fedge_close_partial;
+int fedge_close_partial_sum(fedge_aggregator *a, fedge_close_result *res, fedge_close_partial *partial);
+
+/* events.kind of the root's record of a partial sum's relay head: logged at
+ * close for each partial among the round's updates, device = the relay,
+ * detail "update ID: relay round R head HEX". */
+#define FEDGE_CLOSE_RELAY_HEAD_EVENT "relay_head"
 
 #endif

@@ -43,6 +43,7 @@ static int check_aggregation(const char *value, char *why, size_t whylen);
 static int check_server_optimizer(const char *value, char *why, size_t whylen);
 static int check_mode(const char *value, char *why, size_t whylen);
 static int check_staleness(const char *value, char *why, size_t whylen);
+static int check_upstream(const char *value, char *why, size_t whylen);
 
 #define STR(k, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, NULL}
 #define STRC(k, chk, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, chk}
@@ -77,7 +78,7 @@ static const field FIELDS[] = {
     DBL(momentum, 0, 0.999, "0.9", "client SGD momentum"),
     LNG(batch, 1, 65536, "32", "client minibatch size"),
     DBL(server_lr, 1e-6, 10, "1", "server step size eta of the server optimiser (sgd: w += eta * combined delta)"),
-    LNG(max_update_bytes, 0, 512.0 * 1024 * 1024, "0", "largest accepted POST /update body (0: fp32 size of the model + envelope)"),
+    LNG(max_update_bytes, 0, 512.0 * 1024 * 1024, "0", "largest accepted POST /update body (0: fp32 size of the model + envelope + the 32-byte trailer of a relay's partial sum)"),
     DBL(upload_idle_timeout_s, 0.5, 3600, "45", "a partial Block1 upload that receives nothing this long is freed (its next block gets 4.08); after 5 s when a new upload needs its room"),
     LNG(upload_max_partial_per_device, 1, 1000, "2", "partial Block1 uploads one device may have in progress (more get 5.03)"),
     LNG(upload_max_partial_total, 1, 65536, "256", "partial Block1 uploads in progress across all devices (more get 5.03)"),
@@ -111,6 +112,12 @@ static const field FIELDS[] = {
     DBL(async_staleness_b, 0, 1e6, "4", "staleness discount: hinge's b (versions without discount)"),
     BOOL(scaffold, "0", "SCAFFOLD: server control variate, updates carry the control delta (needs aggregation = mean, no DP)"),
     BOOL(no_observe, "0", "GET /round is not observable (RFC 7641): edges poll it (docs/PROTOCOL.md)"),
+    STRC(upstream, check_upstream, "", "relay: the parent aggregator's HOST:PORT (numeric host); this aggregator then follows its rounds and sends it one partial sum per round (empty: a root)"),
+    STR(upstream_id, "", "relay: this relay's device id at the parent (needed with upstream)"),
+    STR(upstream_keys, "", "relay: keys file with upstream_id's line, as an edge has (fedge-keygen export; needed with upstream)"),
+    DBL(upstream_poll_s, 0.05, 60, "0.5", "relay: how often a waiting relay asks the parent for its round (doubling, up to 30 s, while the parent does not answer)"),
+    DBL(upstream_margin_s, 0, 3600, "2", "relay: a relay round closes this long before the parent's deadline, to leave time to send"),
+    DBL(upstream_timeout_s, 0.5, 600, "10", "relay: the longest one request to the parent may take, a DTLS handshake included (no edge is served meanwhile)"),
 };
 
 _Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");
@@ -555,6 +562,58 @@ size_t fedge_agg_config_combiner_min(const fedge_agg_config *c, size_t n, char *
 
 /* One line for each strategy key set away from its default that the
  * configured combiner does not read. */
+static int check_upstream(const char *value, char *why, size_t whylen)
+{
+    return value[0] ? check_listen(value, why, whylen) : 0;
+}
+
+/* A relay sends the plain sample-weighted mean of its edges' updates
+ * (docs/ARCHITECTURE.md "Aggregation tree"): what would change that is
+ * refused here, with the reason. */
+static int validate_relay(const fedge_agg_config *c, char *err, size_t errlen)
+{
+    char w[FEDGE_PATH_MAX + 96], w2[FEDGE_PATH_MAX + 96];
+    int ret = FEDGE_OK;
+    if (!c->upstream[0]) {
+        if (c->upstream_id[0] || c->upstream_keys[0]) {
+            snprintf(err, errlen, "%s is set without upstream: a root has no parent",
+                     c->upstream_id[0] ? WHERE(upstream_id, w) : WHERE(upstream_keys, w));
+            FAIL(FEDGE_ERR_CONFIG_VALUE);
+        }
+        return FEDGE_OK;
+    }
+    if (!c->upstream_id[0] || !c->upstream_keys[0]) {
+        snprintf(err, errlen, "%s needs %s: the relay's own device identity at the parent", WHERE(upstream, w),
+                 !c->upstream_id[0] ? "upstream_id" : "upstream_keys");
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    CHK(must_exist(c->upstream_keys, S_IFREG, WHERE(upstream_keys, w), err, errlen));
+    if (strcmp(c->aggregation, "mean") != 0) {
+        snprintf(err, errlen, "%s = %s: a relay supports aggregation = mean only (the parent's weighted mean of"
+                 " relay means is the mean over all edges; a robust rule belongs at the root, where it sees"
+                 " every relay)", WHERE(aggregation, w), c->aggregation);
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    if (strcmp(c->mode, "sync") != 0 || c->scaffold) {
+        snprintf(err, errlen, "%s: a relay runs sync rounds that follow its parent's, without SCAFFOLD",
+                 c->scaffold ? WHERE(scaffold, w) : WHERE(mode, w));
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    if (strcmp(c->server_optimizer, "sgd") != 0 || c->server_lr != 1.0) {
+        snprintf(err, errlen, "%s: a relay has no model of its own to step (it needs server_optimizer = sgd,"
+                 " server_lr = 1); the root's optimiser steps the model",
+                 strcmp(c->server_optimizer, "sgd") != 0 ? WHERE(server_optimizer, w) : WHERE(server_lr, w));
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    if (!c->signing_key[0]) {
+        snprintf(err, errlen, "%s needs %s: the parent logs the hash of the relay's signed audit head",
+                 WHERE(upstream, w), WHERE(signing_key, w2));
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+cleanup:
+    return ret;
+}
+
 static void warn_unused_keys(const fedge_agg_config *c)
 {
     fedge_agg_config d;
@@ -660,6 +719,7 @@ int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errle
                  c->aggregation);
         FAIL(FEDGE_ERR_CONFIG_VALUE);
     }
+    CHK(validate_relay(c, err, errlen));
 cleanup:
     return ret;
 }

@@ -17,10 +17,11 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
+#include "keys.h"
 #include "model.h"
 
 #define FEDGE_PATH_MAX 1024
-#define FEDGE_AGG_CONFIG_MAX_KEYS 64
+#define FEDGE_AGG_CONFIG_MAX_KEYS 80
 
 typedef struct {
     char listen[128];           /* host:port */
@@ -87,6 +88,14 @@ typedef struct {
      * line, N > 0 line N of config_file */
     int origin_line[FEDGE_AGG_CONFIG_MAX_KEYS];
     char config_file[FEDGE_PATH_MAX];
+    /* relay mode (aggregator/relay.h): the parent this aggregator relays
+     * its edges' rounds to; upstream empty: a root */
+    char upstream[128];                 /* host:port */
+    char upstream_id[FEDGE_DEVICE_ID_MAX + 1];
+    char upstream_keys[FEDGE_PATH_MAX];
+    double upstream_poll_s;             /* GET /round to the parent while waiting */
+    double upstream_margin_s;           /* close this long before the parent's deadline */
+    double upstream_timeout_s;          /* one request to the parent, at most */
 } fedge_agg_config;
 
 void fedge_agg_config_defaults(fedge_agg_config *c);

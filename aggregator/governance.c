@@ -471,7 +471,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
         fedge_delta_header h = *in->header;
         h.encoding = FEDGE_ENC_FP32;
         h.block_size = 0;
-        h.flags = in->header->flags & FEDGE_DELTA_FLAG_CONTROL;
+        h.flags = in->header->flags & (FEDGE_DELTA_FLAG_CONTROL | FEDGE_DELTA_FLAG_PARTIAL);
         blob_len = fedge_delta_encoded_size(&h);
         clipped = malloc(blob_len);
         if (!clipped)

@@ -14,6 +14,7 @@
 #include "instance_lock.h"
 #include "log.h"
 #include "refine.h"
+#include "relay.h"
 #include "server.h"
 #include "version.h"
 #include "text.h"
@@ -116,6 +117,7 @@ int main(int argc, char **argv)
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     fedge_refine_set_stop(&g_stop);
+    fedge_relay_set_stop(&g_stop);
 
     /* the lock before the database is opened, held until the process ends */
     if (fedge_instance_lock_acquire(cfg.db, &lock, &owner, err, sizeof err) != FEDGE_OK) {
@@ -144,15 +146,23 @@ int main(int argc, char **argv)
         status = init == FEDGE_ERR_BUSY ? 1 : 2; /* a runtime fault, not the configuration */
         goto out;
     }
+    if (fedge_relay_open(&agg, err, sizeof err) != FEDGE_OK) {
+        FEDGE_ERROR("start-up failed: relay: %s", err);
+        fedge_agg_free(&agg);
+        status = 2;
+        goto out;
+    }
     /* again just before the bind: another daemon may have started meanwhile */
     if (fedge_listen_probe(cfg.listen, &owner, err, sizeof err) != FEDGE_OK) {
         FEDGE_ERROR("%s", err);
+        fedge_relay_free(&agg);
         fedge_agg_free(&agg);
         status = 2;
         goto out;
     }
     if (fedge_server_start(&agg, &server, err, sizeof err) != FEDGE_OK) {
         FEDGE_ERROR("cannot serve: %s", err);
+        fedge_relay_free(&agg);
         fedge_agg_free(&agg);
         status = 2;
         goto out;
@@ -189,6 +199,7 @@ int main(int argc, char **argv)
         FEDGE_INFO("cpu time: user %.3fs system %.3fs, peak RSS %ld KiB, over %ld rounds",
                    ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6, ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6,
                    ru.ru_maxrss, agg.rounds_done);
+    fedge_relay_free(&agg); /* its libcoap context before the server's coap_cleanup */
     fedge_server_free(server);
     fedge_agg_free(&agg);
     FEDGE_INFO("stopped");

@@ -16,16 +16,18 @@
 #include "log.h"
 #include "modelstore.h"
 #include "policy.h"
+#include "relay.h"
 #include "retention.h"
 #include "store.h"
 #include "strategy.h"
 
-static int open_round(fedge_aggregator *a, double now)
+/* Opens round `round` lasting timeout_s (a relay: the parent's round id and
+ * what is left of its time). */
+static int open_round(fedge_aggregator *a, double now, uint32_t round, double timeout_s)
 {
     sqlite3_stmt *st = NULL;
     size_t *allowed = NULL, n_allowed = 0;
     int ret;
-    uint32_t round = a->round + 1;
 
     allowed = malloc(a->keys.n * sizeof *allowed);
     if (!allowed)
@@ -62,7 +64,7 @@ static int open_round(fedge_aggregator *a, double now)
                            " n_selected) VALUES(?,?,?, 'open', ?, ?, ?)", &st));
     sqlite3_bind_int64(st, 1, round);
     sqlite3_bind_double(st, 2, wall);
-    sqlite3_bind_double(st, 3, wall + a->cfg.round_timeout_s);
+    sqlite3_bind_double(st, 3, wall + timeout_s);
     sqlite3_bind_text(st, 4, a->version_hex, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, fedge_gov_strategy(a), -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, (sqlite3_int64)k);
@@ -92,12 +94,12 @@ static int open_round(fedge_aggregator *a, double now)
     a->opened_at = wall;
     /* the round's length counts from when devices can see it, not from
      * before its participants were written (seconds with 10^5 devices) */
-    a->deadline = fedge_clock_mono() + a->cfg.round_timeout_s;
+    a->deadline = fedge_clock_mono() + timeout_s;
     a->n_selected = k;
     a->n_accepted = a->n_rejected = 0;
     a->bytes_received = 0;
     FEDGE_INFO("round %u open: %zu of %zu devices selected, base %.16s, deadline %.0fs", round, k,
-               n_allowed, a->version_hex, a->cfg.round_timeout_s);
+               n_allowed, a->version_hex, timeout_s);
 cleanup:
     if (ret != FEDGE_OK)
         fedge_store_rollback(a->db);
@@ -123,27 +125,64 @@ static size_t quorum_count(const fedge_aggregator *a)
     return q ? q : 1;
 }
 
+/* A root's close, or a relay's (relay.h: a partial sum sent to the parent). */
+static int close_step(fedge_aggregator *a)
+{
+    return a->relay ? fedge_relay_close_round(a) : fedge_sched_close_step(a);
+}
+
 static int sync_on_accepted(fedge_aggregator *a, double now)
 {
     (void)now;
     if (a->state == FEDGE_AGG_OPEN && a->n_accepted >= quorum_count(a))
-        return fedge_sched_close_step(a);
+        return close_step(a);
     return FEDGE_OK;
+}
+
+/* A relay waits for its parent's rounds instead of opening its own. */
+static int relay_on_wait(fedge_aggregator *a, double now)
+{
+    fedge_relay_next next;
+    int ret = fedge_relay_poll(a, now, &next);
+    if (ret != FEDGE_OK)
+        return ret;
+    if (next.finished) {
+        a->state = FEDGE_AGG_FINISHED;
+        a->finished_at = now;
+        char msg[256];
+        if (fedge_sched_outcome(a, msg, sizeof msg) == 0)
+            FEDGE_INFO("%s", msg);
+        else
+            FEDGE_ERROR("%s", msg);
+        return FEDGE_OK;
+    }
+    return next.open ? open_round(a, now, next.round, next.timeout_s) : FEDGE_OK;
 }
 
 static int sync_on_tick(fedge_aggregator *a, double now)
 {
+    if (a->cfg.upstream[0] && !a->relay)
+        return FEDGE_ERR_STATE; /* a relay's link is opened after init (relay.h) */
     switch (a->state) {
     case FEDGE_AGG_WAITING:
-        if (now >= a->start_at)
-            return open_round(a, now);
-        return FEDGE_OK;
+        if (now < a->start_at)
+            return FEDGE_OK;
+        return a->relay ? relay_on_wait(a, now) : open_round(a, now, a->round + 1, a->cfg.round_timeout_s);
     case FEDGE_AGG_OPEN:
+        if (a->relay) {
+            int gone = 0, ret = fedge_relay_check_open(a, now, &gone);
+            if (ret != FEDGE_OK)
+                return ret;
+            if (gone) {
+                FEDGE_WARN("round %u: the parent is no longer in this round (a restart); closing it", a->round);
+                a->deadline = now;
+            }
+        }
         if (a->n_accepted >= quorum_count(a))
-            return fedge_sched_close_step(a);
+            return close_step(a);
         if (now >= a->deadline) {
             FEDGE_INFO("round %u deadline: %zu of %zu updates", a->round, a->n_accepted, a->n_selected);
-            return fedge_sched_close_step(a);
+            return close_step(a);
         }
         return FEDGE_OK;
     case FEDGE_AGG_FINISHED:

@@ -83,8 +83,8 @@ int fedge_sched_outcome(const fedge_aggregator *a, char *msg, size_t msglen)
     return 0;
 }
 
-static int finish_round_row(fedge_aggregator *a, const char *status, const char *new_version,
-                            double accuracy, double epsilon, const char *reason)
+int fedge_sched_finish_round(fedge_aggregator *a, const char *status, const char *new_version,
+                             double accuracy, double epsilon, const char *reason)
 {
     sqlite3_stmt *st = NULL;
     int ret;
@@ -158,7 +158,7 @@ int fedge_sched_close_step(fedge_aggregator *a)
     a->n_accepted = res.n_used;
     a->n_rejected += res.n_excluded;
     if (!res.ok) {
-        CHK(finish_round_row(a, "failed", NULL, -1, -1, res.reason));
+        CHK(fedge_sched_finish_round(a, "failed", NULL, -1, -1, res.reason));
         CHK(fedge_gov_sign_head(a, a->round));
         CHK(fedge_store_commit(a->db));
         FEDGE_WARN("round %u failed: %s; model unchanged", a->round, res.reason);
@@ -167,7 +167,7 @@ int fedge_sched_close_step(fedge_aggregator *a)
         CHK(fedge_modelstore_adopt(a, &a->model, a->round));
         CHK(fedge_modelstore_evaluate(a, &acc));
         CHK(fedge_modelstore_record(a, parent, "aggregate", a->round, acc, NULL));
-        CHK(finish_round_row(a, "closed", a->version_hex, acc, res.epsilon, res.reason[0] ? res.reason : NULL));
+        CHK(fedge_sched_finish_round(a, "closed", a->version_hex, acc, res.epsilon, res.reason[0] ? res.reason : NULL));
         CHK(fedge_strategy_save(a, a->round));
         CHK(fedge_gov_sign_head(a, a->round));
         CHK(fedge_store_commit(a->db));

@@ -92,4 +92,10 @@ double fedge_sched_staleness_discount(const fedge_agg_config *cfg, uint32_t s);
  * slots: anyone with the seed can recompute who should have won. */
 int fedge_sched_async_rank(uint64_t seed, uint32_t step, const char *device, uint64_t *rank);
 
+/* Writes the open round's outcome into its rounds row (status, the new
+ * model or NULL, counters, accuracy and epsilon when >= 0, reason or NULL)
+ * and audits it (caller's transaction). */
+int fedge_sched_finish_round(fedge_aggregator *a, const char *status, const char *new_version,
+                             double accuracy, double epsilon, const char *reason);
+
 #endif

@@ -14,7 +14,7 @@
 static const uint8_t delta_magic[4] = {'F', 'D', 'L', 'T'};
 
 #define FLAG_STOCHASTIC 0x01u
-#define FLAG_KNOWN (FLAG_STOCHASTIC | FEDGE_DELTA_FLAG_CONTROL)
+#define FLAG_KNOWN (FLAG_STOCHASTIC | FEDGE_DELTA_FLAG_CONTROL | FEDGE_DELTA_FLAG_PARTIAL)
 
 /* ---- float bits ------------------------------------------------------------ */
 
@@ -132,7 +132,20 @@ size_t fedge_delta_encoded_size(const fedge_delta_header *h)
 {
     if (h == NULL || check_fields(h->encoding, h->n_elems, h->block_size) != FEDGE_OK)
         return 0;
-    return FEDGE_DELTA_HEADER_LEN + (size_t)payload_size(h->encoding, h->n_elems, h->block_size);
+    return FEDGE_DELTA_HEADER_LEN + (size_t)payload_size(h->encoding, h->n_elems, h->block_size) +
+           ((h->flags & FEDGE_DELTA_FLAG_PARTIAL) ? FEDGE_DELTA_PARTIAL_HEAD_LEN : 0);
+}
+
+/* The flag combinations the format allows (delta.h). */
+static int check_partial(uint8_t flags, uint8_t encoding)
+{
+    if (!(flags & FEDGE_DELTA_FLAG_PARTIAL))
+        return FEDGE_OK;
+    if (encoding != FEDGE_ENC_FP32)
+        return FEDGE_ERR_DELTA_ENCODING;
+    if (flags & FEDGE_DELTA_FLAG_CONTROL)
+        return FEDGE_ERR_DELTA_SHAPE;
+    return FEDGE_OK;
 }
 
 /* ---- encoding ------------------------------------------------------------- */
@@ -316,6 +329,8 @@ int fedge_delta_encode(const fedge_delta_header *h, const float *delta, fedge_rn
     if ((h->flags & ~FLAG_KNOWN) != 0 || ((h->flags & FEDGE_DELTA_FLAG_CONTROL) && (h->n_elems & 1u)))
         return FEDGE_ERR_INVALID_ARG;
     int ret = check_fields(h->encoding, h->n_elems, h->block_size);
+    if (ret == FEDGE_OK)
+        ret = check_partial(h->flags, h->encoding);
     if (ret != FEDGE_OK)
         return ret;
     size_t size = fedge_delta_encoded_size(h);
@@ -324,13 +339,16 @@ int fedge_delta_encode(const fedge_delta_header *h, const float *delta, fedge_rn
 
     int stochastic = h->encoding == FEDGE_ENC_INT8 && rng != NULL;
     uint8_t *payload = out + FEDGE_DELTA_HEADER_LEN;
-    write_header(h, (uint8_t)((stochastic ? FLAG_STOCHASTIC : 0) | (h->flags & FEDGE_DELTA_FLAG_CONTROL)), out);
+    write_header(h, (uint8_t)((stochastic ? FLAG_STOCHASTIC : 0) |
+                              (h->flags & (FEDGE_DELTA_FLAG_CONTROL | FEDGE_DELTA_FLAG_PARTIAL))), out);
     switch (h->encoding) {
     case FEDGE_ENC_FP32: ret = encode_fp32(delta, h->n_elems, payload); break;
     case FEDGE_ENC_FP16: ret = encode_half(delta, h->n_elems, payload, 0); break;
     case FEDGE_ENC_BF16: ret = encode_half(delta, h->n_elems, payload, 1); break;
     default: ret = encode_int8(delta, h->n_elems, h->block_size, stochastic ? rng : NULL, payload); break;
     }
+    if (ret == FEDGE_OK && (h->flags & FEDGE_DELTA_FLAG_PARTIAL))
+        memcpy(out + size - FEDGE_DELTA_PARTIAL_HEAD_LEN, h->partial_head, FEDGE_DELTA_PARTIAL_HEAD_LEN);
     if (ret == FEDGE_OK)
         *out_len = size;
     return ret;
@@ -350,6 +368,7 @@ int fedge_delta_parse_header(const uint8_t hdr[FEDGE_DELTA_HEADER_LEN], fedge_de
     if ((hdr[7] & ~FLAG_KNOWN) != 0 || fedge_get_u32(hdr + 28) != 0)
         return FEDGE_ERR_DELTA_VERSION;
     fedge_delta_header t;
+    memset(&t, 0, sizeof t);
     t.encoding = hdr[6];
     t.flags = hdr[7];
     t.model_id = fedge_get_u32(hdr + 8);
@@ -365,6 +384,9 @@ int fedge_delta_parse_header(const uint8_t hdr[FEDGE_DELTA_HEADER_LEN], fedge_de
         return FEDGE_ERR_DELTA_ENCODING;
     if ((t.flags & FEDGE_DELTA_FLAG_CONTROL) && (t.n_elems & 1u))
         return FEDGE_ERR_DELTA_SHAPE;
+    ret = check_partial(t.flags, t.encoding);
+    if (ret != FEDGE_OK)
+        return ret;
     *h = t;
     return FEDGE_OK;
 }
@@ -516,9 +538,25 @@ int fedge_delta_decode(const uint8_t *buf, size_t len, uint32_t expected_model_i
         return FEDGE_ERR_DELTA_SHAPE;
     ret = fedge_delta_decode_payload(&t, buf + FEDGE_DELTA_HEADER_LEN,
                                      len - FEDGE_DELTA_HEADER_LEN, out);
+    if (ret == FEDGE_OK && (t.flags & FEDGE_DELTA_FLAG_PARTIAL))
+        memcpy(t.partial_head, buf + len - FEDGE_DELTA_PARTIAL_HEAD_LEN, FEDGE_DELTA_PARTIAL_HEAD_LEN);
     if (ret == FEDGE_OK)
         *h = t;
     return ret;
+}
+
+int fedge_delta_partial_head(const uint8_t *buf, size_t len, uint8_t out[FEDGE_DELTA_PARTIAL_HEAD_LEN])
+{
+    fedge_delta_header t;
+    if (out == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    int ret = fedge_delta_decode_header(buf, len, &t);
+    if (ret != FEDGE_OK)
+        return ret;
+    if (!(t.flags & FEDGE_DELTA_FLAG_PARTIAL))
+        return FEDGE_ERR_NOT_FOUND;
+    memcpy(out, buf + len - FEDGE_DELTA_PARTIAL_HEAD_LEN, FEDGE_DELTA_PARTIAL_HEAD_LEN);
+    return FEDGE_OK;
 }
 
 /* ---- range decoding --------------------------------------------------------- */
@@ -561,6 +599,7 @@ int fedge_delta_decode_span(const fedge_delta_header *h, size_t k0, size_t k1, c
     if (h->encoding != FEDGE_ENC_INT8) {
         fedge_delta_header part = *h;
         part.n_elems = (uint32_t)n;
+        part.flags &= (uint8_t)~FEDGE_DELTA_FLAG_PARTIAL; /* the span holds values only, no trailer */
         return fedge_delta_decode_payload(&part, bytes, len, out);
     }
     size_t b = h->block_size, first = k0 / b;

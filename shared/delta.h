@@ -16,7 +16,7 @@
  * Decoding checks magic, version, encoding, block size, the element count
  * and model id against what the caller expects, the exact payload length and
  * every decoded value for NaN/Inf, before writing to the caller's buffer.
- * Flag bits other than 0 and 1, or a non-zero reserved word, are FEDGE_ERR_DELTA_VERSION
+ * Flag bits other than 0, 1 and 2, or a non-zero reserved word, are FEDGE_ERR_DELTA_VERSION
  * (a later format); the stochastic flag on a non-int8 encoding is
  * FEDGE_ERR_DELTA_ENCODING; an int8 block whose scale is NaN/Inf or whose
  * q * scale overflows is FEDGE_ERR_DELTA_NONFINITE. */
@@ -37,6 +37,15 @@
  * then the client control-variate delta, in one encoding (an odd n_elems
  * with this flag is FEDGE_ERR_DELTA_SHAPE). Set by the caller of encode. */
 #define FEDGE_DELTA_FLAG_CONTROL 0x02u
+/* flags bit 2: a relay's partial sum (docs/PROTOCOL.md "Partial sums"): the
+ * weighted mean of the relay's accepted updates, n_samples their total.
+ * fp32 only (another encoding is FEDGE_ERR_DELTA_ENCODING), not with
+ * FEDGE_DELTA_FLAG_CONTROL (FEDGE_ERR_DELTA_SHAPE). The payload is followed
+ * by a 32-byte trailer, partial_head: the head_hash of the relay's signed
+ * audit head for the round, inside the encrypted, authenticated part of an
+ * update. Element offsets (fedge_delta_span) are unchanged by it. */
+#define FEDGE_DELTA_FLAG_PARTIAL 0x04u
+#define FEDGE_DELTA_PARTIAL_HEAD_LEN FEDGE_HASH_LEN
 
 typedef enum {
     FEDGE_ENC_FP32 = 0,
@@ -55,6 +64,9 @@ typedef struct {
     uint32_t n_elems;
     uint32_t block_size;        /* int8 only: 1..65536; set 0 for others */
     uint8_t base_version[FEDGE_HASH_LEN];
+    /* FEDGE_DELTA_FLAG_PARTIAL: the trailer. Written by encode; filled by
+     * fedge_delta_decode and fedge_delta_partial_head; zero otherwise. */
+    uint8_t partial_head[FEDGE_DELTA_PARTIAL_HEAD_LEN];
 } fedge_delta_header;
 
 int fedge_encoding_parse(const char *text, fedge_encoding *out); /* fp32|fp16|bf16|int8 */
@@ -102,6 +114,12 @@ int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *paylo
 int fedge_delta_span(const fedge_delta_header *h, size_t k0, size_t k1, size_t *byte_off, size_t *byte_len);
 int fedge_delta_decode_span(const fedge_delta_header *h, size_t k0, size_t k1, const uint8_t *bytes,
                             size_t len, float *out);
+
+/* The partial_head trailer of an encoded delta (header + payload + trailer,
+ * as stored) whose header carries FEDGE_DELTA_FLAG_PARTIAL: header checks
+ * and the exact length as fedge_delta_decode_header, values not read.
+ * FEDGE_ERR_NOT_FOUND when the flag is not set. */
+int fedge_delta_partial_head(const uint8_t *buf, size_t len, uint8_t out[FEDGE_DELTA_PARTIAL_HEAD_LEN]);
 
 /* Half-precision conversions (round to nearest even), used by the GPU path too. */
 uint16_t fedge_f32_to_f16(float f);

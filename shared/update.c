@@ -97,6 +97,9 @@ int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
     CHK(fedge_envelope_decrypt(k, in, &v, scratch + FEDGE_DELTA_HEADER_LEN,
                                len - FEDGE_DELTA_HEADER_LEN));
     CHK(fedge_delta_decode_payload(&t, scratch + FEDGE_DELTA_HEADER_LEN, v.ct_len, delta));
+    if (t.flags & FEDGE_DELTA_FLAG_PARTIAL)
+        memcpy(t.partial_head, scratch + FEDGE_DELTA_HEADER_LEN + v.ct_len - FEDGE_DELTA_PARTIAL_HEAD_LEN,
+               FEDGE_DELTA_PARTIAL_HEAD_LEN);
     memcpy(scratch, v.aad, FEDGE_DELTA_HEADER_LEN);
     *h = t;
     *counter = v.counter;

@@ -2,7 +2,8 @@
  *
  * Invariants: a failed decode writes nothing to the caller's buffer; a
  * decoded delta is finite; fp32/fp16/bf16 re-encode to exactly the input
- * bytes; an int8 delta re-encodes within the format's error bound. */
+ * bytes (a partial sum's head trailer included); an int8 delta re-encodes
+ * within the format's error bound. */
 #include <math.h>
 
 #include "delta.h"
@@ -102,6 +103,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                memcmp(t.base_version, h.base_version, sizeof h.base_version) == 0);
     for (size_t i = 0; i < n; i++)
         FUZZ_CHECK(isfinite(out[i]));
+    /* a relay's partial sum: the head trailer, the same both ways */
+    uint8_t head[FEDGE_DELTA_PARTIAL_HEAD_LEN];
+    int hr = fedge_delta_partial_head(data, size, head);
+    if (h.flags & FEDGE_DELTA_FLAG_PARTIAL) {
+        FUZZ_CHECK(hr == FEDGE_OK && h.encoding == FEDGE_ENC_FP32);
+        FUZZ_CHECK(memcmp(head, t.partial_head, sizeof head) == 0);
+    } else {
+        FUZZ_CHECK(hr == FEDGE_ERR_NOT_FOUND);
+    }
     FUZZ_CHECK(untouched(out + n, 1));
 
     if (h.encoding == FEDGE_ENC_INT8) {
@@ -110,7 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t *enc = malloc(size);
         FUZZ_CHECK(enc != NULL);
         size_t len = 0;
-        FUZZ_CHECK(fedge_delta_encode(&h, out, NULL, enc, size, &len) == FEDGE_OK);
+        FUZZ_CHECK(fedge_delta_encode(&t, out, NULL, enc, size, &len) == FEDGE_OK);
         FUZZ_CHECK(len == size && memcmp(enc, data, size) == 0);
         free(enc);
     }

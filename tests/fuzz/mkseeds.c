@@ -108,6 +108,18 @@ static void deltas(void)
         put("envelope", "sealed-replayed", 11, 1, frame, frame_len);
         free(frame);
     }
+    /* a relay's partial sum: fp32, the flag, the head trailer */
+    fedge_delta_header ph = header(FEDGE_ENC_FP32, 0x12345678u, 3, 6, 0);
+    ph.flags = FEDGE_DELTA_FLAG_PARTIAL;
+    for (int i = 0; i < FEDGE_HASH_LEN; i++)
+        ph.partial_head[i] = (uint8_t)(0xa0 + i);
+    values(x, 6);
+    size_t plen = 0;
+    FUZZ_CHECK(fedge_delta_encode(&ph, x, NULL, buf, sizeof buf, &plen) == FEDGE_OK);
+    put("delta", "fp32-partial", 0, 0, buf, plen);
+    uint8_t pspan[2 + sizeof buf] = {30, 200};
+    memcpy(pspan + 2, buf, plen);
+    put("delta_span", "fp32-partial", 0, 0, pspan, plen + 2);
 }
 
 static void models(void)

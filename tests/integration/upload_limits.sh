@@ -31,7 +31,8 @@ fed_setup 6
 FED_PORT=$(fed_free_port)
 "$BIN/fedge-partition" --data fashion-mnist --clients 2 --kind iid --seed 5 \
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
-# softmax:784-10: the largest update is 31540 bytes (44 envelope header + 80 aad + 31400 fp32 + 16 tag)
+# softmax:784-10: the largest update is 31572 bytes (44 envelope header + 80 aad + 31400 fp32
+# + 32 for a relay's partial-sum trailer + 16 tag)
 fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
     --round-timeout-s 600 --upload-idle-timeout-s "$IDLE_S" --upload-max-partial-per-device 1 \
     --upload-max-partial-total 3 --udp-rcvbuf-bytes 1048576
@@ -85,7 +86,7 @@ echo "64 MB body: 4.13 in ${took}s, VmHWM $hwm0 -> $hwm1 kB"
 peak0=$(vm VmPeak)
 for d in dev-001 dev-002 dev-003; do
     out=$(probe "$d" --size 8192 --size1 4294967295)
-    echo "$out" | grep -q "^block 0 4.13 Size1=31540 " || fed_fail "Size1 4 GiB ($d): expected 4.13 on block 0, got: $out"
+    echo "$out" | grep -q "^block 0 4.13 Size1=31572 " || fed_fail "Size1 4 GiB ($d): expected 4.13 on block 0, got: $out"
 done
 peak1=$(vm VmPeak)
 alive "Size1 4 GiB"
@@ -93,7 +94,7 @@ alive "Size1 4 GiB"
 echo "Size1 4 GiB x3: 4.13 on block 0, VmPeak $peak0 -> $peak1 kB"
 out=$(probe dev-001 --size 262144 --size1 none)
 echo "$out" | tail -n 1 | grep -q "^block 30 4.13 " ||
-    fed_fail "256 KiB without Size1: expected 4.13 at block 30 (byte 31744 > 31540), got: $(echo "$out" | tail -n 2)"
+    fed_fail "256 KiB without Size1: expected 4.13 at block 30 (byte 31744 > 31572), got: $(echo "$out" | tail -n 2)"
 n=$(json uploads.refused_size)
 [ "$n" = 5 ] || fed_fail "/status uploads.refused_size: expected 5, got '$n'"
 
@@ -121,7 +122,7 @@ echo "$out" | grep -q "4.00" || fed_fail "a one-datagram update while the upload
 [ "$(json uploads.partial)" = 3 ] || fed_fail "/status uploads.partial: expected 3: $(status)"
 [ "$(json uploads.refused_busy)" = 2 ] || fed_fail "/status uploads.refused_busy: expected 2: $(status)"
 held=$(json uploads.held_bytes)
-[ "$held" -gt 0 ] && [ "$held" -le $((3 * 31540)) ] || fed_fail "/status uploads.held_bytes: $held"
+[ "$held" -gt 0 ] && [ "$held" -le $((3 * 31572)) ] || fed_fail "/status uploads.held_bytes: $held"
 alive "caps"
 echo "caps: 5.03 past 1 per device and 3 in all; $held bytes held by 3 partial uploads"
 

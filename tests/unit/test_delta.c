@@ -631,7 +631,7 @@ static void test_bad_header_fields(void **state)
     MUTATE(b[4] = 2, FEDGE_ERR_DELTA_VERSION);
     MUTATE(b[5] = 1, FEDGE_ERR_DELTA_VERSION);
     MUTATE(b[7] = 0x80, FEDGE_ERR_DELTA_VERSION);    /* unknown flag */
-    MUTATE(b[7] = 0x04, FEDGE_ERR_DELTA_VERSION);    /* unknown flag */
+    MUTATE(b[7] = 0x08, FEDGE_ERR_DELTA_VERSION);    /* unknown flag */
     MUTATE(b[28] = 1, FEDGE_ERR_DELTA_VERSION);      /* reserved word */
     MUTATE(b[6] = 4, FEDGE_ERR_DELTA_ENCODING);
     MUTATE(b[6] = 0xff, FEDGE_ERR_DELTA_ENCODING);
@@ -725,7 +725,7 @@ static void test_encode_errors(void **state)
         x[2] = 3;
         assert_int_equal(fedge_delta_encode(&h, x, NULL, buf, fedge_delta_encoded_size(&h) - 1, &len),
                          FEDGE_ERR_BUFFER_TOO_SMALL);
-        h.flags = 0x04; /* not a flag of this version */
+        h.flags = 0x08; /* not a flag of this version */
         assert_int_equal(fedge_delta_encode(&h, x, NULL, buf, sizeof buf, &len),
                          FEDGE_ERR_INVALID_ARG);
         h.flags = FEDGE_DELTA_FLAG_CONTROL;

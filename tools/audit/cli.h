@@ -23,6 +23,9 @@ typedef struct {
     int rejected;         /* --rejected */
     const char *format;   /* --format md|json|csv (report) */
     const char *version;  /* lineage VERSION */
+    /* lineage across tiers (tiers.h): relays' databases and public keys, in pairs */
+    const char *relay_db[16], *relay_pubkey[16];
+    size_t n_relay_db, n_relay_pubkey;
 } cli_opts;
 
 int cmd_verify(sqlite3 *db, const cli_opts *o);

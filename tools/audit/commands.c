@@ -15,6 +15,7 @@
 #include "common.h"
 #include "graph.h"
 #include "out.h"
+#include "tiers.h"
 #include "policy.h"
 #include "rdp.h"
 #include "text.h"
@@ -557,7 +558,8 @@ static void cycle_text(int has_cycle, const char *cycle)
     printf("FAILED: " LINEAGE_CYCLE ": %s\n", safe(msg));
 }
 
-static void lineage_json(json_w *j, const char *key, const lineage *l)
+/* ts: the relays' tiers (tiers.h), or NULL. */
+static void lineage_json(json_w *j, const char *key, const lineage *l, const tiers *ts)
 {
     json_obj(j, key);
     json_str(j, "version", l->version);
@@ -571,6 +573,10 @@ static void lineage_json(json_w *j, const char *key, const lineage *l)
     json_arr_end(j);
     json_table(j, "models", &l->models);
     json_table(j, "contributions", &l->contributions);
+    if (ts) {
+        json_bool(j, "relays_ok", ts->ok);
+        tiers_json(j, "relays", ts);
+    }
     json_obj_end(j);
 }
 
@@ -853,19 +859,25 @@ int cmd_lineage(sqlite3 *db, const cli_opts *o)
         return rc;
     }
     lineage l;
+    tiers t;
+    memset(&t, 0, sizeof t);
     int rc = gather_lineage(db, o->version, &l);
+    if (rc == EXIT_OK && o->n_relay_db)
+        rc = tiers_gather(db, &l.contributions, o->relay_db, o->relay_pubkey, o->n_relay_db, &t);
     if (rc == EXIT_OK) {
         if (o->json) {
             json_w j;
             json_init(&j, stdout);
-            lineage_json(&j, NULL, &l);
+            lineage_json(&j, NULL, &l, o->n_relay_db ? &t : NULL);
             json_done(&j);
         } else {
             lineage_text(&l);
+            tiers_text(&t);
         }
-        if (l.has_cycle)
+        if (l.has_cycle || (o->n_relay_db && !t.ok))
             rc = EXIT_VERIFY_FAILED;
     }
+    tiers_free(&t);
     lineage_free(&l);
     return rc;
 }
@@ -1564,7 +1576,7 @@ static void report_json(const report *r, const cli_opts *o)
         device_json(&j, NULL, &r->views[i]);
     json_arr_end(&j);
     if (r->have_lineage)
-        lineage_json(&j, "lineage", &r->lin);
+        lineage_json(&j, "lineage", &r->lin, NULL);
     else
         json_null(&j, "lineage");
     json_obj_end(&j);

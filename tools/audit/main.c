@@ -29,6 +29,11 @@ static const char USAGE[] =
     "  lineage VERSION             rounds, devices, sample counts and refinements that\n"
     "                              produced a model (VERSION: 4+ hex digits of it)\n"
     "  lineage --device D          every model version D's accepted updates influenced\n"
+    "  lineage --relay-db DB --relay-pubkey PEM [...] VERSION\n"
+    "                              across an aggregation tree: the devices behind each\n"
+    "                              relay's partial sums, from the relay's own database,\n"
+    "                              whose log must verify and hold the signed head the\n"
+    "                              root logged with the partial (once per relay)\n"
     "  privacy                     epsilon spent, globally and per device, against budgets\n"
     "  decisions [--round N] [--device D] [--rejected]\n"
     "                              what was decided (refused) and why, with the rule\n"
@@ -104,7 +109,7 @@ static int parse_round(const char *s, int64_t *out)
 }
 
 enum { OPT_DB = 1000, OPT_PUBKEY, OPT_MODELS, OPT_JSON, OPT_ROUND, OPT_DEVICE, OPT_REJECTED,
-       OPT_FORMAT, OPT_HELP, OPT_VERSION };
+       OPT_FORMAT, OPT_HELP, OPT_VERSION, OPT_RELAY_DB, OPT_RELAY_PUBKEY };
 
 int main(int argc, char **argv)
 {
@@ -119,6 +124,8 @@ int main(int argc, char **argv)
         {"format", required_argument, NULL, OPT_FORMAT},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
+        {"relay-db", required_argument, NULL, OPT_RELAY_DB},
+        {"relay-pubkey", required_argument, NULL, OPT_RELAY_PUBKEY},
         {NULL, 0, NULL, 0},
     };
     cli_opts o;
@@ -145,6 +152,16 @@ int main(int argc, char **argv)
         case 'h':
         case OPT_HELP: fputs(USAGE, stdout); return EXIT_OK;
         case OPT_VERSION: printf("fedge-audit %s\n", FEDGE_VERSION); return EXIT_OK;
+        case OPT_RELAY_DB:
+            if (o.n_relay_db == FEDGE_ARRAY_LEN(o.relay_db))
+                return usage_error("%s", "--relay-db: at most 16");
+            o.relay_db[o.n_relay_db++] = optarg;
+            break;
+        case OPT_RELAY_PUBKEY:
+            if (o.n_relay_pubkey == FEDGE_ARRAY_LEN(o.relay_pubkey))
+                return usage_error("%s", "--relay-pubkey: at most 16");
+            o.relay_pubkey[o.n_relay_pubkey++] = optarg;
+            break;
         case ':':
             return usage_error("%s needs a value", argv[optind - 1]);
         default:
@@ -181,6 +198,10 @@ int main(int argc, char **argv)
         return usage_error("%s", "--round and --rejected apply to decisions only");
     if (o.device && run != cmd_decisions && run != cmd_lineage)
         return usage_error("%s", "--device applies to decisions and lineage only");
+    if ((o.n_relay_db || o.n_relay_pubkey) && (run != cmd_lineage || o.device))
+        return usage_error("%s", "--relay-db and --relay-pubkey apply to lineage VERSION only");
+    if (o.n_relay_db != o.n_relay_pubkey)
+        return usage_error("%s", "each --relay-db needs its --relay-pubkey (the relay's aggregator.pub), in order");
     if (o.format && run != cmd_report)
         return usage_error("%s", "--format applies to report only");
     if (!o.db_path)
