@@ -110,6 +110,9 @@ typedef struct {
     size_t control_blob_len;
     uint8_t control_version[FEDGE_HASH_LEN];
     char control_version_hex[FEDGE_HASH_HEX_LEN];
+    /* fedge_ingest_commit_group's transaction is open: the per-update
+     * writes (fedge_gov_admit_update) join it instead of committing */
+    int ingest_group_tx;
 } fedge_aggregator;
 
 /* Index of device `id` in keys.devices (and the arrays parallel to it); -1

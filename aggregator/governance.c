@@ -480,8 +480,10 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
         blob = clipped;
     }
 
-    CHK(fedge_store_begin(a->db));
-    in_tx = 1;
+    if (!a->ingest_group_tx) {
+        CHK(fedge_store_begin(a->db));
+        in_tx = 1;
+    }
     CHK(fedge_store_prepare(a->db, "INSERT INTO updates(round, device, received_at, n_samples, encoding, bytes, counter,"
                            " norm, decision, rule, reason, delta, sealed_sha256) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)", &st));
     sqlite3_bind_int64(st, 1, a->round);
@@ -515,8 +517,10 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     sqlite3_bind_text(st, 3, in->device, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE)
         FAIL(FEDGE_ERR_SQL);
-    CHK(fedge_store_commit(a->db));
-    in_tx = 0;
+    if (in_tx) {
+        CHK(fedge_store_commit(a->db));
+        in_tx = 0;
+    }
 
     *accepted = d.decision != FEDGE_DECISION_REJECT;
     if (d.decision == FEDGE_DECISION_ACCEPT)

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common.h"
 #include "governance.h"
@@ -269,5 +270,63 @@ int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fe
         FEDGE_INFO("round %u: %s rejected: %s", a->round, device, reason);
     }
 cleanup:
+    return ret;
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int fedge_ingest_commit_group(fedge_aggregator *a, fedge_ingest_item *items, size_t n,
+                              fedge_ingest_group_times *times)
+{
+    size_t done = 0;
+    size_t n_accepted = a->n_accepted, n_rejected = a->n_rejected, in_flight = a->in_flight;
+    uint64_t bytes = a->bytes_received;
+    double t0 = mono_s(), t1 = t0;
+    int ret;
+    if (n == 0)
+        return FEDGE_OK;
+    CHK(fedge_store_begin(a->db));
+    a->ingest_group_tx = 1;
+    for (; done < n; done++) {
+        fedge_ingest_item *it = &items[done];
+        it->undo_submitted = a->submitted[it->device];
+        it->undo_adm_step = a->adm_step ? a->adm_step[it->device] : 0;
+        CHK(fedge_ingest_commit(a, it->device, a->keys.devices[it->device].id, it->snap, it->frame, &it->code,
+                                it->msg, sizeof it->msg));
+    }
+    t1 = mono_s();
+    CHK(fedge_store_commit(a->db));
+cleanup:
+    a->ingest_group_tx = 0;
+    if (ret != FEDGE_OK) {
+        fedge_store_rollback(a->db);
+        /* the item that failed has saved its undo too */
+        for (size_t i = done < n ? done + 1 : n; i-- > 0;) {
+            a->submitted[items[i].device] = items[i].undo_submitted;
+            if (a->adm_step)
+                a->adm_step[items[i].device] = items[i].undo_adm_step;
+        }
+        a->n_accepted = n_accepted;
+        a->n_rejected = n_rejected;
+        a->in_flight = in_flight;
+        a->bytes_received = bytes;
+        for (size_t i = 0; i < n; i++) {
+            items[i].code = 503;
+            snprintf(items[i].msg, sizeof items[i].msg, "%s; retry later",
+                     ret == FEDGE_ERR_BUSY ? "database busy" : "aggregator error");
+        }
+        FEDGE_ERROR("group commit of %zu updates failed (%s): none stored, all asked to retry", n,
+                    fedge_strerror(ret));
+    }
+    if (times) {
+        double t2 = mono_s();
+        times->work_s = (ret == FEDGE_OK ? t1 : t2) - t0;
+        times->commit_s = ret == FEDGE_OK ? t2 - t1 : 0;
+    }
     return ret;
 }

@@ -84,4 +84,32 @@ void fedge_ingest_frame_free(fedge_ingest_frame *f);
 int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fedge_ingest_snapshot *snap,
                         fedge_ingest_frame *f, int *code, char *msg, size_t msglen);
 
+/* (b) for several frames in one transaction (one fsync): group commit.
+ * Each item is judged exactly as fedge_ingest_commit would judge it with
+ * the items committed one at a time in array order (the same checks, rows,
+ * audit entries and counters), and gets its own reply; a refusal does not
+ * affect the others. A daemon error (SQL, busy, memory) on any item or at
+ * COMMIT rolls the whole group back, restores the scheduler's in-memory
+ * counts, gives every item 503 ("retry") and returns that error; nothing
+ * of the group is stored. The replies may be sent once this returns. */
+typedef struct {
+    int device;                          /* index into keys.devices (>= 0) */
+    const fedge_ingest_snapshot *snap;
+    fedge_ingest_frame *frame;
+    int code;                            /* out: the reply */
+    char msg[320];
+    /* private: the in-memory state the item's commit may change */
+    uint8_t undo_submitted;
+    uint32_t undo_adm_step;
+} fedge_ingest_item;
+
+typedef struct {
+    double work_s;    /* checks, policy, inserts and audit of the group */
+    double commit_s;  /* COMMIT: the WAL write and its fsync */
+} fedge_ingest_group_times;
+
+/* times may be NULL. */
+int fedge_ingest_commit_group(fedge_aggregator *a, fedge_ingest_item *items, size_t n,
+                              fedge_ingest_group_times *times);
+
 #endif
