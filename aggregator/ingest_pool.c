@@ -49,9 +49,9 @@ static void *worker(void *arg)
         j->next = NULL;
         j->opened_at = mono();
         j->status = fedge_ingest_open(&j->snap, j->body, j->len, &j->frame);
-        j->done_at = mono();
 
         pthread_mutex_lock(&p->mu);
+        j->done_at = mono(); /* under the lock: the done list is in done_at order */
         if (p->done_tail)
             p->done_tail->next = j;
         else
