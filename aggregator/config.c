@@ -111,7 +111,7 @@ static const field FIELDS[] = {
     DBL(async_staleness_b, 0, 1e6, "4", "staleness discount: hinge's b (versions without discount)"),
     BOOL(scaffold, "0", "SCAFFOLD: server control variate, updates carry the control delta (needs aggregation = mean, no DP)"),
     LNG(ingest_workers, -1, 256, "-1", "threads that open updates (AEAD, decode) off the I/O thread (-1: one per online core; 0: inline on the I/O thread)"),
-    LNG(ingest_queue, 1, 65536, "256", "updates the ingest workers hold at once, queued or opened and awaiting commit (more get 5.03 with Max-Age)"),
+    LNG(ingest_queue, 1, 65536, "64", "updates the ingest workers hold at once, queued or opened and awaiting commit (more get 5.03 with Max-Age); each holds up to ~3 x max_update_bytes"),
     LNG(commit_group, 1, 4096, "32", "opened updates committed in one SQLite transaction (one fsync) at most"),
     DBL(commit_wait_ms, 0, 1000, "2", "a group smaller than commit_group waits this long for more while updates are being opened"),
 };
