@@ -19,7 +19,10 @@ FED_PORT=$(fed_free_port)
 fed_start_aggregator --model-spec mlp:784-64-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
     --round-timeout-s 120 --linger-s 60 --ingest-workers 2 --ingest-queue 2 --commit-group 8
 fed_wait_for "grep -qs 'round 1 open' $FED_DIR/agg.log" 30
-"$BIN/bench-ingest_rate" --server "127.0.0.1:$FED_PORT" --keys "$FED_DIR/keys" --n $N --resend 1 --status 1 \
+DRIVER="$BIN/bench-ingest_rate"
+[ -x "$DRIVER" ] || DRIVER=build/native/bin/bench-ingest_rate # an ASan build has no bench programs
+[ -x "$DRIVER" ] || fed_fail "bench-ingest_rate is not built"
+"$DRIVER" --server "127.0.0.1:$FED_PORT" --keys "$FED_DIR/keys" --n $N --resend 1 --status 1 \
     --timeout-s 60 >"$FED_DIR/driver.log" 2>&1 || { cat "$FED_DIR/driver.log" >&2; fed_fail "not every device got 2.04"; }
 grep -E '^(ingest|resend|latency)' "$FED_DIR/driver.log"
 grep -q "^resend   $N of $N answered 2.04 as duplicates" "$FED_DIR/driver.log" || fed_fail "resends not answered as duplicates"
