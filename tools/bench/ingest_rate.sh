@@ -6,7 +6,8 @@
 # N devices sent at once over real DTLS on loopback. The driver prints the
 # sustained updates/s, p50/p99 reply latency, the raw AEAD and AEAD+decode
 # rate measured in the same process, the ratio, and the aggregator's GET
-# /status (its "ingest" part: the time breakdown per update).
+# /status (its "ingest" part: the time breakdown per update); then
+# bench-ingest_path, the same path in-process without the transport.
 # DRIVER swaps the load generator: it is run as
 #   $DRIVER --server 127.0.0.1:PORT --keys KEYS_FILE --n N --status 1
 # (default: $BUILD/bin/bench-ingest_rate). AGG_ARGS adds aggregator options.
@@ -50,4 +51,7 @@ for w in "${WORKERS[@]}"; do
     wait "$agg" 2>/dev/null || true
     agg=""
 done
+# the same path without the transport: in-process, frames handed straight to it
+echo "== without the transport (bench-ingest_path $N 2 32)"
+"$BIN/bench-ingest_path" "$N" 2 32 || status=$?
 exit $status
