@@ -426,7 +426,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     double wall = fedge_clock_wall();
     *accepted = 0;
 
-    double norm = fedge_l2_norm(in->delta, in->n_params);
+    double norm = in->norm ? *in->norm : fedge_l2_norm(in->delta, in->n_params);
     CHK(fedge_gov_staleness(a, in->header->base_version, &found, &staleness));
     double window = fedge_policy_rate_window_s(a->policy);
     if (window > 0)

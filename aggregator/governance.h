@@ -31,6 +31,7 @@ typedef struct {
     size_t encoded_len;
     const uint8_t *sealed_sha256;    /* of the frame as received: tells a resend apart */
     const char *control_refusal;     /* SCAFFOLD: why the control half is refused, or NULL */
+    const double *norm;              /* the model half's L2 norm, computed by the caller; NULL: here */
 } fedge_gov_update_in;
 
 /* Loads the policy (cfg.policy_file or the default), the signing key, and

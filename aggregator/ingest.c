@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "combine.h"
 #include "common.h"
 #include "governance.h"
 #include "log.h"
@@ -125,6 +126,8 @@ int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, si
     f->opened = 1;
     f->open_status = fedge_update_open(snap->key, body, len, &exp, f->plain, &f->header, &f->counter, f->delta);
     f->encoded_len = FEDGE_DELTA_HEADER_LEN + view.ct_len;
+    if (f->open_status == FEDGE_OK)
+        f->norm = fedge_l2_norm(f->delta, snap->n_params);
 cleanup:
     if (ret != FEDGE_OK)
         fedge_ingest_frame_free(f);
@@ -256,6 +259,7 @@ int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fe
         .encoded_len = f->encoded_len,
         .sealed_sha256 = f->sealed_sha256,
         .control_refusal = control_ok ? NULL : control_why,
+        .norm = &f->norm,
     };
     int accepted = 0;
     char reason[FEDGE_POLICY_REASON_MAX + 64];

@@ -5,7 +5,8 @@
  *                               n_elems, the device's last counter)
  *   (a) fedge_ingest_open       ANY thread: frame size, envelope, header,
  *                               run id, counter freshness against the
- *                               snapshot, AEAD, decode. A pure function of
+ *                               snapshot, AEAD, decode, the delta's L2
+ *                               norm (for the policy). A pure function of
  *                               the frame and the snapshot: no SQLite, no
  *                               aggregator state; its result records every
  *                               outcome without deciding the reply.
@@ -68,6 +69,7 @@ typedef struct {
     uint8_t *plain;              /* decrypted encoded delta (len bytes, wiped on free) */
     size_t encoded_len;
     float *delta;                /* decoded, n_params (x 2 under SCAFFOLD) */
+    double norm;                 /* L2 norm of the model half, when open_status == FEDGE_OK */
 } fedge_ingest_frame;
 
 /* Owner thread: the snapshot for device index d. */
