@@ -117,6 +117,9 @@ typedef struct {
     uint64_t round_epoch;
 
     struct fedge_relay *relay;        /* relay mode (relay.h): the parent's link; NULL: a root */
+    /* fedge_ingest_commit_group's transaction is open: the per-update
+     * writes (fedge_gov_admit_update) join it instead of committing */
+    int ingest_group_tx;
 } fedge_aggregator;
 
 /* Index of device `id` in keys.devices (and the arrays parallel to it); -1

@@ -84,6 +84,11 @@ typedef struct {
     char async_staleness[16];   /* constant|polynomial|hinge */
     double async_staleness_a, async_staleness_b;
     int no_observe;             /* GET /round not observable: edges poll */
+    /* multi-core ingest (ingest_pool.h, docs/AGGREGATOR.md "Ingest") */
+    long ingest_workers;        /* -1: one per online core; 0: inline on the I/O thread */
+    long ingest_queue;          /* updates held by the pool at once (more get 5.03) */
+    long commit_group;          /* opened updates committed per transaction, at most */
+    double commit_wait_ms;      /* a short group waits this long for more */
     /* where each key (table order) was last set: 0 default, -1 command
      * line, N > 0 line N of config_file */
     int origin_line[FEDGE_AGG_CONFIG_MAX_KEYS];

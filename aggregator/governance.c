@@ -426,7 +426,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     double wall = fedge_clock_wall();
     *accepted = 0;
 
-    double norm = fedge_l2_norm(in->delta, in->n_params);
+    double norm = in->norm ? *in->norm : fedge_l2_norm(in->delta, in->n_params);
     CHK(fedge_gov_staleness(a, in->header->base_version, &found, &staleness));
     double window = fedge_policy_rate_window_s(a->policy);
     if (window > 0)
@@ -480,8 +480,10 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
         blob = clipped;
     }
 
-    CHK(fedge_store_begin(a->db));
-    in_tx = 1;
+    if (!a->ingest_group_tx) {
+        CHK(fedge_store_begin(a->db));
+        in_tx = 1;
+    }
     CHK(fedge_store_prepare(a->db, "INSERT INTO updates(round, device, received_at, n_samples, encoding, bytes, counter,"
                            " norm, decision, rule, reason, delta, sealed_sha256) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)", &st));
     sqlite3_bind_int64(st, 1, a->round);
@@ -515,8 +517,10 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     sqlite3_bind_text(st, 3, in->device, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE)
         FAIL(FEDGE_ERR_SQL);
-    CHK(fedge_store_commit(a->db));
-    in_tx = 0;
+    if (in_tx) {
+        CHK(fedge_store_commit(a->db));
+        in_tx = 0;
+    }
 
     *accepted = d.decision != FEDGE_DECISION_REJECT;
     if (d.decision == FEDGE_DECISION_ACCEPT)

@@ -31,6 +31,7 @@ typedef struct {
     size_t encoded_len;
     const uint8_t *sealed_sha256;    /* of the frame as received: tells a resend apart */
     const char *control_refusal;     /* SCAFFOLD: why the control half is refused, or NULL */
+    const double *norm;              /* the model half's L2 norm, computed by the caller; NULL: here */
 } fedge_gov_update_in;
 
 /* Loads the policy (cfg.policy_file or the default), the signing key, and
@@ -83,7 +84,8 @@ int fedge_gov_staleness(fedge_aggregator *a, const uint8_t version[FEDGE_HASH_LE
 int fedge_gov_dp_device_check(fedge_aggregator *a, const char *device, double *eps,
                               fedge_policy_decision *d);
 /* Per-update policy; writes the updates row (accepted, clipped or rejected),
- * the device's counter and the audit entry in one committed transaction.
+ * the device's counter and the audit entry in one committed transaction
+ * (in the caller's, while a->ingest_group_tx: fedge_ingest_commit_group).
  * *accepted and reason tell the client what happened. */
 int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, int *accepted,
                            char *reason, size_t reason_len);

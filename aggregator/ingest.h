@@ -5,7 +5,8 @@
  *                               n_elems, the device's last counter)
  *   (a) fedge_ingest_open       ANY thread: frame size, envelope, header,
  *                               run id, counter freshness against the
- *                               snapshot, AEAD, decode. A pure function of
+ *                               snapshot, AEAD, decode, the delta's L2
+ *                               norm (for the policy). A pure function of
  *                               the frame and the snapshot: no SQLite, no
  *                               aggregator state; its result records every
  *                               outcome without deciding the reply.
@@ -68,6 +69,7 @@ typedef struct {
     uint8_t *plain;              /* decrypted encoded delta (len bytes, wiped on free) */
     size_t encoded_len;
     float *delta;                /* decoded, n_params (x 2 under SCAFFOLD) */
+    double norm;                 /* L2 norm of the model half, when open_status == FEDGE_OK */
 } fedge_ingest_frame;
 
 /* Owner thread: the snapshot for device index d. */
@@ -83,5 +85,33 @@ void fedge_ingest_frame_free(fedge_ingest_frame *f);
  * frames may be opened in any order or at once. */
 int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fedge_ingest_snapshot *snap,
                         fedge_ingest_frame *f, int *code, char *msg, size_t msglen);
+
+/* (b) for several frames in one transaction (one fsync): group commit.
+ * Each item is judged exactly as fedge_ingest_commit would judge it with
+ * the items committed one at a time in array order (the same checks, rows,
+ * audit entries and counters), and gets its own reply; a refusal does not
+ * affect the others. A daemon error (SQL, busy, memory) on any item or at
+ * COMMIT rolls the whole group back, restores the scheduler's in-memory
+ * counts, gives every item 503 ("retry") and returns that error; nothing
+ * of the group is stored. The replies may be sent once this returns. */
+typedef struct {
+    int device;                          /* index into keys.devices (>= 0) */
+    const fedge_ingest_snapshot *snap;
+    fedge_ingest_frame *frame;
+    int code;                            /* out: the reply */
+    char msg[320];
+    /* private: the in-memory state the item's commit may change */
+    uint8_t undo_submitted;
+    uint32_t undo_adm_step;
+} fedge_ingest_item;
+
+typedef struct {
+    double work_s;    /* checks, policy, inserts and audit of the group */
+    double commit_s;  /* COMMIT: the WAL write and its fsync */
+} fedge_ingest_group_times;
+
+/* times may be NULL. */
+int fedge_ingest_commit_group(fedge_aggregator *a, fedge_ingest_item *items, size_t n,
+                              fedge_ingest_group_times *times);
 
 #endif

@@ -4,15 +4,19 @@
 #include <errno.h>
 #include <linux/sock_diag.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <coap3/coap.h>
 
 #include "common.h"
 #include "hash.h"
+#include "ingest.h"
+#include "ingest_pool.h"
 #include "log.h"
 #include "upload.h"
 
@@ -45,6 +49,17 @@ struct fedge_server {
     size_t n_observers;
     uint64_t round_digest;
     double observers_asked_at;
+    /* multi-core ingest (ingest_pool.h); pool is NULL when ingest_workers = 0 */
+    fedge_ingest_pool *pool;
+    struct pending_update *pending; /* updates being opened or committed */
+    fedge_ingest_job **ready;       /* opened, waiting for their group's commit */
+    size_t n_ready, group_max;
+    double commit_wait_s;
+    struct ingest_stats {
+        uint64_t updates, groups, refused_full;
+        double queue_s, open_s, wait_s, work_s, commit_s, reply_s, total_s; /* sums */
+        double max_total_s;
+    } ist;
 };
 
 static fedge_server *g_server; /* libcoap 4.3.1 has no context user data */
@@ -310,6 +325,23 @@ static int status_json(const fedge_server *s, char *body, size_t cap)
                      (unsigned long long)st.refused_size, (unsigned long long)st.refused_busy,
                      (unsigned long long)st.refused_bad, (unsigned long long)st.incomplete,
                      s->rcvbuf, udp_drops(s));
+    if (m < 0 || (size_t)m >= cap - (n - 1))
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
+    if (!s->pool)
+        return FEDGE_OK;
+    /* where an update's time goes: means in microseconds per update
+     * (commit: per group), since start */
+    const struct ingest_stats *t = &s->ist;
+    double u = t->updates ? 1e6 / (double)t->updates : 0, g = t->groups ? 1e6 / (double)t->groups : 0;
+    n = strlen(body);
+    m = snprintf(body + n - 1, cap - (n - 1),
+                 ",\"ingest\":{\"updates\":%llu,\"groups\":%llu,\"refused_full\":%llu,\"held\":%zu,"
+                 "\"queue_us\":%.0f,\"open_us\":%.0f,\"group_wait_us\":%.0f,\"work_us\":%.0f,"
+                 "\"commit_us_per_group\":%.0f,\"reply_us\":%.0f,\"total_us\":%.0f,\"max_total_us\":%.0f}}",
+                 (unsigned long long)t->updates, (unsigned long long)t->groups,
+                 (unsigned long long)t->refused_full, fedge_ingest_pool_held(s->pool), t->queue_s * u,
+                 t->open_s * u, t->wait_s * u, t->work_s * u, t->commit_s * g, t->reply_s * u, t->total_s * u,
+                 t->max_total_s * 1e6);
     return (m < 0 || (size_t)m >= cap - (n - 1)) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
 }
 
@@ -508,7 +540,8 @@ static void submit_update(const char *id, const uint8_t *data, size_t len, coap_
         snprintf(msg_out, msg_cap, "%s", msg);
 }
 
-static void remember_answer(coap_session_t *session, const fedge_upload_block *b, int code, const char *msg)
+static void remember_answer_at(coap_session_t *session, size_t offset, size_t len,
+                               const uint8_t digest[FEDGE_HASH_LEN], int code, const char *msg)
 {
     final_answer *f = answer_of(session);
     if (!f) {
@@ -519,14 +552,192 @@ static void remember_answer(coap_session_t *session, const fedge_upload_block *b
         f->next = g_server->answers;
         g_server->answers = f;
     }
-    f->offset = b->offset;
-    f->len = b->len;
-    if (fedge_sha256(b->data, b->len, f->digest) != FEDGE_OK) {
-        f->len = (size_t)-1; /* matches nothing */
-        return;
-    }
+    f->offset = offset;
+    f->len = digest ? len : (size_t)-1; /* no digest: matches nothing */
+    if (digest)
+        memcpy(f->digest, digest, FEDGE_HASH_LEN);
     f->code = code;
     snprintf(f->msg, sizeof f->msg, "%s", msg);
+}
+
+static void remember_answer(coap_session_t *session, const fedge_upload_block *b, int code, const char *msg)
+{
+    uint8_t digest[FEDGE_HASH_LEN];
+    int ok = fedge_sha256(b->data, b->len, digest) == FEDGE_OK;
+    remember_answer_at(session, b->offset, b->len, ok ? digest : NULL, code, msg);
+}
+
+/* ---- POST /update through the ingest pool (ingest_pool.h) ----
+ * The handler's first call takes the snapshot, queues the frame and
+ * registers a separate response (libcoap sends the empty ACK and answers
+ * retransmissions of the request with it); a worker opens the frame; the
+ * owner thread commits it with others in one transaction (commit_ready)
+ * and triggers the response; libcoap then calls the handler again for the
+ * same request, which answers from here (answer_pending). The device hears
+ * its answer only after its update is durable. */
+typedef struct pending_update {
+    coap_async_t *async;
+    coap_session_t *session;
+    int has_block;                 /* the final block of a Block1 upload */
+    size_t offset, len;
+    uint8_t digest[FEDGE_HASH_LEN];
+    int digest_ok;
+    int done, code;
+    char msg[320];
+    double t0, triggered_at;
+    struct pending_update *next;
+} pending_update;
+
+static void pending_unlink(fedge_server *s, pending_update *p)
+{
+    for (pending_update **q = &s->pending; *q; q = &(*q)->next)
+        if (*q == p) {
+            *q = p->next;
+            return;
+        }
+}
+
+/* 1 when request is a triggered separate response of ours: answered. */
+static int answer_pending(coap_session_t *session, const coap_pdu_t *request, coap_pdu_t *response)
+{
+    fedge_server *s = g_server;
+    coap_async_t *as = coap_find_async(session, coap_pdu_get_token(request));
+    if (!as)
+        return 0;
+    pending_update *p = coap_async_get_app_data(as);
+    if (!p || !p->done) {
+        /* libcoap calls again only once triggered: not ours */
+        set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "internal error");
+        return 1;
+    }
+    set_answer(response, p->code, p->msg);
+    if (p->has_block)
+        remember_answer_at(session, p->offset, p->len, p->digest_ok ? p->digest : NULL, p->code, p->msg);
+    double now = mono_now();
+    s->ist.reply_s += now - p->triggered_at;
+    s->ist.total_s += now - p->t0;
+    if (now - p->t0 > s->ist.max_total_s)
+        s->ist.max_total_s = now - p->t0;
+    coap_async_set_app_data(as, NULL); /* libcoap frees the async after this call */
+    pending_unlink(s, p);
+    free(p);
+    return 1;
+}
+
+/* Queues a whole body for the pool; the reply is deferred (response left
+ * empty) or, when the pool is full, 5.03 with Max-Age now. */
+static void submit_pooled(coap_session_t *session, const coap_pdu_t *request, const char *id, const uint8_t *data,
+                          size_t len, const fedge_upload_block *b, coap_pdu_t *response)
+{
+    fedge_server *s = g_server;
+    fedge_aggregator *a = s->agg;
+    fedge_ingest_snapshot snap;
+    fedge_ingest_job *job = NULL;
+    pending_update *p = NULL;
+    int d = fedge_agg_device_index(a, id);
+    if (d < 0 || fedge_ingest_snapshot_take(a, d, &snap) != FEDGE_OK) {
+        /* the inline path gives these their answers (unknown device, a database fault) */
+        int code = 500;
+        char msg[320];
+        submit_update(id, data, len, response, &code, msg, sizeof msg);
+        if (b)
+            remember_answer(session, b, code, msg);
+        return;
+    }
+    p = calloc(1, sizeof *p);
+    job = p ? fedge_ingest_job_new(p, d, &snap, data, len) : NULL;
+    if (!job)
+        goto busy;
+    p->session = session;
+    p->t0 = mono_now();
+    if (b) {
+        p->has_block = 1;
+        p->offset = b->offset;
+        p->len = b->len;
+        p->digest_ok = fedge_sha256(b->data, b->len, p->digest) == FEDGE_OK;
+    }
+    p->async = coap_register_async(session, request, 0);
+    if (!p->async)
+        goto busy;
+    coap_async_set_app_data(p->async, p);
+    if (fedge_ingest_pool_submit(s->pool, job) != FEDGE_OK) {
+        coap_free_async(session, p->async);
+        s->ist.refused_full++;
+        goto busy;
+    }
+    p->next = s->pending;
+    s->pending = p;
+    return;
+busy:
+    fedge_ingest_job_free(job);
+    free(p);
+    set_answer(response, 503, "the aggregator is busy opening updates; retry later");
+}
+
+/* Commits the opened frames waiting (a group of up to commit_group, or
+ * fewer once the oldest has waited commit_wait_ms or nothing is being
+ * opened) and triggers their answers. *wait_ms: how long the caller may
+ * sleep before a short group is due. Returns the number answered. */
+static size_t commit_ready(fedge_server *s, int *wait_ms)
+{
+    fedge_ingest_item *items = NULL;
+    size_t n;
+    *wait_ms = -1;
+    s->n_ready += fedge_ingest_pool_take(s->pool, s->ready + s->n_ready, s->group_max - s->n_ready);
+    if (s->n_ready == 0)
+        return 0;
+    double now = mono_now();
+    double waited = now - s->ready[0]->done_at;
+    if (s->n_ready < s->group_max && waited < s->commit_wait_s && fedge_ingest_pool_held(s->pool) > 0) {
+        *wait_ms = (int)((s->commit_wait_s - waited) * 1000.0) + 1;
+        return 0;
+    }
+    n = s->n_ready;
+    items = calloc(n, sizeof *items);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        fedge_ingest_job *j = s->ready[i];
+        s->ist.queue_s += j->opened_at - j->queued_at;
+        s->ist.open_s += j->done_at - j->opened_at;
+        s->ist.wait_s += now - j->done_at;
+        if (j->status != FEDGE_OK || !items)
+            continue;
+        items[m].device = j->device;
+        items[m].snap = &j->snap;
+        items[m].frame = &j->frame;
+        m++;
+    }
+    fedge_ingest_group_times t = {0, 0};
+    if (m > 0) {
+        int ret = fedge_ingest_commit_group(s->agg, items, m, &t);
+        if (ret != FEDGE_OK)
+            FEDGE_ERROR("updates of %zu devices: %s", m, fedge_strerror(ret));
+        s->ist.groups++;
+    }
+    s->ist.work_s += t.work_s;
+    s->ist.commit_s += t.commit_s;
+    double done_at = mono_now();
+    m = 0;
+    for (size_t i = 0; i < n; i++) {
+        fedge_ingest_job *j = s->ready[i];
+        pending_update *p = j->owner;
+        if (j->status == FEDGE_OK && items) {
+            p->code = items[m].code;
+            snprintf(p->msg, sizeof p->msg, "%s", items[m].msg);
+            m++;
+        } else {
+            p->code = 503;
+            snprintf(p->msg, sizeof p->msg, "aggregator error; retry later");
+        }
+        p->done = 1;
+        p->triggered_at = done_at;
+        coap_async_trigger(p->async);
+        fedge_ingest_job_free(j);
+        s->ist.updates++;
+    }
+    free(items);
+    s->n_ready = 0;
+    return n;
 }
 
 /* 1 when b repeats the final block of the session's last completed upload;
@@ -555,8 +766,9 @@ static void reply_continue(coap_pdu_t *response, const coap_block_b_t *blk)
     }
 }
 
-static void reply_upload(coap_session_t *session, const char *id, const fedge_upload_block *b,
-                         const fedge_upload_result *res, coap_pdu_t *response, const coap_block_b_t *blk)
+static void reply_upload(coap_session_t *session, const coap_pdu_t *request, const char *id,
+                         const fedge_upload_block *b, const fedge_upload_result *res, coap_pdu_t *response,
+                         const coap_block_b_t *blk)
 {
     uint8_t buf[8];
     switch (res->verdict) {
@@ -564,6 +776,10 @@ static void reply_upload(coap_session_t *session, const char *id, const fedge_up
         reply_continue(response, blk);
         return;
     case FEDGE_UPLOAD_COMPLETE: {
+        if (g_server->pool) {
+            submit_pooled(session, request, id, res->body, res->body_len, b, response);
+            return;
+        }
         int code = 500;
         char msg[320];
         submit_update(id, res->body, res->body_len, response, &code, msg, sizeof msg);
@@ -602,6 +818,8 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
     const uint8_t *data = NULL;
     coap_opt_iterator_t it;
     coap_block_b_t blk;
+    if (g_server->pool && answer_pending(session, request, response))
+        return;
     if (!requester(g_server, session, query, id)) {
         set_text(response, COAP_RESPONSE_CODE_UNAUTHORIZED, "unknown device");
         return;
@@ -616,7 +834,11 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
             set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "empty body");
             return;
         }
-        submit_update(id, data, len, response, NULL, NULL, 0); /* one datagram: bounded by the transport */
+        /* one datagram: bounded by the transport */
+        if (g_server->pool)
+            submit_pooled(session, request, id, data, len, NULL, response);
+        else
+            submit_update(id, data, len, response, NULL, NULL, 0);
         return;
     }
     if (blk.num == 0 && !blk.m && len == 0) {
@@ -640,7 +862,7 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
         set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "internal error");
         return;
     }
-    reply_upload(session, id, &b, &res, response, &blk);
+    reply_upload(session, request, id, &b, &res, response, &blk);
     free(res.body);
 }
 
@@ -894,6 +1116,24 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     CHK(add_resource(s->ctx, "control", COAP_REQUEST_GET, hnd_control));
     CHK(add_resource(s->ctx, "update", COAP_REQUEST_POST, hnd_update));
     CHK(add_resource(s->ctx, "status", COAP_REQUEST_GET, hnd_status));
+    if (a->cfg.ingest_workers != 0) {
+        long nw = a->cfg.ingest_workers;
+        if (nw < 0) {
+            nw = sysconf(_SC_NPROCESSORS_ONLN);
+            if (nw < 1)
+                nw = 1;
+        }
+        s->group_max = (size_t)a->cfg.commit_group;
+        s->commit_wait_s = a->cfg.commit_wait_ms / 1000.0;
+        s->ready = calloc(s->group_max, sizeof *s->ready);
+        if (!s->ready)
+            FAIL(FEDGE_ERR_NOMEM);
+        CHK(fedge_ingest_pool_new((size_t)nw, (size_t)a->cfg.ingest_queue, &s->pool));
+        FEDGE_INFO("ingest: %ld workers open updates, %ld held at most, up to %ld per commit (%.1f ms wait)", nw,
+                   a->cfg.ingest_queue, a->cfg.commit_group, a->cfg.commit_wait_ms);
+    } else {
+        FEDGE_INFO("ingest: inline on the I/O thread (ingest_workers = 0)");
+    }
     g_server = s;
     FEDGE_INFO("listening on %s (%s), %zu devices", a->cfg.listen,
                a->cfg.insecure ? "plain CoAP, INSECURE" : "CoAP over DTLS-PSK", a->keys.n);
@@ -917,7 +1157,29 @@ cleanup:
 int fedge_server_process(fedge_server *s, unsigned timeout_ms)
 {
     notify_round_observers(s);
-    if (coap_io_process(s->ctx, timeout_ms) < 0)
+    if (!s->pool) {
+        if (coap_io_process(s->ctx, timeout_ms) < 0)
+            return FEDGE_ERR_IO;
+        fedge_uploads_expire(s->uploads, mono_now());
+        return FEDGE_OK;
+    }
+    /* libcoap's epoll descriptor (sockets and its timers) and the pool's
+     * eventfd: a worker's finished frame wakes the loop at once */
+    int wait_ms = -1;
+    if (commit_ready(s, &wait_ms) > 0 && coap_io_process(s->ctx, COAP_IO_NO_WAIT) < 0)
+        return FEDGE_ERR_IO;
+    int timeout = wait_ms >= 0 && (unsigned)wait_ms < timeout_ms ? wait_ms : (int)timeout_ms;
+    int cfd = coap_context_get_coap_fd(s->ctx);
+    if (cfd >= 0) {
+        struct pollfd pfd[2] = {{.fd = cfd, .events = POLLIN}, {.fd = fedge_ingest_pool_fd(s->pool), .events = POLLIN}};
+        if (poll(pfd, 2, timeout) < 0 && errno != EINTR)
+            return FEDGE_ERR_IO;
+        if (coap_io_process(s->ctx, COAP_IO_NO_WAIT) < 0)
+            return FEDGE_ERR_IO;
+    } else if (coap_io_process(s->ctx, fedge_ingest_pool_held(s->pool) || s->n_ready ? 1 : (unsigned)timeout) < 0) {
+        return FEDGE_ERR_IO;
+    }
+    if (commit_ready(s, &wait_ms) > 0 && coap_io_process(s->ctx, COAP_IO_NO_WAIT) < 0)
         return FEDGE_ERR_IO;
     fedge_uploads_expire(s->uploads, mono_now());
     return FEDGE_OK;
@@ -927,8 +1189,17 @@ void fedge_server_free(fedge_server *s)
 {
     if (!s)
         return;
+    fedge_ingest_pool_free(s->pool); /* joins the workers */
+    for (size_t i = 0; i < s->n_ready; i++)
+        fedge_ingest_job_free(s->ready[i]);
+    free(s->ready);
     if (s->ctx)
-        coap_free_context(s->ctx); /* releases in-flight model bodies */
+        coap_free_context(s->ctx); /* releases in-flight model bodies and separate responses */
+    while (s->pending) {
+        pending_update *next = s->pending->next;
+        free(s->pending);
+        s->pending = next;
+    }
     body_unref(s->body);
     body_unref(s->control);
     fedge_uploads_free(s->uploads);
