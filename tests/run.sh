@@ -98,7 +98,7 @@ run_unit() { # build dir, label
     batch_report
 }
 
-ASAN_INTEGRATION="e2e_dtls crash_resume interop_coap_client upload_limits"
+ASAN_INTEGRATION="e2e_dtls crash_resume interop_coap_client upload_limits ingest_workers ingest_crash relay_tree observe_round"
 
 run_integration() { # build dir, label, scripts (default: all)
     local b=$1 label=$2
