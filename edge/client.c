@@ -75,7 +75,17 @@ typedef struct {
     int heard;                /* a usable /round answer came in this process */
     int observe_off;          /* --no-observe, or the server refused a registration */
     int pushed_logged;        /* -1: nothing logged yet; else the last mode logged */
+    const fedge_edge_device *dev; /* NULL: keys, shard and counter from files */
 } edge_client;
+
+static void emit(const edge_client *c, fedge_edge_event *ev)
+{
+    if (c->dev && c->dev->event) {
+        if (!ev->reason)
+            ev->reason = "";
+        c->dev->event(c->dev->arg, ev);
+    }
+}
 
 /* Outcome of one round, for the log line and the loop. */
 typedef enum {
@@ -541,6 +551,9 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     CHK(fetch_model(c, ri, result, &usable));
     if (!usable)
         goto cleanup;
+    fedge_edge_event fetched = {.kind = FEDGE_EDGE_EV_FETCHED, .round = ri->round,
+                                .bytes = c->reply.code == 205 ? c->reply.body_total : 0};
+    emit(c, &fetched);
     if (scaffold) {
         CHK(fetch_control(c, ri, result, &usable));
         if (!usable)
@@ -576,7 +589,9 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     FEDGE_INFO("round %u: training %d epochs on %llu samples%s%s", ri->round, ri->epochs,
                (unsigned long long)c->shard.n, ri->prox_mu > 0.0f ? " (FedProx)" : "",
                scaffold ? " (SCAFFOLD)" : "");
-    ret = fedge_edge_trainer_train(t, &c->shard, &tp, c->stop, &loss);
+    ret = c->dev && c->dev->train
+              ? c->dev->train(c->dev->arg, t, &c->shard, &tp, c->stop, &loss)
+              : fedge_edge_trainer_train(t, &c->shard, &tp, c->stop, &loss);
     if (ret == FEDGE_ERR_MODEL_NONFINITE) {
         FEDGE_INFO("round %u: samples=%llu loss=nan sent=0 B encoding=%s outcome=not sent "
                    "(training diverged)", ri->round, (unsigned long long)c->shard.n,
@@ -615,6 +630,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                     c->counter.path ? c->counter.path : "-", fedge_strerror(ret));
         goto cleanup;
     }
+    if (c->dev && c->dev->counter_last)
+        *c->dev->counter_last = counter;
     fedge_rng rounding, *rng = NULL;
     if (cfg->stochastic) {
         fedge_rng base;
@@ -637,7 +654,20 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         .path = "update",
         .body = blob,
     };
+    fedge_edge_event posted = {.kind = FEDGE_EDGE_EV_POSTING, .round = ri->round,
+                               .bytes = blob->len};
+    emit(c, &posted);
+    uint64_t post_ms = fedge_edge_link_now_ms();
     ret = request_with_retry(c, &req, blob->len, 1, "POST /update", &attempts);
+    posted.kind = FEDGE_EDGE_EV_POSTED;
+    posted.latency_ms = fedge_edge_link_now_ms() - post_ms;
+    posted.status = ret;
+    if (ret == FEDGE_OK) {
+        posted.code = c->reply.code;
+        reply_line(&c->reply, line, sizeof line);
+        posted.reason = line;
+    }
+    emit(c, &posted);
     if (ret == FEDGE_ERR_EDGE_STOPPED)
         goto cleanup;
     *result = ROUND_DONE;
@@ -683,12 +713,35 @@ cleanup:
     return ret;
 }
 
+/* The in-memory device's keys, shard and counter (fedge_edge_device). */
+static int setup_device(edge_client *c)
+{
+    const fedge_edge_device *d = c->dev;
+    if (!d->key || !d->psk || strlen(d->psk) > FEDGE_PSK_LEN || !d->shard || d->shard->n == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    c->key = *d->key;
+    snprintf(c->psk, sizeof c->psk, "%s", d->psk);
+    c->shard = *d->shard;
+    if (d->counter_last)
+        c->counter.last = *d->counter_last;
+    return FEDGE_OK;
+}
+
 static int setup(edge_client *c)
 {
     const fedge_edge_config *cfg = c->cfg;
     fedge_keys keys;
     char err[256];
-    int ret = fedge_keys_load(cfg->keys_path, &keys, err, sizeof err);
+    int ret;
+    if (c->dev) {
+        ret = setup_device(c);
+        if (ret != FEDGE_OK) {
+            FEDGE_ERROR("device %s: incomplete in-memory device", cfg->id);
+            return ret;
+        }
+        goto link;
+    }
+    ret = fedge_keys_load(cfg->keys_path, &keys, err, sizeof err);
     if (ret != FEDGE_OK) {
         FEDGE_ERROR("keys: %s", err[0] ? err : fedge_strerror(ret));
         return ret;
@@ -735,6 +788,7 @@ static int setup(edge_client *c)
             c->marker = 0;
         }
     }
+link:;
 
     fedge_edge_link_config lc = {
         .host = cfg->host,
@@ -753,15 +807,14 @@ static int setup(edge_client *c)
     }
     FEDGE_INFO("device %s: server %s:%u (%s), shard %s (%llu rows, dim %d), encoding %s",
                cfg->id, cfg->host, (unsigned)cfg->port, cfg->insecure ? "plain CoAP" : "DTLS",
-               cfg->shard_path, (unsigned long long)c->shard.n, c->shard.dim,
+               cfg->shard_path ? cfg->shard_path : "(in memory)", (unsigned long long)c->shard.n,
+               c->shard.dim,
                fedge_encoding_name(cfg->encoding));
     return FEDGE_OK;
 }
 
 static void teardown(edge_client *c)
 {
-    fedge_edge_link_close(c->link);
-    c->link = NULL;
     fedge_edge_trainer_free(&c->trainer);
     control_drop(&c->control);
     fedge_model_free(&c->client_control);
@@ -770,6 +823,15 @@ static void teardown(edge_client *c)
     free(c->finished_path);
     c->finished_path = NULL;
     fedge_edge_counter_close(&c->counter);
+    if (c->dev) {
+        fedge_edge_event end = {.kind = FEDGE_EDGE_EV_END,
+                                .handshakes = fedge_edge_link_handshakes(c->link)};
+        emit(c, &end);
+        if (c->shard.n) /* setup_device took it: hand back its position; the caller closes it */
+            *c->dev->shard = c->shard;
+    }
+    fedge_edge_link_close(c->link);
+    c->link = NULL;
     if (c->shard_open)
         fedge_shard_close(&c->shard);
     fedge_device_key_wipe(&c->key);
@@ -922,12 +984,19 @@ static void track_finished(edge_client *c, const fedge_round_info *ri)
 
 int fedge_edge_run(const fedge_edge_config *cfg, const volatile sig_atomic_t *stop)
 {
+    return fedge_edge_run_device(cfg, NULL, stop);
+}
+
+int fedge_edge_run_device(const fedge_edge_config *cfg, const fedge_edge_device *dev,
+                          const volatile sig_atomic_t *stop)
+{
     edge_client *c = calloc(1, sizeof *c);
     int ret = FEDGE_OK;
     unsigned bad_replies = 0;
     if (!c)
         return FEDGE_ERR_NOMEM;
     c->cfg = cfg;
+    c->dev = dev;
     c->stop = stop;
     c->backoff = fedge_backoff_default();
     c->observe_off = cfg->no_observe;

@@ -33,9 +33,56 @@
 #include <signal.h>
 
 #include "args.h"
+#include "envelope.h"
+#include "shard.h"
+#include "trainer.h"
 
 /* FEDGE_OK when the run finished, max_rounds were done or *stop was raised;
  * otherwise the error that ended it (already logged). */
 int fedge_edge_run(const fedge_edge_config *cfg, const volatile sig_atomic_t *stop);
+
+/* What a device did, for a caller that runs many (tools/edgesim). */
+typedef enum {
+    FEDGE_EDGE_EV_FETCHED = 1, /* GET /model usable: bytes = body bytes (0: 2.03, cached) */
+    FEDGE_EDGE_EV_POSTING,     /* POST /update about to leave: bytes = sealed size */
+    FEDGE_EDGE_EV_POSTED,      /* its end: code (0: no answer, status = the transport error),
+                                  latency_ms from the first send to the answer, reason */
+    FEDGE_EDGE_EV_END,         /* the session ends: handshakes = DTLS handshakes done */
+} fedge_edge_event_kind;
+
+typedef struct {
+    fedge_edge_event_kind kind;
+    uint32_t round;
+    size_t bytes;
+    int code;                  /* 204, 400, 409, 503, ... */
+    int status;                /* FEDGE_OK or the transport error */
+    uint64_t latency_ms;
+    const char *reason;        /* first line of the reply body ("" when none) */
+    unsigned long handshakes;
+} fedge_edge_event;
+
+/* One device held in memory instead of files: fedge_edge_run_device uses
+ * key and psk in place of cfg->keys_path, the open shard (left open) in
+ * place of cfg->shard_path, and *counter_last as the replay counter's last
+ * value (read at the start, written after each update sealed) in place of
+ * cfg->state_dir, so the device can come back in a later session. cfg->id
+ * names it. train (NULL: fedge_edge_trainer_train) makes the round's delta
+ * in t->grad; event (may be NULL) is told what happened. All pointers must
+ * outlive the call; the hooks run on the calling thread. */
+typedef struct {
+    const fedge_device_key *key;
+    const char *psk;                      /* NUL-terminated DTLS PSK */
+    fedge_shard_reader *shard;
+    uint64_t *counter_last;
+    int (*train)(void *arg, fedge_edge_trainer *t, fedge_shard_reader *shard,
+                 const fedge_edge_train_params *p, const volatile sig_atomic_t *stop,
+                 double *mean_loss);
+    void (*event)(void *arg, const fedge_edge_event *ev);
+    void *arg;
+} fedge_edge_device;
+
+/* fedge_edge_run for one in-memory device (dev may be NULL: the files). */
+int fedge_edge_run_device(const fedge_edge_config *cfg, const fedge_edge_device *dev,
+                          const volatile sig_atomic_t *stop);
 
 #endif

@@ -2,6 +2,7 @@
 #include "link.h"
 
 #include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,7 +85,36 @@ struct fedge_edge_link {
     uint64_t obs_at_ms;
     int obs_fresh;
     fedge_edge_reply *obs_latest;
+    unsigned long handshakes; /* DTLS handshakes completed */
 };
+
+/* libcoap's process-wide state (coap_startup/coap_cleanup, the log levels,
+ * the mbedTLS backend's lazily built cipher-suite lists, which every live
+ * DTLS session points into) is shared by all links of a process: set up by
+ * the first link opened, torn down when the last one closes, and session
+ * creation (where libcoap 4.3.1 builds those lists unlocked) serialized.
+ * Everything else is per context; one context per thread is safe. */
+static pthread_mutex_t g_coap_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long g_coap_links;
+
+static void coap_global_acquire(int verbose)
+{
+    pthread_mutex_lock(&g_coap_lock);
+    if (g_coap_links++ == 0) {
+        coap_startup();
+        coap_set_log_level(verbose ? LOG_WARNING : LOG_EMERG);
+        coap_dtls_set_log_level(verbose ? LOG_WARNING : LOG_EMERG);
+    }
+    pthread_mutex_unlock(&g_coap_lock);
+}
+
+static void coap_global_release(void)
+{
+    pthread_mutex_lock(&g_coap_lock);
+    if (g_coap_links && --g_coap_links == 0)
+        coap_cleanup();
+    pthread_mutex_unlock(&g_coap_lock);
+}
 
 int fedge_edge_blob_new(uint8_t *data, size_t len, fedge_edge_blob **out)
 {
@@ -147,6 +177,8 @@ static void note_session_up(fedge_edge_link *l)
         return;
     uint64_t now = now_ms();
     l->session_up = 1;
+    if (!l->insecure)
+        l->handshakes++;
     /* Three round trips; a clean sample unless mbedTLS may have retransmitted
      * a flight (its first retransmission comes after 1 s). */
     uint64_t hs = now - l->session_started_ms;
@@ -703,9 +735,7 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
         snprintf(err, errlen, "bad link configuration");
         return FEDGE_ERR_INVALID_ARG;
     }
-    coap_startup();
-    coap_set_log_level(cfg->verbose ? LOG_WARNING : LOG_EMERG);
-    coap_dtls_set_log_level(cfg->verbose ? LOG_WARNING : LOG_EMERG);
+    coap_global_acquire(cfg->verbose);
     if (!cfg->insecure && !coap_dtls_is_supported()) {
         snprintf(err, errlen, "this libcoap build has no DTLS support");
         FAIL(FEDGE_ERR_UNSUPPORTED);
@@ -747,7 +777,7 @@ cleanup:
     if (l)
         fedge_edge_link_close(l);
     else if (ret != FEDGE_OK)
-        coap_cleanup();
+        coap_global_release();
     return ret;
 }
 
@@ -786,7 +816,7 @@ void fedge_edge_link_close(fedge_edge_link *l)
     mbedtls_platform_zeroize(l->psk, sizeof l->psk);
     free(l->obs_latest);
     free(l);
-    coap_cleanup();
+    coap_global_release();
 }
 
 const char *fedge_edge_link_last_error(const fedge_edge_link *l)
@@ -811,7 +841,9 @@ static int ensure_session(fedge_edge_link *l)
         setup.psk_info.identity.length = strlen(l->id);
         setup.psk_info.key.s = (const uint8_t *)l->psk;
         setup.psk_info.key.length = l->psk_len;
+        pthread_mutex_lock(&g_coap_lock);
         l->session = coap_new_client_session_psk2(l->ctx, NULL, &l->dst, COAP_PROTO_DTLS, &setup);
+        pthread_mutex_unlock(&g_coap_lock);
     }
     if (!l->session) {
         snprintf(l->last_error, sizeof l->last_error, "cannot create a CoAP session");
@@ -1019,4 +1051,9 @@ void fedge_edge_link_rtt(const fedge_edge_link *l, fedge_link_rtt *out)
         *out = l->rtt;
     else
         fedge_link_rtt_init(out);
+}
+
+unsigned long fedge_edge_link_handshakes(const fedge_edge_link *l)
+{
+    return l ? l->handshakes : 0;
 }

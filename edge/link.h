@@ -71,7 +71,8 @@ typedef struct fedge_edge_link fedge_edge_link;
 int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **out, char *err,
                          size_t errlen);
 /* Releases the session (sending a DTLS close_notify when one is up), the
- * context and libcoap's global state; wipes the PSK. NULL is fine. */
+ * context and its hold on libcoap's global state; wipes the PSK. NULL is
+ * fine. */
 void fedge_edge_link_close(fedge_edge_link *l);
 
 typedef enum { FEDGE_EDGE_GET = 1, FEDGE_EDGE_POST = 2 } fedge_edge_method;
@@ -152,5 +153,10 @@ int fedge_edge_link_observe_wait(fedge_edge_link *l, uint32_t ms, fedge_edge_rep
 uint64_t fedge_edge_link_now_ms(void); /* CLOCK_MONOTONIC */
 void fedge_edge_link_rtt(const fedge_edge_link *l, fedge_link_rtt *out);
 uint32_t fedge_edge_link_ack_timeout_ms(const fedge_edge_link *l);
+
+/* DTLS handshakes completed over the link's life. Links may be opened,
+ * used and closed on many threads at once (one link per thread): libcoap's
+ * global state is set up by the first open and released by the last close. */
+unsigned long fedge_edge_link_handshakes(const fedge_edge_link *l);
 
 #endif

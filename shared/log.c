@@ -12,6 +12,7 @@
 static fedge_log_level g_level = FEDGE_LOG_INFO;
 static FILE *g_stream;
 static char g_tag[32] = "fedge";
+static _Thread_local char t_tag[32]; /* this thread's tag; "" = g_tag */
 
 void fedge_log_set_level(fedge_log_level level) { g_level = level; }
 fedge_log_level fedge_log_get_level(void) { return g_level; }
@@ -22,6 +23,14 @@ void fedge_log_set_tag(const char *tag)
     if (!tag)
         tag = "fedge";
     fedge_text_escape(tag, strlen(tag), g_tag, sizeof g_tag);
+}
+
+void fedge_log_set_thread_tag(const char *tag)
+{
+    if (!tag)
+        t_tag[0] = '\0';
+    else
+        fedge_text_escape(tag, strlen(tag), t_tag, sizeof t_tag);
 }
 
 int fedge_log_parse_level(const char *text, fedge_log_level *out)
@@ -59,6 +68,9 @@ void fedge_log(fedge_log_level level, const char *fmt, ...)
      * stays one line and holds no terminal escape. */
     char safe[4 * sizeof line];
     fedge_text_escape(line, strlen(line), safe, sizeof safe);
-    fprintf(out, "%s.%03ldZ %s %s: %s\n", when, ms, names[level], g_tag, safe);
+    flockfile(out); /* one whole line per call, whatever other threads write */
+    fprintf(out, "%s.%03ldZ %s %s: %s\n", when, ms, names[level], t_tag[0] ? t_tag : g_tag,
+            safe);
     fflush(out);
+    funlockfile(out);
 }
