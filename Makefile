@@ -406,3 +406,11 @@ distclean:
 	rm -rf build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# tests/unit/test_edgesim_plan.c also links fedge-edgesim's pure module (ahead of the libraries).
+$(BUILD)/tests/test_edgesim_plan: $(BUILD)/obj/tests/unit/test_edgesim_plan.o \
+                                  $(call obj,tools/edgesim/plan.c) $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lcmocka $(SERVER_LIBS)
+$(BUILD)/obj/tests/unit/test_edgesim_plan.o: CFLAGS += -Itools/edgesim
