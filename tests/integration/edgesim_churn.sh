@@ -34,10 +34,10 @@ j() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sy
 [ "$(j 'd["session_errors"]')" = 0 ] || fed_fail "sessions ended in errors: $(j 'd["errors"]')"
 
 sessions=$(j 'd["sessions"]') accepted=$(j 'd["updates"]["accepted"]')
-dup=$(j 'd["updates"]["accepted_duplicate"]') dropped=$(j 'd["updates"]["dropped_mid_post"]')
+dup=$(j 'd["updates"]["accepted_duplicate"]') dropped=$(j 'd["updates"]["cut_mid_post"]')
 unanswered=$(j 'd["updates"]["no_answer"]') sent=$(j 'd["updates"]["sent"]')
 rows=$(fed_sql "SELECT count(*) FROM updates WHERE decision<>'rejected'")
-echo "sessions $sessions sent $sent accepted $accepted (+$dup duplicate) dropped $dropped" \
+echo "sessions $sessions sent $sent accepted $accepted (+$dup duplicate) cut $dropped" \
     "unanswered $unanswered; accepted rows $rows; refused $(j 'd["updates"]["refused"]')"
 [ "$sessions" -gt 60 ] || fed_fail "no churn: $sessions sessions for 60 slots"
 [ "$dropped" -gt 0 ] || fed_fail "no session dropped out during its upload"

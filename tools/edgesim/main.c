@@ -93,7 +93,7 @@ struct sim {
     atomic_int finished;
     double t0;
     /* counters */
-    atomic_ulong sessions, sessions_ended, sent, accepted, duplicates, no_answer, dropped_mid_post,
+    atomic_ulong sessions, sessions_ended, sent, accepted, duplicates, no_answer, cut_mid_post,
         dropped_sessions, refused[N_CODES], bytes_up, bytes_down, handshakes, models_fetched,
         session_errors, arrivals_late;
     atomic_int active, max_active;
@@ -213,7 +213,7 @@ static void on_event(void *arg, const fedge_edge_event *ev)
     case FEDGE_EDGE_EV_POSTED:
         sl->posted++;
         if (ev->status == FEDGE_ERR_EDGE_STOPPED) {
-            atomic_fetch_add(&s->dropped_mid_post, 1);
+            atomic_fetch_add(&s->cut_mid_post, 1);
             break;
         }
         if (ev->status != FEDGE_OK || ev->code == 0) {
@@ -453,10 +453,10 @@ static void progress(sim *s, double now)
 {
     fprintf(stderr,
             "edgesim: %6.1fs active %4d sessions %lu sent %lu accepted %lu refused %lu "
-            "dropped %lu errors %lu\n",
+            "cut %lu errors %lu\n",
             now - s->t0, atomic_load(&s->active), atomic_load(&s->sessions),
             atomic_load(&s->sent), atomic_load(&s->accepted), refused_total(s),
-            atomic_load(&s->dropped_mid_post), atomic_load(&s->session_errors));
+            atomic_load(&s->cut_mid_post), atomic_load(&s->session_errors));
 }
 
 static int write_json(sim *s, double wall_s)
@@ -487,9 +487,9 @@ static int write_json(sim *s, double wall_s)
             atomic_load(&s->max_active), atomic_load(&s->dropped_sessions),
             atomic_load(&s->arrivals_late));
     fprintf(f, "  \"updates\": {\"sent\": %lu, \"accepted\": %lu, \"accepted_duplicate\": %lu, "
-               "\"no_answer\": %lu, \"dropped_mid_post\": %lu, \"refused\": {",
+               "\"no_answer\": %lu, \"cut_mid_post\": %lu, \"refused\": {",
             atomic_load(&s->sent), atomic_load(&s->accepted), atomic_load(&s->duplicates),
-            atomic_load(&s->no_answer), atomic_load(&s->dropped_mid_post));
+            atomic_load(&s->no_answer), atomic_load(&s->cut_mid_post));
     for (int i = 0; i < N_CODES; i++) {
         if (codes[i])
             fprintf(f, "%s\"%d.%02d\": %lu", i ? ", " : "", codes[i] / 100, codes[i] % 100,
@@ -530,8 +530,9 @@ static void dispatch(sim *s, double now, double *next_arrival)
         sl->stop = 0;
         sl->posted = 0;
         atomic_store(&sl->drop_at_us, 0);
-        atomic_store(&sl->end_at_us, o->session_s > 0 ? now_us() + (uint64_t)(o->session_s * 1e6)
-                                                       : 0);
+        /* U(0.5, 1.5) x the budget: sessions started together do not all end together */
+        double budget_s = o->session_s * (0.5 + fedge_rng_uniform_d(&s->rng));
+        atomic_store(&sl->end_at_us, o->session_s > 0 ? now_us() + (uint64_t)(budget_s * 1e6) : 0);
         atomic_store(&sl->busy, 1);
         sl->has_job = 1;
         atomic_fetch_add(&s->sessions, 1);

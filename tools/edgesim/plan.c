@@ -40,7 +40,7 @@ void fedge_edgesim_usage(FILE *f, const char *prog)
             "  --population P        devices: the first P of the keys file (100)\n"
             "  --concurrency S       sessions at once (10)\n"
             "  --arrival all|poisson:RATE   fill every free slot at once, or RATE sessions/s\n"
-            "  --session-s T         a session's time budget in s (0: none)\n"
+            "  --session-s T         a session's time budget: U(0.5, 1.5) x T s (0: none)\n"
             "  --rounds N            updates per session (1; 0: no limit)\n"
             "  --dropout p           probability that a session vanishes during its upload (0)\n"
             "  --speed same|lognormal:SIGMA|straggler:FRAC:SLOWDOWN   compute speeds\n"

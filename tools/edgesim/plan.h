@@ -41,7 +41,7 @@ typedef struct {
     uint32_t concurrency;       /* S: sessions at once (threads) */
     fedge_edgesim_arrival arrival;
     double rate;                /* Poisson: sessions per second */
-    double session_s;           /* a session's time budget (0: none) */
+    double session_s;           /* a session's time budget, U(0.5, 1.5) x this (0: none) */
     uint32_t rounds;            /* updates per session (0: no limit) */
     double dropout;             /* probability that a session vanishes during its POST /update */
     fedge_edgesim_speed_kind speed;
