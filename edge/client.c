@@ -87,6 +87,12 @@ static void emit(const edge_client *c, fedge_edge_event *ev)
     }
 }
 
+static void not_sent(const edge_client *c, uint32_t round, int why)
+{
+    fedge_edge_event ev = {.kind = FEDGE_EDGE_EV_NOT_SENT, .round = round, .status = why};
+    emit(c, &ev);
+}
+
 /* Outcome of one round, for the log line and the loop. */
 typedef enum {
     ROUND_DONE,      /* update answered (accepted or refused) or given up */
@@ -598,11 +604,13 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                    fedge_encoding_name(cfg->encoding));
         ret = FEDGE_OK;
         *result = ROUND_DONE;
+        not_sent(c, ri->round, FEDGE_ERR_MODEL_NONFINITE);
         goto cleanup;
     }
     if (ret == FEDGE_ERR_CONTROL_RANGE) {
         FEDGE_ERROR("round %u: training refused: %s; nothing sent, c_i kept", ri->round,
                     fedge_strerror(ret));
+        not_sent(c, ri->round, ret);
         ret = FEDGE_OK;
         *result = ROUND_DONE;
         goto cleanup;
@@ -642,6 +650,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     ret = fedge_update_seal(&c->key, counter, ri->run_id, &h, t->grad, rng, &sealed, &sealed_len);
     if (ret != FEDGE_OK) {
         FEDGE_ERROR("round %u: cannot seal the update: %s", ri->round, fedge_strerror(ret));
+        not_sent(c, ri->round, ret);
         *result = ROUND_DONE;
         ret = ret == FEDGE_ERR_RANGE || ret == FEDGE_ERR_DELTA_NONFINITE ? FEDGE_OK : ret;
         goto cleanup;

@@ -48,6 +48,8 @@ typedef enum {
     FEDGE_EDGE_EV_POSTED,      /* its end: code (0: no answer, status = the transport error),
                                   latency_ms from the first send to the answer, reason */
     FEDGE_EDGE_EV_END,         /* the session ends: handshakes = DTLS handshakes done */
+    FEDGE_EDGE_EV_NOT_SENT,    /* a round taken part in without an upload (training
+                                  diverged or refused, sealing failed): status says why */
 } fedge_edge_event_kind;
 
 typedef struct {

@@ -66,7 +66,7 @@ typedef struct {
     _Atomic uint64_t end_at_us;   /* session budget (0: none) */
     _Atomic uint64_t drop_at_us;  /* armed when the upload starts (0: not armed) */
     atomic_int busy;
-    uint32_t posted;              /* uploads ended this session */
+    uint32_t posted;              /* rounds done this session (uploads ended, or not sent) */
 } slot;
 
 typedef struct {
@@ -95,7 +95,7 @@ struct sim {
     /* counters */
     atomic_ulong sessions, sessions_ended, sent, accepted, duplicates, no_answer, cut_mid_post,
         dropped_sessions, refused[N_CODES], bytes_up, bytes_down, handshakes, models_fetched,
-        session_errors, arrivals_late;
+        session_errors, arrivals_late, not_sent;
     atomic_int active, max_active;
     _Atomic uint64_t post_ewma_us;
     samples post_ms, session_ms;   /* under lock */
@@ -234,6 +234,10 @@ static void on_event(void *arg, const fedge_edge_event *ev)
         break;
     case FEDGE_EDGE_EV_END:
         atomic_fetch_add(&s->handshakes, ev->handshakes);
+        break;
+    case FEDGE_EDGE_EV_NOT_SENT:
+        sl->posted++; /* a round done: the run-finished test counts it */
+        atomic_fetch_add(&s->not_sent, 1);
         break;
     }
 }
@@ -487,9 +491,9 @@ static int write_json(sim *s, double wall_s)
             atomic_load(&s->max_active), atomic_load(&s->dropped_sessions),
             atomic_load(&s->arrivals_late));
     fprintf(f, "  \"updates\": {\"sent\": %lu, \"accepted\": %lu, \"accepted_duplicate\": %lu, "
-               "\"no_answer\": %lu, \"cut_mid_post\": %lu, \"refused\": {",
+               "\"no_answer\": %lu, \"cut_mid_post\": %lu, \"not_sent\": %lu, \"refused\": {",
             atomic_load(&s->sent), atomic_load(&s->accepted), atomic_load(&s->duplicates),
-            atomic_load(&s->no_answer), atomic_load(&s->cut_mid_post));
+            atomic_load(&s->no_answer), atomic_load(&s->cut_mid_post), atomic_load(&s->not_sent));
     for (int i = 0; i < N_CODES; i++) {
         if (codes[i])
             fprintf(f, "%s\"%d.%02d\": %lu", i ? ", " : "", codes[i] / 100, codes[i] % 100,
