@@ -37,6 +37,7 @@
 #include "plan.h"
 #include "rng.h"
 #include "shard.h"
+#include "version.h"
 
 #define TICK_NS 5000000L          /* the main thread's timer resolution */
 #define SAMPLES_MAX (1u << 22)    /* latency samples kept (each kind) */
@@ -665,6 +666,12 @@ int main(int argc, char **argv)
 {
     static sim s; /* large and zeroed */
     char err[256] = "";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--version")) {
+            printf("fedge-edgesim %s\n", FEDGE_VERSION);
+            return 0;
+        }
+    }
     int ret = fedge_edgesim_parse(argc, argv, &s.o, err, sizeof err);
     if (ret != FEDGE_OK) {
         fprintf(stderr, "fedge-edgesim: %s\n", err);

@@ -35,6 +35,7 @@ void fedge_edgesim_usage(FILE *f, const char *prog)
 {
     fprintf(f,
             "usage: %s --server HOST[:PORT] --keys FILE [options]\n"
+            "       %s --help | --version\n"
             "Runs many virtual devices over real DTLS/CoAP against a fedge-aggregator\n"
             "(the fedge-edge client, one thread per session).\n"
             "  --population P        devices: the first P of the keys file (100)\n"
@@ -54,7 +55,7 @@ void fedge_edgesim_usage(FILE *f, const char *prog)
             "  --seed N  --duration-s T (0: until the run finishes)  --json OUT\n"
             "  --poll-ms MS (500)  --timeout-ms MS (5000)  --max-retries N (8)\n"
             "  --encoding fp32|fp16|bf16|int8  --log-level LEVEL (warn)  --stack-kib K (256)\n",
-            prog);
+            prog, prog);
 }
 
 static int num_u32(const char *v, uint32_t lo, uint32_t hi, uint32_t *out)
