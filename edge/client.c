@@ -58,6 +58,7 @@ typedef struct {
     /* The round being taken part in: its end on the monotonic clock (from
      * /round's deadline_ms), 0 outside a round or when the server gave none. */
     uint64_t round_end_ms;
+    uint32_t round_id;        /* that round's id, while round_end_ms is set */
     uint64_t polled_ms;       /* when the last /round answer arrived */
     uint32_t rtt_logged_ms;   /* the RTT last logged (0: none yet) */
     fedge_edge_reply reply; /* 4 KiB: kept off the stack */
@@ -181,6 +182,25 @@ static int round_is_over(const fedge_edge_reply *r)
     return r->code == 503 && (strncmp(r->body, "no open round", 13) == 0 || strncmp(r->body, "run finished", 12) == 0);
 }
 
+/* Inside a round, a pushed /round (not yet handed over) saying the run has
+ * finished: the daemon is about to exit, so retrying cannot help (an update
+ * it counted stays counted). Any other change is no reason to stop: a
+ * resend after the round closed is still answered from the log, and in
+ * async mode an update may outlive the step it was admitted in. */
+static int round_over_pushed(const edge_client *c)
+{
+    if (!c->round_end_ms)
+        return 0;
+    const fedge_edge_reply *n = fedge_edge_link_observe_peek(c->link);
+    if (!n || n->code / 100 != 2)
+        return 0;
+    fedge_round_info ri;
+    char err[128];
+    if (fedge_round_info_parse(n->body, n->body_len, &ri, err, sizeof err) != FEDGE_OK)
+        return 0;
+    return ri.state == FEDGE_ROUND_FINISHED;
+}
+
 /* Send req until an answer that retryable_code() does not cover arrives.
  * Returns FEDGE_OK with c->reply filled (a retryable code when retries ran
  * out on those), the transport error of the last attempt once retries are
@@ -211,6 +231,11 @@ static int request_with_retry(edge_client *c, const fedge_edge_request *req_in, 
         if (rc != FEDGE_OK && rc != FEDGE_ERR_TIMEOUT && rc != FEDGE_ERR_IO) {
             FEDGE_ERROR("%s: %s (%s)", what, fedge_strerror(rc),
                         fedge_edge_link_last_error(c->link));
+            return rc;
+        }
+        if (round_over_pushed(c)) {
+            FEDGE_INFO("%s: the run has finished (pushed by the aggregator); not retrying round %u", what,
+                       c->round_id);
             return rc;
         }
         uint32_t left = round_left_ms(c);
@@ -552,6 +577,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     if (resized && cfg->print_memory)
         print_memory_plan(c, ri, &plan);
 
+    c->round_id = ri->round;
     if (ri->deadline_ms >= 0)
         c->round_end_ms = c->polled_ms + (uint64_t)ri->deadline_ms;
     CHK(fetch_model(c, ri, result, &usable));

@@ -1019,6 +1019,11 @@ int fedge_edge_link_observing(const fedge_edge_link *l)
     return l && l->observing;
 }
 
+const fedge_edge_reply *fedge_edge_link_observe_peek(const fedge_edge_link *l)
+{
+    return l && l->obs_fresh ? l->obs_latest : NULL;
+}
+
 int fedge_edge_link_observe_wait(fedge_edge_link *l, uint32_t ms, fedge_edge_reply *out, int *got,
                                  const volatile sig_atomic_t *stop)
 {

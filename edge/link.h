@@ -144,6 +144,9 @@ int fedge_edge_link_observing(const fedge_edge_link *l);
  * FEDGE_ERR_EDGE_STOPPED when *stop became nonzero. */
 int fedge_edge_link_observe_wait(fedge_edge_link *l, uint32_t ms, fedge_edge_reply *out, int *got,
                                  const volatile sig_atomic_t *stop);
+/* The notification fedge_edge_link_observe_wait would hand over now, left
+ * in place; NULL when none is fresh. Valid until the link's I/O runs again. */
+const fedge_edge_reply *fedge_edge_link_observe_peek(const fedge_edge_link *l);
 
 /* Timing. Every request tunes the session first: ACK timeout from the RTT
  * estimate (unless fixed in the config), MAX_RETRANSMIT so that libcoap's
