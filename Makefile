@@ -46,9 +46,9 @@ ifneq ($(CROSS),)
   BLAS ?= none
   EDGE_LTO ?= 1
   EDGE_STATIC ?= 0
-  LTOFLAGS := $(if $(filter 1,$(EDGE_LTO)),-flto=auto)
+  LTOFLAGS := $(if $(filter 1,$(EDGE_LTO)),-flto=auto,-fno-lto)
   CROSS_CFLAGS := -ffunction-sections -fdata-sections $(LTOFLAGS)
-  CROSS_LDFLAGS := $(OPT) $(LTOFLAGS) -Wno-inline -Wl,--gc-sections -Wl,--as-needed -s \
+  CROSS_LDFLAGS := $(OPT) $(LTOFLAGS) -Wl,--gc-sections -Wl,--as-needed -s \
                    $(if $(filter 1,$(EDGE_STATIC)),-static)
   EDGE_LDFLAGS = -Wl,-Map=$@.map
 else
