@@ -4,8 +4,7 @@
  *
  * What the edge needs and nothing else:
  *   - DTLS 1.2 client, pre-shared key, one cipher suite:
- *     TLS_PSK_WITH_AES_128_CCM_8 (RFC 7252's mandatory PSK suite for CoAP,
- *     the one a full mbedTLS aggregator negotiates with it anyway);
+ *     TLS_PSK_WITH_AES_128_CCM_8 (RFC 7252's mandatory PSK suite for CoAP);
  *   - the envelope (shared/envelope.c, shared/crypto.c, shared/keys.c):
  *     AES-GCM, SHA-256, HMAC and HKDF through the MD layer;
  *   - CTR-DRBG seeded from the OS entropy source (libcoap's DTLS RNG).

@@ -101,7 +101,9 @@ printf '| target | build | stripped bytes | vs 400 KB goal | mbedTLS | libcoap |
 printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
 for c in "${TARGETS[@]}"; do
     readelf=$c-readelf
+    rm -f "$OUT/$c-nolto/bin/fedge-edge" "$OUT/$c-previous/bin/fedge-edge" # relinked in this run
     if [ $NOBUILD -eq 0 ]; then
+        rm -f "build/$c/bin/fedge-edge"
         log "$c: make CROSS=$c edge"
         make --no-print-directory CROSS="$c" BUILD="build/$c" edge >"$OUT/$c-edge.log" 2>&1 ||
             { tail -n 20 "$OUT/$c-edge.log"; exit 1; }
@@ -124,7 +126,7 @@ for c in "${TARGETS[@]}"; do
         { tail -n 20 "$OUT/$c-previous.log"; exit 1; }
     read -r pmb pco pfe prt pot ptot < <(split "$OUT/$c-previous/bin/fedge-edge.map" "$OUT/$c-previous/bin/fedge-edge" "$readelf")
 
-    verdict=$([ "$size" -le $GOAL ] && echo "$(pct "$size" $GOAL) of it" || echo "OVER by $((size - GOAL))")
+    verdict=$([ "$size" -le $GOAL ] && echo "met ($(pct "$size" $GOAL))" || echo "MISSED by $((size - GOAL)) B")
     row() { # label bytes verdict mb co fe rt ot total
         printf '| %s | %s | %s | %s | %s (%s) | %s (%s) | %s (%s) | %s (%s) | %s (%s) |\n' "$c" "$1" "$2" "$3" \
             "$(kb "$4")k" "$(pct "$4" "$9")" "$(kb "$5")k" "$(pct "$5" "$9")" "$(kb "$6")k" "$(pct "$6" "$9")" \
@@ -132,7 +134,7 @@ for c in "${TARGETS[@]}"; do
     }
     printf '| %s | edge (LTO, shipped) | %s | %s | | | | | |\n' "$c" "$size" "$verdict"
     row "edge without LTO (split)" "$tot" "" "$mb" "$co" "$fe" "$rt" "$ot" "$tot"
-    row "previous (full mbedTLS, libcoap)" "$ptot" "$(pct "$size" "$ptot") of it now" \
+    row "previous (full mbedTLS, libcoap)" "$ptot" "edge is $(pct "$size" "$ptot") of it" \
         "$pmb" "$pco" "$pfe" "$prt" "$pot" "$ptot"
 done
 printf '\nload average: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
