@@ -4,7 +4,8 @@
 # cross toolchains, mbedTLS and libcoap built from source by tools/deps.sh,
 # linked against the target's glibc only) runs under qemu-user against the
 # native aggregator over DTLS; both contribute an accepted update to one real
-# round, next to a native edge.
+# round, next to a native edge. Each binary stays within the 400 KB goal
+# and needs no shared library but glibc's libc and libm.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -23,6 +24,8 @@ for cross in aarch64-linux-gnu arm-linux-gnueabihf; do
     # linked against glibc only: no libcoap, mbedTLS or zlib shared library
     needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort | tr '\n' ' ')
     [ "$needed" = "libc.so.6 libm.so.6 " ] || fed_fail "$bin needs: $needed"
+    size=$(stat -c %s "$bin")
+    [ "$size" -le 400000 ] || fed_fail "$bin is $size bytes, over the 400 KB goal (tools/bench/edge_size.sh)"
     command -v "${QEMU[$cross]}" >/dev/null || fed_fail "${QEMU[$cross]} (qemu-user) is not installed"
     "${QEMU[$cross]}" -L "/usr/$cross" "$bin" --help >/dev/null || fed_fail "the $cross binary does not run under qemu"
 done

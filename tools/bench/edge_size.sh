@@ -80,7 +80,8 @@ pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f%%", 100 * a / b }'; }
 
 # the previous build's libraries: Debian's full mbedTLS config, full libcoap
 build_previous_deps() {
-    local c=$1 d="$ROOT/$OUT/previous-deps/$c" src="$ROOT/build/deps/src"
+    local c=$1
+    local d="$ROOT/$OUT/previous-deps/$c" src="$ROOT/build/deps/src"
     [ -f "$d/.done" ] && return 0
     log "$c: building the previous build's mbedTLS (Debian's config) and libcoap (once)"
     rm -rf "$d"; mkdir -p "$d/include" "$d/lib"
