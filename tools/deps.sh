@@ -219,7 +219,7 @@ if [ $need_src -eq 1 ]; then
         make -C "$bdir/mbedtls/library" -j"$(nproc)" CC="$CROSS-gcc" AR="$CROSS-gcc-ar" \
             CFLAGS="$EDGE_DEPS_CFLAGS" static >"$bdir/mbedtls.log" 2>&1 || {
             log "mbedTLS build failed; see $bdir/mbedtls.log"; exit 1; }
-        rm -rf "${PREFIX:?}/include/mbedtls" "$PREFIX/include/psa" "$PREFIX/include/coap3" "$PREFIX/lib"
+        rm -rf "${PREFIX:?}/include/mbedtls" "${PREFIX:?}/include/psa" "${PREFIX:?}/include/coap3" "${PREFIX:?}/lib"
         mkdir -p "$PREFIX/include" "$PREFIX/lib"
         cp -a "$bdir/mbedtls/include/mbedtls" "$bdir/mbedtls/include/psa" "$PREFIX/include/"
         cp "$bdir/mbedtls/library/"libmbed{crypto,x509,tls}.a "$PREFIX/lib/"
