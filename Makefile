@@ -13,7 +13,7 @@
 #   make CUDA=1                 require the GPU backend (default: built when nvcc is found)
 #   make BLAS=openblas|none     fedge_sgemm on OpenBLAS's cblas_sgemm (default where its
 #                               -dev package for the target is installed) or on the
-#                               portable kernel (shared/blas.h)
+#                               portable kernel (shared/blas.h; a CROSS build's default)
 #   make bench                  build and run the benchmark programs (tools/bench/)
 #   make fuzz                   build the libFuzzer targets (clang) and run each FUZZ_TIME s
 #
