@@ -24,6 +24,7 @@ for cross in aarch64-linux-gnu arm-linux-gnueabihf; do
     # linked against glibc only: no libcoap, mbedTLS or zlib shared library
     needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort | tr '\n' ' ')
     [ "$needed" = "libc.so.6 libm.so.6 " ] || fed_fail "$bin needs: $needed"
+    ! grep -qa -- "-----BEGIN CERTIFICATE" "$bin" || fed_fail "$bin carries certificates (mbedTLS not trimmed)"
     size=$(stat -c %s "$bin")
     [ "$size" -le 400000 ] || fed_fail "$bin is $size bytes, over the 400 KB goal (tools/bench/edge_size.sh)"
     command -v "${QEMU[$cross]}" >/dev/null || fed_fail "${QEMU[$cross]} (qemu-user) is not installed"
