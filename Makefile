@@ -7,11 +7,13 @@
 #   make demo MODEL=cnn:...     the same run with another model spec (default mlp:784-200-10)
 #   make asan                   ASan + UBSan build of the unit tests, and run them
 #   make unit-noblas            the unit tests built with BLAS=none (build/noblas), and run them
-#   make CROSS=aarch64-linux-gnu edge   cross-build the edge client (static)
+#   make CROSS=aarch64-linux-gnu edge   cross-build the edge client for a device: -Os, LTO,
+#                               stripped, mbedTLS/libcoap trimmed and static (docs/EDGE.md);
+#                               also CROSS=arm-linux-gnueabihf
 #   make CUDA=1                 require the GPU backend (default: built when nvcc is found)
 #   make BLAS=openblas|none     fedge_sgemm on OpenBLAS's cblas_sgemm (default where its
 #                               -dev package for the target is installed) or on the
-#                               portable kernel (shared/blas.h)
+#                               portable kernel (shared/blas.h; a CROSS build's default)
 #   make bench                  build and run the benchmark programs (tools/bench/)
 #   make fuzz                   build the libFuzzer targets (clang) and run each FUZZ_TIME s
 #
@@ -31,11 +33,24 @@ SAN ?= 0
 V ?= 0
 
 ifneq ($(CROSS),)
+  # A cross build is the edge client for a device (aarch64-linux-gnu,
+  # arm-linux-gnueabihf): -Os, section GC and LTO, stripped, linked against the
+  # target's glibc only (libcoap and mbedTLS static, built by tools/deps.sh
+  # with edge/mbedtls_config_edge.h). EDGE_STATIC=1 links glibc statically too;
+  # EDGE_LTO=0 leaves LTO out (tools/bench/edge_size.sh's per-library split).
   CC := $(CROSS)-gcc
-  AR := $(CROSS)-ar
+  AR := $(CROSS)-gcc-ar
   TRIPLET := $(CROSS)
   BUILD ?= build/$(CROSS)
-  CROSS_LDFLAGS := -static
+  OPT ?= -Os
+  BLAS ?= none
+  EDGE_LTO ?= 1
+  EDGE_STATIC ?= 0
+  LTOFLAGS := $(if $(filter 1,$(EDGE_LTO)),-flto=auto,-fno-lto)
+  CROSS_CFLAGS := -ffunction-sections -fdata-sections $(LTOFLAGS)
+  CROSS_LDFLAGS := $(OPT) $(LTOFLAGS) -Wl,--gc-sections -Wl,--as-needed -s \
+                   $(if $(filter 1,$(EDGE_STATIC)),-static)
+  EDGE_LDFLAGS = -Wl,-Map=$@.map
 else
   TRIPLET := $(shell gcc -dumpmachine)
   ifeq ($(SAN),1)
@@ -46,7 +61,13 @@ else
 endif
 
 DEPS_DIR := build/deps/$(TRIPLET)
-DEPS_STAMP := $(DEPS_DIR)/.libcoap-4.3.1-mbedtls
+ifneq ($(CROSS),)
+  DEPS_STAMP := $(DEPS_DIR)/.edge-deps
+  DEPS_INPUTS := edge/mbedtls_config_edge.h tools/deps/libcoap-4.3.1-mbedtls-psk-only.patch
+else
+  DEPS_STAMP := $(DEPS_DIR)/.libcoap-4.3.1-mbedtls
+  DEPS_INPUTS :=
+endif
 MPICC ?= mpicc
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CUDA_HOME ?= /usr/local/cuda
@@ -93,12 +114,14 @@ CFLAGS_BASE := -std=c11 $(OPT) -g $(WARN) -D_GNU_SOURCE -fno-strict-aliasing \
 ifeq ($(SAN),1)
   SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 endif
-CFLAGS += $(CFLAGS_BASE) $(VECTFLAGS) $(SANFLAGS)
+CFLAGS += $(CFLAGS_BASE) $(VECTFLAGS) $(SANFLAGS) $(CROSS_CFLAGS)
 LDFLAGS += $(SANFLAGS) $(CROSS_LDFLAGS)
 
 COAP_LIBS := -L$(DEPS_DIR)/lib -lcoap-3-mbedtls
 TLS_LIBS := -lmbedtls -lmbedx509 -lmbedcrypto
 SYS_LIBS := $(BLAS_LIBS) -lz -lm -lpthread
+# the edge uses no zlib symbol
+EDGE_SYS_LIBS := -lm -lpthread
 # OpenSSL's libcrypto: the fast SHA-256 / AES-GCM backend (shared/crypto.h) of
 # the server programs. Only those that call fedge_crypto_use_openssl() pull
 # shared/crypto_openssl.o out of libfedge.a; the edge links neither.
@@ -168,8 +191,9 @@ all: deps
 # a package was added to it; a second stamp older than tools/deps.sh does.
 DEPS_PKG_STAMP := $(DEPS_DIR)/.packages
 deps: $(DEPS_STAMP) $(DEPS_PKG_STAMP)
-$(DEPS_STAMP):
+$(DEPS_STAMP): $(DEPS_INPUTS)
 	tools/deps.sh build $(CROSS)
+	@touch $@
 $(DEPS_PKG_STAMP): tools/deps.sh | $(DEPS_STAMP)
 	tools/deps.sh build $(CROSS)
 	@touch $@
@@ -237,8 +261,8 @@ $(BIN)/fedge-aggregator: $(call obj,aggregator/main.c) $(LIBAGG) $(LIBEDGE) $(LI
 $(BIN)/fedge-edge: $(call obj,edge/main.c) $(LIBEDGE) $(LIBFEDGE)
 	@mkdir -p $(dir $@)
 	@echo "  LD    $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(COAP_LIBS) $(TLS_LIBS) $(EDGE_BLAS_LIBS) \
-	    $(filter-out $(BLAS_LIBS),$(SYS_LIBS))
+	$(Q)$(CC) $(LDFLAGS) $(EDGE_LDFLAGS) -o $@ $^ $(COAP_LIBS) $(TLS_LIBS) \
+	    $(EDGE_BLAS_LIBS) $(EDGE_SYS_LIBS)
 
 $(BIN)/fedge-cluster: $(call obj,cluster/main.c) $(LIBCLUSTER) $(LIBFEDGE)
 	@mkdir -p $(dir $@)
@@ -321,7 +345,12 @@ asan: deps
 	$(Q)$(MAKE) --no-print-directory SAN=1 unit-bins
 	$(Q)FEDGE_TEST_QUICK=1 tests/run.sh unit build/asan
 
+# the cross edges (and their trimmed mbedTLS/libcoap) are built here, not
+# inside tests/integration/cross_edge.sh's time
+CROSS_EDGES := aarch64-linux-gnu arm-linux-gnueabihf
 test: all
+	$(Q)for c in $(CROSS_EDGES); do \
+	    $(MAKE) --no-print-directory CROSS=$$c BUILD=build/$$c BLAS=none edge || exit 1; done
 	$(Q)$(MAKE) --no-print-directory BLAS=none BUILD=build/noblas build/noblas/tests/test_blas
 	$(Q)build/noblas/tests/test_blas >build/noblas/test_blas.log 2>&1 || \
 	    { cat build/noblas/test_blas.log; echo "test_blas failed with BLAS=none"; exit 1; }
@@ -400,7 +429,7 @@ $(FUZZ_BUILD)/seeds/.stamp: $(FUZZ_BUILD)/mkseeds
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 
 clean:
-	rm -rf build/native build/noblas build/asan build/aarch64-linux-gnu build/fuzz
+	rm -rf build/native build/noblas build/asan build/aarch64-linux-gnu build/arm-linux-gnueabihf build/fuzz
 
 distclean:
 	rm -rf build

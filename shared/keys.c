@@ -160,8 +160,8 @@ int fedge_keys_load(const char *path, fedge_keys *out, char *err, size_t errlen)
         }
         fedge_device_entry *e = &out->devices[out->n];
         memset(e, 0, sizeof *e);
-        snprintf(e->id, sizeof e->id, "%s", id);
-        snprintf(e->region, sizeof e->region, "%s", region);
+        snprintf(e->id, sizeof e->id, "%.*s", FEDGE_DEVICE_ID_MAX, id);
+        snprintf(e->region, sizeof e->region, "%.*s", FEDGE_REGION_MAX, region);
         ret = parse_secret(hex, e->secret);
         mbedtls_platform_zeroize(hex, sizeof hex);
         if (ret != FEDGE_OK) {

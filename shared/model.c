@@ -25,6 +25,7 @@
  * masks instead of storing them. */
 #include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -507,7 +508,11 @@ typedef struct {
 
 /* Largest float count a plan may reach: every buffer index stays far from overflow,
  * and every GEMM dimension fits an int. */
+#if SIZE_MAX > 0xFFFFFFFFu
 #define PLAN_MAX_FLOATS ((size_t)1 << 40)
+#else /* 32-bit targets (armhf): a quarter of the address space in bytes */
+#define PLAN_MAX_FLOATS (SIZE_MAX / 16)
+#endif
 
 static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
 {

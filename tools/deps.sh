@@ -4,19 +4,37 @@
 #   tools/deps.sh [BUILD_DIR] [CROSS]
 #
 # 1. Installs the Debian packages fedge needs when any is missing (apt-get).
-# 2. Builds libcoap 4.3.1 from Debian's own libcoap3 source package against
-#    mbedTLS into BUILD_DIR/deps/<triplet>, once; later runs find the stamp
-#    file and do nothing.
-# With CROSS=aarch64-linux-gnu it also installs the cross toolchain and
-# libmbedtls-dev:arm64 and libopenblas-dev:arm64 (Debian multiarch) and
-# cross-builds libcoap for it (arm-linux-gnueabihf: the same for armhf).
+# 2. Native: builds libcoap 4.3.1 from Debian's libcoap3 source package
+#    against Debian's full mbedTLS into BUILD_DIR/deps/<triplet>, once.
+# 3. CROSS=aarch64-linux-gnu or arm-linux-gnueabihf (the edge client only):
+#    installs the cross compiler and qemu-user (no Debian multiarch package,
+#    no dpkg foreign architecture), and builds for the target from Debian's
+#    source packages: mbedTLS 2.28.3 with edge/mbedtls_config_edge.h (PSK-only
+#    DTLS 1.2 client) and a client-only, UDP-only libcoap 4.3.1 linked to it
+#    (tools/deps/libcoap-4.3.1-mbedtls-psk-only.patch leaves its X.509 code
+#    out), both -Os with section GC and LTO, into BUILD_DIR/deps/<triplet>.
+# Later runs find the stamp file and do nothing; the cross stamp holds a
+# fingerprint of the versions, flags, configuration and patch, so changing
+# any of them rebuilds.
+#
+# A failed step leaves no stamp and the package system as it was
+# (tests/integration/deps_failure.sh). FEDGE_DEPS_FAIL=STEP makes a step fail
+# on purpose for that test: apt-update, apt-install, mbedtls.
 set -euo pipefail
 
 BUILD_DIR=${1:-build}
 CROSS=${2:-}
 LIBCOAP_VERSION=4.3.1
+MBEDTLS_VERSION=2.28.3
+MBEDTLS_DEBIAN_VERSION=2.28.3-1
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 case "$BUILD_DIR" in /*) ;; *) BUILD_DIR="$HERE/$BUILD_DIR" ;; esac
+EDGE_CONFIG="$HERE/edge/mbedtls_config_edge.h"
+COAP_PATCH="$HERE/tools/deps/libcoap-$LIBCOAP_VERSION-mbedtls-psk-only.patch"
+# fat LTO objects: the LTO link uses the IR, tools/bench/edge_size.sh's
+# per-library split links the same archives without LTO
+EDGE_DEPS_CFLAGS="-Os -ffunction-sections -fdata-sections -flto -ffat-lto-objects"
+APT_OPTS=(-o DPkg::Lock::Timeout=120 -qq)
 
 log() { printf 'deps: %s\n' "$*" >&2; }
 
@@ -24,17 +42,25 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-PACKAGES=(build-essential pkg-config autoconf automake libtool dpkg-dev
+fail_point() {
+    [ "${FEDGE_DEPS_FAIL:-}" = "$1" ] || return 0
+    log "injected failure at step '$1' (FEDGE_DEPS_FAIL)"
+    return 1
+}
+
+PACKAGES=(build-essential pkg-config autoconf automake libtool dpkg-dev patch
           libopenblas-dev
           libmbedtls-dev libssl-dev libsqlite3-dev sqlite3 zlib1g-dev libcmocka-dev
           libyaml-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin
           libcoap3-bin time python3 bc libfaketime clang libclang-rt-14-dev
           libprotobuf-c-dev protobuf-c-compiler python3-cryptography)
 if [ -n "$CROSS" ]; then
-    arch=$(case "$CROSS" in aarch64-*) echo arm64 ;; arm-*hf) echo armhf ;; *) echo unknown ;; esac)
-    [ "$arch" != unknown ] || { log "unsupported CROSS=$CROSS"; exit 1; }
-    PACKAGES+=("gcc-$CROSS" "libmbedtls-dev:$arch" "zlib1g-dev:$arch" "libc6-dev-$arch-cross" qemu-user
-               "libopenblas-dev:$arch")
+    case "$CROSS" in
+        aarch64-linux-gnu) arch=arm64 ;;
+        arm-linux-gnueabihf) arch=armhf ;;
+        *) log "unsupported CROSS=$CROSS (aarch64-linux-gnu, arm-linux-gnueabihf)"; exit 1 ;;
+    esac
+    PACKAGES+=("gcc-$CROSS" "libc6-dev-$arch-cross" qemu-user)
 fi
 
 missing=()
@@ -42,17 +68,91 @@ for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
-need_src=0
 triplet=${CROSS:-$(gcc -dumpmachine)}
 PREFIX="$BUILD_DIR/deps/$triplet"
-STAMP="$PREFIX/.libcoap-$LIBCOAP_VERSION-mbedtls"
-[ -f "$STAMP" ] || need_src=1
+SRC="$BUILD_DIR/deps/src"
+if [ -n "$CROSS" ]; then
+    STAMP="$PREFIX/.edge-deps"
+    fingerprint="mbedtls=$MBEDTLS_DEBIAN_VERSION libcoap=$LIBCOAP_VERSION cflags=$EDGE_DEPS_CFLAGS"
+    fingerprint+=" config=$(sha256sum "$EDGE_CONFIG" | cut -c1-16) patch=$(sha256sum "$COAP_PATCH" | cut -c1-16)"
+    need_src=1
+    [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && need_src=0
+else
+    STAMP="$PREFIX/.libcoap-$LIBCOAP_VERSION-mbedtls"
+    need_src=0
+    [ -f "$STAMP" ] || need_src=1
+fi
 
-if [ ${#missing[@]} -gt 0 ] || [ $need_src -eq 1 ]; then
+# An older deps.sh registered the CROSS target as a dpkg foreign architecture
+# and installed libmbedtls-dev/zlib1g-dev/libopenblas-dev for it. When that
+# architecture now breaks `apt-get update` (an inconsistent index) and every
+# package of it is ours (one of those three, or pulled in automatically), it
+# is purged and the architecture removed. Anything else is left alone.
+drop_stale_foreign_arch() {
+    local a=$1 m pkgs
+    for m in $(apt-mark showmanual | grep ":$a\$" || true); do
+        case "$m" in
+            "libmbedtls-dev:$a"|"zlib1g-dev:$a"|"libopenblas-dev:$a") ;;
+            *) log "foreign architecture $a breaks apt-get update but $m is not ours: left as is"; return 0 ;;
+        esac
+    done
+    pkgs=$(dpkg-query -W -f='${Package}:${Architecture} ${db:Status-Abbrev}\n' |
+           awk -v a=":$a" 'substr($1, length($1) - length(a) + 1) == a && $2 ~ /^.i/ {print $1}')
+    log "removing the foreign architecture $a an older deps.sh registered (it breaks apt-get update)"
+    if [ -n "$pkgs" ]; then
+        # libc6:$a counts as essential to apt; removing it is safe only when
+        # nothing outside the architecture goes with it: simulate first
+        # shellcheck disable=SC2086
+        if apt-get -s purge $pkgs 2>/dev/null | awk '/^(Purg|Remv) /' | grep -v "^[A-Za-z]* [^ ]*:$a " | grep -q .; then
+            log "purging the $a packages would remove others: left as is"
+            return 0
+        fi
+        # shellcheck disable=SC2086
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTS[@]}" purge -y \
+            --allow-remove-essential $pkgs >/dev/null
+    fi
+    as_root dpkg --remove-architecture "$a"
+}
+
+apt_update() {
+    local out a again=0
+    log "apt-get update"
+    out=$(as_root apt-get "${APT_OPTS[@]}" update 2>&1) || true
+    for a in arm64 armhf; do
+        if dpkg --print-foreign-architectures | grep -qx "$a" &&
+           grep -q "binary-$a/" <<<"$out"; then
+            drop_stale_foreign_arch "$a"
+            again=1
+        fi
+    done
+    [ $again -eq 0 ] || out=$(as_root apt-get "${APT_OPTS[@]}" update 2>&1) || true
+    if grep -q '^E:' <<<"$out"; then
+        printf '%s\n' "$out" >&2
+        log "apt-get update reported errors (above)"
+    fi
+    fail_point apt-update
+}
+
+# apt-get install fetches everything before dpkg runs; should dpkg itself
+# fail half-way, finish what it configured so the package system is not left
+# with half-installed packages.
+apt_install() {
+    log "installing: $*"
+    local inject=()
+    [ "${FEDGE_DEPS_FAIL:-}" != apt-install ] || inject=(-o 'DPkg::Pre-Invoke::=false')
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTS[@]}" "${inject[@]}" install -y \
+            --no-install-recommends "$@" >/dev/null; then
+        log "apt-get install failed; dpkg --configure -a"
+        as_root env DEBIAN_FRONTEND=noninteractive dpkg --configure -a || true
+        return 1
+    fi
+}
+
+if [ ${#missing[@]} -gt 0 ] || [ $need_src -eq 1 ] || [ "${FEDGE_DEPS_FAIL:-}" = apt-install ]; then
     srcfile=/etc/apt/sources.list.d/fedge-deb-src.sources
     added_src=0
     if [ $need_src -eq 1 ] && ! grep -rqs '^Types:.*deb-src\|^deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        log "adding a deb-src entry ($srcfile) for apt-get source libcoap3"
+        log "adding a deb-src entry ($srcfile) for apt-get source"
         as_root tee "$srcfile" >/dev/null <<'EOF'
 Types: deb-src
 URIs: http://deb.debian.org/debian
@@ -62,40 +162,76 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
         added_src=1
     fi
-    if [ -n "$CROSS" ] && ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
-        as_root dpkg --add-architecture "$arch"
+    stale_arch=0
+    if [ -n "$CROSS" ] && [ $need_src -eq 1 ] && dpkg --print-foreign-architectures | grep -qx "$arch"; then
+        stale_arch=1 # registered by an older deps.sh: apt_update checks it
     fi
-    if [ ${#missing[@]} -gt 0 ] || [ $added_src -eq 1 ]; then
-        log "apt-get update"
-        as_root apt-get update -qq
+    if [ ${#missing[@]} -gt 0 ] || [ $added_src -eq 1 ] || [ $stale_arch -eq 1 ] ||
+       [ "${FEDGE_DEPS_FAIL:-}" = apt-update ]; then
+        apt_update
     fi
     if [ ${#missing[@]} -gt 0 ]; then
-        log "installing: ${missing[*]}"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        apt_install "${missing[@]}"
+    elif [ "${FEDGE_DEPS_FAIL:-}" = apt-install ]; then
+        apt_install --reinstall pkg-config
     fi
 fi
 
-if [ $need_src -eq 1 ]; then
-    SRC="$BUILD_DIR/deps/src"
-    mkdir -p "$SRC" "$PREFIX"
-    if ! ls -d "$SRC"/libcoap3-$LIBCOAP_VERSION >/dev/null 2>&1; then
-        log "fetching Debian source package libcoap3 ($LIBCOAP_VERSION)"
-        (cd "$SRC" && apt-get source -qq "libcoap3=$LIBCOAP_VERSION-1" >/dev/null 2>&1 || \
-                      apt-get source -qq libcoap3 >/dev/null)
-    fi
-    srcdir=$(ls -d "$SRC"/libcoap3-$LIBCOAP_VERSION | head -n1)
-    bdir="$BUILD_DIR/deps/build-$triplet"
-    rm -rf "$bdir"; mkdir -p "$bdir"
-    log "building libcoap $LIBCOAP_VERSION against mbedTLS for $triplet"
+fetch_source() { # PACKAGE DEBIAN_VERSION DIR
+    [ -d "$SRC/$3" ] && return 0
+    mkdir -p "$SRC"
+    log "fetching Debian source package $1 ($2)"
+    (cd "$SRC" && { apt-get source -qq "$1=$2" >/dev/null 2>&1 || apt-get source -qq "$1" >/dev/null; })
+    [ -d "$SRC/$3" ] || { log "apt-get source $1 gave no $SRC/$3"; return 1; }
+}
+
+build_libcoap() { # SRCDIR BUILDDIR CFLAGS [configure args...]
+    local srcdir=$1 bdir=$2 cflags=$3
+    shift 3
+    local hostflag=()
+    [ -z "$CROSS" ] || hostflag=(--host="$CROSS" AR="$CROSS-gcc-ar" RANLIB="$CROSS-gcc-ranlib")
+    log "building libcoap $LIBCOAP_VERSION for $triplet"
     (cd "$srcdir" && { [ -x configure ] || ./autogen.sh >/dev/null 2>&1; })
-    hostflag=()
-    [ -n "$CROSS" ] && hostflag=(--host="$CROSS")
+    mkdir -p "$bdir"
     (cd "$bdir" && "$srcdir/configure" "${hostflag[@]}" --prefix="$PREFIX" \
         --with-mbedtls --disable-shared --enable-static --disable-doxygen \
-        --disable-manpages --disable-examples --disable-tests --enable-dtls \
-        CFLAGS="-O2 -g -fPIC" >"$bdir/configure.log" 2>&1 && \
+        --disable-manpages --disable-examples --disable-tests --enable-dtls "$@" \
+        CFLAGS="$cflags" >"$bdir/configure.log" 2>&1 && \
         make -j"$(nproc)" >"$bdir/make.log" 2>&1 && make install >"$bdir/install.log" 2>&1) || {
-        log "libcoap build failed; see $bdir/*.log"; exit 1; }
+        log "libcoap build failed; see $bdir/*.log"; return 1; }
+}
+
+if [ $need_src -eq 1 ]; then
+    mkdir -p "$SRC" "$PREFIX"
+    fetch_source libcoap3 "$LIBCOAP_VERSION-1" "libcoap3-$LIBCOAP_VERSION"
+    coapsrc="$SRC/libcoap3-$LIBCOAP_VERSION"
+    bdir="$BUILD_DIR/deps/build-$triplet"
+    rm -rf "$bdir"; mkdir -p "$bdir"
+    if [ -z "$CROSS" ]; then
+        build_libcoap "$coapsrc" "$bdir" "-O2 -g -fPIC"
+    else
+        rm -f "$STAMP"
+        fetch_source mbedtls "$MBEDTLS_DEBIAN_VERSION" "mbedtls-$MBEDTLS_VERSION"
+        log "building mbedTLS $MBEDTLS_VERSION (edge/mbedtls_config_edge.h) for $triplet"
+        cp -a "$SRC/mbedtls-$MBEDTLS_VERSION" "$bdir/mbedtls"
+        cp "$EDGE_CONFIG" "$bdir/mbedtls/include/mbedtls/config.h"
+        fail_point mbedtls
+        make -C "$bdir/mbedtls/library" -j"$(nproc)" CC="$CROSS-gcc" AR="$CROSS-gcc-ar" \
+            CFLAGS="$EDGE_DEPS_CFLAGS" static >"$bdir/mbedtls.log" 2>&1 || {
+            log "mbedTLS build failed; see $bdir/mbedtls.log"; exit 1; }
+        rm -rf "${PREFIX:?}/include/mbedtls" "${PREFIX:?}/include/psa" "${PREFIX:?}/include/coap3" "${PREFIX:?}/lib"
+        mkdir -p "$PREFIX/include" "$PREFIX/lib"
+        cp -a "$bdir/mbedtls/include/mbedtls" "$bdir/mbedtls/include/psa" "$PREFIX/include/"
+        cp "$bdir/mbedtls/library/"libmbed{crypto,x509,tls}.a "$PREFIX/lib/"
+        cp -a "$coapsrc" "$bdir/libcoap-src"
+        patch -s -d "$bdir/libcoap-src" -p1 <"$COAP_PATCH"
+        build_libcoap "$bdir/libcoap-src" "$bdir/libcoap" "$EDGE_DEPS_CFLAGS" \
+            --disable-server-mode --disable-tcp --disable-async \
+            CPPFLAGS="-I$PREFIX/include" LDFLAGS="-L$PREFIX/lib"
+        printf '%s\n' "$fingerprint" >"$STAMP.tmp" && mv "$STAMP.tmp" "$STAMP"
+        log "mbedTLS and libcoap (edge) installed in $PREFIX"
+        exit 0
+    fi
     touch "$STAMP"
     log "libcoap installed in $PREFIX"
 fi

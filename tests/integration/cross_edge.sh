@@ -1,34 +1,57 @@
 #!/usr/bin/env bash
-# The edge client cross-compiled for ARM64 (make CROSS=aarch64-linux-gnu edge:
-# Debian's cross toolchain, libmbedtls-dev:arm64, libcoap built for aarch64)
-# runs under qemu-aarch64 against the native aggregator over DTLS and
-# contributes an accepted update to a real round.
+# The edge client cross-compiled for ARM64 and for 32-bit ARM (make
+# CROSS=aarch64-linux-gnu edge, make CROSS=arm-linux-gnueabihf edge: Debian's
+# cross toolchains, mbedTLS and libcoap built from source by tools/deps.sh,
+# linked against the target's glibc only) runs under qemu-user against the
+# native aggregator over DTLS; both contribute an accepted update to one real
+# round, next to a native edge. Each binary stays within the 400 KB goal
+# and needs no shared library but glibc's libc and libm.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
 
-make --no-print-directory CROSS=aarch64-linux-gnu edge >"${TMPDIR:-/tmp}/fedge-cross-build.log" 2>&1 || {
-    tail -n 30 "${TMPDIR:-/tmp}/fedge-cross-build.log"
-    fed_fail "cross build failed"
-}
-ARM=build/aarch64-linux-gnu/bin/fedge-edge
-file "$ARM" 2>/dev/null | grep -q "ARM aarch64" || readelf -h "$ARM" | grep -q "AArch64" || fed_fail "$ARM is not an ARM64 binary"
-command -v qemu-aarch64 >/dev/null || fed_fail "qemu-aarch64 (qemu-user) is not installed"
-qemu-aarch64 "$ARM" --help >/dev/null || fed_fail "the ARM64 binary does not run under qemu"
+declare -A QEMU=([aarch64-linux-gnu]=qemu-aarch64 [arm-linux-gnueabihf]=qemu-arm)
+declare -A MACHINE=([aarch64-linux-gnu]=AArch64 [arm-linux-gnueabihf]=ARM)
+for cross in aarch64-linux-gnu arm-linux-gnueabihf; do
+    log="${TMPDIR:-/tmp}/fedge-cross-build-$cross.$$.log"
+    make --no-print-directory CROSS=$cross edge >"$log" 2>&1 || {
+        tail -n 30 "$log"
+        fed_fail "cross build for $cross failed"
+    }
+    rm -f "$log"
+    bin=build/$cross/bin/fedge-edge
+    readelf -h "$bin" | grep -q "Machine: *${MACHINE[$cross]}\$" || fed_fail "$bin is not a ${MACHINE[$cross]} binary"
+    # linked against glibc only: no libcoap, mbedTLS or zlib shared library
+    needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort | tr '\n' ' ')
+    [ "$needed" = "libc.so.6 libm.so.6 " ] || fed_fail "$bin needs: $needed"
+    ! grep -qa -- "-----BEGIN CERTIFICATE" "$bin" || fed_fail "$bin carries certificates (mbedTLS not trimmed)"
+    size=$(stat -c %s "$bin")
+    [ "$size" -le 400000 ] || fed_fail "$bin is $size bytes, over the 400 KB goal (tools/bench/edge_size.sh)"
+    command -v "${QEMU[$cross]}" >/dev/null || fed_fail "${QEMU[$cross]} (qemu-user) is not installed"
+    "${QEMU[$cross]}" -L "/usr/$cross" "$bin" --help >/dev/null || fed_fail "the $cross binary does not run under qemu"
+done
 
-fed_setup 2
+fed_setup 3
 FED_PORT=$(fed_free_port)
 "$BIN/fedge-partition" --data fashion-mnist --clients 40 --kind iid --seed 2 \
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
 fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
     --round-timeout-s 120 --start-delay-s 0.3 --linger-s 2
-qemu-aarch64 "$ARM" --server "127.0.0.1:$FED_PORT" --id dev-001 --keys "$(fed_edge_keys dev-001)" \
-    --shard "$FED_DIR/shards/shard-000.bin" --encoding int8 >"$FED_DIR/edge-dev-001.log" 2>&1 &
-FED_PIDS+=("$!")
-FED_EDGE_PIDS+=("$!:dev-001")
-fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin"
+n=0
+for cross in aarch64-linux-gnu arm-linux-gnueabihf; do
+    n=$((n + 1))
+    id=dev-00$n
+    "${QEMU[$cross]}" -L "/usr/$cross" "build/$cross/bin/fedge-edge" --server "127.0.0.1:$FED_PORT" \
+        --id $id --keys "$(fed_edge_keys $id)" --shard "$FED_DIR/shards/shard-00$n.bin" \
+        --encoding int8 >"$FED_DIR/edge-$id.log" 2>&1 &
+    FED_PIDS+=("$!")
+    FED_EDGE_PIDS+=("$!:$id")
+done
+fed_start_edge dev-003 "$FED_DIR/shards/shard-003.bin"
 fed_wait_run 180 || fed_fail "aggregator failed"
 [ "$(fed_sql "SELECT count(*) FROM updates WHERE device='dev-001' AND decision='accepted' AND encoding='int8'")" = 1 ] ||
     fed_fail "the ARM64 edge's update was not accepted"
+[ "$(fed_sql "SELECT count(*) FROM updates WHERE device='dev-002' AND decision='accepted' AND encoding='int8'")" = 1 ] ||
+    fed_fail "the armhf edge's update was not accepted"
 [ "$(fed_sql "SELECT status FROM rounds WHERE id=1")" = closed ] || fed_fail "round not closed"
 echo ok
