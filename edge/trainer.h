@@ -74,9 +74,13 @@ typedef struct {
     fedge_model global;
     int have_global;                    /* global holds a verified model */
     uint8_t global_version[FEDGE_HASH_LEN];
-    float *grad;                        /* n_params (2 * n_params once prepared for
-                                           control); the delta after train() */
+    float *gchunk;                      /* fedge_model_grad_chunk_floats: the gradient
+                                           slice by slice (no whole gradient is held) */
+    float *grad;                        /* SCAFFOLD only (prepare_control): 2 * n_params,
+                                           the delta then dc; NULL otherwise */
     float *control_delta;               /* grad + n_params, or NULL: SCAFFOLD's dc */
+    float *delta;                       /* after train(): local.params (the delta formed
+                                           in place) or, SCAFFOLD, grad; else NULL */
     uint64_t steps;                     /* K: optimizer steps of the last train() */
     fedge_sgd opt;
     float *scratch;
@@ -116,6 +120,11 @@ void fedge_edge_trainer_drop_control(fedge_edge_trainer *t);
  * model is cached. FEDGE_ERR_MODEL_SHAPE when the body's spec is not the
  * prepared one. */
 int fedge_edge_trainer_set_global(fedge_edge_trainer *t, const uint8_t *body, size_t len);
+/* Forget the cached global model (before fetching a new one). */
+void fedge_edge_trainer_drop_global(fedge_edge_trainer *t);
+/* The same as set_global, taking over a malloc'd body (freed on failure) that becomes the
+ * global model's parameters (fedge_model_deserialize_owned). */
+int fedge_edge_trainer_take_global(fedge_edge_trainer *t, uint8_t *body, size_t len);
 /* local = global; fresh optimizer; p->epochs shuffled epochs over the shard;
  * then grad = local - global (the delta), and with p->control dc in
  * control_delta and p->client_control advanced to c_i+ (untouched on any

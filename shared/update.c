@@ -111,8 +111,8 @@ cleanup:
 
 /* ---- streaming ----------------------------------------------------------- */
 
-#define STREAM_CHUNK_BYTES 4096u /* encoded payload per chunk (one int8 block may exceed it) */
-#define STREAM_BEHIND 8192u      /* ciphertext kept behind the newest chunk */
+#define STREAM_CHUNK_BYTES 1024u /* encoded payload per chunk (one int8 block may exceed it) */
+#define STREAM_BEHIND 6144u      /* ciphertext kept behind the newest chunk: the Block1 window and more */
 
 struct fedge_update_stream {
     fedge_device_key key;
