@@ -22,17 +22,23 @@ static size_t model_file_size(const fedge_model_spec *spec)
     return 12 + strlen(text) + 8 + 4 * fedge_model_spec_param_count(spec) + FEDGE_HASH_LEN;
 }
 
-static size_t sealed_size(const fedge_model_spec *spec, fedge_encoding enc, size_t per_param)
+static size_t encoded_size(const fedge_model_spec *spec, fedge_encoding enc, size_t per_param,
+                           fedge_delta_header *h)
 {
     size_t n = fedge_model_spec_param_count(spec);
     if (n == 0 || n > FEDGE_DELTA_MAX_ELEMS / per_param)
         return 0;
+    memset(h, 0, sizeof *h);
+    h->encoding = (uint8_t)enc;
+    h->n_elems = (uint32_t)(n * per_param);
+    h->block_size = enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0;
+    return fedge_delta_encoded_size(h);
+}
+
+static size_t sealed_size(const fedge_model_spec *spec, fedge_encoding enc, size_t per_param)
+{
     fedge_delta_header h;
-    memset(&h, 0, sizeof h);
-    h.encoding = (uint8_t)enc;
-    h.n_elems = (uint32_t)(n * per_param);
-    h.block_size = enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0;
-    size_t enc_len = fedge_delta_encoded_size(&h);
+    size_t enc_len = encoded_size(spec, enc, per_param, &h);
     if (enc_len < FEDGE_DELTA_HEADER_LEN)
         return 0;
     return fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
@@ -43,6 +49,16 @@ size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc)
     return sealed_size(spec, enc, 1);
 }
 
+/* The streaming sealer's heap and the blob that hands it to the link. */
+static size_t stream_size(const fedge_model_spec *spec, fedge_encoding enc, size_t per_param)
+{
+    fedge_delta_header h;
+    if (encoded_size(spec, enc, per_param, &h) == 0)
+        return 0;
+    size_t s = fedge_update_stream_bytes(&h);
+    return s ? s + FEDGE_EDGE_BLOB_HEAP : 0;
+}
+
 static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
                        fedge_encoding enc, int scaffold, fedge_edge_memory *out)
 {
@@ -50,22 +66,31 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
         return FEDGE_ERR_INVALID_ARG;
     size_t n = fedge_model_spec_param_count(spec);
     size_t scratch = fedge_model_scratch_floats(spec, batch);
-    size_t sealed = sealed_size(spec, enc, scaffold ? 2 : 1);
+    size_t chunk = fedge_model_grad_chunk_floats(spec);
+    size_t sealed = stream_size(spec, enc, scaffold ? 2 : 1);
     size_t body = model_file_size(spec);
-    if (n == 0 || scratch == 0 || sealed == 0 || body == 0)
+    if (n == 0 || scratch == 0 || chunk == 0 || sealed == 0 || body == 0)
         return FEDGE_ERR_MODEL_SPEC;
     fedge_edge_memory m;
     memset(&m, 0, sizeof m);
-    m.local = m.global = m.grad = m.velocity = n * sizeof(float);
+    m.local = m.global = m.velocity = n * sizeof(float);
+    m.grad = chunk * sizeof(float);
     m.scratch = scratch * sizeof(float);
     m.batch = (size_t)batch * (size_t)spec->input_dim * sizeof(float) + (size_t)batch;
     m.record = record_size;
     m.model_body = body;
     m.sealed = sealed;
-    if (scaffold)
+    m.link = FEDGE_EDGE_BASE_HEAP;
+    if (scaffold) {
         m.control = m.client_control = m.control_delta = n * sizeof(float);
-    m.peak = m.local + m.global + m.grad + m.velocity + m.scratch + m.batch + m.record +
-             m.control + m.client_control + m.control_delta + (body > sealed ? body : sealed);
+        m.grad += n * sizeof(float); /* the model delta, before dc */
+    }
+    /* GET /model: the body, then the global model it becomes (the cached one
+     * is dropped first); training and POST /update: the global model and
+     * the sealer. */
+    size_t transient = body > m.global + sealed ? body : m.global + sealed;
+    m.peak = m.link + m.local + m.grad + m.velocity + m.scratch + m.batch + m.record +
+             m.control + m.client_control + m.control_delta + transient;
     *out = m;
     return FEDGE_OK;
 }
@@ -90,9 +115,9 @@ void fedge_edge_memory_format(const fedge_edge_memory *m, char *buf, size_t cap)
                  m->control, m->client_control, m->control_delta);
     snprintf(buf, cap,
              "model=%zu global=%zu grad=%zu velocity=%zu scratch=%zu batch=%zu record=%zu "
-             "model_body=%zu sealed=%zu %speak=%zu bytes",
+             "model_body=%zu sealed=%zu link=%zu %speak=%zu bytes",
              m->local, m->global, m->grad, m->velocity, m->scratch, m->batch, m->record,
-             m->model_body, m->sealed, control, m->peak);
+             m->model_body, m->sealed, m->link, control, m->peak);
 }
 
 void fedge_edge_trainer_init(fedge_edge_trainer *t)

@@ -36,17 +36,29 @@
 #include "optim.h"
 #include "shard.h"
 
+/* The heap a running client holds whatever the model: its own state, the
+ * shard reader, libcoap's context and one DTLS session (mbedTLS's SSL
+ * context and its in and out record buffers). Measured with massif
+ * (tools/bench/edge_heap.sh) on the Debian mbedTLS 2.28 build; a trimmed
+ * mbedTLS (smaller record buffers) needs less. */
+#define FEDGE_EDGE_BASE_HEAP (112u * 1024u)
+#define FEDGE_EDGE_BLOB_HEAP 64u /* fedge_edge_blob and its allocator overhead */
+
 typedef struct {
     size_t local;     /* local model parameters */
     size_t global;    /* the round's base model */
-    size_t grad;      /* gradient, reused for the delta */
+    size_t grad;      /* one slice of the gradient (fedge_model_grad_chunk_floats);
+                         SCAFFOLD: + the model delta (n) */
     size_t velocity;  /* SGD momentum */
     size_t scratch;   /* activations of one minibatch */
     size_t batch;     /* one minibatch of features + labels */
     size_t record;    /* the shard reader's one record */
     size_t model_body;/* serialized model, held by libcoap while GET /model completes */
-    size_t sealed;    /* sealed update, kept until POST /update is answered */
-    size_t peak;      /* resident buffers + the larger of model_body and sealed */
+    size_t sealed;    /* the streaming sealer (update.h), kept until POST /update
+                         is answered: a few KiB, not the sealed update */
+    size_t link;      /* FEDGE_EDGE_BASE_HEAP: the client, libcoap, one DTLS session */
+    size_t peak;      /* link + resident buffers + the larger of model_body and
+                         global + sealed (the body becomes the global model) */
     /* SCAFFOLD only (0 otherwise); model_body then also bounds GET /control's
      * body and the state file read, and sealed holds 2n elements. */
     size_t control;        /* server control variate c */

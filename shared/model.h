@@ -142,7 +142,7 @@ int fedge_model_forward(const fedge_model *m, const float *x, int batch,
  * step afterwards). A sink's error ends the pass and is returned; a
  * non-finite loss is FEDGE_ERR_MODEL_NONFINITE before any slice (*loss set). */
 typedef int (*fedge_grad_sink)(void *arg, size_t off, float *g, size_t n);
-#define FEDGE_MODEL_GRAD_CHUNK 8192 /* floats; larger when one dense row or a conv layer is */
+#define FEDGE_MODEL_GRAD_CHUNK 4096 /* floats; larger when one dense row or a conv layer is */
 size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec); /* 0: invalid spec */
 int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,
                                  int batch, uint64_t dropout_seed, float *scratch, float *chunk,

@@ -30,6 +30,7 @@ PACKAGES=(build-essential pkg-config autoconf automake libtool dpkg-dev
           libyaml-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin
           libcoap3-bin time python3 bc libfaketime clang libclang-rt-14-dev
           libprotobuf-c-dev protobuf-c-compiler python3-cryptography)
+PACKAGES+=(valgrind) # massif: the heap peak of an edge round (tests/integration/edge_memory.sh)
 if [ -n "$CROSS" ]; then
     arch=$(case "$CROSS" in aarch64-*) echo arm64 ;; arm-*hf) echo armhf ;; *) echo unknown ;; esac)
     [ "$arch" != unknown ] || { log "unsupported CROSS=$CROSS"; exit 1; }
