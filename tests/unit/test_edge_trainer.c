@@ -100,23 +100,32 @@ static void test_memory_plan(void **state)
     const size_t n = 7850;
     assert_int_equal(m.local, 4 * n);
     assert_int_equal(m.global, 4 * n);
-    assert_int_equal(m.grad, 4 * n);
+    assert_int_equal(m.grad, 4 * fedge_model_grad_chunk_floats(&spec)); /* a slice, not n */
+    assert_true(m.grad < 4 * n);
     assert_int_equal(m.velocity, 4 * n);
     assert_int_equal(m.scratch, 4 * fedge_model_scratch_floats(&spec, 32));
     assert_int_equal(m.batch, 32 * 784 * 4 + 32);
     assert_int_equal(m.record, 785);
     assert_int_equal(m.model_body, 12 + strlen("softmax:784-10") + 8 + 4 * n + 32);
-    assert_int_equal(m.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + 4 * n);
-    size_t resident = 4 * 4 * n + m.scratch + m.batch + m.record;
-    assert_int_equal(m.peak, resident + (m.model_body > m.sealed ? m.model_body : m.sealed));
+    /* the update is sealed block by block: a few KiB, whatever the model */
+    fedge_delta_header dh;
+    memset(&dh, 0, sizeof dh);
+    dh.encoding = FEDGE_ENC_FP32;
+    dh.n_elems = (uint32_t)n;
+    assert_int_equal(m.sealed, fedge_update_stream_bytes(&dh) + FEDGE_EDGE_BLOB_HEAP);
+    assert_true(m.sealed < 16 * 1024);
+    assert_int_equal(m.link, FEDGE_EDGE_BASE_HEAP);
+    /* the body becomes the global model: never both */
+    size_t resident = m.link + 2 * 4 * n + m.grad + m.scratch + m.batch + m.record;
+    size_t transient = m.model_body > m.global + m.sealed ? m.model_body : m.global + m.sealed;
+    assert_int_equal(m.peak, resident + transient);
 
-    /* Smaller encodings shrink only the sealed update. */
+    /* Other encodings change only the sealer (int8: whole blocks per chunk). */
     fedge_edge_memory h, q;
     assert_int_equal(fedge_edge_memory_plan(&spec, 32, 785, FEDGE_ENC_FP16, &h), FEDGE_OK);
-    assert_int_equal(h.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + 2 * n);
+    assert_int_equal(h.peak - h.sealed, m.peak - m.sealed);
     assert_int_equal(fedge_edge_memory_plan(&spec, 32, 785, FEDGE_ENC_INT8, &q), FEDGE_OK);
-    size_t blocks = (n + FEDGE_DELTA_DEFAULT_BLOCK - 1) / FEDGE_DELTA_DEFAULT_BLOCK;
-    assert_int_equal(q.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + n + 4 * blocks);
+    assert_int_equal(q.peak - q.sealed, m.peak - m.sealed);
     assert_int_equal(q.local, m.local);
 
     /* The batch scales the minibatch buffers, not the model ones. */
@@ -780,10 +789,10 @@ static void test_scaffold_plan_and_seal(void **state)
     assert_int_equal(m.control, 4 * n);
     assert_int_equal(m.client_control, 4 * n);
     assert_int_equal(m.control_delta, 4 * n);
-    assert_int_equal(m.grad, plain.grad);
-    assert_int_equal(m.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + 8 * n);
-    assert_int_equal(m.peak, plain.peak - plain.sealed + 3 * 4 * n +
-                                 (m.sealed > m.model_body ? m.sealed : m.model_body));
+    assert_int_equal(m.grad, plain.grad + 4 * n); /* + the model delta, before dc */
+    assert_true(m.sealed >= plain.sealed && m.sealed < 16 * 1024);
+    assert_int_equal(m.peak, plain.peak - plain.global - plain.sealed + 4 * 4 * n + m.global +
+                                 m.sealed);
     char line[512];
     fedge_edge_memory_format(&m, line, sizeof line);
     assert_non_null(strstr(line, "control=31400 client_control=31400 control_delta=31400 peak="));
@@ -837,7 +846,8 @@ static void test_scaffold_plan_and_seal(void **state)
     size_t sealed_len;
     assert_int_equal(fedge_update_seal(&key, 7, run, &h, t.delta, NULL, &sealed, &sealed_len),
                      FEDGE_OK);
-    assert_int_equal(sealed_len, m.sealed);
+    assert_int_equal(sealed_len, fedge_edge_sealed_size(&spec, FEDGE_ENC_FP32) + 4 * n);
+    assert_int_equal(m.sealed, fedge_update_stream_bytes(&h) + FEDGE_EDGE_BLOB_HEAP);
     fedge_update_expect exp = {.model_id = h.model_id, .n_elems = h.n_elems, .round = 2,
                                .run_id = run};
     scratch = malloc(sealed_len);

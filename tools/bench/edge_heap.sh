@@ -50,7 +50,8 @@ for spec in "${specs[@]}"; do
             awk -F= '/mem_heap_B/{h=$2} /extra/{print h+$2}' | sort -n | tail -1)
         plan=$(grep -o 'peak=[0-9]*' "$log" | tail -1 | cut -d= -f2)
         params=$(grep -o 'model=[0-9]*' "$log" | tail -1 | cut -d= -f2)
-        dim=${spec#*:}; dim=${dim%%-*}
+        bbytes=$(grep -o ' batch=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+        dim=$(( (bbytes - batch) / (4 * batch) ))  # the plan's minibatch: batch x dim floats + labels
         issue=$((2 * params + batch * (dim + 1) + 65536))
         ok=yes; [ "$peak" -le "$issue" ] || ok=no
         printf '%-22s %-28s %10s %10s %10s %10s %8s\n' "$spec" "$b" "$peak" "${plan:-?}" \
