@@ -1,13 +1,17 @@
 /* trainer.h — the edge's local training state, sized once per model spec.
  *
  * Buffers (all owned, allocated by fedge_edge_trainer_prepare, freed by
- * fedge_edge_trainer_free): the local model, the round's global model, one
- * gradient (which holds the delta after training), one velocity, the model's
- * minibatch scratch, and one minibatch of features and labels. The shard is
- * streamed one record at a time (shard.h), so nothing here grows with the
- * shard. fedge_edge_memory_plan gives the byte count of every buffer,
- * including the transient ones (the model body libcoap reassembles during
- * GET /model, the sealed update), before anything is allocated.
+ * fedge_edge_trainer_free): the local model (which holds the delta after
+ * training), the round's global model, one velocity, one slice of the
+ * gradient (each step is taken slice by slice as the backward pass hands
+ * them over: fedge_model_loss_grad_sliced, the same bits as a whole
+ * gradient), the model's minibatch scratch, and one minibatch of features
+ * and labels. The shard is streamed one record at a time (shard.h), so
+ * nothing here grows with the shard. fedge_edge_memory_plan gives the byte
+ * count of every buffer, including the transient ones (the model body the
+ * link reassembles during GET /model, which becomes the global model; the
+ * streaming sealer of POST /update) and the client's fixed heap, before
+ * anything is allocated.
  *
  * FedProx (Li et al. 2020, eq. 2): with prox_mu > 0 every step's gradient
  * gains mu * (w - w_global). SCAFFOLD (Karimireddy et al. 2020, Algorithm 1,
@@ -21,7 +25,8 @@
  * 0.9). With momentum 0 it is the paper's formula exactly. dc is kept right
  * after the model delta (grad[n .. 2n), control_delta), so the two seal as
  * one delta of 2n elements (FEDGE_DELTA_FLAG_CONTROL). SCAFFOLD needs
- * fedge_edge_trainer_prepare_control once per shape (grad grows to 2n);
+ * fedge_edge_trainer_prepare_control once per shape (grad: 2n, the delta
+ * then dc);
  * fedge_edge_memory_plan_scaffold counts that and the caller's c and c_i. */
 #ifndef FEDGE_EDGE_TRAINER_H
 #define FEDGE_EDGE_TRAINER_H
@@ -120,12 +125,12 @@ void fedge_edge_trainer_free(fedge_edge_trainer *t);
  * allocated. */
 int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *spec, int batch,
                                int *resized);
-/* After prepare: grow grad to 2 * n_params and set control_delta (a no-op
- * when already done for this shape; a new shape undoes it). On failure the
- * trainer is as it was. */
+/* After prepare: allocate grad (2 * n_params: the delta, then dc) and set
+ * control_delta (a no-op when already done for this shape; a new shape
+ * undoes it). On failure the trainer is as it was. */
 int fedge_edge_trainer_prepare_control(fedge_edge_trainer *t);
-/* Undo it (a plain round after SCAFFOLD ones): grad back to n_params, so
- * the plain memory plan holds again. */
+/* Undo it (a plain round after SCAFFOLD ones): grad freed, so the plain
+ * memory plan holds again. */
 void fedge_edge_trainer_drop_control(fedge_edge_trainer *t);
 /* Replace the global model by a serialized model file (GET /model body).
  * The old one is freed first (memory stays bounded); on failure no global
@@ -138,7 +143,8 @@ void fedge_edge_trainer_drop_global(fedge_edge_trainer *t);
  * global model's parameters (fedge_model_deserialize_owned). */
 int fedge_edge_trainer_take_global(fedge_edge_trainer *t, uint8_t *body, size_t len);
 /* local = global; fresh optimizer; p->epochs shuffled epochs over the shard;
- * then grad = local - global (the delta), and with p->control dc in
+ * then the delta local - global in t->delta (the local model's place; with
+ * p->control in grad, before dc), and with p->control dc in
  * control_delta and p->client_control advanced to c_i+ (untouched on any
  * failure). mean_loss: sample-weighted mean training loss of the last
  * epoch. FEDGE_ERR_MODEL_SHAPE when the shard's dim or classes do not fit

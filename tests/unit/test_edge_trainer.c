@@ -703,10 +703,40 @@ static uint64_t ref_epoch_seed(uint64_t seed, int epoch)
     return z ^ (z >> 31);
 }
 
+/* Whether fedge_sgemm gives a block of rows of a weight gradient the same
+ * bits as the whole product. True for the portable kernel (each element's
+ * sum over the batch runs in one order whatever the rows) and for OpenBLAS
+ * natively here; OpenBLAS under valgrind picks another kernel that is not. */
+static int row_blocks_exact(void)
+{
+    enum { B = 32, OUT = 40, IN = 784, ROWS = 5 };
+    float *g = malloc(B * OUT * sizeof(float)), *x = malloc(B * IN * sizeof(float));
+    float *whole = malloc(OUT * IN * sizeof(float)), *part = malloc(ROWS * IN * sizeof(float));
+    assert_true(g && x && whole && part);
+    fedge_rng r;
+    fedge_rng_seed(&r, 99);
+    for (int i = 0; i < B * OUT; i++)
+        g[i] = (float)fedge_rng_normal(&r);
+    for (int i = 0; i < B * IN; i++)
+        x[i] = (float)fedge_rng_normal(&r);
+    fedge_sgemm(1, 0, OUT, IN, B, 1.0f, g, OUT, x, IN, 0.0f, whole, IN);
+    int same = 1;
+    for (int j0 = 0; j0 < OUT && same; j0 += ROWS) {
+        fedge_sgemm(1, 0, ROWS, IN, B, 1.0f, g + j0, OUT, x, IN, 0.0f, part, IN);
+        same = memcmp(part, whole + (size_t)j0 * IN, ROWS * IN * sizeof(float)) == 0;
+    }
+    free(g);
+    free(x);
+    free(whole);
+    free(part);
+    return same;
+}
+
 /* The trainer steps each slice of the gradient as the backward pass hands
  * it over (fedge_model_loss_grad_sliced): the same bits as a whole gradient
- * and a step afterwards, for one layer, for a dense layer stepped in row
- * slices below another, and for convolutions. */
+ * and a step afterwards (where the BLAS sums row blocks as the whole), for
+ * one layer, for a dense layer stepped in row slices below another, and for
+ * convolutions. */
 static void plain_bits(void **state, const char *text)
 {
     fixture *fx = *state;
@@ -754,7 +784,11 @@ static void plain_bits(void **state, const char *text)
     assert_int_equal(t.steps, step);
     for (size_t i = 0; i < n; i++)
         grad[i] = w.params[i] - t.global.params[i];
-    assert_memory_equal(grad, t.delta, n * sizeof(float));
+    if (row_blocks_exact())
+        assert_memory_equal(grad, t.delta, n * sizeof(float));
+    else /* the BLAS sums a block of rows otherwise than the whole: rounding only */
+        for (size_t i = 0; i < n; i++)
+            assert_true(fabsf(grad[i] - t.delta[i]) <= 1e-5f * (fabsf(grad[i]) + 1e-3f));
     free(grad);
     free(vel);
     free(scratch);
