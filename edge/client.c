@@ -294,9 +294,14 @@ static int same_spec_text(const fedge_model_spec *a, const fedge_model_spec *b)
            fedge_model_spec_format(b, tb, sizeof tb) == FEDGE_OK && strcmp(ta, tb) == 0;
 }
 
-static int model_sink(void *arg, const uint8_t *data, size_t len)
+static void model_drop(void *arg)
 {
-    return fedge_edge_trainer_set_global(arg, data, len);
+    fedge_edge_trainer_drop_global(arg);
+}
+
+static int model_take(void *arg, uint8_t *data, size_t len)
+{
+    return fedge_edge_trainer_take_global(arg, data, len);
 }
 
 static void control_drop(cached_control *cc)
@@ -348,8 +353,10 @@ typedef struct {
     const uint8_t *want;        /* that version */
     const int *have;            /* the cached copy ... */
     const uint8_t *version;     /* ... and its version */
-    int (*sink)(void *, const uint8_t *, size_t);
+    fedge_edge_body_sink sink;  /* or take */
+    fedge_edge_body_take take;
     void *sink_arg;
+    void (*drop)(void *);       /* drops the cached copy (may be NULL) */
     int *without_etag;          /* next fetch without an ETag (after a failed one) */
 } versioned_fetch;
 
@@ -374,12 +381,15 @@ static int fetch_versioned(edge_client *c, const fedge_round_info *ri, const ver
     *f->without_etag = 0;
     if (send_etag)
         memcpy(etag, f->version, sizeof etag);
+    else if (f->drop)
+        f->drop(f->sink_arg); /* a 2.05 replaces it anyway: the two never coexist */
     fedge_edge_request req = {
         .method = FEDGE_EDGE_GET,
         .path = f->path,
         .etag = send_etag ? etag : NULL,
         .etag_len = send_etag ? sizeof etag : 0,
         .sink = f->sink,
+        .take = f->take,
         .sink_arg = f->sink_arg,
         /* a model file: header, spec text, float32 parameters, checksum */
         .max_body = 4 * fedge_model_spec_param_count(&ri->spec) + 64 + FEDGE_MODEL_SPEC_MAX,
@@ -450,8 +460,9 @@ static int fetch_model(edge_client *c, const fedge_round_info *ri, round_result 
         .want = ri->model,
         .have = &t->have_global,
         .version = t->global_version,
-        .sink = model_sink,
+        .take = model_take,
         .sink_arg = t,
+        .drop = model_drop,
         .without_etag = &c->fetch_without_etag,
     };
     return fetch_versioned(c, ri, &f, result, usable);
@@ -514,13 +525,17 @@ static int load_client_control(edge_client *c, const fedge_round_info *ri, float
     return FEDGE_OK;
 }
 
+static int read_sealed(void *arg, size_t off, uint8_t *dst, size_t len)
+{
+    return fedge_update_stream_read(arg, off, dst, len);
+}
+
 static int take_part(edge_client *c, const fedge_round_info *ri, round_result *result)
 {
     const fedge_edge_config *cfg = c->cfg;
     fedge_edge_trainer *t = &c->trainer;
     fedge_edge_blob *blob = NULL;
-    uint8_t *sealed = NULL;
-    size_t sealed_len = 0;
+    fedge_update_stream *sealed = NULL;
     double loss = 0.0;
     unsigned attempts = 0;
     char outcome[256], code[8], line[128];
@@ -673,7 +688,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         fedge_rng_split(&base, 1, &rounding);
         rng = &rounding;
     }
-    ret = fedge_update_seal(&c->key, counter, ri->run_id, &h, t->grad, rng, &sealed, &sealed_len);
+    /* sealed block by block as Block1 sends them; a retry seals the same bytes again */
+    ret = fedge_update_stream_new(&c->key, counter, ri->run_id, &h, t->delta, rng, &sealed);
     if (ret != FEDGE_OK) {
         FEDGE_ERROR("round %u: cannot seal the update: %s", ri->round, fedge_strerror(ret));
         not_sent(c, ri->round, ret);
@@ -681,8 +697,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         ret = ret == FEDGE_ERR_RANGE || ret == FEDGE_ERR_DELTA_NONFINITE ? FEDGE_OK : ret;
         goto cleanup;
     }
-    CHK(fedge_edge_blob_new(sealed, sealed_len, &blob));
-    sealed = NULL;
+    CHK(fedge_edge_blob_new_reader(fedge_update_stream_size(sealed), read_sealed, sealed, &blob));
 
     fedge_edge_request req = {
         .method = FEDGE_EDGE_POST,
@@ -732,6 +747,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     if (scaffold && accepted) {
         fedge_edge_blob_release(blob);
         blob = NULL;
+        fedge_update_stream_free(sealed);
+        sealed = NULL;
         ret = fedge_edge_control_commit(c->control_path, ri->run_id, &c->client_control);
         if (ret != FEDGE_OK) {
             FEDGE_ERROR("round %u: cannot persist the client control variate %s: %s; stopping "
@@ -743,8 +760,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
 cleanup:
     c->round_end_ms = 0;
     fedge_model_free(&c->client_control); /* read again next round: the file is c_i */
-    free(sealed);
     fedge_edge_blob_release(blob);
+    fedge_update_stream_free(sealed);
     return ret;
 }
 

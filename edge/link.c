@@ -127,6 +127,26 @@ int fedge_edge_blob_new(uint8_t *data, size_t len, fedge_edge_blob **out)
     b->refs = 1;
     b->len = len;
     b->data = data;
+    b->read = NULL;
+    b->read_arg = NULL;
+    *out = b;
+    return FEDGE_OK;
+}
+
+int fedge_edge_blob_new_reader(size_t len, fedge_edge_blob_reader read, void *arg,
+                               fedge_edge_blob **out)
+{
+    *out = NULL;
+    if (!read)
+        return FEDGE_ERR_INVALID_ARG;
+    fedge_edge_blob *b = malloc(sizeof *b);
+    if (!b)
+        return FEDGE_ERR_NOMEM;
+    b->refs = 1;
+    b->len = len;
+    b->data = NULL;
+    b->read = read;
+    b->read_arg = arg;
     *out = b;
     return FEDGE_OK;
 }
@@ -261,15 +281,17 @@ static int send_exchange(fedge_edge_link *l, uint32_t num)
         CHK(add_option(&opts, COAP_OPTION_URI_QUERY, (size_t)n, (const uint8_t *)query));
     }
     const uint8_t *payload = NULL;
-    size_t payload_len = 0;
+    size_t payload_len = 0, payload_off = 0;
+    uint8_t produced[FEDGE_EDGE_BLOCK_BYTES];
     const unsigned szx = FEDGE_EDGE_BLOCK_SZX;
     if (req->method == FEDGE_EDGE_GET) {
         /* Ask for the largest blocks from the start (early negotiation). */
         CHK(add_uint_option(&opts, COAP_OPTION_BLOCK2, (num << 4) | szx));
     } else if (req->body && l->block_size) {
-        size_t off = (size_t)num * l->block_size;
-        payload = req->body->data + off;
-        payload_len = req->body->len - off < l->block_size ? req->body->len - off : l->block_size;
+        payload_off = (size_t)num * l->block_size;
+        payload = req->body->data ? req->body->data + payload_off : NULL;
+        payload_len = req->body->len - payload_off < l->block_size ? req->body->len - payload_off
+                                                                   : l->block_size;
         unsigned more = num + 1 < l->n_blocks;
         CHK(add_uint_option(&opts, COAP_OPTION_BLOCK1, (num << 4) | (more << 3) | szx));
         if (num == 0)
@@ -277,6 +299,12 @@ static int send_exchange(fedge_edge_link *l, uint32_t num)
     } else if (req->body) {
         payload = req->body->data;
         payload_len = req->body->len;
+    }
+    if (req->body && req->body->read && payload_len) {
+        if (payload_len > sizeof produced)
+            FAIL(FEDGE_ERR_INTERNAL);
+        CHK(req->body->read(req->body->read_arg, payload_off, produced, payload_len));
+        payload = produced;
     }
     if (opts && !coap_add_optlist_pdu(pdu, &opts))
         FAIL(FEDGE_ERR_INTERNAL);
@@ -399,7 +427,17 @@ static void finish(fedge_edge_link *l, const coap_pdu_t *received, const uint8_t
         rep->has_observe = 1;
     if (data) {
         rep->body_total = len;
-        if (l->req->sink && COAP_RESPONSE_CLASS(code) == 2) {
+        if (l->req->take && COAP_RESPONSE_CLASS(code) == 2) {
+            uint8_t *own = NULL;
+            rep->sink_called = 1;
+            if (data == l->body) {
+                own = l->body;
+                l->body = NULL;
+            } else if ((own = malloc(len ? len : 1)) != NULL) {
+                memcpy(own, data, len);
+            }
+            rep->sink_status = own ? l->req->take(l->req->sink_arg, own, len) : FEDGE_ERR_NOMEM;
+        } else if (l->req->sink && COAP_RESPONSE_CLASS(code) == 2) {
             rep->sink_called = 1;
             rep->sink_status = l->req->sink(l->req->sink_arg, data, len);
         } else {

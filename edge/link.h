@@ -11,7 +11,8 @@
  * after all others were acknowledged. Any failure drops the session — its
  * queued retransmissions go with it — and the next request opens a fresh one
  * (new DTLS handshake), so a retry never races a leftover transfer. Bodies:
- *   POST: a refcounted blob, read only during the call.
+ *   POST: a refcounted blob (bytes, or a reader asked for each block as it
+ *         is sent), read only during the call.
  *   2.xx response with a sink: the sink sees the whole reassembled body once
  *         (at most max_body bytes; a larger Size2 fails the request);
  *         otherwise the first FEDGE_EDGE_REPLY_MAX bytes are copied into the
@@ -40,15 +41,25 @@
 #define FEDGE_EDGE_HANDSHAKE_MS 20000u /* default DTLS handshake budget */
 #define FEDGE_EDGE_ETAG_MAX 8
 
-/* A refcounted byte buffer: the last release frees data. */
+/* Reads body bytes [off, off + len) into dst (len <= FEDGE_EDGE_BLOCK_BYTES);
+ * any offset may be asked again (a block sent afresh, a retry). */
+typedef int (*fedge_edge_blob_reader)(void *arg, size_t off, uint8_t *dst, size_t len);
+
+/* A refcounted body: bytes held in data, or produced on demand by a reader
+ * (data NULL). The last release frees data (a reader's arg is the caller's). */
 typedef struct {
     unsigned refs;
     size_t len;
     uint8_t *data; /* owned */
+    fedge_edge_blob_reader read;
+    void *read_arg;
 } fedge_edge_blob;
 
 /* Takes ownership of data (malloc'd) even on failure; refs = 1. */
 int fedge_edge_blob_new(uint8_t *data, size_t len, fedge_edge_blob **out);
+/* A body of len bytes read through read(arg, ...) as blocks are sent. */
+int fedge_edge_blob_new_reader(size_t len, fedge_edge_blob_reader read, void *arg,
+                               fedge_edge_blob **out);
 void fedge_edge_blob_release(fedge_edge_blob *b); /* NULL is fine */
 
 typedef struct {
@@ -80,6 +91,10 @@ typedef enum { FEDGE_EDGE_GET = 1, FEDGE_EDGE_POST = 2 } fedge_edge_method;
 /* Called once with the whole body of a 2.xx response; its status lands in
  * reply->sink_status. */
 typedef int (*fedge_edge_body_sink)(void *arg, const uint8_t *data, size_t len);
+/* The same, handed the body itself (malloc'd, len bytes): the callee owns it
+ * and frees it, also when it fails. A reassembled Block2 body is passed
+ * without a copy, so the body and what it becomes need not coexist. */
+typedef int (*fedge_edge_body_take)(void *arg, uint8_t *data, size_t len);
 
 typedef struct {
     fedge_edge_method method;
@@ -88,6 +103,7 @@ typedef struct {
     size_t etag_len;
     fedge_edge_blob *body;        /* POST body or NULL */
     fedge_edge_body_sink sink;    /* NULL: copy the body into the reply */
+    fedge_edge_body_take take;    /* instead of sink (sink must be NULL) */
     void *sink_arg;
     size_t max_body;              /* largest response body taken (0: FEDGE_EDGE_REPLY_MAX) */
     uint32_t timeout_ms;          /* whole exchange, all blocks included, from the moment

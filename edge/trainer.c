@@ -22,17 +22,23 @@ static size_t model_file_size(const fedge_model_spec *spec)
     return 12 + strlen(text) + 8 + 4 * fedge_model_spec_param_count(spec) + FEDGE_HASH_LEN;
 }
 
-static size_t sealed_size(const fedge_model_spec *spec, fedge_encoding enc, size_t per_param)
+static size_t encoded_size(const fedge_model_spec *spec, fedge_encoding enc, size_t per_param,
+                           fedge_delta_header *h)
 {
     size_t n = fedge_model_spec_param_count(spec);
     if (n == 0 || n > FEDGE_DELTA_MAX_ELEMS / per_param)
         return 0;
+    memset(h, 0, sizeof *h);
+    h->encoding = (uint8_t)enc;
+    h->n_elems = (uint32_t)(n * per_param);
+    h->block_size = enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0;
+    return fedge_delta_encoded_size(h);
+}
+
+static size_t sealed_size(const fedge_model_spec *spec, fedge_encoding enc, size_t per_param)
+{
     fedge_delta_header h;
-    memset(&h, 0, sizeof h);
-    h.encoding = (uint8_t)enc;
-    h.n_elems = (uint32_t)(n * per_param);
-    h.block_size = enc == FEDGE_ENC_INT8 ? FEDGE_DELTA_DEFAULT_BLOCK : 0;
-    size_t enc_len = fedge_delta_encoded_size(&h);
+    size_t enc_len = encoded_size(spec, enc, per_param, &h);
     if (enc_len < FEDGE_DELTA_HEADER_LEN)
         return 0;
     return fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
@@ -43,6 +49,16 @@ size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc)
     return sealed_size(spec, enc, 1);
 }
 
+/* The streaming sealer's heap and the blob that hands it to the link. */
+static size_t stream_size(const fedge_model_spec *spec, fedge_encoding enc, size_t per_param)
+{
+    fedge_delta_header h;
+    if (encoded_size(spec, enc, per_param, &h) == 0)
+        return 0;
+    size_t s = fedge_update_stream_bytes(&h);
+    return s ? s + FEDGE_EDGE_BLOB_HEAP : 0;
+}
+
 static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
                        fedge_encoding enc, int scaffold, fedge_edge_memory *out)
 {
@@ -50,22 +66,31 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
         return FEDGE_ERR_INVALID_ARG;
     size_t n = fedge_model_spec_param_count(spec);
     size_t scratch = fedge_model_scratch_floats(spec, batch);
-    size_t sealed = sealed_size(spec, enc, scaffold ? 2 : 1);
+    size_t chunk = fedge_model_grad_chunk_floats(spec);
+    size_t sealed = stream_size(spec, enc, scaffold ? 2 : 1);
     size_t body = model_file_size(spec);
-    if (n == 0 || scratch == 0 || sealed == 0 || body == 0)
+    if (n == 0 || scratch == 0 || chunk == 0 || sealed == 0 || body == 0)
         return FEDGE_ERR_MODEL_SPEC;
     fedge_edge_memory m;
     memset(&m, 0, sizeof m);
-    m.local = m.global = m.grad = m.velocity = n * sizeof(float);
+    m.local = m.global = m.velocity = n * sizeof(float);
+    m.grad = chunk * sizeof(float);
     m.scratch = scratch * sizeof(float);
     m.batch = (size_t)batch * (size_t)spec->input_dim * sizeof(float) + (size_t)batch;
     m.record = record_size;
     m.model_body = body;
     m.sealed = sealed;
-    if (scaffold)
+    m.link = FEDGE_EDGE_BASE_HEAP;
+    if (scaffold) {
         m.control = m.client_control = m.control_delta = n * sizeof(float);
-    m.peak = m.local + m.global + m.grad + m.velocity + m.scratch + m.batch + m.record +
-             m.control + m.client_control + m.control_delta + (body > sealed ? body : sealed);
+        m.grad += n * sizeof(float); /* the model delta, before dc */
+    }
+    /* GET /model: the body, then the global model it becomes (the cached one
+     * is dropped first); training and POST /update: the global model and
+     * the sealer. */
+    size_t transient = body > m.global + sealed ? body : m.global + sealed;
+    m.peak = m.link + m.local + m.grad + m.velocity + m.scratch + m.batch + m.record +
+             m.control + m.client_control + m.control_delta + transient;
     *out = m;
     return FEDGE_OK;
 }
@@ -90,9 +115,9 @@ void fedge_edge_memory_format(const fedge_edge_memory *m, char *buf, size_t cap)
                  m->control, m->client_control, m->control_delta);
     snprintf(buf, cap,
              "model=%zu global=%zu grad=%zu velocity=%zu scratch=%zu batch=%zu record=%zu "
-             "model_body=%zu sealed=%zu %speak=%zu bytes",
+             "model_body=%zu sealed=%zu link=%zu %speak=%zu bytes",
              m->local, m->global, m->grad, m->velocity, m->scratch, m->batch, m->record,
-             m->model_body, m->sealed, control, m->peak);
+             m->model_body, m->sealed, m->link, control, m->peak);
 }
 
 void fedge_edge_trainer_init(fedge_edge_trainer *t)
@@ -108,6 +133,12 @@ static void drop_global(fedge_edge_trainer *t)
     memset(t->global_version, 0, sizeof t->global_version);
 }
 
+void fedge_edge_trainer_drop_global(fedge_edge_trainer *t)
+{
+    if (t)
+        drop_global(t);
+}
+
 void fedge_edge_trainer_free(fedge_edge_trainer *t)
 {
     if (!t)
@@ -116,6 +147,7 @@ void fedge_edge_trainer_free(fedge_edge_trainer *t)
     drop_global(t);
     fedge_sgd_free(&t->opt);
     free(t->grad);
+    free(t->gchunk);
     free(t->scratch);
     free(t->xbatch);
     free(t->ybatch);
@@ -152,8 +184,11 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
         drop_global(t);
         fedge_sgd_free(&t->opt);
         free(t->grad);
+        free(t->gchunk);
         t->grad = NULL;
+        t->gchunk = NULL;
         t->control_delta = NULL;
+        t->delta = NULL;
     }
     free(t->scratch);
     free(t->xbatch);
@@ -166,8 +201,8 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
     if (!spec_same) {
         CHK(fedge_model_init(&t->local, spec));
         CHK(fedge_sgd_init(&t->opt, n, &cfg));
-        t->grad = malloc(n * sizeof(float));
-        if (!t->grad)
+        t->gchunk = malloc(fedge_model_grad_chunk_floats(spec) * sizeof(float));
+        if (!t->gchunk)
             FAIL(FEDGE_ERR_NOMEM);
     }
     t->scratch = malloc(scratch * sizeof(float));
@@ -197,11 +232,11 @@ int fedge_edge_trainer_prepare_control(fedge_edge_trainer *t)
     size_t n = t->local.n_params;
     if (n > SIZE_MAX / (2 * sizeof(float)))
         return FEDGE_ERR_NOMEM;
-    float *grown = realloc(t->grad, 2 * n * sizeof(float));
-    if (!grown)
+    float *both = malloc(2 * n * sizeof(float));
+    if (!both)
         return FEDGE_ERR_NOMEM;
-    t->grad = grown;
-    t->control_delta = grown + n;
+    t->grad = both;
+    t->control_delta = both + n;
     return FEDGE_OK;
 }
 
@@ -209,10 +244,26 @@ void fedge_edge_trainer_drop_control(fedge_edge_trainer *t)
 {
     if (!t || !t->control_delta)
         return;
+    if (t->delta == t->grad)
+        t->delta = NULL;
+    free(t->grad);
+    t->grad = NULL;
     t->control_delta = NULL;
-    float *shrunk = realloc(t->grad, t->local.n_params * sizeof(float));
-    if (shrunk) /* else the larger block stays: still valid */
-        t->grad = shrunk;
+}
+
+static int adopt_global(fedge_edge_trainer *t, int ret, fedge_model *m,
+                        const uint8_t version[FEDGE_HASH_LEN])
+{
+    if (ret != FEDGE_OK)
+        return ret;
+    if (!same_spec(&m->spec, &t->spec)) {
+        fedge_model_free(m);
+        return FEDGE_ERR_MODEL_SHAPE;
+    }
+    t->global = *m;
+    memcpy(t->global_version, version, FEDGE_HASH_LEN);
+    t->have_global = 1;
+    return FEDGE_OK;
 }
 
 int fedge_edge_trainer_set_global(fedge_edge_trainer *t, const uint8_t *body, size_t len)
@@ -223,16 +274,43 @@ int fedge_edge_trainer_set_global(fedge_edge_trainer *t, const uint8_t *body, si
     fedge_model m;
     uint8_t version[FEDGE_HASH_LEN];
     memset(&m, 0, sizeof m);
-    int ret = fedge_model_deserialize(body, len, &m, version);
-    if (ret != FEDGE_OK)
-        return ret;
-    if (!same_spec(&m.spec, &t->spec)) {
-        fedge_model_free(&m);
-        return FEDGE_ERR_MODEL_SHAPE;
+    return adopt_global(t, fedge_model_deserialize(body, len, &m, version), &m, version);
+}
+
+int fedge_edge_trainer_take_global(fedge_edge_trainer *t, uint8_t *body, size_t len)
+{
+    if (!t || !t->sized || !body) {
+        free(body);
+        return FEDGE_ERR_INVALID_ARG;
     }
-    t->global = m;
-    memcpy(t->global_version, version, sizeof version);
-    t->have_global = 1;
+    drop_global(t);
+    fedge_model m;
+    uint8_t version[FEDGE_HASH_LEN];
+    memset(&m, 0, sizeof m);
+    return adopt_global(t, fedge_model_deserialize_owned(body, len, &m, version), &m, version);
+}
+
+/* One slice of the gradient: FedProx and SCAFFOLD terms, then the SGD step
+ * on those parameters (per element what a whole gradient and
+ * fedge_sgd_step did). A non-finite loss is refused before any slice. */
+typedef struct {
+    fedge_sgd *opt;
+    float *w;
+    const float *w_global;
+    float mu;
+    const float *correction;
+} step_ctx;
+
+static int step_slice(void *arg, size_t off, float *g, size_t n)
+{
+    step_ctx *sc = arg;
+    if (sc->mu > 0.0f)
+        for (size_t i = 0; i < n; i++)
+            g[i] += sc->mu * (sc->w[off + i] - sc->w_global[off + i]);
+    if (sc->correction)
+        for (size_t i = 0; i < n; i++)
+            g[i] += sc->correction[off + i];
+    fedge_sgd_update(&sc->opt->cfg, sc->w + off, sc->opt->velocity + off, g, n);
     return FEDGE_OK;
 }
 
@@ -284,6 +362,8 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
             correction[i] = p->control[i] - p->client_control[i];
     }
     t->steps = 0;
+    t->delta = NULL;
+    step_ctx sc = {&t->opt, w, w_global, mu, correction};
 
     double loss_sum = 0.0;
     uint64_t rows = 0, step = 0;
@@ -301,33 +381,27 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
                 break;
             /* the step's dropout masks: a function of the round seed and the step */
             uint64_t dropout_seed = epoch_seed(p->seed ^ 0x6a09e667f3bcc908ull, (int)(step++ & 0x7fffffff));
-            CHK(fedge_model_loss_grad(&t->local, t->xbatch, t->ybatch, got, dropout_seed,
-                                      t->scratch, t->grad, &loss));
-            if (!isfinite(loss))
-                FAIL(FEDGE_ERR_MODEL_NONFINITE);
-            if (mu > 0.0f)
-                for (size_t i = 0; i < n; i++)
-                    t->grad[i] += mu * (w[i] - w_global[i]);
-            if (correction)
-                for (size_t i = 0; i < n; i++)
-                    t->grad[i] += correction[i];
-            CHK(fedge_sgd_step(&t->opt, w, t->grad));
+            CHK(fedge_model_loss_grad_sliced(&t->local, t->xbatch, t->ybatch, got, dropout_seed,
+                                             t->scratch, t->gchunk, step_slice, &sc, &loss));
             t->steps++;
             loss_sum += (double)loss * got;
             rows += (uint64_t)got;
         }
     }
+    /* the delta: in the local model's place (SCAFFOLD: before dc, in grad) */
+    float *delta = p->control ? t->grad : t->local.params;
     for (size_t i = 0; i < n; i++) {
         float d = t->local.params[i] - t->global.params[i];
         if (!isfinite(d))
             FAIL(FEDGE_ERR_MODEL_NONFINITE);
-        t->grad[i] = d;
+        delta[i] = d;
     }
+    t->delta = delta;
     if (p->control) {
         /* dc = (1 - momentum)(x - y) / (K lr) - c; checked whole before c_i moves. */
         float inv_step = (1.0f - p->momentum) / ((float)t->steps * p->lr);
         for (size_t i = 0; i < n; i++) {
-            float dc = -t->grad[i] * inv_step - p->control[i];
+            float dc = -delta[i] * inv_step - p->control[i];
             if (!isfinite(dc) || !isfinite(p->client_control[i] + dc))
                 FAIL(FEDGE_ERR_MODEL_NONFINITE);
             if (fabsf(p->client_control[i] + dc) > bound)

@@ -1,13 +1,17 @@
 /* trainer.h — the edge's local training state, sized once per model spec.
  *
  * Buffers (all owned, allocated by fedge_edge_trainer_prepare, freed by
- * fedge_edge_trainer_free): the local model, the round's global model, one
- * gradient (which holds the delta after training), one velocity, the model's
- * minibatch scratch, and one minibatch of features and labels. The shard is
- * streamed one record at a time (shard.h), so nothing here grows with the
- * shard. fedge_edge_memory_plan gives the byte count of every buffer,
- * including the transient ones (the model body libcoap reassembles during
- * GET /model, the sealed update), before anything is allocated.
+ * fedge_edge_trainer_free): the local model (which holds the delta after
+ * training), the round's global model, one velocity, one slice of the
+ * gradient (each step is taken slice by slice as the backward pass hands
+ * them over: fedge_model_loss_grad_sliced, the same bits as a whole
+ * gradient), the model's minibatch scratch, and one minibatch of features
+ * and labels. The shard is streamed one record at a time (shard.h), so
+ * nothing here grows with the shard. fedge_edge_memory_plan gives the byte
+ * count of every buffer, including the transient ones (the model body the
+ * link reassembles during GET /model, which becomes the global model; the
+ * streaming sealer of POST /update) and the client's fixed heap, before
+ * anything is allocated.
  *
  * FedProx (Li et al. 2020, eq. 2): with prox_mu > 0 every step's gradient
  * gains mu * (w - w_global). SCAFFOLD (Karimireddy et al. 2020, Algorithm 1,
@@ -21,7 +25,8 @@
  * 0.9). With momentum 0 it is the paper's formula exactly. dc is kept right
  * after the model delta (grad[n .. 2n), control_delta), so the two seal as
  * one delta of 2n elements (FEDGE_DELTA_FLAG_CONTROL). SCAFFOLD needs
- * fedge_edge_trainer_prepare_control once per shape (grad grows to 2n);
+ * fedge_edge_trainer_prepare_control once per shape (grad: 2n, the delta
+ * then dc);
  * fedge_edge_memory_plan_scaffold counts that and the caller's c and c_i. */
 #ifndef FEDGE_EDGE_TRAINER_H
 #define FEDGE_EDGE_TRAINER_H
@@ -36,17 +41,29 @@
 #include "optim.h"
 #include "shard.h"
 
+/* The heap a running client holds whatever the model: its own state, the
+ * shard reader, libcoap's context and one DTLS session (mbedTLS's SSL
+ * context and its in and out record buffers). Measured with massif
+ * (tools/bench/edge_heap.sh) on the Debian mbedTLS 2.28 build; a trimmed
+ * mbedTLS (smaller record buffers) needs less. */
+#define FEDGE_EDGE_BASE_HEAP (112u * 1024u)
+#define FEDGE_EDGE_BLOB_HEAP 64u /* fedge_edge_blob and its allocator overhead */
+
 typedef struct {
     size_t local;     /* local model parameters */
     size_t global;    /* the round's base model */
-    size_t grad;      /* gradient, reused for the delta */
+    size_t grad;      /* one slice of the gradient (fedge_model_grad_chunk_floats);
+                         SCAFFOLD: + the model delta (n) */
     size_t velocity;  /* SGD momentum */
     size_t scratch;   /* activations of one minibatch */
     size_t batch;     /* one minibatch of features + labels */
     size_t record;    /* the shard reader's one record */
     size_t model_body;/* serialized model, held by libcoap while GET /model completes */
-    size_t sealed;    /* sealed update, kept until POST /update is answered */
-    size_t peak;      /* resident buffers + the larger of model_body and sealed */
+    size_t sealed;    /* the streaming sealer (update.h), kept until POST /update
+                         is answered: a few KiB, not the sealed update */
+    size_t link;      /* FEDGE_EDGE_BASE_HEAP: the client, libcoap, one DTLS session */
+    size_t peak;      /* link + resident buffers + the larger of model_body and
+                         global + sealed (the body becomes the global model) */
     /* SCAFFOLD only (0 otherwise); model_body then also bounds GET /control's
      * body and the state file read, and sealed holds 2n elements. */
     size_t control;        /* server control variate c */
@@ -74,9 +91,13 @@ typedef struct {
     fedge_model global;
     int have_global;                    /* global holds a verified model */
     uint8_t global_version[FEDGE_HASH_LEN];
-    float *grad;                        /* n_params (2 * n_params once prepared for
-                                           control); the delta after train() */
+    float *gchunk;                      /* fedge_model_grad_chunk_floats: the gradient
+                                           slice by slice (no whole gradient is held) */
+    float *grad;                        /* SCAFFOLD only (prepare_control): 2 * n_params,
+                                           the delta then dc; NULL otherwise */
     float *control_delta;               /* grad + n_params, or NULL: SCAFFOLD's dc */
+    float *delta;                       /* after train(): local.params (the delta formed
+                                           in place) or, SCAFFOLD, grad; else NULL */
     uint64_t steps;                     /* K: optimizer steps of the last train() */
     fedge_sgd opt;
     float *scratch;
@@ -104,20 +125,26 @@ void fedge_edge_trainer_free(fedge_edge_trainer *t);
  * allocated. */
 int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *spec, int batch,
                                int *resized);
-/* After prepare: grow grad to 2 * n_params and set control_delta (a no-op
- * when already done for this shape; a new shape undoes it). On failure the
- * trainer is as it was. */
+/* After prepare: allocate grad (2 * n_params: the delta, then dc) and set
+ * control_delta (a no-op when already done for this shape; a new shape
+ * undoes it). On failure the trainer is as it was. */
 int fedge_edge_trainer_prepare_control(fedge_edge_trainer *t);
-/* Undo it (a plain round after SCAFFOLD ones): grad back to n_params, so
- * the plain memory plan holds again. */
+/* Undo it (a plain round after SCAFFOLD ones): grad freed, so the plain
+ * memory plan holds again. */
 void fedge_edge_trainer_drop_control(fedge_edge_trainer *t);
 /* Replace the global model by a serialized model file (GET /model body).
  * The old one is freed first (memory stays bounded); on failure no global
  * model is cached. FEDGE_ERR_MODEL_SHAPE when the body's spec is not the
  * prepared one. */
 int fedge_edge_trainer_set_global(fedge_edge_trainer *t, const uint8_t *body, size_t len);
+/* Forget the cached global model (before fetching a new one). */
+void fedge_edge_trainer_drop_global(fedge_edge_trainer *t);
+/* The same as set_global, taking over a malloc'd body (freed on failure) that becomes the
+ * global model's parameters (fedge_model_deserialize_owned). */
+int fedge_edge_trainer_take_global(fedge_edge_trainer *t, uint8_t *body, size_t len);
 /* local = global; fresh optimizer; p->epochs shuffled epochs over the shard;
- * then grad = local - global (the delta), and with p->control dc in
+ * then the delta local - global in t->delta (the local model's place; with
+ * p->control in grad, before dc), and with p->control dc in
  * control_delta and p->client_control advanced to c_i+ (untouched on any
  * failure). mean_loss: sample-weighted mean training loss of the last
  * epoch. FEDGE_ERR_MODEL_SHAPE when the shard's dim or classes do not fit

@@ -7,6 +7,7 @@
 #include <mbedtls/hkdf.h>
 #include <mbedtls/md.h>
 #include <mbedtls/platform_util.h>
+#include <mbedtls/version.h>
 
 #include "bytes.h"
 #include "common.h"
@@ -75,6 +76,21 @@ size_t fedge_envelope_sealed_size(size_t aad_len, size_t plain_len)
     return FEDGE_ENV_OVERHEAD + aad_len + plain_len;
 }
 
+static void write_head(const fedge_device_key *k, uint64_t counter,
+                       const uint8_t random_prefix[4], size_t aad_len, size_t plain_len,
+                       uint8_t *out)
+{
+    memcpy(out, env_magic, 4);
+    fedge_put_u16(out + 4, ENV_VERSION);
+    fedge_put_u16(out + 6, 0);
+    memcpy(out + 8, k->key_id, FEDGE_KEY_ID_LEN);
+    fedge_put_u64(out + 16, counter);
+    memcpy(out + 24, random_prefix, 4);
+    fedge_put_u64(out + 28, counter);
+    fedge_put_u32(out + 36, (uint32_t)aad_len);
+    fedge_put_u32(out + 40, (uint32_t)plain_len);
+}
+
 int fedge_envelope_seal(const fedge_device_key *k, uint64_t counter,
                         const uint8_t random_prefix[4], const uint8_t *aad,
                         size_t aad_len, const uint8_t *plain, size_t plain_len,
@@ -99,15 +115,7 @@ int fedge_envelope_seal(const fedge_device_key *k, uint64_t counter,
         return FEDGE_ERR_INVALID_ARG;
 
     int ret = FEDGE_OK;
-    memcpy(out, env_magic, 4);
-    fedge_put_u16(out + 4, ENV_VERSION);
-    fedge_put_u16(out + 6, 0);
-    memcpy(out + 8, k->key_id, FEDGE_KEY_ID_LEN);
-    fedge_put_u64(out + 16, counter);
-    memcpy(out + 24, random_prefix, 4);
-    fedge_put_u64(out + 28, counter);
-    fedge_put_u32(out + 36, (uint32_t)aad_len);
-    fedge_put_u32(out + 40, (uint32_t)plain_len);
+    write_head(k, counter, random_prefix, aad_len, plain_len, out);
     if (aad_len > 0 && aad != out_aad)
         memcpy(out_aad, aad, aad_len);
     CHK(fedge_gcm_seal(k->key, out + 24, NONCE_LEN, out, FEDGE_ENV_HEADER_LEN + aad_len, plain,
@@ -117,6 +125,127 @@ cleanup:
     if (ret != FEDGE_OK)
         mbedtls_platform_zeroize(out, total);
     return ret;
+}
+
+int fedge_envelope_sealer_start(fedge_envelope_sealer *s, const fedge_device_key *k,
+                                uint64_t counter, const uint8_t random_prefix[4],
+                                const uint8_t *aad, size_t aad_len, size_t plain_len,
+                                uint8_t *head, size_t head_cap)
+{
+    if (s == NULL || k == NULL || random_prefix == NULL || head == NULL ||
+        (aad == NULL && aad_len > 0))
+        return FEDGE_ERR_INVALID_ARG;
+    memset(s, 0, sizeof *s);
+    mbedtls_gcm_init(&s->gcm);
+    s->started = 1;
+    if (fedge_envelope_sealed_size(aad_len, plain_len) == 0)
+        return FEDGE_ERR_RANGE;
+    if (head_cap < FEDGE_ENV_HEADER_LEN + aad_len)
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
+    write_head(k, counter, random_prefix, aad_len, plain_len, head);
+    if (aad_len > 0)
+        memmove(head + FEDGE_ENV_HEADER_LEN, aad, aad_len);
+    s->plain_len = plain_len;
+    if (mbedtls_gcm_setkey(&s->gcm, MBEDTLS_CIPHER_ID_AES, k->key, 8 * FEDGE_KEY_LEN) != 0)
+        return FEDGE_ERR_CRYPTO;
+#if MBEDTLS_VERSION_MAJOR >= 3
+    if (mbedtls_gcm_starts(&s->gcm, MBEDTLS_GCM_ENCRYPT, head + 24, NONCE_LEN) != 0 ||
+        mbedtls_gcm_update_ad(&s->gcm, head, FEDGE_ENV_HEADER_LEN + aad_len) != 0)
+        return FEDGE_ERR_CRYPTO;
+#else
+    if (mbedtls_gcm_starts(&s->gcm, MBEDTLS_GCM_ENCRYPT, head + 24, NONCE_LEN, head,
+                           FEDGE_ENV_HEADER_LEN + aad_len) != 0)
+        return FEDGE_ERR_CRYPTO;
+#endif
+    return FEDGE_OK;
+}
+
+/* GCM over n bytes, n a multiple of 16 except at the very end (mbedTLS 2's rule). */
+static int gcm_blocks(fedge_envelope_sealer *s, const uint8_t *in, size_t n, uint8_t *out)
+{
+    if (n == 0)
+        return FEDGE_OK;
+#if MBEDTLS_VERSION_MAJOR >= 3
+    size_t olen = 0;
+    return mbedtls_gcm_update(&s->gcm, in, n, out, n, &olen) == 0 && olen == n
+               ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+#else
+    return mbedtls_gcm_update(&s->gcm, n, in, out) == 0 ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+#endif
+}
+
+int fedge_envelope_sealer_update(fedge_envelope_sealer *s, const uint8_t *plain, size_t len,
+                                 uint8_t *out, size_t cap, size_t *out_len)
+{
+    if (s == NULL || !s->started || out_len == NULL || out == NULL ||
+        (plain == NULL && len > 0))
+        return FEDGE_ERR_INVALID_ARG;
+    *out_len = 0;
+    if (len > s->plain_len - s->fed)
+        return FEDGE_ERR_RANGE;
+    if (cap < len + 15)
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
+    int ret = FEDGE_OK;
+    size_t done = 0;
+    if (s->carry_len > 0) {
+        size_t take = 16 - s->carry_len < len ? 16 - s->carry_len : len;
+        memcpy(s->carry + s->carry_len, plain, take);
+        s->carry_len += take;
+        plain += take;
+        len -= take;
+        s->fed += take;
+        if (s->carry_len < 16)
+            return FEDGE_OK;
+        CHK(gcm_blocks(s, s->carry, 16, out));
+        done = 16;
+        s->carry_len = 0;
+    }
+    size_t whole = len & ~(size_t)15;
+    CHK(gcm_blocks(s, plain, whole, out + done));
+    done += whole;
+    s->fed += whole;
+    memcpy(s->carry, plain + whole, len - whole);
+    s->carry_len = len - whole;
+    s->fed += len - whole;
+    *out_len = done;
+cleanup:
+    return ret;
+}
+
+int fedge_envelope_sealer_finish(fedge_envelope_sealer *s, uint8_t *out, size_t cap,
+                                 size_t *out_len, uint8_t tag[FEDGE_ENV_TAG_LEN])
+{
+    if (s == NULL || !s->started || out == NULL || out_len == NULL || tag == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    *out_len = 0;
+    if (s->fed != s->plain_len)
+        return FEDGE_ERR_STATE;
+    if (cap < s->carry_len)
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
+    int ret = gcm_blocks(s, s->carry, s->carry_len, out);
+    if (ret != FEDGE_OK)
+        return ret;
+#if MBEDTLS_VERSION_MAJOR >= 3
+    size_t olen = 0;
+    if (mbedtls_gcm_finish(&s->gcm, NULL, 0, &olen, tag, FEDGE_ENV_TAG_LEN) != 0)
+        return FEDGE_ERR_CRYPTO;
+#else
+    if (mbedtls_gcm_finish(&s->gcm, tag, FEDGE_ENV_TAG_LEN) != 0)
+        return FEDGE_ERR_CRYPTO;
+#endif
+    *out_len = s->carry_len;
+    mbedtls_platform_zeroize(s->carry, sizeof s->carry);
+    s->carry_len = 0;
+    return FEDGE_OK;
+}
+
+void fedge_envelope_sealer_free(fedge_envelope_sealer *s)
+{
+    if (s == NULL)
+        return;
+    if (s->started)
+        mbedtls_gcm_free(&s->gcm);
+    mbedtls_platform_zeroize(s, sizeof *s);
 }
 
 int fedge_envelope_parse(const uint8_t *in, size_t len, fedge_envelope_view *v)

@@ -24,6 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <mbedtls/gcm.h>
+
 #define FEDGE_KEY_LEN 32
 #define FEDGE_KEY_ID_LEN 8
 #define FEDGE_ENV_HEADER_LEN 44
@@ -56,6 +58,33 @@ int fedge_envelope_seal(const fedge_device_key *k, uint64_t counter,
                         const uint8_t random_prefix[4], const uint8_t *aad,
                         size_t aad_len, const uint8_t *plain, size_t plain_len,
                         uint8_t *out, size_t cap, size_t *out_len);
+
+/* The same frame as fedge_envelope_seal, produced front to back in pieces
+ * (mbedTLS GCM, whatever crypto.h's backend): start writes the header and
+ * aad (head: FEDGE_ENV_HEADER_LEN + aad_len bytes); update encrypts the next
+ * plaintext piece into out (cap >= len + 15: up to 15 bytes of the previous
+ * pieces are held back so GCM sees whole 16-byte blocks) and gives the count
+ * written; finish, once plain_len bytes went in, writes the held-back bytes
+ * (at most 15) and the tag. Sealing the same inputs again gives the same
+ * bytes. free wipes the state (also after a failure, or without start). */
+typedef struct {
+    mbedtls_gcm_context gcm;
+    uint8_t carry[16];
+    size_t carry_len;
+    size_t plain_len;   /* declared at start */
+    size_t fed;         /* plaintext bytes taken so far */
+    int started;
+} fedge_envelope_sealer;
+
+int fedge_envelope_sealer_start(fedge_envelope_sealer *s, const fedge_device_key *k,
+                                uint64_t counter, const uint8_t random_prefix[4],
+                                const uint8_t *aad, size_t aad_len, size_t plain_len,
+                                uint8_t *head, size_t head_cap);
+int fedge_envelope_sealer_update(fedge_envelope_sealer *s, const uint8_t *plain, size_t len,
+                                 uint8_t *out, size_t cap, size_t *out_len);
+int fedge_envelope_sealer_finish(fedge_envelope_sealer *s, uint8_t *out, size_t cap,
+                                 size_t *out_len, uint8_t tag[FEDGE_ENV_TAG_LEN]);
+void fedge_envelope_sealer_free(fedge_envelope_sealer *s);
 
 /* Parsed view of a frame; pointers point into the caller's buffer. */
 typedef struct {

@@ -1087,12 +1087,36 @@ int fedge_model_forward(const fedge_model *m, const float *x, int batch, float *
     return FEDGE_OK;
 }
 
-int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y, int batch,
-                          uint64_t dropout_seed, float *scratch, float *grad, float *loss)
+size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec)
+{
+    char text[FEDGE_MODEL_SPEC_MAX];
+    if (spec == NULL || spec_check(spec, text) != FEDGE_OK)
+        return 0;
+    size_t need = FEDGE_MODEL_GRAD_CHUNK;
+    for (int i = 0; i < spec->n_layers; i++) {
+        const fedge_layer *l = &spec->layer[i];
+        size_t in_size = (size_t)l->in_c * l->in_h * l->in_w;
+        size_t w = l->type == FEDGE_LAYER_DENSE ? in_size                     /* one row */
+                   : l->type == FEDGE_LAYER_CONV2D ? (size_t)l->n_params     /* whole */
+                                                   : 0;
+        if (w > need)
+            need = w;
+        if ((size_t)l->out > need)
+            need = (size_t)l->out;
+    }
+    return need < spec->n_params ? need : spec->n_params;
+}
+
+/* With sink: gradients go out in slices through chunk (see model.h), each
+ * layer's after its input gradient is formed; without: into grad whole. */
+static int loss_backward(const fedge_model *m, const float *x, const uint8_t *y, int batch,
+                         uint64_t dropout_seed, float *scratch, float *grad, float *chunk,
+                         fedge_grad_sink sink, void *sink_arg, float *loss)
 {
     if (check_model(m) != FEDGE_OK || x == NULL || y == NULL || batch < 1 || scratch == NULL ||
-        grad == NULL)
+        (sink ? chunk == NULL : grad == NULL))
         return FEDGE_ERR_INVALID_ARG;
+    const size_t chunk_cap = sink ? fedge_model_grad_chunk_floats(&m->spec) : 0;
     const fedge_model_spec *s = &m->spec;
     const float *params = m->params;
     const int B = batch;
@@ -1108,6 +1132,8 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
     float *g = forward_pass(&ps, x, 1, dropout_seed, y, &loss_sum);
     if (loss != NULL)
         *loss = (float)(loss_sum / batch);
+    if (sink && !isfinite((float)(loss_sum / batch)))
+        return FEDGE_ERR_MODEL_NONFINITE; /* before any slice could step */
     const float inv_b = 1.0f / (float)batch;
     for (int i = 0; i < batch; i++) {
         float *row = g + (size_t)i * s->classes;
@@ -1132,6 +1158,30 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
         int need_gin = i > first_param; /* no layer before it learns: no input gradient */
         switch (l->type) {
         case FEDGE_LAYER_DENSE: {
+            if (sink) {
+                /* the input gradient first, with the weights before this step */
+                if (need_gin)
+                    fedge_sgemm(0, 0, B, (int)in_size, l->out, 1.0f, g, l->out, params + l->w_off,
+                                (int)in_size, 0.0f, gin, (int)in_size);
+                size_t rows = chunk_cap / in_size;
+                for (int j0 = 0; j0 < l->out; j0 += (int)rows) {
+                    int r = l->out - j0 < (int)rows ? l->out - j0 : (int)rows;
+                    fedge_sgemm(1, 0, r, (int)in_size, B, 1.0f, g + j0, l->out, in, (int)in_size,
+                                0.0f, chunk, (int)in_size);
+                    CHK(sink(sink_arg, l->w_off + (size_t)j0 * in_size, chunk, (size_t)r * in_size));
+                }
+                for (int j = 0; j < l->out; j++)
+                    chunk[j] = 0.0f;
+                for (int r = 0; r < B; r++) {
+                    const float *row = g + (size_t)r * l->out;
+                    for (int j = 0; j < l->out; j++)
+                        chunk[j] += row[j];
+                }
+                CHK(sink(sink_arg, l->b_off, chunk, (size_t)l->out));
+                if (need_gin)
+                    g = gin;
+                break;
+            }
             float *gW = grad + l->w_off, *gb = grad + l->b_off;
             fedge_sgemm(1, 0, l->out, (int)in_size, B, 1.0f, g, l->out, in, (int)in_size, 0.0f,
                         gW, (int)in_size);
@@ -1151,19 +1201,21 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
         }
         case FEDGE_LAYER_CONV2D: {
             int K = l->in_c * l->k * l->k, P = B * l->out_h * l->out_w, O = l->out;
-            float *gb = grad + l->b_off;
+            /* with a sink the layer's gradient sits in chunk, weights then biases */
+            float *lw = sink ? chunk : grad + l->w_off;
+            float *gb = sink ? chunk + (l->b_off - l->w_off) : grad + l->b_off;
             col_sums(g, P, O, gb);
             float *c = i == 0 ? col0 : col; /* col0 and the last conv's col: from forward */
             if (i > 0 && ps.col_layer != i)
                 im2col(l, (float *)in, in_nhwc, B, col, 0);
             if (O <= K) { /* the smaller side as GEMM rows: OHWI [O x K], then to OIHW */
-                float *gw = l->in_c == 1 ? grad + l->w_off : wt; /* OHWI = OIHW */
+                float *gw = l->in_c == 1 ? lw : wt; /* OHWI = OIHW */
                 fedge_sgemm(1, 0, O, K, P, 1.0f, g, O, c, K, 0.0f, gw, K);
                 if (l->in_c > 1)
-                    ohwi_to_oihw(l, wt, grad + l->w_off);
+                    ohwi_to_oihw(l, wt, lw);
             } else {
                 fedge_sgemm(1, 0, K, O, P, 1.0f, c, K, g, O, 0.0f, wt, O);
-                permute_weights(l, wt, grad + l->w_off, 0);
+                permute_weights(l, wt, lw, 0);
             }
             if (need_gin) {
                 ps.col_layer = -1;
@@ -1173,6 +1225,8 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
                 im2col(l, gin, in_nhwc, B, col, 1);
                 g = gin;
             }
+            if (sink)
+                CHK(sink(sink_arg, l->w_off, chunk, (size_t)l->n_params));
             break;
         }
         case FEDGE_LAYER_RELU: {
@@ -1202,7 +1256,23 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
             break;
         }
     }
-    return FEDGE_OK;
+cleanup:
+    return ret;
+}
+
+int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y, int batch,
+                          uint64_t dropout_seed, float *scratch, float *grad, float *loss)
+{
+    return loss_backward(m, x, y, batch, dropout_seed, scratch, grad, NULL, NULL, NULL, loss);
+}
+
+int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,
+                                 int batch, uint64_t dropout_seed, float *scratch, float *chunk,
+                                 fedge_grad_sink sink, void *sink_arg, float *loss)
+{
+    if (sink == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    return loss_backward(m, x, y, batch, dropout_seed, scratch, NULL, chunk, sink, sink_arg, loss);
 }
 
 int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y, size_t n,

@@ -133,6 +133,20 @@ int fedge_model_forward(const fedge_model *m, const float *x, int batch,
  * the dropout masks of this step (the same seed gives the same masks; models without
  * dropout ignore it). Element e of dropout layer l (e = b*C*H*W + c*H*W + h*W + w within
  * the batch) is kept when hash(seed, l, e) >= rate * 2^32, and scaled by 1 / (1 - rate). */
+/* The gradient without a buffer for all of it: each parameter's gradient is
+ * handed to sink(arg, offset, g, n) exactly once, in slices of at most
+ * fedge_model_grad_chunk_floats(spec) floats passed through chunk (the
+ * caller's buffer of that size; sink may change g). A layer's slices come
+ * after everything that reads its parameters, so sink may step them in place
+ * (a fused optimizer step: the same arithmetic as a whole gradient and a
+ * step afterwards). A sink's error ends the pass and is returned; a
+ * non-finite loss is FEDGE_ERR_MODEL_NONFINITE before any slice (*loss set). */
+typedef int (*fedge_grad_sink)(void *arg, size_t off, float *g, size_t n);
+#define FEDGE_MODEL_GRAD_CHUNK 4096 /* floats; larger when one dense row or a conv layer is */
+size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec); /* 0: invalid spec */
+int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,
+                                 int batch, uint64_t dropout_seed, float *scratch, float *chunk,
+                                 fedge_grad_sink sink, void *sink_arg, float *loss);
 int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y,
                           int batch, uint64_t dropout_seed, float *scratch, float *grad,
                           float *loss);

@@ -209,6 +209,37 @@ cleanup:
     return ret;
 }
 
+int fedge_model_deserialize_owned(uint8_t *buf, size_t len, fedge_model *m,
+                                  uint8_t version_out[FEDGE_HASH_LEN])
+{
+    if (buf == NULL || m == NULL) {
+        free(buf);
+        return FEDGE_ERR_INVALID_ARG;
+    }
+    prefix_info info;
+    uint8_t prefix[PREFIX_MAX], stored[FEDGE_HASH_LEN];
+    fedge_model tmp;
+    memset(&tmp, 0, sizeof tmp);
+    int ret = parse_prefix(buf, len, len, &info);
+    if (ret != FEDGE_OK || info.prefix_len > sizeof prefix || info.n_params == 0) {
+        free(buf);
+        return ret != FEDGE_OK ? ret : FEDGE_ERR_MODEL_SPEC;
+    }
+    memcpy(prefix, buf, info.prefix_len);
+    memcpy(stored, buf + len - FEDGE_HASH_LEN, FEDGE_HASH_LEN);
+    /* the parameters move to the front and become host floats in place */
+    memmove(buf, buf + info.prefix_len, 4 * info.n_params);
+    params_from_le(buf, info.n_params, (float *)(void *)buf);
+    float *params = realloc(buf, 4 * info.n_params);
+    tmp.spec = info.spec;
+    tmp.n_params = info.n_params;
+    tmp.params = params != NULL ? params : (float *)(void *)buf; /* else the larger block stays */
+    CHK(finish_load(prefix, &info, &tmp, stored, m, version_out));
+cleanup:
+    fedge_model_free(&tmp);
+    return ret;
+}
+
 int fedge_model_load(const char *path, fedge_model *m, uint8_t version_out[FEDGE_HASH_LEN])
 {
     if (path == NULL || m == NULL)

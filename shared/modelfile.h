@@ -35,5 +35,10 @@ int fedge_model_serialize(const fedge_model *m, uint8_t **out, size_t *out_len,
                           uint8_t version_out[FEDGE_HASH_LEN]);
 int fedge_model_deserialize(const uint8_t *buf, size_t len, fedge_model *m,
                             uint8_t version_out[FEDGE_HASH_LEN]);
+/* The same checks on a malloc'd buf that it takes over (freed on failure):
+ * the parameters are converted in place and buf becomes m->params, so a
+ * model costs its body once, not twice. */
+int fedge_model_deserialize_owned(uint8_t *buf, size_t len, fedge_model *m,
+                                  uint8_t version_out[FEDGE_HASH_LEN]);
 
 #endif

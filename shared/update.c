@@ -108,3 +108,275 @@ cleanup:
         mbedtls_platform_zeroize(scratch + FEDGE_DELTA_HEADER_LEN, v.ct_len);
     return ret;
 }
+
+/* ---- streaming ----------------------------------------------------------- */
+
+#define STREAM_CHUNK_BYTES 1024u /* encoded payload per chunk (one int8 block may exceed it) */
+#define STREAM_BEHIND 6144u      /* ciphertext kept behind the newest chunk: the Block1 window and more */
+
+struct fedge_update_stream {
+    fedge_device_key key;
+    uint64_t counter;
+    uint8_t prefix[4];
+    fedge_delta_header h;       /* as given; sub-headers encode the chunks */
+    const float *delta;
+    int stochastic;
+    fedge_rng rng0;             /* the rounding stream at the start */
+    fedge_rng rng;
+    uint8_t head[FEDGE_ENV_HEADER_LEN + FEDGE_UPDATE_AAD_LEN];
+    size_t payload_len, total;
+    size_t chunk_elems;
+    fedge_envelope_sealer sealer;
+    size_t next_elem;           /* first element not yet encoded */
+    size_t ct_done;             /* ciphertext bytes in the ring so far */
+    int finished;               /* tag written */
+    uint8_t tag[FEDGE_ENV_TAG_LEN];
+    uint8_t *chunk;             /* header + one chunk's payload */
+    size_t chunk_cap;
+    uint8_t *ring;              /* ciphertext byte i at ring[i % ring_len] */
+    size_t ring_len;
+};
+
+static size_t stream_chunk_elems(const fedge_delta_header *h)
+{
+    switch (h->encoding) {
+    case FEDGE_ENC_FP32: return STREAM_CHUNK_BYTES / 4;
+    case FEDGE_ENC_FP16:
+    case FEDGE_ENC_BF16: return STREAM_CHUNK_BYTES / 2;
+    default: {
+        size_t per_block = 4 + (size_t)h->block_size;
+        size_t blocks = per_block < STREAM_CHUNK_BYTES ? STREAM_CHUNK_BYTES / per_block : 1;
+        return blocks * h->block_size;
+    }
+    }
+}
+
+/* A chunk's encoding: the delta's header fields with the chunk's length
+ * (the control flag, which only constrains the full length, left out). */
+static fedge_delta_header chunk_header(const fedge_delta_header *h, size_t elems)
+{
+    fedge_delta_header c = *h;
+    c.n_elems = (uint32_t)elems;
+    c.flags = 0;
+    return c;
+}
+
+static int stream_sizes(const fedge_delta_header *h, size_t *chunk_elems, size_t *chunk_cap,
+                        size_t *ring_len)
+{
+    if (h->flags & FEDGE_DELTA_FLAG_PARTIAL)
+        return FEDGE_ERR_INVALID_ARG; /* the relay's trailer: sealed whole */
+    if (fedge_delta_encoded_size(h) == 0 || h->n_elems == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    size_t ce = stream_chunk_elems(h);
+    if (ce > h->n_elems)
+        ce = h->n_elems;
+    fedge_delta_header c = chunk_header(h, ce);
+    size_t cap = fedge_delta_encoded_size(&c);
+    if (cap == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    *chunk_elems = ce;
+    *chunk_cap = cap + 16; /* + the sealer's held-back bytes */
+    *ring_len = cap - FEDGE_DELTA_HEADER_LEN + 16 + STREAM_BEHIND;
+    return FEDGE_OK;
+}
+
+size_t fedge_update_stream_bytes(const fedge_delta_header *h)
+{
+    size_t ce, cap, ring;
+    if (h == NULL || stream_sizes(h, &ce, &cap, &ring) != FEDGE_OK)
+        return 0;
+    return sizeof(fedge_update_stream) + cap + ring;
+}
+
+/* Encodes elements [e0, e0 + n) into s->chunk; *plain, *plain_len: the payload. */
+static int encode_chunk(fedge_update_stream *s, size_t e0, size_t n, fedge_rng *rng,
+                        uint8_t **plain, size_t *plain_len)
+{
+    fedge_delta_header c = chunk_header(&s->h, n);
+    size_t len = 0;
+    int ret = fedge_delta_encode(&c, s->delta + e0, s->stochastic ? rng : NULL, s->chunk,
+                                 s->chunk_cap, &len);
+    if (ret != FEDGE_OK)
+        return ret;
+    *plain = s->chunk + FEDGE_DELTA_HEADER_LEN;
+    *plain_len = len - FEDGE_DELTA_HEADER_LEN;
+    return FEDGE_OK;
+}
+
+static void ring_put(fedge_update_stream *s, const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        s->ring[(s->ct_done + i) % s->ring_len] = p[i];
+    s->ct_done += n;
+}
+
+static int stream_restart(fedge_update_stream *s)
+{
+    fedge_envelope_sealer_free(&s->sealer);
+    s->rng = s->rng0;
+    s->next_elem = 0;
+    s->ct_done = 0;
+    s->finished = 0;
+    uint8_t head[sizeof s->head];
+    int ret = fedge_envelope_sealer_start(&s->sealer, &s->key, s->counter, s->prefix,
+                                          s->head + FEDGE_ENV_HEADER_LEN, FEDGE_UPDATE_AAD_LEN,
+                                          s->payload_len, head, sizeof head);
+    if (ret == FEDGE_OK)
+        memcpy(s->head, head, FEDGE_ENV_HEADER_LEN);
+    return ret;
+}
+
+/* The next chunk's ciphertext into the ring (and the tag after the last). */
+static int stream_step(fedge_update_stream *s)
+{
+    int ret = FEDGE_OK;
+    size_t n = s->h.n_elems - s->next_elem;
+    if (n > s->chunk_elems)
+        n = s->chunk_elems;
+    uint8_t *plain = NULL;
+    size_t plain_len = 0, out_len = 0;
+    CHK(encode_chunk(s, s->next_elem, n, &s->rng, &plain, &plain_len));
+    /* in place is not allowed with held-back bytes: the ciphertext goes to
+     * the front of the chunk buffer, over the header (plain is 64 further) */
+    CHK(fedge_envelope_sealer_update(&s->sealer, plain, plain_len, s->chunk, s->chunk_cap,
+                                     &out_len));
+    ring_put(s, s->chunk, out_len);
+    s->next_elem += n;
+    if (s->next_elem == s->h.n_elems) {
+        CHK(fedge_envelope_sealer_finish(&s->sealer, s->chunk, s->chunk_cap, &out_len, s->tag));
+        ring_put(s, s->chunk, out_len);
+        s->finished = 1;
+    }
+cleanup:
+    mbedtls_platform_zeroize(s->chunk, s->chunk_cap);
+    return ret;
+}
+
+int fedge_update_stream_new(const fedge_device_key *k, uint64_t counter,
+                            const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h,
+                            const float *delta, fedge_rng *rng, fedge_update_stream **out)
+{
+    if (k == NULL || run_id == NULL || h == NULL || delta == NULL || out == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    *out = NULL;
+    size_t ce, cap, ring;
+    int ret = stream_sizes(h, &ce, &cap, &ring);
+    if (ret != FEDGE_OK)
+        return ret;
+    size_t delta_len = fedge_delta_encoded_size(h);
+    size_t total = fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN, delta_len - FEDGE_DELTA_HEADER_LEN);
+    if (total == 0)
+        return FEDGE_ERR_RANGE;
+    fedge_update_stream *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return FEDGE_ERR_NOMEM;
+    s->chunk = malloc(cap);
+    s->ring = malloc(ring);
+    if (s->chunk == NULL || s->ring == NULL)
+        FAIL(FEDGE_ERR_NOMEM);
+    s->key = *k;
+    s->counter = counter;
+    s->h = *h;
+    s->delta = delta;
+    s->stochastic = h->encoding == FEDGE_ENC_INT8 && rng != NULL;
+    s->chunk_elems = ce;
+    s->chunk_cap = cap;
+    s->ring_len = ring;
+    s->payload_len = delta_len - FEDGE_DELTA_HEADER_LEN;
+    s->total = total;
+    if (rng != NULL)
+        s->rng0 = *rng;
+
+    /* One pass over the whole delta as seal would encode it: its errors
+     * before anything is sent, the rounding stream's end for the nonce. */
+    fedge_rng r = s->rng0;
+    uint8_t *plain;
+    size_t plain_len;
+    for (size_t e = 0; e < h->n_elems; e += ce) {
+        size_t n = h->n_elems - e < ce ? h->n_elems - e : ce;
+        CHK(encode_chunk(s, e, n, &r, &plain, &plain_len));
+        if (e == 0) {
+            /* the aad: the full header (the chunk's, with the delta's length
+             * and flags) then the run id */
+            uint8_t *aad = s->head + FEDGE_ENV_HEADER_LEN;
+            memcpy(aad, s->chunk, FEDGE_DELTA_HEADER_LEN);
+            aad[7] = (uint8_t)(aad[7] | (h->flags & FEDGE_DELTA_FLAG_CONTROL));
+            for (int i = 0; i < 4; i++)
+                aad[20 + i] = (uint8_t)(h->n_elems >> (8 * i));
+            memcpy(aad + FEDGE_DELTA_HEADER_LEN, run_id, FEDGE_RUN_ID_LEN);
+        }
+    }
+    mbedtls_platform_zeroize(s->chunk, s->chunk_cap);
+    uint32_t p = rng != NULL ? (uint32_t)fedge_rng_u64(&r) : (uint32_t)(counter >> 32);
+    for (int i = 0; i < 4; i++)
+        s->prefix[i] = (uint8_t)(p >> (8 * i));
+    CHK(stream_restart(s)); /* also writes the envelope header */
+    if (rng != NULL)
+        *rng = r;
+    *out = s;
+    s = NULL;
+cleanup:
+    fedge_update_stream_free(s);
+    return ret;
+}
+
+size_t fedge_update_stream_size(const fedge_update_stream *s)
+{
+    return s != NULL ? s->total : 0;
+}
+
+int fedge_update_stream_read(fedge_update_stream *s, size_t off, uint8_t *dst, size_t len)
+{
+    if (s == NULL || (dst == NULL && len > 0))
+        return FEDGE_ERR_INVALID_ARG;
+    if (off > s->total || len > s->total - off)
+        return FEDGE_ERR_RANGE;
+    const size_t head_len = sizeof s->head;
+    const size_t ct_end = head_len + s->payload_len;
+    int ret = FEDGE_OK;
+    while (len > 0) {
+        size_t n;
+        if (off < head_len) {
+            n = head_len - off < len ? head_len - off : len;
+            memcpy(dst, s->head + off, n);
+        } else if (off < ct_end) {
+            size_t i = off - head_len;
+            n = ct_end - off < len ? ct_end - off : len;
+            if (n > STREAM_BEHIND / 2) /* what one pass of steps cannot overwrite */
+                n = STREAM_BEHIND / 2;
+            /* the ring holds ciphertext [ct_done - ring_len, ct_done) */
+            if (i + s->ring_len < s->ct_done)
+                CHK(stream_restart(s));
+            while (s->ct_done < i + n)
+                CHK(stream_step(s));
+            for (size_t j = 0; j < n; j++)
+                dst[j] = s->ring[(i + j) % s->ring_len];
+        } else {
+            while (!s->finished)
+                CHK(stream_step(s));
+            size_t t = off - ct_end;
+            n = FEDGE_ENV_TAG_LEN - t < len ? FEDGE_ENV_TAG_LEN - t : len;
+            memcpy(dst, s->tag + t, n);
+        }
+        dst += n;
+        off += n;
+        len -= n;
+    }
+cleanup:
+    return ret;
+}
+
+void fedge_update_stream_free(fedge_update_stream *s)
+{
+    if (s == NULL)
+        return;
+    fedge_envelope_sealer_free(&s->sealer);
+    if (s->chunk != NULL) {
+        mbedtls_platform_zeroize(s->chunk, s->chunk_cap);
+        free(s->chunk);
+    }
+    free(s->ring);
+    mbedtls_platform_zeroize(s, sizeof *s);
+    free(s);
+}

@@ -29,6 +29,28 @@ int fedge_update_seal(const fedge_device_key *k, uint64_t counter,
                       const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h, const float *delta, fedge_rng *rng,
                       uint8_t **out, size_t *out_len);
 
+/* The frame fedge_update_seal gives, byte for byte, without holding it: a
+ * reader of any byte range, producing the ciphertext front to back in
+ * chunks of a few KiB and keeping the last `ring` bytes of it. A read behind
+ * what the ring still holds starts the sealing again from the same state
+ * (same counter, nonce, rounding stream), so it gives the same bytes: a
+ * retry, or a block sent afresh, costs time, never memory. delta must stay
+ * unchanged while the stream lives. init encodes the whole delta once
+ * (discarding it) to report what seal would (FEDGE_ERR_DELTA_NONFINITE,
+ * FEDGE_ERR_RANGE) before anything is sent, and leaves *rng where seal
+ * would. The stream owns a copy of the key, wiped by free; its heap is
+ * fedge_update_stream_bytes(h) plus the struct. */
+typedef struct fedge_update_stream fedge_update_stream;
+
+size_t fedge_update_stream_bytes(const fedge_delta_header *h); /* 0: invalid header */
+int fedge_update_stream_new(const fedge_device_key *k, uint64_t counter,
+                            const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h,
+                            const float *delta, fedge_rng *rng, fedge_update_stream **out);
+size_t fedge_update_stream_size(const fedge_update_stream *s); /* the frame's length */
+/* dst[0..len) = frame[off .. off + len); off + len <= the frame's length. */
+int fedge_update_stream_read(fedge_update_stream *s, size_t off, uint8_t *dst, size_t len);
+void fedge_update_stream_free(fedge_update_stream *s); /* NULL is fine */
+
 typedef struct {
     uint32_t model_id;
     uint32_t n_elems;

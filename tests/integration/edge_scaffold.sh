@@ -41,7 +41,7 @@ grep -q "round 2: served control variate [0-9a-f]* is not the round's control=; 
     fed_fail "round 2: the stale control variate was not refused"
 grep -q "memory plan (softmax:784-10, batch 32, fp32, SCAFFOLD): .* control=31400 client_control=31400 control_delta=31400 peak=" "$log" ||
     fed_fail "the memory plan does not count the SCAFFOLD buffers"
-grep -q "memory plan (softmax:784-10, batch 32, fp32): .* sealed=[0-9]* peak=" "$log" ||
+grep -q "memory plan (softmax:784-10, batch 32, fp32): .* sealed=[0-9]* link=[0-9]* peak=" "$log" ||
     fed_fail "the plain round 4 did not go back to the plain memory plan"
 grep -q "round 2: .*outcome=rejected 4.00" "$log" || fed_fail "round 2 was not refused"
 grep -q "round 4: training 1 epochs on [0-9]* samples$" "$log" || fed_fail "round 4 was not plain"

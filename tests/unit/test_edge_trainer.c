@@ -100,23 +100,32 @@ static void test_memory_plan(void **state)
     const size_t n = 7850;
     assert_int_equal(m.local, 4 * n);
     assert_int_equal(m.global, 4 * n);
-    assert_int_equal(m.grad, 4 * n);
+    assert_int_equal(m.grad, 4 * fedge_model_grad_chunk_floats(&spec)); /* a slice, not n */
+    assert_true(m.grad < 4 * n);
     assert_int_equal(m.velocity, 4 * n);
     assert_int_equal(m.scratch, 4 * fedge_model_scratch_floats(&spec, 32));
     assert_int_equal(m.batch, 32 * 784 * 4 + 32);
     assert_int_equal(m.record, 785);
     assert_int_equal(m.model_body, 12 + strlen("softmax:784-10") + 8 + 4 * n + 32);
-    assert_int_equal(m.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + 4 * n);
-    size_t resident = 4 * 4 * n + m.scratch + m.batch + m.record;
-    assert_int_equal(m.peak, resident + (m.model_body > m.sealed ? m.model_body : m.sealed));
+    /* the update is sealed block by block: a few KiB, whatever the model */
+    fedge_delta_header dh;
+    memset(&dh, 0, sizeof dh);
+    dh.encoding = FEDGE_ENC_FP32;
+    dh.n_elems = (uint32_t)n;
+    assert_int_equal(m.sealed, fedge_update_stream_bytes(&dh) + FEDGE_EDGE_BLOB_HEAP);
+    assert_true(m.sealed < 16 * 1024);
+    assert_int_equal(m.link, FEDGE_EDGE_BASE_HEAP);
+    /* the body becomes the global model: never both */
+    size_t resident = m.link + 2 * 4 * n + m.grad + m.scratch + m.batch + m.record;
+    size_t transient = m.model_body > m.global + m.sealed ? m.model_body : m.global + m.sealed;
+    assert_int_equal(m.peak, resident + transient);
 
-    /* Smaller encodings shrink only the sealed update. */
+    /* Other encodings change only the sealer (int8: whole blocks per chunk). */
     fedge_edge_memory h, q;
     assert_int_equal(fedge_edge_memory_plan(&spec, 32, 785, FEDGE_ENC_FP16, &h), FEDGE_OK);
-    assert_int_equal(h.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + 2 * n);
+    assert_int_equal(h.peak - h.sealed, m.peak - m.sealed);
     assert_int_equal(fedge_edge_memory_plan(&spec, 32, 785, FEDGE_ENC_INT8, &q), FEDGE_OK);
-    size_t blocks = (n + FEDGE_DELTA_DEFAULT_BLOCK - 1) / FEDGE_DELTA_DEFAULT_BLOCK;
-    assert_int_equal(q.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + n + 4 * blocks);
+    assert_int_equal(q.peak - q.sealed, m.peak - m.sealed);
     assert_int_equal(q.local, m.local);
 
     /* The batch scales the minibatch buffers, not the model ones. */
@@ -171,12 +180,12 @@ static void test_cnn_round(void **state)
     assert_int_equal(mallinfo2().uordblks, before);
 #endif
     assert_true(isfinite(loss) && loss < logf(10.0f));
-    memcpy(first, t.grad, n * sizeof(float));
+    memcpy(first, t.delta, n * sizeof(float));
     assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &again), FEDGE_OK);
-    assert_memory_equal(first, t.grad, n * sizeof(float));
+    assert_memory_equal(first, t.delta, n * sizeof(float));
     p.seed = 78;
     assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &again), FEDGE_OK);
-    assert_true(memcmp(first, t.grad, n * sizeof(float)) != 0);
+    assert_true(memcmp(first, t.delta, n * sizeof(float)) != 0);
     free(first);
     fedge_edge_trainer_free(&t);
 }
@@ -218,22 +227,22 @@ static void test_training_rounds(void **state)
     assert_true(isfinite(loss1));
     assert_true(loss1 < logf(10.0f)); /* better than chance over the epoch */
     double dnorm = 0;
+    assert_ptr_equal(t.delta, t.local.params); /* the delta, formed in place */
     for (size_t i = 0; i < n; i++) {
-        assert_float_equal(t.grad[i], t.local.params[i] - t.global.params[i], 0.0);
-        dnorm += (double)t.grad[i] * t.grad[i];
+        dnorm += (double)t.delta[i] * t.delta[i];
     }
     assert_true(dnorm > 0);
-    memcpy(first, t.grad, n * sizeof(float));
+    memcpy(first, t.delta, n * sizeof(float));
 
     /* Same seed, fresh optimizer: the very same delta. */
     double again;
     assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &again), FEDGE_OK);
-    assert_memory_equal(first, t.grad, n * sizeof(float));
+    assert_memory_equal(first, t.delta, n * sizeof(float));
     assert_float_equal(again, loss1, 0.0);
     /* Another seed (another round): another order, another delta. */
     p.seed = 1001;
     assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &again), FEDGE_OK);
-    assert_true(memcmp(first, t.grad, n * sizeof(float)) != 0);
+    assert_true(memcmp(first, t.delta, n * sizeof(float)) != 0);
 
     /* Apply the delta as a one-client FedAvg would and train the next round:
      * the loss keeps going down. */
@@ -241,7 +250,7 @@ static void test_training_rounds(void **state)
         fedge_model next;
         assert_int_equal(fedge_model_init(&next, &spec), FEDGE_OK);
         for (size_t i = 0; i < n; i++)
-            next.params[i] = t.global.params[i] + t.grad[i];
+            next.params[i] = t.global.params[i] + t.delta[i];
         assert_int_equal(fedge_model_serialize(&next, &body, &len, version), FEDGE_OK);
         fedge_model_free(&next);
         assert_int_equal(fedge_edge_trainer_set_global(&t, body, len), FEDGE_OK);
@@ -305,7 +314,7 @@ static void test_seal_matches_plan(void **state)
         uint8_t *sealed;
         size_t sealed_len;
         static const uint8_t run[FEDGE_RUN_ID_LEN] = "edge trainer run";
-        assert_int_equal(fedge_update_seal(&key, 100 + e, run, &h, t.grad, NULL, &sealed, &sealed_len),
+        assert_int_equal(fedge_update_seal(&key, 100 + e, run, &h, t.delta, NULL, &sealed, &sealed_len),
                          FEDGE_OK);
         assert_int_equal(sealed_len, fedge_edge_sealed_size(&spec, encs[e]));
         fedge_update_expect exp = {.model_id = h.model_id, .n_elems = h.n_elems, .round = 4, .run_id = run};
@@ -319,7 +328,7 @@ static void test_seal_matches_plan(void **state)
         assert_int_equal(got.n_samples, fx->rows);
         assert_memory_equal(got.base_version, t.global_version, FEDGE_HASH_LEN);
         if (encs[e] == FEDGE_ENC_FP32)
-            assert_memory_equal(out, t.grad, t.local.n_params * sizeof(float));
+            assert_memory_equal(out, t.delta, t.local.n_params * sizeof(float));
         free(scratch);
         free(sealed);
     }
@@ -482,7 +491,7 @@ static void test_fedprox_steps(void **state)
     /* One step: mu has nothing to act on yet. */
     assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss), FEDGE_OK);
     double w1[6] = {0.05, 0.1, -0.05, -0.1, 0.05, -0.05}; /* -0.1 * (p - y) (x, 1) */
-    assert_close6(tt.t.grad, w1, 1e-7);
+    assert_close6(tt.t.delta, w1, 1e-7);
     assert_float_equal(loss, log(2.0), 1e-6);
 
     /* Two steps: w2 = w1 - lr * (g(w1) + mu * w1). */
@@ -498,16 +507,16 @@ static void test_fedprox_steps(void **state)
     /* s = 1 / (1 + e^0.6): the step-2 error, written out once by hand */
     assert_float_equal(g2[5], 1.0 / (1.0 + exp(0.6)), 1e-12);
     assert_float_equal(g2[5], 0.35434369377420455, 1e-12);
-    assert_close6(tt.t.grad, w2, 1e-6);
+    assert_close6(tt.t.delta, w2, 1e-6);
     float with_mu[6];
-    memcpy(with_mu, tt.t.grad, sizeof with_mu);
+    memcpy(with_mu, tt.t.delta, sizeof with_mu);
 
     /* mu pulls towards w_global: without it the step lands further out. */
     p.prox_mu = 0.0f;
     assert_int_equal(fedge_edge_trainer_train(&tt.t, &tt.shard, &p, NULL, &loss), FEDGE_OK);
-    assert_close6(tt.t.grad, plain, 1e-6);
+    assert_close6(tt.t.delta, plain, 1e-6);
     for (int i = 0; i < 6; i++)
-        assert_true(fabsf(with_mu[i]) < fabsf(tt.t.grad[i]));
+        assert_true(fabsf(with_mu[i]) < fabsf(tt.t.delta[i]));
 
     /* mu must be a finite number >= 0. */
     p.prox_mu = -0.1f;
@@ -544,10 +553,10 @@ static void test_scaffold_one_step(void **state)
         ci_new[i] = g[i];
         dc[i] = g[i] - (double)ci0[i];
     }
-    assert_close6(tt.t.grad, dy, 1e-7);
+    assert_close6(tt.t.delta, dy, 1e-7);
     assert_close6(ci, ci_new, 1e-6);
     assert_close6(tt.t.control_delta, dc, 1e-6);
-    assert_true(tt.t.control_delta == tt.t.grad + 6); /* dy then dc: one 2n delta */
+    assert_true(tt.t.control_delta == tt.t.delta + 6); /* dy then dc: one 2n delta */
     for (int i = 0; i < 6; i++) /* c_i+ is exactly c_i + dc as sent */
         assert_true(ci[i] == ci0[i] + tt.t.control_delta[i]);
     tiny_close(&tt);
@@ -586,7 +595,7 @@ static void test_scaffold_two_steps(void **state)
             ci_new[i] = (double)ci0[i] - (double)c[i] + (1 - beta) * (0 - w[i]) / (2 * lr);
             dc[i] = ci_new[i] - (double)ci0[i];
         }
-        assert_close6(tt.t.grad, w, 1e-6);
+        assert_close6(tt.t.delta, w, 1e-6);
         assert_close6(ci, ci_new, 1e-5);
         assert_close6(tt.t.control_delta, dc, 1e-5);
         if (!with_momentum)
@@ -694,10 +703,43 @@ static uint64_t ref_epoch_seed(uint64_t seed, int epoch)
     return z ^ (z >> 31);
 }
 
-static void test_plain_bits_unchanged(void **state)
+/* Whether fedge_sgemm gives a block of rows of a weight gradient the same
+ * bits as the whole product. True for the portable kernel (each element's
+ * sum over the batch runs in one order whatever the rows) and for OpenBLAS
+ * natively here; OpenBLAS under valgrind picks another kernel that is not. */
+static int row_blocks_exact(void)
+{
+    enum { B = 32, OUT = 40, IN = 784, ROWS = 5 };
+    float *g = malloc(B * OUT * sizeof(float)), *x = malloc(B * IN * sizeof(float));
+    float *whole = malloc(OUT * IN * sizeof(float)), *part = malloc(ROWS * IN * sizeof(float));
+    assert_true(g && x && whole && part);
+    fedge_rng r;
+    fedge_rng_seed(&r, 99);
+    for (int i = 0; i < B * OUT; i++)
+        g[i] = (float)fedge_rng_normal(&r);
+    for (int i = 0; i < B * IN; i++)
+        x[i] = (float)fedge_rng_normal(&r);
+    fedge_sgemm(1, 0, OUT, IN, B, 1.0f, g, OUT, x, IN, 0.0f, whole, IN);
+    int same = 1;
+    for (int j0 = 0; j0 < OUT && same; j0 += ROWS) {
+        fedge_sgemm(1, 0, ROWS, IN, B, 1.0f, g + j0, OUT, x, IN, 0.0f, part, IN);
+        same = memcmp(part, whole + (size_t)j0 * IN, ROWS * IN * sizeof(float)) == 0;
+    }
+    free(g);
+    free(x);
+    free(whole);
+    free(part);
+    return same;
+}
+
+/* The trainer steps each slice of the gradient as the backward pass hands
+ * it over (fedge_model_loss_grad_sliced): the same bits as a whole gradient
+ * and a step afterwards (where the BLAS sums row blocks as the whole), for
+ * one layer, for a dense layer stepped in row slices below another, and for
+ * convolutions. */
+static void plain_bits(void **state, const char *text)
 {
     fixture *fx = *state;
-    const char *text = "softmax:784-10";
     fedge_model_spec spec;
     spec_of(text, &spec);
     fedge_edge_trainer t;
@@ -742,13 +784,31 @@ static void test_plain_bits_unchanged(void **state)
     assert_int_equal(t.steps, step);
     for (size_t i = 0; i < n; i++)
         grad[i] = w.params[i] - t.global.params[i];
-    assert_memory_equal(grad, t.grad, n * sizeof(float));
+    if (row_blocks_exact())
+        assert_memory_equal(grad, t.delta, n * sizeof(float));
+    else { /* the BLAS sums a block of rows otherwise than the whole: rounding,
+              * grown over the steps, but the same training */
+        double diff = 0.0, norm = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            diff += ((double)grad[i] - t.delta[i]) * ((double)grad[i] - t.delta[i]);
+            norm += (double)grad[i] * grad[i];
+        }
+        assert_true(diff <= 1e-6 * norm);
+    }
     free(grad);
     free(vel);
     free(scratch);
     free(xb);
     fedge_model_free(&w);
     fedge_edge_trainer_free(&t);
+}
+
+static void test_plain_bits_unchanged(void **state)
+{
+    plain_bits(state, "softmax:784-10");
+    plain_bits(state, "mlp:784-200-10");
+    plain_bits(state, "cnn:1x28x28-c4k5-p2-c8k3-p2-f32-10");
+    plain_bits(state, "cnn:1x28x28-c4k5-p2-f16-d20-10"); /* dropout */
 }
 
 /* A SCAFFOLD round on a real shard: the plan counts c, c_i and dc and a 2n
@@ -769,10 +829,10 @@ static void test_scaffold_plan_and_seal(void **state)
     assert_int_equal(m.control, 4 * n);
     assert_int_equal(m.client_control, 4 * n);
     assert_int_equal(m.control_delta, 4 * n);
-    assert_int_equal(m.grad, plain.grad);
-    assert_int_equal(m.sealed, FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + 8 * n);
-    assert_int_equal(m.peak, plain.peak - plain.sealed + 3 * 4 * n +
-                                 (m.sealed > m.model_body ? m.sealed : m.model_body));
+    assert_int_equal(m.grad, plain.grad + 4 * n); /* + the model delta, before dc */
+    assert_true(m.sealed >= plain.sealed && m.sealed < 16 * 1024);
+    assert_int_equal(m.peak, plain.peak - plain.global - plain.sealed + 4 * 4 * n + m.global +
+                                 m.sealed);
     char line[512];
     fedge_edge_memory_format(&m, line, sizeof line);
     assert_non_null(strstr(line, "control=31400 client_control=31400 control_delta=31400 peak="));
@@ -824,9 +884,10 @@ static void test_scaffold_plan_and_seal(void **state)
     static const uint8_t run[FEDGE_RUN_ID_LEN] = "edge scaffold rn";
     uint8_t *sealed, *scratch;
     size_t sealed_len;
-    assert_int_equal(fedge_update_seal(&key, 7, run, &h, t.grad, NULL, &sealed, &sealed_len),
+    assert_int_equal(fedge_update_seal(&key, 7, run, &h, t.delta, NULL, &sealed, &sealed_len),
                      FEDGE_OK);
-    assert_int_equal(sealed_len, m.sealed);
+    assert_int_equal(sealed_len, fedge_edge_sealed_size(&spec, FEDGE_ENC_FP32) + 4 * n);
+    assert_int_equal(m.sealed, fedge_update_stream_bytes(&h) + FEDGE_EDGE_BLOB_HEAP);
     fedge_update_expect exp = {.model_id = h.model_id, .n_elems = h.n_elems, .round = 2,
                                .run_id = run};
     scratch = malloc(sealed_len);
@@ -836,7 +897,7 @@ static void test_scaffold_plan_and_seal(void **state)
     assert_int_equal(fedge_update_open(&key, sealed, sealed_len, &exp, scratch, &got, &counter,
                                        out), FEDGE_OK);
     assert_true(got.flags & FEDGE_DELTA_FLAG_CONTROL);
-    assert_memory_equal(out, t.grad, n * sizeof(float));
+    assert_memory_equal(out, t.delta, n * sizeof(float));
     assert_memory_equal(out + n, t.control_delta, n * sizeof(float));
     free(scratch);
     free(sealed);

@@ -541,6 +541,87 @@ static void test_counter_flow(void **state)
     }
 }
 
+
+/* The streaming sealer gives fedge_update_seal's frame byte for byte,
+ * whatever order its bytes are read in: in Block1-sized pieces front to
+ * back, a piece again behind the ring (a block sent afresh, a retry from the
+ * start), and the tag first; the rounding stream ends where seal leaves it. */
+static void check_stream(fedge_encoding enc, int stochastic, int control, uint32_t n)
+{
+    fedge_device_key k = device_key("dev-stream");
+    fedge_delta_header h = header(enc, n);
+    if (control)
+        h.flags = FEDGE_DELTA_FLAG_CONTROL;
+    float *x = random_delta(n, 1000u + n);
+    x[n / 2] = 0.5f;
+    fedge_rng r1, r2;
+    fedge_rng_seed(&r1, 42);
+    r2 = r1;
+    uint8_t *sealed_ref = NULL;
+    size_t len = 0;
+    assert_int_equal(fedge_update_seal(&k, 77, RUN_ID, &h, x, stochastic ? &r1 : NULL, &sealed_ref, &len),
+                     FEDGE_OK);
+    fedge_update_stream *s = NULL;
+    assert_int_equal(fedge_update_stream_new(&k, 77, RUN_ID, &h, x, stochastic ? &r2 : NULL, &s),
+                     FEDGE_OK);
+    assert_int_equal(fedge_update_stream_size(s), len);
+    assert_memory_equal(&r1, &r2, sizeof r1);
+    uint8_t *got = malloc(len);
+    uint8_t tag[FEDGE_ENV_TAG_LEN];
+    assert_int_equal(fedge_update_stream_read(s, len - sizeof tag, tag, sizeof tag), FEDGE_OK);
+    assert_memory_equal(tag, sealed_ref + len - sizeof tag, sizeof tag);
+    for (size_t off = 0; off < len; off += 1024)
+        assert_int_equal(fedge_update_stream_read(s, off, got + off, len - off < 1024 ? len - off : 1024),
+                         FEDGE_OK);
+    assert_memory_equal(got, sealed_ref, len);
+    memset(got, 0, len);
+    size_t mid = len / 3;
+    assert_int_equal(fedge_update_stream_read(s, mid, got + mid, len - mid), FEDGE_OK);
+    assert_int_equal(fedge_update_stream_read(s, 0, got, mid), FEDGE_OK);
+    assert_memory_equal(got, sealed_ref, len);
+    uint8_t one;
+    assert_int_equal(fedge_update_stream_read(s, len, &one, 1), FEDGE_ERR_RANGE);
+    fedge_update_stream_free(s);
+    free(got);
+    free(sealed_ref);
+    free(x);
+}
+
+static void test_stream_same_bytes(void **state)
+{
+    (void)state;
+    static const uint32_t sizes[] = {1, 255, 1024, 5000, 70001};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        check_stream(FEDGE_ENC_FP32, 0, 0, sizes[i]);
+        check_stream(FEDGE_ENC_FP16, 0, 0, sizes[i]);
+        check_stream(FEDGE_ENC_BF16, 0, 0, sizes[i]);
+        check_stream(FEDGE_ENC_INT8, 0, 0, sizes[i]);
+        check_stream(FEDGE_ENC_INT8, 1, 0, sizes[i]);
+        check_stream(FEDGE_ENC_FP32, 1, 0, sizes[i]);
+    }
+    check_stream(FEDGE_ENC_INT8, 0, 1, 70000);
+    check_stream(FEDGE_ENC_FP32, 0, 1, 4096);
+}
+
+/* What seal refuses, the stream refuses at creation, before a byte goes out. */
+static void test_stream_refuses_up_front(void **state)
+{
+    (void)state;
+    fedge_device_key k = device_key("dev-stream");
+    fedge_delta_header h = header(FEDGE_ENC_FP32, 9000);
+    float *x = random_delta(9000, 5);
+    x[8999] = NAN;
+    fedge_update_stream *s = (fedge_update_stream *)&h;
+    assert_int_equal(fedge_update_stream_new(&k, 1, RUN_ID, &h, x, NULL, &s), FEDGE_ERR_DELTA_NONFINITE);
+    assert_null(s);
+    x[8999] = 70000.0f;
+    h = header(FEDGE_ENC_FP16, 9000);
+    assert_int_equal(fedge_update_stream_new(&k, 1, RUN_ID, &h, x, NULL, &s), FEDGE_ERR_RANGE);
+    h.flags = FEDGE_DELTA_FLAG_PARTIAL;
+    assert_int_equal(fedge_update_stream_new(&k, 1, RUN_ID, &h, x, NULL, &s), FEDGE_ERR_INVALID_ARG);
+    free(x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -552,6 +633,8 @@ int main(void)
         cmocka_unit_test(test_every_bit_flip),
         cmocka_unit_test(test_bound_to_run),
         cmocka_unit_test(test_counter_flow),
+        cmocka_unit_test(test_stream_same_bytes),
+        cmocka_unit_test(test_stream_refuses_up_front),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

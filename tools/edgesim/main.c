@@ -162,8 +162,9 @@ static int train_none(void *arg, fedge_edge_trainer *t, fedge_shard_reader *shar
     fedge_rng base, r;
     fedge_rng_seed(&base, s->o.seed ^ p->seed);
     fedge_rng_split(&base, sl->device, &r);
+    t->delta = t->grad ? t->grad : t->local.params; /* where the trainer leaves its delta */
     for (size_t i = 0; i < t->local.n_params; i++)
-        t->grad[i] = 0.01f * (float)fedge_rng_normal(&r);
+        t->delta[i] = 0.01f * (float)fedge_rng_normal(&r);
     *mean_loss = 0.0;
     return sim_sleep(s->o.compute_ms * s->dev[sl->device].speed, stop);
 }

@@ -483,7 +483,7 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
         goto cleanup;
     }
     if (s->clients[j->dev].byzantine)
-        attack(s, j, t->grad, t->local.n_params);
+        attack(s, j, t->delta, t->local.n_params);
 
     fedge_delta_header h;
     memset(&h, 0, sizeof h);
@@ -499,7 +499,7 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
     have_key = 1;
     fedge_rng seal_rng;
     fedge_rng_seed(&seal_rng, stream_u64(s, STREAM_SEAL, ri->round, j->dev));
-    ret = fedge_update_seal(&key, j->counter, ri->run_id, &h, t->grad, &seal_rng, &j->sealed, &j->sealed_len);
+    ret = fedge_update_seal(&key, j->counter, ri->run_id, &h, t->delta, &seal_rng, &j->sealed, &j->sealed_len);
     if (ret != FEDGE_OK) {
         snprintf(j->why, sizeof j->why, "sealing failed: %s", fedge_strerror(ret));
         goto cleanup;
