@@ -152,6 +152,16 @@ static size_t versions_in_flight(const fedge_aggregator *a, int *has_current)
     return n;
 }
 
+/* Device i asked lately, holds no slot, and has neither an admission nor a
+ * counted update in the open step. The last matters: async_admit counts an
+ * admission in step s as used by any update counted in step s or later, so
+ * a device whose update (admitted in an earlier step) was counted in this
+ * step would get an admission that is used up before it is given. */
+static int waiting(const fedge_aggregator *a, size_t i, double now)
+{
+    return !a->adm_step[i] && !a->selected[i] && !a->submitted[i] && now - a->asked_at[i] <= ASK_TTL_S;
+}
+
 typedef struct {
     uint64_t rank;
     size_t d;
@@ -183,14 +193,14 @@ static int admit_waiting(fedge_aggregator *a, double now)
         return FEDGE_OK;
     size_t asking = 0;
     for (size_t i = 0; i < a->keys.n; i++)
-        asking += !a->adm_step[i] && !a->selected[i] && now - a->asked_at[i] <= ASK_TTL_S;
+        asking += waiting(a, i, now);
     if (asking == 0)
         return FEDGE_OK;
     c = malloc(asking * sizeof *c);
     if (!c)
         FAIL(FEDGE_ERR_NOMEM);
     for (size_t i = 0; i < a->keys.n && n < asking; i++) {
-        if (a->adm_step[i] || a->selected[i] || now - a->asked_at[i] > ASK_TTL_S)
+        if (!waiting(a, i, now))
             continue;
         c[n].d = i;
         CHK(fedge_sched_async_rank((uint64_t)a->cfg.seed, a->round, a->keys.devices[i].id, &c[n].rank));
@@ -285,6 +295,16 @@ static int async_on_tick(fedge_aggregator *a, double now)
 }
 
 
+/* Device d holds a slot whose admission an update counted already used up:
+ * it must not read selected=1 any longer, nor keep a slot others could
+ * take. waiting() keeps this from happening; this is the safety net. */
+static void drop_used_slot(fedge_aggregator *a, int d, const char *device)
+{
+    FEDGE_WARN("step %u: %s held a slot (step %u) for an admission already used; freed", a->round, device,
+               a->adm_step[d]);
+    free_slot(a, d);
+}
+
 static int async_admit(fedge_aggregator *a, int d, const char *device, uint32_t for_round, int *ok, int *code,
                        char *msg, size_t msglen)
 {
@@ -297,6 +317,8 @@ static int async_admit(fedge_aggregator *a, int d, const char *device, uint32_t 
         goto cleanup;
     }
     if (a->submitted[d]) {
+        if (a->adm_step[d])
+            drop_used_slot(a, d, device);
         *code = 409;
         snprintf(msg, msglen, "an update of this device is already in step %u's buffer", a->round);
         goto cleanup;
@@ -315,6 +337,9 @@ static int async_admit(fedge_aggregator *a, int d, const char *device, uint32_t 
                                 "SELECT 1 FROM updates WHERE device=? AND round>=? AND decision<>'rejected'", "ti",
                                 device, admitted_in));
     if (already) {
+        /* the slot's admission is at or before this one: used up too */
+        if (a->adm_step[d] && (int64_t)a->adm_step[d] <= admitted_in)
+            drop_used_slot(a, d, device);
         *code = 409;
         snprintf(msg, msglen, "the update for this device's admission in step %lld was already counted",
                  (long long)admitted_in);

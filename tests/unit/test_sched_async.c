@@ -1,8 +1,9 @@
 /* Async mode (sched_async.c, FedBuff) driven directly: the staleness
  * discounts, the seeded admission rule, a full aggregation step, the
  * max_staleness refusal, a restart with a half-full buffer (the step then
- * aggregates exactly the K accepted updates), DP accounting at q = 1 and
- * the participation cap. */
+ * aggregates exactly the K accepted updates), DP accounting at q = 1, the
+ * participation cap, and that a device is never left selected=1 for an
+ * admission already used up. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -376,6 +377,78 @@ static void test_max_versions_and_slot_timeout(void **state)
     stop(fx);
 }
 
+/* Slots held: the count kept and the adm_step array agree. */
+static size_t slots_held(const fixture *fx)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < fx->agg.keys.n; i++)
+        n += fx->agg.adm_step[i] != 0;
+    return n;
+}
+
+/* The benchmark's fault (issue 9): dev-c, admitted in step 1, has its update
+ * counted in step 2 (the buffer filled meanwhile). Asking again, it must
+ * not be admitted in step 2 (any admission there is used up by that update:
+ * it would read selected=1 and get 4.09 in every later step until its slot
+ * timed out); in step 3 it is admitted and its update accepted. */
+static void test_late_update_then_ask(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(2, 4, "version: 1\nname: async\nupdate:\n  max_staleness: 4\n");
+    ask_and_tick(fx, 0x7);
+    size_t len;
+    uint8_t *late = make_update(fx, 2, good(fx, 60), &len); /* dev-c trains on step 1's model */
+    assert_int_equal(send_now(fx, 0, 61, 0.01f, msg), 204);
+    assert_int_equal(send_now(fx, 1, 62, 0.01f, msg), 204); /* step 1 closes */
+    assert_int_equal(fx->agg.round, 2);
+    assert_int_equal(submit(fx, DEVICES[2], late, len, msg), 204);
+    free(late);
+    assert_int_equal(fx->agg.adm_step[2], 0);
+    for (int k = 0; k < 3; k++) /* it keeps asking (as an observer is re-marked) */
+        ask_and_tick(fx, 0x4);
+    assert_int_equal(ask(fx, 2), 0);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM round_participants WHERE round=2 AND device='dev-c'"), 0);
+    ask_and_tick(fx, 0x1);
+    assert_int_equal(ask(fx, 0), 1);
+    assert_int_equal(send_now(fx, 0, 63, 0.01f, msg), 204); /* step 2 closes */
+    assert_int_equal(fx->agg.round, 3);
+    ask_and_tick(fx, 0x4);
+    assert_int_equal(ask(fx, 2), 1);
+    assert_int_equal(send_now(fx, 2, 64, 0.01f, msg), 204);
+    assert_int_equal(fx->agg.in_flight, slots_held(fx));
+    stop(fx);
+}
+
+/* Should a slot ever outlive its admission (the state the fault above left),
+ * the 4.09 that says so frees it at once: selected=0, the slot free. */
+static void test_used_admission_frees_slot(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(2, 4, NULL);
+    ask_and_tick(fx, 0x3);
+    assert_int_equal(send_now(fx, 0, 70, 0.01f, msg), 204);
+    assert_int_equal(fx->agg.in_flight, 1);
+    fx->agg.adm_step[0] = 1; /* as if the slot had not been freed */
+    fx->agg.in_flight++;
+    assert_int_equal(ask(fx, 0), 1);
+    assert_int_equal(send_now(fx, 0, 71, 0.01f, msg), 409); /* its update is in this step's buffer */
+    assert_int_equal(fx->agg.adm_step[0], 0);
+    assert_int_equal(fx->agg.in_flight, 1);
+    assert_int_equal(ask(fx, 0), 0);
+    assert_int_equal(send_now(fx, 1, 72, 0.01f, msg), 204); /* step 1 closes */
+    assert_int_equal(fx->agg.round, 2);
+    fx->agg.adm_step[0] = 1;
+    fx->agg.in_flight++;
+    assert_int_equal(send_now(fx, 0, 73, 0.01f, msg), 409); /* step 1's admission was counted */
+    assert_non_null(strstr(msg, "already counted"));
+    assert_int_equal(fx->agg.adm_step[0], 0);
+    assert_int_equal(fx->agg.in_flight, 0);
+    assert_int_equal(ask(fx, 0), 0);
+    stop(fx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -387,6 +460,8 @@ int main(void)
         cmocka_unit_test(test_restart_half_full_buffer),
         cmocka_unit_test(test_dp_q1_and_participation_cap),
         cmocka_unit_test(test_max_versions_and_slot_timeout),
+        cmocka_unit_test(test_late_update_then_ask),
+        cmocka_unit_test(test_used_admission_frees_slot),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
