@@ -43,14 +43,20 @@ static int async_alloc(fedge_aggregator *a)
     free(a->adm_step);
     free(a->adm_at);
     free(a->asked_at);
+    free(a->view_changed);
+    free(a->view_changed_mark);
     a->adm_step = calloc(n, sizeof *a->adm_step);
     a->adm_at = calloc(n, sizeof *a->adm_at);
     a->asked_at = calloc(n, sizeof *a->asked_at);
+    a->view_changed = calloc(n, sizeof *a->view_changed);
+    a->view_changed_mark = calloc(n, 1);
     a->in_flight = 0;
+    a->n_view_changed = 0;
     if (a->asked_at)
         for (size_t i = 0; i < n; i++)
             a->asked_at[i] = -1e300; /* never */
-    return a->adm_step && a->adm_at && a->asked_at ? FEDGE_OK : FEDGE_ERR_NOMEM;
+    return a->adm_step && a->adm_at && a->asked_at && a->view_changed && a->view_changed_mark ? FEDGE_OK
+                                                                                                  : FEDGE_ERR_NOMEM;
 }
 
 static int async_resume(fedge_aggregator *a)
@@ -123,7 +129,7 @@ static void free_slot(fedge_aggregator *a, int d)
     if (a->adm_step[d]) {
         a->adm_step[d] = 0;
         a->in_flight--;
-        a->round_epoch++;
+        fedge_sched_view_changed(a, d);
     }
 }
 
@@ -252,7 +258,7 @@ static int admit_waiting(fedge_aggregator *a, double now)
         a->adm_at[i] = now;
         a->in_flight++;
         a->n_selected++;
-        a->round_epoch++;
+        fedge_sched_view_changed(a, (int)i);
     }
 cleanup:
     if (ret != FEDGE_OK)
@@ -321,6 +327,7 @@ static int async_admit(fedge_aggregator *a, int d, const char *device, uint32_t 
             drop_used_slot(a, d, device);
         *code = 409;
         snprintf(msg, msglen, "an update of this device is already in step %u's buffer", a->round);
+        FEDGE_INFO("step %u: %s refused (trained for %u): %s", a->round, device, for_round, msg);
         goto cleanup;
     }
     /* One update per admission: the device's latest admission, at or
@@ -343,6 +350,7 @@ static int async_admit(fedge_aggregator *a, int d, const char *device, uint32_t 
         *code = 409;
         snprintf(msg, msglen, "the update for this device's admission in step %lld was already counted",
                  (long long)admitted_in);
+        FEDGE_INFO("step %u: %s refused (trained for %u): %s", a->round, device, for_round, msg);
         goto cleanup;
     }
     *ok = 1;

@@ -59,6 +59,10 @@ int fedge_sched_count_rounds(fedge_aggregator *a);
 /* The open round's or step's counters after a decided update of device d
  * (every mode's `counted` starts here). */
 void fedge_sched_tally(fedge_aggregator *a, int d, int accepted, size_t bytes);
+/* Device d's GET /round answer changed while every other device's did not
+ * (async: admitted, slot freed): lists d once in a->view_changed for the
+ * server (agg.h). No-op when the list is not allocated or d < 0. */
+void fedge_sched_view_changed(fedge_aggregator *a, int d);
 /* fedge_agg_outcome's meaning: 0 when at least one round aggregated (or
  * none was due), 3 when none did; msg says what happened. */
 int fedge_sched_outcome(const fedge_aggregator *a, char *msg, size_t msglen);
