@@ -449,6 +449,31 @@ static void test_used_admission_frees_slot(void **state)
     stop(fx);
 }
 
+/* An admission and a freed slot change that device's view alone: it is
+ * listed (once) for the server to notify just it, and round_epoch, which
+ * notifies every observer, does not move (issue 9: O(1) per admission). */
+static void test_view_changes_are_per_device(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(2, 4, NULL);
+    uint64_t epoch = fx->agg.round_epoch;
+    fx->agg.n_view_changed = 0;
+    memset(fx->agg.view_changed_mark, 0, fx->agg.keys.n);
+    ask_and_tick(fx, 0x3);
+    ask_and_tick(fx, 0x3); /* asking again changes nothing */
+    assert_int_equal(fx->agg.n_view_changed, 2);
+    assert_true((fx->agg.view_changed[0] == 0 && fx->agg.view_changed[1] == 1) ||
+                (fx->agg.view_changed[0] == 1 && fx->agg.view_changed[1] == 0));
+    fx->agg.n_view_changed = 0;
+    memset(fx->agg.view_changed_mark, 0, fx->agg.keys.n);
+    assert_int_equal(send_now(fx, 0, 80, 0.01f, msg), 204);
+    assert_int_equal(fx->agg.n_view_changed, 1);
+    assert_int_equal(fx->agg.view_changed[0], 0);
+    assert_true(fx->agg.round_epoch == epoch);
+    stop(fx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -462,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_max_versions_and_slot_timeout),
         cmocka_unit_test(test_late_update_then_ask),
         cmocka_unit_test(test_used_admission_frees_slot),
+        cmocka_unit_test(test_view_changes_are_per_device),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
