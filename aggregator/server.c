@@ -372,12 +372,15 @@ static void notify_round_observers(fedge_server *s)
 }
 
 /* A notification reset by its edge, or never acknowledged: the observation
- * is dead (libcoap has deleted, or counts a failure of, its subscription). */
+ * is dead (libcoap has deleted, or counts a failure of, its subscription).
+ * The other reasons come from a session being disconnected, whose
+ * subscriptions libcoap deletes itself (SERVER_SESSION_DEL then). */
 static void on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_t reason,
                     const coap_mid_t mid)
 {
     (void)mid;
-    if (!g_server || !g_server->observers || !sent)
+    if (!g_server || !g_server->observers || !sent ||
+        (reason != COAP_NACK_RST && reason != COAP_NACK_TOO_MANY_RETRIES))
         return;
     int d = session_device(session);
     if (d < 0 || g_server->observers[d].session != session ||
