@@ -16,8 +16,8 @@
  * the free slots to the lowest ranks, logging each as a round_participants
  * row of the step plus an audited 'async_admitted' event with its rank. An
  * admission lets the device send one update (for the step it read or later);
- * its slot is freed when that update is decided or after
- * async_slot_timeout_s. At most async_max_versions distinct steps (base
+ * its slot is freed when that update is decided, when the session the
+ * device observed /round on ends (`left`), or after async_slot_timeout_s. At most async_max_versions distinct steps (base
  * versions) are in flight. Slots are memory only: after a restart the open
  * step's admissions without an update get theirs back (a fresh timeout);
  * an earlier step's admitted device may still send its one update. */
@@ -322,6 +322,13 @@ static int async_admit(fedge_aggregator *a, int d, const char *device, uint32_t 
         snprintf(msg, msglen, "%s", a->state == FEDGE_AGG_FINISHED ? "run finished" : "no open step");
         goto cleanup;
     }
+    if (a->n_accepted >= (size_t)a->cfg.async_buffer_k) {
+        /* K updates already went in earlier in this group commit (the step
+         * closes after it): this one goes to the next step; the slot stays */
+        *code = 503;
+        snprintf(msg, msglen, "step %u's buffer is full; retry", a->round);
+        goto cleanup;
+    }
     if (a->submitted[d]) {
         if (a->adm_step[d])
             drop_used_slot(a, d, device);
@@ -378,6 +385,16 @@ static void async_view(fedge_aggregator *a, int d, double now, fedge_sched_view 
     }
 }
 
+static void async_left(fedge_aggregator *a, int d)
+{
+    if (d < 0 || (size_t)d >= a->keys.n)
+        return;
+    a->asked_at[d] = -1e300;
+    if (a->adm_step[d])
+        FEDGE_INFO("step %u: %s left; its slot (step %u) is free", a->round, a->keys.devices[d].id, a->adm_step[d]);
+    free_slot(a, d);
+}
+
 const fedge_sched fedge_sched_async = {
     .mode = "async",
     .resume = async_resume,
@@ -386,4 +403,5 @@ const fedge_sched fedge_sched_async = {
     .admit = async_admit,
     .counted = async_counted,
     .view = async_view,
+    .left = async_left,
 };

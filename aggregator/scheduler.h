@@ -45,6 +45,11 @@ typedef struct fedge_sched {
     void (*counted)(fedge_aggregator *a, int d, int accepted, size_t bytes);
     /* GET /round from device d: async mode notes that d is asking. */
     void (*view)(fedge_aggregator *a, int d, double now, fedge_sched_view *v);
+    /* Device d's session ended (closed, failed, freed) while d observed
+     * /round on it: async frees d's slot at once (its admission stays: a
+     * late update is still judged) and forgets that it was asking. NULL:
+     * nothing to do (sync). */
+    void (*left)(fedge_aggregator *a, int d);
 } fedge_sched;
 
 /* The scheduler for a run mode ("sync", "async"); NULL when there is none. */

@@ -974,12 +974,8 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
 /* A closed or deleted session's partial upload is freed at once. */
 static int on_session_event(coap_session_t *session, const coap_event_t event)
 {
-    if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server) {
+    if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server)
         answer_drop(session);
-        int d = g_server->observers ? session_device(session) : -1;
-        if (d >= 0 && g_server->observers[d].session == session)
-            drop_observation(g_server, (size_t)d, 0);
-    }
     switch (event) {
     case COAP_EVENT_SERVER_SESSION_DEL:
     case COAP_EVENT_DTLS_CLOSED:
@@ -988,6 +984,17 @@ static int on_session_event(coap_session_t *session, const coap_event_t event)
     case COAP_EVENT_SESSION_FAILED:
         if (g_server)
             fedge_uploads_drop(g_server->uploads, session);
+        if (g_server && g_server->observers) {
+            /* the device observed on this session: it has left (libcoap
+             * deletes the session's subscriptions itself); a device that
+             * came back on a newer session observes there and is kept */
+            int d = session_device(session);
+            if (d >= 0 && g_server->observers[d].session == session) {
+                drop_observation(g_server, (size_t)d, 0);
+                if (g_server->agg->sched->left)
+                    g_server->agg->sched->left(g_server->agg, d);
+            }
+        }
         break;
     default:
         break;

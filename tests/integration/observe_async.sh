@@ -40,8 +40,8 @@ fed_wait_run 60 || fed_fail "the async run with Observe failed"
 kill -TERM "$relay_pid"
 wait "$relay_pid"
 
-[ "$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed' AND n_accepted>=2")" = 6 ] ||
-    fed_fail "6 steps of at least 2 updates expected: $(fed_sql "SELECT id, status, n_accepted FROM rounds")"
+[ "$(fed_sql "SELECT count(*) FROM rounds WHERE status='closed' AND n_accepted=2")" = 6 ] ||
+    fed_fail "6 steps of 2 updates expected: $(fed_sql "SELECT id, status, n_accepted FROM rounds")"
 [ "$(fed_sql "SELECT count(*) FROM updates u LEFT JOIN round_participants p ON p.device=u.device
               AND p.round<=u.round WHERE p.device IS NULL")" = 0 ] || fed_fail "an update without an admission"
 refused=$(cat "$FED_DIR"/edge-dev-*.log | grep -c "outcome=rejected")

@@ -22,6 +22,7 @@
 #include "config.h"
 #include "governance.h"
 #include "hash.h"
+#include "ingest.h"
 #include "log.h"
 #include "scheduler.h"
 #include "store.h"
@@ -474,6 +475,73 @@ static void test_view_changes_are_per_device(void **state)
     stop(fx);
 }
 
+/* A device whose session ended (the server calls `left`) frees its slot at
+ * once and no longer counts as asking; its admission stays, so the update
+ * it trained is still accepted if it comes back with it. */
+static void test_left_frees_slot(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(2, 1, NULL);
+    ask_and_tick(fx, 0x3); /* one slot: one of the two is admitted */
+    int in = fx->agg.adm_step[0] ? 0 : 1, out = 1 - in;
+    assert_int_equal(fx->agg.in_flight, 1);
+    assert_non_null(fx->agg.sched->left);
+    fx->agg.sched->left(&fx->agg, in);
+    assert_int_equal(fx->agg.adm_step[in], 0);
+    assert_int_equal(fx->agg.in_flight, 0);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK); /* the other one, still asking, gets it */
+    assert_int_equal(fx->agg.adm_step[in], 0);
+    assert_int_equal(fx->agg.adm_step[out], 1);
+    assert_int_equal(send_now(fx, in, 90, 0.01f, msg), 204);
+    stop(fx);
+}
+
+/* A group commit (ingest worker pool) holding more updates than the buffer
+ * has room for: exactly K go into the step; the others get 5.03 (retry,
+ * nothing stored, slots kept) and go into the next step. */
+static void test_group_commit_stops_at_k(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(2, 4, "version: 1\nname: async\nupdate:\n  max_staleness: 4\n");
+    ask_and_tick(fx, 0x7);
+    assert_int_equal(send_now(fx, 0, 100, 0.01f, msg), 204); /* buffer 1 of 2 */
+    fedge_ingest_snapshot snap[2];
+    fedge_ingest_frame f[2];
+    fedge_ingest_item it[2];
+    uint8_t *b[2];
+    memset(f, 0, sizeof f);
+    memset(it, 0, sizeof it);
+    for (int k = 0; k < 2; k++) {
+        size_t len;
+        b[k] = make_update(fx, 1 + k, good(fx, 101 + (uint64_t)k), &len);
+        assert_int_equal(fedge_ingest_snapshot_take(&fx->agg, 1 + k, &snap[k]), FEDGE_OK);
+        assert_int_equal(fedge_ingest_open(&snap[k], b[k], len, &f[k]), FEDGE_OK);
+        it[k].device = 1 + k;
+        it[k].snap = &snap[k];
+        it[k].frame = &f[k];
+    }
+    assert_int_equal(fedge_ingest_commit_group(&fx->agg, it, 2, NULL), FEDGE_OK);
+    assert_int_equal(it[0].code, 204);
+    assert_int_equal(it[1].code, 503);
+    assert_int_equal(fx->agg.n_accepted, 2);
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 2);
+    assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=1"), 2);
+    assert_int_equal(fx->agg.adm_step[3 - 1], 1); /* dev-c keeps its slot */
+    size_t len;
+    uint8_t *again = make_update(fx, 2, good(fx, 103), &len);
+    assert_int_equal(submit(fx, DEVICES[2], again, len, msg), 204);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-c' AND round=2"), 1);
+    free(again);
+    for (int k = 0; k < 2; k++) {
+        fedge_ingest_frame_free(&f[k]);
+        free(b[k]);
+    }
+    stop(fx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -488,6 +556,8 @@ int main(void)
         cmocka_unit_test(test_late_update_then_ask),
         cmocka_unit_test(test_used_admission_frees_slot),
         cmocka_unit_test(test_view_changes_are_per_device),
+        cmocka_unit_test(test_left_frees_slot),
+        cmocka_unit_test(test_group_commit_stops_at_k),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
