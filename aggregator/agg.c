@@ -167,6 +167,8 @@ void fedge_agg_free(fedge_aggregator *a)
     free(a->adm_step);
     free(a->adm_at);
     free(a->asked_at);
+    free(a->view_changed);
+    free(a->view_changed_mark);
     fedge_keys_free(&a->keys);
     fedge_model_free(&a->model);
     free(a->model_blob);

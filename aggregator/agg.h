@@ -111,15 +111,22 @@ typedef struct {
     size_t control_blob_len;
     uint8_t control_version[FEDGE_HASH_LEN];
     char control_version_hex[FEDGE_HASH_HEX_LEN];
-    /* Bumped where a device's view of GET /round changes beyond state,
-     * round and versions (async: an admission, a freed slot); the server
-     * notifies /round's observers when any of them moves. */
+    /* Bumped where every device's view of GET /round changes beyond state,
+     * round and versions; the server notifies all /round observers when any
+     * of them moves. A change to one device's view goes to view_changed. */
     uint64_t round_epoch;
 
     struct fedge_relay *relay;        /* relay mode (relay.h): the parent's link; NULL: a root */
     /* fedge_ingest_commit_group's transaction is open: the per-update
      * writes (fedge_gov_admit_update) join it instead of committing */
     int ingest_group_tx;
+    /* Devices whose GET /round answer changed alone (async: admitted, slot
+     * freed), each listed once: fedge_sched_view_changed appends, the
+     * server notifies just their observations and empties the list. NULL
+     * when the mode has no per-device view (sync). */
+    uint32_t *view_changed;       /* keys.n entries at most */
+    uint8_t *view_changed_mark;   /* parallel to keys.devices: listed */
+    size_t n_view_changed;
 } fedge_aggregator;
 
 /* Index of device `id` in keys.devices (and the arrays parallel to it); -1

@@ -16,8 +16,8 @@
  * the free slots to the lowest ranks, logging each as a round_participants
  * row of the step plus an audited 'async_admitted' event with its rank. An
  * admission lets the device send one update (for the step it read or later);
- * its slot is freed when that update is decided or after
- * async_slot_timeout_s. At most async_max_versions distinct steps (base
+ * its slot is freed when that update is decided, when the session the
+ * device observed /round on ends (`left`), or after async_slot_timeout_s. At most async_max_versions distinct steps (base
  * versions) are in flight. Slots are memory only: after a restart the open
  * step's admissions without an update get theirs back (a fresh timeout);
  * an earlier step's admitted device may still send its one update. */
@@ -43,14 +43,20 @@ static int async_alloc(fedge_aggregator *a)
     free(a->adm_step);
     free(a->adm_at);
     free(a->asked_at);
+    free(a->view_changed);
+    free(a->view_changed_mark);
     a->adm_step = calloc(n, sizeof *a->adm_step);
     a->adm_at = calloc(n, sizeof *a->adm_at);
     a->asked_at = calloc(n, sizeof *a->asked_at);
+    a->view_changed = calloc(n, sizeof *a->view_changed);
+    a->view_changed_mark = calloc(n, 1);
     a->in_flight = 0;
+    a->n_view_changed = 0;
     if (a->asked_at)
         for (size_t i = 0; i < n; i++)
             a->asked_at[i] = -1e300; /* never */
-    return a->adm_step && a->adm_at && a->asked_at ? FEDGE_OK : FEDGE_ERR_NOMEM;
+    return a->adm_step && a->adm_at && a->asked_at && a->view_changed && a->view_changed_mark ? FEDGE_OK
+                                                                                                  : FEDGE_ERR_NOMEM;
 }
 
 static int async_resume(fedge_aggregator *a)
@@ -123,7 +129,7 @@ static void free_slot(fedge_aggregator *a, int d)
     if (a->adm_step[d]) {
         a->adm_step[d] = 0;
         a->in_flight--;
-        a->round_epoch++;
+        fedge_sched_view_changed(a, d);
     }
 }
 
@@ -150,6 +156,16 @@ static size_t versions_in_flight(const fedge_aggregator *a, int *has_current)
         }
     }
     return n;
+}
+
+/* Device i asked lately, holds no slot, and has neither an admission nor a
+ * counted update in the open step. The last matters: async_admit counts an
+ * admission in step s as used by any update counted in step s or later, so
+ * a device whose update (admitted in an earlier step) was counted in this
+ * step would get an admission that is used up before it is given. */
+static int waiting(const fedge_aggregator *a, size_t i, double now)
+{
+    return !a->adm_step[i] && !a->selected[i] && !a->submitted[i] && now - a->asked_at[i] <= ASK_TTL_S;
 }
 
 typedef struct {
@@ -183,14 +199,14 @@ static int admit_waiting(fedge_aggregator *a, double now)
         return FEDGE_OK;
     size_t asking = 0;
     for (size_t i = 0; i < a->keys.n; i++)
-        asking += !a->adm_step[i] && !a->selected[i] && now - a->asked_at[i] <= ASK_TTL_S;
+        asking += waiting(a, i, now);
     if (asking == 0)
         return FEDGE_OK;
     c = malloc(asking * sizeof *c);
     if (!c)
         FAIL(FEDGE_ERR_NOMEM);
     for (size_t i = 0; i < a->keys.n && n < asking; i++) {
-        if (a->adm_step[i] || a->selected[i] || now - a->asked_at[i] > ASK_TTL_S)
+        if (!waiting(a, i, now))
             continue;
         c[n].d = i;
         CHK(fedge_sched_async_rank((uint64_t)a->cfg.seed, a->round, a->keys.devices[i].id, &c[n].rank));
@@ -242,7 +258,7 @@ static int admit_waiting(fedge_aggregator *a, double now)
         a->adm_at[i] = now;
         a->in_flight++;
         a->n_selected++;
-        a->round_epoch++;
+        fedge_sched_view_changed(a, (int)i);
     }
 cleanup:
     if (ret != FEDGE_OK)
@@ -285,6 +301,16 @@ static int async_on_tick(fedge_aggregator *a, double now)
 }
 
 
+/* Device d holds a slot whose admission an update counted already used up:
+ * it must not read selected=1 any longer, nor keep a slot others could
+ * take. waiting() keeps this from happening; this is the safety net. */
+static void drop_used_slot(fedge_aggregator *a, int d, const char *device)
+{
+    FEDGE_WARN("step %u: %s held a slot (step %u) for an admission already used; freed", a->round, device,
+               a->adm_step[d]);
+    free_slot(a, d);
+}
+
 static int async_admit(fedge_aggregator *a, int d, const char *device, uint32_t for_round, int *ok, int *code,
                        char *msg, size_t msglen)
 {
@@ -296,9 +322,19 @@ static int async_admit(fedge_aggregator *a, int d, const char *device, uint32_t 
         snprintf(msg, msglen, "%s", a->state == FEDGE_AGG_FINISHED ? "run finished" : "no open step");
         goto cleanup;
     }
+    if (a->n_accepted >= (size_t)a->cfg.async_buffer_k) {
+        /* K updates already went in earlier in this group commit (the step
+         * closes after it): this one goes to the next step; the slot stays */
+        *code = 503;
+        snprintf(msg, msglen, "step %u's buffer is full; retry", a->round);
+        goto cleanup;
+    }
     if (a->submitted[d]) {
+        if (a->adm_step[d])
+            drop_used_slot(a, d, device);
         *code = 409;
         snprintf(msg, msglen, "an update of this device is already in step %u's buffer", a->round);
+        FEDGE_INFO("step %u: %s refused (trained for %u): %s", a->round, device, for_round, msg);
         goto cleanup;
     }
     /* One update per admission: the device's latest admission, at or
@@ -315,9 +351,13 @@ static int async_admit(fedge_aggregator *a, int d, const char *device, uint32_t 
                                 "SELECT 1 FROM updates WHERE device=? AND round>=? AND decision<>'rejected'", "ti",
                                 device, admitted_in));
     if (already) {
+        /* the slot's admission is at or before this one: used up too */
+        if (a->adm_step[d] && (int64_t)a->adm_step[d] <= admitted_in)
+            drop_used_slot(a, d, device);
         *code = 409;
         snprintf(msg, msglen, "the update for this device's admission in step %lld was already counted",
                  (long long)admitted_in);
+        FEDGE_INFO("step %u: %s refused (trained for %u): %s", a->round, device, for_round, msg);
         goto cleanup;
     }
     *ok = 1;
@@ -345,6 +385,16 @@ static void async_view(fedge_aggregator *a, int d, double now, fedge_sched_view 
     }
 }
 
+static void async_left(fedge_aggregator *a, int d)
+{
+    if (d < 0 || (size_t)d >= a->keys.n)
+        return;
+    a->asked_at[d] = -1e300;
+    if (a->adm_step[d])
+        FEDGE_INFO("step %u: %s left; its slot (step %u) is free", a->round, a->keys.devices[d].id, a->adm_step[d]);
+    free_slot(a, d);
+}
+
 const fedge_sched fedge_sched_async = {
     .mode = "async",
     .resume = async_resume,
@@ -353,4 +403,5 @@ const fedge_sched fedge_sched_async = {
     .admit = async_admit,
     .counted = async_counted,
     .view = async_view,
+    .left = async_left,
 };

@@ -331,6 +331,14 @@ cleanup:
     return ret;
 }
 
+void fedge_sched_view_changed(fedge_aggregator *a, int d)
+{
+    if (!a->view_changed || d < 0 || (size_t)d >= a->keys.n || a->view_changed_mark[d])
+        return;
+    a->view_changed_mark[d] = 1;
+    a->view_changed[a->n_view_changed++] = (uint32_t)d;
+}
+
 void fedge_sched_tally(fedge_aggregator *a, int d, int accepted, size_t bytes)
 {
     a->bytes_received += bytes;

@@ -45,6 +45,11 @@ typedef struct fedge_sched {
     void (*counted)(fedge_aggregator *a, int d, int accepted, size_t bytes);
     /* GET /round from device d: async mode notes that d is asking. */
     void (*view)(fedge_aggregator *a, int d, double now, fedge_sched_view *v);
+    /* Device d's session ended (closed, failed, freed) while d observed
+     * /round on it: async frees d's slot at once (its admission stays: a
+     * late update is still judged) and forgets that it was asking. NULL:
+     * nothing to do (sync). */
+    void (*left)(fedge_aggregator *a, int d);
 } fedge_sched;
 
 /* The scheduler for a run mode ("sync", "async"); NULL when there is none. */
@@ -59,6 +64,10 @@ int fedge_sched_count_rounds(fedge_aggregator *a);
 /* The open round's or step's counters after a decided update of device d
  * (every mode's `counted` starts here). */
 void fedge_sched_tally(fedge_aggregator *a, int d, int accepted, size_t bytes);
+/* Device d's GET /round answer changed while every other device's did not
+ * (async: admitted, slot freed): lists d once in a->view_changed for the
+ * server (agg.h). No-op when the list is not allocated or d < 0. */
+void fedge_sched_view_changed(fedge_aggregator *a, int d);
 /* fedge_agg_outcome's meaning: 0 when at least one round aggregated (or
  * none was due), 3 when none did; msg says what happened. */
 int fedge_sched_outcome(const fedge_aggregator *a, char *msg, size_t msglen);

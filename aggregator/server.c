@@ -5,6 +5,7 @@
 #include <linux/sock_diag.h>
 #include <netdb.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -18,6 +19,7 @@
 #include "ingest.h"
 #include "ingest_pool.h"
 #include "log.h"
+#include "scheduler.h"
 #include "upload.h"
 
 /* A model body handed to libcoap for a Block2 transfer; it stays alive until
@@ -49,6 +51,7 @@ struct fedge_server {
     size_t n_observers;
     uint64_t round_digest;
     double observers_asked_at;
+    uint64_t notifications;     /* sent since start */
     /* multi-core ingest (ingest_pool.h); pool is NULL when ingest_workers = 0 */
     fedge_ingest_pool *pool;
     struct pending_update *pending; /* updates being opened or committed */
@@ -153,20 +156,28 @@ static void set_text(coap_pdu_t *response, coap_pdu_code_t code, const char *tex
 }
 
 /* ---- GET /round is observable (RFC 7641) ----
- * libcoap keeps the subscriptions and re-runs hnd_round for each observer
- * when the resource is notified, so every notification is its device's own
- * view. Here: at most one observation per device (a registration from a new
- * session or with a new token replaces the device's earlier one), none for
- * an unknown requester, and a notification whenever the digest of what
- * /round reports changes (fedge_server_process). A session that goes away
- * takes its observation with it (libcoap deletes a session's subscriptions
- * when it is disconnected or freed; SERVER_SESSION_DEL clears our entry).
- * Notifications are confirmable: a dead observer is dropped after its first
- * unacknowledged notification (COAP_OBS_MAX_FAIL = 1 in 4.3.1). */
+ * libcoap takes the registrations (and deletes a session's when the session
+ * goes, or one whose notification is answered by a reset); the
+ * notifications are sent here, each with its own device's view: to every
+ * observer when what all devices see changes (the digest of state, round,
+ * versions, run, round_epoch), and to that device alone when only its own
+ * view changed (async: admitted, slot freed; agg.h's view_changed), so an
+ * admission costs one notification, not one per observer. libcoap 4.3.1's
+ * coap_resource_notify_observers cannot aim at one observer (its query
+ * filter is unused) and runs hnd_round for all of them; it is not used, and
+ * each observation's Observe sequence is its own (from the registration's
+ * value up), so the edges' freshness check (RFC 7641 3.4) holds.
+ * At most one observation per device (a registration from a new session or
+ * with a new token replaces the device's earlier one) and per session (the
+ * session's app data names its device, so a session that goes is dropped
+ * in O(1)); none for an unknown requester. Notifications are confirmable: a
+ * reset or a notification never acknowledged drops the observation
+ * (on_nack). */
 typedef struct round_observer {
     coap_session_t *session;    /* NULL: the device observes nothing */
     size_t token_len;
     uint8_t token[8];
+    uint32_t seq;               /* the Observe value last sent, 24 bits */
 } round_observer;
 
 /* libcoap 4.3.1 exports these (coap_subscribe_internal.h,
@@ -179,50 +190,64 @@ int coap_remove_option(coap_pdu_t *pdu, coap_option_num_t number);
  * asking well within it (it waits for a notification instead of polling). */
 #define OBSERVERS_ASK_S 2.0
 
-static void drop_observation(coap_resource_t *r, round_observer *o)
+/* The device whose observation a session holds: app data d + 1, 0: none. */
+static int session_device(coap_session_t *session)
 {
-    if (!o->session)
-        return;
-    coap_binary_t tok = {o->token_len, o->token};
-    coap_delete_observer(r, o->session, &tok);
-    o->session = NULL;
-    g_server->n_observers--;
+    return (int)(uintptr_t)coap_session_get_app_data(session) - 1;
 }
 
-/* hnd_round answering with an Observe option: a registration (the reply to
- * the request itself: an ACK or NON) or a notification (a CON of ours). */
-static void note_observer(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
-                          int device, coap_pdu_t *response)
+/* Forgets device d's observation; tells libcoap too unless the session is
+ * going (it deletes the session's subscriptions itself). */
+static void drop_observation(fedge_server *s, size_t d, int tell_libcoap)
 {
-    coap_bin_const_t token = coap_pdu_get_token(request);
-    int notification = coap_pdu_get_type(response) == COAP_MESSAGE_CON;
-    if (notification) {
-        round_observer *o = device >= 0 ? &g_server->observers[device] : NULL;
-        if (!o || o->session != session || o->token_len != token.length ||
-            memcmp(o->token, token.s, token.length) != 0)
-            /* a superseded observation: a 4.xx makes libcoap delete it */
-            set_text(response, COAP_RESPONSE_CODE_NOT_FOUND, "observation superseded");
+    round_observer *o = &s->observers[d];
+    if (!o->session)
         return;
+    if (tell_libcoap) {
+        coap_binary_t tok = {o->token_len, o->token};
+        coap_delete_observer(s->round_res, o->session, &tok);
     }
-    if (device < 0 || token.length > sizeof g_server->observers[0].token) {
+    if (session_device(o->session) == (int)d)
+        coap_session_set_app_data(o->session, NULL);
+    o->session = NULL;
+    s->n_observers--;
+}
+
+static int same_token(const round_observer *o, coap_bin_const_t token)
+{
+    return o->token_len == token.length && memcmp(o->token, token.s, token.length) == 0;
+}
+
+/* hnd_round answering a registration (the response carries libcoap's
+ * Observe option). */
+static void note_observer(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
+                          int device, coap_pdu_t *response, coap_opt_t *observe)
+{
+    fedge_server *s = g_server;
+    coap_bin_const_t token = coap_pdu_get_token(request);
+    if (device < 0 || token.length > sizeof s->observers[0].token) {
         coap_binary_t tok = {token.length, (uint8_t *)token.s};
         coap_delete_observer(r, session, &tok);
         coap_remove_option(response, COAP_OPTION_OBSERVE);
         return;
     }
-    round_observer *o = &g_server->observers[device];
-    if (o->session && (o->session != session || o->token_len != token.length ||
-                       memcmp(o->token, token.s, token.length) != 0)) {
+    round_observer *o = &s->observers[device];
+    if (o->session && (o->session != session || !same_token(o, token))) {
         if (o->session != session)
             FEDGE_DEBUG("observe: %s re-registered from a new session; the old observation is dropped",
-                        g_server->agg->keys.devices[device].id);
-        drop_observation(r, o);
+                        s->agg->keys.devices[device].id);
+        drop_observation(s, (size_t)device, 1);
     }
+    int other = session_device(session);
+    if (other >= 0 && other != device) /* one observation per session */
+        drop_observation(s, (size_t)other, 1);
     if (!o->session)
-        g_server->n_observers++;
+        s->n_observers++;
     o->session = session;
     o->token_len = token.length;
     memcpy(o->token, token.s, token.length);
+    o->seq = coap_decode_var_bytes(coap_opt_value(observe), coap_opt_length(observe));
+    coap_session_set_app_data(session, (void *)(uintptr_t)(device + 1));
 }
 
 static void hnd_round(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
@@ -235,10 +260,17 @@ static void hnd_round(coap_resource_t *r, coap_session_t *session, const coap_pd
         return;
     }
     set_text(response, COAP_RESPONSE_CODE_CONTENT, body);
+    if (!g_server->observers)
+        return;
     coap_opt_iterator_t it;
-    if (g_server->observers && coap_check_option(response, COAP_OPTION_OBSERVE, &it))
-        note_observer(r, session, request, known ? fedge_agg_device_index(g_server->agg, id) : -1,
-                      response);
+    coap_opt_t *observe = coap_check_option(response, COAP_OPTION_OBSERVE, &it);
+    int d = known ? fedge_agg_device_index(g_server->agg, id) : -1;
+    if (observe) {
+        note_observer(r, session, request, d, response, observe);
+    } else if (d >= 0 && g_server->observers[d].session == session &&
+               same_token(&g_server->observers[d], coap_pdu_get_token(request))) {
+        drop_observation(g_server, (size_t)d, 1); /* a deregistration (Observe: 1) */
+    }
 }
 
 static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
@@ -265,30 +297,98 @@ static uint64_t round_digest(const fedge_aggregator *a)
     return h;
 }
 
+/* Device d's observation gets d's GET /round answer now, as a confirmable
+ * notification with the observation's next Observe value. */
+static void notify_device(fedge_server *s, size_t d, double now)
+{
+    round_observer *o = &s->observers[d];
+    char body[1024];
+    uint8_t buf[4];
+    if (!o->session || fedge_agg_round_info(s->agg, s->agg->keys.devices[d].id, now, body, sizeof body) != FEDGE_OK)
+        return;
+    coap_pdu_t *pdu = coap_pdu_init(COAP_MESSAGE_CON, COAP_RESPONSE_CODE_CONTENT, coap_new_message_id(o->session),
+                                    coap_session_max_pdu_size(o->session));
+    if (!pdu)
+        return;
+    uint32_t seq = (o->seq + 1) & 0xffffff;
+    if (!coap_add_token(pdu, o->token_len, o->token) ||
+        !coap_add_option(pdu, COAP_OPTION_OBSERVE, coap_encode_var_safe(buf, sizeof buf, seq), buf) ||
+        !coap_add_option(pdu, COAP_OPTION_CONTENT_FORMAT,
+                         coap_encode_var_safe(buf, sizeof buf, COAP_MEDIATYPE_TEXT_PLAIN), buf) ||
+        !coap_add_data(pdu, strlen(body), (const uint8_t *)body)) {
+        coap_delete_pdu(pdu);
+        return;
+    }
+    o->seq = seq;
+    s->notifications++;
+    if (coap_send(o->session, pdu) == COAP_INVALID_MID) /* coap_send frees it */
+        FEDGE_DEBUG("observe: notification to %s not sent", s->agg->keys.devices[d].id);
+}
+
+/* The devices whose own view changed (agg.h's view_changed), one
+ * notification each. */
+static void notify_changed_views(fedge_server *s, double now)
+{
+    fedge_aggregator *a = s->agg;
+    if (!s->observers)
+        return;
+    for (size_t k = 0; k < a->n_view_changed; k++) {
+        uint32_t d = a->view_changed[k];
+        a->view_changed_mark[d] = 0;
+        notify_device(s, d, now);
+    }
+    a->n_view_changed = 0;
+}
+
 static void notify_round_observers(fedge_server *s)
 {
     fedge_aggregator *a = s->agg;
     if (!s->observers)
         return;
-    uint64_t d = round_digest(a);
+    uint64_t digest = round_digest(a);
     size_t n = s->n_observers;
-    if (d != s->round_digest) {
-        s->round_digest = d;
+    double now = fedge_now();
+    if (digest != s->round_digest) {
+        s->round_digest = digest;
         if (n) {
             FEDGE_DEBUG("/round changed (state %d, round %u): notifying %zu observers", (int)a->state,
                         a->round, n);
-            coap_resource_notify_observers(s->round_res, NULL);
+            for (size_t i = 0; i < a->keys.n; i++)
+                notify_device(s, i, now);
         }
+        for (size_t k = 0; k < a->n_view_changed; k++) /* their views went out above */
+            a->view_changed_mark[a->view_changed[k]] = 0;
+        a->n_view_changed = 0;
     }
+    notify_changed_views(s, now);
     /* async: an observing device waits for a slot without asking again */
-    double now = fedge_now();
     if (n && a->adm_step && a->state == FEDGE_AGG_OPEN && now - s->observers_asked_at >= OBSERVERS_ASK_S) {
-        char body[1024];
+        fedge_sched_view v;
         s->observers_asked_at = now;
         for (size_t i = 0; i < a->keys.n; i++)
             if (s->observers[i].session && !a->adm_step[i])
-                (void)fedge_agg_round_info(a, a->keys.devices[i].id, now, body, sizeof body);
+                a->sched->view(a, (int)i, now, &v);
     }
+}
+
+/* A notification reset by its edge, or never acknowledged: the observation
+ * is dead (libcoap has deleted, or counts a failure of, its subscription).
+ * The other reasons come from a session being disconnected, whose
+ * subscriptions libcoap deletes itself (SERVER_SESSION_DEL then). */
+static void on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_t reason,
+                    const coap_mid_t mid)
+{
+    (void)mid;
+    if (!g_server || !g_server->observers || !sent ||
+        (reason != COAP_NACK_RST && reason != COAP_NACK_TOO_MANY_RETRIES))
+        return;
+    int d = session_device(session);
+    if (d < 0 || g_server->observers[d].session != session ||
+        !same_token(&g_server->observers[d], coap_pdu_get_token(sent)))
+        return;
+    FEDGE_DEBUG("observe: %s's notification %s; observation dropped", g_server->agg->keys.devices[d].id,
+                reason == COAP_NACK_RST ? "reset" : "not acknowledged");
+    drop_observation(g_server, (size_t)d, 1);
 }
 
 static unsigned udp_drops(const fedge_server *s)
@@ -317,14 +417,15 @@ static int status_json(const fedge_server *s, char *body, size_t cap)
                      "\"completed\":%llu,\"expired\":%llu,\"evicted\":%llu,\"closed\":%llu,"
                      "\"superseded\":%llu,"
                      "\"refused_size\":%llu,\"refused_busy\":%llu,\"refused_bad\":%llu,"
-                     "\"incomplete\":%llu},\"udp\":{\"rcvbuf_bytes\":%d,\"drops\":%u}}",
+                     "\"incomplete\":%llu},\"udp\":{\"rcvbuf_bytes\":%d,\"drops\":%u},"
+                     "\"observe\":{\"observers\":%zu,\"notifications\":%llu}}",
                      st.partial, st.reserved_bytes, st.held_bytes,
                      (unsigned long long)st.completed, (unsigned long long)st.expired,
                      (unsigned long long)st.evicted, (unsigned long long)st.closed,
                      (unsigned long long)st.superseded,
                      (unsigned long long)st.refused_size, (unsigned long long)st.refused_busy,
                      (unsigned long long)st.refused_bad, (unsigned long long)st.incomplete,
-                     s->rcvbuf, udp_drops(s));
+                     s->rcvbuf, udp_drops(s), s->n_observers, (unsigned long long)s->notifications);
     if (m < 0 || (size_t)m >= cap - (n - 1))
         return FEDGE_ERR_BUFFER_TOO_SMALL;
     if (!s->pool)
@@ -528,6 +629,9 @@ static void submit_update(const char *id, const uint8_t *data, size_t len, coap_
     char msg[320];
     int code = 500;
     int ret = fedge_agg_submit(g_server->agg, id, data, len, fedge_now(), &code, msg, sizeof msg);
+    /* the device's slot is freed: selected=0 goes out before the answer,
+     * so an edge never acts on an older selected=1 it holds (async) */
+    notify_changed_views(g_server, fedge_now());
     if (ret != FEDGE_OK) {
         FEDGE_ERROR("update from %s: %s", id, fedge_strerror(ret));
         code = 500;
@@ -713,6 +817,7 @@ static size_t commit_ready(fedge_server *s, int *wait_ms)
         if (ret != FEDGE_OK)
             FEDGE_ERROR("updates of %zu devices: %s", m, fedge_strerror(ret));
         s->ist.groups++;
+        notify_changed_views(s, fedge_now()); /* before the answers, as in submit_update */
     }
     s->ist.work_s += t.work_s;
     s->ist.commit_s += t.commit_s;
@@ -869,14 +974,8 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
 /* A closed or deleted session's partial upload is freed at once. */
 static int on_session_event(coap_session_t *session, const coap_event_t event)
 {
-    if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server) {
+    if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server)
         answer_drop(session);
-        for (size_t i = 0; g_server->n_observers && i < g_server->agg->keys.n; i++)
-            if (g_server->observers[i].session == session) {
-                g_server->observers[i].session = NULL;
-                g_server->n_observers--;
-            }
-    }
     switch (event) {
     case COAP_EVENT_SERVER_SESSION_DEL:
     case COAP_EVENT_DTLS_CLOSED:
@@ -885,6 +984,17 @@ static int on_session_event(coap_session_t *session, const coap_event_t event)
     case COAP_EVENT_SESSION_FAILED:
         if (g_server)
             fedge_uploads_drop(g_server->uploads, session);
+        if (g_server && g_server->observers) {
+            /* the device observed on this session: it has left (libcoap
+             * deletes the session's subscriptions itself); a device that
+             * came back on a newer session observes there and is kept */
+            int d = session_device(session);
+            if (d >= 0 && g_server->observers[d].session == session) {
+                drop_observation(g_server, (size_t)d, 0);
+                if (g_server->agg->sched->left)
+                    g_server->agg->sched->left(g_server->agg, d);
+            }
+        }
         break;
     default:
         break;
@@ -1047,6 +1157,7 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     coap_context_set_block_mode(s->ctx, COAP_BLOCK_USE_LIBCOAP);
     coap_context_set_max_idle_sessions(s->ctx, (unsigned)(a->keys.n + 16));
     coap_register_event_handler(s->ctx, on_session_event);
+    coap_register_nack_handler(s->ctx, on_nack);
     /* a reconnect burst: libcoap ignores new DTLS clients while this many
      * handshakes are open (default 100); each costs an mbedTLS context */
     coap_context_set_max_handshake_sessions(

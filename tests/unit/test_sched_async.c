@@ -1,8 +1,9 @@
 /* Async mode (sched_async.c, FedBuff) driven directly: the staleness
  * discounts, the seeded admission rule, a full aggregation step, the
  * max_staleness refusal, a restart with a half-full buffer (the step then
- * aggregates exactly the K accepted updates), DP accounting at q = 1 and
- * the participation cap. */
+ * aggregates exactly the K accepted updates), DP accounting at q = 1, the
+ * participation cap, and that a device is never left selected=1 for an
+ * admission already used up. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -21,6 +22,7 @@
 #include "config.h"
 #include "governance.h"
 #include "hash.h"
+#include "ingest.h"
 #include "log.h"
 #include "scheduler.h"
 #include "store.h"
@@ -376,6 +378,170 @@ static void test_max_versions_and_slot_timeout(void **state)
     stop(fx);
 }
 
+/* Slots held: the count kept and the adm_step array agree. */
+static size_t slots_held(const fixture *fx)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < fx->agg.keys.n; i++)
+        n += fx->agg.adm_step[i] != 0;
+    return n;
+}
+
+/* The benchmark's fault (issue 9): dev-c, admitted in step 1, has its update
+ * counted in step 2 (the buffer filled meanwhile). Asking again, it must
+ * not be admitted in step 2 (any admission there is used up by that update:
+ * it would read selected=1 and get 4.09 in every later step until its slot
+ * timed out); in step 3 it is admitted and its update accepted. */
+static void test_late_update_then_ask(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(2, 4, "version: 1\nname: async\nupdate:\n  max_staleness: 4\n");
+    ask_and_tick(fx, 0x7);
+    size_t len;
+    uint8_t *late = make_update(fx, 2, good(fx, 60), &len); /* dev-c trains on step 1's model */
+    assert_int_equal(send_now(fx, 0, 61, 0.01f, msg), 204);
+    assert_int_equal(send_now(fx, 1, 62, 0.01f, msg), 204); /* step 1 closes */
+    assert_int_equal(fx->agg.round, 2);
+    assert_int_equal(submit(fx, DEVICES[2], late, len, msg), 204);
+    free(late);
+    assert_int_equal(fx->agg.adm_step[2], 0);
+    for (int k = 0; k < 3; k++) /* it keeps asking (as an observer is re-marked) */
+        ask_and_tick(fx, 0x4);
+    assert_int_equal(ask(fx, 2), 0);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM round_participants WHERE round=2 AND device='dev-c'"), 0);
+    ask_and_tick(fx, 0x1);
+    assert_int_equal(ask(fx, 0), 1);
+    assert_int_equal(send_now(fx, 0, 63, 0.01f, msg), 204); /* step 2 closes */
+    assert_int_equal(fx->agg.round, 3);
+    ask_and_tick(fx, 0x4);
+    assert_int_equal(ask(fx, 2), 1);
+    assert_int_equal(send_now(fx, 2, 64, 0.01f, msg), 204);
+    assert_int_equal(fx->agg.in_flight, slots_held(fx));
+    stop(fx);
+}
+
+/* Should a slot ever outlive its admission (the state the fault above left),
+ * the 4.09 that says so frees it at once: selected=0, the slot free. */
+static void test_used_admission_frees_slot(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(2, 4, NULL);
+    ask_and_tick(fx, 0x3);
+    assert_int_equal(send_now(fx, 0, 70, 0.01f, msg), 204);
+    assert_int_equal(fx->agg.in_flight, 1);
+    fx->agg.adm_step[0] = 1; /* as if the slot had not been freed */
+    fx->agg.in_flight++;
+    assert_int_equal(ask(fx, 0), 1);
+    assert_int_equal(send_now(fx, 0, 71, 0.01f, msg), 409); /* its update is in this step's buffer */
+    assert_int_equal(fx->agg.adm_step[0], 0);
+    assert_int_equal(fx->agg.in_flight, 1);
+    assert_int_equal(ask(fx, 0), 0);
+    assert_int_equal(send_now(fx, 1, 72, 0.01f, msg), 204); /* step 1 closes */
+    assert_int_equal(fx->agg.round, 2);
+    fx->agg.adm_step[0] = 1;
+    fx->agg.in_flight++;
+    assert_int_equal(send_now(fx, 0, 73, 0.01f, msg), 409); /* step 1's admission was counted */
+    assert_non_null(strstr(msg, "already counted"));
+    assert_int_equal(fx->agg.adm_step[0], 0);
+    assert_int_equal(fx->agg.in_flight, 0);
+    assert_int_equal(ask(fx, 0), 0);
+    stop(fx);
+}
+
+/* An admission and a freed slot change that device's view alone: it is
+ * listed (once) for the server to notify just it, and round_epoch, which
+ * notifies every observer, does not move (issue 9: O(1) per admission). */
+static void test_view_changes_are_per_device(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(2, 4, NULL);
+    uint64_t epoch = fx->agg.round_epoch;
+    fx->agg.n_view_changed = 0;
+    memset(fx->agg.view_changed_mark, 0, fx->agg.keys.n);
+    ask_and_tick(fx, 0x3);
+    ask_and_tick(fx, 0x3); /* asking again changes nothing */
+    assert_int_equal(fx->agg.n_view_changed, 2);
+    assert_true((fx->agg.view_changed[0] == 0 && fx->agg.view_changed[1] == 1) ||
+                (fx->agg.view_changed[0] == 1 && fx->agg.view_changed[1] == 0));
+    fx->agg.n_view_changed = 0;
+    memset(fx->agg.view_changed_mark, 0, fx->agg.keys.n);
+    assert_int_equal(send_now(fx, 0, 80, 0.01f, msg), 204);
+    assert_int_equal(fx->agg.n_view_changed, 1);
+    assert_int_equal(fx->agg.view_changed[0], 0);
+    assert_true(fx->agg.round_epoch == epoch);
+    stop(fx);
+}
+
+/* A device whose session ended (the server calls `left`) frees its slot at
+ * once and no longer counts as asking; its admission stays, so the update
+ * it trained is still accepted if it comes back with it. */
+static void test_left_frees_slot(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(2, 1, NULL);
+    ask_and_tick(fx, 0x3); /* one slot: one of the two is admitted */
+    int in = fx->agg.adm_step[0] ? 0 : 1, out = 1 - in;
+    assert_int_equal(fx->agg.in_flight, 1);
+    assert_non_null(fx->agg.sched->left);
+    fx->agg.sched->left(&fx->agg, in);
+    assert_int_equal(fx->agg.adm_step[in], 0);
+    assert_int_equal(fx->agg.in_flight, 0);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK); /* the other one, still asking, gets it */
+    assert_int_equal(fx->agg.adm_step[in], 0);
+    assert_int_equal(fx->agg.adm_step[out], 1);
+    assert_int_equal(send_now(fx, in, 90, 0.01f, msg), 204);
+    stop(fx);
+}
+
+/* A group commit (ingest worker pool) holding more updates than the buffer
+ * has room for: exactly K go into the step; the others get 5.03 (retry,
+ * nothing stored, slots kept) and go into the next step. */
+static void test_group_commit_stops_at_k(void **state)
+{
+    (void)state;
+    char msg[320];
+    fixture *fx = start(2, 4, "version: 1\nname: async\nupdate:\n  max_staleness: 4\n");
+    ask_and_tick(fx, 0x7);
+    assert_int_equal(send_now(fx, 0, 100, 0.01f, msg), 204); /* buffer 1 of 2 */
+    fedge_ingest_snapshot snap[2];
+    fedge_ingest_frame f[2];
+    fedge_ingest_item it[2];
+    uint8_t *b[2];
+    memset(f, 0, sizeof f);
+    memset(it, 0, sizeof it);
+    for (int k = 0; k < 2; k++) {
+        size_t len;
+        b[k] = make_update(fx, 1 + k, good(fx, 101 + (uint64_t)k), &len);
+        assert_int_equal(fedge_ingest_snapshot_take(&fx->agg, 1 + k, &snap[k]), FEDGE_OK);
+        assert_int_equal(fedge_ingest_open(&snap[k], b[k], len, &f[k]), FEDGE_OK);
+        it[k].device = 1 + k;
+        it[k].snap = &snap[k];
+        it[k].frame = &f[k];
+    }
+    assert_int_equal(fedge_ingest_commit_group(&fx->agg, it, 2, NULL), FEDGE_OK);
+    assert_int_equal(it[0].code, 204);
+    assert_int_equal(it[1].code, 503);
+    assert_int_equal(fx->agg.n_accepted, 2);
+    assert_int_equal(fedge_agg_maybe_close(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 2);
+    assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=1"), 2);
+    assert_int_equal(fx->agg.adm_step[3 - 1], 1); /* dev-c keeps its slot */
+    size_t len;
+    uint8_t *again = make_update(fx, 2, good(fx, 103), &len);
+    assert_int_equal(submit(fx, DEVICES[2], again, len, msg), 204);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-c' AND round=2"), 1);
+    free(again);
+    for (int k = 0; k < 2; k++) {
+        fedge_ingest_frame_free(&f[k]);
+        free(b[k]);
+    }
+    stop(fx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -387,6 +553,11 @@ int main(void)
         cmocka_unit_test(test_restart_half_full_buffer),
         cmocka_unit_test(test_dp_q1_and_participation_cap),
         cmocka_unit_test(test_max_versions_and_slot_timeout),
+        cmocka_unit_test(test_late_update_then_ask),
+        cmocka_unit_test(test_used_admission_frees_slot),
+        cmocka_unit_test(test_view_changes_are_per_device),
+        cmocka_unit_test(test_left_frees_slot),
+        cmocka_unit_test(test_group_commit_stops_at_k),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

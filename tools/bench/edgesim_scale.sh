@@ -10,10 +10,15 @@
 # Devices stay S_SESSION seconds (default 30) then leave; another arrives at
 # once (all-at-once arrivals keep S online out of P). Prints, per mode:
 # accuracy against wall time (every closed round / step), updates accepted,
-# the p50/p99 POST /update reply latency, and the aggregator's peak RSS
-# (VmHWM from /proc); then the aggregator's peak RSS for a 100-device
+# the p50/p99 POST /update reply latency, the aggregator's peak RSS
+# (VmHWM from /proc) and CPU time (user + system, /proc/PID/stat), the
+# admission refusals (4.09) and slot timeouts in its log, and the load
+# average; then the aggregator's peak RSS for a 100-device
 # population under the same load shape, the baseline for the per-device cost.
-# Env: P, S, S_SESSION, FEDGE_BUILD (build/native), KEEP=1 keeps the work dir.
+# Env: P, S, S_SESSION, FEDGE_BUILD (build/native), KEEP=1 keeps the work dir,
+# MODES (default "sync async async-p100": the runs to do), FEDGE_AGGREGATOR
+# (default $FEDGE_BUILD/bin/fedge-aggregator: e.g. an older build's, to
+# compare two aggregators under the same load shape).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${FEDGE_BUILD:-build/native}/bin
@@ -21,6 +26,8 @@ DUR=${1:-300}
 P=${P:-10000}
 S=${S:-1000}
 S_SESSION=${S_SESSION:-30}
+MODES=${MODES:-sync async async-p100}
+AGG=${FEDGE_AGGREGATOR:-$BIN/fedge-aggregator}
 W=$(mktemp -d /tmp/fedge-edgesim-bench.XXXXXX)
 AGG_PID=""
 cleanup() {
@@ -48,7 +55,7 @@ run_one() {
     local port db="$W/$name.db" t0 hwm
     port=$(port)
     t0=$(date +%s.%N)
-    "$BIN/fedge-aggregator" --keys-file "$keys" --db "$db" --model-dir "$W/models-$name" \
+    "$AGG" --keys-file "$keys" --db "$db" --model-dir "$W/models-$name" \
         --signing-key "$W/aggregator.key" --listen "127.0.0.1:$port" --model-spec mlp:784-32-10 \
         --test-data "$W/test.bin" --local-epochs 1 --lr 0.05 --batch 32 --rounds 0 --policy-file "$W/policy.yaml" "$@" \
         >"$W/$name.agg.log" 2>&1 &
@@ -62,8 +69,12 @@ run_one() {
         --seed 7 --duration-s "$secs" --tmp-dir /dev/shm --log-level error \
         --json "$W/$name.json" >"$W/$name.sim.log" 2>&1 || { tail -5 "$W/$name.sim.log"; die "$name: edgesim failed"; }
     hwm=$(hwm_kib "$AGG_PID")
+    cpu=$(awk -v t="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / t }' "/proc/$AGG_PID/stat")
     kill "$AGG_PID"; wait "$AGG_PID" 2>/dev/null; AGG_PID=""
-    echo "$name: aggregator peak RSS ${hwm} KiB; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "$name: aggregator peak RSS ${hwm} KiB; CPU ${cpu} s (user + system) over the run;" \
+        "$(grep -c 'refused (trained' "$W/$name.agg.log") admission refusals (4.09) and" \
+        "$(grep -c 'timed out' "$W/$name.agg.log") slot timeouts in its log;" \
+        "load average $(cut -d' ' -f1-3 /proc/loadavg)"
     python3 - "$W/$name.json" "$db" "$name" <<'EOF'
 import json, sqlite3, sys
 s = json.load(open(sys.argv[1])); db = sqlite3.connect(sys.argv[2]); name = sys.argv[3]
@@ -82,9 +93,11 @@ for i, (rid, t, acc, n) in enumerate(rows):
 EOF
 }
 
-run_one sync "$W/keys" "$P" "$S" "$DUR" --clients-per-round 500 --round-timeout-s 15 --min-updates 20
-run_one async "$W/keys" "$P" "$S" "$DUR" --mode async --async-concurrency 200 --async-buffer-k 50 \
-    --async-slot-timeout-s 30
+want() { case " $MODES " in *" $1 "*) return 0 ;; esac; return 1; }
+want sync && run_one sync "$W/keys" "$P" "$S" "$DUR" --clients-per-round 500 --round-timeout-s 15 --min-updates 20
+want async && run_one async "$W/keys" "$P" "$S" "$DUR" --mode async --async-concurrency 200 \
+    --async-buffer-k 50 --async-slot-timeout-s 30
 # the per-device cost: the same shape with 100 devices (S scaled to 50)
-run_one async-p100 "$W/keys100" 100 50 $((DUR / 5 > 30 ? DUR / 5 : 30)) --mode async \
+want async-p100 && run_one async-p100 "$W/keys100" 100 50 $((DUR / 5 > 30 ? DUR / 5 : 30)) --mode async \
     --async-concurrency 20 --async-buffer-k 5 --async-slot-timeout-s 30
+exit 0
