@@ -16,7 +16,8 @@
 # average; then the aggregator's peak RSS for a 100-device
 # population under the same load shape, the baseline for the per-device cost.
 # Env: P, S, S_SESSION, FEDGE_BUILD (build/native), KEEP=1 keeps the work dir,
-# MODES (default "sync async async-p100": the runs to do), FEDGE_AGGREGATOR
+# MODES (default "sync async async-p100": the runs to do; also async-p-s50:
+# P devices in async-p100's shape, for the RSS against 100 devices), FEDGE_AGGREGATOR
 # (default $FEDGE_BUILD/bin/fedge-aggregator: e.g. an older build's, to
 # compare two aggregators under the same load shape).
 set -uo pipefail
@@ -99,5 +100,9 @@ want async && run_one async "$W/keys" "$P" "$S" "$DUR" --mode async --async-conc
     --async-buffer-k 50 --async-slot-timeout-s 30
 # the per-device cost: the same shape with 100 devices (S scaled to 50)
 want async-p100 && run_one async-p100 "$W/keys100" 100 50 $((DUR / 5 > 30 ? DUR / 5 : 30)) --mode async \
+    --async-concurrency 20 --async-buffer-k 5 --async-slot-timeout-s 30
+# the same small shape over the whole population: the per-device cost alone
+# (RSS flat from 100 to P devices at the same sessions)
+want async-p-s50 && run_one async-p-s50 "$W/keys" "$P" 50 $((DUR / 5 > 30 ? DUR / 5 : 30)) --mode async \
     --async-concurrency 20 --async-buffer-k 5 --async-slot-timeout-s 30
 exit 0

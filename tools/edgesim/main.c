@@ -11,6 +11,7 @@
  * derived once from one keys file, a slice of one data file, the replay
  * counter carried from one session to the next. */
 #include <errno.h>
+#include <netdb.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -372,7 +373,7 @@ static int load_devices(sim *s)
     if (keys.n < o->population) {
         fprintf(stderr, "fedge-edgesim: %s holds %zu devices, fewer than --population %u\n",
                 o->keys_path, keys.n, o->population);
-        FAIL(FEDGE_ERR_RANGE);
+        FAIL(FEDGE_ERR_EDGE_USAGE);
     }
     s->dev = calloc(o->population, sizeof *s->dev);
     if (!s->dev)
@@ -708,6 +709,24 @@ int main(int argc, char **argv)
     s.base.max_rounds = s.o.rounds;
     s.base.exit_when_finished = 1;
 
+    /* what a mistyped command line gets wrong fails before any work */
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM}, *ai = NULL;
+    char port_text[8];
+    snprintf(port_text, sizeof port_text, "%u", (unsigned)s.o.port);
+    int gai = getaddrinfo(s.o.host, port_text, &hints, &ai);
+    if (gai != 0) {
+        fprintf(stderr, "fedge-edgesim: --server %s: cannot resolve: %s\n", s.o.host, gai_strerror(gai));
+        FAIL(FEDGE_ERR_EDGE_USAGE);
+    }
+    freeaddrinfo(ai);
+    if (s.o.json_path) {
+        FILE *jf = fopen(s.o.json_path, "w");
+        if (!jf) {
+            fprintf(stderr, "fedge-edgesim: --json %s: %s\n", s.o.json_path, strerror(errno));
+            FAIL(FEDGE_ERR_EDGE_USAGE);
+        }
+        fclose(jf);
+    }
     double t_load = fedge_clock_mono();
     CHK(load_data(&s));
     CHK(load_devices(&s));
@@ -734,5 +753,5 @@ cleanup:
     if (s.have_ds)
         fedge_dataset_free(&s.ds);
     pthread_mutex_destroy(&s.lock);
-    return ret == FEDGE_OK ? 0 : 1;
+    return ret == FEDGE_OK ? 0 : ret == FEDGE_ERR_EDGE_USAGE ? 2 : 1;
 }
