@@ -28,6 +28,16 @@
 #include "cluster_grid.h"
 
 #define FEDGE_PLAN_MAX 128
+#define FEDGE_PLAN_MAX_COLL 96
+
+enum { FEDGE_PLAN_ALLREDUCE = 0, FEDGE_PLAN_P2P = 1 };
+
+/* One measured collective: an allreduce of `bytes` over `group` ranks, or a
+ * one-way message of `bytes` (group 2); s: the median seconds per call. */
+typedef struct {
+    int kind, group;
+    double bytes, s;
+} fedge_plan_coll;
 
 typedef struct {
     int dp, tp, pp, micro;
@@ -43,6 +53,8 @@ typedef struct {
      * exp (softmax), SGD update, u8 -> f32 batch conversion (the loader) */
     double elem_s, exp_s, sgd_s, load_s;
     int probe_ranks;
+    int n_coll, n_coll_asked;     /* sizes measured; distinct sizes the layouts issue */
+    fedge_plan_coll coll[FEDGE_PLAN_MAX_COLL]; /* by kind, group, bytes */
 } fedge_plan_links;
 
 typedef struct {

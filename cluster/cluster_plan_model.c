@@ -1,0 +1,115 @@
+#include "cluster_plan_model.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "error.h"
+
+double fedge_plan_loglog(const double *xs, const double *ys, int n, double at)
+{
+    if (xs == NULL || ys == NULL || n < 1 || !(at > 0.0))
+        return -1.0;
+    if (at <= xs[0])
+        return ys[0];
+    if (at >= xs[n - 1])
+        return ys[n - 1] * at / xs[n - 1];
+    int i = 0;
+    while (i + 1 < n && xs[i + 1] < at)
+        i++;
+    const double lx0 = log(xs[i]), lx1 = log(xs[i + 1]);
+    if (!(lx1 > lx0))
+        return ys[i];
+    const double f = (log(at) - lx0) / (lx1 - lx0);
+    return exp(log(ys[i]) + f * (log(ys[i + 1]) - log(ys[i])));
+}
+
+enum { OP_F = 0, OP_B = 1 };
+
+/* The k-th operation of stage s: *kind OP_F or OP_B, *m the micro-batch. */
+static void op_at(int schedule, int P, int M, int s, int k, int *kind, int *m)
+{
+    if (schedule == FEDGE_PP_GPIPE) {
+        *kind = k < M ? OP_F : OP_B;
+        *m = k < M ? k : 2 * M - 1 - k;
+        return;
+    }
+    const int warm = P - s - 1 < M ? P - s - 1 : M;
+    if (k < warm) {
+        *kind = OP_F;
+        *m = k;
+    } else if (k < warm + 2 * (M - warm)) {
+        const int j = k - warm;
+        *kind = j % 2 == 0 ? OP_F : OP_B;
+        *m = j % 2 == 0 ? warm + j / 2 : j / 2;
+    } else {
+        *kind = OP_B;
+        *m = M - warm + (k - warm - 2 * (M - warm));
+    }
+}
+
+int fedge_pp_simulate(const fedge_pp_sim *in, double *makespan, double busy[FEDGE_GRID_MAX_PP])
+{
+    if (in == NULL || makespan == NULL || in->pp < 1 || in->pp > FEDGE_GRID_MAX_PP
+        || in->micro < 1 || in->micro > FEDGE_PP_SIM_MAX_MICRO
+        || (in->schedule != FEDGE_PP_GPIPE && in->schedule != FEDGE_PP_1F1B))
+        return FEDGE_ERR_INVALID_ARG;
+    const int P = in->pp, M = in->micro;
+    for (int s = 0; s < P; s++)
+        if (!(in->fwd[s] >= 0.0) || !(in->bwd[s] >= 0.0) || !(in->send_fwd[s] >= 0.0)
+            || !(in->send_bwd[s] >= 0.0))
+            return FEDGE_ERR_INVALID_ARG;
+    /* end times of F(m) and B(m) on stage s: f_end[s * M + m]; < 0 while not run */
+    double *f_end = malloc(2 * (size_t)P * (size_t)M * sizeof(double));
+    if (f_end == NULL)
+        return FEDGE_ERR_NOMEM;
+    double *b_end = f_end + (size_t)P * (size_t)M;
+    double free_at[FEDGE_GRID_MAX_PP];
+    int next[FEDGE_GRID_MAX_PP];
+    for (int s = 0; s < P; s++) {
+        free_at[s] = 0.0;
+        next[s] = 0;
+    }
+    for (size_t i = 0; i < 2 * (size_t)P * (size_t)M; i++)
+        f_end[i] = -1.0;
+    int left = 2 * M * P, ret = FEDGE_OK;
+    while (left > 0 && ret == FEDGE_OK) {
+        int progressed = 0;
+        for (int s = 0; s < P; s++) {
+            while (next[s] < 2 * M) {
+                int kind, m;
+                op_at(in->schedule, P, M, s, next[s], &kind, &m);
+                double ready = free_at[s];
+                if (kind == OP_F && s > 0) {
+                    if (f_end[(s - 1) * M + m] < 0.0)
+                        break;
+                    ready = fmax(ready, f_end[(s - 1) * M + m] + in->send_fwd[s - 1]);
+                } else if (kind == OP_B && s < P - 1) {
+                    if (b_end[(s + 1) * M + m] < 0.0)
+                        break;
+                    ready = fmax(ready, b_end[(s + 1) * M + m] + in->send_bwd[s]);
+                }
+                if (kind == OP_F) {
+                    free_at[s] = f_end[s * M + m] = ready + in->fwd[s];
+                } else {
+                    free_at[s] = b_end[s * M + m] = ready + in->bwd[s];
+                }
+                next[s]++;
+                left--;
+                progressed = 1;
+            }
+        }
+        if (!progressed)
+            ret = FEDGE_ERR_INTERNAL; /* a schedule that waits on itself */
+    }
+    free(f_end);
+    if (ret != FEDGE_OK)
+        return ret;
+    double end = 0.0;
+    for (int s = 0; s < P; s++) {
+        end = fmax(end, free_at[s]);
+        if (busy != NULL)
+            busy[s] = M * (in->fwd[s] + in->bwd[s]);
+    }
+    *makespan = end;
+    return FEDGE_OK;
+}

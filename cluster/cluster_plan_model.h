@@ -1,0 +1,45 @@
+/* cluster_plan_model.h — the planner's MPI-free arithmetic (cluster_plan.c
+ * measures, this predicts).
+ *
+ * fedge_plan_loglog: a collective's time at a message size from a table of
+ * measured sizes, piecewise linear in log(bytes) -> log(seconds); below the
+ * smallest size the smallest's time (the latency floor), above the largest
+ * the largest's time scaled by bytes (bandwidth-bound).
+ *
+ * fedge_pp_simulate: one step of a pipeline schedule, event by event, from
+ * per-stage costs of one micro-batch. Each stage runs its operations in the
+ * order cluster_mp.c does (GPipe: F0..F(M-1) then B(M-1)..B0; 1F1B: P-1-s
+ * warm-up forwards, then F(m) B(m-warm) pairs, then the remaining backwards);
+ * F(m) on stage s > 0 starts when the stage is free and stage s-1's F(m)
+ * ended plus the forward message's time, B(m) on stage s < P-1 likewise after
+ * stage s+1's B(m) plus the gradient message's time. makespan is the last
+ * end; busy[s] = M (fwd[s] + bwd[s]); the stage's idle fraction is
+ * 1 - busy/makespan. Equal stages without messages give (P-1)/(M+P-1) for
+ * both schedules. No MPI; the simulation allocates 2 P M doubles. */
+#ifndef FEDGE_CLUSTER_PLAN_MODEL_H
+#define FEDGE_CLUSTER_PLAN_MODEL_H
+
+#include "cluster_grid.h"
+
+#define FEDGE_PP_SIM_MAX_MICRO 4096
+
+/* xs ascending, strictly positive, n >= 1; ys > 0. Returns seconds (< 0 on
+ * bad input). */
+double fedge_plan_loglog(const double *xs, const double *ys, int n, double at);
+
+typedef struct {
+    int schedule;                        /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */
+    int pp, micro;
+    double fwd[FEDGE_GRID_MAX_PP];       /* seconds per micro-batch on stage s */
+    double bwd[FEDGE_GRID_MAX_PP];
+    double send_fwd[FEDGE_GRID_MAX_PP];  /* stage s -> s+1, activation */
+    double send_bwd[FEDGE_GRID_MAX_PP];  /* stage s+1 -> s, its gradient */
+} fedge_pp_sim;
+
+/* FEDGE_ERR_INVALID_ARG: pp outside 1..FEDGE_GRID_MAX_PP, micro outside
+ * 1..FEDGE_PP_SIM_MAX_MICRO, a negative cost or an unknown schedule;
+ * FEDGE_ERR_NOMEM. busy may be NULL. */
+int fedge_pp_simulate(const fedge_pp_sim *in, double *makespan,
+                      double busy[FEDGE_GRID_MAX_PP]);
+
+#endif
