@@ -391,6 +391,19 @@ static int coll_probe(fedge_plan_links *L)
         ret = FEDGE_ERR_CLUSTER_COMM;
     for (int i = 0; ret == FEDGE_OK && i < L->n_coll; i++)
         L->coll[i].s = all[i] > 1e-9 ? all[i] : 1e-9;
+    for (int i = 0; ret == FEDGE_OK && i < L->n_coll;) { /* sorted by kind, group, bytes */
+        int j = i;
+        double ys[FEDGE_PLAN_MAX_COLL];
+        while (j < L->n_coll && L->coll[j].kind == L->coll[i].kind
+               && L->coll[j].group == L->coll[i].group) {
+            ys[j - i] = L->coll[j].s;
+            j++;
+        }
+        fedge_plan_monotone(ys, j - i);
+        for (int k = i; k < j; k++)
+            L->coll[k].s = ys[k - i];
+        i = j;
+    }
     free(buf);
     free(mine);
     free(all);

@@ -23,6 +23,27 @@ double fedge_plan_loglog(const double *xs, const double *ys, int n, double at)
     return exp(log(ys[i]) + f * (log(ys[i + 1]) - log(ys[i])));
 }
 
+void fedge_plan_monotone(double *ys, int n)
+{
+    double val[FEDGE_PLAN_MONO_MAX];
+    int cnt[FEDGE_PLAN_MONO_MAX], k = 0;
+    if (ys == NULL || n < 2 || n > FEDGE_PLAN_MONO_MAX)
+        return;
+    for (int i = 0; i < n; i++) { /* pool adjacent violators, equal weights */
+        val[k] = ys[i];
+        cnt[k++] = 1;
+        while (k > 1 && val[k - 2] > val[k - 1]) {
+            val[k - 2] = (val[k - 2] * cnt[k - 2] + val[k - 1] * cnt[k - 1])
+                         / (cnt[k - 2] + cnt[k - 1]);
+            cnt[k - 2] += cnt[k - 1];
+            k--;
+        }
+    }
+    for (int b = 0, i = 0; b < k; b++)
+        for (int j = 0; j < cnt[b]; j++)
+            ys[i++] = val[b];
+}
+
 enum { OP_F = 0, OP_B = 1 };
 
 /* The k-th operation of stage s: *kind OP_F or OP_B, *m the micro-batch. */

@@ -6,6 +6,9 @@
  * smallest size the smallest's time (the latency floor), above the largest
  * the largest's time scaled by bytes (bandwidth-bound).
  *
+ * Measured times are first made non-decreasing in the size
+ * (fedge_plan_monotone).
+ *
  * fedge_pp_simulate: one step of a pipeline schedule, event by event, from
  * per-stage costs of one micro-batch. Each stage runs its operations in the
  * order cluster_mp.c does (GPipe: F0..F(M-1) then B(M-1)..B0; 1F1B: P-1-s
@@ -26,6 +29,13 @@
 /* xs ascending, strictly positive, n >= 1; ys > 0. Returns seconds (< 0 on
  * bad input). */
 double fedge_plan_loglog(const double *xs, const double *ys, int n, double at);
+
+/* The least-squares non-decreasing fit of ys (pool adjacent violators), in
+ * place: a larger message never takes less time, so a trial slowed by
+ * another job is averaged with its neighbours. n > FEDGE_PLAN_MONO_MAX:
+ * unchanged. */
+#define FEDGE_PLAN_MONO_MAX 256
+void fedge_plan_monotone(double *ys, int n);
 
 typedef struct {
     int schedule;                        /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */

@@ -35,6 +35,27 @@ static void test_loglog(void **state)
     assert_true(fedge_plan_loglog(xs, ys, 3, 0.0) < 0.0);
 }
 
+static void test_monotone(void **state)
+{
+    (void)state;
+    double a[4] = {1.0, 3.0, 2.0, 4.0};
+    fedge_plan_monotone(a, 4);
+    assert_true(a[0] == 1.0 && a[1] == 2.5 && a[2] == 2.5 && a[3] == 4.0);
+    double b[5] = {1.0, 2.0, 3.0, 4.0, 5.0};
+    fedge_plan_monotone(b, 5);
+    for (int i = 0; i < 5; i++)
+        assert_true(b[i] == i + 1.0);
+    /* an outlier early pools with everything after it that it exceeds */
+    double c[4] = {9.0, 1.0, 2.0, 10.0};
+    fedge_plan_monotone(c, 4);
+    assert_true(c[0] == 4.0 && c[1] == 4.0 && c[2] == 4.0 && c[3] == 10.0);
+    double d[2] = {5.0, 1.0};
+    fedge_plan_monotone(d, 2);
+    assert_true(d[0] == 3.0 && d[1] == 3.0);
+    for (int i = 0; i < 3; i++)
+        assert_true(c[i] <= c[i + 1]);
+}
+
 static fedge_pp_sim equal_stages(int schedule, int P, int M, double f, double b)
 {
     fedge_pp_sim s;
@@ -130,6 +151,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loglog),
+        cmocka_unit_test(test_monotone),
         cmocka_unit_test(test_sim_equal_stages_theory),
         cmocka_unit_test(test_sim_messages_and_uneven),
         cmocka_unit_test(test_sim_rejects),
