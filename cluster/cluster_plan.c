@@ -257,7 +257,7 @@ static int coll_time(plan_ctx *pc, int kind, int group, double bytes, double *ou
                 && pc->want[i].bytes == bytes)
                 return FEDGE_OK;
         if (pc->n_want >= COLL_WANT_MAX)
-            return FEDGE_ERR_RANGE;
+            return FEDGE_OK; /* read off the neighbouring sizes measured */
         pc->want[pc->n_want++] = (fedge_plan_coll){kind, group, bytes, 0.0};
         return FEDGE_OK;
     }
@@ -292,7 +292,8 @@ static double median(double *v, int n)
 
 /* Chooses the sizes to measure: every size asked for, or COLL_GRID sizes
  * spaced evenly in log between the smallest and the largest of a (kind,
- * group) asked for more. */
+ * group) asked for more; past FEDGE_PLAN_MAX_COLL sizes in all, a group
+ * keeps the alpha-beta fit. */
 static int coll_choose(plan_ctx *pc)
 {
     fedge_plan_links *L = pc->L;
@@ -305,8 +306,10 @@ static int coll_choose(plan_ctx *pc)
                && pc->want[j].group == pc->want[i].group)
             j++;
         const int k = j - i, take = k <= COLL_GRID ? k : COLL_GRID;
-        if (L->n_coll + take > FEDGE_PLAN_MAX_COLL)
-            return FEDGE_ERR_RANGE;
+        if (L->n_coll + take > FEDGE_PLAN_MAX_COLL) { /* this group keeps the alpha-beta fit */
+            i = j;
+            continue;
+        }
         const double lo = log(pc->want[i].bytes), hi = log(pc->want[j - 1].bytes);
         for (int t = 0; t < take; t++) {
             fedge_plan_coll c = pc->want[i + t];
