@@ -484,6 +484,7 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     size_t n_local_max = 0;
     memset(&sim, 0, sizeof(sim));
     sim.schedule = FEDGE_PP_1F1B;
+    sim.progress_in_wait = 1; /* the CPU path: Open MPI, no progress thread */
     sim.pp = P;
     sim.micro = M;
     for (int s = 0; s < P; s++) {

@@ -68,52 +68,80 @@ static void op_at(int schedule, int P, int M, int s, int k, int *kind, int *m)
     }
 }
 
+static int begins_with_recv(int kind, int s, int P)
+{
+    return (kind == OP_F && s > 0) || (kind == OP_B && s < P - 1);
+}
+
+/* When the message sent at the end of op k of stage q has arrived, but for
+ * its transfer time; < 0: not known yet. */
+static double sent_at(const fedge_pp_sim *in, const double *op_end, int q, int k)
+{
+    const int P = in->pp, M = in->micro, n = 2 * M;
+    if (op_end[q * n + k] < 0.0 || !in->progress_in_wait)
+        return op_end[q * n + k];
+    for (int j = k + 1; j < n; j++) {
+        int kind, m;
+        op_at(in->schedule, P, M, q, j, &kind, &m);
+        if (begins_with_recv(kind, q, P))
+            return op_end[q * n + j - 1]; /* the sender starts waiting */
+    }
+    return op_end[q * n + n - 1]; /* its end-of-step wait */
+}
+
 int fedge_pp_simulate(const fedge_pp_sim *in, double *makespan, double busy[FEDGE_GRID_MAX_PP])
 {
     if (in == NULL || makespan == NULL || in->pp < 1 || in->pp > FEDGE_GRID_MAX_PP
         || in->micro < 1 || in->micro > FEDGE_PP_SIM_MAX_MICRO
         || (in->schedule != FEDGE_PP_GPIPE && in->schedule != FEDGE_PP_1F1B))
         return FEDGE_ERR_INVALID_ARG;
-    const int P = in->pp, M = in->micro;
+    const int P = in->pp, M = in->micro, n = 2 * M;
     for (int s = 0; s < P; s++)
         if (!(in->fwd[s] >= 0.0) || !(in->bwd[s] >= 0.0) || !(in->send_fwd[s] >= 0.0)
             || !(in->send_bwd[s] >= 0.0))
             return FEDGE_ERR_INVALID_ARG;
-    /* end times of F(m) and B(m) on stage s: f_end[s * M + m]; < 0 while not run */
-    double *f_end = malloc(2 * (size_t)P * (size_t)M * sizeof(double));
-    if (f_end == NULL)
-        return FEDGE_ERR_NOMEM;
-    double *b_end = f_end + (size_t)P * (size_t)M;
+    /* op_end[s * 2M + k]: end of stage s's k-th operation, < 0 while not run;
+     * f_op/b_op[s * M + m]: the index k of F(m) / B(m) on stage s */
+    double *op_end = malloc((size_t)P * (size_t)n * sizeof(double));
+    int *f_op = malloc(2 * (size_t)P * (size_t)M * sizeof(int));
+    int ret = op_end != NULL && f_op != NULL ? FEDGE_OK : FEDGE_ERR_NOMEM;
+    int *b_op = f_op + (size_t)P * (size_t)M;
     double free_at[FEDGE_GRID_MAX_PP];
     int next[FEDGE_GRID_MAX_PP];
-    for (int s = 0; s < P; s++) {
+    for (int s = 0; s < P && ret == FEDGE_OK; s++) {
         free_at[s] = 0.0;
         next[s] = 0;
+        for (int k = 0; k < n; k++) {
+            int kind, m;
+            op_at(in->schedule, P, M, s, k, &kind, &m);
+            op_end[s * n + k] = -1.0;
+            if (kind == OP_F)
+                f_op[s * M + m] = k;
+            else
+                b_op[s * M + m] = k;
+        }
     }
-    for (size_t i = 0; i < 2 * (size_t)P * (size_t)M; i++)
-        f_end[i] = -1.0;
-    int left = 2 * M * P, ret = FEDGE_OK;
+    int left = n * P;
     while (left > 0 && ret == FEDGE_OK) {
         int progressed = 0;
         for (int s = 0; s < P; s++) {
-            while (next[s] < 2 * M) {
+            while (next[s] < n) {
                 int kind, m;
                 op_at(in->schedule, P, M, s, next[s], &kind, &m);
                 double ready = free_at[s];
                 if (kind == OP_F && s > 0) {
-                    if (f_end[(s - 1) * M + m] < 0.0)
+                    const double t = sent_at(in, op_end, s - 1, f_op[(s - 1) * M + m]);
+                    if (t < 0.0)
                         break;
-                    ready = fmax(ready, f_end[(s - 1) * M + m] + in->send_fwd[s - 1]);
+                    ready = fmax(ready, t + in->send_fwd[s - 1]);
                 } else if (kind == OP_B && s < P - 1) {
-                    if (b_end[(s + 1) * M + m] < 0.0)
+                    const double t = sent_at(in, op_end, s + 1, b_op[(s + 1) * M + m]);
+                    if (t < 0.0)
                         break;
-                    ready = fmax(ready, b_end[(s + 1) * M + m] + in->send_bwd[s]);
+                    ready = fmax(ready, t + in->send_bwd[s]);
                 }
-                if (kind == OP_F) {
-                    free_at[s] = f_end[s * M + m] = ready + in->fwd[s];
-                } else {
-                    free_at[s] = b_end[s * M + m] = ready + in->bwd[s];
-                }
+                free_at[s] = op_end[s * n + next[s]] =
+                    ready + (kind == OP_F ? in->fwd[s] : in->bwd[s]);
                 next[s]++;
                 left--;
                 progressed = 1;
@@ -122,7 +150,8 @@ int fedge_pp_simulate(const fedge_pp_sim *in, double *makespan, double busy[FEDG
         if (!progressed)
             ret = FEDGE_ERR_INTERNAL; /* a schedule that waits on itself */
     }
-    free(f_end);
+    free(op_end);
+    free(f_op);
     if (ret != FEDGE_OK)
         return ret;
     double end = 0.0;

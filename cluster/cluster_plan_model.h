@@ -15,10 +15,17 @@
  * warm-up forwards, then F(m) B(m-warm) pairs, then the remaining backwards);
  * F(m) on stage s > 0 starts when the stage is free and stage s-1's F(m)
  * ended plus the forward message's time, B(m) on stage s < P-1 likewise after
- * stage s+1's B(m) plus the gradient message's time. makespan is the last
+ * stage s+1's B(m) plus the gradient message's time. With progress_in_wait
+ * (Open MPI over shared memory, no progress thread: an MPI_Isend'd message
+ * of 4 KiB or more was measured to move only while its sender was blocked in
+ * MPI, not during its compute nor its next MPI_Isend) a message counts as sent only when its sender next starts an
+ * operation that begins with a receive (F on s > 0, B on s < P-1), or at the
+ * sender's end of step: stage 0's warm-up forwards and the last stage's
+ * GPipe backwards reach their peer late. makespan is the last
  * end; busy[s] = M (fwd[s] + bwd[s]); the stage's idle fraction is
- * 1 - busy/makespan. Equal stages without messages give (P-1)/(M+P-1) for
- * both schedules. No MPI; the simulation allocates 2 P M doubles. */
+ * 1 - busy/makespan. Equal stages without messages (and without
+ * progress_in_wait) give (P-1)/(M+P-1) for both schedules. No MPI; the
+ * simulation allocates 2 P M doubles and 2 P M ints. */
 #ifndef FEDGE_CLUSTER_PLAN_MODEL_H
 #define FEDGE_CLUSTER_PLAN_MODEL_H
 
@@ -44,6 +51,7 @@ typedef struct {
     double bwd[FEDGE_GRID_MAX_PP];
     double send_fwd[FEDGE_GRID_MAX_PP];  /* stage s -> s+1, activation */
     double send_bwd[FEDGE_GRID_MAX_PP];  /* stage s+1 -> s, its gradient */
+    int progress_in_wait;  /* 1: a message moves only while its sender waits in MPI */
 } fedge_pp_sim;
 
 /* FEDGE_ERR_INVALID_ARG: pp outside 1..FEDGE_GRID_MAX_PP, micro outside

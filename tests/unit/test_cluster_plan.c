@@ -128,6 +128,37 @@ static void test_sim_messages_and_uneven(void **state)
     assert_true(span < (4.0 + 3.0) + 1 * 4.0 + 1e-12); /* closed form: 11 */
 }
 
+/* progress_in_wait: a message moves once its sender blocks in MPI (the start
+ * of its next operation that begins with a receive, or its end of step). */
+static void test_sim_progress_in_wait(void **state)
+{
+    (void)state;
+    double span = 0.0, busy[FEDGE_GRID_MAX_PP];
+    /* 1F1B, P 2, M 2, f = b = 1: stage 0 runs F0 F1 before its first
+     * receive, so F0 reaches stage 1 at 2; stage 1's B0 gradient moves when
+     * it starts F1 (4), its B1 gradient at its end of step (6) */
+    fedge_pp_sim s = equal_stages(FEDGE_PP_1F1B, 2, 2, 1.0, 1.0);
+    s.progress_in_wait = 1;
+    assert_int_equal(fedge_pp_simulate(&s, &span, busy), FEDGE_OK);
+    assert_true(fabs(span - 7.0) < 1e-12);
+    /* GPipe: all of stage 0's forwards, then all of stage 1's backwards go
+     * out together */
+    s.schedule = FEDGE_PP_GPIPE;
+    assert_int_equal(fedge_pp_simulate(&s, &span, busy), FEDGE_OK);
+    assert_true(fabs(span - 8.0) < 1e-12);
+    /* a middle stage begins every operation with a receive: only the ends
+     * are late. P 3, M 1: F0 on 0, 1, 2, then B0 on 2 (its only backward:
+     * gradient at its end of step), 1, 0 */
+    fedge_pp_sim t = equal_stages(FEDGE_PP_1F1B, 3, 1, 1.0, 1.0);
+    t.progress_in_wait = 1;
+    assert_int_equal(fedge_pp_simulate(&t, &span, busy), FEDGE_OK);
+    assert_true(fabs(span - 6.0) < 1e-12);
+    /* without it, the same as the theory */
+    s.progress_in_wait = 0;
+    assert_int_equal(fedge_pp_simulate(&s, &span, busy), FEDGE_OK);
+    assert_true(fabs(span - 6.0) < 1e-12);
+}
+
 static void test_sim_rejects(void **state)
 {
     (void)state;
@@ -154,6 +185,7 @@ int main(void)
         cmocka_unit_test(test_monotone),
         cmocka_unit_test(test_sim_equal_stages_theory),
         cmocka_unit_test(test_sim_messages_and_uneven),
+        cmocka_unit_test(test_sim_progress_in_wait),
         cmocka_unit_test(test_sim_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
