@@ -225,6 +225,7 @@ static int probe_links(fedge_plan_links *L)
 #define COLL_WANT_MAX 1024
 #define COLL_GRID 12    /* sizes measured per (kind, group) when more are asked */
 #define COLL_TRIALS 7
+#define PP_EAGER_BYTES 4096.0
 
 typedef struct {
     gemm_cache *gc;
@@ -484,7 +485,6 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     size_t n_local_max = 0;
     memset(&sim, 0, sizeof(sim));
     sim.schedule = FEDGE_PP_1F1B;
-    sim.progress_in_wait = 1; /* the CPU path: Open MPI, no progress thread */
     sim.pp = P;
     sim.micro = M;
     for (int s = 0; s < P; s++) {
@@ -499,6 +499,10 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
             sim.send_fwd[s] = sim.send_bwd[s] = t;
             comm_sum += 2.0 * t;
         }
+        /* Open MPI over shared memory sends up to its eager limit (4 KiB)
+         * at once, larger messages only while the sender waits */
+        if (s < P - 1 && c.send_bytes >= PP_EAGER_BYTES)
+            sim.progress_in_wait = 1;
         comp_sum += c.fwd_c + c.bwd_c;
         comm_sum += c.fwd_m + c.bwd_m;
         if (p.n_local > n_local_max)

@@ -23,9 +23,9 @@
  * GEMMs, elementwise work and row-parallel (and split-softmax) allreduces;
  * backward, its weight- and input-gradient GEMMs, elementwise work and
  * column-parallel allreduces. The 1F1B schedule is simulated event by event
- * with these costs and the boundary messages' measured times, a message
- * moving only once its sender blocks in MPI (fedge_pp_simulate,
- * progress_in_wait); to its makespan are added the DP allreduce (not
+ * with these costs and the boundary messages' measured times, a message of
+ * 4 KiB or more (above Open MPI's eager limit) moving only once its sender
+ * blocks in MPI (fedge_pp_simulate, progress_in_wait); to its makespan are added the DP allreduce (not
  * overlapped), the per-step status allreduces (4 on the model-parallel path,
  * 1 on pure DP), the SGD update, zeroing and non-finite check of the rank's
  * parameters and the reading of its rows. `bubble` is the stages' mean idle
