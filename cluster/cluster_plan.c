@@ -270,10 +270,11 @@ static int coll_time(plan_ctx *pc, int kind, int group, double bytes, double *ou
             xs[n] = L->coll[i].bytes;
             ys[n++] = L->coll[i].s;
         }
-    if (n == 0) { /* one rank: nothing was measured */
-        const double a = kind == FEDGE_PLAN_P2P ? L->p2p_alpha : L->ar_alpha;
-        const double b = kind == FEDGE_PLAN_P2P ? L->p2p_beta : L->ar_beta;
-        *out = a + bytes / b;
+    if (n == 0) { /* not measured (one rank, or a group the ranks at hand cannot form) */
+        if (kind == FEDGE_PLAN_P2P)
+            *out = L->p2p_alpha + bytes / L->p2p_beta;
+        else
+            *out = L->ar_alpha + 2.0 * (group - 1) / group * bytes / L->ar_beta;
         return FEDGE_OK;
     }
     *out = fedge_plan_loglog(xs, ys, n, bytes);
