@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "common.h"
+#include "cluster_plan_model.h"
 #include "model.h"
 #include "optim.h"
 
@@ -219,84 +220,319 @@ static int probe_links(fedge_plan_links *L)
     return FEDGE_OK;
 }
 
-/* One micro-batch of `rows` on stage p (TP rank p->tp_i): GEMMs, TP
- * allreduces, boundary messages. */
-static int stage_time(gemm_cache *gc, const fedge_shard_plan *p, const fedge_plan_links *L,
-                      int rows, double *compute, double *comm)
+/* ---- collectives at the layouts' own sizes ---------------------------- */
+
+#define COLL_WANT_MAX 1024
+#define COLL_GRID 12    /* sizes measured per (kind, group) when more are asked */
+#define COLL_TRIALS 7
+#define PP_EAGER_BYTES 4096.0
+
+typedef struct {
+    gemm_cache *gc;
+    fedge_plan_links *L;
+    int collect;        /* 1: record the collective sizes asked for, time nothing */
+    int n_want;
+    fedge_plan_coll want[COLL_WANT_MAX];
+} plan_ctx;
+
+static int coll_cmp(const void *a, const void *b)
 {
-    double c = 0.0, m = 0.0, t;
-    const double ring = p->tp > 1 ? 2.0 * (p->tp - 1) / p->tp : 0.0;
-    for (int l = p->l0; l < p->l1; l++) {
-        const int in = p->in_n[l], out = p->out_n[l];
-        CHK_T(gemm_time(gc, 0, 1, rows, out, in, &t));
-        c += t;
-        CHK_T(gemm_time(gc, 1, 0, out, in, rows, &t));
-        c += t;
-        if (l > 0) {
-            CHK_T(gemm_time(gc, 0, 0, rows, in, out, &t));
-            c += t;
-        }
-        /* bias + ReLU forward, bias gradient, ReLU mask of the input gradient */
-        c += L->elem_s * (double)rows * (2.0 * out + (l > 0 ? in : 0));
-        if (p->tp > 1 && p->mode[l] == FEDGE_TP_ROW)
-            m += L->ar_alpha + ring * rows * (double)p->sh.dims[l + 1] * 4.0 / L->ar_beta;
-        if (p->tp > 1 && p->mode[l] == FEDGE_TP_COL && l == p->sh.n_layers - 1)
-            m += 2.0 * L->ar_alpha + ring * rows * 20.0 / L->ar_beta; /* split softmax */
-        if (p->tp > 1 && p->mode[l] == FEDGE_TP_COL && l > 0)
-            m += L->ar_alpha + ring * rows * (double)p->sh.dims[l] * 4.0 / L->ar_beta;
+    const fedge_plan_coll *x = a, *y = b;
+    if (x->kind != y->kind)
+        return x->kind - y->kind;
+    if (x->group != y->group)
+        return x->group - y->group;
+    return x->bytes < y->bytes ? -1 : x->bytes > y->bytes ? 1 : 0;
+}
+
+/* Seconds of one collective: an allreduce of `bytes` over `group` ranks or
+ * a one-way message (group 2). While collecting, records the size. */
+static int coll_time(plan_ctx *pc, int kind, int group, double bytes, double *out)
+{
+    *out = 0.0;
+    if (bytes < 4.0)
+        bytes = 4.0;
+    if (pc->collect) {
+        for (int i = 0; i < pc->n_want; i++)
+            if (pc->want[i].kind == kind && pc->want[i].group == group
+                && pc->want[i].bytes == bytes)
+                return FEDGE_OK;
+        if (pc->n_want >= COLL_WANT_MAX)
+            return FEDGE_OK; /* read off the neighbouring sizes measured */
+        pc->want[pc->n_want++] = (fedge_plan_coll){kind, group, bytes, 0.0};
+        return FEDGE_OK;
     }
-    if (p->pp_i == 0)
-        c += L->elem_s * (double)rows * p->sh.dims[0]; /* the input rows, copied in */
-    if (p->l1 == p->sh.n_layers) /* softmax: two exps per logit, and the gradient */
-        c += (2.0 * L->exp_s + 2.0 * L->elem_s) * (double)rows * p->sh.dims[p->sh.n_layers];
-    if (p->pp_i < p->pp - 1)
-        m += L->p2p_alpha + rows * (double)p->out_n[p->l1 - 1] * 4.0 / L->p2p_beta;
-    if (p->pp_i > 0)
-        m += L->p2p_alpha + rows * (double)p->in_n[p->l0] * 4.0 / L->p2p_beta;
-    *compute = c;
-    *comm = m;
+    const fedge_plan_links *L = pc->L;
+    double xs[FEDGE_PLAN_MAX_COLL], ys[FEDGE_PLAN_MAX_COLL];
+    int n = 0;
+    for (int i = 0; i < L->n_coll; i++)
+        if (L->coll[i].kind == kind && L->coll[i].group == group) {
+            xs[n] = L->coll[i].bytes;
+            ys[n++] = L->coll[i].s;
+        }
+    if (n == 0) { /* not measured (one rank, or a group the ranks at hand cannot form) */
+        if (kind == FEDGE_PLAN_P2P)
+            *out = L->p2p_alpha + bytes / L->p2p_beta;
+        else
+            *out = L->ar_alpha + 2.0 * (group - 1) / group * bytes / L->ar_beta;
+        return FEDGE_OK;
+    }
+    *out = fedge_plan_loglog(xs, ys, n, bytes);
+    return *out >= 0.0 ? FEDGE_OK : FEDGE_ERR_INTERNAL;
+}
+
+static double median(double *v, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Chooses the sizes to measure: every size asked for, or COLL_GRID sizes
+ * spaced evenly in log between the smallest and the largest of a (kind,
+ * group) asked for more; past FEDGE_PLAN_MAX_COLL sizes in all, a group
+ * keeps the alpha-beta fit. */
+static int coll_choose(plan_ctx *pc)
+{
+    fedge_plan_links *L = pc->L;
+    qsort(pc->want, (size_t)pc->n_want, sizeof(pc->want[0]), coll_cmp);
+    L->n_coll = 0;
+    L->n_coll_asked = pc->n_want;
+    for (int i = 0; i < pc->n_want;) {
+        int j = i;
+        while (j < pc->n_want && pc->want[j].kind == pc->want[i].kind
+               && pc->want[j].group == pc->want[i].group)
+            j++;
+        const int k = j - i, take = k <= COLL_GRID ? k : COLL_GRID;
+        if (L->n_coll + take > FEDGE_PLAN_MAX_COLL) { /* this group keeps the alpha-beta fit */
+            i = j;
+            continue;
+        }
+        const double lo = log(pc->want[i].bytes), hi = log(pc->want[j - 1].bytes);
+        for (int t = 0; t < take; t++) {
+            fedge_plan_coll c = pc->want[i + t];
+            if (k > COLL_GRID)
+                c.bytes = 4.0 * ceil(exp(lo + (hi - lo) * t / (COLL_GRID - 1)) / 4.0);
+            L->coll[L->n_coll++] = c;
+        }
+        i = j;
+    }
     return FEDGE_OK;
 }
 
-static int predict(gemm_cache *gc, const fedge_model_spec *spec, const fedge_dense_shape *sh,
-                   int batch, const fedge_plan_links *L, double budget_mb, fedge_plan_layout *o)
+/* Times every chosen size on all ranks at once: allreduces over groups of
+ * `group` neighbouring ranks (all groups together, as a layout's TP or DP
+ * groups run), messages ping-ponged between ranks 2i and 2i+1 (all pairs
+ * together); the median of COLL_TRIALS trials, the slowest rank's. */
+static int coll_probe(fedge_plan_links *L)
+{
+    int rank = 0, world = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    size_t max_floats = 1;
+    for (int i = 0; i < L->n_coll; i++)
+        if (L->coll[i].bytes / 4.0 > (double)max_floats)
+            max_floats = (size_t)(L->coll[i].bytes / 4.0);
+    float *buf = calloc(max_floats, sizeof(float));
+    double *mine = calloc((size_t)L->n_coll + 1, sizeof(double));
+    double *all = calloc((size_t)L->n_coll + 1, sizeof(double));
+    int bad = buf == NULL || mine == NULL || all == NULL, any = 0, ret = FEDGE_OK;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        ret = FEDGE_ERR_CLUSTER_COMM;
+    else if (any)
+        ret = FEDGE_ERR_NOMEM;
+    MPI_Comm comm = MPI_COMM_NULL;
+    int comm_group = 0, rc = MPI_SUCCESS;
+    for (int i = 0; i < L->n_coll && ret == FEDGE_OK && rc == MPI_SUCCESS; i++) {
+        const fedge_plan_coll *c = &L->coll[i];
+        const int count = (int)(c->bytes / 4.0);
+        const int reps = c->bytes < 65536.0 ? 10 : c->bytes < 1048576.0 ? 3 : 1;
+        if (c->kind == FEDGE_PLAN_ALLREDUCE && c->group != comm_group) {
+            if (comm != MPI_COMM_NULL)
+                MPI_Comm_free(&comm);
+            rc = MPI_Comm_split(MPI_COMM_WORLD, rank / c->group, rank, &comm);
+            comm_group = c->group;
+            if (rc != MPI_SUCCESS)
+                break;
+        }
+        double t[COLL_TRIALS];
+        for (int trial = 0; trial < COLL_TRIALS && rc == MPI_SUCCESS; trial++) {
+            rc = MPI_Barrier(MPI_COMM_WORLD);
+            const double t0 = MPI_Wtime();
+            if (c->kind == FEDGE_PLAN_ALLREDUCE) {
+                for (int r = 0; r < reps && rc == MPI_SUCCESS; r++)
+                    rc = MPI_Allreduce(MPI_IN_PLACE, buf, count, MPI_FLOAT, MPI_SUM, comm);
+                t[trial] = (MPI_Wtime() - t0) / reps;
+            } else {
+                const int peer = rank ^ 1;
+                for (int r = 0; r < reps && rc == MPI_SUCCESS && peer < world; r++) {
+                    if (rank % 2 == 0) {
+                        rc = MPI_Send(buf, count, MPI_FLOAT, peer, 9, MPI_COMM_WORLD);
+                        if (rc == MPI_SUCCESS)
+                            rc = MPI_Recv(buf, count, MPI_FLOAT, peer, 9, MPI_COMM_WORLD,
+                                          MPI_STATUS_IGNORE);
+                    } else {
+                        rc = MPI_Recv(buf, count, MPI_FLOAT, peer, 9, MPI_COMM_WORLD,
+                                      MPI_STATUS_IGNORE);
+                        if (rc == MPI_SUCCESS)
+                            rc = MPI_Send(buf, count, MPI_FLOAT, peer, 9, MPI_COMM_WORLD);
+                    }
+                }
+                t[trial] = peer < world ? (MPI_Wtime() - t0) / reps / 2.0 : 0.0;
+            }
+        }
+        mine[i] = median(t, COLL_TRIALS);
+    }
+    if (comm != MPI_COMM_NULL)
+        MPI_Comm_free(&comm);
+    if (ret == FEDGE_OK && rc != MPI_SUCCESS)
+        ret = FEDGE_ERR_CLUSTER_COMM;
+    if (ret == FEDGE_OK
+        && MPI_Allreduce(mine, all, L->n_coll, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        ret = FEDGE_ERR_CLUSTER_COMM;
+    for (int i = 0; ret == FEDGE_OK && i < L->n_coll; i++)
+        L->coll[i].s = all[i] > 1e-9 ? all[i] : 1e-9;
+    for (int i = 0; ret == FEDGE_OK && i < L->n_coll;) { /* sorted by kind, group, bytes */
+        int j = i;
+        double ys[FEDGE_PLAN_MAX_COLL];
+        while (j < L->n_coll && L->coll[j].kind == L->coll[i].kind
+               && L->coll[j].group == L->coll[i].group) {
+            ys[j - i] = L->coll[j].s;
+            j++;
+        }
+        fedge_plan_monotone(ys, j - i);
+        for (int k = i; k < j; k++)
+            L->coll[k].s = ys[k - i];
+        i = j;
+    }
+    free(buf);
+    free(mine);
+    free(all);
+    return ret;
+}
+
+/* ---- the step model ---------------------------------------------------- */
+
+/* One micro-batch of `rows` on stage p (TP rank p->tp_i): forward (GEMMs,
+ * elementwise work, row-parallel allreduces, the split softmax's two) and
+ * backward (GEMMs, elementwise, column-parallel allreduces), split into
+ * compute and communication; the boundary message sizes. */
+typedef struct {
+    double fwd_c, fwd_m, bwd_c, bwd_m;
+    double send_bytes; /* to the next stage (its gradient comes back the same size) */
+} stage_cost;
+
+static int stage_time(plan_ctx *pc, const fedge_shard_plan *p, int rows, stage_cost *o)
+{
+    const fedge_plan_links *L = pc->L;
+    const int T = p->tp;
+    double t;
+    memset(o, 0, sizeof(*o));
+    for (int l = p->l0; l < p->l1; l++) {
+        const int in = p->in_n[l], out = p->out_n[l];
+        if (!pc->collect) {
+            CHK_T(gemm_time(pc->gc, 0, 1, rows, out, in, &t));
+            o->fwd_c += t;
+            CHK_T(gemm_time(pc->gc, 1, 0, out, in, rows, &t));
+            o->bwd_c += t;
+            if (l > 0) {
+                CHK_T(gemm_time(pc->gc, 0, 0, rows, in, out, &t));
+                o->bwd_c += t;
+            }
+        }
+        /* bias + ReLU forward; bias gradient and the input gradient's ReLU mask */
+        o->fwd_c += L->elem_s * (double)rows * out;
+        o->bwd_c += L->elem_s * (double)rows * (out + (l > 0 ? in : 0));
+        if (T > 1 && p->mode[l] == FEDGE_TP_ROW) {
+            CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * (double)p->sh.dims[l + 1] * 4.0,
+                            &t));
+            o->fwd_m += t;
+        }
+        if (T > 1 && p->mode[l] == FEDGE_TP_COL && l == p->sh.n_layers - 1) {
+            /* split softmax: the row maxima (floats), the sums and label logits (doubles) */
+            CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * 4.0, &t));
+            o->fwd_m += t;
+            CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * 16.0, &t));
+            o->fwd_m += t;
+        }
+        if (T > 1 && p->mode[l] == FEDGE_TP_COL && l > 0) {
+            CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * (double)p->sh.dims[l] * 4.0, &t));
+            o->bwd_m += t;
+        }
+    }
+    if (p->pp_i == 0)
+        o->fwd_c += L->elem_s * (double)rows * p->sh.dims[0]; /* the input rows, copied in */
+    if (p->l1 == p->sh.n_layers) { /* softmax: two exps per logit; its gradient */
+        const double logits = (double)rows * p->out_n[p->sh.n_layers - 1];
+        o->fwd_c += (2.0 * L->exp_s + L->elem_s) * logits;
+        o->bwd_c += L->elem_s * logits;
+    }
+    if (p->pp_i < p->pp - 1)
+        o->send_bytes = rows * (double)p->out_n[p->l1 - 1] * 4.0;
+    return FEDGE_OK;
+}
+
+static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense_shape *sh,
+                   int batch, int world, double budget_mb, fedge_plan_layout *o)
 {
     const int R = batch / o->dp, M = o->micro, P = o->pp;
     const int rows = R / M;
-    double sum = 0.0, worst = 0.0, comp_sum = 0.0, comm_sum = 0.0;
-    double t[FEDGE_GRID_MAX_PP];
+    double comp_sum = 0.0, comm_sum = 0.0, t;
+    fedge_pp_sim sim;
     size_t n_local_max = 0;
+    memset(&sim, 0, sizeof(sim));
+    sim.schedule = FEDGE_PP_1F1B;
+    sim.pp = P;
+    sim.micro = M;
     for (int s = 0; s < P; s++) {
         fedge_shard_plan p;
-        double c, m;
+        stage_cost c;
         CHK_T(fedge_shard_plan_make(sh, o->tp, o->tp - 1, P, s, &p));
-        CHK_T(stage_time(gc, &p, L, rows, &c, &m));
-        t[s] = c + m;
-        sum += c + m;
-        comp_sum += c;
-        comm_sum += m;
-        if (c + m > worst)
-            worst = c + m;
+        CHK_T(stage_time(pc, &p, rows, &c));
+        sim.fwd[s] = c.fwd_c + c.fwd_m;
+        sim.bwd[s] = c.bwd_c + c.bwd_m;
+        if (s < P - 1) {
+            CHK_T(coll_time(pc, FEDGE_PLAN_P2P, 2, c.send_bytes, &t));
+            sim.send_fwd[s] = sim.send_bwd[s] = t;
+            comm_sum += 2.0 * t;
+        }
+        /* Open MPI over shared memory sends up to its eager limit (4 KiB)
+         * at once, larger messages only while the sender waits */
+        if (s < P - 1 && c.send_bytes >= PP_EAGER_BYTES)
+            sim.progress_in_wait = 1;
+        comp_sum += c.fwd_c + c.bwd_c;
+        comm_sum += c.fwd_m + c.bwd_m;
         if (p.n_local > n_local_max)
             n_local_max = p.n_local;
     }
-    double pipe = sum + (M - 1) * worst;
-    /* the stages' mean idle fraction of the pipeline part */
+    /* per step: the pure DP path agrees once (loss and status), the
+     * model-parallel one four times (batch status, non-finite check, loss,
+     * update) */
+    const int mp_path = !(o->tp == 1 && o->pp == 1 && M == 1);
+    double small = 0.0, dp = 0.0, pipe = 0.0;
+    double busy[FEDGE_GRID_MAX_PP];
+    CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, world, 16.0, &small));
+    small *= mp_path ? 4.0 : 1.0;
+    if (o->dp > 1)
+        CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, o->dp, (double)n_local_max * 4.0, &dp));
+    if (pc->collect)
+        return FEDGE_OK;
+    CHK_T(fedge_pp_simulate(&sim, &pipe, busy));
     o->bubble = 0.0;
     for (int s = 0; s < P && pipe > 0; s++)
-        o->bubble += (1.0 - M * t[s] / pipe) / P;
-    /* per step: read the rows, update the parameters, agree on status and loss */
-    double step_fixed = L->load_s * (double)R * sh->dims[0] + L->sgd_s * (double)n_local_max
-                        + 2.0 * L->ar_alpha;
-    pipe += step_fixed;
-    double dp = o->dp > 1 ? L->ar_alpha + 2.0 * (o->dp - 1) / o->dp * (double)n_local_max * 4.0
-                                              / L->ar_beta
-                          : 0.0;
-    o->predict_ms = 1e3 * (pipe + dp);
+        o->bubble += (1.0 - busy[s] / pipe) / P;
+    /* read the rows, zero the gradients, check and update the parameters */
+    const double step_fixed = pc->L->load_s * (double)R * sh->dims[0]
+                              + (pc->L->sgd_s + pc->L->elem_s) * (double)n_local_max;
+    o->predict_ms = 1e3 * (pipe + step_fixed + small + dp);
     o->compute_ms = 1e3 * (comp_sum * M / P + step_fixed);
-    o->comm_ms = 1e3 * (comm_sum * M / P + dp);
+    o->comm_ms = 1e3 * (comm_sum * M / P + small + dp);
     fedge_memory_plan mp;
-    if (o->tp == 1 && o->pp == 1 && M == 1) {
+    if (!mp_path) {
         fedge_layout lo;
         CHK_T(fedge_layout_init(&lo, fedge_model_spec_param_count(spec), o->dp, 0));
         fedge_memory_plan_make(spec, &lo, (batch + o->dp - 1) / o->dp, FEDGE_PREC_FP32, 0, 0,
@@ -316,26 +552,13 @@ static int cmp_layout(const void *a, const void *b)
     return x->predict_ms < y->predict_ms ? -1 : x->predict_ms > y->predict_ms ? 1 : 0;
 }
 
-int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double budget_mb,
-                   fedge_plan_result *out)
+/* The candidate layouts (dp, tp, pp, micro), without predictions. */
+static void enumerate(const fedge_dense_shape *sh, int batch, int world, fedge_plan_result *out)
 {
-    fedge_dense_shape sh;
-    gemm_cache *gc = NULL;
-    int ret = FEDGE_OK;
-    memset(out, 0, sizeof(*out));
-    out->choice = -1;
-    if (spec == NULL || batch < 1 || world < 1)
-        return FEDGE_ERR_INVALID_ARG;
-    CHK_T(fedge_dense_shape_of(spec, &sh));
-    CHK_T(probe_links(&out->links));
-    CHK_T(probe_elementwise(&out->links));
-    gc = calloc(1, sizeof(*gc));
-    if (gc == NULL)
-        return FEDGE_ERR_NOMEM;
     for (int tp = 1; tp <= world; tp++) {
         if (world % tp != 0)
             continue;
-        for (int pp = 1; pp <= world / tp && pp <= sh.n_layers; pp++) {
+        for (int pp = 1; pp <= world / tp && pp <= sh->n_layers; pp++) {
             if ((world / tp) % pp != 0)
                 continue;
             const int dp = world / (tp * pp);
@@ -349,20 +572,59 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
                 fedge_shard_plan probe;
                 int ok = 1;
                 for (int s = 0; s < pp && ok; s++)
-                    ok = fedge_shard_plan_make(&sh, tp, tp - 1, pp, s, &probe) == FEDGE_OK;
+                    ok = fedge_shard_plan_make(sh, tp, tp - 1, pp, s, &probe) == FEDGE_OK;
                 if (!ok)
                     continue;
-                fedge_plan_layout *o = &out->cand[out->n];
+                fedge_plan_layout *o = &out->cand[out->n++];
                 memset(o, 0, sizeof(*o));
                 o->dp = dp;
                 o->tp = tp;
                 o->pp = pp;
                 o->micro = M;
-                CHK(predict(gc, spec, &sh, batch, &out->links, budget_mb, o));
-                out->n++;
             }
         }
     }
+}
+
+int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double budget_mb,
+                   fedge_plan_result *out)
+{
+    fedge_dense_shape sh;
+    plan_ctx *pc = NULL;
+    int ret = FEDGE_OK, probed = 1;
+    memset(out, 0, sizeof(*out));
+    out->choice = -1;
+    if (spec == NULL || batch < 1 || world < 1)
+        return FEDGE_ERR_INVALID_ARG;
+    CHK_T(fedge_dense_shape_of(spec, &sh));
+    MPI_Comm_size(MPI_COMM_WORLD, &probed);
+    CHK_T(probe_links(&out->links));
+    CHK_T(probe_elementwise(&out->links));
+    pc = calloc(1, sizeof(*pc));
+    if (pc == NULL)
+        return FEDGE_ERR_NOMEM;
+    pc->gc = calloc(1, sizeof(*pc->gc));
+    if (pc->gc == NULL)
+        FAIL(FEDGE_ERR_NOMEM);
+    pc->L = &out->links;
+    enumerate(&sh, batch, world, out);
+    /* the collectives' sizes, measured on the ranks at hand: a group larger
+     * than them (plan --ranks) keeps the alpha-beta fit */
+    pc->collect = 1;
+    for (int i = 0; i < out->n; i++)
+        CHK(predict(pc, spec, &sh, batch, world, budget_mb, &out->cand[i]));
+    {
+        int keep = 0;
+        for (int i = 0; i < pc->n_want; i++)
+            if (probed > 1 && pc->want[i].group <= probed && probed % pc->want[i].group == 0)
+                pc->want[keep++] = pc->want[i];
+        pc->n_want = keep;
+    }
+    CHK(coll_choose(pc));
+    CHK(coll_probe(&out->links));
+    pc->collect = 0;
+    for (int i = 0; i < out->n; i++)
+        CHK(predict(pc, spec, &sh, batch, world, budget_mb, &out->cand[i]));
     qsort(out->cand, (size_t)out->n, sizeof(out->cand[0]), cmp_layout);
     for (int i = 0; i < out->n; i++)
         if (out->cand[i].fits) {
@@ -370,7 +632,9 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
             break;
         }
 cleanup:
-    free(gc);
+    if (pc != NULL)
+        free(pc->gc);
+    free(pc);
     return ret;
 }
 
@@ -383,6 +647,21 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
             L->ar_beta / 1e9, budget_mb > 0 ? "per rank" : "none");
     fprintf(f, "# per element: bias+relu %.2f ns, exp %.2f ns, sgd %.2f ns, load %.2f ns\n",
             1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s);
+    fprintf(f, "# collectives at the layouts' sizes: %d distinct, %d measured (median of %d "
+               "trials, slowest rank; log-log interpolation between)\n",
+            L->n_coll_asked, L->n_coll, COLL_TRIALS);
+    for (int i = 0; i < L->n_coll;) {
+        const fedge_plan_coll *c = &L->coll[i];
+        if (c->kind == FEDGE_PLAN_P2P)
+            fprintf(f, "#   message:");
+        else
+            fprintf(f, "#   allreduce over %d:", c->group);
+        int j = i;
+        for (; j < L->n_coll && L->coll[j].kind == c->kind && L->coll[j].group == c->group; j++)
+            fprintf(f, " %.0fB=%.1fus", L->coll[j].bytes, 1e6 * L->coll[j].s);
+        fprintf(f, "\n");
+        i = j;
+    }
     fprintf(f, "# %3s %3s %3s %5s %12s %11s %9s %8s %12s %5s\n", "dp", "tp", "pp", "micro",
             "predict_ms", "compute_ms", "comm_ms", "bubble", "mem_bytes", "fits");
     for (int i = 0; i < r->n; i++) {

@@ -1,24 +1,37 @@
 /* cluster_plan.h — choose a DP x TP x PP layout (and micro-batches) for a dense chain.
  *
- * fedge_plan_probe measures, on the ranks it runs on (collective over
+ * fedge_plan_run probes, on the ranks it runs on (collective over
  * MPI_COMM_WORLD): the time of every GEMM shape the candidate layouts would
  * run (all ranks at once, so an oversubscribed machine shows its real rate;
- * the slowest rank counts), MPI point-to-point latency and bandwidth (rank 0
- * <-> 1, ping-pong) and allreduce latency and bandwidth over all ranks
- * (t = alpha + 2(k-1)/k * bytes / beta). With one rank the links fall back to
- * 5 us and a host memcpy's bandwidth.
+ * the fastest of several calls, the slowest rank counts); per-element costs
+ * of the loops around them; and every collective at the sizes the layouts
+ * issue: each TP allreduce (micro-batch rows x width x 4 B over the TP group),
+ * the split softmax's two (rows x 4 B, rows x 16 B), the DP gradient
+ * allreduce (the largest shard), the per-step status allreduce over all ranks
+ * and each pipeline boundary message (ping-pong, one way). Allreduces run on
+ * groups of neighbouring ranks, all groups at once; messages between ranks 2i
+ * and 2i+1, all pairs at once; each size's figure is the median of 7 trials
+ * (the slowest rank's), then made non-decreasing in the size. A (kind, group)
+ * asked for more than 12 sizes is measured at 12 spread evenly in log between
+ * its smallest and largest; every size is read off the measured ones in
+ * log-log (cluster_plan_model.h). Groups the probing ranks cannot form
+ * (plan --ranks larger than the job) and a one-rank job use an alpha-beta fit
+ * (ping-pong and allreduce at 8 B and 1 MiB; one rank: 5 us and a memcpy's
+ * bandwidth).
  *
- * Model of one step, per layout: a stage's micro-batch costs its GEMMs
- * (forward, weight gradient, input gradient of each of its layers at 1/T
- * width) plus its TP allreduces plus its two boundary messages; the pipeline
- * takes sum over stages + (M - 1) * slowest stage; then the DP allreduce of the
- * rank's gradients (not overlapped), the SGD update of its parameters and the
- * reading of its rows. Elementwise work (bias, ReLU, masks, softmax) is
- * costed per element from probes of the same loops. `bubble` is the stages'
- * mean idle fraction of the pipeline by this model (uneven stages and their
- * communication included), not the equal-stage theory. Memory per rank: cluster_grid.h's plan
- * (pure DP: cluster_layout.h's). Layouts are printed fastest first; the
- * choice is the fastest that fits the budget. */
+ * Model of one step, per layout: a stage's micro-batch costs, forward, its
+ * GEMMs, elementwise work and row-parallel (and split-softmax) allreduces;
+ * backward, its weight- and input-gradient GEMMs, elementwise work and
+ * column-parallel allreduces. The 1F1B schedule is simulated event by event
+ * with these costs and the boundary messages' measured times, a message of
+ * 4 KiB or more (above Open MPI's eager limit) moving only once its sender
+ * blocks in MPI (fedge_pp_simulate, progress_in_wait); to its makespan are added the DP allreduce (not
+ * overlapped), the per-step status allreduces (4 on the model-parallel path,
+ * 1 on pure DP), the SGD update, zeroing and non-finite check of the rank's
+ * parameters and the reading of its rows. `bubble` is the stages' mean idle
+ * fraction of the simulated pipeline. Memory per rank: cluster_grid.h's plan
+ * (pure DP: cluster_layout.h's). Layouts are printed fastest first; the choice
+ * is the fastest that fits the budget. */
 #ifndef FEDGE_CLUSTER_PLAN_H
 #define FEDGE_CLUSTER_PLAN_H
 
@@ -28,6 +41,16 @@
 #include "cluster_grid.h"
 
 #define FEDGE_PLAN_MAX 128
+#define FEDGE_PLAN_MAX_COLL 96
+
+enum { FEDGE_PLAN_ALLREDUCE = 0, FEDGE_PLAN_P2P = 1 };
+
+/* One measured collective: an allreduce of `bytes` over `group` ranks, or a
+ * one-way message of `bytes` (group 2); s: the median seconds per call. */
+typedef struct {
+    int kind, group;
+    double bytes, s;
+} fedge_plan_coll;
 
 typedef struct {
     int dp, tp, pp, micro;
@@ -43,6 +66,8 @@ typedef struct {
      * exp (softmax), SGD update, u8 -> f32 batch conversion (the loader) */
     double elem_s, exp_s, sgd_s, load_s;
     int probe_ranks;
+    int n_coll, n_coll_asked;     /* sizes measured; distinct sizes the layouts issue */
+    fedge_plan_coll coll[FEDGE_PLAN_MAX_COLL]; /* by kind, group, bytes */
 } fedge_plan_links;
 
 typedef struct {

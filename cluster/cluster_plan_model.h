@@ -1,0 +1,63 @@
+/* cluster_plan_model.h — the planner's MPI-free arithmetic (cluster_plan.c
+ * measures, this predicts).
+ *
+ * fedge_plan_loglog: a collective's time at a message size from a table of
+ * measured sizes, piecewise linear in log(bytes) -> log(seconds); below the
+ * smallest size the smallest's time (the latency floor), above the largest
+ * the largest's time scaled by bytes (bandwidth-bound).
+ *
+ * Measured times are first made non-decreasing in the size
+ * (fedge_plan_monotone).
+ *
+ * fedge_pp_simulate: one step of a pipeline schedule, event by event, from
+ * per-stage costs of one micro-batch. Each stage runs its operations in the
+ * order cluster_mp.c does (GPipe: F0..F(M-1) then B(M-1)..B0; 1F1B: P-1-s
+ * warm-up forwards, then F(m) B(m-warm) pairs, then the remaining backwards);
+ * F(m) on stage s > 0 starts when the stage is free and stage s-1's F(m)
+ * ended plus the forward message's time, B(m) on stage s < P-1 likewise after
+ * stage s+1's B(m) plus the gradient message's time. With progress_in_wait
+ * (Open MPI over shared memory, no progress thread: an MPI_Isend'd message
+ * of 4 KiB or more was measured to move only while its sender was blocked in
+ * MPI, not during its compute nor its next MPI_Isend) a message counts as sent only when its sender next starts an
+ * operation that begins with a receive (F on s > 0, B on s < P-1), or at the
+ * sender's end of step: stage 0's warm-up forwards and the last stage's
+ * GPipe backwards reach their peer late. makespan is the last
+ * end; busy[s] = M (fwd[s] + bwd[s]); the stage's idle fraction is
+ * 1 - busy/makespan. Equal stages without messages (and without
+ * progress_in_wait) give (P-1)/(M+P-1) for both schedules. No MPI; the
+ * simulation allocates 2 P M doubles and 2 P M ints. */
+#ifndef FEDGE_CLUSTER_PLAN_MODEL_H
+#define FEDGE_CLUSTER_PLAN_MODEL_H
+
+#include "cluster_grid.h"
+
+#define FEDGE_PP_SIM_MAX_MICRO 4096
+
+/* xs ascending, strictly positive, n >= 1; ys > 0. Returns seconds (< 0 on
+ * bad input). */
+double fedge_plan_loglog(const double *xs, const double *ys, int n, double at);
+
+/* The least-squares non-decreasing fit of ys (pool adjacent violators), in
+ * place: a larger message never takes less time, so a trial slowed by
+ * another job is averaged with its neighbours. n > FEDGE_PLAN_MONO_MAX:
+ * unchanged. */
+#define FEDGE_PLAN_MONO_MAX 256
+void fedge_plan_monotone(double *ys, int n);
+
+typedef struct {
+    int schedule;                        /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */
+    int pp, micro;
+    double fwd[FEDGE_GRID_MAX_PP];       /* seconds per micro-batch on stage s */
+    double bwd[FEDGE_GRID_MAX_PP];
+    double send_fwd[FEDGE_GRID_MAX_PP];  /* stage s -> s+1, activation */
+    double send_bwd[FEDGE_GRID_MAX_PP];  /* stage s+1 -> s, its gradient */
+    int progress_in_wait;  /* 1: a message moves only while its sender waits in MPI */
+} fedge_pp_sim;
+
+/* FEDGE_ERR_INVALID_ARG: pp outside 1..FEDGE_GRID_MAX_PP, micro outside
+ * 1..FEDGE_PP_SIM_MAX_MICRO, a negative cost or an unknown schedule;
+ * FEDGE_ERR_NOMEM. busy may be NULL. */
+int fedge_pp_simulate(const fedge_pp_sim *in, double *makespan,
+                      double busy[FEDGE_GRID_MAX_PP]);
+
+#endif

@@ -1,0 +1,192 @@
+/* The planner's MPI-free model (cluster_plan_model.c): log-log interpolation
+ * of measured collective times and the event-by-event pipeline schedule. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <string.h>
+
+#include "../../cluster/cluster_grid.c"
+#include "../../cluster/cluster_layout.c"
+#include "../../cluster/cluster_plan_model.c"
+
+static void test_loglog(void **state)
+{
+    (void)state;
+    const double xs[3] = {100.0, 10000.0, 1000000.0};
+    const double ys[3] = {1e-6, 1e-5, 1e-3};
+    /* the measured points themselves */
+    for (int i = 0; i < 3; i++)
+        assert_true(fabs(fedge_plan_loglog(xs, ys, 3, xs[i]) - ys[i]) < 1e-15);
+    /* halfway in log between 100 and 10000 is 1000: halfway in log of the times */
+    assert_true(fabs(fedge_plan_loglog(xs, ys, 3, 1000.0) - sqrt(1e-6 * 1e-5)) < 1e-12);
+    assert_true(fabs(fedge_plan_loglog(xs, ys, 3, 100000.0) - 1e-4) < 1e-12);
+    /* a power law between two points is reproduced exactly */
+    const double px[2] = {1e3, 1e6}, py[2] = {2e-6, 2e-6 * pow(1e3, 0.7)};
+    assert_true(fabs(fedge_plan_loglog(px, py, 2, 3e4) / (2e-6 * pow(30.0, 0.7)) - 1.0) < 1e-12);
+    /* below the smallest: the latency floor; above the largest: by bytes */
+    assert_true(fedge_plan_loglog(xs, ys, 3, 4.0) == 1e-6);
+    assert_true(fabs(fedge_plan_loglog(xs, ys, 3, 2e6) - 2e-3) < 1e-15);
+    assert_true(fedge_plan_loglog(xs, ys, 1, 5e5) == 1e-6 * 5e5 / 100.0);
+    assert_true(fedge_plan_loglog(xs, ys, 0, 5.0) < 0.0);
+    assert_true(fedge_plan_loglog(xs, ys, 3, 0.0) < 0.0);
+}
+
+static void test_monotone(void **state)
+{
+    (void)state;
+    double a[4] = {1.0, 3.0, 2.0, 4.0};
+    fedge_plan_monotone(a, 4);
+    assert_true(a[0] == 1.0 && a[1] == 2.5 && a[2] == 2.5 && a[3] == 4.0);
+    double b[5] = {1.0, 2.0, 3.0, 4.0, 5.0};
+    fedge_plan_monotone(b, 5);
+    for (int i = 0; i < 5; i++)
+        assert_true(b[i] == i + 1.0);
+    /* an outlier early pools with everything after it that it exceeds */
+    double c[4] = {9.0, 1.0, 2.0, 10.0};
+    fedge_plan_monotone(c, 4);
+    assert_true(c[0] == 4.0 && c[1] == 4.0 && c[2] == 4.0 && c[3] == 10.0);
+    double d[2] = {5.0, 1.0};
+    fedge_plan_monotone(d, 2);
+    assert_true(d[0] == 3.0 && d[1] == 3.0);
+    for (int i = 0; i < 3; i++)
+        assert_true(c[i] <= c[i + 1]);
+}
+
+static fedge_pp_sim equal_stages(int schedule, int P, int M, double f, double b)
+{
+    fedge_pp_sim s;
+    memset(&s, 0, sizeof(s));
+    s.schedule = schedule;
+    s.pp = P;
+    s.micro = M;
+    for (int i = 0; i < P; i++) {
+        s.fwd[i] = f;
+        s.bwd[i] = b;
+    }
+    return s;
+}
+
+static void test_sim_equal_stages_theory(void **state)
+{
+    (void)state;
+    const int sched[2] = {FEDGE_PP_GPIPE, FEDGE_PP_1F1B};
+    for (int k = 0; k < 2; k++)
+        for (int P = 1; P <= 8; P++)
+            for (int M = 1; M <= 32; M *= 2) {
+                fedge_pp_sim s = equal_stages(sched[k], P, M, 1.0, 2.0);
+                double span = 0.0, busy[FEDGE_GRID_MAX_PP];
+                assert_int_equal(fedge_pp_simulate(&s, &span, busy), FEDGE_OK);
+                assert_true(fabs(span - (M + P - 1) * 3.0) < 1e-9);
+                for (int i = 0; i < P; i++) {
+                    assert_true(fabs(busy[i] - 3.0 * M) < 1e-12);
+                    assert_true(fabs((1.0 - busy[i] / span) - fedge_pp_bubble_theory(P, M))
+                                < 1e-12);
+                }
+            }
+}
+
+static void test_sim_messages_and_uneven(void **state)
+{
+    (void)state;
+    /* one micro-batch: the chain F0, message, F1, B1, message, B0 */
+    fedge_pp_sim s = equal_stages(FEDGE_PP_1F1B, 2, 1, 1.0, 2.0);
+    s.fwd[1] = 3.0;
+    s.bwd[1] = 4.0;
+    s.send_fwd[0] = 0.5;
+    s.send_bwd[0] = 0.25;
+    double span = 0.0;
+    assert_int_equal(fedge_pp_simulate(&s, &span, NULL), FEDGE_OK);
+    assert_true(fabs(span - (1.0 + 0.5 + 3.0 + 4.0 + 0.25 + 2.0)) < 1e-12);
+    /* a slow last stage sets the pace: stage 0's forwards run ahead, the
+     * last stage works without a gap after its first forward arrives */
+    fedge_pp_sim u = equal_stages(FEDGE_PP_1F1B, 2, 8, 1.0, 1.0);
+    u.fwd[1] = 3.0;
+    u.bwd[1] = 3.0;
+    assert_int_equal(fedge_pp_simulate(&u, &span, NULL), FEDGE_OK);
+    assert_true(fabs(span - (1.0 + 8 * 6.0 + 1.0)) < 1e-12);
+    /* GPipe and 1F1B differ once stages are uneven: GPipe's backward of the
+     * last micro-batch cannot start before all forwards are through */
+    fedge_pp_sim g = u;
+    g.schedule = FEDGE_PP_GPIPE;
+    double gspan = 0.0;
+    assert_int_equal(fedge_pp_simulate(&g, &gspan, NULL), FEDGE_OK);
+    assert_true(fabs(gspan - (1.0 + 8 * 6.0 + 1.0)) < 1e-12);
+    /* the old closed form sum + (M-1) max over-predicts when backward and
+     * forward of a stage differ: here it gives (2 + 6) + 7 * 6 = 50 as well,
+     * but with a heavy first stage's backward the simulation is shorter */
+    fedge_pp_sim h = equal_stages(FEDGE_PP_1F1B, 2, 2, 1.0, 1.0);
+    h.bwd[0] = 3.0;
+    h.fwd[1] = 2.0;
+    assert_int_equal(fedge_pp_simulate(&h, &span, NULL), FEDGE_OK);
+    /* F0(0)=[0,1] F0(1)=[1,2] F1(0)=[1,3] B1(0)=[3,4] F1(1)=[4,6] B0(0)=[4,7]
+     * B1(1)=[6,7] B0(1)=[7,10] */
+    assert_true(fabs(span - 10.0) < 1e-12);
+    assert_true(span < (4.0 + 3.0) + 1 * 4.0 + 1e-12); /* closed form: 11 */
+}
+
+/* progress_in_wait: a message moves once its sender blocks in MPI (the start
+ * of its next operation that begins with a receive, or its end of step). */
+static void test_sim_progress_in_wait(void **state)
+{
+    (void)state;
+    double span = 0.0, busy[FEDGE_GRID_MAX_PP];
+    /* 1F1B, P 2, M 2, f = b = 1: stage 0 runs F0 F1 before its first
+     * receive, so F0 reaches stage 1 at 2; stage 1's B0 gradient moves when
+     * it starts F1 (4), its B1 gradient at its end of step (6) */
+    fedge_pp_sim s = equal_stages(FEDGE_PP_1F1B, 2, 2, 1.0, 1.0);
+    s.progress_in_wait = 1;
+    assert_int_equal(fedge_pp_simulate(&s, &span, busy), FEDGE_OK);
+    assert_true(fabs(span - 7.0) < 1e-12);
+    /* GPipe: all of stage 0's forwards, then all of stage 1's backwards go
+     * out together */
+    s.schedule = FEDGE_PP_GPIPE;
+    assert_int_equal(fedge_pp_simulate(&s, &span, busy), FEDGE_OK);
+    assert_true(fabs(span - 8.0) < 1e-12);
+    /* a middle stage begins every operation with a receive: only the ends
+     * are late. P 3, M 1: F0 on 0, 1, 2, then B0 on 2 (its only backward:
+     * gradient at its end of step), 1, 0 */
+    fedge_pp_sim t = equal_stages(FEDGE_PP_1F1B, 3, 1, 1.0, 1.0);
+    t.progress_in_wait = 1;
+    assert_int_equal(fedge_pp_simulate(&t, &span, busy), FEDGE_OK);
+    assert_true(fabs(span - 6.0) < 1e-12);
+    /* without it, the same as the theory */
+    s.progress_in_wait = 0;
+    assert_int_equal(fedge_pp_simulate(&s, &span, busy), FEDGE_OK);
+    assert_true(fabs(span - 6.0) < 1e-12);
+}
+
+static void test_sim_rejects(void **state)
+{
+    (void)state;
+    fedge_pp_sim s = equal_stages(FEDGE_PP_1F1B, 2, 2, 1.0, 1.0);
+    double span;
+    s.pp = 0;
+    assert_int_equal(fedge_pp_simulate(&s, &span, NULL), FEDGE_ERR_INVALID_ARG);
+    s.pp = FEDGE_GRID_MAX_PP + 1;
+    assert_int_equal(fedge_pp_simulate(&s, &span, NULL), FEDGE_ERR_INVALID_ARG);
+    s = equal_stages(FEDGE_PP_1F1B, 2, 0, 1.0, 1.0);
+    assert_int_equal(fedge_pp_simulate(&s, &span, NULL), FEDGE_ERR_INVALID_ARG);
+    s = equal_stages(7, 2, 2, 1.0, 1.0);
+    assert_int_equal(fedge_pp_simulate(&s, &span, NULL), FEDGE_ERR_INVALID_ARG);
+    s = equal_stages(FEDGE_PP_GPIPE, 2, 2, 1.0, -1.0);
+    assert_int_equal(fedge_pp_simulate(&s, &span, NULL), FEDGE_ERR_INVALID_ARG);
+    s = equal_stages(FEDGE_PP_GPIPE, 2, 2, 1.0, NAN);
+    assert_int_equal(fedge_pp_simulate(&s, &span, NULL), FEDGE_ERR_INVALID_ARG);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_loglog),
+        cmocka_unit_test(test_monotone),
+        cmocka_unit_test(test_sim_equal_stages_theory),
+        cmocka_unit_test(test_sim_messages_and_uneven),
+        cmocka_unit_test(test_sim_progress_in_wait),
+        cmocka_unit_test(test_sim_rejects),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
