@@ -43,8 +43,10 @@ write_policy true 1
 fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 8 \
     --clients-per-round 3 --round-timeout-s 60 --start-delay-s 0.5 --local-epochs 1 --lr 0.05 \
     --linger-s 3 --policy-file "$POLICY"
+# The edges poll (--no-observe): a pushed round closes in milliseconds, and
+# the two reloads below must land while rounds are left.
 for i in 0 1 2; do
-    fed_start_edge "dev-00$((i + 1))" "$FED_DIR/shards/shard-00$i.bin" --seed "$i"
+    fed_start_edge "dev-00$((i + 1))" "$FED_DIR/shards/shard-00$i.bin" --seed "$i" --no-observe
 done
 
 sql() { sqlite3 -batch -noheader -cmd ".timeout 10000" "$FED_DIR/fedge.db" "$@"; }
