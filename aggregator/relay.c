@@ -80,6 +80,22 @@ static int split_host_port(const char *hp, char *host, size_t cap, uint16_t *por
     return FEDGE_OK;
 }
 
+int fedge_relay_listed(const fedge_agg_config *cfg, const char *device)
+{
+    size_t len = device ? strlen(device) : 0;
+    if (len == 0)
+        return 0;
+    for (const char *p = cfg->relays; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == len && memcmp(p, device, len) == 0)
+            return 1;
+        if (!p[n])
+            break;
+        p += n + 1;
+    }
+    return 0;
+}
+
 int fedge_relay_open(fedge_aggregator *a, char *err, size_t errlen)
 {
     fedge_keys keys;

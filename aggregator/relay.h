@@ -69,4 +69,8 @@ int fedge_relay_check_open(fedge_aggregator *a, double now, int *gone);
  * partial logged, then sent (scheduler.h fedge_sched_close_step's place). */
 int fedge_relay_close_round(fedge_aggregator *a);
 
+/* A root's side: 1 when device is in cfg->relays (the devices that may
+ * send a partial sum; docs/PROTOCOL.md), else 0. */
+int fedge_relay_listed(const fedge_agg_config *cfg, const char *device);
+
 #endif
