@@ -118,7 +118,7 @@ static const field FIELDS[] = {
     STR(upstream_keys, "", "relay: keys file with upstream_id's line, as an edge has (fedge-keygen export; needed with upstream)"),
     DBL(upstream_poll_s, 0.05, 60, "0.5", "relay: how often a waiting relay asks the parent for its round (doubling, up to 30 s, while the parent does not answer)"),
     DBL(upstream_margin_s, 0, 3600, "2", "relay: a relay round closes this long before the parent's deadline, to leave time to send"),
-    DBL(upstream_timeout_s, 0.5, 600, "10", "relay: the longest one request to the parent may take, a DTLS handshake included (no edge is served meanwhile)"),
+    DBL(upstream_timeout_s, 0.5, 600, "10", "relay: the longest one request to the parent may take, a DTLS handshake included (on the relay's link thread: edges are served meanwhile)"),
     LNG(ingest_workers, -1, 256, "-1", "threads that open updates (AEAD, decode) off the I/O thread (-1: one per online core; 0: inline on the I/O thread)"),
     LNG(ingest_queue, 1, 65536, "64", "updates the ingest workers hold at once, queued or opened and awaiting commit (more get 5.03 with Max-Age); each holds up to ~3 x max_update_bytes"),
     LNG(commit_group, 1, 4096, "32", "opened updates committed in one SQLite transaction (one fsync) at most"),
