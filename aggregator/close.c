@@ -16,6 +16,7 @@
 #include "governance.h"
 #include "log.h"
 #include "policy.h"
+#include "relay.h"
 #include "scheduler.h"
 #include "store.h"
 #include "strategy.h"
@@ -163,6 +164,11 @@ static int index_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, c
     u->hdr[i] = *h;
     u->samples[i] = n_samples;
     if (h->flags & FEDGE_DELTA_FLAG_PARTIAL) {
+        if (!fedge_relay_listed(&a->cfg, device)) {
+            exclude_at_load(u, i, "relay", "partial sum from %.64s, which is not listed in relays", device);
+            return FEDGE_OK;
+        }
+        max_samples = (uint64_t)a->cfg.relay_max_samples;
         /* a relay's partial sum: its signed head for the round, which the
          * cross-tier lineage checks against the relay's log (docs/AUDIT.md) */
         char head_hex[FEDGE_HASH_HEX_LEN], detail[160];
@@ -171,8 +177,9 @@ static int index_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, c
         CHK(fedge_gov_event(a, a->round, device, FEDGE_CLOSE_RELAY_HEAD_EVENT, "relay", detail));
     }
     if (n_samples < 1 || (uint64_t)n_samples > max_samples) {
-        exclude_at_load(u, i, "sample_count", "stated sample count %lld is outside 1..%llu (update.max_samples)",
-                        (long long)n_samples, (unsigned long long)max_samples);
+        exclude_at_load(u, i, "sample_count", "stated sample count %lld is outside 1..%llu (%s)",
+                        (long long)n_samples, (unsigned long long)max_samples,
+                        (h->flags & FEDGE_DELTA_FLAG_PARTIAL) ? "relay_max_samples" : "update.max_samples");
         return FEDGE_OK;
     }
     double norm = fedge_l2_norm(delta, a->model.n_params);

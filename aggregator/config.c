@@ -44,6 +44,7 @@ static int check_server_optimizer(const char *value, char *why, size_t whylen);
 static int check_mode(const char *value, char *why, size_t whylen);
 static int check_staleness(const char *value, char *why, size_t whylen);
 static int check_upstream(const char *value, char *why, size_t whylen);
+static int check_relays(const char *value, char *why, size_t whylen);
 
 #define STR(k, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, NULL}
 #define STRC(k, chk, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, chk}
@@ -117,11 +118,13 @@ static const field FIELDS[] = {
     STR(upstream_keys, "", "relay: keys file with upstream_id's line, as an edge has (fedge-keygen export; needed with upstream)"),
     DBL(upstream_poll_s, 0.05, 60, "0.5", "relay: how often a waiting relay asks the parent for its round (doubling, up to 30 s, while the parent does not answer)"),
     DBL(upstream_margin_s, 0, 3600, "2", "relay: a relay round closes this long before the parent's deadline, to leave time to send"),
-    DBL(upstream_timeout_s, 0.5, 600, "10", "relay: the longest one request to the parent may take, a DTLS handshake included (no edge is served meanwhile)"),
+    DBL(upstream_timeout_s, 0.5, 600, "10", "relay: the longest one request to the parent may take, a DTLS handshake included (on the relay's link thread: edges are served meanwhile)"),
     LNG(ingest_workers, -1, 256, "-1", "threads that open updates (AEAD, decode) off the I/O thread (-1: one per online core; 0: inline on the I/O thread)"),
     LNG(ingest_queue, 1, 65536, "64", "updates the ingest workers hold at once, queued or opened and awaiting commit (more get 5.03 with Max-Age); each holds up to ~3 x max_update_bytes"),
     LNG(commit_group, 1, 4096, "32", "opened updates committed in one SQLite transaction (one fsync) at most"),
     DBL(commit_wait_ms, 0, 1000, "2", "a group smaller than commit_group waits this long for more while updates are being opened"),
+    STRC(relays, check_relays, "", "root: the device ids (comma-separated) that are relays; only they may send a partial sum (FEDGE_DELTA_FLAG_PARTIAL), others get 4.03 (empty: none may)"),
+    LNG(relay_max_samples, 1, 4e9, "100000000", "root: the largest sample count a listed relay's partial may state (a relay's partial is exempt from update.max_samples)"),
 };
 
 _Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");
@@ -569,6 +572,22 @@ size_t fedge_agg_config_combiner_min(const fedge_agg_config *c, size_t n, char *
 static int check_upstream(const char *value, char *why, size_t whylen)
 {
     return value[0] ? check_listen(value, why, whylen) : 0;
+}
+
+/* relays: device ids separated by commas, none empty */
+static int check_relays(const char *value, char *why, size_t whylen)
+{
+    for (const char *p = value; *value;) {
+        size_t n = strcspn(p, ",");
+        if (n == 0 || n > FEDGE_DEVICE_ID_MAX || strcspn(p, " \t") < n) {
+            snprintf(why, whylen, "expected device ids separated by commas (no spaces), got '%s'", value);
+            return -1;
+        }
+        if (!p[n])
+            break;
+        p += n + 1;
+    }
+    return 0;
 }
 
 /* A relay sends the plain sample-weighted mean of its edges' updates

@@ -101,6 +101,9 @@ typedef struct {
     double upstream_poll_s;             /* GET /round to the parent while waiting */
     double upstream_margin_s;           /* close this long before the parent's deadline */
     double upstream_timeout_s;          /* one request to the parent, at most */
+    /* a root: the devices that are relays (may send a partial sum) */
+    char relays[1024];                  /* comma-separated device ids; empty: none */
+    long relay_max_samples;             /* the sample count one partial may state */
 } fedge_agg_config;
 
 void fedge_agg_config_defaults(fedge_agg_config *c);

@@ -448,7 +448,8 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
             .device_region = a->keys.devices[in->device_index].region,
             .round = a->round,
             .staleness = staleness,
-            .n_samples = in->header->n_samples,
+            /* a listed relay's partial: bounded by relay_max_samples (ingest.c) */
+            .n_samples = (in->header->flags & FEDGE_DELTA_FLAG_PARTIAL) ? 1 : in->header->n_samples,
             .l2_norm = norm,
             .finite = isfinite(norm),
             .recent_updates = recent,

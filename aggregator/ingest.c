@@ -12,6 +12,7 @@
 #include "governance.h"
 #include "log.h"
 #include "policy.h"
+#include "relay.h"
 #include "scheduler.h"
 #include "store.h"
 #include "strategy.h"
@@ -239,6 +240,24 @@ int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fe
             reply(code, msg, msglen, code_for(vr), "%s", fedge_strerror(vr));
         FEDGE_INFO("update from %s refused: %s", device, fedge_strerror(vr));
         goto cleanup;
+    }
+
+    /* The partial-sum form is a relay's alone, its weight bounded by the
+     * relays' own limit (update.max_samples bounds the leaves). */
+    if (f->header.flags & FEDGE_DELTA_FLAG_PARTIAL) {
+        if (!fedge_relay_listed(&a->cfg, device)) {
+            reply(code, msg, msglen, 403, "partial sum refused: %s is not a relay of this aggregator (relays)",
+                  device);
+            FEDGE_WARN("update from %s refused: a partial sum from a device not listed in relays", device);
+            goto cleanup;
+        }
+        if (f->header.n_samples < 1 || (long)f->header.n_samples > a->cfg.relay_max_samples) {
+            reply(code, msg, msglen, 403, "partial sum refused: stated sample count %u is outside 1..%ld"
+                  " (relay_max_samples)", f->header.n_samples, a->cfg.relay_max_samples);
+            FEDGE_WARN("update from relay %s refused: %u samples (relay_max_samples %ld)", device,
+                       f->header.n_samples, a->cfg.relay_max_samples);
+            goto cleanup;
+        }
     }
 
     /* Authenticated from here on: the decision is logged with its reason. */

@@ -23,10 +23,18 @@
  * decision (its resend path). A relay
  * whose parent's deadline passes before it has sealed sends nothing.
  *
- * Every request to the parent blocks the owner thread (no edge is served
- * meanwhile) for at most upstream_timeout_s, a DTLS handshake included,
- * and never past the parent's deadline; while the parent does not answer,
- * polls back off (doubling, up to 30 s). DP: refused at a relay (noise belongs to the root; the root's
+ * Threads: the link to the parent (link.h; one link per thread) runs on
+ * the relay's own thread, one job at a time (GET /round, GET /model, POST
+ * these sealed bytes with retries until a deadline); the owner thread posts
+ * the job and takes its result from a mutex-protected mailbox in its tick
+ * (fedge_relay_poll, fedge_relay_check_open), never waiting on the parent,
+ * so the relay's edges are served whatever the parent does. Every SQLite
+ * write (model adoption, relay_sent, events, heads) stays on the owner
+ * thread. One request takes at most upstream_timeout_s, a DTLS handshake
+ * included, and never runs past the parent's deadline; while the parent
+ * does not answer, polls back off (doubling, up to 30 s). With `rounds`
+ * reached, the relay finishes once its last partial is answered (or its
+ * deadline passed). DP: refused at a relay (noise belongs to the root; the root's
  * DP then counts each relay as one client). Combiner: mean only (config.c).
  * Errors: the daemon's own (SQL, memory); the parent being unreachable or
  * refusing is logged and retried at the next poll, never fatal. */
@@ -44,10 +52,12 @@
  * (cfg.upstream empty). err gets why it cannot start (DP on in the policy,
  * no key line for upstream_id). */
 int fedge_relay_open(fedge_aggregator *a, char *err, size_t errlen);
-/* Closes the link and wipes the key; a->relay = NULL. */
+/* Stops the link thread (a request in flight ends at once; a partial being
+ * sent stays 'sealed' for the restart), closes the link and wipes the key;
+ * a->relay = NULL. */
 void fedge_relay_free(fedge_aggregator *a);
-/* The daemon's stop flag: a request to the parent in progress ends when it
- * becomes nonzero (a partial being sent stays 'sealed' for the restart). */
+/* The daemon's stop flag (kept for the callers; the link thread stops at
+ * fedge_relay_free). */
 void fedge_relay_set_stop(const volatile sig_atomic_t *stop);
 
 /* What the parent says while the relay waits. */
@@ -58,15 +68,23 @@ typedef struct {
     int finished;        /* the parent's run has finished */
 } fedge_relay_next;
 
-/* WAITING, every upstream_poll_s: resends what is left sealed, then asks
- * the parent; for a round this relay is selected for and has not
- * served, adopts the parent's model and training parameters. */
+/* WAITING, each tick: takes what the link thread finished; when the link is
+ * idle, posts what is left sealed, else (every upstream_poll_s) asks the
+ * parent for its round; for a round this relay is selected for and has not
+ * served, fetches and adopts the parent's model and training parameters
+ * (next->open once adopted). Never waits on the parent. */
 int fedge_relay_poll(fedge_aggregator *a, double now, fedge_relay_next *next);
-/* OPEN after a restart: is the parent still in this round? *gone = 1 when
- * not (the round is then closed as failed, nothing sent). */
+/* OPEN: takes what the link thread finished; after a restart asks whether
+ * the parent is still in this round: *gone = 1 when not (the round is then
+ * closed as failed, nothing sent). Never waits on the parent. */
 int fedge_relay_check_open(fedge_aggregator *a, double now, int *gone);
 /* Closes the open round: partial sum, rounds row, signed head, sealed
- * partial logged, then sent (scheduler.h fedge_sched_close_step's place). */
+ * partial logged; the link thread sends it from the next tick on
+ * (scheduler.h fedge_sched_close_step's place). */
 int fedge_relay_close_round(fedge_aggregator *a);
+
+/* A root's side: 1 when device is in cfg->relays (the devices that may
+ * send a partial sum; docs/PROTOCOL.md), else 0. */
+int fedge_relay_listed(const fedge_agg_config *cfg, const char *device);
 
 #endif

@@ -54,7 +54,8 @@ P_R2=$(fed_free_port)
 start flat --keys-file "$D/keys" --db "$D/flat/fedge.db" --model-dir "$D/flat/models" \
     --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_FLAT" --rounds 2 --linger-s 1 --start-delay-s 1
 ROOT_ARGS=(--keys-file "$D/relays.keys" --db "$D/root/fedge.db" --model-dir "$D/root/models"
-           --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_ROOT" --rounds 2 --start-delay-s 1)
+           --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_ROOT" --rounds 2 --start-delay-s 1
+           --relays relay-001,relay-002)
 relay_args() { # N: relay N's arguments
     RELAY_ARGS=(--keys-file "$D/r$1/edges.keys" --db "$D/r$1/fedge.db" --model-dir "$D/r$1/models"
                 --signing-key "$D/r$1/aggregator.key" --listen "127.0.0.1:$(eval echo \$P_R$1)" --linger-s 1

@@ -191,6 +191,7 @@ static void test_root_takes_partials(void **state)
         m2[k] = -0.002f * (float)(k % 5) + 0.003f;
     }
     memcpy(before, fx->agg.model.params, n * sizeof *before);
+    snprintf(fx->agg.cfg.relays, sizeof fx->agg.cfg.relays, "dev-a,dev-b");
     uint8_t head1[FEDGE_HASH_LEN], head2[FEDGE_HASH_LEN];
     for (int i = 0; i < FEDGE_HASH_LEN; i++) {
         head1[i] = (uint8_t)(i + 1);
@@ -254,6 +255,7 @@ static void test_root_clips_partial(void **state)
     uint8_t head[FEDGE_HASH_LEN], got[FEDGE_HASH_LEN];
     for (int i = 0; i < FEDGE_HASH_LEN; i++)
         head[i] = (uint8_t)(0x5a + i);
+    snprintf(fx->agg.cfg.relays, sizeof fx->agg.cfg.relays, "dev-c");
     uint8_t *b = seal_partial(fx, 2, 21, 50, m, head, &len);
     submit(fx, 2, b, len);
     free(b);
@@ -267,6 +269,92 @@ static void test_root_clips_partial(void **state)
     assert_memory_equal(got, head, FEDGE_HASH_LEN);
     sqlite3_finalize(st);
     free(m);
+}
+
+static int submit_code(fixture *fx, int dev, const uint8_t *b, size_t len, char *msg, size_t msglen)
+{
+    int code = 0;
+    assert_int_equal(fedge_agg_submit(&fx->agg, DEVICES[dev], b, len, fedge_now(), &code, msg, msglen), FEDGE_OK);
+    return code;
+}
+
+/* Only the devices listed in relays may send the partial form: a leaf's is
+ * refused (4.03, nothing stored, no relay head logged), whatever its count
+ * or head; a listed relay's may state more samples than update.max_samples
+ * allows a leaf, up to relay_max_samples. */
+static void test_partial_only_from_relays(void **state)
+{
+    fixture *fx = *state;
+    size_t n = fx->agg.model.n_params, len;
+    float *m = calloc(n, sizeof *m);
+    assert_non_null(m);
+    for (size_t k = 0; k < n; k++)
+        m[k] = 0.001f * (float)(k % 3);
+    uint8_t head[FEDGE_HASH_LEN];
+    memset(head, 0xde, sizeof head);
+    char msg[320];
+    snprintf(fx->agg.cfg.relays, sizeof fx->agg.cfg.relays, "dev-b,dev-c");
+    fx->agg.cfg.relay_max_samples = 1000000;
+
+    /* a leaf (dev-a): refused before anything is stored, even a small count */
+    uint8_t *b = seal_partial(fx, 0, 31, 100000, m, head, &len);
+    assert_int_equal(submit_code(fx, 0, b, len, msg, sizeof msg), 403);
+    assert_non_null(strstr(msg, "not a relay"));
+    assert_non_null(strstr(msg, "relays"));
+    free(b);
+    b = seal_partial(fx, 0, 32, 5, m, head, &len);
+    assert_int_equal(submit_code(fx, 0, b, len, msg, sizeof msg), 403);
+    free(b);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates"), 0);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-a'"), 0);
+    /* its ordinary update is still taken (its counter was not consumed) */
+    uint8_t *g = make_update(fx, 0, good(fx, 33), &len);
+    submit(fx, 0, g, len);
+    free(g);
+
+    /* a listed relay: 500000 samples, above update.max_samples (100000) */
+    b = seal_partial(fx, 1, 41, 500000, m, head, &len);
+    assert_int_equal(submit_code(fx, 1, b, len, msg, sizeof msg), 204);
+    free(b);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-b' AND n_samples=500000"
+                            " AND decision!='rejected'"), 1);
+    /* but not above relay_max_samples */
+    b = seal_partial(fx, 2, 51, 1000001, m, head, &len);
+    assert_int_equal(submit_code(fx, 2, b, len, msg, sizeof msg), 403);
+    assert_non_null(strstr(msg, "relay_max_samples"));
+    free(b);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-c'"), 0);
+
+    /* at close the relay's partial weighs by its count; one head logged */
+    uint32_t round = fx->agg.round;
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now() + fx->cfg.round_timeout_s + 1), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE status='closed'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM events WHERE kind='relay_head'"), 1);
+    char sql[200];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM events WHERE kind='relay_head' AND round=%u AND device='dev-b'",
+             round);
+    assert_int_equal(q1(fx, sql), 1);
+    free(m);
+}
+
+/* relays: device ids separated by commas */
+static void test_relays_key(void **state)
+{
+    fixture *fx = *state;
+    char err[256];
+    fedge_agg_config c = fx->cfg;
+    assert_string_equal(c.relays, "");
+    assert_int_equal(fedge_agg_config_set(&c, "relays", "relay-001,relay-002", err, sizeof err), FEDGE_OK);
+    assert_true(fedge_relay_listed(&c, "relay-001"));
+    assert_true(fedge_relay_listed(&c, "relay-002"));
+    assert_false(fedge_relay_listed(&c, "relay-00"));
+    assert_false(fedge_relay_listed(&c, "relay-0012"));
+    assert_false(fedge_relay_listed(&c, ""));
+    assert_int_equal(fedge_agg_config_set(&c, "relays", "a,,b", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_int_equal(fedge_agg_config_set(&c, "relays", "a, b", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_int_equal(fedge_agg_config_set(&c, "relays", "a,", err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_int_equal(fedge_agg_config_set(&c, "relays", "", err, sizeof err), FEDGE_OK);
+    assert_false(fedge_relay_listed(&c, "a"));
 }
 
 static void test_partial_delta_form(void **state)
@@ -380,6 +468,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_partial_sum_mean_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_root_takes_partials, setup, teardown),
         cmocka_unit_test_setup_teardown(test_root_clips_partial, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_partial_only_from_relays, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relays_key, setup, teardown),
         cmocka_unit_test(test_partial_delta_form),
         cmocka_unit_test_setup_teardown(test_relay_config, setup, teardown),
     };
