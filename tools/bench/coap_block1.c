@@ -15,7 +15,6 @@
  * or a file. Exit status: 0 when every request sent was answered, 1 when the
  * transport failed or timed out, 2 on bad arguments. */
 #include <errno.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +23,7 @@
 
 #include <coap3/coap.h>
 
+#include "bench_coap.h"
 #include "common.h"
 
 typedef struct {
@@ -164,48 +164,24 @@ int main(int argc, char **argv)
     if (has_size1 && strcmp(size1_arg, "auto") != 0 && !parse_u64(size1_arg, &size1))
         return usage();
 
-    char host[128];
-    snprintf(host, sizeof host, "%s", server);
-    char *colon = strrchr(host, ':');
-    if (!colon)
+    coap_address_t dst;
+    int rc = bench_resolve(server, &dst, NULL);
+    if (rc == -1)
         return usage();
-    *colon = '\0';
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_DGRAM;
-    if (getaddrinfo(host, colon + 1, &hints, &res) != 0) {
+    if (rc != 0) {
         fprintf(stderr, "cannot resolve %s\n", server);
         return 2;
     }
-    coap_address_t dst;
-    coap_address_init(&dst);
-    dst.size = res->ai_addrlen;
-    memcpy(&dst.addr, res->ai_addr, res->ai_addrlen);
-    freeaddrinfo(res);
 
-    coap_startup();
-    coap_set_log_level(LOG_EMERG);
-    coap_dtls_set_log_level(LOG_EMERG);
-    coap_context_t *ctx = coap_new_context(NULL);
+    coap_context_t *ctx = bench_coap_context(0, on_response, on_nack); /* 0: blocks exactly as we build them */
     if (!ctx)
         return 1;
-    coap_context_set_block_mode(ctx, 0); /* blocks exactly as we build them */
-    coap_register_response_handler(ctx, on_response);
-    coap_register_nack_handler(ctx, on_nack);
     coap_register_event_handler(ctx, on_event);
     coap_session_t *session;
     if (insecure) {
         session = coap_new_client_session(ctx, NULL, &dst, COAP_PROTO_UDP);
     } else {
-        coap_dtls_cpsk_t setup;
-        memset(&setup, 0, sizeof setup);
-        setup.version = COAP_DTLS_CPSK_SETUP_VERSION;
-        setup.psk_info.identity.s = (const uint8_t *)id;
-        setup.psk_info.identity.length = strlen(id);
-        setup.psk_info.key.s = (const uint8_t *)psk;
-        setup.psk_info.key.length = strlen(psk);
-        session = coap_new_client_session_psk2(ctx, NULL, &dst, COAP_PROTO_DTLS, &setup);
+        session = bench_psk_session(ctx, &dst, id, psk, strlen(psk));
     }
     if (!session)
         return 1;

@@ -19,13 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
-#include <sys/resource.h>
-#include <time.h>
-
-#include <netdb.h>
 
 #include <coap3/coap.h>
 
+#include "bench_coap.h"
 #include "common.h"
 #include "keys.h"
 
@@ -42,13 +39,6 @@ typedef struct {
 static device *g_dev;
 static size_t g_n, g_answered, g_failed;
 static size_t g_nack[8]; /* by coap_nack_reason_t */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static device *device_of(coap_session_t *s)
 {
@@ -68,7 +58,7 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
         return COAP_RESPONSE_OK;
     coap_pdu_code_t code = coap_pdu_get_code(received);
     d->code = (int)COAP_RESPONSE_CLASS(code) * 100 + (int)(code & 0x1f);
-    d->answered_at = now_s();
+    d->answered_at = bench_now_s();
     g_answered++;
     return COAP_RESPONSE_OK;
 }
@@ -120,12 +110,6 @@ static long long kernel_drops(unsigned port)
     return sum;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 int main(int argc, char **argv)
 {
     const char *server = NULL, *keys_path = NULL;
@@ -152,39 +136,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "the keys file has only %zu devices\n", keys.n);
         return 2;
     }
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)n + 64) {
-        rl.rlim_cur = rl.rlim_max < (rlim_t)n + 64 ? rl.rlim_max : (rlim_t)n + 64;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    bench_raise_nofile((rlim_t)n + 64);
 
-    char host[128];
-    snprintf(host, sizeof host, "%s", server);
-    char *colon = strrchr(host, ':');
-    if (!colon)
-        return 2;
-    *colon = '\0';
-    unsigned port = (unsigned)atoi(colon + 1);
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_socktype = SOCK_DGRAM;
-    if (getaddrinfo(host, colon + 1, &hints, &res) != 0)
-        return 2;
     coap_address_t dst;
-    coap_address_init(&dst);
-    dst.size = res->ai_addrlen;
-    memcpy(&dst.addr, res->ai_addr, res->ai_addrlen);
-    freeaddrinfo(res);
+    unsigned port;
+    if (bench_resolve(server, &dst, &port) != 0)
+        return 2;
 
-    coap_startup();
-    coap_set_log_level(LOG_EMERG);
-    coap_dtls_set_log_level(LOG_EMERG);
-    coap_context_t *ctx = coap_new_context(NULL);
+    coap_context_t *ctx = bench_coap_context(COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY, on_response, on_nack);
     if (!ctx)
         return 1;
-    coap_context_set_block_mode(ctx, COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY);
-    coap_register_response_handler(ctx, on_response);
-    coap_register_nack_handler(ctx, on_nack);
     g_n = (size_t)n;
     g_dev = calloc(g_n, sizeof *g_dev);
     if (!g_dev)
@@ -196,20 +157,13 @@ int main(int argc, char **argv)
         perror("SIGSTOP");
         return 2;
     }
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (size_t i = 0; i < g_n; i++) {
         device *d = &g_dev[i];
         const fedge_device_entry *e = &keys.devices[i];
         if (fedge_keys_dtls_psk(e->secret, e->id, d->psk) != FEDGE_OK)
             return 1;
-        coap_dtls_cpsk_t setup;
-        memset(&setup, 0, sizeof setup);
-        setup.version = COAP_DTLS_CPSK_SETUP_VERSION;
-        setup.psk_info.identity.s = (const uint8_t *)e->id;
-        setup.psk_info.identity.length = strlen(e->id);
-        setup.psk_info.key.s = (const uint8_t *)d->psk;
-        setup.psk_info.key.length = FEDGE_PSK_LEN;
-        d->session = coap_new_client_session_psk2(ctx, NULL, &dst, COAP_PROTO_DTLS, &setup);
+        d->session = bench_psk_session(ctx, &dst, e->id, d->psk, FEDGE_PSK_LEN);
         if (!d->session) {
             fprintf(stderr, "cannot open session %zu (file descriptors?)\n", i);
             return 1;
@@ -226,9 +180,9 @@ int main(int argc, char **argv)
     }
     if (pause_pid > 0)
         kill((pid_t)pause_pid, SIGCONT);
-    while (g_answered + g_failed < g_n && now_s() - t0 < (double)timeout_s)
+    while (g_answered + g_failed < g_n && bench_now_s() - t0 < (double)timeout_s)
         coap_io_process(ctx, 100);
-    double t1 = now_s();
+    double t1 = bench_now_s();
     long long drops1 = kernel_drops(port);
 
     double *at = malloc(g_n * sizeof *at);
@@ -239,7 +193,7 @@ int main(int argc, char **argv)
             ok += g_dev[i].code == 205;
         }
     }
-    qsort(at, k, sizeof *at, cmp_double);
+    qsort(at, k, sizeof *at, bench_cmp_double);
     printf("devices %zu  answered %zu (2.05: %zu)  failed %zu  in %.2f s\n", g_n, k, ok, g_failed, t1 - t0);
     if (g_failed)
         printf("failures: %zu no answer after all retransmissions, %zu DTLS failed, %zu other\n",

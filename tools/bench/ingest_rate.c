@@ -21,13 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-
-#include <netdb.h>
 
 #include <coap3/coap.h>
 
+#include "bench_coap.h"
 #include "common.h"
 #include "crypto.h"
 #include "delta.h"
@@ -59,13 +56,6 @@ static size_t g_n, g_answered, g_failed, g_retries;
 static FILE *g_answers;  /* --answers: "DEVICE CODE" per final POST answer, as it comes */
 static const fedge_keys *g_keys;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static device *device_of(coap_session_t *s)
 {
     size_t i = (size_t)(uintptr_t)coap_session_get_app_data(s);
@@ -88,7 +78,7 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
         coap_opt_iterator_t it;
         coap_opt_t *ma = coap_check_option(received, COAP_OPTION_MAXAGE, &it);
         unsigned age = ma ? coap_decode_var_bytes(coap_opt_value(ma), coap_opt_length(ma)) : 1;
-        d->retry_at = now_s() + (age > 0 ? age : 1) * (0.5 + 0.5 * (double)rand() / RAND_MAX);
+        d->retry_at = bench_now_s() + (age > 0 ? age : 1) * (0.5 + 0.5 * (double)rand() / RAND_MAX);
         d->retries++;
         g_retries++;
         return COAP_RESPONSE_OK;
@@ -104,7 +94,7 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
             d->body_len = len;
         }
     }
-    d->answered_at = now_s();
+    d->answered_at = bench_now_s();
     g_answered++;
     if (g_answers && d->phase == 1) {
         fprintf(g_answers, "%s %d\n", g_keys->devices[d - g_dev].id, d->code);
@@ -139,7 +129,7 @@ static int send_request(device *d, coap_pdu_code_t code, const char *path, const
     d->answered_at = 0;
     d->code = 0;
     d->retry_at = 0;
-    d->sent_at = now_s();
+    d->sent_at = bench_now_s();
     if (d->retries == 0)
         d->first_sent_at = d->sent_at;
     return coap_send(d->session, pdu) == COAP_INVALID_MID ? FEDGE_ERR_IO : FEDGE_OK;
@@ -147,9 +137,9 @@ static int send_request(device *d, coap_pdu_code_t code, const char *path, const
 
 static void run_until(coap_context_t *ctx, size_t want, double t0, long timeout_s)
 {
-    while (g_answered + g_failed < want && now_s() - t0 < (double)timeout_s) {
+    while (g_answered + g_failed < want && bench_now_s() - t0 < (double)timeout_s) {
         coap_io_process(ctx, 20);
-        double now = now_s();
+        double now = bench_now_s();
         for (size_t i = 0; i < g_n; i++) {
             device *d = &g_dev[i];
             if (d->retry_at > 0 && now >= d->retry_at &&
@@ -157,12 +147,6 @@ static void run_until(coap_context_t *ctx, size_t want, double t0, long timeout_
                 d->failed = 1, g_failed++;
         }
     }
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 /* Frames per second of fn over the frames, best of 3 passes of >= 0.3 s. */
@@ -192,13 +176,13 @@ static double rate_of(open_fn fn, const fedge_device_key *keys, size_t n, const 
     double best = 0;
     for (int pass = 0; pass < 3; pass++) {
         size_t done = 0;
-        double t0 = now_s(), t;
+        double t0 = bench_now_s(), t;
         do {
             device *d = &g_dev[done % n];
             if (fn(&keys[done % n], d->frame, d->frame_len, exp, scratch, delta) != FEDGE_OK)
                 return -1;
             done++;
-        } while ((t = now_s() - t0) < 0.3);
+        } while ((t = bench_now_s() - t0) < 0.3);
         if (done / t > best)
             best = done / t;
     }
@@ -240,37 +224,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "the keys file has only %zu devices\n", keys.n);
         return 2;
     }
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)n + 64) {
-        rl.rlim_cur = rl.rlim_max < (rlim_t)n + 64 ? rl.rlim_max : (rlim_t)n + 64;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-    char host[128];
-    snprintf(host, sizeof host, "%s", server);
-    char *colon = strrchr(host, ':');
-    if (!colon)
-        return 2;
-    *colon = '\0';
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_socktype = SOCK_DGRAM;
-    if (getaddrinfo(host, colon + 1, &hints, &res) != 0)
-        return 2;
+    bench_raise_nofile((rlim_t)n + 64);
     coap_address_t dst;
-    coap_address_init(&dst);
-    dst.size = res->ai_addrlen;
-    memcpy(&dst.addr, res->ai_addr, res->ai_addrlen);
-    freeaddrinfo(res);
+    if (bench_resolve(server, &dst, NULL) != 0)
+        return 2;
 
-    coap_startup();
-    coap_set_log_level(LOG_EMERG);
-    coap_dtls_set_log_level(LOG_EMERG);
-    coap_context_t *ctx = coap_new_context(NULL);
+    coap_context_t *ctx = bench_coap_context(COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY, on_response, on_nack);
     if (!ctx)
         return 1;
-    coap_context_set_block_mode(ctx, COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY);
-    coap_register_response_handler(ctx, on_response);
-    coap_register_nack_handler(ctx, on_nack);
     g_n = (size_t)n;
     g_dev = calloc(g_n, sizeof *g_dev);
     fedge_device_key *env = calloc(g_n, sizeof *env);
@@ -278,21 +239,14 @@ int main(int argc, char **argv)
         return 1;
 
     /* 1. sessions and GET /round (handshakes; not timed) */
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (size_t i = 0; i < g_n; i++) {
         device *d = &g_dev[i];
         const fedge_device_entry *e = &keys.devices[i];
         if (fedge_keys_dtls_psk(e->secret, e->id, d->psk) != FEDGE_OK ||
             fedge_envelope_derive_key(e->secret, sizeof e->secret, e->id, &env[i]) != FEDGE_OK)
             return 1;
-        coap_dtls_cpsk_t setup;
-        memset(&setup, 0, sizeof setup);
-        setup.version = COAP_DTLS_CPSK_SETUP_VERSION;
-        setup.psk_info.identity.s = (const uint8_t *)e->id;
-        setup.psk_info.identity.length = strlen(e->id);
-        setup.psk_info.key.s = (const uint8_t *)d->psk;
-        setup.psk_info.key.length = FEDGE_PSK_LEN;
-        d->session = coap_new_client_session_psk2(ctx, NULL, &dst, COAP_PROTO_DTLS, &setup);
+        d->session = bench_psk_session(ctx, &dst, e->id, d->psk, FEDGE_PSK_LEN);
         if (!d->session) {
             fprintf(stderr, "cannot open session %zu (file descriptors?)\n", i);
             return 1;
@@ -314,7 +268,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < g_n; i++)
         unselected += !g_dev[i].body || !strstr(g_dev[i].body, "selected=1");
     printf("setup    %zu DTLS sessions in %.2f s; round %u, %s; %zu not selected (sent anyway)\n", g_n,
-           now_s() - t0, ri.round, ri.spec_text, unselected);
+           bench_now_s() - t0, ri.round, ri.spec_text, unselected);
 
     /* 2. one sealed int8 update per device */
     size_t n_params = fedge_model_spec_param_count(&ri.spec);
@@ -364,7 +318,7 @@ int main(int argc, char **argv)
     g_answered = g_failed = 0;
     for (size_t i = 0; i < g_n; i++)
         g_dev[i].phase = 1;
-    double t1 = now_s();
+    double t1 = bench_now_s();
     for (size_t i = 0; i < g_n; i++)
         if (send_request(&g_dev[i], COAP_REQUEST_CODE_POST, "update", g_dev[i].frame, g_dev[i].frame_len) !=
             FEDGE_OK)
@@ -386,7 +340,7 @@ int main(int argc, char **argv)
         else
             other++;
     }
-    qsort(lat, k, sizeof *lat, cmp_double);
+    qsort(lat, k, sizeof *lat, bench_cmp_double);
     double rate = last > t1 ? (double)ok / (last - t1) : 0;
     printf("ingest   %zu of %zu answered 2.04 (%zu other, %zu failed, %zu 5.03 retried) in %.2f s: %.1f updates/s\n",
            ok, g_n, other, g_failed, g_retries, last - t1, rate);
@@ -401,7 +355,7 @@ int main(int argc, char **argv)
     if (resend) {
         size_t dup = 0;
         g_answered = g_failed = 0;
-        double t3 = now_s();
+        double t3 = bench_now_s();
         for (size_t i = 0; i < g_n; i++)
             if (send_request(&g_dev[i], COAP_REQUEST_CODE_POST, "update", g_dev[i].frame, g_dev[i].frame_len) !=
                 FEDGE_OK)
@@ -419,7 +373,7 @@ int main(int argc, char **argv)
         device *d = &g_dev[0];
         g_answered = g_failed = 0;
         d->phase = 2;
-        double t2 = now_s();
+        double t2 = bench_now_s();
         if (send_request(d, COAP_REQUEST_CODE_GET, "status", NULL, 0) == FEDGE_OK) {
             run_until(ctx, 1, t2, 10);
             if (d->body && d->code == 205)
