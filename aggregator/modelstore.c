@@ -187,6 +187,14 @@ cleanup:
     return ret;
 }
 
+void fedge_modelstore_rollback(fedge_aggregator *a)
+{
+    fedge_store_rollback(a->db);
+    char err[256] = "";
+    if (fedge_modelstore_load_current(a, err, sizeof err) != FEDGE_OK)
+        FEDGE_ERROR("cannot reload the current model: %s", err);
+}
+
 int fedge_modelstore_load_test_set(fedge_aggregator *a, char *err, size_t errlen)
 {
     int ret;
@@ -263,12 +271,8 @@ int fedge_modelstore_refine(fedge_aggregator *a)
         FEDGE_WARN("%s; keeping the aggregate %.16s", detail, parent);
     }
 cleanup:
-    if (ret != FEDGE_OK) {
-        fedge_store_rollback(a->db);
-        char err[256] = "";
-        if (fedge_modelstore_load_current(a, err, sizeof err) != FEDGE_OK)
-            FEDGE_ERROR("cannot reload the current model: %s", err);
-    }
+    if (ret != FEDGE_OK)
+        fedge_modelstore_rollback(a);
     unlink(out);
     fedge_model_free(&m);
     return ret;

@@ -33,6 +33,9 @@ int fedge_modelstore_evaluate(fedge_aggregator *a, double *accuracy);
 /* Loads the log's current model (checking its file's hash), or creates and
  * records the initial one (init_model, or model_spec randomized by seed). */
 int fedge_modelstore_load_current(fedge_aggregator *a, char *err, size_t errlen);
+/* Rolls back the open transaction and reloads the log's current model (the
+ * in-memory one may be half-updated); a reload failure is logged. */
+void fedge_modelstore_rollback(fedge_aggregator *a);
 /* The test set (a->test) named by cfg.test_data. */
 int fedge_modelstore_load_test_set(fedge_aggregator *a, char *err, size_t errlen);
 /* Runs the configured refinement command on the current model. A refined

@@ -420,12 +420,8 @@ static int adopt_fetched_model(fedge_aggregator *a, const fedge_round_info *ri, 
     CHK(fedge_store_commit(a->db));
     *ok = 1;
 cleanup:
-    if (ret != FEDGE_OK) {
-        fedge_store_rollback(a->db);
-        char err[256] = "";
-        if (fedge_modelstore_load_current(a, err, sizeof err) != FEDGE_OK)
-            FEDGE_ERROR("cannot reload the current model: %s", err);
-    }
+    if (ret != FEDGE_OK)
+        fedge_modelstore_rollback(a);
     return ret;
 }
 
