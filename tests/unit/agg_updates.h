@@ -1,5 +1,6 @@
 /* agg_updates.h — the aggregator tests' fixture and the sealed updates they
- * send (test_aggregator.c, test_sched_async.c). Define N_DEV before
+ * send (test_aggregator.c, test_sched_async.c, test_relay.c,
+ * test_ingest_pool.c). Define N_DEV before
  * including; static functions, one copy per test program. */
 #ifndef FEDGE_TEST_AGG_UPDATES_H
 #define FEDGE_TEST_AGG_UPDATES_H
@@ -50,6 +51,29 @@ static void fixture_derive_keys(fixture *fx)
         fixture_secret(i, s);
         assert_int_equal(fedge_envelope_derive_key(s, sizeof s, DEVICES[i], &fx->keys[i]), FEDGE_OK);
     }
+}
+
+/* Validates fx->cfg, derives the keys, starts the aggregator and ticks it
+ * once: its first round is open. */
+static void fixture_start(fixture *fx)
+{
+    char err[256] = "";
+    assert_int_equal(fedge_agg_config_validate(&fx->cfg, err, sizeof err), FEDGE_OK);
+    fixture_derive_keys(fx);
+    if (fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err) != FEDGE_OK)
+        fail_msg("fedge_agg_init: %s", err);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+}
+
+/* Frees the aggregator, removes its directory and frees fx. */
+static void fixture_stop(fixture *fx)
+{
+    char cmd[160];
+    fedge_agg_free(&fx->agg);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
+    assert_int_equal(system(cmd), 0);
+    free(fx);
 }
 
 typedef struct {

@@ -41,18 +41,11 @@ static const char *DEVICES[N_DEV] = {"dev-a", "dev-b", "dev-c"};
 static int setup(void **state)
 {
     fixture *fx = calloc(1, sizeof *fx);
-    char err[256] = "";
     assert_non_null(fx);
     fixture_prepare(fx, "agg");
     fx->cfg.rounds = 3;
     fx->cfg.round_timeout_s = 600;
-    assert_int_equal(fedge_agg_config_validate(&fx->cfg, err, sizeof err), FEDGE_OK);
-    fixture_derive_keys(fx);
-    int ret = fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err);
-    if (ret != FEDGE_OK)
-        fail_msg("fedge_agg_init: %s", err);
-    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
-    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    fixture_start(fx);
     assert_int_equal(fx->agg.round, 1);
     *state = fx;
     return 0;
@@ -60,12 +53,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    fixture *fx = *state;
-    char cmd[160];
-    fedge_agg_free(&fx->agg);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
-    assert_int_equal(system(cmd), 0);
-    free(fx);
+    fixture_stop(*state);
     return 0;
 }
 

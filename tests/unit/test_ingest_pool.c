@@ -32,7 +32,6 @@ static const char *DEVICES[N_DEV] = {"dev-a", "dev-b", "dev-c", "dev-d"};
 static fixture *start_mode(const char *tag, const char *mode)
 {
     fixture *fx = calloc(1, sizeof *fx);
-    char err[256] = "";
     assert_non_null(fx);
     fixture_prepare(fx, tag);
     fx->cfg.rounds = 3;
@@ -40,25 +39,12 @@ static fixture *start_mode(const char *tag, const char *mode)
     snprintf(fx->cfg.mode, sizeof fx->cfg.mode, "%s", mode);
     fx->cfg.async_buffer_k = 2 * N_DEV;   /* async: no step closes during a test */
     fx->cfg.async_concurrency = N_DEV;
-    assert_int_equal(fedge_agg_config_validate(&fx->cfg, err, sizeof err), FEDGE_OK);
-    fixture_derive_keys(fx);
-    if (fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err) != FEDGE_OK)
-        fail_msg("fedge_agg_init: %s", err);
-    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
-    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    fixture_start(fx);
     return fx;
 }
 
 static fixture *start(const char *tag) { return start_mode(tag, "sync"); }
 
-static void stop(fixture *fx)
-{
-    char cmd[160];
-    fedge_agg_free(&fx->agg);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
-    assert_int_equal(system(cmd), 0);
-    free(fx);
-}
 
 static fedge_ingest_job *job_for(fixture *fx, int dev, const uint8_t *b, size_t len)
 {
@@ -113,7 +99,7 @@ static void test_full_pool_refuses(void **state)
     }
     assert_int_equal(fedge_ingest_pool_submit(p, j[2]), FEDGE_OK);
     fedge_ingest_pool_free(p); /* frees j[2], taken or not */
-    stop(fx);
+    fixture_stop(fx);
 }
 
 /* Several workers: every job comes back once, in order of completion,
@@ -154,7 +140,7 @@ static void test_completion_order(void **state)
     for (int i = 0; i < N; i++)
         assert_int_equal(seen[i], 1);
     fedge_ingest_pool_free(p);
-    stop(fx);
+    fixture_stop(fx);
 }
 
 /* Shutdown opens what was queued and refuses what comes after; free
@@ -184,7 +170,7 @@ static void test_shutdown_drains(void **state)
     }
     fedge_ingest_pool_free(p); /* the other half, never taken */
     free(b);
-    stop(fx);
+    fixture_stop(fx);
 }
 
 /* ---- group commit ---- */
@@ -312,8 +298,8 @@ static void test_group_equals_one_at_a_time(void **state)
         free(b2[i]);
     }
     fedge_ingest_pool_free(p);
-    stop(one);
-    stop(grp);
+    fixture_stop(one);
+    fixture_stop(grp);
 }
 
 /* A SQL error in the middle of a group (an insert aborted by a trigger)
@@ -395,7 +381,7 @@ static void group_sql_fault(const char *mode)
     free(before);
     for (int i = 0; i < N_DEV; i++)
         free(b[i]);
-    stop(fx);
+    fixture_stop(fx);
 }
 
 static void test_group_sql_fault(void **state)

@@ -37,31 +37,20 @@ static const char *DEVICES[N_DEV] = {"dev-a", "dev-b", "dev-c"};
 static int setup(void **state)
 {
     fixture *fx = calloc(1, sizeof *fx);
-    char err[256] = "";
     assert_non_null(fx);
     fixture_prepare(fx, "relay");
     fx->cfg.rounds = 3;
     fx->cfg.round_timeout_s = 600;
     fx->cfg.client_fraction = 1.0;
     fx->cfg.quorum = 1.0;
-    assert_int_equal(fedge_agg_config_validate(&fx->cfg, err, sizeof err), FEDGE_OK);
-    fixture_derive_keys(fx);
-    if (fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err) != FEDGE_OK)
-        fail_msg("fedge_agg_init: %s", err);
-    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
-    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    fixture_start(fx);
     *state = fx;
     return 0;
 }
 
 static int teardown(void **state)
 {
-    fixture *fx = *state;
-    char cmd[160];
-    fedge_agg_free(&fx->agg);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
-    assert_int_equal(system(cmd), 0);
-    free(fx);
+    fixture_stop(*state);
     return 0;
 }
 

@@ -42,7 +42,7 @@ static const char *DEVICES[N_DEV] = {"dev-a", "dev-b", "dev-c", "dev-d"};
 static fixture *start(long k, long concurrency, const char *policy)
 {
     fixture *fx = calloc(1, sizeof *fx);
-    char path[128], err[256] = "";
+    char path[128];
     assert_non_null(fx);
     fixture_prepare(fx, "async");
     snprintf(fx->cfg.mode, sizeof fx->cfg.mode, "async");
@@ -58,24 +58,11 @@ static fixture *start(long k, long concurrency, const char *policy)
         fclose(f);
         snprintf(fx->cfg.policy_file, sizeof fx->cfg.policy_file, "%s", path);
     }
-    assert_int_equal(fedge_agg_config_validate(&fx->cfg, err, sizeof err), FEDGE_OK);
-    fixture_derive_keys(fx);
-    if (fedge_agg_init(&fx->agg, &fx->cfg, err, sizeof err) != FEDGE_OK)
-        fail_msg("fedge_agg_init: %s", err);
-    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
-    assert_int_equal(fx->agg.state, FEDGE_AGG_OPEN);
+    fixture_start(fx);
     assert_int_equal(fx->agg.round, 1);
     return fx;
 }
 
-static void stop(fixture *fx)
-{
-    char cmd[160];
-    fedge_agg_free(&fx->agg);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
-    assert_int_equal(system(cmd), 0);
-    free(fx);
-}
 
 /* A sealed update from device i; tweak lets a test break one thing. */
 
@@ -190,7 +177,7 @@ static void admission_order(int reverse, char winners[2][16])
             snprintf(winners[n++], 16, "%s", DEVICES[i]);
     }
     assert_int_equal(n, 2);
-    stop(fx);
+    fixture_stop(fx);
 }
 
 /* Over a few seeds the winners change (the rank decides, not the device's
@@ -244,7 +231,7 @@ static void test_full_step(void **state)
     assert_int_equal(ask(fx, 2), 1);
     assert_int_equal(send_now(fx, 2, 14, 0.01f, msg), 204);
     assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE round=2 AND device='dev-c'"), 1);
-    stop(fx);
+    fixture_stop(fx);
 }
 
 /* An update trained on a version that is more than max_staleness versions
@@ -276,7 +263,7 @@ static void stale_update(unsigned max_staleness, int want_code)
                          1);
         assert_int_equal(fx->agg.round, 3);
     }
-    stop(fx);
+    fixture_stop(fx);
 }
 
 static void test_max_staleness_refused(void **state)
@@ -317,7 +304,7 @@ static void buffered_run(int crash, char out_version[FEDGE_HASH_HEX_LEN])
     assert_int_equal(q1(fx, "SELECT n_accepted FROM rounds WHERE id=1 AND status='closed'"), 3);
     assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE round=1 AND decision<>'rejected'"), 3);
     memcpy(out_version, fx->agg.version_hex, FEDGE_HASH_HEX_LEN);
-    stop(fx);
+    fixture_stop(fx);
 }
 
 static void test_restart_half_full_buffer(void **state)
@@ -348,7 +335,7 @@ static void test_dp_q1_and_participation_cap(void **state)
     assert_int_equal(ask(fx, 0), 0);
     assert_int_equal(ask(fx, 1), 1);
     assert_int_equal(q1(fx, "SELECT count(*) FROM round_participants WHERE device='dev-a'"), 1);
-    stop(fx);
+    fixture_stop(fx);
 }
 
 /* async_max_versions = 1: while a device trained on version 1 is in flight,
@@ -375,7 +362,7 @@ static void test_max_versions_and_slot_timeout(void **state)
     assert_int_equal(fx->agg.adm_step[0], 0);
     assert_int_equal(fx->agg.adm_step[2], 2);
     assert_int_equal(fx->agg.in_flight, 1);
-    stop(fx);
+    fixture_stop(fx);
 }
 
 /* Slots held: the count kept and the adm_step array agree. */
@@ -418,7 +405,7 @@ static void test_late_update_then_ask(void **state)
     assert_int_equal(ask(fx, 2), 1);
     assert_int_equal(send_now(fx, 2, 64, 0.01f, msg), 204);
     assert_int_equal(fx->agg.in_flight, slots_held(fx));
-    stop(fx);
+    fixture_stop(fx);
 }
 
 /* Should a slot ever outlive its admission (the state the fault above left),
@@ -447,7 +434,7 @@ static void test_used_admission_frees_slot(void **state)
     assert_int_equal(fx->agg.adm_step[0], 0);
     assert_int_equal(fx->agg.in_flight, 0);
     assert_int_equal(ask(fx, 0), 0);
-    stop(fx);
+    fixture_stop(fx);
 }
 
 /* An admission and a freed slot change that device's view alone: it is
@@ -472,7 +459,7 @@ static void test_view_changes_are_per_device(void **state)
     assert_int_equal(fx->agg.n_view_changed, 1);
     assert_int_equal(fx->agg.view_changed[0], 0);
     assert_true(fx->agg.round_epoch == epoch);
-    stop(fx);
+    fixture_stop(fx);
 }
 
 /* A device whose session ended (the server calls `left`) frees its slot at
@@ -494,7 +481,7 @@ static void test_left_frees_slot(void **state)
     assert_int_equal(fx->agg.adm_step[in], 0);
     assert_int_equal(fx->agg.adm_step[out], 1);
     assert_int_equal(send_now(fx, in, 90, 0.01f, msg), 204);
-    stop(fx);
+    fixture_stop(fx);
 }
 
 /* A group commit (ingest worker pool) holding more updates than the buffer
@@ -539,7 +526,7 @@ static void test_group_commit_stops_at_k(void **state)
         fedge_ingest_frame_free(&f[k]);
         free(b[k]);
     }
-    stop(fx);
+    fixture_stop(fx);
 }
 
 int main(void)
