@@ -1,6 +1,7 @@
 /* bench_coap.h — the client set-up the CoAP/DTLS benchmarks share: the
  * server address, the libcoap context with its handlers, DTLS-PSK client
- * sessions, the file descriptor limit, the clock and sorting of times.
+ * sessions, the answer's token and code, the file descriptor limit, the
+ * clock and sorting of times.
  * Header-only: each benchmark is one .c file. */
 #ifndef FEDGE_BENCH_COAP_H
 #define FEDGE_BENCH_COAP_H
@@ -28,6 +29,20 @@ static inline int bench_cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+/* Whether the answer carries the request's token. */
+static inline int bench_token_is(const coap_pdu_t *received, const uint8_t *token, size_t token_len)
+{
+    coap_bin_const_t t = coap_pdu_get_token(received);
+    return t.length == token_len && memcmp(t.s, token, t.length) == 0;
+}
+
+/* The answer's code as class * 100 + detail (2.05 -> 205). */
+static inline int bench_code(const coap_pdu_t *received)
+{
+    coap_pdu_code_t code = coap_pdu_get_code(received);
+    return (int)COAP_RESPONSE_CLASS(code) * 100 + (int)(code & 0x1f);
 }
 
 /* Raises the soft limit on open files to at least want (up to the hard limit):

@@ -43,11 +43,9 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
     (void)session;
     (void)sent;
     (void)mid;
-    coap_bin_const_t token = coap_pdu_get_token(received);
-    if (g_x.done || token.length != g_x.token_len || memcmp(token.s, g_x.token, token.length) != 0)
+    if (g_x.done || !bench_token_is(received, g_x.token, g_x.token_len))
         return COAP_RESPONSE_OK;
-    coap_pdu_code_t code = coap_pdu_get_code(received);
-    g_x.code = (int)COAP_RESPONSE_CLASS(code) * 100 + (int)(code & 0x1f);
+    g_x.code = bench_code(received);
     coap_opt_iterator_t it;
     coap_opt_t *o = coap_check_option(received, COAP_OPTION_MAXAGE, &it);
     g_x.max_age = o ? (long)coap_decode_var_bytes(coap_opt_value(o), coap_opt_length(o)) : -1;

@@ -52,12 +52,9 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
     (void)sent;
     (void)mid;
     device *d = device_of(session);
-    coap_bin_const_t token = coap_pdu_get_token(received);
-    if (!d || d->answered_at > 0 || token.length != d->token_len ||
-        memcmp(token.s, d->token, token.length) != 0)
+    if (!d || d->answered_at > 0 || !bench_token_is(received, d->token, d->token_len))
         return COAP_RESPONSE_OK;
-    coap_pdu_code_t code = coap_pdu_get_code(received);
-    d->code = (int)COAP_RESPONSE_CLASS(code) * 100 + (int)(code & 0x1f);
+    d->code = bench_code(received);
     d->answered_at = bench_now_s();
     g_answered++;
     return COAP_RESPONSE_OK;
