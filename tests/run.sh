@@ -42,7 +42,7 @@ report() { # name, log, exit status, seconds
         failed=$((failed + 1))
         failures+=("$name")
         printf '  FAIL  %-44s %4ds  (log: %s)\n' "$name" "$secs" "$log"
-        tail -n 30 "$log" | sed 's/^/        | /'
+        tail -n 80 "$log" | sed 's/^/        | /'
     fi
 }
 

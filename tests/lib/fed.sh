@@ -28,6 +28,12 @@ fed_fail() {
         echo "--- aggregator log (tail) ---" >&2
         tail -n 40 "$FED_DIR/agg.log" >&2
     fi
+    local f
+    for f in "${FED_DIR:-/nonexistent}"/edge-*.log; do
+        [ -f "$f" ] || continue
+        echo "--- ${f##*/} (tail, no DEBUG) ---" >&2
+        grep -v ' DEBUG ' "$f" | tail -n 12 >&2
+    done
     exit 1
 }
 
