@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "config.h"
 #include "dataset.h"
+#include "log.h"
 #include "keys.h"
 #include "shard.h"
 
@@ -54,6 +56,29 @@ static void fixture_write_test_shard(const char *path, size_t rows)
     free(idx);
     free(ds.x);
     free(ds.y);
+}
+
+/* A fresh directory /tmp/fedge-TAG-XXXXXX (into dir, dir_cap bytes) with the
+ * keys file of devices[0..n) and a test shard of `rows` rows, and cfg at its
+ * defaults pointing there: keys_file, test_data, db, model_dir, and
+ * model_spec `spec`. The caller sets the rest, validates and inits. */
+static inline void fixture_prepare_dir(char *dir, size_t dir_cap, fedge_agg_config *cfg, const char *tag,
+                                       const char *const *devices, int n, size_t rows, const char *spec)
+{
+    char path[128];
+    snprintf(dir, dir_cap, "/tmp/fedge-%s-XXXXXX", tag);
+    assert_non_null(mkdtemp(dir));
+    fedge_log_set_level(FEDGE_LOG_WARN);
+    fedge_agg_config_defaults(cfg);
+    snprintf(path, sizeof path, "%s/keys", dir);
+    fixture_write_keys(path, devices, n);
+    snprintf(cfg->keys_file, sizeof cfg->keys_file, "%s", path);
+    snprintf(path, sizeof path, "%s/test.bin", dir);
+    fixture_write_test_shard(path, rows);
+    snprintf(cfg->test_data, sizeof cfg->test_data, "%s", path);
+    snprintf(cfg->db, sizeof cfg->db, "%s/fedge.db", dir);
+    snprintf(cfg->model_dir, sizeof cfg->model_dir, "%s/models", dir);
+    snprintf(cfg->model_spec, sizeof cfg->model_spec, "%s", spec);
 }
 
 #endif

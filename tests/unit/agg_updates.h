@@ -27,20 +27,7 @@ typedef struct {
  * model store, mlp:16-8-3); the caller sets the rest, validates and inits. */
 static void fixture_prepare(fixture *fx, const char *tag)
 {
-    char path[128];
-    snprintf(fx->dir, sizeof fx->dir, "/tmp/fedge-%s-XXXXXX", tag);
-    assert_non_null(mkdtemp(fx->dir));
-    fedge_log_set_level(FEDGE_LOG_WARN);
-    fedge_agg_config_defaults(&fx->cfg);
-    snprintf(path, sizeof path, "%s/keys", fx->dir);
-    fixture_write_keys(path, DEVICES, N_DEV);
-    snprintf(fx->cfg.keys_file, sizeof fx->cfg.keys_file, "%s", path);
-    snprintf(path, sizeof path, "%s/test.bin", fx->dir);
-    fixture_write_test_shard(path, 120);
-    snprintf(fx->cfg.test_data, sizeof fx->cfg.test_data, "%s", path);
-    snprintf(fx->cfg.db, sizeof fx->cfg.db, "%s/fedge.db", fx->dir);
-    snprintf(fx->cfg.model_dir, sizeof fx->cfg.model_dir, "%s/models", fx->dir);
-    snprintf(fx->cfg.model_spec, sizeof fx->cfg.model_spec, "mlp:16-8-3");
+    fixture_prepare_dir(fx->dir, sizeof fx->dir, &fx->cfg, tag, DEVICES, N_DEV, 120, "mlp:16-8-3");
 }
 
 /* The devices' envelope keys, as each edge derives its own. */

@@ -75,21 +75,9 @@ static void start(fixture *fx)
 static fixture *new_fixture(const char *spec, long retain)
 {
     fixture *fx = calloc(1, sizeof *fx);
-    char path[128], err[256] = "";
+    char err[256] = "";
     assert_non_null(fx);
-    snprintf(fx->dir, sizeof fx->dir, "/tmp/fedge-retention-XXXXXX");
-    assert_non_null(mkdtemp(fx->dir));
-    fedge_log_set_level(FEDGE_LOG_WARN);
-    fedge_agg_config_defaults(&fx->cfg);
-    snprintf(path, sizeof path, "%s/keys", fx->dir);
-    fixture_write_keys(path, DEVICES, N_DEV);
-    snprintf(fx->cfg.keys_file, sizeof fx->cfg.keys_file, "%s", path);
-    snprintf(path, sizeof path, "%s/test.bin", fx->dir);
-    fixture_write_test_shard(path, 60);
-    snprintf(fx->cfg.test_data, sizeof fx->cfg.test_data, "%s", path);
-    snprintf(fx->cfg.db, sizeof fx->cfg.db, "%s/fedge.db", fx->dir);
-    snprintf(fx->cfg.model_dir, sizeof fx->cfg.model_dir, "%s/models", fx->dir);
-    snprintf(fx->cfg.model_spec, sizeof fx->cfg.model_spec, "%s", spec);
+    fixture_prepare_dir(fx->dir, sizeof fx->dir, &fx->cfg, "retention", DEVICES, N_DEV, 60, spec);
     fx->cfg.round_timeout_s = 600;
     fx->cfg.retain_deltas_rounds = retain;
     write_signing_key(fx);
