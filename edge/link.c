@@ -116,21 +116,28 @@ static void coap_global_release(void)
     pthread_mutex_unlock(&g_coap_lock);
 }
 
-int fedge_edge_blob_new(uint8_t *data, size_t len, fedge_edge_blob **out)
+static int blob_alloc(size_t len, uint8_t *data, fedge_edge_blob_reader read, void *arg,
+                      fedge_edge_blob **out)
 {
-    *out = NULL;
     fedge_edge_blob *b = malloc(sizeof *b);
-    if (!b) {
-        free(data);
+    if (!b)
         return FEDGE_ERR_NOMEM;
-    }
     b->refs = 1;
     b->len = len;
     b->data = data;
-    b->read = NULL;
-    b->read_arg = NULL;
+    b->read = read;
+    b->read_arg = arg;
     *out = b;
     return FEDGE_OK;
+}
+
+int fedge_edge_blob_new(uint8_t *data, size_t len, fedge_edge_blob **out)
+{
+    *out = NULL;
+    int ret = blob_alloc(len, data, NULL, NULL, out);
+    if (ret != FEDGE_OK)
+        free(data); /* ownership was taken */
+    return ret;
 }
 
 int fedge_edge_blob_new_reader(size_t len, fedge_edge_blob_reader read, void *arg,
@@ -139,16 +146,7 @@ int fedge_edge_blob_new_reader(size_t len, fedge_edge_blob_reader read, void *ar
     *out = NULL;
     if (!read)
         return FEDGE_ERR_INVALID_ARG;
-    fedge_edge_blob *b = malloc(sizeof *b);
-    if (!b)
-        return FEDGE_ERR_NOMEM;
-    b->refs = 1;
-    b->len = len;
-    b->data = NULL;
-    b->read = read;
-    b->read_arg = arg;
-    *out = b;
-    return FEDGE_OK;
+    return blob_alloc(len, NULL, read, arg, out);
 }
 
 void fedge_edge_blob_release(fedge_edge_blob *b)
