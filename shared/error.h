@@ -126,6 +126,9 @@ enum {
 
     /* SCAFFOLD client side (edge/control.h) -230 .. -239 */
     FEDGE_ERR_CONTROL_RANGE = -230,      /* a control variate beyond its plausible bound */
+
+    /* an update's training metrics block (shared/update.h) -240 .. -249 */
+    FEDGE_ERR_UPDATE_METRICS = -240,     /* malformed training metrics block */
 };
 
 const char *fedge_strerror(int code);

@@ -1,26 +1,106 @@
 /* update.c — an encoded delta sealed in an envelope (see update.h). */
 #include "update.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <mbedtls/platform_util.h>
 
+#include "bytes.h"
 #include "common.h"
+
+/* ---- training metrics block ----------------------------------------------- */
+
+static int metrics_valid(const fedge_train_metrics *m)
+{
+    if (m->present == 0 || (m->present & ~FEDGE_TRAIN_HAS_ALL) != 0)
+        return 0;
+    if ((m->present & FEDGE_TRAIN_HAS_LOSS) ? !(isfinite(m->loss) && m->loss >= 0.0f) : m->loss != 0.0f)
+        return 0;
+    if ((m->present & FEDGE_TRAIN_HAS_ACCURACY) ? !(m->accuracy >= 0.0f && m->accuracy <= 1.0f)
+                                                : m->accuracy != 0.0f)
+        return 0;
+    if ((m->present & FEDGE_TRAIN_HAS_EPOCHS) ? m->epochs < 1 : m->epochs != 0)
+        return 0;
+    if (!(m->present & FEDGE_TRAIN_HAS_MS) && m->train_ms != 0)
+        return 0;
+    return 1;
+}
+
+int fedge_train_metrics_encode(const fedge_train_metrics *m, uint8_t out[FEDGE_TRAIN_METRICS_LEN])
+{
+    if (m == NULL || out == NULL || m->present == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    if (!metrics_valid(m))
+        return FEDGE_ERR_UPDATE_METRICS;
+    out[0] = FEDGE_TRAIN_METRICS_VERSION;
+    out[1] = (uint8_t)m->present;
+    fedge_put_u16(out + 2, FEDGE_TRAIN_METRICS_LEN);
+    fedge_put_f32(out + 4, m->loss);
+    fedge_put_f32(out + 8, m->accuracy);
+    fedge_put_u32(out + 12, m->epochs);
+    fedge_put_u32(out + 16, m->train_ms);
+    return FEDGE_OK;
+}
+
+int fedge_train_metrics_decode(const uint8_t *in, size_t len, fedge_train_metrics *m)
+{
+    if ((in == NULL && len > 0) || m == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    if (len != FEDGE_TRAIN_METRICS_LEN || in[0] != FEDGE_TRAIN_METRICS_VERSION ||
+        fedge_get_u16(in + 2) != FEDGE_TRAIN_METRICS_LEN)
+        return FEDGE_ERR_UPDATE_METRICS;
+    fedge_train_metrics t = {
+        .present = in[1],
+        .loss = fedge_get_f32(in + 4),
+        .accuracy = fedge_get_f32(in + 8),
+        .epochs = fedge_get_u32(in + 12),
+        .train_ms = fedge_get_u32(in + 16),
+    };
+    if (!metrics_valid(&t))
+        return FEDGE_ERR_UPDATE_METRICS;
+    *m = t;
+    return FEDGE_OK;
+}
+
+/* The aad after the delta header: the run id, then the block when m has one. */
+static int aad_tail(const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_train_metrics *m, uint8_t *tail,
+                    size_t *aad_len)
+{
+    memcpy(tail, run_id, FEDGE_RUN_ID_LEN);
+    *aad_len = FEDGE_UPDATE_AAD_LEN;
+    if (m == NULL || m->present == 0)
+        return FEDGE_OK;
+    *aad_len += FEDGE_TRAIN_METRICS_LEN;
+    return fedge_train_metrics_encode(m, tail + FEDGE_RUN_ID_LEN);
+}
 
 int fedge_update_seal(const fedge_device_key *k, uint64_t counter,
                       const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h,
                       const float *delta, fedge_rng *rng, uint8_t **out, size_t *out_len)
 {
+    return fedge_update_seal_metrics(k, counter, run_id, NULL, h, delta, rng, out, out_len);
+}
+
+int fedge_update_seal_metrics(const fedge_device_key *k, uint64_t counter,
+                              const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_train_metrics *m,
+                              const fedge_delta_header *h, const float *delta, fedge_rng *rng,
+                              uint8_t **out, size_t *out_len)
+{
     if (k == NULL || run_id == NULL || h == NULL || out == NULL || out_len == NULL)
         return FEDGE_ERR_INVALID_ARG;
     *out = NULL;
     *out_len = 0;
+    uint8_t tail[FEDGE_RUN_ID_LEN + FEDGE_TRAIN_METRICS_LEN];
+    size_t aad_len = 0;
+    int r = aad_tail(run_id, m, tail, &aad_len);
+    if (r != FEDGE_OK)
+        return r;
     size_t delta_len = fedge_delta_encoded_size(h);
     if (delta_len == 0)
         return FEDGE_ERR_INVALID_ARG;
-    size_t total = fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN,
-                                              delta_len - FEDGE_DELTA_HEADER_LEN);
+    size_t total = fedge_envelope_sealed_size(aad_len, delta_len - FEDGE_DELTA_HEADER_LEN);
     if (total == 0)
         return FEDGE_ERR_RANGE;
 
@@ -28,22 +108,24 @@ int fedge_update_seal(const fedge_device_key *k, uint64_t counter,
     uint8_t *buf = malloc(total);
     if (buf == NULL)
         return FEDGE_ERR_NOMEM;
-    /* Encode straight into the frame (header || run id = aad, payload =
-     * plaintext), then encrypt in place so no plaintext copy outlives this
-     * call. The encoder writes header and payload contiguously, so the
-     * payload is encoded one run id further and the header moved back. */
+    /* Encode straight into the frame (header || run id [|| metrics] = aad,
+     * payload = plaintext), then encrypt in place so no plaintext copy
+     * outlives this call. The encoder writes header and payload
+     * contiguously, so the payload is encoded one aad tail further and the
+     * header moved back. */
+    const size_t tail_len = aad_len - FEDGE_DELTA_HEADER_LEN;
     uint8_t *aad = buf + FEDGE_ENV_HEADER_LEN;
-    uint8_t *plain = aad + FEDGE_UPDATE_AAD_LEN;
+    uint8_t *plain = aad + aad_len;
     size_t enc_len = 0, sealed_len = 0;
-    CHK(fedge_delta_encode(h, delta, rng, aad + FEDGE_RUN_ID_LEN, delta_len, &enc_len));
-    memmove(aad, aad + FEDGE_RUN_ID_LEN, FEDGE_DELTA_HEADER_LEN);
-    memcpy(aad + FEDGE_DELTA_HEADER_LEN, run_id, FEDGE_RUN_ID_LEN);
+    CHK(fedge_delta_encode(h, delta, rng, aad + tail_len, delta_len, &enc_len));
+    memmove(aad, aad + tail_len, FEDGE_DELTA_HEADER_LEN);
+    memcpy(aad + FEDGE_DELTA_HEADER_LEN, tail, tail_len);
 
     uint8_t prefix[4];
     uint32_t p = rng != NULL ? (uint32_t)fedge_rng_u64(rng) : (uint32_t)(counter >> 32);
     for (int i = 0; i < 4; i++)
         prefix[i] = (uint8_t)(p >> (8 * i));
-    CHK(fedge_envelope_seal(k, counter, prefix, aad, FEDGE_UPDATE_AAD_LEN, plain,
+    CHK(fedge_envelope_seal(k, counter, prefix, aad, aad_len, plain,
                             enc_len - FEDGE_DELTA_HEADER_LEN, buf, total, &sealed_len));
     *out = buf;
     *out_len = sealed_len;
@@ -60,6 +142,14 @@ int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
                       const fedge_update_expect *exp, uint8_t *scratch,
                       fedge_delta_header *h, uint64_t *counter, float *delta)
 {
+    return fedge_update_open_metrics(k, in, len, exp, scratch, h, counter, delta, NULL);
+}
+
+int fedge_update_open_metrics(const fedge_device_key *k, const uint8_t *in, size_t len,
+                              const fedge_update_expect *exp, uint8_t *scratch,
+                              fedge_delta_header *h, uint64_t *counter, float *delta,
+                              fedge_train_metrics *m)
+{
     if (k == NULL || in == NULL || exp == NULL || exp->run_id == NULL || scratch == NULL ||
         h == NULL || counter == NULL || (delta == NULL && exp->n_elems > 0))
         return FEDGE_ERR_INVALID_ARG;
@@ -70,6 +160,8 @@ int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
     int ret = FEDGE_OK;
     fedge_envelope_view v;
     fedge_delta_header t;
+    fedge_train_metrics tm;
+    memset(&tm, 0, sizeof tm);
     int decrypted = 0;
     CHK(fedge_envelope_parse(in, len, &v));
     CHK(fedge_envelope_check(k, exp->last_counter, &v));
@@ -81,10 +173,13 @@ int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
         FAIL(FEDGE_ERR_ENV_RUN);
     if (v.aad_len < FEDGE_UPDATE_AAD_LEN)
         FAIL(FEDGE_ERR_DELTA_TRUNCATED);
-    if (v.aad_len > FEDGE_UPDATE_AAD_LEN)
-        FAIL(FEDGE_ERR_DELTA_OVERSIZED);
+    /* anything after the run id is the metrics block (an older edge sends none) */
+    if (v.aad_len > FEDGE_UPDATE_AAD_LEN && v.aad_len != FEDGE_UPDATE_AAD_LEN + FEDGE_TRAIN_METRICS_LEN)
+        FAIL(FEDGE_ERR_UPDATE_METRICS);
     if (memcmp(v.aad + FEDGE_DELTA_HEADER_LEN, exp->run_id, FEDGE_RUN_ID_LEN) != 0)
         FAIL(FEDGE_ERR_ENV_RUN);
+    if (v.aad_len > FEDGE_UPDATE_AAD_LEN)
+        CHK(fedge_train_metrics_decode(v.aad + FEDGE_UPDATE_AAD_LEN, v.aad_len - FEDGE_UPDATE_AAD_LEN, &tm));
     CHK(fedge_delta_parse_header(v.aad, &t));
     if (t.round > exp->round || exp->round - t.round > exp->round_window)
         FAIL(FEDGE_ERR_DELTA_ROUND);
@@ -103,6 +198,8 @@ int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
     memcpy(scratch, v.aad, FEDGE_DELTA_HEADER_LEN);
     *h = t;
     *counter = v.counter;
+    if (m != NULL)
+        *m = tm;
 cleanup:
     if (decrypted && ret != FEDGE_OK)
         mbedtls_platform_zeroize(scratch + FEDGE_DELTA_HEADER_LEN, v.ct_len);
@@ -123,7 +220,8 @@ struct fedge_update_stream {
     int stochastic;
     fedge_rng rng0;             /* the rounding stream at the start */
     fedge_rng rng;
-    uint8_t head[FEDGE_ENV_HEADER_LEN + FEDGE_UPDATE_AAD_LEN];
+    uint8_t head[FEDGE_ENV_HEADER_LEN + FEDGE_UPDATE_AAD_LEN + FEDGE_TRAIN_METRICS_LEN];
+    size_t head_len;            /* the envelope header and the aad: head's first bytes */
     size_t payload_len, total;
     size_t chunk_elems;
     fedge_envelope_sealer sealer;
@@ -220,8 +318,9 @@ static int stream_restart(fedge_update_stream *s)
     s->finished = 0;
     uint8_t head[sizeof s->head];
     int ret = fedge_envelope_sealer_start(&s->sealer, &s->key, s->counter, s->prefix,
-                                          s->head + FEDGE_ENV_HEADER_LEN, FEDGE_UPDATE_AAD_LEN,
-                                          s->payload_len, head, sizeof head);
+                                          s->head + FEDGE_ENV_HEADER_LEN,
+                                          s->head_len - FEDGE_ENV_HEADER_LEN, s->payload_len, head,
+                                          sizeof head);
     if (ret == FEDGE_OK)
         memcpy(s->head, head, FEDGE_ENV_HEADER_LEN);
     return ret;
@@ -257,6 +356,14 @@ int fedge_update_stream_new(const fedge_device_key *k, uint64_t counter,
                             const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h,
                             const float *delta, fedge_rng *rng, fedge_update_stream **out)
 {
+    return fedge_update_stream_new_metrics(k, counter, run_id, NULL, h, delta, rng, out);
+}
+
+int fedge_update_stream_new_metrics(const fedge_device_key *k, uint64_t counter,
+                                    const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_train_metrics *m,
+                                    const fedge_delta_header *h, const float *delta, fedge_rng *rng,
+                                    fedge_update_stream **out)
+{
     if (k == NULL || run_id == NULL || h == NULL || delta == NULL || out == NULL)
         return FEDGE_ERR_INVALID_ARG;
     *out = NULL;
@@ -264,8 +371,13 @@ int fedge_update_stream_new(const fedge_device_key *k, uint64_t counter,
     int ret = stream_sizes(h, &ce, &cap, &ring);
     if (ret != FEDGE_OK)
         return ret;
+    uint8_t tail[FEDGE_RUN_ID_LEN + FEDGE_TRAIN_METRICS_LEN];
+    size_t aad_len = 0;
+    ret = aad_tail(run_id, m, tail, &aad_len);
+    if (ret != FEDGE_OK)
+        return ret;
     size_t delta_len = fedge_delta_encoded_size(h);
-    size_t total = fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN, delta_len - FEDGE_DELTA_HEADER_LEN);
+    size_t total = fedge_envelope_sealed_size(aad_len, delta_len - FEDGE_DELTA_HEADER_LEN);
     if (total == 0)
         return FEDGE_ERR_RANGE;
     fedge_update_stream *s = calloc(1, sizeof *s);
@@ -285,6 +397,7 @@ int fedge_update_stream_new(const fedge_device_key *k, uint64_t counter,
     s->ring_len = ring;
     s->payload_len = delta_len - FEDGE_DELTA_HEADER_LEN;
     s->total = total;
+    s->head_len = FEDGE_ENV_HEADER_LEN + aad_len;
     if (rng != NULL)
         s->rng0 = *rng;
 
@@ -298,13 +411,13 @@ int fedge_update_stream_new(const fedge_device_key *k, uint64_t counter,
         CHK(encode_chunk(s, e, n, &r, &plain, &plain_len));
         if (e == 0) {
             /* the aad: the full header (the chunk's, with the delta's length
-             * and flags) then the run id */
+             * and flags) then the run id and the metrics block */
             uint8_t *aad = s->head + FEDGE_ENV_HEADER_LEN;
             memcpy(aad, s->chunk, FEDGE_DELTA_HEADER_LEN);
             aad[7] = (uint8_t)(aad[7] | (h->flags & FEDGE_DELTA_FLAG_CONTROL));
             for (int i = 0; i < 4; i++)
                 aad[20 + i] = (uint8_t)(h->n_elems >> (8 * i));
-            memcpy(aad + FEDGE_DELTA_HEADER_LEN, run_id, FEDGE_RUN_ID_LEN);
+            memcpy(aad + FEDGE_DELTA_HEADER_LEN, tail, aad_len - FEDGE_DELTA_HEADER_LEN);
         }
     }
     mbedtls_platform_zeroize(s->chunk, s->chunk_cap);
@@ -332,7 +445,7 @@ int fedge_update_stream_read(fedge_update_stream *s, size_t off, uint8_t *dst, s
         return FEDGE_ERR_INVALID_ARG;
     if (off > s->total || len > s->total - off)
         return FEDGE_ERR_RANGE;
-    const size_t head_len = sizeof s->head;
+    const size_t head_len = s->head_len;
     const size_t ct_end = head_len + s->payload_len;
     int ret = FEDGE_OK;
     while (len > 0) {

@@ -6,10 +6,16 @@
  * one run and posted into another run on the same keys (a fresh database,
  * whose replay counters start again) is refused with FEDGE_ERR_ENV_RUN.
  *
+ * The aad may go on after the run id with the edge's training metrics
+ * (fedge_train_metrics, docs/PROTOCOL.md "Training metrics"): a versioned
+ * block of FEDGE_TRAIN_METRICS_LEN bytes, authenticated with the rest. A
+ * frame without it (sealed by an older edge) opens as before, with no
+ * metrics; one with a malformed block is FEDGE_ERR_UPDATE_METRICS.
+ *
  * Receiver order of checks (each a distinct code, nothing written before all
  * pass): frame structure -> key id -> replay counter -> aad length and run id
- * -> delta header (round, model id, element count, sizes) -> GCM tag ->
- * payload values. */
+ * -> metrics block -> delta header (round, model id, element count, sizes) ->
+ * GCM tag -> payload values. */
 #ifndef FEDGE_UPDATE_H
 #define FEDGE_UPDATE_H
 
@@ -22,12 +28,49 @@
 #define FEDGE_RUN_ID_LEN 16
 #define FEDGE_UPDATE_AAD_LEN (FEDGE_DELTA_HEADER_LEN + FEDGE_RUN_ID_LEN)
 
+/* The training metrics block, version 1 (little-endian, 20 bytes):
+ *   0 u8 version (1)   1 u8 flags (FEDGE_TRAIN_HAS_*; other bits 0)
+ *   2 u16 block length (20)   4 f32 loss   8 f32 accuracy
+ *   12 u32 epochs   16 u32 duration in ms
+ * A field whose flag is clear is absent and its bytes are 0. loss: the
+ * sample-weighted mean cross-entropy of the last local epoch (finite, >= 0);
+ * accuracy: the trained model's share of correct predictions on the device's
+ * own shard, in [0, 1]; epochs >= 1. The sample count is the delta header's
+ * n_samples. */
+#define FEDGE_TRAIN_METRICS_VERSION 1
+#define FEDGE_TRAIN_METRICS_LEN 20
+#define FEDGE_TRAIN_HAS_LOSS 0x01u
+#define FEDGE_TRAIN_HAS_ACCURACY 0x02u
+#define FEDGE_TRAIN_HAS_EPOCHS 0x04u
+#define FEDGE_TRAIN_HAS_MS 0x08u
+#define FEDGE_TRAIN_HAS_ALL 0x0fu
+
+typedef struct {
+    unsigned present;    /* FEDGE_TRAIN_HAS_* bits; 0: no block */
+    float loss;
+    float accuracy;
+    uint32_t epochs;
+    uint32_t train_ms;
+} fedge_train_metrics;
+
+/* out: FEDGE_TRAIN_METRICS_LEN bytes. FEDGE_ERR_UPDATE_METRICS for values
+ * the decoder would refuse (present == 0 has no block: INVALID_ARG). */
+int fedge_train_metrics_encode(const fedge_train_metrics *m, uint8_t out[FEDGE_TRAIN_METRICS_LEN]);
+/* Any len; FEDGE_ERR_UPDATE_METRICS unless it is exactly one valid block. */
+int fedge_train_metrics_decode(const uint8_t *in, size_t len, fedge_train_metrics *m);
+
 /* Seals h + delta for run run_id; *out is malloc'd, caller frees. rng:
  * stochastic int8 rounding and the nonce prefix (NULL: round-to-nearest,
  * prefix from counter). */
 int fedge_update_seal(const fedge_device_key *k, uint64_t counter,
                       const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h, const float *delta, fedge_rng *rng,
                       uint8_t **out, size_t *out_len);
+/* The same with the training metrics block in the aad (m NULL or
+ * m->present == 0: no block, fedge_update_seal's frame). */
+int fedge_update_seal_metrics(const fedge_device_key *k, uint64_t counter,
+                              const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_train_metrics *m,
+                              const fedge_delta_header *h, const float *delta, fedge_rng *rng,
+                              uint8_t **out, size_t *out_len);
 
 /* The frame fedge_update_seal gives, byte for byte, without holding it: a
  * reader of any byte range, producing the ciphertext front to back in
@@ -46,6 +89,11 @@ size_t fedge_update_stream_bytes(const fedge_delta_header *h); /* 0: invalid hea
 int fedge_update_stream_new(const fedge_device_key *k, uint64_t counter,
                             const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h,
                             const float *delta, fedge_rng *rng, fedge_update_stream **out);
+/* fedge_update_seal_metrics's frame, streamed. */
+int fedge_update_stream_new_metrics(const fedge_device_key *k, uint64_t counter,
+                                    const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_train_metrics *m,
+                                    const fedge_delta_header *h, const float *delta, fedge_rng *rng,
+                                    fedge_update_stream **out);
 size_t fedge_update_stream_size(const fedge_update_stream *s); /* the frame's length */
 /* dst[0..len) = frame[off .. off + len); off + len <= the frame's length. */
 int fedge_update_stream_read(fedge_update_stream *s, size_t off, uint8_t *dst, size_t len);
@@ -74,5 +122,11 @@ typedef struct {
 int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
                       const fedge_update_expect *exp, uint8_t *scratch,
                       fedge_delta_header *h, uint64_t *counter, float *delta);
+/* The same, also giving the metrics block (m->present == 0 when the frame
+ * has none); m is written only on success. */
+int fedge_update_open_metrics(const fedge_device_key *k, const uint8_t *in, size_t len,
+                              const fedge_update_expect *exp, uint8_t *scratch,
+                              fedge_delta_header *h, uint64_t *counter, float *delta,
+                              fedge_train_metrics *m);
 
 #endif

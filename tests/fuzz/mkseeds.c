@@ -107,6 +107,14 @@ static void deltas(void)
         put("envelope", name, 1, 1, frame, frame_len);
         put("envelope", "sealed-replayed", 11, 1, frame, frame_len);
         free(frame);
+        /* the same with a training metrics block after the run id */
+        static const fedge_train_metrics tm = {.present = FEDGE_TRAIN_HAS_ALL, .loss = 0.5f,
+                                               .accuracy = 0.75f, .epochs = 2, .train_ms = 900};
+        FUZZ_CHECK(fedge_update_seal_metrics(fuzz_key(), 6, fuzz_run_id, &tm, &h, x, NULL, &frame, &frame_len) ==
+                   FEDGE_OK);
+        snprintf(name, sizeof name, "sealed-metrics-%s", cases[c].name);
+        put("update", name, 0, 1, frame, frame_len);
+        free(frame);
     }
     /* a relay's partial sum: fp32, the flag, the head trailer */
     fedge_delta_header ph = header(FEDGE_ENC_FP32, 0x12345678u, 3, 6, 0);
@@ -120,6 +128,25 @@ static void deltas(void)
     uint8_t pspan[2 + sizeof buf] = {30, 200};
     memcpy(pspan + 2, buf, plen);
     put("delta_span", "fp32-partial", 0, 0, pspan, plen + 2);
+}
+
+/* valid blocks with every field, with some, and a near miss */
+static void train_metrics(void)
+{
+    static const fedge_train_metrics ms[] = {
+        {.present = FEDGE_TRAIN_HAS_ALL, .loss = 0.6931f, .accuracy = 0.8125f, .epochs = 3, .train_ms = 1234},
+        {.present = FEDGE_TRAIN_HAS_LOSS | FEDGE_TRAIN_HAS_EPOCHS, .loss = 2.5f, .epochs = 1},
+        {.present = FEDGE_TRAIN_HAS_ACCURACY, .accuracy = 1.0f},
+    };
+    uint8_t b[FEDGE_TRAIN_METRICS_LEN];
+    char name[32];
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+        FUZZ_CHECK(fedge_train_metrics_encode(&ms[i], b) == FEDGE_OK);
+        snprintf(name, sizeof name, "block-%zu", i);
+        put("train_metrics", name, 0, 0, b, sizeof b);
+    }
+    b[1] = 0x10;
+    put("train_metrics", "unknown-flag", 0, 0, b, sizeof b);
 }
 
 static void models(void)
@@ -217,6 +244,7 @@ int main(int argc, char **argv)
     deltas();
     server_opt_states();
     models();
+    train_metrics();
     shards();
     return 0;
 }

@@ -350,8 +350,8 @@ static void test_malformed_delta_inside(void **state)
     fr = seal_raw(&k, 1, d, 60, d + 64, plen - 64);
     expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_DELTA_TRUNCATED);
     free(fr.frame);
-    fr = seal_raw(&k, 1, d, 68, d + 68, plen - 68);
-    expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_DELTA_OVERSIZED);
+    fr = seal_raw(&k, 1, d, 68, d + 68, plen - 68); /* a tail after the run id: no metrics block */
+    expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_UPDATE_METRICS);
     free(fr.frame);
     /* payload shorter / longer than the header says */
     fr = seal_raw(&k, 1, d, 64, d + 64, plen - 65);
@@ -622,6 +622,181 @@ static void test_stream_refuses_up_front(void **state)
     free(x);
 }
 
+/* ---- the training metrics block ---- */
+
+static const fedge_train_metrics FULL_METRICS = {
+    .present = FEDGE_TRAIN_HAS_ALL, .loss = 0.6931f, .accuracy = 0.8125f, .epochs = 3, .train_ms = 1234};
+
+/* Sealed with metrics (whole and streamed: the same bytes), opened with and
+ * without asking for them; a frame without the block (an older edge) opens
+ * with present == 0; a partial set of fields comes back as sent. */
+static void test_metrics_round_trip(void **state)
+{
+    (void)state;
+    fedge_device_key k = device_key("dev-metrics");
+    const uint32_t n = 3000;
+    fedge_delta_header h = header(FEDGE_ENC_INT8, n);
+    float *x = random_delta(n, 9);
+    fedge_update_expect ex = expect_for(n, 0);
+    uint8_t *f = NULL, *plain_f = NULL;
+    size_t len = 0, plain_len = 0;
+    assert_int_equal(fedge_update_seal_metrics(&k, 10, RUN_ID, &FULL_METRICS, &h, x, NULL, &f, &len), FEDGE_OK);
+    assert_int_equal(fedge_update_seal(&k, 10, RUN_ID, &h, x, NULL, &plain_f, &plain_len), FEDGE_OK);
+    assert_int_equal(len, plain_len + FEDGE_TRAIN_METRICS_LEN);
+    /* the block travels in the clear, right after the run id */
+    assert_int_equal(f[FEDGE_ENV_HEADER_LEN + FEDGE_UPDATE_AAD_LEN], FEDGE_TRAIN_METRICS_VERSION);
+
+    fedge_update_stream *s = NULL;
+    assert_int_equal(fedge_update_stream_new_metrics(&k, 10, RUN_ID, &FULL_METRICS, &h, x, NULL, &s), FEDGE_OK);
+    assert_int_equal(fedge_update_stream_size(s), len);
+    uint8_t *streamed = malloc(len);
+    assert_int_equal(fedge_update_stream_read(s, 0, streamed, len), FEDGE_OK);
+    assert_memory_equal(streamed, f, len);
+    fedge_update_stream_free(s);
+    free(streamed);
+
+    float *out = malloc(n * sizeof(float));
+    uint8_t *scratch = malloc(len);
+    fedge_delta_header oh;
+    uint64_t counter = 0;
+    fedge_train_metrics m;
+    memset(&m, 0xab, sizeof m);
+    assert_int_equal(fedge_update_open_metrics(&k, f, len, &ex, scratch, &oh, &counter, out, &m), FEDGE_OK);
+    assert_int_equal(m.present, FEDGE_TRAIN_HAS_ALL);
+    assert_true(m.loss == FULL_METRICS.loss && m.accuracy == FULL_METRICS.accuracy);
+    assert_int_equal(m.epochs, 3);
+    assert_int_equal(m.train_ms, 1234);
+    assert_int_equal(oh.n_samples, h.n_samples);
+    assert_int_equal(fedge_update_open(&k, f, len, &ex, scratch, &oh, &counter, out), FEDGE_OK);
+
+    memset(&m, 0xab, sizeof m);
+    assert_int_equal(fedge_update_open_metrics(&k, plain_f, plain_len, &ex, scratch, &oh, &counter, out, &m),
+                     FEDGE_OK);
+    assert_int_equal(m.present, 0);
+
+    free(f);
+    fedge_train_metrics part = {.present = FEDGE_TRAIN_HAS_LOSS | FEDGE_TRAIN_HAS_EPOCHS, .loss = 2.5f, .epochs = 1};
+    assert_int_equal(fedge_update_seal_metrics(&k, 11, RUN_ID, &part, &h, x, NULL, &f, &len), FEDGE_OK);
+    assert_int_equal(fedge_update_open_metrics(&k, f, len, &ex, scratch, &oh, &counter, out, &m), FEDGE_OK);
+    assert_int_equal(m.present, part.present);
+    assert_true(m.loss == 2.5f && m.accuracy == 0.0f && m.epochs == 1 && m.train_ms == 0);
+    free(f);
+    free(plain_f);
+    free(out);
+    free(scratch);
+    free(x);
+}
+
+/* What the sealer refuses to write, and the decoder on its own. */
+static void test_metrics_encode_decode(void **state)
+{
+    (void)state;
+    uint8_t b[FEDGE_TRAIN_METRICS_LEN];
+    fedge_train_metrics m = FULL_METRICS, got;
+    assert_int_equal(fedge_train_metrics_encode(&m, b), FEDGE_OK);
+    assert_int_equal(fedge_train_metrics_decode(b, sizeof b, &got), FEDGE_OK);
+    assert_memory_equal(&got, &m, sizeof m);
+    assert_int_equal(fedge_train_metrics_decode(b, sizeof b - 1, &got), FEDGE_ERR_UPDATE_METRICS);
+    m.loss = NAN;
+    assert_int_equal(fedge_train_metrics_encode(&m, b), FEDGE_ERR_UPDATE_METRICS);
+    m = FULL_METRICS;
+    m.accuracy = 1.01f;
+    assert_int_equal(fedge_train_metrics_encode(&m, b), FEDGE_ERR_UPDATE_METRICS);
+    m = FULL_METRICS;
+    m.present = 0;
+    assert_int_equal(fedge_train_metrics_encode(&m, b), FEDGE_ERR_INVALID_ARG);
+    fedge_device_key k = device_key("dev-metrics");
+    fedge_delta_header h = header(FEDGE_ENC_FP32, 10);
+    float x[10] = {0};
+    uint8_t *f = (uint8_t *)&m;
+    size_t len = 1;
+    m = FULL_METRICS;
+    m.epochs = 0;
+    assert_int_equal(fedge_update_seal_metrics(&k, 1, RUN_ID, &m, &h, x, NULL, &f, &len), FEDGE_ERR_UPDATE_METRICS);
+    assert_null(f);
+    fedge_update_stream *s = (fedge_update_stream *)&h;
+    assert_int_equal(fedge_update_stream_new_metrics(&k, 1, RUN_ID, &m, &h, x, NULL, &s), FEDGE_ERR_UPDATE_METRICS);
+    assert_null(s);
+}
+
+/* A malformed block, sealed by a device that holds the key, is refused with
+ * FEDGE_ERR_UPDATE_METRICS and nothing is written (expect_open); a block
+ * changed on the way fails authentication. */
+static void test_metrics_malformed(void **state)
+{
+    (void)state;
+    fedge_device_key k = device_key("dev-metrics");
+    const uint32_t n = 40;
+    fedge_delta_header h = header(FEDGE_ENC_FP32, n);
+    fedge_update_expect ex = expect_for(n, 0);
+    size_t plen = 0;
+    uint8_t *d = encoded(h, &plen);
+    uint8_t good[FEDGE_TRAIN_METRICS_LEN];
+    assert_int_equal(fedge_train_metrics_encode(&FULL_METRICS, good), FEDGE_OK);
+    static const struct {
+        size_t off;
+        uint8_t val;
+    } bad[] = {
+        {0, 0}, {0, 2},           /* version */
+        {2, 19}, {3, 1},          /* stated length */
+        {1, 0x1f}, {1, 0x80},     /* unknown flag bits */
+        {7, 0x7f},                /* loss: NaN (with byte 6 set below) */
+        {7, 0xbf},                /* loss < 0 */
+        {11, 0x40},               /* accuracy 2.x */
+        {11, 0xbf},               /* accuracy < 0 */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        uint8_t blk[FEDGE_TRAIN_METRICS_LEN];
+        memcpy(blk, good, sizeof blk);
+        blk[bad[i].off] = bad[i].val;
+        if (bad[i].off == 7 && bad[i].val == 0x7f)
+            blk[6] = 0xc0; /* 0x7fc0....: a quiet NaN */
+        /* hdr || run id || block, sealed as the aad by hand */
+        uint8_t full[FEDGE_UPDATE_AAD_LEN + FEDGE_TRAIN_METRICS_LEN];
+        memcpy(full, d, FEDGE_DELTA_HEADER_LEN);
+        memcpy(full + FEDGE_DELTA_HEADER_LEN, RUN_ID, FEDGE_RUN_ID_LEN);
+        memcpy(full + FEDGE_UPDATE_AAD_LEN, blk, sizeof blk);
+        frame fr = seal_raw_run(&k, 1, full, sizeof full, NULL, d + 64, plen - 64);
+        expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_UPDATE_METRICS);
+        free(fr.frame);
+    }
+    /* an absent field with bytes, a flagged epochs of 0 */
+    {
+        fedge_train_metrics m = {.present = FEDGE_TRAIN_HAS_LOSS, .loss = 1.0f};
+        uint8_t blk[FEDGE_TRAIN_METRICS_LEN];
+        assert_int_equal(fedge_train_metrics_encode(&m, blk), FEDGE_OK);
+        blk[16] = 5; /* train_ms without its flag */
+        fedge_train_metrics out;
+        assert_int_equal(fedge_train_metrics_decode(blk, sizeof blk, &out), FEDGE_ERR_UPDATE_METRICS);
+        blk[16] = 0;
+        blk[1] |= FEDGE_TRAIN_HAS_EPOCHS; /* epochs flagged, 0 */
+        assert_int_equal(fedge_train_metrics_decode(blk, sizeof blk, &out), FEDGE_ERR_UPDATE_METRICS);
+    }
+    /* a tail of the wrong length after the run id */
+    for (size_t extra = 1; extra <= FEDGE_TRAIN_METRICS_LEN + 4; extra += FEDGE_TRAIN_METRICS_LEN / 2 + 1) {
+        uint8_t full[FEDGE_UPDATE_AAD_LEN + 2 * FEDGE_TRAIN_METRICS_LEN];
+        memcpy(full, d, FEDGE_DELTA_HEADER_LEN);
+        memcpy(full + FEDGE_DELTA_HEADER_LEN, RUN_ID, FEDGE_RUN_ID_LEN);
+        memcpy(full + FEDGE_UPDATE_AAD_LEN, good, sizeof good);
+        memcpy(full + FEDGE_UPDATE_AAD_LEN + sizeof good, good, sizeof good);
+        if (FEDGE_UPDATE_AAD_LEN + extra == sizeof full - FEDGE_TRAIN_METRICS_LEN)
+            continue;
+        frame fr = seal_raw_run(&k, 1, full, FEDGE_UPDATE_AAD_LEN + extra, NULL, d + 64, plen - 64);
+        expect_open(&k, fr.frame, fr.len, &ex, FEDGE_ERR_UPDATE_METRICS);
+        free(fr.frame);
+    }
+    /* a good block changed in transit: authenticated, so refused */
+    float *x = random_delta(n, 3);
+    uint8_t *f = NULL;
+    size_t len = 0;
+    assert_int_equal(fedge_update_seal_metrics(&k, 2, RUN_ID, &FULL_METRICS, &h, x, NULL, &f, &len), FEDGE_OK);
+    f[FEDGE_ENV_HEADER_LEN + FEDGE_UPDATE_AAD_LEN + 4] ^= 1; /* the loss's lowest bit */
+    expect_open(&k, f, len, &ex, FEDGE_ERR_ENV_AUTH);
+    free(f);
+    free(x);
+    free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -635,6 +810,9 @@ int main(void)
         cmocka_unit_test(test_counter_flow),
         cmocka_unit_test(test_stream_same_bytes),
         cmocka_unit_test(test_stream_refuses_up_front),
+        cmocka_unit_test(test_metrics_round_trip),
+        cmocka_unit_test(test_metrics_encode_decode),
+        cmocka_unit_test(test_metrics_malformed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
