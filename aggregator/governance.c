@@ -20,6 +20,7 @@
 #include "log.h"
 #include "policy.h"
 #include "store.h"
+#include "train_metrics.h"
 
 struct fedge_signer {
     mbedtls_pk_context key;
@@ -511,6 +512,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     sqlite3_finalize(st);
     st = NULL;
     snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(a->db));
+    CHK(fedge_train_metrics_store(a->db, sqlite3_last_insert_rowid(a->db), in->metrics));
     CHK(fedge_audit_append(a->db, "updates", key));
     CHK(fedge_store_prepare(a->db, "UPDATE devices SET last_counter=?, last_seen=? WHERE id=?", &st));
     sqlite3_bind_int64(st, 1, (sqlite3_int64)in->counter);

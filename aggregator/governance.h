@@ -17,6 +17,7 @@
 #include "agg.h"
 #include "delta.h"
 #include "policy.h"
+#include "update.h"
 
 typedef struct {
     int device_index;
@@ -32,6 +33,7 @@ typedef struct {
     const uint8_t *sealed_sha256;    /* of the frame as received: tells a resend apart */
     const char *control_refusal;     /* SCAFFOLD: why the control half is refused, or NULL */
     const double *norm;              /* the model half's L2 norm, computed by the caller; NULL: here */
+    const fedge_train_metrics *metrics; /* the edge's training metrics (update.h), or NULL */
 } fedge_gov_update_in;
 
 /* Loads the policy (cfg.policy_file or the default), the signing key, and

@@ -125,7 +125,8 @@ int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, si
         .run_id = snap->run_id,
     };
     f->opened = 1;
-    f->open_status = fedge_update_open(snap->key, body, len, &exp, f->plain, &f->header, &f->counter, f->delta);
+    f->open_status = fedge_update_open_metrics(snap->key, body, len, &exp, f->plain, &f->header, &f->counter,
+                                               f->delta, &f->metrics);
     f->encoded_len = FEDGE_DELTA_HEADER_LEN + view.ct_len;
     if (f->open_status == FEDGE_OK)
         f->norm = fedge_l2_norm(f->delta, snap->n_params);
@@ -279,6 +280,7 @@ int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fe
         .sealed_sha256 = f->sealed_sha256,
         .control_refusal = control_ok ? NULL : control_why,
         .norm = &f->norm,
+        .metrics = &f->metrics,
     };
     int accepted = 0;
     char reason[FEDGE_POLICY_REASON_MAX + 64];

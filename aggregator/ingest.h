@@ -30,6 +30,7 @@
 #include "agg.h"
 #include "delta.h"
 #include "envelope.h"
+#include "update.h"
 #include "hash.h"
 
 /* Immutable input of stage (a). The pointers point into the aggregator's
@@ -70,6 +71,7 @@ typedef struct {
     size_t encoded_len;
     float *delta;                /* decoded, n_params (x 2 under SCAFFOLD) */
     double norm;                 /* L2 norm of the model half, when open_status == FEDGE_OK */
+    fedge_train_metrics metrics; /* the aad's training metrics (present 0: none), when open */
 } fedge_ingest_frame;
 
 /* Owner thread: the snapshot for device index d. */

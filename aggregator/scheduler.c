@@ -15,6 +15,7 @@
 #include "common.h"
 #include "log.h"
 #include "store.h"
+#include "train_metrics.h"
 
 extern const fedge_sched fedge_sched_sync;
 extern const fedge_sched fedge_sched_async;
@@ -113,6 +114,10 @@ int fedge_sched_finish_round(fedge_aggregator *a, const char *status, const char
     char key[24];
     snprintf(key, sizeof key, "%u", a->round);
     CHK(fedge_gov_audit(a, "rounds", key));
+    int trained = 0;
+    CHK(fedge_train_metrics_round(a->db, a->round, &trained));
+    if (trained)
+        CHK(fedge_gov_audit(a, "round_training", key));
 cleanup:
     sqlite3_finalize(st);
     return ret;

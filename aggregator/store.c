@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/random.h>
@@ -178,6 +179,37 @@ cleanup:
     return ret;
 }
 
+/* The edge's training metrics (shared/update.h), added after schema 2 was
+ * fixed: updates.train_* (NULL for an update without them, and for every
+ * row written before) and round_training (a round's sample-weighted mean
+ * and spread). Both audited (policy/audit.c). */
+static int migrate_train_metrics(sqlite3 *db)
+{
+    static const char *const cols[] = {"train_loss REAL", "train_accuracy REAL", "train_epochs INTEGER",
+                                       "train_ms INTEGER"};
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK;
+    for (size_t i = 0; i < FEDGE_ARRAY_LEN(cols); i++) {
+        char name[32], sql[128];
+        snprintf(name, sizeof name, "%.*s", (int)(strchr(cols[i], ' ') - cols[i]), cols[i]);
+        CHK(fedge_store_prepare(db, "SELECT 1 FROM pragma_table_info('updates') WHERE name=?", &st));
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        int has = sqlite3_step(st) == SQLITE_ROW;
+        sqlite3_finalize(st);
+        st = NULL;
+        if (!has) {
+            snprintf(sql, sizeof sql, "ALTER TABLE updates ADD COLUMN %s", cols[i]);
+            CHK(fedge_store_exec(db, sql));
+        }
+    }
+    CHK(fedge_store_exec(db, "CREATE TABLE IF NOT EXISTS round_training(round INTEGER PRIMARY KEY,"
+                             " reports INTEGER NOT NULL, samples INTEGER NOT NULL, train_loss REAL,"
+                             " train_loss_sd REAL, train_accuracy REAL, train_accuracy_sd REAL)"));
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
 int fedge_store_run_id(sqlite3 *db, uint8_t run_id[FEDGE_STORE_RUN_ID_LEN])
 {
     sqlite3_stmt *st = NULL;
@@ -292,6 +324,7 @@ int fedge_store_open_db(const char *path, int read_only, sqlite3 **out)
     } else {
         CHK(migrate(db));
     }
+    CHK(migrate_train_metrics(db));
 cleanup:
     if (ret != FEDGE_OK) {
         if (db)

@@ -2,6 +2,7 @@
 #include "client.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -636,9 +637,12 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     FEDGE_INFO("round %u: training %d epochs on %llu samples%s%s", ri->round, ri->epochs,
                (unsigned long long)c->shard.n, ri->prox_mu > 0.0f ? " (FedProx)" : "",
                scaffold ? " (SCAFFOLD)" : "");
+    uint64_t train_t0 = fedge_edge_link_now_ms();
+    t->accuracy = -1.0;
     ret = c->dev && c->dev->train
               ? c->dev->train(c->dev->arg, t, &c->shard, &tp, c->stop, &loss)
               : fedge_edge_trainer_train(t, &c->shard, &tp, c->stop, &loss);
+    uint64_t train_ms = fedge_edge_link_now_ms() - train_t0;
     if (ret == FEDGE_ERR_MODEL_NONFINITE) {
         FEDGE_INFO("round %u: samples=%llu loss=nan sent=0 B encoding=%s outcome=not sent "
                    "(training diverged)", ri->round, (unsigned long long)c->shard.n,
@@ -688,8 +692,20 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         fedge_rng_split(&base, 1, &rounding);
         rng = &rounding;
     }
+    /* what training gave, in the update's authenticated metadata (update.h) */
+    fedge_train_metrics tm = {.present = FEDGE_TRAIN_HAS_EPOCHS | FEDGE_TRAIN_HAS_MS,
+                              .epochs = (uint32_t)ri->epochs,
+                              .train_ms = train_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)train_ms};
+    if (isfinite(loss) && loss >= 0.0) {
+        tm.present |= FEDGE_TRAIN_HAS_LOSS;
+        tm.loss = (float)loss;
+    }
+    if (t->accuracy >= 0.0 && t->accuracy <= 1.0) {
+        tm.present |= FEDGE_TRAIN_HAS_ACCURACY;
+        tm.accuracy = (float)t->accuracy;
+    }
     /* sealed block by block as Block1 sends them; a retry seals the same bytes again */
-    ret = fedge_update_stream_new(&c->key, counter, ri->run_id, &h, t->delta, rng, &sealed);
+    ret = fedge_update_stream_new_metrics(&c->key, counter, ri->run_id, &tm, &h, t->delta, rng, &sealed);
     if (ret != FEDGE_OK) {
         FEDGE_ERROR("round %u: cannot seal the update: %s", ri->round, fedge_strerror(ret));
         not_sent(c, ri->round, ret);
@@ -737,8 +753,12 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         else
             snprintf(outcome, sizeof outcome, "rejected %s %s", code, line);
     }
-    FEDGE_INFO("round %u: samples=%llu loss=%.4f sent=%zu B encoding=%s%s attempts=%u "
-               "outcome=%s", ri->round, (unsigned long long)c->shard.n, loss, blob->len,
+    char acc[16] = "-";
+    if (tm.present & FEDGE_TRAIN_HAS_ACCURACY)
+        snprintf(acc, sizeof acc, "%.4f", (double)tm.accuracy);
+    FEDGE_INFO("round %u: samples=%llu loss=%.4f accuracy=%s epochs=%u train_ms=%u sent=%zu B encoding=%s%s "
+               "attempts=%u outcome=%s", ri->round, (unsigned long long)c->shard.n, loss, acc, tm.epochs,
+               tm.train_ms, blob->len,
                fedge_encoding_name(cfg->encoding),
                cfg->stochastic ? "(stochastic)" : "", attempts, outcome);
     /* c_i+ becomes c_i only with an accepted update: the server's c is the

@@ -363,6 +363,7 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     }
     t->steps = 0;
     t->delta = NULL;
+    t->accuracy = -1.0;
     step_ctx sc = {&t->opt, w, w_global, mu, correction};
 
     double loss_sum = 0.0;
@@ -387,6 +388,25 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
             loss_sum += (double)loss * got;
             rows += (uint64_t)got;
         }
+    }
+    /* what the edge reports (update.h's metrics): the trained model on its own shard */
+    {
+        size_t correct = 0, seen = 0;
+        fedge_shard_rewind(shard, 0, 0);
+        for (;;) {
+            if (stop && *stop)
+                FAIL(FEDGE_ERR_EDGE_STOPPED);
+            int got = 0;
+            size_t nc = 0;
+            double ls = 0.0;
+            CHK(fedge_shard_next_batch(shard, t->batch, t->xbatch, t->ybatch, &got));
+            if (got == 0)
+                break;
+            CHK(fedge_model_evaluate(&t->local, t->xbatch, t->ybatch, (size_t)got, t->batch, t->scratch, &nc, &ls));
+            correct += nc;
+            seen += (size_t)got;
+        }
+        t->accuracy = seen ? (double)correct / (double)seen : -1.0;
     }
     /* the delta: in the local model's place (SCAFFOLD: before dc, in grad) */
     float *delta = p->control ? t->grad : t->local.params;

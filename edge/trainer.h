@@ -103,6 +103,8 @@ typedef struct {
     float *scratch;
     float *xbatch;                      /* batch x input_dim */
     uint8_t *ybatch;                    /* batch */
+    double accuracy;                    /* after train(): the trained model's accuracy on
+                                           the shard (one inference pass); < 0: none */
 } fedge_edge_trainer;
 
 typedef struct {
@@ -147,7 +149,8 @@ int fedge_edge_trainer_take_global(fedge_edge_trainer *t, uint8_t *body, size_t 
  * p->control in grad, before dc), and with p->control dc in
  * control_delta and p->client_control advanced to c_i+ (untouched on any
  * failure). mean_loss: sample-weighted mean training loss of the last
- * epoch. FEDGE_ERR_MODEL_SHAPE when the shard's dim or classes do not fit
+ * epoch; t->accuracy: the trained model's share of correct predictions over
+ * the shard (one more pass, inference only, in the trainer's buffers). FEDGE_ERR_MODEL_SHAPE when the shard's dim or classes do not fit
  * the model, FEDGE_ERR_MODEL_NONFINITE when the loss, the delta or dc
  * diverges, FEDGE_ERR_EDGE_STOPPED when *stop becomes nonzero (checked
  * every minibatch; stop may be NULL), FEDGE_ERR_INVALID_ARG for a bad

@@ -21,7 +21,9 @@
 
 static const char *const UPDATES_COLS[] = {
     "id", "round", "device", "received_at", "n_samples", "encoding", "bytes",
-    "counter", "norm", "decision", "rule", "reason", "delta"};
+    "counter", "norm", "decision", "rule", "reason", "delta",
+    /* later (n_base 13): the edge's training metrics, shared/update.h */
+    "train_loss", "train_accuracy", "train_epochs", "train_ms"};
 static const char *const MODELS_COLS[] = {
     "version", "parent", "kind", "round", "path", "sha256", "accuracy", "created_at", "info"};
 static const char *const ROUNDS_COLS[] = {
@@ -30,14 +32,17 @@ static const char *const ROUNDS_COLS[] = {
     "epsilon", "reason"};
 static const char *const EVENTS_COLS[] = {"id", "at", "round", "device", "kind", "rule", "detail"};
 static const char *const DP_LEDGER_COLS[] = {"round", "q", "sigma", "clip", "orders", "rdp"};
+static const char *const ROUND_TRAINING_COLS[] = {"round", "reports", "samples", "train_loss", "train_loss_sd",
+                                                   "train_accuracy", "train_accuracy_sd"};
 
 static const audit_table TABLES[] = {
     {"updates", "id", 1, UPDATES_COLS, FEDGE_ARRAY_LEN(UPDATES_COLS), "delta", "delta_sha256",
-     "delta_pruned_round"},
-    {"models", "version", 0, MODELS_COLS, FEDGE_ARRAY_LEN(MODELS_COLS), NULL, NULL, NULL},
-    {"rounds", "id", 1, ROUNDS_COLS, FEDGE_ARRAY_LEN(ROUNDS_COLS), NULL, NULL, NULL},
-    {"events", "id", 1, EVENTS_COLS, FEDGE_ARRAY_LEN(EVENTS_COLS), NULL, NULL, NULL},
-    {"dp_ledger", "round", 1, DP_LEDGER_COLS, FEDGE_ARRAY_LEN(DP_LEDGER_COLS), NULL, NULL, NULL},
+     "delta_pruned_round", 13},
+    {"models", "version", 0, MODELS_COLS, FEDGE_ARRAY_LEN(MODELS_COLS), NULL, NULL, NULL, 0},
+    {"rounds", "id", 1, ROUNDS_COLS, FEDGE_ARRAY_LEN(ROUNDS_COLS), NULL, NULL, NULL, 0},
+    {"events", "id", 1, EVENTS_COLS, FEDGE_ARRAY_LEN(EVENTS_COLS), NULL, NULL, NULL, 0},
+    {"dp_ledger", "round", 1, DP_LEDGER_COLS, FEDGE_ARRAY_LEN(DP_LEDGER_COLS), NULL, NULL, NULL, 0},
+    {"round_training", "round", 1, ROUND_TRAINING_COLS, FEDGE_ARRAY_LEN(ROUND_TRAINING_COLS), NULL, NULL, NULL, 0},
 };
 
 const audit_table *audit_table_find(const char *name)
@@ -155,20 +160,27 @@ int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **
         return FEDGE_ERR_INVALID_ARG;
     CHK(parse_key(t, row_key, &id));
 
-    size_t used = (size_t)snprintf(sql, sizeof sql, "SELECT ");
-    for (size_t i = 0; i < t->n_cols && used < sizeof sql; i++)
-        used += (size_t)snprintf(sql + used, sizeof sql - used, "%s%s", i ? ", " : "",
-                                 t->cols[i]);
-    if (t->hashed_blob && used < sizeof sql) /* columns n_cols and n_cols + 1 */
-        used += (size_t)snprintf(sql + used, sizeof sql - used, ", %s, %s", t->blob_hash_col,
-                                 t->blob_pruned_col);
-    if (used < sizeof sql)
-        used += (size_t)snprintf(sql + used, sizeof sql - used, " FROM %s WHERE %s = ?1",
-                                 t->name, t->key_col);
-    if (used >= sizeof sql)
-        FAIL(FEDGE_ERR_INTERNAL);
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        FAIL(FEDGE_ERR_SQL);
+    const size_t n_base = t->n_base ? t->n_base : t->n_cols;
+    size_t n_sel = t->n_cols; /* a database without the later columns: n_base */
+    for (;;) {
+        size_t used = (size_t)snprintf(sql, sizeof sql, "SELECT ");
+        for (size_t i = 0; i < n_sel && used < sizeof sql; i++)
+            used += (size_t)snprintf(sql + used, sizeof sql - used, "%s%s", i ? ", " : "",
+                                     t->cols[i]);
+        if (t->hashed_blob && used < sizeof sql) /* columns n_sel and n_sel + 1 */
+            used += (size_t)snprintf(sql + used, sizeof sql - used, ", %s, %s", t->blob_hash_col,
+                                     t->blob_pruned_col);
+        if (used < sizeof sql)
+            used += (size_t)snprintf(sql + used, sizeof sql - used, " FROM %s WHERE %s = ?1",
+                                     t->name, t->key_col);
+        if (used >= sizeof sql)
+            FAIL(FEDGE_ERR_INTERNAL);
+        if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK)
+            break;
+        if (n_sel == n_base)
+            FAIL(FEDGE_ERR_SQL);
+        n_sel = n_base;
+    }
     if ((t->int_key ? sqlite3_bind_int64(st, 1, id)
                     : sqlite3_bind_text(st, 1, row_key, -1, SQLITE_STATIC)) != SQLITE_OK)
         FAIL(FEDGE_ERR_SQL);
@@ -178,7 +190,7 @@ int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **
     if (rc != SQLITE_ROW)
         FAIL(FEDGE_ERR_SQL);
     if (t->hashed_blob) {
-        int hc = (int)t->n_cols, pc = hc + 1;
+        int hc = (int)n_sel, pc = hc + 1;
         if (sqlite3_column_type(st, hc) == SQLITE_BLOB &&
             sqlite3_column_bytes(st, hc) == FEDGE_HASH_LEN) {
             info.hash_state = 1;
@@ -198,9 +210,14 @@ int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **
     put(&b, t->name, tl);
     put_le(&b, kl, 2);
     put(&b, row_key, kl);
-    put_le(&b, t->n_cols, 2);
-    for (size_t i = 0; i < t->n_cols; i++) {
+    size_t n_in = n_base;
+    for (size_t i = n_base; i < n_sel; i++)
+        n_in += sqlite3_column_type(st, (int)i) != SQLITE_NULL;
+    put_le(&b, n_in, 2);
+    for (size_t i = 0; i < n_sel; i++) {
         int c = (int)i;
+        if (i >= n_base && sqlite3_column_type(st, c) == SQLITE_NULL)
+            continue;
         size_t nl = strlen(t->cols[i]);
         put_u8(&b, (unsigned)nl);
         put(&b, t->cols[i], nl);

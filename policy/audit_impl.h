@@ -22,6 +22,9 @@ typedef struct {
     const char *hashed_blob;    /* column entered as its SHA-256, or NULL */
     const char *blob_hash_col;  /* with hashed_blob: the column keeping that SHA-256 */
     const char *blob_pruned_col;/* with hashed_blob: round at which retention dropped it */
+    size_t n_base;              /* 0, or columns [n_base, n_cols) came later: entered only
+                                   when not NULL (rows logged before them keep their bytes),
+                                   and read only when the database has them */
 } audit_table;
 
 const audit_table *audit_table_find(const char *name);

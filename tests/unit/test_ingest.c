@@ -3,6 +3,7 @@
  * no database and on other threads; stage (b), fedge_ingest_commit, judges
  * a frame opened against an older snapshot by the counter and round of now.
  * And the scheduler table (aggregator/scheduler.h). */
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "audit.h"
 #include "hash.h"
 #include "ingest.h"
 #include "log.h"
@@ -413,6 +415,117 @@ static void test_commit_rechecks_round(void **state)
     free(body);
 }
 
+/* seal_for with n_samples and the edge's training metrics (m NULL: an older edge's frame). */
+static uint8_t *seal_metrics(agg_fixture *fx, int dev, uint64_t counter, uint32_t n_samples,
+                             const fedge_train_metrics *m, size_t *len)
+{
+    size_t n = fx->agg.model.n_params;
+    float *delta = calloc(n, sizeof *delta);
+    assert_non_null(delta);
+    delta[0] = 0.01f;
+    fedge_delta_header h = {
+        .encoding = FEDGE_ENC_FP32,
+        .model_id = fx->agg.model_id,
+        .round = 1,
+        .n_samples = n_samples,
+        .n_elems = (uint32_t)n,
+    };
+    memcpy(h.base_version, fx->agg.version, FEDGE_HASH_LEN);
+    uint8_t *out = NULL;
+    assert_int_equal(fedge_update_seal_metrics(&fx->keys[dev], counter, fx->agg.run_id, m, &h, delta, NULL, &out,
+                                               len),
+                     FEDGE_OK);
+    free(delta);
+    return out;
+}
+
+/* The audit entry of an updates / round_training row is its current canon
+ * (what verify recomputes), and names column col exactly when want. */
+static void check_canon(agg_fixture *fx, const char *tbl, const char *key, const char *col, int want)
+{
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(fx->agg.db, "SELECT canon FROM audit WHERE tbl=? AND row_key=?"
+                                                    " ORDER BY seq DESC LIMIT 1", -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_text(st, 1, tbl, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    uint8_t *now = NULL;
+    size_t now_len = 0;
+    assert_int_equal(fedge_audit_canon(fx->agg.db, tbl, key, &now, &now_len), FEDGE_OK);
+    assert_int_equal((size_t)sqlite3_column_bytes(st, 0), now_len);
+    assert_memory_equal(sqlite3_column_blob(st, 0), now, now_len);
+    assert_int_equal(memmem(now, now_len, col, strlen(col)) != NULL, want);
+    free(now);
+    sqlite3_finalize(st);
+}
+
+/* The edge's training metrics land in its updates row (inside the row's
+ * audit canon); an older edge's update has NULL there and its canon is the
+ * one it always had; at the round's close round_training holds the
+ * n_samples-weighted mean and spread of the counted updates. */
+static void test_train_metrics_logged(void **state)
+{
+    agg_fixture *fx = *state;
+    int code = 0;
+    char msg[320];
+    size_t len;
+    const fedge_train_metrics ma = {.present = FEDGE_TRAIN_HAS_ALL, .loss = 0.5f, .accuracy = 0.75f,
+                                    .epochs = 2, .train_ms = 100};
+    const fedge_train_metrics mb = {.present = FEDGE_TRAIN_HAS_LOSS | FEDGE_TRAIN_HAS_ACCURACY, .loss = 1.0f,
+                                    .accuracy = 0.5f};
+    uint8_t *a = seal_metrics(fx, 0, 1, 10, &ma, &len);
+    assert_int_equal(fedge_agg_submit(&fx->agg, "dev-a", a, len, fedge_now(), &code, msg, sizeof msg), FEDGE_OK);
+    assert_int_equal(code, 204);
+    free(a);
+    uint8_t *b = seal_metrics(fx, 1, 1, 30, &mb, &len);
+    assert_int_equal(fedge_agg_submit(&fx->agg, "dev-b", b, len, fedge_now(), &code, msg, sizeof msg), FEDGE_OK);
+    assert_int_equal(code, 204);
+    free(b);
+    uint8_t *c = seal_metrics(fx, 2, 1, 20, NULL, &len);
+    assert_int_equal(fedge_agg_submit(&fx->agg, "dev-c", c, len, fedge_now(), &code, msg, sizeof msg), FEDGE_OK);
+    assert_int_equal(code, 204);
+    free(c);
+
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(fx->agg.db, "SELECT device, train_loss, train_accuracy, train_epochs,"
+                                                    " train_ms, id FROM updates ORDER BY id", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "dev-a");
+    assert_true(sqlite3_column_double(st, 1) == 0.5 && sqlite3_column_double(st, 2) == 0.75);
+    assert_int_equal(sqlite3_column_int64(st, 3), 2);
+    assert_int_equal(sqlite3_column_int64(st, 4), 100);
+    check_canon(fx, "updates", (const char *)sqlite3_column_text(st, 5), "train_loss", 1);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_true(sqlite3_column_double(st, 1) == 1.0 && sqlite3_column_double(st, 2) == 0.5);
+    assert_int_equal(sqlite3_column_type(st, 3), SQLITE_NULL); /* not sent */
+    assert_int_equal(sqlite3_column_type(st, 4), SQLITE_NULL);
+    check_canon(fx, "updates", (const char *)sqlite3_column_text(st, 5), "train_ms", 0);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "dev-c");
+    for (int i = 1; i <= 4; i++)
+        assert_int_equal(sqlite3_column_type(st, i), SQLITE_NULL);
+    check_canon(fx, "updates", (const char *)sqlite3_column_text(st, 5), "train_", 0);
+    sqlite3_finalize(st);
+
+    fx->agg.deadline = 0; /* close round 1 with the three */
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(sqlite3_prepare_v2(fx->agg.db, "SELECT reports, samples, train_loss, train_loss_sd,"
+                                                    " train_accuracy, train_accuracy_sd FROM round_training"
+                                                    " WHERE round = 1", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int64(st, 0), 2);
+    assert_int_equal(sqlite3_column_int64(st, 1), 40);
+    /* loss: (10 x 0.5 + 30 x 1.0) / 40; sd: sqrt((10 x 0.25 + 30 x 1) / 40 - mean^2) */
+    assert_float_equal(sqlite3_column_double(st, 2), 0.875, 1e-9);
+    assert_float_equal(sqlite3_column_double(st, 3), sqrt(0.8125 - 0.875 * 0.875), 1e-9);
+    assert_float_equal(sqlite3_column_double(st, 4), 0.5625, 1e-9);
+    assert_float_equal(sqlite3_column_double(st, 5), sqrt((10 * 0.5625 + 30 * 0.25) / 40.0 - 0.5625 * 0.5625),
+                       1e-9);
+    sqlite3_finalize(st);
+    check_canon(fx, "round_training", "1", "train_loss_sd", 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -423,6 +536,7 @@ int main(void)
         cmocka_unit_test(test_scheduler_table),
         cmocka_unit_test_setup_teardown(test_commit_rechecks_counter, setup_agg, teardown_agg),
         cmocka_unit_test_setup_teardown(test_commit_rechecks_round, setup_agg, teardown_agg),
+        cmocka_unit_test_setup_teardown(test_train_metrics_logged, setup_agg, teardown_agg),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
