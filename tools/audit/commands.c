@@ -1424,6 +1424,41 @@ static int gather_summary(sqlite3 *db, const char *db_path, out_table *t, char *
     return table_ok(t) ? EXIT_OK : EXIT_USAGE;
 }
 
+/* Per round (or async step) that edges reported training metrics for
+ * (round_training; a log written before it has none): the sample-weighted
+ * mean and standard deviation of their loss and accuracy, and the test
+ * accuracy of the round's model. */
+static int gather_training(sqlite3 *db, out_table *t)
+{
+    static const char *const cols[] = {"round", "status", "reports", "samples", "train_loss",
+                                       "train_loss_sd", "train_accuracy", "train_accuracy_sd",
+                                       "test_accuracy"};
+    sqlite3_stmt *st = NULL;
+    out_table_init(t, FEDGE_ARRAY_LEN(cols), cols);
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE name = 'round_training'", -1, &st, NULL) !=
+        SQLITE_OK)
+        return EXIT_USAGE;
+    int have = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    if (!have)
+        return table_ok(t) ? EXIT_OK : EXIT_USAGE;
+    if (prep(db, "SELECT t.round, r.status, t.reports, t.samples, t.train_loss, t.train_loss_sd,"
+                 " t.train_accuracy, t.train_accuracy_sd, r.accuracy FROM round_training t"
+                 " LEFT JOIN rounds r ON r.id = t.round ORDER BY t.round", &st) != 0)
+        return EXIT_USAGE;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        out_row(t);
+        out_int(t, 0, sqlite3_column_int64(st, 0));
+        out_text(t, 1, ctext(st, 1));
+        out_int(t, 2, sqlite3_column_int64(st, 2));
+        out_int(t, 3, sqlite3_column_int64(st, 3));
+        for (int i = 4; i <= 8; i++)
+            out_real_cell(t, (size_t)i, st, i);
+    }
+    sqlite3_finalize(st);
+    return table_ok(t) ? EXIT_OK : EXIT_USAGE;
+}
+
 /* Revoked devices, each with its influence view. */
 static int revoked_devices(sqlite3 *db, char (**ids)[80], size_t *n)
 {
@@ -1462,12 +1497,14 @@ typedef struct {
     device_view *views;
     int has_cycle; /* lineage_cycle: a verification failure, with or without --pubkey */
     char cycle[512];
+    out_table training;
 } report;
 
 static void report_free(report *r)
 {
     out_table_free(&r->summary);
     out_table_free(&r->decisions);
+    out_table_free(&r->training);
     privacy_free(&r->priv);
     if (r->have_lineage)
         lineage_free(&r->lin);
@@ -1530,6 +1567,11 @@ static void report_md(const report *r, const cli_opts *o)
     printf("%s.\n\n", line);
     if (r->decisions.n_rows)
         out_print_md(stdout, &r->decisions);
+    printf("\n## Training reported by the edges\n\n");
+    if (r->training.n_rows)
+        out_print_md(stdout, &r->training);
+    else
+        printf("None.\n");
     printf("\n## Revoked devices\n\n");
     if (!r->n_revoked)
         printf("None.\n");
@@ -1571,6 +1613,7 @@ static void report_json(const report *r, const cli_opts *o)
         json_null(&j, "verify");
     privacy_json(&j, "privacy", &r->priv);
     json_table(&j, "decisions", &r->decisions);
+    json_table(&j, "training", &r->training);
     json_arr(&j, "revoked_devices");
     for (size_t i = 0; i < r->n_revoked; i++)
         device_json(&j, NULL, &r->views[i]);
@@ -1617,6 +1660,8 @@ static void report_csv(const report *r)
     out_print_csv(stdout, &r->priv.devices, "privacy_devices", 1);
     fputs("\r\n", stdout);
     out_print_csv(stdout, &r->decisions, "decisions", 1);
+    fputs("\r\n", stdout);
+    out_print_csv(stdout, &r->training, "training", 1);
     for (size_t i = 0; i < r->n_revoked; i++) {
         fputs("\r\n", stdout);
         out_print_csv(stdout, &r->views[i].influenced, r->revoked[i], 1);
@@ -1660,6 +1705,8 @@ int cmd_report(sqlite3 *db, const cli_opts *o)
         rc = gather_privacy(db, &r.priv);
     if (rc == EXIT_OK)
         rc = gather_decisions(db, 0, 0, NULL, 1, &r.decisions);
+    if (rc == EXIT_OK)
+        rc = gather_training(db, &r.training);
     if (rc == EXIT_OK)
         rc = revoked_devices(db, &r.revoked, &r.n_revoked);
     if (rc == EXIT_OK && r.n_revoked) {
