@@ -41,7 +41,7 @@ static size_t sealed_size(const fedge_model_spec *spec, fedge_encoding enc, size
     size_t enc_len = encoded_size(spec, enc, per_param, &h);
     if (enc_len < FEDGE_DELTA_HEADER_LEN)
         return 0;
-    return fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
+    return fedge_envelope_sealed_size(FEDGE_UPDATE_AAD_LEN + FEDGE_TRAIN_METRICS_LEN, enc_len - FEDGE_DELTA_HEADER_LEN);
 }
 
 size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc)

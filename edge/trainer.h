@@ -77,7 +77,8 @@ int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t recor
 /* The same for a SCAFFOLD round: c, c_i and dc, and a sealed update of 2n. */
 int fedge_edge_memory_plan_scaffold(const fedge_model_spec *spec, int batch, size_t record_size,
                                     fedge_encoding enc, fedge_edge_memory *out);
-/* The exact size of the sealed update for spec and encoding (0 if invalid). */
+/* The exact size of the sealed update for spec and encoding, as the client
+ * seals it (with the training metrics block, update.h; 0 if invalid). */
 size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc);
 /* One line: "model=... global=... ... peak=... bytes" (with control=...
  * client_control=... control_delta=... before peak in a SCAFFOLD plan). */

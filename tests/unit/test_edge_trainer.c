@@ -314,7 +314,11 @@ static void test_seal_matches_plan(void **state)
         uint8_t *sealed;
         size_t sealed_len;
         static const uint8_t run[FEDGE_RUN_ID_LEN] = "edge trainer run";
-        assert_int_equal(fedge_update_seal(&key, 100 + e, run, &h, t.delta, NULL, &sealed, &sealed_len),
+        /* as the edge seals it: with its training metrics (update.h) */
+        const fedge_train_metrics tm = {.present = FEDGE_TRAIN_HAS_ALL, .loss = 0.5f, .accuracy = 0.5f,
+                                        .epochs = 1, .train_ms = 1};
+        assert_int_equal(fedge_update_seal_metrics(&key, 100 + e, run, &tm, &h, t.delta, NULL, &sealed,
+                                                   &sealed_len),
                          FEDGE_OK);
         assert_int_equal(sealed_len, fedge_edge_sealed_size(&spec, encs[e]));
         fedge_update_expect exp = {.model_id = h.model_id, .n_elems = h.n_elems, .round = 4, .run_id = run};
@@ -884,7 +888,8 @@ static void test_scaffold_plan_and_seal(void **state)
     static const uint8_t run[FEDGE_RUN_ID_LEN] = "edge scaffold rn";
     uint8_t *sealed, *scratch;
     size_t sealed_len;
-    assert_int_equal(fedge_update_seal(&key, 7, run, &h, t.delta, NULL, &sealed, &sealed_len),
+    const fedge_train_metrics tm = {.present = FEDGE_TRAIN_HAS_LOSS, .loss = 0.5f};
+    assert_int_equal(fedge_update_seal_metrics(&key, 7, run, &tm, &h, t.delta, NULL, &sealed, &sealed_len),
                      FEDGE_OK);
     assert_int_equal(sealed_len, fedge_edge_sealed_size(&spec, FEDGE_ENC_FP32) + 4 * n);
     assert_int_equal(m.sealed, fedge_update_stream_bytes(&h) + FEDGE_EDGE_BLOB_HEAP);
