@@ -127,6 +127,7 @@ EDGE_SYS_LIBS := -lm -lpthread
 # shared/crypto_openssl.o out of libfedge.a; the edge links neither.
 OPENSSL_LIBS := -lcrypto
 SERVER_LIBS := $(COAP_LIBS) $(TLS_LIBS) $(OPENSSL_LIBS) -lsqlite3 -lyaml $(SYS_LIBS)
+SERVER_LIBS += -lmicrohttpd # aggregator/metrics_http.c: Prometheus metrics and /healthz
 
 ifeq ($(V),1)
   Q :=

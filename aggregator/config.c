@@ -125,6 +125,7 @@ static const field FIELDS[] = {
     DBL(commit_wait_ms, 0, 1000, "2", "a group smaller than commit_group waits this long for more while updates are being opened"),
     STRC(relays, check_relays, "", "root: the device ids (comma-separated) that are relays; only they may send a partial sum (FEDGE_DELTA_FLAG_PARTIAL), others get 4.03 (empty: none may)"),
     LNG(relay_max_samples, 1, 4e9, "100000000", "root: the largest sample count a listed relay's partial may state (a relay's partial is exempt from update.max_samples)"),
+    STRC(metrics_listen, check_upstream, "", "TCP HOST:PORT (numeric; e.g. 127.0.0.1:9464) serving Prometheus metrics at /metrics and a health check at /healthz over HTTP (empty: off)"),
 };
 
 _Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");

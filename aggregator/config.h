@@ -104,6 +104,8 @@ typedef struct {
     /* a root: the devices that are relays (may send a partial sum) */
     char relays[1024];                  /* comma-separated device ids; empty: none */
     long relay_max_samples;             /* the sample count one partial may state */
+    /* Prometheus metrics and /healthz over HTTP (metrics_http.h) */
+    char metrics_listen[128];           /* host:port; empty: off */
 } fedge_agg_config;
 
 void fedge_agg_config_defaults(fedge_agg_config *c);

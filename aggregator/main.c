@@ -167,7 +167,23 @@ int main(int argc, char **argv)
         status = 2;
         goto out;
     }
+    fedge_metrics_http *metrics = NULL;
+    double metrics_at = 0;
+    if (cfg.metrics_listen[0] && fedge_metrics_http_start(cfg.metrics_listen, &metrics, err, sizeof err) != FEDGE_OK) {
+        FEDGE_ERROR("cannot serve metrics: %s", err);
+        status = 2;
+        g_stop = 1;
+    } else if (metrics) {
+        FEDGE_INFO("metrics: http://%s/metrics and /healthz", cfg.metrics_listen);
+    }
     while (!g_stop) {
+        if (metrics && fedge_now() - metrics_at >= 1.0) { /* the HTTP thread serves the last one */
+            fedge_metrics_server ms;
+            fedge_server_metrics(server, &ms);
+            if (fedge_metrics_http_refresh(metrics, &agg, &ms) != FEDGE_OK)
+                FEDGE_WARN("metrics: the refresh failed; /healthz says so");
+            metrics_at = fedge_now();
+        }
         if (fedge_server_process(server, 100) != FEDGE_OK) {
             FEDGE_ERROR("network I/O failed");
             status = 1;
@@ -188,7 +204,8 @@ int main(int argc, char **argv)
         if (agg.state == FEDGE_AGG_FINISHED && now >= agg.finished_at + cfg.linger_s)
             break;
     }
-    if (g_stop)
+    fedge_metrics_http_stop(metrics);
+    if (g_stop && status != 2)
         FEDGE_INFO("signal received; stopping");
     if (status == 0 && agg.state == FEDGE_AGG_FINISHED) {
         char outcome[256];

@@ -63,6 +63,7 @@ struct fedge_server {
         double queue_s, open_s, wait_s, work_s, commit_s, reply_s, total_s; /* sums */
         double max_total_s;
     } ist;
+    fedge_metrics_latency latency; /* the same updates' totals, for /metrics */
 };
 
 static fedge_server *g_server; /* libcoap 4.3.1 has no context user data */
@@ -722,6 +723,7 @@ static int answer_pending(coap_session_t *session, const coap_pdu_t *request, co
     s->ist.total_s += now - p->t0;
     if (now - p->t0 > s->ist.max_total_s)
         s->ist.max_total_s = now - p->t0;
+    fedge_metrics_latency_observe(&s->latency, now - p->t0);
     coap_async_set_app_data(as, NULL); /* libcoap frees the async after this call */
     pending_unlink(s, p);
     free(p);
@@ -1329,4 +1331,20 @@ void fedge_server_free(fedge_server *s)
         g_server = NULL;
     free(s);
     coap_cleanup();
+}
+
+void fedge_server_metrics(const fedge_server *s, fedge_metrics_server *m)
+{
+    memset(m, 0, sizeof *m);
+    if (s->pool) {
+        m->have_pool = 1;
+        m->ingest_held = fedge_ingest_pool_held(s->pool);
+        m->ingest_capacity = fedge_ingest_pool_capacity(s->pool);
+    }
+    fedge_upload_stats st;
+    fedge_uploads_stats(s->uploads, &st);
+    m->uploads_in_progress = st.partial;
+    m->observers = s->n_observers;
+    m->notifications = s->notifications;
+    m->latency = s->latency;
 }

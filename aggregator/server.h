@@ -9,6 +9,7 @@
 #define FEDGE_SERVER_H
 
 #include "agg.h"
+#include "metrics_http.h"
 
 typedef struct fedge_server fedge_server;
 
@@ -19,5 +20,7 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
  * round, versions, run, round_epoch). */
 int fedge_server_process(fedge_server *s, unsigned timeout_ms);
 void fedge_server_free(fedge_server *s);
+/* The front end's numbers for /metrics (metrics_http.h). */
+void fedge_server_metrics(const fedge_server *s, fedge_metrics_server *m);
 
 #endif

@@ -7,6 +7,7 @@
  * documented ranges that encode back to exactly the input. */
 #include <math.h>
 
+#include "error.h"
 #include "fuzz_util.h"
 #include "update.h"
 
