@@ -392,8 +392,8 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     /* what the edge reports (update.h's metrics): the trained model on its own shard */
     {
         size_t correct = 0, seen = 0;
-        fedge_shard_rewind(shard, 0, 0);
-        for (;;) {
+        fedge_shard_rewind(shard, 1, epoch_seed(p->seed, p->epochs)); /* a random sample */
+        while (seen < FEDGE_EDGE_ACCURACY_ROWS) {
             if (stop && *stop)
                 FAIL(FEDGE_ERR_EDGE_STOPPED);
             int got = 0;
@@ -402,6 +402,8 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
             CHK(fedge_shard_next_batch(shard, t->batch, t->xbatch, t->ybatch, &got));
             if (got == 0)
                 break;
+            if ((size_t)got > FEDGE_EDGE_ACCURACY_ROWS - seen)
+                got = (int)(FEDGE_EDGE_ACCURACY_ROWS - seen);
             CHK(fedge_model_evaluate(&t->local, t->xbatch, t->ybatch, (size_t)got, t->batch, t->scratch, &nc, &ls));
             correct += nc;
             seen += (size_t)got;

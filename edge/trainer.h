@@ -84,6 +84,12 @@ size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc);
  * client_control=... control_delta=... before peak in a SCAFFOLD plan). */
 void fedge_edge_memory_format(const fedge_edge_memory *m, char *buf, size_t cap);
 
+/* Rows the reported training accuracy is measured on: an inference pass
+ * over all of a 2000-row shard costs 40-50% of a local epoch
+ * (tools/bench/train_accuracy.c); 512 rows bound it, with a standard error
+ * of at most 2.2 points. */
+#define FEDGE_EDGE_ACCURACY_ROWS 512u
+
 typedef struct {
     int sized;                          /* buffers match spec and batch */
     fedge_model_spec spec;
@@ -105,7 +111,8 @@ typedef struct {
     float *xbatch;                      /* batch x input_dim */
     uint8_t *ybatch;                    /* batch */
     double accuracy;                    /* after train(): the trained model's accuracy on
-                                           the shard (one inference pass); < 0: none */
+                                           a sample of the shard (FEDGE_EDGE_ACCURACY_ROWS);
+                                           < 0: none */
 } fedge_edge_trainer;
 
 typedef struct {
@@ -150,8 +157,9 @@ int fedge_edge_trainer_take_global(fedge_edge_trainer *t, uint8_t *body, size_t 
  * p->control in grad, before dc), and with p->control dc in
  * control_delta and p->client_control advanced to c_i+ (untouched on any
  * failure). mean_loss: sample-weighted mean training loss of the last
- * epoch; t->accuracy: the trained model's share of correct predictions over
- * the shard (one more pass, inference only, in the trainer's buffers). FEDGE_ERR_MODEL_SHAPE when the shard's dim or classes do not fit
+ * epoch; t->accuracy: the trained model's share of correct predictions on
+ * FEDGE_EDGE_ACCURACY_ROWS rows of the shard drawn in a seeded random order
+ * (all of a smaller shard; inference only, in the trainer's buffers). FEDGE_ERR_MODEL_SHAPE when the shard's dim or classes do not fit
  * the model, FEDGE_ERR_MODEL_NONFINITE when the loss, the delta or dc
  * diverges, FEDGE_ERR_EDGE_STOPPED when *stop becomes nonzero (checked
  * every minibatch; stop may be NULL), FEDGE_ERR_INVALID_ARG for a bad

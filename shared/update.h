@@ -35,7 +35,7 @@
  * A field whose flag is clear is absent and its bytes are 0. loss: the
  * sample-weighted mean cross-entropy of the last local epoch (finite, >= 0);
  * accuracy: the trained model's share of correct predictions on the device's
- * own shard, in [0, 1]; epochs >= 1. The sample count is the delta header's
+ * own data, in [0, 1] (edge/trainer.h says which rows); epochs >= 1. The sample count is the delta header's
  * n_samples. */
 #define FEDGE_TRAIN_METRICS_VERSION 1
 #define FEDGE_TRAIN_METRICS_LEN 20

@@ -180,9 +180,15 @@ static void test_cnn_round(void **state)
     assert_int_equal(mallinfo2().uordblks, before);
 #endif
     assert_true(isfinite(loss) && loss < logf(10.0f));
+    /* the reported accuracy: a count of correct rows over the sample, better than chance */
+    size_t sample = fx->rows < FEDGE_EDGE_ACCURACY_ROWS ? fx->rows : FEDGE_EDGE_ACCURACY_ROWS;
+    double acc = t.accuracy, k = acc * (double)sample;
+    assert_true(acc > 1.0 / spec.classes && acc <= 1.0);
+    assert_true(fabs(k - round(k)) < 1e-9);
     memcpy(first, t.delta, n * sizeof(float));
     assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &again), FEDGE_OK);
     assert_memory_equal(first, t.delta, n * sizeof(float));
+    assert_true(t.accuracy == acc);
     p.seed = 78;
     assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &again), FEDGE_OK);
     assert_true(memcmp(first, t.delta, n * sizeof(float)) != 0);
