@@ -692,13 +692,15 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         fedge_rng_split(&base, 1, &rounding);
         rng = &rounding;
     }
-    /* what training gave, in the update's authenticated metadata (update.h) */
-    fedge_train_metrics tm = {.present = FEDGE_TRAIN_HAS_EPOCHS | FEDGE_TRAIN_HAS_MS,
-                              .epochs = (uint32_t)ri->epochs,
-                              .train_ms = train_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)train_ms};
+    /* what training gave, in the update's authenticated metadata (update.h);
+     * a trainer hook that gives no loss (NaN: fedge-edgesim --train none)
+     * trained nothing and reports nothing */
+    fedge_train_metrics tm = {0};
     if (isfinite(loss) && loss >= 0.0) {
-        tm.present |= FEDGE_TRAIN_HAS_LOSS;
+        tm.present = FEDGE_TRAIN_HAS_LOSS | FEDGE_TRAIN_HAS_EPOCHS | FEDGE_TRAIN_HAS_MS;
         tm.loss = (float)loss;
+        tm.epochs = (uint32_t)ri->epochs;
+        tm.train_ms = train_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)train_ms;
     }
     if (t->accuracy >= 0.0 && t->accuracy <= 1.0) {
         tm.present |= FEDGE_TRAIN_HAS_ACCURACY;

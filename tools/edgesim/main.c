@@ -166,7 +166,7 @@ static int train_none(void *arg, fedge_edge_trainer *t, fedge_shard_reader *shar
     t->delta = t->grad ? t->grad : t->local.params; /* where the trainer leaves its delta */
     for (size_t i = 0; i < t->local.n_params; i++)
         t->delta[i] = 0.01f * (float)fedge_rng_normal(&r);
-    *mean_loss = 0.0;
+    *mean_loss = NAN; /* nothing trained: the update carries no training metrics */
     return sim_sleep(s->o.compute_ms * s->dev[sl->device].speed, stop);
 }
 
