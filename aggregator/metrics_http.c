@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
@@ -48,7 +49,16 @@ struct fedge_metrics_http {
     size_t len;
     int healthy;
     char reason[256];
+    double published_at; /* CLOCK_MONOTONIC s of the last publish */
+    double stale_s;      /* no publish for this long: /healthz says the loop is stuck */
 };
+
+static double mono_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
 
 static enum MHD_Result respond(struct MHD_Connection *c, unsigned code, const char *type, const char *body,
                                size_t len)
@@ -89,7 +99,14 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         char body[300];
         pthread_mutex_lock(&m->mu);
         int ok = m->healthy;
-        int n = snprintf(body, sizeof body, "%s\n", m->reason);
+        double age = mono_s() - m->published_at;
+        int n;
+        if (m->text != NULL && age > m->stale_s) {
+            ok = 0;
+            n = snprintf(body, sizeof body, "stale: no refresh from the daemon's loop for %.0f s\n", age);
+        } else {
+            n = snprintf(body, sizeof body, "%s\n", m->reason);
+        }
         pthread_mutex_unlock(&m->mu);
         return respond(c, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, text_type, body,
                        n > 0 && (size_t)n < sizeof body ? (size_t)n : strlen(body));
@@ -118,6 +135,7 @@ int fedge_metrics_http_start(const char *listen, fedge_metrics_http **out, char 
         return FEDGE_ERR_NOMEM;
     }
     snprintf(m->reason, sizeof m->reason, "starting");
+    m->stale_s = FEDGE_METRICS_STALE_S;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
@@ -151,6 +169,7 @@ int fedge_metrics_http_publish(fedge_metrics_http *m, const char *text, size_t l
     m->text = copy;
     m->len = len;
     m->healthy = healthy != 0;
+    m->published_at = mono_s();
     snprintf(m->reason, sizeof m->reason, "%s", reason ? reason : (healthy ? "ok" : "unhealthy"));
     pthread_mutex_unlock(&m->mu);
     free(old);
@@ -456,6 +475,7 @@ int fedge_metrics_http_refresh(fedge_metrics_http *m, fedge_aggregator *a, const
     if (ret != FEDGE_OK) {
         pthread_mutex_lock(&m->mu);
         m->healthy = 0;
+        m->published_at = mono_s();
         snprintf(m->reason, sizeof m->reason, "%s", reason);
         pthread_mutex_unlock(&m->mu);
         return ret;
@@ -463,4 +483,13 @@ int fedge_metrics_http_refresh(fedge_metrics_http *m, fedge_aggregator *a, const
     ret = fedge_metrics_http_publish(m, text, len, healthy, reason);
     free(text);
     return ret;
+}
+
+void fedge_metrics_http_set_stale_s(fedge_metrics_http *m, double seconds)
+{
+    if (m == NULL || !(seconds > 0.0))
+        return;
+    pthread_mutex_lock(&m->mu);
+    m->stale_s = seconds;
+    pthread_mutex_unlock(&m->mu);
 }

@@ -4,6 +4,8 @@
  *
  *   GET /metrics  200 text/plain; version=0.0.4: the last published text
  *   GET /healthz  200 "ok ..." while serving; 503 with the reason otherwise
+ *                 (also when nothing was published for 30 s: the owner's
+ *                 loop is stuck)
  *   (HEAD alike; another path 404, another method 405)
  *
  * The HTTP thread never touches the aggregator or SQLite: the owner thread
@@ -57,6 +59,10 @@ int fedge_metrics_http_start(const char *listen, fedge_metrics_http **out, char 
 int fedge_metrics_http_publish(fedge_metrics_http *m, const char *text, size_t len, int healthy,
                                const char *reason);
 void fedge_metrics_http_stop(fedge_metrics_http *m); /* NULL is fine; joins the thread */
+/* /healthz answers 503 "stale" once nothing was published for this long
+ * (default FEDGE_METRICS_STALE_S). */
+#define FEDGE_METRICS_STALE_S 30.0
+void fedge_metrics_http_set_stale_s(fedge_metrics_http *m, double seconds);
 
 /* Owner thread: the exposition text of a (its database, policy and state)
  * and srv (may be NULL) into *out (malloc'd, NUL-terminated, caller frees).

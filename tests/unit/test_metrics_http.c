@@ -104,6 +104,19 @@ static void test_serves_what_is_published(void **state)
     get(port, "GET", "/metrics", out, sizeof out); /* still served: the numbers say what is wrong */
     assert_non_null(strstr(out, "HTTP/1.1 200"));
 
+    /* nothing published for longer than the stale limit: the loop is stuck */
+    fedge_metrics_http_set_stale_s(m, 0.2);
+    assert_int_equal(fedge_metrics_http_publish(m, text, sizeof text - 1, 1, "ok: open, round 4"), FEDGE_OK);
+    get(port, "GET", "/healthz", out, sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 200"));
+    usleep(300 * 1000);
+    get(port, "GET", "/healthz", out, sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 503"));
+    assert_non_null(strstr(out, "stale: no refresh"));
+    assert_int_equal(fedge_metrics_http_publish(m, text, sizeof text - 1, 1, "ok: open, round 4"), FEDGE_OK);
+    get(port, "GET", "/healthz", out, sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 200"));
+
     get(port, "GET", "/other", out, sizeof out);
     assert_non_null(strstr(out, "HTTP/1.1 404"));
     get(port, "DELETE", "/metrics", out, sizeof out);
