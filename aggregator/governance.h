@@ -107,4 +107,19 @@ int fedge_gov_dp_charge(fedge_aggregator *a, size_t n_clients, double *epsilon, 
  * FEDGE_ERR_INVALID_ARG for another status or an empty reason. */
 int fedge_device_set_status(sqlite3 *db, const char *device, const char *status, const char *reason);
 
+/* ---- the start-up checks as pure functions (fedge-aggregator --check) ----
+ * None writes anything. */
+/* cfg's policy_file, or the default policy when it is empty (fedge_policy_load). */
+int fedge_gov_load_policy(const fedge_agg_config *cfg, fedge_policy **out, char *err, size_t errlen);
+/* Settings no round could ever satisfy with n_devices keys (min_clients,
+ * max_share, DP with a robust combiner, ...): FEDGE_ERR_CONFIG_VALUE and why. */
+int fedge_gov_policy_fits(const fedge_agg_config *cfg, size_t n_devices, const fedge_policy *p, char *err,
+                          size_t errlen);
+/* Loads cfg->signing_key (when set) and, with db (may be NULL), checks it
+ * against the log's last signed head as a start does: FEDGE_ERR_SIGNING_KEY
+ * when it did not sign the log, or when there is no key, the log has
+ * signed heads and allow_unsigned is off. *n_heads: the log's signed heads. */
+int fedge_gov_check_signing_key(sqlite3 *db, const fedge_agg_config *cfg, long long *n_heads, char *err,
+                                size_t errlen);
+
 #endif
