@@ -247,7 +247,8 @@ int fedge_agg_check(int argc, char **argv, FILE *out)
     if (ret != FEDGE_OK) {
         line_error(&r, "policy", "%s", err[0] ? err : fedge_strerror(ret));
     } else if (have_keys && fedge_gov_policy_fits(&cfg, keys.n, policy, err, sizeof err) != FEDGE_OK) {
-        line_error(&r, "policy", "%s: %s", fedge_policy_name(policy), err);
+        line_error(&r, "policy", "%s (%s): %s", cfg.policy_file[0] ? cfg.policy_file : "built-in default",
+                   fedge_policy_name(policy), err);
     } else {
         line_ok(&r, "policy", "%s: %s%s", cfg.policy_file[0] ? cfg.policy_file : "built-in default",
                 fedge_policy_name(policy), have_keys ? "" : "; not fitted to the devices (keys failed)");

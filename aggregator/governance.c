@@ -410,26 +410,50 @@ int fedge_gov_dp_device_check(fedge_aggregator *a, const char *device, double *e
     return ret;
 }
 
-int fedge_gov_staleness(fedge_aggregator *a, const uint8_t version[FEDGE_HASH_LEN], int *found,
-                        uint32_t *staleness)
+int fedge_gov_staleness_at(sqlite3 *db, const uint8_t version[FEDGE_HASH_LEN],
+                           const uint8_t current[FEDGE_HASH_LEN], int64_t before_round, int *found,
+                           uint32_t *staleness)
 {
     char hex[FEDGE_HASH_HEX_LEN];
     int64_t made_in = 0, later = 0;
     fedge_hash_to_hex(version, hex);
-    int ret = fedge_store_query_int64(a->db, &made_in, found,
+    int ret = fedge_store_query_int64(db, &made_in, found,
                                       "SELECT max(coalesce((SELECT max(id) FROM rounds WHERE status='closed'"
                                       " AND new_version=?1), 0), round) FROM models WHERE version=?1",
                                       "t", hex);
     if (ret != FEDGE_OK || !*found)
         return ret;
-    if (memcmp(version, a->version, FEDGE_HASH_LEN) == 0) {
+    if (memcmp(version, current, FEDGE_HASH_LEN) == 0) {
         *staleness = 0;
         return FEDGE_OK;
     }
-    ret = fedge_store_query_int64(a->db, &later, NULL, "SELECT count(*) FROM rounds WHERE status='closed' AND id>?",
-                                  "i", made_in);
+    ret = fedge_store_query_int64(db, &later, NULL,
+                                  "SELECT count(*) FROM rounds WHERE status='closed' AND id>? AND id<?", "ii",
+                                  made_in, before_round);
     if (ret == FEDGE_OK)
         *staleness = later > UINT32_MAX ? UINT32_MAX : (uint32_t)later;
+    return ret;
+}
+
+int fedge_gov_staleness(fedge_aggregator *a, const uint8_t version[FEDGE_HASH_LEN], int *found,
+                        uint32_t *staleness)
+{
+    return fedge_gov_staleness_at(a->db, version, a->version, INT64_MAX, found, staleness);
+}
+
+int fedge_gov_update_decision(const fedge_policy *p, const fedge_policy_update_in *in, const double *device_spent,
+                              fedge_policy_decision *d)
+{
+    int ret = fedge_policy_check_update(p, in, d);
+    if (ret != FEDGE_OK || d->decision == FEDGE_DECISION_REJECT || !fedge_policy_dp_enabled(p))
+        return ret;
+    if (!device_spent)
+        return FEDGE_ERR_INVALID_ARG;
+    fedge_policy_decision db;
+    double eps = 0;
+    ret = fedge_policy_device_budget_check(p, in->device_id, device_spent, &eps, &db);
+    if (ret == FEDGE_OK && db.decision == FEDGE_DECISION_REJECT)
+        *d = db;
     return ret;
 }
 
@@ -484,14 +508,10 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
             .finite = isfinite(norm),
             .recent_updates = recent,
         };
-        CHK(fedge_policy_check_update(a->policy, &pin, &d));
-    }
-    if (d.decision != FEDGE_DECISION_REJECT && fedge_policy_dp_enabled(a->policy)) {
-        fedge_policy_decision db;
-        double eps = 0;
-        CHK(fedge_gov_dp_device_check(a, in->device, &eps, &db));
-        if (db.decision == FEDGE_DECISION_REJECT)
-            d = db;
+        fedge_dp_spent spent;
+        if (fedge_policy_dp_enabled(a->policy))
+            CHK(fedge_dp_ledger_spent(a->db, in->device, &spent));
+        CHK(fedge_gov_update_decision(a->policy, &pin, fedge_policy_dp_enabled(a->policy) ? spent.rdp : NULL, &d));
     }
     if (d.decision == FEDGE_DECISION_CLIP) {
         /* Store the delta as it enters the aggregate: clipped, in fp32. The

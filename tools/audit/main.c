@@ -39,6 +39,10 @@ static const char USAGE[] =
     "                              what was decided (refused) and why, with the rule\n"
     "  report [--format md|json|csv]\n"
     "                              all of the above in one document (verify when --pubkey)\n"
+    "  replay --policy NEW.yaml [--format md|json]\n"
+    "                              what NEW's rules would have decided over the recorded\n"
+    "                              updates and rounds: accepted <-> rejected with the rule,\n"
+    "                              clipping, round outcomes, epsilon (docs/POLICY.md)\n"
     "\n"
     "options:\n"
     "  --db PATH       the aggregator's SQLite database (opened read-only)\n"
@@ -109,7 +113,7 @@ static int parse_round(const char *s, int64_t *out)
 }
 
 enum { OPT_DB = 1000, OPT_PUBKEY, OPT_MODELS, OPT_JSON, OPT_ROUND, OPT_DEVICE, OPT_REJECTED,
-       OPT_FORMAT, OPT_HELP, OPT_VERSION, OPT_RELAY_DB, OPT_RELAY_PUBKEY };
+       OPT_FORMAT, OPT_HELP, OPT_VERSION, OPT_RELAY_DB, OPT_RELAY_PUBKEY, OPT_POLICY };
 
 int main(int argc, char **argv)
 {
@@ -126,6 +130,7 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, OPT_VERSION},
         {"relay-db", required_argument, NULL, OPT_RELAY_DB},
         {"relay-pubkey", required_argument, NULL, OPT_RELAY_PUBKEY},
+        {"policy", required_argument, NULL, OPT_POLICY},
         {NULL, 0, NULL, 0},
     };
     cli_opts o;
@@ -162,6 +167,7 @@ int main(int argc, char **argv)
                 return usage_error("%s", "--relay-pubkey: at most 16");
             o.relay_pubkey[o.n_relay_pubkey++] = optarg;
             break;
+        case OPT_POLICY: o.policy = optarg; break;
         case ':':
             return usage_error("%s needs a value", argv[optind - 1]);
         default:
@@ -189,6 +195,12 @@ int main(int argc, char **argv)
         run = cmd_decisions;
     } else if (strcmp(cmd, "report") == 0) {
         run = cmd_report;
+    } else if (strcmp(cmd, "replay") == 0) {
+        run = cmd_replay;
+        if (!o.policy)
+            return usage_error("%s", "replay needs --policy NEW.yaml");
+        if (o.format && strcmp(o.format, "md") != 0 && strcmp(o.format, "json") != 0)
+            return usage_error("replay --format is md or json, not '%s'", o.format);
     } else {
         return usage_error("unknown command '%s'", cmd);
     }
@@ -202,8 +214,10 @@ int main(int argc, char **argv)
         return usage_error("%s", "--relay-db and --relay-pubkey apply to lineage VERSION only");
     if (o.n_relay_db != o.n_relay_pubkey)
         return usage_error("%s", "each --relay-db needs its --relay-pubkey (the relay's aggregator.pub), in order");
-    if (o.format && run != cmd_report)
-        return usage_error("%s", "--format applies to report only");
+    if (o.format && run != cmd_report && run != cmd_replay)
+        return usage_error("%s", "--format applies to report and replay only");
+    if (o.policy && run != cmd_replay)
+        return usage_error("%s", "--policy applies to replay only");
     if (!o.db_path)
         return usage_error("%s", "--db PATH is required");
 
