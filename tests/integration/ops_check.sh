@@ -13,7 +13,8 @@
 #   replay: under the recorded policy nothing changes and epsilon equals the
 #   recorded one; under max_norm (reject) between the recorded norms exactly
 #   the updates above it flip to rejected by max_norm; min_clients 4 fails
-#   every round by k_anonymity; z = 2 with a budget that holds one round
+#   every round by k_anonymity; the anomaly rule's z-score and cosine flag
+#   the updates computed here from the stored deltas; z = 2 with a budget that holds one round
 #   gives round 1 the epsilon of the sampled Gaussian at q = 1 (computed
 #   here: RDP(a) = a / (2 z^2)) and refuses round 2 by privacy_budget.
 set -uo pipefail
@@ -193,6 +194,45 @@ assert [x["replayed"] for x in r] == ["failed", "failed"], r
 assert all(x["note"].startswith("k_anonymity") for x in r), r
 assert all(x["epsilon_replayed"] is None for x in r), r
 PY
+# the anomaly rule without DP, on the recorded pre-clip norms and the stored
+# deltas' directions: thresholds between the values computed here flag
+# exactly the updates computed here (z-score first, then cosine)
+sql "SELECT id, round, norm, hex(delta) FROM updates ORDER BY id" >"$D/rows.txt"
+python3 - "$D/rows.txt" >"$D/anomaly.txt" <<'PY' || fail "anomaly expectations"
+import math, struct, sys
+rows = {}
+for line in open(sys.argv[1]):
+    i, r, n, h = line.strip().split("|")
+    b = bytes.fromhex(h)[64:]
+    v = struct.unpack("<%df" % (len(b) // 4), b)
+    k = float(n) / math.sqrt(sum(x * x for x in v))
+    rows.setdefault(int(r), []).append((int(i), float(n), [x * k for x in v]))
+zs, coss = [], []
+for r, us in rows.items():
+    for a, (i, n, d) in enumerate(us):
+        o = [u[1] for b, u in enumerate(us) if b != a]
+        m = sum(o) / len(o)
+        sd = math.sqrt(sum((x - m) ** 2 for x in o) / (len(o) - 1))
+        zs.append(((n - m) / max(sd, 0.05 * m), i))
+        rest = [sum(u[2][e] for b, u in enumerate(us) if b != a) for e in range(len(d))]
+        coss.append((sum(x * y for x, y in zip(d, rest)) / (n * math.sqrt(sum(x * x for x in rest))), i))
+zs.sort(); coss.sort()
+print("%.9g %d" % ((zs[-1][0] + zs[-2][0]) / 2, zs[-1][1]))
+print("%.9g %d" % ((coss[0][0] + coss[1][0]) / 2, coss[0][1]))
+PY
+{ read -r zt zid; read -r ct cid; } <"$D/anomaly.txt"
+printf 'name: zs\nanomaly:\n  enabled: true\n  min_updates: 3\n  max_norm_z: %s\n  min_cosine: -1\n' "$zt" >"$D/z.yaml"
+expect_rc 0 "${A[@]}" replay --policy "$D/z.yaml" --format json
+python3 -c "
+import json, sys; d = json.load(open('$D/out'))
+f = [c for c in d['changes'] if c['replayed'] == 'rejected (anomaly)']
+assert [c['update'] for c in f] == [$zid] and 'norm z-score' in f[0]['reason'], d['changes']" || fail "anomaly z replay"
+printf 'name: cos\nanomaly:\n  enabled: true\n  min_updates: 3\n  max_norm_z: 1e6\n  min_cosine: %s\n' "$ct" >"$D/cos.yaml"
+expect_rc 0 "${A[@]}" replay --policy "$D/cos.yaml" --format json
+python3 -c "
+import json, sys; d = json.load(open('$D/out'))
+f = [c for c in d['changes'] if c['replayed'] == 'rejected (anomaly)']
+assert [c['update'] for c in f] == [$cid] and 'cosine' in f[0]['reason'], d['changes']" || fail "anomaly cosine replay"
 # z = 2, a budget that holds one round (q = 1: every device is selected)
 python3 - >"$D/eps.txt" <<'PY'
 import math
