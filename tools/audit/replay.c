@@ -298,7 +298,7 @@ static void note_change(replay *r, int64_t round, row *u, const char *new_decisi
     out_text(&r->changes, 4, decision_text(new_decision, u->d.rule, b, sizeof b));
     out_num(&r->changes, 5, u->norm);
     out_num(&r->changes, 6, now_rej ? NAN : u->new_norm);
-    if (!u->has_delta && !was_rej)
+    if (u->pruned && !was_rej)
         out_textf(&r->changes, 7, "%s (delta pruned by retention: left out of the round rules)", u->d.reason);
     else if (was_rej && !now_rej)
         out_textf(&r->changes, 7, "%s (no stored delta: left out of the round rules)", u->d.reason);
