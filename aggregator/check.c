@@ -159,12 +159,14 @@ static int describe_db(sqlite3 *db, const fedge_agg_config *cfg, char *msg, size
     CHK(fedge_store_prepare(db, "SELECT id, status FROM rounds ORDER BY id DESC LIMIT 1", &st));
     if (sqlite3_step(st) == SQLITE_ROW)
         snprintf(last, sizeof last, "last round %lld %.16s", (long long)sqlite3_column_int64(st, 0),
-                 (const char *)sqlite3_column_text(st, 1));
+                 sqlite3_column_text(st, 1) ? (const char *)sqlite3_column_text(st, 1) : "?");
     sqlite3_finalize(st);
     st = NULL;
     CHK(fedge_store_prepare(db, "SELECT key, value FROM meta WHERE key IN ('model_spec', 'current_version')", &st));
     while (sqlite3_step(st) == SQLITE_ROW) {
         const char *k = (const char *)sqlite3_column_text(st, 0), *v = (const char *)sqlite3_column_text(st, 1);
+        if (!k)
+            continue;
         if (!strcmp(k, "model_spec"))
             snprintf(spec, sizeof spec, "%s", v ? v : "");
         else

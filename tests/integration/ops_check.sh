@@ -258,6 +258,15 @@ assert r[1]["replayed"] == "refused" and r[1]["note"].startswith("privacy_budget
 assert all(c["replayed"] == "rejected (privacy_budget)" for c in d["changes"]), d["changes"]
 assert len(d["changes"]) == r[1]["accepted_recorded"], d["changes"]
 PY
+# a hostile copy: an unreadable stored delta is refused as the round close
+# refuses it (integrity), a NULL text column is read as empty
+cp "$DB" "$D/hostile.db" && sqlite3 "$D/hostile.db" "UPDATE updates SET delta = X'00ff' WHERE id = 1;
+    UPDATE rounds SET reason = NULL, base_version = 'zz'" || fail "sqlite3"
+expect_rc 0 "$BIN/fedge-audit" --db "$D/hostile.db" replay --policy "$D/policy.yaml" --format json
+python3 -c "
+import json; d = json.load(open('$D/out'))
+assert [(c['update'], c['replayed']) for c in d['changes']] == [(1, 'rejected (integrity)')], d['changes']" ||
+    fail "hostile replay"
 expect_rc 2 "${A[@]}" replay
 expect_rc 2 "${A[@]}" replay --policy "$D/policy-bad.yaml"
 grep -qF "policy-bad.yaml:3: update.max_norm" "$D/err" || { cat "$D/err" >&2; fail "replay bad policy"; }

@@ -37,6 +37,13 @@ static const char *const ASSUMPTIONS[] = {
     "daemon does",
 };
 
+/* A text column, "" for NULL (a hostile log may hold anything). */
+static const char *col_text(sqlite3_stmt *st, int i)
+{
+    const char *v = (const char *)sqlite3_column_text(st, i);
+    return v ? v : "";
+}
+
 /* Rules that are the policy's (their decisions can change under another). */
 static int policy_rule(const char *rule)
 {
@@ -64,6 +71,7 @@ typedef struct {
     char rec_decision[16], rec_rule[FEDGE_POLICY_RULE_MAX];
     char rec_reason[FEDGE_POLICY_REASON_MAX];
     int has_delta, pruned, partial;
+    int unreadable;          /* a stored delta that does not decode: fedge_strerror code */
     fedge_policy_decision d; /* replayed */
     double new_norm;
     double weight;
@@ -98,8 +106,8 @@ static int load_devices(replay *r)
     CHK(fedge_store_prepare(r->db, "SELECT id, region FROM devices ORDER BY id", &st));
     while (sqlite3_step(st) == SQLITE_ROW && r->n_devs < (size_t)n) {
         dev_state *d = &r->devs[r->n_devs++];
-        snprintf(d->id, sizeof d->id, "%s", (const char *)sqlite3_column_text(st, 0));
-        snprintf(d->region, sizeof d->region, "%s", (const char *)sqlite3_column_text(st, 1));
+        snprintf(d->id, sizeof d->id, "%s", col_text(st, 0));
+        snprintf(d->region, sizeof d->region, "%s", col_text(st, 1));
     }
 cleanup:
     sqlite3_finalize(st);
@@ -311,6 +319,7 @@ static int replay_run(replay *r)
     sqlite3_stmt *rs = NULL, *us = NULL, *ls = NULL;
     row *rows = NULL;
     int *use = NULL;
+    float *scratch = NULL;
     size_t cap = 0;
     double spent[FEDGE_DP_N_ORDERS] = {0}, rdp[FEDGE_DP_N_ORDERS], rdp1[FEDGE_DP_N_ORDERS];
     int ret, rc, dp = fedge_policy_dp_enabled(r->p);
@@ -334,10 +343,10 @@ static int replay_run(replay *r)
     while ((rc = sqlite3_step(rs)) == SQLITE_ROW) {
         int64_t round = sqlite3_column_int64(rs, 0);
         char rec_status[16], rec_reason[256], new_status[16] = "closed", note[512] = "";
-        snprintf(rec_status, sizeof rec_status, "%s", (const char *)sqlite3_column_text(rs, 1));
-        snprintf(rec_reason, sizeof rec_reason, "%s", (const char *)sqlite3_column_text(rs, 6));
+        snprintf(rec_status, sizeof rec_status, "%s", col_text(rs, 1));
+        snprintf(rec_reason, sizeof rec_reason, "%s", col_text(rs, 6));
         uint8_t base[FEDGE_HASH_LEN] = {0};
-        (void)fedge_hash_from_hex((const char *)sqlite3_column_text(rs, 2), base);
+        (void)fedge_hash_from_hex(col_text(rs, 2), base);
         int64_t n_selected = sqlite3_column_int64(rs, 3);
         int64_t rec_accepted = sqlite3_column_int64(rs, 4);
         double rec_eps = sqlite3_column_type(rs, 5) == SQLITE_NULL ? NAN : sqlite3_column_double(rs, 5);
@@ -371,21 +380,34 @@ static int replay_run(replay *r)
             row *u = &rows[n++];
             memset(u, 0, sizeof *u);
             u->id = sqlite3_column_int64(us, 0);
-            snprintf(u->device, sizeof u->device, "%s", (const char *)sqlite3_column_text(us, 1));
+            snprintf(u->device, sizeof u->device, "%s", col_text(us, 1));
             u->received_at = sqlite3_column_double(us, 2);
             u->n_samples = sqlite3_column_int64(us, 3);
             u->norm = sqlite3_column_type(us, 4) == SQLITE_NULL ? NAN : sqlite3_column_double(us, 4);
-            snprintf(u->rec_decision, sizeof u->rec_decision, "%s", (const char *)sqlite3_column_text(us, 5));
-            snprintf(u->rec_rule, sizeof u->rec_rule, "%s", (const char *)sqlite3_column_text(us, 6));
-            snprintf(u->rec_reason, sizeof u->rec_reason, "%s", (const char *)sqlite3_column_text(us, 7));
+            snprintf(u->rec_decision, sizeof u->rec_decision, "%s", col_text(us, 5));
+            snprintf(u->rec_rule, sizeof u->rec_rule, "%s", col_text(us, 6));
+            snprintf(u->rec_reason, sizeof u->rec_reason, "%s", col_text(us, 7));
             const uint8_t *blob = sqlite3_column_blob(us, 8);
+            size_t blob_len = (size_t)sqlite3_column_bytes(us, 8);
+            if (blob) {
+                /* the round close refuses a stored delta that does not decode (rule integrity) */
+                size_t n_el = 0;
+                u->unreadable = scaled_delta(blob, blob_len, 1.0, &scratch, &n_el);
+                if (u->unreadable != FEDGE_OK)
+                    blob = NULL;
+            }
             u->has_delta = blob != NULL;
             u->pruned = sqlite3_column_type(us, 9) != SQLITE_NULL;
             if (stopped_at) {
                 set_decision(&u->d, FEDGE_DECISION_REJECT, "privacy_budget", "the run would have stopped before this round");
                 continue;
             }
-            CHK(replay_update(r, u, (uint32_t)round, base, blob, (size_t)sqlite3_column_bytes(us, 8)));
+            CHK(replay_update(r, u, (uint32_t)round, base, blob, blob_len));
+            if (u->unreadable != FEDGE_OK && u->d.decision != FEDGE_DECISION_REJECT) {
+                char why[FEDGE_POLICY_REASON_MAX];
+                snprintf(why, sizeof why, "stored delta is unreadable: %s", fedge_strerror(u->unreadable));
+                set_decision(&u->d, FEDGE_DECISION_REJECT, "integrity", why);
+            }
         }
         if (rc != SQLITE_DONE)
             FAIL(FEDGE_ERR_SQL);
@@ -482,6 +504,7 @@ cleanup:
     sqlite3_finalize(ls);
     free(rows);
     free(use);
+    free(scratch);
     return ret;
 }
 
