@@ -11,7 +11,8 @@
 #   fedge-policy validate: the daemon's loader; the normalised output loads
 #   back to the same settings; a bad line is named.
 #   replay: under the recorded policy nothing changes and epsilon equals the
-#   recorded one; under max_norm (reject) between the recorded norms exactly
+#   recorded one; a smaller DP clip_norm changes every clip and no epsilon;
+#   under max_norm (reject) between the recorded norms exactly
 #   the updates above it flip to rejected by max_norm; min_clients 4 fails
 #   every round by k_anonymity; the anomaly rule's z-score and cosine flag
 #   the updates computed here from the stored deltas; z = 2 with a budget that holds one round
@@ -183,6 +184,15 @@ PY
 expect_rc 0 "${A[@]}" replay --policy "$D/strict.yaml"
 out_has "| rejected (max_norm) |"
 out_has "## Assumptions"
+# a smaller DP clipping norm: every update is clipped to 0.5 instead of 1, and
+# epsilon (same z, same q) does not move
+printf 'name: c05\nprivacy:\n  enabled: true\n  clip_norm: 0.5\n  noise_multiplier: 1.0\n  epsilon_budget: 1000\n' >"$D/c05.yaml"
+expect_rc 0 "${A[@]}" replay --policy "$D/c05.yaml" --format json
+python3 -c "
+import json; d = json.load(open('$D/out')); s = d['summary']; c = d['changes']
+assert s['clipping_changed'] == 6 and s['rounds_changed'] == 0 and len(c) == 6, s
+assert all(abs(x['norm_after_recorded'] - 1) < 1e-5 and abs(x['norm_after'] - 0.5) < 1e-12 for x in c), c
+assert all(x['recorded'] == x['replayed'] == 'clipped (dp_clip)' for x in c), c" || fail "clip_norm replay"
 # min_clients 4 of 3 devices: every round fails by k_anonymity
 printf 'name: k4\nround:\n  min_clients: 4\nprivacy:\n  enabled: true\n' >"$D/k4.yaml"
 expect_rc 0 "${A[@]}" replay --policy "$D/k4.yaml" --format json

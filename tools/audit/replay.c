@@ -74,6 +74,7 @@ typedef struct {
     int unreadable;          /* a stored delta that does not decode: fedge_strerror code */
     fedge_policy_decision d; /* replayed */
     double new_norm;
+    double rec_after;        /* norm of the stored delta (after the recorded clip); NaN: none */
     double weight;
 } row;
 
@@ -176,7 +177,7 @@ cleanup:
 }
 
 /* The stored delta's model half, scaled to norm `to` (direction kept). */
-static int scaled_delta(const uint8_t *blob, size_t len, double to, float **buf, size_t *n)
+static int scaled_delta(const uint8_t *blob, size_t len, double to, float **buf, size_t *n, double *stored_norm)
 {
     fedge_delta_header h;
     int ret;
@@ -189,6 +190,8 @@ static int scaled_delta(const uint8_t *blob, size_t len, double to, float **buf,
     *n = (h.flags & FEDGE_DELTA_FLAG_CONTROL) ? h.n_elems / 2 : h.n_elems;
     double norm = fedge_l2_norm(v, *n);
     double k = norm > 0 ? to / norm : 0;
+    if (stored_norm)
+        *stored_norm = norm;
     for (size_t i = 0; i < *n; i++)
         v[i] = (float)(v[i] * k);
 cleanup:
@@ -229,7 +232,7 @@ static int replay_round_rules(replay *r, int64_t round, row *rows, size_t n_rows
                     FAIL(FEDGE_ERR_SQL);
                 size_t n = 0;
                 CHK(scaled_delta(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), u->new_norm,
-                                 &buf, &n));
+                                 &buf, &n, NULL));
                 if (!sum) {
                     n_params = n;
                     sum = calloc(n_params ? n_params : 1, sizeof *sum);
@@ -284,9 +287,11 @@ static const char *decision_text(const char *decision, const char *rule, char *b
 static void note_change(replay *r, int64_t round, row *u, const char *new_decision)
 {
     int was_rej = !strcmp(u->rec_decision, "rejected"), now_rej = !strcmp(new_decision, "rejected");
+    /* the same decision may clip to another bound: the stored delta's norm is the recorded one */
     int clip_diff = !was_rej && !now_rej &&
                     (strcmp(u->rec_decision, new_decision) != 0 ||
-                     (!strcmp(new_decision, "clipped") && strcmp(u->rec_rule, u->d.rule) != 0));
+                     (!strcmp(new_decision, "clipped") && strcmp(u->rec_rule, u->d.rule) != 0) ||
+                     (!isnan(u->rec_after) && fabs(u->rec_after - u->new_norm) > 1e-5 * fmax(u->new_norm, 1e-30)));
     if (was_rej == now_rej && !clip_diff && (was_rej ? !strcmp(u->rec_rule, u->d.rule) : 1)) {
         r->unchanged++;
         return;
@@ -305,13 +310,14 @@ static void note_change(replay *r, int64_t round, row *u, const char *new_decisi
     out_text(&r->changes, 3, decision_text(u->rec_decision, u->rec_rule, a, sizeof a));
     out_text(&r->changes, 4, decision_text(new_decision, u->d.rule, b, sizeof b));
     out_num(&r->changes, 5, u->norm);
-    out_num(&r->changes, 6, now_rej ? NAN : u->new_norm);
+    out_num(&r->changes, 6, was_rej ? NAN : u->rec_after);
+    out_num(&r->changes, 7, now_rej ? NAN : u->new_norm);
     if (u->pruned && !was_rej)
-        out_textf(&r->changes, 7, "%s (delta pruned by retention: left out of the round rules)", u->d.reason);
+        out_textf(&r->changes, 8, "%s (delta pruned by retention: left out of the round rules)", u->d.reason);
     else if (was_rej && !now_rej)
-        out_textf(&r->changes, 7, "%s (no stored delta: left out of the round rules)", u->d.reason);
+        out_textf(&r->changes, 8, "%s (no stored delta: left out of the round rules)", u->d.reason);
     else
-        out_text(&r->changes, 7, u->d.reason);
+        out_text(&r->changes, 8, u->d.reason);
 }
 
 static int replay_run(replay *r)
@@ -379,6 +385,7 @@ static int replay_run(replay *r)
             }
             row *u = &rows[n++];
             memset(u, 0, sizeof *u);
+            u->rec_after = NAN;
             u->id = sqlite3_column_int64(us, 0);
             snprintf(u->device, sizeof u->device, "%s", col_text(us, 1));
             u->received_at = sqlite3_column_double(us, 2);
@@ -392,7 +399,7 @@ static int replay_run(replay *r)
             if (blob) {
                 /* the round close refuses a stored delta that does not decode (rule integrity) */
                 size_t n_el = 0;
-                u->unreadable = scaled_delta(blob, blob_len, 1.0, &scratch, &n_el);
+                u->unreadable = scaled_delta(blob, blob_len, 1.0, &scratch, &n_el, &u->rec_after);
                 if (u->unreadable != FEDGE_OK)
                     blob = NULL;
             }
@@ -511,7 +518,7 @@ cleanup:
 int cmd_replay(sqlite3 *db, const cli_opts *o)
 {
     static const char *const ccols[] = {"update", "round", "device", "recorded", "replayed",
-                                        "norm", "norm_after", "reason"};
+                                        "norm", "norm_after_recorded", "norm_after", "reason"};
     static const char *const rcols[] = {"round", "recorded", "replayed", "accepted_recorded",
                                         "accepted_replayed", "epsilon_recorded", "epsilon_replayed",
                                         "changed", "note"};
