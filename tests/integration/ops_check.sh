@@ -4,7 +4,8 @@
 # federation (aggregator + 3 edges over CoAP/DTLS, softmax:784-10, 2 rounds
 # with every device, DP on at z = 1, signed audit heads).
 #   --check: ok on the good setup (also while the daemon runs, its instance
-#   lock held), then one error line, exit 1, for a bad keys line, an
+#   lock held), then one error line, exit 1, for a short secret, a device
+#   listed twice, an
 #   unknown config key, a bad policy line, another signing key, a newer
 #   schema and a file that is not a database; exit 2 for a bad option. The
 #   database's bytes and mtime never change.
@@ -17,7 +18,8 @@
 #   every round by k_anonymity; the anomaly rule's z-score and cosine flag
 #   the updates computed here from the stored deltas; z = 2 with a budget that holds one round
 #   gives round 1 the epsilon of the sampled Gaussian at q = 1 (computed
-#   here: RDP(a) = a / (2 z^2)) and refuses round 2 by privacy_budget.
+#   here: RDP(a) = a / (2 z^2)) and refuses round 2 by privacy_budget; on a
+#   hostile copy an unreadable stored delta is refused by integrity.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -106,7 +108,10 @@ check_fails() { # WHAT TEXT ARGS...: exit 1 and the named check's error line has
 }
 # a keys line whose secret is short
 { cat "$D/keys"; echo "dev-009 eu 00ff"; } >"$D/keys-bad" && chmod 600 "$D/keys-bad"
-check_fails keys "$D/keys-bad:$(wc -l <"$D/keys-bad")" --keys-file "$D/keys-bad"
+check_fails keys "$D/keys-bad:$(wc -l <"$D/keys-bad"): secret must be 64 hex digits" --keys-file "$D/keys-bad"
+# a device listed twice
+{ cat "$D/keys"; grep -m1 '^dev-001 ' "$D/keys"; } >"$D/keys-dup" && chmod 600 "$D/keys-dup"
+check_fails keys "$D/keys-dup:$(wc -l <"$D/keys-dup"): device dev-001 listed twice" --keys-file "$D/keys-dup"
 # an unknown key in the config file
 { cat "$D/agg.conf"; echo "max_nrom = 3"; } >"$D/agg-bad.conf"
 expect_rc 1 "${CHECK[@]}" --config "$D/agg-bad.conf"
