@@ -31,7 +31,8 @@ static const char *const ASSUMPTIONS[] = {
     "stored, possibly clipped, delta; norms from the recorded pre-clip norm and the new clip); "
     "weights are sample counts (1 each under DP) without the staleness discount",
     "rounds that failed or were refused for a reason outside the policy (min_updates, no "
-    "updates, a combiner) stay so; the aggregator's configuration is taken as recorded",
+    "updates, a combiner) stay so; the aggregator's configuration is not in the log, so a round "
+    "left with fewer replayed updates than its min_updates is still shown closed",
     "sampling rate q: the round's recorded dp_ledger q, else selected / devices the new policy "
     "makes eligible; a privacy_budget refusal before a round stops the run there, as the "
     "daemon does",
