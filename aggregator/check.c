@@ -15,6 +15,8 @@
 #include "governance.h"
 #include "keys.h"
 #include "log.h"
+#include "modelfile.h"
+#include "modelstore.h"
 #include "policy.h"
 #include "store.h"
 
@@ -133,7 +135,7 @@ static int describe_db(sqlite3 *db, const fedge_agg_config *cfg, char *msg, size
     sqlite3_stmt *st = NULL;
     int ret = FEDGE_OK;
     int64_t n_audit = 0, n_rows = 0, rounds = 0, head_seq = 0;
-    char last[96] = "no round yet", spec[FEDGE_MODEL_SPEC_MAX] = "", current[20] = "none";
+    char last[96] = "no round yet", current[48] = "none";
     CHK(fedge_store_query_int64(db, &n_audit, NULL, "SELECT count(*) FROM audit", ""));
     CHK(fedge_store_query_int64(db, &n_rows, NULL,
                                 "SELECT (SELECT count(*) FROM rounds) + (SELECT count(*) FROM updates)"
@@ -162,20 +164,19 @@ static int describe_db(sqlite3 *db, const fedge_agg_config *cfg, char *msg, size
                  sqlite3_column_text(st, 1) ? (const char *)sqlite3_column_text(st, 1) : "?");
     sqlite3_finalize(st);
     st = NULL;
-    CHK(fedge_store_prepare(db, "SELECT key, value FROM meta WHERE key IN ('model_spec', 'current_version')", &st));
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        const char *k = (const char *)sqlite3_column_text(st, 0), *v = (const char *)sqlite3_column_text(st, 1);
-        if (!k)
-            continue;
-        if (!strcmp(k, "model_spec"))
-            snprintf(spec, sizeof spec, "%s", v ? v : "");
-        else
-            snprintf(current, sizeof current, "%.16s", v ? v : "");
-    }
-    if (spec[0] && strcmp(spec, cfg->model_spec) != 0) {
-        snprintf(err, errlen, "the log's model_spec is %s, the configuration's %s: a start would refuse it", spec,
-                 cfg->model_spec);
-        FAIL(FEDGE_ERR_MODEL_SPEC);
+    /* the current model's file, as a start loads it (model_dir, its hash) */
+    int found = 0;
+    uint32_t model_round = 0;
+    fedge_model m = {0};
+    CHK(fedge_modelstore_check_current(db, cfg->model_dir, &found, &m, &model_round, err, errlen));
+    if (found) {
+        uint8_t v[FEDGE_HASH_LEN];
+        char hex[FEDGE_HASH_HEX_LEN];
+        ret = fedge_model_version(&m, v);
+        fedge_model_free(&m);
+        CHK(ret);
+        fedge_hash_to_hex(v, hex);
+        snprintf(current, sizeof current, "%.16s (round %u)", hex, model_round);
     }
     snprintf(msg, cap, "schema %s, audit head seq %lld, %lld rounds, %s, current model %s", FEDGE_SCHEMA_VERSION,
              (long long)head_seq, (long long)rounds, last, current);

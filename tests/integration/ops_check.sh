@@ -7,7 +7,8 @@
 #   lock held), then one error line, exit 1, for a short secret, a device
 #   listed twice, an
 #   unknown config key, a bad policy line, another signing key, a newer
-#   schema and a file that is not a database; exit 2 for a bad option. The
+#   schema, a model store without the current model and a file that is not
+#   a database; exit 2 for a bad option. The
 #   database's bytes and mtime never change.
 #   fedge-policy validate: the daemon's loader; the normalised output loads
 #   back to the same settings; a bad line is named.
@@ -129,6 +130,9 @@ check_fails signing_key "signing_key $D/other/aggregator.key did not sign this l
 # a log written by a newer schema
 cp "$DB" "$D/newer.db" && sqlite3 "$D/newer.db" "UPDATE meta SET value='3' WHERE key='fedge_schema'" || fail "sqlite3"
 check_fails database "$D/newer.db has schema version 3, newer than this build reads (2)" --db "$D/newer.db"
+# a model store without the log's current model
+mkdir -p "$D/empty-models"
+check_fails database "$DB: current model $D/empty-models/" --model-dir "$D/empty-models"
 # a file that is not a database
 echo "not a database" >"$D/text.db"
 check_fails database "$D/text.db is not a fedge database: not an SQLite file" --db "$D/text.db"
