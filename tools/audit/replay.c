@@ -558,7 +558,7 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
             break;
         }
     }
-    if (o->format && !strcmp(o->format, "json")) {
+    if (o->json) {
         json_w j;
         json_init(&j, stdout);
         json_obj(&j, NULL);
