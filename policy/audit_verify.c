@@ -193,7 +193,12 @@ static int load_rotations(sqlite3 *db, mbedtls_pk_context *anchor, key_history *
                    "the signing-key rotation at seq %" PRId64 " is malformed (no usable new key)", seq);
             continue;
         }
-        if (strcmp(old_fp, h->fp[h->n - 1]) != 0)
+        if (strcmp(new_fp, h->fp[0]) == 0)
+            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "events", rk, NULL,
+                   "the public key given is the one the rotation at seq %" PRId64 " brought in, not the log's"
+                   " first key: give the first key (the trust anchor) to verify the history before it",
+                   seq);
+        else if (strcmp(old_fp, h->fp[h->n - 1]) != 0)
             report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "events", rk, NULL,
                    "the signing-key rotation at seq %" PRId64 " says it replaces key sha256 %.16s..., but the key"
                    " in force there is sha256 %.16s...",
@@ -258,7 +263,7 @@ static void report_bad_signature(fedge_audit_report *rep, key_history *h, size_t
     for (size_t j = 1; j < h->n; j++)
         at_rotation |= h->seq[j] == seq;
     report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "audit_heads", rk, NULL,
-           "signature of the head at seq %" PRId64 " (round %" PRId64 ") does not verify with the key in force (%s)%s",
+           "signature of the head at seq %" PRId64 " (round %" PRId64 ") does not verify with the public key in force (%s)%s",
            seq, round, in_force,
            at_rotation ? ": the rotation there is not signed by the key it replaces (a forged rotation)"
            : h->n == 1 ? "; if the key was rotated, give the first key, or a rotation record is missing"
