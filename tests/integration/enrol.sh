@@ -6,7 +6,9 @@
 # keys file on SIGHUP is refused with a logged error and the daemon goes on
 # serving. device remove revokes dev-002 and takes its key out: the reload
 # logs the removal, its DTLS handshakes are refused, no later update of it
-# is accepted, and the log verifies.
+# is accepted, and the log verifies. Then the signing key is rotated with
+# fedge-admin signing-key rotate: the daemon restarts only with the new key
+# and fedge-audit verify, given the first key, covers the whole history.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -85,4 +87,34 @@ kill -TERM "$FED_AGG_PID"
 fed_wait_pid "$FED_AGG_PID" 20
 "$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" verify >/dev/null ||
     fed_fail "audit verify"
+
+# signing-key rotation on the stopped daemon's log: the old key signs the
+# record naming the new one; the daemon then starts only with the new key,
+# and verify, given the first key, follows the rotation
+mkdir "$FED_DIR/new"
+"$BIN/fedge-keygen" aggregator --out "$FED_DIR/new" >/dev/null || fed_fail "keygen new"
+admin signing-key rotate --key "$FED_DIR/new/aggregator.key" --new-key "$FED_DIR/aggregator.pub" 2>"$FED_DIR/rot.err" &&
+    fed_fail "a rotation signed by a key not in force was written"
+grep -q "did not sign this log's last head" "$FED_DIR/rot.err" || fed_fail "rotation refusal: $(cat "$FED_DIR/rot.err")"
+admin signing-key rotate --key "$FED_DIR/aggregator.key" --new-key "$FED_DIR/new/aggregator.pub" >/dev/null ||
+    fed_fail "signing-key rotate"
+timeout 30 "$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" --db "$FED_DIR/fedge.db" --model-dir "$FED_DIR/models" \
+    --signing-key "$FED_DIR/aggregator.key" --listen "127.0.0.1:$FED_PORT" --model-spec softmax:784-10 \
+    --test-data "$FED_DIR/test.bin" --rounds 60 >"$FED_DIR/old-key.log" 2>&1
+[ $? = 2 ] && grep -q "is not the log's signing key" "$FED_DIR/old-key.log" ||
+    fed_fail "a start with the retired key must be refused: $(tail -n 3 "$FED_DIR/old-key.log")"
+r_rot=$(fed_sql "SELECT max(id) FROM rounds")
+FED_DIR_KEY=$FED_DIR/new/aggregator.key
+"$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" --db "$FED_DIR/fedge.db" --model-dir "$FED_DIR/models" \
+    --signing-key "$FED_DIR_KEY" --listen "127.0.0.1:$FED_PORT" --model-spec softmax:784-10 \
+    --test-data "$FED_DIR/test.bin" --rounds 60 --round-timeout-s 1 --linger-s 0 >>"$FED_DIR/agg.log" 2>&1 &
+FED_AGG_PID=$!
+FED_PIDS+=("$FED_AGG_PID")
+fed_wait_for "[ \$(fed_sql \"SELECT count(*) FROM audit_heads WHERE round > $r_rot\") -ge 1 ]" 10
+kill -TERM "$FED_AGG_PID"
+fed_wait_pid "$FED_AGG_PID" 20
+out=$("$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" verify 2>&1) ||
+    fed_fail "verify across the rotation: $out"
+"$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/new/aggregator.pub" verify >/dev/null 2>&1 &&
+    fed_fail "the new key alone must not verify the history before the rotation"
 echo ok
