@@ -185,6 +185,10 @@ int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fe
     uint64_t last_counter = 0;
     char status[16];
     int ret = FEDGE_OK;
+    if (a->keys.devices[d].removed) { /* taken out by a keys reload since the snapshot */
+        reply(code, msg, msglen, 403, "unknown device");
+        goto cleanup;
+    }
     if (f->oversized) {
         reply(code, msg, msglen, 413, "update of %zu bytes exceeds the limit of %zu", f->len, snap->max_len);
         goto cleanup;
