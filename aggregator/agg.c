@@ -236,9 +236,11 @@ int fedge_agg_round_info(fedge_aggregator *a, const char *device, double now, ch
 int fedge_agg_status_json(const fedge_aggregator *a, char *buf, size_t cap)
 {
     static const char *states[] = {"waiting", "open", "finished"};
-    size_t seen = 0;
-    for (size_t i = 0; i < a->keys.n; i++)
+    size_t seen = 0, live = 0;
+    for (size_t i = 0; i < a->keys.n; i++) {
         seen += a->submitted[i];
+        live += !a->keys.devices[i].removed;
+    }
     char acc[32];
     if (a->last_accuracy >= 0)
         snprintf(acc, sizeof acc, "%.4f", a->last_accuracy);
@@ -250,7 +252,7 @@ int fedge_agg_status_json(const fedge_aggregator *a, char *buf, size_t cap)
                      "\"accepted\":%zu,\"rejected\":%zu,\"bytes_received\":%llu,\"accuracy\":%s,"
                      "\"finished\":%s}",
                      states[a->state], a->round, a->rounds_done, a->cfg.rounds, a->version_hex,
-                     a->keys.n, a->n_selected, seen, a->n_accepted, a->n_rejected,
+                     live, a->n_selected, seen, a->n_accepted, a->n_rejected,
                      (unsigned long long)a->bytes_received, acc,
                      a->state == FEDGE_AGG_FINISHED ? "true" : "false");
     return (n < 0 || (size_t)n >= cap) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
@@ -264,6 +266,7 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
     int ret;
     int d = fedge_agg_device_index(a, device);
     (void)now;
+    memset(&snap, 0, sizeof snap);
     if (d < 0) {
         *code = 403;
         snprintf(msg, msglen, "unknown device");
@@ -280,6 +283,7 @@ cleanup:
         ret = FEDGE_OK;
     }
     fedge_ingest_frame_free(&f);
+    fedge_device_key_wipe(&snap.key);
     return ret;
 }
 

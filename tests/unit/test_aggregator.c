@@ -864,6 +864,9 @@ static void test_keys_reload_live(void **state)
     assert_int_equal(fedge_agg_device_index(&fx->agg, "dev-c"), 2);
     assert_int_equal(fedge_agg_device_index(&fx->agg, "dev-d"), 3);
     assert_int_equal(q1(fx, "SELECT count(*) FROM devices WHERE id='dev-d' AND status='allowed'"), 1);
+    char status[1024];
+    assert_int_equal(fedge_agg_status_json(&fx->agg, status, sizeof status), FEDGE_OK);
+    assert_non_null(strstr(status, "\"devices\":3,")); /* the tombstone is not a device */
 
     snapshot before = snap(fx);
     assert_int_equal(submit(fx, "dev-b", b, len_b, msg), 403);
