@@ -32,8 +32,9 @@
  *   seq = the head entry's seq (0 and 32 zero bytes for an empty chain).
  * - Model files are bound to the chain through models.sha256 (hex SHA-256
  *   of the file), which is part of the audited models row.
- * - fedge_audit_verify() proves, with the aggregator's public key: every
- *   link and hash of the chain in seq order; every head signature; every
+ * - fedge_audit_verify() proves, with the aggregator's (first) public key:
+ *   every link and hash of the chain in seq order; every head signature,
+ *   with the key in force at its seq (signing-key rotation, below); every
  *   signed head is an entry of the chain (a truncated tail is caught); every
  *   non-open round has a signed head; a row logged more than once changed
  *   only as the aggregator changes it (a round from open to its outcome; an
@@ -129,6 +130,7 @@ typedef struct {
     fedge_audit_failure failures[FEDGE_AUDIT_MAX_FAILURES];
     size_t n_rotations;           /* signing-key rotations followed */
     char key_in_force[FEDGE_HASH_HEX_LEN]; /* fingerprint of the key signing new heads */
+    char key_anchor[FEDGE_HASH_HEX_LEN];   /* fingerprint of the key verify was given */
 } fedge_audit_report;
 
 /* Runs every check (see above) and fills rep. A relative model path P

@@ -356,6 +356,7 @@ static int check_heads(sqlite3 *db, mbedtls_pk_context *pk, fedge_audit_report *
                    h->seq[j], h->fp[j]);
     }
     rep->n_rotations = h->n - 1;
+    memcpy(rep->key_anchor, h->fp[0], FEDGE_HASH_HEX_LEN);
     memcpy(rep->key_in_force, h->fp[h->n - 1], FEDGE_HASH_HEX_LEN);
     int64_t signed_upto = rep->last_head_seq < 0 ? 0 : rep->last_head_seq;
     rep->unsigned_tail = rep->last_seq > signed_upto ? (size_t)(rep->last_seq - signed_upto) : 0;

@@ -29,6 +29,13 @@ admin() { "$BIN/fedge-admin" --db "$FED_DIR/fedge.db" "$@"; }
 before=$(sha256sum <"$FED_DIR/keys")
 admin device add dev-001 --region eu --keys "$FED_DIR/keys" 2>/dev/null && fed_fail "a duplicate id was enrolled"
 [ "$(sha256sum <"$FED_DIR/keys")" = "$before" ] || fed_fail "a refused enrolment changed the keys file"
+# so is one whose bundle path exists (the bundle is never overwritten)
+echo keep >"$FED_DIR/taken.bundle"
+admin device add dev-009 --region eu --keys "$FED_DIR/keys" --bundle "$FED_DIR/taken.bundle" 2>/dev/null &&
+    fed_fail "an enrolment over an existing bundle went ahead"
+[ "$(sha256sum <"$FED_DIR/keys")" = "$before" ] && [ "$(cat "$FED_DIR/taken.bundle")" = keep ] &&
+    [ "$(fed_sql "SELECT count(*) FROM devices WHERE id='dev-009'")" = 0 ] ||
+    fed_fail "a refused enrolment changed the keys file, the bundle or the database"
 
 admin device add dev-003 --region us --keys "$FED_DIR/keys" --server "127.0.0.1:$FED_PORT" \
     --bundle "$FED_DIR/dev-003.bundle" --reload >"$FED_DIR/add.out" 2>&1 || { cat "$FED_DIR/add.out"; fed_fail "device add"; }
@@ -115,6 +122,10 @@ kill -TERM "$FED_AGG_PID"
 fed_wait_pid "$FED_AGG_PID" 20
 out=$("$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" verify 2>&1) ||
     fed_fail "verify across the rotation: $out"
+echo "$out" | grep -q "signing keys   1 rotation followed" || fed_fail "verify does not report the rotation: $out"
+j=$("$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" --json verify) || fed_fail "verify --json"
+echo "$j" | python3 -c "import json,sys; d=json.load(sys.stdin); assert d['key_rotations'] == 1 and len(d['key_in_force']) == 64 and d['key_in_force'] != d['key_anchor'], d" ||
+    fed_fail "verify --json: key_rotations, key_anchor, key_in_force"
 "$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/new/aggregator.pub" verify >/dev/null 2>&1 &&
     fed_fail "the new key alone must not verify the history before the rotation"
 echo ok
