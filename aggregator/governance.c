@@ -102,6 +102,35 @@ static int log_signer_fits(sqlite3 *db, mbedtls_pk_context *key, const char *key
         }
         goto cleanup;
     }
+    {
+        /* after a rotation (audit.h) the key in force is the one it names */
+        mbedtls_pk_context rot;
+        int found = 0;
+        int64_t rot_seq = 0;
+        char want[FEDGE_HASH_HEX_LEN], have[FEDGE_HASH_HEX_LEN];
+        mbedtls_pk_init(&rot);
+        ret = fedge_audit_last_rotation(a->db, &found, &rot_seq, &rot);
+        if (ret == FEDGE_OK && found)
+            ret = fedge_audit_key_fingerprint(&rot, want);
+        if (ret == FEDGE_OK && found)
+            ret = fedge_audit_key_fingerprint(&a->signer->key, have);
+        mbedtls_pk_free(&rot);
+        if (ret != FEDGE_OK) {
+            snprintf(err, errlen, "the log's signing-key rotation record is unreadable (%s); run fedge-audit verify",
+                     fedge_strerror(ret));
+            FAIL(FEDGE_ERR_AUDIT_SIGNATURE);
+        }
+        if (found) {
+            if (strcmp(want, have) != 0) {
+                snprintf(err, errlen,
+                         "signing_key %s (sha256 %.16s...) is not the log's signing key: the rotation at seq %lld"
+                         " made sha256 %.16s... the key in force; start with that key",
+                         a->cfg.signing_key, have, (long long)rot_seq, want);
+                FAIL(FEDGE_ERR_SIGNING_KEY);
+            }
+            goto cleanup;
+        }
+    }
     const uint8_t *head = sqlite3_column_blob(st, 2);
     const uint8_t *sig = sqlite3_column_blob(st, 3);
     size_t sig_len = (size_t)sqlite3_column_bytes(st, 3);
@@ -356,6 +385,8 @@ int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *s
 {
     fedge_policy_decision d;
     const fedge_device_entry *e = &a->keys.devices[i];
+    if (e->removed) /* taken out of the keys file by a reload */
+        return 0;
     if (fedge_policy_check_device(a->policy, e->id, status, e->region, &d) != FEDGE_OK)
         return 0;
     return d.decision != FEDGE_DECISION_REJECT;
@@ -696,6 +727,52 @@ int fedge_device_set_status(sqlite3 *db, const char *device, const char *status,
     snprintf(detail, sizeof detail, "device %s: %s -> %s: %s", device, old, status, reason);
     CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,'device_status','operator',?)",
                     &st));
+    sqlite3_bind_double(st, 1, fedge_clock_wall());
+    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(db));
+    CHK(fedge_audit_append(db, "events", key));
+    CHK(fedge_store_commit(db));
+    in_tx = 0;
+cleanup:
+    sqlite3_finalize(st);
+    if (in_tx)
+        fedge_store_rollback(db);
+    return ret;
+}
+
+int fedge_device_enrol(sqlite3 *db, const char *device, const char *region, const char *detail)
+{
+    sqlite3_stmt *st = NULL;
+    char key[24];
+    int ret, in_tx = 0;
+    if (!device || !region || !detail || !detail[0])
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(fedge_store_begin(db));
+    in_tx = 1;
+    CHK(fedge_store_prepare(db, "SELECT status FROM devices WHERE id=?", &st));
+    sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(st, 0), "revoked") == 0)
+        FAIL(FEDGE_ERR_DUPLICATE);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    sqlite3_finalize(st);
+    st = NULL;
+    CHK(fedge_store_prepare(db, "INSERT INTO devices(id, region, first_seen) VALUES(?1, ?2, ?3)"
+                                " ON CONFLICT(id) DO UPDATE SET region = ?2",
+                            &st));
+    sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, region, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 3, fedge_clock_wall());
+    if (sqlite3_step(st) != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    sqlite3_finalize(st);
+    st = NULL;
+    CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,'enrolled','operator',?)",
+                            &st));
     sqlite3_bind_double(st, 1, fedge_clock_wall());
     sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);

@@ -135,4 +135,11 @@ int fedge_gov_dp_charge(fedge_aggregator *a, size_t n_clients, double *epsilon, 
  * FEDGE_ERR_INVALID_ARG for another status or an empty reason. */
 int fedge_device_set_status(sqlite3 *db, const char *device, const char *status, const char *reason);
 
+/* fedge-admin device add: the device's row (status allowed, region) and an
+ * audited events row of kind 'enrolled' (rule 'operator', detail), in one
+ * transaction. FEDGE_ERR_DUPLICATE when the database has the id as revoked
+ * (a revoked id is not reused); FEDGE_ERR_BUSY while another writer holds
+ * the database past its busy timeout. */
+int fedge_device_enrol(sqlite3 *db, const char *device, const char *region, const char *detail);
+
 #endif

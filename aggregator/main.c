@@ -49,7 +49,7 @@ static void usage(FILE *out)
             "start on the same database, or on a listen address in use, exits with status 2.\n"
             "\n"
             "Signals: SIGTERM/SIGINT stop after the current request (state is always\n"
-            "committed); SIGHUP reloads the policy file.\n"
+            "committed); SIGHUP reloads the policy file and the keys file.\n"
             "Exit status: 0 after a clean stop, 1 on a runtime error, 2 on bad configuration,\n"
             "3 when the run finished without any round aggregating.\n"
             "--check validates the configuration, keys, policy, signing key and database\n"
@@ -185,6 +185,8 @@ int main(int argc, char **argv)
             g_reload = 0;
             if (fedge_agg_reload_policy(&agg) != FEDGE_OK)
                 FEDGE_WARN("policy reload failed; keeping the previous policy");
+            if (fedge_server_reload_keys(server) != FEDGE_OK)
+                FEDGE_WARN("keys reload failed; keeping the previous keys");
         }
         double now = fedge_now();
         int ret = fedge_agg_tick(&agg, now);

@@ -19,5 +19,10 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
  * round, versions, run, round_epoch). */
 int fedge_server_process(fedge_server *s, unsigned timeout_ms);
 void fedge_server_free(fedge_server *s);
+/* SIGHUP: reloads the keys file (fedge_agg_keys_prepare/commit) and resizes
+ * the per-device tables (DTLS PSKs, /round observers) with it; a removed
+ * device's observation is dropped and its PSK no longer found. On failure
+ * nothing changes (the error is logged). */
+int fedge_server_reload_keys(fedge_server *s);
 
 #endif
