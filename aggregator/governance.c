@@ -109,11 +109,11 @@ static int log_signer_fits(sqlite3 *db, mbedtls_pk_context *key, const char *key
         int64_t rot_seq = 0;
         char want[FEDGE_HASH_HEX_LEN], have[FEDGE_HASH_HEX_LEN];
         mbedtls_pk_init(&rot);
-        ret = fedge_audit_last_rotation(a->db, &found, &rot_seq, &rot);
+        ret = fedge_audit_last_rotation(db, &found, &rot_seq, &rot);
         if (ret == FEDGE_OK && found)
             ret = fedge_audit_key_fingerprint(&rot, want);
         if (ret == FEDGE_OK && found)
-            ret = fedge_audit_key_fingerprint(&a->signer->key, have);
+            ret = fedge_audit_key_fingerprint(key, have);
         mbedtls_pk_free(&rot);
         if (ret != FEDGE_OK) {
             snprintf(err, errlen, "the log's signing-key rotation record is unreadable (%s); run fedge-audit verify",
@@ -125,7 +125,7 @@ static int log_signer_fits(sqlite3 *db, mbedtls_pk_context *key, const char *key
                 snprintf(err, errlen,
                          "signing_key %s (sha256 %.16s...) is not the log's signing key: the rotation at seq %lld"
                          " made sha256 %.16s... the key in force; start with that key",
-                         a->cfg.signing_key, have, (long long)rot_seq, want);
+                         key_path, have, (long long)rot_seq, want);
                 FAIL(FEDGE_ERR_SIGNING_KEY);
             }
             goto cleanup;
