@@ -33,19 +33,21 @@ double fedge_wall_now(void)
     return fedge_clock_wall(); /* step-free: the log and the rate-limit window never jump */
 }
 
-static int sync_devices(fedge_aggregator *a)
+static int sync_devices(fedge_aggregator *a, const fedge_keys *keys)
 {
     sqlite3_stmt *st = NULL;
     int ret;
     double now = fedge_wall_now();
     CHK(fedge_store_begin(a->db));
-    for (size_t i = 0; i < a->keys.n; i++) {
+    for (size_t i = 0; i < keys->n; i++) {
+        if (keys->devices[i].removed)
+            continue;
         CHK(fedge_store_prepare(a->db,
                         "INSERT INTO devices(id, region, first_seen) VALUES(?1, ?2, ?3)"
                         " ON CONFLICT(id) DO UPDATE SET region = ?2 WHERE region <> ?2",
                         &st));
-        sqlite3_bind_text(st, 1, a->keys.devices[i].id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, a->keys.devices[i].region, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 1, keys->devices[i].id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, keys->devices[i].region, -1, SQLITE_STATIC);
         sqlite3_bind_double(st, 3, now);
         ret = fedge_store_step_done(a->db, st);
         st = NULL;
@@ -111,7 +113,7 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
         goto cleanup;
     }
     fedge_hex_encode(a->run_id, sizeof a->run_id, a->run_id_hex);
-    CHK(sync_devices(a));
+    CHK(sync_devices(a, &a->keys));
     CHK(fedge_modelstore_load_test_set(a, err, errlen));
     ret = fedge_modelstore_load_current(a, err, errlen);
     if (ret != FEDGE_OK) {
@@ -234,9 +236,11 @@ int fedge_agg_round_info(fedge_aggregator *a, const char *device, double now, ch
 int fedge_agg_status_json(const fedge_aggregator *a, char *buf, size_t cap)
 {
     static const char *states[] = {"waiting", "open", "finished"};
-    size_t seen = 0;
-    for (size_t i = 0; i < a->keys.n; i++)
+    size_t seen = 0, live = 0;
+    for (size_t i = 0; i < a->keys.n; i++) {
         seen += a->submitted[i];
+        live += !a->keys.devices[i].removed;
+    }
     char acc[32];
     if (a->last_accuracy >= 0)
         snprintf(acc, sizeof acc, "%.4f", a->last_accuracy);
@@ -248,7 +252,7 @@ int fedge_agg_status_json(const fedge_aggregator *a, char *buf, size_t cap)
                      "\"accepted\":%zu,\"rejected\":%zu,\"bytes_received\":%llu,\"accuracy\":%s,"
                      "\"finished\":%s}",
                      states[a->state], a->round, a->rounds_done, a->cfg.rounds, a->version_hex,
-                     a->keys.n, a->n_selected, seen, a->n_accepted, a->n_rejected,
+                     live, a->n_selected, seen, a->n_accepted, a->n_rejected,
                      (unsigned long long)a->bytes_received, acc,
                      a->state == FEDGE_AGG_FINISHED ? "true" : "false");
     return (n < 0 || (size_t)n >= cap) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
@@ -262,6 +266,7 @@ int fedge_agg_submit(fedge_aggregator *a, const char *device, const uint8_t *bod
     int ret;
     int d = fedge_agg_device_index(a, device);
     (void)now;
+    memset(&snap, 0, sizeof snap);
     if (d < 0) {
         *code = 403;
         snprintf(msg, msglen, "unknown device");
@@ -278,6 +283,7 @@ cleanup:
         ret = FEDGE_OK;
     }
     fedge_ingest_frame_free(&f);
+    fedge_device_key_wipe(&snap.key);
     return ret;
 }
 
@@ -287,4 +293,137 @@ int fedge_agg_reload_policy(fedge_aggregator *a)
     if (ret == FEDGE_OK)
         fedge_strategy_name(a);
     return ret;
+}
+
+/* ---- keys reload (SIGHUP) ---- */
+
+#define GROW(dst, src, n_old, n_new)                                         \
+    do {                                                                     \
+        (dst) = calloc((n_new) ? (n_new) : 1, sizeof *(dst));               \
+        if (!(dst))                                                          \
+            FAIL(FEDGE_ERR_NOMEM);                                           \
+        if ((src) && (n_old))                                                \
+            memcpy((dst), (src), (n_old) * sizeof *(dst));                   \
+    } while (0)
+
+void fedge_agg_keys_abort(fedge_agg_keys_reload *r)
+{
+    if (!r)
+        return;
+    if (r->dev_keys)
+        for (size_t i = 0; i < r->keys.n; i++)
+            fedge_device_key_wipe(&r->dev_keys[i]);
+    free(r->dev_keys);
+    free(r->selected);
+    free(r->submitted);
+    free(r->adm_step);
+    free(r->adm_at);
+    free(r->asked_at);
+    free(r->view_changed);
+    free(r->view_changed_mark);
+    fedge_keys_free(&r->keys);
+    memset(r, 0, sizeof *r);
+}
+
+int fedge_agg_keys_prepare(fedge_aggregator *a, fedge_agg_keys_reload *r)
+{
+    fedge_keys fresh = {0};
+    int ret;
+    memset(r, 0, sizeof *r);
+    ret = fedge_keys_load(a->cfg.keys_file, &fresh, r->err, sizeof r->err);
+    if (ret != FEDGE_OK)
+        goto cleanup;
+    size_t n_old = a->keys.n;
+    if (fresh.n == 0) {
+        snprintf(r->err, sizeof r->err, "%.400s lists no devices", a->cfg.keys_file);
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    ret = fedge_keys_merge(&a->keys, &fresh, &r->keys, &r->diff);
+    if (ret != FEDGE_OK) {
+        snprintf(r->err, sizeof r->err, "%.300s: %s%s", a->cfg.keys_file, fedge_strerror(ret),
+                 ret == FEDGE_ERR_RANGE ? " (removed devices keep their slots until a restart)" : "");
+        goto cleanup;
+    }
+    size_t n = r->keys.n;
+    r->dev_keys = calloc(n, sizeof *r->dev_keys);
+    if (!r->dev_keys)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0; i < n; i++)
+        if (!r->keys.devices[i].removed)
+            CHK(fedge_envelope_derive_key(r->keys.devices[i].secret, FEDGE_SECRET_LEN, r->keys.devices[i].id,
+                                          &r->dev_keys[i]));
+    GROW(r->selected, a->selected, n_old, n);
+    GROW(r->submitted, a->submitted, n_old, n);
+    if (a->adm_step) {
+        GROW(r->adm_step, a->adm_step, n_old, n);
+        GROW(r->adm_at, a->adm_at, n_old, n);
+        GROW(r->asked_at, a->asked_at, n_old, n);
+        for (size_t i = n_old; i < n; i++)
+            r->asked_at[i] = -1e300; /* never */
+        GROW(r->view_changed, a->view_changed, a->n_view_changed, n);
+        GROW(r->view_changed_mark, a->view_changed_mark, n_old, n);
+    }
+    ret = sync_devices(a, &r->keys);
+    if (ret != FEDGE_OK)
+        snprintf(r->err, sizeof r->err, "database: %s", fedge_strerror(ret));
+cleanup:
+    fedge_keys_free(&fresh);
+    if (ret != FEDGE_OK) {
+        char why[sizeof r->err];
+        memcpy(why, r->err, sizeof why);
+        if (!why[0])
+            snprintf(why, sizeof why, "%s", fedge_strerror(ret));
+        fedge_agg_keys_abort(r);
+        memcpy(r->err, why, sizeof r->err);
+    }
+    return ret;
+}
+
+void fedge_agg_keys_commit(fedge_aggregator *a, fedge_agg_keys_reload *r)
+{
+    size_t n_old = a->keys.n;
+    if (a->dev_keys)
+        for (size_t i = 0; i < n_old; i++)
+            fedge_device_key_wipe(&a->dev_keys[i]);
+    free(a->dev_keys);
+    free(a->selected);
+    free(a->submitted);
+    fedge_keys_free(&a->keys);
+    a->keys = r->keys;
+    a->dev_keys = r->dev_keys;
+    a->selected = r->selected;
+    a->submitted = r->submitted;
+    if (r->adm_step) {
+        free(a->adm_step);
+        free(a->adm_at);
+        free(a->asked_at);
+        free(a->view_changed);
+        free(a->view_changed_mark);
+        a->adm_step = r->adm_step;
+        a->adm_at = r->adm_at;
+        a->asked_at = r->asked_at;
+        a->view_changed = r->view_changed;
+        a->view_changed_mark = r->view_changed_mark;
+    }
+    fedge_keys_diff diff = r->diff;
+    memset(r, 0, sizeof *r);
+    /* a removed device holds no async slot */
+    for (size_t i = 0; i < n_old; i++)
+        if (a->keys.devices[i].removed && a->sched->left)
+            a->sched->left(a, (int)i);
+    a->round_epoch++;
+    FEDGE_INFO("keys reloaded from %s: %zu devices (%zu added, %zu removed, %zu changed)", a->cfg.keys_file,
+               diff.live, diff.added, diff.removed, diff.changed);
+}
+
+int fedge_agg_reload_keys(fedge_aggregator *a)
+{
+    fedge_agg_keys_reload r;
+    int ret = fedge_agg_keys_prepare(a, &r);
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("keys reload: %s; keeping the previous keys", r.err);
+        return ret;
+    }
+    fedge_agg_keys_commit(a, &r);
+    return FEDGE_OK;
 }

@@ -174,4 +174,32 @@ double fedge_wall_now(void); /* Unix seconds for the log: the wall clock at the 
  * producing a model; msg says what happened. */
 int fedge_agg_outcome(const fedge_aggregator *a, char *msg, size_t msglen);
 
+/* Keys reload (SIGHUP; docs/AGGREGATOR.md "Live enrolment"): the keys file
+ * is read again and merged into the running table (fedge_keys_merge: every
+ * device keeps its index, so sessions, rounds and the parallel arrays stay
+ * as they are; a removed device becomes a tombstone no lookup finds, so its
+ * sessions can no longer submit and no round selects it; a new one is
+ * appended and can be selected from the next round). prepare reads the file,
+ * builds the new table and arrays and adds new devices to the devices table;
+ * nothing the daemon serves from changes until commit, which cannot fail.
+ * On a prepare failure (a malformed or unreadable file, no devices) r->err
+ * says why and the running keys stay. Owner thread only. */
+typedef struct {
+    fedge_keys keys;
+    fedge_keys_diff diff;
+    fedge_device_key *dev_keys;
+    uint8_t *selected, *submitted;
+    uint32_t *adm_step;
+    double *adm_at, *asked_at;
+    uint32_t *view_changed;
+    uint8_t *view_changed_mark;
+    char err[512];
+} fedge_agg_keys_reload;
+int fedge_agg_keys_prepare(fedge_aggregator *a, fedge_agg_keys_reload *r);
+void fedge_agg_keys_commit(fedge_aggregator *a, fedge_agg_keys_reload *r);
+void fedge_agg_keys_abort(fedge_agg_keys_reload *r);
+/* prepare and commit, logging why on failure (the server's
+ * fedge_server_reload_keys also resizes its per-device tables). */
+int fedge_agg_reload_keys(fedge_aggregator *a);
+
 #endif

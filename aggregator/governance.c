@@ -69,16 +69,15 @@ cleanup:
 /* fedge-audit verify checks every signed head with one public key, so a log
  * that has signed heads must go on being signed by the same key: a start
  * without a key, or with another one, would leave it unverifiable for good.
- * Only the last head is checked; verify checks them all. Without a key the
- * start goes ahead only with allow_unsigned, and that is logged as an
- * audited event. */
-static int check_log_signer(fedge_aggregator *a, char *err, size_t errlen)
+ * Only the last head is checked; verify checks them all. Reads only. */
+static int log_signer_fits(sqlite3 *db, mbedtls_pk_context *key, const char *key_path, int allow_unsigned,
+                           long long *n_heads_out, char *err, size_t errlen)
 {
     sqlite3_stmt *st = NULL;
-    int ret = FEDGE_OK, unsigned_start = 0;
+    int ret = FEDGE_OK;
     long long n_heads = 0, last_round = -1, last_seq = 0;
-    char detail[256];
-    CHK(fedge_store_prepare(a->db,
+    *n_heads_out = 0;
+    CHK(fedge_store_prepare(db,
                             "SELECT seq, round, head_hash, signature, signed_at, "
                             "(SELECT count(*) FROM audit_heads) FROM audit_heads ORDER BY seq DESC LIMIT 1",
                             &st));
@@ -91,8 +90,9 @@ static int check_log_signer(fedge_aggregator *a, char *err, size_t errlen)
     int has_round = sqlite3_column_type(st, 1) != SQLITE_NULL;
     last_round = has_round ? sqlite3_column_int64(st, 1) : -1;
     n_heads = sqlite3_column_int64(st, 5);
-    if (!a->signer) {
-        if (!a->cfg.allow_unsigned) {
+    *n_heads_out = n_heads;
+    if (!key) {
+        if (!allow_unsigned) {
             snprintf(err, errlen,
                      "the log has %lld signed heads (the last at round %lld) and no signing_key is "
                      "given: start with the key that signed them, or with allow_unsigned "
@@ -101,8 +101,36 @@ static int check_log_signer(fedge_aggregator *a, char *err, size_t errlen)
                      n_heads, last_round);
             FAIL(FEDGE_ERR_SIGNING_KEY);
         }
-        unsigned_start = 1;
         goto cleanup;
+    }
+    {
+        /* after a rotation (audit.h) the key in force is the one it names */
+        mbedtls_pk_context rot;
+        int found = 0;
+        int64_t rot_seq = 0;
+        char want[FEDGE_HASH_HEX_LEN], have[FEDGE_HASH_HEX_LEN];
+        mbedtls_pk_init(&rot);
+        ret = fedge_audit_last_rotation(db, &found, &rot_seq, &rot);
+        if (ret == FEDGE_OK && found)
+            ret = fedge_audit_key_fingerprint(&rot, want);
+        if (ret == FEDGE_OK && found)
+            ret = fedge_audit_key_fingerprint(key, have);
+        mbedtls_pk_free(&rot);
+        if (ret != FEDGE_OK) {
+            snprintf(err, errlen, "the log's signing-key rotation record is unreadable (%s); run fedge-audit verify",
+                     fedge_strerror(ret));
+            FAIL(FEDGE_ERR_AUDIT_SIGNATURE);
+        }
+        if (found) {
+            if (strcmp(want, have) != 0) {
+                snprintf(err, errlen,
+                         "signing_key %s (sha256 %.16s...) is not the log's signing key: the rotation at seq %lld"
+                         " made sha256 %.16s... the key in force; start with that key",
+                         key_path, have, (long long)rot_seq, want);
+                FAIL(FEDGE_ERR_SIGNING_KEY);
+            }
+            goto cleanup;
+        }
     }
     const uint8_t *head = sqlite3_column_blob(st, 2);
     const uint8_t *sig = sqlite3_column_blob(st, 3);
@@ -115,16 +143,27 @@ static int check_log_signer(fedge_aggregator *a, char *err, size_t errlen)
     }
     CHK(audit_head_digest(last_seq, has_round, has_round ? (uint32_t)last_round : 0, head,
                           sqlite3_column_double(st, 4), digest));
-    if (mbedtls_pk_verify(&a->signer->key, MBEDTLS_MD_SHA256, digest, sizeof digest, sig, sig_len) != 0) {
+    if (mbedtls_pk_verify(key, MBEDTLS_MD_SHA256, digest, sizeof digest, sig, sig_len) != 0) {
         snprintf(err, errlen,
                  "signing_key %s did not sign this log: its last signed head (round %lld, seq %lld) "
                  "does not verify with it; start with the key that signed the log",
-                 a->cfg.signing_key, last_round, last_seq);
+                 key_path, last_round, last_seq);
         FAIL(FEDGE_ERR_SIGNING_KEY);
     }
 cleanup:
     sqlite3_finalize(st);
-    if (ret == FEDGE_OK && unsigned_start) {
+    return ret;
+}
+
+/* Without a key the start goes ahead only with allow_unsigned, and that is
+ * logged as an audited event. */
+static int check_log_signer(fedge_aggregator *a, char *err, size_t errlen)
+{
+    long long n_heads = 0;
+    char detail[256];
+    int ret = log_signer_fits(a->db, a->signer ? &a->signer->key : NULL, a->cfg.signing_key,
+                              a->cfg.allow_unsigned, &n_heads, err, errlen);
+    if (ret == FEDGE_OK && !a->signer && n_heads > 0) {
         snprintf(detail, sizeof detail,
                  "started without a signing key on a log with %lld signed heads (allow_unsigned); "
                  "rounds from here on are not signed",
@@ -143,52 +182,67 @@ cleanup:
     return ret;
 }
 
-static int load_policy(const fedge_agg_config *cfg, fedge_policy **out, char *err, size_t errlen)
+int fedge_gov_check_signing_key(sqlite3 *db, const fedge_agg_config *cfg, long long *n_heads, char *err,
+                                size_t errlen)
+{
+    struct fedge_signer *s = NULL;
+    int ret = FEDGE_OK;
+    *n_heads = 0;
+    if (cfg->signing_key[0])
+        CHK(signer_load(cfg->signing_key, &s, err, errlen));
+    if (db)
+        CHK(log_signer_fits(db, s ? &s->key : NULL, cfg->signing_key, cfg->allow_unsigned, n_heads, err, errlen));
+cleanup:
+    signer_free(s);
+    return ret;
+}
+
+int fedge_gov_load_policy(const fedge_agg_config *cfg, fedge_policy **out, char *err, size_t errlen)
 {
     if (cfg->policy_file[0])
         return fedge_policy_load(cfg->policy_file, out, err, errlen);
     return fedge_policy_default(out);
 }
 
-/* Settings no round could ever satisfy are refused, at start and reload. */
-static int policy_fits(const fedge_aggregator *a, const fedge_policy *p, char *err, size_t errlen)
+int fedge_gov_policy_fits(const fedge_agg_config *cfg, size_t n_devices, const fedge_policy *p, char *err,
+                          size_t errlen)
 {
     unsigned k = fedge_policy_min_clients(p);
     /* DP-FedAvg's noise is calibrated to a clipped sum over a fixed
      * denominator; a robust rule or SCAFFOLD's control half is not that sum. */
-    if (fedge_policy_dp_enabled(p) && (strcmp(a->cfg.aggregation, "mean") != 0 || a->cfg.scaffold)) {
+    if (fedge_policy_dp_enabled(p) && (strcmp(cfg->aggregation, "mean") != 0 || cfg->scaffold)) {
         snprintf(err, errlen, "the policy enables DP, which %s%s cannot take: DP-FedAvg's noise is "
                  "calibrated to the clipped sum of the deltas (needs aggregation = mean, scaffold = false)",
-                 a->cfg.scaffold ? "scaffold = true" : "aggregation = ", a->cfg.scaffold ? "" : a->cfg.aggregation);
+                 cfg->scaffold ? "scaffold = true" : "aggregation = ", cfg->scaffold ? "" : cfg->aggregation);
         return FEDGE_ERR_CONFIG_VALUE;
     }
-    if (a->cfg.clients_per_round > 0 && (long)k > a->cfg.clients_per_round) {
+    if (cfg->clients_per_round > 0 && (long)k > cfg->clients_per_round) {
         snprintf(err, errlen, "policy round.min_clients %u is more than clients_per_round %ld: no round could"
-                 " aggregate", k, a->cfg.clients_per_round);
+                 " aggregate", k, cfg->clients_per_round);
         return FEDGE_ERR_CONFIG_VALUE;
     }
-    if (k > a->keys.n) {
+    if (k > n_devices) {
         snprintf(err, errlen, "policy round.min_clients %u is more than the %zu devices in %s: no round could"
-                 " aggregate", k, a->keys.n, a->cfg.keys_file);
+                 " aggregate", k, n_devices, cfg->keys_file);
         return FEDGE_ERR_CONFIG_VALUE;
     }
-    if ((size_t)a->cfg.min_updates > a->keys.n) {
+    if ((size_t)cfg->min_updates > n_devices) {
         snprintf(err, errlen, "min_updates %ld is more than the %zu devices in %s: no round could aggregate",
-                 a->cfg.min_updates, a->keys.n, a->cfg.keys_file);
+                 cfg->min_updates, n_devices, cfg->keys_file);
         return FEDGE_ERR_CONFIG_VALUE;
     }
     /* participants per round when every device is eligible (the most any
      * round can have) */
-    size_t n = a->keys.n;
-    size_t sel = fedge_agg_config_round_size(&a->cfg, n);
-    if (a->cfg.clients_per_round == 0 && (k > sel || (size_t)a->cfg.min_updates > sel)) {
+    size_t n = n_devices;
+    size_t sel = fedge_agg_config_round_size(cfg, n);
+    if (cfg->clients_per_round == 0 && (k > sel || (size_t)cfg->min_updates > sel)) {
         snprintf(err, errlen, "client_fraction %g selects %zu of %zu devices, fewer than %s %ld: no round could"
-                 " aggregate", a->cfg.client_fraction, sel, n, k > sel ? "round.min_clients" : "min_updates",
-                 k > sel ? (long)k : a->cfg.min_updates);
+                 " aggregate", cfg->client_fraction, sel, n, k > sel ? "round.min_clients" : "min_updates",
+                 k > sel ? (long)k : cfg->min_updates);
         return FEDGE_ERR_CONFIG_VALUE;
     }
     char why[256];
-    if (fedge_agg_config_combiner_min(&a->cfg, sel, why, sizeof why) > sel) {
+    if (fedge_agg_config_combiner_min(cfg, sel, why, sizeof why) > sel) {
         snprintf(err, errlen, "at most %zu devices are selected a round: no round could aggregate (%s)", sel, why);
         return FEDGE_ERR_CONFIG_VALUE;
     }
@@ -199,6 +253,11 @@ static int policy_fits(const fedge_aggregator *a, const fedge_policy *p, char *e
         return FEDGE_ERR_CONFIG_VALUE;
     }
     return FEDGE_OK;
+}
+
+static int policy_fits(const fedge_aggregator *a, const fedge_policy *p, char *err, size_t errlen)
+{
+    return fedge_gov_policy_fits(&a->cfg, a->keys.n, p, err, errlen);
 }
 
 static void apply_policy_settings(fedge_aggregator *a)
@@ -219,7 +278,7 @@ static void apply_policy_settings(fedge_aggregator *a)
 int fedge_gov_init(fedge_aggregator *a, char *err, size_t errlen)
 {
     int ret;
-    ret = load_policy(&a->cfg, &a->policy, err, errlen);
+    ret = fedge_gov_load_policy(&a->cfg, &a->policy, err, errlen);
     if (ret != FEDGE_OK) {
         if (!err[0])
             snprintf(err, errlen, "policy: %s", fedge_strerror(ret));
@@ -248,7 +307,7 @@ int fedge_gov_reload(fedge_aggregator *a)
 {
     fedge_policy *p = NULL;
     char err[512] = "";
-    int ret = load_policy(&a->cfg, &p, err, sizeof err);
+    int ret = fedge_gov_load_policy(&a->cfg, &p, err, sizeof err);
     if (ret == FEDGE_OK && (ret = policy_fits(a, p, err, sizeof err)) != FEDGE_OK)
         fedge_policy_free(p);
     if (ret != FEDGE_OK) {
@@ -327,6 +386,8 @@ int fedge_gov_device_eligible(const fedge_aggregator *a, size_t i, const char *s
 {
     fedge_policy_decision d;
     const fedge_device_entry *e = &a->keys.devices[i];
+    if (e->removed) /* taken out of the keys file by a reload */
+        return 0;
     if (fedge_policy_check_device(a->policy, e->id, status, e->region, &d) != FEDGE_OK)
         return 0;
     return d.decision != FEDGE_DECISION_REJECT;
@@ -381,26 +442,50 @@ int fedge_gov_dp_device_check(fedge_aggregator *a, const char *device, double *e
     return ret;
 }
 
-int fedge_gov_staleness(fedge_aggregator *a, const uint8_t version[FEDGE_HASH_LEN], int *found,
-                        uint32_t *staleness)
+int fedge_gov_staleness_at(sqlite3 *db, const uint8_t version[FEDGE_HASH_LEN],
+                           const uint8_t current[FEDGE_HASH_LEN], int64_t before_round, int *found,
+                           uint32_t *staleness)
 {
     char hex[FEDGE_HASH_HEX_LEN];
     int64_t made_in = 0, later = 0;
     fedge_hash_to_hex(version, hex);
-    int ret = fedge_store_query_int64(a->db, &made_in, found,
+    int ret = fedge_store_query_int64(db, &made_in, found,
                                       "SELECT max(coalesce((SELECT max(id) FROM rounds WHERE status='closed'"
                                       " AND new_version=?1), 0), round) FROM models WHERE version=?1",
                                       "t", hex);
     if (ret != FEDGE_OK || !*found)
         return ret;
-    if (memcmp(version, a->version, FEDGE_HASH_LEN) == 0) {
+    if (memcmp(version, current, FEDGE_HASH_LEN) == 0) {
         *staleness = 0;
         return FEDGE_OK;
     }
-    ret = fedge_store_query_int64(a->db, &later, NULL, "SELECT count(*) FROM rounds WHERE status='closed' AND id>?",
-                                  "i", made_in);
+    ret = fedge_store_query_int64(db, &later, NULL,
+                                  "SELECT count(*) FROM rounds WHERE status='closed' AND id>? AND id<?", "ii",
+                                  made_in, before_round);
     if (ret == FEDGE_OK)
         *staleness = later > UINT32_MAX ? UINT32_MAX : (uint32_t)later;
+    return ret;
+}
+
+int fedge_gov_staleness(fedge_aggregator *a, const uint8_t version[FEDGE_HASH_LEN], int *found,
+                        uint32_t *staleness)
+{
+    return fedge_gov_staleness_at(a->db, version, a->version, INT64_MAX, found, staleness);
+}
+
+int fedge_gov_update_decision(const fedge_policy *p, const fedge_policy_update_in *in, const double *device_spent,
+                              fedge_policy_decision *d)
+{
+    int ret = fedge_policy_check_update(p, in, d);
+    if (ret != FEDGE_OK || d->decision == FEDGE_DECISION_REJECT || !fedge_policy_dp_enabled(p))
+        return ret;
+    if (!device_spent)
+        return FEDGE_ERR_INVALID_ARG;
+    fedge_policy_decision db;
+    double eps = 0;
+    ret = fedge_policy_device_budget_check(p, in->device_id, device_spent, &eps, &db);
+    if (ret == FEDGE_OK && db.decision == FEDGE_DECISION_REJECT)
+        *d = db;
     return ret;
 }
 
@@ -455,14 +540,10 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
             .finite = isfinite(norm),
             .recent_updates = recent,
         };
-        CHK(fedge_policy_check_update(a->policy, &pin, &d));
-    }
-    if (d.decision != FEDGE_DECISION_REJECT && fedge_policy_dp_enabled(a->policy)) {
-        fedge_policy_decision db;
-        double eps = 0;
-        CHK(fedge_gov_dp_device_check(a, in->device, &eps, &db));
-        if (db.decision == FEDGE_DECISION_REJECT)
-            d = db;
+        fedge_dp_spent spent;
+        if (fedge_policy_dp_enabled(a->policy))
+            CHK(fedge_dp_ledger_spent(a->db, in->device, &spent));
+        CHK(fedge_gov_update_decision(a->policy, &pin, fedge_policy_dp_enabled(a->policy) ? spent.rdp : NULL, &d));
     }
     if (d.decision == FEDGE_DECISION_CLIP) {
         /* Store the delta as it enters the aggregate: clipped, in fp32. The
@@ -648,6 +729,52 @@ int fedge_device_set_status(sqlite3 *db, const char *device, const char *status,
     snprintf(detail, sizeof detail, "device %s: %s -> %s: %s", device, old, status, reason);
     CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,'device_status','operator',?)",
                     &st));
+    sqlite3_bind_double(st, 1, fedge_clock_wall());
+    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(db));
+    CHK(fedge_audit_append(db, "events", key));
+    CHK(fedge_store_commit(db));
+    in_tx = 0;
+cleanup:
+    sqlite3_finalize(st);
+    if (in_tx)
+        fedge_store_rollback(db);
+    return ret;
+}
+
+int fedge_device_enrol(sqlite3 *db, const char *device, const char *region, const char *detail)
+{
+    sqlite3_stmt *st = NULL;
+    char key[24];
+    int ret, in_tx = 0;
+    if (!device || !region || !detail || !detail[0])
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(fedge_store_begin(db));
+    in_tx = 1;
+    CHK(fedge_store_prepare(db, "SELECT status FROM devices WHERE id=?", &st));
+    sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(st, 0), "revoked") == 0)
+        FAIL(FEDGE_ERR_DUPLICATE);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    sqlite3_finalize(st);
+    st = NULL;
+    CHK(fedge_store_prepare(db, "INSERT INTO devices(id, region, first_seen) VALUES(?1, ?2, ?3)"
+                                " ON CONFLICT(id) DO UPDATE SET region = ?2",
+                            &st));
+    sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, region, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 3, fedge_clock_wall());
+    if (sqlite3_step(st) != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    sqlite3_finalize(st);
+    st = NULL;
+    CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,'enrolled','operator',?)",
+                            &st));
     sqlite3_bind_double(st, 1, fedge_clock_wall());
     sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);

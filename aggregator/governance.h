@@ -43,6 +43,34 @@ void fedge_gov_free(fedge_aggregator *a);
 int fedge_gov_reload(fedge_aggregator *a);
 const char *fedge_gov_strategy(const fedge_aggregator *a);
 
+/* ---- the checks a start and an update make, as pure functions (read-only:
+ * fedge-aggregator --check, fedge-audit replay) ---- */
+/* cfg's policy_file, or the default policy when it is empty (fedge_policy_load). */
+int fedge_gov_load_policy(const fedge_agg_config *cfg, fedge_policy **out, char *err, size_t errlen);
+/* Settings no round could ever satisfy with n_devices keys (min_clients,
+ * max_share, DP with a robust combiner, ...): FEDGE_ERR_CONFIG_VALUE and why. */
+int fedge_gov_policy_fits(const fedge_agg_config *cfg, size_t n_devices, const fedge_policy *p, char *err,
+                          size_t errlen);
+/* Loads cfg->signing_key (when set) and, with db (may be NULL), checks it
+ * against the log's last signed head as a start does: FEDGE_ERR_SIGNING_KEY
+ * when it did not sign the log, or when there is no key, the log has
+ * signed heads and allow_unsigned is off. *n_heads: the log's signed heads. */
+int fedge_gov_check_signing_key(sqlite3 *db, const fedge_agg_config *cfg, long long *n_heads, char *err,
+                                size_t errlen);
+/* fedge_gov_staleness as of a past moment: current is the model that was
+ * being served, and only rounds closed with id < before_round count (the
+ * daemon passes its own version and INT64_MAX). */
+int fedge_gov_staleness_at(sqlite3 *db, const uint8_t version[FEDGE_HASH_LEN],
+                           const uint8_t current[FEDGE_HASH_LEN], int64_t before_round, int *found,
+                           uint32_t *staleness);
+/* The per-update policy decision fedge_gov_admit_update logs for an update
+ * that passed the aggregator's own checks (base_version, scaffold_control):
+ * fedge_policy_check_update, then with DP the device's budget against
+ * device_spent (its ledger RDP sum, fedge_dp_ledger_spent; may be NULL when
+ * DP is off). Pure: fedge-audit replay runs it over recorded rows. */
+int fedge_gov_update_decision(const fedge_policy *p, const fedge_policy_update_in *in, const double *device_spent,
+                              fedge_policy_decision *d);
+
 /* Append the current row of tbl/key to the audit chain (caller's transaction). */
 int fedge_gov_audit(fedge_aggregator *a, const char *tbl, const char *key);
 /* Insert an events row (round may be 0, device NULL) and audit it (caller's transaction). */
@@ -108,5 +136,12 @@ int fedge_gov_dp_charge(fedge_aggregator *a, size_t n_clients, double *epsilon, 
  * later updates are refused. FEDGE_ERR_NOT_FOUND for an unknown device,
  * FEDGE_ERR_INVALID_ARG for another status or an empty reason. */
 int fedge_device_set_status(sqlite3 *db, const char *device, const char *status, const char *reason);
+
+/* fedge-admin device add: the device's row (status allowed, region) and an
+ * audited events row of kind 'enrolled' (rule 'operator', detail), in one
+ * transaction. FEDGE_ERR_DUPLICATE when the database has the id as revoked
+ * (a revoked id is not reused); FEDGE_ERR_BUSY while another writer holds
+ * the database past its busy timeout. */
+int fedge_device_enrol(sqlite3 *db, const char *device, const char *region, const char *detail);
 
 #endif

@@ -70,7 +70,7 @@ int fedge_ingest_snapshot_take(fedge_aggregator *a, int d, fedge_ingest_snapshot
     int ret;
     memset(snap, 0, sizeof *snap);
     CHK(device_row(a, d, &snap->last_counter, status, sizeof status));
-    snap->key = &a->dev_keys[d];
+    snap->key = a->dev_keys[d];
     snap->model_id = a->model_id;
     snap->n_params = a->model.n_params;
     snap->scaffold = a->cfg.scaffold != 0;
@@ -125,7 +125,7 @@ int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, si
         .run_id = snap->run_id,
     };
     f->opened = 1;
-    f->open_status = fedge_update_open_metrics(snap->key, body, len, &exp, f->plain, &f->header, &f->counter,
+    f->open_status = fedge_update_open_metrics(&snap->key, body, len, &exp, f->plain, &f->header, &f->counter,
                                                f->delta, &f->metrics);
     f->encoded_len = FEDGE_DELTA_HEADER_LEN + view.ct_len;
     if (f->open_status == FEDGE_OK)
@@ -186,6 +186,10 @@ int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fe
     uint64_t last_counter = 0;
     char status[16];
     int ret = FEDGE_OK;
+    if (a->keys.devices[d].removed) { /* taken out by a keys reload since the snapshot */
+        reply(code, msg, msglen, 403, "unknown device");
+        goto cleanup;
+    }
     if (f->oversized) {
         reply(code, msg, msglen, 413, "update of %zu bytes exceeds the limit of %zu", f->len, snap->max_len);
         goto cleanup;

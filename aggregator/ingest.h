@@ -33,10 +33,11 @@
 #include "update.h"
 #include "hash.h"
 
-/* Immutable input of stage (a). The pointers point into the aggregator's
- * keys and run id, which do not change while it runs. */
+/* Immutable input of stage (a). The device key is a copy (a keys reload
+ * may move the aggregator's table while a worker opens the frame); run_id
+ * points into the aggregator, which does not change it while it runs. */
 typedef struct {
-    const fedge_device_key *key;
+    fedge_device_key key;
     uint32_t model_id;
     size_t n_params;          /* the model's; an update carries n_params x 2 under SCAFFOLD */
     int scaffold;

@@ -218,6 +218,7 @@ void fedge_ingest_job_free(fedge_ingest_job *job)
     if (!job)
         return;
     fedge_ingest_frame_free(&job->frame);
+    fedge_device_key_wipe(&job->snap.key);
     free(job->body);
     free(job);
 }

@@ -8,6 +8,7 @@
 
 #include "agg.h"
 #include "blas.h"
+#include "check.h"
 #include "common.h"
 #include "crypto.h"
 #include "config.h"
@@ -34,6 +35,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: fedge-aggregator [--config FILE] [--KEY VALUE ...] [--insecure]\n"
+            "       fedge-aggregator --check [--config FILE] [--KEY VALUE ...]\n"
             "       fedge-aggregator --help | --help-config | --version\n"
             "\n"
             "Runs federated rounds for edge clients over CoAP/DTLS (docs/PROTOCOL.md), logs\n"
@@ -47,9 +49,12 @@ static void usage(FILE *out)
             "start on the same database, or on a listen address in use, exits with status 2.\n"
             "\n"
             "Signals: SIGTERM/SIGINT stop after the current request (state is always\n"
-            "committed); SIGHUP reloads the policy file.\n"
+            "committed); SIGHUP reloads the policy file and the keys file.\n"
             "Exit status: 0 after a clean stop, 1 on a runtime error, 2 on bad configuration,\n"
-            "3 when the run finished without any round aggregating.\n");
+            "3 when the run finished without any round aggregating.\n"
+            "--check validates the configuration, keys, policy, signing key and database\n"
+            "(read-only, without the instance lock) and exits: 0 all ok, 1 a check failed,\n"
+            "2 usage.\n");
 }
 
 int main(int argc, char **argv)
@@ -85,6 +90,9 @@ int main(int argc, char **argv)
             return 0;
         }
     }
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--check"))
+            return fedge_agg_check(argc, argv, stdout);
     if (fedge_agg_config_from_args(&cfg, argc, argv, NULL, err, sizeof err) != FEDGE_OK) {
         fedge_text_eprintf("fedge-aggregator", "%s", err);
         return 2;
@@ -193,6 +201,8 @@ int main(int argc, char **argv)
             g_reload = 0;
             if (fedge_agg_reload_policy(&agg) != FEDGE_OK)
                 FEDGE_WARN("policy reload failed; keeping the previous policy");
+            if (fedge_server_reload_keys(server) != FEDGE_OK)
+                FEDGE_WARN("keys reload failed; keeping the previous keys");
         }
         double now = fedge_now();
         int ret = fedge_agg_tick(&agg, now);

@@ -119,26 +119,29 @@ int fedge_modelstore_evaluate(fedge_aggregator *a, double *accuracy)
     return ret;
 }
 
-int fedge_modelstore_load_current(fedge_aggregator *a, char *err, size_t errlen)
+int fedge_modelstore_check_current(sqlite3 *db, const char *model_dir, int *found, fedge_model *m,
+                                   uint32_t *round, char *err, size_t errlen)
 {
     sqlite3_stmt *st = NULL;
-    fedge_model m = {0};
     uint8_t version[FEDGE_HASH_LEN];
-    int ret;
-    CHK(fedge_store_prepare(a->db, "SELECT version, path, round FROM models WHERE version ="
-                                   " coalesce((SELECT value FROM meta WHERE key='current_version'),"
-                                   " (SELECT version FROM models ORDER BY rowid DESC LIMIT 1))", &st));
+    int ret = FEDGE_OK;
+    *found = 0;
+    CHK(fedge_store_prepare(db, "SELECT version, path, round FROM models WHERE version ="
+                                " coalesce((SELECT value FROM meta WHERE key='current_version'),"
+                                " (SELECT version FROM models ORDER BY rowid DESC LIMIT 1))", &st));
     if (sqlite3_step(st) == SQLITE_ROW) {
+        *found = 1;
         char want[FEDGE_HASH_HEX_LEN];
-        snprintf(want, sizeof want, "%s", (const char *)sqlite3_column_text(st, 0));
+        const char *v = (const char *)sqlite3_column_text(st, 0);
+        snprintf(want, sizeof want, "%s", v ? v : "");
         const char *stored = (const char *)sqlite3_column_text(st, 1);
-        uint32_t round = (uint32_t)sqlite3_column_int64(st, 2);
+        *round = (uint32_t)sqlite3_column_int64(st, 2);
         char path[FEDGE_PATH_MAX + 80]; /* relative paths start at model_dir; old logs hold absolute ones */
-        snprintf(path, sizeof path, "%s%s%s", stored && stored[0] == '/' ? "" : a->cfg.model_dir,
+        snprintf(path, sizeof path, "%s%s%s", stored && stored[0] == '/' ? "" : model_dir,
                  stored && stored[0] == '/' ? "" : "/", stored ? stored : "");
         if (stored && stored[0] == '/' && access(path, F_OK) != 0) /* a moved old run */
-            snprintf(path, sizeof path, "%s/%s", a->cfg.model_dir, strrchr(stored, '/') + 1);
-        ret = fedge_model_load(path, &m, version);
+            snprintf(path, sizeof path, "%s/%s", model_dir, strrchr(stored, '/') + 1);
+        ret = fedge_model_load(path, m, version);
         if (ret != FEDGE_OK) {
             snprintf(err, errlen, "current model %s: %s", path, fedge_strerror(ret));
             goto cleanup;
@@ -147,8 +150,24 @@ int fedge_modelstore_load_current(fedge_aggregator *a, char *err, size_t errlen)
         fedge_hash_to_hex(version, got);
         if (strcmp(got, want) != 0) {
             snprintf(err, errlen, "model file %s has version %s, the log says %s", path, got, want);
+            fedge_model_free(m);
             FAIL(FEDGE_ERR_AUDIT_FILE);
         }
+    }
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int fedge_modelstore_load_current(fedge_aggregator *a, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    fedge_model m = {0};
+    uint8_t version[FEDGE_HASH_LEN];
+    uint32_t round = 0;
+    int ret, found = 0;
+    CHK(fedge_modelstore_check_current(a->db, a->cfg.model_dir, &found, &m, &round, err, errlen));
+    if (found) {
         CHK(fedge_modelstore_adopt(a, &m, round));
         FEDGE_INFO("resuming from model %.16s (round %u)", a->version_hex, round);
         goto cleanup;

@@ -33,6 +33,13 @@ int fedge_modelstore_evaluate(fedge_aggregator *a, double *accuracy);
 /* Loads the log's current model (checking its file's hash), or creates and
  * records the initial one (init_model, or model_spec randomized by seed). */
 int fedge_modelstore_load_current(fedge_aggregator *a, char *err, size_t errlen);
+/* The reading half of load_current, on any handle (read-only is fine):
+ * *found = 0 when the log has no model yet; else the current model's file
+ * (under model_dir) loaded into *m (the caller frees it) after its hash was
+ * checked against the log: FEDGE_ERR_AUDIT_FILE and err when it differs,
+ * the load's status when it cannot be read. */
+int fedge_modelstore_check_current(sqlite3 *db, const char *model_dir, int *found, fedge_model *m,
+                                   uint32_t *round, char *err, size_t errlen);
 /* Rolls back the open transaction and reloads the log's current model (the
  * in-memory one may be half-updated); a reload failure is logged. */
 void fedge_modelstore_rollback(fedge_aggregator *a);

@@ -1348,3 +1348,65 @@ void fedge_server_metrics(const fedge_server *s, fedge_metrics_server *m)
     m->notifications = s->notifications;
     m->latency = s->latency;
 }
+
+int fedge_server_reload_keys(fedge_server *s)
+{
+    fedge_aggregator *a = s->agg;
+    fedge_agg_keys_reload r;
+    coap_bin_const_t *psks = NULL;
+    char (*psk_text)[FEDGE_PSK_LEN + 1] = NULL;
+    round_observer *observers = NULL;
+    size_t n_old = a->keys.n;
+    int ret = fedge_agg_keys_prepare(a, &r);
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("keys reload: %s; keeping the previous keys", r.err);
+        return ret;
+    }
+    size_t n = r.keys.n;
+    if (s->psks) {
+        psks = calloc(n, sizeof *psks);
+        psk_text = calloc(n, sizeof *psk_text);
+        if (!psks || !psk_text)
+            FAIL(FEDGE_ERR_NOMEM);
+        for (size_t i = 0; i < n; i++) {
+            if (!r.keys.devices[i].removed)
+                CHK(fedge_keys_dtls_psk(r.keys.devices[i].secret, r.keys.devices[i].id, psk_text[i]));
+            psks[i].s = (const uint8_t *)psk_text[i];
+            psks[i].length = FEDGE_PSK_LEN;
+        }
+    }
+    if (s->observers) {
+        observers = calloc(n ? n : 1, sizeof *observers);
+        if (!observers)
+            FAIL(FEDGE_ERR_NOMEM);
+        memcpy(observers, s->observers, n_old * sizeof *observers);
+    }
+cleanup:
+    if (ret != FEDGE_OK) {
+        FEDGE_ERROR("keys reload: %s; keeping the previous keys", fedge_strerror(ret));
+        if (psk_text)
+            memset(psk_text, 0, n * sizeof *psk_text);
+        free(psk_text);
+        free(psks);
+        free(observers);
+        fedge_agg_keys_abort(&r);
+        return ret;
+    }
+    if (psks) {
+        memset(s->psk_text, 0, n_old * sizeof *s->psk_text);
+        free(s->psk_text);
+        free(s->psks);
+        s->psk_text = psk_text;
+        s->psks = psks;
+    }
+    if (observers) {
+        free(s->observers);
+        s->observers = observers;
+        for (size_t i = 0; i < n_old; i++)
+            if (r.keys.devices[i].removed)
+                drop_observation(s, i, 1);
+    }
+    fedge_agg_keys_commit(a, &r);
+    coap_context_set_max_idle_sessions(s->ctx, (unsigned)(a->keys.n + 16));
+    return FEDGE_OK;
+}

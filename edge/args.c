@@ -113,6 +113,7 @@ enum {
     OPT_HELP,
     OPT_VERSION,
     OPT_NO_OBSERVE,
+    OPT_BUNDLE,
 };
 
 static const struct {
@@ -141,6 +142,7 @@ static const struct {
     {"help", OPT_HELP, 0},
     {"version", OPT_VERSION, 0},
     {"no-observe", OPT_NO_OBSERVE, 0},
+    {"bundle", OPT_BUNDLE, 1},
 };
 
 int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, char *err,
@@ -193,6 +195,7 @@ int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, 
                                  "(port 1..65535)", val);
             if (port_given)
                 cfg->port = port;
+            cfg->server_given = 1;
             break;
         }
         case OPT_ID:
@@ -267,15 +270,22 @@ int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, 
         case OPT_HELP: cfg->help = 1; break;
         case OPT_VERSION: cfg->version = 1; break;
         case OPT_NO_OBSERVE: cfg->no_observe = 1; break;
+        case OPT_BUNDLE:
+            if (!*val)
+                return usage_err(err, errlen, "--bundle needs a non-empty path");
+            cfg->bundle_path = val;
+            break;
         default: return usage_err(err, errlen, "internal: unhandled flag");
         }
     }
     if (cfg->help || cfg->version)
         return FEDGE_OK;
-    if (!cfg->id)
-        return usage_err(err, errlen, "--id DEVICE is required");
-    if (!cfg->keys_path)
-        return usage_err(err, errlen, "--keys FILE is required");
+    if (cfg->bundle_path && cfg->keys_path)
+        return usage_err(err, errlen, "--bundle holds the device's key: give --bundle or --keys, not both");
+    if (!cfg->id && !cfg->bundle_path)
+        return usage_err(err, errlen, "--id DEVICE is required (or --bundle FILE)");
+    if (!cfg->keys_path && !cfg->bundle_path)
+        return usage_err(err, errlen, "--keys FILE is required (or --bundle FILE)");
     if (!cfg->shard_path)
         return usage_err(err, errlen, "--shard FILE is required");
     if (cfg->stochastic && cfg->encoding != FEDGE_ENC_INT8)
@@ -297,6 +307,8 @@ void fedge_edge_usage(FILE *f, const char *prog)
             "                         IPv6 as [ADDR]:PORT)\n"
             "  --id DEVICE            device id = DTLS PSK identity\n"
             "  --keys FILE            keys file (mode 0600); the line with DEVICE is used\n"
+            "  --bundle FILE          credential bundle from fedge-admin device add: the device's\n"
+            "                         key and server (in place of --id, --keys and --server)\n"
             "  --shard FILE           local training data (fedge shard file)\n"
             "  --encoding E           delta encoding: fp32 (default), fp16, bf16, int8\n"
             "  --stochastic           int8 with stochastic (unbiased) rounding\n"
@@ -328,4 +340,30 @@ void fedge_edge_usage(FILE *f, const char *prog)
             "Exit status: 0 finished, max rounds reached or stopped by SIGINT/SIGTERM;\n"
             "1 error (including the aggregator unreachable after all retries); 2 bad usage.\n",
             prog);
+}
+
+int fedge_edge_args_apply_bundle(fedge_edge_config *cfg, char *err, size_t errlen)
+{
+    fedge_keys k;
+    char server[FEDGE_BUNDLE_SERVER_MAX + 1], why[512] = "";
+    if (!cfg->bundle_path)
+        return FEDGE_OK;
+    if (fedge_keys_bundle_read(cfg->bundle_path, &k, server, why, sizeof why) != FEDGE_OK)
+        return usage_err(err, errlen, "--bundle: %s", why[0] ? why : "unreadable");
+    int ok = !cfg->id || strcmp(cfg->id, k.devices[0].id) == 0;
+    snprintf(cfg->bundle_id, sizeof cfg->bundle_id, "%s", k.devices[0].id);
+    fedge_keys_free(&k);
+    if (!ok)
+        return usage_err(err, errlen, "--id %s: the bundle is device %s's", cfg->id, cfg->bundle_id);
+    cfg->id = cfg->bundle_id;
+    cfg->keys_path = cfg->bundle_path;
+    if (!cfg->server_given && server[0]) {
+        uint16_t port = 0;
+        int has_port = 0;
+        if (fedge_edge_parse_server(server, cfg->host, sizeof cfg->host, &port, &has_port))
+            return usage_err(err, errlen, "--bundle: its server '%s' is not HOST[:PORT]", server);
+        if (has_port)
+            cfg->port = port;
+    }
+    return FEDGE_OK;
 }

@@ -41,12 +41,24 @@ typedef struct {
     int help;
     int version;                        /* --version: print it and exit */
     int no_observe;                     /* poll /round; no CoAP Observe */
+    /* --bundle FILE (fedge-admin device add): the device's credential
+     * bundle; fedge_edge_args_apply_bundle fills id, keys_path and, unless
+     * --server was given, host and port from it */
+    const char *bundle_path;
+    int server_given;
+    char bundle_id[64 + 1];
 } fedge_edge_config;
 
 void fedge_edge_config_defaults(fedge_edge_config *cfg);
 /* argv[0] is the program name. FEDGE_ERR_EDGE_USAGE on any bad flag. */
 int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, char *err,
                           size_t errlen);
+/* Reads cfg->bundle_path (keys.h's bundle: one device line and its
+ * server) into cfg: keys_path is the bundle; id is its device (an --id given
+ * too must be the same); host and port come from it unless --server was
+ * given. Nothing to do without --bundle. FEDGE_ERR_EDGE_USAGE with err
+ * naming why. The one part of this module that reads a file. */
+int fedge_edge_args_apply_bundle(fedge_edge_config *cfg, char *err, size_t errlen);
 /* "HOST", "HOST:PORT", "[V6]" or "[V6]:PORT"; *port left as is when absent. */
 int fedge_edge_parse_server(const char *text, char *host, size_t host_cap, uint16_t *port,
                             int *has_port);

@@ -398,10 +398,13 @@ static int fetch_versioned(edge_client *c, const fedge_round_info *ri, const ver
     int rc = request_with_retry(c, &req, 4 * fedge_model_spec_param_count(&ri->spec),
                                 0, what, &attempts);
     if (rc == FEDGE_ERR_TIMEOUT || rc == FEDGE_ERR_IO) {
-        /* Already logged; GET /round decides whether the server is gone. */
-        FEDGE_ERROR("round %u: no %s after %u attempts; skipping the round", ri->round, f->noun,
-                    attempts);
-        *result = ROUND_SKIPPED;
+        /* Already logged. GET /round decides whether the server is gone: a
+         * restarted aggregator resumes the open round, and an edge that
+         * skipped it here would sit the round out. */
+        FEDGE_ERROR("round %u: no %s after %u attempts; polling /round again", ri->round,
+                    f->noun, attempts);
+        fedge_edge_link_reset(c->link);
+        *result = ROUND_REPOLL;
         return FEDGE_OK;
     }
     if (rc != FEDGE_OK)
@@ -430,7 +433,10 @@ static int fetch_versioned(edge_client *c, const fedge_round_info *ri, const ver
                 *f->without_etag = 1; /* once more, as a plain GET */
                 *result = ROUND_REPOLL;
             } else {
-                *result = ROUND_SKIPPED;
+                /* cut short (the server went away mid-transfer): the round
+                 * may resume; a body that arrived whole and is invalid will
+                 * be the same next time */
+                *result = r->sink_called ? ROUND_SKIPPED : ROUND_REPOLL;
             }
             return FEDGE_OK;
         }

@@ -51,6 +51,10 @@ int main(int argc, char **argv)
         printf("fedge-edge %s\n", FEDGE_VERSION);
         return 0;
     }
+    if (fedge_edge_args_apply_bundle(&cfg, err, sizeof err) != FEDGE_OK) {
+        fedge_text_eprintf(prog, "%s", err);
+        return 2;
+    }
     char tag[32];
     snprintf(tag, sizeof tag, "edge %s", cfg.id);
     fedge_log_set_tag(tag);

@@ -608,3 +608,212 @@ cleanup:
     mbedtls_pk_free(&pk);
     return ret;
 }
+
+/* ---- signing-key rotation ---------------------------------------------------------- */
+
+static int pubkey_der(mbedtls_pk_context *pk, uint8_t buf[FEDGE_AUDIT_PUBKEY_DER_MAX], const uint8_t **der,
+                      size_t *len)
+{
+    int n = mbedtls_pk_write_pubkey_der(pk, buf, FEDGE_AUDIT_PUBKEY_DER_MAX);
+    if (n <= 0)
+        return FEDGE_ERR_CRYPTO;
+    *der = buf + FEDGE_AUDIT_PUBKEY_DER_MAX - n; /* mbedTLS writes at the end */
+    *len = (size_t)n;
+    return FEDGE_OK;
+}
+
+int fedge_audit_key_fingerprint(mbedtls_pk_context *pk, char hex[FEDGE_HASH_HEX_LEN])
+{
+    uint8_t buf[FEDGE_AUDIT_PUBKEY_DER_MAX], h[FEDGE_HASH_LEN];
+    const uint8_t *der;
+    size_t len;
+    int ret;
+    if (!pk || !hex)
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(pubkey_der(pk, buf, &der, &len));
+    CHK(fedge_sha256(der, len, h));
+    fedge_hash_to_hex(h, hex);
+cleanup:
+    return ret;
+}
+
+static int hex_val(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+int audit_rotation_parse(const char *detail, mbedtls_pk_context *pk, char old_fp[FEDGE_HASH_HEX_LEN],
+                         char new_fp[FEDGE_HASH_HEX_LEN])
+{
+    char fp[FEDGE_HASH_HEX_LEN];
+    uint8_t der[FEDGE_AUDIT_PUBKEY_DER_MAX];
+    size_t n = 0;
+    if (!detail || strncmp(detail, "old sha256 ", 11) != 0 || strlen(detail) < 11 + 64 + 12 + 64 + 5)
+        return FEDGE_ERR_AUDIT_CHAIN;
+    const char *p = detail + 11;
+    memcpy(old_fp, p, 64);
+    old_fp[64] = '\0';
+    p += 64;
+    if (strncmp(p, " new sha256 ", 12) != 0)
+        return FEDGE_ERR_AUDIT_CHAIN;
+    p += 12;
+    memcpy(new_fp, p, 64);
+    new_fp[64] = '\0';
+    p += 64;
+    if (strncmp(p, " key ", 5) != 0)
+        return FEDGE_ERR_AUDIT_CHAIN;
+    for (p += 5; p[0] && n < sizeof der; p += 2) {
+        int hi = hex_val(p[0]), lo = hex_val(p[1]);
+        if (hi < 0 || lo < 0)
+            return FEDGE_ERR_AUDIT_CHAIN;
+        der[n++] = (uint8_t)(hi << 4 | lo);
+    }
+    for (int i = 0; i < 64; i++)
+        if (hex_val(old_fp[i]) < 0 || hex_val(new_fp[i]) < 0)
+            return FEDGE_ERR_AUDIT_CHAIN;
+    if (p[0] || n == 0 || mbedtls_pk_parse_public_key(pk, der, n) != 0 || !is_p256(pk) ||
+        fedge_audit_key_fingerprint(pk, fp) != FEDGE_OK || strcmp(fp, new_fp) != 0)
+        return FEDGE_ERR_AUDIT_CHAIN;
+    return FEDGE_OK;
+}
+
+int fedge_audit_last_rotation(sqlite3 *db, int *found, int64_t *seq, mbedtls_pk_context *pk)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK;
+    char old_fp[FEDGE_HASH_HEX_LEN], new_fp[FEDGE_HASH_HEX_LEN];
+    *found = 0;
+    if (sqlite3_prepare_v2(db, AUDIT_ROTATIONS_SQL " DESC LIMIT 1", -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *seq = sqlite3_column_int64(st, 0);
+        CHK(audit_rotation_parse((const char *)sqlite3_column_text(st, 1), pk, old_fp, new_fp));
+        *found = 1;
+    } else if (rc != SQLITE_DONE) {
+        FAIL(FEDGE_ERR_SQL);
+    }
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* Whether the last signed head verifies with key (1 also when none is signed). */
+static int last_head_signed_by(sqlite3 *db, mbedtls_pk_context *key, int *ok)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK;
+    *ok = 0;
+    if (sqlite3_prepare_v2(db, "SELECT seq, round, head_hash, signature, signed_at FROM audit_heads "
+                               "ORDER BY seq DESC LIMIT 1", -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        *ok = 1;
+    } else if (rc == SQLITE_ROW) {
+        uint8_t digest[FEDGE_HASH_LEN];
+        int has_round = sqlite3_column_type(st, 1) != SQLITE_NULL;
+        if (sqlite3_column_bytes(st, 2) != FEDGE_HASH_LEN || !sqlite3_column_blob(st, 3))
+            goto cleanup;
+        CHK(audit_head_digest(sqlite3_column_int64(st, 0), has_round, (uint32_t)sqlite3_column_int64(st, 1),
+                              sqlite3_column_blob(st, 2), sqlite3_column_double(st, 4), digest));
+        *ok = mbedtls_pk_verify(key, MBEDTLS_MD_SHA256, digest, sizeof digest, sqlite3_column_blob(st, 3),
+                                (size_t)sqlite3_column_bytes(st, 3)) == 0;
+    } else {
+        ret = FEDGE_ERR_SQL;
+    }
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int fedge_audit_rotate_key(sqlite3 *db, mbedtls_pk_context *old_key, mbedtls_pk_context *new_pub,
+                           mbedtls_ctr_drbg_context *drbg, int64_t *seq_out, char *err, size_t errlen)
+{
+    int ret = FEDGE_OK, in_tx = 0, found = 0, ok = 0;
+    int64_t rot_seq = 0;
+    sqlite3_stmt *st = NULL;
+    mbedtls_pk_context cur;
+    char old_fp[FEDGE_HASH_HEX_LEN], new_fp[FEDGE_HASH_HEX_LEN], cur_fp[FEDGE_HASH_HEX_LEN];
+    char detail[64 * 2 + 40 + 2 * FEDGE_AUDIT_PUBKEY_DER_MAX + 1];
+    uint8_t derbuf[FEDGE_AUDIT_PUBKEY_DER_MAX];
+    const uint8_t *der;
+    size_t der_len;
+    char errbuf[1];
+    mbedtls_pk_init(&cur);
+    if (!err) {
+        err = errbuf;
+        errlen = sizeof errbuf;
+    }
+    err[0] = '\0';
+    if (!db || !old_key || !new_pub || !drbg || !is_p256(old_key) || !is_p256(new_pub))
+        FAIL(FEDGE_ERR_INVALID_ARG);
+    CHK(fedge_audit_key_fingerprint(old_key, old_fp));
+    CHK(fedge_audit_key_fingerprint(new_pub, new_fp));
+    if (strcmp(old_fp, new_fp) == 0) {
+        snprintf(err, errlen, "the new key is the old one (sha256 %s)", old_fp);
+        FAIL(FEDGE_ERR_INVALID_ARG);
+    }
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        FAIL((sqlite3_errcode(db) & 0xff) == SQLITE_BUSY ? FEDGE_ERR_BUSY : FEDGE_ERR_SQL);
+    in_tx = 1;
+    ret = fedge_audit_last_rotation(db, &found, &rot_seq, &cur);
+    if (ret != FEDGE_OK) {
+        snprintf(err, errlen, "the log's last rotation record is malformed; run fedge-audit verify");
+        goto cleanup;
+    }
+    if (found) {
+        CHK(fedge_audit_key_fingerprint(&cur, cur_fp));
+        if (strcmp(cur_fp, old_fp) != 0) {
+            snprintf(err, errlen, "the old key (sha256 %.16s...) is not the key in force: the rotation at seq %" PRId64
+                     " made sha256 %.16s... the signing key", old_fp, rot_seq, cur_fp);
+            FAIL(FEDGE_ERR_SIGNING_KEY);
+        }
+    } else {
+        CHK(last_head_signed_by(db, old_key, &ok));
+        if (!ok) {
+            snprintf(err, errlen, "the old key (sha256 %.16s...) did not sign this log's last head", old_fp);
+            FAIL(FEDGE_ERR_SIGNING_KEY);
+        }
+    }
+    CHK(pubkey_der(new_pub, derbuf, &der, &der_len));
+    int n = snprintf(detail, sizeof detail, "old sha256 %s new sha256 %s key ", old_fp, new_fp);
+    fedge_hex_encode(der, der_len, detail + n);
+    if (sqlite3_prepare_v2(db, "INSERT INTO events(at, kind, rule, detail) VALUES(?1, '" FEDGE_AUDIT_ROTATION_EVENT
+                               "', 'operator', ?2)", -1, &st, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    sqlite3_bind_double(st, 1, (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+    sqlite3_bind_text(st, 2, detail, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    CHK(fedge_audit_append_id(db, "events", sqlite3_last_insert_rowid(db)));
+    sqlite3_finalize(st);
+    st = NULL;
+    int64_t round = 0;
+    if (sqlite3_prepare_v2(db, "SELECT COALESCE((SELECT round FROM audit_heads WHERE round IS NOT NULL ORDER BY seq DESC"
+                               " LIMIT 1), (SELECT max(id) FROM rounds), 0)", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW)
+        FAIL(FEDGE_ERR_SQL);
+    round = sqlite3_column_int64(st, 0);
+    if (round < 0 || round > UINT32_MAX)
+        round = 0;
+    CHK(fedge_audit_sign_head(db, (uint32_t)round, old_key, drbg));
+    CHK(chain_head(db, &rot_seq, derbuf));
+    if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    in_tx = 0;
+    if (seq_out)
+        *seq_out = rot_seq;
+cleanup:
+    sqlite3_finalize(st);
+    if (in_tx)
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    mbedtls_pk_free(&cur);
+    if (ret != FEDGE_OK && !err[0])
+        snprintf(err, errlen, "%s", fedge_strerror(ret));
+    return ret;
+}

@@ -32,8 +32,9 @@
  *   seq = the head entry's seq (0 and 32 zero bytes for an empty chain).
  * - Model files are bound to the chain through models.sha256 (hex SHA-256
  *   of the file), which is part of the audited models row.
- * - fedge_audit_verify() proves, with the aggregator's public key: every
- *   link and hash of the chain in seq order; every head signature; every
+ * - fedge_audit_verify() proves, with the aggregator's (first) public key:
+ *   every link and hash of the chain in seq order; every head signature,
+ *   with the key in force at its seq (signing-key rotation, below); every
  *   signed head is an entry of the chain (a truncated tail is caught); every
  *   non-open round has a signed head; a row logged more than once changed
  *   only as the aggregator changes it (a round from open to its outcome; an
@@ -127,6 +128,9 @@ typedef struct {
     size_t unsigned_tail;         /* entries after the last signed head */
     size_t n_failures;            /* all found; the first FEDGE_AUDIT_MAX_FAILURES kept */
     fedge_audit_failure failures[FEDGE_AUDIT_MAX_FAILURES];
+    size_t n_rotations;           /* signing-key rotations followed */
+    char key_in_force[FEDGE_HASH_HEX_LEN]; /* fingerprint of the key signing new heads */
+    char key_anchor[FEDGE_HASH_HEX_LEN];   /* fingerprint of the key verify was given */
 } fedge_audit_report;
 
 /* Runs every check (see above) and fills rep. A relative model path P
@@ -147,5 +151,37 @@ int fedge_audit_verify(sqlite3 *db, const char *pubkey_path, const char *model_r
  * log, needs some audited event with H). *ok = 0 and why otherwise. */
 int fedge_audit_strategy_state_check(sqlite3 *db, const char *version, const void *blob, size_t len,
                                      const char *sha256_hex, int *ok, char *why, size_t whylen);
+
+/* ---- signing-key rotation (docs/AUDIT.md "Rotating the signing key") ----
+ * A rotation is an audited events row of kind FEDGE_AUDIT_ROTATION_EVENT
+ * (rule 'operator') whose detail is exactly
+ *   "old sha256 <fingerprint> new sha256 <fingerprint> key <hex of the new
+ *    public key's DER SubjectPublicKeyInfo>"
+ * (fingerprint: hex SHA-256 of that DER), followed in the same transaction
+ * by a signed head at the event's own audit seq, signed by the OLD key. Every
+ * later head is signed by the new key. fedge_audit_verify starts from the
+ * trust anchor it is given (the first key) and follows the rotations in
+ * chain order: a head at seq S must verify with the key named by the last
+ * rotation before S (the anchor when none), and each rotation's own head
+ * with the key in force before it. */
+#define FEDGE_AUDIT_ROTATION_EVENT "signing_key_rotated"
+#define FEDGE_AUDIT_PUBKEY_DER_MAX 256
+
+/* Hex SHA-256 of pk's public key as DER SubjectPublicKeyInfo. */
+int fedge_audit_key_fingerprint(mbedtls_pk_context *pk, char hex[FEDGE_HASH_HEX_LEN]);
+/* The newest rotation in the log: *found 0 when there is none; else *seq
+ * (its audit entry) and pk (mbedtls_pk_init'ed, empty) loaded with the
+ * public key it names. FEDGE_ERR_AUDIT_CHAIN for a malformed record. */
+int fedge_audit_last_rotation(sqlite3 *db, int *found, int64_t *seq, mbedtls_pk_context *pk);
+/* Writes a rotation (above) in one transaction. old_key must be the key in
+ * force: the newest rotation's key, or, with none, the key the last signed
+ * head verifies with (any key when nothing is signed yet); else
+ * FEDGE_ERR_SIGNING_KEY and err says why. new_pub: the new key (its public
+ * part is used); FEDGE_ERR_INVALID_ARG when it is the old key or not P-256.
+ * *seq_out (may be NULL) gets the rotation's audit seq. The caller makes
+ * sure no aggregator writes to db meanwhile (it would go on signing with
+ * the old key). */
+int fedge_audit_rotate_key(sqlite3 *db, mbedtls_pk_context *old_key, mbedtls_pk_context *new_pub,
+                           mbedtls_ctr_drbg_context *drbg, int64_t *seq_out, char *err, size_t errlen);
 
 #endif

@@ -79,4 +79,15 @@ int audit_head_digest(int64_t seq, int has_round, uint32_t round,
                       const uint8_t head_hash[FEDGE_HASH_LEN], double signed_at,
                       uint8_t out[FEDGE_HASH_LEN]);
 
+/* A rotation event's detail (audit.h): old and new fingerprints (hex, 64
+ * digits + NUL) and the new public key into pk (mbedtls_pk_init'ed, empty).
+ * FEDGE_ERR_AUDIT_CHAIN when malformed or when the key's fingerprint is not
+ * the one named. */
+int audit_rotation_parse(const char *detail, mbedtls_pk_context *pk, char old_fp[FEDGE_HASH_HEX_LEN],
+                         char new_fp[FEDGE_HASH_HEX_LEN]);
+/* Rotations in chain order: SQL selecting (audit seq, detail). */
+#define AUDIT_ROTATIONS_SQL                                                                        \
+    "SELECT a.seq, e.detail FROM audit a JOIN events e ON a.tbl = 'events' AND a.row_key = "      \
+    "CAST(e.id AS TEXT) WHERE e.kind = '" FEDGE_AUDIT_ROTATION_EVENT "' ORDER BY a.seq"
+
 #endif

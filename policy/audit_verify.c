@@ -148,13 +148,139 @@ cleanup:
     return ret;
 }
 
+/* The signing keys in chain order: [0] the trust anchor, [i] the key named
+ * by rotation i at seq[i] (audit.h). */
+#define MAX_ROTATIONS 64
+typedef struct {
+    size_t n;                              /* keys: 1 + rotations */
+    mbedtls_pk_context pk[MAX_ROTATIONS + 1];
+    int64_t seq[MAX_ROTATIONS + 1];        /* [0]: 0 */
+    char fp[MAX_ROTATIONS + 1][FEDGE_HASH_HEX_LEN];
+    int sealed[MAX_ROTATIONS + 1];         /* rotation i's own head verified with key i-1 */
+} key_history;
+
+static void key_history_free(key_history *h)
+{
+    for (size_t i = 1; i < h->n; i++)
+        mbedtls_pk_free(&h->pk[i]);
+}
+
+static int load_rotations(sqlite3 *db, mbedtls_pk_context *anchor, key_history *h, fedge_audit_report *rep)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK, rc;
+    char old_fp[FEDGE_HASH_HEX_LEN], new_fp[FEDGE_HASH_HEX_LEN];
+    h->pk[0] = *anchor; /* borrowed: not freed here */
+    h->seq[0] = 0;
+    h->n = 1;
+    CHK(fedge_audit_key_fingerprint(anchor, h->fp[0]));
+    if (sqlite3_prepare_v2(db, AUDIT_ROTATIONS_SQL, -1, &st, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t seq = sqlite3_column_int64(st, 0);
+        char rk[32];
+        snprintf(rk, sizeof rk, "%" PRId64, seq);
+        if (h->n > MAX_ROTATIONS) {
+            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "events", rk, NULL,
+                   "more than %d signing-key rotations: the rest are not followed", MAX_ROTATIONS);
+            break;
+        }
+        mbedtls_pk_init(&h->pk[h->n]);
+        if (audit_rotation_parse((const char *)sqlite3_column_text(st, 1), &h->pk[h->n], old_fp, new_fp) !=
+            FEDGE_OK) {
+            mbedtls_pk_free(&h->pk[h->n]);
+            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "events", rk, NULL,
+                   "the signing-key rotation at seq %" PRId64 " is malformed (no usable new key)", seq);
+            continue;
+        }
+        if (strcmp(new_fp, h->fp[0]) == 0)
+            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "events", rk, NULL,
+                   "the public key given is the one the rotation at seq %" PRId64 " brought in, not the log's"
+                   " first key: give the first key (the trust anchor) to verify the history before it",
+                   seq);
+        else if (strcmp(old_fp, h->fp[h->n - 1]) != 0)
+            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "events", rk, NULL,
+                   "the signing-key rotation at seq %" PRId64 " says it replaces key sha256 %.16s..., but the key"
+                   " in force there is sha256 %.16s...",
+                   seq, old_fp, h->fp[h->n - 1]);
+        h->seq[h->n] = seq;
+        h->sealed[h->n] = 0;
+        memcpy(h->fp[h->n], new_fp, sizeof new_fp);
+        h->n++;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        FAIL(FEDGE_ERR_SQL);
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* The key a head at seq must verify with: the last rotation strictly
+ * before seq (a rotation's own head is the old key's seal). */
+static size_t key_at(const key_history *h, int64_t seq)
+{
+    size_t k = 0;
+    for (size_t i = 1; i < h->n; i++)
+        if (h->seq[i] < seq)
+            k = i;
+    return k;
+}
+
+static int verifies(mbedtls_pk_context *pk, const uint8_t digest[FEDGE_HASH_LEN], const uint8_t *sig,
+                    size_t sig_len)
+{
+    return sig && mbedtls_pk_verify(pk, MBEDTLS_MD_SHA256, digest, FEDGE_HASH_LEN, sig, sig_len) == 0;
+}
+
+static void report_bad_signature(fedge_audit_report *rep, key_history *h, size_t k, int64_t seq, int64_t round,
+                                 const char *rk, const uint8_t digest[FEDGE_HASH_LEN], const uint8_t *sig,
+                                 size_t sig_len)
+{
+    char in_force[160];
+    if (k == 0)
+        snprintf(in_force, sizeof in_force, "the trust anchor, sha256 %.16s...", h->fp[0]);
+    else
+        snprintf(in_force, sizeof in_force, "sha256 %.16s..., named by the rotation at seq %" PRId64, h->fp[k],
+                 h->seq[k]);
+    for (size_t j = k + 1; j < h->n; j++)
+        if (verifies(&h->pk[j], digest, sig, sig_len)) {
+            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "audit_heads", rk, NULL,
+                   "the head at seq %" PRId64 " (round %" PRId64 ") is signed by the key of the rotation at seq %"
+                   PRId64 ", later in the chain: a head signed by a new key before its rotation (the key in "
+                   "force is %s)",
+                   seq, round, h->seq[j], in_force);
+            return;
+        }
+    for (size_t j = 0; j < k; j++)
+        if (verifies(&h->pk[j], digest, sig, sig_len)) {
+            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "audit_heads", rk, NULL,
+                   "the head at seq %" PRId64 " (round %" PRId64 ") is signed by a retired key (sha256 %.16s...);"
+                   " the key in force is %s",
+                   seq, round, h->fp[j], in_force);
+            return;
+        }
+    int at_rotation = 0;
+    for (size_t j = 1; j < h->n; j++)
+        at_rotation |= h->seq[j] == seq;
+    report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "audit_heads", rk, NULL,
+           "signature of the head at seq %" PRId64 " (round %" PRId64 ") does not verify with the public key in force (%s)%s",
+           seq, round, in_force,
+           at_rotation ? ": the rotation there is not signed by the key it replaces (a forged rotation)"
+           : h->n == 1 ? "; if the key was rotated, give the first key, or a rotation record is missing"
+                       : "; a rotation record may be missing");
+}
+
 /* 2. Signed heads, and a head for every finished round. */
 static int check_heads(sqlite3 *db, mbedtls_pk_context *pk, fedge_audit_report *rep)
 {
     int ret = FEDGE_OK;
     sqlite3_stmt *st = NULL, *entry = NULL;
+    key_history *h = calloc(1, sizeof *h);
     rep->last_head_seq = -1;
     rep->last_head_round = -1;
+    if (!h)
+        return FEDGE_ERR_NOMEM;
+    CHK(load_rotations(db, pk, h, rep));
     if (sqlite3_prepare_v2(db,
                            "SELECT seq, round, head_hash, signature, signed_at FROM audit_heads "
                            "ORDER BY seq",
@@ -182,14 +308,14 @@ static int check_heads(sqlite3 *db, mbedtls_pk_context *pk, fedge_audit_report *
         }
         uint8_t digest[FEDGE_HASH_LEN];
         CHK(audit_head_digest(seq, has_round, (uint32_t)round, hh, signed_at, digest));
-        if (!has_round || round < 0 || round > UINT32_MAX || !sig ||
-            mbedtls_pk_verify(pk, MBEDTLS_MD_SHA256, digest, sizeof digest, sig, sig_len) != 0) {
-            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "audit_heads", rk, NULL,
-                   "signature of the head at seq %" PRId64 " (round %" PRId64
-                   ") does not verify with the public key",
-                   seq, round);
+        size_t k = key_at(h, seq);
+        if (!has_round || round < 0 || round > UINT32_MAX || !verifies(&h->pk[k], digest, sig, sig_len)) {
+            report_bad_signature(rep, h, k, seq, round, rk, digest, sig, sig_len);
             continue;
         }
+        for (size_t j = 1; j < h->n; j++)
+            if (h->seq[j] == seq && j == k + 1)
+                h->sealed[j] = 1;
         uint8_t zero[FEDGE_HASH_LEN] = {0};
         if (seq == 0) {
             if (memcmp(hh, zero, FEDGE_HASH_LEN) != 0)
@@ -220,6 +346,18 @@ static int check_heads(sqlite3 *db, mbedtls_pk_context *pk, fedge_audit_report *
     }
     if (rc != SQLITE_DONE)
         FAIL(FEDGE_ERR_SQL);
+    for (size_t j = 1; j < h->n; j++) {
+        char rk[32];
+        snprintf(rk, sizeof rk, "%" PRId64, h->seq[j]);
+        if (!h->sealed[j])
+            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, h->seq[j], "events", rk, NULL,
+                   "the signing-key rotation at seq %" PRId64 " (to sha256 %.16s...) has no head signed by the key"
+                   " it replaces: it is not proven to come from the key holder",
+                   h->seq[j], h->fp[j]);
+    }
+    rep->n_rotations = h->n - 1;
+    memcpy(rep->key_anchor, h->fp[0], FEDGE_HASH_HEX_LEN);
+    memcpy(rep->key_in_force, h->fp[h->n - 1], FEDGE_HASH_HEX_LEN);
     int64_t signed_upto = rep->last_head_seq < 0 ? 0 : rep->last_head_seq;
     rep->unsigned_tail = rep->last_seq > signed_upto ? (size_t)(rep->last_seq - signed_upto) : 0;
 
@@ -242,6 +380,8 @@ static int check_heads(sqlite3 *db, mbedtls_pk_context *pk, fedge_audit_report *
 cleanup:
     sqlite3_finalize(st);
     sqlite3_finalize(entry);
+    key_history_free(h);
+    free(h);
     return ret;
 }
 

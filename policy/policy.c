@@ -118,6 +118,48 @@ int fedge_policy_summary(const fedge_policy *p, char *buf, size_t cap)
     return (n < 0 || (size_t)n >= cap) ? FEDGE_ERR_BUFFER_TOO_SMALL : FEDGE_OK;
 }
 
+/* The shortest decimal that reads back as v (at most 17 digits). */
+static const char *num_text(double v, char buf[32])
+{
+    for (int prec = 6; prec <= 17; prec++) {
+        snprintf(buf, 32, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v)
+            break;
+    }
+    return buf;
+}
+
+int fedge_policy_write_yaml(const fedge_policy *p, FILE *out)
+{
+    char b[8][32];
+    if (!p || !out)
+        return FEDGE_ERR_INVALID_ARG;
+    fprintf(out, "version: 1\nname: %s\n", p->name);
+    fprintf(out, "update:\n  max_norm: %s\n  norm_action: %s\n  max_staleness: %u\n  max_samples: %u\n",
+            num_text(p->max_norm, b[0]), p->norm_action_reject ? "reject" : "clip", p->max_staleness,
+            p->max_samples);
+    if (!p->regions_any) {
+        fputs("  allowed_regions: [", out);
+        for (unsigned i = 0; i < p->n_regions; i++)
+            fprintf(out, "%s%s", i ? ", " : "", p->regions[i]);
+        fputs("]\n", out);
+    }
+    fprintf(out, "  rate_limit:\n    max_updates: %u\n    window_s: %s\n", p->rate_max_updates,
+            num_text(p->rate_window_s, b[0]));
+    fprintf(out, "anomaly:\n  enabled: %s\n  min_updates: %u\n  max_norm_z: %s\n  min_cosine: %s\n",
+            p->anomaly_enabled ? "true" : "false", p->anomaly_min_updates, num_text(p->anomaly_max_norm_z, b[0]),
+            num_text(p->anomaly_min_cosine, b[1]));
+    fprintf(out, "round:\n  min_clients: %u\n  max_share: %s\n  deadline_s: %s\n", p->min_clients,
+            num_text(p->max_share, b[0]), num_text(p->deadline_s, b[1]));
+    fprintf(out,
+            "privacy:\n  enabled: %s\n  clip_norm: %s\n  noise_multiplier: %s\n  epsilon_budget: %s\n"
+            "  delta: %s\n  device_epsilon_budget: %s\n  max_participations: %u\n",
+            p->dp_enabled ? "true" : "false", num_text(p->dp_clip_norm, b[0]), num_text(p->dp_noise_multiplier, b[1]),
+            num_text(p->dp_epsilon_budget, b[2]), num_text(p->dp_delta, b[3]),
+            num_text(p->dp_device_epsilon_budget, b[4]), p->max_participations);
+    return ferror(out) ? FEDGE_ERR_IO : FEDGE_OK;
+}
+
 /* ---- per update ----------------------------------------------------------- */
 
 int fedge_policy_check_device(const fedge_policy *p, const char *dev, const char *status,

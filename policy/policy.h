@@ -47,6 +47,7 @@
 #include <sqlite3.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "rdp.h"
 #include "rng.h"
@@ -94,6 +95,10 @@ const char *fedge_policy_sha256_hex(const fedge_policy *p); /* 64 hex digits */
 /* One line for logs: the settings in force (without the name), e.g.
  * "max_norm 10 (clip); staleness <= 1; regions eu; ...; DP off". */
 int fedge_policy_summary(const fedge_policy *p, char *buf, size_t cap);
+/* The policy in force as YAML with every key set (defaults filled in,
+ * numbers as the shortest decimal that reads back exactly), which loads back to the same settings: what
+ * `fedge-policy validate` prints. FEDGE_ERR_IO when out fails. */
+int fedge_policy_write_yaml(const fedge_policy *p, FILE *out);
 
 /* ---- per update ----------------------------------------------------------- */
 

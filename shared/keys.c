@@ -4,13 +4,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <mbedtls/hkdf.h>
 #include <mbedtls/md.h>
 #include <mbedtls/platform_util.h>
 
 #include "common.h"
+#include "fileio.h"
 
 int fedge_device_id_valid(const char *id, size_t len)
 {
@@ -216,7 +220,7 @@ const fedge_device_entry *fedge_keys_find(const fedge_keys *k, const char *id, s
         const fedge_device_entry *e = &k->devices[k->by_id[mid]];
         int c = id_cmp(e->id, id, id_len);
         if (c == 0)
-            return e;
+            return e->removed ? NULL : e;
         if (c < 0)
             lo = mid + 1;
         else
@@ -265,4 +269,331 @@ int fedge_keys_dtls_psk(const uint8_t secret[FEDGE_SECRET_LEN], const char *id,
     psk[FEDGE_PSK_LEN] = '\0';
     mbedtls_platform_zeroize(raw, sizeof raw);
     return FEDGE_OK;
+}
+
+/* ---- live enrolment ---- */
+
+/* Index of id in k (tombstones too), or -1. */
+static long find_slot(const fedge_keys *k, const char *id)
+{
+    size_t lo = 0, hi = k->by_id ? k->n : 0, len = strlen(id);
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = id_cmp(k->devices[k->by_id[mid]].id, id, len);
+        if (c == 0)
+            return (long)k->by_id[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
+int fedge_keys_merge(const fedge_keys *cur, const fedge_keys *fresh, fedge_keys *out,
+                     fedge_keys_diff *diff)
+{
+    int ret = FEDGE_OK;
+    size_t *lines = NULL;
+    fedge_keys_diff d = {0};
+    if (!cur || !fresh || !out)
+        return FEDGE_ERR_INVALID_ARG;
+    memset(out, 0, sizeof *out);
+    size_t n_new = 0;
+    for (size_t i = 0; i < fresh->n; i++)
+        n_new += find_slot(cur, fresh->devices[i].id) < 0;
+    size_t n = cur->n + n_new;
+    if (n > FEDGE_KEYS_MAX_DEVICES)
+        return FEDGE_ERR_RANGE;
+    if (n == 0)
+        goto done;
+    out->devices = calloc(n, sizeof *out->devices);
+    lines = calloc(n, sizeof *lines);
+    if (!out->devices || !lines)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0; i < cur->n; i++) {
+        const fedge_device_entry *was = &cur->devices[i];
+        fedge_device_entry *e = &out->devices[i];
+        const fedge_device_entry *now = fedge_keys_find(fresh, was->id, strlen(was->id));
+        *e = *was;
+        if (!now) {
+            mbedtls_platform_zeroize(e->secret, sizeof e->secret);
+            d.removed += !was->removed;
+            e->removed = 1;
+        } else {
+            if (was->removed)
+                d.added++;
+            else if (strcmp(was->region, now->region) != 0 || memcmp(was->secret, now->secret, FEDGE_SECRET_LEN) != 0)
+                d.changed++;
+            memcpy(e->region, now->region, sizeof e->region);
+            memcpy(e->secret, now->secret, sizeof e->secret);
+            e->removed = 0;
+            d.live++;
+        }
+        lines[i] = i + 1;
+    }
+    out->n = cur->n;
+    for (size_t i = 0; i < fresh->n; i++) {
+        if (find_slot(cur, fresh->devices[i].id) >= 0)
+            continue;
+        out->devices[out->n] = fresh->devices[i];
+        out->devices[out->n].removed = 0;
+        lines[out->n] = out->n + 1;
+        out->n++;
+        d.added++;
+        d.live++;
+    }
+    CHK(index_ids(out, lines, "merge", NULL, 0));
+done:
+    if (diff)
+        *diff = d;
+cleanup:
+    free(lines);
+    if (ret != FEDGE_OK)
+        fedge_keys_free(out);
+    return ret;
+}
+
+#define KEYS_FILE_MAX ((size_t)FEDGE_KEYS_MAX_DEVICES * 512)
+
+/* The whole file (NUL-terminated, *len bytes); *data NULL with *len 0 when
+ * it does not exist. */
+static int read_text(const char *path, char **data, size_t *len)
+{
+    int ret = FEDGE_OK;
+    FILE *f = fopen(path, "r");
+    *data = NULL;
+    *len = 0;
+    if (!f)
+        return errno == ENOENT ? FEDGE_OK : FEDGE_ERR_IO;
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0)
+        FAIL(FEDGE_ERR_IO);
+    if ((size_t)st.st_size > KEYS_FILE_MAX)
+        FAIL(FEDGE_ERR_RANGE);
+    *data = malloc((size_t)st.st_size + 2);
+    if (!*data)
+        FAIL(FEDGE_ERR_NOMEM);
+    *len = fread(*data, 1, (size_t)st.st_size + 1, f);
+    if (ferror(f) || *len > (size_t)st.st_size)
+        FAIL(FEDGE_ERR_IO); /* it grew while read: an edit behind the lock's back */
+    (*data)[*len] = '\0';
+cleanup:
+    fclose(f);
+    if (ret != FEDGE_OK) {
+        free(*data);
+        *data = NULL;
+        *len = 0;
+    }
+    return ret;
+}
+
+static int lock_keys_file(const char *path, int *fd)
+{
+    char lock_path[4096];
+    if (snprintf(lock_path, sizeof lock_path, "%s.lock", path) >= (int)sizeof lock_path)
+        return FEDGE_ERR_RANGE;
+    *fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (*fd < 0)
+        return FEDGE_ERR_IO;
+    if (flock(*fd, LOCK_EX) != 0) {
+        close(*fd);
+        *fd = -1;
+        return FEDGE_ERR_IO;
+    }
+    return FEDGE_OK;
+}
+
+/* Loads path as the daemon would (a missing file is an empty one). */
+static int load_existing(const char *path, fedge_keys *k, char *err, size_t errlen)
+{
+    memset(k, 0, sizeof *k);
+    if (access(path, F_OK) != 0 && errno == ENOENT)
+        return FEDGE_OK;
+    return fedge_keys_load(path, k, err, errlen);
+}
+
+int fedge_keys_file_add(const char *path, const fedge_device_entry *e, char *err, size_t errlen)
+{
+    int ret, lock = -1;
+    fedge_keys k = {0};
+    char *text = NULL, *buf = NULL, line[FEDGE_KEYS_LINE_MAX];
+    size_t len = 0, n;
+    char errbuf[1];
+    if (!err) {
+        err = errbuf;
+        errlen = sizeof errbuf;
+    }
+    err[0] = '\0';
+    if (!path || !e || !fedge_device_id_valid(e->id, strlen(e->id)) || !e->region[0])
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(lock_keys_file(path, &lock));
+    CHK(load_existing(path, &k, err, errlen));
+    if (find_slot(&k, e->id) >= 0) {
+        snprintf(err, errlen, "%s already lists device %s", path, e->id);
+        FAIL(FEDGE_ERR_DUPLICATE);
+    }
+    if (k.n >= FEDGE_KEYS_MAX_DEVICES) {
+        snprintf(err, errlen, "%s already lists %d devices", path, FEDGE_KEYS_MAX_DEVICES);
+        FAIL(FEDGE_ERR_RANGE);
+    }
+    CHK(read_text(path, &text, &len));
+    n = fedge_keys_format_line(e, line, sizeof line);
+    if (n == 0)
+        FAIL(FEDGE_ERR_INVALID_ARG);
+    buf = malloc(len + 1 + n);
+    if (!buf)
+        FAIL(FEDGE_ERR_NOMEM);
+    size_t off = len;
+    if (len)
+        memcpy(buf, text, len);
+    if (len && buf[len - 1] != '\n')
+        buf[off++] = '\n';
+    memcpy(buf + off, line, n);
+    ret = fedge_write_file_atomic(path, buf, off + n, 0600, 0);
+    if (ret != FEDGE_OK)
+        snprintf(err, errlen, "%s: %s", path, ret == FEDGE_ERR_IO ? strerror(errno) : fedge_strerror(ret));
+    mbedtls_platform_zeroize(buf, off + n);
+cleanup:
+    mbedtls_platform_zeroize(line, sizeof line);
+    if (text)
+        mbedtls_platform_zeroize(text, len);
+    free(text);
+    free(buf);
+    fedge_keys_free(&k);
+    if (lock >= 0)
+        close(lock);
+    return ret;
+}
+
+int fedge_keys_file_remove(const char *path, const char *id, char *region, char *err, size_t errlen)
+{
+    int ret, lock = -1;
+    fedge_keys k = {0};
+    char *text = NULL, *buf = NULL;
+    size_t len = 0, off = 0;
+    char errbuf[1];
+    if (!err) {
+        err = errbuf;
+        errlen = sizeof errbuf;
+    }
+    err[0] = '\0';
+    if (!path || !id || !fedge_device_id_valid(id, strlen(id)))
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(lock_keys_file(path, &lock));
+    CHK(fedge_keys_load(path, &k, err, errlen));
+    const fedge_device_entry *e = fedge_keys_find(&k, id, strlen(id));
+    if (!e) {
+        snprintf(err, errlen, "%s does not list device %s", path, id);
+        FAIL(FEDGE_ERR_NOT_FOUND);
+    }
+    if (region)
+        snprintf(region, FEDGE_REGION_MAX + 1, "%s", e->region);
+    CHK(read_text(path, &text, &len));
+    buf = malloc(len + 1);
+    if (!buf)
+        FAIL(FEDGE_ERR_NOMEM);
+    /* the line whose first word is id goes; the load above proved there is one */
+    size_t idlen = strlen(id);
+    for (char *p = text; p < text + len;) {
+        char *eol = memchr(p, '\n', (size_t)(text + len - p));
+        size_t ll = eol ? (size_t)(eol - p) + 1 : (size_t)(text + len - p);
+        const char *w = p + strspn(p, " \t");
+        int match = (size_t)(p + ll - w) > idlen && strncmp(w, id, idlen) == 0 &&
+                    (w[idlen] == ' ' || w[idlen] == '\t');
+        if (!match) {
+            memcpy(buf + off, p, ll);
+            off += ll;
+        }
+        p += ll;
+    }
+    ret = fedge_write_file_atomic(path, buf, off, 0600, 0);
+    if (ret != FEDGE_OK)
+        snprintf(err, errlen, "%s: %s", path, ret == FEDGE_ERR_IO ? strerror(errno) : fedge_strerror(ret));
+cleanup:
+    if (text)
+        mbedtls_platform_zeroize(text, len);
+    if (buf)
+        mbedtls_platform_zeroize(buf, len + 1);
+    free(text);
+    free(buf);
+    fedge_keys_free(&k);
+    if (lock >= 0)
+        close(lock);
+    return ret;
+}
+
+static const char BUNDLE_TAG[] = "# fedge-bundle server ";
+
+static int server_valid(const char *s, size_t n)
+{
+    if (n == 0 || n > FEDGE_BUNDLE_SERVER_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
+              strchr(".:_[]-", s[i])))
+            return 0;
+    return 1;
+}
+
+int fedge_keys_bundle_write(const char *path, const fedge_device_entry *e, const char *server)
+{
+    char line[FEDGE_KEYS_LINE_MAX], buf[sizeof BUNDLE_TAG + FEDGE_BUNDLE_SERVER_MAX + 1 + FEDGE_KEYS_LINE_MAX];
+    if (!path || !e || !server || !server_valid(server, strlen(server)))
+        return FEDGE_ERR_INVALID_ARG;
+    size_t n = fedge_keys_format_line(e, line, sizeof line);
+    if (n == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    int len = snprintf(buf, sizeof buf, "%s%s\n%s", BUNDLE_TAG, server, line);
+    int ret = (len < 0 || (size_t)len >= sizeof buf)
+                  ? FEDGE_ERR_BUFFER_TOO_SMALL
+                  : fedge_write_file_inplace(path, buf, (size_t)len, 0600, FEDGE_FILE_EXCL);
+    mbedtls_platform_zeroize(line, sizeof line);
+    mbedtls_platform_zeroize(buf, sizeof buf);
+    return ret;
+}
+
+int fedge_keys_bundle_read(const char *path, fedge_keys *out, char server[FEDGE_BUNDLE_SERVER_MAX + 1],
+                           char *err, size_t errlen)
+{
+    char line[512];
+    char errbuf[1];
+    int ret;
+    if (!err) {
+        err = errbuf;
+        errlen = sizeof errbuf;
+    }
+    server[0] = '\0';
+    CHK(fedge_keys_load(path, out, err, errlen));
+    if (out->n != 1) {
+        snprintf(err, errlen, "%s: a bundle holds one device, this file %zu", path, out->n);
+        FAIL(FEDGE_ERR_CONFIG_VALUE);
+    }
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        FAIL(FEDGE_ERR_IO);
+    }
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, BUNDLE_TAG, sizeof BUNDLE_TAG - 1) != 0)
+            continue;
+        char *v = line + sizeof BUNDLE_TAG - 1;
+        size_t n = strcspn(v, "\r\n");
+        if (!server_valid(v, n) || server[0]) {
+            snprintf(err, errlen, "%s: a malformed or second '%.*s' line", path, (int)sizeof BUNDLE_TAG - 3,
+                     BUNDLE_TAG);
+            ret = FEDGE_ERR_CONFIG_VALUE;
+            break;
+        }
+        memcpy(server, v, n);
+        server[n] = '\0';
+    }
+    mbedtls_platform_zeroize(line, sizeof line);
+    fclose(f);
+cleanup:
+    if (ret != FEDGE_OK) {
+        fedge_keys_free(out);
+        server[0] = '\0';
+    }
+    return ret;
 }

@@ -838,6 +838,67 @@ static void test_device_removed_from_keys(void **state)
                             " AND rule='device_status'"), 1);
 }
 
+/* SIGHUP's keys reload on a running aggregator: dev-b taken out, dev-d
+ * added. Every index stays, dev-b's next update is refused as from an
+ * unknown device and stores nothing, the others go on (dev-a's accepted
+ * update still answers as a duplicate), the round closes without dev-b and
+ * the next one selects dev-d. A keys file that does not load changes
+ * nothing. */
+static void test_keys_reload_live(void **state)
+{
+    fixture *fx = *state;
+    char msg[320], path[128], err[256] = "";
+    static const char *const four[] = {"dev-a", "dev-b", "dev-c", "dev-d"};
+    size_t len_a, len_b, len_c;
+    uint8_t *a = make_update(fx, 0, good(fx, 500), &len_a);
+    uint8_t *b = make_update(fx, 1, good(fx, 501), &len_b);
+    uint8_t *c = make_update(fx, 2, good(fx, 502), &len_c);
+    assert_int_equal(submit(fx, "dev-a", a, len_a, msg), 204);
+    snprintf(path, sizeof path, "%s/keys", fx->dir);
+    fixture_write_keys(path, four, 4);
+    assert_int_equal(fedge_keys_file_remove(path, "dev-b", NULL, err, sizeof err), FEDGE_OK);
+    assert_int_equal(fedge_agg_reload_keys(&fx->agg), FEDGE_OK);
+    assert_int_equal(fx->agg.keys.n, 4);
+    assert_int_equal(fedge_agg_device_index(&fx->agg, "dev-a"), 0);
+    assert_int_equal(fedge_agg_device_index(&fx->agg, "dev-b"), -1);
+    assert_int_equal(fedge_agg_device_index(&fx->agg, "dev-c"), 2);
+    assert_int_equal(fedge_agg_device_index(&fx->agg, "dev-d"), 3);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM devices WHERE id='dev-d' AND status='allowed'"), 1);
+    char status[1024];
+    assert_int_equal(fedge_agg_status_json(&fx->agg, status, sizeof status), FEDGE_OK);
+    assert_non_null(strstr(status, "\"devices\":3,")); /* the tombstone is not a device */
+
+    snapshot before = snap(fx);
+    assert_int_equal(submit(fx, "dev-b", b, len_b, msg), 403);
+    assert_string_equal(msg, "unknown device");
+    assert_unchanged(fx, before);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE device='dev-b'"), 0);
+    assert_int_equal(submit(fx, "dev-a", a, len_a, msg), 204);
+    assert_string_equal(msg, "accepted (duplicate of the update for round 1)");
+    assert_int_equal(submit(fx, "dev-c", c, len_c, msg), 204);
+
+    /* a malformed file: refused, the table as it was */
+    FILE *f = fopen(path, "a");
+    assert_non_null(f);
+    fputs("dev-e eu 1234\n", f);
+    fclose(f);
+    assert_int_not_equal(fedge_agg_reload_keys(&fx->agg), FEDGE_OK);
+    assert_int_equal(fx->agg.keys.n, 4);
+    assert_int_equal(fedge_agg_device_index(&fx->agg, "dev-d"), 3);
+
+    double t = fedge_now() + fx->cfg.round_timeout_s + 1;
+    assert_int_equal(fedge_agg_tick(&fx->agg, t), FEDGE_OK);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM rounds WHERE id=1 AND status='closed' AND n_accepted=2"), 1);
+    for (int i = 0; i < 50 && !(fx->agg.state == FEDGE_AGG_OPEN && fx->agg.round == 2); i++)
+        assert_int_equal(fedge_agg_tick(&fx->agg, t += 1), FEDGE_OK);
+    assert_int_equal(fx->agg.round, 2);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM round_participants WHERE round=2 AND device='dev-d'"), 1);
+    assert_int_equal(q1(fx, "SELECT count(*) FROM round_participants WHERE round=2 AND device='dev-b'"), 0);
+    free(a);
+    free(b);
+    free(c);
+}
+
 /* Verifier's F3: updates accepted before DP was switched on (or before C
  * was lowered) are clipped to today's C at close, so the released sum is
  * what the noise and the ledger assume. */
@@ -1640,6 +1701,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_device_budget_rechecked_at_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_republished_version_stays_current, setup, teardown),
         cmocka_unit_test_setup_teardown(test_device_removed_from_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keys_reload_live, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dp_reclips_at_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_training_counts_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quorum_waits_for_min_updates, setup, teardown),

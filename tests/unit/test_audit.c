@@ -679,6 +679,123 @@ static void test_key_files(void **state)
     assert_int_equal(fedge_audit_verify(fx->db, fx->db_path, fx->models, &rep), FEDGE_ERR_CRYPTO);
 }
 
+/* ---- signing-key rotation ---- */
+
+static void any_failure_contains(const fedge_audit_report *rep, const char *text)
+{
+    for (size_t i = 0; i < rep->n_failures && i < FEDGE_AUDIT_MAX_FAILURES; i++)
+        if (strstr(rep->failures[i].message, text))
+            return;
+    print_error("no failure says '%s'; the first: %s\n", text, rep->n_failures ? rep->failures[0].message : "-");
+    fail();
+}
+
+/* keys/NAME.key and .pub, the private key loaded into pk */
+static void new_key(fixture *fx, const char *name, mbedtls_pk_context *pk, char *pub, size_t cap)
+{
+    char priv[200];
+    snprintf(priv, sizeof priv, "%s/keys/%s.key", fx->dir, name);
+    snprintf(pub, cap, "%s/keys/%s.pub", fx->dir, name);
+    assert_int_equal(fedge_audit_generate_keypair(priv, pub, &fx->drbg), FEDGE_OK);
+    mbedtls_pk_init(pk);
+    assert_int_equal(fedge_audit_load_private_key(priv, pk), FEDGE_OK);
+}
+
+/* an audited event and a head signed by key */
+static void signed_round(fixture *fx, mbedtls_pk_context *key)
+{
+    assert_int_equal(add_event(fx, 3, NULL, "note", "operator", "after the rotation"), FEDGE_OK);
+    assert_int_equal(fedge_audit_sign_head(fx->db, 3, key, &fx->drbg), FEDGE_OK);
+}
+
+static void test_rotation_verifies(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    mbedtls_pk_context neu;
+    char new_pub[200], err[512] = "", fp[FEDGE_HASH_HEX_LEN];
+    int64_t seq = 0;
+    new_key(fx, "new", &neu, new_pub, sizeof new_pub);
+    assert_int_equal(fedge_audit_rotate_key(fx->db, &fx->key, &neu, &fx->drbg, &seq, err, sizeof err), FEDGE_OK);
+    assert_int_equal(seq, scalar(fx->db, "SELECT max(seq) FROM audit"));
+    assert_int_equal(scalar(fx->db, "SELECT count(*) FROM audit_heads WHERE seq = (SELECT max(seq) FROM audit)"), 1);
+    signed_round(fx, &neu);
+    assert_int_equal(verify(fx, &rep), FEDGE_OK);
+    assert_int_equal(rep.n_rotations, 1);
+    assert_int_equal(fedge_audit_key_fingerprint(&neu, fp), FEDGE_OK);
+    assert_string_equal(rep.key_in_force, fp);
+    /* the old key is retired: it cannot rotate again, the new one can */
+    assert_int_equal(fedge_audit_rotate_key(fx->db, &fx->key, &neu, &fx->drbg, NULL, err, sizeof err),
+                     FEDGE_ERR_SIGNING_KEY);
+    assert_contains(err, "is not the key in force");
+    /* the new key alone is no trust anchor for the history before it */
+    assert_int_equal(fedge_audit_verify(fx->db, new_pub, fx->dir, &rep), FEDGE_ERR_AUDIT_SIGNATURE);
+    any_failure_contains(&rep, "give the first key");
+    mbedtls_pk_free(&neu);
+}
+
+static void test_rotation_forged(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    mbedtls_pk_context other, neu;
+    char other_pub[200], new_pub[200], err[512] = "";
+    new_key(fx, "other", &other, other_pub, sizeof other_pub);
+    new_key(fx, "new", &neu, new_pub, sizeof new_pub);
+    /* a rotation signed by a key that was never in force, slipped past the
+     * writer's own check by hiding the signed heads while it is written */
+    assert_int_equal(sql(fx->db, "CREATE TEMP TABLE saved AS SELECT * FROM audit_heads"), FEDGE_OK);
+    assert_int_equal(sql(fx->db, "DELETE FROM audit_heads"), FEDGE_OK);
+    assert_int_equal(fedge_audit_rotate_key(fx->db, &other, &neu, &fx->drbg, NULL, err, sizeof err), FEDGE_OK);
+    assert_int_equal(sql(fx->db, "INSERT INTO audit_heads SELECT * FROM saved"), FEDGE_OK);
+    signed_round(fx, &neu);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_SIGNATURE);
+    any_failure_contains(&rep, "a forged rotation");
+    any_failure_contains(&rep, "has no head signed by the key it replaces");
+    mbedtls_pk_free(&other);
+    mbedtls_pk_free(&neu);
+}
+
+static void test_rotation_deleted(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    mbedtls_pk_context neu;
+    char new_pub[200], err[512] = "";
+    new_key(fx, "new", &neu, new_pub, sizeof new_pub);
+    assert_int_equal(fedge_audit_rotate_key(fx->db, &fx->key, &neu, &fx->drbg, NULL, err, sizeof err), FEDGE_OK);
+    signed_round(fx, &neu);
+    assert_int_equal(verify(fx, &rep), FEDGE_OK);
+    assert_int_equal(sql(fx->db, "DELETE FROM events WHERE kind = '" FEDGE_AUDIT_ROTATION_EVENT "'"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_SIGNATURE);
+    any_failure_contains(&rep, "a rotation record is missing");
+    /* its audit entry gone too: the chain breaks as well */
+    assert_int_equal(sql(fx->db, "DELETE FROM audit WHERE seq = (SELECT max(seq) - 1 FROM audit)"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    any_failure_contains(&rep, "a rotation record is missing");
+    mbedtls_pk_free(&neu);
+}
+
+static void test_rotation_new_key_signed_before(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    mbedtls_pk_context neu;
+    char new_pub[200], err[512] = "";
+    new_key(fx, "new", &neu, new_pub, sizeof new_pub);
+    signed_round(fx, &neu); /* the new key signs before any rotation names it */
+    assert_int_equal(fedge_audit_rotate_key(fx->db, &fx->key, &neu, &fx->drbg, NULL, err, sizeof err),
+                     FEDGE_ERR_SIGNING_KEY); /* the writer refuses: the last head is not the old key's */
+    assert_int_equal(sql(fx->db, "CREATE TEMP TABLE early AS SELECT * FROM audit_heads WHERE seq = "
+                                 "(SELECT max(seq) FROM audit_heads)"), FEDGE_OK);
+    assert_int_equal(sql(fx->db, "DELETE FROM audit_heads WHERE seq IN (SELECT seq FROM early)"), FEDGE_OK);
+    assert_int_equal(fedge_audit_rotate_key(fx->db, &fx->key, &neu, &fx->drbg, NULL, err, sizeof err), FEDGE_OK);
+    assert_int_equal(sql(fx->db, "INSERT INTO audit_heads SELECT * FROM early"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_SIGNATURE);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_SIGNATURE, "audit_heads", "3", "a head signed by a new key before its rotation");
+    mbedtls_pk_free(&neu);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--make-fixture") == 0) {
@@ -713,6 +830,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_tamper_signatures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_insert_behind_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_verifies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_forged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_deleted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_new_key_signed_before, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

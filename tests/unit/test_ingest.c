@@ -45,7 +45,7 @@ static int setup(void **state)
     for (size_t i = 0; i < sizeof fx->run_id; i++)
         fx->run_id[i] = (uint8_t)(0xa0 + i);
     fx->snap = (fedge_ingest_snapshot){
-        .key = &fx->key,
+        .key = fx->key,
         .model_id = 0x1234,
         .n_params = N_PARAMS,
         .round = 5,

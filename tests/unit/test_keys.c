@@ -140,12 +140,166 @@ static void test_max_devices_load_fast(void **state)
     assert_int_equal(fedge_keys_load(path, &k, err, sizeof err), FEDGE_ERR_RANGE);
 }
 
+static const char SECRET2[] = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+static void load_text(const char *name, const char *text, fedge_keys *k)
+{
+    char path[128], err[256] = "";
+    write_keys(name, text, path, sizeof path);
+    assert_int_equal(fedge_keys_load(path, k, err, sizeof err), FEDGE_OK);
+}
+
+/* A reload keeps every index: the removed device is a tombstone no lookup
+ * finds, a changed one takes its new secret in place, a new one is
+ * appended; a tombstone whose id comes back is live again. */
+static void test_merge_keeps_indices(void **state)
+{
+    (void)state;
+    char text[1024];
+    fedge_keys cur, fresh, out, again, back;
+    fedge_keys_diff d;
+    snprintf(text, sizeof text, "dev-b eu %s\ndev-a us %s\ndev-c eu %s\n", SECRET, SECRET, SECRET);
+    load_text("m1", text, &cur);
+    snprintf(text, sizeof text, "dev-d us %s\ndev-c eu %s\ndev-b eu %s\n", SECRET, SECRET2, SECRET);
+    load_text("m2", text, &fresh);
+    assert_int_equal(fedge_keys_merge(&cur, &fresh, &out, &d), FEDGE_OK);
+    assert_int_equal(out.n, 4);
+    assert_int_equal(d.added, 1);
+    assert_int_equal(d.removed, 1);
+    assert_int_equal(d.changed, 1);
+    assert_int_equal(d.live, 3);
+    assert_ptr_equal(fedge_keys_find(&out, "dev-b", 5), &out.devices[0]);
+    assert_null(fedge_keys_find(&out, "dev-a", 5));
+    assert_true(out.devices[1].removed);
+    assert_string_equal(out.devices[1].id, "dev-a");
+    uint8_t zero[FEDGE_SECRET_LEN] = {0};
+    assert_memory_equal(out.devices[1].secret, zero, FEDGE_SECRET_LEN); /* wiped */
+    assert_ptr_equal(fedge_keys_find(&out, "dev-c", 5), &out.devices[2]);
+    assert_int_equal(out.devices[2].secret[0], 0xff);
+    assert_ptr_equal(fedge_keys_find(&out, "dev-d", 5), &out.devices[3]);
+    assert_false(cur.devices[1].removed); /* the inputs are untouched */
+
+    /* dev-a comes back into its old slot */
+    snprintf(text, sizeof text, "dev-a us %s\ndev-b eu %s\ndev-c eu %s\ndev-d us %s\n", SECRET2, SECRET, SECRET2,
+             SECRET);
+    load_text("m3", text, &again);
+    assert_int_equal(fedge_keys_merge(&out, &again, &back, &d), FEDGE_OK);
+    assert_int_equal(back.n, 4);
+    assert_int_equal(d.added, 1);
+    assert_int_equal(d.removed, 0);
+    assert_ptr_equal(fedge_keys_find(&back, "dev-a", 5), &back.devices[1]);
+    assert_int_equal(back.devices[1].secret[0], 0xff);
+    fedge_keys_free(&cur);
+    fedge_keys_free(&fresh);
+    fedge_keys_free(&out);
+    fedge_keys_free(&again);
+    fedge_keys_free(&back);
+}
+
+static void test_file_add_remove(void **state)
+{
+    (void)state;
+    char text[1024], path[128], err[256] = "", region[FEDGE_REGION_MAX + 1] = "";
+    snprintf(text, sizeof text, "# site keys\ndev-b eu %s\n\n  dev-a us %s\n", SECRET, SECRET);
+    write_keys("edit", text, path, sizeof path);
+    fedge_device_entry e;
+    memset(&e, 0, sizeof e);
+    snprintf(e.id, sizeof e.id, "dev-c");
+    snprintf(e.region, sizeof e.region, "ap");
+    memset(e.secret, 0xab, sizeof e.secret);
+    assert_int_equal(fedge_keys_file_add(path, &e, err, sizeof err), FEDGE_OK);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    fedge_keys k;
+    assert_int_equal(fedge_keys_load(path, &k, err, sizeof err), FEDGE_OK);
+    assert_int_equal(k.n, 3);
+    assert_string_equal(k.devices[2].id, "dev-c");
+    assert_int_equal(k.devices[2].secret[5], 0xab);
+    fedge_keys_free(&k);
+    FILE *f = fopen(path, "r");
+    char all[2048] = "";
+    size_t n = fread(all, 1, sizeof all - 1, f);
+    fclose(f);
+    all[n] = '\0';
+    assert_memory_equal(all, text, strlen(text)); /* comments and spacing kept */
+
+    /* a duplicate id, and a file that does not load, change nothing */
+    assert_int_equal(fedge_keys_file_add(path, &e, err, sizeof err), FEDGE_ERR_DUPLICATE);
+    assert_non_null(strstr(err, "already lists device dev-c"));
+    char bad[128];
+    write_keys("bad", "dev-x eu 12\n", bad, sizeof bad);
+    assert_int_equal(fedge_keys_file_add(bad, &e, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    f = fopen(bad, "r");
+    n = fread(all, 1, sizeof all - 1, f);
+    fclose(f);
+    assert_int_equal(n, strlen("dev-x eu 12\n"));
+
+    assert_int_equal(fedge_keys_file_remove(path, "dev-a", region, err, sizeof err), FEDGE_OK);
+    assert_string_equal(region, "us");
+    assert_int_equal(fedge_keys_file_remove(path, "dev-a", NULL, err, sizeof err), FEDGE_ERR_NOT_FOUND);
+    assert_int_equal(fedge_keys_load(path, &k, err, sizeof err), FEDGE_OK);
+    assert_int_equal(k.n, 2);
+    assert_null(fedge_keys_find(&k, "dev-a", 5));
+    assert_non_null(fedge_keys_find(&k, "dev-b", 5));
+    assert_non_null(fedge_keys_find(&k, "dev-c", 5));
+    fedge_keys_free(&k);
+    /* a new file */
+    char fresh[160];
+    snprintf(fresh, sizeof fresh, "%s/new-keys", g_dir);
+    assert_int_equal(fedge_keys_file_add(fresh, &e, err, sizeof err), FEDGE_OK);
+    assert_int_equal(fedge_keys_load(fresh, &k, err, sizeof err), FEDGE_OK);
+    assert_int_equal(k.n, 1);
+    fedge_keys_free(&k);
+}
+
+static void test_bundle(void **state)
+{
+    (void)state;
+    char path[160], server[FEDGE_BUNDLE_SERVER_MAX + 1], err[256] = "";
+    fedge_device_entry e;
+    memset(&e, 0, sizeof e);
+    snprintf(e.id, sizeof e.id, "gw-17");
+    snprintf(e.region, sizeof e.region, "eu");
+    memset(e.secret, 0x5a, sizeof e.secret);
+    snprintf(path, sizeof path, "%s/gw-17.bundle", g_dir);
+    assert_int_equal(fedge_keys_bundle_write(path, &e, "[::1]:5684"), FEDGE_OK);
+    assert_int_equal(fedge_keys_bundle_write(path, &e, "[::1]:5684"), FEDGE_ERR_DUPLICATE); /* never over a file */
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    fedge_keys k;
+    assert_int_equal(fedge_keys_bundle_read(path, &k, server, err, sizeof err), FEDGE_OK);
+    assert_string_equal(server, "[::1]:5684");
+    assert_int_equal(k.n, 1);
+    assert_string_equal(k.devices[0].id, "gw-17");
+    assert_int_equal(k.devices[0].secret[31], 0x5a);
+    fedge_keys_free(&k);
+    assert_int_equal(fedge_keys_load(path, &k, err, sizeof err), FEDGE_OK); /* a keys file too */
+    fedge_keys_free(&k);
+    assert_int_equal(fedge_keys_bundle_write(path, &e, "host name"), FEDGE_ERR_INVALID_ARG);
+
+    char two[128], text[512];
+    snprintf(text, sizeof text, "dev-a eu %s\ndev-b eu %s\n", SECRET, SECRET);
+    write_keys("two", text, two, sizeof two);
+    assert_int_equal(fedge_keys_bundle_read(two, &k, server, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_non_null(strstr(err, "a bundle holds one device"));
+    assert_null(k.devices);
+    snprintf(text, sizeof text, "# fedge-bundle server a b\ndev-a eu %s\n", SECRET);
+    write_keys("badserver", text, two, sizeof two);
+    assert_int_equal(fedge_keys_bundle_read(two, &k, server, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_string_equal(server, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_duplicate_id_names_both_lines),
         cmocka_unit_test(test_find_keeps_file_order),
         cmocka_unit_test(test_max_devices_load_fast),
+        cmocka_unit_test(test_merge_keeps_indices),
+        cmocka_unit_test(test_file_add_remove),
+        cmocka_unit_test(test_bundle),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

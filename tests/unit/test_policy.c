@@ -142,6 +142,53 @@ static void test_load_good_file(void **state)
     fedge_policy_free(p);
 }
 
+/* fedge_policy_write_yaml (fedge-policy validate's output): every setting,
+ * written so that it loads back to the same policy, and writing that one
+ * again gives the same text. */
+static void test_write_yaml_round_trip(void **state)
+{
+    tmp_t *t = *state;
+    static const char *const texts[] = {
+        GOOD,
+        "name: odd\nupdate:\n  max_norm: 0.1\n  norm_action: reject\n  max_samples: 7\n"
+        "anomaly:\n  min_cosine: -0.3\nround:\n  max_share: 0.3333333333333333\n"
+        "privacy:\n  delta: 3e-7\n  max_participations: 5\n",
+        "version: 1\n",
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        fedge_policy *p = NULL, *q = NULL;
+        char err[256] = "", *y1 = NULL, *y2 = NULL, s1[1024], s2[1024];
+        size_t n1 = 0, n2 = 0;
+        assert_int_equal(fedge_policy_load(write_policy(t, "rt.yaml", texts[i]), &p, err, sizeof err), FEDGE_OK);
+        FILE *f = open_memstream(&y1, &n1);
+        assert_non_null(f);
+        assert_int_equal(fedge_policy_write_yaml(p, f), FEDGE_OK);
+        assert_int_equal(fclose(f), 0);
+        assert_int_equal(fedge_policy_load_buffer(y1, n1, "rt.yaml", &q, err, sizeof err), FEDGE_OK);
+        f = open_memstream(&y2, &n2);
+        assert_non_null(f);
+        assert_int_equal(fedge_policy_write_yaml(q, f), FEDGE_OK);
+        assert_int_equal(fclose(f), 0);
+        assert_string_equal(y1, y2);
+        assert_int_equal(fedge_policy_summary(p, s1, sizeof s1), FEDGE_OK);
+        assert_int_equal(fedge_policy_summary(q, s2, sizeof s2), FEDGE_OK);
+        assert_string_equal(s1, s2);
+        assert_true(fedge_policy_dp_delta(p) == fedge_policy_dp_delta(q));
+        assert_true(fedge_policy_max_share(p) == fedge_policy_max_share(q));
+        assert_int_equal(fedge_policy_max_participations(p), fedge_policy_max_participations(q));
+        assert_int_equal(fedge_policy_max_samples(p), fedge_policy_max_samples(q));
+        if (i == 1) {
+            assert_contains(y1, "  max_norm: 0.1\n  norm_action: reject\n");
+            assert_contains(y1, "  max_share: 0.3333333333333333\n");
+            assert_contains(y1, "  delta: 3e-07\n");
+        }
+        free(y1);
+        free(y2);
+        fedge_policy_free(p);
+        fedge_policy_free(q);
+    }
+}
+
 static void test_default_policy_matches_its_text(void **state)
 {
     tmp_t *t = *state;
@@ -892,6 +939,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_default_policy_matches_its_text, setup_tmp,
                                         teardown_tmp),
         cmocka_unit_test_setup_teardown(test_load_bad_files, setup_tmp, teardown_tmp),
+        cmocka_unit_test_setup_teardown(test_write_yaml_round_trip, setup_tmp, teardown_tmp),
         cmocka_unit_test(test_update_rules),
         cmocka_unit_test(test_round_anomaly),
         cmocka_unit_test(test_round_max_share),

@@ -529,6 +529,42 @@ static void test_group_commit_stops_at_k(void **state)
     fixture_stop(fx);
 }
 
+/* A keys reload in async mode: the removed device's slot is freed, the
+ * other slot holder keeps its slot, and a device added by the reload can
+ * ask and be admitted to the freed slot. */
+static void test_keys_reload_frees_and_admits(void **state)
+{
+    (void)state;
+    fixture *fx = start(3, 2, NULL);
+    char path[128], err[256] = "", msg[320], body[1024];
+    static const char *const five[] = {"dev-a", "dev-b", "dev-c", "dev-d", "dev-e"};
+    ask_and_tick(fx, 0x3);
+    assert_int_equal(fx->agg.in_flight, 2);
+    assert_true(fx->agg.adm_step[0] && fx->agg.adm_step[1]);
+    size_t len;
+    uint8_t *b = make_update(fx, 0, good(fx, 700), &len);
+
+    snprintf(path, sizeof path, "%s/keys", fx->dir);
+    fixture_write_keys(path, five, 5);
+    assert_int_equal(fedge_keys_file_remove(path, "dev-a", NULL, err, sizeof err), FEDGE_OK);
+    assert_int_equal(fedge_agg_reload_keys(&fx->agg), FEDGE_OK);
+    assert_int_equal(fx->agg.keys.n, 5);
+    assert_int_equal(fx->agg.in_flight, 1);
+    assert_int_equal(fx->agg.adm_step[0], 0);
+    assert_true(fx->agg.adm_step[1] != 0);
+    assert_int_equal(submit(fx, "dev-a", b, len, msg), 403);
+    assert_string_equal(msg, "unknown device");
+
+    assert_int_equal(fedge_agg_round_info(&fx->agg, "dev-e", fedge_now(), body, sizeof body), FEDGE_OK);
+    assert_int_equal(fedge_agg_tick(&fx->agg, fedge_now()), FEDGE_OK);
+    assert_int_equal(fedge_agg_round_info(&fx->agg, "dev-e", fedge_now(), body, sizeof body), FEDGE_OK);
+    assert_non_null(strstr(body, "selected=1"));
+    assert_true(fx->agg.adm_step[4] != 0);
+    assert_int_equal(fx->agg.in_flight, 2);
+    free(b);
+    fixture_stop(fx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -545,6 +581,7 @@ int main(void)
         cmocka_unit_test(test_view_changes_are_per_device),
         cmocka_unit_test(test_left_frees_slot),
         cmocka_unit_test(test_group_commit_stops_at_k),
+        cmocka_unit_test(test_keys_reload_frees_and_admits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,7 +16,8 @@ typedef struct {
     const char *db_path;
     const char *pubkey;   /* --pubkey: the aggregator's public key PEM */
     const char *models;   /* --models: base of relative model paths */
-    int json;             /* --json */
+    int json;             /* --json (replay: also --format json) */
+    const char *policy;   /* replay --policy: the policy to re-run the log under */
     int have_round;
     int64_t round;        /* --round */
     const char *device;   /* --device */
@@ -30,6 +31,9 @@ typedef struct {
 
 int cmd_verify(sqlite3 *db, const cli_opts *o);
 int cmd_lineage(sqlite3 *db, const cli_opts *o);
+/* replay --policy FILE [--format md|json]: the recorded updates and rounds
+ * re-decided under FILE's policy with the daemon's rule code (replay.c). */
+int cmd_replay(sqlite3 *db, const cli_opts *o);
 int cmd_privacy(sqlite3 *db, const cli_opts *o);
 int cmd_decisions(sqlite3 *db, const cli_opts *o);
 int cmd_report(sqlite3 *db, const cli_opts *o);

@@ -243,6 +243,15 @@ static void verify_json(json_w *j, const char *key, const fedge_audit_report *re
         json_null(j, "last_head");
     }
     json_int(j, "unsigned_tail", (int64_t)rep->unsigned_tail);
+    json_int(j, "key_rotations", (int64_t)rep->n_rotations);
+    if (rep->key_anchor[0])
+        json_str(j, "key_anchor", rep->key_anchor);
+    else
+        json_null(j, "key_anchor");
+    if (rep->key_in_force[0])
+        json_str(j, "key_in_force", rep->key_in_force);
+    else
+        json_null(j, "key_in_force");
     json_int(j, "rows", (int64_t)rep->n_rows);
     json_int(j, "model_files", (int64_t)rep->n_files);
     json_int(j, "failures_total", (int64_t)rep->n_failures + (cycle != NULL));
@@ -280,6 +289,10 @@ static void verify_text(const fedge_audit_report *rep, const char *cycle, const 
     printf("%s  unsigned tail  %zu entr%s after the last signed head%s\n", indent,
            rep->unsigned_tail, rep->unsigned_tail == 1 ? "y" : "ies",
            rep->unsigned_tail ? " (chained, not yet signed: a round is in progress)" : "");
+    if (rep->n_rotations)
+        printf("%s  signing keys   %zu rotation%s followed from the key given (sha256 %.16s...); heads now signed by"
+               " sha256 %.16s...\n",
+               indent, rep->n_rotations, rep->n_rotations == 1 ? "" : "s", rep->key_anchor, rep->key_in_force);
     printf("%s  rows           %zu audited rows compared with their latest entries\n", indent,
            rep->n_rows);
     printf("%s  model files    %zu re-hashed against models.sha256\n", indent, rep->n_files);

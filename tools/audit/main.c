@@ -37,6 +37,10 @@ static const char USAGE[] =
     "  privacy                     epsilon spent, globally and per device, against budgets\n"
     "  decisions [--round N] [--device D] [--rejected]\n"
     "                              what was decided (refused) and why, with the rule\n"
+    "  replay --policy NEW.yaml [--format md|json]\n"
+    "                              what NEW's rules would have decided over the recorded\n"
+    "                              updates and rounds: accepted <-> rejected with the rule,\n"
+    "                              clipping, round outcomes, epsilon (docs/POLICY.md)\n"
     "  report [--format md|json|csv]\n"
     "                              all of the above in one document (verify when --pubkey)\n"
     "\n"
@@ -49,6 +53,8 @@ static const char USAGE[] =
     "  --version       print the fedge version\n"
     "\n"
     "exit status: 0 ok, 1 verification failed, 2 usage, I/O or database error\n";
+
+enum { OPT_POLICY = 2000 }; /* replay --policy */
 
 static int usage_error(const char *fmt, const char *arg)
 {
@@ -121,6 +127,7 @@ int main(int argc, char **argv)
         {"round", required_argument, NULL, OPT_ROUND},
         {"device", required_argument, NULL, OPT_DEVICE},
         {"rejected", no_argument, NULL, OPT_REJECTED},
+        {"policy", required_argument, NULL, OPT_POLICY},
         {"format", required_argument, NULL, OPT_FORMAT},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
@@ -148,6 +155,7 @@ int main(int argc, char **argv)
             break;
         case OPT_DEVICE: o.device = optarg; break;
         case OPT_REJECTED: o.rejected = 1; break;
+        case OPT_POLICY: o.policy = optarg; break;
         case OPT_FORMAT: o.format = optarg; break;
         case 'h':
         case OPT_HELP: fputs(USAGE, stdout); return EXIT_OK;
@@ -183,6 +191,15 @@ int main(int argc, char **argv)
         else if (!(n_args == 0 && o.device))
             return usage_error("%s", "lineage needs a model VERSION or --device D (one of "
                                      "them)");
+    } else if (strcmp(cmd, "replay") == 0) {
+        run = cmd_replay;
+        if (!o.policy)
+            return usage_error("%s", "replay needs --policy NEW.yaml");
+        /* replay's --format is md (the default) or json, the same as --json */
+        if (o.format && strcmp(o.format, "md") != 0 && strcmp(o.format, "json") != 0)
+            return usage_error("replay --format is md or json, not '%s'", o.format);
+        o.json |= o.format && strcmp(o.format, "json") == 0;
+        o.format = NULL;
     } else if (strcmp(cmd, "privacy") == 0) {
         run = cmd_privacy;
     } else if (strcmp(cmd, "decisions") == 0) {
@@ -194,6 +211,8 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         return usage_error("unexpected argument '%s'", argv[optind]);
+    if (o.policy && run != cmd_replay)
+        return usage_error("%s", "--policy applies to replay only");
     if ((o.have_round || o.rejected) && run != cmd_decisions)
         return usage_error("%s", "--round and --rejected apply to decisions only");
     if (o.device && run != cmd_decisions && run != cmd_lineage)
