@@ -499,7 +499,20 @@ static int run_job(const sim *s, fedge_edge_trainer *t, sim_job *j)
     have_key = 1;
     fedge_rng seal_rng;
     fedge_rng_seed(&seal_rng, stream_u64(s, STREAM_SEAL, ri->round, j->dev));
-    ret = fedge_update_seal(&key, j->counter, ri->run_id, &h, t->delta, &seal_rng, &j->sealed, &j->sealed_len);
+    /* the edge's training metrics (update.h), as fedge-edge sends them, less
+     * the wall-clock training time (the simulation's time is virtual) */
+    fedge_train_metrics tm = {0};
+    if (isfinite(j->loss) && j->loss >= 0.0) {
+        tm.present = FEDGE_TRAIN_HAS_LOSS | FEDGE_TRAIN_HAS_EPOCHS;
+        tm.loss = (float)j->loss;
+        tm.epochs = (uint32_t)ri->epochs;
+    }
+    if (t->accuracy >= 0.0 && t->accuracy <= 1.0) {
+        tm.present |= FEDGE_TRAIN_HAS_ACCURACY;
+        tm.accuracy = (float)t->accuracy;
+    }
+    ret = fedge_update_seal_metrics(&key, j->counter, ri->run_id, &tm, &h, t->delta, &seal_rng, &j->sealed,
+                                    &j->sealed_len);
     if (ret != FEDGE_OK) {
         snprintf(j->why, sizeof j->why, "sealing failed: %s", fedge_strerror(ret));
         goto cleanup;
