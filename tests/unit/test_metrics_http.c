@@ -3,8 +3,8 @@
  * 503 with the reason), other paths and methods are refused, an oversized
  * header does not get a 200 and the server answers afterwards; and the
  * rendered text of a real aggregator's log: HELP/TYPE lines, escaped label
- * values, counts as in the database, the latency histogram cumulative, and
- * 503 once the store's file is gone. */
+ * values, counts as in the database, the latency histogram cumulative, the
+ * DP budget, and 503 once the store's file is gone. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -148,6 +148,12 @@ static void test_render(void **state)
     char dir[64], err[256] = "";
     fedge_agg_config cfg;
     fixture_prepare_dir(dir, sizeof dir, &cfg, "metrics", DEVICES, 2, 30, "mlp:16-8-3");
+    snprintf(cfg.policy_file, sizeof cfg.policy_file, "%s/policy.yaml", dir);
+    FILE *pf = fopen(cfg.policy_file, "w");
+    assert_non_null(pf);
+    fputs("version: 1\nprivacy:\n  enabled: true\n  clip_norm: 1.0\n  noise_multiplier: 1.0\n"
+          "  epsilon_budget: 7.5\n  delta: 1e-5\n", pf);
+    fclose(pf);
     assert_int_equal(fedge_agg_config_validate(&cfg, err, sizeof err), FEDGE_OK);
     fedge_aggregator a;
     assert_int_equal(fedge_agg_init(&a, &cfg, err, sizeof err), FEDGE_OK);
@@ -189,11 +195,13 @@ static void test_render(void **state)
         "fedge_ingest_latency_seconds_bucket{le=\"+Inf\"} 3\n",
         "fedge_ingest_latency_seconds_sum 99.203000000000003\n",
         "fedge_ingest_latency_seconds_count 3\n",
+        "# TYPE fedge_dp_epsilon_budget gauge\n",
+        "fedge_dp_epsilon_budget 7.5\n",
+        "fedge_dp_epsilon_spent 0\n", /* nothing charged yet */
     };
     for (size_t i = 0; i < FEDGE_ARRAY_LEN(want); i++)
         if (!strstr(text, want[i]))
             fail_msg("missing: %s\nin:\n%s", want[i], text);
-    assert_null(strstr(text, "fedge_dp_epsilon")); /* no DP in this policy */
     free(text);
 
     /* the database file gone: unhealthy, with the reason */
