@@ -176,8 +176,8 @@ int main(int argc, char **argv)
         goto out;
     }
     fedge_metrics_http *metrics = NULL;
-    double metrics_at = 0;
-    if (cfg.metrics_listen[0] && fedge_metrics_http_start(cfg.metrics_listen, &metrics, err, sizeof err) != FEDGE_OK) {
+    if (cfg.metrics_listen[0] &&
+        fedge_metrics_http_start(cfg.metrics_listen, cfg.db, &metrics, err, sizeof err) != FEDGE_OK) {
         FEDGE_ERROR("cannot serve metrics: %s", err);
         status = 2;
         g_stop = 1;
@@ -185,12 +185,11 @@ int main(int argc, char **argv)
         FEDGE_INFO("metrics: http://%s/metrics and /healthz", cfg.metrics_listen);
     }
     while (!g_stop) {
-        if (metrics && fedge_now() - metrics_at >= 1.0) { /* the HTTP thread serves the last one */
-            fedge_metrics_server ms;
-            fedge_server_metrics(server, &ms);
-            if (fedge_metrics_http_refresh(metrics, &agg, &ms) != FEDGE_OK)
-                FEDGE_WARN("metrics: the refresh failed; /healthz says so");
-            metrics_at = fedge_now();
+        if (metrics) { /* a copy for the metrics thread, which reads the log itself */
+            fedge_metrics_state ms = {.have_server = 1};
+            fedge_metrics_state_of(&agg, &ms);
+            fedge_server_metrics(server, &ms.srv);
+            fedge_metrics_http_set_state(metrics, &ms);
         }
         if (fedge_server_process(server, 100) != FEDGE_OK) {
             FEDGE_ERROR("network I/O failed");

@@ -45,12 +45,22 @@ void fedge_metrics_latency_observe(fedge_metrics_latency *l, double seconds)
 struct fedge_metrics_http {
     struct MHD_Daemon *d;
     pthread_mutex_t mu;
+    pthread_cond_t cv;   /* the refresher sleeps on it; stop wakes it */
     char *text;          /* the published exposition */
     size_t len;
     int healthy;
     char reason[256];
-    double published_at; /* CLOCK_MONOTONIC s of the last publish */
-    double stale_s;      /* no publish for this long: /healthz says the loop is stuck */
+    double stale_s;      /* no state from the owner for this long: /healthz says stuck */
+    /* the owner's side, under mu */
+    fedge_metrics_state state;
+    int have_state;
+    double state_at;     /* CLOCK_MONOTONIC s of the last set_state */
+    int stop;
+    /* the refresher's own */
+    pthread_t thread;
+    int thread_started;
+    sqlite3 *db;         /* read-only */
+    char db_path[FEDGE_PATH_MAX];
 };
 
 static double mono_s(void)
@@ -99,11 +109,11 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         char body[300];
         pthread_mutex_lock(&m->mu);
         int ok = m->healthy;
-        double age = mono_s() - m->published_at;
+        double age = mono_s() - m->state_at;
         int n;
-        if (m->text != NULL && age > m->stale_s) {
+        if (m->have_state && age > m->stale_s) {
             ok = 0;
-            n = snprintf(body, sizeof body, "stale: no refresh from the daemon's loop for %.0f s\n", age);
+            n = snprintf(body, sizeof body, "stale: no state from the daemon's loop for %.0f s\n", age);
         } else {
             n = snprintf(body, sizeof body, "%s\n", m->reason);
         }
@@ -115,9 +125,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     return respond(c, MHD_HTTP_NOT_FOUND, text_type, msg, sizeof msg - 1);
 }
 
-int fedge_metrics_http_start(const char *listen, fedge_metrics_http **out, char *err, size_t errlen)
+static void *refresher(void *arg);
+
+int fedge_metrics_http_start(const char *listen, const char *db_path, fedge_metrics_http **out, char *err,
+                             size_t errlen)
 {
-    if (listen == NULL || out == NULL)
+    if (listen == NULL || db_path == NULL || out == NULL || strlen(db_path) >= FEDGE_PATH_MAX)
         return FEDGE_ERR_INVALID_ARG;
     *out = NULL;
     struct sockaddr_storage ss;
@@ -134,8 +147,26 @@ int fedge_metrics_http_start(const char *listen, fedge_metrics_http **out, char 
         free(m);
         return FEDGE_ERR_NOMEM;
     }
+    if (pthread_cond_init(&m->cv, NULL) != 0) {
+        pthread_mutex_destroy(&m->mu);
+        free(m);
+        return FEDGE_ERR_NOMEM;
+    }
     snprintf(m->reason, sizeof m->reason, "starting");
     m->stale_s = FEDGE_METRICS_STALE_S;
+    snprintf(m->db_path, sizeof m->db_path, "%s", db_path);
+    if (sqlite3_open_v2(db_path, &m->db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "metrics: cannot open %s read-only: %s", db_path,
+                 m->db ? sqlite3_errmsg(m->db) : "no memory");
+        fedge_metrics_http_stop(m);
+        return FEDGE_ERR_SQL;
+    }
+    sqlite3_busy_timeout(m->db, 1000);
+    if (pthread_create(&m->thread, NULL, refresher, m) != 0) {
+        fedge_metrics_http_stop(m);
+        return FEDGE_ERR_NOMEM;
+    }
+    m->thread_started = 1;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
@@ -145,8 +176,7 @@ int fedge_metrics_http_start(const char *listen, fedge_metrics_http **out, char 
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY, MHD_OPTION_END);
     if (m->d == NULL) {
         snprintf(err, errlen, "metrics_listen %s: cannot listen (address in use or not local?)", listen);
-        pthread_mutex_destroy(&m->mu);
-        free(m);
+        fedge_metrics_http_stop(m);
         return FEDGE_ERR_IO;
     }
     *out = m;
@@ -169,7 +199,6 @@ int fedge_metrics_http_publish(fedge_metrics_http *m, const char *text, size_t l
     m->text = copy;
     m->len = len;
     m->healthy = healthy != 0;
-    m->published_at = mono_s();
     snprintf(m->reason, sizeof m->reason, "%s", reason ? reason : (healthy ? "ok" : "unhealthy"));
     pthread_mutex_unlock(&m->mu);
     free(old);
@@ -182,9 +211,88 @@ void fedge_metrics_http_stop(fedge_metrics_http *m)
         return;
     if (m->d != NULL)
         MHD_stop_daemon(m->d);
+    if (m->thread_started) {
+        pthread_mutex_lock(&m->mu);
+        m->stop = 1;
+        pthread_cond_signal(&m->cv);
+        pthread_mutex_unlock(&m->mu);
+        pthread_join(m->thread, NULL);
+    }
+    sqlite3_close_v2(m->db);
+    pthread_cond_destroy(&m->cv);
     pthread_mutex_destroy(&m->mu);
     free(m->text);
     free(m);
+}
+
+void fedge_metrics_state_of(const fedge_aggregator *a, fedge_metrics_state *st)
+{
+    st->round = a->round;
+    st->open = a->state == FEDGE_AGG_OPEN;
+    st->finished = a->state == FEDGE_AGG_FINISHED;
+    st->dp_enabled = a->policy != NULL && fedge_policy_dp_enabled(a->policy);
+    st->epsilon_budget = st->dp_enabled ? fedge_policy_epsilon_budget(a->policy) : 0.0;
+}
+
+void fedge_metrics_http_set_state(fedge_metrics_http *m, const fedge_metrics_state *st)
+{
+    if (m == NULL || st == NULL)
+        return;
+    pthread_mutex_lock(&m->mu);
+    int first = !m->have_state;
+    m->state = *st;
+    m->have_state = 1;
+    m->state_at = mono_s();
+    if (first)
+        pthread_cond_signal(&m->cv); /* the first text at once */
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* Renders every 20 x the render's time (the queries scan the log), 1 to
+ * 10 s apart, from the owner's latest state; stops when told. */
+static void *refresher(void *arg)
+{
+    fedge_metrics_http *m = arg;
+    double next_at = 0.0;
+    pthread_mutex_lock(&m->mu);
+    while (!m->stop) {
+        double now = mono_s();
+        if (!m->have_state || now < next_at) {
+            double until = m->have_state ? next_at : now + 1.0;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            double wait = until - now;
+            ts.tv_sec += (time_t)wait;
+            ts.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&m->cv, &m->mu, &ts);
+            continue;
+        }
+        fedge_metrics_state st = m->state;
+        pthread_mutex_unlock(&m->mu);
+        char *text = NULL, reason[256];
+        size_t len = 0;
+        int healthy = 0;
+        double t0 = mono_s();
+        int ret = fedge_metrics_render(m->db, m->db_path, &st, &text, &len, &healthy, reason, sizeof reason);
+        double gap = 20.0 * (mono_s() - t0);
+        next_at = t0 + (gap < 1.0 ? 1.0 : gap > 10.0 ? 10.0 : gap);
+        if (ret == FEDGE_OK) {
+            if (fedge_metrics_http_publish(m, text, len, healthy, reason) != FEDGE_OK)
+                ret = FEDGE_ERR_NOMEM;
+        }
+        free(text);
+        pthread_mutex_lock(&m->mu);
+        if (ret != FEDGE_OK) { /* the last text stays; health says why */
+            m->healthy = 0;
+            snprintf(m->reason, sizeof m->reason, "%s", ret == FEDGE_ERR_NOMEM ? "out of memory" : reason);
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
 }
 
 /* ---- rendering (owner thread) ---------------------------------------------- */
@@ -335,27 +443,28 @@ static int store_writable(const char *path, char *why, size_t cap)
     return 1;
 }
 
-int fedge_metrics_render(fedge_aggregator *a, const fedge_metrics_server *srv, char **out, size_t *len,
-                         int *healthy, char *reason, size_t reason_len)
+int fedge_metrics_render(sqlite3 *db, const char *db_path, const fedge_metrics_state *st, char **out,
+                         size_t *len, int *healthy, char *reason, size_t reason_len)
 {
-    if (a == NULL || out == NULL || len == NULL || healthy == NULL || reason == NULL)
+    if (db == NULL || db_path == NULL || st == NULL || out == NULL || len == NULL || healthy == NULL ||
+        reason == NULL)
         return FEDGE_ERR_INVALID_ARG;
+    const fedge_metrics_server *srv = st->have_server ? &st->srv : NULL;
     *out = NULL;
     *len = 0;
     sbuf b = {.p = malloc(4096), .cap = 4096};
     if (b.p == NULL)
         return FEDGE_ERR_NOMEM;
     b.p[0] = '\0';
-    sqlite3 *db = a->db;
     int ret = FEDGE_OK, found = 0, exists = 0;
     double v;
 
     head(&b, "fedge_round", "gauge", "The open round (async: aggregation step), or the last one when none is open.");
-    sb_printf(&b, "fedge_round %u\n", a->round);
+    sb_printf(&b, "fedge_round %u\n", st->round);
     head(&b, "fedge_round_open", "gauge", "1 while a round (or async step) is open.");
-    sb_printf(&b, "fedge_round_open %d\n", a->state == FEDGE_AGG_OPEN);
+    sb_printf(&b, "fedge_round_open %d\n", st->open);
     head(&b, "fedge_run_finished", "gauge", "1 once the run has finished.");
-    sb_printf(&b, "fedge_run_finished %d\n", a->state == FEDGE_AGG_FINISHED);
+    sb_printf(&b, "fedge_run_finished %d\n", st->finished);
 
     static const char *const status_l[] = {"status"};
     static const char *const update_l[] = {"decision", "rule"};
@@ -402,7 +511,7 @@ int fedge_metrics_render(fedge_aggregator *a, const fedge_metrics_server *srv, c
             }
         }
     }
-    if (a->policy != NULL && fedge_policy_dp_enabled(a->policy)) {
+    if (st->dp_enabled) {
         head(&b, "fedge_dp_epsilon_spent", "gauge", "The run's differential-privacy epsilon after the last charged round.");
         CHK(query_double(db, "SELECT epsilon FROM rounds WHERE epsilon IS NOT NULL ORDER BY id DESC LIMIT 1", &v,
                          &found));
@@ -410,7 +519,7 @@ int fedge_metrics_render(fedge_aggregator *a, const fedge_metrics_server *srv, c
         sb_value(&b, found ? v : 0.0);
         head(&b, "fedge_dp_epsilon_budget", "gauge", "The policy's epsilon budget for the run.");
         sb_printf(&b, "fedge_dp_epsilon_budget ");
-        sb_value(&b, fedge_policy_epsilon_budget(a->policy));
+        sb_value(&b, st->epsilon_budget);
     }
     head(&b, "fedge_devices", "gauge", "Devices in the log, by status.");
     CHK(labelled(&b, db, "fedge_devices", status_l, 1,
@@ -446,12 +555,10 @@ int fedge_metrics_render(fedge_aggregator *a, const fedge_metrics_server *srv, c
     }
     if (b.failed)
         FAIL(FEDGE_ERR_NOMEM);
-    *healthy = store_writable(a->cfg.db, reason, reason_len);
+    *healthy = store_writable(db_path, reason, reason_len);
     if (*healthy)
-        snprintf(reason, reason_len, "ok: %s, round %u", a->state == FEDGE_AGG_FINISHED ? "finished"
-                                                       : a->state == FEDGE_AGG_OPEN   ? "open"
-                                                                                      : "waiting",
-                 a->round);
+        snprintf(reason, reason_len, "ok: %s, round %u", st->finished ? "finished" : st->open ? "open" : "waiting",
+                 st->round);
     *out = b.p;
     *len = b.len;
     b.p = NULL;
@@ -461,27 +568,6 @@ cleanup:
         snprintf(reason, reason_len, "database: %s", fedge_strerror(ret));
     }
     free(b.p);
-    return ret;
-}
-
-int fedge_metrics_http_refresh(fedge_metrics_http *m, fedge_aggregator *a, const fedge_metrics_server *srv)
-{
-    if (m == NULL || a == NULL)
-        return FEDGE_ERR_INVALID_ARG;
-    char *text = NULL, reason[256];
-    size_t len = 0;
-    int healthy = 0;
-    int ret = fedge_metrics_render(a, srv, &text, &len, &healthy, reason, sizeof reason);
-    if (ret != FEDGE_OK) {
-        pthread_mutex_lock(&m->mu);
-        m->healthy = 0;
-        m->published_at = mono_s();
-        snprintf(m->reason, sizeof m->reason, "%s", reason);
-        pthread_mutex_unlock(&m->mu);
-        return ret;
-    }
-    ret = fedge_metrics_http_publish(m, text, len, healthy, reason);
-    free(text);
     return ret;
 }
 

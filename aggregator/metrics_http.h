@@ -8,10 +8,12 @@
  *                 loop is stuck)
  *   (HEAD alike; another path 404, another method 405)
  *
- * The HTTP thread never touches the aggregator or SQLite: the owner thread
- * renders the text (fedge_metrics_render, on its own connection, between
- * rounds' transactions) and publishes it with the health state
- * (fedge_metrics_http_publish), which the HTTP thread copies under a mutex.
+ * Neither the HTTP thread nor the refresher touches the aggregator: the
+ * owner thread sets a small copy of its state each pass of its loop
+ * (fedge_metrics_http_set_state, under a mutex); the refresher thread
+ * renders from it and the log through its own read-only SQLite connection
+ * (WAL: it never blocks the writer) and stores the text; the HTTP thread
+ * serves the stored text. The owner never waits on a query.
  * Hostile clients are bounded by libmicrohttpd's limits: 32 connections in
  * all, 8 per IP, 10 s idle timeout, 16 KiB of memory per connection (a
  * larger request header gets 431 and the connection is closed).
@@ -25,6 +27,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include <sqlite3.h>
 
 #include "agg.h"
 
@@ -50,29 +54,44 @@ typedef struct {
     fedge_metrics_latency latency;
 } fedge_metrics_server;
 
+/* The owner thread's state, copied to the refresher (no pointer into the
+ * aggregator is kept). */
+typedef struct {
+    uint32_t round;
+    int open, finished;
+    int dp_enabled;
+    double epsilon_budget;
+    int have_server;
+    fedge_metrics_server srv;
+} fedge_metrics_state;
+
+/* Owner thread: a's part of the state (srv left alone). */
+void fedge_metrics_state_of(const fedge_aggregator *a, fedge_metrics_state *st);
+
 typedef struct fedge_metrics_http fedge_metrics_http;
 
-/* listen: "HOST:PORT" (numeric). Serves 503 "starting" until the first publish. */
-int fedge_metrics_http_start(const char *listen, fedge_metrics_http **out, char *err, size_t errlen);
-/* Copies text (the next scrapes get it) and the health state; reason: one
- * line, shown by /healthz. */
-int fedge_metrics_http_publish(fedge_metrics_http *m, const char *text, size_t len, int healthy,
-                               const char *reason);
-void fedge_metrics_http_stop(fedge_metrics_http *m); /* NULL is fine; joins the thread */
-/* /healthz answers 503 "stale" once nothing was published for this long
- * (default FEDGE_METRICS_STALE_S). */
+/* listen: "HOST:PORT" (numeric); db_path: the log, opened read-only by the
+ * refresher thread. Serves 503 "starting" until the first refresh. */
+int fedge_metrics_http_start(const char *listen, const char *db_path, fedge_metrics_http **out, char *err,
+                             size_t errlen);
+/* Owner thread, every pass of its loop: a copy of st (cheap). The refresher
+ * renders from the latest copy and its own connection, every 20 x the
+ * render's time (the queries scan the log), 1 to 10 s apart. */
+void fedge_metrics_http_set_state(fedge_metrics_http *m, const fedge_metrics_state *st);
+/* /healthz answers 503 "stale" once the owner has not set its state for this
+ * long (default FEDGE_METRICS_STALE_S): its loop is stuck or busy. */
 #define FEDGE_METRICS_STALE_S 30.0
 void fedge_metrics_http_set_stale_s(fedge_metrics_http *m, double seconds);
+/* Copies text (the next scrapes get it) and the health state; reason: one
+ * line, shown by /healthz. The refresher's own output; for tests. */
+int fedge_metrics_http_publish(fedge_metrics_http *m, const char *text, size_t len, int healthy,
+                               const char *reason);
+void fedge_metrics_http_stop(fedge_metrics_http *m); /* NULL is fine; joins the threads */
 
-/* Owner thread: the exposition text of a (its database, policy and state)
- * and srv (may be NULL) into *out (malloc'd, NUL-terminated, caller frees).
- * *healthy and reason: the store's state (its file and folder writable, the
- * queries ran). */
-int fedge_metrics_render(fedge_aggregator *a, const fedge_metrics_server *srv, char **out, size_t *len,
-                         int *healthy, char *reason, size_t reason_len);
-
-/* Owner thread: render and publish (a failed render publishes 503 with its
- * reason and keeps the last text). */
-int fedge_metrics_http_refresh(fedge_metrics_http *m, fedge_aggregator *a, const fedge_metrics_server *srv);
+/* The exposition text of the log db (read-only is enough) and st into *out
+ * (malloc'd, NUL-terminated, caller frees). *healthy and reason: the
+ * store's state (db_path and its folder writable, the queries ran). */
+int fedge_metrics_render(sqlite3 *db, const char *db_path, const fedge_metrics_state *st, char **out,
+                         size_t *len, int *healthy, char *reason, size_t reason_len);
 
 #endif

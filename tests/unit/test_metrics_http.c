@@ -78,7 +78,12 @@ static void test_serves_what_is_published(void **state)
     char listen[32], err[200] = "", out[4096];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     fedge_metrics_http *m = NULL;
-    assert_int_equal(fedge_metrics_http_start(listen, &m, err, sizeof err), FEDGE_OK);
+    /* a database the refresher can read; no state is set, so it renders nothing */
+    char dbp[] = "/tmp/fedge-metrics-db-XXXXXX";
+    int fd = mkstemp(dbp);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(fedge_metrics_http_start(listen, dbp, &m, err, sizeof err), FEDGE_OK);
 
     get(port, "GET", "/healthz", out, sizeof out);
     assert_non_null(strstr(out, "HTTP/1.1 503"));
@@ -104,18 +109,6 @@ static void test_serves_what_is_published(void **state)
     get(port, "GET", "/metrics", out, sizeof out); /* still served: the numbers say what is wrong */
     assert_non_null(strstr(out, "HTTP/1.1 200"));
 
-    /* nothing published for longer than the stale limit: the loop is stuck */
-    fedge_metrics_http_set_stale_s(m, 0.2);
-    assert_int_equal(fedge_metrics_http_publish(m, text, sizeof text - 1, 1, "ok: open, round 4"), FEDGE_OK);
-    get(port, "GET", "/healthz", out, sizeof out);
-    assert_non_null(strstr(out, "HTTP/1.1 200"));
-    usleep(300 * 1000);
-    get(port, "GET", "/healthz", out, sizeof out);
-    assert_non_null(strstr(out, "HTTP/1.1 503"));
-    assert_non_null(strstr(out, "stale: no refresh"));
-    assert_int_equal(fedge_metrics_http_publish(m, text, sizeof text - 1, 1, "ok: open, round 4"), FEDGE_OK);
-    get(port, "GET", "/healthz", out, sizeof out);
-    assert_non_null(strstr(out, "HTTP/1.1 200"));
 
     get(port, "GET", "/other", out, sizeof out);
     assert_non_null(strstr(out, "HTTP/1.1 404"));
@@ -136,8 +129,9 @@ static void test_serves_what_is_published(void **state)
 
     fedge_metrics_http_stop(m);
     fedge_metrics_http_stop(NULL);
-    assert_int_equal(fedge_metrics_http_start("localhost:99", &m, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_int_equal(fedge_metrics_http_start("localhost:99", dbp, &m, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
     assert_null(m);
+    unlink(dbp);
 }
 
 static const char *DEVICES[] = {"dev-a", "dev-b"};
@@ -165,14 +159,17 @@ static void test_render(void **state)
                                       " (1, 'dev-b', 0, 5, 'fp32', 50, 1, 'rejected', 'odd\"rule\\\n', 'x');"
                                       "UPDATE devices SET status='revoked' WHERE id='dev-b';"),
                      FEDGE_OK);
-    fedge_metrics_server srv = {.have_pool = 1, .ingest_held = 2, .ingest_capacity = 64, .observers = 1};
-    fedge_metrics_latency_observe(&srv.latency, 0.003);
-    fedge_metrics_latency_observe(&srv.latency, 0.2);
-    fedge_metrics_latency_observe(&srv.latency, 99.0);
+    fedge_metrics_state st = {.have_server = 1,
+                              .srv = {.have_pool = 1, .ingest_held = 2, .ingest_capacity = 64, .observers = 1}};
+    fedge_metrics_state_of(&a, &st);
+    fedge_metrics_latency_observe(&st.srv.latency, 0.003);
+    fedge_metrics_latency_observe(&st.srv.latency, 0.2);
+    fedge_metrics_latency_observe(&st.srv.latency, 99.0);
     char *text = NULL, reason[256];
     size_t len = 0;
     int healthy = 0;
-    assert_int_equal(fedge_metrics_render(&a, &srv, &text, &len, &healthy, reason, sizeof reason), FEDGE_OK);
+    assert_int_equal(fedge_metrics_render(a.db, a.cfg.db, &st, &text, &len, &healthy, reason, sizeof reason),
+                     FEDGE_OK);
     assert_int_equal(strlen(text), len);
     assert_true(healthy);
     assert_non_null(strstr(reason, "ok: "));
@@ -205,15 +202,42 @@ static void test_render(void **state)
     free(text);
 
     /* the database file gone: unhealthy, with the reason */
-    char db[FEDGE_PATH_MAX];
-    snprintf(db, sizeof db, "%s", a.cfg.db);
-    snprintf(a.cfg.db, sizeof a.cfg.db, "%s/gone.db", dir);
-    assert_int_equal(fedge_metrics_render(&a, NULL, &text, &len, &healthy, reason, sizeof reason), FEDGE_OK);
+    char gone[FEDGE_PATH_MAX];
+    snprintf(gone, sizeof gone, "%s/gone.db", dir);
+    st.have_server = 0;
+    assert_int_equal(fedge_metrics_render(a.db, gone, &st, &text, &len, &healthy, reason, sizeof reason), FEDGE_OK);
     assert_false(healthy);
     assert_non_null(strstr(reason, "store unwritable"));
     assert_null(strstr(text, "fedge_ingest_latency")); /* no server numbers given */
     free(text);
-    snprintf(a.cfg.db, sizeof a.cfg.db, "%s", db);
+
+    /* the daemon's way: the owner sets its state, the refresher reads the log
+     * on its own read-only connection and the HTTP thread serves the text */
+    int port = free_port();
+    char listen[32], out[16384] = "";
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    fedge_metrics_http *m = NULL;
+    assert_int_equal(fedge_metrics_http_start(listen, a.cfg.db, &m, err, sizeof err), FEDGE_OK);
+    st.have_server = 1;
+    fedge_metrics_http_set_state(m, &st);
+    for (int i = 0; i < 50 && !strstr(out, "HTTP/1.1 200"); i++) {
+        usleep(20 * 1000);
+        get(port, "GET", "/metrics", out, sizeof out);
+    }
+    assert_non_null(strstr(out, "fedge_updates_total{decision=\"accepted\",rule=\"accepted\"} 1\n"));
+    get(port, "GET", "/healthz", out, sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 200"));
+    assert_non_null(strstr(out, "ok: "));
+    /* the owner silent past the stale limit: its loop is stuck */
+    fedge_metrics_http_set_stale_s(m, 0.2);
+    usleep(300 * 1000);
+    get(port, "GET", "/healthz", out, sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 503"));
+    assert_non_null(strstr(out, "stale: no state from"));
+    fedge_metrics_http_set_state(m, &st);
+    get(port, "GET", "/healthz", out, sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 200"));
+    fedge_metrics_http_stop(m);
     fedge_agg_free(&a);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
