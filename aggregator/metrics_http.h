@@ -19,9 +19,10 @@
  * larger request header gets 431 and the connection is closed).
  *
  * Ingest latency (fedge_ingest_latency_seconds) is observed by the server
- * (fedge_metrics_latency_observe) from the first block of an update to its
- * answer. Errors: FEDGE_ERR_CONFIG_VALUE (address), FEDGE_ERR_IO (bind),
- * FEDGE_ERR_NOMEM. */
+ * (fedge_metrics_latency_observe), with ingest workers, from an update's
+ * complete body (its last block) to its answer: queue, open, group commit.
+ * Errors: FEDGE_ERR_CONFIG_VALUE (address), FEDGE_ERR_SQL (the read-only
+ * connection), FEDGE_ERR_IO (bind), FEDGE_ERR_NOMEM. */
 #ifndef FEDGE_METRICS_HTTP_H
 #define FEDGE_METRICS_HTTP_H
 
