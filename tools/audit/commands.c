@@ -1650,10 +1650,14 @@ static void report_csv(const report *r)
  * complete: a failed run leaves no partial report. */
 static int report_html(sqlite3 *db, const report *r, const cli_opts *o, const char *latest)
 {
-    char head[400], verify[400], tmp[4200];
+    char head[400], verify[400], tmp[4200], cycle[600];
     privacy_headline(&r->priv, head, sizeof head);
     html_inputs in = {.db_path = o->db_path, .summary = &r->summary, .privacy_headline = head,
                       .latest = latest, .refused = &r->decisions};
+    if (r->has_cycle) {
+        cycle_message(r->cycle, cycle, sizeof cycle);
+        in.cycle = cycle;
+    }
     if (r->verified) {
         const fedge_audit_report *v = r->rep;
         snprintf(verify, sizeof verify,

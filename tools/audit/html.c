@@ -1208,7 +1208,14 @@ int html_report(FILE *f, sqlite3 *db, const html_inputs *in)
     } else {
         fprintf(f, "not run (give <code>--pubkey</code>).");
     }
-    fprintf(f, "</p>\n<section id=\"summary\"><h2>Summary</h2>\n<table id=\"summary-data\" "
+    fprintf(f, "</p>\n");
+    if (in->cycle) {
+        fprintf(f, "<p id=\"cycle\" class=\"failed\">FAILED: lineage_cycle: ");
+        if (put_db(f, in->cycle) != 0)
+            return -1;
+        fprintf(f, "</p>\n");
+    }
+    fprintf(f, "<section id=\"summary\"><h2>Summary</h2>\n<table id=\"summary-data\" "
                "class=\"data\"><tbody>\n");
     const out_table *t = in->summary;
     for (size_t r = 0; t && r < t->n_rows; r++) {

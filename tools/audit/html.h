@@ -39,6 +39,7 @@ typedef struct {
     const char *privacy_headline; /* the `privacy` headline */
     const char *verify_line;      /* the verification result; NULL: not run */
     int verify_failed;
+    const char *cycle;            /* the lineage_cycle finding, or NULL */
     const char *latest;           /* the latest model's version; "" when none */
     const out_table *refused;     /* `decisions --rejected`: shown with reasons */
 } html_inputs;
