@@ -362,89 +362,89 @@ static int bar_chart(FILE *f, const char *id, const char *aria, const bar *b, si
 
 /* ---- accuracy and loss ------------------------------------------------------------------- */
 
+typedef struct {
+    int64_t round, n_loss;
+    double accuracy, loss, train_accuracy, refined;
+    char status[16];
+} acc_row;
+
 static int section_accuracy(FILE *f, sqlite3 *db)
 {
     sqlite3_stmt *st = NULL;
     int ret = -1, rc;
     size_t n = 0, cap = 0;
-    double *x = NULL, *acc = NULL, *loss = NULL, *tacc = NULL;
-    int64_t *nloss = NULL;
-    char **status = NULL;
+    acc_row *rows = NULL;
+    double *col = NULL;
     int has_loss = has_column(db, "updates", "train_loss");
     int has_tacc = has_column(db, "updates", "train_accuracy");
     if (has_loss < 0 || has_tacc < 0)
         return -1;
-    /* round 0: the initial model */
-    static const char *const sql_plain =
-        "SELECT 0, 'init', accuracy, NULL, NULL, 0 FROM"
-        " (SELECT accuracy FROM models WHERE kind = 'init' ORDER BY created_at, rowid LIMIT 1)"
-        " UNION ALL SELECT r.id, r.status, r.accuracy, NULL, NULL, 0 FROM rounds r";
-    static const char *const sql_loss =
-        "SELECT 0, 'init', accuracy, NULL, NULL, 0 FROM"
-        " (SELECT accuracy FROM models WHERE kind = 'init' ORDER BY created_at, rowid LIMIT 1)"
-        " UNION ALL SELECT r.id, r.status, r.accuracy,"
-        " (SELECT sum(u.train_loss * u.n_samples) / sum(u.n_samples) FROM updates u"
-        "   WHERE u.round = r.id AND u.decision <> 'rejected' AND u.train_loss IS NOT NULL),"
-        " %s,"
-        " (SELECT count(u.train_loss) FROM updates u"
-        "   WHERE u.round = r.id AND u.decision <> 'rejected')"
-        " FROM rounds r";
-    char sql[1200];
-    snprintf(sql, sizeof sql, sql_loss,
+    /* round 0: the initial model; refined: the latest refinement of a round's aggregate */
+    char sql[1400];
+    snprintf(sql, sizeof sql,
+             "SELECT 0, 'init', accuracy, NULL, NULL, 0, NULL FROM"
+             " (SELECT accuracy FROM models WHERE kind = 'init' ORDER BY created_at, rowid LIMIT 1)"
+             " UNION ALL SELECT r.id, r.status, r.accuracy, %s, %s, %s,"
+             " (SELECT accuracy FROM models m WHERE m.kind = 'refine' AND m.round = r.id"
+             "   ORDER BY m.created_at DESC, m.rowid DESC LIMIT 1)"
+             " FROM rounds r ORDER BY 1",
+             has_loss ? "(SELECT sum(u.train_loss * u.n_samples) / sum(u.n_samples) FROM updates u"
+                        " WHERE u.round = r.id AND u.decision <> 'rejected'"
+                        " AND u.train_loss IS NOT NULL)"
+                      : "NULL",
              has_tacc ? "(SELECT sum(u.train_accuracy * u.n_samples) / sum(u.n_samples)"
                         " FROM updates u WHERE u.round = r.id AND u.decision <> 'rejected'"
                         " AND u.train_accuracy IS NOT NULL)"
-                      : "NULL");
-    if (prep(db, has_loss ? sql : sql_plain, &st) != 0)
+                      : "NULL",
+             has_loss ? "(SELECT count(u.train_loss) FROM updates u"
+                        " WHERE u.round = r.id AND u.decision <> 'rejected')"
+                      : "0");
+    if (prep(db, sql, &st) != 0)
         return -1;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n == cap) {
             size_t nc = cap ? 2 * cap : 64;
-            double *a = realloc(x, nc * sizeof *a);
-            if (a)
-                x = a;
-            double *b = a ? realloc(acc, nc * sizeof *b) : NULL;
-            if (b)
-                acc = b;
-            double *c = b ? realloc(loss, nc * sizeof *c) : NULL;
-            if (c)
-                loss = c;
-            double *d = c ? realloc(tacc, nc * sizeof *d) : NULL;
-            if (d)
-                tacc = d;
-            int64_t *e = d ? realloc(nloss, nc * sizeof *e) : NULL;
-            if (e)
-                nloss = e;
-            char **g = e ? realloc(status, nc * sizeof *g) : NULL;
-            if (!g) {
+            acc_row *x = realloc(rows, nc * sizeof *x);
+            if (!x) {
                 cli_error("out of memory");
                 goto cleanup;
             }
-            status = g;
+            rows = x;
             cap = nc;
         }
-        x[n] = (double)sqlite3_column_int64(st, 0);
-        acc[n] = cnum(st, 2);
-        loss[n] = cnum(st, 3);
-        tacc[n] = cnum(st, 4);
-        nloss[n] = sqlite3_column_int64(st, 5);
-        status[n] = strdup(ctext(st, 1) ? ctext(st, 1) : "");
-        if (!status[n]) {
-            cli_error("out of memory");
-            goto cleanup;
-        }
-        n++;
+        acc_row *r = &rows[n++];
+        r->round = sqlite3_column_int64(st, 0);
+        snprintf(r->status, sizeof r->status, "%s", ctext(st, 1) ? ctext(st, 1) : "");
+        r->accuracy = cnum(st, 2);
+        r->loss = cnum(st, 3);
+        r->train_accuracy = cnum(st, 4);
+        r->n_loss = sqlite3_column_int64(st, 5);
+        r->refined = cnum(st, 6);
     }
     if (step_done(db, rc) != 0)
         goto cleanup;
-    int any_loss = 0;
-    for (size_t i = 0; i < n; i++)
+    /* the chart's columns: x, accuracy, refined, loss, train accuracy */
+    col = malloc(5 * (n ? n : 1) * sizeof *col);
+    if (!col) {
+        cli_error("out of memory");
+        goto cleanup;
+    }
+    double *x = col, *acc = col + n, *ref = col + 2 * n, *loss = col + 3 * n, *tacc = col + 4 * n;
+    int any_loss = 0, any_refined = 0;
+    for (size_t i = 0; i < n; i++) {
+        x[i] = (double)rows[i].round;
+        acc[i] = rows[i].accuracy;
+        ref[i] = rows[i].refined;
+        loss[i] = rows[i].loss;
+        tacc[i] = rows[i].train_accuracy;
         any_loss |= isfinite(loss[i]);
+        any_refined |= isfinite(ref[i]);
+    }
 
     fprintf(f, "<section id=\"accuracy\"><h2>Accuracy and training loss per round</h2>\n");
-    series s1 = {"test accuracy", acc, PALETTE[0], 0};
-    line_chart(f, "chart-accuracy", "test accuracy per round", x, n, &s1, 1, NAN, "",
-               "round", "test accuracy", 0);
+    series s1[2] = {{"test accuracy", acc, PALETTE[0], 0}, {"refined model", ref, PALETTE[4], 1}};
+    line_chart(f, "chart-accuracy", "test accuracy per round", x, n, s1, any_refined ? 2 : 1, NAN,
+               "", "round", "test accuracy", 0);
     if (!has_loss)
         fprintf(f, "<p class=\"note\" id=\"loss-note\">Train loss: not reported (this database "
                    "has no updates.train_loss column).</p>\n");
@@ -458,35 +458,32 @@ static int section_accuracy(FILE *f, sqlite3 *db)
                    "", "round", "train loss (mean, weighted by samples)", 1);
     }
     fprintf(f, "<table id=\"accuracy-data\" class=\"data\"><thead><tr><th>round</th><th>status"
-               "</th><th>test accuracy</th><th>train loss</th><th>train accuracy</th>"
-               "<th>updates reporting loss</th></tr></thead><tbody>\n");
+               "</th><th>test accuracy</th><th>refined model</th><th>train loss</th>"
+               "<th>train accuracy</th><th>updates reporting loss</th></tr></thead><tbody>\n");
     for (size_t i = 0; i < n; i++) {
-        fprintf(f, "<tr data-round=\"%.0f\" data-status=\"", x[i]);
-        put_html(f, status[i]);
+        const acc_row *r = &rows[i];
+        fprintf(f, "<tr data-round=\"%" PRId64 "\" data-status=\"", r->round);
+        put_html(f, r->status);
         fputc('"', f);
-        attr_num(f, "data-accuracy", acc[i]);
-        attr_num(f, "data-train-loss", loss[i]);
-        attr_num(f, "data-train-accuracy", tacc[i]);
-        fprintf(f, "><td class=\"n\">%.0f</td><td>", x[i]);
-        put_html(f, status[i]);
+        attr_num(f, "data-accuracy", r->accuracy);
+        attr_num(f, "data-refined-accuracy", r->refined);
+        attr_num(f, "data-train-loss", r->loss);
+        attr_num(f, "data-train-accuracy", r->train_accuracy);
+        fprintf(f, "><td class=\"n\">%" PRId64 "</td><td>", r->round);
+        put_html(f, r->status);
         fprintf(f, "</td>");
-        cell_num(f, acc[i], "");
-        cell_num(f, loss[i], has_loss ? "not reported" : "not reported");
-        cell_num(f, tacc[i], "not reported");
-        fprintf(f, "<td class=\"n\">%" PRId64 "</td></tr>\n", nloss[i]);
+        cell_num(f, r->accuracy, "");
+        cell_num(f, r->refined, "");
+        cell_num(f, r->loss, "not reported");
+        cell_num(f, r->train_accuracy, "not reported");
+        fprintf(f, "<td class=\"n\">%" PRId64 "</td></tr>\n", r->n_loss);
     }
     fprintf(f, "</tbody></table></section>\n");
     ret = 0;
 cleanup:
     sqlite3_finalize(st);
-    for (size_t i = 0; status && i < n; i++)
-        free(status[i]);
-    free(status);
-    free(x);
-    free(acc);
-    free(loss);
-    free(tacc);
-    free(nloss);
+    free(rows);
+    free(col);
     return ret;
 }
 
@@ -586,7 +583,7 @@ static int section_privacy(FILE *f, sqlite3 *db, const char *headline)
     sqlite3_stmt *st = NULL, *who = NULL;
     dev_eps *dev = NULL;
     size_t n_dev = 0, n = 0, cap = 0;
-    double *x = NULL, *glob = NULL, *dmax = NULL, *dmean = NULL, *closed = NULL;
+    double *x = NULL, *glob = NULL, *dmax = NULL, *dmean = NULL, *closed = NULL; /* x's block */
     double orders[FEDGE_DP_N_ORDERS], total[FEDGE_DP_N_ORDERS] = {0}, row[FEDGE_DP_N_ORDERS];
     int ret = -1, rc;
     fprintf(f, "<section id=\"privacy\"><h2>Privacy: &epsilon; spent against the budget</h2>\n"
@@ -620,16 +617,18 @@ static int section_privacy(FILE *f, sqlite3 *db, const char *headline)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n == cap) {
             size_t nc = cap ? 2 * cap : 64;
-            double *p[5] = {x, glob, dmax, dmean, closed};
-            for (int k = 0; k < 5; k++) {
-                double *q = realloc(p[k], nc * sizeof *q);
-                if (!q) {
-                    cli_error("out of memory");
-                    goto cleanup;
-                }
-                p[k] = q;
-                x = p[0], glob = p[1], dmax = p[2], dmean = p[3], closed = p[4];
+            double *cols = malloc(5 * nc * sizeof *cols);
+            if (!cols) {
+                cli_error("out of memory");
+                goto cleanup;
             }
+            double *old[5] = {x, glob, dmax, dmean, closed};
+            for (int k = 0; k < 5; k++)
+                if (n)
+                    memcpy(cols + k * nc, old[k], n * sizeof *cols);
+            free(x);
+            x = cols, glob = cols + nc, dmax = cols + 2 * nc, dmean = cols + 3 * nc;
+            closed = cols + 4 * nc;
             cap = nc;
         }
         int64_t round = sqlite3_column_int64(st, 0);
@@ -736,11 +735,7 @@ cleanup:
     sqlite3_finalize(st);
     sqlite3_finalize(who);
     devices_free(dev, n_dev);
-    free(x);
-    free(glob);
-    free(dmax);
-    free(dmean);
-    free(closed);
+    free(x); /* one block: the five columns */
     return ret;
 }
 

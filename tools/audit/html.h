@@ -10,7 +10,8 @@
  * them in data-* attributes at full precision (the shortest form that reads
  * back as the same double, as the JSON report prints them) and the marks
  * have <title> tooltips:
- *   - test accuracy per round (round 0: the initial model) and the mean
+ *   - test accuracy per round (round 0: the initial model; a refined
+ *     model's as a second series) and the mean
  *     train loss per round, weighted by sample count over the updates that
  *     were not rejected (updates.train_loss; "not reported" when the column
  *     or the values are absent);
