@@ -104,6 +104,13 @@ static void cell_num(FILE *f, double v, const char *missing)
         fprintf(f, "<td class=\"n\">%s</td>", missing);
 }
 
+/* A data table's wrapper: open when short, folded (still in the page) when long. */
+static void fold_open(FILE *f, size_t rows)
+{
+    fprintf(f, "<details%s><summary>the numbers (%zu row%s)</summary>\n", rows <= 25 ? " open" : "",
+            rows, rows == 1 ? "" : "s");
+}
+
 /* ---- database helpers ------------------------------------------------------------------ */
 
 static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st)
@@ -283,7 +290,7 @@ static void line_chart(FILE *f, const char *id, const char *aria, const double *
             pen = 1;
         }
         fprintf(f, "\"/>\n");
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n && n <= 200; i++) { /* more: the table has them */
             if (!isfinite(s[k].y[i]))
                 continue;
             char b[40];
@@ -457,6 +464,7 @@ static int section_accuracy(FILE *f, sqlite3 *db)
         line_chart(f, "chart-loss", "mean train loss per round", x, n, s2, has_tacc ? 2 : 1, NAN,
                    "", "round", "train loss (mean, weighted by samples)", 1);
     }
+    fold_open(f, n);
     fprintf(f, "<table id=\"accuracy-data\" class=\"data\"><thead><tr><th>round</th><th>status"
                "</th><th>test accuracy</th><th>refined model</th><th>train loss</th>"
                "<th>train accuracy</th><th>updates reporting loss</th></tr></thead><tbody>\n");
@@ -478,7 +486,7 @@ static int section_accuracy(FILE *f, sqlite3 *db)
         cell_num(f, r->train_accuracy, "not reported");
         fprintf(f, "<td class=\"n\">%" PRId64 "</td></tr>\n", r->n_loss);
     }
-    fprintf(f, "</tbody></table></section>\n");
+    fprintf(f, "</tbody></table></details></section>\n");
     ret = 0;
 cleanup:
     sqlite3_finalize(st);
@@ -686,6 +694,7 @@ static int section_privacy(FILE *f, sqlite3 *db, const char *headline)
     line_chart(f, "chart-epsilon-devices", "per-device epsilon: largest and mean", x, n, ds, 2,
                dev_budget > 0 ? dev_budget : NAN, "device budget", "round (DP rounds)",
                "epsilon", 1);
+    fold_open(f, n);
     fprintf(f, "<table id=\"epsilon-data\" class=\"data\"");
     attr_num(f, "data-budget", budget);
     attr_num(f, "data-delta", delta);
@@ -708,8 +717,13 @@ static int section_privacy(FILE *f, sqlite3 *db, const char *headline)
         cell_num(f, dmean[i], "");
         fprintf(f, "</tr>\n");
     }
-    fprintf(f, "</tbody></table>\n<h3>&epsilon; per device (its DP rounds, each at q = 1)</h3>\n"
-               "<table id=\"epsilon-devices\" class=\"data\"><thead><tr><th>device</th>"
+    size_t n_charged = 0;
+    for (size_t i = 0; i < n_dev; i++)
+        n_charged += dev[i].rounds > 0;
+    fprintf(f, "</tbody></table></details>\n<h3>&epsilon; per device (its DP rounds, each at q = 1)"
+               "</h3>\n");
+    fold_open(f, n_charged);
+    fprintf(f, "<table id=\"epsilon-devices\" class=\"data\"><thead><tr><th>device</th>"
                "<th>region</th><th>DP rounds</th><th>&epsilon;</th></tr></thead><tbody>\n");
     for (size_t i = 0; i < n_dev; i++) {
         if (!dev[i].rounds)
@@ -729,7 +743,7 @@ static int section_privacy(FILE *f, sqlite3 *db, const char *headline)
         cell_num(f, dev[i].eps, "");
         fprintf(f, "</tr>\n");
     }
-    fprintf(f, "</tbody></table></section>\n");
+    fprintf(f, "</tbody></table></details></section>\n");
     ret = 0;
 cleanup:
     sqlite3_finalize(st);
@@ -816,6 +830,7 @@ static int tally_bars(FILE *f, const char *id, const char *aria, const tally *t,
 static int tally_table(FILE *f, const char *id, const tally *t, size_t n, const char *c0,
                        const char *a0, const char *c1, const char *a1)
 {
+    fold_open(f, n);
     fprintf(f, "<table id=\"%s\" class=\"data\"><thead><tr><th>%s</th>%s%s%s<th>updates</th>"
                "<th>samples</th></tr></thead><tbody>\n",
             id, c0, c1 ? "<th>" : "", c1 ? c1 : "", c1 ? "</th>" : "");
@@ -840,7 +855,7 @@ static int tally_table(FILE *f, const char *id, const tally *t, size_t n, const 
         fprintf(f, "</td><td class=\"n\">%" PRId64 "</td><td class=\"n\">%" PRId64 "</td></tr>\n",
                 t[i].count, t[i].samples);
     }
-    fprintf(f, "</tbody></table>\n");
+    fprintf(f, "</tbody></table></details>\n");
     return 0;
 }
 
@@ -919,6 +934,7 @@ static int section_decisions(FILE *f, sqlite3 *db)
         b[i] = (bar){t[i].label, NULL, (double)t[i].count, decision_color(t[i].extra)};
     if (bar_chart(f, "chart-decisions", "decisions by rule", b, n, 60, "") != 0)
         goto cleanup;
+    fold_open(f, n);
     fprintf(f, "<table id=\"decisions-data\" class=\"data\"><thead><tr><th>source</th>"
                "<th>decision or event</th><th>rule</th><th>count</th></tr></thead><tbody>\n");
     for (size_t i = 0; i < n; i++) {
@@ -940,7 +956,7 @@ static int section_decisions(FILE *f, sqlite3 *db)
             goto cleanup;
         fprintf(f, "</td><td class=\"n\">%" PRId64 "</td></tr>\n", t[i].count);
     }
-    fprintf(f, "</tbody></table></section>\n");
+    fprintf(f, "</tbody></table></details></section>\n");
     ret = 0;
 cleanup:
     free(b);
@@ -1084,7 +1100,9 @@ static int section_lineage(FILE *f, sqlite3 *db, const char *latest)
                     c->devices, c->devices == 1 ? "" : "s", c->relays[0] ? " via relays" : "");
         fprintf(f, "</g>\n");
     }
-    fprintf(f, "</svg>\n<table id=\"lineage-data\" class=\"data\"><thead><tr><th>version</th>"
+    fprintf(f, "</svg>\n");
+    fold_open(f, n);
+    fprintf(f, "<table id=\"lineage-data\" class=\"data\"><thead><tr><th>version</th>"
                "<th>kind</th><th>round</th><th>accuracy</th><th>updates</th><th>samples</th>"
                "<th>relays</th><th>parent</th></tr></thead><tbody>\n");
     for (size_t k = 0; k < n; k++) {
@@ -1123,7 +1141,7 @@ static int section_lineage(FILE *f, sqlite3 *db, const char *latest)
             goto cleanup;
         fprintf(f, "</code></td></tr>\n");
     }
-    fprintf(f, "</tbody></table></section>\n");
+    fprintf(f, "</tbody></table></details></section>\n");
     ret = 0;
 cleanup:
     for (size_t k = 0; chain && k < n; k++) {
@@ -1142,6 +1160,7 @@ cleanup:
 /* An out_table (cells hold text.h-escaped text) as an HTML table. */
 static void table_html(FILE *f, const char *id, const out_table *t)
 {
+    fold_open(f, t->n_rows);
     fprintf(f, "<table id=\"%s\" class=\"data\"><thead><tr>", id);
     for (size_t c = 0; c < t->n_cols; c++)
         fprintf(f, "<th>%s</th>", t->cols[c]);
@@ -1157,7 +1176,7 @@ static void table_html(FILE *f, const char *id, const out_table *t)
         }
         fprintf(f, "</tr>\n");
     }
-    fprintf(f, "</tbody></table>\n");
+    fprintf(f, "</tbody></table></details>\n");
 }
 
 /* ---- the page ------------------------------------------------------------------------------ */
@@ -1170,7 +1189,7 @@ static const char CSS[] =
     "table{border-collapse:collapse;margin:10px 0;font-size:13px}"
     "th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}"
     "th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}"
-    "table.data{max-height:none}details{margin:6px 0}"
+    "details{margin:6px 0}summary{cursor:pointer;color:#555}"
     ".note{color:#666;font-style:italic}.headline{font-weight:600}"
     ".ok{color:#1a7f37;font-weight:700}.failed{color:#c62828;font-weight:700}"
     "svg.chart{display:block;margin:8px 0;background:#fff;border:1px solid #eee;max-width:100%;"
