@@ -3,7 +3,6 @@
 
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -312,7 +311,7 @@ static void line_chart(FILE *f, const char *id, const char *aria, const double *
 
 typedef struct {
     const char *label;  /* from the database: escaped when drawn */
-    const char *group;  /* static: the legend entry, or NULL */
+    const char *group;  /* from the database (escaped when drawn): the decision, or NULL */
     double value;
     const char *color;
 } bar;
@@ -344,15 +343,25 @@ static int bar_chart(FILE *f, const char *id, const char *aria, const bar *b, si
         fprintf(f, "<g class=\"bar\" data-label=\"");
         if (put_db(f, b[i].label) != 0)
             return -1;
-        fprintf(f, "\"%s%s%s", b[i].group ? " data-group=\"" : "", b[i].group ? b[i].group : "",
-                b[i].group ? "\"" : "");
+        fputc('"', f);
+        if (b[i].group) {
+            fprintf(f, " data-group=\"");
+            if (put_db(f, b[i].group) != 0)
+                return -1;
+            fputc('"', f);
+        }
         attr_num(f, "data-value", b[i].value);
         fprintf(f, "><title>");
         if (put_db(f, b[i].label) != 0)
             return -1;
-        fprintf(f, "%s%s: %.6g %s</title><text x=\"%d\" y=\"%zu\" text-anchor=\"end\">",
-                b[i].group ? " · " : "", b[i].group ? b[i].group : "", b[i].value, unit, LW - 8,
-                y + BH - 5);
+        if (b[i].group) {
+            fprintf(f, " (");
+            if (put_db(f, b[i].group) != 0)
+                return -1;
+            fprintf(f, ")");
+        }
+        fprintf(f, ": %.6g%s%s</title><text x=\"%d\" y=\"%zu\" text-anchor=\"end\">",
+                b[i].value, unit[0] ? " " : "", unit, LW - 8, y + BH - 5);
         if (put_db_short(f, b[i].label, 28) != 0)
             return -1;
         fprintf(f,
@@ -757,7 +766,6 @@ cleanup:
 
 typedef struct {
     char *label, *extra;
-    const char *group;
     int64_t count, samples;
 } tally;
 
@@ -770,7 +778,7 @@ static void tallies_free(tally *t, size_t n)
     free(t);
 }
 
-/* Rows of (label, extra, count, samples) from sql; group_of(label, extra) or NULL. */
+/* Rows of (label, extra, count, samples) from sql. */
 static int load_tallies(sqlite3 *db, const char *sql, tally **out, size_t *n_out)
 {
     sqlite3_stmt *st = NULL;
@@ -792,7 +800,6 @@ static int load_tallies(sqlite3 *db, const char *sql, tally **out, size_t *n_out
         }
         t[n].label = strdup(ctext(st, 0) ? ctext(st, 0) : "");
         t[n].extra = strdup(ctext(st, 1) ? ctext(st, 1) : "");
-        t[n].group = NULL;
         t[n].count = sqlite3_column_int64(st, 2);
         t[n].samples = sqlite3_column_int64(st, 3);
         n++;
@@ -811,6 +818,13 @@ cleanup:
     return ret;
 }
 
+static int bar_larger_first(const void *a, const void *b)
+{
+    double x = ((const bar *)a)->value, y = ((const bar *)b)->value;
+    return (x < y) - (x > y);
+}
+
+/* The largest first, so that the bars drawn are the largest. */
 static int tally_bars(FILE *f, const char *id, const char *aria, const tally *t, size_t n,
                       int by_samples, const char *unit)
 {
@@ -820,8 +834,9 @@ static int tally_bars(FILE *f, const char *id, const char *aria, const tally *t,
         return -1;
     }
     for (size_t i = 0; i < n; i++)
-        b[i] = (bar){t[i].label, t[i].group, by_samples ? (double)t[i].samples : (double)t[i].count,
+        b[i] = (bar){t[i].label, NULL, by_samples ? (double)t[i].samples : (double)t[i].count,
                      PALETTE[by_samples ? 2 : 0]};
+    qsort(b, n, sizeof *b, bar_larger_first);
     int r = bar_chart(f, id, aria, b, n, 40, unit);
     free(b);
     return r;
@@ -878,7 +893,7 @@ static int section_contributions(FILE *f, sqlite3 *db)
         goto cleanup;
     fprintf(f, "<section id=\"contributions\"><h2>Contributions</h2>\n<p>Updates that entered "
                "an aggregate (accepted or clipped, in a closed round), per device and per region."
-               "</p>\n<h3>Samples per device</h3>\n");
+               "</p>\n<h3>Samples per device (the largest first)</h3>\n");
     if (tally_bars(f, "chart-devices", "samples contributed per device", dev, n_dev, 1,
                    "samples") != 0 ||
         tally_table(f, "contrib-devices", dev, n_dev, "device", "device", "region", "region") != 0)
@@ -931,7 +946,7 @@ static int section_decisions(FILE *f, sqlite3 *db)
                "rule that decided.</p>\n",
             PALETTE[2], PALETTE[3], PALETTE[1]);
     for (size_t i = 0; i < n; i++)
-        b[i] = (bar){t[i].label, NULL, (double)t[i].count, decision_color(t[i].extra)};
+        b[i] = (bar){t[i].label, t[i].extra, (double)t[i].count, decision_color(t[i].extra)};
     if (bar_chart(f, "chart-decisions", "decisions by rule", b, n, 60, "") != 0)
         goto cleanup;
     fold_open(f, n);
