@@ -183,8 +183,8 @@ if eps_rows:
 head = d.tables["epsilon-data@"][0] if d.tables.get("epsilon-data@") else {}
 check(num(head.get("data-budget")) == priv["policy"]["epsilon_budget"], "the budget: %s" % head)
 check(num(head.get("data-device-budget")) == priv["policy"]["device_epsilon_budget"], "the device budget: %s" % head)
-want_e = {x["device"]: x["epsilon"] for x in priv["devices"]}
-got_e = {r["data-device"]: num(r["data-epsilon"]) for r in d.tables["epsilon-devices"]}
+want_e = {x["device"]: x["epsilon"] for x in priv["devices"] if x["dp_rounds"]}
+got_e = {r["data-device"]: num(r.get("data-epsilon")) for r in d.tables["epsilon-devices"]}
 check(got_e == want_e, "epsilon per device: page %s, JSON %s" % (got_e, want_e))
 if eps_rows:
     check(num(eps_rows[-1]["data-device-max"]) == max(want_e.values()), "device max epsilon")
@@ -227,6 +227,12 @@ for c in hj["lineage"]["contributions"]:
 got_hc = {r["data-device"]: [int(r["data-updates"]), int(r["data-samples"])] for r in hd.tables["contrib-devices"]}
 check(got_hc == dict(hc) and got_hc.get("<script>alert(1)</script>") == [1, 5],
       "contributions per device in the hostile copy: page %s, JSON %s" % (got_hc, dict(hc)))
+hw = {x["device"]: x["epsilon"] for x in hj["privacy"]["devices"] if x["dp_rounds"]}
+hg = {r["data-device"]: num(r.get("data-epsilon")) for r in hd.tables["epsilon-devices"]}
+check(hg == hw and hg.get("dev-001", 0) is None and hg.get("<script>alert(1)</script>") is not None,
+      "epsilon per device after a round without DP: page %s, JSON %s" % (hg, hw))
+check(any("no DP guarantee" in t for t in hd.text), "no 'no DP guarantee' for a device in a round without DP")
+check(len(hd.tables["epsilon-data"]) == 2, "2 DP rounds expected in the copy without round 3's ledger row")
 check(len(hd.tables["lineage-data"]) == len(lv), "the hostile copy's lineage")
 
 for f in failures:

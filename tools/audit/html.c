@@ -512,6 +512,7 @@ typedef struct {
     double rdp[FEDGE_DP_N_ORDERS];
     double eps;
     int64_t rounds;
+    int64_t rounds_without_dp; /* closed rounds without a ledger row it entered: no ε */
 } dev_eps;
 
 static int dev_cmp(const void *a, const void *b)
@@ -533,7 +534,10 @@ static int load_devices(sqlite3 *db, dev_eps **out, size_t *n_out)
     size_t n = 0, cap = 0;
     int rc, ret = -1;
     if (prep(db,
-             "SELECT u.device, (SELECT region FROM devices WHERE id = u.device)"
+             "SELECT u.device, (SELECT region FROM devices WHERE id = u.device),"
+             " (SELECT count(*) FROM updates x JOIN rounds r ON r.id = x.round"
+             "   WHERE x.device = u.device AND x.decision <> 'rejected' AND r.status = 'closed'"
+             "   AND NOT EXISTS (SELECT 1 FROM dp_ledger l WHERE l.round = r.id))"
              " FROM (SELECT DISTINCT device FROM updates) u ORDER BY u.device",
              &st) != 0)
         return -1;
@@ -551,6 +555,7 @@ static int load_devices(sqlite3 *db, dev_eps **out, size_t *n_out)
         memset(&d[n], 0, sizeof d[n]);
         d[n].id = strdup(ctext(st, 0) ? ctext(st, 0) : "");
         d[n].region = strdup(ctext(st, 1) ? ctext(st, 1) : "");
+        d[n].rounds_without_dp = sqlite3_column_int64(st, 2);
         n++;
         if (!d[n - 1].id || !d[n - 1].region) {
             cli_error("out of memory");
@@ -733,23 +738,30 @@ static int section_privacy(FILE *f, sqlite3 *db, const char *headline)
                "</h3>\n");
     fold_open(f, n_charged);
     fprintf(f, "<table id=\"epsilon-devices\" class=\"data\"><thead><tr><th>device</th>"
-               "<th>region</th><th>DP rounds</th><th>&epsilon;</th></tr></thead><tbody>\n");
+               "<th>region</th><th>DP rounds</th><th>rounds without DP</th><th>&epsilon;</th></tr>"
+               "</thead><tbody>\n");
     for (size_t i = 0; i < n_dev; i++) {
         if (!dev[i].rounds)
             continue;
         fprintf(f, "<tr data-device=\"");
         if (put_db(f, dev[i].id) != 0)
             goto cleanup;
-        fprintf(f, "\" data-dp-rounds=\"%" PRId64 "\"", dev[i].rounds);
-        attr_num(f, "data-epsilon", dev[i].eps);
+        fprintf(f, "\" data-dp-rounds=\"%" PRId64 "\" data-rounds-without-dp=\"%" PRId64 "\"",
+                dev[i].rounds, dev[i].rounds_without_dp);
+        if (!dev[i].rounds_without_dp)
+            attr_num(f, "data-epsilon", dev[i].eps);
         fprintf(f, "><td>");
         if (put_db(f, dev[i].id) != 0)
             goto cleanup;
         fprintf(f, "</td><td>");
         if (put_db(f, dev[i].region) != 0)
             goto cleanup;
-        fprintf(f, "</td><td class=\"n\">%" PRId64 "</td>", dev[i].rounds);
-        cell_num(f, dev[i].eps, "");
+        fprintf(f, "</td><td class=\"n\">%" PRId64 "</td><td class=\"n\">%" PRId64 "</td>",
+                dev[i].rounds, dev[i].rounds_without_dp);
+        if (dev[i].rounds_without_dp)
+            fprintf(f, "<td>none: no DP guarantee</td>");
+        else
+            cell_num(f, dev[i].eps, "");
         fprintf(f, "</tr>\n");
     }
     fprintf(f, "</tbody></table></details></section>\n");
