@@ -69,14 +69,18 @@ render() { # HTML DOM [PNG]
 }
 render "$R/report.html" "$R/dom.html" "$R/shot.png"
 
-# a copy with train metrics (the columns the edges' metrics fill)
+# a copy with train metrics (the columns the edges' metrics fill), and round
+# 3's aggregate made through a relay (its relay_head event)
 cp "$FED_DIR/fedge.db" "$R/loss.db"
 sqlite3 "$R/loss.db" "ALTER TABLE updates ADD COLUMN train_loss REAL;
     ALTER TABLE updates ADD COLUMN train_accuracy REAL;
     ALTER TABLE updates ADD COLUMN train_epochs INTEGER;
     ALTER TABLE updates ADD COLUMN train_ms INTEGER;
     UPDATE updates SET train_loss = 2.5 / (round + 1) + id * 0.01, train_accuracy = 0.5 + round * 0.1,
-                       train_epochs = 1, train_ms = 100;" || fed_fail "sqlite3: add the train columns"
+                       train_epochs = 1, train_ms = 100;
+    INSERT INTO events(at, round, device, kind, rule, detail)
+    VALUES(0, 3, 'relay-a', 'relay_head', NULL, 'update 9: relay round 3 head 00');" ||
+    fed_fail "sqlite3: add the train columns and a relay's head"
 "$AUDIT" --db "$R/loss.db" report --format html --out "$R/loss.html" || fed_fail "report of loss.db"
 render "$R/loss.html" "$R/loss-dom.html"
 

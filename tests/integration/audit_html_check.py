@@ -203,6 +203,8 @@ got_l = {int(r["data-round"]): num(r.get("data-train-loss")) for r in ld.tables[
 check(got_l and all(abs(got_l.get(k, -1) - v) <= 1e-12 * abs(v) for k, v in want_l.items()) and len(got_l) == len(want_l),
       "train loss per round: page %s, database %s" % (got_l, want_l))
 check("chart-loss" in ld.svg_ids, "no loss chart with the train_loss column")
+rel = {int(r["data-round"]): r["data-relays"] for r in ld.tables["lineage-data"] if r["data-kind"] == "aggregate"}
+check(rel == {1: "", 2: "", 3: "relay-a"}, "relays behind each aggregate of the lineage: %s" % rel)
 
 # --- markup in stored text renders as text
 hraw = open(D + "/hostile.html", encoding="utf-8").read().lower()
