@@ -84,18 +84,21 @@ sqlite3 "$R/loss.db" "ALTER TABLE updates ADD COLUMN train_loss REAL;
 "$AUDIT" --db "$R/loss.db" report --format html --out "$R/loss.html" || fed_fail "report of loss.db"
 render "$R/loss.html" "$R/loss-dom.html"
 
-# a copy whose stored text holds markup, and whose round 3 went out without DP
+# a copy whose stored text (a device id, region, rule, reason, the initial
+# model's version) holds markup, and whose round 3 went out without DP
 # (no ledger row: its devices have no epsilon); the chain no longer verifies
 cp "$FED_DIR/fedge.db" "$R/hostile.db"
 sqlite3 "$R/hostile.db" "INSERT INTO devices(id, region) VALUES('<script>alert(1)</script>', '\"><img src=x onerror=alert(2)>');
     INSERT INTO updates(round, device, received_at, n_samples, encoding, bytes, counter, decision, rule, reason)
     VALUES(1, '<script>alert(1)</script>', 0, 5, 'fp32', 0, 1, 'accepted', 'all', 'passed'),
           (2, '<script>alert(1)</script>', 0, 5, 'fp32', 0, 2, 'rejected', '<b>rule</b>', '</table><script>alert(3)</script>');
-    DELETE FROM dp_ledger WHERE round = 3;" ||
+    DELETE FROM dp_ledger WHERE round = 3;
+    UPDATE models SET parent = '<i>init</i>' WHERE parent = (SELECT version FROM models WHERE kind = 'init');
+    UPDATE models SET version = '<i>init</i>' WHERE kind = 'init';" ||
     fed_fail "sqlite3: hostile rows"
 "$AUDIT" --db "$R/hostile.db" report --format html --out "$R/hostile.html" || fed_fail "report of hostile.db"
 "$AUDIT" --db "$R/hostile.db" --json report >"$R/hostile.json" || fed_fail "json report of hostile.db"
-grep -qiE '<(script|img|b)[ >]' "$R/hostile.html" && fed_fail "markup from the log reached the page raw"
+grep -qiE '<(script|img|b|i)[ >]' "$R/hostile.html" && fed_fail "markup from the log reached the page raw"
 render "$R/hostile.html" "$R/hostile-dom.html"
 
 python3 tests/integration/audit_html_check.py "$R" "$FED_DIR/fedge.db" || fed_fail "the rendered report does not match"

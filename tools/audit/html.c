@@ -480,14 +480,16 @@ static int section_accuracy(FILE *f, sqlite3 *db)
     for (size_t i = 0; i < n; i++) {
         const acc_row *r = &rows[i];
         fprintf(f, "<tr data-round=\"%" PRId64 "\" data-status=\"", r->round);
-        put_html(f, r->status);
+        if (put_db(f, r->status) != 0)
+            goto cleanup;
         fputc('"', f);
         attr_num(f, "data-accuracy", r->accuracy);
         attr_num(f, "data-refined-accuracy", r->refined);
         attr_num(f, "data-train-loss", r->loss);
         attr_num(f, "data-train-accuracy", r->train_accuracy);
         fprintf(f, "><td class=\"n\">%" PRId64 "</td><td>", r->round);
-        put_html(f, r->status);
+        if (put_db(f, r->status) != 0)
+            goto cleanup;
         fprintf(f, "</td>");
         cell_num(f, r->accuracy, "");
         cell_num(f, r->refined, "");
@@ -1071,14 +1073,13 @@ static int section_lineage(FILE *f, sqlite3 *db, const char *latest)
     enum { PER_ROW = 5, BXW = 124, BXH = 74, GX = 22, GY = 30, LW = 720 };
     size_t rows = (n + PER_ROW - 1) / PER_ROW, h = rows * (BXH + GY) + 10;
     fprintf(f,
-            "<p>%zu model%s from the first to <code>%.16s</code>; arrows point from parent to "
+            "<p>%zu model%s from the first to the latest; arrows point from parent to "
             "child.%s</p>\n<svg id=\"chart-lineage\" class=\"chart\" viewBox=\"0 0 %d %zu\" "
             "width=\"%d\" height=\"%zu\" role=\"img\" aria-label=\"lineage of the latest model\" "
             "xmlns=\"http://www.w3.org/2000/svg\"><defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" "
             "refX=\"9\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\">"
             "<path d=\"M0 0L10 5L0 10z\" fill=\"#555\"/></marker></defs>\n",
-            n, n == 1 ? "" : "s", latest,
-            missing_parent ? " The oldest model's parent is missing from the models table." : "",
+            n, n == 1 ? "" : "s", missing_parent ? " The oldest model's parent is missing from the models table." : "",
             LW, h, LW, h);
     for (size_t k = 0; k < n; k++) {
         const lin_node *c = &chain[n - 1 - k];
@@ -1101,8 +1102,17 @@ static int section_lineage(FILE *f, sqlite3 *db, const char *latest)
         const char *fill = strcmp(kind, "init") == 0      ? "#eef"
                            : strcmp(kind, "refine") == 0 ? "#fef3e0"
                                                          : "#eaf6ea";
-        fprintf(f, "<g class=\"model\" data-version=\"%s\"><title>%s %s, round %" PRId64,
-                g.nodes[c->idx].version, kind, g.nodes[c->idx].version, c->round);
+        const char *version = g.nodes[c->idx].version;
+        fprintf(f, "<g class=\"model\" data-version=\"");
+        if (put_db(f, version) != 0)
+            goto cleanup;
+        fprintf(f, "\"><title>");
+        if (put_db(f, kind) != 0)
+            goto cleanup;
+        fputc(' ', f);
+        if (put_db(f, version) != 0)
+            goto cleanup;
+        fprintf(f, ", round %" PRId64, c->round);
         if (isfinite(c->accuracy))
             fprintf(f, ", accuracy %.6g", c->accuracy);
         if (strcmp(kind, "aggregate") == 0)
@@ -1115,10 +1125,14 @@ static int section_lineage(FILE *f, sqlite3 *db, const char *latest)
         }
         fprintf(f,
                 "</title><rect x=\"%.1f\" y=\"%.1f\" width=\"%d\" height=\"%d\" rx=\"6\" "
-                "fill=\"%s\" stroke=\"#555\"/><text x=\"%.1f\" y=\"%.1f\" class=\"mono\">%.12s"
-                "</text><text x=\"%.1f\" y=\"%.1f\">%s · round %" PRId64 "</text>",
-                x, y, BXW, BXH, fill, x + 6, y + 16, g.nodes[c->idx].version, x + 6, y + 32, kind,
-                c->round);
+                "fill=\"%s\" stroke=\"#555\"/><text x=\"%.1f\" y=\"%.1f\" class=\"mono\">",
+                x, y, BXW, BXH, fill, x + 6, y + 16);
+        if (put_db_short(f, version, 12) != 0)
+            goto cleanup;
+        fprintf(f, "</text><text x=\"%.1f\" y=\"%.1f\">", x + 6, y + 32);
+        if (put_db_short(f, kind, 12) != 0)
+            goto cleanup;
+        fprintf(f, " · round %" PRId64 "</text>", c->round);
         if (isfinite(c->accuracy))
             fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">accuracy %.4f</text>", x + 6, y + 47,
                     c->accuracy);
