@@ -11,14 +11,15 @@
  * back as the same double, as the JSON report prints them) and the marks
  * have <title> tooltips:
  *   - test accuracy per round (round 0: the initial model; a refined
- *     model's as a second series) and the mean
- *     train loss per round, weighted by sample count over the updates that
- *     were not rejected (updates.train_loss; "not reported" when the column
- *     or the values are absent);
+ *     model's as a second series) and the mean train loss per round,
+ *     weighted by sample count over the updates that were not rejected
+ *     (updates.train_loss; "not reported" when the column or the values
+ *     are absent);
  *   - epsilon after each DP round from the privacy ledger (dp_ledger), the
  *     run's total against the global budget, and the largest and mean
  *     per-device epsilon (each device's own rounds at q = 1, as `privacy`
- *     composes them) against the per-device budget;
+ *     composes them) against the per-device budget; a device that entered
+ *     a closed round without DP has no epsilon in the table (no guarantee);
  *   - updates and samples per device and per region (not rejected, in
  *     closed rounds);
  *   - updates by decision and rule, and round-level decisions by rule;
