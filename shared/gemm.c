@@ -24,14 +24,24 @@
 
 #define GEMM_MR 4
 #define GEMM_NR 8
+#if FEDGE_FREESTANDING
+/* a microcontroller (mcu/): no cache to block for, RAM is what counts; the
+ * packing buffers are 12 KiB of .bss, and there are no threads */
+#define GEMM_KC 64
+#define GEMM_MC 16
+#define GEMM_NC 32
+#define GEMM_TLS
+#else
 #define GEMM_KC 256  /* a KC x NR panel of B stays in L1 */
 #define GEMM_MC 128  /* the packed MC x KC block of A stays in L2 */
 #define GEMM_NC 512
+#define GEMM_TLS _Thread_local
+#endif
 _Static_assert(GEMM_MC % GEMM_MR == 0 && GEMM_NC % GEMM_NR == 0,
                "blocks hold whole micro-panels");
 
-static _Thread_local float pack_a[GEMM_MC * GEMM_KC] __attribute__((aligned(64)));
-static _Thread_local float pack_b[GEMM_KC * GEMM_NC] __attribute__((aligned(64)));
+static GEMM_TLS float pack_a[GEMM_MC * GEMM_KC] __attribute__((aligned(64)));
+static GEMM_TLS float pack_b[GEMM_KC * GEMM_NC] __attribute__((aligned(64)));
 
 /* Packs rows [i0, i0+mc) x cols [k0, k0+kc) of alpha*op(A) into MR-row panels:
  * panel p holds, for each k, MR consecutive values. */

@@ -26,8 +26,9 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdio.h>
+#if !FEDGE_FREESTANDING
 #include <stdlib.h>
+#endif
 #include <string.h>
 
 
@@ -280,12 +281,43 @@ int fedge_model_spec_parse(const char *text, fedge_model_spec *out)
     return FEDGE_OK;
 }
 
-#define APPEND(...)                                                              \
-    do {                                                                         \
-        int n_ = snprintf(buf + len, cap - len, __VA_ARGS__);                    \
-        if (n_ < 0 || (size_t)n_ >= cap - len)                                   \
-            return FEDGE_ERR_BUFFER_TOO_SMALL;                                   \
-        len += (size_t)n_;                                                       \
+/* snprintf-free appends (the freestanding core has no stdio): each keeps
+ * buf NUL-terminated and fails, as snprintf's truncation did, when the text
+ * and its NUL do not fit. */
+static int append_str(char *buf, size_t cap, size_t *len, const char *s)
+{
+    size_t n = strlen(s);
+    if (n >= cap - *len)
+        return 0;
+    memcpy(buf + *len, s, n + 1);
+    *len += n;
+    return 1;
+}
+
+static int append_int(char *buf, size_t cap, size_t *len, const char *prefix, int v)
+{
+    char digits[16];
+    size_t i = sizeof digits;
+    unsigned long mag = v < 0 ? 0ul - (unsigned long)v : (unsigned long)v;
+    digits[--i] = '\0';
+    do {
+        digits[--i] = (char)('0' + mag % 10);
+        mag /= 10;
+    } while (mag > 0);
+    if (v < 0)
+        digits[--i] = '-';
+    return append_str(buf, cap, len, prefix) && append_str(buf, cap, len, digits + i);
+}
+
+#define APPEND_S(s)                                    \
+    do {                                               \
+        if (!append_str(buf, cap, &len, (s)))          \
+            return FEDGE_ERR_BUFFER_TOO_SMALL;         \
+    } while (0)
+#define APPEND_D(prefix, v)                            \
+    do {                                               \
+        if (!append_int(buf, cap, &len, (prefix), (v))) \
+            return FEDGE_ERR_BUFFER_TOO_SMALL;         \
     } while (0)
 
 /* The text a spec stands for, without validating it (any field values are safe). */
@@ -295,11 +327,12 @@ static int format_raw(const fedge_model_spec *s, char *buf, size_t cap)
     if (s->n_layers < 1 || s->n_layers > FEDGE_MODEL_MAX_LAYERS)
         return FEDGE_ERR_MODEL_SPEC;
     if (s->kind == FEDGE_MODEL_SOFTMAX || s->kind == FEDGE_MODEL_MLP) {
-        APPEND("%s:%d", s->kind == FEDGE_MODEL_SOFTMAX ? "softmax" : "mlp", s->input_dim);
+        APPEND_S(s->kind == FEDGE_MODEL_SOFTMAX ? "softmax" : "mlp");
+        APPEND_D(":", s->input_dim);
         for (int i = 0; i < s->n_layers; i++) {
             const fedge_layer *l = &s->layer[i];
             if (l->type == FEDGE_LAYER_DENSE)
-                APPEND("-%d", l->out);
+                APPEND_D("-", l->out);
             else if (l->type != FEDGE_LAYER_RELU)
                 return FEDGE_ERR_MODEL_SPEC;
         }
@@ -307,27 +340,30 @@ static int format_raw(const fedge_model_spec *s, char *buf, size_t cap)
     }
     if (s->kind != FEDGE_MODEL_CNN)
         return FEDGE_ERR_MODEL_SPEC;
-    APPEND("cnn:%dx%dx%d", s->in_c, s->in_h, s->in_w);
+    APPEND_D("cnn:", s->in_c);
+    APPEND_D("x", s->in_h);
+    APPEND_D("x", s->in_w);
     for (int i = 0; i < s->n_layers; i++) {
         const fedge_layer *l = &s->layer[i];
         switch (l->type) {
         case FEDGE_LAYER_CONV2D:
-            APPEND("-c%dk%d", l->out, l->k);
+            APPEND_D("-c", l->out);
+            APPEND_D("k", l->k);
             if (l->stride != 1)
-                APPEND("s%d", l->stride);
+                APPEND_D("s", l->stride);
             if (l->pad != 0)
-                APPEND("p%d", l->pad);
+                APPEND_D("p", l->pad);
             break;
         case FEDGE_LAYER_MAXPOOL:
-            APPEND("-p%d", l->k);
+            APPEND_D("-p", l->k);
             if (l->stride != l->k)
-                APPEND("s%d", l->stride);
+                APPEND_D("s", l->stride);
             break;
         case FEDGE_LAYER_DENSE:
-            APPEND(i + 1 == s->n_layers ? "-%d" : "-f%d", l->out);
+            APPEND_D(i + 1 == s->n_layers ? "-" : "-f", l->out);
             break;
         case FEDGE_LAYER_DROPOUT:
-            APPEND("-d%d", l->rate_pct);
+            APPEND_D("-d", l->rate_pct);
             break;
         case FEDGE_LAYER_RELU:
         case FEDGE_LAYER_FLATTEN:
@@ -449,6 +485,21 @@ double fedge_layer_macs(const fedge_layer *l)
 
 /* ---- model ------------------------------------------------------------- */
 
+int fedge_model_bind(fedge_model *m, const fedge_model_spec *spec, float *params)
+{
+    if (m == NULL || spec == NULL || params == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    char text[FEDGE_MODEL_SPEC_MAX];
+    if (spec_check(spec, text) != FEDGE_OK)
+        return FEDGE_ERR_MODEL_SPEC;
+    memset(m, 0, sizeof *m);
+    m->spec = *spec;
+    m->n_params = spec->n_params;
+    m->params = params;
+    return FEDGE_OK;
+}
+
+#if !FEDGE_FREESTANDING
 int fedge_model_init(fedge_model *m, const fedge_model_spec *spec)
 {
     if (m == NULL || spec == NULL)
@@ -457,14 +508,10 @@ int fedge_model_init(fedge_model *m, const fedge_model_spec *spec)
     char text[FEDGE_MODEL_SPEC_MAX];
     if (spec_check(spec, text) != FEDGE_OK)
         return FEDGE_ERR_MODEL_SPEC;
-    m->spec = *spec;
-    m->n_params = spec->n_params;
-    m->params = calloc(m->n_params, sizeof(float));
-    if (m->params == NULL) {
-        memset(m, 0, sizeof *m);
+    float *params = calloc(spec->n_params, sizeof(float));
+    if (params == NULL)
         return FEDGE_ERR_NOMEM;
-    }
-    return FEDGE_OK;
+    return fedge_model_bind(m, spec, params);
 }
 
 void fedge_model_free(fedge_model *m)
@@ -474,6 +521,7 @@ void fedge_model_free(fedge_model *m)
     free(m->params);
     memset(m, 0, sizeof *m);
 }
+#endif
 
 int fedge_model_randomize(fedge_model *m, fedge_rng *rng)
 {

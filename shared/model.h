@@ -115,6 +115,10 @@ typedef struct {
 /* Allocates params (zeroed). fedge_model_free(NULL) and double free are safe. */
 int fedge_model_init(fedge_model *m, const fedge_model_spec *spec);
 void fedge_model_free(fedge_model *m);
+/* The caller-buffer form (the freestanding core, mcu/, has no heap and no
+ * fedge_model_init/free): m uses params (spec->n_params floats, left as they
+ * are) without owning it; never pass such a model to fedge_model_free. */
+int fedge_model_bind(fedge_model *m, const fedge_model_spec *spec, float *params);
 /* He-uniform weights (fan_in = in for dense, in_c*k*k for conv), zero biases; the weights
  * are drawn layer by layer in parameter order. */
 int fedge_model_randomize(fedge_model *m, fedge_rng *rng);
@@ -142,7 +146,9 @@ int fedge_model_forward(const fedge_model *m, const float *x, int batch,
  * step afterwards). A sink's error ends the pass and is returned; a
  * non-finite loss is FEDGE_ERR_MODEL_NONFINITE before any slice (*loss set). */
 typedef int (*fedge_grad_sink)(void *arg, size_t off, float *g, size_t n);
+#ifndef FEDGE_MODEL_GRAD_CHUNK /* a microcontroller build sets a smaller one (mcu/) */
 #define FEDGE_MODEL_GRAD_CHUNK 4096 /* floats; larger when one dense row or a conv layer is */
+#endif
 size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec); /* 0: invalid spec */
 int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,
                                  int batch, uint64_t dropout_seed, float *scratch, float *chunk,
