@@ -21,6 +21,22 @@
 #define MBEDTLS_SHA256_SMALLER
 #define MBEDTLS_HKDF_C
 
+/* no heap: mbedtls_calloc draws from a static pool the board hands over
+ * (mbedtls_memory_buffer_alloc_init, FEDGE_CORE_CRYPTO_POOL bytes); the
+ * defaults before that fail instead of reaching libc's malloc */
+#include <stddef.h>
+void *fedge_mcu_no_calloc(size_t n, size_t size);
+void fedge_mcu_no_free(void *p);
+void fedge_mcu_abort(int status); /* the pool allocator's exit on a corrupted pool */
+#define MBEDTLS_PLATFORM_C
+#define MBEDTLS_PLATFORM_MEMORY
+#define MBEDTLS_PLATFORM_NO_STD_FUNCTIONS
+#define MBEDTLS_PLATFORM_STD_CALLOC fedge_mcu_no_calloc
+#define MBEDTLS_PLATFORM_STD_FREE fedge_mcu_no_free
+#define MBEDTLS_PLATFORM_EXIT_MACRO fedge_mcu_abort
+#define MBEDTLS_MEMORY_BUFFER_ALLOC_C
+#define MBEDTLS_MEMORY_ALIGN_MULTIPLE 8
+
 #include "mbedtls/check_config.h"
 
 #endif

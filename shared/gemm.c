@@ -26,10 +26,10 @@
 #define GEMM_NR 8
 #if FEDGE_FREESTANDING
 /* a microcontroller (mcu/): no cache to block for, RAM is what counts; the
- * packing buffers are 12 KiB of .bss, and there are no threads */
-#define GEMM_KC 64
-#define GEMM_MC 16
-#define GEMM_NC 32
+ * packing buffers are 3 KiB of .bss, and there are no threads */
+#define GEMM_KC 32
+#define GEMM_MC 8
+#define GEMM_NC 16
 #define GEMM_TLS
 #else
 #define GEMM_KC 256  /* a KC x NR panel of B stays in L1 */

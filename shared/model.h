@@ -42,7 +42,9 @@
 
 #include "rng.h"
 
+#ifndef FEDGE_MODEL_MAX_LAYERS /* a microcontroller build sets fewer (mcu/): a spec is on its stack */
 #define FEDGE_MODEL_MAX_LAYERS 32        /* entries in fedge_model_spec.layer (incl. relu/flatten) */
+#endif
 #define FEDGE_MODEL_MAX_DIM 65536        /* any feature count, channel count, H or W */
 #define FEDGE_MODEL_SPEC_MAX 256         /* longest canonical spec string, with NUL */
 #define FEDGE_MODEL_MAX_CLASSES 256      /* labels are uint8 */

@@ -117,7 +117,11 @@ cleanup:
 /* ---- streaming ----------------------------------------------------------- */
 
 #define STREAM_CHUNK_BYTES 1024u /* encoded payload per chunk (one int8 block may exceed it) */
+#if FEDGE_FREESTANDING /* a microcontroller (mcu/): RAM counts, its sender reads in order */
+#define STREAM_BEHIND 2048u
+#else
 #define STREAM_BEHIND 6144u      /* ciphertext kept behind the newest chunk: the Block1 window and more */
+#endif
 
 struct fedge_update_stream {
     fedge_device_key key;
