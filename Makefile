@@ -456,3 +456,10 @@ mcu:
 	tools/deps.sh build mcu
 	$(Q)$(MAKE) --no-print-directory $(BUILD)/tests/tools/mcu_round
 	$(Q)$(MAKE) --no-print-directory -f mcu/mcu.mk HOST_BUILD=$(BUILD)
+
+# tests/unit/test_mcu_core.c runs mcu/core.c on the host (ahead of the libraries).
+$(BUILD)/tests/test_mcu_core: $(BUILD)/obj/tests/unit/test_mcu_core.o $(call obj,mcu/core.c) $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lcmocka $(SERVER_LIBS)
+$(BUILD)/obj/tests/unit/test_mcu_core.o: CFLAGS += -Imcu
