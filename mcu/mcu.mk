@@ -13,10 +13,10 @@ MCU_CC ?= arm-none-eabi-gcc
 MBEDTLS_SRC ?= build/deps/src/mbedtls-2.28.3
 HOST_TOOL := $(HOST_BUILD)/tests/tools/mcu_round
 
-# NAME: spec batch steps momentum
+# NAME: spec batch steps momentum encoding
 MCU_MODELS := softmax mlp
-MCU_ARGS_softmax := softmax:784-10 8 4 0
-MCU_ARGS_mlp := mlp:784-16-10 8 4 0.9
+MCU_ARGS_softmax := softmax:784-10 8 4 0 fp32
+MCU_ARGS_mlp := mlp:784-16-10 8 4 0.9 int8
 
 MCU_CPU := -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16
 MCU_DEFS := -DFEDGE_FREESTANDING=1 -DFEDGE_MODEL_GRAD_CHUNK=256 -DFEDGE_MODEL_MAX_LAYERS=8 -D_GNU_SOURCE \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The bare-metal Cortex-M4F core (mcu/, `make mcu`): for softmax:784-10
-# (momentum 0) and mlp:784-16-10 (momentum 0.9) a firmware runs one local
+# (momentum 0, fp32 update) and mlp:784-16-10 (momentum 0.9, int8 update with
+# stochastic rounding) a firmware runs one local
 # round (4 SGD steps of 8 real Fashion-MNIST rows, embedded at build time)
 # and seals its update on QEMU's emulated mps2-an386 board, printing the
 # sealed frame through semihosting. The host opens it with the device's key
@@ -31,9 +32,9 @@ if ! command -v arm-none-eabi-gcc >/dev/null || ! command -v qemu-system-arm >/d
 fi
 [ $rc -eq 0 ] || { tail -n 30 "$OUT/make.log"; fed_fail "make mcu failed"; }
 
-# NAME SPEC STEPS MOMENTUM (batch 8), as mcu/mcu.mk builds them
-for m in "softmax softmax:784-10 4 0" "mlp mlp:784-16-10 4 0.9"; do
-    read -r name spec steps mom <<<"$m"
+# NAME SPEC STEPS MOMENTUM ENCODING (batch 8), as mcu/mcu.mk builds them
+for m in "softmax softmax:784-10 4 0 fp32" "mlp mlp:784-16-10 4 0.9 int8"; do
+    read -r name spec steps mom enc <<<"$m"
     elf=$MCU/$name.elf
     [ -f "$elf" ] || fed_fail "$elf was not built"
     bad=$(arm-none-eabi-nm "$elf" | awk '$2 ~ /^[TtUW]$/ {print $3}' |
@@ -44,19 +45,19 @@ for m in "softmax softmax:784-10 4 0" "mlp mlp:784-16-10 4 0.9"; do
         -semihosting -kernel "$elf" >"$out" 2>&1 || { cut -c1-200 "$out"; fed_fail "$name: the firmware failed under qemu"; }
     grep -qx 'mcu ok' "$out" || { cut -c1-200 "$out"; fed_fail "$name: no 'mcu ok'"; }
     grep '^mcu ' "$out"
-    "$TOOL" check "$spec" 8 "$steps" "$mom" "$out" || fed_fail "$name: the host does not accept the device's update"
+    "$TOOL" check "$spec" 8 "$steps" "$mom" "$enc" "$out" || fed_fail "$name: the host does not accept the device's update"
 
     # one hex digit of the ciphertext changed: the GCM tag must refuse it
     awk '/^frame / { i = 6 + 2 * 200; c = substr($0, i, 1); $0 = substr($0, 1, i - 1) (c == "0" ? "1" : "0") substr($0, i + 1) } 1' \
         "$out" >"$OUT/$name.tampered"
     ! cmp -s "$out" "$OUT/$name.tampered" || fed_fail "$name: tampering changed nothing"
-    "$TOOL" check "$spec" 8 "$steps" "$mom" "$OUT/$name.tampered" >"$OUT/t.log" 2>&1 &&
+    "$TOOL" check "$spec" 8 "$steps" "$mom" "$enc" "$OUT/$name.tampered" >"$OUT/t.log" 2>&1 &&
         fed_fail "$name: a tampered frame was accepted"
     grep -q 'refused' "$OUT/t.log" || { cat "$OUT/t.log"; fed_fail "$name: tampered frame: wrong error"; }
     # the comparison is sharp: the host training with another momentum (the
     # frame's header is the same) does not match
     other=$([ "$mom" = 0 ] && echo 0.5 || echo 0)
-    "$TOOL" check "$spec" 8 "$steps" "$other" "$out" >"$OUT/s.log" 2>&1 &&
+    "$TOOL" check "$spec" 8 "$steps" "$other" "$enc" "$out" >"$OUT/s.log" 2>&1 &&
         fed_fail "$name: the host's round with momentum $other matched the device's ($mom)"
     grep -q 'does not match' "$OUT/s.log" || { cat "$OUT/s.log"; fed_fail "$name: momentum $other: wrong error"; }
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Flash and RAM of the bare-metal Cortex-M4F core (mcu/, `make mcu`) for each
-# firmware mcu/mcu.mk builds (softmax:784-10 momentum 0, mlp:784-16-10
-# momentum 0.9; batch 8), against the 64 KB RAM goal for softmax and the
+# firmware mcu/mcu.mk builds (softmax:784-10 momentum 0 fp32 update,
+# mlp:784-16-10 momentum 0.9 int8 update; batch 8), against the 64 KB RAM goal for softmax and the
 # research anchor FedCoRE (75 KB RAM / 438 KB ROM).
 #
 #   tools/bench/mcu_size.sh [--no-build]
