@@ -28,7 +28,7 @@ MCU_WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 MCU_LDFLAGS := $(MCU_CPU) --specs=nano.specs -nostartfiles -T mcu/mps2_an386.ld \
                -Wl,--gc-sections
 
-FEDGE_MCU_SRC := shared/model.c shared/gemm.c shared/optim.c shared/rng.c shared/delta.c \
+FEDGE_MCU_SRC := shared/model.c shared/train.c shared/gemm.c shared/optim.c shared/rng.c shared/delta.c \
                  shared/envelope.c shared/update.c shared/crypto.c shared/error.c \
                  shared/hash.c mcu/core.c mcu/board_mps2.c
 MBEDTLS_MCU_SRC := $(addprefix $(MBEDTLS_SRC)/library/,aes.c gcm.c cipher.c cipher_wrap.c \
