@@ -432,7 +432,7 @@ $(FUZZ_BUILD)/seeds/.stamp: $(FUZZ_BUILD)/mkseeds
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 
 clean:
-	rm -rf build/native build/noblas build/asan build/aarch64-linux-gnu build/arm-linux-gnueabihf build/fuzz
+	rm -rf build/native build/noblas build/asan build/aarch64-linux-gnu build/arm-linux-gnueabihf build/fuzz build/cortex-m4
 
 distclean:
 	rm -rf build
