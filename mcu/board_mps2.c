@@ -166,7 +166,8 @@ static int run(void)
     const size_t dim = (size_t)spec.input_dim;
     for (int s = 0; s < mcu_steps; s++) {
         size_t row = (size_t)s * (size_t)mcu_batch;
-        CHK(fedge_core_step(&core, mcu_x + row * dim, mcu_y + row, mcu_batch, &loss));
+        CHK(fedge_core_step_u8(&core, mcu_x + row * dim, 1.0f / 255.0f, mcu_y + row, mcu_batch,
+                               &loss));
         if (s == 0)
             loss0 = loss;
     }

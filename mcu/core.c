@@ -105,15 +105,19 @@ static int step_slice(void *arg, size_t off, float *g, size_t n)
     return FEDGE_OK;
 }
 
-int fedge_core_step(fedge_core *c, const float *x, const uint8_t *y, int rows, float *loss)
+/* One step: x (float) or xu8 (u8 * scale), the other NULL. */
+static int core_step(fedge_core *c, const float *x, const uint8_t *xu8, float scale,
+                     const uint8_t *y, int rows, float *loss)
 {
-    if (c == NULL || c->model.params == NULL || x == NULL || y == NULL || rows < 1 ||
-        rows > c->batch)
+    if (c == NULL || c->model.params == NULL || (x == NULL && xu8 == NULL) || y == NULL ||
+        rows < 1 || rows > c->batch)
         return FEDGE_ERR_INVALID_ARG;
     float l = 0.0f;
     uint64_t t0 = c->platform.now_us(c->platform.ctx);
-    int ret = fedge_model_loss_grad_sliced(&c->model, x, y, rows, 0, c->scratch, c->chunk,
-                                           step_slice, c, &l);
+    int ret = x != NULL ? fedge_model_loss_grad_sliced(&c->model, x, y, rows, 0, c->scratch,
+                                                       c->chunk, step_slice, c, &l)
+                        : fedge_model_loss_grad_sliced_u8(&c->model, xu8, scale, y, rows, 0,
+                                                          c->scratch, c->chunk, step_slice, c, &l);
     c->train_us += c->platform.now_us(c->platform.ctx) - t0;
     if (loss != NULL)
         *loss = l;
@@ -122,6 +126,21 @@ int fedge_core_step(fedge_core *c, const float *x, const uint8_t *y, int rows, f
     c->steps++;
     c->samples += (uint32_t)rows;
     return FEDGE_OK;
+}
+
+int fedge_core_step(fedge_core *c, const float *x, const uint8_t *y, int rows, float *loss)
+{
+    if (x == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    return core_step(c, x, NULL, 0.0f, y, rows, loss);
+}
+
+int fedge_core_step_u8(fedge_core *c, const uint8_t *x, float scale, const uint8_t *y, int rows,
+                       float *loss)
+{
+    if (x == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    return core_step(c, NULL, x, scale, y, rows, loss);
 }
 
 int fedge_core_seal(fedge_core *c, const float *global, const fedge_core_update *u,

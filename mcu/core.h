@@ -16,7 +16,8 @@
  * for the round's timings). mbedTLS's GCM and HMAC allocate their contexts
  * through mbedtls_calloc: the board hands mbedTLS a FEDGE_CORE_CRYPTO_POOL
  * byte pool (mbedtls_memory_buffer_alloc_init) before the first call.
- * The global model, the minibatches and the key may lie in flash (const).
+ * The global model, the minibatches (float, or u8 as stored) and the key may
+ * lie in flash (const).
  *
  * Buffers (bytes, fedge_core_plan; each 8-byte aligned in one caller block):
  *   params    n_params floats: the local model, then the delta
@@ -87,6 +88,11 @@ int fedge_core_begin(fedge_core *c, const float *global);
  * minibatch's mean loss before the step. A non-finite loss is
  * FEDGE_ERR_MODEL_NONFINITE and the step is not taken. */
 int fedge_core_step(fedge_core *c, const float *x, const uint8_t *y, int rows, float *loss);
+/* The same on features kept as stored, u8 (e.g. pixels), each x * scale
+ * (fedge_model_loss_grad_sliced_u8: converted inside the first layer, a few
+ * floats at a time, the same bits as the float rows x * scale). */
+int fedge_core_step_u8(fedge_core *c, const uint8_t *x, float scale, const uint8_t *y, int rows,
+                       float *loss);
 /* global: the model begin was given. After it the local parameters hold the
  * delta (a new round begins again). The stream lives in c's block: wipe it
  * (fedge_update_stream_wipe) once sent. */

@@ -19,7 +19,8 @@ MCU_ARGS_softmax := softmax:784-10 8 4 0 fp32
 MCU_ARGS_mlp := mlp:784-16-10 8 4 0.9 int8
 
 MCU_CPU := -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16
-MCU_DEFS := -DFEDGE_FREESTANDING=1 -DFEDGE_MODEL_GRAD_CHUNK=256 -DFEDGE_MODEL_MAX_LAYERS=8 -D_GNU_SOURCE \
+MCU_DEFS := -DFEDGE_FREESTANDING=1 -DFEDGE_GEMM_NO_TLS=1 -DFEDGE_MODEL_GRAD_CHUNK=256 -DFEDGE_MODEL_MAX_LAYERS=8 \
+            -DFEDGE_MODEL_XIN_ROWS=1 -D_GNU_SOURCE \
             -DMBEDTLS_CONFIG_FILE='"mbedtls_config_mcu.h"'
 MCU_INC := -Imcu -Ishared -I$(MBEDTLS_SRC)/include
 MCU_BASE := -std=c11 -Os -g -ffunction-sections -fdata-sections -fno-strict-aliasing \

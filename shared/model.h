@@ -155,6 +155,15 @@ size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec); /* 0: invali
 int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,
                                  int batch, uint64_t dropout_seed, float *scratch, float *chunk,
                                  fedge_grad_sink sink, void *sink_arg, float *loss);
+/* The same from u8 features (input row j is x[j] * scale: what a u8 shard
+ * reads as, shard.h), converted inside the first layer a block at a time (the
+ * scratch holds the block, see fedge_model_scratch_floats), never the whole
+ * minibatch as floats (unless the first layer is a pool or dropout). Each
+ * sum runs over the same terms in the same order as from the float rows. */
+int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, float scale,
+                                    const uint8_t *y, int batch, uint64_t dropout_seed,
+                                    float *scratch, float *chunk, fedge_grad_sink sink,
+                                    void *sink_arg, float *loss);
 int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y,
                           int batch, uint64_t dropout_seed, float *scratch, float *grad,
                           float *loss);
@@ -169,5 +178,13 @@ int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y,
 void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta,
                  float *C, int ldc);
+/* The same with the caller's scratch ws of fedge_gemm_scratch_bytes(M, N, K)
+ * bytes (float-aligned): what the portable kernel packs into, nothing with a
+ * BLAS (the query says 0 and ws may be NULL). The model's passes use it, so
+ * the model scratch (fedge_model_scratch_floats) holds the GEMM's. */
+size_t fedge_gemm_scratch_bytes(int M, int N, int K);
+void fedge_sgemm_ws(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb, float beta,
+                    float *C, int ldc, float *ws);
 
 #endif

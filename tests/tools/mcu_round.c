@@ -6,8 +6,9 @@
  *
  * Both derive the same round from their arguments: the global model
  * (He-uniform, seed 12), the first STEPS x BATCH rows of Fashion-MNIST's
- * test split, the optimizer, a device secret and id, the run id and the base
- * version. gen writes them as C (mcu/round_data.h) for the firmware. check
+ * test split (for the firmware as u8 pixels, which it trains on as stored:
+ * fedge_core_step_u8), the optimizer, a device secret and id, the run id and
+ * the base version. gen writes them as C (mcu/round_data.h) for the firmware. check
  * reads the firmware's output, opens its "frame" line with the device's key
  * through fedge_update_open (the aggregator's path), trains the same rows
  * and steps on the host (fedge_model_loss_grad + fedge_sgd_step: whole
@@ -117,7 +118,15 @@ static int gen(round_in *r, const char *spec_text)
     put_bytes("mcu_base_version", r->base_version, sizeof r->base_version);
     put_bytes("mcu_y", r->data.y, rows);
     put_floats("mcu_global", r->global.params, r->global.n_params);
-    put_floats("mcu_x", r->data.x, rows * (size_t)r->spec.input_dim);
+    size_t nx = rows * (size_t)r->spec.input_dim;
+    printf("const uint8_t mcu_x[%zu] = {\n", nx);
+    for (size_t i = 0; i < nx; i++) { /* the pixels the loader scaled by 1/255 */
+        long px = lrintf(r->data.x[i] * 255.0f);
+        if (px < 0 || px > 255 || (float)px * (1.0f / 255.0f) != r->data.x[i])
+            return FEDGE_ERR_DATA_FORMAT;
+        printf("%ld,%s", px, i % 24 == 23 ? "\n" : "");
+    }
+    printf("};\n");
     return FEDGE_OK;
 }
 

@@ -3,7 +3,8 @@
  * plan's buffers, refusals of a short or misaligned block and of missing
  * hooks, and a round whose sealed frame fedge_update_open accepts with a
  * delta bit-identical to whole-gradient training (fedge_model_loss_grad +
- * fedge_sgd_step), with momentum 0 (the velocity one slice) and 0.9. */
+ * fedge_sgd_step), with momentum 0 (the velocity one slice) and 0.9, and on
+ * u8 features (fedge_core_step_u8) against training on their floats. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -93,7 +94,7 @@ static void plan_and_refusals(void **state)
     free(buf);
 }
 
-static void round_opens_and_matches(float momentum)
+static void round_opens_and_matches(float momentum, int as_u8)
 {
     fedge_model_spec spec;
     assert_int_equal(fedge_model_spec_parse("mlp:64-16-10", &spec), FEDGE_OK);
@@ -105,9 +106,12 @@ static void round_opens_and_matches(float momentum)
     assert_int_equal(fedge_model_init(&global, &spec), FEDGE_OK);
     assert_int_equal(fedge_model_randomize(&global, &r), FEDGE_OK);
     float *x = malloc((size_t)(B * STEPS) * dim * sizeof(float));
+    uint8_t *xu8 = malloc((size_t)(B * STEPS) * dim);
     uint8_t *y = malloc((size_t)(B * STEPS));
-    for (size_t i = 0; i < (size_t)(B * STEPS) * dim; i++)
-        x[i] = fedge_rng_uniform(&r);
+    for (size_t i = 0; i < (size_t)(B * STEPS) * dim; i++) {
+        xu8[i] = (uint8_t)fedge_rng_below(&r, 256);
+        x[i] = as_u8 ? (float)xu8[i] * (1.0f / 255.0f) : fedge_rng_uniform(&r);
+    }
     for (int i = 0; i < B * STEPS; i++)
         y[i] = (uint8_t)fedge_rng_below(&r, 10);
 
@@ -121,7 +125,10 @@ static void round_opens_and_matches(float momentum)
     assert_int_equal(fedge_core_init(&c, &spec, B, &sgd, FEDGE_ENC_FP32, &pf, buf, p.total), FEDGE_OK);
     assert_int_equal(fedge_core_begin(&c, global.params), FEDGE_OK);
     for (int s = 0; s < STEPS; s++)
-        assert_int_equal(fedge_core_step(&c, x + (size_t)(s * B) * dim, y + s * B, B, NULL), FEDGE_OK);
+        assert_int_equal(as_u8 ? fedge_core_step_u8(&c, xu8 + (size_t)(s * B) * dim, 1.0f / 255.0f,
+                                                    y + s * B, B, NULL)
+                               : fedge_core_step(&c, x + (size_t)(s * B) * dim, y + s * B, B, NULL),
+                         FEDGE_OK);
     assert_int_equal(c.steps, STEPS);
     assert_int_equal(c.samples, B * STEPS);
     assert_true(c.train_us > 0);
@@ -179,6 +186,7 @@ static void round_opens_and_matches(float momentum)
     free(scratch);
     free(buf);
     free(x);
+    free(xu8);
     free(y);
     fedge_model_free(&global);
 }
@@ -186,13 +194,19 @@ static void round_opens_and_matches(float momentum)
 static void round_momentum0(void **state)
 {
     (void)state;
-    round_opens_and_matches(0.0f);
+    round_opens_and_matches(0.0f, 0);
 }
 
 static void round_momentum9(void **state)
 {
     (void)state;
-    round_opens_and_matches(0.9f);
+    round_opens_and_matches(0.9f, 0);
+}
+
+static void round_u8(void **state)
+{
+    (void)state;
+    round_opens_and_matches(0.9f, 1); /* u8 features as stored, the same bits as their floats */
 }
 
 int main(void)
@@ -201,6 +215,7 @@ int main(void)
         cmocka_unit_test(plan_and_refusals),
         cmocka_unit_test(round_momentum0),
         cmocka_unit_test(round_momentum9),
+        cmocka_unit_test(round_u8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
