@@ -8,9 +8,9 @@
 #
 # flash   .text + .rodata + .data's load image, split by the linker map into
 #         fedge (shared/ + mcu/), mbedTLS, newlib/libgcc, and the round's
-#         embedded inputs (the global model and the 32 Fashion-MNIST rows as
-#         float32: test data a device would not carry in flash)
-# RAM     .data + .bss (GEMM packing, mbedTLS's pool) + the core's caller
+#         embedded inputs (the global model as float32 and the 32 Fashion-MNIST
+#         rows as u8 pixels: test data a device would not carry in flash)
+# RAM     .data + .bss (mbedTLS's pool) + the core's caller
 #         block (fedge_core_plan, printed by the firmware) + the stack's
 #         high-water mark (painted at reset, read after the round), all
 #         measured in the run under qemu-system-arm -M mps2-an386
