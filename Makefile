@@ -16,6 +16,8 @@
 #                               portable kernel (shared/blas.h; a CROSS build's default)
 #   make bench                  build and run the benchmark programs (tools/bench/)
 #   make fuzz                   build the libFuzzer targets (clang) and run each FUZZ_TIME s
+#   make mcu                    the bare-metal Cortex-M4F core (mcu/, build/cortex-m4): firmware
+#                               for QEMU's mps2-an386 (tools/deps.sh build mcu installs the toolchain)
 #
 # Sources are found by convention, so adding a file needs no Makefile edit:
 #   shared/*.c      -> libfedge.a          (core library)
@@ -357,6 +359,7 @@ test: all
 	    { cat build/noblas/test_blas.log; echo "test_blas failed with BLAS=none"; exit 1; }
 	$(Q)$(MAKE) --no-print-directory SAN=1 san-bins
 	$(Q)$(MAKE) --no-print-directory fuzz-bins
+	$(Q)$(MAKE) --no-print-directory mcu || echo "make mcu failed: tests/integration/mcu_round.sh says why"
 	$(Q)tests/run.sh all $(BUILD) build/asan $(FUZZ_BUILD)
 
 demo: all
@@ -430,7 +433,7 @@ $(FUZZ_BUILD)/seeds/.stamp: $(FUZZ_BUILD)/mkseeds
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 
 clean:
-	rm -rf build/native build/noblas build/asan build/aarch64-linux-gnu build/arm-linux-gnueabihf build/fuzz
+	rm -rf build/native build/noblas build/asan build/aarch64-linux-gnu build/arm-linux-gnueabihf build/fuzz build/cortex-m4
 
 distclean:
 	rm -rf build
@@ -444,3 +447,20 @@ $(BUILD)/tests/test_edgesim_plan: $(BUILD)/obj/tests/unit/test_edgesim_plan.o \
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lcmocka $(SERVER_LIBS)
 $(BUILD)/obj/tests/unit/test_edgesim_plan.o: CFLAGS += -Itools/edgesim
+
+# ---- the bare-metal Cortex-M4F core (mcu/, docs/EDGE.md "Bare-metal core") ----
+# tools/deps.sh build mcu installs arm-none-eabi-gcc, newlib and qemu-system-arm
+# (only for this target) and fetches Debian's mbedTLS source; the host tool
+# generates each firmware's round inputs; mcu/mcu.mk builds build/cortex-m4.
+.PHONY: mcu
+mcu:
+	tools/deps.sh build mcu
+	$(Q)$(MAKE) --no-print-directory $(BUILD)/tests/tools/mcu_round
+	$(Q)$(MAKE) --no-print-directory -f mcu/mcu.mk HOST_BUILD=$(BUILD)
+
+# tests/unit/test_mcu_core.c runs mcu/core.c on the host (ahead of the libraries).
+$(BUILD)/tests/test_mcu_core: $(BUILD)/obj/tests/unit/test_mcu_core.o $(call obj,mcu/core.c) $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lcmocka $(SERVER_LIBS)
+$(BUILD)/obj/tests/unit/test_mcu_core.o: CFLAGS += -Imcu

@@ -76,7 +76,8 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
     m.local = m.global = m.velocity = n * sizeof(float);
     m.grad = chunk * sizeof(float);
     m.scratch = scratch * sizeof(float);
-    m.batch = (size_t)batch * (size_t)spec->input_dim * sizeof(float) + (size_t)batch;
+    /* the features as stored (u8: dim bytes, f32: 4 dim), and the labels */
+    m.batch = (size_t)batch * record_size;
     m.record = record_size;
     m.model_body = body;
     m.sealed = sealed;
@@ -150,6 +151,7 @@ void fedge_edge_trainer_free(fedge_edge_trainer *t)
     free(t->gchunk);
     free(t->scratch);
     free(t->xbatch);
+    free(t->xbatch_u8);
     free(t->ybatch);
     memset(t, 0, sizeof *t);
 }
@@ -192,9 +194,11 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
     }
     free(t->scratch);
     free(t->xbatch);
+    free(t->xbatch_u8);
     free(t->ybatch);
     t->scratch = NULL;
     t->xbatch = NULL;
+    t->xbatch_u8 = NULL;
     t->ybatch = NULL;
     t->sized = 0;
 
@@ -206,9 +210,9 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
             FAIL(FEDGE_ERR_NOMEM);
     }
     t->scratch = malloc(scratch * sizeof(float));
-    t->xbatch = malloc((size_t)batch * (size_t)spec->input_dim * sizeof(float));
     t->ybatch = malloc((size_t)batch);
-    if (!t->scratch || !t->xbatch || !t->ybatch)
+    t->xbatch_u8 = malloc((size_t)batch * (size_t)spec->input_dim);
+    if (!t->scratch || !t->ybatch || !t->xbatch_u8)
         FAIL(FEDGE_ERR_NOMEM);
     t->spec = *spec;
     t->batch = batch;
@@ -314,6 +318,28 @@ static int step_slice(void *arg, size_t off, float *g, size_t n)
     return FEDGE_OK;
 }
 
+/* The minibatch's features in the shard's type: u8 as stored (prepare's
+ * buffer), else floats (allocated by the first round on an f32 shard, the
+ * u8 buffer freed). */
+static int ensure_input(fedge_edge_trainer *t, int feature_type)
+{
+    size_t rows = (size_t)t->batch * (size_t)t->spec.input_dim;
+    if (feature_type == FEDGE_SHARD_U8) {
+        if (!t->xbatch_u8) {
+            free(t->xbatch);
+            t->xbatch = NULL;
+            if (!(t->xbatch_u8 = malloc(rows)))
+                return FEDGE_ERR_NOMEM;
+        }
+    } else {
+        free(t->xbatch_u8);
+        t->xbatch_u8 = NULL;
+        if (!t->xbatch && !(t->xbatch = malloc(rows * sizeof(float))))
+            return FEDGE_ERR_NOMEM;
+    }
+    return FEDGE_OK;
+}
+
 static uint64_t epoch_seed(uint64_t seed, int epoch)
 {
     uint64_t z = seed + 0x9e3779b97f4a7c15ull * (uint64_t)(epoch + 1);
@@ -337,7 +363,9 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
         shard->n == 0)
         return FEDGE_ERR_MODEL_SHAPE;
 
-    int ret = FEDGE_OK;
+    int ret = ensure_input(t, shard->feature_type);
+    if (ret != FEDGE_OK)
+        return ret;
     size_t n = t->local.n_params;
     memcpy(t->local.params, t->global.params, n * sizeof(float));
     t->opt.cfg.lr = p->lr;
@@ -377,36 +405,58 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
                 FAIL(FEDGE_ERR_EDGE_STOPPED);
             int got = 0;
             float loss;
-            CHK(fedge_shard_next_batch(shard, t->batch, t->xbatch, t->ybatch, &got));
+            if (t->xbatch_u8)
+                CHK(fedge_shard_next_batch_u8(shard, t->batch, t->xbatch_u8, t->ybatch, &got));
+            else
+                CHK(fedge_shard_next_batch(shard, t->batch, t->xbatch, t->ybatch, &got));
             if (got == 0)
                 break;
             /* the step's dropout masks: a function of the round seed and the step */
             uint64_t dropout_seed = epoch_seed(p->seed ^ 0x6a09e667f3bcc908ull, (int)(step++ & 0x7fffffff));
-            CHK(fedge_model_loss_grad_sliced(&t->local, t->xbatch, t->ybatch, got, dropout_seed,
-                                             t->scratch, t->gchunk, step_slice, &sc, &loss));
+            if (t->xbatch_u8)
+                CHK(fedge_model_loss_grad_sliced_u8(&t->local, t->xbatch_u8, FEDGE_SHARD_U8_SCALE,
+                                                    t->ybatch, got, dropout_seed, t->scratch,
+                                                    t->gchunk, step_slice, &sc, &loss));
+            else
+                CHK(fedge_model_loss_grad_sliced(&t->local, t->xbatch, t->ybatch, got,
+                                                 dropout_seed, t->scratch, t->gchunk, step_slice,
+                                                 &sc, &loss));
             t->steps++;
             loss_sum += (double)loss * got;
             rows += (uint64_t)got;
         }
     }
-    /* what the edge reports (update.h's metrics): the trained model on its own shard */
+    /* what the edge reports (update.h's metrics): the trained model on a
+     * random sample of its own shard. A u8 shard's rows are made floats a
+     * few at a time in the gradient slice, free once training is done. */
     {
-        size_t correct = 0, seen = 0;
-        fedge_shard_rewind(shard, 1, epoch_seed(p->seed, p->epochs)); /* a random sample */
-        while (seen < FEDGE_EDGE_ACCURACY_ROWS) {
+        size_t correct = 0, seen = 0, dim = (size_t)spec->input_dim;
+        size_t per = t->xbatch_u8 ? fedge_model_grad_chunk_floats(spec) / dim : (size_t)t->batch;
+        if (per > (size_t)t->batch)
+            per = (size_t)t->batch;
+        fedge_shard_rewind(shard, 1, epoch_seed(p->seed, p->epochs));
+        while (per > 0 && seen < FEDGE_EDGE_ACCURACY_ROWS) {
             if (stop && *stop)
                 FAIL(FEDGE_ERR_EDGE_STOPPED);
             int got = 0;
-            size_t nc = 0;
-            double ls = 0.0;
-            CHK(fedge_shard_next_batch(shard, t->batch, t->xbatch, t->ybatch, &got));
+            if (t->xbatch_u8)
+                CHK(fedge_shard_next_batch_u8(shard, t->batch, t->xbatch_u8, t->ybatch, &got));
+            else
+                CHK(fedge_shard_next_batch(shard, t->batch, t->xbatch, t->ybatch, &got));
             if (got == 0)
                 break;
-            if ((size_t)got > FEDGE_EDGE_ACCURACY_ROWS - seen)
-                got = (int)(FEDGE_EDGE_ACCURACY_ROWS - seen);
-            CHK(fedge_model_evaluate(&t->local, t->xbatch, t->ybatch, (size_t)got, t->batch, t->scratch, &nc, &ls));
-            correct += nc;
-            seen += (size_t)got;
+            size_t take = (size_t)got < FEDGE_EDGE_ACCURACY_ROWS - seen ? (size_t)got : FEDGE_EDGE_ACCURACY_ROWS - seen;
+            for (size_t r = 0; r < take; r += per) {
+                size_t k = take - r < per ? take - r : per, nc = 0;
+                double ls = 0.0;
+                const float *x = t->xbatch ? t->xbatch + r * dim : t->gchunk;
+                if (t->xbatch_u8)
+                    for (size_t i = 0; i < k * dim; i++)
+                        t->gchunk[i] = (float)t->xbatch_u8[r * dim + i] * FEDGE_SHARD_U8_SCALE;
+                CHK(fedge_model_evaluate(&t->local, x, t->ybatch + r, k, (int)k, t->scratch, &nc, &ls));
+                correct += nc;
+            }
+            seen += take;
         }
         t->accuracy = seen ? (double)correct / (double)seen : -1.0;
     }

@@ -6,6 +6,7 @@
  * gradient (each step is taken slice by slice as the backward pass hands
  * them over: fedge_model_loss_grad_sliced, the same bits as a whole
  * gradient), the model's minibatch scratch, and one minibatch of features
+ * as the shard stores them (u8 pixels stay u8: the first layer converts them)
  * and labels. The shard is streamed one record at a time (shard.h), so
  * nothing here grows with the shard. fedge_edge_memory_plan gives the byte
  * count of every buffer, including the transient ones (the model body the
@@ -108,8 +109,10 @@ typedef struct {
     uint64_t steps;                     /* K: optimizer steps of the last train() */
     fedge_sgd opt;
     float *scratch;
-    float *xbatch;                      /* batch x input_dim */
+    float *xbatch;                      /* f32 shards: batch x input_dim floats */
     uint8_t *ybatch;                    /* batch */
+    uint8_t *xbatch_u8;                 /* u8 shards: batch x input_dim as stored, read
+                                           as floats inside the first layer */
     double accuracy;                    /* after train(): the trained model's accuracy on
                                            a sample of the shard (FEDGE_EDGE_ACCURACY_ROWS);
                                            < 0: none */

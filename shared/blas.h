@@ -16,6 +16,8 @@
 #ifndef FEDGE_BLAS_H
 #define FEDGE_BLAS_H
 
+#include <stddef.h>
+
 #define FEDGE_BLAS_MAX_THREADS 1024
 
 /* "openblas" or "portable". */
@@ -38,9 +40,18 @@ int fedge_blas_threads_from_env(int fallback, int *used);
  * set; fedge_sgemm calls it. */
 void fedge_blas_default_threads(void);
 
-/* The portable kernel itself (same contract as fedge_sgemm). */
+/* The portable kernel itself (same contract as fedge_sgemm; its packing
+ * buffers are thread-local, absent with FEDGE_GEMM_NO_TLS). */
 void fedge_sgemm_portable(int trans_a, int trans_b, int M, int N, int K, float alpha,
                           const float *A, int lda, const float *B, int ldb, float beta,
                           float *C, int ldc);
+
+/* The same with the caller's packing scratch, ws: at least
+ * fedge_sgemm_portable_scratch_bytes(M, N, K) bytes (float-aligned; 0 when a
+ * dimension is <= 0, then ws may be NULL). At most 640 KiB, however large. */
+size_t fedge_sgemm_portable_scratch_bytes(int M, int N, int K);
+void fedge_sgemm_portable_ws(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                             const float *A, int lda, const float *B, int ldb, float beta,
+                             float *C, int ldc, float *ws);
 
 #endif

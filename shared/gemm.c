@@ -10,8 +10,12 @@
  * accumulator tile in vector registers (SSE on x86-64, NEON on aarch64).
  * Transposes are absorbed by the packing, so all four cases share one kernel.
  *
- * Packing buffers are thread-local statics: the call allocates nothing and is
- * safe to use from several threads at once. */
+ * Packing buffers: fedge_sgemm_ws / fedge_sgemm_portable_ws take them from
+ * the caller (fedge_sgemm_portable_scratch_bytes(M, N, K): the A block, then
+ * the B block, each rounded to whole micro-panels and at most KC deep);
+ * fedge_sgemm and fedge_sgemm_portable use thread-local statics (640 KiB per
+ * thread) unless built with FEDGE_GEMM_NO_TLS (a freestanding core), where
+ * only the _ws calls exist. Either way the call allocates nothing. */
 #include <stddef.h>
 #include <string.h>
 
@@ -24,14 +28,62 @@
 
 #define GEMM_MR 4
 #define GEMM_NR 8
+#if FEDGE_FREESTANDING
+/* a microcontroller (mcu/, built with FEDGE_GEMM_NO_TLS): no cache to block
+ * for, RAM is what counts: the packing scratch is at most 3 KiB */
+#define GEMM_KC 32
+#define GEMM_MC 8
+#define GEMM_NC 16
+#else
 #define GEMM_KC 256  /* a KC x NR panel of B stays in L1 */
 #define GEMM_MC 128  /* the packed MC x KC block of A stays in L2 */
 #define GEMM_NC 512
+#endif
 _Static_assert(GEMM_MC % GEMM_MR == 0 && GEMM_NC % GEMM_NR == 0,
                "blocks hold whole micro-panels");
 
-static _Thread_local float pack_a[GEMM_MC * GEMM_KC] __attribute__((aligned(64)));
-static _Thread_local float pack_b[GEMM_KC * GEMM_NC] __attribute__((aligned(64)));
+#if !FEDGE_GEMM_NO_TLS
+static _Thread_local float tls_pack[GEMM_MC * GEMM_KC + GEMM_KC * GEMM_NC]
+    __attribute__((aligned(64)));
+#endif
+
+/* The K slices: equal ones, so 784 runs as 4 x 196, not 3 x 256 + 16. */
+static int k_step(int K)
+{
+    int kslices = (K + GEMM_KC - 1) / GEMM_KC;
+    return (K + kslices - 1) / kslices;
+}
+
+static size_t round_up(int v, int to)
+{
+    return (size_t)((v + to - 1) / to) * (size_t)to;
+}
+
+/* Floats of the packed A block (the first part of the scratch). */
+static size_t pack_a_floats(int M, int K)
+{
+    return round_up(M < GEMM_MC ? M : GEMM_MC, GEMM_MR) * (size_t)k_step(K);
+}
+
+size_t fedge_sgemm_portable_scratch_bytes(int M, int N, int K)
+{
+    if (M <= 0 || N <= 0 || K <= 0)
+        return 0;
+    size_t b = round_up(N < GEMM_NC ? N : GEMM_NC, GEMM_NR) * (size_t)k_step(K);
+    return (pack_a_floats(M, K) + b) * sizeof(float);
+}
+
+size_t fedge_gemm_scratch_bytes(int M, int N, int K)
+{
+#if FEDGE_BLAS_OPENBLAS
+    (void)M;
+    (void)N;
+    (void)K;
+    return 0;
+#else
+    return fedge_sgemm_portable_scratch_bytes(M, N, K);
+#endif
+}
 
 /* Packs rows [i0, i0+mc) x cols [k0, k0+kc) of alpha*op(A) into MR-row panels:
  * panel p holds, for each k, MR consecutive values. */
@@ -126,9 +178,9 @@ static void scale_c(int M, int N, float beta, float *C, int ldc)
     }
 }
 
-void fedge_sgemm_portable(int trans_a, int trans_b, int M, int N, int K, float alpha,
-                          const float *A, int lda, const float *B, int ldb, float beta,
-                          float *C, int ldc)
+void fedge_sgemm_portable_ws(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                             const float *A, int lda, const float *B, int ldb, float beta,
+                             float *C, int ldc, float *ws)
 {
     if (M <= 0 || N <= 0)
         return;
@@ -136,12 +188,11 @@ void fedge_sgemm_portable(int trans_a, int trans_b, int M, int N, int K, float a
         scale_c(M, N, beta, C, ldc);
     if (K <= 0 || alpha == 0.0f)
         return;
+    float *pack_a = ws, *pack_b = ws + pack_a_floats(M, K);
+    int kstep = k_step(K);
 
     for (int j0 = 0; j0 < N; j0 += GEMM_NC) {
         int nc = N - j0 < GEMM_NC ? N - j0 : GEMM_NC;
-        /* equal K slices: 784 runs as 4 x 196, not 3 x 256 + 16 */
-        int kslices = (K + GEMM_KC - 1) / GEMM_KC;
-        int kstep = (K + kslices - 1) / kslices;
         for (int k0 = 0; k0 < K; k0 += kstep) {
             int kc = K - k0 < kstep ? K - k0 : kstep;
             pack_b_block(trans_b, B, ldb, k0, kc, j0, nc, pack_b);
@@ -166,6 +217,29 @@ void fedge_sgemm_portable(int trans_a, int trans_b, int M, int N, int K, float a
     }
 }
 
+#if !FEDGE_GEMM_NO_TLS
+void fedge_sgemm_portable(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                          const float *A, int lda, const float *B, int ldb, float beta,
+                          float *C, int ldc)
+{
+    fedge_sgemm_portable_ws(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                            tls_pack);
+}
+#endif
+
+void fedge_sgemm_ws(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb, float beta,
+                    float *C, int ldc, float *ws)
+{
+#if FEDGE_BLAS_OPENBLAS
+    (void)ws;
+    fedge_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#else
+    fedge_sgemm_portable_ws(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws);
+#endif
+}
+
+#if FEDGE_BLAS_OPENBLAS || !FEDGE_GEMM_NO_TLS
 void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta,
                  float *C, int ldc)
@@ -187,3 +261,4 @@ void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
     fedge_sgemm_portable(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #endif
 }
+#endif

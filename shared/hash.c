@@ -1,10 +1,12 @@
 /* hash.c — SHA-256 content hashes (on crypto.h's backend) and hex. */
 #include "hash.h"
 
+#include <string.h>
+#if !FEDGE_FREESTANDING
 #include <errno.h>
 #include <fcntl.h>
-#include <string.h>
 #include <unistd.h>
+#endif
 
 #include "common.h"
 #include "crypto.h"
@@ -16,6 +18,7 @@ int fedge_sha256(const void *data, size_t len, uint8_t out[FEDGE_HASH_LEN])
     return fedge_crypto_sha256(data, len, out);
 }
 
+#if !FEDGE_FREESTANDING /* no files on a microcontroller */
 int fedge_sha256_file(const char *path, uint8_t out[FEDGE_HASH_LEN])
 {
     if (path == NULL || out == NULL)
@@ -44,6 +47,7 @@ cleanup:
     fedge_sha256_free(&ctx);
     return ret;
 }
+#endif
 
 void fedge_hex_encode(const uint8_t *bytes, size_t n, char *out)
 {

@@ -21,13 +21,21 @@
  *   col0    the im2col matrix of a conv that is layer 0 (no column gradient): kept
  *           from forward to backward instead of being rebuilt
  *   wt      largest conv weight in HWIO order ((k*k*in_c) x out), and its gradient
+ *   gemm    the GEMM's packing scratch (fedge_gemm_scratch_bytes of the largest
+ *           product; none with a BLAS)
+ *   xin     a u8 input (fedge_model_loss_grad_sliced_u8) as floats, a block at a
+ *           time: XIN_ROWS rows for a first dense layer's forward product, the
+ *           same floats as column blocks of all rows for its weight gradient; one
+ *           sample for a first conv (its im2col is kept); the whole minibatch only
+ *           when the first layer is a pool or dropout
  * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
  * masks instead of storing them. */
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdio.h>
+#if !FEDGE_FREESTANDING
 #include <stdlib.h>
+#endif
 #include <string.h>
 
 
@@ -280,12 +288,43 @@ int fedge_model_spec_parse(const char *text, fedge_model_spec *out)
     return FEDGE_OK;
 }
 
-#define APPEND(...)                                                              \
-    do {                                                                         \
-        int n_ = snprintf(buf + len, cap - len, __VA_ARGS__);                    \
-        if (n_ < 0 || (size_t)n_ >= cap - len)                                   \
-            return FEDGE_ERR_BUFFER_TOO_SMALL;                                   \
-        len += (size_t)n_;                                                       \
+/* snprintf-free appends (the freestanding core has no stdio): each keeps
+ * buf NUL-terminated and fails, as snprintf's truncation did, when the text
+ * and its NUL do not fit. */
+static int append_str(char *buf, size_t cap, size_t *len, const char *s)
+{
+    size_t n = strlen(s);
+    if (n >= cap - *len)
+        return 0;
+    memcpy(buf + *len, s, n + 1);
+    *len += n;
+    return 1;
+}
+
+static int append_int(char *buf, size_t cap, size_t *len, const char *prefix, int v)
+{
+    char digits[16];
+    size_t i = sizeof digits;
+    unsigned long mag = v < 0 ? 0ul - (unsigned long)v : (unsigned long)v;
+    digits[--i] = '\0';
+    do {
+        digits[--i] = (char)('0' + mag % 10);
+        mag /= 10;
+    } while (mag > 0);
+    if (v < 0)
+        digits[--i] = '-';
+    return append_str(buf, cap, len, prefix) && append_str(buf, cap, len, digits + i);
+}
+
+#define APPEND_S(s)                                    \
+    do {                                               \
+        if (!append_str(buf, cap, &len, (s)))          \
+            return FEDGE_ERR_BUFFER_TOO_SMALL;         \
+    } while (0)
+#define APPEND_D(prefix, v)                            \
+    do {                                               \
+        if (!append_int(buf, cap, &len, (prefix), (v))) \
+            return FEDGE_ERR_BUFFER_TOO_SMALL;         \
     } while (0)
 
 /* The text a spec stands for, without validating it (any field values are safe). */
@@ -295,11 +334,12 @@ static int format_raw(const fedge_model_spec *s, char *buf, size_t cap)
     if (s->n_layers < 1 || s->n_layers > FEDGE_MODEL_MAX_LAYERS)
         return FEDGE_ERR_MODEL_SPEC;
     if (s->kind == FEDGE_MODEL_SOFTMAX || s->kind == FEDGE_MODEL_MLP) {
-        APPEND("%s:%d", s->kind == FEDGE_MODEL_SOFTMAX ? "softmax" : "mlp", s->input_dim);
+        APPEND_S(s->kind == FEDGE_MODEL_SOFTMAX ? "softmax" : "mlp");
+        APPEND_D(":", s->input_dim);
         for (int i = 0; i < s->n_layers; i++) {
             const fedge_layer *l = &s->layer[i];
             if (l->type == FEDGE_LAYER_DENSE)
-                APPEND("-%d", l->out);
+                APPEND_D("-", l->out);
             else if (l->type != FEDGE_LAYER_RELU)
                 return FEDGE_ERR_MODEL_SPEC;
         }
@@ -307,27 +347,30 @@ static int format_raw(const fedge_model_spec *s, char *buf, size_t cap)
     }
     if (s->kind != FEDGE_MODEL_CNN)
         return FEDGE_ERR_MODEL_SPEC;
-    APPEND("cnn:%dx%dx%d", s->in_c, s->in_h, s->in_w);
+    APPEND_D("cnn:", s->in_c);
+    APPEND_D("x", s->in_h);
+    APPEND_D("x", s->in_w);
     for (int i = 0; i < s->n_layers; i++) {
         const fedge_layer *l = &s->layer[i];
         switch (l->type) {
         case FEDGE_LAYER_CONV2D:
-            APPEND("-c%dk%d", l->out, l->k);
+            APPEND_D("-c", l->out);
+            APPEND_D("k", l->k);
             if (l->stride != 1)
-                APPEND("s%d", l->stride);
+                APPEND_D("s", l->stride);
             if (l->pad != 0)
-                APPEND("p%d", l->pad);
+                APPEND_D("p", l->pad);
             break;
         case FEDGE_LAYER_MAXPOOL:
-            APPEND("-p%d", l->k);
+            APPEND_D("-p", l->k);
             if (l->stride != l->k)
-                APPEND("s%d", l->stride);
+                APPEND_D("s", l->stride);
             break;
         case FEDGE_LAYER_DENSE:
-            APPEND(i + 1 == s->n_layers ? "-%d" : "-f%d", l->out);
+            APPEND_D(i + 1 == s->n_layers ? "-" : "-f", l->out);
             break;
         case FEDGE_LAYER_DROPOUT:
-            APPEND("-d%d", l->rate_pct);
+            APPEND_D("-d", l->rate_pct);
             break;
         case FEDGE_LAYER_RELU:
         case FEDGE_LAYER_FLATTEN:
@@ -449,6 +492,21 @@ double fedge_layer_macs(const fedge_layer *l)
 
 /* ---- model ------------------------------------------------------------- */
 
+int fedge_model_bind(fedge_model *m, const fedge_model_spec *spec, float *params)
+{
+    if (m == NULL || spec == NULL || params == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    char text[FEDGE_MODEL_SPEC_MAX];
+    if (spec_check(spec, text) != FEDGE_OK)
+        return FEDGE_ERR_MODEL_SPEC;
+    memset(m, 0, sizeof *m);
+    m->spec = *spec;
+    m->n_params = spec->n_params;
+    m->params = params;
+    return FEDGE_OK;
+}
+
+#if !FEDGE_FREESTANDING
 int fedge_model_init(fedge_model *m, const fedge_model_spec *spec)
 {
     if (m == NULL || spec == NULL)
@@ -457,14 +515,10 @@ int fedge_model_init(fedge_model *m, const fedge_model_spec *spec)
     char text[FEDGE_MODEL_SPEC_MAX];
     if (spec_check(spec, text) != FEDGE_OK)
         return FEDGE_ERR_MODEL_SPEC;
-    m->spec = *spec;
-    m->n_params = spec->n_params;
-    m->params = calloc(m->n_params, sizeof(float));
-    if (m->params == NULL) {
-        memset(m, 0, sizeof *m);
+    float *params = calloc(spec->n_params, sizeof(float));
+    if (params == NULL)
         return FEDGE_ERR_NOMEM;
-    }
-    return FEDGE_OK;
+    return fedge_model_bind(m, spec, params);
 }
 
 void fedge_model_free(fedge_model *m)
@@ -474,6 +528,7 @@ void fedge_model_free(fedge_model *m)
     free(m->params);
     memset(m, 0, sizeof *m);
 }
+#endif
 
 int fedge_model_randomize(fedge_model *m, fedge_rng *rng)
 {
@@ -503,8 +558,53 @@ typedef struct {
     size_t col_off;
     size_t col0_off;
     size_t wt_off;
+    size_t gemm_off;
+    size_t xin_off;
+    size_t xin;             /* floats at xin_off */
     size_t total;
 } scratch_plan;
+
+/* Rows of a u8 input converted at once for a first dense layer's forward
+ * product. Each row's sums are the whole input's, so the bits are unchanged
+ * where the GEMM computes a row block as it does the whole: the portable
+ * kernel always; OpenBLAS 0.3.21 (SkylakeX) from 8 rows up (4 rows of a
+ * 200-wide product take another kernel and round otherwise). */
+#ifdef FEDGE_MODEL_XIN_ROWS /* a microcontroller build converts fewer at once (mcu/) */
+#define XIN_ROWS FEDGE_MODEL_XIN_ROWS
+#else
+#define XIN_ROWS 8
+#endif
+
+static size_t gemm_floats(size_t M, size_t N, size_t K)
+{
+    if (M > INT_MAX || N > INT_MAX || K > INT_MAX)
+        return 0;
+    return (fedge_gemm_scratch_bytes((int)M, (int)N, (int)K) + sizeof(float) - 1) / sizeof(float);
+}
+
+static size_t max3(size_t a, size_t b, size_t c)
+{
+    size_t m = a > b ? a : b;
+    return m > c ? m : c;
+}
+
+/* The xin block of a first layer l over B rows (see above). */
+static size_t xin_floats(const fedge_layer *l, size_t B)
+{
+    size_t in = (size_t)l->in_c * l->in_h * l->in_w;
+    switch (l->type) {
+    case FEDGE_LAYER_DENSE: {
+        size_t f = in * (B < XIN_ROWS ? B : XIN_ROWS);
+        return f > B ? f : B;
+    }
+    case FEDGE_LAYER_CONV2D:
+        return in;
+    case FEDGE_LAYER_FLATTEN:
+        return 0;
+    default:
+        return B * in;
+    }
+}
 
 /* Largest float count a plan may reach: every buffer index stays far from overflow,
  * and every GEMM dimension fits an int. */
@@ -519,7 +619,7 @@ static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
     if (batch < 1)
         return FEDGE_ERR_INVALID_ARG;
     memset(p, 0, sizeof *p);
-    size_t off = 0, g_max = 0, col_max = 0, col0 = 0, wt_max = 0;
+    size_t off = 0, g_max = 0, col_max = 0, col0 = 0, wt_max = 0, gemm_max = 0;
     size_t B = (size_t)batch;
     int nhwc = 0;
     for (int i = 0; i < s->n_layers; i++) {
@@ -544,7 +644,16 @@ static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
                 col_max = rows * cols;
             if (cols * (size_t)l->out > wt_max)
                 wt_max = cols * (size_t)l->out;
-        } else if (l->type == FEDGE_LAYER_FLATTEN || l->type == FEDGE_LAYER_DENSE) {
+            size_t O = (size_t)l->out, f = max3(gemm_floats(rows, O, cols),
+                                                gemm_floats(O, cols, rows),
+                                                gemm_floats(cols, O, rows));
+            gemm_max = max3(gemm_max, f, gemm_floats(rows, cols, O));
+        } else if (l->type == FEDGE_LAYER_DENSE) {
+            nhwc = 0;
+            size_t in = (size_t)l->in_c * l->in_h * l->in_w, O = (size_t)l->out;
+            size_t f = max3(gemm_floats(B, O, in), gemm_floats(B, in, O), gemm_floats(O, in, B));
+            gemm_max = max3(gemm_max, f, gemm_floats(B < XIN_ROWS ? B : XIN_ROWS, O, in));
+        } else if (l->type == FEDGE_LAYER_FLATTEN) {
             nhwc = 0;
         }
         p->nhwc[i] = nhwc;
@@ -562,7 +671,10 @@ static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
     p->col_off = off + 2 * g_max;
     p->col0_off = p->col_off + col_max;
     p->wt_off = p->col0_off + col0;
-    p->total = p->wt_off + wt_max;
+    p->gemm_off = p->wt_off + wt_max;
+    p->xin_off = p->gemm_off + gemm_max;
+    p->xin = xin_floats(&s->layer[0], B);
+    p->total = p->xin_off + p->xin;
     if (p->total > PLAN_MAX_FLOATS)
         return FEDGE_ERR_INVALID_ARG;
     return FEDGE_OK;
@@ -980,7 +1092,43 @@ typedef struct {
     float *scratch;
     scratch_plan plan;
     int col_layer; /* the conv layer whose im2col the col buffer holds, or -1 */
+    const uint8_t *xu8; /* a u8 input (x is then NULL, or xin when converted whole) */
+    float xscale;
 } pass;
+
+/* fedge_sgemm_ws on the pass's GEMM scratch */
+#define GEMM(ps, ...) fedge_sgemm_ws(__VA_ARGS__, (ps)->scratch + (ps)->plan.gemm_off)
+
+/* Rows [r0, r0 + rows) x columns [c0, c0 + cols) of the u8 input as floats,
+ * row-major (cols apart), the same floats the shard reader gives. */
+static float *xin_block(const pass *ps, int r0, int rows, size_t c0, size_t cols)
+{
+    const size_t dim = (size_t)ps->m->spec.input_dim;
+    float *dst = ps->scratch + ps->plan.xin_off;
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *src = ps->xu8 + (size_t)(r0 + r) * dim + c0;
+        float *d = dst + (size_t)r * cols;
+        for (size_t j = 0; j < cols; j++)
+            d[j] = (float)src[j] * ps->xscale;
+    }
+    return dst;
+}
+
+/* gW[r x in] (ld in) = g[:, j0 .. j0+r)^T x, with x the u8 input in column
+ * blocks: every element the same sum over the minibatch as from float rows. */
+static void dense_grad_u8(const pass *ps, const fedge_layer *l, const float *g, int j0, int r,
+                          float *gW)
+{
+    const int B = ps->batch, in = l->in_c * l->in_h * l->in_w;
+    int cb = (int)(ps->plan.xin / (size_t)B);
+    if (cb > in)
+        cb = in;
+    for (int c0 = 0; c0 < in; c0 += cb) {
+        int cols = in - c0 < cb ? in - c0 : cb;
+        const float *xs = xin_block(ps, 0, B, (size_t)c0, (size_t)cols);
+        GEMM(ps, 1, 0, r, cols, B, 1.0f, g + j0, l->out, xs, cols, 0.0f, gW + c0, in);
+    }
+}
 
 static float *act_out(const pass *ps, int i)
 {
@@ -1015,20 +1163,38 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
         out = act_out(ps, i);
         size_t in_size = (size_t)l->in_c * l->in_h * l->in_w;
         size_t n = (size_t)B * layer_size(l);
+        int from_u8 = i == 0 && in == NULL; /* the u8 input, a block at a time */
         switch (l->type) {
         case FEDGE_LAYER_DENSE:
-            fedge_sgemm(0, 1, B, l->out, (int)in_size, 1.0f, in, (int)in_size,
-                        params + l->w_off, (int)in_size, 0.0f, out, l->out);
+            if (from_u8)
+                for (int r0 = 0; r0 < B; r0 += XIN_ROWS) {
+                    /* a short last block is taken XIN_ROWS long, ending at the last row:
+                     * a BLAS may sum a 1-row product (a GEMV) otherwise */
+                    int rows = B < XIN_ROWS ? B : XIN_ROWS;
+                    if (r0 + rows > B)
+                        r0 = B - rows;
+                    GEMM(ps, 0, 1, rows, l->out, (int)in_size, 1.0f,
+                         xin_block(ps, r0, rows, 0, in_size), (int)in_size, params + l->w_off,
+                         (int)in_size, 0.0f, out + (size_t)r0 * l->out, l->out);
+                }
+            else
+                GEMM(ps, 0, 1, B, l->out, (int)in_size, 1.0f, in, (int)in_size,
+                     params + l->w_off, (int)in_size, 0.0f, out, l->out);
             add_bias_rows(out, params + l->b_off, B, (size_t)l->out, relu_follows(s, i));
             break;
         case FEDGE_LAYER_CONV2D: {
             int K = l->in_c * l->k * l->k, P = B * l->out_h * l->out_w;
             float *c = i == 0 ? col0 : col;
-            im2col(l, (float *)in, in_nhwc, B, c, 0);
+            if (from_u8)
+                for (int b = 0; b < B; b++)
+                    im2col(l, xin_block(ps, b, 1, 0, in_size), 0, 1,
+                           c + (size_t)b * l->out_h * l->out_w * K, 0);
+            else
+                im2col(l, (float *)in, in_nhwc, B, c, 0);
             if (i > 0)
                 ps->col_layer = i;
             permute_weights(l, params + l->w_off, wt, 1);
-            fedge_sgemm(0, 0, P, l->out, K, 1.0f, c, K, wt, l->out, 0.0f, out, l->out);
+            GEMM(ps, 0, 0, P, l->out, K, 1.0f, c, K, wt, l->out, 0.0f, out, l->out);
             add_bias_rows(out, params + l->b_off, P, (size_t)l->out, relu_follows(s, i));
             break;
         }
@@ -1040,6 +1206,9 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
         case FEDGE_LAYER_FLATTEN:
             if (in_nhwc)
                 flatten_copy(l, in, out, B, 1);
+            else if (from_u8)
+                for (size_t j = 0; j < n; j++)
+                    out[j] = (float)ps->xu8[j] * ps->xscale;
             else if (i == 0)
                 memcpy(out, in, n * sizeof(float)); /* the model input is not in scratch */
             break;
@@ -1070,7 +1239,21 @@ static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch)
     ps->batch = batch;
     ps->scratch = scratch;
     ps->col_layer = -1;
+    ps->xu8 = NULL;
+    ps->xscale = 0.0f;
     return plan_make(&m->spec, batch, &ps->plan);
+}
+
+/* A u8 input: x is NULL (layer 0 reads it in blocks), or the whole minibatch
+ * converted into xin when the first layer is a pool or dropout. */
+static const float *pass_u8(pass *ps, const uint8_t *xu8, float scale)
+{
+    ps->xu8 = xu8;
+    ps->xscale = scale;
+    fedge_layer_type t = ps->m->spec.layer[0].type;
+    if (t == FEDGE_LAYER_DENSE || t == FEDGE_LAYER_CONV2D || t == FEDGE_LAYER_FLATTEN)
+        return NULL;
+    return xin_block(ps, 0, ps->batch, 0, (size_t)ps->m->spec.input_dim);
 }
 
 int fedge_model_forward(const fedge_model *m, const float *x, int batch, float *scratch,
@@ -1109,12 +1292,13 @@ size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec)
 
 /* With sink: gradients go out in slices through chunk (see model.h), each
  * layer's after its input gradient is formed; without: into grad whole. */
-static int loss_backward(const fedge_model *m, const float *x, const uint8_t *y, int batch,
-                         uint64_t dropout_seed, float *scratch, float *grad, float *chunk,
-                         fedge_grad_sink sink, void *sink_arg, float *loss)
+static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu8, float xscale,
+                         const uint8_t *y, int batch, uint64_t dropout_seed, float *scratch,
+                         float *grad, float *chunk, fedge_grad_sink sink, void *sink_arg,
+                         float *loss)
 {
-    if (check_model(m) != FEDGE_OK || x == NULL || y == NULL || batch < 1 || scratch == NULL ||
-        (sink ? chunk == NULL : grad == NULL))
+    if (check_model(m) != FEDGE_OK || (x == NULL) == (xu8 == NULL) || y == NULL || batch < 1 ||
+        scratch == NULL || (sink ? chunk == NULL : grad == NULL))
         return FEDGE_ERR_INVALID_ARG;
     const size_t chunk_cap = sink ? fedge_model_grad_chunk_floats(&m->spec) : 0;
     const fedge_model_spec *s = &m->spec;
@@ -1127,6 +1311,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *y,
     ret = pass_init(&ps, m, batch, scratch);
     if (ret != FEDGE_OK)
         return ret;
+    if (xu8)
+        x = pass_u8(&ps, xu8, xscale);
 
     double loss_sum = 0.0;
     float *g = forward_pass(&ps, x, 1, dropout_seed, y, &loss_sum);
@@ -1161,13 +1347,16 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *y,
             if (sink) {
                 /* the input gradient first, with the weights before this step */
                 if (need_gin)
-                    fedge_sgemm(0, 0, B, (int)in_size, l->out, 1.0f, g, l->out, params + l->w_off,
-                                (int)in_size, 0.0f, gin, (int)in_size);
+                    GEMM(&ps, 0, 0, B, (int)in_size, l->out, 1.0f, g, l->out, params + l->w_off,
+                         (int)in_size, 0.0f, gin, (int)in_size);
                 size_t rows = chunk_cap / in_size;
                 for (int j0 = 0; j0 < l->out; j0 += (int)rows) {
                     int r = l->out - j0 < (int)rows ? l->out - j0 : (int)rows;
-                    fedge_sgemm(1, 0, r, (int)in_size, B, 1.0f, g + j0, l->out, in, (int)in_size,
-                                0.0f, chunk, (int)in_size);
+                    if (in == NULL)
+                        dense_grad_u8(&ps, l, g, j0, r, chunk);
+                    else
+                        GEMM(&ps, 1, 0, r, (int)in_size, B, 1.0f, g + j0, l->out, in,
+                             (int)in_size, 0.0f, chunk, (int)in_size);
                     CHK(sink(sink_arg, l->w_off + (size_t)j0 * in_size, chunk, (size_t)r * in_size));
                 }
                 for (int j = 0; j < l->out; j++)
@@ -1183,8 +1372,11 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *y,
                 break;
             }
             float *gW = grad + l->w_off, *gb = grad + l->b_off;
-            fedge_sgemm(1, 0, l->out, (int)in_size, B, 1.0f, g, l->out, in, (int)in_size, 0.0f,
-                        gW, (int)in_size);
+            if (in == NULL)
+                dense_grad_u8(&ps, l, g, 0, l->out, gW);
+            else
+                GEMM(&ps, 1, 0, l->out, (int)in_size, B, 1.0f, g, l->out, in, (int)in_size, 0.0f,
+                     gW, (int)in_size);
             for (int j = 0; j < l->out; j++)
                 gb[j] = 0.0f;
             for (int r = 0; r < B; r++) {
@@ -1193,8 +1385,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *y,
                     gb[j] += row[j];
             }
             if (need_gin) {
-                fedge_sgemm(0, 0, B, (int)in_size, l->out, 1.0f, g, l->out, params + l->w_off,
-                            (int)in_size, 0.0f, gin, (int)in_size);
+                GEMM(&ps, 0, 0, B, (int)in_size, l->out, 1.0f, g, l->out, params + l->w_off,
+                     (int)in_size, 0.0f, gin, (int)in_size);
                 g = gin;
             }
             break;
@@ -1210,17 +1402,17 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *y,
                 im2col(l, (float *)in, in_nhwc, B, col, 0);
             if (O <= K) { /* the smaller side as GEMM rows: OHWI [O x K], then to OIHW */
                 float *gw = l->in_c == 1 ? lw : wt; /* OHWI = OIHW */
-                fedge_sgemm(1, 0, O, K, P, 1.0f, g, O, c, K, 0.0f, gw, K);
+                GEMM(&ps, 1, 0, O, K, P, 1.0f, g, O, c, K, 0.0f, gw, K);
                 if (l->in_c > 1)
                     ohwi_to_oihw(l, wt, lw);
             } else {
-                fedge_sgemm(1, 0, K, O, P, 1.0f, c, K, g, O, 0.0f, wt, O);
+                GEMM(&ps, 1, 0, K, O, P, 1.0f, c, K, g, O, 0.0f, wt, O);
                 permute_weights(l, wt, lw, 0);
             }
             if (need_gin) {
                 ps.col_layer = -1;
                 permute_weights(l, params + l->w_off, wt, 1);
-                fedge_sgemm(0, 1, P, K, O, 1.0f, g, O, wt, O, 0.0f, col, K);
+                GEMM(&ps, 0, 1, P, K, O, 1.0f, g, O, wt, O, 0.0f, col, K);
                 memset(gin, 0, (size_t)B * in_size * sizeof(float));
                 im2col(l, gin, in_nhwc, B, col, 1);
                 g = gin;
@@ -1263,16 +1455,31 @@ cleanup:
 int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y, int batch,
                           uint64_t dropout_seed, float *scratch, float *grad, float *loss)
 {
-    return loss_backward(m, x, y, batch, dropout_seed, scratch, grad, NULL, NULL, NULL, loss);
+    if (x == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, grad, NULL, NULL, NULL,
+                         loss);
 }
 
 int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,
                                  int batch, uint64_t dropout_seed, float *scratch, float *chunk,
                                  fedge_grad_sink sink, void *sink_arg, float *loss)
 {
-    if (sink == NULL)
+    if (sink == NULL || x == NULL)
         return FEDGE_ERR_INVALID_ARG;
-    return loss_backward(m, x, y, batch, dropout_seed, scratch, NULL, chunk, sink, sink_arg, loss);
+    return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, NULL, chunk, sink,
+                         sink_arg, loss);
+}
+
+int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, float scale,
+                                    const uint8_t *y, int batch, uint64_t dropout_seed,
+                                    float *scratch, float *chunk, fedge_grad_sink sink,
+                                    void *sink_arg, float *loss)
+{
+    if (sink == NULL || x == NULL || !isfinite(scale))
+        return FEDGE_ERR_INVALID_ARG;
+    return loss_backward(m, NULL, x, scale, y, batch, dropout_seed, scratch, NULL, chunk, sink,
+                         sink_arg, loss);
 }
 
 int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y, size_t n,

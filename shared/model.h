@@ -42,7 +42,9 @@
 
 #include "rng.h"
 
+#ifndef FEDGE_MODEL_MAX_LAYERS /* a microcontroller build sets fewer (mcu/): a spec is on its stack */
 #define FEDGE_MODEL_MAX_LAYERS 32        /* entries in fedge_model_spec.layer (incl. relu/flatten) */
+#endif
 #define FEDGE_MODEL_MAX_DIM 65536        /* any feature count, channel count, H or W */
 #define FEDGE_MODEL_SPEC_MAX 256         /* longest canonical spec string, with NUL */
 #define FEDGE_MODEL_MAX_CLASSES 256      /* labels are uint8 */
@@ -115,6 +117,10 @@ typedef struct {
 /* Allocates params (zeroed). fedge_model_free(NULL) and double free are safe. */
 int fedge_model_init(fedge_model *m, const fedge_model_spec *spec);
 void fedge_model_free(fedge_model *m);
+/* The caller-buffer form (the freestanding core, mcu/, has no heap and no
+ * fedge_model_init/free): m uses params (spec->n_params floats, left as they
+ * are) without owning it; never pass such a model to fedge_model_free. */
+int fedge_model_bind(fedge_model *m, const fedge_model_spec *spec, float *params);
 /* He-uniform weights (fan_in = in for dense, in_c*k*k for conv), zero biases; the weights
  * are drawn layer by layer in parameter order. */
 int fedge_model_randomize(fedge_model *m, fedge_rng *rng);
@@ -142,11 +148,22 @@ int fedge_model_forward(const fedge_model *m, const float *x, int batch,
  * step afterwards). A sink's error ends the pass and is returned; a
  * non-finite loss is FEDGE_ERR_MODEL_NONFINITE before any slice (*loss set). */
 typedef int (*fedge_grad_sink)(void *arg, size_t off, float *g, size_t n);
+#ifndef FEDGE_MODEL_GRAD_CHUNK /* a microcontroller build sets a smaller one (mcu/) */
 #define FEDGE_MODEL_GRAD_CHUNK 4096 /* floats; larger when one dense row or a conv layer is */
+#endif
 size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec); /* 0: invalid spec */
 int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,
                                  int batch, uint64_t dropout_seed, float *scratch, float *chunk,
                                  fedge_grad_sink sink, void *sink_arg, float *loss);
+/* The same from u8 features (input row j is x[j] * scale: what a u8 shard
+ * reads as, shard.h), converted inside the first layer a block at a time (the
+ * scratch holds the block, see fedge_model_scratch_floats), never the whole
+ * minibatch as floats (unless the first layer is a pool or dropout). Each
+ * sum runs over the same terms in the same order as from the float rows. */
+int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, float scale,
+                                    const uint8_t *y, int batch, uint64_t dropout_seed,
+                                    float *scratch, float *chunk, fedge_grad_sink sink,
+                                    void *sink_arg, float *loss);
 int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y,
                           int batch, uint64_t dropout_seed, float *scratch, float *grad,
                           float *loss);
@@ -161,5 +178,13 @@ int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y,
 void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta,
                  float *C, int ldc);
+/* The same with the caller's scratch ws of fedge_gemm_scratch_bytes(M, N, K)
+ * bytes (float-aligned): what the portable kernel packs into, nothing with a
+ * BLAS (the query says 0 and ws may be NULL). The model's passes use it, so
+ * the model scratch (fedge_model_scratch_floats) holds the GEMM's. */
+size_t fedge_gemm_scratch_bytes(int M, int N, int K);
+void fedge_sgemm_ws(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb, float beta,
+                    float *C, int ldc, float *ws);
 
 #endif

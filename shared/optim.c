@@ -1,7 +1,9 @@
 /* optim.c — SGD with momentum and L2 weight decay (PyTorch's formulation). */
 #include <math.h>
 #include <stdint.h>
+#if !FEDGE_FREESTANDING
 #include <stdlib.h>
+#endif
 #include <string.h>
 
 #include "common.h"
@@ -15,6 +17,22 @@ static int config_check(const fedge_sgd_config *cfg)
     return FEDGE_OK;
 }
 
+int fedge_sgd_bind(fedge_sgd *opt, size_t n, const fedge_sgd_config *cfg, float *velocity)
+{
+    if (opt == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    memset(opt, 0, sizeof *opt);
+    if (n == 0 || n > SIZE_MAX / sizeof(float) || config_check(cfg) != FEDGE_OK ||
+        velocity == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    memset(velocity, 0, n * sizeof(float));
+    opt->velocity = velocity;
+    opt->cfg = *cfg;
+    opt->n = n;
+    return FEDGE_OK;
+}
+
+#if !FEDGE_FREESTANDING
 int fedge_sgd_init(fedge_sgd *opt, size_t n, const fedge_sgd_config *cfg)
 {
     if (opt == NULL)
@@ -22,12 +40,10 @@ int fedge_sgd_init(fedge_sgd *opt, size_t n, const fedge_sgd_config *cfg)
     memset(opt, 0, sizeof *opt);
     if (n == 0 || n > SIZE_MAX / sizeof(float) || config_check(cfg) != FEDGE_OK)
         return FEDGE_ERR_INVALID_ARG;
-    opt->velocity = calloc(n, sizeof(float));
-    if (opt->velocity == NULL)
+    float *velocity = calloc(n, sizeof(float));
+    if (velocity == NULL)
         return FEDGE_ERR_NOMEM;
-    opt->cfg = *cfg;
-    opt->n = n;
-    return FEDGE_OK;
+    return fedge_sgd_bind(opt, n, cfg, velocity);
 }
 
 void fedge_sgd_free(fedge_sgd *opt)
@@ -37,6 +53,7 @@ void fedge_sgd_free(fedge_sgd *opt)
     free(opt->velocity);
     memset(opt, 0, sizeof *opt);
 }
+#endif
 
 int fedge_sgd_step(fedge_sgd *opt, float *params, const float *grad)
 {

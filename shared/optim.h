@@ -23,6 +23,9 @@ typedef struct {
  * weight_decay < 0 or a non-finite value. */
 int fedge_sgd_init(fedge_sgd *opt, size_t n, const fedge_sgd_config *cfg);
 void fedge_sgd_free(fedge_sgd *opt);
+/* The caller-buffer form (no heap; init is a wrapper of it): velocity, n
+ * floats, is zeroed and used, not owned; never pass opt to fedge_sgd_free. */
+int fedge_sgd_bind(fedge_sgd *opt, size_t n, const fedge_sgd_config *cfg, float *velocity);
 /* Update params[0..n) in place from grad[0..n). */
 int fedge_sgd_step(fedge_sgd *opt, float *params, const float *grad);
 /* Same rule on a caller-owned velocity slice (for sharded state). The three

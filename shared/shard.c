@@ -326,7 +326,9 @@ static uint64_t permute_index(uint64_t i, uint64_t n, const uint64_t keys[FEISTE
     return i;
 }
 
-int fedge_shard_next_batch(fedge_shard_reader *r, int batch, float *x, uint8_t *y, int *got)
+/* Rows into x as floats (xf) or, for a u8 shard, as stored (xu). */
+static int next_batch(fedge_shard_reader *r, int batch, float *xf, uint8_t *xu, uint8_t *y,
+                      int *got)
 {
     int ret = FEDGE_OK;
     uint64_t keys[FEISTEL_ROUNDS];
@@ -335,9 +337,9 @@ int fedge_shard_next_batch(fedge_shard_reader *r, int batch, float *x, uint8_t *
 
     if (got)
         *got = 0;
-    if (!r || !got || batch <= 0 || !x || !y)
+    if (!r || !got || batch <= 0 || (!xf && !xu) || !y)
         return FEDGE_ERR_INVALID_ARG;
-    if (r->fd < 0 || !r->record)
+    if (r->fd < 0 || !r->record || (xu && r->feature_type != FEDGE_SHARD_U8))
         return FEDGE_ERR_STATE;
 
     while (bits < 64 && (1ull << bits) < r->n)
@@ -350,8 +352,15 @@ int fedge_shard_next_batch(fedge_shard_reader *r, int batch, float *x, uint8_t *
         uint64_t rec = r->shuffle ? permute_index(r->pos, r->n, keys, half_bits) : r->pos;
         CHK(pread_all(r->fd, r->record, r->record_size,
                       SHARD_HEADER_LEN + rec * (uint64_t)r->record_size));
-        CHK(decode_record(r->record, r->dim, r->n_classes, r->feature_type,
-                          x + (size_t)m * (size_t)r->dim, &y[m]));
+        if (xu) {
+            if (r->record[0] >= r->n_classes)
+                FAIL(FEDGE_ERR_DATA_LABEL);
+            y[m] = r->record[0];
+            memcpy(xu + (size_t)m * (size_t)r->dim, r->record + 1, (size_t)r->dim);
+        } else {
+            CHK(decode_record(r->record, r->dim, r->n_classes, r->feature_type,
+                              xf + (size_t)m * (size_t)r->dim, &y[m]));
+        }
         r->pos++;
         m++;
     }
@@ -359,6 +368,26 @@ int fedge_shard_next_batch(fedge_shard_reader *r, int batch, float *x, uint8_t *
 cleanup:
     *got = m;
     return ret;
+}
+
+int fedge_shard_next_batch(fedge_shard_reader *r, int batch, float *x, uint8_t *y, int *got)
+{
+    if (!x) {
+        if (got)
+            *got = 0;
+        return FEDGE_ERR_INVALID_ARG;
+    }
+    return next_batch(r, batch, x, NULL, y, got);
+}
+
+int fedge_shard_next_batch_u8(fedge_shard_reader *r, int batch, uint8_t *x, uint8_t *y, int *got)
+{
+    if (!x) {
+        if (got)
+            *got = 0;
+        return FEDGE_ERR_INVALID_ARG;
+    }
+    return next_batch(r, batch, NULL, x, y, got);
 }
 
 /* ---- verify and load ------------------------------------------------------ */

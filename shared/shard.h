@@ -59,6 +59,10 @@ void fedge_shard_rewind(fedge_shard_reader *r, int shuffle, uint64_t seed);
  * f32 (FEDGE_ERR_DATA_FORMAT) stops the batch; *got counts the rows before it. */
 int fedge_shard_next_batch(fedge_shard_reader *r, int batch, float *x, uint8_t *y,
                            int *got);
+/* The same for a u8 shard (FEDGE_ERR_STATE otherwise), the features as
+ * stored (x: batch x dim bytes; feature b is b * FEDGE_SHARD_U8_SCALE). */
+int fedge_shard_next_batch_u8(fedge_shard_reader *r, int batch, uint8_t *x, uint8_t *y,
+                              int *got);
 /* Load the whole shard into memory (server-side evaluation, tests); checks
  * the SHA-256 too. The caller frees ds with fedge_dataset_free. */
 int fedge_shard_load(const char *path, fedge_dataset *ds);

@@ -1,6 +1,8 @@
 /* train.c — shuffled minibatch epochs and test-set evaluation. */
 #include <math.h>
+#if !FEDGE_FREESTANDING
 #include <stdlib.h>
+#endif
 #include <string.h>
 
 #include "common.h"
@@ -89,6 +91,7 @@ cleanup:
     return ret;
 }
 
+#if !FEDGE_FREESTANDING /* allocates its scratch */
 int fedge_evaluate_accuracy(const fedge_model *m, const fedge_dataset *test, double *accuracy,
                             double *mean_loss)
 {
@@ -117,3 +120,4 @@ cleanup:
     free(scratch);
     return ret;
 }
+#endif

@@ -1,9 +1,12 @@
 /* update.c — an encoded delta sealed in an envelope (see update.h). */
 #include "update.h"
 
-#include <math.h>
-#include <stdlib.h>
+#include <float.h>
+#include <stdint.h>
 #include <string.h>
+#if !FEDGE_FREESTANDING
+#include <stdlib.h>
+#endif
 
 #include <mbedtls/platform_util.h>
 
@@ -12,11 +15,16 @@
 
 /* ---- training metrics block ----------------------------------------------- */
 
+static int finite_f(float x)
+{
+    return x == x && x <= FLT_MAX && x >= -FLT_MAX; /* no libm on a microcontroller */
+}
+
 static int metrics_valid(const fedge_train_metrics *m)
 {
     if (m->present == 0 || (m->present & ~FEDGE_TRAIN_HAS_ALL) != 0)
         return 0;
-    if ((m->present & FEDGE_TRAIN_HAS_LOSS) ? !(isfinite(m->loss) && m->loss >= 0.0f) : m->loss != 0.0f)
+    if ((m->present & FEDGE_TRAIN_HAS_LOSS) ? !(finite_f(m->loss) && m->loss >= 0.0f) : m->loss != 0.0f)
         return 0;
     if ((m->present & FEDGE_TRAIN_HAS_ACCURACY) ? !(m->accuracy >= 0.0f && m->accuracy <= 1.0f)
                                                 : m->accuracy != 0.0f)
@@ -76,6 +84,7 @@ static int aad_tail(const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_train_me
     return fedge_train_metrics_encode(m, tail + FEDGE_RUN_ID_LEN);
 }
 
+#if !FEDGE_FREESTANDING
 int fedge_update_seal(const fedge_device_key *k, uint64_t counter,
                       const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h,
                       const float *delta, fedge_rng *rng, uint8_t **out, size_t *out_len)
@@ -137,6 +146,7 @@ cleanup:
     }
     return ret;
 }
+#endif
 
 int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
                       const fedge_update_expect *exp, uint8_t *scratch,
@@ -209,7 +219,11 @@ cleanup:
 /* ---- streaming ----------------------------------------------------------- */
 
 #define STREAM_CHUNK_BYTES 1024u /* encoded payload per chunk (one int8 block may exceed it) */
+#if FEDGE_FREESTANDING /* a microcontroller (mcu/): RAM counts, its sender reads in order */
+#define STREAM_BEHIND 2048u
+#else
 #define STREAM_BEHIND 6144u      /* ciphertext kept behind the newest chunk: the Block1 window and more */
+#endif
 
 struct fedge_update_stream {
     fedge_device_key key;
@@ -233,6 +247,7 @@ struct fedge_update_stream {
     size_t chunk_cap;
     uint8_t *ring;              /* ciphertext byte i at ring[i % ring_len] */
     size_t ring_len;
+    int caller_mem;             /* fedge_update_stream_init: wiped, never freed */
 };
 
 static size_t stream_chunk_elems(const fedge_delta_header *h)
@@ -352,41 +367,22 @@ cleanup:
     return ret;
 }
 
-int fedge_update_stream_new(const fedge_device_key *k, uint64_t counter,
-                            const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h,
-                            const float *delta, fedge_rng *rng, fedge_update_stream **out)
+/* Fills a zeroed s whose chunk and ring buffers are in place (sizes from
+ * stream_sizes); on failure the caller wipes or frees it. */
+static int stream_setup(fedge_update_stream *s, const fedge_device_key *k, uint64_t counter,
+                        const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_train_metrics *m,
+                        const fedge_delta_header *h, const float *delta, fedge_rng *rng, size_t ce,
+                        size_t cap, size_t ring)
 {
-    return fedge_update_stream_new_metrics(k, counter, run_id, NULL, h, delta, rng, out);
-}
-
-int fedge_update_stream_new_metrics(const fedge_device_key *k, uint64_t counter,
-                                    const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_train_metrics *m,
-                                    const fedge_delta_header *h, const float *delta, fedge_rng *rng,
-                                    fedge_update_stream **out)
-{
-    if (k == NULL || run_id == NULL || h == NULL || delta == NULL || out == NULL)
-        return FEDGE_ERR_INVALID_ARG;
-    *out = NULL;
-    size_t ce, cap, ring;
-    int ret = stream_sizes(h, &ce, &cap, &ring);
-    if (ret != FEDGE_OK)
-        return ret;
     uint8_t tail[FEDGE_RUN_ID_LEN + FEDGE_TRAIN_METRICS_LEN];
     size_t aad_len = 0;
-    ret = aad_tail(run_id, m, tail, &aad_len);
+    int ret = aad_tail(run_id, m, tail, &aad_len);
     if (ret != FEDGE_OK)
         return ret;
     size_t delta_len = fedge_delta_encoded_size(h);
     size_t total = fedge_envelope_sealed_size(aad_len, delta_len - FEDGE_DELTA_HEADER_LEN);
     if (total == 0)
         return FEDGE_ERR_RANGE;
-    fedge_update_stream *s = calloc(1, sizeof *s);
-    if (s == NULL)
-        return FEDGE_ERR_NOMEM;
-    s->chunk = malloc(cap);
-    s->ring = malloc(ring);
-    if (s->chunk == NULL || s->ring == NULL)
-        FAIL(FEDGE_ERR_NOMEM);
     s->key = *k;
     s->counter = counter;
     s->h = *h;
@@ -427,11 +423,73 @@ int fedge_update_stream_new_metrics(const fedge_device_key *k, uint64_t counter,
     CHK(stream_restart(s)); /* also writes the envelope header */
     if (rng != NULL)
         *rng = r;
+cleanup:
+    return ret;
+}
+
+#if !FEDGE_FREESTANDING
+int fedge_update_stream_new(const fedge_device_key *k, uint64_t counter,
+                            const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h,
+                            const float *delta, fedge_rng *rng, fedge_update_stream **out)
+{
+    return fedge_update_stream_new_metrics(k, counter, run_id, NULL, h, delta, rng, out);
+}
+
+int fedge_update_stream_new_metrics(const fedge_device_key *k, uint64_t counter,
+                                    const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_train_metrics *m,
+                                    const fedge_delta_header *h, const float *delta, fedge_rng *rng,
+                                    fedge_update_stream **out)
+{
+    if (k == NULL || run_id == NULL || h == NULL || delta == NULL || out == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    *out = NULL;
+    size_t ce, cap, ring;
+    int ret = stream_sizes(h, &ce, &cap, &ring);
+    if (ret != FEDGE_OK)
+        return ret;
+    fedge_update_stream *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return FEDGE_ERR_NOMEM;
+    s->chunk = malloc(cap);
+    s->ring = malloc(ring);
+    if (s->chunk == NULL || s->ring == NULL)
+        FAIL(FEDGE_ERR_NOMEM);
+    CHK(stream_setup(s, k, counter, run_id, m, h, delta, rng, ce, cap, ring));
     *out = s;
     s = NULL;
 cleanup:
     fedge_update_stream_free(s);
     return ret;
+}
+#endif
+
+int fedge_update_stream_init(void *mem, size_t mem_len, const fedge_device_key *k,
+                             uint64_t counter, const uint8_t run_id[FEDGE_RUN_ID_LEN],
+                             const fedge_delta_header *h, const float *delta, fedge_rng *rng,
+                             fedge_update_stream **out)
+{
+    if (mem == NULL || k == NULL || run_id == NULL || h == NULL || delta == NULL || out == NULL ||
+        (uintptr_t)mem % _Alignof(fedge_update_stream) != 0)
+        return FEDGE_ERR_INVALID_ARG;
+    *out = NULL;
+    size_t ce, cap, ring;
+    int ret = stream_sizes(h, &ce, &cap, &ring);
+    if (ret != FEDGE_OK)
+        return ret;
+    if (mem_len < sizeof(fedge_update_stream) + cap + ring)
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
+    fedge_update_stream *s = mem;
+    memset(s, 0, sizeof *s);
+    s->caller_mem = 1;
+    s->chunk = (uint8_t *)(s + 1);
+    s->ring = s->chunk + cap;
+    ret = stream_setup(s, k, counter, run_id, NULL, h, delta, rng, ce, cap, ring);
+    if (ret != FEDGE_OK) {
+        fedge_update_stream_wipe(s);
+        return ret;
+    }
+    *out = s;
+    return FEDGE_OK;
 }
 
 size_t fedge_update_stream_size(const fedge_update_stream *s)
@@ -480,16 +538,29 @@ cleanup:
     return ret;
 }
 
-void fedge_update_stream_free(fedge_update_stream *s)
+void fedge_update_stream_wipe(fedge_update_stream *s)
 {
     if (s == NULL)
         return;
     fedge_envelope_sealer_free(&s->sealer);
-    if (s->chunk != NULL) {
+    if (s->chunk != NULL)
         mbedtls_platform_zeroize(s->chunk, s->chunk_cap);
-        free(s->chunk);
-    }
-    free(s->ring);
     mbedtls_platform_zeroize(s, sizeof *s);
+}
+
+#if !FEDGE_FREESTANDING
+void fedge_update_stream_free(fedge_update_stream *s)
+{
+    if (s == NULL)
+        return;
+    if (s->caller_mem) { /* fedge_update_stream_init's: not ours to free */
+        fedge_update_stream_wipe(s);
+        return;
+    }
+    uint8_t *chunk = s->chunk, *ring = s->ring;
+    fedge_update_stream_wipe(s);
+    free(chunk);
+    free(ring);
     free(s);
 }
+#endif

@@ -98,6 +98,17 @@ size_t fedge_update_stream_size(const fedge_update_stream *s); /* the frame's le
 /* dst[0..len) = frame[off .. off + len); off + len <= the frame's length. */
 int fedge_update_stream_read(fedge_update_stream *s, size_t off, uint8_t *dst, size_t len);
 void fedge_update_stream_free(fedge_update_stream *s); /* NULL is fine */
+/* The caller-buffer form (no heap: the freestanding core, mcu/): the stream
+ * lives in mem, mem_len >= fedge_update_stream_bytes(h), aligned for any
+ * object (FEDGE_ERR_INVALID_ARG otherwise; FEDGE_ERR_BUFFER_TOO_SMALL when
+ * short); otherwise as stream_new, the same frame byte for byte. wipe erases
+ * the key and plaintext (after use, or to drop it); free of such a stream
+ * only wipes it. */
+int fedge_update_stream_init(void *mem, size_t mem_len, const fedge_device_key *k,
+                             uint64_t counter, const uint8_t run_id[FEDGE_RUN_ID_LEN],
+                             const fedge_delta_header *h, const float *delta, fedge_rng *rng,
+                             fedge_update_stream **out);
+void fedge_update_stream_wipe(fedge_update_stream *s);
 
 typedef struct {
     uint32_t model_id;

@@ -2,7 +2,9 @@
 # tools/demo.sh BUILD — the `make demo` run: a real federated training of
 # mlp:784-200-10 on Fashion-MNIST, 8 edge processes and one aggregator over
 # CoAP/DTLS-PSK on loopback, 20 rounds, logged in SQLite and verified by
-# fedge-audit at the end. Everything lives in run/demo/ (replaced each run).
+# fedge-audit at the end, which also writes the HTML report (run/demo/
+# report.html) and prints its path and the final model's. Everything lives
+# in run/demo/ (replaced each run).
 #
 # Knobs (environment): DEMO_ROUNDS (20), DEMO_CLIENTS (8), DEMO_PER_ROUND
 # (0: all), DEMO_SPEC (mlp:784-200-10; `make demo MODEL=SPEC` sets it, e.g.
@@ -162,6 +164,15 @@ demo_sql "$DIR/fedge.db" \
 echo
 echo "== audit: fedge-audit verify"
 "$BIN/fedge-audit" --db "$DIR/fedge.db" --pubkey "$DIR/aggregator.pub" verify
+echo
+echo "== report: fedge-audit report --format html"
+"$BIN/fedge-audit" --db "$DIR/fedge.db" --pubkey "$DIR/aggregator.pub" report --format html \
+    --out "$DIR/report.html"
+model=$(demo_sql "$DIR/fedge.db" "SELECT path FROM models ORDER BY created_at DESC, rowid DESC LIMIT 1") ||
+    { echo "cannot read the final model's path from $DIR/fedge.db"; exit 1; }
+[[ "$model" == /* ]] || model=$DIR/models/$model
+echo "report (open in a browser): $(realpath "$DIR/report.html")"
+echo "final model:                $(realpath "$model")"
 final=$(demo_sql "$DIR/fedge.db" "SELECT accuracy FROM models ORDER BY rowid DESC LIMIT 1") ||
     { echo "cannot read the final accuracy from $DIR/fedge.db"; exit 1; }
 awk -v a="$final" -v t="$TARGET" 'BEGIN { ok = (a >= t); printf "target >= %s: %s\n", t, (ok ? "met" : "NOT met"); exit !ok }'

@@ -2,6 +2,8 @@
 # Idempotent dependency set-up for fedge.
 #
 #   tools/deps.sh [BUILD_DIR] [CROSS]
+#   tools/deps.sh [BUILD_DIR] mcu    (make mcu: the native set-up, plus the
+#       bare-metal toolchain and QEMU, and Debian's mbedTLS source for mcu/mcu.mk)
 #
 # 1. Installs the Debian packages fedge needs when any is missing (apt-get).
 # 2. Native: builds libcoap 4.3.1 from Debian's libcoap3 source package
@@ -24,6 +26,8 @@ set -euo pipefail
 
 BUILD_DIR=${1:-build}
 CROSS=${2:-}
+MCU=0
+[ "$CROSS" != mcu ] || { MCU=1; CROSS=; }
 LIBCOAP_VERSION=4.3.1
 MBEDTLS_VERSION=2.28.3
 MBEDTLS_DEBIAN_VERSION=2.28.3-1
@@ -55,6 +59,8 @@ PACKAGES=(build-essential pkg-config autoconf automake libtool dpkg-dev patch
           libcoap3-bin time python3 bc libfaketime clang libclang-rt-14-dev
           libprotobuf-c-dev protobuf-c-compiler python3-cryptography)
 PACKAGES+=(valgrind) # massif: the heap peak of an edge round (tests/integration/edge_memory.sh)
+PACKAGES+=(chromium) # headless rendering of the HTML audit report (tests/integration/audit_html.sh)
+[ $MCU -eq 0 ] || PACKAGES+=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm) # make mcu: the Cortex-M4F core and its QEMU test (mcu/)
 PACKAGES+=(libmicrohttpd-dev) # aggregator/metrics_http.c: Prometheus metrics and /healthz
 if [ -n "$CROSS" ]; then
     case "$CROSS" in
@@ -84,6 +90,8 @@ else
     need_src=0
     [ -f "$STAMP" ] || need_src=1
 fi
+need_mcu_src=0
+[ $MCU -eq 0 ] || [ -d "$SRC/mbedtls-$MBEDTLS_VERSION" ] || need_mcu_src=1
 
 # An older deps.sh registered the CROSS target as a dpkg foreign architecture
 # and installed libmbedtls-dev/zlib1g-dev/libopenblas-dev for it. When that
@@ -150,10 +158,11 @@ apt_install() {
     fi
 }
 
-if [ ${#missing[@]} -gt 0 ] || [ $need_src -eq 1 ] || [ "${FEDGE_DEPS_FAIL:-}" = apt-install ]; then
+if [ ${#missing[@]} -gt 0 ] || [ $need_src -eq 1 ] || [ $need_mcu_src -eq 1 ] ||
+   [ "${FEDGE_DEPS_FAIL:-}" = apt-install ]; then
     srcfile=/etc/apt/sources.list.d/fedge-deb-src.sources
     added_src=0
-    if [ $need_src -eq 1 ] && ! grep -rqs '^Types:.*deb-src\|^deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    if { [ $need_src -eq 1 ] || [ $need_mcu_src -eq 1 ]; } && ! grep -rqs '^Types:.*deb-src\|^deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
         log "adding a deb-src entry ($srcfile) for apt-get source"
         as_root tee "$srcfile" >/dev/null <<'EOF'
 Types: deb-src
@@ -236,4 +245,9 @@ if [ $need_src -eq 1 ]; then
     fi
     touch "$STAMP"
     log "libcoap installed in $PREFIX"
+fi
+
+if [ $need_mcu_src -eq 1 ]; then
+    fetch_source mbedtls "$MBEDTLS_DEBIAN_VERSION" "mbedtls-$MBEDTLS_VERSION"
+    log "mbedTLS $MBEDTLS_VERSION source in $SRC for make mcu"
 fi

@@ -98,6 +98,13 @@ sections = {r[0] for r in rows if r[0] != "section"}
 need = {"summary", "verify", "privacy_rounds", "privacy_devices", "decisions", "lineage_models"}
 sys.exit(0 if need <= sections else 1)
 EOF
+# html (audit_html.sh renders it): the fixture's refinement and its refused updates
+expect_rc 0 "${A[@]}" report --format html
+out_has 'data-round="2" data-status="closed" data-accuracy="0.6" data-refined-accuracy="0.8"'
+out_has '<table id="refused-data"'
+out_has 'class="ok">OK'
+expect_rc 2 "${A[@]}" report --format pdf
+err_is_one_line "--format must be md, json, csv or html, not 'pdf'"
 # Without --pubkey the report still runs and says verification was not run.
 expect_rc 0 "$AUDIT" --db "$DB" report
 out_has "Not run: give \`--pubkey\`"

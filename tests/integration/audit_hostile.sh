@@ -69,7 +69,7 @@ for kind in loop self; do
     expect_rc 1 "${A[@]}" --json lineage --device dev-1
     python3 -c "import json,sys; d=json.load(open('$T/out')); v=[m['version'] for m in d['influenced_models']]; sys.exit(0 if not d['ok'] and len(v) == len(set(v)) <= 4 else 1)" ||
         fail "lineage --device --json: each model once, and lineage_cycle"
-    for fmt in md json csv; do
+    for fmt in md json csv html; do
         expect_rc 1 "${A[@]}" report --format "$fmt"
         out_has "lineage_cycle"
     done
@@ -106,7 +106,7 @@ clean() {
 }
 for cmd in "decisions" "decisions --rejected" "lineage --device dev-3" "privacy" \
            "--json decisions" "--json lineage --device dev-3" "--json privacy" \
-           "report --format md" "report --format json" "report --format csv"; do
+           "report --format md" "report --format json" "report --format csv" "report --format html"; do
     # shellcheck disable=SC2086
     expect_rc 0 "${A[@]}" $cmd
     clean "$cmd"

@@ -229,10 +229,51 @@ static void test_sgd_update_matches_scalar(void **state)
             }
 }
 
+/* The portable kernel on the caller's scratch (the size the query gives, no
+ * more: a block past it would overrun a malloc'd buffer under ASan) is the
+ * thread-local one's bits; the scratch follows the shape, far below the
+ * 640 KiB of thread-local buffers for an edge model's products. */
+static void test_portable_scratch_by_query(void **state)
+{
+    (void)state;
+    static const int shapes[][3] = {{32, 10, 784}, {8, 200, 784}, {200, 784, 32}, {1, 1, 1},
+                                    {130, 520, 600}, {5, 784, 32}, {2304, 8, 25}};
+    fedge_rng r;
+    fedge_rng_seed(&r, 3);
+    for (size_t q = 0; q < sizeof shapes / sizeof shapes[0]; q++) {
+        int M = shapes[q][0], N = shapes[q][1], K = shapes[q][2];
+        for (int t = 0; t < 4; t++) {
+            int ta = t & 1, tb = t >> 1;
+            float *A = malloc((size_t)M * K * sizeof(float)), *B = malloc((size_t)K * N * sizeof(float));
+            float *C1 = malloc((size_t)M * N * sizeof(float)), *C2 = malloc((size_t)M * N * sizeof(float));
+            size_t bytes = fedge_sgemm_portable_scratch_bytes(M, N, K);
+            float *ws = malloc(bytes);
+            assert_true(A && B && C1 && C2 && ws);
+            for (size_t i = 0; i < (size_t)M * K; i++)
+                A[i] = (float)fedge_rng_normal(&r);
+            for (size_t i = 0; i < (size_t)K * N; i++)
+                B[i] = (float)fedge_rng_normal(&r);
+            fedge_sgemm_portable(ta, tb, M, N, K, 1.5f, A, ta ? M : K, B, tb ? K : N, 0.0f, C1, N);
+            fedge_sgemm_portable_ws(ta, tb, M, N, K, 1.5f, A, ta ? M : K, B, tb ? K : N, 0.0f, C2,
+                                    N, ws);
+            assert_memory_equal(C1, C2, (size_t)M * N * sizeof(float));
+            free(A);
+            free(B);
+            free(C1);
+            free(C2);
+            free(ws);
+        }
+    }
+    assert_true(fedge_sgemm_portable_scratch_bytes(32, 10, 784) < 48 * 1024);
+    assert_true(fedge_sgemm_portable_scratch_bytes(100000, 100000, 100000) <= 640 * 1024);
+    assert_int_equal(fedge_sgemm_portable_scratch_bytes(0, 5, 5), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blas_default_single_thread),
+        cmocka_unit_test(test_portable_scratch_by_query),
         cmocka_unit_test(test_sgemm_vs_naive),
         cmocka_unit_test(test_portable_vs_naive),
         cmocka_unit_test(test_sgemm_degenerate),

@@ -104,7 +104,7 @@ static void test_memory_plan(void **state)
     assert_true(m.grad < 4 * n);
     assert_int_equal(m.velocity, 4 * n);
     assert_int_equal(m.scratch, 4 * fedge_model_scratch_floats(&spec, 32));
-    assert_int_equal(m.batch, 32 * 784 * 4 + 32);
+    assert_int_equal(m.batch, 32 * (784 + 1)); /* as stored: u8 pixels and labels */
     assert_int_equal(m.record, 785);
     assert_int_equal(m.model_body, 12 + strlen("softmax:784-10") + 8 + 4 * n + 32);
     /* the update is sealed block by block: a few KiB, whatever the model */
@@ -131,7 +131,7 @@ static void test_memory_plan(void **state)
     /* The batch scales the minibatch buffers, not the model ones. */
     fedge_edge_memory big;
     assert_int_equal(fedge_edge_memory_plan(&spec, 256, 785, FEDGE_ENC_FP32, &big), FEDGE_OK);
-    assert_int_equal(big.batch, 256 * 784 * 4 + 256);
+    assert_int_equal(big.batch, 256 * (784 + 1));
     assert_int_equal(big.grad, m.grad);
 
     char line[512];
@@ -154,7 +154,7 @@ static void test_cnn_round(void **state)
     size_t scratch = fedge_model_scratch_floats(&spec, 16);
     assert_true(scratch > 16 * (4 * 24 * 24 + 25 * 24 * 24)); /* conv output + im2col */
     assert_int_equal(plan.scratch, 4 * scratch);
-    assert_int_equal(plan.batch, 16 * 784 * 4 + 16);
+    assert_int_equal(plan.batch, 16 * (784 + 1));
     assert_int_equal(plan.local, 4 * spec.n_params);
 
     fedge_edge_trainer t;

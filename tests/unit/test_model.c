@@ -15,6 +15,7 @@
 #include "model.h"
 #include "optim.h"
 #include "rng.h"
+#include "shard.h"
 
 /* ---- spec --------------------------------------------------------------- */
 
@@ -255,8 +256,18 @@ static void test_init_views_free(void **state)
         for (int j = 0; j < ly->out; j++)
             assert_true(m.params[ly->b_off + (size_t)j] == 0.0f);
     }
-    /* activations 5 + 4 + 3 (relu in place), two gradient buffers of the widest 5 */
-    assert_int_equal(fedge_model_scratch_floats(&s, 10), 10 * (5 + 4 + 3 + 2 * 5));
+    /* activations 5 + 4 + 3 (relu in place), two gradient buffers of the widest 5,
+     * the GEMM's packing scratch of the largest product (none with a BLAS), and
+     * 8 input rows as floats (a u8 input's block) */
+    static const int shapes[][3] = {{10, 5, 7}, {10, 7, 5}, {5, 7, 10}, {8, 5, 7},
+                                    {10, 4, 5}, {10, 5, 4}, {4, 5, 10},
+                                    {10, 3, 4}, {10, 4, 3}, {3, 4, 10}};
+    size_t gemm = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        size_t b = fedge_gemm_scratch_bytes(shapes[i][0], shapes[i][1], shapes[i][2]);
+        gemm = b / 4 > gemm ? b / 4 : gemm;
+    }
+    assert_int_equal(fedge_model_scratch_floats(&s, 10), 10 * (5 + 4 + 3 + 2 * 5) + gemm + 8 * 7);
     fedge_model_free(&m);
     assert_null(m.params);
     fedge_model_free(&m); /* double free is safe */
@@ -617,7 +628,8 @@ static void test_loss_and_evaluate_exact(void **state)
     for (int i = 0; i < 21; i++)
         x[i] = (float)(i % 5) - 2.0f;
     uint8_t y[7] = {0, 1, 2, 3, 0, 0, 2};
-    float scratch[7 * 4], grad[16], loss;
+    float scratch[1024], grad[16], loss; /* with the GEMM's and a u8 input's blocks */
+    assert_true(fedge_model_scratch_floats(&s, 7) <= FEDGE_ARRAY_LEN(scratch));
     assert_int_equal(fedge_model_loss_grad(&m, x, y, 7, 0, scratch, grad, &loss), FEDGE_OK);
     assert_float_equal(loss, logf(4.0f), 1e-6);
     /* bias gradient of the mean loss: (1/4 - share of each class) */
@@ -628,7 +640,8 @@ static void test_loss_and_evaluate_exact(void **state)
 
     size_t correct = 99;
     double loss_sum = -1.0;
-    float small_scratch[3 * 4];
+    float small_scratch[1024];
+    assert_true(fedge_model_scratch_floats(&s, 3) <= FEDGE_ARRAY_LEN(small_scratch));
     assert_int_equal(fedge_model_evaluate(&m, x, y, 7, 3, small_scratch, &correct, &loss_sum),
                      FEDGE_OK);
     assert_int_equal(correct, 3);
@@ -823,6 +836,82 @@ static void test_rng_distributions(void **state)
     assert_true(isnan(fedge_rng_gamma(&r, -1.0)));
 }
 
+/* A u8 minibatch (fedge_model_loss_grad_sliced_u8) trains as its float rows
+ * do: the first layer converts it a block at a time, every sum the same terms
+ * in the same order, so the loss and each gradient slice are the same bits —
+ * a first dense layer (rows in blocks of 8 forward, columns for its weight
+ * gradient; a batch that is not a multiple of 8), a first conv (its im2col
+ * sample by sample), a first pool (the whole minibatch converted). */
+typedef struct {
+    float *g;
+    size_t calls;
+} collect;
+
+static int collect_sink(void *arg, size_t off, float *g, size_t n)
+{
+    collect *c = arg;
+    memcpy(c->g + off, g, n * sizeof(float));
+    c->calls++;
+    return FEDGE_OK;
+}
+
+static void u8_same_bits(const char *text, int batch)
+{
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse(text, &s), FEDGE_OK);
+    fedge_model m;
+    assert_int_equal(fedge_model_init(&m, &s), FEDGE_OK);
+    fedge_rng r;
+    fedge_rng_seed(&r, 77);
+    assert_int_equal(fedge_model_randomize(&m, &r), FEDGE_OK);
+    size_t dim = (size_t)s.input_dim, n = m.n_params;
+    uint8_t *xu = malloc((size_t)batch * dim), *y = malloc((size_t)batch);
+    float *xf = malloc((size_t)batch * dim * sizeof(float));
+    float *scratch = malloc(fedge_model_scratch_floats(&s, batch) * sizeof(float));
+    float *chunk = malloc(fedge_model_grad_chunk_floats(&s) * sizeof(float));
+    float *ga = malloc(n * sizeof(float)), *gb = malloc(n * sizeof(float));
+    assert_true(xu && y && xf && scratch && chunk && ga && gb);
+    for (size_t i = 0; i < (size_t)batch * dim; i++) {
+        xu[i] = (uint8_t)(fedge_rng_u64(&r) >> 56);
+        xf[i] = (float)xu[i] * FEDGE_SHARD_U8_SCALE;
+    }
+    for (int i = 0; i < batch; i++)
+        y[i] = (uint8_t)(fedge_rng_u64(&r) % (uint64_t)s.classes);
+    collect a = {ga, 0}, b = {gb, 0};
+    float la, lb;
+    assert_int_equal(fedge_model_loss_grad_sliced(&m, xf, y, batch, 5, scratch, chunk,
+                                                  collect_sink, &a, &la), FEDGE_OK);
+    memset(scratch, 0xff, fedge_model_scratch_floats(&s, batch) * sizeof(float)); /* NaNs */
+    assert_int_equal(fedge_model_loss_grad_sliced_u8(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch, 5,
+                                                     scratch, chunk, collect_sink, &b, &lb),
+                     FEDGE_OK);
+    assert_memory_equal(&la, &lb, sizeof la);
+    assert_int_equal(a.calls, b.calls);
+    assert_memory_equal(ga, gb, n * sizeof(float));
+    assert_int_equal(fedge_model_loss_grad_sliced_u8(&m, NULL, FEDGE_SHARD_U8_SCALE, y, batch, 5,
+                                                     scratch, chunk, collect_sink, &b, &lb),
+                     FEDGE_ERR_INVALID_ARG);
+    free(xu);
+    free(y);
+    free(xf);
+    free(scratch);
+    free(chunk);
+    free(ga);
+    free(gb);
+    fedge_model_free(&m);
+}
+
+static void test_u8_input_same_bits(void **state)
+{
+    (void)state;
+    u8_same_bits("softmax:784-10", 32);
+    u8_same_bits("softmax:784-10", 29);
+    u8_same_bits("mlp:784-200-10", 32);
+    u8_same_bits("mlp:784-200-10", 13);
+    u8_same_bits("cnn:1x28x28-c4k5-p2-f16-10", 16);
+    u8_same_bits("cnn:1x28x28-p2-f16-10", 16);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -830,6 +919,7 @@ int main(void)
         cmocka_unit_test(test_spec_parse_bad),
         cmocka_unit_test(test_spec_format_and_id),
         cmocka_unit_test(test_init_views_free),
+        cmocka_unit_test(test_u8_input_same_bits),
         cmocka_unit_test(test_gradients_mlp),
         cmocka_unit_test(test_gradients_softmax),
         cmocka_unit_test(test_gradients_conv),

@@ -183,7 +183,8 @@ static void small_model(fedge_model *m, uint64_t seed)
 static void test_epoch_visits_every_row_once(void **state)
 {
     (void)state;
-    float x[SN * SDIM], xb[SN * SDIM], scratch[SN * 16];
+    float x[SN * SDIM], xb[SN * SDIM];
+    static float scratch[1 << 14]; /* with the u8 input block and the GEMM scratch */
     uint8_t y[SN], yb[SN];
     synthetic(x, y, 5);
     fedge_model a, b;
@@ -233,12 +234,14 @@ static void test_epoch_reproducible_and_errors(void **state)
 {
     (void)state;
     enum { B = 8 };
-    float x[SN * SDIM], xb[B * SDIM], scratch[B * 16], grad[64];
+    float x[SN * SDIM], xb[B * SDIM], grad[64];
+    static float scratch[1 << 14]; /* with the u8 input block and the GEMM scratch */
     uint8_t y[SN], yb[B];
     synthetic(x, y, 6);
     fedge_model a, b;
     small_model(&a, 1);
     small_model(&b, 1);
+    assert_true(fedge_model_scratch_floats(&a.spec, B) <= FEDGE_ARRAY_LEN(scratch));
     fedge_sgd_config cfg = {.lr = 0.1f, .momentum = 0.9f, .weight_decay = 0.0f};
     fedge_sgd oa, ob;
     assert_int_equal(fedge_sgd_init(&oa, a.n_params, &cfg), FEDGE_OK);

@@ -22,11 +22,12 @@ typedef struct {
     int64_t round;        /* --round */
     const char *device;   /* --device */
     int rejected;         /* --rejected */
-    const char *format;   /* --format md|json|csv (report) */
+    const char *format;   /* --format md|json|csv|html (report) */
     const char *version;  /* lineage VERSION */
     /* lineage across tiers (tiers.h): relays' databases and public keys, in pairs */
     const char *relay_db[16], *relay_pubkey[16];
     size_t n_relay_db, n_relay_pubkey;
+    const char *out;      /* --out FILE (report --format html) */
 } cli_opts;
 
 int cmd_verify(sqlite3 *db, const cli_opts *o);

@@ -2,18 +2,22 @@
  * Each command gathers its answer into out_tables first, then prints them
  * as text, JSON, Markdown or CSV, so `report` reuses the same gathering. */
 #include <ctype.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "audit.h"
 #include "cli.h"
 #include "common.h"
 #include "graph.h"
+#include "html.h"
 #include "out.h"
 #include "tiers.h"
 #include "policy.h"
@@ -1687,6 +1691,72 @@ static void report_csv(const report *r)
     }
 }
 
+/* The page goes to a temporary file beside FILE, renamed over it when
+ * complete: a failed run leaves no partial report. */
+static int report_html(sqlite3 *db, const report *r, const cli_opts *o, const char *latest)
+{
+    char head[400], verify[400], tmp[4200], cycle[600];
+    privacy_headline(&r->priv, head, sizeof head);
+    html_inputs in = {.db_path = o->db_path, .summary = &r->summary, .privacy_headline = head,
+                      .latest = latest, .refused = &r->decisions};
+    if (r->has_cycle) {
+        cycle_message(r->cycle, cycle, sizeof cycle);
+        in.cycle = cycle;
+    }
+    if (r->verified) {
+        const fedge_audit_report *v = r->rep;
+        snprintf(verify, sizeof verify,
+                 "%zu audit entries, %zu signed heads (the last covers entry %" PRId64
+                 ", round %" PRId64 "), %zu entries after it, %zu rows compared, %zu model files "
+                 "re-hashed, %zu failure%s",
+                 v->n_entries, v->n_heads, v->last_head_seq, v->last_head_round, v->unsigned_tail,
+                 v->n_rows, v->n_files, v->n_failures + (size_t)r->has_cycle,
+                 v->n_failures + (size_t)r->has_cycle == 1 ? "" : "s");
+        in.verify_line = verify;
+        in.verify_failed = !v->ok || r->has_cycle;
+    }
+    if (!o->out) {
+        if (html_report(stdout, db, &in) != 0)
+            return EXIT_USAGE;
+        return EXIT_OK;
+    }
+    int n = snprintf(tmp, sizeof tmp, "%s.XXXXXX", o->out);
+    if (n < 0 || (size_t)n >= sizeof tmp) {
+        cli_error("--out %s: path too long", o->out);
+        return EXIT_USAGE;
+    }
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        cli_error("cannot write %s: %s", o->out, strerror(errno));
+        return EXIT_USAGE;
+    }
+    FILE *f = fdopen(fd, "w");
+    if (!f) {
+        cli_error("cannot write %s: %s", o->out, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        return EXIT_USAGE;
+    }
+    int rc = html_report(f, db, &in) == 0 ? EXIT_OK : EXIT_USAGE;
+    int werr = ferror(f) || fchmod(fd, 0644) != 0 || fflush(f) != 0 || fsync(fd) != 0;
+    int saved = errno;
+    if (fclose(f) != 0 && !werr) {
+        werr = 1;
+        saved = errno;
+    }
+    if (rc == EXIT_OK && werr) {
+        cli_error("cannot write %s: %s", o->out, strerror(saved));
+        rc = EXIT_USAGE;
+    }
+    if (rc == EXIT_OK && rename(tmp, o->out) != 0) {
+        cli_error("cannot write %s: %s", o->out, strerror(errno));
+        rc = EXIT_USAGE;
+    }
+    if (rc != EXIT_OK)
+        unlink(tmp);
+    return rc;
+}
+
 int cmd_report(sqlite3 *db, const cli_opts *o)
 {
     report r;
@@ -1694,8 +1764,9 @@ int cmd_report(sqlite3 *db, const cli_opts *o)
     int rc;
     memset(&r, 0, sizeof r);
     const char *format = o->format ? o->format : (o->json ? "json" : "md");
-    if (strcmp(format, "md") != 0 && strcmp(format, "json") != 0 && strcmp(format, "csv") != 0) {
-        cli_error("--format must be md, json or csv, not '%s'", format);
+    if (strcmp(format, "md") != 0 && strcmp(format, "json") != 0 && strcmp(format, "csv") != 0 &&
+        strcmp(format, "html") != 0) {
+        cli_error("--format must be md, json, csv or html, not '%s'", format);
         return EXIT_USAGE;
     }
     rc = gather_summary(db, o->db_path, &r.summary, latest, sizeof latest);
@@ -1735,7 +1806,11 @@ int cmd_report(sqlite3 *db, const cli_opts *o)
         rc = gather_lineage(db, latest, &r.lin);
         r.have_lineage = 1;
     }
-    if (rc == EXIT_OK) {
+    if (rc == EXIT_OK && strcmp(format, "html") == 0) {
+        rc = report_html(db, &r, o, latest);
+        if (rc == EXIT_OK && ((r.verified && !r.rep->ok) || r.has_cycle))
+            rc = EXIT_VERIFY_FAILED;
+    } else if (rc == EXIT_OK) {
         if (strcmp(format, "json") == 0)
             report_json(&r, o);
         else if (strcmp(format, "csv") == 0)

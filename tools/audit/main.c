@@ -43,6 +43,8 @@ static const char USAGE[] =
     "                              clipping, round outcomes, epsilon (docs/POLICY.md)\n"
     "  report [--format md|json|csv]\n"
     "                              all of the above in one document (verify when --pubkey)\n"
+    "  report --format html [--out FILE]\n"
+    "                              the same as one self-contained HTML page with charts\n"
     "\n"
     "options:\n"
     "  --db PATH       the aggregator's SQLite database (opened read-only)\n"
@@ -115,7 +117,7 @@ static int parse_round(const char *s, int64_t *out)
 }
 
 enum { OPT_DB = 1000, OPT_PUBKEY, OPT_MODELS, OPT_JSON, OPT_ROUND, OPT_DEVICE, OPT_REJECTED,
-       OPT_FORMAT, OPT_HELP, OPT_VERSION, OPT_RELAY_DB, OPT_RELAY_PUBKEY };
+       OPT_FORMAT, OPT_HELP, OPT_VERSION, OPT_RELAY_DB, OPT_RELAY_PUBKEY, OPT_OUT };
 
 int main(int argc, char **argv)
 {
@@ -133,6 +135,7 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, OPT_VERSION},
         {"relay-db", required_argument, NULL, OPT_RELAY_DB},
         {"relay-pubkey", required_argument, NULL, OPT_RELAY_PUBKEY},
+        {"out", required_argument, NULL, OPT_OUT},
         {NULL, 0, NULL, 0},
     };
     cli_opts o;
@@ -170,6 +173,7 @@ int main(int argc, char **argv)
                 return usage_error("%s", "--relay-pubkey: at most 16");
             o.relay_pubkey[o.n_relay_pubkey++] = optarg;
             break;
+        case OPT_OUT: o.out = optarg; break;
         case ':':
             return usage_error("%s needs a value", argv[optind - 1]);
         default:
@@ -223,6 +227,8 @@ int main(int argc, char **argv)
         return usage_error("%s", "each --relay-db needs its --relay-pubkey (the relay's aggregator.pub), in order");
     if (o.format && run != cmd_report)
         return usage_error("%s", "--format applies to report only");
+    if (o.out && (run != cmd_report || !o.format || strcmp(o.format, "html") != 0))
+        return usage_error("%s", "--out applies to report --format html only");
     if (!o.db_path)
         return usage_error("%s", "--db PATH is required");
 
