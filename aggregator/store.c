@@ -278,8 +278,9 @@ int fedge_store_open_db(const char *path, int read_only, sqlite3 **out)
             FAIL(FEDGE_ERR_AUDIT_NOT_FEDGE_DB);
         goto cleanup;
     }
-    if (state == 0) /* only before the first table: lets retention shrink the file */
-        CHK(fedge_store_exec(db, "PRAGMA auto_vacuum=INCREMENTAL"));
+    if (state == 0) /* only before the first table: lets retention shrink the file, and
+                       large pages hold an update's delta in few overflow pages */
+        CHK(fedge_store_exec(db, "PRAGMA page_size=" FEDGE_STORE_PAGE_SIZE "; PRAGMA auto_vacuum=INCREMENTAL"));
     CHK(fedge_store_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
     if (state == 2)
         CHK(fedge_retention_migrate_v1(db));

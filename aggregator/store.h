@@ -7,7 +7,8 @@
  * also appends to the hash chain in `audit` (policy/audit.h) inside the same
  * transaction.
  *
- * Schema (schema_version 2; created with auto_vacuum = INCREMENTAL):
+ * Schema (schema_version 2; created with auto_vacuum = INCREMENTAL and
+ * page_size = FEDGE_STORE_PAGE_SIZE):
  *   meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)
  *       keys: fedge_schema ('2'), model_spec, created_at,
  *       run_id (32 hex digits, random, made once: every update is sealed
@@ -63,6 +64,10 @@
 #include <stdint.h>
 
 #define FEDGE_SCHEMA_VERSION "2"
+/* Page size of a new log: an int8 update's delta (~158 KiB for
+ * mlp:784-200-10) spans 3 overflow pages instead of 40 of SQLite's default
+ * 4 KiB. A log created before keeps its own page size. */
+#define FEDGE_STORE_PAGE_SIZE "65536"
 
 /* Opens (creating if absent) the database at path, sets WAL, foreign keys,
  * busy timeout, and creates the schema. A file that exists but is not a
