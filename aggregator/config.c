@@ -45,6 +45,7 @@ static int check_mode(const char *value, char *why, size_t whylen);
 static int check_staleness(const char *value, char *why, size_t whylen);
 static int check_upstream(const char *value, char *why, size_t whylen);
 static int check_relays(const char *value, char *why, size_t whylen);
+static int check_listen_tcp(const char *value, char *why, size_t whylen);
 
 #define STR(k, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, NULL}
 #define STRC(k, chk, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, chk}
@@ -125,6 +126,9 @@ static const field FIELDS[] = {
     DBL(commit_wait_ms, 0, 1000, "2", "a group smaller than commit_group waits this long for more while updates are being opened"),
     STRC(relays, check_relays, "", "root: the device ids (comma-separated) that are relays; only they may send a partial sum (FEDGE_DELTA_FLAG_PARTIAL), others get 4.03 (empty: none may)"),
     LNG(relay_max_samples, 1, 4e9, "100000000", "root: the largest sample count a listed relay's partial may state (a relay's partial is exempt from update.max_samples)"),
+    STRC(listen_tcp, check_listen_tcp, "", "TCP address:port to also serve CoAP over TLS-PSK on (RFC 8323, coaps+tcp; the DTLS keys; BERT blocks), numeric host (empty: no TCP)"),
+    DBL(tcp_handshake_timeout_s, 0.1, 3600, "10", "a TCP connection whose TLS handshake and CSM exchange are not done this long after it was accepted is closed"),
+    LNG(tcp_max_connections, 0, 1e6, "0", "TCP connections held at once; more are closed as they are accepted (0: devices in the keys file + 16)"),
 };
 
 _Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");
@@ -570,6 +574,11 @@ size_t fedge_agg_config_combiner_min(const fedge_agg_config *c, size_t n, char *
 /* One line for each strategy key set away from its default that the
  * configured combiner does not read. */
 static int check_upstream(const char *value, char *why, size_t whylen)
+{
+    return value[0] ? check_listen(value, why, whylen) : 0;
+}
+
+static int check_listen_tcp(const char *value, char *why, size_t whylen)
 {
     return value[0] ? check_listen(value, why, whylen) : 0;
 }

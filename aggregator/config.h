@@ -104,6 +104,10 @@ typedef struct {
     /* a root: the devices that are relays (may send a partial sum) */
     char relays[1024];                  /* comma-separated device ids; empty: none */
     long relay_max_samples;             /* the sample count one partial may state */
+    /* CoAP over TLS/TCP (RFC 8323) beside DTLS (docs/PROTOCOL.md "Transports") */
+    char listen_tcp[128];               /* host:port; empty: none */
+    double tcp_handshake_timeout_s;     /* accepted to CSM done, at most */
+    long tcp_max_connections;           /* 0: devices + 16 */
 } fedge_agg_config;
 
 void fedge_agg_config_defaults(fedge_agg_config *c);

@@ -41,6 +41,7 @@ typedef struct {
     int help;
     int version;                        /* --version: print it and exit */
     int no_observe;                     /* poll /round; no CoAP Observe */
+    int tcp;                            /* --transport tcp: CoAP over TLS/TCP (RFC 8323) */
 } fedge_edge_config;
 
 void fedge_edge_config_defaults(fedge_edge_config *cfg);
