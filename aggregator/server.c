@@ -886,7 +886,7 @@ static void reply_continue(coap_pdu_t *response, const coap_block_b_t *blk)
     coap_pdu_set_code(response, COAP_RESPONSE_CODE(231));
     if (!coap_check_option(response, COAP_OPTION_BLOCK1, &it)) {
         uint8_t buf[4];
-        unsigned v = (blk->num << 4) | (1u << 3) | (blk->bert ? 7u : blk->szx);
+        unsigned v = (blk->num << 4) | (1u << 3) | blk->szx;
         coap_add_option(response, COAP_OPTION_BLOCK1, coap_encode_var_safe(buf, sizeof buf, v), buf);
     }
 }
@@ -959,7 +959,10 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
             set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "empty body");
             return;
         }
-        /* one datagram: bounded by the transport */
+        /* one datagram (bounded by the transport), or over TCP a body that
+         * libcoap 4.3.1 reassembled from BERT blocks itself (block.c passes
+         * BERT bodies whole: upload.c's limits do not apply; ingest's
+         * max_update_bytes does) */
         if (g_server->pool)
             submit_pooled(session, request, id, data, len, NULL, response);
         else
@@ -981,7 +984,6 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
         .size1 = size1 ? coap_decode_var_bytes8(coap_opt_value(size1), coap_opt_length(size1)) : 0,
         .data = data,
         .len = data ? len : 0,
-        .bert = blk.bert,
     };
     fedge_upload_result res;
     if (fedge_uploads_block(g_server->uploads, &b, mono_now(), &res) != FEDGE_OK) {

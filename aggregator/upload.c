@@ -248,12 +248,10 @@ static int next_block(fedge_uploads *u, const fedge_upload_block *b, double now,
     }
     /* A client may keep several blocks in flight (the edge does): a middle
      * block up to AHEAD_BLOCKS past the contiguous prefix is kept; the last
-     * block must find every block before it received. A BERT block comes in
-     * order: it continues the prefix, with nothing held ahead of it. */
+     * block must find every block before it received. */
     size_t k = 0;
     if (b->block_size != t->block || b->offset < t->len || (b->offset - t->len) % t->block != 0 ||
-        (k = (b->offset - t->len) / t->block) >= AHEAD_BLOCKS || (!b->more && k != 0) ||
-        (b->bert && (k != 0 || t->ahead != 0))) {
+        (k = (b->offset - t->len) / t->block) >= AHEAD_BLOCKS || (!b->more && k != 0)) {
         remove_at(u, (size_t)i);
         u->st.incomplete++;
         verdict(r, FEDGE_UPLOAD_INCOMPLETE,
@@ -287,11 +285,6 @@ static int next_block(fedge_uploads *u, const fedge_upload_block *b, double now,
     }
     memcpy(t->buf + b->offset, b->data, b->len);
     t->last = now;
-    if (b->more && b->bert) {
-        t->len = end;
-        r->verdict = FEDGE_UPLOAD_CONTINUE;
-        return FEDGE_OK;
-    }
     if (b->more) {
         t->ahead |= (uint64_t)1 << k;
         while (t->ahead & 1) { /* the prefix grows over what has arrived */
@@ -336,12 +329,12 @@ int fedge_uploads_block(fedge_uploads *u, const fedge_upload_block *b, double no
                    (unsigned long long)size, max);
         return FEDGE_OK;
     }
-    if (b->more && (b->bert ? b->len == 0 || b->len % b->block_size != 0 : b->len != b->block_size)) {
+    if (b->more && b->len != b->block_size) {
         if (b->offset != 0 && (i = find(u, b->key)) >= 0)
             remove_at(u, (size_t)i);
         u->st.refused_bad++;
-        verdict(r, FEDGE_UPLOAD_BAD, "%sblock of %zu bytes before the last; expected %s%zu",
-                b->bert ? "BERT " : "", b->len, b->bert ? "a positive multiple of " : "", b->block_size);
+        verdict(r, FEDGE_UPLOAD_BAD, "block of %zu bytes before the last; expected %zu", b->len,
+                b->block_size);
         return FEDGE_OK;
     }
     if (b->offset == 0)

@@ -13,8 +13,6 @@
  * arrive out of order (a client keeps several in flight): a middle block up
  * to 64 blocks past the contiguous prefix is kept, a repeated one is
  * harmless; the last block must find every block before it (else 4.08).
- * BERT blocks (several 1024-byte blocks in one message, CoAP over TCP) must
- * continue the contiguous prefix exactly (else 4.08).
  * fedge_uploads_expire frees transfers idle longer than idle_timeout_s;
  * fedge_uploads_drop frees a closed session's.
  * Memory held is bounded by budget_bytes + max_total small records.
@@ -61,9 +59,6 @@ typedef struct {
     uint64_t size1;         /* declared body size (Size1), when has_size1 */
     const uint8_t *data;
     size_t len;
-    int bert;               /* a BERT block (RFC 8323 6, CoAP over TCP): block_size is 1024
-                               and a block before the last is any positive multiple of it;
-                               a transfer's BERT blocks arrive in order (TCP) */
 } fedge_upload_block;
 
 typedef struct {

@@ -3,8 +3,7 @@
  * per-device, total and memory caps refuse new transfers with a retry time
  * unless an idle transfer can give way; idle and closed transfers are freed; lost, repeated and malformed blocks
  * get the right verdict; buffers grow with the bytes received, not with
- * what a client declares; BERT blocks (RFC 8323, several 1024-byte blocks
- * in one message) reassemble in order and keep the same limits. */
+ * what a client declares. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -349,47 +348,6 @@ static void test_lost_repeated_and_bad_blocks(void **state)
     fedge_uploads_free(u);
 }
 
-/* A BERT block of len bytes at byte off of a total-byte body. */
-static fedge_upload_verdict send_bert(fedge_uploads *u, const void *key, size_t off, size_t len, size_t total,
-                                      double now, fedge_upload_result *r)
-{
-    fedge_upload_block b = {
-        .key = key, .device = "dev-1", .offset = off, .block_size = BS, .more = off + len < total,
-        .has_size1 = off == 0, .size1 = total, .data = pattern + off, .len = len, .bert = 1,
-    };
-    assert_int_equal(fedge_uploads_block(u, &b, now, r), FEDGE_OK);
-    return r->verdict;
-}
-
-static void test_bert_blocks(void **state)
-{
-    (void)state;
-    fedge_upload_limits l = limits();
-    fedge_uploads *u = make(&l);
-    fedge_upload_result r;
-    size_t total = 9 * BS + 77;
-    /* 4 + 3 blocks, then the last 2 blocks and a partial one */
-    assert_int_equal(send_bert(u, &k1, 0, 4 * BS, total, 0, &r), FEDGE_UPLOAD_CONTINUE);
-    assert_int_equal(send_bert(u, &k1, 4 * BS, 3 * BS, total, 1, &r), FEDGE_UPLOAD_CONTINUE);
-    assert_int_equal(send_bert(u, &k1, 7 * BS, total - 7 * BS, total, 2, &r), FEDGE_UPLOAD_COMPLETE);
-    assert_int_equal(r.body_len, total);
-    assert_memory_equal(r.body, pattern, total);
-    free(r.body);
-
-    /* a gap, a block that is not a multiple of 1024, a body over the limit */
-    assert_int_equal(send_bert(u, &k1, 0, 2 * BS, total, 3, &r), FEDGE_UPLOAD_CONTINUE);
-    assert_int_equal(send_bert(u, &k1, 3 * BS, 2 * BS, total, 4, &r), FEDGE_UPLOAD_INCOMPLETE);
-    assert_int_equal(stats(u).partial, 0);
-    assert_int_equal(send_bert(u, &k1, 0, 2 * BS + 1, total, 5, &r), FEDGE_UPLOAD_BAD);
-    assert_int_equal(send_bert(u, &k1, 0, 4 * BS, 11 * BS, 6, &r), FEDGE_UPLOAD_TOO_LARGE);
-    assert_int_equal(send_bert(u, &k1, 0, 8 * BS, 10 * BS, 7, &r), FEDGE_UPLOAD_CONTINUE);
-    assert_int_equal(send_bert(u, &k1, 8 * BS, 4 * BS, 10 * BS, 8, &r), FEDGE_UPLOAD_TOO_LARGE);
-    fedge_upload_stats s = stats(u);
-    assert_int_equal(s.partial, 0);
-    assert_int_equal(s.held_bytes, 0);
-    fedge_uploads_free(u);
-}
-
 static void test_bad_limits(void **state)
 {
     (void)state;
@@ -428,7 +386,6 @@ int main(void)
         cmocka_unit_test(test_idle_transfers_expire),
         cmocka_unit_test(test_lost_repeated_and_bad_blocks),
         cmocka_unit_test(test_bad_limits),
-        cmocka_unit_test(test_bert_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

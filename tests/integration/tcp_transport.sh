@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# CoAP over TLS/TCP (RFC 8323) beside DTLS on one aggregator (listen_tcp):
+#  - hostile peers first: 12 TCP connections that never start TLS (past
+#    tcp_max_connections: closed; the others past tcp_handshake_timeout_s),
+#    and an
+#    authenticated peer whose message header announces 1 MB (over the CSM
+#    Max-Message-Size) and stops half-way: each is closed, the daemon keeps
+#    serving and nothing is stored;
+#  - Debian's coap-client over coaps+tcp with the device PSK: GET /status,
+#    GET /model (Block2, byte-identical), POST junk (4.00) and an oversized
+#    body (BERT Block1 blocks, 4.13);
+#  - an edge asked to use TCP where nothing listens on TCP fails clearly;
+#  - a round: two edges over TCP (fp32: BERT blocks; int8) and one over
+#    DTLS, accepted and logged alike.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+. tests/lib/fed.sh
+
+command -v coap-client-openssl >/dev/null || fed_fail "coap-client-openssl (libcoap3-bin) is not installed"
+command -v openssl >/dev/null || fed_fail "openssl is not installed"
+fed_setup 3
+FED_PORT=$(fed_free_port)
+tcp_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+TCP_PORT=$(tcp_free_port)
+"$BIN/fedge-partition" --data fashion-mnist --clients 3 --kind iid --seed 5 \
+    --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
+fed_start_aggregator --model-spec mlp:784-64-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
+    --round-timeout-s 60 --start-delay-s 0.5 --linger-s 1 --listen-tcp "127.0.0.1:$TCP_PORT" \
+    --tcp-max-connections 4 --tcp-handshake-timeout-s 1
+fed_wait_for "grep -q 'round 1 open' '$FED_DIR/agg.log'" 20
+psk=$("$BIN/fedge-keygen" psk --keys "$FED_DIR/keys" --id dev-001) || fed_fail "keygen psk"
+url="coaps+tcp://127.0.0.1:$TCP_PORT"
+state() { fed_sql "SELECT (SELECT count(*) FROM updates), (SELECT count(*) FROM audit), (SELECT sum(last_counter) FROM devices)"; }
+status() { timeout 10 coap-client-openssl -u dev-001 -k "$psk" "$url/status" 2>&1; }
+tcp_stat() { status | python3 -c "import json,sys; print(json.load(sys.stdin)['tcp']['$1'])"; }
+before=$(state)
+
+# an authenticated peer: CSM, then a message announcing 1 MB, 3000 bytes, silence
+hex=$(printf %s "$psk" | od -An -tx1 | tr -d ' \n')
+(printf '\x00\xe1'; sleep 0.3; printf '\xf0\x00\x0e\x41\x33\x02'; head -c 3000 /dev/zero; sleep 6) |
+    timeout 10 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-001 -psk "$hex" \
+        -tls1_2 -quiet >"$FED_DIR/big.out" 2>&1 &
+big_pid=$!
+for ((i = 0; i < 40; i++)); do kill -0 "$big_pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$big_pid" 2>/dev/null && fed_fail "the server kept the connection of an oversized message open"
+wait "$big_pid"
+grep -q "pdu too big" "$FED_DIR/agg.log" || fed_fail "oversized message not refused"
+kill -0 "$FED_AGG_PID" || fed_fail "aggregator died"
+
+# 12 connections that send nothing (the kernel hands them over a few at a
+# time: libcoap listens with a backlog of 5): at most 4 held, the others
+# closed at once, the held ones after 1 s
+python3 - "$TCP_PORT" <<'EOF' || fed_fail "stalling client"
+import socket, sys, time
+conns = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(12)]
+time.sleep(3)
+closed = 0
+for c in conns[:4]:
+    c.settimeout(0.2)
+    try:
+        closed += c.recv(1) == b""
+    except ConnectionResetError:
+        closed += 1
+    except socket.timeout:
+        pass
+sys.exit(0 if closed == 4 else f"{closed} of the first 4 stalled connections closed by the server")
+EOF
+[ "$(tcp_stat refused)" -ge 2 ] || fed_fail "connections past tcp_max_connections should be refused: $(status)"
+[ "$(tcp_stat timed_out)" -ge 4 ] || fed_fail "stalled handshakes should time out: $(status)"
+grep -q "no TLS handshake and CSM within 1.0 s" "$FED_DIR/agg.log" || fed_fail "handshake timeout not logged"
+
+# coap-client (libcoap + OpenSSL) over coaps+tcp
+out=$(status)
+echo "$out" | python3 -m json.tool >/dev/null || fed_fail "GET /status over TCP: $out"
+timeout 20 coap-client-openssl -u dev-001 -k "$psk" -o "$FED_DIR/model.bin" "$url/model" >/dev/null 2>&1 ||
+    fed_fail "GET /model over TCP"
+cmp -s "$FED_DIR/model.bin" "$FED_DIR/models/$(fed_sql "SELECT path FROM models")" ||
+    fed_fail "/model over TCP differs from the model file"
+head -c 3000 /dev/urandom >"$FED_DIR/junk.bin"
+out=$(timeout 20 coap-client-openssl -m post -u dev-001 -k "$psk" -f "$FED_DIR/junk.bin" "$url/update" 2>&1)
+echo "$out" | grep -q "^4.00" || fed_fail "junk update over TCP: expected 4.00, got: $out"
+head -c 400000 /dev/zero >"$FED_DIR/huge.bin"
+out=$(timeout 20 coap-client-openssl -m post -u dev-001 -k "$psk" -f "$FED_DIR/huge.bin" "$url/update" 2>&1)
+echo "$out" | grep -q "^4.13" || fed_fail "oversized update over TCP (BERT): expected 4.13, got: $out"
+[ "$(state)" = "$before" ] || fed_fail "hostile and malformed requests changed the database: $before -> $(state)"
+
+# an edge told to use TCP where nothing listens on TCP
+out=$(timeout 20 "$BIN/fedge-edge" --server "127.0.0.1:$(tcp_free_port)" --transport tcp --id dev-003 \
+    --keys "$(fed_edge_keys dev-003)" --shard "$FED_DIR/shards/shard-002.bin" --max-retries 0 2>&1)
+[ $? -ne 0 ] || fed_fail "an edge without a TCP listener should fail"
+echo "$out" | grep -q "listen_tcp" || fed_fail "no clear reason for the missing TCP listener: $out"
+
+# a round over both transports
+fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin" --encoding fp32 --transport tcp \
+    --server "127.0.0.1:$TCP_PORT"
+fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin" --encoding int8 --transport tcp \
+    --server "127.0.0.1:$TCP_PORT"
+fed_start_edge dev-003 "$FED_DIR/shards/shard-002.bin" --encoding int8
+fed_wait_run 60 || fed_fail "aggregator exited with an error"
+[ "$(fed_sql "SELECT count(*) FROM updates WHERE decision='accepted' AND round=1")" = 3 ] ||
+    fed_fail "3 accepted updates expected: $(fed_sql "SELECT device, decision, reason FROM updates")"
+[ "$(fed_sql "SELECT group_concat(device || ':' || encoding || ':' || bytes, ' ') FROM (SELECT * FROM updates ORDER BY device)")" = \
+    "dev-001:fp32:203700 dev-002:int8:51826 dev-003:int8:51826" ] ||
+    fed_fail "updates logged: $(fed_sql "SELECT device, encoding, bytes FROM updates")"
+[ "$(fed_sql "SELECT status FROM rounds WHERE id=1")" = closed ] || fed_fail "round 1 not closed"
+grep -q "CoAP over TLS/TCP" "$FED_DIR/edge-dev-001.log" || fed_fail "edge did not use TCP"
+"$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" verify >/dev/null ||
+    fed_fail "audit verify"
+echo ok
