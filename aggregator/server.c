@@ -1133,9 +1133,10 @@ static const coap_bin_const_t *psk_for_identity(coap_bin_const_t *identity, coap
 #define RCVBUF_MAX ((size_t)64 << 20)
 #define HANDSHAKES_MAX ((size_t)1024)
 
-/* libcoap 4.3.1 does not expose an endpoint's socket: find the UDP socket
- * bound to the listening port among our descriptors. */
-static int find_udp_socket(const struct sockaddr *bound)
+/* libcoap 4.3.1 does not expose an endpoint's socket: find the socket of
+ * type (SOCK_DGRAM, or SOCK_STREAM: a listening one) bound to the listening
+ * port among our descriptors. */
+static int find_socket(const struct sockaddr *bound, int want_type)
 {
     int found = -1;
     DIR *d = opendir("/proc/self/fd");
@@ -1152,7 +1153,11 @@ static int find_udp_socket(const struct sockaddr *bound)
         socklen_t tl = sizeof type;
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
-        if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_DGRAM ||
+        int acc = 0;
+        socklen_t al = sizeof acc;
+        if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != want_type ||
+            (want_type == SOCK_STREAM &&
+             (getsockopt((int)fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) != 0 || !acc)) ||
             getsockname((int)fd, (struct sockaddr *)&ss, &sl) != 0 || ss.ss_family != bound->sa_family)
             continue;
         uint16_t port = ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
@@ -1169,7 +1174,7 @@ static void size_receive_buffer(fedge_server *s, const struct sockaddr *bound)
     const fedge_aggregator *a = s->agg;
     int cur = 0;
     socklen_t len = sizeof cur;
-    s->udp_fd = find_udp_socket(bound);
+    s->udp_fd = find_socket(bound, SOCK_DGRAM);
     if (s->udp_fd < 0 || getsockopt(s->udp_fd, SOL_SOCKET, SO_RCVBUF, &cur, &len) != 0) {
         FEDGE_WARN("cannot find the listening socket; its receive buffer keeps the kernel default");
         s->udp_fd = -1;
@@ -1212,6 +1217,7 @@ static void size_receive_buffer(fedge_server *s, const struct sockaddr *bound)
  * send (libcoap closes the connection of a larger one) and sets the BERT
  * block a client sends: 64 KiB. */
 #define TCP_MAX_MESSAGE ((uint32_t)(64 * 1024 + 1024))
+#define TCP_BACKLOG_MAX 4096
 
 static int listen_tcp(fedge_server *s, char *err, size_t errlen)
 {
@@ -1239,6 +1245,13 @@ static int listen_tcp(fedge_server *s, char *err, size_t errlen)
         return FEDGE_ERR_IO;
     }
     s->tcp_max = c->tcp_max_connections > 0 ? (size_t)c->tcp_max_connections : s->agg->keys.n + 16;
+    /* libcoap listens with a backlog of 5: a reconnect burst would wait for
+     * the kernel's SYN-ACK retries (1, 3, 7 s ...); listen() again sets it */
+    int lfd = find_socket((const struct sockaddr *)&ss, SOCK_STREAM);
+    int backlog = s->tcp_max < TCP_BACKLOG_MAX ? (int)s->tcp_max : TCP_BACKLOG_MAX;
+    if (lfd < 0 || listen(lfd, backlog) != 0)
+        FEDGE_WARN("cannot raise the TCP listen backlog (%s): a burst of connections is accepted 5 at a time",
+                   lfd < 0 ? "listening socket not found" : strerror(errno));
     s->tcp_handshake_s = c->tcp_handshake_timeout_s;
     FEDGE_INFO("listening on TCP %s (%s), at most %zu connections, %.1f s to finish a handshake",
                c->listen_tcp, c->insecure ? "plain CoAP over TCP, INSECURE" : "CoAP over TLS-PSK",
