@@ -55,6 +55,7 @@ PACKAGES=(build-essential pkg-config autoconf automake libtool dpkg-dev patch
           libcoap3-bin time python3 bc libfaketime clang libclang-rt-14-dev
           libprotobuf-c-dev protobuf-c-compiler python3-cryptography)
 PACKAGES+=(valgrind) # massif: the heap peak of an edge round (tests/integration/edge_memory.sh)
+PACKAGES+=(openssl) # openssl s_client: the TLS-PSK peer of tests/integration/tcp_transport.sh
 if [ -n "$CROSS" ]; then
     case "$CROSS" in
         aarch64-linux-gnu) arch=arm64 ;;

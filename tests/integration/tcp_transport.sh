@@ -10,15 +10,17 @@
 #    GET /model (Block2, byte-identical), POST junk (4.00) and an oversized
 #    body (BERT Block1 blocks, 4.13);
 #  - an edge asked to use TCP where nothing listens on TCP fails clearly;
-#  - a round: two edges over TCP (fp32: BERT blocks; int8) and one over
-#    DTLS, accepted and logged alike.
+#  - a round: two devices' updates from bench-ingest_rate over TCP (libcoap's
+#    BERT client), each sent again and answered 2.04 as a duplicate; two
+#    edges over TCP (fp32, int8: BERT blocks) and one over DTLS, all
+#    accepted and logged alike.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
 
 command -v coap-client-openssl >/dev/null || fed_fail "coap-client-openssl (libcoap3-bin) is not installed"
 command -v openssl >/dev/null || fed_fail "openssl is not installed"
-fed_setup 3
+fed_setup 5
 FED_PORT=$(fed_free_port)
 tcp_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -55,7 +57,7 @@ kill -0 "$FED_AGG_PID" || fed_fail "aggregator died"
 python3 - "$TCP_PORT" <<'EOF' || fed_fail "stalling client"
 import socket, sys, time
 conns = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(12)]
-time.sleep(3)
+time.sleep(2)
 closed = 0
 for c in conns[:4]:
     c.settimeout(0.2)
@@ -87,25 +89,33 @@ echo "$out" | grep -q "^4.13" || fed_fail "oversized update over TCP (BERT): exp
 [ "$(state)" = "$before" ] || fed_fail "hostile and malformed requests changed the database: $before -> $(state)"
 
 # an edge told to use TCP where nothing listens on TCP
-out=$(timeout 20 "$BIN/fedge-edge" --server "127.0.0.1:$(tcp_free_port)" --transport tcp --id dev-003 \
-    --keys "$(fed_edge_keys dev-003)" --shard "$FED_DIR/shards/shard-002.bin" --max-retries 0 2>&1)
+out=$(timeout 20 "$BIN/fedge-edge" --server "127.0.0.1:$(tcp_free_port)" --transport tcp --id dev-005 \
+    --keys "$(fed_edge_keys dev-005)" --shard "$FED_DIR/shards/shard-002.bin" --max-retries 0 2>&1)
 [ $? -ne 0 ] || fed_fail "an edge without a TCP listener should fail"
 echo "$out" | grep -q "listen_tcp" || fed_fail "no clear reason for the missing TCP listener: $out"
 
-# a round over both transports
-fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin" --encoding fp32 --transport tcp \
+# a round over both transports; the separate answer after the commit and
+# the duplicate answer as over DTLS
+DRIVER="$BIN/bench-ingest_rate"
+[ -x "$DRIVER" ] || DRIVER=build/native/bin/bench-ingest_rate # an ASan build has no bench programs
+"$DRIVER" --server "127.0.0.1:$TCP_PORT" --transport tcp --keys "$FED_DIR/keys" --n 2 --resend 1 --raw 0 \
+    --timeout-s 30 >"$FED_DIR/driver.log" 2>&1 || { cat "$FED_DIR/driver.log" >&2; fed_fail "bench-ingest_rate over TCP"; }
+grep -q "^resend   2 of 2 answered 2.04 as duplicates" "$FED_DIR/driver.log" ||
+    fed_fail "resends over TCP not answered as duplicates: $(cat "$FED_DIR/driver.log")"
+fed_start_edge dev-003 "$FED_DIR/shards/shard-000.bin" --encoding fp32 --transport tcp \
     --server "127.0.0.1:$TCP_PORT"
-fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin" --encoding int8 --transport tcp \
+fed_start_edge dev-004 "$FED_DIR/shards/shard-001.bin" --encoding int8 --transport tcp \
     --server "127.0.0.1:$TCP_PORT"
-fed_start_edge dev-003 "$FED_DIR/shards/shard-002.bin" --encoding int8
+fed_start_edge dev-005 "$FED_DIR/shards/shard-002.bin" --encoding int8
 fed_wait_run 60 || fed_fail "aggregator exited with an error"
-[ "$(fed_sql "SELECT count(*) FROM updates WHERE decision='accepted' AND round=1")" = 3 ] ||
-    fed_fail "3 accepted updates expected: $(fed_sql "SELECT device, decision, reason FROM updates")"
-[ "$(fed_sql "SELECT group_concat(device || ':' || encoding || ':' || bytes, ' ') FROM (SELECT * FROM updates ORDER BY device)")" = \
-    "dev-001:fp32:203700 dev-002:int8:51826 dev-003:int8:51826" ] ||
+[ "$(fed_sql "SELECT count(*) FROM updates WHERE decision='accepted' AND round=1")" = 5 ] ||
+    fed_fail "5 accepted updates expected: $(fed_sql "SELECT device, decision, reason FROM updates")"
+[ "$(fed_sql "SELECT count(*) FROM updates")" = 5 ] || fed_fail "one row per device expected"
+[ "$(fed_sql "SELECT group_concat(device || ':' || encoding || ':' || bytes, ' ') FROM (SELECT * FROM updates WHERE device > 'dev-002' ORDER BY device)")" = \
+    "dev-003:fp32:203700 dev-004:int8:51826 dev-005:int8:51826" ] ||
     fed_fail "updates logged: $(fed_sql "SELECT device, encoding, bytes FROM updates")"
 [ "$(fed_sql "SELECT status FROM rounds WHERE id=1")" = closed ] || fed_fail "round 1 not closed"
-grep -q "CoAP over TLS/TCP" "$FED_DIR/edge-dev-001.log" || fed_fail "edge did not use TCP"
+grep -q "CoAP over TLS/TCP" "$FED_DIR/edge-dev-003.log" || fed_fail "edge did not use TCP"
 "$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" verify >/dev/null ||
     fed_fail "audit verify"
 echo ok

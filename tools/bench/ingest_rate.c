@@ -3,7 +3,7 @@
  * same run.
  *
  *   bench-ingest_rate --server HOST:PORT --keys KEYS_FILE [--n N] [--timeout-s S]
- *                     [--status 0|1] [--transport dtls|tcp]
+ *                     [--status 0|1] [--transport dtls|tcp] [--raw 0|1]
  *
  * The first N devices of the keys file each open a DTLS-PSK session (--transport
  * tcp: CoAP over TLS-PSK/TCP, RFC 8323, to the aggregator's listen_tcp) and ask
@@ -194,7 +194,7 @@ static double rate_of(open_fn fn, const fedge_device_key *keys, size_t n, const 
 int main(int argc, char **argv)
 {
     const char *server = NULL, *keys_path = NULL;
-    long n = 100, timeout_s = 120, want_status = 0, resend = 0;
+    long n = 100, timeout_s = 120, want_status = 0, resend = 0, want_raw = 1;
     const char *answers_path = NULL, *transport = "dtls";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--server")) server = argv[i + 1];
@@ -205,12 +205,14 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--resend")) resend = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--answers")) answers_path = argv[i + 1];
         else if (!strcmp(argv[i], "--transport")) transport = argv[i + 1];
+        else if (!strcmp(argv[i], "--raw")) want_raw = atol(argv[i + 1]);
         else break;
     }
     int tcp = !strcmp(transport, "tcp");
     if (!server || !keys_path || n <= 0 || timeout_s <= 0 || argc % 2 == 0 || (!tcp && strcmp(transport, "dtls"))) {
         fprintf(stderr, "usage: bench-ingest_rate --server HOST:PORT --keys KEYS_FILE [--n N] [--timeout-s S]"
-                        " [--status 0|1] [--resend 0|1] [--answers FILE] [--transport dtls|tcp]\n");
+                        " [--status 0|1] [--resend 0|1] [--answers FILE] [--transport dtls|tcp]"
+                        " [--raw 0|1]\n");
         return 2;
     }
     fedge_keys keys;
@@ -307,8 +309,8 @@ int main(int argc, char **argv)
     double raw[2][2];
     const char *backend[2] = {"mbedtls", "openssl"};
     for (int b = 0; b < 2; b++) {
-        if (b == 1 && fedge_crypto_use_openssl() != FEDGE_OK) {
-            raw[1][0] = raw[1][1] = 0;
+        if (!want_raw || (b == 1 && fedge_crypto_use_openssl() != FEDGE_OK)) {
+            raw[b][0] = raw[b][1] = 0;
             continue;
         }
         raw[b][0] = rate_of(open_aead, env, probe, &exp, scratch, delta);
