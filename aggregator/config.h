@@ -108,6 +108,7 @@ typedef struct {
     char listen_tcp[128];               /* host:port; empty: none */
     double tcp_handshake_timeout_s;     /* accepted to CSM done, at most */
     long tcp_max_connections;           /* 0: devices + 16 */
+    long db_page_size;                  /* a new log's SQLite page size (0: SQLite's) */
 } fedge_agg_config;
 
 void fedge_agg_config_defaults(fedge_agg_config *c);

@@ -7,8 +7,7 @@
  * also appends to the hash chain in `audit` (policy/audit.h) inside the same
  * transaction.
  *
- * Schema (schema_version 2; created with auto_vacuum = INCREMENTAL and
- * page_size = FEDGE_STORE_PAGE_SIZE):
+ * Schema (schema_version 2; created with auto_vacuum = INCREMENTAL):
  *   meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)
  *       keys: fedge_schema ('2'), model_spec, created_at,
  *       run_id (32 hex digits, random, made once: every update is sealed
@@ -64,10 +63,6 @@
 #include <stdint.h>
 
 #define FEDGE_SCHEMA_VERSION "2"
-/* Page size of a new log: an int8 update's delta (~158 KiB for
- * mlp:784-200-10) spans 3 overflow pages instead of 40 of SQLite's default
- * 4 KiB. A log created before keeps its own page size. */
-#define FEDGE_STORE_PAGE_SIZE "65536"
 
 /* Opens (creating if absent) the database at path, sets WAL, foreign keys,
  * busy timeout, and creates the schema. A file that exists but is not a
@@ -77,6 +72,17 @@
  * (fedge_retention_migrate_v1) when opened read-write, refused read-only
  * with FEDGE_ERR_SCHEMA_OLD. */
 int fedge_store_open_db(const char *path, int read_only, sqlite3 **db);
+
+/* The same, read-write, for the aggregator's log: a new log gets
+ * page_size-byte pages (0: SQLite's default, 4096; else a power of two in
+ * 512..65536, else FEDGE_ERR_INVALID_ARG); an existing log keeps its own
+ * (SQLite fixes it with the first write). Larger pages hold an update's
+ * delta in fewer overflow pages (faster group commits) but every commit
+ * writes whole pages to the WAL and each table takes at least one
+ * (docs/BENCHMARKS.md). Both opens checkpoint the WAL every ~4 MB of pages. */
+int fedge_store_open_db_paged(const char *path, long page_size, sqlite3 **db);
+/* 1 when page_size is 0 or a power of two in 512..65536. */
+int fedge_store_page_size_valid(long page_size);
 
 #define FEDGE_STORE_RUN_ID_LEN 16
 /* The log's run id (meta 'run_id'), created at random on first use. */

@@ -1,7 +1,9 @@
-/* The SQLite log's page size (aggregator/store.h): a new log is created
- * with FEDGE_STORE_PAGE_SIZE-byte pages; a log whose page size was fixed
- * before (an older log: SQLite's default 4 KiB) keeps it, opens read-write
- * and read-only, and takes an update-sized blob. */
+/* The SQLite log's page size (aggregator/store.h, the aggregator's
+ * db_page_size): a new log opened with fedge_store_open_db_paged gets the
+ * page size asked for, a plain open SQLite's 4 KiB; a log whose page size
+ * was fixed before (an older log: 4 KiB) keeps it, opens read-write and
+ * read-only, and takes an update-sized blob; a bad page size is refused
+ * before any file is made. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -90,15 +92,32 @@ static void test_new_log_gets_large_pages(void **state)
 {
     fixture *f = *state;
     sqlite3 *db = NULL;
-    assert_int_equal(fedge_store_open_db(f->path, 0, &db), FEDGE_OK);
-    assert_int_equal(page_size(db), atoi(FEDGE_STORE_PAGE_SIZE));
+    assert_int_equal(fedge_store_open_db_paged(f->path, 65536, &db), FEDGE_OK);
+    assert_int_equal(page_size(db), 65536);
     int64_t av = -1;
     assert_int_equal(fedge_store_query_int64(db, &av, NULL, "PRAGMA auto_vacuum", ""), FEDGE_OK);
     assert_int_equal(av, 2); /* INCREMENTAL, as before */
     blob_round_trip(db, 1);
     sqlite3_close_v2(db);
     assert_int_equal(fedge_store_open_db(f->path, 1, &db), FEDGE_OK);
-    assert_int_equal(page_size(db), atoi(FEDGE_STORE_PAGE_SIZE));
+    assert_int_equal(page_size(db), 65536);
+    sqlite3_close_v2(db);
+}
+
+static void test_default_and_bad_page_sizes(void **state)
+{
+    fixture *f = *state;
+    sqlite3 *db = NULL;
+    static const long bad[] = {-1, 256, 1000, 131072};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_false(fedge_store_page_size_valid(bad[i]));
+        assert_int_equal(fedge_store_open_db_paged(f->path, bad[i], &db), FEDGE_ERR_INVALID_ARG);
+        assert_null(db);
+        assert_int_equal(access(f->path, F_OK), -1);
+    }
+    assert_int_equal(fedge_store_open_db_paged(f->path, 0, &db), FEDGE_OK);
+    assert_int_equal(page_size(db), 4096);
+    blob_round_trip(db, 1);
     sqlite3_close_v2(db);
 }
 
@@ -110,12 +129,12 @@ static void test_old_log_keeps_its_pages(void **state)
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "PRAGMA page_size=4096; PRAGMA user_version=1", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
-    assert_int_equal(fedge_store_open_db(f->path, 0, &db), FEDGE_OK);
+    assert_int_equal(fedge_store_open_db_paged(f->path, 65536, &db), FEDGE_OK);
     assert_int_equal(page_size(db), 4096);
     blob_round_trip(db, 1);
     sqlite3_close_v2(db);
     /* reopened as the existing fedge log it now is */
-    assert_int_equal(fedge_store_open_db(f->path, 0, &db), FEDGE_OK);
+    assert_int_equal(fedge_store_open_db_paged(f->path, 65536, &db), FEDGE_OK);
     assert_int_equal(page_size(db), 4096);
     blob_round_trip(db, 2);
     int64_t n = 0;
@@ -132,6 +151,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_new_log_gets_large_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_old_log_keeps_its_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_default_and_bad_page_sizes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
