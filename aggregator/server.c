@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -1218,6 +1219,7 @@ static void size_receive_buffer(fedge_server *s, const struct sockaddr *bound)
  * block a client sends: 64 KiB. */
 #define TCP_MAX_MESSAGE ((uint32_t)(64 * 1024 + 1024))
 #define TCP_BACKLOG_MAX 4096
+#define TCP_FD_RESERVE 64 /* descriptors kept for everything but TCP connections */
 
 static int listen_tcp(fedge_server *s, char *err, size_t errlen)
 {
@@ -1245,6 +1247,21 @@ static int listen_tcp(fedge_server *s, char *err, size_t errlen)
         return FEDGE_ERR_IO;
     }
     s->tcp_max = c->tcp_max_connections > 0 ? (size_t)c->tcp_max_connections : s->agg->keys.n + 16;
+    /* each connection holds a descriptor: past RLIMIT_NOFILE accept() fails
+     * and so would the log's and the model store's files */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        (rlim_t)s->tcp_max + TCP_FD_RESERVE > rl.rlim_cur) {
+        rlim_t want = (rlim_t)s->tcp_max + TCP_FD_RESERVE;
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || want < rl.rlim_max ? want : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || getrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = TCP_FD_RESERVE * 2;
+        if ((rlim_t)s->tcp_max + TCP_FD_RESERVE > rl.rlim_cur) {
+            s->tcp_max = (size_t)(rl.rlim_cur - TCP_FD_RESERVE);
+            FEDGE_WARN("TCP connections capped at %zu: %llu file descriptors allowed (RLIMIT_NOFILE)",
+                       s->tcp_max, (unsigned long long)rl.rlim_cur);
+        }
+    }
     /* libcoap listens with a backlog of 5: a reconnect burst would wait for
      * the kernel's SYN-ACK retries (1, 3, 7 s ...); listen() again sets it */
     int lfd = find_socket((const struct sockaddr *)&ss, SOCK_STREAM);

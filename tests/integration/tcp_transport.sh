@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # CoAP over TLS/TCP (RFC 8323) beside DTLS on one aggregator (listen_tcp):
+#  - tcp_max_connections is cut to what RLIMIT_NOFILE allows (a connection
+#    holds a descriptor; the log and the model store need theirs);
 #  - hostile peers first: 12 TCP connections that never start TLS (past
 #    tcp_max_connections: closed; the others past tcp_handshake_timeout_s),
 #    and an
@@ -28,6 +30,19 @@ tcp_free_port() {
 TCP_PORT=$(tcp_free_port)
 "$BIN/fedge-partition" --data fashion-mnist --clients 3 --kind iid --seed 5 \
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
+# with 128 descriptors at most, 1000 connections cannot be held
+(ulimit -Sn 128 && ulimit -Hn 128 && exec "$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" \
+    --db "$FED_DIR/capped.db" --model-dir "$FED_DIR/capped-models" --listen "127.0.0.1:$FED_PORT" \
+    --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --listen-tcp "127.0.0.1:$TCP_PORT" \
+    --tcp-max-connections 1000 >"$FED_DIR/capped.log" 2>&1) &
+capped=$!
+FED_PIDS+=("$capped")
+fed_wait_for "grep -q 'listening on TCP' '$FED_DIR/capped.log'" 20
+grep -q "TCP connections capped at 64: 128 file descriptors allowed" "$FED_DIR/capped.log" ||
+    fed_fail "tcp_max_connections not cut to RLIMIT_NOFILE: $(grep TCP "$FED_DIR/capped.log")"
+kill "$capped"
+wait "$capped" 2>/dev/null
+
 fed_start_aggregator --model-spec mlp:784-64-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
     --round-timeout-s 60 --start-delay-s 0.5 --linger-s 1 --listen-tcp "127.0.0.1:$TCP_PORT" \
     --tcp-max-connections 4 --tcp-handshake-timeout-s 1
