@@ -1254,10 +1254,11 @@ static int listen_tcp(fedge_server *s, char *err, size_t errlen)
         (rlim_t)s->tcp_max + TCP_FD_RESERVE > rl.rlim_cur) {
         rlim_t want = (rlim_t)s->tcp_max + TCP_FD_RESERVE;
         rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || want < rl.rlim_max ? want : rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || getrlimit(RLIMIT_NOFILE, &rl) != 0)
-            rl.rlim_cur = TCP_FD_RESERVE * 2;
+        (void)setrlimit(RLIMIT_NOFILE, &rl); /* the limit read back decides */
+        if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = TCP_FD_RESERVE + 1;
         if ((rlim_t)s->tcp_max + TCP_FD_RESERVE > rl.rlim_cur) {
-            s->tcp_max = (size_t)(rl.rlim_cur - TCP_FD_RESERVE);
+            s->tcp_max = rl.rlim_cur > TCP_FD_RESERVE ? (size_t)(rl.rlim_cur - TCP_FD_RESERVE) : 1;
             FEDGE_WARN("TCP connections capped at %zu: %llu file descriptors allowed (RLIMIT_NOFILE)",
                        s->tcp_max, (unsigned long long)rl.rlim_cur);
         }
