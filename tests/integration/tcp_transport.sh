@@ -38,7 +38,7 @@ TCP_PORT=$(tcp_free_port)
     --tcp-max-connections 1000 >"$FED_DIR/capped.log" 2>&1) &
 capped=$!
 FED_PIDS+=("$capped")
-fed_wait_for "grep -q 'listening on TCP' '$FED_DIR/capped.log'" 20
+fed_wait_for "grep -qs 'listening on TCP' '$FED_DIR/capped.log'" 20
 grep -q "TCP connections capped at 64: 128 file descriptors allowed" "$FED_DIR/capped.log" ||
     fed_fail "tcp_max_connections not cut to RLIMIT_NOFILE: $(grep TCP "$FED_DIR/capped.log")"
 kill "$capped"
