@@ -3,11 +3,11 @@
 #  - tcp_max_connections is cut to what RLIMIT_NOFILE allows (a connection
 #    holds a descriptor; the log and the model store need theirs);
 #  - hostile peers first: 12 TCP connections that never start TLS (past
-#    tcp_max_connections: closed; the others past tcp_handshake_timeout_s),
-#    and an
-#    authenticated peer whose message header announces 1 MB (over the CSM
-#    Max-Message-Size) and stops half-way: each is closed, the daemon keeps
-#    serving and nothing is stored;
+#    tcp_max_connections: closed; the others past tcp_handshake_timeout_s);
+#    an authenticated peer whose message header announces 1 MB (over the
+#    CSM Max-Message-Size): closed at once; one that sends half of a
+#    message and stops: the daemon keeps serving everyone else meanwhile;
+#    nothing is stored;
 #  - Debian's coap-client over coaps+tcp with the device PSK: GET /status,
 #    GET /model (Block2, byte-identical; the GnuTLS build too), POST junk
 #    (4.00) and an oversized body (BERT Block1 blocks, 4.13; the GnuTLS
@@ -47,7 +47,7 @@ wait "$capped" 2>/dev/null
 fed_start_aggregator --model-spec mlp:784-64-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
     --round-timeout-s 60 --start-delay-s 0.5 --linger-s 1 --listen-tcp "127.0.0.1:$TCP_PORT" \
     --tcp-max-connections 4 --tcp-handshake-timeout-s 1
-fed_wait_for "grep -q 'round 1 open' '$FED_DIR/agg.log'" 20
+fed_wait_for "grep -qs 'round 1 open' '$FED_DIR/agg.log'" 20
 psk=$("$BIN/fedge-keygen" psk --keys "$FED_DIR/keys" --id dev-001) || fed_fail "keygen psk"
 url="coaps+tcp://127.0.0.1:$TCP_PORT"
 state() { fed_sql "SELECT (SELECT count(*) FROM updates), (SELECT count(*) FROM audit), (SELECT sum(last_counter) FROM devices)"; }
@@ -57,7 +57,7 @@ before=$(state)
 
 # an authenticated peer: CSM, then a message announcing 1 MB, 3000 bytes, silence
 hex=$(printf %s "$psk" | od -An -tx1 | tr -d ' \n')
-(printf '\x00\xe1'; sleep 0.3; printf '\xf0\x00\x0e\x41\x33\x02'; head -c 3000 /dev/zero; sleep 6) |
+(printf '\x00\xe1'; sleep 0.3; printf '\xf0\x00\x0e\x41\x33\x02'; head -c 3000 /dev/zero; exec sleep 6) 2>/dev/null |
     timeout 10 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-001 -psk "$hex" \
         -tls1_2 -quiet >"$FED_DIR/big.out" 2>&1 &
 big_pid=$!
@@ -89,6 +89,14 @@ EOF
 [ "$(tcp_stat timed_out)" -ge 4 ] || fed_fail "stalled handshakes should time out: $(status)"
 grep -q "no TLS handshake and CSM within 1.0 s" "$FED_DIR/agg.log" || fed_fail "handshake timeout not logged"
 
+# an authenticated peer that sends half of a 5000-byte message and stops:
+# the daemon keeps serving everyone else meanwhile (the requests below)
+(printf '\x00\xe1'; sleep 0.3; printf '\xe0\x12\x7b\x02'; head -c 100 /dev/zero; exec sleep 10) 2>/dev/null |
+    timeout 12 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-001 -psk "$hex" \
+        -tls1_2 -quiet >/dev/null 2>&1 &
+half_pid=$!
+sleep 0.5
+
 # coap-client (libcoap + OpenSSL) over coaps+tcp
 out=$(status)
 echo "$out" | python3 -m json.tool >/dev/null || fed_fail "GET /status over TCP: $out"
@@ -106,6 +114,8 @@ head -c 400000 /dev/zero >"$FED_DIR/huge.bin"
 out=$(timeout 20 coap-client-openssl -m post -u dev-001 -k "$psk" -f "$FED_DIR/huge.bin" "$url/update" 2>&1)
 echo "$out" | grep -q "^4.13" || fed_fail "oversized update over TCP (BERT): expected 4.13, got: $out"
 [ "$(state)" = "$before" ] || fed_fail "hostile and malformed requests changed the database: $before -> $(state)"
+kill -0 "$half_pid" 2>/dev/null || fed_fail "the half-sent message's connection should still be open"
+kill "$half_pid" 2>/dev/null
 
 # an edge told to use TCP where nothing listens on TCP
 out=$(timeout 20 "$BIN/fedge-edge" --server "127.0.0.1:$(tcp_free_port)" --transport tcp --id dev-005 \
