@@ -100,7 +100,7 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
         FAIL(FEDGE_ERR_IO);
     }
     memcpy(a->cfg.model_dir, abs_dir, strlen(abs_dir) + 1);
-    ret = fedge_store_open_db(cfg->db, 0, &a->db);
+    ret = fedge_store_open_db_paged(cfg->db, cfg->db_page_size, &a->db);
     if (ret != FEDGE_OK) {
         snprintf(err, errlen, "database %s: %s", cfg->db, fedge_strerror(ret));
         goto cleanup;

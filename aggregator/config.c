@@ -45,6 +45,7 @@ static int check_mode(const char *value, char *why, size_t whylen);
 static int check_staleness(const char *value, char *why, size_t whylen);
 static int check_upstream(const char *value, char *why, size_t whylen);
 static int check_relays(const char *value, char *why, size_t whylen);
+static int check_listen_tcp(const char *value, char *why, size_t whylen);
 
 #define STR(k, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, NULL}
 #define STRC(k, chk, d, h) {#k, T_STR, offsetof(fedge_agg_config, k), sizeof(((fedge_agg_config *)0)->k), 0, 0, d, h, chk}
@@ -126,6 +127,10 @@ static const field FIELDS[] = {
     STRC(relays, check_relays, "", "root: the device ids (comma-separated) that are relays; only they may send a partial sum (FEDGE_DELTA_FLAG_PARTIAL), others get 4.03 (empty: none may)"),
     LNG(relay_max_samples, 1, 4e9, "100000000", "root: the largest sample count a listed relay's partial may state (a relay's partial is exempt from update.max_samples)"),
     STRC(metrics_listen, check_upstream, "", "TCP HOST:PORT (numeric; e.g. 127.0.0.1:9464) serving Prometheus metrics at /metrics and a health check at /healthz over HTTP (empty: off)"),
+    STRC(listen_tcp, check_listen_tcp, "", "TCP address:port to also serve CoAP over TLS-PSK on (RFC 8323, coaps+tcp; the DTLS keys; BERT blocks), numeric host (empty: no TCP)"),
+    DBL(tcp_handshake_timeout_s, 0.1, 3600, "10", "a TCP connection whose TLS handshake and CSM exchange are not done this long after it was accepted is closed"),
+    LNG(tcp_max_connections, 0, 1e6, "0", "TCP connections held at once; more are closed as they are accepted (0: devices in the keys file + 16)"),
+    LNG(db_page_size, 0, 65536, "0", "SQLite page size of a new log, a power of two 512..65536 (0: SQLite's 4096); 65536 holds an int8 delta in few pages: faster group commits, but more WAL bytes per small commit and a larger small log (docs/BENCHMARKS.md); an existing log keeps its own"),
 };
 
 _Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");
@@ -575,6 +580,11 @@ static int check_upstream(const char *value, char *why, size_t whylen)
     return value[0] ? check_listen(value, why, whylen) : 0;
 }
 
+static int check_listen_tcp(const char *value, char *why, size_t whylen)
+{
+    return value[0] ? check_listen(value, why, whylen) : 0;
+}
+
 /* relays: device ids separated by commas, none empty */
 static int check_relays(const char *value, char *why, size_t whylen)
 {
@@ -677,6 +687,12 @@ int fedge_agg_config_validate(const fedge_agg_config *c, char *err, size_t errle
         }
     }
     CHK(must_exist(c->keys_file, S_IFREG, WHERE(keys_file, w), err, errlen));
+    if (c->db_page_size != 0 &&
+        (c->db_page_size < 512 || (c->db_page_size & (c->db_page_size - 1)) != 0)) {
+        snprintf(err, errlen, "%s: %ld is not a power of two in 512..65536", WHERE(db_page_size, w),
+                 c->db_page_size);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
     if (c->init_model[0])
         CHK(must_exist(c->init_model, S_IFREG, WHERE(init_model, w), err, errlen));
     if (strcmp(c->test_data, "fashion-mnist") != 0)

@@ -21,7 +21,7 @@
 #include "model.h"
 
 #define FEDGE_PATH_MAX 1024
-#define FEDGE_AGG_CONFIG_MAX_KEYS 80
+#define FEDGE_AGG_CONFIG_MAX_KEYS 128
 
 typedef struct {
     char listen[128];           /* host:port */
@@ -106,6 +106,11 @@ typedef struct {
     long relay_max_samples;             /* the sample count one partial may state */
     /* Prometheus metrics and /healthz over HTTP (metrics_http.h) */
     char metrics_listen[128];           /* host:port; empty: off */
+    /* CoAP over TLS/TCP (RFC 8323) beside DTLS (docs/PROTOCOL.md "Transports") */
+    char listen_tcp[128];               /* host:port; empty: none */
+    double tcp_handshake_timeout_s;     /* accepted to CSM done, at most */
+    long tcp_max_connections;           /* 0: devices + 16 */
+    long db_page_size;                  /* a new log's SQLite page size (0: SQLite's) */
 } fedge_agg_config;
 
 void fedge_agg_config_defaults(fedge_agg_config *c);

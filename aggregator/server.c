@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -64,6 +65,15 @@ struct fedge_server {
         double max_total_s;
     } ist;
     fedge_metrics_latency latency; /* the same updates' totals, for /metrics */
+    /* CoAP over TLS/TCP (cfg.listen_tcp): the connections held, oldest first */
+    struct tcp_conn {
+        coap_session_t *session;
+        double accepted_at;      /* monotonic */
+        int closing;             /* closed by us; libcoap frees it later */
+    } *tcp;
+    size_t n_tcp, cap_tcp, tcp_max;
+    double tcp_handshake_s;
+    uint64_t tcp_accepted, tcp_refused, tcp_timed_out;
 };
 
 static fedge_server *g_server; /* libcoap 4.3.1 has no context user data */
@@ -186,6 +196,8 @@ typedef struct round_observer {
  * only compares the session pointer and the token. */
 int coap_delete_observer(coap_resource_t *resource, coap_session_t *session, const coap_binary_t *token);
 int coap_remove_option(coap_pdu_t *pdu, coap_option_num_t number);
+/* coap_session_internal.h: closes a session (a TCP connection we refuse) */
+void coap_session_disconnected(coap_session_t *session, coap_nack_reason_t reason);
 
 /* The ASK_TTL_S of sched_async.c is 10 s: an observing device is re-marked as
  * asking well within it (it waits for a notification instead of polling). */
@@ -429,6 +441,15 @@ static int status_json(const fedge_server *s, char *body, size_t cap)
                      s->rcvbuf, udp_drops(s), s->n_observers, (unsigned long long)s->notifications);
     if (m < 0 || (size_t)m >= cap - (n - 1))
         return FEDGE_ERR_BUFFER_TOO_SMALL;
+    if (s->tcp_max) {
+        n = strlen(body);
+        m = snprintf(body + n - 1, cap - (n - 1),
+                     ",\"tcp\":{\"connections\":%zu,\"accepted\":%llu,\"refused\":%llu,\"timed_out\":%llu}}",
+                     s->n_tcp, (unsigned long long)s->tcp_accepted, (unsigned long long)s->tcp_refused,
+                     (unsigned long long)s->tcp_timed_out);
+        if (m < 0 || (size_t)m >= cap - (n - 1))
+            return FEDGE_ERR_BUFFER_TOO_SMALL;
+    }
     if (!s->pool)
         return FEDGE_OK;
     /* where an update's time goes: means in microseconds per update
@@ -941,7 +962,10 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
             set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "empty body");
             return;
         }
-        /* one datagram: bounded by the transport */
+        /* one datagram (bounded by the transport), or over TCP a body that
+         * libcoap 4.3.1 reassembled from BERT blocks itself (block.c passes
+         * BERT bodies whole: upload.c's limits do not apply; ingest's
+         * max_update_bytes does) */
         if (g_server->pool)
             submit_pooled(session, request, id, data, len, NULL, response);
         else
@@ -973,9 +997,88 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
     free(res.body);
 }
 
+#define TLS_SERVER_MTU 1152u
+
+static int is_tcp(const coap_session_t *session)
+{
+    coap_proto_t p = coap_session_get_proto(session);
+    return p == COAP_PROTO_TLS || p == COAP_PROTO_TCP;
+}
+
+/* A TCP connection accepted (kept in s->tcp; tcp_sweep enforces the cap and
+ * the handshake timeout) or gone. */
+static void tcp_track(fedge_server *s, coap_session_t *session, int added)
+{
+    if (added) {
+        if (s->n_tcp == s->cap_tcp) {
+            size_t cap = s->cap_tcp ? 2 * s->cap_tcp : 16;
+            struct tcp_conn *t = realloc(s->tcp, cap * sizeof *t);
+            if (!t) {
+                FEDGE_WARN("TCP connection from %s closed: out of memory", coap_session_str(session));
+                coap_session_disconnected(session, COAP_NACK_NOT_DELIVERABLE);
+                s->tcp_refused++;
+                return;
+            }
+            s->tcp = t;
+            s->cap_tcp = cap;
+        }
+        s->tcp[s->n_tcp++] = (struct tcp_conn){session, mono_now(), 0};
+        s->tcp_accepted++;
+        return;
+    }
+    for (size_t i = 0; i < s->n_tcp; i++)
+        if (s->tcp[i].session == session) {
+            memmove(s->tcp + i, s->tcp + i + 1, (s->n_tcp - i - 1) * sizeof *s->tcp);
+            s->n_tcp--;
+            return;
+        }
+}
+
+/* Closes TCP connections past tcp_max_connections (the newest) and those
+ * not through their TLS handshake and CSM within tcp_handshake_timeout_s;
+ * libcoap frees a closed one on its next pass. */
+static void tcp_sweep(fedge_server *s)
+{
+    double now = mono_now();
+    size_t live = 0;
+    for (size_t i = 0; i < s->n_tcp; i++) {
+        struct tcp_conn *c = &s->tcp[i];
+        if (c->closing)
+            continue;
+        int up = coap_session_get_state(c->session) == COAP_SESSION_STATE_ESTABLISHED;
+        if (live >= s->tcp_max) {
+            FEDGE_INFO("TCP connection from %s closed: %zu connections held (tcp_max_connections)",
+                       coap_session_str(c->session), live);
+            s->tcp_refused++;
+        } else if (!up && now - c->accepted_at >= s->tcp_handshake_s) {
+            FEDGE_INFO("TCP connection from %s closed: no TLS handshake and CSM within %.1f s",
+                       coap_session_str(c->session), s->tcp_handshake_s);
+            s->tcp_timed_out++;
+        } else {
+            live++;
+            continue;
+        }
+        c->closing = 1;
+        coap_session_disconnected(c->session, COAP_NACK_NOT_DELIVERABLE);
+    }
+}
+
 /* A closed or deleted session's partial upload is freed at once. */
 static int on_session_event(coap_session_t *session, const coap_event_t event)
 {
+    if (event == COAP_EVENT_SERVER_SESSION_NEW && g_server && is_tcp(session))
+        tcp_track(g_server, session, 1);
+    if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server && is_tcp(session))
+        tcp_track(g_server, session, 0);
+    /* libcoap 4.3.1's mbedTLS backend sends the first TLS record of a
+     * message and loses the rest (coap_tls_write takes mbedtls_ssl_write's
+     * partial write for a full socket and never asks to write again), and
+     * its server's records carry at most ~1100 bytes (it sets the DTLS MTU,
+     * 1152, which mbedTLS applies to TLS as well): our messages to a TCP
+     * client stay within one record, a larger response body goes as Block2
+     * blocks of 1024 bytes. */
+    if (event == COAP_EVENT_SESSION_CONNECTED && coap_session_get_proto(session) == COAP_PROTO_TLS)
+        coap_session_set_mtu(session, TLS_SERVER_MTU);
     if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server)
         answer_drop(session);
     switch (event) {
@@ -984,6 +1087,8 @@ static int on_session_event(coap_session_t *session, const coap_event_t event)
     case COAP_EVENT_DTLS_ERROR:
     case COAP_EVENT_SESSION_CLOSED:
     case COAP_EVENT_SESSION_FAILED:
+    case COAP_EVENT_TCP_CLOSED:
+    case COAP_EVENT_TCP_FAILED:
         if (g_server)
             fedge_uploads_drop(g_server->uploads, session);
         if (g_server && g_server->observers) {
@@ -1031,9 +1136,10 @@ static const coap_bin_const_t *psk_for_identity(coap_bin_const_t *identity, coap
 #define RCVBUF_MAX ((size_t)64 << 20)
 #define HANDSHAKES_MAX ((size_t)1024)
 
-/* libcoap 4.3.1 does not expose an endpoint's socket: find the UDP socket
- * bound to the listening port among our descriptors. */
-static int find_udp_socket(const struct sockaddr *bound)
+/* libcoap 4.3.1 does not expose an endpoint's socket: find the socket of
+ * type (SOCK_DGRAM, or SOCK_STREAM: a listening one) bound to the listening
+ * port among our descriptors. */
+static int find_socket(const struct sockaddr *bound, int want_type)
 {
     int found = -1;
     DIR *d = opendir("/proc/self/fd");
@@ -1050,7 +1156,11 @@ static int find_udp_socket(const struct sockaddr *bound)
         socklen_t tl = sizeof type;
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
-        if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_DGRAM ||
+        int acc = 0;
+        socklen_t al = sizeof acc;
+        if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != want_type ||
+            (want_type == SOCK_STREAM &&
+             (getsockopt((int)fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) != 0 || !acc)) ||
             getsockname((int)fd, (struct sockaddr *)&ss, &sl) != 0 || ss.ss_family != bound->sa_family)
             continue;
         uint16_t port = ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
@@ -1067,7 +1177,7 @@ static void size_receive_buffer(fedge_server *s, const struct sockaddr *bound)
     const fedge_aggregator *a = s->agg;
     int cur = 0;
     socklen_t len = sizeof cur;
-    s->udp_fd = find_udp_socket(bound);
+    s->udp_fd = find_socket(bound, SOCK_DGRAM);
     if (s->udp_fd < 0 || getsockopt(s->udp_fd, SOL_SOCKET, SO_RCVBUF, &cur, &len) != 0) {
         FEDGE_WARN("cannot find the listening socket; its receive buffer keeps the kernel default");
         s->udp_fd = -1;
@@ -1103,6 +1213,70 @@ static void size_receive_buffer(fedge_server *s, const struct sockaddr *bound)
                    cur, want, a->keys.n, how);
     else
         FEDGE_INFO("UDP receive buffer %d bytes for %zu devices (%s)", cur, a->keys.n, how);
+}
+
+/* CoAP over TLS/TCP (RFC 8323) on cfg.listen_tcp, with the DTLS PSKs. The
+ * CSM's Max-Message-Size (TCP_MAX_MESSAGE) bounds every message a peer may
+ * send (libcoap closes the connection of a larger one) and sets the BERT
+ * block a client sends: 64 KiB. */
+#define TCP_MAX_MESSAGE ((uint32_t)(64 * 1024 + 1024))
+#define TCP_BACKLOG_MAX 4096
+#define TCP_FD_RESERVE 64 /* descriptors kept for everything but TCP connections */
+
+static int listen_tcp(fedge_server *s, char *err, size_t errlen)
+{
+    const fedge_agg_config *c = &s->agg->cfg;
+    struct sockaddr_storage ss;
+    socklen_t sl = 0;
+    char why[160];
+    if (!c->listen_tcp[0])
+        return FEDGE_OK;
+    if (!coap_tcp_is_supported() || (!c->insecure && !coap_tls_is_supported())) {
+        snprintf(err, errlen, "listen_tcp: this libcoap has no TCP%s support", c->insecure ? "" : "/TLS");
+        return FEDGE_ERR_UNSUPPORTED;
+    }
+    if (fedge_agg_parse_listen(c->listen_tcp, &ss, &sl, why, sizeof why) != FEDGE_OK) {
+        snprintf(err, errlen, "listen_tcp: %s", why);
+        return FEDGE_ERR_CONFIG_VALUE;
+    }
+    coap_address_t addr;
+    coap_address_init(&addr);
+    addr.size = sl;
+    memcpy(&addr.addr, &ss, sl);
+    coap_context_set_csm_max_message_size(s->ctx, TCP_MAX_MESSAGE);
+    if (!coap_new_endpoint(s->ctx, &addr, c->insecure ? COAP_PROTO_TCP : COAP_PROTO_TLS)) {
+        snprintf(err, errlen, "cannot listen on TCP %s (in use?)", c->listen_tcp);
+        return FEDGE_ERR_IO;
+    }
+    s->tcp_max = c->tcp_max_connections > 0 ? (size_t)c->tcp_max_connections : s->agg->keys.n + 16;
+    /* each connection holds a descriptor: past RLIMIT_NOFILE accept() fails
+     * and so would the log's and the model store's files */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        (rlim_t)s->tcp_max + TCP_FD_RESERVE > rl.rlim_cur) {
+        rlim_t want = (rlim_t)s->tcp_max + TCP_FD_RESERVE;
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || want < rl.rlim_max ? want : rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl); /* the limit read back decides */
+        if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = TCP_FD_RESERVE + 1;
+        if ((rlim_t)s->tcp_max + TCP_FD_RESERVE > rl.rlim_cur) {
+            s->tcp_max = rl.rlim_cur > TCP_FD_RESERVE ? (size_t)(rl.rlim_cur - TCP_FD_RESERVE) : 1;
+            FEDGE_WARN("TCP connections capped at %zu: %llu file descriptors allowed (RLIMIT_NOFILE)",
+                       s->tcp_max, (unsigned long long)rl.rlim_cur);
+        }
+    }
+    /* libcoap listens with a backlog of 5: a reconnect burst would wait for
+     * the kernel's SYN-ACK retries (1, 3, 7 s ...); listen() again sets it */
+    int lfd = find_socket((const struct sockaddr *)&ss, SOCK_STREAM);
+    int backlog = s->tcp_max < TCP_BACKLOG_MAX ? (int)s->tcp_max : TCP_BACKLOG_MAX;
+    if (lfd < 0 || listen(lfd, backlog) != 0)
+        FEDGE_WARN("cannot raise the TCP listen backlog (%s): a burst of connections is accepted 5 at a time",
+                   lfd < 0 ? "listening socket not found" : strerror(errno));
+    s->tcp_handshake_s = c->tcp_handshake_timeout_s;
+    FEDGE_INFO("listening on TCP %s (%s), at most %zu connections, %.1f s to finish a handshake",
+               c->listen_tcp, c->insecure ? "plain CoAP over TCP, INSECURE" : "CoAP over TLS-PSK",
+               s->tcp_max, s->tcp_handshake_s);
+    return FEDGE_OK;
 }
 
 static int add_resource(coap_context_t *ctx, const char *path, coap_request_t method,
@@ -1211,6 +1385,7 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
         FAIL(FEDGE_ERR_IO);
     }
     size_receive_buffer(s, res->ai_addr);
+    CHK(listen_tcp(s, err, errlen));
     if (a->cfg.no_observe) {
         CHK(add_resource(s->ctx, "round", COAP_REQUEST_GET, hnd_round));
     } else {
@@ -1270,6 +1445,8 @@ cleanup:
 int fedge_server_process(fedge_server *s, unsigned timeout_ms)
 {
     notify_round_observers(s);
+    if (s->n_tcp)
+        tcp_sweep(s);
     if (!s->pool) {
         if (coap_io_process(s->ctx, timeout_ms) < 0)
             return FEDGE_ERR_IO;
@@ -1327,6 +1504,7 @@ void fedge_server_free(fedge_server *s)
         free(s->psk_text);
     }
     free(s->psks);
+    free(s->tcp);
     if (g_server == s)
         g_server = NULL;
     free(s);

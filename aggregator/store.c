@@ -281,12 +281,46 @@ static int check_fedge_db(sqlite3 *db)
     return ret;
 }
 
+/* SQLite checkpoints the WAL every 1000 pages by default (4 MB of 4 KiB
+ * pages, 64 MB of 64 KiB ones): every WAL_CHECKPOINT_BYTES of pages
+ * instead, whatever the log's page size (a per-connection setting). */
+#define WAL_CHECKPOINT_BYTES ((int64_t)4096 * 1000)
+
+static int set_wal_autocheckpoint(sqlite3 *db)
+{
+    int64_t page = 0;
+    char sql[64];
+    int ret = fedge_store_query_int64(db, &page, NULL, "PRAGMA page_size", "");
+    if (ret != FEDGE_OK)
+        return ret;
+    snprintf(sql, sizeof sql, "PRAGMA wal_autocheckpoint=%lld",
+             (long long)(page > 0 && page < WAL_CHECKPOINT_BYTES ? WAL_CHECKPOINT_BYTES / page : 1));
+    return fedge_store_exec(db, sql);
+}
+
+int fedge_store_page_size_valid(long page_size)
+{
+    return page_size == 0 || (page_size >= 512 && page_size <= 65536 && (page_size & (page_size - 1)) == 0);
+}
+
+static int open_db(const char *path, int read_only, long page_size, sqlite3 **out);
+
 int fedge_store_open_db(const char *path, int read_only, sqlite3 **out)
+{
+    return open_db(path, read_only, 0, out);
+}
+
+int fedge_store_open_db_paged(const char *path, long page_size, sqlite3 **out)
+{
+    return open_db(path, 0, page_size, out);
+}
+
+static int open_db(const char *path, int read_only, long page_size, sqlite3 **out)
 {
     sqlite3 *db = NULL;
     int ret = FEDGE_OK;
     *out = NULL;
-    if (!path)
+    if (!path || !fedge_store_page_size_valid(page_size))
         return FEDGE_ERR_INVALID_ARG;
     if (read_only && access(path, R_OK) != 0) {
         FEDGE_ERROR("cannot read database %s", path);
@@ -310,9 +344,15 @@ int fedge_store_open_db(const char *path, int read_only, sqlite3 **out)
             FAIL(FEDGE_ERR_AUDIT_NOT_FEDGE_DB);
         goto cleanup;
     }
+    if (state == 0 && page_size) { /* before anything is written; before auto_vacuum, which fixes it */
+        char sql[48];
+        snprintf(sql, sizeof sql, "PRAGMA page_size=%ld", page_size);
+        CHK(fedge_store_exec(db, sql));
+    }
     if (state == 0) /* only before the first table: lets retention shrink the file */
         CHK(fedge_store_exec(db, "PRAGMA auto_vacuum=INCREMENTAL"));
     CHK(fedge_store_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
+    CHK(set_wal_autocheckpoint(db));
     if (state == 2)
         CHK(fedge_retention_migrate_v1(db));
     if (state == 0) {

@@ -73,6 +73,17 @@
  * with FEDGE_ERR_SCHEMA_OLD. */
 int fedge_store_open_db(const char *path, int read_only, sqlite3 **db);
 
+/* The same, read-write, for the aggregator's log: a new log gets
+ * page_size-byte pages (0: SQLite's default, 4096; else a power of two in
+ * 512..65536, else FEDGE_ERR_INVALID_ARG); an existing log keeps its own
+ * (SQLite fixes it with the first write). Larger pages hold an update's
+ * delta in fewer overflow pages (faster group commits) but every commit
+ * writes whole pages to the WAL and each table takes at least one
+ * (docs/BENCHMARKS.md). Both opens checkpoint the WAL every ~4 MB of pages. */
+int fedge_store_open_db_paged(const char *path, long page_size, sqlite3 **db);
+/* 1 when page_size is 0 or a power of two in 512..65536. */
+int fedge_store_page_size_valid(long page_size);
+
 #define FEDGE_STORE_RUN_ID_LEN 16
 /* The log's run id (meta 'run_id'), created at random on first use. */
 int fedge_store_run_id(sqlite3 *db, uint8_t run_id[FEDGE_STORE_RUN_ID_LEN]);

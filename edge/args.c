@@ -114,6 +114,7 @@ enum {
     OPT_VERSION,
     OPT_NO_OBSERVE,
     OPT_BUNDLE,
+    OPT_TRANSPORT,
 };
 
 static const struct {
@@ -143,6 +144,7 @@ static const struct {
     {"version", OPT_VERSION, 0},
     {"no-observe", OPT_NO_OBSERVE, 0},
     {"bundle", OPT_BUNDLE, 1},
+    {"transport", OPT_TRANSPORT, 1},
 };
 
 int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, char *err,
@@ -275,6 +277,14 @@ int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, 
                 return usage_err(err, errlen, "--bundle needs a non-empty path");
             cfg->bundle_path = val;
             break;
+        case OPT_TRANSPORT:
+            if (!strcmp(val, "tcp"))
+                cfg->tcp = 1;
+            else if (!strcmp(val, "dtls"))
+                cfg->tcp = 0;
+            else
+                return usage_err(err, errlen, "--transport '%s': expected dtls or tcp", val);
+            break;
         default: return usage_err(err, errlen, "internal: unhandled flag");
         }
     }
@@ -317,6 +327,8 @@ void fedge_edge_usage(FILE *f, const char *prog)
             "                         pushes /round changes (CoAP Observe) the edge polls\n"
             "                         only every 10 x N as a fallback\n"
             "  --no-observe           poll /round, never register Observe on it\n"
+            "  --transport dtls|tcp   CoAP over DTLS (default) or over TLS/TCP (RFC 8323,\n"
+            "                         BERT blocks; the aggregator needs listen_tcp)\n"
             "  --timeout-ms N         per-request timeout, scaled up for large bodies\n"
             "                         (default 5000)\n"
             "  --max-retries N        retries per request before giving up (default 8;\n"

@@ -47,6 +47,7 @@ typedef struct {
     const char *bundle_path;
     int server_given;
     char bundle_id[64 + 1];
+    int tcp;                            /* --transport tcp: CoAP over TLS/TCP (RFC 8323) */
 } fedge_edge_config;
 
 void fedge_edge_config_defaults(fedge_edge_config *cfg);

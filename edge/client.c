@@ -879,6 +879,7 @@ link:;
         .ack_timeout_ms = 0, /* from the measured RTT */
         .handshake_timeout_ms = cfg->timeout_ms > FEDGE_EDGE_HANDSHAKE_MS ? cfg->timeout_ms : 0,
         .verbose = cfg->log_level == FEDGE_LOG_DEBUG,
+        .tcp = cfg->tcp,
     };
     ret = fedge_edge_link_open(&lc, &c->link, err, sizeof err);
     if (ret != FEDGE_OK) {
@@ -886,7 +887,8 @@ link:;
         return ret;
     }
     FEDGE_INFO("device %s: server %s:%u (%s), shard %s (%llu rows, dim %d), encoding %s",
-               cfg->id, cfg->host, (unsigned)cfg->port, cfg->insecure ? "plain CoAP" : "DTLS",
+               cfg->id, cfg->host, (unsigned)cfg->port, cfg->tcp ? (cfg->insecure ? "plain CoAP over TCP" : "CoAP over TLS/TCP")
+                                                     : cfg->insecure ? "plain CoAP" : "DTLS",
                cfg->shard_path ? cfg->shard_path : "(in memory)", (unsigned long long)c->shard.n,
                c->shard.dim,
                fedge_encoding_name(cfg->encoding));

@@ -33,6 +33,14 @@ typedef struct {
     uint32_t ack_ms;         /* the ACK timeout it left with */
 } exchange;
 
+/* Over TCP: bytes of a message left for its header, token and options. */
+#define TCP_HEADROOM 128u
+/* libcoap 4.3.1's mbedTLS backend sends the first TLS record of a message
+ * and loses the rest (coap_tls_write takes mbedtls_ssl_write's partial
+ * write for a full socket and never asks to write again): a message sent
+ * over TLS fits in one record (2^14 bytes of plaintext, RFC 5246 6.2.1). */
+#define TLS_RECORD_MAX 16384u
+
 /* Below this smoothed RTT a timed-out session is dropped at once. */
 #define KEEP_SESSION_MIN_RTT_MS 100
 
@@ -86,6 +94,8 @@ struct fedge_edge_link {
     int obs_fresh;
     fedge_edge_reply *obs_latest;
     unsigned long handshakes; /* DTLS handshakes completed */
+    int tcp;                 /* CoAP over TLS/TCP (RFC 8323) instead of DTLS */
+    int bert;                /* the Block1 upload in flight uses BERT blocks (SZX 7) */
 };
 
 /* libcoap's process-wide state (coap_startup/coap_cleanup, the log levels,
@@ -250,6 +260,7 @@ static int send_exchange(fedge_edge_link *l, uint32_t num)
     int ret = FEDGE_OK;
     const fedge_edge_request *req = l->req;
     coap_optlist_t *opts = NULL;
+    uint8_t *big = NULL;     /* a reader's bytes for a message over one block (TCP) */
     char query[4 + FEDGE_DEVICE_ID_MAX + 1];
     exchange *x = NULL;
     for (unsigned i = 0; i < l->window && !x; i++)
@@ -291,7 +302,9 @@ static int send_exchange(fedge_edge_link *l, uint32_t num)
         payload_len = req->body->len - payload_off < l->block_size ? req->body->len - payload_off
                                                                    : l->block_size;
         unsigned more = num + 1 < l->n_blocks;
-        CHK(add_uint_option(&opts, COAP_OPTION_BLOCK1, (num << 4) | (more << 3) | szx));
+        /* BERT (RFC 8323 6): NUM counts 1024-byte blocks, SZX 7 */
+        uint32_t wire = l->bert ? num * (uint32_t)(l->block_size / FEDGE_EDGE_BLOCK_BYTES) : num;
+        CHK(add_uint_option(&opts, COAP_OPTION_BLOCK1, (wire << 4) | (more << 3) | (l->bert ? 7u : szx)));
         if (num == 0)
             CHK(add_uint_option(&opts, COAP_OPTION_SIZE1, (unsigned)req->body->len));
     } else if (req->body) {
@@ -299,10 +312,18 @@ static int send_exchange(fedge_edge_link *l, uint32_t num)
         payload_len = req->body->len;
     }
     if (req->body && req->body->read && payload_len) {
-        if (payload_len > sizeof produced)
-            FAIL(FEDGE_ERR_INTERNAL);
-        CHK(req->body->read(req->body->read_arg, payload_off, produced, payload_len));
-        payload = produced;
+        uint8_t *dst = produced;
+        if (payload_len > sizeof produced) {
+            big = malloc(payload_len);
+            if (!big)
+                FAIL(FEDGE_ERR_NOMEM);
+            dst = big;
+        }
+        for (size_t o = 0; o < payload_len; o += FEDGE_EDGE_BLOCK_BYTES) {
+            size_t n = payload_len - o < FEDGE_EDGE_BLOCK_BYTES ? payload_len - o : FEDGE_EDGE_BLOCK_BYTES;
+            CHK(req->body->read(req->body->read_arg, payload_off + o, dst + o, n));
+        }
+        payload = dst;
     }
     if (opts && !coap_add_optlist_pdu(pdu, &opts))
         FAIL(FEDGE_ERR_INTERNAL);
@@ -319,6 +340,7 @@ static int send_exchange(fedge_edge_link *l, uint32_t num)
     }
     pdu = NULL;
 cleanup:
+    free(big);
     coap_delete_optlist(opts);
     if (pdu)
         coap_delete_pdu(pdu);
@@ -531,8 +553,12 @@ static void on_block2(fedge_edge_link *l, const exchange *x, const coap_pdu_t *r
 static void on_block1_continue(fedge_edge_link *l, const exchange *x, const coap_pdu_t *received)
 {
     unsigned block;
-    if (!get_uint_option(received, COAP_OPTION_BLOCK1, &block) || (block >> 4) != x->num ||
-        ((size_t)16 << (block & 7)) != l->block_size || x->num + 1 >= l->n_blocks) {
+    int ok = get_uint_option(received, COAP_OPTION_BLOCK1, &block) && x->num + 1 < l->n_blocks;
+    if (ok && l->bert)
+        ok = (block >> 4) == x->num * (l->block_size / FEDGE_EDGE_BLOCK_BYTES) && (block & 7) >= 6;
+    else if (ok)
+        ok = (block >> 4) == x->num && ((size_t)16 << (block & 7)) == l->block_size;
+    if (!ok) {
         fail_request(l, FEDGE_ERR_IO, "Block1 continuation out of step");
         return;
     }
@@ -709,6 +735,14 @@ static int on_event(coap_session_t *session, const coap_event_t event)
                                               ? "DTLS error"
                                               : "DTLS session closed by the server");
         break;
+    case COAP_EVENT_TCP_FAILED:
+    case COAP_EVENT_TCP_CLOSED:
+        if (!l->session_up)
+            fail_request(l, FEDGE_ERR_IO, "TCP connection failed (does the aggregator listen on TCP there? "
+                                          "listen_tcp; without it use DTLS)");
+        else
+            fail_request(l, FEDGE_ERR_IO, "TCP connection closed by the server");
+        break;
     case COAP_EVENT_SESSION_FAILED:
     case COAP_EVENT_SESSION_CLOSED:
         fail_request(l, FEDGE_ERR_IO, "session failed");
@@ -772,14 +806,19 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
         return FEDGE_ERR_INVALID_ARG;
     }
     coap_global_acquire(cfg->verbose);
-    if (!cfg->insecure && !coap_dtls_is_supported()) {
+    if (!cfg->insecure && !cfg->tcp && !coap_dtls_is_supported()) {
         snprintf(err, errlen, "this libcoap build has no DTLS support");
+        FAIL(FEDGE_ERR_UNSUPPORTED);
+    }
+    if (cfg->tcp && (!coap_tcp_is_supported() || (!cfg->insecure && !coap_tls_is_supported()))) {
+        snprintf(err, errlen, "this libcoap build has no TCP%s support", cfg->insecure ? "" : "/TLS");
         FAIL(FEDGE_ERR_UNSUPPORTED);
     }
     l = calloc(1, sizeof *l);
     if (!l)
         FAIL(FEDGE_ERR_NOMEM);
     l->insecure = cfg->insecure;
+    l->tcp = cfg->tcp;
     l->ack_timeout_ms = cfg->ack_timeout_ms;
     l->handshake_timeout_ms =
         cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : FEDGE_EDGE_HANDSHAKE_MS;
@@ -807,6 +846,8 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
     coap_register_response_handler(l->ctx, on_response);
     coap_register_nack_handler(l->ctx, on_nack);
     coap_register_event_handler(l->ctx, on_event);
+    /* libcoap waits this long for the server's CSM inside a send */
+    coap_context_set_csm_timeout(l->ctx, (l->handshake_timeout_ms + 999) / 1000);
     *out = l;
     l = NULL;
 cleanup:
@@ -867,7 +908,7 @@ static int ensure_session(fedge_edge_link *l)
     l->session_up = 0;
     l->session_started_ms = now_ms();
     if (l->insecure) {
-        l->session = coap_new_client_session(l->ctx, NULL, &l->dst, COAP_PROTO_UDP);
+        l->session = coap_new_client_session(l->ctx, NULL, &l->dst, l->tcp ? COAP_PROTO_TCP : COAP_PROTO_UDP);
     } else {
         coap_dtls_cpsk_t setup;
         memset(&setup, 0, sizeof setup);
@@ -878,14 +919,17 @@ static int ensure_session(fedge_edge_link *l)
         setup.psk_info.key.s = (const uint8_t *)l->psk;
         setup.psk_info.key.length = l->psk_len;
         pthread_mutex_lock(&g_coap_lock);
-        l->session = coap_new_client_session_psk2(l->ctx, NULL, &l->dst, COAP_PROTO_DTLS, &setup);
+        l->session = coap_new_client_session_psk2(l->ctx, NULL, &l->dst, l->tcp ? COAP_PROTO_TLS : COAP_PROTO_DTLS,
+                                                  &setup);
         pthread_mutex_unlock(&g_coap_lock);
     }
     if (!l->session) {
-        snprintf(l->last_error, sizeof l->last_error, "cannot create a CoAP session");
+        snprintf(l->last_error, sizeof l->last_error, "%s",
+                 l->tcp ? "cannot connect over TCP (does the aggregator listen on TCP there? listen_tcp)"
+                        : "cannot create a CoAP session");
         return FEDGE_ERR_IO;
     }
-    if (l->insecure)
+    if (l->insecure && !l->tcp)
         l->session_up = 1; /* no handshake */
     return FEDGE_OK;
 }
@@ -946,14 +990,52 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     l->state = REQ_WAITING;
     l->started_ms = start;
     l->heard_ms = start;
-    if (req->method == FEDGE_EDGE_POST && req->body && req->body->len > FEDGE_EDGE_BLOCK_BYTES) {
-        if (req->body->len > (size_t)FEDGE_EDGE_BLOCK_BYTES << 20) {
-            end_request(l);
-            return FEDGE_ERR_INVALID_ARG; /* past the 20-bit block number */
+    if (req->method == FEDGE_EDGE_POST && req->body && req->body->len > (size_t)FEDGE_EDGE_BLOCK_BYTES << 20) {
+        end_request(l);
+        return FEDGE_ERR_INVALID_ARG; /* past the 20-bit block number */
+    }
+    /* Over TCP the message size is the server's (its CSM): wait for the
+     * session, then send a body that fits in one message, else BERT blocks
+     * of as many KiB as fit. */
+    size_t single_max = FEDGE_EDGE_BLOCK_BYTES, block_size = FEDGE_EDGE_BLOCK_BYTES;
+    l->bert = 0;
+    if (l->tcp && handshaking) {
+        while (l->state == REQ_WAITING && !l->session_up) {
+            uint64_t now = now_ms();
+            if (stop && *stop) {
+                fail_request(l, FEDGE_ERR_EDGE_STOPPED, "stopped by signal");
+            } else if (now >= deadline) {
+                char why[96];
+                snprintf(why, sizeof why, "no TLS handshake and CSM within %u ms", (unsigned)handshake_ms);
+                fail_request(l, FEDGE_ERR_TIMEOUT, why);
+            } else if (coap_io_process(l->ctx, deadline - now < IO_SLICE_MS ? (uint32_t)(deadline - now) + 1
+                                                                           : IO_SLICE_MS) < 0) {
+                fail_request(l, FEDGE_ERR_IO, "CoAP I/O error");
+            } else if (l->session && coap_session_get_state(l->session) == COAP_SESSION_STATE_ESTABLISHED) {
+                note_session_up(l);
+            }
         }
-        l->block_size = FEDGE_EDGE_BLOCK_BYTES;
-        l->n_blocks =
-            (uint32_t)((req->body->len + FEDGE_EDGE_BLOCK_BYTES - 1) / FEDGE_EDGE_BLOCK_BYTES);
+        if (l->state != REQ_WAITING)
+            goto done;
+        handshaking = 0;
+        deadline = now_ms() + req->timeout_ms;
+    }
+    if (l->tcp) {
+        size_t m = coap_session_max_pdu_size(l->session);
+        if (!l->insecure && m > TLS_RECORD_MAX)
+            m = TLS_RECORD_MAX;
+        size_t room = m > TCP_HEADROOM ? m - TCP_HEADROOM : 0;
+        if (room > single_max)
+            single_max = room;
+        if (room >= 2 * FEDGE_EDGE_BLOCK_BYTES) {
+            block_size = room > FEDGE_EDGE_BERT_MAX ? FEDGE_EDGE_BERT_MAX : room;
+            block_size -= block_size % FEDGE_EDGE_BLOCK_BYTES;
+        }
+    }
+    if (req->method == FEDGE_EDGE_POST && req->body && req->body->len > single_max) {
+        l->block_size = block_size;
+        l->bert = block_size > FEDGE_EDGE_BLOCK_BYTES;
+        l->n_blocks = (uint32_t)((req->body->len + block_size - 1) / block_size);
         l->acked = calloc(l->n_blocks, 1);
         if (!l->acked)
             fail_request(l, FEDGE_ERR_NOMEM, "out of memory for the block list");
@@ -1009,6 +1091,7 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
         if (l->state == REQ_WAITING && l->n_resend)
             fill_window(l);
     }
+done:
     ret = l->state == REQ_DONE ? FEDGE_OK : l->fail_code;
 cleanup:
     if (ret == FEDGE_OK) {

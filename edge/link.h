@@ -8,7 +8,11 @@
  * Bodies over one block move as RFC 7959 blocks of 1024 bytes with several
  * exchanges in flight: Block2 up to `window`, Block1 up to
  * FEDGE_EDGE_BLOCK1_WINDOW, block 0 alone first, the last Block1 block only
- * after all others were acknowledged. Any failure drops the session — its
+ * after all others were acknowledged. Over TCP (cfg.tcp, RFC 8323) the
+ * request waits for the TLS handshake and the server's CSM, then sends a
+ * POST body in one message when it fits the server's Max-Message-Size,
+ * else as BERT blocks (SZX 7) of as many KiB as fit; downloads keep 1024-byte
+ * Block2 blocks. Any failure drops the session — its
  * queued retransmissions go with it — and the next request opens a fresh one
  * (new DTLS handshake), so a retry never races a leftover transfer. Bodies:
  *   POST: a refcounted blob (bytes, or a reader asked for each block as it
@@ -40,6 +44,7 @@
 #define FEDGE_EDGE_BLOCK_RETRANSMIT 1u
 #define FEDGE_EDGE_HANDSHAKE_MS 20000u /* default DTLS handshake budget */
 #define FEDGE_EDGE_ETAG_MAX 8
+#define FEDGE_EDGE_BERT_MAX (1024u * 1024u) /* the largest BERT block sent over TCP */
 
 /* Reads body bytes [off, off + len) into dst (len <= FEDGE_EDGE_BLOCK_BYTES);
  * any offset may be asked again (a block sent afresh, a retry). */
@@ -73,6 +78,8 @@ typedef struct {
     unsigned window;         /* block exchanges in flight (0: FEDGE_EDGE_WINDOW; at most
                                 FEDGE_EDGE_WINDOW_MAX; 1: stop-and-wait) */
     int verbose;             /* let libcoap log warnings */
+    int tcp;                 /* CoAP over TLS/TCP (RFC 8323; plain TCP when insecure) instead of
+                                DTLS: POST bodies larger than one message go as BERT blocks */
 } fedge_edge_link_config;
 
 typedef struct fedge_edge_link fedge_edge_link;

@@ -62,6 +62,7 @@ PACKAGES+=(valgrind) # massif: the heap peak of an edge round (tests/integration
 PACKAGES+=(chromium) # headless rendering of the HTML audit report (tests/integration/audit_html.sh)
 [ $MCU -eq 0 ] || PACKAGES+=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm) # make mcu: the Cortex-M4F core and its QEMU test (mcu/)
 PACKAGES+=(libmicrohttpd-dev) # aggregator/metrics_http.c: Prometheus metrics and /healthz
+PACKAGES+=(openssl) # openssl s_client: the TLS-PSK peer of tests/integration/tcp_transport.sh
 if [ -n "$CROSS" ]; then
     case "$CROSS" in
         aarch64-linux-gnu) arch=arm64 ;;

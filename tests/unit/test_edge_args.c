@@ -155,6 +155,20 @@ static void test_server_forms(void **state)
                      FEDGE_ERR_INVALID_ARG);
 }
 
+static void test_transport(void **state)
+{
+    (void)state;
+    fedge_edge_config cfg;
+    char err[200];
+    assert_int_equal(PARSE(&cfg, err, BASE), FEDGE_OK);
+    assert_false(cfg.tcp);
+    assert_int_equal(PARSE(&cfg, err, BASE, "--transport", "tcp", "--server", "h:5685"), FEDGE_OK);
+    assert_true(cfg.tcp);
+    assert_int_equal(cfg.port, 5685);
+    assert_int_equal(PARSE(&cfg, err, BASE, "--transport=tcp", "--transport", "dtls"), FEDGE_OK);
+    assert_false(cfg.tcp);
+}
+
 static void test_help(void **state)
 {
     (void)state;
@@ -198,6 +212,7 @@ static void test_bad_flags(void **state)
         {{"--log-level", "loud"}, "--log-level 'loud'"},
         {{"--max-rounds", "0"}, "--max-rounds '0'"},
         {{"--max-memory-mb", "0"}, "--max-memory-mb '0'"},
+        {{"--transport", "udp"}, "--transport 'udp': expected dtls or tcp"},
         {{"--max-memory-mb", "1048577"}, "--max-memory-mb '1048577'"},
         {{"--insecure=1"}, "--insecure takes no value"},
         {{"--state-dir="}, "--state-dir needs a non-empty path"},
@@ -239,6 +254,7 @@ int main(void)
         cmocka_unit_test(test_every_flag),
         cmocka_unit_test(test_port_follows_insecure_in_any_order),
         cmocka_unit_test(test_server_forms),
+        cmocka_unit_test(test_transport),
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_bad_flags),
         cmocka_unit_test(test_required_flags),

@@ -191,6 +191,9 @@ static void test_args(void **state)
     assert_int_equal(o.seed, 9);
     assert_int_equal(parse(&o, "--keys k --speed lognormal:0.7"), FEDGE_OK);
     assert_true(o.sigma == 0.7);
+    assert_false(o.tcp);
+    assert_int_equal(parse(&o, "--keys k --transport tcp"), FEDGE_OK);
+    assert_true(o.tcp);
 
     static const char *bad[] = {
         "",                                          /* no --keys */
@@ -207,6 +210,7 @@ static void test_args(void **state)
         "--keys k --rounds 0",                       /* sessions without an end */
         "--keys k --seed -1",
         "--keys k --bogus 1",
+        "--keys k --transport udp",
         "--keys",
         "stray",
     };

@@ -98,9 +98,11 @@ static inline coap_context_t *bench_coap_context(uint8_t block_mode, coap_respon
     return ctx;
 }
 
-/* A DTLS-PSK client session to dst as identity id with key psk (psk_len bytes). */
-static inline coap_session_t *bench_psk_session(coap_context_t *ctx, const coap_address_t *dst, const char *id,
-                                                const char *psk, size_t psk_len)
+/* A (D)TLS-PSK client session to dst as identity id with key psk (psk_len
+ * bytes): proto COAP_PROTO_DTLS, or COAP_PROTO_TLS (CoAP over TCP, RFC 8323). */
+static inline coap_session_t *bench_psk_session_proto(coap_context_t *ctx, const coap_address_t *dst,
+                                                      const char *id, const char *psk, size_t psk_len,
+                                                      coap_proto_t proto)
 {
     coap_dtls_cpsk_t setup;
     memset(&setup, 0, sizeof setup);
@@ -109,7 +111,14 @@ static inline coap_session_t *bench_psk_session(coap_context_t *ctx, const coap_
     setup.psk_info.identity.length = strlen(id);
     setup.psk_info.key.s = (const uint8_t *)psk;
     setup.psk_info.key.length = psk_len;
-    return coap_new_client_session_psk2(ctx, NULL, dst, COAP_PROTO_DTLS, &setup);
+    return coap_new_client_session_psk2(ctx, NULL, dst, proto, &setup);
+}
+
+/* A DTLS-PSK client session (bench_psk_session_proto with COAP_PROTO_DTLS). */
+static inline coap_session_t *bench_psk_session(coap_context_t *ctx, const coap_address_t *dst, const char *id,
+                                                const char *psk, size_t psk_len)
+{
+    return bench_psk_session_proto(ctx, dst, id, psk, psk_len, COAP_PROTO_DTLS);
 }
 
 #endif

@@ -14,6 +14,9 @@
  *            committed GROUP at a time (fedge_ingest_commit_group), as the
  *            daemon does; with the time split into open (per worker),
  *            checks + policy + insert + audit, and COMMIT (fsync).
+ * inline and pool run twice: on a log with SQLite's default 4 KiB pages
+ * (db_page_size = 0, the default) and on one with db_page_size = 65536 (an
+ * int8 delta of 158 KiB in 3 overflow pages instead of 40).
  * Wall-clock times; each rate is updates that got 2.04 per second. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +31,7 @@
 #include "ingest.h"
 #include "ingest_pool.h"
 #include "log.h"
+#include "store.h"
 #include "update.h"
 
 static double now_s(void)
@@ -62,10 +66,12 @@ static void agg_free(bench_agg *b)
         if (system(cmd) != 0)
             fprintf(stderr, "could not remove %s\n", b->dir);
     }
+    memset(b, 0, sizeof *b);
 }
 
-/* A fresh aggregator with round 1 open for n devices, and their frames. */
-static int agg_start(bench_agg *b, int n)
+/* A fresh aggregator with round 1 open for n devices, and their frames;
+ * page: its db_page_size. */
+static int agg_start(bench_agg *b, int n, int page)
 {
     char err[512] = "";
     int ret = FEDGE_OK;
@@ -84,6 +90,7 @@ static int agg_start(bench_agg *b, int n)
     b->cfg.rounds = 1;
     b->cfg.round_timeout_s = 3600;
     CHK(bench_write_keys(b->cfg.keys_file, n));
+    b->cfg.db_page_size = page;
     ret = fedge_agg_init(&b->agg, &b->cfg, err, sizeof err);
     if (ret != FEDGE_OK) {
         fprintf(stderr, "init: %s\n", err);
@@ -112,52 +119,21 @@ cleanup:
     return ret;
 }
 
-int main(int argc, char **argv)
+/* inline then pool on a fresh log each (page as agg_start's). */
+static int run_paths(int n, int workers, int group, int page, double raw)
 {
-    int n = argc > 1 ? atoi(argv[1]) : 256, workers = argc > 2 ? atoi(argv[2]) : 2;
-    int group = argc > 3 ? atoi(argv[3]) : 32;
     bench_agg b;
     memset(&b, 0, sizeof b);
     int ret = FEDGE_OK, accepted = 0;
     fedge_ingest_pool *pool = NULL;
     fedge_ingest_job **jobs = NULL;
     fedge_ingest_item *items = NULL;
-    if (n < 1 || n > 1000 || workers < 1 || workers > 64 || group < 1 || group > 4096) {
-        fprintf(stderr, "usage: bench-ingest_path [N 1..1000] [WORKERS 1..64] [GROUP 1..4096]\n");
-        return 2;
-    }
-    fedge_log_set_level(FEDGE_LOG_WARN);
-    if (fedge_crypto_use_openssl() != FEDGE_OK)
-        fprintf(stderr, "OpenSSL unavailable: mbedTLS opens the envelope\n");
-    printf("load average: ");
-    fflush(stdout);
-    if (system("cut -d' ' -f1-3 /proc/loadavg") != 0)
-        printf("?\n");
-    printf("%d mlp:784-200-10 int8 updates, %ld cores, envelope on %s\n", n, sysconf(_SC_NPROCESSORS_ONLN),
-           fedge_crypto_backend_get()->name);
+    int64_t got_page = 0;
+    CHK(agg_start(&b, n, page));
+    CHK(fedge_store_query_int64(b.agg.db, &got_page, NULL, "PRAGMA page_size", ""));
+    printf("-- log with %lld-byte pages\n", (long long)got_page);
 
-    /* raw: open only, one thread */
-    CHK(agg_start(&b, n));
-    size_t np = b.agg.model.n_params, len0 = b.lens[0];
-    uint8_t *scratch = malloc(len0);
-    float *delta = malloc(np * sizeof *delta);
-    if (!scratch || !delta)
-        FAIL(FEDGE_ERR_NOMEM);
-    fedge_update_expect exp = {.model_id = b.agg.model_id, .n_elems = (uint32_t)np, .round = b.agg.round,
-                               .run_id = b.agg.run_id};
     double t0 = now_s();
-    for (int i = 0; i < n; i++) {
-        fedge_delta_header h;
-        uint64_t counter;
-        CHK(fedge_update_open(&b.agg.dev_keys[i], b.sealed[i], b.lens[i], &exp, scratch, &h, &counter, delta));
-    }
-    double raw = n / (now_s() - t0);
-    free(scratch);
-    free(delta);
-    printf("raw      AEAD+decode, 1 thread: %8.0f updates/s (%zu-byte frames)\n", raw, len0);
-
-    /* inline: one at a time */
-    t0 = now_s();
     for (int i = 0; i < n; i++) {
         int code;
         char msg[320], id[16];
@@ -166,12 +142,11 @@ int main(int argc, char **argv)
         accepted += code == 204;
     }
     double t_inline = now_s() - t0;
-    printf("inline   ingest_workers = 0:      %8.0f updates/s (%d accepted)  = %.2f x raw\n", accepted / t_inline,
+    printf("inline   ingest_workers = 0:      %8.0f updates/s (%d accepted)  = %.3f x raw\n", accepted / t_inline,
            accepted, accepted / t_inline / raw);
     agg_free(&b);
 
-    /* pool + group commit */
-    CHK(agg_start(&b, n));
+    CHK(agg_start(&b, n, page));
     CHK(fedge_ingest_pool_new((size_t)workers, (size_t)n, &pool));
     jobs = calloc((size_t)n, sizeof *jobs);
     items = calloc((size_t)group, sizeof *items);
@@ -211,7 +186,7 @@ int main(int argc, char **argv)
         done += (int)k;
     }
     double t_pool = now_s() - t0;
-    printf("pool     %d workers, groups <= %d: %8.0f updates/s (%d accepted)  = %.2f x raw, %.2f x inline\n",
+    printf("pool     %d workers, groups <= %d: %8.0f updates/s (%d accepted)  = %.3f x raw, %.2f x inline\n",
            workers, group, accepted / t_pool, accepted, accepted / t_pool / raw, t_inline / t_pool);
     printf("breakdown per update: open %.0f us (on a worker), checks+policy+insert+audit %.0f us, COMMIT %.0f us"
            " (%.0f us per group of %.1f)\n",
@@ -221,6 +196,63 @@ cleanup:
     fedge_ingest_pool_free(pool);
     free(jobs);
     free(items);
+    agg_free(&b);
+    return ret;
+}
+
+int main(int argc, char **argv)
+{
+    int n = argc > 1 ? atoi(argv[1]) : 256, workers = argc > 2 ? atoi(argv[2]) : 2;
+    int group = argc > 3 ? atoi(argv[3]) : 32;
+    bench_agg b;
+    memset(&b, 0, sizeof b);
+    int ret = FEDGE_OK;
+    if (n < 1 || n > 1000 || workers < 1 || workers > 64 || group < 1 || group > 4096) {
+        fprintf(stderr, "usage: bench-ingest_path [N 1..1000] [WORKERS 1..64] [GROUP 1..4096]\n");
+        return 2;
+    }
+    fedge_log_set_level(FEDGE_LOG_WARN);
+    if (fedge_crypto_use_openssl() != FEDGE_OK)
+        fprintf(stderr, "OpenSSL unavailable: mbedTLS opens the envelope\n");
+    printf("load average: ");
+    fflush(stdout);
+    if (system("cut -d' ' -f1-3 /proc/loadavg") != 0)
+        printf("?\n");
+    printf("%d mlp:784-200-10 int8 updates, %ld cores, envelope on %s\n", n, sysconf(_SC_NPROCESSORS_ONLN),
+           fedge_crypto_backend_get()->name);
+
+    /* raw: open only, one thread */
+    CHK(agg_start(&b, n, 0));
+    size_t np = b.agg.model.n_params, len0 = b.lens[0];
+    uint8_t *scratch = malloc(len0);
+    float *delta = malloc(np * sizeof *delta);
+    if (!scratch || !delta) {
+        free(scratch);
+        free(delta);
+        FAIL(FEDGE_ERR_NOMEM);
+    }
+    fedge_update_expect exp = {.model_id = b.agg.model_id, .n_elems = (uint32_t)np, .round = b.agg.round,
+                               .run_id = b.agg.run_id};
+    double t0 = now_s();
+    for (int i = 0; i < n && ret == FEDGE_OK; i++) {
+        fedge_delta_header h;
+        uint64_t counter;
+        ret = fedge_update_open(&b.agg.dev_keys[i], b.sealed[i], b.lens[i], &exp, scratch, &h, &counter, delta);
+    }
+    double raw = n / (now_s() - t0);
+    free(scratch);
+    free(delta);
+    CHK(ret);
+    agg_free(&b);
+    printf("raw      AEAD+decode, 1 thread: %8.0f updates/s (%zu-byte frames)\n", raw, len0);
+
+    CHK(run_paths(n, workers, group, 0, raw));
+    CHK(run_paths(n, workers, group, 65536, raw));
+    printf("load average: ");
+    fflush(stdout);
+    if (system("cut -d' ' -f1-3 /proc/loadavg") != 0)
+        printf("?\n");
+cleanup:
     agg_free(&b);
     if (ret != FEDGE_OK)
         fprintf(stderr, "bench-ingest_path: %s\n", fedge_strerror(ret));

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # tools/bench/ingest_rate.sh [BUILD] [N] [WORKERS...]
-# Multi-core ingest (issue 9 §4): for each WORKERS value (default "0 2": 0 is
-# the inline path on the I/O thread), a fresh aggregator (mlp:784-200-10,
-# one sync round selecting all N devices) takes one int8 update from each of
-# N devices sent at once over real DTLS on loopback. The driver prints the
+# Multi-core ingest (issue 9 §4): for each transport in TRANSPORTS (default
+# "dtls tcp": CoAP over DTLS, and over TLS/TCP with BERT blocks, RFC 8323)
+# and each WORKERS value (default "0 2": 0 is the inline path on the I/O
+# thread), a fresh aggregator (mlp:784-200-10, one sync round selecting all
+# N devices; listen_tcp set) takes one int8 update from each of N devices
+# sent at once on loopback. The driver prints the
 # sustained updates/s, p50/p99 reply latency, the raw AEAD and AEAD+decode
 # rate measured in the same process, the ratio, and the aggregator's GET
 # /status (its "ingest" part: the time breakdown per update); then
 # bench-ingest_path, the same path in-process without the transport.
 # DRIVER swaps the load generator: it is run as
-#   $DRIVER --server 127.0.0.1:PORT --keys KEYS_FILE --n N --status 1
+#   $DRIVER --server 127.0.0.1:PORT --keys KEYS_FILE --n N --status 1 [--transport tcp]
 # (default: $BUILD/bin/bench-ingest_rate). AGG_ARGS adds aggregator options.
 # docs/BENCHMARKS.md records the figures.
 set -euo pipefail
@@ -18,6 +20,7 @@ N=${2:-200}
 shift $(($# < 2 ? $# : 2))
 WORKERS=("$@")
 [ ${#WORKERS[@]} -gt 0 ] || WORKERS=(0 2)
+read -r -a TRANSPORTS <<<"${TRANSPORTS:-dtls tcp}"
 cd "$(dirname "$0")/../.."
 BIN=$BUILD/bin
 DRIVER=${DRIVER:-$BIN/bench-ingest_rate}
@@ -33,23 +36,30 @@ trap cleanup EXIT
     --out "$dir/shards" --test-out "$dir/test.bin" >/dev/null
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; N=$N devices, one mlp:784-200-10 int8 update each"
 status=0
+for t in "${TRANSPORTS[@]}"; do
 for w in "${WORKERS[@]}"; do
     rm -rf "$dir/run" && mkdir "$dir/run"
     port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    tport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     # shellcheck disable=SC2086
     "$BIN/fedge-aggregator" --keys-file "$dir/keys" --db "$dir/run/fedge.db" --model-dir "$dir/run/models" \
-        --listen "127.0.0.1:$port" --model-spec mlp:784-200-10 --test-data "$dir/test.bin" \
-        --round-timeout-s 3600 --rounds 1 --linger-s 60 --ingest-workers "$w" \
+        --listen "127.0.0.1:$port" --listen-tcp "127.0.0.1:$tport" --model-spec mlp:784-200-10 \
+        --test-data "$dir/test.bin" --round-timeout-s 3600 --rounds 1 --linger-s 60 --ingest-workers "$w" \
         --upload-max-partial-total "$((N > 256 ? N : 256))" ${AGG_ARGS:-} >"$dir/run/agg.log" 2>&1 &
     agg=$!
     for _ in $(seq 300); do grep -qs 'round 1 open' "$dir/run/agg.log" && break; sleep 0.1; done
     grep -q 'round 1 open' "$dir/run/agg.log" || { cat "$dir/run/agg.log"; exit 1; }
-    echo "== ingest_workers = $w"
-    "$DRIVER" --server "127.0.0.1:$port" --keys "$dir/keys" --n "$N" --status 1 || status=$?
+    echo "== $t, ingest_workers = $w (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+    if [ "$t" = tcp ]; then
+        "$DRIVER" --server "127.0.0.1:$tport" --keys "$dir/keys" --n "$N" --status 1 --transport tcp || status=$?
+    else
+        "$DRIVER" --server "127.0.0.1:$port" --keys "$dir/keys" --n "$N" --status 1 || status=$?
+    fi
     echo "aggregator cpu: $(awk '{ printf "user %.2f s, system %.2f s", $14 / 100, $15 / 100 }' /proc/$agg/stat)"
     kill "$agg" 2>/dev/null || true
     wait "$agg" 2>/dev/null || true
     agg=""
+done
 done
 # the same path without the transport: in-process, frames handed straight to it
 echo "== without the transport (bench-ingest_path $N 2 32)"

@@ -708,6 +708,7 @@ int main(int argc, char **argv)
     s.base.log_level = s.o.log_level;
     s.base.max_rounds = s.o.rounds;
     s.base.exit_when_finished = 1;
+    s.base.tcp = s.o.tcp;
 
     /* what a mistyped command line gets wrong fails before any work */
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM}, *ai = NULL;

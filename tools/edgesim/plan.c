@@ -54,7 +54,8 @@ void fedge_edgesim_usage(FILE *f, const char *prog)
             "  --tmp-dir DIR         --train sgd: where a session's slice is written (/tmp)\n"
             "  --seed N  --duration-s T (0: until the run finishes)  --json OUT\n"
             "  --poll-ms MS (500)  --timeout-ms MS (5000)  --max-retries N (8)\n"
-            "  --encoding fp32|fp16|bf16|int8  --log-level LEVEL (warn)  --stack-kib K (256)\n",
+            "  --encoding fp32|fp16|bf16|int8  --log-level LEVEL (warn)  --stack-kib K (256)\n"
+            "  --transport dtls|tcp  CoAP over DTLS (default) or TLS/TCP (RFC 8323; listen_tcp)\n",
             prog, prog);
 }
 
@@ -197,6 +198,12 @@ static int parse_one(const char *flag, const char *v, fedge_edgesim_options *o)
         return fedge_log_parse_level(v, &o->log_level);
     if (!strcmp(flag, "--stack-kib"))
         return num_u32(v, 64, 65536, &o->stack_kib);
+    if (!strcmp(flag, "--transport")) {
+        if (strcmp(v, "dtls") && strcmp(v, "tcp"))
+            return FEDGE_ERR_RANGE;
+        o->tcp = !strcmp(v, "tcp");
+        return FEDGE_OK;
+    }
     return FEDGE_ERR_NOT_FOUND;
 }
 

@@ -59,6 +59,7 @@ typedef struct {
     fedge_log_level log_level;  /* the sessions' log (default warn) */
     uint32_t stack_kib;
     int help;
+    int tcp;                    /* --transport tcp: CoAP over TLS/TCP (RFC 8323) */
 } fedge_edgesim_options;
 
 void fedge_edgesim_defaults(fedge_edgesim_options *o);

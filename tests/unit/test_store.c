@@ -1,0 +1,157 @@
+/* The SQLite log's page size (aggregator/store.h, the aggregator's
+ * db_page_size): a new log opened with fedge_store_open_db_paged gets the
+ * page size asked for, a plain open SQLite's 4 KiB; a log whose page size
+ * was fixed before (an older log: 4 KiB) keeps it, opens read-write and
+ * read-only, and takes an update-sized blob; a bad page size is refused
+ * before any file is made. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "log.h"
+#include "store.h"
+
+#define BLOB_LEN 161638 /* an mlp:784-200-10 int8 frame */
+
+typedef struct {
+    char dir[64];
+    char path[96];
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/fedge-test.store-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof f->path, "%s/fedge.db", f->dir);
+    fedge_log_set_level(FEDGE_LOG_WARN);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    char p[128];
+    static const char *suffix[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s%s", f->path, suffix[i]);
+        unlink(p);
+    }
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static int64_t page_size(sqlite3 *db)
+{
+    int64_t v = 0;
+    assert_int_equal(fedge_store_query_int64(db, &v, NULL, "PRAGMA page_size", ""), FEDGE_OK);
+    return v;
+}
+
+/* Inserts an accepted update row with a BLOB_LEN delta and reads it back. */
+static void blob_round_trip(sqlite3 *db, int64_t id)
+{
+    uint8_t *blob = malloc(BLOB_LEN);
+    assert_non_null(blob);
+    for (size_t i = 0; i < BLOB_LEN; i++)
+        blob[i] = (uint8_t)(i * 31 + (size_t)id);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(fedge_store_prepare(db,
+                                         "INSERT INTO updates(id, round, device, received_at, n_samples, encoding,"
+                                         " bytes, counter, decision, rule, reason, delta)"
+                                         " VALUES(?, ?, 'dev-a', 0, 10, 'int8', ?, ?, 'accepted', '', '', ?)",
+                                         &st),
+                     FEDGE_OK);
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int64(st, 2, id); /* its round: one accepted update per device and round */
+    sqlite3_bind_int64(st, 3, BLOB_LEN);
+    sqlite3_bind_int64(st, 4, id);
+    sqlite3_bind_blob(st, 5, blob, BLOB_LEN, SQLITE_STATIC);
+    assert_int_equal(fedge_store_step_done(db, st), FEDGE_OK);
+    assert_int_equal(fedge_store_prepare(db, "SELECT delta FROM updates WHERE id = ?", &st), FEDGE_OK);
+    sqlite3_bind_int64(st, 1, id);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_bytes(st, 0), BLOB_LEN);
+    assert_memory_equal(sqlite3_column_blob(st, 0), blob, BLOB_LEN);
+    sqlite3_finalize(st);
+    free(blob);
+}
+
+static void test_new_log_gets_large_pages(void **state)
+{
+    fixture *f = *state;
+    sqlite3 *db = NULL;
+    assert_int_equal(fedge_store_open_db_paged(f->path, 65536, &db), FEDGE_OK);
+    assert_int_equal(page_size(db), 65536);
+    int64_t av = -1;
+    assert_int_equal(fedge_store_query_int64(db, &av, NULL, "PRAGMA auto_vacuum", ""), FEDGE_OK);
+    assert_int_equal(av, 2); /* INCREMENTAL, as before */
+    blob_round_trip(db, 1);
+    sqlite3_close_v2(db);
+    assert_int_equal(fedge_store_open_db(f->path, 1, &db), FEDGE_OK);
+    assert_int_equal(page_size(db), 65536);
+    sqlite3_close_v2(db);
+}
+
+static void test_default_and_bad_page_sizes(void **state)
+{
+    fixture *f = *state;
+    sqlite3 *db = NULL;
+    static const long bad[] = {-1, 256, 1000, 131072};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_false(fedge_store_page_size_valid(bad[i]));
+        assert_int_equal(fedge_store_open_db_paged(f->path, bad[i], &db), FEDGE_ERR_INVALID_ARG);
+        assert_null(db);
+        assert_int_equal(access(f->path, F_OK), -1);
+    }
+    assert_int_equal(fedge_store_open_db_paged(f->path, 0, &db), FEDGE_OK);
+    assert_int_equal(page_size(db), 4096);
+    blob_round_trip(db, 1);
+    sqlite3_close_v2(db);
+}
+
+static void test_old_log_keeps_its_pages(void **state)
+{
+    fixture *f = *state;
+    sqlite3 *db = NULL;
+    /* an empty file whose page size is already fixed at 4 KiB */
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA page_size=4096; PRAGMA user_version=1", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(fedge_store_open_db_paged(f->path, 65536, &db), FEDGE_OK);
+    assert_int_equal(page_size(db), 4096);
+    blob_round_trip(db, 1);
+    sqlite3_close_v2(db);
+    /* reopened as the existing fedge log it now is */
+    assert_int_equal(fedge_store_open_db_paged(f->path, 65536, &db), FEDGE_OK);
+    assert_int_equal(page_size(db), 4096);
+    blob_round_trip(db, 2);
+    int64_t n = 0;
+    assert_int_equal(fedge_store_query_int64(db, &n, NULL, "SELECT count(*) FROM updates", ""), FEDGE_OK);
+    assert_int_equal(n, 2);
+    sqlite3_close_v2(db);
+    assert_int_equal(fedge_store_open_db(f->path, 1, &db), FEDGE_OK);
+    assert_int_equal(page_size(db), 4096);
+    sqlite3_close_v2(db);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_new_log_gets_large_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_old_log_keeps_its_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_default_and_bad_page_sizes, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
