@@ -485,6 +485,7 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     fedge_pp_sim sim;
     size_t n_local_max = 0;
     memset(&sim, 0, sizeof(sim));
+    o->fwd_ms = o->bwd_ms = 0.0;
     sim.schedule = FEDGE_PP_1F1B;
     sim.pp = P;
     sim.micro = M;
@@ -504,6 +505,8 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
          * at once, larger messages only while the sender waits */
         if (s < P - 1 && c.send_bytes >= PP_EAGER_BYTES)
             sim.progress_in_wait = 1;
+        o->fwd_ms = fmax(o->fwd_ms, 1e3 * M * sim.fwd[s]);
+        o->bwd_ms = fmax(o->bwd_ms, 1e3 * M * sim.bwd[s]);
         comp_sum += c.fwd_c + c.bwd_c;
         comm_sum += c.fwd_m + c.bwd_m;
         if (p.n_local > n_local_max)
@@ -526,8 +529,11 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     for (int s = 0; s < P && pipe > 0; s++)
         o->bubble += (1.0 - busy[s] / pipe) / P;
     /* read the rows, zero the gradients, check and update the parameters */
-    const double step_fixed = pc->L->load_s * (double)R * sh->dims[0]
-                              + (pc->L->sgd_s + pc->L->elem_s) * (double)n_local_max;
+    o->load_ms = 1e3 * pc->L->load_s * (double)R * sh->dims[0];
+    o->update_ms = 1e3 * (pc->L->sgd_s + pc->L->elem_s) * (double)n_local_max;
+    o->grad_ar_ms = 1e3 * dp;
+    o->status_ms = 1e3 * small;
+    const double step_fixed = 1e-3 * (o->load_ms + o->update_ms);
     o->predict_ms = 1e3 * (pipe + step_fixed + small + dp);
     o->compute_ms = 1e3 * (comp_sum * M / P + step_fixed);
     o->comm_ms = 1e3 * (comm_sum * M / P + small + dp);
@@ -669,5 +675,13 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
         fprintf(f, "  %3d %3d %3d %5d %12.3f %11.3f %9.3f %8.3f %12zu %5s%s\n", o->dp, o->tp,
                 o->pp, o->micro, o->predict_ms, o->compute_ms, o->comm_ms, o->bubble,
                 o->mem_bytes, o->fits ? "yes" : "no", i == r->choice ? "  <- chosen" : "");
+    }
+    fprintf(f, "# terms (ms): %3s %3s %3s %5s %8s %8s %8s %8s %8s %8s\n", "dp", "tp", "pp",
+            "micro", "forward", "backward", "grad_ar", "status", "update", "load");
+    for (int i = 0; i < r->n; i++) {
+        const fedge_plan_layout *o = &r->cand[i];
+        fprintf(f, "# terms (ms): %3d %3d %3d %5d %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n", o->dp,
+                o->tp, o->pp, o->micro, o->fwd_ms, o->bwd_ms, o->grad_ar_ms, o->status_ms,
+                o->update_ms, o->load_ms);
     }
 }

@@ -57,6 +57,12 @@ typedef struct {
     double predict_ms, compute_ms, comm_ms, bubble;
     size_t mem_bytes;
     int fits;
+    /* the prediction's terms, ms per step on the busiest rank: forward and
+     * backward (compute and their TP allreduces, summed over the stage's
+     * micro-batches; the pipeline's idle is predict_ms less the others),
+     * the DP gradient allreduce, the status allreduces, the SGD update with
+     * zeroing and the non-finite check, the reading of the rows */
+    double fwd_ms, bwd_ms, grad_ar_ms, status_ms, update_ms, load_ms;
 } fedge_plan_layout;
 
 typedef struct {
