@@ -2,15 +2,19 @@
 
 #include <math.h>
 #include <mpi.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common.h"
+#include "cluster_backend.h"
 #include "cluster_plan_model.h"
 #include "model.h"
 #include "optim.h"
+#include "rng.h"
 
 #define GEMM_CACHE 512
 
@@ -30,7 +34,15 @@ typedef struct {
 typedef struct {
     gemm_entry e[GEMM_CACHE];
     int n;
+    int share, node_rank; /* fedge_plan_links' */
 } gemm_cache;
+
+/* With share > 1 the ranks sharing a core time their compute in turns (one
+ * per core at once); *turn counts them; returns 1 while turns remain. */
+static int my_turn(int share, int node_rank, int turn)
+{
+    return share <= 1 || node_rank % share == turn;
+}
 
 static double now_s(void)
 {
@@ -57,7 +69,13 @@ static int gemm_time(gemm_cache *gc, int ta, int tb, int m, int n, int k, double
     double mine = 0.0, all = 0.0;
     if (a == NULL || b == NULL || c == NULL)
         ret = FEDGE_ERR_NOMEM;
-    if (ret == FEDGE_OK) {
+    const int turns = gc->share > 1 ? gc->share : 1;
+    for (int turn = 0; turn < turns; turn++) {
+        if (ret != FEDGE_OK || !my_turn(gc->share, gc->node_rank, turn)) {
+            if (turns > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+                ret = FEDGE_ERR_CLUSTER_COMM;
+            continue;
+        }
         const int lda = ta ? m : k, ldb = tb ? k : n;
         for (size_t i = 0; i < (size_t)m * (size_t)k; i++)
             a[i] = (float)(i % 7) * 0.1f;
@@ -77,6 +95,8 @@ static int gemm_time(gemm_cache *gc, int ta, int tb, int m, int n, int k, double
             reps++;
         } while ((reps < 5 || now_s() - t0 < 0.012) && reps < 50);
         mine = best;
+        if (turns > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+            ret = FEDGE_ERR_CLUSTER_COMM;
     }
     free(a);
     free(b);
@@ -101,8 +121,10 @@ static int probe_elementwise(fedge_plan_links *L)
     float *c = calloc(n, sizeof(float));
     uint8_t *u = calloc(n, 1);
     double t[4] = {1e30, 1e30, 1e30, 1e30}, all[4];
-    int bad = !a || !b || !c || !u, any = 0;
-    if (!bad) {
+    int bad = !a || !b || !c || !u, any = 0, rc = MPI_SUCCESS;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        any = 1, rc = MPI_ERR_OTHER;
+    if (!any) {
         fedge_sgd_config sgd = {0.01f, 0.9f, 1e-4f};
         volatile double sink = 0.0;
         for (size_t i = 0; i < n; i++) {
@@ -110,7 +132,14 @@ static int probe_elementwise(fedge_plan_links *L)
             b[i] = 0.01f * (float)(i % 7);
             u[i] = (uint8_t)i;
         }
-        for (int rep = 0; rep < 6; rep++) { /* the fastest pass counts */
+        for (int rep = 0; rep < 6 * (L->share > 1 ? L->share : 1); rep++) {
+            /* the fastest pass counts; oversubscribed, in turns */
+            if (L->share > 1) {
+                if ((rc = MPI_Barrier(MPI_COMM_WORLD)) != MPI_SUCCESS)
+                    break;
+                if (!my_turn(L->share, L->node_rank, rep % L->share))
+                    continue;
+            }
             double t0 = now_s();
             for (size_t i = 0; i < n; i++) {
                 float v = a[i] + b[i & 1023];
@@ -138,7 +167,7 @@ static int probe_elementwise(fedge_plan_links *L)
     free(b);
     free(c);
     free(u);
-    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
+    if (rc != MPI_SUCCESS
         || MPI_Allreduce(t, all, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (any)
@@ -415,6 +444,200 @@ static int coll_probe(fedge_plan_links *L)
     return ret;
 }
 
+/* One pure data-parallel step of `rows` rows per rank on the trainer's own
+ * cpu backend (its loops, its buffers, its collective), every rank at once:
+ * the fastest of DP_PASSES passes for each compute phase, the median for the
+ * gradient allreduce, the slowest rank's figures. */
+#define DP_PASSES 11
+static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_links *L)
+{
+    int rank = 0, world = 1, ret = FEDGE_OK, bad = 0, any = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    const size_t n = fedge_model_spec_param_count(spec);
+    fedge_backend_config bc;
+    fedge_backend *be = NULL;
+    float *x = NULL;
+    fedge_model m;
+    fedge_rng rng;
+    uint8_t *y = NULL;
+    double mine[5] = {0}, all[5] = {0};
+    memset(&bc, 0, sizeof(bc));
+    bc.spec = *spec;
+    bc.local_batch_max = rows;
+    bc.precision = FEDGE_PREC_FP32;
+    memset(&m, 0, sizeof(m));
+    fedge_rng_seed(&rng, 1);
+    ret = fedge_layout_init(&bc.layout, n, world, rank);
+    if (ret == FEDGE_OK)
+        ret = fedge_backend_create("cpu", &bc, &be);
+    if (ret == FEDGE_OK)
+        ret = fedge_model_init(&m, spec);
+    if (ret == FEDGE_OK) /* the initialisation `init` gives: real activations, no denormals */
+        ret = fedge_model_randomize(&m, &rng);
+    x = calloc((size_t)rows * (size_t)spec->input_dim, sizeof(float));
+    y = calloc((size_t)rows, 1);
+    if (ret == FEDGE_OK && (x == NULL || y == NULL))
+        ret = FEDGE_ERR_NOMEM;
+    if (ret == FEDGE_OK) {
+        for (size_t i = 0; i < (size_t)rows * (size_t)spec->input_dim; i++)
+            x[i] = (float)(i % 255) * (1.0f / 255.0f);
+        for (int i = 0; i < rows; i++)
+            y[i] = (uint8_t)(i % spec->classes);
+        ret = be->ops->set_params(be, m.params);
+    }
+    bad = ret != FEDGE_OK;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        ret = FEDGE_ERR_CLUSTER_COMM;
+    else if (any && ret == FEDGE_OK)
+        ret = FEDGE_ERR_CLUSTER_COMM; /* another rank's failure */
+    fedge_dense_shape sh;
+    if (ret == FEDGE_OK)
+        ret = fedge_dense_shape_of(spec, &sh);
+    const fedge_sgd_config sgd = {1e-6f, 0.9f, 0.0f};
+    double best[4] = {1e30, 1e30, 1e30, 1e30}, ar[DP_PASSES];
+    const int share = L->share > 1 ? L->share : 1, passes = DP_PASSES * share;
+    for (int pass = 0; pass <= passes && ret == FEDGE_OK; pass++) { /* pass 0 warms up */
+        /* oversubscribed: one rank per core computes at a time (the model
+         * multiplies by share); the allreduce always runs on all ranks */
+        const int active = pass == 0 || my_turn(share, L->node_rank, pass % share);
+        double loss = 0.0, t[7] = {0};
+        int flag = 0;
+        if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        t[0] = now_s();
+        if (active) {
+            CHK(be->ops->load_batch(be, x, y, rows));
+            t[1] = now_s();
+            CHK(be->ops->forward(be, 1.0f / (float)(rows * world), &loss));
+            t[2] = now_s();
+            for (int l = sh.n_layers - 1; l >= 0; l--)
+                CHK(be->ops->backward_layer(be, l));
+            t[3] = now_s();
+        }
+        if (share > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        t[4] = now_s();
+        CHK(be->ops->grad_comm_start(be, 0, bc.layout.n_pad));
+        CHK(be->ops->grad_comm_wait(be));
+        t[5] = now_s();
+        if (active) {
+            CHK(be->ops->grad_nonfinite(be, &flag));
+            CHK(be->ops->update(be, &sgd, 1.0f));
+        }
+        t[6] = now_s();
+        if (pass == 0)
+            continue;
+        if (pass <= DP_PASSES)
+            ar[pass - 1] = t[5] - t[4];
+        if (!active)
+            continue;
+        const double d[4] = {t[2] - t[1], t[3] - t[2], t[1] - t[0], t[6] - t[5]};
+        for (int k = 0; k < 4; k++)
+            best[k] = d[k] < best[k] ? d[k] : best[k];
+    }
+    if (ret == FEDGE_OK) {
+        memcpy(mine, best, sizeof(best));
+        mine[4] = median(ar, DP_PASSES);
+    }
+cleanup:
+    bad = ret != FEDGE_OK;
+    fedge_backend_destroy(be);
+    fedge_model_free(&m);
+    free(x);
+    free(y);
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
+        || MPI_Allreduce(mine, all, 5, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    if (any)
+        return ret != FEDGE_OK ? ret : FEDGE_ERR_CLUSTER_COMM;
+    L->dp_rows = rows;
+    L->dp_fwd_s = all[0];
+    L->dp_bwd_s = all[1];
+    L->dp_copy_s = all[2];
+    L->dp_update_s = all[3];
+    L->dp_ar_s = world > 1 ? all[4] : 0.0;
+    return FEDGE_OK;
+}
+
+/* Ranks per node and the cores they may run on: the union of the node's
+ * ranks' affinity masks (a rank bound to one core is not oversubscribed
+ * when its peers are bound to others). */
+static int probe_node(fedge_plan_links *L)
+{
+    MPI_Comm node;
+    int nr = 1, me = 0, cores = 0, v[2], all[2];
+    cpu_set_t set, uni;
+    CPU_ZERO(&set);
+    CPU_ZERO(&uni);
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node)
+        != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    MPI_Comm_size(node, &nr);
+    MPI_Comm_rank(node, &me);
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        for (long i = 0; i < c && i < CPU_SETSIZE; i++)
+            CPU_SET((int)i, &set);
+    }
+    int rc = MPI_Allreduce(&set, &uni, (int)sizeof(set), MPI_BYTE, MPI_BOR, node);
+    MPI_Comm_free(&node);
+    if (rc != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    cores = CPU_COUNT(&uni);
+    v[0] = nr;
+    v[1] = -cores;
+    if (MPI_Allreduce(v, all, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    L->node_ranks = all[0];
+    L->cores = -all[1];
+    L->node_rank = me;
+    L->share = fedge_plan_share(L->node_ranks, L->cores);
+    return FEDGE_OK;
+}
+
+#define DESCHED_ITERS 20
+#define DESCHED_TRIALS 5
+
+/* Oversubscribed: every rank alternates a GEMM chunk (timed alone, in turns)
+ * with a 16-byte allreduce over all ranks; what a loop iteration takes beyond
+ * the cores' serialised chunks and the allreduce is the descheduling cost of
+ * one blocking call (median of the trials, slowest rank). */
+static int probe_desched(gemm_cache *gc, fedge_plan_links *L, double ar_s)
+{
+    const int m = 64, n = 512, k = 512;
+    double chunk = 0.0, t[DESCHED_TRIALS], mine = 0.0, all = 0.0;
+    CHK_T(gemm_time(gc, 0, 1, m, n, k, &chunk));
+    float *a = calloc((size_t)m * k, sizeof(float)), *b = calloc((size_t)k * n, sizeof(float));
+    float *c = calloc((size_t)m * n, sizeof(float));
+    float red[4] = {0};
+    int bad = !a || !b || !c, any = 0, rc = MPI_SUCCESS;
+    rc = MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    for (int trial = 0; trial < DESCHED_TRIALS && rc == MPI_SUCCESS && !any; trial++) {
+        rc = MPI_Barrier(MPI_COMM_WORLD);
+        const double t0 = now_s();
+        for (int i = 0; i < DESCHED_ITERS && rc == MPI_SUCCESS; i++) {
+            fedge_sgemm(0, 1, m, n, k, 1.0f, a, k, b, k, 0.0f, c, n);
+            rc = MPI_Allreduce(MPI_IN_PLACE, red, 4, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        }
+        t[trial] = (now_s() - t0) / DESCHED_ITERS;
+    }
+    free(a);
+    free(b);
+    free(c);
+    if (rc != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    if (any)
+        return FEDGE_ERR_NOMEM;
+    mine = median(t, DESCHED_TRIALS);
+    if (MPI_Allreduce(&mine, &all, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    L->chunk_s = chunk;
+    L->iter_s = all;
+    L->desched_s = fedge_plan_desched(all, chunk, ar_s, L->share);
+    return L->desched_s >= 0.0 ? FEDGE_OK : FEDGE_ERR_INTERNAL;
+}
+
 /* ---- the step model ---------------------------------------------------- */
 
 /* One micro-batch of `rows` on stage p (TP rank p->tp_i): forward (GEMMs,
@@ -423,6 +646,7 @@ static int coll_probe(fedge_plan_links *L)
  * compute and communication; the boundary message sizes. */
 typedef struct {
     double fwd_c, fwd_m, bwd_c, bwd_m;
+    int fwd_n, bwd_n;  /* blocking MPI calls in fwd_m, bwd_m */
     double send_bytes; /* to the next stage (its gradient comes back the same size) */
 } stage_cost;
 
@@ -451,6 +675,7 @@ static int stage_time(plan_ctx *pc, const fedge_shard_plan *p, int rows, stage_c
             CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * (double)p->sh.dims[l + 1] * 4.0,
                             &t));
             o->fwd_m += t;
+            o->fwd_n++;
         }
         if (T > 1 && p->mode[l] == FEDGE_TP_COL && l == p->sh.n_layers - 1) {
             /* split softmax: the row maxima (floats), the sums and label logits (doubles) */
@@ -458,10 +683,12 @@ static int stage_time(plan_ctx *pc, const fedge_shard_plan *p, int rows, stage_c
             o->fwd_m += t;
             CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * 16.0, &t));
             o->fwd_m += t;
+            o->fwd_n += 2;
         }
         if (T > 1 && p->mode[l] == FEDGE_TP_COL && l > 0) {
             CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * (double)p->sh.dims[l] * 4.0, &t));
             o->bwd_m += t;
+            o->bwd_n++;
         }
     }
     if (p->pp_i == 0)
@@ -486,6 +713,9 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     size_t n_local_max = 0;
     memset(&sim, 0, sizeof(sim));
     o->fwd_ms = o->bwd_ms = 0.0;
+    const int dp_measured = o->tp == 1 && P == 1 && M == 1 && pc->L->dp_rows == R;
+    const int share = pc->L->share > 1 ? pc->L->share : 1;
+    const double desched = share > 1 ? pc->L->desched_s : 0.0;
     sim.schedule = FEDGE_PP_1F1B;
     sim.pp = P;
     sim.micro = M;
@@ -494,12 +724,18 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
         stage_cost c;
         CHK_T(fedge_shard_plan_make(sh, o->tp, o->tp - 1, P, s, &p));
         CHK_T(stage_time(pc, &p, rows, &c));
-        sim.fwd[s] = c.fwd_c + c.fwd_m;
-        sim.bwd[s] = c.bwd_c + c.bwd_m;
+        if (dp_measured) { /* the trainer's own loops, measured (probe_dp_step) */
+            c.fwd_c = pc->L->dp_fwd_s;
+            c.bwd_c = pc->L->dp_bwd_s;
+        }
+        /* oversubscribed: compute serialised over the ranks sharing a
+         * core, each blocking call descheduled */
+        sim.fwd[s] = fedge_plan_oversub_time(c.fwd_c, c.fwd_m, c.fwd_n, share, desched);
+        sim.bwd[s] = fedge_plan_oversub_time(c.bwd_c, c.bwd_m, c.bwd_n, share, desched);
         if (s < P - 1) {
             CHK_T(coll_time(pc, FEDGE_PLAN_P2P, 2, c.send_bytes, &t));
-            sim.send_fwd[s] = sim.send_bwd[s] = t;
-            comm_sum += 2.0 * t;
+            sim.send_fwd[s] = sim.send_bwd[s] = fedge_plan_oversub_time(0.0, t, 1, share, desched);
+            comm_sum += 2.0 * sim.send_fwd[s];
         }
         /* Open MPI over shared memory sends up to its eager limit (4 KiB)
          * at once, larger messages only while the sender waits */
@@ -507,8 +743,8 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
             sim.progress_in_wait = 1;
         o->fwd_ms = fmax(o->fwd_ms, 1e3 * M * sim.fwd[s]);
         o->bwd_ms = fmax(o->bwd_ms, 1e3 * M * sim.bwd[s]);
-        comp_sum += c.fwd_c + c.bwd_c;
-        comm_sum += c.fwd_m + c.bwd_m;
+        comp_sum += share * (c.fwd_c + c.bwd_c);
+        comm_sum += sim.fwd[s] + sim.bwd[s] - share * (c.fwd_c + c.bwd_c);
         if (p.n_local > n_local_max)
             n_local_max = p.n_local;
     }
@@ -519,11 +755,15 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     double small = 0.0, dp = 0.0, pipe = 0.0;
     double busy[FEDGE_GRID_MAX_PP];
     CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, world, 16.0, &small));
-    small *= mp_path ? 4.0 : 1.0;
-    if (o->dp > 1)
+    small = (mp_path ? 4.0 : 1.0) * fedge_plan_oversub_time(0.0, small, 1, share, desched);
+    if (o->dp > 1 && dp_measured && pc->L->probe_ranks == o->dp)
+        dp = pc->L->dp_ar_s; /* as the trainer issues it: MPI_Iallreduce */
+    else if (o->dp > 1)
         CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, o->dp, (double)n_local_max * 4.0, &dp));
     if (pc->collect)
         return FEDGE_OK;
+    if (o->dp > 1)
+        dp = fedge_plan_oversub_time(0.0, dp, 1, share, desched);
     CHK_T(fedge_pp_simulate(&sim, &pipe, busy));
     o->bubble = 0.0;
     for (int s = 0; s < P && pipe > 0; s++)
@@ -531,6 +771,12 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     /* read the rows, zero the gradients, check and update the parameters */
     o->load_ms = 1e3 * pc->L->load_s * (double)R * sh->dims[0];
     o->update_ms = 1e3 * (pc->L->sgd_s + pc->L->elem_s) * (double)n_local_max;
+    if (dp_measured) {
+        o->load_ms += 1e3 * pc->L->dp_copy_s;
+        o->update_ms = 1e3 * pc->L->dp_update_s;
+    }
+    o->load_ms *= share;
+    o->update_ms *= share;
     o->grad_ar_ms = 1e3 * dp;
     o->status_ms = 1e3 * small;
     const double step_fixed = 1e-3 * (o->load_ms + o->update_ms);
@@ -604,8 +850,11 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
         return FEDGE_ERR_INVALID_ARG;
     CHK_T(fedge_dense_shape_of(spec, &sh));
     MPI_Comm_size(MPI_COMM_WORLD, &probed);
+    CHK_T(probe_node(&out->links));
     CHK_T(probe_links(&out->links));
     CHK_T(probe_elementwise(&out->links));
+    if (batch >= world)
+        CHK_T(probe_dp_step(spec, batch / world, &out->links));
     pc = calloc(1, sizeof(*pc));
     if (pc == NULL)
         return FEDGE_ERR_NOMEM;
@@ -613,6 +862,8 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
     if (pc->gc == NULL)
         FAIL(FEDGE_ERR_NOMEM);
     pc->L = &out->links;
+    pc->gc->share = out->links.share;
+    pc->gc->node_rank = out->links.node_rank;
     enumerate(&sh, batch, world, out);
     /* the collectives' sizes, measured on the ranks at hand: a group larger
      * than them (plan --ranks) keeps the alpha-beta fit */
@@ -629,6 +880,11 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
     CHK(coll_choose(pc));
     CHK(coll_probe(&out->links));
     pc->collect = 0;
+    if (out->links.share > 1) {
+        double ar = 0.0;
+        CHK(coll_time(pc, FEDGE_PLAN_ALLREDUCE, probed, 16.0, &ar));
+        CHK(probe_desched(pc->gc, &out->links, ar));
+    }
     for (int i = 0; i < out->n; i++)
         CHK(predict(pc, spec, &sh, batch, world, budget_mb, &out->cand[i]));
     qsort(out->cand, (size_t)out->n, sizeof(out->cand[0]), cmp_layout);
@@ -653,6 +909,18 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
             L->ar_beta / 1e9, budget_mb > 0 ? "per rank" : "none");
     fprintf(f, "# per element: bias+relu %.2f ns, exp %.2f ns, sgd %.2f ns, load %.2f ns\n",
             1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s);
+    if (L->share > 1)
+        fprintf(f, "# oversubscribed: %d ranks on a node, %d cores (sched_getaffinity): compute "
+                   "x %d (probed one rank per core at a time), each blocking MPI call + %.1f us "
+                   "descheduled (probe: %.1f us GEMM + allreduce loop %.1f us)\n",
+                L->node_ranks, L->cores, L->share, 1e6 * L->desched_s, 1e6 * L->chunk_s,
+                1e6 * L->iter_s);
+    if (L->dp_rows > 0)
+        fprintf(f, "# data-parallel step on the trainer's cpu backend, %d rows per rank: forward "
+                   "%.3f ms, backward %.3f ms, copy-in %.3f ms, check+update %.3f ms, gradient "
+                   "allreduce %.3f ms\n",
+                L->dp_rows, 1e3 * L->dp_fwd_s, 1e3 * L->dp_bwd_s, 1e3 * L->dp_copy_s,
+                1e3 * L->dp_update_s, 1e3 * L->dp_ar_s);
     fprintf(f, "# collectives at the layouts' sizes: %d distinct, %d measured (median of %d "
                "trials, slowest rank; log-log interpolation between)\n",
             L->n_coll_asked, L->n_coll, COLL_TRIALS);

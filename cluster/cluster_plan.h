@@ -72,6 +72,21 @@ typedef struct {
      * exp (softmax), SGD update, u8 -> f32 batch conversion (the loader) */
     double elem_s, exp_s, sgd_s, load_s;
     int probe_ranks;
+    /* the pure data-parallel step measured on the trainer's cpu backend at
+     * dp_rows rows per rank, all ranks at once: forward, backward, the
+     * batch copy-in, the non-finite check with the SGD update (the fastest
+     * pass, the slowest rank) and the gradient allreduce as the trainer
+     * issues it (MPI_Iallreduce, one bucket; median); dp_rows 0: not run */
+    int dp_rows;
+    double dp_fwd_s, dp_bwd_s, dp_copy_s, dp_update_s, dp_ar_s;
+    /* oversubscription: the most ranks on a node, the fewest cores a rank
+     * may run on (sched_getaffinity), share = ceil(ranks / cores); with
+     * share > 1 the compute probes run one rank per core at a time and the
+     * model multiplies compute by share; desched_s: what each blocking MPI
+     * call (collective, pipeline receive) loses to descheduling, measured
+     * at the real rank count (fedge_plan_desched); node_rank: this rank's */
+    int node_ranks, cores, share, node_rank;
+    double desched_s, chunk_s, iter_s;
     int n_coll, n_coll_asked;     /* sizes measured; distinct sizes the layouts issue */
     fedge_plan_coll coll[FEDGE_PLAN_MAX_COLL]; /* by kind, group, bytes */
 } fedge_plan_links;

@@ -44,6 +44,28 @@ void fedge_plan_monotone(double *ys, int n)
             ys[i++] = val[b];
 }
 
+int fedge_plan_share(int ranks, int cores)
+{
+    if (ranks < 1 || cores < 1 || cores >= ranks)
+        return 1;
+    return (ranks + cores - 1) / cores;
+}
+
+double fedge_plan_desched(double iter_s, double chunk_s, double ar_s, int share)
+{
+    if (!(iter_s >= 0.0) || !(chunk_s >= 0.0) || !(ar_s >= 0.0) || share < 1)
+        return -1.0;
+    const double d = iter_s - share * chunk_s - ar_s;
+    return d > 0.0 ? d : 0.0;
+}
+
+double fedge_plan_oversub_time(double compute_s, double comm_s, int blocking, int share,
+                               double desched_s)
+{
+    return (share > 1 ? share : 1) * compute_s + comm_s
+           + (share > 1 && blocking > 0 ? blocking * desched_s : 0.0);
+}
+
 enum { OP_F = 0, OP_B = 1 };
 
 /* The k-th operation of stage s: *kind OP_F or OP_B, *m the micro-batch. */
