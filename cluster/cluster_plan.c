@@ -596,48 +596,6 @@ static int probe_node(fedge_plan_links *L)
     return FEDGE_OK;
 }
 
-#define DESCHED_ITERS 20
-#define DESCHED_TRIALS 5
-
-/* Oversubscribed: every rank alternates a GEMM chunk (timed alone, in turns)
- * with a 16-byte allreduce over all ranks; what a loop iteration takes beyond
- * the cores' serialised chunks and the allreduce is the descheduling cost of
- * one blocking call (median of the trials, slowest rank). */
-static int probe_desched(gemm_cache *gc, fedge_plan_links *L, double ar_s)
-{
-    const int m = 64, n = 512, k = 512;
-    double chunk = 0.0, t[DESCHED_TRIALS], mine = 0.0, all = 0.0;
-    CHK_T(gemm_time(gc, 0, 1, m, n, k, &chunk));
-    float *a = calloc((size_t)m * k, sizeof(float)), *b = calloc((size_t)k * n, sizeof(float));
-    float *c = calloc((size_t)m * n, sizeof(float));
-    float red[4] = {0};
-    int bad = !a || !b || !c, any = 0, rc = MPI_SUCCESS;
-    rc = MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    for (int trial = 0; trial < DESCHED_TRIALS && rc == MPI_SUCCESS && !any; trial++) {
-        rc = MPI_Barrier(MPI_COMM_WORLD);
-        const double t0 = now_s();
-        for (int i = 0; i < DESCHED_ITERS && rc == MPI_SUCCESS; i++) {
-            fedge_sgemm(0, 1, m, n, k, 1.0f, a, k, b, k, 0.0f, c, n);
-            rc = MPI_Allreduce(MPI_IN_PLACE, red, 4, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        }
-        t[trial] = (now_s() - t0) / DESCHED_ITERS;
-    }
-    free(a);
-    free(b);
-    free(c);
-    if (rc != MPI_SUCCESS)
-        return FEDGE_ERR_CLUSTER_COMM;
-    if (any)
-        return FEDGE_ERR_NOMEM;
-    mine = median(t, DESCHED_TRIALS);
-    if (MPI_Allreduce(&mine, &all, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
-        return FEDGE_ERR_CLUSTER_COMM;
-    L->chunk_s = chunk;
-    L->iter_s = all;
-    L->desched_s = fedge_plan_desched(all, chunk, ar_s, L->share);
-    return L->desched_s >= 0.0 ? FEDGE_OK : FEDGE_ERR_INTERNAL;
-}
-
 /* ---- the step model ---------------------------------------------------- */
 
 /* One micro-batch of `rows` on stage p (TP rank p->tp_i): forward (GEMMs,
@@ -646,7 +604,6 @@ static int probe_desched(gemm_cache *gc, fedge_plan_links *L, double ar_s)
  * compute and communication; the boundary message sizes. */
 typedef struct {
     double fwd_c, fwd_m, bwd_c, bwd_m;
-    int fwd_n, bwd_n;  /* blocking MPI calls in fwd_m, bwd_m */
     double send_bytes; /* to the next stage (its gradient comes back the same size) */
 } stage_cost;
 
@@ -675,7 +632,6 @@ static int stage_time(plan_ctx *pc, const fedge_shard_plan *p, int rows, stage_c
             CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * (double)p->sh.dims[l + 1] * 4.0,
                             &t));
             o->fwd_m += t;
-            o->fwd_n++;
         }
         if (T > 1 && p->mode[l] == FEDGE_TP_COL && l == p->sh.n_layers - 1) {
             /* split softmax: the row maxima (floats), the sums and label logits (doubles) */
@@ -683,12 +639,10 @@ static int stage_time(plan_ctx *pc, const fedge_shard_plan *p, int rows, stage_c
             o->fwd_m += t;
             CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * 16.0, &t));
             o->fwd_m += t;
-            o->fwd_n += 2;
         }
         if (T > 1 && p->mode[l] == FEDGE_TP_COL && l > 0) {
             CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * (double)p->sh.dims[l] * 4.0, &t));
             o->bwd_m += t;
-            o->bwd_n++;
         }
     }
     if (p->pp_i == 0)
@@ -715,7 +669,6 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     o->fwd_ms = o->bwd_ms = 0.0;
     const int dp_measured = o->tp == 1 && P == 1 && M == 1 && pc->L->dp_rows == R;
     const int share = pc->L->share > 1 ? pc->L->share : 1;
-    const double desched = share > 1 ? pc->L->desched_s : 0.0;
     sim.schedule = FEDGE_PP_1F1B;
     sim.pp = P;
     sim.micro = M;
@@ -728,14 +681,13 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
             c.fwd_c = pc->L->dp_fwd_s;
             c.bwd_c = pc->L->dp_bwd_s;
         }
-        /* oversubscribed: compute serialised over the ranks sharing a
-         * core, each blocking call descheduled */
-        sim.fwd[s] = fedge_plan_oversub_time(c.fwd_c, c.fwd_m, c.fwd_n, share, desched);
-        sim.bwd[s] = fedge_plan_oversub_time(c.bwd_c, c.bwd_m, c.bwd_n, share, desched);
+        /* oversubscribed: compute serialised over the ranks sharing a core */
+        sim.fwd[s] = fedge_plan_oversub_time(c.fwd_c, c.fwd_m, share);
+        sim.bwd[s] = fedge_plan_oversub_time(c.bwd_c, c.bwd_m, share);
         if (s < P - 1) {
             CHK_T(coll_time(pc, FEDGE_PLAN_P2P, 2, c.send_bytes, &t));
-            sim.send_fwd[s] = sim.send_bwd[s] = fedge_plan_oversub_time(0.0, t, 1, share, desched);
-            comm_sum += 2.0 * sim.send_fwd[s];
+            sim.send_fwd[s] = sim.send_bwd[s] = t;
+            comm_sum += 2.0 * t;
         }
         /* Open MPI over shared memory sends up to its eager limit (4 KiB)
          * at once, larger messages only while the sender waits */
@@ -755,15 +707,13 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     double small = 0.0, dp = 0.0, pipe = 0.0;
     double busy[FEDGE_GRID_MAX_PP];
     CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, world, 16.0, &small));
-    small = (mp_path ? 4.0 : 1.0) * fedge_plan_oversub_time(0.0, small, 1, share, desched);
+    small *= mp_path ? 4.0 : 1.0;
     if (o->dp > 1 && dp_measured && pc->L->probe_ranks == o->dp)
         dp = pc->L->dp_ar_s; /* as the trainer issues it: MPI_Iallreduce */
     else if (o->dp > 1)
         CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, o->dp, (double)n_local_max * 4.0, &dp));
     if (pc->collect)
         return FEDGE_OK;
-    if (o->dp > 1)
-        dp = fedge_plan_oversub_time(0.0, dp, 1, share, desched);
     CHK_T(fedge_pp_simulate(&sim, &pipe, busy));
     o->bubble = 0.0;
     for (int s = 0; s < P && pipe > 0; s++)
@@ -880,11 +830,6 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
     CHK(coll_choose(pc));
     CHK(coll_probe(&out->links));
     pc->collect = 0;
-    if (out->links.share > 1) {
-        double ar = 0.0;
-        CHK(coll_time(pc, FEDGE_PLAN_ALLREDUCE, probed, 16.0, &ar));
-        CHK(probe_desched(pc->gc, &out->links, ar));
-    }
     for (int i = 0; i < out->n; i++)
         CHK(predict(pc, spec, &sh, batch, world, budget_mb, &out->cand[i]));
     qsort(out->cand, (size_t)out->n, sizeof(out->cand[0]), cmp_layout);
@@ -911,10 +856,9 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
             1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s);
     if (L->share > 1)
         fprintf(f, "# oversubscribed: %d ranks on a node, %d cores (sched_getaffinity): compute "
-                   "x %d (probed one rank per core at a time), each blocking MPI call + %.1f us "
-                   "descheduled (probe: %.1f us GEMM + allreduce loop %.1f us)\n",
-                L->node_ranks, L->cores, L->share, 1e6 * L->desched_s, 1e6 * L->chunk_s,
-                1e6 * L->iter_s);
+                   "x %d (probed one rank per core at a time); collectives as measured on all "
+                   "%d ranks at once\n",
+                L->node_ranks, L->cores, L->share, L->probe_ranks);
     if (L->dp_rows > 0)
         fprintf(f, "# data-parallel step on the trainer's cpu backend, %d rows per rank: forward "
                    "%.3f ms, backward %.3f ms, copy-in %.3f ms, check+update %.3f ms, gradient "

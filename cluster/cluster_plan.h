@@ -79,14 +79,13 @@ typedef struct {
      * issues it (MPI_Iallreduce, one bucket; median); dp_rows 0: not run */
     int dp_rows;
     double dp_fwd_s, dp_bwd_s, dp_copy_s, dp_update_s, dp_ar_s;
-    /* oversubscription: the most ranks on a node, the fewest cores a rank
-     * may run on (sched_getaffinity), share = ceil(ranks / cores); with
-     * share > 1 the compute probes run one rank per core at a time and the
-     * model multiplies compute by share; desched_s: what each blocking MPI
-     * call (collective, pipeline receive) loses to descheduling, measured
-     * at the real rank count (fedge_plan_desched); node_rank: this rank's */
+    /* oversubscription: the most ranks on a node, the cores they may run on
+     * (the union of their sched_getaffinity masks), share = ceil(ranks /
+     * cores); with share > 1 the compute probes run one rank per core at a
+     * time and the model multiplies compute by share (the collectives,
+     * timed on all ranks at once, carry their descheduling); node_rank:
+     * this rank's */
     int node_ranks, cores, share, node_rank;
-    double desched_s, chunk_s, iter_s;
     int n_coll, n_coll_asked;     /* sizes measured; distinct sizes the layouts issue */
     fedge_plan_coll coll[FEDGE_PLAN_MAX_COLL]; /* by kind, group, bytes */
 } fedge_plan_links;

@@ -51,19 +51,9 @@ int fedge_plan_share(int ranks, int cores)
     return (ranks + cores - 1) / cores;
 }
 
-double fedge_plan_desched(double iter_s, double chunk_s, double ar_s, int share)
+double fedge_plan_oversub_time(double compute_s, double comm_s, int share)
 {
-    if (!(iter_s >= 0.0) || !(chunk_s >= 0.0) || !(ar_s >= 0.0) || share < 1)
-        return -1.0;
-    const double d = iter_s - share * chunk_s - ar_s;
-    return d > 0.0 ? d : 0.0;
-}
-
-double fedge_plan_oversub_time(double compute_s, double comm_s, int blocking, int share,
-                               double desched_s)
-{
-    return (share > 1 ? share : 1) * compute_s + comm_s
-           + (share > 1 && blocking > 0 ? blocking * desched_s : 0.0);
+    return (share > 1 ? share : 1) * compute_s + comm_s;
 }
 
 enum { OP_F = 0, OP_B = 1 };

@@ -47,19 +47,11 @@ void fedge_plan_monotone(double *ys, int n);
 /* Oversubscription (more ranks on a node than cores they may run on):
  * fedge_plan_share is how many ranks take turns on one core,
  * ceil(ranks / cores); 1 when cores >= ranks, or either is < 1 (unknown).
- *
- * fedge_plan_desched: the time a blocking MPI call loses to descheduling,
- * from a probe in which every rank of the node alternates a compute chunk
- * (chunk_s alone on its core) with a small allreduce (ar_s): a loop of
- * iter_s per chunk and allreduce, of which share * chunk_s is the cores'
- * serialised compute. Returns iter_s - share * chunk_s - ar_s, at least 0;
- * < 0 on bad input (a negative time, share < 1). */
+ * fedge_plan_oversub_time: a span of compute_s of computing (timed with one
+ * rank alone on its core) and comm_s in MPI calls (timed with all ranks at
+ * once, so their descheduling is in it): share * compute_s + comm_s. */
 int fedge_plan_share(int ranks, int cores);
-double fedge_plan_desched(double iter_s, double chunk_s, double ar_s, int share);
-/* A span of compute_s of computing (one rank alone on its core) and comm_s
- * in `blocking` MPI calls: share * compute_s + comm_s + blocking * desched_s. */
-double fedge_plan_oversub_time(double compute_s, double comm_s, int blocking, int share,
-                               double desched_s);
+double fedge_plan_oversub_time(double compute_s, double comm_s, int share);
 
 typedef struct {
     int schedule;                        /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */
