@@ -74,11 +74,11 @@ typedef struct {
     int probe_ranks;
     /* the pure data-parallel step measured on the trainer's cpu backend at
      * dp_rows rows per rank, all ranks at once: forward, backward, the
-     * batch copy-in, the non-finite check with the SGD update (the fastest
+     * batch copy-in, the non-finite check, the SGD update (the fastest
      * pass, the slowest rank) and the gradient allreduce as the trainer
      * issues it (MPI_Iallreduce, one bucket; median); dp_rows 0: not run */
     int dp_rows;
-    double dp_fwd_s, dp_bwd_s, dp_copy_s, dp_update_s, dp_ar_s;
+    double dp_fwd_s, dp_bwd_s, dp_copy_s, dp_update_s, dp_check_s, dp_ar_s;
     /* oversubscription: the most ranks on a node, the cores they may run on
      * (the union of their sched_getaffinity masks), share = ceil(ranks /
      * cores); with share > 1 the compute probes run one rank per core at a
