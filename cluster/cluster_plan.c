@@ -37,8 +37,8 @@ typedef struct {
     int share, node_rank; /* fedge_plan_links' */
 } gemm_cache;
 
-/* With share > 1 the ranks sharing a core time their compute in turns (one
- * per core at once); *turn counts them; returns 1 while turns remain. */
+/* Whether this rank times its compute in `turn` (0 .. share-1): with
+ * share > 1 the ranks sharing a core take turns, one per core at once. */
 static int my_turn(int share, int node_rank, int turn)
 {
     return share <= 1 || node_rank % share == turn;
@@ -447,7 +447,9 @@ static int coll_probe(fedge_plan_links *L)
 /* One pure data-parallel step of `rows` rows per rank on the trainer's own
  * cpu backend (its loops, its buffers, its collective), every rank at once:
  * the fastest of DP_PASSES passes for each compute phase, the median for the
- * gradient allreduce, the slowest rank's figures. */
+ * gradient allreduce, the slowest rank's figures. The backend's operations
+ * fail only on arguments, which are the same on every rank: a failure
+ * inside a pass is every rank's. */
 #define DP_PASSES 11
 static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_links *L)
 {

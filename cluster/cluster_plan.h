@@ -17,7 +17,13 @@
  * log-log (cluster_plan_model.h). Groups the probing ranks cannot form
  * (plan --ranks larger than the job) and a one-rank job use an alpha-beta fit
  * (ping-pong and allreduce at 8 B and 1 MiB; one rank: 5 us and a memcpy's
- * bandwidth).
+ * bandwidth). The pure data-parallel layout is probed whole on the trainer's
+ * cpu backend (its loops differ from the model-parallel path's: scalar, by
+ * measurement ~30% of its compute) and takes its forward, backward, update
+ * and allreduce from there. Oversubscription (more ranks on a node than the
+ * cores in their affinity masks) is printed and modelled: compute probes run
+ * one rank per core at a time and compute is multiplied by
+ * ceil(ranks / cores); the collectives keep their all-ranks figures.
  *
  * Model of one step, per layout: a stage's micro-batch costs, forward, its
  * GEMMs, elementwise work and row-parallel (and split-softmax) allreduces;
