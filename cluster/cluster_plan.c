@@ -450,7 +450,7 @@ static int coll_probe(fedge_plan_links *L)
  * gradient allreduce, the slowest rank's figures. The backend's operations
  * fail only on arguments, which are the same on every rank: a failure
  * inside a pass is every rank's. */
-#define DP_PASSES 11
+#define DP_PASSES 25
 static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_links *L)
 {
     int rank = 0, world = 1, ret = FEDGE_OK, bad = 0, any = 0;
