@@ -2,15 +2,19 @@
 
 #include <math.h>
 #include <mpi.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common.h"
+#include "cluster_backend.h"
 #include "cluster_plan_model.h"
 #include "model.h"
 #include "optim.h"
+#include "rng.h"
 
 #define GEMM_CACHE 512
 
@@ -30,7 +34,15 @@ typedef struct {
 typedef struct {
     gemm_entry e[GEMM_CACHE];
     int n;
+    int share, node_rank; /* fedge_plan_links' */
 } gemm_cache;
+
+/* Whether this rank times its compute in `turn` (0 .. share-1): with
+ * share > 1 the ranks sharing a core take turns, one per core at once. */
+static int my_turn(int share, int node_rank, int turn)
+{
+    return share <= 1 || node_rank % share == turn;
+}
 
 static double now_s(void)
 {
@@ -57,7 +69,13 @@ static int gemm_time(gemm_cache *gc, int ta, int tb, int m, int n, int k, double
     double mine = 0.0, all = 0.0;
     if (a == NULL || b == NULL || c == NULL)
         ret = FEDGE_ERR_NOMEM;
-    if (ret == FEDGE_OK) {
+    const int turns = gc->share > 1 ? gc->share : 1;
+    for (int turn = 0; turn < turns; turn++) {
+        if (ret != FEDGE_OK || !my_turn(gc->share, gc->node_rank, turn)) {
+            if (turns > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+                ret = FEDGE_ERR_CLUSTER_COMM;
+            continue;
+        }
         const int lda = ta ? m : k, ldb = tb ? k : n;
         for (size_t i = 0; i < (size_t)m * (size_t)k; i++)
             a[i] = (float)(i % 7) * 0.1f;
@@ -77,6 +95,8 @@ static int gemm_time(gemm_cache *gc, int ta, int tb, int m, int n, int k, double
             reps++;
         } while ((reps < 5 || now_s() - t0 < 0.012) && reps < 50);
         mine = best;
+        if (turns > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+            ret = FEDGE_ERR_CLUSTER_COMM;
     }
     free(a);
     free(b);
@@ -101,8 +121,10 @@ static int probe_elementwise(fedge_plan_links *L)
     float *c = calloc(n, sizeof(float));
     uint8_t *u = calloc(n, 1);
     double t[4] = {1e30, 1e30, 1e30, 1e30}, all[4];
-    int bad = !a || !b || !c || !u, any = 0;
-    if (!bad) {
+    int bad = !a || !b || !c || !u, any = 0, rc = MPI_SUCCESS;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        any = 1, rc = MPI_ERR_OTHER;
+    if (!any) {
         fedge_sgd_config sgd = {0.01f, 0.9f, 1e-4f};
         volatile double sink = 0.0;
         for (size_t i = 0; i < n; i++) {
@@ -110,7 +132,14 @@ static int probe_elementwise(fedge_plan_links *L)
             b[i] = 0.01f * (float)(i % 7);
             u[i] = (uint8_t)i;
         }
-        for (int rep = 0; rep < 6; rep++) { /* the fastest pass counts */
+        for (int rep = 0; rep < 6 * (L->share > 1 ? L->share : 1); rep++) {
+            /* the fastest pass counts; oversubscribed, in turns */
+            if (L->share > 1) {
+                if ((rc = MPI_Barrier(MPI_COMM_WORLD)) != MPI_SUCCESS)
+                    break;
+                if (!my_turn(L->share, L->node_rank, rep % L->share))
+                    continue;
+            }
             double t0 = now_s();
             for (size_t i = 0; i < n; i++) {
                 float v = a[i] + b[i & 1023];
@@ -138,7 +167,7 @@ static int probe_elementwise(fedge_plan_links *L)
     free(b);
     free(c);
     free(u);
-    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
+    if (rc != MPI_SUCCESS
         || MPI_Allreduce(t, all, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (any)
@@ -415,6 +444,162 @@ static int coll_probe(fedge_plan_links *L)
     return ret;
 }
 
+/* One pure data-parallel step of `rows` rows per rank on the trainer's own
+ * cpu backend (its loops, its buffers, its collective), every rank at once:
+ * the fastest of DP_PASSES passes for each compute phase, the median for the
+ * gradient allreduce, the slowest rank's figures. The backend's operations
+ * fail only on arguments, which are the same on every rank: a failure
+ * inside a pass is every rank's. */
+#define DP_PASSES 25
+static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_links *L)
+{
+    int rank = 0, world = 1, ret = FEDGE_OK, bad = 0, any = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    const size_t n = fedge_model_spec_param_count(spec);
+    fedge_backend_config bc;
+    fedge_backend *be = NULL;
+    float *x = NULL;
+    fedge_model m;
+    fedge_rng rng;
+    uint8_t *y = NULL;
+    double mine[6] = {0}, all[6] = {0};
+    memset(&bc, 0, sizeof(bc));
+    bc.spec = *spec;
+    bc.local_batch_max = rows;
+    bc.precision = FEDGE_PREC_FP32;
+    memset(&m, 0, sizeof(m));
+    fedge_rng_seed(&rng, 1);
+    ret = fedge_layout_init(&bc.layout, n, world, rank);
+    if (ret == FEDGE_OK)
+        ret = fedge_backend_create("cpu", &bc, &be);
+    if (ret == FEDGE_OK)
+        ret = fedge_model_init(&m, spec);
+    if (ret == FEDGE_OK) /* the initialisation `init` gives: real activations, no denormals */
+        ret = fedge_model_randomize(&m, &rng);
+    x = calloc((size_t)rows * (size_t)spec->input_dim, sizeof(float));
+    y = calloc((size_t)rows, 1);
+    if (ret == FEDGE_OK && (x == NULL || y == NULL))
+        ret = FEDGE_ERR_NOMEM;
+    if (ret == FEDGE_OK) {
+        for (size_t i = 0; i < (size_t)rows * (size_t)spec->input_dim; i++)
+            x[i] = (float)(i % 255) * (1.0f / 255.0f);
+        for (int i = 0; i < rows; i++)
+            y[i] = (uint8_t)(i % spec->classes);
+        ret = be->ops->set_params(be, m.params);
+    }
+    bad = ret != FEDGE_OK;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        ret = FEDGE_ERR_CLUSTER_COMM;
+    else if (any && ret == FEDGE_OK)
+        ret = FEDGE_ERR_CLUSTER_COMM; /* another rank's failure */
+    fedge_dense_shape sh;
+    if (ret == FEDGE_OK)
+        ret = fedge_dense_shape_of(spec, &sh);
+    const fedge_sgd_config sgd = {1e-6f, 0.9f, 0.0f};
+    double best[5] = {1e30, 1e30, 1e30, 1e30, 1e30}, ar[DP_PASSES];
+    const int share = L->share > 1 ? L->share : 1, passes = DP_PASSES * share;
+    for (int pass = 0; pass <= passes && ret == FEDGE_OK; pass++) { /* pass 0 warms up */
+        /* oversubscribed: one rank per core computes at a time (the model
+         * multiplies by share); the allreduce always runs on all ranks */
+        const int active = pass == 0 || my_turn(share, L->node_rank, pass % share);
+        double loss = 0.0, t[8] = {0};
+        int flag = 0;
+        if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        t[0] = now_s();
+        if (active) {
+            CHK(be->ops->load_batch(be, x, y, rows));
+            t[1] = now_s();
+            CHK(be->ops->forward(be, 1.0f / (float)(rows * world), &loss));
+            t[2] = now_s();
+            for (int l = sh.n_layers - 1; l >= 0; l--)
+                CHK(be->ops->backward_layer(be, l));
+            t[3] = now_s();
+        }
+        if (share > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        t[4] = now_s();
+        CHK(be->ops->grad_comm_start(be, 0, bc.layout.n_pad));
+        CHK(be->ops->grad_comm_wait(be));
+        t[5] = now_s();
+        if (active) {
+            CHK(be->ops->grad_nonfinite(be, &flag));
+            t[6] = now_s();
+            CHK(be->ops->update(be, &sgd, 1.0f));
+        }
+        t[7] = now_s();
+        if (pass == 0)
+            continue;
+        if (pass <= DP_PASSES)
+            ar[pass - 1] = t[5] - t[4];
+        if (!active)
+            continue;
+        const double d[5] = {t[2] - t[1], t[3] - t[2], t[1] - t[0], t[7] - t[6], t[6] - t[5]};
+        for (int k = 0; k < 5; k++)
+            best[k] = d[k] < best[k] ? d[k] : best[k];
+    }
+    if (ret == FEDGE_OK) {
+        memcpy(mine, best, sizeof(best));
+        mine[5] = median(ar, DP_PASSES);
+    }
+cleanup:
+    bad = ret != FEDGE_OK;
+    fedge_backend_destroy(be);
+    fedge_model_free(&m);
+    free(x);
+    free(y);
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
+        || MPI_Allreduce(mine, all, 6, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    if (any)
+        return ret != FEDGE_OK ? ret : FEDGE_ERR_CLUSTER_COMM;
+    L->dp_rows = rows;
+    L->dp_fwd_s = all[0];
+    L->dp_bwd_s = all[1];
+    L->dp_copy_s = all[2];
+    L->dp_update_s = all[3];
+    L->dp_check_s = all[4];
+    L->dp_ar_s = world > 1 ? all[5] : 0.0;
+    return FEDGE_OK;
+}
+
+/* Ranks per node and the cores they may run on: the union of the node's
+ * ranks' affinity masks (a rank bound to one core is not oversubscribed
+ * when its peers are bound to others). */
+static int probe_node(fedge_plan_links *L)
+{
+    MPI_Comm node;
+    int nr = 1, me = 0, cores = 0, v[2], all[2];
+    cpu_set_t set, uni;
+    CPU_ZERO(&set);
+    CPU_ZERO(&uni);
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node)
+        != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    MPI_Comm_size(node, &nr);
+    MPI_Comm_rank(node, &me);
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        for (long i = 0; i < c && i < CPU_SETSIZE; i++)
+            CPU_SET((int)i, &set);
+    }
+    int rc = MPI_Allreduce(&set, &uni, (int)sizeof(set), MPI_BYTE, MPI_BOR, node);
+    MPI_Comm_free(&node);
+    if (rc != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    cores = CPU_COUNT(&uni);
+    v[0] = nr;
+    v[1] = -cores;
+    if (MPI_Allreduce(v, all, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    L->node_ranks = all[0];
+    L->cores = -all[1];
+    L->node_rank = me;
+    L->share = fedge_plan_share(L->node_ranks, L->cores);
+    return FEDGE_OK;
+}
+
 /* ---- the step model ---------------------------------------------------- */
 
 /* One micro-batch of `rows` on stage p (TP rank p->tp_i): forward (GEMMs,
@@ -485,6 +670,9 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     fedge_pp_sim sim;
     size_t n_local_max = 0;
     memset(&sim, 0, sizeof(sim));
+    o->fwd_ms = o->bwd_ms = 0.0;
+    const int dp_measured = o->tp == 1 && P == 1 && M == 1 && pc->L->dp_rows == R;
+    const int share = pc->L->share > 1 ? pc->L->share : 1;
     sim.schedule = FEDGE_PP_1F1B;
     sim.pp = P;
     sim.micro = M;
@@ -493,8 +681,13 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
         stage_cost c;
         CHK_T(fedge_shard_plan_make(sh, o->tp, o->tp - 1, P, s, &p));
         CHK_T(stage_time(pc, &p, rows, &c));
-        sim.fwd[s] = c.fwd_c + c.fwd_m;
-        sim.bwd[s] = c.bwd_c + c.bwd_m;
+        if (dp_measured) { /* the trainer's own loops, measured (probe_dp_step) */
+            c.fwd_c = pc->L->dp_fwd_s;
+            c.bwd_c = pc->L->dp_bwd_s;
+        }
+        /* oversubscribed: compute serialised over the ranks sharing a core */
+        sim.fwd[s] = fedge_plan_oversub_time(c.fwd_c, c.fwd_m, share);
+        sim.bwd[s] = fedge_plan_oversub_time(c.bwd_c, c.bwd_m, share);
         if (s < P - 1) {
             CHK_T(coll_time(pc, FEDGE_PLAN_P2P, 2, c.send_bytes, &t));
             sim.send_fwd[s] = sim.send_bwd[s] = t;
@@ -504,8 +697,10 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
          * at once, larger messages only while the sender waits */
         if (s < P - 1 && c.send_bytes >= PP_EAGER_BYTES)
             sim.progress_in_wait = 1;
-        comp_sum += c.fwd_c + c.bwd_c;
-        comm_sum += c.fwd_m + c.bwd_m;
+        o->fwd_ms = fmax(o->fwd_ms, 1e3 * M * sim.fwd[s]);
+        o->bwd_ms = fmax(o->bwd_ms, 1e3 * M * sim.bwd[s]);
+        comp_sum += share * (c.fwd_c + c.bwd_c);
+        comm_sum += sim.fwd[s] + sim.bwd[s] - share * (c.fwd_c + c.bwd_c);
         if (p.n_local > n_local_max)
             n_local_max = p.n_local;
     }
@@ -517,7 +712,12 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     double busy[FEDGE_GRID_MAX_PP];
     CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, world, 16.0, &small));
     small *= mp_path ? 4.0 : 1.0;
-    if (o->dp > 1)
+    /* as the trainer issues it (MPI_Iallreduce); oversubscribed, the
+     * blocking allreduce's figure: the probe's passes in turns measured the
+     * Iallreduce at 39 ms against the trainer's 4.6 ms (4 ranks, 2 cores) */
+    if (o->dp > 1 && dp_measured && pc->L->probe_ranks == o->dp && share == 1)
+        dp = pc->L->dp_ar_s;
+    else if (o->dp > 1)
         CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, o->dp, (double)n_local_max * 4.0, &dp));
     if (pc->collect)
         return FEDGE_OK;
@@ -526,8 +726,19 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     for (int s = 0; s < P && pipe > 0; s++)
         o->bubble += (1.0 - busy[s] / pipe) / P;
     /* read the rows, zero the gradients, check and update the parameters */
-    const double step_fixed = pc->L->load_s * (double)R * sh->dims[0]
-                              + (pc->L->sgd_s + pc->L->elem_s) * (double)n_local_max;
+    double check_ms = 0.0;
+    o->load_ms = 1e3 * pc->L->load_s * (double)R * sh->dims[0];
+    o->update_ms = 1e3 * (pc->L->sgd_s + pc->L->elem_s) * (double)n_local_max;
+    if (dp_measured) { /* the non-finite check goes with the status allreduce, as the trainer times it */
+        o->load_ms += 1e3 * pc->L->dp_copy_s;
+        o->update_ms = 1e3 * pc->L->dp_update_s;
+        check_ms = 1e3 * pc->L->dp_check_s * share;
+    }
+    o->load_ms *= share;
+    o->update_ms *= share;
+    o->grad_ar_ms = 1e3 * dp;
+    o->status_ms = 1e3 * small + check_ms;
+    const double step_fixed = 1e-3 * (o->load_ms + o->update_ms + check_ms);
     o->predict_ms = 1e3 * (pipe + step_fixed + small + dp);
     o->compute_ms = 1e3 * (comp_sum * M / P + step_fixed);
     o->comm_ms = 1e3 * (comm_sum * M / P + small + dp);
@@ -598,8 +809,11 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
         return FEDGE_ERR_INVALID_ARG;
     CHK_T(fedge_dense_shape_of(spec, &sh));
     MPI_Comm_size(MPI_COMM_WORLD, &probed);
+    CHK_T(probe_node(&out->links));
     CHK_T(probe_links(&out->links));
     CHK_T(probe_elementwise(&out->links));
+    if (batch >= world)
+        CHK_T(probe_dp_step(spec, batch / world, &out->links));
     pc = calloc(1, sizeof(*pc));
     if (pc == NULL)
         return FEDGE_ERR_NOMEM;
@@ -607,6 +821,8 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
     if (pc->gc == NULL)
         FAIL(FEDGE_ERR_NOMEM);
     pc->L = &out->links;
+    pc->gc->share = out->links.share;
+    pc->gc->node_rank = out->links.node_rank;
     enumerate(&sh, batch, world, out);
     /* the collectives' sizes, measured on the ranks at hand: a group larger
      * than them (plan --ranks) keeps the alpha-beta fit */
@@ -647,6 +863,17 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
             L->ar_beta / 1e9, budget_mb > 0 ? "per rank" : "none");
     fprintf(f, "# per element: bias+relu %.2f ns, exp %.2f ns, sgd %.2f ns, load %.2f ns\n",
             1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s);
+    if (L->share > 1)
+        fprintf(f, "# oversubscribed: %d ranks on a node, %d cores (sched_getaffinity): compute "
+                   "x %d (probed one rank per core at a time); collectives as measured on all "
+                   "%d ranks at once\n",
+                L->node_ranks, L->cores, L->share, L->probe_ranks);
+    if (L->dp_rows > 0)
+        fprintf(f, "# data-parallel step on the trainer's cpu backend, %d rows per rank: forward "
+                   "%.3f ms, backward %.3f ms, copy-in %.3f ms, non-finite check %.3f ms, update "
+                   "%.3f ms, gradient allreduce %.3f ms\n",
+                L->dp_rows, 1e3 * L->dp_fwd_s, 1e3 * L->dp_bwd_s, 1e3 * L->dp_copy_s,
+                1e3 * L->dp_check_s, 1e3 * L->dp_update_s, 1e3 * L->dp_ar_s);
     fprintf(f, "# collectives at the layouts' sizes: %d distinct, %d measured (median of %d "
                "trials, slowest rank; log-log interpolation between)\n",
             L->n_coll_asked, L->n_coll, COLL_TRIALS);
@@ -669,5 +896,13 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
         fprintf(f, "  %3d %3d %3d %5d %12.3f %11.3f %9.3f %8.3f %12zu %5s%s\n", o->dp, o->tp,
                 o->pp, o->micro, o->predict_ms, o->compute_ms, o->comm_ms, o->bubble,
                 o->mem_bytes, o->fits ? "yes" : "no", i == r->choice ? "  <- chosen" : "");
+    }
+    fprintf(f, "# terms (ms): %3s %3s %3s %5s %8s %8s %8s %8s %8s %8s\n", "dp", "tp", "pp",
+            "micro", "forward", "backward", "grad_ar", "status", "update", "load");
+    for (int i = 0; i < r->n; i++) {
+        const fedge_plan_layout *o = &r->cand[i];
+        fprintf(f, "# terms (ms): %3d %3d %3d %5d %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n", o->dp,
+                o->tp, o->pp, o->micro, o->fwd_ms, o->bwd_ms, o->grad_ar_ms, o->status_ms,
+                o->update_ms, o->load_ms);
     }
 }

@@ -17,7 +17,13 @@
  * log-log (cluster_plan_model.h). Groups the probing ranks cannot form
  * (plan --ranks larger than the job) and a one-rank job use an alpha-beta fit
  * (ping-pong and allreduce at 8 B and 1 MiB; one rank: 5 us and a memcpy's
- * bandwidth).
+ * bandwidth). The pure data-parallel layout is probed whole on the trainer's
+ * cpu backend (its loops differ from the model-parallel path's: scalar, by
+ * measurement ~30% of its compute) and takes its forward, backward, update
+ * and allreduce from there. Oversubscription (more ranks on a node than the
+ * cores in their affinity masks) is printed and modelled: compute probes run
+ * one rank per core at a time and compute is multiplied by
+ * ceil(ranks / cores); the collectives keep their all-ranks figures.
  *
  * Model of one step, per layout: a stage's micro-batch costs, forward, its
  * GEMMs, elementwise work and row-parallel (and split-softmax) allreduces;
@@ -57,6 +63,12 @@ typedef struct {
     double predict_ms, compute_ms, comm_ms, bubble;
     size_t mem_bytes;
     int fits;
+    /* the prediction's terms, ms per step on the busiest rank: forward and
+     * backward (compute and their TP allreduces, summed over the stage's
+     * micro-batches; the pipeline's idle is predict_ms less the others),
+     * the DP gradient allreduce, the status allreduces, the SGD update with
+     * zeroing and the non-finite check, the reading of the rows */
+    double fwd_ms, bwd_ms, grad_ar_ms, status_ms, update_ms, load_ms;
 } fedge_plan_layout;
 
 typedef struct {
@@ -66,6 +78,20 @@ typedef struct {
      * exp (softmax), SGD update, u8 -> f32 batch conversion (the loader) */
     double elem_s, exp_s, sgd_s, load_s;
     int probe_ranks;
+    /* the pure data-parallel step measured on the trainer's cpu backend at
+     * dp_rows rows per rank, all ranks at once: forward, backward, the
+     * batch copy-in, the non-finite check, the SGD update (the fastest
+     * pass, the slowest rank) and the gradient allreduce as the trainer
+     * issues it (MPI_Iallreduce, one bucket; median); dp_rows 0: not run */
+    int dp_rows;
+    double dp_fwd_s, dp_bwd_s, dp_copy_s, dp_update_s, dp_check_s, dp_ar_s;
+    /* oversubscription: the most ranks on a node, the cores they may run on
+     * (the union of their sched_getaffinity masks), share = ceil(ranks /
+     * cores); with share > 1 the compute probes run one rank per core at a
+     * time and the model multiplies compute by share (the collectives,
+     * timed on all ranks at once, carry their descheduling); node_rank:
+     * this rank's */
+    int node_ranks, cores, share, node_rank;
     int n_coll, n_coll_asked;     /* sizes measured; distinct sizes the layouts issue */
     fedge_plan_coll coll[FEDGE_PLAN_MAX_COLL]; /* by kind, group, bytes */
 } fedge_plan_links;

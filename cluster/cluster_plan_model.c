@@ -44,6 +44,18 @@ void fedge_plan_monotone(double *ys, int n)
             ys[i++] = val[b];
 }
 
+int fedge_plan_share(int ranks, int cores)
+{
+    if (ranks < 1 || cores < 1 || cores >= ranks)
+        return 1;
+    return (ranks + cores - 1) / cores;
+}
+
+double fedge_plan_oversub_time(double compute_s, double comm_s, int share)
+{
+    return (share > 1 ? share : 1) * compute_s + comm_s;
+}
+
 enum { OP_F = 0, OP_B = 1 };
 
 /* The k-th operation of stage s: *kind OP_F or OP_B, *m the micro-batch. */

@@ -44,6 +44,15 @@ double fedge_plan_loglog(const double *xs, const double *ys, int n, double at);
 #define FEDGE_PLAN_MONO_MAX 256
 void fedge_plan_monotone(double *ys, int n);
 
+/* Oversubscription (more ranks on a node than cores they may run on):
+ * fedge_plan_share is how many ranks take turns on one core,
+ * ceil(ranks / cores); 1 when cores >= ranks, or either is < 1 (unknown).
+ * fedge_plan_oversub_time: a span of compute_s of computing (timed with one
+ * rank alone on its core) and comm_s in MPI calls (timed with all ranks at
+ * once, so their descheduling is in it): share * compute_s + comm_s. */
+int fedge_plan_share(int ranks, int cores);
+double fedge_plan_oversub_time(double compute_s, double comm_s, int share);
+
 typedef struct {
     int schedule;                        /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */
     int pp, micro;

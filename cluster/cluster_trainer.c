@@ -121,7 +121,21 @@ typedef struct {
     double last_loss;
     int base_batch;           /* of the linear lr scaling */
     double idle_s, step_s, tp_s, pay_tp, pay_pp, pay_dp; /* model-parallel sums */
+    double phase_s[FEDGE_PHASES], phase_min[FEDGE_PHASES]; /* data-parallel */
+    uint64_t phase_steps;
 } run_state;
+
+/* Adds one step's phase times to the sums; a step that ran every phase also
+ * to the minima. */
+static void phase_commit(run_state *rs, const double cur[FEDGE_PHASES], int whole)
+{
+    for (int k = 0; k < FEDGE_PHASES; k++) {
+        rs->phase_s[k] += cur[k];
+        if (whole && (rs->phase_steps == 0 || cur[k] < rs->phase_min[k]))
+            rs->phase_min[k] = cur[k];
+    }
+    rs->phase_steps += whole;
+}
 
 static fedge_sgd_config sgd_at(const run_state *rs, uint64_t step)
 {
@@ -361,11 +375,16 @@ static int train_step(run_state *rs, fedge_loader *ld, uint64_t step, size_t buc
     int rows = 0, err = FEDGE_OK, bad = 0;
     double loss_sum = 0.0;
 
+    double ph[FEDGE_PHASES] = {0}, tc = MPI_Wtime(), tn;
+#define PHASE(k) (tn = MPI_Wtime(), ph[k] += tn - tc, tc = tn)
     err = fedge_loader_get(ld, step, &x, &y, &rows);
+    PHASE(FEDGE_PHASE_LOAD);
     if (err == FEDGE_OK)
         err = be->ops->load_batch(be, x, y, rows);
+    PHASE(FEDGE_PHASE_COPY);
     if (err == FEDGE_OK)
         err = be->ops->forward(be, (float)(rs->loss_scale / cfg->global_batch), &loss_sum);
+    PHASE(FEDGE_PHASE_FWD);
     /* Buckets go out as soon as every layer they overlap is done; a rank that
      * failed above still takes part so nobody waits forever, and the combined
      * status below stops everyone before the update. */
@@ -373,6 +392,7 @@ static int train_step(run_state *rs, fedge_loader *ld, uint64_t step, size_t buc
     for (int l = n_steps - 1; l >= 0; l--) {
         if (err == FEDGE_OK)
             err = be->ops->backward_layer(be, l);
+        PHASE(FEDGE_PHASE_BWD);
         size_t ready_from = fedge_layout_layer_offset(sp, l);
         while (next < nb) {
             size_t off, cnt;
@@ -384,15 +404,18 @@ static int train_step(run_state *rs, fedge_loader *ld, uint64_t step, size_t buc
                 return st; /* the collective itself failed: nothing more to agree on */
             next++;
         }
+        PHASE(FEDGE_PHASE_GRAD_AR);
     }
     int st = be->ops->grad_comm_wait(be);
     if (st != FEDGE_OK)
         return st;
+    PHASE(FEDGE_PHASE_GRAD_AR);
     if (err == FEDGE_OK)
         err = be->ops->grad_nonfinite(be, &bad);
     double mine[3] = {loss_sum, (double)bad, err != FEDGE_OK ? 1.0 : 0.0}, all[3];
     if (MPI_Allreduce(mine, all, 3, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
+    PHASE(FEDGE_PHASE_STATUS);
     if (all[2] > 0)
         return err != FEDGE_OK ? err : FEDGE_ERR_CLUSTER_COMM;
     *mean_loss = all[0] / cfg->global_batch;
@@ -404,12 +427,16 @@ static int train_step(run_state *rs, fedge_loader *ld, uint64_t step, size_t buc
         rs->skipped++;
         rs->good_steps = 0;
         rs->loss_scale = rs->loss_scale > 2.0 ? rs->loss_scale / 2.0 : 1.0;
+        phase_commit(rs, ph, 0);
         return FEDGE_OK;
     }
     const fedge_sgd_config sgd = sgd_at(rs, step);
     int ret = be->ops->update(be, &sgd, (float)(1.0 / rs->loss_scale));
     if (ret == FEDGE_OK && cfg->zero)
         ret = be->ops->gather_params(be);
+    PHASE(FEDGE_PHASE_UPDATE);
+#undef PHASE
+    phase_commit(rs, ph, 1);
     if (cfg->precision == FEDGE_PREC_FP16 && ++rs->good_steps >= (uint64_t)cfg->loss_scale_window) {
         rs->good_steps = 0;
         if (rs->loss_scale * 2.0 <= LOSS_SCALE_MAX)
@@ -775,6 +802,18 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
     sum->seconds = MPI_Wtime() - t0;
     if (ret == FEDGE_OK && rs.mp != NULL)
         ret = mp_report(&rs, sum, ld.local_max);
+    if (ret == FEDGE_OK && rs.mp == NULL && sum->steps_run > 0) {
+        double v[2 * FEDGE_PHASES], all[2 * FEDGE_PHASES];
+        for (int k = 0; k < FEDGE_PHASES; k++) {
+            v[k] = rs.phase_s[k] * 1e3 / (double)sum->steps_run;
+            v[FEDGE_PHASES + k] = rs.phase_min[k] * 1e3;
+        }
+        if (MPI_Allreduce(v, all, 2 * FEDGE_PHASES, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD)
+            != MPI_SUCCESS)
+            ret = FEDGE_ERR_CLUSTER_COMM;
+        memcpy(sum->phase_ms, all, sizeof(sum->phase_ms));
+        memcpy(sum->phase_ms_min, all + FEDGE_PHASES, sizeof(sum->phase_ms_min));
+    }
     if (sum->steps_run > 0 && sum->seconds > 0) {
         sum->samples_per_s = (double)sum->steps_run * cfg->global_batch / sum->seconds;
         sum->achieved_tflops = fedge_refine_step_flops(&rs.model.spec, cfg->global_batch)

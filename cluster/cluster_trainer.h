@@ -66,6 +66,13 @@ typedef struct {
     int gpu_comm_mpi;           /* gpu model-parallel path: messages through host MPI */
 } fedge_refine_config;
 
+/* Phases of a data-parallel step, timed with a clock read at each boundary:
+ * waiting for the loader's batch, copying it in, forward (with the loss),
+ * backward, the gradient allreduce (its start and wait), the non-finite check
+ * with the status allreduce, the SGD update (with a ZeRO gather). */
+enum { FEDGE_PHASE_LOAD, FEDGE_PHASE_COPY, FEDGE_PHASE_FWD, FEDGE_PHASE_BWD, FEDGE_PHASE_GRAD_AR,
+       FEDGE_PHASE_STATUS, FEDGE_PHASE_UPDATE, FEDGE_PHASES };
+
 typedef struct {
     int world;
     uint64_t total_steps, start_step, steps_run;
@@ -96,6 +103,10 @@ typedef struct {
     double tp_seconds;           /* time in TP allreduces, the largest over the ranks */
     double bytes_tp, bytes_pp, bytes_dp;          /* measured payload */
     double bytes_tp_an, bytes_pp_an, bytes_dp_an; /* analytic (cluster_grid.h) */
+    /* data-parallel path: ms per step in each phase (FEDGE_PHASE_*), the mean
+     * over the steps run and the fastest (each phase's own), the largest over
+     * the ranks */
+    double phase_ms[FEDGE_PHASES], phase_ms_min[FEDGE_PHASES];
 } fedge_refine_summary;
 
 void fedge_refine_config_defaults(fedge_refine_config *cfg);

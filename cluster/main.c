@@ -442,6 +442,17 @@ static void write_refine_json(FILE *f, const refine_args *a, const fedge_refine_
             c->lr_scaling == FEDGE_LR_LINEAR ? "linear" : "none", s->lr_base_batch,
             c->warmup_steps, (double)c->sgd.lr, s->lr_final);
     fprintf(f, ",\"step_ms_min\":%.3f", s->step_ms_min);
+    if (s->phase_ms[FEDGE_PHASE_FWD] > 0.0) {
+        static const char *const names[FEDGE_PHASES] = {
+            "load", "copy", "forward", "backward", "grad_allreduce", "status", "update"};
+        for (int m = 0; m < 2; m++) {
+            const double *v = m ? s->phase_ms_min : s->phase_ms;
+            fprintf(f, ",\"%s\":{", m ? "phase_ms_min" : "phase_ms");
+            for (int k = 0; k < FEDGE_PHASES; k++)
+                fprintf(f, "%s\"%s\":%.4f", k ? "," : "", names[k], v[k]);
+            fprintf(f, "}");
+        }
+    }
     if (s->tp > 1 || s->pp > 1 || s->micro > 1) {
         fprintf(f, ",\"step_ms\":%.3f,\"tp_allreduce_s\":%.6f,\"bubble\":[", s->step_ms,
                 s->tp_seconds);

@@ -27,6 +27,14 @@ grid_is() { # NAME DP TP PP
 cluster_equivalent dp2 2
 cluster_equivalent tp2 2 --tp 2
 grid_is tp2 1 2 1
+# pure DP times its step's phases (the planner's terms are set against them)
+for ph in load copy forward backward grad_allreduce status update; do
+    v=$(sed -n "s/.*\"phase_ms_min\":{[^}]*\"$ph\":\([0-9.]*\).*/\1/p" "$T/dp2.json")
+    [ -n "$v" ] || fail "dp2: no phase $ph: $(cat "$T/dp2.json")"
+done
+fwd=$(sed -n 's/.*"phase_ms":{[^}]*"forward":\([0-9.]*\).*/\1/p' "$T/dp2.json")
+awk -v f="$fwd" 'BEGIN {exit !(f > 0)}' || fail "dp2: forward phase $fwd ms"
+! grep -q '"phase_ms"' "$T/tp2.json" || fail "tp2 reports the DP path's phases"
 cluster_equivalent tp4 4 --tp 4
 cluster_equivalent pp2_gpipe 2 --pp 2 --micro-batches 4 --pp-schedule gpipe
 cluster_equivalent pp2_1f1b 2 --pp 2 --micro-batches 4 --pp-schedule 1f1b
@@ -103,6 +111,17 @@ grep -q '<- chosen' "$T/plan.txt" || fail "plan chose nothing: $(cat "$T/plan.tx
 pm=$(sed -n 's/.*"mem_per_rank_bytes":\([0-9]*\).*/\1/p' "$T/plan.txt")
 [ "$pm" -le $((786432)) ] || fail "plan chose a layout over the budget: $pm"
 [ "$(grep -c '^  ' "$T/plan.txt")" -ge 10 ] || fail "plan listed too few layouts: $(cat "$T/plan.txt")"
+# the pure DP layout measured on the trainer's own backend; 4 ranks on fewer
+# cores said to be oversubscribed (their compute scaled), on 4 or more not
+grep -q "^# data-parallel step on the trainer's cpu backend, 16 rows per rank" "$T/plan.txt" \
+    || fail "plan: no DP-step probe: $(cat "$T/plan.txt")"
+cores=$(nproc)
+if [ "$cores" -lt 4 ]; then
+    grep -q "^# oversubscribed: 4 ranks on a node, $cores cores" "$T/plan.txt" \
+        || fail "plan: 4 ranks on $cores cores not called oversubscribed: $(cat "$T/plan.txt")"
+else
+    ! grep -q '^# oversubscribed' "$T/plan.txt" || fail "plan: 4 ranks on $cores cores oversubscribed?"
+fi
 cluster_equivalent auto 4 --layout auto --memory-per-rank-mb 0.75
 grep -q '"dp":4,"tp":1,"pp":1' "$T/auto.json" && fail "--layout auto picked pure DP over the budget"
 

@@ -1,5 +1,6 @@
 /* The planner's MPI-free model (cluster_plan_model.c): log-log interpolation
- * of measured collective times and the event-by-event pipeline schedule. */
+ * of measured collective times, the event-by-event pipeline schedule and the
+ * oversubscription terms. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -178,6 +179,55 @@ static void test_sim_rejects(void **state)
     assert_int_equal(fedge_pp_simulate(&s, &span, NULL), FEDGE_ERR_INVALID_ARG);
 }
 
+static void test_share(void **state)
+{
+    (void)state;
+    assert_int_equal(fedge_plan_share(2, 2), 1);
+    assert_int_equal(fedge_plan_share(1, 2), 1);
+    assert_int_equal(fedge_plan_share(4, 2), 2);
+    assert_int_equal(fedge_plan_share(5, 2), 3); /* ceil: some core runs three */
+    assert_int_equal(fedge_plan_share(8, 1), 8);
+    assert_int_equal(fedge_plan_share(3, 4), 1);
+    /* unknown counts: no oversubscription assumed */
+    assert_int_equal(fedge_plan_share(4, 0), 1);
+    assert_int_equal(fedge_plan_share(0, 2), 1);
+    assert_int_equal(fedge_plan_share(-3, -1), 1);
+}
+
+static void test_oversub_time(void **state)
+{
+    (void)state;
+    /* one rank per core (or share unknown): compute and communication as
+     * measured */
+    assert_true(fabs(fedge_plan_oversub_time(3e-3, 1e-3, 1) - 4e-3) < 1e-15);
+    assert_true(fabs(fedge_plan_oversub_time(3e-3, 1e-3, 0) - 4e-3) < 1e-15);
+    /* two ranks per core: their compute serialises, the collectives (timed
+     * with every rank at once) are taken as measured */
+    assert_true(fabs(fedge_plan_oversub_time(3e-3, 1e-3, 2) - 7e-3) < 1e-15);
+    assert_true(fabs(fedge_plan_oversub_time(3e-3, 0.0, 3) - 9e-3) < 1e-15);
+    assert_true(fabs(fedge_plan_oversub_time(0.0, 2e-5, 2) - 2e-5) < 1e-15);
+}
+
+static void test_sim_oversubscribed(void **state)
+{
+    (void)state;
+    /* the oversubscribed stage costs go through the schedule like any other:
+     * 2 stages, 2 micro-batches, 1 ms forward, 2 ms backward each alone,
+     * share 2, 0.5 ms of TP allreduce each way */
+    fedge_pp_sim a = equal_stages(FEDGE_PP_1F1B, 2, 2, 1e-3, 2e-3);
+    fedge_pp_sim b = a;
+    for (int s = 0; s < 2; s++) {
+        b.fwd[s] = fedge_plan_oversub_time(1e-3, 5e-4, 2);
+        b.bwd[s] = fedge_plan_oversub_time(2e-3, 5e-4, 2);
+    }
+    double span_a, span_b;
+    assert_int_equal(fedge_pp_simulate(&a, &span_a, NULL), FEDGE_OK);
+    assert_int_equal(fedge_pp_simulate(&b, &span_b, NULL), FEDGE_OK);
+    /* equal stages: (M + P - 1)(f + b); 3 x 3 ms alone, 3 x 7 ms shared */
+    assert_true(fabs(span_a - 9e-3) < 1e-12);
+    assert_true(fabs(span_b - 21e-3) < 1e-12);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -187,6 +237,9 @@ int main(void)
         cmocka_unit_test(test_sim_messages_and_uneven),
         cmocka_unit_test(test_sim_progress_in_wait),
         cmocka_unit_test(test_sim_rejects),
+        cmocka_unit_test(test_share),
+        cmocka_unit_test(test_oversub_time),
+        cmocka_unit_test(test_sim_oversubscribed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
