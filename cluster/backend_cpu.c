@@ -179,12 +179,19 @@ static int cpu_forward(fedge_backend *be, float grad_weight, double *loss_sum)
         const int in = sp->dims[l], out = sp->dims[l + 1];
         float *z = c->act[l + 1];
         fedge_sgemm(0, 1, rows, out, in, 1.0f, c->act[l], in, W[l], in, 0.0f, z, out);
+        /* restrict locals: without them every store to z reloads b[l] */
+        const float *restrict bl = b[l];
+        const int relu = l < L - 1;
         for (int r = 0; r < rows; r++) {
-            float *zr = z + (size_t)r * (size_t)out;
-            for (int j = 0; j < out; j++) {
-                float v = zr[j] + b[l][j];
-                zr[j] = (l < L - 1 && v < 0.0f) ? 0.0f : v;
-            }
+            float *restrict zr = z + (size_t)r * (size_t)out;
+            if (relu)
+                for (int j = 0; j < out; j++) {
+                    const float v = zr[j] + bl[j];
+                    zr[j] = v < 0.0f ? 0.0f : v;
+                }
+            else
+                for (int j = 0; j < out; j++)
+                    zr[j] += bl[j];
         }
     }
     const int classes = sp->dims[L];
@@ -230,18 +237,23 @@ static int cpu_backward_layer(fedge_backend *be, int l)
     fedge_dense_views(sp, c->params, W, b);
     fedge_dense_views(sp, c->grads, gW, gb);
     fedge_sgemm(1, 0, out, in, rows, 1.0f, c->dz, out, c->act[l], in, 0.0f, gW[l], in);
+    float *restrict gbl = gb[l];
     for (int j = 0; j < out; j++)
-        gb[l][j] = 0.0f;
+        gbl[j] = 0.0f;
     for (int r = 0; r < rows; r++) {
-        const float *dr = c->dz + (size_t)r * (size_t)out;
+        const float *restrict dr = c->dz + (size_t)r * (size_t)out;
         for (int j = 0; j < out; j++)
-            gb[l][j] += dr[j];
+            gbl[j] += dr[j];
     }
     if (l > 0) {
         fedge_sgemm(0, 0, rows, in, out, 1.0f, c->dz, out, W[l], in, 0.0f, c->da, in);
-        size_t cnt = (size_t)rows * (size_t)in;
-        for (size_t i = 0; i < cnt; i++)
-            c->dz[i] = c->act[l][i] > 0.0f ? c->da[i] : 0.0f;
+        const size_t cnt = (size_t)rows * (size_t)in;
+        float *restrict dz = c->dz;
+        const float *restrict al = c->act[l], *restrict da = c->da;
+        for (size_t i = 0; i < cnt; i++) {
+            const float g = da[i]; /* loaded either way: the select vectorises */
+            dz[i] = al[i] > 0.0f ? g : 0.0f;
+        }
     }
     return cpu_progress(c);
 }
