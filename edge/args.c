@@ -113,6 +113,7 @@ enum {
     OPT_HELP,
     OPT_VERSION,
     OPT_NO_OBSERVE,
+    OPT_BASE_IN_RAM,
 };
 
 static const struct {
@@ -141,6 +142,7 @@ static const struct {
     {"help", OPT_HELP, 0},
     {"version", OPT_VERSION, 0},
     {"no-observe", OPT_NO_OBSERVE, 0},
+    {"base-in-ram", OPT_BASE_IN_RAM, 0},
 };
 
 int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, char *err,
@@ -267,6 +269,7 @@ int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, 
         case OPT_HELP: cfg->help = 1; break;
         case OPT_VERSION: cfg->version = 1; break;
         case OPT_NO_OBSERVE: cfg->no_observe = 1; break;
+        case OPT_BASE_IN_RAM: cfg->base_in_ram = 1; break;
         default: return usage_err(err, errlen, "internal: unhandled flag");
         }
     }
@@ -315,7 +318,11 @@ void fedge_edge_usage(FILE *f, const char *prog)
             "                         SCAFFOLD's client control variate in DIR/DEVICE.control\n"
             "                         (SCAFFOLD rounds need it); DIR/DEVICE.finished marks\n"
             "                         a finished run: a restart exits 0 at once while the\n"
-            "                         aggregator is unreachable or reports it finished\n"
+            "                         aggregator is unreachable or reports it finished;\n"
+            "                         a momentum round keeps its base model in DIR/DEVICE.base\n"
+            "                         while it trains (removed after the round)\n"
+            "  --base-in-ram          keep that base model in RAM instead (a third model-sized\n"
+            "                         buffer beside the local model and the velocity)\n"
             "  --exit-when-finished   exit 0 when the aggregator reports state=finished\n"
             "                         (default); --no-exit-when-finished keeps polling\n"
             "  --max-rounds N         exit after taking part in N rounds\n"

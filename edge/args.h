@@ -41,6 +41,7 @@ typedef struct {
     int help;
     int version;                        /* --version: print it and exit */
     int no_observe;                     /* poll /round; no CoAP Observe */
+    int base_in_ram;                    /* --base-in-ram: no DIR/DEVICE.base */
 } fedge_edge_config;
 
 void fedge_edge_config_defaults(fedge_edge_config *cfg);

@@ -70,7 +70,18 @@ typedef struct {
     size_t control;        /* server control variate c */
     size_t client_control; /* client control variate c_i */
     size_t control_delta;  /* c_i+ - c_i, after the model delta */
+    size_t base_file;      /* bytes of the base model in the state dir during training
+                              (not heap; 0: it stays in RAM) */
 } fedge_edge_memory;
+
+/* Where a round's momentum lives: none (momentum 0: the step needs no
+ * velocity), in RAM beside the global model, or in RAM while the global
+ * model waits in the base file (fedge_edge_train_params.base_file). */
+typedef enum {
+    FEDGE_EDGE_VELOCITY_NONE = 0,
+    FEDGE_EDGE_VELOCITY_RAM = 1,
+    FEDGE_EDGE_VELOCITY_BASE_FILE = 2,
+} fedge_edge_velocity;
 
 /* record_size: the shard's bytes per record (1 + dim * feature size). */
 int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
@@ -78,6 +89,15 @@ int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t recor
 /* The same for a SCAFFOLD round: c, c_i and dc, and a sealed update of 2n. */
 int fedge_edge_memory_plan_scaffold(const fedge_model_spec *spec, int batch, size_t record_size,
                                     fedge_encoding enc, fedge_edge_memory *out);
+/* The plan of one round as train() will run it (velocity from
+ * fedge_edge_velocity_of); the two above are its RAM-velocity cases.
+ * FEDGE_ERR_INVALID_ARG for SCAFFOLD with the base file (it reads the base). */
+int fedge_edge_memory_plan_round(const fedge_model_spec *spec, int batch, size_t record_size,
+                                 fedge_encoding enc, int scaffold, fedge_edge_velocity velocity,
+                                 fedge_edge_memory *out);
+/* What train() does with these parameters (have_base_file: a base_file given). */
+fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int scaffold,
+                                           int have_base_file);
 /* The exact size of the sealed update for spec and encoding (0 if invalid). */
 size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc);
 /* One line: "model=... global=... ... peak=... bytes" (with control=...
@@ -106,6 +126,8 @@ typedef struct {
     uint8_t *ybatch;                    /* batch */
     uint8_t *xbatch_u8;                 /* u8 shards: batch x input_dim as stored, read
                                            as floats inside the first layer */
+    int spilled;                        /* the last train() kept its base in base_file:
+                                           global freed (have_global 0), version kept */
 } fedge_edge_trainer;
 
 typedef struct {
@@ -119,7 +141,22 @@ typedef struct {
     float *client_control;              /* SCAFFOLD client variate c_i (n_params), updated
                                            in place to c_i+ after training; NULL when
                                            not SCAFFOLD (exactly when control is NULL) */
+    const char *base_file;              /* NULL, or where a heavy-ball round (momentum > 0,
+                                           no FedProx, no SCAFFOLD) keeps its base model */
+    uint32_t round;                     /* binds base_file to the round */
 } fedge_edge_train_params;
+
+/* The base file (train()'s base_file): a header binding it to the round,
+ * the base model's version and n, the n parameters, and the SHA-256 of all
+ * of it; written in one go (mode 0600; removed again on failure).
+ * fedge_edge_base_delta forms w -= base in place, reading the file in pieces
+ * of buf (cap floats), and checks it whole: FEDGE_ERR_MODEL_FILE_CHECKSUM for
+ * a missing, short, longer or altered file or one of another round, version
+ * or size (w is then not a delta and must not be sent). */
+int fedge_edge_base_write(const char *path, uint32_t round, const uint8_t version[FEDGE_HASH_LEN],
+                          const float *w, size_t n);
+int fedge_edge_base_delta(const char *path, uint32_t round, const uint8_t version[FEDGE_HASH_LEN],
+                          float *w, size_t n, float *buf, size_t cap);
 
 void fedge_edge_trainer_init(fedge_edge_trainer *t);
 void fedge_edge_trainer_free(fedge_edge_trainer *t);
