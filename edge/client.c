@@ -559,7 +559,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
      * the allocator refuses) skips the round, it does not end the client. */
     fedge_edge_memory plan;
     fedge_edge_velocity velocity =
-        fedge_edge_velocity_of(ri->momentum, ri->prox_mu, scaffold, c->base_path != NULL);
+        fedge_edge_velocity_of(ri->momentum, ri->prox_mu, scaffold, c->base_path != NULL,
+                               fedge_edge_micro_batch(&ri->spec, ri->batch) < ri->batch);
     ret = fedge_edge_memory_plan_round(&ri->spec, ri->batch, c->shard.record_size, cfg->encoding,
                                        scaffold, velocity, &plan);
     if (ret != FEDGE_OK || plan.peak > (size_t)cfg->max_memory_mb * 1024u * 1024u) {

@@ -70,6 +70,27 @@ static size_t stream_size(const fedge_model_spec *spec, fedge_encoding enc, size
     return s ? s + FEDGE_EDGE_BLOB_HEAP : 0;
 }
 
+int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
+{
+    size_t whole = fedge_model_scratch_floats(spec, batch);
+    if (whole == 0)
+        return 0;
+    if (whole * sizeof(float) <= FEDGE_EDGE_ACT_BUDGET)
+        return batch;
+    int lo = 1, hi = batch - 1, fits = 1; /* the scratch grows with the rows: bisect */
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        size_t f = fedge_model_scratch_floats(spec, mid);
+        if (f != 0 && f * sizeof(float) <= FEDGE_EDGE_ACT_BUDGET) {
+            fits = mid;
+            lo = mid + 1;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return fits;
+}
+
 static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
                        fedge_encoding enc, int scaffold, fedge_edge_velocity velocity,
                        fedge_edge_memory *out)
@@ -79,7 +100,8 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
         (scaffold && velocity == FEDGE_EDGE_VELOCITY_BASE_FILE))
         return FEDGE_ERR_INVALID_ARG;
     size_t n = fedge_model_spec_param_count(spec);
-    size_t scratch = fedge_model_scratch_floats(spec, batch);
+    int micro = fedge_edge_micro_batch(spec, batch);
+    size_t scratch = micro ? fedge_model_scratch_floats(spec, micro) : 0;
     size_t chunk = fedge_model_grad_chunk_floats(spec);
     size_t sealed = stream_size(spec, enc, scaffold ? 2 : 1);
     size_t body = model_file_size(spec);
@@ -88,7 +110,8 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
     fedge_edge_memory m;
     memset(&m, 0, sizeof m);
     m.local = m.global = n * sizeof(float);
-    m.velocity = velocity == FEDGE_EDGE_VELOCITY_NONE ? 0 : n * sizeof(float);
+    /* micro-batches accumulate the minibatch's gradient in the velocity */
+    m.velocity = velocity == FEDGE_EDGE_VELOCITY_NONE && micro == batch ? 0 : n * sizeof(float);
     if (velocity == FEDGE_EDGE_VELOCITY_BASE_FILE)
         m.base_file = BASE_HEADER_LEN + n * sizeof(float) + FEDGE_SHA256_LEN;
     m.grad = chunk * sizeof(float);
@@ -142,9 +165,9 @@ int fedge_edge_memory_plan_round(const fedge_model_spec *spec, int batch, size_t
 }
 
 fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int scaffold,
-                                           int have_base_file)
+                                           int have_base_file, int micro)
 {
-    if (!(momentum > 0.0f))
+    if (!(momentum > 0.0f) && !micro)
         return FEDGE_EDGE_VELOCITY_NONE;
     if (have_base_file && !(prox_mu > 0.0f) && !scaffold)
         return FEDGE_EDGE_VELOCITY_BASE_FILE;
@@ -220,7 +243,8 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
     if (spec_same && t->batch == batch)
         return FEDGE_OK;
     size_t n = fedge_model_spec_param_count(spec);
-    size_t scratch = fedge_model_scratch_floats(spec, batch);
+    int micro = fedge_edge_micro_batch(spec, batch);
+    size_t scratch = micro ? fedge_model_scratch_floats(spec, micro) : 0;
     if (n == 0 || scratch == 0)
         return FEDGE_ERR_MODEL_SPEC;
     if (!spec_same) {
@@ -259,6 +283,7 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
         FAIL(FEDGE_ERR_NOMEM);
     t->spec = *spec;
     t->batch = batch;
+    t->micro = micro;
     t->sized = 1;
     if (resized)
         *resized = 1;
@@ -471,6 +496,74 @@ cleanup:
     return ret;
 }
 
+/* Micro-batches: slice by slice v = momentum v + share g for the first,
+ * v += share g for the others (share: its rows / the minibatch's), then
+ * step_full adds the weight decay, FedProx and SCAFFOLD terms and steps. */
+typedef struct {
+    float *v;
+    float momentum;
+    float share;
+    int first;
+} accum_ctx;
+
+static int accum_slice(void *arg, size_t off, float *g, size_t n)
+{
+    accum_ctx *a = arg;
+    float *v = a->v + off;
+    if (a->first)
+        for (size_t i = 0; i < n; i++)
+            v[i] = a->momentum * v[i] + a->share * g[i];
+    else
+        for (size_t i = 0; i < n; i++)
+            v[i] += a->share * g[i];
+    return FEDGE_OK;
+}
+
+static void step_full(const step_ctx *sc, size_t n)
+{
+    const float lr = sc->cfg->lr, wd = sc->cfg->weight_decay;
+    float *w = sc->w, *v = sc->velocity;
+    for (size_t i = 0; i < n; i++) {
+        float g = wd * w[i];
+        if (sc->mu > 0.0f)
+            g += sc->mu * (w[i] - sc->w_global[i]);
+        if (sc->correction)
+            g += sc->correction[i];
+        v[i] += g;
+        w[i] -= lr * v[i];
+    }
+}
+
+/* One minibatch of got rows in micro-batches of t->micro (see trainer.h). */
+static int train_micro(fedge_edge_trainer *t, int got, uint64_t dropout_seed, step_ctx *sc,
+                       float *loss)
+{
+    int ret = FEDGE_OK;
+    size_t dim = (size_t)t->spec.input_dim;
+    accum_ctx a = {sc->velocity, sc->cfg->momentum, 0.0f, 1};
+    double sum = 0.0;
+    for (int r0 = 0; r0 < got; r0 += t->micro) {
+        int rows = got - r0 < t->micro ? got - r0 : t->micro;
+        float l;
+        a.share = (float)rows / (float)got;
+        uint64_t seed = dropout_seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)r0);
+        if (t->xbatch_u8)
+            CHK(fedge_model_loss_grad_sliced_u8(&t->local, t->xbatch_u8 + (size_t)r0 * dim,
+                                                FEDGE_SHARD_U8_SCALE, t->ybatch + r0, rows, seed,
+                                                t->scratch, t->gchunk, accum_slice, &a, &l));
+        else
+            CHK(fedge_model_loss_grad_sliced(&t->local, t->xbatch + (size_t)r0 * dim,
+                                             t->ybatch + r0, rows, seed, t->scratch, t->gchunk,
+                                             accum_slice, &a, &l));
+        a.first = 0;
+        sum += (double)l * rows;
+    }
+    step_full(sc, t->local.n_params);
+    *loss = (float)(sum / got);
+cleanup:
+    return ret;
+}
+
 static uint64_t epoch_seed(uint64_t seed, int epoch)
 {
     uint64_t z = seed + 0x9e3779b97f4a7c15ull * (uint64_t)(epoch + 1);
@@ -507,7 +600,9 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     const float mu = p->prox_mu;
     /* the base goes to the file only where no step reads it (heavy-ball
      * without FedProx or SCAFFOLD); then the velocity takes its place */
-    int spill = p->base_file && p->momentum > 0.0f && !(mu > 0.0f) && !p->control;
+    int micro = t->micro < t->batch;
+    int spill = fedge_edge_velocity_of(p->momentum, mu, p->control != NULL, p->base_file != NULL,
+                                       micro) == FEDGE_EDGE_VELOCITY_BASE_FILE;
     const float *w_global = t->global.params;
     float *w = t->local.params;
     t->spilled = 0;
@@ -534,7 +629,7 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
         t->spilled = 1;
         w_global = NULL;
     }
-    if (p->momentum > 0.0f) {
+    if (p->momentum > 0.0f || micro) {
         t->opt.velocity = calloc(n, sizeof(float));
         if (!t->opt.velocity)
             FAIL(FEDGE_ERR_NOMEM);
@@ -560,7 +655,9 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
                 break;
             /* the step's dropout masks: a function of the round seed and the step */
             uint64_t dropout_seed = epoch_seed(p->seed ^ 0x6a09e667f3bcc908ull, (int)(step++ & 0x7fffffff));
-            if (t->xbatch_u8)
+            if (got > t->micro)
+                CHK(train_micro(t, got, dropout_seed, &sc, &loss));
+            else if (t->xbatch_u8)
                 CHK(fedge_model_loss_grad_sliced_u8(&t->local, t->xbatch_u8, FEDGE_SHARD_U8_SCALE,
                                                     t->ybatch, got, dropout_seed, t->scratch,
                                                     t->gchunk, step_slice, &sc, &loss));

@@ -95,9 +95,23 @@ int fedge_edge_memory_plan_scaffold(const fedge_model_spec *spec, int batch, siz
 int fedge_edge_memory_plan_round(const fedge_model_spec *spec, int batch, size_t record_size,
                                  fedge_encoding enc, int scaffold, fedge_edge_velocity velocity,
                                  fedge_edge_memory *out);
-/* What train() does with these parameters (have_base_file: a base_file given). */
+/* What train() does with these parameters (have_base_file: a base_file
+ * given; micro: fedge_edge_micro_batch is below the batch). */
 fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int scaffold,
-                                           int have_base_file);
+                                           int have_base_file, int micro);
+
+/* Activations of one pass are kept within this: a minibatch whose scratch
+ * (fedge_model_scratch_floats) is larger runs as micro-batches. */
+#define FEDGE_EDGE_ACT_BUDGET (128u * 1024u)
+/* Rows per pass for spec at batch: batch when its scratch fits the budget,
+ * else the most rows that do (at least 1); 0 for an invalid spec. Micro-
+ * batches accumulate the minibatch's mean gradient, each micro-batch's
+ * weighted by its share of the rows, in the velocity buffer (v = momentum v
+ * + the first share, += the others; then the weight decay, FedProx and
+ * SCAFFOLD terms, and w -= lr v): the same step as one pass but for the order
+ * of the sums (rounding), and a dropout layer draws its masks per micro-
+ * batch. A momentum-0 round then holds the velocity too. */
+int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch);
 /* The exact size of the sealed update for spec and encoding (0 if invalid). */
 size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc);
 /* One line: "model=... global=... ... peak=... bytes" (with control=...
@@ -126,6 +140,8 @@ typedef struct {
     uint8_t *ybatch;                    /* batch */
     uint8_t *xbatch_u8;                 /* u8 shards: batch x input_dim as stored, read
                                            as floats inside the first layer */
+    int micro;                          /* fedge_edge_micro_batch(spec, batch): rows
+                                           per pass; scratch is sized for it */
     int spilled;                        /* the last train() kept its base in base_file:
                                            global freed (have_global 0), version kept */
 } fedge_edge_trainer;
