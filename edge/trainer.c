@@ -75,13 +75,16 @@ int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
     size_t whole = fedge_model_scratch_floats(spec, batch);
     if (whole == 0)
         return 0;
-    if (whole * sizeof(float) <= FEDGE_EDGE_ACT_BUDGET)
+    size_t budget = fedge_model_spec_param_count(spec) * sizeof(float);
+    if (budget < FEDGE_EDGE_ACT_BUDGET)
+        budget = FEDGE_EDGE_ACT_BUDGET;
+    if (whole * sizeof(float) <= budget)
         return batch;
     int lo = 1, hi = batch - 1, fits = 1; /* the scratch grows with the rows: bisect */
     while (lo <= hi) {
         int mid = lo + (hi - lo) / 2;
         size_t f = fedge_model_scratch_floats(spec, mid);
-        if (f != 0 && f * sizeof(float) <= FEDGE_EDGE_ACT_BUDGET) {
+        if (f != 0 && f * sizeof(float) <= budget) {
             fits = mid;
             lo = mid + 1;
         } else {

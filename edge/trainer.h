@@ -100,8 +100,11 @@ int fedge_edge_memory_plan_round(const fedge_model_spec *spec, int batch, size_t
 fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int scaffold,
                                            int have_base_file, int micro);
 
-/* Activations of one pass are kept within this: a minibatch whose scratch
- * (fedge_model_scratch_floats) is larger runs as micro-batches. */
+/* Activations of one pass are kept within one model copy (4 P bytes) or
+ * this, whichever is larger: a minibatch whose scratch
+ * (fedge_model_scratch_floats) is larger runs as micro-batches (a bound that
+ * grows with the model: a wide dense layer run one row at a time would read
+ * its weights once per row). */
 #define FEDGE_EDGE_ACT_BUDGET (128u * 1024u)
 /* Rows per pass for spec at batch: batch when its scratch fits the budget,
  * else the most rows that do (at least 1); 0 for an invalid spec. Micro-
