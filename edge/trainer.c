@@ -11,6 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <mbedtls/ssl.h>
+
 #include "common.h"
 #include "crypto.h"
 #include "envelope.h"
@@ -70,6 +72,15 @@ static size_t stream_size(const fedge_model_spec *spec, fedge_encoding enc, size
     return s ? s + FEDGE_EDGE_BLOB_HEAP : 0;
 }
 
+size_t fedge_edge_base_heap(void)
+{
+#if MBEDTLS_SSL_IN_CONTENT_LEN <= 4096 /* edge/mbedtls_config_edge.h */
+    return FEDGE_EDGE_BASE_HEAP_TRIMMED;
+#else
+    return FEDGE_EDGE_BASE_HEAP;
+#endif
+}
+
 int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
 {
     size_t whole = fedge_model_scratch_floats(spec, batch);
@@ -124,7 +135,7 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
     m.record = record_size;
     m.model_body = body;
     m.sealed = sealed;
-    m.link = FEDGE_EDGE_BASE_HEAP;
+    m.link = fedge_edge_base_heap();
     if (scaffold) {
         m.control = m.client_control = m.control_delta = n * sizeof(float);
         m.grad += n * sizeof(float); /* the model delta, before dc */

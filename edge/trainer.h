@@ -45,9 +45,13 @@
 /* The heap a running client holds whatever the model: its own state, the
  * shard reader, libcoap's context and one DTLS session (mbedTLS's SSL
  * context and its in and out record buffers). Measured with massif
- * (tools/bench/edge_heap.sh) on the Debian mbedTLS 2.28 build; a trimmed
- * mbedTLS (smaller record buffers) needs less. */
+ * (tools/bench/edge_heap.sh): FEDGE_EDGE_BASE_HEAP with Debian's mbedTLS
+ * 2.28 and libcoap (the native build), FEDGE_EDGE_BASE_HEAP_TRIMMED with
+ * edge/mbedtls_config_edge.h (2 KiB record buffers) and the client-only
+ * libcoap (the cross edges). fedge_edge_base_heap() is this build's. */
 #define FEDGE_EDGE_BASE_HEAP (112u * 1024u)
+#define FEDGE_EDGE_BASE_HEAP_TRIMMED (44u * 1024u)
+size_t fedge_edge_base_heap(void);
 #define FEDGE_EDGE_BLOB_HEAP 64u /* fedge_edge_blob and its allocator overhead */
 
 typedef struct {
@@ -62,7 +66,7 @@ typedef struct {
     size_t model_body;/* serialized model, held by libcoap while GET /model completes */
     size_t sealed;    /* the streaming sealer (update.h), kept until POST /update
                          is answered: a few KiB, not the sealed update */
-    size_t link;      /* FEDGE_EDGE_BASE_HEAP: the client, libcoap, one DTLS session */
+    size_t link;      /* fedge_edge_base_heap(): the client, libcoap, one DTLS session */
     size_t peak;      /* link + resident buffers + the larger of model_body and
                          global + sealed (the body becomes the global model) */
     /* SCAFFOLD only (0 otherwise); model_body then also bounds GET /control's
