@@ -115,6 +115,7 @@ enum {
     OPT_NO_OBSERVE,
     OPT_BUNDLE,
     OPT_TRANSPORT,
+    OPT_BASE_IN_RAM,
 };
 
 static const struct {
@@ -145,6 +146,7 @@ static const struct {
     {"no-observe", OPT_NO_OBSERVE, 0},
     {"bundle", OPT_BUNDLE, 1},
     {"transport", OPT_TRANSPORT, 1},
+    {"base-in-ram", OPT_BASE_IN_RAM, 0},
 };
 
 int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, char *err,
@@ -285,6 +287,7 @@ int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, 
             else
                 return usage_err(err, errlen, "--transport '%s': expected dtls or tcp", val);
             break;
+        case OPT_BASE_IN_RAM: cfg->base_in_ram = 1; break;
         default: return usage_err(err, errlen, "internal: unhandled flag");
         }
     }
@@ -339,7 +342,11 @@ void fedge_edge_usage(FILE *f, const char *prog)
             "                         SCAFFOLD's client control variate in DIR/DEVICE.control\n"
             "                         (SCAFFOLD rounds need it); DIR/DEVICE.finished marks\n"
             "                         a finished run: a restart exits 0 at once while the\n"
-            "                         aggregator is unreachable or reports it finished\n"
+            "                         aggregator is unreachable or reports it finished;\n"
+            "                         a momentum round keeps its base model in DIR/DEVICE.base\n"
+            "                         while it trains (removed after the round)\n"
+            "  --base-in-ram          keep that base model in RAM instead (a third model-sized\n"
+            "                         buffer beside the local model and the velocity)\n"
             "  --exit-when-finished   exit 0 when the aggregator reports state=finished\n"
             "                         (default); --no-exit-when-finished keeps polling\n"
             "  --max-rounds N         exit after taking part in N rounds\n"

@@ -48,6 +48,7 @@ typedef struct {
     int server_given;
     char bundle_id[64 + 1];
     int tcp;                            /* --transport tcp: CoAP over TLS/TCP (RFC 8323) */
+    int base_in_ram;                    /* --base-in-ram: no DIR/DEVICE.base */
 } fedge_edge_config;
 
 void fedge_edge_config_defaults(fedge_edge_config *cfg);

@@ -72,6 +72,8 @@ typedef struct {
     char *control_path;       /* <state_dir>/<id>.control; NULL without --state-dir */
     /* push (CoAP Observe on /round) and the finished marker */
     char *finished_path;      /* <state_dir>/<id>.finished; NULL without --state-dir */
+    char *base_path;          /* <state_dir>/<id>.base (a momentum round's base model);
+                                 NULL without --state-dir or with --base-in-ram */
     int marker;               /* the marker names marker_run */
     uint8_t marker_run[FEDGE_RUN_ID_LEN];
     int heard;                /* a usable /round answer came in this process */
@@ -563,10 +565,11 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     /* The aggregator picks spec and batch: a plan over the ceiling (or one
      * the allocator refuses) skips the round, it does not end the client. */
     fedge_edge_memory plan;
-    ret = scaffold ? fedge_edge_memory_plan_scaffold(&ri->spec, ri->batch, c->shard.record_size,
-                                                     cfg->encoding, &plan)
-                   : fedge_edge_memory_plan(&ri->spec, ri->batch, c->shard.record_size,
-                                            cfg->encoding, &plan);
+    fedge_edge_velocity velocity =
+        fedge_edge_velocity_of(ri->momentum, ri->prox_mu, scaffold, c->base_path != NULL,
+                               fedge_edge_micro_batch(&ri->spec, ri->batch) < ri->batch);
+    ret = fedge_edge_memory_plan_round(&ri->spec, ri->batch, c->shard.record_size, cfg->encoding,
+                                       scaffold, velocity, &plan);
     if (ret != FEDGE_OK || plan.peak > (size_t)cfg->max_memory_mb * 1024u * 1024u) {
         if (ret == FEDGE_OK)
             FEDGE_ERROR("round %u: %s at batch %d needs %zu MiB of buffers, more than "
@@ -639,6 +642,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         .prox_mu = ri->prox_mu,
         .control = scaffold ? c->control.m.params : NULL,
         .client_control = scaffold ? c->client_control.params : NULL,
+        .base_file = c->base_path,
+        .round = ri->round,
     };
     FEDGE_INFO("round %u: training %d epochs on %llu samples%s%s", ri->round, ri->epochs,
                (unsigned long long)c->shard.n, ri->prox_mu > 0.0f ? " (FedProx)" : "",
@@ -862,6 +867,13 @@ static int setup(edge_client *c)
         ret = fedge_finished_marker_path(cfg->state_dir, cfg->id, &c->finished_path);
         if (ret != FEDGE_OK)
             return ret;
+        if (!cfg->base_in_ram) {
+            size_t n = strlen(cfg->state_dir) + 1 + strlen(cfg->id) + sizeof ".base";
+            if (!(c->base_path = malloc(n)))
+                return FEDGE_ERR_NOMEM;
+            snprintf(c->base_path, n, "%s/%s.base", cfg->state_dir, cfg->id);
+            unlink(c->base_path); /* a crashed round's: never read, it would fail its check */
+        }
         ret = fedge_finished_marker_read(c->finished_path, c->marker_run, &c->marker);
         if (ret != FEDGE_OK) {
             FEDGE_WARN("%s: %s; ignored", c->finished_path, fedge_strerror(ret));
@@ -904,6 +916,8 @@ static void teardown(edge_client *c)
     c->control_path = NULL;
     free(c->finished_path);
     c->finished_path = NULL;
+    free(c->base_path);
+    c->base_path = NULL;
     fedge_edge_counter_close(&c->counter);
     if (c->dev) {
         fedge_edge_event end = {.kind = FEDGE_EDGE_EV_END,

@@ -3,15 +3,28 @@
 
 #include "control.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <mbedtls/ssl.h>
 
 #include "common.h"
+#include "crypto.h"
 #include "envelope.h"
+#include "fileio.h"
 #include "modelfile.h"
 #include "update.h"
+
+/* The round's base model in the state dir (see trainer.h): magic, round,
+ * version, n, the parameters (native floats: the file never leaves the
+ * device), then the SHA-256 of everything before it. */
+#define BASE_MAGIC "FEDGEBAS"
+#define BASE_HEADER_LEN (8 + 4 + FEDGE_HASH_LEN + 8)
 
 /* Model file: magic, version, spec_len | spec | u64 n_params | params | sha256. */
 static size_t model_file_size(const fedge_model_spec *spec)
@@ -59,13 +72,50 @@ static size_t stream_size(const fedge_model_spec *spec, fedge_encoding enc, size
     return s ? s + FEDGE_EDGE_BLOB_HEAP : 0;
 }
 
-static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
-                       fedge_encoding enc, int scaffold, fedge_edge_memory *out)
+size_t fedge_edge_base_heap(void)
 {
-    if (!spec || !out || batch < 1)
+#if MBEDTLS_SSL_IN_CONTENT_LEN <= 4096 /* edge/mbedtls_config_edge.h */
+    return FEDGE_EDGE_BASE_HEAP_TRIMMED;
+#else
+    return FEDGE_EDGE_BASE_HEAP;
+#endif
+}
+
+int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
+{
+    size_t whole = fedge_model_scratch_floats(spec, batch);
+    if (whole == 0)
+        return 0;
+    size_t budget = fedge_model_spec_param_count(spec) * sizeof(float);
+    if (budget < FEDGE_EDGE_ACT_BUDGET)
+        budget = FEDGE_EDGE_ACT_BUDGET;
+    if (whole * sizeof(float) <= budget)
+        return batch;
+    int lo = 1, hi = batch - 1, fits = 1; /* the scratch grows with the rows: bisect */
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        size_t f = fedge_model_scratch_floats(spec, mid);
+        if (f != 0 && f * sizeof(float) <= budget) {
+            fits = mid;
+            lo = mid + 1;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return fits;
+}
+
+static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
+                       fedge_encoding enc, int scaffold, fedge_edge_velocity velocity,
+                       fedge_edge_memory *out)
+{
+    if (!spec || !out || batch < 1 || velocity < FEDGE_EDGE_VELOCITY_NONE ||
+        velocity > FEDGE_EDGE_VELOCITY_BASE_FILE ||
+        (scaffold && velocity == FEDGE_EDGE_VELOCITY_BASE_FILE))
         return FEDGE_ERR_INVALID_ARG;
     size_t n = fedge_model_spec_param_count(spec);
-    size_t scratch = fedge_model_scratch_floats(spec, batch);
+    int micro = fedge_edge_micro_batch(spec, batch);
+    size_t scratch = micro ? fedge_model_scratch_floats(spec, micro) : 0;
     size_t chunk = fedge_model_grad_chunk_floats(spec);
     size_t sealed = stream_size(spec, enc, scaffold ? 2 : 1);
     size_t body = model_file_size(spec);
@@ -73,7 +123,11 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
         return FEDGE_ERR_MODEL_SPEC;
     fedge_edge_memory m;
     memset(&m, 0, sizeof m);
-    m.local = m.global = m.velocity = n * sizeof(float);
+    m.local = m.global = n * sizeof(float);
+    /* micro-batches accumulate the minibatch's gradient in the velocity */
+    m.velocity = velocity == FEDGE_EDGE_VELOCITY_NONE && micro == batch ? 0 : n * sizeof(float);
+    if (velocity == FEDGE_EDGE_VELOCITY_BASE_FILE)
+        m.base_file = BASE_HEADER_LEN + n * sizeof(float) + FEDGE_SHA256_LEN;
     m.grad = chunk * sizeof(float);
     m.scratch = scratch * sizeof(float);
     /* the features as stored (u8: dim bytes, f32: 4 dim), and the labels */
@@ -81,17 +135,26 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
     m.record = record_size;
     m.model_body = body;
     m.sealed = sealed;
-    m.link = FEDGE_EDGE_BASE_HEAP;
+    m.link = fedge_edge_base_heap();
     if (scaffold) {
         m.control = m.client_control = m.control_delta = n * sizeof(float);
         m.grad += n * sizeof(float); /* the model delta, before dc */
     }
-    /* GET /model: the body, then the global model it becomes (the cached one
-     * is dropped first); training and POST /update: the global model and
-     * the sealer. */
-    size_t transient = body > m.global + sealed ? body : m.global + sealed;
-    m.peak = m.link + m.local + m.grad + m.velocity + m.scratch + m.batch + m.record +
-             m.control + m.client_control + m.control_delta + transient;
+    /* Beside the local model, one phase at a time: GET /model's body (the
+     * cached global is dropped first), which becomes the global model;
+     * training: the velocity (allocated by train()) and the global model,
+     * unless it went to the base file; POST /update: the sealer, and the
+     * global model unless it went to the file. */
+    size_t base = velocity == FEDGE_EDGE_VELOCITY_BASE_FILE ? 0 : m.global;
+    size_t phase = body;
+    if (m.global > phase)
+        phase = m.global;
+    if (m.velocity + base > phase)
+        phase = m.velocity + base;
+    if (sealed + base > phase)
+        phase = sealed + base;
+    m.peak = m.link + m.local + m.grad + m.scratch + m.batch + m.record + m.control +
+             m.client_control + m.control_delta + phase;
     *out = m;
     return FEDGE_OK;
 }
@@ -99,21 +162,40 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
 int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
                            fedge_encoding enc, fedge_edge_memory *out)
 {
-    return memory_plan(spec, batch, record_size, enc, 0, out);
+    return memory_plan(spec, batch, record_size, enc, 0, FEDGE_EDGE_VELOCITY_RAM, out);
 }
 
 int fedge_edge_memory_plan_scaffold(const fedge_model_spec *spec, int batch, size_t record_size,
                                     fedge_encoding enc, fedge_edge_memory *out)
 {
-    return memory_plan(spec, batch, record_size, enc, 1, out);
+    return memory_plan(spec, batch, record_size, enc, 1, FEDGE_EDGE_VELOCITY_RAM, out);
+}
+
+int fedge_edge_memory_plan_round(const fedge_model_spec *spec, int batch, size_t record_size,
+                                 fedge_encoding enc, int scaffold, fedge_edge_velocity velocity,
+                                 fedge_edge_memory *out)
+{
+    return memory_plan(spec, batch, record_size, enc, scaffold != 0, velocity, out);
+}
+
+fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int scaffold,
+                                           int have_base_file, int micro)
+{
+    if (!(momentum > 0.0f) && !micro)
+        return FEDGE_EDGE_VELOCITY_NONE;
+    if (have_base_file && !(prox_mu > 0.0f) && !scaffold)
+        return FEDGE_EDGE_VELOCITY_BASE_FILE;
+    return FEDGE_EDGE_VELOCITY_RAM;
 }
 
 void fedge_edge_memory_format(const fedge_edge_memory *m, char *buf, size_t cap)
 {
-    char control[96] = "";
+    char control[128] = "";
     if (m->control)
         snprintf(control, sizeof control, "control=%zu client_control=%zu control_delta=%zu ",
                  m->control, m->client_control, m->control_delta);
+    else if (m->base_file)
+        snprintf(control, sizeof control, "base_file=%zu (not heap) ", m->base_file);
     snprintf(buf, cap,
              "model=%zu global=%zu grad=%zu velocity=%zu scratch=%zu batch=%zu record=%zu "
              "model_body=%zu sealed=%zu link=%zu %speak=%zu bytes",
@@ -175,11 +257,10 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
     if (spec_same && t->batch == batch)
         return FEDGE_OK;
     size_t n = fedge_model_spec_param_count(spec);
-    size_t scratch = fedge_model_scratch_floats(spec, batch);
+    int micro = fedge_edge_micro_batch(spec, batch);
+    size_t scratch = micro ? fedge_model_scratch_floats(spec, micro) : 0;
     if (n == 0 || scratch == 0)
         return FEDGE_ERR_MODEL_SPEC;
-    fedge_sgd_config cfg = {0.01f, 0.0f, 0.0f};
-
     if (!spec_same) {
         /* New shape: everything sized by the parameter count goes. */
         fedge_model_free(&t->local);
@@ -204,7 +285,7 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
 
     if (!spec_same) {
         CHK(fedge_model_init(&t->local, spec));
-        CHK(fedge_sgd_init(&t->opt, n, &cfg));
+        t->opt.n = n; /* the velocity is allocated by train() when momentum needs it */
         t->gchunk = malloc(fedge_model_grad_chunk_floats(spec) * sizeof(float));
         if (!t->gchunk)
             FAIL(FEDGE_ERR_NOMEM);
@@ -216,6 +297,7 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
         FAIL(FEDGE_ERR_NOMEM);
     t->spec = *spec;
     t->batch = batch;
+    t->micro = micro;
     t->sized = 1;
     if (resized)
         *resized = 1;
@@ -298,7 +380,8 @@ int fedge_edge_trainer_take_global(fedge_edge_trainer *t, uint8_t *body, size_t 
  * on those parameters (per element what a whole gradient and
  * fedge_sgd_step did). A non-finite loss is refused before any slice. */
 typedef struct {
-    fedge_sgd *opt;
+    const fedge_sgd_config *cfg;
+    float *velocity; /* NULL: momentum 0, the step needs none */
     float *w;
     const float *w_global;
     float mu;
@@ -314,7 +397,15 @@ static int step_slice(void *arg, size_t off, float *g, size_t n)
     if (sc->correction)
         for (size_t i = 0; i < n; i++)
             g[i] += sc->correction[off + i];
-    fedge_sgd_update(&sc->opt->cfg, sc->w + off, sc->opt->velocity + off, g, n);
+    if (sc->velocity) {
+        fedge_sgd_update(sc->cfg, sc->w + off, sc->velocity + off, g, n);
+        return FEDGE_OK;
+    }
+    /* momentum 0: v = g + wd w, w -= lr v (fedge_sgd_update's 0 * v_old adds nothing) */
+    const float lr = sc->cfg->lr, wd = sc->cfg->weight_decay;
+    float *w = sc->w + off;
+    for (size_t i = 0; i < n; i++)
+        w[i] -= lr * (g[i] + wd * w[i]);
     return FEDGE_OK;
 }
 
@@ -338,6 +429,153 @@ static int ensure_input(fedge_edge_trainer *t, int feature_type)
             return FEDGE_ERR_NOMEM;
     }
     return FEDGE_OK;
+}
+
+
+static void base_header(uint8_t hdr[BASE_HEADER_LEN], uint32_t round,
+                        const uint8_t version[FEDGE_HASH_LEN], uint64_t n)
+{
+    memcpy(hdr, BASE_MAGIC, 8);
+    memcpy(hdr + 8, &round, 4);
+    memcpy(hdr + 12, version, FEDGE_HASH_LEN);
+    memcpy(hdr + 12 + FEDGE_HASH_LEN, &n, 8);
+}
+
+int fedge_edge_base_write(const char *path, uint32_t round, const uint8_t version[FEDGE_HASH_LEN],
+                      const float *w, size_t n)
+{
+    int ret = FEDGE_OK;
+    uint8_t hdr[BASE_HEADER_LEN], digest[FEDGE_SHA256_LEN];
+    fedge_sha256_ctx sha;
+    memset(&sha, 0, sizeof sha);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return FEDGE_ERR_IO;
+    base_header(hdr, round, version, (uint64_t)n);
+    CHK(fedge_sha256_init(&sha));
+    CHK(fedge_sha256_update(&sha, hdr, sizeof hdr));
+    CHK(fedge_sha256_update(&sha, w, n * sizeof(float)));
+    CHK(fedge_sha256_final(&sha, digest));
+    CHK(fedge_write_all(fd, hdr, sizeof hdr));
+    CHK(fedge_write_all(fd, w, n * sizeof(float)));
+    CHK(fedge_write_all(fd, digest, sizeof digest));
+cleanup:
+    fedge_sha256_free(&sha);
+    if (close(fd) != 0 && ret == FEDGE_OK)
+        ret = FEDGE_ERR_IO;
+    if (ret != FEDGE_OK)
+        unlink(path);
+    return ret;
+}
+
+int fedge_edge_base_delta(const char *path, uint32_t round, const uint8_t version[FEDGE_HASH_LEN],
+                      float *w, size_t n, float *buf, size_t cap)
+{
+    int ret = FEDGE_OK;
+    uint8_t hdr[BASE_HEADER_LEN], want[BASE_HEADER_LEN];
+    uint8_t digest[FEDGE_SHA256_LEN], stored[FEDGE_SHA256_LEN];
+    fedge_sha256_ctx sha;
+    memset(&sha, 0, sizeof sha);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? FEDGE_ERR_MODEL_FILE_CHECKSUM : FEDGE_ERR_IO;
+    if (n == 0 || cap == 0 || !w || !buf) {
+        close(fd);
+        return FEDGE_ERR_INVALID_ARG;
+    }
+    base_header(want, round, version, (uint64_t)n);
+    CHK(fedge_pread_all(fd, hdr, sizeof hdr, 0, FEDGE_ERR_MODEL_FILE_CHECKSUM));
+    if (memcmp(hdr, want, sizeof hdr) != 0)
+        FAIL(FEDGE_ERR_MODEL_FILE_CHECKSUM);
+    CHK(fedge_sha256_init(&sha));
+    CHK(fedge_sha256_update(&sha, hdr, sizeof hdr));
+    for (size_t i = 0; i < n; i += cap) {
+        size_t m = n - i < cap ? n - i : cap;
+        CHK(fedge_pread_all(fd, buf, m * sizeof(float), BASE_HEADER_LEN + i * sizeof(float),
+                            FEDGE_ERR_MODEL_FILE_CHECKSUM));
+        CHK(fedge_sha256_update(&sha, buf, m * sizeof(float)));
+        for (size_t j = 0; j < m; j++)
+            w[i + j] -= buf[j];
+    }
+    CHK(fedge_pread_all(fd, stored, sizeof stored, BASE_HEADER_LEN + n * sizeof(float),
+                        FEDGE_ERR_MODEL_FILE_CHECKSUM));
+    CHK(fedge_sha256_final(&sha, digest));
+    if (memcmp(digest, stored, sizeof digest) != 0)
+        FAIL(FEDGE_ERR_MODEL_FILE_CHECKSUM);
+    if (pread(fd, stored, 1, BASE_HEADER_LEN + n * sizeof(float) + sizeof stored) != 0)
+        FAIL(FEDGE_ERR_MODEL_FILE_CHECKSUM); /* longer than written */
+cleanup:
+    fedge_sha256_free(&sha);
+    close(fd);
+    return ret;
+}
+
+/* Micro-batches: slice by slice v = momentum v + share g for the first,
+ * v += share g for the others (share: its rows / the minibatch's), then
+ * step_full adds the weight decay, FedProx and SCAFFOLD terms and steps. */
+typedef struct {
+    float *v;
+    float momentum;
+    float share;
+    int first;
+} accum_ctx;
+
+static int accum_slice(void *arg, size_t off, float *g, size_t n)
+{
+    accum_ctx *a = arg;
+    float *v = a->v + off;
+    if (a->first)
+        for (size_t i = 0; i < n; i++)
+            v[i] = a->momentum * v[i] + a->share * g[i];
+    else
+        for (size_t i = 0; i < n; i++)
+            v[i] += a->share * g[i];
+    return FEDGE_OK;
+}
+
+static void step_full(const step_ctx *sc, size_t n)
+{
+    const float lr = sc->cfg->lr, wd = sc->cfg->weight_decay;
+    float *w = sc->w, *v = sc->velocity;
+    for (size_t i = 0; i < n; i++) {
+        float g = wd * w[i];
+        if (sc->mu > 0.0f)
+            g += sc->mu * (w[i] - sc->w_global[i]);
+        if (sc->correction)
+            g += sc->correction[i];
+        v[i] += g;
+        w[i] -= lr * v[i];
+    }
+}
+
+/* One minibatch of got rows in micro-batches of t->micro (see trainer.h). */
+static int train_micro(fedge_edge_trainer *t, int got, uint64_t dropout_seed, step_ctx *sc,
+                       float *loss)
+{
+    int ret = FEDGE_OK;
+    size_t dim = (size_t)t->spec.input_dim;
+    accum_ctx a = {sc->velocity, sc->cfg->momentum, 0.0f, 1};
+    double sum = 0.0;
+    for (int r0 = 0; r0 < got; r0 += t->micro) {
+        int rows = got - r0 < t->micro ? got - r0 : t->micro;
+        float l;
+        a.share = (float)rows / (float)got;
+        uint64_t seed = dropout_seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)r0);
+        if (t->xbatch_u8)
+            CHK(fedge_model_loss_grad_sliced_u8(&t->local, t->xbatch_u8 + (size_t)r0 * dim,
+                                                FEDGE_SHARD_U8_SCALE, t->ybatch + r0, rows, seed,
+                                                t->scratch, t->gchunk, accum_slice, &a, &l));
+        else
+            CHK(fedge_model_loss_grad_sliced(&t->local, t->xbatch + (size_t)r0 * dim,
+                                             t->ybatch + r0, rows, seed, t->scratch, t->gchunk,
+                                             accum_slice, &a, &l));
+        a.first = 0;
+        sum += (double)l * rows;
+    }
+    step_full(sc, t->local.n_params);
+    *loss = (float)(sum / got);
+cleanup:
+    return ret;
 }
 
 static uint64_t epoch_seed(uint64_t seed, int epoch)
@@ -367,14 +605,21 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     if (ret != FEDGE_OK)
         return ret;
     size_t n = t->local.n_params;
+    if (!(p->momentum >= 0.0f && p->momentum < 1.0f))
+        return FEDGE_ERR_INVALID_ARG;
     memcpy(t->local.params, t->global.params, n * sizeof(float));
     t->opt.cfg.lr = p->lr;
     t->opt.cfg.momentum = p->momentum;
     t->opt.cfg.weight_decay = p->weight_decay;
-    memset(t->opt.velocity, 0, n * sizeof(float));
     const float mu = p->prox_mu;
+    /* the base goes to the file only where no step reads it (heavy-ball
+     * without FedProx or SCAFFOLD); then the velocity takes its place */
+    int micro = t->micro < t->batch;
+    int spill = fedge_edge_velocity_of(p->momentum, mu, p->control != NULL, p->base_file != NULL,
+                                       micro) == FEDGE_EDGE_VELOCITY_BASE_FILE;
     const float *w_global = t->global.params;
     float *w = t->local.params;
+    t->spilled = 0;
     /* SCAFFOLD's correction c - c_i is fixed for the round: it lives in the
      * dc buffer until the round's dc replaces it. */
     float *correction = NULL;
@@ -392,7 +637,19 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     t->steps = 0;
     t->delta = NULL;
     t->accuracy = -1.0;
-    step_ctx sc = {&t->opt, w, w_global, mu, correction};
+    if (spill) {
+        CHK(fedge_edge_base_write(p->base_file, p->round, t->global_version, t->global.params, n));
+        fedge_model_free(&t->global); /* the version stays: the update names it */
+        t->have_global = 0;
+        t->spilled = 1;
+        w_global = NULL;
+    }
+    if (p->momentum > 0.0f || micro) {
+        t->opt.velocity = calloc(n, sizeof(float));
+        if (!t->opt.velocity)
+            FAIL(FEDGE_ERR_NOMEM);
+    }
+    step_ctx sc = {&t->opt.cfg, t->opt.velocity, w, w_global, mu, correction};
 
     double loss_sum = 0.0;
     uint64_t rows = 0, step = 0;
@@ -413,7 +670,9 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
                 break;
             /* the step's dropout masks: a function of the round seed and the step */
             uint64_t dropout_seed = epoch_seed(p->seed ^ 0x6a09e667f3bcc908ull, (int)(step++ & 0x7fffffff));
-            if (t->xbatch_u8)
+            if (got > t->micro)
+                CHK(train_micro(t, got, dropout_seed, &sc, &loss));
+            else if (t->xbatch_u8)
                 CHK(fedge_model_loss_grad_sliced_u8(&t->local, t->xbatch_u8, FEDGE_SHARD_U8_SCALE,
                                                     t->ybatch, got, dropout_seed, t->scratch,
                                                     t->gchunk, step_slice, &sc, &loss));
@@ -432,8 +691,8 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     {
         size_t correct = 0, seen = 0, dim = (size_t)spec->input_dim;
         size_t per = t->xbatch_u8 ? fedge_model_grad_chunk_floats(spec) / dim : (size_t)t->batch;
-        if (per > (size_t)t->batch)
-            per = (size_t)t->batch;
+        if (per > (size_t)t->micro) /* t->scratch holds t->micro rows */
+            per = (size_t)t->micro;
         fedge_shard_rewind(shard, 1, epoch_seed(p->seed, p->epochs));
         while (per > 0 && seen < FEDGE_EDGE_ACCURACY_ROWS) {
             if (stop && *stop)
@@ -460,13 +719,23 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
         }
         t->accuracy = seen ? (double)correct / (double)seen : -1.0;
     }
+    free(t->opt.velocity);
+    t->opt.velocity = NULL;
     /* the delta: in the local model's place (SCAFFOLD: before dc, in grad) */
     float *delta = p->control ? t->grad : t->local.params;
-    for (size_t i = 0; i < n; i++) {
-        float d = t->local.params[i] - t->global.params[i];
-        if (!isfinite(d))
-            FAIL(FEDGE_ERR_MODEL_NONFINITE);
-        delta[i] = d;
+    if (t->spilled) {
+        CHK(fedge_edge_base_delta(p->base_file, p->round, t->global_version, delta, n, t->gchunk,
+                       fedge_model_grad_chunk_floats(spec)));
+        for (size_t i = 0; i < n; i++)
+            if (!isfinite(delta[i]))
+                FAIL(FEDGE_ERR_MODEL_NONFINITE);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            float d = t->local.params[i] - t->global.params[i];
+            if (!isfinite(d))
+                FAIL(FEDGE_ERR_MODEL_NONFINITE);
+            delta[i] = d;
+        }
     }
     t->delta = delta;
     if (p->control) {
@@ -486,5 +755,12 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     if (mean_loss)
         *mean_loss = rows ? loss_sum / (double)rows : 0.0;
 cleanup:
+    free(t->opt.velocity);
+    t->opt.velocity = NULL;
+    if (t->spilled) {
+        unlink(p->base_file); /* read once; a stale one would fail its check anyway */
+        if (ret != FEDGE_OK)
+            t->delta = NULL;
+    }
     return ret;
 }

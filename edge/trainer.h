@@ -45,9 +45,13 @@
 /* The heap a running client holds whatever the model: its own state, the
  * shard reader, libcoap's context and one DTLS session (mbedTLS's SSL
  * context and its in and out record buffers). Measured with massif
- * (tools/bench/edge_heap.sh) on the Debian mbedTLS 2.28 build; a trimmed
- * mbedTLS (smaller record buffers) needs less. */
+ * (tools/bench/edge_heap.sh): FEDGE_EDGE_BASE_HEAP with Debian's mbedTLS
+ * 2.28 and libcoap (the native build), FEDGE_EDGE_BASE_HEAP_TRIMMED with
+ * edge/mbedtls_config_edge.h (2 KiB record buffers) and the client-only
+ * libcoap (the cross edges). fedge_edge_base_heap() is this build's. */
 #define FEDGE_EDGE_BASE_HEAP (112u * 1024u)
+#define FEDGE_EDGE_BASE_HEAP_TRIMMED (44u * 1024u)
+size_t fedge_edge_base_heap(void);
 #define FEDGE_EDGE_BLOB_HEAP 64u /* fedge_edge_blob and its allocator overhead */
 
 typedef struct {
@@ -62,7 +66,7 @@ typedef struct {
     size_t model_body;/* serialized model, held by libcoap while GET /model completes */
     size_t sealed;    /* the streaming sealer (update.h), kept until POST /update
                          is answered: a few KiB, not the sealed update */
-    size_t link;      /* FEDGE_EDGE_BASE_HEAP: the client, libcoap, one DTLS session */
+    size_t link;      /* fedge_edge_base_heap(): the client, libcoap, one DTLS session */
     size_t peak;      /* link + resident buffers + the larger of model_body and
                          global + sealed (the body becomes the global model) */
     /* SCAFFOLD only (0 otherwise); model_body then also bounds GET /control's
@@ -70,7 +74,18 @@ typedef struct {
     size_t control;        /* server control variate c */
     size_t client_control; /* client control variate c_i */
     size_t control_delta;  /* c_i+ - c_i, after the model delta */
+    size_t base_file;      /* bytes of the base model in the state dir during training
+                              (not heap; 0: it stays in RAM) */
 } fedge_edge_memory;
+
+/* Where a round's momentum lives: none (momentum 0: the step needs no
+ * velocity), in RAM beside the global model, or in RAM while the global
+ * model waits in the base file (fedge_edge_train_params.base_file). */
+typedef enum {
+    FEDGE_EDGE_VELOCITY_NONE = 0,
+    FEDGE_EDGE_VELOCITY_RAM = 1,
+    FEDGE_EDGE_VELOCITY_BASE_FILE = 2,
+} fedge_edge_velocity;
 
 /* record_size: the shard's bytes per record (1 + dim * feature size). */
 int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
@@ -78,6 +93,32 @@ int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t recor
 /* The same for a SCAFFOLD round: c, c_i and dc, and a sealed update of 2n. */
 int fedge_edge_memory_plan_scaffold(const fedge_model_spec *spec, int batch, size_t record_size,
                                     fedge_encoding enc, fedge_edge_memory *out);
+/* The plan of one round as train() will run it (velocity from
+ * fedge_edge_velocity_of); the two above are its RAM-velocity cases.
+ * FEDGE_ERR_INVALID_ARG for SCAFFOLD with the base file (it reads the base). */
+int fedge_edge_memory_plan_round(const fedge_model_spec *spec, int batch, size_t record_size,
+                                 fedge_encoding enc, int scaffold, fedge_edge_velocity velocity,
+                                 fedge_edge_memory *out);
+/* What train() does with these parameters (have_base_file: a base_file
+ * given; micro: fedge_edge_micro_batch is below the batch). */
+fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int scaffold,
+                                           int have_base_file, int micro);
+
+/* Activations of one pass are kept within one model copy (4 P bytes) or
+ * this, whichever is larger: a minibatch whose scratch
+ * (fedge_model_scratch_floats) is larger runs as micro-batches (a bound that
+ * grows with the model: a wide dense layer run one row at a time would read
+ * its weights once per row). */
+#define FEDGE_EDGE_ACT_BUDGET (128u * 1024u)
+/* Rows per pass for spec at batch: batch when its scratch fits the budget,
+ * else the most rows that do (at least 1); 0 for an invalid spec. Micro-
+ * batches accumulate the minibatch's mean gradient, each micro-batch's
+ * weighted by its share of the rows, in the velocity buffer (v = momentum v
+ * + the first share, += the others; then the weight decay, FedProx and
+ * SCAFFOLD terms, and w -= lr v): the same step as one pass but for the order
+ * of the sums (rounding), and a dropout layer draws its masks per micro-
+ * batch. A momentum-0 round then holds the velocity too. */
+int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch);
 /* The exact size of the sealed update for spec and encoding, as the client
  * seals it (with the training metrics block, update.h; 0 if invalid). */
 size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc);
@@ -116,6 +157,10 @@ typedef struct {
     double accuracy;                    /* after train(): the trained model's accuracy on
                                            a sample of the shard (FEDGE_EDGE_ACCURACY_ROWS);
                                            < 0: none */
+    int micro;                          /* fedge_edge_micro_batch(spec, batch): rows
+                                           per pass; scratch is sized for it */
+    int spilled;                        /* the last train() kept its base in base_file:
+                                           global freed (have_global 0), version kept */
 } fedge_edge_trainer;
 
 typedef struct {
@@ -129,7 +174,22 @@ typedef struct {
     float *client_control;              /* SCAFFOLD client variate c_i (n_params), updated
                                            in place to c_i+ after training; NULL when
                                            not SCAFFOLD (exactly when control is NULL) */
+    const char *base_file;              /* NULL, or where a heavy-ball round (momentum > 0,
+                                           no FedProx, no SCAFFOLD) keeps its base model */
+    uint32_t round;                     /* binds base_file to the round */
 } fedge_edge_train_params;
+
+/* The base file (train()'s base_file): a header binding it to the round,
+ * the base model's version and n, the n parameters, and the SHA-256 of all
+ * of it; written in one go (mode 0600; removed again on failure).
+ * fedge_edge_base_delta forms w -= base in place, reading the file in pieces
+ * of buf (cap floats), and checks it whole: FEDGE_ERR_MODEL_FILE_CHECKSUM for
+ * a missing, short, longer or altered file or one of another round, version
+ * or size (w is then not a delta and must not be sent). */
+int fedge_edge_base_write(const char *path, uint32_t round, const uint8_t version[FEDGE_HASH_LEN],
+                          const float *w, size_t n);
+int fedge_edge_base_delta(const char *path, uint32_t round, const uint8_t version[FEDGE_HASH_LEN],
+                          float *w, size_t n, float *buf, size_t cap);
 
 void fedge_edge_trainer_init(fedge_edge_trainer *t);
 void fedge_edge_trainer_free(fedge_edge_trainer *t);

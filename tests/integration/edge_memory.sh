@@ -12,16 +12,17 @@ fed_setup 2
 FED_PORT=$(fed_free_port)
 "$BIN/fedge-partition" --data fashion-mnist --clients 2 --kind iid --seed 7 \
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
-# 4.6 MiB of parameters per copy, 18 MiB of buffers at batch 32: over a 16 MiB
+# 4.5 MiB of parameters per copy, 14 MiB of buffers at batch 32 (the local
+# model, the global model and the velocity: no state dir): over an 8 MiB
 # ceiling, within the default 256 MiB.
 spec=cnn:1x28x28-c8k5-p2-f1024-10
 fed_start_aggregator --model-spec "$spec" --test-data "$FED_DIR/test.bin" --rounds 2 \
     --round-timeout-s 25 --quorum 0.5 --start-delay-s 0.5 --linger-s 2
-fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin" --max-memory-mb 16 --print-memory
+fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin" --max-memory-mb 8 --print-memory
 fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin" --print-memory
 fed_wait_run 200 || fed_fail "run failed (an edge exited?)"
 
-grep -q "round 1: $spec at batch 32 needs [0-9]* MiB of buffers, more than --max-memory-mb 16; skipping the round" \
+grep -q "round 1: $spec at batch 32 needs [0-9]* MiB of buffers, more than --max-memory-mb 8; skipping the round" \
     "$FED_DIR/edge-dev-001.log" || fed_fail "dev-001 did not refuse the round's memory plan"
 grep -q "round 2: .*skipping the round" "$FED_DIR/edge-dev-001.log" || fed_fail "dev-001 did not stay up for round 2"
 ! grep -q "memory plan" "$FED_DIR/edge-dev-001.log" || fed_fail "dev-001 sized its buffers anyway"
@@ -35,6 +36,9 @@ grep -q "round 2: .*skipping the round" "$FED_DIR/edge-dev-001.log" || fed_fail 
 # that overstates hides growth as well as one that understates). Before the
 # plan counted DTLS and the client (112 KiB) it understated by 29%; before the
 # update was sealed block by block the heap held the whole sealed copy.
+# The round has a --state-dir, so its base model waits in DIR/dev-001.base
+# while it trains (momentum 0.9): a stale one from a crashed run is removed
+# at start and never read, and none is left after the round.
 if ! command -v valgrind >/dev/null; then
     fed_fail "valgrind missing (tools/deps.sh installs it)"
 fi
@@ -48,11 +52,17 @@ FED_PORT=$(fed_free_port)
     --quorum 1 --start-delay-s 0.2 --linger-s 1 >>"$FED_DIR/agg-massif.log" 2>&1 &
 FED_PIDS+=("$!")
 keys=$(fed_edge_keys dev-001) || exit 1
+mkdir -p "$FED_DIR/massif-state"
+head -c 31500 /dev/urandom >"$FED_DIR/massif-state/dev-001.base" # a crashed round's leftover
 valgrind --tool=massif --massif-out-file="$FED_DIR/massif.out" \
     "$BIN/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-001 --keys "$keys" \
+    --state-dir "$FED_DIR/massif-state" \
     --shard "$FED_DIR/small/shard-000.bin" --max-rounds 1 --print-memory --timeout-ms 30000 \
     >"$FED_DIR/edge-massif.log" 2>&1 || { tail -n 5 "$FED_DIR/edge-massif.log" >&2; fed_fail "edge under massif"; }
 grep -q "round 1: .*outcome=accepted" "$FED_DIR/edge-massif.log" || fed_fail "the massif round was not accepted"
+[ ! -e "$FED_DIR/massif-state/dev-001.base" ] || fed_fail "the base file outlived the round"
+grep -q "memory plan.* velocity=31400 .*base_file=" "$FED_DIR/edge-massif.log" ||
+    fed_fail "the round did not plan its base model in the state dir"
 peak=$(awk -F= '/^mem_heap_B=/{h=$2} /^mem_heap_extra_B=/{if (h + $2 > m) m = h + $2} END{print m}' \
     "$FED_DIR/massif.out")
 plan=$(grep -o 'peak=[0-9]*' "$FED_DIR/edge-massif.log" | tail -1 | cut -d= -f2)
@@ -60,4 +70,14 @@ plan=$(grep -o 'peak=[0-9]*' "$FED_DIR/edge-massif.log" | tail -1 | cut -d= -f2)
 echo "edge heap peak $peak B, planned $plan B"
 [ "$peak" -le "$plan" ] || fed_fail "the heap peak ($peak B) exceeds the plan ($plan B)"
 [ $((plan * 100)) -le $((peak * 105)) ] || fed_fail "the plan ($plan B) overstates the heap peak ($peak B) by more than 5%"
+# Issue 12's plan: 2 x params (fp32) + one minibatch as stored (32 x 785 u8
+# bytes) + 64 KiB = 153 456 B. NOT reached yet: the DTLS session and the
+# client alone take FEDGE_EDGE_BASE_HEAP (112 KiB with Debian's mbedTLS; the
+# trimmed mbedTLS is to shrink its record buffers). Until then the check
+# allows that much on top of the plan (268 144 B): the heap before the base
+# model went to the state dir and the minibatch stayed u8 (329 480 B) fails it.
+issue=$((2 * 4 * 7850 + 32 * 785 + 65536))
+allow=114688
+echo "issue plan $issue B (+ $allow B for DTLS and the client, not yet trimmed)"
+[ "$peak" -le $((issue + allow)) ] || fed_fail "the heap peak ($peak B) exceeds the issue's plan ($issue B) + $allow B"
 echo ok

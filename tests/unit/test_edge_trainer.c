@@ -114,18 +114,47 @@ static void test_memory_plan(void **state)
     dh.n_elems = (uint32_t)n;
     assert_int_equal(m.sealed, fedge_update_stream_bytes(&dh) + FEDGE_EDGE_BLOB_HEAP);
     assert_true(m.sealed < 16 * 1024);
-    assert_int_equal(m.link, FEDGE_EDGE_BASE_HEAP);
-    /* the body becomes the global model: never both */
-    size_t resident = m.link + 2 * 4 * n + m.grad + m.scratch + m.batch + m.record;
-    size_t transient = m.model_body > m.global + m.sealed ? m.model_body : m.global + m.sealed;
-    assert_int_equal(m.peak, resident + transient);
+    assert_int_equal(m.link, fedge_edge_base_heap());
+    assert_true(fedge_edge_base_heap() == FEDGE_EDGE_BASE_HEAP ||
+                fedge_edge_base_heap() == FEDGE_EDGE_BASE_HEAP_TRIMMED);
+    /* Beside the local model one phase at a time: the body (which becomes the
+     * global model), training (velocity and global), sealing (sealer and global). */
+    size_t fixed = m.link + 4 * n + m.grad + m.scratch + m.batch + m.record;
+    assert_true(m.model_body > 4 * n && 2 * 4 * n > m.global + m.sealed);
+    assert_int_equal(m.peak, fixed + 2 * 4 * n);
+    assert_int_equal(m.base_file, 0);
+
+    /* Momentum 0: no velocity at all; the body or the global model and the sealer. */
+    fedge_edge_memory z, f;
+    assert_int_equal(fedge_edge_memory_plan_round(&spec, 32, 785, FEDGE_ENC_FP32, 0,
+                                                  FEDGE_EDGE_VELOCITY_NONE, &z), FEDGE_OK);
+    assert_int_equal(z.velocity, 0);
+    size_t t0 = z.model_body > z.global + z.sealed ? z.model_body : z.global + z.sealed;
+    assert_int_equal(z.peak, fixed + t0);
+    /* Heavy-ball with the base in the state dir: two model-sized buffers in RAM at
+     * any time (local and one of body, global, velocity), the file not heap. */
+    assert_int_equal(fedge_edge_memory_plan_round(&spec, 32, 785, FEDGE_ENC_FP32, 0,
+                                                  FEDGE_EDGE_VELOCITY_BASE_FILE, &f), FEDGE_OK);
+    assert_int_equal(f.velocity, 4 * n);
+    assert_int_equal(f.peak, fixed + f.model_body);
+    assert_true(f.base_file > 4 * n);
+    assert_true(f.peak < m.peak - 4 * n + f.model_body - 4 * n + 1);
+    assert_int_equal(fedge_edge_memory_plan_round(&spec, 32, 785, FEDGE_ENC_FP32, 1,
+                                                  FEDGE_EDGE_VELOCITY_BASE_FILE, &f),
+                     FEDGE_ERR_INVALID_ARG); /* SCAFFOLD reads the base */
+    assert_int_equal(fedge_edge_velocity_of(0.0f, 0.0f, 0, 1, 0), FEDGE_EDGE_VELOCITY_NONE);
+    assert_int_equal(fedge_edge_velocity_of(0.9f, 0.0f, 0, 1, 0), FEDGE_EDGE_VELOCITY_BASE_FILE);
+    assert_int_equal(fedge_edge_velocity_of(0.9f, 0.0f, 0, 0, 0), FEDGE_EDGE_VELOCITY_RAM);
+    assert_int_equal(fedge_edge_velocity_of(0.9f, 0.01f, 0, 1, 0), FEDGE_EDGE_VELOCITY_RAM);
+    assert_int_equal(fedge_edge_velocity_of(0.9f, 0.0f, 1, 1, 0), FEDGE_EDGE_VELOCITY_RAM);
 
     /* Other encodings change only the sealer (int8: whole blocks per chunk). */
     fedge_edge_memory h, q;
     assert_int_equal(fedge_edge_memory_plan(&spec, 32, 785, FEDGE_ENC_FP16, &h), FEDGE_OK);
-    assert_int_equal(h.peak - h.sealed, m.peak - m.sealed);
+    assert_int_equal(h.peak, m.peak); /* the sealer's phase is not the largest */
     assert_int_equal(fedge_edge_memory_plan(&spec, 32, 785, FEDGE_ENC_INT8, &q), FEDGE_OK);
-    assert_int_equal(q.peak - q.sealed, m.peak - m.sealed);
+    assert_int_equal(q.peak, m.peak);
+    assert_true(q.sealed != m.sealed);
     assert_int_equal(q.local, m.local);
 
     /* The batch scales the minibatch buffers, not the model ones. */
@@ -151,9 +180,21 @@ static void test_cnn_round(void **state)
     spec_of(text, &spec);
     fedge_edge_memory plan;
     assert_int_equal(fedge_edge_memory_plan(&spec, 16, 785, FEDGE_ENC_FP32, &plan), FEDGE_OK);
-    size_t scratch = fedge_model_scratch_floats(&spec, 16);
-    assert_true(scratch > 16 * (4 * 24 * 24 + 25 * 24 * 24)); /* conv output + im2col */
+    /* 16 rows of conv output and im2col would be 1.1 MB: micro-batches of what fits
+     * one model copy or FEDGE_EDGE_ACT_BUDGET, the gradient accumulated in the velocity */
+    assert_true(fedge_model_scratch_floats(&spec, 16) > 16 * (4 * 24 * 24 + 25 * 24 * 24));
+    int micro = fedge_edge_micro_batch(&spec, 16);
+    assert_true(micro >= 1 && micro < 16);
+    size_t scratch = fedge_model_scratch_floats(&spec, micro);
+    size_t budget = 4 * spec.n_params > FEDGE_EDGE_ACT_BUDGET ? 4 * spec.n_params
+                                                             : FEDGE_EDGE_ACT_BUDGET;
+    assert_true(4 * scratch <= budget);
+    assert_true(4 * fedge_model_scratch_floats(&spec, micro + 1) > budget);
     assert_int_equal(plan.scratch, 4 * scratch);
+    assert_int_equal(plan.velocity, 4 * spec.n_params);
+    fedge_model_spec mlp;
+    spec_of("mlp:784-200-10", &mlp);
+    assert_int_equal(fedge_edge_micro_batch(&mlp, 32), 32); /* fits: one pass, the same bits */
     assert_int_equal(plan.batch, 16 * (784 + 1));
     assert_int_equal(plan.local, 4 * spec.n_params);
 
@@ -747,9 +788,11 @@ static int row_blocks_exact(void)
  * and a step afterwards (where the BLAS sums row blocks as the whole), for
  * one layer, for a dense layer stepped in row slices below another, and for
  * convolutions. */
-static void plain_bits(void **state, const char *text)
+static void plain_bits_with(void **state, const char *text, float momentum, int base_file)
 {
     fixture *fx = *state;
+    char base_path[160];
+    snprintf(base_path, sizeof base_path, "%s/dev.base", fx->dir);
     fedge_model_spec spec;
     spec_of(text, &spec);
     fedge_edge_trainer t;
@@ -761,15 +804,26 @@ static void plain_bits(void **state, const char *text)
     model_body(text, 21, &body, &len, version);
     assert_int_equal(fedge_edge_trainer_set_global(&t, body, len), FEDGE_OK);
     free(body);
-    fedge_edge_train_params p = {.epochs = 2, .lr = 0.05f, .momentum = 0.9f,
-                                 .weight_decay = 1e-4f, .seed = 4242};
+    size_t n = t.local.n_params;
+    float *base = malloc(n * sizeof(float));
+    assert_non_null(base);
+    memcpy(base, t.global.params, n * sizeof(float));
+    fedge_edge_train_params p = {.epochs = 2, .lr = 0.05f, .momentum = momentum,
+                                 .weight_decay = 1e-4f, .seed = 4242,
+                                 .base_file = base_file ? base_path : NULL, .round = 7};
     double loss;
     assert_int_equal(fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &loss), FEDGE_OK);
+    /* the base went to the file only for heavy-ball, and the file is gone after */
+    int spilled = base_file && momentum > 0.0f;
+    assert_int_equal(t.spilled, spilled);
+    assert_int_equal(t.have_global, !spilled);
+    assert_true(spilled ? t.global.params == NULL : t.global.params != NULL);
+    assert_int_equal(access(base_path, F_OK), -1);
+    assert_memory_equal(t.global_version, version, FEDGE_HASH_LEN);
 
-    size_t n = t.local.n_params;
     fedge_model w;
     assert_int_equal(fedge_model_init(&w, &spec), FEDGE_OK);
-    memcpy(w.params, t.global.params, n * sizeof(float));
+    memcpy(w.params, base, n * sizeof(float));
     float *grad = malloc(n * sizeof(float)), *vel = calloc(n, sizeof(float));
     float *scratch = malloc(fedge_model_scratch_floats(&spec, 32) * sizeof(float));
     float *xb = malloc(32 * 784 * sizeof(float));
@@ -793,11 +847,14 @@ static void plain_bits(void **state, const char *text)
     }
     assert_int_equal(t.steps, step);
     for (size_t i = 0; i < n; i++)
-        grad[i] = w.params[i] - t.global.params[i];
-    if (row_blocks_exact())
+        grad[i] = w.params[i] - base[i];
+    if (t.micro < 32 && fedge_model_spec_has_dropout(&spec)) {
+        /* micro-batches draw their own dropout masks: another (valid) step */
+    } else if (row_blocks_exact() && t.micro == 32)
         assert_memory_equal(grad, t.delta, n * sizeof(float));
-    else { /* the BLAS sums a block of rows otherwise than the whole: rounding,
-              * grown over the steps, but the same training */
+    else { /* the BLAS sums a block of rows otherwise than the whole, or micro-
+              * batches sum the gradient in another order: rounding, grown over
+              * the steps, but the same training */
         double diff = 0.0, norm = 0.0;
         for (size_t i = 0; i < n; i++) {
             diff += ((double)grad[i] - t.delta[i]) * ((double)grad[i] - t.delta[i]);
@@ -809,8 +866,75 @@ static void plain_bits(void **state, const char *text)
     free(vel);
     free(scratch);
     free(xb);
+    free(base);
     fedge_model_free(&w);
     fedge_edge_trainer_free(&t);
+}
+
+static void plain_bits(void **state, const char *text)
+{
+    plain_bits_with(state, text, 0.9f, 0);
+}
+
+/* The same bits with the base model in the state dir while training (heavy-
+ * ball: the delta is formed from the file), and with momentum 0 (no velocity
+ * buffer: the step without it; the base stays in RAM, no file). */
+static void test_base_file_same_bits(void **state)
+{
+    plain_bits_with(state, "softmax:784-10", 0.9f, 1);
+    plain_bits_with(state, "mlp:784-200-10", 0.9f, 1);
+    plain_bits_with(state, "softmax:784-10", 0.0f, 1);
+    plain_bits_with(state, "mlp:784-200-10", 0.0f, 0);
+}
+
+/* The base file is bound to its round, version and size and checked whole:
+ * anything else is refused (the delta it would give is not sent). */
+static void test_base_file_checks(void **state)
+{
+    fixture *fx = *state;
+    char path[160];
+    snprintf(path, sizeof path, "%s/x.base", fx->dir);
+    enum { N = 1000 };
+    float w[N], base[N], d[N], buf[64];
+    uint8_t version[FEDGE_HASH_LEN], other[FEDGE_HASH_LEN];
+    memset(version, 0x5a, sizeof version);
+    memset(other, 0x5a, sizeof other);
+    other[31] ^= 1;
+    for (int i = 0; i < N; i++) {
+        base[i] = 0.25f * (float)(i % 13) - 1.0f;
+        w[i] = base[i] + 0.001f * (float)i;
+    }
+    assert_int_equal(fedge_edge_base_write(path, 3, version, base, N), FEDGE_OK);
+    memcpy(d, w, sizeof d);
+    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N, buf, 64), FEDGE_OK);
+    for (int i = 0; i < N; i++)
+        assert_true(d[i] == w[i] - base[i]);
+    assert_int_equal(fedge_edge_base_delta(path, 4, version, d, N, buf, 64),
+                     FEDGE_ERR_MODEL_FILE_CHECKSUM); /* another round's */
+    assert_int_equal(fedge_edge_base_delta(path, 3, other, d, N, buf, 64),
+                     FEDGE_ERR_MODEL_FILE_CHECKSUM); /* another model's */
+    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N - 1, buf, 64),
+                     FEDGE_ERR_MODEL_FILE_CHECKSUM); /* another size */
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 52 + 4 * 500, SEEK_SET), 0); /* one parameter's byte */
+    int c = fgetc(f);
+    assert_int_equal(fseek(f, 52 + 4 * 500, SEEK_SET), 0);
+    fputc(c ^ 0x01, f);
+    fclose(f);
+    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N, buf, 64),
+                     FEDGE_ERR_MODEL_FILE_CHECKSUM);
+    assert_int_equal(fedge_edge_base_write(path, 3, version, base, N), FEDGE_OK);
+    assert_int_equal(truncate(path, 52 + 4 * N + 31), 0);
+    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N, buf, 64),
+                     FEDGE_ERR_MODEL_FILE_CHECKSUM);
+    assert_int_equal(fedge_edge_base_write(path, 3, version, base, N), FEDGE_OK);
+    assert_int_equal(truncate(path, 52 + 4 * N + 33), 0);
+    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N, buf, 64),
+                     FEDGE_ERR_MODEL_FILE_CHECKSUM);
+    unlink(path);
+    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N, buf, 64),
+                     FEDGE_ERR_MODEL_FILE_CHECKSUM);
 }
 
 static void test_plain_bits_unchanged(void **state)
@@ -932,6 +1056,8 @@ int main(void)
         cmocka_unit_test(test_scaffold_two_steps),
         cmocka_unit_test(test_scaffold_refusals),
         cmocka_unit_test_setup_teardown(test_plain_bits_unchanged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_base_file_same_bits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_base_file_checks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scaffold_plan_and_seal, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -222,6 +222,21 @@ static void test_roundtrip_u8(void **state)
         }
     } while (got > 0);
     assert_int_equal(row, 257);
+    /* the same rows as stored (fedge_shard_next_batch_u8): each byte times
+     * FEDGE_SHARD_U8_SCALE is the float the reader gives */
+    fedge_shard_rewind(&r, 0, 0);
+    uint8_t xu[16 * 5];
+    row = 0;
+    do {
+        assert_int_equal(fedge_shard_next_batch_u8(&r, 16, xu, y, &got), FEDGE_OK);
+        for (int i = 0; i < got; i++, row++) {
+            assert_int_equal(y[i], back.y[row]);
+            for (int j = 0; j < 5; j++)
+                assert_true((float)xu[i * 5 + j] * FEDGE_SHARD_U8_SCALE == back.x[row * 5 + j]);
+        }
+    } while (got > 0);
+    assert_int_equal(row, 257);
+    assert_int_equal(fedge_shard_next_batch_u8(&r, 16, NULL, y, &got), FEDGE_ERR_INVALID_ARG);
     fedge_shard_close(&r);
     assert_int_equal(r.fd, -1);
     assert_null(r.record);
@@ -256,6 +271,13 @@ static void test_roundtrip_f32(void **state)
         assert_int_equal(back.y[i], ds.y[idx[i]]);
         assert_memory_equal(back.x + i * 7, ds.x + idx[i] * 7, 7 * sizeof(float));
     }
+    fedge_shard_reader r;
+    uint8_t xu[7], y;
+    int got = -1;
+    assert_int_equal(fedge_shard_open(&r, path), FEDGE_OK);
+    assert_int_equal(fedge_shard_next_batch_u8(&r, 1, xu, &y, &got), FEDGE_ERR_STATE); /* f32 */
+    assert_int_equal(got, 0);
+    fedge_shard_close(&r);
     fedge_dataset_free(&back);
     free_dataset(&ds);
 }
