@@ -10,6 +10,8 @@
 #   make CROSS=aarch64-linux-gnu edge   cross-build the edge client for a device: -Os, LTO,
 #                               stripped, mbedTLS/libcoap trimmed and static (docs/EDGE.md);
 #                               also CROSS=arm-linux-gnueabihf
+#   make EDGE_TRIM=1 edge       the same edge profile for this machine (build/edge-x86_64,
+#                               deps in build/deps/<triplet>-edge): what the heap tests measure
 #   make CUDA=1                 require the GPU backend (default: built when nvcc is found)
 #   make BLAS=openblas|none     fedge_sgemm on OpenBLAS's cblas_sgemm (default where its
 #                               -dev package for the target is installed) or on the
@@ -33,24 +35,42 @@
 CROSS ?=
 SAN ?= 0
 V ?= 0
+EDGE_TRIM ?= 0
+# EDGE_PROFILE: the shipped edge's build, a cross one or (EDGE_TRIM=1) native
+EDGE_PROFILE := $(if $(CROSS),1,$(filter 1,$(EDGE_TRIM)))
 
-ifneq ($(CROSS),)
+ifneq ($(EDGE_PROFILE),)
   # A cross build is the edge client for a device (aarch64-linux-gnu,
   # arm-linux-gnueabihf): -Os, section GC and LTO, stripped, linked against the
   # target's glibc only (libcoap and mbedTLS static, built by tools/deps.sh
   # with edge/mbedtls_config_edge.h). EDGE_STATIC=1 links glibc statically too;
   # EDGE_LTO=0 leaves LTO out (tools/bench/edge_size.sh's per-library split).
-  CC := $(CROSS)-gcc
-  AR := $(CROSS)-gcc-ar
-  TRIPLET := $(CROSS)
-  BUILD ?= build/$(CROSS)
+  # EDGE_TRIM=1 (no CROSS) is the same build for this machine, so the heap
+  # tests measure the shipped configuration; EDGE_STRIP=0 keeps its symbols
+  # (massif's allocation tree).
+  ifneq ($(CROSS),)
+    CC := $(CROSS)-gcc
+    AR := $(CROSS)-gcc-ar
+    TRIPLET := $(CROSS)
+    BUILD ?= build/$(CROSS)
+    DEPS_DIR := build/deps/$(TRIPLET)
+    DEPS_ARG := $(CROSS)
+  else
+    CC := gcc
+    AR := gcc-ar
+    TRIPLET := $(shell gcc -dumpmachine)
+    BUILD ?= build/edge-$(shell uname -m)
+    DEPS_DIR := build/deps/$(TRIPLET)-edge
+    DEPS_ARG := edge
+  endif
+  EDGE_STRIP ?= 1
   OPT ?= -Os
   BLAS ?= none
   EDGE_LTO ?= 1
   EDGE_STATIC ?= 0
   LTOFLAGS := $(if $(filter 1,$(EDGE_LTO)),-flto=auto,-fno-lto)
   CROSS_CFLAGS := -ffunction-sections -fdata-sections $(LTOFLAGS)
-  CROSS_LDFLAGS := $(OPT) $(LTOFLAGS) -Wl,--gc-sections -Wl,--as-needed -s \
+  CROSS_LDFLAGS := $(OPT) $(LTOFLAGS) -Wl,--gc-sections -Wl,--as-needed $(if $(filter 1,$(EDGE_STRIP)),-s) \
                    $(if $(filter 1,$(EDGE_STATIC)),-static)
   EDGE_LDFLAGS = -Wl,-Map=$@.map
 else
@@ -62,8 +82,8 @@ else
   endif
 endif
 
-DEPS_DIR := build/deps/$(TRIPLET)
-ifneq ($(CROSS),)
+DEPS_DIR ?= build/deps/$(TRIPLET)
+ifneq ($(EDGE_PROFILE),)
   DEPS_STAMP := $(DEPS_DIR)/.edge-deps
   DEPS_INPUTS := edge/mbedtls_config_edge.h tools/deps/libcoap-4.3.1-mbedtls-psk-only.patch
 else
@@ -76,7 +96,7 @@ CUDA_HOME ?= /usr/local/cuda
 ifeq ($(CUDA),)
   CUDA := $(if $(NVCC),1,0)
 endif
-ifneq ($(CROSS),)
+ifneq ($(EDGE_PROFILE),)
   CUDA := 0
 endif
 
@@ -138,7 +158,7 @@ else
 endif
 
 SHARED_SRC := $(wildcard shared/*.c)
-ifneq ($(CROSS),)
+ifneq ($(EDGE_PROFILE),)
   # a cross build is the edge's: no libssl-dev for the target
   SHARED_SRC := $(filter-out shared/crypto_openssl.c,$(SHARED_SRC))
 endif
@@ -195,10 +215,10 @@ all: deps
 DEPS_PKG_STAMP := $(DEPS_DIR)/.packages
 deps: $(DEPS_STAMP) $(DEPS_PKG_STAMP)
 $(DEPS_STAMP): $(DEPS_INPUTS)
-	tools/deps.sh build $(CROSS)
+	tools/deps.sh build $(DEPS_ARG)
 	@touch $@
 $(DEPS_PKG_STAMP): tools/deps.sh | $(DEPS_STAMP)
-	tools/deps.sh build $(CROSS)
+	tools/deps.sh build $(DEPS_ARG)
 	@touch $@
 
 build-all: $(LIBFEDGE) $(LIBPOLICY) $(AGG_BIN) $(EDGE_BIN) $(CLUSTER_BIN) $(TOOL_BINS) \

@@ -4,6 +4,9 @@
 #   tools/deps.sh [BUILD_DIR] [CROSS]
 #   tools/deps.sh [BUILD_DIR] mcu    (make mcu: the native set-up, plus the
 #       bare-metal toolchain and QEMU, and Debian's mbedTLS source for mcu/mcu.mk)
+#   tools/deps.sh [BUILD_DIR] edge   (make EDGE_TRIM=1 edge: the trimmed
+#       mbedTLS and client-only libcoap of step 3 for this machine's own
+#       triplet, into BUILD_DIR/deps/<triplet>-edge)
 #
 # 1. Installs the Debian packages fedge needs when any is missing (apt-get).
 # 2. Native: builds libcoap 4.3.1 from Debian's libcoap3 source package
@@ -28,6 +31,9 @@ BUILD_DIR=${1:-build}
 CROSS=${2:-}
 MCU=0
 [ "$CROSS" != mcu ] || { MCU=1; CROSS=; }
+TRIM=0 # the trimmed edge deps: every CROSS target, and `edge` for this machine
+[ "$CROSS" != edge ] || { TRIM=1; CROSS=; }
+[ -z "$CROSS" ] || TRIM=1
 LIBCOAP_VERSION=4.3.1
 MBEDTLS_VERSION=2.28.3
 MBEDTLS_DEBIAN_VERSION=2.28.3-1
@@ -79,8 +85,10 @@ done
 
 triplet=${CROSS:-$(gcc -dumpmachine)}
 PREFIX="$BUILD_DIR/deps/$triplet"
+[ -n "$CROSS" ] || [ $TRIM -eq 0 ] || PREFIX+=-edge
 SRC="$BUILD_DIR/deps/src"
-if [ -n "$CROSS" ]; then
+TOOL=${CROSS:+$CROSS-} # the (cross) compiler's prefix
+if [ $TRIM -eq 1 ]; then
     STAMP="$PREFIX/.edge-deps"
     fingerprint="mbedtls=$MBEDTLS_DEBIAN_VERSION libcoap=$LIBCOAP_VERSION cflags=$EDGE_DEPS_CFLAGS"
     fingerprint+=" config=$(sha256sum "$EDGE_CONFIG" | cut -c1-16) patch=$(sha256sum "$COAP_PATCH" | cut -c1-16)"
@@ -201,7 +209,8 @@ build_libcoap() { # SRCDIR BUILDDIR CFLAGS [configure args...]
     local srcdir=$1 bdir=$2 cflags=$3
     shift 3
     local hostflag=()
-    [ -z "$CROSS" ] || hostflag=(--host="$CROSS" AR="$CROSS-gcc-ar" RANLIB="$CROSS-gcc-ranlib")
+    [ -z "$CROSS" ] || hostflag=(--host="$CROSS")
+    [ $TRIM -eq 0 ] || hostflag+=(AR="${TOOL}gcc-ar" RANLIB="${TOOL}gcc-ranlib")
     log "building libcoap $LIBCOAP_VERSION for $triplet"
     (cd "$srcdir" && { [ -x configure ] || ./autogen.sh >/dev/null 2>&1; })
     mkdir -p "$bdir"
@@ -217,9 +226,9 @@ if [ $need_src -eq 1 ]; then
     mkdir -p "$SRC" "$PREFIX"
     fetch_source libcoap3 "$LIBCOAP_VERSION-1" "libcoap3-$LIBCOAP_VERSION"
     coapsrc="$SRC/libcoap3-$LIBCOAP_VERSION"
-    bdir="$BUILD_DIR/deps/build-$triplet"
+    bdir="$BUILD_DIR/deps/build-$(basename "$PREFIX")"
     rm -rf "$bdir"; mkdir -p "$bdir"
-    if [ -z "$CROSS" ]; then
+    if [ $TRIM -eq 0 ]; then
         build_libcoap "$coapsrc" "$bdir" "-O2 -g -fPIC"
     else
         rm -f "$STAMP"
@@ -228,7 +237,7 @@ if [ $need_src -eq 1 ]; then
         cp -a "$SRC/mbedtls-$MBEDTLS_VERSION" "$bdir/mbedtls"
         cp "$EDGE_CONFIG" "$bdir/mbedtls/include/mbedtls/config.h"
         fail_point mbedtls
-        make -C "$bdir/mbedtls/library" -j"$(nproc)" CC="$CROSS-gcc" AR="$CROSS-gcc-ar" \
+        make -C "$bdir/mbedtls/library" -j"$(nproc)" CC="${TOOL}gcc" AR="${TOOL}gcc-ar" \
             CFLAGS="$EDGE_DEPS_CFLAGS" static >"$bdir/mbedtls.log" 2>&1 || {
             log "mbedTLS build failed; see $bdir/mbedtls.log"; exit 1; }
         rm -rf "${PREFIX:?}/include/mbedtls" "${PREFIX:?}/include/psa" "${PREFIX:?}/include/coap3" "${PREFIX:?}/lib"

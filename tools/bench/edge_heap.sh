@@ -5,7 +5,12 @@
 # stored + 64 KiB) and against the client's own --print-memory peak.
 #
 #   tools/bench/edge_heap.sh [SPEC ...]        (default: softmax:784-10 mlp:784-200-10)
-#   BASE=build-main/native tools/bench/edge_heap.sh   also measures that build (before)
+#   BASE=build-main/native tools/bench/edge_heap.sh   also measures that build's edge (before)
+#
+# The edge measured is the shipped configuration built for this machine
+# (`make EDGE_TRIM=1 edge`: trimmed mbedTLS, client-only libcoap, the
+# portable GEMM, -Os), FEDGE_EDGE_BUILD (default build/edge-<arch>); the
+# aggregator and the tools come from FEDGE_BUILD (build/native).
 #
 # One shard of 1000 Fashion-MNIST rows, batch 32, momentum 0.9, fp32, one
 # epoch, a --state-dir (where a momentum round keeps its base model); the
@@ -18,8 +23,11 @@ FEDGE_BUILD=${FEDGE_BUILD:-build/native}
 command -v valgrind >/dev/null || { echo "edge_heap: valgrind missing (tools/deps.sh)" >&2; exit 1; }
 specs=("$@")
 [ ${#specs[@]} -gt 0 ] || specs=(softmax:784-10 mlp:784-200-10)
-builds=("$FEDGE_BUILD")
-[ -n "${BASE:-}" ] && builds=("$BASE" "$FEDGE_BUILD")
+FEDGE_EDGE_BUILD=${FEDGE_EDGE_BUILD:-build/edge-$(uname -m)}
+[ -x "$FEDGE_EDGE_BUILD/bin/fedge-edge" ] ||
+    { echo "edge_heap: no $FEDGE_EDGE_BUILD/bin/fedge-edge (make EDGE_TRIM=1 edge)" >&2; exit 1; }
+builds=("$FEDGE_EDGE_BUILD")
+[ -n "${BASE:-}" ] && builds=("$BASE" "$FEDGE_EDGE_BUILD")
 
 fed_setup 1
 "$BIN/fedge-partition" --data fashion-mnist --clients 60 --kind iid --seed 7 \
