@@ -69,7 +69,11 @@ ifneq ($(EDGE_PROFILE),)
   EDGE_LTO ?= 1
   EDGE_STATIC ?= 0
   LTOFLAGS := $(if $(filter 1,$(EDGE_LTO)),-flto=auto,-fno-lto)
-  CROSS_CFLAGS := -ffunction-sections -fdata-sections $(LTOFLAGS)
+  # scratch sized for the edge (docs/EDGE.md, Memory): one micro-panel GEMM
+  # blocks, gradient slices of 256 floats (or one dense row), u8 rows
+  # converted 2 at a time; the same bits as the defaults with the portable GEMM
+  EDGE_MEM_DEFS := -DFEDGE_GEMM_SMALL=1 -DFEDGE_MODEL_GRAD_CHUNK=256 -DFEDGE_MODEL_XIN_ROWS=2
+  CROSS_CFLAGS := -ffunction-sections -fdata-sections $(LTOFLAGS) $(EDGE_MEM_DEFS)
   CROSS_LDFLAGS := $(OPT) $(LTOFLAGS) -Wl,--gc-sections -Wl,--as-needed $(if $(filter 1,$(EDGE_STRIP)),-s) \
                    $(if $(filter 1,$(EDGE_STATIC)),-static)
   EDGE_LDFLAGS = -Wl,-Map=$@.map
@@ -239,6 +243,17 @@ $(BLAS_STAMP):
 	@rm -f $(BUILD)/.blas-*
 	@touch $@
 $(BUILD)/obj/shared/gemm.o $(BUILD)/obj/shared/blas.o $(BUILD)/obj/tests/unit/test_blas.o: $(BLAS_STAMP)
+
+# the edge profile's EDGE_MEM_DEFS: a stamp named after them rebuilds its
+# objects when they change
+ifneq ($(EDGE_PROFILE),)
+EDGE_MEM_STAMP := $(BUILD)/.edge-mem-$(shell echo '$(EDGE_MEM_DEFS)' | cksum | cut -d' ' -f1)
+$(EDGE_MEM_STAMP):
+	@mkdir -p $(BUILD)
+	@rm -f $(BUILD)/.edge-mem-*
+	@touch $@
+$(call obj,$(SHARED_SRC) $(EDGE_SRC) edge/main.c): $(EDGE_MEM_STAMP)
+endif
 
 $(BUILD)/obj/cluster/%.o: cluster/%.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)

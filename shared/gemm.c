@@ -34,6 +34,13 @@
 #define GEMM_KC 32
 #define GEMM_MC 8
 #define GEMM_NC 16
+#elif FEDGE_GEMM_SMALL
+/* the Linux edge (make's edge profile): KC as below, so every sum has the
+ * same slices and the same bits; the A and B blocks one micro-panel each,
+ * at most (MR + NR) x KC floats (12 KiB) of scratch instead of 640 KiB */
+#define GEMM_KC 256
+#define GEMM_MC GEMM_MR
+#define GEMM_NC GEMM_NR
 #else
 #define GEMM_KC 256  /* a KC x NR panel of B stays in L1 */
 #define GEMM_MC 128  /* the packed MC x KC block of A stays in L2 */

@@ -8,9 +8,18 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
 
+# The heap check below measures the edge as shipped: the edge profile built
+# for this machine (make EDGE_TRIM=1 edge; `make test` builds it).
+EDGE_BUILD=${FEDGE_EDGE_BUILD:-build/edge-$(uname -m)}
+[ -x "$EDGE_BUILD/bin/fedge-edge" ] ||
+    fed_fail "no $EDGE_BUILD/bin/fedge-edge: make EDGE_TRIM=1 edge builds the shipped configuration"
+command -v valgrind >/dev/null || fed_fail "valgrind missing (tools/deps.sh installs it)"
+
 fed_setup 2
 FED_PORT=$(fed_free_port)
-"$BIN/fedge-partition" --data fashion-mnist --clients 2 --kind iid --seed 7 \
+# 1000-row shards: two rounds of the 4.5 MiB CNN on dev-002 take seconds (a
+# 30 000-row shard took most of this test's ~80 s)
+"$BIN/fedge-partition" --data fashion-mnist --clients 60 --kind iid --seed 7 \
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
 # 4.5 MiB of parameters per copy, 14 MiB of buffers at batch 32 (the local
 # model, the global model and the velocity: no state dir): over an 8 MiB
@@ -31,7 +40,8 @@ grep -q "round 2: .*skipping the round" "$FED_DIR/edge-dev-001.log" || fed_fail 
     fed_fail "dev-002 should have 2 accepted updates"
 
 # The plan is what the heap holds: one softmax round (GET /round, GET /model,
-# training, the streamed upload, DTLS included) under valgrind's massif must
+# training, the streamed upload, DTLS included) of the shipped edge (trimmed
+# mbedTLS, client-only libcoap, the portable GEMM) under valgrind's massif must
 # peak at or below the --print-memory peak, and at least 95% of it (a plan
 # that overstates hides growth as well as one that understates). Before the
 # plan counted DTLS and the client (112 KiB) it understated by 29%; before the
@@ -39,11 +49,6 @@ grep -q "round 2: .*skipping the round" "$FED_DIR/edge-dev-001.log" || fed_fail 
 # The round has a --state-dir, so its base model waits in DIR/dev-001.base
 # while it trains (momentum 0.9): a stale one from a crashed run is removed
 # at start and never read, and none is left after the round.
-if ! command -v valgrind >/dev/null; then
-    fed_fail "valgrind missing (tools/deps.sh installs it)"
-fi
-"$BIN/fedge-partition" --data fashion-mnist --clients 60 --kind iid --seed 7 \
-    --out "$FED_DIR/small" --test-out "$FED_DIR/small-test.bin" >/dev/null || fed_fail "partition (small)"
 spec=softmax:784-10
 FED_PORT=$(fed_free_port)
 "$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" --db "$FED_DIR/massif.db" \
@@ -55,9 +60,9 @@ keys=$(fed_edge_keys dev-001) || exit 1
 mkdir -p "$FED_DIR/massif-state"
 head -c 31500 /dev/urandom >"$FED_DIR/massif-state/dev-001.base" # a crashed round's leftover
 valgrind --tool=massif --massif-out-file="$FED_DIR/massif.out" \
-    "$BIN/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-001 --keys "$keys" \
+    "$EDGE_BUILD/bin/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-001 --keys "$keys" \
     --state-dir "$FED_DIR/massif-state" \
-    --shard "$FED_DIR/small/shard-000.bin" --max-rounds 1 --print-memory --timeout-ms 30000 \
+    --shard "$FED_DIR/shards/shard-000.bin" --max-rounds 1 --print-memory --timeout-ms 30000 \
     >"$FED_DIR/edge-massif.log" 2>&1 || { tail -n 5 "$FED_DIR/edge-massif.log" >&2; fed_fail "edge under massif"; }
 grep -q "round 1: .*outcome=accepted" "$FED_DIR/edge-massif.log" || fed_fail "the massif round was not accepted"
 [ ! -e "$FED_DIR/massif-state/dev-001.base" ] || fed_fail "the base file outlived the round"
@@ -71,13 +76,11 @@ echo "edge heap peak $peak B, planned $plan B"
 [ "$peak" -le "$plan" ] || fed_fail "the heap peak ($peak B) exceeds the plan ($plan B)"
 [ $((plan * 100)) -le $((peak * 105)) ] || fed_fail "the plan ($plan B) overstates the heap peak ($peak B) by more than 5%"
 # Issue 12's plan: 2 x params (fp32) + one minibatch as stored (32 x 785 u8
-# bytes) + 64 KiB = 153 456 B. NOT reached yet: the DTLS session and the
-# client alone take FEDGE_EDGE_BASE_HEAP (112 KiB with Debian's mbedTLS; the
-# trimmed mbedTLS is to shrink its record buffers). Until then the check
-# allows that much on top of the plan (268 144 B): the heap before the base
-# model went to the state dir and the minibatch stayed u8 (329 480 B) fails it.
+# bytes) + 64 KiB = 153 456 B, DTLS and the client included. The edge
+# before its scratch was sized for it (640 KiB-blocked GEMM packing, 16 KiB
+# gradient slices, 8 u8 rows at a time) peaked at 235 776 B and fails this.
+# The issue's ≤ 128 KB for softmax is NOT reached yet (docs/EDGE.md).
 issue=$((2 * 4 * 7850 + 32 * 785 + 65536))
-allow=114688
-echo "issue plan $issue B (+ $allow B for DTLS and the client, not yet trimmed)"
-[ "$peak" -le $((issue + allow)) ] || fed_fail "the heap peak ($peak B) exceeds the issue's plan ($issue B) + $allow B"
+echo "issue plan $issue B"
+[ "$peak" -le "$issue" ] || fed_fail "the heap peak ($peak B) exceeds the issue's plan ($issue B)"
 echo ok
