@@ -1287,7 +1287,11 @@ size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec)
         if ((size_t)l->out > need)
             need = (size_t)l->out;
     }
-    return need < spec->n_params ? need : spec->n_params;
+    if (need > spec->n_params)
+        need = spec->n_params;
+    /* at least one input row: the edge's accuracy pass converts u8 rows in
+     * the slice's buffer (edge/trainer.c) */
+    return need > (size_t)spec->input_dim ? need : (size_t)spec->input_dim;
 }
 
 /* With sink: gradients go out in slices through chunk (see model.h), each

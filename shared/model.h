@@ -149,7 +149,7 @@ int fedge_model_forward(const fedge_model *m, const float *x, int batch,
  * non-finite loss is FEDGE_ERR_MODEL_NONFINITE before any slice (*loss set). */
 typedef int (*fedge_grad_sink)(void *arg, size_t off, float *g, size_t n);
 #ifndef FEDGE_MODEL_GRAD_CHUNK /* a microcontroller build sets a smaller one (mcu/) */
-#define FEDGE_MODEL_GRAD_CHUNK 4096 /* floats; larger when one dense row or a conv layer is */
+#define FEDGE_MODEL_GRAD_CHUNK 4096 /* floats; larger when one dense row, a conv layer or one input row is */
 #endif
 size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec); /* 0: invalid spec */
 int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,

@@ -5,7 +5,7 @@
 # stored + 64 KiB) and against the client's own --print-memory peak.
 #
 #   tools/bench/edge_heap.sh [SPEC ...]        (default: softmax:784-10 mlp:784-200-10)
-#   BASE=build-main/native tools/bench/edge_heap.sh   also measures that build's edge (before)
+#   BASE="build-main/native ..." tools/bench/edge_heap.sh   also measures those builds' edges (before)
 #
 # The edge measured is the shipped configuration built for this machine
 # (`make EDGE_TRIM=1 edge`: trimmed mbedTLS, client-only libcoap, the
@@ -27,7 +27,8 @@ FEDGE_EDGE_BUILD=${FEDGE_EDGE_BUILD:-build/edge-$(uname -m)}
 [ -x "$FEDGE_EDGE_BUILD/bin/fedge-edge" ] ||
     { echo "edge_heap: no $FEDGE_EDGE_BUILD/bin/fedge-edge (make EDGE_TRIM=1 edge)" >&2; exit 1; }
 builds=("$FEDGE_EDGE_BUILD")
-[ -n "${BASE:-}" ] && builds=("$BASE" "$FEDGE_EDGE_BUILD")
+# shellcheck disable=SC2206 # BASE: one or more build dirs, space-separated
+[ -n "${BASE:-}" ] && builds=($BASE "$FEDGE_EDGE_BUILD")
 
 fed_setup 1
 "$BIN/fedge-partition" --data fashion-mnist --clients 60 --kind iid --seed 7 \
