@@ -384,11 +384,13 @@ asan: deps
 	$(Q)FEDGE_TEST_QUICK=1 tests/run.sh unit build/asan
 
 # the cross edges (and their trimmed mbedTLS/libcoap) are built here, not
-# inside tests/integration/cross_edge.sh's time
+# inside tests/integration/cross_edge.sh's time; so is the same edge for this
+# machine (EDGE_TRIM=1), whose heap tests/integration/edge_memory.sh measures
 CROSS_EDGES := aarch64-linux-gnu arm-linux-gnueabihf
 test: all
 	$(Q)for c in $(CROSS_EDGES); do \
 	    $(MAKE) --no-print-directory CROSS=$$c BUILD=build/$$c BLAS=none edge || exit 1; done
+	$(Q)$(MAKE) --no-print-directory EDGE_TRIM=1 edge # the shipped edge for this machine: edge_memory.sh
 	$(Q)$(MAKE) --no-print-directory BLAS=none BUILD=build/noblas build/noblas/tests/test_blas
 	$(Q)build/noblas/tests/test_blas >build/noblas/test_blas.log 2>&1 || \
 	    { cat build/noblas/test_blas.log; echo "test_blas failed with BLAS=none"; exit 1; }
