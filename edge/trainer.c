@@ -86,7 +86,7 @@ int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
     size_t whole = fedge_model_scratch_floats(spec, batch);
     if (whole == 0)
         return 0;
-    size_t budget = fedge_model_spec_param_count(spec) * sizeof(float);
+    size_t budget = FEDGE_EDGE_ACT_GROWS ? fedge_model_spec_param_count(spec) * sizeof(float) : 0;
     if (budget < FEDGE_EDGE_ACT_BUDGET)
         budget = FEDGE_EDGE_ACT_BUDGET;
     if (whole * sizeof(float) <= budget)

@@ -48,9 +48,10 @@
  * (tools/bench/edge_heap.sh): FEDGE_EDGE_BASE_HEAP with Debian's mbedTLS
  * 2.28 and libcoap (the native build), FEDGE_EDGE_BASE_HEAP_TRIMMED with
  * edge/mbedtls_config_edge.h (2 KiB record buffers) and the client-only
- * libcoap (the cross edges). fedge_edge_base_heap() is this build's. */
+ * libcoap (the edge profile: the cross edges, make EDGE_TRIM=1).
+ * fedge_edge_base_heap() is this build's. */
 #define FEDGE_EDGE_BASE_HEAP (112u * 1024u)
-#define FEDGE_EDGE_BASE_HEAP_TRIMMED (44u * 1024u)
+#define FEDGE_EDGE_BASE_HEAP_TRIMMED (40u * 1024u)
 size_t fedge_edge_base_heap(void);
 #define FEDGE_EDGE_BLOB_HEAP 64u /* fedge_edge_blob and its allocator overhead */
 
@@ -109,7 +110,10 @@ fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int sc
  * (fedge_model_scratch_floats) is larger runs as micro-batches (a bound that
  * grows with the model: a wide dense layer run one row at a time would read
  * its weights once per row). */
+#ifndef FEDGE_EDGE_ACT_BUDGET /* the edge profile sets a fixed 16 KiB (Makefile) */
 #define FEDGE_EDGE_ACT_BUDGET (128u * 1024u)
+#define FEDGE_EDGE_ACT_GROWS 1 /* the budget is at least 4 P */
+#endif
 /* Rows per pass for spec at batch: batch when its scratch fits the budget,
  * else the most rows that do (at least 1); 0 for an invalid spec. Micro-
  * batches accumulate the minibatch's mean gradient, each micro-batch's
