@@ -36,7 +36,8 @@ fed_setup 1
 shard="$FED_DIR/shards/shard-000.bin"
 keys=$(fed_edge_keys dev-001) || exit 1
 batch=32
-printf '%-22s %-28s %10s %10s %10s %10s %8s\n' spec build massif_peak plan print_mem issue_plan ok
+# train_ms: the round's training time under massif (the cost of smaller scratch)
+printf '%-22s %-28s %10s %10s %10s %10s %8s %9s\n' spec build massif_peak plan print_mem issue_plan ok train_ms
 for spec in "${specs[@]}"; do
     for b in "${builds[@]}"; do
         FED_PORT=$(fed_free_port)
@@ -65,8 +66,9 @@ for spec in "${specs[@]}"; do
         record=$(grep -o ' record=[0-9]*' "$log" | tail -1 | cut -d= -f2)
         issue=$((2 * params + batch * record + 65536))  # a record: the label and dim u8 pixels
         ok=yes; [ "$peak" -le "$issue" ] || ok=no
-        printf '%-22s %-28s %10s %10s %10s %10s %8s\n' "$spec" "$b" "$peak" "${plan:-?}" \
-            "$( [ -n "$plan" ] && awk -v p="$peak" -v q="$plan" 'BEGIN{printf "%+.1f%%", 100*(q-p)/p}')" "$issue" "$ok"
+        tms=$(grep -o 'train_ms=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+        printf '%-22s %-28s %10s %10s %10s %10s %8s %9s\n' "$spec" "$b" "$peak" "${plan:-?}" \
+            "$( [ -n "$plan" ] && awk -v p="$peak" -v q="$plan" 'BEGIN{printf "%+.1f%%", 100*(q-p)/p}')" "$issue" "$ok" "${tms:-?}"
     done
 done
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
