@@ -937,6 +937,30 @@ static void reply_upload(coap_session_t *session, const coap_pdu_t *request, con
     set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "internal error");
 }
 
+/* One Block1 block to upload.c. A BERT block (RFC 8323 6: k x 1024 bytes in
+ * one message over TCP, NUM counting 1024-byte blocks) goes as its k
+ * 1024-byte blocks, so the limits and the reassembly are the ones DTLS
+ * blocks get; the first verdict other than CONTINUE is the answer. */
+static int upload_block(const fedge_upload_block *b, int bert, fedge_upload_result *res)
+{
+    if (!bert)
+        return fedge_uploads_block(g_server->uploads, b, mono_now(), res);
+    size_t done = 0;
+    double now = mono_now();
+    do {
+        fedge_upload_block part = *b;
+        part.offset = b->offset + done;
+        part.len = b->len - done < b->block_size ? b->len - done : b->block_size;
+        part.data = b->data ? b->data + done : NULL;
+        part.more = b->more || done + part.len < b->len;
+        done += part.len;
+        int ret = fedge_uploads_block(g_server->uploads, &part, now, res);
+        if (ret != FEDGE_OK || res->verdict != FEDGE_UPLOAD_CONTINUE)
+            return ret;
+    } while (done < b->len);
+    return FEDGE_OK;
+}
+
 static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
                        const coap_string_t *query, coap_pdu_t *response)
 {
@@ -962,10 +986,9 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
             set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "empty body");
             return;
         }
-        /* one datagram (bounded by the transport), or over TCP a body that
-         * libcoap 4.3.1 reassembled from BERT blocks itself (block.c passes
-         * BERT bodies whole: upload.c's limits do not apply; ingest's
-         * max_update_bytes does) */
+        /* one datagram, or one TCP message (bounded by the CSM's
+         * Max-Message-Size): BERT blocks arrive one by one (our libcoap
+         * patch), below */
         if (g_server->pool)
             submit_pooled(session, request, id, data, len, NULL, response);
         else
@@ -989,7 +1012,7 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
         .len = data ? len : 0,
     };
     fedge_upload_result res;
-    if (fedge_uploads_block(g_server->uploads, &b, mono_now(), &res) != FEDGE_OK) {
+    if (upload_block(&b, blk.bert, &res) != FEDGE_OK) {
         set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "internal error");
         return;
     }
