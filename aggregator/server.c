@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #include <coap3/coap.h>
+#ifndef COAP_BERT_BLOCK1_PER_BLOCK
+#error "libcoap without tools/deps/libcoap-4.3.1-bert-block1-per-block.patch (BERT uploads would bypass upload.c's limits): run make deps"
+#endif
 
 #include "common.h"
 #include "hash.h"
@@ -561,7 +564,8 @@ static coap_pdu_code_t coap_code(int code)
 /* ---- POST /update: Block1 bodies reassembled within bounds (upload.h) ----
  * libcoap runs in COAP_BLOCK_USE_LIBCOAP mode without SINGLE_BODY for
  * requests, so it hands over each block as it arrives and never allocates a
- * body itself (4.3.1 would allocate the client's Size1 up front). */
+ * body itself (4.3.1 would allocate the client's Size1 up front); BERT
+ * blocks over TCP too, with tools/deps/libcoap-4.3.1-bert-block1-per-block.patch. */
 
 /* An upload silent this long is freed when a new one needs its room: a live
  * client resends a lost block within ACK_TIMEOUT (2-3 s), so it is most
