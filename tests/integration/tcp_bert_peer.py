@@ -7,6 +7,10 @@ TCP on its stdin/stdout. Each step prints one line; a failed expectation
 exits non-zero with the reason.
 
   tcp_bert_peer.py PORT AGG_PID PSKS_FILE   (PSKS_FILE: "device hexkey" lines)
+
+RSS_SLACK_KB (default 4096): how far the aggregator's peak RSS may rise
+while 17 MiB of refused BERT blocks arrive; 0: not checked (an ASan build
+keeps freed messages in its quarantine).
 """
 import os
 import select
@@ -208,7 +212,10 @@ for i in range(1, 16):
         fail(f"dev-001 BERT stream without Size1, block {i * 64}: expected 4.13, got {got} {msg!r}")
 hwm1 = vm("VmHWM")
 print(f"BERT streams of 17 MiB: 4.13 for every block; VmHWM {hwm0} -> {hwm1} kB", flush=True)
-if hwm1 - hwm0 > 4096:
+slack = int(os.environ.get("RSS_SLACK_KB", "4096"))
+if slack == 0:
+    print("peak RSS not checked (RSS_SLACK_KB=0: an ASan build)", flush=True)
+elif hwm1 - hwm0 > slack:
     fail(f"17 MiB of BERT blocks raised the aggregator's peak RSS from {hwm0} to {hwm1} kB")
 p.close()
 
