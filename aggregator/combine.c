@@ -57,10 +57,21 @@ int fedge_combine_params_check(const fedge_combine_params *p, char *why, size_t 
     return FEDGE_OK;
 }
 
+/* Eight partial sums in a fixed order (lane i % 8, then lanes 0..7): the
+ * same value on every machine, and no chain of dependent adds — one chain
+ * ran at ~1 ns per element, a fifth of the ingest owner's work per update. */
 double fedge_l2_norm(const float *v, size_t n)
 {
+    enum { LANES = 8 };
+    double acc[LANES] = {0};
+    size_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            acc[l] += (double)v[i + l] * (double)v[i + l];
+    for (int l = 0; i < n; i++, l++)
+        acc[l] += (double)v[i] * (double)v[i];
     double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)v[i] * (double)v[i];
+    for (int l = 0; l < LANES; l++)
+        s += acc[l];
     return sqrt(s);
 }

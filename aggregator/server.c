@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #include <coap3/coap.h>
+#ifndef COAP_BERT_BLOCK1_PER_BLOCK
+#error "libcoap without tools/deps/libcoap-4.3.1-bert-block1-per-block.patch (BERT uploads would bypass upload.c's limits): run make deps"
+#endif
 
 #include "common.h"
 #include "hash.h"
@@ -561,7 +564,8 @@ static coap_pdu_code_t coap_code(int code)
 /* ---- POST /update: Block1 bodies reassembled within bounds (upload.h) ----
  * libcoap runs in COAP_BLOCK_USE_LIBCOAP mode without SINGLE_BODY for
  * requests, so it hands over each block as it arrives and never allocates a
- * body itself (4.3.1 would allocate the client's Size1 up front). */
+ * body itself (4.3.1 would allocate the client's Size1 up front); BERT
+ * blocks over TCP too, with tools/deps/libcoap-4.3.1-bert-block1-per-block.patch. */
 
 /* An upload silent this long is freed when a new one needs its room: a live
  * client resends a lost block within ACK_TIMEOUT (2-3 s), so it is most
@@ -937,6 +941,30 @@ static void reply_upload(coap_session_t *session, const coap_pdu_t *request, con
     set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "internal error");
 }
 
+/* One Block1 block to upload.c. A BERT block (RFC 8323 6: k x 1024 bytes in
+ * one message over TCP, NUM counting 1024-byte blocks) goes as its k
+ * 1024-byte blocks, so the limits and the reassembly are the ones DTLS
+ * blocks get; the first verdict other than CONTINUE is the answer. */
+static int upload_block(const fedge_upload_block *b, int bert, fedge_upload_result *res)
+{
+    if (!bert)
+        return fedge_uploads_block(g_server->uploads, b, mono_now(), res);
+    size_t done = 0;
+    double now = mono_now();
+    do {
+        fedge_upload_block part = *b;
+        part.offset = b->offset + done;
+        part.len = b->len - done < b->block_size ? b->len - done : b->block_size;
+        part.data = b->data ? b->data + done : NULL;
+        part.more = b->more || done + part.len < b->len;
+        done += part.len;
+        int ret = fedge_uploads_block(g_server->uploads, &part, now, res);
+        if (ret != FEDGE_OK || res->verdict != FEDGE_UPLOAD_CONTINUE)
+            return ret;
+    } while (done < b->len);
+    return FEDGE_OK;
+}
+
 static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_pdu_t *request,
                        const coap_string_t *query, coap_pdu_t *response)
 {
@@ -962,10 +990,9 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
             set_text(response, COAP_RESPONSE_CODE_BAD_REQUEST, "empty body");
             return;
         }
-        /* one datagram (bounded by the transport), or over TCP a body that
-         * libcoap 4.3.1 reassembled from BERT blocks itself (block.c passes
-         * BERT bodies whole: upload.c's limits do not apply; ingest's
-         * max_update_bytes does) */
+        /* one datagram, or one TCP message (bounded by the CSM's
+         * Max-Message-Size): BERT blocks arrive one by one (our libcoap
+         * patch), below */
         if (g_server->pool)
             submit_pooled(session, request, id, data, len, NULL, response);
         else
@@ -989,7 +1016,7 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
         .len = data ? len : 0,
     };
     fedge_upload_result res;
-    if (fedge_uploads_block(g_server->uploads, &b, mono_now(), &res) != FEDGE_OK) {
+    if (upload_block(&b, blk.bert, &res) != FEDGE_OK) {
         set_text(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, "internal error");
         return;
     }

@@ -10,7 +10,9 @@
 #
 # 1. Installs the Debian packages fedge needs when any is missing (apt-get).
 # 2. Native: builds libcoap 4.3.1 from Debian's libcoap3 source package
-#    against Debian's full mbedTLS into BUILD_DIR/deps/<triplet>, once.
+#    against Debian's full mbedTLS into BUILD_DIR/deps/<triplet>, once, with
+#    tools/deps/libcoap-4.3.1-bert-block1-per-block.patch (BERT Block1 blocks
+#    reach the aggregator's handler one by one, so upload.c bounds them).
 # 3. CROSS=aarch64-linux-gnu or arm-linux-gnueabihf (the edge client only):
 #    installs the cross compiler and qemu-user (no Debian multiarch package,
 #    no dpkg foreign architecture), and builds for the target from Debian's
@@ -18,7 +20,7 @@
 #    DTLS 1.2 client) and a client-only, UDP-only libcoap 4.3.1 linked to it
 #    (tools/deps/libcoap-4.3.1-mbedtls-psk-only.patch leaves its X.509 code
 #    out), both -Os with section GC and LTO, into BUILD_DIR/deps/<triplet>.
-# Later runs find the stamp file and do nothing; the cross stamp holds a
+# Later runs find the stamp file and do nothing; the stamp holds a
 # fingerprint of the versions, flags, configuration and patch, so changing
 # any of them rebuilds.
 #
@@ -41,6 +43,7 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 case "$BUILD_DIR" in /*) ;; *) BUILD_DIR="$HERE/$BUILD_DIR" ;; esac
 EDGE_CONFIG="$HERE/edge/mbedtls_config_edge.h"
 COAP_PATCH="$HERE/tools/deps/libcoap-$LIBCOAP_VERSION-mbedtls-psk-only.patch"
+COAP_BERT_PATCH="$HERE/tools/deps/libcoap-$LIBCOAP_VERSION-bert-block1-per-block.patch"
 # fat LTO objects: the LTO link uses the IR, tools/bench/edge_size.sh's
 # per-library split links the same archives without LTO
 EDGE_DEPS_CFLAGS="-Os -ffunction-sections -fdata-sections -flto -ffat-lto-objects"
@@ -96,8 +99,9 @@ if [ $TRIM -eq 1 ]; then
     [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && need_src=0
 else
     STAMP="$PREFIX/.libcoap-$LIBCOAP_VERSION-mbedtls"
-    need_src=0
-    [ -f "$STAMP" ] || need_src=1
+    fingerprint="libcoap=$LIBCOAP_VERSION patch=$(sha256sum "$COAP_BERT_PATCH" | cut -c1-16)"
+    need_src=1
+    [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && need_src=0
 fi
 need_mcu_src=0
 [ $MCU -eq 0 ] || [ -d "$SRC/mbedtls-$MBEDTLS_VERSION" ] || need_mcu_src=1
@@ -229,7 +233,10 @@ if [ $need_src -eq 1 ]; then
     bdir="$BUILD_DIR/deps/build-$(basename "$PREFIX")"
     rm -rf "$bdir"; mkdir -p "$bdir"
     if [ $TRIM -eq 0 ]; then
-        build_libcoap "$coapsrc" "$bdir" "-O2 -g -fPIC"
+        rm -f "$STAMP"
+        cp -a "$coapsrc" "$bdir/libcoap-src"
+        patch -s -d "$bdir/libcoap-src" -p1 <"$COAP_BERT_PATCH"
+        build_libcoap "$bdir/libcoap-src" "$bdir/libcoap" "-O2 -g -fPIC"
     else
         rm -f "$STAMP"
         fetch_source mbedtls "$MBEDTLS_DEBIAN_VERSION" "mbedtls-$MBEDTLS_VERSION"
@@ -253,7 +260,7 @@ if [ $need_src -eq 1 ]; then
         log "mbedTLS and libcoap (edge) installed in $PREFIX"
         exit 0
     fi
-    touch "$STAMP"
+    printf '%s\n' "$fingerprint" >"$STAMP.tmp" && mv "$STAMP.tmp" "$STAMP"
     log "libcoap installed in $PREFIX"
 fi
 

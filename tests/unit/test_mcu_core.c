@@ -64,7 +64,7 @@ static void plan_and_refusals(void **state)
 
     uint64_t t = 0;
     fedge_platform pf = {fake_random, fake_now, &t}, no_clock = {fake_random, NULL, &t};
-    unsigned char *buf = aligned_alloc(alignof(max_align_t), p9.total + 64);
+    unsigned char *buf = aligned_alloc(alignof(max_align_t), (p9.total + 64 + 63) / 64 * 64);
     fedge_core c;
     assert_int_equal(fedge_core_init(&c, &spec, 8, &sgd9, FEDGE_ENC_FP32, &pf, buf, p9.total - 1),
                      FEDGE_ERR_BUFFER_TOO_SMALL);
