@@ -553,29 +553,55 @@ cleanup:
 
 /* ---- key files ------------------------------------------------------------------ */
 
+/* A key file is a few hundred bytes of PEM. */
+#define KEY_FILE_MAX 16384
+
+static int read_key_file(const char *path, char **pem, size_t *len)
+{
+    int ret = fedge_read_regular(path, 0, KEY_FILE_MAX, pem, len);
+    if (ret == FEDGE_ERR_IO && errno == ENOENT)
+        return FEDGE_ERR_NOT_FOUND;
+    return ret == FEDGE_ERR_RANGE ? FEDGE_ERR_CRYPTO : ret;
+}
+
 int fedge_audit_load_private_key(const char *path, mbedtls_pk_context *pk)
 {
+    int ret;
     struct stat st;
+    char *pem = NULL;
+    size_t len = 0;
     if (!path || !pk)
         return FEDGE_ERR_INVALID_ARG;
+    CHK(read_key_file(path, &pem, &len));
     if (stat(path, &st) != 0)
-        return errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO;
+        FAIL(FEDGE_ERR_IO);
     if (st.st_mode & (S_IRWXG | S_IRWXO))
-        return FEDGE_ERR_CONFIG_PERMS;
-    if (mbedtls_pk_parse_keyfile(pk, path, NULL) != 0)
-        return FEDGE_ERR_CRYPTO;
-    return is_p256(pk) ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+        FAIL(FEDGE_ERR_CONFIG_PERMS);
+    /* the length counts the NUL: mbedTLS takes PEM only NUL-terminated */
+    if (mbedtls_pk_parse_key(pk, (const unsigned char *)pem, len + 1, NULL, 0) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    ret = is_p256(pk) ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+cleanup:
+    if (pem)
+        mbedtls_platform_zeroize(pem, len);
+    free(pem);
+    return ret;
 }
 
 int fedge_audit_load_public_key(const char *path, mbedtls_pk_context *pk)
 {
+    int ret;
+    char *pem = NULL;
+    size_t len = 0;
     if (!path || !pk)
         return FEDGE_ERR_INVALID_ARG;
-    if (access(path, R_OK) != 0)
-        return errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO;
-    if (mbedtls_pk_parse_public_keyfile(pk, path) != 0)
-        return FEDGE_ERR_CRYPTO;
-    return is_p256(pk) ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+    CHK(read_key_file(path, &pem, &len));
+    if (mbedtls_pk_parse_public_key(pk, (const unsigned char *)pem, len + 1) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    ret = is_p256(pk) ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+cleanup:
+    free(pem);
+    return ret;
 }
 
 int fedge_audit_generate_keypair(const char *priv_path, const char *pub_path,

@@ -81,7 +81,8 @@ int fedge_audit_sign_head(sqlite3 *db, uint32_t round, mbedtls_pk_context *key,
 
 /* PEM key files. The private key file must not be readable by group or
  * others (FEDGE_ERR_CONFIG_PERMS); both must hold EC P-256 keys
- * (FEDGE_ERR_CRYPTO otherwise, FEDGE_ERR_NOT_FOUND for a missing file).
+ * (FEDGE_ERR_CRYPTO otherwise, FEDGE_ERR_NOT_FOUND for a missing file,
+ * FEDGE_ERR_NOT_REGULAR for a FIFO, device or directory: fedge_read_regular).
  * pk must be mbedtls_pk_init'ed; the caller mbedtls_pk_free's it. */
 int fedge_audit_load_private_key(const char *path, mbedtls_pk_context *pk);
 int fedge_audit_load_public_key(const char *path, mbedtls_pk_context *pk);

@@ -107,13 +107,15 @@ int fedge_keys_load(const char *path, fedge_keys *out, char *err, size_t errlen)
         errlen = sizeof errbuf;
     }
     memset(out, 0, sizeof *out);
-    f = fopen(path, "r");
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        FAIL(FEDGE_ERR_IO);
+    ret = fedge_fopen_regular(path, 0, &f, &st);
+    if (ret == FEDGE_ERR_NOT_REGULAR) {
+        snprintf(err, errlen, "%s: not a regular file (a FIFO, device, socket or directory)", path);
+        goto cleanup;
     }
-    if (fstat(fileno(f), &st) != 0)
-        FAIL(FEDGE_ERR_IO);
+    if (ret != FEDGE_OK) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        goto cleanup;
+    }
     if (st.st_mode & (S_IRWXG | S_IRWXO)) {
         snprintf(err, errlen, "%s: mode %03o gives group/other access; chmod 600 it", path,
                  (unsigned)(st.st_mode & 0777));
@@ -361,14 +363,13 @@ cleanup:
 static int read_text(const char *path, char **data, size_t *len)
 {
     int ret = FEDGE_OK;
-    FILE *f = fopen(path, "r");
+    FILE *f = NULL;
+    struct stat st;
     *data = NULL;
     *len = 0;
-    if (!f)
-        return errno == ENOENT ? FEDGE_OK : FEDGE_ERR_IO;
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0)
-        FAIL(FEDGE_ERR_IO);
+    ret = fedge_fopen_regular(path, FEDGE_FILE_NOFOLLOW, &f, &st);
+    if (ret != FEDGE_OK)
+        return ret == FEDGE_ERR_IO && errno == ENOENT ? FEDGE_OK : ret;
     if ((size_t)st.st_size > KEYS_FILE_MAX)
         FAIL(FEDGE_ERR_RANGE);
     *data = malloc((size_t)st.st_size + 2);
@@ -437,7 +438,11 @@ int fedge_keys_file_add(const char *path, const fedge_device_entry *e, char *err
         snprintf(err, errlen, "%s already lists %d devices", path, FEDGE_KEYS_MAX_DEVICES);
         FAIL(FEDGE_ERR_RANGE);
     }
-    CHK(read_text(path, &text, &len));
+    ret = read_text(path, &text, &len);
+    if (ret == FEDGE_ERR_NOT_REGULAR)
+        snprintf(err, errlen, "%s is a symbolic link or not a regular file: the keys file is replaced "
+                 "atomically, never through a link (give the link's target)", path);
+    CHK(ret);
     n = fedge_keys_format_line(e, line, sizeof line);
     if (n == 0)
         FAIL(FEDGE_ERR_INVALID_ARG);
@@ -489,7 +494,11 @@ int fedge_keys_file_remove(const char *path, const char *id, char *region, char 
     }
     if (region)
         snprintf(region, FEDGE_REGION_MAX + 1, "%s", e->region);
-    CHK(read_text(path, &text, &len));
+    ret = read_text(path, &text, &len);
+    if (ret == FEDGE_ERR_NOT_REGULAR)
+        snprintf(err, errlen, "%s is a symbolic link or not a regular file: the keys file is replaced "
+                 "atomically, never through a link (give the link's target)", path);
+    CHK(ret);
     buf = malloc(len + 1);
     if (!buf)
         FAIL(FEDGE_ERR_NOMEM);
@@ -569,10 +578,12 @@ int fedge_keys_bundle_read(const char *path, fedge_keys *out, char server[FEDGE_
         snprintf(err, errlen, "%s: a bundle holds one device, this file %zu", path, out->n);
         FAIL(FEDGE_ERR_CONFIG_VALUE);
     }
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        FAIL(FEDGE_ERR_IO);
+    FILE *f = NULL;
+    ret = fedge_fopen_regular(path, 0, &f, NULL);
+    if (ret != FEDGE_OK) {
+        snprintf(err, errlen, "%s: %s", path,
+                 ret == FEDGE_ERR_NOT_REGULAR ? "not a regular file" : strerror(errno));
+        goto cleanup;
     }
     while (fgets(line, sizeof line, f)) {
         if (strncmp(line, BUNDLE_TAG, sizeof BUNDLE_TAG - 1) != 0)
@@ -580,7 +591,7 @@ int fedge_keys_bundle_read(const char *path, fedge_keys *out, char server[FEDGE_
         char *v = line + sizeof BUNDLE_TAG - 1;
         size_t n = strcspn(v, "\r\n");
         if (!server_valid(v, n) || server[0]) {
-            snprintf(err, errlen, "%s: a malformed or second '%.*s' line", path, (int)sizeof BUNDLE_TAG - 3,
+            snprintf(err, errlen, "%s: a malformed or second '%.*s' line", path, (int)sizeof BUNDLE_TAG - 2,
                      BUNDLE_TAG);
             ret = FEDGE_ERR_CONFIG_VALUE;
             break;
