@@ -5,7 +5,7 @@
 # blocking in open(2) for a writer that never comes (shared/fileio.h,
 # fedge_open_regular). The daemon sent SIGHUP with its keys file replaced by
 # a FIFO logs the refusal, keeps its previous keys and goes on serving
-# /healthz.
+# /healthz. A bundle's malformed server line is named in full.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -23,6 +23,12 @@ refused() { # WHAT EXPECTED_TEXT CMD...
     [ $rc != 0 ] || fed_fail "$what: a FIFO was accepted"
     grep -q "$want" "$FED_DIR/out" || { cat "$FED_DIR/out"; fed_fail "$what: no '$want' in the error"; }
 }
+# a bundle with two server lines: the refusal names the whole tag
+{ echo "# fedge-bundle server 127.0.0.1:5684"; echo "# fedge-bundle server 127.0.0.1:5685"
+  grep '^dev-001 ' "$FED_DIR/keys"; } >"$FED_DIR/b.bundle"
+chmod 600 "$FED_DIR/b.bundle"
+refused "two bundle server lines" "'# fedge-bundle server'" "$BIN/fedge-edge" --bundle "$FED_DIR/b.bundle" \
+    --shard /nonexistent
 CHK=("$BIN/fedge-aggregator" --check --db "$FED_DIR/fedge.db")
 refused "--check keys" "keys: error: .*not a regular file" "${CHK[@]}" --keys-file "$F"
 refused "--check policy" "policy: error: .*not a regular file" "${CHK[@]}" --keys-file "$FED_DIR/keys" --policy-file "$F"
