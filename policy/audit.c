@@ -755,6 +755,23 @@ cleanup:
     return ret;
 }
 
+/* Whether the key with fingerprint fp signed this log: named, old or new,
+ * by a rotation record (with none, only the old key has signed it). */
+static int key_signed_log(sqlite3 *db, const char *fp, int *found)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK;
+    *found = 0;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM events WHERE kind = '" FEDGE_AUDIT_ROTATION_EVENT "' AND "
+                               "instr(detail, 'sha256 ' || ?1 || ' ') > 0", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_bind_text(st, 1, fp, -1, SQLITE_STATIC) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW)
+        FAIL(FEDGE_ERR_SQL);
+    *found = sqlite3_column_int64(st, 0) > 0;
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
 int fedge_audit_rotate_key(sqlite3 *db, mbedtls_pk_context *old_key, mbedtls_pk_context *new_pub,
                            mbedtls_ctr_drbg_context *drbg, int64_t *seq_out, char *err, size_t errlen)
 {
@@ -803,6 +820,13 @@ int fedge_audit_rotate_key(sqlite3 *db, mbedtls_pk_context *old_key, mbedtls_pk_
             snprintf(err, errlen, "the old key (sha256 %.16s...) did not sign this log's last head", old_fp);
             FAIL(FEDGE_ERR_SIGNING_KEY);
         }
+    }
+    CHK(key_signed_log(db, new_fp, &ok));
+    if (ok) {
+        snprintf(err, errlen, "the new key (sha256 %.16s...) already signed this log: a retired key is never "
+                 "brought back (it may be compromised; verify reports such a rotation as a failure); "
+                 "generate a fresh key", new_fp);
+        FAIL(FEDGE_ERR_SIGNING_KEY);
     }
     CHK(pubkey_der(new_pub, derbuf, &der, &der_len));
     int n = snprintf(detail, sizeof detail, "old sha256 %s new sha256 %s key ", old_fp, new_fp);

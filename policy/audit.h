@@ -178,7 +178,9 @@ int fedge_audit_last_rotation(sqlite3 *db, int *found, int64_t *seq, mbedtls_pk_
  * force: the newest rotation's key, or, with none, the key the last signed
  * head verifies with (any key when nothing is signed yet); else
  * FEDGE_ERR_SIGNING_KEY and err says why. new_pub: the new key (its public
- * part is used); FEDGE_ERR_INVALID_ARG when it is the old key or not P-256.
+ * part is used); FEDGE_ERR_INVALID_ARG when it is the old key or not P-256,
+ * FEDGE_ERR_SIGNING_KEY when it already signed this log (named by an
+ * earlier rotation, old or new: a retired key never comes back).
  * *seq_out (may be NULL) gets the rotation's audit seq. The caller makes
  * sure no aggregator writes to db meanwhile (it would go on signing with
  * the old key). */
