@@ -4,12 +4,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <mbedtls/hkdf.h>
+#include <mbedtls/constant_time.h>
 #include <mbedtls/md.h>
 #include <mbedtls/platform_util.h>
 
@@ -62,6 +64,59 @@ static int id_ref_cmp(const void *a, const void *b)
     return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
 }
 
+static int id_ref_casecmp(const void *a, const void *b)
+{
+    const id_ref *x = a, *y = b;
+    int c = strcasecmp(x->id, y->id);
+    return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+typedef struct {
+    const uint8_t *secret;
+    uint32_t idx;
+} secret_ref;
+
+static int secret_ref_cmp(const void *a, const void *b)
+{
+    const secret_ref *x = a, *y = b;
+    int c = memcmp(x->secret, y->secret, FEDGE_SECRET_LEN);
+    return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+/* Two devices whose ids differ only in case (one device to a person
+ * reading a report or revoking it), or sharing a secret (either could
+ * speak as the other): fails naming both lines. */
+static int check_lookalikes(fedge_keys *k, id_ref *refs, const size_t *lines, const char *path, char *err,
+                            size_t errlen)
+{
+    int ret = FEDGE_OK;
+    secret_ref *sr = NULL;
+    qsort(refs, k->n, sizeof *refs, id_ref_casecmp);
+    for (size_t i = 1; i < k->n; i++)
+        if (strcasecmp(refs[i - 1].id, refs[i].id) == 0) {
+            snprintf(err, errlen, "%s:%zu: device %s differs only in case from %s (line %zu): ids name devices "
+                     "case-insensitively", path, lines[refs[i].idx], refs[i].id, refs[i - 1].id,
+                     lines[refs[i - 1].idx]);
+            FAIL(FEDGE_ERR_CONFIG_VALUE);
+        }
+    sr = malloc(k->n * sizeof *sr);
+    if (!sr)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0; i < k->n; i++)
+        sr[i] = (secret_ref){.secret = k->devices[i].secret, .idx = (uint32_t)i};
+    qsort(sr, k->n, sizeof *sr, secret_ref_cmp);
+    for (size_t i = 1; i < k->n; i++)
+        if (memcmp(sr[i - 1].secret, sr[i].secret, FEDGE_SECRET_LEN) == 0) {
+            snprintf(err, errlen, "%s:%zu: device %s has the same secret as %s (line %zu): each device needs its "
+                     "own (fedge-keygen)", path, lines[sr[i].idx], k->devices[sr[i].idx].id,
+                     k->devices[sr[i - 1].idx].id, lines[sr[i - 1].idx]);
+            FAIL(FEDGE_ERR_CONFIG_VALUE);
+        }
+cleanup:
+    free(sr);
+    return ret;
+}
+
 /* Builds k->by_id; on a duplicate id fails naming both lines. */
 static int index_ids(fedge_keys *k, const size_t *lines, const char *path, char *err,
                      size_t errlen)
@@ -87,6 +142,7 @@ static int index_ids(fedge_keys *k, const size_t *lines, const char *path, char 
         }
         k->by_id[i] = refs[i].idx;
     }
+    CHK(check_lookalikes(k, refs, lines, path, err, errlen));
 cleanup:
     free(refs);
     return ret;
@@ -433,6 +489,17 @@ int fedge_keys_file_add(const char *path, const fedge_device_entry *e, char *err
     if (find_slot(&k, e->id) >= 0) {
         snprintf(err, errlen, "%s already lists device %s", path, e->id);
         FAIL(FEDGE_ERR_DUPLICATE);
+    }
+    for (size_t i = 0; i < k.n; i++) {
+        if (strcasecmp(k.devices[i].id, e->id) == 0) {
+            snprintf(err, errlen, "%s already lists device %s, which differs from %s only in case", path,
+                     k.devices[i].id, e->id);
+            FAIL(FEDGE_ERR_DUPLICATE);
+        }
+        if (mbedtls_ct_memcmp(k.devices[i].secret, e->secret, FEDGE_SECRET_LEN) == 0) {
+            snprintf(err, errlen, "%s: device %s already has this secret", path, k.devices[i].id);
+            FAIL(FEDGE_ERR_DUPLICATE);
+        }
     }
     if (k.n >= FEDGE_KEYS_MAX_DEVICES) {
         snprintf(err, errlen, "%s already lists %d devices", path, FEDGE_KEYS_MAX_DEVICES);
