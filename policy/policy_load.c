@@ -474,7 +474,7 @@ static int read_file(const char *path, char **buf, size_t *len, char *err, size_
     else if (ret == FEDGE_ERR_RANGE)
         snprintf(err, errlen, "%s: policy file larger than %d bytes", path, FEDGE_POLICY_MAX_FILE);
     else if (ret == FEDGE_ERR_IO)
-        snprintf(err, errlen, "%s: cannot read policy file: %s", path, strerror(e));
+        snprintf(err, errlen, "%s: cannot open policy file: %s", path, strerror(e));
     else
         snprintf(err, errlen, "%s: %s", path, fedge_strerror(ret));
     if (ret == FEDGE_ERR_RANGE)
@@ -495,8 +495,14 @@ int fedge_policy_load(const char *path, fedge_policy **out, char *err, size_t er
     char *text = NULL;
     size_t len = 0;
     int ret = read_file(path, &text, &len, err, errlen);
-    if (ret != FEDGE_OK)
+    if (ret != FEDGE_OK) {
+        if (err && errlen) { /* the path too: err is one printable line */
+            char raw[1024];
+            snprintf(raw, sizeof raw, "%s", err);
+            fedge_text_escape(raw, strlen(raw), err, errlen);
+        }
         return ret;
+    }
     ret = fedge_policy_load_buffer(text, len, path, out, err, errlen);
     free(text);
     return ret;

@@ -5,7 +5,8 @@
 # blocking in open(2) for a writer that never comes (shared/fileio.h,
 # fedge_open_regular). The daemon sent SIGHUP with its keys file replaced by
 # a FIFO logs the refusal, keeps its previous keys and goes on serving
-# /healthz. A bundle's malformed server line is named in full.
+# /healthz. A bundle's malformed server line is named in full; a policy
+# error is escaped once.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -29,6 +30,10 @@ refused() { # WHAT EXPECTED_TEXT CMD...
 chmod 600 "$FED_DIR/b.bundle"
 refused "two bundle server lines" "'# fedge-bundle server'" "$BIN/fedge-edge" --bundle "$FED_DIR/b.bundle" \
     --shard /nonexistent
+# a policy error is escaped once (the loader's message is printable already)
+printf 'version: 1\nname: a\xe2\x80\xaeb\n' >"$FED_DIR/bidi.yaml"
+"$BIN/fedge-policy" validate "$FED_DIR/bidi.yaml" >/dev/null 2>"$FED_DIR/out" && fed_fail "a bidi name was accepted"
+grep -qF "got 'a\xe2\x80\xaeb'" "$FED_DIR/out" || { cat "$FED_DIR/out"; fed_fail "policy error not escaped once"; }
 CHK=("$BIN/fedge-aggregator" --check --db "$FED_DIR/fedge.db")
 refused "--check keys" "keys: error: .*not a regular file" "${CHK[@]}" --keys-file "$F"
 refused "--check policy" "policy: error: .*not a regular file" "${CHK[@]}" --keys-file "$FED_DIR/keys" --policy-file "$F"
