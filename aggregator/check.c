@@ -98,7 +98,7 @@ static void probe_db(const char *path, int *state, char *msg, size_t cap)
         snprintf(msg, cap, "%s is not a fedge database: not an SQLite file", path);
         return;
     }
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    if (fedge_store_open_ro(path, &db) != SQLITE_OK) {
         snprintf(msg, cap, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
         goto done;
     }
