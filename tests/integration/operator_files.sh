@@ -47,6 +47,14 @@ refused "fedge-edge --bundle" "not a regular file" "$BIN/fedge-edge" --bundle "$
 FED_PORT=$(fed_free_port)
 MPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
+# the test data as a FIFO: the start fails at once instead of hanging
+timeout 10 "$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" --db "$FED_DIR/fifo.db" --model-dir "$FED_DIR/fm" \
+    --listen "127.0.0.1:$FED_PORT" --model-spec softmax:784-10 --test-data "$F" >"$FED_DIR/out" 2>&1
+rc=$?
+[ $rc != 124 ] || fed_fail "--test-data a FIFO: the start hung"
+[ $rc != 0 ] || fed_fail "--test-data a FIFO: the start succeeded"
+grep -q "not a regular file" "$FED_DIR/out" || { cat "$FED_DIR/out"; fed_fail "--test-data a FIFO: no clear error"; }
+
 # SIGHUP with the keys file a FIFO: refused, previous keys kept, still serving
 fed_start_aggregator --model-spec softmax:784-10 --test-data fashion-mnist --rounds 1000 \
     --round-timeout-s 1 --metrics-listen "127.0.0.1:$MPORT"
