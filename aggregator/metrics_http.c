@@ -41,9 +41,9 @@ void fedge_metrics_latency_observe(fedge_metrics_latency *l, double seconds)
 #define MAX_PER_IP 8u
 #define IDLE_TIMEOUT_S 10u
 #define CONNECTION_MEMORY (16u * 1024u)
-/* A request's header must be complete within this many seconds of its
+/* A request must be read and answered within this many seconds of its
  * connection's start or the previous response, however the bytes trickle
- * in (the idle timeout restarts at each byte: a slowloris would hold every
+ * (the idle timeout restarts at each byte: a slowloris would hold every
  * slot); the refresher thread shuts down older ones each second. */
 #define REQUEST_MAX_S 5.0
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The metrics port under a slowloris: 40 connections from 127.0.0.2..6 (8
 # per address, the per-address cap; 32 fill the port) each dripping one
-# header byte a second, which the 10 s idle timeout never ends. A request's
-# header must be complete within 5 s of its connection's start
+# header byte a second, which the 10 s idle timeout never ends. A request
+# must be read and answered within 5 s of its connection's start
 # (aggregator/metrics_http.c, REQUEST_MAX_S): the drips are cut off and
 # /healthz from 127.0.0.1 answers again within a few seconds.
 set -uo pipefail
