@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "audit.h"
 #include "clock.h"
 #include "common.h"
 #include "delta.h"
@@ -33,26 +34,98 @@ double fedge_wall_now(void)
     return fedge_clock_wall(); /* step-free: the log and the rate-limit window never jump */
 }
 
-static int sync_devices(fedge_aggregator *a, const fedge_keys *keys)
+/* An audited operator event about device (events row and its audit entry). */
+static int device_event(sqlite3 *db, const char *device, const char *kind, const char *detail, double now)
+{
+    sqlite3_stmt *st = NULL;
+    char key[24];
+    int ret;
+    CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,?,'operator',?)",
+                            &st));
+    sqlite3_bind_double(st, 1, now);
+    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, detail, -1, SQLITE_STATIC);
+    ret = fedge_store_step_done(db, st);
+    st = NULL;
+    if (ret != FEDGE_OK)
+        goto cleanup;
+    snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(db));
+    CHK(fedge_audit_append(db, "events", key));
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* The devices row's column (status or region) into out; "" when there is no row. */
+static int device_column(sqlite3 *db, const char *sql, const char *device, char *out, size_t cap)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK;
+    out[0] = '\0';
+    CHK(fedge_store_prepare(db, sql, &st));
+    sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        snprintf(out, cap, "%s", (const char *)sqlite3_column_text(st, 0));
+    else if (rc != SQLITE_DONE)
+        ret = FEDGE_ERR_SQL;
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* The devices table from keys, in one transaction. With old (a keys reload:
+ * keys is old merged with the file, slots kept), every device the file adds
+ * (no devices row yet: fedge-admin device add writes its own), takes out
+ * (not revoked already: fedge-admin device remove revokes it first) or moves
+ * to another region is an audited event, as fedge-admin writes them. */
+static int sync_devices(fedge_aggregator *a, const fedge_keys *keys, const fedge_keys *old)
 {
     sqlite3_stmt *st = NULL;
     int ret;
     double now = fedge_wall_now();
+    char prev[FEDGE_REGION_MAX + 16], detail[4608];
     CHK(fedge_store_begin(a->db));
     for (size_t i = 0; i < keys->n; i++) {
-        if (keys->devices[i].removed)
+        const fedge_device_entry *d = &keys->devices[i];
+        if (d->removed)
             continue;
+        if (old)
+            CHK(device_column(a->db, "SELECT region FROM devices WHERE id=?", d->id, prev, sizeof prev));
         CHK(fedge_store_prepare(a->db,
                         "INSERT INTO devices(id, region, first_seen) VALUES(?1, ?2, ?3)"
                         " ON CONFLICT(id) DO UPDATE SET region = ?2 WHERE region <> ?2",
                         &st));
-        sqlite3_bind_text(st, 1, keys->devices[i].id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, keys->devices[i].region, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 1, d->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, d->region, -1, SQLITE_STATIC);
         sqlite3_bind_double(st, 3, now);
         ret = fedge_store_step_done(a->db, st);
         st = NULL;
         if (ret != FEDGE_OK)
             goto cleanup;
+        if (!old || (prev[0] && strcmp(prev, d->region) == 0))
+            continue;
+        if (!prev[0]) {
+            snprintf(detail, sizeof detail, "device %s enrolled in region %s by a keys reload (keys file %.4000s)",
+                     d->id, d->region, a->cfg.keys_file);
+            CHK(device_event(a->db, d->id, "enrolled", detail, now));
+        } else {
+            snprintf(detail, sizeof detail, "device %s: region %s -> %s by a keys reload (keys file %.4000s)", d->id,
+                     prev, d->region, a->cfg.keys_file);
+            CHK(device_event(a->db, d->id, "enrolled", detail, now));
+        }
+    }
+    for (size_t i = 0; old && i < old->n && i < keys->n; i++) {
+        if (old->devices[i].removed || !keys->devices[i].removed)
+            continue;
+        CHK(device_column(a->db, "SELECT status FROM devices WHERE id=?", keys->devices[i].id, prev, sizeof prev));
+        if (strcmp(prev, "revoked") == 0)
+            continue;
+        snprintf(detail, sizeof detail, "device %s: key taken out of the keys file by a keys reload (keys file "
+                 "%.4000s); status %s kept, it cannot authenticate until listed again", keys->devices[i].id,
+                 a->cfg.keys_file, prev[0] ? prev : "unknown");
+        CHK(device_event(a->db, keys->devices[i].id, "device_status", detail, now));
     }
     CHK(fedge_store_commit(a->db));
 cleanup:
@@ -113,7 +186,7 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
         goto cleanup;
     }
     fedge_hex_encode(a->run_id, sizeof a->run_id, a->run_id_hex);
-    CHK(sync_devices(a, &a->keys));
+    CHK(sync_devices(a, &a->keys, NULL));
     CHK(fedge_modelstore_load_test_set(a, err, errlen));
     ret = fedge_modelstore_load_current(a, err, errlen);
     if (ret != FEDGE_OK) {
@@ -363,7 +436,7 @@ int fedge_agg_keys_prepare(fedge_aggregator *a, fedge_agg_keys_reload *r)
         GROW(r->view_changed, a->view_changed, a->n_view_changed, n);
         GROW(r->view_changed_mark, a->view_changed_mark, n_old, n);
     }
-    ret = sync_devices(a, &r->keys);
+    ret = sync_devices(a, &r->keys, &a->keys);
     if (ret != FEDGE_OK)
         snprintf(r->err, sizeof r->err, "database: %s", fedge_strerror(ret));
 cleanup:
@@ -407,10 +480,13 @@ void fedge_agg_keys_commit(fedge_aggregator *a, fedge_agg_keys_reload *r)
     }
     fedge_keys_diff diff = r->diff;
     memset(r, 0, sizeof *r);
-    /* a removed device holds no async slot */
+    /* a removed device holds no async slot, and a sync round stops waiting for it */
     for (size_t i = 0; i < n_old; i++)
         if (a->keys.devices[i].removed && a->sched->left)
             a->sched->left(a, (int)i);
+    a->n_selected_gone = 0;
+    for (size_t i = 0; i < n_old; i++)
+        a->n_selected_gone += a->keys.devices[i].removed && a->selected[i] && !a->submitted[i];
     a->round_epoch++;
     FEDGE_INFO("keys reloaded from %s: %zu devices (%zu added, %zu removed, %zu changed)", a->cfg.keys_file,
                diff.live, diff.added, diff.removed, diff.changed);

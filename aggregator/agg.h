@@ -127,6 +127,9 @@ typedef struct {
     uint32_t *view_changed;       /* keys.n entries at most */
     uint8_t *view_changed_mark;   /* parallel to keys.devices: listed */
     size_t n_view_changed;
+    /* sync: selected devices a keys reload took out before they reported
+     * (they never will); the round closes once the others have */
+    size_t n_selected_gone;
 } fedge_aggregator;
 
 /* Index of device `id` in keys.devices (and the arrays parallel to it); -1

@@ -11,6 +11,7 @@
 #include <sqlite3.h>
 
 #include "common.h"
+#include "fileio.h"
 #include "config.h"
 #include "governance.h"
 #include "keys.h"
@@ -81,9 +82,10 @@ static void probe_db(const char *path, int *state, char *msg, size_t cap)
         snprintf(msg, cap, "%s is not a regular file", path);
         return;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(msg, cap, "cannot read %s: %s", path, strerror(errno));
+    int fd = -1, oret = fedge_open_regular(path, 0, &fd, NULL);
+    if (oret != FEDGE_OK) {
+        snprintf(msg, cap, oret == FEDGE_ERR_NOT_REGULAR ? "%s is not a regular file%s" : "cannot read %s: %s", path,
+                 oret == FEDGE_ERR_NOT_REGULAR ? "" : strerror(errno));
         return;
     }
     ssize_t n = read(fd, magic, sizeof magic);
@@ -96,7 +98,7 @@ static void probe_db(const char *path, int *state, char *msg, size_t cap)
         snprintf(msg, cap, "%s is not a fedge database: not an SQLite file", path);
         return;
     }
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    if (fedge_store_open_ro(path, &db) != SQLITE_OK) {
         snprintf(msg, cap, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
         goto done;
     }

@@ -13,6 +13,7 @@
 #include "combine.h"
 #include "common.h"
 #include "delta.h"
+#include "fileio.h"
 #include "log.h"
 #include "model.h"
 #include "round_info.h"
@@ -425,9 +426,11 @@ int fedge_agg_config_load_file(fedge_agg_config *c, const char *path, char *err,
         snprintf(err, errlen, "config file name longer than %zu bytes", sizeof c->config_file - 1);
         return FEDGE_ERR_CONFIG_VALUE;
     }
-    f = fopen(path, "r");
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    ret = fedge_fopen_regular(path, 0, &f, NULL);
+    if (ret != FEDGE_OK) {
+        snprintf(err, errlen, "%s: %s", path,
+                 ret == FEDGE_ERR_NOT_REGULAR ? "not a regular file (a FIFO, device, socket or directory)"
+                                              : strerror(errno));
         return FEDGE_ERR_IO;
     }
     next = malloc(sizeof *next);

@@ -41,6 +41,17 @@ void fedge_metrics_latency_observe(fedge_metrics_latency *l, double seconds)
 #define MAX_PER_IP 8u
 #define IDLE_TIMEOUT_S 10u
 #define CONNECTION_MEMORY (16u * 1024u)
+/* A request must be read and answered within this many seconds of its
+ * connection's start or the previous response, however the bytes trickle
+ * (the idle timeout restarts at each byte: a slowloris would hold every
+ * slot); the refresher thread shuts down older ones each second. */
+#define REQUEST_MAX_S 5.0
+
+typedef struct {
+    int used;
+    int fd;       /* MHD's socket; shut down (never closed) here */
+    double since; /* mono_s() of the connection's start or its last response */
+} conn_slot;
 
 struct fedge_metrics_http {
     struct MHD_Daemon *d;
@@ -61,6 +72,10 @@ struct fedge_metrics_http {
     int thread_started;
     sqlite3 *db;         /* read-only */
     char db_path[FEDGE_PATH_MAX];
+    /* open connections (MHD's thread adds and drops them, the refresher
+     * sweeps), under conn_mu, taken after mu when both are held */
+    pthread_mutex_t conn_mu;
+    conn_slot conns[2 * MAX_CONNECTIONS];
 };
 
 static double mono_s(void)
@@ -127,6 +142,51 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 
 static void *refresher(void *arg);
 
+static void on_connection(void *cls, struct MHD_Connection *c, void **ctx, enum MHD_ConnectionNotificationCode code)
+{
+    fedge_metrics_http *m = cls;
+    pthread_mutex_lock(&m->conn_mu);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        for (size_t i = 0; ci != NULL && i < sizeof m->conns / sizeof m->conns[0]; i++)
+            if (!m->conns[i].used) {
+                m->conns[i] = (conn_slot){.used = 1, .fd = ci->connect_fd, .since = mono_s()};
+                *ctx = &m->conns[i];
+                break;
+            }
+    } else if (*ctx != NULL) { /* closed: before MHD closes the socket */
+        ((conn_slot *)*ctx)->used = 0;
+        *ctx = NULL;
+    }
+    pthread_mutex_unlock(&m->conn_mu);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_ctx, enum MHD_RequestTerminationCode toe)
+{
+    fedge_metrics_http *m = cls;
+    (void)req_ctx;
+    (void)toe;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    pthread_mutex_lock(&m->conn_mu);
+    if (ci != NULL && ci->socket_context != NULL)
+        ((conn_slot *)ci->socket_context)->since = mono_s(); /* the next request's clock starts */
+    pthread_mutex_unlock(&m->conn_mu);
+}
+
+/* Connections whose request has taken longer than REQUEST_MAX_S: shut
+ * down, so MHD's next read sees the end and closes them. */
+static void sweep_slow(fedge_metrics_http *m)
+{
+    double now = mono_s();
+    pthread_mutex_lock(&m->conn_mu);
+    for (size_t i = 0; i < sizeof m->conns / sizeof m->conns[0]; i++)
+        if (m->conns[i].used && now - m->conns[i].since > REQUEST_MAX_S) {
+            shutdown(m->conns[i].fd, SHUT_RDWR);
+            m->conns[i].since = now; /* once is enough */
+        }
+    pthread_mutex_unlock(&m->conn_mu);
+}
+
 int fedge_metrics_http_start(const char *listen, const char *db_path, fedge_metrics_http **out, char *err,
                              size_t errlen)
 {
@@ -152,6 +212,12 @@ int fedge_metrics_http_start(const char *listen, const char *db_path, fedge_metr
         free(m);
         return FEDGE_ERR_NOMEM;
     }
+    if (pthread_mutex_init(&m->conn_mu, NULL) != 0) {
+        pthread_cond_destroy(&m->cv);
+        pthread_mutex_destroy(&m->mu);
+        free(m);
+        return FEDGE_ERR_NOMEM;
+    }
     snprintf(m->reason, sizeof m->reason, "starting");
     m->stale_s = FEDGE_METRICS_STALE_S;
     snprintf(m->db_path, sizeof m->db_path, "%s", db_path);
@@ -173,7 +239,9 @@ int fedge_metrics_http_start(const char *listen, const char *db_path, fedge_metr
     m->d = MHD_start_daemon(flags, 0, NULL, NULL, handle, m, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                             MHD_OPTION_CONNECTION_LIMIT, MAX_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
                             MAX_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT, IDLE_TIMEOUT_S,
-                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY, MHD_OPTION_END);
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, m, MHD_OPTION_NOTIFY_COMPLETED,
+                            on_completed, m, MHD_OPTION_END);
     if (m->d == NULL) {
         snprintf(err, errlen, "metrics_listen %s: cannot listen (address in use or not local?)", listen);
         fedge_metrics_http_stop(m);
@@ -221,6 +289,7 @@ void fedge_metrics_http_stop(fedge_metrics_http *m)
     sqlite3_close_v2(m->db);
     pthread_cond_destroy(&m->cv);
     pthread_mutex_destroy(&m->mu);
+    pthread_mutex_destroy(&m->conn_mu);
     free(m->text);
     free(m);
 }
@@ -256,9 +325,10 @@ static void *refresher(void *arg)
     double next_at = 0.0;
     pthread_mutex_lock(&m->mu);
     while (!m->stop) {
+        sweep_slow(m);
         double now = mono_s();
         if (!m->have_state || now < next_at) {
-            double until = m->have_state ? next_at : now + 1.0;
+            double until = m->have_state && next_at < now + 1.0 ? next_at : now + 1.0;
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             double wait = until - now;

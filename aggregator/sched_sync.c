@@ -57,6 +57,7 @@ static int open_round(fedge_aggregator *a, double now, uint32_t round, double ti
     }
     memset(a->selected, 0, a->keys.n);
     memset(a->submitted, 0, a->keys.n);
+    a->n_selected_gone = 0;
 
     double wall = fedge_clock_wall();
     CHK(fedge_store_begin(a->db));
@@ -108,13 +109,15 @@ cleanup:
     return ret;
 }
 
-/* Accepted updates that close the round early: the quorum, but never fewer
+/* Accepted updates that close the round early: the quorum of the selected
+ * devices that can still report (not taken out by a keys reload), but never fewer
  * than a round needs to aggregate at all (min_updates, the policy's
  * min_clients, the combiner's minimum), so an early close cannot fail a
  * round the deadline could still save. */
 static size_t quorum_count(const fedge_aggregator *a)
 {
-    size_t q = (size_t)ceil(a->cfg.quorum * (double)a->n_selected - 1e-9);
+    size_t can_report = a->n_selected - (a->n_selected_gone < a->n_selected ? a->n_selected_gone : a->n_selected);
+    size_t q = (size_t)ceil(a->cfg.quorum * (double)can_report - 1e-9);
     size_t combiner_min = fedge_agg_config_combiner_min(&a->cfg, 0, NULL, 0);
     if (q < (size_t)a->cfg.min_updates)
         q = (size_t)a->cfg.min_updates;

@@ -1,8 +1,10 @@
 #include "store.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/random.h>
@@ -305,6 +307,36 @@ int fedge_store_page_size_valid(long page_size)
 
 static int open_db(const char *path, int read_only, long page_size, sqlite3 **out);
 
+int fedge_store_open_ro(const char *path, sqlite3 **db)
+{
+    char wal[FEDGE_PATH_MAX + 8], *uri = NULL;
+    struct stat st;
+    *db = NULL;
+    size_t n = strlen(path);
+    if (n >= FEDGE_PATH_MAX)
+        return SQLITE_CANTOPEN;
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    if (lstat(wal, &st) == 0 || errno != ENOENT) /* a writer may be at work: read through its WAL */
+        return sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY, NULL);
+    /* no WAL: the file is the whole log; immutable=1 reads it creating
+     * nothing beside it (no -wal, no -shm) */
+    uri = malloc(3 * n + 32);
+    if (!uri)
+        return SQLITE_NOMEM;
+    char *o = uri + sprintf(uri, "file:");
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)path[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("/._~-", c))
+            *o++ = (char)c;
+        else
+            o += sprintf(o, "%%%02X", c);
+    }
+    strcpy(o, "?immutable=1");
+    int rc = sqlite3_open_v2(uri, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
+    free(uri);
+    return rc;
+}
+
 int fedge_store_open_db(const char *path, int read_only, sqlite3 **out)
 {
     return open_db(path, read_only, 0, out);
@@ -327,7 +359,7 @@ static int open_db(const char *path, int read_only, long page_size, sqlite3 **ou
         return FEDGE_ERR_NOT_FOUND;
     }
     int flags = read_only ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
-    if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
+    if ((read_only ? fedge_store_open_ro(path, &db) : sqlite3_open_v2(path, &db, flags, NULL)) != SQLITE_OK) {
         FEDGE_ERROR("cannot open database %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
         FAIL(FEDGE_ERR_SQL);
     }

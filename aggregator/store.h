@@ -111,4 +111,12 @@ int fedge_store_begin(sqlite3 *db);
 int fedge_store_commit(sqlite3 *db);
 void fedge_store_rollback(sqlite3 *db);
 
+/* sqlite3_open_v2 read-only for readers that must write nothing beside
+ * the log (--check, fedge-audit): with no PATH-wal (no writer has the log
+ * open; every commit is in the file) it opens `file:PATH?immutable=1`, so
+ * SQLite creates no -wal or -shm; with one, a plain read-only open that
+ * reads through the writer's WAL (and shares its -shm). Returns SQLite's
+ * result code; *db as sqlite3_open_v2 leaves it. */
+int fedge_store_open_ro(const char *path, sqlite3 **db);
+
 #endif

@@ -553,29 +553,55 @@ cleanup:
 
 /* ---- key files ------------------------------------------------------------------ */
 
+/* A key file is a few hundred bytes of PEM. */
+#define KEY_FILE_MAX 16384
+
+static int read_key_file(const char *path, char **pem, size_t *len)
+{
+    int ret = fedge_read_regular(path, 0, KEY_FILE_MAX, pem, len);
+    if (ret == FEDGE_ERR_IO && errno == ENOENT)
+        return FEDGE_ERR_NOT_FOUND;
+    return ret == FEDGE_ERR_RANGE ? FEDGE_ERR_CRYPTO : ret;
+}
+
 int fedge_audit_load_private_key(const char *path, mbedtls_pk_context *pk)
 {
+    int ret;
     struct stat st;
+    char *pem = NULL;
+    size_t len = 0;
     if (!path || !pk)
         return FEDGE_ERR_INVALID_ARG;
+    CHK(read_key_file(path, &pem, &len));
     if (stat(path, &st) != 0)
-        return errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO;
+        FAIL(FEDGE_ERR_IO);
     if (st.st_mode & (S_IRWXG | S_IRWXO))
-        return FEDGE_ERR_CONFIG_PERMS;
-    if (mbedtls_pk_parse_keyfile(pk, path, NULL) != 0)
-        return FEDGE_ERR_CRYPTO;
-    return is_p256(pk) ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+        FAIL(FEDGE_ERR_CONFIG_PERMS);
+    /* the length counts the NUL: mbedTLS takes PEM only NUL-terminated */
+    if (mbedtls_pk_parse_key(pk, (const unsigned char *)pem, len + 1, NULL, 0) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    ret = is_p256(pk) ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+cleanup:
+    if (pem)
+        mbedtls_platform_zeroize(pem, len);
+    free(pem);
+    return ret;
 }
 
 int fedge_audit_load_public_key(const char *path, mbedtls_pk_context *pk)
 {
+    int ret;
+    char *pem = NULL;
+    size_t len = 0;
     if (!path || !pk)
         return FEDGE_ERR_INVALID_ARG;
-    if (access(path, R_OK) != 0)
-        return errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO;
-    if (mbedtls_pk_parse_public_keyfile(pk, path) != 0)
-        return FEDGE_ERR_CRYPTO;
-    return is_p256(pk) ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+    CHK(read_key_file(path, &pem, &len));
+    if (mbedtls_pk_parse_public_key(pk, (const unsigned char *)pem, len + 1) != 0)
+        FAIL(FEDGE_ERR_CRYPTO);
+    ret = is_p256(pk) ? FEDGE_OK : FEDGE_ERR_CRYPTO;
+cleanup:
+    free(pem);
+    return ret;
 }
 
 int fedge_audit_generate_keypair(const char *priv_path, const char *pub_path,
@@ -729,6 +755,23 @@ cleanup:
     return ret;
 }
 
+/* Whether the key with fingerprint fp signed this log: named, old or new,
+ * by a rotation record (with none, only the old key has signed it). */
+static int key_signed_log(sqlite3 *db, const char *fp, int *found)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK;
+    *found = 0;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM events WHERE kind = '" FEDGE_AUDIT_ROTATION_EVENT "' AND "
+                               "instr(detail, 'sha256 ' || ?1 || ' ') > 0", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_bind_text(st, 1, fp, -1, SQLITE_STATIC) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW)
+        FAIL(FEDGE_ERR_SQL);
+    *found = sqlite3_column_int64(st, 0) > 0;
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
 int fedge_audit_rotate_key(sqlite3 *db, mbedtls_pk_context *old_key, mbedtls_pk_context *new_pub,
                            mbedtls_ctr_drbg_context *drbg, int64_t *seq_out, char *err, size_t errlen)
 {
@@ -777,6 +820,13 @@ int fedge_audit_rotate_key(sqlite3 *db, mbedtls_pk_context *old_key, mbedtls_pk_
             snprintf(err, errlen, "the old key (sha256 %.16s...) did not sign this log's last head", old_fp);
             FAIL(FEDGE_ERR_SIGNING_KEY);
         }
+    }
+    CHK(key_signed_log(db, new_fp, &ok));
+    if (ok) {
+        snprintf(err, errlen, "the new key (sha256 %.16s...) already signed this log: a retired key is never "
+                 "brought back (it may be compromised; verify reports such a rotation as a failure); "
+                 "generate a fresh key", new_fp);
+        FAIL(FEDGE_ERR_SIGNING_KEY);
     }
     CHK(pubkey_der(new_pub, derbuf, &der, &der_len));
     int n = snprintf(detail, sizeof detail, "old sha256 %s new sha256 %s key ", old_fp, new_fp);

@@ -81,7 +81,8 @@ int fedge_audit_sign_head(sqlite3 *db, uint32_t round, mbedtls_pk_context *key,
 
 /* PEM key files. The private key file must not be readable by group or
  * others (FEDGE_ERR_CONFIG_PERMS); both must hold EC P-256 keys
- * (FEDGE_ERR_CRYPTO otherwise, FEDGE_ERR_NOT_FOUND for a missing file).
+ * (FEDGE_ERR_CRYPTO otherwise, FEDGE_ERR_NOT_FOUND for a missing file,
+ * FEDGE_ERR_NOT_REGULAR for a FIFO, device or directory: fedge_read_regular).
  * pk must be mbedtls_pk_init'ed; the caller mbedtls_pk_free's it. */
 int fedge_audit_load_private_key(const char *path, mbedtls_pk_context *pk);
 int fedge_audit_load_public_key(const char *path, mbedtls_pk_context *pk);
@@ -177,7 +178,9 @@ int fedge_audit_last_rotation(sqlite3 *db, int *found, int64_t *seq, mbedtls_pk_
  * force: the newest rotation's key, or, with none, the key the last signed
  * head verifies with (any key when nothing is signed yet); else
  * FEDGE_ERR_SIGNING_KEY and err says why. new_pub: the new key (its public
- * part is used); FEDGE_ERR_INVALID_ARG when it is the old key or not P-256.
+ * part is used); FEDGE_ERR_INVALID_ARG when it is the old key or not P-256,
+ * FEDGE_ERR_SIGNING_KEY when it already signed this log (named by an
+ * earlier rotation, old or new: a retired key never comes back).
  * *seq_out (may be NULL) gets the rotation's audit seq. The caller makes
  * sure no aggregator writes to db meanwhile (it would go on signing with
  * the old key). */

@@ -168,7 +168,7 @@ static void key_history_free(key_history *h)
 static int load_rotations(sqlite3 *db, mbedtls_pk_context *anchor, key_history *h, fedge_audit_report *rep)
 {
     sqlite3_stmt *st = NULL;
-    int ret = FEDGE_OK, rc;
+    int ret = FEDGE_OK, rc, anchor_replaced = 0;
     char old_fp[FEDGE_HASH_HEX_LEN], new_fp[FEDGE_HASH_HEX_LEN];
     h->pk[0] = *anchor; /* borrowed: not freed here */
     h->seq[0] = 0;
@@ -193,11 +193,23 @@ static int load_rotations(sqlite3 *db, mbedtls_pk_context *anchor, key_history *
                    "the signing-key rotation at seq %" PRId64 " is malformed (no usable new key)", seq);
             continue;
         }
-        if (strcmp(new_fp, h->fp[0]) == 0)
+        if (h->n == 1)
+            anchor_replaced = strcmp(old_fp, h->fp[0]) == 0;
+        size_t again = h->n;
+        for (size_t j = 0; j < h->n && again == h->n; j++)
+            if (strcmp(new_fp, h->fp[j]) == 0)
+                again = j;
+        if (again == 0 && !anchor_replaced)
             report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "events", rk, NULL,
                    "the public key given is the one the rotation at seq %" PRId64 " brought in, not the log's"
                    " first key: give the first key (the trust anchor) to verify the history before it",
                    seq);
+        else if (again < h->n)
+            report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "events", rk, NULL,
+                   "the signing-key rotation at seq %" PRId64 " brings back key sha256 %.16s..., which already "
+                   "signed this log (%s): a rotation back to a retired key is never made by fedge-admin (a "
+                   "retired key may be compromised); the heads after it are checked with it all the same",
+                   seq, new_fp, again == 0 ? "the trust anchor" : "named by an earlier rotation");
         else if (strcmp(old_fp, h->fp[h->n - 1]) != 0)
             report(rep, FEDGE_AUDIT_FAIL_SIGNATURE, seq, "events", rk, NULL,
                    "the signing-key rotation at seq %" PRId64 " says it replaces key sha256 %.16s..., but the key"

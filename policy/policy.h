@@ -79,7 +79,8 @@ const char *fedge_decision_name(fedge_decision_kind d);
 /* ---- loading ------------------------------------------------------------ */
 
 /* path NULL: the default policy. err (may be NULL) gets a one-line reason:
- * "FILE:LINE: KEY: what is wrong". Status FEDGE_ERR_IO / _NOT_FOUND (file),
+ * "FILE:LINE: KEY: what is wrong", escaped already (text.h: print it as
+ * is; escaping it again doubles every backslash). Status FEDGE_ERR_IO / _NOT_FOUND (file),
  * FEDGE_ERR_POLICY_SYNTAX (YAML syntax, duplicate key, wrong node kind),
  * FEDGE_ERR_POLICY_UNKNOWN_KEY, FEDGE_ERR_POLICY_VALUE (a bad value or a bad
  * combination). */

@@ -14,6 +14,7 @@
 #include <yaml.h>
 
 #include "common.h"
+#include "fileio.h"
 #include "hash.h"
 #include "policy_impl.h"
 #include "text.h"
@@ -462,51 +463,25 @@ cleanup:
 
 static int read_file(const char *path, char **buf, size_t *len, char *err, size_t errlen)
 {
-    int ret = FEDGE_OK;
-    char *data = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        if (err && errlen)
-            snprintf(err, errlen, "%s: cannot open policy file: %s", path, strerror(e));
-        return e == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        if (err && errlen)
-            snprintf(err, errlen, "%s: not a regular file", path);
-        FAIL(FEDGE_ERR_IO);
-    }
-    if (st.st_size > FEDGE_POLICY_MAX_FILE) {
-        if (err && errlen)
-            snprintf(err, errlen, "%s: policy file larger than %d bytes", path,
-                     FEDGE_POLICY_MAX_FILE);
-        FAIL(FEDGE_ERR_POLICY_VALUE);
-    }
-    size_t cap = (size_t)st.st_size;
-    data = malloc(cap + 1);
-    if (!data)
-        FAIL(FEDGE_ERR_NOMEM);
-    size_t got = 0;
-    while (got < cap) {
-        ssize_t n = read(fd, data + got, cap - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            if (err && errlen)
-                snprintf(err, errlen, "%s: read failed", path);
-            FAIL(FEDGE_ERR_IO);
-        }
-        got += (size_t)n;
-    }
-    data[got] = '\0';
-    *buf = data;
-    *len = got;
-    data = NULL;
-cleanup:
-    free(data);
-    close(fd);
-    return ret;
+    int ret = fedge_read_regular(path, 0, FEDGE_POLICY_MAX_FILE, buf, len);
+    int e = errno;
+    if (ret == FEDGE_OK)
+        return ret;
+    if (!err || !errlen)
+        err = NULL;
+    else if (ret == FEDGE_ERR_NOT_REGULAR)
+        snprintf(err, errlen, "%s: not a regular file (a FIFO, device, socket or directory)", path);
+    else if (ret == FEDGE_ERR_RANGE)
+        snprintf(err, errlen, "%s: policy file larger than %d bytes", path, FEDGE_POLICY_MAX_FILE);
+    else if (ret == FEDGE_ERR_IO)
+        snprintf(err, errlen, "%s: cannot open policy file: %s", path, strerror(e));
+    else
+        snprintf(err, errlen, "%s: %s", path, fedge_strerror(ret));
+    if (ret == FEDGE_ERR_RANGE)
+        return FEDGE_ERR_POLICY_VALUE;
+    if (ret == FEDGE_ERR_NOT_REGULAR)
+        return FEDGE_ERR_IO;
+    return ret == FEDGE_ERR_IO && e == ENOENT ? FEDGE_ERR_NOT_FOUND : ret;
 }
 
 int fedge_policy_load(const char *path, fedge_policy **out, char *err, size_t errlen)
@@ -520,8 +495,14 @@ int fedge_policy_load(const char *path, fedge_policy **out, char *err, size_t er
     char *text = NULL;
     size_t len = 0;
     int ret = read_file(path, &text, &len, err, errlen);
-    if (ret != FEDGE_OK)
+    if (ret != FEDGE_OK) {
+        if (err && errlen) { /* the path too: err is one printable line */
+            char raw[1024];
+            snprintf(raw, sizeof raw, "%s", err);
+            fedge_text_escape(raw, strlen(raw), err, errlen);
+        }
         return ret;
+    }
     ret = fedge_policy_load_buffer(text, len, path, out, err, errlen);
     free(text);
     return ret;

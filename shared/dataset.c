@@ -10,10 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <zlib.h>
 
 #include "common.h"
+#include "fileio.h"
 #include "dataset.h"
 
 #define IDX_MAGIC_IMAGES 0x00000803u /* unsigned byte, 3 dimensions */
@@ -112,10 +114,16 @@ static uint32_t be32(const uint8_t *p)
 
 static int gz_open(const char *path, gzFile *out)
 {
-    errno = 0;
-    *out = gzopen(path, "rb");
-    if (*out == NULL)
-        return errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO;
+    int fd = -1;
+    *out = NULL;
+    int ret = fedge_open_regular(path, 0, &fd, NULL);
+    if (ret != FEDGE_OK)
+        return ret == FEDGE_ERR_IO && errno == ENOENT ? FEDGE_ERR_NOT_FOUND : ret;
+    *out = gzdopen(fd, "rb");
+    if (*out == NULL) {
+        close(fd);
+        return FEDGE_ERR_NOMEM;
+    }
     return FEDGE_OK;
 }
 
@@ -241,9 +249,11 @@ int fedge_dataset_load_csv(fedge_dataset *ds, const char *path)
     float *row = NULL;
     int first = 1;
 
-    f = fopen(path, "r");
-    if (f == NULL)
-        FAIL(errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO);
+    ret = fedge_fopen_regular(path, 0, &f, NULL);
+    if (ret == FEDGE_ERR_IO && errno == ENOENT)
+        ret = FEDGE_ERR_NOT_FOUND;
+    if (ret != FEDGE_OK)
+        goto cleanup;
 
     for (;;) {
         errno = 0;

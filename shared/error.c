@@ -89,7 +89,7 @@ const char *fedge_strerror(int code)
     case FEDGE_ERR_STRATEGY_STATE: return "stored server optimiser state does not fit this run";
     case FEDGE_ERR_CONTROL_RANGE: return "control variate beyond its plausible bound (non-finite or too large for the model's scale)";
     case FEDGE_ERR_UPDATE_METRICS: return "malformed training metrics block (version, length, flags or values)";
-    case FEDGE_ERR_NOT_REGULAR: return "exists and is not a regular file (a device, FIFO or symbolic link is never replaced)";
+    case FEDGE_ERR_NOT_REGULAR: return "exists and is not a regular file (a FIFO, device or socket is never read or replaced, nor a symbolic link where one is refused)";
     case FEDGE_ERR_CLUSTER_MEMORY: return "training state exceeds the per-rank memory budget";
     default: return "unknown error";
     }

@@ -115,7 +115,7 @@ enum {
     FEDGE_ERR_IMPORT_TENSOR = -201,      /* a tensor's name, dtype or shape does not fit the spec */
 
     /* files (shared/fileio) -210 .. -219 */
-    FEDGE_ERR_NOT_REGULAR = -210,        /* a path to replace is a device, FIFO, socket or link */
+    FEDGE_ERR_NOT_REGULAR = -210,        /* a path to read or replace is a device, FIFO, socket (or a refused link) */
 
     /* aggregation strategies (aggregator/combine.h, server_opt.h) -220 .. -229 */
     FEDGE_ERR_STRATEGY_TOO_FEW = -220,   /* too few updates for the robust rule's f or beta */

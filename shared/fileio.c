@@ -244,3 +244,96 @@ int fedge_write_file_inplace(const char *path, const void *buf, size_t len, mode
     }
     return ret;
 }
+
+/* ---- reading operator-supplied files ------------------------------------------ */
+
+int fedge_open_regular(const char *path, int flags, int *fd_out, struct stat *st)
+{
+    struct stat tmp;
+    if (fd_out)
+        *fd_out = -1;
+    if (path == NULL || fd_out == NULL || (flags & ~FEDGE_FILE_NOFOLLOW) != 0)
+        return FEDGE_ERR_INVALID_ARG;
+    if (st == NULL)
+        st = &tmp;
+    int nofollow = (flags & FEDGE_FILE_NOFOLLOW) != 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | (nofollow ? O_NOFOLLOW : 0));
+    if (fd < 0)
+        return nofollow && errno == ELOOP ? FEDGE_ERR_NOT_REGULAR : FEDGE_ERR_IO;
+    if (fstat(fd, st) != 0)
+        goto io;
+    if (!S_ISREG(st->st_mode)) {
+        close(fd);
+        return FEDGE_ERR_NOT_REGULAR;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0)
+        goto io;
+    *fd_out = fd;
+    return FEDGE_OK;
+io:;
+    int err = errno;
+    close(fd);
+    errno = err;
+    return FEDGE_ERR_IO;
+}
+
+int fedge_fopen_regular(const char *path, int flags, FILE **out, struct stat *st)
+{
+    int fd = -1;
+    if (out == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    *out = NULL;
+    int ret = fedge_open_regular(path, flags, &fd, st);
+    if (ret != FEDGE_OK)
+        return ret;
+    *out = fdopen(fd, "r");
+    if (*out == NULL) {
+        int err = errno;
+        close(fd);
+        errno = err;
+        return err == ENOMEM ? FEDGE_ERR_NOMEM : FEDGE_ERR_IO;
+    }
+    return FEDGE_OK;
+}
+
+int fedge_read_regular(const char *path, int flags, size_t max, char **buf, size_t *len)
+{
+    int ret, fd = -1;
+    struct stat st;
+    char *data = NULL;
+    if (buf == NULL || len == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    *buf = NULL;
+    *len = 0;
+    CHK(fedge_open_regular(path, flags, &fd, &st));
+    if ((uint64_t)st.st_size > max)
+        FAIL(FEDGE_ERR_RANGE);
+    size_t cap = (size_t)st.st_size;
+    data = malloc(cap + 1);
+    if (data == NULL)
+        FAIL(FEDGE_ERR_NOMEM);
+    size_t got = 0;
+    while (got < cap) { /* a file that shrank while read ends early */
+        ssize_t n = read(fd, data + got, cap - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            FAIL(FEDGE_ERR_IO);
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    data[got] = '\0';
+    *buf = data;
+    *len = got;
+    data = NULL;
+cleanup:
+    free(data);
+    if (fd >= 0) {
+        int err = errno;
+        close(fd);
+        errno = err;
+    }
+    return ret;
+}

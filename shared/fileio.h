@@ -31,11 +31,14 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 enum {
     FEDGE_FILE_FIXED_TMP = 1, /* atomic: temporary file PATH.tmp (created or truncated) */
     FEDGE_FILE_EXCL = 2,      /* in place: the file must not exist yet */
+    FEDGE_FILE_NOFOLLOW = 4,  /* reading: a symbolic link as the last component is refused */
 };
 
 /* Writes all len bytes, retrying on EINTR and short writes. */
@@ -77,5 +80,21 @@ int fedge_write_file_atomic(const char *path, const void *buf, size_t len, mode_
  * key file; a file inside a checkpoint folder renamed into place later). */
 int fedge_write_file_inplace(const char *path, const void *buf, size_t len, mode_t mode,
                              int flags);
+
+/* Reading a file an operator names (keys, policy, bundle, signing keys,
+ * config): only a regular file is read. The open never blocks (O_NONBLOCK,
+ * so a FIFO with no writer cannot hang the caller; cleared again after the
+ * check) and is O_CLOEXEC; with FEDGE_FILE_NOFOLLOW a symbolic link is
+ * refused. A FIFO, device, socket, directory (or refused link) gives
+ * FEDGE_ERR_NOT_REGULAR; any other failure FEDGE_ERR_IO with errno as the
+ * failing call set it (ENOENT: no such file). st (may be NULL) receives the
+ * file's fstat. flags: 0 or FEDGE_FILE_NOFOLLOW. */
+int fedge_open_regular(const char *path, int flags, int *fd_out, struct stat *st);
+/* The same as a stdio stream opened "r". */
+int fedge_fopen_regular(const char *path, int flags, FILE **out, struct stat *st);
+/* The whole file into a new buffer (*buf, caller frees; NUL-terminated,
+ * *len bytes without the NUL); FEDGE_ERR_RANGE if it holds more than max
+ * bytes, FEDGE_ERR_NOMEM. */
+int fedge_read_regular(const char *path, int flags, size_t max, char **buf, size_t *len);
 
 #endif

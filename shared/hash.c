@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "crypto.h"
+#include "fileio.h"
 
 int fedge_sha256(const void *data, size_t len, uint8_t out[FEDGE_HASH_LEN])
 {
@@ -26,9 +27,12 @@ int fedge_sha256_file(const char *path, uint8_t out[FEDGE_HASH_LEN])
     int ret = FEDGE_OK;
     uint8_t buf[16 * 1024];
     fedge_sha256_ctx ctx = {0};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        FAIL(errno == ENOENT ? FEDGE_ERR_NOT_FOUND : FEDGE_ERR_IO);
+    int fd = -1;
+    ret = fedge_open_regular(path, 0, &fd, NULL);
+    if (ret == FEDGE_ERR_IO && errno == ENOENT)
+        ret = FEDGE_ERR_NOT_FOUND;
+    if (ret != FEDGE_OK)
+        goto cleanup;
     CHK(fedge_sha256_init(&ctx));
     for (;;) {
         ssize_t n = read(fd, buf, sizeof buf);

@@ -4,12 +4,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <mbedtls/hkdf.h>
+#include <mbedtls/constant_time.h>
 #include <mbedtls/md.h>
 #include <mbedtls/platform_util.h>
 
@@ -62,6 +64,59 @@ static int id_ref_cmp(const void *a, const void *b)
     return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
 }
 
+static int id_ref_casecmp(const void *a, const void *b)
+{
+    const id_ref *x = a, *y = b;
+    int c = strcasecmp(x->id, y->id);
+    return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+typedef struct {
+    const uint8_t *secret;
+    uint32_t idx;
+} secret_ref;
+
+static int secret_ref_cmp(const void *a, const void *b)
+{
+    const secret_ref *x = a, *y = b;
+    int c = memcmp(x->secret, y->secret, FEDGE_SECRET_LEN);
+    return c ? c : (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+/* Two devices whose ids differ only in case (one device to a person
+ * reading a report or revoking it), or sharing a secret (either could
+ * speak as the other): fails naming both lines. */
+static int check_lookalikes(fedge_keys *k, id_ref *refs, const size_t *lines, const char *path, char *err,
+                            size_t errlen)
+{
+    int ret = FEDGE_OK;
+    secret_ref *sr = NULL;
+    qsort(refs, k->n, sizeof *refs, id_ref_casecmp);
+    for (size_t i = 1; i < k->n; i++)
+        if (strcasecmp(refs[i - 1].id, refs[i].id) == 0) {
+            snprintf(err, errlen, "%s:%zu: device %s differs only in case from %s (line %zu): ids name devices "
+                     "case-insensitively", path, lines[refs[i].idx], refs[i].id, refs[i - 1].id,
+                     lines[refs[i - 1].idx]);
+            FAIL(FEDGE_ERR_CONFIG_VALUE);
+        }
+    sr = malloc(k->n * sizeof *sr);
+    if (!sr)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0; i < k->n; i++)
+        sr[i] = (secret_ref){.secret = k->devices[i].secret, .idx = (uint32_t)i};
+    qsort(sr, k->n, sizeof *sr, secret_ref_cmp);
+    for (size_t i = 1; i < k->n; i++)
+        if (memcmp(sr[i - 1].secret, sr[i].secret, FEDGE_SECRET_LEN) == 0) {
+            snprintf(err, errlen, "%s:%zu: device %s has the same secret as %s (line %zu): each device needs its "
+                     "own (fedge-keygen)", path, lines[sr[i].idx], k->devices[sr[i].idx].id,
+                     k->devices[sr[i - 1].idx].id, lines[sr[i - 1].idx]);
+            FAIL(FEDGE_ERR_CONFIG_VALUE);
+        }
+cleanup:
+    free(sr);
+    return ret;
+}
+
 /* Builds k->by_id; on a duplicate id fails naming both lines. */
 static int index_ids(fedge_keys *k, const size_t *lines, const char *path, char *err,
                      size_t errlen)
@@ -87,6 +142,7 @@ static int index_ids(fedge_keys *k, const size_t *lines, const char *path, char 
         }
         k->by_id[i] = refs[i].idx;
     }
+    CHK(check_lookalikes(k, refs, lines, path, err, errlen));
 cleanup:
     free(refs);
     return ret;
@@ -107,13 +163,15 @@ int fedge_keys_load(const char *path, fedge_keys *out, char *err, size_t errlen)
         errlen = sizeof errbuf;
     }
     memset(out, 0, sizeof *out);
-    f = fopen(path, "r");
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        FAIL(FEDGE_ERR_IO);
+    ret = fedge_fopen_regular(path, 0, &f, &st);
+    if (ret == FEDGE_ERR_NOT_REGULAR) {
+        snprintf(err, errlen, "%s: not a regular file (a FIFO, device, socket or directory)", path);
+        goto cleanup;
     }
-    if (fstat(fileno(f), &st) != 0)
-        FAIL(FEDGE_ERR_IO);
+    if (ret != FEDGE_OK) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        goto cleanup;
+    }
     if (st.st_mode & (S_IRWXG | S_IRWXO)) {
         snprintf(err, errlen, "%s: mode %03o gives group/other access; chmod 600 it", path,
                  (unsigned)(st.st_mode & 0777));
@@ -361,14 +419,13 @@ cleanup:
 static int read_text(const char *path, char **data, size_t *len)
 {
     int ret = FEDGE_OK;
-    FILE *f = fopen(path, "r");
+    FILE *f = NULL;
+    struct stat st;
     *data = NULL;
     *len = 0;
-    if (!f)
-        return errno == ENOENT ? FEDGE_OK : FEDGE_ERR_IO;
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0)
-        FAIL(FEDGE_ERR_IO);
+    ret = fedge_fopen_regular(path, FEDGE_FILE_NOFOLLOW, &f, &st);
+    if (ret != FEDGE_OK)
+        return ret == FEDGE_ERR_IO && errno == ENOENT ? FEDGE_OK : ret;
     if ((size_t)st.st_size > KEYS_FILE_MAX)
         FAIL(FEDGE_ERR_RANGE);
     *data = malloc((size_t)st.st_size + 2);
@@ -433,11 +490,26 @@ int fedge_keys_file_add(const char *path, const fedge_device_entry *e, char *err
         snprintf(err, errlen, "%s already lists device %s", path, e->id);
         FAIL(FEDGE_ERR_DUPLICATE);
     }
+    for (size_t i = 0; i < k.n; i++) {
+        if (strcasecmp(k.devices[i].id, e->id) == 0) {
+            snprintf(err, errlen, "%s already lists device %s, which differs from %s only in case", path,
+                     k.devices[i].id, e->id);
+            FAIL(FEDGE_ERR_DUPLICATE);
+        }
+        if (mbedtls_ct_memcmp(k.devices[i].secret, e->secret, FEDGE_SECRET_LEN) == 0) {
+            snprintf(err, errlen, "%s: device %s already has this secret", path, k.devices[i].id);
+            FAIL(FEDGE_ERR_DUPLICATE);
+        }
+    }
     if (k.n >= FEDGE_KEYS_MAX_DEVICES) {
         snprintf(err, errlen, "%s already lists %d devices", path, FEDGE_KEYS_MAX_DEVICES);
         FAIL(FEDGE_ERR_RANGE);
     }
-    CHK(read_text(path, &text, &len));
+    ret = read_text(path, &text, &len);
+    if (ret == FEDGE_ERR_NOT_REGULAR)
+        snprintf(err, errlen, "%s is a symbolic link or not a regular file: the keys file is replaced "
+                 "atomically, never through a link (give the link's target)", path);
+    CHK(ret);
     n = fedge_keys_format_line(e, line, sizeof line);
     if (n == 0)
         FAIL(FEDGE_ERR_INVALID_ARG);
@@ -489,7 +561,11 @@ int fedge_keys_file_remove(const char *path, const char *id, char *region, char 
     }
     if (region)
         snprintf(region, FEDGE_REGION_MAX + 1, "%s", e->region);
-    CHK(read_text(path, &text, &len));
+    ret = read_text(path, &text, &len);
+    if (ret == FEDGE_ERR_NOT_REGULAR)
+        snprintf(err, errlen, "%s is a symbolic link or not a regular file: the keys file is replaced "
+                 "atomically, never through a link (give the link's target)", path);
+    CHK(ret);
     buf = malloc(len + 1);
     if (!buf)
         FAIL(FEDGE_ERR_NOMEM);
@@ -569,10 +645,12 @@ int fedge_keys_bundle_read(const char *path, fedge_keys *out, char server[FEDGE_
         snprintf(err, errlen, "%s: a bundle holds one device, this file %zu", path, out->n);
         FAIL(FEDGE_ERR_CONFIG_VALUE);
     }
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        FAIL(FEDGE_ERR_IO);
+    FILE *f = NULL;
+    ret = fedge_fopen_regular(path, 0, &f, NULL);
+    if (ret != FEDGE_OK) {
+        snprintf(err, errlen, "%s: %s", path,
+                 ret == FEDGE_ERR_NOT_REGULAR ? "not a regular file" : strerror(errno));
+        goto cleanup;
     }
     while (fgets(line, sizeof line, f)) {
         if (strncmp(line, BUNDLE_TAG, sizeof BUNDLE_TAG - 1) != 0)
@@ -580,7 +658,7 @@ int fedge_keys_bundle_read(const char *path, fedge_keys *out, char server[FEDGE_
         char *v = line + sizeof BUNDLE_TAG - 1;
         size_t n = strcspn(v, "\r\n");
         if (!server_valid(v, n) || server[0]) {
-            snprintf(err, errlen, "%s: a malformed or second '%.*s' line", path, (int)sizeof BUNDLE_TAG - 3,
+            snprintf(err, errlen, "%s: a malformed or second '%.*s' line", path, (int)sizeof BUNDLE_TAG - 2,
                      BUNDLE_TAG);
             ret = FEDGE_ERR_CONFIG_VALUE;
             break;

@@ -8,7 +8,8 @@
 # logs the removal, its DTLS handshakes are refused, no later update of it
 # is accepted, and the log verifies. Then the signing key is rotated with
 # fedge-admin signing-key rotate: the daemon restarts only with the new key
-# and fedge-audit verify, given the first key, covers the whole history.
+# and fedge-audit verify, given the first key, covers the whole history; the
+# HTML report names the rotation; a rotation back to the first key is refused.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -128,4 +129,16 @@ echo "$j" | python3 -c "import json,sys; d=json.load(sys.stdin); assert d['key_r
     fed_fail "verify --json: key_rotations, key_anchor, key_in_force"
 "$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/new/aggregator.pub" verify >/dev/null 2>&1 &&
     fed_fail "the new key alone must not verify the history before the rotation"
+# the HTML report's verification line names the rotation and the key in force
+fp=$(echo "$j" | python3 -c "import json,sys; print(json.load(sys.stdin)['key_in_force'][:16])")
+"$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" report --format html \
+    --out "$FED_DIR/report.html" || fed_fail "report --format html"
+grep -o '<p id="verify">.*</p>' "$FED_DIR/report.html" | grep -q "1 rotation followed.*heads now signed by sha256 $fp" ||
+    fed_fail "the HTML report's verification line does not name the rotation and the key in force ($fp...)"
+# rotating back to the retired first key is refused and writes nothing
+n_audit=$(fed_sql "SELECT count(*) FROM audit")
+"$BIN/fedge-admin" --db "$FED_DIR/fedge.db" signing-key rotate --key "$FED_DIR/new/aggregator.key" \
+    --new-key "$FED_DIR/aggregator.pub" >"$FED_DIR/back.out" 2>&1 && fed_fail "a rotation back to the first key went ahead"
+grep -q "already signed this log" "$FED_DIR/back.out" || fed_fail "rotation back: $(cat "$FED_DIR/back.out")"
+[ "$(fed_sql "SELECT count(*) FROM audit")" = "$n_audit" ] || fed_fail "a refused rotation wrote to the log"
 echo ok

@@ -796,6 +796,38 @@ static void test_rotation_new_key_signed_before(void **state)
     mbedtls_pk_free(&neu);
 }
 
+static void test_rotation_back_to_retired_key(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    mbedtls_pk_context neu;
+    char new_pub[200], err[512] = "";
+    new_key(fx, "new", &neu, new_pub, sizeof new_pub);
+    assert_int_equal(fedge_audit_rotate_key(fx->db, &fx->key, &neu, &fx->drbg, NULL, err, sizeof err), FEDGE_OK);
+    signed_round(fx, &neu);
+    int64_t rows = scalar(fx->db, "SELECT count(*) FROM audit");
+    /* A -> B -> A: refused, nothing written */
+    assert_int_equal(fedge_audit_rotate_key(fx->db, &neu, &fx->key, &fx->drbg, NULL, err, sizeof err),
+                     FEDGE_ERR_SIGNING_KEY);
+    assert_contains(err, "already signed this log");
+    assert_int_equal(scalar(fx->db, "SELECT count(*) FROM audit"), rows);
+    assert_int_equal(verify(fx, &rep), FEDGE_OK);
+    /* such a log written behind the check (the first rotation hidden while
+     * the second is written) is reported clearly, not as the wrong key given */
+    assert_int_equal(sql(fx->db, "UPDATE events SET kind = 'hidden' WHERE kind = '" FEDGE_AUDIT_ROTATION_EVENT "'"),
+                     FEDGE_OK);
+    assert_int_equal(fedge_audit_rotate_key(fx->db, &neu, &fx->key, &fx->drbg, NULL, err, sizeof err), FEDGE_OK);
+    assert_int_equal(sql(fx->db, "UPDATE events SET kind = '" FEDGE_AUDIT_ROTATION_EVENT "' WHERE kind = 'hidden'"),
+                     FEDGE_OK);
+    signed_round(fx, &fx->key);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_SIGNATURE);
+    any_failure_contains(&rep, "brings back key sha256");
+    any_failure_contains(&rep, "which already signed this log (the trust anchor)");
+    for (size_t i = 0; i < rep.n_failures && i < FEDGE_AUDIT_MAX_FAILURES; i++)
+        assert_null(strstr(rep.failures[i].message, "give the first key"));
+    mbedtls_pk_free(&neu);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--make-fixture") == 0) {
@@ -834,6 +866,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_rotation_forged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation_deleted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation_new_key_signed_before, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_back_to_retired_key, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -211,6 +211,59 @@ static void test_atomic_refuses_non_regular(void **state)
     assert_int_equal(slurp(target, buf, sizeof buf), 3);
 }
 
+/* fedge_open_regular: a FIFO (no writer: a blocking open would hang here), a
+ * directory, and with FEDGE_FILE_NOFOLLOW a link, are refused at once; a
+ * regular file opens blocking and close-on-exec. */
+static void test_open_regular(void **state)
+{
+    fixture *f = *state;
+    char path[128], fifo[128], link[128], dir[128];
+    int fd = 7;
+    struct stat st;
+    FILE *fp = NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/file", f->dir);
+    snprintf(fifo, sizeof fifo, "%s/fifo", f->dir);
+    snprintf(link, sizeof link, "%s/link", f->dir);
+    snprintf(dir, sizeof dir, "%s/dir", f->dir);
+    assert_int_equal(fedge_write_file_atomic(path, "hello", 5, 0600, 0), FEDGE_OK);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    assert_int_equal(symlink("file", link), 0);
+    assert_int_equal(mkdir(dir, 0700), 0);
+
+    assert_int_equal(fedge_open_regular(fifo, 0, &fd, NULL), FEDGE_ERR_NOT_REGULAR);
+    assert_int_equal(fd, -1);
+    assert_int_equal(fedge_fopen_regular(fifo, 0, &fp, NULL), FEDGE_ERR_NOT_REGULAR);
+    assert_null(fp);
+    assert_int_equal(fedge_read_regular(fifo, 0, 100, &buf, &len), FEDGE_ERR_NOT_REGULAR);
+    assert_null(buf);
+    assert_int_equal(fedge_open_regular(dir, 0, &fd, NULL), FEDGE_ERR_NOT_REGULAR);
+    assert_int_equal(fedge_open_regular(link, FEDGE_FILE_NOFOLLOW, &fd, NULL), FEDGE_ERR_NOT_REGULAR);
+    errno = 0;
+    assert_int_equal(fedge_open_regular("/nonexistent/x", 0, &fd, NULL), FEDGE_ERR_IO);
+    assert_int_equal(errno, ENOENT);
+    assert_int_equal(fedge_open_regular(path, 7, &fd, NULL), FEDGE_ERR_INVALID_ARG);
+
+    assert_int_equal(fedge_open_regular(link, 0, &fd, &st), FEDGE_OK); /* followed without the flag */
+    assert_int_equal(st.st_size, 5);
+    assert_int_equal(fcntl(fd, F_GETFL) & O_NONBLOCK, 0);
+    assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+    close(fd);
+    assert_int_equal(fedge_fopen_regular(path, FEDGE_FILE_NOFOLLOW, &fp, NULL), FEDGE_OK);
+    char line[16];
+    assert_non_null(fgets(line, sizeof line, fp));
+    assert_string_equal(line, "hello");
+    fclose(fp);
+    assert_int_equal(fedge_read_regular(path, 0, 4, &buf, &len), FEDGE_ERR_RANGE);
+    assert_null(buf);
+    assert_int_equal(fedge_read_regular(path, 0, 5, &buf, &len), FEDGE_OK);
+    assert_int_equal(len, 5);
+    assert_string_equal(buf, "hello");
+    free(buf);
+    rmdir(dir);
+}
+
 static void test_atomic_streaming(void **state)
 {
     fixture *f = *state;
@@ -293,6 +346,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_atomic_streaming, setup, teardown),
         cmocka_unit_test_setup_teardown(test_atomic_refuses_non_regular, setup, teardown),
         cmocka_unit_test_setup_teardown(test_inplace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_regular, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dirs_and_reads, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -17,6 +17,11 @@
 #include "keys.h"
 
 static const char SECRET[] = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+/* every device has its own secret (the loader refuses a shared one) */
+static const char S_B[] = "1111111111111111111111111111111111111111111111111111111111111111";
+static const char S_C[] = "2222222222222222222222222222222222222222222222222222222222222222";
+static const char S_D[] = "3333333333333333333333333333333333333333333333333333333333333333";
+static const char S_A2[] = "ff44444444444444444444444444444444444444444444444444444444444444";
 
 static char g_dir[64];
 
@@ -60,12 +65,48 @@ static void test_duplicate_id_names_both_lines(void **state)
     assert_null(k.by_id);
 }
 
+/* ids differing only in case, or two devices with one secret, are refused
+ * by the loader and by fedge_keys_file_add (fedge-admin device add) */
+static void test_lookalike_ids_and_shared_secrets(void **state)
+{
+    (void)state;
+    char text[1024], path[128], err[256] = "";
+    fedge_keys k;
+    snprintf(text, sizeof text, "dev-a eu %s\nDEV-A eu %s\n", SECRET, S_B);
+    write_keys("case", text, path, sizeof path);
+    assert_int_equal(fedge_keys_load(path, &k, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_non_null(strstr(err, ":2: device DEV-A differs only in case from dev-a (line 1)"));
+    snprintf(text, sizeof text, "dev-a eu %s\ndev-b eu %s\ndev-c eu %s\n", SECRET, S_B, SECRET);
+    write_keys("shared", text, path, sizeof path);
+    assert_int_equal(fedge_keys_load(path, &k, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
+    assert_non_null(strstr(err, ":3: device dev-c has the same secret as dev-a (line 1)"));
+    assert_null(k.devices);
+
+    snprintf(text, sizeof text, "dev-a eu %s\n", SECRET);
+    write_keys("add", text, path, sizeof path);
+    fedge_device_entry e;
+    memset(&e, 0, sizeof e);
+    snprintf(e.id, sizeof e.id, "Dev-A");
+    snprintf(e.region, sizeof e.region, "eu");
+    memset(e.secret, 0x77, sizeof e.secret);
+    assert_int_equal(fedge_keys_file_add(path, &e, err, sizeof err), FEDGE_ERR_DUPLICATE);
+    assert_non_null(strstr(err, "already lists device dev-a, which differs from Dev-A only in case"));
+    snprintf(e.id, sizeof e.id, "dev-b");
+    memset(e.secret, 0, sizeof e.secret);
+    for (int i = 0; i < FEDGE_SECRET_LEN; i++)
+        e.secret[i] = (uint8_t)(i % 16 * 0x11 & 0xff);
+    assert_int_equal(fedge_keys_file_add(path, &e, err, sizeof err), FEDGE_ERR_DUPLICATE);
+    assert_non_null(strstr(err, "device dev-a already has this secret"));
+    assert_int_equal(fedge_keys_load(path, &k, err, sizeof err), FEDGE_OK);
+    assert_int_equal(k.n, 1); /* unchanged */
+    fedge_keys_free(&k);
+}
+
 static void test_find_keeps_file_order(void **state)
 {
     (void)state;
     char text[1024], path[128], err[256] = "";
-    snprintf(text, sizeof text, "dev-b eu %s\ndev-a us %s\ndev-c eu %s\n", SECRET, SECRET,
-             SECRET);
+    snprintf(text, sizeof text, "dev-b eu %s\ndev-a us %s\ndev-c eu %s\n", S_B, SECRET, S_C);
     write_keys("ok", text, path, sizeof path);
     fedge_keys k;
     assert_int_equal(fedge_keys_load(path, &k, err, sizeof err), FEDGE_OK);
@@ -110,7 +151,8 @@ static void test_max_devices_load_fast(void **state)
     FILE *f = fopen(path, "w");
     assert_non_null(f);
     for (int i = 1; i <= FEDGE_KEYS_MAX_DEVICES; i++)
-        fprintf(f, "dev-%06d eu %s\n", (i * 7919) % FEDGE_KEYS_MAX_DEVICES + 1, SECRET);
+        fprintf(f, "dev-%06d eu 00112233445566778899aabbccddeeff0011223344556677%016x\n",
+                (i * 7919) % FEDGE_KEYS_MAX_DEVICES + 1, (unsigned)i);
     fclose(f);
     chmod(path, 0600);
     fedge_keys k;
@@ -158,9 +200,9 @@ static void test_merge_keeps_indices(void **state)
     char text[1024];
     fedge_keys cur, fresh, out, again, back;
     fedge_keys_diff d;
-    snprintf(text, sizeof text, "dev-b eu %s\ndev-a us %s\ndev-c eu %s\n", SECRET, SECRET, SECRET);
+    snprintf(text, sizeof text, "dev-b eu %s\ndev-a us %s\ndev-c eu %s\n", S_B, SECRET, S_C);
     load_text("m1", text, &cur);
-    snprintf(text, sizeof text, "dev-d us %s\ndev-c eu %s\ndev-b eu %s\n", SECRET, SECRET2, SECRET);
+    snprintf(text, sizeof text, "dev-d us %s\ndev-c eu %s\ndev-b eu %s\n", S_D, SECRET2, S_B);
     load_text("m2", text, &fresh);
     assert_int_equal(fedge_keys_merge(&cur, &fresh, &out, &d), FEDGE_OK);
     assert_int_equal(out.n, 4);
@@ -180,8 +222,8 @@ static void test_merge_keeps_indices(void **state)
     assert_false(cur.devices[1].removed); /* the inputs are untouched */
 
     /* dev-a comes back into its old slot */
-    snprintf(text, sizeof text, "dev-a us %s\ndev-b eu %s\ndev-c eu %s\ndev-d us %s\n", SECRET2, SECRET, SECRET2,
-             SECRET);
+    snprintf(text, sizeof text, "dev-a us %s\ndev-b eu %s\ndev-c eu %s\ndev-d us %s\n", S_A2, S_B, SECRET2,
+             S_D);
     load_text("m3", text, &again);
     assert_int_equal(fedge_keys_merge(&out, &again, &back, &d), FEDGE_OK);
     assert_int_equal(back.n, 4);
@@ -200,7 +242,7 @@ static void test_file_add_remove(void **state)
 {
     (void)state;
     char text[1024], path[128], err[256] = "", region[FEDGE_REGION_MAX + 1] = "";
-    snprintf(text, sizeof text, "# site keys\ndev-b eu %s\n\n  dev-a us %s\n", SECRET, SECRET);
+    snprintf(text, sizeof text, "# site keys\ndev-b eu %s\n\n  dev-a us %s\n", S_B, SECRET);
     write_keys("edit", text, path, sizeof path);
     fedge_device_entry e;
     memset(&e, 0, sizeof e);
@@ -280,7 +322,7 @@ static void test_bundle(void **state)
     assert_int_equal(fedge_keys_bundle_write(path, &e, "host name"), FEDGE_ERR_INVALID_ARG);
 
     char two[128], text[512];
-    snprintf(text, sizeof text, "dev-a eu %s\ndev-b eu %s\n", SECRET, SECRET);
+    snprintf(text, sizeof text, "dev-a eu %s\ndev-b eu %s\n", SECRET, S_B);
     write_keys("two", text, two, sizeof two);
     assert_int_equal(fedge_keys_bundle_read(two, &k, server, err, sizeof err), FEDGE_ERR_CONFIG_VALUE);
     assert_non_null(strstr(err, "a bundle holds one device"));
@@ -296,6 +338,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_duplicate_id_names_both_lines),
         cmocka_unit_test(test_find_keeps_file_order),
+        cmocka_unit_test(test_lookalike_ids_and_shared_secrets),
         cmocka_unit_test(test_max_devices_load_fast),
         cmocka_unit_test(test_merge_keeps_indices),
         cmocka_unit_test(test_file_add_remove),

@@ -219,7 +219,11 @@ static int rotate_signing_key(sqlite3 *db, const char *db_path, const char *old_
                            fedge_strerror(ret));
         goto out;
     }
-    if (fedge_audit_load_public_key(new_path, &neu) != FEDGE_OK &&
+    if ((ret = fedge_audit_load_public_key(new_path, &neu)) == FEDGE_ERR_NOT_REGULAR) {
+        fedge_text_eprintf("fedge-admin", "--new-key %s: not a regular file (a FIFO, device or directory)", new_path);
+        goto out;
+    }
+    if (ret != FEDGE_OK &&
         (mbedtls_pk_free(&neu), mbedtls_pk_init(&neu), fedge_audit_load_private_key(new_path, &neu)) != FEDGE_OK) {
         fedge_text_eprintf("fedge-admin", "--new-key %s: not an EC P-256 public (or 0600 private) key PEM",
                            new_path);

@@ -1695,7 +1695,7 @@ static void report_csv(const report *r)
  * complete: a failed run leaves no partial report. */
 static int report_html(sqlite3 *db, const report *r, const cli_opts *o, const char *latest)
 {
-    char head[400], verify[400], tmp[4200], cycle[600];
+    char head[400], verify[600], tmp[4200], cycle[600];
     privacy_headline(&r->priv, head, sizeof head);
     html_inputs in = {.db_path = o->db_path, .summary = &r->summary, .privacy_headline = head,
                       .latest = latest, .refused = &r->decisions};
@@ -1712,6 +1712,12 @@ static int report_html(sqlite3 *db, const report *r, const cli_opts *o, const ch
                  v->n_entries, v->n_heads, v->last_head_seq, v->last_head_round, v->unsigned_tail,
                  v->n_rows, v->n_files, v->n_failures + (size_t)r->has_cycle,
                  v->n_failures + (size_t)r->has_cycle == 1 ? "" : "s");
+        size_t n = strlen(verify);
+        if (v->n_rotations)
+            snprintf(verify + n, sizeof verify - n,
+                     "; signing keys: %zu rotation%s followed from the key given (sha256 %.16s...), heads now "
+                     "signed by sha256 %.16s...",
+                     v->n_rotations, v->n_rotations == 1 ? "" : "s", v->key_anchor, v->key_in_force);
         in.verify_line = verify;
         in.verify_failed = !v->ok || r->has_cycle;
     }

@@ -13,6 +13,7 @@
 
 #include "cli.h"
 #include "common.h"
+#include "fileio.h"
 #include "crypto.h"
 #include "log.h"
 #include "store.h"
@@ -86,8 +87,8 @@ static void explain_open_failure(const char *path, int rc)
     }
     if (rc == FEDGE_ERR_AUDIT_NOT_FEDGE_DB || rc == FEDGE_ERR_SQL) {
         char magic[16] = {0};
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        ssize_t n = fd >= 0 ? read(fd, magic, sizeof magic) : -1;
+        int fd = -1;
+        ssize_t n = fedge_open_regular(path, 0, &fd, NULL) == FEDGE_OK ? read(fd, magic, sizeof magic) : -1;
         if (fd >= 0)
             close(fd);
         if (n == 0)

@@ -531,7 +531,8 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
     out_table_init(&r.changes, FEDGE_ARRAY_LEN(ccols), ccols);
     out_table_init(&r.rounds, FEDGE_ARRAY_LEN(rcols), rcols);
     if (fedge_policy_load(o->policy, &p, err, sizeof err) != FEDGE_OK) {
-        cli_error("%s", err[0] ? err : "cannot load the policy");
+        /* escaped by the loader already (policy.h) */
+        fprintf(stderr, "fedge-audit: %s\n", err[0] ? err : "cannot load the policy");
         goto done;
     }
     r.db = db;

@@ -16,7 +16,6 @@
 #include "common.h"
 #include "log.h"
 #include "policy.h"
-#include "text.h"
 #include "version.h"
 
 static const char USAGE[] =
@@ -49,7 +48,8 @@ int main(int argc, char **argv)
     const char *path = argv[2];
     int ret = fedge_policy_load(path, &p, err, sizeof err);
     if (ret != FEDGE_OK) {
-        fedge_text_eprintf("fedge-policy", "%s", err[0] ? err : fedge_strerror(ret));
+        /* the loader's message is escaped already (policy.h): escaping it again would double every \ */
+        fprintf(stderr, "fedge-policy: %s\n", err[0] ? err : fedge_strerror(ret));
         return 1;
     }
     char summary[1024] = "";
