@@ -110,6 +110,7 @@ enum {
     OPT_MAX_ROUNDS,
     OPT_PRINT_MEMORY,
     OPT_MAX_MEMORY,
+    OPT_ACT_BUDGET,
     OPT_HELP,
     OPT_VERSION,
     OPT_NO_OBSERVE,
@@ -141,6 +142,7 @@ static const struct {
     {"max-rounds", OPT_MAX_ROUNDS, 1},
     {"print-memory", OPT_PRINT_MEMORY, 0},
     {"max-memory-mb", OPT_MAX_MEMORY, 1},
+    {"act-budget-kb", OPT_ACT_BUDGET, 1},
     {"help", OPT_HELP, 0},
     {"version", OPT_VERSION, 0},
     {"no-observe", OPT_NO_OBSERVE, 0},
@@ -271,6 +273,11 @@ int fedge_edge_args_parse(int argc, char *const argv[], fedge_edge_config *cfg, 
                 return usage_err(err, errlen, "--max-memory-mb '%s': expected 1..1048576", val);
             cfg->max_memory_mb = (uint32_t)u;
             break;
+        case OPT_ACT_BUDGET:
+            if (parse_u64(val, 1, 1u << 20, &u))
+                return usage_err(err, errlen, "--act-budget-kb '%s': expected 1..1048576", val);
+            cfg->act_budget_kb = (uint32_t)u;
+            break;
         case OPT_HELP: cfg->help = 1; break;
         case OPT_VERSION: cfg->version = 1; break;
         case OPT_NO_OBSERVE: cfg->no_observe = 1; break;
@@ -353,6 +360,9 @@ void fedge_edge_usage(FILE *f, const char *prog)
             "  --print-memory         log the planned buffer sizes when they are allocated\n"
             "  --max-memory-mb N      skip a round whose model needs more than N MiB of\n"
             "                         buffers at its batch size (default 256)\n"
+            "  --act-budget-kb N      activations of one training pass: a minibatch that\n"
+            "                         needs more runs as micro-batches (more RAM: faster;\n"
+            "                         default: the build's, see docs/EDGE.md)\n"
             "  --help                 this text\n"
             "  --version              print the version and exit\n"
             "\n"

@@ -38,6 +38,7 @@ typedef struct {
     uint32_t max_rounds;                /* 0: no limit */
     int print_memory;
     uint32_t max_memory_mb;             /* ceiling on the planned buffers of a round, MiB */
+    uint32_t act_budget_kb;             /* --act-budget-kb: activations per pass (0: the build's) */
     int help;
     int version;                        /* --version: print it and exit */
     int no_observe;                     /* poll /round; no CoAP Observe */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "args.h"
+#include "trainer.h"
 #include "blas.h"
 #include "client.h"
 #include "common.h"
@@ -55,6 +56,7 @@ int main(int argc, char **argv)
         fedge_text_eprintf(prog, "%s", err);
         return 2;
     }
+    fedge_edge_set_act_budget((size_t)cfg.act_budget_kb * 1024u);
     char tag[32];
     snprintf(tag, sizeof tag, "edge %s", cfg.id);
     fedge_log_set_tag(tag);

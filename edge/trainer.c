@@ -81,14 +81,24 @@ size_t fedge_edge_base_heap(void)
 #endif
 }
 
+static size_t g_act_budget; /* 0: the build's default */
+
+void fedge_edge_set_act_budget(size_t bytes)
+{
+    g_act_budget = bytes;
+}
+
 int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
 {
     size_t whole = fedge_model_scratch_floats(spec, batch);
     if (whole == 0)
         return 0;
-    size_t budget = FEDGE_EDGE_ACT_GROWS ? fedge_model_spec_param_count(spec) * sizeof(float) : 0;
-    if (budget < FEDGE_EDGE_ACT_BUDGET)
-        budget = FEDGE_EDGE_ACT_BUDGET;
+    size_t budget = g_act_budget;
+    if (budget == 0) {
+        budget = FEDGE_EDGE_ACT_GROWS ? fedge_model_spec_param_count(spec) * sizeof(float) : 0;
+        if (budget < FEDGE_EDGE_ACT_BUDGET)
+            budget = FEDGE_EDGE_ACT_BUDGET;
+    }
     if (whole * sizeof(float) <= budget)
         return batch;
     int lo = 1, hi = batch - 1, fits = 1; /* the scratch grows with the rows: bisect */

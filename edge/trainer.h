@@ -123,6 +123,12 @@ fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int sc
  * of the sums (rounding), and a dropout layer draws its masks per micro-
  * batch. A momentum-0 round then holds the velocity too. */
 int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch);
+/* The activation budget of a pass in bytes, for the whole process (set before
+ * any round, like sqlite3_config): 0 restores the build's default above. A
+ * device with RAM to spare trades it for speed — a wide dense layer run a
+ * row at a time reads all its weights once per row (fedge-edge
+ * --act-budget-kb). */
+void fedge_edge_set_act_budget(size_t bytes);
 /* The exact size of the sealed update for spec and encoding, as the client
  * seals it (with the training metrics block, update.h; 0 if invalid). */
 size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc);

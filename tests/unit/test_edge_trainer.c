@@ -197,6 +197,16 @@ static void test_cnn_round(void **state)
     spec_of("mlp:784-200-10", &mlp);
     if (FEDGE_EDGE_ACT_GROWS)
         assert_int_equal(fedge_edge_micro_batch(&mlp, 32), 32); /* fits: one pass, the same bits */
+    /* --act-budget-kb: the process's budget replaces the build's, both ways */
+    fedge_edge_set_act_budget(4 * fedge_model_scratch_floats(&mlp, 32));
+    assert_int_equal(fedge_edge_micro_batch(&mlp, 32), 32);
+    fedge_edge_set_act_budget(4 * fedge_model_scratch_floats(&mlp, 32) - 1);
+    assert_int_equal(fedge_edge_micro_batch(&mlp, 32), 31);
+    fedge_edge_set_act_budget(1);
+    assert_int_equal(fedge_edge_micro_batch(&mlp, 32), 1);
+    fedge_edge_set_act_budget(0);
+    if (FEDGE_EDGE_ACT_GROWS)
+        assert_int_equal(fedge_edge_micro_batch(&mlp, 32), 32);
     assert_int_equal(plan.batch, 16 * (784 + 1));
     assert_int_equal(plan.local, 4 * spec.n_params);
 
