@@ -76,6 +76,7 @@ struct fedge_server {
         double accepted_at;      /* monotonic */
         int closing;             /* closed by us; libcoap frees it later */
         int up;                  /* TLS handshake and CSM done: authenticated */
+        int refused;             /* its CSM's Max-Message-Size is too small: Abort sent */
     } *tcp;
     size_t n_tcp, cap_tcp, tcp_max, tcp_preauth_max;
     double tcp_handshake_s;
@@ -1055,7 +1056,7 @@ static void tcp_track(fedge_server *s, coap_session_t *session, int added)
             s->tcp = t;
             s->cap_tcp = cap;
         }
-        s->tcp[s->n_tcp++] = (struct tcp_conn){session, mono_now(), 0, 0};
+        s->tcp[s->n_tcp++] = (struct tcp_conn){session, mono_now(), 0, 0, 0};
         s->tcp_accepted++;
         return;
     }
@@ -1148,7 +1149,10 @@ static void tcp_sweep(fedge_server *s)
         struct tcp_conn *c = &s->tcp[i];
         if (c->closing)
             continue;
-        if (c->up) {
+        if (c->refused) {
+            s->tcp_refused++;
+            tcp_close(s, c);
+        } else if (c->up) {
             n_up++;
         } else if (now - c->accepted_at >= s->tcp_handshake_s) {
             FEDGE_INFO("TCP connection from %s closed: no TLS handshake and CSM within %.1f s",
@@ -1197,6 +1201,29 @@ static void tcp_sweep(fedge_server *s)
     }
 }
 
+/* A peer whose CSM announced a Max-Message-Size below TCP_MIN_MESSAGE
+ * (a /round answer must fit in one message): an Abort (7.05, RFC 8323
+ * 5.6) saying so; tcp_sweep closes the connection. */
+#define TCP_MIN_MESSAGE 512u
+static void tcp_refuse_small(fedge_server *s, coap_session_t *session)
+{
+    static const char why[] = "Max-Message-Size below 512 bytes, the least fedge needs";
+    FEDGE_INFO("TCP connection from %s closed: its CSM's Max-Message-Size allows %zu-byte messages, "
+               "fewer than the %u bytes fedge needs", coap_session_str(session),
+               coap_session_max_pdu_size(session), TCP_MIN_MESSAGE);
+    coap_pdu_t *pdu = coap_pdu_init(COAP_MESSAGE_CON, COAP_SIGNALING_CODE_ABORT, 0,
+                                    coap_session_max_pdu_size(session));
+    if (pdu && !coap_add_data(pdu, sizeof why - 1, (const uint8_t *)why)) {
+        coap_delete_pdu(pdu);
+        pdu = NULL;
+    }
+    if (pdu)
+        (void)coap_send(session, pdu); /* best effort: the connection is closed either way */
+    for (size_t i = 0; i < s->n_tcp; i++)
+        if (s->tcp[i].session == session)
+            s->tcp[i].refused = 1;
+}
+
 /* A closed or deleted session's partial upload is freed at once. */
 static int on_session_event(coap_session_t *session, const coap_event_t event)
 {
@@ -1213,8 +1240,11 @@ static int on_session_event(coap_session_t *session, const coap_event_t event)
      * blocks of 1024 bytes. A peer whose CSM announced a smaller
      * Max-Message-Size keeps it (libcoap set the session's MTU from it and
      * picks smaller Block2 blocks to fit). */
-    if (event == COAP_EVENT_SESSION_CONNECTED && coap_session_get_proto(session) == COAP_PROTO_TLS &&
-        coap_session_max_pdu_size(session) > TLS_SERVER_MTU - 4)
+    if (event == COAP_EVENT_SESSION_CONNECTED && is_tcp(session) && g_server &&
+        coap_session_max_pdu_size(session) < TCP_MIN_MESSAGE - 4)
+        tcp_refuse_small(g_server, session);
+    else if (event == COAP_EVENT_SESSION_CONNECTED && coap_session_get_proto(session) == COAP_PROTO_TLS &&
+             coap_session_max_pdu_size(session) > TLS_SERVER_MTU - 4)
         coap_session_set_mtu(session, TLS_SERVER_MTU);
     if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server)
         answer_drop(session);

@@ -10,7 +10,8 @@
 #    an authenticated peer whose message header announces 1 MB (over the
 #    CSM Max-Message-Size): closed at once; one whose CSM announces a
 #    Max-Message-Size of 512: its GET /model answered in 512-byte blocks
-#    (the peer's limit honoured); one that sends half of a
+#    (the peer's limit honoured), one announcing 64 (too few for fedge's
+#    answers): an Abort saying so, connection closed; one that sends half of a
 #    message and stops: the daemon keeps serving everyone else meanwhile;
 #    nothing is stored;
 #  - Debian's coap-client over coaps+tcp with the device PSK: GET /status,
@@ -125,7 +126,7 @@ kill "$half_pid" 2>/dev/null
 
 # a peer whose CSM says Max-Message-Size 512: GET /model's first Block2
 # message fits in it (512-byte blocks, not fedge's 1024)
-(printf '\x30\xe1\x22\x02\x00'; sleep 0.3; printf '\x60\x01\xb5model'; exec sleep 1) 2>/dev/null |
+(printf '\x30\xe1\x22\x02\x00'; sleep 0.3; printf '\x60\x01\xb5model'; exec sleep 0.6) 2>/dev/null |
     timeout 5 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-001 -psk "$hex" \
         -tls1_2 -quiet 2>/dev/null >"$FED_DIR/mms.out"
 python3 - "$FED_DIR/mms.out" <<'EOF' || fed_fail "a peer's Max-Message-Size 512 not honoured"
@@ -154,6 +155,15 @@ while i < len(b):
         j += l
 sys.exit("no 2.05 with Block2 in the answer")
 EOF
+# one whose CSM says 64 bytes, too few for a /round answer: an Abort (7.05)
+# saying why, and the connection closed
+(printf '\x20\xe1\x21\x40'; sleep 0.3; printf '\x60\x01\xb5round'; exec sleep 3) 2>/dev/null |
+    timeout 5 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-001 -psk "$hex" \
+        -tls1_2 -quiet 2>/dev/null >"$FED_DIR/mms64.out"
+[ $? -eq 124 ] && fed_fail "the connection of a peer with Max-Message-Size 64 was kept open"
+grep -aq "Max-Message-Size below 512 bytes" "$FED_DIR/mms64.out" &&
+    od -An -tx1 "$FED_DIR/mms64.out" | tr -d '\n' | grep -q " e5 ff 4d 61 78" ||
+    fed_fail "no Abort for Max-Message-Size 64: $(od -An -tx1 "$FED_DIR/mms64.out" | head -3)"
 
 # one device, 5 authenticated connections (TLS, then a CSM): the oldest goes
 refused=$(tcp_stat refused)
@@ -164,7 +174,7 @@ for ((i = 0; i < 5; i++)); do
         timeout 10 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-002 -psk "$hex2" \
             -tls1_2 -quiet >/dev/null 2>&1 &
     five+=("$!")
-    sleep 0.3
+    sleep 0.2
 done
 kill -0 "${five[0]}" 2>/dev/null && fed_fail "a device's 5th authenticated connection should close its oldest"
 for p in "${five[@]:1}"; do kill -0 "$p" 2>/dev/null || fed_fail "a device's 4 newest connections should be kept"; done
