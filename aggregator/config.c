@@ -130,8 +130,9 @@ static const field FIELDS[] = {
     STRC(metrics_listen, check_upstream, "", "TCP HOST:PORT (numeric; e.g. 127.0.0.1:9464) serving Prometheus metrics at /metrics and a health check at /healthz over HTTP (empty: off)"),
     STRC(listen_tcp, check_listen_tcp, "", "TCP address:port to also serve CoAP over TLS-PSK on (RFC 8323, coaps+tcp; the DTLS keys; BERT blocks), numeric host (empty: no TCP)"),
     DBL(tcp_handshake_timeout_s, 0.1, 3600, "10", "a TCP connection whose TLS handshake and CSM exchange are not done this long after it was accepted is closed"),
-    LNG(tcp_max_connections, 0, 1e6, "0", "TCP connections held at once; more are closed as they are accepted (0: devices in the keys file + 16)"),
+    LNG(tcp_max_connections, 0, 1e6, "0", "authenticated TCP connections (TLS handshake and CSM done) held at once; past it the oldest of the device holding the most is closed, a device holds 4 at most (0: devices in the keys file + 16)"),
     LNG(db_page_size, 0, 65536, "0", "SQLite page size of a new log, a power of two 512..65536 (0: SQLite's 4096); 65536 holds an int8 delta in few pages: faster group commits, but more WAL bytes per small commit and a larger small log (docs/BENCHMARKS.md); an existing log keeps its own"),
+    LNG(tcp_max_preauth, 1, 1e5, "32", "TCP connections not yet through their TLS handshake and CSM held at once (anyone can open them): past it the OLDEST such one is closed; they never displace authenticated ones, capped by tcp_max_connections"),
 };
 
 _Static_assert(FEDGE_ARRAY_LEN(FIELDS) <= FEDGE_AGG_CONFIG_MAX_KEYS, "raise FEDGE_AGG_CONFIG_MAX_KEYS");

@@ -111,6 +111,7 @@ typedef struct {
     double tcp_handshake_timeout_s;     /* accepted to CSM done, at most */
     long tcp_max_connections;           /* 0: devices + 16 */
     long db_page_size;                  /* a new log's SQLite page size (0: SQLite's) */
+    long tcp_max_preauth;               /* TCP connections before TLS + CSM, held at once */
 } fedge_agg_config;
 
 void fedge_agg_config_defaults(fedge_agg_config *c);

@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include <coap3/coap.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/version.h>
 #ifndef COAP_BERT_BLOCK1_PER_BLOCK
 #error "libcoap without tools/deps/libcoap-4.3.1-bert-block1-per-block.patch (BERT uploads would bypass upload.c's limits): run make deps"
 #endif
@@ -73,10 +75,14 @@ struct fedge_server {
         coap_session_t *session;
         double accepted_at;      /* monotonic */
         int closing;             /* closed by us; libcoap frees it later */
+        int up;                  /* TLS handshake and CSM done: authenticated */
+        int refused;             /* its CSM's Max-Message-Size is too small: Abort sent */
     } *tcp;
-    size_t n_tcp, cap_tcp, tcp_max;
+    size_t n_tcp, cap_tcp, tcp_max, tcp_preauth_max;
     double tcp_handshake_s;
-    uint64_t tcp_accepted, tcp_refused, tcp_timed_out;
+    uint64_t tcp_accepted, tcp_refused, tcp_timed_out, tcp_evicted;
+    double tcp_evict_logged_at; /* monotonic; eviction is logged once a second at most */
+    uint64_t tcp_evict_logged;
 };
 
 static fedge_server *g_server; /* libcoap 4.3.1 has no context user data */
@@ -447,9 +453,10 @@ static int status_json(const fedge_server *s, char *body, size_t cap)
     if (s->tcp_max) {
         n = strlen(body);
         m = snprintf(body + n - 1, cap - (n - 1),
-                     ",\"tcp\":{\"connections\":%zu,\"accepted\":%llu,\"refused\":%llu,\"timed_out\":%llu}}",
+                     ",\"tcp\":{\"connections\":%zu,\"accepted\":%llu,\"refused\":%llu,\"timed_out\":%llu,"
+                     "\"preauth_evicted\":%llu}}",
                      s->n_tcp, (unsigned long long)s->tcp_accepted, (unsigned long long)s->tcp_refused,
-                     (unsigned long long)s->tcp_timed_out);
+                     (unsigned long long)s->tcp_timed_out, (unsigned long long)s->tcp_evicted);
         if (m < 0 || (size_t)m >= cap - (n - 1))
             return FEDGE_ERR_BUFFER_TOO_SMALL;
     }
@@ -1049,7 +1056,7 @@ static void tcp_track(fedge_server *s, coap_session_t *session, int added)
             s->tcp = t;
             s->cap_tcp = cap;
         }
-        s->tcp[s->n_tcp++] = (struct tcp_conn){session, mono_now(), 0};
+        s->tcp[s->n_tcp++] = (struct tcp_conn){session, mono_now(), 0, 0, 0};
         s->tcp_accepted++;
         return;
     }
@@ -1061,33 +1068,160 @@ static void tcp_track(fedge_server *s, coap_session_t *session, int added)
         }
 }
 
-/* Closes TCP connections past tcp_max_connections (the newest) and those
- * not through their TLS handshake and CSM within tcp_handshake_timeout_s;
+static void tcp_close(fedge_server *s, struct tcp_conn *c)
+{
+    c->closing = 1;
+    coap_session_disconnected(c->session, COAP_NACK_NOT_DELIVERABLE);
+    (void)s;
+}
+
+/* Whether the peer of a connection in handshake has sent a ClientHello
+ * that mbedTLS parsed (libcoap's TLS session is an mbedtls_ssl_context;
+ * mbedTLS 2's handshake state is public). A peer without a key can get
+ * this far, but a peer that sends nothing cannot. */
+static int tcp_hello_seen(coap_session_t *session)
+{
+#if MBEDTLS_VERSION_MAJOR == 2
+    coap_tls_library_t lib;
+    const mbedtls_ssl_context *ssl = coap_session_get_tls(session, &lib);
+    return ssl && lib == COAP_TLS_LIBRARY_MBEDTLS && ssl->state > MBEDTLS_SSL_CLIENT_HELLO;
+#else
+    (void)session;
+    return 0;
+#endif
+}
+
+/* Established connections with the PSK identity of s->tcp[i] (plain TCP,
+ * insecure: no identity, each connection its own). */
+static size_t tcp_same_peer(const fedge_server *s, size_t i, size_t *oldest)
+{
+    const coap_bin_const_t *me = coap_session_get_psk_identity(s->tcp[i].session);
+    size_t n = 0;
+    *oldest = i;
+    if (!me)
+        return 1;
+    for (size_t k = 0; k < s->n_tcp; k++) {
+        const struct tcp_conn *c = &s->tcp[k];
+        if (c->closing || !c->up)
+            continue;
+        const coap_bin_const_t *id = coap_session_get_psk_identity(c->session);
+        if (id && id->length == me->length && memcmp(id->s, me->s, me->length) == 0) {
+            if (n++ == 0)
+                *oldest = k;
+        }
+    }
+    return n;
+}
+
+/* Two budgets (docs/PROTOCOL.md "Transports"):
+ *  - connections before their TLS handshake and CSM (anyone can open
+ *    them): at most tcp_max_preauth; beyond it the oldest that has sent no
+ *    ClientHello goes first, then the oldest, so a peer without a key that
+ *    keeps them filled (and reopens each one closed at once) cannot keep
+ *    a device's new connection from its handshake; each is closed
+ *    tcp_handshake_timeout_s after its accept;
+ *  - authenticated ones: a device holds TCP_PER_DEVICE at most (its newest);
+ *    past tcp_max_connections the oldest of the device holding the most is
+ *    closed, or the newest when every device holds one.
+ * A pre-authentication connection never displaces an authenticated one.
  * libcoap frees a closed one on its next pass. */
+#define TCP_PER_DEVICE 4
 static void tcp_sweep(fedge_server *s)
 {
     double now = mono_now();
-    size_t live = 0;
+    size_t n_pre = 0, n_up = 0;
     for (size_t i = 0; i < s->n_tcp; i++) {
         struct tcp_conn *c = &s->tcp[i];
         if (c->closing)
             continue;
-        int up = coap_session_get_state(c->session) == COAP_SESSION_STATE_ESTABLISHED;
-        if (live >= s->tcp_max) {
-            FEDGE_INFO("TCP connection from %s closed: %zu connections held (tcp_max_connections)",
-                       coap_session_str(c->session), live);
+        if (!c->up && coap_session_get_state(c->session) == COAP_SESSION_STATE_ESTABLISHED) {
+            c->up = 1;
+            size_t oldest;
+            if (tcp_same_peer(s, i, &oldest) > TCP_PER_DEVICE) {
+                FEDGE_INFO("TCP connection from %s closed: its device holds %d newer ones",
+                           coap_session_str(s->tcp[oldest].session), TCP_PER_DEVICE);
+                s->tcp_refused++;
+                tcp_close(s, &s->tcp[oldest]);
+            }
+        }
+    }
+    for (size_t i = 0; i < s->n_tcp; i++) {
+        struct tcp_conn *c = &s->tcp[i];
+        if (c->closing)
+            continue;
+        if (c->refused) {
             s->tcp_refused++;
-        } else if (!up && now - c->accepted_at >= s->tcp_handshake_s) {
+            tcp_close(s, c);
+        } else if (c->up) {
+            n_up++;
+        } else if (now - c->accepted_at >= s->tcp_handshake_s) {
             FEDGE_INFO("TCP connection from %s closed: no TLS handshake and CSM within %.1f s",
                        coap_session_str(c->session), s->tcp_handshake_s);
             s->tcp_timed_out++;
+            tcp_close(s, c);
         } else {
-            live++;
-            continue;
+            n_pre++;
         }
-        c->closing = 1;
-        coap_session_disconnected(c->session, COAP_NACK_NOT_DELIVERABLE);
     }
+    for (size_t k = 0; k < 2 * s->n_tcp && n_pre > s->tcp_preauth_max; k++) {
+        struct tcp_conn *c = &s->tcp[k % s->n_tcp];
+        if (c->closing || c->up || (k < s->n_tcp && tcp_hello_seen(c->session)))
+            continue;
+        s->tcp_evicted++;
+        if (now - s->tcp_evict_logged_at >= 1.0) {
+            FEDGE_INFO("TCP connection from %s closed before its handshake: %zu connections in handshake "
+                       "(tcp_max_preauth; the oldest go first); %llu closed so",
+                       coap_session_str(c->session), n_pre, (unsigned long long)(s->tcp_evicted - s->tcp_evict_logged));
+            s->tcp_evict_logged_at = now;
+            s->tcp_evict_logged = s->tcp_evicted;
+        }
+        tcp_close(s, c);
+        n_pre--;
+    }
+    while (n_up > s->tcp_max) {
+        size_t victim = SIZE_MAX, most = 1;
+        for (size_t i = 0; i < s->n_tcp; i++) {
+            if (s->tcp[i].closing || !s->tcp[i].up)
+                continue;
+            size_t oldest, n = tcp_same_peer(s, i, &oldest);
+            if (n > most) {
+                most = n;
+                victim = oldest;
+            }
+            if (most == 1)
+                victim = i; /* the newest, when no device holds two */
+        }
+        if (victim == SIZE_MAX)
+            break;
+        FEDGE_INFO("TCP connection from %s closed: %zu authenticated connections held (tcp_max_connections)",
+                   coap_session_str(s->tcp[victim].session), n_up);
+        s->tcp_refused++;
+        tcp_close(s, &s->tcp[victim]);
+        n_up--;
+    }
+}
+
+/* A peer whose CSM announced a Max-Message-Size below TCP_MIN_MESSAGE
+ * (a /round answer must fit in one message): an Abort (7.05, RFC 8323
+ * 5.6) saying so; tcp_sweep closes the connection. */
+#define TCP_MIN_MESSAGE 512u
+static void tcp_refuse_small(fedge_server *s, coap_session_t *session)
+{
+    static const char why[] = "Max-Message-Size below 512 bytes, the least fedge needs";
+    FEDGE_INFO("TCP connection from %s closed: its CSM's Max-Message-Size allows %zu-byte messages, "
+               "fewer than the %u bytes fedge needs", coap_session_str(session),
+               coap_session_max_pdu_size(session), TCP_MIN_MESSAGE);
+    coap_pdu_t *pdu = coap_pdu_init(COAP_MESSAGE_CON, COAP_SIGNALING_CODE_ABORT, 0,
+                                    coap_session_max_pdu_size(session));
+    if (pdu && !coap_add_data(pdu, sizeof why - 1, (const uint8_t *)why)) {
+        coap_delete_pdu(pdu);
+        pdu = NULL;
+    }
+    if (pdu)
+        (void)coap_send(session, pdu); /* best effort: the connection is closed either way */
+    for (size_t i = 0; i < s->n_tcp; i++)
+        if (s->tcp[i].session == session)
+            s->tcp[i].refused = 1;
 }
 
 /* A closed or deleted session's partial upload is freed at once. */
@@ -1103,8 +1237,14 @@ static int on_session_event(coap_session_t *session, const coap_event_t event)
      * its server's records carry at most ~1100 bytes (it sets the DTLS MTU,
      * 1152, which mbedTLS applies to TLS as well): our messages to a TCP
      * client stay within one record, a larger response body goes as Block2
-     * blocks of 1024 bytes. */
-    if (event == COAP_EVENT_SESSION_CONNECTED && coap_session_get_proto(session) == COAP_PROTO_TLS)
+     * blocks of 1024 bytes. A peer whose CSM announced a smaller
+     * Max-Message-Size keeps it (libcoap set the session's MTU from it and
+     * picks smaller Block2 blocks to fit). */
+    if (event == COAP_EVENT_SESSION_CONNECTED && is_tcp(session) && g_server &&
+        coap_session_max_pdu_size(session) < TCP_MIN_MESSAGE - 4)
+        tcp_refuse_small(g_server, session);
+    else if (event == COAP_EVENT_SESSION_CONNECTED && coap_session_get_proto(session) == COAP_PROTO_TLS &&
+             coap_session_max_pdu_size(session) > TLS_SERVER_MTU - 4)
         coap_session_set_mtu(session, TLS_SERVER_MTU);
     if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server)
         answer_drop(session);
@@ -1276,33 +1416,40 @@ static int listen_tcp(fedge_server *s, char *err, size_t errlen)
         return FEDGE_ERR_IO;
     }
     s->tcp_max = c->tcp_max_connections > 0 ? (size_t)c->tcp_max_connections : s->agg->keys.n + 16;
+    s->tcp_preauth_max = (size_t)c->tcp_max_preauth;
     /* each connection holds a descriptor: past RLIMIT_NOFILE accept() fails
      * and so would the log's and the model store's files */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        (rlim_t)s->tcp_max + TCP_FD_RESERVE > rl.rlim_cur) {
-        rlim_t want = (rlim_t)s->tcp_max + TCP_FD_RESERVE;
+        (rlim_t)s->tcp_max + s->tcp_preauth_max + TCP_FD_RESERVE > rl.rlim_cur) {
+        rlim_t want = (rlim_t)s->tcp_max + s->tcp_preauth_max + TCP_FD_RESERVE;
         rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || want < rl.rlim_max ? want : rl.rlim_max;
         (void)setrlimit(RLIMIT_NOFILE, &rl); /* the limit read back decides */
         if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
             rl.rlim_cur = TCP_FD_RESERVE + 1;
-        if ((rlim_t)s->tcp_max + TCP_FD_RESERVE > rl.rlim_cur) {
-            s->tcp_max = rl.rlim_cur > TCP_FD_RESERVE ? (size_t)(rl.rlim_cur - TCP_FD_RESERVE) : 1;
-            FEDGE_WARN("TCP connections capped at %zu: %llu file descriptors allowed (RLIMIT_NOFILE)",
-                       s->tcp_max, (unsigned long long)rl.rlim_cur);
+        if ((rlim_t)s->tcp_max + s->tcp_preauth_max + TCP_FD_RESERVE > rl.rlim_cur) {
+            size_t avail = rl.rlim_cur > TCP_FD_RESERVE + 1 ? (size_t)(rl.rlim_cur - TCP_FD_RESERVE) : 2;
+            if (s->tcp_preauth_max > avail / 4)
+                s->tcp_preauth_max = avail / 4 ? avail / 4 : 1;
+            s->tcp_max = avail - s->tcp_preauth_max;
+            FEDGE_WARN("TCP connections capped at %zu authenticated + %zu in handshake: %llu file descriptors "
+                       "allowed (RLIMIT_NOFILE)",
+                       s->tcp_max, s->tcp_preauth_max, (unsigned long long)rl.rlim_cur);
         }
     }
     /* libcoap listens with a backlog of 5: a reconnect burst would wait for
      * the kernel's SYN-ACK retries (1, 3, 7 s ...); listen() again sets it */
     int lfd = find_socket((const struct sockaddr *)&ss, SOCK_STREAM);
-    int backlog = s->tcp_max < TCP_BACKLOG_MAX ? (int)s->tcp_max : TCP_BACKLOG_MAX;
+    size_t want_backlog = s->tcp_max + s->tcp_preauth_max;
+    int backlog = want_backlog < TCP_BACKLOG_MAX ? (int)want_backlog : TCP_BACKLOG_MAX;
     if (lfd < 0 || listen(lfd, backlog) != 0)
         FEDGE_WARN("cannot raise the TCP listen backlog (%s): a burst of connections is accepted 5 at a time",
                    lfd < 0 ? "listening socket not found" : strerror(errno));
     s->tcp_handshake_s = c->tcp_handshake_timeout_s;
-    FEDGE_INFO("listening on TCP %s (%s), at most %zu connections, %.1f s to finish a handshake",
+    FEDGE_INFO("listening on TCP %s (%s), at most %zu authenticated connections and %zu in handshake, "
+               "%.1f s to finish a handshake",
                c->listen_tcp, c->insecure ? "plain CoAP over TCP, INSECURE" : "CoAP over TLS-PSK",
-               s->tcp_max, s->tcp_handshake_s);
+               s->tcp_max, s->tcp_preauth_max, s->tcp_handshake_s);
     return FEDGE_OK;
 }
 

@@ -581,6 +581,15 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                         ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
         return FEDGE_OK;
     }
+    /* where the base file cannot be written this round, the base stays in
+     * RAM only if the plan with a RAM velocity fits too */
+    int base_ram_ok = 0;
+    if (velocity == FEDGE_EDGE_VELOCITY_BASE_FILE) {
+        fedge_edge_memory ram;
+        base_ram_ok = fedge_edge_memory_plan_round(&ri->spec, ri->batch, c->shard.record_size, cfg->encoding,
+                                                   scaffold, FEDGE_EDGE_VELOCITY_RAM, &ram) == FEDGE_OK &&
+                      ram.peak <= (size_t)cfg->max_memory_mb * 1024u * 1024u;
+    }
     int replanned = 0;
     if (!scaffold && (t->control_delta || c->control.have)) {
         /* back to a plain round: nothing SCAFFOLD's stays resident */
@@ -644,6 +653,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         .client_control = scaffold ? c->client_control.params : NULL,
         .base_file = c->base_path,
         .round = ri->round,
+        .base_ram_fallback = base_ram_ok,
     };
     FEDGE_INFO("round %u: training %d epochs on %llu samples%s%s", ri->round, ri->epochs,
                (unsigned long long)c->shard.n, ri->prox_mu > 0.0f ? " (FedProx)" : "",
@@ -666,6 +676,25 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     if (ret == FEDGE_ERR_CONTROL_RANGE) {
         FEDGE_ERROR("round %u: training refused: %s; nothing sent, c_i kept", ri->round,
                     fedge_strerror(ret));
+        not_sent(c, ri->round, ret);
+        ret = FEDGE_OK;
+        *result = ROUND_DONE;
+        goto cleanup;
+    }
+    if (t->base_write_errno && (ret == FEDGE_OK || ret == FEDGE_ERR_BASE_WRITE)) {
+        if (ret == FEDGE_OK)
+            FEDGE_WARN("round %u: cannot write the base model to %s (%s); kept it in RAM this round "
+                       "(the --max-memory-mb plan has room for it)", ri->round, c->base_path,
+                       strerror(t->base_write_errno));
+        else
+            FEDGE_ERROR("round %u: cannot write the base model to %s (%s), and the --max-memory-mb plan "
+                        "has no room for it in RAM; nothing sent, skipping the round", ri->round,
+                        c->base_path, strerror(t->base_write_errno));
+    }
+    if (ret == FEDGE_ERR_MODEL_FILE_CHECKSUM && t->spilled)
+        FEDGE_ERROR("round %u: the base model in %s failed its check (altered, truncated, or not the "
+                    "round's model); nothing sent, skipping the round", ri->round, c->base_path);
+    if (ret == FEDGE_ERR_BASE_WRITE || (ret == FEDGE_ERR_MODEL_FILE_CHECKSUM && t->spilled)) {
         not_sent(c, ri->round, ret);
         ret = FEDGE_OK;
         *result = ROUND_DONE;

@@ -728,12 +728,12 @@ static int on_event(coap_session_t *session, const coap_event_t event)
     case COAP_EVENT_DTLS_ERROR:
     case COAP_EVENT_DTLS_CLOSED:
         if (!l->session_up)
-            fail_request(l, FEDGE_ERR_IO,
-                         "DTLS handshake failed (server down, wrong key, or unknown identity)");
+            fail_request(l, FEDGE_ERR_IO, l->tcp ? "TLS handshake failed (server down, wrong key, or unknown identity)"
+                                                 : "DTLS handshake failed (server down, wrong key, or unknown identity)");
+        else if (event == COAP_EVENT_DTLS_ERROR)
+            fail_request(l, FEDGE_ERR_IO, l->tcp ? "TLS error" : "DTLS error");
         else
-            fail_request(l, FEDGE_ERR_IO, event == COAP_EVENT_DTLS_ERROR
-                                              ? "DTLS error"
-                                              : "DTLS session closed by the server");
+            fail_request(l, FEDGE_ERR_IO, l->tcp ? "TLS session closed by the server" : "DTLS session closed by the server");
         break;
     case COAP_EVENT_TCP_FAILED:
     case COAP_EVENT_TCP_CLOSED:
@@ -811,7 +811,10 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
         FAIL(FEDGE_ERR_UNSUPPORTED);
     }
     if (cfg->tcp && (!coap_tcp_is_supported() || (!cfg->insecure && !coap_tls_is_supported()))) {
-        snprintf(err, errlen, "this libcoap build has no TCP%s support", cfg->insecure ? "" : "/TLS");
+        snprintf(err, errlen,
+                 "this libcoap build has no TCP%s support: --transport tcp needs the native build "
+                 "(the cross-built device edges are UDP/DTLS only, docs/EDGE.md); use DTLS",
+                 cfg->insecure ? "" : "/TLS");
         FAIL(FEDGE_ERR_UNSUPPORTED);
     }
     l = calloc(1, sizeof *l);

@@ -458,44 +458,49 @@ int fedge_edge_base_write(const char *path, uint32_t round, const uint8_t versio
     uint8_t hdr[BASE_HEADER_LEN], digest[FEDGE_SHA256_LEN];
     fedge_sha256_ctx sha;
     memset(&sha, 0, sizeof sha);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return FEDGE_ERR_IO;
+    fedge_atomic_file f;
+    /* never through a link: a temporary file renamed over the name */
+    ret = fedge_atomic_open(path, 0600, 0, &f);
+    if (ret != FEDGE_OK)
+        return ret;
     base_header(hdr, round, version, (uint64_t)n);
     CHK(fedge_sha256_init(&sha));
     CHK(fedge_sha256_update(&sha, hdr, sizeof hdr));
     CHK(fedge_sha256_update(&sha, w, n * sizeof(float)));
     CHK(fedge_sha256_final(&sha, digest));
-    CHK(fedge_write_all(fd, hdr, sizeof hdr));
-    CHK(fedge_write_all(fd, w, n * sizeof(float)));
-    CHK(fedge_write_all(fd, digest, sizeof digest));
+    CHK(fedge_write_all(f.fd, hdr, sizeof hdr));
+    CHK(fedge_write_all(f.fd, w, n * sizeof(float)));
+    CHK(fedge_write_all(f.fd, digest, sizeof digest));
+    ret = fedge_atomic_commit(&f);
 cleanup:
     fedge_sha256_free(&sha);
-    if (close(fd) != 0 && ret == FEDGE_OK)
-        ret = FEDGE_ERR_IO;
-    if (ret != FEDGE_OK)
-        unlink(path);
+    fedge_atomic_abort(&f);
     return ret;
 }
 
-int fedge_edge_base_delta(const char *path, uint32_t round, const uint8_t version[FEDGE_HASH_LEN],
-                      float *w, size_t n, float *buf, size_t cap)
+int fedge_edge_base_delta(const char *path, uint32_t round, const fedge_model_spec *spec,
+                          const uint8_t version[FEDGE_HASH_LEN], float *w, size_t n, float *buf,
+                          size_t cap)
 {
     int ret = FEDGE_OK;
     uint8_t hdr[BASE_HEADER_LEN], want[BASE_HEADER_LEN];
-    uint8_t digest[FEDGE_SHA256_LEN], stored[FEDGE_SHA256_LEN];
-    fedge_sha256_ctx sha;
+    uint8_t digest[FEDGE_SHA256_LEN], stored[FEDGE_SHA256_LEN], got_version[FEDGE_HASH_LEN];
+    fedge_sha256_ctx sha, vsha;
     memset(&sha, 0, sizeof sha);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? FEDGE_ERR_MODEL_FILE_CHECKSUM : FEDGE_ERR_IO;
-    if (n == 0 || cap == 0 || !w || !buf) {
-        close(fd);
+    memset(&vsha, 0, sizeof vsha);
+    if (n == 0 || cap == 0 || !w || !buf || !spec || !version)
         return FEDGE_ERR_INVALID_ARG;
-    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT || errno == ELOOP ? FEDGE_ERR_MODEL_FILE_CHECKSUM : FEDGE_ERR_IO;
     base_header(want, round, version, (uint64_t)n);
     CHK(fedge_pread_all(fd, hdr, sizeof hdr, 0, FEDGE_ERR_MODEL_FILE_CHECKSUM));
     if (memcmp(hdr, want, sizeof hdr) != 0)
+        FAIL(FEDGE_ERR_MODEL_FILE_CHECKSUM);
+    /* the parameters read back must BE the round's model: its version is
+     * SHA-256 over spec and parameters (fedge_model_version), which no one
+     * rewriting the file can make match */
+    if (fedge_model_version_begin(&vsha, spec, n) != FEDGE_OK)
         FAIL(FEDGE_ERR_MODEL_FILE_CHECKSUM);
     CHK(fedge_sha256_init(&sha));
     CHK(fedge_sha256_update(&sha, hdr, sizeof hdr));
@@ -504,18 +509,21 @@ int fedge_edge_base_delta(const char *path, uint32_t round, const uint8_t versio
         CHK(fedge_pread_all(fd, buf, m * sizeof(float), BASE_HEADER_LEN + i * sizeof(float),
                             FEDGE_ERR_MODEL_FILE_CHECKSUM));
         CHK(fedge_sha256_update(&sha, buf, m * sizeof(float)));
+        CHK(fedge_model_version_update(&vsha, buf, m));
         for (size_t j = 0; j < m; j++)
             w[i + j] -= buf[j];
     }
     CHK(fedge_pread_all(fd, stored, sizeof stored, BASE_HEADER_LEN + n * sizeof(float),
                         FEDGE_ERR_MODEL_FILE_CHECKSUM));
     CHK(fedge_sha256_final(&sha, digest));
-    if (memcmp(digest, stored, sizeof digest) != 0)
+    CHK(fedge_sha256_final(&vsha, got_version));
+    if (memcmp(digest, stored, sizeof digest) != 0 || memcmp(got_version, version, FEDGE_HASH_LEN) != 0)
         FAIL(FEDGE_ERR_MODEL_FILE_CHECKSUM);
     if (pread(fd, stored, 1, BASE_HEADER_LEN + n * sizeof(float) + sizeof stored) != 0)
         FAIL(FEDGE_ERR_MODEL_FILE_CHECKSUM); /* longer than written */
 cleanup:
     fedge_sha256_free(&sha);
+    fedge_sha256_free(&vsha);
     close(fd);
     return ret;
 }
@@ -647,8 +655,19 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     t->steps = 0;
     t->delta = NULL;
     t->accuracy = -1.0;
+    t->base_write_errno = 0;
     if (spill) {
-        CHK(fedge_edge_base_write(p->base_file, p->round, t->global_version, t->global.params, n));
+        /* a failed write (state dir full, a link in the way): the base stays
+         * in RAM this round where the caller's memory plan allows it */
+        int wr = fedge_edge_base_write(p->base_file, p->round, t->global_version, t->global.params, n);
+        if (wr != FEDGE_OK) {
+            t->base_write_errno = wr == FEDGE_ERR_NOT_REGULAR ? ELOOP : errno ? errno : EIO;
+            if (!p->base_ram_fallback)
+                return FEDGE_ERR_BASE_WRITE;
+            spill = 0;
+        }
+    }
+    if (spill) {
         fedge_model_free(&t->global); /* the version stays: the update names it */
         t->have_global = 0;
         t->spilled = 1;
@@ -734,8 +753,8 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     /* the delta: in the local model's place (SCAFFOLD: before dc, in grad) */
     float *delta = p->control ? t->grad : t->local.params;
     if (t->spilled) {
-        CHK(fedge_edge_base_delta(p->base_file, p->round, t->global_version, delta, n, t->gchunk,
-                       fedge_model_grad_chunk_floats(spec)));
+        CHK(fedge_edge_base_delta(p->base_file, p->round, spec, t->global_version, delta, n, t->gchunk,
+                                  fedge_model_grad_chunk_floats(spec)));
         for (size_t i = 0; i < n; i++)
             if (!isfinite(delta[i]))
                 FAIL(FEDGE_ERR_MODEL_NONFINITE);

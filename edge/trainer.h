@@ -171,6 +171,8 @@ typedef struct {
                                            per pass; scratch is sized for it */
     int spilled;                        /* the last train() kept its base in base_file:
                                            global freed (have_global 0), version kept */
+    int base_write_errno;               /* the last train()'s failed base_file write
+                                           (errno; ELOOP: not a regular file), else 0 */
 } fedge_edge_trainer;
 
 typedef struct {
@@ -187,19 +189,28 @@ typedef struct {
     const char *base_file;              /* NULL, or where a heavy-ball round (momentum > 0,
                                            no FedProx, no SCAFFOLD) keeps its base model */
     uint32_t round;                     /* binds base_file to the round */
+    int base_ram_fallback;              /* base_file cannot be written: keep the base in
+                                           RAM this round (1: the memory plan allows it)
+                                           or fail with FEDGE_ERR_BASE_WRITE (0) */
 } fedge_edge_train_params;
 
 /* The base file (train()'s base_file): a header binding it to the round,
  * the base model's version and n, the n parameters, and the SHA-256 of all
- * of it; written in one go (mode 0600; removed again on failure).
+ * of it; written atomically (fedge_atomic_open: a temporary file, mode
+ * 0600, renamed over path; a link, device or FIFO at path is refused with
+ * FEDGE_ERR_NOT_REGULAR and left alone; nothing left behind on failure).
  * fedge_edge_base_delta forms w -= base in place, reading the file in pieces
- * of buf (cap floats), and checks it whole: FEDGE_ERR_MODEL_FILE_CHECKSUM for
- * a missing, short, longer or altered file or one of another round, version
- * or size (w is then not a delta and must not be sent). */
+ * of buf (cap floats), and checks it whole in the same pass: the parameters
+ * read back must hash, with spec, to `version` (fedge_model_version: the
+ * model the round announced, so a rewritten file with a recomputed
+ * trailer is refused too). FEDGE_ERR_MODEL_FILE_CHECKSUM for a missing,
+ * short, longer or altered file, a link, or one of another round, version,
+ * spec or size (w is then not a delta and must not be sent). */
 int fedge_edge_base_write(const char *path, uint32_t round, const uint8_t version[FEDGE_HASH_LEN],
                           const float *w, size_t n);
-int fedge_edge_base_delta(const char *path, uint32_t round, const uint8_t version[FEDGE_HASH_LEN],
-                          float *w, size_t n, float *buf, size_t cap);
+int fedge_edge_base_delta(const char *path, uint32_t round, const fedge_model_spec *spec,
+                          const uint8_t version[FEDGE_HASH_LEN], float *w, size_t n, float *buf,
+                          size_t cap);
 
 void fedge_edge_trainer_init(fedge_edge_trainer *t);
 void fedge_edge_trainer_free(fedge_edge_trainer *t);

@@ -161,18 +161,20 @@ static int run(void)
                         __arena_start, (size_t)(__arena_end - __arena_start)));
     CHK(fedge_envelope_derive_key(mcu_secret, mcu_secret_len, mcu_device_id, &key));
 
-    CHK(fedge_core_begin(&core, mcu_global));
+    CHK(fedge_core_begin(&core, mcu_global, mcu_global_len));
     float loss0 = 0.0f, loss = 0.0f;
     const size_t dim = (size_t)spec.input_dim;
     for (int s = 0; s < mcu_steps; s++) {
         size_t row = (size_t)s * (size_t)mcu_batch;
-        CHK(fedge_core_step_u8(&core, mcu_x + row * dim, 1.0f / 255.0f, mcu_y + row, mcu_batch,
-                               &loss));
+        if (row > mcu_y_len || row > mcu_x_len / dim)
+            FAIL(FEDGE_ERR_BUFFER_TOO_SMALL); /* fewer rows than steps x batch */
+        CHK(fedge_core_step_u8(&core, mcu_x + row * dim, mcu_x_len - row * dim, 1.0f / 255.0f,
+                               mcu_y + row, mcu_y_len - row, mcu_batch, &loss));
         if (s == 0)
             loss0 = loss;
     }
     fedge_core_update u = {&key, mcu_counter, mcu_run_id, mcu_round, mcu_base_version};
-    CHK(fedge_core_seal(&core, mcu_global, &u, &stream));
+    CHK(fedge_core_seal(&core, mcu_global, mcu_global_len, &u, &stream));
 
     put("mcu spec=");
     put(mcu_spec);
@@ -216,7 +218,8 @@ cleanup:
     fedge_update_stream_wipe(stream);
     fedge_device_key_wipe(&key);
     if (ret != FEDGE_OK) {
-        put_u("mcu error ", (uint64_t)(unsigned)ret);
+        put(ret < 0 ? "mcu error -" : "mcu error ");
+        put_u("", ret < 0 ? (uint64_t)(-(int64_t)ret) : (uint64_t)ret);
         put(" ");
         put(fedge_strerror(ret));
         put("\n");

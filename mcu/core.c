@@ -79,10 +79,12 @@ int fedge_core_init(fedge_core *c, const fedge_model_spec *spec, int batch,
     return FEDGE_OK;
 }
 
-int fedge_core_begin(fedge_core *c, const float *global)
+int fedge_core_begin(fedge_core *c, const float *global, size_t global_len)
 {
     if (c == NULL || c->model.params == NULL || global == NULL)
         return FEDGE_ERR_INVALID_ARG;
+    if (global_len != c->model.n_params)
+        return FEDGE_ERR_MODEL_SHAPE;
     memcpy(c->model.params, global, c->model.n_params * sizeof(float));
     if (c->sgd.momentum > 0.0f)
         memset(c->velocity, 0, c->model.n_params * sizeof(float));
@@ -106,12 +108,14 @@ static int step_slice(void *arg, size_t off, float *g, size_t n)
 }
 
 /* One step: x (float) or xu8 (u8 * scale), the other NULL. */
-static int core_step(fedge_core *c, const float *x, const uint8_t *xu8, float scale,
-                     const uint8_t *y, int rows, float *loss)
+static int core_step(fedge_core *c, const float *x, const uint8_t *xu8, size_t x_len, float scale,
+                     const uint8_t *y, size_t y_len, int rows, float *loss)
 {
     if (c == NULL || c->model.params == NULL || (x == NULL && xu8 == NULL) || y == NULL ||
         rows < 1 || rows > c->batch)
         return FEDGE_ERR_INVALID_ARG;
+    if (x_len / (size_t)c->model.spec.input_dim < (size_t)rows || y_len < (size_t)rows)
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
     float l = 0.0f;
     uint64_t t0 = c->platform.now_us(c->platform.ctx);
     int ret = x != NULL ? fedge_model_loss_grad_sliced(&c->model, x, y, rows, 0, c->scratch,
@@ -128,27 +132,30 @@ static int core_step(fedge_core *c, const float *x, const uint8_t *xu8, float sc
     return FEDGE_OK;
 }
 
-int fedge_core_step(fedge_core *c, const float *x, const uint8_t *y, int rows, float *loss)
+int fedge_core_step(fedge_core *c, const float *x, size_t x_len, const uint8_t *y, size_t y_len,
+                    int rows, float *loss)
 {
     if (x == NULL)
         return FEDGE_ERR_INVALID_ARG;
-    return core_step(c, x, NULL, 0.0f, y, rows, loss);
+    return core_step(c, x, NULL, x_len, 0.0f, y, y_len, rows, loss);
 }
 
-int fedge_core_step_u8(fedge_core *c, const uint8_t *x, float scale, const uint8_t *y, int rows,
-                       float *loss)
+int fedge_core_step_u8(fedge_core *c, const uint8_t *x, size_t x_len, float scale, const uint8_t *y,
+                       size_t y_len, int rows, float *loss)
 {
     if (x == NULL)
         return FEDGE_ERR_INVALID_ARG;
-    return core_step(c, NULL, x, scale, y, rows, loss);
+    return core_step(c, NULL, x, x_len, scale, y, y_len, rows, loss);
 }
 
-int fedge_core_seal(fedge_core *c, const float *global, const fedge_core_update *u,
+int fedge_core_seal(fedge_core *c, const float *global, size_t global_len, const fedge_core_update *u,
                     fedge_update_stream **out)
 {
     if (c == NULL || c->model.params == NULL || global == NULL || u == NULL || u->key == NULL ||
         u->run_id == NULL || u->base_version == NULL || out == NULL)
         return FEDGE_ERR_INVALID_ARG;
+    if (global_len != c->model.n_params)
+        return FEDGE_ERR_MODEL_SHAPE;
     fedge_delta_header h = update_header(&c->model.spec, c->enc);
     h.model_id = fedge_model_spec_id(&c->model.spec);
     h.round = u->round;

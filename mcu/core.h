@@ -2,8 +2,8 @@
  * one local round on shared/'s model, training step, delta encoding and
  * update sealing, in buffers the caller gives, sized by fedge_core_plan.
  *
- * A round: fedge_core_begin(global) copies the round's base model into the
- * local parameters; each fedge_core_step takes one SGD step on a minibatch
+ * A round: fedge_core_begin(global, global_len) copies the round's base
+ * model into the local parameters; each fedge_core_step takes one SGD step on a minibatch
  * (fedge_model_loss_grad_sliced with the optimizer step fused into its
  * gradient slices, as the Linux edge trains: edge/trainer.c); fedge_core_seal
  * forms delta = local - global in place and sets up the sealed update
@@ -83,20 +83,26 @@ int fedge_core_plan_bytes(const fedge_model_spec *spec, int batch, const fedge_s
 int fedge_core_init(fedge_core *c, const fedge_model_spec *spec, int batch,
                     const fedge_sgd_config *cfg, fedge_encoding enc, const fedge_platform *pf,
                     void *buf, size_t buf_len);
-int fedge_core_begin(fedge_core *c, const float *global);
-/* rows (1..batch) x input_dim features, rows labels; *loss (may be NULL): the
- * minibatch's mean loss before the step. A non-finite loss is
+/* global_len: the floats global holds; other than the spec's parameter
+ * count is FEDGE_ERR_MODEL_SHAPE, before anything is read (round data whose
+ * spec does not match its model). */
+int fedge_core_begin(fedge_core *c, const float *global, size_t global_len);
+/* rows (1..batch) x input_dim features, rows labels; x_len and y_len: the
+ * floats x and the labels y hold (at least rows x input_dim and rows, else
+ * FEDGE_ERR_BUFFER_TOO_SMALL before anything is read); *loss (may be NULL):
+ * the minibatch's mean loss before the step. A non-finite loss is
  * FEDGE_ERR_MODEL_NONFINITE and the step is not taken. */
-int fedge_core_step(fedge_core *c, const float *x, const uint8_t *y, int rows, float *loss);
-/* The same on features kept as stored, u8 (e.g. pixels), each x * scale
- * (fedge_model_loss_grad_sliced_u8: converted inside the first layer, a few
- * floats at a time, the same bits as the float rows x * scale). */
-int fedge_core_step_u8(fedge_core *c, const uint8_t *x, float scale, const uint8_t *y, int rows,
-                       float *loss);
-/* global: the model begin was given. After it the local parameters hold the
- * delta (a new round begins again). The stream lives in c's block: wipe it
- * (fedge_update_stream_wipe) once sent. */
-int fedge_core_seal(fedge_core *c, const float *global, const fedge_core_update *u,
+int fedge_core_step(fedge_core *c, const float *x, size_t x_len, const uint8_t *y, size_t y_len,
+                    int rows, float *loss);
+/* The same on features kept as stored, u8 (e.g. pixels; x_len bytes), each
+ * x * scale (fedge_model_loss_grad_sliced_u8: converted inside the first
+ * layer, a few floats at a time, the same bits as the float rows x * scale). */
+int fedge_core_step_u8(fedge_core *c, const uint8_t *x, size_t x_len, float scale, const uint8_t *y,
+                       size_t y_len, int rows, float *loss);
+/* global (global_len floats, as begin): the model begin was given. After it
+ * the local parameters hold the delta (a new round begins again). The
+ * stream lives in c's block: wipe it (fedge_update_stream_wipe) once sent. */
+int fedge_core_seal(fedge_core *c, const float *global, size_t global_len, const fedge_core_update *u,
                     fedge_update_stream **out);
 
 #endif

@@ -23,5 +23,7 @@ extern const uint8_t mcu_run_id[16];
 extern const uint8_t mcu_base_version[32];
 extern const uint32_t mcu_round;
 extern const uint64_t mcu_counter;
+/* what mcu_global, mcu_x and mcu_y hold (floats, bytes, bytes: sizeof each) */
+extern const size_t mcu_global_len, mcu_x_len, mcu_y_len;
 
 #endif

@@ -91,6 +91,7 @@ const char *fedge_strerror(int code)
     case FEDGE_ERR_UPDATE_METRICS: return "malformed training metrics block (version, length, flags or values)";
     case FEDGE_ERR_NOT_REGULAR: return "exists and is not a regular file (a FIFO, device or socket is never read or replaced, nor a symbolic link where one is refused)";
     case FEDGE_ERR_CLUSTER_MEMORY: return "training state exceeds the per-rank memory budget";
+    case FEDGE_ERR_BASE_WRITE: return "cannot write the base model to the state dir";
     default: return "unknown error";
     }
 }

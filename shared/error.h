@@ -129,6 +129,9 @@ enum {
 
     /* an update's training metrics block (shared/update.h) -240 .. -249 */
     FEDGE_ERR_UPDATE_METRICS = -240,     /* malformed training metrics block */
+
+    /* the edge's base file (edge/trainer.h) -250 .. -259 */
+    FEDGE_ERR_BASE_WRITE = -250,         /* the base model could not be written to the state dir */
 };
 
 const char *fedge_strerror(int code);

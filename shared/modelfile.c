@@ -291,3 +291,35 @@ int fedge_model_save(const fedge_model *m, const char *path, uint8_t version_out
     free(buf);
     return ret;
 }
+
+int fedge_model_version_begin(fedge_sha256_ctx *ctx, const fedge_model_spec *spec, size_t n_params)
+{
+    if (!ctx || !spec)
+        return FEDGE_ERR_INVALID_ARG;
+    fedge_model m;
+    memset(&m, 0, sizeof m);
+    m.spec = *spec;
+    m.n_params = n_params;
+    uint8_t prefix[PREFIX_MAX];
+    size_t prefix_len;
+    int ret = build_prefix(&m, prefix, &prefix_len);
+    if (ret != FEDGE_OK)
+        return ret;
+    ret = fedge_sha256_init(ctx);
+    return ret != FEDGE_OK ? ret : fedge_sha256_update(ctx, prefix, prefix_len);
+}
+
+int fedge_model_version_update(fedge_sha256_ctx *ctx, const float *params, size_t n)
+{
+    if (!ctx || (!params && n > 0))
+        return FEDGE_ERR_INVALID_ARG;
+    uint8_t chunk[4 * PARAM_CHUNK];
+    for (size_t i = 0; i < n; i += PARAM_CHUNK) {
+        size_t k = n - i < PARAM_CHUNK ? n - i : PARAM_CHUNK;
+        params_to_le(params + i, k, chunk);
+        int ret = fedge_sha256_update(ctx, chunk, 4 * k);
+        if (ret != FEDGE_OK)
+            return ret;
+    }
+    return FEDGE_OK;
+}

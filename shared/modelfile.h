@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "crypto.h"
 #include "hash.h"
 #include "model.h"
 
@@ -40,5 +41,12 @@ int fedge_model_deserialize(const uint8_t *buf, size_t len, fedge_model *m,
  * model costs its body once, not twice. */
 int fedge_model_deserialize_owned(uint8_t *buf, size_t len, fedge_model *m,
                                   uint8_t version_out[FEDGE_HASH_LEN]);
+/* fedge_model_version in pieces, for parameters that are never whole in
+ * memory: begin with the spec and n_params (checked as build_prefix does),
+ * feed all n_params parameters in order in any pieces, then
+ * fedge_sha256_final gives the version. ctx is the caller's (freed with
+ * fedge_sha256_free, also after a failure). */
+int fedge_model_version_begin(fedge_sha256_ctx *ctx, const fedge_model_spec *spec, size_t n_params);
+int fedge_model_version_update(fedge_sha256_ctx *ctx, const float *params, size_t n);
 
 #endif

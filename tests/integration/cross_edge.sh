@@ -5,7 +5,8 @@
 # linked against the target's glibc only) runs under qemu-user against the
 # native aggregator over DTLS; both contribute an accepted update to one real
 # round, next to a native edge. Each binary stays within the 400 KB goal
-# and needs no shared library but glibc's libc and libm.
+# and needs no shared library but glibc's libc and libm. They are UDP/DTLS
+# only: --transport tcp stops at once saying it needs the native build.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -35,6 +36,16 @@ fed_setup 3
 FED_PORT=$(fed_free_port)
 "$BIN/fedge-partition" --data fashion-mnist --clients 40 --kind iid --seed 2 \
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
+# the cross edges are UDP/DTLS only (libcoap --disable-tcp): --transport tcp
+# stops at once, saying that it needs the native build
+for cross in aarch64-linux-gnu arm-linux-gnueabihf; do
+    out=$(timeout 30 "${QEMU[$cross]}" -L "/usr/$cross" "build/$cross/bin/fedge-edge" --server 127.0.0.1:9 \
+        --transport tcp --id dev-001 --keys "$(fed_edge_keys dev-001)" \
+        --shard "$FED_DIR/shards/shard-000.bin" --max-retries 0 2>&1) &&
+        fed_fail "the $cross edge took --transport tcp"
+    echo "$out" | grep -q "no TCP/TLS support: --transport tcp needs the native build" ||
+        fed_fail "the $cross edge's --transport tcp error does not say why: $out"
+done
 fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
     --round-timeout-s 120 --start-delay-s 0.3 --linger-s 2
 n=0

@@ -10,7 +10,9 @@
 # Also: a frame with one ciphertext byte changed is refused, the host's
 # training with another momentum does not match, the firmware links no malloc, stdio or
 # file call, and softmax's RAM (data + bss + the core's block + the measured
-# stack) stays within the 64 KB goal. Skipped (SKIP line) only when the
+# stack) stays within the 64 KB goal; round data whose spec or batch does
+# not match its global model or rows is refused for that (the lengths the
+# core is given), with a signed error code. Skipped (SKIP line) only when the
 # toolchain cannot be installed (tools/deps.sh build mcu).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,4 +66,28 @@ done
 
 ram=$(sed -n 's/^mcu ram .* total=\([0-9]*\)$/\1/p' "$OUT/softmax.out")
 [ -n "$ram" ] && [ "$ram" -le 65536 ] || fed_fail "softmax:784-10 batch 8 uses ${ram:-?} bytes of RAM, over the 64 KB goal"
+
+# round data that does not match its spec or batch (the softmax round's
+# 7,850 floats and 32 rows): refused for the mismatch itself, before
+# anything past mcu_global / mcu_x is read, with a signed error code
+for v in "spec -21" "batch -7"; do
+    read -r what code <<<"$v"
+    B="$OUT/$what"
+    mkdir -p "$B/softmax"
+    cp -a "$MCU/obj" "$B/obj" # the compiled core and mbedTLS, timestamps kept
+    case $what in
+        spec) sed 's/^const char mcu_spec\[\] = "softmax:784-10";/const char mcu_spec[] = "mlp:784-16-10";/' ;;
+        batch) sed 's/^const int mcu_batch = 8,/const int mcu_batch = 16,/' ;;
+    esac <"$MCU/softmax/round_data.c" >"$B/softmax/round_data.c"
+    ! cmp -s "$MCU/softmax/round_data.c" "$B/softmax/round_data.c" || fed_fail "$what: the edit did not apply"
+    make --no-print-directory -s -f mcu/mcu.mk MCU_BUILD="$B" HOST_BUILD="$FEDGE_BUILD" "$B/softmax.elf" \
+        >"$B/make.log" 2>&1 || { tail -5 "$B/make.log"; fed_fail "$what: firmware build failed"; }
+    timeout 60 qemu-system-arm -M mps2-an386 -nographic -monitor none -serial none \
+        -semihosting -kernel "$B/softmax.elf" >"$B/run.out" 2>&1
+    err=$(grep -m1 '^mcu error' "$B/run.out")
+    echo "$what mismatch: $err"
+    [ "$err" = "mcu error $code $(if [ "$what" = spec ]; then echo model shape mismatch; else echo buffer too small; fi)" ] ||
+        { cut -c1-200 "$B/run.out"; fed_fail "$what mismatch: expected mcu error $code, refused for the mismatch"; }
+    ! grep -q '^frame ' "$B/run.out" || fed_fail "$what mismatch: a frame was sealed"
+done
 echo "mcu_round: both rounds opened and matched on the host; softmax RAM $ram bytes"

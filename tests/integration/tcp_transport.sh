@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # CoAP over TLS/TCP (RFC 8323) beside DTLS on one aggregator (listen_tcp):
-#  - tcp_max_connections is cut to what RLIMIT_NOFILE allows (a connection
-#    holds a descriptor; the log and the model store need theirs);
+#  - tcp_max_connections and tcp_max_preauth are cut to what RLIMIT_NOFILE
+#    allows (a connection holds a descriptor; the log and the model store
+#    need theirs);
 #  - hostile peers first: 12 TCP connections that never start TLS (past
-#    tcp_max_connections: closed; the others past tcp_handshake_timeout_s);
+#    tcp_max_preauth: the oldest closed; the others past
+#    tcp_handshake_timeout_s); one device holding 5 authenticated
+#    connections: its oldest closed;
 #    an authenticated peer whose message header announces 1 MB (over the
-#    CSM Max-Message-Size): closed at once; one that sends half of a
+#    CSM Max-Message-Size): closed at once; one whose CSM announces a
+#    Max-Message-Size of 512: its GET /model answered in 512-byte blocks
+#    (the peer's limit honoured), one announcing 64 (too few for fedge's
+#    answers): an Abort saying so, connection closed; one that sends half of a
 #    message and stops: the daemon keeps serving everyone else meanwhile;
 #    nothing is stored;
 #  - Debian's coap-client over coaps+tcp with the device PSK: GET /status,
@@ -16,7 +22,9 @@
 #  - a round: two devices' updates from bench-ingest_rate over TCP (libcoap's
 #    BERT client), each sent again and answered 2.04 as a duplicate; two
 #    edges over TCP (fp32, int8: BERT blocks) and one over DTLS, all
-#    accepted and logged alike.
+#    accepted and logged alike, while a peer with no key keeps 40 bare TCP
+#    connections open (reopening each one closed): it never keeps a device
+#    from its handshake (docs/PROTOCOL.md "Transports").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -39,14 +47,14 @@ TCP_PORT=$(tcp_free_port)
 capped=$!
 FED_PIDS+=("$capped")
 fed_wait_for "grep -qs 'listening on TCP' '$FED_DIR/capped.log'" 20
-grep -q "TCP connections capped at 64: 128 file descriptors allowed" "$FED_DIR/capped.log" ||
+grep -q "TCP connections capped at 48 authenticated + 16 in handshake: 128 file descriptors allowed" "$FED_DIR/capped.log" ||
     fed_fail "tcp_max_connections not cut to RLIMIT_NOFILE: $(grep TCP "$FED_DIR/capped.log")"
 kill "$capped"
 wait "$capped" 2>/dev/null
 
 fed_start_aggregator --model-spec mlp:784-64-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
     --round-timeout-s 60 --start-delay-s 0.5 --linger-s 1 --listen-tcp "127.0.0.1:$TCP_PORT" \
-    --tcp-max-connections 4 --tcp-handshake-timeout-s 1
+    --tcp-max-connections 4 --tcp-max-preauth 4 --tcp-handshake-timeout-s 1
 fed_wait_for "grep -qs 'round 1 open' '$FED_DIR/agg.log'" 20
 psk=$("$BIN/fedge-keygen" psk --keys "$FED_DIR/keys" --id dev-001) || fed_fail "keygen psk"
 url="coaps+tcp://127.0.0.1:$TCP_PORT"
@@ -67,9 +75,8 @@ wait "$big_pid"
 grep -q "pdu too big" "$FED_DIR/agg.log" || fed_fail "oversized message not refused"
 kill -0 "$FED_AGG_PID" || fed_fail "aggregator died"
 
-# 12 connections that send nothing (the kernel hands them over a few at a
-# time: libcoap listens with a backlog of 5): at most 4 held, the others
-# closed at once, the held ones after 1 s
+# 12 connections that send nothing: at most 4 held, the oldest closed at
+# once, the held ones after 1 s
 python3 - "$TCP_PORT" <<'EOF' || fed_fail "stalling client"
 import socket, sys, time
 conns = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(12)]
@@ -85,7 +92,7 @@ for c in conns[:4]:
         pass
 sys.exit(0 if closed == 4 else f"{closed} of the first 4 stalled connections closed by the server")
 EOF
-[ "$(tcp_stat refused)" -ge 2 ] || fed_fail "connections past tcp_max_connections should be refused: $(status)"
+[ "$(tcp_stat preauth_evicted)" -ge 2 ] || fed_fail "connections past tcp_max_preauth should be closed: $(status)"
 [ "$(tcp_stat timed_out)" -ge 4 ] || fed_fail "stalled handshakes should time out: $(status)"
 grep -q "no TLS handshake and CSM within 1.0 s" "$FED_DIR/agg.log" || fed_fail "handshake timeout not logged"
 
@@ -117,6 +124,64 @@ echo "$out" | grep -q "^4.13" || fed_fail "oversized update over TCP (BERT): exp
 kill -0 "$half_pid" 2>/dev/null || fed_fail "the half-sent message's connection should still be open"
 kill "$half_pid" 2>/dev/null
 
+# a peer whose CSM says Max-Message-Size 512: GET /model's first Block2
+# message fits in it (512-byte blocks, not fedge's 1024)
+(printf '\x30\xe1\x22\x02\x00'; sleep 0.3; printf '\x60\x01\xb5model'; exec sleep 0.6) 2>/dev/null |
+    timeout 5 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-001 -psk "$hex" \
+        -tls1_2 -quiet 2>/dev/null >"$FED_DIR/mms.out"
+python3 - "$FED_DIR/mms.out" <<'EOF' || fed_fail "a peer's Max-Message-Size 512 not honoured"
+import sys
+b = open(sys.argv[1], "rb").read()
+i = 0
+while i < len(b):
+    n, tkl, i = b[i] >> 4, b[i] & 15, i + 1
+    ext = {13: (1, 13), 14: (2, 269), 15: (4, 65805)}.get(n)
+    if ext:
+        n, i = int.from_bytes(b[i:i + ext[0]], "big") + ext[1], i + ext[0]
+    code, body = b[i], b[i + 1 + tkl:i + 1 + tkl + n]
+    size, i = 1 + len(body), i + 1 + tkl + n
+    if code != 0x45:
+        continue
+    opt, j = 0, 0
+    while j < len(body) and body[j] != 0xff:
+        d, l, j = body[j] >> 4, body[j] & 15, j + 1
+        if d == 13: d, j = body[j] + 13, j + 1
+        if l == 13: l, j = body[j] + 13, j + 1
+        opt += d
+        if opt == 23:
+            szx = body[j + l - 1] & 7 if l else 0
+            print(f"2.05 with Block2 SZX {szx} in a {size + tkl}-byte message")
+            sys.exit(0 if szx <= 5 and size + tkl <= 512 else 1)
+        j += l
+sys.exit("no 2.05 with Block2 in the answer")
+EOF
+# one whose CSM says 64 bytes, too few for a /round answer: an Abort (7.05)
+# saying why, and the connection closed
+(printf '\x20\xe1\x21\x40'; sleep 0.3; printf '\x60\x01\xb5round'; exec sleep 3) 2>/dev/null |
+    timeout 5 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-001 -psk "$hex" \
+        -tls1_2 -quiet 2>/dev/null >"$FED_DIR/mms64.out"
+[ $? -eq 124 ] && fed_fail "the connection of a peer with Max-Message-Size 64 was kept open"
+grep -aq "Max-Message-Size below 512 bytes" "$FED_DIR/mms64.out" &&
+    od -An -tx1 "$FED_DIR/mms64.out" | tr -d '\n' | grep -q " e5 ff 4d 61 78" ||
+    fed_fail "no Abort for Max-Message-Size 64: $(od -An -tx1 "$FED_DIR/mms64.out" | head -3)"
+
+# one device, 5 authenticated connections (TLS, then a CSM): the oldest goes
+refused=$(tcp_stat refused)
+hex2=$(printf %s "$("$BIN/fedge-keygen" psk --keys "$FED_DIR/keys" --id dev-002)" | od -An -tx1 | tr -d ' \n')
+five=()
+for ((i = 0; i < 5; i++)); do
+    (printf '\x00\xe1'; exec sleep 8) 2>/dev/null |
+        timeout 10 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-002 -psk "$hex2" \
+            -tls1_2 -quiet >/dev/null 2>&1 &
+    five+=("$!")
+    sleep 0.2
+done
+kill -0 "${five[0]}" 2>/dev/null && fed_fail "a device's 5th authenticated connection should close its oldest"
+for p in "${five[@]:1}"; do kill -0 "$p" 2>/dev/null || fed_fail "a device's 4 newest connections should be kept"; done
+kill "${five[@]:1}" 2>/dev/null
+grep -q "closed: its device holds 4 newer ones" "$FED_DIR/agg.log" || fed_fail "the per-device cap not logged"
+[ "$(tcp_stat refused)" -gt "$refused" ] || fed_fail "the per-device close not counted"
+
 # an edge told to use TCP where nothing listens on TCP
 out=$(timeout 20 "$BIN/fedge-edge" --server "127.0.0.1:$(tcp_free_port)" --transport tcp --id dev-005 \
     --keys "$(fed_edge_keys dev-005)" --shard "$FED_DIR/shards/shard-002.bin" --max-retries 0 2>&1)
@@ -131,12 +196,38 @@ DRIVER="$BIN/bench-ingest_rate"
     --timeout-s 30 >"$FED_DIR/driver.log" 2>&1 || { cat "$FED_DIR/driver.log" >&2; fed_fail "bench-ingest_rate over TCP"; }
 grep -q "^resend   2 of 2 answered 2.04 as duplicates" "$FED_DIR/driver.log" ||
     fed_fail "resends over TCP not answered as duplicates: $(cat "$FED_DIR/driver.log")"
+# a peer with no key fills tcp_max_preauth (4) ten times over meanwhile
+python3 - "$TCP_PORT" <<'EOF' &
+import select, socket, sys
+port = int(sys.argv[1]); conns = []
+while True:
+    while len(conns) < 40:
+        try:
+            conns.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+        except OSError:
+            break
+    r, _, _ = select.select(conns, [], [], 0.02)
+    for c in r:
+        try:
+            d = c.recv(1)
+        except OSError:
+            d = b""
+        if d == b"":
+            conns.remove(c); c.close()
+EOF
+flood=$!
+FED_PIDS+=("$flood")
+sleep 0.5
 fed_start_edge dev-003 "$FED_DIR/shards/shard-000.bin" --encoding fp32 --transport tcp \
     --server "127.0.0.1:$TCP_PORT"
 fed_start_edge dev-004 "$FED_DIR/shards/shard-001.bin" --encoding int8 --transport tcp \
     --server "127.0.0.1:$TCP_PORT"
 fed_start_edge dev-005 "$FED_DIR/shards/shard-002.bin" --encoding int8
 fed_wait_run 60 || fed_fail "aggregator exited with an error"
+kill -0 "$flood" 2>/dev/null || fed_fail "the key-less flood stopped early"
+kill "$flood"
+grep -q "closed before its handshake: .* in handshake (tcp_max_preauth" "$FED_DIR/agg.log" ||
+    fed_fail "the flood's connections were not closed as tcp_max_preauth says"
 [ "$(fed_sql "SELECT count(*) FROM updates WHERE decision='accepted' AND round=1")" = 5 ] ||
     fed_fail "5 accepted updates expected: $(fed_sql "SELECT device, decision, reason FROM updates")"
 [ "$(fed_sql "SELECT count(*) FROM updates")" = 5 ] || fed_fail "one row per device expected"

@@ -127,6 +127,8 @@ static int gen(round_in *r, const char *spec_text)
         printf("%ld,%s", px, i % 24 == 23 ? "\n" : "");
     }
     printf("};\n");
+    printf("const size_t mcu_global_len = sizeof mcu_global / sizeof mcu_global[0], "
+           "mcu_x_len = sizeof mcu_x, mcu_y_len = sizeof mcu_y;\n");
     return FEDGE_OK;
 }
 

@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <errno.h>
+#include <sys/stat.h>
 
 #include "common.h"
 #include "dataset.h"
@@ -900,33 +902,46 @@ static void test_base_file_same_bits(void **state)
 }
 
 /* The base file is bound to its round, version and size and checked whole:
- * anything else is refused (the delta it would give is not sent). */
+ * anything else is refused (the delta it would give is not sent), and its
+ * parameters must hash to the round's model version, so one rewritten with
+ * a recomputed trailer is refused too. It is written through no link. */
 static void test_base_file_checks(void **state)
 {
     fixture *fx = *state;
-    char path[160];
+    char path[160], victim[160];
     snprintf(path, sizeof path, "%s/x.base", fx->dir);
-    enum { N = 1000 };
-    float w[N], base[N], d[N], buf[64];
+    snprintf(victim, sizeof victim, "%s/victim", fx->dir);
+    enum { N = 1000 }; /* softmax:99-10 */
+    fedge_model_spec spec, other_spec;
+    spec_of("softmax:99-10", &spec);
+    spec_of("mlp:9-90-10", &other_spec); /* 9*90+90 + 90*10+10 = 1810: not N */
+    float w[N], d[N], buf[64];
+    fedge_model base;
+    assert_int_equal(fedge_model_init(&base, &spec), FEDGE_OK);
     uint8_t version[FEDGE_HASH_LEN], other[FEDGE_HASH_LEN];
-    memset(version, 0x5a, sizeof version);
-    memset(other, 0x5a, sizeof other);
-    other[31] ^= 1;
     for (int i = 0; i < N; i++) {
-        base[i] = 0.25f * (float)(i % 13) - 1.0f;
-        w[i] = base[i] + 0.001f * (float)i;
+        base.params[i] = 0.25f * (float)(i % 13) - 1.0f;
+        w[i] = base.params[i] + 0.001f * (float)i;
     }
-    assert_int_equal(fedge_edge_base_write(path, 3, version, base, N), FEDGE_OK);
+    assert_int_equal(fedge_model_version(&base, version), FEDGE_OK);
+    memcpy(other, version, sizeof other);
+    other[31] ^= 1;
+    assert_int_equal(fedge_edge_base_write(path, 3, version, base.params, N), FEDGE_OK);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
     memcpy(d, w, sizeof d);
-    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N, buf, 64), FEDGE_OK);
+    assert_int_equal(fedge_edge_base_delta(path, 3, &spec, version, d, N, buf, 64), FEDGE_OK);
     for (int i = 0; i < N; i++)
-        assert_true(d[i] == w[i] - base[i]);
-    assert_int_equal(fedge_edge_base_delta(path, 4, version, d, N, buf, 64),
+        assert_true(d[i] == w[i] - base.params[i]);
+    assert_int_equal(fedge_edge_base_delta(path, 4, &spec, version, d, N, buf, 64),
                      FEDGE_ERR_MODEL_FILE_CHECKSUM); /* another round's */
-    assert_int_equal(fedge_edge_base_delta(path, 3, other, d, N, buf, 64),
+    assert_int_equal(fedge_edge_base_delta(path, 3, &spec, other, d, N, buf, 64),
                      FEDGE_ERR_MODEL_FILE_CHECKSUM); /* another model's */
-    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N - 1, buf, 64),
+    assert_int_equal(fedge_edge_base_delta(path, 3, &spec, version, d, N - 1, buf, 64),
                      FEDGE_ERR_MODEL_FILE_CHECKSUM); /* another size */
+    assert_int_equal(fedge_edge_base_delta(path, 3, &other_spec, version, d, N, buf, 64),
+                     FEDGE_ERR_MODEL_FILE_CHECKSUM); /* a spec of another size */
     FILE *f = fopen(path, "r+b");
     assert_non_null(f);
     assert_int_equal(fseek(f, 52 + 4 * 500, SEEK_SET), 0); /* one parameter's byte */
@@ -934,19 +949,80 @@ static void test_base_file_checks(void **state)
     assert_int_equal(fseek(f, 52 + 4 * 500, SEEK_SET), 0);
     fputc(c ^ 0x01, f);
     fclose(f);
-    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N, buf, 64),
+    assert_int_equal(fedge_edge_base_delta(path, 3, &spec, version, d, N, buf, 64),
                      FEDGE_ERR_MODEL_FILE_CHECKSUM);
-    assert_int_equal(fedge_edge_base_write(path, 3, version, base, N), FEDGE_OK);
+    /* forged: other parameters under the true header, the trailer recomputed */
+    float forged[N];
+    for (int i = 0; i < N; i++)
+        forged[i] = base.params[i] + 1.0f;
+    assert_int_equal(fedge_edge_base_write(path, 3, version, forged, N), FEDGE_OK);
+    memcpy(d, w, sizeof d);
+    assert_int_equal(fedge_edge_base_delta(path, 3, &spec, version, d, N, buf, 64),
+                     FEDGE_ERR_MODEL_FILE_CHECKSUM);
+    assert_int_equal(fedge_edge_base_write(path, 3, version, base.params, N), FEDGE_OK);
     assert_int_equal(truncate(path, 52 + 4 * N + 31), 0);
-    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N, buf, 64),
+    assert_int_equal(fedge_edge_base_delta(path, 3, &spec, version, d, N, buf, 64),
                      FEDGE_ERR_MODEL_FILE_CHECKSUM);
-    assert_int_equal(fedge_edge_base_write(path, 3, version, base, N), FEDGE_OK);
+    assert_int_equal(fedge_edge_base_write(path, 3, version, base.params, N), FEDGE_OK);
     assert_int_equal(truncate(path, 52 + 4 * N + 33), 0);
-    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N, buf, 64),
+    assert_int_equal(fedge_edge_base_delta(path, 3, &spec, version, d, N, buf, 64),
                      FEDGE_ERR_MODEL_FILE_CHECKSUM);
     unlink(path);
-    assert_int_equal(fedge_edge_base_delta(path, 3, version, d, N, buf, 64),
+    assert_int_equal(fedge_edge_base_delta(path, 3, &spec, version, d, N, buf, 64),
                      FEDGE_ERR_MODEL_FILE_CHECKSUM);
+    /* a link at the name: neither followed nor replaced, its target intact */
+    f = fopen(victim, "wb");
+    assert_non_null(f);
+    fputs("not the edge's", f);
+    fclose(f);
+    assert_int_equal(symlink(victim, path), 0);
+    assert_int_equal(fedge_edge_base_write(path, 3, version, base.params, N), FEDGE_ERR_NOT_REGULAR);
+    assert_int_equal(stat(victim, &st), 0);
+    assert_int_equal(st.st_size, 14);
+    assert_int_equal(lstat(path, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    assert_int_equal(fedge_edge_base_delta(path, 3, &spec, version, d, N, buf, 64),
+                     FEDGE_ERR_MODEL_FILE_CHECKSUM);
+    unlink(path);
+    unlink(victim);
+    fedge_model_free(&base);
+}
+
+/* A heavy-ball round whose base file cannot be written (a link in its
+ * place, as a full state dir would fail it): with base_ram_fallback the
+ * base stays in RAM and the round trains as without a base file; without
+ * it, FEDGE_ERR_BASE_WRITE and the global model is kept for another try. */
+static void test_base_file_write_fails(void **state)
+{
+    fixture *fx = *state;
+    char base_path[160];
+    snprintf(base_path, sizeof base_path, "%s/dev.base", fx->dir);
+    assert_int_equal(symlink("/dev/full", base_path), 0);
+    fedge_model_spec spec;
+    spec_of("softmax:784-10", &spec);
+    for (int fallback = 1; fallback >= 0; fallback--) {
+        fedge_edge_trainer t;
+        fedge_edge_trainer_init(&t);
+        assert_int_equal(fedge_edge_trainer_prepare(&t, &spec, 32, NULL), FEDGE_OK);
+        uint8_t *body, version[FEDGE_HASH_LEN];
+        size_t len;
+        model_body("softmax:784-10", 21, &body, &len, version);
+        assert_int_equal(fedge_edge_trainer_set_global(&t, body, len), FEDGE_OK);
+        free(body);
+        fedge_edge_train_params p = {.epochs = 1, .lr = 0.05f, .momentum = 0.9f, .seed = 4242,
+                                     .base_file = base_path, .round = 7,
+                                     .base_ram_fallback = fallback};
+        double loss;
+        int ret = fedge_edge_trainer_train(&t, &fx->shard, &p, NULL, &loss);
+        assert_int_equal(ret, fallback ? FEDGE_OK : FEDGE_ERR_BASE_WRITE);
+        assert_int_equal(t.base_write_errno, ELOOP);
+        assert_int_equal(t.spilled, 0);
+        assert_int_equal(t.have_global, 1);
+        if (fallback)
+            assert_non_null(t.delta);
+        fedge_edge_trainer_free(&t);
+    }
+    unlink(base_path);
 }
 
 static void test_plain_bits_unchanged(void **state)
@@ -1070,6 +1146,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_plain_bits_unchanged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_base_file_same_bits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_base_file_checks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_base_file_write_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scaffold_plan_and_seal, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

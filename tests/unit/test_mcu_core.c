@@ -76,10 +76,18 @@ static void plan_and_refusals(void **state)
     float x[9 * 784] = {0};
     uint8_t y[9] = {0};
     float *global = calloc(7850, sizeof(float));
-    assert_int_equal(fedge_core_begin(&c, global), FEDGE_OK);
-    assert_int_equal(fedge_core_step(&c, x, y, 9, NULL), FEDGE_ERR_INVALID_ARG); /* > batch */
+    /* lengths that do not match the spec or the rows: refused before reading */
+    assert_int_equal(fedge_core_begin(&c, global, 7849), FEDGE_ERR_MODEL_SHAPE);
+    assert_int_equal(fedge_core_begin(&c, global, 7851), FEDGE_ERR_MODEL_SHAPE);
+    assert_int_equal(fedge_core_begin(&c, global, 7850), FEDGE_OK);
+    assert_int_equal(fedge_core_step(&c, x, 9 * 784, y, 9, 9, NULL), FEDGE_ERR_INVALID_ARG); /* > batch */
+    assert_int_equal(fedge_core_step(&c, x, 2 * 784 - 1, y, 9, 2, NULL), FEDGE_ERR_BUFFER_TOO_SMALL);
+    assert_int_equal(fedge_core_step(&c, x, 2 * 784, y, 1, 2, NULL), FEDGE_ERR_BUFFER_TOO_SMALL);
+    uint8_t xu8[2 * 784] = {0};
+    assert_int_equal(fedge_core_step_u8(&c, xu8, 784, 1.0f / 255.0f, y, 2, 2, NULL),
+                     FEDGE_ERR_BUFFER_TOO_SMALL);
     y[0] = 10;
-    assert_int_equal(fedge_core_step(&c, x, y, 1, NULL), FEDGE_ERR_DATA_LABEL);
+    assert_int_equal(fedge_core_step(&c, x, 784, y, 1, 1, NULL), FEDGE_ERR_DATA_LABEL);
     assert_int_equal(c.steps, 0);
 
     fedge_device_key k;
@@ -88,7 +96,8 @@ static void plan_and_refusals(void **state)
     fedge_core_update u = {&k, 1, RUN_ID, 1, base};
     fedge_update_stream *s = NULL;
     c.platform.random = failing_random;
-    assert_int_equal(fedge_core_seal(&c, global, &u, &s), FEDGE_ERR_CRYPTO);
+    assert_int_equal(fedge_core_seal(&c, global, 7849, &u, &s), FEDGE_ERR_MODEL_SHAPE);
+    assert_int_equal(fedge_core_seal(&c, global, 7850, &u, &s), FEDGE_ERR_CRYPTO);
     assert_null(s);
     free(global);
     free(buf);
@@ -123,11 +132,12 @@ static void round_opens_and_matches(float momentum, int as_u8)
     fedge_platform pf = {fake_random, fake_now, &t};
     fedge_core c;
     assert_int_equal(fedge_core_init(&c, &spec, B, &sgd, FEDGE_ENC_FP32, &pf, buf, p.total), FEDGE_OK);
-    assert_int_equal(fedge_core_begin(&c, global.params), FEDGE_OK);
+    assert_int_equal(fedge_core_begin(&c, global.params, global.n_params), FEDGE_OK);
     for (int s = 0; s < STEPS; s++)
-        assert_int_equal(as_u8 ? fedge_core_step_u8(&c, xu8 + (size_t)(s * B) * dim, 1.0f / 255.0f,
-                                                    y + s * B, B, NULL)
-                               : fedge_core_step(&c, x + (size_t)(s * B) * dim, y + s * B, B, NULL),
+        assert_int_equal(as_u8 ? fedge_core_step_u8(&c, xu8 + (size_t)(s * B) * dim, (size_t)B * dim,
+                                                    1.0f / 255.0f, y + s * B, B, B, NULL)
+                               : fedge_core_step(&c, x + (size_t)(s * B) * dim, (size_t)B * dim,
+                                                 y + s * B, B, B, NULL),
                          FEDGE_OK);
     assert_int_equal(c.steps, STEPS);
     assert_int_equal(c.samples, B * STEPS);
@@ -139,7 +149,7 @@ static void round_opens_and_matches(float momentum, int as_u8)
     memset(base, 0x3c, sizeof base);
     fedge_core_update u = {&k, 42, RUN_ID, 5, base};
     fedge_update_stream *s = NULL;
-    assert_int_equal(fedge_core_seal(&c, global.params, &u, &s), FEDGE_OK);
+    assert_int_equal(fedge_core_seal(&c, global.params, global.n_params, &u, &s), FEDGE_OK);
     size_t len = fedge_update_stream_size(s);
     uint8_t *frame = malloc(len), *scratch = malloc(len);
     for (size_t off = 0; off < len; off += 500)
