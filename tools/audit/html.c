@@ -136,6 +136,26 @@ static const char *ctext(sqlite3_stmt *st, int i)
     return (const char *)sqlite3_column_text(st, i);
 }
 
+/* A copy of column i's text ("" for NULL), NULL when out of memory. */
+static char *ctext_dup(sqlite3_stmt *st, int i)
+{
+    return strdup(ctext(st, i) ? ctext(st, i) : "");
+}
+
+/* arr (cap elements of elem bytes) doubled, 64 at first: the new array and
+ * *cap, or NULL with "out of memory" said and arr left as it was. */
+static void *grow(void *arr, size_t *cap, size_t elem)
+{
+    size_t nc = *cap ? 2 * *cap : 64;
+    void *x = realloc(arr, nc * elem);
+    if (!x) {
+        cli_error("out of memory");
+        return NULL;
+    }
+    *cap = nc;
+    return x;
+}
+
 static double cnum(sqlite3_stmt *st, int i)
 {
     return sqlite3_column_type(st, i) == SQLITE_NULL ? NAN : sqlite3_column_double(st, i);
@@ -419,14 +439,10 @@ static int section_accuracy(FILE *f, sqlite3 *db)
         return -1;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n == cap) {
-            size_t nc = cap ? 2 * cap : 64;
-            acc_row *x = realloc(rows, nc * sizeof *x);
-            if (!x) {
-                cli_error("out of memory");
+            acc_row *x = grow(rows, &cap, sizeof *x);
+            if (!x)
                 goto cleanup;
-            }
             rows = x;
-            cap = nc;
         }
         acc_row *r = &rows[n++];
         r->round = sqlite3_column_int64(st, 0);
@@ -545,18 +561,14 @@ static int load_devices(sqlite3 *db, dev_eps **out, size_t *n_out)
         return -1;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n == cap) {
-            size_t nc = cap ? 2 * cap : 64;
-            dev_eps *x = realloc(d, nc * sizeof *x);
-            if (!x) {
-                cli_error("out of memory");
+            dev_eps *x = grow(d, &cap, sizeof *x);
+            if (!x)
                 goto cleanup;
-            }
             d = x;
-            cap = nc;
         }
         memset(&d[n], 0, sizeof d[n]);
-        d[n].id = strdup(ctext(st, 0) ? ctext(st, 0) : "");
-        d[n].region = strdup(ctext(st, 1) ? ctext(st, 1) : "");
+        d[n].id = ctext_dup(st, 0);
+        d[n].region = ctext_dup(st, 1);
         d[n].rounds_without_dp = sqlite3_column_int64(st, 2);
         n++;
         if (!d[n - 1].id || !d[n - 1].region) {
@@ -803,17 +815,13 @@ static int load_tallies(sqlite3 *db, const char *sql, tally **out, size_t *n_out
         return -1;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n == cap) {
-            size_t nc = cap ? 2 * cap : 64;
-            tally *x = realloc(t, nc * sizeof *x);
-            if (!x) {
-                cli_error("out of memory");
+            tally *x = grow(t, &cap, sizeof *x);
+            if (!x)
                 goto cleanup;
-            }
             t = x;
-            cap = nc;
         }
-        t[n].label = strdup(ctext(st, 0) ? ctext(st, 0) : "");
-        t[n].extra = strdup(ctext(st, 1) ? ctext(st, 1) : "");
+        t[n].label = ctext_dup(st, 0);
+        t[n].extra = ctext_dup(st, 1);
         t[n].count = sqlite3_column_int64(st, 2);
         t[n].samples = sqlite3_column_int64(st, 3);
         n++;
@@ -1047,7 +1055,7 @@ static int section_lineage(FILE *f, sqlite3 *db, const char *latest)
         sqlite3_reset(m);
         sqlite3_bind_text(m, 1, v, -1, SQLITE_STATIC);
         if (sqlite3_step(m) == SQLITE_ROW) {
-            c->kind = strdup(ctext(m, 0) ? ctext(m, 0) : "");
+            c->kind = ctext_dup(m, 0);
             c->round = sqlite3_column_int64(m, 1);
             c->accuracy = cnum(m, 2);
         } else {
