@@ -142,18 +142,46 @@ static char *ctext_dup(sqlite3_stmt *st, int i)
     return strdup(ctext(st, i) ? ctext(st, i) : "");
 }
 
-/* arr (cap elements of elem bytes) doubled, 64 at first: the new array and
- * *cap, or NULL with "out of memory" said and arr left as it was. */
-static void *grow(void *arr, size_t *cap, size_t elem)
+/* Every row of sql into a new array of elem-byte elements, each zeroed, then
+ * filled by fill (0, or -1 when out of memory): 0 with *rows (caller frees)
+ * and *n, or -1 said; *rows and *n then hold the elements begun so far, the
+ * failed one included, for the caller's free. */
+static int load_rows(sqlite3 *db, const char *sql, size_t elem, int (*fill)(sqlite3_stmt *, void *),
+                     void **rows, size_t *n)
 {
-    size_t nc = *cap ? 2 * *cap : 64;
-    void *x = realloc(arr, nc * elem);
-    if (!x) {
-        cli_error("out of memory");
-        return NULL;
+    sqlite3_stmt *st = NULL;
+    unsigned char *a = NULL;
+    size_t cap = 0;
+    int rc, ret = -1;
+    *rows = NULL;
+    *n = 0;
+    if (prep(db, sql, &st) != 0)
+        return -1;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == cap) {
+            size_t nc = cap ? 2 * cap : 64;
+            unsigned char *x = realloc(a, nc * elem);
+            if (!x) {
+                cli_error("out of memory");
+                goto cleanup;
+            }
+            a = x;
+            cap = nc;
+        }
+        unsigned char *e = a + (*n)++ * elem;
+        memset(e, 0, elem);
+        if (fill(st, e) != 0) {
+            cli_error("out of memory");
+            goto cleanup;
+        }
     }
-    *cap = nc;
-    return x;
+    if (step_done(db, rc) != 0)
+        goto cleanup;
+    ret = 0;
+cleanup:
+    sqlite3_finalize(st);
+    *rows = a;
+    return ret;
 }
 
 static double cnum(sqlite3_stmt *st, int i)
@@ -404,11 +432,23 @@ typedef struct {
     char status[16];
 } acc_row;
 
+static int acc_fill(sqlite3_stmt *st, void *elem)
+{
+    acc_row *r = elem;
+    r->round = sqlite3_column_int64(st, 0);
+    snprintf(r->status, sizeof r->status, "%s", ctext(st, 1) ? ctext(st, 1) : "");
+    r->accuracy = cnum(st, 2);
+    r->loss = cnum(st, 3);
+    r->train_accuracy = cnum(st, 4);
+    r->n_loss = sqlite3_column_int64(st, 5);
+    r->refined = cnum(st, 6);
+    return 0;
+}
+
 static int section_accuracy(FILE *f, sqlite3 *db)
 {
-    sqlite3_stmt *st = NULL;
-    int ret = -1, rc;
-    size_t n = 0, cap = 0;
+    int ret = -1;
+    size_t n = 0;
     acc_row *rows = NULL;
     double *col = NULL;
     int has_loss = has_column(db, "updates", "train_loss");
@@ -435,25 +475,10 @@ static int section_accuracy(FILE *f, sqlite3 *db)
              has_loss ? "(SELECT count(u.train_loss) FROM updates u"
                         " WHERE u.round = r.id AND u.decision <> 'rejected')"
                       : "0");
-    if (prep(db, sql, &st) != 0)
-        return -1;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            acc_row *x = grow(rows, &cap, sizeof *x);
-            if (!x)
-                goto cleanup;
-            rows = x;
-        }
-        acc_row *r = &rows[n++];
-        r->round = sqlite3_column_int64(st, 0);
-        snprintf(r->status, sizeof r->status, "%s", ctext(st, 1) ? ctext(st, 1) : "");
-        r->accuracy = cnum(st, 2);
-        r->loss = cnum(st, 3);
-        r->train_accuracy = cnum(st, 4);
-        r->n_loss = sqlite3_column_int64(st, 5);
-        r->refined = cnum(st, 6);
-    }
-    if (step_done(db, rc) != 0)
+    void *p;
+    int lr = load_rows(db, sql, sizeof *rows, acc_fill, &p, &n);
+    rows = p;
+    if (lr != 0)
         goto cleanup;
     /* the chart's columns: x, accuracy, refined, loss, train accuracy */
     col = malloc(5 * (n ? n : 1) * sizeof *col);
@@ -516,7 +541,6 @@ static int section_accuracy(FILE *f, sqlite3 *db)
     fprintf(f, "</tbody></table></details></section>\n");
     ret = 0;
 cleanup:
-    sqlite3_finalize(st);
     free(rows);
     free(col);
     return ret;
@@ -544,45 +568,27 @@ static dev_eps *dev_find(dev_eps *d, size_t n, const char *id)
     return bsearch(&key, d, n, sizeof *d, dev_cmp);
 }
 
+static int dev_fill(sqlite3_stmt *st, void *elem)
+{
+    dev_eps *d = elem;
+    d->id = ctext_dup(st, 0);
+    d->region = ctext_dup(st, 1);
+    d->rounds_without_dp = sqlite3_column_int64(st, 2);
+    return d->id && d->region ? 0 : -1;
+}
+
 /* Every device that has an update, sorted by id. */
 static int load_devices(sqlite3 *db, dev_eps **out, size_t *n_out)
 {
-    sqlite3_stmt *st = NULL;
-    dev_eps *d = NULL;
-    size_t n = 0, cap = 0;
-    int rc, ret = -1;
-    if (prep(db,
-             "SELECT u.device, (SELECT region FROM devices WHERE id = u.device),"
-             " (SELECT count(*) FROM updates x JOIN rounds r ON r.id = x.round"
-             "   WHERE x.device = u.device AND x.decision <> 'rejected' AND r.status = 'closed'"
-             "   AND NOT EXISTS (SELECT 1 FROM dp_ledger l WHERE l.round = r.id))"
-             " FROM (SELECT DISTINCT device FROM updates) u ORDER BY u.device",
-             &st) != 0)
-        return -1;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            dev_eps *x = grow(d, &cap, sizeof *x);
-            if (!x)
-                goto cleanup;
-            d = x;
-        }
-        memset(&d[n], 0, sizeof d[n]);
-        d[n].id = ctext_dup(st, 0);
-        d[n].region = ctext_dup(st, 1);
-        d[n].rounds_without_dp = sqlite3_column_int64(st, 2);
-        n++;
-        if (!d[n - 1].id || !d[n - 1].region) {
-            cli_error("out of memory");
-            goto cleanup;
-        }
-    }
-    if (step_done(db, rc) != 0)
-        goto cleanup;
-    ret = 0;
-cleanup:
-    sqlite3_finalize(st);
-    *out = d;
-    *n_out = n;
+    void *p;
+    int ret = load_rows(db,
+                        "SELECT u.device, (SELECT region FROM devices WHERE id = u.device),"
+                        " (SELECT count(*) FROM updates x JOIN rounds r ON r.id = x.round"
+                        "   WHERE x.device = u.device AND x.decision <> 'rejected' AND r.status = 'closed'"
+                        "   AND NOT EXISTS (SELECT 1 FROM dp_ledger l WHERE l.round = r.id))"
+                        " FROM (SELECT DISTINCT device FROM updates) u ORDER BY u.device",
+                        sizeof **out, dev_fill, &p, n_out);
+    *out = p;
     return ret;
 }
 
@@ -804,39 +810,22 @@ static void tallies_free(tally *t, size_t n)
     free(t);
 }
 
+static int tally_fill(sqlite3_stmt *st, void *elem)
+{
+    tally *t = elem;
+    t->label = ctext_dup(st, 0);
+    t->extra = ctext_dup(st, 1);
+    t->count = sqlite3_column_int64(st, 2);
+    t->samples = sqlite3_column_int64(st, 3);
+    return t->label && t->extra ? 0 : -1;
+}
+
 /* Rows of (label, extra, count, samples) from sql. */
 static int load_tallies(sqlite3 *db, const char *sql, tally **out, size_t *n_out)
 {
-    sqlite3_stmt *st = NULL;
-    tally *t = NULL;
-    size_t n = 0, cap = 0;
-    int rc, ret = -1;
-    if (prep(db, sql, &st) != 0)
-        return -1;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            tally *x = grow(t, &cap, sizeof *x);
-            if (!x)
-                goto cleanup;
-            t = x;
-        }
-        t[n].label = ctext_dup(st, 0);
-        t[n].extra = ctext_dup(st, 1);
-        t[n].count = sqlite3_column_int64(st, 2);
-        t[n].samples = sqlite3_column_int64(st, 3);
-        n++;
-        if (!t[n - 1].label || !t[n - 1].extra) {
-            cli_error("out of memory");
-            goto cleanup;
-        }
-    }
-    if (step_done(db, rc) != 0)
-        goto cleanup;
-    ret = 0;
-cleanup:
-    sqlite3_finalize(st);
-    *out = t;
-    *n_out = n;
+    void *p;
+    int ret = load_rows(db, sql, sizeof **out, tally_fill, &p, n_out);
+    *out = p;
     return ret;
 }
 
