@@ -34,29 +34,6 @@ double fedge_wall_now(void)
     return fedge_clock_wall(); /* step-free: the log and the rate-limit window never jump */
 }
 
-/* An audited operator event about device (events row and its audit entry). */
-static int device_event(sqlite3 *db, const char *device, const char *kind, const char *detail, double now)
-{
-    sqlite3_stmt *st = NULL;
-    char key[24];
-    int ret;
-    CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,?,'operator',?)",
-                            &st));
-    sqlite3_bind_double(st, 1, now);
-    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, detail, -1, SQLITE_STATIC);
-    ret = fedge_store_step_done(db, st);
-    st = NULL;
-    if (ret != FEDGE_OK)
-        goto cleanup;
-    snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(db));
-    CHK(fedge_audit_append(db, "events", key));
-cleanup:
-    sqlite3_finalize(st);
-    return ret;
-}
-
 /* The devices row's column (status or region) into out; "" when there is no row. */
 static int device_column(sqlite3 *db, const char *sql, const char *device, char *out, size_t cap)
 {
@@ -109,11 +86,11 @@ static int sync_devices(fedge_aggregator *a, const fedge_keys *keys, const fedge
         if (!prev[0]) {
             snprintf(detail, sizeof detail, "device %s enrolled in region %s by a keys reload (keys file %.4000s)",
                      d->id, d->region, a->cfg.keys_file);
-            CHK(device_event(a->db, d->id, "enrolled", detail, now));
+            CHK(fedge_gov_device_event(a->db, d->id, "enrolled", detail, now));
         } else {
             snprintf(detail, sizeof detail, "device %s: region %s -> %s by a keys reload (keys file %.4000s)", d->id,
                      prev, d->region, a->cfg.keys_file);
-            CHK(device_event(a->db, d->id, "enrolled", detail, now));
+            CHK(fedge_gov_device_event(a->db, d->id, "enrolled", detail, now));
         }
     }
     for (size_t i = 0; old && i < old->n && i < keys->n; i++) {
@@ -125,7 +102,7 @@ static int sync_devices(fedge_aggregator *a, const fedge_keys *keys, const fedge
         snprintf(detail, sizeof detail, "device %s: key taken out of the keys file by a keys reload (keys file "
                  "%.4000s); status %s kept, it cannot authenticate until listed again", keys->devices[i].id,
                  a->cfg.keys_file, prev[0] ? prev : "unknown");
-        CHK(device_event(a->db, keys->devices[i].id, "device_status", detail, now));
+        CHK(fedge_gov_device_event(a->db, keys->devices[i].id, "device_status", detail, now));
     }
     CHK(fedge_store_commit(a->db));
 cleanup:

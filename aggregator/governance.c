@@ -702,10 +702,32 @@ cleanup:
     return ret;
 }
 
+int fedge_gov_device_event(sqlite3 *db, const char *device, const char *kind, const char *detail, double at)
+{
+    sqlite3_stmt *st = NULL;
+    char key[24];
+    int ret;
+    CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,?,'operator',?)",
+                            &st));
+    sqlite3_bind_double(st, 1, at);
+    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, detail, -1, SQLITE_STATIC);
+    ret = fedge_store_step_done(db, st);
+    st = NULL;
+    if (ret != FEDGE_OK)
+        goto cleanup;
+    snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(db));
+    CHK(fedge_audit_append(db, "events", key));
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
 int fedge_device_set_status(sqlite3 *db, const char *device, const char *status, const char *reason)
 {
     sqlite3_stmt *st = NULL;
-    char detail[512], key[24], old[16] = "";
+    char detail[512], old[16] = "";
     int ret, in_tx = 0;
     if (!device || !status || !reason || !reason[0] ||
         (strcmp(status, "allowed") && strcmp(status, "suspended") && strcmp(status, "revoked")))
@@ -727,15 +749,7 @@ int fedge_device_set_status(sqlite3 *db, const char *device, const char *status,
     sqlite3_finalize(st);
     st = NULL;
     snprintf(detail, sizeof detail, "device %s: %s -> %s: %s", device, old, status, reason);
-    CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,'device_status','operator',?)",
-                    &st));
-    sqlite3_bind_double(st, 1, fedge_clock_wall());
-    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE)
-        FAIL(FEDGE_ERR_SQL);
-    snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(db));
-    CHK(fedge_audit_append(db, "events", key));
+    CHK(fedge_gov_device_event(db, device, "device_status", detail, fedge_clock_wall()));
     CHK(fedge_store_commit(db));
     in_tx = 0;
 cleanup:
@@ -748,7 +762,6 @@ cleanup:
 int fedge_device_enrol(sqlite3 *db, const char *device, const char *region, const char *detail)
 {
     sqlite3_stmt *st = NULL;
-    char key[24];
     int ret, in_tx = 0;
     if (!device || !region || !detail || !detail[0])
         return FEDGE_ERR_INVALID_ARG;
@@ -773,15 +786,7 @@ int fedge_device_enrol(sqlite3 *db, const char *device, const char *region, cons
         FAIL(FEDGE_ERR_SQL);
     sqlite3_finalize(st);
     st = NULL;
-    CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, rule, detail) VALUES(?,?,'enrolled','operator',?)",
-                            &st));
-    sqlite3_bind_double(st, 1, fedge_clock_wall());
-    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE)
-        FAIL(FEDGE_ERR_SQL);
-    snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(db));
-    CHK(fedge_audit_append(db, "events", key));
+    CHK(fedge_gov_device_event(db, device, "enrolled", detail, fedge_clock_wall()));
     CHK(fedge_store_commit(db));
     in_tx = 0;
 cleanup:

@@ -144,4 +144,10 @@ int fedge_device_set_status(sqlite3 *db, const char *device, const char *status,
  * the database past its busy timeout. */
 int fedge_device_enrol(sqlite3 *db, const char *device, const char *region, const char *detail);
 
+/* An operator's audited event about device: an events row (kind, rule
+ * 'operator', detail, at: wall seconds) and its audit entry, in the caller's
+ * transaction. FEDGE_ERR_BUSY / FEDGE_ERR_SQL from the insert, or the audit
+ * append's error. */
+int fedge_gov_device_event(sqlite3 *db, const char *device, const char *kind, const char *detail, double at);
+
 #endif

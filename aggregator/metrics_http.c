@@ -422,6 +422,13 @@ static void head(sbuf *b, const char *name, const char *type, const char *help)
     sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A metric with one unlabelled integer sample. */
+static void metric_count(sbuf *b, const char *name, const char *type, const char *help, unsigned long long v)
+{
+    head(b, name, type, help);
+    sb_printf(b, "%s %llu\n", name, v);
+}
+
 /* Prometheus' float text: NaN, +Inf, -Inf, else shortest round-trip-ish. */
 static void sb_value(sbuf *b, double v)
 {
@@ -529,12 +536,10 @@ int fedge_metrics_render(sqlite3 *db, const char *db_path, const fedge_metrics_s
     int ret = FEDGE_OK, found = 0, exists = 0;
     double v;
 
-    head(&b, "fedge_round", "gauge", "The open round (async: aggregation step), or the last one when none is open.");
-    sb_printf(&b, "fedge_round %u\n", st->round);
-    head(&b, "fedge_round_open", "gauge", "1 while a round (or async step) is open.");
-    sb_printf(&b, "fedge_round_open %d\n", st->open);
-    head(&b, "fedge_run_finished", "gauge", "1 once the run has finished.");
-    sb_printf(&b, "fedge_run_finished %d\n", st->finished);
+    metric_count(&b, "fedge_round", "gauge",
+                 "The open round (async: aggregation step), or the last one when none is open.", st->round);
+    metric_count(&b, "fedge_round_open", "gauge", "1 while a round (or async step) is open.", st->open);
+    metric_count(&b, "fedge_run_finished", "gauge", "1 once the run has finished.", st->finished);
 
     static const char *const status_l[] = {"status"};
     static const char *const update_l[] = {"decision", "rule"};
@@ -598,17 +603,16 @@ int fedge_metrics_render(sqlite3 *db, const char *db_path, const fedge_metrics_s
 
     if (srv != NULL) {
         if (srv->have_pool) {
-            head(&b, "fedge_ingest_queue_depth", "gauge", "Updates held by the ingest workers (queued or opened).");
-            sb_printf(&b, "fedge_ingest_queue_depth %zu\n", srv->ingest_held);
-            head(&b, "fedge_ingest_queue_capacity", "gauge", "The most updates the ingest workers hold (ingest_queue).");
-            sb_printf(&b, "fedge_ingest_queue_capacity %zu\n", srv->ingest_capacity);
+            metric_count(&b, "fedge_ingest_queue_depth", "gauge",
+                         "Updates held by the ingest workers (queued or opened).", srv->ingest_held);
+            metric_count(&b, "fedge_ingest_queue_capacity", "gauge",
+                         "The most updates the ingest workers hold (ingest_queue).", srv->ingest_capacity);
         }
-        head(&b, "fedge_uploads_in_progress", "gauge", "Block1 uploads being received.");
-        sb_printf(&b, "fedge_uploads_in_progress %zu\n", srv->uploads_in_progress);
-        head(&b, "fedge_round_observers", "gauge", "Devices observing GET /round (RFC 7641).");
-        sb_printf(&b, "fedge_round_observers %zu\n", srv->observers);
-        head(&b, "fedge_round_notifications_total", "counter", "Notifications sent to /round observers.");
-        sb_printf(&b, "fedge_round_notifications_total %llu\n", (unsigned long long)srv->notifications);
+        metric_count(&b, "fedge_uploads_in_progress", "gauge",
+                     "Block1 uploads being received.", srv->uploads_in_progress);
+        metric_count(&b, "fedge_round_observers", "gauge", "Devices observing GET /round (RFC 7641).", srv->observers);
+        metric_count(&b, "fedge_round_notifications_total", "counter",
+                     "Notifications sent to /round observers.", srv->notifications);
         head(&b, "fedge_ingest_latency_seconds", "histogram",
              "From an update's last block to its answer (opened, judged, committed), since start.");
         uint64_t cum = 0;

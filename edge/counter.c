@@ -33,16 +33,7 @@ static int read_counter(const char *path, uint64_t *out, int *exists)
     if (fd < 0)
         return errno == ENOENT ? FEDGE_OK : FEDGE_ERR_IO;
     *exists = 1;
-    while (got < sizeof buf) {
-        ssize_t n = read(fd, buf + got, sizeof buf - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            FAIL(FEDGE_ERR_IO);
-        if (n == 0)
-            break;
-        got += (size_t)n;
-    }
+    CHK(fedge_read_upto(fd, buf, sizeof buf, &got));
     if (got == sizeof buf)
         FAIL(FEDGE_ERR_EDGE_COUNTER);
     buf[got] = '\0';

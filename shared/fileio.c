@@ -48,6 +48,23 @@ int fedge_pread_all(int fd, void *buf, size_t len, uint64_t off, int short_code)
     return FEDGE_OK;
 }
 
+int fedge_read_upto(int fd, void *buf, size_t len, size_t *got)
+{
+    uint8_t *p = buf;
+    *got = 0;
+    while (*got < len) {
+        ssize_t n = read(fd, p + *got, len - *got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return FEDGE_ERR_IO;
+        if (n == 0)
+            break;
+        *got += (size_t)n;
+    }
+    return FEDGE_OK;
+}
+
 int fedge_fsync_dir(const char *dir)
 {
     if (dir == NULL)
@@ -313,17 +330,8 @@ int fedge_read_regular(const char *path, int flags, size_t max, char **buf, size
     data = malloc(cap + 1);
     if (data == NULL)
         FAIL(FEDGE_ERR_NOMEM);
-    size_t got = 0;
-    while (got < cap) { /* a file that shrank while read ends early */
-        ssize_t n = read(fd, data + got, cap - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            FAIL(FEDGE_ERR_IO);
-        if (n == 0)
-            break;
-        got += (size_t)n;
-    }
+    size_t got;
+    CHK(fedge_read_upto(fd, data, cap, &got)); /* a file that shrank while read ends early */
     data[got] = '\0';
     *buf = data;
     *len = got;

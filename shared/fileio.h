@@ -46,6 +46,10 @@ int fedge_write_all(int fd, const void *buf, size_t len);
 /* Reads exactly len bytes at offset off, retrying on EINTR and short reads;
  * returns short_code if the file ends first. */
 int fedge_pread_all(int fd, void *buf, size_t len, uint64_t off, int short_code);
+/* Reads from fd's offset until len bytes or the end of the file, retrying on
+ * EINTR and short reads; *got the bytes read (fewer than len only at the end).
+ * FEDGE_ERR_IO (errno set) on a read error. */
+int fedge_read_upto(int fd, void *buf, size_t len, size_t *got);
 /* fsync of a directory, named itself or as the parent of path ("." when
  * path has no slash). */
 int fedge_fsync_dir(const char *dir);

@@ -35,14 +35,11 @@ int fedge_sha256_file(const char *path, uint8_t out[FEDGE_HASH_LEN])
         goto cleanup;
     CHK(fedge_sha256_init(&ctx));
     for (;;) {
-        ssize_t n = read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            FAIL(FEDGE_ERR_IO);
+        size_t n;
+        CHK(fedge_read_upto(fd, buf, sizeof buf, &n));
         if (n == 0)
             break;
-        CHK(fedge_sha256_update(&ctx, buf, (size_t)n));
+        CHK(fedge_sha256_update(&ctx, buf, n));
     }
     CHK(fedge_sha256_final(&ctx, out));
 cleanup:

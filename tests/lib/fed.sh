@@ -69,13 +69,14 @@ fed_edge_keys() {
     echo "$f"
 }
 
-# fed_start_edge ID SHARD ARGS...: the edge gets its own exported keys file
+# fed_start_edge ID SHARD ARGS...: the edge gets its own exported keys file;
+# FED_EDGE_BIN names another fedge-edge (default $BIN/fedge-edge)
 FED_EDGE_PIDS=()
 fed_start_edge() {
     local id=$1 shard=$2 keys
     shift 2
     keys=$(fed_edge_keys "$id") || exit 1
-    "$BIN/fedge-edge" --server "127.0.0.1:$FED_PORT" --id "$id" --keys "$keys" \
+    "${FED_EDGE_BIN:-$BIN/fedge-edge}" --server "127.0.0.1:$FED_PORT" --id "$id" --keys "$keys" \
         --shard "$shard" "$@" >>"$FED_DIR/edge-$id.log" 2>&1 &
     FED_PIDS+=("$!")
     FED_EDGE_PIDS+=("$!:$id")

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bytes.h"
@@ -317,6 +318,40 @@ static void test_inplace(void **state)
                      FEDGE_ERR_INVALID_ARG);
 }
 
+/* fedge_read_upto: whole over short reads (a pipe a child writes twice, 50 ms
+ * apart), stops at len and at the end, FEDGE_ERR_IO on a closed descriptor. */
+static void test_read_upto(void **state)
+{
+    (void)state;
+    int p[2], status = 0;
+    char buf[16];
+    size_t got = 99;
+    assert_int_equal(pipe(p), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(p[0]);
+        int ok = fedge_write_all(p[1], "abc", 3) == FEDGE_OK;
+        usleep(50000);
+        ok = ok && fedge_write_all(p[1], "defghij", 7) == FEDGE_OK;
+        _exit(ok ? 0 : 1);
+    }
+    close(p[1]);
+    assert_int_equal(fedge_read_upto(p[0], buf, 8, &got), FEDGE_OK);
+    assert_int_equal(got, 8);
+    assert_memory_equal(buf, "abcdefgh", 8);
+    assert_int_equal(fedge_read_upto(p[0], buf, sizeof buf, &got), FEDGE_OK);
+    assert_int_equal(got, 2);
+    assert_memory_equal(buf, "ij", 2);
+    assert_int_equal(fedge_read_upto(p[0], buf, sizeof buf, &got), FEDGE_OK);
+    assert_int_equal(got, 0);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(p[0]);
+    assert_int_equal(fedge_read_upto(p[0], buf, sizeof buf, &got), FEDGE_ERR_IO);
+    assert_int_equal(errno, EBADF);
+}
+
 static void test_dirs_and_reads(void **state)
 {
     fixture *f = *state;
@@ -348,6 +383,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_inplace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_regular, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dirs_and_reads, setup, teardown),
+        cmocka_unit_test(test_read_upto),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

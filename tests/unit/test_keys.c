@@ -50,6 +50,17 @@ static void write_keys(const char *name, const char *text, char *path, size_t ca
     chmod(path, 0600);
 }
 
+/* A keys-file entry: id, region, every secret byte fill. */
+static fedge_device_entry entry(const char *id, const char *region, uint8_t fill)
+{
+    fedge_device_entry e;
+    memset(&e, 0, sizeof e);
+    snprintf(e.id, sizeof e.id, "%s", id);
+    snprintf(e.region, sizeof e.region, "%s", region);
+    memset(e.secret, fill, sizeof e.secret);
+    return e;
+}
+
 static void test_duplicate_id_names_both_lines(void **state)
 {
     (void)state;
@@ -84,11 +95,7 @@ static void test_lookalike_ids_and_shared_secrets(void **state)
 
     snprintf(text, sizeof text, "dev-a eu %s\n", SECRET);
     write_keys("add", text, path, sizeof path);
-    fedge_device_entry e;
-    memset(&e, 0, sizeof e);
-    snprintf(e.id, sizeof e.id, "Dev-A");
-    snprintf(e.region, sizeof e.region, "eu");
-    memset(e.secret, 0x77, sizeof e.secret);
+    fedge_device_entry e = entry("Dev-A", "eu", 0x77);
     assert_int_equal(fedge_keys_file_add(path, &e, err, sizeof err), FEDGE_ERR_DUPLICATE);
     assert_non_null(strstr(err, "already lists device dev-a, which differs from Dev-A only in case"));
     snprintf(e.id, sizeof e.id, "dev-b");
@@ -244,11 +251,7 @@ static void test_file_add_remove(void **state)
     char text[1024], path[128], err[256] = "", region[FEDGE_REGION_MAX + 1] = "";
     snprintf(text, sizeof text, "# site keys\ndev-b eu %s\n\n  dev-a us %s\n", S_B, SECRET);
     write_keys("edit", text, path, sizeof path);
-    fedge_device_entry e;
-    memset(&e, 0, sizeof e);
-    snprintf(e.id, sizeof e.id, "dev-c");
-    snprintf(e.region, sizeof e.region, "ap");
-    memset(e.secret, 0xab, sizeof e.secret);
+    fedge_device_entry e = entry("dev-c", "ap", 0xab);
     assert_int_equal(fedge_keys_file_add(path, &e, err, sizeof err), FEDGE_OK);
     struct stat st;
     assert_int_equal(stat(path, &st), 0);
@@ -299,11 +302,7 @@ static void test_bundle(void **state)
 {
     (void)state;
     char path[160], server[FEDGE_BUNDLE_SERVER_MAX + 1], err[256] = "";
-    fedge_device_entry e;
-    memset(&e, 0, sizeof e);
-    snprintf(e.id, sizeof e.id, "gw-17");
-    snprintf(e.region, sizeof e.region, "eu");
-    memset(e.secret, 0x5a, sizeof e.secret);
+    fedge_device_entry e = entry("gw-17", "eu", 0x5a);
     snprintf(path, sizeof path, "%s/gw-17.bundle", g_dir);
     assert_int_equal(fedge_keys_bundle_write(path, &e, "[::1]:5684"), FEDGE_OK);
     assert_int_equal(fedge_keys_bundle_write(path, &e, "[::1]:5684"), FEDGE_ERR_DUPLICATE); /* never over a file */

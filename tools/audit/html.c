@@ -136,6 +136,54 @@ static const char *ctext(sqlite3_stmt *st, int i)
     return (const char *)sqlite3_column_text(st, i);
 }
 
+/* A copy of column i's text ("" for NULL), NULL when out of memory. */
+static char *ctext_dup(sqlite3_stmt *st, int i)
+{
+    return strdup(ctext(st, i) ? ctext(st, i) : "");
+}
+
+/* Every row of sql into a new array of elem-byte elements, each zeroed, then
+ * filled by fill (0, or -1 when out of memory): 0 with *rows (caller frees)
+ * and *n, or -1 said; *rows and *n then hold the elements begun so far, the
+ * failed one included, for the caller's free. */
+static int load_rows(sqlite3 *db, const char *sql, size_t elem, int (*fill)(sqlite3_stmt *, void *),
+                     void **rows, size_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    unsigned char *a = NULL;
+    size_t cap = 0;
+    int rc, ret = -1;
+    *rows = NULL;
+    *n = 0;
+    if (prep(db, sql, &st) != 0)
+        return -1;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == cap) {
+            size_t nc = cap ? 2 * cap : 64;
+            unsigned char *x = realloc(a, nc * elem);
+            if (!x) {
+                cli_error("out of memory");
+                goto cleanup;
+            }
+            a = x;
+            cap = nc;
+        }
+        unsigned char *e = a + (*n)++ * elem;
+        memset(e, 0, elem);
+        if (fill(st, e) != 0) {
+            cli_error("out of memory");
+            goto cleanup;
+        }
+    }
+    if (step_done(db, rc) != 0)
+        goto cleanup;
+    ret = 0;
+cleanup:
+    sqlite3_finalize(st);
+    *rows = a;
+    return ret;
+}
+
 static double cnum(sqlite3_stmt *st, int i)
 {
     return sqlite3_column_type(st, i) == SQLITE_NULL ? NAN : sqlite3_column_double(st, i);
@@ -384,11 +432,23 @@ typedef struct {
     char status[16];
 } acc_row;
 
+static int acc_fill(sqlite3_stmt *st, void *elem)
+{
+    acc_row *r = elem;
+    r->round = sqlite3_column_int64(st, 0);
+    snprintf(r->status, sizeof r->status, "%s", ctext(st, 1) ? ctext(st, 1) : "");
+    r->accuracy = cnum(st, 2);
+    r->loss = cnum(st, 3);
+    r->train_accuracy = cnum(st, 4);
+    r->n_loss = sqlite3_column_int64(st, 5);
+    r->refined = cnum(st, 6);
+    return 0;
+}
+
 static int section_accuracy(FILE *f, sqlite3 *db)
 {
-    sqlite3_stmt *st = NULL;
-    int ret = -1, rc;
-    size_t n = 0, cap = 0;
+    int ret = -1;
+    size_t n = 0;
     acc_row *rows = NULL;
     double *col = NULL;
     int has_loss = has_column(db, "updates", "train_loss");
@@ -415,29 +475,10 @@ static int section_accuracy(FILE *f, sqlite3 *db)
              has_loss ? "(SELECT count(u.train_loss) FROM updates u"
                         " WHERE u.round = r.id AND u.decision <> 'rejected')"
                       : "0");
-    if (prep(db, sql, &st) != 0)
-        return -1;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            size_t nc = cap ? 2 * cap : 64;
-            acc_row *x = realloc(rows, nc * sizeof *x);
-            if (!x) {
-                cli_error("out of memory");
-                goto cleanup;
-            }
-            rows = x;
-            cap = nc;
-        }
-        acc_row *r = &rows[n++];
-        r->round = sqlite3_column_int64(st, 0);
-        snprintf(r->status, sizeof r->status, "%s", ctext(st, 1) ? ctext(st, 1) : "");
-        r->accuracy = cnum(st, 2);
-        r->loss = cnum(st, 3);
-        r->train_accuracy = cnum(st, 4);
-        r->n_loss = sqlite3_column_int64(st, 5);
-        r->refined = cnum(st, 6);
-    }
-    if (step_done(db, rc) != 0)
+    void *p;
+    int lr = load_rows(db, sql, sizeof *rows, acc_fill, &p, &n);
+    rows = p;
+    if (lr != 0)
         goto cleanup;
     /* the chart's columns: x, accuracy, refined, loss, train accuracy */
     col = malloc(5 * (n ? n : 1) * sizeof *col);
@@ -500,7 +541,6 @@ static int section_accuracy(FILE *f, sqlite3 *db)
     fprintf(f, "</tbody></table></details></section>\n");
     ret = 0;
 cleanup:
-    sqlite3_finalize(st);
     free(rows);
     free(col);
     return ret;
@@ -528,49 +568,27 @@ static dev_eps *dev_find(dev_eps *d, size_t n, const char *id)
     return bsearch(&key, d, n, sizeof *d, dev_cmp);
 }
 
+static int dev_fill(sqlite3_stmt *st, void *elem)
+{
+    dev_eps *d = elem;
+    d->id = ctext_dup(st, 0);
+    d->region = ctext_dup(st, 1);
+    d->rounds_without_dp = sqlite3_column_int64(st, 2);
+    return d->id && d->region ? 0 : -1;
+}
+
 /* Every device that has an update, sorted by id. */
 static int load_devices(sqlite3 *db, dev_eps **out, size_t *n_out)
 {
-    sqlite3_stmt *st = NULL;
-    dev_eps *d = NULL;
-    size_t n = 0, cap = 0;
-    int rc, ret = -1;
-    if (prep(db,
-             "SELECT u.device, (SELECT region FROM devices WHERE id = u.device),"
-             " (SELECT count(*) FROM updates x JOIN rounds r ON r.id = x.round"
-             "   WHERE x.device = u.device AND x.decision <> 'rejected' AND r.status = 'closed'"
-             "   AND NOT EXISTS (SELECT 1 FROM dp_ledger l WHERE l.round = r.id))"
-             " FROM (SELECT DISTINCT device FROM updates) u ORDER BY u.device",
-             &st) != 0)
-        return -1;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            size_t nc = cap ? 2 * cap : 64;
-            dev_eps *x = realloc(d, nc * sizeof *x);
-            if (!x) {
-                cli_error("out of memory");
-                goto cleanup;
-            }
-            d = x;
-            cap = nc;
-        }
-        memset(&d[n], 0, sizeof d[n]);
-        d[n].id = strdup(ctext(st, 0) ? ctext(st, 0) : "");
-        d[n].region = strdup(ctext(st, 1) ? ctext(st, 1) : "");
-        d[n].rounds_without_dp = sqlite3_column_int64(st, 2);
-        n++;
-        if (!d[n - 1].id || !d[n - 1].region) {
-            cli_error("out of memory");
-            goto cleanup;
-        }
-    }
-    if (step_done(db, rc) != 0)
-        goto cleanup;
-    ret = 0;
-cleanup:
-    sqlite3_finalize(st);
-    *out = d;
-    *n_out = n;
+    void *p;
+    int ret = load_rows(db,
+                        "SELECT u.device, (SELECT region FROM devices WHERE id = u.device),"
+                        " (SELECT count(*) FROM updates x JOIN rounds r ON r.id = x.round"
+                        "   WHERE x.device = u.device AND x.decision <> 'rejected' AND r.status = 'closed'"
+                        "   AND NOT EXISTS (SELECT 1 FROM dp_ledger l WHERE l.round = r.id))"
+                        " FROM (SELECT DISTINCT device FROM updates) u ORDER BY u.device",
+                        sizeof **out, dev_fill, &p, n_out);
+    *out = p;
     return ret;
 }
 
@@ -792,43 +810,22 @@ static void tallies_free(tally *t, size_t n)
     free(t);
 }
 
+static int tally_fill(sqlite3_stmt *st, void *elem)
+{
+    tally *t = elem;
+    t->label = ctext_dup(st, 0);
+    t->extra = ctext_dup(st, 1);
+    t->count = sqlite3_column_int64(st, 2);
+    t->samples = sqlite3_column_int64(st, 3);
+    return t->label && t->extra ? 0 : -1;
+}
+
 /* Rows of (label, extra, count, samples) from sql. */
 static int load_tallies(sqlite3 *db, const char *sql, tally **out, size_t *n_out)
 {
-    sqlite3_stmt *st = NULL;
-    tally *t = NULL;
-    size_t n = 0, cap = 0;
-    int rc, ret = -1;
-    if (prep(db, sql, &st) != 0)
-        return -1;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            size_t nc = cap ? 2 * cap : 64;
-            tally *x = realloc(t, nc * sizeof *x);
-            if (!x) {
-                cli_error("out of memory");
-                goto cleanup;
-            }
-            t = x;
-            cap = nc;
-        }
-        t[n].label = strdup(ctext(st, 0) ? ctext(st, 0) : "");
-        t[n].extra = strdup(ctext(st, 1) ? ctext(st, 1) : "");
-        t[n].count = sqlite3_column_int64(st, 2);
-        t[n].samples = sqlite3_column_int64(st, 3);
-        n++;
-        if (!t[n - 1].label || !t[n - 1].extra) {
-            cli_error("out of memory");
-            goto cleanup;
-        }
-    }
-    if (step_done(db, rc) != 0)
-        goto cleanup;
-    ret = 0;
-cleanup:
-    sqlite3_finalize(st);
-    *out = t;
-    *n_out = n;
+    void *p;
+    int ret = load_rows(db, sql, sizeof **out, tally_fill, &p, n_out);
+    *out = p;
     return ret;
 }
 
@@ -1047,7 +1044,7 @@ static int section_lineage(FILE *f, sqlite3 *db, const char *latest)
         sqlite3_reset(m);
         sqlite3_bind_text(m, 1, v, -1, SQLITE_STATIC);
         if (sqlite3_step(m) == SQLITE_ROW) {
-            c->kind = strdup(ctext(m, 0) ? ctext(m, 0) : "");
+            c->kind = ctext_dup(m, 0);
             c->round = sqlite3_column_int64(m, 1);
             c->accuracy = cnum(m, 2);
         } else {

@@ -20,17 +20,9 @@ FED_PORT=$(fed_free_port)
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
 fed_start_aggregator --model-spec "$SPEC" --test-data "$FED_DIR/test.bin" --rounds "$ROUNDS" \
     --round-timeout-s 120 --quorum 1 --start-delay-s 0.5 --linger-s 1
-start_edge() { # fed_start_edge with the shipped-profile binary
-    local id=$1 shard=$2 keys
-    shift 2
-    keys=$(fed_edge_keys "$id") || exit 1
-    "$EDGE_BUILD/bin/fedge-edge" --server "127.0.0.1:$FED_PORT" --id "$id" --keys "$keys" \
-        --shard "$shard" "$@" >>"$FED_DIR/edge-$id.log" 2>&1 &
-    FED_PIDS+=("$!")
-    FED_EDGE_PIDS+=("$!:$id")
-}
-start_edge dev-001 "$FED_DIR/shards/shard-000.bin"
-start_edge dev-002 "$FED_DIR/shards/shard-001.bin" --act-budget-kb "$KB"
+FED_EDGE_BIN="$EDGE_BUILD/bin/fedge-edge" # the shipped-profile binary
+fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin"
+fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin" --act-budget-kb "$KB"
 fed_wait_run 900 || fed_fail "run failed"
 t1=$(sed -n 's/.*round \([0-9]*\): .*train_ms=\([0-9]*\).*/\2/p' "$FED_DIR/edge-dev-001.log" | paste -sd+ | bc)
 t2=$(sed -n 's/.*round \([0-9]*\): .*train_ms=\([0-9]*\).*/\2/p' "$FED_DIR/edge-dev-002.log" | paste -sd+ | bc)
