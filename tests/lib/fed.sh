@@ -137,4 +137,4 @@ fed_wait_for() {
     fed_fail "timed out after ${t}s waiting for: $cmd"
 }
 
-fed_sql() { sqlite3 -batch -noheader "$FED_DIR/fedge.db" "$@"; }
+fed_sql() { sqlite3 -batch -noheader -cmd ".timeout 10000" "$FED_DIR/fedge.db" "$@"; } # waits out the daemon's write lock
