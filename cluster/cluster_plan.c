@@ -310,17 +310,6 @@ static int coll_time(plan_ctx *pc, int kind, int group, double bytes, double *ou
     return *out >= 0.0 ? FEDGE_OK : FEDGE_ERR_INTERNAL;
 }
 
-static double median(double *v, int n)
-{
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
-            double t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-        }
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* Chooses the sizes to measure: every size asked for, or COLL_GRID sizes
  * spaced evenly in log between the smallest and the largest of a (kind,
  * group) asked for more; past FEDGE_PLAN_MAX_COLL sizes in all, a group
@@ -414,7 +403,7 @@ static int coll_probe(fedge_plan_links *L)
                 t[trial] = peer < world ? (MPI_Wtime() - t0) / reps / 2.0 : 0.0;
             }
         }
-        mine[i] = median(t, COLL_TRIALS);
+        mine[i] = fedge_plan_median(t, COLL_TRIALS);
     }
     if (comm != MPI_COMM_NULL)
         MPI_Comm_free(&comm);
@@ -541,7 +530,7 @@ static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_link
     }
     if (ret == FEDGE_OK) {
         memcpy(mine, best, sizeof(best));
-        mine[5] = median(ar, DP_PASSES);
+        mine[5] = fedge_plan_median(ar, DP_PASSES);
     }
 cleanup:
     bad = ret != FEDGE_OK;

@@ -44,6 +44,10 @@ double fedge_plan_loglog(const double *xs, const double *ys, int n, double at);
 #define FEDGE_PLAN_MONO_MAX 256
 void fedge_plan_monotone(double *ys, int n);
 
+/* The median of v[0..n), n >= 1 (the mean of the middle two when n is even);
+ * sorts v in place (insertion sort: n is a handful of trials). */
+double fedge_plan_median(double *v, int n);
+
 /* Oversubscription (more ranks on a node than cores they may run on):
  * fedge_plan_share is how many ranks take turns on one core,
  * ceil(ranks / cores); 1 when cores >= ranks, or either is < 1 (unknown).

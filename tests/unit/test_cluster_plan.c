@@ -71,6 +71,16 @@ static fedge_pp_sim equal_stages(int schedule, int P, int M, double f, double b)
     return s;
 }
 
+static void test_median(void **state)
+{
+    (void)state;
+    double odd[5] = {5, 1, 4, 2, 3}, even[4] = {9, 1, 3, 7}, one[1] = {2.5};
+    assert_true(fedge_plan_median(odd, 5) == 3.0);
+    assert_true(fedge_plan_median(even, 4) == 5.0);
+    assert_true(fedge_plan_median(one, 1) == 2.5);
+    assert_true(odd[0] == 1.0 && odd[4] == 5.0); /* sorted in place */
+}
+
 static void test_sim_equal_stages_theory(void **state)
 {
     (void)state;
@@ -233,6 +243,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loglog),
         cmocka_unit_test(test_monotone),
+        cmocka_unit_test(test_median),
         cmocka_unit_test(test_sim_equal_stages_theory),
         cmocka_unit_test(test_sim_messages_and_uneven),
         cmocka_unit_test(test_sim_progress_in_wait),

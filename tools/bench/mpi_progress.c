@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster_plan_model.h"
+
 #define TRIALS 5
 
 static void spin(double s)
@@ -24,17 +26,6 @@ static void spin(double s)
     const double t0 = MPI_Wtime();
     while (MPI_Wtime() - t0 < s)
         x += 1.0;
-}
-
-static double median(double *v, int n)
-{
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
-            double t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-        }
-    return v[n / 2];
 }
 
 /* One trial; on rank 1 the arrival time of the first message after the
@@ -109,7 +100,7 @@ int main(int argc, char **argv)
                 rc = trial(rank, a, b, n, mode, 1e-3 * c_ms, &t[mode][k]);
         if (rank == 1 && rc == MPI_SUCCESS)
             printf("%10zu %14.3f %14.3f\n", (size_t)n * sizeof(float),
-                   1e3 * median(t[0], TRIALS), 1e3 * median(t[1], TRIALS));
+                   1e3 * fedge_plan_median(t[0], TRIALS), 1e3 * fedge_plan_median(t[1], TRIALS));
     }
     free(a);
     free(b);
