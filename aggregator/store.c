@@ -354,6 +354,13 @@ static int open_db(const char *path, int read_only, long page_size, sqlite3 **ou
     *out = NULL;
     if (!path || !fedge_store_page_size_valid(page_size))
         return FEDGE_ERR_INVALID_ARG;
+    /* SQLite opens whatever is there: a FIFO blocks its open or first read
+     * for good. A log is a regular file (or none yet, when writing). */
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        FEDGE_ERROR("database %s: %s", path, fedge_strerror(FEDGE_ERR_NOT_REGULAR));
+        return FEDGE_ERR_NOT_REGULAR;
+    }
     if (read_only && access(path, R_OK) != 0) {
         FEDGE_ERROR("cannot read database %s", path);
         return FEDGE_ERR_NOT_FOUND;

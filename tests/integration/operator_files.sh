@@ -43,6 +43,11 @@ refused "--check database" "database: error: .*not a regular file" "$BIN/fedge-a
     --keys-file "$FED_DIR/keys" --db "$F"
 refused "fedge-policy validate" "not a regular file" "$BIN/fedge-policy" validate "$F"
 refused "fedge-edge --bundle" "not a regular file" "$BIN/fedge-edge" --bundle "$F" --shard /nonexistent
+# the log itself (every program opens it through fedge_store_open_db)
+refused "fedge-audit --db" "not a regular file" "$BIN/fedge-audit" --db "$F" verify
+refused "fedge-admin --db" "not a regular file" "$BIN/fedge-admin" --db "$F" devices
+refused "fedge-aggregator --db" "not a regular file" "$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" \
+    --db "$F" --model-dir "$FED_DIR/fm" --listen "127.0.0.1:$(fed_free_port)" --model-spec softmax:784-10
 
 FED_PORT=$(fed_free_port)
 MPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
