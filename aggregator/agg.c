@@ -17,6 +17,7 @@
 #include "delta.h"
 #include "governance.h"
 #include "ingest.h"
+#include "keys_audit.h"
 #include "log.h"
 #include "modelstore.h"
 #include "scheduler.h"
@@ -104,6 +105,8 @@ static int sync_devices(fedge_aggregator *a, const fedge_keys *keys, const fedge
                  a->cfg.keys_file, prev[0] ? prev : "unknown");
         CHK(fedge_gov_device_event(a->db, keys->devices[i].id, "device_status", detail, now));
     }
+    if (old) /* the keys ledger (keys_audit.h) */
+        CHK(fedge_keys_audit_record(a->db, keys, "reload", a->cfg.keys_file, now, NULL, detail, sizeof detail));
     CHK(fedge_store_commit(a->db));
 cleanup:
     if (ret != FEDGE_OK)

@@ -13,6 +13,7 @@
 #include "crypto.h"
 #include "config.h"
 #include "instance_lock.h"
+#include "keys_audit.h"
 #include "log.h"
 #include "refine.h"
 #include "relay.h"
@@ -152,6 +153,13 @@ int main(int argc, char **argv)
         FEDGE_ERROR("start-up failed: %s", init == FEDGE_ERR_BUSY ? "the database stayed locked by another process"
                                                                    : err);
         status = init == FEDGE_ERR_BUSY ? 1 : 2; /* a runtime fault, not the configuration */
+        goto out;
+    }
+    /* keys edited while the daemon was down: audited before anything is served */
+    if (fedge_keys_audit_startup(&agg, err, sizeof err) != FEDGE_OK) {
+        FEDGE_ERROR("start-up failed: keys ledger: %s", err);
+        fedge_agg_free(&agg);
+        status = 2;
         goto out;
     }
     if (fedge_relay_open(&agg, err, sizeof err) != FEDGE_OK) {

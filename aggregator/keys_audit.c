@@ -1,0 +1,221 @@
+/* keys_audit.c — the keys ledger (keys_audit.h). */
+#include "keys_audit.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "audit.h"
+#include "common.h"
+#include "envelope.h"
+#include "governance.h"
+#include "hash.h"
+#include "log.h"
+#include "store.h"
+
+#define KID_HEX (2 * FEDGE_KEY_ID_LEN)
+
+typedef struct {
+    char id[FEDGE_DEVICE_ID_MAX + 1];
+    char region[FEDGE_REGION_MAX + 1];
+    char kid[KID_HEX + 1];
+    int64_t order; /* the event's place in the log; unused for the keys file's side */
+    int live;
+} ledger_entry;
+
+static int by_id_then_order(const void *x, const void *y)
+{
+    const ledger_entry *a = x, *b = y;
+    int c = strcmp(a->id, b->id);
+    if (c)
+        return c;
+    return (a->order > b->order) - (a->order < b->order);
+}
+
+/* One keys event's detail: change, region and key id after it. */
+static int parse_detail(const char *detail, char change[16], char region[FEDGE_REGION_MAX + 1],
+                        char kid[KID_HEX + 1])
+{
+    char tail[2];
+    if (!detail || sscanf(detail, "%15s region %32s key id %16[0-9a-f]%1[,( ]", change, region, kid, tail) != 4 ||
+        strlen(kid) != KID_HEX)
+        return FEDGE_ERR_AUDIT_CHAIN;
+    if (strcmp(change, "added") && strcmp(change, "removed") && strcmp(change, "rekeyed") && strcmp(change, "moved"))
+        return FEDGE_ERR_AUDIT_CHAIN;
+    return FEDGE_OK;
+}
+
+/* The last audited keys state: live devices sorted by id in *out (malloc'd). */
+static int ledger_state(sqlite3 *db, ledger_entry **out, size_t *n_out, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    ledger_entry *v = NULL;
+    size_t n = 0, cap = 0;
+    int ret, rc;
+    *out = NULL;
+    *n_out = 0;
+    CHK(fedge_store_prepare(db, "SELECT id, device, detail FROM events WHERE kind = '" FEDGE_KEYS_EVENT
+                                "' ORDER BY id", &st));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *dev = (const char *)sqlite3_column_text(st, 1);
+        char change[16];
+        if (n == cap) {
+            size_t ncap = cap ? 2 * cap : 64;
+            ledger_entry *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv)
+                FAIL(FEDGE_ERR_NOMEM);
+            v = nv;
+            cap = ncap;
+        }
+        ledger_entry *e = &v[n];
+        if (!dev || !fedge_device_id_valid(dev, strlen(dev)) ||
+            parse_detail((const char *)sqlite3_column_text(st, 2), change, e->region, e->kid) != FEDGE_OK) {
+            snprintf(err, errlen, "events row %lld: a malformed keys event (fedge-audit verify says more)",
+                     (long long)sqlite3_column_int64(st, 0));
+            FAIL(FEDGE_ERR_AUDIT_CHAIN);
+        }
+        snprintf(e->id, sizeof e->id, "%s", dev);
+        e->order = (int64_t)n;
+        e->live = strcmp(change, "removed") != 0;
+        n++;
+    }
+    if (rc != SQLITE_DONE)
+        FAIL(fedge_store_status(rc));
+    if (n)
+        qsort(v, n, sizeof *v, by_id_then_order);
+    size_t k = 0; /* the last entry of each id, when live */
+    for (size_t i = 0; i < n; i++)
+        if ((i + 1 == n || strcmp(v[i].id, v[i + 1].id) != 0) && v[i].live)
+            v[k++] = v[i];
+    *out = v;
+    *n_out = k;
+    v = NULL;
+cleanup:
+    sqlite3_finalize(st);
+    free(v);
+    return ret;
+}
+
+/* The keys table's live devices with their key ids, sorted by id. */
+static int file_state(const fedge_keys *keys, ledger_entry **out, size_t *n_out)
+{
+    ledger_entry *v = calloc(keys->n ? keys->n : 1, sizeof *v);
+    size_t n = 0;
+    int ret = FEDGE_OK;
+    if (!v)
+        return FEDGE_ERR_NOMEM;
+    for (size_t i = 0; i < keys->n; i++) {
+        const fedge_device_entry *d = &keys->devices[i];
+        fedge_device_key k;
+        if (d->removed)
+            continue;
+        CHK(fedge_envelope_derive_key(d->secret, FEDGE_SECRET_LEN, d->id, &k));
+        fedge_hex_encode(k.key_id, FEDGE_KEY_ID_LEN, v[n].kid);
+        fedge_device_key_wipe(&k);
+        snprintf(v[n].id, sizeof v[n].id, "%s", d->id);
+        snprintf(v[n].region, sizeof v[n].region, "%s", d->region);
+        v[n].live = 1;
+        n++;
+    }
+    if (n)
+        qsort(v, n, sizeof *v, by_id_then_order);
+cleanup:
+    if (ret != FEDGE_OK) {
+        free(v);
+        return ret;
+    }
+    *out = v;
+    *n_out = n;
+    return FEDGE_OK;
+}
+
+static int append(sqlite3 *db, double at, const char *device, const char *detail)
+{
+    sqlite3_stmt *st = NULL;
+    int ret;
+    CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, detail) VALUES(?1, ?2, '" FEDGE_KEYS_EVENT
+                                "', ?3)", &st));
+    sqlite3_bind_double(st, 1, at);
+    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);
+    ret = fedge_store_step_done(db, st);
+    st = NULL;
+    if (ret != FEDGE_OK)
+        goto cleanup;
+    CHK(fedge_audit_append_id(db, "events", sqlite3_last_insert_rowid(db)));
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int fedge_keys_audit_record(sqlite3 *db, const fedge_keys *keys, const char *source, const char *keys_file,
+                            double at, fedge_keys_audit_diff *diff, char *err, size_t errlen)
+{
+    ledger_entry *was = NULL, *now = NULL;
+    size_t n_was = 0, n_now = 0, i = 0, j = 0;
+    fedge_keys_audit_diff d = {0};
+    char detail[4400];
+    int ret;
+    if (!db || !keys || !source || !keys_file)
+        return FEDGE_ERR_INVALID_ARG;
+    CHK(ledger_state(db, &was, &n_was, err, errlen));
+    CHK(file_state(keys, &now, &n_now));
+    while (i < n_was || j < n_now) {
+        int c = i == n_was ? 1 : j == n_now ? -1 : strcmp(was[i].id, now[j].id);
+        if (c < 0) {
+            snprintf(detail, sizeof detail, "removed region %s key id %s (%s; keys file %.4000s)", was[i].region,
+                     was[i].kid, source, keys_file);
+            CHK(append(db, at, was[i].id, detail));
+            d.removed++;
+            i++;
+            continue;
+        }
+        if (c > 0) {
+            snprintf(detail, sizeof detail, "added region %s key id %s (%s; keys file %.4000s)", now[j].region,
+                     now[j].kid, source, keys_file);
+            CHK(append(db, at, now[j].id, detail));
+            d.added++;
+            j++;
+            continue;
+        }
+        int rekeyed = strcmp(was[i].kid, now[j].kid) != 0, moved = strcmp(was[i].region, now[j].region) != 0;
+        if (rekeyed || moved) {
+            snprintf(detail, sizeof detail, "%s region %s key id %s, was region %s key id %s (%s; keys file %.4000s)",
+                     rekeyed ? "rekeyed" : "moved", now[j].region, now[j].kid, was[i].region, was[i].kid, source,
+                     keys_file);
+            CHK(append(db, at, now[j].id, detail));
+            d.rekeyed += (size_t)rekeyed;
+            d.moved += (size_t)!rekeyed;
+        }
+        i++;
+        j++;
+    }
+    if (diff)
+        *diff = d;
+cleanup:
+    free(was);
+    free(now);
+    return ret;
+}
+
+int fedge_keys_audit_startup(fedge_aggregator *a, char *err, size_t errlen)
+{
+    fedge_keys_audit_diff d = {0};
+    int ret, in_tx = 0;
+    CHK(fedge_store_begin(a->db));
+    in_tx = 1;
+    CHK(fedge_keys_audit_record(a->db, &a->keys, "startup", a->cfg.keys_file, fedge_wall_now(), &d, err, errlen));
+    if (d.added + d.removed + d.rekeyed + d.moved)
+        CHK(fedge_gov_sign_head(a, a->round));
+    CHK(fedge_store_commit(a->db));
+    in_tx = 0;
+    FEDGE_INFO("keys file %s since the last audited keys state: %zu added, %zu removed, %zu rekeyed, %zu moved",
+               a->cfg.keys_file, d.added, d.removed, d.rekeyed, d.moved);
+cleanup:
+    if (in_tx)
+        fedge_store_rollback(a->db);
+    if (ret != FEDGE_OK && err && !err[0])
+        snprintf(err, errlen, "%s", fedge_strerror(ret));
+    return ret;
+}

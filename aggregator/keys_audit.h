@@ -1,0 +1,45 @@
+/* keys_audit.h — the keys ledger: every change of the device set the daemon
+ * serves is an audited events row, so the log says when each device was
+ * admitted, re-keyed, moved or taken out, whoever edited the keys file.
+ *
+ * An entry is an events row of kind FEDGE_KEYS_EVENT, device = the device id,
+ * rule NULL (not a decision), detail exactly
+ *   "<change> region <R> key id <K>[, was region <R0> key id <K0>] (<source>; keys file <PATH>)"
+ * change: added | removed | rekeyed (a new secret) | moved (region only);
+ * R, K: the device's region and envelope key id (envelope.h: 16 hex digits,
+ * HMAC of the derived key, as every update carries it; never the secret) after
+ * the change, or before it for "removed"; the "was" part for rekeyed and
+ * moved. source: "startup" (the file as found at start: a new log's initial
+ * set, or edits made while the daemon was down) or "reload" (SIGHUP).
+ * The last audited keys state is the fold of these rows in id order.
+ * docs/AUDIT.md "Keys ledger". */
+#ifndef FEDGE_KEYS_AUDIT_H
+#define FEDGE_KEYS_AUDIT_H
+
+#include <stddef.h>
+
+#include <sqlite3.h>
+
+#include "agg.h"
+#include "keys.h"
+
+#define FEDGE_KEYS_EVENT "keys"
+
+typedef struct {
+    size_t added, removed, rekeyed, moved;
+} fedge_keys_audit_diff;
+
+/* Compares keys (tombstones, removed = 1, count as absent) with the last
+ * audited keys state in db and appends one audited entry per difference, in
+ * device id order, at wall time `at`. The caller holds the transaction.
+ * diff (may be NULL) counts them. FEDGE_ERR_AUDIT_CHAIN when a keys event in
+ * the log is malformed (err names it), FEDGE_ERR_SQL, FEDGE_ERR_NOMEM. */
+int fedge_keys_audit_record(sqlite3 *db, const fedge_keys *keys, const char *source, const char *keys_file,
+                            double at, fedge_keys_audit_diff *diff, char *err, size_t errlen);
+
+/* At start, before serving: records the loaded keys against the ledger
+ * (source "startup") in one transaction and, when anything was recorded,
+ * signs the audit head. Logs a one-line summary. */
+int fedge_keys_audit_startup(fedge_aggregator *a, char *err, size_t errlen);
+
+#endif
