@@ -1476,6 +1476,41 @@ static int gather_training(sqlite3 *db, out_table *t)
     return table_ok(t) ? EXIT_OK : EXIT_USAGE;
 }
 
+/* The keys ledger (aggregator/keys_audit.h): one row per audited keys event,
+ * its detail split into columns; a detail that does not parse is shown whole
+ * in `change` (verify judges the log, not this view). */
+static int gather_keys(sqlite3 *db, out_table *t)
+{
+    static const char *const cols[] = {"device", "change", "region", "key_id", "was_region",
+                                       "was_key_id", "source", "at", "event"};
+    sqlite3_stmt *st = NULL;
+    out_table_init(t, FEDGE_ARRAY_LEN(cols), cols);
+    if (prep(db, "SELECT device, detail, at, id FROM events WHERE kind = 'keys' ORDER BY id", &st) != 0)
+        return EXIT_USAGE;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *detail = ctext(st, 1);
+        char change[16], region[40], kid[20], was_region[40] = "", was_kid[20] = "", source[16] = "";
+        const char *src = detail ? strstr(detail, " (") : NULL;
+        int ok = detail && sscanf(detail, "%15s region %39s key id %19[0-9a-f]", change, region, kid) == 3 &&
+                 src && sscanf(src, " (%15[a-z];", source) == 1;
+        const char *was = ok ? strstr(detail, ", was region ") : NULL;
+        if (was && sscanf(was, ", was region %39s key id %19[0-9a-f]", was_region, was_kid) != 2)
+            ok = 0;
+        out_row(t);
+        out_text(t, 0, ctext(st, 0));
+        out_text(t, 1, ok ? change : detail);
+        out_text(t, 2, ok ? region : NULL);
+        out_text(t, 3, ok ? kid : NULL);
+        out_text(t, 4, ok && was ? was_region : NULL);
+        out_text(t, 5, ok && was ? was_kid : NULL);
+        out_text(t, 6, ok ? source : NULL);
+        out_time_cell(t, 7, st, 2);
+        out_int(t, 8, sqlite3_column_int64(st, 3));
+    }
+    sqlite3_finalize(st);
+    return table_ok(t) ? EXIT_OK : EXIT_USAGE;
+}
+
 /* Revoked devices, each with its influence view. */
 static int revoked_devices(sqlite3 *db, char (**ids)[80], size_t *n)
 {
@@ -1515,6 +1550,7 @@ typedef struct {
     int has_cycle; /* lineage_cycle: a verification failure, with or without --pubkey */
     char cycle[512];
     out_table training;
+    out_table keys;
 } report;
 
 static void report_free(report *r)
@@ -1522,6 +1558,7 @@ static void report_free(report *r)
     out_table_free(&r->summary);
     out_table_free(&r->decisions);
     out_table_free(&r->training);
+    out_table_free(&r->keys);
     privacy_free(&r->priv);
     if (r->have_lineage)
         lineage_free(&r->lin);
@@ -1589,6 +1626,11 @@ static void report_md(const report *r, const cli_opts *o)
         out_print_md(stdout, &r->training);
     else
         printf("None.\n");
+    printf("\n## Keys file changes\n\n");
+    if (r->keys.n_rows)
+        out_print_md(stdout, &r->keys);
+    else
+        printf("None recorded.\n");
     printf("\n## Revoked devices\n\n");
     if (!r->n_revoked)
         printf("None.\n");
@@ -1631,6 +1673,7 @@ static void report_json(const report *r, const cli_opts *o)
     privacy_json(&j, "privacy", &r->priv);
     json_table(&j, "decisions", &r->decisions);
     json_table(&j, "training", &r->training);
+    json_table(&j, "keys_changes", &r->keys);
     json_arr(&j, "revoked_devices");
     for (size_t i = 0; i < r->n_revoked; i++)
         device_json(&j, NULL, &r->views[i]);
@@ -1679,6 +1722,8 @@ static void report_csv(const report *r)
     out_print_csv(stdout, &r->decisions, "decisions", 1);
     fputs("\r\n", stdout);
     out_print_csv(stdout, &r->training, "training", 1);
+    fputs("\r\n", stdout);
+    out_print_csv(stdout, &r->keys, "keys_changes", 1);
     for (size_t i = 0; i < r->n_revoked; i++) {
         fputs("\r\n", stdout);
         out_print_csv(stdout, &r->views[i].influenced, r->revoked[i], 1);
@@ -1797,6 +1842,8 @@ int cmd_report(sqlite3 *db, const cli_opts *o)
         rc = gather_decisions(db, 0, 0, NULL, 1, &r.decisions);
     if (rc == EXIT_OK)
         rc = gather_training(db, &r.training);
+    if (rc == EXIT_OK)
+        rc = gather_keys(db, &r.keys);
     if (rc == EXIT_OK)
         rc = revoked_devices(db, &r.revoked, &r.n_revoked);
     if (rc == EXIT_OK && r.n_revoked) {
