@@ -84,6 +84,29 @@ static int aad_tail(const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_train_me
     return fedge_train_metrics_encode(m, tail + FEDGE_RUN_ID_LEN);
 }
 
+/* The frame's sizes, for seal and the stream alike: the aad (delta header,
+ * run id, metrics block when m has one; tail holds its bytes after the
+ * header), the payload (the encoded delta after its header) and the whole
+ * sealed frame. */
+typedef struct {
+    uint8_t tail[FEDGE_RUN_ID_LEN + FEDGE_TRAIN_METRICS_LEN];
+    size_t aad_len, payload_len, total;
+} frame_layout;
+
+static int frame_layout_of(const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_train_metrics *m,
+                           const fedge_delta_header *h, frame_layout *f)
+{
+    int ret = aad_tail(run_id, m, f->tail, &f->aad_len);
+    if (ret != FEDGE_OK)
+        return ret;
+    size_t delta_len = fedge_delta_encoded_size(h);
+    if (delta_len == 0)
+        return FEDGE_ERR_INVALID_ARG;
+    f->payload_len = delta_len - FEDGE_DELTA_HEADER_LEN;
+    f->total = fedge_envelope_sealed_size(f->aad_len, f->payload_len);
+    return f->total == 0 ? FEDGE_ERR_RANGE : FEDGE_OK;
+}
+
 #if !FEDGE_FREESTANDING
 int fedge_update_seal(const fedge_device_key *k, uint64_t counter,
                       const uint8_t run_id[FEDGE_RUN_ID_LEN], const fedge_delta_header *h,
@@ -101,19 +124,11 @@ int fedge_update_seal_metrics(const fedge_device_key *k, uint64_t counter,
         return FEDGE_ERR_INVALID_ARG;
     *out = NULL;
     *out_len = 0;
-    uint8_t tail[FEDGE_RUN_ID_LEN + FEDGE_TRAIN_METRICS_LEN];
-    size_t aad_len = 0;
-    int r = aad_tail(run_id, m, tail, &aad_len);
-    if (r != FEDGE_OK)
-        return r;
-    size_t delta_len = fedge_delta_encoded_size(h);
-    if (delta_len == 0)
-        return FEDGE_ERR_INVALID_ARG;
-    size_t total = fedge_envelope_sealed_size(aad_len, delta_len - FEDGE_DELTA_HEADER_LEN);
-    if (total == 0)
-        return FEDGE_ERR_RANGE;
-
-    int ret = FEDGE_OK;
+    frame_layout f;
+    int ret = frame_layout_of(run_id, m, h, &f);
+    if (ret != FEDGE_OK)
+        return ret;
+    const size_t aad_len = f.aad_len, total = f.total;
     uint8_t *buf = malloc(total);
     if (buf == NULL)
         return FEDGE_ERR_NOMEM;
@@ -126,9 +141,9 @@ int fedge_update_seal_metrics(const fedge_device_key *k, uint64_t counter,
     uint8_t *aad = buf + FEDGE_ENV_HEADER_LEN;
     uint8_t *plain = aad + aad_len;
     size_t enc_len = 0, sealed_len = 0;
-    CHK(fedge_delta_encode(h, delta, rng, aad + tail_len, delta_len, &enc_len));
+    CHK(fedge_delta_encode(h, delta, rng, aad + tail_len, FEDGE_DELTA_HEADER_LEN + f.payload_len, &enc_len));
     memmove(aad, aad + tail_len, FEDGE_DELTA_HEADER_LEN);
-    memcpy(aad + FEDGE_DELTA_HEADER_LEN, tail, tail_len);
+    memcpy(aad + FEDGE_DELTA_HEADER_LEN, f.tail, tail_len);
 
     uint8_t prefix[4];
     uint32_t p = rng != NULL ? (uint32_t)fedge_rng_u64(rng) : (uint32_t)(counter >> 32);
@@ -250,18 +265,17 @@ struct fedge_update_stream {
     int caller_mem;             /* fedge_update_stream_init: wiped, never freed */
 };
 
+/* Whole units of the encoding (an element; an int8 block) filling about
+ * STREAM_CHUNK_BYTES of payload, sized by the codec's own table
+ * (fedge_delta_encoded_size). */
 static size_t stream_chunk_elems(const fedge_delta_header *h)
 {
-    switch (h->encoding) {
-    case FEDGE_ENC_FP32: return STREAM_CHUNK_BYTES / 4;
-    case FEDGE_ENC_FP16:
-    case FEDGE_ENC_BF16: return STREAM_CHUNK_BYTES / 2;
-    default: {
-        size_t per_block = 4 + (size_t)h->block_size;
-        size_t blocks = per_block < STREAM_CHUNK_BYTES ? STREAM_CHUNK_BYTES / per_block : 1;
-        return blocks * h->block_size;
-    }
-    }
+    fedge_delta_header u = *h;
+    u.flags = 0;
+    u.n_elems = h->block_size ? h->block_size : 1;
+    size_t per_unit = fedge_delta_encoded_size(&u) - FEDGE_DELTA_HEADER_LEN;
+    size_t units = per_unit < STREAM_CHUNK_BYTES ? STREAM_CHUNK_BYTES / per_unit : 1;
+    return units * u.n_elems;
 }
 
 /* A chunk's encoding: the delta's header fields with the chunk's length
@@ -374,15 +388,10 @@ static int stream_setup(fedge_update_stream *s, const fedge_device_key *k, uint6
                         const fedge_delta_header *h, const float *delta, fedge_rng *rng, size_t ce,
                         size_t cap, size_t ring)
 {
-    uint8_t tail[FEDGE_RUN_ID_LEN + FEDGE_TRAIN_METRICS_LEN];
-    size_t aad_len = 0;
-    int ret = aad_tail(run_id, m, tail, &aad_len);
+    frame_layout f;
+    int ret = frame_layout_of(run_id, m, h, &f);
     if (ret != FEDGE_OK)
         return ret;
-    size_t delta_len = fedge_delta_encoded_size(h);
-    size_t total = fedge_envelope_sealed_size(aad_len, delta_len - FEDGE_DELTA_HEADER_LEN);
-    if (total == 0)
-        return FEDGE_ERR_RANGE;
     s->key = *k;
     s->counter = counter;
     s->h = *h;
@@ -391,9 +400,9 @@ static int stream_setup(fedge_update_stream *s, const fedge_device_key *k, uint6
     s->chunk_elems = ce;
     s->chunk_cap = cap;
     s->ring_len = ring;
-    s->payload_len = delta_len - FEDGE_DELTA_HEADER_LEN;
-    s->total = total;
-    s->head_len = FEDGE_ENV_HEADER_LEN + aad_len;
+    s->payload_len = f.payload_len;
+    s->total = f.total;
+    s->head_len = FEDGE_ENV_HEADER_LEN + f.aad_len;
     if (rng != NULL)
         s->rng0 = *rng;
 
@@ -413,7 +422,7 @@ static int stream_setup(fedge_update_stream *s, const fedge_device_key *k, uint6
             aad[7] = (uint8_t)(aad[7] | (h->flags & FEDGE_DELTA_FLAG_CONTROL));
             for (int i = 0; i < 4; i++)
                 aad[20 + i] = (uint8_t)(h->n_elems >> (8 * i));
-            memcpy(aad + FEDGE_DELTA_HEADER_LEN, tail, aad_len - FEDGE_DELTA_HEADER_LEN);
+            memcpy(aad + FEDGE_DELTA_HEADER_LEN, f.tail, f.aad_len - FEDGE_DELTA_HEADER_LEN);
         }
     }
     mbedtls_platform_zeroize(s->chunk, s->chunk_cap);

@@ -603,6 +603,46 @@ static void test_stream_same_bytes(void **state)
     check_stream(FEDGE_ENC_FP32, 0, 1, 4096);
 }
 
+/* Seal and the stream size the frame alike, and as the format says
+ * (envelope overhead + aad + encoded payload), for every encoding, int8
+ * block sizes around the stream's chunk, with and without the metrics
+ * block, over lengths at and around chunk and block boundaries. */
+static void test_frame_size_both_paths(void **state)
+{
+    (void)state;
+    static const uint32_t sizes[] = {1, 2, 63, 64, 65, 255, 256, 257, 511, 512, 513, 1023, 1024, 1025, 4097, 9999};
+    static const uint32_t blocks[] = {1, 7, 256, 1020, 1021, 4096};
+    static const fedge_train_metrics metrics = {
+        .present = FEDGE_TRAIN_HAS_ALL, .loss = 0.5f, .accuracy = 0.75f, .epochs = 1, .train_ms = 10};
+    fedge_device_key k = device_key("dev-size");
+    float *x = random_delta(9999, 3);
+    for (int enc = FEDGE_ENC_FP32; enc <= FEDGE_ENC_INT8; enc++)
+        for (size_t b = 0; b < (enc == FEDGE_ENC_INT8 ? sizeof blocks / sizeof blocks[0] : 1); b++)
+            for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+                for (int with = 0; with < 2; with++) {
+                    fedge_delta_header h = header((fedge_encoding)enc, sizes[i]);
+                    if (enc == FEDGE_ENC_INT8)
+                        h.block_size = blocks[b];
+                    const fedge_train_metrics *m = with ? &metrics : NULL;
+                    uint8_t *sealed = NULL;
+                    size_t len = 0;
+                    assert_int_equal(fedge_update_seal_metrics(&k, 5, RUN_ID, m, &h, x, NULL, &sealed, &len),
+                                     FEDGE_OK);
+                    fedge_update_stream *s = NULL;
+                    assert_int_equal(fedge_update_stream_new_metrics(&k, 5, RUN_ID, m, &h, x, NULL, &s), FEDGE_OK);
+                    size_t want = FEDGE_ENV_OVERHEAD + FEDGE_UPDATE_AAD_LEN + (with ? FEDGE_TRAIN_METRICS_LEN : 0) +
+                                  fedge_delta_encoded_size(&h) - FEDGE_DELTA_HEADER_LEN;
+                    assert_int_equal(len, want);
+                    assert_int_equal(fedge_update_stream_size(s), want);
+                    uint8_t tag[FEDGE_ENV_TAG_LEN];
+                    assert_int_equal(fedge_update_stream_read(s, len - sizeof tag, tag, sizeof tag), FEDGE_OK);
+                    assert_memory_equal(tag, sealed + len - sizeof tag, sizeof tag);
+                    fedge_update_stream_free(s);
+                    free(sealed);
+                }
+    free(x);
+}
+
 /* What seal refuses, the stream refuses at creation, before a byte goes out. */
 static void test_stream_refuses_up_front(void **state)
 {
@@ -810,6 +850,7 @@ int main(void)
         cmocka_unit_test(test_counter_flow),
         cmocka_unit_test(test_stream_same_bytes),
         cmocka_unit_test(test_stream_refuses_up_front),
+        cmocka_unit_test(test_frame_size_both_paths),
         cmocka_unit_test(test_metrics_round_trip),
         cmocka_unit_test(test_metrics_encode_decode),
         cmocka_unit_test(test_metrics_malformed),
