@@ -65,31 +65,36 @@ before=$(state)
 
 # an authenticated peer: CSM, then a message announcing 1 MB, 3000 bytes, silence
 hex=$(printf %s "$psk" | od -An -tx1 | tr -d ' \n')
-(printf '\x00\xe1'; sleep 0.3; printf '\xf0\x00\x0e\x41\x33\x02'; head -c 3000 /dev/zero; exec sleep 6) 2>/dev/null |
+# (the feeder's pid in big.feeder: it is stopped once the server has closed)
+(echo "$BASHPID" >"$FED_DIR/big.feeder"; printf '\x00\xe1'; sleep 0.3; printf '\xf0\x00\x0e\x41\x33\x02'
+ head -c 3000 /dev/zero; exec sleep 6) 2>/dev/null |
     timeout 10 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-001 -psk "$hex" \
         -tls1_2 -quiet >"$FED_DIR/big.out" 2>&1 &
 big_pid=$!
 for ((i = 0; i < 40; i++)); do kill -0 "$big_pid" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$big_pid" 2>/dev/null && fed_fail "the server kept the connection of an oversized message open"
+kill "$(cat "$FED_DIR/big.feeder")" 2>/dev/null
 wait "$big_pid"
 grep -q "pdu too big" "$FED_DIR/agg.log" || fed_fail "oversized message not refused"
 kill -0 "$FED_AGG_PID" || fed_fail "aggregator died"
 
 # 12 connections that send nothing: at most 4 held, the oldest closed at
-# once, the held ones after 1 s
+# once, the held ones after 1 s (watched for 2 s, or until all are closed)
 python3 - "$TCP_PORT" <<'EOF' || fed_fail "stalling client"
-import socket, sys, time
+import select, socket, sys, time
 conns = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(12)]
-time.sleep(2)
-closed = 0
-for c in conns[:4]:
-    c.settimeout(0.2)
-    try:
-        closed += c.recv(1) == b""
-    except ConnectionResetError:
-        closed += 1
-    except socket.timeout:
-        pass
+end = time.monotonic() + 2
+live = list(conns)
+while live and time.monotonic() < end:
+    ready, _, _ = select.select(live, [], [], max(0.0, end - time.monotonic()))
+    for c in ready:
+        try:
+            gone = c.recv(1) == b""
+        except ConnectionResetError:
+            gone = True
+        if gone:
+            live.remove(c)
+closed = sum(c not in live for c in conns[:4])
 sys.exit(0 if closed == 4 else f"{closed} of the first 4 stalled connections closed by the server")
 EOF
 [ "$(tcp_stat preauth_evicted)" -ge 2 ] || fed_fail "connections past tcp_max_preauth should be closed: $(status)"
@@ -125,10 +130,14 @@ kill -0 "$half_pid" 2>/dev/null || fed_fail "the half-sent message's connection 
 kill "$half_pid" 2>/dev/null
 
 # a peer whose CSM says Max-Message-Size 512: GET /model's first Block2
-# message fits in it (512-byte blocks, not fedge's 1024)
-(printf '\x30\xe1\x22\x02\x00'; sleep 0.3; printf '\x60\x01\xb5model'; exec sleep 0.6) 2>/dev/null |
+# message fits in it (512-byte blocks, not fedge's 1024); the peer hangs up
+# (-no_ign_eof) once 256 bytes are in, or at 5 s
+: >"$FED_DIR/mms.out"
+(printf '\x30\xe1\x22\x02\x00'; sleep 0.3; printf '\x60\x01\xb5model'
+ for ((i = 0; i < 45; i++)); do [ "$(wc -c <"$FED_DIR/mms.out")" -ge 256 ] && break; sleep 0.1; done
+ exec sleep 0.3) 2>/dev/null |
     timeout 5 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-001 -psk "$hex" \
-        -tls1_2 -quiet 2>/dev/null >"$FED_DIR/mms.out"
+        -tls1_2 -quiet -no_ign_eof 2>/dev/null >"$FED_DIR/mms.out"
 python3 - "$FED_DIR/mms.out" <<'EOF' || fed_fail "a peer's Max-Message-Size 512 not honoured"
 import sys
 b = open(sys.argv[1], "rb").read()
