@@ -14,7 +14,9 @@
 #include "log.h"
 #include "store.h"
 
-#define KID_HEX (2 * FEDGE_KEY_ID_LEN)
+#define KID_HEX FEDGE_AUDIT_KEY_ID_HEX
+_Static_assert(KID_HEX == 2 * FEDGE_KEY_ID_LEN, "a key id's hex in the ledger");
+_Static_assert(FEDGE_AUDIT_REGION_MAX == FEDGE_REGION_MAX, "a region in the ledger");
 
 typedef struct {
     char id[FEDGE_DEVICE_ID_MAX + 1];
@@ -33,19 +35,6 @@ static int by_id_then_order(const void *x, const void *y)
     return (a->order > b->order) - (a->order < b->order);
 }
 
-/* One keys event's detail: change, region and key id after it. */
-static int parse_detail(const char *detail, char change[16], char region[FEDGE_REGION_MAX + 1],
-                        char kid[KID_HEX + 1])
-{
-    char tail[2];
-    if (!detail || sscanf(detail, "%15s region %32s key id %16[0-9a-f]%1[,( ]", change, region, kid, tail) != 4 ||
-        strlen(kid) != KID_HEX)
-        return FEDGE_ERR_AUDIT_CHAIN;
-    if (strcmp(change, "added") && strcmp(change, "removed") && strcmp(change, "rekeyed") && strcmp(change, "moved"))
-        return FEDGE_ERR_AUDIT_CHAIN;
-    return FEDGE_OK;
-}
-
 /* The last audited keys state: live devices sorted by id in *out (malloc'd). */
 static int ledger_state(sqlite3 *db, ledger_entry **out, size_t *n_out, char *err, size_t errlen)
 {
@@ -55,11 +44,11 @@ static int ledger_state(sqlite3 *db, ledger_entry **out, size_t *n_out, char *er
     int ret, rc;
     *out = NULL;
     *n_out = 0;
-    CHK(fedge_store_prepare(db, "SELECT id, device, detail FROM events WHERE kind = '" FEDGE_KEYS_EVENT
+    CHK(fedge_store_prepare(db, "SELECT id, device, detail FROM events WHERE kind = '" FEDGE_AUDIT_KEYS_EVENT
                                 "' ORDER BY id", &st));
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *dev = (const char *)sqlite3_column_text(st, 1);
-        char change[16];
+        fedge_keys_event ev;
         if (n == cap) {
             size_t ncap = cap ? 2 * cap : 64;
             ledger_entry *nv = realloc(v, ncap * sizeof *nv);
@@ -70,14 +59,16 @@ static int ledger_state(sqlite3 *db, ledger_entry **out, size_t *n_out, char *er
         }
         ledger_entry *e = &v[n];
         if (!dev || !fedge_device_id_valid(dev, strlen(dev)) ||
-            parse_detail((const char *)sqlite3_column_text(st, 2), change, e->region, e->kid) != FEDGE_OK) {
+            fedge_audit_keys_event_parse((const char *)sqlite3_column_text(st, 2), &ev) != FEDGE_OK) {
             snprintf(err, errlen, "events row %lld: a malformed keys event (fedge-audit verify says more)",
                      (long long)sqlite3_column_int64(st, 0));
             FAIL(FEDGE_ERR_AUDIT_CHAIN);
         }
         snprintf(e->id, sizeof e->id, "%s", dev);
+        snprintf(e->region, sizeof e->region, "%s", ev.region);
+        memcpy(e->kid, ev.key_id, sizeof e->kid);
         e->order = (int64_t)n;
-        e->live = strcmp(change, "removed") != 0;
+        e->live = ev.change != FEDGE_KEYS_REMOVED;
         n++;
     }
     if (rc != SQLITE_DONE)
@@ -130,14 +121,29 @@ cleanup:
     return FEDGE_OK;
 }
 
-static int append(sqlite3 *db, double at, const char *device, const char *detail)
+/* One entry: change from `was` (NULL: added) to `now` (NULL: removed). */
+static int append(sqlite3 *db, double at, const char *source, const char *keys_file, const ledger_entry *was,
+                  const ledger_entry *now)
 {
     sqlite3_stmt *st = NULL;
+    fedge_keys_event ev = {0};
+    char detail[4400];
+    const ledger_entry *cur = now ? now : was;
     int ret;
-    CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, detail) VALUES(?1, ?2, '" FEDGE_KEYS_EVENT
-                                "', ?3)", &st));
+    ev.change = !was ? FEDGE_KEYS_ADDED : !now ? FEDGE_KEYS_REMOVED
+                : strcmp(was->kid, now->kid) != 0 ? FEDGE_KEYS_REKEYED : FEDGE_KEYS_MOVED;
+    snprintf(ev.region, sizeof ev.region, "%s", cur->region);
+    memcpy(ev.key_id, cur->kid, sizeof ev.key_id);
+    if (was && now) {
+        snprintf(ev.was_region, sizeof ev.was_region, "%s", was->region);
+        memcpy(ev.was_key_id, was->kid, sizeof ev.was_key_id);
+    }
+    snprintf(ev.source, sizeof ev.source, "%s", source);
+    CHK(fedge_audit_keys_event_format(&ev, keys_file, detail, sizeof detail));
+    CHK(fedge_store_prepare(db, "INSERT INTO events(at, device, kind, detail) VALUES(?1, ?2, '"
+                                FEDGE_AUDIT_KEYS_EVENT "', ?3)", &st));
     sqlite3_bind_double(st, 1, at);
-    sqlite3_bind_text(st, 2, device, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, cur->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);
     ret = fedge_store_step_done(db, st);
     st = NULL;
@@ -155,7 +161,6 @@ int fedge_keys_audit_record(sqlite3 *db, const fedge_keys *keys, const char *sou
     ledger_entry *was = NULL, *now = NULL;
     size_t n_was = 0, n_now = 0, i = 0, j = 0;
     fedge_keys_audit_diff d = {0};
-    char detail[4400];
     int ret;
     if (!db || !keys || !source || !keys_file)
         return FEDGE_ERR_INVALID_ARG;
@@ -164,32 +169,20 @@ int fedge_keys_audit_record(sqlite3 *db, const fedge_keys *keys, const char *sou
     while (i < n_was || j < n_now) {
         int c = i == n_was ? 1 : j == n_now ? -1 : strcmp(was[i].id, now[j].id);
         if (c < 0) {
-            snprintf(detail, sizeof detail, "removed region %s key id %s (%s; keys file %.4000s)", was[i].region,
-                     was[i].kid, source, keys_file);
-            CHK(append(db, at, was[i].id, detail));
+            CHK(append(db, at, source, keys_file, &was[i++], NULL));
             d.removed++;
-            i++;
-            continue;
-        }
-        if (c > 0) {
-            snprintf(detail, sizeof detail, "added region %s key id %s (%s; keys file %.4000s)", now[j].region,
-                     now[j].kid, source, keys_file);
-            CHK(append(db, at, now[j].id, detail));
+        } else if (c > 0) {
+            CHK(append(db, at, source, keys_file, NULL, &now[j++]));
             d.added++;
-            j++;
-            continue;
-        }
-        int rekeyed = strcmp(was[i].kid, now[j].kid) != 0, moved = strcmp(was[i].region, now[j].region) != 0;
-        if (rekeyed || moved) {
-            snprintf(detail, sizeof detail, "%s region %s key id %s, was region %s key id %s (%s; keys file %.4000s)",
-                     rekeyed ? "rekeyed" : "moved", now[j].region, now[j].kid, was[i].region, was[i].kid, source,
-                     keys_file);
-            CHK(append(db, at, now[j].id, detail));
+        } else {
+            int rekeyed = strcmp(was[i].kid, now[j].kid) != 0, moved = strcmp(was[i].region, now[j].region) != 0;
+            if (rekeyed || moved)
+                CHK(append(db, at, source, keys_file, &was[i], &now[j]));
             d.rekeyed += (size_t)rekeyed;
-            d.moved += (size_t)!rekeyed;
+            d.moved += (size_t)(moved && !rekeyed);
+            i++;
+            j++;
         }
-        i++;
-        j++;
     }
     if (diff)
         *diff = d;

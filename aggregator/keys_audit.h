@@ -2,17 +2,15 @@
  * serves is an audited events row, so the log says when each device was
  * admitted, re-keyed, moved or taken out, whoever edited the keys file.
  *
- * An entry is an events row of kind FEDGE_KEYS_EVENT, device = the device id,
- * rule NULL (not a decision), detail exactly
- *   "<change> region <R> key id <K>[, was region <R0> key id <K0>] (<source>; keys file <PATH>)"
- * change: added | removed | rekeyed (a new secret) | moved (region only);
- * R, K: the device's region and envelope key id (envelope.h: 16 hex digits,
- * HMAC of the derived key, as every update carries it; never the secret) after
- * the change, or before it for "removed"; the "was" part for rekeyed and
- * moved. source: "startup" (the file as found at start: a new log's initial
- * set, or edits made while the daemon was down) or "reload" (SIGHUP).
- * The last audited keys state is the fold of these rows in id order.
- * docs/AUDIT.md "Keys ledger". */
+ * One entry per device and change, of kind FEDGE_AUDIT_KEYS_EVENT, in the
+ * form policy/audit.h gives ("the keys ledger"): the change (added, removed,
+ * rekeyed: a new secret, moved: a new region), the device's region and
+ * envelope key id (envelope.h: HMAC of the derived key, as every update
+ * carries it; never the secret) after it (before it for removed), and the
+ * source: "startup" (the file as found at start: a new log's initial set, or
+ * edits made while the daemon was down) or "reload" (SIGHUP). The last
+ * audited keys state is the fold of these rows in id order. docs/AUDIT.md
+ * "Keys ledger". */
 #ifndef FEDGE_KEYS_AUDIT_H
 #define FEDGE_KEYS_AUDIT_H
 
@@ -22,8 +20,6 @@
 
 #include "agg.h"
 #include "keys.h"
-
-#define FEDGE_KEYS_EVENT "keys"
 
 typedef struct {
     size_t added, removed, rekeyed, moved;

@@ -105,6 +105,7 @@ typedef enum {
     FEDGE_AUDIT_FAIL_FILE_MISSING,
     FEDGE_AUDIT_FAIL_FILE_MISMATCH,
     FEDGE_AUDIT_FAIL_STATE_MISMATCH, /* a strategy_state row differs from its audited event */
+    FEDGE_AUDIT_FAIL_KEYS_LEDGER,    /* a keys event malformed or not following the device's state */
 } fedge_audit_fail_kind;
 
 /* "chain_link", "row_hash", ... "file_mismatch". */
@@ -186,5 +187,46 @@ int fedge_audit_last_rotation(sqlite3 *db, int *found, int64_t *seq, mbedtls_pk_
  * the old key). */
 int fedge_audit_rotate_key(sqlite3 *db, mbedtls_pk_context *old_key, mbedtls_pk_context *new_pub,
                            mbedtls_ctr_drbg_context *drbg, int64_t *seq_out, char *err, size_t errlen);
+
+/* ---- the keys ledger (docs/AUDIT.md "Keys ledger"; aggregator/keys_audit.h
+ * writes it) ----
+ * Every change of the device set the daemon serves is an audited events row
+ * of kind FEDGE_AUDIT_KEYS_EVENT, device = the device id, rule NULL, detail
+ * exactly
+ *   "<change> region <R> key id <K>[, was region <R0> key id <K0>] (<source>; keys file <PATH>)"
+ * change: added | removed | rekeyed | moved; R: a region (1..32 bytes, no
+ * space); K: 16 lowercase hex digits (the envelope key id); the "was" part
+ * exactly for rekeyed (K != K0) and moved (K == K0, R != R0); source: 1..15
+ * of [a-z]. fedge_audit_verify replays it per device in id order: a device's
+ * first entry, and its first after "removed", is "added"; every other entry
+ * starts from the device's state before it (the "was" part, or for removed
+ * its region and key id, equals it); else FEDGE_AUDIT_FAIL_KEYS_LEDGER. */
+#define FEDGE_AUDIT_KEYS_EVENT "keys"
+#define FEDGE_AUDIT_REGION_MAX 32
+#define FEDGE_AUDIT_KEY_ID_HEX 16
+
+typedef enum {
+    FEDGE_KEYS_ADDED = 1,
+    FEDGE_KEYS_REMOVED,
+    FEDGE_KEYS_REKEYED,
+    FEDGE_KEYS_MOVED,
+} fedge_keys_change;
+
+typedef struct {
+    fedge_keys_change change;
+    char region[FEDGE_AUDIT_REGION_MAX + 1];
+    char key_id[FEDGE_AUDIT_KEY_ID_HEX + 1];
+    char was_region[FEDGE_AUDIT_REGION_MAX + 1]; /* "" unless rekeyed or moved */
+    char was_key_id[FEDGE_AUDIT_KEY_ID_HEX + 1];
+    char source[16];
+} fedge_keys_event;
+
+/* "added", "removed", "rekeyed", "moved"; "?" otherwise. */
+const char *fedge_keys_change_name(fedge_keys_change c);
+/* The detail of ev (the rules above; FEDGE_ERR_INVALID_ARG when ev breaks
+ * them) naming keys_file; FEDGE_ERR_BUFFER_TOO_SMALL when cap is short. */
+int fedge_audit_keys_event_format(const fedge_keys_event *ev, const char *keys_file, char *out, size_t cap);
+/* FEDGE_ERR_AUDIT_CHAIN unless detail has exactly that form. */
+int fedge_audit_keys_event_parse(const char *detail, fedge_keys_event *ev);
 
 #endif

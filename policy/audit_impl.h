@@ -90,4 +90,11 @@ int audit_rotation_parse(const char *detail, mbedtls_pk_context *pk, char old_fp
     "SELECT a.seq, e.detail FROM audit a JOIN events e ON a.tbl = 'events' AND a.row_key = "      \
     "CAST(e.id AS TEXT) WHERE e.kind = '" FEDGE_AUDIT_ROTATION_EVENT "' ORDER BY a.seq"
 
+/* Records a failure in rep (the first FEDGE_AUDIT_MAX_FAILURES kept, all
+ * counted) and clears rep->ok. */
+void audit_report_failure(fedge_audit_report *rep, fedge_audit_fail_kind kind, int64_t seq, const char *table,
+                          const char *row_key, const char *message);
+/* The keys ledger replay (audit.h "the keys ledger"); audit_keys.c. */
+int audit_check_keys_ledger(sqlite3 *db, fedge_audit_report *rep);
+
 #endif

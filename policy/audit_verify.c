@@ -18,7 +18,7 @@
 static const char *const FAIL_NAMES[] = {
     "", "chain_link", "row_hash", "canon", "signature", "head", "unsigned_round",
     "row_rewritten", "row_modified", "row_deleted", "row_unaudited", "file_missing", "file_mismatch",
-    "state_mismatch"};
+    "state_mismatch", "keys_ledger"};
 
 const char *fedge_audit_fail_name(fedge_audit_fail_kind kind)
 {
@@ -59,6 +59,12 @@ static void report(fedge_audit_report *rep, fedge_audit_fail_kind kind, int64_t 
     va_start(ap, fmt);
     vsnprintf(f->message, sizeof f->message, fmt, ap);
     va_end(ap);
+}
+
+void audit_report_failure(fedge_audit_report *rep, fedge_audit_fail_kind kind, int64_t seq, const char *table,
+                          const char *row_key, const char *message)
+{
+    report(rep, kind, seq, table, row_key, NULL, "%s", message);
 }
 
 static int view_names(const canon_view *v, const char *tbl, const char *key)
@@ -899,6 +905,8 @@ int fedge_audit_verify(sqlite3 *db, const char *pubkey_path, const char *model_r
         ret = check_files(db, model_root, rep);
     if (ret == FEDGE_OK)
         ret = check_strategy_state(db, rep);
+    if (ret == FEDGE_OK)
+        ret = audit_check_keys_ledger(db, rep);
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
     if (ret == FEDGE_OK && !rep->ok)
         ret = fail_family(rep->failures[0].kind);

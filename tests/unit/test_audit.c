@@ -828,6 +828,101 @@ static void test_rotation_back_to_retired_key(void **state)
     mbedtls_pk_free(&neu);
 }
 
+/* ---- the keys ledger ---- */
+
+#define KID_A "16b1e45933a5c87d"
+#define KID_B "ed36a76e861bb1f7"
+
+static void test_keys_event_text(void **state)
+{
+    (void)state;
+    fedge_keys_event ev = {.change = FEDGE_KEYS_REKEYED, .region = "eu", .key_id = KID_B, .was_region = "us",
+                           .was_key_id = KID_A, .source = "startup"}, back;
+    char d[256];
+    assert_int_equal(fedge_audit_keys_event_format(&ev, "/srv/keys (old); x", d, sizeof d), FEDGE_OK);
+    assert_string_equal(d, "rekeyed region eu key id " KID_B ", was region us key id " KID_A
+                           " (startup; keys file /srv/keys (old); x)");
+    assert_int_equal(fedge_audit_keys_event_parse(d, &back), FEDGE_OK);
+    assert_memory_equal(&back, &ev, sizeof ev);
+    assert_int_equal(fedge_audit_keys_event_format(&ev, "k", d, 20), FEDGE_ERR_BUFFER_TOO_SMALL);
+    /* what the form does not allow is refused both ways */
+    static const char *const bad[] = {
+        "",
+        "added region eu key id " KID_A,
+        "added region eu key id " KID_A " (startup; keys file )",
+        "added region eu key id " KID_A " (startup; keys file k",
+        "added region eu key id 16B1E45933A5C87D (startup; keys file k)",
+        "added region eu key id 16b1e45933a5c87 (startup; keys file k)",
+        "added region eu key id " KID_A ", was region eu key id " KID_B " (startup; keys file k)",
+        "rekeyed region eu key id " KID_A " (startup; keys file k)",
+        "rekeyed region eu key id " KID_A ", was region us key id " KID_A " (startup; keys file k)",
+        "moved region eu key id " KID_A ", was region eu key id " KID_A " (startup; keys file k)",
+        "moved region eu key id " KID_A ", was region us key id " KID_B " (startup; keys file k)",
+        "enrolled region eu key id " KID_A " (startup; keys file k)",
+        "added region  key id " KID_A " (startup; keys file k)",
+        "added region eu key id " KID_A " (Startup; keys file k)",
+        "added region eu key id " KID_A " (; keys file k)",
+        "added region eu key id " KID_A "  (startup; keys file k)",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (fedge_audit_keys_event_parse(bad[i], &back) != FEDGE_ERR_AUDIT_CHAIN) {
+            print_error("accepted: '%s'\n", bad[i]);
+            fail();
+        }
+    ev.change = FEDGE_KEYS_MOVED; /* a new key id is not a move */
+    assert_int_equal(fedge_audit_keys_event_format(&ev, "k", d, sizeof d), FEDGE_ERR_INVALID_ARG);
+}
+
+static int add_keys_event(fixture *fx, const char *device, const char *detail)
+{
+    return add_event(fx, 3, device, FEDGE_AUDIT_KEYS_EVENT, NULL, detail);
+}
+
+/* A ledger that follows each device's state verifies; chained entries that
+ * do not (appended as the daemon would, so the chain itself holds) fail as
+ * keys_ledger, each named. */
+static void test_keys_ledger_replay(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    assert_int_equal(add_keys_event(fx, "dev-a", "added region eu key id " KID_A " (startup; keys file k)"), FEDGE_OK);
+    assert_int_equal(add_keys_event(fx, "dev-b", "added region eu key id " KID_B " (startup; keys file k)"), FEDGE_OK);
+    assert_int_equal(add_keys_event(fx, "dev-a", "rekeyed region eu key id " KID_B ", was region eu key id " KID_A
+                                                 " (reload; keys file k)"), FEDGE_OK);
+    assert_int_equal(add_keys_event(fx, "dev-a", "moved region us key id " KID_B ", was region eu key id " KID_B
+                                                 " (startup; keys file k)"), FEDGE_OK);
+    assert_int_equal(add_keys_event(fx, "dev-b", "removed region eu key id " KID_B " (startup; keys file k)"),
+                     FEDGE_OK);
+    assert_int_equal(add_keys_event(fx, "dev-b", "added region us key id " KID_A " (startup; keys file k)"), FEDGE_OK);
+    assert_int_equal(fedge_audit_sign_head(fx->db, 3, &fx->key, &fx->drbg), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_OK);
+    assert_true(rep.ok);
+
+    int64_t first = scalar(fx->db, "SELECT max(id) FROM events") + 1;
+    char key[24];
+    /* removed from a state it was not in */
+    assert_int_equal(add_keys_event(fx, "dev-a", "removed region eu key id " KID_B " (startup; keys file k)"),
+                     FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    snprintf(key, sizeof key, "%" PRId64, first);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_KEYS_LEDGER, "events", key,
+                 "dev-a removed from region eu key id " KID_B ", but events row");
+    assert_contains(rep.failures[0].message, "left it at region us key id " KID_B);
+    /* a device never added, one added twice, a malformed entry */
+    assert_int_equal(add_keys_event(fx, "dev-c", "rekeyed region eu key id " KID_B ", was region eu key id " KID_A
+                                                 " (startup; keys file k)"), FEDGE_OK);
+    assert_int_equal(add_keys_event(fx, "dev-b", "added region us key id " KID_A " (reload; keys file k)"), FEDGE_OK);
+    assert_int_equal(add_keys_event(fx, "dev-d", "added dev-d"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    assert_int_equal(rep.n_failures, 4);
+    any_failure_contains(&rep, "dev-c rekeyed but not listed");
+    any_failure_contains(&rep, "dev-b added while listed since events row");
+    any_failure_contains(&rep, "not a keys ledger entry");
+    for (size_t i = 0; i < rep.n_failures; i++)
+        assert_int_equal(rep.failures[i].kind, FEDGE_AUDIT_FAIL_KEYS_LEDGER);
+    assert_string_equal(fedge_audit_fail_name(FEDGE_AUDIT_FAIL_KEYS_LEDGER), "keys_ledger");
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--make-fixture") == 0) {
@@ -867,6 +962,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_rotation_deleted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation_new_key_signed_before, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation_back_to_retired_key, setup, teardown),
+        cmocka_unit_test(test_keys_event_text),
+        cmocka_unit_test_setup_teardown(test_keys_ledger_replay, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

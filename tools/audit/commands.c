@@ -1476,34 +1476,30 @@ static int gather_training(sqlite3 *db, out_table *t)
     return table_ok(t) ? EXIT_OK : EXIT_USAGE;
 }
 
-/* The keys ledger (aggregator/keys_audit.h): one row per audited keys event,
- * its detail split into columns; a detail that does not parse is shown whole
- * in `change` (verify judges the log, not this view). */
+/* The keys ledger (policy/audit.h): one row per keys event, its detail in
+ * columns; a detail that does not parse is shown whole in `change` (verify
+ * reports it as keys_ledger). */
 static int gather_keys(sqlite3 *db, out_table *t)
 {
     static const char *const cols[] = {"device", "change", "region", "key_id", "was_region",
                                        "was_key_id", "source", "at", "event"};
     sqlite3_stmt *st = NULL;
     out_table_init(t, FEDGE_ARRAY_LEN(cols), cols);
-    if (prep(db, "SELECT device, detail, at, id FROM events WHERE kind = 'keys' ORDER BY id", &st) != 0)
+    if (prep(db, "SELECT device, detail, at, id FROM events WHERE kind = '" FEDGE_AUDIT_KEYS_EVENT
+                 "' ORDER BY id", &st) != 0)
         return EXIT_USAGE;
     while (sqlite3_step(st) == SQLITE_ROW) {
+        fedge_keys_event ev;
         const char *detail = ctext(st, 1);
-        char change[16], region[40], kid[20], was_region[40] = "", was_kid[20] = "", source[16] = "";
-        const char *src = detail ? strstr(detail, " (") : NULL;
-        int ok = detail && sscanf(detail, "%15s region %39s key id %19[0-9a-f]", change, region, kid) == 3 &&
-                 src && sscanf(src, " (%15[a-z];", source) == 1;
-        const char *was = ok ? strstr(detail, ", was region ") : NULL;
-        if (was && sscanf(was, ", was region %39s key id %19[0-9a-f]", was_region, was_kid) != 2)
-            ok = 0;
+        int ok = detail && fedge_audit_keys_event_parse(detail, &ev) == FEDGE_OK;
         out_row(t);
         out_text(t, 0, ctext(st, 0));
-        out_text(t, 1, ok ? change : detail);
-        out_text(t, 2, ok ? region : NULL);
-        out_text(t, 3, ok ? kid : NULL);
-        out_text(t, 4, ok && was ? was_region : NULL);
-        out_text(t, 5, ok && was ? was_kid : NULL);
-        out_text(t, 6, ok ? source : NULL);
+        out_text(t, 1, ok ? fedge_keys_change_name(ev.change) : detail);
+        out_text(t, 2, ok ? ev.region : NULL);
+        out_text(t, 3, ok ? ev.key_id : NULL);
+        out_text(t, 4, ok && ev.was_region[0] ? ev.was_region : NULL);
+        out_text(t, 5, ok && ev.was_key_id[0] ? ev.was_key_id : NULL);
+        out_text(t, 6, ok ? ev.source : NULL);
         out_time_cell(t, 7, st, 2);
         out_int(t, 8, sqlite3_column_int64(st, 3));
     }
