@@ -105,8 +105,12 @@ static int sync_devices(fedge_aggregator *a, const fedge_keys *keys, const fedge
                  a->cfg.keys_file, prev[0] ? prev : "unknown");
         CHK(fedge_gov_device_event(a->db, keys->devices[i].id, "device_status", detail, now));
     }
-    if (old) /* the keys ledger (keys_audit.h) */
-        CHK(fedge_keys_audit_record(a->db, keys, "reload", a->cfg.keys_file, now, NULL, detail, sizeof detail));
+    detail[0] = '\0';
+    if (old && (ret = fedge_keys_audit_record(a->db, keys, "reload", a->cfg.keys_file, now, NULL, detail,
+                                              sizeof detail)) != FEDGE_OK) { /* the keys ledger (keys_audit.h) */
+        FEDGE_ERROR("keys reload: keys ledger: %s", detail[0] ? detail : fedge_strerror(ret));
+        goto cleanup;
+    }
     CHK(fedge_store_commit(a->db));
 cleanup:
     if (ret != FEDGE_OK)

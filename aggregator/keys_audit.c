@@ -60,8 +60,9 @@ static int ledger_state(sqlite3 *db, ledger_entry **out, size_t *n_out, char *er
         ledger_entry *e = &v[n];
         if (!dev || !fedge_device_id_valid(dev, strlen(dev)) ||
             fedge_audit_keys_event_parse((const char *)sqlite3_column_text(st, 2), &ev) != FEDGE_OK) {
-            snprintf(err, errlen, "events row %lld: a malformed keys event (fedge-audit verify says more)",
-                     (long long)sqlite3_column_int64(st, 0));
+            if (err)
+                snprintf(err, errlen, "events row %lld: a malformed keys event (fedge-audit verify says more)",
+                         (long long)sqlite3_column_int64(st, 0));
             FAIL(FEDGE_ERR_AUDIT_CHAIN);
         }
         snprintf(e->id, sizeof e->id, "%s", dev);

@@ -29,7 +29,8 @@ typedef struct {
  * audited keys state in db and appends one audited entry per difference, in
  * device id order, at wall time `at`. The caller holds the transaction.
  * diff (may be NULL) counts them. FEDGE_ERR_AUDIT_CHAIN when a keys event in
- * the log is malformed (err names it), FEDGE_ERR_SQL, FEDGE_ERR_NOMEM. */
+ * the log is malformed (err, may be NULL, names it), FEDGE_ERR_SQL,
+ * FEDGE_ERR_NOMEM. */
 int fedge_keys_audit_record(sqlite3 *db, const fedge_keys *keys, const char *source, const char *keys_file,
                             double at, fedge_keys_audit_diff *diff, char *err, size_t errlen);
 

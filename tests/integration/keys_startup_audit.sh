@@ -6,7 +6,8 @@
 # per change (source startup, key ids only, never a secret) before the daemon
 # serves; a start with nothing changed records nothing; a SIGHUP reload keeps
 # the same ledger, so the start after it records nothing either. fedge-audit
-# report shows the events and verify passes; a tampered keys event fails it.
+# report shows the events and verify passes; a tampered keys event fails it;
+# one that does not parse stops the next start.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -105,4 +106,17 @@ fed_sql "UPDATE events SET detail = replace(detail, 'key id $old_kid', 'key id 0
 rc=$?
 [ "$rc" = 1 ] || { cat "$FED_DIR/verify2.out"; fed_fail "verify of a tampered keys event exited $rc, want 1"; }
 grep -q row_modified "$FED_DIR/verify2.out" || { cat "$FED_DIR/verify2.out"; fed_fail "verify does not name the modified row"; }
+
+# a keys event that does not parse: the daemon refuses to start on it, and verify names it
+bad=$(fed_sql "SELECT id FROM events WHERE kind='keys' AND device='dev-003' AND detail LIKE 'moved %'")
+fed_sql "UPDATE events SET detail = 'moved dev-003' WHERE id = $bad"
+fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 --start-delay-s 600
+fed_wait_pid "$FED_AGG_PID" 30
+rc=$?
+[ "$rc" = 2 ] || fed_fail "the daemon on a malformed keys ledger exited $rc, want 2"
+grep -q "start-up failed: keys ledger: events row $bad: a malformed keys event" "$FED_DIR/agg.log" ||
+    fed_fail "the start-up failure does not name the malformed keys event"
+"$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" verify >"$FED_DIR/verify3.out" 2>&1
+grep -q "keys_ledger .*events row $bad (keys): not a keys ledger entry" "$FED_DIR/verify3.out" ||
+    { cat "$FED_DIR/verify3.out"; fed_fail "verify does not name the malformed keys event"; }
 echo "PASS: keys_startup_audit"
