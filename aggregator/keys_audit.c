@@ -128,7 +128,7 @@ static int append(sqlite3 *db, double at, const char *source, const char *keys_f
 {
     sqlite3_stmt *st = NULL;
     fedge_keys_event ev = {0};
-    char detail[4400];
+    char detail[FEDGE_PATH_MAX + 256]; /* the keys file path and ~180 bytes (policy/audit.h) */
     const ledger_entry *cur = now ? now : was;
     int ret;
     ev.change = !was ? FEDGE_KEYS_ADDED : !now ? FEDGE_KEYS_REMOVED
