@@ -15,6 +15,7 @@
 #include "config.h"
 #include "governance.h"
 #include "keys.h"
+#include "keys_audit.h"
 #include "log.h"
 #include "modelfile.h"
 #include "modelstore.h"
@@ -296,6 +297,19 @@ int fedge_agg_check(int argc, char **argv, FILE *out)
             line_error(&r, "database", "%s: %s", cfg.db, err[0] ? err : "cannot read the log");
         else
             line_ok(&r, "database", "%s: %s", cfg.db, msg);
+    }
+
+    /* what a start would add to the keys ledger (keys_audit.h) */
+    fedge_keys_audit_diff kd;
+    err[0] = '\0';
+    if (db_state == 1 && have_keys) {
+        if (fedge_keys_audit_pending(db, &keys, &kd, err, sizeof err) != FEDGE_OK)
+            line_error(&r, "keys_ledger", "%s", err[0] ? err : "cannot read the keys events");
+        else if (kd.added + kd.removed + kd.rekeyed + kd.moved)
+            line_ok(&r, "keys_ledger", "a start records %zu added, %zu removed, %zu rekeyed, %zu moved", kd.added,
+                    kd.removed, kd.rekeyed, kd.moved);
+        else
+            line_ok(&r, "keys_ledger", "the keys file is the last audited keys state");
     }
 
 done:

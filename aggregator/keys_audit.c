@@ -156,28 +156,31 @@ cleanup:
     return ret;
 }
 
-int fedge_keys_audit_record(sqlite3 *db, const fedge_keys *keys, const char *source, const char *keys_file,
-                            double at, fedge_keys_audit_diff *diff, char *err, size_t errlen)
+/* The walk behind record and pending: source NULL writes nothing. */
+static int walk(sqlite3 *db, const fedge_keys *keys, const char *source, const char *keys_file, double at,
+                fedge_keys_audit_diff *diff, char *err, size_t errlen)
 {
     ledger_entry *was = NULL, *now = NULL;
     size_t n_was = 0, n_now = 0, i = 0, j = 0;
     fedge_keys_audit_diff d = {0};
     int ret;
-    if (!db || !keys || !source || !keys_file)
-        return FEDGE_ERR_INVALID_ARG;
     CHK(ledger_state(db, &was, &n_was, err, errlen));
     CHK(file_state(keys, &now, &n_now));
     while (i < n_was || j < n_now) {
         int c = i == n_was ? 1 : j == n_now ? -1 : strcmp(was[i].id, now[j].id);
         if (c < 0) {
-            CHK(append(db, at, source, keys_file, &was[i++], NULL));
+            if (source)
+                CHK(append(db, at, source, keys_file, &was[i], NULL));
+            i++;
             d.removed++;
         } else if (c > 0) {
-            CHK(append(db, at, source, keys_file, NULL, &now[j++]));
+            if (source)
+                CHK(append(db, at, source, keys_file, NULL, &now[j]));
+            j++;
             d.added++;
         } else {
             int rekeyed = strcmp(was[i].kid, now[j].kid) != 0, moved = strcmp(was[i].region, now[j].region) != 0;
-            if (rekeyed || moved)
+            if (source && (rekeyed || moved))
                 CHK(append(db, at, source, keys_file, &was[i], &now[j]));
             d.rekeyed += (size_t)rekeyed;
             d.moved += (size_t)(moved && !rekeyed);
@@ -191,6 +194,22 @@ cleanup:
     free(was);
     free(now);
     return ret;
+}
+
+int fedge_keys_audit_record(sqlite3 *db, const fedge_keys *keys, const char *source, const char *keys_file,
+                            double at, fedge_keys_audit_diff *diff, char *err, size_t errlen)
+{
+    if (!db || !keys || !source || !keys_file)
+        return FEDGE_ERR_INVALID_ARG;
+    return walk(db, keys, source, keys_file, at, diff, err, errlen);
+}
+
+int fedge_keys_audit_pending(sqlite3 *db, const fedge_keys *keys, fedge_keys_audit_diff *diff, char *err,
+                             size_t errlen)
+{
+    if (!db || !keys || !diff)
+        return FEDGE_ERR_INVALID_ARG;
+    return walk(db, keys, NULL, NULL, 0, diff, err, errlen);
 }
 
 int fedge_keys_audit_startup(fedge_aggregator *a, char *err, size_t errlen)

@@ -34,6 +34,11 @@ typedef struct {
 int fedge_keys_audit_record(sqlite3 *db, const fedge_keys *keys, const char *source, const char *keys_file,
                             double at, fedge_keys_audit_diff *diff, char *err, size_t errlen);
 
+/* The same comparison, writing nothing (fedge-aggregator --check): *diff
+ * gets what a start would record. */
+int fedge_keys_audit_pending(sqlite3 *db, const fedge_keys *keys, fedge_keys_audit_diff *diff, char *err,
+                             size_t errlen);
+
 /* At start, before serving: records the loaded keys against the ledger
  * (source "startup") in one transaction and, when anything was recorded,
  * signs the audit head. Logs a one-line summary. */

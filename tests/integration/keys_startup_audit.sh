@@ -21,7 +21,7 @@ start() { # the daemon idle before round 1; returns once it serves
     starts=$((starts + 1))
     fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
         --start-delay-s 600
-    fed_wait_for "[ \$(grep -c 'listening on' '$FED_DIR/agg.log') -ge $starts ]" 30
+    fed_wait_for "[ \$(cat '$FED_DIR/agg.log' 2>/dev/null | grep -c 'listening on') -ge $starts ]" 30
 }
 stop() {
     kill -TERM "$FED_AGG_PID"
@@ -54,6 +54,11 @@ new_secret=$(awk '$1 == "dev-9002" {print $3}' "$FED_DIR/more")
     grep '^dev-9001 ' "$FED_DIR/more"
 } >"$FED_DIR/keys.new"
 chmod 600 "$FED_DIR/keys.new" && mv "$FED_DIR/keys.new" "$FED_DIR/keys"
+"$BIN/fedge-aggregator" --check --keys-file "$FED_DIR/keys" --db "$FED_DIR/fedge.db" --model-dir "$FED_DIR/models" \
+    --signing-key "$FED_DIR/aggregator.key" --model-spec softmax:784-10 >"$FED_DIR/check.out" 2>&1
+grep -q '^keys_ledger: ok (a start records 1 added, 1 removed, 1 rekeyed, 1 moved)' "$FED_DIR/check.out" ||
+    { cat "$FED_DIR/check.out"; fed_fail "--check does not say what the start will record"; }
+[ "$(keys_events)" = 4 ] || fed_fail "--check wrote to the log"
 start
 [ "$(keys_events)" = 8 ] || fed_fail "$(($(keys_events) - 4)) keys events after the hand edit, want 4"
 [ "$(audited removed dev-002 '(startup;')" = 1 ] || fed_fail "dev-002's removal is not audited"
@@ -116,6 +121,11 @@ rc=$?
 [ "$rc" = 2 ] || fed_fail "the daemon on a malformed keys ledger exited $rc, want 2"
 grep -q "start-up failed: keys ledger: events row $bad: a malformed keys event" "$FED_DIR/agg.log" ||
     fed_fail "the start-up failure does not name the malformed keys event"
+"$BIN/fedge-aggregator" --check --keys-file "$FED_DIR/keys" --db "$FED_DIR/fedge.db" --model-dir "$FED_DIR/models" \
+    --signing-key "$FED_DIR/aggregator.key" --model-spec softmax:784-10 >"$FED_DIR/check.out" 2>&1
+rc=$?
+[ "$rc" = 1 ] && grep -q "^keys_ledger: .*events row $bad: a malformed keys event" "$FED_DIR/check.out" ||
+    { cat "$FED_DIR/check.out"; fed_fail "--check (exit $rc) does not refuse the malformed keys event"; }
 "$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" verify >"$FED_DIR/verify3.out" 2>&1
 grep -q "keys_ledger .*events row $bad (keys): not a keys ledger entry" "$FED_DIR/verify3.out" ||
     { cat "$FED_DIR/verify3.out"; fed_fail "verify does not name the malformed keys event"; }

@@ -96,7 +96,8 @@ fed_wait_run 30 || fail "aggregator exited with an error"
 # ---- --check on the finished log: nothing is written ---------------------------
 before=$(sha256sum "$DB" | cut -d' ' -f1)$(stat -c %Y.%s "$DB")
 expect_rc 0 "${CHECK[@]}" --config "$D/agg.conf"
-[ "$(grep -c ': ok' "$D/out")" = 5 ] || { cat "$D/out" >&2; fail "5 ok lines expected"; }
+[ "$(grep -c ': ok' "$D/out")" = 6 ] || { cat "$D/out" >&2; fail "6 ok lines expected"; }
+out_has "keys_ledger: ok (the keys file is the last audited keys state)"
 out_has "signing_key: ok ($D/aggregator.key: signed the log's last signed head)"
 out_has "rounds, last round 2 closed"
 out_has "policy: ok ($D/policy.yaml: recorded@"
