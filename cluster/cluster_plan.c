@@ -16,8 +16,6 @@
 #include "optim.h"
 #include "rng.h"
 
-#define GEMM_CACHE 512
-
 /* Return a failed status; for functions with nothing to clean up. */
 #define CHK_T(expr)                  \
     do {                             \
@@ -25,17 +23,6 @@
         if (st_ != FEDGE_OK)         \
             return st_;              \
     } while (0)
-
-typedef struct {
-    int ta, tb, m, n, k;
-    double s;
-} gemm_entry;
-
-typedef struct {
-    gemm_entry e[GEMM_CACHE];
-    int n;
-    int share, node_rank; /* fedge_plan_links' */
-} gemm_cache;
 
 /* Whether this rank times its compute in `turn` (0 .. share-1): with
  * share > 1 the ranks sharing a core take turns, one per core at once. */
@@ -51,69 +38,178 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Seconds of one fedge_sgemm of this shape, timed on every rank at once; the
- * slowest rank's figure. Every rank asks for the same shapes in the same order. */
-static int gemm_time(gemm_cache *gc, int ta, int tb, int m, int n, int k, double *out)
+/* ---- one pipeline stage's compute, run as the model-parallel path runs it */
+
+#define STAGE_CACHE 256
+#define STAGE_PASSES_MIN 7
+#define STAGE_PASSES_MAX 60
+#define STAGE_PROBE_S 0.06
+
+typedef struct {
+    int tp, pp, pp_i, rows;
+    double fwd_s, bwd_s;
+} stage_entry;
+
+typedef struct {
+    stage_entry e[STAGE_CACHE];
+    int n;
+} stage_cache;
+
+/* One micro-batch of `rows` through stage p's layers at their 1/T widths,
+ * forward then backward, on buffers laid out as cluster_mp.c's (the stage's
+ * parameter and gradient vectors, one activation per layer boundary, the
+ * input-gradient pair), with the loops it runs around each GEMM (bias +
+ * ReLU, softmax and its gradient on the last stage, bias gradient, ReLU
+ * mask): the step's own cache traffic, which single GEMMs timed alone on
+ * warm operands miss (the stage's weights stream from L3 in the step). The
+ * TP allreduces and pipeline messages between are timed apart
+ * (coll_probe). The fastest of STAGE_PASSES_MIN..MAX passes (at least
+ * STAGE_PROBE_S in all), after one warm-up pass; every rank at once (in
+ * turns when oversubscribed), the fastest rank counting: every rank runs
+ * the same work on the same kind of core, and another job on a shared
+ * machine only ever slows a rank down (with the slowest rank's figure a
+ * compiler holding one core for the whole probe moved TP 2's backward from
+ * 3.4 to 11.5 ms between two plans). */
+static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_shard_plan *p,
+                       int rows, double *fwd_s, double *bwd_s)
 {
-    for (int i = 0; i < gc->n; i++) {
-        const gemm_entry *e = &gc->e[i];
-        if (e->ta == ta && e->tb == tb && e->m == m && e->n == n && e->k == k) {
-            *out = e->s;
+    for (int i = 0; i < sc->n; i++) {
+        const stage_entry *e = &sc->e[i];
+        if (e->tp == p->tp && e->pp == p->pp && e->pp_i == p->pp_i && e->rows == rows) {
+            *fwd_s = e->fwd_s;
+            *bwd_s = e->bwd_s;
             return FEDGE_OK;
         }
     }
-    int ret = FEDGE_OK;
-    float *a = calloc((size_t)m * (size_t)k, sizeof(float));
-    float *b = calloc((size_t)k * (size_t)n, sizeof(float));
-    float *c = calloc((size_t)m * (size_t)n, sizeof(float));
-    double mine = 0.0, all = 0.0;
-    if (a == NULL || b == NULL || c == NULL)
-        ret = FEDGE_ERR_NOMEM;
-    const int turns = gc->share > 1 ? gc->share : 1;
-    for (int turn = 0; turn < turns; turn++) {
-        if (ret != FEDGE_OK || !my_turn(gc->share, gc->node_rank, turn)) {
-            if (turns > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
-                ret = FEDGE_ERR_CLUSTER_COMM;
-            continue;
-        }
-        const int lda = ta ? m : k, ldb = tb ? k : n;
-        for (size_t i = 0; i < (size_t)m * (size_t)k; i++)
-            a[i] = (float)(i % 7) * 0.1f;
-        for (size_t i = 0; i < (size_t)k * (size_t)n; i++)
-            b[i] = (float)(i % 5) * 0.1f;
-        fedge_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, n); /* warm-up */
-        /* the fastest of at least 5 calls over at least 12 ms (longer than a
-         * time slice): other jobs on a shared machine only ever slow a call
-         * down */
-        int reps = 0;
-        double t0 = now_s(), best = 1e30;
-        do {
-            double t1 = now_s();
-            fedge_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, n);
-            double dt = now_s() - t1;
-            best = dt < best ? dt : best;
-            reps++;
-        } while ((reps < 5 || now_s() - t0 < 0.012) && reps < 50);
-        mine = best;
-        if (turns > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
-            ret = FEDGE_ERR_CLUSTER_COMM;
+    const int nl = p->sh.n_layers, last = p->l1 == nl;
+    const size_t dim = (size_t)p->max_local_dim > (size_t)p->sh.dims[0]
+                           ? (size_t)p->max_local_dim : (size_t)p->sh.dims[0];
+    float *w = calloc(p->n_local, sizeof(float)), *g = calloc(p->n_local, sizeof(float));
+    float *act[FEDGE_MODEL_MAX_LAYERS + 1] = {0};
+    float *dz = calloc((size_t)rows * dim, sizeof(float));
+    float *da = calloc((size_t)rows * dim, sizeof(float));
+    float *mx = calloc((size_t)rows, sizeof(float));
+    double *se = calloc(2 * (size_t)rows, sizeof(double));
+    int bad = w == NULL || g == NULL || dz == NULL || da == NULL || mx == NULL || se == NULL;
+    for (int l = p->l0; l <= p->l1 && !bad; l++) {
+        const int width = l < nl ? p->in_n[l] : p->out_n[nl - 1];
+        act[l] = calloc((size_t)rows * (size_t)(l == p->l1 ? p->out_n[l - 1] : width),
+                        sizeof(float));
+        bad = act[l] == NULL;
     }
-    free(a);
-    free(b);
-    free(c);
-    int bad = ret != FEDGE_OK, any = 0;
-    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
-        || MPI_Allreduce(&mine, &all, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+    double best[2] = {1e30, 1e30}, all[2] = {0, 0};
+    const int share = L->share > 1 ? L->share : 1;
+    volatile double sink = 0.0;
+    int any = 0;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        any = 1, bad = 2;
+    if (any && !bad)
+        bad = 1; /* another rank's: nobody times */
+    for (size_t i = 0; !bad && i < p->n_local; i++)
+        w[i] = 0.01f * (float)((int)(i % 17) - 8);
+    for (size_t i = 0; !bad && i < (size_t)rows * (size_t)p->in_n[p->l0]; i++)
+        act[p->l0][i] = (float)(i % 255) * (1.0f / 255.0f);
+    for (int turn = 0; turn < share && !bad; turn++) {
+        if (share > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS) {
+            bad = 2;
+            break;
+        }
+        if (!my_turn(share, L->node_rank, turn))
+            continue;
+        const double t_begin = now_s();
+        for (int pass = 0; pass <= STAGE_PASSES_MAX; pass++) { /* pass 0 warms up */
+            const double t0 = now_s();
+            for (int l = p->l0; l < p->l1; l++) {
+                const int in = p->in_n[l], out = p->out_n[l];
+                float *z = act[l + 1];
+                const float *b = w + p->b_off[l];
+                fedge_sgemm(0, 1, rows, out, in, 1.0f, act[l], in, w + p->w_off[l], in, 0.0f, z,
+                            out);
+                for (int r = 0; r < rows; r++)
+                    for (int j = 0; j < out; j++) {
+                        float v = z[(size_t)r * out + j] + b[j];
+                        z[(size_t)r * out + j] = (l < nl - 1 && v < 0.0f) ? 0.0f : v;
+                    }
+            }
+            if (last) { /* row maxima, sums of exp, the probabilities */
+                const int out = p->out_n[nl - 1];
+                float *z = act[nl];
+                double tot = 0.0;
+                for (int r = 0; r < rows; r++) {
+                    float m = z[(size_t)r * out];
+                    for (int j = 1; j < out; j++)
+                        m = z[(size_t)r * out + j] > m ? z[(size_t)r * out + j] : m;
+                    mx[r] = m;
+                    double sum = 0.0;
+                    for (int j = 0; j < out; j++)
+                        sum += exp((double)(z[(size_t)r * out + j] - m));
+                    se[2 * r] = sum;
+                    tot += log(sum);
+                    for (int j = 0; j < out; j++)
+                        z[(size_t)r * out + j] =
+                            (float)(exp((double)(z[(size_t)r * out + j] - m)) / sum);
+                }
+                sink = tot;
+            }
+            const double t1 = now_s();
+            {
+                const int top = p->out_n[p->l1 - 1];
+                const size_t cnt = (size_t)rows * (size_t)top;
+                for (size_t i = 0; i < cnt; i++) /* xent gradient, or the ReLU mask */
+                    dz[i] = last ? (act[p->l1][i] - (i % (size_t)top == 0 ? 1.0f : 0.0f)) * 1e-3f
+                                 : (act[p->l1][i] > 0.0f ? 1e-3f : 0.0f);
+            }
+            for (int l = p->l1 - 1; l >= p->l0; l--) {
+                const int in = p->in_n[l], out = p->out_n[l];
+                float *gb = g + p->b_off[l];
+                fedge_sgemm(1, 0, out, in, rows, 1.0f, dz, out, act[l], in, 1.0f,
+                            g + p->w_off[l], in);
+                for (int r = 0; r < rows; r++)
+                    for (int j = 0; j < out; j++)
+                        gb[j] += dz[(size_t)r * out + j];
+                if (l == 0)
+                    break;
+                fedge_sgemm(0, 0, rows, in, out, 1.0f, dz, out, w + p->w_off[l], in, 0.0f, da,
+                            in);
+                const size_t cnt = (size_t)rows * (size_t)in;
+                if (l > p->l0) {
+                    for (size_t i = 0; i < cnt; i++)
+                        dz[i] = act[l][i] > 0.0f ? da[i] : 0.0f;
+                } else {
+                    memcpy(dz, da, cnt * sizeof(float)); /* into the send buffer */
+                }
+            }
+            const double t2 = now_s();
+            if (pass > 0) {
+                best[0] = t1 - t0 < best[0] ? t1 - t0 : best[0];
+                best[1] = t2 - t1 < best[1] ? t2 - t1 : best[1];
+                if (pass >= STAGE_PASSES_MIN && t2 - t_begin >= STAGE_PROBE_S)
+                    break;
+            }
+        }
+    }
+    (void)sink;
+    free(w);
+    free(g);
+    free(dz);
+    free(da);
+    free(mx);
+    free(se);
+    for (int l = 0; l <= FEDGE_MODEL_MAX_LAYERS; l++)
+        free(act[l]);
+    if (bad == 2 || any)
+        return bad == 2 ? FEDGE_ERR_CLUSTER_COMM : FEDGE_ERR_NOMEM;
+    if (MPI_Allreduce(best, all, 2, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
-    if (any)
-        return ret != FEDGE_OK ? ret : FEDGE_ERR_NOMEM;
-    if (gc->n < GEMM_CACHE)
-        gc->e[gc->n++] = (gemm_entry){ta, tb, m, n, k, all};
-    *out = all;
+    if (sc->n < STAGE_CACHE)
+        sc->e[sc->n++] = (stage_entry){p->tp, p->pp, p->pp_i, rows, all[0], all[1]};
+    *fwd_s = all[0];
+    *bwd_s = all[1];
     return FEDGE_OK;
 }
 
-/* Per-element costs of the loops around the GEMMs, on every rank at once. */
+/* Per-element costs of the loops around the GEMMs, on every rank at once;
+ * the fastest pass of the fastest rank (as stage_probe). */
 static int probe_elementwise(fedge_plan_links *L)
 {
     const size_t n = 1 << 18;
@@ -168,7 +264,7 @@ static int probe_elementwise(fedge_plan_links *L)
     free(c);
     free(u);
     if (rc != MPI_SUCCESS
-        || MPI_Allreduce(t, all, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        || MPI_Allreduce(t, all, 4, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (any)
         return FEDGE_ERR_NOMEM;
@@ -253,11 +349,12 @@ static int probe_links(fedge_plan_links *L)
 
 #define COLL_WANT_MAX 1024
 #define COLL_GRID 12    /* sizes measured per (kind, group) when more are asked */
-#define COLL_TRIALS 7
+#define COLL_ROUNDS 4  /* rounds over all sizes, spread in time */
+#define COLL_TRIALS 3  /* trials per size per round */
 #define PP_EAGER_BYTES 4096.0
 
 typedef struct {
-    gemm_cache *gc;
+    stage_cache *sc;
     fedge_plan_links *L;
     int collect;        /* 1: record the collective sizes asked for, time nothing */
     int n_want;
@@ -358,13 +455,15 @@ static int coll_probe(fedge_plan_links *L)
     float *buf = calloc(max_floats, sizeof(float));
     double *mine = calloc((size_t)L->n_coll + 1, sizeof(double));
     double *all = calloc((size_t)L->n_coll + 1, sizeof(double));
-    int bad = buf == NULL || mine == NULL || all == NULL, any = 0, ret = FEDGE_OK;
+    double *tr = calloc(((size_t)L->n_coll + 1) * COLL_ROUNDS * COLL_TRIALS, sizeof(double));
+    int bad = buf == NULL || mine == NULL || all == NULL || tr == NULL, any = 0, ret = FEDGE_OK;
     if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         ret = FEDGE_ERR_CLUSTER_COMM;
     else if (any)
         ret = FEDGE_ERR_NOMEM;
     MPI_Comm comm = MPI_COMM_NULL;
     int comm_group = 0, rc = MPI_SUCCESS;
+    for (int round = 0; round < COLL_ROUNDS && ret == FEDGE_OK && rc == MPI_SUCCESS; round++)
     for (int i = 0; i < L->n_coll && ret == FEDGE_OK && rc == MPI_SUCCESS; i++) {
         const fedge_plan_coll *c = &L->coll[i];
         const int count = (int)(c->bytes / 4.0);
@@ -377,7 +476,7 @@ static int coll_probe(fedge_plan_links *L)
             if (rc != MPI_SUCCESS)
                 break;
         }
-        double t[COLL_TRIALS];
+        double *t = tr + (size_t)i * COLL_ROUNDS * COLL_TRIALS + (size_t)round * COLL_TRIALS;
         for (int trial = 0; trial < COLL_TRIALS && rc == MPI_SUCCESS; trial++) {
             rc = MPI_Barrier(MPI_COMM_WORLD);
             const double t0 = MPI_Wtime();
@@ -403,12 +502,14 @@ static int coll_probe(fedge_plan_links *L)
                 t[trial] = peer < world ? (MPI_Wtime() - t0) / reps / 2.0 : 0.0;
             }
         }
-        mine[i] = fedge_plan_median(t, COLL_TRIALS);
     }
     if (comm != MPI_COMM_NULL)
         MPI_Comm_free(&comm);
     if (ret == FEDGE_OK && rc != MPI_SUCCESS)
         ret = FEDGE_ERR_CLUSTER_COMM;
+    for (int i = 0; ret == FEDGE_OK && i < L->n_coll; i++)
+        mine[i] = fedge_plan_min_of_medians(tr + (size_t)i * COLL_ROUNDS * COLL_TRIALS,
+                                            COLL_ROUNDS * COLL_TRIALS, COLL_TRIALS);
     if (ret == FEDGE_OK
         && MPI_Allreduce(mine, all, L->n_coll, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         ret = FEDGE_ERR_CLUSTER_COMM;
@@ -430,6 +531,7 @@ static int coll_probe(fedge_plan_links *L)
     free(buf);
     free(mine);
     free(all);
+    free(tr);
     return ret;
 }
 
@@ -439,7 +541,8 @@ static int coll_probe(fedge_plan_links *L)
  * gradient allreduce, the slowest rank's figures. The backend's operations
  * fail only on arguments, which are the same on every rank: a failure
  * inside a pass is every rank's. */
-#define DP_PASSES 25
+#define DP_PASSES 24
+#define DP_AR_ROUND 3 /* the allreduce: the smallest median of 3 consecutive passes */
 static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_links *L)
 {
     int rank = 0, world = 1, ret = FEDGE_OK, bad = 0, any = 0;
@@ -530,7 +633,7 @@ static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_link
     }
     if (ret == FEDGE_OK) {
         memcpy(mine, best, sizeof(best));
-        mine[5] = fedge_plan_median(ar, DP_PASSES);
+        mine[5] = fedge_plan_min_of_medians(ar, DP_PASSES, DP_AR_ROUND);
     }
 cleanup:
     bad = ret != FEDGE_OK;
@@ -538,8 +641,12 @@ cleanup:
     fedge_model_free(&m);
     free(x);
     free(y);
+    /* compute: the fastest rank (the same work everywhere; see stage_probe);
+     * the allreduce: the slowest */
     if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
-        || MPI_Allreduce(mine, all, 6, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        || MPI_Allreduce(mine, all, 5, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS
+        || MPI_Allreduce(mine + 5, all + 5, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD)
+               != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (any)
         return ret != FEDGE_OK ? ret : FEDGE_ERR_CLUSTER_COMM;
@@ -606,21 +713,9 @@ static int stage_time(plan_ctx *pc, const fedge_shard_plan *p, int rows, stage_c
     const int T = p->tp;
     double t;
     memset(o, 0, sizeof(*o));
+    if (!pc->collect) /* GEMMs and the loops around them, as the step runs them */
+        CHK_T(stage_probe(pc->sc, L, p, rows, &o->fwd_c, &o->bwd_c));
     for (int l = p->l0; l < p->l1; l++) {
-        const int in = p->in_n[l], out = p->out_n[l];
-        if (!pc->collect) {
-            CHK_T(gemm_time(pc->gc, 0, 1, rows, out, in, &t));
-            o->fwd_c += t;
-            CHK_T(gemm_time(pc->gc, 1, 0, out, in, rows, &t));
-            o->bwd_c += t;
-            if (l > 0) {
-                CHK_T(gemm_time(pc->gc, 0, 0, rows, in, out, &t));
-                o->bwd_c += t;
-            }
-        }
-        /* bias + ReLU forward; bias gradient and the input gradient's ReLU mask */
-        o->fwd_c += L->elem_s * (double)rows * out;
-        o->bwd_c += L->elem_s * (double)rows * (out + (l > 0 ? in : 0));
         if (T > 1 && p->mode[l] == FEDGE_TP_ROW) {
             CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * (double)p->sh.dims[l + 1] * 4.0,
                             &t));
@@ -640,11 +735,6 @@ static int stage_time(plan_ctx *pc, const fedge_shard_plan *p, int rows, stage_c
     }
     if (p->pp_i == 0)
         o->fwd_c += L->elem_s * (double)rows * p->sh.dims[0]; /* the input rows, copied in */
-    if (p->l1 == p->sh.n_layers) { /* softmax: two exps per logit; its gradient */
-        const double logits = (double)rows * p->out_n[p->sh.n_layers - 1];
-        o->fwd_c += (2.0 * L->exp_s + L->elem_s) * logits;
-        o->bwd_c += L->elem_s * logits;
-    }
     if (p->pp_i < p->pp - 1)
         o->send_bytes = rows * (double)p->out_n[p->l1 - 1] * 4.0;
     return FEDGE_OK;
@@ -717,8 +807,10 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     /* read the rows, zero the gradients, check and update the parameters */
     double check_ms = 0.0;
     o->load_ms = 1e3 * pc->L->load_s * (double)R * sh->dims[0];
-    o->update_ms = 1e3 * (pc->L->sgd_s + pc->L->elem_s) * (double)n_local_max;
-    if (dp_measured) { /* the non-finite check goes with the status allreduce, as the trainer times it */
+    /* the non-finite check goes with the status allreduces, as the trainer times it */
+    o->update_ms = 1e3 * pc->L->sgd_s * (double)n_local_max;
+    check_ms = 1e3 * pc->L->elem_s * (double)n_local_max * share;
+    if (dp_measured) {
         o->load_ms += 1e3 * pc->L->dp_copy_s;
         o->update_ms = 1e3 * pc->L->dp_update_s;
         check_ms = 1e3 * pc->L->dp_check_s * share;
@@ -728,6 +820,7 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     o->grad_ar_ms = 1e3 * dp;
     o->status_ms = 1e3 * small + check_ms;
     const double step_fixed = 1e-3 * (o->load_ms + o->update_ms + check_ms);
+    o->pipe_ms = 1e3 * pipe;
     o->predict_ms = 1e3 * (pipe + step_fixed + small + dp);
     o->compute_ms = 1e3 * (comp_sum * M / P + step_fixed);
     o->comm_ms = 1e3 * (comm_sum * M / P + small + dp);
@@ -806,12 +899,10 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
     pc = calloc(1, sizeof(*pc));
     if (pc == NULL)
         return FEDGE_ERR_NOMEM;
-    pc->gc = calloc(1, sizeof(*pc->gc));
-    if (pc->gc == NULL)
+    pc->sc = calloc(1, sizeof(*pc->sc));
+    if (pc->sc == NULL)
         FAIL(FEDGE_ERR_NOMEM);
     pc->L = &out->links;
-    pc->gc->share = out->links.share;
-    pc->gc->node_rank = out->links.node_rank;
     enumerate(&sh, batch, world, out);
     /* the collectives' sizes, measured on the ranks at hand: a group larger
      * than them (plan --ranks) keeps the alpha-beta fit */
@@ -838,7 +929,7 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
         }
 cleanup:
     if (pc != NULL)
-        free(pc->gc);
+        free(pc->sc);
     free(pc);
     return ret;
 }
@@ -863,9 +954,9 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
                    "%.3f ms, gradient allreduce %.3f ms\n",
                 L->dp_rows, 1e3 * L->dp_fwd_s, 1e3 * L->dp_bwd_s, 1e3 * L->dp_copy_s,
                 1e3 * L->dp_check_s, 1e3 * L->dp_update_s, 1e3 * L->dp_ar_s);
-    fprintf(f, "# collectives at the layouts' sizes: %d distinct, %d measured (median of %d "
-               "trials, slowest rank; log-log interpolation between)\n",
-            L->n_coll_asked, L->n_coll, COLL_TRIALS);
+    fprintf(f, "# collectives at the layouts' sizes: %d distinct, %d measured (the smallest of %d "
+               "rounds' medians of %d trials, slowest rank; log-log interpolation between)\n",
+            L->n_coll_asked, L->n_coll, COLL_ROUNDS, COLL_TRIALS);
     for (int i = 0; i < L->n_coll;) {
         const fedge_plan_coll *c = &L->coll[i];
         if (c->kind == FEDGE_PLAN_P2P)
@@ -886,12 +977,12 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
                 o->pp, o->micro, o->predict_ms, o->compute_ms, o->comm_ms, o->bubble,
                 o->mem_bytes, o->fits ? "yes" : "no", i == r->choice ? "  <- chosen" : "");
     }
-    fprintf(f, "# terms (ms): %3s %3s %3s %5s %8s %8s %8s %8s %8s %8s\n", "dp", "tp", "pp",
-            "micro", "forward", "backward", "grad_ar", "status", "update", "load");
+    fprintf(f, "# terms (ms): %3s %3s %3s %5s %8s %8s %8s %8s %8s %8s %8s\n", "dp", "tp", "pp",
+            "micro", "forward", "backward", "grad_ar", "status", "update", "load", "pipeline");
     for (int i = 0; i < r->n; i++) {
         const fedge_plan_layout *o = &r->cand[i];
-        fprintf(f, "# terms (ms): %3d %3d %3d %5d %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n", o->dp,
-                o->tp, o->pp, o->micro, o->fwd_ms, o->bwd_ms, o->grad_ar_ms, o->status_ms,
-                o->update_ms, o->load_ms);
+        fprintf(f, "# terms (ms): %3d %3d %3d %5d %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n",
+                o->dp, o->tp, o->pp, o->micro, o->fwd_ms, o->bwd_ms, o->grad_ar_ms, o->status_ms,
+                o->update_ms, o->load_ms, o->pipe_ms);
     }
 }

@@ -69,6 +69,10 @@ typedef struct {
      * the DP gradient allreduce, the status allreduces, the SGD update with
      * zeroing and the non-finite check, the reading of the rows */
     double fwd_ms, bwd_ms, grad_ar_ms, status_ms, update_ms, load_ms;
+    /* the simulated pipeline, first forward to last backward (forward and
+     * backward with the idle between): the trainer's `pipeline` phase on
+     * the model-parallel path */
+    double pipe_ms;
 } fedge_plan_layout;
 
 typedef struct {

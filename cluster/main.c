@@ -442,9 +442,10 @@ static void write_refine_json(FILE *f, const refine_args *a, const fedge_refine_
             c->lr_scaling == FEDGE_LR_LINEAR ? "linear" : "none", s->lr_base_batch,
             c->warmup_steps, (double)c->sgd.lr, s->lr_final);
     fprintf(f, ",\"step_ms_min\":%.3f", s->step_ms_min);
-    if (s->phase_ms[FEDGE_PHASE_FWD] > 0.0) {
+    if (s->phase_ms[FEDGE_PHASE_FWD] > 0.0 || s->phase_ms[FEDGE_PHASE_PIPE] > 0.0) {
         static const char *const names[FEDGE_PHASES] = {
-            "load", "copy", "forward", "backward", "grad_allreduce", "status", "update"};
+            "load", "copy", "forward", "backward", "grad_allreduce", "status", "update",
+            "pipeline"};
         for (int m = 0; m < 2; m++) {
             const double *v = m ? s->phase_ms_min : s->phase_ms;
             fprintf(f, ",\"%s\":{", m ? "phase_ms_min" : "phase_ms");
