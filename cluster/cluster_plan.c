@@ -10,7 +10,10 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "cluster_loader.h"
+#include "shard.h"
 #include "cluster_backend.h"
+#include "cluster_mp.h"
 #include "cluster_plan_model.h"
 #include "model.h"
 #include "optim.h"
@@ -272,6 +275,71 @@ static int probe_elementwise(fedge_plan_links *L)
     L->exp_s = all[1];
     L->sgd_s = all[2];
     L->load_s = all[3];
+    return FEDGE_OK;
+}
+
+/* The loader's work per row, on the trainer's own loader (cluster_loader.c,
+ * no prefetch: its get is the thread's work): a u8 shard of ROW_FILE_ROWS
+ * synthetic rows of `dim` inputs written to TMPDIR (else /tmp) and unlinked
+ * once open, ROW_STEPS steps of `batch` rows (the keyed order, one pread per
+ * row, the conversion); the fastest step over batch, the fastest rank. */
+#define ROW_FILE_ROWS 2048
+#define ROW_STEPS 8
+static int probe_row_read(int dim, int classes, int batch, fedge_plan_links *L)
+{
+    const char *dir = getenv("TMPDIR");
+    char path[512];
+    fedge_dataset ds;
+    fedge_loader ld;
+    size_t *idx = calloc(ROW_FILE_ROWS, sizeof(size_t));
+    double best = 1e30, all = 0.0;
+    int ret = FEDGE_OK, opened = 0;
+    memset(&ds, 0, sizeof(ds));
+    memset(&ld, 0, sizeof(ld));
+    ds.n = ROW_FILE_ROWS;
+    ds.dim = dim;
+    ds.n_classes = classes;
+    ds.x = calloc((size_t)ROW_FILE_ROWS * (size_t)dim, sizeof(float));
+    ds.y = calloc(ROW_FILE_ROWS, 1);
+    if (idx == NULL || ds.x == NULL || ds.y == NULL)
+        ret = FEDGE_ERR_NOMEM;
+    snprintf(path, sizeof(path), "%s/fedge-plan-%ld.shard", dir != NULL && *dir ? dir : "/tmp",
+             (long)getpid());
+    for (size_t i = 0; ret == FEDGE_OK && i < ROW_FILE_ROWS; i++) {
+        idx[i] = i;
+        ds.y[i] = (uint8_t)(i % (size_t)classes);
+        for (int j = 0; j < dim; j++)
+            ds.x[i * (size_t)dim + (size_t)j] = (float)((i + (size_t)j) % 256) / 255.0f;
+    }
+    if (ret == FEDGE_OK)
+        ret = fedge_shard_write(path, &ds, idx, ROW_FILE_ROWS, FEDGE_SHARD_U8);
+    if (ret == FEDGE_OK) {
+        ret = fedge_loader_open(&ld, path, 1, batch, 1, 0, 0);
+        opened = ret == FEDGE_OK;
+        unlink(path);
+    }
+    for (int step = 0; ret == FEDGE_OK && step <= ROW_STEPS; step++) { /* step 0 warms up */
+        const float *x;
+        const uint8_t *y;
+        int rows = 0;
+        const double t0 = now_s();
+        ret = fedge_loader_get(&ld, (uint64_t)step, &x, &y, &rows);
+        const double dt = (now_s() - t0) / (rows > 0 ? rows : 1);
+        if (step > 0 && dt < best)
+            best = dt;
+    }
+    if (opened)
+        fedge_loader_close(&ld);
+    free(idx);
+    free(ds.x);
+    free(ds.y);
+    int bad = ret != FEDGE_OK, any = 0;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
+        || MPI_Allreduce(&best, &all, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    if (any)
+        return ret != FEDGE_OK ? ret : FEDGE_ERR_IO;
+    L->row_read_s = all;
     return FEDGE_OK;
 }
 
@@ -660,6 +728,136 @@ cleanup:
     return FEDGE_OK;
 }
 
+/* ---- trial steps: oversubscribed, the layouts are run, not modelled ---- */
+
+#define TRIAL_ROUNDS 7
+#define TRIAL_STEPS 3  /* consecutive steps per round, no barrier between */
+
+/* Whole training steps of one layout on the ranks at hand, as the trainer
+ * runs them: the model-parallel path (fedge_mp: its step, the non-finite
+ * check, the loss/status allreduces, the update; four agreements as in
+ * train_step_mp) or, for pure DP, the trainer's cpu backend (copy-in,
+ * forward, backward, the gradient MPI_Iallreduce, the check and status
+ * allreduce, the update). One warm-up step, then TRIAL_ROUNDS rounds of
+ * TRIAL_STEPS steps back to back; *mean_s the median of the rounds' mean
+ * step, *fast_s the fastest round's; rank 0's clock after a barrier at each
+ * round's end. With more ranks than cores the scheduler decides who runs
+ * while a rank waits in MPI (Open MPI yields when oversubscribed), which no
+ * per-operation model captures: measured descheduling per collective did
+ * not carry over to whole steps (docs/BENCHMARKS.md, planner2). */
+static int trial_steps(const fedge_model_spec *spec, const fedge_dense_shape *sh, int batch,
+                       const fedge_plan_layout *o, const float *params, double *mean_s,
+                       double *fast_s)
+{
+    int rank = 0, world = 1, ret = FEDGE_OK, bad = 0, any = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    const int rows = batch / o->dp, mp_path = !(o->tp == 1 && o->pp == 1 && o->micro == 1);
+    const size_t n = fedge_model_spec_param_count(spec);
+    fedge_mp *mp = NULL;
+    fedge_backend *be = NULL;
+    fedge_backend_config bc;
+    float *x = calloc((size_t)rows * (size_t)sh->dims[0], sizeof(float));
+    uint8_t *y = calloc((size_t)rows, 1);
+    double rt[TRIAL_ROUNDS];
+    const fedge_sgd_config sgd = {1e-6f, 0.9f, 0.0f};
+    memset(&bc, 0, sizeof(bc));
+    if (x == NULL || y == NULL)
+        ret = FEDGE_ERR_NOMEM;
+    for (size_t i = 0; ret == FEDGE_OK && i < (size_t)rows * (size_t)sh->dims[0]; i++)
+        x[i] = (float)(i % 255) * (1.0f / 255.0f);
+    for (int i = 0; ret == FEDGE_OK && i < rows; i++)
+        y[i] = (uint8_t)(i % spec->classes);
+    if (ret == FEDGE_OK && mp_path) {
+        fedge_mp_config mc;
+        memset(&mc, 0, sizeof(mc));
+        mc.shape = *sh;
+        ret = fedge_grid_make(world, o->tp, o->pp, &mc.grid);
+        mc.micro = o->micro;
+        mc.schedule = FEDGE_PP_1F1B;
+        mc.local_batch_max = rows;
+        if (ret == FEDGE_OK)
+            ret = fedge_mp_create(&mc, &mp); /* collective */
+        if (ret == FEDGE_OK)
+            ret = fedge_mp_set_params(mp, params);
+    } else if (ret == FEDGE_OK) {
+        bc.spec = *spec;
+        bc.local_batch_max = rows;
+        bc.precision = FEDGE_PREC_FP32;
+        ret = fedge_layout_init(&bc.layout, n, world, rank);
+        if (ret == FEDGE_OK)
+            ret = fedge_backend_create("cpu", &bc, &be);
+        if (ret == FEDGE_OK)
+            ret = be->ops->set_params(be, params);
+    }
+    bad = ret != FEDGE_OK;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        FAIL(FEDGE_ERR_CLUSTER_COMM);
+    if (any)
+        FAIL(ret != FEDGE_OK ? ret : FEDGE_ERR_CLUSTER_COMM);
+    for (int round = -1; round < TRIAL_ROUNDS; round++) { /* round -1: one warm-up step */
+        if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        const double t0 = now_s();
+        for (int k = 0; k < (round < 0 ? 1 : TRIAL_STEPS); k++) {
+            double loss = 0.0, v[3] = {0, 0, 0}, w[3];
+            int flag = 0, st = FEDGE_OK, all_st = FEDGE_OK;
+            if (MPI_Allreduce(&st, &all_st, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+                FAIL(FEDGE_ERR_CLUSTER_COMM); /* the batch's status */
+            if (mp_path) {
+                fedge_mp_step_stats ss;
+                CHK(fedge_mp_step(mp, x, y, rows, 1.0f / (float)batch, &loss, &ss));
+                CHK(fedge_mp_grad_nonfinite(mp, &flag));
+                if (MPI_Allreduce(&st, &all_st, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD)
+                    != MPI_SUCCESS)
+                    FAIL(FEDGE_ERR_CLUSTER_COMM);
+            } else {
+                CHK(be->ops->load_batch(be, x, y, rows));
+                CHK(be->ops->forward(be, 1.0f / (float)batch, &loss));
+                for (int l = sh->n_layers - 1; l >= 0; l--)
+                    CHK(be->ops->backward_layer(be, l));
+                CHK(be->ops->grad_comm_start(be, 0, bc.layout.n_pad));
+                CHK(be->ops->grad_comm_wait(be));
+                CHK(be->ops->grad_nonfinite(be, &flag));
+            }
+            v[0] = loss;
+            v[1] = flag;
+            if (MPI_Allreduce(v, w, 3, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+                FAIL(FEDGE_ERR_CLUSTER_COMM);
+            if (mp_path) {
+                CHK(fedge_mp_update(mp, &sgd));
+                if (MPI_Allreduce(&st, &all_st, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD)
+                    != MPI_SUCCESS)
+                    FAIL(FEDGE_ERR_CLUSTER_COMM);
+            } else {
+                CHK(be->ops->update(be, &sgd, 1.0f));
+            }
+        }
+        if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        if (round >= 0)
+            rt[round] = (now_s() - t0) / TRIAL_STEPS;
+    }
+    {
+        double fast = rt[0];
+        for (int r = 1; r < TRIAL_ROUNDS; r++)
+            fast = rt[r] < fast ? rt[r] : fast;
+        double v[2] = {fedge_plan_median(rt, TRIAL_ROUNDS), fast};
+        if (MPI_Bcast(v, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        *mean_s = v[0];
+        *fast_s = v[1];
+    }
+cleanup:
+    /* an operation failing inside a step fails on every rank (the same
+     * arguments everywhere); the collectives above keep them in step */
+    fedge_mp_destroy(mp);
+    fedge_backend_destroy(be);
+    free(x);
+    free(y);
+    return ret;
+}
+
 /* Ranks per node and the cores they may run on: the union of the node's
  * ranks' affinity masks (a rank bound to one core is not oversubscribed
  * when its peers are bound to others). */
@@ -821,7 +1019,14 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     o->status_ms = 1e3 * small + check_ms;
     const double step_fixed = 1e-3 * (o->load_ms + o->update_ms + check_ms);
     o->pipe_ms = 1e3 * pipe;
-    o->predict_ms = 1e3 * (pipe + step_fixed + small + dp);
+    /* the loader threads (one per rank, prefetching the next step's rows)
+     * run on the ranks' cores when none is spare: each core's share of
+     * them lengthens the step (measured: --no-prefetch's load phase, 0.34
+     * ms for 256 rows, 0.20 ms for 128) */
+    o->loader_ms = 0.0;
+    if (pc->L->node_ranks >= pc->L->cores && pc->L->cores > 0)
+        o->loader_ms = 1e3 * share * (double)R * pc->L->row_read_s;
+    o->predict_ms = 1e3 * (pipe + step_fixed + small + dp) + o->loader_ms;
     o->compute_ms = 1e3 * (comp_sum * M / P + step_fixed);
     o->comm_ms = 1e3 * (comm_sum * M / P + small + dp);
     fedge_memory_plan mp;
@@ -894,6 +1099,7 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
     CHK_T(probe_node(&out->links));
     CHK_T(probe_links(&out->links));
     CHK_T(probe_elementwise(&out->links));
+    CHK_T(probe_row_read(sh.dims[0], spec->classes, batch, &out->links));
     if (batch >= world)
         CHK_T(probe_dp_step(spec, batch / world, &out->links));
     pc = calloc(1, sizeof(*pc));
@@ -921,6 +1127,31 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
     pc->collect = 0;
     for (int i = 0; i < out->n; i++)
         CHK(predict(pc, spec, &sh, batch, world, budget_mb, &out->cand[i]));
+    if (out->links.share > 1 && world == probed) {
+        fedge_model m;
+        fedge_rng rng;
+        memset(&m, 0, sizeof(m));
+        fedge_rng_seed(&rng, 1);
+        ret = fedge_model_init(&m, spec);
+        if (ret == FEDGE_OK) /* the initialisation `init` gives */
+            ret = fedge_model_randomize(&m, &rng);
+        for (int i = 0; ret == FEDGE_OK && i < out->n; i++) {
+            fedge_plan_layout *o = &out->cand[i];
+            double mean_s = 0.0, fast_s = 0.0;
+            if (!o->fits)
+                continue;
+            ret = trial_steps(spec, &sh, batch, o, m.params, &mean_s, &fast_s);
+            if (ret == FEDGE_OK) {
+                o->trial = 1;
+                o->model_ms = o->predict_ms;
+                o->predict_ms = 1e3 * mean_s + o->loader_ms; /* the trial reads no file */
+                o->trial_fast_ms = 1e3 * fast_s;
+            }
+        }
+        fedge_model_free(&m);
+        if (ret != FEDGE_OK)
+            goto cleanup;
+    }
     qsort(out->cand, (size_t)out->n, sizeof(out->cand[0]), cmp_layout);
     for (int i = 0; i < out->n; i++)
         if (out->cand[i].fits) {
@@ -941,13 +1172,19 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
                "(ring bus); memory budget %s\n",
             L->probe_ranks, 1e6 * L->p2p_alpha, L->p2p_beta / 1e9, 1e6 * L->ar_alpha,
             L->ar_beta / 1e9, budget_mb > 0 ? "per rank" : "none");
-    fprintf(f, "# per element: bias+relu %.2f ns, exp %.2f ns, sgd %.2f ns, load %.2f ns\n",
-            1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s);
+    fprintf(f, "# per element: bias+relu %.2f ns, exp %.2f ns, sgd %.2f ns, load %.2f ns; "
+               "loader per row: %.2f us%s\n",
+            1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s,
+            1e6 * L->row_read_s,
+            L->node_ranks >= L->cores ? " (no core spare for the loader threads: charged to "
+                                        "the step)" : "");
     if (L->share > 1)
-        fprintf(f, "# oversubscribed: %d ranks on a node, %d cores (sched_getaffinity): compute "
-                   "x %d (probed one rank per core at a time); collectives as measured on all "
-                   "%d ranks at once\n",
-                L->node_ranks, L->cores, L->share, L->probe_ranks);
+        fprintf(f, "# oversubscribed: %d ranks on a node, %d cores (sched_getaffinity): the model "
+                   "has compute x %d (probed one rank per core at a time) and collectives as "
+                   "measured on all %d ranks at once, but the OS scheduler decides who runs while "
+                   "a rank waits in MPI; each layout that fits is run for %d x %d trial steps and "
+                   "predicted by them\n",
+                L->node_ranks, L->cores, L->share, L->probe_ranks, TRIAL_ROUNDS, TRIAL_STEPS);
     if (L->dp_rows > 0)
         fprintf(f, "# data-parallel step on the trainer's cpu backend, %d rows per rank: forward "
                    "%.3f ms, backward %.3f ms, copy-in %.3f ms, non-finite check %.3f ms, update "
@@ -973,16 +1210,25 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
             "predict_ms", "compute_ms", "comm_ms", "bubble", "mem_bytes", "fits");
     for (int i = 0; i < r->n; i++) {
         const fedge_plan_layout *o = &r->cand[i];
-        fprintf(f, "  %3d %3d %3d %5d %12.3f %11.3f %9.3f %8.3f %12zu %5s%s\n", o->dp, o->tp,
+        char note[96] = "";
+        if (o->trial)
+            snprintf(note, sizeof(note), "  trial steps (fastest round %.3f; model %.3f)",
+                     o->trial_fast_ms, o->model_ms);
+        else if (L->share > 1)
+            snprintf(note, sizeof(note), "  model, unverified: oversubscribed%s",
+                     o->fits ? ", not probed on these ranks" : ", over budget: not run");
+        fprintf(f, "  %3d %3d %3d %5d %12.3f %11.3f %9.3f %8.3f %12zu %5s%s%s\n", o->dp, o->tp,
                 o->pp, o->micro, o->predict_ms, o->compute_ms, o->comm_ms, o->bubble,
-                o->mem_bytes, o->fits ? "yes" : "no", i == r->choice ? "  <- chosen" : "");
+                o->mem_bytes, o->fits ? "yes" : "no", note, i == r->choice ? "  <- chosen" : "");
     }
-    fprintf(f, "# terms (ms): %3s %3s %3s %5s %8s %8s %8s %8s %8s %8s %8s\n", "dp", "tp", "pp",
-            "micro", "forward", "backward", "grad_ar", "status", "update", "load", "pipeline");
+    fprintf(f, "# terms (ms): %3s %3s %3s %5s %8s %8s %8s %8s %8s %8s %8s %8s\n", "dp", "tp",
+            "pp", "micro", "forward", "backward", "grad_ar", "status", "update", "load",
+            "pipeline", "loader");
     for (int i = 0; i < r->n; i++) {
         const fedge_plan_layout *o = &r->cand[i];
-        fprintf(f, "# terms (ms): %3d %3d %3d %5d %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n",
+        fprintf(f,
+                "# terms (ms): %3d %3d %3d %5d %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n",
                 o->dp, o->tp, o->pp, o->micro, o->fwd_ms, o->bwd_ms, o->grad_ar_ms, o->status_ms,
-                o->update_ms, o->load_ms, o->pipe_ms);
+                o->update_ms, o->load_ms, o->pipe_ms, o->loader_ms);
     }
 }

@@ -23,7 +23,13 @@
  * and allreduce from there. Oversubscription (more ranks on a node than the
  * cores in their affinity masks) is printed and modelled: compute probes run
  * one rank per core at a time and compute is multiplied by
- * ceil(ranks / cores); the collectives keep their all-ranks figures.
+ * ceil(ranks / cores); the collectives keep their all-ranks figures. That
+ * model is printed beside, not used: when the plan is for the ranks it runs
+ * on, every layout that fits is run for a few whole steps (the trainer's
+ * path and collectives, 1 + 7 x 3 steps) and predict_ms is the median
+ * round's mean step (`trial`), since with ranks sharing cores the OS
+ * scheduler decides who runs while a rank waits in MPI; a plan for more
+ * ranks than it runs on keeps the model and marks it unverified.
  *
  * Model of one step, per layout: a stage's micro-batch costs, forward, its
  * GEMMs, elementwise work and row-parallel (and split-softmax) allreduces;
@@ -73,6 +79,15 @@ typedef struct {
      * backward with the idle between): the trainer's `pipeline` phase on
      * the model-parallel path */
     double pipe_ms;
+    /* trial: 1 when predict_ms was measured by running the layout's steps
+     * (oversubscribed ranks: the scheduler, not the model, decides; see
+     * fedge_plan_run), model_ms then the model's figure and trial_fast_ms
+     * the fastest round's mean step */
+    int trial;
+    double model_ms, trial_fast_ms;
+    /* the loader threads' work charged to the step (0 with a core to spare
+     * for them), ms per step; included in predict_ms */
+    double loader_ms;
 } fedge_plan_layout;
 
 typedef struct {
@@ -96,6 +111,11 @@ typedef struct {
      * timed on all ranks at once, carry their descheduling); node_rank:
      * this rank's */
     int node_ranks, cores, share, node_rank;
+    /* the loader thread's work per row (the trainer's loader on a u8 shard
+     * written to TMPDIR: the keyed order, one pread, the conversion),
+     * fastest step and rank; with no core to spare for the loader threads
+     * (ranks on a node >= cores) their rows are added to the step */
+    double row_read_s;
     int n_coll, n_coll_asked;     /* sizes measured; distinct sizes the layouts issue */
     fedge_plan_coll coll[FEDGE_PLAN_MAX_COLL]; /* by kind, group, bytes */
 } fedge_plan_links;

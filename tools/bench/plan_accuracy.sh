@@ -64,9 +64,9 @@ awk '
     /^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ / { k = $1 " " $2 " " $3 " " $4
         if (!(k in seen)) { seen[k] = 1; order[++n] = k }
         pred[k] = pred[k] " " $5; bub[k] = bub[k] " " $8
-        note[k] = ($0 ~ /unpredictable/) ? "unpredictable" : "-" }
+        note[k] = ($0 ~ /trial steps/) ? "trial" : ($0 ~ /unverified/) ? "unverified" : "-" }
     $1 == "#" && $2 == "terms" && $4 ~ /^[0-9]+$/ { k = $4 " " $5 " " $6 " " $7
-        for (i = 8; i <= 14; i++) term[k, i] = term[k, i] " " $i }
+        for (i = 8; i <= 15; i++) term[k, i] = term[k, i] " " $i }
     function med(s,   a, m, i, j, t) { m = split(s, a, " ")
         for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j] + 0 < a[j - 1] + 0; j--) {
             t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
@@ -76,13 +76,13 @@ awk '
         return med(s) > 0 ? (hi - lo) / med(s) : 0 }
     END { for (i = 1; i <= n; i++) { k = order[i]; printf "%s %.3f %.4f %.3f %s", k, med(pred[k]),
               spread(pred[k]), med(bub[k]), note[k]
-              for (j = 8; j <= 14; j++) printf " %.3f", med(term[k, j]); printf "\n" } }
+              for (j = 8; j <= 15; j++) printf " %.3f", med(term[k, j]); printf "\n" } }
 ' "$OUT"/plan-*.txt | sort -k5,5g >"$OUT/layouts.txt"
 printf '%3s %3s %3s %5s %12s %7s %9s %11s %10s %13s %11s %11s %s\n' dp tp pp micro predicted_ms spread \
     mean_ms fastest_ms mean/pred fastest/pred bubble_pred bubble_meas note
 n=0 in_mean=0 in_fast=0 max_spread=0
 : >"$OUT/phases.txt"
-while read -r dp tp pp micro pred spr bub_pred note t_f t_b t_ar t_st t_up t_ld t_pipe; do
+while read -r dp tp pp micro pred spr bub_pred note t_f t_b t_ar t_st t_up t_ld t_pipe t_lt; do
     sum_mean=0 fast="" sum_bub=0
     for r in $(seq 1 "$RUNS"); do
         log="$OUT/dp$dp-tp$tp-pp$pp-m$micro-$r.json"
@@ -110,7 +110,7 @@ while read -r dp tp pp micro pred spr bub_pred note t_f t_b t_ar t_st t_up t_ld 
                    m["grad_allreduce"], s["grad_allreduce"], m["status"], s["status"],
                    m["update"], s["update"], m["load"] + m["copy"], s["load"] + s["copy"] }')
     if [ "$tp" = 1 ] && [ "$pp" = 1 ] && [ "$micro" = 1 ]; then comp=$(echo "$t_f + $t_b" | bc -l); else comp=$t_pipe; fi
-    echo "$dp $tp $pp $micro $comp $t_ar $t_st $t_up $t_ld $ph" >>"$OUT/phases.txt"
+    echo "$dp $tp $pp $micro $comp $t_ar $t_st $t_up $t_ld $ph $t_lt" >>"$OUT/phases.txt"
     mean=$(echo "$sum_mean / $RUNS" | bc -l)
     rm=$(echo "$mean / $pred" | bc -l)
     rf=$(echo "$fast / $pred" | bc -l)
@@ -125,9 +125,13 @@ done <"$OUT/layouts.txt"
 echo "# within 20%: $in_mean of $n by the mean step, $in_fast of $n by the fastest step"
 printf '# predictions over %d plans: largest spread (max - min) / median %.1f%%\n' "$PLANS" \
     "$(echo "100 * $max_spread" | bc -l)"
-echo "# phases, ms per step: predicted / measured fastest / measured mean (compute: forward + backward, or the pipeline)"
-printf '%3s %3s %3s %5s %23s %23s %23s %23s %23s\n' dp tp pp micro compute grad_allreduce status update load+copy
+echo "# phases, ms per step: predicted / measured fastest / measured mean (compute: forward + backward,"
+echo "# or the pipeline); loader: the loader threads' reading charged to the step when no core is spare"
+echo "# (predicted only: the trainer's load phase times the wait for the batch, the thread's work"
+echo "# shows in the other phases)"
+printf '%3s %3s %3s %5s %23s %23s %23s %23s %23s %7s\n' dp tp pp micro compute grad_allreduce status update \
+    load+copy loader
 awk '{ printf "%3d %3d %3d %5d", $1, $2, $3, $4
        for (i = 0; i < 5; i++) printf " %7.3f/%7.3f/%7.3f", $(5 + i), $(10 + 2 * i), $(11 + 2 * i)
-       printf "\n" }' "$OUT/phases.txt"
+       printf " %7.3f\n", $20 }' "$OUT/phases.txt"
 echo "# load average after: $(load)"
