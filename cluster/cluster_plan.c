@@ -1023,9 +1023,8 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
      * run on the ranks' cores when none is spare: each core's share of
      * them lengthens the step (measured: --no-prefetch's load phase, 0.34
      * ms for 256 rows, 0.20 ms for 128) */
-    o->loader_ms = 0.0;
-    if (pc->L->node_ranks >= pc->L->cores && pc->L->cores > 0)
-        o->loader_ms = 1e3 * share * (double)R * pc->L->row_read_s;
+    o->loader_ms = 1e3 * fedge_plan_loader_time(pc->L->node_ranks, pc->L->cores, R,
+                                                pc->L->row_read_s);
     o->predict_ms = 1e3 * (pipe + step_fixed + small + dp) + o->loader_ms;
     o->compute_ms = 1e3 * (comp_sum * M / P + step_fixed);
     o->comm_ms = 1e3 * (comm_sum * M / P + small + dp);
@@ -1214,9 +1213,9 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
         if (o->trial)
             snprintf(note, sizeof(note), "  trial steps (fastest round %.3f; model %.3f)",
                      o->trial_fast_ms, o->model_ms);
-        else if (L->share > 1)
-            snprintf(note, sizeof(note), "  model, unverified: oversubscribed%s",
-                     o->fits ? ", not probed on these ranks" : ", over budget: not run");
+        else if (L->share > 1 && o->fits)
+            snprintf(note, sizeof(note), "  model, unverified: oversubscribed, %s",
+                     "not probed on these ranks");
         fprintf(f, "  %3d %3d %3d %5d %12.3f %11.3f %9.3f %8.3f %12zu %5s%s%s\n", o->dp, o->tp,
                 o->pp, o->micro, o->predict_ms, o->compute_ms, o->comm_ms, o->bubble,
                 o->mem_bytes, o->fits ? "yes" : "no", note, i == r->choice ? "  <- chosen" : "");

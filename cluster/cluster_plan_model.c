@@ -81,6 +81,13 @@ double fedge_plan_min_of_medians(double *v, int n, int group)
     return best;
 }
 
+double fedge_plan_loader_time(int ranks, int cores, int rows, double row_s)
+{
+    if (ranks < 1 || cores < 1 || rows < 1 || !(row_s >= 0.0) || ranks < cores)
+        return 0.0;
+    return fedge_plan_share(ranks, cores) * (double)rows * row_s;
+}
+
 enum { OP_F = 0, OP_B = 1 };
 
 /* The k-th operation of stage s: *kind OP_F or OP_B, *m the micro-batch. */

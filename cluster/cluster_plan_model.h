@@ -65,6 +65,14 @@ double fedge_plan_min_of_medians(double *v, int n, int group);
 int fedge_plan_share(int ranks, int cores);
 double fedge_plan_oversub_time(double compute_s, double comm_s, int share);
 
+/* The loader threads' reading charged to one step: each rank's prefetch
+ * thread reads `rows` rows (row_s seconds each) per step; with a core to
+ * spare for them (ranks < cores) it is hidden, else every core runs
+ * fedge_plan_share(ranks, cores) ranks' threads beside their compute and
+ * the step waits for the slowest: share * rows * row_s. ranks or cores < 1
+ * (unknown), rows < 1 or row_s < 0: 0. */
+double fedge_plan_loader_time(int ranks, int cores, int rows, double row_s);
+
 typedef struct {
     int schedule;                        /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */
     int pp, micro;

@@ -123,8 +123,14 @@ cores=$(nproc)
 if [ "$cores" -lt 4 ]; then
     grep -q "^# oversubscribed: 4 ranks on a node, $cores cores" "$T/plan.txt" \
         || fail "plan: 4 ranks on $cores cores not called oversubscribed: $(cat "$T/plan.txt")"
+    # there every layout that fits is run for trial steps, and each row says so
+    fit=$(grep -Ec '^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ .* yes' "$T/plan.txt")
+    tri=$(grep -Ec ' yes  trial steps \(fastest round [0-9.]+; model [0-9.]+\)' "$T/plan.txt")
+    [ "$fit" -ge 1 ] && [ "$tri" = "$fit" ] \
+        || fail "plan: $tri of $fit fitting layouts run for trial steps: $(cat "$T/plan.txt")"
 else
     ! grep -q '^# oversubscribed' "$T/plan.txt" || fail "plan: 4 ranks on $cores cores oversubscribed?"
+    ! grep -q 'trial steps' "$T/plan.txt" || fail "plan: trial steps without oversubscription"
 fi
 cluster_equivalent auto 4 --layout auto --memory-per-rank-mb 0.75
 grep -q '"dp":4,"tp":1,"pp":1' "$T/auto.json" && fail "--layout auto picked pure DP over the budget"
