@@ -786,6 +786,8 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
         ts = 1e3 * (MPI_Wtime() - ts);
         if (sum->step_ms_min == 0.0 || ts < sum->step_ms_min)
             sum->step_ms_min = ts;
+        if (sum->steps_run == 0)
+            sum->step_ms_first = ts;
         sum->lr_final = sgd_at(&rs, step).lr;
         if (ret != FEDGE_OK) {
             set_where(sum, "training step");

@@ -111,6 +111,8 @@ typedef struct {
     /* ms per step in each phase (FEDGE_PHASE_*), the mean over the steps run
      * and the fastest (each phase's own), the largest over the ranks */
     double phase_ms[FEDGE_PHASES], phase_ms_min[FEDGE_PHASES];
+    double step_ms_first;        /* the run's first step (first touch of the buffers, the
+                                    loader's first batch unprefetched, MPI's first messages) */
 } fedge_refine_summary;
 
 void fedge_refine_config_defaults(fedge_refine_config *cfg);

@@ -441,7 +441,8 @@ static void write_refine_json(FILE *f, const refine_args *a, const fedge_refine_
             c->pp_schedule == FEDGE_PP_GPIPE ? "gpipe" : "1f1b", s->effective_batch,
             c->lr_scaling == FEDGE_LR_LINEAR ? "linear" : "none", s->lr_base_batch,
             c->warmup_steps, (double)c->sgd.lr, s->lr_final);
-    fprintf(f, ",\"step_ms_min\":%.3f", s->step_ms_min);
+    fprintf(f, ",\"step_ms_min\":%.3f,\"step_ms_first\":%.3f", s->step_ms_min,
+            s->step_ms_first);
     if (s->phase_ms[FEDGE_PHASE_FWD] > 0.0 || s->phase_ms[FEDGE_PHASE_PIPE] > 0.0) {
         static const char *const names[FEDGE_PHASES] = {
             "load", "copy", "forward", "backward", "grad_allreduce", "status", "update",

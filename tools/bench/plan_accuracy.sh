@@ -7,7 +7,8 @@
 # steady the probes are), then `refine` with each listed layout RUNS times
 # (STEPS steps each, Fashion-MNIST rows), and prints per layout: the
 # prediction, the mean step (seconds / steps, averaged over the runs), the
-# fastest step (step_ms_min, fastest over the runs), both ratios, and how many
+# fastest step (step_ms_min, fastest over the runs), their ratios and that of
+# the mean of the steps after the first (step_ms_first taken out), and how many
 # layouts are within 20% by each; for pipelines also the stages' mean idle
 # fraction, predicted (the plan's simulated schedule) and measured (the
 # runs' `bubble`, averaged). Then, per layout, each phase of the step as the
@@ -78,12 +79,12 @@ awk '
               spread(pred[k]), med(bub[k]), note[k]
               for (j = 8; j <= 15; j++) printf " %.3f", med(term[k, j]); printf "\n" } }
 ' "$OUT"/plan-*.txt | sort -k5,5g >"$OUT/layouts.txt"
-printf '%3s %3s %3s %5s %12s %7s %9s %11s %10s %13s %11s %11s %s\n' dp tp pp micro predicted_ms spread \
-    mean_ms fastest_ms mean/pred fastest/pred bubble_pred bubble_meas note
-n=0 in_mean=0 in_fast=0 max_spread=0
+printf '%3s %3s %3s %5s %12s %7s %9s %11s %10s %13s %10s %11s %11s %s\n' dp tp pp micro predicted_ms \
+    spread mean_ms fastest_ms mean/pred fastest/pred later/pred bubble_pred bubble_meas note
+n=0 in_mean=0 in_fast=0 in_later=0 max_spread=0
 : >"$OUT/phases.txt"
 while read -r dp tp pp micro pred spr bub_pred note t_f t_b t_ar t_st t_up t_ld t_pipe t_lt; do
-    sum_mean=0 fast="" sum_bub=0
+    sum_mean=0 fast="" sum_bub=0 sum_later=0
     for r in $(seq 1 "$RUNS"); do
         log="$OUT/dp$dp-tp$tp-pp$pp-m$micro-$r.json"
         "${MPI[@]}" -np "$NP" "$BIN" refine --model "$OUT/model.bin" --data "$OUT/data.shard" \
@@ -92,6 +93,8 @@ while read -r dp tp pp micro pred spr bub_pred note t_f t_b t_ar t_st t_up t_ld 
         s=$(field seconds "$log")
         f=$(field step_ms_min "$log")
         sum_mean=$(echo "$sum_mean + 1000 * $s / $STEPS" | bc -l)
+        first=$(field step_ms_first "$log")
+        sum_later=$(echo "$sum_later + (1000 * $s - ${first:-0}) / ($STEPS - 1)" | bc -l)
         b=$(sed -n 's/.*"bubble":\[\([0-9.,]*\)\].*/\1/p' "$log" | tr ',' '\n' |
             awk '{s += $1; n++} END {printf "%.4f", n ? s / n : 0}')
         sum_bub=$(echo "$sum_bub + $b" | bc -l)
@@ -114,15 +117,18 @@ while read -r dp tp pp micro pred spr bub_pred note t_f t_b t_ar t_st t_up t_ld 
     mean=$(echo "$sum_mean / $RUNS" | bc -l)
     rm=$(echo "$mean / $pred" | bc -l)
     rf=$(echo "$fast / $pred" | bc -l)
+    rl=$(echo "$sum_later / $RUNS / $pred" | bc -l)
     n=$((n + 1))
+    [ "$(echo "$rl >= 0.8 && $rl <= 1.2" | bc -l)" = 1 ] && in_later=$((in_later + 1))
     [ "$(echo "$rm >= 0.8 && $rm <= 1.2" | bc -l)" = 1 ] && in_mean=$((in_mean + 1))
     [ "$(echo "$rf >= 0.8 && $rf <= 1.2" | bc -l)" = 1 ] && in_fast=$((in_fast + 1))
     [ "$(echo "$spr > $max_spread" | bc -l)" = 1 ] && max_spread=$spr
-    printf '%3d %3d %3d %5d %12.3f %6.1f%% %9.3f %11.3f %10.2f %13.2f %11.3f %11.3f %s\n' "$dp" "$tp" "$pp" \
-        "$micro" "$pred" "$(echo "100 * $spr" | bc -l)" "$mean" "$fast" "$rm" "$rf" "$bub_pred" \
+    printf '%3d %3d %3d %5d %12.3f %6.1f%% %9.3f %11.3f %10.2f %13.2f %10.2f %11.3f %11.3f %s\n' "$dp" \
+        "$tp" "$pp" "$micro" "$pred" "$(echo "100 * $spr" | bc -l)" "$mean" "$fast" "$rm" "$rf" "$rl" "$bub_pred" \
         "$(echo "$sum_bub / $RUNS" | bc -l)" "$note"
 done <"$OUT/layouts.txt"
-echo "# within 20%: $in_mean of $n by the mean step, $in_fast of $n by the fastest step"
+echo "# within 20%: $in_mean of $n by the mean step, $in_fast of $n by the fastest step, $in_later of $n by the mean of steps 2..$STEPS"
+echo "# (later/pred: the mean step without the run's first, step_ms_first: buffers first touched, first batch unprefetched)"
 printf '# predictions over %d plans: largest spread (max - min) / median %.1f%%\n' "$PLANS" \
     "$(echo "100 * $max_spread" | bc -l)"
 echo "# phases, ms per step: predicted / measured fastest / measured mean (compute: forward + backward,"
