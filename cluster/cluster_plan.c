@@ -219,7 +219,7 @@ static int probe_elementwise(fedge_plan_links *L)
     float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
     float *c = calloc(n, sizeof(float));
     uint8_t *u = calloc(n, 1);
-    double t[4] = {1e30, 1e30, 1e30, 1e30}, all[4];
+    double t[5] = {1e30, 1e30, 1e30, 1e30, 1e30}, all[5];
     int bad = !a || !b || !c || !u, any = 0, rc = MPI_SUCCESS;
     if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         any = 1, rc = MPI_ERR_OTHER;
@@ -255,9 +255,15 @@ static int probe_elementwise(fedge_plan_links *L)
             for (size_t i = 0; i < n; i++)
                 c[i] = (float)u[i] * (1.0f / 255.0f);
             double t4 = now_s();
-            const double d[4] = {(t1 - t0) / (double)n, (t2 - t1) / (double)(n / 4),
-                                 (t3 - t2) / (double)n, (t4 - t3) / (double)n};
-            for (int k = 0; k < 4; k++)
+            int bad_v = 0; /* the non-finite check (cluster_mp.c's cpu_nonfinite) */
+            for (size_t i = 0; i < n; i++)
+                bad_v |= !isfinite(c[i]);
+            sink += bad_v;
+            double t5 = now_s();
+            const double d[5] = {(t1 - t0) / (double)n, (t2 - t1) / (double)(n / 4),
+                                 (t3 - t2) / (double)n, (t4 - t3) / (double)n,
+                                 (t5 - t4) / (double)n};
+            for (int k = 0; k < 5; k++)
                 t[k] = d[k] < t[k] ? d[k] : t[k];
         }
         (void)sink;
@@ -267,7 +273,7 @@ static int probe_elementwise(fedge_plan_links *L)
     free(c);
     free(u);
     if (rc != MPI_SUCCESS
-        || MPI_Allreduce(t, all, 4, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+        || MPI_Allreduce(t, all, 5, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (any)
         return FEDGE_ERR_NOMEM;
@@ -275,6 +281,7 @@ static int probe_elementwise(fedge_plan_links *L)
     L->exp_s = all[1];
     L->sgd_s = all[2];
     L->load_s = all[3];
+    L->check_s = all[4];
     return FEDGE_OK;
 }
 
@@ -1015,7 +1022,7 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     o->load_ms = 1e3 * pc->L->load_s * (double)R * sh->dims[0];
     /* the non-finite check goes with the status allreduces, as the trainer times it */
     o->update_ms = 1e3 * pc->L->sgd_s * (double)n_local_max;
-    check_ms = 1e3 * pc->L->elem_s * (double)n_local_max * share;
+    check_ms = 1e3 * pc->L->check_s * (double)n_local_max * share;
     if (dp_measured) {
         o->load_ms += 1e3 * pc->L->dp_copy_s;
         o->update_ms = 1e3 * pc->L->dp_update_s;
@@ -1179,9 +1186,9 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
                "(ring bus); memory budget %s\n",
             L->probe_ranks, 1e6 * L->p2p_alpha, L->p2p_beta / 1e9, 1e6 * L->ar_alpha,
             L->ar_beta / 1e9, budget_mb > 0 ? "per rank" : "none");
-    fprintf(f, "# per element: bias+relu %.2f ns, exp %.2f ns, sgd %.2f ns, load %.2f ns; "
-               "loader per row: %.2f us%s\n",
-            1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s,
+    fprintf(f, "# per element: bias+relu %.2f ns, exp %.2f ns, sgd %.2f ns, load %.2f ns, "
+               "non-finite check %.2f ns; loader per row: %.2f us%s\n",
+            1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s, 1e9 * L->check_s,
             1e6 * L->row_read_s,
             L->node_ranks >= L->cores ? " (no core spare for the loader threads: charged to "
                                         "the step)" : "");

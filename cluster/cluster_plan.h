@@ -116,6 +116,7 @@ typedef struct {
      * fastest step and rank; with no core to spare for the loader threads
      * (ranks on a node >= cores) their rows are added to the step */
     double row_read_s;
+    double check_s;   /* per element: the non-finite check of the gradients */
     int n_coll, n_coll_asked;     /* sizes measured; distinct sizes the layouts issue */
     fedge_plan_coll coll[FEDGE_PLAN_MAX_COLL]; /* by kind, group, bytes */
 } fedge_plan_links;
