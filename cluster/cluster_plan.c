@@ -746,7 +746,9 @@ cleanup:
 /* ---- trial steps: oversubscribed, the layouts are run, not modelled ---- */
 
 #define TRIAL_ROUNDS 7
-#define TRIAL_STEPS 3  /* consecutive steps per round, no barrier between */
+#define TRIAL_STEPS 3  /* consecutive steps per round (at least), no barrier between */
+#define TRIAL_STEPS_MAX 40
+#define TRIAL_ROUND_S 0.012
 
 /* Whole training steps of one layout on the ranks at hand, as the trainer
  * runs them: the model-parallel path (fedge_mp: its step, the non-finite
@@ -754,8 +756,9 @@ cleanup:
  * train_step_mp) or, for pure DP, the trainer's cpu backend (copy-in,
  * forward, backward, the gradient MPI_Iallreduce, the check and status
  * allreduce, the update). One warm-up step, then TRIAL_ROUNDS rounds of
- * TRIAL_STEPS steps back to back; *mean_s the median of the rounds' mean
- * step, *fast_s the fastest round's; rank 0's clock after a barrier at each
+ * steps back to back (TRIAL_STEPS..TRIAL_STEPS_MAX, at least TRIAL_ROUND_S
+ * by the warm-up step); *mean_s the median of the rounds' mean step,
+ * *fast_s the fastest round's; rank 0's clock after a barrier at each
  * round's end. With more ranks than cores the scheduler decides who runs
  * while a rank waits in MPI (Open MPI yields when oversubscribed), which no
  * per-operation model captures: measured descheduling per collective did
@@ -810,11 +813,12 @@ static int trial_steps(const fedge_model_spec *spec, const fedge_dense_shape *sh
         FAIL(FEDGE_ERR_CLUSTER_COMM);
     if (any)
         FAIL(ret != FEDGE_OK ? ret : FEDGE_ERR_CLUSTER_COMM);
-    for (int round = -1; round < TRIAL_ROUNDS; round++) { /* round -1: one warm-up step */
+    int per_round = 1; /* round -1: one warm-up step, which sizes the rounds */
+    for (int round = -1; round < TRIAL_ROUNDS; round++) {
         if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
             FAIL(FEDGE_ERR_CLUSTER_COMM);
         const double t0 = now_s();
-        for (int k = 0; k < (round < 0 ? 1 : TRIAL_STEPS); k++) {
+        for (int k = 0; k < per_round; k++) {
             double loss = 0.0, v[3] = {0, 0, 0}, w[3];
             int flag = 0, st = FEDGE_OK, all_st = FEDGE_OK;
             if (MPI_Allreduce(&st, &all_st, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
@@ -850,8 +854,19 @@ static int trial_steps(const fedge_model_spec *spec, const fedge_dense_shape *sh
         }
         if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
             FAIL(FEDGE_ERR_CLUSTER_COMM);
-        if (round >= 0)
-            rt[round] = (now_s() - t0) / TRIAL_STEPS;
+        if (round >= 0) {
+            rt[round] = (now_s() - t0) / per_round;
+            continue;
+        }
+        /* rounds of at least TRIAL_STEPS steps and TRIAL_ROUND_S: longer than
+         * a scheduler time slice, so a round's mean holds the descheduling a
+         * run's mean step does (rank 0's count for all) */
+        double w = now_s() - t0;
+        if (MPI_Bcast(&w, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        per_round = w > 0.0 ? (int)ceil(TRIAL_ROUND_S / w) : TRIAL_STEPS_MAX;
+        per_round = per_round < TRIAL_STEPS ? TRIAL_STEPS
+                    : per_round > TRIAL_STEPS_MAX ? TRIAL_STEPS_MAX : per_round;
     }
     {
         double fast = rt[0];
@@ -1196,9 +1211,10 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
         fprintf(f, "# oversubscribed: %d ranks on a node, %d cores (sched_getaffinity): the model "
                    "has compute x %d (probed one rank per core at a time) and collectives as "
                    "measured on all %d ranks at once, but the OS scheduler decides who runs while "
-                   "a rank waits in MPI; each layout that fits is run for %d x %d trial steps and "
-                   "predicted by them\n",
-                L->node_ranks, L->cores, L->share, L->probe_ranks, TRIAL_ROUNDS, TRIAL_STEPS);
+                   "a rank waits in MPI; each layout that fits is run for %d rounds of trial steps "
+                   "(%.0f ms or %d steps at least) and predicted by them\n",
+                L->node_ranks, L->cores, L->share, L->probe_ranks, TRIAL_ROUNDS,
+                1e3 * TRIAL_ROUND_S, TRIAL_STEPS);
     if (L->dp_rows > 0)
         fprintf(f, "# data-parallel step on the trainer's cpu backend, %d rows per rank: forward "
                    "%.3f ms, backward %.3f ms, copy-in %.3f ms, non-finite check %.3f ms, update "

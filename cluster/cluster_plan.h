@@ -26,7 +26,8 @@
  * ceil(ranks / cores); the collectives keep their all-ranks figures. That
  * model is printed beside, not used: when the plan is for the ranks it runs
  * on, every layout that fits is run for a few whole steps (the trainer's
- * path and collectives, 1 + 7 x 3 steps) and predict_ms is the median
+ * path and collectives: a warm-up step, then 7 rounds of at least 12 ms
+ * and 3 steps) and predict_ms is the median
  * round's mean step (`trial`), since with ranks sharing cores the OS
  * scheduler decides who runs while a rank waits in MPI; a plan for more
  * ranks than it runs on keeps the model and marks it unverified.
