@@ -53,6 +53,27 @@ typedef struct {
     double fwd_s, bwd_s;
 } stage_entry;
 
+/* The pieces of a stage's micro-batch, each keeping its fastest pass: the
+ * forward of layer l (GEMM, bias + ReLU), the softmax, the output gradient
+ * (or ReLU mask) and the backward of layer l (its GEMMs and loops). */
+enum {
+    PIECE_SOFTMAX = FEDGE_MODEL_MAX_LAYERS,
+    PIECE_TOP,
+    PIECE_BWD,
+    STAGE_PIECES = PIECE_BWD + FEDGE_MODEL_MAX_LAYERS
+};
+
+static int piece_ran(const fedge_shard_plan *p, int k)
+{
+    if (k < PIECE_SOFTMAX)
+        return k >= p->l0 && k < p->l1;
+    if (k == PIECE_SOFTMAX)
+        return p->l1 == p->sh.n_layers;
+    if (k == PIECE_TOP)
+        return 1;
+    return k - PIECE_BWD >= p->l0 && k - PIECE_BWD < p->l1;
+}
+
 typedef struct {
     stage_entry e[STAGE_CACHE];
     int n;
@@ -66,8 +87,11 @@ typedef struct {
  * mask): the step's own cache traffic, which single GEMMs timed alone on
  * warm operands miss (the stage's weights stream from L3 in the step). The
  * TP allreduces and pipeline messages between are timed apart
- * (coll_probe). The fastest of STAGE_PASSES_MIN..MAX passes (at least
- * STAGE_PROBE_S in all), after one warm-up pass; every rank at once (in
+ * (coll_probe). Each piece (a layer's forward, the softmax, the output
+ * gradient, a layer's backward) keeps its fastest of STAGE_PASSES_MIN..MAX
+ * passes (at least STAGE_PROBE_S in all), after one warm-up pass: at load 5
+ * on 2 cores no whole 3.5 ms backward pass ran undisturbed, and TP 2's read
+ * 3.5 to 7.6 ms from one plan to the next. Every rank at once (in
  * turns when oversubscribed), the fastest rank counting: every rank runs
  * the same work on the same kind of core, and another job on a shared
  * machine only ever slows a rank down (with the slowest rank's figure a
@@ -100,7 +124,9 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
                         sizeof(float));
         bad = act[l] == NULL;
     }
-    double best[2] = {1e30, 1e30}, all[2] = {0, 0};
+    double best[2] = {0, 0}, all[2] = {0, 0}, pbest[STAGE_PIECES];
+    for (int k = 0; k < STAGE_PIECES; k++)
+        pbest[k] = 1e30;
     const int share = L->share > 1 ? L->share : 1;
     volatile double sink = 0.0;
     int any = 0;
@@ -121,7 +147,8 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
             continue;
         const double t_begin = now_s();
         for (int pass = 0; pass <= STAGE_PASSES_MAX; pass++) { /* pass 0 warms up */
-            const double t0 = now_s();
+            double tc = now_s(), tn, piece[STAGE_PIECES];
+#define PIECE(k) (tn = now_s(), piece[k] = tn - tc, tc = tn)
             for (int l = p->l0; l < p->l1; l++) {
                 const int in = p->in_n[l], out = p->out_n[l];
                 float *z = act[l + 1];
@@ -133,6 +160,7 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
                         float v = z[(size_t)r * out + j] + b[j];
                         z[(size_t)r * out + j] = (l < nl - 1 && v < 0.0f) ? 0.0f : v;
                     }
+                PIECE(l);
             }
             if (last) { /* row maxima, sums of exp, the probabilities */
                 const int out = p->out_n[nl - 1];
@@ -153,14 +181,15 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
                             (float)(exp((double)(z[(size_t)r * out + j] - m)) / sum);
                 }
                 sink = tot;
+                PIECE(PIECE_SOFTMAX);
             }
-            const double t1 = now_s();
             {
                 const int top = p->out_n[p->l1 - 1];
                 const size_t cnt = (size_t)rows * (size_t)top;
                 for (size_t i = 0; i < cnt; i++) /* xent gradient, or the ReLU mask */
                     dz[i] = last ? (act[p->l1][i] - (i % (size_t)top == 0 ? 1.0f : 0.0f)) * 1e-3f
                                  : (act[p->l1][i] > 0.0f ? 1e-3f : 0.0f);
+                PIECE(PIECE_TOP);
             }
             for (int l = p->l1 - 1; l >= p->l0; l--) {
                 const int in = p->in_n[l], out = p->out_n[l];
@@ -170,8 +199,10 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
                 for (int r = 0; r < rows; r++)
                     for (int j = 0; j < out; j++)
                         gb[j] += dz[(size_t)r * out + j];
-                if (l == 0)
+                if (l == 0) {
+                    PIECE(PIECE_BWD + l);
                     break;
+                }
                 fedge_sgemm(0, 0, rows, in, out, 1.0f, dz, out, w + p->w_off[l], in, 0.0f, da,
                             in);
                 const size_t cnt = (size_t)rows * (size_t)in;
@@ -181,16 +212,21 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
                 } else {
                     memcpy(dz, da, cnt * sizeof(float)); /* into the send buffer */
                 }
+                PIECE(PIECE_BWD + l);
             }
-            const double t2 = now_s();
+#undef PIECE
             if (pass > 0) {
-                best[0] = t1 - t0 < best[0] ? t1 - t0 : best[0];
-                best[1] = t2 - t1 < best[1] ? t2 - t1 : best[1];
-                if (pass >= STAGE_PASSES_MIN && t2 - t_begin >= STAGE_PROBE_S)
+                for (int k = 0; k < STAGE_PIECES; k++)
+                    if (piece_ran(p, k))
+                        pbest[k] = piece[k] < pbest[k] ? piece[k] : pbest[k];
+                if (pass >= STAGE_PASSES_MIN && tc - t_begin >= STAGE_PROBE_S)
                     break;
             }
         }
     }
+    for (int k = 0; !bad && k < STAGE_PIECES; k++)
+        if (piece_ran(p, k))
+            best[k < PIECE_TOP ? 0 : 1] += pbest[k];
     (void)sink;
     free(w);
     free(g);
@@ -424,8 +460,8 @@ static int probe_links(fedge_plan_links *L)
 
 #define COLL_WANT_MAX 1024
 #define COLL_GRID 12    /* sizes measured per (kind, group) when more are asked */
-#define COLL_ROUNDS 8  /* rounds over all sizes, spread in time */
-#define COLL_TRIALS 3  /* trials per size per round */
+#define COLL_ROUNDS 12 /* rounds over all sizes, spread in time */
+#define COLL_TRIALS 2  /* trials per size per round */
 #define PP_EAGER_BYTES 4096.0
 
 typedef struct {

@@ -3,7 +3,8 @@
  * fedge_plan_run probes, on the ranks it runs on (collective over
  * MPI_COMM_WORLD): each pipeline stage's micro-batch (its layers' GEMMs at
  * 1/T width and the loops around them, on buffers laid out as cluster_mp.c's)
- * at the rows the candidate layouts use; per-element costs of the loops
+ * at the rows the candidate layouts use, each piece (a layer's forward or
+ * backward, the softmax) its fastest pass; per-element costs of the loops
  * outside the stages; the trainer's loader per row; every compute figure is
  * the fastest pass of the fastest rank (the same work on every rank; another
  * job only ever slows one down). Every collective at the sizes the layouts
@@ -12,7 +13,7 @@
  * allreduce (the largest shard), the per-step status allreduce over all
  * ranks and each pipeline boundary message (ping-pong, one way). Allreduces
  * run on groups of neighbouring ranks, all groups at once; messages between
- * ranks 2i and 2i+1, all pairs at once; 8 rounds over all sizes of 3 trials
+ * ranks 2i and 2i+1, all pairs at once; 12 rounds over all sizes of 2 trials
  * each, the smallest round median (fedge_plan_min_of_medians), the slowest
  * rank's, then made non-decreasing in the size. A (kind, group)
  * asked for more than 12 sizes is measured at 12 spread evenly in log between
