@@ -50,7 +50,7 @@ static double now_s(void)
 
 typedef struct {
     int tp, pp, pp_i, rows;
-    double fwd_s, bwd_s;
+    double fwd_s, bwd_s, upd_s;
 } stage_entry;
 
 /* The pieces of a stage's micro-batch, each keeping its fastest pass: the
@@ -59,6 +59,7 @@ typedef struct {
 enum {
     PIECE_SOFTMAX = FEDGE_MODEL_MAX_LAYERS,
     PIECE_TOP,
+    PIECE_UPDATE,
     PIECE_BWD,
     STAGE_PIECES = PIECE_BWD + FEDGE_MODEL_MAX_LAYERS
 };
@@ -69,7 +70,7 @@ static int piece_ran(const fedge_shard_plan *p, int k)
         return k >= p->l0 && k < p->l1;
     if (k == PIECE_SOFTMAX)
         return p->l1 == p->sh.n_layers;
-    if (k == PIECE_TOP)
+    if (k == PIECE_TOP || k == PIECE_UPDATE)
         return 1;
     return k - PIECE_BWD >= p->l0 && k - PIECE_BWD < p->l1;
 }
@@ -98,13 +99,14 @@ typedef struct {
  * compiler holding one core for the whole probe moved TP 2's backward from
  * 3.4 to 11.5 ms between two plans). */
 static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_shard_plan *p,
-                       int rows, double *fwd_s, double *bwd_s)
+                       int rows, double *fwd_s, double *bwd_s, double *upd_s)
 {
     for (int i = 0; i < sc->n; i++) {
         const stage_entry *e = &sc->e[i];
         if (e->tp == p->tp && e->pp == p->pp && e->pp_i == p->pp_i && e->rows == rows) {
             *fwd_s = e->fwd_s;
             *bwd_s = e->bwd_s;
+            *upd_s = e->upd_s;
             return FEDGE_OK;
         }
     }
@@ -112,19 +114,21 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
     const size_t dim = (size_t)p->max_local_dim > (size_t)p->sh.dims[0]
                            ? (size_t)p->max_local_dim : (size_t)p->sh.dims[0];
     float *w = calloc(p->n_local, sizeof(float)), *g = calloc(p->n_local, sizeof(float));
+    float *vel = calloc(p->n_local, sizeof(float));
+    const fedge_sgd_config sgd = {1e-6f, 0.9f, 1e-4f};
     float *act[FEDGE_MODEL_MAX_LAYERS + 1] = {0};
     float *dz = calloc((size_t)rows * dim, sizeof(float));
     float *da = calloc((size_t)rows * dim, sizeof(float));
     float *mx = calloc((size_t)rows, sizeof(float));
     double *se = calloc(2 * (size_t)rows, sizeof(double));
-    int bad = w == NULL || g == NULL || dz == NULL || da == NULL || mx == NULL || se == NULL;
+    int bad = w == NULL || g == NULL || vel == NULL || dz == NULL || da == NULL || mx == NULL || se == NULL;
     for (int l = p->l0; l <= p->l1 && !bad; l++) {
         const int width = l < nl ? p->in_n[l] : p->out_n[nl - 1];
         act[l] = calloc((size_t)rows * (size_t)(l == p->l1 ? p->out_n[l - 1] : width),
                         sizeof(float));
         bad = act[l] == NULL;
     }
-    double best[2] = {0, 0}, all[2] = {0, 0}, pbest[STAGE_PIECES];
+    double best[3] = {0, 0, 0}, all[3] = {0, 0, 0}, pbest[STAGE_PIECES];
     for (int k = 0; k < STAGE_PIECES; k++)
         pbest[k] = 1e30;
     const int share = L->share > 1 ? L->share : 1;
@@ -214,6 +218,8 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
                 }
                 PIECE(PIECE_BWD + l);
             }
+            fedge_sgd_update(&sgd, w, vel, g, p->n_local); /* after the step: cold */
+            PIECE(PIECE_UPDATE);
 #undef PIECE
             if (pass > 0) {
                 for (int k = 0; k < STAGE_PIECES; k++)
@@ -226,10 +232,11 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
     }
     for (int k = 0; !bad && k < STAGE_PIECES; k++)
         if (piece_ran(p, k))
-            best[k < PIECE_TOP ? 0 : 1] += pbest[k];
+            best[k < PIECE_TOP ? 0 : k == PIECE_UPDATE ? 2 : 1] += pbest[k];
     (void)sink;
     free(w);
     free(g);
+    free(vel);
     free(dz);
     free(da);
     free(mx);
@@ -238,12 +245,13 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
         free(act[l]);
     if (bad == 2 || any)
         return bad == 2 ? FEDGE_ERR_CLUSTER_COMM : FEDGE_ERR_NOMEM;
-    if (MPI_Allreduce(best, all, 2, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+    if (MPI_Allreduce(best, all, 3, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (sc->n < STAGE_CACHE)
-        sc->e[sc->n++] = (stage_entry){p->tp, p->pp, p->pp_i, rows, all[0], all[1]};
+        sc->e[sc->n++] = (stage_entry){p->tp, p->pp, p->pp_i, rows, all[0], all[1], all[2]};
     *fwd_s = all[0];
     *bwd_s = all[1];
+    *upd_s = all[2];
     return FEDGE_OK;
 }
 
@@ -968,6 +976,7 @@ static int probe_node(fedge_plan_links *L)
  * compute and communication; the boundary message sizes. */
 typedef struct {
     double fwd_c, fwd_m, bwd_c, bwd_m;
+    double upd_c; /* the SGD update of the stage's parameters, after its step */
     double send_bytes; /* to the next stage (its gradient comes back the same size) */
 } stage_cost;
 
@@ -978,7 +987,7 @@ static int stage_time(plan_ctx *pc, const fedge_shard_plan *p, int rows, stage_c
     double t;
     memset(o, 0, sizeof(*o));
     if (!pc->collect) /* GEMMs and the loops around them, as the step runs them */
-        CHK_T(stage_probe(pc->sc, L, p, rows, &o->fwd_c, &o->bwd_c));
+        CHK_T(stage_probe(pc->sc, L, p, rows, &o->fwd_c, &o->bwd_c, &o->upd_c));
     for (int l = p->l0; l < p->l1; l++) {
         if (T > 1 && p->mode[l] == FEDGE_TP_ROW) {
             CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * (double)p->sh.dims[l + 1] * 4.0,
@@ -1009,7 +1018,7 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
 {
     const int R = batch / o->dp, M = o->micro, P = o->pp;
     const int rows = R / M;
-    double comp_sum = 0.0, comm_sum = 0.0, t;
+    double comp_sum = 0.0, comm_sum = 0.0, t, upd_max = 0.0;
     fedge_pp_sim sim;
     size_t n_local_max = 0;
     memset(&sim, 0, sizeof(sim));
@@ -1046,6 +1055,7 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
         comm_sum += sim.fwd[s] + sim.bwd[s] - share * (c.fwd_c + c.bwd_c);
         if (p.n_local > n_local_max)
             n_local_max = p.n_local;
+        upd_max = c.upd_c > upd_max ? c.upd_c : upd_max;
     }
     /* per step: the pure DP path agrees once (loss and status), the
      * model-parallel one four times (batch status, non-finite check, loss,
@@ -1072,7 +1082,7 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     double check_ms = 0.0;
     o->load_ms = 1e3 * pc->L->load_s * (double)R * sh->dims[0];
     /* the non-finite check goes with the status allreduces, as the trainer times it */
-    o->update_ms = 1e3 * pc->L->sgd_s * (double)n_local_max;
+    o->update_ms = 1e3 * upd_max; /* probed with the stage, its buffers cold */
     check_ms = 1e3 * pc->L->check_s * (double)n_local_max * share;
     if (dp_measured) {
         o->load_ms += 1e3 * pc->L->dp_copy_s;
