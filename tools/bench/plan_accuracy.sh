@@ -58,7 +58,7 @@ for p in $(seq 1 "$PLANS"); do
     printf '# plan %d took %.2f s, load %s\n' "$p" "$(echo "$t1 - $t0" | bc -l)" "$(load)"
 done
 cp "$OUT/plan-1.txt" "$OUT/plan.txt"
-grep '^# probes\|^# per element\|^# collectives\|^# oversubscribed\|^# data-parallel\|^# unpredictable' \
+grep '^# probes\|^# per element\|^# collectives\|^# oversubscribed\|^# data-parallel' \
     "$OUT/plan-1.txt"
 # per layout over the plans: median prediction, spread, median of each term, bubble, note
 awk '
