@@ -10,13 +10,14 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "cluster_loader.h"
+#include "shard.h"
 #include "cluster_backend.h"
+#include "cluster_mp.h"
 #include "cluster_plan_model.h"
 #include "model.h"
 #include "optim.h"
 #include "rng.h"
-
-#define GEMM_CACHE 512
 
 /* Return a failed status; for functions with nothing to clean up. */
 #define CHK_T(expr)                  \
@@ -25,17 +26,6 @@
         if (st_ != FEDGE_OK)         \
             return st_;              \
     } while (0)
-
-typedef struct {
-    int ta, tb, m, n, k;
-    double s;
-} gemm_entry;
-
-typedef struct {
-    gemm_entry e[GEMM_CACHE];
-    int n;
-    int share, node_rank; /* fedge_plan_links' */
-} gemm_cache;
 
 /* Whether this rank times its compute in `turn` (0 .. share-1): with
  * share > 1 the ranks sharing a core take turns, one per core at once. */
@@ -51,76 +41,229 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Seconds of one fedge_sgemm of this shape, timed on every rank at once; the
- * slowest rank's figure. Every rank asks for the same shapes in the same order. */
-static int gemm_time(gemm_cache *gc, int ta, int tb, int m, int n, int k, double *out)
+/* ---- one pipeline stage's compute, run as the model-parallel path runs it */
+
+#define STAGE_CACHE 256
+#define STAGE_PASSES_MIN 7
+#define STAGE_PASSES_MAX 60
+#define STAGE_PROBE_S 0.06
+
+typedef struct {
+    int tp, pp, pp_i, rows;
+    double fwd_s, bwd_s, upd_s;
+} stage_entry;
+
+/* The pieces of a stage's micro-batch, each keeping its fastest pass: the
+ * forward of layer l (GEMM, bias + ReLU), the softmax, the output gradient
+ * (or ReLU mask) and the backward of layer l (its GEMMs and loops). */
+enum {
+    PIECE_SOFTMAX = FEDGE_MODEL_MAX_LAYERS,
+    PIECE_TOP,
+    PIECE_UPDATE,
+    PIECE_BWD,
+    STAGE_PIECES = PIECE_BWD + FEDGE_MODEL_MAX_LAYERS
+};
+
+static int piece_ran(const fedge_shard_plan *p, int k)
 {
-    for (int i = 0; i < gc->n; i++) {
-        const gemm_entry *e = &gc->e[i];
-        if (e->ta == ta && e->tb == tb && e->m == m && e->n == n && e->k == k) {
-            *out = e->s;
+    if (k < PIECE_SOFTMAX)
+        return k >= p->l0 && k < p->l1;
+    if (k == PIECE_SOFTMAX)
+        return p->l1 == p->sh.n_layers;
+    if (k == PIECE_TOP || k == PIECE_UPDATE)
+        return 1;
+    return k - PIECE_BWD >= p->l0 && k - PIECE_BWD < p->l1;
+}
+
+typedef struct {
+    stage_entry e[STAGE_CACHE];
+    int n;
+} stage_cache;
+
+/* One micro-batch of `rows` through stage p's layers at their 1/T widths,
+ * forward then backward, on buffers laid out as cluster_mp.c's (the stage's
+ * parameter and gradient vectors, one activation per layer boundary, the
+ * input-gradient pair), with the loops it runs around each GEMM (bias +
+ * ReLU, softmax and its gradient on the last stage, bias gradient, ReLU
+ * mask): the step's own cache traffic, which single GEMMs timed alone on
+ * warm operands miss (the stage's weights stream from L3 in the step). The
+ * TP allreduces and pipeline messages between are timed apart
+ * (coll_probe). Each piece (a layer's forward, the softmax, the output
+ * gradient, a layer's backward) keeps its fastest of STAGE_PASSES_MIN..MAX
+ * passes (at least STAGE_PROBE_S in all), after one warm-up pass: at load 5
+ * on 2 cores no whole 3.5 ms backward pass ran undisturbed, and TP 2's read
+ * 3.5 to 7.6 ms from one plan to the next. Every rank at once (in
+ * turns when oversubscribed), the fastest rank counting: every rank runs
+ * the same work on the same kind of core, and another job on a shared
+ * machine only ever slows a rank down (with the slowest rank's figure a
+ * compiler holding one core for the whole probe moved TP 2's backward from
+ * 3.4 to 11.5 ms between two plans). */
+static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_shard_plan *p,
+                       int rows, double *fwd_s, double *bwd_s, double *upd_s)
+{
+    for (int i = 0; i < sc->n; i++) {
+        const stage_entry *e = &sc->e[i];
+        if (e->tp == p->tp && e->pp == p->pp && e->pp_i == p->pp_i && e->rows == rows) {
+            *fwd_s = e->fwd_s;
+            *bwd_s = e->bwd_s;
+            *upd_s = e->upd_s;
             return FEDGE_OK;
         }
     }
-    int ret = FEDGE_OK;
-    float *a = calloc((size_t)m * (size_t)k, sizeof(float));
-    float *b = calloc((size_t)k * (size_t)n, sizeof(float));
-    float *c = calloc((size_t)m * (size_t)n, sizeof(float));
-    double mine = 0.0, all = 0.0;
-    if (a == NULL || b == NULL || c == NULL)
-        ret = FEDGE_ERR_NOMEM;
-    const int turns = gc->share > 1 ? gc->share : 1;
-    for (int turn = 0; turn < turns; turn++) {
-        if (ret != FEDGE_OK || !my_turn(gc->share, gc->node_rank, turn)) {
-            if (turns > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
-                ret = FEDGE_ERR_CLUSTER_COMM;
-            continue;
-        }
-        const int lda = ta ? m : k, ldb = tb ? k : n;
-        for (size_t i = 0; i < (size_t)m * (size_t)k; i++)
-            a[i] = (float)(i % 7) * 0.1f;
-        for (size_t i = 0; i < (size_t)k * (size_t)n; i++)
-            b[i] = (float)(i % 5) * 0.1f;
-        fedge_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, n); /* warm-up */
-        /* the fastest of at least 5 calls over at least 12 ms (longer than a
-         * time slice): other jobs on a shared machine only ever slow a call
-         * down */
-        int reps = 0;
-        double t0 = now_s(), best = 1e30;
-        do {
-            double t1 = now_s();
-            fedge_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, n);
-            double dt = now_s() - t1;
-            best = dt < best ? dt : best;
-            reps++;
-        } while ((reps < 5 || now_s() - t0 < 0.012) && reps < 50);
-        mine = best;
-        if (turns > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
-            ret = FEDGE_ERR_CLUSTER_COMM;
+    const int nl = p->sh.n_layers, last = p->l1 == nl;
+    const size_t dim = (size_t)p->max_local_dim > (size_t)p->sh.dims[0]
+                           ? (size_t)p->max_local_dim : (size_t)p->sh.dims[0];
+    float *w = calloc(p->n_local, sizeof(float)), *g = calloc(p->n_local, sizeof(float));
+    float *vel = calloc(p->n_local, sizeof(float));
+    const fedge_sgd_config sgd = {1e-6f, 0.9f, 1e-4f};
+    float *act[FEDGE_MODEL_MAX_LAYERS + 1] = {0};
+    float *dz = calloc((size_t)rows * dim, sizeof(float));
+    float *da = calloc((size_t)rows * dim, sizeof(float));
+    float *mx = calloc((size_t)rows, sizeof(float));
+    double *se = calloc(2 * (size_t)rows, sizeof(double));
+    int bad = w == NULL || g == NULL || vel == NULL || dz == NULL || da == NULL || mx == NULL || se == NULL;
+    for (int l = p->l0; l <= p->l1 && !bad; l++) {
+        const int width = l < nl ? p->in_n[l] : p->out_n[nl - 1];
+        act[l] = calloc((size_t)rows * (size_t)(l == p->l1 ? p->out_n[l - 1] : width),
+                        sizeof(float));
+        bad = act[l] == NULL;
     }
-    free(a);
-    free(b);
-    free(c);
-    int bad = ret != FEDGE_OK, any = 0;
-    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
-        || MPI_Allreduce(&mine, &all, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+    double best[3] = {0, 0, 0}, all[3] = {0, 0, 0}, pbest[STAGE_PIECES];
+    for (int k = 0; k < STAGE_PIECES; k++)
+        pbest[k] = 1e30;
+    const int share = L->share > 1 ? L->share : 1;
+    volatile double sink = 0.0;
+    int any = 0;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        any = 1, bad = 2;
+    if (any && !bad)
+        bad = 1; /* another rank's: nobody times */
+    for (size_t i = 0; !bad && i < p->n_local; i++)
+        w[i] = 0.01f * (float)((int)(i % 17) - 8);
+    for (size_t i = 0; !bad && i < (size_t)rows * (size_t)p->in_n[p->l0]; i++)
+        act[p->l0][i] = (float)(i % 255) * (1.0f / 255.0f);
+    for (int turn = 0; turn < share && !bad; turn++) {
+        if (share > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS) {
+            bad = 2;
+            break;
+        }
+        if (!my_turn(share, L->node_rank, turn))
+            continue;
+        const double t_begin = now_s();
+        for (int pass = 0; pass <= STAGE_PASSES_MAX; pass++) { /* pass 0 warms up */
+            double tc = now_s(), tn, piece[STAGE_PIECES];
+#define PIECE(k) (tn = now_s(), piece[k] = tn - tc, tc = tn)
+            for (int l = p->l0; l < p->l1; l++) {
+                const int in = p->in_n[l], out = p->out_n[l];
+                float *z = act[l + 1];
+                const float *b = w + p->b_off[l];
+                fedge_sgemm(0, 1, rows, out, in, 1.0f, act[l], in, w + p->w_off[l], in, 0.0f, z,
+                            out);
+                for (int r = 0; r < rows; r++)
+                    for (int j = 0; j < out; j++) {
+                        float v = z[(size_t)r * out + j] + b[j];
+                        z[(size_t)r * out + j] = (l < nl - 1 && v < 0.0f) ? 0.0f : v;
+                    }
+                PIECE(l);
+            }
+            if (last) { /* row maxima, sums of exp, the probabilities */
+                const int out = p->out_n[nl - 1];
+                float *z = act[nl];
+                double tot = 0.0;
+                for (int r = 0; r < rows; r++) {
+                    float m = z[(size_t)r * out];
+                    for (int j = 1; j < out; j++)
+                        m = z[(size_t)r * out + j] > m ? z[(size_t)r * out + j] : m;
+                    mx[r] = m;
+                    double sum = 0.0;
+                    for (int j = 0; j < out; j++)
+                        sum += exp((double)(z[(size_t)r * out + j] - m));
+                    se[2 * r] = sum;
+                    tot += log(sum);
+                    for (int j = 0; j < out; j++)
+                        z[(size_t)r * out + j] =
+                            (float)(exp((double)(z[(size_t)r * out + j] - m)) / sum);
+                }
+                sink = tot;
+                PIECE(PIECE_SOFTMAX);
+            }
+            {
+                const int top = p->out_n[p->l1 - 1];
+                const size_t cnt = (size_t)rows * (size_t)top;
+                for (size_t i = 0; i < cnt; i++) /* xent gradient, or the ReLU mask */
+                    dz[i] = last ? (act[p->l1][i] - (i % (size_t)top == 0 ? 1.0f : 0.0f)) * 1e-3f
+                                 : (act[p->l1][i] > 0.0f ? 1e-3f : 0.0f);
+                PIECE(PIECE_TOP);
+            }
+            for (int l = p->l1 - 1; l >= p->l0; l--) {
+                const int in = p->in_n[l], out = p->out_n[l];
+                float *gb = g + p->b_off[l];
+                fedge_sgemm(1, 0, out, in, rows, 1.0f, dz, out, act[l], in, 1.0f,
+                            g + p->w_off[l], in);
+                for (int r = 0; r < rows; r++)
+                    for (int j = 0; j < out; j++)
+                        gb[j] += dz[(size_t)r * out + j];
+                if (l == 0) {
+                    PIECE(PIECE_BWD + l);
+                    break;
+                }
+                fedge_sgemm(0, 0, rows, in, out, 1.0f, dz, out, w + p->w_off[l], in, 0.0f, da,
+                            in);
+                const size_t cnt = (size_t)rows * (size_t)in;
+                if (l > p->l0) {
+                    for (size_t i = 0; i < cnt; i++)
+                        dz[i] = act[l][i] > 0.0f ? da[i] : 0.0f;
+                } else {
+                    memcpy(dz, da, cnt * sizeof(float)); /* into the send buffer */
+                }
+                PIECE(PIECE_BWD + l);
+            }
+            fedge_sgd_update(&sgd, w, vel, g, p->n_local); /* after the step: cold */
+            PIECE(PIECE_UPDATE);
+#undef PIECE
+            if (pass > 0) {
+                for (int k = 0; k < STAGE_PIECES; k++)
+                    if (piece_ran(p, k))
+                        pbest[k] = piece[k] < pbest[k] ? piece[k] : pbest[k];
+                if (pass >= STAGE_PASSES_MIN && tc - t_begin >= STAGE_PROBE_S)
+                    break;
+            }
+        }
+    }
+    for (int k = 0; !bad && k < STAGE_PIECES; k++)
+        if (piece_ran(p, k))
+            best[k < PIECE_TOP ? 0 : k == PIECE_UPDATE ? 2 : 1] += pbest[k];
+    (void)sink;
+    free(w);
+    free(g);
+    free(vel);
+    free(dz);
+    free(da);
+    free(mx);
+    free(se);
+    for (int l = 0; l <= FEDGE_MODEL_MAX_LAYERS; l++)
+        free(act[l]);
+    if (bad == 2 || any)
+        return bad == 2 ? FEDGE_ERR_CLUSTER_COMM : FEDGE_ERR_NOMEM;
+    if (MPI_Allreduce(best, all, 3, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
-    if (any)
-        return ret != FEDGE_OK ? ret : FEDGE_ERR_NOMEM;
-    if (gc->n < GEMM_CACHE)
-        gc->e[gc->n++] = (gemm_entry){ta, tb, m, n, k, all};
-    *out = all;
+    if (sc->n < STAGE_CACHE)
+        sc->e[sc->n++] = (stage_entry){p->tp, p->pp, p->pp_i, rows, all[0], all[1], all[2]};
+    *fwd_s = all[0];
+    *bwd_s = all[1];
+    *upd_s = all[2];
     return FEDGE_OK;
 }
 
-/* Per-element costs of the loops around the GEMMs, on every rank at once. */
+/* Per-element costs of the loops around the GEMMs, on every rank at once;
+ * the fastest pass of the fastest rank (as stage_probe). */
 static int probe_elementwise(fedge_plan_links *L)
 {
     const size_t n = 1 << 18;
     float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
     float *c = calloc(n, sizeof(float));
     uint8_t *u = calloc(n, 1);
-    double t[4] = {1e30, 1e30, 1e30, 1e30}, all[4];
+    double t[5] = {1e30, 1e30, 1e30, 1e30, 1e30}, all[5];
     int bad = !a || !b || !c || !u, any = 0, rc = MPI_SUCCESS;
     if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         any = 1, rc = MPI_ERR_OTHER;
@@ -156,9 +299,15 @@ static int probe_elementwise(fedge_plan_links *L)
             for (size_t i = 0; i < n; i++)
                 c[i] = (float)u[i] * (1.0f / 255.0f);
             double t4 = now_s();
-            const double d[4] = {(t1 - t0) / (double)n, (t2 - t1) / (double)(n / 4),
-                                 (t3 - t2) / (double)n, (t4 - t3) / (double)n};
-            for (int k = 0; k < 4; k++)
+            int bad_v = 0; /* the non-finite check (cluster_mp.c's cpu_nonfinite) */
+            for (size_t i = 0; i < n; i++)
+                bad_v |= !isfinite(c[i]);
+            sink += bad_v;
+            double t5 = now_s();
+            const double d[5] = {(t1 - t0) / (double)n, (t2 - t1) / (double)(n / 4),
+                                 (t3 - t2) / (double)n, (t4 - t3) / (double)n,
+                                 (t5 - t4) / (double)n};
+            for (int k = 0; k < 5; k++)
                 t[k] = d[k] < t[k] ? d[k] : t[k];
         }
         (void)sink;
@@ -168,7 +317,7 @@ static int probe_elementwise(fedge_plan_links *L)
     free(c);
     free(u);
     if (rc != MPI_SUCCESS
-        || MPI_Allreduce(t, all, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        || MPI_Allreduce(t, all, 5, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (any)
         return FEDGE_ERR_NOMEM;
@@ -176,6 +325,72 @@ static int probe_elementwise(fedge_plan_links *L)
     L->exp_s = all[1];
     L->sgd_s = all[2];
     L->load_s = all[3];
+    L->check_s = all[4];
+    return FEDGE_OK;
+}
+
+/* The loader's work per row, on the trainer's own loader (cluster_loader.c,
+ * no prefetch: its get is the thread's work): a u8 shard of ROW_FILE_ROWS
+ * synthetic rows of `dim` inputs written to TMPDIR (else /tmp) and unlinked
+ * once open, ROW_STEPS steps of `batch` rows (the keyed order, one pread per
+ * row, the conversion); the fastest step over batch, the fastest rank. */
+#define ROW_FILE_ROWS 2048
+#define ROW_STEPS 8
+static int probe_row_read(int dim, int classes, int batch, fedge_plan_links *L)
+{
+    const char *dir = getenv("TMPDIR");
+    char path[512];
+    fedge_dataset ds;
+    fedge_loader ld;
+    size_t *idx = calloc(ROW_FILE_ROWS, sizeof(size_t));
+    double best = 1e30, all = 0.0;
+    int ret = FEDGE_OK, opened = 0;
+    memset(&ds, 0, sizeof(ds));
+    memset(&ld, 0, sizeof(ld));
+    ds.n = ROW_FILE_ROWS;
+    ds.dim = dim;
+    ds.n_classes = classes;
+    ds.x = calloc((size_t)ROW_FILE_ROWS * (size_t)dim, sizeof(float));
+    ds.y = calloc(ROW_FILE_ROWS, 1);
+    if (idx == NULL || ds.x == NULL || ds.y == NULL)
+        ret = FEDGE_ERR_NOMEM;
+    snprintf(path, sizeof(path), "%s/fedge-plan-%ld.shard", dir != NULL && *dir ? dir : "/tmp",
+             (long)getpid());
+    for (size_t i = 0; ret == FEDGE_OK && i < ROW_FILE_ROWS; i++) {
+        idx[i] = i;
+        ds.y[i] = (uint8_t)(i % (size_t)classes);
+        for (int j = 0; j < dim; j++)
+            ds.x[i * (size_t)dim + (size_t)j] = (float)((i + (size_t)j) % 256) / 255.0f;
+    }
+    if (ret == FEDGE_OK)
+        ret = fedge_shard_write(path, &ds, idx, ROW_FILE_ROWS, FEDGE_SHARD_U8);
+    if (ret == FEDGE_OK) {
+        ret = fedge_loader_open(&ld, path, 1, batch, 1, 0, 0);
+        opened = ret == FEDGE_OK;
+        unlink(path);
+    }
+    for (int step = 0; ret == FEDGE_OK && step <= ROW_STEPS; step++) { /* step 0 warms up */
+        const float *x;
+        const uint8_t *y;
+        int rows = 0;
+        const double t0 = now_s();
+        ret = fedge_loader_get(&ld, (uint64_t)step, &x, &y, &rows);
+        const double dt = (now_s() - t0) / (rows > 0 ? rows : 1);
+        if (step > 0 && dt < best)
+            best = dt;
+    }
+    if (opened)
+        fedge_loader_close(&ld);
+    free(idx);
+    free(ds.x);
+    free(ds.y);
+    int bad = ret != FEDGE_OK, any = 0;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
+        || MPI_Allreduce(&best, &all, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    if (any)
+        return ret != FEDGE_OK ? ret : FEDGE_ERR_IO;
+    L->row_read_s = all;
     return FEDGE_OK;
 }
 
@@ -253,11 +468,12 @@ static int probe_links(fedge_plan_links *L)
 
 #define COLL_WANT_MAX 1024
 #define COLL_GRID 12    /* sizes measured per (kind, group) when more are asked */
-#define COLL_TRIALS 7
+#define COLL_ROUNDS 12 /* rounds over all sizes, spread in time */
+#define COLL_TRIALS 2  /* trials per size per round */
 #define PP_EAGER_BYTES 4096.0
 
 typedef struct {
-    gemm_cache *gc;
+    stage_cache *sc;
     fedge_plan_links *L;
     int collect;        /* 1: record the collective sizes asked for, time nothing */
     int n_want;
@@ -358,13 +574,15 @@ static int coll_probe(fedge_plan_links *L)
     float *buf = calloc(max_floats, sizeof(float));
     double *mine = calloc((size_t)L->n_coll + 1, sizeof(double));
     double *all = calloc((size_t)L->n_coll + 1, sizeof(double));
-    int bad = buf == NULL || mine == NULL || all == NULL, any = 0, ret = FEDGE_OK;
+    double *tr = calloc(((size_t)L->n_coll + 1) * COLL_ROUNDS * COLL_TRIALS, sizeof(double));
+    int bad = buf == NULL || mine == NULL || all == NULL || tr == NULL, any = 0, ret = FEDGE_OK;
     if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         ret = FEDGE_ERR_CLUSTER_COMM;
     else if (any)
         ret = FEDGE_ERR_NOMEM;
     MPI_Comm comm = MPI_COMM_NULL;
     int comm_group = 0, rc = MPI_SUCCESS;
+    for (int round = 0; round < COLL_ROUNDS && ret == FEDGE_OK && rc == MPI_SUCCESS; round++)
     for (int i = 0; i < L->n_coll && ret == FEDGE_OK && rc == MPI_SUCCESS; i++) {
         const fedge_plan_coll *c = &L->coll[i];
         const int count = (int)(c->bytes / 4.0);
@@ -377,7 +595,7 @@ static int coll_probe(fedge_plan_links *L)
             if (rc != MPI_SUCCESS)
                 break;
         }
-        double t[COLL_TRIALS];
+        double *t = tr + (size_t)i * COLL_ROUNDS * COLL_TRIALS + (size_t)round * COLL_TRIALS;
         for (int trial = 0; trial < COLL_TRIALS && rc == MPI_SUCCESS; trial++) {
             rc = MPI_Barrier(MPI_COMM_WORLD);
             const double t0 = MPI_Wtime();
@@ -403,12 +621,14 @@ static int coll_probe(fedge_plan_links *L)
                 t[trial] = peer < world ? (MPI_Wtime() - t0) / reps / 2.0 : 0.0;
             }
         }
-        mine[i] = fedge_plan_median(t, COLL_TRIALS);
     }
     if (comm != MPI_COMM_NULL)
         MPI_Comm_free(&comm);
     if (ret == FEDGE_OK && rc != MPI_SUCCESS)
         ret = FEDGE_ERR_CLUSTER_COMM;
+    for (int i = 0; ret == FEDGE_OK && i < L->n_coll; i++)
+        mine[i] = fedge_plan_min_of_medians(tr + (size_t)i * COLL_ROUNDS * COLL_TRIALS,
+                                            COLL_ROUNDS * COLL_TRIALS, COLL_TRIALS);
     if (ret == FEDGE_OK
         && MPI_Allreduce(mine, all, L->n_coll, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         ret = FEDGE_ERR_CLUSTER_COMM;
@@ -430,16 +650,23 @@ static int coll_probe(fedge_plan_links *L)
     free(buf);
     free(mine);
     free(all);
+    free(tr);
     return ret;
 }
 
 /* One pure data-parallel step of `rows` rows per rank on the trainer's own
  * cpu backend (its loops, its buffers, its collective), every rank at once:
- * the fastest of DP_PASSES passes for each compute phase, the median for the
- * gradient allreduce, the slowest rank's figures. The backend's operations
+ * the fastest of DP_PASSES passes for each compute phase (the fastest
+ * rank's, as stage_probe) and for the gradient allreduce (from a barrier;
+ * the slowest rank's). The allreduce keeps its fastest pass too: an
+ * MPI_Iallreduce of the whole vector (5.3 MB at mlp:784-512-512-256-10)
+ * moves in libnbc rounds that each need both ranks scheduled, and with
+ * other jobs on the 2 cores the median of 3-pass rounds still read 5-20 ms
+ * from one plan to the next against 1.2 ms quiet. The backend's operations
  * fail only on arguments, which are the same on every rank: a failure
  * inside a pass is every rank's. */
-#define DP_PASSES 25
+#define DP_PASSES 24
+#define DP_AR_ROUND 1 /* the allreduce: the fastest pass (see probe_dp_step) */
 static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_links *L)
 {
     int rank = 0, world = 1, ret = FEDGE_OK, bad = 0, any = 0;
@@ -506,7 +733,10 @@ static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_link
                 CHK(be->ops->backward_layer(be, l));
             t[3] = now_s();
         }
-        if (share > 1 && MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+        /* the allreduce from a barrier, as the other collectives are timed:
+         * without it, it also held the other rank's late compute (a rank
+         * slowed by another job), 3-16 ms against 1.2 on a quiet machine */
+        if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
             FAIL(FEDGE_ERR_CLUSTER_COMM);
         t[4] = now_s();
         CHK(be->ops->grad_comm_start(be, 0, bc.layout.n_pad));
@@ -530,7 +760,7 @@ static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_link
     }
     if (ret == FEDGE_OK) {
         memcpy(mine, best, sizeof(best));
-        mine[5] = fedge_plan_median(ar, DP_PASSES);
+        mine[5] = fedge_plan_min_of_medians(ar, DP_PASSES, DP_AR_ROUND);
     }
 cleanup:
     bad = ret != FEDGE_OK;
@@ -538,8 +768,12 @@ cleanup:
     fedge_model_free(&m);
     free(x);
     free(y);
+    /* compute: the fastest rank (the same work everywhere; see stage_probe);
+     * the allreduce: the slowest */
     if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
-        || MPI_Allreduce(mine, all, 6, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        || MPI_Allreduce(mine, all, 5, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS
+        || MPI_Allreduce(mine + 5, all + 5, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD)
+               != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (any)
         return ret != FEDGE_OK ? ret : FEDGE_ERR_CLUSTER_COMM;
@@ -551,6 +785,151 @@ cleanup:
     L->dp_check_s = all[4];
     L->dp_ar_s = world > 1 ? all[5] : 0.0;
     return FEDGE_OK;
+}
+
+/* ---- trial steps: oversubscribed, the layouts are run, not modelled ---- */
+
+#define TRIAL_ROUNDS 7
+#define TRIAL_STEPS 3  /* consecutive steps per round (at least), no barrier between */
+#define TRIAL_STEPS_MAX 40
+#define TRIAL_ROUND_S 0.012
+
+/* Whole training steps of one layout on the ranks at hand, as the trainer
+ * runs them: the model-parallel path (fedge_mp: its step, the non-finite
+ * check, the loss/status allreduces, the update; four agreements as in
+ * train_step_mp) or, for pure DP, the trainer's cpu backend (copy-in,
+ * forward, backward, the gradient MPI_Iallreduce, the check and status
+ * allreduce, the update). One warm-up step, then TRIAL_ROUNDS rounds of
+ * steps back to back (TRIAL_STEPS..TRIAL_STEPS_MAX, at least TRIAL_ROUND_S
+ * by the warm-up step); *mean_s the median of the rounds' mean step,
+ * *fast_s the fastest round's; rank 0's clock after a barrier at each
+ * round's end. With more ranks than cores the scheduler decides who runs
+ * while a rank waits in MPI (Open MPI yields when oversubscribed), which no
+ * per-operation model captures: measured descheduling per collective did
+ * not carry over to whole steps (docs/BENCHMARKS.md, planner2). */
+static int trial_steps(const fedge_model_spec *spec, const fedge_dense_shape *sh, int batch,
+                       const fedge_plan_layout *o, const float *params, double *mean_s,
+                       double *fast_s)
+{
+    int rank = 0, world = 1, ret = FEDGE_OK, bad = 0, any = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    const int rows = batch / o->dp, mp_path = !(o->tp == 1 && o->pp == 1 && o->micro == 1);
+    const size_t n = fedge_model_spec_param_count(spec);
+    fedge_mp *mp = NULL;
+    fedge_backend *be = NULL;
+    fedge_backend_config bc;
+    float *x = calloc((size_t)rows * (size_t)sh->dims[0], sizeof(float));
+    uint8_t *y = calloc((size_t)rows, 1);
+    double rt[TRIAL_ROUNDS];
+    const fedge_sgd_config sgd = {1e-6f, 0.9f, 0.0f};
+    memset(&bc, 0, sizeof(bc));
+    if (x == NULL || y == NULL)
+        ret = FEDGE_ERR_NOMEM;
+    for (size_t i = 0; ret == FEDGE_OK && i < (size_t)rows * (size_t)sh->dims[0]; i++)
+        x[i] = (float)(i % 255) * (1.0f / 255.0f);
+    for (int i = 0; ret == FEDGE_OK && i < rows; i++)
+        y[i] = (uint8_t)(i % spec->classes);
+    if (ret == FEDGE_OK && mp_path) {
+        fedge_mp_config mc;
+        memset(&mc, 0, sizeof(mc));
+        mc.shape = *sh;
+        ret = fedge_grid_make(world, o->tp, o->pp, &mc.grid);
+        mc.micro = o->micro;
+        mc.schedule = FEDGE_PP_1F1B;
+        mc.local_batch_max = rows;
+        if (ret == FEDGE_OK)
+            ret = fedge_mp_create(&mc, &mp); /* collective */
+        if (ret == FEDGE_OK)
+            ret = fedge_mp_set_params(mp, params);
+    } else if (ret == FEDGE_OK) {
+        bc.spec = *spec;
+        bc.local_batch_max = rows;
+        bc.precision = FEDGE_PREC_FP32;
+        ret = fedge_layout_init(&bc.layout, n, world, rank);
+        if (ret == FEDGE_OK)
+            ret = fedge_backend_create("cpu", &bc, &be);
+        if (ret == FEDGE_OK)
+            ret = be->ops->set_params(be, params);
+    }
+    bad = ret != FEDGE_OK;
+    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        FAIL(FEDGE_ERR_CLUSTER_COMM);
+    if (any)
+        FAIL(ret != FEDGE_OK ? ret : FEDGE_ERR_CLUSTER_COMM);
+    int per_round = 1; /* round -1: one warm-up step, which sizes the rounds */
+    for (int round = -1; round < TRIAL_ROUNDS; round++) {
+        if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        const double t0 = now_s();
+        for (int k = 0; k < per_round; k++) {
+            double loss = 0.0, v[3] = {0, 0, 0}, w[3];
+            int flag = 0, st = FEDGE_OK, all_st = FEDGE_OK;
+            if (MPI_Allreduce(&st, &all_st, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+                FAIL(FEDGE_ERR_CLUSTER_COMM); /* the batch's status */
+            if (mp_path) {
+                fedge_mp_step_stats ss;
+                CHK(fedge_mp_step(mp, x, y, rows, 1.0f / (float)batch, &loss, &ss));
+                CHK(fedge_mp_grad_nonfinite(mp, &flag));
+                if (MPI_Allreduce(&st, &all_st, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD)
+                    != MPI_SUCCESS)
+                    FAIL(FEDGE_ERR_CLUSTER_COMM);
+            } else {
+                CHK(be->ops->load_batch(be, x, y, rows));
+                CHK(be->ops->forward(be, 1.0f / (float)batch, &loss));
+                for (int l = sh->n_layers - 1; l >= 0; l--)
+                    CHK(be->ops->backward_layer(be, l));
+                CHK(be->ops->grad_comm_start(be, 0, bc.layout.n_pad));
+                CHK(be->ops->grad_comm_wait(be));
+                CHK(be->ops->grad_nonfinite(be, &flag));
+            }
+            v[0] = loss;
+            v[1] = flag;
+            if (MPI_Allreduce(v, w, 3, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+                FAIL(FEDGE_ERR_CLUSTER_COMM);
+            if (mp_path) {
+                CHK(fedge_mp_update(mp, &sgd));
+                if (MPI_Allreduce(&st, &all_st, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD)
+                    != MPI_SUCCESS)
+                    FAIL(FEDGE_ERR_CLUSTER_COMM);
+            } else {
+                CHK(be->ops->update(be, &sgd, 1.0f));
+            }
+        }
+        if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        if (round >= 0) {
+            rt[round] = (now_s() - t0) / per_round;
+            continue;
+        }
+        /* rounds of at least TRIAL_STEPS steps and TRIAL_ROUND_S: longer than
+         * a scheduler time slice, so a round's mean holds the descheduling a
+         * run's mean step does (rank 0's count for all) */
+        double w = now_s() - t0;
+        if (MPI_Bcast(&w, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        per_round = w > 0.0 ? (int)ceil(TRIAL_ROUND_S / w) : TRIAL_STEPS_MAX;
+        per_round = per_round < TRIAL_STEPS ? TRIAL_STEPS
+                    : per_round > TRIAL_STEPS_MAX ? TRIAL_STEPS_MAX : per_round;
+    }
+    {
+        double fast = rt[0];
+        for (int r = 1; r < TRIAL_ROUNDS; r++)
+            fast = rt[r] < fast ? rt[r] : fast;
+        double v[2] = {fedge_plan_median(rt, TRIAL_ROUNDS), fast};
+        if (MPI_Bcast(v, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+            FAIL(FEDGE_ERR_CLUSTER_COMM);
+        *mean_s = v[0];
+        *fast_s = v[1];
+    }
+cleanup:
+    /* an operation failing inside a step fails on every rank (the same
+     * arguments everywhere); the collectives above keep them in step */
+    fedge_mp_destroy(mp);
+    fedge_backend_destroy(be);
+    free(x);
+    free(y);
+    return ret;
 }
 
 /* Ranks per node and the cores they may run on: the union of the node's
@@ -597,6 +976,7 @@ static int probe_node(fedge_plan_links *L)
  * compute and communication; the boundary message sizes. */
 typedef struct {
     double fwd_c, fwd_m, bwd_c, bwd_m;
+    double upd_c; /* the SGD update of the stage's parameters, after its step */
     double send_bytes; /* to the next stage (its gradient comes back the same size) */
 } stage_cost;
 
@@ -606,21 +986,9 @@ static int stage_time(plan_ctx *pc, const fedge_shard_plan *p, int rows, stage_c
     const int T = p->tp;
     double t;
     memset(o, 0, sizeof(*o));
+    if (!pc->collect) /* GEMMs and the loops around them, as the step runs them */
+        CHK_T(stage_probe(pc->sc, L, p, rows, &o->fwd_c, &o->bwd_c, &o->upd_c));
     for (int l = p->l0; l < p->l1; l++) {
-        const int in = p->in_n[l], out = p->out_n[l];
-        if (!pc->collect) {
-            CHK_T(gemm_time(pc->gc, 0, 1, rows, out, in, &t));
-            o->fwd_c += t;
-            CHK_T(gemm_time(pc->gc, 1, 0, out, in, rows, &t));
-            o->bwd_c += t;
-            if (l > 0) {
-                CHK_T(gemm_time(pc->gc, 0, 0, rows, in, out, &t));
-                o->bwd_c += t;
-            }
-        }
-        /* bias + ReLU forward; bias gradient and the input gradient's ReLU mask */
-        o->fwd_c += L->elem_s * (double)rows * out;
-        o->bwd_c += L->elem_s * (double)rows * (out + (l > 0 ? in : 0));
         if (T > 1 && p->mode[l] == FEDGE_TP_ROW) {
             CHK_T(coll_time(pc, FEDGE_PLAN_ALLREDUCE, T, rows * (double)p->sh.dims[l + 1] * 4.0,
                             &t));
@@ -640,11 +1008,6 @@ static int stage_time(plan_ctx *pc, const fedge_shard_plan *p, int rows, stage_c
     }
     if (p->pp_i == 0)
         o->fwd_c += L->elem_s * (double)rows * p->sh.dims[0]; /* the input rows, copied in */
-    if (p->l1 == p->sh.n_layers) { /* softmax: two exps per logit; its gradient */
-        const double logits = (double)rows * p->out_n[p->sh.n_layers - 1];
-        o->fwd_c += (2.0 * L->exp_s + L->elem_s) * logits;
-        o->bwd_c += L->elem_s * logits;
-    }
     if (p->pp_i < p->pp - 1)
         o->send_bytes = rows * (double)p->out_n[p->l1 - 1] * 4.0;
     return FEDGE_OK;
@@ -655,7 +1018,7 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
 {
     const int R = batch / o->dp, M = o->micro, P = o->pp;
     const int rows = R / M;
-    double comp_sum = 0.0, comm_sum = 0.0, t;
+    double comp_sum = 0.0, comm_sum = 0.0, t, upd_max = 0.0;
     fedge_pp_sim sim;
     size_t n_local_max = 0;
     memset(&sim, 0, sizeof(sim));
@@ -692,6 +1055,7 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
         comm_sum += sim.fwd[s] + sim.bwd[s] - share * (c.fwd_c + c.bwd_c);
         if (p.n_local > n_local_max)
             n_local_max = p.n_local;
+        upd_max = c.upd_c > upd_max ? c.upd_c : upd_max;
     }
     /* per step: the pure DP path agrees once (loss and status), the
      * model-parallel one four times (batch status, non-finite check, loss,
@@ -717,8 +1081,10 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     /* read the rows, zero the gradients, check and update the parameters */
     double check_ms = 0.0;
     o->load_ms = 1e3 * pc->L->load_s * (double)R * sh->dims[0];
-    o->update_ms = 1e3 * (pc->L->sgd_s + pc->L->elem_s) * (double)n_local_max;
-    if (dp_measured) { /* the non-finite check goes with the status allreduce, as the trainer times it */
+    /* the non-finite check goes with the status allreduces, as the trainer times it */
+    o->update_ms = 1e3 * upd_max; /* probed with the stage, its buffers cold */
+    check_ms = 1e3 * pc->L->check_s * (double)n_local_max * share;
+    if (dp_measured) {
         o->load_ms += 1e3 * pc->L->dp_copy_s;
         o->update_ms = 1e3 * pc->L->dp_update_s;
         check_ms = 1e3 * pc->L->dp_check_s * share;
@@ -728,7 +1094,14 @@ static int predict(plan_ctx *pc, const fedge_model_spec *spec, const fedge_dense
     o->grad_ar_ms = 1e3 * dp;
     o->status_ms = 1e3 * small + check_ms;
     const double step_fixed = 1e-3 * (o->load_ms + o->update_ms + check_ms);
-    o->predict_ms = 1e3 * (pipe + step_fixed + small + dp);
+    o->pipe_ms = 1e3 * pipe;
+    /* the loader threads (one per rank, prefetching the next step's rows)
+     * run on the ranks' cores when none is spare: each core's share of
+     * them lengthens the step (measured: --no-prefetch's load phase, 0.34
+     * ms for 256 rows, 0.20 ms for 128) */
+    o->loader_ms = 1e3 * fedge_plan_loader_time(pc->L->node_ranks, pc->L->cores, R,
+                                                pc->L->row_read_s);
+    o->predict_ms = 1e3 * (pipe + step_fixed + small + dp) + o->loader_ms;
     o->compute_ms = 1e3 * (comp_sum * M / P + step_fixed);
     o->comm_ms = 1e3 * (comm_sum * M / P + small + dp);
     fedge_memory_plan mp;
@@ -801,17 +1174,16 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
     CHK_T(probe_node(&out->links));
     CHK_T(probe_links(&out->links));
     CHK_T(probe_elementwise(&out->links));
+    CHK_T(probe_row_read(sh.dims[0], spec->classes, batch, &out->links));
     if (batch >= world)
         CHK_T(probe_dp_step(spec, batch / world, &out->links));
     pc = calloc(1, sizeof(*pc));
     if (pc == NULL)
         return FEDGE_ERR_NOMEM;
-    pc->gc = calloc(1, sizeof(*pc->gc));
-    if (pc->gc == NULL)
+    pc->sc = calloc(1, sizeof(*pc->sc));
+    if (pc->sc == NULL)
         FAIL(FEDGE_ERR_NOMEM);
     pc->L = &out->links;
-    pc->gc->share = out->links.share;
-    pc->gc->node_rank = out->links.node_rank;
     enumerate(&sh, batch, world, out);
     /* the collectives' sizes, measured on the ranks at hand: a group larger
      * than them (plan --ranks) keeps the alpha-beta fit */
@@ -830,6 +1202,31 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
     pc->collect = 0;
     for (int i = 0; i < out->n; i++)
         CHK(predict(pc, spec, &sh, batch, world, budget_mb, &out->cand[i]));
+    if (out->links.share > 1 && world == probed) {
+        fedge_model m;
+        fedge_rng rng;
+        memset(&m, 0, sizeof(m));
+        fedge_rng_seed(&rng, 1);
+        ret = fedge_model_init(&m, spec);
+        if (ret == FEDGE_OK) /* the initialisation `init` gives */
+            ret = fedge_model_randomize(&m, &rng);
+        for (int i = 0; ret == FEDGE_OK && i < out->n; i++) {
+            fedge_plan_layout *o = &out->cand[i];
+            double mean_s = 0.0, fast_s = 0.0;
+            if (!o->fits)
+                continue;
+            ret = trial_steps(spec, &sh, batch, o, m.params, &mean_s, &fast_s);
+            if (ret == FEDGE_OK) {
+                o->trial = 1;
+                o->model_ms = o->predict_ms;
+                o->predict_ms = 1e3 * mean_s + o->loader_ms; /* the trial reads no file */
+                o->trial_fast_ms = 1e3 * fast_s;
+            }
+        }
+        fedge_model_free(&m);
+        if (ret != FEDGE_OK)
+            goto cleanup;
+    }
     qsort(out->cand, (size_t)out->n, sizeof(out->cand[0]), cmp_layout);
     for (int i = 0; i < out->n; i++)
         if (out->cand[i].fits) {
@@ -838,7 +1235,7 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
         }
 cleanup:
     if (pc != NULL)
-        free(pc->gc);
+        free(pc->sc);
     free(pc);
     return ret;
 }
@@ -850,22 +1247,29 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
                "(ring bus); memory budget %s\n",
             L->probe_ranks, 1e6 * L->p2p_alpha, L->p2p_beta / 1e9, 1e6 * L->ar_alpha,
             L->ar_beta / 1e9, budget_mb > 0 ? "per rank" : "none");
-    fprintf(f, "# per element: bias+relu %.2f ns, exp %.2f ns, sgd %.2f ns, load %.2f ns\n",
-            1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s);
+    fprintf(f, "# per element: bias+relu %.2f ns, exp %.2f ns, sgd %.2f ns, load %.2f ns, "
+               "non-finite check %.2f ns; loader per row: %.2f us%s\n",
+            1e9 * L->elem_s, 1e9 * L->exp_s, 1e9 * L->sgd_s, 1e9 * L->load_s, 1e9 * L->check_s,
+            1e6 * L->row_read_s,
+            L->node_ranks >= L->cores ? " (no core spare for the loader threads: charged to "
+                                        "the step)" : "");
     if (L->share > 1)
-        fprintf(f, "# oversubscribed: %d ranks on a node, %d cores (sched_getaffinity): compute "
-                   "x %d (probed one rank per core at a time); collectives as measured on all "
-                   "%d ranks at once\n",
-                L->node_ranks, L->cores, L->share, L->probe_ranks);
+        fprintf(f, "# oversubscribed: %d ranks on a node, %d cores (sched_getaffinity): the model "
+                   "has compute x %d (probed one rank per core at a time) and collectives as "
+                   "measured on all %d ranks at once, but the OS scheduler decides who runs while "
+                   "a rank waits in MPI; each layout that fits is run for %d rounds of trial steps "
+                   "(%.0f ms or %d steps at least) and predicted by them\n",
+                L->node_ranks, L->cores, L->share, L->probe_ranks, TRIAL_ROUNDS,
+                1e3 * TRIAL_ROUND_S, TRIAL_STEPS);
     if (L->dp_rows > 0)
         fprintf(f, "# data-parallel step on the trainer's cpu backend, %d rows per rank: forward "
                    "%.3f ms, backward %.3f ms, copy-in %.3f ms, non-finite check %.3f ms, update "
                    "%.3f ms, gradient allreduce %.3f ms\n",
                 L->dp_rows, 1e3 * L->dp_fwd_s, 1e3 * L->dp_bwd_s, 1e3 * L->dp_copy_s,
                 1e3 * L->dp_check_s, 1e3 * L->dp_update_s, 1e3 * L->dp_ar_s);
-    fprintf(f, "# collectives at the layouts' sizes: %d distinct, %d measured (median of %d "
-               "trials, slowest rank; log-log interpolation between)\n",
-            L->n_coll_asked, L->n_coll, COLL_TRIALS);
+    fprintf(f, "# collectives at the layouts' sizes: %d distinct, %d measured (the smallest of %d "
+               "rounds' medians of %d trials, slowest rank; log-log interpolation between)\n",
+            L->n_coll_asked, L->n_coll, COLL_ROUNDS, COLL_TRIALS);
     for (int i = 0; i < L->n_coll;) {
         const fedge_plan_coll *c = &L->coll[i];
         if (c->kind == FEDGE_PLAN_P2P)
@@ -882,16 +1286,25 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
             "predict_ms", "compute_ms", "comm_ms", "bubble", "mem_bytes", "fits");
     for (int i = 0; i < r->n; i++) {
         const fedge_plan_layout *o = &r->cand[i];
-        fprintf(f, "  %3d %3d %3d %5d %12.3f %11.3f %9.3f %8.3f %12zu %5s%s\n", o->dp, o->tp,
+        char note[96] = "";
+        if (o->trial)
+            snprintf(note, sizeof(note), "  trial steps (fastest round %.3f; model %.3f)",
+                     o->trial_fast_ms, o->model_ms);
+        else if (L->share > 1 && o->fits)
+            snprintf(note, sizeof(note), "  model, unverified: oversubscribed, %s",
+                     "not probed on these ranks");
+        fprintf(f, "  %3d %3d %3d %5d %12.3f %11.3f %9.3f %8.3f %12zu %5s%s%s\n", o->dp, o->tp,
                 o->pp, o->micro, o->predict_ms, o->compute_ms, o->comm_ms, o->bubble,
-                o->mem_bytes, o->fits ? "yes" : "no", i == r->choice ? "  <- chosen" : "");
+                o->mem_bytes, o->fits ? "yes" : "no", note, i == r->choice ? "  <- chosen" : "");
     }
-    fprintf(f, "# terms (ms): %3s %3s %3s %5s %8s %8s %8s %8s %8s %8s\n", "dp", "tp", "pp",
-            "micro", "forward", "backward", "grad_ar", "status", "update", "load");
+    fprintf(f, "# terms (ms): %3s %3s %3s %5s %8s %8s %8s %8s %8s %8s %8s %8s\n", "dp", "tp",
+            "pp", "micro", "forward", "backward", "grad_ar", "status", "update", "load",
+            "pipeline", "loader");
     for (int i = 0; i < r->n; i++) {
         const fedge_plan_layout *o = &r->cand[i];
-        fprintf(f, "# terms (ms): %3d %3d %3d %5d %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n", o->dp,
-                o->tp, o->pp, o->micro, o->fwd_ms, o->bwd_ms, o->grad_ar_ms, o->status_ms,
-                o->update_ms, o->load_ms);
+        fprintf(f,
+                "# terms (ms): %3d %3d %3d %5d %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n",
+                o->dp, o->tp, o->pp, o->micro, o->fwd_ms, o->bwd_ms, o->grad_ar_ms, o->status_ms,
+                o->update_ms, o->load_ms, o->pipe_ms, o->loader_ms);
     }
 }

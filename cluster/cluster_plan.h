@@ -1,29 +1,42 @@
 /* cluster_plan.h — choose a DP x TP x PP layout (and micro-batches) for a dense chain.
  *
  * fedge_plan_run probes, on the ranks it runs on (collective over
- * MPI_COMM_WORLD): the time of every GEMM shape the candidate layouts would
- * run (all ranks at once, so an oversubscribed machine shows its real rate;
- * the fastest of several calls, the slowest rank counts); per-element costs
- * of the loops around them; and every collective at the sizes the layouts
- * issue: each TP allreduce (micro-batch rows x width x 4 B over the TP group),
- * the split softmax's two (rows x 4 B, rows x 16 B), the DP gradient
- * allreduce (the largest shard), the per-step status allreduce over all ranks
- * and each pipeline boundary message (ping-pong, one way). Allreduces run on
- * groups of neighbouring ranks, all groups at once; messages between ranks 2i
- * and 2i+1, all pairs at once; each size's figure is the median of 7 trials
- * (the slowest rank's), then made non-decreasing in the size. A (kind, group)
+ * MPI_COMM_WORLD): each pipeline stage's micro-batch (its layers' GEMMs at
+ * 1/T width and the loops around them, on buffers laid out as cluster_mp.c's)
+ * at the rows the candidate layouts use, each piece (a layer's forward or
+ * backward, the softmax) its fastest pass; per-element costs of the loops
+ * outside the stages; the trainer's loader per row; every compute figure is
+ * the fastest pass of the fastest rank (the same work on every rank; another
+ * job only ever slows one down). Every collective at the sizes the layouts
+ * issue: each TP allreduce (micro-batch rows x width x 4 B over the TP
+ * group), the split softmax's two (rows x 4 B, rows x 16 B), the DP gradient
+ * allreduce (the largest shard), the per-step status allreduce over all
+ * ranks and each pipeline boundary message (ping-pong, one way). Allreduces
+ * run on groups of neighbouring ranks, all groups at once; messages between
+ * ranks 2i and 2i+1, all pairs at once; 12 rounds over all sizes of 2 trials
+ * each, the smallest round median (fedge_plan_min_of_medians), the slowest
+ * rank's, then made non-decreasing in the size. A (kind, group)
  * asked for more than 12 sizes is measured at 12 spread evenly in log between
  * its smallest and largest; every size is read off the measured ones in
  * log-log (cluster_plan_model.h). Groups the probing ranks cannot form
  * (plan --ranks larger than the job) and a one-rank job use an alpha-beta fit
  * (ping-pong and allreduce at 8 B and 1 MiB; one rank: 5 us and a memcpy's
  * bandwidth). The pure data-parallel layout is probed whole on the trainer's
- * cpu backend (its loops differ from the model-parallel path's: scalar, by
- * measurement ~30% of its compute) and takes its forward, backward, update
- * and allreduce from there. Oversubscription (more ranks on a node than the
+ * cpu backend (its loops differ from the model-parallel path's) and takes
+ * its forward, backward, update and allreduce (fastest pass, from a barrier)
+ * from there. Oversubscription (more ranks on a node than the
  * cores in their affinity masks) is printed and modelled: compute probes run
  * one rank per core at a time and compute is multiplied by
- * ceil(ranks / cores); the collectives keep their all-ranks figures.
+ * ceil(ranks / cores); the collectives keep their all-ranks figures. That
+ * model is printed beside, not used: when the plan is for the ranks it runs
+ * on, every layout that fits is run for a few whole steps (the trainer's
+ * path and collectives: a warm-up step, then 7 rounds of at least 12 ms
+ * and 3 steps) and predict_ms is the median round's mean step plus the
+ * loader term (`trial`), since with ranks sharing cores the OS scheduler
+ * decides who runs while a rank waits in MPI; a plan for more ranks than it
+ * runs on keeps the model and marks it unverified. With no core to spare
+ * for the ranks' loader threads (ranks on a node >= cores) their reading is
+ * added to every step (fedge_plan_loader_time).
  *
  * Model of one step, per layout: a stage's micro-batch costs, forward, its
  * GEMMs, elementwise work and row-parallel (and split-softmax) allreduces;
@@ -69,6 +82,19 @@ typedef struct {
      * the DP gradient allreduce, the status allreduces, the SGD update with
      * zeroing and the non-finite check, the reading of the rows */
     double fwd_ms, bwd_ms, grad_ar_ms, status_ms, update_ms, load_ms;
+    /* the simulated pipeline, first forward to last backward (forward and
+     * backward with the idle between): the trainer's `pipeline` phase on
+     * the model-parallel path */
+    double pipe_ms;
+    /* trial: 1 when predict_ms was measured by running the layout's steps
+     * (oversubscribed ranks: the scheduler, not the model, decides; see
+     * fedge_plan_run), model_ms then the model's figure and trial_fast_ms
+     * the fastest round's mean step */
+    int trial;
+    double model_ms, trial_fast_ms;
+    /* the loader threads' work charged to the step (0 with a core to spare
+     * for them), ms per step; included in predict_ms */
+    double loader_ms;
 } fedge_plan_layout;
 
 typedef struct {
@@ -92,6 +118,12 @@ typedef struct {
      * timed on all ranks at once, carry their descheduling); node_rank:
      * this rank's */
     int node_ranks, cores, share, node_rank;
+    /* the loader thread's work per row (the trainer's loader on a u8 shard
+     * written to TMPDIR: the keyed order, one pread, the conversion),
+     * fastest step and rank; with no core to spare for the loader threads
+     * (ranks on a node >= cores) their rows are added to the step */
+    double row_read_s;
+    double check_s;   /* per element: the non-finite check of the gradients */
     int n_coll, n_coll_asked;     /* sizes measured; distinct sizes the layouts issue */
     fedge_plan_coll coll[FEDGE_PLAN_MAX_COLL]; /* by kind, group, bytes */
 } fedge_plan_links;

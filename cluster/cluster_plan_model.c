@@ -67,6 +67,27 @@ double fedge_plan_median(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+double fedge_plan_min_of_medians(double *v, int n, int group)
+{
+    if (n < 1)
+        return -1.0;
+    if (group < 1 || group > n)
+        group = n;
+    double best = -1.0;
+    for (int i = 0; i + group <= n; i += group) {
+        const double m = fedge_plan_median(v + i, group);
+        best = best < 0.0 || m < best ? m : best;
+    }
+    return best;
+}
+
+double fedge_plan_loader_time(int ranks, int cores, int rows, double row_s)
+{
+    if (ranks < 1 || cores < 1 || rows < 1 || !(row_s >= 0.0) || ranks < cores)
+        return 0.0;
+    return fedge_plan_share(ranks, cores) * (double)rows * row_s;
+}
+
 enum { OP_F = 0, OP_B = 1 };
 
 /* The k-th operation of stage s: *kind OP_F or OP_B, *m the micro-batch. */

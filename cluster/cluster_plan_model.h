@@ -48,6 +48,14 @@ void fedge_plan_monotone(double *ys, int n);
  * sorts v in place (insertion sort: n is a handful of trials). */
 double fedge_plan_median(double *v, int n);
 
+/* v[0..n) taken as consecutive rounds of `group` trials (a trailing partial
+ * round is dropped; group outside 1..n: one round of n): the smallest of the
+ * rounds' medians. A round's median ignores a trial or two slowed by another
+ * job; the smallest round ignores a burst of other jobs covering a whole
+ * round, so the figure moves little from one run to the next. Sorts each
+ * round in place; n < 1: -1. */
+double fedge_plan_min_of_medians(double *v, int n, int group);
+
 /* Oversubscription (more ranks on a node than cores they may run on):
  * fedge_plan_share is how many ranks take turns on one core,
  * ceil(ranks / cores); 1 when cores >= ranks, or either is < 1 (unknown).
@@ -56,6 +64,14 @@ double fedge_plan_median(double *v, int n);
  * once, so their descheduling is in it): share * compute_s + comm_s. */
 int fedge_plan_share(int ranks, int cores);
 double fedge_plan_oversub_time(double compute_s, double comm_s, int share);
+
+/* The loader threads' reading charged to one step: each rank's prefetch
+ * thread reads `rows` rows (row_s seconds each) per step; with a core to
+ * spare for them (ranks < cores) it is hidden, else every core runs
+ * fedge_plan_share(ranks, cores) ranks' threads beside their compute and
+ * the step waits for the slowest: share * rows * row_s. ranks or cores < 1
+ * (unknown), rows < 1 or row_s < 0: 0. */
+double fedge_plan_loader_time(int ranks, int cores, int rows, double row_s);
 
 typedef struct {
     int schedule;                        /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */

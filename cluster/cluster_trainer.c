@@ -121,7 +121,7 @@ typedef struct {
     double last_loss;
     int base_batch;           /* of the linear lr scaling */
     double idle_s, step_s, tp_s, pay_tp, pay_pp, pay_dp; /* model-parallel sums */
-    double phase_s[FEDGE_PHASES], phase_min[FEDGE_PHASES]; /* data-parallel */
+    double phase_s[FEDGE_PHASES], phase_min[FEDGE_PHASES];
     uint64_t phase_steps;
 } run_state;
 
@@ -455,14 +455,21 @@ static int train_step_mp(run_state *rs, fedge_loader *ld, uint64_t step, double 
     int rows = 0;
     double loss_sum = 0.0;
     fedge_mp_step_stats st;
+    double ph[FEDGE_PHASES] = {0}, tc = MPI_Wtime(), tn;
+#define PHASE(k) (tn = MPI_Wtime(), ph[k] += tn - tc, tc = tn)
     int err = fedge_loader_get(ld, step, &x, &y, &rows);
     for (int i = 0; err == FEDGE_OK && i < rows; i++)
         if (y[i] >= rs->model.spec.classes)
             err = FEDGE_ERR_DATA_LABEL;
+    PHASE(FEDGE_PHASE_LOAD);
     err = agree(err);
+    PHASE(FEDGE_PHASE_STATUS);
     if (err != FEDGE_OK)
         return err;
     err = fedge_mp_step(rs->mp, x, y, rows, (float)(1.0 / cfg->global_batch), &loss_sum, &st);
+    PHASE(FEDGE_PHASE_GRAD_AR);
+    ph[FEDGE_PHASE_PIPE] = st.step_s; /* inside fedge_mp_step; the rest is its DP allreduce */
+    ph[FEDGE_PHASE_GRAD_AR] -= st.step_s;
     if (err != FEDGE_OK)
         return err;
     int bad = 0;
@@ -472,13 +479,17 @@ static int train_step_mp(run_state *rs, fedge_loader *ld, uint64_t step, double 
     double mine[2] = {loss_sum, (double)bad}, all[2];
     if (MPI_Allreduce(mine, all, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
+    PHASE(FEDGE_PHASE_STATUS);
     if (all[1] > 0)
         return FEDGE_ERR_MODEL_NONFINITE;
     *mean_loss = all[0] / cfg->global_batch;
     const fedge_sgd_config sgd = sgd_at(rs, step);
     err = agree(fedge_mp_update(rs->mp, &sgd));
+    PHASE(FEDGE_PHASE_UPDATE);
+#undef PHASE
     if (err != FEDGE_OK)
         return err;
+    phase_commit(rs, ph, 1);
     rs->idle_s += st.idle_s;
     rs->step_s += st.step_s;
     rs->tp_s += st.tp_s;
@@ -775,6 +786,8 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
         ts = 1e3 * (MPI_Wtime() - ts);
         if (sum->step_ms_min == 0.0 || ts < sum->step_ms_min)
             sum->step_ms_min = ts;
+        if (sum->steps_run == 0)
+            sum->step_ms_first = ts;
         sum->lr_final = sgd_at(&rs, step).lr;
         if (ret != FEDGE_OK) {
             set_where(sum, "training step");
@@ -802,7 +815,7 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
     sum->seconds = MPI_Wtime() - t0;
     if (ret == FEDGE_OK && rs.mp != NULL)
         ret = mp_report(&rs, sum, ld.local_max);
-    if (ret == FEDGE_OK && rs.mp == NULL && sum->steps_run > 0) {
+    if (ret == FEDGE_OK && sum->steps_run > 0) {
         double v[2 * FEDGE_PHASES], all[2 * FEDGE_PHASES];
         for (int k = 0; k < FEDGE_PHASES; k++) {
             v[k] = rs.phase_s[k] * 1e3 / (double)sum->steps_run;

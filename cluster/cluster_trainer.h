@@ -66,12 +66,17 @@ typedef struct {
     int gpu_comm_mpi;           /* gpu model-parallel path: messages through host MPI */
 } fedge_refine_config;
 
-/* Phases of a data-parallel step, timed with a clock read at each boundary:
- * waiting for the loader's batch, copying it in, forward (with the loss),
- * backward, the gradient allreduce (its start and wait), the non-finite check
- * with the status allreduce, the SGD update (with a ZeRO gather). */
+/* Phases of a step, timed with a clock read at each boundary: waiting for
+ * the loader's batch, copying it in, forward (with the loss), backward, the
+ * gradient allreduce (its start and wait), the non-finite check with the
+ * status allreduce(s), the SGD update (with a ZeRO gather). The
+ * model-parallel path has no copy, forward or backward phase of its own: its
+ * `pipeline` runs from the first forward to the last backward (the
+ * micro-batches' forwards, backwards, TP allreduces and pipeline messages,
+ * as fedge_mp_step_stats.step_s), its grad_allreduce the wait for the last
+ * sends and the DP allreduce, its status the four agreements. */
 enum { FEDGE_PHASE_LOAD, FEDGE_PHASE_COPY, FEDGE_PHASE_FWD, FEDGE_PHASE_BWD, FEDGE_PHASE_GRAD_AR,
-       FEDGE_PHASE_STATUS, FEDGE_PHASE_UPDATE, FEDGE_PHASES };
+       FEDGE_PHASE_STATUS, FEDGE_PHASE_UPDATE, FEDGE_PHASE_PIPE, FEDGE_PHASES };
 
 typedef struct {
     int world;
@@ -103,10 +108,11 @@ typedef struct {
     double tp_seconds;           /* time in TP allreduces, the largest over the ranks */
     double bytes_tp, bytes_pp, bytes_dp;          /* measured payload */
     double bytes_tp_an, bytes_pp_an, bytes_dp_an; /* analytic (cluster_grid.h) */
-    /* data-parallel path: ms per step in each phase (FEDGE_PHASE_*), the mean
-     * over the steps run and the fastest (each phase's own), the largest over
-     * the ranks */
+    /* ms per step in each phase (FEDGE_PHASE_*), the mean over the steps run
+     * and the fastest (each phase's own), the largest over the ranks */
     double phase_ms[FEDGE_PHASES], phase_ms_min[FEDGE_PHASES];
+    double step_ms_first;        /* the run's first step (first touch of the buffers, the
+                                    loader's first batch unprefetched, MPI's first messages) */
 } fedge_refine_summary;
 
 void fedge_refine_config_defaults(fedge_refine_config *cfg);

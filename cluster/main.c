@@ -441,10 +441,12 @@ static void write_refine_json(FILE *f, const refine_args *a, const fedge_refine_
             c->pp_schedule == FEDGE_PP_GPIPE ? "gpipe" : "1f1b", s->effective_batch,
             c->lr_scaling == FEDGE_LR_LINEAR ? "linear" : "none", s->lr_base_batch,
             c->warmup_steps, (double)c->sgd.lr, s->lr_final);
-    fprintf(f, ",\"step_ms_min\":%.3f", s->step_ms_min);
-    if (s->phase_ms[FEDGE_PHASE_FWD] > 0.0) {
+    fprintf(f, ",\"step_ms_min\":%.3f,\"step_ms_first\":%.3f", s->step_ms_min,
+            s->step_ms_first);
+    if (s->phase_ms[FEDGE_PHASE_FWD] > 0.0 || s->phase_ms[FEDGE_PHASE_PIPE] > 0.0) {
         static const char *const names[FEDGE_PHASES] = {
-            "load", "copy", "forward", "backward", "grad_allreduce", "status", "update"};
+            "load", "copy", "forward", "backward", "grad_allreduce", "status", "update",
+            "pipeline"};
         for (int m = 0; m < 2; m++) {
             const double *v = m ? s->phase_ms_min : s->phase_ms;
             fprintf(f, ",\"%s\":{", m ? "phase_ms_min" : "phase_ms");

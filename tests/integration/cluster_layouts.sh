@@ -34,7 +34,11 @@ for ph in load copy forward backward grad_allreduce status update; do
 done
 fwd=$(sed -n 's/.*"phase_ms":{[^}]*"forward":\([0-9.]*\).*/\1/p' "$T/dp2.json")
 awk -v f="$fwd" 'BEGIN {exit !(f > 0)}' || fail "dp2: forward phase $fwd ms"
-! grep -q '"phase_ms"' "$T/tp2.json" || fail "tp2 reports the DP path's phases"
+# the model-parallel path times its pipeline (first forward to last backward) as one phase
+pipe=$(sed -n 's/.*"phase_ms_min":{[^}]*"pipeline":\([0-9.]*\).*/\1/p' "$T/tp2.json")
+tfwd=$(sed -n 's/.*"phase_ms":{[^}]*"forward":\([0-9.]*\).*/\1/p' "$T/tp2.json")
+awk -v p="$pipe" -v f="$tfwd" 'BEGIN {exit !(p > 0 && f == 0)}' \
+    || fail "tp2: pipeline phase '$pipe' ms, forward '$tfwd': $(cat "$T/tp2.json")"
 cluster_equivalent tp4 4 --tp 4
 cluster_equivalent pp2_gpipe 2 --pp 2 --micro-batches 4 --pp-schedule gpipe
 cluster_equivalent pp2_1f1b 2 --pp 2 --micro-batches 4 --pp-schedule 1f1b
@@ -119,8 +123,14 @@ cores=$(nproc)
 if [ "$cores" -lt 4 ]; then
     grep -q "^# oversubscribed: 4 ranks on a node, $cores cores" "$T/plan.txt" \
         || fail "plan: 4 ranks on $cores cores not called oversubscribed: $(cat "$T/plan.txt")"
+    # there every layout that fits is run for trial steps, and each row says so
+    fit=$(grep -Ec '^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ .* yes' "$T/plan.txt")
+    tri=$(grep -Ec ' yes  trial steps \(fastest round [0-9.]+; model [0-9.]+\)' "$T/plan.txt")
+    [ "$fit" -ge 1 ] && [ "$tri" = "$fit" ] \
+        || fail "plan: $tri of $fit fitting layouts run for trial steps: $(cat "$T/plan.txt")"
 else
     ! grep -q '^# oversubscribed' "$T/plan.txt" || fail "plan: 4 ranks on $cores cores oversubscribed?"
+    ! grep -q 'trial steps' "$T/plan.txt" || fail "plan: trial steps without oversubscription"
 fi
 cluster_equivalent auto 4 --layout auto --memory-per-rank-mb 0.75
 grep -q '"dp":4,"tp":1,"pp":1' "$T/auto.json" && fail "--layout auto picked pure DP over the budget"

@@ -1,6 +1,7 @@
 /* The planner's MPI-free model (cluster_plan_model.c): log-log interpolation
- * of measured collective times, the event-by-event pipeline schedule and the
- * oversubscription terms. */
+ * of measured collective times, the event-by-event pipeline schedule, the
+ * oversubscription terms, the round-robust probe statistic and the loader
+ * threads' charge. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -238,6 +239,49 @@ static void test_sim_oversubscribed(void **state)
     assert_true(fabs(span_b - 21e-3) < 1e-12);
 }
 
+static void test_min_of_medians(void **state)
+{
+    (void)state;
+    /* three rounds of three trials: a burst of other jobs covers round 2,
+     * one slow trial in round 1; the figure is round 3's median */
+    double v[9] = {1.0, 9.0, 1.2, 30.0, 31.0, 29.0, 1.1, 1.05, 1.15};
+    assert_true(fabs(fedge_plan_min_of_medians(v, 9, 3) - 1.1) < 1e-12);
+    /* what one median of all nine would have said */
+    double w[9] = {1.0, 9.0, 1.2, 30.0, 31.0, 29.0, 1.1, 1.05, 1.15};
+    assert_true(fabs(fedge_plan_median(w, 9) - 1.2) < 1e-12);
+    /* a trailing partial round is dropped: 7 trials in rounds of 3 */
+    double t[7] = {5.0, 5.0, 5.0, 4.0, 4.0, 4.0, 0.1};
+    assert_true(fabs(fedge_plan_min_of_medians(t, 7, 3) - 4.0) < 1e-12);
+    /* group outside 1..n: one round of all */
+    double u[4] = {4.0, 1.0, 3.0, 2.0};
+    assert_true(fabs(fedge_plan_min_of_medians(u, 4, 0) - 2.5) < 1e-12);
+    double u2[4] = {4.0, 1.0, 3.0, 2.0};
+    assert_true(fabs(fedge_plan_min_of_medians(u2, 4, 9) - 2.5) < 1e-12);
+    /* group 1: the minimum */
+    double m[3] = {3.0, 0.5, 2.0};
+    assert_true(fabs(fedge_plan_min_of_medians(m, 3, 1) - 0.5) < 1e-12);
+    assert_true(fedge_plan_min_of_medians(m, 0, 1) < 0.0);
+}
+
+static void test_loader_time(void **state)
+{
+    (void)state;
+    /* a core to spare for the loader threads: hidden */
+    assert_true(fedge_plan_loader_time(1, 2, 256, 1e-6) == 0.0);
+    assert_true(fedge_plan_loader_time(3, 4, 256, 1e-6) == 0.0);
+    /* as many ranks as cores: each core runs one rank's thread beside it */
+    assert_true(fabs(fedge_plan_loader_time(2, 2, 256, 1e-6) - 256e-6) < 1e-15);
+    /* four ranks on two cores: two threads per core */
+    assert_true(fabs(fedge_plan_loader_time(4, 2, 128, 1.5e-6) - 384e-6) < 1e-15);
+    assert_true(fabs(fedge_plan_loader_time(5, 2, 10, 1e-6) - 30e-6) < 1e-15);
+    /* unknown or empty */
+    assert_true(fedge_plan_loader_time(2, 0, 256, 1e-6) == 0.0);
+    assert_true(fedge_plan_loader_time(0, 2, 256, 1e-6) == 0.0);
+    assert_true(fedge_plan_loader_time(2, 2, 0, 1e-6) == 0.0);
+    assert_true(fedge_plan_loader_time(2, 2, 256, -1.0) == 0.0);
+    assert_true(fedge_plan_loader_time(2, 2, 256, NAN) == 0.0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -251,6 +295,8 @@ int main(void)
         cmocka_unit_test(test_share),
         cmocka_unit_test(test_oversub_time),
         cmocka_unit_test(test_sim_oversubscribed),
+        cmocka_unit_test(test_min_of_medians),
+        cmocka_unit_test(test_loader_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,22 +2,27 @@
 # tools/bench/plan_accuracy.sh [BUILD] — the planner's predicted step time
 # against the measured one, for every layout `fedge-cluster plan` lists.
 #
-# Runs `plan` once on NP ranks, then `refine` with each listed layout RUNS
-# times (STEPS steps each, Fashion-MNIST rows), and prints per layout: the
+# Runs `plan` PLANS times back to back on NP ranks (the prediction of a
+# layout is the median over them; its spread, (max - min) / median, shows how
+# steady the probes are), then `refine` with each listed layout RUNS times
+# (STEPS steps each, Fashion-MNIST rows), and prints per layout: the
 # prediction, the mean step (seconds / steps, averaged over the runs), the
-# fastest step (step_ms_min, fastest over the runs), both ratios, and how many
+# fastest step (step_ms_min, fastest over the runs), their ratios and that of
+# the mean of the steps after the first (step_ms_first taken out), and how many
 # layouts are within 20% by each; for pipelines also the stages' mean idle
 # fraction, predicted (the plan's simulated schedule) and measured (the
-# runs' `bubble`, averaged). For the pure data-parallel layout, each phase of
-# the step as the planner predicts it (its `# terms` line) against the
-# trainer's per-phase timers (phase_ms_min: each phase's fastest step, the
-# fastest over the runs; phases sum to about the fastest step, and a phase's
-# minimum is the figure least disturbed by other jobs). The load average is
+# runs' `bubble`, averaged). Then, per layout, each phase of the step as the
+# planner predicts it (its `# terms` lines, the median over the plans)
+# against the trainer's per-phase timers: fastest (phase_ms_min, the fastest
+# over the runs: the figure least disturbed by other jobs) and mean
+# (phase_ms, averaged over the runs). compute is forward + backward on the
+# data-parallel path, the pipeline (first forward to last backward, TP
+# allreduces and messages in it) on the model-parallel one. The load average is
 # printed before and after: on a shared machine the measured figures are the
 # machine's.
 #
 # Environment: NP (2), SPEC (mlp:784-512-512-256-10), BATCH (256), STEPS (100),
-# RUNS (3), ROWS (10000), OUT (run/plan-accuracy).
+# RUNS (3), PLANS (3), ROWS (10000), OUT (run/plan-accuracy).
 set -uo pipefail
 BUILD=${1:-build/native}
 cd "$(dirname "$0")/../.."
@@ -27,6 +32,7 @@ SPEC=${SPEC:-mlp:784-512-512-256-10}
 BATCH=${BATCH:-256}
 STEPS=${STEPS:-100}
 RUNS=${RUNS:-3}
+PLANS=${PLANS:-3}
 ROWS=${ROWS:-10000}
 OUT=${OUT:-run/plan-accuracy}
 MPI=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader
@@ -43,18 +49,42 @@ field() { sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" "$2"; }
 "$BIN" init --spec "$SPEC" --seed 1 --out "$OUT/model.bin" >"$OUT/init.log" 2>&1 ||
     { echo "init failed (see $OUT/init.log)" >&2; exit 1; }
 
-echo "# $SPEC, batch $BATCH, np $NP, $STEPS steps x $RUNS runs; load average before: $(load)"
-t0=$(date +%s.%N)
-"${MPI[@]}" -np "$NP" "$BIN" plan --spec "$SPEC" --batch "$BATCH" >"$OUT/plan.txt" 2>&1 ||
-    { cat "$OUT/plan.txt" >&2; exit 1; }
-t1=$(date +%s.%N)
-grep '^# probes\|^# per element\|^# collectives\|^# oversubscribed\|^# data-parallel' "$OUT/plan.txt"
-printf '# plan took %.2f s\n' "$(echo "$t1 - $t0" | bc -l)"
-printf '%3s %3s %3s %5s %12s %9s %11s %10s %13s %11s %11s\n' dp tp pp micro predicted_ms mean_ms \
-    fastest_ms mean/pred fastest/pred bubble_pred bubble_meas
-n=0 in_mean=0 in_fast=0 phases=""
-while read -r dp tp pp micro pred _ _ bub_pred _; do
-    sum_mean=0 fast="" sum_bub=0
+echo "# $SPEC, batch $BATCH, np $NP, $STEPS steps x $RUNS runs, $PLANS plans; load average before: $(load)"
+for p in $(seq 1 "$PLANS"); do
+    t0=$(date +%s.%N)
+    "${MPI[@]}" -np "$NP" "$BIN" plan --spec "$SPEC" --batch "$BATCH" >"$OUT/plan-$p.txt" 2>&1 ||
+        { cat "$OUT/plan-$p.txt" >&2; exit 1; }
+    t1=$(date +%s.%N)
+    printf '# plan %d took %.2f s, load %s\n' "$p" "$(echo "$t1 - $t0" | bc -l)" "$(load)"
+done
+cp "$OUT/plan-1.txt" "$OUT/plan.txt"
+grep '^# probes\|^# per element\|^# collectives\|^# oversubscribed\|^# data-parallel' \
+    "$OUT/plan-1.txt"
+# per layout over the plans: median prediction, spread, median of each term, bubble, note
+awk '
+    /^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ / { k = $1 " " $2 " " $3 " " $4
+        if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+        pred[k] = pred[k] " " $5; bub[k] = bub[k] " " $8
+        note[k] = ($0 ~ /trial steps/) ? "trial" : ($0 ~ /unverified/) ? "unverified" : "-" }
+    $1 == "#" && $2 == "terms" && $4 ~ /^[0-9]+$/ { k = $4 " " $5 " " $6 " " $7
+        for (i = 8; i <= 15; i++) term[k, i] = term[k, i] " " $i }
+    function med(s,   a, m, i, j, t) { m = split(s, a, " ")
+        for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j] + 0 < a[j - 1] + 0; j--) {
+            t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+        return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2 }
+    function spread(s,   a, m, i, lo, hi) { m = split(s, a, " "); lo = hi = a[1]
+        for (i = 2; i <= m; i++) { if (a[i] + 0 < lo + 0) lo = a[i]; if (a[i] + 0 > hi + 0) hi = a[i] }
+        return med(s) > 0 ? (hi - lo) / med(s) : 0 }
+    END { for (i = 1; i <= n; i++) { k = order[i]; printf "%s %.3f %.4f %.3f %s", k, med(pred[k]),
+              spread(pred[k]), med(bub[k]), note[k]
+              for (j = 8; j <= 15; j++) printf " %.3f", med(term[k, j]); printf "\n" } }
+' "$OUT"/plan-*.txt | sort -k5,5g >"$OUT/layouts.txt"
+printf '%3s %3s %3s %5s %12s %7s %9s %11s %10s %13s %10s %11s %11s %s\n' dp tp pp micro predicted_ms \
+    spread mean_ms fastest_ms mean/pred fastest/pred later/pred bubble_pred bubble_meas note
+n=0 in_mean=0 in_fast=0 in_later=0 max_spread=0
+: >"$OUT/phases.txt"
+while read -r dp tp pp micro pred spr bub_pred note t_f t_b t_ar t_st t_up t_ld t_pipe t_lt; do
+    sum_mean=0 fast="" sum_bub=0 sum_later=0
     for r in $(seq 1 "$RUNS"); do
         log="$OUT/dp$dp-tp$tp-pp$pp-m$micro-$r.json"
         "${MPI[@]}" -np "$NP" "$BIN" refine --model "$OUT/model.bin" --data "$OUT/data.shard" \
@@ -63,37 +93,51 @@ while read -r dp tp pp micro pred _ _ bub_pred _; do
         s=$(field seconds "$log")
         f=$(field step_ms_min "$log")
         sum_mean=$(echo "$sum_mean + 1000 * $s / $STEPS" | bc -l)
+        first=$(field step_ms_first "$log")
+        sum_later=$(echo "$sum_later + (1000 * $s - ${first:-0}) / ($STEPS - 1)" | bc -l)
         b=$(sed -n 's/.*"bubble":\[\([0-9.,]*\)\].*/\1/p' "$log" | tr ',' '\n' |
             awk '{s += $1; n++} END {printf "%.4f", n ? s / n : 0}')
         sum_bub=$(echo "$sum_bub + $b" | bc -l)
         if [ -z "$fast" ] || [ "$(echo "$f < $fast" | bc -l)" = 1 ]; then fast=$f; fi
     done
-    if [ "$tp" = 1 ] && [ "$pp" = 1 ]; then
-        # the fastest of each phase over the runs
-        ph=$(for r in $(seq 1 "$RUNS"); do
-                 sed -n 's/.*"phase_ms_min":{\([^}]*\)}.*/\1/p' "$OUT/dp$dp-tp$tp-pp$pp-m$micro-$r.json"
-             done | tr ',' '\n' | tr -d '"' | awk -F: '{if (!($1 in m) || $2 < m[$1]) m[$1] = $2}
-                 END {printf "%.3f %.3f %.3f %.3f %.3f %.3f", m["forward"], m["backward"],
-                      m["grad_allreduce"], m["status"], m["update"], m["load"] + m["copy"]}')
-        terms=$(awk -v d="$dp" '$1 == "#" && $2 == "terms" && $4 == d && $5 == 1 && $6 == 1 {
-                 printf "%s %s %s %s %s %s", $8, $9, $10, $11, $12, $13}' "$OUT/plan.txt")
-        phases="$terms|$ph"
-    fi
+    # each phase: the fastest over the runs (of phase_ms_min) and the mean (of phase_ms)
+    ph=$(for r in $(seq 1 "$RUNS"); do
+             f="$OUT/dp$dp-tp$tp-pp$pp-m$micro-$r.json"
+             sed -n 's/.*"phase_ms":{\([^}]*\)}.*/\1/p' "$f" | tr ',' '\n' | sed 's/^/mean /'
+             sed -n 's/.*"phase_ms_min":{\([^}]*\)}.*/\1/p' "$f" | tr ',' '\n' | sed 's/^/min /'
+         done | tr -d '"' | tr ':' ' ' | awk -v runs="$RUNS" '
+             $1 == "mean" { s[$2] += $3 / runs }
+             $1 == "min" { if (!($2 in m) || $3 < m[$2]) m[$2] = $3 }
+             END { printf "%.3f %.3f %.3f %.3f %.3f %.3f %.3f %.3f %.3f %.3f",
+                   m["forward"] + m["backward"] + m["pipeline"], s["forward"] + s["backward"] + s["pipeline"],
+                   m["grad_allreduce"], s["grad_allreduce"], m["status"], s["status"],
+                   m["update"], s["update"], m["load"] + m["copy"], s["load"] + s["copy"] }')
+    if [ "$tp" = 1 ] && [ "$pp" = 1 ] && [ "$micro" = 1 ]; then comp=$(echo "$t_f + $t_b" | bc -l); else comp=$t_pipe; fi
+    echo "$dp $tp $pp $micro $comp $t_ar $t_st $t_up $t_ld $ph $t_lt" >>"$OUT/phases.txt"
     mean=$(echo "$sum_mean / $RUNS" | bc -l)
     rm=$(echo "$mean / $pred" | bc -l)
     rf=$(echo "$fast / $pred" | bc -l)
+    rl=$(echo "$sum_later / $RUNS / $pred" | bc -l)
     n=$((n + 1))
+    [ "$(echo "$rl >= 0.8 && $rl <= 1.2" | bc -l)" = 1 ] && in_later=$((in_later + 1))
     [ "$(echo "$rm >= 0.8 && $rm <= 1.2" | bc -l)" = 1 ] && in_mean=$((in_mean + 1))
     [ "$(echo "$rf >= 0.8 && $rf <= 1.2" | bc -l)" = 1 ] && in_fast=$((in_fast + 1))
-    printf '%3d %3d %3d %5d %12.3f %9.3f %11.3f %10.2f %13.2f %11.3f %11.3f\n' "$dp" "$tp" "$pp" \
-        "$micro" "$pred" "$mean" "$fast" "$rm" "$rf" "$bub_pred" "$(echo "$sum_bub / $RUNS" | bc -l)"
-done < <(grep -E '^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ ' "$OUT/plan.txt")
-echo "# within 20%: $in_mean of $n by the mean step, $in_fast of $n by the fastest step"
-if [ -n "$phases" ]; then
-    echo "# pure data parallelism, ms per step: predicted term vs measured phase (fastest)"
-    printf '%-14s %10s %10s %8s\n' phase predicted measured ratio
-    paste <(echo forward backward grad_allreduce status update load+copy | tr ' ' '\n') \
-          <(echo "${phases%%|*}" | tr ' ' '\n') <(echo "${phases##*|}" | tr ' ' '\n') |
-        awk '{printf "%-14s %10.3f %10.3f %8s\n", $1, $2, $3, ($2 > 0 ? sprintf("%.2f", $3 / $2) : "-")}'
-fi
+    [ "$(echo "$spr > $max_spread" | bc -l)" = 1 ] && max_spread=$spr
+    printf '%3d %3d %3d %5d %12.3f %6.1f%% %9.3f %11.3f %10.2f %13.2f %10.2f %11.3f %11.3f %s\n' "$dp" \
+        "$tp" "$pp" "$micro" "$pred" "$(echo "100 * $spr" | bc -l)" "$mean" "$fast" "$rm" "$rf" "$rl" "$bub_pred" \
+        "$(echo "$sum_bub / $RUNS" | bc -l)" "$note"
+done <"$OUT/layouts.txt"
+echo "# within 20%: $in_mean of $n by the mean step, $in_fast of $n by the fastest step, $in_later of $n by the mean of steps 2..$STEPS"
+echo "# (later/pred: the mean step without the run's first, step_ms_first: buffers first touched, first batch unprefetched)"
+printf '# predictions over %d plans: largest spread (max - min) / median %.1f%%\n' "$PLANS" \
+    "$(echo "100 * $max_spread" | bc -l)"
+echo "# phases, ms per step: predicted / measured fastest / measured mean (compute: forward + backward,"
+echo "# or the pipeline); loader: the loader threads' reading charged to the step when no core is spare"
+echo "# (predicted only: the trainer's load phase times the wait for the batch, the thread's work"
+echo "# shows in the other phases)"
+printf '%3s %3s %3s %5s %23s %23s %23s %23s %23s %7s\n' dp tp pp micro compute grad_allreduce status update \
+    load+copy loader
+awk '{ printf "%3d %3d %3d %5d", $1, $2, $3, $4
+       for (i = 0; i < 5; i++) printf " %7.3f/%7.3f/%7.3f", $(5 + i), $(10 + 2 * i), $(11 + 2 * i)
+       printf " %7.3f\n", $20 }' "$OUT/phases.txt"
 echo "# load average after: $(load)"
