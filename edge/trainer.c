@@ -147,6 +147,7 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
     m.sealed = sealed;
     m.link = fedge_edge_base_heap();
     if (scaffold) {
+        m.link += FEDGE_EDGE_SCAFFOLD_HEAP;
         m.control = m.client_control = m.control_delta = n * sizeof(float);
         m.grad += n * sizeof(float); /* the model delta, before dc */
     }
@@ -263,7 +264,7 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
         *resized = 0;
     if (!t || !spec || batch < 1)
         return FEDGE_ERR_INVALID_ARG;
-    int spec_same = t->sized && same_spec(&t->spec, spec);
+    int spec_same = t->sized && same_spec(&t->local.spec, spec);
     if (spec_same && t->batch == batch)
         return FEDGE_OK;
     size_t n = fedge_model_spec_param_count(spec);
@@ -305,7 +306,6 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
     t->xbatch_u8 = malloc((size_t)batch * (size_t)spec->input_dim);
     if (!t->scratch || !t->ybatch || !t->xbatch_u8)
         FAIL(FEDGE_ERR_NOMEM);
-    t->spec = *spec;
     t->batch = batch;
     t->micro = micro;
     t->sized = 1;
@@ -352,7 +352,7 @@ static int adopt_global(fedge_edge_trainer *t, int ret, fedge_model *m,
 {
     if (ret != FEDGE_OK)
         return ret;
-    if (!same_spec(&m->spec, &t->spec)) {
+    if (!same_spec(&m->spec, &t->local.spec)) {
         fedge_model_free(m);
         return FEDGE_ERR_MODEL_SHAPE;
     }
@@ -424,7 +424,7 @@ static int step_slice(void *arg, size_t off, float *g, size_t n)
  * u8 buffer freed). */
 static int ensure_input(fedge_edge_trainer *t, int feature_type)
 {
-    size_t rows = (size_t)t->batch * (size_t)t->spec.input_dim;
+    size_t rows = (size_t)t->batch * (size_t)t->local.spec.input_dim;
     if (feature_type == FEDGE_SHARD_U8) {
         if (!t->xbatch_u8) {
             free(t->xbatch);
@@ -571,7 +571,7 @@ static int train_micro(fedge_edge_trainer *t, int got, uint64_t dropout_seed, st
                        float *loss)
 {
     int ret = FEDGE_OK;
-    size_t dim = (size_t)t->spec.input_dim;
+    size_t dim = (size_t)t->local.spec.input_dim;
     accum_ctx a = {sc->velocity, sc->cfg->momentum, 0.0f, 1};
     double sum = 0.0;
     for (int r0 = 0; r0 < got; r0 += t->micro) {
@@ -614,7 +614,7 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
         return FEDGE_ERR_INVALID_ARG;
     if (!t->have_global || (p->control && !t->control_delta))
         return FEDGE_ERR_STATE;
-    const fedge_model_spec *spec = &t->spec;
+    const fedge_model_spec *spec = &t->local.spec;
     if (shard->dim != spec->input_dim || shard->n_classes > spec->classes ||
         shard->n == 0)
         return FEDGE_ERR_MODEL_SHAPE;

@@ -54,6 +54,9 @@
 #define FEDGE_EDGE_BASE_HEAP_TRIMMED (40u * 1024u)
 size_t fedge_edge_base_heap(void);
 #define FEDGE_EDGE_BLOB_HEAP 64u /* fedge_edge_blob and its allocator overhead */
+/* A SCAFFOLD round's client state beside its buffers: the model structs of
+ * c and c_i (a plain round holds none; the plan adds it to link). */
+#define FEDGE_EDGE_SCAFFOLD_HEAP (2u * sizeof(fedge_model) + 96u)
 
 typedef struct {
     size_t local;     /* local model parameters */
@@ -144,9 +147,8 @@ void fedge_edge_memory_format(const fedge_edge_memory *m, char *buf, size_t cap)
 
 typedef struct {
     int sized;                          /* buffers match spec and batch */
-    fedge_model_spec spec;
     int batch;
-    fedge_model local;
+    fedge_model local;                  /* local.spec: the prepared spec */
     fedge_model global;
     int have_global;                    /* global holds a verified model */
     uint8_t global_version[FEDGE_HASH_LEN];

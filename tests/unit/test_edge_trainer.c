@@ -1053,8 +1053,9 @@ static void test_scaffold_plan_and_seal(void **state)
     assert_int_equal(m.control_delta, 4 * n);
     assert_int_equal(m.grad, plain.grad + 4 * n); /* + the model delta, before dc */
     assert_true(m.sealed >= plain.sealed && m.sealed < 16 * 1024);
+    assert_int_equal(m.link, plain.link + FEDGE_EDGE_SCAFFOLD_HEAP); /* c's and c_i's structs */
     assert_int_equal(m.peak, plain.peak - plain.global - plain.sealed + 4 * 4 * n + m.global +
-                                 m.sealed);
+                                 m.sealed + FEDGE_EDGE_SCAFFOLD_HEAP);
     char line[512];
     fedge_edge_memory_format(&m, line, sizeof line);
     assert_non_null(strstr(line, "control=31400 client_control=31400 control_delta=31400 peak="));
