@@ -219,6 +219,8 @@ static void test_cnn_round(void **state)
     fedge_edge_trainer t;
     fedge_edge_trainer_init(&t);
     assert_int_equal(fedge_edge_trainer_prepare(&t, &spec, 16, NULL), FEDGE_OK);
+    /* a pass's buffers exist only inside train(): not beside GET /model's body */
+    assert_true(!t.scratch && !t.gchunk && !t.xbatch_u8 && !t.xbatch && !t.ybatch);
     uint8_t *body = NULL;
     size_t len;
     uint8_t version[FEDGE_HASH_LEN];
@@ -238,6 +240,7 @@ static void test_cnn_round(void **state)
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
     assert_int_equal(mallinfo2().uordblks, before);
 #endif
+    assert_true(!t.scratch && !t.gchunk && !t.xbatch_u8 && !t.xbatch && !t.ybatch);
     assert_true(isfinite(loss) && loss < logf(10.0f));
     /* the reported accuracy: a count of correct rows over the sample, better than chance */
     size_t sample = fx->rows < FEDGE_EDGE_ACCURACY_ROWS ? fx->rows : FEDGE_EDGE_ACCURACY_ROWS;
