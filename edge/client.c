@@ -696,6 +696,15 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         not_sent(c, ri->round, FEDGE_ERR_MODEL_NONFINITE);
         goto cleanup;
     }
+    if (ret == FEDGE_ERR_NOMEM) {
+        /* the pass's buffers and the velocity are allocated by train() */
+        FEDGE_ERROR("round %u: cannot allocate the training buffers for %s batch %d: %s; skipping "
+                    "the round", ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
+        not_sent(c, ri->round, ret);
+        ret = FEDGE_OK;
+        *result = ROUND_SKIPPED;
+        goto cleanup;
+    }
     if (ret == FEDGE_ERR_CONTROL_RANGE) {
         FEDGE_ERROR("round %u: training refused: %s; nothing sent, c_i kept", ri->round,
                     fedge_strerror(ret));
