@@ -40,6 +40,19 @@ typedef struct {
     uint8_t version[FEDGE_HASH_LEN];
 } cached_control;
 
+/* SCAFFOLD's state: the server variate c (GET /control) and the client
+ * variate c_i of the round (read from control_path each round: the file is
+ * the committed c_i, written only once the aggregator accepted an update).
+ * Allocated by the first SCAFFOLD round, freed by a plain round: a plain
+ * round does not hold its two model structs (FEDGE_EDGE_SCAFFOLD_HEAP). */
+typedef struct {
+    cached_control control;
+    int control_without_etag;
+    fedge_model client_control;
+} scaffold_state;
+_Static_assert(sizeof(scaffold_state) + 16 <= FEDGE_EDGE_SCAFFOLD_HEAP,
+               "the SCAFFOLD plan counts this state");
+
 typedef struct {
     const fedge_edge_config *cfg;
     const volatile sig_atomic_t *stop;
@@ -62,13 +75,8 @@ typedef struct {
     uint32_t round_id;        /* that round's id, while round_end_ms is set */
     uint64_t polled_ms;       /* when the last /round answer arrived */
     uint32_t rtt_logged_ms;   /* the RTT last logged (0: none yet) */
-    fedge_edge_reply reply; /* 4 KiB: kept off the stack */
-    /* SCAFFOLD: the server variate c (GET /control), the client variate c_i
-     * of the round (read from control_path each round: the file is the
-     * committed c_i, written only once the aggregator accepted an update). */
-    cached_control control;
-    int control_without_etag;
-    fedge_model client_control;
+    fedge_edge_reply reply;
+    scaffold_state *scaffold; /* NULL outside SCAFFOLD rounds */
     char *control_path;       /* <state_dir>/<id>.control; NULL without --state-dir */
     /* push (CoAP Observe on /round) and the finished marker */
     char *finished_path;      /* <state_dir>/<id>.finished; NULL without --state-dir */
@@ -315,6 +323,16 @@ static void control_drop(cached_control *cc)
     memset(cc->version, 0, sizeof cc->version);
 }
 
+static void scaffold_free(edge_client *c)
+{
+    if (!c->scaffold)
+        return;
+    control_drop(&c->scaffold->control);
+    fedge_model_free(&c->scaffold->client_control);
+    free(c->scaffold);
+    c->scaffold = NULL;
+}
+
 /* Like fedge_edge_trainer_set_global: the old copy goes first (memory stays
  * bounded), and a body for another spec is refused. */
 static int control_sink(void *arg, const uint8_t *data, size_t len)
@@ -480,31 +498,32 @@ static int fetch_model(edge_client *c, const fedge_round_info *ri, round_result 
 static int fetch_control(edge_client *c, const fedge_round_info *ri, round_result *result,
                          int *usable)
 {
-    c->control.spec = &ri->spec;
-    if (c->control.have && !same_spec_text(&c->control.m.spec, &ri->spec))
-        control_drop(&c->control);
+    cached_control *cc = &c->scaffold->control;
+    cc->spec = &ri->spec;
+    if (cc->have && !same_spec_text(&cc->m.spec, &ri->spec))
+        control_drop(cc);
     versioned_fetch f = {
         .path = "control",
         .noun = "control variate",
         .announced = "control=",
         .want = ri->control,
-        .have = &c->control.have,
-        .version = c->control.version,
+        .have = &cc->have,
+        .version = cc->version,
         .sink = control_sink,
-        .sink_arg = &c->control,
-        .without_etag = &c->control_without_etag,
+        .sink_arg = cc,
+        .without_etag = &c->scaffold->control_without_etag,
     };
     return fetch_versioned(c, ri, &f, result, usable);
 }
 
-/* The client control variate c_i for this round into c->client_control
+/* The client control variate c_i for this round into c->scaffold->client_control
  * (control.h): the committed file, or zeros with a word why. */
 static int load_client_control(edge_client *c, const fedge_round_info *ri, float bound)
 {
     fedge_control_status st;
     int why;
-    int ret = fedge_edge_control_load(c->control_path, &ri->spec, ri->run_id, bound, &c->client_control,
-                                      &st, &why);
+    int ret = fedge_edge_control_load(c->control_path, &ri->spec, ri->run_id, bound,
+                                      &c->scaffold->client_control, &st, &why);
     if (ret != FEDGE_OK)
         return ret;
     switch (st) {
@@ -591,13 +610,16 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                       ram.peak <= (size_t)cfg->max_memory_mb * 1024u * 1024u;
     }
     int replanned = 0;
-    if (!scaffold && (t->control_delta || c->control.have)) {
+    if (!scaffold && (t->control_delta || c->scaffold)) {
         /* back to a plain round: nothing SCAFFOLD's stays resident */
         fedge_edge_trainer_drop_control(t);
-        control_drop(&c->control);
+        scaffold_free(c);
         replanned = 1;
     }
-    ret = fedge_edge_trainer_prepare(t, &ri->spec, ri->batch, &resized);
+    if (scaffold && !c->scaffold && !(c->scaffold = calloc(1, sizeof *c->scaffold)))
+        ret = FEDGE_ERR_NOMEM;
+    if (ret == FEDGE_OK)
+        ret = fedge_edge_trainer_prepare(t, &ri->spec, ri->batch, &resized);
     resized |= replanned;
     if (ret == FEDGE_OK && scaffold && !t->control_delta) {
         ret = fedge_edge_trainer_prepare_control(t);
@@ -627,7 +649,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         /* a served c out of all proportion to the model is not trained on:
          * c_i+ would carry it into the file for good (control.h) */
         float bound = fedge_edge_control_bound(&t->global, ri->lr), max_abs;
-        if (fedge_edge_control_check(c->control.m.params, c->control.m.n_params, bound, &max_abs) !=
+        const fedge_model *cm = &c->scaffold->control.m;
+        if (fedge_edge_control_check(cm->params, cm->n_params, bound, &max_abs) !=
             FEDGE_OK) {
             FEDGE_ERROR("round %u: the served control variate is implausible (max |c| %g, bound %g = "
                         "%g x max(1, max|w|) / lr); skipping the round", ri->round, (double)max_abs,
@@ -649,8 +672,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         .weight_decay = ri->weight_decay,
         .seed = cfg->seed + ri->round,
         .prox_mu = ri->prox_mu,
-        .control = scaffold ? c->control.m.params : NULL,
-        .client_control = scaffold ? c->client_control.params : NULL,
+        .control = scaffold ? c->scaffold->control.m.params : NULL,
+        .client_control = scaffold ? c->scaffold->client_control.params : NULL,
         .base_file = c->base_path,
         .round = ri->round,
         .base_ram_fallback = base_ram_ok,
@@ -671,6 +694,15 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         ret = FEDGE_OK;
         *result = ROUND_DONE;
         not_sent(c, ri->round, FEDGE_ERR_MODEL_NONFINITE);
+        goto cleanup;
+    }
+    if (ret == FEDGE_ERR_NOMEM) {
+        /* the pass's buffers and the velocity are allocated by train() */
+        FEDGE_ERROR("round %u: cannot allocate the training buffers for %s batch %d: %s; skipping "
+                    "the round", ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
+        not_sent(c, ri->round, ret);
+        ret = FEDGE_OK;
+        *result = ROUND_SKIPPED;
         goto cleanup;
     }
     if (ret == FEDGE_ERR_CONTROL_RANGE) {
@@ -811,7 +843,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         blob = NULL;
         fedge_update_stream_free(sealed);
         sealed = NULL;
-        ret = fedge_edge_control_commit(c->control_path, ri->run_id, &c->client_control);
+        ret = fedge_edge_control_commit(c->control_path, ri->run_id, &c->scaffold->client_control);
         if (ret != FEDGE_OK) {
             FEDGE_ERROR("round %u: cannot persist the client control variate %s: %s; stopping "
                         "(the aggregator has counted this round's control delta)", ri->round,
@@ -821,7 +853,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     }
 cleanup:
     c->round_end_ms = 0;
-    fedge_model_free(&c->client_control); /* read again next round: the file is c_i */
+    if (c->scaffold) /* c_i is read again next round: the file is c_i */
+        fedge_model_free(&c->scaffold->client_control);
     fedge_edge_blob_release(blob);
     fedge_update_stream_free(sealed);
     return ret;
@@ -939,8 +972,7 @@ link:;
 static void teardown(edge_client *c)
 {
     fedge_edge_trainer_free(&c->trainer);
-    control_drop(&c->control);
-    fedge_model_free(&c->client_control);
+    scaffold_free(c);
     free(c->control_path);
     c->control_path = NULL;
     free(c->finished_path);

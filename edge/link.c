@@ -69,14 +69,14 @@ struct fedge_edge_link {
     uint64_t started_ms;     /* when its first exchange left */
     uint64_t heard_ms;       /* when the server last answered one of its exchanges */
     unsigned exchanges_done;
-    exchange slots[FEDGE_EDGE_WINDOW_MAX];
     /* Block transfer: n_blocks blocks of block_size bytes (0: not one). */
     size_t block_size;
     uint32_t n_blocks;
     uint32_t next_num;       /* next block to send */
     uint32_t n_acked;        /* blocks answered: 2.31 (Block1) or data (Block2) */
     uint8_t *acked;          /* n_blocks flags */
-    uint32_t resend[FEDGE_EDGE_WINDOW_MAX]; /* blocks whose exchange libcoap gave up */
+    uint32_t *resend;        /* window entries after slots: blocks whose exchange libcoap
+                                gave up */
     unsigned n_resend;
     uint8_t *body;           /* Block2: the body being reassembled */
     size_t body_len;
@@ -92,10 +92,11 @@ struct fedge_edge_link {
     uint32_t obs_seq;
     uint64_t obs_at_ms;
     int obs_fresh;
-    fedge_edge_reply *obs_latest;
+    fedge_edge_reply obs_latest;
     unsigned long handshakes; /* DTLS handshakes completed */
     int tcp;                 /* CoAP over TLS/TCP (RFC 8323) instead of DTLS */
     int bert;                /* the Block1 upload in flight uses BERT blocks (SZX 7) */
+    exchange slots[];        /* window entries, then resend's */
 };
 
 /* libcoap's process-wide state (coap_startup/coap_cleanup, the log levels,
@@ -393,7 +394,7 @@ static int requeue_block(fedge_edge_link *l, const coap_pdu_t *sent)
     if (l->state != REQ_WAITING || !l->block_size || !sent)
         return 0;
     exchange *x = find_exchange(l, sent);
-    if (!x || l->n_resend >= FEDGE_EDGE_WINDOW_MAX)
+    if (!x || l->n_resend >= l->window)
         return 0;
     x->in_use = 0;
     l->resend[l->n_resend++] = x->num;
@@ -594,7 +595,7 @@ static void on_notification(fedge_edge_link *l, const coap_pdu_t *received)
         return;
     l->obs_seq = seq;
     l->obs_at_ms = now;
-    fedge_edge_reply *rep = l->obs_latest;
+    fedge_edge_reply *rep = &l->obs_latest;
     memset(rep, 0, sizeof *rep);
     rep->code = (int)COAP_RESPONSE_CLASS(code) * 100 + (int)(code & 0x1f);
     rep->has_observe = 1;
@@ -817,20 +818,17 @@ int fedge_edge_link_open(const fedge_edge_link_config *cfg, fedge_edge_link **ou
                  cfg->insecure ? "" : "/TLS");
         FAIL(FEDGE_ERR_UNSUPPORTED);
     }
-    l = calloc(1, sizeof *l);
+    unsigned window = cfg->window ? cfg->window : FEDGE_EDGE_WINDOW;
+    l = calloc(1, sizeof *l + window * (sizeof l->slots[0] + sizeof l->resend[0]));
     if (!l)
         FAIL(FEDGE_ERR_NOMEM);
+    l->window = window;
+    l->resend = (uint32_t *)(l->slots + window);
     l->insecure = cfg->insecure;
     l->tcp = cfg->tcp;
     l->ack_timeout_ms = cfg->ack_timeout_ms;
     l->handshake_timeout_ms =
         cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : FEDGE_EDGE_HANDSHAKE_MS;
-    l->window = cfg->window ? cfg->window : FEDGE_EDGE_WINDOW;
-    l->obs_latest = calloc(1, sizeof *l->obs_latest);
-    if (!l->obs_latest) {
-        snprintf(err, errlen, "out of memory");
-        FAIL(FEDGE_ERR_NOMEM);
-    }
     fedge_link_rtt_init(&l->rtt);
     snprintf(l->id, sizeof l->id, "%s", cfg->id);
     if (!cfg->insecure) {
@@ -894,7 +892,6 @@ void fedge_edge_link_close(fedge_edge_link *l)
         coap_free_context(l->ctx);
     }
     mbedtls_platform_zeroize(l->psk, sizeof l->psk);
-    free(l->obs_latest);
     free(l);
     coap_global_release();
 }
@@ -953,7 +950,7 @@ static void end_request(fedge_edge_link *l)
     free(l->body);
     l->acked = NULL;
     l->body = NULL;
-    memset(l->slots, 0, sizeof l->slots);
+    memset(l->slots, 0, l->window * sizeof l->slots[0]);
     l->block_size = 0;
     l->n_blocks = 0;
     l->next_num = 0;
@@ -1143,7 +1140,7 @@ int fedge_edge_link_observing(const fedge_edge_link *l)
 
 const fedge_edge_reply *fedge_edge_link_observe_peek(const fedge_edge_link *l)
 {
-    return l && l->obs_fresh ? l->obs_latest : NULL;
+    return l && l->obs_fresh ? &l->obs_latest : NULL;
 }
 
 int fedge_edge_link_observe_wait(fedge_edge_link *l, uint32_t ms, fedge_edge_reply *out, int *got,
@@ -1155,7 +1152,7 @@ int fedge_edge_link_observe_wait(fedge_edge_link *l, uint32_t ms, fedge_edge_rep
     uint64_t deadline = now_ms() + ms;
     for (;;) {
         if (l->obs_fresh) {
-            *out = *l->obs_latest;
+            *out = l->obs_latest;
             l->obs_fresh = 0;
             *got = 1;
             return FEDGE_OK;

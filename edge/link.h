@@ -30,7 +30,10 @@
 
 #include "link_rtt.h"
 
-#define FEDGE_EDGE_REPLY_MAX 4096
+/* A copied reply body: a /round answer (the aggregator's are under 1024
+ * bytes, one message) or an error's reason; bodies larger than this go
+ * to a sink. */
+#define FEDGE_EDGE_REPLY_MAX 1024
 #define FEDGE_EDGE_BLOCK_SZX 6u     /* the largest Block1/Block2 size over UDP (BERT is TCP only) */
 #define FEDGE_EDGE_BLOCK_BYTES 1024u
 #define FEDGE_EDGE_WINDOW 10u       /* exchanges in flight: RFC 9177's MAX_PAYLOADS */

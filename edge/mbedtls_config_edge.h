@@ -32,6 +32,7 @@
 #define MBEDTLS_CTR_DRBG_C
 #define MBEDTLS_ENTROPY_C
 #define MBEDTLS_ENTROPY_FORCE_SHA256
+#define MBEDTLS_ENTROPY_MAX_SOURCES 2 /* the OS (getrandom) and the timing source */
 
 /* DTLS 1.2, client, PSK */
 #define MBEDTLS_SSL_TLS_C
@@ -43,10 +44,12 @@
 #define MBEDTLS_SSL_EXTENDED_MASTER_SECRET
 #define MBEDTLS_KEY_EXCHANGE_PSK_ENABLED
 #define MBEDTLS_SSL_CIPHERSUITES MBEDTLS_TLS_PSK_WITH_AES_128_CCM_8
-/* Records carry one CoAP message of at most one 1 KiB block plus headers
- * (libcoap's 1152-byte message limit); handshake messages are smaller. */
-#define MBEDTLS_SSL_IN_CONTENT_LEN  2048
-#define MBEDTLS_SSL_OUT_CONTENT_LEN 2048
+/* A record carries one CoAP message: libcoap over DTLS (this edge and the
+ * aggregator) sends at most its 1152-byte MTU less the DTLS overhead (29)
+ * and 4, i.e. a 1 KiB block with its header and options; PSK handshake
+ * messages are far smaller. A larger record would be dropped. */
+#define MBEDTLS_SSL_IN_CONTENT_LEN  1152
+#define MBEDTLS_SSL_OUT_CONTENT_LEN 1152
 
 /* libcoap logs mbedtls_strerror() (a stub here) and the version */
 #define MBEDTLS_ERROR_STRERROR_DUMMY

@@ -147,6 +147,7 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
     m.sealed = sealed;
     m.link = fedge_edge_base_heap();
     if (scaffold) {
+        m.link += FEDGE_EDGE_SCAFFOLD_HEAP;
         m.control = m.client_control = m.control_delta = n * sizeof(float);
         m.grad += n * sizeof(float); /* the model delta, before dc */
     }
@@ -156,14 +157,17 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
      * unless it went to the base file; POST /update: the sealer, and the
      * global model unless it went to the file. */
     size_t base = velocity == FEDGE_EDGE_VELOCITY_BASE_FILE ? 0 : m.global;
+    /* a training pass's buffers exist only inside train(), after the base
+     * went to the file */
+    size_t pass = chunk * sizeof(float) + m.scratch + m.batch;
     size_t phase = body;
     if (m.global > phase)
         phase = m.global;
-    if (m.velocity + base > phase)
-        phase = m.velocity + base;
+    if (pass + m.velocity + base > phase)
+        phase = pass + m.velocity + base;
     if (sealed + base > phase)
         phase = sealed + base;
-    m.peak = m.link + m.local + m.grad + m.scratch + m.batch + m.record + m.control +
+    m.peak = m.link + m.local + (m.grad - chunk * sizeof(float)) + m.record + m.control +
              m.client_control + m.control_delta + phase;
     *out = m;
     return FEDGE_OK;
@@ -218,6 +222,38 @@ void fedge_edge_trainer_init(fedge_edge_trainer *t)
     memset(t, 0, sizeof *t);
 }
 
+static void free_pass(fedge_edge_trainer *t)
+{
+    free(t->gchunk);
+    free(t->scratch);
+    free(t->xbatch);
+    free(t->xbatch_u8);
+    free(t->ybatch);
+    t->gchunk = t->scratch = t->xbatch = NULL;
+    t->xbatch_u8 = t->ybatch = NULL;
+}
+
+/* The buffers of a training pass, which train() holds only while it trains:
+ * the gradient slice, the model's scratch for t->micro rows, and one
+ * minibatch of features as the shard stores them (u8 stays u8) and labels. */
+static int alloc_pass(fedge_edge_trainer *t, int feature_type)
+{
+    const fedge_model_spec *spec = &t->local.spec;
+    size_t rows = (size_t)t->batch * (size_t)spec->input_dim;
+    t->gchunk = malloc(fedge_model_grad_chunk_floats(spec) * sizeof(float));
+    t->scratch = malloc(fedge_model_scratch_floats(spec, t->micro) * sizeof(float));
+    t->ybatch = malloc((size_t)t->batch);
+    if (feature_type == FEDGE_SHARD_U8)
+        t->xbatch_u8 = malloc(rows);
+    else
+        t->xbatch = malloc(rows * sizeof(float));
+    if (!t->gchunk || !t->scratch || !t->ybatch || (!t->xbatch_u8 && !t->xbatch)) {
+        free_pass(t);
+        return FEDGE_ERR_NOMEM;
+    }
+    return FEDGE_OK;
+}
+
 static void drop_global(fedge_edge_trainer *t)
 {
     fedge_model_free(&t->global);
@@ -240,11 +276,7 @@ void fedge_edge_trainer_free(fedge_edge_trainer *t)
     drop_global(t);
     fedge_sgd_free(&t->opt);
     free(t->grad);
-    free(t->gchunk);
-    free(t->scratch);
-    free(t->xbatch);
-    free(t->xbatch_u8);
-    free(t->ybatch);
+    free_pass(t);
     memset(t, 0, sizeof *t);
 }
 
@@ -263,7 +295,7 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
         *resized = 0;
     if (!t || !spec || batch < 1)
         return FEDGE_ERR_INVALID_ARG;
-    int spec_same = t->sized && same_spec(&t->spec, spec);
+    int spec_same = t->sized && same_spec(&t->local.spec, spec);
     if (spec_same && t->batch == batch)
         return FEDGE_OK;
     size_t n = fedge_model_spec_param_count(spec);
@@ -277,35 +309,17 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
         drop_global(t);
         fedge_sgd_free(&t->opt);
         free(t->grad);
-        free(t->gchunk);
         t->grad = NULL;
-        t->gchunk = NULL;
         t->control_delta = NULL;
         t->delta = NULL;
     }
-    free(t->scratch);
-    free(t->xbatch);
-    free(t->xbatch_u8);
-    free(t->ybatch);
-    t->scratch = NULL;
-    t->xbatch = NULL;
-    t->xbatch_u8 = NULL;
-    t->ybatch = NULL;
+    free_pass(t);
     t->sized = 0;
 
     if (!spec_same) {
         CHK(fedge_model_init(&t->local, spec));
         t->opt.n = n; /* the velocity is allocated by train() when momentum needs it */
-        t->gchunk = malloc(fedge_model_grad_chunk_floats(spec) * sizeof(float));
-        if (!t->gchunk)
-            FAIL(FEDGE_ERR_NOMEM);
     }
-    t->scratch = malloc(scratch * sizeof(float));
-    t->ybatch = malloc((size_t)batch);
-    t->xbatch_u8 = malloc((size_t)batch * (size_t)spec->input_dim);
-    if (!t->scratch || !t->ybatch || !t->xbatch_u8)
-        FAIL(FEDGE_ERR_NOMEM);
-    t->spec = *spec;
     t->batch = batch;
     t->micro = micro;
     t->sized = 1;
@@ -352,7 +366,7 @@ static int adopt_global(fedge_edge_trainer *t, int ret, fedge_model *m,
 {
     if (ret != FEDGE_OK)
         return ret;
-    if (!same_spec(&m->spec, &t->spec)) {
+    if (!same_spec(&m->spec, &t->local.spec)) {
         fedge_model_free(m);
         return FEDGE_ERR_MODEL_SHAPE;
     }
@@ -418,29 +432,6 @@ static int step_slice(void *arg, size_t off, float *g, size_t n)
         w[i] -= lr * (g[i] + wd * w[i]);
     return FEDGE_OK;
 }
-
-/* The minibatch's features in the shard's type: u8 as stored (prepare's
- * buffer), else floats (allocated by the first round on an f32 shard, the
- * u8 buffer freed). */
-static int ensure_input(fedge_edge_trainer *t, int feature_type)
-{
-    size_t rows = (size_t)t->batch * (size_t)t->spec.input_dim;
-    if (feature_type == FEDGE_SHARD_U8) {
-        if (!t->xbatch_u8) {
-            free(t->xbatch);
-            t->xbatch = NULL;
-            if (!(t->xbatch_u8 = malloc(rows)))
-                return FEDGE_ERR_NOMEM;
-        }
-    } else {
-        free(t->xbatch_u8);
-        t->xbatch_u8 = NULL;
-        if (!t->xbatch && !(t->xbatch = malloc(rows * sizeof(float))))
-            return FEDGE_ERR_NOMEM;
-    }
-    return FEDGE_OK;
-}
-
 
 static void base_header(uint8_t hdr[BASE_HEADER_LEN], uint32_t round,
                         const uint8_t version[FEDGE_HASH_LEN], uint64_t n)
@@ -571,7 +562,7 @@ static int train_micro(fedge_edge_trainer *t, int got, uint64_t dropout_seed, st
                        float *loss)
 {
     int ret = FEDGE_OK;
-    size_t dim = (size_t)t->spec.input_dim;
+    size_t dim = (size_t)t->local.spec.input_dim;
     accum_ctx a = {sc->velocity, sc->cfg->momentum, 0.0f, 1};
     double sum = 0.0;
     for (int r0 = 0; r0 < got; r0 += t->micro) {
@@ -614,14 +605,12 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
         return FEDGE_ERR_INVALID_ARG;
     if (!t->have_global || (p->control && !t->control_delta))
         return FEDGE_ERR_STATE;
-    const fedge_model_spec *spec = &t->spec;
+    const fedge_model_spec *spec = &t->local.spec;
     if (shard->dim != spec->input_dim || shard->n_classes > spec->classes ||
         shard->n == 0)
         return FEDGE_ERR_MODEL_SHAPE;
 
-    int ret = ensure_input(t, shard->feature_type);
-    if (ret != FEDGE_OK)
-        return ret;
+    int ret = FEDGE_OK;
     size_t n = t->local.n_params;
     if (!(p->momentum >= 0.0f && p->momentum < 1.0f))
         return FEDGE_ERR_INVALID_ARG;
@@ -673,6 +662,7 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
         t->spilled = 1;
         w_global = NULL;
     }
+    CHK(alloc_pass(t, shard->feature_type));
     if (p->momentum > 0.0f || micro) {
         t->opt.velocity = calloc(n, sizeof(float));
         if (!t->opt.velocity)
@@ -786,6 +776,7 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
 cleanup:
     free(t->opt.velocity);
     t->opt.velocity = NULL;
+    free_pass(t);
     if (t->spilled) {
         unlink(p->base_file); /* read once; a stale one would fail its check anyway */
         if (ret != FEDGE_OK)

@@ -1,13 +1,15 @@
 /* trainer.h — the edge's local training state, sized once per model spec.
  *
- * Buffers (all owned, allocated by fedge_edge_trainer_prepare, freed by
- * fedge_edge_trainer_free): the local model (which holds the delta after
- * training), the round's global model, one velocity, one slice of the
- * gradient (each step is taken slice by slice as the backward pass hands
- * them over: fedge_model_loss_grad_sliced, the same bits as a whole
- * gradient), the model's minibatch scratch, and one minibatch of features
- * as the shard stores them (u8 pixels stay u8: the first layer converts them)
- * and labels. The shard is streamed one record at a time (shard.h), so
+ * Buffers (all owned, freed by fedge_edge_trainer_free): the local model
+ * (allocated by fedge_edge_trainer_prepare; it holds the delta after
+ * training) and the round's global model; while fedge_edge_trainer_train
+ * runs (allocated after a heavy-ball round's base went to its file, freed
+ * before it returns), one velocity, one slice of the gradient (each step
+ * is taken slice by slice as the backward pass hands them over:
+ * fedge_model_loss_grad_sliced, the same bits as a whole gradient), the
+ * model's minibatch scratch, and one minibatch of features as the shard
+ * stores them (u8 pixels stay u8: the first layer converts them) and
+ * labels. The shard is streamed one record at a time (shard.h), so
  * nothing here grows with the shard. fedge_edge_memory_plan gives the byte
  * count of every buffer, including the transient ones (the model body the
  * link reassembles during GET /model, which becomes the global model; the
@@ -47,13 +49,16 @@
  * context and its in and out record buffers). Measured with massif
  * (tools/bench/edge_heap.sh): FEDGE_EDGE_BASE_HEAP with Debian's mbedTLS
  * 2.28 and libcoap (the native build), FEDGE_EDGE_BASE_HEAP_TRIMMED with
- * edge/mbedtls_config_edge.h (2 KiB record buffers) and the client-only
+ * edge/mbedtls_config_edge.h (1152-byte records) and the client-only
  * libcoap (the edge profile: the cross edges, make EDGE_TRIM=1).
  * fedge_edge_base_heap() is this build's. */
-#define FEDGE_EDGE_BASE_HEAP (112u * 1024u)
-#define FEDGE_EDGE_BASE_HEAP_TRIMMED (40u * 1024u)
+#define FEDGE_EDGE_BASE_HEAP (92u * 1024u)
+#define FEDGE_EDGE_BASE_HEAP_TRIMMED (16u * 1024u)
 size_t fedge_edge_base_heap(void);
 #define FEDGE_EDGE_BLOB_HEAP 64u /* fedge_edge_blob and its allocator overhead */
+/* A SCAFFOLD round's client state beside its buffers: the model structs of
+ * c and c_i (a plain round holds none; the plan adds it to link). */
+#define FEDGE_EDGE_SCAFFOLD_HEAP (2u * sizeof(fedge_model) + 96u)
 
 typedef struct {
     size_t local;     /* local model parameters */
@@ -144,14 +149,15 @@ void fedge_edge_memory_format(const fedge_edge_memory *m, char *buf, size_t cap)
 
 typedef struct {
     int sized;                          /* buffers match spec and batch */
-    fedge_model_spec spec;
     int batch;
-    fedge_model local;
+    fedge_model local;                  /* local.spec: the prepared spec */
     fedge_model global;
     int have_global;                    /* global holds a verified model */
     uint8_t global_version[FEDGE_HASH_LEN];
     float *gchunk;                      /* fedge_model_grad_chunk_floats: the gradient
-                                           slice by slice (no whole gradient is held) */
+                                           slice by slice (no whole gradient is held);
+                                           this and the minibatch buffers below are
+                                           NULL outside train() */
     float *grad;                        /* SCAFFOLD only (prepare_control): 2 * n_params,
                                            the delta then dc; NULL otherwise */
     float *control_delta;               /* grad + n_params, or NULL: SCAFFOLD's dc */

@@ -6,6 +6,7 @@
 #
 #   tools/bench/edge_heap.sh [SPEC ...]        (default: softmax:784-10 mlp:784-200-10)
 #   BASE="build-main/native ..." tools/bench/edge_heap.sh   also measures those builds' edges (before)
+#   KEEP_MASSIF=PREFIX MASSIF_OPTS=--threshold=0.1 ...    keep massif's files, finer allocation tree
 #
 # The edge measured is the shipped configuration built for this machine
 # (`make EDGE_TRIM=1 edge`: trimmed mbedTLS, client-only libcoap, the
@@ -52,7 +53,7 @@ for spec in "${specs[@]}"; do
         out="$FED_DIR/massif.$$.out"
         log="$FED_DIR/edge.log"
         rm -rf "$FED_DIR/state"; mkdir -p "$FED_DIR/state"
-        valgrind --tool=massif --massif-out-file="$out" --max-snapshots=200 \
+        valgrind --tool=massif --massif-out-file="$out" --max-snapshots=200 ${MASSIF_OPTS:-} \
             "$b/bin/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-001 --keys "$keys" \
             --state-dir "$FED_DIR/state" \
             --shard "$shard" --max-rounds 1 --print-memory --timeout-ms 60000 >"$log" 2>&1 ||
