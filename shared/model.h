@@ -183,6 +183,16 @@ void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
  * BLAS (the query says 0 and ws may be NULL). The model's passes use it, so
  * the model scratch (fedge_model_scratch_floats) holds the GEMM's. */
 size_t fedge_gemm_scratch_bytes(int M, int N, int K);
+/* The least scratch the portable kernel works in (one MR- and one NR-wide
+ * panel, 32 deep: 1.5 KiB); 0 with a BLAS. */
+size_t fedge_gemm_scratch_min_bytes(int M, int N, int K);
+/* fedge_sgemm_ws with a scratch of ws_bytes, anywhere from the min to the
+ * full size: the portable kernel picks the largest blocks that fit (the same
+ * bits whatever it picks: K is sliced alike). FEDGE_ERR_BUFFER_TOO_SMALL
+ * (C untouched) below the min. */
+int fedge_sgemm_wsn(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                    int ldc, float *ws, size_t ws_bytes);
 void fedge_sgemm_ws(int trans_a, int trans_b, int M, int N, int K, float alpha,
                     const float *A, int lda, const float *B, int ldb, float beta,
                     float *C, int ldc, float *ws);
