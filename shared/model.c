@@ -559,6 +559,7 @@ typedef struct {
     size_t col0_off;
     size_t wt_off;
     size_t gemm_off;
+    size_t gemm;            /* floats at gemm_off: the GEMM's packing (its blocking follows) */
     size_t xin_off;
     size_t xin;             /* floats at xin_off */
     size_t total;
@@ -575,11 +576,15 @@ typedef struct {
 #define XIN_ROWS 8
 #endif
 
-static size_t gemm_floats(size_t M, size_t N, size_t K)
+/* The packing scratch of one product: the full blocking's, or (g_min) the
+ * least the portable kernel takes (fedge_gemm_scratch_min_bytes). */
+static size_t gemm_floats_of(int g_min, size_t M, size_t N, size_t K)
 {
     if (M > INT_MAX || N > INT_MAX || K > INT_MAX)
         return 0;
-    return (fedge_gemm_scratch_bytes((int)M, (int)N, (int)K) + sizeof(float) - 1) / sizeof(float);
+    size_t b = g_min ? fedge_gemm_scratch_min_bytes((int)M, (int)N, (int)K)
+                     : fedge_gemm_scratch_bytes((int)M, (int)N, (int)K);
+    return (b + sizeof(float) - 1) / sizeof(float);
 }
 
 static size_t max3(size_t a, size_t b, size_t c)
@@ -614,8 +619,13 @@ static size_t xin_floats(const fedge_layer *l, size_t B)
 #define PLAN_MAX_FLOATS (SIZE_MAX / 16)
 #endif
 
-static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
+/* Scratch layouts, fastest first: the GEMM's full blocking, or its least
+ * (then every float between that and the full size goes to the GEMM). */
+enum { PLAN_FULL = 0, PLAN_MIN = 1 };
+
+static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_plan *p)
 {
+#define gemm_floats(M, N, K) gemm_floats_of(mode == PLAN_MIN, M, N, K)
     if (batch < 1)
         return FEDGE_ERR_INVALID_ARG;
     memset(p, 0, sizeof *p);
@@ -672,11 +682,35 @@ static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
     p->col0_off = p->col_off + col_max;
     p->wt_off = p->col0_off + col0;
     p->gemm_off = p->wt_off + wt_max;
+    p->gemm = gemm_max;
     p->xin_off = p->gemm_off + gemm_max;
     p->xin = xin_floats(&s->layer[0], B);
     p->total = p->xin_off + p->xin;
     if (p->total > PLAN_MAX_FLOATS)
         return FEDGE_ERR_INVALID_ARG;
+    return FEDGE_OK;
+#undef gemm_floats
+}
+
+/* The fastest layout within have floats (SIZE_MAX: the full one); the GEMM
+ * takes what is left of have, up to its full blocking's size. */
+static int plan_fit(const fedge_model_spec *s, int batch, size_t have, scratch_plan *p)
+{
+    int ret = plan_make(s, batch, PLAN_FULL, p);
+    if (ret != FEDGE_OK || p->total <= have)
+        return ret;
+    size_t full_gemm = p->gemm;
+    ret = plan_make(s, batch, PLAN_MIN, p);
+    if (ret != FEDGE_OK)
+        return ret;
+    if (p->total > have)
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
+    size_t more = have - p->total;
+    if (more > full_gemm - p->gemm)
+        more = full_gemm - p->gemm;
+    p->gemm += more;
+    p->xin_off += more;
+    p->total += more;
     return FEDGE_OK;
 }
 
@@ -684,7 +718,25 @@ size_t fedge_model_scratch_floats(const fedge_model_spec *spec, int batch)
 {
     char text[FEDGE_MODEL_SPEC_MAX];
     scratch_plan p;
-    if (spec_check(spec, text) != FEDGE_OK || plan_make(spec, batch, &p) != FEDGE_OK)
+    if (spec_check(spec, text) != FEDGE_OK || plan_make(spec, batch, PLAN_FULL, &p) != FEDGE_OK)
+        return 0;
+    return p.total;
+}
+
+size_t fedge_model_scratch_floats_min(const fedge_model_spec *spec, int batch)
+{
+    char text[FEDGE_MODEL_SPEC_MAX];
+    scratch_plan p;
+    if (spec_check(spec, text) != FEDGE_OK || plan_make(spec, batch, PLAN_MIN, &p) != FEDGE_OK)
+        return 0;
+    return p.total;
+}
+
+size_t fedge_model_scratch_floats_fit(const fedge_model_spec *spec, int batch, size_t budget)
+{
+    char text[FEDGE_MODEL_SPEC_MAX];
+    scratch_plan p;
+    if (spec_check(spec, text) != FEDGE_OK || plan_fit(spec, batch, budget, &p) != FEDGE_OK)
         return 0;
     return p.total;
 }
@@ -1094,10 +1146,19 @@ typedef struct {
     int col_layer; /* the conv layer whose im2col the col buffer holds, or -1 */
     const uint8_t *xu8; /* a u8 input (x is then NULL, or xin when converted whole) */
     float xscale;
+    int err; /* the first GEMM error (none where the plan sized the scratch) */
 } pass;
 
-/* fedge_sgemm_ws on the pass's GEMM scratch */
-#define GEMM(ps, ...) fedge_sgemm_ws(__VA_ARGS__, (ps)->scratch + (ps)->plan.gemm_off)
+/* fedge_sgemm_wsn on the pass's GEMM scratch, whose size picks the blocking */
+static void gemm_call(pass *ps, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                      int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    int ret = fedge_sgemm_wsn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                              ps->scratch + ps->plan.gemm_off, ps->plan.gemm * sizeof(float));
+    if (ret != FEDGE_OK && ps->err == FEDGE_OK)
+        ps->err = ret;
+}
+#define GEMM(ps, ...) gemm_call(ps, __VA_ARGS__)
 
 /* Rows [r0, r0 + rows) x columns [c0, c0 + cols) of the u8 input as floats,
  * row-major (cols apart), the same floats the shard reader gives. */
@@ -1116,7 +1177,7 @@ static float *xin_block(const pass *ps, int r0, int rows, size_t c0, size_t cols
 
 /* gW[r x in] (ld in) = g[:, j0 .. j0+r)^T x, with x the u8 input in column
  * blocks: every element the same sum over the minibatch as from float rows. */
-static void dense_grad_u8(const pass *ps, const fedge_layer *l, const float *g, int j0, int r,
+static void dense_grad_u8(pass *ps, const fedge_layer *l, const float *g, int j0, int r,
                           float *gW)
 {
     const int B = ps->batch, in = l->in_c * l->in_h * l->in_w;
@@ -1233,7 +1294,8 @@ static int check_model(const fedge_model *m)
     return FEDGE_OK;
 }
 
-static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch)
+/* have: the scratch's floats (SIZE_MAX: fedge_model_scratch_floats's) */
+static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch, size_t have)
 {
     ps->m = m;
     ps->batch = batch;
@@ -1241,7 +1303,8 @@ static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch)
     ps->col_layer = -1;
     ps->xu8 = NULL;
     ps->xscale = 0.0f;
-    return plan_make(&m->spec, batch, &ps->plan);
+    ps->err = FEDGE_OK;
+    return plan_fit(&m->spec, batch, have, &ps->plan);
 }
 
 /* A u8 input: x is NULL (layer 0 reads it in blocks), or the whole minibatch
@@ -1262,10 +1325,12 @@ int fedge_model_forward(const fedge_model *m, const float *x, int batch, float *
     if (check_model(m) != FEDGE_OK || x == NULL || batch < 1 || scratch == NULL || probs == NULL)
         return FEDGE_ERR_INVALID_ARG;
     pass ps;
-    int ret = pass_init(&ps, m, batch, scratch);
+    int ret = pass_init(&ps, m, batch, scratch, SIZE_MAX);
     if (ret != FEDGE_OK)
         return ret;
     const float *p = forward_pass(&ps, x, 0, 0, NULL, NULL);
+    if (ps.err != FEDGE_OK)
+        return ps.err;
     memcpy(probs, p, (size_t)batch * m->spec.classes * sizeof(float));
     return FEDGE_OK;
 }
@@ -1298,7 +1363,7 @@ size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec)
  * layer's after its input gradient is formed; without: into grad whole. */
 static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu8, float xscale,
                          const uint8_t *y, int batch, uint64_t dropout_seed, float *scratch,
-                         float *grad, float *chunk, fedge_grad_sink sink, void *sink_arg,
+                         size_t have, float *grad, float *chunk, fedge_grad_sink sink, void *sink_arg,
                          float *loss)
 {
     if (check_model(m) != FEDGE_OK || (x == NULL) == (xu8 == NULL) || y == NULL || batch < 1 ||
@@ -1312,7 +1377,7 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
     if (ret != FEDGE_OK)
         return ret;
     pass ps;
-    ret = pass_init(&ps, m, batch, scratch);
+    ret = pass_init(&ps, m, batch, scratch, have);
     if (ret != FEDGE_OK)
         return ret;
     if (xu8)
@@ -1320,6 +1385,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
 
     double loss_sum = 0.0;
     float *g = forward_pass(&ps, x, 1, dropout_seed, y, &loss_sum);
+    if (ps.err != FEDGE_OK)
+        return ps.err;
     if (loss != NULL)
         *loss = (float)(loss_sum / batch);
     if (sink && !isfinite((float)(loss_sum / batch)))
@@ -1451,6 +1518,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
                 dropout_apply(l, i, dropout_seed, g, g, B, in_nhwc);
             break;
         }
+        if (ps.err != FEDGE_OK)
+            return ps.err;
     }
 cleanup:
     return ret;
@@ -1461,18 +1530,38 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
 {
     if (x == NULL)
         return FEDGE_ERR_INVALID_ARG;
-    return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, grad, NULL, NULL, NULL,
-                         loss);
+    return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, SIZE_MAX, grad, NULL,
+                         NULL, NULL, loss);
+}
+
+int fedge_model_loss_grad_sliced_n(const fedge_model *m, const float *x, const uint8_t *y,
+                                   int batch, uint64_t dropout_seed, float *scratch,
+                                   size_t scratch_floats, float *chunk, fedge_grad_sink sink,
+                                   void *sink_arg, float *loss)
+{
+    if (sink == NULL || x == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, scratch_floats, NULL,
+                         chunk, sink, sink_arg, loss);
 }
 
 int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,
                                  int batch, uint64_t dropout_seed, float *scratch, float *chunk,
                                  fedge_grad_sink sink, void *sink_arg, float *loss)
 {
-    if (sink == NULL || x == NULL)
+    return fedge_model_loss_grad_sliced_n(m, x, y, batch, dropout_seed, scratch, SIZE_MAX, chunk,
+                                          sink, sink_arg, loss);
+}
+
+int fedge_model_loss_grad_sliced_u8_n(const fedge_model *m, const uint8_t *x, float scale,
+                                      const uint8_t *y, int batch, uint64_t dropout_seed,
+                                      float *scratch, size_t scratch_floats, float *chunk,
+                                      fedge_grad_sink sink, void *sink_arg, float *loss)
+{
+    if (sink == NULL || x == NULL || !isfinite(scale))
         return FEDGE_ERR_INVALID_ARG;
-    return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, NULL, chunk, sink,
-                         sink_arg, loss);
+    return loss_backward(m, NULL, x, scale, y, batch, dropout_seed, scratch, scratch_floats, NULL,
+                         chunk, sink, sink_arg, loss);
 }
 
 int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, float scale,
@@ -1480,14 +1569,19 @@ int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, floa
                                     float *scratch, float *chunk, fedge_grad_sink sink,
                                     void *sink_arg, float *loss)
 {
-    if (sink == NULL || x == NULL || !isfinite(scale))
-        return FEDGE_ERR_INVALID_ARG;
-    return loss_backward(m, NULL, x, scale, y, batch, dropout_seed, scratch, NULL, chunk, sink,
-                         sink_arg, loss);
+    return fedge_model_loss_grad_sliced_u8_n(m, x, scale, y, batch, dropout_seed, scratch,
+                                             SIZE_MAX, chunk, sink, sink_arg, loss);
 }
 
 int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y, size_t n,
                          int batch, float *scratch, size_t *n_correct, double *loss_sum)
+{
+    return fedge_model_evaluate_n(m, x, y, n, batch, scratch, SIZE_MAX, n_correct, loss_sum);
+}
+
+int fedge_model_evaluate_n(const fedge_model *m, const float *x, const uint8_t *y, size_t n,
+                           int batch, float *scratch, size_t scratch_floats, size_t *n_correct,
+                           double *loss_sum)
 {
     if (check_model(m) != FEDGE_OK || (n > 0 && (x == NULL || y == NULL)) || batch < 1 ||
         scratch == NULL)
@@ -1502,10 +1596,12 @@ int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y,
     for (size_t r0 = 0; r0 < n; r0 += (size_t)batch) {
         int rows = n - r0 < (size_t)batch ? (int)(n - r0) : batch;
         pass ps;
-        ret = pass_init(&ps, m, rows, scratch);
+        ret = pass_init(&ps, m, rows, scratch, scratch_floats);
         if (ret != FEDGE_OK)
             return ret;
         const float *p = forward_pass(&ps, x + r0 * (size_t)s->input_dim, 0, 0, y + r0, &total);
+        if (ps.err != FEDGE_OK)
+            return ps.err;
         for (int i = 0; i < rows; i++) {
             const float *row = p + (size_t)i * classes;
             int best = 0;

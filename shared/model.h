@@ -130,6 +130,15 @@ size_t fedge_model_scratch_floats(const fedge_model_spec *spec, int batch);
 /* The largest batch in 1..batch whose scratch is within the limit above (0 if
  * not even one row fits): how many rows a wide model can take per call. */
 int fedge_model_max_batch(const fedge_model_spec *spec, int batch);
+/* Scratch layouts are chosen at run time from the scratch a pass is given
+ * (the _n calls' scratch_floats; the plain calls assume
+ * fedge_model_scratch_floats): the fastest that fits, the GEMM's blocking
+ * taking what is left (model.c's plan). _min: the least a pass of batch rows
+ * works in; _fit: what a pass makes of a budget of that many floats (the
+ * full size when it fits, else the budget, 0 below _min). The same bits
+ * whatever the size (gemm.c: only the blocking changes, not the sums). */
+size_t fedge_model_scratch_floats_min(const fedge_model_spec *spec, int batch);
+size_t fedge_model_scratch_floats_fit(const fedge_model_spec *spec, int batch, size_t budget);
 
 /* Inference (dropout is the identity). probs: batch x classes. */
 int fedge_model_forward(const fedge_model *m, const float *x, int batch,
@@ -164,6 +173,16 @@ int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, floa
                                     const uint8_t *y, int batch, uint64_t dropout_seed,
                                     float *scratch, float *chunk, fedge_grad_sink sink,
                                     void *sink_arg, float *loss);
+/* The same with a scratch of scratch_floats floats (at least
+ * fedge_model_scratch_floats_min; FEDGE_ERR_BUFFER_TOO_SMALL below). */
+int fedge_model_loss_grad_sliced_n(const fedge_model *m, const float *x, const uint8_t *y,
+                                   int batch, uint64_t dropout_seed, float *scratch,
+                                   size_t scratch_floats, float *chunk, fedge_grad_sink sink,
+                                   void *sink_arg, float *loss);
+int fedge_model_loss_grad_sliced_u8_n(const fedge_model *m, const uint8_t *x, float scale,
+                                      const uint8_t *y, int batch, uint64_t dropout_seed,
+                                      float *scratch, size_t scratch_floats, float *chunk,
+                                      fedge_grad_sink sink, void *sink_arg, float *loss);
 int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y,
                           int batch, uint64_t dropout_seed, float *scratch, float *grad,
                           float *loss);
@@ -172,6 +191,9 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
 int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y,
                          size_t n, int batch, float *scratch, size_t *n_correct,
                          double *loss_sum);
+int fedge_model_evaluate_n(const fedge_model *m, const float *x, const uint8_t *y, size_t n,
+                           int batch, float *scratch, size_t scratch_floats, size_t *n_correct,
+                           double *loss_sum);
 
 /* C[M x N] = alpha * op(A) * op(B) + beta * C, row-major, op = transpose when
  * the flag is set. The one GEMM used by the CPU paths (see gemm.c / blas). */

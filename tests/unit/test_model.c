@@ -918,6 +918,79 @@ static void test_u8_input_same_bits(void **state)
     u8_same_bits("cnn:1x28x28-p2-f16-10", 16);
 }
 
+/* A pass takes the fastest layout its scratch holds (model.c's plan_fit):
+ * from fedge_model_scratch_floats_min up to the full size only the GEMM's
+ * blocking changes, never a sum: the same loss and gradient bits, u8 and
+ * float input, and a scratch one float below the min is refused before any
+ * slice. (With OpenBLAS the GEMM packs nothing and min == full; the
+ * BLAS=none build, make unit-noblas, is where the sizes differ.) */
+static void fit_same_bits(const char *text, int batch)
+{
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse(text, &s), FEDGE_OK);
+    fedge_model m;
+    assert_int_equal(fedge_model_init(&m, &s), FEDGE_OK);
+    fedge_rng r;
+    fedge_rng_seed(&r, 78);
+    assert_int_equal(fedge_model_randomize(&m, &r), FEDGE_OK);
+    size_t dim = (size_t)s.input_dim, n = m.n_params;
+    size_t full = fedge_model_scratch_floats(&s, batch), min = fedge_model_scratch_floats_min(&s, batch);
+    assert_true(min > 0 && min <= full);
+    assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, full + 100), full);
+    assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, min), min);
+    if (min > 0)
+        assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, min - 1), 0);
+    uint8_t *xu = malloc((size_t)batch * dim), *y = malloc((size_t)batch);
+    float *scratch = malloc(full * sizeof(float));
+    float *chunk = malloc(fedge_model_grad_chunk_floats(&s) * sizeof(float));
+    float *ga = calloc(n, sizeof(float)), *gb = calloc(n, sizeof(float));
+    assert_true(xu && y && scratch && chunk && ga && gb);
+    for (size_t i = 0; i < (size_t)batch * dim; i++)
+        xu[i] = (uint8_t)(fedge_rng_u64(&r) >> 56);
+    for (int i = 0; i < batch; i++)
+        y[i] = (uint8_t)(fedge_rng_u64(&r) % (uint64_t)s.classes);
+    collect a = {ga, 0};
+    float la, lb;
+    assert_int_equal(fedge_model_loss_grad_sliced_u8(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch, 5,
+                                                     scratch, chunk, collect_sink, &a, &la),
+                     FEDGE_OK);
+    size_t sizes[] = {min, min + 1, min + (full - min) / 3, full - (full > min)};
+    for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+        collect b = {gb, 0};
+        memset(scratch, 0xff, full * sizeof(float)); /* NaNs */
+        assert_int_equal(fedge_model_loss_grad_sliced_u8_n(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch,
+                                                           5, scratch, sizes[z], chunk,
+                                                           collect_sink, &b, &lb),
+                         FEDGE_OK);
+        assert_memory_equal(&la, &lb, sizeof la);
+        assert_int_equal(a.calls, b.calls);
+        assert_memory_equal(ga, gb, n * sizeof(float));
+    }
+    collect c = {gb, 0};
+    assert_int_equal(fedge_model_loss_grad_sliced_u8_n(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch, 5,
+                                                       scratch, min - 1, chunk, collect_sink, &c,
+                                                       &lb),
+                     FEDGE_ERR_BUFFER_TOO_SMALL);
+    assert_int_equal(c.calls, 0);
+    free(xu);
+    free(y);
+    free(scratch);
+    free(chunk);
+    free(ga);
+    free(gb);
+    fedge_model_free(&m);
+}
+
+static void test_scratch_fit_same_bits(void **state)
+{
+    (void)state;
+    fit_same_bits("softmax:784-10", 32);
+    fit_same_bits("mlp:784-200-10", 13);
+    fit_same_bits("cnn:1x28x28-c4k5-p2-f16-10", 3);
+    fit_same_bits("cnn:1x28x28-c8k5-p2-f64-10", 1);
+    fit_same_bits("cnn:3x12x12-c6k3p1-p2-c8k3-d20-10", 5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -926,6 +999,7 @@ int main(void)
         cmocka_unit_test(test_spec_format_and_id),
         cmocka_unit_test(test_init_views_free),
         cmocka_unit_test(test_u8_input_same_bits),
+        cmocka_unit_test(test_scratch_fit_same_bits),
         cmocka_unit_test(test_gradients_mlp),
         cmocka_unit_test(test_gradients_softmax),
         cmocka_unit_test(test_gradients_conv),
