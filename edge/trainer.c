@@ -99,11 +99,16 @@ static size_t act_budget(const fedge_model_spec *spec)
     return budget;
 }
 
-/* Rows by the least layout of a pass (fedge_model_scratch_floats_min); the
- * GEMM's blocking then takes the rest of the budget. */
+/* Rows by the small-GEMM layout (the GEMM's blocking then takes the rest of
+ * the budget); the lean layout only when one row of that is over it. */
+static size_t rows_floats(const fedge_model_spec *spec, int rows)
+{
+    return fedge_model_scratch_floats_layout(spec, rows, FEDGE_SCRATCH_SMALL_GEMM);
+}
+
 int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
 {
-    size_t whole = fedge_model_scratch_floats_min(spec, batch);
+    size_t whole = rows_floats(spec, batch);
     if (whole == 0)
         return 0;
     size_t budget = act_budget(spec);
@@ -112,7 +117,7 @@ int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
     int lo = 1, hi = batch - 1, fits = 1; /* the scratch grows with the rows: bisect */
     while (lo <= hi) {
         int mid = lo + (hi - lo) / 2;
-        size_t f = fedge_model_scratch_floats_min(spec, mid);
+        size_t f = rows_floats(spec, mid);
         if (f != 0 && f * sizeof(float) <= budget) {
             fits = mid;
             lo = mid + 1;

@@ -55,6 +55,11 @@ size_t fedge_sgemm_portable_scratch_bytes(int M, int N, int K);
  * FEDGE_ERR_BUFFER_TOO_SMALL and C is untouched; the same bits as with the
  * full scratch. */
 size_t fedge_sgemm_portable_scratch_min_bytes(int M, int N, int K);
+/* The depth of the slices the portable kernel cuts K into (equal ones,
+ * at most KC): each slice's terms are summed from zero, one k at a time,
+ * and then added to C. A caller that forms the same sums itself (model.c's
+ * lean conv weight gradient) gets the same bits this way. 0 for K <= 0. */
+int fedge_gemm_k_slice(int K);
 int fedge_sgemm_portable_wsn(int trans_a, int trans_b, int M, int N, int K, float alpha,
                              const float *A, int lda, const float *B, int ldb, float beta,
                              float *C, int ldc, float *ws, size_t ws_bytes);

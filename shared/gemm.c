@@ -66,6 +66,11 @@ static int k_step(int K)
     return (K + kslices - 1) / kslices;
 }
 
+int fedge_gemm_k_slice(int K)
+{
+    return K > 0 ? k_step(K) : 0;
+}
+
 static size_t round_up(int v, int to)
 {
     return (size_t)((v + to - 1) / to) * (size_t)to;

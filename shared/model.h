@@ -132,11 +132,24 @@ size_t fedge_model_scratch_floats(const fedge_model_spec *spec, int batch);
 int fedge_model_max_batch(const fedge_model_spec *spec, int batch);
 /* Scratch layouts are chosen at run time from the scratch a pass is given
  * (the _n calls' scratch_floats; the plain calls assume
- * fedge_model_scratch_floats): the fastest that fits, the GEMM's blocking
- * taking what is left (model.c's plan). _min: the least a pass of batch rows
- * works in; _fit: what a pass makes of a budget of that many floats (the
- * full size when it fits, else the budget, 0 below _min). The same bits
- * whatever the size (gemm.c: only the blocking changes, not the sums). */
+ * fedge_model_scratch_floats, FULL): the fastest that fits, the GEMM's
+ * blocking taking what is left. FULL: the GEMM's full blocking; SMALL_GEMM:
+ * its least (1.5 KiB); LEAN: also no im2col matrix (one output row at a
+ * time) and no output of a conv followed by a ReLU and a 2x2 pool (two rows
+ * at a time, recomputed in backward: about one more conv forward pass).
+ * Every layout computes the same sums in the same order with the portable
+ * GEMM (gemm.c): the same bits. With a BLAS, LEAN sums a conv's weight
+ * gradient the portable kernel's way rather than the BLAS's (rounding).
+ * _min: the least of the layouts; _fit: what a pass makes of a budget of
+ * that many floats (the full size when it fits, else the budget, 0 below
+ * _min). 0 for an invalid spec or layout. */
+typedef enum {
+    FEDGE_SCRATCH_FULL = 0,
+    FEDGE_SCRATCH_SMALL_GEMM = 1,
+    FEDGE_SCRATCH_LEAN = 2,
+} fedge_scratch_layout;
+size_t fedge_model_scratch_floats_layout(const fedge_model_spec *spec, int batch,
+                                         fedge_scratch_layout layout);
 size_t fedge_model_scratch_floats_min(const fedge_model_spec *spec, int batch);
 size_t fedge_model_scratch_floats_fit(const fedge_model_spec *spec, int batch, size_t budget);
 

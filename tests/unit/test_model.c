@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "blas.h"
 #include "model.h"
 #include "optim.h"
 #include "rng.h"
@@ -273,7 +274,9 @@ static void test_init_views_free(void **state)
     const size_t xin_rows = 8;
 #endif
     size_t xin = xin_rows * 7 > 10 ? xin_rows * 7 : 10; /* at least one float per row */
-    assert_int_equal(fedge_model_scratch_floats(&s, 10), 10 * (5 + 4 + 3 + 2 * 5) + gemm + xin);
+    /* activations 5 + 4 + 3; the two gradient buffers by what backward writes
+     * to each: the last layer's input gradient (4), then the middle one's (5) */
+    assert_int_equal(fedge_model_scratch_floats(&s, 10), 10 * (5 + 4 + 3 + 4 + 5) + gemm + xin);
     fedge_model_free(&m);
     assert_null(m.params);
     fedge_model_free(&m); /* double free is safe */
@@ -955,6 +958,8 @@ static void fit_same_bits(const char *text, int batch)
                                                      scratch, chunk, collect_sink, &a, &la),
                      FEDGE_OK);
     size_t sizes[] = {min, min + 1, min + (full - min) / 3, full - (full > min)};
+    size_t small = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_SMALL_GEMM);
+    int exact = strcmp(fedge_blas_name(), "portable") == 0;
     for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
         collect b = {gb, 0};
         memset(scratch, 0xff, full * sizeof(float)); /* NaNs */
@@ -962,9 +967,20 @@ static void fit_same_bits(const char *text, int batch)
                                                            5, scratch, sizes[z], chunk,
                                                            collect_sink, &b, &lb),
                          FEDGE_OK);
-        assert_memory_equal(&la, &lb, sizeof la);
         assert_int_equal(a.calls, b.calls);
-        assert_memory_equal(ga, gb, n * sizeof(float));
+        if (exact || sizes[z] >= small) {
+            assert_memory_equal(&la, &lb, sizeof la);
+            assert_memory_equal(ga, gb, n * sizeof(float));
+            continue;
+        }
+        /* a BLAS and the lean layout: the conv's weight gradient summed the portable way */
+        assert_true(fabsf(la - lb) <= 1e-6f * fabsf(la));
+        float gmax = 0.0f, dmax = 0.0f;
+        for (size_t i = 0; i < n; i++) {
+            gmax = fabsf(ga[i]) > gmax ? fabsf(ga[i]) : gmax;
+            dmax = fabsf(ga[i] - gb[i]) > dmax ? fabsf(ga[i] - gb[i]) : dmax;
+        }
+        assert_true(dmax <= 1e-5f * gmax);
     }
     collect c = {gb, 0};
     assert_int_equal(fedge_model_loss_grad_sliced_u8_n(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch, 5,
@@ -989,6 +1005,8 @@ static void test_scratch_fit_same_bits(void **state)
     fit_same_bits("cnn:1x28x28-c4k5-p2-f16-10", 3);
     fit_same_bits("cnn:1x28x28-c8k5-p2-f64-10", 1);
     fit_same_bits("cnn:3x12x12-c6k3p1-p2-c8k3-d20-10", 5);
+    fit_same_bits("cnn:2x16x16-c4k3p1-p2-c6k3p1-p2-f8-10", 2); /* a fused conv's input gradient */
+    fit_same_bits("cnn:1x9x9-c3k2-p3s2-c2k2s2-4", 3);           /* none fused */
 }
 
 int main(void)
