@@ -756,6 +756,8 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
     p->gemm = gemm_max;
     p->xin_off = p->gemm_off + gemm_max;
     p->xin = xin_floats(&s->layer[0], B);
+    if (p->lean && s->layer[0].type == FEDGE_LAYER_CONV2D && s->layer[0].in_c == 1)
+        p->xin = (size_t)s->layer[0].k * s->layer[0].in_w; /* the rows one output row reads */
     p->total = p->xin_off + p->xin;
     if (p->total > PLAN_MAX_FLOATS)
         return FEDGE_ERR_INVALID_ARG;
@@ -899,7 +901,7 @@ static strides layout_strides(int C, int H, int W, int nhwc)
 /* im2col for one input channel: for each (ki, kj) a strided column of the col
  * matrix filled from a contiguous run of an input row. */
 static void im2col_1(const fedge_layer *l, float *in, strides t, int b, int oh0, int oh1,
-                     float *col, int add)
+                     int row0, float *col, int add)
 {
     const int H = l->in_h, W = l->in_w, k = l->k, s = l->stride, pad = l->pad;
     const int OW = l->out_w;
@@ -908,7 +910,7 @@ static void im2col_1(const fedge_layer *l, float *in, strides t, int b, int oh0,
             float *rows = col + (size_t)(oh - oh0) * OW * K;
             for (int ki = 0; ki < k; ki++) {
                 const int ih = oh * s - pad + ki;
-                float *srow = in + (size_t)b * t.bs + (size_t)(ih < 0 ? 0 : ih) * t.hs;
+                float *srow = in + (size_t)b * t.bs + (size_t)(ih < row0 ? 0 : ih - row0) * t.hs;
                 for (int kj = 0; kj < k; kj++) {
                     float *dst = rows + (size_t)ki * k + kj;
                     if (ih >= H || ih < 0) {
@@ -941,17 +943,17 @@ static void im2col_1(const fedge_layer *l, float *in, strides t, int b, int oh0,
 }
 
 /* Output rows [oh0, oh1) of sample b: col[(oh - oh0)*OW + ow][(ki*k + kj)*C + c] =
- * in(b, c, oh*s - p + ki, ow*s - p + kj), zero outside the input. With add
- * set, the transpose: in += col (col2im). */
+ * in(b, c, oh*s - p + ki, ow*s - p + kj), zero outside the input; in holds
+ * the input from row row0 on. With add set, the transpose: in += col (col2im). */
 static void im2col_rows(const fedge_layer *l, float *in, int nhwc, int b, int oh0, int oh1,
-                        float *col, int add)
+                        int row0, float *col, int add)
 {
     const int C = l->in_c, H = l->in_h, W = l->in_w, k = l->k, s = l->stride, pad = l->pad;
     const int OW = l->out_w;
     const strides t = layout_strides(C, H, W, nhwc);
     const size_t K = (size_t)k * k * C, kc = (size_t)k * C;
     if (C == 1) {
-        im2col_1(l, in, t, b, oh0, oh1, col, add);
+        im2col_1(l, in, t, b, oh0, oh1, row0, col, add);
         return;
     }
     float *row = col;
@@ -968,7 +970,7 @@ static void im2col_rows(const fedge_layer *l, float *in, int nhwc, int b, int oh
                             memset(d, 0, kc * sizeof(float));
                         continue;
                     }
-                    float *src = in + (size_t)b * t.bs + (size_t)ih * t.hs;
+                    float *src = in + (size_t)b * t.bs + (size_t)(ih - row0) * t.hs;
                     if (!add) {
                         if (lo > 0)
                             memset(d, 0, (size_t)lo * C * sizeof(float));
@@ -1001,7 +1003,7 @@ static void im2col(const fedge_layer *l, float *in, int nhwc, int batch, float *
 {
     const size_t per = (size_t)l->out_h * l->out_w * l->in_c * l->k * l->k;
     for (int b = 0; b < batch; b++)
-        im2col_rows(l, in, nhwc, b, 0, l->out_h, col + (size_t)b * per, add);
+        im2col_rows(l, in, nhwc, b, 0, l->out_h, 0, col + (size_t)b * per, add);
 }
 
 /* OIHW weights [O][C][k][k] <-> HWIO [(ki*k + kj)*C + c][O] (to_hwio selects). */
@@ -1299,29 +1301,44 @@ static int act_in_nhwc(const pass *ps, int i)
 
 /* ---- the lean layout's convolutions (PLAN_LEAN) ----------------------------- */
 
-/* A conv's input for sample b: the activation (*bb = b), or the model's u8
- * input, that sample converted into xin (*bb = 0). */
-static float *conv_src(pass *ps, const float *in, int b, int *bb)
+/* What conv l reads for output row oh of sample b: the activation, or the
+ * model's u8 input converted into xin (the input rows that output row reads
+ * when the input has one channel, else the whole sample). */
+typedef struct {
+    float *p;
+    int b, row0;
+} conv_in;
+
+static conv_in conv_input(pass *ps, const fedge_layer *l, const float *in, int b, int oh)
 {
-    if (in != NULL) {
-        *bb = b;
-        return (float *)in;
+    conv_in r = {(float *)in, b, 0};
+    if (in != NULL)
+        return r;
+    r.b = 0;
+    if (l->in_c == 1) {
+        int lo = oh * l->stride - l->pad, hi = lo + l->k;
+        lo = lo < 0 ? 0 : lo;
+        hi = hi > l->in_h ? l->in_h : hi;
+        r.row0 = lo;
+        r.p = xin_block(ps, b, 1, (size_t)lo * l->in_w, (size_t)(hi > lo ? hi - lo : 0) * l->in_w);
+        return r;
     }
-    *bb = 0;
-    return xin_block(ps, b, 1, 0, (size_t)ps->m->spec.input_dim);
+    r.p = xin_block(ps, b, 1, 0, (size_t)ps->m->spec.input_dim);
+    return r;
 }
 
 /* Output rows [oh0, oh0 + nrows) of conv l for sample b into dst (NHWC rows),
  * one row's im2col at a time; wt holds the HWIO weights. Each element is the
  * whole product's sum (the GEMM's rows are independent). */
-static void conv_rows(pass *ps, const fedge_layer *l, float *src, int nhwc, int b, int oh0,
+static void conv_rows(pass *ps, const fedge_layer *l, const float *in, int nhwc, int b, int oh0,
                       int nrows, int relu, float *dst)
 {
     const int K = l->in_c * l->k * l->k, O = l->out, OW = l->out_w;
     float *col = ps->scratch + ps->plan.col_off, *wt = ps->scratch + ps->plan.wt_off;
     for (int r = 0; r < nrows; r++) {
         float *d = dst + (size_t)r * OW * O;
-        im2col_rows(l, src, nhwc, b, oh0 + r, oh0 + r + 1, col, 0);
+        conv_in src = conv_input(ps, l, in, b, oh0 + r);
+        im2col_rows(l, src.p, nhwc, src.b, oh0 + r, oh0 + r + 1, src.row0, col, 0);
         GEMM(ps, 0, 0, OW, O, K, 1.0f, col, K, wt, O, 0.0f, d, O);
         add_bias_rows(d, ps->m->params + l->b_off, OW, (size_t)O, relu);
     }
@@ -1439,12 +1456,10 @@ static void lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, co
     if (gin)
         memset(gin, 0, (size_t)B * l->in_c * l->in_h * l->in_w * sizeof(float));
     for (int b = 0; b < B; b++) {
-        int bb;
-        float *src = conv_src(ps, in, b, &bb);
         for (int oh = 0; oh < OH; oh += step) {
             const float *d = g + ((size_t)b * OH + oh) * OW * O;
             if (fused) {
-                conv_rows(ps, l, src, in_nhwc, bb, oh, 2, 1, ct);
+                conv_rows(ps, l, in, in_nhwc, b, oh, 2, 1, ct);
                 pool_rows_backward(&s->layer[i + 2], ct, g, g_nchw, b, oh / 2, ct + 2 * OW * O);
                 d = ct;
             }
@@ -1453,11 +1468,12 @@ static void lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, co
                 for (int p = 0; p < OW; p++) /* col_sums' order: pixel by pixel */
                     for (int j = 0; j < O; j++)
                         gb[j] += dr[(size_t)p * O + j];
-                im2col_rows(l, src, in_nhwc, bb, oh + r, oh + r + 1, col, 0);
+                conv_in src = conv_input(ps, l, in, b, oh + r);
+                im2col_rows(l, src.p, in_nhwc, src.b, oh + r, oh + r + 1, src.row0, col, 0);
                 wgrad_rows(&w, dr, col, OW);
                 if (gin) {
                     GEMM(ps, 0, 1, OW, K, O, 1.0f, dr, O, wt, O, 0.0f, col, K);
-                    im2col_rows(l, gin, in_nhwc, b, oh + r, oh + r + 1, col, 1);
+                    im2col_rows(l, gin, in_nhwc, b, oh + r, oh + r + 1, 0, col, 1);
                 }
             }
         }
@@ -1510,14 +1526,12 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
                 int fused = ps->plan.fused[i];
                 float *ct = ps->scratch + ps->plan.ct_off, *pooled = act_out(ps, i + 2 * fused);
                 for (int b = 0; b < B; b++) {
-                    int bb;
-                    float *src = conv_src(ps, in, b, &bb);
                     if (!fused)
-                        conv_rows(ps, l, src, in_nhwc, bb, 0, l->out_h, relu_follows(s, i),
+                        conv_rows(ps, l, in, in_nhwc, b, 0, l->out_h, relu_follows(s, i),
                                   out + (size_t)b * l->out_h * l->out_w * l->out);
                     else
                         for (int pr = 0; pr < l->out_h / 2; pr++) {
-                            conv_rows(ps, l, src, in_nhwc, bb, 2 * pr, 2, 1, ct);
+                            conv_rows(ps, l, in, in_nhwc, b, 2 * pr, 2, 1, ct);
                             pool_rows(&s->layer[i + 2], ct, pooled, !ps->plan.nhwc[i + 2], b, pr);
                         }
                 }

@@ -982,6 +982,19 @@ static void fit_same_bits(const char *text, int batch)
         }
         assert_true(dmax <= 1e-5f * gmax);
     }
+    if (exact) { /* float rows in the least layout: the same bits as the u8 rows */
+        float *xf = malloc((size_t)batch * dim * sizeof(float));
+        assert_non_null(xf);
+        for (size_t i = 0; i < (size_t)batch * dim; i++)
+            xf[i] = (float)xu[i] * FEDGE_SHARD_U8_SCALE;
+        collect d = {gb, 0};
+        assert_int_equal(fedge_model_loss_grad_sliced_n(&m, xf, y, batch, 5, scratch, min, chunk,
+                                                        collect_sink, &d, &lb),
+                         FEDGE_OK);
+        assert_memory_equal(&la, &lb, sizeof la);
+        assert_memory_equal(ga, gb, n * sizeof(float));
+        free(xf);
+    }
     collect c = {gb, 0};
     assert_int_equal(fedge_model_loss_grad_sliced_u8_n(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch, 5,
                                                        scratch, min - 1, chunk, collect_sink, &c,
