@@ -72,10 +72,10 @@ ifneq ($(EDGE_PROFILE),)
   # scratch sized for the edge (docs/EDGE.md, Memory): gradient slices of
   # 256 floats (or one dense row), u8 rows converted one at a time (the same
   # bits as the defaults with the portable GEMM), activations within a fixed
-  # 16 KiB (larger models: micro-batches; the GEMM's blocking takes the rest
+  # 12 KiB (larger models: micro-batches; the GEMM's blocking takes the rest
   # of the budget at run time, --act-budget-kb)
   EDGE_MEM_DEFS := -DFEDGE_MODEL_GRAD_CHUNK=256 -DFEDGE_MODEL_XIN_ROWS=1 \
-                   -DFEDGE_EDGE_ACT_BUDGET=16384u -DFEDGE_EDGE_ACT_GROWS=0
+                   -DFEDGE_EDGE_ACT_BUDGET=12288u -DFEDGE_EDGE_ACT_GROWS=0
   CROSS_CFLAGS := -ffunction-sections -fdata-sections $(LTOFLAGS) $(EDGE_MEM_DEFS)
   CROSS_LDFLAGS := $(OPT) $(LTOFLAGS) -Wl,--gc-sections -Wl,--as-needed $(if $(filter 1,$(EDGE_STRIP)),-s) \
                    $(if $(filter 1,$(EDGE_STATIC)),-static)

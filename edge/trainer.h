@@ -110,7 +110,7 @@ fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int sc
  * (fedge_model_scratch_floats) is larger runs as micro-batches (a bound that
  * grows with the model: a wide dense layer run one row at a time would read
  * its weights once per row). */
-#ifndef FEDGE_EDGE_ACT_BUDGET /* the edge profile sets a fixed 16 KiB (Makefile) */
+#ifndef FEDGE_EDGE_ACT_BUDGET /* the edge profile sets a fixed 12 KiB (Makefile) */
 #define FEDGE_EDGE_ACT_BUDGET (128u * 1024u)
 #define FEDGE_EDGE_ACT_GROWS 1 /* the budget is at least 4 P */
 #endif
