@@ -273,6 +273,12 @@ $(BUILD)/obj/%.o: %.c
 	@echo "  CC    $<"
 	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
+ifneq ($(EDGE_PROFILE),)
+# -Os leaves the portable GEMM's micro-kernel unvectorised (~8x slower
+# training); its one file is built -O2 (docs/EDGE.md, Memory)
+$(BUILD)/obj/shared/gemm.o: CFLAGS += -O2
+endif
+
 $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
 	@echo "  NVCC  $<"

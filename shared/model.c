@@ -22,12 +22,18 @@
  *           from forward to backward instead of being rebuilt
  *   wt      largest conv weight in HWIO order ((k*k*in_c) x out), and its gradient
  *   gemm    the GEMM's packing scratch (fedge_gemm_scratch_bytes of the largest
- *           product; none with a BLAS)
+ *           product, or less: the blocking follows; none with a BLAS)
  *   xin     a u8 input (fedge_model_loss_grad_sliced_u8) as floats, a block at a
- *           time: XIN_ROWS rows for a first dense layer's forward product, the
- *           same floats as column blocks of all rows for its weight gradient; one
- *           sample for a first conv (its im2col is kept); the whole minibatch only
- *           when the first layer is a pool or dropout
+ *           time: xin_rows rows (8 in the full layout) for a first dense layer's
+ *           forward product, the same floats as column blocks of all rows for its
+ *           weight gradient; one sample for a first conv (its im2col is kept); the
+ *           whole minibatch only when the first layer is a pool or dropout
+ * The gradient buffers are each as large as what backward writes to it. A pass
+ * takes the fastest layout its scratch holds (plan_fit): the full one, the
+ * GEMM's least blocking, or the lean one (plan_make's PLAN_LEAN: no col/col0,
+ * one output row of im2col at a time; a conv followed by a ReLU and a 2x2 pool
+ * keeps no output, only a two-row tile ct, recomputed in backward; acc and wg
+ * for its weight gradient), all with the same sums.
  * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
  * masks instead of storing them. */
 #include <limits.h>
@@ -567,6 +573,7 @@ typedef struct {
     size_t gemm;            /* floats at gemm_off: the GEMM's packing (its blocking follows) */
     size_t xin_off;
     size_t xin;             /* floats at xin_off */
+    int xin_rows;           /* u8 rows a first dense layer converts at once */
     size_t total;
 } scratch_plan;
 
@@ -575,10 +582,15 @@ typedef struct {
  * where the GEMM computes a row block as it does the whole: the portable
  * kernel always; OpenBLAS 0.3.21 (SkylakeX) from 8 rows up (4 rows of a
  * 200-wide product take another kernel and round otherwise). */
-#ifdef FEDGE_MODEL_XIN_ROWS /* a microcontroller build converts fewer at once (mcu/) */
+#ifdef FEDGE_MODEL_XIN_ROWS /* the edge's smaller layouts and a microcontroller convert fewer */
 #define XIN_ROWS FEDGE_MODEL_XIN_ROWS
 #else
 #define XIN_ROWS 8
+#endif
+#if FEDGE_FREESTANDING /* a microcontroller (mcu/): every layout converts XIN_ROWS */
+#define XIN_FULL_ROWS XIN_ROWS
+#else
+#define XIN_FULL_ROWS 8 /* the full layout's (PLAN_FULL) */
 #endif
 
 /* The packing scratch of one product: the full blocking's, or (g_min) the
@@ -599,12 +611,12 @@ static size_t max3(size_t a, size_t b, size_t c)
 }
 
 /* The xin block of a first layer l over B rows (see above). */
-static size_t xin_floats(const fedge_layer *l, size_t B)
+static size_t xin_floats(const fedge_layer *l, size_t B, size_t xin_rows)
 {
     size_t in = (size_t)l->in_c * l->in_h * l->in_w;
     switch (l->type) {
     case FEDGE_LAYER_DENSE: {
-        size_t f = in * (B < XIN_ROWS ? B : XIN_ROWS);
+        size_t f = in * (B < xin_rows ? B : xin_rows);
         return f > B ? f : B;
     }
     case FEDGE_LAYER_CONV2D:
@@ -677,6 +689,8 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
         return FEDGE_ERR_INVALID_ARG;
     memset(p, 0, sizeof *p);
     p->lean = mode == PLAN_LEAN;
+    const size_t xr = mode == PLAN_FULL ? XIN_FULL_ROWS : XIN_ROWS;
+    p->xin_rows = (int)xr;
     size_t off = 0, col_max = 0, col0 = 0, wt_max = 0, gemm_max = 0, ct = 0, acc = 0, wg = 0;
     size_t B = (size_t)batch;
     int nhwc = 0;
@@ -725,7 +739,7 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
             nhwc = 0;
             size_t in = (size_t)l->in_c * l->in_h * l->in_w, O = (size_t)l->out;
             size_t f = max3(gemm_floats(B, O, in), gemm_floats(B, in, O), gemm_floats(O, in, B));
-            gemm_max = max3(gemm_max, f, gemm_floats(B < XIN_ROWS ? B : XIN_ROWS, O, in));
+            gemm_max = max3(gemm_max, f, gemm_floats(B < xr ? B : xr, O, in));
         } else if (l->type == FEDGE_LAYER_FLATTEN) {
             nhwc = 0;
         } else if (p->lean && l->type == FEDGE_LAYER_RELU && p->fused[i - 1]) {
@@ -755,7 +769,7 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
     p->gemm_off = p->wg_off + wg;
     p->gemm = gemm_max;
     p->xin_off = p->gemm_off + gemm_max;
-    p->xin = xin_floats(&s->layer[0], B);
+    p->xin = xin_floats(&s->layer[0], B, xr);
     if (p->lean && s->layer[0].type == FEDGE_LAYER_CONV2D && s->layer[0].in_c == 1)
         p->xin = (size_t)s->layer[0].k * s->layer[0].in_w; /* the rows one output row reads */
     p->total = p->xin_off + p->xin;
@@ -1504,10 +1518,10 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
         switch (l->type) {
         case FEDGE_LAYER_DENSE:
             if (from_u8)
-                for (int r0 = 0; r0 < B; r0 += XIN_ROWS) {
-                    /* a short last block is taken XIN_ROWS long, ending at the last row:
+                for (int r0 = 0; r0 < B; r0 += ps->plan.xin_rows) {
+                    /* a short last block is taken xin_rows long, ending at the last row:
                      * a BLAS may sum a 1-row product (a GEMV) otherwise */
-                    int rows = B < XIN_ROWS ? B : XIN_ROWS;
+                    int rows = B < ps->plan.xin_rows ? B : ps->plan.xin_rows;
                     if (r0 + rows > B)
                         r0 = B - rows;
                     GEMM(ps, 0, 1, rows, l->out, (int)in_size, 1.0f,
