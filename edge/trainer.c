@@ -134,6 +134,17 @@ size_t fedge_edge_scratch_floats(const fedge_model_spec *spec, int micro)
     return f ? f : fedge_model_scratch_floats_min(spec, micro); /* one row over the budget */
 }
 
+size_t fedge_edge_chunk_floats(const fedge_model_spec *spec, int micro)
+{
+    size_t min = fedge_model_grad_chunk_floats(spec), n = fedge_model_spec_param_count(spec);
+    if (min == 0 || micro < 1)
+        return 0;
+    size_t full = FEDGE_EDGE_FULL_CHUNK < n ? FEDGE_EDGE_FULL_CHUNK : n;
+    if (full > min && fedge_edge_scratch_floats(spec, micro) == fedge_model_scratch_floats(spec, micro))
+        return full;
+    return min;
+}
+
 static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
                        fedge_encoding enc, int scaffold, fedge_edge_velocity velocity,
                        fedge_edge_memory *out)
@@ -145,7 +156,7 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
     size_t n = fedge_model_spec_param_count(spec);
     int micro = fedge_edge_micro_batch(spec, batch);
     size_t scratch = micro ? fedge_edge_scratch_floats(spec, micro) : 0;
-    size_t chunk = fedge_model_grad_chunk_floats(spec);
+    size_t chunk = micro ? fedge_edge_chunk_floats(spec, micro) : 0;
     size_t sealed = stream_size(spec, enc, scaffold ? 2 : 1);
     size_t body = model_file_size(spec);
     if (n == 0 || scratch == 0 || chunk == 0 || sealed == 0 || body == 0)
@@ -299,6 +310,7 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
         free(t->gchunk);
         t->grad = NULL;
         t->gchunk = NULL;
+        t->chunk_floats = 0;
         t->control_delta = NULL;
         t->delta = NULL;
     }
@@ -315,9 +327,14 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
     if (!spec_same) {
         CHK(fedge_model_init(&t->local, spec));
         t->opt.n = n; /* the velocity is allocated by train() when momentum needs it */
-        t->gchunk = malloc(fedge_model_grad_chunk_floats(spec) * sizeof(float));
+    }
+    size_t chunk = fedge_edge_chunk_floats(spec, micro);
+    if (!t->gchunk || chunk != t->chunk_floats) {
+        free(t->gchunk);
+        t->gchunk = malloc(chunk * sizeof(float));
         if (!t->gchunk)
             FAIL(FEDGE_ERR_NOMEM);
+        t->chunk_floats = chunk;
     }
     t->scratch = malloc(scratch * sizeof(float));
     t->ybatch = malloc((size_t)batch);
@@ -603,12 +620,12 @@ static int train_micro(fedge_edge_trainer *t, int got, uint64_t dropout_seed, st
             CHK(fedge_model_loss_grad_sliced_u8_n(&t->local, t->xbatch_u8 + (size_t)r0 * dim,
                                                   FEDGE_SHARD_U8_SCALE, t->ybatch + r0, rows,
                                                   seed, t->scratch, t->scratch_floats, t->gchunk,
-                                                  accum_slice, &a, &l));
+                                                  t->chunk_floats, accum_slice, &a, &l));
         else
             CHK(fedge_model_loss_grad_sliced_n(&t->local, t->xbatch + (size_t)r0 * dim,
                                                t->ybatch + r0, rows, seed, t->scratch,
-                                               t->scratch_floats, t->gchunk, accum_slice, &a,
-                                               &l));
+                                               t->scratch_floats, t->gchunk, t->chunk_floats,
+                                               accum_slice, &a, &l));
         a.first = 0;
         sum += (double)l * rows;
     }
@@ -726,12 +743,13 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
             else if (t->xbatch_u8)
                 CHK(fedge_model_loss_grad_sliced_u8_n(&t->local, t->xbatch_u8, FEDGE_SHARD_U8_SCALE,
                                                       t->ybatch, got, dropout_seed, t->scratch,
-                                                      t->scratch_floats, t->gchunk, step_slice,
-                                                      &sc, &loss));
+                                                      t->scratch_floats, t->gchunk,
+                                                      t->chunk_floats, step_slice, &sc, &loss));
             else
                 CHK(fedge_model_loss_grad_sliced_n(&t->local, t->xbatch, t->ybatch, got,
                                                    dropout_seed, t->scratch, t->scratch_floats,
-                                                   t->gchunk, step_slice, &sc, &loss));
+                                                   t->gchunk, t->chunk_floats, step_slice, &sc,
+                                                   &loss));
             t->steps++;
             loss_sum += (double)loss * got;
             rows += (uint64_t)got;

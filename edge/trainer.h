@@ -58,7 +58,7 @@ size_t fedge_edge_base_heap(void);
 typedef struct {
     size_t local;     /* local model parameters */
     size_t global;    /* the round's base model */
-    size_t grad;      /* one slice of the gradient (fedge_model_grad_chunk_floats);
+    size_t grad;      /* one slice of the gradient (fedge_edge_chunk_floats);
                          SCAFFOLD: + the model delta (n) */
     size_t velocity;  /* SGD momentum */
     size_t scratch;   /* activations of one minibatch */
@@ -129,6 +129,12 @@ int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch);
  * blocking takes what the activations leave), or the least layout when one
  * row is over the budget. */
 size_t fedge_edge_scratch_floats(const fedge_model_spec *spec, int micro);
+/* The gradient slice of a pass of micro rows: FEDGE_EDGE_FULL_CHUNK floats
+ * (or P) when the budget holds the full layout (more dense rows per weight-
+ * gradient product, the native build's slices), else
+ * fedge_model_grad_chunk_floats. */
+#define FEDGE_EDGE_FULL_CHUNK 4096u
+size_t fedge_edge_chunk_floats(const fedge_model_spec *spec, int micro);
 /* The activation budget of a pass in bytes, for the whole process (set before
  * any round, like sqlite3_config): 0 restores the build's default above. A
  * device with RAM to spare trades it for speed — a wide dense layer run a
@@ -180,6 +186,7 @@ typedef struct {
     int base_write_errno;               /* the last train()'s failed base_file write
                                            (errno; ELOOP: not a regular file), else 0 */
     size_t scratch_floats;              /* scratch's size: fedge_edge_scratch_floats */
+    size_t chunk_floats;                /* gchunk's size: fedge_edge_chunk_floats */
 } fedge_edge_trainer;
 
 typedef struct {

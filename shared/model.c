@@ -1673,13 +1673,15 @@ size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec)
  * layer's after its input gradient is formed; without: into grad whole. */
 static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu8, float xscale,
                          const uint8_t *y, int batch, uint64_t dropout_seed, float *scratch,
-                         size_t have, float *grad, float *chunk, fedge_grad_sink sink, void *sink_arg,
-                         float *loss)
+                         size_t have, float *grad, float *chunk, size_t chunk_floats,
+                         fedge_grad_sink sink, void *sink_arg, float *loss)
 {
     if (check_model(m) != FEDGE_OK || (x == NULL) == (xu8 == NULL) || y == NULL || batch < 1 ||
         scratch == NULL || (sink ? chunk == NULL : grad == NULL))
         return FEDGE_ERR_INVALID_ARG;
-    const size_t chunk_cap = sink ? fedge_model_grad_chunk_floats(&m->spec) : 0;
+    size_t chunk_cap = sink ? fedge_model_grad_chunk_floats(&m->spec) : 0;
+    if (sink && chunk_floats > chunk_cap)
+        chunk_cap = chunk_floats; /* more dense rows per slice: the same sums */
     const fedge_model_spec *s = &m->spec;
     const float *params = m->params;
     const int B = batch;
@@ -1863,18 +1865,18 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
     if (x == NULL)
         return FEDGE_ERR_INVALID_ARG;
     return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, SIZE_MAX, grad, NULL,
-                         NULL, NULL, loss);
+                         0, NULL, NULL, loss);
 }
 
 int fedge_model_loss_grad_sliced_n(const fedge_model *m, const float *x, const uint8_t *y,
                                    int batch, uint64_t dropout_seed, float *scratch,
-                                   size_t scratch_floats, float *chunk, fedge_grad_sink sink,
-                                   void *sink_arg, float *loss)
+                                   size_t scratch_floats, float *chunk, size_t chunk_floats,
+                                   fedge_grad_sink sink, void *sink_arg, float *loss)
 {
     if (sink == NULL || x == NULL)
         return FEDGE_ERR_INVALID_ARG;
     return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, scratch_floats, NULL,
-                         chunk, sink, sink_arg, loss);
+                         chunk, chunk_floats, sink, sink_arg, loss);
 }
 
 int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,
@@ -1882,18 +1884,19 @@ int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uin
                                  fedge_grad_sink sink, void *sink_arg, float *loss)
 {
     return fedge_model_loss_grad_sliced_n(m, x, y, batch, dropout_seed, scratch, SIZE_MAX, chunk,
-                                          sink, sink_arg, loss);
+                                          0, sink, sink_arg, loss);
 }
 
 int fedge_model_loss_grad_sliced_u8_n(const fedge_model *m, const uint8_t *x, float scale,
                                       const uint8_t *y, int batch, uint64_t dropout_seed,
                                       float *scratch, size_t scratch_floats, float *chunk,
-                                      fedge_grad_sink sink, void *sink_arg, float *loss)
+                                      size_t chunk_floats, fedge_grad_sink sink, void *sink_arg,
+                                      float *loss)
 {
     if (sink == NULL || x == NULL || !isfinite(scale))
         return FEDGE_ERR_INVALID_ARG;
     return loss_backward(m, NULL, x, scale, y, batch, dropout_seed, scratch, scratch_floats, NULL,
-                         chunk, sink, sink_arg, loss);
+                         chunk, chunk_floats, sink, sink_arg, loss);
 }
 
 int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, float scale,
@@ -1902,7 +1905,7 @@ int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, floa
                                     void *sink_arg, float *loss)
 {
     return fedge_model_loss_grad_sliced_u8_n(m, x, scale, y, batch, dropout_seed, scratch,
-                                             SIZE_MAX, chunk, sink, sink_arg, loss);
+                                             SIZE_MAX, chunk, 0, sink, sink_arg, loss);
 }
 
 int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y, size_t n,

@@ -187,15 +187,19 @@ int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, floa
                                     float *scratch, float *chunk, fedge_grad_sink sink,
                                     void *sink_arg, float *loss);
 /* The same with a scratch of scratch_floats floats (at least
- * fedge_model_scratch_floats_min; FEDGE_ERR_BUFFER_TOO_SMALL below). */
+ * fedge_model_scratch_floats_min; FEDGE_ERR_BUFFER_TOO_SMALL below) and a
+ * chunk of chunk_floats (0, or anything up to fedge_model_grad_chunk_floats:
+ * that size; more: slices of up to chunk_floats, more dense rows per
+ * product; the same bits). */
 int fedge_model_loss_grad_sliced_n(const fedge_model *m, const float *x, const uint8_t *y,
                                    int batch, uint64_t dropout_seed, float *scratch,
-                                   size_t scratch_floats, float *chunk, fedge_grad_sink sink,
-                                   void *sink_arg, float *loss);
+                                   size_t scratch_floats, float *chunk, size_t chunk_floats,
+                                   fedge_grad_sink sink, void *sink_arg, float *loss);
 int fedge_model_loss_grad_sliced_u8_n(const fedge_model *m, const uint8_t *x, float scale,
                                       const uint8_t *y, int batch, uint64_t dropout_seed,
                                       float *scratch, size_t scratch_floats, float *chunk,
-                                      fedge_grad_sink sink, void *sink_arg, float *loss);
+                                      size_t chunk_floats, fedge_grad_sink sink, void *sink_arg,
+                                      float *loss);
 int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y,
                           int batch, uint64_t dropout_seed, float *scratch, float *grad,
                           float *loss);

@@ -210,6 +210,12 @@ static void test_cnn_round(void **state)
     assert_int_equal(fedge_edge_scratch_floats(&mlp, 32), mlp32);
     fedge_edge_set_act_budget(4 * fedge_model_scratch_floats(&mlp, 32)); /* the full blocking */
     assert_int_equal(fedge_edge_scratch_floats(&mlp, 32), fedge_model_scratch_floats(&mlp, 32));
+    size_t cmin = fedge_model_grad_chunk_floats(&mlp);
+    assert_int_equal(fedge_edge_chunk_floats(&mlp, 32),
+                     cmin > FEDGE_EDGE_FULL_CHUNK ? cmin : FEDGE_EDGE_FULL_CHUNK);
+    fedge_edge_set_act_budget(4 * mlp32 + 4); /* not the full layout: the least slices */
+    if (mlp32 + 1 < fedge_model_scratch_floats(&mlp, 32))
+        assert_int_equal(fedge_edge_chunk_floats(&mlp, 32), cmin);
     fedge_edge_set_act_budget(4 * mlp32 - 1);
     assert_int_equal(fedge_edge_micro_batch(&mlp, 32), 31);
     fedge_edge_set_act_budget(1);

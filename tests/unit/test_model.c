@@ -945,7 +945,8 @@ static void fit_same_bits(const char *text, int batch)
         assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, min - 1), 0);
     uint8_t *xu = malloc((size_t)batch * dim), *y = malloc((size_t)batch);
     float *scratch = malloc(full * sizeof(float));
-    float *chunk = malloc(fedge_model_grad_chunk_floats(&s) * sizeof(float));
+    size_t cmin = fedge_model_grad_chunk_floats(&s);
+    float *chunk = malloc(4 * cmin * sizeof(float)); /* odd sizes take 4x the slices */
     float *ga = calloc(n, sizeof(float)), *gb = calloc(n, sizeof(float));
     assert_true(xu && y && scratch && chunk && ga && gb);
     for (size_t i = 0; i < (size_t)batch * dim; i++)
@@ -965,9 +966,10 @@ static void fit_same_bits(const char *text, int batch)
         memset(scratch, 0xff, full * sizeof(float)); /* NaNs */
         assert_int_equal(fedge_model_loss_grad_sliced_u8_n(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch,
                                                            5, scratch, sizes[z], chunk,
-                                                           collect_sink, &b, &lb),
+                                                           z % 2 ? 4 * cmin : 0, collect_sink,
+                                                           &b, &lb),
                          FEDGE_OK);
-        assert_int_equal(a.calls, b.calls);
+        assert_true(z % 2 ? b.calls <= a.calls : b.calls == a.calls);
         if (exact || sizes[z] >= small) {
             assert_memory_equal(&la, &lb, sizeof la);
             assert_memory_equal(ga, gb, n * sizeof(float));
@@ -989,7 +991,7 @@ static void fit_same_bits(const char *text, int batch)
             xf[i] = (float)xu[i] * FEDGE_SHARD_U8_SCALE;
         collect d = {gb, 0};
         assert_int_equal(fedge_model_loss_grad_sliced_n(&m, xf, y, batch, 5, scratch, min, chunk,
-                                                        collect_sink, &d, &lb),
+                                                        0, collect_sink, &d, &lb),
                          FEDGE_OK);
         assert_memory_equal(&la, &lb, sizeof la);
         assert_memory_equal(ga, gb, n * sizeof(float));
@@ -997,7 +999,7 @@ static void fit_same_bits(const char *text, int batch)
     }
     collect c = {gb, 0};
     assert_int_equal(fedge_model_loss_grad_sliced_u8_n(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch, 5,
-                                                       scratch, min - 1, chunk, collect_sink, &c,
+                                                       scratch, min - 1, chunk, 0, collect_sink, &c,
                                                        &lb),
                      FEDGE_ERR_BUFFER_TOO_SMALL);
     assert_int_equal(c.calls, 0);
