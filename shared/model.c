@@ -817,8 +817,9 @@ size_t fedge_model_scratch_floats_layout(const fedge_model_spec *spec, int batch
 {
     char text[FEDGE_MODEL_SPEC_MAX];
     scratch_plan p;
-    if (layout < FEDGE_SCRATCH_FULL || layout > FEDGE_SCRATCH_LEAN ||
-        spec_check(spec, text) != FEDGE_OK || plan_make(spec, batch, (int)layout, &p) != FEDGE_OK)
+    int mode = (int)layout; /* an enum may be unsigned (arm-none-eabi) */
+    if (mode < PLAN_FULL || mode > PLAN_LEAN || spec_check(spec, text) != FEDGE_OK ||
+        plan_make(spec, batch, mode, &p) != FEDGE_OK)
         return 0;
     return p.total;
 }
