@@ -69,12 +69,13 @@ ifneq ($(EDGE_PROFILE),)
   EDGE_LTO ?= 1
   EDGE_STATIC ?= 0
   LTOFLAGS := $(if $(filter 1,$(EDGE_LTO)),-flto=auto,-fno-lto)
-  # scratch sized for the edge (docs/EDGE.md, Memory): one micro-panel GEMM
-  # blocks, gradient slices of 256 floats (or one dense row), u8 rows
-  # converted one at a time (the same bits as the defaults with the portable
-  # GEMM), activations within a fixed 16 KiB (larger models: micro-batches)
-  EDGE_MEM_DEFS := -DFEDGE_GEMM_SMALL=1 -DFEDGE_MODEL_GRAD_CHUNK=256 -DFEDGE_MODEL_XIN_ROWS=1 \
-                   -DFEDGE_EDGE_ACT_BUDGET=16384u -DFEDGE_EDGE_ACT_GROWS=0
+  # scratch sized for the edge (docs/EDGE.md, Memory): gradient slices of
+  # 256 floats (or one dense row), u8 rows converted one at a time (the same
+  # bits as the defaults with the portable GEMM), activations within a fixed
+  # 12 KiB (larger models: micro-batches; the GEMM's blocking takes the rest
+  # of the budget at run time, --act-budget-kb)
+  EDGE_MEM_DEFS := -DFEDGE_MODEL_GRAD_CHUNK=256 -DFEDGE_MODEL_XIN_ROWS=1 \
+                   -DFEDGE_EDGE_ACT_BUDGET=12288u -DFEDGE_EDGE_ACT_GROWS=0
   CROSS_CFLAGS := -ffunction-sections -fdata-sections $(LTOFLAGS) $(EDGE_MEM_DEFS)
   CROSS_LDFLAGS := $(OPT) $(LTOFLAGS) -Wl,--gc-sections -Wl,--as-needed $(if $(filter 1,$(EDGE_STRIP)),-s) \
                    $(if $(filter 1,$(EDGE_STATIC)),-static)
@@ -271,6 +272,13 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
 	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+ifneq ($(EDGE_PROFILE),)
+# -Os leaves the portable GEMM's micro-kernel and the model's loops
+# unvectorised (the MLP trained ~7x slower than the native portable build);
+# these two files are built -O2 (docs/EDGE.md, Memory)
+$(BUILD)/obj/shared/gemm.o $(BUILD)/obj/shared/model.o: CFLAGS += -O2
+endif
 
 $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)

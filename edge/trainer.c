@@ -88,23 +88,36 @@ void fedge_edge_set_act_budget(size_t bytes)
     g_act_budget = bytes;
 }
 
-int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
+static size_t act_budget(const fedge_model_spec *spec)
 {
-    size_t whole = fedge_model_scratch_floats(spec, batch);
-    if (whole == 0)
-        return 0;
     size_t budget = g_act_budget;
     if (budget == 0) {
         budget = FEDGE_EDGE_ACT_GROWS ? fedge_model_spec_param_count(spec) * sizeof(float) : 0;
         if (budget < FEDGE_EDGE_ACT_BUDGET)
             budget = FEDGE_EDGE_ACT_BUDGET;
     }
+    return budget;
+}
+
+/* Rows by the small-GEMM layout (the GEMM's blocking then takes the rest of
+ * the budget); the lean layout only when one row of that is over it. */
+static size_t rows_floats(const fedge_model_spec *spec, int rows)
+{
+    return fedge_model_scratch_floats_layout(spec, rows, FEDGE_SCRATCH_SMALL_GEMM);
+}
+
+int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
+{
+    size_t whole = rows_floats(spec, batch);
+    if (whole == 0)
+        return 0;
+    size_t budget = act_budget(spec);
     if (whole * sizeof(float) <= budget)
         return batch;
     int lo = 1, hi = batch - 1, fits = 1; /* the scratch grows with the rows: bisect */
     while (lo <= hi) {
         int mid = lo + (hi - lo) / 2;
-        size_t f = fedge_model_scratch_floats(spec, mid);
+        size_t f = rows_floats(spec, mid);
         if (f != 0 && f * sizeof(float) <= budget) {
             fits = mid;
             lo = mid + 1;
@@ -113,6 +126,23 @@ int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
         }
     }
     return fits;
+}
+
+size_t fedge_edge_scratch_floats(const fedge_model_spec *spec, int micro)
+{
+    size_t f = fedge_model_scratch_floats_fit(spec, micro, act_budget(spec) / sizeof(float));
+    return f ? f : fedge_model_scratch_floats_min(spec, micro); /* one row over the budget */
+}
+
+size_t fedge_edge_chunk_floats(const fedge_model_spec *spec, int micro)
+{
+    size_t min = fedge_model_grad_chunk_floats(spec), n = fedge_model_spec_param_count(spec);
+    if (min == 0 || micro < 1)
+        return 0;
+    size_t full = FEDGE_EDGE_FULL_CHUNK < n ? FEDGE_EDGE_FULL_CHUNK : n;
+    if (full > min && fedge_edge_scratch_floats(spec, micro) == fedge_model_scratch_floats(spec, micro))
+        return full;
+    return min;
 }
 
 static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
@@ -125,8 +155,8 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
         return FEDGE_ERR_INVALID_ARG;
     size_t n = fedge_model_spec_param_count(spec);
     int micro = fedge_edge_micro_batch(spec, batch);
-    size_t scratch = micro ? fedge_model_scratch_floats(spec, micro) : 0;
-    size_t chunk = fedge_model_grad_chunk_floats(spec);
+    size_t scratch = micro ? fedge_edge_scratch_floats(spec, micro) : 0;
+    size_t chunk = micro ? fedge_edge_chunk_floats(spec, micro) : 0;
     size_t sealed = stream_size(spec, enc, scaffold ? 2 : 1);
     size_t body = model_file_size(spec);
     if (n == 0 || scratch == 0 || chunk == 0 || sealed == 0 || body == 0)
@@ -240,8 +270,8 @@ static int alloc_pass(fedge_edge_trainer *t, int feature_type)
 {
     const fedge_model_spec *spec = &t->local.spec;
     size_t rows = (size_t)t->batch * (size_t)spec->input_dim;
-    t->gchunk = malloc(fedge_model_grad_chunk_floats(spec) * sizeof(float));
-    t->scratch = malloc(fedge_model_scratch_floats(spec, t->micro) * sizeof(float));
+    t->gchunk = malloc(t->chunk_floats * sizeof(float));
+    t->scratch = malloc(t->scratch_floats * sizeof(float));
     t->ybatch = malloc((size_t)t->batch);
     if (feature_type == FEDGE_SHARD_U8)
         t->xbatch_u8 = malloc(rows);
@@ -300,7 +330,7 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
         return FEDGE_OK;
     size_t n = fedge_model_spec_param_count(spec);
     int micro = fedge_edge_micro_batch(spec, batch);
-    size_t scratch = micro ? fedge_model_scratch_floats(spec, micro) : 0;
+    size_t scratch = micro ? fedge_edge_scratch_floats(spec, micro) : 0;
     if (n == 0 || scratch == 0)
         return FEDGE_ERR_MODEL_SPEC;
     if (!spec_same) {
@@ -320,8 +350,10 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
         CHK(fedge_model_init(&t->local, spec));
         t->opt.n = n; /* the velocity is allocated by train() when momentum needs it */
     }
+    t->chunk_floats = fedge_edge_chunk_floats(spec, micro);
     t->batch = batch;
     t->micro = micro;
+    t->scratch_floats = scratch;
     t->sized = 1;
     if (resized)
         *resized = 1;
@@ -571,13 +603,15 @@ static int train_micro(fedge_edge_trainer *t, int got, uint64_t dropout_seed, st
         a.share = (float)rows / (float)got;
         uint64_t seed = dropout_seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)r0);
         if (t->xbatch_u8)
-            CHK(fedge_model_loss_grad_sliced_u8(&t->local, t->xbatch_u8 + (size_t)r0 * dim,
-                                                FEDGE_SHARD_U8_SCALE, t->ybatch + r0, rows, seed,
-                                                t->scratch, t->gchunk, accum_slice, &a, &l));
+            CHK(fedge_model_loss_grad_sliced_u8_n(&t->local, t->xbatch_u8 + (size_t)r0 * dim,
+                                                  FEDGE_SHARD_U8_SCALE, t->ybatch + r0, rows,
+                                                  seed, t->scratch, t->scratch_floats, t->gchunk,
+                                                  t->chunk_floats, accum_slice, &a, &l));
         else
-            CHK(fedge_model_loss_grad_sliced(&t->local, t->xbatch + (size_t)r0 * dim,
-                                             t->ybatch + r0, rows, seed, t->scratch, t->gchunk,
-                                             accum_slice, &a, &l));
+            CHK(fedge_model_loss_grad_sliced_n(&t->local, t->xbatch + (size_t)r0 * dim,
+                                               t->ybatch + r0, rows, seed, t->scratch,
+                                               t->scratch_floats, t->gchunk, t->chunk_floats,
+                                               accum_slice, &a, &l));
         a.first = 0;
         sum += (double)l * rows;
     }
@@ -692,13 +726,15 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
             if (got > t->micro)
                 CHK(train_micro(t, got, dropout_seed, &sc, &loss));
             else if (t->xbatch_u8)
-                CHK(fedge_model_loss_grad_sliced_u8(&t->local, t->xbatch_u8, FEDGE_SHARD_U8_SCALE,
-                                                    t->ybatch, got, dropout_seed, t->scratch,
-                                                    t->gchunk, step_slice, &sc, &loss));
+                CHK(fedge_model_loss_grad_sliced_u8_n(&t->local, t->xbatch_u8, FEDGE_SHARD_U8_SCALE,
+                                                      t->ybatch, got, dropout_seed, t->scratch,
+                                                      t->scratch_floats, t->gchunk,
+                                                      t->chunk_floats, step_slice, &sc, &loss));
             else
-                CHK(fedge_model_loss_grad_sliced(&t->local, t->xbatch, t->ybatch, got,
-                                                 dropout_seed, t->scratch, t->gchunk, step_slice,
-                                                 &sc, &loss));
+                CHK(fedge_model_loss_grad_sliced_n(&t->local, t->xbatch, t->ybatch, got,
+                                                   dropout_seed, t->scratch, t->scratch_floats,
+                                                   t->gchunk, t->chunk_floats, step_slice, &sc,
+                                                   &loss));
             t->steps++;
             loss_sum += (double)loss * got;
             rows += (uint64_t)got;
@@ -731,7 +767,8 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
                 if (t->xbatch_u8)
                     for (size_t i = 0; i < k * dim; i++)
                         t->gchunk[i] = (float)t->xbatch_u8[r * dim + i] * FEDGE_SHARD_U8_SCALE;
-                CHK(fedge_model_evaluate(&t->local, x, t->ybatch + r, k, (int)k, t->scratch, &nc, &ls));
+                CHK(fedge_model_evaluate_n(&t->local, x, t->ybatch + r, k, (int)k, t->scratch,
+                                           t->scratch_floats, &nc, &ls));
                 correct += nc;
             }
             seen += take;

@@ -63,7 +63,7 @@ size_t fedge_edge_base_heap(void);
 typedef struct {
     size_t local;     /* local model parameters */
     size_t global;    /* the round's base model */
-    size_t grad;      /* one slice of the gradient (fedge_model_grad_chunk_floats);
+    size_t grad;      /* one slice of the gradient (fedge_edge_chunk_floats);
                          SCAFFOLD: + the model delta (n) */
     size_t velocity;  /* SGD momentum */
     size_t scratch;   /* activations of one minibatch */
@@ -115,12 +115,13 @@ fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int sc
  * (fedge_model_scratch_floats) is larger runs as micro-batches (a bound that
  * grows with the model: a wide dense layer run one row at a time would read
  * its weights once per row). */
-#ifndef FEDGE_EDGE_ACT_BUDGET /* the edge profile sets a fixed 16 KiB (Makefile) */
+#ifndef FEDGE_EDGE_ACT_BUDGET /* the edge profile sets a fixed 12 KiB (Makefile) */
 #define FEDGE_EDGE_ACT_BUDGET (128u * 1024u)
 #define FEDGE_EDGE_ACT_GROWS 1 /* the budget is at least 4 P */
 #endif
-/* Rows per pass for spec at batch: batch when its scratch fits the budget,
- * else the most rows that do (at least 1); 0 for an invalid spec. Micro-
+/* Rows per pass for spec at batch: batch when its least scratch
+ * (fedge_model_scratch_floats_min) fits the budget, else the most rows that
+ * do (at least 1); 0 for an invalid spec. Micro-
  * batches accumulate the minibatch's mean gradient, each micro-batch's
  * weighted by its share of the rows, in the velocity buffer (v = momentum v
  * + the first share, += the others; then the weight decay, FedProx and
@@ -128,6 +129,17 @@ fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int sc
  * of the sums (rounding), and a dropout layer draws its masks per micro-
  * batch. A momentum-0 round then holds the velocity too. */
 int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch);
+/* The scratch of a pass of micro rows: the budget, or less when the model's
+ * fastest layout is smaller (fedge_model_scratch_floats_fit: the GEMM's
+ * blocking takes what the activations leave), or the least layout when one
+ * row is over the budget. */
+size_t fedge_edge_scratch_floats(const fedge_model_spec *spec, int micro);
+/* The gradient slice of a pass of micro rows: FEDGE_EDGE_FULL_CHUNK floats
+ * (or P) when the budget holds the full layout (more dense rows per weight-
+ * gradient product, the native build's slices), else
+ * fedge_model_grad_chunk_floats. */
+#define FEDGE_EDGE_FULL_CHUNK 4096u
+size_t fedge_edge_chunk_floats(const fedge_model_spec *spec, int micro);
 /* The activation budget of a pass in bytes, for the whole process (set before
  * any round, like sqlite3_config): 0 restores the build's default above. A
  * device with RAM to spare trades it for speed — a wide dense layer run a
@@ -179,6 +191,8 @@ typedef struct {
                                            global freed (have_global 0), version kept */
     int base_write_errno;               /* the last train()'s failed base_file write
                                            (errno; ELOOP: not a regular file), else 0 */
+    size_t scratch_floats;              /* scratch's size: fedge_edge_scratch_floats */
+    size_t chunk_floats;                /* gchunk's size: fedge_edge_chunk_floats */
 } fedge_edge_trainer;
 
 typedef struct {

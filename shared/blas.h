@@ -50,6 +50,19 @@ void fedge_sgemm_portable(int trans_a, int trans_b, int M, int N, int K, float a
  * fedge_sgemm_portable_scratch_bytes(M, N, K) bytes (float-aligned; 0 when a
  * dimension is <= 0, then ws may be NULL). At most 640 KiB, however large. */
 size_t fedge_sgemm_portable_scratch_bytes(int M, int N, int K);
+/* The run-time blocking (gemm.c): ws of ws_bytes, at least
+ * fedge_sgemm_portable_scratch_min_bytes(M, N, K), else
+ * FEDGE_ERR_BUFFER_TOO_SMALL and C is untouched; the same bits as with the
+ * full scratch. */
+size_t fedge_sgemm_portable_scratch_min_bytes(int M, int N, int K);
+/* The depth of the slices the portable kernel cuts K into (equal ones,
+ * at most KC): each slice's terms are summed from zero, one k at a time,
+ * and then added to C. A caller that forms the same sums itself (model.c's
+ * lean conv weight gradient) gets the same bits this way. 0 for K <= 0. */
+int fedge_gemm_k_slice(int K);
+int fedge_sgemm_portable_wsn(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                             const float *A, int lda, const float *B, int ldb, float beta,
+                             float *C, int ldc, float *ws, size_t ws_bytes);
 void fedge_sgemm_portable_ws(int trans_a, int trans_b, int M, int N, int K, float alpha,
                              const float *A, int lda, const float *B, int ldb, float beta,
                              float *C, int ldc, float *ws);

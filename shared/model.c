@@ -22,12 +22,18 @@
  *           from forward to backward instead of being rebuilt
  *   wt      largest conv weight in HWIO order ((k*k*in_c) x out), and its gradient
  *   gemm    the GEMM's packing scratch (fedge_gemm_scratch_bytes of the largest
- *           product; none with a BLAS)
+ *           product, or less: the blocking follows; none with a BLAS)
  *   xin     a u8 input (fedge_model_loss_grad_sliced_u8) as floats, a block at a
- *           time: XIN_ROWS rows for a first dense layer's forward product, the
- *           same floats as column blocks of all rows for its weight gradient; one
- *           sample for a first conv (its im2col is kept); the whole minibatch only
- *           when the first layer is a pool or dropout
+ *           time: xin_rows rows (8 in the full layout) for a first dense layer's
+ *           forward product, the same floats as column blocks of all rows for its
+ *           weight gradient; one sample for a first conv (its im2col is kept); the
+ *           whole minibatch only when the first layer is a pool or dropout
+ * The gradient buffers are each as large as what backward writes to it. A pass
+ * takes the fastest layout its scratch holds (plan_fit): the full one, the
+ * GEMM's least blocking, or the lean one (plan_make's PLAN_LEAN: no col/col0,
+ * one output row of im2col at a time; a conv followed by a ReLU and a 2x2 pool
+ * keeps no output, only a two-row tile ct, recomputed in backward; acc and wg
+ * for its weight gradient), all with the same sums.
  * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
  * masks instead of storing them. */
 #include <limits.h>
@@ -39,6 +45,7 @@
 #include <string.h>
 
 
+#include "blas.h"
 #include "common.h"
 #include "crypto.h"
 #include "model.h"
@@ -558,9 +565,15 @@ typedef struct {
     size_t col_off;
     size_t col0_off;
     size_t wt_off;
+    /* the lean layout (PLAN_LEAN) only: */
+    int lean;
+    int fused[FEDGE_MODEL_MAX_LAYERS];      /* a conv whose relu and 2x2 pool run with it */
+    size_t ct_off, acc_off, wg_off;         /* conv tile; weight-gradient sums; OHWI gradient */
     size_t gemm_off;
+    size_t gemm;            /* floats at gemm_off: the GEMM's packing (its blocking follows) */
     size_t xin_off;
     size_t xin;             /* floats at xin_off */
+    int xin_rows;           /* u8 rows a first dense layer converts at once */
     size_t total;
 } scratch_plan;
 
@@ -569,17 +582,26 @@ typedef struct {
  * where the GEMM computes a row block as it does the whole: the portable
  * kernel always; OpenBLAS 0.3.21 (SkylakeX) from 8 rows up (4 rows of a
  * 200-wide product take another kernel and round otherwise). */
-#ifdef FEDGE_MODEL_XIN_ROWS /* a microcontroller build converts fewer at once (mcu/) */
+#ifdef FEDGE_MODEL_XIN_ROWS /* the edge's smaller layouts and a microcontroller convert fewer */
 #define XIN_ROWS FEDGE_MODEL_XIN_ROWS
 #else
 #define XIN_ROWS 8
 #endif
+#if FEDGE_FREESTANDING /* a microcontroller (mcu/): every layout converts XIN_ROWS */
+#define XIN_FULL_ROWS XIN_ROWS
+#else
+#define XIN_FULL_ROWS 8 /* the full layout's (PLAN_FULL) */
+#endif
 
-static size_t gemm_floats(size_t M, size_t N, size_t K)
+/* The packing scratch of one product: the full blocking's, or (g_min) the
+ * least the portable kernel takes (fedge_gemm_scratch_min_bytes). */
+static size_t gemm_floats_of(int g_min, size_t M, size_t N, size_t K)
 {
     if (M > INT_MAX || N > INT_MAX || K > INT_MAX)
         return 0;
-    return (fedge_gemm_scratch_bytes((int)M, (int)N, (int)K) + sizeof(float) - 1) / sizeof(float);
+    size_t b = g_min ? fedge_gemm_scratch_min_bytes((int)M, (int)N, (int)K)
+                     : fedge_gemm_scratch_bytes((int)M, (int)N, (int)K);
+    return (b + sizeof(float) - 1) / sizeof(float);
 }
 
 static size_t max3(size_t a, size_t b, size_t c)
@@ -589,12 +611,12 @@ static size_t max3(size_t a, size_t b, size_t c)
 }
 
 /* The xin block of a first layer l over B rows (see above). */
-static size_t xin_floats(const fedge_layer *l, size_t B)
+static size_t xin_floats(const fedge_layer *l, size_t B, size_t xin_rows)
 {
     size_t in = (size_t)l->in_c * l->in_h * l->in_w;
     switch (l->type) {
     case FEDGE_LAYER_DENSE: {
-        size_t f = in * (B < XIN_ROWS ? B : XIN_ROWS);
+        size_t f = in * (B < xin_rows ? B : xin_rows);
         return f > B ? f : B;
     }
     case FEDGE_LAYER_CONV2D:
@@ -614,12 +636,62 @@ static size_t xin_floats(const fedge_layer *l, size_t B)
 #define PLAN_MAX_FLOATS (SIZE_MAX / 16)
 #endif
 
-static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
+/* Scratch layouts, fastest first: the GEMM's full blocking; its least (then
+ * every float up to the full size goes to the GEMM); the lean layout, which
+ * also keeps no im2col matrix (one output row at a time, recomputed in
+ * backward) and no output of a conv followed by a ReLU and a 2x2 pool (it
+ * runs two rows at a time and is recomputed in backward; the pool writes
+ * NCHW when a flatten follows, so the flatten copies nothing). */
+enum { PLAN_FULL = 0, PLAN_MIN = 1, PLAN_LEAN = 2 };
+
+static int lean_fuses(const fedge_model_spec *s, int i)
 {
+    const fedge_layer *l = &s->layer[i];
+    return l->type == FEDGE_LAYER_CONV2D && i + 3 < s->n_layers &&
+           s->layer[i + 1].type == FEDGE_LAYER_RELU && s->layer[i + 2].type == FEDGE_LAYER_MAXPOOL &&
+           s->layer[i + 2].k == 2 && s->layer[i + 2].stride == 2 && l->out_h % 2 == 0 &&
+           l->out_w % 2 == 0;
+}
+
+/* The two gradient buffers, each as large as the input gradients the
+ * backward pass writes into it (it alternates: a layer that works in place
+ * keeps the buffer). */
+static void grad_sizes(const fedge_model_spec *s, const scratch_plan *p, size_t B, size_t g[2])
+{
+    int first_param = 0, cur = -1; /* the last layer's gradient is in its own buffer */
+    while (s->layer[first_param].n_params == 0)
+        first_param++;
+    g[0] = g[1] = 0;
+    for (int i = s->n_layers - 1; i > first_param; i--) {
+        const fedge_layer *l = &s->layer[i];
+        size_t in = B * (size_t)l->in_c * l->in_h * l->in_w;
+        int in_nhwc = p->nhwc[i - 1];
+        if (l->type == FEDGE_LAYER_RELU || l->type == FEDGE_LAYER_DROPOUT ||
+            (l->type == FEDGE_LAYER_FLATTEN && !in_nhwc))
+            continue;
+        if (p->lean && l->type == FEDGE_LAYER_MAXPOOL && p->fused[i - 2]) {
+            i -= 2; /* the conv's input gradient */
+            if (i <= first_param)
+                break;
+            l = &s->layer[i];
+            in = B * (size_t)l->in_c * l->in_h * l->in_w;
+        }
+        cur = cur == 0 ? 1 : 0;
+        if (in > g[cur])
+            g[cur] = in;
+    }
+}
+
+static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_plan *p)
+{
+#define gemm_floats(M, N, K) gemm_floats_of(mode != PLAN_FULL, M, N, K)
     if (batch < 1)
         return FEDGE_ERR_INVALID_ARG;
     memset(p, 0, sizeof *p);
-    size_t off = 0, g_max = 0, col_max = 0, col0 = 0, wt_max = 0, gemm_max = 0;
+    p->lean = mode == PLAN_LEAN;
+    const size_t xr = mode == PLAN_FULL ? XIN_FULL_ROWS : XIN_ROWS;
+    p->xin_rows = (int)xr;
+    size_t off = 0, col_max = 0, col0 = 0, wt_max = 0, gemm_max = 0, ct = 0, acc = 0, wg = 0;
     size_t B = (size_t)batch;
     int nhwc = 0;
     for (int i = 0; i < s->n_layers; i++) {
@@ -636,55 +708,134 @@ static int plan_make(const fedge_model_spec *s, int batch, scratch_plan *p)
             nhwc = 1;
             size_t cols = (size_t)l->in_c * (size_t)l->k * (size_t)l->k;
             size_t rows = B * (size_t)l->out_h * (size_t)l->out_w;
+            size_t O = (size_t)l->out, ow = (size_t)l->out_w;
             if (rows * cols > PLAN_MAX_FLOATS)
                 return FEDGE_ERR_INVALID_ARG;
-            if (i == 0)
-                col0 = rows * cols;
-            else if (rows * cols > col_max)
-                col_max = rows * cols;
-            if (cols * (size_t)l->out > wt_max)
-                wt_max = cols * (size_t)l->out;
-            size_t O = (size_t)l->out, f = max3(gemm_floats(rows, O, cols),
-                                                gemm_floats(O, cols, rows),
-                                                gemm_floats(cols, O, rows));
-            gemm_max = max3(gemm_max, f, gemm_floats(rows, cols, O));
+            if (cols * O > wt_max)
+                wt_max = cols * O;
+            if (p->lean) {
+                /* one output row of im2col; forward and input-gradient products per row */
+                if (ow * cols > col_max)
+                    col_max = ow * cols;
+                acc = acc > O * cols ? acc : O * cols;
+                if (l->in_c > 1)
+                    wg = wg > O * cols ? wg : O * cols;
+                gemm_max = max3(gemm_max, gemm_floats(ow, O, cols), gemm_floats(ow, cols, O));
+                if (lean_fuses(s, i)) {
+                    p->fused[i] = 1;
+                    ct = ct > 2 * ow * O + O ? ct : 2 * ow * O + O; /* + a pooled pixel */
+                    own = 0;
+                }
+            } else {
+                if (i == 0)
+                    col0 = rows * cols;
+                else if (rows * cols > col_max)
+                    col_max = rows * cols;
+                size_t f = max3(gemm_floats(rows, O, cols), gemm_floats(O, cols, rows),
+                                gemm_floats(cols, O, rows));
+                gemm_max = max3(gemm_max, f, gemm_floats(rows, cols, O));
+            }
         } else if (l->type == FEDGE_LAYER_DENSE) {
             nhwc = 0;
             size_t in = (size_t)l->in_c * l->in_h * l->in_w, O = (size_t)l->out;
             size_t f = max3(gemm_floats(B, O, in), gemm_floats(B, in, O), gemm_floats(O, in, B));
-            gemm_max = max3(gemm_max, f, gemm_floats(B < XIN_ROWS ? B : XIN_ROWS, O, in));
+            gemm_max = max3(gemm_max, f, gemm_floats(B < xr ? B : xr, O, in));
         } else if (l->type == FEDGE_LAYER_FLATTEN) {
             nhwc = 0;
+        } else if (p->lean && l->type == FEDGE_LAYER_RELU && p->fused[i - 1]) {
+            own = 0;
+        } else if (p->lean && l->type == FEDGE_LAYER_MAXPOOL && i >= 2 && p->fused[i - 2] &&
+                   s->layer[i + 1].type == FEDGE_LAYER_FLATTEN) {
+            nhwc = 0; /* written NCHW: the flatten is then no copy */
         }
         p->nhwc[i] = nhwc;
         if (own) {
             p->act_off[i] = off;
             off += B * out;
         } else {
-            p->act_off[i] = p->act_off[i - 1]; /* a relu never comes first */
+            p->act_off[i] = i > 0 ? p->act_off[i - 1] : 0; /* a relu never comes first */
         }
-        if (i + 1 < s->n_layers && B * out > g_max)
-            g_max = B * out;
     }
+    size_t g[2];
+    grad_sizes(s, p, B, g);
     p->g_off[0] = off;
-    p->g_off[1] = off + g_max;
-    p->col_off = off + 2 * g_max;
+    p->g_off[1] = off + g[0];
+    p->col_off = off + g[0] + g[1];
     p->col0_off = p->col_off + col_max;
     p->wt_off = p->col0_off + col0;
-    p->gemm_off = p->wt_off + wt_max;
+    p->ct_off = p->wt_off + wt_max;
+    p->acc_off = p->ct_off + ct;
+    p->wg_off = p->acc_off + acc;
+    p->gemm_off = p->wg_off + wg;
+    p->gemm = gemm_max;
     p->xin_off = p->gemm_off + gemm_max;
-    p->xin = xin_floats(&s->layer[0], B);
+    p->xin = xin_floats(&s->layer[0], B, xr);
+    if (p->lean && s->layer[0].type == FEDGE_LAYER_CONV2D && s->layer[0].in_c == 1)
+        p->xin = (size_t)s->layer[0].k * s->layer[0].in_w; /* the rows one output row reads */
     p->total = p->xin_off + p->xin;
     if (p->total > PLAN_MAX_FLOATS)
         return FEDGE_ERR_INVALID_ARG;
     return FEDGE_OK;
+#undef gemm_floats
+}
+
+/* The fastest layout within have floats (SIZE_MAX: the full one); the GEMM
+ * takes what is left of have, up to its full blocking's size. */
+static int plan_fit(const fedge_model_spec *s, int batch, size_t have, scratch_plan *p)
+{
+    int ret = plan_make(s, batch, PLAN_FULL, p);
+    if (ret != FEDGE_OK || p->total <= have)
+        return ret;
+    size_t full_gemm = p->gemm;
+    for (int mode = PLAN_MIN; mode <= PLAN_LEAN; mode++) {
+        if ((ret = plan_make(s, batch, mode, p)) != FEDGE_OK)
+            return ret;
+        if (p->total > have)
+            continue;
+        size_t more = have - p->total, room = full_gemm > p->gemm ? full_gemm - p->gemm : 0;
+        if (more > room)
+            more = room;
+        p->gemm += more;
+        p->xin_off += more;
+        p->total += more;
+        return FEDGE_OK;
+    }
+    return FEDGE_ERR_BUFFER_TOO_SMALL;
 }
 
 size_t fedge_model_scratch_floats(const fedge_model_spec *spec, int batch)
 {
     char text[FEDGE_MODEL_SPEC_MAX];
     scratch_plan p;
-    if (spec_check(spec, text) != FEDGE_OK || plan_make(spec, batch, &p) != FEDGE_OK)
+    if (spec_check(spec, text) != FEDGE_OK || plan_make(spec, batch, PLAN_FULL, &p) != FEDGE_OK)
+        return 0;
+    return p.total;
+}
+
+size_t fedge_model_scratch_floats_layout(const fedge_model_spec *spec, int batch,
+                                         fedge_scratch_layout layout)
+{
+    char text[FEDGE_MODEL_SPEC_MAX];
+    scratch_plan p;
+    int mode = (int)layout; /* an enum may be unsigned (arm-none-eabi) */
+    if (mode < PLAN_FULL || mode > PLAN_LEAN || spec_check(spec, text) != FEDGE_OK ||
+        plan_make(spec, batch, mode, &p) != FEDGE_OK)
+        return 0;
+    return p.total;
+}
+
+size_t fedge_model_scratch_floats_min(const fedge_model_spec *spec, int batch)
+{
+    size_t a = fedge_model_scratch_floats_layout(spec, batch, FEDGE_SCRATCH_SMALL_GEMM);
+    size_t b = fedge_model_scratch_floats_layout(spec, batch, FEDGE_SCRATCH_LEAN);
+    return a < b ? a : b;
+}
+
+size_t fedge_model_scratch_floats_fit(const fedge_model_spec *spec, int batch, size_t budget)
+{
+    char text[FEDGE_MODEL_SPEC_MAX];
+    scratch_plan p;
+    if (spec_check(spec, text) != FEDGE_OK || plan_fit(spec, batch, budget, &p) != FEDGE_OK)
         return 0;
     return p.total;
 }
@@ -764,17 +915,17 @@ static strides layout_strides(int C, int H, int W, int nhwc)
 
 /* im2col for one input channel: for each (ki, kj) a strided column of the col
  * matrix filled from a contiguous run of an input row. */
-static void im2col_1(const fedge_layer *l, float *in, strides t, int batch, float *col, int add)
+static void im2col_1(const fedge_layer *l, float *in, strides t, int b, int oh0, int oh1,
+                     int row0, float *col, int add)
 {
     const int H = l->in_h, W = l->in_w, k = l->k, s = l->stride, pad = l->pad;
-    const int OH = l->out_h, OW = l->out_w;
+    const int OW = l->out_w;
     const size_t K = (size_t)k * k;
-    for (int b = 0; b < batch; b++)
-        for (int oh = 0; oh < OH; oh++) {
-            float *rows = col + ((size_t)b * OH + oh) * OW * K;
+        for (int oh = oh0; oh < oh1; oh++) {
+            float *rows = col + (size_t)(oh - oh0) * OW * K;
             for (int ki = 0; ki < k; ki++) {
                 const int ih = oh * s - pad + ki;
-                float *srow = in + (size_t)b * t.bs + (size_t)(ih < 0 ? 0 : ih) * t.hs;
+                float *srow = in + (size_t)b * t.bs + (size_t)(ih < row0 ? 0 : ih - row0) * t.hs;
                 for (int kj = 0; kj < k; kj++) {
                     float *dst = rows + (size_t)ki * k + kj;
                     if (ih >= H || ih < 0) {
@@ -806,21 +957,22 @@ static void im2col_1(const fedge_layer *l, float *in, strides t, int batch, floa
         }
 }
 
-/* col[(b*OH + oh)*OW + ow][(ki*k + kj)*C + c] = in(b, c, oh*s - p + ki, ow*s - p + kj),
- * zero outside the input. With add set, the transpose: in += col (col2im). */
-static void im2col(const fedge_layer *l, float *in, int nhwc, int batch, float *col, int add)
+/* Output rows [oh0, oh1) of sample b: col[(oh - oh0)*OW + ow][(ki*k + kj)*C + c] =
+ * in(b, c, oh*s - p + ki, ow*s - p + kj), zero outside the input; in holds
+ * the input from row row0 on. With add set, the transpose: in += col (col2im). */
+static void im2col_rows(const fedge_layer *l, float *in, int nhwc, int b, int oh0, int oh1,
+                        int row0, float *col, int add)
 {
     const int C = l->in_c, H = l->in_h, W = l->in_w, k = l->k, s = l->stride, pad = l->pad;
-    const int OH = l->out_h, OW = l->out_w;
+    const int OW = l->out_w;
     const strides t = layout_strides(C, H, W, nhwc);
     const size_t K = (size_t)k * k * C, kc = (size_t)k * C;
     if (C == 1) {
-        im2col_1(l, in, t, batch, col, add);
+        im2col_1(l, in, t, b, oh0, oh1, row0, col, add);
         return;
     }
     float *row = col;
-    for (int b = 0; b < batch; b++)
-        for (int oh = 0; oh < OH; oh++)
+        for (int oh = oh0; oh < oh1; oh++)
             for (int ow = 0; ow < OW; ow++, row += K) {
                 const int iw0 = ow * s - pad;
                 /* kj range whose input column is inside [0, W) */
@@ -833,7 +985,7 @@ static void im2col(const fedge_layer *l, float *in, int nhwc, int batch, float *
                             memset(d, 0, kc * sizeof(float));
                         continue;
                     }
-                    float *src = in + (size_t)b * t.bs + (size_t)ih * t.hs;
+                    float *src = in + (size_t)b * t.bs + (size_t)(ih - row0) * t.hs;
                     if (!add) {
                         if (lo > 0)
                             memset(d, 0, (size_t)lo * C * sizeof(float));
@@ -859,6 +1011,14 @@ static void im2col(const fedge_layer *l, float *in, int nhwc, int batch, float *
                     }
                 }
             }
+}
+
+/* The whole minibatch: col[(b*OH + oh)*OW + ow][...], b by b and row by row. */
+static void im2col(const fedge_layer *l, float *in, int nhwc, int batch, float *col, int add)
+{
+    const size_t per = (size_t)l->out_h * l->out_w * l->in_c * l->k * l->k;
+    for (int b = 0; b < batch; b++)
+        im2col_rows(l, in, nhwc, b, 0, l->out_h, 0, col + (size_t)b * per, add);
 }
 
 /* OIHW weights [O][C][k][k] <-> HWIO [(ki*k + kj)*C + c][O] (to_hwio selects). */
@@ -1094,10 +1254,19 @@ typedef struct {
     int col_layer; /* the conv layer whose im2col the col buffer holds, or -1 */
     const uint8_t *xu8; /* a u8 input (x is then NULL, or xin when converted whole) */
     float xscale;
+    int err; /* the first GEMM error (none where the plan sized the scratch) */
 } pass;
 
-/* fedge_sgemm_ws on the pass's GEMM scratch */
-#define GEMM(ps, ...) fedge_sgemm_ws(__VA_ARGS__, (ps)->scratch + (ps)->plan.gemm_off)
+/* fedge_sgemm_wsn on the pass's GEMM scratch, whose size picks the blocking */
+static void gemm_call(pass *ps, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                      int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    int ret = fedge_sgemm_wsn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                              ps->scratch + ps->plan.gemm_off, ps->plan.gemm * sizeof(float));
+    if (ret != FEDGE_OK && ps->err == FEDGE_OK)
+        ps->err = ret;
+}
+#define GEMM(ps, ...) gemm_call(ps, __VA_ARGS__)
 
 /* Rows [r0, r0 + rows) x columns [c0, c0 + cols) of the u8 input as floats,
  * row-major (cols apart), the same floats the shard reader gives. */
@@ -1116,7 +1285,7 @@ static float *xin_block(const pass *ps, int r0, int rows, size_t c0, size_t cols
 
 /* gW[r x in] (ld in) = g[:, j0 .. j0+r)^T x, with x the u8 input in column
  * blocks: every element the same sum over the minibatch as from float rows. */
-static void dense_grad_u8(const pass *ps, const fedge_layer *l, const float *g, int j0, int r,
+static void dense_grad_u8(pass *ps, const fedge_layer *l, const float *g, int j0, int r,
                           float *gW)
 {
     const int B = ps->batch, in = l->in_c * l->in_h * l->in_w;
@@ -1145,6 +1314,189 @@ static int act_in_nhwc(const pass *ps, int i)
     return i == 0 ? 0 : ps->plan.nhwc[i - 1];
 }
 
+/* ---- the lean layout's convolutions (PLAN_LEAN) ----------------------------- */
+
+/* What conv l reads for output row oh of sample b: the activation, or the
+ * model's u8 input converted into xin (the input rows that output row reads
+ * when the input has one channel, else the whole sample). */
+typedef struct {
+    float *p;
+    int b, row0;
+} conv_in;
+
+static conv_in conv_input(pass *ps, const fedge_layer *l, const float *in, int b, int oh)
+{
+    conv_in r = {(float *)in, b, 0};
+    if (in != NULL)
+        return r;
+    r.b = 0;
+    if (l->in_c == 1) {
+        int lo = oh * l->stride - l->pad, hi = lo + l->k;
+        lo = lo < 0 ? 0 : lo;
+        hi = hi > l->in_h ? l->in_h : hi;
+        r.row0 = lo;
+        r.p = xin_block(ps, b, 1, (size_t)lo * l->in_w, (size_t)(hi > lo ? hi - lo : 0) * l->in_w);
+        return r;
+    }
+    r.p = xin_block(ps, b, 1, 0, (size_t)ps->m->spec.input_dim);
+    return r;
+}
+
+/* Output rows [oh0, oh0 + nrows) of conv l for sample b into dst (NHWC rows),
+ * one row's im2col at a time; wt holds the HWIO weights. Each element is the
+ * whole product's sum (the GEMM's rows are independent). */
+static void conv_rows(pass *ps, const fedge_layer *l, const float *in, int nhwc, int b, int oh0,
+                      int nrows, int relu, float *dst)
+{
+    const int K = l->in_c * l->k * l->k, O = l->out, OW = l->out_w;
+    float *col = ps->scratch + ps->plan.col_off, *wt = ps->scratch + ps->plan.wt_off;
+    for (int r = 0; r < nrows; r++) {
+        float *d = dst + (size_t)r * OW * O;
+        conv_in src = conv_input(ps, l, in, b, oh0 + r);
+        im2col_rows(l, src.p, nhwc, src.b, oh0 + r, oh0 + r + 1, src.row0, col, 0);
+        GEMM(ps, 0, 0, OW, O, K, 1.0f, col, K, wt, O, 0.0f, d, O);
+        add_bias_rows(d, ps->m->params + l->b_off, OW, (size_t)O, relu);
+    }
+}
+
+/* The 2x2 stride-2 pool pl of two conv rows (ct, NHWC) into pooled row pr of
+ * sample b of out (NCHW when nchw, else NHWC); maxpool_forward's fast path. */
+static void pool_rows(const fedge_layer *pl, const float *ct, float *out, int nchw, int b, int pr)
+{
+    const int C = pl->in_c, OW = pl->out_w, IW = pl->in_w;
+    const size_t plane = (size_t)pl->out_h * OW, bs = plane * C;
+    for (int ow = 0; ow < OW; ow++) {
+        const float *r0 = ct + (size_t)(2 * ow) * C, *r1 = r0 + (size_t)IW * C;
+        for (int c = 0; c < C; c++) {
+            float m = r0[c];
+            m = r0[C + c] > m ? r0[C + c] : m;
+            m = r1[c] > m ? r1[c] : m;
+            m = r1[C + c] > m ? r1[C + c] : m;
+            out[(size_t)b * bs + (nchw ? (size_t)c * plane + (size_t)pr * OW + ow
+                                       : ((size_t)pr * OW + ow) * C + c)] = m;
+        }
+    }
+}
+
+/* pool2_backward_px (ReLU' included) over the two conv rows in ct, in place:
+ * ct becomes the conv output's gradient; g is the pool's (row pr, sample b;
+ * NCHW gathered through tmp, C floats). */
+static void pool_rows_backward(const fedge_layer *pl, float *ct, const float *g, int nchw, int b,
+                               int pr, float *tmp)
+{
+    const int C = pl->in_c, OW = pl->out_w, IW = pl->in_w;
+    const size_t plane = (size_t)pl->out_h * OW, bs = plane * C;
+    for (int ow = 0; ow < OW; ow++) {
+        float *a = ct + (size_t)(2 * ow) * C, *e = a + C, *f = a + (size_t)IW * C, *h = f + C;
+        const float *gq = g + (size_t)b * bs + ((size_t)pr * OW + ow) * C;
+        if (nchw) {
+            for (int c = 0; c < C; c++)
+                tmp[c] = g[(size_t)b * bs + (size_t)c * plane + (size_t)pr * OW + ow];
+            gq = tmp;
+        }
+        for (int c = 0; c < C; c++) {
+            float ac = a[c], ec = e[c], fc = f[c], hc = h[c], gc = gq[c];
+            float m1 = ec > ac ? ec : ac, m2 = fc > m1 ? fc : m1, m = hc > m2 ? hc : m2;
+            float v = m > 0.0f ? gc : 0.0f;
+            float left = hc > m2 ? 0.0f : v;
+            h[c] = hc > m2 ? v : 0.0f;
+            float left2 = fc > m1 ? 0.0f : left;
+            f[c] = fc > m1 ? left : 0.0f;
+            e[c] = ec > ac ? left2 : 0.0f;
+            a[c] = ec > ac ? 0.0f : left2;
+        }
+    }
+}
+
+/* A conv's weight gradient gw[o][q] (OHWI) = sum over the pixels p of
+ * g[p][o] * col[p][q], fed a few pixels at a time, summed as the portable
+ * GEMM sums it: in slices of fedge_gemm_k_slice(pixels), each from zero and
+ * one pixel at a time, then added to gw (so the same bits; blas.h). */
+typedef struct {
+    float *acc, *gw;
+    int O, K;
+    size_t slice, done, total;
+} wgrad;
+
+static void wgrad_init(wgrad *w, float *acc, float *gw, int O, int K, size_t total)
+{
+    w->acc = acc;
+    w->gw = gw;
+    w->O = O;
+    w->K = K;
+    w->slice = (size_t)fedge_gemm_k_slice(total > INT_MAX ? INT_MAX : (int)total);
+    w->done = 0;
+    w->total = total;
+    memset(gw, 0, (size_t)O * K * sizeof(float));
+}
+
+static void wgrad_rows(wgrad *w, const float *g, const float *col, int px)
+{
+    const int O = w->O, K = w->K;
+    const size_t n = (size_t)O * K;
+    for (int p = 0; p < px; p++, g += O, col += K) {
+        if (w->done % w->slice == 0)
+            memset(w->acc, 0, n * sizeof(float));
+        for (int o = 0; o < O; o++) {
+            const float go = g[o];
+            float *restrict a = w->acc + (size_t)o * K;
+            for (int q = 0; q < K; q++)
+                a[q] += go * col[q];
+        }
+        if (++w->done % w->slice == 0 || w->done == w->total)
+            for (size_t i = 0; i < n; i++)
+                w->gw[i] += w->acc[i];
+    }
+}
+
+/* Backward of conv layer i in the lean layout: g is its output's gradient
+ * (NHWC), or, fused, its pool's (NCHW when g_nchw), the conv output then
+ * recomputed two rows at a time and its gradient formed in place. Bias and
+ * weight gradients into gb and lw (OIHW); with gin, the input gradient. */
+static void lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, const float *g,
+                               int g_nchw, float *gin, float *lw, float *gb)
+{
+    const fedge_model_spec *s = &ps->m->spec;
+    const fedge_layer *l = &s->layer[i];
+    const int fused = ps->plan.fused[i], step = fused ? 2 : 1;
+    const int B = ps->batch, K = l->in_c * l->k * l->k, O = l->out, OH = l->out_h, OW = l->out_w;
+    float *col = ps->scratch + ps->plan.col_off, *wt = ps->scratch + ps->plan.wt_off;
+    float *ct = ps->scratch + ps->plan.ct_off;
+    float *gw = l->in_c == 1 ? lw : ps->scratch + ps->plan.wg_off; /* OHWI = OIHW */
+    wgrad w;
+    wgrad_init(&w, ps->scratch + ps->plan.acc_off, gw, O, K, (size_t)B * OH * OW);
+    for (int j = 0; j < O; j++)
+        gb[j] = 0.0f;
+    permute_weights(l, ps->m->params + l->w_off, wt, 1);
+    if (gin)
+        memset(gin, 0, (size_t)B * l->in_c * l->in_h * l->in_w * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        for (int oh = 0; oh < OH; oh += step) {
+            const float *d = g + ((size_t)b * OH + oh) * OW * O;
+            if (fused) {
+                conv_rows(ps, l, in, in_nhwc, b, oh, 2, 1, ct);
+                pool_rows_backward(&s->layer[i + 2], ct, g, g_nchw, b, oh / 2, ct + 2 * OW * O);
+                d = ct;
+            }
+            for (int r = 0; r < step; r++) {
+                const float *dr = d + (size_t)r * OW * O;
+                for (int p = 0; p < OW; p++) /* col_sums' order: pixel by pixel */
+                    for (int j = 0; j < O; j++)
+                        gb[j] += dr[(size_t)p * O + j];
+                conv_in src = conv_input(ps, l, in, b, oh + r);
+                im2col_rows(l, src.p, in_nhwc, src.b, oh + r, oh + r + 1, src.row0, col, 0);
+                wgrad_rows(&w, dr, col, OW);
+                if (gin) {
+                    GEMM(ps, 0, 1, OW, K, O, 1.0f, dr, O, wt, O, 0.0f, col, K);
+                    im2col_rows(l, gin, in_nhwc, b, oh + r, oh + r + 1, 0, col, 1);
+                }
+            }
+        }
+    }
+    if (l->in_c > 1)
+        ohwi_to_oihw(l, gw, lw);
+}
+
 /* Runs every layer and the softmax; returns the probabilities (inside scratch).
  * train: dropout active with dropout_seed, else dropout is the identity. */
 static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout_seed,
@@ -1167,10 +1519,10 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
         switch (l->type) {
         case FEDGE_LAYER_DENSE:
             if (from_u8)
-                for (int r0 = 0; r0 < B; r0 += XIN_ROWS) {
-                    /* a short last block is taken XIN_ROWS long, ending at the last row:
+                for (int r0 = 0; r0 < B; r0 += ps->plan.xin_rows) {
+                    /* a short last block is taken xin_rows long, ending at the last row:
                      * a BLAS may sum a 1-row product (a GEMV) otherwise */
-                    int rows = B < XIN_ROWS ? B : XIN_ROWS;
+                    int rows = B < ps->plan.xin_rows ? B : ps->plan.xin_rows;
                     if (r0 + rows > B)
                         r0 = B - rows;
                     GEMM(ps, 0, 1, rows, l->out, (int)in_size, 1.0f,
@@ -1184,6 +1536,26 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
             break;
         case FEDGE_LAYER_CONV2D: {
             int K = l->in_c * l->k * l->k, P = B * l->out_h * l->out_w;
+            if (ps->plan.lean) {
+                permute_weights(l, params + l->w_off, wt, 1);
+                int fused = ps->plan.fused[i];
+                float *ct = ps->scratch + ps->plan.ct_off, *pooled = act_out(ps, i + 2 * fused);
+                for (int b = 0; b < B; b++) {
+                    if (!fused)
+                        conv_rows(ps, l, in, in_nhwc, b, 0, l->out_h, relu_follows(s, i),
+                                  out + (size_t)b * l->out_h * l->out_w * l->out);
+                    else
+                        for (int pr = 0; pr < l->out_h / 2; pr++) {
+                            conv_rows(ps, l, in, in_nhwc, b, 2 * pr, 2, 1, ct);
+                            pool_rows(&s->layer[i + 2], ct, pooled, !ps->plan.nhwc[i + 2], b, pr);
+                        }
+                }
+                if (fused) {
+                    i += 2; /* the relu and the pool ran with it */
+                    out = pooled;
+                }
+                break;
+            }
             float *c = i == 0 ? col0 : col;
             if (from_u8)
                 for (int b = 0; b < B; b++)
@@ -1233,7 +1605,8 @@ static int check_model(const fedge_model *m)
     return FEDGE_OK;
 }
 
-static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch)
+/* have: the scratch's floats (SIZE_MAX: fedge_model_scratch_floats's) */
+static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch, size_t have)
 {
     ps->m = m;
     ps->batch = batch;
@@ -1241,7 +1614,8 @@ static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch)
     ps->col_layer = -1;
     ps->xu8 = NULL;
     ps->xscale = 0.0f;
-    return plan_make(&m->spec, batch, &ps->plan);
+    ps->err = FEDGE_OK;
+    return plan_fit(&m->spec, batch, have, &ps->plan);
 }
 
 /* A u8 input: x is NULL (layer 0 reads it in blocks), or the whole minibatch
@@ -1262,10 +1636,12 @@ int fedge_model_forward(const fedge_model *m, const float *x, int batch, float *
     if (check_model(m) != FEDGE_OK || x == NULL || batch < 1 || scratch == NULL || probs == NULL)
         return FEDGE_ERR_INVALID_ARG;
     pass ps;
-    int ret = pass_init(&ps, m, batch, scratch);
+    int ret = pass_init(&ps, m, batch, scratch, SIZE_MAX);
     if (ret != FEDGE_OK)
         return ret;
     const float *p = forward_pass(&ps, x, 0, 0, NULL, NULL);
+    if (ps.err != FEDGE_OK)
+        return ps.err;
     memcpy(probs, p, (size_t)batch * m->spec.classes * sizeof(float));
     return FEDGE_OK;
 }
@@ -1298,13 +1674,15 @@ size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec)
  * layer's after its input gradient is formed; without: into grad whole. */
 static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu8, float xscale,
                          const uint8_t *y, int batch, uint64_t dropout_seed, float *scratch,
-                         float *grad, float *chunk, fedge_grad_sink sink, void *sink_arg,
-                         float *loss)
+                         size_t have, float *grad, float *chunk, size_t chunk_floats,
+                         fedge_grad_sink sink, void *sink_arg, float *loss)
 {
     if (check_model(m) != FEDGE_OK || (x == NULL) == (xu8 == NULL) || y == NULL || batch < 1 ||
         scratch == NULL || (sink ? chunk == NULL : grad == NULL))
         return FEDGE_ERR_INVALID_ARG;
-    const size_t chunk_cap = sink ? fedge_model_grad_chunk_floats(&m->spec) : 0;
+    size_t chunk_cap = sink ? fedge_model_grad_chunk_floats(&m->spec) : 0;
+    if (sink && chunk_floats > chunk_cap)
+        chunk_cap = chunk_floats; /* more dense rows per slice: the same sums */
     const fedge_model_spec *s = &m->spec;
     const float *params = m->params;
     const int B = batch;
@@ -1312,7 +1690,7 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
     if (ret != FEDGE_OK)
         return ret;
     pass ps;
-    ret = pass_init(&ps, m, batch, scratch);
+    ret = pass_init(&ps, m, batch, scratch, have);
     if (ret != FEDGE_OK)
         return ret;
     if (xu8)
@@ -1320,6 +1698,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
 
     double loss_sum = 0.0;
     float *g = forward_pass(&ps, x, 1, dropout_seed, y, &loss_sum);
+    if (ps.err != FEDGE_OK)
+        return ps.err;
     if (loss != NULL)
         *loss = (float)(loss_sum / batch);
     if (sink && !isfinite((float)(loss_sum / batch)))
@@ -1400,6 +1780,14 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
             /* with a sink the layer's gradient sits in chunk, weights then biases */
             float *lw = sink ? chunk : grad + l->w_off;
             float *gb = sink ? chunk + (l->b_off - l->w_off) : grad + l->b_off;
+            if (ps.plan.lean) {
+                lean_conv_backward(&ps, i, in, in_nhwc, g, 0, need_gin ? gin : NULL, lw, gb);
+                if (need_gin)
+                    g = gin;
+                if (sink)
+                    CHK(sink(sink_arg, l->w_off, chunk, (size_t)l->n_params));
+                break;
+            }
             col_sums(g, P, O, gb);
             float *c = i == 0 ? col0 : col; /* col0 and the last conv's col: from forward */
             if (i > 0 && ps.col_layer != i)
@@ -1435,6 +1823,20 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
             break;
         }
         case FEDGE_LAYER_MAXPOOL:
+            if (ps.plan.lean && i >= 2 && ps.plan.fused[i - 2]) { /* with its conv and relu */
+                const fedge_layer *cl = &s->layer[i - 2];
+                int cneed = i - 2 > first_param;
+                float *lw = sink ? chunk : grad + cl->w_off;
+                float *gb = sink ? chunk + (cl->b_off - cl->w_off) : grad + cl->b_off;
+                lean_conv_backward(&ps, i - 2, act_in(&ps, x, i - 2), act_in_nhwc(&ps, i - 2), g,
+                                   !ps.plan.nhwc[i], cneed ? gin : NULL, lw, gb);
+                if (cneed)
+                    g = gin;
+                if (sink)
+                    CHK(sink(sink_arg, cl->w_off, chunk, (size_t)cl->n_params));
+                i -= 2;
+                break;
+            }
             if (need_gin) {
                 maxpool_backward(l, in, g, gin, B, in_nhwc, pool_fuses_relu(s, ps.plan.nhwc, i - 1));
                 g = gin;
@@ -1451,6 +1853,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
                 dropout_apply(l, i, dropout_seed, g, g, B, in_nhwc);
             break;
         }
+        if (ps.err != FEDGE_OK)
+            return ps.err;
     }
 cleanup:
     return ret;
@@ -1461,18 +1865,39 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
 {
     if (x == NULL)
         return FEDGE_ERR_INVALID_ARG;
-    return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, grad, NULL, NULL, NULL,
-                         loss);
+    return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, SIZE_MAX, grad, NULL,
+                         0, NULL, NULL, loss);
+}
+
+int fedge_model_loss_grad_sliced_n(const fedge_model *m, const float *x, const uint8_t *y,
+                                   int batch, uint64_t dropout_seed, float *scratch,
+                                   size_t scratch_floats, float *chunk, size_t chunk_floats,
+                                   fedge_grad_sink sink, void *sink_arg, float *loss)
+{
+    if (sink == NULL || x == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, scratch_floats, NULL,
+                         chunk, chunk_floats, sink, sink_arg, loss);
 }
 
 int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,
                                  int batch, uint64_t dropout_seed, float *scratch, float *chunk,
                                  fedge_grad_sink sink, void *sink_arg, float *loss)
 {
-    if (sink == NULL || x == NULL)
+    return fedge_model_loss_grad_sliced_n(m, x, y, batch, dropout_seed, scratch, SIZE_MAX, chunk,
+                                          0, sink, sink_arg, loss);
+}
+
+int fedge_model_loss_grad_sliced_u8_n(const fedge_model *m, const uint8_t *x, float scale,
+                                      const uint8_t *y, int batch, uint64_t dropout_seed,
+                                      float *scratch, size_t scratch_floats, float *chunk,
+                                      size_t chunk_floats, fedge_grad_sink sink, void *sink_arg,
+                                      float *loss)
+{
+    if (sink == NULL || x == NULL || !isfinite(scale))
         return FEDGE_ERR_INVALID_ARG;
-    return loss_backward(m, x, NULL, 0.0f, y, batch, dropout_seed, scratch, NULL, chunk, sink,
-                         sink_arg, loss);
+    return loss_backward(m, NULL, x, scale, y, batch, dropout_seed, scratch, scratch_floats, NULL,
+                         chunk, chunk_floats, sink, sink_arg, loss);
 }
 
 int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, float scale,
@@ -1480,14 +1905,19 @@ int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, floa
                                     float *scratch, float *chunk, fedge_grad_sink sink,
                                     void *sink_arg, float *loss)
 {
-    if (sink == NULL || x == NULL || !isfinite(scale))
-        return FEDGE_ERR_INVALID_ARG;
-    return loss_backward(m, NULL, x, scale, y, batch, dropout_seed, scratch, NULL, chunk, sink,
-                         sink_arg, loss);
+    return fedge_model_loss_grad_sliced_u8_n(m, x, scale, y, batch, dropout_seed, scratch,
+                                             SIZE_MAX, chunk, 0, sink, sink_arg, loss);
 }
 
 int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y, size_t n,
                          int batch, float *scratch, size_t *n_correct, double *loss_sum)
+{
+    return fedge_model_evaluate_n(m, x, y, n, batch, scratch, SIZE_MAX, n_correct, loss_sum);
+}
+
+int fedge_model_evaluate_n(const fedge_model *m, const float *x, const uint8_t *y, size_t n,
+                           int batch, float *scratch, size_t scratch_floats, size_t *n_correct,
+                           double *loss_sum)
 {
     if (check_model(m) != FEDGE_OK || (n > 0 && (x == NULL || y == NULL)) || batch < 1 ||
         scratch == NULL)
@@ -1502,10 +1932,12 @@ int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y,
     for (size_t r0 = 0; r0 < n; r0 += (size_t)batch) {
         int rows = n - r0 < (size_t)batch ? (int)(n - r0) : batch;
         pass ps;
-        ret = pass_init(&ps, m, rows, scratch);
+        ret = pass_init(&ps, m, rows, scratch, scratch_floats);
         if (ret != FEDGE_OK)
             return ret;
         const float *p = forward_pass(&ps, x + r0 * (size_t)s->input_dim, 0, 0, y + r0, &total);
+        if (ps.err != FEDGE_OK)
+            return ps.err;
         for (int i = 0; i < rows; i++) {
             const float *row = p + (size_t)i * classes;
             int best = 0;

@@ -130,6 +130,28 @@ size_t fedge_model_scratch_floats(const fedge_model_spec *spec, int batch);
 /* The largest batch in 1..batch whose scratch is within the limit above (0 if
  * not even one row fits): how many rows a wide model can take per call. */
 int fedge_model_max_batch(const fedge_model_spec *spec, int batch);
+/* Scratch layouts are chosen at run time from the scratch a pass is given
+ * (the _n calls' scratch_floats; the plain calls assume
+ * fedge_model_scratch_floats, FULL): the fastest that fits, the GEMM's
+ * blocking taking what is left. FULL: the GEMM's full blocking; SMALL_GEMM:
+ * its least (1.5 KiB); LEAN: also no im2col matrix (one output row at a
+ * time) and no output of a conv followed by a ReLU and a 2x2 pool (two rows
+ * at a time, recomputed in backward: about one more conv forward pass).
+ * Every layout computes the same sums in the same order with the portable
+ * GEMM (gemm.c): the same bits. With a BLAS, LEAN sums a conv's weight
+ * gradient the portable kernel's way rather than the BLAS's (rounding).
+ * _min: the least of the layouts; _fit: what a pass makes of a budget of
+ * that many floats (the full size when it fits, else the budget, 0 below
+ * _min). 0 for an invalid spec or layout. */
+typedef enum {
+    FEDGE_SCRATCH_FULL = 0,
+    FEDGE_SCRATCH_SMALL_GEMM = 1,
+    FEDGE_SCRATCH_LEAN = 2,
+} fedge_scratch_layout;
+size_t fedge_model_scratch_floats_layout(const fedge_model_spec *spec, int batch,
+                                         fedge_scratch_layout layout);
+size_t fedge_model_scratch_floats_min(const fedge_model_spec *spec, int batch);
+size_t fedge_model_scratch_floats_fit(const fedge_model_spec *spec, int batch, size_t budget);
 
 /* Inference (dropout is the identity). probs: batch x classes. */
 int fedge_model_forward(const fedge_model *m, const float *x, int batch,
@@ -164,6 +186,20 @@ int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, floa
                                     const uint8_t *y, int batch, uint64_t dropout_seed,
                                     float *scratch, float *chunk, fedge_grad_sink sink,
                                     void *sink_arg, float *loss);
+/* The same with a scratch of scratch_floats floats (at least
+ * fedge_model_scratch_floats_min; FEDGE_ERR_BUFFER_TOO_SMALL below) and a
+ * chunk of chunk_floats (0, or anything up to fedge_model_grad_chunk_floats:
+ * that size; more: slices of up to chunk_floats, more dense rows per
+ * product; the same bits). */
+int fedge_model_loss_grad_sliced_n(const fedge_model *m, const float *x, const uint8_t *y,
+                                   int batch, uint64_t dropout_seed, float *scratch,
+                                   size_t scratch_floats, float *chunk, size_t chunk_floats,
+                                   fedge_grad_sink sink, void *sink_arg, float *loss);
+int fedge_model_loss_grad_sliced_u8_n(const fedge_model *m, const uint8_t *x, float scale,
+                                      const uint8_t *y, int batch, uint64_t dropout_seed,
+                                      float *scratch, size_t scratch_floats, float *chunk,
+                                      size_t chunk_floats, fedge_grad_sink sink, void *sink_arg,
+                                      float *loss);
 int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y,
                           int batch, uint64_t dropout_seed, float *scratch, float *grad,
                           float *loss);
@@ -172,6 +208,9 @@ int fedge_model_loss_grad(const fedge_model *m, const float *x, const uint8_t *y
 int fedge_model_evaluate(const fedge_model *m, const float *x, const uint8_t *y,
                          size_t n, int batch, float *scratch, size_t *n_correct,
                          double *loss_sum);
+int fedge_model_evaluate_n(const fedge_model *m, const float *x, const uint8_t *y, size_t n,
+                           int batch, float *scratch, size_t scratch_floats, size_t *n_correct,
+                           double *loss_sum);
 
 /* C[M x N] = alpha * op(A) * op(B) + beta * C, row-major, op = transpose when
  * the flag is set. The one GEMM used by the CPU paths (see gemm.c / blas). */
@@ -183,6 +222,16 @@ void fedge_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
  * BLAS (the query says 0 and ws may be NULL). The model's passes use it, so
  * the model scratch (fedge_model_scratch_floats) holds the GEMM's. */
 size_t fedge_gemm_scratch_bytes(int M, int N, int K);
+/* The least scratch the portable kernel works in (one MR- and one NR-wide
+ * panel, 32 deep: 1.5 KiB); 0 with a BLAS. */
+size_t fedge_gemm_scratch_min_bytes(int M, int N, int K);
+/* fedge_sgemm_ws with a scratch of ws_bytes, anywhere from the min to the
+ * full size: the portable kernel picks the largest blocks that fit (the same
+ * bits whatever it picks: K is sliced alike). FEDGE_ERR_BUFFER_TOO_SMALL
+ * (C untouched) below the min. */
+int fedge_sgemm_wsn(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                    int ldc, float *ws, size_t ws_bytes);
 void fedge_sgemm_ws(int trans_a, int trans_b, int M, int N, int K, float alpha,
                     const float *A, int lda, const float *B, int ldb, float beta,
                     float *C, int ldc, float *ws);

@@ -88,3 +88,39 @@ echo "issue plan $issue B, softmax goal $goal B"
 [ "$peak" -le "$issue" ] || fed_fail "the heap peak ($peak B) exceeds the issue's plan ($issue B)"
 [ "$peak" -le "$goal" ] || fed_fail "the heap peak ($peak B) exceeds issue 12's softmax goal ($goal B)"
 echo ok
+
+# The CNN (issue 12: every model within 2 x params + one minibatch as stored
+# + 64 KiB): one round of cnn:1x28x28-c8k5-p2-f64-10 under massif, as above,
+# on a 120-row shard (the heap does not grow with the shard; a 1000-row
+# round takes ~19 s under massif). Its one-sample pass takes the lean
+# scratch layout (docs/EDGE.md, Memory): main's edge, holding the first
+# conv's im2col, its output and two 4608-float gradient buffers, peaked at
+# 804 120 B and fails the issue bound.
+spec=cnn:1x28x28-c8k5-p2-f64-10
+"$BIN/fedge-partition" --data fashion-mnist --clients 500 --kind iid --seed 7 \
+    --out "$FED_DIR/small-shards" >/dev/null || fed_fail "partition (500 clients)"
+FED_PORT=$(fed_free_port)
+"$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" --db "$FED_DIR/massif-cnn.db" \
+    --model-dir "$FED_DIR/massif-cnn-models" --signing-key "$FED_DIR/aggregator.key" \
+    --listen "127.0.0.1:$FED_PORT" --model-spec "$spec" --rounds 1 --round-timeout-s 60 \
+    --quorum 1 --start-delay-s 0.2 --linger-s 1 >>"$FED_DIR/agg-massif-cnn.log" 2>&1 &
+FED_PIDS+=("$!")
+keys=$(fed_edge_keys dev-002) || exit 1
+mkdir -p "$FED_DIR/massif-cnn-state"
+valgrind --tool=massif --massif-out-file="$FED_DIR/massif-cnn.out" \
+    "$EDGE_BUILD/bin/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-002 --keys "$keys" \
+    --state-dir "$FED_DIR/massif-cnn-state" \
+    --shard "$FED_DIR/small-shards/shard-000.bin" --max-rounds 1 --print-memory --timeout-ms 30000 \
+    >"$FED_DIR/edge-massif-cnn.log" 2>&1 ||
+    { tail -n 5 "$FED_DIR/edge-massif-cnn.log" >&2; fed_fail "CNN edge under massif"; }
+grep -q "round 1: .*outcome=accepted" "$FED_DIR/edge-massif-cnn.log" || fed_fail "the CNN round was not accepted"
+peak=$(awk -F= '/^mem_heap_B=/{h=$2} /^mem_heap_extra_B=/{if (h + $2 > m) m = h + $2} END{print m}' \
+    "$FED_DIR/massif-cnn.out")
+plan=$(grep -o 'peak=[0-9]*' "$FED_DIR/edge-massif-cnn.log" | tail -1 | cut -d= -f2)
+[ -n "$plan" ] && [ -n "$peak" ] || fed_fail "CNN: no plan ($plan) or no massif peak ($peak)"
+issue=$((2 * 4 * 74650 + 32 * 785 + 65536))
+echo "CNN edge heap peak $peak B, planned $plan B, issue plan $issue B"
+[ "$peak" -le "$plan" ] || fed_fail "CNN: the heap peak ($peak B) exceeds the plan ($plan B)"
+[ $((plan * 100)) -le $((peak * 105)) ] || fed_fail "CNN: the plan ($plan B) overstates the heap peak ($peak B) by more than 5%"
+[ "$peak" -le "$issue" ] || fed_fail "CNN: the heap peak ($peak B) exceeds the issue's plan ($issue B)"
+echo ok

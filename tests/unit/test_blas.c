@@ -269,6 +269,62 @@ static void test_portable_scratch_by_query(void **state)
     assert_int_equal(fedge_sgemm_portable_scratch_bytes(0, 5, 5), 0);
 }
 
+/* The blocking follows the scratch given (gemm.c): from the full size down
+ * to the min (one panel pair, packed 32 deep in pieces of a K slice) every
+ * element is the same sum: the same bits; below the min nothing is written. */
+static void test_portable_blocking_by_scratch(void **state)
+{
+    (void)state;
+    static const int shapes[][3] = {{32, 10, 784}, {1, 64, 1152}, {8, 200, 784}, {5, 3, 1000},
+                                    {130, 520, 600}, {576, 8, 25}, {8, 25, 576}, {3, 3, 7}};
+    fedge_rng r;
+    fedge_rng_seed(&r, 5);
+    for (size_t q = 0; q < sizeof shapes / sizeof shapes[0]; q++) {
+        int M = shapes[q][0], N = shapes[q][1], K = shapes[q][2];
+        size_t full = fedge_sgemm_portable_scratch_bytes(M, N, K);
+        size_t min = fedge_sgemm_portable_scratch_min_bytes(M, N, K);
+        assert_true(min > 0 && min <= full && min <= 12 * 32 * sizeof(float));
+        float *A = malloc((size_t)M * K * sizeof(float)), *B = malloc((size_t)K * N * sizeof(float));
+        float *C1 = malloc((size_t)M * N * sizeof(float)), *C2 = malloc((size_t)M * N * sizeof(float));
+        float *ws = malloc(full);
+        assert_true(A && B && C1 && C2 && ws);
+        for (size_t i = 0; i < (size_t)M * K; i++)
+            A[i] = (float)fedge_rng_normal(&r);
+        for (size_t i = 0; i < (size_t)K * N; i++)
+            B[i] = (float)fedge_rng_normal(&r);
+        for (int t = 0; t < 4; t++) {
+            int ta = t & 1, tb = t >> 1, lda = ta ? M : K, ldb = tb ? K : N;
+            assert_int_equal(fedge_sgemm_portable_wsn(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 0.0f,
+                                                      C1, N, ws, full),
+                             FEDGE_OK);
+            size_t sizes[] = {full - sizeof(float), full / 2, full / 3, 12 * 40 * sizeof(float),
+                              min + sizeof(float), min};
+            for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+                if (sizes[z] < min || sizes[z] > full)
+                    continue;
+                memset(C2, 0x7f, (size_t)M * N * sizeof(float));
+                assert_int_equal(fedge_sgemm_portable_wsn(ta, tb, M, N, K, 0.5f, A, lda, B, ldb,
+                                                          0.0f, C2, N, ws, sizes[z]),
+                                 FEDGE_OK);
+                assert_memory_equal(C1, C2, (size_t)M * N * sizeof(float));
+            }
+            memset(C2, 0x11, (size_t)M * N * sizeof(float));
+            assert_int_equal(fedge_sgemm_portable_wsn(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 0.0f,
+                                                      C2, N, ws, 11 * sizeof(float)),
+                             FEDGE_ERR_BUFFER_TOO_SMALL);
+            for (size_t i = 0; i < (size_t)M * N; i++)
+                assert_int_equal(((uint32_t *)C2)[i], 0x11111111u);
+        }
+        free(A);
+        free(B);
+        free(C1);
+        free(C2);
+        free(ws);
+    }
+    /* an edge MLP's largest product packs 1.5 KiB at the min, 64 KiB+ at the full size */
+    assert_int_equal(fedge_sgemm_portable_scratch_min_bytes(32, 784, 200), 12 * 32 * 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -277,6 +333,7 @@ int main(void)
         cmocka_unit_test(test_sgemm_vs_naive),
         cmocka_unit_test(test_portable_vs_naive),
         cmocka_unit_test(test_sgemm_degenerate),
+        cmocka_unit_test(test_portable_blocking_by_scratch),
         cmocka_unit_test(test_blas_threads),
         cmocka_unit_test(test_sgd_update_matches_scalar),
     };

@@ -191,12 +191,16 @@ static void test_cnn_round(void **state)
     assert_true(fedge_model_scratch_floats(&spec, 16) > 16 * (4 * 24 * 24 + 25 * 24 * 24));
     int micro = fedge_edge_micro_batch(&spec, 16);
     assert_true(micro >= 1 && micro < 16);
-    size_t scratch = fedge_model_scratch_floats(&spec, micro);
+    /* rows by the small-GEMM layout; the scratch is what a pass makes of the budget */
+    size_t scratch = fedge_edge_scratch_floats(&spec, micro);
     /* the edge profile's budget is a fixed FEDGE_EDGE_ACT_BUDGET (Makefile) */
     size_t grows = FEDGE_EDGE_ACT_GROWS ? 4 * spec.n_params : 0;
     size_t budget = grows > FEDGE_EDGE_ACT_BUDGET ? grows : FEDGE_EDGE_ACT_BUDGET;
     assert_true(4 * scratch <= budget || micro == 1);
-    assert_true(4 * fedge_model_scratch_floats(&spec, micro + 1) > budget);
+    assert_true(4 * fedge_model_scratch_floats_layout(&spec, micro + 1, FEDGE_SCRATCH_SMALL_GEMM) >
+                budget);
+    assert_true(scratch <= fedge_model_scratch_floats(&spec, micro));
+    assert_true(scratch >= fedge_model_scratch_floats_min(&spec, micro));
     assert_int_equal(plan.scratch, 4 * scratch);
     assert_int_equal(plan.velocity, 4 * spec.n_params);
     fedge_model_spec mlp;
@@ -204,9 +208,19 @@ static void test_cnn_round(void **state)
     if (FEDGE_EDGE_ACT_GROWS)
         assert_int_equal(fedge_edge_micro_batch(&mlp, 32), 32); /* fits: one pass, the same bits */
     /* --act-budget-kb: the process's budget replaces the build's, both ways */
-    fedge_edge_set_act_budget(4 * fedge_model_scratch_floats(&mlp, 32));
+    size_t mlp32 = fedge_model_scratch_floats_layout(&mlp, 32, FEDGE_SCRATCH_SMALL_GEMM);
+    fedge_edge_set_act_budget(4 * mlp32);
     assert_int_equal(fedge_edge_micro_batch(&mlp, 32), 32);
-    fedge_edge_set_act_budget(4 * fedge_model_scratch_floats(&mlp, 32) - 1);
+    assert_int_equal(fedge_edge_scratch_floats(&mlp, 32), mlp32);
+    fedge_edge_set_act_budget(4 * fedge_model_scratch_floats(&mlp, 32)); /* the full blocking */
+    assert_int_equal(fedge_edge_scratch_floats(&mlp, 32), fedge_model_scratch_floats(&mlp, 32));
+    size_t cmin = fedge_model_grad_chunk_floats(&mlp);
+    assert_int_equal(fedge_edge_chunk_floats(&mlp, 32),
+                     cmin > FEDGE_EDGE_FULL_CHUNK ? cmin : FEDGE_EDGE_FULL_CHUNK);
+    fedge_edge_set_act_budget(4 * mlp32 + 4); /* not the full layout: the least slices */
+    if (mlp32 + 1 < fedge_model_scratch_floats(&mlp, 32))
+        assert_int_equal(fedge_edge_chunk_floats(&mlp, 32), cmin);
+    fedge_edge_set_act_budget(4 * mlp32 - 1);
     assert_int_equal(fedge_edge_micro_batch(&mlp, 32), 31);
     fedge_edge_set_act_budget(1);
     assert_int_equal(fedge_edge_micro_batch(&mlp, 32), 1);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "blas.h"
 #include "model.h"
 #include "optim.h"
 #include "rng.h"
@@ -273,7 +274,9 @@ static void test_init_views_free(void **state)
     const size_t xin_rows = 8;
 #endif
     size_t xin = xin_rows * 7 > 10 ? xin_rows * 7 : 10; /* at least one float per row */
-    assert_int_equal(fedge_model_scratch_floats(&s, 10), 10 * (5 + 4 + 3 + 2 * 5) + gemm + xin);
+    /* activations 5 + 4 + 3; the two gradient buffers by what backward writes
+     * to each: the last layer's input gradient (4), then the middle one's (5) */
+    assert_int_equal(fedge_model_scratch_floats(&s, 10), 10 * (5 + 4 + 3 + 4 + 5) + gemm + xin);
     fedge_model_free(&m);
     assert_null(m.params);
     fedge_model_free(&m); /* double free is safe */
@@ -918,6 +921,109 @@ static void test_u8_input_same_bits(void **state)
     u8_same_bits("cnn:1x28x28-p2-f16-10", 16);
 }
 
+/* A pass takes the fastest layout its scratch holds (model.c's plan_fit):
+ * from fedge_model_scratch_floats_min up to the full size only the GEMM's
+ * blocking changes, never a sum: the same loss and gradient bits, u8 and
+ * float input, and a scratch one float below the min is refused before any
+ * slice. (With OpenBLAS the GEMM packs nothing and min == full; the
+ * BLAS=none build, make unit-noblas, is where the sizes differ.) */
+static void fit_same_bits(const char *text, int batch)
+{
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse(text, &s), FEDGE_OK);
+    fedge_model m;
+    assert_int_equal(fedge_model_init(&m, &s), FEDGE_OK);
+    fedge_rng r;
+    fedge_rng_seed(&r, 78);
+    assert_int_equal(fedge_model_randomize(&m, &r), FEDGE_OK);
+    size_t dim = (size_t)s.input_dim, n = m.n_params;
+    size_t full = fedge_model_scratch_floats(&s, batch), min = fedge_model_scratch_floats_min(&s, batch);
+    assert_true(min > 0 && min <= full);
+    assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, full + 100), full);
+    assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, min), min);
+    if (min > 0)
+        assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, min - 1), 0);
+    uint8_t *xu = malloc((size_t)batch * dim), *y = malloc((size_t)batch);
+    float *scratch = malloc(full * sizeof(float));
+    size_t cmin = fedge_model_grad_chunk_floats(&s);
+    float *chunk = malloc(4 * cmin * sizeof(float)); /* odd sizes take 4x the slices */
+    float *ga = calloc(n, sizeof(float)), *gb = calloc(n, sizeof(float));
+    assert_true(xu && y && scratch && chunk && ga && gb);
+    for (size_t i = 0; i < (size_t)batch * dim; i++)
+        xu[i] = (uint8_t)(fedge_rng_u64(&r) >> 56);
+    for (int i = 0; i < batch; i++)
+        y[i] = (uint8_t)(fedge_rng_u64(&r) % (uint64_t)s.classes);
+    collect a = {ga, 0};
+    float la, lb;
+    assert_int_equal(fedge_model_loss_grad_sliced_u8(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch, 5,
+                                                     scratch, chunk, collect_sink, &a, &la),
+                     FEDGE_OK);
+    size_t sizes[] = {min, min + 1, min + (full - min) / 3, full - (full > min)};
+    size_t small = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_SMALL_GEMM);
+    int exact = strcmp(fedge_blas_name(), "portable") == 0;
+    for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+        collect b = {gb, 0};
+        memset(scratch, 0xff, full * sizeof(float)); /* NaNs */
+        assert_int_equal(fedge_model_loss_grad_sliced_u8_n(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch,
+                                                           5, scratch, sizes[z], chunk,
+                                                           z % 2 ? 4 * cmin : 0, collect_sink,
+                                                           &b, &lb),
+                         FEDGE_OK);
+        assert_true(z % 2 ? b.calls <= a.calls : b.calls == a.calls);
+        if (exact || sizes[z] >= small) {
+            assert_memory_equal(&la, &lb, sizeof la);
+            assert_memory_equal(ga, gb, n * sizeof(float));
+            continue;
+        }
+        /* a BLAS and the lean layout: the conv's weight gradient summed the portable way */
+        assert_true(fabsf(la - lb) <= 1e-6f * fabsf(la));
+        float gmax = 0.0f, dmax = 0.0f;
+        for (size_t i = 0; i < n; i++) {
+            gmax = fabsf(ga[i]) > gmax ? fabsf(ga[i]) : gmax;
+            dmax = fabsf(ga[i] - gb[i]) > dmax ? fabsf(ga[i] - gb[i]) : dmax;
+        }
+        assert_true(dmax <= 1e-5f * gmax);
+    }
+    if (exact) { /* float rows in the least layout: the same bits as the u8 rows */
+        float *xf = malloc((size_t)batch * dim * sizeof(float));
+        assert_non_null(xf);
+        for (size_t i = 0; i < (size_t)batch * dim; i++)
+            xf[i] = (float)xu[i] * FEDGE_SHARD_U8_SCALE;
+        collect d = {gb, 0};
+        assert_int_equal(fedge_model_loss_grad_sliced_n(&m, xf, y, batch, 5, scratch, min, chunk,
+                                                        0, collect_sink, &d, &lb),
+                         FEDGE_OK);
+        assert_memory_equal(&la, &lb, sizeof la);
+        assert_memory_equal(ga, gb, n * sizeof(float));
+        free(xf);
+    }
+    collect c = {gb, 0};
+    assert_int_equal(fedge_model_loss_grad_sliced_u8_n(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch, 5,
+                                                       scratch, min - 1, chunk, 0, collect_sink, &c,
+                                                       &lb),
+                     FEDGE_ERR_BUFFER_TOO_SMALL);
+    assert_int_equal(c.calls, 0);
+    free(xu);
+    free(y);
+    free(scratch);
+    free(chunk);
+    free(ga);
+    free(gb);
+    fedge_model_free(&m);
+}
+
+static void test_scratch_fit_same_bits(void **state)
+{
+    (void)state;
+    fit_same_bits("softmax:784-10", 32);
+    fit_same_bits("mlp:784-200-10", 13);
+    fit_same_bits("cnn:1x28x28-c4k5-p2-f16-10", 3);
+    fit_same_bits("cnn:1x28x28-c8k5-p2-f64-10", 1);
+    fit_same_bits("cnn:3x12x12-c6k3p1-p2-c8k3-d20-10", 5);
+    fit_same_bits("cnn:2x16x16-c4k3p1-p2-c6k3p1-p2-f8-10", 2); /* a fused conv's input gradient */
+    fit_same_bits("cnn:1x9x9-c3k2-p3s2-c2k2s2-4", 3);           /* none fused */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -926,6 +1032,7 @@ int main(void)
         cmocka_unit_test(test_spec_format_and_id),
         cmocka_unit_test(test_init_views_free),
         cmocka_unit_test(test_u8_input_same_bits),
+        cmocka_unit_test(test_scratch_fit_same_bits),
         cmocka_unit_test(test_gradients_mlp),
         cmocka_unit_test(test_gradients_softmax),
         cmocka_unit_test(test_gradients_conv),
