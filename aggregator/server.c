@@ -14,8 +14,7 @@
 #include <unistd.h>
 
 #include <coap3/coap.h>
-#include <mbedtls/ssl.h>
-#include <mbedtls/version.h>
+#include <openssl/ssl.h>
 #ifndef COAP_BERT_BLOCK1_PER_BLOCK
 #error "libcoap without tools/deps/libcoap-4.3.1-bert-block1-per-block.patch (BERT uploads would bypass upload.c's limits): run make deps"
 #endif
@@ -1076,19 +1075,14 @@ static void tcp_close(fedge_server *s, struct tcp_conn *c)
 }
 
 /* Whether the peer of a connection in handshake has sent a ClientHello
- * that mbedTLS parsed (libcoap's TLS session is an mbedtls_ssl_context;
- * mbedTLS 2's handshake state is public). A peer without a key can get
- * this far, but a peer that sends nothing cannot. */
+ * (libcoap's TLS session is OpenSSL's SSL; its handshake state leaves
+ * TLS_ST_BEFORE with the first handshake message read). A peer without a
+ * key can get this far, but a peer that sends nothing cannot. */
 static int tcp_hello_seen(coap_session_t *session)
 {
-#if MBEDTLS_VERSION_MAJOR == 2
     coap_tls_library_t lib;
-    const mbedtls_ssl_context *ssl = coap_session_get_tls(session, &lib);
-    return ssl && lib == COAP_TLS_LIBRARY_MBEDTLS && ssl->state > MBEDTLS_SSL_CLIENT_HELLO;
-#else
-    (void)session;
-    return 0;
-#endif
+    SSL *ssl = coap_session_get_tls(session, &lib);
+    return ssl && lib == COAP_TLS_LIBRARY_OPENSSL && SSL_get_state(ssl) != TLS_ST_BEFORE;
 }
 
 /* Established connections with the PSK identity of s->tcp[i] (plain TCP,
@@ -1492,6 +1486,14 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     coap_startup();
     coap_set_log_level(LOG_WARNING);
     coap_dtls_set_log_level(LOG_WARNING);
+    /* tcp_hello_seen reads OpenSSL's handshake state, and the PSK suites
+     * (tools/deps.sh) are the OpenSSL build's */
+    const coap_tls_version_t *tls = coap_get_tls_library_version();
+    if (!a->cfg.insecure && (!tls || tls->type != COAP_TLS_LIBRARY_OPENSSL)) {
+        snprintf(err, errlen, "this libcoap is not built on OpenSSL: fedge-aggregator links libcoap-3-openssl "
+                 "(tools/deps.sh, make deps)");
+        FAIL(FEDGE_ERR_UNSUPPORTED);
+    }
     s = calloc(1, sizeof *s);
     if (!s)
         FAIL(FEDGE_ERR_NOMEM);
@@ -1509,7 +1511,7 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     coap_register_event_handler(s->ctx, on_session_event);
     coap_register_nack_handler(s->ctx, on_nack);
     /* a reconnect burst: libcoap ignores new DTLS clients while this many
-     * handshakes are open (default 100); each costs an mbedTLS context */
+     * handshakes are open (default 100); each costs an OpenSSL SSL */
     coap_context_set_max_handshake_sessions(
         s->ctx, (unsigned)(a->keys.n + 16 < HANDSHAKES_MAX ? a->keys.n + 16 : HANDSHAKES_MAX));
 
