@@ -54,8 +54,9 @@ COAP_BERT_PATCH="$HERE/tools/deps/libcoap-$LIBCOAP_VERSION-bert-block1-per-block
 EDGE_DEPS_CFLAGS="-Os -ffunction-sections -fdata-sections -flto -ffat-lto-objects"
 APT_OPTS=(-o DPkg::Lock::Timeout=120 -qq)
 # The aggregator's libcoap on OpenSSL accepts these TLS/DTLS 1.2 PSK suites
-# (libcoap 4.3.1's compile-time COAP_OPENSSL_PSK_CIPHERS; its own default is
-# "PSK:!NULL", where a client listing ChaCha20 or ECDHE-PSK first gets it):
+# (libcoap 4.3.1's compile-time COAP_OPENSSL_CIPHERS, its TLS server's list,
+# and COAP_OPENSSL_PSK_CIPHERS; its defaults, "TLSv1.2:!NULL" and
+# "PSK:!NULL", give a client listing ChaCha20 or ECDHE-PSK first those):
 # AES-GCM (AES-NI) for TLS, and the edges' one DTLS suite, RFC 7252's
 # TLS_PSK_WITH_AES_128_CCM_8. The client's order picks among them.
 COAP_OSSL_PSK_CIPHERS="PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-AES128-CCM8"
@@ -111,7 +112,7 @@ if [ $TRIM -eq 1 ]; then
 else
     STAMP="$PREFIX/.libcoap-$LIBCOAP_VERSION-mbedtls"
     fingerprint="libcoap=$LIBCOAP_VERSION patch=$(sha256sum "$COAP_BERT_PATCH" | cut -c1-16)"
-    fingerprint+=" backends=mbedtls,openssl psk=$COAP_OSSL_PSK_CIPHERS"
+    fingerprint+=" backends=mbedtls,openssl openssl-ciphers=$COAP_OSSL_PSK_CIPHERS"
     need_src=1
     [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && need_src=0
 fi
@@ -251,8 +252,9 @@ if [ $need_src -eq 1 ]; then
         patch -s -d "$bdir/libcoap-src" -p1 <"$COAP_BERT_PATCH"
         build_libcoap "$bdir/libcoap-src" "$bdir/libcoap" "-O2 -g -fPIC"
         cp -a "$PREFIX/include/coap3" "$bdir/coap3-mbedtls"
+        q="\\\"$COAP_OSSL_PSK_CIPHERS\\\""
         build_libcoap "$bdir/libcoap-src" "$bdir/libcoap-openssl" \
-            "-O2 -g -fPIC -DCOAP_OPENSSL_PSK_CIPHERS=\\\"$COAP_OSSL_PSK_CIPHERS\\\"" --with-openssl
+            "-O2 -g -fPIC -DCOAP_OPENSSL_CIPHERS=$q -DCOAP_OPENSSL_PSK_CIPHERS=$q" --with-openssl
         diff -r "$bdir/coap3-mbedtls" "$PREFIX/include/coap3" >/dev/null || {
             log "libcoap's headers differ between its mbedTLS and OpenSSL builds"; exit 1; }
     else

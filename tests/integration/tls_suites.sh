@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The aggregator's (D)TLS is libcoap on OpenSSL (tools/deps.sh,
+# COAP_OSSL_PSK_CIPHERS); docs/PROTOCOL.md "Transports". Against a real
+# fedge-aggregator with Debian's openssl s_client and the device PSK:
+#  - TLS over TCP: a client listing ECDHE-PSK and PSK ChaCha20-Poly1305
+#    first, then AES-256-GCM and AES-128-GCM (mbedTLS 2.28's order, the
+#    edges' libcoap) gets PSK-AES256-GCM-SHA384 (the mbedTLS server chose
+#    ChaCha20: software, the top cost of TLS ingest); one offering only
+#    ChaCha20 is refused;
+#  - DTLS: TLS_PSK_WITH_AES_128_CCM_8 alone (the shipped edges' one suite,
+#    edge/mbedtls_config_edge.h) is negotiated, through the HelloVerify
+#    cookie exchange;
+#  - a wrong key fails the TLS handshake; nothing is stored by any of it.
+# The mbedTLS edges against this aggregator: e2e_dtls.sh, tcp_transport.sh,
+# cross_edge.sh.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+. tests/lib/fed.sh
+
+command -v openssl >/dev/null || fed_fail "openssl is not installed"
+fed_setup 2
+FED_PORT=$(fed_free_port)
+TCP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$BIN/fedge-partition" --data fashion-mnist --clients 1 --kind iid --seed 5 \
+    --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
+fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
+    --round-timeout-s 60 --listen-tcp "127.0.0.1:$TCP_PORT"
+fed_wait_for "grep -qs 'round 1 open' '$FED_DIR/agg.log'" 20
+psk=$("$BIN/fedge-keygen" psk --keys "$FED_DIR/keys" --id dev-001) || fed_fail "keygen psk"
+hex=$(printf %s "$psk" | od -An -tx1 | tr -d ' \n')
+state() { fed_sql "SELECT (SELECT count(*) FROM updates), (SELECT count(*) FROM audit), (SELECT sum(last_counter) FROM devices)"; }
+before=$(state)
+
+# PROTO CIPHERS [KEY]: the suite the handshake settled on, or "(NONE)"
+negotiated() {
+    local proto=$1 ciphers=$2 key=${3:-$hex} port=$TCP_PORT
+    [ "$proto" = -dtls1_2 ] && port=$FED_PORT
+    timeout 5 openssl s_client "$proto" -connect "127.0.0.1:$port" -psk_identity dev-001 -psk "$key" \
+        -cipher "$ciphers" -brief </dev/null 2>&1 | sed -n 's/^Ciphersuite: //p' | head -1 | grep . || echo "(NONE)"
+}
+mbedtls_order="ECDHE-PSK-CHACHA20-POLY1305:PSK-CHACHA20-POLY1305:PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256"
+got=$(negotiated -tls1_2 "$mbedtls_order")
+[ "$got" = PSK-AES256-GCM-SHA384 ] || fed_fail "TLS with mbedTLS's suite order: $got negotiated, PSK-AES256-GCM-SHA384 expected"
+got=$(negotiated -tls1_2 "PSK-AES128-GCM-SHA256")
+[ "$got" = PSK-AES128-GCM-SHA256 ] || fed_fail "TLS with AES-128-GCM: $got negotiated"
+got=$(negotiated -tls1_2 "PSK-CHACHA20-POLY1305:ECDHE-PSK-CHACHA20-POLY1305")
+[ "$got" = "(NONE)" ] || fed_fail "a ChaCha20-only client should be refused; $got negotiated"
+got=$(negotiated -dtls1_2 "PSK-AES128-CCM8")
+[ "$got" = PSK-AES128-CCM8 ] || fed_fail "DTLS with the edges' TLS_PSK_WITH_AES_128_CCM_8: $got negotiated"
+got=$(negotiated -tls1_2 "PSK-AES128-GCM-SHA256" "00${hex:2}")
+[ "$got" = "(NONE)" ] || fed_fail "a wrong key should fail the handshake; $got negotiated"
+kill -0 "$FED_AGG_PID" 2>/dev/null || fed_fail "the aggregator stopped"
+[ "$(state)" = "$before" ] || fed_fail "handshakes alone changed the log: $before -> $(state)"
+echo ok
