@@ -1030,8 +1030,6 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
     free(res.body);
 }
 
-#define TLS_SERVER_MTU 1152u
-
 static int is_tcp(const coap_session_t *session)
 {
     coap_proto_t p = coap_session_get_proto(session);
@@ -1225,21 +1223,12 @@ static int on_session_event(coap_session_t *session, const coap_event_t event)
         tcp_track(g_server, session, 1);
     if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server && is_tcp(session))
         tcp_track(g_server, session, 0);
-    /* libcoap 4.3.1's mbedTLS backend sends the first TLS record of a
-     * message and loses the rest (coap_tls_write takes mbedtls_ssl_write's
-     * partial write for a full socket and never asks to write again), and
-     * its server's records carry at most ~1100 bytes (it sets the DTLS MTU,
-     * 1152, which mbedTLS applies to TLS as well): our messages to a TCP
-     * client stay within one record, a larger response body goes as Block2
-     * blocks of 1024 bytes. A peer whose CSM announced a smaller
-     * Max-Message-Size keeps it (libcoap set the session's MTU from it and
-     * picks smaller Block2 blocks to fit). */
+    /* A TCP peer's CSM Max-Message-Size sizes our messages to it (libcoap
+     * set the session's MTU from it; OpenSSL writes a message longer than
+     * a TLS record as several). */
     if (event == COAP_EVENT_SESSION_CONNECTED && is_tcp(session) && g_server &&
         coap_session_max_pdu_size(session) < TCP_MIN_MESSAGE - 4)
         tcp_refuse_small(g_server, session);
-    else if (event == COAP_EVENT_SESSION_CONNECTED && coap_session_get_proto(session) == COAP_PROTO_TLS &&
-             coap_session_max_pdu_size(session) > TLS_SERVER_MTU - 4)
-        coap_session_set_mtu(session, TLS_SERVER_MTU);
     if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server)
         answer_drop(session);
     switch (event) {
