@@ -19,7 +19,10 @@
 #    the rest; tools/deps' patch writes them all): both accepted;
 #  - a peer whose CSM announces Max-Message-Size 65536 and BERT gets GET
 #    /model in messages past one TLS record (the aggregator on mbedTLS cut
-#    every TCP session to 1,152 bytes).
+#    every TCP session to 1,152 bytes);
+#  - tcp_max_preauth 2: a peer that sent its ClientHello and stalls, then two
+#    bare connections: the older bare one is closed, the one whose
+#    ClientHello OpenSSL read is kept (server.c's tcp_hello_seen).
 # The mbedTLS edges against this aggregator: e2e_dtls.sh, tcp_transport.sh,
 # cross_edge.sh.
 set -uo pipefail
@@ -33,7 +36,7 @@ TCP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0))
 "$BIN/fedge-partition" --data fashion-mnist --clients 1 --kind iid --seed 5 \
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
 fed_start_aggregator --model-spec mlp:784-64-10 --test-data "$FED_DIR/test.bin" --rounds 1 \
-    --round-timeout-s 60 --listen-tcp "127.0.0.1:$TCP_PORT"
+    --round-timeout-s 60 --listen-tcp "127.0.0.1:$TCP_PORT" --tcp-max-preauth 2
 fed_wait_for "grep -qs 'round 1 open' '$FED_DIR/agg.log'" 20
 psk=$("$BIN/fedge-keygen" psk --keys "$FED_DIR/keys" --id dev-001) || fed_fail "keygen psk"
 hex=$(printf %s "$psk" | od -An -tx1 | tr -d ' \n')
@@ -59,6 +62,34 @@ got=$(negotiated -dtls1_2 "PSK-AES128-CCM8")
 [ "$got" = PSK-AES128-CCM8 ] || fed_fail "DTLS with the edges' TLS_PSK_WITH_AES_128_CCM_8: $got negotiated"
 got=$(negotiated -tls1_2 "PSK-AES128-GCM-SHA256" "00${hex:2}")
 [ "$got" = "(NONE)" ] || fed_fail "a wrong key should fail the handshake; $got negotiated"
+python3 - "$TCP_PORT" <<'EOF' || fed_fail "tcp_max_preauth: a connection whose ClientHello was read should outlast bare ones"
+import os, socket, sys, time
+port = int(sys.argv[1])
+body = b"\x03\x03" + os.urandom(32) + b"\x00" + b"\x00\x02\x00\xa8" + b"\x01\x00"  # PSK-AES128-GCM-SHA256
+hs = b"\x01" + len(body).to_bytes(3, "big") + body
+hello = socket.create_connection(("127.0.0.1", port))
+hello.sendall(b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs)
+hello.settimeout(2)
+if not hello.recv(5).startswith(b"\x16\x03\x03"):
+    sys.exit("no ServerHello")
+bare = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+time.sleep(0.5)
+def closed(s):
+    s.settimeout(0.2)
+    try:
+        while True:
+            if s.recv(65536) == b"":
+                return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+if not closed(bare[0]):
+    sys.exit("the oldest bare connection is still open")
+if closed(hello):
+    sys.exit("the connection that sent a ClientHello was closed")
+print("preauth: the bare connection went, the ClientHello's stayed")
+EOF
 kill -0 "$FED_AGG_PID" 2>/dev/null || fed_fail "the aggregator stopped"
 got=$(negotiated -tls1_3 ALL)
 [ "$got" = TLS_CHACHA20_POLY1305_SHA256 ] || fed_fail "TLS 1.3 with the PSK: $got negotiated"
@@ -102,4 +133,5 @@ while i < len(b):
         j += l
 sys.exit(f"no 2.05 with Block2 in the answer ({len(b)} bytes)")
 EOF
+
 echo ok
