@@ -12,7 +12,8 @@
 # 2. Native: builds libcoap 4.3.1 from Debian's libcoap3 source package
 #    into BUILD_DIR/deps/<triplet>, once, with
 #    tools/deps/libcoap-4.3.1-bert-block1-per-block.patch (BERT Block1 blocks
-#    reach the aggregator's handler one by one, so upload.c bounds them),
+#    reach the aggregator's handler one by one, so upload.c bounds them;
+#    on mbedTLS a TLS message longer than one record is written whole),
 #    twice: against Debian's full mbedTLS (libcoap-3-mbedtls.a: the native
 #    edge, fedge-edgesim, the device-side benchmarks) and against Debian's
 #    OpenSSL (libcoap-3-openssl.a: fedge-aggregator, whose TLS records are
