@@ -13,7 +13,8 @@
 #  - TLS 1.3 (OpenSSL's client order; libcoap sets no TLS 1.3 list) gets
 #    TLS_CHACHA20_POLY1305_SHA256, the first suite of SHA-256, the PSK's hash;
 #  - a wrong key fails the TLS handshake; nothing is stored by any of it;
-#  - then two devices of bench-ingest_rate (libcoap on mbedTLS) send their
+#  - then two devices of bench-ingest_rate (libcoap on mbedTLS: it gets
+#    TLS_PSK_WITH_AES_256_GCM_SHA384) send their
 #    updates over TLS as BERT messages of 63 KiB, four TLS records each
 #    (libcoap 4.3.1 on mbedTLS wrote the first record of a message and lost
 #    the rest; tools/deps' patch writes them all): both accepted;
@@ -99,6 +100,8 @@ DRIVER="$BIN/bench-ingest_rate"
 [ -x "$DRIVER" ] || DRIVER=build/native/bin/bench-ingest_rate # an ASan build has no bench programs
 "$DRIVER" --server "127.0.0.1:$TCP_PORT" --transport tcp --tcp-mtu 65536 --keys "$FED_DIR/keys" --n 2 \
     --raw 0 --timeout-s 10 >"$FED_DIR/driver.log" 2>&1 || { cat "$FED_DIR/driver.log" >&2; fed_fail "bench-ingest_rate over TCP, 63 KiB messages"; }
+grep -q "^suite    TLS-PSK-WITH-AES-256-GCM-SHA384 " "$FED_DIR/driver.log" ||
+    fed_fail "the mbedTLS driver's TLS suite: $(grep "^suite" "$FED_DIR/driver.log")"
 grep -q "^ingest   2 of 2 answered 2.04" "$FED_DIR/driver.log" ||
     fed_fail "updates in 63 KiB TLS messages not accepted: $(cat "$FED_DIR/driver.log")"
 [ "$(fed_sql "SELECT count(*) FROM updates WHERE decision='accepted'")" = 2 ] ||

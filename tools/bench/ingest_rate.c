@@ -13,6 +13,7 @@
  * sends them; --tcp-mtu 65536: 63 KiB messages of four records, which
  * libcoap 4.3.1 on mbedTLS wrote only with tools/deps' patch; libcoap's own
  * transfer) at the same instant. Prints:
+ *   suite    the (D)TLS cipher suite of the first session;
  *   ingest   updates answered 2.04 per second, from the first POST to the
  *            last answer, and the reply latency p50/p99 (POST to answer);
  *   raw      on one thread of this process, with each crypto backend: the
@@ -29,6 +30,7 @@
 #include <string.h>
 
 #include <coap3/coap.h>
+#include <mbedtls/ssl.h>
 
 #include "bench_coap.h"
 #include "common.h"
@@ -280,6 +282,10 @@ int main(int argc, char **argv)
         unselected += !g_dev[i].body || !strstr(g_dev[i].body, "selected=1");
     printf("setup    %zu %s sessions in %.2f s; round %u, %s; %zu not selected (sent anyway)\n", g_n,
            tcp ? "TLS/TCP" : "DTLS", bench_now_s() - t0, ri.round, ri.spec_text, unselected);
+    coap_tls_library_t lib;
+    const mbedtls_ssl_context *ssl = coap_session_get_tls(g_dev[0].session, &lib);
+    if (ssl && lib == COAP_TLS_LIBRARY_MBEDTLS)
+        printf("suite    %s (the first session's, as the server chose)\n", mbedtls_ssl_get_ciphersuite(ssl));
 
     /* 2. one sealed int8 update per device */
     size_t n_params = fedge_model_spec_param_count(&ri.spec);
