@@ -157,6 +157,9 @@ EDGE_SYS_LIBS := -lm -lpthread
 OPENSSL_LIBS := -lcrypto
 SERVER_LIBS := $(COAP_LIBS) $(TLS_LIBS) $(OPENSSL_LIBS) -lsqlite3 -lyaml $(SYS_LIBS)
 SERVER_LIBS += -lmicrohttpd # aggregator/metrics_http.c: Prometheus metrics and /healthz
+# fedge-aggregator's (D)TLS: libcoap on OpenSSL (tools/deps.sh builds both),
+# AES-GCM records on AES-NI; the edges and the device-side tools keep mbedTLS
+AGG_LIBS := -L$(DEPS_DIR)/lib -lcoap-3-openssl -lssl $(filter-out -lcoap-3-mbedtls,$(SERVER_LIBS))
 
 ifeq ($(V),1)
   Q :=
@@ -304,7 +307,7 @@ ALL_LIBS := $(LIBAGG) $(LIBEDGE) $(LIBPOLICY) $(LIBFEDGE)
 $(BIN)/fedge-aggregator: $(call obj,aggregator/main.c) $(LIBAGG) $(LIBEDGE) $(LIBPOLICY) $(LIBFEDGE)
 	@mkdir -p $(dir $@)
 	@echo "  LD    $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(SERVER_LIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(AGG_LIBS)
 
 $(BIN)/fedge-edge: $(call obj,edge/main.c) $(LIBEDGE) $(LIBFEDGE)
 	@mkdir -p $(dir $@)

@@ -14,8 +14,7 @@
 #include <unistd.h>
 
 #include <coap3/coap.h>
-#include <mbedtls/ssl.h>
-#include <mbedtls/version.h>
+#include <openssl/ssl.h>
 #ifndef COAP_BERT_BLOCK1_PER_BLOCK
 #error "libcoap without tools/deps/libcoap-4.3.1-bert-block1-per-block.patch (BERT uploads would bypass upload.c's limits): run make deps"
 #endif
@@ -1031,8 +1030,6 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
     free(res.body);
 }
 
-#define TLS_SERVER_MTU 1152u
-
 static int is_tcp(const coap_session_t *session)
 {
     coap_proto_t p = coap_session_get_proto(session);
@@ -1076,19 +1073,14 @@ static void tcp_close(fedge_server *s, struct tcp_conn *c)
 }
 
 /* Whether the peer of a connection in handshake has sent a ClientHello
- * that mbedTLS parsed (libcoap's TLS session is an mbedtls_ssl_context;
- * mbedTLS 2's handshake state is public). A peer without a key can get
- * this far, but a peer that sends nothing cannot. */
+ * (libcoap's TLS session is OpenSSL's SSL; its handshake state leaves
+ * TLS_ST_BEFORE with the first handshake message read). A peer without a
+ * key can get this far, but a peer that sends nothing cannot. */
 static int tcp_hello_seen(coap_session_t *session)
 {
-#if MBEDTLS_VERSION_MAJOR == 2
     coap_tls_library_t lib;
-    const mbedtls_ssl_context *ssl = coap_session_get_tls(session, &lib);
-    return ssl && lib == COAP_TLS_LIBRARY_MBEDTLS && ssl->state > MBEDTLS_SSL_CLIENT_HELLO;
-#else
-    (void)session;
-    return 0;
-#endif
+    SSL *ssl = coap_session_get_tls(session, &lib);
+    return ssl && lib == COAP_TLS_LIBRARY_OPENSSL && SSL_get_state(ssl) != TLS_ST_BEFORE;
 }
 
 /* Established connections with the PSK identity of s->tcp[i] (plain TCP,
@@ -1231,21 +1223,12 @@ static int on_session_event(coap_session_t *session, const coap_event_t event)
         tcp_track(g_server, session, 1);
     if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server && is_tcp(session))
         tcp_track(g_server, session, 0);
-    /* libcoap 4.3.1's mbedTLS backend sends the first TLS record of a
-     * message and loses the rest (coap_tls_write takes mbedtls_ssl_write's
-     * partial write for a full socket and never asks to write again), and
-     * its server's records carry at most ~1100 bytes (it sets the DTLS MTU,
-     * 1152, which mbedTLS applies to TLS as well): our messages to a TCP
-     * client stay within one record, a larger response body goes as Block2
-     * blocks of 1024 bytes. A peer whose CSM announced a smaller
-     * Max-Message-Size keeps it (libcoap set the session's MTU from it and
-     * picks smaller Block2 blocks to fit). */
+    /* A TCP peer's CSM Max-Message-Size sizes our messages to it (libcoap
+     * set the session's MTU from it; OpenSSL writes a message longer than
+     * a TLS record as several). */
     if (event == COAP_EVENT_SESSION_CONNECTED && is_tcp(session) && g_server &&
         coap_session_max_pdu_size(session) < TCP_MIN_MESSAGE - 4)
         tcp_refuse_small(g_server, session);
-    else if (event == COAP_EVENT_SESSION_CONNECTED && coap_session_get_proto(session) == COAP_PROTO_TLS &&
-             coap_session_max_pdu_size(session) > TLS_SERVER_MTU - 4)
-        coap_session_set_mtu(session, TLS_SERVER_MTU);
     if (event == COAP_EVENT_SERVER_SESSION_DEL && g_server)
         answer_drop(session);
     switch (event) {
@@ -1492,6 +1475,14 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     coap_startup();
     coap_set_log_level(LOG_WARNING);
     coap_dtls_set_log_level(LOG_WARNING);
+    /* tcp_hello_seen reads OpenSSL's handshake state, and the PSK suites
+     * (tools/deps.sh) are the OpenSSL build's */
+    const coap_tls_version_t *tls = coap_get_tls_library_version();
+    if (!a->cfg.insecure && (!tls || tls->type != COAP_TLS_LIBRARY_OPENSSL)) {
+        snprintf(err, errlen, "this libcoap is not built on OpenSSL: fedge-aggregator links libcoap-3-openssl "
+                 "(tools/deps.sh, make deps)");
+        FAIL(FEDGE_ERR_UNSUPPORTED);
+    }
     s = calloc(1, sizeof *s);
     if (!s)
         FAIL(FEDGE_ERR_NOMEM);
@@ -1509,7 +1500,7 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     coap_register_event_handler(s->ctx, on_session_event);
     coap_register_nack_handler(s->ctx, on_nack);
     /* a reconnect burst: libcoap ignores new DTLS clients while this many
-     * handshakes are open (default 100); each costs an mbedTLS context */
+     * handshakes are open (default 100); each costs an OpenSSL SSL */
     coap_context_set_max_handshake_sessions(
         s->ctx, (unsigned)(a->keys.n + 16 < HANDSHAKES_MAX ? a->keys.n + 16 : HANDSHAKES_MAX));
 

@@ -1,4 +1,4 @@
-/* server.h — the aggregator's CoAP/DTLS front end (libcoap + mbedTLS).
+/* server.h — the aggregator's CoAP/DTLS front end (libcoap on OpenSSL).
  *
  * Resources: GET /round (observable, RFC 7641, unless cfg.no_observe),
  * GET /model (Block2, ETag), POST /update (Block1), GET /status; see

@@ -10,9 +10,15 @@
 #
 # 1. Installs the Debian packages fedge needs when any is missing (apt-get).
 # 2. Native: builds libcoap 4.3.1 from Debian's libcoap3 source package
-#    against Debian's full mbedTLS into BUILD_DIR/deps/<triplet>, once, with
+#    into BUILD_DIR/deps/<triplet>, once, with
 #    tools/deps/libcoap-4.3.1-bert-block1-per-block.patch (BERT Block1 blocks
-#    reach the aggregator's handler one by one, so upload.c bounds them).
+#    reach the aggregator's handler one by one, so upload.c bounds them;
+#    on mbedTLS a TLS message longer than one record is written whole),
+#    twice: against Debian's full mbedTLS (libcoap-3-mbedtls.a: the native
+#    edge, fedge-edgesim, the device-side benchmarks) and against Debian's
+#    OpenSSL (libcoap-3-openssl.a: fedge-aggregator, whose TLS records are
+#    then opened with AES-NI; the PSK suites it accepts are
+#    COAP_OSSL_PSK_CIPHERS below). The installed headers are the same.
 # 3. CROSS=aarch64-linux-gnu or arm-linux-gnueabihf (the edge client only):
 #    installs the cross compiler and qemu-user (no Debian multiarch package,
 #    no dpkg foreign architecture), and builds for the target from Debian's
@@ -48,6 +54,13 @@ COAP_BERT_PATCH="$HERE/tools/deps/libcoap-$LIBCOAP_VERSION-bert-block1-per-block
 # per-library split links the same archives without LTO
 EDGE_DEPS_CFLAGS="-Os -ffunction-sections -fdata-sections -flto -ffat-lto-objects"
 APT_OPTS=(-o DPkg::Lock::Timeout=120 -qq)
+# The aggregator's libcoap on OpenSSL accepts these TLS/DTLS 1.2 PSK suites
+# (libcoap 4.3.1's compile-time COAP_OPENSSL_CIPHERS, its TLS server's list,
+# and COAP_OPENSSL_PSK_CIPHERS; its defaults, "TLSv1.2:!NULL" and
+# "PSK:!NULL", give a client listing ChaCha20 or ECDHE-PSK first those):
+# AES-GCM (AES-NI) for TLS, and the edges' one DTLS suite, RFC 7252's
+# TLS_PSK_WITH_AES_128_CCM_8. The client's order picks among them.
+COAP_OSSL_PSK_CIPHERS="PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-AES128-CCM8"
 
 log() { printf 'deps: %s\n' "$*" >&2; }
 
@@ -100,6 +113,7 @@ if [ $TRIM -eq 1 ]; then
 else
     STAMP="$PREFIX/.libcoap-$LIBCOAP_VERSION-mbedtls"
     fingerprint="libcoap=$LIBCOAP_VERSION patch=$(sha256sum "$COAP_BERT_PATCH" | cut -c1-16)"
+    fingerprint+=" backends=mbedtls,openssl openssl-ciphers=$COAP_OSSL_PSK_CIPHERS"
     need_src=1
     [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && need_src=0
 fi
@@ -210,16 +224,17 @@ fetch_source() { # PACKAGE DEBIAN_VERSION DIR
 }
 
 build_libcoap() { # SRCDIR BUILDDIR CFLAGS [configure args...]
-    local srcdir=$1 bdir=$2 cflags=$3
+    local srcdir=$1 bdir=$2 cflags=$3 tls=--with-mbedtls
     shift 3
+    case "${1:-}" in --with-*) tls=$1; shift ;; esac
     local hostflag=()
     [ -z "$CROSS" ] || hostflag=(--host="$CROSS")
     [ $TRIM -eq 0 ] || hostflag+=(AR="${TOOL}gcc-ar" RANLIB="${TOOL}gcc-ranlib")
-    log "building libcoap $LIBCOAP_VERSION for $triplet"
+    log "building libcoap $LIBCOAP_VERSION ($tls) for $triplet"
     (cd "$srcdir" && { [ -x configure ] || ./autogen.sh >/dev/null 2>&1; })
     mkdir -p "$bdir"
     (cd "$bdir" && "$srcdir/configure" "${hostflag[@]}" --prefix="$PREFIX" \
-        --with-mbedtls --disable-shared --enable-static --disable-doxygen \
+        "$tls" --disable-shared --enable-static --disable-doxygen \
         --disable-manpages --disable-examples --disable-tests --enable-dtls "$@" \
         CFLAGS="$cflags" >"$bdir/configure.log" 2>&1 && \
         make -j"$(nproc)" >"$bdir/make.log" 2>&1 && make install >"$bdir/install.log" 2>&1) || {
@@ -237,6 +252,12 @@ if [ $need_src -eq 1 ]; then
         cp -a "$coapsrc" "$bdir/libcoap-src"
         patch -s -d "$bdir/libcoap-src" -p1 <"$COAP_BERT_PATCH"
         build_libcoap "$bdir/libcoap-src" "$bdir/libcoap" "-O2 -g -fPIC"
+        cp -a "$PREFIX/include/coap3" "$bdir/coap3-mbedtls"
+        q="\\\"$COAP_OSSL_PSK_CIPHERS\\\""
+        build_libcoap "$bdir/libcoap-src" "$bdir/libcoap-openssl" \
+            "-O2 -g -fPIC -DCOAP_OPENSSL_CIPHERS=$q -DCOAP_OPENSSL_PSK_CIPHERS=$q" --with-openssl
+        diff -r "$bdir/coap3-mbedtls" "$PREFIX/include/coap3" >/dev/null || {
+            log "libcoap's headers differ between its mbedTLS and OpenSSL builds"; exit 1; }
     else
         rm -f "$STAMP"
         fetch_source mbedtls "$MBEDTLS_DEBIAN_VERSION" "mbedtls-$MBEDTLS_VERSION"

@@ -3,14 +3,17 @@
  * same run.
  *
  *   bench-ingest_rate --server HOST:PORT --keys KEYS_FILE [--n N] [--timeout-s S]
- *                     [--status 0|1] [--transport dtls|tcp] [--raw 0|1]
+ *                     [--status 0|1] [--transport dtls|tcp] [--raw 0|1] [--tcp-mtu BYTES]
  *
  * The first N devices of the keys file each open a DTLS-PSK session (--transport
  * tcp: CoAP over TLS-PSK/TCP, RFC 8323, to the aggregator's listen_tcp) and ask
  * GET /round (the handshakes are not timed); then every device POSTs one
  * pre-sealed int8 update of the round's model (Block1 of 1024 bytes over
  * DTLS, BERT blocks of 15 KiB over TCP: one TLS record each, as fedge-edge
- * sends them; libcoap's own transfer) at the same instant. Prints:
+ * sends them; --tcp-mtu 65536: 63 KiB messages of four records, which
+ * libcoap 4.3.1 on mbedTLS wrote only with tools/deps' patch; libcoap's own
+ * transfer) at the same instant. Prints:
+ *   suite    the (D)TLS cipher suite of the first session;
  *   ingest   updates answered 2.04 per second, from the first POST to the
  *            last answer, and the reply latency p50/p99 (POST to answer);
  *   raw      on one thread of this process, with each crypto backend: the
@@ -27,6 +30,7 @@
 #include <string.h>
 
 #include <coap3/coap.h>
+#include <mbedtls/ssl.h>
 
 #include "bench_coap.h"
 #include "common.h"
@@ -194,7 +198,7 @@ static double rate_of(open_fn fn, const fedge_device_key *keys, size_t n, const 
 int main(int argc, char **argv)
 {
     const char *server = NULL, *keys_path = NULL;
-    long n = 100, timeout_s = 120, want_status = 0, resend = 0, want_raw = 1;
+    long n = 100, timeout_s = 120, want_status = 0, resend = 0, want_raw = 1, tcp_mtu = 16384;
     const char *answers_path = NULL, *transport = "dtls";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--server")) server = argv[i + 1];
@@ -206,13 +210,15 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--answers")) answers_path = argv[i + 1];
         else if (!strcmp(argv[i], "--transport")) transport = argv[i + 1];
         else if (!strcmp(argv[i], "--raw")) want_raw = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--tcp-mtu")) tcp_mtu = atol(argv[i + 1]);
         else break;
     }
     int tcp = !strcmp(transport, "tcp");
-    if (!server || !keys_path || n <= 0 || timeout_s <= 0 || argc % 2 == 0 || (!tcp && strcmp(transport, "dtls"))) {
+    if (!server || !keys_path || n <= 0 || timeout_s <= 0 || argc % 2 == 0 || (!tcp && strcmp(transport, "dtls")) ||
+        tcp_mtu < 1152 || tcp_mtu > 65536 + 1024) {
         fprintf(stderr, "usage: bench-ingest_rate --server HOST:PORT --keys KEYS_FILE [--n N] [--timeout-s S]"
                         " [--status 0|1] [--resend 0|1] [--answers FILE] [--transport dtls|tcp]"
-                        " [--raw 0|1]\n");
+                        " [--raw 0|1] [--tcp-mtu BYTES]\n");
         return 2;
     }
     fedge_keys keys;
@@ -276,6 +282,10 @@ int main(int argc, char **argv)
         unselected += !g_dev[i].body || !strstr(g_dev[i].body, "selected=1");
     printf("setup    %zu %s sessions in %.2f s; round %u, %s; %zu not selected (sent anyway)\n", g_n,
            tcp ? "TLS/TCP" : "DTLS", bench_now_s() - t0, ri.round, ri.spec_text, unselected);
+    coap_tls_library_t lib;
+    const mbedtls_ssl_context *ssl = coap_session_get_tls(g_dev[0].session, &lib);
+    if (ssl && lib == COAP_TLS_LIBRARY_MBEDTLS)
+        printf("suite    %s (the first session's, as the server chose)\n", mbedtls_ssl_get_ciphersuite(ssl));
 
     /* 2. one sealed int8 update per device */
     size_t n_params = fedge_model_spec_param_count(&ri.spec);
@@ -321,14 +331,13 @@ int main(int argc, char **argv)
     }
     fedge_crypto_backend_set(NULL);
 
-    /* 4. every device POSTs at once; over TLS a message fits in one record
-     * (libcoap 4.3.1's mbedTLS backend loses the rest of a longer one), so
-     * BERT blocks of 15 KiB (link.h) */
+    /* 4. every device POSTs at once; over TLS BERT blocks within --tcp-mtu
+     * (default 16384: one record each, as fedge-edge sends) */
     g_answered = g_failed = 0;
     for (size_t i = 0; i < g_n; i++) {
         g_dev[i].phase = 1;
         if (tcp)
-            coap_session_set_mtu(g_dev[i].session, 16384);
+            coap_session_set_mtu(g_dev[i].session, (unsigned)tcp_mtu);
     }
     double t1 = bench_now_s();
     for (size_t i = 0; i < g_n; i++)

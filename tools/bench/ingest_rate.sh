@@ -13,6 +13,8 @@
 # DRIVER swaps the load generator: it is run as
 #   $DRIVER --server 127.0.0.1:PORT --keys KEYS_FILE --n N --status 1 [--transport tcp]
 # (default: $BUILD/bin/bench-ingest_rate). AGG_ARGS adds aggregator options.
+# PERF_DIR=DIR records each aggregator with `perf record -g` while the driver
+# runs (its handshakes, then the POST phase) into DIR/agg-TRANSPORT-WORKERS.data.
 # docs/BENCHMARKS.md records the figures.
 set -euo pipefail
 BUILD=${1:-build/native}
@@ -50,12 +52,18 @@ for w in "${WORKERS[@]}"; do
     for _ in $(seq 300); do grep -qs 'round 1 open' "$dir/run/agg.log" && break; sleep 0.1; done
     grep -q 'round 1 open' "$dir/run/agg.log" || { cat "$dir/run/agg.log"; exit 1; }
     echo "== $t, ingest_workers = $w (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+    perf_pid=""
+    if [ -n "${PERF_DIR:-}" ]; then
+        perf record -q -g -F 999 -p "$agg" -o "$PERF_DIR/agg-$t-$w.data" 2>/dev/null &
+        perf_pid=$!
+    fi
     if [ "$t" = tcp ]; then
         "$DRIVER" --server "127.0.0.1:$tport" --keys "$dir/keys" --n "$N" --status 1 --transport tcp || status=$?
     else
         "$DRIVER" --server "127.0.0.1:$port" --keys "$dir/keys" --n "$N" --status 1 || status=$?
     fi
     echo "aggregator cpu: $(awk '{ printf "user %.2f s, system %.2f s", $14 / 100, $15 / 100 }' /proc/$agg/stat)"
+    if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true; fi
     kill "$agg" 2>/dev/null || true
     wait "$agg" 2>/dev/null || true
     agg=""
