@@ -271,6 +271,12 @@ $(BUILD)/obj/tools/bench/mpi_%.o: tools/bench/mpi_%.c $(CUDA_STAMP)
 	@echo "  MPICC $<"
 	$(Q)OMPI_CC=$(CC) $(MPICC) $(CFLAGS) $(CUDA_CFLAGS) -MMD -MP -c $< -o $@
 
+# Programs relink when tools/deps.sh rebuilds libcoap or mbedTLS (a newer
+# stamp): their main objects depend on it, so the link rules' $^ stays
+# objects and archives, and a build without deps yet is not forced to run it.
+$(call obj,aggregator/main.c edge/main.c $(wildcard tools/*/*.c tools/bench/*.c tests/unit/*.c)): \
+    $(wildcard $(DEPS_STAMP))
+
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
