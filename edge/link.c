@@ -35,11 +35,15 @@ typedef struct {
 
 /* Over TCP: bytes of a message left for its header, token and options. */
 #define TCP_HEADROOM 128u
-/* libcoap 4.3.1's mbedTLS backend sends the first TLS record of a message
- * and loses the rest (coap_tls_write takes mbedtls_ssl_write's partial
- * write for a full socket and never asks to write again): a message sent
- * over TLS fits in one record (2^14 bytes of plaintext, RFC 5246 6.2.1). */
+/* Unpatched libcoap 4.3.1 over mbedTLS sends the first TLS record of a
+ * message and loses the rest (coap_tls_write takes mbedtls_ssl_write's
+ * partial write for a full socket and never asks to write again), so there a
+ * message sent over TLS fits in one record (2^14 bytes of plaintext, RFC 5246
+ * 6.2.1). tools/deps.sh's patch writes the whole message
+ * (COAP_TLS_WRITE_WHOLE): no cap. */
+#ifndef COAP_TLS_WRITE_WHOLE
 #define TLS_RECORD_MAX 16384u
+#endif
 
 /* Below this smoothed RTT a timed-out session is dropped at once. */
 #define KEEP_SESSION_MIN_RTT_MS 100
@@ -1022,8 +1026,10 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     }
     if (l->tcp) {
         size_t m = coap_session_max_pdu_size(l->session);
+#ifdef TLS_RECORD_MAX
         if (!l->insecure && m > TLS_RECORD_MAX)
             m = TLS_RECORD_MAX;
+#endif
         size_t room = m > TCP_HEADROOM ? m - TCP_HEADROOM : 0;
         if (room > single_max)
             single_max = room;
