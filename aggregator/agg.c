@@ -57,11 +57,16 @@ cleanup:
  * keys is old merged with the file, slots kept), every device the file adds
  * (no devices row yet: fedge-admin device add writes its own), takes out
  * (not revoked already: fedge-admin device remove revokes it first) or moves
- * to another region is an audited event, as fedge-admin writes them. */
+ * to another region is an audited event, as fedge-admin writes them, the
+ * keys ledger records the changes, and the transaction signs the audit head
+ * when it wrote anything (as the start-up's keys record does), so no reload
+ * admission sits in the unsigned tail while the device is served. */
 static int sync_devices(fedge_aggregator *a, const fedge_keys *keys, const fedge_keys *old)
 {
     sqlite3_stmt *st = NULL;
     int ret;
+    size_t wrote = 0;
+    fedge_keys_audit_diff kd = {0};
     double now = fedge_wall_now();
     char prev[FEDGE_REGION_MAX + 16], detail[4608];
     CHK(fedge_store_begin(a->db));
@@ -88,10 +93,12 @@ static int sync_devices(fedge_aggregator *a, const fedge_keys *keys, const fedge
             snprintf(detail, sizeof detail, "device %s enrolled in region %s by a keys reload (keys file %.4000s)",
                      d->id, d->region, a->cfg.keys_file);
             CHK(fedge_gov_device_event(a->db, d->id, "enrolled", detail, now));
+            wrote++;
         } else {
             snprintf(detail, sizeof detail, "device %s: region %s -> %s by a keys reload (keys file %.4000s)", d->id,
                      prev, d->region, a->cfg.keys_file);
             CHK(fedge_gov_device_event(a->db, d->id, "enrolled", detail, now));
+            wrote++;
         }
     }
     for (size_t i = 0; old && i < old->n && i < keys->n; i++) {
@@ -104,13 +111,16 @@ static int sync_devices(fedge_aggregator *a, const fedge_keys *keys, const fedge
                  "%.4000s); status %s kept, it cannot authenticate until listed again", keys->devices[i].id,
                  a->cfg.keys_file, prev[0] ? prev : "unknown");
         CHK(fedge_gov_device_event(a->db, keys->devices[i].id, "device_status", detail, now));
+        wrote++;
     }
     detail[0] = '\0';
-    if (old && (ret = fedge_keys_audit_record(a->db, keys, "reload", a->cfg.keys_file, now, NULL, detail,
+    if (old && (ret = fedge_keys_audit_record(a->db, keys, "reload", a->cfg.keys_file, now, &kd, detail,
                                               sizeof detail)) != FEDGE_OK) { /* the keys ledger (keys_audit.h) */
         FEDGE_ERROR("keys reload: keys ledger: %s", detail[0] ? detail : fedge_strerror(ret));
         goto cleanup;
     }
+    if (old && wrote + kd.added + kd.removed + kd.rekeyed + kd.moved)
+        CHK(fedge_gov_sign_head(a, a->round));
     CHK(fedge_store_commit(a->db));
 cleanup:
     if (ret != FEDGE_OK)
@@ -420,9 +430,6 @@ int fedge_agg_keys_prepare(fedge_aggregator *a, fedge_agg_keys_reload *r)
         GROW(r->view_changed, a->view_changed, a->n_view_changed, n);
         GROW(r->view_changed_mark, a->view_changed_mark, n_old, n);
     }
-    ret = sync_devices(a, &r->keys, &a->keys);
-    if (ret != FEDGE_OK)
-        snprintf(r->err, sizeof r->err, "database: %s", fedge_strerror(ret));
 cleanup:
     fedge_keys_free(&fresh);
     if (ret != FEDGE_OK) {
@@ -433,6 +440,14 @@ cleanup:
         fedge_agg_keys_abort(r);
         memcpy(r->err, why, sizeof r->err);
     }
+    return ret;
+}
+
+int fedge_agg_keys_record(fedge_aggregator *a, fedge_agg_keys_reload *r)
+{
+    int ret = sync_devices(a, &r->keys, &a->keys);
+    if (ret != FEDGE_OK)
+        snprintf(r->err, sizeof r->err, "database: %s", fedge_strerror(ret));
     return ret;
 }
 
@@ -480,6 +495,11 @@ int fedge_agg_reload_keys(fedge_aggregator *a)
 {
     fedge_agg_keys_reload r;
     int ret = fedge_agg_keys_prepare(a, &r);
+    if (ret == FEDGE_OK && (ret = fedge_agg_keys_record(a, &r)) != FEDGE_OK) {
+        FEDGE_ERROR("keys reload: %s; keeping the previous keys", r.err);
+        fedge_agg_keys_abort(&r);
+        return ret;
+    }
     if (ret != FEDGE_OK) {
         FEDGE_ERROR("keys reload: %s; keeping the previous keys", r.err);
         return ret;

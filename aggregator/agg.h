@@ -182,11 +182,14 @@ int fedge_agg_outcome(const fedge_aggregator *a, char *msg, size_t msglen);
  * device keeps its index, so sessions, rounds and the parallel arrays stay
  * as they are; a removed device becomes a tombstone no lookup finds, so its
  * sessions can no longer submit and no round selects it; a new one is
- * appended and can be selected from the next round). prepare reads the file,
- * builds the new table and arrays and adds new devices to the devices table;
- * nothing the daemon serves from changes until commit, which cannot fail.
- * On a prepare failure (a malformed or unreadable file, no devices) r->err
- * says why and the running keys stay. Owner thread only. */
+ * appended and can be selected from the next round). prepare reads the file
+ * and builds the new table and arrays, writing nothing; record then writes
+ * the devices table, the audited events and the keys ledger in one
+ * transaction with a signed head (call it after everything else that can
+ * fail, abort on its failure); nothing the daemon serves from changes until
+ * commit, which cannot fail. On a prepare or record failure (a malformed or
+ * unreadable file, no devices, the database) r->err says why and the
+ * running keys stay. Owner thread only. */
 typedef struct {
     fedge_keys keys;
     fedge_keys_diff diff;
@@ -200,6 +203,7 @@ typedef struct {
 } fedge_agg_keys_reload;
 int fedge_agg_keys_prepare(fedge_aggregator *a, fedge_agg_keys_reload *r);
 void fedge_agg_keys_commit(fedge_aggregator *a, fedge_agg_keys_reload *r);
+int fedge_agg_keys_record(fedge_aggregator *a, fedge_agg_keys_reload *r);
 void fedge_agg_keys_abort(fedge_agg_keys_reload *r);
 /* prepare and commit, logging why on failure (the server's
  * fedge_server_reload_keys also resizes its per-device tables). */

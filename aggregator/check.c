@@ -310,6 +310,12 @@ int fedge_agg_check(int argc, char **argv, FILE *out)
                     kd.removed, kd.rekeyed, kd.moved);
         else
             line_ok(&r, "keys_ledger", "the keys file is the last audited keys state");
+    } else if ((db_state == 0 || db_state == 2) && have_keys) {
+        size_t live = 0; /* no keys events yet: the first start records every listed device */
+        for (size_t i = 0; i < keys.n; i++)
+            live += !keys.devices[i].removed;
+        line_ok(&r, "keys_ledger", "a start records %zu added, 0 removed, 0 rekeyed, 0 moved (the initial set of %s)",
+                live, db_state == 0 ? "a new log" : "a log from before the ledger");
     }
 
 done:

@@ -35,7 +35,9 @@ static int by_id_then_order(const void *x, const void *y)
     return (a->order > b->order) - (a->order < b->order);
 }
 
-/* The last audited keys state: live devices sorted by id in *out (malloc'd). */
+/* The last audited keys state: live devices sorted by id in *out (malloc'd).
+ * A keys row without an audit entry was written behind the daemon's back:
+ * FEDGE_ERR_AUDIT_CHAIN naming it, so it can neither admit nor hide a device. */
 static int ledger_state(sqlite3 *db, ledger_entry **out, size_t *n_out, char *err, size_t errlen)
 {
     sqlite3_stmt *st = NULL;
@@ -44,11 +46,19 @@ static int ledger_state(sqlite3 *db, ledger_entry **out, size_t *n_out, char *er
     int ret, rc;
     *out = NULL;
     *n_out = 0;
-    CHK(fedge_store_prepare(db, "SELECT id, device, detail FROM events WHERE kind = '" FEDGE_AUDIT_KEYS_EVENT
-                                "' ORDER BY id", &st));
+    CHK(fedge_store_prepare(db, "SELECT e.id, e.device, e.detail, EXISTS(SELECT 1 FROM audit a WHERE a.tbl = "
+                                "'events' AND a.row_key = CAST(e.id AS TEXT)) FROM events e WHERE e.kind = '"
+                                FEDGE_AUDIT_KEYS_EVENT "' ORDER BY e.id", &st));
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *dev = (const char *)sqlite3_column_text(st, 1);
         fedge_keys_event ev;
+        if (!sqlite3_column_int(st, 3)) {
+            if (err)
+                snprintf(err, errlen, "events row %lld: a keys event with no audit entry (not written by the "
+                         "aggregator; fedge-audit verify reports it as row_unaudited): delete it or restore the log",
+                         (long long)sqlite3_column_int64(st, 0));
+            FAIL(FEDGE_ERR_AUDIT_CHAIN);
+        }
         if (n == cap) {
             size_t ncap = cap ? 2 * cap : 64;
             ledger_entry *nv = realloc(v, ncap * sizeof *nv);

@@ -1724,9 +1724,11 @@ int fedge_server_reload_keys(fedge_server *s)
             FAIL(FEDGE_ERR_NOMEM);
         memcpy(observers, s->observers, n_old * sizeof *observers);
     }
+    /* the ledger last: once it says the new keys, nothing may fail before they are served */
+    ret = fedge_agg_keys_record(a, &r);
 cleanup:
     if (ret != FEDGE_OK) {
-        FEDGE_ERROR("keys reload: %s; keeping the previous keys", fedge_strerror(ret));
+        FEDGE_ERROR("keys reload: %s; keeping the previous keys", r.err[0] ? r.err : fedge_strerror(ret));
         if (psk_text)
             memset(psk_text, 0, n * sizeof *psk_text);
         free(psk_text);

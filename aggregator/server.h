@@ -22,7 +22,8 @@ int fedge_server_process(fedge_server *s, unsigned timeout_ms);
 void fedge_server_free(fedge_server *s);
 /* The front end's numbers for /metrics (metrics_http.h). */
 void fedge_server_metrics(const fedge_server *s, fedge_metrics_server *m);
-/* SIGHUP: reloads the keys file (fedge_agg_keys_prepare/commit) and resizes
+/* SIGHUP: reloads the keys file (fedge_agg_keys_prepare/record/commit; the
+ * ledger is recorded after every allocation that can fail) and resizes
  * the per-device tables (DTLS PSKs, /round observers) with it; a removed
  * device's observation is dropped and its PSK no longer found. On failure
  * nothing changes (the error is logged). */
