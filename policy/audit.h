@@ -106,6 +106,7 @@ typedef enum {
     FEDGE_AUDIT_FAIL_FILE_MISMATCH,
     FEDGE_AUDIT_FAIL_STATE_MISMATCH, /* a strategy_state row differs from its audited event */
     FEDGE_AUDIT_FAIL_KEYS_LEDGER,    /* a keys event malformed or not following the device's state */
+    FEDGE_AUDIT_FAIL_NOT_ADMITTED,   /* an accepted update from a device the keys ledger did not list */
 } fedge_audit_fail_kind;
 
 /* "chain_link", "row_hash", ... "file_mismatch". */

@@ -122,6 +122,7 @@ int fedge_audit_keys_event_parse(const char *detail, fedge_keys_event *ev)
 
 typedef struct {
     int64_t id;
+    int64_t seq; /* the row's first audit entry; INT64_MAX: none (row_unaudited says so) */
     char *device;
     int parsed;
     fedge_keys_event ev;
@@ -150,14 +151,81 @@ static void fail_row(fedge_audit_report *rep, const ledger_row *r, const char *f
     audit_report_failure(rep, FEDGE_AUDIT_FAIL_KEYS_LEDGER, -1, "events", key, msg);
 }
 
+static int by_device_then_seq(const void *x, const void *y)
+{
+    const ledger_row *a = x, *b = y;
+    int c = strcmp(a->device, b->device);
+    if (c)
+        return c;
+    return (a->seq > b->seq) - (a->seq < b->seq);
+}
+
+/* Every accepted or clipped update (a relay's partial is one at its parent)
+ * comes from a device the ledger lists at the update's place in the chain
+ * (its first audit entry): the device's last audited keys entry before it is
+ * not "removed". Updates before the ledger's first audited entry (a log from
+ * before the ledger) are not checked. v: the keys rows, re-sorted here. */
+static int check_admitted(sqlite3 *db, ledger_row *v, size_t n, fedge_audit_report *rep)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = FEDGE_OK, rc;
+    int64_t first = INT64_MAX;
+    for (size_t i = 0; i < n; i++)
+        if (v[i].parsed && v[i].seq < first)
+            first = v[i].seq;
+    if (first == INT64_MAX)
+        return FEDGE_OK;
+    qsort(v, n, sizeof *v, by_device_then_seq);
+    if (sqlite3_prepare_v2(db, "SELECT u.id, u.device, s FROM (SELECT id, device, (SELECT min(a.seq) FROM audit a "
+                               "WHERE a.tbl = 'updates' AND a.row_key = CAST(updates.id AS TEXT)) AS s FROM updates "
+                               "WHERE decision IN ('accepted', 'clipped')) u WHERE s > ?1 ORDER BY s", -1, &st,
+                           NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    sqlite3_bind_int64(st, 1, first);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(st, 0), seq = sqlite3_column_int64(st, 2);
+        const char *dev = (const char *)sqlite3_column_text(st, 1);
+        const ledger_row *last = NULL; /* dev's last well-formed audited entry before seq */
+        size_t lo = 0, hi = n;
+        dev = dev ? dev : "";
+        while (lo < hi) { /* the first row of dev, or past it */
+            size_t mid = lo + (hi - lo) / 2;
+            if (strcmp(v[mid].device, dev) < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        for (size_t i = lo; i < n && strcmp(v[i].device, dev) == 0 && v[i].seq < seq; i++)
+            if (v[i].parsed)
+                last = &v[i];
+        if (last && last->ev.change != FEDGE_KEYS_REMOVED)
+            continue;
+        char key[24], msg[400];
+        snprintf(key, sizeof key, "%" PRId64, id);
+        if (last)
+            snprintf(msg, sizeof msg, "updates row %" PRId64 " (audit entry %" PRId64 ") is accepted from %.64s, "
+                     "which the keys ledger removed at events row %" PRId64, id, seq, dev, last->id);
+        else
+            snprintf(msg, sizeof msg, "updates row %" PRId64 " (audit entry %" PRId64 ") is accepted from %.64s, "
+                     "which the keys ledger had not admitted (no audited 'added' entry before it)", id, seq, dev);
+        audit_report_failure(rep, FEDGE_AUDIT_FAIL_NOT_ADMITTED, seq, "updates", key, msg);
+    }
+    if (rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+cleanup:
+    sqlite3_finalize(st);
+    return ret;
+}
+
 int audit_check_keys_ledger(sqlite3 *db, fedge_audit_report *rep)
 {
     sqlite3_stmt *st = NULL;
     ledger_row *v = NULL;
     size_t n = 0, cap = 0;
     int ret = FEDGE_OK, rc;
-    if (sqlite3_prepare_v2(db, "SELECT id, device, detail FROM events WHERE kind = '" FEDGE_AUDIT_KEYS_EVENT
-                               "' ORDER BY id", -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, "SELECT e.id, e.device, e.detail, (SELECT min(a.seq) FROM audit a WHERE a.tbl = "
+                               "'events' AND a.row_key = CAST(e.id AS TEXT)) FROM events e WHERE e.kind = '"
+                               FEDGE_AUDIT_KEYS_EVENT "' ORDER BY e.id", -1, &st, NULL) != SQLITE_OK)
         FAIL(FEDGE_ERR_SQL);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n == cap) {
@@ -171,6 +239,7 @@ int audit_check_keys_ledger(sqlite3 *db, fedge_audit_report *rep)
         const char *dev = (const char *)sqlite3_column_text(st, 1);
         ledger_row *r = &v[n];
         r->id = sqlite3_column_int64(st, 0);
+        r->seq = sqlite3_column_type(st, 3) == SQLITE_NULL ? INT64_MAX : sqlite3_column_int64(st, 3);
         r->device = strdup(dev ? dev : "");
         if (!r->device)
             FAIL(FEDGE_ERR_NOMEM);
@@ -211,6 +280,8 @@ int audit_check_keys_ledger(sqlite3 *db, fedge_audit_report *rep)
         }
         prev = r;
     }
+    if (n)
+        CHK(check_admitted(db, v, n, rep));
 cleanup:
     sqlite3_finalize(st);
     for (size_t i = 0; i < n; i++)

@@ -18,7 +18,7 @@
 static const char *const FAIL_NAMES[] = {
     "", "chain_link", "row_hash", "canon", "signature", "head", "unsigned_round",
     "row_rewritten", "row_modified", "row_deleted", "row_unaudited", "file_missing", "file_mismatch",
-    "state_mismatch", "keys_ledger"};
+    "state_mismatch", "keys_ledger", "not_admitted"};
 
 const char *fedge_audit_fail_name(fedge_audit_fail_kind kind)
 {

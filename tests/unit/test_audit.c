@@ -923,6 +923,42 @@ static void test_keys_ledger_replay(void **state)
     assert_string_equal(fedge_audit_fail_name(FEDGE_AUDIT_FAIL_KEYS_LEDGER), "keys_ledger");
 }
 
+/* After the ledger's first entry, an accepted or clipped update must come
+ * from a device the ledger lists at that point of the chain: one never
+ * admitted, or removed before it arrived, fails as not_admitted; a rejected
+ * one, and the fixture's updates from before the ledger, are not checked. */
+static void test_keys_ledger_admission(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    assert_int_equal(add_keys_event(fx, "dev-1", "added region eu key id " KID_A " (startup; keys file k)"), FEDGE_OK);
+    assert_int_equal(add_update(fx, 3, "dev-1", 100, 1.0, "accepted", "all", "passed", 31), FEDGE_OK);
+    assert_int_equal(add_update(fx, 3, "dev-9", 100, 9.0, "rejected", "region", "not listed", 32), FEDGE_OK);
+    assert_int_equal(fedge_audit_sign_head(fx->db, 3, &fx->key, &fx->drbg), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_OK);
+    assert_true(rep.ok);
+
+    int64_t removal = scalar(fx->db, "SELECT max(id) FROM events") + 1;
+    assert_int_equal(add_update(fx, 4, "dev-9", 100, 1.0, "accepted", "all", "passed", 41), FEDGE_OK);
+    int64_t never = scalar(fx->db, "SELECT max(id) FROM updates");
+    assert_int_equal(add_keys_event(fx, "dev-1", "removed region eu key id " KID_A " (reload; keys file k)"), FEDGE_OK);
+    assert_int_equal(add_update(fx, 4, "dev-1", 100, 9.0, "clipped", "max_norm", "clipped", 42), FEDGE_OK);
+    int64_t gone = scalar(fx->db, "SELECT max(id) FROM updates");
+    assert_int_equal(fedge_audit_sign_head(fx->db, 4, &fx->key, &fx->drbg), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    assert_int_equal(rep.n_failures, 2);
+    char key[24], text[96];
+    snprintf(key, sizeof key, "%" PRId64, never);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_NOT_ADMITTED, "updates", key, "is accepted from dev-9, which the keys "
+                 "ledger had not admitted");
+    assert_int_equal(rep.failures[1].kind, FEDGE_AUDIT_FAIL_NOT_ADMITTED);
+    snprintf(key, sizeof key, "%" PRId64, gone);
+    assert_string_equal(rep.failures[1].row_key, key);
+    snprintf(text, sizeof text, "dev-1, which the keys ledger removed at events row %" PRId64, removal);
+    assert_contains(rep.failures[1].message, text);
+    assert_string_equal(fedge_audit_fail_name(FEDGE_AUDIT_FAIL_NOT_ADMITTED), "not_admitted");
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--make-fixture") == 0) {
@@ -964,6 +1000,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_rotation_back_to_retired_key, setup, teardown),
         cmocka_unit_test(test_keys_event_text),
         cmocka_unit_test_setup_teardown(test_keys_ledger_replay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keys_ledger_admission, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
