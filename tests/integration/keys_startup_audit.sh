@@ -7,7 +7,9 @@
 # serves; a start with nothing changed records nothing; a SIGHUP reload keeps
 # the same ledger, so the start after it records nothing either. fedge-audit
 # report shows the events and verify passes; a tampered keys event fails it;
-# one that does not parse stops the next start.
+# one that does not parse stops the next start, and so does one with no
+# audit entry (written behind the daemon's back). --check predicts a new
+# log's initial set; a reload's keys events are under a signed head at once.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -37,6 +39,15 @@ key_id() { fed_sql "SELECT substr(detail, instr(detail, 'key id ') + 7, 16) FROM
                     WHERE kind='keys' AND device='$1' ORDER BY id DESC LIMIT 1"; }
 signed_to_end() { [ "$(fed_sql "SELECT max(seq) FROM audit")" = "$(fed_sql "SELECT max(seq) FROM audit_heads")" ]; }
 
+check() {
+    "$BIN/fedge-aggregator" --check --keys-file "$FED_DIR/keys" --db "$FED_DIR/fedge.db" \
+        --model-dir "$FED_DIR/models" --signing-key "$FED_DIR/aggregator.key" --model-spec softmax:784-10 \
+        >"$FED_DIR/check.out" 2>&1
+}
+check
+grep -q '^keys_ledger: ok (a start records 4 added, 0 removed, 0 rekeyed, 0 moved (the initial set of a new log))' \
+    "$FED_DIR/check.out" || { cat "$FED_DIR/check.out"; fed_fail "--check on a new log does not predict its initial set"; }
+[ -e "$FED_DIR/fedge.db" ] && fed_fail "--check created the log"
 start
 [ "$(keys_events)" = 4 ] || fed_fail "the first start recorded $(keys_events) keys events, want 4 (the initial set)"
 for d in dev-001 dev-002 dev-003 dev-004; do
@@ -83,6 +94,7 @@ chmod 600 "$FED_DIR/keys.new" && mv "$FED_DIR/keys.new" "$FED_DIR/keys"
 kill -HUP "$FED_AGG_PID"
 fed_wait_for "grep -q 'keys reloaded from .*(0 added, 1 removed, 0 changed)' '$FED_DIR/agg.log'" 5
 [ "$(audited removed dev-9001 '(reload;')" = 1 ] || fed_fail "the reload's removal is not a keys event"
+signed_to_end || fed_fail "the reload's keys events are not under a signed head (the unsigned tail can lose them)"
 stop
 n=$(keys_events)
 start
@@ -111,6 +123,23 @@ fed_sql "UPDATE events SET detail = replace(detail, 'key id $old_kid', 'key id 0
 rc=$?
 [ "$rc" = 1 ] || { cat "$FED_DIR/verify2.out"; fed_fail "verify of a tampered keys event exited $rc, want 1"; }
 grep -q row_modified "$FED_DIR/verify2.out" || { cat "$FED_DIR/verify2.out"; fed_fail "verify does not name the modified row"; }
+
+# a keys row with no audit entry (forged behind the daemon's back, e.g. to
+# hide an admission): the daemon refuses to start on it, --check names it
+fed_sql "INSERT INTO events(at, device, kind, detail) VALUES(julianday('now'), 'dev-9002', 'keys',
+         'added region us key id 0123456789abcdef (startup; keys file $FED_DIR/keys)')"
+forged=$(fed_sql "SELECT max(id) FROM events")
+fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 --start-delay-s 600
+fed_wait_pid "$FED_AGG_PID" 30
+rc=$?
+[ "$rc" = 2 ] || fed_fail "the daemon on an unaudited keys row exited $rc, want 2"
+grep -q "start-up failed: keys ledger: events row $forged: a keys event with no audit entry" "$FED_DIR/agg.log" ||
+    fed_fail "the start-up failure does not name the unaudited keys row"
+check
+rc=$?
+[ "$rc" = 1 ] && grep -q "^keys_ledger: .*events row $forged: a keys event with no audit entry" "$FED_DIR/check.out" ||
+    { cat "$FED_DIR/check.out"; fed_fail "--check (exit $rc) does not refuse the unaudited keys row"; }
+fed_sql "DELETE FROM events WHERE id = $forged"
 
 # a keys event that does not parse: the daemon refuses to start on it, and verify names it
 bad=$(fed_sql "SELECT id FROM events WHERE kind='keys' AND device='dev-003' AND detail LIKE 'moved %'")
