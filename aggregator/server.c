@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <linux/sock_diag.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdint.h>
@@ -611,6 +612,33 @@ static int upload_limits(const fedge_aggregator *a, fedge_upload_limits *l, char
     return FEDGE_OK;
 }
 
+/* Every update's buffers (its body, the decrypted copy, the decoded delta:
+ * up to max_update_bytes and n_params x 4 bytes, x 2 under SCAFFOLD) are
+ * above glibc's first mmap threshold (128 KiB): each would be a fresh
+ * mmap, faulted in and cleared page by page, then unmapped. They come from
+ * the heap instead (mallopt(3): M_MMAP_THRESHOLD above the largest, at most
+ * glibc's 32 MiB), and the heap keeps up to the upload memory budget of
+ * freed memory for the next burst instead of returning it to the kernel
+ * after each update (M_TRIM_THRESHOLD). Memory in use is bounded as before
+ * (upload.h, ingest_queue); the peak is kept mapped. */
+#define HEAP_MMAP_MAX ((size_t)32 << 20)
+
+static void heap_policy(const fedge_aggregator *a, const fedge_upload_limits *l)
+{
+    size_t delta = a->model.n_params * sizeof(float) * (a->cfg.scaffold ? 2 : 1);
+    size_t largest = a->max_update_bytes > delta ? a->max_update_bytes : delta;
+    size_t mmap_at = largest < HEAP_MMAP_MAX - 4096 ? largest + 4096 : HEAP_MMAP_MAX;
+    size_t trim_at = l->budget_bytes > 2 * mmap_at ? l->budget_bytes : 2 * mmap_at;
+    if (trim_at > (size_t)INT32_MAX)
+        trim_at = (size_t)INT32_MAX;
+    if (!mallopt(M_MMAP_THRESHOLD, (int)mmap_at) || !mallopt(M_TRIM_THRESHOLD, (int)trim_at))
+        FEDGE_WARN("mallopt refused (mmap threshold %zu, trim threshold %zu): update buffers may be mmapped",
+                   mmap_at, trim_at);
+    else
+        FEDGE_DEBUG("heap: buffers below %zu bytes from the heap, which keeps up to %zu bytes free", mmap_at,
+                    trim_at);
+}
+
 /* The answer to a session's last completed Block1 upload, kept with the
  * session: when that answer is lost and the client sends the final block
  * again (as a new exchange), it gets the same answer instead of 4.08. */
@@ -762,9 +790,11 @@ static int answer_pending(coap_session_t *session, const coap_pdu_t *request, co
 }
 
 /* Queues a whole body for the pool; the reply is deferred (response left
- * empty) or, when the pool is full, 5.03 with Max-Age now. */
+ * empty) or, when the pool is full, 5.03 with Max-Age now. own: a body of
+ * the caller's (malloc'd) that the job takes over (*own set NULL) instead
+ * of a copy of data. */
 static void submit_pooled(coap_session_t *session, const coap_pdu_t *request, const char *id, const uint8_t *data,
-                          size_t len, const fedge_upload_block *b, coap_pdu_t *response)
+                          size_t len, const fedge_upload_block *b, uint8_t **own, coap_pdu_t *response)
 {
     fedge_server *s = g_server;
     fedge_aggregator *a = s->agg;
@@ -782,7 +812,13 @@ static void submit_pooled(coap_session_t *session, const coap_pdu_t *request, co
         return;
     }
     p = calloc(1, sizeof *p);
-    job = p ? fedge_ingest_job_new(p, d, &snap, data, len) : NULL;
+    if (p && own && *own == data) {
+        job = fedge_ingest_job_adopt(p, d, &snap, *own, len);
+        if (job)
+            *own = NULL;
+    } else if (p) {
+        job = fedge_ingest_job_new(p, d, &snap, data, len);
+    }
     if (!job)
         goto busy;
     p->session = session;
@@ -905,7 +941,7 @@ static void reply_continue(coap_pdu_t *response, const coap_block_b_t *blk)
 }
 
 static void reply_upload(coap_session_t *session, const coap_pdu_t *request, const char *id,
-                         const fedge_upload_block *b, const fedge_upload_result *res, coap_pdu_t *response,
+                         const fedge_upload_block *b, fedge_upload_result *res, coap_pdu_t *response,
                          const coap_block_b_t *blk)
 {
     uint8_t buf[8];
@@ -915,7 +951,7 @@ static void reply_upload(coap_session_t *session, const coap_pdu_t *request, con
         return;
     case FEDGE_UPLOAD_COMPLETE: {
         if (g_server->pool) {
-            submit_pooled(session, request, id, res->body, res->body_len, b, response);
+            submit_pooled(session, request, id, res->body, res->body_len, b, &res->body, response);
             return;
         }
         int code = 500;
@@ -1000,7 +1036,7 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
          * Max-Message-Size): BERT blocks arrive one by one (our libcoap
          * patch), below */
         if (g_server->pool)
-            submit_pooled(session, request, id, data, len, NULL, response);
+            submit_pooled(session, request, id, data, len, NULL, NULL, response);
         else
             submit_update(id, data, len, response, NULL, NULL, 0);
         return;
@@ -1491,6 +1527,7 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     fedge_upload_limits lim;
     CHK(upload_limits(a, &lim, err, errlen));
     CHK(fedge_uploads_new(&lim, &s->uploads));
+    heap_policy(a, &lim);
     s->ctx = coap_new_context(NULL);
     if (!s->ctx)
         FAIL(FEDGE_ERR_NOMEM);
