@@ -50,6 +50,10 @@ static void *worker(void *arg)
         j->next = NULL;
         j->opened_at = mono();
         j->status = fedge_ingest_open_with(&j->snap, j->body, j->len, &scratch, &j->frame);
+        /* the frame holds what the commit needs: the body's room goes back
+         * to the allocator now, for the uploads still arriving */
+        free(j->body);
+        j->body = NULL;
 
         pthread_mutex_lock(&p->mu);
         j->done_at = mono(); /* under the lock: the done list is in done_at order */

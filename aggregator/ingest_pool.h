@@ -26,7 +26,7 @@ typedef struct fedge_ingest_job {
     void *owner;                 /* the caller's: whom to answer */
     int device;                  /* index into keys.devices */
     fedge_ingest_snapshot snap;
-    uint8_t *body;               /* the sealed frame; owned by the job */
+    uint8_t *body;               /* the sealed frame; owned by the job, freed once opened (NULL) */
     size_t len;
     fedge_ingest_frame frame;    /* stage (a)'s result, when status == FEDGE_OK */
     int status;                  /* fedge_ingest_open's return */

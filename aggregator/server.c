@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <linux/sock_diag.h>
-#include <malloc.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdint.h>
@@ -610,33 +609,6 @@ static int upload_limits(const fedge_aggregator *a, fedge_upload_limits *l, char
             l->budget_bytes = l->max_body;
     }
     return FEDGE_OK;
-}
-
-/* Every update's buffers (its body, the decrypted copy, the decoded delta:
- * up to max_update_bytes and n_params x 4 bytes, x 2 under SCAFFOLD) are
- * above glibc's first mmap threshold (128 KiB): each would be a fresh
- * mmap, faulted in and cleared page by page, then unmapped. They come from
- * the heap instead (mallopt(3): M_MMAP_THRESHOLD above the largest, at most
- * glibc's 32 MiB), and the heap keeps up to the upload memory budget of
- * freed memory for the next burst instead of returning it to the kernel
- * after each update (M_TRIM_THRESHOLD). Memory in use is bounded as before
- * (upload.h, ingest_queue); the peak is kept mapped. */
-#define HEAP_MMAP_MAX ((size_t)32 << 20)
-
-static void heap_policy(const fedge_aggregator *a, const fedge_upload_limits *l)
-{
-    size_t delta = a->model.n_params * sizeof(float) * (a->cfg.scaffold ? 2 : 1);
-    size_t largest = a->max_update_bytes > delta ? a->max_update_bytes : delta;
-    size_t mmap_at = largest < HEAP_MMAP_MAX - 4096 ? largest + 4096 : HEAP_MMAP_MAX;
-    size_t trim_at = l->budget_bytes > 2 * mmap_at ? l->budget_bytes : 2 * mmap_at;
-    if (trim_at > (size_t)INT32_MAX)
-        trim_at = (size_t)INT32_MAX;
-    if (!mallopt(M_MMAP_THRESHOLD, (int)mmap_at) || !mallopt(M_TRIM_THRESHOLD, (int)trim_at))
-        FEDGE_WARN("mallopt refused (mmap threshold %zu, trim threshold %zu): update buffers may be mmapped",
-                   mmap_at, trim_at);
-    else
-        FEDGE_DEBUG("heap: buffers below %zu bytes from the heap, which keeps up to %zu bytes free", mmap_at,
-                    trim_at);
 }
 
 /* The answer to a session's last completed Block1 upload, kept with the
@@ -1527,7 +1499,6 @@ int fedge_server_start(fedge_aggregator *a, fedge_server **out, char *err, size_
     fedge_upload_limits lim;
     CHK(upload_limits(a, &lim, err, errlen));
     CHK(fedge_uploads_new(&lim, &s->uploads));
-    heap_policy(a, &lim);
     s->ctx = coap_new_context(NULL);
     if (!s->ctx)
         FAIL(FEDGE_ERR_NOMEM);

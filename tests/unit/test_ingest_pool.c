@@ -124,6 +124,7 @@ static void test_full_pool_refuses(void **state)
         assert_int_equal(got[i]->status, FEDGE_OK);
         assert_int_equal(got[i]->frame.open_status, FEDGE_OK);
         assert_null(got[i]->frame.delta);
+        assert_null(got[i]->body); /* freed once opened */
         assert_non_null(got[i]->frame.plain);
         assert_true(got[i]->frame.norm > 0);
         fedge_ingest_job_free(got[i]);

@@ -65,7 +65,7 @@ for w in "${WORKERS[@]}"; do
     else
         "$DRIVER" --server "127.0.0.1:$port" --keys "$dir/keys" --n "$N" --status 1 --agg-pid "$agg" || status=$?
     fi
-    echo "aggregator cpu: $(awk '{ printf "user %.2f s, system %.2f s", $14 / 100, $15 / 100 }' /proc/$agg/stat)"
+    echo "aggregator cpu: $(awk '{ printf "user %.2f s, system %.2f s", $14 / 100, $15 / 100 }' /proc/$agg/stat); peak RSS $(awk '/^VmHWM/ { print $2, $3 }' /proc/$agg/status)"
     if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true; fi
     kill "$agg" 2>/dev/null || true
     wait "$agg" 2>/dev/null || true
