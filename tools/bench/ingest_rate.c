@@ -22,6 +22,7 @@
  *            (fedge_update_open, what an ingest worker runs), per second;
  *   ratio    ingest over raw AEAD+decode, for OpenSSL (the aggregator's
  *            envelope) and for mbedTLS;
+ *   phase    the POST phase's start and end, monotonic seconds;
  *   daemon   with --agg-pid (the aggregator on this machine): its CPU over
  *            the POST phase alone (from just before the first POST to the
  *            last answer), per update: user and system from /proc/PID/stat
@@ -434,6 +435,7 @@ int main(int argc, char **argv)
         printf("ratio    ingest / raw AEAD+decode (openssl, 1 thread) = %.3f\n", rate / raw[1][1]);
     if (raw[0][1] > 0)
         printf("ratio    ingest / raw AEAD+decode (mbedtls, 1 thread) = %.3f\n", rate / raw[0][1]);
+    printf("phase    POST %.6f,%.6f (CLOCK_MONOTONIC s: perf report --time, with perf record -k mono)\n", t1, last);
     if (have_cpu && ok > 0) {
         double u = 1e6 / (double)ok, run = (cpu1.run_s - cpu0.run_s) * u;
         printf("daemon   POST phase: user %.0f us + system %.0f us per update (ticks); on-CPU %.0f us per update"

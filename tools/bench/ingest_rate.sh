@@ -17,7 +17,9 @@
 # driver's, against the raw per-frame cost of the same run). AGG_ARGS adds aggregator options.
 # PERF_DIR=DIR records each aggregator with `perf record -g` while the driver
 # runs (its handshakes, then the POST phase) into DIR/agg-TRANSPORT-WORKERS.data;
-# PERF_ARGS replaces `-g -F 999` (e.g. "-g -e page-faults": where pages are faulted in).
+# PERF_ARGS replaces `-g -F 999` (e.g. "-g -e page-faults": where pages are faulted in);
+# the clock is CLOCK_MONOTONIC, so the driver's "phase POST A,B" line is
+# `perf report --time A,B`: the POST phase alone.
 # docs/BENCHMARKS.md records the figures.
 set -euo pipefail
 BUILD=${1:-build/native}
@@ -57,7 +59,7 @@ for w in "${WORKERS[@]}"; do
     echo "== $t, ingest_workers = $w (load average $(cut -d' ' -f1-3 /proc/loadavg))"
     perf_pid=""
     if [ -n "${PERF_DIR:-}" ]; then
-        perf record -q ${PERF_ARGS:--g -F 999} -p "$agg" -o "$PERF_DIR/agg-$t-$w.data" 2>/dev/null &
+        perf record -q -k mono ${PERF_ARGS:--g -F 999} -p "$agg" -o "$PERF_DIR/agg-$t-$w.data" 2>/dev/null &
         perf_pid=$!
     fi
     if [ "$t" = tcp ]; then
