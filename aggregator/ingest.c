@@ -82,7 +82,31 @@ cleanup:
     return ret;
 }
 
-int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, fedge_ingest_frame *f)
+static int scratch_reserve(fedge_ingest_scratch *w, size_t n)
+{
+    if (n <= w->cap)
+        return FEDGE_OK;
+    float *v = malloc(n * sizeof *v);
+    if (!v)
+        return FEDGE_ERR_NOMEM;
+    free(w->v);
+    w->v = v;
+    w->cap = n;
+    return FEDGE_OK;
+}
+
+void fedge_ingest_scratch_free(fedge_ingest_scratch *w)
+{
+    if (!w)
+        return;
+    free(w->v);
+    w->v = NULL;
+    w->cap = 0;
+}
+
+/* w NULL: the frame gets a delta buffer of its own */
+static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, fedge_ingest_scratch *w,
+                      fedge_ingest_frame *f)
 {
     fedge_envelope_view view;
     int ret = FEDGE_OK;
@@ -111,10 +135,18 @@ int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, si
     if (f->form != FEDGE_INGEST_FORM_OK)
         return FEDGE_OK;
     size_t n_elems = snap->n_params * (snap->scaffold ? 2 : 1);
+    float *delta = NULL;
     f->plain = malloc(len);
-    f->delta = malloc(n_elems * sizeof(float));
-    if (!f->plain || !f->delta)
+    if (!f->plain)
         FAIL(FEDGE_ERR_NOMEM);
+    if (w) {
+        CHK(scratch_reserve(w, n_elems));
+        delta = w->v;
+    } else {
+        delta = f->delta = malloc(n_elems * sizeof(float));
+        if (!delta)
+            FAIL(FEDGE_ERR_NOMEM);
+    }
     fedge_update_expect exp = {
         .model_id = snap->model_id,
         .n_elems = (uint32_t)n_elems,
@@ -126,14 +158,27 @@ int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, si
     };
     f->opened = 1;
     f->open_status = fedge_update_open_metrics(&snap->key, body, len, &exp, f->plain, &f->header, &f->counter,
-                                               f->delta, &f->metrics);
+                                               delta, &f->metrics);
     f->encoded_len = FEDGE_DELTA_HEADER_LEN + view.ct_len;
     if (f->open_status == FEDGE_OK)
-        f->norm = fedge_l2_norm(f->delta, snap->n_params);
+        f->norm = fedge_l2_norm(delta, snap->n_params);
 cleanup:
     if (ret != FEDGE_OK)
         fedge_ingest_frame_free(f);
     return ret;
+}
+
+int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, fedge_ingest_frame *f)
+{
+    return open_frame(snap, body, len, NULL, f);
+}
+
+int fedge_ingest_open_with(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len,
+                           fedge_ingest_scratch *w, fedge_ingest_frame *f)
+{
+    if (!w)
+        return FEDGE_ERR_INVALID_ARG;
+    return open_frame(snap, body, len, w, f);
 }
 
 void fedge_ingest_frame_free(fedge_ingest_frame *f)
@@ -180,8 +225,9 @@ cleanup:
     return ret;
 }
 
-int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fedge_ingest_snapshot *snap,
-                        fedge_ingest_frame *f, int *code, char *msg, size_t msglen)
+/* w: where a frame opened without its own delta is decoded again */
+static int commit_one(fedge_aggregator *a, int d, const char *device, const fedge_ingest_snapshot *snap,
+                      fedge_ingest_frame *f, fedge_ingest_scratch *w, int *code, char *msg, size_t msglen)
 {
     uint64_t last_counter = 0;
     char status[16];
@@ -266,16 +312,24 @@ int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fe
     }
 
     /* Authenticated from here on: the decision is logged with its reason. */
+    float *delta = f->delta;
+    if (!delta) {
+        /* the same bytes fedge_update_open decoded and checked */
+        CHK(scratch_reserve(w, f->header.n_elems));
+        CHK(fedge_delta_decode_payload(&f->header, f->plain + FEDGE_DELTA_HEADER_LEN,
+                                       f->encoded_len - FEDGE_DELTA_HEADER_LEN, w->v));
+        delta = w->v;
+    }
     char control_why[FEDGE_POLICY_REASON_MAX];
     int control_ok = 1;
     if (snap->scaffold && a->control)
-        CHK(fedge_strategy_check_control(a, &f->header, f->delta, &control_ok, control_why, sizeof control_why));
+        CHK(fedge_strategy_check_control(a, &f->header, delta, &control_ok, control_why, sizeof control_why));
     fedge_gov_update_in in = {
         .device_index = d,
         .device = device,
         .status = status,
         .header = &f->header,
-        .delta = f->delta,
+        .delta = delta,
         .n_params = snap->n_params,
         .counter = f->counter,
         .bytes = f->len,
@@ -302,6 +356,15 @@ cleanup:
     return ret;
 }
 
+int fedge_ingest_commit(fedge_aggregator *a, int d, const char *device, const fedge_ingest_snapshot *snap,
+                        fedge_ingest_frame *f, int *code, char *msg, size_t msglen)
+{
+    fedge_ingest_scratch w = {0};
+    int ret = commit_one(a, d, device, snap, f, &w, code, msg, msglen);
+    fedge_ingest_scratch_free(&w);
+    return ret;
+}
+
 static double mono_s(void)
 {
     struct timespec ts;
@@ -312,6 +375,7 @@ static double mono_s(void)
 int fedge_ingest_commit_group(fedge_aggregator *a, fedge_ingest_item *items, size_t n,
                               fedge_ingest_group_times *times)
 {
+    fedge_ingest_scratch w = {0};
     size_t done = 0;
     size_t n_accepted = a->n_accepted, n_rejected = a->n_rejected, in_flight = a->in_flight;
     uint64_t bytes = a->bytes_received;
@@ -325,8 +389,8 @@ int fedge_ingest_commit_group(fedge_aggregator *a, fedge_ingest_item *items, siz
         fedge_ingest_item *it = &items[done];
         it->undo_submitted = a->submitted[it->device];
         it->undo_adm_step = a->adm_step ? a->adm_step[it->device] : 0;
-        CHK(fedge_ingest_commit(a, it->device, a->keys.devices[it->device].id, it->snap, it->frame, &it->code,
-                                it->msg, sizeof it->msg));
+        CHK(commit_one(a, it->device, a->keys.devices[it->device].id, it->snap, it->frame, &w, &it->code,
+                       it->msg, sizeof it->msg));
     }
     t1 = mono_s();
     CHK(fedge_store_commit(a->db));
@@ -352,6 +416,7 @@ cleanup:
         FEDGE_ERROR("group commit of %zu updates failed (%s): none stored, all asked to retry", n,
                     fedge_strerror(ret));
     }
+    fedge_ingest_scratch_free(&w);
     if (times) {
         double t2 = mono_s();
         times->work_s = (ret == FEDGE_OK ? t1 : t2) - t0;

@@ -34,6 +34,7 @@ static double mono(void)
 static void *worker(void *arg)
 {
     fedge_ingest_pool *p = arg;
+    fedge_ingest_scratch scratch = {0}; /* this worker's decoded delta, reused */
     pthread_mutex_lock(&p->mu);
     for (;;) {
         while (!p->queue && !p->stopping)
@@ -48,7 +49,11 @@ static void *worker(void *arg)
 
         j->next = NULL;
         j->opened_at = mono();
-        j->status = fedge_ingest_open(&j->snap, j->body, j->len, &j->frame);
+        j->status = fedge_ingest_open_with(&j->snap, j->body, j->len, &scratch, &j->frame);
+        /* the frame holds what the commit needs: the body's room goes back
+         * to the allocator now, for the uploads still arriving */
+        free(j->body);
+        j->body = NULL;
 
         pthread_mutex_lock(&p->mu);
         j->done_at = mono(); /* under the lock: the done list is in done_at order */
@@ -63,6 +68,7 @@ static void *worker(void *arg)
         (void)w;
     }
     pthread_mutex_unlock(&p->mu);
+    fedge_ingest_scratch_free(&scratch);
     return NULL;
 }
 
@@ -194,22 +200,30 @@ void fedge_ingest_pool_free(fedge_ingest_pool *p)
     free(p);
 }
 
-fedge_ingest_job *fedge_ingest_job_new(void *owner, int device, const fedge_ingest_snapshot *snap,
-                                       const uint8_t *body, size_t len)
+fedge_ingest_job *fedge_ingest_job_adopt(void *owner, int device, const fedge_ingest_snapshot *snap, uint8_t *body,
+                                         size_t len)
 {
     fedge_ingest_job *j = calloc(1, sizeof *j);
     if (!j)
         return NULL;
-    j->body = malloc(len ? len : 1);
-    if (!j->body) {
-        free(j);
-        return NULL;
-    }
-    memcpy(j->body, body, len);
+    j->body = body;
     j->owner = owner;
     j->device = device;
     j->snap = *snap;
     j->len = len;
+    return j;
+}
+
+fedge_ingest_job *fedge_ingest_job_new(void *owner, int device, const fedge_ingest_snapshot *snap,
+                                       const uint8_t *body, size_t len)
+{
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!copy)
+        return NULL;
+    memcpy(copy, body, len);
+    fedge_ingest_job *j = fedge_ingest_job_adopt(owner, device, snap, copy, len);
+    if (!j)
+        free(copy);
     return j;
 }
 

@@ -3,7 +3,8 @@
  * updates are opened (issue 9 §4).
  *
  * The owner thread takes the snapshot, submits a job (snapshot + frame
- * bytes); a worker opens it; the owner takes finished jobs (in order of
+ * bytes); a worker opens it (fedge_ingest_open_with, into the worker's
+ * scratch: a finished job holds no decoded delta); the owner takes finished jobs (in order of
  * completion) and commits them (fedge_ingest_commit_group). The pool holds
  * at most `capacity` jobs (queued, being opened, or finished and not yet
  * taken): a submit beyond that is refused with FEDGE_ERR_BUSY at once (the
@@ -25,7 +26,7 @@ typedef struct fedge_ingest_job {
     void *owner;                 /* the caller's: whom to answer */
     int device;                  /* index into keys.devices */
     fedge_ingest_snapshot snap;
-    uint8_t *body;               /* the sealed frame; owned by the job */
+    uint8_t *body;               /* the sealed frame; owned by the job, freed once opened (NULL) */
     size_t len;
     fedge_ingest_frame frame;    /* stage (a)'s result, when status == FEDGE_OK */
     int status;                  /* fedge_ingest_open's return */
@@ -61,6 +62,11 @@ void fedge_ingest_pool_free(fedge_ingest_pool *p);
 /* A job owning a copy of body (NULL on no memory). */
 fedge_ingest_job *fedge_ingest_job_new(void *owner, int device, const fedge_ingest_snapshot *snap,
                                        const uint8_t *body, size_t len);
+/* A job taking body (malloc'd, len bytes) as its own, without a copy (a
+ * body reassembled by upload.c); NULL on no memory, body then still the
+ * caller's. */
+fedge_ingest_job *fedge_ingest_job_adopt(void *owner, int device, const fedge_ingest_snapshot *snap, uint8_t *body,
+                                         size_t len);
 void fedge_ingest_job_free(fedge_ingest_job *job);
 
 #endif

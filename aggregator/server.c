@@ -762,9 +762,11 @@ static int answer_pending(coap_session_t *session, const coap_pdu_t *request, co
 }
 
 /* Queues a whole body for the pool; the reply is deferred (response left
- * empty) or, when the pool is full, 5.03 with Max-Age now. */
+ * empty) or, when the pool is full, 5.03 with Max-Age now. own: a body of
+ * the caller's (malloc'd) that the job takes over (*own set NULL) instead
+ * of a copy of data. */
 static void submit_pooled(coap_session_t *session, const coap_pdu_t *request, const char *id, const uint8_t *data,
-                          size_t len, const fedge_upload_block *b, coap_pdu_t *response)
+                          size_t len, const fedge_upload_block *b, uint8_t **own, coap_pdu_t *response)
 {
     fedge_server *s = g_server;
     fedge_aggregator *a = s->agg;
@@ -782,7 +784,13 @@ static void submit_pooled(coap_session_t *session, const coap_pdu_t *request, co
         return;
     }
     p = calloc(1, sizeof *p);
-    job = p ? fedge_ingest_job_new(p, d, &snap, data, len) : NULL;
+    if (p && own && *own == data) {
+        job = fedge_ingest_job_adopt(p, d, &snap, *own, len);
+        if (job)
+            *own = NULL;
+    } else if (p) {
+        job = fedge_ingest_job_new(p, d, &snap, data, len);
+    }
     if (!job)
         goto busy;
     p->session = session;
@@ -905,7 +913,7 @@ static void reply_continue(coap_pdu_t *response, const coap_block_b_t *blk)
 }
 
 static void reply_upload(coap_session_t *session, const coap_pdu_t *request, const char *id,
-                         const fedge_upload_block *b, const fedge_upload_result *res, coap_pdu_t *response,
+                         const fedge_upload_block *b, fedge_upload_result *res, coap_pdu_t *response,
                          const coap_block_b_t *blk)
 {
     uint8_t buf[8];
@@ -915,7 +923,7 @@ static void reply_upload(coap_session_t *session, const coap_pdu_t *request, con
         return;
     case FEDGE_UPLOAD_COMPLETE: {
         if (g_server->pool) {
-            submit_pooled(session, request, id, res->body, res->body_len, b, response);
+            submit_pooled(session, request, id, res->body, res->body_len, b, &res->body, response);
             return;
         }
         int code = 500;
@@ -1000,7 +1008,7 @@ static void hnd_update(coap_resource_t *r, coap_session_t *session, const coap_p
          * Max-Message-Size): BERT blocks arrive one by one (our libcoap
          * patch), below */
         if (g_server->pool)
-            submit_pooled(session, request, id, data, len, NULL, response);
+            submit_pooled(session, request, id, data, len, NULL, NULL, response);
         else
             submit_update(id, data, len, response, NULL, NULL, 0);
         return;

@@ -112,6 +112,55 @@ static void test_open_good_frame(void **state)
     free(body);
 }
 
+/* open_with (the ingest workers' way): the delta is decoded into the
+ * caller's scratch, reused from frame to frame (the same buffer, grown
+ * once), and not kept by the frame; the norm and everything else read
+ * are what fedge_ingest_open gives; a refused frame leaves the scratch
+ * usable for the next. */
+static void test_open_with_reuses_scratch(void **state)
+{
+    fixture *fx = *state;
+    fedge_ingest_scratch w = {0};
+    fedge_ingest_frame own, f;
+    size_t len;
+    uint8_t *b1 = seal(fx, 8, 5, 0.25f, 0, &len);
+    assert_int_equal(fedge_ingest_open(&fx->snap, b1, len, &own), FEDGE_OK);
+    assert_int_equal(fedge_ingest_open_with(&fx->snap, b1, len, &w, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_OK);
+    assert_null(f.delta);
+    assert_non_null(f.plain);
+    assert_true(f.norm == own.norm && f.norm > 0);
+    assert_int_equal(f.encoded_len, own.encoded_len);
+    assert_memory_equal(f.plain, own.plain, own.encoded_len);
+    assert_int_equal(w.cap, N_PARAMS);
+    assert_memory_equal(w.v, own.delta, N_PARAMS * sizeof(float));
+    const float *first = w.v;
+    fedge_ingest_frame_free(&f);
+    fedge_ingest_frame_free(&own);
+
+    /* a forged frame (another key): refused, scratch kept */
+    fedge_ingest_snapshot other = fx->snap;
+    other.key.key[0] ^= 1;
+    assert_int_equal(fedge_ingest_open_with(&other, b1, len, &w, &f), FEDGE_OK);
+    assert_int_not_equal(f.open_status, FEDGE_OK);
+    assert_null(f.delta);
+    fedge_ingest_frame_free(&f);
+
+    uint8_t *b2 = seal(fx, 9, 5, -0.5f, 0, &len);
+    assert_int_equal(fedge_ingest_open_with(&fx->snap, b2, len, &w, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_OK);
+    assert_ptr_equal(w.v, first);
+    assert_int_equal(w.cap, N_PARAMS);
+    for (size_t i = 0; i < N_PARAMS; i++)
+        assert_true(w.v[i] == -0.5f * (float)((int)(i % 5) - 2));
+    fedge_ingest_frame_free(&f);
+    assert_int_equal(fedge_ingest_open_with(&fx->snap, b2, len, NULL, &f), FEDGE_ERR_INVALID_ARG);
+    fedge_ingest_scratch_free(&w);
+    assert_null(w.v);
+    free(b1);
+    free(b2);
+}
+
 /* Freshness is judged against the snapshot's counter, nothing else. */
 static void test_open_counter_against_snapshot(void **state)
 {
@@ -530,6 +579,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_open_good_frame, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_with_reuses_scratch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_counter_against_snapshot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_records_each_refusal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_on_worker_threads, setup, teardown),

@@ -52,7 +52,35 @@ static fedge_ingest_job *job_for(fixture *fx, int dev, const uint8_t *b, size_t 
     assert_int_equal(fedge_ingest_snapshot_take(&fx->agg, dev, &snap), FEDGE_OK);
     fedge_ingest_job *j = fedge_ingest_job_new(NULL, dev, &snap, b, len);
     assert_non_null(j);
+    assert_ptr_not_equal(j->body, b);
     return j;
+}
+
+static void take_n(fedge_ingest_pool *p, fedge_ingest_job **out, size_t n);
+
+/* A job may take a reassembled body as its own (no copy): the very buffer
+ * is opened and freed with the job (ASan: no leak, no double free). */
+static void test_job_adopts_body(void **state)
+{
+    (void)state;
+    fixture *fx = start("pool-adopt");
+    fedge_ingest_pool *p = NULL;
+    fedge_ingest_job *got = NULL;
+    fedge_ingest_snapshot snap;
+    size_t len;
+    uint8_t *b = make_update(fx, 0, good(fx, 10), &len);
+    assert_int_equal(fedge_ingest_snapshot_take(&fx->agg, 0, &snap), FEDGE_OK);
+    fedge_ingest_job *j = fedge_ingest_job_adopt(NULL, 0, &snap, b, len);
+    assert_non_null(j);
+    assert_ptr_equal(j->body, b);
+    assert_int_equal(fedge_ingest_pool_new(1, 1, &p), FEDGE_OK);
+    assert_int_equal(fedge_ingest_pool_submit(p, j), FEDGE_OK);
+    take_n(p, &got, 1);
+    assert_ptr_equal(got, j);
+    assert_int_equal(got->frame.open_status, FEDGE_OK);
+    fedge_ingest_job_free(got); /* frees b */
+    fedge_ingest_pool_free(p);
+    fixture_stop(fx);
 }
 
 /* Takes n jobs, waiting for each up to 10 s. */
@@ -88,13 +116,17 @@ static void test_full_pool_refuses(void **state)
     assert_int_equal(fedge_ingest_pool_held(p), 2);
     take_n(p, got, 2);
     assert_int_equal(fedge_ingest_pool_held(p), 0);
-    /* one worker: first in, first out; each opened for real */
+    /* one worker: first in, first out; each opened for real, holding its
+     * decrypted bytes and norm but no decoded delta (the commit decodes) */
     assert_ptr_equal(got[0], j[0]);
     assert_ptr_equal(got[1], j[1]);
     for (int i = 0; i < 2; i++) {
         assert_int_equal(got[i]->status, FEDGE_OK);
         assert_int_equal(got[i]->frame.open_status, FEDGE_OK);
-        assert_non_null(got[i]->frame.delta);
+        assert_null(got[i]->frame.delta);
+        assert_null(got[i]->body); /* freed once opened */
+        assert_non_null(got[i]->frame.plain);
+        assert_true(got[i]->frame.norm > 0);
         fedge_ingest_job_free(got[i]);
     }
     assert_int_equal(fedge_ingest_pool_submit(p, j[2]), FEDGE_OK);
@@ -400,6 +432,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_pool_refuses),
+        cmocka_unit_test(test_job_adopts_body),
         cmocka_unit_test(test_completion_order),
         cmocka_unit_test(test_shutdown_drains),
         cmocka_unit_test(test_group_equals_one_at_a_time),

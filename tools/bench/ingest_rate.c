@@ -4,6 +4,7 @@
  *
  *   bench-ingest_rate --server HOST:PORT --keys KEYS_FILE [--n N] [--timeout-s S]
  *                     [--status 0|1] [--transport dtls|tcp] [--raw 0|1] [--tcp-mtu BYTES]
+ *                     [--agg-pid PID]
  *
  * The first N devices of the keys file each open a DTLS-PSK session (--transport
  * tcp: CoAP over TLS-PSK/TCP, RFC 8323, to the aggregator's listen_tcp) and ask
@@ -21,13 +22,23 @@
  *            (fedge_update_open, what an ingest worker runs), per second;
  *   ratio    ingest over raw AEAD+decode, for OpenSSL (the aggregator's
  *            envelope) and for mbedTLS;
+ *   phase    the POST phase's start and end, monotonic seconds;
+ *   daemon   with --agg-pid (the aggregator on this machine): its CPU over
+ *            the POST phase alone (from just before the first POST to the
+ *            last answer), per update: user and system from /proc/PID/stat
+ *            (clock ticks), on-CPU time from /proc/PID/task/<TID>/schedstat summed over
+ *            its threads (ns), minor page faults, and that against the raw AEAD+decode
+ *            per-frame cost of this run: what the daemon spends apart from
+ *            the driver that shares its cores;
  * and with --status 1 the aggregator's GET /status (its "ingest" part has the
  * per-update time breakdown). Lines start with a keyword for scripts.
  * Exit status 0 when every device got 2.04. The aggregator must have an open
  * round that selects the N devices (tools/bench/ingest_rate.sh sets it up). */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <coap3/coap.h>
 #include <mbedtls/ssl.h>
@@ -195,11 +206,59 @@ static double rate_of(open_fn fn, const fedge_device_key *keys, size_t n, const 
     return best;
 }
 
+/* CPU of process pid so far: user and system (s, clock ticks) and on-CPU
+ * time summed over its live threads (s, from schedstat); 0 on success. */
+typedef struct {
+    double user_s, sys_s, run_s, minflt;
+} proc_cpu;
+
+static int proc_cpu_read(long pid, proc_cpu *c)
+{
+    char path[64], buf[1024];
+    memset(c, 0, sizeof *c);
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    unsigned long long mf = 0, ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %llu %*u %*u %*u %llu %llu", &mf, &ut, &st) != 3)
+        return -1;
+    c->minflt = (double)mf;
+    double hz = (double)sysconf(_SC_CLK_TCK);
+    c->user_s = (double)ut / hz;
+    c->sys_s = (double)st / hz;
+    snprintf(path, sizeof path, "/proc/%ld/task", pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char tpath[300];
+        snprintf(tpath, sizeof tpath, "/proc/%ld/task/%s/schedstat", pid, e->d_name);
+        FILE *t = fopen(tpath, "r");
+        unsigned long long ns = 0;
+        if (t) {
+            if (fscanf(t, "%llu", &ns) == 1)
+                c->run_s += (double)ns * 1e-9;
+            fclose(t);
+        }
+    }
+    closedir(d);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *server = NULL, *keys_path = NULL;
     long n = 100, timeout_s = 120, want_status = 0, resend = 0, want_raw = 1, tcp_mtu = 16384;
     const char *answers_path = NULL, *transport = "dtls";
+    long agg_pid = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--server")) server = argv[i + 1];
         else if (!strcmp(argv[i], "--keys")) keys_path = argv[i + 1];
@@ -211,6 +270,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--transport")) transport = argv[i + 1];
         else if (!strcmp(argv[i], "--raw")) want_raw = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--tcp-mtu")) tcp_mtu = atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--agg-pid")) agg_pid = atol(argv[i + 1]);
         else break;
     }
     int tcp = !strcmp(transport, "tcp");
@@ -218,7 +278,7 @@ int main(int argc, char **argv)
         tcp_mtu < 1152 || tcp_mtu > 65536 + 1024) {
         fprintf(stderr, "usage: bench-ingest_rate --server HOST:PORT --keys KEYS_FILE [--n N] [--timeout-s S]"
                         " [--status 0|1] [--resend 0|1] [--answers FILE] [--transport dtls|tcp]"
-                        " [--raw 0|1] [--tcp-mtu BYTES]\n");
+                        " [--raw 0|1] [--tcp-mtu BYTES] [--agg-pid PID]\n");
         return 2;
     }
     fedge_keys keys;
@@ -339,12 +399,15 @@ int main(int argc, char **argv)
         if (tcp)
             coap_session_set_mtu(g_dev[i].session, (unsigned)tcp_mtu);
     }
+    proc_cpu cpu0, cpu1;
+    int have_cpu = agg_pid > 0 && proc_cpu_read(agg_pid, &cpu0) == 0;
     double t1 = bench_now_s();
     for (size_t i = 0; i < g_n; i++)
         if (send_request(&g_dev[i], COAP_REQUEST_CODE_POST, "update", g_dev[i].frame, g_dev[i].frame_len) !=
             FEDGE_OK)
             return 1;
     run_until(ctx, g_n, t1, timeout_s);
+    have_cpu = have_cpu && proc_cpu_read(agg_pid, &cpu1) == 0;
     double last = t1, *lat = malloc(g_n * sizeof *lat);
     size_t ok = 0, k = 0, other = 0;
     if (!lat)
@@ -372,6 +435,17 @@ int main(int argc, char **argv)
         printf("ratio    ingest / raw AEAD+decode (openssl, 1 thread) = %.3f\n", rate / raw[1][1]);
     if (raw[0][1] > 0)
         printf("ratio    ingest / raw AEAD+decode (mbedtls, 1 thread) = %.3f\n", rate / raw[0][1]);
+    printf("phase    POST %.6f,%.6f (CLOCK_MONOTONIC s: perf report --time, with perf record -k mono)\n", t1, last);
+    if (have_cpu && ok > 0) {
+        double u = 1e6 / (double)ok, run = (cpu1.run_s - cpu0.run_s) * u;
+        printf("daemon   POST phase: user %.0f us + system %.0f us per update (ticks); on-CPU %.0f us per update"
+               " (schedstat, %zu updates), %.1f page faults per update", (cpu1.user_s - cpu0.user_s) * u,
+               (cpu1.sys_s - cpu0.sys_s) * u, run, ok, (cpu1.minflt - cpu0.minflt) / (double)ok);
+        if (raw[1][1] > 0)
+            printf("; raw openssl AEAD+decode %.0f us per frame: daemon / raw = %.1f", 1e6 / raw[1][1],
+                   run * raw[1][1] / 1e6);
+        printf("\n");
+    }
 
     /* every device sends the same frame again: a resend of a decided
      * update is answered from the log ("duplicate"), not counted again */

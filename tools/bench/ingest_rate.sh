@@ -11,10 +11,15 @@
 # /status (its "ingest" part: the time breakdown per update); then
 # bench-ingest_path, the same path in-process without the transport.
 # DRIVER swaps the load generator: it is run as
-#   $DRIVER --server 127.0.0.1:PORT --keys KEYS_FILE --n N --status 1 [--transport tcp]
-# (default: $BUILD/bin/bench-ingest_rate). AGG_ARGS adds aggregator options.
+#   $DRIVER --server 127.0.0.1:PORT --keys KEYS_FILE --n N --status 1 --agg-pid PID [--transport tcp]
+# (default: $BUILD/bin/bench-ingest_rate; its "daemon" line is the
+# aggregator's CPU per update over the POST phase alone, apart from the
+# driver's, against the raw per-frame cost of the same run). AGG_ARGS adds aggregator options.
 # PERF_DIR=DIR records each aggregator with `perf record -g` while the driver
-# runs (its handshakes, then the POST phase) into DIR/agg-TRANSPORT-WORKERS.data.
+# runs (its handshakes, then the POST phase) into DIR/agg-TRANSPORT-WORKERS.data;
+# PERF_ARGS replaces `-g -F 999` (e.g. "-g -e page-faults": where pages are faulted in);
+# the clock is CLOCK_MONOTONIC, so the driver's "phase POST A,B" line is
+# `perf report --time A,B`: the POST phase alone.
 # docs/BENCHMARKS.md records the figures.
 set -euo pipefail
 BUILD=${1:-build/native}
@@ -54,15 +59,15 @@ for w in "${WORKERS[@]}"; do
     echo "== $t, ingest_workers = $w (load average $(cut -d' ' -f1-3 /proc/loadavg))"
     perf_pid=""
     if [ -n "${PERF_DIR:-}" ]; then
-        perf record -q -g -F 999 -p "$agg" -o "$PERF_DIR/agg-$t-$w.data" 2>/dev/null &
+        perf record -q -k mono ${PERF_ARGS:--g -F 999} -p "$agg" -o "$PERF_DIR/agg-$t-$w.data" 2>/dev/null &
         perf_pid=$!
     fi
     if [ "$t" = tcp ]; then
-        "$DRIVER" --server "127.0.0.1:$tport" --keys "$dir/keys" --n "$N" --status 1 --transport tcp || status=$?
+        "$DRIVER" --server "127.0.0.1:$tport" --keys "$dir/keys" --n "$N" --status 1 --agg-pid "$agg" --transport tcp || status=$?
     else
-        "$DRIVER" --server "127.0.0.1:$port" --keys "$dir/keys" --n "$N" --status 1 || status=$?
+        "$DRIVER" --server "127.0.0.1:$port" --keys "$dir/keys" --n "$N" --status 1 --agg-pid "$agg" || status=$?
     fi
-    echo "aggregator cpu: $(awk '{ printf "user %.2f s, system %.2f s", $14 / 100, $15 / 100 }' /proc/$agg/stat)"
+    echo "aggregator cpu: $(awk '{ printf "user %.2f s, system %.2f s", $14 / 100, $15 / 100 }' /proc/$agg/stat); peak RSS $(awk '/^VmHWM/ { print $2, $3 }' /proc/$agg/status)"
     if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true; fi
     kill "$agg" 2>/dev/null || true
     wait "$agg" 2>/dev/null || true
