@@ -104,7 +104,7 @@ typedef struct {
     const fedge_policy *p;
     dev_state *devs;
     size_t n_devs;
-    out_table changes, rounds;
+    out_table changes, rounds, weights;
     int64_t to_rejected, to_accepted, clip_changed, rounds_changed, unchanged;
     int64_t rounds_config, rounds_no_config; /* rounds with / without a recorded configuration */
 } replay;
@@ -286,12 +286,18 @@ static int replay_round_rules(replay *r, int64_t round, const fedge_agg_config *
     for (size_t j = 0; j < n_use; j++) {
         row *u = &rows[idx[j]];
         u->weight = w_out[j];
+        out_row(&r->weights);
+        out_int(&r->weights, 0, u->id);
+        out_int(&r->weights, 1, round);
+        if (u->stale_found)
+            out_int(&r->weights, 2, u->staleness);
+        out_num(&r->weights, 3, w[j]);
+        out_num(&r->weights, 4, w_out[j]);
         if (per[j].decision == FEDGE_DECISION_REJECT)
             u->d = per[j];
         else if (!strcmp(per[j].rule, "max_share"))
             snprintf(u->d.rule, sizeof u->d.rule, "max_share");
     }
-    (void)round;
 cleanup:
     sqlite3_finalize(st);
     free(stats);
@@ -589,6 +595,7 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
     static const char *const rcols[] = {"round", "recorded", "replayed", "accepted_recorded",
                                         "accepted_replayed", "epsilon_recorded", "epsilon_replayed",
                                         "changed", "note"};
+    static const char *const wcols[] = {"update", "round", "staleness", "weight", "weight_after_max_share"};
     fedge_policy *p = NULL;
     char err[1024] = "";
     int status = EXIT_USAGE;
@@ -596,6 +603,7 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
     memset(&r, 0, sizeof r);
     out_table_init(&r.changes, FEDGE_ARRAY_LEN(ccols), ccols);
     out_table_init(&r.rounds, FEDGE_ARRAY_LEN(rcols), rcols);
+    out_table_init(&r.weights, FEDGE_ARRAY_LEN(wcols), wcols);
     if (fedge_policy_load(o->policy, &p, err, sizeof err) != FEDGE_OK) {
         /* escaped by the loader already (policy.h) */
         fprintf(stderr, "fedge-audit: %s\n", err[0] ? err : "cannot load the policy");
@@ -606,7 +614,8 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
     int ret = load_devices(&r);
     if (ret == FEDGE_OK)
         ret = replay_run(&r);
-    if (ret != FEDGE_OK || out_table_failed(&r.changes) || out_table_failed(&r.rounds)) {
+    if (ret != FEDGE_OK || out_table_failed(&r.changes) || out_table_failed(&r.rounds) ||
+        out_table_failed(&r.weights)) {
         cli_error("replay failed: %s", ret != FEDGE_OK ? fedge_strerror(ret) : "out of memory");
         goto done;
     }
@@ -642,6 +651,7 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
         json_obj_end(&j);
         json_table(&j, "changes", &r.changes);
         json_table(&j, "rounds", &r.rounds);
+        json_table(&j, "weights", &r.weights);
         json_arr(&j, "assumptions");
         for (size_t i = 0; i < FEDGE_ARRAY_LEN(ASSUMPTIONS); i++)
             json_str(&j, NULL, ASSUMPTIONS[i]);
@@ -684,6 +694,7 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
 done:
     out_table_free(&r.changes);
     out_table_free(&r.rounds);
+    out_table_free(&r.weights);
     free(r.devs);
     fedge_policy_free(p);
     return status;
