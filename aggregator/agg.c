@@ -18,6 +18,7 @@
 #include "governance.h"
 #include "ingest.h"
 #include "keys_audit.h"
+#include "round_config.h"
 #include "log.h"
 #include "modelstore.h"
 #include "scheduler.h"
@@ -173,6 +174,18 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
         goto cleanup;
     }
     CHK(fedge_gov_init(a, err, errlen));
+    { /* the round-shaping configuration, for replay (round_config.h) */
+        int recorded = 0;
+        CHK(fedge_store_begin(a->db));
+        ret = fedge_round_config_record(a->db, &a->cfg, fedge_clock_wall(), &recorded);
+        if (ret == FEDGE_OK)
+            ret = fedge_store_commit(a->db);
+        if (ret != FEDGE_OK) {
+            fedge_store_rollback(a->db);
+            snprintf(err, errlen, "cannot record the round configuration: %s", fedge_strerror(ret));
+            goto cleanup;
+        }
+    }
     fedge_strategy_name(a);
     ret = fedge_store_run_id(a->db, a->run_id);
     if (ret != FEDGE_OK) {

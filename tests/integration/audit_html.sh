@@ -6,10 +6,10 @@
 # real picture (the PNG decodes, many distinct colours); the numbers in the
 # rendered DOM equal the JSON report's (accuracy per round, updates by
 # decision and rejected ones by rule, contributions per device, epsilon of
-# the run and per device, the lineage); train loss is "not reported" without
+# the run and per device, the lineage, the keys ledger); train loss is "not reported" without
 # the updates.train_loss column and charted, as the sample-weighted mean
-# per round, with it; and a device id, rule and reason holding markup render
-# as text in a copy of the log.
+# per round, with it; and a device id, rule, reason and keys event holding
+# markup render as text in a copy of the log.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -100,7 +100,9 @@ sqlite3 "$R/hostile.db" "INSERT INTO devices(id, region) VALUES('<script>alert(1
           (2, '<script>alert(1)</script>', 0, 5, 'fp32', 0, 2, 'rejected', '<b>rule</b>', '</table><script>alert(3)</script>');
     DELETE FROM dp_ledger WHERE round = 3;
     UPDATE models SET parent = '<i>init</i>' WHERE parent = (SELECT version FROM models WHERE kind = 'init');
-    UPDATE models SET version = '<i>init</i>' WHERE kind = 'init';" ||
+    UPDATE models SET version = '<i>init</i>' WHERE kind = 'init';
+    INSERT INTO events(at, round, device, kind, rule, detail)
+    VALUES(1, NULL, '<script>alert(4)</script>', 'keys', NULL, '<b>ledger</b>');" ||
     fed_fail "sqlite3: hostile rows"
 "$AUDIT" --db "$R/hostile.db" report --format html --out "$R/hostile.html" || fed_fail "report of hostile.db"
 "$AUDIT" --db "$R/hostile.db" --json report >"$R/hostile.json" || fed_fail "json report of hostile.db"

@@ -193,6 +193,20 @@ if eps_rows:
 lv = [r["data-version"] for r in d.tables["lineage-data"]]
 check(lv == [m["version"] for m in rep["lineage"]["models"]], "lineage versions: %s" % lv)
 
+# the keys ledger: the JSON report's keys_changes, row by row (the start's
+# initial set: the 3 devices added)
+def keys_rows(dm):
+    return [{k[5:].replace("-", "_"): v for k, v in r.items() if k.startswith("data-")} for r in dm.tables["keys-data"]]
+
+
+def keys_json(j):
+    return [{k: str(v) for k, v in x.items() if v is not None} for x in j["keys_changes"]]
+
+
+check(keys_rows(d) == keys_json(rep), "keys ledger: page %s, JSON %s" % (keys_rows(d), keys_json(rep)))
+check(sorted((x["device"], x["change"], x["source"]) for x in keys_json(rep)) ==
+      [("dev-00%d" % i, "added", "startup") for i in (1, 2, 3)], "keys ledger: %s" % keys_json(rep))
+
 # --- train loss charted from the columns (the loss copy)
 ld = dom(D + "/loss-dom.html")
 lc = sqlite3.connect(D + "/loss.db")
@@ -222,6 +236,13 @@ check(Counter(x["rule"] for x in hj["decisions"] if x["source"] == "update") ==
       Counter(r["data-rule"] for r in hd.tables["decisions-data"] if r.get("data-decision") == "rejected" for _ in range(int(r["data-count"]))),
       "rejected by rule in the hostile copy")
 check("</table><script>alert(3)</script>" in text, "the hostile reason does not render as text")
+check(keys_rows(hd) == keys_json(hj) and len(keys_rows(hd)) == 4, "keys ledger in the hostile copy: page %s, JSON %s"
+      % (keys_rows(hd), keys_json(hj)))
+hk = (keys_json(hj) or [{}])[-1]
+check((keys_rows(hd) or [{}])[-1] == {"device": "<script>alert(4)</script>", "change": "<b>ledger</b>",
+                                      "at": hk.get("at"), "event": hk.get("event")},
+      "the hostile keys event: %s" % keys_rows(hd)[-1:])
+check("<script>alert(4)</script>" in text and "<b>ledger</b>" in text, "the hostile keys event does not render as text")
 hc = defaultdict(lambda: [0, 0])
 for c in hj["lineage"]["contributions"]:
     hc[c["device"]][0] += 1

@@ -15,7 +15,10 @@
 #   replay: under the recorded policy nothing changes and epsilon equals the
 #   recorded one; a smaller DP clip_norm changes every clip and no epsilon;
 #   under max_norm (reject) between the recorded norms exactly
-#   the updates above it flip to rejected by max_norm; min_clients 4 fails
+#   the updates above it flip to rejected by max_norm; max_norm just under the
+#   largest norm leaves its round 2 updates, fewer than the recorded
+#   min_updates 3: that round fails as the daemon fails it (on a copy without
+#   the config event: still closed, and said in the assumptions); min_clients 4 fails
 #   every round by k_anonymity; the anomaly rule's z-score and cosine flag
 #   the updates computed here from the stored deltas; z = 2 with a budget that holds one round
 #   gives round 1 the epsilon of the sampled Gaussian at q = 1 (computed
@@ -57,6 +60,7 @@ round_timeout_s = 60
 start_delay_s = 0.3
 local_epochs = 1
 lr = 0.05
+min_updates = 3
 linger_s = 4
 CONF
 
@@ -165,6 +169,8 @@ s = d["summary"]
 assert s["accepted_to_rejected"] == 0 and s["rejected_to_accepted"] == 0 and s["clipping_changed"] == 0, s
 assert s["rounds_changed"] == 0 and d["changes"] == [], d
 assert abs(s["epsilon_recorded"] - s["epsilon_replayed"]) < 1e-9, s
+assert s["rounds_with_recorded_config"] == 2, s
+assert any("the one recorded (an audited config event)" in a for a in d["assumptions"]), d["assumptions"]
 PY
 # max_norm between the recorded norms, action reject
 norms=$(sql "SELECT id || ' ' || norm FROM updates ORDER BY norm")
@@ -190,6 +196,36 @@ want = sorted(int(x) for x in sys.argv[2].split())
 flipped = sorted(c["update"] for c in d["changes"] if c["replayed"] == "rejected (max_norm)" and c["recorded"].startswith("clipped"))
 assert want and flipped == want, (flipped, want)
 assert d["summary"]["accepted_to_rejected"] == len(want), d["summary"]
+PY
+# max_norm just under the largest norm: its round keeps 2 updates, fewer than
+# the recorded min_updates 3, and fails as the round close fails it
+top=$(sql "SELECT id || ' ' || round || ' ' || norm FROM updates ORDER BY norm DESC LIMIT 2")
+read -r top_id top_round top_norm second_norm <<<"$(echo $top | awk '{ print $1, $2, $3, $6 }')"
+sed "s/max_norm: .*/max_norm: $(python3 -c "print(($top_norm + $second_norm) / 2)")/; s/name: strict/name: top1/" \
+    "$D/strict.yaml" >"$D/top1.yaml"
+expect_rc 0 "${A[@]}" replay --policy "$D/top1.yaml" --format json
+python3 - "$D/out" "$top_id" "$top_round" <<'PY' || fail "min_updates replay"
+import json, sys
+d = json.load(open(sys.argv[1])); top, rnd = int(sys.argv[2]), int(sys.argv[3])
+assert [(c["update"], c["replayed"]) for c in d["changes"]] == [(top, "rejected (max_norm)")], d["changes"]
+for r in d["rounds"]:
+    if r["round"] == rnd:
+        assert (r["replayed"], r["accepted_replayed"], r["changed"]) == ("failed", 2, "yes"), r
+        assert r["note"] == "2 usable updates, fewer than min_updates 3", r
+    else:
+        assert (r["replayed"], r["accepted_replayed"], r["changed"]) == ("closed", 3, "no"), r
+PY
+# a log without the config event (as before it was recorded): the round stays
+# closed, and the assumptions say why
+cp "$DB" "$D/noconfig.db" && sqlite3 "$D/noconfig.db" "DELETE FROM events WHERE kind = 'config'" || fail "sqlite3"
+expect_rc 0 "$BIN/fedge-audit" --db "$D/noconfig.db" replay --policy "$D/top1.yaml" --format json
+python3 - "$D/out" "$top_round" <<'PY' || fail "replay without a recorded configuration"
+import json, sys
+d = json.load(open(sys.argv[1])); rnd = int(sys.argv[2])
+assert d["summary"]["rounds_with_recorded_config"] == 0, d["summary"]
+r = [x for x in d["rounds"] if x["round"] == rnd][0]
+assert (r["replayed"], r["accepted_replayed"]) == ("closed", 2), r
+assert any(a.startswith("rounds without a recorded configuration") for a in d["assumptions"]), d["assumptions"]
 PY
 expect_rc 0 "${A[@]}" replay --policy "$D/strict.yaml"
 out_has "| rejected (max_norm) |"

@@ -1739,7 +1739,7 @@ static int report_html(sqlite3 *db, const report *r, const cli_opts *o, const ch
     char head[400], verify[600], tmp[4200], cycle[600];
     privacy_headline(&r->priv, head, sizeof head);
     html_inputs in = {.db_path = o->db_path, .summary = &r->summary, .privacy_headline = head,
-                      .latest = latest, .refused = &r->decisions};
+                      .latest = latest, .refused = &r->decisions, .keys = &r->keys};
     if (r->has_cycle) {
         cycle_message(r->cycle, cycle, sizeof cycle);
         in.cycle = cycle;

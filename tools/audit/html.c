@@ -1195,8 +1195,10 @@ cleanup:
     return ret;
 }
 
-/* An out_table (cells hold text.h-escaped text) as an HTML table. */
-static void table_html(FILE *f, const char *id, const out_table *t)
+/* An out_table (cells hold text.h-escaped text) as an HTML table; with
+ * data_attrs each row also carries its non-null cells as data-COLUMN
+ * attributes ('_' written '-'), the text the JSON report prints. */
+static void table_html_attrs(FILE *f, const char *id, const out_table *t, int data_attrs)
 {
     fold_open(f, t->n_rows);
     fprintf(f, "<table id=\"%s\" class=\"data\"><thead><tr>", id);
@@ -1205,7 +1207,18 @@ static void table_html(FILE *f, const char *id, const out_table *t)
     fprintf(f, "</tr></thead><tbody>\n");
     for (size_t r = 0; r < t->n_rows; r++) {
         const out_cell *row = &t->cells[r * t->n_cols];
-        fprintf(f, "<tr>");
+        fprintf(f, "<tr");
+        for (size_t c = 0; data_attrs && c < t->n_cols; c++) {
+            if (row[c].kind == CELL_NULL || !row[c].text)
+                continue;
+            fprintf(f, " data-");
+            for (const char *k = t->cols[c]; *k; k++)
+                fputc(*k == '_' ? '-' : *k, f);
+            fprintf(f, "=\"");
+            put_html(f, row[c].text);
+            fprintf(f, "\"");
+        }
+        fprintf(f, ">");
         for (size_t c = 0; c < t->n_cols; c++) {
             fprintf(f, "<td%s>", row[c].kind == CELL_INT || row[c].kind == CELL_NUM
                                      ? " class=\"n\"" : "");
@@ -1216,6 +1229,8 @@ static void table_html(FILE *f, const char *id, const out_table *t)
     }
     fprintf(f, "</tbody></table></details>\n");
 }
+
+static void table_html(FILE *f, const char *id, const out_table *t) { table_html_attrs(f, id, t, 0); }
 
 /* ---- the page ------------------------------------------------------------------------------ */
 
@@ -1290,6 +1305,12 @@ int html_report(FILE *f, sqlite3 *db, const html_inputs *in)
         table_html(f, "refused-data", in->refused);
     else
         fprintf(f, "<p class=\"note\">None.</p>\n");
+    fprintf(f, "</section>\n");
+    fprintf(f, "<section id=\"keys\"><h2>Keys file changes</h2>\n");
+    if (in->keys && in->keys->n_rows)
+        table_html_attrs(f, "keys-data", in->keys, 1);
+    else
+        fprintf(f, "<p class=\"note\">None recorded.</p>\n");
     fprintf(f, "</section>\n");
     fprintf(f, "</body></html>\n");
     return 0;

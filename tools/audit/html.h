@@ -25,7 +25,9 @@
  *   - updates by decision and rule, and round-level decisions by rule;
  *   - the lineage of the latest model (graph.h): its versions back to the
  *     first, with rounds, contributors and the relays behind each aggregate;
- * then the refused updates and round-level decisions with their reasons.
+ * then the refused updates and round-level decisions with their reasons,
+ * and the keys ledger (every audited change of the keys file: table
+ * keys-data, the columns of the JSON report's keys_changes).
  * Table ids and attribute names are listed in docs/AUDIT.md. */
 #ifndef FEDGE_AUDIT_HTML_H
 #define FEDGE_AUDIT_HTML_H
@@ -44,6 +46,7 @@ typedef struct {
     const char *cycle;            /* the lineage_cycle finding, or NULL */
     const char *latest;           /* the latest model's version; "" when none */
     const out_table *refused;     /* `decisions --rejected`: shown with reasons */
+    const out_table *keys;        /* the keys ledger (`report`'s keys_changes); NULL: none */
 } html_inputs;
 
 /* Writes the page to f. 0 done; -1 database error or out of memory, the

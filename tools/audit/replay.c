@@ -17,6 +17,8 @@
 #include "hash.h"
 #include "out.h"
 #include "policy.h"
+#include "round_config.h"
+#include "scheduler.h"
 #include "store.h"
 
 static const char *const ASSUMPTIONS[] = {
@@ -28,14 +30,30 @@ static const char *const ASSUMPTIONS[] = {
     "unless it was refused by staleness (its logged staleness is used)",
     "rate limit: the recorded arrival times (received_at) of the device's earlier rows",
     "per-round rules: on the replayed accepted updates with a stored delta (directions from the "
-    "stored, possibly clipped, delta; norms from the recorded pre-clip norm and the new clip); "
-    "weights are sample counts (1 each under DP) without the staleness discount",
-    "rounds that failed or were refused for a reason outside the policy (min_updates, no "
-    "updates, a combiner) stay so; the aggregator's configuration is not in the log, so a round "
-    "left with fewer replayed updates than its min_updates is still shown closed",
+    "stored, possibly clipped, delta; norms from the recorded pre-clip norm and the new clip)",
     "sampling rate q: the round's recorded dp_ledger q, else selected / devices the new policy "
     "makes eligible; a privacy_budget refusal before a round stops the run there, as the "
     "daemon does",
+};
+
+/* The configuration-dependent assumptions: rounds with the round-shaping
+ * configuration recorded (round_config.h), and rounds without it. */
+static const char *const ASSUME_CONFIG[] = {
+    "weights: sample counts (1 each under DP) times the recorded staleness discount of an update "
+    "whose base model is s versions old (fedge_sched_staleness_discount, not under DP), as the "
+    "round close weighs them",
+    "round configuration: the one recorded (an audited config event) before the round's last audit "
+    "entry; a round left with fewer accepted updates than its min_updates fails, as the daemon "
+    "fails it; rounds that failed or were refused for another reason outside the policy (no "
+    "updates, a combiner) stay so; an async step keeps the updates it recorded (the daemon would "
+    "have waited for more to fill its buffer)",
+};
+static const char *const ASSUME_NO_CONFIG[] = {
+    "weights (rounds without a recorded configuration): sample counts (1 each under DP) without "
+    "the staleness discount",
+    "rounds without a recorded configuration (a log from before config events): rounds that failed "
+    "or were refused for a reason outside the policy (min_updates, no updates, a combiner) stay so, "
+    "and a round left with fewer replayed updates than its min_updates is still shown closed",
 };
 
 /* A text column, "" for NULL (a hostile log may hold anything). */
@@ -77,6 +95,8 @@ typedef struct {
     double new_norm;
     double rec_after;        /* norm of the stored delta (after the recorded clip); NaN: none */
     double weight;
+    uint32_t staleness; /* versions behind, when stale_found */
+    int stale_found;
 } row;
 
 typedef struct {
@@ -84,8 +104,9 @@ typedef struct {
     const fedge_policy *p;
     dev_state *devs;
     size_t n_devs;
-    out_table changes, rounds;
+    out_table changes, rounds, weights;
     int64_t to_rejected, to_accepted, clip_changed, rounds_changed, unchanged;
+    int64_t rounds_config, rounds_no_config; /* rounds with / without a recorded configuration */
 } replay;
 
 static dev_state *dev_find(replay *r, const char *id)
@@ -144,6 +165,8 @@ static int replay_update(replay *r, row *u, uint32_t round, const uint8_t base[F
         if (fedge_delta_decode_header(blob, blob_len, &h) == FEDGE_OK) {
             u->partial = (h.flags & FEDGE_DELTA_FLAG_PARTIAL) != 0;
             CHK(fedge_gov_staleness_at(r->db, h.base_version, base, round, &found, &staleness));
+            u->stale_found = found;
+            u->staleness = staleness;
         }
     } else if (!strcmp(u->rec_rule, "staleness")) {
         unsigned v = 0;
@@ -200,8 +223,8 @@ cleanup:
 }
 
 /* Round rules (anomaly, k_anonymity, max_share) on the replayed accepted rows. */
-static int replay_round_rules(replay *r, int64_t round, row *rows, size_t n_rows, int *use, size_t n_use,
-                              fedge_policy_decision *round_d)
+static int replay_round_rules(replay *r, int64_t round, const fedge_agg_config *cfg, row *rows, size_t n_rows,
+                              int *use, size_t n_use, fedge_policy_decision *round_d)
 {
     fedge_policy_round_stat *stats = calloc(n_use ? n_use : 1, sizeof *stats);
     double *w = calloc(n_use ? n_use : 1, sizeof *w), *w_out = calloc(n_use ? n_use : 1, sizeof *w_out);
@@ -220,6 +243,8 @@ static int replay_round_rules(replay *r, int64_t round, row *rows, size_t n_rows
         idx[k] = i;
         stats[k].norm = rows[i].new_norm;
         w[k] = dp ? 1.0 : (double)rows[i].n_samples;
+        if (cfg && !dp && rows[i].stale_found && rows[i].staleness > 0)
+            w[k] *= fedge_sched_staleness_discount(cfg, rows[i].staleness);
         k++;
     }
     if (fedge_policy_round_needs_dots(r->p, n_use)) {
@@ -261,12 +286,18 @@ static int replay_round_rules(replay *r, int64_t round, row *rows, size_t n_rows
     for (size_t j = 0; j < n_use; j++) {
         row *u = &rows[idx[j]];
         u->weight = w_out[j];
+        out_row(&r->weights);
+        out_int(&r->weights, 0, u->id);
+        out_int(&r->weights, 1, round);
+        if (u->stale_found)
+            out_int(&r->weights, 2, u->staleness);
+        out_num(&r->weights, 3, w[j]);
+        out_num(&r->weights, 4, w_out[j]);
         if (per[j].decision == FEDGE_DECISION_REJECT)
             u->d = per[j];
         else if (!strcmp(per[j].rule, "max_share"))
             snprintf(u->d.rule, sizeof u->d.rule, "max_share");
     }
-    (void)round;
 cleanup:
     sqlite3_finalize(st);
     free(stats);
@@ -277,6 +308,23 @@ cleanup:
     free(sum);
     free(buf);
     return ret;
+}
+
+/* The round-shaping configuration in force at the round's close: the last
+ * config event audited before the round's last audit entry (*have 0: none,
+ * or one that does not parse, which is then not trusted). */
+static int config_at(sqlite3_stmt *cs, int64_t round, fedge_agg_config *cfg, int *have)
+{
+    *have = 0;
+    memset(cfg, 0, sizeof *cfg);
+    sqlite3_reset(cs);
+    sqlite3_bind_int64(cs, 1, round);
+    int rc = sqlite3_step(cs);
+    if (rc == SQLITE_ROW)
+        *have = fedge_round_config_parse(col_text(cs, 0), cfg) == FEDGE_OK;
+    else if (rc != SQLITE_DONE)
+        return FEDGE_ERR_SQL;
+    return FEDGE_OK;
 }
 
 static const char *decision_text(const char *decision, const char *rule, char *buf, size_t cap)
@@ -323,7 +371,8 @@ static void note_change(replay *r, int64_t round, row *u, const char *new_decisi
 
 static int replay_run(replay *r)
 {
-    sqlite3_stmt *rs = NULL, *us = NULL, *ls = NULL;
+    sqlite3_stmt *rs = NULL, *us = NULL, *ls = NULL, *cs = NULL;
+    fedge_agg_config cfg;
     row *rows = NULL;
     int *use = NULL;
     float *scratch = NULL;
@@ -347,6 +396,12 @@ static int replay_run(replay *r)
                             " delta_pruned_round FROM updates WHERE round=? ORDER BY id",
                             &us));
     CHK(fedge_store_prepare(r->db, "SELECT q FROM dp_ledger WHERE round=?", &ls));
+    CHK(fedge_store_prepare(r->db,
+                            "SELECT e.detail FROM events e JOIN audit ae ON ae.tbl='events'"
+                            " AND ae.row_key=CAST(e.id AS TEXT) WHERE e.kind='" FEDGE_ROUND_CONFIG_EVENT "'"
+                            " AND ae.seq < (SELECT max(seq) FROM audit WHERE tbl='rounds'"
+                            " AND row_key=CAST(?1 AS TEXT)) ORDER BY ae.seq DESC LIMIT 1",
+                            &cs));
     while ((rc = sqlite3_step(rs)) == SQLITE_ROW) {
         int64_t round = sqlite3_column_int64(rs, 0);
         char rec_status[16], rec_reason[256], new_status[16] = "closed", note[512] = "";
@@ -359,6 +414,12 @@ static int replay_run(replay *r)
         double rec_eps = sqlite3_column_type(rs, 5) == SQLITE_NULL ? NAN : sqlite3_column_double(rs, 5);
         double new_eps = NAN;
         int64_t new_accepted = 0;
+        int have_cfg = 0;
+        CHK(config_at(cs, round, &cfg, &have_cfg));
+        if (have_cfg)
+            r->rounds_config++;
+        else
+            r->rounds_no_config++;
 
         double q = 1.0;
         sqlite3_reset(ls);
@@ -421,7 +482,8 @@ static int replay_run(replay *r)
             FAIL(FEDGE_ERR_SQL);
 
         int policy_failure = strstr(rec_reason, "k_anonymity") || strstr(rec_reason, "max_share") ||
-                             strstr(rec_reason, "privacy_budget") || strstr(rec_reason, "every update was excluded");
+                             strstr(rec_reason, "privacy_budget") || strstr(rec_reason, "every update was excluded") ||
+                             (have_cfg && strstr(rec_reason, "fewer than min_updates"));
         fedge_policy_decision bd;
         double eps_after = 0;
         int refused_before = 0;
@@ -448,14 +510,23 @@ static int replay_run(replay *r)
                 use[i] = rows[i].d.decision != FEDGE_DECISION_REJECT && rows[i].has_delta;
                 n_use += (size_t)use[i];
             }
+            size_t n_acc = 0; /* the close counts usable updates before the round rules */
+            for (size_t i = 0; i < n; i++)
+                n_acc += rows[i].d.decision != FEDGE_DECISION_REJECT;
             fedge_policy_decision round_d;
             set_decision(&round_d, FEDGE_DECISION_ACCEPT, "all", "");
-            if (n_use > 0)
-                CHK(replay_round_rules(r, round, rows, n, use, n_use, &round_d));
+            if (have_cfg && n_acc > 0 && n_acc < (size_t)cfg.min_updates) {
+                snprintf(new_status, sizeof new_status, "failed");
+                snprintf(note, sizeof note, "%zu usable updates, fewer than min_updates %ld", n_acc, cfg.min_updates);
+                n_use = 0;
+            } else if (n_use > 0)
+                CHK(replay_round_rules(r, round, have_cfg ? &cfg : NULL, rows, n, use, n_use, &round_d));
             size_t kept = 0;
             for (size_t i = 0; i < n; i++)
                 kept += use[i] && rows[i].d.decision != FEDGE_DECISION_REJECT;
-            if (round_d.decision == FEDGE_DECISION_REJECT) {
+            if (!strcmp(new_status, "failed")) {
+                /* min_updates: the updates stay accepted, the round fails */
+            } else if (round_d.decision == FEDGE_DECISION_REJECT) {
                 snprintf(new_status, sizeof new_status, "failed");
                 snprintf(note, sizeof note, "%s: %s", round_d.rule, round_d.reason);
             } else if (kept == 0) {
@@ -510,6 +581,7 @@ cleanup:
     sqlite3_finalize(rs);
     sqlite3_finalize(us);
     sqlite3_finalize(ls);
+    sqlite3_finalize(cs);
     free(rows);
     free(use);
     free(scratch);
@@ -523,6 +595,7 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
     static const char *const rcols[] = {"round", "recorded", "replayed", "accepted_recorded",
                                         "accepted_replayed", "epsilon_recorded", "epsilon_replayed",
                                         "changed", "note"};
+    static const char *const wcols[] = {"update", "round", "staleness", "weight", "weight_after_max_share"};
     fedge_policy *p = NULL;
     char err[1024] = "";
     int status = EXIT_USAGE;
@@ -530,6 +603,7 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
     memset(&r, 0, sizeof r);
     out_table_init(&r.changes, FEDGE_ARRAY_LEN(ccols), ccols);
     out_table_init(&r.rounds, FEDGE_ARRAY_LEN(rcols), rcols);
+    out_table_init(&r.weights, FEDGE_ARRAY_LEN(wcols), wcols);
     if (fedge_policy_load(o->policy, &p, err, sizeof err) != FEDGE_OK) {
         /* escaped by the loader already (policy.h) */
         fprintf(stderr, "fedge-audit: %s\n", err[0] ? err : "cannot load the policy");
@@ -540,7 +614,8 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
     int ret = load_devices(&r);
     if (ret == FEDGE_OK)
         ret = replay_run(&r);
-    if (ret != FEDGE_OK || out_table_failed(&r.changes) || out_table_failed(&r.rounds)) {
+    if (ret != FEDGE_OK || out_table_failed(&r.changes) || out_table_failed(&r.rounds) ||
+        out_table_failed(&r.weights)) {
         cli_error("replay failed: %s", ret != FEDGE_OK ? fedge_strerror(ret) : "out of memory");
         goto done;
     }
@@ -570,14 +645,20 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
         json_int(&j, "clipping_changed", r.clip_changed);
         json_int(&j, "updates_unchanged", r.unchanged);
         json_int(&j, "rounds_changed", r.rounds_changed);
+        json_int(&j, "rounds_with_recorded_config", r.rounds_config);
         json_num(&j, "epsilon_recorded", eps_rec);
         json_num(&j, "epsilon_replayed", eps_new);
         json_obj_end(&j);
         json_table(&j, "changes", &r.changes);
         json_table(&j, "rounds", &r.rounds);
+        json_table(&j, "weights", &r.weights);
         json_arr(&j, "assumptions");
         for (size_t i = 0; i < FEDGE_ARRAY_LEN(ASSUMPTIONS); i++)
             json_str(&j, NULL, ASSUMPTIONS[i]);
+        for (size_t i = 0; r.rounds_config && i < FEDGE_ARRAY_LEN(ASSUME_CONFIG); i++)
+            json_str(&j, NULL, ASSUME_CONFIG[i]);
+        for (size_t i = 0; r.rounds_no_config && i < FEDGE_ARRAY_LEN(ASSUME_NO_CONFIG); i++)
+            json_str(&j, NULL, ASSUME_NO_CONFIG[i]);
         json_arr_end(&j);
         json_obj_end(&j);
         json_done(&j);
@@ -587,6 +668,8 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
                "- updates unchanged: %lld\n- rounds changed: %lld\n",
                (long long)r.to_rejected, (long long)r.to_accepted, (long long)r.clip_changed,
                (long long)r.unchanged, (long long)r.rounds_changed);
+        printf("- rounds with a recorded round configuration: %lld of %lld\n", (long long)r.rounds_config,
+               (long long)(r.rounds_config + r.rounds_no_config));
         if (isnan(eps_rec) && isnan(eps_new))
             printf("- epsilon: no DP guarantee recorded or replayed\n");
         else
@@ -602,11 +685,16 @@ int cmd_replay(sqlite3 *db, const cli_opts *o)
         printf("\n## Assumptions\n\n");
         for (size_t i = 0; i < FEDGE_ARRAY_LEN(ASSUMPTIONS); i++)
             printf("- %s\n", ASSUMPTIONS[i]);
+        for (size_t i = 0; r.rounds_config && i < FEDGE_ARRAY_LEN(ASSUME_CONFIG); i++)
+            printf("- %s\n", ASSUME_CONFIG[i]);
+        for (size_t i = 0; r.rounds_no_config && i < FEDGE_ARRAY_LEN(ASSUME_NO_CONFIG); i++)
+            printf("- %s\n", ASSUME_NO_CONFIG[i]);
     }
     status = EXIT_OK;
 done:
     out_table_free(&r.changes);
     out_table_free(&r.rounds);
+    out_table_free(&r.weights);
     free(r.devs);
     fedge_policy_free(p);
     return status;
