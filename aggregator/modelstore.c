@@ -245,7 +245,8 @@ static int begin_patiently(fedge_aggregator *a)
 
 int fedge_modelstore_refine(fedge_aggregator *a)
 {
-    char in[FEDGE_PATH_MAX + 80], out[FEDGE_PATH_MAX + 80], summary[512], detail[700];
+    char in[FEDGE_PATH_MAX + 80], out[FEDGE_PATH_MAX + 80], summary[FEDGE_REFINE_SUMMARY_MAX],
+        detail[FEDGE_REFINE_SUMMARY_MAX + 200];
     char parent[FEDGE_HASH_HEX_LEN];
     fedge_model m = {0};
     int exit_status = -1, ret, ok = 0;

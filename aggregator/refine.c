@@ -110,8 +110,8 @@ int fedge_refine_command_run(const char *tmpl, const char *in, const char *out, 
 {
     char cmd[4096];
     char chunk[512];
-    char tail[1024] = "";
-    size_t tail_len = 0;
+    char tail[2 * FEDGE_REFINE_SUMMARY_MAX] = "";
+    size_t tail_len = 0, dropped = 0;
     int pipefd[2] = {-1, -1};
     int ret;
     pid_t pid = -1;
@@ -159,8 +159,11 @@ int fedge_refine_command_run(const char *tmpl, const char *in, const char *out, 
                 ssize_t n = read(pipefd[0], chunk, sizeof chunk);
                 if (n <= 0)
                     open_out = 0;
-                else
+                else {
+                    size_t before = tail_len;
                     keep_tail(tail, sizeof tail, &tail_len, chunk, (size_t)n);
+                    dropped += before + (size_t)n - tail_len;
+                }
             }
             continue;
         }
@@ -176,7 +179,14 @@ int fedge_refine_command_run(const char *tmpl, const char *in, const char *out, 
     while (tail_len && (tail[tail_len - 1] == '\n' || tail[tail_len - 1] == '\r'))
         tail[--tail_len] = '\0';
     char *last = strrchr(tail, '\n');
-    snprintf(summary, cap, "%s", last ? last + 1 : tail);
+    const char *line = last ? last + 1 : tail;
+    if (cap && (strlen(line) >= cap || (!last && dropped))) {
+        /* its start fell out of the window, or the caller's buffer is short */
+        FEDGE_WARN("refinement: its summary line is over %zu bytes; not recorded", cap - 1);
+        snprintf(summary, cap, "(summary line over %zu bytes, not recorded)", cap - 1);
+    } else if (cap) {
+        memcpy(summary, line, strlen(line) + 1);
+    }
     ret = FEDGE_OK;
 cleanup:
     if (pipefd[0] >= 0)

@@ -5,7 +5,9 @@
  * result runs under /bin/sh -c in its own process group. A command still
  * running after the timeout gets SIGTERM, then SIGKILL two seconds later.
  * The last non-empty line of its standard output (the JSON summary
- * fedge-cluster prints) is returned. A stop flag (the daemon's SIGTERM)
+ * fedge-cluster prints) is returned, whole: a last line longer than the
+ * caller's buffer (at most FEDGE_REFINE_SUMMARY_MAX - 1 bytes are kept of
+ * the output's tail) is replaced by a note saying so, never cut. A stop flag (the daemon's SIGTERM)
  * set while it runs ends it the same way at once. */
 #ifndef FEDGE_REFINE_H
 #define FEDGE_REFINE_H
@@ -13,6 +15,9 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* The longest summary line kept, with its NUL. */
+#define FEDGE_REFINE_SUMMARY_MAX 8192
 
 /* flag: when it turns non-zero, a running command is terminated (NULL: none). */
 void fedge_refine_set_stop(const volatile sig_atomic_t *flag);
