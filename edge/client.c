@@ -65,8 +65,12 @@ typedef struct {
     fedge_edge_trainer trainer;
     fedge_backoff backoff;
     fedge_rng jitter;
+    /* Per-run state: a new run id (an aggregator started on a fresh log)
+     * starts again from round 1, so what the client did is keyed by run. */
+    int have_run;
+    uint8_t run_id[FEDGE_RUN_ID_LEN]; /* the run last heard in /round */
     int have_done_round;
-    uint32_t done_round;
+    uint32_t done_round;      /* the last round of run_id taken part in */
     int fetch_without_etag;   /* next GET /model: no ETag (after a failed one) */
     uint32_t rounds_taken;
     /* The round being taken part in: its end on the monotonic clock (from
@@ -88,6 +92,7 @@ typedef struct {
     int observe_off;          /* --no-observe, or the server refused a registration */
     int pushed_logged;        /* -1: nothing logged yet; else the last mode logged */
     const fedge_edge_device *dev; /* NULL: keys, shard and counter from files */
+    char plan_printed[1024];   /* the last --print-memory line ("": none yet) */
 } edge_client;
 
 static void emit(const edge_client *c, fedge_edge_event *ev)
@@ -355,13 +360,44 @@ static int control_sink(void *arg, const uint8_t *data, size_t len)
     return FEDGE_OK;
 }
 
+/* A /round naming another run than the last one heard: nothing done in the
+ * old run counts in the new one (its round numbers start again), and no
+ * copy cached from it (base model, server control variate) is trusted. */
+static void follow_run(edge_client *c, const fedge_round_info *ri)
+{
+    if (!ri->has_run || (c->have_run && memcmp(c->run_id, ri->run_id, FEDGE_RUN_ID_LEN) == 0))
+        return;
+    if (c->have_run) {
+        char hex[2 * FEDGE_RUN_ID_LEN + 1];
+        fedge_hex_encode(ri->run_id, FEDGE_RUN_ID_LEN, hex);
+        FEDGE_INFO("a new aggregator run %s: rounds taken part in before do not count in it", hex);
+        c->trainer.have_global = 0;
+        memset(c->trainer.global_version, 0, sizeof c->trainer.global_version);
+        if (c->scaffold)
+            control_drop(&c->scaffold->control);
+        c->fetch_without_etag = 0;
+        c->round_end_ms = 0;
+    }
+    c->have_done_round = 0;
+    c->have_run = 1;
+    memcpy(c->run_id, ri->run_id, FEDGE_RUN_ID_LEN);
+}
+
+/* --print-memory: the plan of every round whose plan differs from the one
+ * printed last (spec, batch, encoding, SCAFFOLD, momentum/FedProx velocity,
+ * the base on storage or in RAM), not only when buffers are resized. */
 static void print_memory_plan(edge_client *c, const fedge_round_info *ri,
                               const fedge_edge_memory *m)
 {
-    char line[512];
+    char line[512], full[sizeof c->plan_printed];
+    _Static_assert(sizeof c->plan_printed >= 512 + 160, "room for the spec and the plan");
     fedge_edge_memory_format(m, line, sizeof line);
-    FEDGE_INFO("memory plan (%s, batch %d, %s%s): %s", ri->spec_text, ri->batch,
-               fedge_encoding_name(c->cfg->encoding), ri->has_control ? ", SCAFFOLD" : "", line);
+    snprintf(full, sizeof full, "memory plan (%s, batch %d, %s%s): %s", ri->spec_text, ri->batch,
+             fedge_encoding_name(c->cfg->encoding), ri->has_control ? ", SCAFFOLD" : "", line);
+    if (strcmp(full, c->plan_printed) == 0)
+        return;
+    memcpy(c->plan_printed, full, sizeof full);
+    FEDGE_INFO("%s", full);
 }
 
 /* One versioned file of the round: GET /model (the base model) or GET
@@ -630,7 +666,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                     ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
         return ret == FEDGE_ERR_NOMEM ? FEDGE_OK : ret;
     }
-    if (resized && cfg->print_memory)
+    if (cfg->print_memory)
         print_memory_plan(c, ri, &plan);
 
     c->round_id = ri->round;
@@ -1204,6 +1240,7 @@ int fedge_edge_run_device(const fedge_edge_config *cfg, const fedge_edge_device 
             break;
         }
         track_finished(c, &ri);
+        follow_run(c, &ri);
         if (ri.state == FEDGE_ROUND_FINISHED && cfg->exit_when_finished) {
             FEDGE_INFO("aggregator reports the run finished; %u rounds taken part in",
                        c->rounds_taken);
