@@ -145,6 +145,12 @@ static uint32_t request_timeout_ms(const edge_client *c, size_t bytes)
     fedge_link_rtt rtt;
     fedge_edge_link_rtt(c->link, &rtt);
     uint32_t left = round_left_ms(c);
+    if (!rtt.has_rtt) {
+        /* nothing measured: RFC 7252's default timers would stretch a request
+         * to ~29 s; --timeout-ms is what the user asked for */
+        uint32_t t = scaled_timeout(c->cfg->timeout_ms, bytes);
+        return left != UINT32_MAX && left < t ? (left ? left : 1) : t;
+    }
     return fedge_link_rtt_deadline_ms(&rtt, bytes, FEDGE_EDGE_BLOCK_BYTES,
                                       scaled_timeout(c->cfg->timeout_ms, bytes),
                                       left == UINT32_MAX ? 0 : left ? left : 1);
@@ -1031,6 +1037,9 @@ static void teardown(edge_client *c)
     mbedtls_platform_zeroize(c->psk, sizeof c->psk);
 }
 
+/* the longest /round body taken: the reply buffer, or the parser's limit */
+#define ROUND_REPLY_MAX (FEDGE_EDGE_REPLY_MAX < FEDGE_ROUND_BODY_MAX ? FEDGE_EDGE_REPLY_MAX : FEDGE_ROUND_BODY_MAX)
+
 /* The /round body in c->reply (a response or a notification), parsed. A
  * reply that cannot be used counts as one more failed attempt of
  * *bad_replies. */
@@ -1041,8 +1050,10 @@ static int read_round(edge_client *c, const char *what, fedge_round_info *ri, un
     const fedge_edge_reply *r = &c->reply;
     if (r->code == 205) {
         if (r->body_total > r->body_len)
-            snprintf(err, sizeof err, "body of %zu bytes exceeds %d", r->body_total,
-                     FEDGE_ROUND_BODY_MAX);
+            snprintf(err, sizeof err, "a body of %s%zu bytes exceeds the %d bytes /round may have here",
+                     r->body_total == FEDGE_EDGE_REPLY_MAX + 1 ? "more than " : "",
+                     r->body_total == FEDGE_EDGE_REPLY_MAX + 1 ? (size_t)FEDGE_EDGE_REPLY_MAX : r->body_total,
+                     ROUND_REPLY_MAX);
         else
             rc = fedge_round_info_parse(r->body, r->body_len, ri, err, sizeof err);
         if (r->body_total <= r->body_len && rc == FEDGE_OK) {
@@ -1143,6 +1154,12 @@ static int wait_round(edge_client *c, fedge_round_info *ri, int *pushed, unsigne
         return rc;
     }
     c->polled_ms = c->reply.at_ms;
+    if (c->reply.code == 205 && c->reply.body_total > c->reply.body_len) {
+        /* a notification carries one block of a longer body (Block2 M=1,
+         * RFC 7959 section 2.6): the body is fetched with a GET */
+        FEDGE_DEBUG("/round notification: the body is longer than one message; fetching it with GET");
+        return FEDGE_OK;
+    }
     if (read_round(c, "/round notification", ri, bad_replies) == FEDGE_OK)
         *pushed = 1;
     return FEDGE_OK;
