@@ -93,6 +93,7 @@ typedef struct {
     int pushed_logged;        /* -1: nothing logged yet; else the last mode logged */
     const fedge_edge_device *dev; /* NULL: keys, shard and counter from files */
     char plan_printed[1024];   /* the last --print-memory line ("": none yet) */
+    int base_ram_noted;       /* the base-in-RAM-without-state-dir line was logged */
 } edge_client;
 
 static void emit(const edge_client *c, fedge_edge_event *ev)
@@ -641,6 +642,13 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
             FEDGE_ERROR("round %u: no memory plan for %s at batch %d (%s); skipping the round",
                         ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
         return FEDGE_OK;
+    }
+    if (velocity == FEDGE_EDGE_VELOCITY_RAM && ri->momentum > 0.0f && !cfg->state_dir && !c->base_ram_noted &&
+        !(ri->prox_mu > 0.0f) && !scaffold) {
+        FEDGE_INFO("round %u: momentum %g without --state-dir: the base model stays in RAM while "
+                   "training (one more model copy, %zu B); --state-dir DIR keeps it on storage",
+                   ri->round, (double)ri->momentum, plan.local);
+        c->base_ram_noted = 1;
     }
     /* where the base file cannot be written this round, the base stays in
      * RAM only if the plan with a RAM velocity fits too */

@@ -45,4 +45,6 @@ p1=$(sed -n '1s/.*peak=\([0-9]*\).*/\1/p' <<<"$plans")
 p2=$(sed -n '2s/.*peak=\([0-9]*\).*/\1/p' <<<"$plans")
 [ "$v1" = 0 ] && [ "${v2:-0}" -gt 0 ] && [ "${p2:-0}" -gt "${p1:-0}" ] ||
     fed_fail "the second plan does not count the momentum round's velocity: $plans"
+grep -q 'round 1: momentum 0.9 without --state-dir: the base model stays in RAM while training (one more model copy, 31400 B)' "$log" ||
+    fed_fail "the momentum round without --state-dir does not say the base stays in RAM"
 echo "ok: the new run's round 1 taken part in; plans printed: peak $p1 B (momentum 0), $p2 B (momentum 0.9)"
