@@ -92,7 +92,8 @@ typedef struct {
     int observe_off;          /* --no-observe, or the server refused a registration */
     int pushed_logged;        /* -1: nothing logged yet; else the last mode logged */
     const fedge_edge_device *dev; /* NULL: keys, shard and counter from files */
-    char plan_printed[1024];   /* the last --print-memory line ("": none yet) */
+    int plan_printed;         /* a --print-memory line was logged ... */
+    uint8_t plan_digest[FEDGE_HASH_LEN]; /* ... its SHA-256 (the struct is in the plan's base heap) */
     int base_ram_noted;       /* the base-in-RAM-without-state-dir line was logged */
 } edge_client;
 
@@ -396,14 +397,17 @@ static void follow_run(edge_client *c, const fedge_round_info *ri)
 static void print_memory_plan(edge_client *c, const fedge_round_info *ri,
                               const fedge_edge_memory *m)
 {
-    char line[512], full[sizeof c->plan_printed];
-    _Static_assert(sizeof c->plan_printed >= 512 + 160, "room for the spec and the plan");
+    char line[512], full[1024];
+    uint8_t digest[FEDGE_HASH_LEN];
     fedge_edge_memory_format(m, line, sizeof line);
     snprintf(full, sizeof full, "memory plan (%s, batch %d, %s%s): %s", ri->spec_text, ri->batch,
              fedge_encoding_name(c->cfg->encoding), ri->has_control ? ", SCAFFOLD" : "", line);
-    if (strcmp(full, c->plan_printed) == 0)
-        return;
-    memcpy(c->plan_printed, full, sizeof full);
+    if (fedge_sha256(full, strlen(full), digest) == FEDGE_OK) {
+        if (c->plan_printed && memcmp(digest, c->plan_digest, sizeof digest) == 0)
+            return;
+        memcpy(c->plan_digest, digest, sizeof digest);
+        c->plan_printed = 1;
+    }
     FEDGE_INFO("%s", full);
 }
 
