@@ -65,8 +65,12 @@ typedef struct {
     fedge_edge_trainer trainer;
     fedge_backoff backoff;
     fedge_rng jitter;
+    /* Per-run state: a new run id (an aggregator started on a fresh log)
+     * starts again from round 1, so what the client did is keyed by run. */
+    int have_run;
+    uint8_t run_id[FEDGE_RUN_ID_LEN]; /* the run last heard in /round */
     int have_done_round;
-    uint32_t done_round;
+    uint32_t done_round;      /* the last round of run_id taken part in */
     int fetch_without_etag;   /* next GET /model: no ETag (after a failed one) */
     uint32_t rounds_taken;
     /* The round being taken part in: its end on the monotonic clock (from
@@ -88,6 +92,9 @@ typedef struct {
     int observe_off;          /* --no-observe, or the server refused a registration */
     int pushed_logged;        /* -1: nothing logged yet; else the last mode logged */
     const fedge_edge_device *dev; /* NULL: keys, shard and counter from files */
+    int plan_printed;         /* a --print-memory line was logged ... */
+    uint8_t plan_digest[FEDGE_HASH_LEN]; /* ... its SHA-256 (the struct is in the plan's base heap) */
+    int base_ram_noted;       /* the base-in-RAM-without-state-dir line was logged */
 } edge_client;
 
 static void emit(const edge_client *c, fedge_edge_event *ev)
@@ -140,6 +147,12 @@ static uint32_t request_timeout_ms(const edge_client *c, size_t bytes)
     fedge_link_rtt rtt;
     fedge_edge_link_rtt(c->link, &rtt);
     uint32_t left = round_left_ms(c);
+    if (!rtt.has_rtt) {
+        /* nothing measured: RFC 7252's default timers would stretch a request
+         * to ~29 s; --timeout-ms is what the user asked for */
+        uint32_t t = scaled_timeout(c->cfg->timeout_ms, bytes);
+        return left != UINT32_MAX && left < t ? (left ? left : 1) : t;
+    }
     return fedge_link_rtt_deadline_ms(&rtt, bytes, FEDGE_EDGE_BLOCK_BYTES,
                                       scaled_timeout(c->cfg->timeout_ms, bytes),
                                       left == UINT32_MAX ? 0 : left ? left : 1);
@@ -355,13 +368,47 @@ static int control_sink(void *arg, const uint8_t *data, size_t len)
     return FEDGE_OK;
 }
 
+/* A /round naming another run than the last one heard: nothing done in the
+ * old run counts in the new one (its round numbers start again), and no
+ * copy cached from it (base model, server control variate) is trusted. */
+static void follow_run(edge_client *c, const fedge_round_info *ri)
+{
+    if (!ri->has_run || (c->have_run && memcmp(c->run_id, ri->run_id, FEDGE_RUN_ID_LEN) == 0))
+        return;
+    if (c->have_run) {
+        char hex[2 * FEDGE_RUN_ID_LEN + 1];
+        fedge_hex_encode(ri->run_id, FEDGE_RUN_ID_LEN, hex);
+        FEDGE_INFO("a new aggregator run %s: rounds taken part in before do not count in it", hex);
+        c->trainer.have_global = 0;
+        memset(c->trainer.global_version, 0, sizeof c->trainer.global_version);
+        if (c->scaffold)
+            control_drop(&c->scaffold->control);
+        c->fetch_without_etag = 0;
+        c->round_end_ms = 0;
+    }
+    c->have_done_round = 0;
+    c->have_run = 1;
+    memcpy(c->run_id, ri->run_id, FEDGE_RUN_ID_LEN);
+}
+
+/* --print-memory: the plan of every round whose plan differs from the one
+ * printed last (spec, batch, encoding, SCAFFOLD, momentum/FedProx velocity,
+ * the base on storage or in RAM), not only when buffers are resized. */
 static void print_memory_plan(edge_client *c, const fedge_round_info *ri,
                               const fedge_edge_memory *m)
 {
-    char line[512];
+    char line[512], full[1024];
+    uint8_t digest[FEDGE_HASH_LEN];
     fedge_edge_memory_format(m, line, sizeof line);
-    FEDGE_INFO("memory plan (%s, batch %d, %s%s): %s", ri->spec_text, ri->batch,
-               fedge_encoding_name(c->cfg->encoding), ri->has_control ? ", SCAFFOLD" : "", line);
+    snprintf(full, sizeof full, "memory plan (%s, batch %d, %s%s): %s", ri->spec_text, ri->batch,
+             fedge_encoding_name(c->cfg->encoding), ri->has_control ? ", SCAFFOLD" : "", line);
+    if (fedge_sha256(full, strlen(full), digest) == FEDGE_OK) {
+        if (c->plan_printed && memcmp(digest, c->plan_digest, sizeof digest) == 0)
+            return;
+        memcpy(c->plan_digest, digest, sizeof digest);
+        c->plan_printed = 1;
+    }
+    FEDGE_INFO("%s", full);
 }
 
 /* One versioned file of the round: GET /model (the base model) or GET
@@ -600,6 +647,13 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                         ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
         return FEDGE_OK;
     }
+    if (velocity == FEDGE_EDGE_VELOCITY_RAM && ri->momentum > 0.0f && !cfg->state_dir && !c->base_ram_noted &&
+        !(ri->prox_mu > 0.0f) && !scaffold) {
+        FEDGE_INFO("round %u: momentum %g without --state-dir: the base model stays in RAM while "
+                   "training (one more model copy, %zu B); --state-dir DIR keeps it on storage",
+                   ri->round, (double)ri->momentum, plan.local);
+        c->base_ram_noted = 1;
+    }
     /* where the base file cannot be written this round, the base stays in
      * RAM only if the plan with a RAM velocity fits too */
     int base_ram_ok = 0;
@@ -630,7 +684,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
                     ri->round, ri->spec_text, ri->batch, fedge_strerror(ret));
         return ret == FEDGE_ERR_NOMEM ? FEDGE_OK : ret;
     }
-    if (resized && cfg->print_memory)
+    if (cfg->print_memory)
         print_memory_plan(c, ri, &plan);
 
     c->round_id = ri->round;
@@ -995,6 +1049,9 @@ static void teardown(edge_client *c)
     mbedtls_platform_zeroize(c->psk, sizeof c->psk);
 }
 
+/* the longest /round body taken: the reply buffer, or the parser's limit */
+#define ROUND_REPLY_MAX (FEDGE_EDGE_REPLY_MAX < FEDGE_ROUND_BODY_MAX ? FEDGE_EDGE_REPLY_MAX : FEDGE_ROUND_BODY_MAX)
+
 /* The /round body in c->reply (a response or a notification), parsed. A
  * reply that cannot be used counts as one more failed attempt of
  * *bad_replies. */
@@ -1005,8 +1062,10 @@ static int read_round(edge_client *c, const char *what, fedge_round_info *ri, un
     const fedge_edge_reply *r = &c->reply;
     if (r->code == 205) {
         if (r->body_total > r->body_len)
-            snprintf(err, sizeof err, "body of %zu bytes exceeds %d", r->body_total,
-                     FEDGE_ROUND_BODY_MAX);
+            snprintf(err, sizeof err, "a body of %s%zu bytes exceeds the %d bytes /round may have here",
+                     r->body_total == FEDGE_EDGE_REPLY_MAX + 1 ? "more than " : "",
+                     r->body_total == FEDGE_EDGE_REPLY_MAX + 1 ? (size_t)FEDGE_EDGE_REPLY_MAX : r->body_total,
+                     ROUND_REPLY_MAX);
         else
             rc = fedge_round_info_parse(r->body, r->body_len, ri, err, sizeof err);
         if (r->body_total <= r->body_len && rc == FEDGE_OK) {
@@ -1107,6 +1166,12 @@ static int wait_round(edge_client *c, fedge_round_info *ri, int *pushed, unsigne
         return rc;
     }
     c->polled_ms = c->reply.at_ms;
+    if (c->reply.code == 205 && c->reply.body_total > c->reply.body_len) {
+        /* a notification carries one block of a longer body (Block2 M=1,
+         * RFC 7959 section 2.6): the body is fetched with a GET */
+        FEDGE_DEBUG("/round notification: the body is longer than one message; fetching it with GET");
+        return FEDGE_OK;
+    }
     if (read_round(c, "/round notification", ri, bad_replies) == FEDGE_OK)
         *pushed = 1;
     return FEDGE_OK;
@@ -1204,6 +1269,7 @@ int fedge_edge_run_device(const fedge_edge_config *cfg, const fedge_edge_device 
             break;
         }
         track_finished(c, &ri);
+        follow_run(c, &ri);
         if (ri.state == FEDGE_ROUND_FINISHED && cfg->exit_when_finished) {
             FEDGE_INFO("aggregator reports the run finished; %u rounds taken part in",
                        c->rounds_taken);

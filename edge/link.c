@@ -87,7 +87,7 @@ struct fedge_edge_link {
     int has_etag;            /* Block2: the first block's ETag */
     size_t first_etag_len;
     uint8_t first_etag[FEDGE_EDGE_ETAG_MAX];
-    char last_error[128];
+    char last_error[192];
     /* Observe: the registration's token on `session`; the freshest
      * notification, not yet handed over when obs_fresh */
     int observing;
@@ -111,13 +111,32 @@ struct fedge_edge_link {
  * Everything else is per context; one context per thread is safe. */
 static pthread_mutex_t g_coap_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long g_coap_links;
+static int g_coap_verbose;
+
+/* libcoap drops a datagram it cannot take (a PDU over the session's size
+ * fails to parse) with a log line and an RST, never a callback: its log is
+ * read for those lines, counted per thread (one context per thread), so a
+ * request can say why no answer came. */
+static _Thread_local unsigned g_dropped_too_big, g_dropped_malformed;
+
+static void coap_log_sink(coap_log_t level, const char *message)
+{
+    if (strstr(message, "pdu too big"))
+        g_dropped_too_big++;
+    else if (strstr(message, "discard malformed PDU"))
+        g_dropped_malformed++;
+    if (g_coap_verbose && level <= LOG_WARNING)
+        fprintf(stderr, "libcoap: %s", message);
+}
 
 static void coap_global_acquire(int verbose)
 {
     pthread_mutex_lock(&g_coap_lock);
     if (g_coap_links++ == 0) {
         coap_startup();
-        coap_set_log_level(verbose ? LOG_WARNING : LOG_EMERG);
+        g_coap_verbose = verbose;
+        coap_set_log_handler(coap_log_sink);
+        coap_set_log_level(LOG_WARNING);
         coap_dtls_set_log_level(verbose ? LOG_WARNING : LOG_EMERG);
     }
     pthread_mutex_unlock(&g_coap_lock);
@@ -981,6 +1000,7 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     if (stop && *stop)
         return FEDGE_ERR_EDGE_STOPPED;
     uint64_t start = now_ms();
+    unsigned too_big0 = g_dropped_too_big, malformed0 = g_dropped_malformed;
 
     CHK(ensure_session(l));
     tune_session(l, req->timeout_ms);
@@ -1077,9 +1097,15 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
             break;
         }
         if (now >= deadline) {
-            char why[96];
+            char why[160];
             if (handshaking)
                 snprintf(why, sizeof why, "no DTLS handshake within %u ms", (unsigned)handshake_ms);
+            else if (g_dropped_malformed != malformed0)
+                snprintf(why, sizeof why, "no usable answer within %u ms: %u repl%s discarded by libcoap as %s",
+                         (unsigned)req->timeout_ms, g_dropped_malformed - malformed0,
+                         g_dropped_malformed - malformed0 == 1 ? "y" : "ies",
+                         g_dropped_too_big != too_big0 ? "larger than a CoAP message may be here (Block2 needed)"
+                                                       : "malformed");
             else
                 snprintf(why, sizeof why, "no answer within %u ms (%u of %u blocks)",
                          (unsigned)req->timeout_ms, (unsigned)l->n_acked,

@@ -7,7 +7,11 @@
  * Output lines (the host's tests/tools/mcu_round.c check reads them):
  *   mcu spec=S batch=B steps=K loss0=L lossK=L train_us=T
  *   mcu plan params=.. velocity=.. chunk=.. scratch=.. stream=.. total=..
- *   mcu ram data=.. bss=.. block=.. stack=.. total=..
+ *   mcu ram data=.. bss=.. block=.. stack=.. total=.. [budget=..]
+ * A round whose RAM (data + bss + the core's block + MCU_STACK_RESERVE) is
+ * over mcu_ram_bytes is refused before it starts:
+ *   mcu refused: RAM ... (what it needs, what momentum 0 would need)
+ *   mcu error -7 buffer too small
  *   frame HEX...
  *   mcu ok
  * The emulated board has no TRNG: its random hook is splitmix64 from a fixed
@@ -131,6 +135,9 @@ extern uint32_t __stack_bottom[], __stack_top[];
 extern uint8_t __arena_start[], __arena_end[];
 #define STACK_PAINT 0xa5a5a5a5u
 
+/* the stack a budgeted round may use (the measured peak is ~4.1 KB) */
+#define MCU_STACK_RESERVE 6144u
+
 static unsigned char crypto_pool[FEDGE_CORE_CRYPTO_POOL] __attribute__((aligned(8)));
 
 static size_t stack_peak(void)
@@ -156,9 +163,34 @@ static int run(void)
     fedge_platform pf = {board_random, board_now_us, &random_state};
     fedge_core_plan plan;
     CHK(fedge_core_plan_bytes(&spec, mcu_batch, &cfg, (fedge_encoding)mcu_encoding, &plan));
+    size_t data = (size_t)((uint8_t *)__data_end - (uint8_t *)__data_start);
+    size_t bss = (size_t)((uint8_t *)__bss_end - (uint8_t *)__bss_start);
+    size_t block = (size_t)(__arena_end - __arena_start);
+    if (mcu_ram_bytes) {
+        /* the device's RAM, not the emulated board's: a plan over it is
+         * refused before the round, with what would fit */
+        size_t fixed = data + bss + MCU_STACK_RESERVE;
+        if (fixed > mcu_ram_bytes || plan.total > mcu_ram_bytes - fixed) {
+            fedge_sgd_config plain = cfg;
+            plain.momentum = 0.0f;
+            fedge_core_plan p0;
+            CHK(fedge_core_plan_bytes(&spec, mcu_batch, &plain, (fedge_encoding)mcu_encoding, &p0));
+            put_u("mcu refused: RAM needed ", fixed + plan.total);
+            put_u(" B (data+bss ", data + bss);
+            put_u(" + stack reserve ", MCU_STACK_RESERVE);
+            put_u(" + block ", plan.total);
+            put_u(", of which velocity ", plan.velocity);
+            put_u(") > the device's ", mcu_ram_bytes);
+            put_u(" B; at momentum 0 it needs ", fixed + p0.total);
+            put(" B\n");
+            FAIL(FEDGE_ERR_BUFFER_TOO_SMALL);
+        }
+        if (block > mcu_ram_bytes - fixed)
+            block = mcu_ram_bytes - fixed;
+    }
     fedge_core core;
     CHK(fedge_core_init(&core, &spec, mcu_batch, &cfg, (fedge_encoding)mcu_encoding, &pf,
-                        __arena_start, (size_t)(__arena_end - __arena_start)));
+                        __arena_start, block));
     CHK(fedge_envelope_derive_key(mcu_secret, mcu_secret_len, mcu_device_id, &key));
 
     CHK(fedge_core_begin(&core, mcu_global, mcu_global_len));
@@ -205,15 +237,21 @@ static int run(void)
     put_u(" stream=", plan.stream);
     put_u(" total=", plan.total);
     put("\n");
-    size_t data = (size_t)((uint8_t *)__data_end - (uint8_t *)__data_start);
-    size_t bss = (size_t)((uint8_t *)__bss_end - (uint8_t *)__bss_start);
     size_t stack = stack_peak();
     put_u("mcu ram data=", data);
     put_u(" bss=", bss);
     put_u(" block=", plan.total);
     put_u(" stack=", stack);
     put_u(" total=", data + bss + plan.total + stack);
+    if (mcu_ram_bytes)
+        put_u(" budget=", mcu_ram_bytes);
     put("\n");
+    if (mcu_ram_bytes && stack > MCU_STACK_RESERVE) {
+        put_u("mcu refused: the stack peaked at ", stack);
+        put_u(" B, over its reserve of ", MCU_STACK_RESERVE);
+        put(" B\n");
+        FAIL(FEDGE_ERR_BUFFER_TOO_SMALL);
+    }
 cleanup:
     fedge_update_stream_wipe(stream);
     fedge_device_key_wipe(&key);

@@ -13,10 +13,16 @@ MCU_CC ?= arm-none-eabi-gcc
 MBEDTLS_SRC ?= build/deps/src/mbedtls-2.28.3
 HOST_TOOL := $(HOST_BUILD)/tests/tools/mcu_round
 
-# NAME: spec batch steps momentum encoding
-MCU_MODELS := softmax mlp
+# NAME: spec batch steps momentum encoding; MCU_RAM_NAME: the device's RAM
+# in bytes the firmware must fit (0 or unset: the board's 512 KiB), checked
+# by the board before the round (board_mps2.c)
+MCU_MODELS := softmax mlp softmax09
 MCU_ARGS_softmax := softmax:784-10 8 4 0 fp32
+MCU_RAM_softmax := 65536
 MCU_ARGS_mlp := mlp:784-16-10 8 4 0.9 int8
+# the aggregator's default momentum (0.9) on the 64 KB device: refused
+MCU_ARGS_softmax09 := softmax:784-10 8 4 0.9 fp32
+MCU_RAM_softmax09 := 65536
 
 MCU_CPU := -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16
 MCU_DEFS := -DFEDGE_FREESTANDING=1 -DFEDGE_GEMM_NO_TLS=1 -DFEDGE_MODEL_GRAD_CHUNK=256 -DFEDGE_MODEL_MAX_LAYERS=8 \
@@ -53,10 +59,11 @@ $(MCU_BUILD)/obj/mbedtls/%.o: $(MBEDTLS_SRC)/library/%.c mcu/mbedtls_config_mcu.
 	@echo "  MCUCC $<"
 	@$(MCU_CC) $(MCU_BASE) -MMD -MP -c $< -o $@
 
-$(MCU_BUILD)/%/round_data.c: $(HOST_TOOL)
+$(MCU_BUILD)/%/round_data.c: $(HOST_TOOL) mcu/mcu.mk
 	@mkdir -p $(dir $@)
 	@echo "  GEN   $@"
-	@$(HOST_TOOL) gen $(MCU_ARGS_$*) >$@.tmp && mv $@.tmp $@
+	@$(HOST_TOOL) gen $(MCU_ARGS_$*) >$@.tmp && \
+	    echo "const size_t mcu_ram_bytes = $(or $(MCU_RAM_$*),0);" >>$@.tmp && mv $@.tmp $@
 
 $(MCU_BUILD)/%/round_data.o: $(MCU_BUILD)/%/round_data.c
 	@echo "  MCUCC $<"

@@ -25,5 +25,8 @@ extern const uint32_t mcu_round;
 extern const uint64_t mcu_counter;
 /* what mcu_global, mcu_x and mcu_y hold (floats, bytes, bytes: sizeof each) */
 extern const size_t mcu_global_len, mcu_x_len, mcu_y_len;
+/* the device's RAM (bytes) the firmware must fit: .data + .bss + the core's
+ * block + MCU_STACK_RESERVE; 0: the board's (mcu.mk's MCU_RAM_<name>) */
+extern const size_t mcu_ram_bytes;
 
 #endif

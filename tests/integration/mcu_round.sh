@@ -10,7 +10,8 @@
 # Also: a frame with one ciphertext byte changed is refused, the host's
 # training with another momentum does not match, the firmware links no malloc, stdio or
 # file call, and softmax's RAM (data + bss + the core's block + the measured
-# stack) stays within the 64 KB goal; round data whose spec or batch does
+# stack) stays within the 64 KB goal, and the same firmware at momentum 0.9
+# (a model-sized velocity: 85,848 B) is refused on that 64 KB device; round data whose spec or batch does
 # not match its global model or rows is refused for that (the lengths the
 # core is given), with a signed error code. Skipped (SKIP line) only when the
 # toolchain cannot be installed (tools/deps.sh build mcu).
@@ -64,8 +65,20 @@ for m in "softmax softmax:784-10 4 0 fp32" "mlp mlp:784-16-10 4 0.9 int8"; do
     grep -q 'does not match' "$OUT/s.log" || { cat "$OUT/s.log"; fed_fail "$name: momentum $other: wrong error"; }
 done
 
-ram=$(sed -n 's/^mcu ram .* total=\([0-9]*\)$/\1/p' "$OUT/softmax.out")
+ram=$(sed -n 's/^mcu ram .* total=\([0-9]*\).*/\1/p' "$OUT/softmax.out")
 [ -n "$ram" ] && [ "$ram" -le 65536 ] || fed_fail "softmax:784-10 batch 8 uses ${ram:-?} bytes of RAM, over the 64 KB goal"
+
+# the same softmax firmware at the aggregator's default momentum 0.9 on the
+# 64 KB device (mcu.mk's MCU_RAM_softmax09): the velocity is one more model
+# copy (31,400 B), over the device's RAM; refused before the round, with
+# what it needs and what momentum 0 needs, and nothing sealed
+out09="$OUT/softmax09.out"
+timeout 60 qemu-system-arm -M mps2-an386 -nographic -monitor none -serial none \
+    -semihosting -kernel "$MCU/softmax09.elf" >"$out09" 2>&1 && fed_fail "softmax09: the firmware over its RAM exited 0"
+grep '^mcu refused' "$out09"
+grep -q '^mcu refused: RAM needed [0-9]* B .*of which velocity 31400) > the device.s 65536 B; at momentum 0 it needs [0-9]* B$' "$out09" &&
+    grep -qx 'mcu error -7 buffer too small' "$out09" || { cut -c1-200 "$out09"; fed_fail "softmax09: not refused for its RAM"; }
+! grep -q '^frame ' "$out09" || fed_fail "softmax09: a frame was sealed over the RAM budget"
 
 # round data that does not match its spec or batch (the softmax round's
 # 7,850 floats and 32 rows): refused for the mismatch itself, before
@@ -78,7 +91,8 @@ for v in "spec -21" "batch -7"; do
     case $what in
         spec) sed 's/^const char mcu_spec\[\] = "softmax:784-10";/const char mcu_spec[] = "mlp:784-16-10";/' ;;
         batch) sed 's/^const int mcu_batch = 8,/const int mcu_batch = 16,/' ;;
-    esac <"$MCU/softmax/round_data.c" >"$B/softmax/round_data.c"
+    esac <"$MCU/softmax/round_data.c" | # no RAM budget: the core's own check must refuse
+        sed 's/^const size_t mcu_ram_bytes = .*/const size_t mcu_ram_bytes = 0;/' >"$B/softmax/round_data.c"
     ! cmp -s "$MCU/softmax/round_data.c" "$B/softmax/round_data.c" || fed_fail "$what: the edit did not apply"
     make --no-print-directory -s -f mcu/mcu.mk MCU_BUILD="$B" HOST_BUILD="$FEDGE_BUILD" "$B/softmax.elf" \
         >"$B/make.log" 2>&1 || { tail -5 "$B/make.log"; fed_fail "$what: firmware build failed"; }

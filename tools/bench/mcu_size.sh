@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Flash and RAM of the bare-metal Cortex-M4F core (mcu/, `make mcu`) for each
 # firmware mcu/mcu.mk builds (softmax:784-10 momentum 0 fp32 update,
-# mlp:784-16-10 momentum 0.9 int8 update; batch 8), against the 64 KB RAM goal for softmax and the
+# mlp:784-16-10 momentum 0.9 int8 update; batch 8; softmax at momentum 0.9,
+# which the 64 KB firmware refuses, measured without a budget), against the 64 KB RAM goal for softmax and the
 # research anchor FedCoRE (75 KB RAM / 438 KB ROM).
 #
 #   tools/bench/mcu_size.sh [--no-build]
@@ -20,14 +21,19 @@ MCU=build/cortex-m4
 [ "${1:-}" = --no-build ] || make --no-print-directory mcu >/dev/null
 RAM_GOAL=65536
 printf 'load average: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-16s %8s %8s %8s %8s %8s | %7s %6s %7s %6s %7s %8s\n' model flash fedge mbedtls libc inputs \
+printf '%-19s %8s %8s %8s %8s %8s | %7s %6s %7s %6s %7s %8s\n' model flash fedge mbedtls libc inputs \
     data bss block stack RAM 'RAM/64K'
-for name in softmax mlp; do
+# softmax at the aggregator's default momentum 0.9, measured on the board
+# with no RAM budget: the 64 KB firmware (mcu.mk's softmax09) refuses it
+make --no-print-directory -f mcu/mcu.mk HOST_BUILD="${FEDGE_BUILD:-build/native}" MCU_MODELS=softmax09free \
+    MCU_ARGS_softmax09free="softmax:784-10 8 4 0.9 fp32" >/dev/null
+for name in softmax mlp softmax09free; do
     elf=$MCU/$name.elf map=$MCU/$name.map
     out=$(timeout 60 qemu-system-arm -M mps2-an386 -nographic -monitor none -serial none \
               -semihosting -kernel "$elf" 2>&1 | grep '^mcu ')
     grep -qx 'mcu ok' <<<"$out" || { echo "$name: the firmware failed" >&2; exit 1; }
     spec=$(sed -n 's/^mcu spec=\([^ ]*\) .*/\1/p' <<<"$out")
+    [ "$name" != softmax09free ] || spec+=" m0.9"
     field() { sed -n "s/^mcu ram.* $1=\([0-9]*\).*/\1/p" <<<"$out"; }
     # the map's input sections of the loaded output sections, by object
     read -r fedge mbed libc inputs < <(awk '
@@ -56,7 +62,7 @@ for name in softmax mlp; do
     read -r text data _ < <(arm-none-eabi-size "$elf" | awk 'NR == 2 {print $1, $2}')
     flash=$((text + data))
     ram=$(field total)
-    printf '%-16s %8d %8d %8d %8d %8d | %7d %6d %7d %6d %7d %7.2f\n' "$spec" "$flash" "$fedge" "$mbed" \
+    printf '%-19s %8d %8d %8d %8d %8d | %7d %6d %7d %6d %7d %7.2f\n' "$spec" "$flash" "$fedge" "$mbed" \
         "$libc" "$inputs" "$(field data)" "$(field bss)" "$(field block)" "$(field stack)" "$ram" \
         "$(echo "$ram / $RAM_GOAL" | bc -l)"
     sed -n 's/^mcu plan /    block: /p' <<<"$out"
