@@ -32,8 +32,9 @@
  * takes the fastest layout its scratch holds (plan_fit): the full one, the
  * GEMM's least blocking, or the lean one (plan_make's PLAN_LEAN: no col/col0,
  * one output row of im2col at a time; a conv followed by a ReLU and a 2x2 pool
- * keeps no output, only a two-row tile ct, recomputed in backward; acc and wg
- * for its weight gradient), all with the same sums.
+ * keeps no output, only a two-row tile ct, recomputed in backward; a conv's
+ * weights (wt) and weight-gradient sums (acc) in blocks of output channels of at
+ * most one gradient slice, the input gradient formed first), all with the same sums.
  * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
  * masks instead of storing them. */
 #include <limits.h>
@@ -591,7 +592,7 @@ typedef struct {
     /* the lean layout (PLAN_LEAN) only: */
     int lean;
     int fused[FEDGE_MODEL_MAX_LAYERS];      /* a conv whose relu and 2x2 pool run with it */
-    size_t ct_off, acc_off, wg_off;         /* conv tile; weight-gradient sums; OHWI gradient */
+    size_t ct_off, acc_off, wg_off;         /* conv tile; weight-gradient sums; (unused: 0 floats) */
     size_t gb_off;                          /* a conv's bias gradient while its weights go out */
     int ob[FEDGE_MODEL_MAX_LAYERS];         /* a conv's output channels per weight block */
     int kb[FEDGE_MODEL_MAX_LAYERS];         /* its im2col columns per input-gradient block */
@@ -756,8 +757,6 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
                 if (ow * cols > col_max)
                     col_max = ow * cols;
                 acc = acc > ob * cols ? acc : ob * cols;
-                if (l->in_c > 1)
-                    wg = wg > ob * cols ? wg : ob * cols;
                 gb_max = gb_max > O ? gb_max : O;
                 gemm_max = max3(gemm_max, gemm_floats(ow, ob, cols), gemm_floats(ow, kb, O));
                 if (lean_fuses(s, i)) {
@@ -1506,16 +1505,17 @@ static void pool_rows_backward(const fedge_layer *pl, float *ct, const float *g,
  * GEMM sums it: in slices of fedge_gemm_k_slice(pixels), each from zero and
  * one pixel at a time, then added to gw (so the same bits; blas.h). */
 typedef struct {
-    float *acc, *gw;
-    int O, K, gs; /* gs: the stride of g's pixels */
+    float *acc, *gw; /* acc OHWI; gw OIHW */
+    int O, K, C, gs; /* C: input channels; gs: the stride of g's pixels */
     size_t slice, done, total;
 } wgrad;
 
-static void wgrad_init(wgrad *w, float *acc, float *gw, int O, int K, int gs, size_t total)
+static void wgrad_init(wgrad *w, float *acc, float *gw, int O, int K, int C, int gs, size_t total)
 {
     w->acc = acc;
     w->gw = gw;
     w->O = O;
+    w->C = C;
     w->gs = gs;
     w->K = K;
     w->slice = (size_t)fedge_gemm_k_slice(total > INT_MAX ? INT_MAX : (int)total);
@@ -1539,7 +1539,7 @@ static void wgrad_rows(wgrad *w, const float *g, const float *col, int px)
         }
         if (++w->done % w->slice == 0 || w->done == w->total)
             for (size_t i = 0; i < n; i++)
-                w->gw[i] += w->acc[i];
+                w->gw[i / K * K + i % K % w->C * (K / w->C) + i % K / w->C] += w->acc[i];
     }
 }
 
@@ -1593,9 +1593,8 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
     for (int o0 = 0; o0 < O; o0 += ob) {
         const int n = O - o0 < ob ? O - o0 : ob;
         float *dst = sink ? chunk : lw + (size_t)o0 * K;
-        float *gw = l->in_c == 1 ? dst : ps->scratch + ps->plan.wg_off; /* OHWI = OIHW */
         wgrad w;
-        wgrad_init(&w, ps->scratch + ps->plan.acc_off, gw, n, K, O, (size_t)B * OH * OW);
+        wgrad_init(&w, ps->scratch + ps->plan.acc_off, dst, n, K, l->in_c, O, (size_t)B * OH * OW);
         for (int b = 0; b < B; b++) {
             for (int oh = 0; oh < OH; oh += step) {
                 const float *d = g + ((size_t)b * OH + oh) * OW * O;
@@ -1615,11 +1614,6 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
                     wgrad_rows(&w, dr + o0, col, OW);
                 }
             }
-        }
-        if (l->in_c > 1) {
-            fedge_layer lb = *l;
-            lb.out = n;
-            ohwi_to_oihw(&lb, gw, dst);
         }
         if (sink) {
             ps->wt_layer = -1;
