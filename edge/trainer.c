@@ -199,6 +199,9 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
         phase = sealed + base;
     m.peak = m.link + m.local + (m.grad - chunk * sizeof(float)) + m.record + m.control +
              m.client_control + m.control_delta + phase;
+    /* the start-up shard check (fedge_shard_verify) holds its block beside the link alone */
+    if (m.link + fedge_shard_verify_bytes(record_size) > m.peak)
+        m.peak = m.link + fedge_shard_verify_bytes(record_size);
     *out = m;
     return FEDGE_OK;
 }

@@ -32,8 +32,9 @@
  * takes the fastest layout its scratch holds (plan_fit): the full one, the
  * GEMM's least blocking, or the lean one (plan_make's PLAN_LEAN: no col/col0,
  * one output row of im2col at a time; a conv followed by a ReLU and a 2x2 pool
- * keeps no output, only a two-row tile ct, recomputed in backward; acc and wg
- * for its weight gradient), all with the same sums.
+ * keeps no output, only a two-row tile ct, recomputed in backward; a conv's
+ * weights (wt) and weight-gradient sums (acc) in blocks of output channels of at
+ * most one gradient slice, the input gradient formed first), all with the same sums.
  * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
  * masks instead of storing them. */
 #include <limits.h>
@@ -558,6 +559,29 @@ int fedge_model_randomize(fedge_model *m, fedge_rng *rng)
 
 /* ---- scratch plan ------------------------------------------------------- */
 
+/* fedge_model_grad_chunk_floats of a checked spec: a conv layer's gradient
+ * goes out one or more output channels (K floats each) at a time. */
+static size_t grad_chunk_need(const fedge_model_spec *spec)
+{
+    size_t need = FEDGE_MODEL_GRAD_CHUNK;
+    for (int i = 0; i < spec->n_layers; i++) {
+        const fedge_layer *l = &spec->layer[i];
+        size_t in_size = (size_t)l->in_c * l->in_h * l->in_w;
+        size_t w = l->type == FEDGE_LAYER_DENSE    ? in_size /* one row */
+                   : l->type == FEDGE_LAYER_CONV2D ? (size_t)l->in_c * l->k * l->k
+                                                   : 0;
+        if (w > need)
+            need = w;
+        if ((size_t)l->out > need)
+            need = (size_t)l->out;
+    }
+    if (need > spec->n_params)
+        need = spec->n_params;
+    /* at least one input row: the edge's accuracy pass converts u8 rows in
+     * the slice's buffer (edge/trainer.c) */
+    return need > (size_t)spec->input_dim ? need : (size_t)spec->input_dim;
+}
+
 typedef struct {
     size_t act_off[FEDGE_MODEL_MAX_LAYERS]; /* each layer's output buffer */
     int nhwc[FEDGE_MODEL_MAX_LAYERS];       /* its layout: NHWC, else NCHW */
@@ -568,7 +592,10 @@ typedef struct {
     /* the lean layout (PLAN_LEAN) only: */
     int lean;
     int fused[FEDGE_MODEL_MAX_LAYERS];      /* a conv whose relu and 2x2 pool run with it */
-    size_t ct_off, acc_off, wg_off;         /* conv tile; weight-gradient sums; OHWI gradient */
+    size_t ct_off, acc_off, wg_off;         /* conv tile; weight-gradient sums; (unused: 0 floats) */
+    size_t gb_off;                          /* a conv's bias gradient while its weights go out */
+    int ob[FEDGE_MODEL_MAX_LAYERS];         /* a conv's output channels per weight block */
+    int kb[FEDGE_MODEL_MAX_LAYERS];         /* its im2col columns per input-gradient block */
     size_t gemm_off;
     size_t gemm;            /* floats at gemm_off: the GEMM's packing (its blocking follows) */
     size_t xin_off;
@@ -692,6 +719,7 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
     const size_t xr = mode == PLAN_FULL ? XIN_FULL_ROWS : XIN_ROWS;
     p->xin_rows = (int)xr;
     size_t off = 0, col_max = 0, col0 = 0, wt_max = 0, gemm_max = 0, ct = 0, acc = 0, wg = 0;
+    size_t gb_max = 0;
     size_t B = (size_t)batch;
     int nhwc = 0;
     for (int i = 0; i < s->n_layers; i++) {
@@ -711,16 +739,26 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
             size_t O = (size_t)l->out, ow = (size_t)l->out_w;
             if (rows * cols > PLAN_MAX_FLOATS)
                 return FEDGE_ERR_INVALID_ARG;
-            if (cols * O > wt_max)
+            if (!p->lean && cols * O > wt_max)
                 wt_max = cols * O;
             if (p->lean) {
-                /* one output row of im2col; forward and input-gradient products per row */
+                /* one output row of im2col; forward and input-gradient products per
+                 * row, the weights in blocks of at most one gradient slice (whole
+                 * when the layer is no larger) */
+                size_t cb = grad_chunk_need(s), ob = O, kb = cols, wt = O * cols;
+                if (O * cols > cb) {
+                    ob = cb / cols ? cb / cols : 1;
+                    kb = cb / O ? cb / O : 1;
+                    wt = ob * cols > kb * O ? ob * cols : kb * O;
+                }
+                p->ob[i] = (int)ob;
+                p->kb[i] = (int)kb;
+                wt_max = wt_max > wt ? wt_max : wt;
                 if (ow * cols > col_max)
                     col_max = ow * cols;
-                acc = acc > O * cols ? acc : O * cols;
-                if (l->in_c > 1)
-                    wg = wg > O * cols ? wg : O * cols;
-                gemm_max = max3(gemm_max, gemm_floats(ow, O, cols), gemm_floats(ow, cols, O));
+                acc = acc > ob * cols ? acc : ob * cols;
+                gb_max = gb_max > O ? gb_max : O;
+                gemm_max = max3(gemm_max, gemm_floats(ow, ob, cols), gemm_floats(ow, kb, O));
                 if (lean_fuses(s, i)) {
                     p->fused[i] = 1;
                     ct = ct > 2 * ow * O + O ? ct : 2 * ow * O + O; /* + a pooled pixel */
@@ -766,7 +804,8 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
     p->ct_off = p->wt_off + wt_max;
     p->acc_off = p->ct_off + ct;
     p->wg_off = p->acc_off + acc;
-    p->gemm_off = p->wg_off + wg;
+    p->gb_off = p->wg_off + wg;
+    p->gemm_off = p->gb_off + gb_max;
     p->gemm = gemm_max;
     p->xin_off = p->gemm_off + gemm_max;
     p->xin = xin_floats(&s->layer[0], B, xr);
@@ -1252,6 +1291,7 @@ typedef struct {
     float *scratch;
     scratch_plan plan;
     int col_layer; /* the conv layer whose im2col the col buffer holds, or -1 */
+    int wt_layer, wt_kind, wt_start; /* what the lean layout's wt holds (wt_view); layer -1: nothing */
     const uint8_t *xu8; /* a u8 input (x is then NULL, or xin when converted whole) */
     float xscale;
     int err; /* the first GEMM error (none where the plan sized the scratch) */
@@ -1342,20 +1382,72 @@ static conv_in conv_input(pass *ps, const fedge_layer *l, const float *in, int b
     return r;
 }
 
-/* Output rows [oh0, oh0 + nrows) of conv l for sample b into dst (NHWC rows),
- * one row's im2col at a time; wt holds the HWIO weights. Each element is the
- * whole product's sum (the GEMM's rows are independent). */
-static void conv_rows(pass *ps, const fedge_layer *l, const float *in, int nhwc, int b, int oh0,
-                      int nrows, int relu, float *dst)
+/* Conv layer li's HWIO weights [K][O] in the plan's wt, whole (both kinds
+ * then view it) or a block: kind 0 the output channels [start, start + n)
+ * (K x n), kind 1 the im2col columns [start, start + n) (n x O). *ld: the
+ * block's row stride. Permuted again only when wt holds something else. */
+static const float *wt_view(pass *ps, int li, int kind, int start, int n, int *ld)
 {
-    const int K = l->in_c * l->k * l->k, O = l->out, OW = l->out_w;
-    float *col = ps->scratch + ps->plan.col_off, *wt = ps->scratch + ps->plan.wt_off;
+    const fedge_layer *l = &ps->m->spec.layer[li];
+    const int O = l->out, C = l->in_c, kk = l->k * l->k, K = C * kk;
+    const float *w = ps->m->params + l->w_off;
+    float *wt = ps->scratch + ps->plan.wt_off;
+    if (ps->plan.ob[li] == O && ps->plan.kb[li] == K) {
+        if (ps->wt_layer != li || ps->wt_kind != 2) {
+            permute_weights(l, w, wt, 1);
+            ps->wt_layer = li;
+            ps->wt_kind = 2;
+        }
+        *ld = O;
+        return kind == 0 ? wt + start : wt + (size_t)start * O;
+    }
+    if (ps->wt_layer != li || ps->wt_kind != kind || ps->wt_start != start) {
+        if (kind == 0)
+            for (int o = start; o < start + n; o++)
+                for (int c = 0; c < C; c++)
+                    for (int q = 0; q < kk; q++)
+                        wt[(size_t)(q * C + c) * n + (o - start)] = w[((size_t)o * C + c) * kk + q];
+        else
+            for (int r = start; r < start + n; r++)
+                for (int o = 0; o < O; o++)
+                    wt[(size_t)(r - start) * O + o] = w[((size_t)o * C + r % C) * kk + r / C];
+        ps->wt_layer = li;
+        ps->wt_kind = kind;
+        ps->wt_start = start;
+    }
+    *ld = kind == 0 ? n : O;
+    return wt;
+}
+
+/* Output channels [o0, o0 + on) of rows [oh0, oh0 + nrows) of conv li for
+ * sample b into dst (NHWC rows of all O channels), one row's im2col at a time
+ * and the weights in the plan's blocks (o0 starts one). Each element is the
+ * whole product's sum: the GEMM's rows and columns are independent. */
+static void conv_rows(pass *ps, int li, const float *in, int nhwc, int b, int oh0, int nrows,
+                      int relu, int o0, int on, float *dst)
+{
+    const fedge_layer *l = &ps->m->spec.layer[li];
+    const int K = l->in_c * l->k * l->k, O = l->out, OW = l->out_w, ob = ps->plan.ob[li];
+    const float *bias = ps->m->params + l->b_off;
+    float *col = ps->scratch + ps->plan.col_off;
     for (int r = 0; r < nrows; r++) {
         float *d = dst + (size_t)r * OW * O;
         conv_in src = conv_input(ps, l, in, b, oh0 + r);
         im2col_rows(l, src.p, nhwc, src.b, oh0 + r, oh0 + r + 1, src.row0, col, 0);
-        GEMM(ps, 0, 0, OW, O, K, 1.0f, col, K, wt, O, 0.0f, d, O);
-        add_bias_rows(d, ps->m->params + l->b_off, OW, (size_t)O, relu);
+        for (int c0 = o0; c0 < o0 + on; c0 += ob) {
+            int n = o0 + on - c0 < ob ? o0 + on - c0 : ob, ld;
+            const float *wt = wt_view(ps, li, 0, c0, n, &ld);
+            GEMM(ps, 0, 0, OW, n, K, 1.0f, col, K, wt, ld, 0.0f, d + c0, O);
+        }
+        if (on == O) {
+            add_bias_rows(d, bias, OW, (size_t)O, relu);
+            continue;
+        }
+        for (int p = 0; p < OW; p++) /* add_bias_rows on the block */
+            for (int j = o0; j < o0 + on; j++) {
+                float v = d[(size_t)p * O + j] + bias[j];
+                d[(size_t)p * O + j] = relu && v < 0.0f ? 0.0f : v;
+            }
     }
 }
 
@@ -1378,11 +1470,11 @@ static void pool_rows(const fedge_layer *pl, const float *ct, float *out, int nc
     }
 }
 
-/* pool2_backward_px (ReLU' included) over the two conv rows in ct, in place:
- * ct becomes the conv output's gradient; g is the pool's (row pr, sample b;
- * NCHW gathered through tmp, C floats). */
+/* pool2_backward_px (ReLU' included) over channels [c0, c1) of the two conv
+ * rows in ct, in place: ct becomes the conv output's gradient; g is the
+ * pool's (row pr, sample b; NCHW gathered through tmp, C floats). */
 static void pool_rows_backward(const fedge_layer *pl, float *ct, const float *g, int nchw, int b,
-                               int pr, float *tmp)
+                               int pr, int c0, int c1, float *tmp)
 {
     const int C = pl->in_c, OW = pl->out_w, IW = pl->in_w;
     const size_t plane = (size_t)pl->out_h * OW, bs = plane * C;
@@ -1390,11 +1482,11 @@ static void pool_rows_backward(const fedge_layer *pl, float *ct, const float *g,
         float *a = ct + (size_t)(2 * ow) * C, *e = a + C, *f = a + (size_t)IW * C, *h = f + C;
         const float *gq = g + (size_t)b * bs + ((size_t)pr * OW + ow) * C;
         if (nchw) {
-            for (int c = 0; c < C; c++)
+            for (int c = c0; c < c1; c++)
                 tmp[c] = g[(size_t)b * bs + (size_t)c * plane + (size_t)pr * OW + ow];
             gq = tmp;
         }
-        for (int c = 0; c < C; c++) {
+        for (int c = c0; c < c1; c++) {
             float ac = a[c], ec = e[c], fc = f[c], hc = h[c], gc = gq[c];
             float m1 = ec > ac ? ec : ac, m2 = fc > m1 ? fc : m1, m = hc > m2 ? hc : m2;
             float v = m > 0.0f ? gc : 0.0f;
@@ -1413,16 +1505,18 @@ static void pool_rows_backward(const fedge_layer *pl, float *ct, const float *g,
  * GEMM sums it: in slices of fedge_gemm_k_slice(pixels), each from zero and
  * one pixel at a time, then added to gw (so the same bits; blas.h). */
 typedef struct {
-    float *acc, *gw;
-    int O, K;
+    float *acc, *gw; /* acc OHWI; gw OIHW */
+    int O, K, C, gs; /* C: input channels; gs: the stride of g's pixels */
     size_t slice, done, total;
 } wgrad;
 
-static void wgrad_init(wgrad *w, float *acc, float *gw, int O, int K, size_t total)
+static void wgrad_init(wgrad *w, float *acc, float *gw, int O, int K, int C, int gs, size_t total)
 {
     w->acc = acc;
     w->gw = gw;
     w->O = O;
+    w->C = C;
+    w->gs = gs;
     w->K = K;
     w->slice = (size_t)fedge_gemm_k_slice(total > INT_MAX ? INT_MAX : (int)total);
     w->done = 0;
@@ -1434,7 +1528,7 @@ static void wgrad_rows(wgrad *w, const float *g, const float *col, int px)
 {
     const int O = w->O, K = w->K;
     const size_t n = (size_t)O * K;
-    for (int p = 0; p < px; p++, g += O, col += K) {
+    for (int p = 0; p < px; p++, g += w->gs, col += K) {
         if (w->done % w->slice == 0)
             memset(w->acc, 0, n * sizeof(float));
         for (int o = 0; o < O; o++) {
@@ -1445,56 +1539,94 @@ static void wgrad_rows(wgrad *w, const float *g, const float *col, int px)
         }
         if (++w->done % w->slice == 0 || w->done == w->total)
             for (size_t i = 0; i < n; i++)
-                w->gw[i] += w->acc[i];
+                w->gw[i / K * K + i % K % w->C * (K / w->C) + i % K / w->C] += w->acc[i];
     }
 }
 
 /* Backward of conv layer i in the lean layout: g is its output's gradient
  * (NHWC), or, fused, its pool's (NCHW when g_nchw), the conv output then
- * recomputed two rows at a time and its gradient formed in place. Bias and
- * weight gradients into gb and lw (OIHW); with gin, the input gradient. */
-static void lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, const float *g,
-                               int g_nchw, float *gin, float *lw, float *gb)
+ * recomputed two rows at a time and its gradient formed in place. First the
+ * input gradient into gin (when wanted), with every weight as it was; then
+ * the weight gradient, the plan's ob output channels at a time (recomputing
+ * those channels), into lw (OIHW) or, with a sink, into chunk and handed over
+ * (the step may then change them: later blocks read only their own weights),
+ * and the bias gradient into gb or, with a sink, handed over last. */
+static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, const float *g,
+                              int g_nchw, float *gin, float *lw, float *gb, float *chunk,
+                              fedge_grad_sink sink, void *sink_arg)
 {
+    int ret = FEDGE_OK;
     const fedge_model_spec *s = &ps->m->spec;
     const fedge_layer *l = &s->layer[i];
     const int fused = ps->plan.fused[i], step = fused ? 2 : 1;
     const int B = ps->batch, K = l->in_c * l->k * l->k, O = l->out, OH = l->out_h, OW = l->out_w;
-    float *col = ps->scratch + ps->plan.col_off, *wt = ps->scratch + ps->plan.wt_off;
-    float *ct = ps->scratch + ps->plan.ct_off;
-    float *gw = l->in_c == 1 ? lw : ps->scratch + ps->plan.wg_off; /* OHWI = OIHW */
-    wgrad w;
-    wgrad_init(&w, ps->scratch + ps->plan.acc_off, gw, O, K, (size_t)B * OH * OW);
-    for (int j = 0; j < O; j++)
-        gb[j] = 0.0f;
-    permute_weights(l, ps->m->params + l->w_off, wt, 1);
-    if (gin)
+    const int ob = ps->plan.ob[i], kb = ps->plan.kb[i];
+    float *col = ps->scratch + ps->plan.col_off, *ct = ps->scratch + ps->plan.ct_off;
+    float *tmp = ct + 2 * (size_t)OW * O;
+    if (sink) {
+        lw = chunk;
+        gb = ps->scratch + ps->plan.gb_off;
+    }
+    if (gin) {
         memset(gin, 0, (size_t)B * l->in_c * l->in_h * l->in_w * sizeof(float));
-    for (int b = 0; b < B; b++) {
-        for (int oh = 0; oh < OH; oh += step) {
-            const float *d = g + ((size_t)b * OH + oh) * OW * O;
-            if (fused) {
-                conv_rows(ps, l, in, in_nhwc, b, oh, 2, 1, ct);
-                pool_rows_backward(&s->layer[i + 2], ct, g, g_nchw, b, oh / 2, ct + 2 * OW * O);
-                d = ct;
-            }
-            for (int r = 0; r < step; r++) {
-                const float *dr = d + (size_t)r * OW * O;
-                for (int p = 0; p < OW; p++) /* col_sums' order: pixel by pixel */
-                    for (int j = 0; j < O; j++)
-                        gb[j] += dr[(size_t)p * O + j];
-                conv_in src = conv_input(ps, l, in, b, oh + r);
-                im2col_rows(l, src.p, in_nhwc, src.b, oh + r, oh + r + 1, src.row0, col, 0);
-                wgrad_rows(&w, dr, col, OW);
-                if (gin) {
-                    GEMM(ps, 0, 1, OW, K, O, 1.0f, dr, O, wt, O, 0.0f, col, K);
+        for (int b = 0; b < B; b++)
+            for (int oh = 0; oh < OH; oh += step) {
+                const float *d = g + ((size_t)b * OH + oh) * OW * O;
+                if (fused) {
+                    conv_rows(ps, i, in, in_nhwc, b, oh, 2, 1, 0, O, ct);
+                    pool_rows_backward(&s->layer[i + 2], ct, g, g_nchw, b, oh / 2, 0, O, tmp);
+                    d = ct;
+                }
+                for (int r = 0; r < step; r++) {
+                    const float *dr = d + (size_t)r * OW * O;
+                    for (int q0 = 0; q0 < K; q0 += kb) {
+                        int n = K - q0 < kb ? K - q0 : kb, ld;
+                        const float *wt = wt_view(ps, i, 1, q0, n, &ld);
+                        GEMM(ps, 0, 1, OW, n, O, 1.0f, dr, O, wt, ld, 0.0f, col + q0, K);
+                    }
                     im2col_rows(l, gin, in_nhwc, b, oh + r, oh + r + 1, 0, col, 1);
                 }
             }
+    }
+    for (int j = 0; j < O; j++)
+        gb[j] = 0.0f;
+    for (int o0 = 0; o0 < O; o0 += ob) {
+        const int n = O - o0 < ob ? O - o0 : ob;
+        float *dst = sink ? chunk : lw + (size_t)o0 * K;
+        wgrad w;
+        wgrad_init(&w, ps->scratch + ps->plan.acc_off, dst, n, K, l->in_c, O, (size_t)B * OH * OW);
+        for (int b = 0; b < B; b++) {
+            for (int oh = 0; oh < OH; oh += step) {
+                const float *d = g + ((size_t)b * OH + oh) * OW * O;
+                if (fused) {
+                    conv_rows(ps, i, in, in_nhwc, b, oh, 2, 1, o0, n, ct);
+                    pool_rows_backward(&s->layer[i + 2], ct, g, g_nchw, b, oh / 2, o0, o0 + n,
+                                       tmp);
+                    d = ct;
+                }
+                for (int r = 0; r < step; r++) {
+                    const float *dr = d + (size_t)r * OW * O;
+                    for (int p = 0; p < OW; p++) /* col_sums' order: pixel by pixel */
+                        for (int j = o0; j < o0 + n; j++)
+                            gb[j] += dr[(size_t)p * O + j];
+                    conv_in src = conv_input(ps, l, in, b, oh + r);
+                    im2col_rows(l, src.p, in_nhwc, src.b, oh + r, oh + r + 1, src.row0, col, 0);
+                    wgrad_rows(&w, dr + o0, col, OW);
+                }
+            }
+        }
+        if (sink) {
+            ps->wt_layer = -1;
+            CHK(sink(sink_arg, l->w_off + (size_t)o0 * K, chunk, (size_t)n * K));
         }
     }
-    if (l->in_c > 1)
-        ohwi_to_oihw(l, gw, lw);
+    if (sink) {
+        memcpy(chunk, gb, (size_t)O * sizeof(float));
+        ps->wt_layer = -1;
+        CHK(sink(sink_arg, l->b_off, chunk, (size_t)O));
+    }
+cleanup:
+    return ret;
 }
 
 /* Runs every layer and the softmax; returns the probabilities (inside scratch).
@@ -1537,16 +1669,15 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
         case FEDGE_LAYER_CONV2D: {
             int K = l->in_c * l->k * l->k, P = B * l->out_h * l->out_w;
             if (ps->plan.lean) {
-                permute_weights(l, params + l->w_off, wt, 1);
                 int fused = ps->plan.fused[i];
                 float *ct = ps->scratch + ps->plan.ct_off, *pooled = act_out(ps, i + 2 * fused);
                 for (int b = 0; b < B; b++) {
                     if (!fused)
-                        conv_rows(ps, l, in, in_nhwc, b, 0, l->out_h, relu_follows(s, i),
-                                  out + (size_t)b * l->out_h * l->out_w * l->out);
+                        conv_rows(ps, i, in, in_nhwc, b, 0, l->out_h, relu_follows(s, i), 0,
+                                  l->out, out + (size_t)b * l->out_h * l->out_w * l->out);
                     else
                         for (int pr = 0; pr < l->out_h / 2; pr++) {
-                            conv_rows(ps, l, in, in_nhwc, b, 2 * pr, 2, 1, ct);
+                            conv_rows(ps, i, in, in_nhwc, b, 2 * pr, 2, 1, 0, l->out, ct);
                             pool_rows(&s->layer[i + 2], ct, pooled, !ps->plan.nhwc[i + 2], b, pr);
                         }
                 }
@@ -1612,6 +1743,7 @@ static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch, 
     ps->batch = batch;
     ps->scratch = scratch;
     ps->col_layer = -1;
+    ps->wt_layer = -1;
     ps->xu8 = NULL;
     ps->xscale = 0.0f;
     ps->err = FEDGE_OK;
@@ -1651,23 +1783,7 @@ size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec)
     char text[FEDGE_MODEL_SPEC_MAX];
     if (spec == NULL || spec_check(spec, text) != FEDGE_OK)
         return 0;
-    size_t need = FEDGE_MODEL_GRAD_CHUNK;
-    for (int i = 0; i < spec->n_layers; i++) {
-        const fedge_layer *l = &spec->layer[i];
-        size_t in_size = (size_t)l->in_c * l->in_h * l->in_w;
-        size_t w = l->type == FEDGE_LAYER_DENSE ? in_size                     /* one row */
-                   : l->type == FEDGE_LAYER_CONV2D ? (size_t)l->n_params     /* whole */
-                                                   : 0;
-        if (w > need)
-            need = w;
-        if ((size_t)l->out > need)
-            need = (size_t)l->out;
-    }
-    if (need > spec->n_params)
-        need = spec->n_params;
-    /* at least one input row: the edge's accuracy pass converts u8 rows in
-     * the slice's buffer (edge/trainer.c) */
-    return need > (size_t)spec->input_dim ? need : (size_t)spec->input_dim;
+    return grad_chunk_need(spec);
 }
 
 /* With sink: gradients go out in slices through chunk (see model.h), each
@@ -1777,15 +1893,58 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
         }
         case FEDGE_LAYER_CONV2D: {
             int K = l->in_c * l->k * l->k, P = B * l->out_h * l->out_w, O = l->out;
-            /* with a sink the layer's gradient sits in chunk, weights then biases */
-            float *lw = sink ? chunk : grad + l->w_off;
-            float *gb = sink ? chunk + (l->b_off - l->w_off) : grad + l->b_off;
+            float *lw = sink ? NULL : grad + l->w_off, *gb = sink ? NULL : grad + l->b_off;
             if (ps.plan.lean) {
-                lean_conv_backward(&ps, i, in, in_nhwc, g, 0, need_gin ? gin : NULL, lw, gb);
+                CHK(lean_conv_backward(&ps, i, in, in_nhwc, g, 0, need_gin ? gin : NULL, lw, gb,
+                                       chunk, sink, sink_arg));
                 if (need_gin)
                     g = gin;
-                if (sink)
-                    CHK(sink(sink_arg, l->w_off, chunk, (size_t)l->n_params));
+                break;
+            }
+            if (sink) {
+                /* the input gradient first, with the weights before any step; the
+                 * weight gradient then (the input's im2col again where the input
+                 * gradient took col) goes out a slice of whole output channels at a
+                 * time, the biases last */
+                if (need_gin) {
+                    permute_weights(l, params + l->w_off, wt, 1);
+                    GEMM(&ps, 0, 1, P, K, O, 1.0f, g, O, wt, O, 0.0f, col, K);
+                    memset(gin, 0, (size_t)B * in_size * sizeof(float));
+                    im2col(l, gin, in_nhwc, B, col, 1);
+                    ps.col_layer = -1;
+                }
+                float *c = i == 0 ? col0 : col;
+                if (i > 0 && ps.col_layer != i) {
+                    im2col(l, (float *)in, in_nhwc, B, col, 0);
+                    ps.col_layer = i;
+                }
+                if (O <= K)
+                    GEMM(&ps, 1, 0, O, K, P, 1.0f, g, O, c, K, 0.0f, wt, K); /* OHWI */
+                else
+                    GEMM(&ps, 1, 0, K, O, P, 1.0f, c, K, g, O, 0.0f, wt, O); /* HWIO */
+                if (ps.err != FEDGE_OK)
+                    return ps.err;
+                const size_t C = (size_t)l->in_c, kk = (size_t)l->k * l->k;
+                const int per = (int)(chunk_cap / (size_t)K);
+                for (int o0 = 0; o0 < O; o0 += per) {
+                    int nb = O - o0 < per ? O - o0 : per;
+                    if (O <= K) {
+                        fedge_layer lb = *l;
+                        lb.out = nb;
+                        ohwi_to_oihw(&lb, wt + (size_t)o0 * K, chunk);
+                    } else {
+                        for (int o = o0; o < o0 + nb; o++)
+                            for (size_t ci = 0; ci < C; ci++)
+                                for (size_t q = 0; q < kk; q++)
+                                    chunk[((size_t)(o - o0) * C + ci) * kk + q] =
+                                        wt[(q * C + ci) * (size_t)O + (size_t)o];
+                    }
+                    CHK(sink(sink_arg, l->w_off + (size_t)o0 * K, chunk, (size_t)nb * K));
+                }
+                col_sums(g, P, O, chunk);
+                CHK(sink(sink_arg, l->b_off, chunk, (size_t)O));
+                if (need_gin)
+                    g = gin;
                 break;
             }
             col_sums(g, P, O, gb);
@@ -1826,14 +1985,13 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
             if (ps.plan.lean && i >= 2 && ps.plan.fused[i - 2]) { /* with its conv and relu */
                 const fedge_layer *cl = &s->layer[i - 2];
                 int cneed = i - 2 > first_param;
-                float *lw = sink ? chunk : grad + cl->w_off;
-                float *gb = sink ? chunk + (cl->b_off - cl->w_off) : grad + cl->b_off;
-                lean_conv_backward(&ps, i - 2, act_in(&ps, x, i - 2), act_in_nhwc(&ps, i - 2), g,
-                                   !ps.plan.nhwc[i], cneed ? gin : NULL, lw, gb);
+                float *lw = sink ? NULL : grad + cl->w_off;
+                float *gb = sink ? NULL : grad + cl->b_off;
+                CHK(lean_conv_backward(&ps, i - 2, act_in(&ps, x, i - 2), act_in_nhwc(&ps, i - 2),
+                                       g, !ps.plan.nhwc[i], cneed ? gin : NULL, lw, gb, chunk, sink,
+                                       sink_arg));
                 if (cneed)
                     g = gin;
-                if (sink)
-                    CHK(sink(sink_arg, cl->w_off, chunk, (size_t)cl->n_params));
                 i -= 2;
                 break;
             }

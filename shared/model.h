@@ -136,7 +136,10 @@ int fedge_model_max_batch(const fedge_model_spec *spec, int batch);
  * blocking taking what is left. FULL: the GEMM's full blocking; SMALL_GEMM:
  * its least (1.5 KiB); LEAN: also no im2col matrix (one output row at a
  * time) and no output of a conv followed by a ReLU and a 2x2 pool (two rows
- * at a time, recomputed in backward: about one more conv forward pass).
+ * at a time, recomputed in backward: about one more conv forward pass); a
+ * conv larger than one gradient slice keeps its weights and weight-gradient
+ * sums in blocks of output channels of at most a slice (the input gradient
+ * first, then one more recompute per block's channels).
  * Every layout computes the same sums in the same order with the portable
  * GEMM (gemm.c): the same bits. With a BLAS, LEAN sums a conv's weight
  * gradient the portable kernel's way rather than the BLAS's (rounding).
@@ -164,14 +167,16 @@ int fedge_model_forward(const fedge_model *m, const float *x, int batch,
 /* The gradient without a buffer for all of it: each parameter's gradient is
  * handed to sink(arg, offset, g, n) exactly once, in slices of at most
  * fedge_model_grad_chunk_floats(spec) floats passed through chunk (the
- * caller's buffer of that size; sink may change g). A layer's slices come
- * after everything that reads its parameters, so sink may step them in place
+ * caller's buffer of that size; sink may change g). A slice comes after
+ * everything that reads the parameters it covers (a conv layer's: its input
+ * gradient, then a slice of whole output channels at a time, the biases
+ * last; a dense layer's likewise, rows), so sink may step them in place
  * (a fused optimizer step: the same arithmetic as a whole gradient and a
  * step afterwards). A sink's error ends the pass and is returned; a
  * non-finite loss is FEDGE_ERR_MODEL_NONFINITE before any slice (*loss set). */
 typedef int (*fedge_grad_sink)(void *arg, size_t off, float *g, size_t n);
 #ifndef FEDGE_MODEL_GRAD_CHUNK /* a microcontroller build sets a smaller one (mcu/) */
-#define FEDGE_MODEL_GRAD_CHUNK 4096 /* floats; larger when one dense row, a conv layer or one input row is */
+#define FEDGE_MODEL_GRAD_CHUNK 4096 /* floats; larger when one dense row, one conv output channel's weights or one input row is */
 #endif
 size_t fedge_model_grad_chunk_floats(const fedge_model_spec *spec); /* 0: invalid spec */
 int fedge_model_loss_grad_sliced(const fedge_model *m, const float *x, const uint8_t *y,

@@ -22,6 +22,7 @@
 #define SHARD_HASH_LEN 32u
 #define SHARD_MAX_CLASSES 256
 #define SHARD_IO_CHUNK 65536u
+#define SHARD_CHECK_CHUNK 4096u /* fedge_shard_verify's read block (an edge's start-up) */
 #define FEISTEL_ROUNDS 6
 
 typedef struct {
@@ -403,7 +404,8 @@ static int stream_and_check(int fd, const shard_header *h, record_sink sink, voi
     uint8_t header[SHARD_HEADER_LEN], digest[SHARD_HASH_LEN], stored[SHARD_HASH_LEN];
     uint8_t *buf = NULL;
     fedge_sha256_ctx sha = {0};
-    const size_t per_chunk = h->record_size >= SHARD_IO_CHUNK ? 1 : SHARD_IO_CHUNK / h->record_size;
+    const size_t io = sink ? SHARD_IO_CHUNK : SHARD_CHECK_CHUNK;
+    const size_t per_chunk = h->record_size >= io ? 1 : io / h->record_size;
 
     buf = malloc(per_chunk * h->record_size);
     if (!buf)
@@ -431,6 +433,14 @@ cleanup:
     free(buf);
     fedge_sha256_free(&sha);
     return ret;
+}
+
+size_t fedge_shard_verify_bytes(size_t record_size)
+{
+    if (record_size == 0)
+        return 0;
+    return record_size >= SHARD_CHECK_CHUNK ? record_size
+                                            : SHARD_CHECK_CHUNK / record_size * record_size;
 }
 
 int fedge_shard_verify(const char *path)

@@ -50,8 +50,10 @@ typedef struct {
 int fedge_shard_open(fedge_shard_reader *r, const char *path);
 void fedge_shard_close(fedge_shard_reader *r);
 /* The open checks, then the SHA-256 (FEDGE_ERR_SHARD_CHECKSUM); reads in
- * fixed-size chunks. */
+ * blocks of whole records, fedge_shard_verify_bytes(record size) bytes on
+ * the heap (4 KiB, or one record when larger), the only allocation. */
 int fedge_shard_verify(const char *path);
+size_t fedge_shard_verify_bytes(size_t record_size); /* 0 for 0 */
 /* Start an epoch: shuffle != 0 gives a permutation derived from seed. */
 void fedge_shard_rewind(fedge_shard_reader *r, int shuffle, uint64_t seed);
 /* Up to `batch` rows into x (batch x dim) and y; *got = 0 at epoch end.

@@ -124,3 +124,42 @@ echo "CNN edge heap peak $peak B, planned $plan B, issue plan $issue B"
 [ $((plan * 100)) -le $((peak * 105)) ] || fed_fail "CNN: the plan ($plan B) overstates the heap peak ($peak B) by more than 5%"
 [ "$peak" -le "$issue" ] || fed_fail "CNN: the heap peak ($peak B) exceeds the issue's plan ($issue B)"
 echo ok
+
+# Issue 12's bound "for every model" (review16): a CNN with two
+# convolutions (LeNet: its second conv's weights and weight gradient were
+# held whole, the gradient slice one whole conv layer) and a tiny MLP (the
+# start-up shard check's 64 KiB read buffer was the heap peak, outside the
+# plan); batch 8 on the 120-row shard.
+massif_case() { # SPEC BATCH NAME
+    local spec=$1 batch=$2 name=$3 out log peak plan model record issue
+    FED_PORT=$(fed_free_port)
+    "$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" --db "$FED_DIR/massif-$name.db" \
+        --model-dir "$FED_DIR/massif-$name-models" --signing-key "$FED_DIR/aggregator.key" \
+        --listen "127.0.0.1:$FED_PORT" --model-spec "$spec" --rounds 1 --batch "$batch" \
+        --round-timeout-s 60 --quorum 1 --start-delay-s 0.2 --linger-s 1 \
+        >>"$FED_DIR/agg-massif-$name.log" 2>&1 &
+    FED_PIDS+=("$!")
+    out="$FED_DIR/massif-$name.out"; log="$FED_DIR/edge-massif-$name.log"
+    mkdir -p "$FED_DIR/massif-$name-state"
+    valgrind --tool=massif --massif-out-file="$out" \
+        "$EDGE_BUILD/bin/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-002 --keys "$keys" \
+        --state-dir "$FED_DIR/massif-$name-state" --shard "$FED_DIR/small-shards/shard-001.bin" \
+        --max-rounds 1 --print-memory --timeout-ms 30000 >"$log" 2>&1 ||
+        { tail -n 5 "$log" >&2; fed_fail "$name: edge under massif"; }
+    grep -q "round 1: .*outcome=accepted" "$log" || fed_fail "$name: the round was not accepted"
+    peak=$(awk -F= '/^mem_heap_B=/{h=$2} /^mem_heap_extra_B=/{if (h + $2 > m) m = h + $2} END{print m}' "$out")
+    plan=$(grep -o 'peak=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+    model=$(grep -o 'model=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+    record=$(grep -o ' record=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+    [ -n "$plan" ] && [ -n "$peak" ] && [ -n "$model" ] && [ -n "$record" ] ||
+        fed_fail "$name: no plan ($plan) or no massif peak ($peak)"
+    issue=$((2 * model + batch * record + 65536))
+    echo "$spec batch $batch: edge heap peak $peak B, planned $plan B, issue plan $issue B"
+    [ "$peak" -le "$plan" ] || fed_fail "$name: the heap peak ($peak B) exceeds the plan ($plan B)"
+    [ $((plan * 100)) -le $((peak * 105)) ] ||
+        fed_fail "$name: the plan ($plan B) overstates the heap peak ($peak B) by more than 5%"
+    [ "$peak" -le "$issue" ] || fed_fail "$name: the heap peak ($peak B) exceeds the issue's plan ($issue B)"
+}
+massif_case cnn:1x28x28-c6k5-p2-c16k5-p2-f120-f84-10 8 lenet
+massif_case mlp:784-4-10 8 tinymlp
+echo ok

@@ -1022,6 +1022,96 @@ static void test_scratch_fit_same_bits(void **state)
     fit_same_bits("cnn:3x12x12-c6k3p1-p2-c8k3-d20-10", 5);
     fit_same_bits("cnn:2x16x16-c4k3p1-p2-c6k3p1-p2-f8-10", 2); /* a fused conv's input gradient */
     fit_same_bits("cnn:1x9x9-c3k2-p3s2-c2k2s2-4", 3);           /* none fused */
+    /* conv layers larger than a gradient slice: their weights and weight
+     * gradients in blocks of output channels, every conv, fused or not */
+    fit_same_bits("cnn:1x28x28-c6k5-p2-c16k5-p2-f120-f84-10", 2);
+    fit_same_bits("cnn:1x28x28-c32k5-p2-c64k5-p2-f32-10", 1);
+    fit_same_bits("cnn:2x10x10-c9k3-c70k4-f8-10", 2);        /* unfused, multi-channel input */
+    fit_same_bits("cnn:3x8x8-c160k3-p2-c8k3-f6-4", 2);       /* O > K: the HWIO gradient */
+}
+
+/* A sink that takes the SGD step on each slice as it comes (the edge's way),
+ * against the whole gradient and one step afterwards: a conv layer handed
+ * over in blocks reads only weights not yet stepped. */
+typedef struct {
+    fedge_model *m;
+    float lr;
+} step_arg;
+
+static int step_sink(void *arg, size_t off, float *g, size_t n)
+{
+    step_arg *a = arg;
+    for (size_t i = 0; i < n; i++)
+        a->m->params[off + i] -= a->lr * g[i];
+    return FEDGE_OK;
+}
+
+static void step_same_bits(const char *text, int batch, int conv)
+{
+    fedge_model_spec s;
+    assert_int_equal(fedge_model_spec_parse(text, &s), FEDGE_OK);
+    fedge_model m, w;
+    assert_int_equal(fedge_model_init(&m, &s), FEDGE_OK);
+    assert_int_equal(fedge_model_init(&w, &s), FEDGE_OK);
+    fedge_rng r;
+    fedge_rng_seed(&r, 79);
+    assert_int_equal(fedge_model_randomize(&m, &r), FEDGE_OK);
+    size_t dim = (size_t)s.input_dim, n = m.n_params;
+    memcpy(w.params, m.params, n * sizeof(float));
+    size_t full = fedge_model_scratch_floats(&s, batch);
+    size_t lean = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_LEAN);
+    size_t cmin = fedge_model_grad_chunk_floats(&s);
+    assert_true(cmin < s.layer[conv].n_params); /* that conv goes in blocks */
+    float *x = malloc((size_t)batch * dim * sizeof(float)), *g = malloc(n * sizeof(float));
+    float *scratch = malloc(full * sizeof(float)), *chunk = malloc(cmin * sizeof(float));
+    uint8_t *y = malloc((size_t)batch);
+    assert_true(x && g && scratch && chunk && y);
+    for (size_t i = 0; i < (size_t)batch * dim; i++)
+        x[i] = fedge_rng_uniform(&r);
+    for (int i = 0; i < batch; i++)
+        y[i] = (uint8_t)(fedge_rng_u64(&r) % (uint64_t)s.classes);
+    float la, lb;
+    assert_int_equal(fedge_model_loss_grad(&w, x, y, batch, 5, scratch, g, &la), FEDGE_OK);
+    for (size_t i = 0; i < n; i++)
+        w.params[i] -= 0.5f * g[i];
+    size_t sizes[] = {full, lean};
+    for (size_t z = 0; z < 2; z++) {
+        fedge_model t;
+        assert_int_equal(fedge_model_init(&t, &s), FEDGE_OK);
+        memcpy(t.params, m.params, n * sizeof(float));
+        step_arg a = {&t, 0.5f};
+        assert_int_equal(fedge_model_loss_grad_sliced_n(&t, x, y, batch, 5, scratch, sizes[z], chunk,
+                                                        0, step_sink, &a, &lb),
+                         FEDGE_OK);
+        if (z == 0 || strcmp(fedge_blas_name(), "portable") == 0) {
+            assert_memory_equal(&la, &lb, sizeof la);
+            assert_memory_equal(w.params, t.params, n * sizeof(float));
+        } else { /* a BLAS and the lean layout: fedge_model_loss_grad_sliced's bound */
+            assert_true(fabsf(la - lb) <= 1e-6f * fabsf(la));
+            float gmax = 0.0f, dmax = 0.0f;
+            for (size_t i = 0; i < n; i++) {
+                gmax = fabsf(g[i]) > gmax ? fabsf(g[i]) : gmax;
+                dmax = fabsf(w.params[i] - t.params[i]) > dmax ? fabsf(w.params[i] - t.params[i])
+                                                                : dmax;
+            }
+            assert_true(dmax <= 0.5f * 1e-5f * gmax + 1e-6f);
+        }
+        fedge_model_free(&t);
+    }
+    free(x);
+    free(g);
+    free(scratch);
+    free(chunk);
+    free(y);
+    fedge_model_free(&m);
+    fedge_model_free(&w);
+}
+
+static void test_conv_blocks_step_in_order(void **state)
+{
+    (void)state;
+    step_same_bits("cnn:1x28x28-c32k5-p2-c64k5-p2-f32-10", 2, 3);
+    step_same_bits("cnn:2x10x10-c9k3-c70k4-f8-10", 2, 2);
 }
 
 int main(void)
@@ -1033,6 +1123,7 @@ int main(void)
         cmocka_unit_test(test_init_views_free),
         cmocka_unit_test(test_u8_input_same_bits),
         cmocka_unit_test(test_scratch_fit_same_bits),
+        cmocka_unit_test(test_conv_blocks_step_in_order),
         cmocka_unit_test(test_gradients_mlp),
         cmocka_unit_test(test_gradients_softmax),
         cmocka_unit_test(test_gradients_conv),
