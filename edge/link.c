@@ -1005,6 +1005,7 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
     CHK(ensure_session(l));
     tune_session(l, req->timeout_ms);
     int handshaking = !l->session_up;
+    int reused_session = l->session_up;
     /* The request's time starts once the session is up; the handshake has
      * its own budget. */
     uint32_t handshake_ms = req->handshake_timeout_ms ? req->handshake_timeout_ms : l->handshake_timeout_ms;
@@ -1089,10 +1090,19 @@ int fedge_edge_link_request(fedge_edge_link *l, const fedge_edge_request *req,
         uint32_t stall_ms = l->block_size
                                 ? fedge_link_rtt_deadline_ms(&l->rtt, l->block_size, l->block_size, 0, 0)
                                 : 0;
+        /* A GET (answered at once, unlike a POST that waits for its commit)
+         * on a session set up before this request, over a fast link: two
+         * transmissions unanswered (the first and its one retransmission, 3
+         * ACK timeouts) more likely mean a restarted server that dropped the
+         * session than loss; the retry on a new session is cheap there. A
+         * slow link waits the request's whole deadline. */
+        if (!l->block_size && req->method == FEDGE_EDGE_GET && reused_session && l->rtt.has_rtt && l->rtt.srtt_ms < KEEP_SESSION_MIN_RTT_MS)
+            stall_ms = 3 * fedge_link_rtt_ack_timeout_ms(&l->rtt);
         if (!handshaking && stall_ms && now < deadline && now - l->heard_ms >= stall_ms) {
-            char why[96];
-            snprintf(why, sizeof why, "no answer for %u ms (%u of %u blocks)", (unsigned)stall_ms,
-                     (unsigned)l->n_acked, (unsigned)l->n_blocks);
+            char why[160];
+            snprintf(why, sizeof why, "no answer for %u ms (%u of %u blocks)%s", (unsigned)stall_ms,
+                     (unsigned)l->n_acked, (unsigned)(l->n_blocks ? l->n_blocks : 1),
+                     l->block_size ? "" : " on a fast link: the server may have restarted");
             fail_request(l, FEDGE_ERR_TIMEOUT, why);
             break;
         }
