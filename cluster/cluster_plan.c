@@ -53,7 +53,7 @@ typedef struct {
     double fwd_s, bwd_s, upd_s;
 } stage_entry;
 
-/* The pieces of a stage's micro-batch, each keeping its fastest pass: the
+/* The pieces of a stage's micro-batch, each keeping its median pass: the
  * forward of layer l (GEMM, bias + ReLU), the softmax, the output gradient
  * (or ReLU mask) and the backward of layer l (its GEMMs and loops). */
 enum {
@@ -89,15 +89,13 @@ typedef struct {
  * warm operands miss (the stage's weights stream from L3 in the step). The
  * TP allreduces and pipeline messages between are timed apart
  * (coll_probe). Each piece (a layer's forward, the softmax, the output
- * gradient, a layer's backward) keeps its fastest of STAGE_PASSES_MIN..MAX
- * passes (at least STAGE_PROBE_S in all), after one warm-up pass: at load 5
- * on 2 cores no whole 3.5 ms backward pass ran undisturbed, and TP 2's read
- * 3.5 to 7.6 ms from one plan to the next. Every rank at once (in
- * turns when oversubscribed), the fastest rank counting: every rank runs
- * the same work on the same kind of core, and another job on a shared
- * machine only ever slows a rank down (with the slowest rank's figure a
- * compiler holding one core for the whole probe moved TP 2's backward from
- * 3.4 to 11.5 ms between two plans). */
+ * gradient, a layer's backward) keeps its median of STAGE_PASSES_MIN..MAX
+ * passes (at least STAGE_PROBE_S in all), after one warm-up pass: the
+ * typical pass, as the step a user runs meets it (the fastest pass
+ * predicted the best step, 0.8x the mean one). Every rank at once (in
+ * turns when oversubscribed), the slowest rank's median counting: a
+ * synchronous step waits for its slowest rank, and the median already
+ * ignores the passes another job disturbed. */
 static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_shard_plan *p,
                        int rows, double *fwd_s, double *bwd_s, double *upd_s)
 {
@@ -128,9 +126,8 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
                         sizeof(float));
         bad = act[l] == NULL;
     }
-    double best[3] = {0, 0, 0}, all[3] = {0, 0, 0}, pbest[STAGE_PIECES];
-    for (int k = 0; k < STAGE_PIECES; k++)
-        pbest[k] = 1e30;
+    double best[3] = {0, 0, 0}, all[3] = {0, 0, 0}, pt[STAGE_PIECES][STAGE_PASSES_MAX];
+    int npass = 0;
     const int share = L->share > 1 ? L->share : 1;
     volatile double sink = 0.0;
     int any = 0;
@@ -224,15 +221,18 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
             if (pass > 0) {
                 for (int k = 0; k < STAGE_PIECES; k++)
                     if (piece_ran(p, k))
-                        pbest[k] = piece[k] < pbest[k] ? piece[k] : pbest[k];
-                if (pass >= STAGE_PASSES_MIN && tc - t_begin >= STAGE_PROBE_S)
+                        pt[k][npass] = piece[k];
+                npass++;
+                if (npass >= STAGE_PASSES_MAX
+                    || (pass >= STAGE_PASSES_MIN && tc - t_begin >= STAGE_PROBE_S))
                     break;
             }
         }
     }
-    for (int k = 0; !bad && k < STAGE_PIECES; k++)
+    for (int k = 0; !bad && npass > 0 && k < STAGE_PIECES; k++)
         if (piece_ran(p, k))
-            best[k < PIECE_TOP ? 0 : k == PIECE_UPDATE ? 2 : 1] += pbest[k];
+            best[k < PIECE_TOP ? 0 : k == PIECE_UPDATE ? 2 : 1] +=
+                fedge_plan_median(pt[k], npass);
     (void)sink;
     free(w);
     free(g);
@@ -245,7 +245,7 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
         free(act[l]);
     if (bad == 2 || any)
         return bad == 2 ? FEDGE_ERR_CLUSTER_COMM : FEDGE_ERR_NOMEM;
-    if (MPI_Allreduce(best, all, 3, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+    if (MPI_Allreduce(best, all, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (sc->n < STAGE_CACHE)
         sc->e[sc->n++] = (stage_entry){p->tp, p->pp, p->pp_i, rows, all[0], all[1], all[2]};
@@ -256,15 +256,16 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
 }
 
 /* Per-element costs of the loops around the GEMMs, on every rank at once;
- * the fastest pass of the fastest rank (as stage_probe). */
+ * the median of ELEM_PASSES passes, the slowest rank's (as stage_probe). */
+#define ELEM_PASSES 7
 static int probe_elementwise(fedge_plan_links *L)
 {
     const size_t n = 1 << 18;
     float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
     float *c = calloc(n, sizeof(float));
     uint8_t *u = calloc(n, 1);
-    double t[5] = {1e30, 1e30, 1e30, 1e30, 1e30}, all[5];
-    int bad = !a || !b || !c || !u, any = 0, rc = MPI_SUCCESS;
+    double t[5] = {0, 0, 0, 0, 0}, all[5], reps[5][ELEM_PASSES];
+    int bad = !a || !b || !c || !u, any = 0, rc = MPI_SUCCESS, nrep = 0;
     if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         any = 1, rc = MPI_ERR_OTHER;
     if (!any) {
@@ -275,8 +276,8 @@ static int probe_elementwise(fedge_plan_links *L)
             b[i] = 0.01f * (float)(i % 7);
             u[i] = (uint8_t)i;
         }
-        for (int rep = 0; rep < 6 * (L->share > 1 ? L->share : 1); rep++) {
-            /* the fastest pass counts; oversubscribed, in turns */
+        for (int rep = 0; rep < ELEM_PASSES * (L->share > 1 ? L->share : 1); rep++) {
+            /* oversubscribed, in turns */
             if (L->share > 1) {
                 if ((rc = MPI_Barrier(MPI_COMM_WORLD)) != MPI_SUCCESS)
                     break;
@@ -307,9 +308,12 @@ static int probe_elementwise(fedge_plan_links *L)
             const double d[5] = {(t1 - t0) / (double)n, (t2 - t1) / (double)(n / 4),
                                  (t3 - t2) / (double)n, (t4 - t3) / (double)n,
                                  (t5 - t4) / (double)n};
-            for (int k = 0; k < 5; k++)
-                t[k] = d[k] < t[k] ? d[k] : t[k];
+            for (int k = 0; k < 5 && nrep < ELEM_PASSES; k++)
+                reps[k][nrep] = d[k];
+            nrep += nrep < ELEM_PASSES;
         }
+        for (int k = 0; k < 5 && nrep > 0; k++)
+            t[k] = fedge_plan_median(reps[k], nrep);
         (void)sink;
     }
     free(a);
@@ -317,7 +321,7 @@ static int probe_elementwise(fedge_plan_links *L)
     free(c);
     free(u);
     if (rc != MPI_SUCCESS
-        || MPI_Allreduce(t, all, 5, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+        || MPI_Allreduce(t, all, 5, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (any)
         return FEDGE_ERR_NOMEM;
@@ -333,7 +337,7 @@ static int probe_elementwise(fedge_plan_links *L)
  * no prefetch: its get is the thread's work): a u8 shard of ROW_FILE_ROWS
  * synthetic rows of `dim` inputs written to TMPDIR (else /tmp) and unlinked
  * once open, ROW_STEPS steps of `batch` rows (the keyed order, one pread per
- * row, the conversion); the fastest step over batch, the fastest rank. */
+ * row, the conversion); the median step over batch, the slowest rank's. */
 #define ROW_FILE_ROWS 2048
 #define ROW_STEPS 8
 static int probe_row_read(int dim, int classes, int batch, fedge_plan_links *L)
@@ -343,8 +347,8 @@ static int probe_row_read(int dim, int classes, int batch, fedge_plan_links *L)
     fedge_dataset ds;
     fedge_loader ld;
     size_t *idx = calloc(ROW_FILE_ROWS, sizeof(size_t));
-    double best = 1e30, all = 0.0;
-    int ret = FEDGE_OK, opened = 0;
+    double best = 0.0, all = 0.0, st[ROW_STEPS];
+    int ret = FEDGE_OK, opened = 0, nst = 0;
     memset(&ds, 0, sizeof(ds));
     memset(&ld, 0, sizeof(ld));
     ds.n = ROW_FILE_ROWS;
@@ -376,9 +380,11 @@ static int probe_row_read(int dim, int classes, int batch, fedge_plan_links *L)
         const double t0 = now_s();
         ret = fedge_loader_get(&ld, (uint64_t)step, &x, &y, &rows);
         const double dt = (now_s() - t0) / (rows > 0 ? rows : 1);
-        if (step > 0 && dt < best)
-            best = dt;
+        if (step > 0 && ret == FEDGE_OK)
+            st[nst++] = dt;
     }
+    if (nst > 0)
+        best = fedge_plan_median(st, nst);
     if (opened)
         fedge_loader_close(&ld);
     free(idx);
@@ -386,7 +392,7 @@ static int probe_row_read(int dim, int classes, int batch, fedge_plan_links *L)
     free(ds.y);
     int bad = ret != FEDGE_OK, any = 0;
     if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
-        || MPI_Allreduce(&best, &all, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
+        || MPI_Allreduce(&best, &all, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (any)
         return ret != FEDGE_OK ? ret : FEDGE_ERR_IO;
@@ -394,6 +400,7 @@ static int probe_row_read(int dim, int classes, int batch, fedge_plan_links *L)
     return FEDGE_OK;
 }
 
+#define LINK_TRIALS 6
 static int probe_links(fedge_plan_links *L)
 {
     int rank = 0, world = 1;
@@ -423,8 +430,8 @@ static int probe_links(fedge_plan_links *L)
     }
     int rc = MPI_SUCCESS;
     const int counts[2] = {2, big}, reps[2] = {100, 10};
-    double pp_t[2] = {1e30, 1e30}, ar_t[2] = {1e30, 1e30};
-    for (int trial = 0; trial < 6 && rc == MPI_SUCCESS; trial++) /* the fastest trial counts */
+    double pp_t[2][LINK_TRIALS] = {{0}}, ar_t[2][LINK_TRIALS] = {{0}};
+    for (int trial = 0; trial < LINK_TRIALS && rc == MPI_SUCCESS; trial++) /* the median counts */
     for (int s = 0; s < 2 && rc == MPI_SUCCESS; s++) {
         rc = MPI_Barrier(MPI_COMM_WORLD);
         double t0 = MPI_Wtime();
@@ -440,20 +447,21 @@ static int probe_links(fedge_plan_links *L)
             }
         }
         double one_way = (MPI_Wtime() - t0) / reps[s] / 2.0;
-        pp_t[s] = one_way < pp_t[s] ? one_way : pp_t[s];
+        pp_t[s][trial] = one_way;
         if (rc == MPI_SUCCESS)
             rc = MPI_Barrier(MPI_COMM_WORLD);
         t0 = MPI_Wtime();
         for (int i = 0; i < reps[s] && rc == MPI_SUCCESS; i++)
             rc = MPI_Allreduce(MPI_IN_PLACE, buf, counts[s], MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
         double ar = (MPI_Wtime() - t0) / reps[s];
-        ar_t[s] = ar < ar_t[s] ? ar : ar_t[s];
+        ar_t[s][trial] = ar;
     }
     free(buf);
     if (rc != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     /* rank 0's figures for everyone */
-    double v[4] = {pp_t[0], pp_t[1], ar_t[0], ar_t[1]};
+    double v[4] = {fedge_plan_median(pp_t[0], LINK_TRIALS), fedge_plan_median(pp_t[1], LINK_TRIALS),
+                   fedge_plan_median(ar_t[0], LINK_TRIALS), fedge_plan_median(ar_t[1], LINK_TRIALS)};
     if (MPI_Bcast(v, 4, MPI_DOUBLE, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     const double bytes = (double)big * sizeof(float), ring = 2.0 * (world - 1) / world;
@@ -561,7 +569,8 @@ static int coll_choose(plan_ctx *pc)
 /* Times every chosen size on all ranks at once: allreduces over groups of
  * `group` neighbouring ranks (all groups together, as a layout's TP or DP
  * groups run), messages ping-ponged between ranks 2i and 2i+1 (all pairs
- * together); the median of COLL_TRIALS trials, the slowest rank's. */
+ * together); the median of the COLL_ROUNDS rounds' medians of COLL_TRIALS
+ * trials (the typical round), the slowest rank's. */
 static int coll_probe(fedge_plan_links *L)
 {
     int rank = 0, world = 1;
@@ -627,8 +636,8 @@ static int coll_probe(fedge_plan_links *L)
     if (ret == FEDGE_OK && rc != MPI_SUCCESS)
         ret = FEDGE_ERR_CLUSTER_COMM;
     for (int i = 0; ret == FEDGE_OK && i < L->n_coll; i++)
-        mine[i] = fedge_plan_min_of_medians(tr + (size_t)i * COLL_ROUNDS * COLL_TRIALS,
-                                            COLL_ROUNDS * COLL_TRIALS, COLL_TRIALS);
+        mine[i] = fedge_plan_median_of_medians(tr + (size_t)i * COLL_ROUNDS * COLL_TRIALS,
+                                               COLL_ROUNDS * COLL_TRIALS, COLL_TRIALS);
     if (ret == FEDGE_OK
         && MPI_Allreduce(mine, all, L->n_coll, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         ret = FEDGE_ERR_CLUSTER_COMM;
@@ -656,17 +665,13 @@ static int coll_probe(fedge_plan_links *L)
 
 /* One pure data-parallel step of `rows` rows per rank on the trainer's own
  * cpu backend (its loops, its buffers, its collective), every rank at once:
- * the fastest of DP_PASSES passes for each compute phase (the fastest
- * rank's, as stage_probe) and for the gradient allreduce (from a barrier;
- * the slowest rank's). The allreduce keeps its fastest pass too: an
- * MPI_Iallreduce of the whole vector (5.3 MB at mlp:784-512-512-256-10)
- * moves in libnbc rounds that each need both ranks scheduled, and with
- * other jobs on the 2 cores the median of 3-pass rounds still read 5-20 ms
- * from one plan to the next against 1.2 ms quiet. The backend's operations
+ * the median of DP_PASSES passes for each compute phase and for the
+ * gradient allreduce (from a barrier), each the slowest rank's: the step is
+ * synchronous, it waits for its slowest rank, and a median resists the one
+ * pass another job disturbed. The backend's operations
  * fail only on arguments, which are the same on every rank: a failure
  * inside a pass is every rank's. */
 #define DP_PASSES 24
-#define DP_AR_ROUND 1 /* the allreduce: the fastest pass (see probe_dp_step) */
 static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_links *L)
 {
     int rank = 0, world = 1, ret = FEDGE_OK, bad = 0, any = 0;
@@ -713,7 +718,8 @@ static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_link
     if (ret == FEDGE_OK)
         ret = fedge_dense_shape_of(spec, &sh);
     const fedge_sgd_config sgd = {1e-6f, 0.9f, 0.0f};
-    double best[5] = {1e30, 1e30, 1e30, 1e30, 1e30}, ar[DP_PASSES];
+    double ph[5][DP_PASSES], ar[DP_PASSES];
+    int nph = 0;
     const int share = L->share > 1 ? L->share : 1, passes = DP_PASSES * share;
     for (int pass = 0; pass <= passes && ret == FEDGE_OK; pass++) { /* pass 0 warms up */
         /* oversubscribed: one rank per core computes at a time (the model
@@ -752,15 +758,17 @@ static int probe_dp_step(const fedge_model_spec *spec, int rows, fedge_plan_link
             continue;
         if (pass <= DP_PASSES)
             ar[pass - 1] = t[5] - t[4];
-        if (!active)
+        if (!active || nph >= DP_PASSES)
             continue;
         const double d[5] = {t[2] - t[1], t[3] - t[2], t[1] - t[0], t[7] - t[6], t[6] - t[5]};
         for (int k = 0; k < 5; k++)
-            best[k] = d[k] < best[k] ? d[k] : best[k];
+            ph[k][nph] = d[k];
+        nph++;
     }
     if (ret == FEDGE_OK) {
-        memcpy(mine, best, sizeof(best));
-        mine[5] = fedge_plan_min_of_medians(ar, DP_PASSES, DP_AR_ROUND);
+        for (int k = 0; k < 5 && nph > 0; k++)
+            mine[k] = fedge_plan_median(ph[k], nph);
+        mine[5] = fedge_plan_median(ar, DP_PASSES);
     }
 cleanup:
     bad = ret != FEDGE_OK;
@@ -768,12 +776,8 @@ cleanup:
     fedge_model_free(&m);
     free(x);
     free(y);
-    /* compute: the fastest rank (the same work everywhere; see stage_probe);
-     * the allreduce: the slowest */
     if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
-        || MPI_Allreduce(mine, all, 5, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS
-        || MPI_Allreduce(mine + 5, all + 5, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD)
-               != MPI_SUCCESS)
+        || MPI_Allreduce(mine, all, 6, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
         return FEDGE_ERR_CLUSTER_COMM;
     if (any)
         return ret != FEDGE_OK ? ret : FEDGE_ERR_CLUSTER_COMM;
@@ -1267,7 +1271,7 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
                    "%.3f ms, gradient allreduce %.3f ms\n",
                 L->dp_rows, 1e3 * L->dp_fwd_s, 1e3 * L->dp_bwd_s, 1e3 * L->dp_copy_s,
                 1e3 * L->dp_check_s, 1e3 * L->dp_update_s, 1e3 * L->dp_ar_s);
-    fprintf(f, "# collectives at the layouts' sizes: %d distinct, %d measured (the smallest of %d "
+    fprintf(f, "# collectives at the layouts' sizes: %d distinct, %d measured (the median of %d "
                "rounds' medians of %d trials, slowest rank; log-log interpolation between)\n",
             L->n_coll_asked, L->n_coll, COLL_ROUNDS, COLL_TRIALS);
     for (int i = 0; i < L->n_coll;) {

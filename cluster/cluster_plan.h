@@ -4,17 +4,17 @@
  * MPI_COMM_WORLD): each pipeline stage's micro-batch (its layers' GEMMs at
  * 1/T width and the loops around them, on buffers laid out as cluster_mp.c's)
  * at the rows the candidate layouts use, each piece (a layer's forward or
- * backward, the softmax) its fastest pass; per-element costs of the loops
+ * backward, the softmax) its median pass; per-element costs of the loops
  * outside the stages; the trainer's loader per row; every compute figure is
- * the fastest pass of the fastest rank (the same work on every rank; another
- * job only ever slows one down). Every collective at the sizes the layouts
+ * the median pass of the slowest rank (the typical step, which waits for its
+ * slowest rank). Every collective at the sizes the layouts
  * issue: each TP allreduce (micro-batch rows x width x 4 B over the TP
  * group), the split softmax's two (rows x 4 B, rows x 16 B), the DP gradient
  * allreduce (the largest shard), the per-step status allreduce over all
  * ranks and each pipeline boundary message (ping-pong, one way). Allreduces
  * run on groups of neighbouring ranks, all groups at once; messages between
  * ranks 2i and 2i+1, all pairs at once; 12 rounds over all sizes of 2 trials
- * each, the smallest round median (fedge_plan_min_of_medians), the slowest
+ * each, the median of the round medians (fedge_plan_median_of_medians), the slowest
  * rank's, then made non-decreasing in the size. A (kind, group)
  * asked for more than 12 sizes is measured at 12 spread evenly in log between
  * its smallest and largest; every size is read off the measured ones in
@@ -23,7 +23,7 @@
  * (ping-pong and allreduce at 8 B and 1 MiB; one rank: 5 us and a memcpy's
  * bandwidth). The pure data-parallel layout is probed whole on the trainer's
  * cpu backend (its loops differ from the model-parallel path's) and takes
- * its forward, backward, update and allreduce (fastest pass, from a barrier)
+ * its forward, backward, update and allreduce (median pass, from a barrier)
  * from there. Oversubscription (more ranks on a node than the
  * cores in their affinity masks) is printed and modelled: compute probes run
  * one rank per core at a time and compute is multiplied by
@@ -106,7 +106,7 @@ typedef struct {
     int probe_ranks;
     /* the pure data-parallel step measured on the trainer's cpu backend at
      * dp_rows rows per rank, all ranks at once: forward, backward, the
-     * batch copy-in, the non-finite check, the SGD update (the fastest
+     * batch copy-in, the non-finite check, the SGD update (the median
      * pass, the slowest rank) and the gradient allreduce as the trainer
      * issues it (MPI_Iallreduce, one bucket; median); dp_rows 0: not run */
     int dp_rows;
@@ -120,7 +120,7 @@ typedef struct {
     int node_ranks, cores, share, node_rank;
     /* the loader thread's work per row (the trainer's loader on a u8 shard
      * written to TMPDIR: the keyed order, one pread, the conversion),
-     * fastest step and rank; with no core to spare for the loader threads
+     * median step, slowest rank; with no core to spare for the loader threads
      * (ranks on a node >= cores) their rows are added to the step */
     double row_read_s;
     double check_s;   /* per element: the non-finite check of the gradients */

@@ -81,6 +81,18 @@ double fedge_plan_min_of_medians(double *v, int n, int group)
     return best;
 }
 
+double fedge_plan_median_of_medians(double *v, int n, int group)
+{
+    if (n < 1)
+        return -1.0;
+    if (group < 1 || group > n)
+        group = n;
+    const int rounds = n / group;
+    for (int r = 0; r < rounds; r++) /* round r's median into v[r] */
+        v[r] = fedge_plan_median(v + (size_t)r * (size_t)group, group);
+    return fedge_plan_median(v, rounds);
+}
+
 double fedge_plan_loader_time(int ranks, int cores, int rows, double row_s)
 {
     if (ranks < 1 || cores < 1 || rows < 1 || !(row_s >= 0.0) || ranks < cores)

@@ -56,6 +56,12 @@ double fedge_plan_median(double *v, int n);
  * round in place; n < 1: -1. */
 double fedge_plan_min_of_medians(double *v, int n, int group);
 
+/* As fedge_plan_min_of_medians, but the median of the rounds' medians: the
+ * typical round, the figure the planner predicts with (a step a user runs
+ * meets the machine's usual disturbance, not its quietest round). Overwrites
+ * v (each round's median lands in v[round]); n < 1: -1. */
+double fedge_plan_median_of_medians(double *v, int n, int group);
+
 /* Oversubscription (more ranks on a node than cores they may run on):
  * fedge_plan_share is how many ranks take turns on one core,
  * ceil(ranks / cores); 1 when cores >= ranks, or either is < 1 (unknown).

@@ -239,6 +239,27 @@ static void test_sim_oversubscribed(void **state)
     assert_true(fabs(span_b - 21e-3) < 1e-12);
 }
 
+static void test_median_of_medians(void **state)
+{
+    (void)state;
+    /* three rounds of three trials: round medians 1.2, 30, 1.1; the typical
+     * round is 1.2 (the smallest would say 1.1, the mean 10.8) */
+    double v[9] = {1.0, 9.0, 1.2, 30.0, 31.0, 29.0, 1.1, 1.05, 1.15};
+    assert_true(fabs(fedge_plan_median_of_medians(v, 9, 3) - 1.2) < 1e-12);
+    /* a trailing partial round is dropped: rounds 5, 4, 6 (0.1 dropped) */
+    double t[10] = {5.0, 5.0, 5.0, 4.0, 4.0, 4.0, 6.0, 6.0, 6.0, 0.1};
+    assert_true(fabs(fedge_plan_median_of_medians(t, 10, 3) - 5.0) < 1e-12);
+    /* an even number of rounds: the mean of the middle two */
+    double e[8] = {1.0, 1.0, 2.0, 2.0, 8.0, 8.0, 4.0, 4.0};
+    assert_true(fabs(fedge_plan_median_of_medians(e, 8, 2) - 3.0) < 1e-12);
+    /* group outside 1..n: one round of all; group 1: the plain median */
+    double u[4] = {4.0, 1.0, 3.0, 2.0};
+    assert_true(fabs(fedge_plan_median_of_medians(u, 4, 0) - 2.5) < 1e-12);
+    double m[5] = {3.0, 0.5, 2.0, 9.0, 1.0};
+    assert_true(fabs(fedge_plan_median_of_medians(m, 5, 1) - 2.0) < 1e-12);
+    assert_true(fedge_plan_median_of_medians(m, 0, 1) < 0.0);
+}
+
 static void test_min_of_medians(void **state)
 {
     (void)state;
@@ -296,6 +317,7 @@ int main(void)
         cmocka_unit_test(test_oversub_time),
         cmocka_unit_test(test_sim_oversubscribed),
         cmocka_unit_test(test_min_of_medians),
+        cmocka_unit_test(test_median_of_medians),
         cmocka_unit_test(test_loader_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
