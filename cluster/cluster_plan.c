@@ -218,7 +218,7 @@ static int stage_probe(stage_cache *sc, const fedge_plan_links *L, const fedge_s
             fedge_sgd_update(&sgd, w, vel, g, p->n_local); /* after the step: cold */
             PIECE(PIECE_UPDATE);
 #undef PIECE
-            if (pass > 0) {
+            if (pass > 0 && npass < STAGE_PASSES_MAX) {
                 for (int k = 0; k < STAGE_PIECES; k++)
                     if (piece_ran(p, k))
                         pt[k][npass] = piece[k];
