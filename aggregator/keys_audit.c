@@ -156,11 +156,8 @@ static int append(sqlite3 *db, double at, const char *source, const char *keys_f
     sqlite3_bind_double(st, 1, at);
     sqlite3_bind_text(st, 2, cur->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);
-    ret = fedge_store_step_done(db, st);
+    ret = fedge_store_insert_audited(db, st, "events");
     st = NULL;
-    if (ret != FEDGE_OK)
-        goto cleanup;
-    CHK(fedge_audit_append_id(db, "events", sqlite3_last_insert_rowid(db)));
 cleanup:
     sqlite3_finalize(st);
     return ret;

@@ -104,11 +104,8 @@ static int log_prune_event(sqlite3 *db, uint32_t round, uint32_t keep,
     sqlite3_bind_double(st, 1, wall_now());
     sqlite3_bind_int64(st, 2, round);
     sqlite3_bind_text(st, 3, detail, -1, SQLITE_STATIC);
-    ret = fedge_store_step_done(db, st);
+    ret = fedge_store_insert_audited(db, st, "events");
     st = NULL;
-    if (ret != FEDGE_OK)
-        goto cleanup;
-    CHK(fedge_audit_append_id(db, "events", sqlite3_last_insert_rowid(db)));
 cleanup:
     sqlite3_finalize(st);
     return ret;

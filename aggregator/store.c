@@ -10,6 +10,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "audit.h"
 #include "common.h"
 #include "hash.h"
 #include "log.h"
@@ -113,6 +114,14 @@ int fedge_store_step_done(sqlite3 *db, sqlite3_stmt *st)
         return rc == SQLITE_ROW ? FEDGE_ERR_SQL : fedge_store_status(rc);
     }
     return FEDGE_OK;
+}
+
+int fedge_store_insert_audited(sqlite3 *db, sqlite3_stmt *st, const char *tbl)
+{
+    int ret = fedge_store_step_done(db, st);
+    if (ret != FEDGE_OK)
+        return ret;
+    return fedge_audit_append_id(db, tbl, sqlite3_last_insert_rowid(db));
 }
 
 int fedge_store_query_int64(sqlite3 *db, int64_t *out, int *found, const char *sql, const char *types, ...)

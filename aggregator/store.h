@@ -94,6 +94,9 @@ int fedge_store_exec(sqlite3 *db, const char *sql);
 int fedge_store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st);
 /* Steps a statement that returns no row and finalizes it. */
 int fedge_store_step_done(sqlite3 *db, sqlite3_stmt *st);
+/* Steps an INSERT into tbl, finalizes it, and appends the new row to the
+ * audit chain (policy/audit.h). */
+int fedge_store_insert_audited(sqlite3 *db, sqlite3_stmt *st, const char *tbl);
 /* One-value query: binds the parameters described by `types` ('i' int64,
  * 'd' double, 't' text), steps once, and stores the first column of the
  * first row in *out (*found = 0 and *out untouched when there is no row or

@@ -34,6 +34,9 @@
 
 #if FEDGE_BLAS_OPENBLAS
 #include <cblas.h>
+#define GEMM_OPENBLAS 1
+#else
+#define GEMM_OPENBLAS 0
 #endif
 
 #define GEMM_MR 4
@@ -128,26 +131,12 @@ size_t fedge_sgemm_portable_scratch_min_bytes(int M, int N, int K)
 
 size_t fedge_gemm_scratch_bytes(int M, int N, int K)
 {
-#if FEDGE_BLAS_OPENBLAS
-    (void)M;
-    (void)N;
-    (void)K;
-    return 0;
-#else
-    return fedge_sgemm_portable_scratch_bytes(M, N, K);
-#endif
+    return GEMM_OPENBLAS ? 0 : fedge_sgemm_portable_scratch_bytes(M, N, K);
 }
 
 size_t fedge_gemm_scratch_min_bytes(int M, int N, int K)
 {
-#if FEDGE_BLAS_OPENBLAS
-    (void)M;
-    (void)N;
-    (void)K;
-    return 0;
-#else
-    return fedge_sgemm_portable_scratch_min_bytes(M, N, K);
-#endif
+    return GEMM_OPENBLAS ? 0 : fedge_sgemm_portable_scratch_min_bytes(M, N, K);
 }
 
 /* Packs rows [i0, i0+mc) x cols [k0, k0+kc) of alpha*op(A) into MR-row panels:

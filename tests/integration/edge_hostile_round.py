@@ -13,57 +13,17 @@ MODE:
                  GET /round answers state=finished
 Prints "REQ round <observe?> -> <code>" per request served.
 """
+import os
 import socket
-import struct
 import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from coap_udp import build, parse, uint  # noqa: E402
 
 PORT, MODE, SECONDS = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 ROUND = (b"state=open\nround=1\nselected=1\ndeadline_ms=60000\nmodel=" + b"ab" * 32 +
          b"\nspec=softmax:784-10\nepochs=1\nlr=0.05\nbatch=32\nrun=" + bytes(range(16)).hex().encode() + b"\n")
-
-
-def parse(msg):
-    tkl = msg[0] & 15
-    typ, c, mid = (msg[0] >> 4) & 3, msg[1], struct.unpack_from(">H", msg, 2)[0]
-    token = msg[4:4 + tkl]
-    i, num, opts = 4 + tkl, 0, []
-    while i < len(msg) and msg[i] != 0xFF:
-        d, l = msg[i] >> 4, msg[i] & 15
-        i += 1
-        if d == 13:
-            d = msg[i] + 13; i += 1
-        elif d == 14:
-            d = struct.unpack_from(">H", msg, i)[0] + 269; i += 2
-        if l == 13:
-            l = msg[i] + 13; i += 1
-        elif l == 14:
-            l = struct.unpack_from(">H", msg, i)[0] + 269; i += 2
-        num += d
-        opts.append((num, msg[i:i + l]))
-        i += l
-    return typ, c, mid, token, opts
-
-
-def uint(v):
-    return v.to_bytes((v.bit_length() + 7) // 8, "big") if v else b""
-
-
-def build(typ, c, mid, token, opts, payload=b""):
-    out = bytearray([0x40 | (typ << 4) | len(token), c]) + struct.pack(">H", mid) + token
-    last = 0
-    for num, val in sorted(opts, key=lambda o: o[0]):
-        d, l = num - last, len(val)
-        last = num
-        assert d < 269 and l < 13
-        if d < 13:
-            out += bytes([(d << 4) | l])
-        else:
-            out += bytes([(13 << 4) | l, d - 13])
-        out += val
-    if payload:
-        out += b"\xff" + payload
-    return bytes(out)
 
 
 CONTENT = (2 << 5) | 5
@@ -80,7 +40,7 @@ def main():
             msg, addr = sock.recvfrom(70000)
         except socket.timeout:
             continue
-        typ, c, mid, token, opts = parse(msg)
+        typ, c, mid, token, opts, _ = parse(msg)
         if typ != 0 or c == 0:
             if typ == 0:
                 sock.sendto(build(3, 0, mid, b"", []), addr)

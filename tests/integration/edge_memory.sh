@@ -49,32 +49,42 @@ grep -q "round 2: .*skipping the round" "$FED_DIR/edge-dev-001.log" || fed_fail 
 # The round has a --state-dir, so its base model waits in DIR/dev-001.base
 # while it trains (momentum 0.9): a stale one from a crashed run is removed
 # at start and never read, and none is left after the round.
-spec=softmax:784-10
-FED_PORT=$(fed_free_port)
-"$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" --db "$FED_DIR/massif.db" \
-    --model-dir "$FED_DIR/massif-models" --signing-key "$FED_DIR/aggregator.key" \
-    --listen "127.0.0.1:$FED_PORT" --model-spec "$spec" --rounds 1 --round-timeout-s 60 \
-    --quorum 1 --start-delay-s 0.2 --linger-s 1 >>"$FED_DIR/agg-massif.log" 2>&1 &
-FED_PIDS+=("$!")
-keys=$(fed_edge_keys dev-001) || exit 1
-mkdir -p "$FED_DIR/massif-state"
-head -c 31500 /dev/urandom >"$FED_DIR/massif-state/dev-001.base" # a crashed round's leftover
-valgrind --tool=massif --massif-out-file="$FED_DIR/massif.out" \
-    "$EDGE_BUILD/bin/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-001 --keys "$keys" \
-    --state-dir "$FED_DIR/massif-state" \
-    --shard "$FED_DIR/shards/shard-000.bin" --max-rounds 1 --print-memory --timeout-ms 30000 \
-    >"$FED_DIR/edge-massif.log" 2>&1 || { tail -n 5 "$FED_DIR/edge-massif.log" >&2; fed_fail "edge under massif"; }
-grep -q "round 1: .*outcome=accepted" "$FED_DIR/edge-massif.log" || fed_fail "the massif round was not accepted"
-[ ! -e "$FED_DIR/massif-state/dev-001.base" ] || fed_fail "the base file outlived the round"
-grep -q "memory plan.* velocity=31400 .*base_file=" "$FED_DIR/edge-massif.log" ||
+# massif_round NAME SPEC DEV SHARD [AGGREGATOR-ARGS...]: one round of DEV's
+# edge under massif against an aggregator of its own; sets log, peak (the
+# massif heap peak) and plan (--print-memory's), and checks the plan is at
+# or above the peak and within 5% of it.
+massif_round() {
+    local name=$1 spec=$2 dev=$3 shard=$4 keys
+    shift 4
+    FED_PORT=$(fed_free_port)
+    "$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" --db "$FED_DIR/massif-$name.db" \
+        --model-dir "$FED_DIR/massif-$name-models" --signing-key "$FED_DIR/aggregator.key" \
+        --listen "127.0.0.1:$FED_PORT" --model-spec "$spec" --rounds 1 --round-timeout-s 60 \
+        --quorum 1 --start-delay-s 0.2 --linger-s 1 "$@" >>"$FED_DIR/agg-massif-$name.log" 2>&1 &
+    FED_PIDS+=("$!")
+    keys=$(fed_edge_keys "$dev") || exit 1
+    log="$FED_DIR/edge-massif-$name.log"
+    mkdir -p "$FED_DIR/massif-$name-state"
+    valgrind --tool=massif --massif-out-file="$FED_DIR/massif-$name.out" \
+        "$EDGE_BUILD/bin/fedge-edge" --server "127.0.0.1:$FED_PORT" --id "$dev" --keys "$keys" \
+        --state-dir "$FED_DIR/massif-$name-state" --shard "$shard" \
+        --max-rounds 1 --print-memory --timeout-ms 30000 >"$log" 2>&1 ||
+        { tail -n 5 "$log" >&2; fed_fail "$name: edge under massif"; }
+    grep -q "round 1: .*outcome=accepted" "$log" || fed_fail "$name: the round was not accepted"
+    peak=$(awk -F= '/^mem_heap_B=/{h=$2} /^mem_heap_extra_B=/{if (h + $2 > m) m = h + $2} END{print m}' "$FED_DIR/massif-$name.out")
+    plan=$(grep -o 'peak=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+    [ -n "$plan" ] && [ -n "$peak" ] || fed_fail "$name: no plan ($plan) or no massif peak ($peak)"
+    echo "$name ($spec): edge heap peak $peak B, planned $plan B"
+    [ "$peak" -le "$plan" ] || fed_fail "$name: the heap peak ($peak B) exceeds the plan ($plan B)"
+    [ $((plan * 100)) -le $((peak * 105)) ] ||
+        fed_fail "$name: the plan ($plan B) overstates the heap peak ($peak B) by more than 5%"
+}
+mkdir -p "$FED_DIR/massif-softmax-state"
+head -c 31500 /dev/urandom >"$FED_DIR/massif-softmax-state/dev-001.base" # a crashed round's leftover
+massif_round softmax softmax:784-10 dev-001 "$FED_DIR/shards/shard-000.bin"
+[ ! -e "$FED_DIR/massif-softmax-state/dev-001.base" ] || fed_fail "the base file outlived the round"
+grep -q "memory plan.* velocity=31400 .*base_file=" "$log" ||
     fed_fail "the round did not plan its base model in the state dir"
-peak=$(awk -F= '/^mem_heap_B=/{h=$2} /^mem_heap_extra_B=/{if (h + $2 > m) m = h + $2} END{print m}' \
-    "$FED_DIR/massif.out")
-plan=$(grep -o 'peak=[0-9]*' "$FED_DIR/edge-massif.log" | tail -1 | cut -d= -f2)
-[ -n "$plan" ] && [ -n "$peak" ] || fed_fail "no plan ($plan) or no massif peak ($peak)"
-echo "edge heap peak $peak B, planned $plan B"
-[ "$peak" -le "$plan" ] || fed_fail "the heap peak ($peak B) exceeds the plan ($plan B)"
-[ $((plan * 100)) -le $((peak * 105)) ] || fed_fail "the plan ($plan B) overstates the heap peak ($peak B) by more than 5%"
 # Issue 12's plan: 2 x params (fp32) + one minibatch as stored (32 x 785 u8
 # bytes) + 64 KiB = 153 456 B, DTLS and the client included. The edge
 # before its scratch was sized for it (640 KiB-blocked GEMM packing, 16 KiB
@@ -96,32 +106,11 @@ echo ok
 # scratch layout (docs/EDGE.md, Memory): main's edge, holding the first
 # conv's im2col, its output and two 4608-float gradient buffers, peaked at
 # 804 120 B and fails the issue bound.
-spec=cnn:1x28x28-c8k5-p2-f64-10
 "$BIN/fedge-partition" --data fashion-mnist --clients 500 --kind iid --seed 7 \
     --out "$FED_DIR/small-shards" >/dev/null || fed_fail "partition (500 clients)"
-FED_PORT=$(fed_free_port)
-"$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" --db "$FED_DIR/massif-cnn.db" \
-    --model-dir "$FED_DIR/massif-cnn-models" --signing-key "$FED_DIR/aggregator.key" \
-    --listen "127.0.0.1:$FED_PORT" --model-spec "$spec" --rounds 1 --round-timeout-s 60 \
-    --quorum 1 --start-delay-s 0.2 --linger-s 1 >>"$FED_DIR/agg-massif-cnn.log" 2>&1 &
-FED_PIDS+=("$!")
-keys=$(fed_edge_keys dev-002) || exit 1
-mkdir -p "$FED_DIR/massif-cnn-state"
-valgrind --tool=massif --massif-out-file="$FED_DIR/massif-cnn.out" \
-    "$EDGE_BUILD/bin/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-002 --keys "$keys" \
-    --state-dir "$FED_DIR/massif-cnn-state" \
-    --shard "$FED_DIR/small-shards/shard-000.bin" --max-rounds 1 --print-memory --timeout-ms 30000 \
-    >"$FED_DIR/edge-massif-cnn.log" 2>&1 ||
-    { tail -n 5 "$FED_DIR/edge-massif-cnn.log" >&2; fed_fail "CNN edge under massif"; }
-grep -q "round 1: .*outcome=accepted" "$FED_DIR/edge-massif-cnn.log" || fed_fail "the CNN round was not accepted"
-peak=$(awk -F= '/^mem_heap_B=/{h=$2} /^mem_heap_extra_B=/{if (h + $2 > m) m = h + $2} END{print m}' \
-    "$FED_DIR/massif-cnn.out")
-plan=$(grep -o 'peak=[0-9]*' "$FED_DIR/edge-massif-cnn.log" | tail -1 | cut -d= -f2)
-[ -n "$plan" ] && [ -n "$peak" ] || fed_fail "CNN: no plan ($plan) or no massif peak ($peak)"
+massif_round cnn cnn:1x28x28-c8k5-p2-f64-10 dev-002 "$FED_DIR/small-shards/shard-000.bin"
 issue=$((2 * 4 * 74650 + 32 * 785 + 65536))
-echo "CNN edge heap peak $peak B, planned $plan B, issue plan $issue B"
-[ "$peak" -le "$plan" ] || fed_fail "CNN: the heap peak ($peak B) exceeds the plan ($plan B)"
-[ $((plan * 100)) -le $((peak * 105)) ] || fed_fail "CNN: the plan ($plan B) overstates the heap peak ($peak B) by more than 5%"
+echo "CNN issue plan $issue B"
 [ "$peak" -le "$issue" ] || fed_fail "CNN: the heap peak ($peak B) exceeds the issue's plan ($issue B)"
 echo ok
 
@@ -131,33 +120,13 @@ echo ok
 # start-up shard check's 64 KiB read buffer was the heap peak, outside the
 # plan); batch 8 on the 120-row shard.
 massif_case() { # SPEC BATCH NAME
-    local spec=$1 batch=$2 name=$3 out log peak plan model record issue
-    FED_PORT=$(fed_free_port)
-    "$BIN/fedge-aggregator" --keys-file "$FED_DIR/keys" --db "$FED_DIR/massif-$name.db" \
-        --model-dir "$FED_DIR/massif-$name-models" --signing-key "$FED_DIR/aggregator.key" \
-        --listen "127.0.0.1:$FED_PORT" --model-spec "$spec" --rounds 1 --batch "$batch" \
-        --round-timeout-s 60 --quorum 1 --start-delay-s 0.2 --linger-s 1 \
-        >>"$FED_DIR/agg-massif-$name.log" 2>&1 &
-    FED_PIDS+=("$!")
-    out="$FED_DIR/massif-$name.out"; log="$FED_DIR/edge-massif-$name.log"
-    mkdir -p "$FED_DIR/massif-$name-state"
-    valgrind --tool=massif --massif-out-file="$out" \
-        "$EDGE_BUILD/bin/fedge-edge" --server "127.0.0.1:$FED_PORT" --id dev-002 --keys "$keys" \
-        --state-dir "$FED_DIR/massif-$name-state" --shard "$FED_DIR/small-shards/shard-001.bin" \
-        --max-rounds 1 --print-memory --timeout-ms 30000 >"$log" 2>&1 ||
-        { tail -n 5 "$log" >&2; fed_fail "$name: edge under massif"; }
-    grep -q "round 1: .*outcome=accepted" "$log" || fed_fail "$name: the round was not accepted"
-    peak=$(awk -F= '/^mem_heap_B=/{h=$2} /^mem_heap_extra_B=/{if (h + $2 > m) m = h + $2} END{print m}' "$out")
-    plan=$(grep -o 'peak=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+    local spec=$1 batch=$2 name=$3 model record issue
+    massif_round "$name" "$spec" dev-002 "$FED_DIR/small-shards/shard-001.bin" --batch "$batch"
     model=$(grep -o 'model=[0-9]*' "$log" | tail -1 | cut -d= -f2)
     record=$(grep -o ' record=[0-9]*' "$log" | tail -1 | cut -d= -f2)
-    [ -n "$plan" ] && [ -n "$peak" ] && [ -n "$model" ] && [ -n "$record" ] ||
-        fed_fail "$name: no plan ($plan) or no massif peak ($peak)"
+    [ -n "$model" ] && [ -n "$record" ] || fed_fail "$name: no model ($model) or record ($record) size"
     issue=$((2 * model + batch * record + 65536))
-    echo "$spec batch $batch: edge heap peak $peak B, planned $plan B, issue plan $issue B"
-    [ "$peak" -le "$plan" ] || fed_fail "$name: the heap peak ($peak B) exceeds the plan ($plan B)"
-    [ $((plan * 100)) -le $((peak * 105)) ] ||
-        fed_fail "$name: the plan ($plan B) overstates the heap peak ($peak B) by more than 5%"
+    echo "$spec batch $batch: issue plan $issue B"
     [ "$peak" -le "$issue" ] || fed_fail "$name: the heap peak ($peak B) exceeds the issue's plan ($issue B)"
 }
 massif_case cnn:1x28x28-c6k5-p2-c16k5-p2-f120-f84-10 8 lenet

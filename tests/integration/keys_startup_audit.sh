@@ -44,6 +44,21 @@ check() {
         --model-dir "$FED_DIR/models" --signing-key "$FED_DIR/aggregator.key" --model-spec softmax:784-10 \
         >"$FED_DIR/check.out" 2>&1
 }
+# refused ROW REASON: the daemon will not start on the log, naming events row
+# ROW and REASON (exit 2), and --check refuses it the same way (exit 1)
+refused() {
+    local row=$1 reason=$2 rc
+    fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 --start-delay-s 600
+    fed_wait_pid "$FED_AGG_PID" 30
+    rc=$?
+    [ "$rc" = 2 ] || fed_fail "the daemon on events row $row ($reason) exited $rc, want 2"
+    grep -q "start-up failed: keys ledger: events row $row: $reason" "$FED_DIR/agg.log" ||
+        fed_fail "the start-up failure does not name events row $row ($reason)"
+    check
+    rc=$?
+    [ "$rc" = 1 ] && grep -q "^keys_ledger: .*events row $row: $reason" "$FED_DIR/check.out" ||
+        { cat "$FED_DIR/check.out"; fed_fail "--check (exit $rc) does not refuse events row $row ($reason)"; }
+}
 check
 grep -q '^keys_ledger: ok (a start records 4 added, 0 removed, 0 rekeyed, 0 moved (the initial set of a new log))' \
     "$FED_DIR/check.out" || { cat "$FED_DIR/check.out"; fed_fail "--check on a new log does not predict its initial set"; }
@@ -129,32 +144,13 @@ grep -q row_modified "$FED_DIR/verify2.out" || { cat "$FED_DIR/verify2.out"; fed
 fed_sql "INSERT INTO events(at, device, kind, detail) VALUES(julianday('now'), 'dev-9002', 'keys',
          'added region us key id 0123456789abcdef (startup; keys file $FED_DIR/keys)')"
 forged=$(fed_sql "SELECT max(id) FROM events")
-fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 --start-delay-s 600
-fed_wait_pid "$FED_AGG_PID" 30
-rc=$?
-[ "$rc" = 2 ] || fed_fail "the daemon on an unaudited keys row exited $rc, want 2"
-grep -q "start-up failed: keys ledger: events row $forged: a keys event with no audit entry" "$FED_DIR/agg.log" ||
-    fed_fail "the start-up failure does not name the unaudited keys row"
-check
-rc=$?
-[ "$rc" = 1 ] && grep -q "^keys_ledger: .*events row $forged: a keys event with no audit entry" "$FED_DIR/check.out" ||
-    { cat "$FED_DIR/check.out"; fed_fail "--check (exit $rc) does not refuse the unaudited keys row"; }
+refused "$forged" "a keys event with no audit entry"
 fed_sql "DELETE FROM events WHERE id = $forged"
 
 # a keys event that does not parse: the daemon refuses to start on it, and verify names it
 bad=$(fed_sql "SELECT id FROM events WHERE kind='keys' AND device='dev-003' AND detail LIKE 'moved %'")
 fed_sql "UPDATE events SET detail = 'moved dev-003' WHERE id = $bad"
-fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --rounds 1 --start-delay-s 600
-fed_wait_pid "$FED_AGG_PID" 30
-rc=$?
-[ "$rc" = 2 ] || fed_fail "the daemon on a malformed keys ledger exited $rc, want 2"
-grep -q "start-up failed: keys ledger: events row $bad: a malformed keys event" "$FED_DIR/agg.log" ||
-    fed_fail "the start-up failure does not name the malformed keys event"
-"$BIN/fedge-aggregator" --check --keys-file "$FED_DIR/keys" --db "$FED_DIR/fedge.db" --model-dir "$FED_DIR/models" \
-    --signing-key "$FED_DIR/aggregator.key" --model-spec softmax:784-10 >"$FED_DIR/check.out" 2>&1
-rc=$?
-[ "$rc" = 1 ] && grep -q "^keys_ledger: .*events row $bad: a malformed keys event" "$FED_DIR/check.out" ||
-    { cat "$FED_DIR/check.out"; fed_fail "--check (exit $rc) does not refuse the malformed keys event"; }
+refused "$bad" "a malformed keys event"
 "$BIN/fedge-audit" --db "$FED_DIR/fedge.db" --pubkey "$FED_DIR/aggregator.pub" verify >"$FED_DIR/verify3.out" 2>&1
 grep -q "keys_ledger .*events row $bad (keys): not a keys ledger entry" "$FED_DIR/verify3.out" ||
     { cat "$FED_DIR/verify3.out"; fed_fail "verify does not name the malformed keys event"; }

@@ -110,31 +110,6 @@ grep -q "^ingest   2 of 2 answered 2.04" "$FED_DIR/driver.log" ||
 (printf '\x50\xe1\x23\x01\x00\x00\x20'; sleep 0.3; printf '\x60\x01\xb5model'; exec sleep 1) 2>/dev/null |
     timeout 5 openssl s_client -connect "127.0.0.1:$TCP_PORT" -psk_identity dev-001 -psk "$hex" \
         -tls1_2 -quiet 2>/dev/null >"$FED_DIR/model.out"
-python3 - "$FED_DIR/model.out" <<'EOF' || fed_fail "GET /model to a peer with Max-Message-Size 65536 and BERT"
-import sys
-b = open(sys.argv[1], "rb").read()
-i = 0
-while i < len(b):
-    n, tkl, i = b[i] >> 4, b[i] & 15, i + 1
-    ext = {13: (1, 13), 14: (2, 269), 15: (4, 65805)}.get(n)
-    if ext:
-        n, i = int.from_bytes(b[i:i + ext[0]], "big") + ext[1], i + ext[0]
-    code, body = b[i], b[i + 1 + tkl:i + 1 + tkl + n]
-    size, i = 1 + len(body), i + 1 + tkl + n
-    if code != 0x45:
-        continue
-    opt, j = 0, 0
-    while j < len(body) and body[j] != 0xff:
-        d, l, j = body[j] >> 4, body[j] & 15, j + 1
-        if d == 13: d, j = body[j] + 13, j + 1
-        if l == 13: l, j = body[j] + 13, j + 1
-        opt += d
-        if opt == 23:
-            szx = body[j + l - 1] & 7 if l else 0
-            print(f"2.05 with Block2 SZX {szx} in a {size + tkl}-byte message")
-            sys.exit(0 if szx == 7 and 16384 < size + tkl <= 65536 else 1)
-        j += l
-sys.exit(f"no 2.05 with Block2 in the answer ({len(b)} bytes)")
-EOF
+python3 tests/lib/coap_tcp_block2.py "$FED_DIR/model.out" 7 7 16384 65536 || fed_fail "GET /model to a peer with Max-Message-Size 65536 and BERT"
 
 echo ok

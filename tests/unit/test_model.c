@@ -864,15 +864,22 @@ static int collect_sink(void *arg, size_t off, float *g, size_t n)
     return FEDGE_OK;
 }
 
+/* A model of spec text with random weights (rng seeded with seed; r goes on
+ * to draw the test's inputs). */
+static void random_model(const char *text, uint64_t seed, fedge_model_spec *s, fedge_model *m, fedge_rng *r)
+{
+    assert_int_equal(fedge_model_spec_parse(text, s), FEDGE_OK);
+    assert_int_equal(fedge_model_init(m, s), FEDGE_OK);
+    fedge_rng_seed(r, seed);
+    assert_int_equal(fedge_model_randomize(m, r), FEDGE_OK);
+}
+
 static void u8_same_bits(const char *text, int batch)
 {
     fedge_model_spec s;
-    assert_int_equal(fedge_model_spec_parse(text, &s), FEDGE_OK);
     fedge_model m;
-    assert_int_equal(fedge_model_init(&m, &s), FEDGE_OK);
     fedge_rng r;
-    fedge_rng_seed(&r, 77);
-    assert_int_equal(fedge_model_randomize(&m, &r), FEDGE_OK);
+    random_model(text, 77, &s, &m, &r);
     size_t dim = (size_t)s.input_dim, n = m.n_params;
     uint8_t *xu = malloc((size_t)batch * dim), *y = malloc((size_t)batch);
     float *xf = malloc((size_t)batch * dim * sizeof(float));
@@ -930,12 +937,9 @@ static void test_u8_input_same_bits(void **state)
 static void fit_same_bits(const char *text, int batch)
 {
     fedge_model_spec s;
-    assert_int_equal(fedge_model_spec_parse(text, &s), FEDGE_OK);
     fedge_model m;
-    assert_int_equal(fedge_model_init(&m, &s), FEDGE_OK);
     fedge_rng r;
-    fedge_rng_seed(&r, 78);
-    assert_int_equal(fedge_model_randomize(&m, &r), FEDGE_OK);
+    random_model(text, 78, &s, &m, &r);
     size_t dim = (size_t)s.input_dim, n = m.n_params;
     size_t full = fedge_model_scratch_floats(&s, batch), min = fedge_model_scratch_floats_min(&s, batch);
     assert_true(min > 0 && min <= full);
@@ -1049,13 +1053,10 @@ static int step_sink(void *arg, size_t off, float *g, size_t n)
 static void step_same_bits(const char *text, int batch, int conv)
 {
     fedge_model_spec s;
-    assert_int_equal(fedge_model_spec_parse(text, &s), FEDGE_OK);
     fedge_model m, w;
-    assert_int_equal(fedge_model_init(&m, &s), FEDGE_OK);
-    assert_int_equal(fedge_model_init(&w, &s), FEDGE_OK);
     fedge_rng r;
-    fedge_rng_seed(&r, 79);
-    assert_int_equal(fedge_model_randomize(&m, &r), FEDGE_OK);
+    random_model(text, 79, &s, &m, &r);
+    assert_int_equal(fedge_model_init(&w, &s), FEDGE_OK);
     size_t dim = (size_t)s.input_dim, n = m.n_params;
     memcpy(w.params, m.params, n * sizeof(float));
     size_t full = fedge_model_scratch_floats(&s, batch);
