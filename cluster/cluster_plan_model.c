@@ -67,20 +67,6 @@ double fedge_plan_median(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-double fedge_plan_min_of_medians(double *v, int n, int group)
-{
-    if (n < 1)
-        return -1.0;
-    if (group < 1 || group > n)
-        group = n;
-    double best = -1.0;
-    for (int i = 0; i + group <= n; i += group) {
-        const double m = fedge_plan_median(v + i, group);
-        best = best < 0.0 || m < best ? m : best;
-    }
-    return best;
-}
-
 double fedge_plan_median_of_medians(double *v, int n, int group)
 {
     if (n < 1)

@@ -49,17 +49,12 @@ void fedge_plan_monotone(double *ys, int n);
 double fedge_plan_median(double *v, int n);
 
 /* v[0..n) taken as consecutive rounds of `group` trials (a trailing partial
- * round is dropped; group outside 1..n: one round of n): the smallest of the
+ * round is dropped; group outside 1..n: one round of n): the median of the
  * rounds' medians. A round's median ignores a trial or two slowed by another
- * job; the smallest round ignores a burst of other jobs covering a whole
- * round, so the figure moves little from one run to the next. Sorts each
- * round in place; n < 1: -1. */
-double fedge_plan_min_of_medians(double *v, int n, int group);
-
-/* As fedge_plan_min_of_medians, but the median of the rounds' medians: the
- * typical round, the figure the planner predicts with (a step a user runs
- * meets the machine's usual disturbance, not its quietest round). Overwrites
- * v (each round's median lands in v[round]); n < 1: -1. */
+ * job; the median round is the typical one, the figure the planner predicts
+ * with (a step a user runs meets the machine's usual disturbance, not its
+ * quietest round). Overwrites v (each round's median lands in v[round]);
+ * n < 1: -1. */
 double fedge_plan_median_of_medians(double *v, int n, int group);
 
 /* Oversubscription (more ranks on a node than cores they may run on):

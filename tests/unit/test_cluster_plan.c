@@ -260,30 +260,6 @@ static void test_median_of_medians(void **state)
     assert_true(fedge_plan_median_of_medians(m, 0, 1) < 0.0);
 }
 
-static void test_min_of_medians(void **state)
-{
-    (void)state;
-    /* three rounds of three trials: a burst of other jobs covers round 2,
-     * one slow trial in round 1; the figure is round 3's median */
-    double v[9] = {1.0, 9.0, 1.2, 30.0, 31.0, 29.0, 1.1, 1.05, 1.15};
-    assert_true(fabs(fedge_plan_min_of_medians(v, 9, 3) - 1.1) < 1e-12);
-    /* what one median of all nine would have said */
-    double w[9] = {1.0, 9.0, 1.2, 30.0, 31.0, 29.0, 1.1, 1.05, 1.15};
-    assert_true(fabs(fedge_plan_median(w, 9) - 1.2) < 1e-12);
-    /* a trailing partial round is dropped: 7 trials in rounds of 3 */
-    double t[7] = {5.0, 5.0, 5.0, 4.0, 4.0, 4.0, 0.1};
-    assert_true(fabs(fedge_plan_min_of_medians(t, 7, 3) - 4.0) < 1e-12);
-    /* group outside 1..n: one round of all */
-    double u[4] = {4.0, 1.0, 3.0, 2.0};
-    assert_true(fabs(fedge_plan_min_of_medians(u, 4, 0) - 2.5) < 1e-12);
-    double u2[4] = {4.0, 1.0, 3.0, 2.0};
-    assert_true(fabs(fedge_plan_min_of_medians(u2, 4, 9) - 2.5) < 1e-12);
-    /* group 1: the minimum */
-    double m[3] = {3.0, 0.5, 2.0};
-    assert_true(fabs(fedge_plan_min_of_medians(m, 3, 1) - 0.5) < 1e-12);
-    assert_true(fedge_plan_min_of_medians(m, 0, 1) < 0.0);
-}
-
 static void test_loader_time(void **state)
 {
     (void)state;
@@ -316,7 +292,6 @@ int main(void)
         cmocka_unit_test(test_share),
         cmocka_unit_test(test_oversub_time),
         cmocka_unit_test(test_sim_oversubscribed),
-        cmocka_unit_test(test_min_of_medians),
         cmocka_unit_test(test_median_of_medians),
         cmocka_unit_test(test_loader_time),
     };
