@@ -40,50 +40,39 @@ static int by_id_then_order(const void *x, const void *y)
  * FEDGE_ERR_AUDIT_CHAIN naming it, so it can neither admit nor hide a device. */
 static int ledger_state(sqlite3 *db, ledger_entry **out, size_t *n_out, char *err, size_t errlen)
 {
-    sqlite3_stmt *st = NULL;
+    fedge_keys_ledger_row *rows = NULL;
     ledger_entry *v = NULL;
-    size_t n = 0, cap = 0;
-    int ret, rc;
+    size_t n_rows = 0, n = 0;
+    int ret;
     *out = NULL;
     *n_out = 0;
-    CHK(fedge_store_prepare(db, "SELECT e.id, e.device, e.detail, EXISTS(SELECT 1 FROM audit a WHERE a.tbl = "
-                                "'events' AND a.row_key = CAST(e.id AS TEXT)) FROM events e WHERE e.kind = '"
-                                FEDGE_AUDIT_KEYS_EVENT "' ORDER BY e.id", &st));
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *dev = (const char *)sqlite3_column_text(st, 1);
-        fedge_keys_event ev;
-        if (!sqlite3_column_int(st, 3)) {
+    CHK(fedge_audit_keys_ledger_load(db, &rows, &n_rows));
+    v = malloc((n_rows ? n_rows : 1) * sizeof *v);
+    if (!v)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0; i < n_rows; i++) {
+        const fedge_keys_ledger_row *r = &rows[i];
+        if (r->seq == INT64_MAX) {
             if (err)
                 snprintf(err, errlen, "events row %lld: a keys event with no audit entry (not written by the "
                          "aggregator; fedge-audit verify reports it as row_unaudited): delete it or restore the log",
-                         (long long)sqlite3_column_int64(st, 0));
+                         (long long)r->id);
             FAIL(FEDGE_ERR_AUDIT_CHAIN);
         }
-        if (n == cap) {
-            size_t ncap = cap ? 2 * cap : 64;
-            ledger_entry *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv)
-                FAIL(FEDGE_ERR_NOMEM);
-            v = nv;
-            cap = ncap;
-        }
-        ledger_entry *e = &v[n];
-        if (!dev || !fedge_device_id_valid(dev, strlen(dev)) ||
-            fedge_audit_keys_event_parse((const char *)sqlite3_column_text(st, 2), &ev) != FEDGE_OK) {
+        if (!r->parsed || !fedge_device_id_valid(r->device, strlen(r->device))) {
             if (err)
                 snprintf(err, errlen, "events row %lld: a malformed keys event (fedge-audit verify says more)",
-                         (long long)sqlite3_column_int64(st, 0));
+                         (long long)r->id);
             FAIL(FEDGE_ERR_AUDIT_CHAIN);
         }
-        snprintf(e->id, sizeof e->id, "%s", dev);
-        snprintf(e->region, sizeof e->region, "%s", ev.region);
-        memcpy(e->kid, ev.key_id, sizeof e->kid);
+        ledger_entry *e = &v[n];
+        snprintf(e->id, sizeof e->id, "%s", r->device);
+        snprintf(e->region, sizeof e->region, "%s", r->ev.region);
+        memcpy(e->kid, r->ev.key_id, sizeof e->kid);
         e->order = (int64_t)n;
-        e->live = ev.change != FEDGE_KEYS_REMOVED;
+        e->live = r->ev.change != FEDGE_KEYS_REMOVED;
         n++;
     }
-    if (rc != SQLITE_DONE)
-        FAIL(fedge_store_status(rc));
     if (n)
         qsort(v, n, sizeof *v, by_id_then_order);
     size_t k = 0; /* the last entry of each id, when live */
@@ -94,7 +83,7 @@ static int ledger_state(sqlite3 *db, ledger_entry **out, size_t *n_out, char *er
     *n_out = k;
     v = NULL;
 cleanup:
-    sqlite3_finalize(st);
+    fedge_audit_keys_ledger_free(rows, n_rows);
     free(v);
     return ret;
 }

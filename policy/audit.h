@@ -230,4 +230,20 @@ int fedge_audit_keys_event_format(const fedge_keys_event *ev, const char *keys_f
 /* FEDGE_ERR_AUDIT_CHAIN unless detail has exactly that form. */
 int fedge_audit_keys_event_parse(const char *detail, fedge_keys_event *ev);
 
+/* Every keys events row in id order, as both the daemon (the ledger's state
+ * at start-up) and verify (the replay) read it: *out malloc'd, n_out rows;
+ * free with fedge_audit_keys_ledger_free. seq: the row's first audit entry,
+ * INT64_MAX when it has none; parsed: device non-empty and detail of the form
+ * above (ev valid only then). FEDGE_ERR_SQL / FEDGE_ERR_NOMEM. */
+typedef struct {
+    int64_t id;
+    int64_t seq;
+    char *device;
+    int parsed;
+    fedge_keys_event ev;
+} fedge_keys_ledger_row;
+
+int fedge_audit_keys_ledger_load(sqlite3 *db, fedge_keys_ledger_row **out, size_t *n_out);
+void fedge_audit_keys_ledger_free(fedge_keys_ledger_row *rows, size_t n);
+
 #endif

@@ -120,13 +120,58 @@ int fedge_audit_keys_event_parse(const char *detail, fedge_keys_event *ev)
 
 /* ---- verify: the replay ---- */
 
-typedef struct {
-    int64_t id;
-    int64_t seq; /* the row's first audit entry; INT64_MAX: none (row_unaudited says so) */
-    char *device;
-    int parsed;
-    fedge_keys_event ev;
-} ledger_row;
+typedef fedge_keys_ledger_row ledger_row;
+
+int fedge_audit_keys_ledger_load(sqlite3 *db, fedge_keys_ledger_row **out, size_t *n_out)
+{
+    sqlite3_stmt *st = NULL;
+    ledger_row *v = NULL;
+    size_t n = 0, cap = 0;
+    int ret = FEDGE_OK, rc;
+    *out = NULL;
+    *n_out = 0;
+    if (sqlite3_prepare_v2(db, "SELECT e.id, e.device, e.detail, (SELECT min(a.seq) FROM audit a WHERE a.tbl = "
+                               "'events' AND a.row_key = CAST(e.id AS TEXT)) FROM events e WHERE e.kind = '"
+                               FEDGE_AUDIT_KEYS_EVENT "' ORDER BY e.id", -1, &st, NULL) != SQLITE_OK)
+        FAIL(FEDGE_ERR_SQL);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            size_t ncap = cap ? 2 * cap : 64;
+            ledger_row *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv)
+                FAIL(FEDGE_ERR_NOMEM);
+            v = nv;
+            cap = ncap;
+        }
+        const char *dev = (const char *)sqlite3_column_text(st, 1);
+        ledger_row *r = &v[n];
+        r->id = sqlite3_column_int64(st, 0);
+        r->seq = sqlite3_column_type(st, 3) == SQLITE_NULL ? INT64_MAX : sqlite3_column_int64(st, 3);
+        r->device = strdup(dev ? dev : "");
+        if (!r->device)
+            FAIL(FEDGE_ERR_NOMEM);
+        n++;
+        r->parsed = dev && dev[0] &&
+                    fedge_audit_keys_event_parse((const char *)sqlite3_column_text(st, 2), &r->ev) == FEDGE_OK;
+    }
+    if (rc != SQLITE_DONE)
+        FAIL(FEDGE_ERR_SQL);
+    *out = v;
+    *n_out = n;
+    v = NULL;
+    n = 0;
+cleanup:
+    sqlite3_finalize(st);
+    fedge_audit_keys_ledger_free(v, n);
+    return ret;
+}
+
+void fedge_audit_keys_ledger_free(fedge_keys_ledger_row *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(rows[i].device);
+    free(rows);
+}
 
 static int by_device_then_id(const void *x, const void *y)
 {
@@ -219,36 +264,10 @@ cleanup:
 
 int audit_check_keys_ledger(sqlite3 *db, fedge_audit_report *rep)
 {
-    sqlite3_stmt *st = NULL;
     ledger_row *v = NULL;
-    size_t n = 0, cap = 0;
-    int ret = FEDGE_OK, rc;
-    if (sqlite3_prepare_v2(db, "SELECT e.id, e.device, e.detail, (SELECT min(a.seq) FROM audit a WHERE a.tbl = "
-                               "'events' AND a.row_key = CAST(e.id AS TEXT)) FROM events e WHERE e.kind = '"
-                               FEDGE_AUDIT_KEYS_EVENT "' ORDER BY e.id", -1, &st, NULL) != SQLITE_OK)
-        FAIL(FEDGE_ERR_SQL);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            size_t ncap = cap ? 2 * cap : 64;
-            ledger_row *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv)
-                FAIL(FEDGE_ERR_NOMEM);
-            v = nv;
-            cap = ncap;
-        }
-        const char *dev = (const char *)sqlite3_column_text(st, 1);
-        ledger_row *r = &v[n];
-        r->id = sqlite3_column_int64(st, 0);
-        r->seq = sqlite3_column_type(st, 3) == SQLITE_NULL ? INT64_MAX : sqlite3_column_int64(st, 3);
-        r->device = strdup(dev ? dev : "");
-        if (!r->device)
-            FAIL(FEDGE_ERR_NOMEM);
-        n++;
-        r->parsed = dev && dev[0] &&
-                    fedge_audit_keys_event_parse((const char *)sqlite3_column_text(st, 2), &r->ev) == FEDGE_OK;
-    }
-    if (rc != SQLITE_DONE)
-        FAIL(FEDGE_ERR_SQL);
+    size_t n = 0;
+    int ret;
+    CHK(fedge_audit_keys_ledger_load(db, &v, &n));
     if (n)
         qsort(v, n, sizeof *v, by_device_then_id);
     const ledger_row *prev = NULL; /* the device's last well-formed entry */
@@ -283,9 +302,6 @@ int audit_check_keys_ledger(sqlite3 *db, fedge_audit_report *rep)
     if (n)
         CHK(check_admitted(db, v, n, rep));
 cleanup:
-    sqlite3_finalize(st);
-    for (size_t i = 0; i < n; i++)
-        free(v[i].device);
-    free(v);
+    fedge_audit_keys_ledger_free(v, n);
     return ret;
 }
