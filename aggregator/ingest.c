@@ -160,8 +160,10 @@ static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, si
     f->open_status = fedge_update_open_metrics(&snap->key, body, len, &exp, f->plain, &f->header, &f->counter,
                                                delta, &f->metrics);
     f->encoded_len = FEDGE_DELTA_HEADER_LEN + view.ct_len;
-    if (f->open_status == FEDGE_OK)
+    if (f->open_status == FEDGE_OK) {
         f->norm = fedge_l2_norm(delta, snap->n_params);
+        CHK(fedge_sha256(f->plain, f->encoded_len, f->plain_sha256));
+    }
 cleanup:
     if (ret != FEDGE_OK)
         fedge_ingest_frame_free(f);
@@ -314,11 +316,13 @@ static int commit_one(fedge_aggregator *a, int d, const char *device, const fedg
     /* Authenticated from here on: the decision is logged with its reason. */
     float *delta = f->delta;
     if (!delta) {
-        /* the same bytes fedge_update_open decoded and checked */
         CHK(scratch_reserve(w, f->header.n_elems));
-        CHK(fedge_delta_decode_payload(&f->header, f->plain + FEDGE_DELTA_HEADER_LEN,
-                                       f->encoded_len - FEDGE_DELTA_HEADER_LEN, w->v));
-        delta = w->v;
+        if (snap->scaffold && a->control) {
+            /* the same bytes fedge_update_open decoded and checked */
+            CHK(fedge_delta_decode_payload(&f->header, f->plain + FEDGE_DELTA_HEADER_LEN,
+                                           f->encoded_len - FEDGE_DELTA_HEADER_LEN, w->v));
+            delta = w->v;
+        }
     }
     char control_why[FEDGE_POLICY_REASON_MAX];
     int control_ok = 1;
@@ -339,6 +343,8 @@ static int commit_one(fedge_aggregator *a, int d, const char *device, const fedg
         .control_refusal = control_ok ? NULL : control_why,
         .norm = &f->norm,
         .metrics = &f->metrics,
+        .encoded_sha256 = f->plain_sha256,
+        .decode_into = delta ? NULL : w->v,
     };
     int accepted = 0;
     char reason[FEDGE_POLICY_REASON_MAX + 64];

@@ -80,6 +80,7 @@ typedef struct {
     float *delta;                /* decoded, n_params (x 2 under SCAFFOLD); NULL from open_with */
     double norm;                 /* L2 norm of the model half, when open_status == FEDGE_OK */
     fedge_train_metrics metrics; /* the aad's training metrics (present 0: none), when open */
+    uint8_t plain_sha256[FEDGE_HASH_LEN]; /* of plain[0..encoded_len), when open_status == FEDGE_OK */
 } fedge_ingest_frame;
 
 /* Owner thread: the snapshot for device index d. */
