@@ -104,13 +104,15 @@ void fedge_ingest_scratch_free(fedge_ingest_scratch *w)
     w->cap = 0;
 }
 
-/* w NULL: the frame gets a delta buffer of its own */
+/* w NULL: the frame gets a delta buffer of its own; own: body is the
+ * frame's (f->owned), opened in place */
 static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, fedge_ingest_scratch *w,
-                      fedge_ingest_frame *f)
+                      uint8_t *own, fedge_ingest_frame *f)
 {
     fedge_envelope_view view;
     int ret = FEDGE_OK;
     memset(f, 0, sizeof *f);
+    f->owned = own;
     f->len = len;
     if (len > snap->max_len) {
         f->oversized = 1;
@@ -136,9 +138,11 @@ static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, si
         return FEDGE_OK;
     size_t n_elems = snap->n_params * (snap->scaffold ? 2 : 1);
     float *delta = NULL;
-    f->plain = malloc(len);
-    if (!f->plain)
-        FAIL(FEDGE_ERR_NOMEM);
+    if (!own) {
+        f->plain = malloc(len);
+        if (!f->plain)
+            FAIL(FEDGE_ERR_NOMEM);
+    }
     if (w) {
         CHK(scratch_reserve(w, n_elems));
         delta = w->v;
@@ -157,9 +161,17 @@ static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, si
         .run_id = snap->run_id,
     };
     f->opened = 1;
-    f->open_status = fedge_update_open_metrics(&snap->key, body, len, &exp, f->plain, &f->header, &f->counter,
-                                               delta, &f->metrics);
     f->encoded_len = FEDGE_DELTA_HEADER_LEN + view.ct_len;
+    if (own) {
+        size_t off = 0;
+        f->open_status = fedge_update_open_inplace(&snap->key, own, len, &exp, &off, &f->header, &f->counter, delta,
+                                                   &f->metrics);
+        if (f->open_status == FEDGE_OK)
+            f->plain = own + off;
+    } else {
+        f->open_status = fedge_update_open_metrics(&snap->key, body, len, &exp, f->plain, &f->header, &f->counter,
+                                                   delta, &f->metrics);
+    }
     if (f->open_status == FEDGE_OK) {
         f->norm = fedge_l2_norm(delta, snap->n_params);
         CHK(fedge_sha256(f->plain, f->encoded_len, f->plain_sha256));
@@ -172,7 +184,7 @@ cleanup:
 
 int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, fedge_ingest_frame *f)
 {
-    return open_frame(snap, body, len, NULL, f);
+    return open_frame(snap, body, len, NULL, NULL, f);
 }
 
 int fedge_ingest_open_with(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len,
@@ -180,16 +192,34 @@ int fedge_ingest_open_with(const fedge_ingest_snapshot *snap, const uint8_t *bod
 {
     if (!w)
         return FEDGE_ERR_INVALID_ARG;
-    return open_frame(snap, body, len, w, f);
+    return open_frame(snap, body, len, w, NULL, f);
+}
+
+int fedge_ingest_open_inplace(const fedge_ingest_snapshot *snap, uint8_t *body, size_t len,
+                              fedge_ingest_scratch *w, fedge_ingest_frame *f)
+{
+    if (!w || !body) {
+        memset(f, 0, sizeof *f);
+        if (body) {
+            memset(body, 0, len);
+            free(body);
+        }
+        return FEDGE_ERR_INVALID_ARG;
+    }
+    return open_frame(snap, body, len, w, body, f);
 }
 
 void fedge_ingest_frame_free(fedge_ingest_frame *f)
 {
-    if (f->plain) {
+    if (f->owned) {
+        memset(f->owned, 0, f->len);
+        free(f->owned);
+    } else if (f->plain) {
         memset(f->plain, 0, f->len);
         free(f->plain);
     }
     free(f->delta);
+    f->owned = NULL;
     f->plain = NULL;
     f->delta = NULL;
 }

@@ -49,10 +49,8 @@ static void *worker(void *arg)
 
         j->next = NULL;
         j->opened_at = mono();
-        j->status = fedge_ingest_open_with(&j->snap, j->body, j->len, &scratch, &j->frame);
-        /* the frame holds what the commit needs: the body's room goes back
-         * to the allocator now, for the uploads still arriving */
-        free(j->body);
+        /* decrypted in place: the frame takes the body as its own */
+        j->status = fedge_ingest_open_inplace(&j->snap, j->body, j->len, &scratch, &j->frame);
         j->body = NULL;
 
         pthread_mutex_lock(&p->mu);

@@ -161,6 +161,61 @@ static void test_open_with_reuses_scratch(void **state)
     free(b2);
 }
 
+/* open_inplace (the pool's way): the frame takes the sealed body and
+ * decrypts in it; the same outcome, bytes and hashes as open_with; a
+ * refused or oversized frame still takes (and frees) its body: ASan would
+ * see a leak or a double free. */
+static void test_open_inplace_same_as_open_with(void **state)
+{
+    fixture *fx = *state;
+    fedge_ingest_scratch w = {0};
+    fedge_ingest_frame ref, f;
+    size_t len;
+    uint8_t *b1 = seal(fx, 8, 5, 0.25f, 0, &len);
+    assert_int_equal(fedge_ingest_open_with(&fx->snap, b1, len, &w, &ref), FEDGE_OK);
+    uint8_t *own = malloc(len);
+    assert_non_null(own);
+    memcpy(own, b1, len);
+    assert_int_equal(fedge_ingest_open_inplace(&fx->snap, own, len, &w, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_OK);
+    assert_ptr_equal(f.owned, own);
+    assert_true(f.plain > own && f.plain < own + len);
+    assert_int_equal(f.encoded_len, ref.encoded_len);
+    assert_memory_equal(f.plain, ref.plain, ref.encoded_len);
+    assert_memory_equal(f.plain_sha256, ref.plain_sha256, FEDGE_HASH_LEN);
+    assert_memory_equal(f.sealed_sha256, ref.sealed_sha256, FEDGE_HASH_LEN);
+    assert_memory_equal(&f.header, &ref.header, sizeof f.header);
+    assert_true(f.norm == ref.norm && f.counter == ref.counter);
+    fedge_ingest_frame_free(&f);
+    assert_null(f.owned);
+    assert_null(f.plain);
+    fedge_ingest_frame_free(&ref);
+
+    fedge_ingest_snapshot other = fx->snap;
+    other.key.key[0] ^= 1;
+    own = malloc(len);
+    assert_non_null(own);
+    memcpy(own, b1, len);
+    assert_int_equal(fedge_ingest_open_inplace(&other, own, len, &w, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_ERR_ENV_AUTH);
+    assert_null(f.plain);
+    fedge_ingest_frame_free(&f);
+
+    other = fx->snap;
+    other.max_len = len - 1;
+    own = malloc(len);
+    assert_non_null(own);
+    memcpy(own, b1, len);
+    assert_int_equal(fedge_ingest_open_inplace(&other, own, len, &w, &f), FEDGE_OK);
+    assert_true(f.oversized);
+    fedge_ingest_frame_free(&f);
+    own = malloc(len);
+    assert_non_null(own);
+    assert_int_equal(fedge_ingest_open_inplace(&fx->snap, own, len, NULL, &f), FEDGE_ERR_INVALID_ARG);
+    fedge_ingest_scratch_free(&w);
+    free(b1);
+}
+
 /* Freshness is judged against the snapshot's counter, nothing else. */
 static void test_open_counter_against_snapshot(void **state)
 {
@@ -706,6 +761,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_open_good_frame, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_with_reuses_scratch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_inplace_same_as_open_with, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_counter_against_snapshot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_records_each_refusal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_on_worker_threads, setup, teardown),
