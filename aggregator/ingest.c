@@ -143,7 +143,9 @@ static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, si
         if (!f->plain)
             FAIL(FEDGE_ERR_NOMEM);
     }
-    if (w) {
+    if (own) {
+        /* no decoded delta: the norm is read from the payload */
+    } else if (w) {
         CHK(scratch_reserve(w, n_elems));
         delta = w->v;
     } else {
@@ -164,18 +166,18 @@ static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, si
     f->encoded_len = FEDGE_DELTA_HEADER_LEN + view.ct_len;
     if (own) {
         size_t off = 0;
-        f->open_status = fedge_update_open_inplace(&snap->key, own, len, &exp, &off, &f->header, &f->counter, delta,
-                                                   &f->metrics);
+        f->open_status = fedge_update_open_inplace_norm(&snap->key, own, len, &exp, snap->n_params, &off,
+                                                        &f->header, &f->counter, &f->norm, &f->metrics);
         if (f->open_status == FEDGE_OK)
             f->plain = own + off;
     } else {
         f->open_status = fedge_update_open_metrics(&snap->key, body, len, &exp, f->plain, &f->header, &f->counter,
                                                    delta, &f->metrics);
+        if (f->open_status == FEDGE_OK)
+            f->norm = fedge_l2_norm(delta, snap->n_params);
     }
-    if (f->open_status == FEDGE_OK) {
-        f->norm = fedge_l2_norm(delta, snap->n_params);
+    if (f->open_status == FEDGE_OK)
         CHK(fedge_sha256(f->plain, f->encoded_len, f->plain_sha256));
-    }
 cleanup:
     if (ret != FEDGE_OK)
         fedge_ingest_frame_free(f);
@@ -195,18 +197,13 @@ int fedge_ingest_open_with(const fedge_ingest_snapshot *snap, const uint8_t *bod
     return open_frame(snap, body, len, w, NULL, f);
 }
 
-int fedge_ingest_open_inplace(const fedge_ingest_snapshot *snap, uint8_t *body, size_t len,
-                              fedge_ingest_scratch *w, fedge_ingest_frame *f)
+int fedge_ingest_open_inplace(const fedge_ingest_snapshot *snap, uint8_t *body, size_t len, fedge_ingest_frame *f)
 {
-    if (!w || !body) {
+    if (!body) {
         memset(f, 0, sizeof *f);
-        if (body) {
-            memset(body, 0, len);
-            free(body);
-        }
         return FEDGE_ERR_INVALID_ARG;
     }
-    return open_frame(snap, body, len, w, body, f);
+    return open_frame(snap, body, len, NULL, body, f);
 }
 
 void fedge_ingest_frame_free(fedge_ingest_frame *f)

@@ -3,8 +3,8 @@
  * updates are opened (issue 9 §4).
  *
  * The owner thread takes the snapshot, submits a job (snapshot + frame
- * bytes); a worker opens it in place (fedge_ingest_open_inplace, into the worker's
- * scratch: a finished job holds no decoded delta); the owner takes finished jobs (in order of
+ * bytes); a worker opens it in place (fedge_ingest_open_inplace: a
+ * finished job holds no decoded delta); the owner takes finished jobs (in order of
  * completion) and commits them (fedge_ingest_commit_group). The pool holds
  * at most `capacity` jobs (queued, being opened, or finished and not yet
  * taken): a submit beyond that is refused with FEDGE_ERR_BUSY at once (the

@@ -154,5 +154,14 @@ int fedge_update_open_inplace(const fedge_device_key *k, uint8_t *frame, size_t 
                               const fedge_update_expect *exp, size_t *enc_off,
                               fedge_delta_header *h, uint64_t *counter, float *delta,
                               fedge_train_metrics *m);
+/* fedge_update_open_inplace without decoding the delta: every payload value
+ * is checked as the decode checks it (the same errors) and *norm is the L2
+ * norm of its first norm_n values (fedge_delta_payload_norm: the double
+ * summing the decoded floats would give, bit for bit); norm_n <= n_elems.
+ * *norm is written only on success. */
+int fedge_update_open_inplace_norm(const fedge_device_key *k, uint8_t *frame, size_t len,
+                                   const fedge_update_expect *exp, size_t norm_n, size_t *enc_off,
+                                   fedge_delta_header *h, uint64_t *counter, double *norm,
+                                   fedge_train_metrics *m);
 
 #endif

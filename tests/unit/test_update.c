@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "combine.h"
 #include "crypto.h"
 #include "error.h"
 #include "update.h"
@@ -754,6 +755,32 @@ static int open_both_ways(const fedge_device_key *k, const uint8_t *in, size_t l
     int r1 = fedge_update_open_metrics(k, in, len, ex, scratch, &h1, &c1, d1, &m1);
     int r2 = fedge_update_open_inplace(k, copy, len, ex, &off, &h2, &c2, d2, &m2);
     assert_int_equal(r2, r1);
+    {   /* without decoding: the norm of the values instead, the same verdict and bytes */
+        uint8_t *copy3 = malloc(len);
+        assert_non_null(copy3);
+        memcpy(copy3, in, len);
+        fedge_delta_header h3;
+        memset(&h3, SENTINEL, sizeof h3);
+        uint64_t c3 = 7;
+        fedge_train_metrics m3;
+        memset(&m3, SENTINEL, sizeof m3);
+        size_t off3 = 12345;
+        double norm = -1;
+        int r3 = fedge_update_open_inplace_norm(k, copy3, len, ex, n / 2, &off3, &h3, &c3, &norm, &m3);
+        assert_int_equal(r3, r1);
+        assert_memory_equal(&h3, &h1, sizeof h1);
+        assert_true(c3 == c1);
+        assert_memory_equal(&m3, &m1, sizeof m1);
+        if (r1 == FEDGE_OK) {
+            double want = fedge_l2_norm(d1, n / 2);
+            assert_memory_equal(&norm, &want, sizeof norm);
+            assert_int_equal(off3, off);
+            assert_memory_equal(copy3, copy, len);
+        } else {
+            assert_true(norm == -1);
+        }
+        free(copy3);
+    }
     assert_memory_equal(&h1, &h2, sizeof h1);
     assert_true(c1 == c2);
     assert_memory_equal(d1, d2, sizeof(float) * (n + 1));
