@@ -528,6 +528,12 @@ int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *paylo
 /* acc[(g0 + j) % 8] += x[j]^2 for j < k: element g's square goes to lane g % 8 */
 static void add_squares(double acc[8], size_t g0, const float *x, size_t k)
 {
+    if (k == CHUNK && (g0 & 7) == 0) { /* lanes in step: fixed trip counts, vectorised */
+        for (size_t j = 0; j < CHUNK; j += 8)
+            for (size_t l = 0; l < 8; l++)
+                acc[l] += (double)x[j + l] * (double)x[j + l];
+        return;
+    }
     for (size_t j = 0; j < k; j++)
         acc[(g0 + j) & 7] += (double)x[j] * (double)x[j];
 }
