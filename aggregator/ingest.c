@@ -138,20 +138,18 @@ static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, si
         return FEDGE_OK;
     size_t n_elems = snap->n_params * (snap->scaffold ? 2 : 1);
     float *delta = NULL;
-    if (!own) {
+    if (!own) { /* in place, the norm is read from the payload: no delta */
         f->plain = malloc(len);
         if (!f->plain)
             FAIL(FEDGE_ERR_NOMEM);
-    }
-    if (own) {
-        /* no decoded delta: the norm is read from the payload */
-    } else if (w) {
-        CHK(scratch_reserve(w, n_elems));
-        delta = w->v;
-    } else {
-        delta = f->delta = malloc(n_elems * sizeof(float));
-        if (!delta)
-            FAIL(FEDGE_ERR_NOMEM);
+        if (w) {
+            CHK(scratch_reserve(w, n_elems));
+            delta = w->v;
+        } else {
+            delta = f->delta = malloc(n_elems * sizeof(float));
+            if (!delta)
+                FAIL(FEDGE_ERR_NOMEM);
+        }
     }
     fedge_update_expect exp = {
         .model_id = snap->model_id,
