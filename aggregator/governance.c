@@ -498,6 +498,16 @@ static int count_recent(fedge_aggregator *a, const char *device, double since, u
     return ret;
 }
 
+/* in->encoded's payload into in->decode_into (the bytes fedge_update_open
+ * decoded and checked) */
+static int decode_encoded(const fedge_gov_update_in *in)
+{
+    if (in->encoded_len < FEDGE_DELTA_HEADER_LEN)
+        return FEDGE_ERR_INVALID_ARG;
+    return fedge_delta_decode_payload(in->header, in->encoded + FEDGE_DELTA_HEADER_LEN,
+                                      in->encoded_len - FEDGE_DELTA_HEADER_LEN, in->decode_into);
+}
+
 int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, int *accepted, char *reason,
                            size_t reason_len)
 {
@@ -512,7 +522,15 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     double wall = fedge_clock_wall();
     *accepted = 0;
 
-    double norm = in->norm ? *in->norm : fedge_l2_norm(in->delta, in->n_params);
+    uint8_t body_sha[FEDGE_HASH_LEN];
+    float *delta = in->delta;
+    if (!delta && (!in->norm || !in->decode_into)) {
+        if (!in->decode_into)
+            return FEDGE_ERR_INVALID_ARG;
+        CHK(decode_encoded(in));
+        delta = in->decode_into;
+    }
+    double norm = in->norm ? *in->norm : fedge_l2_norm(delta, in->n_params);
     CHK(fedge_gov_staleness(a, in->header->base_version, &found, &staleness));
     double window = fedge_policy_rate_window_s(a->policy);
     if (window > 0)
@@ -549,8 +567,12 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
         /* Store the delta as it enters the aggregate: clipped, in fp32. The
          * norm rules see the model delta alone: a SCAFFOLD update's control
          * half is stored as sent. */
+        if (!delta) {
+            CHK(decode_encoded(in));
+            delta = in->decode_into;
+        }
         for (size_t i = 0; i < in->n_params; i++)
-            in->delta[i] *= (float)d.clip_factor;
+            delta[i] *= (float)d.clip_factor;
         fedge_delta_header h = *in->header;
         h.encoding = FEDGE_ENC_FP32;
         h.block_size = 0;
@@ -559,8 +581,14 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
         clipped = malloc(blob_len);
         if (!clipped)
             FAIL(FEDGE_ERR_NOMEM);
-        CHK(fedge_delta_encode(&h, in->delta, NULL, clipped, blob_len, &blob_len));
+        CHK(fedge_delta_encode(&h, delta, NULL, clipped, blob_len, &blob_len));
         blob = clipped;
+    }
+    if (d.decision != FEDGE_DECISION_REJECT) {
+        if (blob == in->encoded && in->encoded_sha256)
+            memcpy(body_sha, in->encoded_sha256, FEDGE_HASH_LEN);
+        else
+            CHK(fedge_sha256(blob, blob_len, body_sha));
     }
 
     if (!a->ingest_group_tx) {
@@ -568,7 +596,8 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
         in_tx = 1;
     }
     CHK(fedge_store_prepare(a->db, "INSERT INTO updates(round, device, received_at, n_samples, encoding, bytes, counter,"
-                           " norm, decision, rule, reason, delta, sealed_sha256) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)", &st));
+                           " norm, decision, rule, reason, delta, sealed_sha256, delta_sha256)"
+                           " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", &st));
     sqlite3_bind_int64(st, 1, a->round);
     sqlite3_bind_text(st, 2, in->device, -1, SQLITE_STATIC);
     sqlite3_bind_double(st, 3, wall);
@@ -581,8 +610,10 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     sqlite3_bind_text(st, 9, fedge_decision_name(d.decision), -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 10, d.rule, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 11, d.reason, -1, SQLITE_STATIC);
-    if (d.decision != FEDGE_DECISION_REJECT)
+    if (d.decision != FEDGE_DECISION_REJECT) {
         sqlite3_bind_blob(st, 12, blob, (int)blob_len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 14, body_sha, FEDGE_HASH_LEN, SQLITE_STATIC);
+    }
     if (in->sealed_sha256)
         sqlite3_bind_blob(st, 13, in->sealed_sha256, FEDGE_HASH_LEN, SQLITE_STATIC);
     int rc = sqlite3_step(st);
@@ -594,7 +625,10 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
     st = NULL;
     snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(a->db));
     CHK(fedge_train_metrics_store(a->db, sqlite3_last_insert_rowid(a->db), in->metrics));
-    CHK(fedge_audit_append(a->db, "updates", key));
+    if (d.decision != FEDGE_DECISION_REJECT)
+        CHK(fedge_audit_append_body(a->db, "updates", key, body_sha));
+    else
+        CHK(fedge_audit_append(a->db, "updates", key));
     CHK(fedge_store_prepare(a->db, "UPDATE devices SET last_counter=?, last_seen=? WHERE id=?", &st));
     sqlite3_bind_int64(st, 1, (sqlite3_int64)in->counter);
     sqlite3_bind_double(st, 2, wall);

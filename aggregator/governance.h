@@ -34,6 +34,13 @@ typedef struct {
     const char *control_refusal;     /* SCAFFOLD: why the control half is refused, or NULL */
     const double *norm;              /* the model half's L2 norm, computed by the caller; NULL: here */
     const fedge_train_metrics *metrics; /* the edge's training metrics (update.h), or NULL */
+    /* SHA-256 of encoded[0..encoded_len), or NULL: computed here. Stored
+     * with the row (delta_sha256) and entered in the audit entry without
+     * reading the stored body back (fedge_audit_append_body). */
+    const uint8_t *encoded_sha256;
+    /* delta NULL: encoded is decoded into decode_into (header->n_elems
+     * floats) only when the decision is to clip or norm is NULL */
+    float *decode_into;
 } fedge_gov_update_in;
 
 /* Loads the policy (cfg.policy_file or the default), the signing key, and

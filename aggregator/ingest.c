@@ -104,13 +104,15 @@ void fedge_ingest_scratch_free(fedge_ingest_scratch *w)
     w->cap = 0;
 }
 
-/* w NULL: the frame gets a delta buffer of its own */
+/* w NULL: the frame gets a delta buffer of its own; own: body is the
+ * frame's (f->owned), opened in place */
 static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, fedge_ingest_scratch *w,
-                      fedge_ingest_frame *f)
+                      uint8_t *own, fedge_ingest_frame *f)
 {
     fedge_envelope_view view;
     int ret = FEDGE_OK;
     memset(f, 0, sizeof *f);
+    f->owned = own;
     f->len = len;
     if (len > snap->max_len) {
         f->oversized = 1;
@@ -136,16 +138,18 @@ static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, si
         return FEDGE_OK;
     size_t n_elems = snap->n_params * (snap->scaffold ? 2 : 1);
     float *delta = NULL;
-    f->plain = malloc(len);
-    if (!f->plain)
-        FAIL(FEDGE_ERR_NOMEM);
-    if (w) {
-        CHK(scratch_reserve(w, n_elems));
-        delta = w->v;
-    } else {
-        delta = f->delta = malloc(n_elems * sizeof(float));
-        if (!delta)
+    if (!own) { /* in place, the norm is read from the payload: no delta */
+        f->plain = malloc(len);
+        if (!f->plain)
             FAIL(FEDGE_ERR_NOMEM);
+        if (w) {
+            CHK(scratch_reserve(w, n_elems));
+            delta = w->v;
+        } else {
+            delta = f->delta = malloc(n_elems * sizeof(float));
+            if (!delta)
+                FAIL(FEDGE_ERR_NOMEM);
+        }
     }
     fedge_update_expect exp = {
         .model_id = snap->model_id,
@@ -157,11 +161,21 @@ static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, si
         .run_id = snap->run_id,
     };
     f->opened = 1;
-    f->open_status = fedge_update_open_metrics(&snap->key, body, len, &exp, f->plain, &f->header, &f->counter,
-                                               delta, &f->metrics);
     f->encoded_len = FEDGE_DELTA_HEADER_LEN + view.ct_len;
+    if (own) {
+        size_t off = 0;
+        f->open_status = fedge_update_open_inplace_norm(&snap->key, own, len, &exp, snap->n_params, &off,
+                                                        &f->header, &f->counter, &f->norm, &f->metrics);
+        if (f->open_status == FEDGE_OK)
+            f->plain = own + off;
+    } else {
+        f->open_status = fedge_update_open_metrics(&snap->key, body, len, &exp, f->plain, &f->header, &f->counter,
+                                                   delta, &f->metrics);
+        if (f->open_status == FEDGE_OK)
+            f->norm = fedge_l2_norm(delta, snap->n_params);
+    }
     if (f->open_status == FEDGE_OK)
-        f->norm = fedge_l2_norm(delta, snap->n_params);
+        CHK(fedge_sha256(f->plain, f->encoded_len, f->plain_sha256));
 cleanup:
     if (ret != FEDGE_OK)
         fedge_ingest_frame_free(f);
@@ -170,7 +184,7 @@ cleanup:
 
 int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, fedge_ingest_frame *f)
 {
-    return open_frame(snap, body, len, NULL, f);
+    return open_frame(snap, body, len, NULL, NULL, f);
 }
 
 int fedge_ingest_open_with(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len,
@@ -178,16 +192,29 @@ int fedge_ingest_open_with(const fedge_ingest_snapshot *snap, const uint8_t *bod
 {
     if (!w)
         return FEDGE_ERR_INVALID_ARG;
-    return open_frame(snap, body, len, w, f);
+    return open_frame(snap, body, len, w, NULL, f);
+}
+
+int fedge_ingest_open_inplace(const fedge_ingest_snapshot *snap, uint8_t *body, size_t len, fedge_ingest_frame *f)
+{
+    if (!body) {
+        memset(f, 0, sizeof *f);
+        return FEDGE_ERR_INVALID_ARG;
+    }
+    return open_frame(snap, body, len, NULL, body, f);
 }
 
 void fedge_ingest_frame_free(fedge_ingest_frame *f)
 {
-    if (f->plain) {
+    if (f->owned) {
+        memset(f->owned, 0, f->len);
+        free(f->owned);
+    } else if (f->plain) {
         memset(f->plain, 0, f->len);
         free(f->plain);
     }
     free(f->delta);
+    f->owned = NULL;
     f->plain = NULL;
     f->delta = NULL;
 }
@@ -314,11 +341,13 @@ static int commit_one(fedge_aggregator *a, int d, const char *device, const fedg
     /* Authenticated from here on: the decision is logged with its reason. */
     float *delta = f->delta;
     if (!delta) {
-        /* the same bytes fedge_update_open decoded and checked */
         CHK(scratch_reserve(w, f->header.n_elems));
-        CHK(fedge_delta_decode_payload(&f->header, f->plain + FEDGE_DELTA_HEADER_LEN,
-                                       f->encoded_len - FEDGE_DELTA_HEADER_LEN, w->v));
-        delta = w->v;
+        if (snap->scaffold && a->control) {
+            /* the same bytes fedge_update_open decoded and checked */
+            CHK(fedge_delta_decode_payload(&f->header, f->plain + FEDGE_DELTA_HEADER_LEN,
+                                           f->encoded_len - FEDGE_DELTA_HEADER_LEN, w->v));
+            delta = w->v;
+        }
     }
     char control_why[FEDGE_POLICY_REASON_MAX];
     int control_ok = 1;
@@ -339,6 +368,8 @@ static int commit_one(fedge_aggregator *a, int d, const char *device, const fedg
         .control_refusal = control_ok ? NULL : control_why,
         .norm = &f->norm,
         .metrics = &f->metrics,
+        .encoded_sha256 = f->plain_sha256,
+        .decode_into = delta ? NULL : w->v,
     };
     int accepted = 0;
     char reason[FEDGE_POLICY_REASON_MAX + 64];

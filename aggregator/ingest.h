@@ -18,12 +18,12 @@
  *                               audit entry in one committed transaction
  *                               (governance.h), then the scheduler counts it.
  *
- * The ingest workers open with fedge_ingest_open_with: the delta is decoded
- * (and its norm taken) into the worker's own scratch, reused from frame to
- * frame, and not kept: a frame waiting for its commit holds its sealed and
- * decrypted bytes only, and (b) decodes the decrypted bytes again into the
- * group's scratch (one int8 decode, ~20 us for mlp:784-200-10, against a
- * fresh n_params x 4-byte buffer faulted in per update).
+ * The ingest workers open the frame in place (fedge_ingest_open_inplace):
+ * the delta's norm is read from the payload without decoding it, and a
+ * frame waiting for its commit holds one buffer, its sealed bytes with the
+ * payload decrypted over the ciphertext. (b) decodes the decrypted bytes
+ * again into the group's scratch only to clip the delta or for a SCAFFOLD
+ * control check; the worker hashed them (the stored body's SHA-256).
  *
  * fedge_agg_submit is snapshot, (a), (b). The device learns "accepted" only
  * after its update is committed. Errors returned are the daemon's own (SQL,
@@ -80,6 +80,8 @@ typedef struct {
     float *delta;                /* decoded, n_params (x 2 under SCAFFOLD); NULL from open_with */
     double norm;                 /* L2 norm of the model half, when open_status == FEDGE_OK */
     fedge_train_metrics metrics; /* the aad's training metrics (present 0: none), when open */
+    uint8_t plain_sha256[FEDGE_HASH_LEN]; /* of plain[0..encoded_len), when open_status == FEDGE_OK */
+    uint8_t *owned;              /* open_inplace: the sealed frame (len bytes), plain points into it */
 } fedge_ingest_frame;
 
 /* Owner thread: the snapshot for device index d. */
@@ -101,6 +103,14 @@ void fedge_ingest_scratch_free(fedge_ingest_scratch *w);
  * again. FEDGE_ERR_NOMEM only. */
 int fedge_ingest_open_with(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len,
                            fedge_ingest_scratch *w, fedge_ingest_frame *f);
+/* (a) as fedge_ingest_open_with, decrypting in place in body (malloc'd,
+ * len bytes; fedge_update_open_inplace_norm): one buffer per update instead
+ * of the sealed frame and its decrypted copy, and no decoded delta at all:
+ * the norm is read from the payload (fedge_delta_payload_norm, the same
+ * double). body is the frame's from this call on, whatever it returns
+ * (fedge_ingest_frame_free wipes and frees it); f->plain points into it.
+ * FEDGE_ERR_NOMEM, or INVALID_ARG for a NULL body, only. */
+int fedge_ingest_open_inplace(const fedge_ingest_snapshot *snap, uint8_t *body, size_t len, fedge_ingest_frame *f);
 /* (b): owner thread; snap is the one f was opened against. The device's
  * counter and status are read again here, and the frame is checked against
  * the current counter and round: one opened against an older snapshot that

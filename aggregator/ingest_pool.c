@@ -34,7 +34,6 @@ static double mono(void)
 static void *worker(void *arg)
 {
     fedge_ingest_pool *p = arg;
-    fedge_ingest_scratch scratch = {0}; /* this worker's decoded delta, reused */
     pthread_mutex_lock(&p->mu);
     for (;;) {
         while (!p->queue && !p->stopping)
@@ -49,10 +48,8 @@ static void *worker(void *arg)
 
         j->next = NULL;
         j->opened_at = mono();
-        j->status = fedge_ingest_open_with(&j->snap, j->body, j->len, &scratch, &j->frame);
-        /* the frame holds what the commit needs: the body's room goes back
-         * to the allocator now, for the uploads still arriving */
-        free(j->body);
+        /* decrypted in place: the frame takes the body as its own */
+        j->status = fedge_ingest_open_inplace(&j->snap, j->body, j->len, &j->frame);
         j->body = NULL;
 
         pthread_mutex_lock(&p->mu);
@@ -68,7 +65,6 @@ static void *worker(void *arg)
         (void)w;
     }
     pthread_mutex_unlock(&p->mu);
-    fedge_ingest_scratch_free(&scratch);
     return NULL;
 }
 

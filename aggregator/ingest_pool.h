@@ -3,8 +3,8 @@
  * updates are opened (issue 9 §4).
  *
  * The owner thread takes the snapshot, submits a job (snapshot + frame
- * bytes); a worker opens it (fedge_ingest_open_with, into the worker's
- * scratch: a finished job holds no decoded delta); the owner takes finished jobs (in order of
+ * bytes); a worker opens it in place (fedge_ingest_open_inplace: a
+ * finished job holds no decoded delta); the owner takes finished jobs (in order of
  * completion) and commits them (fedge_ingest_commit_group). The pool holds
  * at most `capacity` jobs (queued, being opened, or finished and not yet
  * taken): a submit beyond that is refused with FEDGE_ERR_BUSY at once (the
@@ -26,7 +26,7 @@ typedef struct fedge_ingest_job {
     void *owner;                 /* the caller's: whom to answer */
     int device;                  /* index into keys.devices */
     fedge_ingest_snapshot snap;
-    uint8_t *body;               /* the sealed frame; owned by the job, freed once opened (NULL) */
+    uint8_t *body;               /* the sealed frame; owned by the job, the frame's once opened (NULL) */
     size_t len;
     fedge_ingest_frame frame;    /* stage (a)'s result, when status == FEDGE_OK */
     int status;                  /* fedge_ingest_open's return */

@@ -35,7 +35,7 @@
  *       rule TEXT NOT NULL, reason TEXT NOT NULL,
  *       delta BLOB,                               -- encoded delta of an accepted update
  *       sealed_sha256 BLOB,                       -- of the frame as received (resends)
- *       delta_sha256 BLOB,                        -- SHA-256 of delta (written by the audit append)
+ *       delta_sha256 BLOB,                        -- SHA-256 of delta (with the row, or by its audit append)
  *       delta_pruned_round INTEGER)               -- round whose retention dropped delta
  *       UNIQUE(round, device) for accepted/clipped rows (partial index)
  *   events(id INTEGER PRIMARY KEY, at REAL NOT NULL, round INTEGER, device TEXT,

@@ -139,8 +139,10 @@ static int parse_key(const audit_table *t, const char *row_key, int64_t *id)
     return FEDGE_OK;
 }
 
-int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
-                   size_t *len, audit_body_info *body)
+/* known_sha: the hashed BLOB's SHA-256 as its writer computed it; the BLOB
+ * is then not read (only its type) */
+static int canon_build(sqlite3 *db, const char *tbl, const char *row_key, const uint8_t *known_sha,
+                       uint8_t **canon, size_t *len, audit_body_info *body)
 {
     int ret = FEDGE_OK;
     sqlite3_stmt *st = NULL;
@@ -164,9 +166,11 @@ int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **
     size_t n_sel = t->n_cols; /* a database without the later columns: n_base */
     for (;;) {
         size_t used = (size_t)snprintf(sql, sizeof sql, "SELECT ");
-        for (size_t i = 0; i < n_sel && used < sizeof sql; i++)
-            used += (size_t)snprintf(sql + used, sizeof sql - used, "%s%s", i ? ", " : "",
-                                     t->cols[i]);
+        for (size_t i = 0; i < n_sel && used < sizeof sql; i++) {
+            int typeof_only = known_sha && t->hashed_blob && strcmp(t->cols[i], t->hashed_blob) == 0;
+            used += (size_t)snprintf(sql + used, sizeof sql - used, "%s%s%s%s", i ? ", " : "",
+                                     typeof_only ? "typeof(" : "", t->cols[i], typeof_only ? ")" : "");
+        }
         if (t->hashed_blob && used < sizeof sql) /* columns n_sel and n_sel + 1 */
             used += (size_t)snprintf(sql + used, sizeof sql - used, ", %s, %s", t->blob_hash_col,
                                      t->blob_pruned_col);
@@ -223,6 +227,22 @@ int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **
         put(&b, t->cols[i], nl);
         int type = sqlite3_column_type(st, c);
         int hashed = t->hashed_blob && strcmp(t->cols[i], t->hashed_blob) == 0;
+        if (hashed && known_sha) {
+            const char *ty = (const char *)sqlite3_column_text(st, c);
+            if (!ty)
+                FAIL(FEDGE_ERR_NOMEM);
+            if (strcmp(ty, "null") == 0) {
+                type = SQLITE_NULL;
+            } else if (strcmp(ty, "blob") == 0) {
+                memcpy(info.body_sha, known_sha, FEDGE_HASH_LEN);
+                info.has_body = 1;
+                put_u8(&b, TAG_SHA256);
+                put(&b, info.body_sha, FEDGE_HASH_LEN);
+                continue;
+            } else {
+                FAIL(FEDGE_ERR_AUDIT_CHAIN); /* a hashed column holds a BLOB or NULL */
+            }
+        }
         if (hashed && type == SQLITE_NULL && info.pruned && info.hash_state == 1) {
             /* dropped by retention: the chain keeps committing to its hash */
             put_u8(&b, TAG_SHA256);
@@ -270,6 +290,12 @@ cleanup:
     sqlite3_finalize(st);
     free(b.p);
     return ret;
+}
+
+int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
+                   size_t *len, audit_body_info *body)
+{
+    return canon_build(db, tbl, row_key, NULL, canon, len, body);
 }
 
 int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
@@ -424,7 +450,7 @@ cleanup:
     return ret;
 }
 
-int fedge_audit_append(sqlite3 *db, const char *tbl, const char *row_key)
+static int append(sqlite3 *db, const char *tbl, const char *row_key, const uint8_t *known_sha)
 {
     int ret = FEDGE_OK, in_savepoint = 0;
     uint8_t *canon = NULL, *msg = NULL;
@@ -435,7 +461,10 @@ int fedge_audit_append(sqlite3 *db, const char *tbl, const char *row_key)
     CHK(exec_sql(db, "SAVEPOINT fedge_audit_append"));
     in_savepoint = 1;
     audit_body_info body;
-    CHK(audit_canon_ex(db, tbl, row_key, &canon, &len, &body));
+    CHK(canon_build(db, tbl, row_key, known_sha, &canon, &len, &body));
+    if (known_sha && body.has_body && body.hash_state == 1 &&
+        memcmp(body.stored_sha, known_sha, FEDGE_HASH_LEN) != 0)
+        FAIL(FEDGE_ERR_AUDIT_CHAIN);
     if (body.has_body && body.hash_state == 0)
         CHK(store_body_hash(db, audit_table_find(tbl), row_key, body.body_sha));
     int64_t seq;
@@ -474,6 +503,22 @@ cleanup:
     free(canon);
     free(msg);
     return ret;
+}
+
+int fedge_audit_append(sqlite3 *db, const char *tbl, const char *row_key)
+{
+    return append(db, tbl, row_key, NULL);
+}
+
+int fedge_audit_append_body(sqlite3 *db, const char *tbl, const char *row_key,
+                            const uint8_t body_sha[FEDGE_HASH_LEN])
+{
+    if (!body_sha)
+        return FEDGE_ERR_INVALID_ARG;
+    const audit_table *t = audit_table_find(tbl);
+    if (t && !t->hashed_blob)
+        return FEDGE_ERR_INVALID_ARG;
+    return append(db, tbl, row_key, body_sha);
 }
 
 int fedge_audit_append_id(sqlite3 *db, const char *tbl, int64_t id)

@@ -17,7 +17,8 @@
  *   tags: 0 NULL; 1 INTEGER i64; 2 REAL f64 bits; 3 TEXT u32 len + bytes;
  *   4 BLOB u32 len + bytes; 5 SHA256 of a BLOB (32 bytes: updates.delta).
  * - Delta bodies and retention: the first append of an updates row with a
- *   delta stores its SHA-256 in updates.delta_sha256. Retention
+ *   delta stores its SHA-256 in updates.delta_sha256 (unless its INSERT
+ *   did: fedge_audit_append_body). Retention
  *   (aggregator/retention.h) may later drop the body (delta = NULL) of a
  *   finished round: it sets delta_pruned_round = R and, in the same
  *   transaction, logs an events row of kind FEDGE_AUDIT_PRUNE_EVENT with
@@ -70,6 +71,15 @@ int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t
 
 /* Appends the row's current state to the chain (atomic: a savepoint). */
 int fedge_audit_append(sqlite3 *db, const char *tbl, const char *row_key);
+/* fedge_audit_append for a row of a table with a hashed BLOB (updates),
+ * whose writer computed the BLOB's SHA-256 (body_sha) and stored it in the
+ * row's hash column with the BLOB: the BLOB is not read back and hashed
+ * again (158 KiB of an int8 mlp:784-200-10 delta per update). The same entry
+ * as fedge_audit_append when the stored BLOB hashes to body_sha;
+ * FEDGE_ERR_AUDIT_CHAIN (nothing appended) when the hash column holds
+ * another value; INVALID_ARG for a table without a hashed BLOB. */
+int fedge_audit_append_body(sqlite3 *db, const char *tbl, const char *row_key,
+                            const uint8_t body_sha[FEDGE_HASH_LEN]);
 /* The same for tables keyed by an integer id (updates, rounds, events). */
 int fedge_audit_append_id(sqlite3 *db, const char *tbl, int64_t id);
 

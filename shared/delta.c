@@ -525,6 +525,87 @@ int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *paylo
     return FEDGE_OK;
 }
 
+/* acc[(g0 + j) % 8] += x[j]^2 for j < k: element g's square goes to lane g % 8 */
+static void add_squares(double acc[8], size_t g0, const float *x, size_t k)
+{
+    if (k == CHUNK && (g0 & 7) == 0) { /* lanes in step: fixed trip counts, vectorised */
+        for (size_t j = 0; j < CHUNK; j += 8)
+            for (size_t l = 0; l < 8; l++)
+                acc[l] += (double)x[j + l] * (double)x[j + l];
+        return;
+    }
+    for (size_t j = 0; j < k; j++)
+        acc[(g0 + j) & 7] += (double)x[j] * (double)x[j];
+}
+
+int fedge_delta_payload_norm(const fedge_delta_header *h, const uint8_t *payload, size_t payload_len,
+                             size_t n_first, double *norm)
+{
+    if (h == NULL || norm == NULL || (payload == NULL && payload_len > 0) || n_first > h->n_elems)
+        return FEDGE_ERR_INVALID_ARG;
+    int ret = check_fields(h->encoding, h->n_elems, h->block_size);
+    if (ret != FEDGE_OK)
+        return ret;
+    ret = fedge_delta_check_length(h, FEDGE_DELTA_HEADER_LEN + payload_len);
+    if (ret != FEDGE_OK)
+        return ret;
+
+    size_t n = h->n_elems;
+    const uint8_t *p = payload;
+    double acc[8] = {0};
+    float x[CHUNK];
+    switch (h->encoding) {
+    case FEDGE_ENC_FP32:
+        if (scan_fp32(p, n))
+            return FEDGE_ERR_DELTA_NONFINITE;
+        for (size_t i = 0; i < n_first; i += CHUNK) {
+            size_t k = n_first - i < CHUNK ? n_first - i : CHUNK;
+            for (size_t j = 0; j < k; j++)
+                x[j] = fedge_get_f32(p + 4 * (i + j));
+            add_squares(acc, i, x, k);
+        }
+        break;
+    case FEDGE_ENC_FP16:
+    case FEDGE_ENC_BF16: {
+        int bf16 = h->encoding == FEDGE_ENC_BF16;
+        if (scan_half(p, n, bf16))
+            return FEDGE_ERR_DELTA_NONFINITE;
+        for (size_t i = 0; i < n_first; i += CHUNK) {
+            size_t k = n_first - i < CHUNK ? n_first - i : CHUNK;
+            const uint8_t *pc = p + 2 * i;
+            for (size_t j = 0; j < k; j++)
+                x[j] = bf16 ? bf16_to_f32(fedge_get_u16(pc + 2 * j)) : f16_to_f32(fedge_get_u16(pc + 2 * j));
+            add_squares(acc, i, x, k);
+        }
+        break;
+    }
+    default: {
+        uint32_t block = h->block_size;
+        if (scan_int8(p, n, block))
+            return FEDGE_ERR_DELTA_NONFINITE;
+        for (size_t start = 0; start < n_first; start += block) {
+            size_t len = n - start < block ? n - start : block;
+            if (len > n_first - start)
+                len = n_first - start;
+            float scale = fedge_get_f32(p);
+            const int8_t *q = (const int8_t *)(p + 4);
+            for (size_t i = 0; i < len; i += CHUNK) {
+                size_t k = len - i < CHUNK ? len - i : CHUNK;
+                CHUNK_LOOP(k, x[j] = (float)q[i + j] * scale);
+                add_squares(acc, start + i, x, k);
+            }
+            p += 4 + block;
+        }
+        break;
+    }
+    }
+    double sum = 0;
+    for (int l = 0; l < 8; l++)
+        sum += acc[l];
+    *norm = sqrt(sum);
+    return FEDGE_OK;
+}
+
 int fedge_delta_decode(const uint8_t *buf, size_t len, uint32_t expected_model_id,
                        uint32_t expected_elems, fedge_delta_header *h, float *out)
 {

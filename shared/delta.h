@@ -102,6 +102,16 @@ int fedge_delta_check_length(const fedge_delta_header *h, size_t len);
 int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *payload,
                                size_t payload_len, float *out);
 
+/* The L2 norm of the first n_first values that decode_payload would give,
+ * without writing them: the same checks and errors as decode_payload (every
+ * value, not just the first n_first), and the same double as summing the
+ * decoded floats' squares in eight lanes (element i in lane i % 8, lanes
+ * added 0..7), aggregator/combine.h's fedge_l2_norm, bit for bit. An int8
+ * update's norm is read from its blocks (scale x q) without the n x 4-byte
+ * float buffer. *norm is written only on success; n_first <= n_elems. */
+int fedge_delta_payload_norm(const fedge_delta_header *h, const uint8_t *payload, size_t payload_len,
+                             size_t n_first, double *norm);
+
 /* Range decoding, to read elements [k0, k1) of a stored delta without the
  * rest (a combiner's block; the SCAFFOLD control half). span gives the bytes
  * of the encoded delta (header included, so offsets are from its start)

@@ -296,8 +296,8 @@ int fedge_envelope_decrypt(const fedge_device_key *k, const uint8_t *in,
         return FEDGE_ERR_BUFFER_TOO_SMALL;
     size_t hdr_len = FEDGE_ENV_HEADER_LEN + v->aad_len;
     const uint8_t *ct = in + hdr_len;
-    if (v->ct_len > 0 && plain < ct + v->ct_len + FEDGE_ENV_TAG_LEN && ct < plain + v->ct_len)
-        return FEDGE_ERR_INVALID_ARG; /* GCM cannot decrypt in place */
+    if (v->ct_len > 0 && plain != ct && plain < ct + v->ct_len + FEDGE_ENV_TAG_LEN && ct < plain + v->ct_len)
+        return FEDGE_ERR_INVALID_ARG; /* in place (plain == ct), or apart */
     int ret = fedge_gcm_open(k->key, in + 24, NONCE_LEN, in, hdr_len, ct, v->ct_len,
                              ct + v->ct_len, plain);
     if (ret != FEDGE_OK && v->ct_len > 0 && cap >= v->ct_len)

@@ -104,9 +104,10 @@ int fedge_envelope_parse(const uint8_t *in, size_t len, fedge_envelope_view *v);
  * (FEDGE_ERR_ENV_REPLAY), on a parsed view. */
 int fedge_envelope_check(const fedge_device_key *k, uint64_t last_counter,
                          const fedge_envelope_view *v);
-/* GCM decrypt of a parsed frame into plain (cap >= ct_len, no overlap with
- * in); FEDGE_ERR_ENV_AUTH when the tag does not verify, and then plain's
- * first ct_len bytes are zeroed. */
+/* GCM decrypt of a parsed frame into plain (cap >= ct_len): plain is the
+ * frame's own ciphertext (in place) or does not overlap in (any other
+ * overlap: FEDGE_ERR_INVALID_ARG); FEDGE_ERR_ENV_AUTH when the tag does not
+ * verify, and then plain's first ct_len bytes are zeroed. */
 int fedge_envelope_decrypt(const fedge_device_key *k, const uint8_t *in,
                            const fedge_envelope_view *v, uint8_t *plain, size_t cap);
 /* parse + key id + replay + GCM decrypt into plain (cap >= ct_len).

@@ -170,13 +170,16 @@ int fedge_update_open(const fedge_device_key *k, const uint8_t *in, size_t len,
     return fedge_update_open_metrics(k, in, len, exp, scratch, h, counter, delta, NULL);
 }
 
-int fedge_update_open_metrics(const fedge_device_key *k, const uint8_t *in, size_t len,
-                              const fedge_update_expect *exp, uint8_t *scratch,
-                              fedge_delta_header *h, uint64_t *counter, float *delta,
-                              fedge_train_metrics *m)
+/* scratch NULL: in place (fedge_update_open_inplace), *enc_off set; norm:
+ * no delta, the payload's norm of its first norm_n values instead */
+static int open_frame(const fedge_device_key *k, const uint8_t *in, size_t len,
+                      const fedge_update_expect *exp, uint8_t *scratch, size_t *enc_off,
+                      fedge_delta_header *h, uint64_t *counter, float *delta, size_t norm_n, double *norm,
+                      fedge_train_metrics *m)
 {
-    if (k == NULL || in == NULL || exp == NULL || exp->run_id == NULL || scratch == NULL ||
-        h == NULL || counter == NULL || (delta == NULL && exp->n_elems > 0))
+    if (k == NULL || in == NULL || exp == NULL || exp->run_id == NULL || (scratch == NULL && enc_off == NULL) ||
+        h == NULL || counter == NULL || (delta == NULL && norm == NULL && exp->n_elems > 0) ||
+        (norm != NULL && norm_n > exp->n_elems))
         return FEDGE_ERR_INVALID_ARG;
     size_t max_len = exp->max_len != 0 ? exp->max_len : FEDGE_ENV_MAX_LEN;
     if (len > max_len)
@@ -212,23 +215,69 @@ int fedge_update_open_metrics(const fedge_device_key *k, const uint8_t *in, size
         FAIL(FEDGE_ERR_DELTA_SHAPE);
     CHK(fedge_delta_check_length(&t, FEDGE_DELTA_HEADER_LEN + v.ct_len));
 
-    /* scratch ends up holding the encoded delta, header then payload. */
+    /* scratch ends up holding the encoded delta, header then payload; in
+     * place, the payload is decrypted where its ciphertext was and the
+     * header moved to just before it (over the aad's run id and metrics,
+     * checked above). */
+    size_t off = 0;
+    uint8_t *dst = scratch;
+    if (scratch == NULL) {
+        off = FEDGE_ENV_HEADER_LEN + v.aad_len - FEDGE_DELTA_HEADER_LEN;
+        dst = (uint8_t *)in + off;
+    }
     decrypted = 1;
-    CHK(fedge_envelope_decrypt(k, in, &v, scratch + FEDGE_DELTA_HEADER_LEN,
-                               len - FEDGE_DELTA_HEADER_LEN));
-    CHK(fedge_delta_decode_payload(&t, scratch + FEDGE_DELTA_HEADER_LEN, v.ct_len, delta));
+    CHK(fedge_envelope_decrypt(k, in, &v, dst + FEDGE_DELTA_HEADER_LEN, len - off - FEDGE_DELTA_HEADER_LEN));
+    double l2 = 0;
+    if (norm != NULL)
+        CHK(fedge_delta_payload_norm(&t, dst + FEDGE_DELTA_HEADER_LEN, v.ct_len, norm_n, &l2));
+    else
+        CHK(fedge_delta_decode_payload(&t, dst + FEDGE_DELTA_HEADER_LEN, v.ct_len, delta));
     if (t.flags & FEDGE_DELTA_FLAG_PARTIAL)
-        memcpy(t.partial_head, scratch + FEDGE_DELTA_HEADER_LEN + v.ct_len - FEDGE_DELTA_PARTIAL_HEAD_LEN,
+        memcpy(t.partial_head, dst + FEDGE_DELTA_HEADER_LEN + v.ct_len - FEDGE_DELTA_PARTIAL_HEAD_LEN,
                FEDGE_DELTA_PARTIAL_HEAD_LEN);
-    memcpy(scratch, v.aad, FEDGE_DELTA_HEADER_LEN);
+    memmove(dst, v.aad, FEDGE_DELTA_HEADER_LEN);
+    if (enc_off != NULL)
+        *enc_off = off;
+    if (norm != NULL)
+        *norm = l2;
     *h = t;
     *counter = v.counter;
     if (m != NULL)
         *m = tm;
 cleanup:
     if (decrypted && ret != FEDGE_OK)
-        mbedtls_platform_zeroize(scratch + FEDGE_DELTA_HEADER_LEN, v.ct_len);
+        mbedtls_platform_zeroize(dst + FEDGE_DELTA_HEADER_LEN, v.ct_len);
     return ret;
+}
+
+int fedge_update_open_metrics(const fedge_device_key *k, const uint8_t *in, size_t len,
+                              const fedge_update_expect *exp, uint8_t *scratch,
+                              fedge_delta_header *h, uint64_t *counter, float *delta,
+                              fedge_train_metrics *m)
+{
+    if (scratch == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    return open_frame(k, in, len, exp, scratch, NULL, h, counter, delta, 0, NULL, m);
+}
+
+int fedge_update_open_inplace(const fedge_device_key *k, uint8_t *frame, size_t len,
+                              const fedge_update_expect *exp, size_t *enc_off,
+                              fedge_delta_header *h, uint64_t *counter, float *delta,
+                              fedge_train_metrics *m)
+{
+    if (enc_off == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    return open_frame(k, frame, len, exp, NULL, enc_off, h, counter, delta, 0, NULL, m);
+}
+
+int fedge_update_open_inplace_norm(const fedge_device_key *k, uint8_t *frame, size_t len,
+                                   const fedge_update_expect *exp, size_t norm_n, size_t *enc_off,
+                                   fedge_delta_header *h, uint64_t *counter, double *norm,
+                                   fedge_train_metrics *m)
+{
+    if (enc_off == NULL || norm == NULL)
+        return FEDGE_ERR_INVALID_ARG;
+    return open_frame(k, frame, len, exp, NULL, enc_off, h, counter, NULL, norm_n, norm, m);
 }
 
 /* ---- streaming ----------------------------------------------------------- */

@@ -140,4 +140,28 @@ int fedge_update_open_metrics(const fedge_device_key *k, const uint8_t *in, size
                               fedge_delta_header *h, uint64_t *counter, float *delta,
                               fedge_train_metrics *m);
 
+/* fedge_update_open_metrics in place, for a receiver that owns the frame
+ * (one buffer per update instead of two): the same checks in the same
+ * order, the same results. On success the decrypted encoded delta (64-byte
+ * header + payload, len - FEDGE_ENV_OVERHEAD - the aad's bytes past the
+ * header) lies at frame + *enc_off; the frame's ciphertext and the aad's
+ * run id and metrics block are overwritten (its envelope header and the
+ * bytes before *enc_off are not). On a failure before decryption the frame
+ * is unchanged; after it (the tag, the payload's values) the plaintext is
+ * wiped and the frame no longer opens. *enc_off is written only on
+ * success. */
+int fedge_update_open_inplace(const fedge_device_key *k, uint8_t *frame, size_t len,
+                              const fedge_update_expect *exp, size_t *enc_off,
+                              fedge_delta_header *h, uint64_t *counter, float *delta,
+                              fedge_train_metrics *m);
+/* fedge_update_open_inplace without decoding the delta: every payload value
+ * is checked as the decode checks it (the same errors) and *norm is the L2
+ * norm of its first norm_n values (fedge_delta_payload_norm: the double
+ * summing the decoded floats would give, bit for bit); norm_n <= n_elems.
+ * *norm is written only on success. */
+int fedge_update_open_inplace_norm(const fedge_device_key *k, uint8_t *frame, size_t len,
+                                   const fedge_update_expect *exp, size_t norm_n, size_t *enc_off,
+                                   fedge_delta_header *h, uint64_t *counter, double *norm,
+                                   fedge_train_metrics *m);
+
 #endif

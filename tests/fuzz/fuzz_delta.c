@@ -3,7 +3,9 @@
  * Invariants: a failed decode writes nothing to the caller's buffer; a
  * decoded delta is finite; fp32/fp16/bf16 re-encode to exactly the input
  * bytes (a partial sum's head trailer included); an int8 delta re-encodes
- * within the format's error bound. */
+ * within the format's error bound. fedge_delta_payload_norm agrees with the
+ * decode: the same refusal, or the eight-lane sum of the decoded values'
+ * squares, bit for bit (the first n and the first n / 2 of them). */
 #include <math.h>
 
 #include "delta.h"
@@ -62,6 +64,35 @@ static void check_int8_roundtrip(const fedge_delta_header *h, const float *x)
     free(y);
 }
 
+/* fedge_l2_norm's sum (aggregator/combine.c): element i in lane i % 8 */
+static double lane_norm(const float *x, size_t n)
+{
+    double acc[8] = {0}, s = 0;
+    for (size_t i = 0; i < n; i++)
+        acc[i & 7] += (double)x[i] * (double)x[i];
+    for (int l = 0; l < 8; l++)
+        s += acc[l];
+    return sqrt(s);
+}
+
+static void check_norm(const fedge_delta_header *h, const uint8_t *data, size_t size, int decoded,
+                       const float *out)
+{
+    size_t n = h->n_elems;
+    const size_t firsts[2] = {n, n / 2};
+    for (int f = 0; f < 2; f++) {
+        double got = 42;
+        int r = fedge_delta_payload_norm(h, data + FEDGE_DELTA_HEADER_LEN, size - FEDGE_DELTA_HEADER_LEN, firsts[f],
+                                         &got);
+        if (decoded != FEDGE_OK) {
+            FUZZ_CHECK(r == decoded && got == 42);
+        } else {
+            double want = lane_norm(out, firsts[f]);
+            FUZZ_CHECK(r == FEDGE_OK && memcmp(&got, &want, sizeof got) == 0);
+        }
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_quiet();
@@ -91,6 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(untouched(out, n + 1));
 
     int ret = fedge_delta_decode(data, size, h.model_id, h.n_elems, &t, out);
+    check_norm(&h, data, size, ret, out);
     if (ret != FEDGE_OK) {
         FUZZ_CHECK(ret == FEDGE_ERR_DELTA_NONFINITE);
         FUZZ_CHECK(untouched(out, n + 1));

@@ -8,7 +8,12 @@
  *              the fuzzer gets past the GCM tag to the payload decoder.
  * Invariants: nothing is written on failure; a sealed delta opens exactly
  * when its run id is this run's, its round in the window and
- * fedge_delta_decode accepts header + payload (same values, bit for bit). */
+ * fedge_delta_decode accepts header + payload (same values, bit for bit).
+ * fedge_update_open_inplace and _inplace_norm (on copies of the frame) give
+ * the same status, header, counter and encoded bytes; the first the same
+ * delta, the second its eight-lane norm, bit for bit. */
+#include <math.h>
+
 #include "delta.h"
 #include "error.h"
 #include "fuzz_key.h"
@@ -97,6 +102,42 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(h.round <= exp.round && exp.round - h.round <= exp.round_window);
         FUZZ_CHECK(h.model_id == exp.model_id && h.n_elems == exp.n_elems);
         FUZZ_CHECK(untouched(delta + n, sizeof(float)));
+    }
+
+    {   /* in place, with and without decoding */
+        uint8_t *c1 = malloc(frame_len + 1), *c2 = malloc(frame_len + 1);
+        float *d1 = malloc((n + 1) * sizeof(float));
+        FUZZ_CHECK(c1 != NULL && c2 != NULL && d1 != NULL);
+        memcpy(c1, frame, frame_len);
+        memcpy(c2, frame, frame_len);
+        memset(d1, SENTINEL, (n + 1) * sizeof(float));
+        fedge_delta_header h1, h2;
+        uint64_t k1 = 0, k2 = 0;
+        size_t o1 = 0, o2 = 0;
+        double norm = 42;
+        int r1 = fedge_update_open_inplace(k, c1, frame_len, &exp, &o1, &h1, &k1, d1, NULL);
+        int r2 = fedge_update_open_inplace_norm(k, c2, frame_len, &exp, n, &o2, &h2, &k2, &norm, NULL);
+        FUZZ_CHECK(r1 == ret && r2 == ret);
+        if (ret == FEDGE_OK) {
+            FUZZ_CHECK(memcmp(&h1, &h, sizeof h) == 0 && memcmp(&h2, &h, sizeof h) == 0);
+            FUZZ_CHECK(k1 == counter && k2 == counter && o1 == o2);
+            FUZZ_CHECK(memcmp(d1, delta, (n + 1) * sizeof(float)) == 0);
+            size_t enc_len = frame_len - FEDGE_ENV_OVERHEAD - (o1 + FEDGE_DELTA_HEADER_LEN - FEDGE_ENV_HEADER_LEN) +
+                             FEDGE_DELTA_HEADER_LEN;
+            FUZZ_CHECK(memcmp(c1 + o1, scratch, enc_len) == 0 && memcmp(c2 + o2, scratch, enc_len) == 0);
+            double acc[8] = {0}, sum = 0;
+            for (size_t i = 0; i < n; i++)
+                acc[i & 7] += (double)delta[i] * (double)delta[i];
+            for (int l = 0; l < 8; l++)
+                sum += acc[l];
+            double want = sqrt(sum);
+            FUZZ_CHECK(memcmp(&norm, &want, sizeof norm) == 0);
+        } else {
+            FUZZ_CHECK(norm == 42 && untouched(d1, (n + 1) * sizeof(float)));
+        }
+        free(c1);
+        free(c2);
+        free(d1);
     }
 
     if (mode & 1) {

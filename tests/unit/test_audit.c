@@ -27,6 +27,7 @@
 #include "audit.h"
 #include "common.h"
 #include "delta.h"
+#include "hash.h"
 #include "model.h"
 #include "modelfile.h"
 #include "policy.h"
@@ -485,6 +486,78 @@ static void test_bad_appends_change_nothing(void **state)
     assert_int_equal(scalar(fx->db, "SELECT count(*) FROM audit_heads"), 3);
     fedge_audit_report rep;
     assert_int_equal(verify(fx, &rep), FEDGE_OK);
+}
+
+/* An updates row written with its body's SHA-256 (as the aggregator's
+ * ingest does) and appended with fedge_audit_append_body: the entry is the
+ * one fedge_audit_append gives (the body read back and hashed); a hash that
+ * is not the row's is refused and appends nothing. */
+static int64_t insert_update_body(fixture *fx, const uint8_t *body, size_t len, const uint8_t *sha)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(fx->db,
+                           "INSERT INTO updates(round, device, received_at, n_samples, encoding, bytes,"
+                           " counter, norm, decision, rule, reason, delta, delta_sha256)"
+                           " VALUES(2, 'dev-9', 1.0, 5, 'fp32', 100, 9, 0.5, ?1, 'r', 'x', ?2, ?3)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(st, 1, body ? "accepted" : "rejected", -1, SQLITE_STATIC);
+    if (body) {
+        sqlite3_bind_blob(st, 2, body, (int)len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 3, sha, FEDGE_HASH_LEN, SQLITE_STATIC);
+    }
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? sqlite3_last_insert_rowid(fx->db) : -1;
+}
+
+static void expect_last_entry_is_canon(fixture *fx, const char *key)
+{
+    uint8_t *canon = NULL;
+    size_t len = 0;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(fedge_audit_canon(fx->db, "updates", key, &canon, &len), FEDGE_OK);
+    assert_int_equal(sqlite3_prepare_v2(fx->db, "SELECT row_key, canon FROM audit ORDER BY seq DESC LIMIT 1", -1,
+                                        &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), key);
+    assert_int_equal(sqlite3_column_bytes(st, 1), (int)len);
+    assert_memory_equal(sqlite3_column_blob(st, 1), canon, len);
+    sqlite3_finalize(st);
+    free(canon);
+}
+
+static void test_append_body_vouched(void **state)
+{
+    fixture *fx = *state;
+    uint8_t body[3000], sha[FEDGE_HASH_LEN], other[FEDGE_HASH_LEN];
+    char key[24];
+    for (size_t i = 0; i < sizeof body; i++)
+        body[i] = (uint8_t)(i * 7 + 1);
+    assert_int_equal(fedge_sha256(body, sizeof body, sha), FEDGE_OK);
+    memcpy(other, sha, sizeof other);
+    other[0] ^= 1;
+
+    int64_t id = insert_update_body(fx, body, sizeof body, sha);
+    assert_true(id > 0);
+    snprintf(key, sizeof key, "%" PRId64, id);
+    int64_t before = scalar(fx->db, "SELECT count(*) FROM audit");
+    assert_int_equal(fedge_audit_append_body(fx->db, "updates", key, other), FEDGE_ERR_AUDIT_CHAIN);
+    assert_int_equal(scalar(fx->db, "SELECT count(*) FROM audit"), before);
+    assert_int_equal(fedge_audit_append_body(fx->db, "updates", key, sha), FEDGE_OK);
+    assert_int_equal(scalar(fx->db, "SELECT count(*) FROM audit"), before + 1);
+    expect_last_entry_is_canon(fx, key);
+
+    /* a refused update: no body, the NULL enters as with fedge_audit_append */
+    id = insert_update_body(fx, NULL, 0, NULL);
+    assert_true(id > 0);
+    snprintf(key, sizeof key, "%" PRId64, id);
+    assert_int_equal(fedge_audit_append_body(fx->db, "updates", key, sha), FEDGE_OK);
+    expect_last_entry_is_canon(fx, key);
+
+    assert_int_equal(fedge_audit_append_body(fx->db, "events", "1", sha), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_audit_append_body(fx->db, "updates", key, NULL), FEDGE_ERR_INVALID_ARG);
 }
 
 static void test_tamper_update_row(void **state)
@@ -982,6 +1055,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_untouched_database_verifies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_canonical_bytes_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_appends_change_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_append_body_vouched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_update_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_update_delta_blob, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_delete_row, setup, teardown),

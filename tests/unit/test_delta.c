@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "combine.h"
 #include "common.h"
 #include "delta.h"
 #include "error.h"
@@ -707,6 +708,65 @@ static void test_nonfinite_payloads(void **state)
     free(w.buf);
 }
 
+/* payload_norm gives the norm fedge_l2_norm takes of the decoded delta (its
+ * first n_first values), the same double bit for bit, for every encoding,
+ * awkward sizes and int8 blocks that do not line up with its eight lanes;
+ * a payload decode refuses, it refuses with the same code. */
+static void test_payload_norm(void **state)
+{
+    (void)state;
+    static const fedge_encoding encs[] = {FEDGE_ENC_FP32, FEDGE_ENC_FP16, FEDGE_ENC_BF16, FEDGE_ENC_INT8};
+    static const uint32_t blocks[] = {FEDGE_DELTA_DEFAULT_BLOCK, 1, 7, 33, 65536};
+    for (size_t s = 0; s < sizeof awkward_sizes / sizeof awkward_sizes[0]; s++) {
+        uint32_t n = awkward_sizes[s];
+        for (size_t e = 0; e < sizeof encs / sizeof encs[0]; e++) {
+            size_t nb = encs[e] == FEDGE_ENC_INT8 ? sizeof blocks / sizeof blocks[0] : 1;
+            for (size_t b = 0; b < nb; b++) {
+                wire w = make_wire(encs[e], n, blocks[b]);
+                float *x = malloc(sizeof(float) * n);
+                assert_non_null(x);
+                const uint8_t *pay = w.buf + FEDGE_DELTA_HEADER_LEN;
+                size_t pay_len = w.len - FEDGE_DELTA_HEADER_LEN;
+                assert_int_equal(fedge_delta_decode_payload(&w.h, pay, pay_len, x), FEDGE_OK);
+                const size_t firsts[] = {n, n / 2, n > 1 ? n - 1 : n, 0};
+                for (size_t f = 0; f < 4; f++) {
+                    double got = -1, want = fedge_l2_norm(x, firsts[f]);
+                    assert_int_equal(fedge_delta_payload_norm(&w.h, pay, pay_len, firsts[f], &got), FEDGE_OK);
+                    if (memcmp(&got, &want, sizeof got) != 0)
+                        fail_msg("%s n %u block %u first %zu: %.17g against %.17g", fedge_encoding_name(encs[e]),
+                                 n, w.h.block_size, firsts[f], got, want);
+                }
+                double untouched = 42;
+                assert_int_equal(fedge_delta_payload_norm(&w.h, pay, pay_len, (size_t)n + 1, &untouched),
+                                 FEDGE_ERR_INVALID_ARG);
+                assert_int_equal(fedge_delta_payload_norm(&w.h, pay, pay_len - 1, n, &untouched),
+                                 FEDGE_ERR_DELTA_TRUNCATED);
+                assert_true(untouched == 42);
+                free(x);
+                free(w.buf);
+            }
+        }
+    }
+    /* the values decode refuses: the same code, past the first n_first too */
+    const uint32_t n = 50;
+    wire w = make_wire(FEDGE_ENC_INT8, n, 32);
+    wr32(w.buf + 64 + 36, 0x7fc00000u); /* a NaN scale in the second block */
+    double got = 42;
+    float out[50];
+    assert_int_equal(fedge_delta_decode_payload(&w.h, w.buf + 64, w.len - 64, out), FEDGE_ERR_DELTA_NONFINITE);
+    assert_int_equal(fedge_delta_payload_norm(&w.h, w.buf + 64, w.len - 64, 10, &got), FEDGE_ERR_DELTA_NONFINITE);
+    wr32(w.buf + 64 + 36, bits(FLT_MAX));
+    w.buf[64 + 36 + 4] = 0x80; /* q = -128: the product overflows */
+    assert_int_equal(fedge_delta_payload_norm(&w.h, w.buf + 64, w.len - 64, n, &got), FEDGE_ERR_DELTA_NONFINITE);
+    assert_true(got == 42);
+    free(w.buf);
+    w = make_wire(FEDGE_ENC_FP16, n, 0);
+    w.buf[64 + 2 * 49] = 0x00;
+    w.buf[65 + 2 * 49] = 0x7c; /* +Inf, the last element */
+    assert_int_equal(fedge_delta_payload_norm(&w.h, w.buf + 64, w.len - 64, n, &got), FEDGE_ERR_DELTA_NONFINITE);
+    free(w.buf);
+}
+
 static void test_encode_errors(void **state)
 {
     (void)state;
@@ -811,6 +871,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_and_sizes),
+        cmocka_unit_test(test_payload_norm),
         cmocka_unit_test(test_header_layout),
         cmocka_unit_test(test_fp32_round_trip),
         cmocka_unit_test(test_fp16_round_trip),

@@ -233,6 +233,20 @@ static void test_seal_open_round_trip(void **state)
     assert_int_equal(fedge_envelope_seal(&s.key, 42, prefix, buf + 44, 5, buf + 50, 13, buf,
                                          sizeof buf, &len), FEDGE_ERR_INVALID_ARG);
 
+    /* decrypting in place: over the frame's own ciphertext, and nowhere else in it */
+    uint8_t frame[sizeof s.frame];
+    memcpy(frame, s.frame, s.len);
+    assert_int_equal(fedge_envelope_decrypt(&s.key, frame, &v, frame + 50, 13), FEDGE_ERR_INVALID_ARG);
+    assert_memory_equal(frame, s.frame, s.len);
+    assert_int_equal(fedge_envelope_parse(frame, s.len, &v), FEDGE_OK);
+    assert_int_equal(fedge_envelope_decrypt(&s.key, frame, &v, frame + 49, 13), FEDGE_OK);
+    assert_memory_equal(frame + 49, small_plain, 13);
+    memcpy(frame, s.frame, s.len);
+    frame[s.len - 1] ^= 1;
+    assert_int_equal(fedge_envelope_decrypt(&s.key, frame, &v, frame + 49, 13), FEDGE_ERR_ENV_AUTH);
+    for (size_t i = 0; i < 13; i++)
+        assert_int_equal(frame[49 + i], 0);
+
     /* empty aad and plaintext are valid frames too */
     uint8_t tiny[FEDGE_ENV_OVERHEAD];
     assert_int_equal(fedge_envelope_seal(&s.key, 1, prefix, NULL, 0, NULL, 0, tiny, sizeof tiny,

@@ -161,6 +161,59 @@ static void test_open_with_reuses_scratch(void **state)
     free(b2);
 }
 
+/* open_inplace (the pool's way): the frame takes the sealed body and
+ * decrypts in it; the same outcome, bytes and hashes as open_with; a
+ * refused or oversized frame still takes (and frees) its body: ASan would
+ * see a leak or a double free. */
+static void test_open_inplace_same_as_open_with(void **state)
+{
+    fixture *fx = *state;
+    fedge_ingest_scratch w = {0};
+    fedge_ingest_frame ref, f;
+    size_t len;
+    uint8_t *b1 = seal(fx, 8, 5, 0.25f, 0, &len);
+    assert_int_equal(fedge_ingest_open_with(&fx->snap, b1, len, &w, &ref), FEDGE_OK);
+    uint8_t *own = malloc(len);
+    assert_non_null(own);
+    memcpy(own, b1, len);
+    assert_int_equal(fedge_ingest_open_inplace(&fx->snap, own, len, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_OK);
+    assert_ptr_equal(f.owned, own);
+    assert_true(f.plain > own && f.plain < own + len);
+    assert_int_equal(f.encoded_len, ref.encoded_len);
+    assert_memory_equal(f.plain, ref.plain, ref.encoded_len);
+    assert_memory_equal(f.plain_sha256, ref.plain_sha256, FEDGE_HASH_LEN);
+    assert_memory_equal(f.sealed_sha256, ref.sealed_sha256, FEDGE_HASH_LEN);
+    assert_memory_equal(&f.header, &ref.header, sizeof f.header);
+    assert_true(f.norm == ref.norm && f.counter == ref.counter);
+    fedge_ingest_frame_free(&f);
+    assert_null(f.owned);
+    assert_null(f.plain);
+    fedge_ingest_frame_free(&ref);
+
+    fedge_ingest_snapshot other = fx->snap;
+    other.key.key[0] ^= 1;
+    own = malloc(len);
+    assert_non_null(own);
+    memcpy(own, b1, len);
+    assert_int_equal(fedge_ingest_open_inplace(&other, own, len, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_ERR_ENV_AUTH);
+    assert_null(f.plain);
+    fedge_ingest_frame_free(&f);
+
+    other = fx->snap;
+    other.max_len = len - 1;
+    own = malloc(len);
+    assert_non_null(own);
+    memcpy(own, b1, len);
+    assert_int_equal(fedge_ingest_open_inplace(&other, own, len, &f), FEDGE_OK);
+    assert_true(f.oversized);
+    fedge_ingest_frame_free(&f);
+    assert_int_equal(fedge_ingest_open_inplace(&fx->snap, NULL, len, &f), FEDGE_ERR_INVALID_ARG);
+    fedge_ingest_scratch_free(&w);
+    free(b1);
+}
+
 /* Freshness is judged against the snapshot's counter, nothing else. */
 static void test_open_counter_against_snapshot(void **state)
 {
@@ -307,7 +360,10 @@ typedef struct {
     fedge_device_key keys[N_DEV];
 } agg_fixture;
 
-/* Three devices, all selected; the policy refuses a delta whose norm is over 1. */
+static const char *policy_action = "reject";
+
+/* Three devices, all selected; the policy refuses (setup_agg_clip: clips) a
+ * delta whose norm is over 1. */
 static int setup_agg(void **state)
 {
     agg_fixture *fx = calloc(1, sizeof *fx);
@@ -328,7 +384,7 @@ static int setup_agg(void **state)
     snprintf(cfg.policy_file, sizeof cfg.policy_file, "%s/policy.yaml", fx->dir);
     FILE *f = fopen(cfg.policy_file, "w");
     assert_non_null(f);
-    fputs("version: 1\nname: norm\nupdate:\n  max_norm: 1.0\n  norm_action: reject\n", f);
+    fprintf(f, "version: 1\nname: norm\nupdate:\n  max_norm: 1.0\n  norm_action: %s\n", policy_action);
     fclose(f);
     cfg.rounds = 3;
     cfg.round_timeout_s = 600;
@@ -346,6 +402,14 @@ static int setup_agg(void **state)
     assert_int_equal(fx->agg.selected[0], 1);
     *state = fx;
     return 0;
+}
+
+static int setup_agg_clip(void **state)
+{
+    policy_action = "clip";
+    int r = setup_agg(state);
+    policy_action = "reject";
+    return r;
 }
 
 static int teardown_agg(void **state)
@@ -464,6 +528,121 @@ static void test_commit_rechecks_round(void **state)
     free(body);
 }
 
+typedef struct {
+    int inserts, updates;
+} row_writes;
+
+static void count_update_rows(void *p, int op, const char *dbname, const char *tbl, sqlite3_int64 rowid)
+{
+    row_writes *w = p;
+    (void)dbname;
+    (void)rowid;
+    if (strcmp(tbl, "updates") == 0) {
+        w->inserts += op == SQLITE_INSERT;
+        w->updates += op == SQLITE_UPDATE;
+    }
+}
+
+/* An accepted update opened on a worker (open_with) and group-committed:
+ * its row is written once, with the SHA-256 of its body (taken on the
+ * worker) in delta_sha256: no second write of the row's 158 KiB body for
+ * the audit append, and the body is not read back to be hashed. */
+static void test_commit_writes_row_once(void **state)
+{
+    agg_fixture *fx = *state;
+    fedge_ingest_snapshot snap;
+    fedge_ingest_frame f;
+    fedge_ingest_scratch w = {0};
+    size_t len;
+    uint8_t *body = seal_for(fx, 1, 1, 1, 0.01f, &len);
+    assert_int_equal(fedge_ingest_snapshot_take(&fx->agg, 1, &snap), FEDGE_OK);
+    assert_int_equal(fedge_ingest_open_with(&snap, body, len, &w, &f), FEDGE_OK);
+    assert_int_equal(f.open_status, FEDGE_OK);
+    row_writes rw = {0};
+    sqlite3_update_hook(fx->agg.db, count_update_rows, &rw);
+    fedge_ingest_item it = {.device = 1, .snap = &snap, .frame = &f};
+    assert_int_equal(fedge_ingest_commit_group(&fx->agg, &it, 1, NULL), FEDGE_OK);
+    sqlite3_update_hook(fx->agg.db, NULL, NULL);
+    assert_int_equal(it.code, 204);
+    assert_int_equal(rw.inserts, 1);
+    assert_int_equal(rw.updates, 0);
+
+    sqlite3_stmt *st = NULL;
+    uint8_t sha[FEDGE_HASH_LEN];
+    assert_int_equal(sqlite3_prepare_v2(fx->agg.db, "SELECT delta, delta_sha256 FROM updates WHERE device='dev-b'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(fedge_sha256(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), sha), FEDGE_OK);
+    assert_int_equal(sqlite3_column_bytes(st, 1), FEDGE_HASH_LEN);
+    assert_memory_equal(sqlite3_column_blob(st, 1), sha, FEDGE_HASH_LEN);
+    assert_memory_equal(f.plain_sha256, sha, FEDGE_HASH_LEN);
+    sqlite3_finalize(st);
+    uint8_t *canon = NULL;
+    size_t canon_len = 0;
+    assert_int_equal(fedge_audit_canon(fx->agg.db, "updates", "1", &canon, &canon_len), FEDGE_OK);
+    assert_int_equal(sqlite3_prepare_v2(fx->agg.db, "SELECT canon FROM audit WHERE tbl='updates' AND row_key='1'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_bytes(st, 0), (int)canon_len);
+    assert_memory_equal(sqlite3_column_blob(st, 0), canon, canon_len);
+    sqlite3_finalize(st);
+    free(canon);
+    fedge_ingest_frame_free(&f);
+    fedge_ingest_scratch_free(&w);
+    free(body);
+}
+
+static char *row_text(agg_fixture *fx, const char *device)
+{
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(fx->agg.db, "SELECT decision || ',' || rule || ',' || reason || ',' ||"
+                                        " encoding || ',' || norm || ',' || hex(delta) || ',' || hex(delta_sha256)"
+                                        " FROM updates WHERE device=?", -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, device, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    char *t = strdup((const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    assert_non_null(t);
+    return t;
+}
+
+/* A clipped update opened on a worker (no decoded delta kept) is decoded
+ * again at the commit and stored clipped, the same row as the same update
+ * submitted inline. */
+static void test_commit_clips_worker_frame(void **state)
+{
+    agg_fixture *fx = *state;
+    fedge_ingest_snapshot snap;
+    fedge_ingest_frame f;
+    fedge_ingest_scratch w = {0};
+    size_t len_a, len_b;
+    int code = 0;
+    char msg[320];
+    uint8_t *a = seal_for(fx, 0, 1, 1, 5.0f, &len_a), *b = seal_for(fx, 1, 1, 1, 5.0f, &len_b);
+    assert_int_equal(fedge_agg_submit(&fx->agg, "dev-a", a, len_a, fedge_now(), &code, msg, sizeof msg), FEDGE_OK);
+    assert_int_equal(code, 204);
+    assert_non_null(strstr(msg, "clipped"));
+    assert_int_equal(fedge_ingest_snapshot_take(&fx->agg, 1, &snap), FEDGE_OK);
+    assert_int_equal(fedge_ingest_open_with(&snap, b, len_b, &w, &f), FEDGE_OK);
+    assert_null(f.delta);
+    fedge_ingest_item it = {.device = 1, .snap = &snap, .frame = &f};
+    assert_int_equal(fedge_ingest_commit_group(&fx->agg, &it, 1, NULL), FEDGE_OK);
+    assert_int_equal(it.code, 204);
+    assert_string_equal(it.msg, msg);
+    char *ra = row_text(fx, "dev-a"), *rb = row_text(fx, "dev-b");
+    assert_non_null(strstr(ra, "fp32"));
+    assert_string_equal(ra, rb);
+    free(ra);
+    free(rb);
+    fedge_ingest_frame_free(&f);
+    fedge_ingest_scratch_free(&w);
+    free(a);
+    free(b);
+}
+
 /* seal_for with n_samples and the edge's training metrics (m NULL: an older edge's frame). */
 static uint8_t *seal_metrics(agg_fixture *fx, int dev, uint64_t counter, uint32_t n_samples,
                              const fedge_train_metrics *m, size_t *len)
@@ -580,6 +759,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_open_good_frame, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_with_reuses_scratch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_inplace_same_as_open_with, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_counter_against_snapshot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_records_each_refusal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_on_worker_threads, setup, teardown),
@@ -587,6 +767,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_commit_rechecks_counter, setup_agg, teardown_agg),
         cmocka_unit_test_setup_teardown(test_commit_rechecks_round, setup_agg, teardown_agg),
         cmocka_unit_test_setup_teardown(test_train_metrics_logged, setup_agg, teardown_agg),
+        cmocka_unit_test_setup_teardown(test_commit_writes_row_once, setup_agg, teardown_agg),
+        cmocka_unit_test_setup_teardown(test_commit_clips_worker_frame, setup_agg_clip, teardown_agg),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "combine.h"
+#include "crypto.h"
 #include "error.h"
 #include "update.h"
 
@@ -728,6 +730,149 @@ static void test_metrics_round_trip(void **state)
 }
 
 /* What the sealer refuses to write, and the decoder on its own. */
+/* Opens in (len bytes) with fedge_update_open_metrics and, on a copy, with
+ * fedge_update_open_inplace: the same status, and on success the same
+ * header, counter, delta, metrics and encoded bytes; a refusal before
+ * decryption leaves the copy as it was, one after it (the tag) leaves no
+ * plaintext in it. Returns the status. */
+static int open_both_ways(const fedge_device_key *k, const uint8_t *in, size_t len, const fedge_update_expect *ex)
+{
+    size_t n = ex->n_elems;
+    float *d1 = malloc(sizeof(float) * (n + 1)), *d2 = malloc(sizeof(float) * (n + 1));
+    uint8_t *scratch = malloc(len), *copy = malloc(len);
+    assert_true(d1 && d2 && scratch && copy);
+    memset(d1, SENTINEL, sizeof(float) * (n + 1));
+    memset(d2, SENTINEL, sizeof(float) * (n + 1));
+    memcpy(copy, in, len);
+    fedge_delta_header h1, h2;
+    memset(&h1, SENTINEL, sizeof h1);
+    memset(&h2, SENTINEL, sizeof h2);
+    uint64_t c1 = 7, c2 = 7;
+    fedge_train_metrics m1, m2;
+    memset(&m1, SENTINEL, sizeof m1);
+    memset(&m2, SENTINEL, sizeof m2);
+    size_t off = 12345;
+    int r1 = fedge_update_open_metrics(k, in, len, ex, scratch, &h1, &c1, d1, &m1);
+    int r2 = fedge_update_open_inplace(k, copy, len, ex, &off, &h2, &c2, d2, &m2);
+    assert_int_equal(r2, r1);
+    {   /* without decoding: the norm of the values instead, the same verdict and bytes */
+        uint8_t *copy3 = malloc(len);
+        assert_non_null(copy3);
+        memcpy(copy3, in, len);
+        fedge_delta_header h3;
+        memset(&h3, SENTINEL, sizeof h3);
+        uint64_t c3 = 7;
+        fedge_train_metrics m3;
+        memset(&m3, SENTINEL, sizeof m3);
+        size_t off3 = 12345;
+        double norm = -1;
+        int r3 = fedge_update_open_inplace_norm(k, copy3, len, ex, n / 2, &off3, &h3, &c3, &norm, &m3);
+        assert_int_equal(r3, r1);
+        assert_memory_equal(&h3, &h1, sizeof h1);
+        assert_true(c3 == c1);
+        assert_memory_equal(&m3, &m1, sizeof m1);
+        if (r1 == FEDGE_OK) {
+            double want = fedge_l2_norm(d1, n / 2);
+            assert_memory_equal(&norm, &want, sizeof norm);
+            assert_int_equal(off3, off);
+            assert_memory_equal(copy3, copy, len);
+        } else {
+            assert_true(norm == -1);
+        }
+        free(copy3);
+    }
+    assert_memory_equal(&h1, &h2, sizeof h1);
+    assert_true(c1 == c2);
+    assert_memory_equal(d1, d2, sizeof(float) * (n + 1));
+    assert_memory_equal(&m1, &m2, sizeof m1);
+    fedge_envelope_view v;
+    size_t ct_at = 0;
+    if (fedge_envelope_parse(in, len, &v) != FEDGE_OK) {
+        assert_int_not_equal(r1, FEDGE_OK);
+        assert_memory_equal(copy, in, len);
+    } else if (r1 == FEDGE_OK) {
+        ct_at = FEDGE_ENV_HEADER_LEN + v.aad_len;
+        assert_int_equal(off, ct_at - FEDGE_DELTA_HEADER_LEN);
+        assert_memory_equal(copy + off, scratch, FEDGE_DELTA_HEADER_LEN + v.ct_len);
+        assert_memory_equal(copy, in, off); /* untouched */
+        assert_memory_equal(copy + ct_at + v.ct_len, in + ct_at + v.ct_len, FEDGE_ENV_TAG_LEN);
+    } else {
+        ct_at = FEDGE_ENV_HEADER_LEN + v.aad_len;
+        assert_int_equal(off, 12345);
+        if (r1 == FEDGE_ERR_ENV_AUTH) {
+            for (size_t i = 0; i < v.ct_len; i++)
+                assert_int_equal(copy[ct_at + i], 0);
+            assert_memory_equal(copy, in, ct_at);
+        } else if (memcmp(copy, in, len) != 0) {
+            /* refused after decryption (a payload value): no plaintext left */
+            for (size_t i = 0; i < v.ct_len; i++)
+                assert_int_equal(copy[ct_at + i], 0);
+        }
+    }
+    free(d1);
+    free(d2);
+    free(scratch);
+    free(copy);
+    return r1;
+}
+
+static void inplace_cases(void)
+{
+    fedge_device_key k = device_key("edge-1");
+    static const fedge_encoding encs[] = {FEDGE_ENC_FP32, FEDGE_ENC_FP16, FEDGE_ENC_BF16, FEDGE_ENC_INT8};
+    const uint32_t n = 3000;
+    float *x = random_delta(n, 11);
+    fedge_update_expect ex = expect_for(n, 0);
+    for (size_t e = 0; e < sizeof encs / sizeof encs[0]; e++) {
+        for (int with_metrics = 0; with_metrics < 2; with_metrics++) {
+            fedge_delta_header h = header(encs[e], n);
+            uint8_t *f = NULL;
+            size_t len = 0;
+            assert_int_equal(fedge_update_seal_metrics(&k, 3, RUN_ID, with_metrics ? &FULL_METRICS : NULL, &h, x,
+                                                       NULL, &f, &len),
+                             FEDGE_OK);
+            assert_int_equal(open_both_ways(&k, f, len, &ex), FEDGE_OK);
+            fedge_update_expect replay = expect_for(n, 3), other_run = ex;
+            other_run.run_id = (const uint8_t *)"another-run-id!";
+            assert_int_equal(open_both_ways(&k, f, len, &replay), FEDGE_ERR_ENV_REPLAY);
+            assert_int_equal(open_both_ways(&k, f, len, &other_run), FEDGE_ERR_ENV_RUN);
+            f[len - 1] ^= 1; /* the tag */
+            assert_int_equal(open_both_ways(&k, f, len, &ex), FEDGE_ERR_ENV_AUTH);
+            free(f);
+        }
+    }
+    free(x);
+
+    /* every single-bit flip of a small frame: the same verdict both ways */
+    float y[4] = {0.5f, -0.25f, 1e-3f, 7.0f};
+    fedge_delta_header h = header(FEDGE_ENC_FP32, 4);
+    fedge_update_expect ey = expect_for(4, 0);
+    uint8_t *f = NULL;
+    size_t len = 0;
+    assert_int_equal(fedge_update_seal(&k, 77, RUN_ID, &h, y, NULL, &f, &len), FEDGE_OK);
+    uint8_t *b = malloc(len);
+    for (size_t pos = 0; pos < len; pos++)
+        for (int bit = 0; bit < 8; bit++) {
+            memcpy(b, f, len);
+            b[pos] ^= (uint8_t)(1u << bit);
+            assert_int_not_equal(open_both_ways(&k, b, len, &ey), FEDGE_OK);
+        }
+    free(b);
+    free(f);
+}
+
+/* fedge_update_open_inplace against fedge_update_open_metrics, on mbedTLS's
+ * GCM and, where linked, OpenSSL's (the aggregator's). */
+static void test_open_inplace_same_as_open(void **state)
+{
+    (void)state;
+    inplace_cases();
+    if (fedge_crypto_use_openssl() == FEDGE_OK) {
+        inplace_cases();
+        fedge_crypto_backend_set(NULL);
+    }
+}
+
 static void test_metrics_encode_decode(void **state)
 {
     (void)state;
@@ -848,6 +993,7 @@ int main(void)
         cmocka_unit_test(test_every_bit_flip),
         cmocka_unit_test(test_bound_to_run),
         cmocka_unit_test(test_counter_flow),
+        cmocka_unit_test(test_open_inplace_same_as_open),
         cmocka_unit_test(test_stream_same_bytes),
         cmocka_unit_test(test_stream_refuses_up_front),
         cmocka_unit_test(test_frame_size_both_paths),
