@@ -85,10 +85,20 @@ fed_start_edge() {
 # fed_wait_run SECONDS: wait for the aggregator to finish, then for every
 # edge to exit by itself with status 0; fails early when an edge dies with
 # an error first (its log tail is shown).
+# FED_END_LINGER=1: once the aggregator has logged the run's end and every
+# edge in FED_EDGE_PIDS has exited 0, the rest of --linger-s (there for the
+# edges to hear "finished") is cut short with SIGTERM, after which the
+# aggregator exits with the same status (the run's outcome) as at its end.
 fed_wait_run() {
-    local t=$1 i j e pid id agg_status
+    local t=$1 i j e pid id agg_status termed=""
     local -A reaped=()
     for ((i = 0; i < t * 10; i++)); do
+        if [ -n "${FED_END_LINGER:-}" ] && [ -z "$termed" ] && [ ${#FED_EDGE_PIDS[@]} -gt 0 ] &&
+            [ ${#reaped[@]} = ${#FED_EDGE_PIDS[@]} ] &&
+            grep -qE 'finished [0-9]+ rounds|run ended after|refused: .*; stopping' "$FED_DIR/agg.log"; then
+            kill -TERM "$FED_AGG_PID" 2>/dev/null
+            termed=1
+        fi
         if ! kill -0 "$FED_AGG_PID" 2>/dev/null; then
             wait "$FED_AGG_PID"
             agg_status=$?
