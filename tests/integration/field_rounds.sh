@@ -9,9 +9,9 @@
 #     "database busy" retry within their round;
 #  4. stepping the wall clock back 600 s mid-round moves no deadline
 #     (libfaketime on the aggregator alone; skipped with a message without it).
-# The parts share nothing but the keys and shards: they run at once, each in
-# its own directory with its own port (their waits on rounds and locks
-# overlap); their output is printed in order.
+# The parts share nothing but the keys and shards: they run at once
+# (fed_parts: each in its own directory with its own port; their waits on
+# rounds and locks overlap).
 # fedge-test: long
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -136,30 +136,5 @@ part4() {
     echo "clock stepped back 600 s: the round still ended after ${took}s, logged as ${len}s long"
 }
 
-# run_part NAME: NAME in $FED_DIR/NAME (keys and data linked in) with its own
-# port, processes and cleanup, in the background; its output goes to NAME.out
-base=$FED_DIR
-parts=(part1 part2 part3 part3c part4)
-part_pids=()
-run_part() {
-    mkdir -p "$base/$1"
-    ln -s "$base/keys" "$base/aggregator.key" "$base/aggregator.pub" "$base/shards" "$base/test.bin" "$base/$1/"
-    (
-        FED_DIR=$base/$1 FED_PIDS=() FED_EDGE_PIDS=()
-        trap fed_cleanup EXIT
-        trap 'exit 143' TERM
-        FED_PORT=$(fed_free_port)
-        "$1"
-    ) >"$base/$1.out" 2>&1 &
-    part_pids+=("$!")
-    FED_PIDS+=("$!")
-}
-for p in "${parts[@]}"; do run_part "$p"; done
-failed=()
-for i in "${!parts[@]}"; do
-    wait "${part_pids[$i]}" || failed+=("${parts[$i]}")
-done
-FED_PIDS=()
-for p in "${parts[@]}"; do cat "$base/$p.out"; done
-[ ${#failed[@]} = 0 ] || { echo "FAIL: ${failed[*]}" >&2; exit 1; }
+fed_parts part1 part2 part3 part3c part4
 echo ok

@@ -147,4 +147,31 @@ fed_wait_for() {
     fed_fail "timed out after ${t}s waiting for: $cmd"
 }
 
+# fed_parts FUNC...: runs the functions at once, each in the background in
+# its own directory $FED_DIR/FUNC (what $FED_DIR holds linked in) with its
+# own FED_PORT, processes and cleanup (fed_fail ends only that part); then
+# prints their output in order and fails naming the parts that failed.
+fed_parts() {
+    local base=$FED_DIR p i entries=("$FED_DIR"/*) pids=() failed=() keep=("${FED_PIDS[@]}")
+    for p in "$@"; do
+        mkdir "$base/$p" && ln -s "${entries[@]}" "$base/$p/" || fed_fail "cannot set up $base/$p"
+        (
+            FED_DIR=$base/$p FED_PIDS=() FED_EDGE_PIDS=()
+            trap fed_cleanup EXIT
+            trap 'exit 143' TERM
+            FED_PORT=$(fed_free_port)
+            "$p"
+            exit 0 # as in a script: a part fails by fed_fail (or exit), not by its last status
+        ) >"$base/$p.out" 2>&1 &
+        pids+=("$!")
+        FED_PIDS+=("$!")
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || failed+=("${*:i+1:1}")
+    done
+    FED_PIDS=("${keep[@]}")
+    for p in "$@"; do cat "$base/$p.out"; done
+    [ ${#failed[@]} = 0 ] || fed_fail "failed: ${failed[*]}"
+}
+
 fed_sql() { sqlite3 -batch -noheader -cmd ".timeout 10000" "$FED_DIR/fedge.db" "$@"; } # waits out the daemon's write lock
