@@ -15,7 +15,8 @@
 # the cores, at most 4). FEDGE_TEST_INTEGRATION_JOBS: integration scripts
 # run at once (default 2; 1: one at a time). A script whose header has the
 # line "# fedge-test: serial" (it measures time, or needs the whole machine)
-# runs alone after the others; "# fedge-test: long" starts first.
+# runs alone after the others; "# fedge-test: long" starts first, and so
+# does a cmocka program whose source says "fedge-test: long" (test_train).
 set -u
 MODE=${1:-all}
 BUILD=${2:-build/native}
@@ -87,11 +88,14 @@ batch_report() {
     BATCH_LOGS=()
 }
 
-run_unit() { # build dir, label
-    local b=$1 label=$2
+run_unit() { # build dir, label; a program whose source says "fedge-test: long" starts first
+    local b=$1 label=$2 t n long=() rest=()
     for t in "$b"/tests/test_*; do
         [ -x "$t" ] || continue
-        local n
+        n=$(basename "$t")
+        if grep -q 'fedge-test: long' "tests/unit/$n.c" 2>/dev/null; then long+=("$t"); else rest+=("$t"); fi
+    done
+    for t in "${long[@]}" "${rest[@]}"; do
         n=$(basename "$t")
         batch_add "$label/$n" "$b/test-logs/$n.log" "$t"
     done
