@@ -24,14 +24,17 @@ COMMON=(--model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" --lr 0.05 --
 FED_END_LINGER=1 # the linger is for the edges: it ends when they have all exited 0
 
 # hold_lock SECONDS MARKER: another process takes the database's write lock
-# for SECONDS (in the background, pid in $locker); returns once it holds it
+# for SECONDS, or until the file MARKER.release appears (in the background,
+# pid in $locker); returns once it holds it
 hold_lock() {
     python3 - "$FED_DIR/fedge.db" "$FED_DIR/$2" "$1" <<'EOF' &
-import sqlite3, sys, time
+import os, sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
 db.execute("BEGIN IMMEDIATE")
 open(sys.argv[2], "w").close()
-time.sleep(float(sys.argv[3]))
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end and not os.path.exists(sys.argv[2] + ".release"):
+    time.sleep(0.05)
 db.execute("COMMIT")
 EOF
     locker=$!
@@ -82,10 +85,15 @@ part3() {
         fed_fail "every update counted once: $(fed_sql "SELECT round, device, decision FROM updates")"
 
     # ---- 3b. the lock is held while the daemon starts: start-up waits it out
-    hold_lock 6 locked2
+    # (held until start-up has met it, at most 30 s: a slow start-up found
+    # a fixed 6 s lock already gone)
+    hold_lock 30 locked2
     : >"$FED_DIR/agg.log"
     FED_PORT=$(fed_free_port)
     fed_start_aggregator "${COMMON[@]}" --rounds 3 --round-timeout-s 1 --linger-s 0
+    fed_wait_for "grep -q 'start-up: the database is locked' '$FED_DIR/agg.log' || ! kill -0 $FED_AGG_PID" 30
+    sleep 1 # a retry or two more
+    touch "$FED_DIR/locked2.release"
     fed_wait_pid "$FED_AGG_PID" 60
     rc=$?
     wait "$locker"
