@@ -152,7 +152,10 @@ fed_wait_for() {
 # own FED_PORT, processes and cleanup (fed_fail ends only that part); then
 # prints their output in order and fails naming the parts that failed.
 fed_parts() {
-    local base=$FED_DIR p i entries=("$FED_DIR"/*) pids=() failed=() keep=("${FED_PIDS[@]}")
+    local base=$FED_DIR p i e entries=() pids=() failed=() keep=("${FED_PIDS[@]}")
+    for e in "$FED_DIR"/*; do # not a run's own files
+        case ${e##*/} in agg.log | fedge.db* | models | edge-*.log) ;; *) entries+=("$e") ;; esac
+    done
     for p in "$@"; do
         mkdir "$base/$p" && ln -s "${entries[@]}" "$base/$p/" || fed_fail "cannot set up $base/$p"
         (
