@@ -405,8 +405,8 @@ asan: deps
 # the cross edges (and their trimmed mbedTLS/libcoap) are built here, not
 # inside tests/integration/cross_edge.sh's time; so is the same edge for this
 # machine (EDGE_TRIM=1), whose heap tests/integration/edge_memory.sh measures
-# Its builds run TEST_JOBS compilers at once (default: the cores), unless
-# make itself was given -j.
+# make test builds with TEST_JOBS compilers at once (default: the cores),
+# unless make itself was given -j.
 CROSS_EDGES := aarch64-linux-gnu arm-linux-gnueabihf
 TEST_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 TEST_J = $(if $(filter -j%,$(MAKEFLAGS)),,-j$(TEST_JOBS))
