@@ -88,7 +88,7 @@ batch_report() {
     BATCH_LOGS=()
 }
 
-run_unit() { # build dir, label; a program whose source says "fedge-test: long" starts first
+run_unit() { # build dir, label[, defer: leave the batch open for more]; a program whose source says "fedge-test: long" starts first
     local b=$1 label=$2 t n long=() rest=()
     for t in "$b"/tests/test_*; do
         [ -x "$t" ] || continue
@@ -99,7 +99,7 @@ run_unit() { # build dir, label; a program whose source says "fedge-test: long" 
         n=$(basename "$t")
         batch_add "$label/$n" "$b/test-logs/$n.log" "$t"
     done
-    batch_report
+    [ "${3:-}" = defer ] || batch_report
 }
 
 ASAN_INTEGRATION="e2e_dtls crash_resume interop_coap_client upload_limits ingest_workers ingest_crash relay_tree observe_round"
@@ -160,7 +160,9 @@ unit) run_unit "$BUILD" unit ;;
 integration) run_integration "$BUILD" integration ;;
 fuzz) run_fuzz "$BUILD" "${FEDGE_FUZZ_TIME:-3}" ;;
 all)
-    run_unit "$BUILD" unit
+    # the integration scripts take the slots the unit programs free while
+    # test_train (~47 s) still runs; one report for both, units first
+    run_unit "$BUILD" unit defer
     run_integration "$BUILD" integration
     if [ -n "$ASAN_BUILD" ]; then
         mkdir -p "$ASAN_BUILD/test-logs"
