@@ -405,17 +405,22 @@ asan: deps
 # the cross edges (and their trimmed mbedTLS/libcoap) are built here, not
 # inside tests/integration/cross_edge.sh's time; so is the same edge for this
 # machine (EDGE_TRIM=1), whose heap tests/integration/edge_memory.sh measures
+# make test builds with TEST_JOBS compilers at once (default: the cores),
+# unless make itself was given -j.
 CROSS_EDGES := aarch64-linux-gnu arm-linux-gnueabihf
-test: all
+TEST_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+TEST_J = $(if $(filter -j%,$(MAKEFLAGS)),,-j$(TEST_JOBS))
+test:
+	$(Q)$(MAKE) --no-print-directory $(TEST_J) all
 	$(Q)for c in $(CROSS_EDGES); do \
-	    $(MAKE) --no-print-directory CROSS=$$c BUILD=build/$$c BLAS=none edge || exit 1; done
-	$(Q)$(MAKE) --no-print-directory EDGE_TRIM=1 edge # the shipped edge for this machine: edge_memory.sh
-	$(Q)$(MAKE) --no-print-directory BLAS=none BUILD=build/noblas build/noblas/tests/test_blas
+	    $(MAKE) --no-print-directory $(TEST_J) CROSS=$$c BUILD=build/$$c BLAS=none edge || exit 1; done
+	$(Q)$(MAKE) --no-print-directory $(TEST_J) EDGE_TRIM=1 edge # the shipped edge for this machine: edge_memory.sh
+	$(Q)$(MAKE) --no-print-directory $(TEST_J) BLAS=none BUILD=build/noblas build/noblas/tests/test_blas
 	$(Q)build/noblas/tests/test_blas >build/noblas/test_blas.log 2>&1 || \
 	    { cat build/noblas/test_blas.log; echo "test_blas failed with BLAS=none"; exit 1; }
-	$(Q)$(MAKE) --no-print-directory SAN=1 san-bins
-	$(Q)$(MAKE) --no-print-directory fuzz-bins
-	$(Q)$(MAKE) --no-print-directory mcu || echo "make mcu failed: tests/integration/mcu_round.sh says why"
+	$(Q)$(MAKE) --no-print-directory $(TEST_J) SAN=1 san-bins
+	$(Q)$(MAKE) --no-print-directory $(TEST_J) fuzz-bins
+	$(Q)$(MAKE) --no-print-directory $(TEST_J) mcu || echo "make mcu failed: tests/integration/mcu_round.sh says why"
 	$(Q)tests/run.sh all $(BUILD) build/asan $(FUZZ_BUILD)
 
 demo: all

@@ -15,7 +15,8 @@
 # the cores, at most 4). FEDGE_TEST_INTEGRATION_JOBS: integration scripts
 # run at once (default 2; 1: one at a time). A script whose header has the
 # line "# fedge-test: serial" (it measures time, or needs the whole machine)
-# runs alone after the others; "# fedge-test: long" starts first.
+# runs alone after the others; "# fedge-test: long" starts first, and so
+# does a cmocka program whose source says "fedge-test: long" (test_train).
 set -u
 MODE=${1:-all}
 BUILD=${2:-build/native}
@@ -87,15 +88,18 @@ batch_report() {
     BATCH_LOGS=()
 }
 
-run_unit() { # build dir, label
-    local b=$1 label=$2
+run_unit() { # build dir, label[, defer: leave the batch open for more]; a program whose source says "fedge-test: long" starts first
+    local b=$1 label=$2 t n long=() rest=()
     for t in "$b"/tests/test_*; do
         [ -x "$t" ] || continue
-        local n
+        n=$(basename "$t")
+        if grep -q 'fedge-test: long' "tests/unit/$n.c" 2>/dev/null; then long+=("$t"); else rest+=("$t"); fi
+    done
+    for t in "${long[@]}" "${rest[@]}"; do
         n=$(basename "$t")
         batch_add "$label/$n" "$b/test-logs/$n.log" "$t"
     done
-    batch_report
+    [ "${3:-}" = defer ] || batch_report
 }
 
 ASAN_INTEGRATION="e2e_dtls crash_resume interop_coap_client upload_limits ingest_workers ingest_crash relay_tree observe_round"
@@ -156,7 +160,9 @@ unit) run_unit "$BUILD" unit ;;
 integration) run_integration "$BUILD" integration ;;
 fuzz) run_fuzz "$BUILD" "${FEDGE_FUZZ_TIME:-3}" ;;
 all)
-    run_unit "$BUILD" unit
+    # the integration scripts take the slots the unit programs free while
+    # test_train (~47 s) still runs; one report for both, units first
+    run_unit "$BUILD" unit defer
     run_integration "$BUILD" integration
     if [ -n "$ASAN_BUILD" ]; then
         mkdir -p "$ASAN_BUILD/test-logs"

@@ -5,6 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
+FED_END_LINGER=1 # the linger is for the edges: it ends when they have all exited 0
 
 fed_setup 2
 FED_PORT=$(fed_free_port)

@@ -10,6 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
+FED_END_LINGER=1 # the linger is for the edges: it ends when they have all exited 0
 
 declare -A QEMU=([aarch64-linux-gnu]=qemu-aarch64 [arm-linux-gnueabihf]=qemu-arm)
 declare -A MACHINE=([aarch64-linux-gnu]=AArch64 [arm-linux-gnueabihf]=ARM)

@@ -21,6 +21,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
+FED_END_LINGER=1 # the linger is for the edges: it ends when they have all exited 0
 
 SEED=${FEDGE_STORM_SEED:-8}
 KILLS=${FEDGE_STORM_KILLS:-22}

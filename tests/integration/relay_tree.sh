@@ -62,6 +62,54 @@ relay_args() { # N: relay N's arguments
                 --upstream "127.0.0.1:$P_ROOT" --upstream-id "relay-00$1" --upstream-keys "$D/r$1/upstream.keys"
                 --upstream-poll-s 0.1 --upstream-margin-s 2)
 }
+sql() { sqlite3 -batch -noheader "$D/$1/fedge.db" "$2"; }
+
+# A relay whose edges send nothing before its deadline (upstream_margin_s
+# before the root's), restarted inside its round, resumes it, then fails it
+# and sends nothing; the root's round closes at its own deadline without it.
+# It shares nothing with the tree below (its own root, ports and databases)
+# and runs beside it, in the background.
+edgeless_relay() {
+    mkdir -p "$D/root3" "$D/r3"
+    P_ROOT=$(fed_free_port)
+    P_R3=$(fed_free_port)
+    start root3 --keys-file "$D/relays.keys" --db "$D/root3/fedge.db" --model-dir "$D/root3/models" \
+        --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_ROOT" --rounds 1 --round-timeout-s 4 --linger-s 1
+    relay_args 2
+    start r3 "${RELAY_ARGS[@]}" --db "$D/r3/fedge.db" --model-dir "$D/r3/models" --listen "127.0.0.1:$P_R3" \
+        --linger-s 0.5
+    # stopped and started again inside its round: it resumes it while the root is still in it
+    fed_wait_for "grep -qs 'round 1 open' '$D/r3.log'" 10
+    kill "$PID_r3"
+    wait "$PID_r3"
+    start r3 "${RELAY_ARGS[@]}" --db "$D/r3/fedge.db" --model-dir "$D/r3/models" --listen "127.0.0.1:$P_R3" \
+        --linger-s 0.5
+    for name in root3 r3; do
+        pid=$(eval echo \$PID_$name)
+        for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && fed_fail "$name did not finish within 15s"
+        wait "$pid"
+        rc=$?
+        # the only round aggregated nothing, here or there: exit status 3, as documented
+        [ $rc -eq 3 ] || { tail -n 20 "$D/$name.log" >&2; fed_fail "$name exited with status $rc, not 3"; }
+    done
+    [ "$(sql r3 "SELECT status FROM rounds WHERE id=1")" = failed ] || fed_fail "the edgeless relay's round should fail"
+    awk -v l="$(sql r3 "SELECT deadline - opened_at FROM rounds WHERE id=1")" 'BEGIN { exit !(l > 0.8 && l < 2.5) }' ||
+        fed_fail "the relay's round should end upstream_margin_s (2s) before the root's 4s deadline"
+    grep -q "resuming open round 1" "$D/r3.log" && grep -q "resumed round 1 is still open at the parent" "$D/r3.log" ||
+        fed_fail "the restarted relay should resume its open round while the root is in it"
+    [ "$(sql r3 "SELECT count(*) FROM relay_sent")" = 0 ] || fed_fail "a relay without a partial sends nothing"
+    [ "$(sql root3 "SELECT count(*) FROM updates")" = 0 ] || fed_fail "the root should have received nothing"
+}
+(
+    FED_DIR="" FED_PIDS=() # its own processes; the directory stays the script's
+    trap fed_cleanup EXIT
+    trap 'exit 143' TERM
+    edgeless_relay
+    exit 0
+) >"$D/edgeless.out" 2>&1 &
+edgeless=$!
+FED_PIDS+=("$edgeless")
 start root "${ROOT_ARGS[@]}" --linger-s 1.5
 for r in 1 2; do
     relay_args $r
@@ -82,7 +130,6 @@ for name in flat root r1 r2; do
     wait "$pid" || { show_logs; fed_fail "$name exited with an error"; }
 done
 
-sql() { sqlite3 -batch -noheader "$D/$1/fedge.db" "$2"; }
 for db in flat root; do
     [ "$(sql $db "SELECT count(*) FROM rounds WHERE status='closed'")" = 2 ] || { show_logs; fed_fail "$db: 2 closed rounds expected"; }
 done
@@ -189,37 +236,5 @@ sql r1 "SELECT reply FROM relay_sent WHERE round=2" | grep -q "duplicate of the 
 "$BIN/fedge-audit" --db "$D/r1/fedge.db" --pubkey "$D/r1/aggregator.pub" verify >/dev/null ||
     fed_fail "relay 1's log should verify after the resend"
 
-# A relay whose edges send nothing before its deadline (upstream_margin_s
-# before the root's), restarted inside its round, resumes it, then fails it
-# and sends nothing; the root's round closes at its own deadline without it.
-mkdir -p "$D/root3" "$D/r3"
-P_ROOT=$(fed_free_port)
-P_R3=$(fed_free_port)
-start root3 --keys-file "$D/relays.keys" --db "$D/root3/fedge.db" --model-dir "$D/root3/models" \
-    --signing-key "$D/aggregator.key" --listen "127.0.0.1:$P_ROOT" --rounds 1 --round-timeout-s 4 --linger-s 1
-relay_args 2
-start r3 "${RELAY_ARGS[@]}" --db "$D/r3/fedge.db" --model-dir "$D/r3/models" --listen "127.0.0.1:$P_R3" \
-    --linger-s 0.5
-# stopped and started again inside its round: it resumes it while the root is still in it
-fed_wait_for "grep -qs 'round 1 open' '$D/r3.log'" 10
-kill "$PID_r3"
-wait "$PID_r3"
-start r3 "${RELAY_ARGS[@]}" --db "$D/r3/fedge.db" --model-dir "$D/r3/models" --listen "127.0.0.1:$P_R3" \
-    --linger-s 0.5
-for name in root3 r3; do
-    pid=$(eval echo \$PID_$name)
-    for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && fed_fail "$name did not finish within 15s"
-    wait "$pid"
-    rc=$?
-    # the only round aggregated nothing, here or there: exit status 3, as documented
-    [ $rc -eq 3 ] || { tail -n 20 "$D/$name.log" >&2; fed_fail "$name exited with status $rc, not 3"; }
-done
-[ "$(sql r3 "SELECT status FROM rounds WHERE id=1")" = failed ] || fed_fail "the edgeless relay's round should fail"
-awk -v l="$(sql r3 "SELECT deadline - opened_at FROM rounds WHERE id=1")" 'BEGIN { exit !(l > 0.8 && l < 2.5) }' ||
-    fed_fail "the relay's round should end upstream_margin_s (2s) before the root's 4s deadline"
-grep -q "resuming open round 1" "$D/r3.log" && grep -q "resumed round 1 is still open at the parent" "$D/r3.log" ||
-    fed_fail "the restarted relay should resume its open round while the root is in it"
-[ "$(sql r3 "SELECT count(*) FROM relay_sent")" = 0 ] || fed_fail "a relay without a partial sends nothing"
-[ "$(sql root3 "SELECT count(*) FROM updates")" = 0 ] || fed_fail "the root should have received nothing"
+wait "$edgeless" || { cat "$D/edgeless.out" >&2; fed_fail "the edgeless relay (above)"; }
 echo ok

@@ -7,6 +7,8 @@
 # aggregator offers them, adam (its state must survive the restart) and
 # SCAFFOLD (each client's c_i too: the device whose update committed just
 # before the kill must find its c_i+ committed, the others theirs dropped).
+# The three optimisers' runs share nothing but the keys and shards: they run
+# at once (fedge-sim is CPU-bound on one thread), their output in order.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/sim.sh
@@ -75,32 +77,51 @@ check() { # NAME REFERENCE
 }
 
 args=(--model-spec mlp:784-64-10 --rounds $ROUNDS --threads 1 --signing-key "$SIM_DIR/aggregator.key")
-sim_run sgd_ref "${args[@]}" || sim_fail "uninterrupted sgd run"
-interrupted sgd_kill "${args[@]}"
-check sgd_kill sgd_ref
+run_sgd() {
+    sim_run sgd_ref "${args[@]}" || sim_fail "uninterrupted sgd run"
+    interrupted sgd_kill "${args[@]}"
+    check sgd_kill sgd_ref
+}
 
-if sim_accepts server_optimizer adam; then
-    adam=("${args[@]}" --server-optimizer adam --server-lr 0.01)
-    sim_run adam_ref "${adam[@]}" || sim_fail "uninterrupted adam run"
-    interrupted adam_kill "${adam[@]}"
-    check adam_kill adam_ref
-else
-    echo "SKIP: server_optimizer = adam (fedge-aggregator does not offer it)"
-fi
+run_adam() {
+    if sim_accepts server_optimizer adam; then
+        adam=("${args[@]}" --server-optimizer adam --server-lr 0.01)
+        sim_run adam_ref "${adam[@]}" || sim_fail "uninterrupted adam run"
+        interrupted adam_kill "${adam[@]}"
+        check adam_kill adam_ref
+    else
+        echo "SKIP: server_optimizer = adam (fedge-aggregator does not offer it)"
+    fi
+}
 
-if sim_accepts scaffold true; then
-    scaf=(--model-spec softmax:784-10 --rounds $ROUNDS --threads 1 --signing-key "$SIM_DIR/aggregator.key" --scaffold)
-    sim_run scaf_ref "${scaf[@]}" || sim_fail "uninterrupted SCAFFOLD run"
-    interrupted scaf_kill "${scaf[@]}"
-    check scaf_kill scaf_ref
-    # c_i files: the same model part (the 32-byte trailer names each run's own id)
-    for f in "$SIM_DIR/scaf_ref/fedge.db.clients"/*.control; do
-        g="$SIM_DIR/scaf_kill/fedge.db.clients/${f##*/}"
-        cmp -s <(head -c -32 "$f") <(head -c -32 "$g") || sim_fail "scaf_kill: ${f##*/} differs from the uninterrupted run's"
-    done
-    [ -z "$(find "$SIM_DIR/scaf_kill/fedge.db.clients" -name '*.pending')" ] || sim_fail "scaf_kill: a pending c_i+ left"
-    echo "scaf_kill: every c_i as uninterrupted"
-else
-    echo "SKIP: scaffold (fedge-aggregator does not offer it)"
-fi
+run_scaf() {
+    if sim_accepts scaffold true; then
+        scaf=(--model-spec softmax:784-10 --rounds $ROUNDS --threads 1 --signing-key "$SIM_DIR/aggregator.key" --scaffold)
+        sim_run scaf_ref "${scaf[@]}" || sim_fail "uninterrupted SCAFFOLD run"
+        interrupted scaf_kill "${scaf[@]}"
+        check scaf_kill scaf_ref
+        # c_i files: the same model part (the 32-byte trailer names each run's own id)
+        for f in "$SIM_DIR/scaf_ref/fedge.db.clients"/*.control; do
+            g="$SIM_DIR/scaf_kill/fedge.db.clients/${f##*/}"
+            cmp -s <(head -c -32 "$f") <(head -c -32 "$g") || sim_fail "scaf_kill: ${f##*/} differs from the uninterrupted run's"
+        done
+        [ -z "$(find "$SIM_DIR/scaf_kill/fedge.db.clients" -name '*.pending')" ] || sim_fail "scaf_kill: a pending c_i+ left"
+        echo "scaf_kill: every c_i as uninterrupted"
+    else
+        echo "SKIP: scaffold (fedge-aggregator does not offer it)"
+    fi
+}
+
+variants=(sgd adam scaf)
+pids=()
+for v in "${variants[@]}"; do
+    ("run_$v"; exit 0) >"$SIM_DIR/$v.log" 2>&1 & # fails by sim_fail, as in a script
+    pids+=("$!")
+done
+trap 'kill "${pids[@]}" 2>/dev/null; sim_cleanup' EXIT
+failed=()
+for i in "${!variants[@]}"; do wait "${pids[$i]}" || failed+=("${variants[$i]}"); done
+pids=()
+for v in "${variants[@]}"; do cat "$SIM_DIR/$v.log"; done
+[ ${#failed[@]} = 0 ] || sim_fail "failed: ${failed[*]}"
 echo ok

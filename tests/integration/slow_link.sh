@@ -16,6 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
+FED_END_LINGER=1 # the linger is for the edges: it ends when they have all exited 0
 
 rounds=${SLOW_LINK_ROUNDS:-1}
 loss=${SLOW_LINK_LOSS:-0.20}

@@ -85,10 +85,20 @@ fed_start_edge() {
 # fed_wait_run SECONDS: wait for the aggregator to finish, then for every
 # edge to exit by itself with status 0; fails early when an edge dies with
 # an error first (its log tail is shown).
+# FED_END_LINGER=1: once the aggregator has logged the run's end and every
+# edge in FED_EDGE_PIDS has exited 0, the rest of --linger-s (there for the
+# edges to hear "finished") is cut short with SIGTERM, after which the
+# aggregator exits with the same status (the run's outcome) as at its end.
 fed_wait_run() {
-    local t=$1 i j e pid id agg_status
+    local t=$1 i j e pid id agg_status termed=""
     local -A reaped=()
     for ((i = 0; i < t * 10; i++)); do
+        if [ -n "${FED_END_LINGER:-}" ] && [ -z "$termed" ] && [ ${#FED_EDGE_PIDS[@]} -gt 0 ] &&
+            [ ${#reaped[@]} = ${#FED_EDGE_PIDS[@]} ] &&
+            grep -qE 'finished [0-9]+ rounds|run ended after|refused: .*; stopping' "$FED_DIR/agg.log"; then
+            kill -TERM "$FED_AGG_PID" 2>/dev/null
+            termed=1
+        fi
         if ! kill -0 "$FED_AGG_PID" 2>/dev/null; then
             wait "$FED_AGG_PID"
             agg_status=$?
@@ -135,6 +145,36 @@ fed_wait_for() {
         sleep 0.1
     done
     fed_fail "timed out after ${t}s waiting for: $cmd"
+}
+
+# fed_parts FUNC...: runs the functions at once, each in the background in
+# its own directory $FED_DIR/FUNC (what $FED_DIR holds linked in) with its
+# own FED_PORT, processes and cleanup (fed_fail ends only that part); then
+# prints their output in order and fails naming the parts that failed.
+fed_parts() {
+    local base=$FED_DIR p i e entries=() pids=() failed=() keep=("${FED_PIDS[@]}")
+    for e in "$FED_DIR"/*; do # not a run's own files
+        case ${e##*/} in agg.log | fedge.db* | models | edge-*.log) ;; *) entries+=("$e") ;; esac
+    done
+    for p in "$@"; do
+        mkdir "$base/$p" && ln -s "${entries[@]}" "$base/$p/" || fed_fail "cannot set up $base/$p"
+        (
+            FED_DIR=$base/$p FED_PIDS=() FED_EDGE_PIDS=()
+            trap fed_cleanup EXIT
+            trap 'exit 143' TERM
+            FED_PORT=$(fed_free_port)
+            "$p"
+            exit 0 # as in a script: a part fails by fed_fail (or exit), not by its last status
+        ) >"$base/$p.out" 2>&1 &
+        pids+=("$!")
+        FED_PIDS+=("$!")
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || failed+=("${*:i+1:1}")
+    done
+    FED_PIDS=("${keep[@]}")
+    for p in "$@"; do cat "$base/$p.out"; done
+    [ ${#failed[@]} = 0 ] || fed_fail "failed: ${failed[*]}"
 }
 
 fed_sql() { sqlite3 -batch -noheader -cmd ".timeout 10000" "$FED_DIR/fedge.db" "$@"; } # waits out the daemon's write lock

@@ -11,7 +11,8 @@
  * FEDGE_TEST_QUICK (the ASan run): 10000 / 6000 training rows for 3 / 2
  * epochs, >= 78% each, and the CNN on 3000 rows for 2 epochs, >= 70% (a
  * smoke test of the conv path, not of its accuracy), evaluated on the whole
- * test set. */
+ * test set.
+ * fedge-test: long (tests/run.sh starts it first) */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>

@@ -40,6 +40,10 @@ rng = random.Random(int(args[4]) if len(args) > 4 else 1)
 dropped = {"up": 0, "down": 0}
 front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 front.bind(("127.0.0.1", listen_port))
+# Non-blocking: a socket select() calls readable can still have nothing to
+# read (a pending ICMP error already taken), and a blocking recvfrom() there
+# outlived SIGTERM (Python retries it after the handler), hanging the test.
+front.setblocking(False)
 sel = selectors.DefaultSelector()
 sel.register(front, selectors.EVENT_READ, None)
 upstream = {}  # client addr -> socket towards the aggregator
@@ -136,11 +140,14 @@ while running:
             data, addr = sock.recvfrom(65536)
         except ConnectionRefusedError:  # the aggregator is not listening yet; the client retries
             continue
+        except BlockingIOError:  # nothing to read after all
+            continue
         if client is None:  # from a client
             s = upstream.get(addr)
             if s is None:
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 s.connect(("127.0.0.1", target_port))
+                s.setblocking(False)
                 upstream[addr] = s
                 sel.register(s, selectors.EVENT_READ, addr)
             c = stats.setdefault(str(addr[1]), {"up_bytes": 0, "up_dgrams": 0, "down_bytes": 0, "down_dgrams": 0})
