@@ -106,6 +106,17 @@ int fedge_plan_trial_steps(double step_ms, double target_s, int lo, int hi)
     return want < (double)lo ? lo : want > (double)hi ? hi : (int)want;
 }
 
+int fedge_plan_should_yield(const char *local_size, int yield_set, long cores)
+{
+    char *end = NULL;
+    if (local_size == NULL || yield_set || cores < 1)
+        return 0;
+    const long n = strtol(local_size, &end, 10);
+    if (end == local_size || *end != '\0')
+        return 0;
+    return n > cores;
+}
+
 enum { OP_F = 0, OP_B = 1 };
 
 /* The k-th operation of stage s: *kind OP_F or OP_B, *m the micro-batch. */

@@ -89,6 +89,18 @@ double fedge_plan_loader_time(int ranks, int cores, int rows, double row_s);
 double fedge_plan_trial_mean_ms(double seconds, double first_ms, int steps);
 int fedge_plan_trial_steps(double step_ms, double target_s, int lo, int hi);
 
+/* Whether to ask Open MPI to yield while a rank waits, decided before
+ * MPI_Init from the launcher's environment: local_size is
+ * OMPI_COMM_WORLD_LOCAL_SIZE (the ranks on this node), yield_set whether
+ * OMPI_MCA_mpi_yield_when_idle is already set (the user's choice, kept),
+ * cores the node's online CPUs. 1 when more ranks than cores share the node
+ * and nothing is set: Open MPI yields on its own only when mpirun knows it
+ * oversubscribes (--oversubscribe), not when a host list claims more slots
+ * than cores, and busy-polling ranks on shared cores measured 20-60x slower
+ * steps (docs/BENCHMARKS.md). local_size NULL or not a number, or cores < 1:
+ * 0. */
+int fedge_plan_should_yield(const char *local_size, int yield_set, long cores);
+
 typedef struct {
     int schedule;                        /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */
     int pp, micro;

@@ -317,6 +317,21 @@ static void test_trial_steps(void **state)
     assert_int_equal(fedge_plan_trial_steps(1e9, 0.2, 0, 1), 2); /* at least 2: one to average */
 }
 
+/* Yield when more ranks than cores share the node and the user set nothing. */
+static void test_should_yield(void **state)
+{
+    (void)state;
+    assert_int_equal(fedge_plan_should_yield("4", 0, 2), 1);
+    assert_int_equal(fedge_plan_should_yield("3", 0, 2), 1);
+    assert_int_equal(fedge_plan_should_yield("2", 0, 2), 0); /* a core each */
+    assert_int_equal(fedge_plan_should_yield("1", 0, 2), 0);
+    assert_int_equal(fedge_plan_should_yield("4", 1, 2), 0); /* the user's setting stands */
+    assert_int_equal(fedge_plan_should_yield(NULL, 0, 2), 0); /* not under Open MPI's launcher */
+    assert_int_equal(fedge_plan_should_yield("", 0, 2), 0);
+    assert_int_equal(fedge_plan_should_yield("4x", 0, 2), 0);
+    assert_int_equal(fedge_plan_should_yield("4", 0, -1), 0); /* cores unknown */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -334,6 +349,7 @@ int main(void)
         cmocka_unit_test(test_loader_time),
         cmocka_unit_test(test_trial_mean),
         cmocka_unit_test(test_trial_steps),
+        cmocka_unit_test(test_should_yield),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
