@@ -15,6 +15,8 @@
 #include "cluster_backend.h"
 #include "cluster_mp.h"
 #include "cluster_plan_model.h"
+#include "cluster_trainer.h"
+#include "modelfile.h"
 #include "model.h"
 #include "optim.h"
 #include "rng.h"
@@ -333,6 +335,35 @@ static int probe_elementwise(fedge_plan_links *L)
     return FEDGE_OK;
 }
 
+/* A u8 shard of `rows` synthetic rows of `dim` inputs (labels i % classes)
+ * at `path`, for the loader probe and the trial runs. */
+static int synth_shard_write(const char *path, int dim, int classes, int rows)
+{
+    fedge_dataset ds;
+    size_t *idx = calloc((size_t)rows, sizeof(size_t));
+    int ret = FEDGE_OK;
+    memset(&ds, 0, sizeof(ds));
+    ds.n = (size_t)rows;
+    ds.dim = dim;
+    ds.n_classes = classes;
+    ds.x = calloc((size_t)rows * (size_t)dim, sizeof(float));
+    ds.y = calloc((size_t)rows, 1);
+    if (idx == NULL || ds.x == NULL || ds.y == NULL)
+        FAIL(FEDGE_ERR_NOMEM);
+    for (size_t i = 0; i < (size_t)rows; i++) {
+        idx[i] = i;
+        ds.y[i] = (uint8_t)(i % (size_t)classes);
+        for (int j = 0; j < dim; j++)
+            ds.x[i * (size_t)dim + (size_t)j] = (float)((i + (size_t)j) % 256) / 255.0f;
+    }
+    ret = fedge_shard_write(path, &ds, idx, (size_t)rows, FEDGE_SHARD_U8);
+cleanup:
+    free(idx);
+    free(ds.x);
+    free(ds.y);
+    return ret;
+}
+
 /* The loader's work per row, on the trainer's own loader (cluster_loader.c,
  * no prefetch: its get is the thread's work): a u8 shard of ROW_FILE_ROWS
  * synthetic rows of `dim` inputs written to TMPDIR (else /tmp) and unlinked
@@ -344,30 +375,13 @@ static int probe_row_read(int dim, int classes, int batch, fedge_plan_links *L)
 {
     const char *dir = getenv("TMPDIR");
     char path[512];
-    fedge_dataset ds;
     fedge_loader ld;
-    size_t *idx = calloc(ROW_FILE_ROWS, sizeof(size_t));
     double best = 0.0, all = 0.0, st[ROW_STEPS];
     int ret = FEDGE_OK, opened = 0, nst = 0;
-    memset(&ds, 0, sizeof(ds));
     memset(&ld, 0, sizeof(ld));
-    ds.n = ROW_FILE_ROWS;
-    ds.dim = dim;
-    ds.n_classes = classes;
-    ds.x = calloc((size_t)ROW_FILE_ROWS * (size_t)dim, sizeof(float));
-    ds.y = calloc(ROW_FILE_ROWS, 1);
-    if (idx == NULL || ds.x == NULL || ds.y == NULL)
-        ret = FEDGE_ERR_NOMEM;
     snprintf(path, sizeof(path), "%s/fedge-plan-%ld.shard", dir != NULL && *dir ? dir : "/tmp",
              (long)getpid());
-    for (size_t i = 0; ret == FEDGE_OK && i < ROW_FILE_ROWS; i++) {
-        idx[i] = i;
-        ds.y[i] = (uint8_t)(i % (size_t)classes);
-        for (int j = 0; j < dim; j++)
-            ds.x[i * (size_t)dim + (size_t)j] = (float)((i + (size_t)j) % 256) / 255.0f;
-    }
-    if (ret == FEDGE_OK)
-        ret = fedge_shard_write(path, &ds, idx, ROW_FILE_ROWS, FEDGE_SHARD_U8);
+    ret = synth_shard_write(path, dim, classes, ROW_FILE_ROWS);
     if (ret == FEDGE_OK) {
         ret = fedge_loader_open(&ld, path, 1, batch, 1, 0, 0);
         opened = ret == FEDGE_OK;
@@ -387,9 +401,6 @@ static int probe_row_read(int dim, int classes, int batch, fedge_plan_links *L)
         best = fedge_plan_median(st, nst);
     if (opened)
         fedge_loader_close(&ld);
-    free(idx);
-    free(ds.x);
-    free(ds.y);
     int bad = ret != FEDGE_OK, any = 0;
     if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS
         || MPI_Allreduce(&best, &all, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
@@ -793,147 +804,98 @@ cleanup:
 
 /* ---- trial steps: oversubscribed, the layouts are run, not modelled ---- */
 
-#define TRIAL_ROUNDS 7
-#define TRIAL_STEPS 3  /* consecutive steps per round (at least), no barrier between */
-#define TRIAL_STEPS_MAX 40
-#define TRIAL_ROUND_S 0.012
+#define TRIAL_S 0.2          /* the steps after the first span about this, by the model */
+#define TRIAL_STEPS_MIN 20
+#define TRIAL_STEPS_MAX 120
+#define TRIAL_FILE_ROWS 2048
 
-/* Whole training steps of one layout on the ranks at hand, as the trainer
- * runs them: the model-parallel path (fedge_mp: its step, the non-finite
- * check, the loss/status allreduces, the update; four agreements as in
- * train_step_mp) or, for pure DP, the trainer's cpu backend (copy-in,
- * forward, backward, the gradient MPI_Iallreduce, the check and status
- * allreduce, the update). One warm-up step, then TRIAL_ROUNDS rounds of
- * steps back to back (TRIAL_STEPS..TRIAL_STEPS_MAX, at least TRIAL_ROUND_S
- * by the warm-up step); *mean_s the median of the rounds' mean step,
- * *fast_s the fastest round's; rank 0's clock after a barrier at each
- * round's end. With more ranks than cores the scheduler decides who runs
- * while a rank waits in MPI (Open MPI yields when oversubscribed), which no
- * per-operation model captures: measured descheduling per collective did
- * not carry over to whole steps (docs/BENCHMARKS.md, planner2). */
-static int trial_steps(const fedge_model_spec *spec, const fedge_dense_shape *sh, int batch,
-                       const fedge_plan_layout *o, const float *params, double *mean_s,
-                       double *fast_s)
+/* Each rank's inputs for the trial runs, in TMPDIR (else /tmp), named by its
+ * pid (ranks on other nodes see other file systems): the model as `init`
+ * makes it and a u8 shard of synthetic rows; the trainer opens them by
+ * path, so they are unlinked only after the last trial. */
+typedef struct {
+    char model[512], data[512];
+    int have_model, have_data;
+} trial_files;
+
+static int trial_files_make(const fedge_model_spec *spec, trial_files *tf)
 {
-    int rank = 0, world = 1, ret = FEDGE_OK, bad = 0, any = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &world);
-    const int rows = batch / o->dp, mp_path = !(o->tp == 1 && o->pp == 1 && o->micro == 1);
-    const size_t n = fedge_model_spec_param_count(spec);
-    fedge_mp *mp = NULL;
-    fedge_backend *be = NULL;
-    fedge_backend_config bc;
-    float *x = calloc((size_t)rows * (size_t)sh->dims[0], sizeof(float));
-    uint8_t *y = calloc((size_t)rows, 1);
-    double rt[TRIAL_ROUNDS];
-    const fedge_sgd_config sgd = {1e-6f, 0.9f, 0.0f};
-    memset(&bc, 0, sizeof(bc));
-    if (x == NULL || y == NULL)
-        ret = FEDGE_ERR_NOMEM;
-    for (size_t i = 0; ret == FEDGE_OK && i < (size_t)rows * (size_t)sh->dims[0]; i++)
-        x[i] = (float)(i % 255) * (1.0f / 255.0f);
-    for (int i = 0; ret == FEDGE_OK && i < rows; i++)
-        y[i] = (uint8_t)(i % spec->classes);
-    if (ret == FEDGE_OK && mp_path) {
-        fedge_mp_config mc;
-        memset(&mc, 0, sizeof(mc));
-        mc.shape = *sh;
-        ret = fedge_grid_make(world, o->tp, o->pp, &mc.grid);
-        mc.micro = o->micro;
-        mc.schedule = FEDGE_PP_1F1B;
-        mc.local_batch_max = rows;
-        if (ret == FEDGE_OK)
-            ret = fedge_mp_create(&mc, &mp); /* collective */
-        if (ret == FEDGE_OK)
-            ret = fedge_mp_set_params(mp, params);
-    } else if (ret == FEDGE_OK) {
-        bc.spec = *spec;
-        bc.local_batch_max = rows;
-        bc.precision = FEDGE_PREC_FP32;
-        ret = fedge_layout_init(&bc.layout, n, world, rank);
-        if (ret == FEDGE_OK)
-            ret = fedge_backend_create("cpu", &bc, &be);
-        if (ret == FEDGE_OK)
-            ret = be->ops->set_params(be, params);
-    }
-    bad = ret != FEDGE_OK;
-    if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
-        FAIL(FEDGE_ERR_CLUSTER_COMM);
-    if (any)
-        FAIL(ret != FEDGE_OK ? ret : FEDGE_ERR_CLUSTER_COMM);
-    int per_round = 1; /* round -1: one warm-up step, which sizes the rounds */
-    for (int round = -1; round < TRIAL_ROUNDS; round++) {
-        if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
-            FAIL(FEDGE_ERR_CLUSTER_COMM);
-        const double t0 = now_s();
-        for (int k = 0; k < per_round; k++) {
-            double loss = 0.0, v[3] = {0, 0, 0}, w[3];
-            int flag = 0, st = FEDGE_OK, all_st = FEDGE_OK;
-            if (MPI_Allreduce(&st, &all_st, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
-                FAIL(FEDGE_ERR_CLUSTER_COMM); /* the batch's status */
-            if (mp_path) {
-                fedge_mp_step_stats ss;
-                CHK(fedge_mp_step(mp, x, y, rows, 1.0f / (float)batch, &loss, &ss));
-                CHK(fedge_mp_grad_nonfinite(mp, &flag));
-                if (MPI_Allreduce(&st, &all_st, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD)
-                    != MPI_SUCCESS)
-                    FAIL(FEDGE_ERR_CLUSTER_COMM);
-            } else {
-                CHK(be->ops->load_batch(be, x, y, rows));
-                CHK(be->ops->forward(be, 1.0f / (float)batch, &loss));
-                for (int l = sh->n_layers - 1; l >= 0; l--)
-                    CHK(be->ops->backward_layer(be, l));
-                CHK(be->ops->grad_comm_start(be, 0, bc.layout.n_pad));
-                CHK(be->ops->grad_comm_wait(be));
-                CHK(be->ops->grad_nonfinite(be, &flag));
-            }
-            v[0] = loss;
-            v[1] = flag;
-            if (MPI_Allreduce(v, w, 3, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
-                FAIL(FEDGE_ERR_CLUSTER_COMM);
-            if (mp_path) {
-                CHK(fedge_mp_update(mp, &sgd));
-                if (MPI_Allreduce(&st, &all_st, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD)
-                    != MPI_SUCCESS)
-                    FAIL(FEDGE_ERR_CLUSTER_COMM);
-            } else {
-                CHK(be->ops->update(be, &sgd, 1.0f));
-            }
-        }
-        if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS)
-            FAIL(FEDGE_ERR_CLUSTER_COMM);
-        if (round >= 0) {
-            rt[round] = (now_s() - t0) / per_round;
-            continue;
-        }
-        /* rounds of at least TRIAL_STEPS steps and TRIAL_ROUND_S: longer than
-         * a scheduler time slice, so a round's mean holds the descheduling a
-         * run's mean step does (rank 0's count for all) */
-        double w = now_s() - t0;
-        if (MPI_Bcast(&w, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
-            FAIL(FEDGE_ERR_CLUSTER_COMM);
-        per_round = w > 0.0 ? (int)ceil(TRIAL_ROUND_S / w) : TRIAL_STEPS_MAX;
-        per_round = per_round < TRIAL_STEPS ? TRIAL_STEPS
-                    : per_round > TRIAL_STEPS_MAX ? TRIAL_STEPS_MAX : per_round;
-    }
-    {
-        double fast = rt[0];
-        for (int r = 1; r < TRIAL_ROUNDS; r++)
-            fast = rt[r] < fast ? rt[r] : fast;
-        double v[2] = {fedge_plan_median(rt, TRIAL_ROUNDS), fast};
-        if (MPI_Bcast(v, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
-            FAIL(FEDGE_ERR_CLUSTER_COMM);
-        *mean_s = v[0];
-        *fast_s = v[1];
-    }
+    const char *dir = getenv("TMPDIR");
+    const char *d = dir != NULL && *dir ? dir : "/tmp";
+    uint8_t version[FEDGE_HASH_LEN];
+    fedge_model m;
+    fedge_rng rng;
+    int ret = FEDGE_OK;
+    memset(&m, 0, sizeof(m));
+    snprintf(tf->model, sizeof(tf->model), "%s/fedge-plan-%ld.model", d, (long)getpid());
+    snprintf(tf->data, sizeof(tf->data), "%s/fedge-plan-%ld-trial.shard", d, (long)getpid());
+    fedge_rng_seed(&rng, 1);
+    CHK(fedge_model_init(&m, spec));
+    CHK(fedge_model_randomize(&m, &rng)); /* the initialisation `init` gives */
+    tf->have_model = 1;
+    CHK(fedge_model_save(&m, tf->model, version));
+    tf->have_data = 1;
+    CHK(synth_shard_write(tf->data, spec->input_dim, spec->classes, TRIAL_FILE_ROWS));
 cleanup:
-    /* an operation failing inside a step fails on every rank (the same
-     * arguments everywhere); the collectives above keep them in step */
-    fedge_mp_destroy(mp);
-    fedge_backend_destroy(be);
-    free(x);
-    free(y);
+    fedge_model_free(&m);
     return ret;
+}
+
+static void trial_files_remove(trial_files *tf)
+{
+    if (tf->have_model)
+        unlink(tf->model);
+    if (tf->have_data)
+        unlink(tf->data);
+    tf->have_model = tf->have_data = 0;
+}
+
+/* Whole training steps of one layout on the ranks at hand, run by the
+ * trainer itself (fedge_refine_run on the trial files, `refine`'s defaults:
+ * the loader with its prefetch thread, the status agreements, the update,
+ * 1F1B) and timed as `refine` times them: *mean_s the mean of the steps
+ * after the first (fedge_plan_trial_mean_ms), *fast_s the fastest step,
+ * rank 0's figures for all; *steps_run the steps run. With more ranks than cores the OS scheduler
+ * decides who runs while a rank waits in MPI (Open MPI yields when
+ * oversubscribed) and a loader thread wakes, which no per-operation model
+ * captured (docs/BENCHMARKS.md, planner2); the mean over a whole window
+ * counts every descheduling in it, as a user's run does, where the median
+ * of short rounds dropped them (docs/CLUSTER.md, "The planner"). */
+static int trial_steps(const trial_files *tf, int batch, const fedge_plan_layout *o,
+                       double *mean_s, double *fast_s, int *steps_run)
+{
+    int rank = 0, steps = fedge_plan_trial_steps(o->predict_ms, TRIAL_S, TRIAL_STEPS_MIN,
+                                                  TRIAL_STEPS_MAX);
+    fedge_refine_config cfg;
+    fedge_refine_summary sum;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (MPI_Bcast(&steps, 1, MPI_INT, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    fedge_refine_config_defaults(&cfg);
+    cfg.model_in = tf->model;
+    cfg.data_path = tf->data;
+    cfg.model_out = NULL;
+    cfg.steps = (uint64_t)steps;
+    cfg.global_batch = batch;
+    cfg.sgd.lr = 1e-6f; /* the weights barely move: no step turns non-finite */
+    cfg.tp = o->tp;
+    cfg.pp = o->pp;
+    cfg.micro = o->micro;
+    cfg.pp_schedule = FEDGE_PP_1F1B;
+    int ret = fedge_refine_run(&cfg, &sum); /* collective; fails on every rank alike */
+    if (ret != FEDGE_OK)
+        return ret;
+    double v[2] = {1e-3 * fedge_plan_trial_mean_ms(sum.seconds, sum.step_ms_first,
+                                                   (int)sum.steps_run),
+                   1e-3 * sum.step_ms_min};
+    if (MPI_Bcast(v, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return FEDGE_ERR_CLUSTER_COMM;
+    if (!(v[0] > 0.0))
+        return FEDGE_ERR_INTERNAL;
+    *mean_s = v[0];
+    *fast_s = v[1];
+    *steps_run = steps;
+    return FEDGE_OK;
 }
 
 /* Ranks per node and the cores they may run on: the union of the node's
@@ -1207,27 +1169,31 @@ int fedge_plan_run(const fedge_model_spec *spec, int batch, int world, double bu
     for (int i = 0; i < out->n; i++)
         CHK(predict(pc, spec, &sh, batch, world, budget_mb, &out->cand[i]));
     if (out->links.share > 1 && world == probed) {
-        fedge_model m;
-        fedge_rng rng;
-        memset(&m, 0, sizeof(m));
-        fedge_rng_seed(&rng, 1);
-        ret = fedge_model_init(&m, spec);
-        if (ret == FEDGE_OK) /* the initialisation `init` gives */
-            ret = fedge_model_randomize(&m, &rng);
+        trial_files tf;
+        int bad = 0, any = 0;
+        memset(&tf, 0, sizeof(tf));
+        ret = trial_files_make(spec, &tf);
+        bad = ret != FEDGE_OK;
+        if (MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+            ret = FEDGE_ERR_CLUSTER_COMM;
+        else if (any && ret == FEDGE_OK)
+            ret = FEDGE_ERR_IO;
         for (int i = 0; ret == FEDGE_OK && i < out->n; i++) {
             fedge_plan_layout *o = &out->cand[i];
             double mean_s = 0.0, fast_s = 0.0;
+            int steps = 0;
             if (!o->fits)
                 continue;
-            ret = trial_steps(spec, &sh, batch, o, m.params, &mean_s, &fast_s);
+            ret = trial_steps(&tf, batch, o, &mean_s, &fast_s, &steps);
             if (ret == FEDGE_OK) {
                 o->trial = 1;
                 o->model_ms = o->predict_ms;
-                o->predict_ms = 1e3 * mean_s + o->loader_ms; /* the trial reads no file */
+                o->predict_ms = 1e3 * mean_s; /* the loader threads ran in it */
                 o->trial_fast_ms = 1e3 * fast_s;
+                o->trial_steps = steps;
             }
         }
-        fedge_model_free(&m);
+        trial_files_remove(&tf);
         if (ret != FEDGE_OK)
             goto cleanup;
     }
@@ -1261,10 +1227,11 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
         fprintf(f, "# oversubscribed: %d ranks on a node, %d cores (sched_getaffinity): the model "
                    "has compute x %d (probed one rank per core at a time) and collectives as "
                    "measured on all %d ranks at once, but the OS scheduler decides who runs while "
-                   "a rank waits in MPI; each layout that fits is run for %d rounds of trial steps "
-                   "(%.0f ms or %d steps at least) and predicted by them\n",
-                L->node_ranks, L->cores, L->share, L->probe_ranks, TRIAL_ROUNDS,
-                1e3 * TRIAL_ROUND_S, TRIAL_STEPS);
+                   "a rank waits in MPI or a loader thread wakes; each layout that fits is run by "
+                   "the trainer (loader and prefetch included) for %d-%d trial steps (about %.0f "
+                   "ms by the model) and predicted by the mean of the steps after the first\n",
+                L->node_ranks, L->cores, L->share, L->probe_ranks, TRIAL_STEPS_MIN,
+                TRIAL_STEPS_MAX, 1e3 * TRIAL_S);
     if (L->dp_rows > 0)
         fprintf(f, "# data-parallel step on the trainer's cpu backend, %d rows per rank: forward "
                    "%.3f ms, backward %.3f ms, copy-in %.3f ms, non-finite check %.3f ms, update "
@@ -1292,8 +1259,8 @@ void fedge_plan_print(FILE *f, const fedge_plan_result *r, double budget_mb)
         const fedge_plan_layout *o = &r->cand[i];
         char note[96] = "";
         if (o->trial)
-            snprintf(note, sizeof(note), "  trial steps (fastest round %.3f; model %.3f)",
-                     o->trial_fast_ms, o->model_ms);
+            snprintf(note, sizeof(note), "  trial steps (%d run, fastest %.3f; model %.3f)",
+                     o->trial_steps, o->trial_fast_ms, o->model_ms);
         else if (L->share > 1 && o->fits)
             snprintf(note, sizeof(note), "  model, unverified: oversubscribed, %s",
                      "not probed on these ranks");

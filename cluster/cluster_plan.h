@@ -29,12 +29,13 @@
  * one rank per core at a time and compute is multiplied by
  * ceil(ranks / cores); the collectives keep their all-ranks figures. That
  * model is printed beside, not used: when the plan is for the ranks it runs
- * on, every layout that fits is run for a few whole steps (the trainer's
- * path and collectives: a warm-up step, then 7 rounds of at least 12 ms
- * and 3 steps) and predict_ms is the median round's mean step plus the
- * loader term (`trial`), since with ranks sharing cores the OS scheduler
- * decides who runs while a rank waits in MPI; a plan for more ranks than it
- * runs on keeps the model and marks it unverified. With no core to spare
+ * on, every layout that fits is run by the trainer itself (fedge_refine_run
+ * on a synthetic shard: loader and prefetch thread, agreements, update) for
+ * 20-120 steps (about 0.2 s by the model) and predict_ms is the mean of the
+ * steps after the first, timed as `refine` times them (`trial`;
+ * fedge_plan_trial_mean_ms), since with ranks sharing cores the OS
+ * scheduler decides who runs while a rank waits in MPI; a plan for more
+ * ranks than it runs on keeps the model and marks it unverified. With no core to spare
  * for the ranks' loader threads (ranks on a node >= cores) their reading is
  * added to every step (fedge_plan_loader_time).
  *
@@ -89,12 +90,14 @@ typedef struct {
     /* trial: 1 when predict_ms was measured by running the layout's steps
      * (oversubscribed ranks: the scheduler, not the model, decides; see
      * fedge_plan_run), model_ms then the model's figure and trial_fast_ms
-     * the fastest round's mean step */
+     * the fastest step */
     int trial;
     double model_ms, trial_fast_ms;
     /* the loader threads' work charged to the step (0 with a core to spare
-     * for them), ms per step; included in predict_ms */
+     * for them), ms per step; included in predict_ms (trial rows: in the
+     * measured steps, as the model's term only) */
     double loader_ms;
+    int trial_steps;  /* trial: the steps the trainer ran (the mean leaves out the first) */
 } fedge_plan_layout;
 
 typedef struct {

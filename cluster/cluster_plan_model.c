@@ -86,6 +86,37 @@ double fedge_plan_loader_time(int ranks, int cores, int rows, double row_s)
     return fedge_plan_share(ranks, cores) * (double)rows * row_s;
 }
 
+double fedge_plan_trial_mean_ms(double seconds, double first_ms, int steps)
+{
+    const double rest = 1e3 * seconds - first_ms;
+    if (steps < 2 || !(first_ms >= 0.0) || !(rest > 0.0))
+        return -1.0;
+    return rest / (double)(steps - 1);
+}
+
+int fedge_plan_trial_steps(double step_ms, double target_s, int lo, int hi)
+{
+    if (lo < 2)
+        lo = 2;
+    if (hi < lo)
+        hi = lo;
+    if (!(step_ms > 0.0) || !(target_s > 0.0))
+        return hi;
+    const double want = 1.0 + ceil(1e3 * target_s / step_ms);
+    return want < (double)lo ? lo : want > (double)hi ? hi : (int)want;
+}
+
+int fedge_plan_should_yield(const char *local_size, int yield_set, long cores)
+{
+    char *end = NULL;
+    if (local_size == NULL || yield_set || cores < 1)
+        return 0;
+    const long n = strtol(local_size, &end, 10);
+    if (end == local_size || *end != '\0')
+        return 0;
+    return n > cores;
+}
+
 enum { OP_F = 0, OP_B = 1 };
 
 /* The k-th operation of stage s: *kind OP_F or OP_B, *m the micro-batch. */

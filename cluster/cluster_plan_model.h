@@ -74,6 +74,33 @@ double fedge_plan_oversub_time(double compute_s, double comm_s, int share);
  * (unknown), rows < 1 or row_s < 0: 0. */
 double fedge_plan_loader_time(int ranks, int cores, int rows, double row_s);
 
+/* A trial run of a layout (oversubscribed ranks, cluster_plan.c): `steps`
+ * whole steps of the trainer (fedge_refine_run: its loader and prefetch
+ * thread, status agreements and update) timed as `refine` times them,
+ * `seconds` from before the first step to after the closing barrier and
+ * first_ms the first step (buffers first touched, its batch unprefetched).
+ * fedge_plan_trial_mean_ms: the mean of the steps after the first, ms -- the
+ * mean step a longer run has, every descheduling of the window counted (a
+ * median or the fastest of rounds drops them and under-predicts); -1 when
+ * steps < 2, first_ms < 0 or the first step is the whole run.
+ * fedge_plan_trial_steps: how many steps to run so the steps after the
+ * first span target_s at step_ms each (the model's estimate), within
+ * [lo, hi] (lo at least 2); step_ms or target_s <= 0: hi. */
+double fedge_plan_trial_mean_ms(double seconds, double first_ms, int steps);
+int fedge_plan_trial_steps(double step_ms, double target_s, int lo, int hi);
+
+/* Whether to ask Open MPI to yield while a rank waits, decided before
+ * MPI_Init from the launcher's environment: local_size is
+ * OMPI_COMM_WORLD_LOCAL_SIZE (the ranks on this node), yield_set whether
+ * OMPI_MCA_mpi_yield_when_idle is already set (the user's choice, kept),
+ * cores the node's online CPUs. 1 when more ranks than cores share the node
+ * and nothing is set: Open MPI yields on its own only when mpirun knows it
+ * oversubscribes (--oversubscribe), not when a host list claims more slots
+ * than cores, and busy-polling ranks on shared cores measured 20-60x slower
+ * steps (docs/BENCHMARKS.md). local_size NULL or not a number, or cores < 1:
+ * 0. */
+int fedge_plan_should_yield(const char *local_size, int yield_set, long cores);
+
 typedef struct {
     int schedule;                        /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */
     int pp, micro;

@@ -685,7 +685,7 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
     }
 
     /* ---- inputs (every rank reads them; any failure stops all) */
-    if (cfg->model_in == NULL || cfg->data_path == NULL || cfg->model_out == NULL
+    if (cfg->model_in == NULL || cfg->data_path == NULL
         || cfg->global_batch < world || (cfg->precision == FEDGE_PREC_FP16 && !(cfg->loss_scale >= 1.0))
         || cfg->loss_scale_window < 1 || cfg->ckpt_keep < 1)
         ret = FEDGE_ERR_INVALID_ARG;
@@ -836,12 +836,13 @@ int fedge_refine_run(const fedge_refine_config *cfg, fedge_refine_summary *sum)
     sum->skipped_steps = rs.skipped;
     sum->loss_scale = rs.loss_scale;
 
-    /* ---- output */
-    if (ret == FEDGE_OK && rs.mp != NULL)
+    /* ---- output (none for the planner's trial runs) */
+    const int out = ret == FEDGE_OK && cfg->model_out != NULL;
+    if (out && rs.mp != NULL)
         ret = agree(fedge_mp_gather(rs.mp, 0, rs.model.params, rs.lo.n));
-    else if (ret == FEDGE_OK)
+    else if (out)
         ret = agree(rs.be->ops->get_params(rs.be, rs.model.params));
-    if (ret == FEDGE_OK) {
+    if (out && ret == FEDGE_OK) {
         int st = FEDGE_OK;
         if (rank == 0)
             st = fedge_model_save(&rs.model, cfg->model_out, version);

@@ -34,7 +34,7 @@
 typedef struct {
     const char *model_in;
     const char *data_path;
-    const char *model_out;
+    const char *model_out;      /* NULL: nothing written (the planner's trial steps) */
     const char *ckpt_dir;       /* NULL: no checkpoints, no resume */
     const char *eval_path;      /* NULL: no evaluation */
     const char *backend;        /* "cpu" | "gpu" */

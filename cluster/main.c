@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "blas.h"
 #include "cluster_backend.h"
@@ -25,6 +26,7 @@
 #include "cluster_layout.h"
 #include "cluster_loader.h"
 #include "cluster_plan.h"
+#include "cluster_plan_model.h"
 #include "log.h"
 #include "model.h"
 #include "modelfile.h"
@@ -479,6 +481,17 @@ static void write_refine_json(FILE *f, const refine_args *a, const fedge_refine_
     fprintf(f, "}\n");
 }
 
+/* Before MPI_Init: ranks sharing cores yield while they wait
+ * (fedge_plan_should_yield), for the run and the planner's trial steps
+ * alike; an explicit OMPI_MCA_mpi_yield_when_idle is kept. */
+static void yield_if_oversubscribed(void)
+{
+    if (fedge_plan_should_yield(getenv("OMPI_COMM_WORLD_LOCAL_SIZE"),
+                                getenv("OMPI_MCA_mpi_yield_when_idle") != NULL,
+                                sysconf(_SC_NPROCESSORS_ONLN)))
+        setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
+}
+
 static int cmd_refine(int argc, char **argv)
 {
     refine_args a;
@@ -487,6 +500,7 @@ static int cmd_refine(int argc, char **argv)
     memset(&a, 0, sizeof(a));
     memset(&sum, 0, sizeof(sum));
     fedge_refine_config_defaults(&a.cfg);
+    yield_if_oversubscribed();
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "fedge-cluster: MPI_Init failed\n");
         return EXIT_RUN;
@@ -945,6 +959,7 @@ static int cmd_plan(int argc, char **argv)
         fprintf(stderr, "fedge-cluster: plan: tensor/pipeline layouts are for softmax/mlp specs\n");
         return EXIT_USAGE;
     }
+    yield_if_oversubscribed();
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "fedge-cluster: MPI_Init failed\n");
         return EXIT_RUN;

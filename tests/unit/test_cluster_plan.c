@@ -279,6 +279,59 @@ static void test_loader_time(void **state)
     assert_true(fedge_plan_loader_time(2, 2, 256, NAN) == 0.0);
 }
 
+/* A trial's figure is the mean of the steps after the first, hiccups
+ * included: 20 later steps, 16 of 4 ms and 4 descheduled to 9 ms, after a
+ * 30 ms first step. The median of them (4 ms) under-predicts the run's
+ * mean step (5 ms); the first step's cold start is left out. */
+static void test_trial_mean(void **state)
+{
+    (void)state;
+    double later[20];
+    for (int i = 0; i < 20; i++)
+        later[i] = i % 5 == 4 ? 9.0 : 4.0;
+    const double seconds = (30.0 + 16 * 4.0 + 4 * 9.0) / 1e3;
+    const double mean = fedge_plan_trial_mean_ms(seconds, 30.0, 21);
+    assert_true(fabs(mean - 5.0) < 1e-9);
+    assert_true(fedge_plan_median(later, 20) < 0.85 * mean);
+    /* two steps: the second alone */
+    assert_true(fabs(fedge_plan_trial_mean_ms(0.010, 7.0, 2) - 3.0) < 1e-9);
+    /* nothing to average, or a clock that went backwards */
+    assert_true(fedge_plan_trial_mean_ms(0.010, 7.0, 1) < 0.0);
+    assert_true(fedge_plan_trial_mean_ms(0.010, 10.0, 5) < 0.0);
+    assert_true(fedge_plan_trial_mean_ms(0.010, 12.0, 5) < 0.0);
+    assert_true(fedge_plan_trial_mean_ms(0.010, -1.0, 5) < 0.0);
+    assert_true(fedge_plan_trial_mean_ms(NAN, 1.0, 5) < 0.0);
+}
+
+/* Trial length: the steps after the first span the target at the model's
+ * step time, within the bounds. */
+static void test_trial_steps(void **state)
+{
+    (void)state;
+    assert_int_equal(fedge_plan_trial_steps(4.0, 0.2, 20, 120), 51);
+    assert_int_equal(fedge_plan_trial_steps(20.0, 0.2, 20, 120), 20);
+    assert_int_equal(fedge_plan_trial_steps(1.0, 0.2, 20, 120), 120);
+    assert_int_equal(fedge_plan_trial_steps(0.0, 0.2, 20, 120), 120);
+    assert_int_equal(fedge_plan_trial_steps(NAN, 0.2, 20, 120), 120);
+    assert_int_equal(fedge_plan_trial_steps(4.0, 0.0, 20, 120), 120);
+    assert_int_equal(fedge_plan_trial_steps(1e9, 0.2, 0, 1), 2); /* at least 2: one to average */
+}
+
+/* Yield when more ranks than cores share the node and the user set nothing. */
+static void test_should_yield(void **state)
+{
+    (void)state;
+    assert_int_equal(fedge_plan_should_yield("4", 0, 2), 1);
+    assert_int_equal(fedge_plan_should_yield("3", 0, 2), 1);
+    assert_int_equal(fedge_plan_should_yield("2", 0, 2), 0); /* a core each */
+    assert_int_equal(fedge_plan_should_yield("1", 0, 2), 0);
+    assert_int_equal(fedge_plan_should_yield("4", 1, 2), 0); /* the user's setting stands */
+    assert_int_equal(fedge_plan_should_yield(NULL, 0, 2), 0); /* not under Open MPI's launcher */
+    assert_int_equal(fedge_plan_should_yield("", 0, 2), 0);
+    assert_int_equal(fedge_plan_should_yield("4x", 0, 2), 0);
+    assert_int_equal(fedge_plan_should_yield("4", 0, -1), 0); /* cores unknown */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -294,6 +347,9 @@ int main(void)
         cmocka_unit_test(test_sim_oversubscribed),
         cmocka_unit_test(test_median_of_medians),
         cmocka_unit_test(test_loader_time),
+        cmocka_unit_test(test_trial_mean),
+        cmocka_unit_test(test_trial_steps),
+        cmocka_unit_test(test_should_yield),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

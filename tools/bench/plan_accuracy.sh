@@ -21,8 +21,14 @@
 # printed before and after: on a shared machine the measured figures are the
 # machine's.
 #
+# With BASE (another build folder, e.g. one of main) the baseline's planner
+# is run too, its plans interleaved with this build's (plan 1, base plan 1,
+# plan 2, ...), and its predictions are set against the same measured runs
+# in a last table (`# baseline ...`): the two planners compared in the same
+# period, on the same runs, on a machine whose load moves.
+#
 # Environment: NP (2), SPEC (mlp:784-512-512-256-10), BATCH (256), STEPS (100),
-# RUNS (3), PLANS (3), ROWS (10000), OUT (run/plan-accuracy).
+# RUNS (3), PLANS (3), ROWS (10000), OUT (run/plan-accuracy), BASE (none).
 set -uo pipefail
 BUILD=${1:-build/native}
 cd "$(dirname "$0")/../.."
@@ -35,10 +41,13 @@ RUNS=${RUNS:-3}
 PLANS=${PLANS:-3}
 ROWS=${ROWS:-10000}
 OUT=${OUT:-run/plan-accuracy}
+BASE=${BASE:-}
+BASE_BIN=${BASE:+$(pwd)/$BASE/bin/fedge-cluster}
 MPI=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader
      --mca btl_vader_single_copy_mechanism none --mca mpi_yield_when_idle 1)
 mkdir -p "$OUT"
 [ -x "$BIN" ] || { echo "no $BIN (make build-all)" >&2; exit 2; }
+[ -z "$BASE" ] || [ -x "$BASE_BIN" ] || { echo "no $BASE_BIN (BASE)" >&2; exit 2; }
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 field() { sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" "$2"; }
@@ -56,12 +65,17 @@ for p in $(seq 1 "$PLANS"); do
         { cat "$OUT/plan-$p.txt" >&2; exit 1; }
     t1=$(date +%s.%N)
     printf '# plan %d took %.2f s, load %s\n' "$p" "$(echo "$t1 - $t0" | bc -l)" "$(load)"
+    [ -n "$BASE" ] || continue
+    "${MPI[@]}" -np "$NP" "$BASE_BIN" plan --spec "$SPEC" --batch "$BATCH" >"$OUT/base-plan-$p.txt" 2>&1 ||
+        { cat "$OUT/base-plan-$p.txt" >&2; exit 1; }
+    t2=$(date +%s.%N)
+    printf '# baseline plan %d took %.2f s, load %s\n' "$p" "$(echo "$t2 - $t1" | bc -l)" "$(load)"
 done
 cp "$OUT/plan-1.txt" "$OUT/plan.txt"
 grep '^# probes\|^# per element\|^# collectives\|^# oversubscribed\|^# data-parallel' \
     "$OUT/plan-1.txt"
 # per layout over the plans: median prediction, spread, median of each term, bubble, note
-awk '
+layouts() { awk '
     /^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ / { k = $1 " " $2 " " $3 " " $4
         if (!(k in seen)) { seen[k] = 1; order[++n] = k }
         pred[k] = pred[k] " " $5; bub[k] = bub[k] " " $8
@@ -78,11 +92,13 @@ awk '
     END { for (i = 1; i <= n; i++) { k = order[i]; printf "%s %.3f %.4f %.3f %s", k, med(pred[k]),
               spread(pred[k]), med(bub[k]), note[k]
               for (j = 8; j <= 15; j++) printf " %.3f", med(term[k, j]); printf "\n" } }
-' "$OUT"/plan-*.txt | sort -k5,5g >"$OUT/layouts.txt"
+' "$@" | sort -k5,5g; }
+layouts "$OUT"/plan-*.txt >"$OUT/layouts.txt"
 printf '%3s %3s %3s %5s %12s %7s %9s %11s %10s %13s %10s %11s %11s %s\n' dp tp pp micro predicted_ms \
     spread mean_ms fastest_ms mean/pred fastest/pred later/pred bubble_pred bubble_meas note
 n=0 in_mean=0 in_fast=0 in_later=0 max_spread=0
 : >"$OUT/phases.txt"
+: >"$OUT/measured.txt"
 while read -r dp tp pp micro pred spr bub_pred note t_f t_b t_ar t_st t_up t_ld t_pipe t_lt; do
     sum_mean=0 fast="" sum_bub=0 sum_later=0
     for r in $(seq 1 "$RUNS"); do
@@ -118,6 +134,7 @@ while read -r dp tp pp micro pred spr bub_pred note t_f t_b t_ar t_st t_up t_ld 
     rm=$(echo "$mean / $pred" | bc -l)
     rf=$(echo "$fast / $pred" | bc -l)
     rl=$(echo "$sum_later / $RUNS / $pred" | bc -l)
+    echo "$dp $tp $pp $micro $mean $(echo "$sum_later / $RUNS" | bc -l)" >>"$OUT/measured.txt"
     n=$((n + 1))
     [ "$(echo "$rl >= 0.8 && $rl <= 1.2" | bc -l)" = 1 ] && in_later=$((in_later + 1))
     [ "$(echo "$rm >= 0.8 && $rm <= 1.2" | bc -l)" = 1 ] && in_mean=$((in_mean + 1))
@@ -140,4 +157,18 @@ printf '%3s %3s %3s %5s %23s %23s %23s %23s %23s %7s\n' dp tp pp micro compute g
 awk '{ printf "%3d %3d %3d %5d", $1, $2, $3, $4
        for (i = 0; i < 5; i++) printf " %7.3f/%7.3f/%7.3f", $(5 + i), $(10 + 2 * i), $(11 + 2 * i)
        printf " %7.3f\n", $20 }' "$OUT/phases.txt"
+if [ -n "$BASE" ]; then
+    layouts "$OUT"/base-plan-*.txt >"$OUT/base-layouts.txt"
+    echo "# baseline ($BASE) predictions, its $PLANS plans interleaved with these, against the same runs:"
+    printf '%3s %3s %3s %5s %12s %7s %9s %10s %10s %s\n' dp tp pp micro predicted_ms spread mean_ms \
+        mean/pred later/pred note
+    awk 'NR == FNR { m[$1 " " $2 " " $3 " " $4] = $5 " " $6; next }
+         { k = $1 " " $2 " " $3 " " $4; if (!(k in m)) next; split(m[k], v, " ")
+           n++; rm = v[1] / $5; rl = v[2] / $5; if (rm >= 0.8 && rm <= 1.2) im++
+           if (rl >= 0.8 && rl <= 1.2) il++; if ($6 > sp) sp = $6
+           printf "%3d %3d %3d %5d %12.3f %6.1f%% %9.3f %10.2f %10.2f %s\n", $1, $2, $3, $4, $5,
+                  100 * $6, v[1], rm, rl, $8 }
+         END { printf "# baseline within 20%%: %d of %d by the mean step, %d of %d by the mean of steps 2..N; " \
+                      "largest spread %.1f%%\n", im, n, il, n, 100 * sp }' "$OUT/measured.txt" "$OUT/base-layouts.txt"
+fi
 echo "# load average after: $(load)"
