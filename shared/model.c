@@ -596,6 +596,7 @@ typedef struct {
     size_t gb_off;                          /* a conv's bias gradient while its weights go out */
     int ob[FEDGE_MODEL_MAX_LAYERS];         /* a conv's output channels per weight block */
     int kb[FEDGE_MODEL_MAX_LAYERS];         /* its im2col columns per input-gradient block */
+    int pb[FEDGE_MODEL_MAX_LAYERS];         /* its output pixels per im2col block (one row's at most) */
     size_t gemm_off;
     size_t gemm;            /* floats at gemm_off: the GEMM's packing (its blocking follows) */
     size_t xin_off;
@@ -751,14 +752,17 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
                     kb = cb / O ? cb / O : 1;
                     wt = ob * cols > kb * O ? ob * cols : kb * O;
                 }
+                size_t pb = cb / cols ? cb / cols : 1; /* im2col: a slice's worth of pixels */
+                pb = pb < ow ? pb : ow;
                 p->ob[i] = (int)ob;
                 p->kb[i] = (int)kb;
+                p->pb[i] = (int)pb;
                 wt_max = wt_max > wt ? wt_max : wt;
-                if (ow * cols > col_max)
-                    col_max = ow * cols;
+                if (pb * cols > col_max)
+                    col_max = pb * cols;
                 acc = acc > ob * cols ? acc : ob * cols;
                 gb_max = gb_max > O ? gb_max : O;
-                gemm_max = max3(gemm_max, gemm_floats(ow, ob, cols), gemm_floats(ow, kb, O));
+                gemm_max = max3(gemm_max, gemm_floats(pb, ob, cols), gemm_floats(pb, kb, O));
                 if (lean_fuses(s, i)) {
                     p->fused[i] = 1;
                     ct = ct > 2 * ow * O + O ? ct : 2 * ow * O + O; /* + a pooled pixel */
@@ -953,66 +957,67 @@ static strides layout_strides(int C, int H, int W, int nhwc)
 }
 
 /* im2col for one input channel: for each (ki, kj) a strided column of the col
- * matrix filled from a contiguous run of an input row. */
+ * matrix filled from a contiguous run of an input row (output columns
+ * [ow0, ow1) of each row). */
 static void im2col_1(const fedge_layer *l, float *in, strides t, int b, int oh0, int oh1,
-                     int row0, float *col, int add)
+                     int ow0, int ow1, int row0, float *col, int add)
 {
     const int H = l->in_h, W = l->in_w, k = l->k, s = l->stride, pad = l->pad;
-    const int OW = l->out_w;
+    const int NW = ow1 - ow0;
     const size_t K = (size_t)k * k;
-        for (int oh = oh0; oh < oh1; oh++) {
-            float *rows = col + (size_t)(oh - oh0) * OW * K;
-            for (int ki = 0; ki < k; ki++) {
-                const int ih = oh * s - pad + ki;
-                float *srow = in + (size_t)b * t.bs + (size_t)(ih < row0 ? 0 : ih - row0) * t.hs;
-                for (int kj = 0; kj < k; kj++) {
-                    float *dst = rows + (size_t)ki * k + kj;
-                    if (ih >= H || ih < 0) {
-                        if (!add)
-                            for (int ow = 0; ow < OW; ow++)
-                                dst[(size_t)ow * K] = 0.0f;
-                        continue;
-                    }
-                    /* ow range whose input column is inside [0, W) */
-                    int lo = pad - kj > 0 ? (pad - kj + s - 1) / s : 0;
-                    int hi = (W - 1 + pad - kj) >= 0 ? (W - 1 + pad - kj) / s + 1 : 0;
-                    if (hi > OW)
-                        hi = OW;
-                    if (lo > hi)
-                        lo = hi;
-                    if (add) {
-                        for (int ow = lo; ow < hi; ow++)
-                            srow[(size_t)(ow * s + kj - pad) * t.ws] += dst[(size_t)ow * K];
-                        continue;
-                    }
-                    for (int ow = 0; ow < lo; ow++)
-                        dst[(size_t)ow * K] = 0.0f;
-                    for (int ow = lo; ow < hi; ow++)
-                        dst[(size_t)ow * K] = srow[(size_t)(ow * s + kj - pad) * t.ws];
-                    for (int ow = hi; ow < OW; ow++)
-                        dst[(size_t)ow * K] = 0.0f;
+    for (int oh = oh0; oh < oh1; oh++) {
+        float *rows = col + (size_t)(oh - oh0) * NW * K;
+        for (int ki = 0; ki < k; ki++) {
+            const int ih = oh * s - pad + ki;
+            float *srow = in + (size_t)b * t.bs + (size_t)(ih < row0 ? 0 : ih - row0) * t.hs;
+            for (int kj = 0; kj < k; kj++) {
+                float *dst = rows + (size_t)ki * k + kj;
+                if (ih >= H || ih < 0) {
+                    if (!add)
+                        for (int ow = ow0; ow < ow1; ow++)
+                            dst[(size_t)(ow - ow0) * K] = 0.0f;
+                    continue;
                 }
+                /* ow range whose input column is inside [0, W) */
+                int lo = pad - kj > 0 ? (pad - kj + s - 1) / s : 0;
+                int hi = (W - 1 + pad - kj) >= 0 ? (W - 1 + pad - kj) / s + 1 : 0;
+                hi = hi > ow1 ? ow1 : hi;
+                lo = lo < ow0 ? ow0 : lo;
+                if (lo > hi)
+                    lo = hi;
+                if (add) {
+                    for (int ow = lo; ow < hi; ow++)
+                        srow[(size_t)(ow * s + kj - pad) * t.ws] += dst[(size_t)(ow - ow0) * K];
+                    continue;
+                }
+                for (int ow = ow0; ow < lo; ow++)
+                    dst[(size_t)(ow - ow0) * K] = 0.0f;
+                for (int ow = lo; ow < hi; ow++)
+                    dst[(size_t)(ow - ow0) * K] = srow[(size_t)(ow * s + kj - pad) * t.ws];
+                for (int ow = hi; ow < ow1; ow++)
+                    dst[(size_t)(ow - ow0) * K] = 0.0f;
             }
         }
+    }
 }
 
-/* Output rows [oh0, oh1) of sample b: col[(oh - oh0)*OW + ow][(ki*k + kj)*C + c] =
+/* Output rows [oh0, oh1), columns [ow0, ow1) of sample b:
+ * col[(oh - oh0)*(ow1 - ow0) + ow - ow0][(ki*k + kj)*C + c] =
  * in(b, c, oh*s - p + ki, ow*s - p + kj), zero outside the input; in holds
  * the input from row row0 on. With add set, the transpose: in += col (col2im). */
-static void im2col_rows(const fedge_layer *l, float *in, int nhwc, int b, int oh0, int oh1,
-                        int row0, float *col, int add)
+static void im2col_px(const fedge_layer *l, float *in, int nhwc, int b, int oh0, int oh1, int ow0,
+                      int ow1, int row0, float *col, int add)
 {
     const int C = l->in_c, H = l->in_h, W = l->in_w, k = l->k, s = l->stride, pad = l->pad;
-    const int OW = l->out_w;
     const strides t = layout_strides(C, H, W, nhwc);
     const size_t K = (size_t)k * k * C, kc = (size_t)k * C;
     if (C == 1) {
-        im2col_1(l, in, t, b, oh0, oh1, row0, col, add);
+        im2col_1(l, in, t, b, oh0, oh1, ow0, ow1, row0, col, add);
         return;
     }
     float *row = col;
         for (int oh = oh0; oh < oh1; oh++)
-            for (int ow = 0; ow < OW; ow++, row += K) {
+            for (int ow = ow0; ow < ow1; ow++, row += K) {
                 const int iw0 = ow * s - pad;
                 /* kj range whose input column is inside [0, W) */
                 const int lo = iw0 < 0 ? -iw0 : 0, hi = W - iw0 < k ? W - iw0 : k;
@@ -1057,7 +1062,7 @@ static void im2col(const fedge_layer *l, float *in, int nhwc, int batch, float *
 {
     const size_t per = (size_t)l->out_h * l->out_w * l->in_c * l->k * l->k;
     for (int b = 0; b < batch; b++)
-        im2col_rows(l, in, nhwc, b, 0, l->out_h, 0, col + (size_t)b * per, add);
+        im2col_px(l, in, nhwc, b, 0, l->out_h, 0, l->out_w, 0, col + (size_t)b * per, add);
 }
 
 /* OIHW weights [O][C][k][k] <-> HWIO [(ki*k + kj)*C + c][O] (to_hwio selects). */
@@ -1420,24 +1425,31 @@ static const float *wt_view(pass *ps, int li, int kind, int start, int n, int *l
 }
 
 /* Output channels [o0, o0 + on) of rows [oh0, oh0 + nrows) of conv li for
- * sample b into dst (NHWC rows of all O channels), one row's im2col at a time
- * and the weights in the plan's blocks (o0 starts one). Each element is the
- * whole product's sum: the GEMM's rows and columns are independent. */
+ * sample b into dst (NHWC rows of all O channels), the plan's pb output
+ * pixels of im2col at a time and the weights in its blocks (o0 starts one).
+ * Each element is the whole product's sum: the GEMM's rows and columns are
+ * independent. */
 static void conv_rows(pass *ps, int li, const float *in, int nhwc, int b, int oh0, int nrows,
                       int relu, int o0, int on, float *dst)
 {
     const fedge_layer *l = &ps->m->spec.layer[li];
     const int K = l->in_c * l->k * l->k, O = l->out, OW = l->out_w, ob = ps->plan.ob[li];
+    const int pb = ps->plan.pb[li];
     const float *bias = ps->m->params + l->b_off;
     float *col = ps->scratch + ps->plan.col_off;
     for (int r = 0; r < nrows; r++) {
         float *d = dst + (size_t)r * OW * O;
         conv_in src = conv_input(ps, l, in, b, oh0 + r);
-        im2col_rows(l, src.p, nhwc, src.b, oh0 + r, oh0 + r + 1, src.row0, col, 0);
         for (int c0 = o0; c0 < o0 + on; c0 += ob) {
             int n = o0 + on - c0 < ob ? o0 + on - c0 : ob, ld;
-            const float *wt = wt_view(ps, li, 0, c0, n, &ld);
-            GEMM(ps, 0, 0, OW, n, K, 1.0f, col, K, wt, ld, 0.0f, d + c0, O);
+            for (int w0 = 0; w0 < OW; w0 += pb) {
+                int np = OW - w0 < pb ? OW - w0 : pb;
+                if (pb < OW || c0 == o0) /* else the row's im2col is still in col */
+                    im2col_px(l, src.p, nhwc, src.b, oh0 + r, oh0 + r + 1, w0, w0 + np, src.row0,
+                              col, 0);
+                const float *wt = wt_view(ps, li, 0, c0, n, &ld);
+                GEMM(ps, 0, 0, np, n, K, 1.0f, col, K, wt, ld, 0.0f, d + (size_t)w0 * O + c0, O);
+            }
         }
         if (on == O) {
             add_bias_rows(d, bias, OW, (size_t)O, relu);
@@ -1560,7 +1572,7 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
     const fedge_layer *l = &s->layer[i];
     const int fused = ps->plan.fused[i], step = fused ? 2 : 1;
     const int B = ps->batch, K = l->in_c * l->k * l->k, O = l->out, OH = l->out_h, OW = l->out_w;
-    const int ob = ps->plan.ob[i], kb = ps->plan.kb[i];
+    const int ob = ps->plan.ob[i], kb = ps->plan.kb[i], pb = ps->plan.pb[i];
     float *col = ps->scratch + ps->plan.col_off, *ct = ps->scratch + ps->plan.ct_off;
     float *tmp = ct + 2 * (size_t)OW * O;
     if (sink) {
@@ -1577,15 +1589,17 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
                     pool_rows_backward(&s->layer[i + 2], ct, g, g_nchw, b, oh / 2, 0, O, tmp);
                     d = ct;
                 }
-                for (int r = 0; r < step; r++) {
-                    const float *dr = d + (size_t)r * OW * O;
-                    for (int q0 = 0; q0 < K; q0 += kb) {
-                        int n = K - q0 < kb ? K - q0 : kb, ld;
-                        const float *wt = wt_view(ps, i, 1, q0, n, &ld);
-                        GEMM(ps, 0, 1, OW, n, O, 1.0f, dr, O, wt, ld, 0.0f, col + q0, K);
+                for (int r = 0; r < step; r++)
+                    for (int w0 = 0; w0 < OW; w0 += pb) {
+                        const int np = OW - w0 < pb ? OW - w0 : pb;
+                        const float *dr = d + ((size_t)r * OW + w0) * O;
+                        for (int q0 = 0; q0 < K; q0 += kb) {
+                            int n = K - q0 < kb ? K - q0 : kb, ld;
+                            const float *wt = wt_view(ps, i, 1, q0, n, &ld);
+                            GEMM(ps, 0, 1, np, n, O, 1.0f, dr, O, wt, ld, 0.0f, col + q0, K);
+                        }
+                        im2col_px(l, gin, in_nhwc, b, oh + r, oh + r + 1, w0, w0 + np, 0, col, 1);
                     }
-                    im2col_rows(l, gin, in_nhwc, b, oh + r, oh + r + 1, 0, col, 1);
-                }
             }
     }
     for (int j = 0; j < O; j++)
@@ -1610,8 +1624,12 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
                         for (int j = o0; j < o0 + n; j++)
                             gb[j] += dr[(size_t)p * O + j];
                     conv_in src = conv_input(ps, l, in, b, oh + r);
-                    im2col_rows(l, src.p, in_nhwc, src.b, oh + r, oh + r + 1, src.row0, col, 0);
-                    wgrad_rows(&w, dr + o0, col, OW);
+                    for (int w0 = 0; w0 < OW; w0 += pb) {
+                        const int np = OW - w0 < pb ? OW - w0 : pb;
+                        im2col_px(l, src.p, in_nhwc, src.b, oh + r, oh + r + 1, w0, w0 + np,
+                                  src.row0, col, 0);
+                        wgrad_rows(&w, dr + (size_t)w0 * O + o0, col, np);
+                    }
                 }
             }
         }
