@@ -597,6 +597,7 @@ typedef struct {
     int ob[FEDGE_MODEL_MAX_LAYERS];         /* a conv's output channels per weight block */
     int kb[FEDGE_MODEL_MAX_LAYERS];         /* its im2col columns per input-gradient block */
     int pb[FEDGE_MODEL_MAX_LAYERS];         /* its output pixels per im2col block (one row's at most) */
+    int stream[FEDGE_MODEL_MAX_LAYERS];     /* 1 + the first conv its input gradient streams into, or 0 */
     size_t gemm_off;
     size_t gemm;            /* floats at gemm_off: the GEMM's packing (its blocking follows) */
     size_t xin_off;
@@ -681,6 +682,14 @@ static int lean_fuses(const fedge_model_spec *s, int i)
            l->out_w % 2 == 0;
 }
 
+/* The input rows of conv l a ring of its input gradient holds: the rows
+ * that output rows [r, r + step) add to (pass one output row pair at a time). */
+static size_t ring_rows(const fedge_layer *l, int step)
+{
+    size_t r = (size_t)(step - 1) * l->stride + (size_t)l->k;
+    return r < (size_t)l->in_h ? r : (size_t)l->in_h;
+}
+
 /* The two gradient buffers, each as large as the input gradients the
  * backward pass writes into it (it alternates: a layer that works in place
  * keeps the buffer). */
@@ -704,9 +713,14 @@ static void grad_sizes(const fedge_model_spec *s, const scratch_plan *p, size_t 
             l = &s->layer[i];
             in = B * (size_t)l->in_c * l->in_h * l->in_w;
         }
+        int streamed = p->lean && l->type == FEDGE_LAYER_CONV2D && p->stream[i];
+        if (streamed) /* a ring of input rows; nothing below takes a buffer */
+            in = ring_rows(l, p->fused[i] ? 2 : 1) * l->in_w * l->in_c;
         cur = cur == 0 ? 1 : 0;
         if (in > g[cur])
             g[cur] = in;
+        if (streamed)
+            break;
     }
 }
 
@@ -763,6 +777,12 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
                 acc = acc > ob * cols ? acc : ob * cols;
                 gb_max = gb_max > O ? gb_max : O;
                 gemm_max = max3(gemm_max, gemm_floats(pb, ob, cols), gemm_floats(pb, kb, O));
+                int j = i - 3, fp = 0;
+                while (s->layer[fp].n_params == 0)
+                    fp++;
+                if (j >= 0 && j == fp && p->fused[j] && p->ob[j] == s->layer[j].out &&
+                    p->nhwc[i - 1])
+                    p->stream[i] = j + 1; /* its input gradient goes row by row into j's */
                 if (lean_fuses(s, i)) {
                     p->fused[i] = 1;
                     ct = ct > 2 * ow * O + O ? ct : 2 * ow * O + O; /* + a pooled pixel */
@@ -1298,6 +1318,8 @@ typedef struct {
     int col_layer; /* the conv layer whose im2col the col buffer holds, or -1 */
     int wt_layer, wt_kind, wt_start; /* what the lean layout's wt holds (wt_view); layer -1: nothing */
     const uint8_t *xu8; /* a u8 input (x is then NULL, or xin when converted whole) */
+    const float *x;     /* the model input as the layers read it (act_in) */
+    float *grad;        /* the whole gradient, without a sink */
     float xscale;
     int err; /* the first GEMM error (none where the plan sized the scratch) */
 } pass;
@@ -1482,20 +1504,28 @@ static void pool_rows(const fedge_layer *pl, const float *ct, float *out, int nc
     }
 }
 
+/* Row pr of sample b of the pool pl's gradient g (NCHW: in plane 0). */
+static const float *pool_grow(const fedge_layer *pl, const float *g, int nchw, int b, int pr)
+{
+    const size_t plane = (size_t)pl->out_h * pl->out_w;
+    return g + (size_t)b * plane * pl->in_c + (size_t)pr * pl->out_w * (nchw ? 1 : (size_t)pl->in_c);
+}
+
 /* pool2_backward_px (ReLU' included) over channels [c0, c1) of the two conv
- * rows in ct, in place: ct becomes the conv output's gradient; g is the
- * pool's (row pr, sample b; NCHW gathered through tmp, C floats). */
-static void pool_rows_backward(const fedge_layer *pl, float *ct, const float *g, int nchw, int b,
-                               int pr, int c0, int c1, float *tmp)
+ * rows in ct, in place: ct becomes the conv output's gradient; grow is the
+ * pool's gradient row (NHWC: OW x C; NCHW: its row of plane 0, the planes
+ * out_h x out_w apart, gathered through tmp, C floats). */
+static void pool_rows_backward(const fedge_layer *pl, float *ct, const float *grow, int nchw,
+                               int c0, int c1, float *tmp)
 {
     const int C = pl->in_c, OW = pl->out_w, IW = pl->in_w;
-    const size_t plane = (size_t)pl->out_h * OW, bs = plane * C;
+    const size_t plane = (size_t)pl->out_h * OW;
     for (int ow = 0; ow < OW; ow++) {
         float *a = ct + (size_t)(2 * ow) * C, *e = a + C, *f = a + (size_t)IW * C, *h = f + C;
-        const float *gq = g + (size_t)b * bs + ((size_t)pr * OW + ow) * C;
+        const float *gq = grow + (size_t)ow * C;
         if (nchw) {
             for (int c = c0; c < c1; c++)
-                tmp[c] = g[(size_t)b * bs + (size_t)c * plane + (size_t)pr * OW + ow];
+                tmp[c] = grow[(size_t)c * plane + ow];
             gq = tmp;
         }
         for (int c = c0; c < c1; c++) {
@@ -1555,6 +1585,44 @@ static void wgrad_rows(wgrad *w, const float *g, const float *col, int px)
     }
 }
 
+/* The weight-gradient sums of output rows [oh, oh + step) of sample b of
+ * conv i (channels [o0, o0 + n), into w and gb): g is its output's gradient
+ * (NHWC), or, fused, grow its pool's gradient row, the conv rows then
+ * recomputed into ct and their gradient formed in place. */
+static void lean_wgrad_rows(pass *ps, int i, const float *in, int in_nhwc, const float *g,
+                            const float *grow, int g_nchw, int b, int oh, int o0, int n,
+                            wgrad *w, float *gb)
+{
+    const fedge_model_spec *s = &ps->m->spec;
+    const fedge_layer *l = &s->layer[i];
+    const int fused = ps->plan.fused[i], step = fused ? 2 : 1;
+    const int O = l->out, OW = l->out_w, pb = ps->plan.pb[i];
+    float *ct = ps->scratch + ps->plan.ct_off;
+    const float *d;
+    if (fused) {
+        conv_rows(ps, i, in, in_nhwc, b, oh, 2, 1, o0, n, ct);
+        pool_rows_backward(&s->layer[i + 2], ct, grow, g_nchw, o0, o0 + n,
+                           ct + 2 * (size_t)OW * O);
+        d = ct;
+    } else {
+        d = g + ((size_t)b * l->out_h + oh) * OW * O;
+    }
+    for (int r = 0; r < step; r++) {
+        const float *dr = d + (size_t)r * OW * O;
+        for (int p = 0; p < OW; p++) /* col_sums' order: pixel by pixel */
+            for (int j = o0; j < o0 + n; j++)
+                gb[j] += dr[(size_t)p * O + j];
+        conv_in src = conv_input(ps, l, in, b, oh + r);
+        for (int w0 = 0; w0 < OW; w0 += pb) {
+            const int np = OW - w0 < pb ? OW - w0 : pb;
+            float *col = ps->scratch + ps->plan.col_off;
+            im2col_px(l, src.p, in_nhwc, src.b, oh + r, oh + r + 1, w0, w0 + np, src.row0, col,
+                      0);
+            wgrad_rows(w, dr + (size_t)w0 * O + o0, col, np);
+        }
+    }
+}
+
 /* Backward of conv layer i in the lean layout: g is its output's gradient
  * (NHWC), or, fused, its pool's (NCHW when g_nchw), the conv output then
  * recomputed two rows at a time and its gradient formed in place. First the
@@ -1562,7 +1630,13 @@ static void wgrad_rows(wgrad *w, const float *g, const float *col, int px)
  * the weight gradient, the plan's ob output channels at a time (recomputing
  * those channels), into lw (OIHW) or, with a sink, into chunk and handed over
  * (the step may then change them: later blocks read only their own weights),
- * and the bias gradient into gb or, with a sink, handed over last. */
+ * and the bias gradient into gb or, with a sink, handed over last.
+ * Streamed (plan.stream): the input gradient is the pool output's of the
+ * fused first conv j below, which learns in one weight block: gin is then a
+ * ring of ring_rows input rows, and each input row, once complete, goes
+ * straight into j's weight-gradient sums (j's rows in the same order as j's
+ * own backward takes them); j's gradient is handed over when the ring is
+ * done, before i's. */
 static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, const float *g,
                               int g_nchw, float *gin, float *lw, float *gb, float *chunk,
                               fedge_grad_sink sink, void *sink_arg)
@@ -1573,20 +1647,74 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
     const int fused = ps->plan.fused[i], step = fused ? 2 : 1;
     const int B = ps->batch, K = l->in_c * l->k * l->k, O = l->out, OH = l->out_h, OW = l->out_w;
     const int ob = ps->plan.ob[i], kb = ps->plan.kb[i], pb = ps->plan.pb[i];
+    const int sj = gin ? ps->plan.stream[i] - 1 : -1;
     float *col = ps->scratch + ps->plan.col_off, *ct = ps->scratch + ps->plan.ct_off;
     float *tmp = ct + 2 * (size_t)OW * O;
-    if (sink) {
-        lw = chunk;
-        gb = ps->scratch + ps->plan.gb_off;
-    }
-    if (gin) {
+    if (gin && sj >= 0) {
+        const fedge_layer *lj = &s->layer[sj];
+        const int Kj = lj->in_c * lj->k * lj->k, Oj = lj->out;
+        const float *inj = act_in(ps, ps->x, sj);
+        const int inj_nhwc = act_in_nhwc(ps, sj);
+        const size_t rowf = (size_t)l->in_w * l->in_c, R = ring_rows(l, step);
+        float *lwj = sink ? chunk : ps->grad + lj->w_off;
+        float *gbj = sink ? ps->scratch + ps->plan.gb_off : ps->grad + lj->b_off;
+        wgrad wj;
+        for (int j = 0; j < Oj; j++)
+            gbj[j] = 0.0f;
+        wgrad_init(&wj, ps->scratch + ps->plan.acc_off, lwj, Oj, Kj, lj->in_c, Oj,
+                   (size_t)B * lj->out_h * lj->out_w);
+        for (int b = 0; b < B; b++) {
+            int done = 0; /* input rows before it are complete and gone */
+            memset(gin, 0, R * rowf * sizeof(float));
+            for (int oh = 0; oh < OH || done < l->in_h; oh += step) {
+                if (oh < OH) {
+                    const float *d = g + ((size_t)b * OH + oh) * OW * O;
+                    if (fused) {
+                        conv_rows(ps, i, in, in_nhwc, b, oh, 2, 1, 0, O, ct);
+                        pool_rows_backward(&s->layer[i + 2], ct,
+                                           pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2),
+                                           g_nchw, 0, O, tmp);
+                        d = ct;
+                    }
+                    for (int r = 0; r < step; r++)
+                        for (int w0 = 0; w0 < OW; w0 += pb) {
+                            const int np = OW - w0 < pb ? OW - w0 : pb;
+                            const float *dr = d + ((size_t)r * OW + w0) * O;
+                            for (int q0 = 0; q0 < K; q0 += kb) {
+                                int n = K - q0 < kb ? K - q0 : kb, ld;
+                                const float *wt = wt_view(ps, i, 1, q0, n, &ld);
+                                GEMM(ps, 0, 1, np, n, O, 1.0f, dr, O, wt, ld, 0.0f, col + q0, K);
+                            }
+                            im2col_px(l, gin, in_nhwc, 0, oh + r, oh + r + 1, w0, w0 + np, done,
+                                      col, 1);
+                        }
+                }
+                int lim = oh + step < OH ? (oh + step) * l->stride - l->pad : l->in_h;
+                lim = lim < l->in_h ? lim : l->in_h;
+                for (; done < lim; done++) { /* the ring's first row is complete */
+                    lean_wgrad_rows(ps, sj, inj, inj_nhwc, NULL, gin, 0, b, 2 * done, 0, Oj, &wj,
+                                    gbj);
+                    memmove(gin, gin + rowf, (R - 1) * rowf * sizeof(float));
+                    memset(gin + (R - 1) * rowf, 0, rowf * sizeof(float));
+                }
+            }
+        }
+        if (sink) {
+            ps->wt_layer = -1;
+            CHK(sink(sink_arg, lj->w_off, chunk, (size_t)Oj * Kj));
+            memcpy(chunk, gbj, (size_t)Oj * sizeof(float));
+            CHK(sink(sink_arg, lj->b_off, chunk, (size_t)Oj));
+        }
+    } else if (gin) {
         memset(gin, 0, (size_t)B * l->in_c * l->in_h * l->in_w * sizeof(float));
         for (int b = 0; b < B; b++)
             for (int oh = 0; oh < OH; oh += step) {
                 const float *d = g + ((size_t)b * OH + oh) * OW * O;
                 if (fused) {
                     conv_rows(ps, i, in, in_nhwc, b, oh, 2, 1, 0, O, ct);
-                    pool_rows_backward(&s->layer[i + 2], ct, g, g_nchw, b, oh / 2, 0, O, tmp);
+                    pool_rows_backward(&s->layer[i + 2], ct,
+                                       pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2), g_nchw,
+                                       0, O, tmp);
                     d = ct;
                 }
                 for (int r = 0; r < step; r++)
@@ -1602,6 +1730,10 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
                     }
             }
     }
+    if (sink) {
+        lw = chunk;
+        gb = ps->scratch + ps->plan.gb_off;
+    }
     for (int j = 0; j < O; j++)
         gb[j] = 0.0f;
     for (int o0 = 0; o0 < O; o0 += ob) {
@@ -1609,30 +1741,11 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
         float *dst = sink ? chunk : lw + (size_t)o0 * K;
         wgrad w;
         wgrad_init(&w, ps->scratch + ps->plan.acc_off, dst, n, K, l->in_c, O, (size_t)B * OH * OW);
-        for (int b = 0; b < B; b++) {
-            for (int oh = 0; oh < OH; oh += step) {
-                const float *d = g + ((size_t)b * OH + oh) * OW * O;
-                if (fused) {
-                    conv_rows(ps, i, in, in_nhwc, b, oh, 2, 1, o0, n, ct);
-                    pool_rows_backward(&s->layer[i + 2], ct, g, g_nchw, b, oh / 2, o0, o0 + n,
-                                       tmp);
-                    d = ct;
-                }
-                for (int r = 0; r < step; r++) {
-                    const float *dr = d + (size_t)r * OW * O;
-                    for (int p = 0; p < OW; p++) /* col_sums' order: pixel by pixel */
-                        for (int j = o0; j < o0 + n; j++)
-                            gb[j] += dr[(size_t)p * O + j];
-                    conv_in src = conv_input(ps, l, in, b, oh + r);
-                    for (int w0 = 0; w0 < OW; w0 += pb) {
-                        const int np = OW - w0 < pb ? OW - w0 : pb;
-                        im2col_px(l, src.p, in_nhwc, src.b, oh + r, oh + r + 1, w0, w0 + np,
-                                  src.row0, col, 0);
-                        wgrad_rows(&w, dr + (size_t)w0 * O + o0, col, np);
-                    }
-                }
-            }
-        }
+        for (int b = 0; b < B; b++)
+            for (int oh = 0; oh < OH; oh += step)
+                lean_wgrad_rows(ps, i, in, in_nhwc, g,
+                                fused ? pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2) : NULL,
+                                g_nchw, b, oh, o0, n, &w, gb);
         if (sink) {
             ps->wt_layer = -1;
             CHK(sink(sink_arg, l->w_off + (size_t)o0 * K, chunk, (size_t)n * K));
@@ -1763,6 +1876,8 @@ static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch, 
     ps->col_layer = -1;
     ps->wt_layer = -1;
     ps->xu8 = NULL;
+    ps->x = NULL;
+    ps->grad = NULL;
     ps->xscale = 0.0f;
     ps->err = FEDGE_OK;
     return plan_fit(&m->spec, batch, have, &ps->plan);
@@ -1829,6 +1944,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
         return ret;
     if (xu8)
         x = pass_u8(&ps, xu8, xscale);
+    ps.x = x;
+    ps.grad = grad;
 
     double loss_sum = 0.0;
     float *g = forward_pass(&ps, x, 1, dropout_seed, y, &loss_sum);
@@ -1917,6 +2034,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
                                        chunk, sink, sink_arg));
                 if (need_gin)
                     g = gin;
+                if (need_gin && ps.plan.stream[i])
+                    i = ps.plan.stream[i] - 1; /* that conv, its relu and pool are done */
                 break;
             }
             if (sink) {
@@ -2011,6 +2130,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
                 if (cneed)
                     g = gin;
                 i -= 2;
+                if (cneed && ps.plan.stream[i])
+                    i = ps.plan.stream[i] - 1; /* that conv, its relu and pool are done */
                 break;
             }
             if (need_gin) {
