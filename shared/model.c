@@ -673,6 +673,16 @@ static size_t xin_floats(const fedge_layer *l, size_t B, size_t xin_rows)
  * NCHW when a flatten follows, so the flatten copies nothing). */
 enum { PLAN_FULL = 0, PLAN_MIN = 1, PLAN_LEAN = 2 };
 
+/* The lean layout's blocks, in floats: a conv's im2col in blocks of output
+ * pixels, and, when its weights exceed a gradient slice, its weights and
+ * weight-gradient sums in blocks of output channels (the input gradient's
+ * in blocks of im2col columns), each of about this many floats (at least
+ * one pixel, channel or column). */
+#ifndef FEDGE_MODEL_LEAN_BLOCK
+#define FEDGE_MODEL_LEAN_BLOCK 512
+#endif
+#define LEAN_BLOCK ((size_t)FEDGE_MODEL_LEAN_BLOCK)
+
 static int lean_fuses(const fedge_model_spec *s, int i)
 {
     const fedge_layer *l = &s->layer[i];
@@ -762,11 +772,11 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
                  * when the layer is no larger) */
                 size_t cb = grad_chunk_need(s), ob = O, kb = cols, wt = O * cols;
                 if (O * cols > cb) {
-                    ob = cb / cols ? cb / cols : 1;
-                    kb = cb / O ? cb / O : 1;
+                    ob = LEAN_BLOCK / cols ? LEAN_BLOCK / cols : 1;
+                    kb = LEAN_BLOCK / O ? LEAN_BLOCK / O : 1;
                     wt = ob * cols > kb * O ? ob * cols : kb * O;
                 }
-                size_t pb = cb / cols ? cb / cols : 1; /* im2col: a slice's worth of pixels */
+                size_t pb = LEAN_BLOCK / cols ? LEAN_BLOCK / cols : 1;
                 pb = pb < ow ? pb : ow;
                 p->ob[i] = (int)ob;
                 p->kb[i] = (int)kb;
