@@ -598,6 +598,8 @@ typedef struct {
     int kb[FEDGE_MODEL_MAX_LAYERS];         /* its im2col columns per input-gradient block */
     int pb[FEDGE_MODEL_MAX_LAYERS];         /* its output pixels per im2col block (one row's at most) */
     int stream[FEDGE_MODEL_MAX_LAYERS];     /* 1 + the first conv its input gradient streams into, or 0 */
+    size_t ring_dead, ring_off;             /* the dead activations a streamed conv's ring may take; its ring */
+    int ring_over;                          /* the ring starts ring_dead floats before g_off[0] */
     size_t gemm_off;
     size_t gemm;            /* floats at gemm_off: the GEMM's packing (its blocking follows) */
     size_t xin_off;
@@ -703,7 +705,7 @@ static size_t ring_rows(const fedge_layer *l, int step)
 /* The two gradient buffers, each as large as the input gradients the
  * backward pass writes into it (it alternates: a layer that works in place
  * keeps the buffer). */
-static void grad_sizes(const fedge_model_spec *s, const scratch_plan *p, size_t B, size_t g[2])
+static void grad_sizes(const fedge_model_spec *s, scratch_plan *p, size_t B, size_t g[2])
 {
     int first_param = 0, cur = -1; /* the last layer's gradient is in its own buffer */
     while (s->layer[first_param].n_params == 0)
@@ -724,9 +726,15 @@ static void grad_sizes(const fedge_model_spec *s, const scratch_plan *p, size_t 
             in = B * (size_t)l->in_c * l->in_h * l->in_w;
         }
         int streamed = p->lean && l->type == FEDGE_LAYER_CONV2D && p->stream[i];
-        if (streamed) /* a ring of input rows; nothing below takes a buffer */
-            in = ring_rows(l, p->fused[i] ? 2 : 1) * l->in_w * l->in_c;
         cur = cur == 0 ? 1 : 0;
+        if (streamed) { /* a ring of input rows; nothing below takes a buffer */
+            in = ring_rows(l, p->fused[i] ? 2 : 1) * l->in_w * l->in_c;
+            /* in buffer 0 the ring starts over the activations above the conv's
+             * input, dead by then, and runs on into buffer 0 (right after them) */
+            p->ring_over = cur == 0;
+            if (p->ring_over)
+                in = in > p->ring_dead ? in - p->ring_dead : 0;
+        }
         if (in > g[cur])
             g[cur] = in;
         if (streamed)
@@ -746,6 +754,7 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
     size_t off = 0, col_max = 0, col0 = 0, wt_max = 0, gemm_max = 0, ct = 0, acc = 0, wg = 0;
     size_t gb_max = 0;
     size_t B = (size_t)batch;
+    int owns[FEDGE_MODEL_MAX_LAYERS];
     int nhwc = 0;
     for (int i = 0; i < s->n_layers; i++) {
         const fedge_layer *l = &s->layer[i];
@@ -821,6 +830,7 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
             nhwc = 0; /* written NCHW: the flatten is then no copy */
         }
         p->nhwc[i] = nhwc;
+        owns[i] = own;
         if (own) {
             p->act_off[i] = off;
             off += B * out;
@@ -829,10 +839,19 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
         }
     }
     size_t g[2];
+    for (int i = 0; i < s->n_layers; i++) /* what lies above a streamed conv's input */
+        if (p->stream[i]) {
+            size_t lo = off;
+            for (int j = i; j < s->n_layers; j++)
+                if (owns[j] && p->act_off[j] < lo)
+                    lo = p->act_off[j];
+            p->ring_dead = off - lo;
+        }
     grad_sizes(s, p, B, g);
     p->g_off[0] = off;
     p->g_off[1] = off + g[0];
     p->col_off = off + g[0] + g[1];
+    p->ring_off = p->ring_over ? off - p->ring_dead : p->g_off[1];
     p->col0_off = p->col_off + col_max;
     p->wt_off = p->col0_off + col0;
     p->ct_off = p->wt_off + wt_max;
@@ -2040,6 +2059,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
             int K = l->in_c * l->k * l->k, P = B * l->out_h * l->out_w, O = l->out;
             float *lw = sink ? NULL : grad + l->w_off, *gb = sink ? NULL : grad + l->b_off;
             if (ps.plan.lean) {
+                if (ps.plan.stream[i])
+                    gin = scratch + ps.plan.ring_off;
                 CHK(lean_conv_backward(&ps, i, in, in_nhwc, g, 0, need_gin ? gin : NULL, lw, gb,
                                        chunk, sink, sink_arg));
                 if (need_gin)
@@ -2132,6 +2153,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
             if (ps.plan.lean && i >= 2 && ps.plan.fused[i - 2]) { /* with its conv and relu */
                 const fedge_layer *cl = &s->layer[i - 2];
                 int cneed = i - 2 > first_param;
+                if (ps.plan.stream[i - 2])
+                    gin = scratch + ps.plan.ring_off;
                 float *lw = sink ? NULL : grad + cl->w_off;
                 float *gb = sink ? NULL : grad + cl->b_off;
                 CHK(lean_conv_backward(&ps, i - 2, act_in(&ps, x, i - 2), act_in_nhwc(&ps, i - 2),
