@@ -598,6 +598,7 @@ typedef struct {
     int kb[FEDGE_MODEL_MAX_LAYERS];         /* its im2col columns per input-gradient block */
     int pb[FEDGE_MODEL_MAX_LAYERS];         /* its output pixels per im2col block (one row's at most) */
     int stream[FEDGE_MODEL_MAX_LAYERS];     /* 1 + the first conv its input gradient streams into, or 0 */
+    int tp[FEDGE_MODEL_MAX_LAYERS];         /* a fused conv's pooled columns per tile */
     size_t ring_dead, ring_off;             /* the dead activations a streamed conv's ring may take; its ring */
     int ring_over;                          /* the ring starts ring_dead floats before g_off[0] */
     size_t gemm_off;
@@ -694,12 +695,11 @@ static int lean_fuses(const fedge_model_spec *s, int i)
            l->out_w % 2 == 0;
 }
 
-/* The input rows of conv l a ring of its input gradient holds: the rows
- * that output rows [r, r + step) add to (pass one output row pair at a time). */
-static size_t ring_rows(const fedge_layer *l, int step)
+/* The input rows of conv l a ring of its input gradient holds: those one
+ * output row adds to. */
+static size_t ring_rows(const fedge_layer *l)
 {
-    size_t r = (size_t)(step - 1) * l->stride + (size_t)l->k;
-    return r < (size_t)l->in_h ? r : (size_t)l->in_h;
+    return (size_t)(l->k < l->in_h ? l->k : l->in_h);
 }
 
 /* The two gradient buffers, each as large as the input gradients the
@@ -728,7 +728,7 @@ static void grad_sizes(const fedge_model_spec *s, scratch_plan *p, size_t B, siz
         int streamed = p->lean && l->type == FEDGE_LAYER_CONV2D && p->stream[i];
         cur = cur == 0 ? 1 : 0;
         if (streamed) { /* a ring of input rows; nothing below takes a buffer */
-            in = ring_rows(l, p->fused[i] ? 2 : 1) * l->in_w * l->in_c;
+            in = ring_rows(l) * l->in_w * l->in_c;
             /* in buffer 0 the ring starts over the activations above the conv's
              * input, dead by then, and runs on into buffer 0 (right after them) */
             p->ring_over = cur == 0;
@@ -803,8 +803,12 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
                     p->nhwc[i - 1])
                     p->stream[i] = j + 1; /* its input gradient goes row by row into j's */
                 if (lean_fuses(s, i)) {
+                    size_t tp = LEAN_BLOCK / (8 * O) ? LEAN_BLOCK / (8 * O) : 1, tile;
+                    tp = tp < ow / 2 ? tp : ow / 2;
+                    tile = 4 * tp * O + O; /* two rows of 2 tp pixels, + a pooled pixel */
                     p->fused[i] = 1;
-                    ct = ct > 2 * ow * O + O ? ct : 2 * ow * O + O; /* + a pooled pixel */
+                    p->tp[i] = (int)tp;
+                    ct = ct > tile ? ct : tile;
                     own = 0;
                 }
             } else {
@@ -1475,38 +1479,39 @@ static const float *wt_view(pass *ps, int li, int kind, int start, int n, int *l
     return wt;
 }
 
-/* Output channels [o0, o0 + on) of rows [oh0, oh0 + nrows) of conv li for
- * sample b into dst (NHWC rows of all O channels), the plan's pb output
- * pixels of im2col at a time and the weights in its blocks (o0 starts one).
- * Each element is the whole product's sum: the GEMM's rows and columns are
- * independent. */
+/* Output channels [o0, o0 + on), columns [ow0, ow1) of rows [oh0, oh0 +
+ * nrows) of conv li for sample b into dst (NHWC rows of ow1 - ow0 pixels of
+ * all O channels), the plan's pb output pixels of im2col at a time and the
+ * weights in its blocks (o0 starts one). Each element is the whole product's
+ * sum: the GEMM's rows and columns are independent. */
 static void conv_rows(pass *ps, int li, const float *in, int nhwc, int b, int oh0, int nrows,
-                      int relu, int o0, int on, float *dst)
+                      int ow0, int ow1, int relu, int o0, int on, float *dst)
 {
     const fedge_layer *l = &ps->m->spec.layer[li];
-    const int K = l->in_c * l->k * l->k, O = l->out, OW = l->out_w, ob = ps->plan.ob[li];
+    const int K = l->in_c * l->k * l->k, O = l->out, NW = ow1 - ow0, ob = ps->plan.ob[li];
     const int pb = ps->plan.pb[li];
     const float *bias = ps->m->params + l->b_off;
     float *col = ps->scratch + ps->plan.col_off;
     for (int r = 0; r < nrows; r++) {
-        float *d = dst + (size_t)r * OW * O;
+        float *d = dst + (size_t)r * NW * O;
         conv_in src = conv_input(ps, l, in, b, oh0 + r);
         for (int c0 = o0; c0 < o0 + on; c0 += ob) {
             int n = o0 + on - c0 < ob ? o0 + on - c0 : ob, ld;
-            for (int w0 = 0; w0 < OW; w0 += pb) {
-                int np = OW - w0 < pb ? OW - w0 : pb;
-                if (pb < OW || c0 == o0) /* else the row's im2col is still in col */
+            for (int w0 = ow0; w0 < ow1; w0 += pb) {
+                int np = ow1 - w0 < pb ? ow1 - w0 : pb;
+                if (pb < NW || c0 == o0) /* else the pixels' im2col is still in col */
                     im2col_px(l, src.p, nhwc, src.b, oh0 + r, oh0 + r + 1, w0, w0 + np, src.row0,
                               col, 0);
                 const float *wt = wt_view(ps, li, 0, c0, n, &ld);
-                GEMM(ps, 0, 0, np, n, K, 1.0f, col, K, wt, ld, 0.0f, d + (size_t)w0 * O + c0, O);
+                GEMM(ps, 0, 0, np, n, K, 1.0f, col, K, wt, ld, 0.0f, d + (size_t)(w0 - ow0) * O + c0,
+                     O);
             }
         }
         if (on == O) {
-            add_bias_rows(d, bias, OW, (size_t)O, relu);
+            add_bias_rows(d, bias, NW, (size_t)O, relu);
             continue;
         }
-        for (int p = 0; p < OW; p++) /* add_bias_rows on the block */
+        for (int p = 0; p < NW; p++) /* add_bias_rows on the block */
             for (int j = o0; j < o0 + on; j++) {
                 float v = d[(size_t)p * O + j] + bias[j];
                 d[(size_t)p * O + j] = relu && v < 0.0f ? 0.0f : v;
@@ -1514,14 +1519,17 @@ static void conv_rows(pass *ps, int li, const float *in, int nhwc, int b, int oh
     }
 }
 
-/* The 2x2 stride-2 pool pl of two conv rows (ct, NHWC) into pooled row pr of
- * sample b of out (NCHW when nchw, else NHWC); maxpool_forward's fast path. */
-static void pool_rows(const fedge_layer *pl, const float *ct, float *out, int nchw, int b, int pr)
+/* The 2x2 stride-2 pool pl of a tile of two conv rows (ct, NHWC, 2 x npc
+ * pixels a row) into pooled columns [pc0, pc0 + npc) of row pr of sample b
+ * of out (NCHW when nchw, else NHWC); maxpool_forward's fast path. */
+static void pool_rows(const fedge_layer *pl, const float *ct, int pc0, int npc, float *out,
+                      int nchw, int b, int pr)
 {
-    const int C = pl->in_c, OW = pl->out_w, IW = pl->in_w;
+    const int C = pl->in_c, OW = pl->out_w, TW = 2 * npc;
     const size_t plane = (size_t)pl->out_h * OW, bs = plane * C;
-    for (int ow = 0; ow < OW; ow++) {
-        const float *r0 = ct + (size_t)(2 * ow) * C, *r1 = r0 + (size_t)IW * C;
+    for (int t = 0; t < npc; t++) {
+        const int ow = pc0 + t;
+        const float *r0 = ct + (size_t)(2 * t) * C, *r1 = r0 + (size_t)TW * C;
         for (int c = 0; c < C; c++) {
             float m = r0[c];
             m = r0[C + c] > m ? r0[C + c] : m;
@@ -1540,17 +1548,18 @@ static const float *pool_grow(const fedge_layer *pl, const float *g, int nchw, i
     return g + (size_t)b * plane * pl->in_c + (size_t)pr * pl->out_w * (nchw ? 1 : (size_t)pl->in_c);
 }
 
-/* pool2_backward_px (ReLU' included) over channels [c0, c1) of the two conv
- * rows in ct, in place: ct becomes the conv output's gradient; grow is the
- * pool's gradient row (NHWC: OW x C; NCHW: its row of plane 0, the planes
- * out_h x out_w apart, gathered through tmp, C floats). */
-static void pool_rows_backward(const fedge_layer *pl, float *ct, const float *grow, int nchw,
-                               int c0, int c1, float *tmp)
+/* pool2_backward_px (ReLU' included) over channels [c0, c1) of a tile of
+ * two conv rows in ct (pool_rows'), in place: ct becomes the conv output's
+ * gradient; grow is the pool's gradient row (NHWC: OW x C; NCHW: its row of
+ * plane 0, the planes out_h x out_w apart, gathered through tmp, C floats). */
+static void pool_rows_backward(const fedge_layer *pl, float *ct, int pc0, int npc,
+                               const float *grow, int nchw, int c0, int c1, float *tmp)
 {
-    const int C = pl->in_c, OW = pl->out_w, IW = pl->in_w;
-    const size_t plane = (size_t)pl->out_h * OW;
-    for (int ow = 0; ow < OW; ow++) {
-        float *a = ct + (size_t)(2 * ow) * C, *e = a + C, *f = a + (size_t)IW * C, *h = f + C;
+    const int C = pl->in_c, TW = 2 * npc;
+    const size_t plane = (size_t)pl->out_h * pl->out_w;
+    for (int t = 0; t < npc; t++) {
+        const int ow = pc0 + t;
+        float *a = ct + (size_t)(2 * t) * C, *e = a + C, *f = a + (size_t)TW * C, *h = f + C;
         const float *gq = grow + (size_t)ow * C;
         if (nchw) {
             for (int c = c0; c < c1; c++)
@@ -1614,58 +1623,103 @@ static void wgrad_rows(wgrad *w, const float *g, const float *col, int px)
     }
 }
 
+/* Fused conv i's output gradient over a tile: columns [2 pc0, 2 (pc0 + npc))
+ * of rows oh, oh + 1 of sample b, channels [o0, o0 + n), recomputed into ct
+ * and formed in place from grow, its pool's gradient row (pool_rows_backward). */
+static float *fused_tile(pass *ps, int i, const float *in, int in_nhwc, int b, int oh, int pc0,
+                         int npc, const float *grow, int g_nchw, int o0, int n)
+{
+    const fedge_model_spec *s = &ps->m->spec;
+    float *ct = ps->scratch + ps->plan.ct_off;
+    conv_rows(ps, i, in, in_nhwc, b, oh, 2, 2 * pc0, 2 * (pc0 + npc), 1, o0, n, ct);
+    pool_rows_backward(&s->layer[i + 2], ct, pc0, npc, grow, g_nchw, o0, o0 + n,
+                       ct + 4 * (size_t)ps->plan.tp[i] * s->layer[i].out);
+    return ct;
+}
+
+/* The weight-gradient sums of output pixels [w_lo, w_hi) of row oh of
+ * sample b of conv i (channels [o0, o0 + n), into w and gb), dr their output
+ * gradient (NHWC, all channels), in pixel order. */
+static void wgrad_px(pass *ps, int i, const float *in, int in_nhwc, const float *dr, int b,
+                     int oh, int w_lo, int w_hi, int o0, int n, wgrad *w, float *gb)
+{
+    const fedge_layer *l = &ps->m->spec.layer[i];
+    const int O = l->out, pb = ps->plan.pb[i];
+    float *col = ps->scratch + ps->plan.col_off;
+    for (int p = 0; p < w_hi - w_lo; p++) /* col_sums' order: pixel by pixel */
+        for (int j = o0; j < o0 + n; j++)
+            gb[j] += dr[(size_t)p * O + j];
+    conv_in src = conv_input(ps, l, in, b, oh);
+    for (int w0 = w_lo; w0 < w_hi; w0 += pb) {
+        const int np = w_hi - w0 < pb ? w_hi - w0 : pb;
+        im2col_px(l, src.p, in_nhwc, src.b, oh, oh + 1, w0, w0 + np, src.row0, col, 0);
+        wgrad_rows(w, dr + (size_t)(w0 - w_lo) * O + o0, col, np);
+    }
+}
+
 /* The weight-gradient sums of output rows [oh, oh + step) of sample b of
  * conv i (channels [o0, o0 + n), into w and gb): g is its output's gradient
- * (NHWC), or, fused, grow its pool's gradient row, the conv rows then
- * recomputed into ct and their gradient formed in place. */
+ * (NHWC), or, fused, grow its pool's gradient row, the conv output then
+ * recomputed a tile at a time, once for each of the two rows (the pixels
+ * go in row order). */
 static void lean_wgrad_rows(pass *ps, int i, const float *in, int in_nhwc, const float *g,
                             const float *grow, int g_nchw, int b, int oh, int o0, int n,
                             wgrad *w, float *gb)
 {
-    const fedge_model_spec *s = &ps->m->spec;
-    const fedge_layer *l = &s->layer[i];
-    const int fused = ps->plan.fused[i], step = fused ? 2 : 1;
-    const int O = l->out, OW = l->out_w, pb = ps->plan.pb[i];
-    float *ct = ps->scratch + ps->plan.ct_off;
-    const float *d;
-    if (fused) {
-        conv_rows(ps, i, in, in_nhwc, b, oh, 2, 1, o0, n, ct);
-        pool_rows_backward(&s->layer[i + 2], ct, grow, g_nchw, o0, o0 + n,
-                           ct + 2 * (size_t)OW * O);
-        d = ct;
-    } else {
-        d = g + ((size_t)b * l->out_h + oh) * OW * O;
+    const fedge_layer *l = &ps->m->spec.layer[i];
+    const int O = l->out, OW = l->out_w;
+    if (!ps->plan.fused[i]) {
+        wgrad_px(ps, i, in, in_nhwc, g + ((size_t)b * l->out_h + oh) * OW * O, b, oh, 0, OW, o0, n,
+                 w, gb);
+        return;
     }
-    for (int r = 0; r < step; r++) {
-        const float *dr = d + (size_t)r * OW * O;
-        for (int p = 0; p < OW; p++) /* col_sums' order: pixel by pixel */
-            for (int j = o0; j < o0 + n; j++)
-                gb[j] += dr[(size_t)p * O + j];
-        conv_in src = conv_input(ps, l, in, b, oh + r);
-        for (int w0 = 0; w0 < OW; w0 += pb) {
-            const int np = OW - w0 < pb ? OW - w0 : pb;
-            float *col = ps->scratch + ps->plan.col_off;
-            im2col_px(l, src.p, in_nhwc, src.b, oh + r, oh + r + 1, w0, w0 + np, src.row0, col,
-                      0);
-            wgrad_rows(w, dr + (size_t)w0 * O + o0, col, np);
+    const int tp = ps->plan.tp[i], POW = OW / 2;
+    for (int r = 0; r < 2; r++)
+        for (int pc0 = 0; pc0 < POW; pc0 += tp) {
+            const int npc = POW - pc0 < tp ? POW - pc0 : tp;
+            const float *t = fused_tile(ps, i, in, in_nhwc, b, oh, pc0, npc, grow, g_nchw, o0, n);
+            wgrad_px(ps, i, in, in_nhwc, t + (size_t)r * 2 * npc * O, b, oh + r, 2 * pc0,
+                     2 * (pc0 + npc), o0, n, w, gb);
         }
+}
+
+/* col2im of output pixels [w_lo, w_hi) of row oh of conv i, dr their output
+ * gradient (all channels): gin (sample b, from input row row0 on) +=
+ * dr x W^T, the weights in the plan's column blocks. */
+static void gin_px(pass *ps, int i, const float *dr, int oh, int w_lo, int w_hi, float *gin,
+                   int nhwc, int b, int row0)
+{
+    const fedge_layer *l = &ps->m->spec.layer[i];
+    const int K = l->in_c * l->k * l->k, O = l->out, pb = ps->plan.pb[i], kb = ps->plan.kb[i];
+    float *col = ps->scratch + ps->plan.col_off;
+    for (int w0 = w_lo; w0 < w_hi; w0 += pb) {
+        const int np = w_hi - w0 < pb ? w_hi - w0 : pb;
+        for (int q0 = 0; q0 < K; q0 += kb) {
+            int n = K - q0 < kb ? K - q0 : kb, ld;
+            const float *wt = wt_view(ps, i, 1, q0, n, &ld);
+            GEMM(ps, 0, 1, np, n, O, 1.0f, dr + (size_t)(w0 - w_lo) * O, O, wt, ld, 0.0f,
+                 col + q0, K);
+        }
+        im2col_px(l, gin, nhwc, b, oh, oh + 1, w0, w0 + np, row0, col, 1);
     }
 }
 
 /* Backward of conv layer i in the lean layout: g is its output's gradient
  * (NHWC), or, fused, its pool's (NCHW when g_nchw), the conv output then
- * recomputed two rows at a time and its gradient formed in place. First the
- * input gradient into gin (when wanted), with every weight as it was; then
- * the weight gradient, the plan's ob output channels at a time (recomputing
- * those channels), into lw (OIHW) or, with a sink, into chunk and handed over
- * (the step may then change them: later blocks read only their own weights),
- * and the bias gradient into gb or, with a sink, handed over last.
+ * recomputed a tile (two rows, plan.tp pooled columns) at a time and its
+ * gradient formed in place. First the input gradient into gin (when wanted),
+ * with every weight as it was; then the weight gradient, the plan's ob output
+ * channels at a time (recomputing those channels), into lw (OIHW) or, with a
+ * sink, into chunk and handed over (the step may then change them: later
+ * blocks read only their own weights), and the bias gradient into gb or, with
+ * a sink, handed over last. Output pixels go in row order throughout, so
+ * every sum has the whole product's terms in its order.
  * Streamed (plan.stream): the input gradient is the pool output's of the
  * fused first conv j below, which learns in one weight block: gin is then a
  * ring of ring_rows input rows, and each input row, once complete, goes
- * straight into j's weight-gradient sums (j's rows in the same order as j's
- * own backward takes them); j's gradient is handed over when the ring is
- * done, before i's. */
+ * straight into j's weight-gradient sums (j's rows in the order j's own
+ * backward takes them); j's gradient is handed over when the ring is done,
+ * before i's. */
 static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, const float *g,
                               int g_nchw, float *gin, float *lw, float *gb, float *chunk,
                               fedge_grad_sink sink, void *sink_arg)
@@ -1675,89 +1729,68 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
     const fedge_layer *l = &s->layer[i];
     const int fused = ps->plan.fused[i], step = fused ? 2 : 1;
     const int B = ps->batch, K = l->in_c * l->k * l->k, O = l->out, OH = l->out_h, OW = l->out_w;
-    const int ob = ps->plan.ob[i], kb = ps->plan.kb[i], pb = ps->plan.pb[i];
+    const int ob = ps->plan.ob[i], tp = ps->plan.tp[i], POW = OW / 2;
     const int sj = gin ? ps->plan.stream[i] - 1 : -1;
-    float *col = ps->scratch + ps->plan.col_off, *ct = ps->scratch + ps->plan.ct_off;
-    float *tmp = ct + 2 * (size_t)OW * O;
-    if (gin && sj >= 0) {
-        const fedge_layer *lj = &s->layer[sj];
+    if (gin) {
+        const fedge_layer *lj = sj >= 0 ? &s->layer[sj] : l;
         const int Kj = lj->in_c * lj->k * lj->k, Oj = lj->out;
-        const float *inj = act_in(ps, ps->x, sj);
-        const int inj_nhwc = act_in_nhwc(ps, sj);
-        const size_t rowf = (size_t)l->in_w * l->in_c, R = ring_rows(l, step);
-        float *lwj = sink ? chunk : ps->grad + lj->w_off;
-        float *gbj = sink ? ps->scratch + ps->plan.gb_off : ps->grad + lj->b_off;
+        const float *inj = sj >= 0 ? act_in(ps, ps->x, sj) : NULL;
+        const int inj_nhwc = sj >= 0 ? act_in_nhwc(ps, sj) : 0;
+        const size_t rowf = (size_t)l->in_w * l->in_c, R = ring_rows(l);
+        float *lwj = NULL, *gbj = NULL;
         wgrad wj;
-        for (int j = 0; j < Oj; j++)
-            gbj[j] = 0.0f;
-        wgrad_init(&wj, ps->scratch + ps->plan.acc_off, lwj, Oj, Kj, lj->in_c, Oj,
-                   (size_t)B * lj->out_h * lj->out_w);
-        for (int b = 0; b < B; b++) {
-            int done = 0; /* input rows before it are complete and gone */
-            memset(gin, 0, R * rowf * sizeof(float));
-            for (int oh = 0; oh < OH || done < l->in_h; oh += step) {
-                if (oh < OH) {
-                    const float *d = g + ((size_t)b * OH + oh) * OW * O;
-                    if (fused) {
-                        conv_rows(ps, i, in, in_nhwc, b, oh, 2, 1, 0, O, ct);
-                        pool_rows_backward(&s->layer[i + 2], ct,
-                                           pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2),
-                                           g_nchw, 0, O, tmp);
-                        d = ct;
-                    }
-                    for (int r = 0; r < step; r++)
-                        for (int w0 = 0; w0 < OW; w0 += pb) {
-                            const int np = OW - w0 < pb ? OW - w0 : pb;
-                            const float *dr = d + ((size_t)r * OW + w0) * O;
-                            for (int q0 = 0; q0 < K; q0 += kb) {
-                                int n = K - q0 < kb ? K - q0 : kb, ld;
-                                const float *wt = wt_view(ps, i, 1, q0, n, &ld);
-                                GEMM(ps, 0, 1, np, n, O, 1.0f, dr, O, wt, ld, 0.0f, col + q0, K);
-                            }
-                            im2col_px(l, gin, in_nhwc, 0, oh + r, oh + r + 1, w0, w0 + np, done,
-                                      col, 1);
-                        }
-                }
-                int lim = oh + step < OH ? (oh + step) * l->stride - l->pad : l->in_h;
-                lim = lim < l->in_h ? lim : l->in_h;
-                for (; done < lim; done++) { /* the ring's first row is complete */
-                    lean_wgrad_rows(ps, sj, inj, inj_nhwc, NULL, gin, 0, b, 2 * done, 0, Oj, &wj,
-                                    gbj);
-                    memmove(gin, gin + rowf, (R - 1) * rowf * sizeof(float));
-                    memset(gin + (R - 1) * rowf, 0, rowf * sizeof(float));
-                }
-            }
+        if (sj >= 0) {
+            lwj = sink ? chunk : ps->grad + lj->w_off;
+            gbj = sink ? ps->scratch + ps->plan.gb_off : ps->grad + lj->b_off;
+            for (int j = 0; j < Oj; j++)
+                gbj[j] = 0.0f;
+            wgrad_init(&wj, ps->scratch + ps->plan.acc_off, lwj, Oj, Kj, lj->in_c, Oj,
+                       (size_t)B * lj->out_h * lj->out_w);
+        } else {
+            memset(gin, 0, (size_t)B * l->in_c * l->in_h * l->in_w * sizeof(float));
         }
-        if (sink) {
+        for (int b = 0; b < B; b++) {
+            int done = 0; /* streamed: input rows before it are complete and gone */
+            float *gt = gin;
+            int gb_ = b;
+            if (sj >= 0) {
+                memset(gin, 0, R * rowf * sizeof(float));
+                gb_ = 0;
+            }
+            for (int oh = 0; oh < OH; oh += step)
+                for (int r = 0; r < step; r++) {
+                    const int row = oh + r;
+                    if (!fused) {
+                        gin_px(ps, i, g + ((size_t)b * OH + row) * OW * O, row, 0, OW, gt, in_nhwc,
+                               gb_, done);
+                    } else {
+                        const float *grow = pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2);
+                        for (int pc0 = 0; pc0 < POW; pc0 += tp) {
+                            const int npc = POW - pc0 < tp ? POW - pc0 : tp;
+                            const float *t = fused_tile(ps, i, in, in_nhwc, b, oh, pc0, npc, grow,
+                                                        g_nchw, 0, O);
+                            gin_px(ps, i, t + (size_t)r * 2 * npc * O, row, 2 * pc0,
+                                   2 * (pc0 + npc), gt, in_nhwc, gb_, done);
+                        }
+                    }
+                    if (sj < 0)
+                        continue;
+                    int lim = row + 1 < OH ? (row + 1) * l->stride - l->pad : l->in_h;
+                    lim = lim < l->in_h ? lim : l->in_h;
+                    for (; done < lim; done++) { /* the ring's first row is complete */
+                        lean_wgrad_rows(ps, sj, inj, inj_nhwc, NULL, gin, 0, b, 2 * done, 0, Oj,
+                                        &wj, gbj);
+                        memmove(gin, gin + rowf, (R - 1) * rowf * sizeof(float));
+                        memset(gin + (R - 1) * rowf, 0, rowf * sizeof(float));
+                    }
+                }
+        }
+        if (sj >= 0 && sink) {
             ps->wt_layer = -1;
             CHK(sink(sink_arg, lj->w_off, chunk, (size_t)Oj * Kj));
             memcpy(chunk, gbj, (size_t)Oj * sizeof(float));
             CHK(sink(sink_arg, lj->b_off, chunk, (size_t)Oj));
         }
-    } else if (gin) {
-        memset(gin, 0, (size_t)B * l->in_c * l->in_h * l->in_w * sizeof(float));
-        for (int b = 0; b < B; b++)
-            for (int oh = 0; oh < OH; oh += step) {
-                const float *d = g + ((size_t)b * OH + oh) * OW * O;
-                if (fused) {
-                    conv_rows(ps, i, in, in_nhwc, b, oh, 2, 1, 0, O, ct);
-                    pool_rows_backward(&s->layer[i + 2], ct,
-                                       pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2), g_nchw,
-                                       0, O, tmp);
-                    d = ct;
-                }
-                for (int r = 0; r < step; r++)
-                    for (int w0 = 0; w0 < OW; w0 += pb) {
-                        const int np = OW - w0 < pb ? OW - w0 : pb;
-                        const float *dr = d + ((size_t)r * OW + w0) * O;
-                        for (int q0 = 0; q0 < K; q0 += kb) {
-                            int n = K - q0 < kb ? K - q0 : kb, ld;
-                            const float *wt = wt_view(ps, i, 1, q0, n, &ld);
-                            GEMM(ps, 0, 1, np, n, O, 1.0f, dr, O, wt, ld, 0.0f, col + q0, K);
-                        }
-                        im2col_px(l, gin, in_nhwc, b, oh + r, oh + r + 1, w0, w0 + np, 0, col, 1);
-                    }
-            }
     }
     if (sink) {
         lw = chunk;
@@ -1833,13 +1866,19 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
                 float *ct = ps->scratch + ps->plan.ct_off, *pooled = act_out(ps, i + 2 * fused);
                 for (int b = 0; b < B; b++) {
                     if (!fused)
-                        conv_rows(ps, i, in, in_nhwc, b, 0, l->out_h, relu_follows(s, i), 0,
-                                  l->out, out + (size_t)b * l->out_h * l->out_w * l->out);
+                        conv_rows(ps, i, in, in_nhwc, b, 0, l->out_h, 0, l->out_w,
+                                  relu_follows(s, i), 0, l->out,
+                                  out + (size_t)b * l->out_h * l->out_w * l->out);
                     else
-                        for (int pr = 0; pr < l->out_h / 2; pr++) {
-                            conv_rows(ps, i, in, in_nhwc, b, 2 * pr, 2, 1, 0, l->out, ct);
-                            pool_rows(&s->layer[i + 2], ct, pooled, !ps->plan.nhwc[i + 2], b, pr);
-                        }
+                        for (int pr = 0; pr < l->out_h / 2; pr++)
+                            for (int pc0 = 0; pc0 < l->out_w / 2; pc0 += ps->plan.tp[i]) {
+                                int npc = l->out_w / 2 - pc0 < ps->plan.tp[i] ? l->out_w / 2 - pc0
+                                                                               : ps->plan.tp[i];
+                                conv_rows(ps, i, in, in_nhwc, b, 2 * pr, 2, 2 * pc0,
+                                          2 * (pc0 + npc), 1, 0, l->out, ct);
+                                pool_rows(&s->layer[i + 2], ct, pc0, npc, pooled,
+                                          !ps->plan.nhwc[i + 2], b, pr);
+                            }
                 }
                 if (fused) {
                     i += 2; /* the relu and the pool ran with it */
