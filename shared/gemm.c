@@ -236,6 +236,37 @@ static void scale_c(int M, int N, float beta, float *C, int ldc)
     }
 }
 
+/* A product of at most one micro-tile's elements (a conv's lean blocks: one
+ * pixel, one channel): each element summed as the micro-kernel sums it (per
+ * K slice from zero, alpha * a times b added one k at a time, the slice then
+ * added to C), without packing: the same bits. */
+#define GEMM_DIRECT_MN (GEMM_MR * GEMM_NR)
+static void gemm_direct(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                        const float *A, int lda, const float *B, int ldb, float *C, int ldc)
+{
+    const int kstep = k_step(K);
+    float acc[GEMM_DIRECT_MN];
+    for (int i = 0; i < M; i++) {
+        float *c = C + (size_t)i * ldc;
+        for (int k0 = 0; k0 < K; k0 += kstep) {
+            const int kc = min_int(K - k0, kstep);
+            for (int j = 0; j < N; j++)
+                acc[j] = 0.0f;
+            for (int k = k0; k < k0 + kc; k++) {
+                const float a = alpha * (trans_a ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
+                if (trans_b)
+                    for (int j = 0; j < N; j++)
+                        acc[j] += a * B[(size_t)j * ldb + k];
+                else
+                    for (int j = 0; j < N; j++)
+                        acc[j] += a * B[(size_t)k * ldb + j];
+            }
+            for (int j = 0; j < N; j++)
+                c[j] += acc[j];
+        }
+    }
+}
+
 /* One MR x NR tile at a time, each K slice packed kd deep in pieces (the
  * blocking when even one full-depth panel pair does not fit). */
 static void gemm_deep_split(int trans_a, int trans_b, int M, int N, int K, float alpha,
@@ -281,6 +312,10 @@ int fedge_sgemm_portable_wsn(int trans_a, int trans_b, int M, int N, int K, floa
         scale_c(M, N, beta, C, ldc);
     if (!work)
         return FEDGE_OK;
+    if ((size_t)M * (size_t)N <= GEMM_DIRECT_MN) {
+        gemm_direct(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+        return FEDGE_OK;
+    }
     if (bl.kd < k_step(K)) {
         gemm_deep_split(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, C, ldc, ws, bl.kd);
         return FEDGE_OK;
