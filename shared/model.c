@@ -599,6 +599,8 @@ typedef struct {
     int pb[FEDGE_MODEL_MAX_LAYERS];         /* its output pixels per im2col block (one row's at most) */
     int stream[FEDGE_MODEL_MAX_LAYERS];     /* 1 + the first conv its input gradient streams into, or 0 */
     int tp[FEDGE_MODEL_MAX_LAYERS];         /* a fused conv's pooled columns per tile */
+    int mkrow[FEDGE_MODEL_MAX_LAYERS];      /* a fused conv's window positions: one pooled row's */
+    size_t mk_off, mkrow_off;               /* the whole map's (2 bits a pooled element); a row's */
     size_t ring_dead, ring_off;             /* the dead activations a streamed conv's ring may take; its ring */
     int ring_over;                          /* the ring starts ring_dead floats before g_off[0] */
     size_t gemm_off;
@@ -858,7 +860,27 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
     p->ring_off = p->ring_over ? off - p->ring_dead : p->g_off[1];
     p->col0_off = p->col_off + col_max;
     p->wt_off = p->col0_off + col0;
-    p->ct_off = p->wt_off + wt_max;
+    size_t mk = 0, mkrow = 0; /* floats */
+    int fp = 0;
+    while (s->layer[fp].n_params == 0)
+        fp++;
+    /* the first conv learning in one block takes its output gradient a
+     * pooled row at a time (recomputed for the row's first half) */
+    p->mkrow[fp] = p->fused[fp] && p->ob[fp] == s->layer[fp].out;
+    for (int i = 0; i < s->n_layers; i++) {
+        if (!p->fused[i])
+            continue;
+        const fedge_layer *pl = &s->layer[i + 2];
+        size_t row = (size_t)pl->out_w * pl->in_c, f;
+        f = ((p->mkrow[i] ? row : B * pl->out_h * row) + 15) / 16;
+        if (p->mkrow[i])
+            mkrow = mkrow > f ? mkrow : f;
+        else
+            mk = mk > f ? mk : f;
+    }
+    p->mk_off = p->wt_off + wt_max;
+    p->mkrow_off = p->mk_off + mk;
+    p->ct_off = p->mkrow_off + mkrow;
     p->acc_off = p->ct_off + ct;
     p->wg_off = p->acc_off + acc;
     p->gb_off = p->wg_off + wg;
@@ -1542,25 +1564,39 @@ static void pool_rows(const fedge_layer *pl, const float *ct, int pc0, int npc, 
 }
 
 /* Row pr of sample b of the pool pl's gradient g (NCHW: in plane 0). */
-static const float *pool_grow(const fedge_layer *pl, const float *g, int nchw, int b, int pr)
+static float *pool_grow(const fedge_layer *pl, float *g, int nchw, int b, int pr)
 {
     const size_t plane = (size_t)pl->out_h * pl->out_w;
     return g + (size_t)b * plane * pl->in_c + (size_t)pr * pl->out_w * (nchw ? 1 : (size_t)pl->in_c);
 }
 
+/* 2-bit window positions (0..3: (0,0) (0,1) (1,0) (1,1)), four a byte. */
+static void mask_set(uint8_t *mk, size_t e, int pos)
+{
+    mk[e >> 2] = (uint8_t)((mk[e >> 2] & ~(3u << (2 * (e & 3)))) | (unsigned)pos << (2 * (e & 3)));
+}
+
+static int mask_get(const uint8_t *mk, size_t e)
+{
+    return mk[e >> 2] >> (2 * (e & 3)) & 3;
+}
+
 /* pool2_backward_px (ReLU' included) over channels [c0, c1) of a tile of
  * two conv rows in ct (pool_rows'), in place: ct becomes the conv output's
  * gradient; grow is the pool's gradient row (NHWC: OW x C; NCHW: its row of
- * plane 0, the planes out_h x out_w apart, gathered through tmp, C floats). */
-static void pool_rows_backward(const fedge_layer *pl, float *ct, int pc0, int npc,
-                               const float *grow, int nchw, int c0, int c1, float *tmp)
+ * plane 0, the planes out_h x out_w apart, gathered through tmp, C floats).
+ * Each window's gradient (ReLU' applied) goes back into grow and the
+ * position that takes it into mk (element me + ow * C + c), so the tile's
+ * gradient can be formed again without the conv (dz_row). */
+static void pool_rows_backward(const fedge_layer *pl, float *ct, int pc0, int npc, float *grow,
+                               int nchw, uint8_t *mk, size_t me, int c0, int c1, float *tmp)
 {
     const int C = pl->in_c, TW = 2 * npc;
     const size_t plane = (size_t)pl->out_h * pl->out_w;
     for (int t = 0; t < npc; t++) {
         const int ow = pc0 + t;
         float *a = ct + (size_t)(2 * t) * C, *e = a + C, *f = a + (size_t)TW * C, *h = f + C;
-        const float *gq = grow + (size_t)ow * C;
+        float *gq = grow + (size_t)ow * C;
         if (nchw) {
             for (int c = c0; c < c1; c++)
                 tmp[c] = grow[(size_t)c * plane + ow];
@@ -1576,6 +1612,31 @@ static void pool_rows_backward(const fedge_layer *pl, float *ct, int pc0, int np
             f[c] = fc > m1 ? left : 0.0f;
             e[c] = ec > ac ? left2 : 0.0f;
             a[c] = ec > ac ? 0.0f : left2;
+            gq[c] = v;
+            mask_set(mk, me + (size_t)ow * C + (size_t)c,
+                     hc > m2 ? 3 : fc > m1 ? 2 : ec > ac ? 1 : 0);
+        }
+        if (nchw)
+            for (int c = c0; c < c1; c++)
+                grow[(size_t)c * plane + ow] = tmp[c];
+    }
+}
+
+/* Row r (0 or 1) of the tile's gradient pool_rows_backward formed, channels
+ * [c0, c1), into ct (2 npc pixels), from grow and mk as it left them. */
+static void dz_row(const fedge_layer *pl, float *ct, int pc0, int npc, int r, const float *grow,
+                   int nchw, const uint8_t *mk, size_t me, int c0, int c1)
+{
+    const int C = pl->in_c;
+    const size_t plane = (size_t)pl->out_h * pl->out_w;
+    for (int t = 0; t < npc; t++) {
+        const int ow = pc0 + t;
+        float *a = ct + (size_t)(2 * t) * C, *e = a + C;
+        for (int c = c0; c < c1; c++) {
+            int pos = mask_get(mk, me + (size_t)ow * C + (size_t)c);
+            float v = nchw ? grow[(size_t)c * plane + ow] : grow[(size_t)ow * C + c];
+            a[c] = pos == 2 * r ? v : 0.0f;
+            e[c] = pos == 2 * r + 1 ? v : 0.0f;
         }
     }
 }
@@ -1625,16 +1686,31 @@ static void wgrad_rows(wgrad *w, const float *g, const float *col, int px)
 
 /* Fused conv i's output gradient over a tile: columns [2 pc0, 2 (pc0 + npc))
  * of rows oh, oh + 1 of sample b, channels [o0, o0 + n), recomputed into ct
- * and formed in place from grow, its pool's gradient row (pool_rows_backward). */
+ * and formed in place from grow, its pool's gradient row, the window
+ * positions into mk from element me (pool_rows_backward). */
 static float *fused_tile(pass *ps, int i, const float *in, int in_nhwc, int b, int oh, int pc0,
-                         int npc, const float *grow, int g_nchw, int o0, int n)
+                         int npc, float *grow, int g_nchw, uint8_t *mk, size_t me, int o0, int n)
 {
     const fedge_model_spec *s = &ps->m->spec;
     float *ct = ps->scratch + ps->plan.ct_off;
     conv_rows(ps, i, in, in_nhwc, b, oh, 2, 2 * pc0, 2 * (pc0 + npc), 1, o0, n, ct);
-    pool_rows_backward(&s->layer[i + 2], ct, pc0, npc, grow, g_nchw, o0, o0 + n,
+    pool_rows_backward(&s->layer[i + 2], ct, pc0, npc, grow, g_nchw, mk, me, o0, o0 + n,
                        ct + 4 * (size_t)ps->plan.tp[i] * s->layer[i].out);
     return ct;
+}
+
+/* The window positions of fused conv i: the whole map's (element
+ * ((b * pooled rows + pr) * pooled columns) * C), or a streamed conv's one
+ * pooled row's (element 0). */
+static uint8_t *fused_mask(const pass *ps, int i, int b, int pr, size_t *me)
+{
+    const fedge_layer *pl = &ps->m->spec.layer[i + 2];
+    if (ps->plan.mkrow[i]) {
+        *me = 0;
+        return (uint8_t *)(ps->scratch + ps->plan.mkrow_off);
+    }
+    *me = ((size_t)b * pl->out_h + (size_t)pr) * pl->out_w * pl->in_c;
+    return (uint8_t *)(ps->scratch + ps->plan.mk_off);
 }
 
 /* The weight-gradient sums of output pixels [w_lo, w_hi) of row oh of
@@ -1659,11 +1735,11 @@ static void wgrad_px(pass *ps, int i, const float *in, int in_nhwc, const float 
 
 /* The weight-gradient sums of output rows [oh, oh + step) of sample b of
  * conv i (channels [o0, o0 + n), into w and gb): g is its output's gradient
- * (NHWC), or, fused, grow its pool's gradient row, the conv output then
- * recomputed a tile at a time, once for each of the two rows (the pixels
- * go in row order). */
+ * (NHWC), or, fused, grow its pool's gradient row, the output gradient then
+ * formed a tile at a time from the window positions (fresh: the conv
+ * recomputed for the first row), each row in turn (pixels in row order). */
 static void lean_wgrad_rows(pass *ps, int i, const float *in, int in_nhwc, const float *g,
-                            const float *grow, int g_nchw, int b, int oh, int o0, int n,
+                            float *grow, int g_nchw, int b, int oh, int o0, int n, int fresh,
                             wgrad *w, float *gb)
 {
     const fedge_layer *l = &ps->m->spec.layer[i];
@@ -1674,12 +1750,18 @@ static void lean_wgrad_rows(pass *ps, int i, const float *in, int in_nhwc, const
         return;
     }
     const int tp = ps->plan.tp[i], POW = OW / 2;
+    size_t me;
+    uint8_t *mk = fused_mask(ps, i, b, oh / 2, &me);
+    float *ct = ps->scratch + ps->plan.ct_off;
     for (int r = 0; r < 2; r++)
         for (int pc0 = 0; pc0 < POW; pc0 += tp) {
             const int npc = POW - pc0 < tp ? POW - pc0 : tp;
-            const float *t = fused_tile(ps, i, in, in_nhwc, b, oh, pc0, npc, grow, g_nchw, o0, n);
-            wgrad_px(ps, i, in, in_nhwc, t + (size_t)r * 2 * npc * O, b, oh + r, 2 * pc0,
-                     2 * (pc0 + npc), o0, n, w, gb);
+            if (fresh && r == 0)
+                fused_tile(ps, i, in, in_nhwc, b, oh, pc0, npc, grow, g_nchw, mk, me, o0, n);
+            else
+                dz_row(&ps->m->spec.layer[i + 2], ct, pc0, npc, r, grow, g_nchw, mk, me, o0,
+                       o0 + n);
+            wgrad_px(ps, i, in, in_nhwc, ct, b, oh + r, 2 * pc0, 2 * (pc0 + npc), o0, n, w, gb);
         }
 }
 
@@ -1706,21 +1788,22 @@ static void gin_px(pass *ps, int i, const float *dr, int oh, int w_lo, int w_hi,
 
 /* Backward of conv layer i in the lean layout: g is its output's gradient
  * (NHWC), or, fused, its pool's (NCHW when g_nchw), the conv output then
- * recomputed a tile (two rows, plan.tp pooled columns) at a time and its
- * gradient formed in place. First the input gradient into gin (when wanted),
- * with every weight as it was; then the weight gradient, the plan's ob output
- * channels at a time (recomputing those channels), into lw (OIHW) or, with a
- * sink, into chunk and handed over (the step may then change them: later
- * blocks read only their own weights), and the bias gradient into gb or, with
- * a sink, handed over last. Output pixels go in row order throughout, so
- * every sum has the whole product's terms in its order.
+ * recomputed a tile (two rows, plan.tp pooled columns) at a time, once, its
+ * gradient formed in place and each window's gradient and position kept
+ * (in g and the plan's mask) for the rest. First the input gradient into gin
+ * (when wanted), with every weight as it was; then the weight gradient, the
+ * plan's ob output channels at a time, into lw (OIHW) or, with a sink, into
+ * chunk and handed over (the step may then change them: later blocks read
+ * only their own weights), and the bias gradient into gb or, with a sink,
+ * handed over last. Output pixels go in row order throughout, so every sum
+ * has the whole product's terms in its order.
  * Streamed (plan.stream): the input gradient is the pool output's of the
  * fused first conv j below, which learns in one weight block: gin is then a
  * ring of ring_rows input rows, and each input row, once complete, goes
  * straight into j's weight-gradient sums (j's rows in the order j's own
  * backward takes them); j's gradient is handed over when the ring is done,
  * before i's. */
-static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, const float *g,
+static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, float *g,
                               int g_nchw, float *gin, float *lw, float *gb, float *chunk,
                               fedge_grad_sink sink, void *sink_arg)
 {
@@ -1731,6 +1814,7 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
     const int B = ps->batch, K = l->in_c * l->k * l->k, O = l->out, OH = l->out_h, OW = l->out_w;
     const int ob = ps->plan.ob[i], tp = ps->plan.tp[i], POW = OW / 2;
     const int sj = gin ? ps->plan.stream[i] - 1 : -1;
+    float *ct = ps->scratch + ps->plan.ct_off;
     if (gin) {
         const fedge_layer *lj = sj >= 0 ? &s->layer[sj] : l;
         const int Kj = lj->in_c * lj->k * lj->k, Oj = lj->out;
@@ -1751,26 +1835,31 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
         }
         for (int b = 0; b < B; b++) {
             int done = 0; /* streamed: input rows before it are complete and gone */
-            float *gt = gin;
-            int gb_ = b;
+            int gs = b;   /* the sample gin holds it at */
             if (sj >= 0) {
                 memset(gin, 0, R * rowf * sizeof(float));
-                gb_ = 0;
+                gs = 0;
             }
             for (int oh = 0; oh < OH; oh += step)
                 for (int r = 0; r < step; r++) {
                     const int row = oh + r;
                     if (!fused) {
-                        gin_px(ps, i, g + ((size_t)b * OH + row) * OW * O, row, 0, OW, gt, in_nhwc,
-                               gb_, done);
+                        gin_px(ps, i, g + ((size_t)b * OH + row) * OW * O, row, 0, OW, gin, in_nhwc,
+                               gs, done);
                     } else {
-                        const float *grow = pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2);
+                        float *grow = pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2);
+                        size_t me;
+                        uint8_t *mk = fused_mask(ps, i, b, oh / 2, &me);
                         for (int pc0 = 0; pc0 < POW; pc0 += tp) {
                             const int npc = POW - pc0 < tp ? POW - pc0 : tp;
-                            const float *t = fused_tile(ps, i, in, in_nhwc, b, oh, pc0, npc, grow,
-                                                        g_nchw, 0, O);
-                            gin_px(ps, i, t + (size_t)r * 2 * npc * O, row, 2 * pc0,
-                                   2 * (pc0 + npc), gt, in_nhwc, gb_, done);
+                            if (r == 0)
+                                fused_tile(ps, i, in, in_nhwc, b, oh, pc0, npc, grow, g_nchw, mk,
+                                           me, 0, O);
+                            else
+                                dz_row(&s->layer[i + 2], ct, pc0, npc, 1, grow, g_nchw, mk, me, 0,
+                                       O);
+                            gin_px(ps, i, ct, row, 2 * pc0, 2 * (pc0 + npc), gin, in_nhwc, gs,
+                                   done);
                         }
                     }
                     if (sj < 0)
@@ -1779,7 +1868,7 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
                     lim = lim < l->in_h ? lim : l->in_h;
                     for (; done < lim; done++) { /* the ring's first row is complete */
                         lean_wgrad_rows(ps, sj, inj, inj_nhwc, NULL, gin, 0, b, 2 * done, 0, Oj,
-                                        &wj, gbj);
+                                        1, &wj, gbj);
                         memmove(gin, gin + rowf, (R - 1) * rowf * sizeof(float));
                         memset(gin + (R - 1) * rowf, 0, rowf * sizeof(float));
                     }
@@ -1791,6 +1880,16 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
             memcpy(chunk, gbj, (size_t)Oj * sizeof(float));
             CHK(sink(sink_arg, lj->b_off, chunk, (size_t)Oj));
         }
+    } else if (fused && ps->plan.mkrow[i] == 0) { /* the window positions, for the blocks */
+        for (int b = 0; b < B; b++)
+            for (int oh = 0; oh < OH; oh += 2) {
+                size_t me;
+                uint8_t *mk = fused_mask(ps, i, b, oh / 2, &me);
+                for (int pc0 = 0; pc0 < POW; pc0 += tp)
+                    fused_tile(ps, i, in, in_nhwc, b, oh, pc0, POW - pc0 < tp ? POW - pc0 : tp,
+                               pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2), g_nchw, mk, me,
+                               0, O);
+            }
     }
     if (sink) {
         lw = chunk;
@@ -1807,7 +1906,7 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
             for (int oh = 0; oh < OH; oh += step)
                 lean_wgrad_rows(ps, i, in, in_nhwc, g,
                                 fused ? pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2) : NULL,
-                                g_nchw, b, oh, o0, n, &w, gb);
+                                g_nchw, b, oh, o0, n, ps->plan.mkrow[i], &w, gb);
         if (sink) {
             ps->wt_layer = -1;
             CHK(sink(sink_arg, l->w_off + (size_t)o0 * K, chunk, (size_t)n * K));
