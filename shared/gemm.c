@@ -245,26 +245,21 @@ static void gemm_direct(int trans_a, int trans_b, int M, int N, int K, float alp
                         const float *A, int lda, const float *B, int ldb, float *C, int ldc)
 {
     const int kstep = k_step(K);
-    float acc[GEMM_DIRECT_MN];
-    for (int i = 0; i < M; i++) {
-        float *c = C + (size_t)i * ldc;
-        for (int k0 = 0; k0 < K; k0 += kstep) {
-            const int kc = min_int(K - k0, kstep);
-            for (int j = 0; j < N; j++)
-                acc[j] = 0.0f;
-            for (int k = k0; k < k0 + kc; k++) {
-                const float a = alpha * (trans_a ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
-                if (trans_b)
-                    for (int j = 0; j < N; j++)
-                        acc[j] += a * B[(size_t)j * ldb + k];
-                else
-                    for (int j = 0; j < N; j++)
-                        acc[j] += a * B[(size_t)k * ldb + j];
+    const size_t as = trans_a ? (size_t)lda : 1, bs = trans_b ? 1 : (size_t)ldb;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            const float *a = trans_a ? A + i : A + (size_t)i * lda;
+            const float *b = trans_b ? B + (size_t)j * ldb : B + j;
+            float c = C[(size_t)i * ldc + j];
+            for (int k0 = 0; k0 < K; k0 += kstep) {
+                const int kc = min_int(K - k0, kstep);
+                float acc = 0.0f;
+                for (int k = k0; k < k0 + kc; k++)
+                    acc += alpha * a[(size_t)k * as] * b[(size_t)k * bs];
+                c += acc;
             }
-            for (int j = 0; j < N; j++)
-                c[j] += acc[j];
+            C[(size_t)i * ldc + j] = c;
         }
-    }
 }
 
 /* One MR x NR tile at a time, each K slice packed kd deep in pieces (the
