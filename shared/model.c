@@ -31,10 +31,17 @@
  * The gradient buffers are each as large as what backward writes to it. A pass
  * takes the fastest layout its scratch holds (plan_fit): the full one, the
  * GEMM's least blocking, or the lean one (plan_make's PLAN_LEAN: no col/col0,
- * one output row of im2col at a time; a conv followed by a ReLU and a 2x2 pool
- * keeps no output, only a two-row tile ct, recomputed in backward; a conv's
- * weights (wt) and weight-gradient sums (acc) in blocks of output channels of at
- * most one gradient slice, the input gradient formed first), all with the same sums.
+ * im2col a block of pb output pixels at a time; a conv followed by a ReLU and a
+ * 2x2 pool keeps no output, only a tile ct of two rows and tp pooled columns,
+ * recomputed once in backward, where each window's gradient goes back into the
+ * pool's gradient buffer and its position into a 2-bit mask (mk; the first
+ * conv learning in one block: one pooled row's, mkrow); a conv wider than a
+ * gradient slice keeps its weights (wt) and weight-gradient sums (acc) in
+ * blocks of output channels, the input gradient formed first; blocks of about
+ * LEAN_BLOCK floats; a conv whose input is the fused first conv's pool
+ * (plan.stream) forms its input gradient in a ring of input rows (ring_off,
+ * over the dead activations above its input when it is g0) and hands each
+ * complete row to that conv's weight-gradient sums), all with the same sums.
  * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
  * masks instead of storing them. */
 #include <limits.h>
