@@ -600,7 +600,10 @@ typedef struct {
     int lean;
     int fused[FEDGE_MODEL_MAX_LAYERS];      /* a conv whose relu and 2x2 pool run with it */
     size_t ct_off, acc_off, wg_off;         /* conv tile; weight-gradient sums; (unused: 0 floats) */
-    size_t gb_off;                          /* a conv's bias gradient while its weights go out */
+    size_t gb_off;                          /* a conv's bias gradient while its weights go out
+                                               (when they and it exceed a slice; else the
+                                               slice's last out floats) */
+    size_t cb;                              /* a gradient slice's floats (grad_chunk_need) */
     int ob[FEDGE_MODEL_MAX_LAYERS];         /* a conv's output channels per weight block */
     int kb[FEDGE_MODEL_MAX_LAYERS];         /* its im2col columns per input-gradient block */
     int pb[FEDGE_MODEL_MAX_LAYERS];         /* its output pixels per im2col block (one row's at most) */
@@ -758,6 +761,7 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
         return FEDGE_ERR_INVALID_ARG;
     memset(p, 0, sizeof *p);
     p->lean = mode == PLAN_LEAN;
+    p->cb = grad_chunk_need(s);
     const size_t xr = mode == PLAN_FULL ? XIN_FULL_ROWS : XIN_ROWS;
     p->xin_rows = (int)xr;
     size_t off = 0, col_max = 0, col0 = 0, wt_max = 0, gemm_max = 0, ct = 0, acc = 0, wg = 0;
@@ -803,7 +807,8 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
                 if (pb * cols > col_max)
                     col_max = pb * cols;
                 acc = acc > ob * cols ? acc : ob * cols;
-                gb_max = gb_max > O ? gb_max : O;
+                if (ob * cols + O > cb) /* else the bias sums wait in the slice's tail */
+                    gb_max = gb_max > O ? gb_max : O;
                 gemm_max = max3(gemm_max, gemm_floats(pb, ob, cols), gemm_floats(pb, kb, O));
                 int j = i - 3, fp = 0;
                 while (s->layer[fp].n_params == 0)
@@ -814,7 +819,7 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
                 if (lean_fuses(s, i)) {
                     size_t tp = LEAN_BLOCK / (8 * O) ? LEAN_BLOCK / (8 * O) : 1, tile;
                     tp = tp < ow / 2 ? tp : ow / 2;
-                    tile = 4 * tp * O + O; /* two rows of 2 tp pixels, + a pooled pixel */
+                    tile = 4 * tp * O; /* two rows of 2 tp pixels */
                     p->fused[i] = 1;
                     p->tp[i] = (int)tp;
                     ct = ct > tile ? ct : tile;
@@ -1591,26 +1596,21 @@ static int mask_get(const uint8_t *mk, size_t e)
 /* pool2_backward_px (ReLU' included) over channels [c0, c1) of a tile of
  * two conv rows in ct (pool_rows'), in place: ct becomes the conv output's
  * gradient; grow is the pool's gradient row (NHWC: OW x C; NCHW: its row of
- * plane 0, the planes out_h x out_w apart, gathered through tmp, C floats).
+ * plane 0, the planes out_h x out_w apart).
  * Each window's gradient (ReLU' applied) goes back into grow and the
  * position that takes it into mk (element me + ow * C + c), so the tile's
  * gradient can be formed again without the conv (dz_row). */
 static void pool_rows_backward(const fedge_layer *pl, float *ct, int pc0, int npc, float *grow,
-                               int nchw, uint8_t *mk, size_t me, int c0, int c1, float *tmp)
+                               int nchw, uint8_t *mk, size_t me, int c0, int c1)
 {
     const int C = pl->in_c, TW = 2 * npc;
-    const size_t plane = (size_t)pl->out_h * pl->out_w;
+    const size_t cs = nchw ? (size_t)pl->out_h * pl->out_w : 1; /* grow's channel stride */
     for (int t = 0; t < npc; t++) {
         const int ow = pc0 + t;
         float *a = ct + (size_t)(2 * t) * C, *e = a + C, *f = a + (size_t)TW * C, *h = f + C;
-        float *gq = grow + (size_t)ow * C;
-        if (nchw) {
-            for (int c = c0; c < c1; c++)
-                tmp[c] = grow[(size_t)c * plane + ow];
-            gq = tmp;
-        }
+        float *gq = grow + (size_t)ow * (nchw ? 1 : (size_t)C);
         for (int c = c0; c < c1; c++) {
-            float ac = a[c], ec = e[c], fc = f[c], hc = h[c], gc = gq[c];
+            float ac = a[c], ec = e[c], fc = f[c], hc = h[c], gc = gq[(size_t)c * cs];
             float m1 = ec > ac ? ec : ac, m2 = fc > m1 ? fc : m1, m = hc > m2 ? hc : m2;
             float v = m > 0.0f ? gc : 0.0f;
             float left = hc > m2 ? 0.0f : v;
@@ -1619,13 +1619,10 @@ static void pool_rows_backward(const fedge_layer *pl, float *ct, int pc0, int np
             f[c] = fc > m1 ? left : 0.0f;
             e[c] = ec > ac ? left2 : 0.0f;
             a[c] = ec > ac ? 0.0f : left2;
-            gq[c] = v;
+            gq[(size_t)c * cs] = v;
             mask_set(mk, me + (size_t)ow * C + (size_t)c,
                      hc > m2 ? 3 : fc > m1 ? 2 : ec > ac ? 1 : 0);
         }
-        if (nchw)
-            for (int c = c0; c < c1; c++)
-                grow[(size_t)c * plane + ow] = tmp[c];
     }
 }
 
@@ -1701,8 +1698,7 @@ static float *fused_tile(pass *ps, int i, const float *in, int in_nhwc, int b, i
     const fedge_model_spec *s = &ps->m->spec;
     float *ct = ps->scratch + ps->plan.ct_off;
     conv_rows(ps, i, in, in_nhwc, b, oh, 2, 2 * pc0, 2 * (pc0 + npc), 1, o0, n, ct);
-    pool_rows_backward(&s->layer[i + 2], ct, pc0, npc, grow, g_nchw, mk, me, o0, o0 + n,
-                       ct + 4 * (size_t)ps->plan.tp[i] * s->layer[i].out);
+    pool_rows_backward(&s->layer[i + 2], ct, pc0, npc, grow, g_nchw, mk, me, o0, o0 + n);
     return ct;
 }
 
@@ -1718,6 +1714,15 @@ static uint8_t *fused_mask(const pass *ps, int i, int b, int pr, size_t *me)
     }
     *me = ((size_t)b * pl->out_h + (size_t)pr) * pl->out_w * pl->in_c;
     return (uint8_t *)(ps->scratch + ps->plan.mk_off);
+}
+
+/* Where conv i's bias sums wait while its weight blocks (ob channels)
+ * go out through chunk: the slice's tail when both fit a slice. */
+static float *bias_sums(const pass *ps, int i, float *chunk)
+{
+    const fedge_layer *l = &ps->m->spec.layer[i];
+    size_t O = (size_t)l->out, w = (size_t)ps->plan.ob[i] * l->in_c * l->k * l->k;
+    return w + O <= ps->plan.cb ? chunk + ps->plan.cb - O : ps->scratch + ps->plan.gb_off;
 }
 
 /* The weight-gradient sums of output pixels [w_lo, w_hi) of row oh of
@@ -1832,7 +1837,7 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, flo
         wgrad wj;
         if (sj >= 0) {
             lwj = sink ? chunk : ps->grad + lj->w_off;
-            gbj = sink ? ps->scratch + ps->plan.gb_off : ps->grad + lj->b_off;
+            gbj = sink ? bias_sums(ps, sj, chunk) : ps->grad + lj->b_off;
             for (int j = 0; j < Oj; j++)
                 gbj[j] = 0.0f;
             wgrad_init(&wj, ps->scratch + ps->plan.acc_off, lwj, Oj, Kj, lj->in_c, Oj,
@@ -1884,7 +1889,7 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, flo
         if (sj >= 0 && sink) {
             ps->wt_layer = -1;
             CHK(sink(sink_arg, lj->w_off, chunk, (size_t)Oj * Kj));
-            memcpy(chunk, gbj, (size_t)Oj * sizeof(float));
+            memmove(chunk, gbj, (size_t)Oj * sizeof(float));
             CHK(sink(sink_arg, lj->b_off, chunk, (size_t)Oj));
         }
     } else if (fused && ps->plan.mkrow[i] == 0) { /* the window positions, for the blocks */
@@ -1900,7 +1905,7 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, flo
     }
     if (sink) {
         lw = chunk;
-        gb = ps->scratch + ps->plan.gb_off;
+        gb = bias_sums(ps, i, chunk);
     }
     for (int j = 0; j < O; j++)
         gb[j] = 0.0f;
@@ -1920,7 +1925,7 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, flo
         }
     }
     if (sink) {
-        memcpy(chunk, gb, (size_t)O * sizeof(float));
+        memmove(chunk, gb, (size_t)O * sizeof(float));
         ps->wt_layer = -1;
         CHK(sink(sink_arg, l->b_off, chunk, (size_t)O));
     }
