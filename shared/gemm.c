@@ -254,8 +254,12 @@ static void gemm_direct(int trans_a, int trans_b, int M, int N, int K, float alp
             for (int k0 = 0; k0 < K; k0 += kstep) {
                 const int kc = min_int(K - k0, kstep);
                 float acc = 0.0f;
-                for (int k = k0; k < k0 + kc; k++)
-                    acc += alpha * a[(size_t)k * as] * b[(size_t)k * bs];
+                if (alpha == 1.0f) /* 1 * a is a: the same bits */
+                    for (int k = k0; k < k0 + kc; k++)
+                        acc += a[(size_t)k * as] * b[(size_t)k * bs];
+                else
+                    for (int k = k0; k < k0 + kc; k++)
+                        acc += alpha * a[(size_t)k * as] * b[(size_t)k * bs];
                 c += acc;
             }
             C[(size_t)i * ldc + j] = c;
