@@ -236,6 +236,36 @@ static void scale_c(int M, int N, float beta, float *C, int ldc)
     }
 }
 
+/* A product of at most one micro-tile's elements (a conv's lean blocks: one
+ * pixel, one channel): each element summed as the micro-kernel sums it (per
+ * K slice from zero, alpha * a times b added one k at a time, the slice then
+ * added to C), without packing: the same bits. */
+#define GEMM_DIRECT_MN (GEMM_MR * GEMM_NR)
+static void gemm_direct(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                        const float *A, int lda, const float *B, int ldb, float *C, int ldc)
+{
+    const int kstep = k_step(K);
+    const size_t as = trans_a ? (size_t)lda : 1, bs = trans_b ? 1 : (size_t)ldb;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            const float *a = trans_a ? A + i : A + (size_t)i * lda;
+            const float *b = trans_b ? B + (size_t)j * ldb : B + j;
+            float c = C[(size_t)i * ldc + j];
+            for (int k0 = 0; k0 < K; k0 += kstep) {
+                const int kc = min_int(K - k0, kstep);
+                float acc = 0.0f;
+                if (alpha == 1.0f) /* 1 * a is a: the same bits */
+                    for (int k = k0; k < k0 + kc; k++)
+                        acc += a[(size_t)k * as] * b[(size_t)k * bs];
+                else
+                    for (int k = k0; k < k0 + kc; k++)
+                        acc += alpha * a[(size_t)k * as] * b[(size_t)k * bs];
+                c += acc;
+            }
+            C[(size_t)i * ldc + j] = c;
+        }
+}
+
 /* One MR x NR tile at a time, each K slice packed kd deep in pieces (the
  * blocking when even one full-depth panel pair does not fit). */
 static void gemm_deep_split(int trans_a, int trans_b, int M, int N, int K, float alpha,
@@ -281,6 +311,10 @@ int fedge_sgemm_portable_wsn(int trans_a, int trans_b, int M, int N, int K, floa
         scale_c(M, N, beta, C, ldc);
     if (!work)
         return FEDGE_OK;
+    if ((size_t)M * (size_t)N <= GEMM_DIRECT_MN) {
+        gemm_direct(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+        return FEDGE_OK;
+    }
     if (bl.kd < k_step(K)) {
         gemm_deep_split(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, C, ldc, ws, bl.kd);
         return FEDGE_OK;

@@ -31,10 +31,17 @@
  * The gradient buffers are each as large as what backward writes to it. A pass
  * takes the fastest layout its scratch holds (plan_fit): the full one, the
  * GEMM's least blocking, or the lean one (plan_make's PLAN_LEAN: no col/col0,
- * one output row of im2col at a time; a conv followed by a ReLU and a 2x2 pool
- * keeps no output, only a two-row tile ct, recomputed in backward; a conv's
- * weights (wt) and weight-gradient sums (acc) in blocks of output channels of at
- * most one gradient slice, the input gradient formed first), all with the same sums.
+ * im2col a block of pb output pixels at a time; a conv followed by a ReLU and a
+ * 2x2 pool keeps no output, only a tile ct of two rows and tp pooled columns,
+ * recomputed once in backward, where each window's gradient goes back into the
+ * pool's gradient buffer and its position into a 2-bit mask (mk; the first
+ * conv learning in one block: one pooled row's, mkrow); a conv wider than a
+ * gradient slice keeps its weights (wt) and weight-gradient sums (acc) in
+ * blocks of output channels, the input gradient formed first; blocks of about
+ * LEAN_BLOCK floats; a conv whose input is the fused first conv's pool
+ * (plan.stream) forms its input gradient in a ring of input rows (ring_off,
+ * over the dead activations above its input when it is g0) and hands each
+ * complete row to that conv's weight-gradient sums), all with the same sums.
  * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
  * masks instead of storing them. */
 #include <limits.h>
@@ -593,9 +600,19 @@ typedef struct {
     int lean;
     int fused[FEDGE_MODEL_MAX_LAYERS];      /* a conv whose relu and 2x2 pool run with it */
     size_t ct_off, acc_off, wg_off;         /* conv tile; weight-gradient sums; (unused: 0 floats) */
-    size_t gb_off;                          /* a conv's bias gradient while its weights go out */
+    size_t gb_off;                          /* a conv's bias gradient while its weights go out
+                                               (when they and it exceed a slice; else the
+                                               slice's last out floats) */
+    size_t cb;                              /* a gradient slice's floats (grad_chunk_need) */
     int ob[FEDGE_MODEL_MAX_LAYERS];         /* a conv's output channels per weight block */
     int kb[FEDGE_MODEL_MAX_LAYERS];         /* its im2col columns per input-gradient block */
+    int pb[FEDGE_MODEL_MAX_LAYERS];         /* its output pixels per im2col block (one row's at most) */
+    int stream[FEDGE_MODEL_MAX_LAYERS];     /* 1 + the first conv its input gradient streams into, or 0 */
+    int tp[FEDGE_MODEL_MAX_LAYERS];         /* a fused conv's pooled columns per tile */
+    int mkrow[FEDGE_MODEL_MAX_LAYERS];      /* a fused conv's window positions: one pooled row's */
+    size_t mk_off, mkrow_off;               /* the whole map's (2 bits a pooled element); a row's */
+    size_t ring_dead, ring_off;             /* the dead activations a streamed conv's ring may take; its ring */
+    int ring_over;                          /* the ring starts ring_dead floats before g_off[0] */
     size_t gemm_off;
     size_t gemm;            /* floats at gemm_off: the GEMM's packing (its blocking follows) */
     size_t xin_off;
@@ -671,6 +688,16 @@ static size_t xin_floats(const fedge_layer *l, size_t B, size_t xin_rows)
  * NCHW when a flatten follows, so the flatten copies nothing). */
 enum { PLAN_FULL = 0, PLAN_MIN = 1, PLAN_LEAN = 2 };
 
+/* The lean layout's blocks, in floats: a conv's im2col in blocks of output
+ * pixels, and, when its weights exceed a gradient slice, its weights and
+ * weight-gradient sums in blocks of output channels (the input gradient's
+ * in blocks of im2col columns), each of about this many floats (at least
+ * one pixel, channel or column). */
+#ifndef FEDGE_MODEL_LEAN_BLOCK
+#define FEDGE_MODEL_LEAN_BLOCK 512
+#endif
+#define LEAN_BLOCK ((size_t)FEDGE_MODEL_LEAN_BLOCK)
+
 static int lean_fuses(const fedge_model_spec *s, int i)
 {
     const fedge_layer *l = &s->layer[i];
@@ -680,10 +707,17 @@ static int lean_fuses(const fedge_model_spec *s, int i)
            l->out_w % 2 == 0;
 }
 
+/* The input rows of conv l a ring of its input gradient holds: those one
+ * output row adds to. */
+static size_t ring_rows(const fedge_layer *l)
+{
+    return (size_t)(l->k < l->in_h ? l->k : l->in_h);
+}
+
 /* The two gradient buffers, each as large as the input gradients the
  * backward pass writes into it (it alternates: a layer that works in place
  * keeps the buffer). */
-static void grad_sizes(const fedge_model_spec *s, const scratch_plan *p, size_t B, size_t g[2])
+static void grad_sizes(const fedge_model_spec *s, scratch_plan *p, size_t B, size_t g[2])
 {
     int first_param = 0, cur = -1; /* the last layer's gradient is in its own buffer */
     while (s->layer[first_param].n_params == 0)
@@ -703,9 +737,20 @@ static void grad_sizes(const fedge_model_spec *s, const scratch_plan *p, size_t 
             l = &s->layer[i];
             in = B * (size_t)l->in_c * l->in_h * l->in_w;
         }
+        int streamed = p->lean && l->type == FEDGE_LAYER_CONV2D && p->stream[i];
         cur = cur == 0 ? 1 : 0;
+        if (streamed) { /* a ring of input rows; nothing below takes a buffer */
+            in = ring_rows(l) * l->in_w * l->in_c;
+            /* in buffer 0 the ring starts over the activations above the conv's
+             * input, dead by then, and runs on into buffer 0 (right after them) */
+            p->ring_over = cur == 0;
+            if (p->ring_over)
+                in = in > p->ring_dead ? in - p->ring_dead : 0;
+        }
         if (in > g[cur])
             g[cur] = in;
+        if (streamed)
+            break;
     }
 }
 
@@ -716,11 +761,13 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
         return FEDGE_ERR_INVALID_ARG;
     memset(p, 0, sizeof *p);
     p->lean = mode == PLAN_LEAN;
+    p->cb = grad_chunk_need(s);
     const size_t xr = mode == PLAN_FULL ? XIN_FULL_ROWS : XIN_ROWS;
     p->xin_rows = (int)xr;
     size_t off = 0, col_max = 0, col0 = 0, wt_max = 0, gemm_max = 0, ct = 0, acc = 0, wg = 0;
     size_t gb_max = 0;
     size_t B = (size_t)batch;
+    int owns[FEDGE_MODEL_MAX_LAYERS];
     int nhwc = 0;
     for (int i = 0; i < s->n_layers; i++) {
         const fedge_layer *l = &s->layer[i];
@@ -747,21 +794,35 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
                  * when the layer is no larger) */
                 size_t cb = grad_chunk_need(s), ob = O, kb = cols, wt = O * cols;
                 if (O * cols > cb) {
-                    ob = cb / cols ? cb / cols : 1;
-                    kb = cb / O ? cb / O : 1;
+                    ob = LEAN_BLOCK / cols ? LEAN_BLOCK / cols : 1;
+                    kb = LEAN_BLOCK / O ? LEAN_BLOCK / O : 1;
                     wt = ob * cols > kb * O ? ob * cols : kb * O;
                 }
+                size_t pb = LEAN_BLOCK / cols ? LEAN_BLOCK / cols : 1;
+                pb = pb < ow ? pb : ow;
                 p->ob[i] = (int)ob;
                 p->kb[i] = (int)kb;
+                p->pb[i] = (int)pb;
                 wt_max = wt_max > wt ? wt_max : wt;
-                if (ow * cols > col_max)
-                    col_max = ow * cols;
+                if (pb * cols > col_max)
+                    col_max = pb * cols;
                 acc = acc > ob * cols ? acc : ob * cols;
-                gb_max = gb_max > O ? gb_max : O;
-                gemm_max = max3(gemm_max, gemm_floats(ow, ob, cols), gemm_floats(ow, kb, O));
+                if (ob * cols + O > cb) /* else the bias sums wait in the slice's tail */
+                    gb_max = gb_max > O ? gb_max : O;
+                gemm_max = max3(gemm_max, gemm_floats(pb, ob, cols), gemm_floats(pb, kb, O));
+                int j = i - 3, fp = 0;
+                while (s->layer[fp].n_params == 0)
+                    fp++;
+                if (j >= 0 && j == fp && p->fused[j] && p->ob[j] == s->layer[j].out &&
+                    p->nhwc[i - 1])
+                    p->stream[i] = j + 1; /* its input gradient goes row by row into j's */
                 if (lean_fuses(s, i)) {
+                    size_t tp = LEAN_BLOCK / (8 * O) ? LEAN_BLOCK / (8 * O) : 1, tile;
+                    tp = tp < ow / 2 ? tp : ow / 2;
+                    tile = 4 * tp * O; /* two rows of 2 tp pixels */
                     p->fused[i] = 1;
-                    ct = ct > 2 * ow * O + O ? ct : 2 * ow * O + O; /* + a pooled pixel */
+                    p->tp[i] = (int)tp;
+                    ct = ct > tile ? ct : tile;
                     own = 0;
                 }
             } else {
@@ -787,6 +848,7 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
             nhwc = 0; /* written NCHW: the flatten is then no copy */
         }
         p->nhwc[i] = nhwc;
+        owns[i] = own;
         if (own) {
             p->act_off[i] = off;
             off += B * out;
@@ -795,13 +857,42 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
         }
     }
     size_t g[2];
+    for (int i = 0; i < s->n_layers; i++) /* what lies above a streamed conv's input */
+        if (p->stream[i]) {
+            size_t lo = off;
+            for (int j = i; j < s->n_layers; j++)
+                if (owns[j] && p->act_off[j] < lo)
+                    lo = p->act_off[j];
+            p->ring_dead = off - lo;
+        }
     grad_sizes(s, p, B, g);
     p->g_off[0] = off;
     p->g_off[1] = off + g[0];
     p->col_off = off + g[0] + g[1];
+    p->ring_off = p->ring_over ? off - p->ring_dead : p->g_off[1];
     p->col0_off = p->col_off + col_max;
     p->wt_off = p->col0_off + col0;
-    p->ct_off = p->wt_off + wt_max;
+    size_t mk = 0, mkrow = 0; /* floats */
+    int fp = 0;
+    while (s->layer[fp].n_params == 0)
+        fp++;
+    /* the first conv learning in one block takes its output gradient a
+     * pooled row at a time (recomputed for the row's first half) */
+    p->mkrow[fp] = p->fused[fp] && p->ob[fp] == s->layer[fp].out;
+    for (int i = 0; i < s->n_layers; i++) {
+        if (!p->fused[i])
+            continue;
+        const fedge_layer *pl = &s->layer[i + 2];
+        size_t row = (size_t)pl->out_w * pl->in_c, f;
+        f = ((p->mkrow[i] ? row : B * pl->out_h * row) + 15) / 16;
+        if (p->mkrow[i])
+            mkrow = mkrow > f ? mkrow : f;
+        else
+            mk = mk > f ? mk : f;
+    }
+    p->mk_off = p->wt_off + wt_max;
+    p->mkrow_off = p->mk_off + mk;
+    p->ct_off = p->mkrow_off + mkrow;
     p->acc_off = p->ct_off + ct;
     p->wg_off = p->acc_off + acc;
     p->gb_off = p->wg_off + wg;
@@ -953,66 +1044,67 @@ static strides layout_strides(int C, int H, int W, int nhwc)
 }
 
 /* im2col for one input channel: for each (ki, kj) a strided column of the col
- * matrix filled from a contiguous run of an input row. */
+ * matrix filled from a contiguous run of an input row (output columns
+ * [ow0, ow1) of each row). */
 static void im2col_1(const fedge_layer *l, float *in, strides t, int b, int oh0, int oh1,
-                     int row0, float *col, int add)
+                     int ow0, int ow1, int row0, float *col, int add)
 {
     const int H = l->in_h, W = l->in_w, k = l->k, s = l->stride, pad = l->pad;
-    const int OW = l->out_w;
+    const int NW = ow1 - ow0;
     const size_t K = (size_t)k * k;
-        for (int oh = oh0; oh < oh1; oh++) {
-            float *rows = col + (size_t)(oh - oh0) * OW * K;
-            for (int ki = 0; ki < k; ki++) {
-                const int ih = oh * s - pad + ki;
-                float *srow = in + (size_t)b * t.bs + (size_t)(ih < row0 ? 0 : ih - row0) * t.hs;
-                for (int kj = 0; kj < k; kj++) {
-                    float *dst = rows + (size_t)ki * k + kj;
-                    if (ih >= H || ih < 0) {
-                        if (!add)
-                            for (int ow = 0; ow < OW; ow++)
-                                dst[(size_t)ow * K] = 0.0f;
-                        continue;
-                    }
-                    /* ow range whose input column is inside [0, W) */
-                    int lo = pad - kj > 0 ? (pad - kj + s - 1) / s : 0;
-                    int hi = (W - 1 + pad - kj) >= 0 ? (W - 1 + pad - kj) / s + 1 : 0;
-                    if (hi > OW)
-                        hi = OW;
-                    if (lo > hi)
-                        lo = hi;
-                    if (add) {
-                        for (int ow = lo; ow < hi; ow++)
-                            srow[(size_t)(ow * s + kj - pad) * t.ws] += dst[(size_t)ow * K];
-                        continue;
-                    }
-                    for (int ow = 0; ow < lo; ow++)
-                        dst[(size_t)ow * K] = 0.0f;
-                    for (int ow = lo; ow < hi; ow++)
-                        dst[(size_t)ow * K] = srow[(size_t)(ow * s + kj - pad) * t.ws];
-                    for (int ow = hi; ow < OW; ow++)
-                        dst[(size_t)ow * K] = 0.0f;
+    for (int oh = oh0; oh < oh1; oh++) {
+        float *rows = col + (size_t)(oh - oh0) * NW * K;
+        for (int ki = 0; ki < k; ki++) {
+            const int ih = oh * s - pad + ki;
+            float *srow = in + (size_t)b * t.bs + (size_t)(ih < row0 ? 0 : ih - row0) * t.hs;
+            for (int kj = 0; kj < k; kj++) {
+                float *dst = rows + (size_t)ki * k + kj;
+                if (ih >= H || ih < 0) {
+                    if (!add)
+                        for (int ow = ow0; ow < ow1; ow++)
+                            dst[(size_t)(ow - ow0) * K] = 0.0f;
+                    continue;
                 }
+                /* ow range whose input column is inside [0, W) */
+                int lo = pad - kj > 0 ? (pad - kj + s - 1) / s : 0;
+                int hi = (W - 1 + pad - kj) >= 0 ? (W - 1 + pad - kj) / s + 1 : 0;
+                hi = hi > ow1 ? ow1 : hi;
+                lo = lo < ow0 ? ow0 : lo;
+                if (lo > hi)
+                    lo = hi;
+                if (add) {
+                    for (int ow = lo; ow < hi; ow++)
+                        srow[(size_t)(ow * s + kj - pad) * t.ws] += dst[(size_t)(ow - ow0) * K];
+                    continue;
+                }
+                for (int ow = ow0; ow < lo; ow++)
+                    dst[(size_t)(ow - ow0) * K] = 0.0f;
+                for (int ow = lo; ow < hi; ow++)
+                    dst[(size_t)(ow - ow0) * K] = srow[(size_t)(ow * s + kj - pad) * t.ws];
+                for (int ow = hi; ow < ow1; ow++)
+                    dst[(size_t)(ow - ow0) * K] = 0.0f;
             }
         }
+    }
 }
 
-/* Output rows [oh0, oh1) of sample b: col[(oh - oh0)*OW + ow][(ki*k + kj)*C + c] =
+/* Output rows [oh0, oh1), columns [ow0, ow1) of sample b:
+ * col[(oh - oh0)*(ow1 - ow0) + ow - ow0][(ki*k + kj)*C + c] =
  * in(b, c, oh*s - p + ki, ow*s - p + kj), zero outside the input; in holds
  * the input from row row0 on. With add set, the transpose: in += col (col2im). */
-static void im2col_rows(const fedge_layer *l, float *in, int nhwc, int b, int oh0, int oh1,
-                        int row0, float *col, int add)
+static void im2col_px(const fedge_layer *l, float *in, int nhwc, int b, int oh0, int oh1, int ow0,
+                      int ow1, int row0, float *col, int add)
 {
     const int C = l->in_c, H = l->in_h, W = l->in_w, k = l->k, s = l->stride, pad = l->pad;
-    const int OW = l->out_w;
     const strides t = layout_strides(C, H, W, nhwc);
     const size_t K = (size_t)k * k * C, kc = (size_t)k * C;
     if (C == 1) {
-        im2col_1(l, in, t, b, oh0, oh1, row0, col, add);
+        im2col_1(l, in, t, b, oh0, oh1, ow0, ow1, row0, col, add);
         return;
     }
     float *row = col;
         for (int oh = oh0; oh < oh1; oh++)
-            for (int ow = 0; ow < OW; ow++, row += K) {
+            for (int ow = ow0; ow < ow1; ow++, row += K) {
                 const int iw0 = ow * s - pad;
                 /* kj range whose input column is inside [0, W) */
                 const int lo = iw0 < 0 ? -iw0 : 0, hi = W - iw0 < k ? W - iw0 : k;
@@ -1057,7 +1149,7 @@ static void im2col(const fedge_layer *l, float *in, int nhwc, int batch, float *
 {
     const size_t per = (size_t)l->out_h * l->out_w * l->in_c * l->k * l->k;
     for (int b = 0; b < batch; b++)
-        im2col_rows(l, in, nhwc, b, 0, l->out_h, 0, col + (size_t)b * per, add);
+        im2col_px(l, in, nhwc, b, 0, l->out_h, 0, l->out_w, 0, col + (size_t)b * per, add);
 }
 
 /* OIHW weights [O][C][k][k] <-> HWIO [(ki*k + kj)*C + c][O] (to_hwio selects). */
@@ -1293,6 +1385,8 @@ typedef struct {
     int col_layer; /* the conv layer whose im2col the col buffer holds, or -1 */
     int wt_layer, wt_kind, wt_start; /* what the lean layout's wt holds (wt_view); layer -1: nothing */
     const uint8_t *xu8; /* a u8 input (x is then NULL, or xin when converted whole) */
+    const float *x;     /* the model input as the layers read it (act_in) */
+    float *grad;        /* the whole gradient, without a sink */
     float xscale;
     int err; /* the first GEMM error (none where the plan sized the scratch) */
 } pass;
@@ -1419,31 +1513,39 @@ static const float *wt_view(pass *ps, int li, int kind, int start, int n, int *l
     return wt;
 }
 
-/* Output channels [o0, o0 + on) of rows [oh0, oh0 + nrows) of conv li for
- * sample b into dst (NHWC rows of all O channels), one row's im2col at a time
- * and the weights in the plan's blocks (o0 starts one). Each element is the
- * whole product's sum: the GEMM's rows and columns are independent. */
+/* Output channels [o0, o0 + on), columns [ow0, ow1) of rows [oh0, oh0 +
+ * nrows) of conv li for sample b into dst (NHWC rows of ow1 - ow0 pixels of
+ * all O channels), the plan's pb output pixels of im2col at a time and the
+ * weights in its blocks (o0 starts one). Each element is the whole product's
+ * sum: the GEMM's rows and columns are independent. */
 static void conv_rows(pass *ps, int li, const float *in, int nhwc, int b, int oh0, int nrows,
-                      int relu, int o0, int on, float *dst)
+                      int ow0, int ow1, int relu, int o0, int on, float *dst)
 {
     const fedge_layer *l = &ps->m->spec.layer[li];
-    const int K = l->in_c * l->k * l->k, O = l->out, OW = l->out_w, ob = ps->plan.ob[li];
+    const int K = l->in_c * l->k * l->k, O = l->out, NW = ow1 - ow0, ob = ps->plan.ob[li];
+    const int pb = ps->plan.pb[li];
     const float *bias = ps->m->params + l->b_off;
     float *col = ps->scratch + ps->plan.col_off;
     for (int r = 0; r < nrows; r++) {
-        float *d = dst + (size_t)r * OW * O;
+        float *d = dst + (size_t)r * NW * O;
         conv_in src = conv_input(ps, l, in, b, oh0 + r);
-        im2col_rows(l, src.p, nhwc, src.b, oh0 + r, oh0 + r + 1, src.row0, col, 0);
         for (int c0 = o0; c0 < o0 + on; c0 += ob) {
             int n = o0 + on - c0 < ob ? o0 + on - c0 : ob, ld;
-            const float *wt = wt_view(ps, li, 0, c0, n, &ld);
-            GEMM(ps, 0, 0, OW, n, K, 1.0f, col, K, wt, ld, 0.0f, d + c0, O);
+            for (int w0 = ow0; w0 < ow1; w0 += pb) {
+                int np = ow1 - w0 < pb ? ow1 - w0 : pb;
+                if (pb < NW || c0 == o0) /* else the pixels' im2col is still in col */
+                    im2col_px(l, src.p, nhwc, src.b, oh0 + r, oh0 + r + 1, w0, w0 + np, src.row0,
+                              col, 0);
+                const float *wt = wt_view(ps, li, 0, c0, n, &ld);
+                GEMM(ps, 0, 0, np, n, K, 1.0f, col, K, wt, ld, 0.0f, d + (size_t)(w0 - ow0) * O + c0,
+                     O);
+            }
         }
         if (on == O) {
-            add_bias_rows(d, bias, OW, (size_t)O, relu);
+            add_bias_rows(d, bias, NW, (size_t)O, relu);
             continue;
         }
-        for (int p = 0; p < OW; p++) /* add_bias_rows on the block */
+        for (int p = 0; p < NW; p++) /* add_bias_rows on the block */
             for (int j = o0; j < o0 + on; j++) {
                 float v = d[(size_t)p * O + j] + bias[j];
                 d[(size_t)p * O + j] = relu && v < 0.0f ? 0.0f : v;
@@ -1451,14 +1553,17 @@ static void conv_rows(pass *ps, int li, const float *in, int nhwc, int b, int oh
     }
 }
 
-/* The 2x2 stride-2 pool pl of two conv rows (ct, NHWC) into pooled row pr of
- * sample b of out (NCHW when nchw, else NHWC); maxpool_forward's fast path. */
-static void pool_rows(const fedge_layer *pl, const float *ct, float *out, int nchw, int b, int pr)
+/* The 2x2 stride-2 pool pl of a tile of two conv rows (ct, NHWC, 2 x npc
+ * pixels a row) into pooled columns [pc0, pc0 + npc) of row pr of sample b
+ * of out (NCHW when nchw, else NHWC); maxpool_forward's fast path. */
+static void pool_rows(const fedge_layer *pl, const float *ct, int pc0, int npc, float *out,
+                      int nchw, int b, int pr)
 {
-    const int C = pl->in_c, OW = pl->out_w, IW = pl->in_w;
+    const int C = pl->in_c, OW = pl->out_w, TW = 2 * npc;
     const size_t plane = (size_t)pl->out_h * OW, bs = plane * C;
-    for (int ow = 0; ow < OW; ow++) {
-        const float *r0 = ct + (size_t)(2 * ow) * C, *r1 = r0 + (size_t)IW * C;
+    for (int t = 0; t < npc; t++) {
+        const int ow = pc0 + t;
+        const float *r0 = ct + (size_t)(2 * t) * C, *r1 = r0 + (size_t)TW * C;
         for (int c = 0; c < C; c++) {
             float m = r0[c];
             m = r0[C + c] > m ? r0[C + c] : m;
@@ -1470,24 +1575,42 @@ static void pool_rows(const fedge_layer *pl, const float *ct, float *out, int nc
     }
 }
 
-/* pool2_backward_px (ReLU' included) over channels [c0, c1) of the two conv
- * rows in ct, in place: ct becomes the conv output's gradient; g is the
- * pool's (row pr, sample b; NCHW gathered through tmp, C floats). */
-static void pool_rows_backward(const fedge_layer *pl, float *ct, const float *g, int nchw, int b,
-                               int pr, int c0, int c1, float *tmp)
+/* Row pr of sample b of the pool pl's gradient g (NCHW: in plane 0). */
+static float *pool_grow(const fedge_layer *pl, float *g, int nchw, int b, int pr)
 {
-    const int C = pl->in_c, OW = pl->out_w, IW = pl->in_w;
-    const size_t plane = (size_t)pl->out_h * OW, bs = plane * C;
-    for (int ow = 0; ow < OW; ow++) {
-        float *a = ct + (size_t)(2 * ow) * C, *e = a + C, *f = a + (size_t)IW * C, *h = f + C;
-        const float *gq = g + (size_t)b * bs + ((size_t)pr * OW + ow) * C;
-        if (nchw) {
-            for (int c = c0; c < c1; c++)
-                tmp[c] = g[(size_t)b * bs + (size_t)c * plane + (size_t)pr * OW + ow];
-            gq = tmp;
-        }
+    const size_t plane = (size_t)pl->out_h * pl->out_w;
+    return g + (size_t)b * plane * pl->in_c + (size_t)pr * pl->out_w * (nchw ? 1 : (size_t)pl->in_c);
+}
+
+/* 2-bit window positions (0..3: (0,0) (0,1) (1,0) (1,1)), four a byte. */
+static void mask_set(uint8_t *mk, size_t e, int pos)
+{
+    mk[e >> 2] = (uint8_t)((mk[e >> 2] & ~(3u << (2 * (e & 3)))) | (unsigned)pos << (2 * (e & 3)));
+}
+
+static int mask_get(const uint8_t *mk, size_t e)
+{
+    return mk[e >> 2] >> (2 * (e & 3)) & 3;
+}
+
+/* pool2_backward_px (ReLU' included) over channels [c0, c1) of a tile of
+ * two conv rows in ct (pool_rows'), in place: ct becomes the conv output's
+ * gradient; grow is the pool's gradient row (NHWC: OW x C; NCHW: its row of
+ * plane 0, the planes out_h x out_w apart).
+ * Each window's gradient (ReLU' applied) goes back into grow and the
+ * position that takes it into mk (element me + ow * C + c), so the tile's
+ * gradient can be formed again without the conv (dz_row). */
+static void pool_rows_backward(const fedge_layer *pl, float *ct, int pc0, int npc, float *grow,
+                               int nchw, uint8_t *mk, size_t me, int c0, int c1)
+{
+    const int C = pl->in_c, TW = 2 * npc;
+    const size_t cs = nchw ? (size_t)pl->out_h * pl->out_w : 1; /* grow's channel stride */
+    for (int t = 0; t < npc; t++) {
+        const int ow = pc0 + t;
+        float *a = ct + (size_t)(2 * t) * C, *e = a + C, *f = a + (size_t)TW * C, *h = f + C;
+        float *gq = grow + (size_t)ow * (nchw ? 1 : (size_t)C);
         for (int c = c0; c < c1; c++) {
-            float ac = a[c], ec = e[c], fc = f[c], hc = h[c], gc = gq[c];
+            float ac = a[c], ec = e[c], fc = f[c], hc = h[c], gc = gq[(size_t)c * cs];
             float m1 = ec > ac ? ec : ac, m2 = fc > m1 ? fc : m1, m = hc > m2 ? hc : m2;
             float v = m > 0.0f ? gc : 0.0f;
             float left = hc > m2 ? 0.0f : v;
@@ -1496,6 +1619,28 @@ static void pool_rows_backward(const fedge_layer *pl, float *ct, const float *g,
             f[c] = fc > m1 ? left : 0.0f;
             e[c] = ec > ac ? left2 : 0.0f;
             a[c] = ec > ac ? 0.0f : left2;
+            gq[(size_t)c * cs] = v;
+            mask_set(mk, me + (size_t)ow * C + (size_t)c,
+                     hc > m2 ? 3 : fc > m1 ? 2 : ec > ac ? 1 : 0);
+        }
+    }
+}
+
+/* Row r (0 or 1) of the tile's gradient pool_rows_backward formed, channels
+ * [c0, c1), into ct (2 npc pixels), from grow and mk as it left them. */
+static void dz_row(const fedge_layer *pl, float *ct, int pc0, int npc, int r, const float *grow,
+                   int nchw, const uint8_t *mk, size_t me, int c0, int c1)
+{
+    const int C = pl->in_c;
+    const size_t plane = (size_t)pl->out_h * pl->out_w;
+    for (int t = 0; t < npc; t++) {
+        const int ow = pc0 + t;
+        float *a = ct + (size_t)(2 * t) * C, *e = a + C;
+        for (int c = c0; c < c1; c++) {
+            int pos = mask_get(mk, me + (size_t)ow * C + (size_t)c);
+            float v = nchw ? grow[(size_t)c * plane + ow] : grow[(size_t)ow * C + c];
+            a[c] = pos == 2 * r ? v : 0.0f;
+            e[c] = pos == 2 * r + 1 ? v : 0.0f;
         }
     }
 }
@@ -1543,15 +1688,134 @@ static void wgrad_rows(wgrad *w, const float *g, const float *col, int px)
     }
 }
 
+/* Fused conv i's output gradient over a tile: columns [2 pc0, 2 (pc0 + npc))
+ * of rows oh, oh + 1 of sample b, channels [o0, o0 + n), recomputed into ct
+ * and formed in place from grow, its pool's gradient row, the window
+ * positions into mk from element me (pool_rows_backward). */
+static float *fused_tile(pass *ps, int i, const float *in, int in_nhwc, int b, int oh, int pc0,
+                         int npc, float *grow, int g_nchw, uint8_t *mk, size_t me, int o0, int n)
+{
+    const fedge_model_spec *s = &ps->m->spec;
+    float *ct = ps->scratch + ps->plan.ct_off;
+    conv_rows(ps, i, in, in_nhwc, b, oh, 2, 2 * pc0, 2 * (pc0 + npc), 1, o0, n, ct);
+    pool_rows_backward(&s->layer[i + 2], ct, pc0, npc, grow, g_nchw, mk, me, o0, o0 + n);
+    return ct;
+}
+
+/* The window positions of fused conv i: the whole map's (element
+ * ((b * pooled rows + pr) * pooled columns) * C), or a streamed conv's one
+ * pooled row's (element 0). */
+static uint8_t *fused_mask(const pass *ps, int i, int b, int pr, size_t *me)
+{
+    const fedge_layer *pl = &ps->m->spec.layer[i + 2];
+    if (ps->plan.mkrow[i]) {
+        *me = 0;
+        return (uint8_t *)(ps->scratch + ps->plan.mkrow_off);
+    }
+    *me = ((size_t)b * pl->out_h + (size_t)pr) * pl->out_w * pl->in_c;
+    return (uint8_t *)(ps->scratch + ps->plan.mk_off);
+}
+
+/* Where conv i's bias sums wait while its weight blocks (ob channels)
+ * go out through chunk: the slice's tail when both fit a slice. */
+static float *bias_sums(const pass *ps, int i, float *chunk)
+{
+    const fedge_layer *l = &ps->m->spec.layer[i];
+    size_t O = (size_t)l->out, w = (size_t)ps->plan.ob[i] * l->in_c * l->k * l->k;
+    return w + O <= ps->plan.cb ? chunk + ps->plan.cb - O : ps->scratch + ps->plan.gb_off;
+}
+
+/* The weight-gradient sums of output pixels [w_lo, w_hi) of row oh of
+ * sample b of conv i (channels [o0, o0 + n), into w and gb), dr their output
+ * gradient (NHWC, all channels), in pixel order. */
+static void wgrad_px(pass *ps, int i, const float *in, int in_nhwc, const float *dr, int b,
+                     int oh, int w_lo, int w_hi, int o0, int n, wgrad *w, float *gb)
+{
+    const fedge_layer *l = &ps->m->spec.layer[i];
+    const int O = l->out, pb = ps->plan.pb[i];
+    float *col = ps->scratch + ps->plan.col_off;
+    for (int p = 0; p < w_hi - w_lo; p++) /* col_sums' order: pixel by pixel */
+        for (int j = o0; j < o0 + n; j++)
+            gb[j] += dr[(size_t)p * O + j];
+    conv_in src = conv_input(ps, l, in, b, oh);
+    for (int w0 = w_lo; w0 < w_hi; w0 += pb) {
+        const int np = w_hi - w0 < pb ? w_hi - w0 : pb;
+        im2col_px(l, src.p, in_nhwc, src.b, oh, oh + 1, w0, w0 + np, src.row0, col, 0);
+        wgrad_rows(w, dr + (size_t)(w0 - w_lo) * O + o0, col, np);
+    }
+}
+
+/* The weight-gradient sums of output rows [oh, oh + step) of sample b of
+ * conv i (channels [o0, o0 + n), into w and gb): g is its output's gradient
+ * (NHWC), or, fused, grow its pool's gradient row, the output gradient then
+ * formed a tile at a time from the window positions (fresh: the conv
+ * recomputed for the first row), each row in turn (pixels in row order). */
+static void lean_wgrad_rows(pass *ps, int i, const float *in, int in_nhwc, const float *g,
+                            float *grow, int g_nchw, int b, int oh, int o0, int n, int fresh,
+                            wgrad *w, float *gb)
+{
+    const fedge_layer *l = &ps->m->spec.layer[i];
+    const int O = l->out, OW = l->out_w;
+    if (!ps->plan.fused[i]) {
+        wgrad_px(ps, i, in, in_nhwc, g + ((size_t)b * l->out_h + oh) * OW * O, b, oh, 0, OW, o0, n,
+                 w, gb);
+        return;
+    }
+    const int tp = ps->plan.tp[i], POW = OW / 2;
+    size_t me;
+    uint8_t *mk = fused_mask(ps, i, b, oh / 2, &me);
+    float *ct = ps->scratch + ps->plan.ct_off;
+    for (int r = 0; r < 2; r++)
+        for (int pc0 = 0; pc0 < POW; pc0 += tp) {
+            const int npc = POW - pc0 < tp ? POW - pc0 : tp;
+            if (fresh && r == 0)
+                fused_tile(ps, i, in, in_nhwc, b, oh, pc0, npc, grow, g_nchw, mk, me, o0, n);
+            else
+                dz_row(&ps->m->spec.layer[i + 2], ct, pc0, npc, r, grow, g_nchw, mk, me, o0,
+                       o0 + n);
+            wgrad_px(ps, i, in, in_nhwc, ct, b, oh + r, 2 * pc0, 2 * (pc0 + npc), o0, n, w, gb);
+        }
+}
+
+/* col2im of output pixels [w_lo, w_hi) of row oh of conv i, dr their output
+ * gradient (all channels): gin (sample b, from input row row0 on) +=
+ * dr x W^T, the weights in the plan's column blocks. */
+static void gin_px(pass *ps, int i, const float *dr, int oh, int w_lo, int w_hi, float *gin,
+                   int nhwc, int b, int row0)
+{
+    const fedge_layer *l = &ps->m->spec.layer[i];
+    const int K = l->in_c * l->k * l->k, O = l->out, pb = ps->plan.pb[i], kb = ps->plan.kb[i];
+    float *col = ps->scratch + ps->plan.col_off;
+    for (int w0 = w_lo; w0 < w_hi; w0 += pb) {
+        const int np = w_hi - w0 < pb ? w_hi - w0 : pb;
+        for (int q0 = 0; q0 < K; q0 += kb) {
+            int n = K - q0 < kb ? K - q0 : kb, ld;
+            const float *wt = wt_view(ps, i, 1, q0, n, &ld);
+            GEMM(ps, 0, 1, np, n, O, 1.0f, dr + (size_t)(w0 - w_lo) * O, O, wt, ld, 0.0f,
+                 col + q0, K);
+        }
+        im2col_px(l, gin, nhwc, b, oh, oh + 1, w0, w0 + np, row0, col, 1);
+    }
+}
+
 /* Backward of conv layer i in the lean layout: g is its output's gradient
  * (NHWC), or, fused, its pool's (NCHW when g_nchw), the conv output then
- * recomputed two rows at a time and its gradient formed in place. First the
- * input gradient into gin (when wanted), with every weight as it was; then
- * the weight gradient, the plan's ob output channels at a time (recomputing
- * those channels), into lw (OIHW) or, with a sink, into chunk and handed over
- * (the step may then change them: later blocks read only their own weights),
- * and the bias gradient into gb or, with a sink, handed over last. */
-static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, const float *g,
+ * recomputed a tile (two rows, plan.tp pooled columns) at a time, once, its
+ * gradient formed in place and each window's gradient and position kept
+ * (in g and the plan's mask) for the rest. First the input gradient into gin
+ * (when wanted), with every weight as it was; then the weight gradient, the
+ * plan's ob output channels at a time, into lw (OIHW) or, with a sink, into
+ * chunk and handed over (the step may then change them: later blocks read
+ * only their own weights), and the bias gradient into gb or, with a sink,
+ * handed over last. Output pixels go in row order throughout, so every sum
+ * has the whole product's terms in its order.
+ * Streamed (plan.stream): the input gradient is the pool output's of the
+ * fused first conv j below, which learns in one weight block: gin is then a
+ * ring of ring_rows input rows, and each input row, once complete, goes
+ * straight into j's weight-gradient sums (j's rows in the order j's own
+ * backward takes them); j's gradient is handed over when the ring is done,
+ * before i's. */
+static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, float *g,
                               int g_nchw, float *gin, float *lw, float *gb, float *chunk,
                               fedge_grad_sink sink, void *sink_arg)
 {
@@ -1560,33 +1824,88 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
     const fedge_layer *l = &s->layer[i];
     const int fused = ps->plan.fused[i], step = fused ? 2 : 1;
     const int B = ps->batch, K = l->in_c * l->k * l->k, O = l->out, OH = l->out_h, OW = l->out_w;
-    const int ob = ps->plan.ob[i], kb = ps->plan.kb[i];
-    float *col = ps->scratch + ps->plan.col_off, *ct = ps->scratch + ps->plan.ct_off;
-    float *tmp = ct + 2 * (size_t)OW * O;
+    const int ob = ps->plan.ob[i], tp = ps->plan.tp[i], POW = OW / 2;
+    const int sj = gin ? ps->plan.stream[i] - 1 : -1;
+    float *ct = ps->scratch + ps->plan.ct_off;
+    if (gin) {
+        const fedge_layer *lj = sj >= 0 ? &s->layer[sj] : l;
+        const int Kj = lj->in_c * lj->k * lj->k, Oj = lj->out;
+        const float *inj = sj >= 0 ? act_in(ps, ps->x, sj) : NULL;
+        const int inj_nhwc = sj >= 0 ? act_in_nhwc(ps, sj) : 0;
+        const size_t rowf = (size_t)l->in_w * l->in_c, R = ring_rows(l);
+        float *lwj = NULL, *gbj = NULL;
+        wgrad wj;
+        if (sj >= 0) {
+            lwj = sink ? chunk : ps->grad + lj->w_off;
+            gbj = sink ? bias_sums(ps, sj, chunk) : ps->grad + lj->b_off;
+            for (int j = 0; j < Oj; j++)
+                gbj[j] = 0.0f;
+            wgrad_init(&wj, ps->scratch + ps->plan.acc_off, lwj, Oj, Kj, lj->in_c, Oj,
+                       (size_t)B * lj->out_h * lj->out_w);
+        } else {
+            memset(gin, 0, (size_t)B * l->in_c * l->in_h * l->in_w * sizeof(float));
+        }
+        for (int b = 0; b < B; b++) {
+            int done = 0; /* streamed: input rows before it are complete and gone */
+            int gs = b;   /* the sample gin holds it at */
+            if (sj >= 0) {
+                memset(gin, 0, R * rowf * sizeof(float));
+                gs = 0;
+            }
+            for (int oh = 0; oh < OH; oh += step)
+                for (int r = 0; r < step; r++) {
+                    const int row = oh + r;
+                    if (!fused) {
+                        gin_px(ps, i, g + ((size_t)b * OH + row) * OW * O, row, 0, OW, gin, in_nhwc,
+                               gs, done);
+                    } else {
+                        float *grow = pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2);
+                        size_t me;
+                        uint8_t *mk = fused_mask(ps, i, b, oh / 2, &me);
+                        for (int pc0 = 0; pc0 < POW; pc0 += tp) {
+                            const int npc = POW - pc0 < tp ? POW - pc0 : tp;
+                            if (r == 0)
+                                fused_tile(ps, i, in, in_nhwc, b, oh, pc0, npc, grow, g_nchw, mk,
+                                           me, 0, O);
+                            else
+                                dz_row(&s->layer[i + 2], ct, pc0, npc, 1, grow, g_nchw, mk, me, 0,
+                                       O);
+                            gin_px(ps, i, ct, row, 2 * pc0, 2 * (pc0 + npc), gin, in_nhwc, gs,
+                                   done);
+                        }
+                    }
+                    if (sj < 0)
+                        continue;
+                    int lim = row + 1 < OH ? (row + 1) * l->stride - l->pad : l->in_h;
+                    lim = lim < l->in_h ? lim : l->in_h;
+                    for (; done < lim; done++) { /* the ring's first row is complete */
+                        lean_wgrad_rows(ps, sj, inj, inj_nhwc, NULL, gin, 0, b, 2 * done, 0, Oj,
+                                        1, &wj, gbj);
+                        memmove(gin, gin + rowf, (R - 1) * rowf * sizeof(float));
+                        memset(gin + (R - 1) * rowf, 0, rowf * sizeof(float));
+                    }
+                }
+        }
+        if (sj >= 0 && sink) {
+            ps->wt_layer = -1;
+            CHK(sink(sink_arg, lj->w_off, chunk, (size_t)Oj * Kj));
+            memmove(chunk, gbj, (size_t)Oj * sizeof(float));
+            CHK(sink(sink_arg, lj->b_off, chunk, (size_t)Oj));
+        }
+    } else if (fused && ps->plan.mkrow[i] == 0) { /* the window positions, for the blocks */
+        for (int b = 0; b < B; b++)
+            for (int oh = 0; oh < OH; oh += 2) {
+                size_t me;
+                uint8_t *mk = fused_mask(ps, i, b, oh / 2, &me);
+                for (int pc0 = 0; pc0 < POW; pc0 += tp)
+                    fused_tile(ps, i, in, in_nhwc, b, oh, pc0, POW - pc0 < tp ? POW - pc0 : tp,
+                               pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2), g_nchw, mk, me,
+                               0, O);
+            }
+    }
     if (sink) {
         lw = chunk;
-        gb = ps->scratch + ps->plan.gb_off;
-    }
-    if (gin) {
-        memset(gin, 0, (size_t)B * l->in_c * l->in_h * l->in_w * sizeof(float));
-        for (int b = 0; b < B; b++)
-            for (int oh = 0; oh < OH; oh += step) {
-                const float *d = g + ((size_t)b * OH + oh) * OW * O;
-                if (fused) {
-                    conv_rows(ps, i, in, in_nhwc, b, oh, 2, 1, 0, O, ct);
-                    pool_rows_backward(&s->layer[i + 2], ct, g, g_nchw, b, oh / 2, 0, O, tmp);
-                    d = ct;
-                }
-                for (int r = 0; r < step; r++) {
-                    const float *dr = d + (size_t)r * OW * O;
-                    for (int q0 = 0; q0 < K; q0 += kb) {
-                        int n = K - q0 < kb ? K - q0 : kb, ld;
-                        const float *wt = wt_view(ps, i, 1, q0, n, &ld);
-                        GEMM(ps, 0, 1, OW, n, O, 1.0f, dr, O, wt, ld, 0.0f, col + q0, K);
-                    }
-                    im2col_rows(l, gin, in_nhwc, b, oh + r, oh + r + 1, 0, col, 1);
-                }
-            }
+        gb = bias_sums(ps, i, chunk);
     }
     for (int j = 0; j < O; j++)
         gb[j] = 0.0f;
@@ -1595,33 +1914,18 @@ static int lean_conv_backward(pass *ps, int i, const float *in, int in_nhwc, con
         float *dst = sink ? chunk : lw + (size_t)o0 * K;
         wgrad w;
         wgrad_init(&w, ps->scratch + ps->plan.acc_off, dst, n, K, l->in_c, O, (size_t)B * OH * OW);
-        for (int b = 0; b < B; b++) {
-            for (int oh = 0; oh < OH; oh += step) {
-                const float *d = g + ((size_t)b * OH + oh) * OW * O;
-                if (fused) {
-                    conv_rows(ps, i, in, in_nhwc, b, oh, 2, 1, o0, n, ct);
-                    pool_rows_backward(&s->layer[i + 2], ct, g, g_nchw, b, oh / 2, o0, o0 + n,
-                                       tmp);
-                    d = ct;
-                }
-                for (int r = 0; r < step; r++) {
-                    const float *dr = d + (size_t)r * OW * O;
-                    for (int p = 0; p < OW; p++) /* col_sums' order: pixel by pixel */
-                        for (int j = o0; j < o0 + n; j++)
-                            gb[j] += dr[(size_t)p * O + j];
-                    conv_in src = conv_input(ps, l, in, b, oh + r);
-                    im2col_rows(l, src.p, in_nhwc, src.b, oh + r, oh + r + 1, src.row0, col, 0);
-                    wgrad_rows(&w, dr + o0, col, OW);
-                }
-            }
-        }
+        for (int b = 0; b < B; b++)
+            for (int oh = 0; oh < OH; oh += step)
+                lean_wgrad_rows(ps, i, in, in_nhwc, g,
+                                fused ? pool_grow(&s->layer[i + 2], g, g_nchw, b, oh / 2) : NULL,
+                                g_nchw, b, oh, o0, n, ps->plan.mkrow[i], &w, gb);
         if (sink) {
             ps->wt_layer = -1;
             CHK(sink(sink_arg, l->w_off + (size_t)o0 * K, chunk, (size_t)n * K));
         }
     }
     if (sink) {
-        memcpy(chunk, gb, (size_t)O * sizeof(float));
+        memmove(chunk, gb, (size_t)O * sizeof(float));
         ps->wt_layer = -1;
         CHK(sink(sink_arg, l->b_off, chunk, (size_t)O));
     }
@@ -1673,13 +1977,19 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
                 float *ct = ps->scratch + ps->plan.ct_off, *pooled = act_out(ps, i + 2 * fused);
                 for (int b = 0; b < B; b++) {
                     if (!fused)
-                        conv_rows(ps, i, in, in_nhwc, b, 0, l->out_h, relu_follows(s, i), 0,
-                                  l->out, out + (size_t)b * l->out_h * l->out_w * l->out);
+                        conv_rows(ps, i, in, in_nhwc, b, 0, l->out_h, 0, l->out_w,
+                                  relu_follows(s, i), 0, l->out,
+                                  out + (size_t)b * l->out_h * l->out_w * l->out);
                     else
-                        for (int pr = 0; pr < l->out_h / 2; pr++) {
-                            conv_rows(ps, i, in, in_nhwc, b, 2 * pr, 2, 1, 0, l->out, ct);
-                            pool_rows(&s->layer[i + 2], ct, pooled, !ps->plan.nhwc[i + 2], b, pr);
-                        }
+                        for (int pr = 0; pr < l->out_h / 2; pr++)
+                            for (int pc0 = 0; pc0 < l->out_w / 2; pc0 += ps->plan.tp[i]) {
+                                int npc = l->out_w / 2 - pc0 < ps->plan.tp[i] ? l->out_w / 2 - pc0
+                                                                               : ps->plan.tp[i];
+                                conv_rows(ps, i, in, in_nhwc, b, 2 * pr, 2, 2 * pc0,
+                                          2 * (pc0 + npc), 1, 0, l->out, ct);
+                                pool_rows(&s->layer[i + 2], ct, pc0, npc, pooled,
+                                          !ps->plan.nhwc[i + 2], b, pr);
+                            }
                 }
                 if (fused) {
                     i += 2; /* the relu and the pool ran with it */
@@ -1745,6 +2055,8 @@ static int pass_init(pass *ps, const fedge_model *m, int batch, float *scratch, 
     ps->col_layer = -1;
     ps->wt_layer = -1;
     ps->xu8 = NULL;
+    ps->x = NULL;
+    ps->grad = NULL;
     ps->xscale = 0.0f;
     ps->err = FEDGE_OK;
     return plan_fit(&m->spec, batch, have, &ps->plan);
@@ -1811,6 +2123,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
         return ret;
     if (xu8)
         x = pass_u8(&ps, xu8, xscale);
+    ps.x = x;
+    ps.grad = grad;
 
     double loss_sum = 0.0;
     float *g = forward_pass(&ps, x, 1, dropout_seed, y, &loss_sum);
@@ -1895,10 +2209,14 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
             int K = l->in_c * l->k * l->k, P = B * l->out_h * l->out_w, O = l->out;
             float *lw = sink ? NULL : grad + l->w_off, *gb = sink ? NULL : grad + l->b_off;
             if (ps.plan.lean) {
+                if (ps.plan.stream[i])
+                    gin = scratch + ps.plan.ring_off;
                 CHK(lean_conv_backward(&ps, i, in, in_nhwc, g, 0, need_gin ? gin : NULL, lw, gb,
                                        chunk, sink, sink_arg));
                 if (need_gin)
                     g = gin;
+                if (need_gin && ps.plan.stream[i])
+                    i = ps.plan.stream[i] - 1; /* that conv, its relu and pool are done */
                 break;
             }
             if (sink) {
@@ -1985,6 +2303,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
             if (ps.plan.lean && i >= 2 && ps.plan.fused[i - 2]) { /* with its conv and relu */
                 const fedge_layer *cl = &s->layer[i - 2];
                 int cneed = i - 2 > first_param;
+                if (ps.plan.stream[i - 2])
+                    gin = scratch + ps.plan.ring_off;
                 float *lw = sink ? NULL : grad + cl->w_off;
                 float *gb = sink ? NULL : grad + cl->b_off;
                 CHK(lean_conv_backward(&ps, i - 2, act_in(&ps, x, i - 2), act_in_nhwc(&ps, i - 2),
@@ -1993,6 +2313,8 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
                 if (cneed)
                     g = gin;
                 i -= 2;
+                if (cneed && ps.plan.stream[i])
+                    i = ps.plan.stream[i] - 1; /* that conv, its relu and pool are done */
                 break;
             }
             if (need_gin) {

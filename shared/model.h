@@ -134,12 +134,16 @@ int fedge_model_max_batch(const fedge_model_spec *spec, int batch);
  * (the _n calls' scratch_floats; the plain calls assume
  * fedge_model_scratch_floats, FULL): the fastest that fits, the GEMM's
  * blocking taking what is left. FULL: the GEMM's full blocking; SMALL_GEMM:
- * its least (1.5 KiB); LEAN: also no im2col matrix (one output row at a
- * time) and no output of a conv followed by a ReLU and a 2x2 pool (two rows
- * at a time, recomputed in backward: about one more conv forward pass); a
- * conv larger than one gradient slice keeps its weights and weight-gradient
- * sums in blocks of output channels of at most a slice (the input gradient
- * first, then one more recompute per block's channels).
+ * its least (1.5 KiB); LEAN: also no im2col matrix (a block of output
+ * pixels at a time) and no output of a conv followed by a ReLU and a 2x2
+ * pool (a tile of two rows and a few pooled columns at a time, recomputed
+ * once in backward, its window positions kept in a 2-bit mask: about one
+ * more conv forward pass); a conv larger than one gradient slice keeps its
+ * weights and weight-gradient sums in blocks of output channels (the input
+ * gradient first); blocks of about FEDGE_MODEL_LEAN_BLOCK (512) floats; the
+ * input gradient of a conv above the fused first conv, when that one learns
+ * in one block, streams a ring of input rows into the first conv's weight
+ * gradient (whose slices then come before the upper conv's weights).
  * Every layout computes the same sums in the same order with the portable
  * GEMM (gemm.c): the same bits. With a BLAS, LEAN sums a conv's weight
  * gradient the portable kernel's way rather than the BLAS's (rounding).

@@ -325,9 +325,58 @@ static void test_portable_blocking_by_scratch(void **state)
     assert_int_equal(fedge_sgemm_portable_scratch_min_bytes(32, 784, 200), 12 * 32 * 4);
 }
 
+/* A product of at most one micro-tile's elements is summed without packing
+ * (gemm.c's gemm_direct): each element the same bits as inside a larger
+ * packed product, every transpose, K sliced or not. */
+static void test_portable_small_same_bits(void **state)
+{
+    (void)state;
+    static const int blocks[][2] = {{1, 1}, {1, 8}, {3, 3}, {4, 8}, {2, 16}, {1, 32}};
+    static const int depths[] = {7, 64, 800};
+    fedge_rng r;
+    fedge_rng_seed(&r, 9);
+    const int M = 9, N = 40;
+    for (size_t d = 0; d < sizeof depths / sizeof depths[0]; d++) {
+        int K = depths[d];
+        float *A = malloc((size_t)M * K * sizeof(float)), *B = malloc((size_t)K * N * sizeof(float));
+        float *C1 = malloc((size_t)M * N * sizeof(float)), *C2 = malloc((size_t)M * N * sizeof(float));
+        size_t full = fedge_sgemm_portable_scratch_bytes(M, N, K);
+        float *ws = malloc(full);
+        assert_true(A && B && C1 && C2 && ws);
+        for (size_t i = 0; i < (size_t)M * K; i++)
+            A[i] = (float)fedge_rng_normal(&r);
+        for (size_t i = 0; i < (size_t)K * N; i++)
+            B[i] = (float)fedge_rng_normal(&r);
+        for (int t = 0; t < 4; t++) {
+            int ta = t & 1, tb = t >> 1, lda = ta ? M : K, ldb = tb ? K : N;
+            assert_int_equal(fedge_sgemm_portable_wsn(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 0.0f,
+                                                      C1, N, ws, full),
+                             FEDGE_OK);
+            for (size_t q = 0; q < sizeof blocks / sizeof blocks[0]; q++) {
+                int m = blocks[q][0], n = blocks[q][1], i0 = M - m, j0 = N - n;
+                const float *a = ta ? A + i0 : A + (size_t)i0 * K;
+                const float *b = tb ? B + (size_t)j0 * K : B + j0;
+                memset(C2, 0x7f, (size_t)M * N * sizeof(float));
+                assert_int_equal(fedge_sgemm_portable_wsn(ta, tb, m, n, K, 0.5f, a, lda, b, ldb,
+                                                          0.0f, C2, N, ws, full),
+                                 FEDGE_OK);
+                for (int i = 0; i < m; i++)
+                    assert_memory_equal(C2 + (size_t)i * N, C1 + (size_t)(i0 + i) * N + j0,
+                                        (size_t)n * sizeof(float));
+            }
+        }
+        free(A);
+        free(B);
+        free(C1);
+        free(C2);
+        free(ws);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_portable_small_same_bits),
         cmocka_unit_test(test_blas_default_single_thread),
         cmocka_unit_test(test_portable_scratch_by_query),
         cmocka_unit_test(test_sgemm_vs_naive),

@@ -973,7 +973,8 @@ static void fit_same_bits(const char *text, int batch)
                                                            z % 2 ? 4 * cmin : 0, collect_sink,
                                                            &b, &lb),
                          FEDGE_OK);
-        assert_true(z % 2 ? b.calls <= a.calls : b.calls == a.calls);
+        if (sizes[z] >= small) /* the lean layout's conv blocks may be smaller slices */
+            assert_true(z % 2 ? b.calls <= a.calls : b.calls == a.calls);
         if (exact || sizes[z] >= small) {
             assert_memory_equal(&la, &lb, sizeof la);
             assert_memory_equal(ga, gb, n * sizeof(float));
@@ -1032,6 +1033,12 @@ static void test_scratch_fit_same_bits(void **state)
     fit_same_bits("cnn:1x28x28-c32k5-p2-c64k5-p2-f32-10", 1);
     fit_same_bits("cnn:2x10x10-c9k3-c70k4-f8-10", 2);        /* unfused, multi-channel input */
     fit_same_bits("cnn:3x8x8-c160k3-p2-c8k3-f6-4", 2);       /* O > K: the HWIO gradient */
+    /* pixel blocks, tiles, window masks; the second conv's input gradient
+     * streamed into the first conv's sums (its ring over dead activations),
+     * a strided and padded first conv, a first conv wider than a slice */
+    fit_same_bits("cnn:1x28x28-c16k3p1-p2-c32k3p1-p2-f128-10", 2);
+    fit_same_bits("cnn:1x24x24-c4k3s2p1-p2-c6k3p1-p2-f8-f8-10", 3);
+    fit_same_bits("cnn:1x28x28-c64k5-p2-c8k3s2p1-p2-f32-10", 1);
 }
 
 /* A sink that takes the SGD step on each slice as it comes (the edge's way),
@@ -1113,6 +1120,7 @@ static void test_conv_blocks_step_in_order(void **state)
     (void)state;
     step_same_bits("cnn:1x28x28-c32k5-p2-c64k5-p2-f32-10", 2, 3);
     step_same_bits("cnn:2x10x10-c9k3-c70k4-f8-10", 2, 2);
+    step_same_bits("cnn:1x28x28-c16k3p1-p2-c32k3p1-p2-f128-10", 2, 3); /* streamed */
 }
 
 int main(void)

@@ -36,7 +36,7 @@ fed_setup 1
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
 shard="$FED_DIR/shards/shard-000.bin"
 keys=$(fed_edge_keys dev-001) || exit 1
-batch=32
+batch=${BATCH:-32}  # BATCH=8 tools/bench/edge_heap.sh SPEC: another batch
 # train_ms: the round's training time under massif (the cost of smaller scratch)
 printf '%-22s %-28s %10s %10s %10s %10s %8s %9s\n' spec build massif_peak plan print_mem issue_plan ok train_ms
 for spec in "${specs[@]}"; do
