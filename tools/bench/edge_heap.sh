@@ -13,7 +13,7 @@
 # portable GEMM, -Os), FEDGE_EDGE_BUILD (default build/edge-<arch>); the
 # aggregator and the tools come from FEDGE_BUILD (build/native).
 #
-# One shard of 1000 Fashion-MNIST rows, batch 32, momentum 0.9, fp32, one
+# One shard of 1000 Fashion-MNIST rows (CLIENTS=N: 60000/N rows), batch 32, momentum 0.9, fp32, one
 # epoch, a --state-dir (where a momentum round keeps its base model); the
 # edge runs under massif (heap; the stacks excluded), the aggregator
 # natively. Prints one line per build and spec.
@@ -32,7 +32,7 @@ builds=("$FEDGE_EDGE_BUILD")
 [ -n "${BASE:-}" ] && builds=($BASE "$FEDGE_EDGE_BUILD")
 
 fed_setup 1
-"$BIN/fedge-partition" --data fashion-mnist --clients 60 --kind iid --seed 7 \
+"$BIN/fedge-partition" --data fashion-mnist --clients "${CLIENTS:-60}" --kind iid --seed 7 \
     --out "$FED_DIR/shards" --test-out "$FED_DIR/test.bin" >/dev/null || fed_fail "partition"
 shard="$FED_DIR/shards/shard-000.bin"
 keys=$(fed_edge_keys dev-001) || exit 1
