@@ -464,67 +464,6 @@ static int scan_int8(const uint8_t *p, size_t n, uint32_t block)
     return 0;
 }
 
-int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *payload,
-                               size_t payload_len, float *out)
-{
-    if (h == NULL || (payload == NULL && payload_len > 0) || (out == NULL && h->n_elems > 0))
-        return FEDGE_ERR_INVALID_ARG;
-    int ret = check_fields(h->encoding, h->n_elems, h->block_size);
-    if (ret != FEDGE_OK)
-        return ret;
-    ret = fedge_delta_check_length(h, FEDGE_DELTA_HEADER_LEN + payload_len);
-    if (ret != FEDGE_OK)
-        return ret;
-
-    size_t n = h->n_elems;
-    const uint8_t *p = payload;
-    switch (h->encoding) {
-    case FEDGE_ENC_FP32:
-        if (scan_fp32(p, n))
-            return FEDGE_ERR_DELTA_NONFINITE;
-        if (FEDGE_HOST_LE) {
-            memcpy(out, p, 4 * n);
-        } else {
-            for (size_t i = 0; i < n; i++)
-                out[i] = fedge_get_f32(p + 4 * i);
-        }
-        break;
-    case FEDGE_ENC_FP16:
-    case FEDGE_ENC_BF16: {
-        int bf16 = h->encoding == FEDGE_ENC_BF16;
-        if (scan_half(p, n, bf16))
-            return FEDGE_ERR_DELTA_NONFINITE;
-        for (size_t i = 0; i < n; i += CHUNK) {
-            size_t k = n - i < CHUNK ? n - i : CHUNK;
-            const uint8_t *pc = p + 2 * i;
-            if (bf16)
-                CHUNK_LOOP(k, out[i + j] = bf16_to_f32(fedge_get_u16(pc + 2 * j)));
-            else
-                CHUNK_LOOP(k, out[i + j] = f16_to_f32(fedge_get_u16(pc + 2 * j)));
-        }
-        break;
-    }
-    default: {
-        uint32_t block = h->block_size;
-        if (scan_int8(p, n, block))
-            return FEDGE_ERR_DELTA_NONFINITE;
-        for (size_t start = 0; start < n; start += block) {
-            size_t len = n - start < block ? n - start : block;
-            float scale = fedge_get_f32(p);
-            const int8_t *q = (const int8_t *)(p + 4);
-            float *ob = out + start;
-            for (size_t i = 0; i < len; i += CHUNK) {
-                size_t k = len - i < CHUNK ? len - i : CHUNK;
-                CHUNK_LOOP(k, ob[i + j] = (float)q[i + j] * scale);
-            }
-            p += 4 + len;
-        }
-        break;
-    }
-    }
-    return FEDGE_OK;
-}
-
 /* acc[(g0 + j) % 8] += x[j]^2 for j < k: element g's square goes to lane g % 8 */
 static void add_squares(double acc[8], size_t g0, const float *x, size_t k)
 {
@@ -538,11 +477,13 @@ static void add_squares(double acc[8], size_t g0, const float *x, size_t k)
         acc[(g0 + j) & 7] += (double)x[j] * (double)x[j];
 }
 
-int fedge_delta_payload_norm(const fedge_delta_header *h, const uint8_t *payload, size_t payload_len,
-                             size_t n_first, double *norm)
+/* The payload checked whole (its fields, its length, no non-finite value),
+ * then its first n_dec elements decoded a chunk at a time: into out[0..n_dec)
+ * when out is given, and each element g's square added to acc[g % 8] when
+ * acc is given. */
+static int decode_walk(const fedge_delta_header *h, const uint8_t *payload, size_t payload_len,
+                       size_t n_dec, float *out, double acc[8])
 {
-    if (h == NULL || norm == NULL || (payload == NULL && payload_len > 0) || n_first > h->n_elems)
-        return FEDGE_ERR_INVALID_ARG;
     int ret = check_fields(h->encoding, h->n_elems, h->block_size);
     if (ret != FEDGE_OK)
         return ret;
@@ -552,17 +493,22 @@ int fedge_delta_payload_norm(const fedge_delta_header *h, const uint8_t *payload
 
     size_t n = h->n_elems;
     const uint8_t *p = payload;
-    double acc[8] = {0};
     float x[CHUNK];
     switch (h->encoding) {
     case FEDGE_ENC_FP32:
         if (scan_fp32(p, n))
             return FEDGE_ERR_DELTA_NONFINITE;
-        for (size_t i = 0; i < n_first; i += CHUNK) {
-            size_t k = n_first - i < CHUNK ? n_first - i : CHUNK;
+        if (FEDGE_HOST_LE && acc == NULL) {
+            memcpy(out, p, 4 * n_dec);
+            break;
+        }
+        for (size_t i = 0; i < n_dec; i += CHUNK) {
+            size_t k = n_dec - i < CHUNK ? n_dec - i : CHUNK;
+            float *d = out != NULL ? out + i : x;
             for (size_t j = 0; j < k; j++)
-                x[j] = fedge_get_f32(p + 4 * (i + j));
-            add_squares(acc, i, x, k);
+                d[j] = fedge_get_f32(p + 4 * (i + j));
+            if (acc != NULL)
+                add_squares(acc, i, d, k);
         }
         break;
     case FEDGE_ENC_FP16:
@@ -570,12 +516,16 @@ int fedge_delta_payload_norm(const fedge_delta_header *h, const uint8_t *payload
         int bf16 = h->encoding == FEDGE_ENC_BF16;
         if (scan_half(p, n, bf16))
             return FEDGE_ERR_DELTA_NONFINITE;
-        for (size_t i = 0; i < n_first; i += CHUNK) {
-            size_t k = n_first - i < CHUNK ? n_first - i : CHUNK;
+        for (size_t i = 0; i < n_dec; i += CHUNK) {
+            size_t k = n_dec - i < CHUNK ? n_dec - i : CHUNK;
             const uint8_t *pc = p + 2 * i;
-            for (size_t j = 0; j < k; j++)
-                x[j] = bf16 ? bf16_to_f32(fedge_get_u16(pc + 2 * j)) : f16_to_f32(fedge_get_u16(pc + 2 * j));
-            add_squares(acc, i, x, k);
+            float *d = out != NULL ? out + i : x;
+            if (bf16)
+                CHUNK_LOOP(k, d[j] = bf16_to_f32(fedge_get_u16(pc + 2 * j)));
+            else
+                CHUNK_LOOP(k, d[j] = f16_to_f32(fedge_get_u16(pc + 2 * j)));
+            if (acc != NULL)
+                add_squares(acc, i, d, k);
         }
         break;
     }
@@ -583,22 +533,44 @@ int fedge_delta_payload_norm(const fedge_delta_header *h, const uint8_t *payload
         uint32_t block = h->block_size;
         if (scan_int8(p, n, block))
             return FEDGE_ERR_DELTA_NONFINITE;
-        for (size_t start = 0; start < n_first; start += block) {
+        for (size_t start = 0; start < n_dec; start += block) {
             size_t len = n - start < block ? n - start : block;
-            if (len > n_first - start)
-                len = n_first - start;
+            if (len > n_dec - start)
+                len = n_dec - start;
             float scale = fedge_get_f32(p);
             const int8_t *q = (const int8_t *)(p + 4);
             for (size_t i = 0; i < len; i += CHUNK) {
                 size_t k = len - i < CHUNK ? len - i : CHUNK;
-                CHUNK_LOOP(k, x[j] = (float)q[i + j] * scale);
-                add_squares(acc, start + i, x, k);
+                float *d = out != NULL ? out + start + i : x;
+                CHUNK_LOOP(k, d[j] = (float)q[i + j] * scale);
+                if (acc != NULL)
+                    add_squares(acc, start + i, d, k);
             }
             p += 4 + block;
         }
         break;
     }
     }
+    return FEDGE_OK;
+}
+
+int fedge_delta_decode_payload(const fedge_delta_header *h, const uint8_t *payload,
+                               size_t payload_len, float *out)
+{
+    if (h == NULL || (payload == NULL && payload_len > 0) || (out == NULL && h->n_elems > 0))
+        return FEDGE_ERR_INVALID_ARG;
+    return decode_walk(h, payload, payload_len, h->n_elems, out, NULL);
+}
+
+int fedge_delta_payload_norm(const fedge_delta_header *h, const uint8_t *payload, size_t payload_len,
+                             size_t n_first, double *norm)
+{
+    if (h == NULL || norm == NULL || (payload == NULL && payload_len > 0) || n_first > h->n_elems)
+        return FEDGE_ERR_INVALID_ARG;
+    double acc[8] = {0};
+    int ret = decode_walk(h, payload, payload_len, n_first, NULL, acc);
+    if (ret != FEDGE_OK)
+        return ret;
     double sum = 0;
     for (int l = 0; l < 8; l++)
         sum += acc[l];
