@@ -199,7 +199,7 @@ static int index_update(fedge_aggregator *a, void *vctx, size_t i, int64_t id, c
          * is calibrated to today's C, so the sum must be bounded by it:
          * a weight below 1 clips the delta as it is added. */
         double clip = fedge_policy_dp_clip_norm(a->policy);
-        if (norm > clip * (1.0 + 1e-6)) {
+        if (norm > clip) { /* fedge_l2_clip leaves none over: no rounding slack */
             u->weights[i] = clip / norm;
             FEDGE_INFO("round %u: update %lld of %s clipped again to the current DP norm %.4g (norm %.4g)",
                        a->round, (long long)id, device, clip, norm);

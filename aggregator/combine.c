@@ -60,18 +60,45 @@ int fedge_combine_params_check(const fedge_combine_params *p, char *why, size_t 
 /* Eight partial sums in a fixed order (lane i % 8, then lanes 0..7): the
  * same value on every machine, and no chain of dependent adds — one chain
  * ran at ~1 ns per element, a fifth of the ingest owner's work per update. */
-double fedge_l2_norm(const float *v, size_t n)
+/* The norm of f * v with each product rounded to float, as fedge_l2_norm
+ * sums them (f = 1: fedge_l2_norm itself, bit for bit). */
+static double l2_norm_scaled(const float *v, size_t n, float f)
 {
     enum { LANES = 8 };
     double acc[LANES] = {0};
     size_t i = 0;
     for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++)
-            acc[l] += (double)v[i + l] * (double)v[i + l];
-    for (int l = 0; i < n; i++, l++)
-        acc[l] += (double)v[i] * (double)v[i];
+        for (int l = 0; l < LANES; l++) {
+            float x = v[i + l] * f;
+            acc[l] += (double)x * (double)x;
+        }
+    for (int l = 0; i < n; i++, l++) {
+        float x = v[i] * f;
+        acc[l] += (double)x * (double)x;
+    }
     double s = 0;
     for (int l = 0; l < LANES; l++)
         s += acc[l];
     return sqrt(s);
+}
+
+double fedge_l2_norm(const float *v, size_t n)
+{
+    return l2_norm_scaled(v, n, 1.0f);
+}
+
+int fedge_l2_clip(float *v, size_t n, double bound, double norm, float *factor_out)
+{
+    if ((v == NULL && n > 0) || !(bound > 0.0) || !isfinite(bound) || !isfinite(norm) || !(norm > bound))
+        return FEDGE_ERR_INVALID_ARG;
+    float f = (float)(bound / norm);
+    if ((double)f > bound / norm)
+        f = nextafterf(f, 0.0f);
+    while (f > 0.0f && l2_norm_scaled(v, n, f) > bound) /* a few ulps at most */
+        f = nextafterf(f, 0.0f);
+    for (size_t i = 0; i < n; i++)
+        v[i] *= f;
+    if (factor_out != NULL)
+        *factor_out = f;
+    return FEDGE_OK;
 }

@@ -77,5 +77,12 @@ extern const fedge_combiner fedge_combine_mean, fedge_combine_median, fedge_comb
 
 /* Euclidean norm of v, accumulated in double. */
 double fedge_l2_norm(const float *v, size_t n);
+/* Clips v (whose fedge_l2_norm is norm > bound > 0) in place: every element
+ * times one float factor, the largest not above bound / norm for which the
+ * result's fedge_l2_norm is <= bound (a bound/norm rounded to float, and the
+ * products' rounding, can leave it a few ulps over: DP's sensitivity is the
+ * bound). *factor_out gets the factor when not NULL. FEDGE_ERR_INVALID_ARG
+ * for a bound or norm that is not finite and positive, or norm <= bound. */
+int fedge_l2_clip(float *v, size_t n, double bound, double norm, float *factor_out);
 
 #endif

@@ -571,8 +571,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
             CHK(decode_encoded(in));
             delta = in->decode_into;
         }
-        for (size_t i = 0; i < in->n_params; i++)
-            delta[i] *= (float)d.clip_factor;
+        CHK(fedge_l2_clip(delta, in->n_params, d.clip_bound, norm, NULL));
         fedge_delta_header h = *in->header;
         h.encoding = FEDGE_ENC_FP32;
         h.block_size = 0;

@@ -59,6 +59,7 @@ static void decide(fedge_policy_decision *d, fedge_decision_kind kind, double cl
 {
     d->decision = kind;
     d->clip_factor = clip_factor;
+    d->clip_bound = 0.0;
     snprintf(d->rule, sizeof d->rule, "%s", rule);
     va_list ap;
     va_start(ap, fmt);
@@ -259,6 +260,7 @@ int fedge_policy_check_update(const fedge_policy *p, const fedge_policy_update_i
         else
             decide(out, FEDGE_DECISION_CLIP, bound / norm, rule,
                    "L2 norm %.4g exceeds max %.4g; clipped to %.4g", norm, bound, bound);
+        out->clip_bound = bound;
         return FEDGE_OK;
     }
     char limits[160];

@@ -22,7 +22,9 @@
  *   device_status, region, rate_limit, sample_count, finite, staleness,
  *   max_norm, dp_clip.
  *   Clipping (max_norm with norm_action clip, and the DP clip to C) yields
- *   CLIP with clip_factor = bound / norm < 1: multiply the delta by it.
+ *   CLIP with clip_factor = bound / norm < 1 and clip_bound = bound: scale
+ *   the delta so that its norm is at most the bound (fedge_l2_clip:
+ *   bound / norm rounded to float can leave it a few ulps over).
  * Per round, at close, on the accepted (already clipped) deltas:
  *   anomaly (norm z-score against the others, cosine to the mean of the
  *   others), then k_anonymity (min_clients after anomaly removal), then
@@ -71,6 +73,7 @@ typedef struct {
     double clip_factor;                   /* 1.0 unless CLIP */
     char rule[FEDGE_POLICY_RULE_MAX];     /* "all" when every rule passed */
     char reason[FEDGE_POLICY_REASON_MAX]; /* one line, for people */
+    double clip_bound;                    /* CLIP: the bound the clipped delta's norm must not pass */
 } fedge_policy_decision;
 
 /* "accepted" | "clipped" | "rejected": the updates.decision column values. */

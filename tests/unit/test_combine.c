@@ -638,6 +638,60 @@ static void test_weights_only_for_mean(void **state)
     free(d);
 }
 
+/* review18 F2: scaling by (float)(bound / norm) can leave a clipped delta's
+ * norm a few ulps over the bound (DP's sensitivity); fedge_l2_clip never
+ * does, and takes the largest such float factor. */
+static void test_l2_clip_never_over(void **state)
+{
+    (void)state;
+    enum { N_MAX = 3000, TRIALS = 3000 };
+    float *v = malloc(N_MAX * sizeof *v), *w = malloc(N_MAX * sizeof *w);
+    assert_non_null(v);
+    assert_non_null(w);
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    int naive_over = 0;
+    for (int t = 0; t < TRIALS; t++) {
+        size_t n = 1 + (size_t)(t * 7919u) % N_MAX;
+        float mag = ldexpf(1.0f, (t % 40) - 20);
+        for (size_t i = 0; i < n; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            v[i] = mag * ((float)(x >> 40) / (float)(1u << 24) - 0.5f);
+        }
+        double norm = fedge_l2_norm(v, n);
+        if (!(norm > 0.0))
+            continue;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        double u = t % 3 == 0 ? 1.0 - ldexp((double)(x % 64 + 1), -52) : (double)(x >> 11) / 9007199254740992.0;
+        double bound = norm * (u > 1e-6 ? u : 1e-6);
+        if (!(norm > bound))
+            continue;
+        memcpy(w, v, n * sizeof *w);
+        float naive = (float)(bound / norm);
+        for (size_t i = 0; i < n; i++)
+            w[i] *= naive;
+        naive_over += fedge_l2_norm(w, n) > bound;
+        memcpy(w, v, n * sizeof *w);
+        float f = 0.0f;
+        assert_int_equal(fedge_l2_clip(w, n, bound, norm, &f), FEDGE_OK);
+        assert_true(fedge_l2_norm(w, n) <= bound);
+        assert_true((double)f <= bound / norm);
+        for (size_t i = 0; i < n; i++)
+            assert_true(w[i] == v[i] * f);
+        float up = nextafterf(f, INFINITY); /* the largest: one ulp more is over, or past bound / norm */
+        for (size_t i = 0; i < n; i++)
+            w[i] = v[i] * up;
+        assert_true(fedge_l2_norm(w, n) > bound || (double)up > bound / norm);
+    }
+    assert_true(naive_over > 0); /* the kind of fault is real on these inputs */
+    float one = 1.0f;
+    assert_int_equal(fedge_l2_clip(&one, 1, 2.0, 1.0, NULL), FEDGE_ERR_INVALID_ARG); /* not over */
+    assert_int_equal(fedge_l2_clip(&one, 1, 0.0, 1.0, NULL), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_l2_clip(&one, 1, 0.5, NAN, NULL), FEDGE_ERR_INVALID_ARG);
+    assert_true(one == 1.0f);
+    free(v);
+    free(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -660,6 +714,7 @@ int main(void)
         cmocka_unit_test(test_no_parameters),
         cmocka_unit_test(test_reader_failure),
         cmocka_unit_test(test_weights_only_for_mean),
+        cmocka_unit_test(test_l2_clip_never_over),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
