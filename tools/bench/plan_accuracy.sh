@@ -27,8 +27,14 @@
 # in a last table (`# baseline ...`): the two planners compared in the same
 # period, on the same runs, on a machine whose load moves.
 #
+# With INTERLEAVE=1, plan r is run just before run r of every layout (the
+# layouts: those plan 1 lists as fitting) instead of all plans first: this
+# machine's speed drifts ~20% over minutes (docs/BENCHMARKS.md), and plans
+# first then runs turns a drift into a one-sided error.
+#
 # Environment: NP (2), SPEC (mlp:784-512-512-256-10), BATCH (256), STEPS (100),
-# RUNS (3), PLANS (3), ROWS (10000), OUT (run/plan-accuracy), BASE (none).
+# RUNS (3), PLANS (3), ROWS (10000), OUT (run/plan-accuracy), BASE (none),
+# INTERLEAVE (0).
 set -uo pipefail
 BUILD=${1:-build/native}
 cd "$(dirname "$0")/../.."
@@ -59,18 +65,41 @@ field() { sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" "$2"; }
     { echo "init failed (see $OUT/init.log)" >&2; exit 1; }
 
 echo "# $SPEC, batch $BATCH, np $NP, $STEPS steps x $RUNS runs, $PLANS plans; load average before: $(load)"
-for p in $(seq 1 "$PLANS"); do
+plan_one() { # p: plan p (and the baseline's plan p)
+    local p=$1 t0 t1 t2
     t0=$(date +%s.%N)
     "${MPI[@]}" -np "$NP" "$BIN" plan --spec "$SPEC" --batch "$BATCH" >"$OUT/plan-$p.txt" 2>&1 ||
         { cat "$OUT/plan-$p.txt" >&2; exit 1; }
     t1=$(date +%s.%N)
     printf '# plan %d took %.2f s, load %s\n' "$p" "$(echo "$t1 - $t0" | bc -l)" "$(load)"
-    [ -n "$BASE" ] || continue
+    [ -n "$BASE" ] || return 0
     "${MPI[@]}" -np "$NP" "$BASE_BIN" plan --spec "$SPEC" --batch "$BATCH" >"$OUT/base-plan-$p.txt" 2>&1 ||
         { cat "$OUT/base-plan-$p.txt" >&2; exit 1; }
     t2=$(date +%s.%N)
     printf '# baseline plan %d took %.2f s, load %s\n' "$p" "$(echo "$t2 - $t1" | bc -l)" "$(load)"
-done
+}
+run_one() { # dp tp pp micro r: refine with that layout, its summary in $OUT/dpD-tpT-ppP-mM-R.json
+    "${MPI[@]}" -np "$NP" "$BIN" refine --model "$OUT/model.bin" --data "$OUT/data.shard" \
+        --out "$OUT/o.bin" --steps "$STEPS" --batch "$BATCH" --tp "$2" --pp "$3" \
+        --micro-batches "$4" </dev/null >"$OUT/dp$1-tp$2-pp$3-m$4-$5.json" 2>&1
+}
+rm -f "$OUT"/plan-*.txt "$OUT"/base-plan-*.txt "$OUT"/dp*-tp*-pp*-m*-*.json
+if [ "${INTERLEAVE:-0}" = 1 ]; then
+    # plan r, then run r of every layout: a machine whose speed drifts over
+    # minutes moves the predictions and the runs alike
+    plan_one 1
+    grep -E '^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ .* yes ' "$OUT/plan-1.txt" |
+        awk '{ print $1, $2, $3, $4 }' >"$OUT/run-list.txt"
+    for r in $(seq 1 "$RUNS"); do
+        [ "$r" -gt 1 ] && [ "$r" -le "$PLANS" ] && plan_one "$r"
+        while read -r dp tp pp micro; do
+            run_one "$dp" "$tp" "$pp" "$micro" "$r" || echo "refine failed: $OUT/dp$dp-tp$tp-pp$pp-m$micro-$r.json" >&2
+        done <"$OUT/run-list.txt"
+    done
+    for p in $(seq $((RUNS + 1)) "$PLANS"); do plan_one "$p"; done
+else
+    for p in $(seq 1 "$PLANS"); do plan_one "$p"; done
+fi
 cp "$OUT/plan-1.txt" "$OUT/plan.txt"
 grep '^# probes\|^# per element\|^# collectives\|^# oversubscribed\|^# data-parallel' \
     "$OUT/plan-1.txt"
@@ -103,9 +132,10 @@ while read -r dp tp pp micro pred spr bub_pred note t_f t_b t_ar t_st t_up t_ld 
     sum_mean=0 fast="" sum_bub=0 sum_later=0
     for r in $(seq 1 "$RUNS"); do
         log="$OUT/dp$dp-tp$tp-pp$pp-m$micro-$r.json"
-        "${MPI[@]}" -np "$NP" "$BIN" refine --model "$OUT/model.bin" --data "$OUT/data.shard" \
-            --out "$OUT/o.bin" --steps "$STEPS" --batch "$BATCH" --tp "$tp" --pp "$pp" \
-            --micro-batches "$micro" </dev/null >"$log" 2>&1 || { echo "refine failed: $log" >&2; continue 2; }
+        if [ "${INTERLEAVE:-0}" != 1 ]; then
+            run_one "$dp" "$tp" "$pp" "$micro" "$r" || { echo "refine failed: $log" >&2; continue 2; }
+        fi
+        grep -q '"seconds":' "$log" 2>/dev/null || { echo "refine failed: $log" >&2; continue 2; }
         s=$(field seconds "$log")
         f=$(field step_ms_min "$log")
         sum_mean=$(echo "$sum_mean + 1000 * $s / $STEPS" | bc -l)
