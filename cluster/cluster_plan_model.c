@@ -117,6 +117,25 @@ int fedge_plan_should_yield(const char *local_size, int yield_set, long cores)
     return n > cores;
 }
 
+static int parse_count(const char *s, long *out)
+{
+    char *end = NULL;
+    if (s == NULL)
+        return -1;
+    *out = strtol(s, &end, 10);
+    return end == s || *end != '\0' ? -1 : 0;
+}
+
+int fedge_plan_bind_cpu(const char *local_rank, const char *local_size, int n_cpus)
+{
+    long r, n;
+    if (n_cpus < 1 || parse_count(local_rank, &r) != 0 || parse_count(local_size, &n) != 0)
+        return -1;
+    if (n <= n_cpus || r < 0 || r >= n)
+        return -1;
+    return (int)(r * n_cpus / n);
+}
+
 enum { OP_F = 0, OP_B = 1 };
 
 /* The k-th operation of stage s: *kind OP_F or OP_B, *m the micro-batch. */

@@ -101,6 +101,17 @@ int fedge_plan_trial_steps(double step_ms, double target_s, int lo, int hi);
  * 0. */
 int fedge_plan_should_yield(const char *local_size, int yield_set, long cores);
 
+/* Which of a rank's n_cpus allowed CPUs (its affinity mask, in order) it
+ * pins itself to when local_size ranks (OMPI_COMM_WORLD_LOCAL_SIZE) share
+ * more than n_cpus: consecutive local ranks share a CPU (rank r on CPU
+ * r * n_cpus / local_size). Left to the OS, 4 ranks on 2 cores wander
+ * between placements whose steps differ by up to 1.4x (DP 2 x PP 2: 3.2-3.5
+ * ms with ranks {0,1},{2,3} per core, 3.6 with {0,3},{1,2}, 4.2-4.5 with
+ * {0,2},{1,3}; docs/BENCHMARKS.md), so neither a prediction nor a run is
+ * repeatable. -1: no pinning (a CPU each, or a malformed argument: NULL or
+ * non-numeric strings, n_cpus < 1, local_rank outside 0..local_size-1). */
+int fedge_plan_bind_cpu(const char *local_rank, const char *local_size, int n_cpus);
+
 typedef struct {
     int schedule;                        /* FEDGE_PP_GPIPE | FEDGE_PP_1F1B */
     int pp, micro;

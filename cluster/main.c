@@ -11,6 +11,7 @@
  * refine prints one JSON line on stdout (rank 0) and exits 0 on success,
  * 1 when the run failed, 2 on a usage error. See docs/CLUSTER.md. */
 #include <getopt.h>
+#include <sched.h>
 #include <inttypes.h>
 #include <math.h>
 #include <mpi.h>
@@ -492,6 +493,30 @@ static void yield_if_oversubscribed(void)
         setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
 }
 
+/* Before MPI_Init (and before any thread: the loader's inherit it): ranks
+ * sharing cores each pin themselves to one CPU of their mask, consecutive
+ * local ranks together (fedge_plan_bind_cpu), so that the planner's trial
+ * steps and the run see the same placement. FEDGE_CLUSTER_NO_BIND=1 leaves
+ * placement to the launcher and the OS. */
+static void bind_if_oversubscribed(void)
+{
+    cpu_set_t mask, one;
+    int cpus[CPU_SETSIZE], n = 0;
+    const char *off = getenv("FEDGE_CLUSTER_NO_BIND");
+    if ((off != NULL && strcmp(off, "0") != 0) || sched_getaffinity(0, sizeof(mask), &mask) != 0)
+        return;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &mask))
+            cpus[n++] = c;
+    int k = fedge_plan_bind_cpu(getenv("OMPI_COMM_WORLD_LOCAL_RANK"), getenv("OMPI_COMM_WORLD_LOCAL_SIZE"), n);
+    if (k < 0)
+        return;
+    CPU_ZERO(&one);
+    CPU_SET(cpus[k], &one);
+    if (sched_setaffinity(0, sizeof(one), &one) != 0)
+        FEDGE_WARN("could not pin this rank to CPU %d (ranks share cores; placement left to the OS)", cpus[k]);
+}
+
 static int cmd_refine(int argc, char **argv)
 {
     refine_args a;
@@ -501,6 +526,7 @@ static int cmd_refine(int argc, char **argv)
     memset(&sum, 0, sizeof(sum));
     fedge_refine_config_defaults(&a.cfg);
     yield_if_oversubscribed();
+    bind_if_oversubscribed();
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "fedge-cluster: MPI_Init failed\n");
         return EXIT_RUN;
@@ -960,6 +986,7 @@ static int cmd_plan(int argc, char **argv)
         return EXIT_USAGE;
     }
     yield_if_oversubscribed();
+    bind_if_oversubscribed();
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "fedge-cluster: MPI_Init failed\n");
         return EXIT_RUN;

@@ -332,6 +332,28 @@ static void test_should_yield(void **state)
     assert_int_equal(fedge_plan_should_yield("4", 0, -1), 0); /* cores unknown */
 }
 
+static void test_bind_cpu(void **state)
+{
+    (void)state;
+    /* 4 ranks, 2 CPUs: {0,1} on the first, {2,3} on the second */
+    assert_int_equal(fedge_plan_bind_cpu("0", "4", 2), 0);
+    assert_int_equal(fedge_plan_bind_cpu("1", "4", 2), 0);
+    assert_int_equal(fedge_plan_bind_cpu("2", "4", 2), 1);
+    assert_int_equal(fedge_plan_bind_cpu("3", "4", 2), 1);
+    assert_int_equal(fedge_plan_bind_cpu("2", "3", 2), 1); /* 3 ranks: {0,1}, {2} */
+    assert_int_equal(fedge_plan_bind_cpu("0", "3", 2), 0);
+    assert_int_equal(fedge_plan_bind_cpu("4", "8", 3), 1);
+    assert_int_equal(fedge_plan_bind_cpu("7", "8", 3), 2);
+    assert_int_equal(fedge_plan_bind_cpu("1", "2", 2), -1); /* a CPU each: the OS places them */
+    assert_int_equal(fedge_plan_bind_cpu("0", "1", 2), -1);
+    assert_int_equal(fedge_plan_bind_cpu("0", "4", 0), -1);
+    assert_int_equal(fedge_plan_bind_cpu(NULL, "4", 2), -1); /* not under Open MPI's launcher */
+    assert_int_equal(fedge_plan_bind_cpu("0", NULL, 2), -1);
+    assert_int_equal(fedge_plan_bind_cpu("x", "4", 2), -1);
+    assert_int_equal(fedge_plan_bind_cpu("4", "4", 2), -1); /* rank outside the node's */
+    assert_int_equal(fedge_plan_bind_cpu("-1", "4", 2), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -350,6 +372,7 @@ int main(void)
         cmocka_unit_test(test_trial_mean),
         cmocka_unit_test(test_trial_steps),
         cmocka_unit_test(test_should_yield),
+        cmocka_unit_test(test_bind_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

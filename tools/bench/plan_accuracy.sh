@@ -34,7 +34,9 @@
 #
 # Environment: NP (2), SPEC (mlp:784-512-512-256-10), BATCH (256), STEPS (100),
 # RUNS (3), PLANS (3), ROWS (10000), OUT (run/plan-accuracy), BASE (none),
-# INTERLEAVE (0).
+# INTERLEAVE (0), MPI_EXTRA (more mpirun options for every plan and run, e.g.
+# "--rankfile FILE": with more ranks than cores, which ranks share a core
+# sets the step time; unbound, the OS moves them between such placements).
 set -uo pipefail
 BUILD=${1:-build/native}
 cd "$(dirname "$0")/../.."
@@ -51,6 +53,8 @@ BASE=${BASE:-}
 BASE_BIN=${BASE:+$(pwd)/$BASE/bin/fedge-cluster}
 MPI=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader
      --mca btl_vader_single_copy_mechanism none --mca mpi_yield_when_idle 1)
+# shellcheck disable=SC2206 # MPI_EXTRA: more mpirun options, e.g. a rankfile binding
+[ -n "${MPI_EXTRA:-}" ] && MPI+=($MPI_EXTRA)
 mkdir -p "$OUT"
 [ -x "$BIN" ] || { echo "no $BIN (make build-all)" >&2; exit 2; }
 [ -z "$BASE" ] || [ -x "$BASE_BIN" ] || { echo "no $BASE_BIN (BASE)" >&2; exit 2; }
