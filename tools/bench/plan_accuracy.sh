@@ -92,7 +92,7 @@ if [ "${INTERLEAVE:-0}" = 1 ]; then
     # plan r, then run r of every layout: a machine whose speed drifts over
     # minutes moves the predictions and the runs alike
     plan_one 1
-    grep -E '^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ .* yes ' "$OUT/plan-1.txt" |
+    grep -E '^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ .* yes( |$)' "$OUT/plan-1.txt" |
         awk '{ print $1, $2, $3, $4 }' >"$OUT/run-list.txt"
     for r in $(seq 1 "$RUNS"); do
         [ "$r" -gt 1 ] && [ "$r" -le "$PLANS" ] && plan_one "$r"
