@@ -515,6 +515,9 @@ static void bind_if_oversubscribed(void)
     CPU_SET(cpus[k], &one);
     if (sched_setaffinity(0, sizeof(one), &one) != 0)
         FEDGE_WARN("could not pin this rank to CPU %d (ranks share cores; placement left to the OS)", cpus[k]);
+    else
+        FEDGE_INFO("local rank %s of %s pinned to CPU %d (ranks share %d CPUs)",
+                   getenv("OMPI_COMM_WORLD_LOCAL_RANK"), getenv("OMPI_COMM_WORLD_LOCAL_SIZE"), cpus[k], n);
 }
 
 static int cmd_refine(int argc, char **argv)

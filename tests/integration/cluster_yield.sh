@@ -3,8 +3,9 @@
 # does not know it oversubscribes: 4 ranks on a host list claiming 4 slots
 # on fewer cores (no --oversubscribe, so Open MPI itself would busy-poll)
 # train at the speed of an --oversubscribe run, not 20-60x slower; an
-# explicit --mca mpi_yield_when_idle is left as given (docs/CLUSTER.md,
-# "The planner", oversubscription).
+# explicit --mca mpi_yield_when_idle is left as given; and they pin
+# themselves, consecutive local ranks to one CPU, unless
+# FEDGE_CLUSTER_NO_BIND=1 (docs/CLUSTER.md, "The planner", oversubscription).
 set -euo pipefail
 CLUSTER_TAG=yield
 . "$(dirname "$0")/../lib/cluster.sh"
@@ -33,4 +34,11 @@ awk -v f="$fast" 'BEGIN { exit !(f > 0 && f < 40) }' \
 slow=$(run kept --mca mpi_yield_when_idle 0)
 awk -v f="$fast" -v s="$slow" 'BEGIN { exit !(s > 3 * f) }' \
     || fail "explicit mpi_yield_when_idle 0 not kept: fastest step $slow ms against $fast ms"
+# and pin themselves, consecutive local ranks to one CPU (fedge_plan_bind_cpu):
+# the trial steps and the run meet one placement, not what the OS drifts to
+pins=$(sed -n 's/.*local rank \([0-9]*\) of 4 pinned to CPU \([0-9]*\) .*/\1 \2/p' "$T/slots.json" | sort -n)
+want=$(for r in 0 1 2 3; do echo "$r $((r * cores / 4))"; done)
+[ "$pins" = "$want" ] || fail "ranks not pinned consecutively: got '$pins', want '$want'"
+run unpinned -x FEDGE_CLUSTER_NO_BIND=1 >/dev/null
+! grep -q 'pinned to CPU' "$T/unpinned.json" || fail "FEDGE_CLUSTER_NO_BIND=1 did not leave placement alone"
 echo "cluster_yield: ok (fastest step $fast ms yielding, $slow ms with yield_when_idle 0 kept)"
