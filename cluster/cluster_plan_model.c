@@ -106,17 +106,8 @@ int fedge_plan_trial_steps(double step_ms, double target_s, int lo, int hi)
     return want < (double)lo ? lo : want > (double)hi ? hi : (int)want;
 }
 
-int fedge_plan_should_yield(const char *local_size, int yield_set, long cores)
-{
-    char *end = NULL;
-    if (local_size == NULL || yield_set || cores < 1)
-        return 0;
-    const long n = strtol(local_size, &end, 10);
-    if (end == local_size || *end != '\0')
-        return 0;
-    return n > cores;
-}
-
+/* A whole decimal string (an OMPI_COMM_WORLD_LOCAL_* variable) in *out; -1
+ * for NULL, empty or trailing characters. */
 static int parse_count(const char *s, long *out)
 {
     char *end = NULL;
@@ -124,6 +115,14 @@ static int parse_count(const char *s, long *out)
         return -1;
     *out = strtol(s, &end, 10);
     return end == s || *end != '\0' ? -1 : 0;
+}
+
+int fedge_plan_should_yield(const char *local_size, int yield_set, long cores)
+{
+    long n;
+    if (yield_set || cores < 1 || parse_count(local_size, &n) != 0)
+        return 0;
+    return n > cores;
 }
 
 int fedge_plan_bind_cpu(const char *local_rank, const char *local_size, int n_cpus)
