@@ -104,10 +104,10 @@ void fedge_ingest_scratch_free(fedge_ingest_scratch *w)
     w->cap = 0;
 }
 
-/* w NULL: the frame gets a delta buffer of its own; own: body is the
- * frame's (f->owned), opened in place */
-static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, fedge_ingest_scratch *w,
-                      uint8_t *own, fedge_ingest_frame *f)
+/* own NULL: the frame gets a decrypted copy and a delta buffer of its own;
+ * else body is the frame's (f->owned), opened in place */
+static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, uint8_t *own,
+                      fedge_ingest_frame *f)
 {
     fedge_envelope_view view;
     int ret = FEDGE_OK;
@@ -142,14 +142,9 @@ static int open_frame(const fedge_ingest_snapshot *snap, const uint8_t *body, si
         f->plain = malloc(len);
         if (!f->plain)
             FAIL(FEDGE_ERR_NOMEM);
-        if (w) {
-            CHK(scratch_reserve(w, n_elems));
-            delta = w->v;
-        } else {
-            delta = f->delta = malloc(n_elems * sizeof(float));
-            if (!delta)
-                FAIL(FEDGE_ERR_NOMEM);
-        }
+        delta = f->delta = malloc(n_elems * sizeof(float));
+        if (!delta)
+            FAIL(FEDGE_ERR_NOMEM);
     }
     fedge_update_expect exp = {
         .model_id = snap->model_id,
@@ -184,15 +179,7 @@ cleanup:
 
 int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, fedge_ingest_frame *f)
 {
-    return open_frame(snap, body, len, NULL, NULL, f);
-}
-
-int fedge_ingest_open_with(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len,
-                           fedge_ingest_scratch *w, fedge_ingest_frame *f)
-{
-    if (!w)
-        return FEDGE_ERR_INVALID_ARG;
-    return open_frame(snap, body, len, w, NULL, f);
+    return open_frame(snap, body, len, NULL, f);
 }
 
 int fedge_ingest_open_inplace(const fedge_ingest_snapshot *snap, uint8_t *body, size_t len, fedge_ingest_frame *f)
@@ -201,7 +188,7 @@ int fedge_ingest_open_inplace(const fedge_ingest_snapshot *snap, uint8_t *body, 
         memset(f, 0, sizeof *f);
         return FEDGE_ERR_INVALID_ARG;
     }
-    return open_frame(snap, body, len, NULL, body, f);
+    return open_frame(snap, body, len, body, f);
 }
 
 void fedge_ingest_frame_free(fedge_ingest_frame *f)

@@ -77,7 +77,7 @@ typedef struct {
     uint64_t counter;
     uint8_t *plain;              /* decrypted encoded delta (len bytes, wiped on free) */
     size_t encoded_len;
-    float *delta;                /* decoded, n_params (x 2 under SCAFFOLD); NULL from open_with */
+    float *delta;                /* decoded, n_params (x 2 under SCAFFOLD); NULL from open_inplace */
     double norm;                 /* L2 norm of the model half, when open_status == FEDGE_OK */
     fedge_train_metrics metrics; /* the aad's training metrics (present 0: none), when open */
     uint8_t plain_sha256[FEDGE_HASH_LEN]; /* of plain[0..encoded_len), when open_status == FEDGE_OK */
@@ -91,19 +91,14 @@ int fedge_ingest_snapshot_take(fedge_aggregator *a, int d, fedge_ingest_snapshot
 int fedge_ingest_open(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len, fedge_ingest_frame *f);
 void fedge_ingest_frame_free(fedge_ingest_frame *f);
 
-/* Decoded-delta work space, reused across frames by one thread at a time:
+/* Decoded-delta work space (the commit's), reused by one thread at a time:
  * grows to the largest n_elems x 4 bytes asked of it. Zero-initialise. */
 typedef struct {
     float *v;
     size_t cap;   /* floats */
 } fedge_ingest_scratch;
 void fedge_ingest_scratch_free(fedge_ingest_scratch *w);
-/* (a) as fedge_ingest_open, decoding into w instead of a buffer of the
- * frame's own: f->delta stays NULL, f->norm is set; commit decodes f->plain
- * again. FEDGE_ERR_NOMEM only. */
-int fedge_ingest_open_with(const fedge_ingest_snapshot *snap, const uint8_t *body, size_t len,
-                           fedge_ingest_scratch *w, fedge_ingest_frame *f);
-/* (a) as fedge_ingest_open_with, decrypting in place in body (malloc'd,
+/* (a) as fedge_ingest_open, decrypting in place in body (malloc'd,
  * len bytes; fedge_update_open_inplace_norm): one buffer per update instead
  * of the sealed frame and its decrypted copy, and no decoded delta at all:
  * the norm is read from the payload (fedge_delta_payload_norm, the same

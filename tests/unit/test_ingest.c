@@ -112,67 +112,17 @@ static void test_open_good_frame(void **state)
     free(body);
 }
 
-/* open_with (the ingest workers' way): the delta is decoded into the
- * caller's scratch, reused from frame to frame (the same buffer, grown
- * once), and not kept by the frame; the norm and everything else read
- * are what fedge_ingest_open gives; a refused frame leaves the scratch
- * usable for the next. */
-static void test_open_with_reuses_scratch(void **state)
-{
-    fixture *fx = *state;
-    fedge_ingest_scratch w = {0};
-    fedge_ingest_frame own, f;
-    size_t len;
-    uint8_t *b1 = seal(fx, 8, 5, 0.25f, 0, &len);
-    assert_int_equal(fedge_ingest_open(&fx->snap, b1, len, &own), FEDGE_OK);
-    assert_int_equal(fedge_ingest_open_with(&fx->snap, b1, len, &w, &f), FEDGE_OK);
-    assert_int_equal(f.open_status, FEDGE_OK);
-    assert_null(f.delta);
-    assert_non_null(f.plain);
-    assert_true(f.norm == own.norm && f.norm > 0);
-    assert_int_equal(f.encoded_len, own.encoded_len);
-    assert_memory_equal(f.plain, own.plain, own.encoded_len);
-    assert_int_equal(w.cap, N_PARAMS);
-    assert_memory_equal(w.v, own.delta, N_PARAMS * sizeof(float));
-    const float *first = w.v;
-    fedge_ingest_frame_free(&f);
-    fedge_ingest_frame_free(&own);
-
-    /* a forged frame (another key): refused, scratch kept */
-    fedge_ingest_snapshot other = fx->snap;
-    other.key.key[0] ^= 1;
-    assert_int_equal(fedge_ingest_open_with(&other, b1, len, &w, &f), FEDGE_OK);
-    assert_int_not_equal(f.open_status, FEDGE_OK);
-    assert_null(f.delta);
-    fedge_ingest_frame_free(&f);
-
-    uint8_t *b2 = seal(fx, 9, 5, -0.5f, 0, &len);
-    assert_int_equal(fedge_ingest_open_with(&fx->snap, b2, len, &w, &f), FEDGE_OK);
-    assert_int_equal(f.open_status, FEDGE_OK);
-    assert_ptr_equal(w.v, first);
-    assert_int_equal(w.cap, N_PARAMS);
-    for (size_t i = 0; i < N_PARAMS; i++)
-        assert_true(w.v[i] == -0.5f * (float)((int)(i % 5) - 2));
-    fedge_ingest_frame_free(&f);
-    assert_int_equal(fedge_ingest_open_with(&fx->snap, b2, len, NULL, &f), FEDGE_ERR_INVALID_ARG);
-    fedge_ingest_scratch_free(&w);
-    assert_null(w.v);
-    free(b1);
-    free(b2);
-}
-
 /* open_inplace (the pool's way): the frame takes the sealed body and
- * decrypts in it; the same outcome, bytes and hashes as open_with; a
+ * decrypts in it; the same outcome, bytes and hashes as fedge_ingest_open; a
  * refused or oversized frame still takes (and frees) its body: ASan would
  * see a leak or a double free. */
-static void test_open_inplace_same_as_open_with(void **state)
+static void test_open_inplace_same_as_open(void **state)
 {
     fixture *fx = *state;
-    fedge_ingest_scratch w = {0};
     fedge_ingest_frame ref, f;
     size_t len;
     uint8_t *b1 = seal(fx, 8, 5, 0.25f, 0, &len);
-    assert_int_equal(fedge_ingest_open_with(&fx->snap, b1, len, &w, &ref), FEDGE_OK);
+    assert_int_equal(fedge_ingest_open(&fx->snap, b1, len, &ref), FEDGE_OK);
     uint8_t *own = malloc(len);
     assert_non_null(own);
     memcpy(own, b1, len);
@@ -210,7 +160,6 @@ static void test_open_inplace_same_as_open_with(void **state)
     assert_true(f.oversized);
     fedge_ingest_frame_free(&f);
     assert_int_equal(fedge_ingest_open_inplace(&fx->snap, NULL, len, &f), FEDGE_ERR_INVALID_ARG);
-    fedge_ingest_scratch_free(&w);
     free(b1);
 }
 
@@ -543,7 +492,7 @@ static void count_update_rows(void *p, int op, const char *dbname, const char *t
     }
 }
 
-/* An accepted update opened on a worker (open_with) and group-committed:
+/* An accepted update opened on a worker (open_inplace) and group-committed:
  * its row is written once, with the SHA-256 of its body (taken on the
  * worker) in delta_sha256: no second write of the row's 158 KiB body for
  * the audit append, and the body is not read back to be hashed. */
@@ -552,11 +501,10 @@ static void test_commit_writes_row_once(void **state)
     agg_fixture *fx = *state;
     fedge_ingest_snapshot snap;
     fedge_ingest_frame f;
-    fedge_ingest_scratch w = {0};
     size_t len;
     uint8_t *body = seal_for(fx, 1, 1, 1, 0.01f, &len);
     assert_int_equal(fedge_ingest_snapshot_take(&fx->agg, 1, &snap), FEDGE_OK);
-    assert_int_equal(fedge_ingest_open_with(&snap, body, len, &w, &f), FEDGE_OK);
+    assert_int_equal(fedge_ingest_open_inplace(&snap, body, len, &f), FEDGE_OK); /* f owns body */
     assert_int_equal(f.open_status, FEDGE_OK);
     row_writes rw = {0};
     sqlite3_update_hook(fx->agg.db, count_update_rows, &rw);
@@ -590,8 +538,6 @@ static void test_commit_writes_row_once(void **state)
     sqlite3_finalize(st);
     free(canon);
     fedge_ingest_frame_free(&f);
-    fedge_ingest_scratch_free(&w);
-    free(body);
 }
 
 static char *row_text(agg_fixture *fx, const char *device)
@@ -617,7 +563,6 @@ static void test_commit_clips_worker_frame(void **state)
     agg_fixture *fx = *state;
     fedge_ingest_snapshot snap;
     fedge_ingest_frame f;
-    fedge_ingest_scratch w = {0};
     size_t len_a, len_b;
     int code = 0;
     char msg[320];
@@ -626,7 +571,7 @@ static void test_commit_clips_worker_frame(void **state)
     assert_int_equal(code, 204);
     assert_non_null(strstr(msg, "clipped"));
     assert_int_equal(fedge_ingest_snapshot_take(&fx->agg, 1, &snap), FEDGE_OK);
-    assert_int_equal(fedge_ingest_open_with(&snap, b, len_b, &w, &f), FEDGE_OK);
+    assert_int_equal(fedge_ingest_open_inplace(&snap, b, len_b, &f), FEDGE_OK); /* f owns b */
     assert_null(f.delta);
     fedge_ingest_item it = {.device = 1, .snap = &snap, .frame = &f};
     assert_int_equal(fedge_ingest_commit_group(&fx->agg, &it, 1, NULL), FEDGE_OK);
@@ -638,9 +583,7 @@ static void test_commit_clips_worker_frame(void **state)
     free(ra);
     free(rb);
     fedge_ingest_frame_free(&f);
-    fedge_ingest_scratch_free(&w);
     free(a);
-    free(b);
 }
 
 /* seal_for with n_samples and the edge's training metrics (m NULL: an older edge's frame). */
@@ -758,8 +701,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_open_good_frame, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_open_with_reuses_scratch, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_open_inplace_same_as_open_with, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_inplace_same_as_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_counter_against_snapshot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_records_each_refusal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_on_worker_threads, setup, teardown),
