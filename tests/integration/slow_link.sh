@@ -37,10 +37,14 @@ start=$(date +%s)
 # (CoAP Observe: a confirmable notification, retransmitted at ~3, 9, 21 s
 # when lost) and kept by an edge that is still resending its last update
 # (~10 s here) until that ends; an edge also polls every 5 s (10 x
-# --poll-ms) without a notification. Before Observe this was 45 s of
-# polling. A round takes 20-50 s here; 150 s is the margin.
+# --poll-ms) without a notification. An edge whose last answer was lost
+# resends its whole update (16 blocks at ~0.4-1.2 s each through this
+# link) before it listens again: 15 s of linger ran out in the middle of one
+# (a clean-clone run, 23:49 UTC 2026-11-30), so 45 s, which costs nothing
+# when the edges are done sooner (FED_END_LINGER ends it once all have
+# exited). A round takes 20-50 s here; 150 s is the margin.
 fed_start_aggregator --model-spec softmax:784-10 --test-data "$FED_DIR/test.bin" \
-    --rounds "$rounds" --round-timeout-s 150 --start-delay-s 0.3 --linger-s 15
+    --rounds "$rounds" --round-timeout-s 150 --start-delay-s 0.3 --linger-s 45
 for i in 1 2 3; do
     "$BIN/fedge-edge" --server "127.0.0.1:$relay_port" --id "dev-00$i" --keys "$FED_DIR/keys" \
         --shard "$FED_DIR/shards/shard-00$i.bin" --encoding "$encoding" \
