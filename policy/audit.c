@@ -19,10 +19,14 @@
 
 /* ---- the audited tables (column order = store.h's schema) ----------------- */
 
-static const char *const UPDATES_COLS[] = {
+static const char *const UPDATES_FCN1[] = {
     "id", "round", "device", "received_at", "n_samples", "encoding", "bytes",
     "counter", "norm", "decision", "rule", "reason", "delta",
-    /* later (n_base 13): the edge's training metrics, shared/update.h */
+    /* later: the edge's training metrics, shared/update.h */
+    "train_loss", "train_accuracy", "train_epochs", "train_ms"};
+static const char *const UPDATES_FCN2[] = {
+    "id", "round", "device", "received_at", "n_samples", "encoding", "bytes",
+    "counter", "norm", "decision", "rule", "reason", "delta", "sealed_sha256",
     "train_loss", "train_accuracy", "train_epochs", "train_ms"};
 static const char *const MODELS_COLS[] = {
     "version", "parent", "kind", "round", "path", "sha256", "accuracy", "created_at", "info"};
@@ -35,15 +39,40 @@ static const char *const DP_LEDGER_COLS[] = {"round", "q", "sigma", "clip", "ord
 static const char *const ROUND_TRAINING_COLS[] = {"round", "reports", "samples", "train_loss", "train_loss_sd",
                                                    "train_accuracy", "train_accuracy_sd"};
 
+#define ALL(cols) {cols, FEDGE_ARRAY_LEN(cols), FEDGE_ARRAY_LEN(cols)}
+#define SAME_IN_BOTH(cols) {ALL(cols), ALL(cols)}, FEDGE_ARRAY_LEN(cols)
+
 static const audit_table TABLES[] = {
-    {"updates", "id", 1, UPDATES_COLS, FEDGE_ARRAY_LEN(UPDATES_COLS), "delta", "delta_sha256",
-     "delta_pruned_round", 13},
-    {"models", "version", 0, MODELS_COLS, FEDGE_ARRAY_LEN(MODELS_COLS), NULL, NULL, NULL, 0},
-    {"rounds", "id", 1, ROUNDS_COLS, FEDGE_ARRAY_LEN(ROUNDS_COLS), NULL, NULL, NULL, 0},
-    {"events", "id", 1, EVENTS_COLS, FEDGE_ARRAY_LEN(EVENTS_COLS), NULL, NULL, NULL, 0},
-    {"dp_ledger", "round", 1, DP_LEDGER_COLS, FEDGE_ARRAY_LEN(DP_LEDGER_COLS), NULL, NULL, NULL, 0},
-    {"round_training", "round", 1, ROUND_TRAINING_COLS, FEDGE_ARRAY_LEN(ROUND_TRAINING_COLS), NULL, NULL, NULL, 0},
+    {"updates", "id", 1,
+     {{UPDATES_FCN1, FEDGE_ARRAY_LEN(UPDATES_FCN1), 13}, {UPDATES_FCN2, FEDGE_ARRAY_LEN(UPDATES_FCN2), 14}},
+     13, "delta", "delta_sha256", "delta_pruned_round"},
+    {"models", "version", 0, SAME_IN_BOTH(MODELS_COLS), NULL, NULL, NULL},
+    {"rounds", "id", 1, SAME_IN_BOTH(ROUNDS_COLS), NULL, NULL, NULL},
+    {"events", "id", 1, SAME_IN_BOTH(EVENTS_COLS), NULL, NULL, NULL},
+    {"dp_ledger", "round", 1, SAME_IN_BOTH(DP_LEDGER_COLS), NULL, NULL, NULL},
+    {"round_training", "round", 1, SAME_IN_BOTH(ROUND_TRAINING_COLS), NULL, NULL, NULL},
 };
+
+static const char *const MAGIC[FEDGE_AUDIT_FCN_LATEST] = {"FCN1", "FCN2"};
+
+/* The format this thread's appends write (audit_test_write_format). */
+static _Thread_local int write_format;
+
+void audit_test_write_format(int format)
+{
+    write_format = format;
+}
+
+int audit_layout_has(const audit_table *t, int format, const char *name, size_t len)
+{
+    if (!t || format < FEDGE_AUDIT_FCN1 || format > FEDGE_AUDIT_FCN_LATEST)
+        return 0;
+    const audit_layout *l = &t->fcn[format - 1];
+    for (size_t i = 0; i < l->n_cols; i++)
+        if (strlen(l->cols[i]) == len && memcmp(l->cols[i], name, len) == 0)
+            return 1;
+    return 0;
+}
 
 const audit_table *audit_table_find(const char *name)
 {
@@ -139,21 +168,39 @@ static int parse_key(const audit_table *t, const char *row_key, int64_t *id)
     return FEDGE_OK;
 }
 
+/* *has: the database's table tbl has column col. */
+static int has_column(sqlite3 *db, const char *tbl, const char *col, int *has)
+{
+    sqlite3_stmt *st = NULL;
+    *has = 0;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2", -1, &st, NULL) != SQLITE_OK)
+        return FEDGE_ERR_SQL;
+    sqlite3_bind_text(st, 1, tbl, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, col, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_ROW)
+        *has = 1;
+    else if (rc != SQLITE_DONE)
+        return FEDGE_ERR_SQL;
+    return FEDGE_OK;
+}
+
 /* known_sha: the hashed BLOB's SHA-256 as its writer computed it; the BLOB
  * is then not read (only its type) */
-static int canon_build(sqlite3 *db, const char *tbl, const char *row_key, const uint8_t *known_sha,
+static int canon_build(sqlite3 *db, const char *tbl, const char *row_key, int format, const uint8_t *known_sha,
                        uint8_t **canon, size_t *len, audit_body_info *body)
 {
     int ret = FEDGE_OK;
     sqlite3_stmt *st = NULL;
     buf_t b = {0};
-    char sql[512];
+    char sql[768];
     int64_t id = 0;
     audit_body_info info;
     memset(&info, 0, sizeof info);
     if (body)
         memset(body, 0, sizeof *body);
-    if (!db || !canon || !len)
+    if (!db || !canon || !len || format < FEDGE_AUDIT_FCN1 || format > FEDGE_AUDIT_FCN_LATEST)
         return FEDGE_ERR_INVALID_ARG;
     *canon = NULL;
     *len = 0;
@@ -161,17 +208,21 @@ static int canon_build(sqlite3 *db, const char *tbl, const char *row_key, const 
     if (!t)
         return FEDGE_ERR_INVALID_ARG;
     CHK(parse_key(t, row_key, &id));
+    const audit_layout *l = &t->fcn[format - 1];
 
-    const size_t n_base = t->n_base ? t->n_base : t->n_cols;
-    size_t n_sel = t->n_cols; /* a database without the later columns: n_base */
-    for (;;) {
+    /* pass 1: a database without some later columns; they read as NULL */
+    for (int pass = 0;; pass++) {
         size_t used = (size_t)snprintf(sql, sizeof sql, "SELECT ");
-        for (size_t i = 0; i < n_sel && used < sizeof sql; i++) {
-            int typeof_only = known_sha && t->hashed_blob && strcmp(t->cols[i], t->hashed_blob) == 0;
+        for (size_t i = 0; i < l->n_cols && used < sizeof sql; i++) {
+            int present = 1;
+            if (pass && i >= t->n_base)
+                CHK(has_column(db, t->name, l->cols[i], &present));
+            int typeof_only = known_sha && t->hashed_blob && strcmp(l->cols[i], t->hashed_blob) == 0;
             used += (size_t)snprintf(sql + used, sizeof sql - used, "%s%s%s%s", i ? ", " : "",
-                                     typeof_only ? "typeof(" : "", t->cols[i], typeof_only ? ")" : "");
+                                     typeof_only ? "typeof(" : "", present ? l->cols[i] : "NULL",
+                                     typeof_only ? ")" : "");
         }
-        if (t->hashed_blob && used < sizeof sql) /* columns n_sel and n_sel + 1 */
+        if (t->hashed_blob && used < sizeof sql) /* columns n_cols and n_cols + 1 */
             used += (size_t)snprintf(sql + used, sizeof sql - used, ", %s, %s", t->blob_hash_col,
                                      t->blob_pruned_col);
         if (used < sizeof sql)
@@ -181,9 +232,8 @@ static int canon_build(sqlite3 *db, const char *tbl, const char *row_key, const 
             FAIL(FEDGE_ERR_INTERNAL);
         if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK)
             break;
-        if (n_sel == n_base)
+        if (pass)
             FAIL(FEDGE_ERR_SQL);
-        n_sel = n_base;
     }
     if ((t->int_key ? sqlite3_bind_int64(st, 1, id)
                     : sqlite3_bind_text(st, 1, row_key, -1, SQLITE_STATIC)) != SQLITE_OK)
@@ -194,7 +244,7 @@ static int canon_build(sqlite3 *db, const char *tbl, const char *row_key, const 
     if (rc != SQLITE_ROW)
         FAIL(FEDGE_ERR_SQL);
     if (t->hashed_blob) {
-        int hc = (int)n_sel, pc = hc + 1;
+        int hc = (int)l->n_cols, pc = hc + 1;
         if (sqlite3_column_type(st, hc) == SQLITE_BLOB &&
             sqlite3_column_bytes(st, hc) == FEDGE_HASH_LEN) {
             info.hash_state = 1;
@@ -209,24 +259,24 @@ static int canon_build(sqlite3 *db, const char *tbl, const char *row_key, const 
     }
 
     size_t tl = strlen(t->name), kl = strlen(row_key);
-    put(&b, CANON_MAGIC, 4);
+    put(&b, MAGIC[format - 1], 4);
     put_u8(&b, (unsigned)tl);
     put(&b, t->name, tl);
     put_le(&b, kl, 2);
     put(&b, row_key, kl);
-    size_t n_in = n_base;
-    for (size_t i = n_base; i < n_sel; i++)
+    size_t n_in = l->n_always;
+    for (size_t i = l->n_always; i < l->n_cols; i++)
         n_in += sqlite3_column_type(st, (int)i) != SQLITE_NULL;
     put_le(&b, n_in, 2);
-    for (size_t i = 0; i < n_sel; i++) {
+    for (size_t i = 0; i < l->n_cols; i++) {
         int c = (int)i;
-        if (i >= n_base && sqlite3_column_type(st, c) == SQLITE_NULL)
+        if (i >= l->n_always && sqlite3_column_type(st, c) == SQLITE_NULL)
             continue;
-        size_t nl = strlen(t->cols[i]);
+        size_t nl = strlen(l->cols[i]);
         put_u8(&b, (unsigned)nl);
-        put(&b, t->cols[i], nl);
+        put(&b, l->cols[i], nl);
         int type = sqlite3_column_type(st, c);
-        int hashed = t->hashed_blob && strcmp(t->cols[i], t->hashed_blob) == 0;
+        int hashed = t->hashed_blob && strcmp(l->cols[i], t->hashed_blob) == 0;
         if (hashed && known_sha) {
             const char *ty = (const char *)sqlite3_column_text(st, c);
             if (!ty)
@@ -292,22 +342,34 @@ cleanup:
     return ret;
 }
 
-int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
+int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, int format, uint8_t **canon,
                    size_t *len, audit_body_info *body)
 {
-    return canon_build(db, tbl, row_key, NULL, canon, len, body);
+    return canon_build(db, tbl, row_key, format, NULL, canon, len, body);
+}
+
+int fedge_audit_canon_format(sqlite3 *db, const char *tbl, const char *row_key, int format,
+                             uint8_t **canon, size_t *len)
+{
+    return audit_canon_ex(db, tbl, row_key, format, canon, len, NULL);
 }
 
 int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
                       size_t *len)
 {
-    return audit_canon_ex(db, tbl, row_key, canon, len, NULL);
+    return audit_canon_ex(db, tbl, row_key, FEDGE_AUDIT_FCN_LATEST, canon, len, NULL);
 }
 
 int canon_parse(const uint8_t *canon, size_t len, canon_view *v)
 {
     const uint8_t *p = canon, *end = canon + len;
-    if (!canon || len < 4 + 1 || memcmp(p, CANON_MAGIC, 4) != 0)
+    if (!canon || len < 4 + 1)
+        return FEDGE_ERR_RANGE;
+    v->format = 0;
+    for (int f = FEDGE_AUDIT_FCN1; f <= FEDGE_AUDIT_FCN_LATEST; f++)
+        if (memcmp(p, MAGIC[f - 1], 4) == 0)
+            v->format = f;
+    if (!v->format)
         return FEDGE_ERR_RANGE;
     p += 4;
     size_t tl = *p++;
@@ -381,7 +443,14 @@ void canon_value_text(const canon_col *c, char *buf, size_t cap)
         snprintf(buf, cap, "'%.*s%s'", (int)(c->val_len > 48 ? 48 : c->val_len),
                  (const char *)c->val, c->val_len > 48 ? "..." : "");
         break;
-    case TAG_BLOB: snprintf(buf, cap, "<%zu bytes>", c->val_len); break;
+    case TAG_BLOB: {
+        char hex[17] = "";
+        for (size_t i = 0; i < c->val_len && i < 8; i++)
+            snprintf(hex + 2 * i, sizeof hex - 2 * i, "%02x", c->val[i]);
+        snprintf(buf, cap, "<%zu bytes%s%s%s>", c->val_len, c->val_len ? " " : "", hex,
+                 c->val_len > 8 ? "..." : "");
+        break;
+    }
     case TAG_SHA256: {
         char hex[FEDGE_HASH_HEX_LEN];
         fedge_hash_to_hex(c->val, hex);
@@ -461,7 +530,8 @@ static int append(sqlite3 *db, const char *tbl, const char *row_key, const uint8
     CHK(exec_sql(db, "SAVEPOINT fedge_audit_append"));
     in_savepoint = 1;
     audit_body_info body;
-    CHK(canon_build(db, tbl, row_key, known_sha, &canon, &len, &body));
+    CHK(canon_build(db, tbl, row_key, write_format ? write_format : FEDGE_AUDIT_FCN_LATEST, known_sha, &canon, &len,
+                    &body));
     if (known_sha && body.has_body && body.hash_state == 1 &&
         memcmp(body.stored_sha, known_sha, FEDGE_HASH_LEN) != 0)
         FAIL(FEDGE_ERR_AUDIT_CHAIN);

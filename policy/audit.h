@@ -12,10 +12,14 @@
  *   compares the LATEST entry of each row with the row. Audited rows are
  *   never deleted.
  * - Canonical bytes (docs/AUDIT.md), little-endian:
- *     "FCN1" | u8 len, table | u16 len, row key | u16 n_columns |
+ *     "FCN2" | u8 len, table | u16 len, row key | u16 n_columns |
  *     per column, in schema order: u8 len, name | u8 tag | value
  *   tags: 0 NULL; 1 INTEGER i64; 2 REAL f64 bits; 3 TEXT u32 len + bytes;
  *   4 BLOB u32 len + bytes; 5 SHA256 of a BLOB (32 bytes: updates.delta).
+ *   The magic is the format: FCN2 (written now) enters updates.sealed_sha256,
+ *   FCN1 (logs written before) does not; otherwise they are the same. Each
+ *   entry is checked in the format it declares; once the chain holds an
+ *   FCN2 entry, every later entry must be FCN2 (verify: `canon`).
  * - Delta bodies and retention: the first append of an updates row with a
  *   delta stores its SHA-256 in updates.delta_sha256 (unless its INSERT
  *   did: fedge_audit_append_body). Retention
@@ -63,11 +67,20 @@
 #define FEDGE_AUDIT_MAX_FAILURES 32  /* failures kept in a report (all are counted) */
 #define FEDGE_AUDIT_PRUNE_EVENT "delta_pruned" /* events.kind of a retention drop */
 
-/* Canonical bytes of the current row: *canon malloc'd, caller frees.
- * FEDGE_ERR_NOT_FOUND when the row does not exist, FEDGE_ERR_INVALID_ARG for
- * a table that is not audited or a malformed key. */
+/* Canon formats, by the magic their bytes start with. */
+#define FEDGE_AUDIT_FCN1 1 /* "FCN1": logs written before sealed_sha256 entered */
+#define FEDGE_AUDIT_FCN2 2 /* "FCN2": what fedge_audit_append writes */
+#define FEDGE_AUDIT_FCN_LATEST FEDGE_AUDIT_FCN2
+
+/* Canonical bytes of the current row in the format appends write: *canon
+ * malloc'd, caller frees. FEDGE_ERR_NOT_FOUND when the row does not exist,
+ * FEDGE_ERR_INVALID_ARG for a table that is not audited or a malformed key. */
 int fedge_audit_canon(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
                       size_t *len);
+/* The same in a given format (FEDGE_AUDIT_FCN1 .. _LATEST; INVALID_ARG
+ * otherwise), as verify recomputes a row logged in that format. */
+int fedge_audit_canon_format(sqlite3 *db, const char *tbl, const char *row_key, int format,
+                             uint8_t **canon, size_t *len);
 
 /* Appends the row's current state to the chain (atomic: a savepoint). */
 int fedge_audit_append(sqlite3 *db, const char *tbl, const char *row_key);

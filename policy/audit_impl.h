@@ -9,25 +9,35 @@
 
 #include "audit.h"
 
-#define CANON_MAGIC "FCN1"
-
 enum { TAG_NULL = 0, TAG_INT = 1, TAG_REAL = 2, TAG_TEXT = 3, TAG_BLOB = 4, TAG_SHA256 = 5 };
+
+/* The columns one canon format enters for a table. */
+typedef struct {
+    const char *const *cols;    /* schema order, key first */
+    size_t n_cols;
+    size_t n_always;            /* cols [0, n_always) always enter; later ones only when
+                                   not NULL (rows logged before them keep their bytes) */
+} audit_layout;
 
 typedef struct {
     const char *name;
     const char *key_col;
     int int_key;                /* key is an INTEGER id */
-    const char *const *cols;    /* schema order, key first */
-    size_t n_cols;
+    audit_layout fcn[FEDGE_AUDIT_FCN_LATEST]; /* [f - 1]: format f */
+    size_t n_base;              /* every layout's first n_base columns are in every schema
+                                   of the table; a later column the database lacks reads
+                                   as NULL */
     const char *hashed_blob;    /* column entered as its SHA-256, or NULL */
     const char *blob_hash_col;  /* with hashed_blob: the column keeping that SHA-256 */
     const char *blob_pruned_col;/* with hashed_blob: round at which retention dropped it */
-    size_t n_base;              /* 0, or columns [n_base, n_cols) came later: entered only
-                                   when not NULL (rows logged before them keep their bytes),
-                                   and read only when the database has them */
 } audit_table;
 
 const audit_table *audit_table_find(const char *name);
+/* Whether format's layout of t enters column name (len bytes). */
+int audit_layout_has(const audit_table *t, int format, const char *name, size_t len);
+/* Tests only: the format the appends of the calling thread write (0: the
+ * current one), to build a log as an older fedge wrote it. */
+void audit_test_write_format(int format);
 /* The rounds A..B named by a delta_pruned event's detail ("rounds A-B: ...");
  * 1 when detail starts that way with A <= B, else 0. */
 int audit_prune_range(const char *detail, uint32_t *first, uint32_t *last);
@@ -43,6 +53,7 @@ typedef struct {
 } canon_col;
 
 typedef struct {
+    int format;          /* FEDGE_AUDIT_FCN1 .. FEDGE_AUDIT_FCN_LATEST */
     const char *tbl;
     size_t tbl_len;
     const char *key;
@@ -62,12 +73,13 @@ typedef struct {
     int64_t pruned_round;
 } audit_body_info;
 
-/* fedge_audit_canon, also describing the hashed BLOB (body may be NULL;
- * zeroed for tables without one). */
-int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, uint8_t **canon,
+/* fedge_audit_canon_format, also describing the hashed BLOB (body may be
+ * NULL; zeroed for tables without one). */
+int audit_canon_ex(sqlite3 *db, const char *tbl, const char *row_key, int format, uint8_t **canon,
                    size_t *len, audit_body_info *body);
 
-/* Header parse with every length checked against len. */
+/* Header parse with every length checked against len; the magic names a
+ * known format. */
 int canon_parse(const uint8_t *canon, size_t len, canon_view *v);
 /* Next column from *pos (start at v->cols); FEDGE_ERR_RANGE when malformed. */
 int canon_next(const canon_view *v, const uint8_t **pos, canon_col *c);

@@ -81,7 +81,7 @@ static int check_chain(sqlite3 *db, fedge_audit_report *rep)
     uint8_t *msg = NULL;
     size_t msg_cap = 0;
     uint8_t prev[FEDGE_HASH_LEN] = {0};
-    int64_t prev_seq = 0;
+    int64_t prev_seq = 0, first_latest = 0; /* the first entry in the latest format */
     if (sqlite3_prepare_v2(db,
                            "SELECT seq, tbl, row_key, canon, prev_hash, row_hash FROM audit "
                            "ORDER BY seq",
@@ -138,6 +138,13 @@ static int check_chain(sqlite3 *db, fedge_audit_report *rep)
                    "audit entry %" PRId64 ": canonical bytes are malformed or name another row "
                    "than %s %s",
                    seq, tbl, key);
+        else if (v.format == FEDGE_AUDIT_FCN_LATEST && !first_latest)
+            first_latest = seq;
+        else if (v.format < FEDGE_AUDIT_FCN_LATEST && first_latest)
+            report(rep, FEDGE_AUDIT_FAIL_CANON, seq, tbl, key, NULL,
+                   "audit entry %" PRId64 " (%s %s) is in canon format FCN%d after entry %" PRId64
+                   ", the chain's first FCN%d entry: every entry from there on is FCN%d (a downgraded entry)",
+                   seq, tbl, key, v.format, first_latest, FEDGE_AUDIT_FCN_LATEST, FEDGE_AUDIT_FCN_LATEST);
 
         /* Go on from the stored hash so one bad entry is reported once. */
         if (rh_len == FEDGE_HASH_LEN)
@@ -403,32 +410,6 @@ cleanup:
     return ret;
 }
 
-/* Names the first column where the row and its latest entry differ. */
-static void describe_diff(const uint8_t *logged, size_t logged_len, const uint8_t *now,
-                          size_t now_len, char *buf, size_t cap)
-{
-    canon_view a, b;
-    snprintf(buf, cap, "its canonical bytes differ");
-    if (canon_parse(logged, logged_len, &a) != FEDGE_OK ||
-        canon_parse(now, now_len, &b) != FEDGE_OK)
-        return;
-    const uint8_t *pa = a.cols, *pb = b.cols;
-    for (size_t i = 0; i < a.n_cols && i < b.n_cols; i++) {
-        canon_col ca, cb;
-        if (canon_next(&a, &pa, &ca) != FEDGE_OK || canon_next(&b, &pb, &cb) != FEDGE_OK)
-            return;
-        if (ca.tag != cb.tag || ca.val_len != cb.val_len ||
-            (ca.val_len && memcmp(ca.val, cb.val, ca.val_len) != 0)) {
-            char va[80], vb[80];
-            canon_value_text(&ca, va, sizeof va);
-            canon_value_text(&cb, vb, sizeof vb);
-            snprintf(buf, cap, "column %.*s is %s in the table but %s in the audit log",
-                     (int)cb.name_len, cb.name, vb, va);
-            return;
-        }
-    }
-}
-
 /* Finds column `name` of a canon view; 0 when absent or malformed. */
 static int canon_get(const canon_view *v, const char *name, canon_col *out)
 {
@@ -448,18 +429,115 @@ static int text_is(const canon_col *c, const char *s)
     return c->tag == TAG_TEXT && c->val_len == strlen(s) && memcmp(c->val, s, c->val_len) == 0;
 }
 
+/* Column name (len bytes) of entry v of table t: 1 and *c when v enters
+ * it; 0 and a NULL *c when v's format carries it but left it out (a later
+ * column, NULL); -1 when v's format does not carry it. */
+static int entry_col(const canon_view *v, const audit_table *t, const char *name, size_t len, canon_col *c)
+{
+    char n[64];
+    if (len >= sizeof n)
+        return -1;
+    memcpy(n, name, len);
+    n[len] = '\0';
+    if (canon_get(v, n, c))
+        return 1;
+    memset(c, 0, sizeof *c);
+    c->name = name;
+    c->name_len = len;
+    c->tag = TAG_NULL;
+    return audit_layout_has(t, v->format, name, len) ? 0 : -1;
+}
+
+static int same_value(const canon_col *a, const canon_col *b)
+{
+    return a->tag == b->tag && a->val_len == b->val_len && (a->val_len == 0 || memcmp(a->val, b->val, a->val_len) == 0);
+}
+
+/* Walks the columns of entries a and b of table t by name, a column one of
+ * them leaves out (a later column, NULL) as NULL, one a's older format does
+ * not carry not at all; calls differ(ca, cb) for each column whose value
+ * differs, until it returns nonzero. -1: malformed bytes, or b's format
+ * drops a column a's carries; else what differ returned last (0: none). */
+typedef int (*col_differ_fn)(const canon_col *ca, const canon_col *cb, void *ctx);
+
+static int walk_differences(const audit_table *t, const canon_view *va, const canon_view *vb, col_differ_fn differ,
+                            void *ctx)
+{
+    canon_col ca, cb;
+    const uint8_t *pos = vb->cols;
+    for (size_t i = 0; i < vb->n_cols; i++) {
+        if (canon_next(vb, &pos, &cb) != FEDGE_OK)
+            return -1;
+        int in_a = entry_col(va, t, cb.name, cb.name_len, &ca);
+        if (in_a >= 0 && !same_value(&ca, &cb)) {
+            int r = differ(&ca, &cb, ctx);
+            if (r)
+                return r;
+        }
+    }
+    pos = va->cols;
+    for (size_t i = 0; i < va->n_cols; i++) {
+        if (canon_next(va, &pos, &ca) != FEDGE_OK)
+            return -1;
+        int in_b = entry_col(vb, t, ca.name, ca.name_len, &cb);
+        if (in_b < 0)
+            return -1;
+        if (in_b == 0 && ca.tag != TAG_NULL) {
+            int r = differ(&ca, &cb, ctx);
+            if (r)
+                return r;
+        }
+    }
+    return 0;
+}
+
+typedef struct {
+    char *buf;
+    size_t cap;
+    const char *fmt;        /* %.*s the column, then two %s: its values in a and b (swap: b and a) */
+    int swap;
+    const char *const *may; /* columns allowed to differ, NULL-terminated; NULL: none */
+} diff_ctx;
+
 static int in_list(const char *name, size_t len, const char *const *list)
 {
-    for (; *list; list++)
+    for (; list && *list; list++)
         if (strlen(*list) == len && memcmp(*list, name, len) == 0)
             return 1;
     return 0;
 }
 
+static int name_difference(const canon_col *ca, const canon_col *cb, void *ctx)
+{
+    diff_ctx *d = ctx;
+    if (in_list(cb->name, cb->name_len, d->may))
+        return 0;
+    char x[80], y[80];
+    canon_value_text(d->swap ? cb : ca, x, sizeof x);
+    canon_value_text(d->swap ? ca : cb, y, sizeof y);
+    snprintf(d->buf, d->cap, d->fmt, (int)cb->name_len, cb->name, x, y);
+    return 1;
+}
+
+/* Names the first column where the row (now) and its latest entry (logged,
+ * both in the entry's format) differ. */
+static void describe_diff(const char *tbl, const uint8_t *logged, size_t logged_len, const uint8_t *now,
+                          size_t now_len, char *buf, size_t cap)
+{
+    canon_view a, b;
+    snprintf(buf, cap, "its canonical bytes differ");
+    if (canon_parse(logged, logged_len, &a) != FEDGE_OK || canon_parse(now, now_len, &b) != FEDGE_OK)
+        return;
+    diff_ctx d = {buf, cap, "column %.*s is %s in the table but %s in the audit log", 1, NULL};
+    if (walk_differences(audit_table_find(tbl), &a, &b, name_difference, &d) != 1)
+        snprintf(buf, cap, "its canonical bytes differ");
+}
+
 /* May a row logged as `a` be logged again as `b`? The aggregator closes a
  * round once (open -> closed|failed) and refuses an accepted update at
  * round close (decision -> rejected, with rule and reason). Anything else
- * is a rewrite. On refusal, why names the column. */
+ * is a rewrite; b may enter a column a's older format did not (a row first
+ * logged before an upgrade). On refusal, why names the column. */
 static int transition_ok(const char *tbl, const uint8_t *a, size_t a_len, const uint8_t *b,
                          size_t b_len, char *why, size_t cap)
 {
@@ -467,38 +545,28 @@ static int transition_ok(const char *tbl, const uint8_t *a, size_t a_len, const 
                                               "n_rejected", "bytes_received", "accuracy",
                                               "epsilon", "reason", NULL};
     static const char *const UPDATE_REFUSE[] = {"decision", "rule", "reason", NULL};
-    static const char *const NOTHING[] = {NULL};
     canon_view va, vb;
     canon_col ca, cb;
-    if (canon_parse(a, a_len, &va) != FEDGE_OK || canon_parse(b, b_len, &vb) != FEDGE_OK ||
-        va.n_cols != vb.n_cols) {
-        snprintf(why, cap, "the entries have different layouts");
+    const audit_table *t = audit_table_find(tbl);
+    if (!t || canon_parse(a, a_len, &va) != FEDGE_OK || canon_parse(b, b_len, &vb) != FEDGE_OK) {
+        snprintf(why, cap, "malformed canonical bytes");
         return 0;
     }
-    const char *const *may = NOTHING;
+    if (vb.format < va.format) {
+        snprintf(why, cap, "the later entry is in canon format FCN%d, the earlier in FCN%d", vb.format, va.format);
+        return 0;
+    }
+    const char *const *may = NULL;
     if (strcmp(tbl, "rounds") == 0 && canon_get(&va, "status", &ca) && text_is(&ca, "open"))
         may = ROUND_CLOSE;
     if (strcmp(tbl, "updates") == 0 && canon_get(&va, "decision", &ca) &&
         !text_is(&ca, "rejected") && canon_get(&vb, "decision", &cb) && text_is(&cb, "rejected"))
         may = UPDATE_REFUSE;
-    const uint8_t *pa = va.cols, *pb = vb.cols;
-    for (size_t i = 0; i < va.n_cols; i++) {
-        if (canon_next(&va, &pa, &ca) != FEDGE_OK || canon_next(&vb, &pb, &cb) != FEDGE_OK) {
-            snprintf(why, cap, "malformed canonical bytes");
-            return 0;
-        }
-        int same = ca.tag == cb.tag && ca.val_len == cb.val_len &&
-                   (ca.val_len == 0 || memcmp(ca.val, cb.val, ca.val_len) == 0);
-        if (!same && !in_list(cb.name, cb.name_len, may)) {
-            char x[80], y[80];
-            canon_value_text(&ca, x, sizeof x);
-            canon_value_text(&cb, y, sizeof y);
-            snprintf(why, cap, "column %.*s changed from %s to %s", (int)cb.name_len, cb.name, x,
-                     y);
-            return 0;
-        }
-    }
-    return 1;
+    diff_ctx d = {why, cap, "column %.*s changed from %s to %s", 0, may};
+    int r = walk_differences(t, &va, &vb, name_difference, &d);
+    if (r < 0)
+        snprintf(why, cap, "the entries have different layouts");
+    return r == 0;
 }
 
 /* 3a. Rows logged more than once: each later entry a permitted change. */
@@ -668,7 +736,9 @@ static int check_rows(sqlite3 *db, const prune_log *prunes, fedge_audit_report *
         free(canon);
         canon = NULL;
         audit_body_info body;
-        int r = audit_canon_ex(db, tbl, key, &canon, &len, &body);
+        canon_view lv; /* recomputed in the format the entry declares */
+        int format = canon_parse(logged, logged_len, &lv) == FEDGE_OK ? lv.format : FEDGE_AUDIT_FCN_LATEST;
+        int r = audit_canon_ex(db, tbl, key, format, &canon, &len, &body);
         rep->n_rows++;
         if (r == FEDGE_ERR_NOT_FOUND || r == FEDGE_ERR_INVALID_ARG) {
             report(rep, FEDGE_AUDIT_FAIL_ROW_DELETED, seq, tbl, key, NULL,
@@ -678,7 +748,7 @@ static int check_rows(sqlite3 *db, const prune_log *prunes, fedge_audit_report *
             FAIL(r);
         } else if (len != logged_len || memcmp(canon, logged, len) != 0) {
             char diff[256];
-            describe_diff(logged, logged_len, canon, len, diff, sizeof diff);
+            describe_diff(tbl, logged, logged_len, canon, len, diff, sizeof diff);
             report(rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, seq, tbl, key, NULL,
                    "%s row %s was modified after audit entry %" PRId64 ": %s", tbl, key, seq,
                    diff);

@@ -125,10 +125,13 @@ static int add_update(fixture *fx, int round, const char *device, int n_samples,
                             .n_samples = (uint32_t)n_samples,
                             .n_elems = (uint32_t)n};
     OK(fedge_delta_encode(&h, delta, NULL, blob, sizeof blob, &blob_len));
+    /* the hash of the sealed frame as received (aggregator/ingest.h) */
+    uint8_t sealed[FEDGE_HASH_LEN];
+    OK(fedge_sha256(&seed, sizeof seed, sealed));
     if (sqlite3_prepare_v2(fx->db,
                            "INSERT INTO updates(round, device, received_at, n_samples, encoding, "
-                           "bytes, counter, norm, decision, rule, reason, delta) "
-                           "VALUES(?1, ?2, ?3, ?4, 'fp32', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                           "bytes, counter, norm, decision, rule, reason, delta, sealed_sha256) "
+                           "VALUES(?1, ?2, ?3, ?4, 'fp32', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                            -1, &st, NULL) != SQLITE_OK)
         return FEDGE_ERR_SQL;
     sqlite3_bind_int(st, 1, round);
@@ -143,6 +146,7 @@ static int add_update(fixture *fx, int round, const char *device, int n_samples,
     sqlite3_bind_text(st, 10, reason, -1, SQLITE_STATIC);
     if (strcmp(decision, "rejected") != 0)
         sqlite3_bind_blob(st, 11, blob, (int)blob_len, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(st, 12, sealed, FEDGE_HASH_LEN, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE)
@@ -442,7 +446,7 @@ static void test_canonical_bytes_layout(void **state)
     assert_int_equal(sql(fx->db, "INSERT INTO events(id, at, round, device, kind, rule, detail) "
                                  "VALUES(77, 1.5, NULL, 'd', 'k', NULL, 'hi')"),
                      FEDGE_OK);
-    assert_int_equal(fedge_audit_canon(fx->db, "events", "77", &canon, &len), FEDGE_OK);
+    assert_int_equal(fedge_audit_canon_format(fx->db, "events", "77", FEDGE_AUDIT_FCN1, &canon, &len), FEDGE_OK);
     static const uint8_t want[] = {
         'F', 'C', 'N', '1', 6, 'e', 'v', 'e', 'n', 't', 's', 2, 0, '7', '7', 7, 0,
         2, 'i', 'd', 1, 77, 0, 0, 0, 0, 0, 0, 0,
@@ -455,11 +459,65 @@ static void test_canonical_bytes_layout(void **state)
     assert_int_equal(len, sizeof want);
     assert_memory_equal(canon, want, sizeof want);
     free(canon);
+    /* FCN2: the same bytes for a table it adds nothing to, but the mark */
+    assert_int_equal(fedge_audit_canon(fx->db, "events", "77", &canon, &len), FEDGE_OK);
+    assert_int_equal(len, sizeof want);
+    assert_memory_equal(canon, "FCN2", 4);
+    assert_memory_equal(canon + 4, want + 4, sizeof want - 4);
+    free(canon);
 
-    /* The delta BLOB enters as its SHA-256 (tag 5). */
-    assert_int_equal(fedge_audit_canon(fx->db, "updates", "1", &canon, &len), FEDGE_OK);
+    /* The delta BLOB enters as its SHA-256 (tag 5); in FCN2 the hash of the
+     * sealed frame follows it (tag 4, 32 bytes). */
+    assert_int_equal(fedge_audit_canon_format(fx->db, "updates", "1", FEDGE_AUDIT_FCN1, &canon, &len), FEDGE_OK);
     assert_int_equal(canon[len - 32 - 1], 5);
     assert_memory_equal(canon + len - 32 - 1 - 5 - 1, "\5delta", 6);
+    free(canon);
+    assert_int_equal(fedge_audit_canon(fx->db, "updates", "1", &canon, &len), FEDGE_OK);
+    assert_memory_equal(canon + len - 32 - 4 - 1 - 13 - 1, "\15sealed_sha256\4\40\0\0\0", 19);
+    assert_memory_equal(canon + len - 32 - 4 - 1 - 13 - 1 - 32 - 1 - 5 - 1, "\5delta\5", 7);
+    free(canon);
+
+    /* An updates row, exact, in both formats: FCN2 enters sealed_sha256
+     * always (NULL too), the training metrics only when not NULL. */
+#define UPD_HEAD(mark, n) 'F', 'C', 'N', mark, 7, 'u', 'p', 'd', 'a', 't', 'e', 's', 2, 0, '7', '8', n, 0
+#define UPD_BASE                                                                                            \
+    2, 'i', 'd', 1, 78, 0, 0, 0, 0, 0, 0, 0,                                                                \
+    5, 'r', 'o', 'u', 'n', 'd', 1, 1, 0, 0, 0, 0, 0, 0, 0,                                                  \
+    6, 'd', 'e', 'v', 'i', 'c', 'e', 3, 1, 0, 0, 0, 'd',                                                    \
+    11, 'r', 'e', 'c', 'e', 'i', 'v', 'e', 'd', '_', 'a', 't', 2, 0, 0, 0, 0, 0, 0, 0xf8, 0x3f,             \
+    9, 'n', '_', 's', 'a', 'm', 'p', 'l', 'e', 's', 1, 3, 0, 0, 0, 0, 0, 0, 0,                              \
+    8, 'e', 'n', 'c', 'o', 'd', 'i', 'n', 'g', 3, 4, 0, 0, 0, 'f', 'p', '3', '2',                           \
+    5, 'b', 'y', 't', 'e', 's', 1, 10, 0, 0, 0, 0, 0, 0, 0,                                                 \
+    7, 'c', 'o', 'u', 'n', 't', 'e', 'r', 1, 4, 0, 0, 0, 0, 0, 0, 0,                                        \
+    4, 'n', 'o', 'r', 'm', 0,                                                                               \
+    8, 'd', 'e', 'c', 'i', 's', 'i', 'o', 'n', 3, 8, 0, 0, 0, 'r', 'e', 'j', 'e', 'c', 't', 'e', 'd',       \
+    4, 'r', 'u', 'l', 'e', 3, 1, 0, 0, 0, 'r',                                                              \
+    6, 'r', 'e', 'a', 's', 'o', 'n', 3, 1, 0, 0, 0, 'x',                                                    \
+    5, 'd', 'e', 'l', 't', 'a', 0
+#define UPD_SEALED 13, 's', 'e', 'a', 'l', 'e', 'd', '_', 's', 'h', 'a', '2', '5', '6'
+#define UPD_TRAIN 10, 't', 'r', 'a', 'i', 'n', '_', 'l', 'o', 's', 's', 2, 0, 0, 0, 0, 0, 0, 0xe0, 0x3f /* 0.5 */
+    static const uint8_t upd1[] = {UPD_HEAD('1', 14), UPD_BASE, UPD_TRAIN};
+    static const uint8_t upd2[] = {UPD_HEAD('2', 15), UPD_BASE, UPD_SEALED, 4, 32, 0, 0, 0,
+                                   0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                   16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, UPD_TRAIN};
+    static const uint8_t upd2_null[] = {UPD_HEAD('2', 15), UPD_BASE, UPD_SEALED, 0, UPD_TRAIN};
+    assert_int_equal(sql(fx->db, "INSERT INTO updates(id, round, device, received_at, n_samples, encoding, bytes,"
+                                 " counter, norm, decision, rule, reason, delta, sealed_sha256, train_loss)"
+                                 " VALUES(78, 1, 'd', 1.5, 3, 'fp32', 10, 4, NULL, 'rejected', 'r', 'x', NULL,"
+                                 " X'000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f', 0.5)"),
+                     FEDGE_OK);
+    assert_int_equal(fedge_audit_canon_format(fx->db, "updates", "78", FEDGE_AUDIT_FCN1, &canon, &len), FEDGE_OK);
+    assert_int_equal(len, sizeof upd1);
+    assert_memory_equal(canon, upd1, sizeof upd1);
+    free(canon);
+    assert_int_equal(fedge_audit_canon(fx->db, "updates", "78", &canon, &len), FEDGE_OK);
+    assert_int_equal(len, sizeof upd2);
+    assert_memory_equal(canon, upd2, sizeof upd2);
+    free(canon);
+    assert_int_equal(sql(fx->db, "UPDATE updates SET sealed_sha256 = NULL WHERE id = 78"), FEDGE_OK);
+    assert_int_equal(fedge_audit_canon_format(fx->db, "updates", "78", FEDGE_AUDIT_FCN2, &canon, &len), FEDGE_OK);
+    assert_int_equal(len, sizeof upd2_null);
+    assert_memory_equal(canon, upd2_null, sizeof upd2_null);
     free(canon);
 
     assert_int_equal(fedge_audit_canon(fx->db, "events", "999", &canon, &len),
@@ -469,6 +527,9 @@ static void test_canonical_bytes_layout(void **state)
     assert_int_equal(fedge_audit_canon(fx->db, "events", "07", &canon, &len),
                      FEDGE_ERR_INVALID_ARG);
     assert_int_equal(fedge_audit_canon(fx->db, "events", "7x", &canon, &len),
+                     FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_audit_canon_format(fx->db, "events", "77", 0, &canon, &len), FEDGE_ERR_INVALID_ARG);
+    assert_int_equal(fedge_audit_canon_format(fx->db, "events", "77", FEDGE_AUDIT_FCN_LATEST + 1, &canon, &len),
                      FEDGE_ERR_INVALID_ARG);
 }
 
@@ -568,6 +629,24 @@ static void test_tamper_update_row(void **state)
     assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
     expect_first(&rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, "updates", "2",
                  "column n_samples is 9999 in the table but 450 in the audit log");
+    assert_int_equal(rep.n_failures, 1);
+}
+
+/* The hash of the sealed frame, with which the daemon tells an honest
+ * resend from a replay, is in the chain (FCN2): changed or cleared, the row
+ * fails as modified, named. */
+static void test_tamper_sealed_sha256(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    assert_int_equal(sql(fx->db, "UPDATE updates SET sealed_sha256 = zeroblob(32) WHERE id = 2"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, "updates", "2",
+                 "updates row 2 was modified after audit entry 5: column sealed_sha256 is <32 bytes 0000000000000000...>");
+    assert_int_equal(rep.n_failures, 1);
+    assert_int_equal(sql(fx->db, "UPDATE updates SET sealed_sha256 = NULL WHERE id = 2"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, "updates", "2", "column sealed_sha256 is NULL in the table");
     assert_int_equal(rep.n_failures, 1);
 }
 
@@ -1057,6 +1136,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_bad_appends_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_append_body_vouched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_update_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_sealed_sha256, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_update_delta_blob, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_delete_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_swap_model_file, setup, teardown),
