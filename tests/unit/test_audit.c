@@ -25,6 +25,7 @@
 #include <mbedtls/pk.h>
 
 #include "audit.h"
+#include "audit_impl.h" /* audit_test_write_format: a log as an older fedge wrote it */
 #include "common.h"
 #include "delta.h"
 #include "hash.h"
@@ -353,9 +354,19 @@ static int setup(void **state)
     return 0;
 }
 
+/* The fixture as fedge wrote it before FCN2: every entry FCN1. */
+static int setup_fcn1(void **state)
+{
+    audit_test_write_format(FEDGE_AUDIT_FCN1);
+    int rc = setup(state);
+    audit_test_write_format(0);
+    return rc;
+}
+
 static int teardown(void **state)
 {
     fixture *fx = *state;
+    audit_test_write_format(0);
     char cmd[128];
     fixture_free(fx);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
@@ -648,6 +659,101 @@ static void test_tamper_sealed_sha256(void **state)
     assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
     expect_first(&rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, "updates", "2", "column sealed_sha256 is NULL in the table");
     assert_int_equal(rep.n_failures, 1);
+}
+
+#define N_FCN1 "SELECT count(*) FROM audit WHERE substr(canon, 1, 4) = X'46434E31'"
+#define N_FCN2 "SELECT count(*) FROM audit WHERE substr(canon, 1, 4) = X'46434E32'"
+
+/* A log written before FCN2 verifies as logged, and a change to what its
+ * entries cover is still caught; its rows' sealed_sha256 stays outside
+ * (docs/AUDIT.md "Canon versions"). */
+static void test_fcn1_log_verifies(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    assert_int_equal(scalar(fx->db, N_FCN1), scalar(fx->db, "SELECT count(*) FROM audit"));
+    assert_int_equal(verify(fx, &rep), FEDGE_OK);
+    assert_int_equal(rep.n_entries, 4 + 9 + 4 + 5 + 2);
+    assert_int_equal(sql(fx->db, "UPDATE updates SET sealed_sha256 = zeroblob(32) WHERE id = 2"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_OK);
+    assert_int_equal(sql(fx->db, "UPDATE updates SET n_samples = 9999 WHERE id = 2"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, "updates", "2",
+                 "column n_samples is 9999 in the table but 450 in the audit log");
+    assert_int_equal(rep.n_failures, 1);
+}
+
+/* An FCN1 log the upgraded daemon goes on writing: round 4 opens and takes
+ * two updates before the upgrade, and after it refuses one of them at
+ * close (a row logged in FCN1, then FCN2), takes another and closes. The
+ * mixed log verifies; the sealed_sha256 of every row whose latest entry is
+ * FCN2 is covered. */
+static void test_mixed_log(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    audit_test_write_format(FEDGE_AUDIT_FCN1);
+    assert_int_equal(open_round(fx, 4, fx->v[3], 3), FEDGE_OK);
+    assert_int_equal(add_update(fx, 4, "dev-1", 600, 1.0, "accepted", "all", "passed", 41), FEDGE_OK);
+    assert_int_equal(add_update(fx, 4, "dev-5", 500, 1.2, "accepted", "all", "passed", 42), FEDGE_OK);
+    int64_t fcn1_entries = scalar(fx->db, N_FCN1);
+    audit_test_write_format(0);
+    assert_int_equal(add_update(fx, 4, "dev-2", 400, 1.1, "accepted", "all", "passed", 43), FEDGE_OK);
+    assert_int_equal(sql(fx->db, "UPDATE updates SET decision = 'rejected', rule = 'anomaly', reason = 'far'"
+                                 " WHERE round = 4 AND device = 'dev-5'"), FEDGE_OK);
+    int64_t relogged = scalar(fx->db, "SELECT id FROM updates WHERE round = 4 AND device = 'dev-5'");
+    assert_int_equal(fedge_audit_append_id(fx->db, "updates", relogged), FEDGE_OK);
+    assert_int_equal(close_round(fx, 4, fx->v[3], 2, 1, 5.0), FEDGE_OK);
+    assert_int_equal(fedge_audit_sign_head(fx->db, 4, &fx->key, &fx->drbg), FEDGE_OK);
+    assert_int_equal(scalar(fx->db, N_FCN1), fcn1_entries);
+    assert_int_equal(scalar(fx->db, N_FCN2), 4); /* dev-2, dev-5 again, the ledger row, the round closed */
+    assert_int_equal(verify(fx, &rep), FEDGE_OK);
+
+    /* what every command reads from such a log: see audit_cli.sh (fixture) */
+    int64_t fresh = scalar(fx->db, "SELECT id FROM updates WHERE round = 4 AND device = 'dev-2'");
+    int64_t old = scalar(fx->db, "SELECT id FROM updates WHERE round = 4 AND device = 'dev-1'");
+    char q[160], k1[24], k2[24];
+    snprintf(q, sizeof q, "UPDATE updates SET sealed_sha256 = NULL WHERE id IN (%" PRId64 ", %" PRId64 ", %" PRId64 ")",
+             fresh, relogged, old);
+    assert_int_equal(sql(fx->db, "%s", q), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    assert_int_equal(rep.n_failures, 2); /* the FCN1 row (dev-1) is not covered */
+    snprintf(k1, sizeof k1, "%" PRId64, relogged);
+    snprintf(k2, sizeof k2, "%" PRId64, fresh);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_ROW_MODIFIED, "updates", k2, "column sealed_sha256 is NULL in the table");
+    assert_int_equal(rep.failures[1].kind, FEDGE_AUDIT_FAIL_ROW_MODIFIED);
+    assert_string_equal(rep.failures[1].row_key, k1);
+    assert_contains(rep.failures[1].message, "column sealed_sha256 is NULL in the table");
+}
+
+/* Once the chain holds an FCN2 entry, an FCN1 entry after it (appended by
+ * someone with write access, to leave a row's sealed_sha256 outside the
+ * chain) is a downgraded entry, named; so is an FCN2 row logged again in
+ * FCN1. */
+static void test_downgraded_entry(void **state)
+{
+    fixture *fx = *state;
+    fedge_audit_report rep;
+    int64_t seq = scalar(fx->db, "SELECT max(seq) FROM audit") + 1;
+    audit_test_write_format(FEDGE_AUDIT_FCN1);
+    assert_int_equal(add_update(fx, 3, "dev-1", 100, 1.0, "rejected", "round", "late", 31), FEDGE_OK);
+    assert_int_equal(sql(fx->db, "UPDATE updates SET sealed_sha256 = zeroblob(32) WHERE id = (SELECT max(id) FROM updates)"),
+                     FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    char text[256];
+    snprintf(text, sizeof text, "audit entry %" PRId64 " (updates 9) is in canon format FCN1 after entry 1, the chain's"
+             " first FCN2 entry: every entry from there on is FCN2 (a downgraded entry)", seq);
+    expect_first(&rep, FEDGE_AUDIT_FAIL_CANON, "updates", "9", text);
+    assert_int_equal(rep.failures[0].seq, seq);
+    assert_int_equal(rep.n_failures, 1);
+
+    assert_int_equal(fedge_audit_append(fx->db, "updates", "2"), FEDGE_OK);
+    assert_int_equal(verify(fx, &rep), FEDGE_ERR_AUDIT_CHAIN);
+    assert_int_equal(rep.n_failures, 3);
+    assert_int_equal(rep.failures[1].kind, FEDGE_AUDIT_FAIL_CANON);
+    assert_string_equal(rep.failures[1].row_key, "2");
+    assert_int_equal(rep.failures[2].kind, FEDGE_AUDIT_FAIL_REWRITE);
+    assert_contains(rep.failures[2].message, "the later entry is in canon format FCN1, the earlier in FCN2");
 }
 
 static void test_tamper_update_delta_blob(void **state)
@@ -1137,6 +1243,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_append_body_vouched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_update_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_sealed_sha256, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fcn1_log_verifies, setup_fcn1, teardown),
+        cmocka_unit_test_setup_teardown(test_mixed_log, setup_fcn1, teardown),
+        cmocka_unit_test_setup_teardown(test_downgraded_entry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_update_delta_blob, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_delete_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_swap_model_file, setup, teardown),
