@@ -4,7 +4,8 @@
 # a revoked device, a refused round, signed heads, model files). Checks exit
 # codes, that --json output parses and says the right things, Markdown and
 # CSV reports, one-line errors for a missing or non-fedge database, tamper
-# detection through the CLI (sqlite3 edits on copies), and keygen's files.
+# detection through the CLI (sqlite3 edits on copies), a mixed log (canon
+# formats FCN1 then FCN2) read by every command, and keygen's files.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=$(cd "${FEDGE_BUILD:-build/native}" && pwd)
@@ -149,6 +150,12 @@ json_check "d['ok'] is False and d['failures'][0]['kind'] == 'row_modified' and 
 expect_rc 1 "$AUDIT" --db "$T/changed/fedge.db" --pubkey "$PUB" --models "$T/changed/models" report
 out_has "**FAILED**"
 
+# the hash of the sealed frame (resend vs replay) is in the chain (FCN2)
+tamper sealed "UPDATE updates SET sealed_sha256 = NULL WHERE id = 2"
+expect_rc 1 "$AUDIT" --db "$T/sealed/fedge.db" --pubkey "$PUB" --models "$T/sealed/models" verify
+out_has "row_modified: updates row 2 was modified after audit entry"
+out_has "column sealed_sha256 is NULL in the table but <32 bytes"
+
 tamper deleted "DELETE FROM updates WHERE id = 4"
 expect_rc 1 "$AUDIT" --db "$T/deleted/fedge.db" --pubkey "$PUB" --models "$T/deleted/models" verify
 out_has "row_deleted: updates row 4 was deleted"
@@ -161,6 +168,38 @@ out_has "file_mismatch: model ${refine:0:16}: file $T/swapped/models/$refine.fmd
 tamper truncated "DELETE FROM audit WHERE seq > 20"
 expect_rc 1 "$AUDIT" --db "$T/truncated/fedge.db" --pubkey "$PUB" --models "$T/truncated/models" verify
 out_has "the chain was truncated"
+
+# ---- a mixed log: FCN1 up to round 1, then FCN2 (an upgrade) --------------------
+"$FIXTURE" --make-fixture "$T/mx" --mixed >/dev/null || fail "cannot build the mixed fixture"
+[ "$(sqlite3 "$T/mx/fedge.db" "SELECT group_concat(f || ' ' || n, ', ') FROM (SELECT CAST(substr(canon, 1, 4) AS TEXT) f,
+    count(*) n FROM audit GROUP BY f ORDER BY f)")" = "FCN1 10, FCN2 14" ] || fail "the mixed fixture should hold both formats"
+M=("$AUDIT" --db "$T/mx/fedge.db" --pubkey "$T/mx/keys/aggregator.pub" --models "$T/mx/models")
+expect_rc 0 "${M[@]}" verify
+out_has "OK: every check holds"
+# every command reads it as it reads the same log written in FCN2 alone
+for cmd in "lineage ${refine:0:8}" "lineage --device dev-3" privacy decisions "report --format json"; do
+    "${A[@]}" --json $cmd >"$T/one.json" 2>&1 || fail "$cmd on the FCN2 fixture"
+    expect_rc 0 "${M[@]}" --json $cmd
+    python3 - "$T/one.json" "$T/out" <<'EOF' || fail "$cmd differs on the mixed log"
+import json, sys
+def norm(d):  # what depends on the file, the key or the chain's bytes
+    if isinstance(d, dict) and "verify" in d:
+        for k in ("last_head", "key_anchor", "key_in_force"):
+            d["verify"].pop(k, None)
+        d.pop("database", None)
+        d["summary"] = [x for x in d.get("summary", []) if not x.get("item", "").startswith("database")]
+    return d
+a, b = (norm(json.load(open(f))) for f in sys.argv[1:])
+sys.exit(0 if a == b else 1)
+EOF
+done
+expect_rc 0 "${M[@]}" report --format html
+out_has 'class="ok">OK'
+# sealed_sha256 of a row logged in FCN2 is covered; of one logged in FCN1 it is not (docs/AUDIT.md)
+cp -r "$T/mx" "$T/mx-sealed"
+sqlite3 "$T/mx-sealed/fedge.db" "UPDATE updates SET sealed_sha256 = zeroblob(32) WHERE id IN (1, 5)" || fail sqlite3
+expect_rc 1 "$AUDIT" --db "$T/mx-sealed/fedge.db" --pubkey "$T/mx/keys/aggregator.pub" --models "$T/mx/models" --json verify
+json_check "[(f['kind'], f['row_key']) for f in d['failures']] == [('row_modified', '5')] and 'column sealed_sha256' in d['failures'][0]['message']"
 
 # ---- keygen ---------------------------------------------------------------------
 expect_rc 0 "$KEYGEN" aggregator --out "$T/k"

@@ -4,8 +4,9 @@
  * audit entry, a truncated tail, a rewritten chain, a forged signature, ...)
  * fails and is named. Every case builds its own fresh database.
  *
- * `test_audit --make-fixture DIR` writes the same database, key pair and
- * model files into DIR and exits (tests/integration/audit_cli.sh uses it). */
+ * `test_audit --make-fixture DIR [--mixed]` writes the same database, key
+ * pair and model files into DIR and exits (tests/integration/audit_cli.sh
+ * uses it); --mixed: up to round 1 in canon format FCN1, then FCN2. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -222,9 +223,13 @@ static const char FIXTURE_POLICY[] =
 
 /* Three rounds: 1 and 2 closed (2 with a refinement), 3 refused by the
  * privacy budget; dev-3 contributes in round 1, is revoked, and is refused
- * in round 2; dev-2's round-2 update is excluded as anomalous at close. */
-static int build_fixture(fixture *fx, const char *dir)
+ * in round 2; dev-2's round-2 update is excluded as anomalous at close.
+ * mixed: written up to round 1's signature in canon format FCN1, as a
+ * fedge upgraded after round 1 would have. */
+static int build_fixture(fixture *fx, const char *dir, int mixed)
 {
+    if (mixed)
+        audit_test_write_format(FEDGE_AUDIT_FCN1);
     static const char pers[] = "fedge test_audit";
     memset(fx, 0, sizeof *fx);
     mbedtls_pk_init(&fx->key);
@@ -282,6 +287,8 @@ static int build_fixture(fixture *fx, const char *dir)
     OK(device_eps(fx, "dev-3"));
     OK(fedge_audit_sign_head(fx->db, 1, &fx->key, &fx->drbg));
     OK(fedge_store_commit(fx->db));
+    if (mixed)
+        audit_test_write_format(0);
 
     /* dev-3 is revoked ("forget this device"). */
     OK(fedge_store_begin(fx->db));
@@ -345,7 +352,7 @@ static int setup(void **state)
         free(fx);
         return -1;
     }
-    if (build_fixture(fx, dir) != FEDGE_OK) {
+    if (build_fixture(fx, dir, 0) != FEDGE_OK) {
         fixture_free(fx);
         free(fx);
         return -1;
@@ -1219,13 +1226,13 @@ static void test_keys_ledger_admission(void **state)
 
 int main(int argc, char **argv)
 {
-    if (argc == 3 && strcmp(argv[1], "--make-fixture") == 0) {
+    if ((argc == 3 || (argc == 4 && strcmp(argv[3], "--mixed") == 0)) && strcmp(argv[1], "--make-fixture") == 0) {
         fixture fx;
         if (mkdir(argv[2], 0755) != 0 && errno != EEXIST) {
             fprintf(stderr, "fixture: cannot create %s\n", argv[2]);
             return 1;
         }
-        int rc = build_fixture(&fx, argv[2]);
+        int rc = build_fixture(&fx, argv[2], argc == 4);
         fixture_free(&fx);
         if (rc != FEDGE_OK) {
             fprintf(stderr, "fixture: %s\n", fedge_strerror(rc));
