@@ -187,6 +187,7 @@ def norm(d):  # what depends on the file, the key or the chain's bytes
         for k in ("last_head", "key_anchor", "key_in_force"):
             d["verify"].pop(k, None)
         d.pop("database", None)
+        d.pop("generated_at", None)
         d["summary"] = [x for x in d.get("summary", []) if not x.get("item", "").startswith("database")]
     return d
 a, b = (norm(json.load(open(f))) for f in sys.argv[1:])
