@@ -4,7 +4,8 @@
 # directory, the original deleted; `fedge-audit verify` passes with
 # --models DIR, and by default when the models folder sits beside the
 # database. Model paths in the log are file names in the model store.
-# An old log's absolute paths are found by file name in --models too.
+# An old log's absolute paths are found by file name in --models too. An
+# edited updates.sealed_sha256 fails verify, named.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . tests/lib/fed.sh
@@ -58,4 +59,16 @@ sqlite3 "$C/run/old.db" "UPDATE models SET path = '/var/lib/fedge-gone/models/' 
 out=$("$AUDIT" --db "$C/run/old.db" --pubkey "$C/run/aggregator.pub" --models "$C/run/models" --json verify 2>&1)
 echo "$out" | python3 -c "import json,sys; d=json.load(sys.stdin); k={f['kind'] for f in d['failures']}; sys.exit(0 if 'file_missing' not in k and 'file_mismatch' not in k and d['model_files'] == 3 else 1)" ||
     fed_fail "absolute paths of an old log should resolve in --models: $out"
+# the daemon tells a resend from a replay by updates.sealed_sha256: in the
+# chain (canon FCN2), so an edit of it is named
+[ "$(sqlite3 "$C/run/fedge.db" "SELECT count(*) FROM audit WHERE substr(canon, 1, 4) <> CAST('FCN2' AS BLOB)")" = 0 ] ||
+    fed_fail "every entry of a new log should be FCN2"
+id=$(sqlite3 "$C/run/fedge.db" "SELECT min(id) FROM updates WHERE length(sealed_sha256) = 32")
+[ -n "$id" ] || fed_fail "the run's updates should carry sealed_sha256"
+cp "$C/run/fedge.db" "$C/run/sealed.db"
+sqlite3 "$C/run/sealed.db" "UPDATE updates SET sealed_sha256 = zeroblob(32) WHERE id = $id" || fed_fail sqlite3
+out=$("$AUDIT" --db "$C/run/sealed.db" --pubkey "$C/run/aggregator.pub" --models "$C/run/models" verify 2>&1)
+[ $? = 1 ] || fed_fail "verify should fail on an edited sealed_sha256: $out"
+echo "$out" | grep -q "row_modified: updates row $id was modified after audit entry [0-9]*: column sealed_sha256 is <32 bytes 0000000000000000...>" ||
+    fed_fail "verify should name updates row $id and its sealed_sha256: $out"
 echo "audit_moved_run: all checks passed"
