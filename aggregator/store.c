@@ -170,8 +170,8 @@ void fedge_store_rollback(sqlite3 *db)
 }
 
 /* Columns and tables added within the schema version, for logs written
- * before them: updates.sealed_sha256 (duplicate detection; not part of the
- * audited row), dp_ledger, strategy_state (not audited itself: its rows are
+ * before them: updates.sealed_sha256 (duplicate detection; in the audited
+ * row from canon FCN2 on), dp_ledger, strategy_state (not audited itself: its rows are
  * replaced every close; the SHA-256 of each is in an audited event). */
 static int migrate(sqlite3 *db)
 {
