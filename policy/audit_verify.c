@@ -456,8 +456,9 @@ static int same_value(const canon_col *a, const canon_col *b)
 /* Walks the columns of entries a and b of table t by name, a column one of
  * them leaves out (a later column, NULL) as NULL, one a's older format does
  * not carry not at all; calls differ(ca, cb) for each column whose value
- * differs, until it returns nonzero. -1: malformed bytes, or b's format
- * drops a column a's carries; else what differ returned last (0: none). */
+ * differs, until it returns nonzero. -1: malformed bytes, a column b's
+ * format does not carry, or b's format drops a column a's carries; else
+ * what differ returned last (0: none). */
 typedef int (*col_differ_fn)(const canon_col *ca, const canon_col *cb, void *ctx);
 
 static int walk_differences(const audit_table *t, const canon_view *va, const canon_view *vb, col_differ_fn differ,
@@ -466,7 +467,7 @@ static int walk_differences(const audit_table *t, const canon_view *va, const ca
     canon_col ca, cb;
     const uint8_t *pos = vb->cols;
     for (size_t i = 0; i < vb->n_cols; i++) {
-        if (canon_next(vb, &pos, &cb) != FEDGE_OK)
+        if (canon_next(vb, &pos, &cb) != FEDGE_OK || !audit_layout_has(t, vb->format, cb.name, cb.name_len))
             return -1;
         int in_a = entry_col(va, t, cb.name, cb.name_len, &ca);
         if (in_a >= 0 && !same_value(&ca, &cb)) {
