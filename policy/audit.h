@@ -44,7 +44,8 @@
  *   non-open round has a signed head; a row logged more than once changed
  *   only as the aggregator changes it (a round from open to its outcome; an
  *   update to rejected, with rule and reason; models and events never);
- *   every audited row equals its latest entry (modified), every entry's row
+ *   every audited row equals its latest entry, recomputed in that entry's
+ *   format (modified), every entry's row
  *   exists (deleted), every row has an entry (inserted behind the log's
  *   back); a stored delta body hashes to delta_sha256 and a missing one was
  *   dropped by a logged retention event covering its round (modified);
@@ -117,7 +118,7 @@ int fedge_audit_generate_keypair(const char *priv_path, const char *pub_path,
 typedef enum {
     FEDGE_AUDIT_FAIL_CHAIN_LINK = 1, /* prev_hash is not the previous row_hash / seq gap */
     FEDGE_AUDIT_FAIL_ROW_HASH,       /* row_hash != SHA-256(prev_hash || canon) */
-    FEDGE_AUDIT_FAIL_CANON,          /* canon malformed or naming another row */
+    FEDGE_AUDIT_FAIL_CANON,          /* canon malformed, naming another row, or downgraded */
     FEDGE_AUDIT_FAIL_SIGNATURE,      /* a head signature does not verify */
     FEDGE_AUDIT_FAIL_HEAD,           /* a signed head is not in the chain */
     FEDGE_AUDIT_FAIL_UNSIGNED_ROUND, /* a finished round without a signed head */
