@@ -20,9 +20,8 @@
  *            the wall time per update (the disk's share);
  * and the bounds they give: by CPU, 2 cores / (open + sha256 + tls + tcp +
  * durable CPU) updates/s; by the disk, 1 / durable wall; each over the raw
- * rate. No
- * daemon reaches these: they leave out CoAP, SQLite, the audit chain and
- * the policy, and the driver that shares the cores. */
+ * rate. No daemon reaches these: they leave out CoAP, SQLite, the audit
+ * chain and the policy, and the driver that shares the cores. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
