@@ -154,6 +154,7 @@ typedef enum {
     FEDGE_SCRATCH_FULL = 0,
     FEDGE_SCRATCH_SMALL_GEMM = 1,
     FEDGE_SCRATCH_LEAN = 2,
+    FEDGE_SCRATCH_PATCH = 3,
 } fedge_scratch_layout;
 size_t fedge_model_scratch_floats_layout(const fedge_model_spec *spec, int batch,
                                          fedge_scratch_layout layout);
