@@ -621,17 +621,22 @@ typedef struct {
     size_t total;
     /* the patch layout (PLAN_PATCH) only, model.c's "patch-based training": */
     int patch;
-    int pF, pfc, pL;        /* the flatten; the first and the last conv of the chain below it */
-    int pbh, pob, pT;       /* the last map's rows per band; conv pL's channels per block; bands */
+    int pF, pfc;            /* the flatten; the chain's first conv */
+    int pcut;               /* the map kept whole between the two segments, or -1 (one) */
+    int pnseg;              /* segments of the chain, each walked in bands of its last map */
+    int pj0[2], pj1[2];     /* a segment's first and last layer */
+    int pL[2];              /* its last conv (its weights in blocks), or -1 */
+    int pbh[2], pob[2], pT[2]; /* its last map's rows per band; pL's channels per block; bands */
     int pfown[FEDGE_MODEL_MAX_LAYERS + 1]; /* map j (index j + 1, 0: the input): the map whose
                                               band buffer holds it (a relu: its conv's) */
     int pwown[FEDGE_MODEL_MAX_LAYERS];     /* map j's gradient window's owner (relu, dropout:
                                               the map below) */
+    int pfwhole[FEDGE_MODEL_MAX_LAYERS + 1], pwwhole[FEDGE_MODEL_MAX_LAYERS]; /* the cut's: whole */
     int pfrows[FEDGE_MODEL_MAX_LAYERS + 1], pwrows[FEDGE_MODEL_MAX_LAYERS];
     size_t pf_off[FEDGE_MODEL_MAX_LAYERS + 1], pw_off[FEDGE_MODEL_MAX_LAYERS];
     size_t ptail_off[FEDGE_MODEL_MAX_LAYERS], ptg_off[2];
-    size_t plow_off[FEDGE_MODEL_MAX_LAYERS]; /* a conv below pL: its whole gradient */
-    size_t pacc_off, pbias_off;             /* conv pL: one block's weight sums; its bias sums */
+    size_t plow_off[FEDGE_MODEL_MAX_LAYERS]; /* a conv below its segment's pL: its whole gradient */
+    size_t pacc_off, pbias_off;             /* a pL: one block's weight sums; its bias sums */
 } scratch_plan;
 
 /* Rows of a u8 input converted at once for a first dense layer's forward
@@ -767,8 +772,9 @@ static void grad_sizes(const fedge_model_spec *s, scratch_plan *p, size_t B, siz
     }
 }
 
-static int plan_patch(const fedge_model_spec *s, int batch, int bh, int ob, scratch_plan *p);
-static int patch_ob(const fedge_layer *l);
+static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int full,
+                      scratch_plan *p);
+static int patch_least_cut(const fedge_model_spec *s, int batch);
 
 static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_plan *p)
 {
@@ -776,8 +782,8 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
     if (batch < 1)
         return FEDGE_ERR_INVALID_ARG;
     if (mode == PLAN_PATCH) { /* the least: one row per band */
-        int ret = plan_patch(s, batch, 1, 1, p);
-        return ret != FEDGE_OK ? ret : plan_patch(s, batch, 1, patch_ob(&s->layer[p->pL]), p);
+        int cut = patch_least_cut(s, batch);
+        return cut < -1 ? FEDGE_ERR_INVALID_ARG : plan_patch(s, batch, cut, 1, 0, p);
     }
     memset(p, 0, sizeof *p);
     p->lean = mode == PLAN_LEAN;
@@ -997,32 +1003,34 @@ static int rows_done(const fedge_layer *l, int d)
     return v < 0 ? 0 : v > l->in_h ? l->in_h : v;
 }
 
-/* d[j + 1]: the rows of map j (the output of layer j; -1: the input) whose
- * gradient is complete after band t (t < 0: none). */
-static void band_done(const fedge_model_spec *s, const scratch_plan *p, int t, int *d)
+/* d[j + 1]: the rows of map j (the output of layer j; -1: the input) of
+ * segment g (maps pj0 - 1 .. pj1) whose gradient is complete after band t
+ * (t < 0: none). */
+static void band_done(const fedge_model_spec *s, const scratch_plan *p, int g, int t, int *d)
 {
-    const int F = p->pF, H = s->layer[F - 1].out_h;
-    for (int j = 0; j <= F; j++)
+    const int j0 = p->pj0[g], j1 = p->pj1[g], H = s->layer[j1].out_h;
+    for (int j = j0; j <= j1 + 1; j++)
         d[j] = 0;
     if (t < 0)
         return;
-    d[F] = (t + 1) * p->pbh < H ? (t + 1) * p->pbh : H;
-    for (int j = F - 1; j >= 0; j--)
+    d[j1 + 1] = (t + 1) * p->pbh[g] < H ? (t + 1) * p->pbh[g] : H;
+    for (int j = j1; j >= j0; j--)
         d[j] = rows_done(&s->layer[j], d[j + 1]);
 }
 
-/* Band t: dp, dc the complete rows before and after it (band_done); fr[j + 1]
- * the rows of map j its forward computes: those the band's last-map rows
- * read, and with bw those the band's backward reads (its complete rows). */
-static void band_rows(const fedge_model_spec *s, const scratch_plan *p, int t, int bw, int *dp,
-                      int *dc, rows_t *fr)
+/* Band t of segment g: dp, dc the complete rows before and after it
+ * (band_done); fr[j + 1] the rows of map j its forward computes: those the
+ * band's last-map rows read, and with bw those the band's backward reads
+ * (its complete rows). */
+static void band_rows(const fedge_model_spec *s, const scratch_plan *p, int g, int t, int bw,
+                      int *dp, int *dc, rows_t *fr)
 {
-    const int F = p->pF;
-    band_done(s, p, t - 1, dp);
-    band_done(s, p, t, dc);
-    fr[F].lo = t * p->pbh;
-    fr[F].hi = dc[F];
-    for (int j = F - 1; j >= 0; j--) {
+    const int j0 = p->pj0[g], j1 = p->pj1[g];
+    band_done(s, p, g, t - 1, dp);
+    band_done(s, p, g, t, dc);
+    fr[j1 + 1].lo = t * p->pbh[g];
+    fr[j1 + 1].hi = dc[j1 + 1];
+    for (int j = j1; j >= j0; j--) {
         rows_t r = rows_in(&s->layer[j], fr[j + 1]);
         if (bw && j - 1 >= p->pfc) {
             rows_t f = {dp[j], dc[j]};
@@ -1032,19 +1040,31 @@ static void band_rows(const fedge_model_spec *s, const scratch_plan *p, int t, i
     }
 }
 
-/* Output channels per block of the chain's last conv in the least patch layout. */
+/* Output channels per block of a segment's last conv in the least patch layout. */
 static int patch_ob(const fedge_layer *l)
 {
     size_t K = (size_t)l->in_c * l->k * l->k, ob = 4 * LEAN_BLOCK / K;
     return ob < 1 ? 1 : ob > (size_t)l->out ? l->out : (int)ob;
 }
 
-/* The patch layout with bands of bh rows and blocks of ob channels;
- * FEDGE_ERR_INVALID_ARG for a spec without a conv chain into a dense layer. */
-static int plan_patch(const fedge_model_spec *s, int batch, int bh, int ob, scratch_plan *p)
+/* A map that may be kept whole between two segments: a relu's or a pool's
+ * output (a dropout's gradient is scaled in place: not twice), above the
+ * first conv, below the last map. */
+static int patch_cuts(const fedge_model_spec *s, int F, int fc, int X)
+{
+    fedge_layer_type t = s->layer[X].type;
+    return X > fc && X < F - 1 && (t == FEDGE_LAYER_RELU || t == FEDGE_LAYER_MAXPOOL);
+}
+
+/* The patch layout: the chain in one segment (cut -1) or two with map cut
+ * kept whole between them, bands of bh rows, the last convs' weights in
+ * blocks (whole with full). FEDGE_ERR_INVALID_ARG for a spec without a conv
+ * chain into a dense layer, or a cut that is not patch_cuts. */
+static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int full,
+                      scratch_plan *p)
 {
     memset(p, 0, sizeof *p);
-    int F = 0, fc = -1, L = -1;
+    int F = 0, fc = -1;
     if (batch < 1 || s->kind != FEDGE_MODEL_CNN)
         return FEDGE_ERR_INVALID_ARG;
     while (F < s->n_layers && s->layer[F].type != FEDGE_LAYER_FLATTEN &&
@@ -1053,29 +1073,35 @@ static int plan_patch(const fedge_model_spec *s, int batch, int bh, int ob, scra
     if (F == 0 || F + 1 >= s->n_layers || s->layer[F].type != FEDGE_LAYER_FLATTEN ||
         s->layer[F + 1].type != FEDGE_LAYER_DENSE)
         return FEDGE_ERR_INVALID_ARG;
-    for (int j = 0; j < F; j++)
-        if (s->layer[j].type == FEDGE_LAYER_CONV2D) {
-            fc = fc < 0 ? j : fc;
-            L = j;
-        }
-    if (fc < 0)
+    for (int j = 0; j < F && fc < 0; j++)
+        if (s->layer[j].type == FEDGE_LAYER_CONV2D)
+            fc = j;
+    if (fc < 0 || (cut >= 0 && !patch_cuts(s, F, fc, cut)))
         return FEDGE_ERR_INVALID_ARG;
     const size_t B = (size_t)batch;
     for (int i = 0; i < s->n_layers; i++)
         if (B * layer_size(&s->layer[i]) > (size_t)INT_MAX)
             return FEDGE_ERR_INVALID_ARG;
-    const fedge_layer *lL = &s->layer[L];
-    const int H = s->layer[F - 1].out_h;
-    bh = bh < 1 ? 1 : bh > H ? H : bh;
-    ob = ob < 1 ? 1 : ob > lL->out ? lL->out : ob;
     p->patch = 1;
     p->cb = grad_chunk_need(s);
     p->pF = F;
     p->pfc = fc;
-    p->pL = L;
-    p->pbh = bh;
-    p->pob = ob;
-    p->pT = (H + bh - 1) / bh;
+    p->pcut = cut;
+    p->pnseg = cut < 0 ? 1 : 2;
+    p->pj0[0] = 0;
+    p->pj1[0] = cut < 0 ? F - 1 : cut;
+    p->pj0[1] = cut + 1;
+    p->pj1[1] = F - 1;
+    for (int g = 0; g < p->pnseg; g++) {
+        const int H = s->layer[p->pj1[g]].out_h;
+        p->pL[g] = -1;
+        for (int j = p->pj0[g]; j <= p->pj1[g]; j++)
+            if (s->layer[j].type == FEDGE_LAYER_CONV2D)
+                p->pL[g] = j;
+        p->pbh[g] = bh < 1 ? 1 : bh > H ? H : bh;
+        p->pT[g] = (H + p->pbh[g] - 1) / p->pbh[g];
+        p->pob[g] = p->pL[g] < 0 ? 0 : full ? s->layer[p->pL[g]].out : patch_ob(&s->layer[p->pL[g]]);
+    }
     p->pfown[0] = 0;
     for (int j = 0; j < F; j++) {
         fedge_layer_type t = s->layer[j].type;
@@ -1083,22 +1109,32 @@ static int plan_patch(const fedge_model_spec *s, int batch, int bh, int ob, scra
         p->pwown[j] = j > fc && (t == FEDGE_LAYER_RELU || t == FEDGE_LAYER_DROPOUT) ? p->pwown[j - 1]
                                                                                      : j;
     }
+    if (cut >= 0) {
+        p->pfwhole[p->pfown[cut + 1]] = 1;
+        p->pwwhole[p->pwown[cut]] = 1;
+        p->pfrows[p->pfown[cut + 1]] = s->layer[cut].out_h;
+        p->pwrows[p->pwown[cut]] = s->layer[cut].out_h;
+    }
     int dp[FEDGE_MODEL_MAX_LAYERS + 1], dc[FEDGE_MODEL_MAX_LAYERS + 1];
     rows_t fr[FEDGE_MODEL_MAX_LAYERS + 1];
-    for (int t = 0; t < p->pT; t++) {
-        band_rows(s, p, t, 1, dp, dc, fr);
-        for (int j = -1; j < F; j++) {
-            int n = fr[j + 1].hi - fr[j + 1].lo, o = p->pfown[j + 1];
-            p->pfrows[o] = n > p->pfrows[o] ? n : p->pfrows[o];
+    for (int g = 0; g < p->pnseg; g++)
+        for (int t = 0; t < p->pT[g]; t++) {
+            const int j0 = p->pj0[g], j1 = p->pj1[g];
+            band_rows(s, p, g, t, 1, dp, dc, fr);
+            for (int j = j0 - 1; j <= j1; j++) {
+                int n = fr[j + 1].hi - fr[j + 1].lo, o = p->pfown[j + 1];
+                if (!p->pfwhole[o] && n > p->pfrows[o])
+                    p->pfrows[o] = n;
+            }
+            for (int j = j0 > fc ? j0 : fc; j <= j1; j++) {
+                rows_t done = {0, j < j1 ? dc[j + 2] : 0};
+                int touch = j == j1 ? dc[j1 + 1] : rows_in(&s->layer[j + 1], done).hi;
+                touch = touch < dc[j + 1] ? dc[j + 1] : touch;
+                int n = touch - dp[j + 1], o = p->pwown[j];
+                if (!p->pwwhole[o] && n > p->pwrows[o])
+                    p->pwrows[o] = n;
+            }
         }
-        for (int j = fc; j < F; j++) {
-            rows_t done = {0, j + 2 <= F ? dc[j + 2] : 0};
-            int touch = j == F - 1 ? dc[F] : rows_in(&s->layer[j + 1], done).hi;
-            touch = touch < dc[j + 1] ? dc[j + 1] : touch;
-            int n = touch - dp[j + 1], o = p->pwown[j];
-            p->pwrows[o] = n > p->pwrows[o] ? n : p->pwrows[o];
-        }
-    }
     size_t off = 0, tg = 0;
     for (int i = F + 1; i < s->n_layers; i++) {
         const fedge_layer *l = &s->layer[i];
@@ -1129,39 +1165,78 @@ static int plan_patch(const fedge_model_spec *s, int batch, int bh, int ob, scra
         p->pw_off[j] = off;
         off += B * (size_t)s->layer[j].out_c * (size_t)p->pwrows[j] * (size_t)s->layer[j].out_w;
     }
-    for (int j = fc; j < L; j++)
-        if (s->layer[j].type == FEDGE_LAYER_CONV2D) {
-            p->plow_off[j] = off;
-            off += s->layer[j].n_params;
+    size_t acc = 0, bias = 0;
+    for (int g = 0; g < p->pnseg; g++) {
+        for (int j = p->pj0[g]; j < p->pL[g]; j++)
+            if (s->layer[j].type == FEDGE_LAYER_CONV2D) {
+                p->plow_off[j] = off;
+                off += s->layer[j].n_params;
+            }
+        if (p->pL[g] >= 0) {
+            const fedge_layer *l = &s->layer[p->pL[g]];
+            size_t a = (size_t)p->pob[g] * l->in_c * l->k * l->k;
+            acc = acc > a ? acc : a;
+            bias = bias > (size_t)l->out ? bias : (size_t)l->out;
         }
+    }
     p->pacc_off = off;
-    off += (size_t)ob * lL->in_c * lL->k * lL->k;
-    p->pbias_off = off;
-    off += (size_t)lL->out;
-    p->total = off;
+    p->pbias_off = off + acc;
+    p->total = off + acc + bias;
     return p->total > PLAN_MAX_FLOATS ? FEDGE_ERR_INVALID_ARG : FEDGE_OK;
 }
 
-/* The patch layout within have floats: whole blocks of the last conv when
- * they fit, and the most rows per band that fit (the least: one row). */
+/* The least gradient slice a patch pass takes: one input row (the edge's
+ * accuracy pass converts u8 rows in it), one conv output channel's weights,
+ * one row of a dense layer after the first, any layer's biases; the first
+ * dense layer's weight gradient goes out in pieces of its band's columns. */
+static size_t patch_chunk_need(const fedge_model_spec *s, const scratch_plan *p)
+{
+    size_t need = (size_t)s->input_dim;
+    for (int i = 0; i < s->n_layers; i++) {
+        const fedge_layer *l = &s->layer[i];
+        size_t in = (size_t)l->in_c * l->in_h * l->in_w;
+        size_t w = l->type == FEDGE_LAYER_CONV2D                  ? (size_t)l->in_c * l->k * l->k
+                   : l->type == FEDGE_LAYER_DENSE && i > p->pF + 1 ? in
+                                                                   : 0;
+        need = w > need ? w : need;
+        need = (size_t)l->out > need ? (size_t)l->out : need;
+    }
+    return need;
+}
+
+/* The least patch layout (one row per band, blocks) over the cuts; -2: none. */
+static int patch_least_cut(const fedge_model_spec *s, int batch)
+{
+    scratch_plan q;
+    size_t best = SIZE_MAX;
+    int cut = -2;
+    for (int X = -1; X < s->n_layers; X++)
+        if (plan_patch(s, batch, X, 1, 0, &q) == FEDGE_OK && q.total < best) {
+            best = q.total;
+            cut = X;
+        }
+    return cut;
+}
+
+/* The patch layout within have floats: the least layout's cut; whole blocks
+ * of the last convs when they fit, and the most rows per band that fit. */
 static int plan_patch_fit(const fedge_model_spec *s, int batch, size_t have, scratch_plan *p)
 {
-    if (plan_patch(s, batch, 1, 1, p) != FEDGE_OK)
+    int cut = patch_least_cut(s, batch);
+    if (cut < -1)
         return FEDGE_ERR_BUFFER_TOO_SMALL;
-    const fedge_layer *lL = &s->layer[p->pL];
-    const int H = s->layer[p->pF].in_h, obs[2] = {lL->out, patch_ob(lL)};
-    for (int z = 0; z < 2; z++) {
-        if (plan_patch(s, batch, 1, obs[z], p) != FEDGE_OK || p->total > have)
+    for (int full = 1; full >= 0; full--) {
+        if (plan_patch(s, batch, cut, 1, full, p) != FEDGE_OK || p->total > have)
             continue;
-        int lo = 1, hi = H; /* the largest band that fits (the scratch grows with it) */
+        int lo = 1, hi = s->layer[p->pF].in_h; /* the largest band that fits */
         while (lo < hi) {
             int mid = lo + (hi - lo + 1) / 2;
-            if (plan_patch(s, batch, mid, obs[z], p) == FEDGE_OK && p->total <= have)
+            if (plan_patch(s, batch, cut, mid, full, p) == FEDGE_OK && p->total <= have)
                 lo = mid;
             else
                 hi = mid - 1;
         }
-        return plan_patch(s, batch, lo, obs[z], p);
+        return plan_patch(s, batch, cut, lo, full, p);
     }
     return FEDGE_ERR_BUFFER_TOO_SMALL;
 }
@@ -1227,6 +1302,24 @@ size_t fedge_model_scratch_floats_fit(const fedge_model_spec *spec, int batch, s
     if (spec_check(spec, text) != FEDGE_OK || plan_fit(spec, batch, budget, &p) != FEDGE_OK)
         return 0;
     return p.total;
+}
+
+size_t fedge_model_grad_chunk_floats_patch(const fedge_model_spec *spec)
+{
+    char text[FEDGE_MODEL_SPEC_MAX];
+    scratch_plan p;
+    if (spec == NULL || spec_check(spec, text) != FEDGE_OK || plan_patch(spec, 1, -1, 1, 0, &p) != FEDGE_OK)
+        return 0;
+    return patch_chunk_need(spec, &p);
+}
+
+size_t fedge_model_grad_chunk_floats_fit(const fedge_model_spec *spec, int batch, size_t scratch)
+{
+    char text[FEDGE_MODEL_SPEC_MAX];
+    scratch_plan p;
+    if (spec == NULL || spec_check(spec, text) != FEDGE_OK || plan_fit(spec, batch, scratch, &p) != FEDGE_OK)
+        return 0;
+    return p.patch ? patch_chunk_need(spec, &p) : grad_chunk_need(spec);
 }
 
 int fedge_model_max_batch(const fedge_model_spec *spec, int batch)
@@ -2216,7 +2309,7 @@ static band_t patch_fmap(const pass *ps, int j, int r0)
     const scratch_plan *p = &ps->plan;
     int o = p->pfown[j + 1];
     band_t m = {ps->scratch + p->pf_off[o], j < 0 ? s->in_c : s->layer[j].out_c, p->pfrows[o],
-                j < 0 ? s->in_w : s->layer[j].out_w, r0};
+                j < 0 ? s->in_w : s->layer[j].out_w, p->pfwhole[o] ? 0 : r0};
     return m;
 }
 
@@ -2226,7 +2319,8 @@ static band_t patch_wmap(const pass *ps, int j, int r0)
     const fedge_model_spec *s = &ps->m->spec;
     const scratch_plan *p = &ps->plan;
     int o = p->pwown[j];
-    band_t m = {ps->scratch + p->pw_off[o], s->layer[j].out_c, p->pwrows[o], s->layer[j].out_w, r0};
+    band_t m = {ps->scratch + p->pw_off[o], s->layer[j].out_c, p->pwrows[o], s->layer[j].out_w,
+                p->pwwhole[o] ? 0 : r0};
     return m;
 }
 
@@ -2402,49 +2496,55 @@ typedef struct {
     void *sink_arg;
 } psweep;
 
-/* One walk over the bands. mode 0: forward into w->z; 1: backward over
- * every channel down to the first conv (the last conv's weight sums and the
- * dense layer's gradient only when the last conv learns in one block); 2:
- * backward of the last conv's channels [c0, c1) down to it. */
-static int patch_sweep(pass *ps, psweep *w, int mode, int c0, int c1)
+/* One walk over the bands of segment g. mode 0: forward (into w->z when the
+ * segment ends the chain, else into the whole cut map); 1: backward over
+ * every channel down to the segment's first layer or the first conv (the
+ * last conv's weight sums, and the dense layer's gradient, only when that
+ * conv learns in one block); 2: backward of the last conv's channels
+ * [c0, c1) down to it. */
+static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
 {
     const fedge_model_spec *s = &ps->m->spec;
     const scratch_plan *p = &ps->plan;
     const float *params = ps->m->params;
-    const int B = ps->batch, F = p->pF, fc = p->pfc, L = p->pL;
+    const int B = ps->batch, F = p->pF, fc = p->pfc, L = p->pL[g];
+    const int j0 = p->pj0[g], j1 = p->pj1[g], last = j1 == F - 1;
     const fedge_layer *D = &s->layer[F + 1], *top = &s->layer[F - 1];
     const int TC = top->out_c, TH = top->out_h, TW = top->out_w, O = D->out;
     const size_t HW = (size_t)TH * TW, N = (size_t)TC * HW;
-    const int nblk = (s->layer[L].out + p->pob - 1) / p->pob;
-    const int hand = mode == 2 || (mode == 1 && nblk == 1); /* dense W and conv L's sums */
-    const int lowest = mode == 2 ? L : fc;
+    const int nblk = L < 0 ? 0 : (s->layer[L].out + p->pob[g] - 1) / p->pob[g];
+    const int hand = mode == 2 || (mode == 1 && nblk <= 1); /* dense W and conv L's sums */
+    const int lowest = mode == 2 ? L : j0 > fc ? j0 : fc;
+    const int cl = mode == 2 ? L : F; /* layers from cl on: channels [c0, c1) only */
     float *acc = ps->scratch + p->pacc_off, *biasL = ps->scratch + p->pbias_off;
     int dp[FEDGE_MODEL_MAX_LAYERS + 1], dc[FEDGE_MODEL_MAX_LAYERS + 1], ret = FEDGE_OK;
     rows_t fr[FEDGE_MODEL_MAX_LAYERS + 1];
     if (mode)
-        for (int j = lowest; j < F; j++)
-            if (p->pwown[j] == j)
+        for (int j = lowest; j <= j1; j++)
+            if (p->pwown[j] == j && !p->pwwhole[j])
                 memset(ps->scratch + p->pw_off[j], 0,
                        (size_t)B * s->layer[j].out_c * (size_t)p->pwrows[j] * s->layer[j].out_w *
                            sizeof(float));
-    for (int t = 0; t < p->pT; t++) {
-        band_rows(s, p, t, mode != 0, dp, dc, fr);
-        band_t xm = patch_fmap(ps, -1, fr[0].lo);
-        const size_t dim = (size_t)s->input_dim;
-        for (int b = 0; b < B; b++)
-            for (int c = 0; c < s->in_c; c++)
-                for (int h = fr[0].lo; h < fr[0].hi; h++) {
-                    float *d = band_row(&xm, b, c, h);
-                    size_t at = (size_t)b * dim + ((size_t)c * s->in_h + (size_t)h) * s->in_w;
-                    if (ps->xu8)
-                        for (int q = 0; q < s->in_w; q++)
-                            d[q] = (float)ps->xu8[at + (size_t)q] * ps->xscale;
-                    else
-                        memcpy(d, ps->x + at, (size_t)s->in_w * sizeof(float));
-                }
-        for (int j = 0; j < F; j++) {
+    for (int t = 0; t < p->pT[g]; t++) {
+        band_rows(s, p, g, t, mode != 0, dp, dc, fr);
+        if (j0 == 0) {
+            band_t xm = patch_fmap(ps, -1, fr[0].lo);
+            const size_t dim = (size_t)s->input_dim;
+            for (int b = 0; b < B; b++)
+                for (int c = 0; c < s->in_c; c++)
+                    for (int h = fr[0].lo; h < fr[0].hi; h++) {
+                        float *d = band_row(&xm, b, c, h);
+                        size_t at = (size_t)b * dim + ((size_t)c * s->in_h + (size_t)h) * s->in_w;
+                        if (ps->xu8)
+                            for (int q = 0; q < s->in_w; q++)
+                                d[q] = (float)ps->xu8[at + (size_t)q] * ps->xscale;
+                        else
+                            memcpy(d, ps->x + at, (size_t)s->in_w * sizeof(float));
+                    }
+        }
+        for (int j = j0; j <= j1; j++) {
             const fedge_layer *l = &s->layer[j];
-            int a = mode == 2 && j >= L ? c0 : 0, e = mode == 2 && j >= L ? c1 : l->out_c;
+            int a = j >= cl ? c0 : 0, e = j >= cl ? c1 : l->out_c;
             band_t in = patch_fmap(ps, j - 1, fr[j].lo), out = patch_fmap(ps, j, fr[j + 1].lo);
             if (l->type == FEDGE_LAYER_CONV2D)
                 pconv_fwd(l, params + l->w_off, params + l->b_off, &in, &out, B, fr[j + 1], a, e,
@@ -2460,6 +2560,8 @@ static int patch_sweep(pass *ps, psweep *w, int mode, int c0, int c1)
                             memcpy(band_row(&out, b, c, h), band_row(&in, b, c, h),
                                    (size_t)l->out_w * sizeof(float));
         }
+        if (mode == 0 && !last)
+            continue; /* the cut map's rows are in place */
         const rows_t tb = fr[F];
         const band_t tm = patch_fmap(ps, F - 1, tb.lo);
         const float *WD = params + D->w_off;
@@ -2479,61 +2581,59 @@ static int patch_sweep(pass *ps, psweep *w, int mode, int c0, int c1)
                 }
             continue;
         }
-        /* the last map's gradient over the band: dz x W (W read before its step) */
-        const band_t gt = patch_wmap(ps, F - 1, dp[F]);
-        for (int b = 0; b < B; b++)
-            for (int c = ta; c < te; c++)
-                for (int h = tb.lo; h < tb.hi; h++) {
-                    float *g = band_row(&gt, b, c, h);
-                    for (int q = 0; q < TW; q++)
-                        g[q] = 0.0f;
-                    for (int o = 0; o < O; o++) {
-                        const float cf = w->dz[(size_t)b * O + (size_t)o];
-                        const float *wr = WD + (size_t)o * N + (size_t)c * HW + (size_t)h * TW;
+        if (last) { /* the last map's gradient over the band: dz x W (W read before its step) */
+            const band_t gt = patch_wmap(ps, F - 1, dp[F]);
+            for (int b = 0; b < B; b++)
+                for (int c = ta; c < te; c++)
+                    for (int h = tb.lo; h < tb.hi; h++) {
+                        float *gr = band_row(&gt, b, c, h);
                         for (int q = 0; q < TW; q++)
-                            g[q] += cf * wr[q];
+                            gr[q] = 0.0f;
+                        for (int o = 0; o < O; o++) {
+                            const float cf = w->dz[(size_t)b * O + (size_t)o];
+                            const float *wr = WD + (size_t)o * N + (size_t)c * HW + (size_t)h * TW;
+                            for (int q = 0; q < TW; q++)
+                                gr[q] += cf * wr[q];
+                        }
                     }
-                }
-        if (hand) { /* the dense layer's weight gradient over the band's columns */
-            const int whole = tb.lo == 0 && tb.hi == TH; /* the channels' columns are contiguous */
+        }
+        if (last && hand) { /* the dense layer's weight gradient over the band's columns */
             const size_t seg = (size_t)(tb.hi - tb.lo) * TW;
             for (int o = 0; o < O; o++)
-                for (int c = ta; c < te; c += whole ? te - ta : 1) {
-                    int nc = whole ? te - ta : 1;
-                    for (size_t q = 0; q < seg * (size_t)nc; q++)
-                        w->chunk[q] = 0.0f;
-                    for (int b = 0; b < B; b++) {
-                        const float cf = w->dz[(size_t)b * O + (size_t)o];
-                        for (int cc = 0; cc < nc; cc++)
-                            for (int h = tb.lo; h < tb.hi; h++) {
-                                const float *av = band_row(&tm, b, c + cc, h);
-                                float *d = w->chunk + (size_t)cc * seg + (size_t)(h - tb.lo) * TW;
-                                for (int q = 0; q < TW; q++)
-                                    d[q] += cf * av[q];
-                            }
+                for (int c = ta; c < te; c++)
+                    for (size_t q0 = 0; q0 < seg; q0 += w->chunk_cap) { /* slices of a chunk */
+                        size_t nq = seg - q0 < w->chunk_cap ? seg - q0 : w->chunk_cap;
+                        for (size_t q = 0; q < nq; q++)
+                            w->chunk[q] = 0.0f;
+                        for (int b = 0; b < B; b++) {
+                            const float cf = w->dz[(size_t)b * O + (size_t)o];
+                            const float *av = band_row(&tm, b, c, tb.lo) + q0;
+                            for (size_t q = 0; q < nq; q++)
+                                w->chunk[q] += cf * av[q];
+                        }
+                        CHK(w->sink(w->sink_arg,
+                                    D->w_off + (size_t)o * N + (size_t)c * HW +
+                                        (size_t)tb.lo * TW + q0,
+                                    w->chunk, nq));
                     }
-                    CHK(w->sink(w->sink_arg,
-                                D->w_off + (size_t)o * N + (size_t)c * HW + (size_t)tb.lo * TW,
-                                w->chunk, seg * (size_t)nc));
-                }
         }
-        for (int j = F - 1; j >= lowest; j--) {
+        for (int j = j1; j >= lowest; j--) {
             const fedge_layer *l = &s->layer[j];
             const rows_t f = {dp[j + 1], dc[j + 1]};
             if (f.lo >= f.hi)
                 continue;
-            int a = mode == 2 && j >= L ? c0 : 0, e = mode == 2 && j >= L ? c1 : l->out_c;
+            int a = j >= cl ? c0 : 0, e = j >= cl ? c1 : l->out_c;
             band_t go = patch_wmap(ps, j, dp[j + 1]);
             if (l->type == FEDGE_LAYER_RELU) {
                 band_t out = patch_fmap(ps, j, fr[j + 1].lo);
                 for (int b = 0; b < B; b++)
                     for (int c = a; c < e; c++)
                         for (int h = f.lo; h < f.hi; h++) {
-                            float *g = band_row(&go, b, c, h);
+                            float *gr = band_row(&go, b, c, h);
                             const float *ov = band_row(&out, b, c, h);
                             for (int q = 0; q < l->out_w; q++) {
-                                float v = g[q];
-                                g[q] = ov[q] > 0.0f ? v : 0.0f;
+                                float v = gr[q];
+                                gr[q] = ov[q] > 0.0f ? v : 0.0f;
                             }
                         }
             } else if (l->type == FEDGE_LAYER_DROPOUT) {
@@ -2556,9 +2656,9 @@ static int patch_sweep(pass *ps, psweep *w, int mode, int c0, int c1)
                           db);
             }
         }
-        for (int j = lowest; j < F; j++) { /* the windows move down past the complete rows */
+        for (int j = lowest; j <= j1; j++) { /* the windows move down past the complete rows */
             int n = dc[j + 1] - dp[j + 1], R = p->pwrows[j];
-            if (p->pwown[j] != j || n <= 0)
+            if (p->pwown[j] != j || p->pwwhole[j] || n <= 0)
                 continue;
             band_t m = patch_wmap(ps, j, 0);
             size_t rw = (size_t)m.W, keep = n < R ? (size_t)(R - n) : 0;
@@ -2587,7 +2687,8 @@ static float *patch_forward(pass *ps, int train, uint64_t seed, const uint8_t *y
     float *z = ps->scratch + p->ptail_off[Di];
     memset(z, 0, (size_t)B * D->out * sizeof(float));
     psweep w = {train, seed, NULL, z, NULL, 0, NULL, NULL};
-    (void)patch_sweep(ps, &w, 0, 0, 0); /* no sink: no error */
+    for (int g = 0; g < p->pnseg; g++)
+        (void)patch_sweep(ps, &w, g, 0, 0, 0); /* no sink: no error */
     add_bias_rows(z, params + D->b_off, B, (size_t)D->out, relu_follows(s, Di));
     float *out = z;
     for (int i = Di + 1; i < s->n_layers; i++) {
@@ -2624,8 +2725,8 @@ static int patch_backward(pass *ps, float *g, uint64_t seed, float *chunk, size_
     const fedge_model_spec *s = &ps->m->spec;
     const scratch_plan *p = &ps->plan;
     const float *params = ps->m->params;
-    const int B = ps->batch, Di = p->pF + 1, L = p->pL, fc = p->pfc;
-    const fedge_layer *D = &s->layer[Di], *lL = &s->layer[L];
+    const int B = ps->batch, Di = p->pF + 1, fc = p->pfc;
+    const fedge_layer *D = &s->layer[Di];
     float *gb[2] = {ps->scratch + p->ptg_off[0], ps->scratch + p->ptg_off[1]};
     int ret = FEDGE_OK;
     for (int i = s->n_layers - 1; i > Di; i--) {
@@ -2674,42 +2775,55 @@ static int patch_backward(pass *ps, float *g, uint64_t seed, float *chunk, size_
     col_sums(g, B, D->out, chunk);
     CHK(sink(sink_arg, D->b_off, chunk, (size_t)D->out));
     psweep w = {1, seed, g, NULL, chunk, chunk_cap, sink, sink_arg};
-    const size_t K = (size_t)lL->in_c * lL->k * lL->k;
-    memset(ps->scratch + p->pbias_off, 0, (size_t)lL->out * sizeof(float));
-    for (int j = fc; j < L; j++)
-        if (s->layer[j].type == FEDGE_LAYER_CONV2D)
-            memset(ps->scratch + p->plow_off[j], 0, s->layer[j].n_params * sizeof(float));
-    const int nblk = (lL->out + p->pob - 1) / p->pob;
-    if (nblk > 1 && L > fc) /* the gradient below the last conv, every channel */
-        CHK(patch_sweep(ps, &w, 1, 0, lL->out));
-    const int per = chunk_cap / K > 0 ? (int)(chunk_cap / K) : 1;
-    for (int c0 = 0; c0 < lL->out; c0 += p->pob) {
-        int c1 = lL->out - c0 < p->pob ? lL->out : c0 + p->pob;
-        const float *acc = ps->scratch + p->pacc_off;
-        memset(ps->scratch + p->pacc_off, 0, (size_t)(c1 - c0) * K * sizeof(float));
-        CHK(patch_sweep(ps, &w, nblk > 1 ? 2 : 1, c0, c1));
-        for (int o = c0; o < c1; o += per) { /* that block's weights are read no more */
-            int nb = c1 - o < per ? c1 - o : per;
-            memcpy(chunk, acc + (size_t)(o - c0) * K, (size_t)nb * K * sizeof(float));
-            CHK(sink(sink_arg, lL->w_off + (size_t)o * K, chunk, (size_t)nb * K));
-        }
+    if (p->pcut >= 0) { /* the cut map's gradient, whole: the upper segment adds to it */
+        const fedge_layer *x = &s->layer[p->pwown[p->pcut]];
+        memset(ps->scratch + p->pw_off[p->pwown[p->pcut]], 0,
+               (size_t)B * x->out_c * (size_t)x->out_h * x->out_w * sizeof(float));
     }
-    memcpy(chunk, ps->scratch + p->pbias_off, (size_t)lL->out * sizeof(float));
-    CHK(sink(sink_arg, lL->b_off, chunk, (size_t)lL->out));
-    for (int j = fc; j < L; j++) { /* the convs below: read by every band until now */
-        const fedge_layer *l = &s->layer[j];
-        if (l->type != FEDGE_LAYER_CONV2D)
+    for (int sg = p->pnseg - 1; sg >= 0; sg--) {
+        const int L = p->pL[sg], j0 = p->pj0[sg];
+        if (L < 0) { /* no conv: the gradient passes through to the cut */
+            CHK(patch_sweep(ps, &w, sg, 1, 0, 0));
             continue;
-        const float *sums = ps->scratch + p->plow_off[j];
-        const size_t Kj = (size_t)l->in_c * l->k * l->k;
-        const int pj = chunk_cap / Kj > 0 ? (int)(chunk_cap / Kj) : 1;
-        for (int o = 0; o < l->out; o += pj) {
-            int nb = l->out - o < pj ? l->out - o : pj;
-            memcpy(chunk, sums + (size_t)o * Kj, (size_t)nb * Kj * sizeof(float));
-            CHK(sink(sink_arg, l->w_off + (size_t)o * Kj, chunk, (size_t)nb * Kj));
         }
-        memcpy(chunk, sums + (l->b_off - l->w_off), (size_t)l->out * sizeof(float));
-        CHK(sink(sink_arg, l->b_off, chunk, (size_t)l->out));
+        const fedge_layer *lL = &s->layer[L];
+        const size_t K = (size_t)lL->in_c * lL->k * lL->k;
+        memset(ps->scratch + p->pbias_off, 0, (size_t)lL->out * sizeof(float));
+        for (int j = j0; j < L; j++)
+            if (s->layer[j].type == FEDGE_LAYER_CONV2D)
+                memset(ps->scratch + p->plow_off[j], 0, s->layer[j].n_params * sizeof(float));
+        const int nblk = (lL->out + p->pob[sg] - 1) / p->pob[sg];
+        if (nblk > 1 && L > fc) /* the gradient below the last conv, every channel */
+            CHK(patch_sweep(ps, &w, sg, 1, 0, lL->out));
+        const int per = chunk_cap / K > 0 ? (int)(chunk_cap / K) : 1;
+        for (int c0 = 0; c0 < lL->out; c0 += p->pob[sg]) {
+            int c1 = lL->out - c0 < p->pob[sg] ? lL->out : c0 + p->pob[sg];
+            const float *acc = ps->scratch + p->pacc_off;
+            memset(ps->scratch + p->pacc_off, 0, (size_t)(c1 - c0) * K * sizeof(float));
+            CHK(patch_sweep(ps, &w, sg, nblk > 1 ? 2 : 1, c0, c1));
+            for (int o = c0; o < c1; o += per) { /* that block's weights are read no more */
+                int nb = c1 - o < per ? c1 - o : per;
+                memcpy(chunk, acc + (size_t)(o - c0) * K, (size_t)nb * K * sizeof(float));
+                CHK(sink(sink_arg, lL->w_off + (size_t)o * K, chunk, (size_t)nb * K));
+            }
+        }
+        memcpy(chunk, ps->scratch + p->pbias_off, (size_t)lL->out * sizeof(float));
+        CHK(sink(sink_arg, lL->b_off, chunk, (size_t)lL->out));
+        for (int j = j0; j < L; j++) { /* the segment's lower convs: read by every band until now */
+            const fedge_layer *l = &s->layer[j];
+            if (l->type != FEDGE_LAYER_CONV2D)
+                continue;
+            const float *sums = ps->scratch + p->plow_off[j];
+            const size_t Kj = (size_t)l->in_c * l->k * l->k;
+            const int pj = chunk_cap / Kj > 0 ? (int)(chunk_cap / Kj) : 1;
+            for (int o = 0; o < l->out; o += pj) {
+                int nb = l->out - o < pj ? l->out - o : pj;
+                memcpy(chunk, sums + (size_t)o * Kj, (size_t)nb * Kj * sizeof(float));
+                CHK(sink(sink_arg, l->w_off + (size_t)o * Kj, chunk, (size_t)nb * Kj));
+            }
+            memcpy(chunk, sums + (l->b_off - l->w_off), (size_t)l->out * sizeof(float));
+            CHK(sink(sink_arg, l->b_off, chunk, (size_t)l->out));
+        }
     }
 cleanup:
     return ret;
@@ -2906,6 +3020,16 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
     ret = pass_init(&ps, m, batch, scratch, have);
     if (ret != FEDGE_OK)
         return ret;
+    if (sink && !ps.plan.patch && chunk_floats > 0 && chunk_floats < chunk_cap &&
+        plan_patch_fit(s, batch, have, &ps.plan) != FEDGE_OK)
+        ret = plan_fit(s, batch, have, &ps.plan); /* no patch layout: the chunk is taken as the least */
+    if (ret != FEDGE_OK)
+        return ret;
+    if (sink && ps.plan.patch && chunk_floats > 0 && chunk_floats < chunk_cap) {
+        if (chunk_floats < patch_chunk_need(s, &ps.plan)) /* a smaller chunk: the patch pass's */
+            return FEDGE_ERR_BUFFER_TOO_SMALL;
+        chunk_cap = chunk_floats;
+    }
     if (xu8 && ps.plan.patch) { /* read a band's input rows at a time */
         ps.xu8 = xu8;
         ps.xscale = xscale;

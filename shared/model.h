@@ -200,7 +200,14 @@ int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, floa
  * fedge_model_scratch_floats_min; FEDGE_ERR_BUFFER_TOO_SMALL below) and a
  * chunk of chunk_floats (0, or anything up to fedge_model_grad_chunk_floats:
  * that size; more: slices of up to chunk_floats, more dense rows per
- * product; the same bits). */
+ * product; the same bits). A pass in the patch layout takes a smaller chunk:
+ * chunk_floats from fedge_model_grad_chunk_floats_fit (for that scratch) up
+ * is its size (below: FEDGE_ERR_BUFFER_TOO_SMALL, nothing handed over);
+ * given such a chunk, a pass whose rows would fit a faster layout in its
+ * scratch takes the patch layout (a short last minibatch, say). */
+size_t fedge_model_grad_chunk_floats_fit(const fedge_model_spec *spec, int batch, size_t scratch_floats);
+/* The patch layout's least chunk (0: the spec has no patch layout). */
+size_t fedge_model_grad_chunk_floats_patch(const fedge_model_spec *spec);
 int fedge_model_loss_grad_sliced_n(const fedge_model *m, const float *x, const uint8_t *y,
                                    int batch, uint64_t dropout_seed, float *scratch,
                                    size_t scratch_floats, float *chunk, size_t chunk_floats,
