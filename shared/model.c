@@ -42,6 +42,8 @@
  * (plan.stream) forms its input gradient in a ring of input rows (ring_off,
  * over the dead activations above its input when it is g0) and hands each
  * complete row to that conv's weight-gradient sums), all with the same sums.
+ * Below it, the patch layout (PLAN_PATCH, "the patch layout" below) walks the
+ * conv chain in row bands straight into the first dense layer.
  * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
  * masks instead of storing them. */
 #include <limits.h>
@@ -1040,10 +1042,13 @@ static void band_rows(const fedge_model_spec *s, const scratch_plan *p, int g, i
     }
 }
 
-/* Output channels per block of a segment's last conv in the least patch layout. */
-static int patch_ob(const fedge_layer *l)
+/* Output channels per block of a segment's last conv in the least patch
+ * layout: about 4 LEAN_BLOCKs of weight sums when each block's walk
+ * recomputes the chain from the input, one when it starts at a map kept
+ * whole (a walk of the upper segment costs little). */
+static int patch_ob(const fedge_layer *l, int from_input)
 {
-    size_t K = (size_t)l->in_c * l->k * l->k, ob = 4 * LEAN_BLOCK / K;
+    size_t K = (size_t)l->in_c * l->k * l->k, ob = (from_input ? 4 : 1) * LEAN_BLOCK / K;
     return ob < 1 ? 1 : ob > (size_t)l->out ? l->out : (int)ob;
 }
 
@@ -1100,7 +1105,9 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
                 p->pL[g] = j;
         p->pbh[g] = bh < 1 ? 1 : bh > H ? H : bh;
         p->pT[g] = (H + p->pbh[g] - 1) / p->pbh[g];
-        p->pob[g] = p->pL[g] < 0 ? 0 : full ? s->layer[p->pL[g]].out : patch_ob(&s->layer[p->pL[g]]);
+        p->pob[g] = p->pL[g] < 0 ? 0
+                    : full      ? s->layer[p->pL[g]].out
+                                : patch_ob(&s->layer[p->pL[g]], p->pj0[g] == 0);
     }
     p->pfown[0] = 0;
     for (int j = 0; j < F; j++) {

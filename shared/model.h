@@ -147,9 +147,17 @@ int fedge_model_max_batch(const fedge_model_spec *spec, int batch);
  * Every layout computes the same sums in the same order with the portable
  * GEMM (gemm.c): the same bits. With a BLAS, LEAN sums a conv's weight
  * gradient the portable kernel's way rather than the BLAS's (rounding).
+ * PATCH (below LEAN; specs with a conv before the first dense layer): the
+ * conv/pool chain walked in row bands of its last map, each band's
+ * receptive field recomputed, into the first dense layer's sums; backward
+ * over the same bands, the halo rows' input gradients in a window per map;
+ * a deep chain split at a map kept whole; the band height from the budget
+ * (model.c, "the patch layout"). Its sums run in another order than the
+ * GEMM's: not the same bits (within 1e-5 of the largest gradient,
+ * test_patch_layout_close).
  * _min: the least of the layouts; _fit: what a pass makes of a budget of
  * that many floats (the full size when it fits, else the budget, 0 below
- * _min). 0 for an invalid spec or layout. */
+ * _min). 0 for an invalid spec or layout (PATCH: a spec without a conv). */
 typedef enum {
     FEDGE_SCRATCH_FULL = 0,
     FEDGE_SCRATCH_SMALL_GEMM = 1,
