@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1286,6 +1287,117 @@ static void test_patch_layout_close(void **state)
             patch_close(specs[i], batches[b]);
 }
 
+/* The patch layout against the full one on random chains (a fixed seed):
+ * convs of kernel 1..5, strides 1..3 and pads, pools overlapping, strided
+ * past their window or not, dropouts, with and without a hidden dense
+ * layer, non-square inputs of 1..3 channels, batch 1..4, at the least patch
+ * scratch or more; each pass that takes the patch layout (by its scratch
+ * or by its chunk) steps every parameter once, within 1e-5 of the largest
+ * gradient of the full layout's step. */
+static uint64_t chain_rnd_state = 88172645463325252ull;
+
+static int chain_rnd(int n)
+{
+    uint64_t x = chain_rnd_state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    chain_rnd_state = x;
+    return (int)(x % (uint64_t)n);
+}
+
+static void random_chain(char *spec, size_t cap)
+{
+    int n = snprintf(spec, cap, "cnn:%dx%dx%d", 1 + chain_rnd(3), 4 + chain_rnd(20), 4 + chain_rnd(20));
+    for (int t = 1 + chain_rnd(5); t > 0; t--) {
+        int kind = chain_rnd(10);
+        if (kind < 5) {
+            int k = 1 + chain_rnd(5), s = chain_rnd(3) == 0 ? 1 + chain_rnd(3) : 1;
+            int p = chain_rnd(3) == 0 ? chain_rnd(k / 2 + 1) : 0;
+            n += snprintf(spec + n, cap - (size_t)n, "-c%dk%d", 1 + chain_rnd(6), k);
+            if (s > 1)
+                n += snprintf(spec + n, cap - (size_t)n, "s%d", s);
+            if (p > 0)
+                n += snprintf(spec + n, cap - (size_t)n, "p%d", p);
+        } else if (kind < 8) {
+            int k = 1 + chain_rnd(3), s = chain_rnd(2) ? k : 1 + chain_rnd(3);
+            n += snprintf(spec + n, cap - (size_t)n, "-p%d", k);
+            if (s != k)
+                n += snprintf(spec + n, cap - (size_t)n, "s%d", s);
+        } else {
+            n += snprintf(spec + n, cap - (size_t)n, "-d%d", 10 + chain_rnd(50));
+        }
+    }
+    if (chain_rnd(2))
+        n += snprintf(spec + n, cap - (size_t)n, "-f%d", 2 + chain_rnd(10));
+    if (chain_rnd(4) == 0)
+        n += snprintf(spec + n, cap - (size_t)n, "-d30");
+    snprintf(spec + n, cap - (size_t)n, "-%d", 2 + chain_rnd(5));
+}
+
+static void test_patch_layout_random_chains(void **state)
+{
+    (void)state;
+    int tested = 0;
+    for (int it = 0; tested < 300; it++) {
+        char text[FEDGE_MODEL_SPEC_MAX];
+        fedge_model_spec s;
+        random_chain(text, sizeof text);
+        if (fedge_model_spec_parse(text, &s) != FEDGE_OK ||
+            fedge_model_scratch_floats_layout(&s, 1, FEDGE_SCRATCH_PATCH) == 0)
+            continue; /* not a spec, or no conv before the first dense layer */
+        int batch = 1 + chain_rnd(4);
+        size_t patch = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_PATCH);
+        size_t full = fedge_model_scratch_floats(&s, batch);
+        size_t cfp = fedge_model_grad_chunk_floats_patch(&s), cmin = fedge_model_grad_chunk_floats(&s);
+        size_t lean = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_LEAN);
+        size_t small = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_SMALL_GEMM);
+        if (!(patch < (lean < small ? lean : small) || cfp < cmin))
+            continue; /* a pass would not take the patch layout */
+        fedge_model m, t;
+        fedge_rng r;
+        random_model(text, (uint64_t)it, &s, &m, &r);
+        assert_int_equal(fedge_model_init(&t, &s), FEDGE_OK);
+        size_t dim = (size_t)s.input_dim, n = m.n_params, cf = cfp < cmin ? cfp : cmin;
+        size_t have = chain_rnd(2) ? patch : patch + (size_t)chain_rnd((int)patch + 1);
+        float *x = malloc((size_t)batch * dim * sizeof(float)), *g = malloc(n * sizeof(float));
+        float *scratch = malloc((full > have ? full : have) * sizeof(float));
+        float *chunk = malloc(cf * sizeof(float));
+        uint8_t *seen = calloc(n, 1), y[4];
+        assert_true(x && g && scratch && chunk && seen);
+        for (size_t i = 0; i < (size_t)batch * dim; i++)
+            x[i] = fedge_rng_uniform(&r);
+        for (int i = 0; i < batch; i++)
+            y[i] = (uint8_t)(fedge_rng_u64(&r) % (uint64_t)s.classes);
+        float la, lb;
+        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, 9, scratch, g, &la), FEDGE_OK);
+        memcpy(t.params, m.params, n * sizeof(float));
+        patch_arg a = {&t, seen, 0};
+        assert_int_equal(fedge_model_loss_grad_sliced_n(&t, x, y, batch, 9, scratch, have, chunk,
+                                                        cfp < cmin ? cfp : 0, patch_sink, &a, &lb),
+                         FEDGE_OK);
+        float gmax = 0.0f, dmax = 0.0f;
+        for (size_t i = 0; i < n; i++) {
+            float d = fabsf(m.params[i] - 0.5f * g[i] - t.params[i]);
+            gmax = fabsf(g[i]) > gmax ? fabsf(g[i]) : gmax;
+            dmax = d > dmax ? d : dmax;
+            assert_int_equal(seen[i], 1);
+        }
+        if (a.twice || !(dmax <= 0.5f * 1e-5f * gmax + 1e-7f) ||
+            !(fabsf(la - lb) <= 1e-5f * fabsf(la) + 1e-6f))
+            fail_msg("%s batch %d scratch %zu: step off by %g (largest gradient %g), loss %g, %g",
+                     text, batch, have, (double)dmax, (double)gmax, (double)la, (double)lb);
+        tested++;
+        free(x);
+        free(g);
+        free(scratch);
+        free(chunk);
+        free(seen);
+        fedge_model_free(&m);
+        fedge_model_free(&t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1297,6 +1409,7 @@ int main(void)
         cmocka_unit_test(test_scratch_fit_same_bits),
         cmocka_unit_test(test_conv_blocks_step_in_order),
         cmocka_unit_test(test_patch_layout_close),
+        cmocka_unit_test(test_patch_layout_random_chains),
         cmocka_unit_test(test_gradients_mlp),
         cmocka_unit_test(test_gradients_softmax),
         cmocka_unit_test(test_gradients_conv),
