@@ -136,7 +136,10 @@ size_t fedge_edge_scratch_floats(const fedge_model_spec *spec, int micro)
 
 size_t fedge_edge_chunk_floats(const fedge_model_spec *spec, int micro)
 {
-    size_t min = fedge_model_grad_chunk_floats(spec), n = fedge_model_spec_param_count(spec);
+    size_t min = micro > 0 ? fedge_model_grad_chunk_floats_fit(spec, micro,
+                                                               fedge_edge_scratch_floats(spec, micro))
+                           : 0;
+    size_t n = fedge_model_spec_param_count(spec);
     if (min == 0 || micro < 1)
         return 0;
     size_t full = FEDGE_EDGE_FULL_CHUNK < n ? FEDGE_EDGE_FULL_CHUNK : n;
@@ -748,7 +751,7 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
      * few at a time in the gradient slice, free once training is done. */
     {
         size_t correct = 0, seen = 0, dim = (size_t)spec->input_dim;
-        size_t per = t->xbatch_u8 ? fedge_model_grad_chunk_floats(spec) / dim : (size_t)t->batch;
+        size_t per = t->xbatch_u8 ? t->chunk_floats / dim : (size_t)t->batch;
         if (per > (size_t)t->micro) /* t->scratch holds t->micro rows */
             per = (size_t)t->micro;
         fedge_shard_rewind(shard, 1, epoch_seed(p->seed, p->epochs));
@@ -784,7 +787,7 @@ int fedge_edge_trainer_train(fedge_edge_trainer *t, fedge_shard_reader *shard,
     float *delta = p->control ? t->grad : t->local.params;
     if (t->spilled) {
         CHK(fedge_edge_base_delta(p->base_file, p->round, spec, t->global_version, delta, n, t->gchunk,
-                                  fedge_model_grad_chunk_floats(spec)));
+                                  t->chunk_floats));
         for (size_t i = 0; i < n; i++)
             if (!isfinite(delta[i]))
                 FAIL(FEDGE_ERR_MODEL_NONFINITE);

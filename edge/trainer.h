@@ -137,7 +137,8 @@ size_t fedge_edge_scratch_floats(const fedge_model_spec *spec, int micro);
 /* The gradient slice of a pass of micro rows: FEDGE_EDGE_FULL_CHUNK floats
  * (or P) when the budget holds the full layout (more dense rows per weight-
  * gradient product, the native build's slices), else
- * fedge_model_grad_chunk_floats. */
+ * fedge_model_grad_chunk_floats_fit for fedge_edge_scratch_floats (the
+ * patch layout's smaller slices, fedge_model_grad_chunk_floats otherwise). */
 #define FEDGE_EDGE_FULL_CHUNK 4096u
 size_t fedge_edge_chunk_floats(const fedge_model_spec *spec, int micro);
 /* The activation budget of a pass in bytes, for the whole process (set before

@@ -42,6 +42,8 @@
  * (plan.stream) forms its input gradient in a ring of input rows (ring_off,
  * over the dead activations above its input when it is g0) and hands each
  * complete row to that conv's weight-gradient sums), all with the same sums.
+ * Below it, the patch layout (PLAN_PATCH, "the patch layout" below) walks the
+ * conv chain in row bands straight into the first dense layer.
  * Nothing is allocated per step; backward recomputes im2col, pool argmax and dropout
  * masks instead of storing them. */
 #include <limits.h>
@@ -619,6 +621,24 @@ typedef struct {
     size_t xin;             /* floats at xin_off */
     int xin_rows;           /* u8 rows a first dense layer converts at once */
     size_t total;
+    /* the patch layout (PLAN_PATCH) only, model.c's "patch-based training": */
+    int patch;
+    int pF, pfc;            /* the flatten; the chain's first conv */
+    int pcut;               /* the map kept whole between the two segments, or -1 (one) */
+    int pnseg;              /* segments of the chain, each walked in bands of its last map */
+    int pj0[2], pj1[2];     /* a segment's first and last layer */
+    int pL[2];              /* its last conv (its weights in blocks), or -1 */
+    int pbh[2], pob[2], pT[2]; /* its last map's rows per band; pL's channels per block; bands */
+    int pfown[FEDGE_MODEL_MAX_LAYERS + 1]; /* map j (index j + 1, 0: the input): the map whose
+                                              band buffer holds it (a relu: its conv's) */
+    int pwown[FEDGE_MODEL_MAX_LAYERS];     /* map j's gradient window's owner (relu, dropout:
+                                              the map below) */
+    int pfwhole[FEDGE_MODEL_MAX_LAYERS + 1], pwwhole[FEDGE_MODEL_MAX_LAYERS]; /* the cut's: whole */
+    int pfrows[FEDGE_MODEL_MAX_LAYERS + 1], pwrows[FEDGE_MODEL_MAX_LAYERS];
+    size_t pf_off[FEDGE_MODEL_MAX_LAYERS + 1], pw_off[FEDGE_MODEL_MAX_LAYERS];
+    size_t ptail_off[FEDGE_MODEL_MAX_LAYERS], ptg_off[2];
+    size_t plow_off[FEDGE_MODEL_MAX_LAYERS]; /* a conv below its segment's pL: its whole gradient */
+    size_t pacc_off, pbias_off;             /* a pL: one block's weight sums; its bias sums */
 } scratch_plan;
 
 /* Rows of a u8 input converted at once for a first dense layer's forward
@@ -686,7 +706,7 @@ static size_t xin_floats(const fedge_layer *l, size_t B, size_t xin_rows)
  * backward) and no output of a conv followed by a ReLU and a 2x2 pool (it
  * runs two rows at a time and is recomputed in backward; the pool writes
  * NCHW when a flatten follows, so the flatten copies nothing). */
-enum { PLAN_FULL = 0, PLAN_MIN = 1, PLAN_LEAN = 2 };
+enum { PLAN_FULL = 0, PLAN_MIN = 1, PLAN_LEAN = 2, PLAN_PATCH = 3 };
 
 /* The lean layout's blocks, in floats: a conv's im2col in blocks of output
  * pixels, and, when its weights exceed a gradient slice, its weights and
@@ -754,11 +774,19 @@ static void grad_sizes(const fedge_model_spec *s, scratch_plan *p, size_t B, siz
     }
 }
 
+static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int full,
+                      scratch_plan *p);
+static int patch_least_cut(const fedge_model_spec *s, int batch);
+
 static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_plan *p)
 {
 #define gemm_floats(M, N, K) gemm_floats_of(mode != PLAN_FULL, M, N, K)
     if (batch < 1)
         return FEDGE_ERR_INVALID_ARG;
+    if (mode == PLAN_PATCH) { /* the least: one row per band */
+        int cut = patch_least_cut(s, batch);
+        return cut < -1 ? FEDGE_ERR_INVALID_ARG : plan_patch(s, batch, cut, 1, 0, p);
+    }
     memset(p, 0, sizeof *p);
     p->lean = mode == PLAN_LEAN;
     p->cb = grad_chunk_need(s);
@@ -909,6 +937,317 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
 #undef gemm_floats
 }
 
+/* ---- the patch layout (PLAN_PATCH): the conv chain in row bands ---------- */
+
+/* Patch-based training (the depth-first tiling of MCUNetV2, Lin et al. 2021,
+ * here for backward too): the chain of convs, pools, relus and dropouts
+ * before the flatten runs in bands of pbh rows of its last map. Forward, a
+ * band's receptive field is recomputed through the chain from the input rows
+ * and its last-map rows go straight into the first dense layer's sums (only
+ * that layer's outputs, B x out, are kept). Backward walks the same bands:
+ * each recomputes its forward rows, forms the last map's gradient from the
+ * dense layer's (dz x W), hands that dense layer's weight gradient over for
+ * the band's columns, and runs the chain's backward on the rows whose
+ * gradient is complete; the rows a later band still adds to stay in a window
+ * per map (the halo) that moves down with the bands. ReLU masks, pool argmax
+ * and dropout masks are recomputed, never stored. The convs below the last
+ * one keep whole weight-gradient sums (they are read by every band); the
+ * last conv's go in blocks of pob output channels, one sweep of bands per
+ * block (a block's maps above it need no other channel), after a sweep that
+ * forms the gradient below it. Scratch: the tail's activations (B x each
+ * width after the flatten) and two gradient buffers, a band buffer per map
+ * (B x C x rows x W), a window per map that has a gradient, the lower convs'
+ * sums, one block of the last conv's and its bias sums. */
+
+typedef struct {
+    int lo, hi;
+} rows_t;
+
+static rows_t rows_hull(rows_t a, rows_t b)
+{
+    if (a.lo >= a.hi)
+        return b;
+    if (b.lo >= b.hi)
+        return a;
+    rows_t r = {a.lo < b.lo ? a.lo : b.lo, a.hi > b.hi ? a.hi : b.hi};
+    return r;
+}
+
+static int rows_windowed(const fedge_layer *l)
+{
+    return l->type == FEDGE_LAYER_CONV2D || l->type == FEDGE_LAYER_MAXPOOL;
+}
+
+/* The input rows layer l reads for its output rows o. */
+static rows_t rows_in(const fedge_layer *l, rows_t o)
+{
+    rows_t r = {0, 0};
+    if (o.lo >= o.hi)
+        return r;
+    if (!rows_windowed(l))
+        return o;
+    int pad = l->type == FEDGE_LAYER_CONV2D ? l->pad : 0;
+    r.lo = o.lo * l->stride - pad;
+    r.hi = (o.hi - 1) * l->stride - pad + l->k;
+    r.lo = r.lo < 0 ? 0 : r.lo;
+    r.hi = r.hi > l->in_h ? l->in_h : r.hi;
+    return r;
+}
+
+/* The input rows whose gradient is complete once output rows [0, d) gave theirs. */
+static int rows_done(const fedge_layer *l, int d)
+{
+    if (!rows_windowed(l))
+        return d;
+    if (d >= l->out_h)
+        return l->in_h;
+    int v = d * l->stride - (l->type == FEDGE_LAYER_CONV2D ? l->pad : 0);
+    return v < 0 ? 0 : v > l->in_h ? l->in_h : v;
+}
+
+/* d[j + 1]: the rows of map j (the output of layer j; -1: the input) of
+ * segment g (maps pj0 - 1 .. pj1) whose gradient is complete after band t
+ * (t < 0: none). */
+static void band_done(const fedge_model_spec *s, const scratch_plan *p, int g, int t, int *d)
+{
+    const int j0 = p->pj0[g], j1 = p->pj1[g], H = s->layer[j1].out_h;
+    for (int j = j0; j <= j1 + 1; j++)
+        d[j] = 0;
+    if (t < 0)
+        return;
+    d[j1 + 1] = (t + 1) * p->pbh[g] < H ? (t + 1) * p->pbh[g] : H;
+    for (int j = j1; j >= j0; j--)
+        d[j] = rows_done(&s->layer[j], d[j + 1]);
+}
+
+/* Band t of segment g: dp, dc the complete rows before and after it
+ * (band_done); fr[j + 1] the rows of map j its forward computes: those the
+ * band's last-map rows read, and with bw those the band's backward reads
+ * (its complete rows). */
+static void band_rows(const fedge_model_spec *s, const scratch_plan *p, int g, int t, int bw,
+                      int *dp, int *dc, rows_t *fr)
+{
+    const int j0 = p->pj0[g], j1 = p->pj1[g];
+    band_done(s, p, g, t - 1, dp);
+    band_done(s, p, g, t, dc);
+    fr[j1 + 1].lo = t * p->pbh[g];
+    fr[j1 + 1].hi = dc[j1 + 1];
+    for (int j = j1; j >= j0; j--) {
+        rows_t r = rows_in(&s->layer[j], fr[j + 1]);
+        if (bw && j - 1 >= p->pfc) {
+            rows_t f = {dp[j], dc[j]};
+            r = rows_hull(r, f);
+        }
+        fr[j] = r;
+    }
+}
+
+/* Output channels per block of a segment's last conv in the least patch
+ * layout: about 4 LEAN_BLOCKs of weight sums when each block's walk
+ * recomputes the chain from the input, one when it starts at a map kept
+ * whole (a walk of the upper segment costs little). */
+static int patch_ob(const fedge_layer *l, int from_input)
+{
+    size_t K = (size_t)l->in_c * l->k * l->k, ob = (from_input ? 4 : 1) * LEAN_BLOCK / K;
+    return ob < 1 ? 1 : ob > (size_t)l->out ? l->out : (int)ob;
+}
+
+/* A map that may be kept whole between two segments: a relu's or a pool's
+ * output (a dropout's gradient is scaled in place: not twice), above the
+ * first conv, below the last map. */
+static int patch_cuts(const fedge_model_spec *s, int F, int fc, int X)
+{
+    fedge_layer_type t = s->layer[X].type;
+    return X > fc && X < F - 1 && (t == FEDGE_LAYER_RELU || t == FEDGE_LAYER_MAXPOOL);
+}
+
+/* The patch layout: the chain in one segment (cut -1) or two with map cut
+ * kept whole between them, bands of bh rows, the last convs' weights in
+ * blocks (whole with full). FEDGE_ERR_INVALID_ARG for a spec without a conv
+ * chain into a dense layer, or a cut that is not patch_cuts. */
+static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int full,
+                      scratch_plan *p)
+{
+    memset(p, 0, sizeof *p);
+    int F = 0, fc = -1;
+    if (batch < 1 || s->kind != FEDGE_MODEL_CNN)
+        return FEDGE_ERR_INVALID_ARG;
+    while (F < s->n_layers && s->layer[F].type != FEDGE_LAYER_FLATTEN &&
+           s->layer[F].type != FEDGE_LAYER_DENSE)
+        F++;
+    if (F == 0 || F + 1 >= s->n_layers || s->layer[F].type != FEDGE_LAYER_FLATTEN ||
+        s->layer[F + 1].type != FEDGE_LAYER_DENSE)
+        return FEDGE_ERR_INVALID_ARG;
+    for (int j = 0; j < F && fc < 0; j++)
+        if (s->layer[j].type == FEDGE_LAYER_CONV2D)
+            fc = j;
+    if (fc < 0 || (cut >= 0 && !patch_cuts(s, F, fc, cut)))
+        return FEDGE_ERR_INVALID_ARG;
+    const size_t B = (size_t)batch;
+    for (int i = 0; i < s->n_layers; i++)
+        if (B * layer_size(&s->layer[i]) > (size_t)INT_MAX)
+            return FEDGE_ERR_INVALID_ARG;
+    p->patch = 1;
+    p->cb = grad_chunk_need(s);
+    p->pF = F;
+    p->pfc = fc;
+    p->pcut = cut;
+    p->pnseg = cut < 0 ? 1 : 2;
+    p->pj0[0] = 0;
+    p->pj1[0] = cut < 0 ? F - 1 : cut;
+    p->pj0[1] = cut + 1;
+    p->pj1[1] = F - 1;
+    for (int g = 0; g < p->pnseg; g++) {
+        const int H = s->layer[p->pj1[g]].out_h;
+        p->pL[g] = -1;
+        for (int j = p->pj0[g]; j <= p->pj1[g]; j++)
+            if (s->layer[j].type == FEDGE_LAYER_CONV2D)
+                p->pL[g] = j;
+        p->pbh[g] = bh < 1 ? 1 : bh > H ? H : bh;
+        p->pT[g] = (H + p->pbh[g] - 1) / p->pbh[g];
+        p->pob[g] = p->pL[g] < 0 ? 0
+                    : full      ? s->layer[p->pL[g]].out
+                                : patch_ob(&s->layer[p->pL[g]], p->pj0[g] == 0);
+    }
+    p->pfown[0] = 0;
+    for (int j = 0; j < F; j++) {
+        fedge_layer_type t = s->layer[j].type;
+        p->pfown[j + 1] = t == FEDGE_LAYER_RELU ? p->pfown[j] : j + 1;
+        p->pwown[j] = j > fc && (t == FEDGE_LAYER_RELU || t == FEDGE_LAYER_DROPOUT) ? p->pwown[j - 1]
+                                                                                     : j;
+    }
+    if (cut >= 0) {
+        p->pfwhole[p->pfown[cut + 1]] = 1;
+        p->pwwhole[p->pwown[cut]] = 1;
+        p->pfrows[p->pfown[cut + 1]] = s->layer[cut].out_h;
+        p->pwrows[p->pwown[cut]] = s->layer[cut].out_h;
+    }
+    int dp[FEDGE_MODEL_MAX_LAYERS + 1], dc[FEDGE_MODEL_MAX_LAYERS + 1];
+    rows_t fr[FEDGE_MODEL_MAX_LAYERS + 1];
+    for (int g = 0; g < p->pnseg; g++)
+        for (int t = 0; t < p->pT[g]; t++) {
+            const int j0 = p->pj0[g], j1 = p->pj1[g];
+            band_rows(s, p, g, t, 1, dp, dc, fr);
+            for (int j = j0 - 1; j <= j1; j++) {
+                int n = fr[j + 1].hi - fr[j + 1].lo, o = p->pfown[j + 1];
+                if (!p->pfwhole[o] && n > p->pfrows[o])
+                    p->pfrows[o] = n;
+            }
+            for (int j = j0 > fc ? j0 : fc; j <= j1; j++) {
+                rows_t done = {0, j < j1 ? dc[j + 2] : 0};
+                int touch = j == j1 ? dc[j1 + 1] : rows_in(&s->layer[j + 1], done).hi;
+                touch = touch < dc[j + 1] ? dc[j + 1] : touch;
+                int n = touch - dp[j + 1], o = p->pwown[j];
+                if (!p->pwwhole[o] && n > p->pwrows[o])
+                    p->pwrows[o] = n;
+            }
+        }
+    size_t off = 0, tg = 0;
+    for (int i = F + 1; i < s->n_layers; i++) {
+        const fedge_layer *l = &s->layer[i];
+        if (l->type == FEDGE_LAYER_RELU) {
+            p->ptail_off[i] = p->ptail_off[i - 1];
+            continue;
+        }
+        p->ptail_off[i] = off;
+        off += B * layer_size(l);
+        size_t in = B * (size_t)l->in_c * l->in_h * l->in_w;
+        if (l->type == FEDGE_LAYER_DENSE && i > F + 1 && in > tg)
+            tg = in;
+    }
+    p->ptg_off[0] = off;
+    p->ptg_off[1] = off + tg;
+    off += 2 * tg;
+    for (int j = -1; j < F; j++) {
+        if (p->pfown[j + 1] != j + 1)
+            continue;
+        size_t C = (size_t)(j < 0 ? s->in_c : s->layer[j].out_c);
+        size_t W = (size_t)(j < 0 ? s->in_w : s->layer[j].out_w);
+        p->pf_off[j + 1] = off;
+        off += B * C * (size_t)p->pfrows[j + 1] * W;
+    }
+    for (int j = fc; j < F; j++) {
+        if (p->pwown[j] != j)
+            continue;
+        p->pw_off[j] = off;
+        off += B * (size_t)s->layer[j].out_c * (size_t)p->pwrows[j] * (size_t)s->layer[j].out_w;
+    }
+    size_t acc = 0, bias = 0;
+    for (int g = 0; g < p->pnseg; g++) {
+        for (int j = p->pj0[g]; j < p->pL[g]; j++)
+            if (s->layer[j].type == FEDGE_LAYER_CONV2D) {
+                p->plow_off[j] = off;
+                off += s->layer[j].n_params;
+            }
+        if (p->pL[g] >= 0) {
+            const fedge_layer *l = &s->layer[p->pL[g]];
+            size_t a = (size_t)p->pob[g] * l->in_c * l->k * l->k;
+            acc = acc > a ? acc : a;
+            bias = bias > (size_t)l->out ? bias : (size_t)l->out;
+        }
+    }
+    p->pacc_off = off;
+    p->pbias_off = off + acc;
+    p->total = off + acc + bias;
+    return p->total > PLAN_MAX_FLOATS ? FEDGE_ERR_INVALID_ARG : FEDGE_OK;
+}
+
+/* The least gradient slice a patch pass takes: one input row (the edge's
+ * accuracy pass converts u8 rows in it), one conv output channel's weights,
+ * one row of a dense layer after the first, any layer's biases; the first
+ * dense layer's weight gradient goes out in pieces of its band's columns. */
+static size_t patch_chunk_need(const fedge_model_spec *s, const scratch_plan *p)
+{
+    size_t need = (size_t)s->input_dim;
+    for (int i = 0; i < s->n_layers; i++) {
+        const fedge_layer *l = &s->layer[i];
+        size_t in = (size_t)l->in_c * l->in_h * l->in_w;
+        size_t w = l->type == FEDGE_LAYER_CONV2D                  ? (size_t)l->in_c * l->k * l->k
+                   : l->type == FEDGE_LAYER_DENSE && i > p->pF + 1 ? in
+                                                                   : 0;
+        need = w > need ? w : need;
+        need = (size_t)l->out > need ? (size_t)l->out : need;
+    }
+    return need;
+}
+
+/* The least patch layout (one row per band, blocks) over the cuts; -2: none. */
+static int patch_least_cut(const fedge_model_spec *s, int batch)
+{
+    scratch_plan q;
+    size_t best = SIZE_MAX;
+    int cut = -2;
+    for (int X = -1; X < s->n_layers; X++)
+        if (plan_patch(s, batch, X, 1, 0, &q) == FEDGE_OK && q.total < best) {
+            best = q.total;
+            cut = X;
+        }
+    return cut;
+}
+
+/* The patch layout within have floats: the least layout's cut; whole blocks
+ * of the last convs when they fit, and the most rows per band that fit. */
+static int plan_patch_fit(const fedge_model_spec *s, int batch, size_t have, scratch_plan *p)
+{
+    int cut = patch_least_cut(s, batch);
+    if (cut < -1)
+        return FEDGE_ERR_BUFFER_TOO_SMALL;
+    for (int full = 1; full >= 0; full--) {
+        if (plan_patch(s, batch, cut, 1, full, p) != FEDGE_OK || p->total > have)
+            continue;
+        int lo = 1, hi = s->layer[p->pF].in_h; /* the largest band that fits */
+        while (lo < hi) {
+            int mid = lo + (hi - lo + 1) / 2;
+            if (plan_patch(s, batch, cut, mid, full, p) == FEDGE_OK && p->total <= have)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        return plan_patch(s, batch, cut, lo, full, p);
+    }
+    return FEDGE_ERR_BUFFER_TOO_SMALL;
+}
+
 /* The fastest layout within have floats (SIZE_MAX: the full one); the GEMM
  * takes what is left of have, up to its full blocking's size. */
 static int plan_fit(const fedge_model_spec *s, int batch, size_t have, scratch_plan *p)
@@ -930,7 +1269,7 @@ static int plan_fit(const fedge_model_spec *s, int batch, size_t have, scratch_p
         p->total += more;
         return FEDGE_OK;
     }
-    return FEDGE_ERR_BUFFER_TOO_SMALL;
+    return plan_patch_fit(s, batch, have, p);
 }
 
 size_t fedge_model_scratch_floats(const fedge_model_spec *spec, int batch)
@@ -948,7 +1287,7 @@ size_t fedge_model_scratch_floats_layout(const fedge_model_spec *spec, int batch
     char text[FEDGE_MODEL_SPEC_MAX];
     scratch_plan p;
     int mode = (int)layout; /* an enum may be unsigned (arm-none-eabi) */
-    if (mode < PLAN_FULL || mode > PLAN_LEAN || spec_check(spec, text) != FEDGE_OK ||
+    if (mode < PLAN_FULL || mode > PLAN_PATCH || spec_check(spec, text) != FEDGE_OK ||
         plan_make(spec, batch, mode, &p) != FEDGE_OK)
         return 0;
     return p.total;
@@ -958,7 +1297,9 @@ size_t fedge_model_scratch_floats_min(const fedge_model_spec *spec, int batch)
 {
     size_t a = fedge_model_scratch_floats_layout(spec, batch, FEDGE_SCRATCH_SMALL_GEMM);
     size_t b = fedge_model_scratch_floats_layout(spec, batch, FEDGE_SCRATCH_LEAN);
-    return a < b ? a : b;
+    size_t c = fedge_model_scratch_floats_layout(spec, batch, FEDGE_SCRATCH_PATCH);
+    a = a < b ? a : b;
+    return c > 0 && c < a ? c : a; /* 0: no conv chain into a dense layer */
 }
 
 size_t fedge_model_scratch_floats_fit(const fedge_model_spec *spec, int batch, size_t budget)
@@ -968,6 +1309,24 @@ size_t fedge_model_scratch_floats_fit(const fedge_model_spec *spec, int batch, s
     if (spec_check(spec, text) != FEDGE_OK || plan_fit(spec, batch, budget, &p) != FEDGE_OK)
         return 0;
     return p.total;
+}
+
+size_t fedge_model_grad_chunk_floats_patch(const fedge_model_spec *spec)
+{
+    char text[FEDGE_MODEL_SPEC_MAX];
+    scratch_plan p;
+    if (spec == NULL || spec_check(spec, text) != FEDGE_OK || plan_patch(spec, 1, -1, 1, 0, &p) != FEDGE_OK)
+        return 0;
+    return patch_chunk_need(spec, &p);
+}
+
+size_t fedge_model_grad_chunk_floats_fit(const fedge_model_spec *spec, int batch, size_t scratch)
+{
+    char text[FEDGE_MODEL_SPEC_MAX];
+    scratch_plan p;
+    if (spec == NULL || spec_check(spec, text) != FEDGE_OK || plan_fit(spec, batch, scratch, &p) != FEDGE_OK)
+        return 0;
+    return p.patch ? patch_chunk_need(spec, &p) : grad_chunk_need(spec);
 }
 
 int fedge_model_max_batch(const fedge_model_spec *spec, int batch)
@@ -1935,6 +2294,548 @@ cleanup:
 
 /* Runs every layer and the softmax; returns the probabilities (inside scratch).
  * train: dropout active with dropout_seed, else dropout is the identity. */
+/* ---- the patch layout's passes (PLAN_PATCH) ------------------------------- */
+
+/* Rows of one map in a band buffer or gradient window: [B][C][rows][W], row
+ * r at r - base. */
+typedef struct {
+    float *p;
+    int C, rows, W, base;
+} band_t;
+
+static float *band_row(const band_t *m, int b, int c, int r)
+{
+    return m->p + (((size_t)b * m->C + (size_t)c) * (size_t)m->rows + (size_t)(r - m->base)) *
+                      (size_t)m->W;
+}
+
+/* Map j's band buffer (-1: the input), its first row r0. */
+static band_t patch_fmap(const pass *ps, int j, int r0)
+{
+    const fedge_model_spec *s = &ps->m->spec;
+    const scratch_plan *p = &ps->plan;
+    int o = p->pfown[j + 1];
+    band_t m = {ps->scratch + p->pf_off[o], j < 0 ? s->in_c : s->layer[j].out_c, p->pfrows[o],
+                j < 0 ? s->in_w : s->layer[j].out_w, p->pfwhole[o] ? 0 : r0};
+    return m;
+}
+
+/* Map j's gradient window, its first row r0 (the first not yet complete). */
+static band_t patch_wmap(const pass *ps, int j, int r0)
+{
+    const fedge_model_spec *s = &ps->m->spec;
+    const scratch_plan *p = &ps->plan;
+    int o = p->pwown[j];
+    band_t m = {ps->scratch + p->pw_off[o], s->layer[j].out_c, p->pwrows[o], s->layer[j].out_w,
+                p->pwwhole[o] ? 0 : r0};
+    return m;
+}
+
+/* The output columns [*w0, *w1) whose input column w * s - pad + kj is in [0, IW). */
+static void col_span(int s, int pad, int kj, int IW, int OW, int *w0, int *w1)
+{
+    int lo = pad - kj, hi = IW - 1 + pad - kj;
+    int a = lo <= 0 ? 0 : (lo + s - 1) / s, b = hi < 0 ? 0 : hi / s + 1;
+    *w0 = a;
+    *w1 = b < OW ? b : OW;
+    if (*w1 < *w0)
+        *w1 = *w0;
+}
+
+static void pconv_fwd(const fedge_layer *l, const float *wts, const float *bias, const band_t *in,
+                      const band_t *out, int B, rows_t r, int c0, int c1, int relu)
+{
+    const int C = l->in_c, k = l->k, s = l->stride, pad = l->pad, OW = l->out_w;
+    for (int b = 0; b < B; b++)
+        for (int o = c0; o < c1; o++)
+            for (int oh = r.lo; oh < r.hi; oh++) {
+                float *dst = band_row(out, b, o, oh);
+                for (int w = 0; w < OW; w++)
+                    dst[w] = 0.0f;
+                for (int c = 0; c < C; c++)
+                    for (int ki = 0; ki < k; ki++) {
+                        int ih = oh * s - pad + ki;
+                        if (ih < 0 || ih >= l->in_h)
+                            continue;
+                        const float *src = band_row(in, b, c, ih);
+                        const float *wr = wts + (((size_t)o * C + (size_t)c) * k + (size_t)ki) * k;
+                        for (int kj = 0; kj < k; kj++) {
+                            int w0, w1;
+                            col_span(s, pad, kj, l->in_w, OW, &w0, &w1);
+                            const float wv = wr[kj], *sp = src - pad + kj;
+                            if (s == 1)
+                                for (int w = w0; w < w1; w++)
+                                    dst[w] += wv * sp[w];
+                            else
+                                for (int w = w0; w < w1; w++)
+                                    dst[w] += wv * sp[w * s];
+                        }
+                    }
+                for (int w = 0; w < OW; w++) {
+                    float v = dst[w] + bias[o];
+                    dst[w] = relu && v < 0.0f ? 0.0f : v; /* NaN passes through */
+                }
+            }
+}
+
+/* Output rows r, channels [c0, c1): dw[(o - c0) x K] and db[o] add their
+ * sums (when given), gin their input gradient (when given). */
+static void pconv_bwd(const fedge_layer *l, const float *wts, const band_t *in, const band_t *gout,
+                      const band_t *gin, int B, rows_t r, int c0, int c1, float *dw, float *db)
+{
+    const int C = l->in_c, k = l->k, s = l->stride, pad = l->pad, OW = l->out_w;
+    for (int b = 0; b < B; b++)
+        for (int o = c0; o < c1; o++)
+            for (int oh = r.lo; oh < r.hi; oh++) {
+                const float *g = band_row(gout, b, o, oh);
+                if (db) {
+                    float sum = 0.0f;
+                    for (int w = 0; w < OW; w++)
+                        sum += g[w];
+                    db[o] += sum;
+                }
+                for (int c = 0; c < C; c++)
+                    for (int ki = 0; ki < k; ki++) {
+                        int ih = oh * s - pad + ki;
+                        if (ih < 0 || ih >= l->in_h)
+                            continue;
+                        const float *src = dw ? band_row(in, b, c, ih) - pad : NULL;
+                        float *gi = gin ? band_row(gin, b, c, ih) - pad : NULL;
+                        size_t wi = (((size_t)o * C + (size_t)c) * k + (size_t)ki) * k;
+                        for (int kj = 0; kj < k; kj++) {
+                            int w0, w1;
+                            col_span(s, pad, kj, l->in_w, OW, &w0, &w1);
+                            if (dw) {
+                                float acc = 0.0f;
+                                for (int w = w0; w < w1; w++)
+                                    acc += g[w] * src[w * s + kj];
+                                dw[wi - (size_t)c0 * C * k * k + (size_t)kj] += acc;
+                            }
+                            if (gi) {
+                                const float wv = wts[wi + (size_t)kj];
+                                for (int w = w0; w < w1; w++)
+                                    gi[w * s + kj] += wv * g[w];
+                            }
+                        }
+                    }
+            }
+}
+
+/* The window's first maximum (row-major; NaN never wins), as pool_argmax. */
+static void ppool_argmax(const fedge_layer *l, const band_t *in, int b, int c, int oh, int ow,
+                         int *bi, int *bj)
+{
+    const int ih0 = oh * l->stride, iw0 = ow * l->stride;
+    float best = band_row(in, b, c, ih0)[iw0];
+    *bi = 0;
+    *bj = 0;
+    for (int i = 0; i < l->k; i++) {
+        const float *row = band_row(in, b, c, ih0 + i) + iw0;
+        for (int j = 0; j < l->k; j++)
+            if (row[j] > best) {
+                best = row[j];
+                *bi = i;
+                *bj = j;
+            }
+    }
+}
+
+static void ppool_fwd(const fedge_layer *l, const band_t *in, const band_t *out, int B, rows_t r,
+                      int c0, int c1)
+{
+    for (int b = 0; b < B; b++)
+        for (int c = c0; c < c1; c++)
+            for (int oh = r.lo; oh < r.hi; oh++) {
+                float *dst = band_row(out, b, c, oh);
+                for (int ow = 0; ow < l->out_w; ow++) {
+                    int bi, bj;
+                    ppool_argmax(l, in, b, c, oh, ow, &bi, &bj);
+                    dst[ow] = band_row(in, b, c, oh * l->stride + bi)[ow * l->stride + bj];
+                }
+            }
+}
+
+static void ppool_bwd(const fedge_layer *l, const band_t *in, const band_t *gout, const band_t *gin,
+                      int B, rows_t r, int c0, int c1)
+{
+    for (int b = 0; b < B; b++)
+        for (int c = c0; c < c1; c++)
+            for (int oh = r.lo; oh < r.hi; oh++) {
+                const float *g = band_row(gout, b, c, oh);
+                for (int ow = 0; ow < l->out_w; ow++) {
+                    int bi, bj;
+                    ppool_argmax(l, in, b, c, oh, ow, &bi, &bj);
+                    band_row(gin, b, c, oh * l->stride + bi)[ow * l->stride + bj] += g[ow];
+                }
+            }
+}
+
+/* dst = src * mask / (1 - rate) over rows r, channels [c0, c1): the mask of
+ * dropout_apply (element e counted in NCHW order over the whole map). */
+static void pdrop(const fedge_layer *l, int layer, uint64_t seed, const band_t *src,
+                  const band_t *dst, int B, rows_t r, int c0, int c1)
+{
+    const uint64_t key = mix64(seed ^ mix64((uint64_t)layer + 0x9e3779b97f4a7c15ull));
+    const uint32_t threshold = (uint32_t)(((uint64_t)l->rate_pct << 32) / 100);
+    const float scale = 100.0f / (float)(100 - l->rate_pct);
+    const size_t C = (size_t)l->in_c, H = (size_t)l->in_h, W = (size_t)l->in_w;
+    for (int b = 0; b < B; b++)
+        for (int c = c0; c < c1; c++)
+            for (int h = r.lo; h < r.hi; h++) {
+                const float *sp = band_row(src, b, c, h);
+                float *dp = band_row(dst, b, c, h);
+                uint64_t e = (((size_t)b * C + (size_t)c) * H + (size_t)h) * W;
+                for (size_t w = 0; w < W; w++) {
+                    uint32_t hh = (uint32_t)(mix64(key + (e + w) * 0x9e3779b97f4a7c15ull) >> 32);
+                    dp[w] = hh >= threshold ? sp[w] * scale : 0.0f;
+                }
+            }
+}
+
+typedef struct {
+    int train;
+    uint64_t seed;
+    const float *dz; /* the first dense layer's output gradient, B x out */
+    float *z;        /* forward: its sums, B x out */
+    float *chunk;
+    size_t chunk_cap;
+    fedge_grad_sink sink;
+    void *sink_arg;
+} psweep;
+
+/* One walk over the bands of segment g. mode 0: forward (into w->z when the
+ * segment ends the chain, else into the whole cut map); 1: backward over
+ * every channel down to the segment's first layer or the first conv (the
+ * last conv's weight sums, and the dense layer's gradient, only when that
+ * conv learns in one block); 2: backward of the last conv's channels
+ * [c0, c1) down to it. */
+static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
+{
+    const fedge_model_spec *s = &ps->m->spec;
+    const scratch_plan *p = &ps->plan;
+    const float *params = ps->m->params;
+    const int B = ps->batch, F = p->pF, fc = p->pfc, L = p->pL[g];
+    const int j0 = p->pj0[g], j1 = p->pj1[g], last = j1 == F - 1;
+    const fedge_layer *D = &s->layer[F + 1], *top = &s->layer[F - 1];
+    const int TC = top->out_c, TH = top->out_h, TW = top->out_w, O = D->out;
+    const size_t HW = (size_t)TH * TW, N = (size_t)TC * HW;
+    const int nblk = L < 0 ? 0 : (s->layer[L].out + p->pob[g] - 1) / p->pob[g];
+    const int hand = mode == 2 || (mode == 1 && nblk <= 1); /* dense W and conv L's sums */
+    const int lowest = mode == 2 ? L : j0 > fc ? j0 : fc;
+    const int cl = mode == 2 ? L : F; /* layers from cl on: channels [c0, c1) only */
+    float *acc = ps->scratch + p->pacc_off, *biasL = ps->scratch + p->pbias_off;
+    int dp[FEDGE_MODEL_MAX_LAYERS + 1], dc[FEDGE_MODEL_MAX_LAYERS + 1], ret = FEDGE_OK;
+    rows_t fr[FEDGE_MODEL_MAX_LAYERS + 1];
+    if (mode)
+        for (int j = lowest; j <= j1; j++)
+            if (p->pwown[j] == j && !p->pwwhole[j])
+                memset(ps->scratch + p->pw_off[j], 0,
+                       (size_t)B * s->layer[j].out_c * (size_t)p->pwrows[j] * s->layer[j].out_w *
+                           sizeof(float));
+    for (int t = 0; t < p->pT[g]; t++) {
+        band_rows(s, p, g, t, mode != 0, dp, dc, fr);
+        if (j0 == 0) {
+            band_t xm = patch_fmap(ps, -1, fr[0].lo);
+            const size_t dim = (size_t)s->input_dim;
+            for (int b = 0; b < B; b++)
+                for (int c = 0; c < s->in_c; c++)
+                    for (int h = fr[0].lo; h < fr[0].hi; h++) {
+                        float *d = band_row(&xm, b, c, h);
+                        size_t at = (size_t)b * dim + ((size_t)c * s->in_h + (size_t)h) * s->in_w;
+                        if (ps->xu8)
+                            for (int q = 0; q < s->in_w; q++)
+                                d[q] = (float)ps->xu8[at + (size_t)q] * ps->xscale;
+                        else
+                            memcpy(d, ps->x + at, (size_t)s->in_w * sizeof(float));
+                    }
+        }
+        for (int j = j0; j <= j1; j++) {
+            const fedge_layer *l = &s->layer[j];
+            int a = j >= cl ? c0 : 0, e = j >= cl ? c1 : l->out_c;
+            band_t in = patch_fmap(ps, j - 1, fr[j].lo), out = patch_fmap(ps, j, fr[j + 1].lo);
+            if (l->type == FEDGE_LAYER_CONV2D)
+                pconv_fwd(l, params + l->w_off, params + l->b_off, &in, &out, B, fr[j + 1], a, e,
+                          relu_follows(s, j));
+            else if (l->type == FEDGE_LAYER_MAXPOOL)
+                ppool_fwd(l, &in, &out, B, fr[j + 1], a, e);
+            else if (l->type == FEDGE_LAYER_DROPOUT && w->train)
+                pdrop(l, j, w->seed, &in, &out, B, fr[j + 1], a, e);
+            else if (l->type == FEDGE_LAYER_DROPOUT)
+                for (int b = 0; b < B; b++)
+                    for (int c = a; c < e; c++)
+                        for (int h = fr[j + 1].lo; h < fr[j + 1].hi; h++)
+                            memcpy(band_row(&out, b, c, h), band_row(&in, b, c, h),
+                                   (size_t)l->out_w * sizeof(float));
+        }
+        if (mode == 0 && !last)
+            continue; /* the cut map's rows are in place */
+        const rows_t tb = fr[F];
+        const band_t tm = patch_fmap(ps, F - 1, tb.lo);
+        const float *WD = params + D->w_off;
+        const int ta = mode == 2 ? c0 : 0, te = mode == 2 ? c1 : TC;
+        if (mode == 0) {
+            for (int b = 0; b < B; b++)
+                for (int o = 0; o < O; o++) {
+                    float sum = 0.0f;
+                    for (int c = 0; c < TC; c++)
+                        for (int h = tb.lo; h < tb.hi; h++) {
+                            const float *av = band_row(&tm, b, c, h);
+                            const float *wr = WD + (size_t)o * N + (size_t)c * HW + (size_t)h * TW;
+                            for (int q = 0; q < TW; q++)
+                                sum += wr[q] * av[q];
+                        }
+                    w->z[(size_t)b * O + (size_t)o] += sum;
+                }
+            continue;
+        }
+        if (last) { /* the last map's gradient over the band: dz x W (W read before its step) */
+            const band_t gt = patch_wmap(ps, F - 1, dp[F]);
+            for (int b = 0; b < B; b++)
+                for (int c = ta; c < te; c++)
+                    for (int h = tb.lo; h < tb.hi; h++) {
+                        float *gr = band_row(&gt, b, c, h);
+                        for (int q = 0; q < TW; q++)
+                            gr[q] = 0.0f;
+                        for (int o = 0; o < O; o++) {
+                            const float cf = w->dz[(size_t)b * O + (size_t)o];
+                            const float *wr = WD + (size_t)o * N + (size_t)c * HW + (size_t)h * TW;
+                            for (int q = 0; q < TW; q++)
+                                gr[q] += cf * wr[q];
+                        }
+                    }
+        }
+        if (last && hand) { /* the dense layer's weight gradient over the band's columns */
+            const size_t seg = (size_t)(tb.hi - tb.lo) * TW;
+            for (int o = 0; o < O; o++)
+                for (int c = ta; c < te; c++)
+                    for (size_t q0 = 0; q0 < seg; q0 += w->chunk_cap) { /* slices of a chunk */
+                        size_t nq = seg - q0 < w->chunk_cap ? seg - q0 : w->chunk_cap;
+                        for (size_t q = 0; q < nq; q++)
+                            w->chunk[q] = 0.0f;
+                        for (int b = 0; b < B; b++) {
+                            const float cf = w->dz[(size_t)b * O + (size_t)o];
+                            const float *av = band_row(&tm, b, c, tb.lo) + q0;
+                            for (size_t q = 0; q < nq; q++)
+                                w->chunk[q] += cf * av[q];
+                        }
+                        CHK(w->sink(w->sink_arg,
+                                    D->w_off + (size_t)o * N + (size_t)c * HW +
+                                        (size_t)tb.lo * TW + q0,
+                                    w->chunk, nq));
+                    }
+        }
+        for (int j = j1; j >= lowest; j--) {
+            const fedge_layer *l = &s->layer[j];
+            const rows_t f = {dp[j + 1], dc[j + 1]};
+            if (f.lo >= f.hi)
+                continue;
+            int a = j >= cl ? c0 : 0, e = j >= cl ? c1 : l->out_c;
+            band_t go = patch_wmap(ps, j, dp[j + 1]);
+            if (l->type == FEDGE_LAYER_RELU) {
+                band_t out = patch_fmap(ps, j, fr[j + 1].lo);
+                for (int b = 0; b < B; b++)
+                    for (int c = a; c < e; c++)
+                        for (int h = f.lo; h < f.hi; h++) {
+                            float *gr = band_row(&go, b, c, h);
+                            const float *ov = band_row(&out, b, c, h);
+                            for (int q = 0; q < l->out_w; q++) {
+                                float v = gr[q];
+                                gr[q] = ov[q] > 0.0f ? v : 0.0f;
+                            }
+                        }
+            } else if (l->type == FEDGE_LAYER_DROPOUT) {
+                if (w->train)
+                    pdrop(l, j, w->seed, &go, &go, B, f, a, e);
+            } else if (l->type == FEDGE_LAYER_MAXPOOL) {
+                if (j - 1 >= fc) {
+                    band_t in = patch_fmap(ps, j - 1, fr[j].lo), gi = patch_wmap(ps, j - 1, dp[j]);
+                    ppool_bwd(l, &in, &go, &gi, B, f, a, e);
+                }
+            } else if (l->type == FEDGE_LAYER_CONV2D) {
+                float *dw = j == L ? (hand ? acc : NULL) : ps->scratch + p->plow_off[j];
+                float *db = j == L ? (hand ? biasL : NULL) : ps->scratch + p->plow_off[j] +
+                                                               (l->b_off - l->w_off);
+                band_t in = patch_fmap(ps, j - 1, fr[j].lo), gi = {0};
+                int need_gin = j > fc && !(mode == 2 && j == L);
+                if (need_gin)
+                    gi = patch_wmap(ps, j - 1, dp[j]);
+                pconv_bwd(l, params + l->w_off, &in, &go, need_gin ? &gi : NULL, B, f, a, e, dw,
+                          db);
+            }
+        }
+        for (int j = lowest; j <= j1; j++) { /* the windows move down past the complete rows */
+            int n = dc[j + 1] - dp[j + 1], R = p->pwrows[j];
+            if (p->pwown[j] != j || p->pwwhole[j] || n <= 0)
+                continue;
+            band_t m = patch_wmap(ps, j, 0);
+            size_t rw = (size_t)m.W, keep = n < R ? (size_t)(R - n) : 0;
+            for (int b = 0; b < B; b++)
+                for (int c = 0; c < m.C; c++) {
+                    float *q0 = band_row(&m, b, c, 0);
+                    if (keep)
+                        memmove(q0, q0 + (size_t)n * rw, keep * rw * sizeof(float));
+                    memset(q0 + keep * rw, 0, ((size_t)R - keep) * rw * sizeof(float));
+                }
+        }
+    }
+cleanup:
+    return ret;
+}
+
+/* Forward: the chain band by band into the first dense layer, then the
+ * layers after it whole; softmax into the last buffer. */
+static float *patch_forward(pass *ps, int train, uint64_t seed, const uint8_t *y, double *loss_sum)
+{
+    const fedge_model_spec *s = &ps->m->spec;
+    const scratch_plan *p = &ps->plan;
+    const float *params = ps->m->params;
+    const int B = ps->batch, Di = p->pF + 1;
+    const fedge_layer *D = &s->layer[Di];
+    float *z = ps->scratch + p->ptail_off[Di];
+    memset(z, 0, (size_t)B * D->out * sizeof(float));
+    psweep w = {train, seed, NULL, z, NULL, 0, NULL, NULL};
+    for (int g = 0; g < p->pnseg; g++)
+        (void)patch_sweep(ps, &w, g, 0, 0, 0); /* no sink: no error */
+    add_bias_rows(z, params + D->b_off, B, (size_t)D->out, relu_follows(s, Di));
+    float *out = z;
+    for (int i = Di + 1; i < s->n_layers; i++) {
+        const fedge_layer *l = &s->layer[i];
+        const float *in = out;
+        out = ps->scratch + p->ptail_off[i];
+        const size_t n = (size_t)l->in_c * l->in_h * l->in_w;
+        if (l->type == FEDGE_LAYER_DENSE) {
+            for (int b = 0; b < B; b++)
+                for (int o = 0; o < l->out; o++) {
+                    const float *wr = params + l->w_off + (size_t)o * n, *xr = in + (size_t)b * n;
+                    float sum = 0.0f;
+                    for (size_t q = 0; q < n; q++)
+                        sum += wr[q] * xr[q];
+                    out[(size_t)b * l->out + (size_t)o] = sum;
+                }
+            add_bias_rows(out, params + l->b_off, B, (size_t)l->out, relu_follows(s, i));
+        } else if (l->type == FEDGE_LAYER_DROPOUT) {
+            if (train)
+                dropout_apply(l, i, seed, in, out, B, 0);
+            else
+                memcpy(out, in, (size_t)B * n * sizeof(float));
+        }
+    }
+    softmax_rows(out, B, s->classes, y, loss_sum);
+    return out;
+}
+
+/* Backward from g (dL/dlogits, B x classes): the layers after the first dense
+ * one, its bias, then the sweeps over the chain (see the layout above). */
+static int patch_backward(pass *ps, float *g, uint64_t seed, float *chunk, size_t chunk_cap,
+                          fedge_grad_sink sink, void *sink_arg)
+{
+    const fedge_model_spec *s = &ps->m->spec;
+    const scratch_plan *p = &ps->plan;
+    const float *params = ps->m->params;
+    const int B = ps->batch, Di = p->pF + 1, fc = p->pfc;
+    const fedge_layer *D = &s->layer[Di];
+    float *gb[2] = {ps->scratch + p->ptg_off[0], ps->scratch + p->ptg_off[1]};
+    int ret = FEDGE_OK;
+    for (int i = s->n_layers - 1; i > Di; i--) {
+        const fedge_layer *l = &s->layer[i];
+        const size_t n = (size_t)l->in_c * l->in_h * l->in_w, sz = (size_t)B * layer_size(l);
+        if (l->type == FEDGE_LAYER_DENSE) {
+            const float *in = ps->scratch + p->ptail_off[i - 1], *W = params + l->w_off;
+            float *gin = g == gb[0] ? gb[1] : gb[0];
+            for (size_t q = 0; q < (size_t)B * n; q++)
+                gin[q] = 0.0f;
+            for (int b = 0; b < B; b++) /* the input gradient first, with the weights before this step */
+                for (int o = 0; o < l->out; o++) {
+                    const float cf = g[(size_t)b * l->out + (size_t)o], *wr = W + (size_t)o * n;
+                    float *gr = gin + (size_t)b * n;
+                    for (size_t q = 0; q < n; q++)
+                        gr[q] += cf * wr[q];
+                }
+            size_t rows = chunk_cap / n;
+            for (int j0 = 0; j0 < l->out; j0 += (int)rows) {
+                int r = l->out - j0 < (int)rows ? l->out - j0 : (int)rows;
+                for (size_t q = 0; q < (size_t)r * n; q++)
+                    chunk[q] = 0.0f;
+                for (int b = 0; b < B; b++)
+                    for (int o = j0; o < j0 + r; o++) {
+                        const float cf = g[(size_t)b * l->out + (size_t)o];
+                        const float *xr = in + (size_t)b * n;
+                        float *d = chunk + (size_t)(o - j0) * n;
+                        for (size_t q = 0; q < n; q++)
+                            d[q] += cf * xr[q];
+                    }
+                CHK(sink(sink_arg, l->w_off + (size_t)j0 * n, chunk, (size_t)r * n));
+            }
+            col_sums(g, B, l->out, chunk);
+            CHK(sink(sink_arg, l->b_off, chunk, (size_t)l->out));
+            g = gin;
+        } else if (l->type == FEDGE_LAYER_RELU) {
+            const float *out = ps->scratch + p->ptail_off[i];
+            for (size_t q = 0; q < sz; q++) {
+                float v = g[q];
+                g[q] = out[q] > 0.0f ? v : 0.0f;
+            }
+        } else if (l->type == FEDGE_LAYER_DROPOUT) {
+            dropout_apply(l, i, seed, g, g, B, 0);
+        }
+    }
+    col_sums(g, B, D->out, chunk);
+    CHK(sink(sink_arg, D->b_off, chunk, (size_t)D->out));
+    psweep w = {1, seed, g, NULL, chunk, chunk_cap, sink, sink_arg};
+    if (p->pcut >= 0) { /* the cut map's gradient, whole: the upper segment adds to it */
+        const fedge_layer *x = &s->layer[p->pwown[p->pcut]];
+        memset(ps->scratch + p->pw_off[p->pwown[p->pcut]], 0,
+               (size_t)B * x->out_c * (size_t)x->out_h * x->out_w * sizeof(float));
+    }
+    for (int sg = p->pnseg - 1; sg >= 0; sg--) {
+        const int L = p->pL[sg], j0 = p->pj0[sg];
+        if (L < 0) { /* no conv: the gradient passes through to the cut */
+            CHK(patch_sweep(ps, &w, sg, 1, 0, 0));
+            continue;
+        }
+        const fedge_layer *lL = &s->layer[L];
+        const size_t K = (size_t)lL->in_c * lL->k * lL->k;
+        memset(ps->scratch + p->pbias_off, 0, (size_t)lL->out * sizeof(float));
+        for (int j = j0; j < L; j++)
+            if (s->layer[j].type == FEDGE_LAYER_CONV2D)
+                memset(ps->scratch + p->plow_off[j], 0, s->layer[j].n_params * sizeof(float));
+        const int nblk = (lL->out + p->pob[sg] - 1) / p->pob[sg];
+        if (nblk > 1 && L > fc) /* the gradient below the last conv, every channel */
+            CHK(patch_sweep(ps, &w, sg, 1, 0, lL->out));
+        const int per = chunk_cap / K > 0 ? (int)(chunk_cap / K) : 1;
+        for (int c0 = 0; c0 < lL->out; c0 += p->pob[sg]) {
+            int c1 = lL->out - c0 < p->pob[sg] ? lL->out : c0 + p->pob[sg];
+            const float *acc = ps->scratch + p->pacc_off;
+            memset(ps->scratch + p->pacc_off, 0, (size_t)(c1 - c0) * K * sizeof(float));
+            CHK(patch_sweep(ps, &w, sg, nblk > 1 ? 2 : 1, c0, c1));
+            for (int o = c0; o < c1; o += per) { /* that block's weights are read no more */
+                int nb = c1 - o < per ? c1 - o : per;
+                memcpy(chunk, acc + (size_t)(o - c0) * K, (size_t)nb * K * sizeof(float));
+                CHK(sink(sink_arg, lL->w_off + (size_t)o * K, chunk, (size_t)nb * K));
+            }
+        }
+        memcpy(chunk, ps->scratch + p->pbias_off, (size_t)lL->out * sizeof(float));
+        CHK(sink(sink_arg, lL->b_off, chunk, (size_t)lL->out));
+        for (int j = j0; j < L; j++) { /* the segment's lower convs: read by every band until now */
+            const fedge_layer *l = &s->layer[j];
+            if (l->type != FEDGE_LAYER_CONV2D)
+                continue;
+            const float *sums = ps->scratch + p->plow_off[j];
+            const size_t Kj = (size_t)l->in_c * l->k * l->k;
+            const int pj = chunk_cap / Kj > 0 ? (int)(chunk_cap / Kj) : 1;
+            for (int o = 0; o < l->out; o += pj) {
+                int nb = l->out - o < pj ? l->out - o : pj;
+                memcpy(chunk, sums + (size_t)o * Kj, (size_t)nb * Kj * sizeof(float));
+                CHK(sink(sink_arg, l->w_off + (size_t)o * Kj, chunk, (size_t)nb * Kj));
+            }
+            memcpy(chunk, sums + (l->b_off - l->w_off), (size_t)l->out * sizeof(float));
+            CHK(sink(sink_arg, l->b_off, chunk, (size_t)l->out));
+        }
+    }
+cleanup:
+    return ret;
+}
+
 static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout_seed,
                            const uint8_t *y, double *loss_sum)
 {
@@ -1944,6 +2845,11 @@ static float *forward_pass(pass *ps, const float *x, int train, uint64_t dropout
     float *col = ps->scratch + ps->plan.col_off, *col0 = ps->scratch + ps->plan.col0_off;
     float *wt = ps->scratch + ps->plan.wt_off;
     float *out = NULL;
+    if (ps->plan.patch) {
+        if (ps->xu8 == NULL)
+            ps->x = x;
+        return patch_forward(ps, train, dropout_seed, y, loss_sum);
+    }
     for (int i = 0; i < s->n_layers; i++) {
         const fedge_layer *l = &s->layer[i];
         const float *in = act_in(ps, x, i);
@@ -2121,8 +3027,23 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
     ret = pass_init(&ps, m, batch, scratch, have);
     if (ret != FEDGE_OK)
         return ret;
-    if (xu8)
+    if (sink && !ps.plan.patch && chunk_floats > 0 && chunk_floats < chunk_cap &&
+        plan_patch_fit(s, batch, have, &ps.plan) != FEDGE_OK)
+        ret = plan_fit(s, batch, have, &ps.plan); /* no patch layout: the chunk is taken as the least */
+    if (ret != FEDGE_OK)
+        return ret;
+    if (sink && ps.plan.patch && chunk_floats > 0 && chunk_floats < chunk_cap) {
+        if (chunk_floats < patch_chunk_need(s, &ps.plan)) /* a smaller chunk: the patch pass's */
+            return FEDGE_ERR_BUFFER_TOO_SMALL;
+        chunk_cap = chunk_floats;
+    }
+    if (xu8 && ps.plan.patch) { /* read a band's input rows at a time */
+        ps.xu8 = xu8;
+        ps.xscale = xscale;
+        x = NULL;
+    } else if (xu8) {
         x = pass_u8(&ps, xu8, xscale);
+    }
     ps.x = x;
     ps.grad = grad;
 
@@ -2142,6 +3063,9 @@ static int loss_backward(const fedge_model *m, const float *x, const uint8_t *xu
             row[c] *= inv_b;
     }
 
+    if (ps.plan.patch)
+        return sink ? patch_backward(&ps, g, dropout_seed, chunk, chunk_cap, sink, sink_arg)
+                    : FEDGE_ERR_INVALID_ARG; /* a whole gradient takes the full layout */
     float *gbuf[2] = {scratch + ps.plan.g_off[0], scratch + ps.plan.g_off[1]};
     float *col = scratch + ps.plan.col_off, *col0 = scratch + ps.plan.col0_off;
     float *wt = scratch + ps.plan.wt_off;

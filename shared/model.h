@@ -147,13 +147,22 @@ int fedge_model_max_batch(const fedge_model_spec *spec, int batch);
  * Every layout computes the same sums in the same order with the portable
  * GEMM (gemm.c): the same bits. With a BLAS, LEAN sums a conv's weight
  * gradient the portable kernel's way rather than the BLAS's (rounding).
+ * PATCH (below LEAN; specs with a conv before the first dense layer): the
+ * conv/pool chain walked in row bands of its last map, each band's
+ * receptive field recomputed, into the first dense layer's sums; backward
+ * over the same bands, the halo rows' input gradients in a window per map;
+ * a deep chain split at a map kept whole; the band height from the budget
+ * (model.c, "the patch layout"). Its sums run in another order than the
+ * GEMM's: not the same bits (within 1e-5 of the largest gradient,
+ * test_patch_layout_close).
  * _min: the least of the layouts; _fit: what a pass makes of a budget of
  * that many floats (the full size when it fits, else the budget, 0 below
- * _min). 0 for an invalid spec or layout. */
+ * _min). 0 for an invalid spec or layout (PATCH: a spec without a conv). */
 typedef enum {
     FEDGE_SCRATCH_FULL = 0,
     FEDGE_SCRATCH_SMALL_GEMM = 1,
     FEDGE_SCRATCH_LEAN = 2,
+    FEDGE_SCRATCH_PATCH = 3,
 } fedge_scratch_layout;
 size_t fedge_model_scratch_floats_layout(const fedge_model_spec *spec, int batch,
                                          fedge_scratch_layout layout);
@@ -199,7 +208,14 @@ int fedge_model_loss_grad_sliced_u8(const fedge_model *m, const uint8_t *x, floa
  * fedge_model_scratch_floats_min; FEDGE_ERR_BUFFER_TOO_SMALL below) and a
  * chunk of chunk_floats (0, or anything up to fedge_model_grad_chunk_floats:
  * that size; more: slices of up to chunk_floats, more dense rows per
- * product; the same bits). */
+ * product; the same bits). A pass in the patch layout takes a smaller chunk:
+ * chunk_floats from fedge_model_grad_chunk_floats_fit (for that scratch) up
+ * is its size (below: FEDGE_ERR_BUFFER_TOO_SMALL, nothing handed over);
+ * given such a chunk, a pass whose rows would fit a faster layout in its
+ * scratch takes the patch layout (a short last minibatch, say). */
+size_t fedge_model_grad_chunk_floats_fit(const fedge_model_spec *spec, int batch, size_t scratch_floats);
+/* The patch layout's least chunk (0: the spec has no patch layout). */
+size_t fedge_model_grad_chunk_floats_patch(const fedge_model_spec *spec);
 int fedge_model_loss_grad_sliced_n(const fedge_model *m, const float *x, const uint8_t *y,
                                    int batch, uint64_t dropout_seed, float *scratch,
                                    size_t scratch_floats, float *chunk, size_t chunk_floats,

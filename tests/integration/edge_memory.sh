@@ -143,3 +143,25 @@ echo ok
 # branch's at 1 719 328 B.
 massif_case cnn:1x28x28-c16k3p1-p2-c32k3p1-p2-f128-10 8 cnn16x32
 echo ok
+
+# Issue 12's bound for a CNN of any shape: the patch layout (docs/EDGE.md,
+# Memory: the conv chain in row bands, recomputed, into the first dense
+# layer). cnn:1x28x28-c16k5-c32k5-f64-10 has no pool: every other layout
+# holds its 16x24x24 and 32x20x20 maps (36 KB, 50 KB) or their gradients
+# whole, and one row of its first dense layer (12 800 floats) as the
+# gradient slice. Main's edge (b8c3cbd) peaks here at 7 087 760 B against the
+# bound's 6 737 112 B at batch 8 and fails; the patch layout's edge at
+# 6 691 336 B. A shard of 24 rows of k/255 pixels (3 steps: a 120-row round
+# takes ~25 s under massif).
+awk 'BEGIN { srand(7); for (i = 0; i < 24; i++) { printf "%d", i % 10
+      for (j = 0; j < 784; j++) printf ",%.9g", int(rand() * 256) / 255; printf "\n" } }' \
+    >"$FED_DIR/tiny.csv"
+"$BIN/fedge-partition" --data "$FED_DIR/tiny.csv" --clients 1 --kind iid --seed 7 --format u8 \
+    --out "$FED_DIR/tiny-shards" >/dev/null || fed_fail "partition (24 rows)"
+spec=cnn:1x28x28-c16k5-c32k5-f64-10
+massif_round nopool "$spec" dev-002 "$FED_DIR/tiny-shards/shard-000.bin" --batch 8
+model=$(grep -o 'model=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+issue=$((2 * model + 8 * 785 + 65536))
+echo "$spec batch 8: issue plan $issue B"
+[ "$peak" -le "$issue" ] || fed_fail "nopool: the heap peak ($peak B) exceeds the issue's plan ($issue B)"
+echo ok

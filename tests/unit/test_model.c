@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -929,11 +930,13 @@ static void test_u8_input_same_bits(void **state)
 }
 
 /* A pass takes the fastest layout its scratch holds (model.c's plan_fit):
- * from fedge_model_scratch_floats_min up to the full size only the GEMM's
- * blocking changes, never a sum: the same loss and gradient bits, u8 and
- * float input, and a scratch one float below the min is refused before any
- * slice. (With OpenBLAS the GEMM packs nothing and min == full; the
- * BLAS=none build, make unit-noblas, is where the sizes differ.) */
+ * from the least of the SMALL_GEMM and LEAN layouts up to the full size only
+ * the GEMM's blocking changes, never a sum: the same loss and gradient bits,
+ * u8 and float input; below that only the patch layout (summed in another
+ * order: test_patch_layout_close), and a scratch one float below
+ * fedge_model_scratch_floats_min is refused before any slice. (With OpenBLAS
+ * the GEMM packs nothing and min == full; the BLAS=none build, make
+ * unit-noblas, is where the sizes differ.) */
 static void fit_same_bits(const char *text, int batch)
 {
     fedge_model_spec s;
@@ -941,12 +944,18 @@ static void fit_same_bits(const char *text, int batch)
     fedge_rng r;
     random_model(text, 78, &s, &m, &r);
     size_t dim = (size_t)s.input_dim, n = m.n_params;
-    size_t full = fedge_model_scratch_floats(&s, batch), min = fedge_model_scratch_floats_min(&s, batch);
+    size_t full = fedge_model_scratch_floats(&s, batch);
+    size_t min = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_SMALL_GEMM);
+    size_t lean = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_LEAN);
+    size_t patch = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_PATCH);
+    size_t least = fedge_model_scratch_floats_min(&s, batch);
+    min = lean < min ? lean : min;
     assert_true(min > 0 && min <= full);
+    assert_int_equal(least, patch > 0 && patch < min ? patch : min);
     assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, full + 100), full);
     assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, min), min);
-    if (min > 0)
-        assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, min - 1), 0);
+    size_t below = fedge_model_scratch_floats_fit(&s, batch, min - 1); /* the patch layout or none */
+    assert_true(least < min ? below >= patch && below < min : below == 0);
     uint8_t *xu = malloc((size_t)batch * dim), *y = malloc((size_t)batch);
     float *scratch = malloc(full * sizeof(float));
     size_t cmin = fedge_model_grad_chunk_floats(&s);
@@ -1004,8 +1013,8 @@ static void fit_same_bits(const char *text, int batch)
     }
     collect c = {gb, 0};
     assert_int_equal(fedge_model_loss_grad_sliced_u8_n(&m, xu, FEDGE_SHARD_U8_SCALE, y, batch, 5,
-                                                       scratch, min - 1, chunk, 0, collect_sink, &c,
-                                                       &lb),
+                                                       scratch, least - 1, chunk, 0, collect_sink,
+                                                       &c, &lb),
                      FEDGE_ERR_BUFFER_TOO_SMALL);
     assert_int_equal(c.calls, 0);
     free(xu);
@@ -1123,6 +1132,272 @@ static void test_conv_blocks_step_in_order(void **state)
     step_same_bits("cnn:1x28x28-c16k3p1-p2-c32k3p1-p2-f128-10", 2, 3); /* streamed */
 }
 
+/* Patch-based training (model.c's PLAN_PATCH: the conv chain in row bands,
+ * recomputed, into the first dense layer) against the full layout: one SGD
+ * step (lr 0.5) taken by a sink on each slice as it comes, against the whole
+ * gradient and a step afterwards, at the least patch scratch (one row per
+ * band, the last conv in blocks) and at one between it and the other
+ * layouts' least (more rows per band, whole blocks where they fit); u8 rows
+ * in one, float rows in the other. Every parameter is stepped exactly once.
+ * Not the same bits: the band path sums each product in another order than
+ * the GEMM (a dense layer's inputs band by band, a conv's terms per input
+ * row), so the steps agree to 1e-5 of the largest gradient and the losses to
+ * 1e-6; a slice handed before a read of its parameters would be off by far
+ * more (the step is 0.5 x the gradient). */
+typedef struct {
+    fedge_model *m;
+    uint8_t *seen;
+    int twice;
+} patch_arg;
+
+static int patch_sink(void *arg, size_t off, float *g, size_t n)
+{
+    patch_arg *a = arg;
+    for (size_t i = 0; i < n; i++) {
+        if (a->seen[off + i]++)
+            a->twice = 1;
+        a->m->params[off + i] -= 0.5f * g[i];
+    }
+    return FEDGE_OK;
+}
+
+static void patch_close(const char *text, int batch)
+{
+    fedge_model_spec s;
+    fedge_model m, t;
+    fedge_rng r;
+    random_model(text, 80, &s, &m, &r);
+    size_t dim = (size_t)s.input_dim, n = m.n_params;
+    size_t full = fedge_model_scratch_floats(&s, batch);
+    size_t patch = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_PATCH);
+    size_t small = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_SMALL_GEMM);
+    size_t lean = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_LEAN);
+    size_t other = small < lean ? small : lean, cmin = fedge_model_grad_chunk_floats(&s);
+    size_t cfp = fedge_model_grad_chunk_floats_patch(&s);
+    /* a pass takes the patch layout when no other fits its scratch, or when
+     * its chunk is below the other layouts' */
+    int by_scratch = patch > 0 && patch < other, by_chunk = cfp > 0 && cfp < cmin;
+    if (!by_scratch && !by_chunk)
+        fail_msg("%s batch %d: patch %zu, small %zu, lean %zu", text, batch, patch, small, lean);
+    if (by_scratch) {
+        assert_int_equal(fedge_model_scratch_floats_min(&s, batch), patch);
+        assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, patch), patch);
+        assert_int_equal(fedge_model_scratch_floats_fit(&s, batch, patch - 1), 0);
+        assert_int_equal(fedge_model_grad_chunk_floats_fit(&s, batch, patch), cfp);
+    }
+    size_t mid = by_scratch ? fedge_model_scratch_floats_fit(&s, batch, (patch + other) / 2)
+                            : 2 * patch;
+    assert_true(mid >= patch && mid <= (by_scratch ? (patch + other) / 2 : full));
+    uint8_t *xu = malloc((size_t)batch * dim), *y = malloc((size_t)batch), *seen = malloc(n);
+    float *xf = malloc((size_t)batch * dim * sizeof(float)), *g = malloc(n * sizeof(float));
+    float *scratch = malloc(full * sizeof(float));
+    float *chunk = NULL, *want = malloc(n * sizeof(float));
+    assert_true(xu && y && seen && xf && g && scratch && want);
+    for (size_t i = 0; i < (size_t)batch * dim; i++) {
+        xu[i] = (uint8_t)(fedge_rng_u64(&r) >> 56);
+        xf[i] = (float)xu[i] * FEDGE_SHARD_U8_SCALE;
+    }
+    for (int i = 0; i < batch; i++)
+        y[i] = (uint8_t)(fedge_rng_u64(&r) % (uint64_t)s.classes);
+    float la, lb;
+    assert_int_equal(fedge_model_loss_grad(&m, xf, y, batch, 5, scratch, g, &la), FEDGE_OK);
+    float gmax = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        want[i] = m.params[i] - 0.5f * g[i];
+        gmax = fabsf(g[i]) > gmax ? fabsf(g[i]) : gmax;
+    }
+    assert_true(gmax > 0.0f);
+    size_t sizes[] = {patch, mid};
+    for (size_t z = 0; z < 2; z++) {
+        /* the patch pass's own slice size, in a buffer of just that */
+        size_t cf = z == 1 && by_scratch ? 0 : cfp; /* 0: the default slices */
+        free(chunk);
+        chunk = malloc((cf ? cf : cmin) * sizeof(float));
+        assert_non_null(chunk);
+        assert_int_equal(fedge_model_init(&t, &s), FEDGE_OK);
+        memcpy(t.params, m.params, n * sizeof(float));
+        memset(seen, 0, n);
+        memset(scratch, 0xff, full * sizeof(float)); /* NaNs */
+        patch_arg a = {&t, seen, 0};
+        if (z == 0)
+            assert_int_equal(fedge_model_loss_grad_sliced_u8_n(&t, xu, FEDGE_SHARD_U8_SCALE, y,
+                                                               batch, 5, scratch, sizes[z], chunk,
+                                                               cf, patch_sink, &a, &lb),
+                             FEDGE_OK);
+        else
+            assert_int_equal(fedge_model_loss_grad_sliced_n(&t, xf, y, batch, 5, scratch, sizes[z],
+                                                            chunk, cf, patch_sink, &a, &lb),
+                             FEDGE_OK);
+        assert_false(a.twice);
+        for (size_t i = 0; i < n; i++)
+            assert_int_equal(seen[i], 1);
+        assert_true(fabsf(la - lb) <= 1e-6f * fabsf(la));
+        float dmax = 0.0f;
+        for (size_t i = 0; i < n; i++) {
+            float d = fabsf(want[i] - t.params[i]);
+            dmax = d > dmax ? d : dmax;
+        }
+        if (!(dmax <= 0.5f * 1e-5f * gmax))
+            fail_msg("%s batch %d scratch %zu: step off by %g (largest gradient %g)", text, batch,
+                     sizes[z], (double)dmax, (double)gmax);
+        fedge_model_free(&t);
+    }
+    /* inference through the bands: the same predictions' probabilities */
+    size_t nc_a, nc_b;
+    double ls_a = 0.0, ls_b = 0.0;
+    assert_int_equal(fedge_model_evaluate_n(&m, xf, y, (size_t)batch, batch, scratch, full, &nc_a,
+                                            &ls_a),
+                     FEDGE_OK);
+    if (by_scratch) {
+        assert_int_equal(fedge_model_evaluate_n(&m, xf, y, (size_t)batch, batch, scratch, patch,
+                                                &nc_b, &ls_b),
+                         FEDGE_OK);
+        assert_int_equal(nc_a, nc_b);
+        assert_true(fabs(ls_a - ls_b) <= 1e-5 * fabs(ls_a));
+    }
+    free(xu);
+    free(y);
+    free(seen);
+    free(xf);
+    free(g);
+    free(scratch);
+    free(chunk);
+    free(want);
+    fedge_model_free(&m);
+}
+
+static void test_patch_layout_close(void **state)
+{
+    (void)state;
+    static const char *specs[] = {
+        "cnn:1x28x28-c16k3p1-c16k3p1-p2-c32k3p1-p2-f128-10", /* an unfused first conv */
+        "cnn:1x28x28-c32k3p1-p2-c32k3p1-p2-c64k3p1-p2-f128-10", /* three convs */
+        "cnn:1x28x28-c8k3-c16k3-p2-c32k3-p2-f64-10",
+        "cnn:1x28x28-c16k5-c32k5-f64-10",                       /* no pool */
+        "cnn:1x28x28-c8k3s2p1-c16k3s2-f32-10",                  /* strided */
+        "cnn:1x28x28-c8k3-p3s2-c8k3p1-p3s2-f16-10",             /* overlapping pools */
+        "cnn:1x28x28-c8k5-c12k3-10",                            /* a conv straight into the classes */
+        "cnn:3x20x20-c6k3p1-d20-c8k3s2-p2-f12-d30-f10-5",       /* dropout in the chain and after */
+        "cnn:2x24x24-p2-c6k5-p2s1-f16-10",                      /* a pool first */
+        "cnn:1x28x28-c6k5-p2-c16k5-p2-f120-f84-10",             /* LeNet (by its chunk) */
+    };
+    static const int batches[] = {1, 8};
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
+        for (size_t b = 0; b < 2; b++)
+            patch_close(specs[i], batches[b]);
+}
+
+/* The patch layout against the full one on random chains (a fixed seed):
+ * convs of kernel 1..5, strides 1..3 and pads, pools overlapping, strided
+ * past their window or not, dropouts, with and without a hidden dense
+ * layer, non-square inputs of 1..3 channels, batch 1..4, at the least patch
+ * scratch or more; each pass that takes the patch layout (by its scratch
+ * or by its chunk) steps every parameter once, within 1e-5 of the largest
+ * gradient of the full layout's step. */
+static uint64_t chain_rnd_state = 88172645463325252ull;
+
+static int chain_rnd(int n)
+{
+    uint64_t x = chain_rnd_state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    chain_rnd_state = x;
+    return (int)(x % (uint64_t)n);
+}
+
+static void random_chain(char *spec, size_t cap)
+{
+    int n = snprintf(spec, cap, "cnn:%dx%dx%d", 1 + chain_rnd(3), 4 + chain_rnd(20), 4 + chain_rnd(20));
+    for (int t = 1 + chain_rnd(5); t > 0; t--) {
+        int kind = chain_rnd(10);
+        if (kind < 5) {
+            int k = 1 + chain_rnd(5), s = chain_rnd(3) == 0 ? 1 + chain_rnd(3) : 1;
+            int p = chain_rnd(3) == 0 ? chain_rnd(k / 2 + 1) : 0;
+            n += snprintf(spec + n, cap - (size_t)n, "-c%dk%d", 1 + chain_rnd(6), k);
+            if (s > 1)
+                n += snprintf(spec + n, cap - (size_t)n, "s%d", s);
+            if (p > 0)
+                n += snprintf(spec + n, cap - (size_t)n, "p%d", p);
+        } else if (kind < 8) {
+            int k = 1 + chain_rnd(3), s = chain_rnd(2) ? k : 1 + chain_rnd(3);
+            n += snprintf(spec + n, cap - (size_t)n, "-p%d", k);
+            if (s != k)
+                n += snprintf(spec + n, cap - (size_t)n, "s%d", s);
+        } else {
+            n += snprintf(spec + n, cap - (size_t)n, "-d%d", 10 + chain_rnd(50));
+        }
+    }
+    if (chain_rnd(2))
+        n += snprintf(spec + n, cap - (size_t)n, "-f%d", 2 + chain_rnd(10));
+    if (chain_rnd(4) == 0)
+        n += snprintf(spec + n, cap - (size_t)n, "-d30");
+    snprintf(spec + n, cap - (size_t)n, "-%d", 2 + chain_rnd(5));
+}
+
+static void test_patch_layout_random_chains(void **state)
+{
+    (void)state;
+    int tested = 0;
+    for (int it = 0; tested < 300; it++) {
+        char text[FEDGE_MODEL_SPEC_MAX];
+        fedge_model_spec s;
+        random_chain(text, sizeof text);
+        if (fedge_model_spec_parse(text, &s) != FEDGE_OK ||
+            fedge_model_scratch_floats_layout(&s, 1, FEDGE_SCRATCH_PATCH) == 0)
+            continue; /* not a spec, or no conv before the first dense layer */
+        int batch = 1 + chain_rnd(4);
+        size_t patch = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_PATCH);
+        size_t full = fedge_model_scratch_floats(&s, batch);
+        size_t cfp = fedge_model_grad_chunk_floats_patch(&s), cmin = fedge_model_grad_chunk_floats(&s);
+        size_t lean = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_LEAN);
+        size_t small = fedge_model_scratch_floats_layout(&s, batch, FEDGE_SCRATCH_SMALL_GEMM);
+        if (!(patch < (lean < small ? lean : small) || cfp < cmin))
+            continue; /* a pass would not take the patch layout */
+        fedge_model m, t;
+        fedge_rng r;
+        random_model(text, (uint64_t)it, &s, &m, &r);
+        assert_int_equal(fedge_model_init(&t, &s), FEDGE_OK);
+        size_t dim = (size_t)s.input_dim, n = m.n_params, cf = cfp < cmin ? cfp : cmin;
+        size_t have = chain_rnd(2) ? patch : patch + (size_t)chain_rnd((int)patch + 1);
+        float *x = malloc((size_t)batch * dim * sizeof(float)), *g = malloc(n * sizeof(float));
+        float *scratch = malloc((full > have ? full : have) * sizeof(float));
+        float *chunk = malloc(cf * sizeof(float));
+        uint8_t *seen = calloc(n, 1), y[4];
+        assert_true(x && g && scratch && chunk && seen);
+        for (size_t i = 0; i < (size_t)batch * dim; i++)
+            x[i] = fedge_rng_uniform(&r);
+        for (int i = 0; i < batch; i++)
+            y[i] = (uint8_t)(fedge_rng_u64(&r) % (uint64_t)s.classes);
+        float la, lb;
+        assert_int_equal(fedge_model_loss_grad(&m, x, y, batch, 9, scratch, g, &la), FEDGE_OK);
+        memcpy(t.params, m.params, n * sizeof(float));
+        patch_arg a = {&t, seen, 0};
+        assert_int_equal(fedge_model_loss_grad_sliced_n(&t, x, y, batch, 9, scratch, have, chunk,
+                                                        cfp < cmin ? cfp : 0, patch_sink, &a, &lb),
+                         FEDGE_OK);
+        float gmax = 0.0f, dmax = 0.0f;
+        for (size_t i = 0; i < n; i++) {
+            float d = fabsf(m.params[i] - 0.5f * g[i] - t.params[i]);
+            gmax = fabsf(g[i]) > gmax ? fabsf(g[i]) : gmax;
+            dmax = d > dmax ? d : dmax;
+            assert_int_equal(seen[i], 1);
+        }
+        if (a.twice || !(dmax <= 0.5f * 1e-5f * gmax + 1e-7f) ||
+            !(fabsf(la - lb) <= 1e-5f * fabsf(la) + 1e-6f))
+            fail_msg("%s batch %d scratch %zu: step off by %g (largest gradient %g), loss %g, %g",
+                     text, batch, have, (double)dmax, (double)gmax, (double)la, (double)lb);
+        tested++;
+        free(x);
+        free(g);
+        free(scratch);
+        free(chunk);
+        free(seen);
+        fedge_model_free(&m);
+        fedge_model_free(&t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1133,6 +1408,8 @@ int main(void)
         cmocka_unit_test(test_u8_input_same_bits),
         cmocka_unit_test(test_scratch_fit_same_bits),
         cmocka_unit_test(test_conv_blocks_step_in_order),
+        cmocka_unit_test(test_patch_layout_close),
+        cmocka_unit_test(test_patch_layout_random_chains),
         cmocka_unit_test(test_gradients_mlp),
         cmocka_unit_test(test_gradients_softmax),
         cmocka_unit_test(test_gradients_conv),

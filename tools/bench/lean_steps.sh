@@ -7,6 +7,8 @@
 # FEDGE_MODEL_XIN_ROWS=1; model.c and gemm.c are built -O2 there too).
 #
 #   BASE=/path/to/main-checkout tools/bench/lean_steps.sh [SPEC ...]
+#   LAYOUT=min ...   the least layout each tree has (the edge profile's pick;
+#                    PATCH where it is the least), with its gradient slice
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 : "${BASE:?BASE=another checkout to compare with}"
@@ -23,6 +25,8 @@ for t in base now; do
     [ $t = base ] && dir=$(cd "$BASE" && pwd)
     gcc -std=c11 -O2 -D_GNU_SOURCE -I"$dir/shared" -Ibuild/deps/x86_64-linux-gnu/include \
         -DFEDGE_MODEL_GRAD_CHUNK=256 -DFEDGE_MODEL_XIN_ROWS=1 -DMODEL_C="\"$dir/shared/model.c\"" \
+        $( [ "${LAYOUT:-lean}" = min ] && echo -DLEAN_STEPS_MIN) \
+        $(grep -q fedge_model_grad_chunk_floats_fit "$dir/shared/model.h" && echo -DLEAN_STEPS_CHUNK_FIT) \
         tools/bench/lean_steps/lean_steps.c "$dir/shared/gemm.c" "$FEDGE_BUILD/lib/libfedge.a" -lm -lmbedcrypto \
         -Wl,--allow-multiple-definition -o "$tmp/$t" || exit 1
 done

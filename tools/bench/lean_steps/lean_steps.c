@@ -28,9 +28,18 @@ int main(int argc, char **argv)
         return 1;
     fedge_rng_seed(&r, 1);
     fedge_model_randomize(&m, &r);
+#ifdef LEAN_STEPS_MIN /* the least layout, as the edge profile takes it (LAYOUT=min) */
+    size_t lean = fedge_model_scratch_floats_min(&s, 1);
+#else
     size_t lean = fedge_model_scratch_floats_layout(&s, 1, FEDGE_SCRATCH_LEAN);
+#endif
+#ifdef LEAN_STEPS_CHUNK_FIT /* a tree with the patch layout: its slice for that scratch */
+    size_t cf = fedge_model_grad_chunk_floats_fit(&s, 1, lean);
+#else
+    size_t cf = fedge_model_grad_chunk_floats(&s);
+#endif
     float *scr = malloc(lean * sizeof(float));
-    float *chunk = malloc(fedge_model_grad_chunk_floats(&s) * sizeof(float));
+    float *chunk = malloc(cf * sizeof(float));
     uint8_t *x = malloc((size_t)s.input_dim * 8), y[8];
     if (!scr || !chunk || !x)
         return 1;
@@ -43,7 +52,7 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int k = 0; k < passes; k++)
         if (fedge_model_loss_grad_sliced_u8_n(&m, x + (size_t)s.input_dim * (k % 8), 1.0f / 255,
-                                              y + k % 8, 1, 0, scr, lean, chunk, 0, sink_nop,
+                                              y + k % 8, 1, 0, scr, lean, chunk, cf, sink_nop,
                                               NULL, &loss) != FEDGE_OK)
             return 1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
