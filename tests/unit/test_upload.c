@@ -2,8 +2,11 @@
  * size over the limit is refused before anything is allocated for it; the
  * per-device, total and memory caps refuse new transfers with a retry time
  * unless an idle transfer can give way; idle and closed transfers are freed; lost, repeated and malformed blocks
- * get the right verdict; buffers grow with the bytes received, not with
- * what a client declares. */
+ * get the right verdict; a body with Size1 is allocated once at that size
+ * while what is allocated ahead of the bytes' arrival, over all uploads,
+ * stays within a quarter of the budget (hostile claims cannot make the
+ * daemon allocate more); otherwise buffers grow with the bytes received,
+ * not with what a client declares. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
