@@ -173,6 +173,7 @@ int fedge_agg_init(fedge_aggregator *a, const fedge_agg_config *cfg, char *err, 
         snprintf(err, errlen, "database %s: %s", cfg->db, fedge_strerror(ret));
         goto cleanup;
     }
+    fedge_store_cache_open(a->db);
     CHK(fedge_gov_init(a, err, errlen));
     { /* the round-shaping configuration, for replay (round_config.h) */
         int recorded = 0;
@@ -256,6 +257,7 @@ void fedge_agg_free(fedge_aggregator *a)
     free(a->model_blob);
     free(a->eval_scratch);
     fedge_dataset_free(&a->test);
+    fedge_store_cache_close(a->db);
     if (a->db)
         sqlite3_close_v2(a->db);
     memset(a, 0, sizeof *a);

@@ -594,7 +594,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
         CHK(fedge_store_begin(a->db));
         in_tx = 1;
     }
-    CHK(fedge_store_prepare(a->db, "INSERT INTO updates(round, device, received_at, n_samples, encoding, bytes, counter,"
+    CHK(fedge_store_cached(a->db, "INSERT INTO updates(round, device, received_at, n_samples, encoding, bytes, counter,"
                            " norm, decision, rule, reason, delta, sealed_sha256, delta_sha256)"
                            " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", &st));
     sqlite3_bind_int64(st, 1, a->round);
@@ -620,7 +620,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
         FEDGE_ERROR("sqlite insert update: %s", sqlite3_errmsg(a->db));
         FAIL(fedge_store_status(rc));
     }
-    sqlite3_finalize(st);
+    fedge_store_done(st);
     st = NULL;
     snprintf(key, sizeof key, "%lld", (long long)sqlite3_last_insert_rowid(a->db));
     CHK(fedge_train_metrics_store(a->db, sqlite3_last_insert_rowid(a->db), in->metrics));
@@ -628,7 +628,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
         CHK(fedge_audit_append_body(a->db, "updates", key, body_sha));
     else
         CHK(fedge_audit_append(a->db, "updates", key));
-    CHK(fedge_store_prepare(a->db, "UPDATE devices SET last_counter=?, last_seen=? WHERE id=?", &st));
+    CHK(fedge_store_cached(a->db, "UPDATE devices SET last_counter=?, last_seen=? WHERE id=?", &st));
     sqlite3_bind_int64(st, 1, (sqlite3_int64)in->counter);
     sqlite3_bind_double(st, 2, wall);
     sqlite3_bind_text(st, 3, in->device, -1, SQLITE_STATIC);
@@ -649,7 +649,7 @@ int fedge_gov_admit_update(fedge_aggregator *a, const fedge_gov_update_in *in, i
 cleanup:
     if (in_tx && ret != FEDGE_OK)
         fedge_store_rollback(a->db);
-    sqlite3_finalize(st);
+    fedge_store_done(st);
     free(clipped);
     return ret;
 }

@@ -53,14 +53,14 @@ static int device_row(fedge_aggregator *a, int d, uint64_t *last_counter, char *
 {
     sqlite3_stmt *st = NULL;
     int ret;
-    CHK(fedge_store_prepare(a->db, "SELECT last_counter, status FROM devices WHERE id=?", &st));
+    CHK(fedge_store_cached(a->db, "SELECT last_counter, status FROM devices WHERE id=?", &st));
     sqlite3_bind_text(st, 1, a->keys.devices[d].id, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_ROW)
         FAIL(FEDGE_ERR_NOT_FOUND);
     *last_counter = (uint64_t)sqlite3_column_int64(st, 0);
     snprintf(status, status_len, "%s", (const char *)sqlite3_column_text(st, 1));
 cleanup:
-    sqlite3_finalize(st);
+    fedge_store_done(st);
     return ret;
 }
 

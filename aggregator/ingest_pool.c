@@ -20,6 +20,7 @@ struct fedge_ingest_pool {
     size_t held, capacity;
     int stopping;
     int efd;
+    int signalled;    /* efd's counter is non-zero (written since the last read) */
     size_t n_threads;
     pthread_t *threads;
 };
@@ -59,10 +60,13 @@ static void *worker(void *arg)
         else
             p->done = j;
         p->done_tail = j;
-        uint64_t one = 1;
-        /* an eventfd write only fails when the counter would overflow */
-        ssize_t w = write(p->efd, &one, sizeof one);
-        (void)w;
+        if (!p->signalled) {
+            uint64_t one = 1;
+            /* an eventfd write only fails when the counter would overflow */
+            ssize_t w = write(p->efd, &one, sizeof one);
+            (void)w;
+            p->signalled = 1;
+        }
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -124,8 +128,11 @@ size_t fedge_ingest_pool_take(fedge_ingest_pool *p, fedge_ingest_job **jobs, siz
     size_t n = 0;
     uint64_t count;
     pthread_mutex_lock(&p->mu);
-    ssize_t r = read(p->efd, &count, sizeof count); /* resets; set again below if some stay */
-    (void)r;
+    if (p->signalled) { /* resets it; set again below if some stay */
+        ssize_t r = read(p->efd, &count, sizeof count);
+        (void)r;
+        p->signalled = 0;
+    }
     while (n < max && p->done) {
         fedge_ingest_job *j = p->done;
         p->done = j->next;
@@ -135,10 +142,11 @@ size_t fedge_ingest_pool_take(fedge_ingest_pool *p, fedge_ingest_job **jobs, siz
     }
     if (!p->done) {
         p->done_tail = NULL;
-    } else {
+    } else if (!p->signalled) {
         uint64_t one = 1;
         ssize_t w = write(p->efd, &one, sizeof one);
         (void)w;
+        p->signalled = 1;
     }
     pthread_mutex_unlock(&p->mu);
     return n;

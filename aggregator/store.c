@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,6 +106,99 @@ int fedge_store_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
     return FEDGE_OK;
 }
 
+/* fedge_store_cached's table: connections that opted in (sql == NULL) and
+ * their statements. */
+static struct {
+    sqlite3 *db;
+    char *sql;        /* a copy of the statement's text */
+    sqlite3_stmt *st;
+    int in_use;
+} g_cache[FEDGE_STORE_CACHE_MAX];
+static pthread_mutex_t g_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The slot of db's statement of text sql (NULL: db's opt-in mark; db and
+ * sql NULL: a free slot). */
+static int cache_slot(sqlite3 *db, const char *sql)
+{
+    for (int i = 0; i < FEDGE_STORE_CACHE_MAX; i++)
+        if (g_cache[i].db == db &&
+            (sql ? g_cache[i].sql && !strcmp(g_cache[i].sql, sql) : !g_cache[i].sql))
+            return i;
+    return -1;
+}
+
+void fedge_store_cache_open(sqlite3 *db)
+{
+    if (!db)
+        return;
+    pthread_mutex_lock(&g_cache_lock);
+    int i;
+    if (cache_slot(db, NULL) < 0 && (i = cache_slot(NULL, NULL)) >= 0)
+        g_cache[i].db = db;
+    pthread_mutex_unlock(&g_cache_lock);
+}
+
+void fedge_store_cache_close(sqlite3 *db)
+{
+    if (!db)
+        return;
+    pthread_mutex_lock(&g_cache_lock);
+    for (int i = 0; i < FEDGE_STORE_CACHE_MAX; i++)
+        if (g_cache[i].db == db) {
+            sqlite3_finalize(g_cache[i].st);
+            free(g_cache[i].sql);
+            memset(&g_cache[i], 0, sizeof g_cache[i]);
+        }
+    pthread_mutex_unlock(&g_cache_lock);
+}
+
+int fedge_store_cached(sqlite3 *db, const char *sql, sqlite3_stmt **st)
+{
+    int ret = FEDGE_OK;
+    *st = NULL;
+    pthread_mutex_lock(&g_cache_lock);
+    int i = cache_slot(db, sql);
+    if (i >= 0 && !g_cache[i].in_use) {
+        g_cache[i].in_use = 1;
+        *st = g_cache[i].st;
+    } else if (i < 0 && cache_slot(db, NULL) >= 0 && (i = cache_slot(NULL, NULL)) >= 0 &&
+               (g_cache[i].sql = strdup(sql)) != NULL) {
+        int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
+        if (rc != SQLITE_OK) {
+            FEDGE_ERROR("sqlite prepare: %s (%s)", sqlite3_errmsg(db), sql);
+            ret = fedge_store_status(rc);
+            free(g_cache[i].sql);
+            g_cache[i].sql = NULL;
+        } else {
+            g_cache[i].db = db;
+            g_cache[i].st = *st;
+            g_cache[i].in_use = 1;
+        }
+    }
+    pthread_mutex_unlock(&g_cache_lock);
+    if (ret == FEDGE_OK && !*st)
+        ret = fedge_store_prepare(db, sql, st);
+    return ret;
+}
+
+void fedge_store_done(sqlite3_stmt *st)
+{
+    if (!st)
+        return;
+    pthread_mutex_lock(&g_cache_lock);
+    int i = 0;
+    while (i < FEDGE_STORE_CACHE_MAX && (g_cache[i].st != st || !g_cache[i].sql))
+        i++;
+    if (i < FEDGE_STORE_CACHE_MAX) {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        g_cache[i].in_use = 0;
+    }
+    pthread_mutex_unlock(&g_cache_lock);
+    if (i == FEDGE_STORE_CACHE_MAX)
+        sqlite3_finalize(st);
+}
+
 int fedge_store_step_done(sqlite3 *db, sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);
@@ -131,7 +225,7 @@ int fedge_store_query_int64(sqlite3 *db, int64_t *out, int *found, const char *s
     int ret;
     if (found)
         *found = 0;
-    CHK(fedge_store_prepare(db, sql, &st));
+    CHK(fedge_store_cached(db, sql, &st));
     va_start(ap, types);
     for (int i = 0; types[i]; i++) {
         switch (types[i]) {
@@ -156,7 +250,7 @@ int fedge_store_query_int64(sqlite3 *db, int64_t *out, int *found, const char *s
         ret = fedge_store_status(rc);
     }
 cleanup:
-    sqlite3_finalize(st);
+    fedge_store_done(st);
     return ret;
 }
 

@@ -13,6 +13,7 @@
 
 #define FIRST_ALLOC ((size_t)16 * 1024) /* a body's first buffer, at most */
 #define AHEAD_BLOCKS 64                  /* blocks beyond the contiguous prefix kept */
+#define PREALLOC_SHARE 4                 /* budget_bytes / this: bytes allocated before they arrive */
 
 typedef struct {
     const void *key;
@@ -23,6 +24,9 @@ typedef struct {
     uint64_t ahead;   /* bit k: the block at len + k * block has arrived */
     size_t cap;       /* allocated */
     size_t reserved;  /* share of budget_bytes; cap never exceeds it */
+    int sized;        /* reserved is the body's Size1: a buffer of that size may be allocated at once */
+    size_t hi;        /* end of the furthest block written */
+    size_t unsent;    /* cap - hi when the buffer was allocated at its Size1, else 0 */
     double last;      /* monotonic time of the last block */
 } transfer;
 
@@ -32,6 +36,8 @@ struct fedge_uploads {
     size_t n;
     size_t reserved;
     size_t held;
+    size_t unsent;    /* sum of t[].unsent, within prealloc */
+    size_t prealloc;  /* budget_bytes / PREALLOC_SHARE */
     fedge_upload_stats st;
 };
 
@@ -52,6 +58,7 @@ int fedge_uploads_new(const fedge_upload_limits *lim, fedge_uploads **out)
         return FEDGE_ERR_NOMEM;
     }
     u->lim = *lim;
+    u->prealloc = lim->budget_bytes / PREALLOC_SHARE;
     *out = u;
     return FEDGE_OK;
 }
@@ -72,6 +79,7 @@ static void remove_at(fedge_uploads *u, size_t i)
     free(t->buf);
     u->reserved -= t->reserved;
     u->held -= t->cap;
+    u->unsent -= t->unsent;
     u->t[i] = u->t[--u->n];
     memset(&u->t[u->n], 0, sizeof u->t[u->n]);
 }
@@ -125,23 +133,46 @@ static int evict_idle(fedge_uploads *u, const char *device, double now)
     return 1;
 }
 
-/* Makes room for `need` bytes in t, within its reservation (already checked). */
+/* Makes room for `need` bytes in t, within its reservation (already checked):
+ * at once for its whole Size1 when the bytes allocated ahead of arrival,
+ * over all transfers, stay within u->prealloc; else by doubling. */
 static int grow(fedge_uploads *u, transfer *t, size_t need)
 {
     if (need <= t->cap)
         return FEDGE_OK;
-    size_t cap = t->cap ? t->cap : FIRST_ALLOC;
-    while (cap < need)
-        cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
-    if (cap > t->reserved)
-        cap = t->reserved;
+    size_t others = u->unsent - t->unsent;
+    int whole = t->sized && t->reserved >= need && others <= u->prealloc &&
+                t->reserved - need <= u->prealloc - others;
+    size_t cap = t->reserved;
+    if (!whole) {
+        cap = t->cap ? t->cap : FIRST_ALLOC;
+        while (cap < need)
+            cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
+        if (cap > t->reserved)
+            cap = t->reserved;
+    }
     uint8_t *p = realloc(t->buf, cap);
     if (!p)
         return FEDGE_ERR_NOMEM;
     u->held += cap - t->cap;
     t->buf = p;
     t->cap = cap;
+    u->unsent = others;
+    t->unsent = whole ? cap - need : 0;
+    u->unsent += t->unsent;
     return FEDGE_OK;
+}
+
+/* Bytes up to end are written: what was allocated ahead of them shrinks. */
+static void written(fedge_uploads *u, transfer *t, size_t end)
+{
+    if (end <= t->hi)
+        return;
+    t->hi = end;
+    size_t left = t->unsent && t->cap > end ? t->cap - end : 0;
+    u->unsent -= t->unsent;
+    t->unsent = left;
+    u->unsent += left;
 }
 
 static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now,
@@ -187,7 +218,8 @@ static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now
         return FEDGE_OK;
     }
     size_t reserve = lim->max_body;
-    if (b->has_size1 && b->size1 >= b->len && b->size1 < reserve)
+    int sized = b->has_size1 && b->size1 >= b->len && b->size1 <= reserve;
+    if (sized)
         reserve = (size_t)b->size1;
     while (reserve > lim->budget_bytes - u->reserved && evict_idle(u, NULL, now))
         ;
@@ -204,6 +236,7 @@ static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now
     t->key = b->key;
     snprintf(t->device, sizeof t->device, "%s", b->device);
     t->reserved = reserve;
+    t->sized = sized;
     t->last = now;
     u->reserved += reserve;
     u->n++;
@@ -214,6 +247,7 @@ static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now
         return FEDGE_OK;
     }
     memcpy(t->buf, b->data, b->len);
+    written(u, t, b->len);
     t->len = b->len;
     t->block = b->block_size;
     r->verdict = FEDGE_UPLOAD_CONTINUE;
@@ -276,6 +310,7 @@ static int next_block(fedge_uploads *u, const fedge_upload_block *b, double now,
         }
         u->reserved += want - t->reserved;
         t->reserved = want;
+        t->sized = 0; /* Size1 was wrong: grow as bytes arrive */
     }
     if (grow(u, t, end) != FEDGE_OK) {
         remove_at(u, (size_t)i);
@@ -284,6 +319,7 @@ static int next_block(fedge_uploads *u, const fedge_upload_block *b, double now,
         return FEDGE_OK;
     }
     memcpy(t->buf + b->offset, b->data, b->len);
+    written(u, t, end);
     t->last = now;
     if (b->more) {
         t->ahead |= (uint64_t)1 << k;
@@ -384,4 +420,5 @@ void fedge_uploads_stats(const fedge_uploads *u, fedge_upload_stats *out)
     out->partial = u->n;
     out->reserved_bytes = u->reserved;
     out->held_bytes = u->held;
+    out->unsent_bytes = u->unsent;
 }

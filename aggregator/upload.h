@@ -5,10 +5,15 @@
  *  - a declared Size1 or a running size above max_body: 4.13, at once;
  *  - a new transfer past max_per_device or max_total partial transfers, or
  *    whose reservation (Size1, else max_body) does not fit budget_bytes: 5.03;
- * a body's buffer then grows only as its bytes arrive, never past its
- * reservation. Before refusing with 5.03, a transfer idle for evict_idle_s
- * or longer (the longest idle first; of the same device when its cap is
- * the limit) is freed to make room. One transfer per key (the CoAP
+ * a body's buffer is then allocated once at its declared Size1 while the
+ * bytes so allocated ahead of their arrival, summed over all transfers,
+ * stay within budget_bytes / 4 (a claimed size alone cannot make the daemon
+ * allocate more than that); past it, without Size1, or once a body runs
+ * past its Size1, a buffer grows by doubling as its bytes arrive (at most
+ * twice what has arrived); never past its reservation. Before refusing
+ * with 5.03, a transfer idle for evict_idle_s or longer (the longest idle
+ * first; of the same device when its cap is the limit) is freed to make
+ * room. One transfer per key (the CoAP
  * session): a new first block supersedes the previous one. Blocks may
  * arrive out of order (a client keeps several in flight): a middle block up
  * to 64 blocks past the contiguous prefix is kept, a repeated one is
@@ -38,6 +43,7 @@ typedef struct {
     size_t held_bytes;      /* their buffers as allocated now */
     uint64_t completed, expired, evicted, closed, superseded;
     uint64_t refused_size, refused_busy, refused_bad, incomplete;
+    size_t unsent_bytes;    /* allocated at Size1 ahead of the bytes' arrival (<= budget_bytes / 4) */
 } fedge_upload_stats;
 
 typedef enum {

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,6 +202,46 @@ static void test_shutdown_drains(void **state)
         fedge_ingest_job_free(got[i]);
     }
     fedge_ingest_pool_free(p); /* the other half, never taken */
+    free(b);
+    fixture_stop(fx);
+}
+
+static int readable(int fd)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    return poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLIN);
+}
+
+/* The eventfd is readable exactly while finished jobs wait to be taken,
+ * however many finished between two takes. */
+static void test_eventfd_follows_waiting_jobs(void **state)
+{
+    (void)state;
+    fixture *fx = start("pool-efd");
+    enum { N = 6 };
+    fedge_ingest_pool *p = NULL;
+    fedge_ingest_job *got[N];
+    size_t len;
+    assert_int_equal(fedge_ingest_pool_new(2, N, &p), FEDGE_OK);
+    int fd = fedge_ingest_pool_fd(p);
+    assert_false(readable(fd));
+    assert_int_equal(fedge_ingest_pool_take(p, got, N), 0);
+    assert_false(readable(fd));
+    uint8_t *b = make_update(fx, 0, good(fx, 7), &len);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(fedge_ingest_pool_submit(p, job_for(fx, 0, b, len)), FEDGE_OK);
+    fedge_ingest_pool_shutdown(p); /* every job finished */
+    assert_true(readable(fd));
+    assert_true(readable(fd)); /* polling does not consume it */
+    assert_int_equal(fedge_ingest_pool_take(p, got, 2), 2);
+    assert_true(readable(fd));
+    assert_int_equal(fedge_ingest_pool_take(p, got + 2, N), N - 2);
+    assert_false(readable(fd));
+    assert_int_equal(fedge_ingest_pool_take(p, got, 1), 0);
+    assert_false(readable(fd));
+    for (int i = 0; i < N; i++)
+        fedge_ingest_job_free(got[i]);
+    fedge_ingest_pool_free(p);
     free(b);
     fixture_stop(fx);
 }
@@ -435,6 +476,7 @@ int main(void)
         cmocka_unit_test(test_job_adopts_body),
         cmocka_unit_test(test_completion_order),
         cmocka_unit_test(test_shutdown_drains),
+        cmocka_unit_test(test_eventfd_follows_waiting_jobs),
         cmocka_unit_test(test_group_equals_one_at_a_time),
         cmocka_unit_test(test_group_sql_fault),
         cmocka_unit_test(test_group_sql_fault_async),

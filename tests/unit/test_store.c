@@ -3,7 +3,10 @@
  * page size asked for, a plain open SQLite's 4 KiB; a log whose page size
  * was fixed before (an older log: 4 KiB) keeps it, opens read-write and
  * read-only, and takes an update-sized blob; a bad page size is refused
- * before any file is made. */
+ * before any file is made. The statement cache of the per-update path:
+ * one prepared statement per text and opted-in connection, handed back
+ * reset with no binding left, a fresh one for a nested user or a connection
+ * that did not opt in, all finalized when the connection leaves. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -146,12 +149,75 @@ static void test_old_log_keeps_its_pages(void **state)
     sqlite3_close_v2(db);
 }
 
+static int n_statements(sqlite3 *db)
+{
+    int n = 0;
+    for (sqlite3_stmt *st = sqlite3_next_stmt(db, NULL); st; st = sqlite3_next_stmt(db, st))
+        n++;
+    return n;
+}
+
+static void test_statement_cache(void **state)
+{
+    fixture *f = *state;
+    sqlite3 *db = NULL;
+    assert_int_equal(fedge_store_open_db(f->path, 0, &db), FEDGE_OK);
+    assert_int_equal(fedge_store_exec(db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v INTEGER)"), FEDGE_OK);
+    const char *ins = "INSERT INTO t(k, v) VALUES(?, ?)";
+    char copy[64];
+    snprintf(copy, sizeof copy, "%s", ins);
+    sqlite3_stmt *a = NULL, *b = NULL, *c = NULL;
+
+    /* not opted in: a fresh statement each time, finalized when handed back */
+    assert_int_equal(fedge_store_cached(db, ins, &a), FEDGE_OK);
+    assert_int_equal(n_statements(db), 1);
+    fedge_store_done(a);
+    assert_int_equal(n_statements(db), 0);
+
+    fedge_store_cache_open(db);
+    assert_int_equal(fedge_store_cached(db, ins, &a), FEDGE_OK);
+    sqlite3_bind_int64(a, 1, 1);
+    sqlite3_bind_int64(a, 2, 7);
+    assert_int_equal(sqlite3_step(a), SQLITE_DONE);
+    /* in use: a nested user of the same text gets its own */
+    assert_int_equal(fedge_store_cached(db, copy, &b), FEDGE_OK);
+    assert_ptr_not_equal(a, b);
+    fedge_store_done(b);
+    assert_int_equal(n_statements(db), 1);
+    fedge_store_done(a);
+    /* handed back: the same statement for the same text (another copy of
+     * it), reset, with no binding of the last use left */
+    assert_int_equal(fedge_store_cached(db, copy, &c), FEDGE_OK);
+    assert_ptr_equal(c, a);
+    sqlite3_bind_int64(c, 1, 2);
+    assert_int_equal(sqlite3_step(c), SQLITE_DONE);
+    fedge_store_done(c);
+    int64_t v = 0;
+    int found = 1;
+    assert_int_equal(fedge_store_query_int64(db, &v, &found, "SELECT v FROM t WHERE k=?", "i", (int64_t)2), FEDGE_OK);
+    assert_int_equal(found, 0); /* NULL: v was not bound the second time */
+    assert_int_equal(fedge_store_query_int64(db, &v, &found, "SELECT v FROM t WHERE k=?", "i", (int64_t)1), FEDGE_OK);
+    assert_int_equal(found, 1);
+    assert_int_equal(v, 7);
+    assert_int_equal(n_statements(db), 2); /* the INSERT and the SELECT, kept */
+    /* no read left open: another connection checkpoints the whole WAL */
+    sqlite3 *other = NULL;
+    assert_int_equal(fedge_store_open_db(f->path, 0, &other), FEDGE_OK);
+    assert_int_equal(sqlite3_wal_checkpoint_v2(other, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(other), SQLITE_OK);
+
+    fedge_store_cache_close(db);
+    assert_int_equal(n_statements(db), 0);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_new_log_gets_large_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_old_log_keeps_its_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_default_and_bad_page_sizes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_statement_cache, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

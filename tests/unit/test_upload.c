@@ -2,14 +2,18 @@
  * size over the limit is refused before anything is allocated for it; the
  * per-device, total and memory caps refuse new transfers with a retry time
  * unless an idle transfer can give way; idle and closed transfers are freed; lost, repeated and malformed blocks
- * get the right verdict; buffers grow with the bytes received, not with
- * what a client declares. */
+ * get the right verdict; a body with Size1 is allocated once at that size
+ * while what is allocated ahead of the bytes' arrival, over all uploads,
+ * stays within a quarter of the budget (hostile claims cannot make the
+ * daemon allocate more); otherwise buffers grow with the bytes received,
+ * not with what a client declares. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +24,7 @@
 #define BS 1024u
 
 static int k1, k2, k3, k4; /* session stand-ins: only their addresses matter */
-static uint8_t pattern[64 * 1024];
+static uint8_t pattern[(1 << 20) + 1024];
 
 static fedge_upload_limits limits(void)
 {
@@ -144,6 +148,7 @@ static void test_running_size_over_limit(void **state)
     fedge_uploads_free(u);
 }
 
+/* Without Size1 a buffer grows with the bytes received, not to max_body. */
 static void test_buffers_follow_received_bytes(void **state)
 {
     (void)state;
@@ -151,14 +156,105 @@ static void test_buffers_follow_received_bytes(void **state)
                              .budget_bytes = 4 << 20, .idle_timeout_s = 5, .evict_idle_s = 5};
     fedge_uploads *u = make(&l);
     fedge_upload_result r;
-    assert_int_equal(send_block(u, &k1, "dev-1", 0, 1 << 20, 1 << 20, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &k1, "dev-1", 0, 1 << 20, 0, 0, &r), FEDGE_UPLOAD_CONTINUE);
     fedge_upload_stats s = stats(u);
     assert_int_equal(s.reserved_bytes, 1 << 20);
-    assert_true(s.held_bytes <= 16 * 1024); /* not the declared megabyte */
+    assert_true(s.held_bytes <= 16 * 1024); /* not the megabyte max_body allows */
+    assert_int_equal(s.unsent_bytes, 0);
     for (size_t n = 1; n < 40; n++)
-        assert_int_equal(send_block(u, &k1, "dev-1", n, 1 << 20, 1 << 20, 0, &r), FEDGE_UPLOAD_CONTINUE);
+        assert_int_equal(send_block(u, &k1, "dev-1", n, 1 << 20, 0, 0, &r), FEDGE_UPLOAD_CONTINUE);
     s = stats(u);
     assert_true(s.held_bytes >= 40 * BS && s.held_bytes <= 2 * 40 * BS);
+    fedge_uploads_free(u);
+}
+
+/* A declared Size1 gets its buffer at once (no regrowth, no copies), the
+ * body arrives whole and right. */
+static void test_sized_body_allocated_once(void **state)
+{
+    (void)state;
+    fedge_upload_limits l = {.max_body = 1 << 20, .max_per_device = 1, .max_total = 4,
+                             .budget_bytes = 4 << 20, .idle_timeout_s = 5, .evict_idle_s = 5};
+    fedge_uploads *u = make(&l);
+    fedge_upload_result r;
+    size_t total = 60 * BS + 17;
+    assert_int_equal(send_block(u, &k1, "dev-1", 0, total, total, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    fedge_upload_stats s = stats(u);
+    assert_int_equal(s.held_bytes, total);
+    assert_int_equal(s.unsent_bytes, total - BS);
+    for (size_t n = 1; n < 60; n++) {
+        assert_int_equal(send_block(u, &k1, "dev-1", n, total, total, 0, &r), FEDGE_UPLOAD_CONTINUE);
+        assert_int_equal(stats(u).held_bytes, total);
+        assert_int_equal(stats(u).unsent_bytes, total - (n + 1) * BS);
+    }
+    assert_int_equal(send_block(u, &k1, "dev-1", 60, total, total, 0, &r), FEDGE_UPLOAD_COMPLETE);
+    assert_int_equal(r.body_len, total);
+    assert_memory_equal(r.body, pattern, total);
+    free(r.body);
+    s = stats(u);
+    assert_int_equal(s.held_bytes, 0);
+    assert_int_equal(s.unsent_bytes, 0);
+    fedge_uploads_free(u);
+}
+
+/* Hostile claims: sessions that declare the largest Size1 and send one
+ * block get at most budget_bytes / 4 allocated ahead of what they sent,
+ * all together; the rest grow as bytes arrive. A body longer than its
+ * Size1 stops being allocated ahead. */
+static void test_claimed_sizes_bounded(void **state)
+{
+    (void)state;
+    enum { N = 8 };
+    fedge_upload_limits l = {.max_body = 1 << 20, .max_per_device = 1, .max_total = N,
+                             .budget_bytes = 8 << 20, .idle_timeout_s = 5, .evict_idle_s = 5};
+    fedge_uploads *u = make(&l);
+    fedge_upload_result r;
+    int keys[N];
+    char dev[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(dev, sizeof dev, "dev-%d", i);
+        assert_int_equal(send_block(u, &keys[i], dev, 0, 1 << 20, 1 << 20, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    }
+    fedge_upload_stats s = stats(u);
+    assert_int_equal(s.reserved_bytes, (size_t)8 << 20);
+    assert_true(s.unsent_bytes <= (size_t)2 << 20);
+    /* two claims fit whole (less the block each sent); the other six grow as bytes arrive */
+    assert_int_equal(s.unsent_bytes, 2 * (((size_t)1 << 20) - BS));
+    assert_true(s.held_bytes <= ((size_t)2 << 20) + N * 16 * 1024);
+    /* as a whole one's bytes arrive, room is freed for the next to be sized at its next growth */
+    for (size_t n = 1; n < 1023; n++)
+        assert_int_equal(send_block(u, &keys[0], "dev-0", n, 1 << 20, 1 << 20, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(stats(u).unsent_bytes, ((size_t)1 << 20) - BS + BS);
+    assert_int_equal(send_block(u, &keys[0], "dev-0", 1023, 1 << 20, 1 << 20, 0, &r), FEDGE_UPLOAD_COMPLETE);
+    assert_memory_equal(r.body, pattern, (size_t)1 << 20);
+    free(r.body);
+    assert_int_equal(stats(u).unsent_bytes, ((size_t)1 << 20) - BS);
+    for (size_t n = 1; n <= 16; n++)
+        assert_int_equal(send_block(u, &keys[2], "dev-2", n, 1 << 20, 1 << 20, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    s = stats(u);
+    assert_int_equal(s.unsent_bytes, (((size_t)1 << 20) - BS) + (((size_t)1 << 20) - 17 * BS));
+    assert_true(s.unsent_bytes <= (size_t)2 << 20);
+    /* the budget is full again: the next growth of another doubles */
+    for (size_t n = 1; n <= 16; n++)
+        assert_int_equal(send_block(u, &keys[3], "dev-3", n, 1 << 20, 1 << 20, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(stats(u).unsent_bytes, s.unsent_bytes);
+    assert_int_equal(stats(u).held_bytes, s.held_bytes + 16 * 1024);
+    fedge_uploads_free(u);
+
+    /* Size1 too small: the body grows its reservation, then by doubling */
+    u = make(&l);
+    assert_int_equal(send_block(u, &k1, "dev-1", 0, 8 * BS, 2 * BS, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(stats(u).unsent_bytes, BS);
+    assert_int_equal(send_block(u, &k1, "dev-1", 1, 8 * BS, 2 * BS, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(send_block(u, &k1, "dev-1", 2, 8 * BS, 2 * BS, 0, &r), FEDGE_UPLOAD_CONTINUE);
+    assert_int_equal(stats(u).unsent_bytes, 0);
+    for (size_t n = 3; n < 8; n++)
+        send_block(u, &k1, "dev-1", n, 8 * BS, 2 * BS, 0, &r);
+    assert_int_equal(r.verdict, FEDGE_UPLOAD_COMPLETE);
+    assert_int_equal(r.body_len, 8 * BS);
+    assert_memory_equal(r.body, pattern, 8 * BS);
+    free(r.body);
+    assert_int_equal(stats(u).unsent_bytes, 0);
     fedge_uploads_free(u);
 }
 
@@ -380,6 +476,8 @@ int main(void)
         cmocka_unit_test(test_declared_size_over_limit),
         cmocka_unit_test(test_running_size_over_limit),
         cmocka_unit_test(test_buffers_follow_received_bytes),
+        cmocka_unit_test(test_sized_body_allocated_once),
+        cmocka_unit_test(test_claimed_sizes_bounded),
         cmocka_unit_test(test_per_device_and_total_caps),
         cmocka_unit_test(test_memory_budget),
         cmocka_unit_test(test_idle_transfers_make_room),
