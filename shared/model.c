@@ -639,6 +639,8 @@ typedef struct {
     size_t ptail_off[FEDGE_MODEL_MAX_LAYERS], ptg_off[2];
     size_t plow_off[FEDGE_MODEL_MAX_LAYERS]; /* a conv below its segment's pL: its whole gradient */
     size_t pacc_off, pbias_off;             /* a pL: one block's weight sums; its bias sums */
+    int pfq;                                /* the pool the first conv (and its relu) runs inside,
+                                               or 0: that conv's map has no band nor window */
 } scratch_plan;
 
 /* Rows of a u8 input converted at once for a first dense layer's forward
@@ -1034,7 +1036,7 @@ static void band_rows(const fedge_model_spec *s, const scratch_plan *p, int g, i
     fr[j1 + 1].hi = dc[j1 + 1];
     for (int j = j1; j >= j0; j--) {
         rows_t r = rows_in(&s->layer[j], fr[j + 1]);
-        if (bw && j - 1 >= p->pfc) {
+        if (bw && j - 1 >= (p->pfq ? p->pfq : p->pfc)) {
             rows_t f = {dp[j], dc[j]};
             r = rows_hull(r, f);
         }
@@ -1061,6 +1063,20 @@ static int patch_cuts(const fedge_model_spec *s, int F, int fc, int X)
     return X > fc && X < F - 1 && (t == FEDGE_LAYER_RELU || t == FEDGE_LAYER_MAXPOOL);
 }
 
+/* The pool the chain's first conv fc runs inside (conv, an optional relu, a
+ * max pool), or 0: each pooled value is the max of its window's conv values
+ * computed from the input rows, and in backward the window is computed again
+ * and its gradient goes straight into the conv's weight sums (the first conv
+ * forms no input gradient), so neither the conv's map nor its gradient is
+ * ever held. */
+static int relu_follows(const fedge_model_spec *s, int i);
+
+static int patch_fused_pool(const fedge_model_spec *s, int F, int fc)
+{
+    int q = fc + 1 + relu_follows(s, fc);
+    return q < F && s->layer[q].type == FEDGE_LAYER_MAXPOOL ? q : 0;
+}
+
 /* The patch layout: the chain in one segment (cut -1) or two with map cut
  * kept whole between them, bands of bh rows, the last convs' weights in
  * blocks (whole with full). FEDGE_ERR_INVALID_ARG for a spec without a conv
@@ -1082,6 +1098,9 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
         if (s->layer[j].type == FEDGE_LAYER_CONV2D)
             fc = j;
     if (fc < 0 || (cut >= 0 && !patch_cuts(s, F, fc, cut)))
+        return FEDGE_ERR_INVALID_ARG;
+    p->pfq = patch_fused_pool(s, F, fc);
+    if (p->pfq && cut >= 0 && cut < p->pfq)
         return FEDGE_ERR_INVALID_ARG;
     const size_t B = (size_t)batch;
     for (int i = 0; i < s->n_layers; i++)
@@ -1130,10 +1149,14 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
             band_rows(s, p, g, t, 1, dp, dc, fr);
             for (int j = j0 - 1; j <= j1; j++) {
                 int n = fr[j + 1].hi - fr[j + 1].lo, o = p->pfown[j + 1];
+                if (p->pfq && j >= fc && j < p->pfq)
+                    continue;
                 if (!p->pfwhole[o] && n > p->pfrows[o])
                     p->pfrows[o] = n;
             }
             for (int j = j0 > fc ? j0 : fc; j <= j1; j++) {
+                if (p->pfq && j < p->pfq)
+                    continue;
                 rows_t done = {0, j < j1 ? dc[j + 2] : 0};
                 int touch = j == j1 ? dc[j1 + 1] : rows_in(&s->layer[j + 1], done).hi;
                 touch = touch < dc[j + 1] ? dc[j + 1] : touch;
@@ -2470,6 +2493,91 @@ static void ppool_bwd(const fedge_layer *l, const band_t *in, const band_t *gout
             }
 }
 
+/* Output (oh, ow) of conv l for sample b, channel o, from its input rows
+ * (ReLU applied with relu). */
+static float pconv_px(const fedge_layer *l, const float *wts, const float *bias, const band_t *in,
+                      int b, int o, int oh, int ow, int relu)
+{
+    const int C = l->in_c, k = l->k;
+    float sum = 0.0f;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < k; ki++) {
+            int ih = oh * l->stride - l->pad + ki;
+            if (ih < 0 || ih >= l->in_h)
+                continue;
+            const float *src = band_row(in, b, c, ih);
+            const float *wr = wts + (((size_t)o * C + (size_t)c) * k + (size_t)ki) * k;
+            for (int kj = 0; kj < k; kj++) {
+                int iw = ow * l->stride - l->pad + kj;
+                if (iw >= 0 && iw < l->in_w)
+                    sum += wr[kj] * src[iw];
+            }
+        }
+    float v = sum + bias[o];
+    return relu && v < 0.0f ? 0.0f : v; /* NaN passes through */
+}
+
+/* Pool q's window (oh, ow) over conv l's outputs computed from in: its
+ * first maximum (NaN never wins, as ppool_argmax) and where it is. */
+static float pfused_max(const fedge_layer *l, const fedge_layer *q, const float *wts,
+                        const float *bias, const band_t *in, int b, int o, int oh, int ow,
+                        int relu, int *bi, int *bj)
+{
+    const int h0 = oh * q->stride, w0 = ow * q->stride;
+    float best = pconv_px(l, wts, bias, in, b, o, h0, w0, relu);
+    *bi = 0;
+    *bj = 0;
+    for (int i = 0; i < q->k; i++)
+        for (int j = 0; j < q->k; j++) {
+            float v = i == 0 && j == 0 ? best : pconv_px(l, wts, bias, in, b, o, h0 + i, w0 + j, relu);
+            if (v > best) {
+                best = v;
+                *bi = i;
+                *bj = j;
+            }
+        }
+    return best;
+}
+
+/* The first conv l inside pool q, pooled rows r, channels [c0, c1): forward
+ * into out; backward (gout given) the window's gradient into the conv's
+ * weight sums dw[(o - c0) x K] and bias sums db[o] (ReLU' at the maximum). */
+static void pfused(const fedge_layer *l, const fedge_layer *q, const float *wts,
+                   const float *bias, const band_t *in, const band_t *out, const band_t *gout,
+                   int B, rows_t r, int c0, int c1, int relu, float *dw, float *db)
+{
+    const int C = l->in_c, k = l->k;
+    for (int b = 0; b < B; b++)
+        for (int o = c0; o < c1; o++)
+            for (int oh = r.lo; oh < r.hi; oh++)
+                for (int ow = 0; ow < q->out_w; ow++) {
+                    int bi, bj;
+                    float v = pfused_max(l, q, wts, bias, in, b, o, oh, ow, relu, &bi, &bj);
+                    if (!gout) {
+                        band_row(out, b, o, oh)[ow] = v;
+                        continue;
+                    }
+                    const float g = band_row(gout, b, o, oh)[ow];
+                    if (relu && !(v > 0.0f))
+                        continue;
+                    const int ch = oh * q->stride + bi, cw = ow * q->stride + bj;
+                    db[o] += g;
+                    for (int c = 0; c < C; c++)
+                        for (int ki = 0; ki < k; ki++) {
+                            int ih = ch * l->stride - l->pad + ki;
+                            if (ih < 0 || ih >= l->in_h)
+                                continue;
+                            const float *src = band_row(in, b, c, ih);
+                            float *d = dw + (((size_t)(o - c0) * C + (size_t)c) * k + (size_t)ki) * k;
+                            for (int kj = 0; kj < k; kj++) {
+                                int iw = cw * l->stride - l->pad + kj;
+                                if (iw >= 0 && iw < l->in_w)
+                                    d[kj] += g * src[iw];
+                            }
+                        }
+                }
+}
+
 /* dst = src * mask / (1 - rate) over rows r, channels [c0, c1): the mask of
  * dropout_apply (element e counted in NCHW order over the whole map). */
 static void pdrop(const fedge_layer *l, int layer, uint64_t seed, const band_t *src,
@@ -2552,8 +2660,15 @@ static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
         for (int j = j0; j <= j1; j++) {
             const fedge_layer *l = &s->layer[j];
             int a = j >= cl ? c0 : 0, e = j >= cl ? c1 : l->out_c;
+            if (p->pfq && j >= fc && j < p->pfq)
+                continue; /* computed inside its pool */
             band_t in = patch_fmap(ps, j - 1, fr[j].lo), out = patch_fmap(ps, j, fr[j + 1].lo);
-            if (l->type == FEDGE_LAYER_CONV2D)
+            if (p->pfq && j == p->pfq) {
+                const fedge_layer *lc = &s->layer[fc];
+                band_t xin = patch_fmap(ps, fc - 1, fr[fc].lo);
+                pfused(lc, l, params + lc->w_off, params + lc->b_off, &xin, &out, NULL, B,
+                       fr[j + 1], a, e, relu_follows(s, fc), NULL, NULL);
+            } else if (l->type == FEDGE_LAYER_CONV2D)
                 pconv_fwd(l, params + l->w_off, params + l->b_off, &in, &out, B, fr[j + 1], a, e,
                           relu_follows(s, j));
             else if (l->type == FEDGE_LAYER_MAXPOOL)
@@ -2630,8 +2745,18 @@ static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
             if (f.lo >= f.hi)
                 continue;
             int a = j >= cl ? c0 : 0, e = j >= cl ? c1 : l->out_c;
+            if (p->pfq && j >= fc && j < p->pfq)
+                continue; /* its gradient went into its sums inside the pool */
             band_t go = patch_wmap(ps, j, dp[j + 1]);
-            if (l->type == FEDGE_LAYER_RELU) {
+            if (p->pfq && j == p->pfq) {
+                const fedge_layer *lc = &s->layer[fc];
+                float *dw = fc == L ? (hand ? acc : NULL) : ps->scratch + p->plow_off[fc];
+                float *db = fc == L ? biasL : ps->scratch + p->plow_off[fc] + (lc->b_off - lc->w_off);
+                band_t xin = patch_fmap(ps, fc - 1, fr[fc].lo);
+                if (dw)
+                    pfused(lc, l, params + lc->w_off, params + lc->b_off, &xin, NULL, &go, B, f, a,
+                           e, relu_follows(s, fc), dw, db);
+            } else if (l->type == FEDGE_LAYER_RELU) {
                 band_t out = patch_fmap(ps, j, fr[j + 1].lo);
                 for (int b = 0; b < B; b++)
                     for (int c = a; c < e; c++)
@@ -2665,7 +2790,7 @@ static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
         }
         for (int j = lowest; j <= j1; j++) { /* the windows move down past the complete rows */
             int n = dc[j + 1] - dp[j + 1], R = p->pwrows[j];
-            if (p->pwown[j] != j || p->pwwhole[j] || n <= 0)
+            if (p->pwown[j] != j || p->pwwhole[j] || n <= 0 || R == 0)
                 continue;
             band_t m = patch_wmap(ps, j, 0);
             size_t rw = (size_t)m.W, keep = n < R ? (size_t)(R - n) : 0;
