@@ -639,8 +639,9 @@ typedef struct {
     size_t ptail_off[FEDGE_MODEL_MAX_LAYERS], ptg_off[2];
     size_t plow_off[FEDGE_MODEL_MAX_LAYERS]; /* a conv below its segment's pL: its whole gradient */
     size_t pacc_off, pbias_off;             /* a pL: one block's weight sums; its bias sums */
-    int pfq;                                /* the pool the first conv (and its relu) runs inside,
-                                               or 0: that conv's map has no band nor window */
+    int pfin[FEDGE_MODEL_MAX_LAYERS];       /* a conv, or its relu, run inside pool pfin (else 0):
+                                               its map has no band buffer nor window */
+    int pfcv[FEDGE_MODEL_MAX_LAYERS];       /* a pool: 1 + the conv run inside it, or 0 */
 } scratch_plan;
 
 /* Rows of a u8 input converted at once for a first dense layer's forward
@@ -1036,7 +1037,7 @@ static void band_rows(const fedge_model_spec *s, const scratch_plan *p, int g, i
     fr[j1 + 1].hi = dc[j1 + 1];
     for (int j = j1; j >= j0; j--) {
         rows_t r = rows_in(&s->layer[j], fr[j + 1]);
-        if (bw && j - 1 >= (p->pfq ? p->pfq : p->pfc)) {
+        if (bw && j - 1 >= p->pfc && !p->pfin[j - 1]) {
             rows_t f = {dp[j], dc[j]};
             r = rows_hull(r, f);
         }
@@ -1063,18 +1064,21 @@ static int patch_cuts(const fedge_model_spec *s, int F, int fc, int X)
     return X > fc && X < F - 1 && (t == FEDGE_LAYER_RELU || t == FEDGE_LAYER_MAXPOOL);
 }
 
-/* The pool the chain's first conv fc runs inside (conv, an optional relu, a
- * max pool), or 0: each pooled value is the max of its window's conv values
- * computed from the input rows, and in backward the window is computed again
- * and its gradient goes straight into the conv's weight sums (the first conv
- * forms no input gradient), so neither the conv's map nor its gradient is
- * ever held. */
+/* The pool conv j runs inside (conv, an optional relu, a max pool before
+ * the flatten F), or 0: each pooled value is the max of its window's conv
+ * values computed from the conv's input rows, and in backward the window is
+ * computed again and its gradient (ReLU' at the maximum) goes straight into
+ * the conv's weight sums and input gradient, so neither the conv's map nor
+ * its gradient is ever held. */
 static int relu_follows(const fedge_model_spec *s, int i);
 
-static int patch_fused_pool(const fedge_model_spec *s, int F, int fc)
+static int patch_fused_pool(const fedge_model_spec *s, int F, int j)
 {
-    int q = fc + 1 + relu_follows(s, fc);
-    return q < F && s->layer[q].type == FEDGE_LAYER_MAXPOOL ? q : 0;
+    int q = j + 1 + relu_follows(s, j);
+    return s->layer[j].type == FEDGE_LAYER_CONV2D && q < F &&
+                   s->layer[q].type == FEDGE_LAYER_MAXPOOL
+               ? q
+               : 0;
 }
 
 /* The patch layout: the chain in one segment (cut -1) or two with map cut
@@ -1099,9 +1103,16 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
             fc = j;
     if (fc < 0 || (cut >= 0 && !patch_cuts(s, F, fc, cut)))
         return FEDGE_ERR_INVALID_ARG;
-    p->pfq = patch_fused_pool(s, F, fc);
-    if (p->pfq && cut >= 0 && cut < p->pfq)
-        return FEDGE_ERR_INVALID_ARG;
+    for (int j = fc; j < F; j++) {
+        int q = patch_fused_pool(s, F, j);
+        if (q == 0)
+            continue;
+        if (cut >= j && cut < q)
+            return FEDGE_ERR_INVALID_ARG; /* no cut inside a pool's conv */
+        for (int i = j; i < q; i++)
+            p->pfin[i] = q;
+        p->pfcv[q] = j + 1;
+    }
     const size_t B = (size_t)batch;
     for (int i = 0; i < s->n_layers; i++)
         if (B * layer_size(&s->layer[i]) > (size_t)INT_MAX)
@@ -1149,16 +1160,21 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
             band_rows(s, p, g, t, 1, dp, dc, fr);
             for (int j = j0 - 1; j <= j1; j++) {
                 int n = fr[j + 1].hi - fr[j + 1].lo, o = p->pfown[j + 1];
-                if (p->pfq && j >= fc && j < p->pfq)
+                if (j >= 0 && p->pfin[j])
                     continue;
                 if (!p->pfwhole[o] && n > p->pfrows[o])
                     p->pfrows[o] = n;
             }
             for (int j = j0 > fc ? j0 : fc; j <= j1; j++) {
-                if (p->pfq && j < p->pfq)
+                if (p->pfin[j])
                     continue;
                 rows_t done = {0, j < j1 ? dc[j + 2] : 0};
                 int touch = j == j1 ? dc[j1 + 1] : rows_in(&s->layer[j + 1], done).hi;
+                if (j < j1 && p->pfin[j + 1]) { /* a pool's conv: whole windows of its rows */
+                    const int q = p->pfin[j + 1];
+                    rows_t pd = {0, dc[q + 1]};
+                    touch = rows_in(&s->layer[j + 1], rows_in(&s->layer[q], pd)).hi;
+                }
                 touch = touch < dc[j + 1] ? dc[j + 1] : touch;
                 int n = touch - dp[j + 1], o = p->pwown[j];
                 if (!p->pwwhole[o] && n > p->pwrows[o])
@@ -2539,12 +2555,14 @@ static float pfused_max(const fedge_layer *l, const fedge_layer *q, const float 
     return best;
 }
 
-/* The first conv l inside pool q, pooled rows r, channels [c0, c1): forward
- * into out; backward (gout given) the window's gradient into the conv's
- * weight sums dw[(o - c0) x K] and bias sums db[o] (ReLU' at the maximum). */
+/* Conv l inside pool q, pooled rows r, channels [c0, c1): forward into out;
+ * backward (gout given) each window's gradient, ReLU' at its maximum, into
+ * the conv's weight sums dw[(o - c0) x K], bias sums db[o] and input
+ * gradient gin (each when given). */
 static void pfused(const fedge_layer *l, const fedge_layer *q, const float *wts,
                    const float *bias, const band_t *in, const band_t *out, const band_t *gout,
-                   int B, rows_t r, int c0, int c1, int relu, float *dw, float *db)
+                   const band_t *gin, int B, rows_t r, int c0, int c1, int relu, float *dw,
+                   float *db)
 {
     const int C = l->in_c, k = l->k;
     for (int b = 0; b < B; b++)
@@ -2561,18 +2579,25 @@ static void pfused(const fedge_layer *l, const fedge_layer *q, const float *wts,
                     if (relu && !(v > 0.0f))
                         continue;
                     const int ch = oh * q->stride + bi, cw = ow * q->stride + bj;
-                    db[o] += g;
+                    if (db)
+                        db[o] += g;
                     for (int c = 0; c < C; c++)
                         for (int ki = 0; ki < k; ki++) {
                             int ih = ch * l->stride - l->pad + ki;
                             if (ih < 0 || ih >= l->in_h)
                                 continue;
                             const float *src = band_row(in, b, c, ih);
-                            float *d = dw + (((size_t)(o - c0) * C + (size_t)c) * k + (size_t)ki) * k;
+                            const size_t wi = (((size_t)o * C + (size_t)c) * k + (size_t)ki) * k;
+                            float *d = dw ? dw + wi - (size_t)c0 * C * k * k : NULL;
+                            float *gr = gin ? band_row(gin, b, c, ih) : NULL;
                             for (int kj = 0; kj < k; kj++) {
                                 int iw = cw * l->stride - l->pad + kj;
-                                if (iw >= 0 && iw < l->in_w)
+                                if (iw < 0 || iw >= l->in_w)
+                                    continue;
+                                if (d)
                                     d[kj] += g * src[iw];
+                                if (gr)
+                                    gr[iw] += wts[wi + (size_t)kj] * g;
                             }
                         }
                 }
@@ -2660,14 +2685,15 @@ static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
         for (int j = j0; j <= j1; j++) {
             const fedge_layer *l = &s->layer[j];
             int a = j >= cl ? c0 : 0, e = j >= cl ? c1 : l->out_c;
-            if (p->pfq && j >= fc && j < p->pfq)
+            if (p->pfin[j])
                 continue; /* computed inside its pool */
             band_t in = patch_fmap(ps, j - 1, fr[j].lo), out = patch_fmap(ps, j, fr[j + 1].lo);
-            if (p->pfq && j == p->pfq) {
-                const fedge_layer *lc = &s->layer[fc];
-                band_t xin = patch_fmap(ps, fc - 1, fr[fc].lo);
-                pfused(lc, l, params + lc->w_off, params + lc->b_off, &xin, &out, NULL, B,
-                       fr[j + 1], a, e, relu_follows(s, fc), NULL, NULL);
+            if (p->pfcv[j]) {
+                const int jc = p->pfcv[j] - 1;
+                const fedge_layer *lc = &s->layer[jc];
+                band_t xin = patch_fmap(ps, jc - 1, fr[jc].lo);
+                pfused(lc, l, params + lc->w_off, params + lc->b_off, &xin, &out, NULL, NULL, B,
+                       fr[j + 1], a, e, relu_follows(s, jc), NULL, NULL);
             } else if (l->type == FEDGE_LAYER_CONV2D)
                 pconv_fwd(l, params + l->w_off, params + l->b_off, &in, &out, B, fr[j + 1], a, e,
                           relu_follows(s, j));
@@ -2745,17 +2771,21 @@ static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
             if (f.lo >= f.hi)
                 continue;
             int a = j >= cl ? c0 : 0, e = j >= cl ? c1 : l->out_c;
-            if (p->pfq && j >= fc && j < p->pfq)
-                continue; /* its gradient went into its sums inside the pool */
+            if (p->pfin[j])
+                continue; /* its gradient went back inside the pool */
             band_t go = patch_wmap(ps, j, dp[j + 1]);
-            if (p->pfq && j == p->pfq) {
-                const fedge_layer *lc = &s->layer[fc];
-                float *dw = fc == L ? (hand ? acc : NULL) : ps->scratch + p->plow_off[fc];
-                float *db = fc == L ? biasL : ps->scratch + p->plow_off[fc] + (lc->b_off - lc->w_off);
-                band_t xin = patch_fmap(ps, fc - 1, fr[fc].lo);
-                if (dw)
-                    pfused(lc, l, params + lc->w_off, params + lc->b_off, &xin, NULL, &go, B, f, a,
-                           e, relu_follows(s, fc), dw, db);
+            if (p->pfcv[j]) {
+                const int jc = p->pfcv[j] - 1;
+                const fedge_layer *lc = &s->layer[jc];
+                float *dw = jc == L ? (hand ? acc : NULL) : ps->scratch + p->plow_off[jc];
+                float *db = jc == L ? (hand ? biasL : NULL)
+                                    : ps->scratch + p->plow_off[jc] + (lc->b_off - lc->w_off);
+                band_t xin = patch_fmap(ps, jc - 1, fr[jc].lo), gi = {0};
+                int need_gin = jc > fc && !(mode == 2 && jc == L);
+                if (need_gin)
+                    gi = patch_wmap(ps, jc - 1, dp[jc]);
+                pfused(lc, l, params + lc->w_off, params + lc->b_off, &xin, NULL, &go,
+                       need_gin ? &gi : NULL, B, f, a, e, relu_follows(s, jc), dw, db);
             } else if (l->type == FEDGE_LAYER_RELU) {
                 band_t out = patch_fmap(ps, j, fr[j + 1].lo);
                 for (int b = 0; b < B; b++)
