@@ -777,7 +777,7 @@ static void grad_sizes(const fedge_model_spec *s, scratch_plan *p, size_t B, siz
     }
 }
 
-static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int full,
+static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int blocks,
                       scratch_plan *p);
 static int patch_least_cut(const fedge_model_spec *s, int batch);
 
@@ -788,7 +788,7 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
         return FEDGE_ERR_INVALID_ARG;
     if (mode == PLAN_PATCH) { /* the least: one row per band */
         int cut = patch_least_cut(s, batch);
-        return cut < -1 ? FEDGE_ERR_INVALID_ARG : plan_patch(s, batch, cut, 1, 0, p);
+        return cut < -1 ? FEDGE_ERR_INVALID_ARG : plan_patch(s, batch, cut, 1, 1, p);
     }
     memset(p, 0, sizeof *p);
     p->lean = mode == PLAN_LEAN;
@@ -1045,13 +1045,13 @@ static void band_rows(const fedge_model_spec *s, const scratch_plan *p, int g, i
     }
 }
 
-/* Output channels per block of a segment's last conv in the least patch
- * layout: about 4 LEAN_BLOCKs of weight sums when each block's walk
- * recomputes the chain from the input, one when it starts at a map kept
- * whole (a walk of the upper segment costs little). */
-static int patch_ob(const fedge_layer *l, int from_input)
+/* Output channels per block of a segment's last conv: about `blocks`
+ * LEAN_BLOCKs of weight sums when each block's walk recomputes the chain
+ * from the input (the least layout: one; a larger budget: four), one when
+ * it starts at a map kept whole (a walk of the upper segment costs little). */
+static int patch_ob(const fedge_layer *l, int from_input, int blocks)
 {
-    size_t K = (size_t)l->in_c * l->k * l->k, ob = (from_input ? 4 : 1) * LEAN_BLOCK / K;
+    size_t K = (size_t)l->in_c * l->k * l->k, ob = (from_input ? (size_t)blocks : 1) * LEAN_BLOCK / K;
     return ob < 1 ? 1 : ob > (size_t)l->out ? l->out : (int)ob;
 }
 
@@ -1065,18 +1065,19 @@ static int patch_cuts(const fedge_model_spec *s, int F, int fc, int X)
 }
 
 /* The pool conv j runs inside (conv, an optional relu, a max pool before
- * the flatten F), or 0: each pooled value is the max of its window's conv
- * values computed from the conv's input rows, and in backward the window is
- * computed again and its gradient (ReLU' at the maximum) goes straight into
- * the conv's weight sums and input gradient, so neither the conv's map nor
- * its gradient is ever held. */
+ * the flatten F whose windows do not overlap), or 0: each pooled value is
+ * the max of its window's conv values computed from the conv's input rows,
+ * and in backward the window is computed again and its gradient (ReLU' at
+ * the maximum) goes straight into the conv's weight sums and input
+ * gradient, so neither the conv's map nor its gradient is ever held.
+ * Overlapping windows would compute a conv value more than once. */
 static int relu_follows(const fedge_model_spec *s, int i);
 
 static int patch_fused_pool(const fedge_model_spec *s, int F, int j)
 {
     int q = j + 1 + relu_follows(s, j);
     return s->layer[j].type == FEDGE_LAYER_CONV2D && q < F &&
-                   s->layer[q].type == FEDGE_LAYER_MAXPOOL
+                   s->layer[q].type == FEDGE_LAYER_MAXPOOL && s->layer[q].k <= s->layer[q].stride
                ? q
                : 0;
 }
@@ -1085,7 +1086,7 @@ static int patch_fused_pool(const fedge_model_spec *s, int F, int j)
  * kept whole between them, bands of bh rows, the last convs' weights in
  * blocks (whole with full). FEDGE_ERR_INVALID_ARG for a spec without a conv
  * chain into a dense layer, or a cut that is not patch_cuts. */
-static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int full,
+static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int blocks,
                       scratch_plan *p)
 {
     memset(p, 0, sizeof *p);
@@ -1136,8 +1137,8 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
         p->pbh[g] = bh < 1 ? 1 : bh > H ? H : bh;
         p->pT[g] = (H + p->pbh[g] - 1) / p->pbh[g];
         p->pob[g] = p->pL[g] < 0 ? 0
-                    : full      ? s->layer[p->pL[g]].out
-                                : patch_ob(&s->layer[p->pL[g]], p->pj0[g] == 0);
+                    : blocks < 0 ? s->layer[p->pL[g]].out
+                                 : patch_ob(&s->layer[p->pL[g]], p->pj0[g] == 0, blocks);
     }
     p->pfown[0] = 0;
     for (int j = 0; j < F; j++) {
@@ -1197,27 +1198,40 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
     p->ptg_off[0] = off;
     p->ptg_off[1] = off + tg;
     off += 2 * tg;
-    for (int j = -1; j < F; j++) {
-        if (p->pfown[j + 1] != j + 1)
-            continue;
-        size_t C = (size_t)(j < 0 ? s->in_c : s->layer[j].out_c);
-        size_t W = (size_t)(j < 0 ? s->in_w : s->layer[j].out_w);
-        p->pf_off[j + 1] = off;
-        off += B * C * (size_t)p->pfrows[j + 1] * W;
-    }
-    for (int j = fc; j < F; j++) {
-        if (p->pwown[j] != j)
-            continue;
-        p->pw_off[j] = off;
-        off += B * (size_t)s->layer[j].out_c * (size_t)p->pwrows[j] * (size_t)s->layer[j].out_w;
+    /* the cut's whole maps, then each segment's band buffers, windows and
+     * lower convs' sums over the same floats (a segment's walks are done
+     * before the other's start) */
+    for (int whole = 1; whole >= 0; whole--) {
+        size_t top = off;
+        for (int g = 0; g < (whole ? 1 : p->pnseg); g++) {
+            size_t at = off;
+            for (int j = whole || g == 0 ? -1 : p->pj0[g]; j <= (whole ? F - 1 : p->pj1[g]); j++) {
+                if (p->pfown[j + 1] != j + 1 || p->pfwhole[j + 1] != whole)
+                    continue;
+                size_t C = (size_t)(j < 0 ? s->in_c : s->layer[j].out_c);
+                size_t W = (size_t)(j < 0 ? s->in_w : s->layer[j].out_w);
+                p->pf_off[j + 1] = at;
+                at += B * C * (size_t)p->pfrows[j + 1] * W;
+            }
+            for (int j = whole || g == 0 ? fc : (p->pj0[g] > fc ? p->pj0[g] : fc);
+                 j <= (whole ? F - 1 : p->pj1[g]); j++) {
+                if (p->pwown[j] != j || p->pwwhole[j] != whole)
+                    continue;
+                p->pw_off[j] = at;
+                at += B * (size_t)s->layer[j].out_c * (size_t)p->pwrows[j] *
+                      (size_t)s->layer[j].out_w;
+            }
+            for (int j = p->pj0[g]; !whole && j < p->pL[g]; j++)
+                if (s->layer[j].type == FEDGE_LAYER_CONV2D) {
+                    p->plow_off[j] = at;
+                    at += s->layer[j].n_params;
+                }
+            top = at > top ? at : top;
+        }
+        off = top;
     }
     size_t acc = 0, bias = 0;
     for (int g = 0; g < p->pnseg; g++) {
-        for (int j = p->pj0[g]; j < p->pL[g]; j++)
-            if (s->layer[j].type == FEDGE_LAYER_CONV2D) {
-                p->plow_off[j] = off;
-                off += s->layer[j].n_params;
-            }
         if (p->pL[g] >= 0) {
             const fedge_layer *l = &s->layer[p->pL[g]];
             size_t a = (size_t)p->pob[g] * l->in_c * l->k * l->k;
@@ -1257,7 +1271,7 @@ static int patch_least_cut(const fedge_model_spec *s, int batch)
     size_t best = SIZE_MAX;
     int cut = -2;
     for (int X = -1; X < s->n_layers; X++)
-        if (plan_patch(s, batch, X, 1, 0, &q) == FEDGE_OK && q.total < best) {
+        if (plan_patch(s, batch, X, 1, 1, &q) == FEDGE_OK && q.total < best) {
             best = q.total;
             cut = X;
         }
@@ -1265,13 +1279,16 @@ static int patch_least_cut(const fedge_model_spec *s, int batch)
 }
 
 /* The patch layout within have floats: the least layout's cut; whole blocks
- * of the last convs when they fit, and the most rows per band that fit. */
+ * of the last convs when they fit, else blocks of four LEAN_BLOCKs, else
+ * one; and the most rows per band that fit. */
 static int plan_patch_fit(const fedge_model_spec *s, int batch, size_t have, scratch_plan *p)
 {
+    static const int blocks[] = {-1, 4, 1};
     int cut = patch_least_cut(s, batch);
     if (cut < -1)
         return FEDGE_ERR_BUFFER_TOO_SMALL;
-    for (int full = 1; full >= 0; full--) {
+    for (size_t i = 0; i < sizeof blocks / sizeof blocks[0]; i++) {
+        const int full = blocks[i];
         if (plan_patch(s, batch, cut, 1, full, p) != FEDGE_OK || p->total > have)
             continue;
         int lo = 1, hi = s->layer[p->pF].in_h; /* the largest band that fits */
@@ -1354,7 +1371,7 @@ size_t fedge_model_grad_chunk_floats_patch(const fedge_model_spec *spec)
 {
     char text[FEDGE_MODEL_SPEC_MAX];
     scratch_plan p;
-    if (spec == NULL || spec_check(spec, text) != FEDGE_OK || plan_patch(spec, 1, -1, 1, 0, &p) != FEDGE_OK)
+    if (spec == NULL || spec_check(spec, text) != FEDGE_OK || plan_patch(spec, 1, -1, 1, 1, &p) != FEDGE_OK)
         return 0;
     return patch_chunk_need(spec, &p);
 }
