@@ -642,6 +642,7 @@ typedef struct {
     int pfin[FEDGE_MODEL_MAX_LAYERS];       /* a conv, or its relu, run inside pool pfin (else 0):
                                                its map has no band buffer nor window */
     int pfcv[FEDGE_MODEL_MAX_LAYERS];       /* a pool: 1 + the conv run inside it, or 0 */
+    size_t prow_off;                        /* a pool window's conv rows of one channel */
 } scratch_plan;
 
 /* Rows of a u8 input converted at once for a first dense layer's forward
@@ -1239,9 +1240,16 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
             bias = bias > (size_t)l->out ? bias : (size_t)l->out;
         }
     }
+    size_t rowbuf = 0;
+    for (int q = 0; q < F; q++)
+        if (p->pfcv[q]) {
+            size_t n = (size_t)s->layer[q].k * (size_t)s->layer[p->pfcv[q] - 1].out_w;
+            rowbuf = n > rowbuf ? n : rowbuf;
+        }
     p->pacc_off = off;
     p->pbias_off = off + acc;
-    p->total = off + acc + bias;
+    p->prow_off = off + acc + bias;
+    p->total = off + acc + bias + rowbuf;
     return p->total > PLAN_MAX_FLOATS ? FEDGE_ERR_INVALID_ARG : FEDGE_OK;
 }
 
@@ -2398,40 +2406,45 @@ static void col_span(int s, int pad, int kj, int IW, int OW, int *w0, int *w1)
         *w1 = *w0;
 }
 
+/* Output row oh of conv l, sample b, channel o, into dst (out_w floats). */
+static void pconv_row(const fedge_layer *l, const float *wts, const float *bias, const band_t *in,
+                      int b, int o, int oh, float *dst, int relu)
+{
+    const int C = l->in_c, k = l->k, s = l->stride, pad = l->pad, OW = l->out_w;
+    for (int w = 0; w < OW; w++)
+        dst[w] = 0.0f;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < k; ki++) {
+            int ih = oh * s - pad + ki;
+            if (ih < 0 || ih >= l->in_h)
+                continue;
+            const float *src = band_row(in, b, c, ih);
+            const float *wr = wts + (((size_t)o * C + (size_t)c) * k + (size_t)ki) * k;
+            for (int kj = 0; kj < k; kj++) {
+                int w0, w1;
+                col_span(s, pad, kj, l->in_w, OW, &w0, &w1);
+                const float wv = wr[kj], *sp = src - pad + kj;
+                if (s == 1)
+                    for (int w = w0; w < w1; w++)
+                        dst[w] += wv * sp[w];
+                else
+                    for (int w = w0; w < w1; w++)
+                        dst[w] += wv * sp[w * s];
+            }
+        }
+    for (int w = 0; w < OW; w++) {
+        float v = dst[w] + bias[o];
+        dst[w] = relu && v < 0.0f ? 0.0f : v; /* NaN passes through */
+    }
+}
+
 static void pconv_fwd(const fedge_layer *l, const float *wts, const float *bias, const band_t *in,
                       const band_t *out, int B, rows_t r, int c0, int c1, int relu)
 {
-    const int C = l->in_c, k = l->k, s = l->stride, pad = l->pad, OW = l->out_w;
     for (int b = 0; b < B; b++)
         for (int o = c0; o < c1; o++)
-            for (int oh = r.lo; oh < r.hi; oh++) {
-                float *dst = band_row(out, b, o, oh);
-                for (int w = 0; w < OW; w++)
-                    dst[w] = 0.0f;
-                for (int c = 0; c < C; c++)
-                    for (int ki = 0; ki < k; ki++) {
-                        int ih = oh * s - pad + ki;
-                        if (ih < 0 || ih >= l->in_h)
-                            continue;
-                        const float *src = band_row(in, b, c, ih);
-                        const float *wr = wts + (((size_t)o * C + (size_t)c) * k + (size_t)ki) * k;
-                        for (int kj = 0; kj < k; kj++) {
-                            int w0, w1;
-                            col_span(s, pad, kj, l->in_w, OW, &w0, &w1);
-                            const float wv = wr[kj], *sp = src - pad + kj;
-                            if (s == 1)
-                                for (int w = w0; w < w1; w++)
-                                    dst[w] += wv * sp[w];
-                            else
-                                for (int w = w0; w < w1; w++)
-                                    dst[w] += wv * sp[w * s];
-                        }
-                    }
-                for (int w = 0; w < OW; w++) {
-                    float v = dst[w] + bias[o];
-                    dst[w] = relu && v < 0.0f ? 0.0f : v; /* NaN passes through */
-                }
-            }
+            for (int oh = r.lo; oh < r.hi; oh++)
+                pconv_row(l, wts, bias, in, b, o, oh, band_row(out, b, o, oh), relu);
 }
 
 /* Output rows r, channels [c0, c1): dw[(o - c0) x K] and db[o] add their
@@ -2526,68 +2539,34 @@ static void ppool_bwd(const fedge_layer *l, const band_t *in, const band_t *gout
             }
 }
 
-/* Output (oh, ow) of conv l for sample b, channel o, from its input rows
- * (ReLU applied with relu). */
-static float pconv_px(const fedge_layer *l, const float *wts, const float *bias, const band_t *in,
-                      int b, int o, int oh, int ow, int relu)
-{
-    const int C = l->in_c, k = l->k;
-    float sum = 0.0f;
-    for (int c = 0; c < C; c++)
-        for (int ki = 0; ki < k; ki++) {
-            int ih = oh * l->stride - l->pad + ki;
-            if (ih < 0 || ih >= l->in_h)
-                continue;
-            const float *src = band_row(in, b, c, ih);
-            const float *wr = wts + (((size_t)o * C + (size_t)c) * k + (size_t)ki) * k;
-            for (int kj = 0; kj < k; kj++) {
-                int iw = ow * l->stride - l->pad + kj;
-                if (iw >= 0 && iw < l->in_w)
-                    sum += wr[kj] * src[iw];
-            }
-        }
-    float v = sum + bias[o];
-    return relu && v < 0.0f ? 0.0f : v; /* NaN passes through */
-}
-
-/* Pool q's window (oh, ow) over conv l's outputs computed from in: its
- * first maximum (NaN never wins, as ppool_argmax) and where it is. */
-static float pfused_max(const fedge_layer *l, const fedge_layer *q, const float *wts,
-                        const float *bias, const band_t *in, int b, int o, int oh, int ow,
-                        int relu, int *bi, int *bj)
-{
-    const int h0 = oh * q->stride, w0 = ow * q->stride;
-    float best = pconv_px(l, wts, bias, in, b, o, h0, w0, relu);
-    *bi = 0;
-    *bj = 0;
-    for (int i = 0; i < q->k; i++)
-        for (int j = 0; j < q->k; j++) {
-            float v = i == 0 && j == 0 ? best : pconv_px(l, wts, bias, in, b, o, h0 + i, w0 + j, relu);
-            if (v > best) {
-                best = v;
-                *bi = i;
-                *bj = j;
-            }
-        }
-    return best;
-}
-
 /* Conv l inside pool q, pooled rows r, channels [c0, c1): forward into out;
  * backward (gout given) each window's gradient, ReLU' at its maximum, into
  * the conv's weight sums dw[(o - c0) x K], bias sums db[o] and input
- * gradient gin (each when given). */
+ * gradient gin (each when given). The window's conv rows of one channel
+ * are computed into rowbuf (q->k x l->out_w floats). */
 static void pfused(const fedge_layer *l, const fedge_layer *q, const float *wts,
                    const float *bias, const band_t *in, const band_t *out, const band_t *gout,
                    const band_t *gin, int B, rows_t r, int c0, int c1, int relu, float *dw,
-                   float *db)
+                   float *db, float *rowbuf)
 {
-    const int C = l->in_c, k = l->k;
+    const int C = l->in_c, k = l->k, OW = l->out_w;
     for (int b = 0; b < B; b++)
         for (int o = c0; o < c1; o++)
-            for (int oh = r.lo; oh < r.hi; oh++)
+            for (int oh = r.lo; oh < r.hi; oh++) {
+                for (int i = 0; i < q->k; i++)
+                    pconv_row(l, wts, bias, in, b, o, oh * q->stride + i, rowbuf + (size_t)i * OW,
+                              relu);
                 for (int ow = 0; ow < q->out_w; ow++) {
-                    int bi, bj;
-                    float v = pfused_max(l, q, wts, bias, in, b, o, oh, ow, relu, &bi, &bj);
+                    const float *w0 = rowbuf + (size_t)ow * q->stride;
+                    float v = w0[0];
+                    int bi = 0, bj = 0;
+                    for (int i = 0; i < q->k; i++) /* the first maximum; NaN never wins */
+                        for (int j = 0; j < q->k; j++)
+                            if (w0[(size_t)i * OW + (size_t)j] > v) {
+                                v = w0[(size_t)i * OW + (size_t)j];
+                                bi = i;
+                                bj = j;
+                            }
                     if (!gout) {
                         band_row(out, b, o, oh)[ow] = v;
                         continue;
@@ -2618,6 +2597,7 @@ static void pfused(const fedge_layer *l, const fedge_layer *q, const float *wts,
                             }
                         }
                 }
+            }
 }
 
 /* dst = src * mask / (1 - rate) over rows r, channels [c0, c1): the mask of
@@ -2710,7 +2690,7 @@ static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
                 const fedge_layer *lc = &s->layer[jc];
                 band_t xin = patch_fmap(ps, jc - 1, fr[jc].lo);
                 pfused(lc, l, params + lc->w_off, params + lc->b_off, &xin, &out, NULL, NULL, B,
-                       fr[j + 1], a, e, relu_follows(s, jc), NULL, NULL);
+                       fr[j + 1], a, e, relu_follows(s, jc), NULL, NULL, ps->scratch + p->prow_off);
             } else if (l->type == FEDGE_LAYER_CONV2D)
                 pconv_fwd(l, params + l->w_off, params + l->b_off, &in, &out, B, fr[j + 1], a, e,
                           relu_follows(s, j));
@@ -2802,7 +2782,8 @@ static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
                 if (need_gin)
                     gi = patch_wmap(ps, jc - 1, dp[jc]);
                 pfused(lc, l, params + lc->w_off, params + lc->b_off, &xin, NULL, &go,
-                       need_gin ? &gi : NULL, B, f, a, e, relu_follows(s, jc), dw, db);
+                       need_gin ? &gi : NULL, B, f, a, e, relu_follows(s, jc), dw, db,
+                       ps->scratch + p->prow_off);
             } else if (l->type == FEDGE_LAYER_RELU) {
                 band_t out = patch_fmap(ps, j, fr[j + 1].lo);
                 for (int b = 0; b < B; b++)
