@@ -1280,6 +1280,13 @@ static void test_patch_layout_close(void **state)
         "cnn:3x20x20-c6k3p1-d20-c8k3s2-p2-f12-d30-f10-5",       /* dropout in the chain and after */
         "cnn:2x24x24-p2-c6k5-p2s1-f16-10",                      /* a pool first */
         "cnn:1x28x28-c6k5-p2-c16k5-p2-f120-f84-10",             /* LeNet (by its chunk) */
+        /* issue 12's wider shapes (branch patchconv2): convs inside their
+         * pools, a segment's last conv in one-LEAN_BLOCK blocks, the two
+         * segments' buffers over the same floats */
+        "cnn:1x28x28-c24k3p1-p2-c48k3p1-p2-f96-10",
+        "cnn:1x28x28-c12k3p1-p3s2-c24k3p1-p3s2-f64-10",         /* overlapping: not inside */
+        "cnn:1x28x28-c8k5-c8k5-c8k5-c8k5-10",
+        "cnn:1x27x27-c8k3-p2s3-c8k2s2-p2-f16-10",                /* pools strided past their window */
     };
     static const int batches[] = {1, 8};
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
