@@ -958,10 +958,14 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
  * one keep whole weight-gradient sums (they are read by every band); the
  * last conv's go in blocks of pob output channels, one sweep of bands per
  * block (a block's maps above it need no other channel), after a sweep that
- * forms the gradient below it. Scratch: the tail's activations (B x each
- * width after the flatten) and two gradient buffers, a band buffer per map
- * (B x C x rows x W), a window per map that has a gradient, the lower convs'
- * sums, one block of the last conv's and its bias sums. */
+ * forms the gradient below it. A conv followed by a (relu and a) max pool
+ * whose windows do not overlap runs inside the pool (patch_fused_pool): no
+ * band buffer nor window for its map. Scratch: the tail's activations (B x
+ * each width after the flatten) and two gradient buffers, the cut map and
+ * its gradient whole, then over the same floats for either segment a band
+ * buffer per map (B x C x rows x W), a window per map that has a gradient
+ * and the lower convs' sums; one block of the last conv's sums, its bias
+ * sums, and a pool window's conv rows of one channel. */
 
 typedef struct {
     int lo, hi;
