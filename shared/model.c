@@ -639,6 +639,10 @@ typedef struct {
     size_t ptail_off[FEDGE_MODEL_MAX_LAYERS], ptg_off[2];
     size_t plow_off[FEDGE_MODEL_MAX_LAYERS]; /* a conv below its segment's pL: its whole gradient */
     size_t pacc_off, pbias_off;             /* a pL: one block's weight sums; its bias sums */
+    int pfin[FEDGE_MODEL_MAX_LAYERS];       /* a conv, or its relu, run inside pool pfin (else 0):
+                                               its map has no band buffer nor window */
+    int pfcv[FEDGE_MODEL_MAX_LAYERS];       /* a pool: 1 + the conv run inside it, or 0 */
+    size_t prow_off;                        /* a pool window's conv rows of one channel */
 } scratch_plan;
 
 /* Rows of a u8 input converted at once for a first dense layer's forward
@@ -774,7 +778,7 @@ static void grad_sizes(const fedge_model_spec *s, scratch_plan *p, size_t B, siz
     }
 }
 
-static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int full,
+static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int blocks,
                       scratch_plan *p);
 static int patch_least_cut(const fedge_model_spec *s, int batch);
 
@@ -785,7 +789,7 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
         return FEDGE_ERR_INVALID_ARG;
     if (mode == PLAN_PATCH) { /* the least: one row per band */
         int cut = patch_least_cut(s, batch);
-        return cut < -1 ? FEDGE_ERR_INVALID_ARG : plan_patch(s, batch, cut, 1, 0, p);
+        return cut < -1 ? FEDGE_ERR_INVALID_ARG : plan_patch(s, batch, cut, 1, 1, p);
     }
     memset(p, 0, sizeof *p);
     p->lean = mode == PLAN_LEAN;
@@ -954,10 +958,14 @@ static int plan_make(const fedge_model_spec *s, int batch, int mode, scratch_pla
  * one keep whole weight-gradient sums (they are read by every band); the
  * last conv's go in blocks of pob output channels, one sweep of bands per
  * block (a block's maps above it need no other channel), after a sweep that
- * forms the gradient below it. Scratch: the tail's activations (B x each
- * width after the flatten) and two gradient buffers, a band buffer per map
- * (B x C x rows x W), a window per map that has a gradient, the lower convs'
- * sums, one block of the last conv's and its bias sums. */
+ * forms the gradient below it. A conv followed by a (relu and a) max pool
+ * whose windows do not overlap runs inside the pool (patch_fused_pool): no
+ * band buffer nor window for its map. Scratch: the tail's activations (B x
+ * each width after the flatten) and two gradient buffers, the cut map and
+ * its gradient whole, then over the same floats for either segment a band
+ * buffer per map (B x C x rows x W), a window per map that has a gradient
+ * and the lower convs' sums; one block of the last conv's sums, its bias
+ * sums, and a pool window's conv rows of one channel. */
 
 typedef struct {
     int lo, hi;
@@ -1034,7 +1042,7 @@ static void band_rows(const fedge_model_spec *s, const scratch_plan *p, int g, i
     fr[j1 + 1].hi = dc[j1 + 1];
     for (int j = j1; j >= j0; j--) {
         rows_t r = rows_in(&s->layer[j], fr[j + 1]);
-        if (bw && j - 1 >= p->pfc) {
+        if (bw && j - 1 >= p->pfc && !p->pfin[j - 1]) {
             rows_t f = {dp[j], dc[j]};
             r = rows_hull(r, f);
         }
@@ -1042,13 +1050,13 @@ static void band_rows(const fedge_model_spec *s, const scratch_plan *p, int g, i
     }
 }
 
-/* Output channels per block of a segment's last conv in the least patch
- * layout: about 4 LEAN_BLOCKs of weight sums when each block's walk
- * recomputes the chain from the input, one when it starts at a map kept
- * whole (a walk of the upper segment costs little). */
-static int patch_ob(const fedge_layer *l, int from_input)
+/* Output channels per block of a segment's last conv: about `blocks`
+ * LEAN_BLOCKs of weight sums when each block's walk recomputes the chain
+ * from the input (the least layout: one; a larger budget: four), one when
+ * it starts at a map kept whole (a walk of the upper segment costs little). */
+static int patch_ob(const fedge_layer *l, int from_input, int blocks)
 {
-    size_t K = (size_t)l->in_c * l->k * l->k, ob = (from_input ? 4 : 1) * LEAN_BLOCK / K;
+    size_t K = (size_t)l->in_c * l->k * l->k, ob = (from_input ? (size_t)blocks : 1) * LEAN_BLOCK / K;
     return ob < 1 ? 1 : ob > (size_t)l->out ? l->out : (int)ob;
 }
 
@@ -1061,11 +1069,29 @@ static int patch_cuts(const fedge_model_spec *s, int F, int fc, int X)
     return X > fc && X < F - 1 && (t == FEDGE_LAYER_RELU || t == FEDGE_LAYER_MAXPOOL);
 }
 
+/* The pool conv j runs inside (conv, an optional relu, a max pool before
+ * the flatten F whose windows do not overlap), or 0: each pooled value is
+ * the max of its window's conv values computed from the conv's input rows,
+ * and in backward the window is computed again and its gradient (ReLU' at
+ * the maximum) goes straight into the conv's weight sums and input
+ * gradient, so neither the conv's map nor its gradient is ever held.
+ * Overlapping windows would compute a conv value more than once. */
+static int relu_follows(const fedge_model_spec *s, int i);
+
+static int patch_fused_pool(const fedge_model_spec *s, int F, int j)
+{
+    int q = j + 1 + relu_follows(s, j);
+    return s->layer[j].type == FEDGE_LAYER_CONV2D && q < F &&
+                   s->layer[q].type == FEDGE_LAYER_MAXPOOL && s->layer[q].k <= s->layer[q].stride
+               ? q
+               : 0;
+}
+
 /* The patch layout: the chain in one segment (cut -1) or two with map cut
  * kept whole between them, bands of bh rows, the last convs' weights in
  * blocks (whole with full). FEDGE_ERR_INVALID_ARG for a spec without a conv
  * chain into a dense layer, or a cut that is not patch_cuts. */
-static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int full,
+static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int blocks,
                       scratch_plan *p)
 {
     memset(p, 0, sizeof *p);
@@ -1083,6 +1109,16 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
             fc = j;
     if (fc < 0 || (cut >= 0 && !patch_cuts(s, F, fc, cut)))
         return FEDGE_ERR_INVALID_ARG;
+    for (int j = fc; j < F; j++) {
+        int q = patch_fused_pool(s, F, j);
+        if (q == 0)
+            continue;
+        if (cut >= j && cut < q)
+            return FEDGE_ERR_INVALID_ARG; /* no cut inside a pool's conv */
+        for (int i = j; i < q; i++)
+            p->pfin[i] = q;
+        p->pfcv[q] = j + 1;
+    }
     const size_t B = (size_t)batch;
     for (int i = 0; i < s->n_layers; i++)
         if (B * layer_size(&s->layer[i]) > (size_t)INT_MAX)
@@ -1106,8 +1142,8 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
         p->pbh[g] = bh < 1 ? 1 : bh > H ? H : bh;
         p->pT[g] = (H + p->pbh[g] - 1) / p->pbh[g];
         p->pob[g] = p->pL[g] < 0 ? 0
-                    : full      ? s->layer[p->pL[g]].out
-                                : patch_ob(&s->layer[p->pL[g]], p->pj0[g] == 0);
+                    : blocks < 0 ? s->layer[p->pL[g]].out
+                                 : patch_ob(&s->layer[p->pL[g]], p->pj0[g] == 0, blocks);
     }
     p->pfown[0] = 0;
     for (int j = 0; j < F; j++) {
@@ -1130,12 +1166,21 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
             band_rows(s, p, g, t, 1, dp, dc, fr);
             for (int j = j0 - 1; j <= j1; j++) {
                 int n = fr[j + 1].hi - fr[j + 1].lo, o = p->pfown[j + 1];
+                if (j >= 0 && p->pfin[j])
+                    continue;
                 if (!p->pfwhole[o] && n > p->pfrows[o])
                     p->pfrows[o] = n;
             }
             for (int j = j0 > fc ? j0 : fc; j <= j1; j++) {
+                if (p->pfin[j])
+                    continue;
                 rows_t done = {0, j < j1 ? dc[j + 2] : 0};
                 int touch = j == j1 ? dc[j1 + 1] : rows_in(&s->layer[j + 1], done).hi;
+                if (j < j1 && p->pfin[j + 1]) { /* a pool's conv: whole windows of its rows */
+                    const int q = p->pfin[j + 1];
+                    rows_t pd = {0, dc[q + 1]};
+                    touch = rows_in(&s->layer[j + 1], rows_in(&s->layer[q], pd)).hi;
+                }
                 touch = touch < dc[j + 1] ? dc[j + 1] : touch;
                 int n = touch - dp[j + 1], o = p->pwown[j];
                 if (!p->pwwhole[o] && n > p->pwrows[o])
@@ -1158,27 +1203,40 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
     p->ptg_off[0] = off;
     p->ptg_off[1] = off + tg;
     off += 2 * tg;
-    for (int j = -1; j < F; j++) {
-        if (p->pfown[j + 1] != j + 1)
-            continue;
-        size_t C = (size_t)(j < 0 ? s->in_c : s->layer[j].out_c);
-        size_t W = (size_t)(j < 0 ? s->in_w : s->layer[j].out_w);
-        p->pf_off[j + 1] = off;
-        off += B * C * (size_t)p->pfrows[j + 1] * W;
-    }
-    for (int j = fc; j < F; j++) {
-        if (p->pwown[j] != j)
-            continue;
-        p->pw_off[j] = off;
-        off += B * (size_t)s->layer[j].out_c * (size_t)p->pwrows[j] * (size_t)s->layer[j].out_w;
+    /* the cut's whole maps, then each segment's band buffers, windows and
+     * lower convs' sums over the same floats (a segment's walks are done
+     * before the other's start) */
+    for (int whole = 1; whole >= 0; whole--) {
+        size_t top = off;
+        for (int g = 0; g < (whole ? 1 : p->pnseg); g++) {
+            size_t at = off;
+            for (int j = whole || g == 0 ? -1 : p->pj0[g]; j <= (whole ? F - 1 : p->pj1[g]); j++) {
+                if (p->pfown[j + 1] != j + 1 || p->pfwhole[j + 1] != whole)
+                    continue;
+                size_t C = (size_t)(j < 0 ? s->in_c : s->layer[j].out_c);
+                size_t W = (size_t)(j < 0 ? s->in_w : s->layer[j].out_w);
+                p->pf_off[j + 1] = at;
+                at += B * C * (size_t)p->pfrows[j + 1] * W;
+            }
+            for (int j = whole || g == 0 ? fc : (p->pj0[g] > fc ? p->pj0[g] : fc);
+                 j <= (whole ? F - 1 : p->pj1[g]); j++) {
+                if (p->pwown[j] != j || p->pwwhole[j] != whole)
+                    continue;
+                p->pw_off[j] = at;
+                at += B * (size_t)s->layer[j].out_c * (size_t)p->pwrows[j] *
+                      (size_t)s->layer[j].out_w;
+            }
+            for (int j = p->pj0[g]; !whole && j < p->pL[g]; j++)
+                if (s->layer[j].type == FEDGE_LAYER_CONV2D) {
+                    p->plow_off[j] = at;
+                    at += s->layer[j].n_params;
+                }
+            top = at > top ? at : top;
+        }
+        off = top;
     }
     size_t acc = 0, bias = 0;
     for (int g = 0; g < p->pnseg; g++) {
-        for (int j = p->pj0[g]; j < p->pL[g]; j++)
-            if (s->layer[j].type == FEDGE_LAYER_CONV2D) {
-                p->plow_off[j] = off;
-                off += s->layer[j].n_params;
-            }
         if (p->pL[g] >= 0) {
             const fedge_layer *l = &s->layer[p->pL[g]];
             size_t a = (size_t)p->pob[g] * l->in_c * l->k * l->k;
@@ -1186,9 +1244,16 @@ static int plan_patch(const fedge_model_spec *s, int batch, int cut, int bh, int
             bias = bias > (size_t)l->out ? bias : (size_t)l->out;
         }
     }
+    size_t rowbuf = 0;
+    for (int q = 0; q < F; q++)
+        if (p->pfcv[q]) {
+            size_t n = (size_t)s->layer[q].k * (size_t)s->layer[p->pfcv[q] - 1].out_w;
+            rowbuf = n > rowbuf ? n : rowbuf;
+        }
     p->pacc_off = off;
     p->pbias_off = off + acc;
-    p->total = off + acc + bias;
+    p->prow_off = off + acc + bias;
+    p->total = off + acc + bias + rowbuf;
     return p->total > PLAN_MAX_FLOATS ? FEDGE_ERR_INVALID_ARG : FEDGE_OK;
 }
 
@@ -1218,7 +1283,7 @@ static int patch_least_cut(const fedge_model_spec *s, int batch)
     size_t best = SIZE_MAX;
     int cut = -2;
     for (int X = -1; X < s->n_layers; X++)
-        if (plan_patch(s, batch, X, 1, 0, &q) == FEDGE_OK && q.total < best) {
+        if (plan_patch(s, batch, X, 1, 1, &q) == FEDGE_OK && q.total < best) {
             best = q.total;
             cut = X;
         }
@@ -1226,13 +1291,16 @@ static int patch_least_cut(const fedge_model_spec *s, int batch)
 }
 
 /* The patch layout within have floats: the least layout's cut; whole blocks
- * of the last convs when they fit, and the most rows per band that fit. */
+ * of the last convs when they fit, else blocks of four LEAN_BLOCKs, else
+ * one; and the most rows per band that fit. */
 static int plan_patch_fit(const fedge_model_spec *s, int batch, size_t have, scratch_plan *p)
 {
+    static const int blocks[] = {-1, 4, 1};
     int cut = patch_least_cut(s, batch);
     if (cut < -1)
         return FEDGE_ERR_BUFFER_TOO_SMALL;
-    for (int full = 1; full >= 0; full--) {
+    for (size_t i = 0; i < sizeof blocks / sizeof blocks[0]; i++) {
+        const int full = blocks[i];
         if (plan_patch(s, batch, cut, 1, full, p) != FEDGE_OK || p->total > have)
             continue;
         int lo = 1, hi = s->layer[p->pF].in_h; /* the largest band that fits */
@@ -1315,7 +1383,7 @@ size_t fedge_model_grad_chunk_floats_patch(const fedge_model_spec *spec)
 {
     char text[FEDGE_MODEL_SPEC_MAX];
     scratch_plan p;
-    if (spec == NULL || spec_check(spec, text) != FEDGE_OK || plan_patch(spec, 1, -1, 1, 0, &p) != FEDGE_OK)
+    if (spec == NULL || spec_check(spec, text) != FEDGE_OK || plan_patch(spec, 1, -1, 1, 1, &p) != FEDGE_OK)
         return 0;
     return patch_chunk_need(spec, &p);
 }
@@ -2342,40 +2410,45 @@ static void col_span(int s, int pad, int kj, int IW, int OW, int *w0, int *w1)
         *w1 = *w0;
 }
 
+/* Output row oh of conv l, sample b, channel o, into dst (out_w floats). */
+static void pconv_row(const fedge_layer *l, const float *wts, const float *bias, const band_t *in,
+                      int b, int o, int oh, float *dst, int relu)
+{
+    const int C = l->in_c, k = l->k, s = l->stride, pad = l->pad, OW = l->out_w;
+    for (int w = 0; w < OW; w++)
+        dst[w] = 0.0f;
+    for (int c = 0; c < C; c++)
+        for (int ki = 0; ki < k; ki++) {
+            int ih = oh * s - pad + ki;
+            if (ih < 0 || ih >= l->in_h)
+                continue;
+            const float *src = band_row(in, b, c, ih);
+            const float *wr = wts + (((size_t)o * C + (size_t)c) * k + (size_t)ki) * k;
+            for (int kj = 0; kj < k; kj++) {
+                int w0, w1;
+                col_span(s, pad, kj, l->in_w, OW, &w0, &w1);
+                const float wv = wr[kj], *sp = src - pad + kj;
+                if (s == 1)
+                    for (int w = w0; w < w1; w++)
+                        dst[w] += wv * sp[w];
+                else
+                    for (int w = w0; w < w1; w++)
+                        dst[w] += wv * sp[w * s];
+            }
+        }
+    for (int w = 0; w < OW; w++) {
+        float v = dst[w] + bias[o];
+        dst[w] = relu && v < 0.0f ? 0.0f : v; /* NaN passes through */
+    }
+}
+
 static void pconv_fwd(const fedge_layer *l, const float *wts, const float *bias, const band_t *in,
                       const band_t *out, int B, rows_t r, int c0, int c1, int relu)
 {
-    const int C = l->in_c, k = l->k, s = l->stride, pad = l->pad, OW = l->out_w;
     for (int b = 0; b < B; b++)
         for (int o = c0; o < c1; o++)
-            for (int oh = r.lo; oh < r.hi; oh++) {
-                float *dst = band_row(out, b, o, oh);
-                for (int w = 0; w < OW; w++)
-                    dst[w] = 0.0f;
-                for (int c = 0; c < C; c++)
-                    for (int ki = 0; ki < k; ki++) {
-                        int ih = oh * s - pad + ki;
-                        if (ih < 0 || ih >= l->in_h)
-                            continue;
-                        const float *src = band_row(in, b, c, ih);
-                        const float *wr = wts + (((size_t)o * C + (size_t)c) * k + (size_t)ki) * k;
-                        for (int kj = 0; kj < k; kj++) {
-                            int w0, w1;
-                            col_span(s, pad, kj, l->in_w, OW, &w0, &w1);
-                            const float wv = wr[kj], *sp = src - pad + kj;
-                            if (s == 1)
-                                for (int w = w0; w < w1; w++)
-                                    dst[w] += wv * sp[w];
-                            else
-                                for (int w = w0; w < w1; w++)
-                                    dst[w] += wv * sp[w * s];
-                        }
-                    }
-                for (int w = 0; w < OW; w++) {
-                    float v = dst[w] + bias[o];
-                    dst[w] = relu && v < 0.0f ? 0.0f : v; /* NaN passes through */
-                }
-            }
+            for (int oh = r.lo; oh < r.hi; oh++)
+                pconv_row(l, wts, bias, in, b, o, oh, band_row(out, b, o, oh), relu);
 }
 
 /* Output rows r, channels [c0, c1): dw[(o - c0) x K] and db[o] add their
@@ -2470,6 +2543,67 @@ static void ppool_bwd(const fedge_layer *l, const band_t *in, const band_t *gout
             }
 }
 
+/* Conv l inside pool q, pooled rows r, channels [c0, c1): forward into out;
+ * backward (gout given) each window's gradient, ReLU' at its maximum, into
+ * the conv's weight sums dw[(o - c0) x K], bias sums db[o] and input
+ * gradient gin (each when given). The window's conv rows of one channel
+ * are computed into rowbuf (q->k x l->out_w floats). */
+static void pfused(const fedge_layer *l, const fedge_layer *q, const float *wts,
+                   const float *bias, const band_t *in, const band_t *out, const band_t *gout,
+                   const band_t *gin, int B, rows_t r, int c0, int c1, int relu, float *dw,
+                   float *db, float *rowbuf)
+{
+    const int C = l->in_c, k = l->k, OW = l->out_w;
+    for (int b = 0; b < B; b++)
+        for (int o = c0; o < c1; o++)
+            for (int oh = r.lo; oh < r.hi; oh++) {
+                for (int i = 0; i < q->k; i++)
+                    pconv_row(l, wts, bias, in, b, o, oh * q->stride + i, rowbuf + (size_t)i * OW,
+                              relu);
+                for (int ow = 0; ow < q->out_w; ow++) {
+                    const float *w0 = rowbuf + (size_t)ow * q->stride;
+                    float v = w0[0];
+                    int bi = 0, bj = 0;
+                    for (int i = 0; i < q->k; i++) /* the first maximum; NaN never wins */
+                        for (int j = 0; j < q->k; j++)
+                            if (w0[(size_t)i * OW + (size_t)j] > v) {
+                                v = w0[(size_t)i * OW + (size_t)j];
+                                bi = i;
+                                bj = j;
+                            }
+                    if (!gout) {
+                        band_row(out, b, o, oh)[ow] = v;
+                        continue;
+                    }
+                    const float g = band_row(gout, b, o, oh)[ow];
+                    if (relu && !(v > 0.0f))
+                        continue;
+                    const int ch = oh * q->stride + bi, cw = ow * q->stride + bj;
+                    if (db)
+                        db[o] += g;
+                    for (int c = 0; c < C; c++)
+                        for (int ki = 0; ki < k; ki++) {
+                            int ih = ch * l->stride - l->pad + ki;
+                            if (ih < 0 || ih >= l->in_h)
+                                continue;
+                            const float *src = band_row(in, b, c, ih);
+                            const size_t wi = (((size_t)o * C + (size_t)c) * k + (size_t)ki) * k;
+                            float *d = dw ? dw + wi - (size_t)c0 * C * k * k : NULL;
+                            float *gr = gin ? band_row(gin, b, c, ih) : NULL;
+                            for (int kj = 0; kj < k; kj++) {
+                                int iw = cw * l->stride - l->pad + kj;
+                                if (iw < 0 || iw >= l->in_w)
+                                    continue;
+                                if (d)
+                                    d[kj] += g * src[iw];
+                                if (gr)
+                                    gr[iw] += wts[wi + (size_t)kj] * g;
+                            }
+                        }
+                }
+            }
+}
+
 /* dst = src * mask / (1 - rate) over rows r, channels [c0, c1): the mask of
  * dropout_apply (element e counted in NCHW order over the whole map). */
 static void pdrop(const fedge_layer *l, int layer, uint64_t seed, const band_t *src,
@@ -2552,8 +2686,16 @@ static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
         for (int j = j0; j <= j1; j++) {
             const fedge_layer *l = &s->layer[j];
             int a = j >= cl ? c0 : 0, e = j >= cl ? c1 : l->out_c;
+            if (p->pfin[j])
+                continue; /* computed inside its pool */
             band_t in = patch_fmap(ps, j - 1, fr[j].lo), out = patch_fmap(ps, j, fr[j + 1].lo);
-            if (l->type == FEDGE_LAYER_CONV2D)
+            if (p->pfcv[j]) {
+                const int jc = p->pfcv[j] - 1;
+                const fedge_layer *lc = &s->layer[jc];
+                band_t xin = patch_fmap(ps, jc - 1, fr[jc].lo);
+                pfused(lc, l, params + lc->w_off, params + lc->b_off, &xin, &out, NULL, NULL, B,
+                       fr[j + 1], a, e, relu_follows(s, jc), NULL, NULL, ps->scratch + p->prow_off);
+            } else if (l->type == FEDGE_LAYER_CONV2D)
                 pconv_fwd(l, params + l->w_off, params + l->b_off, &in, &out, B, fr[j + 1], a, e,
                           relu_follows(s, j));
             else if (l->type == FEDGE_LAYER_MAXPOOL)
@@ -2630,8 +2772,23 @@ static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
             if (f.lo >= f.hi)
                 continue;
             int a = j >= cl ? c0 : 0, e = j >= cl ? c1 : l->out_c;
+            if (p->pfin[j])
+                continue; /* its gradient went back inside the pool */
             band_t go = patch_wmap(ps, j, dp[j + 1]);
-            if (l->type == FEDGE_LAYER_RELU) {
+            if (p->pfcv[j]) {
+                const int jc = p->pfcv[j] - 1;
+                const fedge_layer *lc = &s->layer[jc];
+                float *dw = jc == L ? (hand ? acc : NULL) : ps->scratch + p->plow_off[jc];
+                float *db = jc == L ? (hand ? biasL : NULL)
+                                    : ps->scratch + p->plow_off[jc] + (lc->b_off - lc->w_off);
+                band_t xin = patch_fmap(ps, jc - 1, fr[jc].lo), gi = {0};
+                int need_gin = jc > fc && !(mode == 2 && jc == L);
+                if (need_gin)
+                    gi = patch_wmap(ps, jc - 1, dp[jc]);
+                pfused(lc, l, params + lc->w_off, params + lc->b_off, &xin, NULL, &go,
+                       need_gin ? &gi : NULL, B, f, a, e, relu_follows(s, jc), dw, db,
+                       ps->scratch + p->prow_off);
+            } else if (l->type == FEDGE_LAYER_RELU) {
                 band_t out = patch_fmap(ps, j, fr[j + 1].lo);
                 for (int b = 0; b < B; b++)
                     for (int c = a; c < e; c++)
@@ -2665,7 +2822,7 @@ static int patch_sweep(pass *ps, psweep *w, int g, int mode, int c0, int c1)
         }
         for (int j = lowest; j <= j1; j++) { /* the windows move down past the complete rows */
             int n = dc[j + 1] - dp[j + 1], R = p->pwrows[j];
-            if (p->pwown[j] != j || p->pwwhole[j] || n <= 0)
+            if (p->pwown[j] != j || p->pwwhole[j] || n <= 0 || R == 0)
                 continue;
             band_t m = patch_wmap(ps, j, 0);
             size_t rw = (size_t)m.W, keep = n < R ? (size_t)(R - n) : 0;

@@ -151,7 +151,10 @@ int fedge_model_max_batch(const fedge_model_spec *spec, int batch);
  * conv/pool chain walked in row bands of its last map, each band's
  * receptive field recomputed, into the first dense layer's sums; backward
  * over the same bands, the halo rows' input gradients in a window per map;
- * a deep chain split at a map kept whole; the band height from the budget
+ * a conv followed by a max pool whose windows do not overlap computed inside
+ * the pool (its map and gradient never held); a deep chain split at a map
+ * kept whole, the two segments' buffers over the same floats; the band
+ * height and the last conv's blocks from the budget
  * (model.c, "the patch layout"). Its sums run in another order than the
  * GEMM's: not the same bits (within 1e-5 of the largest gradient,
  * test_patch_layout_close).

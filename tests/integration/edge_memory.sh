@@ -165,3 +165,18 @@ issue=$((2 * model + 8 * 785 + 65536))
 echo "$spec batch 8: issue plan $issue B"
 [ "$peak" -le "$issue" ] || fed_fail "nopool: the heap peak ($peak B) exceeds the issue's plan ($issue B)"
 echo ok
+
+# The patch layout with a wide early map (branch patchconv2): 16 channels of
+# 28 columns under two convs and two pools. Its convs followed by a pool
+# run inside the pool (no conv map or its gradient held), a lower segment's
+# last conv learns one LEAN_BLOCK of weight sums per walk, and the two
+# segments' band buffers share their floats: main's edge (682533c) peaks
+# here at 1 766 320 B against the bound's 1 745 752 B at batch 8 and fails;
+# this branch's at 1 744 528 B. On the 24-row shard, as above.
+spec=cnn:1x28x28-c16k3p1-c16k3p1-p2-c32k3p1-p2-f128-10
+massif_round wide "$spec" dev-002 "$FED_DIR/tiny-shards/shard-000.bin" --batch 8
+model=$(grep -o 'model=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+issue=$((2 * model + 8 * 785 + 65536))
+echo "$spec batch 8: issue plan $issue B"
+[ "$peak" -le "$issue" ] || fed_fail "wide: the heap peak ($peak B) exceeds the issue's plan ($issue B)"
+echo ok
