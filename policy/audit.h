@@ -158,6 +158,8 @@ typedef struct {
     size_t n_rotations;           /* signing-key rotations followed */
     char key_in_force[FEDGE_HASH_HEX_LEN]; /* fingerprint of the key signing new heads */
     char key_anchor[FEDGE_HASH_HEX_LEN];   /* fingerprint of the key verify was given */
+    size_t n_rows_older_canon;    /* rows whose latest entry predates FCN_LATEST: a column the
+                                     latest format enters (updates.sealed_sha256) is not covered */
 } fedge_audit_report;
 
 /* Runs every check (see above) and fills rep. A relative model path P

@@ -713,6 +713,20 @@ static void check_body(const audit_body_info *b, const uint8_t *canon, size_t le
 }
 
 /* 3. Rows against their latest entries, and rows without entries. */
+
+/* 1 when a row logged in format leaves out a column the latest format enters
+ * (the row's canon then does not cover it). */
+static int layout_lacks_latest(const audit_table *t, int format)
+{
+    if (!t || format >= FEDGE_AUDIT_FCN_LATEST)
+        return 0;
+    const audit_layout *l = &t->fcn[FEDGE_AUDIT_FCN_LATEST - 1];
+    for (size_t i = 0; i < l->n_cols; i++)
+        if (!audit_layout_has(t, format, l->cols[i], strlen(l->cols[i])))
+            return 1;
+    return 0;
+}
+
 static int check_rows(sqlite3 *db, const prune_log *prunes, fedge_audit_report *rep)
 {
     int ret = FEDGE_OK;
@@ -741,6 +755,8 @@ static int check_rows(sqlite3 *db, const prune_log *prunes, fedge_audit_report *
         int format = canon_parse(logged, logged_len, &lv) == FEDGE_OK ? lv.format : FEDGE_AUDIT_FCN_LATEST;
         int r = audit_canon_ex(db, tbl, key, format, &canon, &len, &body);
         rep->n_rows++;
+        if (layout_lacks_latest(audit_table_find(tbl), format))
+            rep->n_rows_older_canon++;
         if (r == FEDGE_ERR_NOT_FOUND || r == FEDGE_ERR_INVALID_ARG) {
             report(rep, FEDGE_AUDIT_FAIL_ROW_DELETED, seq, tbl, key, NULL,
                    "%s row %s was deleted (last logged at audit entry %" PRId64 ")", tbl, key,

@@ -176,6 +176,12 @@ out_has "the chain was truncated"
 M=("$AUDIT" --db "$T/mx/fedge.db" --pubkey "$T/mx/keys/aggregator.pub" --models "$T/mx/models")
 expect_rc 0 "${M[@]}" verify
 out_has "OK: every check holds"
+# ... and says which rows it cannot fully cover (review19: it said nothing of them)
+out_has "older canon    4 rows last logged in an older canon format (FCN1): updates.sealed_sha256 is outside"
+expect_rc 0 "${M[@]}" --json verify
+json_check "d['rows_older_canon'] == 4"
+expect_rc 0 "${A[@]}" --json verify
+json_check "d['rows_older_canon'] == 0"
 # every command reads it as it reads the same log written in FCN2 alone
 for cmd in "lineage ${refine:0:8}" "lineage --device dev-3" privacy decisions "report --format json"; do
     "${A[@]}" --json $cmd >"$T/one.json" 2>&1 || fail "$cmd on the FCN2 fixture"
@@ -184,7 +190,7 @@ for cmd in "lineage ${refine:0:8}" "lineage --device dev-3" privacy decisions "r
 import json, sys
 def norm(d):  # what depends on the file, the key or the chain's bytes
     if isinstance(d, dict) and "verify" in d:
-        for k in ("last_head", "key_anchor", "key_in_force"):
+        for k in ("last_head", "key_anchor", "key_in_force", "rows_older_canon"):
             d["verify"].pop(k, None)
         d.pop("database", None)
         d.pop("generated_at", None)

@@ -257,6 +257,7 @@ static void verify_json(json_w *j, const char *key, const fedge_audit_report *re
     else
         json_null(j, "key_in_force");
     json_int(j, "rows", (int64_t)rep->n_rows);
+    json_int(j, "rows_older_canon", (int64_t)rep->n_rows_older_canon);
     json_int(j, "model_files", (int64_t)rep->n_files);
     json_int(j, "failures_total", (int64_t)rep->n_failures + (cycle != NULL));
     out_table t;
@@ -299,6 +300,10 @@ static void verify_text(const fedge_audit_report *rep, const char *cycle, const 
                indent, rep->n_rotations, rep->n_rotations == 1 ? "" : "s", rep->key_anchor, rep->key_in_force);
     printf("%s  rows           %zu audited rows compared with their latest entries\n", indent,
            rep->n_rows);
+    if (rep->n_rows_older_canon)
+        printf("%s  older canon    %zu row%s last logged in an older canon format (FCN1): updates.sealed_sha256"
+               " is outside their entries, so an edit of it is not seen (docs/AUDIT.md \"Canon versions\")\n",
+               indent, rep->n_rows_older_canon, rep->n_rows_older_canon == 1 ? "" : "s");
     printf("%s  model files    %zu re-hashed against models.sha256\n", indent, rep->n_files);
     if (n_failures) {
         out_table t;
