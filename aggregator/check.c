@@ -117,6 +117,8 @@ static void probe_db(const char *path, int *state, char *msg, size_t cap)
         *state = 1;
     } else if (strcmp(v, "1") == 0) {
         *state = 2;
+    } else if (strcmp(v, "2") == 0) {
+        *state = 3;
     } else {
         char *end = NULL;
         long ver = strtol(v, &end, 10);
@@ -181,7 +183,10 @@ static int describe_db(sqlite3 *db, const fedge_agg_config *cfg, char *msg, size
         fedge_hash_to_hex(v, hex);
         snprintf(current, sizeof current, "%.16s (round %u)", hex, model_round);
     }
-    snprintf(msg, cap, "schema %s, audit head seq %lld, %lld rounds, %s, current model %s", FEDGE_SCHEMA_VERSION,
+    int64_t schema = 0;
+    CHK(fedge_store_query_int64(db, &schema, NULL, "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'fedge_schema'",
+                                ""));
+    snprintf(msg, cap, "schema %lld, audit head seq %lld, %lld rounds, %s, current model %s", (long long)schema,
              (long long)head_seq, (long long)rounds, last, current);
 cleanup:
     sqlite3_finalize(st);
@@ -264,6 +269,9 @@ int fedge_agg_check(int argc, char **argv, FILE *out)
      * matched against the log's signed heads */
     char db_msg[2048] = "";
     probe_db(cfg.db, &db_state, db_msg, sizeof db_msg);
+    int schema2 = db_state == 3; /* read as it is; a start marks it 3 */
+    if (schema2)
+        db_state = 1;
     if (db_state == 1 && fedge_store_open_db(cfg.db, 1, &db) != FEDGE_OK) {
         snprintf(db_msg, sizeof db_msg, "%s cannot be opened read-only as a fedge database", cfg.db);
         db_state = -1;
@@ -296,7 +304,9 @@ int fedge_agg_check(int argc, char **argv, FILE *out)
         if (describe_db(db, &cfg, msg, sizeof msg, err, sizeof err) != FEDGE_OK)
             line_error(&r, "database", "%s: %s", cfg.db, err[0] ? err : "cannot read the log");
         else
-            line_ok(&r, "database", "%s: %s", cfg.db, msg);
+            line_ok(&r, "database", "%s: %s%s", cfg.db, msg,
+                    schema2 ? " (schema 2: a start marks it " FEDGE_SCHEMA_VERSION
+                              ", after which fedge builds of schema 2 refuse it)" : "");
     }
 
     /* what a start would add to the keys ledger (keys_audit.h) */

@@ -282,8 +282,8 @@ int fedge_retention_migrate_v1(sqlite3 *db)
         snprintf(version, sizeof version, "%s", (const char *)sqlite3_column_text(get, 0));
     sqlite3_finalize(get);
     get = NULL;
-    if (strcmp(version, FEDGE_SCHEMA_VERSION) == 0)
-        goto commit; /* another process migrated it meanwhile */
+    if (strcmp(version, FEDGE_SCHEMA_VERSION) == 0 || strcmp(version, "2") == 0)
+        goto commit; /* another process migrated it meanwhile (store.c marks a 2 as 3) */
     if (strcmp(version, "1") != 0)
         FAIL(FEDGE_ERR_AUDIT_NOT_FEDGE_DB);
     CHK(fedge_store_exec(db, "ALTER TABLE updates ADD COLUMN delta_sha256 BLOB;"

@@ -356,7 +356,9 @@ cleanup:
     return ret;
 }
 
-/* 1 when the database has our meta marker, 0 when it is empty, <0 otherwise. */
+/* 1 when the database has our meta marker, 0 when it is empty, 2 at schema 1
+ * (to migrate), 3 at schema 2 (read as it is; a writer marks it 3), <0
+ * otherwise. */
 static int check_fedge_db(sqlite3 *db)
 {
     sqlite3_stmt *st = NULL;
@@ -378,6 +380,8 @@ static int check_fedge_db(sqlite3 *db)
             ret = 1;
         else if (v && strcmp(v, "1") == 0)
             ret = 2; /* before delta retention: fedge_retention_migrate_v1 */
+        else if (v && strcmp(v, "2") == 0)
+            ret = 3; /* before FCN2 audit entries: the same tables */
         else
             FEDGE_ERROR("database schema version %s, this build reads %s", v ? v : "?",
                         FEDGE_SCHEMA_VERSION);
@@ -497,6 +501,12 @@ static int open_db(const char *path, int read_only, long page_size, sqlite3 **ou
     CHK(set_wal_autocheckpoint(db));
     if (state == 2)
         CHK(fedge_retention_migrate_v1(db));
+    if (state == 3) { /* from here on its audit entries are FCN2: a schema 2 build must refuse it */
+        CHK(fedge_store_exec(db, "UPDATE meta SET value = '" FEDGE_SCHEMA_VERSION
+                                 "' WHERE key = 'fedge_schema' AND value = '2'"));
+        FEDGE_INFO("database %s marked schema " FEDGE_SCHEMA_VERSION
+                   " (its new audit entries are FCN2; fedge builds of schema 2 refuse it from now on)", path);
+    }
     if (state == 0) {
         CHK(fedge_store_begin(db));
         CHK(fedge_store_exec(db, SCHEMA_SQL));

@@ -7,9 +7,9 @@
  * also appends to the hash chain in `audit` (policy/audit.h) inside the same
  * transaction.
  *
- * Schema (schema_version 2; created with auto_vacuum = INCREMENTAL):
+ * Schema (schema_version 3; created with auto_vacuum = INCREMENTAL):
  *   meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)
- *       keys: fedge_schema ('2'), model_spec, created_at,
+ *       keys: fedge_schema ('3'), model_spec, created_at,
  *       run_id (32 hex digits, random, made once: every update is sealed
  *       for it, so updates cannot be replayed from one log into another),
  *       current_version (the model being served; a version published
@@ -62,7 +62,11 @@
 #include <sqlite3.h>
 #include <stdint.h>
 
-#define FEDGE_SCHEMA_VERSION "2"
+/* 3: as 2, and the audit chain may hold FCN2 entries (policy/audit.h), which
+ * a build of schema 2 would follow with FCN1 ones, a downgrade verify
+ * refuses: a writer of this build marks a schema 2 log 3 when it opens it,
+ * and a schema 2 build then refuses the log instead of breaking its chain. */
+#define FEDGE_SCHEMA_VERSION "3"
 
 /* Opens (creating if absent) the database at path, sets WAL, foreign keys,
  * busy timeout, and creates the schema. A file that exists but is not a

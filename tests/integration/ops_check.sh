@@ -93,7 +93,7 @@ fed_wait_for '[ "$(sql "SELECT count(*) FROM rounds WHERE status=\"closed\"" 2>/
 # lingering: the daemon holds the instance lock; --check reads beside it
 kill -0 "$FED_AGG_PID" 2>/dev/null || fail "the daemon should still linger"
 expect_rc 0 "${CHECK[@]}" --config "$D/agg.conf"
-out_has "database: ok ($DB: schema 2"
+out_has "database: ok ($DB: schema 3"
 kill -0 "$FED_AGG_PID" 2>/dev/null || fail "the daemon stopped while --check ran"
 fed_wait_run 30 || fail "aggregator exited with an error"
 
@@ -132,9 +132,14 @@ out_has "): policy round.min_clients 4 is more than clients_per_round 3: no roun
 # another signing key
 mkdir -p "$D/other" && "$BIN/fedge-keygen" aggregator --out "$D/other" >/dev/null || fail "keygen"
 check_fails signing_key "signing_key $D/other/aggregator.key did not sign this log" --signing-key "$D/other/aggregator.key"
+# a log a schema 2 build wrote: read as it is; a start marks it 3 (review19 F1)
+cp "$DB" "$D/schema2.db" && sqlite3 "$D/schema2.db" "UPDATE meta SET value='2' WHERE key='fedge_schema'" || fail "sqlite3"
+expect_rc 0 "${CHECK[@]}" --config "$D/agg.conf" --db "$D/schema2.db"
+out_has "database: ok ($D/schema2.db: schema 2, audit head seq"
+out_has "(schema 2: a start marks it 3, after which fedge builds of schema 2 refuse it)"
 # a log written by a newer schema
-cp "$DB" "$D/newer.db" && sqlite3 "$D/newer.db" "UPDATE meta SET value='3' WHERE key='fedge_schema'" || fail "sqlite3"
-check_fails database "$D/newer.db has schema version 3, newer than this build reads (2)" --db "$D/newer.db"
+cp "$DB" "$D/newer.db" && sqlite3 "$D/newer.db" "UPDATE meta SET value='4' WHERE key='fedge_schema'" || fail "sqlite3"
+check_fails database "$D/newer.db has schema version 4, newer than this build reads (3)" --db "$D/newer.db"
 # a model store without the log's current model
 mkdir -p "$D/empty-models"
 check_fails database "$DB: current model $D/empty-models/" --model-dir "$D/empty-models"

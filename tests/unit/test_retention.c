@@ -477,7 +477,7 @@ static void test_schema1_migrated(void **state)
     /* The aggregator migrates it, with retention on from now. */
     fx->cfg.retain_deltas_rounds = 1;
     start(fx);
-    assert_int_equal(q1(fx, "SELECT value FROM meta WHERE key = 'fedge_schema'"), 2);
+    assert_int_equal(q1(fx, "SELECT value FROM meta WHERE key = 'fedge_schema'"), 3);
     assert_int_equal(q1(fx, "PRAGMA auto_vacuum"), 2);
     assert_int_equal(q1(fx, "SELECT count(*) FROM updates WHERE length(delta_sha256) = 32"), 6);
     assert_true(bodies_match_hashes(fx));

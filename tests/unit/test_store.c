@@ -107,6 +107,41 @@ static void test_new_log_gets_large_pages(void **state)
     sqlite3_close_v2(db);
 }
 
+static int64_t schema_of(sqlite3 *db)
+{
+    int64_t v = 0;
+    assert_int_equal(fedge_store_query_int64(db, &v, NULL,
+                                             "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'fedge_schema'", ""),
+                     FEDGE_OK);
+    return v;
+}
+
+/* review19 F1: a schema 2 build appends FCN1 audit entries to a log this build
+ * has written FCN2 entries to, which verify then refuses for good as a
+ * downgrade. A writer of this build marks a schema 2 log 3, so that a schema 2
+ * build refuses it (as any build refuses a newer schema) instead; readers read
+ * a schema 2 log as it is. */
+static void test_schema2_log_marked_3_by_a_writer(void **state)
+{
+    fixture *f = *state;
+    sqlite3 *db = NULL;
+    assert_int_equal(fedge_store_open_db(f->path, 0, &db), FEDGE_OK);
+    assert_int_equal(schema_of(db), 3);
+    assert_int_equal(fedge_store_exec(db, "UPDATE meta SET value = '2' WHERE key = 'fedge_schema'"), FEDGE_OK);
+    sqlite3_close_v2(db);
+    assert_int_equal(fedge_store_open_db(f->path, 1, &db), FEDGE_OK); /* a reader: as it is */
+    assert_int_equal(schema_of(db), 2);
+    sqlite3_close_v2(db);
+    assert_int_equal(fedge_store_open_db(f->path, 0, &db), FEDGE_OK); /* a writer marks it */
+    assert_int_equal(schema_of(db), 3);
+    /* what a schema 2 build meets: a newer schema, refused */
+    assert_int_equal(fedge_store_exec(db, "UPDATE meta SET value = '4' WHERE key = 'fedge_schema'"), FEDGE_OK);
+    sqlite3_close_v2(db);
+    db = NULL;
+    assert_int_not_equal(fedge_store_open_db(f->path, 0, &db), FEDGE_OK);
+    assert_null(db);
+}
+
 static void test_default_and_bad_page_sizes(void **state)
 {
     fixture *f = *state;
@@ -218,6 +253,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_old_log_keeps_its_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_default_and_bad_page_sizes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_statement_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_schema2_log_marked_3_by_a_writer, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
