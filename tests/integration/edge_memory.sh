@@ -158,13 +158,16 @@ awk 'BEGIN { srand(7); for (i = 0; i < 24; i++) { printf "%d", i % 10
     >"$FED_DIR/tiny.csv"
 "$BIN/fedge-partition" --data "$FED_DIR/tiny.csv" --clients 1 --kind iid --seed 7 --format u8 \
     --out "$FED_DIR/tiny-shards" >/dev/null || fed_fail "partition (24 rows)"
-spec=cnn:1x28x28-c16k5-c32k5-f64-10
-massif_round nopool "$spec" dev-002 "$FED_DIR/tiny-shards/shard-000.bin" --batch 8
-model=$(grep -o 'model=[0-9]*' "$log" | tail -1 | cut -d= -f2)
-issue=$((2 * model + 8 * 785 + 65536))
-echo "$spec batch 8: issue plan $issue B"
-[ "$peak" -le "$issue" ] || fed_fail "nopool: the heap peak ($peak B) exceeds the issue's plan ($issue B)"
-echo ok
+bound_round() { # NAME SPEC: a batch-8 round on the 24-row shard within the issue's bound
+    massif_round "$1" "$2" dev-002 "$FED_DIR/tiny-shards/shard-000.bin" --batch 8
+    local model issue
+    model=$(grep -o 'model=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+    issue=$((2 * model + 8 * 785 + 65536))
+    echo "$2 batch 8: issue plan $issue B"
+    [ "$peak" -le "$issue" ] || fed_fail "$1: the heap peak ($peak B) exceeds the issue's plan ($issue B)"
+    echo ok
+}
+bound_round nopool cnn:1x28x28-c16k5-c32k5-f64-10
 
 # The patch layout with a wide early map (branch patchconv2): 16 channels of
 # 28 columns under two convs and two pools. Its convs followed by a pool
@@ -173,10 +176,4 @@ echo ok
 # segments' band buffers share their floats: main's edge (682533c) peaks
 # here at 1 766 320 B against the bound's 1 745 752 B at batch 8 and fails;
 # this branch's at 1 744 528 B. On the 24-row shard, as above.
-spec=cnn:1x28x28-c16k3p1-c16k3p1-p2-c32k3p1-p2-f128-10
-massif_round wide "$spec" dev-002 "$FED_DIR/tiny-shards/shard-000.bin" --batch 8
-model=$(grep -o 'model=[0-9]*' "$log" | tail -1 | cut -d= -f2)
-issue=$((2 * model + 8 * 785 + 65536))
-echo "$spec batch 8: issue plan $issue B"
-[ "$peak" -le "$issue" ] || fed_fail "wide: the heap peak ($peak B) exceeds the issue's plan ($issue B)"
-echo ok
+bound_round wide cnn:1x28x28-c16k3p1-c16k3p1-p2-c32k3p1-p2-f128-10
