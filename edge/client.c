@@ -630,12 +630,13 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     }
     /* The aggregator picks spec and batch: a plan over the ceiling (or one
      * the allocator refuses) skips the round, it does not end the client. */
-    fedge_edge_memory plan;
-    fedge_edge_velocity velocity =
-        fedge_edge_velocity_of(ri->momentum, ri->prox_mu, scaffold, c->base_path != NULL,
-                               fedge_edge_micro_batch(&ri->spec, ri->batch) < ri->batch);
-    ret = fedge_edge_memory_plan_round(&ri->spec, ri->batch, c->shard.record_size, cfg->encoding,
-                                       scaffold, velocity, &plan);
+    fedge_edge_round_plan rp;
+    memset(&rp, 0, sizeof rp);
+    ret = fedge_edge_plan_round(&ri->spec, ri->batch, c->shard.record_size, cfg->encoding, scaffold,
+                                ri->momentum, ri->prox_mu, c->base_path != NULL,
+                                (size_t)cfg->max_memory_mb * 1024u * 1024u, NULL, &rp);
+    fedge_edge_memory plan = rp.mem;
+    fedge_edge_velocity velocity = rp.velocity;
     if (ret != FEDGE_OK || plan.peak > (size_t)cfg->max_memory_mb * 1024u * 1024u) {
         if (ret == FEDGE_OK)
             FEDGE_ERROR("round %u: %s at batch %d needs %zu MiB of buffers, more than "
@@ -659,8 +660,9 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     int base_ram_ok = 0;
     if (velocity == FEDGE_EDGE_VELOCITY_BASE_FILE) {
         fedge_edge_memory ram;
-        base_ram_ok = fedge_edge_memory_plan_round(&ri->spec, ri->batch, c->shard.record_size, cfg->encoding,
-                                                   scaffold, FEDGE_EDGE_VELOCITY_RAM, &ram) == FEDGE_OK &&
+        base_ram_ok = fedge_edge_memory_plan_pass(&ri->spec, ri->batch, c->shard.record_size,
+                                                  cfg->encoding, scaffold, FEDGE_EDGE_VELOCITY_RAM,
+                                                  rp.micro, rp.act_budget, &ram) == FEDGE_OK &&
                       ram.peak <= (size_t)cfg->max_memory_mb * 1024u * 1024u;
     }
     int replanned = 0;
@@ -673,7 +675,8 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     if (scaffold && !c->scaffold && !(c->scaffold = calloc(1, sizeof *c->scaffold)))
         ret = FEDGE_ERR_NOMEM;
     if (ret == FEDGE_OK)
-        ret = fedge_edge_trainer_prepare(t, &ri->spec, ri->batch, &resized);
+        ret = fedge_edge_trainer_prepare_pass(t, &ri->spec, ri->batch, rp.micro, rp.act_budget,
+                                              &resized);
     resized |= replanned;
     if (ret == FEDGE_OK && scaffold && !t->control_delta) {
         ret = fedge_edge_trainer_prepare_control(t);

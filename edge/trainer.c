@@ -88,15 +88,29 @@ void fedge_edge_set_act_budget(size_t bytes)
     g_act_budget = bytes;
 }
 
-static size_t act_budget(const fedge_model_spec *spec)
+void fedge_edge_build_profile(fedge_edge_profile *p)
+{
+    p->act_budget = FEDGE_EDGE_ACT_BUDGET;
+    p->act_grows = FEDGE_EDGE_ACT_GROWS;
+    p->link = fedge_edge_base_heap();
+}
+
+static size_t act_budget_of(const fedge_model_spec *spec, const fedge_edge_profile *p)
 {
     size_t budget = g_act_budget;
     if (budget == 0) {
-        budget = FEDGE_EDGE_ACT_GROWS ? fedge_model_spec_param_count(spec) * sizeof(float) : 0;
-        if (budget < FEDGE_EDGE_ACT_BUDGET)
-            budget = FEDGE_EDGE_ACT_BUDGET;
+        budget = p->act_grows ? fedge_model_spec_param_count(spec) * sizeof(float) : 0;
+        if (budget < p->act_budget)
+            budget = p->act_budget;
     }
     return budget;
+}
+
+static size_t act_budget(const fedge_model_spec *spec)
+{
+    fedge_edge_profile p;
+    fedge_edge_build_profile(&p);
+    return act_budget_of(spec, &p);
 }
 
 /* Rows by the small-GEMM layout (the GEMM's blocking then takes the rest of
@@ -106,12 +120,11 @@ static size_t rows_floats(const fedge_model_spec *spec, int rows)
     return fedge_model_scratch_floats_layout(spec, rows, FEDGE_SCRATCH_SMALL_GEMM);
 }
 
-int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
+static int micro_batch_at(const fedge_model_spec *spec, int batch, size_t budget)
 {
     size_t whole = rows_floats(spec, batch);
     if (whole == 0)
         return 0;
-    size_t budget = act_budget(spec);
     if (whole * sizeof(float) <= budget)
         return batch;
     int lo = 1, hi = batch - 1, fits = 1; /* the scratch grows with the rows: bisect */
@@ -128,38 +141,54 @@ int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
     return fits;
 }
 
-size_t fedge_edge_scratch_floats(const fedge_model_spec *spec, int micro)
+int fedge_edge_micro_batch(const fedge_model_spec *spec, int batch)
 {
-    size_t f = fedge_model_scratch_floats_fit(spec, micro, act_budget(spec) / sizeof(float));
+    return micro_batch_at(spec, batch, act_budget(spec));
+}
+
+static size_t scratch_floats_at(const fedge_model_spec *spec, int micro, size_t budget)
+{
+    size_t f = fedge_model_scratch_floats_fit(spec, micro, budget / sizeof(float));
     return f ? f : fedge_model_scratch_floats_min(spec, micro); /* one row over the budget */
 }
 
-size_t fedge_edge_chunk_floats(const fedge_model_spec *spec, int micro)
+size_t fedge_edge_scratch_floats(const fedge_model_spec *spec, int micro)
 {
-    size_t min = micro > 0 ? fedge_model_grad_chunk_floats_fit(spec, micro,
-                                                               fedge_edge_scratch_floats(spec, micro))
-                           : 0;
+    return scratch_floats_at(spec, micro, act_budget(spec));
+}
+
+static size_t chunk_floats_at(const fedge_model_spec *spec, int micro, size_t budget)
+{
+    if (micro < 1)
+        return 0;
+    size_t scratch = scratch_floats_at(spec, micro, budget);
+    size_t min = fedge_model_grad_chunk_floats_fit(spec, micro, scratch);
     size_t n = fedge_model_spec_param_count(spec);
-    if (min == 0 || micro < 1)
+    if (min == 0)
         return 0;
     size_t full = FEDGE_EDGE_FULL_CHUNK < n ? FEDGE_EDGE_FULL_CHUNK : n;
-    if (full > min && fedge_edge_scratch_floats(spec, micro) == fedge_model_scratch_floats(spec, micro))
+    if (full > min && scratch == fedge_model_scratch_floats(spec, micro))
         return full;
     return min;
 }
 
-static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
-                       fedge_encoding enc, int scaffold, fedge_edge_velocity velocity,
-                       fedge_edge_memory *out)
+size_t fedge_edge_chunk_floats(const fedge_model_spec *spec, int micro)
 {
-    if (!spec || !out || batch < 1 || velocity < FEDGE_EDGE_VELOCITY_NONE ||
+    return chunk_floats_at(spec, micro, act_budget(spec));
+}
+
+static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
+                       fedge_encoding enc, int scaffold, fedge_edge_velocity velocity, int micro,
+                       size_t budget, size_t link, fedge_edge_memory *out)
+{
+    if (!spec || !out || batch < 1 || micro < 0 || micro > batch ||
+        velocity < FEDGE_EDGE_VELOCITY_NONE ||
         velocity > FEDGE_EDGE_VELOCITY_BASE_FILE ||
         (scaffold && velocity == FEDGE_EDGE_VELOCITY_BASE_FILE))
         return FEDGE_ERR_INVALID_ARG;
     size_t n = fedge_model_spec_param_count(spec);
-    int micro = fedge_edge_micro_batch(spec, batch);
-    size_t scratch = micro ? fedge_edge_scratch_floats(spec, micro) : 0;
-    size_t chunk = micro ? fedge_edge_chunk_floats(spec, micro) : 0;
+    size_t scratch = micro ? scratch_floats_at(spec, micro, budget) : 0;
+    size_t chunk = micro ? chunk_floats_at(spec, micro, budget) : 0;
     size_t sealed = stream_size(spec, enc, scaffold ? 2 : 1);
     size_t body = model_file_size(spec);
     if (n == 0 || scratch == 0 || chunk == 0 || sealed == 0 || body == 0)
@@ -178,7 +207,7 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
     m.record = record_size;
     m.model_body = body;
     m.sealed = sealed;
-    m.link = fedge_edge_base_heap();
+    m.link = link;
     if (scaffold) {
         m.link += FEDGE_EDGE_SCAFFOLD_HEAP;
         m.control = m.client_control = m.control_delta = n * sizeof(float);
@@ -212,20 +241,127 @@ static int memory_plan(const fedge_model_spec *spec, int batch, size_t record_si
 int fedge_edge_memory_plan(const fedge_model_spec *spec, int batch, size_t record_size,
                            fedge_encoding enc, fedge_edge_memory *out)
 {
-    return memory_plan(spec, batch, record_size, enc, 0, FEDGE_EDGE_VELOCITY_RAM, out);
+    return fedge_edge_memory_plan_pass(spec, batch, record_size, enc, 0, FEDGE_EDGE_VELOCITY_RAM, 0,
+                                       0, out);
 }
 
 int fedge_edge_memory_plan_scaffold(const fedge_model_spec *spec, int batch, size_t record_size,
                                     fedge_encoding enc, fedge_edge_memory *out)
 {
-    return memory_plan(spec, batch, record_size, enc, 1, FEDGE_EDGE_VELOCITY_RAM, out);
+    return fedge_edge_memory_plan_pass(spec, batch, record_size, enc, 1, FEDGE_EDGE_VELOCITY_RAM, 0,
+                                       0, out);
 }
 
 int fedge_edge_memory_plan_round(const fedge_model_spec *spec, int batch, size_t record_size,
                                  fedge_encoding enc, int scaffold, fedge_edge_velocity velocity,
                                  fedge_edge_memory *out)
 {
-    return memory_plan(spec, batch, record_size, enc, scaffold != 0, velocity, out);
+    return fedge_edge_memory_plan_pass(spec, batch, record_size, enc, scaffold, velocity, 0, 0, out);
+}
+
+int fedge_edge_memory_plan_pass(const fedge_model_spec *spec, int batch, size_t record_size,
+                                fedge_encoding enc, int scaffold, fedge_edge_velocity velocity,
+                                int micro, size_t act_budget_bytes, fedge_edge_memory *out)
+{
+    if (!spec || batch < 1 || micro < 0 || micro > batch)
+        return FEDGE_ERR_INVALID_ARG;
+    size_t budget = act_budget_bytes ? act_budget_bytes : act_budget(spec);
+    if (micro == 0)
+        micro = micro_batch_at(spec, batch, budget);
+    return memory_plan(spec, batch, record_size, enc, scaffold != 0, velocity, micro, budget,
+                       fedge_edge_base_heap(), out);
+}
+
+size_t fedge_edge_heap_bound(const fedge_model_spec *spec, int batch, size_t record_size)
+{
+    size_t n = spec ? fedge_model_spec_param_count(spec) : 0;
+    if (n == 0 || batch < 1)
+        return 0;
+    return 2 * n * sizeof(float) + (size_t)batch * record_size + FEDGE_EDGE_BOUND_SLACK;
+}
+
+static int plan_at(const fedge_model_spec *spec, int batch, size_t record_size, fedge_encoding enc,
+                   int scaffold, float momentum, float prox_mu, int have_base_file, int micro,
+                   size_t budget, const fedge_edge_profile *p, fedge_edge_round_plan *out)
+{
+    if (micro == 0)
+        return FEDGE_ERR_MODEL_SPEC;
+    fedge_edge_velocity v =
+        fedge_edge_velocity_of(momentum, prox_mu, scaffold, have_base_file, micro < batch);
+    int ret = memory_plan(spec, batch, record_size, enc, scaffold, v, micro, budget, p->link, &out->mem);
+    if (ret != FEDGE_OK)
+        return ret;
+    out->act_budget = budget;
+    out->micro = micro;
+    out->velocity = v;
+    return FEDGE_OK;
+}
+
+/* The fastest layout a pass of rows holds in budget bytes, and a rank:
+ * faster layouts first, then more rows per pass. */
+static int pass_rank(const fedge_model_spec *spec, int rows, size_t budget, int batch)
+{
+    int layout = FEDGE_SCRATCH_PATCH;
+    for (int l = FEDGE_SCRATCH_FULL; l <= FEDGE_SCRATCH_PATCH; l++) {
+        size_t f = fedge_model_scratch_floats_layout(spec, rows, (fedge_scratch_layout)l);
+        if (f != 0 && f * sizeof(float) <= budget) {
+            layout = l;
+            break;
+        }
+    }
+    return layout * (batch + 1) + (batch - rows);
+}
+
+int fedge_edge_plan_round(const fedge_model_spec *spec, int batch, size_t record_size,
+                          fedge_encoding enc, int scaffold, float momentum, float prox_mu,
+                          int have_base_file, size_t cap, const fedge_edge_profile *profile,
+                          fedge_edge_round_plan *out)
+{
+    fedge_edge_profile build;
+    if (!spec || !out || batch < 1)
+        return FEDGE_ERR_INVALID_ARG;
+    if (!profile) {
+        fedge_edge_build_profile(&build);
+        profile = &build;
+    }
+    scaffold = scaffold != 0;
+    size_t least = act_budget_of(spec, profile);
+    int ret = plan_at(spec, batch, record_size, enc, scaffold, momentum, prox_mu, have_base_file,
+                      micro_batch_at(spec, batch, least), least, profile, out);
+    if (ret != FEDGE_OK || g_act_budget != 0 || profile->act_grows)
+        return ret;
+    size_t bound = fedge_edge_heap_bound(spec, batch, record_size);
+    size_t margin = bound / 100 > FEDGE_EDGE_BOUND_MARGIN ? bound / 100 : FEDGE_EDGE_BOUND_MARGIN;
+    if (bound <= margin)
+        return FEDGE_OK;
+    size_t limit = bound - margin;
+    if (cap && cap < limit)
+        limit = cap;
+    /* each layout for the whole minibatch and for halves of it down to one
+     * row, fastest first: the first whole plan within the limit that beats
+     * the least budget's pass */
+    int best = pass_rank(spec, out->micro, out->act_budget, batch);
+    /* a minibatch in one small-GEMM pass already is the fast case (softmax:
+     * the full layout's slices would cost issue 12's 128 KB goal) */
+    if (out->micro == batch && best / (batch + 1) <= FEDGE_SCRATCH_SMALL_GEMM)
+        return FEDGE_OK;
+    for (int layout = FEDGE_SCRATCH_FULL; layout <= FEDGE_SCRATCH_PATCH; layout++) {
+        for (int rows = batch; rows >= 1; rows = rows > 1 ? (rows + 1) / 2 : 0) {
+            size_t f = fedge_model_scratch_floats_layout(spec, rows, (fedge_scratch_layout)layout);
+            if (f == 0 || f > SIZE_MAX / sizeof(float))
+                continue;
+            size_t budget = f * sizeof(float);
+            fedge_edge_round_plan c;
+            if (pass_rank(spec, rows, budget, batch) < best &&
+                plan_at(spec, batch, record_size, enc, scaffold, momentum, prox_mu, have_base_file,
+                        rows, budget, profile, &c) == FEDGE_OK &&
+                c.mem.peak <= limit) {
+                *out = c;
+                return FEDGE_OK;
+            }
+        }
+    }
+    return FEDGE_OK;
 }
 
 fedge_edge_velocity fedge_edge_velocity_of(float momentum, float prox_mu, int scaffold,
@@ -326,17 +462,25 @@ static int same_spec(const fedge_model_spec *a, const fedge_model_spec *b)
 int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *spec, int batch,
                                int *resized)
 {
+    return fedge_edge_trainer_prepare_pass(t, spec, batch, 0, 0, resized);
+}
+
+int fedge_edge_trainer_prepare_pass(fedge_edge_trainer *t, const fedge_model_spec *spec,
+                                    int batch, int micro, size_t act_budget_bytes, int *resized)
+{
     int ret = FEDGE_OK;
     if (resized)
         *resized = 0;
-    if (!t || !spec || batch < 1)
+    if (!t || !spec || batch < 1 || micro < 0 || micro > batch)
         return FEDGE_ERR_INVALID_ARG;
+    size_t budget = act_budget_bytes ? act_budget_bytes : act_budget(spec);
+    if (micro == 0)
+        micro = micro_batch_at(spec, batch, budget);
     int spec_same = t->sized && same_spec(&t->local.spec, spec);
-    if (spec_same && t->batch == batch)
+    if (spec_same && t->batch == batch && t->act_budget == budget && t->micro == micro)
         return FEDGE_OK;
     size_t n = fedge_model_spec_param_count(spec);
-    int micro = fedge_edge_micro_batch(spec, batch);
-    size_t scratch = micro ? fedge_edge_scratch_floats(spec, micro) : 0;
+    size_t scratch = micro ? scratch_floats_at(spec, micro, budget) : 0;
     if (n == 0 || scratch == 0)
         return FEDGE_ERR_MODEL_SPEC;
     if (!spec_same) {
@@ -356,7 +500,8 @@ int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *sp
         CHK(fedge_model_init(&t->local, spec));
         t->opt.n = n; /* the velocity is allocated by train() when momentum needs it */
     }
-    t->chunk_floats = fedge_edge_chunk_floats(spec, micro);
+    t->chunk_floats = chunk_floats_at(spec, micro, budget);
+    t->act_budget = budget;
     t->batch = batch;
     t->micro = micro;
     t->scratch_floats = scratch;

@@ -147,6 +147,49 @@ size_t fedge_edge_chunk_floats(const fedge_model_spec *spec, int micro);
  * row at a time reads all its weights once per row (fedge-edge
  * --act-budget-kb). */
 void fedge_edge_set_act_budget(size_t bytes);
+/* A build's activation constants (FEDGE_EDGE_ACT_BUDGET, FEDGE_EDGE_ACT_GROWS)
+ * and its fedge_edge_base_heap(); fedge_edge_build_profile fills this build's. */
+typedef struct {
+    size_t act_budget;
+    int act_grows;
+    size_t link;
+} fedge_edge_profile;
+void fedge_edge_build_profile(fedge_edge_profile *p);
+/* Issue 12's bound on a round's heap: two model copies (fp32), one minibatch
+ * as stored and 64 KiB (0 for an invalid spec or batch). */
+#define FEDGE_EDGE_BOUND_SLACK (64u * 1024u)
+size_t fedge_edge_heap_bound(const fedge_model_spec *spec, int batch, size_t record_size);
+/* fedge_edge_memory_plan_round for passes of micro rows (0: as
+ * fedge_edge_micro_batch makes of the budget) in act_budget_bytes of
+ * scratch (0: the build's): what fedge_edge_trainer_prepare_pass sizes for
+ * the same two. */
+int fedge_edge_memory_plan_pass(const fedge_model_spec *spec, int batch, size_t record_size,
+                                fedge_encoding enc, int scaffold, fedge_edge_velocity velocity,
+                                int micro, size_t act_budget_bytes, fedge_edge_memory *out);
+/* One round's plan as train() runs it: the activation budget the trainer is
+ * to be prepared with, its rows per pass, the velocity and the buffers. */
+typedef struct {
+    size_t act_budget;               /* scratch bytes for fedge_edge_trainer_prepare_pass */
+    int micro;                       /* rows per pass, for it too */
+    fedge_edge_velocity velocity;
+    fedge_edge_memory mem;
+} fedge_edge_round_plan;
+/* The round's plan for the shard's record_size, the encoding, SCAFFOLD and
+ * the optimizer (momentum, prox_mu, a base file: fedge_edge_velocity_of).
+ * With a fixed budget (profile->act_grows 0: the edge profile) and no
+ * fedge_edge_set_act_budget, the fastest pass whose whole plan (mem.peak)
+ * stays within fedge_edge_heap_bound less FEDGE_EDGE_BOUND_MARGIN or 1% of
+ * it, whichever is more (--print-memory is within ~1% of massif), and within
+ * cap (bytes; 0: none): the layouts FULL, SMALL_GEMM, LEAN, PATCH in turn,
+ * each for the whole minibatch, then halves of it down to one row, taking
+ * the first that is faster than the build's budget's pass (else that one).
+ * Otherwise the build's (or the set) budget, as fedge_edge_micro_batch.
+ * profile NULL: this build's. */
+#define FEDGE_EDGE_BOUND_MARGIN 2048u
+int fedge_edge_plan_round(const fedge_model_spec *spec, int batch, size_t record_size,
+                          fedge_encoding enc, int scaffold, float momentum, float prox_mu,
+                          int have_base_file, size_t cap, const fedge_edge_profile *profile,
+                          fedge_edge_round_plan *out);
 /* The exact size of the sealed update for spec and encoding, as the client
  * seals it (with the training metrics block, update.h; 0 if invalid). */
 size_t fedge_edge_sealed_size(const fedge_model_spec *spec, fedge_encoding enc);
@@ -194,6 +237,7 @@ typedef struct {
                                            (errno; ELOOP: not a regular file), else 0 */
     size_t scratch_floats;              /* scratch's size: fedge_edge_scratch_floats */
     size_t chunk_floats;                /* gchunk's size: fedge_edge_chunk_floats */
+    size_t act_budget;                  /* the pass's budget, bytes (prepare_pass) */
 } fedge_edge_trainer;
 
 typedef struct {
@@ -240,6 +284,11 @@ void fedge_edge_trainer_free(fedge_edge_trainer *t);
  * allocated. */
 int fedge_edge_trainer_prepare(fedge_edge_trainer *t, const fedge_model_spec *spec, int batch,
                                int *resized);
+/* The same for passes of micro rows in act_budget_bytes of scratch (a
+ * fedge_edge_round_plan's micro and act_budget; 0, 0: the build's, as
+ * prepare): a new budget or micro resizes too. */
+int fedge_edge_trainer_prepare_pass(fedge_edge_trainer *t, const fedge_model_spec *spec,
+                                    int batch, int micro, size_t act_budget_bytes, int *resized);
 /* After prepare: allocate grad (2 * n_params: the delta, then dc) and set
  * control_delta (a no-op when already done for this shape; a new shape
  * undoes it). On failure the trainer is as it was. */

@@ -1153,6 +1153,66 @@ static void test_scaffold_plan_and_seal(void **state)
     fedge_edge_trainer_free(&t);
 }
 
+/* The edge profile's budget (a fixed 12 KiB, the trimmed link) with no
+ * --act-budget-kb: the fastest pass whose whole plan fits issue 12's bound
+ * (2 x 4P + one minibatch as stored + 64 KiB) less its margin, else the
+ * 12 KiB pass; the trainer sizes exactly what the plan counts, and a
+ * --max-memory-mb ceiling below the fast plan keeps the least one. Here with
+ * the native build's gradient slices (FEDGE_MODEL_GRAD_CHUNK 4096);
+ * test_edge_layout.c has the edge's. */
+static void plan_fits(const char *text, int batch, float momentum)
+{
+    const fedge_edge_profile edge = {.act_budget = 12288u, .act_grows = 0,
+                                     .link = FEDGE_EDGE_BASE_HEAP_TRIMMED};
+    fedge_model_spec spec;
+    spec_of(text, &spec);
+    size_t bound = fedge_edge_heap_bound(&spec, batch, 785);
+    assert_int_equal(bound, 8 * spec.n_params + (size_t)batch * 785 + 65536);
+    fedge_edge_round_plan least, rp;
+    fedge_edge_set_act_budget(12288); /* --act-budget-kb 12: the user's budget is kept */
+    assert_int_equal(fedge_edge_plan_round(&spec, batch, 785, FEDGE_ENC_FP32, 0, momentum, 0.0f, 1,
+                                           0, &edge, &least), FEDGE_OK);
+    fedge_edge_set_act_budget(0);
+    assert_int_equal(least.act_budget, 12288);
+    assert_int_equal(fedge_edge_plan_round(&spec, batch, 785, FEDGE_ENC_FP32, 0, momentum, 0.0f, 1,
+                                           0, &edge, &rp), FEDGE_OK);
+    assert_true(rp.mem.peak <= least.mem.peak || rp.mem.peak <= bound);
+    int changed = rp.act_budget != least.act_budget || rp.micro != least.micro;
+    if (changed) {
+        size_t margin = bound / 100 > 2048 ? bound / 100 : 2048;
+        assert_true(rp.mem.peak + margin <= bound);
+        assert_true(rp.micro >= least.micro);
+    }
+    assert_int_equal(rp.velocity, fedge_edge_velocity_of(momentum, 0.0f, 0, 1, rp.micro < batch));
+    fedge_edge_round_plan capped;
+    assert_int_equal(fedge_edge_plan_round(&spec, batch, 785, FEDGE_ENC_FP32, 0, momentum, 0.0f, 1,
+                                           least.mem.peak, &edge, &capped), FEDGE_OK);
+    assert_true(capped.mem.peak <= least.mem.peak);
+    fedge_edge_trainer t;
+    fedge_edge_trainer_init(&t);
+    assert_int_equal(fedge_edge_trainer_prepare_pass(&t, &spec, batch, rp.micro, rp.act_budget, NULL),
+                     FEDGE_OK);
+    assert_int_equal(t.micro, rp.micro);
+    assert_int_equal(4 * t.scratch_floats, rp.mem.scratch);
+    assert_int_equal(4 * t.chunk_floats, rp.mem.grad);
+    int resized = 0;
+    assert_int_equal(fedge_edge_trainer_prepare_pass(&t, &spec, batch, least.micro, least.act_budget,
+                                                     &resized), FEDGE_OK);
+    assert_int_equal(resized, changed);
+    assert_int_equal(t.micro, least.micro);
+    assert_int_equal(4 * t.scratch_floats, least.mem.scratch);
+    fedge_edge_trainer_free(&t);
+}
+
+static void test_edge_fastest_layout(void **state)
+{
+    (void)state;
+    plan_fits("cnn:1x28x28-c6k5-p2-c16k5-p2-f120-f84-10", 8, 0.9f);
+    plan_fits("cnn:1x28x28-c6k5-p2-c16k5-p2-f120-f84-10", 8, 0.0f);
+    plan_fits("cnn:1x28x28-c16k3p1-c16k3p1-p2-c32k3p1-p2-f128-10", 8, 0.9f);
+    plan_fits("softmax:784-10", 32, 0.9f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1170,6 +1230,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_base_file_checks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_base_file_write_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scaffold_plan_and_seal, setup, teardown),
+        cmocka_unit_test(test_edge_fastest_layout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
