@@ -337,16 +337,17 @@ int fedge_edge_plan_round(const fedge_model_spec *spec, int batch, size_t record
     size_t limit = bound - margin;
     if (cap && cap < limit)
         limit = cap;
-    /* each layout for the whole minibatch and for halves of it down to one
-     * row, fastest first: the first whole plan within the limit that beats
-     * the least budget's pass */
+    /* each layout for the whole minibatch and for halves of it down to the
+     * least budget's rows (never fewer rows per pass: a dense layer reads its
+     * weights once per pass), fastest first: the first whole plan within the
+     * limit that beats the least budget's pass */
     int best = pass_rank(spec, out->micro, out->act_budget, batch);
     /* a minibatch in one small-GEMM pass already is the fast case (softmax:
      * the full layout's slices would cost issue 12's 128 KB goal) */
     if (out->micro == batch && best / (batch + 1) <= FEDGE_SCRATCH_SMALL_GEMM)
         return FEDGE_OK;
     for (int layout = FEDGE_SCRATCH_FULL; layout <= FEDGE_SCRATCH_PATCH; layout++) {
-        for (int rows = batch; rows >= 1; rows = rows > 1 ? (rows + 1) / 2 : 0) {
+        for (int rows = batch; rows >= out->micro; rows = rows > 1 ? (rows + 1) / 2 : 0) {
             size_t f = fedge_model_scratch_floats_layout(spec, rows, (fedge_scratch_layout)layout);
             if (f == 0 || f > SIZE_MAX / sizeof(float))
                 continue;
