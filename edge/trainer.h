@@ -181,8 +181,10 @@ typedef struct {
  * stays within fedge_edge_heap_bound less FEDGE_EDGE_BOUND_MARGIN or 1% of
  * it, whichever is more (--print-memory is within ~1% of massif), and within
  * cap (bytes; 0: none): the layouts FULL, SMALL_GEMM, LEAN, PATCH in turn,
- * each for the whole minibatch, then halves of it down to one row, taking
- * the first that is faster than the build's budget's pass (else that one).
+ * each for the whole minibatch, then halves of it down to the rows of the
+ * build's budget's pass, taking the first that is faster than that pass
+ * (else that one; it is kept when it runs the minibatch in one small-GEMM
+ * pass already).
  * Otherwise the build's (or the set) budget, as fedge_edge_micro_batch.
  * profile NULL: this build's. */
 #define FEDGE_EDGE_BOUND_MARGIN 2048u
