@@ -102,8 +102,9 @@ echo ok
 # The CNN (issue 12: every model within 2 x params + one minibatch as stored
 # + 64 KiB): one round of cnn:1x28x28-c8k5-p2-f64-10 under massif, as above,
 # on a 120-row shard (the heap does not grow with the shard; a 1000-row
-# round takes ~19 s under massif). Its one-sample pass takes the lean
-# scratch layout (docs/EDGE.md, Memory): main's edge, holding the first
+# round takes ~19 s under massif). It trains in the lean scratch layout,
+# two rows a pass, the fastest pass whose plan fits the bound (docs/EDGE.md,
+# Memory): an earlier edge, holding the first
 # conv's im2col, its output and two 4608-float gradient buffers, peaked at
 # 804 120 B and fails the issue bound.
 "$BIN/fedge-partition" --data fashion-mnist --clients 500 --kind iid --seed 7 \
