@@ -50,7 +50,19 @@ probe() { # probe DEVICE ARGS...: bench-coap_block1 as DEVICE; prints its answer
     shift
     timeout 30 "$PROBE" --server "127.0.0.1:$FED_PORT" --id "$d" --psk "${PSK[$d]}" "$@"
 }
-status() { timeout 20 coap-client-openssl -B 10 -u dev-006 -k "${PSK[dev-006]}" "$url/status" 2>&1; }
+coap() { # coap ARGS...: coap-client-openssl, once more when it failed before sending anything:
+    # Debian's client printed "cannot send CoAP pdu" at start on one loaded CI
+    # run (its DTLS session closed before the first request left, so the
+    # aggregator saw no request; 1 of 14 runs that day)
+    local o
+    o=$(timeout 20 coap-client-openssl -B 10 "$@" 2>&1)
+    if echo "$o" | grep -q "cannot send CoAP pdu"; then
+        echo "upload_limits: coap-client could not send ($o); once more" >&2
+        o=$(timeout 20 coap-client-openssl -B 10 "$@" 2>&1)
+    fi
+    printf '%s\n' "$o"
+}
+status() { coap -u dev-006 -k "${PSK[dev-006]}" "$url/status"; }
 json() { # json KEY: one number from /status (uploads.* or top level)
     status | python3 -c "import json,sys; d=json.load(sys.stdin); k='$1'.split('.'); v=d
 for p in k: v=v[p]
@@ -113,11 +125,10 @@ out=$(probe dev-005 --size 20000 --blocks 2)
 echo "$out" | grep -Eq "^block 0 5.03 Max-Age=[1-9][0-9]* 3 uploads in progress" ||
     fed_fail "a fourth partial upload: expected 5.03 with Max-Age, got: $out"
 # others are still served: /round, /status, a body in one datagram
-out=$(timeout 20 coap-client-openssl -B 10 -u dev-005 -k "${PSK[dev-005]}" "$url/round" 2>&1)
+out=$(coap -u dev-005 -k "${PSK[dev-005]}" "$url/round")
 echo "$out" | grep -q "^state=open" || fed_fail "/round while the upload slots are full: $out"
 head -c 200 /dev/urandom >"$FED_DIR/small.bin"
-out=$(timeout 20 coap-client-openssl -B 10 -m post -u dev-005 -k "${PSK[dev-005]}" \
-    -f "$FED_DIR/small.bin" "$url/update" 2>&1)
+out=$(coap -m post -u dev-005 -k "${PSK[dev-005]}" -f "$FED_DIR/small.bin" "$url/update")
 echo "$out" | grep -q "4.00" || fed_fail "a one-datagram update while the upload slots are full: expected 4.00, got: $out"
 [ "$(json uploads.partial)" = 3 ] || fed_fail "/status uploads.partial: expected 3: $(status)"
 [ "$(json uploads.refused_busy)" = 2 ] || fed_fail "/status uploads.refused_busy: expected 2: $(status)"
