@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "common.h"
 #include "crypto.h"
 #include "delta.h"
@@ -47,13 +48,6 @@ static double thread_cpu_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double wall_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -194,7 +188,7 @@ static int durable_write(floor_bench *b, const char *dir, int n, int group, doub
     int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
     if (fd < 0)
         return FEDGE_ERR_IO;
-    double c0 = thread_cpu_s(), w0 = wall_s();
+    double c0 = thread_cpu_s(), w0 = fedge_clock_mono();
     for (int i = 0; i < n; i++) {
         if (write(fd, b->frame, b->frame_len) != (ssize_t)b->frame_len)
             FAIL(FEDGE_ERR_IO);
@@ -204,7 +198,7 @@ static int durable_write(floor_bench *b, const char *dir, int n, int group, doub
     if (fdatasync(fd) != 0)
         FAIL(FEDGE_ERR_IO);
     *cpu = (thread_cpu_s() - c0) / n;
-    *wall = (wall_s() - w0) / n;
+    *wall = (fedge_clock_mono() - w0) / n;
 cleanup:
     close(fd);
     unlink(path);
