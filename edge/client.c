@@ -630,14 +630,15 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
     }
     /* The aggregator picks spec and batch: a plan over the ceiling (or one
      * the allocator refuses) skips the round, it does not end the client. */
+    size_t ceiling = (size_t)cfg->max_memory_mb * 1024u * 1024u;
     fedge_edge_round_plan rp;
     memset(&rp, 0, sizeof rp);
     ret = fedge_edge_plan_round(&ri->spec, ri->batch, c->shard.record_size, cfg->encoding, scaffold,
                                 ri->momentum, ri->prox_mu, c->base_path != NULL,
-                                (size_t)cfg->max_memory_mb * 1024u * 1024u, NULL, &rp);
+                                ceiling, NULL, &rp);
     fedge_edge_memory plan = rp.mem;
     fedge_edge_velocity velocity = rp.velocity;
-    if (ret != FEDGE_OK || plan.peak > (size_t)cfg->max_memory_mb * 1024u * 1024u) {
+    if (ret != FEDGE_OK || plan.peak > ceiling) {
         if (ret == FEDGE_OK)
             FEDGE_ERROR("round %u: %s at batch %d needs %zu MiB of buffers, more than "
                         "--max-memory-mb %u; skipping the round", ri->round, ri->spec_text,
@@ -663,7 +664,7 @@ static int take_part(edge_client *c, const fedge_round_info *ri, round_result *r
         base_ram_ok = fedge_edge_memory_plan_pass(&ri->spec, ri->batch, c->shard.record_size,
                                                   cfg->encoding, scaffold, FEDGE_EDGE_VELOCITY_RAM,
                                                   rp.micro, rp.act_budget, &ram) == FEDGE_OK &&
-                      ram.peak <= (size_t)cfg->max_memory_mb * 1024u * 1024u;
+                      ram.peak <= ceiling;
     }
     int replanned = 0;
     if (!scaffold && (t->control_delta || c->scaffold)) {
