@@ -468,9 +468,21 @@ static int scan_int8(const uint8_t *p, size_t n, uint32_t block)
 static void add_squares(double acc[8], size_t g0, const float *x, size_t k)
 {
     if (k == CHUNK && (g0 & 7) == 0) { /* lanes in step: fixed trip counts, vectorised */
-        for (size_t j = 0; j < CHUNK; j += 8)
-            for (size_t l = 0; l < 8; l++)
-                acc[l] += (double)x[j + l] * (double)x[j + l];
+        /* eight named sums stay in registers (acc may alias x under -fno-strict-aliasing) */
+        double a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+        double a4 = acc[4], a5 = acc[5], a6 = acc[6], a7 = acc[7];
+        for (size_t j = 0; j < CHUNK; j += 8) {
+            a0 += (double)x[j] * (double)x[j];
+            a1 += (double)x[j + 1] * (double)x[j + 1];
+            a2 += (double)x[j + 2] * (double)x[j + 2];
+            a3 += (double)x[j + 3] * (double)x[j + 3];
+            a4 += (double)x[j + 4] * (double)x[j + 4];
+            a5 += (double)x[j + 5] * (double)x[j + 5];
+            a6 += (double)x[j + 6] * (double)x[j + 6];
+            a7 += (double)x[j + 7] * (double)x[j + 7];
+        }
+        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+        acc[4] = a4, acc[5] = a5, acc[6] = a6, acc[7] = a7;
         return;
     }
     for (size_t j = 0; j < k; j++)
