@@ -49,7 +49,7 @@ struct lin_uploads {
     fedge_upload_stats st;
 };
 
-static int lin_uploads_new(const fedge_upload_limits *lim, lin_uploads **out)
+__attribute__((unused)) static int lin_uploads_new(const fedge_upload_limits *lim, lin_uploads **out)
 {
     if (!lim || !out || lim->max_body == 0 || lim->max_per_device == 0 || lim->max_total == 0 ||
         lim->budget_bytes < lim->max_body || !(lim->evict_idle_s > 0) ||
@@ -71,7 +71,7 @@ static int lin_uploads_new(const fedge_upload_limits *lim, lin_uploads **out)
     return FEDGE_OK;
 }
 
-static void lin_uploads_free(lin_uploads *u)
+__attribute__((unused)) static void lin_uploads_free(lin_uploads *u)
 {
     if (!u)
         return;
@@ -348,7 +348,7 @@ static int lin_next_block(lin_uploads *u, const fedge_upload_block *b, double no
     return FEDGE_OK;
 }
 
-static int lin_uploads_block(lin_uploads *u, const fedge_upload_block *b, double now,
+__attribute__((unused)) static int lin_uploads_block(lin_uploads *u, const fedge_upload_block *b, double now,
                         fedge_upload_result *r)
 {
     if (!u || !b || !r || !b->key || !b->device || (!b->data && b->len) || b->block_size == 0)
@@ -386,7 +386,7 @@ static int lin_uploads_block(lin_uploads *u, const fedge_upload_block *b, double
     return lin_next_block(u, b, now, r);
 }
 
-static size_t lin_uploads_expire(lin_uploads *u, double now)
+__attribute__((unused)) static size_t lin_uploads_expire(lin_uploads *u, double now)
 {
     size_t n = 0;
     if (!u)
@@ -407,7 +407,7 @@ static size_t lin_uploads_expire(lin_uploads *u, double now)
     return n;
 }
 
-static void lin_uploads_drop(lin_uploads *u, const void *key)
+__attribute__((unused)) static void lin_uploads_drop(lin_uploads *u, const void *key)
 {
     if (!u)
         return;
@@ -420,7 +420,7 @@ static void lin_uploads_drop(lin_uploads *u, const void *key)
     u->st.closed++;
 }
 
-static void lin_uploads_stats(const lin_uploads *u, fedge_upload_stats *out)
+__attribute__((unused)) static void lin_uploads_stats(const lin_uploads *u, fedge_upload_stats *out)
 {
     if (!u || !out)
         return;
