@@ -480,10 +480,10 @@ static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now
     return FEDGE_OK;
 }
 
-static int next_block(fedge_uploads *u, const fedge_upload_block *b, double now,
+/* i: the slot of b's key, -1 when none. */
+static int next_block(fedge_uploads *u, const fedge_upload_block *b, long i, double now,
                       fedge_upload_result *r)
 {
-    long i = find(u, b->key);
     if (i < 0 || strcmp(u->t[i].device, b->device) != 0) {
         u->st.incomplete++;
         verdict(r, FEDGE_UPLOAD_INCOMPLETE,
@@ -601,7 +601,7 @@ int fedge_uploads_block(fedge_uploads *u, const fedge_upload_block *b, double no
     }
     if (b->offset == 0)
         return first_block(u, b, now, r);
-    return next_block(u, b, now, r);
+    return next_block(u, b, i, now, r);
 }
 
 static int slot_order(const void *a, const void *b)
