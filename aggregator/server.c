@@ -83,6 +83,7 @@ struct fedge_server {
     double tcp_evict_logged_at; /* monotonic; eviction is logged once a second at most */
     uint64_t tcp_evict_logged;
     size_t answer_buckets, n_answers; /* answers: a hash by session, grown to keep chains short */
+    int tcp_settled;                  /* no connection in handshake or refused: tcp_sweep has nothing to do */
 };
 
 static fedge_server *g_server; /* libcoap 4.3.1 has no context user data */
@@ -1115,6 +1116,7 @@ static void tcp_track(fedge_server *s, coap_session_t *session, int added)
         }
         s->tcp[s->n_tcp++] = (struct tcp_conn){session, mono_now(), 0, 0, 0};
         s->tcp_accepted++;
+        s->tcp_settled = 0;
         return;
     }
     for (size_t i = 0; i < s->n_tcp; i++)
@@ -1180,6 +1182,10 @@ static size_t tcp_same_peer(const fedge_server *s, size_t i, size_t *oldest)
 #define TCP_PER_DEVICE 4
 static void tcp_sweep(fedge_server *s)
 {
+    /* once every connection is up (or closing), only an accepted or a
+     * refused one gives it work: it is not a walk of all on every pass */
+    if (s->tcp_settled)
+        return;
     double now = mono_now();
     size_t n_pre = 0, n_up = 0;
     for (size_t i = 0; i < s->n_tcp; i++) {
@@ -1251,6 +1257,7 @@ static void tcp_sweep(fedge_server *s)
         tcp_close(s, &s->tcp[victim]);
         n_up--;
     }
+    s->tcp_settled = n_pre == 0;
 }
 
 /* A peer whose CSM announced a Max-Message-Size below TCP_MIN_MESSAGE
@@ -1274,6 +1281,7 @@ static void tcp_refuse_small(fedge_server *s, coap_session_t *session)
     for (size_t i = 0; i < s->n_tcp; i++)
         if (s->tcp[i].session == session)
             s->tcp[i].refused = 1;
+    s->tcp_settled = 0;
 }
 
 /* A closed or deleted session's partial upload is freed at once. */
