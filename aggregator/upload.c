@@ -571,7 +571,11 @@ int fedge_uploads_block(fedge_uploads *u, const fedge_upload_block *b, double no
 {
     if (!u || !b || !r || !b->key || !b->device || (!b->data && b->len) || b->block_size == 0)
         return FEDGE_ERR_INVALID_ARG;
-    memset(r, 0, sizeof *r);
+    r->verdict = FEDGE_UPLOAD_CONTINUE; /* not a memset of msg: this runs for every block */
+    r->body = NULL;
+    r->body_len = 0;
+    r->retry_s = 0;
+    r->msg[0] = '\0';
     const size_t max = u->lim.max_body;
     long i = find(u, b->key);
     if (b->offset == 0 && i >= 0) {
