@@ -161,7 +161,10 @@ static void list_insert(fedge_uploads *u, size_t i)
 
 static void touch(fedge_uploads *u, size_t i, double now)
 {
+    int stays = u->newest == i && now >= u->t[i].last; /* a BERT message's next block */
     u->t[i].last = now;
+    if (stays)
+        return;
     list_unlink(u, i);
     list_insert(u, i);
 }
