@@ -460,6 +460,7 @@ FUZZ_LIB_SRC := $(SHARED_SRC) $(POLICY_SRC) aggregator/config.c edge/round_info.
                 aggregator/server_opt.c $(wildcard aggregator/server_opt/*.c) \
                 tools/model/json.c tools/model/layers.c tools/model/safetensors.c \
                 tools/model/input.c aggregator/round_config.c
+FUZZ_LIB_SRC += aggregator/upload.c
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRC))
 FUZZ_LIB := $(FUZZ_BUILD)/lib/libfedge_fuzz.a

@@ -48,7 +48,7 @@ struct fedge_server {
     fedge_uploads *uploads;     /* POST /update bodies in progress */
     int udp_fd;                 /* the endpoint's socket, -1 when not found */
     int rcvbuf;                 /* its receive buffer as the kernel reports it */
-    struct final_answer *answers; /* per session: its last completed upload's answer */
+    struct final_answer **answers; /* per session: its last completed upload's answer (answer_buckets chains) */
     /* GET /round observers (RFC 7641): at most one per device, parallel to
      * agg->keys.devices; the digest of what /round says, to notify on change */
     coap_resource_t *round_res;
@@ -82,6 +82,8 @@ struct fedge_server {
     uint64_t tcp_accepted, tcp_refused, tcp_timed_out, tcp_evicted;
     double tcp_evict_logged_at; /* monotonic; eviction is logged once a second at most */
     uint64_t tcp_evict_logged;
+    size_t answer_buckets, n_answers; /* answers: a hash by session, grown to keep chains short */
+    int tcp_settled;                  /* no connection in handshake or refused: tcp_sweep has nothing to do */
 };
 
 static fedge_server *g_server; /* libcoap 4.3.1 has no context user data */
@@ -620,26 +622,72 @@ typedef struct final_answer {
     uint8_t digest[FEDGE_HASH_LEN];     /* of the final block's bytes */
     int code;                           /* class*100 + detail */
     char msg[320];
-    struct final_answer *next;
+    struct final_answer *next;      /* in its bucket */
 } final_answer;
 
-/* One record per live session that completed an upload; a session's goes
- * when the session does (and all with the server). */
+/* One record per live session that completed an upload, found by a hash of
+ * the session pointer (per request, the cost does not grow with the
+ * sessions); a session's goes when the session does (and all with the
+ * server). */
+static size_t answer_bucket(const coap_session_t *session, size_t buckets)
+{
+    uint64_t x = (uint64_t)(uintptr_t)session; /* MurmurHash3's 64-bit finaliser */
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return (size_t)(x & (buckets - 1));
+}
+
 static final_answer *answer_of(const coap_session_t *session)
 {
-    for (final_answer *f = g_server->answers; f; f = f->next)
+    if (!g_server->answers)
+        return NULL;
+    for (final_answer *f = g_server->answers[answer_bucket(session, g_server->answer_buckets)]; f; f = f->next)
         if (f->session == session)
             return f;
     return NULL;
 }
 
+/* Files f; the table doubles when the records outnumber the buckets (a
+ * failed allocation leaves it as it is: longer chains, nothing lost). */
+static int answer_add(fedge_server *s, final_answer *f)
+{
+    if (!s->answers || s->n_answers >= s->answer_buckets) {
+        size_t n = s->answers ? 2 * s->answer_buckets : 64;
+        final_answer **t = n <= SIZE_MAX / sizeof *t ? calloc(n, sizeof *t) : NULL;
+        if (!t && !s->answers)
+            return FEDGE_ERR_NOMEM;
+        if (t) {
+            for (size_t i = 0; s->answers && i < s->answer_buckets; i++)
+                for (final_answer *g = s->answers[i], *next; g; g = next) {
+                    next = g->next;
+                    size_t b = answer_bucket(g->session, n);
+                    g->next = t[b];
+                    t[b] = g;
+                }
+            free(s->answers);
+            s->answers = t;
+            s->answer_buckets = n;
+        }
+    }
+    size_t b = answer_bucket(f->session, s->answer_buckets);
+    f->next = s->answers[b];
+    s->answers[b] = f;
+    s->n_answers++;
+    return FEDGE_OK;
+}
+
 static void answer_drop(const coap_session_t *session)
 {
-    for (final_answer **p = &g_server->answers; *p; p = &(*p)->next) {
+    fedge_server *s = g_server;
+    if (!s->answers)
+        return;
+    for (final_answer **p = &s->answers[answer_bucket(session, s->answer_buckets)]; *p; p = &(*p)->next) {
         if ((*p)->session == session) {
             final_answer *f = *p;
             *p = f->next;
             free(f);
+            s->n_answers--;
             return;
         }
     }
@@ -685,8 +733,10 @@ static void remember_answer_at(coap_session_t *session, size_t offset, size_t le
         if (!f)
             return; /* only a resend's convenience is lost */
         f->session = session;
-        f->next = g_server->answers;
-        g_server->answers = f;
+        if (answer_add(g_server, f) != FEDGE_OK) {
+            free(f);
+            return;
+        }
     }
     f->offset = offset;
     f->len = digest ? len : (size_t)-1; /* no digest: matches nothing */
@@ -721,16 +771,17 @@ typedef struct pending_update {
     int done, code;
     char msg[320];
     double t0, triggered_at;
-    struct pending_update *next;
+    struct pending_update *prev, *next;
 } pending_update;
 
 static void pending_unlink(fedge_server *s, pending_update *p)
 {
-    for (pending_update **q = &s->pending; *q; q = &(*q)->next)
-        if (*q == p) {
-            *q = p->next;
-            return;
-        }
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        s->pending = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
 }
 
 /* 1 when request is a triggered separate response of ours: answered. */
@@ -811,6 +862,8 @@ static void submit_pooled(coap_session_t *session, const coap_pdu_t *request, co
         goto busy;
     }
     p->next = s->pending;
+    if (p->next)
+        p->next->prev = p;
     s->pending = p;
     return;
 busy:
@@ -1063,6 +1116,7 @@ static void tcp_track(fedge_server *s, coap_session_t *session, int added)
         }
         s->tcp[s->n_tcp++] = (struct tcp_conn){session, mono_now(), 0, 0, 0};
         s->tcp_accepted++;
+        s->tcp_settled = 0;
         return;
     }
     for (size_t i = 0; i < s->n_tcp; i++)
@@ -1128,6 +1182,10 @@ static size_t tcp_same_peer(const fedge_server *s, size_t i, size_t *oldest)
 #define TCP_PER_DEVICE 4
 static void tcp_sweep(fedge_server *s)
 {
+    /* once every connection is up (or closing), only an accepted or a
+     * refused one gives it work: it is not a walk of all on every pass */
+    if (s->tcp_settled)
+        return;
     double now = mono_now();
     size_t n_pre = 0, n_up = 0;
     for (size_t i = 0; i < s->n_tcp; i++) {
@@ -1199,6 +1257,7 @@ static void tcp_sweep(fedge_server *s)
         tcp_close(s, &s->tcp[victim]);
         n_up--;
     }
+    s->tcp_settled = n_pre == 0;
 }
 
 /* A peer whose CSM announced a Max-Message-Size below TCP_MIN_MESSAGE
@@ -1222,6 +1281,7 @@ static void tcp_refuse_small(fedge_server *s, coap_session_t *session)
     for (size_t i = 0; i < s->n_tcp; i++)
         if (s->tcp[i].session == session)
             s->tcp[i].refused = 1;
+    s->tcp_settled = 0;
 }
 
 /* A closed or deleted session's partial upload is freed at once. */
@@ -1667,11 +1727,12 @@ void fedge_server_free(fedge_server *s)
     body_unref(s->control);
     fedge_uploads_free(s->uploads);
     free(s->observers);
-    while (s->answers) {
-        final_answer *next = s->answers->next;
-        free(s->answers);
-        s->answers = next;
-    }
+    for (size_t i = 0; s->answers && i < s->answer_buckets; i++)
+        for (final_answer *f = s->answers[i], *next; f; f = next) {
+            next = f->next;
+            free(f);
+        }
+    free(s->answers);
     if (s->psk_text) {
         memset(s->psk_text, 0, s->agg->keys.n * sizeof *s->psk_text);
         free(s->psk_text);

@@ -14,6 +14,7 @@
 #define FIRST_ALLOC ((size_t)16 * 1024) /* a body's first buffer, at most */
 #define AHEAD_BLOCKS 64                  /* blocks beyond the contiguous prefix kept */
 #define PREALLOC_SHARE 4                 /* budget_bytes / this: bytes allocated before they arrive */
+#define NIL SIZE_MAX                     /* no slot */
 
 typedef struct {
     const void *key;
@@ -28,7 +29,18 @@ typedef struct {
     size_t hi;        /* end of the furthest block written */
     size_t unsent;    /* cap - hi when the buffer was allocated at its Size1, else 0 */
     double last;      /* monotonic time of the last block */
+    size_t older, newer;       /* neighbours in the list by last */
+    size_t dev_prev, dev_next; /* neighbours among the same device's transfers */
+    size_t dev_hash;           /* of device */
+    int doomed;                /* fedge_uploads_expire frees it in this call */
 } transfer;
+
+/* One device with transfers in progress: its list and how long it is. */
+typedef struct {
+    size_t slot1;     /* 1 + the slot of the first of its transfers; 0: an empty entry */
+    size_t count;
+    size_t hash;
+} device_entry;
 
 struct fedge_uploads {
     fedge_upload_limits lim;
@@ -39,24 +51,223 @@ struct fedge_uploads {
     size_t unsent;    /* sum of t[].unsent, within prealloc */
     size_t prealloc;  /* budget_bytes / PREALLOC_SHARE */
     fedge_upload_stats st;
+    /* Indexes over t[0..n), kept in step by every insertion, removal and
+     * move (remove_at swaps the last slot in). Both tables are open
+     * addressing with linear probing, at most half full. */
+    size_t *by_key;         /* 1 + slot, 0: empty */
+    size_t key_mask;
+    device_entry *by_dev;
+    size_t dev_mask;
+    size_t oldest, newest;  /* the list of transfers by last, oldest first */
+    size_t *scratch;        /* max_total slots, for fedge_uploads_expire */
 };
+
+static size_t key_home(const fedge_uploads *u, const void *key)
+{
+    uint64_t x = (uint64_t)(uintptr_t)key; /* MurmurHash3's 64-bit finaliser */
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return (size_t)x & u->key_mask;
+}
+
+/* The entry of key in by_key, or the empty one where it would go. */
+static size_t key_pos(const fedge_uploads *u, const void *key)
+{
+    size_t p = key_home(u, key);
+    while (u->by_key[p] && u->t[u->by_key[p] - 1].key != key)
+        p = (p + 1) & u->key_mask;
+    return p;
+}
+
+/* Empties entry p, moving later entries of its probe run back (no tombstones). */
+static void key_erase(fedge_uploads *u, size_t p)
+{
+    const size_t m = u->key_mask;
+    for (size_t q = (p + 1) & m; u->by_key[q]; q = (q + 1) & m) {
+        size_t home = key_home(u, u->t[u->by_key[q] - 1].key);
+        if (((q - home) & m) >= ((q - p) & m)) {
+            u->by_key[p] = u->by_key[q];
+            p = q;
+        }
+    }
+    u->by_key[p] = 0;
+}
+
+static size_t device_hash(const char *device)
+{
+    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+    for (const unsigned char *c = (const unsigned char *)device; *c; c++)
+        h = (h ^ *c) * 1099511628211ULL;
+    return (size_t)(h ^ (h >> 32));
+}
+
+static size_t dev_pos(const fedge_uploads *u, const char *device, size_t hash)
+{
+    size_t p = hash & u->dev_mask;
+    while (u->by_dev[p].slot1 && (u->by_dev[p].hash != hash ||
+                                  strcmp(u->t[u->by_dev[p].slot1 - 1].device, device) != 0))
+        p = (p + 1) & u->dev_mask;
+    return p;
+}
+
+static void dev_erase(fedge_uploads *u, size_t p)
+{
+    const size_t m = u->dev_mask;
+    for (size_t q = (p + 1) & m; u->by_dev[q].slot1; q = (q + 1) & m) {
+        size_t home = u->by_dev[q].hash & m;
+        if (((q - home) & m) >= ((q - p) & m)) {
+            u->by_dev[p] = u->by_dev[q];
+            p = q;
+        }
+    }
+    memset(&u->by_dev[p], 0, sizeof u->by_dev[p]);
+}
+
+static void list_unlink(fedge_uploads *u, size_t i)
+{
+    transfer *t = &u->t[i];
+    if (t->older != NIL)
+        u->t[t->older].newer = t->newer;
+    else
+        u->oldest = t->newer;
+    if (t->newer != NIL)
+        u->t[t->newer].older = t->older;
+    else
+        u->newest = t->older;
+}
+
+/* Links i after the newest transfer with last <= its own: at the end when
+ * now never goes back. */
+static void list_insert(fedge_uploads *u, size_t i)
+{
+    transfer *t = &u->t[i];
+    size_t a = u->newest;
+    while (a != NIL && u->t[a].last > t->last)
+        a = u->t[a].older;
+    t->older = a;
+    t->newer = a == NIL ? u->oldest : u->t[a].newer;
+    if (t->older != NIL)
+        u->t[t->older].newer = i;
+    else
+        u->oldest = i;
+    if (t->newer != NIL)
+        u->t[t->newer].older = i;
+    else
+        u->newest = i;
+}
+
+static void touch(fedge_uploads *u, size_t i, double now)
+{
+    int stays = u->newest == i && now >= u->t[i].last; /* a BERT message's next block */
+    u->t[i].last = now;
+    if (stays)
+        return;
+    list_unlink(u, i);
+    list_insert(u, i);
+}
+
+/* Enters the transfer in slot i (key, device and last set) in the indexes. */
+static void index_add(fedge_uploads *u, size_t i)
+{
+    transfer *t = &u->t[i];
+    u->by_key[key_pos(u, t->key)] = i + 1;
+    t->dev_hash = device_hash(t->device);
+    device_entry *e = &u->by_dev[dev_pos(u, t->device, t->dev_hash)];
+    t->dev_prev = NIL;
+    if (e->slot1) {
+        t->dev_next = e->slot1 - 1;
+        u->t[t->dev_next].dev_prev = i;
+        e->count++;
+    } else {
+        t->dev_next = NIL;
+        e->hash = t->dev_hash;
+        e->count = 1;
+    }
+    e->slot1 = i + 1;
+    list_insert(u, i);
+}
+
+static void index_remove(fedge_uploads *u, size_t i)
+{
+    transfer *t = &u->t[i];
+    key_erase(u, key_pos(u, t->key));
+    size_t p = dev_pos(u, t->device, t->dev_hash);
+    if (--u->by_dev[p].count == 0) {
+        dev_erase(u, p);
+    } else {
+        if (t->dev_prev != NIL)
+            u->t[t->dev_prev].dev_next = t->dev_next;
+        else
+            u->by_dev[p].slot1 = t->dev_next + 1;
+        if (t->dev_next != NIL)
+            u->t[t->dev_next].dev_prev = t->dev_prev;
+    }
+    list_unlink(u, i);
+}
+
+/* A transfer has been copied to slot to from another: references follow. */
+static void index_move(fedge_uploads *u, size_t to)
+{
+    transfer *t = &u->t[to];
+    u->by_key[key_pos(u, t->key)] = to + 1; /* finds the old slot's entry: same key */
+    if (t->dev_prev != NIL)
+        u->t[t->dev_prev].dev_next = to;
+    else
+        u->by_dev[dev_pos(u, t->device, t->dev_hash)].slot1 = to + 1;
+    if (t->dev_next != NIL)
+        u->t[t->dev_next].dev_prev = to;
+    if (t->older != NIL)
+        u->t[t->older].newer = to;
+    else
+        u->oldest = to;
+    if (t->newer != NIL)
+        u->t[t->newer].older = to;
+    else
+        u->newest = to;
+}
+
+/* The device's entry in by_dev, or NULL when it has no transfer. */
+static const device_entry *device_of(const fedge_uploads *u, const char *device)
+{
+    const device_entry *e = &u->by_dev[dev_pos(u, device, device_hash(device))];
+    return e->slot1 ? e : NULL;
+}
+
+/* Smallest power of two >= 2 * n (tables at most half full). */
+static size_t table_size(size_t n)
+{
+    size_t s = 2;
+    while (s < 2 * n)
+        s *= 2;
+    return s;
+}
 
 int fedge_uploads_new(const fedge_upload_limits *lim, fedge_uploads **out)
 {
     if (!lim || !out || lim->max_body == 0 || lim->max_per_device == 0 || lim->max_total == 0 ||
         lim->budget_bytes < lim->max_body || !(lim->evict_idle_s > 0) ||
         !(lim->evict_idle_s <= lim->idle_timeout_s) ||
+        lim->max_total > SIZE_MAX / 4 / sizeof(device_entry) ||
         lim->max_total > SIZE_MAX / sizeof(transfer))
         return FEDGE_ERR_INVALID_ARG;
     *out = NULL;
     fedge_uploads *u = calloc(1, sizeof *u);
     if (!u)
         return FEDGE_ERR_NOMEM;
+    size_t slots = table_size(lim->max_total);
     u->t = calloc(lim->max_total, sizeof *u->t);
-    if (!u->t) {
-        free(u);
+    u->by_key = calloc(slots, sizeof *u->by_key);
+    u->by_dev = calloc(slots, sizeof *u->by_dev);
+    u->scratch = calloc(lim->max_total, sizeof *u->scratch);
+    if (!u->t || !u->by_key || !u->by_dev || !u->scratch) {
+        fedge_uploads_free(u);
         return FEDGE_ERR_NOMEM;
     }
+    u->key_mask = u->dev_mask = slots - 1;
+    u->oldest = u->newest = NIL;
     u->lim = *lim;
     u->prealloc = lim->budget_bytes / PREALLOC_SHARE;
     *out = u;
@@ -70,6 +281,9 @@ void fedge_uploads_free(fedge_uploads *u)
     for (size_t i = 0; i < u->n; i++)
         free(u->t[i].buf);
     free(u->t);
+    free(u->by_key);
+    free(u->by_dev);
+    free(u->scratch);
     free(u);
 }
 
@@ -80,16 +294,18 @@ static void remove_at(fedge_uploads *u, size_t i)
     u->reserved -= t->reserved;
     u->held -= t->cap;
     u->unsent -= t->unsent;
-    u->t[i] = u->t[--u->n];
+    index_remove(u, i);
+    if (i != --u->n) {
+        u->t[i] = u->t[u->n];
+        index_move(u, i);
+    }
     memset(&u->t[u->n], 0, sizeof u->t[u->n]);
 }
 
 static long find(const fedge_uploads *u, const void *key)
 {
-    for (size_t i = 0; i < u->n; i++)
-        if (u->t[i].key == key)
-            return (long)i;
-    return -1;
+    size_t s = u->by_key[key_pos(u, key)];
+    return s ? (long)(s - 1) : -1;
 }
 
 static void verdict(fedge_upload_result *r, fedge_upload_verdict v, const char *fmt, ...)
@@ -108,22 +324,36 @@ static void verdict(fedge_upload_result *r, fedge_upload_verdict v, const char *
 static unsigned retry_after(const fedge_uploads *u, const char *device, double now)
 {
     double oldest = now;
-    for (size_t i = 0; i < u->n; i++)
-        if ((!device || !strcmp(u->t[i].device, device)) && u->t[i].last < oldest)
-            oldest = u->t[i].last;
+    if (!device) {
+        if (u->oldest != NIL && u->t[u->oldest].last < oldest)
+            oldest = u->t[u->oldest].last;
+    } else {
+        const device_entry *e = device_of(u, device);
+        for (size_t i = e ? e->slot1 - 1 : NIL; i != NIL; i = u->t[i].dev_next)
+            if (u->t[i].last < oldest)
+                oldest = u->t[i].last;
+    }
     double left = oldest + u->lim.evict_idle_s - now;
     return left < 1 ? 1u : left > 3600 ? 3600u : (unsigned)ceil(left);
 }
 
-/* Frees the longest idle transfer (of device; NULL: any) when it has been
- * idle for evict_idle_s; returns whether one was freed. */
+/* Frees the longest idle transfer (of device; NULL: any; of equally idle
+ * ones, the lowest slot) when it has been idle for evict_idle_s; returns
+ * whether one was freed. */
 static int evict_idle(fedge_uploads *u, const char *device, double now)
 {
     long best = -1;
-    for (size_t i = 0; i < u->n; i++)
-        if ((!device || !strcmp(u->t[i].device, device)) &&
-            (best < 0 || u->t[i].last < u->t[best].last))
-            best = (long)i;
+    if (!device) {
+        for (size_t i = u->oldest; i != NIL && u->t[i].last == u->t[u->oldest].last; i = u->t[i].newer)
+            if (best < 0 || i < (size_t)best)
+                best = (long)i;
+    } else {
+        const device_entry *e = device_of(u, device);
+        for (size_t i = e ? e->slot1 - 1 : NIL; i != NIL; i = u->t[i].dev_next)
+            if (best < 0 || u->t[i].last < u->t[best].last ||
+                (u->t[i].last == u->t[best].last && i < (size_t)best))
+                best = (long)i;
+    }
     if (best < 0 || now - u->t[best].last < u->lim.evict_idle_s)
         return 0;
     FEDGE_INFO("upload from %s abandoned after %zu bytes (idle %.1f s); freed for a new upload",
@@ -193,9 +423,8 @@ static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now
         r->verdict = FEDGE_UPLOAD_COMPLETE;
         return FEDGE_OK;
     }
-    size_t per_device = 0;
-    for (size_t i = 0; i < u->n; i++)
-        per_device += !strcmp(u->t[i].device, b->device);
+    const device_entry *e = device_of(u, b->device);
+    size_t per_device = e ? e->count : 0;
     if (per_device >= lim->max_per_device && evict_idle(u, b->device, now))
         per_device--;
     if (per_device >= lim->max_per_device) {
@@ -239,7 +468,7 @@ static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now
     t->sized = sized;
     t->last = now;
     u->reserved += reserve;
-    u->n++;
+    index_add(u, u->n++);
     if (grow(u, t, b->len) != FEDGE_OK) {
         remove_at(u, u->n - 1);
         r->retry_s = 1;
@@ -254,10 +483,10 @@ static int first_block(fedge_uploads *u, const fedge_upload_block *b, double now
     return FEDGE_OK;
 }
 
-static int next_block(fedge_uploads *u, const fedge_upload_block *b, double now,
+/* i: the slot of b's key, -1 when none. */
+static int next_block(fedge_uploads *u, const fedge_upload_block *b, long i, double now,
                       fedge_upload_result *r)
 {
-    long i = find(u, b->key);
     if (i < 0 || strcmp(u->t[i].device, b->device) != 0) {
         u->st.incomplete++;
         verdict(r, FEDGE_UPLOAD_INCOMPLETE,
@@ -269,7 +498,7 @@ static int next_block(fedge_uploads *u, const fedge_upload_block *b, double now,
     size_t end = b->offset + b->len;
     if (end <= t->len) {
         /* a retransmitted block (our answer was lost) */
-        t->last = now;
+        touch(u, (size_t)i, now);
         if (!b->more) {
             remove_at(u, (size_t)i);
             u->st.refused_bad++;
@@ -320,7 +549,7 @@ static int next_block(fedge_uploads *u, const fedge_upload_block *b, double now,
     }
     memcpy(t->buf + b->offset, b->data, b->len);
     written(u, t, end);
-    t->last = now;
+    touch(u, (size_t)i, now);
     if (b->more) {
         t->ahead |= (uint64_t)1 << k;
         while (t->ahead & 1) { /* the prefix grows over what has arrived */
@@ -345,7 +574,11 @@ int fedge_uploads_block(fedge_uploads *u, const fedge_upload_block *b, double no
 {
     if (!u || !b || !r || !b->key || !b->device || (!b->data && b->len) || b->block_size == 0)
         return FEDGE_ERR_INVALID_ARG;
-    memset(r, 0, sizeof *r);
+    r->verdict = FEDGE_UPLOAD_CONTINUE; /* not a memset of msg: this runs for every block */
+    r->body = NULL;
+    r->body_len = 0;
+    r->retry_s = 0;
+    r->msg[0] = '\0';
     const size_t max = u->lim.max_body;
     long i = find(u, b->key);
     if (b->offset == 0 && i >= 0) {
@@ -375,25 +608,42 @@ int fedge_uploads_block(fedge_uploads *u, const fedge_upload_block *b, double no
     }
     if (b->offset == 0)
         return first_block(u, b, now, r);
-    return next_block(u, b, now, r);
+    return next_block(u, b, i, now, r);
 }
 
+static int slot_order(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The idle transfers are the head of the list by last. They are freed in
+ * the order (and so leave the slots in the layout) of a walk over t[] in
+ * slot order that frees each idle one with remove_at: eviction's choice
+ * among equally idle transfers depends on the layout. */
 size_t fedge_uploads_expire(fedge_uploads *u, double now)
 {
-    size_t n = 0;
+    size_t n = 0, k = 0;
     if (!u)
         return 0;
-    for (size_t i = 0; i < u->n;) {
-        transfer *t = &u->t[i];
-        double idle = now - t->last;
-        if (idle >= u->lim.idle_timeout_s) {
+    for (size_t i = u->oldest; i != NIL && now - u->t[i].last >= u->lim.idle_timeout_s; i = u->t[i].newer) {
+        u->t[i].doomed = 1;
+        u->scratch[k++] = i;
+    }
+    if (k == 0)
+        return 0;
+    qsort(u->scratch, k, sizeof *u->scratch, slot_order);
+    /* a slot past the one being freed keeps its transfer until it is the
+     * last one, swapped into the freed slot (and freed there if doomed) */
+    for (size_t j = 0; j < k && u->scratch[j] < u->n; j++) {
+        size_t i = u->scratch[j];
+        while (i < u->n && u->t[i].doomed) {
+            transfer *t = &u->t[i];
             FEDGE_INFO("upload from %s abandoned after %zu bytes (idle %.1f s); freed", t->device,
-                       t->len, idle);
+                       t->len, now - t->last);
             remove_at(u, i);
             u->st.expired++;
             n++;
-        } else {
-            i++;
         }
     }
     return n;

@@ -20,7 +20,20 @@
  * harmless; the last block must find every block before it (else 4.08).
  * fedge_uploads_expire frees transfers idle longer than idle_timeout_s;
  * fedge_uploads_drop frees a closed session's.
- * Memory held is bounded by budget_bytes + max_total small records.
+ * Cost does not grow with the transfers in progress: a block finds its
+ * transfer through a hash of the key and a first block its device's count
+ * through a hash of the device id (O(1) expected, no allocation but the
+ * body's); transfers are kept in a list by the time of their last block,
+ * so fedge_uploads_expire is O(1) when none is due (exact: it looks at the
+ * longest idle one on every call) and O(k log k) when it frees k, and
+ * making room (evict_idle_s) looks at the longest idle only (the device's
+ * own, at most max_per_device, when its cap is the limit). Equally idle
+ * transfers (the same time passed in) are chosen among as before the
+ * index: tests/unit/upload_linear.h keeps that implementation, the
+ * reference of test_upload_index.c. A time earlier than one passed before
+ * is handled exactly, at a cost linear in the transfers it passes back.
+ * Memory held is bounded by budget_bytes + max_total small records (the
+ * records, both indexes at most half full, and the expiry scratch).
  * Bookkeeping only: no I/O; times are monotonic seconds passed in. */
 #ifndef FEDGE_UPLOAD_H
 #define FEDGE_UPLOAD_H

@@ -18,6 +18,7 @@ run "$BIN/bench-train"
 run "$BIN/bench-codec"
 run "$BIN/bench-crypto"
 run "$BIN/bench-combine_mem"
+run "$BIN/bench-upload_scale"
 [ -x "$BIN/bench-aggregate" ] && run "$BIN/bench-aggregate"
 [ -x tools/bench/federation.sh ] && run tools/bench/federation.sh "$BUILD"
 [ -x tools/bench/slow_link.sh ] && FEDGE_BUILD=$BUILD run tools/bench/slow_link.sh
