@@ -95,7 +95,8 @@ ifneq ($(EDGE_PROFILE),)
   DEPS_INPUTS := edge/mbedtls_config_edge.h tools/deps/libcoap-4.3.1-mbedtls-psk-only.patch
 else
   DEPS_STAMP := $(DEPS_DIR)/.libcoap-4.3.1-mbedtls
-  DEPS_INPUTS := tools/deps/libcoap-4.3.1-bert-block1-per-block.patch
+  DEPS_INPUTS := tools/deps/libcoap-4.3.1-bert-block1-per-block.patch tools/deps/libcoap-4.3.1-session-walk.patch \
+                 tools/deps/libcoap-4.3.1-endpoint-drain.patch
 endif
 MPICC ?= mpicc
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)

@@ -435,12 +435,16 @@ static int status_json(const fedge_server *s, char *body, size_t cap)
         return FEDGE_ERR_INTERNAL;
     fedge_upload_stats st;
     fedge_uploads_stats(s->uploads, &st);
+    uint64_t ep_wakes, ep_reads;
+    unsigned ep_most;
+    coap_context_get_endpoint_reads(s->ctx, &ep_wakes, &ep_reads, &ep_most);
     int m = snprintf(body + n - 1, cap - (n - 1),
                      ",\"uploads\":{\"partial\":%zu,\"reserved_bytes\":%zu,\"held_bytes\":%zu,"
                      "\"completed\":%llu,\"expired\":%llu,\"evicted\":%llu,\"closed\":%llu,"
                      "\"superseded\":%llu,"
                      "\"refused_size\":%llu,\"refused_busy\":%llu,\"refused_bad\":%llu,"
-                     "\"incomplete\":%llu},\"udp\":{\"rcvbuf_bytes\":%d,\"drops\":%u},"
+                     "\"incomplete\":%llu},\"udp\":{\"rcvbuf_bytes\":%d,\"drops\":%u,"
+                     "\"wakes\":%llu,\"reads\":%llu,\"most_reads_per_wake\":%u},"
                      "\"observe\":{\"observers\":%zu,\"notifications\":%llu}}",
                      st.partial, st.reserved_bytes, st.held_bytes,
                      (unsigned long long)st.completed, (unsigned long long)st.expired,
@@ -448,7 +452,8 @@ static int status_json(const fedge_server *s, char *body, size_t cap)
                      (unsigned long long)st.superseded,
                      (unsigned long long)st.refused_size, (unsigned long long)st.refused_busy,
                      (unsigned long long)st.refused_bad, (unsigned long long)st.incomplete,
-                     s->rcvbuf, udp_drops(s), s->n_observers, (unsigned long long)s->notifications);
+                     s->rcvbuf, udp_drops(s), (unsigned long long)ep_wakes, (unsigned long long)ep_reads, ep_most,
+                     s->n_observers, (unsigned long long)s->notifications);
     if (m < 0 || (size_t)m >= cap - (n - 1))
         return FEDGE_ERR_BUFFER_TOO_SMALL;
     if (s->tcp_max) {

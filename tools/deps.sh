@@ -15,7 +15,9 @@
 #    reach the aggregator's handler one by one, so upload.c bounds them;
 #    on mbedTLS a TLS message longer than one record is written whole) and
 #    tools/deps/libcoap-4.3.1-session-walk.patch (the I/O loop walks its
-#    server sessions at most every 50 ms while none comes or goes),
+#    server sessions at most every 50 ms while none comes or goes) and
+#    tools/deps/libcoap-4.3.1-endpoint-drain.patch (a wake reads up to 32
+#    datagrams from a UDP/DTLS server endpoint, not one),
 #    twice: against Debian's full mbedTLS (libcoap-3-mbedtls.a: the native
 #    edge, fedge-edgesim, the device-side benchmarks) and against Debian's
 #    OpenSSL (libcoap-3-openssl.a: fedge-aggregator, whose TLS records are
@@ -53,6 +55,7 @@ EDGE_CONFIG="$HERE/edge/mbedtls_config_edge.h"
 COAP_PATCH="$HERE/tools/deps/libcoap-$LIBCOAP_VERSION-mbedtls-psk-only.patch"
 COAP_BERT_PATCH="$HERE/tools/deps/libcoap-$LIBCOAP_VERSION-bert-block1-per-block.patch"
 COAP_WALK_PATCH="$HERE/tools/deps/libcoap-$LIBCOAP_VERSION-session-walk.patch"
+COAP_DRAIN_PATCH="$HERE/tools/deps/libcoap-$LIBCOAP_VERSION-endpoint-drain.patch"
 # fat LTO objects: the LTO link uses the IR, tools/bench/edge_size.sh's
 # per-library split links the same archives without LTO
 EDGE_DEPS_CFLAGS="-Os -ffunction-sections -fdata-sections -flto -ffat-lto-objects"
@@ -117,6 +120,7 @@ else
     STAMP="$PREFIX/.libcoap-$LIBCOAP_VERSION-mbedtls"
     fingerprint="libcoap=$LIBCOAP_VERSION patch=$(sha256sum "$COAP_BERT_PATCH" | cut -c1-16)"
     fingerprint+=" walk-patch=$(sha256sum "$COAP_WALK_PATCH" | cut -c1-16)"
+    fingerprint+=" drain-patch=$(sha256sum "$COAP_DRAIN_PATCH" | cut -c1-16)"
     fingerprint+=" backends=mbedtls,openssl openssl-ciphers=$COAP_OSSL_PSK_CIPHERS"
     need_src=1
     [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && need_src=0
@@ -256,6 +260,7 @@ if [ $need_src -eq 1 ]; then
         cp -a "$coapsrc" "$bdir/libcoap-src"
         patch -s -d "$bdir/libcoap-src" -p1 <"$COAP_BERT_PATCH"
         patch -s -d "$bdir/libcoap-src" -p1 <"$COAP_WALK_PATCH"
+        patch -s -d "$bdir/libcoap-src" -p1 <"$COAP_DRAIN_PATCH"
         build_libcoap "$bdir/libcoap-src" "$bdir/libcoap" "-O2 -g -fPIC"
         cp -a "$PREFIX/include/coap3" "$bdir/coap3-mbedtls"
         q="\\\"$COAP_OSSL_PSK_CIPHERS\\\""
