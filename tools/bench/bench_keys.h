@@ -17,8 +17,9 @@ static int bench_write_keys(const char *path, int n)
         return FEDGE_ERR_IO;
     for (int i = 0; i < n; i++) {
         fprintf(f, "dev-%03d eu ", i);
-        for (int j = 0; j < FEDGE_SECRET_LEN; j++)
-            fprintf(f, "%02x", (unsigned)((i * 31 + j * 7 + 1) & 0xff));
+        for (int j = 0; j < FEDGE_SECRET_LEN; j++) /* the first four bytes are i: distinct */
+            fprintf(f, "%02x", j < 4 ? (unsigned)(((unsigned)i >> (8 * j)) & 0xff)
+                                     : (unsigned)((i * 31 + j * 7 + 1) & 0xff));
         fprintf(f, "\n");
     }
     int ok = fclose(f) == 0;
