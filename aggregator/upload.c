@@ -30,16 +30,18 @@ typedef struct {
     size_t unsent;    /* cap - hi when the buffer was allocated at its Size1, else 0 */
     double last;      /* monotonic time of the last block */
     size_t older, newer;       /* neighbours in the list by last */
-    size_t dev_prev, dev_next; /* neighbours among the same device's transfers */
+    size_t dev_prev, dev_next; /* neighbours among the same device's transfers, by last */
     size_t dev_hash;           /* of device */
     int doomed;                /* fedge_uploads_expire frees it in this call */
 } transfer;
 
-/* One device with transfers in progress: its list and how long it is. */
+/* One device with transfers in progress: its list (by last, as the list of
+ * all) and how long it is. */
 typedef struct {
-    size_t slot1;     /* 1 + the slot of the first of its transfers; 0: an empty entry */
+    size_t slot1;     /* 1 + the slot of its longest idle transfer; 0: an empty entry */
     size_t count;
     size_t hash;
+    size_t newest1;   /* 1 + the slot of its most recently active transfer */
 } device_entry;
 
 struct fedge_uploads {
@@ -159,10 +161,49 @@ static void list_insert(fedge_uploads *u, size_t i)
         u->newest = i;
 }
 
+static void dev_unlink(fedge_uploads *u, device_entry *e, size_t i)
+{
+    transfer *t = &u->t[i];
+    if (t->dev_prev != NIL)
+        u->t[t->dev_prev].dev_next = t->dev_next;
+    else
+        e->slot1 = t->dev_next == NIL ? 0 : t->dev_next + 1;
+    if (t->dev_next != NIL)
+        u->t[t->dev_next].dev_prev = t->dev_prev;
+    else
+        e->newest1 = t->dev_prev == NIL ? 0 : t->dev_prev + 1;
+}
+
+/* Links i into its device's list after the newest with last <= its own. */
+static void dev_insert(fedge_uploads *u, device_entry *e, size_t i)
+{
+    transfer *t = &u->t[i];
+    size_t a = e->newest1 ? e->newest1 - 1 : NIL;
+    while (a != NIL && u->t[a].last > t->last)
+        a = u->t[a].dev_prev;
+    t->dev_prev = a;
+    t->dev_next = a != NIL ? u->t[a].dev_next : e->slot1 ? e->slot1 - 1 : NIL;
+    if (t->dev_prev != NIL)
+        u->t[t->dev_prev].dev_next = i;
+    else
+        e->slot1 = i + 1;
+    if (t->dev_next != NIL)
+        u->t[t->dev_next].dev_prev = i;
+    else
+        e->newest1 = i + 1;
+}
+
 static void touch(fedge_uploads *u, size_t i, double now)
 {
-    int stays = u->newest == i && now >= u->t[i].last; /* a BERT message's next block */
-    u->t[i].last = now;
+    transfer *t = &u->t[i];
+    int stays = u->newest == i && now >= t->last; /* a BERT message's next block */
+    int dev_stays = t->dev_next == NIL && now >= t->last;
+    t->last = now;
+    if (!dev_stays) {
+        device_entry *e = &u->by_dev[dev_pos(u, t->device, t->dev_hash)];
+        dev_unlink(u, e, i);
+        dev_insert(u, e, i);
+    }
     if (stays)
         return;
     list_unlink(u, i);
@@ -176,17 +217,13 @@ static void index_add(fedge_uploads *u, size_t i)
     u->by_key[key_pos(u, t->key)] = i + 1;
     t->dev_hash = device_hash(t->device);
     device_entry *e = &u->by_dev[dev_pos(u, t->device, t->dev_hash)];
-    t->dev_prev = NIL;
-    if (e->slot1) {
-        t->dev_next = e->slot1 - 1;
-        u->t[t->dev_next].dev_prev = i;
-        e->count++;
-    } else {
-        t->dev_next = NIL;
+    if (!e->slot1) {
         e->hash = t->dev_hash;
-        e->count = 1;
+        e->count = 0;
+        e->newest1 = 0;
     }
-    e->slot1 = i + 1;
+    e->count++;
+    dev_insert(u, e, i);
     list_insert(u, i);
 }
 
@@ -195,16 +232,10 @@ static void index_remove(fedge_uploads *u, size_t i)
     transfer *t = &u->t[i];
     key_erase(u, key_pos(u, t->key));
     size_t p = dev_pos(u, t->device, t->dev_hash);
-    if (--u->by_dev[p].count == 0) {
+    if (--u->by_dev[p].count == 0)
         dev_erase(u, p);
-    } else {
-        if (t->dev_prev != NIL)
-            u->t[t->dev_prev].dev_next = t->dev_next;
-        else
-            u->by_dev[p].slot1 = t->dev_next + 1;
-        if (t->dev_next != NIL)
-            u->t[t->dev_next].dev_prev = t->dev_prev;
-    }
+    else
+        dev_unlink(u, &u->by_dev[p], i);
     list_unlink(u, i);
 }
 
@@ -213,12 +244,16 @@ static void index_move(fedge_uploads *u, size_t to)
 {
     transfer *t = &u->t[to];
     u->by_key[key_pos(u, t->key)] = to + 1; /* finds the old slot's entry: same key */
+    device_entry *e = t->dev_prev == NIL || t->dev_next == NIL
+                          ? &u->by_dev[dev_pos(u, t->device, t->dev_hash)] : NULL;
     if (t->dev_prev != NIL)
         u->t[t->dev_prev].dev_next = to;
     else
-        u->by_dev[dev_pos(u, t->device, t->dev_hash)].slot1 = to + 1;
+        e->slot1 = to + 1;
     if (t->dev_next != NIL)
         u->t[t->dev_next].dev_prev = to;
+    else
+        e->newest1 = to + 1;
     if (t->older != NIL)
         u->t[t->older].newer = to;
     else
@@ -329,9 +364,8 @@ static unsigned retry_after(const fedge_uploads *u, const char *device, double n
             oldest = u->t[u->oldest].last;
     } else {
         const device_entry *e = device_of(u, device);
-        for (size_t i = e ? e->slot1 - 1 : NIL; i != NIL; i = u->t[i].dev_next)
-            if (u->t[i].last < oldest)
-                oldest = u->t[i].last;
+        if (e && u->t[e->slot1 - 1].last < oldest)
+            oldest = u->t[e->slot1 - 1].last;
     }
     double left = oldest + u->lim.evict_idle_s - now;
     return left < 1 ? 1u : left > 3600 ? 3600u : (unsigned)ceil(left);
@@ -349,9 +383,9 @@ static int evict_idle(fedge_uploads *u, const char *device, double now)
                 best = (long)i;
     } else {
         const device_entry *e = device_of(u, device);
-        for (size_t i = e ? e->slot1 - 1 : NIL; i != NIL; i = u->t[i].dev_next)
-            if (best < 0 || u->t[i].last < u->t[best].last ||
-                (u->t[i].last == u->t[best].last && i < (size_t)best))
+        size_t h = e ? e->slot1 - 1 : NIL;
+        for (size_t i = h; i != NIL && u->t[i].last == u->t[h].last; i = u->t[i].dev_next)
+            if (best < 0 || i < (size_t)best)
                 best = (long)i;
     }
     if (best < 0 || now - u->t[best].last < u->lim.evict_idle_s)

@@ -26,8 +26,9 @@
  * body's); transfers are kept in a list by the time of their last block,
  * so fedge_uploads_expire is O(1) when none is due (exact: it looks at the
  * longest idle one on every call) and O(k log k) when it frees k, and
- * making room (evict_idle_s) looks at the longest idle only (the device's
- * own, at most max_per_device, when its cap is the limit). Equally idle
+ * making room (evict_idle_s) and a refusal's retry time look at the longest
+ * idle only (the device's own, first in its list by idle time, when its cap
+ * is the limit: not a walk of up to max_per_device). Equally idle
  * transfers (the same time passed in) are chosen among as before the
  * index: tests/unit/upload_linear.h keeps that implementation, the
  * reference of test_upload_index.c. A time earlier than one passed before
