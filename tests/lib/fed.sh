@@ -8,8 +8,24 @@ BIN="$FEDGE_BUILD/bin"
 FED_PIDS=()
 FED_DIR=""
 
+# fed_sanitizer_reports: prints the ASan/LSan/UBSan reports the processes
+# left in $FED_DIR's logs (their stderr) and fails when there is one: a
+# report at shutdown, after the test's own checks, is still a failure.
+fed_sanitizer_reports() {
+    local f found=0 pat='ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: (Address|Leak|UndefinedBehavior)Sanitizer'
+    for f in "${FED_DIR:-/nonexistent}"/*.log; do
+        [ -f "$f" ] || continue
+        if grep -qE "$pat" "$f"; then
+            echo "FAIL: sanitizer report in ${f##*/}:" >&2
+            grep -m 8 -E "$pat" "$f" >&2
+            found=1
+        fi
+    done
+    return $found
+}
+
 fed_cleanup() {
-    local pid
+    local pid reports=0
     for pid in "${FED_PIDS[@]}"; do
         kill "$pid" 2>/dev/null
     done
@@ -17,9 +33,11 @@ fed_cleanup() {
         wait "$pid" 2>/dev/null
     done
     FED_PIDS=()
+    fed_sanitizer_reports || reports=1
     if [ -n "$FED_DIR" ] && [ -z "${FEDGE_KEEP:-}" ]; then
         rm -rf "$FED_DIR"
     fi
+    [ "$reports" -eq 0 ] || exit 1
 }
 
 fed_fail() {
