@@ -252,6 +252,11 @@ void fedge_agg_free(fedge_aggregator *a)
     free(a->asked_at);
     free(a->view_changed);
     free(a->view_changed_mark);
+    free(a->askers);
+    free(a->holders);
+    free(a->async_mark);
+    free(a->rank);
+    free(a->rank_step);
     fedge_keys_free(&a->keys);
     fedge_model_free(&a->model);
     free(a->model_blob);
@@ -374,6 +379,7 @@ int fedge_agg_reload_policy(fedge_aggregator *a)
     int ret = fedge_gov_reload(a);
     if (ret == FEDGE_OK)
         fedge_strategy_name(a);
+    a->admit_dirty = 1;
     return ret;
 }
 
@@ -502,6 +508,7 @@ void fedge_agg_keys_commit(fedge_aggregator *a, fedge_agg_keys_reload *r)
     for (size_t i = 0; i < n_old; i++)
         a->n_selected_gone += a->keys.devices[i].removed && a->selected[i] && !a->submitted[i];
     a->round_epoch++;
+    a->admit_dirty = 1;
     FEDGE_INFO("keys reloaded from %s: %zu devices (%zu added, %zu removed, %zu changed)", a->cfg.keys_file,
                diff.live, diff.added, diff.removed, diff.changed);
 }

@@ -130,6 +130,23 @@ typedef struct {
     /* sync: selected devices a keys reload took out before they reported
      * (they never will); the round closes once the others have */
     size_t n_selected_gone;
+    /* async admission's index (sched_async.c), so that a pass visits the
+     * devices asking and the slot holders, never the whole population:
+     * askers lists every device whose asked_at is recent (and some whose
+     * is not, dropped on the next walk), holders every device with a slot
+     * (and some freed since); async_mark says who is listed (bit 1: askers,
+     * bit 2: holders); rank[d] is d's rank in step rank_step[d] (0: none).
+     * The arrays cover async_n devices; a keys reload that adds devices
+     * rebuilds them on the next tick. */
+    uint32_t *askers, *holders;
+    size_t n_askers, n_holders, async_n;
+    uint8_t *async_mark;
+    uint64_t *rank;
+    uint32_t *rank_step;
+    double slot_min_at;     /* no slot was given before this (a lower bound) */
+    double admit_eval_at;   /* the last admission evaluation */
+    int admit_dirty;        /* something that can change who is admitted changed since */
+    uint64_t async_visits;  /* list entries walked by the ticks so far (tests) */
 } fedge_aggregator;
 
 /* Index of device `id` in keys.devices (and the arrays parallel to it); -1

@@ -20,7 +20,20 @@
  * device observed /round on ends (`left`), or after async_slot_timeout_s. At most async_max_versions distinct steps (base
  * versions) are in flight. Slots are memory only: after a restart the open
  * step's admissions without an update get theirs back (a fresh timeout);
- * an earlier step's admitted device may still send its one update. */
+ * an earlier step's admitted device may still send its one update.
+ *
+ * Cost per pass (issue 9): the daemon ticks after every wake of its I/O
+ * loop, so a pass must not walk the population. The askers and the slot
+ * holders are kept in lists (agg.h) and a pass visits them only: the slot
+ * timeouts are checked when the earliest slot given can be due; a device's
+ * rank is cached with its step. The ranking, sorting and status queries run
+ * only when something that can change who is admitted changed since the
+ * last evaluation (a new ask, a slot freed, a new step, a policy or keys
+ * reload), and at least once a second anyway (ADMIT_REEVAL_S): a device's
+ * status in the log can be changed by fedge-admin from outside the
+ * process, which such a device then sees up to a second later. Who is
+ * admitted, with which rank and "k of n asking", is what the rule above
+ * gives on the pass that evaluates. */
 #include "scheduler.h"
 
 #include <stdio.h>
@@ -36,6 +49,46 @@
 
 /* a device that asked longer ago than this is no longer waiting */
 #define ASK_TTL_S 10.0
+/* an admission is evaluated at least this often (module comment) */
+#define ADMIT_REEVAL_S 1.0
+#define MARK_ASKER 1u
+#define MARK_HOLDER 2u
+
+/* The askers and holders lists from asked_at and adm_step, for keys.n
+ * devices (at init, a restart, a keys reload that added devices). */
+static int index_rebuild(fedge_aggregator *a, double now)
+{
+    size_t n = a->keys.n ? a->keys.n : 1;
+    free(a->askers);
+    free(a->holders);
+    free(a->async_mark);
+    free(a->rank);
+    free(a->rank_step);
+    a->askers = calloc(n, sizeof *a->askers);
+    a->holders = calloc(n, sizeof *a->holders);
+    a->async_mark = calloc(n, 1);
+    a->rank = calloc(n, sizeof *a->rank);
+    a->rank_step = calloc(n, sizeof *a->rank_step);
+    a->n_askers = a->n_holders = a->async_n = 0;
+    a->slot_min_at = 1e300;
+    a->admit_dirty = 1;
+    if (!a->askers || !a->holders || !a->async_mark || !a->rank || !a->rank_step)
+        return FEDGE_ERR_NOMEM;
+    a->async_n = a->keys.n;
+    for (size_t i = 0; i < a->keys.n; i++) {
+        if (now - a->asked_at[i] <= ASK_TTL_S) {
+            a->askers[a->n_askers++] = (uint32_t)i;
+            a->async_mark[i] |= MARK_ASKER;
+        }
+        if (a->adm_step[i]) {
+            a->holders[a->n_holders++] = (uint32_t)i;
+            a->async_mark[i] |= MARK_HOLDER;
+            if (a->adm_at[i] < a->slot_min_at)
+                a->slot_min_at = a->adm_at[i];
+        }
+    }
+    return FEDGE_OK;
+}
 
 static int async_alloc(fedge_aggregator *a)
 {
@@ -64,8 +117,8 @@ static int async_resume(fedge_aggregator *a)
     int ret;
     CHK(async_alloc(a));
     CHK(fedge_sched_resume_log(a));
+    double now = fedge_clock_mono();
     if (a->state == FEDGE_AGG_OPEN) { /* the step's admissions so far hold slots again */
-        double now = fedge_clock_mono();
         a->n_selected = 0;
         for (size_t i = 0; i < a->keys.n; i++) {
             a->n_selected += a->selected[i];
@@ -76,6 +129,7 @@ static int async_resume(fedge_aggregator *a)
             }
         }
     }
+    CHK(index_rebuild(a, now));
 cleanup:
     return ret;
 }
@@ -116,6 +170,7 @@ static int open_step(fedge_aggregator *a, double now)
     a->deadline = 0;
     a->n_selected = a->n_accepted = a->n_rejected = 0;
     a->bytes_received = 0;
+    a->admit_dirty = 1;
     FEDGE_INFO("step %u open: base %.16s, buffer of %ld", step, a->version_hex, a->cfg.async_buffer_k);
 cleanup:
     if (ret != FEDGE_OK)
@@ -129,19 +184,45 @@ static void free_slot(fedge_aggregator *a, int d)
     if (a->adm_step[d]) {
         a->adm_step[d] = 0;
         a->in_flight--;
+        a->admit_dirty = 1;
         fedge_sched_view_changed(a, d);
     }
 }
 
+/* Drops the holders whose slot was freed; frees those timed out; the
+ * earliest slot given among those left. */
+static void walk_holders(fedge_aggregator *a, double now, int timeouts)
+{
+    size_t kept = 0;
+    a->slot_min_at = 1e300;
+    a->async_visits += a->n_holders;
+    for (size_t k = 0; k < a->n_holders; k++) {
+        uint32_t i = a->holders[k];
+        if (timeouts && a->adm_step[i] && now - a->adm_at[i] > a->cfg.async_slot_timeout_s) {
+            FEDGE_INFO("step %u: %s's slot (step %u) timed out", a->round, a->keys.devices[i].id, a->adm_step[i]);
+            free_slot(a, (int)i);
+        }
+        if (!a->adm_step[i]) {
+            a->async_mark[i] &= (uint8_t)~MARK_HOLDER;
+            continue;
+        }
+        if (a->adm_at[i] < a->slot_min_at)
+            a->slot_min_at = a->adm_at[i];
+        a->holders[kept++] = i;
+    }
+    a->n_holders = kept;
+}
+
 /* Distinct steps (base versions) among the slots held, and whether the open
  * step is one of them. */
-static size_t versions_in_flight(const fedge_aggregator *a, int *has_current)
+static size_t versions_in_flight(fedge_aggregator *a, int *has_current)
 {
     uint32_t seen[64];
     size_t n = 0;
     *has_current = 0;
-    for (size_t i = 0; i < a->keys.n; i++) {
-        uint32_t s = a->adm_step[i];
+    a->async_visits += a->n_holders;
+    for (size_t k = 0; k < a->n_holders; k++) {
+        uint32_t s = a->adm_step[a->holders[k]];
         if (!s)
             continue;
         if (s == a->round)
@@ -181,6 +262,24 @@ static int by_rank(const void *x, const void *y)
     return p->d < q->d ? -1 : p->d > q->d;
 }
 
+/* Drops the askers whose ask expired; the number waiting. */
+static size_t walk_askers(fedge_aggregator *a, double now)
+{
+    size_t kept = 0, asking = 0;
+    a->async_visits += a->n_askers;
+    for (size_t k = 0; k < a->n_askers; k++) {
+        uint32_t i = a->askers[k];
+        if (now - a->asked_at[i] > ASK_TTL_S) {
+            a->async_mark[i] &= (uint8_t)~MARK_ASKER;
+            continue;
+        }
+        asking += waiting(a, i, now);
+        a->askers[kept++] = i;
+    }
+    a->n_askers = kept;
+    return asking;
+}
+
 /* The free slots go to the lowest-ranked devices asking (module comment). */
 static int admit_waiting(fedge_aggregator *a, double now)
 {
@@ -188,28 +287,35 @@ static int admit_waiting(fedge_aggregator *a, double now)
     size_t n = 0;
     sqlite3_stmt *st = NULL, *status = NULL;
     int ret = FEDGE_OK, has_current = 0;
-    for (size_t i = 0; i < a->keys.n; i++)
-        if (a->adm_step[i] && now - a->adm_at[i] > a->cfg.async_slot_timeout_s) {
-            FEDGE_INFO("step %u: %s's slot (step %u) timed out", a->round, a->keys.devices[i].id, a->adm_step[i]);
-            free_slot(a, (int)i);
-        }
+    if (a->async_n != a->keys.n) /* a keys reload added devices */
+        CHK(index_rebuild(a, now));
+    if (a->n_holders && now - a->slot_min_at > a->cfg.async_slot_timeout_s)
+        walk_holders(a, now, 1);
     if (a->in_flight >= (size_t)a->cfg.async_concurrency)
         return FEDGE_OK;
+    if (!a->admit_dirty && now - a->admit_eval_at < ADMIT_REEVAL_S)
+        return FEDGE_OK;
+    a->admit_dirty = 0;
+    a->admit_eval_at = now;
+    walk_holders(a, now, 0);
     if (versions_in_flight(a, &has_current) >= (size_t)a->cfg.async_max_versions && !has_current)
         return FEDGE_OK;
-    size_t asking = 0;
-    for (size_t i = 0; i < a->keys.n; i++)
-        asking += waiting(a, i, now);
+    size_t asking = walk_askers(a, now);
     if (asking == 0)
         return FEDGE_OK;
     c = malloc(asking * sizeof *c);
     if (!c)
         FAIL(FEDGE_ERR_NOMEM);
-    for (size_t i = 0; i < a->keys.n && n < asking; i++) {
+    for (size_t k = 0; k < a->n_askers && n < asking; k++) {
+        size_t i = a->askers[k];
         if (!waiting(a, i, now))
             continue;
+        if (a->rank_step[i] != a->round) {
+            CHK(fedge_sched_async_rank((uint64_t)a->cfg.seed, a->round, a->keys.devices[i].id, &a->rank[i]));
+            a->rank_step[i] = a->round;
+        }
         c[n].d = i;
-        CHK(fedge_sched_async_rank((uint64_t)a->cfg.seed, a->round, a->keys.devices[i].id, &c[n].rank));
+        c[n].rank = a->rank[i];
         n++;
     }
     if (n == 0)
@@ -258,11 +364,19 @@ static int admit_waiting(fedge_aggregator *a, double now)
         a->adm_at[i] = now;
         a->in_flight++;
         a->n_selected++;
+        if (!(a->async_mark[i] & MARK_HOLDER)) {
+            a->async_mark[i] |= MARK_HOLDER;
+            a->holders[a->n_holders++] = (uint32_t)i;
+        }
+        if (now < a->slot_min_at)
+            a->slot_min_at = now;
         fedge_sched_view_changed(a, (int)i);
     }
 cleanup:
-    if (ret != FEDGE_OK)
+    if (ret != FEDGE_OK) {
         fedge_store_rollback(a->db);
+        a->admit_dirty = 1;
+    }
     sqlite3_finalize(st);
     sqlite3_finalize(status);
     free(c);
@@ -377,7 +491,13 @@ static void async_view(fedge_aggregator *a, int d, double now, fedge_sched_view 
     v->deadline_ms = 0;
     if (d < 0 || a->state != FEDGE_AGG_OPEN)
         return;
+    if (!(now - a->asked_at[d] <= ASK_TTL_S)) /* it was not asking */
+        a->admit_dirty = 1;
     a->asked_at[d] = now;
+    if ((size_t)d < a->async_n && !(a->async_mark[d] & MARK_ASKER)) {
+        a->async_mark[d] |= MARK_ASKER;
+        a->askers[a->n_askers++] = (uint32_t)d;
+    }
     if (a->adm_step[d]) {
         double left_ms = (a->adm_at[d] + a->cfg.async_slot_timeout_s - now) * 1000.0;
         v->selected = 1;
