@@ -3,8 +3,9 @@
  * depend on the population), runs no SQL when nothing changed since the
  * last evaluation, re-evaluates within a second anyway (a status changed
  * from outside), and admits exactly what the rule gives on every pass (a
- * seeded scenario checked against the rule recomputed here from the public
- * rank function: who, at which step, with which "rank R, k of n asking").
+ * seeded scenario of 900 passes, dense asks then sparse ones, checked
+ * against the rule recomputed here from the public rank function: who, at
+ * which step, with which "rank R, k of n asking", which slots time out).
  * Time is virtual: every tick and GET /round gets its `now`. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -240,9 +241,11 @@ static void test_admissions_follow_the_rule(void **state)
                      SQLITE_OK);
     double now = fedge_now();
     uint32_t first_round = fx->agg.round;
-    for (int t = 0; t < 600; t++) {
+    for (int t = 0; t < 900; t++) {
         now += 0.1;
-        for (int k = 0; k < 4; k++) {
+        /* dense asks, then sparse ones (free slots wait for the next ask) */
+        int asks = t < 300 ? 4 : fedge_rng_below(&rng, 15) == 0;
+        for (int k = 0; k < asks; k++) {
             int d = (int)fedge_rng_below(&rng, EQ_P);
             ask_at(fx, d, now);
             asked[d] = now;
