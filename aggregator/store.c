@@ -52,6 +52,7 @@ static const char *SCHEMA_SQL =
     "CREATE UNIQUE INDEX IF NOT EXISTS updates_one_per_round ON updates(round, device)"
     " WHERE decision <> 'rejected';"
     "CREATE INDEX IF NOT EXISTS updates_device ON updates(device, counter);"
+    "CREATE INDEX IF NOT EXISTS round_participants_device ON round_participants(device, round);"
     "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, at REAL NOT NULL, round INTEGER,"
     " device TEXT, kind TEXT NOT NULL, rule TEXT, detail TEXT NOT NULL);"
     DP_LEDGER_SQL

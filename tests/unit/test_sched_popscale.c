@@ -210,6 +210,33 @@ static size_t reference(const fixture *fx, const double *asked, const int *suspe
     return take;
 }
 
+/* The admission's per-device queries of round_participants (the
+ * participation cap, one update per admission) search by device: a scan
+ * costs every evaluation (a new ask, once a second) a walk of the whole
+ * run's admissions per device asking (review21). */
+static void test_participant_queries_search_by_device(void **state)
+{
+    (void)state;
+    static const char *queries[] = {
+        "EXPLAIN QUERY PLAN SELECT count(*) FROM round_participants WHERE device='pd-0001'",
+        "EXPLAIN QUERY PLAN SELECT max(round) FROM round_participants WHERE device='pd-0001' AND round<=7",
+    };
+    fixture *fx = start_pop(16, 100, 8, 3600);
+    for (size_t q = 0; q < sizeof queries / sizeof queries[0]; q++) {
+        sqlite3_stmt *st = NULL;
+        assert_int_equal(sqlite3_prepare_v2(fx->agg.db, queries[q], -1, &st, NULL), SQLITE_OK);
+        int by_device = 0;
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            const char *detail = (const char *)sqlite3_column_text(st, 3);
+            by_device |= detail && strstr(detail, "round_participants") && strstr(detail, "(device=?");
+        }
+        sqlite3_finalize(st);
+        if (!by_device)
+            fail_msg("not a search by device: %s", queries[q]);
+    }
+    fixture_stop(fx);
+}
+
 static void test_admissions_follow_the_rule(void **state)
 {
     (void)state;
@@ -313,6 +340,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_visits_do_not_depend_on_population),
         cmocka_unit_test(test_admissions_follow_the_rule),
+        cmocka_unit_test(test_participant_queries_search_by_device),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
