@@ -25,6 +25,11 @@
     "CREATE TABLE IF NOT EXISTS strategy_state(version TEXT PRIMARY KEY, round INTEGER NOT NULL," \
     " strategy TEXT NOT NULL, state BLOB NOT NULL, sha256 TEXT NOT NULL);"
 
+/* the async admission's per-device queries (participation cap, one update
+ * per admission) search it; created on open for logs from before it too */
+#define PARTICIPANTS_DEVICE_SQL \
+    "CREATE INDEX IF NOT EXISTS round_participants_device ON round_participants(device, round);"
+
 static const char *SCHEMA_SQL =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, region TEXT NOT NULL DEFAULT '',"
@@ -52,7 +57,7 @@ static const char *SCHEMA_SQL =
     "CREATE UNIQUE INDEX IF NOT EXISTS updates_one_per_round ON updates(round, device)"
     " WHERE decision <> 'rejected';"
     "CREATE INDEX IF NOT EXISTS updates_device ON updates(device, counter);"
-    "CREATE INDEX IF NOT EXISTS round_participants_device ON round_participants(device, round);"
+    PARTICIPANTS_DEVICE_SQL
     "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, at REAL NOT NULL, round INTEGER,"
     " device TEXT, kind TEXT NOT NULL, rule TEXT, detail TEXT NOT NULL);"
     DP_LEDGER_SQL
@@ -280,6 +285,7 @@ static int migrate(sqlite3 *db)
         CHK(fedge_store_exec(db, "ALTER TABLE updates ADD COLUMN sealed_sha256 BLOB"));
     CHK(fedge_store_exec(db, DP_LEDGER_SQL));
     CHK(fedge_store_exec(db, STRATEGY_STATE_SQL));
+    CHK(fedge_store_exec(db, PARTICIPANTS_DEVICE_SQL));
 cleanup:
     sqlite3_finalize(st);
     return ret;
