@@ -27,7 +27,11 @@ FED_PORT=$(fed_free_port)
 spec=cnn:1x28x28-c8k5-p2-f1024-10
 fed_start_aggregator --model-spec "$spec" --test-data "$FED_DIR/test.bin" --rounds 2 \
     --round-timeout-s 25 --quorum 0.5 --start-delay-s 0.5 --linger-s 2
+# dev-001 must meet round 1 before dev-002's update closes it (quorum 0.5):
+# dev-002 starts once dev-001 has refused round 1 (a CI run where both started
+# together saw dev-001's handshake retries outlast round 1)
 fed_start_edge dev-001 "$FED_DIR/shards/shard-000.bin" --max-memory-mb 8 --print-memory
+fed_wait_for "grep -qs 'round 1: .*skipping the round' '$FED_DIR/edge-dev-001.log'" 60
 fed_start_edge dev-002 "$FED_DIR/shards/shard-001.bin" --print-memory
 fed_wait_run 200 || fed_fail "run failed (an edge exited?)"
 
