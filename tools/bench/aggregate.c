@@ -33,7 +33,7 @@ static double cpu_now(void)
 static int bench(int n_clients, int rounds, fedge_encoding enc, double *per_update_ms, double *per_close_ms,
                  double *eval_ms, size_t *update_bytes)
 {
-    char dir[] = "/tmp/fedge-bench-agg-XXXXXX", err[512] = "", cmd[128];
+    char dir[] = "/tmp/fedge-bench-agg-XXXXXX", err[512] = "";
     fedge_agg_config cfg;
     fedge_aggregator agg;
     int ret = FEDGE_OK, inited = 0;
@@ -111,9 +111,7 @@ cleanup:
     free(delta);
     if (inited)
         fedge_agg_free(&agg);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
+    bench_remove_dir(dir);
     return ret;
 }
 

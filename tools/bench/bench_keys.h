@@ -5,6 +5,7 @@
 #define FEDGE_BENCH_KEYS_H
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 
 #include "common.h"
@@ -24,6 +25,15 @@ static int bench_write_keys(const char *path, int n)
     }
     int ok = fclose(f) == 0;
     return ok && chmod(path, 0600) == 0 ? FEDGE_OK : FEDGE_ERR_IO;
+}
+
+/* Removes dir (a mkdtemp name: no quote in it) and what it holds; says so
+ * on stderr when it cannot. */
+static void bench_remove_dir(const char *dir)
+{
+    char cmd[160];
+    if (snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir) >= (int)sizeof cmd || system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
 }
 
 #endif

@@ -53,7 +53,7 @@ static int reset_peak(void)
 /* One round with n updates; prints the close's peak above its start. */
 static int one_run(const char *spec, int n_clients, long *close_kib, size_t *n_params)
 {
-    char dir[] = "/tmp/fedge-bench-close-XXXXXX", err[512] = "", cmd[128];
+    char dir[] = "/tmp/fedge-bench-close-XXXXXX", err[512] = "";
     fedge_agg_config cfg;
     fedge_aggregator agg;
     int ret = FEDGE_OK, inited = 0;
@@ -118,9 +118,7 @@ cleanup:
     free(delta);
     if (inited)
         fedge_agg_free(&agg);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
+    bench_remove_dir(dir);
     return ret;
 }
 

@@ -53,7 +53,6 @@ typedef struct {
 
 static void agg_free(bench_agg *b)
 {
-    char cmd[128];
     if (b->sealed)
         for (int i = 0; i < b->n; i++)
             free(b->sealed[i]);
@@ -61,11 +60,8 @@ static void agg_free(bench_agg *b)
     free(b->lens);
     if (b->inited)
         fedge_agg_free(&b->agg);
-    if (b->dir[0]) {
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", b->dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", b->dir);
-    }
+    if (b->dir[0])
+        bench_remove_dir(b->dir);
     memset(b, 0, sizeof *b);
 }
 

@@ -71,7 +71,7 @@ cleanup:
 
 static int bench(int population, int ticks, double us[3])
 {
-    char dir[] = "/tmp/fedge-bench-tick-XXXXXX", err[512] = "", cmd[128];
+    char dir[] = "/tmp/fedge-bench-tick-XXXXXX", err[512] = "";
     fedge_agg_config cfg;
     fedge_aggregator agg;
     int ret = FEDGE_OK, inited = 0;
@@ -123,9 +123,7 @@ static int bench(int population, int ticks, double us[3])
 cleanup:
     if (inited)
         fedge_agg_free(&agg);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
+    bench_remove_dir(dir);
     return ret;
 }
 
