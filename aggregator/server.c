@@ -296,27 +296,19 @@ static void hnd_round(coap_resource_t *r, coap_session_t *session, const coap_pd
     }
 }
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
-{
-    const uint8_t *p = data;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
-
 /* What /round says, less the deadline's countdown: state, round, model,
  * control variate, run, and the epoch of the devices' views (async
  * admissions: a device's selected=). */
 static uint64_t round_digest(const fedge_aggregator *a)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
+    uint64_t h = FEDGE_FNV1A_INIT;
     uint32_t state = (uint32_t)a->state;
-    h = fnv1a(h, &state, sizeof state);
-    h = fnv1a(h, &a->round, sizeof a->round);
-    h = fnv1a(h, a->version, sizeof a->version);
-    h = fnv1a(h, a->control_version, sizeof a->control_version);
-    h = fnv1a(h, a->run_id, sizeof a->run_id);
-    h = fnv1a(h, &a->round_epoch, sizeof a->round_epoch);
+    h = fedge_fnv1a(h, &state, sizeof state);
+    h = fedge_fnv1a(h, &a->round, sizeof a->round);
+    h = fedge_fnv1a(h, a->version, sizeof a->version);
+    h = fedge_fnv1a(h, a->control_version, sizeof a->control_version);
+    h = fedge_fnv1a(h, a->run_id, sizeof a->run_id);
+    h = fedge_fnv1a(h, &a->round_epoch, sizeof a->round_epoch);
     return h;
 }
 
@@ -636,11 +628,7 @@ typedef struct final_answer {
  * server). */
 static size_t answer_bucket(const coap_session_t *session, size_t buckets)
 {
-    uint64_t x = (uint64_t)(uintptr_t)session; /* MurmurHash3's 64-bit finaliser */
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    return (size_t)(x & (buckets - 1));
+    return (size_t)(fedge_mix64((uint64_t)(uintptr_t)session) & (buckets - 1));
 }
 
 static final_answer *answer_of(const coap_session_t *session)

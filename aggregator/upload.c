@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "hash.h"
 #include "keys.h"
 #include "log.h"
 
@@ -66,13 +67,7 @@ struct fedge_uploads {
 
 static size_t key_home(const fedge_uploads *u, const void *key)
 {
-    uint64_t x = (uint64_t)(uintptr_t)key; /* MurmurHash3's 64-bit finaliser */
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return (size_t)x & u->key_mask;
+    return (size_t)fedge_mix64((uint64_t)(uintptr_t)key) & u->key_mask;
 }
 
 /* The entry of key in by_key, or the empty one where it would go. */
@@ -100,9 +95,7 @@ static void key_erase(fedge_uploads *u, size_t p)
 
 static size_t device_hash(const char *device)
 {
-    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
-    for (const unsigned char *c = (const unsigned char *)device; *c; c++)
-        h = (h ^ *c) * 1099511628211ULL;
+    uint64_t h = fedge_fnv1a(FEDGE_FNV1A_INIT, device, strlen(device));
     return (size_t)(h ^ (h >> 32));
 }
 
