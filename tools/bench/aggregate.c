@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "agg.h"
-#include "bench_keys.h"
+#include "bench_agg.h"
 #include "common.h"
 #include "log.h"
 #include "update.h"
@@ -33,7 +33,7 @@ static double cpu_now(void)
 static int bench(int n_clients, int rounds, fedge_encoding enc, double *per_update_ms, double *per_close_ms,
                  double *eval_ms, size_t *update_bytes)
 {
-    char dir[] = "/tmp/fedge-bench-agg-XXXXXX", err[512] = "";
+    char dir[] = "/tmp/fedge-bench-agg-XXXXXX";
     fedge_agg_config cfg;
     fedge_aggregator agg;
     int ret = FEDGE_OK, inited = 0;
@@ -43,18 +43,10 @@ static int bench(int n_clients, int rounds, fedge_encoding enc, double *per_upda
     double t_updates = 0, t_close = 0;
     if (!mkdtemp(dir))
         return FEDGE_ERR_IO;
-    fedge_agg_config_defaults(&cfg);
-    snprintf(cfg.keys_file, sizeof cfg.keys_file, "%s/keys", dir);
-    snprintf(cfg.db, sizeof cfg.db, "%s/fedge.db", dir);
-    snprintf(cfg.model_dir, sizeof cfg.model_dir, "%s/models", dir);
+    bench_agg_config(&cfg, dir);
     cfg.rounds = rounds;
     cfg.round_timeout_s = 3600;
-    CHK(bench_write_keys(cfg.keys_file, n_clients));
-    ret = fedge_agg_init(&agg, &cfg, err, sizeof err);
-    if (ret != FEDGE_OK) {
-        fprintf(stderr, "init: %s\n", err);
-        goto cleanup;
-    }
+    CHK(bench_agg_init(&agg, &cfg, n_clients));
     inited = 1;
     size_t n = agg.model.n_params;
     delta = malloc(n * sizeof *delta);

@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "agg.h"
-#include "bench_keys.h"
+#include "bench_agg.h"
 #include "common.h"
 #include "log.h"
 #include "update.h"
@@ -53,26 +53,18 @@ static int reset_peak(void)
 /* One round with n updates; prints the close's peak above its start. */
 static int one_run(const char *spec, int n_clients, long *close_kib, size_t *n_params)
 {
-    char dir[] = "/tmp/fedge-bench-close-XXXXXX", err[512] = "";
+    char dir[] = "/tmp/fedge-bench-close-XXXXXX";
     fedge_agg_config cfg;
     fedge_aggregator agg;
     int ret = FEDGE_OK, inited = 0;
     float *delta = NULL;
     if (!mkdtemp(dir))
         return FEDGE_ERR_IO;
-    fedge_agg_config_defaults(&cfg);
-    snprintf(cfg.keys_file, sizeof cfg.keys_file, "%s/keys", dir);
-    snprintf(cfg.db, sizeof cfg.db, "%s/fedge.db", dir);
-    snprintf(cfg.model_dir, sizeof cfg.model_dir, "%s/models", dir);
+    bench_agg_config(&cfg, dir);
     snprintf(cfg.model_spec, sizeof cfg.model_spec, "%s", spec);
     cfg.rounds = 1;
     cfg.round_timeout_s = 3600;
-    CHK(bench_write_keys(cfg.keys_file, n_clients));
-    ret = fedge_agg_init(&agg, &cfg, err, sizeof err);
-    if (ret != FEDGE_OK) {
-        fprintf(stderr, "init: %s\n", err);
-        goto cleanup;
-    }
+    CHK(bench_agg_init(&agg, &cfg, n_clients));
     inited = 1;
     size_t n = agg.model.n_params;
     *n_params = n;

@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #include "agg.h"
-#include "bench_keys.h"
+#include "bench_agg.h"
 #include "common.h"
 #include "crypto.h"
 #include "ingest.h"
@@ -69,7 +69,6 @@ static void agg_free(bench_agg *b)
  * page: its db_page_size. */
 static int agg_start(bench_agg *b, int n, int page)
 {
-    char err[512] = "";
     int ret = FEDGE_OK;
     float *delta = NULL;
     memset(b, 0, sizeof *b);
@@ -79,19 +78,11 @@ static int agg_start(bench_agg *b, int n, int page)
         return FEDGE_ERR_IO;
     }
     b->n = n;
-    fedge_agg_config_defaults(&b->cfg);
-    snprintf(b->cfg.keys_file, sizeof b->cfg.keys_file, "%s/keys", b->dir);
-    snprintf(b->cfg.db, sizeof b->cfg.db, "%s/fedge.db", b->dir);
-    snprintf(b->cfg.model_dir, sizeof b->cfg.model_dir, "%s/models", b->dir);
+    bench_agg_config(&b->cfg, b->dir);
     b->cfg.rounds = 1;
     b->cfg.round_timeout_s = 3600;
-    CHK(bench_write_keys(b->cfg.keys_file, n));
     b->cfg.db_page_size = page;
-    ret = fedge_agg_init(&b->agg, &b->cfg, err, sizeof err);
-    if (ret != FEDGE_OK) {
-        fprintf(stderr, "init: %s\n", err);
-        goto cleanup;
-    }
+    CHK(bench_agg_init(&b->agg, &b->cfg, n));
     b->inited = 1;
     CHK(fedge_agg_tick(&b->agg, fedge_now()));
     size_t np = b->agg.model.n_params;

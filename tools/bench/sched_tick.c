@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "agg.h"
-#include "bench_keys.h"
+#include "bench_agg.h"
 #include "common.h"
 #include "log.h"
 #include "scheduler.h"
@@ -71,28 +71,20 @@ cleanup:
 
 static int bench(int population, int ticks, double us[3])
 {
-    char dir[] = "/tmp/fedge-bench-tick-XXXXXX", err[512] = "";
+    char dir[] = "/tmp/fedge-bench-tick-XXXXXX";
     fedge_agg_config cfg;
     fedge_aggregator agg;
     int ret = FEDGE_OK, inited = 0;
     if (!mkdtemp(dir))
         return FEDGE_ERR_IO;
-    fedge_agg_config_defaults(&cfg);
-    snprintf(cfg.keys_file, sizeof cfg.keys_file, "%s/keys", dir);
-    snprintf(cfg.db, sizeof cfg.db, "%s/fedge.db", dir);
-    snprintf(cfg.model_dir, sizeof cfg.model_dir, "%s/models", dir);
+    bench_agg_config(&cfg, dir);
     snprintf(cfg.mode, sizeof cfg.mode, "async");
     cfg.rounds = 5;
     cfg.seed = 7;
     cfg.async_buffer_k = 4;
     cfg.async_concurrency = SLOTS;
     cfg.async_slot_timeout_s = 3600;
-    CHK(bench_write_keys(cfg.keys_file, population));
-    ret = fedge_agg_init(&agg, &cfg, err, sizeof err);
-    if (ret != FEDGE_OK) {
-        fprintf(stderr, "init: %s\n", err);
-        goto cleanup;
-    }
+    CHK(bench_agg_init(&agg, &cfg, population));
     inited = 1;
     CHK(fedge_agg_tick(&agg, fedge_now())); /* opens step 1 */
     for (int d = 0; d < HELD; d++)
